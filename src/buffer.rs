@@ -1,0 +1,229 @@
+//! Byte buffers with a read cursor, and the pool that lends them to connections.
+//!
+//! A connection holds a buffer only while bytes are in it: an idle connection holds none, and an
+//! echo in steady state borrows and returns the same pooled buffers, so it allocates nothing.
+
+/// A growable byte buffer: `data()` is the unconsumed part, `spare()` the writable tail.
+///
+/// The backing vector is always fully initialised (`len == capacity`), so a read can fill
+/// `spare()` without `unsafe`; `start..end` marks the bytes in use.
+#[derive(Debug)]
+pub struct Buf {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    /// An empty buffer of `capacity` zeroed bytes.
+    pub fn with_capacity(capacity: usize) -> Buf {
+        Buf {
+            bytes: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Unconsumed bytes.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether no bytes are pending.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Total bytes the buffer can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The unconsumed bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    /// Marks `n` leading bytes as used. An emptied buffer rewinds to its start, so the next
+    /// read has the whole capacity without a copy.
+    ///
+    /// # Panics
+    /// If `n > self.len()`.
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.len(), "consume past the end of the buffer");
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// The writable tail, for a read to fill; follow with [`Buf::commit`].
+    pub fn spare(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.end..]
+    }
+
+    /// Marks `n` bytes of [`Buf::spare`] as filled.
+    ///
+    /// # Panics
+    /// If `n` exceeds the spare length.
+    pub fn commit(&mut self, n: usize) {
+        assert!(self.end + n <= self.bytes.len(), "commit past the capacity");
+        self.end += n;
+    }
+
+    /// Ensures `spare()` is at least `additional` bytes long: first by moving the unconsumed
+    /// bytes to the front, then by growing to at least twice the old capacity.
+    pub fn reserve(&mut self, additional: usize) {
+        if self.bytes.len() - self.end >= additional {
+            return;
+        }
+        if self.start > 0 {
+            self.bytes.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let needed = self.end + additional;
+        if needed > self.bytes.len() {
+            let capacity = needed.max(self.bytes.len() * 2);
+            self.bytes.resize(capacity, 0);
+        }
+    }
+
+    /// Appends `n` bytes written by `fill` into a slice of exactly that length.
+    pub fn append_with(&mut self, n: usize, fill: impl FnOnce(&mut [u8])) {
+        self.reserve(n);
+        fill(&mut self.bytes[self.end..self.end + n]);
+        self.end += n;
+    }
+
+    /// Appends a copy of `bytes`.
+    pub fn append(&mut self, bytes: &[u8]) {
+        self.append_with(bytes.len(), |out| out.copy_from_slice(bytes));
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
+/// A free list of standard-size buffers.
+///
+/// Buffers that grew past the standard size (a large frame) are freed rather than pooled, so
+/// one burst of big frames does not pin memory afterwards.
+#[derive(Debug)]
+pub struct BufferPool {
+    free: Vec<Box<Buf>>,
+    buffer_len: usize,
+    max_free: usize,
+    created: u64,
+}
+
+impl BufferPool {
+    /// A pool of `buffer_len`-byte buffers that keeps at most `max_free` of them.
+    pub fn new(buffer_len: usize, max_free: usize) -> BufferPool {
+        BufferPool {
+            free: Vec::with_capacity(max_free),
+            buffer_len,
+            max_free,
+            created: 0,
+        }
+    }
+
+    /// An empty buffer: a pooled one if there is one, else a new one.
+    pub fn take(&mut self) -> Box<Buf> {
+        self.free.pop().unwrap_or_else(|| {
+            self.created += 1;
+            Box::new(Buf::with_capacity(self.buffer_len))
+        })
+    }
+
+    /// Returns a buffer. Its contents are discarded.
+    pub fn give(&mut self, mut buf: Box<Buf>) {
+        if buf.capacity() == self.buffer_len && self.free.len() < self.max_free {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
+
+    /// Returns the buffer in `slot`, if any, when it holds no bytes.
+    pub fn give_if_empty(&mut self, slot: &mut Option<Box<Buf>>) {
+        if slot.as_ref().is_some_and(|buf| buf.is_empty()) {
+            if let Some(buf) = slot.take() {
+                self.give(buf);
+            }
+        }
+    }
+
+    /// The standard buffer size.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer_len
+    }
+
+    /// Buffers created since the pool was made (a pool miss allocates one).
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// Buffers waiting in the pool.
+    pub fn free_len(&self) -> usize {
+        self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_everything_rewinds() {
+        let mut buf = Buf::with_capacity(8);
+        buf.append(b"abcd");
+        buf.consume(2);
+        assert_eq!(buf.data(), b"cd");
+        buf.consume(2);
+        assert_eq!(
+            buf.spare().len(),
+            8,
+            "an empty buffer offers its whole capacity"
+        );
+    }
+
+    #[test]
+    fn reserve_compacts_before_growing() {
+        let mut buf = Buf::with_capacity(8);
+        buf.append(b"abcdefg");
+        buf.consume(5);
+        buf.reserve(6);
+        assert_eq!(buf.capacity(), 8, "moving 2 bytes to the front was enough");
+        assert_eq!(buf.data(), b"fg");
+        buf.reserve(20);
+        assert!(buf.capacity() >= 22);
+        assert_eq!(buf.data(), b"fg");
+    }
+
+    #[test]
+    fn pool_reuses_standard_buffers_and_frees_grown_ones() {
+        let mut pool = BufferPool::new(16, 2);
+        let a = pool.take();
+        let mut b = pool.take();
+        assert_eq!(pool.created(), 2);
+        b.append(&[1; 40]);
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(pool.free_len(), 1, "the grown buffer was freed");
+        let again = pool.take();
+        assert!(again.is_empty());
+        assert_eq!(pool.created(), 2, "the pooled buffer was reused");
+    }
+
+    #[test]
+    fn pool_keeps_at_most_max_free() {
+        let mut pool = BufferPool::new(16, 1);
+        let (a, b) = (pool.take(), pool.take());
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(pool.free_len(), 1);
+    }
+}

@@ -1,0 +1,184 @@
+//! Every limit the server enforces, in one place (the redis `server.h` habit): a reader who
+//! wants to know "what stops a client from ..." finds the answer here, with its default.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::proto::HEADER_LEN;
+
+/// Resource limits and timeouts. `Limits::default()` is what `monoreactor serve` runs with;
+/// flags override some fields, and [`Limits::validate`] rejects combinations that make no sense.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, framed and raw echo together. Default 10,000. At start it is
+    /// clamped to what `RLIMIT_NOFILE` allows after [`Limits::reserved_fds`]. One more client
+    /// is accepted, told `SERVER_BUSY` (framed) or just closed (raw echo), and dropped.
+    pub max_connections: usize,
+    /// File descriptors kept back from `max_connections` for listeners, the poll, the signal
+    /// pipe and the spare descriptor used to shed connections on `EMFILE`. Default 32.
+    pub reserved_fds: usize,
+    /// Largest frame payload accepted, in bytes. Default 1 MiB. A header declaring more is
+    /// refused from its 12 bytes, before anything is allocated for the body. It also bounds a
+    /// connection's input buffer: one frame plus its header.
+    pub max_frame_len: u32,
+    /// Size of the pooled I/O buffers, and so of one read. Default 64 KiB: a 16 KiB message, or
+    /// hundreds of small pipelined frames, in one `read`.
+    pub io_buffer_len: usize,
+    /// Free buffers the pool keeps for reuse. Default 256 (16 MiB of 64 KiB buffers at most).
+    /// An idle connection holds none: buffers return to the pool as soon as they are empty.
+    pub pooled_buffers: usize,
+    /// Pending output at which the server stops reading a connection (backpressure). Default
+    /// 256 KiB. Output never exceeds this by more than one reply, so a client that sends but
+    /// never reads costs at most about this much memory.
+    pub output_high_water: usize,
+    /// Pending output at which reading resumes. Default 64 KiB; the gap keeps a connection from
+    /// flapping between reading and not reading on every write.
+    pub output_low_water: usize,
+    /// Bytes read from one connection in one turn of the loop before the others get theirs.
+    /// Default 256 KiB. A connection with work left goes on the ready list for the next turn.
+    pub read_budget: usize,
+    /// Frames handled for one connection in one turn. Default 128.
+    pub frame_budget: usize,
+    /// Connections accepted from one listener in one turn. Default 64.
+    pub accept_budget: usize,
+    /// UDP datagrams received in one turn. Default 64.
+    pub datagram_budget: usize,
+    /// UDP replies held while `send_to` would block. Default 256 datagrams; beyond that,
+    /// replies are dropped and counted.
+    pub udp_queue_len: usize,
+    /// Bytes of UDP replies held while `send_to` would block. Default 1 MiB.
+    pub udp_queue_bytes: usize,
+    /// A connection with no read or write progress for this long is closed (framed clients get
+    /// a `TIMEOUT` error first). Default 300 s.
+    pub idle_timeout: Duration,
+    /// A frame whose first byte has arrived must be complete within this. Default 30 s. This is
+    /// what closes a slowloris client that keeps the connection busy one byte at a time.
+    pub frame_timeout: Duration,
+    /// How long a closing connection may take to flush its last output and have the peer close
+    /// its side (a "lingering close", so a final error frame is not destroyed by a reset).
+    /// Default 2 s.
+    pub linger_timeout: Duration,
+    /// After SIGINT/SIGTERM: how long pending output may take to flush before every connection
+    /// is closed and the process exits. Default 5 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 10_000,
+            reserved_fds: 32,
+            max_frame_len: 1 << 20,
+            io_buffer_len: 64 << 10,
+            pooled_buffers: 256,
+            output_high_water: 256 << 10,
+            output_low_water: 64 << 10,
+            read_budget: 256 << 10,
+            frame_budget: 128,
+            accept_budget: 64,
+            datagram_budget: 64,
+            udp_queue_len: 256,
+            udp_queue_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(300),
+            frame_timeout: Duration::from_secs(30),
+            linger_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Smallest accepted [`Limits::max_frame_len`]: a HELLO's fixed part must fit.
+pub const MIN_FRAME_LEN: u32 = 64;
+/// Largest accepted [`Limits::max_frame_len`]: 64 MiB, so one client's input buffer stays
+/// modest. Larger transfers are streams of frames.
+pub const MAX_FRAME_LEN: u32 = 64 << 20;
+
+/// A [`Limits`] value that cannot work, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidLimits(pub String);
+
+impl fmt::Display for InvalidLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidLimits {}
+
+impl Limits {
+    /// Largest number of bytes a connection's input buffer can hold: one maximal frame.
+    pub fn input_cap(&self) -> usize {
+        HEADER_LEN + self.max_frame_len as usize
+    }
+
+    /// Checks that the limits are usable together.
+    pub fn validate(&self) -> Result<(), InvalidLimits> {
+        let fail = |why: String| Err(InvalidLimits(why));
+        if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&self.max_frame_len) {
+            return fail(format!(
+                "max frame length {} is outside {MIN_FRAME_LEN}..={MAX_FRAME_LEN}",
+                self.max_frame_len
+            ));
+        }
+        if self.max_connections == 0 {
+            return fail("max connections must be at least 1".into());
+        }
+        if self.output_low_water >= self.output_high_water {
+            return fail(format!(
+                "output low-water mark {} must be below the high-water mark {}",
+                self.output_low_water, self.output_high_water
+            ));
+        }
+        if self.io_buffer_len < HEADER_LEN {
+            return fail(format!("I/O buffer length must be at least {HEADER_LEN}"));
+        }
+        let budgets = [
+            ("read budget", self.read_budget),
+            ("frame budget", self.frame_budget),
+            ("accept budget", self.accept_budget),
+            ("datagram budget", self.datagram_budget),
+        ];
+        if let Some((name, _)) = budgets.iter().find(|(_, value)| *value == 0) {
+            return fail(format!("{name} must be at least 1"));
+        }
+        let timeouts = [
+            ("idle timeout", self.idle_timeout),
+            ("frame timeout", self.frame_timeout),
+            ("linger timeout", self.linger_timeout),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, value)| value.is_zero()) {
+            return fail(format!("{name} must be longer than zero"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let cases: [(fn(&mut Limits), &str); 5] = [
+            (|l| l.max_frame_len = 1, "max frame length"),
+            (|l| l.max_frame_len = u32::MAX, "max frame length"),
+            (|l| l.max_connections = 0, "max connections"),
+            (|l| l.output_low_water = l.output_high_water, "low-water"),
+            (|l| l.idle_timeout = Duration::ZERO, "idle timeout"),
+        ];
+        for (break_it, expected) in cases {
+            let mut limits = Limits::default();
+            break_it(&mut limits);
+            let error = limits.validate().unwrap_err();
+            assert!(
+                error.0.contains(expected),
+                "{error} should mention {expected}"
+            );
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! Payload layouts of the connection-level frames: HELLO, HELLO_OK and ERROR, with the error
+//! codes. Each message has `parse` (from a payload) and `emit` (into a payload-sized slice);
+//! `encode` wraps the payload in a frame for senders that build a `Vec`.
+
+use std::fmt;
+
+use super::frame::Frame;
+use super::header::{Flags, FrameType};
+
+/// First four payload bytes of HELLO and HELLO_OK: "MNRX". A client that connected to the wrong
+/// port gets a clear error instead of a misparse.
+pub const MAGIC: [u8; 4] = *b"MNRX";
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The oldest protocol version this build speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// Upper bound on an ERROR message text, so an error frame is always small.
+pub const MAX_ERROR_TEXT_LEN: usize = 1024;
+
+/// Upper bound on HELLO credentials.
+pub const MAX_CREDENTIALS_LEN: usize = 1024;
+
+/// Why a payload did not parse as the message its frame type promised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageError {
+    /// The payload is shorter than the message's fixed part.
+    Truncated {
+        /// Bytes the fixed part needs.
+        need: usize,
+        /// Bytes the payload has.
+        got: usize,
+    },
+    /// The payload does not start with [`MAGIC`].
+    BadMagic([u8; 4]),
+    /// HELLO's minimum version is above its maximum.
+    BadVersionRange {
+        /// The declared minimum.
+        min: u16,
+        /// The declared maximum.
+        max: u16,
+    },
+    /// A variable-length field is longer than its limit.
+    TooLong {
+        /// The field's length.
+        len: usize,
+        /// Its limit.
+        max: usize,
+    },
+    /// An ERROR message text is not UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MessageError::Truncated { need, got } => {
+                write!(f, "payload has {got} bytes, needs at least {need}")
+            }
+            MessageError::BadMagic(magic) => write!(f, "bad magic {magic:02x?}, expected \"MNRX\""),
+            MessageError::BadVersionRange { min, max } => {
+                write!(f, "version range {min}..={max} is empty")
+            }
+            MessageError::TooLong { len, max } => write!(f, "field of {len} bytes, limit {max}"),
+            MessageError::NotUtf8 => f.write_str("error text is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+fn need(payload: &[u8], fixed: usize) -> Result<(), MessageError> {
+    if payload.len() < fixed {
+        return Err(MessageError::Truncated {
+            need: fixed,
+            got: payload.len(),
+        });
+    }
+    Ok(())
+}
+
+fn check_magic(payload: &[u8]) -> Result<(), MessageError> {
+    let magic = [payload[0], payload[1], payload[2], payload[3]];
+    if magic != MAGIC {
+        return Err(MessageError::BadMagic(magic));
+    }
+    Ok(())
+}
+
+fn be_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// HELLO payload fields as byte ranges.
+pub mod hello_field {
+    use std::ops::Range;
+    /// [`MAGIC`](super::MAGIC).
+    pub const MAGIC: Range<usize> = 0..4;
+    /// Oldest version the client speaks (BE u16).
+    pub const MIN_VERSION: Range<usize> = 4..6;
+    /// Newest version the client speaks (BE u16).
+    pub const MAX_VERSION: Range<usize> = 6..8;
+    /// Credentials: the rest of the payload (may be empty).
+    pub const CREDENTIALS: usize = 8;
+}
+
+/// The client's first frame: which versions it speaks, and credentials for servers that require
+/// them (version 1 servers without authentication ignore them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// Oldest version the client speaks.
+    pub min_version: u16,
+    /// Newest version the client speaks.
+    pub max_version: u16,
+    /// Opaque credentials, at most [`MAX_CREDENTIALS_LEN`] bytes.
+    pub credentials: &'a [u8],
+}
+
+impl<'a> Hello<'a> {
+    /// A HELLO offering exactly the versions this build speaks, without credentials.
+    pub const fn current() -> Hello<'static> {
+        Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            credentials: &[],
+        }
+    }
+
+    /// Parses a HELLO payload.
+    pub fn parse(payload: &'a [u8]) -> Result<Hello<'a>, MessageError> {
+        need(payload, hello_field::CREDENTIALS)?;
+        check_magic(payload)?;
+        let min_version = be_u16(payload, hello_field::MIN_VERSION.start);
+        let max_version = be_u16(payload, hello_field::MAX_VERSION.start);
+        if min_version > max_version {
+            return Err(MessageError::BadVersionRange {
+                min: min_version,
+                max: max_version,
+            });
+        }
+        let credentials = &payload[hello_field::CREDENTIALS..];
+        if credentials.len() > MAX_CREDENTIALS_LEN {
+            return Err(MessageError::TooLong {
+                len: credentials.len(),
+                max: MAX_CREDENTIALS_LEN,
+            });
+        }
+        Ok(Hello {
+            min_version,
+            max_version,
+            credentials,
+        })
+    }
+
+    /// The payload length [`Hello::emit`] writes.
+    pub fn payload_len(&self) -> usize {
+        hello_field::CREDENTIALS + self.credentials.len()
+    }
+
+    /// Writes the payload into `out[..self.payload_len()]`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[hello_field::MAGIC].copy_from_slice(&MAGIC);
+        out[hello_field::MIN_VERSION].copy_from_slice(&self.min_version.to_be_bytes());
+        out[hello_field::MAX_VERSION].copy_from_slice(&self.max_version.to_be_bytes());
+        out[hello_field::CREDENTIALS..self.payload_len()].copy_from_slice(self.credentials);
+    }
+
+    /// Appends a complete HELLO frame on stream 0.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut payload = vec![0; self.payload_len()];
+        self.emit(&mut payload);
+        Frame::new(FrameType::Hello, Flags::END_STREAM, 0, &payload).encode_into(out);
+    }
+
+    /// The version both sides speak, preferring the newest: `None` if the ranges do not meet.
+    pub fn negotiate(&self) -> Option<u16> {
+        let newest = self.max_version.min(PROTOCOL_VERSION);
+        (newest >= self.min_version.max(MIN_PROTOCOL_VERSION)).then_some(newest)
+    }
+}
+
+/// HELLO_OK payload fields as byte ranges.
+pub mod hello_ok_field {
+    use std::ops::Range;
+    /// [`MAGIC`](super::MAGIC).
+    pub const MAGIC: Range<usize> = 0..4;
+    /// The version the connection now speaks (BE u16).
+    pub const VERSION: Range<usize> = 4..6;
+    /// The largest payload the server accepts in one frame (BE u32).
+    pub const MAX_PAYLOAD_LEN: Range<usize> = 6..10;
+}
+
+/// The server's answer to a HELLO it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloOk {
+    /// The version the connection now speaks.
+    pub version: u16,
+    /// The largest payload the server accepts in one frame.
+    pub max_payload_len: u32,
+}
+
+impl HelloOk {
+    /// Payload length of a HELLO_OK.
+    pub const PAYLOAD_LEN: usize = hello_ok_field::MAX_PAYLOAD_LEN.end;
+
+    /// Parses a HELLO_OK payload. Bytes after the fixed fields are ignored, so a later version
+    /// may append fields.
+    pub fn parse(payload: &[u8]) -> Result<HelloOk, MessageError> {
+        need(payload, Self::PAYLOAD_LEN)?;
+        check_magic(payload)?;
+        Ok(HelloOk {
+            version: be_u16(payload, hello_ok_field::VERSION.start),
+            max_payload_len: be_u32(payload, hello_ok_field::MAX_PAYLOAD_LEN.start),
+        })
+    }
+
+    /// Writes the payload into `out[..HelloOk::PAYLOAD_LEN]`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[hello_ok_field::MAGIC].copy_from_slice(&MAGIC);
+        out[hello_ok_field::VERSION].copy_from_slice(&self.version.to_be_bytes());
+        out[hello_ok_field::MAX_PAYLOAD_LEN].copy_from_slice(&self.max_payload_len.to_be_bytes());
+    }
+
+    /// Appends a complete HELLO_OK frame on stream 0.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut payload = [0; Self::PAYLOAD_LEN];
+        self.emit(&mut payload);
+        Frame::new(FrameType::HelloOk, Flags::END_STREAM, 0, &payload).encode_into(out);
+    }
+}
+
+/// Error codes carried in ERROR frames. Whether the server closes the connection after sending
+/// one is given by [`ErrorCode::is_fatal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A header had unknown flag bits or non-zero reserved bytes.
+    MalformedFrame,
+    /// A header declared a payload above the server's limit.
+    FrameTooLarge,
+    /// The frame type is unknown to the server; its payload was skipped.
+    UnknownFrameType,
+    /// A frame arrived that is not valid now (anything before HELLO, a second HELLO, a frame
+    /// type only the server sends).
+    UnexpectedFrame,
+    /// The HELLO payload did not parse.
+    BadHello,
+    /// No protocol version is in both the client's and the server's range.
+    UnsupportedVersion,
+    /// The server is at its connection limit.
+    ServerBusy,
+    /// The connection was idle too long, or a frame took too long to arrive.
+    Timeout,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// Decodes a wire code.
+    pub const fn from_u16(code: u16) -> ErrorCode {
+        match code {
+            1 => ErrorCode::MalformedFrame,
+            2 => ErrorCode::FrameTooLarge,
+            3 => ErrorCode::UnknownFrameType,
+            4 => ErrorCode::UnexpectedFrame,
+            5 => ErrorCode::BadHello,
+            6 => ErrorCode::UnsupportedVersion,
+            7 => ErrorCode::ServerBusy,
+            8 => ErrorCode::Timeout,
+            9 => ErrorCode::ShuttingDown,
+            other => ErrorCode::Other(other),
+        }
+    }
+
+    /// The wire code.
+    pub const fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::MalformedFrame => 1,
+            ErrorCode::FrameTooLarge => 2,
+            ErrorCode::UnknownFrameType => 3,
+            ErrorCode::UnexpectedFrame => 4,
+            ErrorCode::BadHello => 5,
+            ErrorCode::UnsupportedVersion => 6,
+            ErrorCode::ServerBusy => 7,
+            ErrorCode::Timeout => 8,
+            ErrorCode::ShuttingDown => 9,
+            ErrorCode::Other(other) => other,
+        }
+    }
+
+    /// Whether the server closes the connection after sending this error. Only
+    /// [`ErrorCode::UnknownFrameType`] leaves it open: the header was valid, so the stream is
+    /// still in sync. A client should treat codes it does not know as fatal.
+    pub const fn is_fatal(self) -> bool {
+        !matches!(self, ErrorCode::UnknownFrameType)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ErrorCode::MalformedFrame => "MALFORMED_FRAME",
+            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
+            ErrorCode::UnknownFrameType => "UNKNOWN_FRAME_TYPE",
+            ErrorCode::UnexpectedFrame => "UNEXPECTED_FRAME",
+            ErrorCode::BadHello => "BAD_HELLO",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::ServerBusy => "SERVER_BUSY",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::Other(code) => return write!(f, "ERROR_{code}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// ERROR payload fields as byte ranges.
+pub mod error_field {
+    use std::ops::Range;
+    /// The [`ErrorCode`](super::ErrorCode) (BE u16).
+    pub const CODE: Range<usize> = 0..2;
+    /// UTF-8 text: the rest of the payload.
+    pub const TEXT: usize = 2;
+}
+
+/// An ERROR frame's payload: a code for programs and a message for people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorMessage<'a> {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// Human-readable detail, at most [`MAX_ERROR_TEXT_LEN`] bytes.
+    pub text: &'a str,
+}
+
+impl<'a> ErrorMessage<'a> {
+    /// An error message; `text` longer than [`MAX_ERROR_TEXT_LEN`] bytes is cut at a character
+    /// boundary.
+    pub fn new(code: ErrorCode, text: &'a str) -> ErrorMessage<'a> {
+        let mut end = text.len().min(MAX_ERROR_TEXT_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        ErrorMessage {
+            code,
+            text: &text[..end],
+        }
+    }
+
+    /// Parses an ERROR payload.
+    pub fn parse(payload: &'a [u8]) -> Result<ErrorMessage<'a>, MessageError> {
+        need(payload, error_field::TEXT)?;
+        let text = &payload[error_field::TEXT..];
+        if text.len() > MAX_ERROR_TEXT_LEN {
+            return Err(MessageError::TooLong {
+                len: text.len(),
+                max: MAX_ERROR_TEXT_LEN,
+            });
+        }
+        Ok(ErrorMessage {
+            code: ErrorCode::from_u16(be_u16(payload, error_field::CODE.start)),
+            text: std::str::from_utf8(text).map_err(|_| MessageError::NotUtf8)?,
+        })
+    }
+
+    /// The payload length [`ErrorMessage::emit`] writes.
+    pub fn payload_len(&self) -> usize {
+        error_field::TEXT + self.text.len()
+    }
+
+    /// Writes the payload into `out[..self.payload_len()]`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[error_field::CODE].copy_from_slice(&self.code.to_u16().to_be_bytes());
+        out[error_field::TEXT..self.payload_len()].copy_from_slice(self.text.as_bytes());
+    }
+
+    /// Appends a complete ERROR frame about `stream` (0 = the connection).
+    pub fn encode(&self, stream: u32, out: &mut Vec<u8>) {
+        let mut payload = vec![0; self.payload_len()];
+        self.emit(&mut payload);
+        Frame::new(FrameType::Error, Flags::END_STREAM, stream, &payload).encode_into(out);
+    }
+}
+
+impl fmt::Display for ErrorMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // === HELLO ===
+
+    #[test]
+    fn hello_emit_then_parse_round_trips() {
+        let hello = Hello {
+            min_version: 1,
+            max_version: 3,
+            credentials: b"secret",
+        };
+        let mut payload = vec![0xa5; hello.payload_len() + 2];
+        hello.emit(&mut payload);
+        assert_eq!(&payload[..8], b"MNRX\x00\x01\x00\x03");
+        assert_eq!(
+            &payload[hello.payload_len()..],
+            [0xa5, 0xa5],
+            "emit wrote past its length"
+        );
+        assert_eq!(Hello::parse(&payload[..hello.payload_len()]), Ok(hello));
+    }
+
+    #[test]
+    fn hello_parse_rejects_short_bad_magic_and_empty_range() {
+        assert_eq!(
+            Hello::parse(b"MNRX\0\x01"),
+            Err(MessageError::Truncated { need: 8, got: 6 })
+        );
+        assert_eq!(
+            Hello::parse(b"HTTP\0\x01\0\x01"),
+            Err(MessageError::BadMagic(*b"HTTP"))
+        );
+        assert_eq!(
+            Hello::parse(b"MNRX\0\x02\0\x01"),
+            Err(MessageError::BadVersionRange { min: 2, max: 1 })
+        );
+    }
+
+    #[test]
+    fn hello_parse_rejects_oversize_credentials() {
+        let mut payload = b"MNRX\0\x01\0\x01".to_vec();
+        payload.resize(8 + MAX_CREDENTIALS_LEN + 1, b'x');
+        assert_eq!(
+            Hello::parse(&payload),
+            Err(MessageError::TooLong {
+                len: MAX_CREDENTIALS_LEN + 1,
+                max: MAX_CREDENTIALS_LEN
+            })
+        );
+    }
+
+    #[test]
+    fn negotiate_picks_newest_common_version() {
+        let range = |min, max| Hello {
+            min_version: min,
+            max_version: max,
+            credentials: &[],
+        };
+        assert_eq!(range(1, 1).negotiate(), Some(1));
+        assert_eq!(range(0, 9).negotiate(), Some(PROTOCOL_VERSION));
+        assert_eq!(range(2, 9).negotiate(), None);
+        assert_eq!(range(0, 0).negotiate(), None);
+    }
+
+    // === HELLO_OK ===
+
+    #[test]
+    fn hello_ok_round_trips_and_ignores_trailing_fields() {
+        let ok = HelloOk {
+            version: 1,
+            max_payload_len: 1 << 20,
+        };
+        let mut payload = [0xa5; HelloOk::PAYLOAD_LEN + 3];
+        ok.emit(&mut payload);
+        assert_eq!(
+            payload[..HelloOk::PAYLOAD_LEN],
+            *b"MNRX\x00\x01\x00\x10\x00\x00"
+        );
+        assert_eq!(HelloOk::parse(&payload), Ok(ok));
+    }
+
+    // === ERROR ===
+
+    #[test]
+    fn error_round_trips() {
+        let error = ErrorMessage::new(ErrorCode::FrameTooLarge, "too big");
+        let mut out = Vec::new();
+        error.encode(9, &mut out);
+        assert_eq!(&out[..12], [0x03, 0x01, 0, 0, 0, 0, 0, 9, 0, 0, 0, 9]);
+        assert_eq!(ErrorMessage::parse(&out[12..]), Ok(error));
+    }
+
+    #[test]
+    fn error_text_is_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_TEXT_LEN);
+        let error = ErrorMessage::new(ErrorCode::Timeout, &long);
+        assert!(error.text.len() <= MAX_ERROR_TEXT_LEN);
+        assert_eq!(error.text.len() % 2, 0);
+    }
+
+    #[test]
+    fn error_parse_rejects_non_utf8_and_keeps_unknown_codes() {
+        assert_eq!(
+            ErrorMessage::parse(b"\x00\x01\xff"),
+            Err(MessageError::NotUtf8)
+        );
+        let parsed = ErrorMessage::parse(b"\x01\x00hi").unwrap();
+        assert_eq!(parsed.code, ErrorCode::Other(256));
+        assert!(parsed.code.is_fatal());
+    }
+
+    #[test]
+    fn every_known_code_round_trips() {
+        for code in 0..=20 {
+            assert_eq!(ErrorCode::from_u16(code).to_u16(), code);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The wire protocol, sans-IO: bytes in, frames out, and back. Nothing here touches a socket, a
+//! process or the clock, so it can be driven from a test, a fuzzer or another event loop.
+//!
+//! Three layers, each in its own module:
+//! - [`header`]: the fixed 12-byte header ([`Header::parse`], [`Header::emit`]);
+//! - [`frame`]: whole frames ([`Decoder::decode`], [`Frame::encode_into`]);
+//! - [`message`]: payloads of the connection-level frames (HELLO, HELLO_OK, ERROR).
+//!
+//! `docs/PROTOCOL.md` specifies the same bytes for people writing their own clients.
+
+pub mod frame;
+pub mod header;
+pub mod message;
+
+pub use frame::{Decoder, Frame, Frames};
+pub use header::{DecodeError, Flags, FrameType, HEADER_LEN, Header};
+pub use message::{ErrorCode, ErrorMessage, Hello, HelloOk, MAGIC, MessageError, PROTOCOL_VERSION};

@@ -1,0 +1,337 @@
+//! The echo service in its three forms.
+//!
+//! - Framed: [`reply`] answers an ECHO_REQUEST with an ECHO_REPLY carrying the same payload on
+//!   the same stream.
+//! - Raw TCP (RFC 862): a connection in [`State::Echoing`](crate::conn::State::Echoing); the
+//!   byte pump lives in [`Connection::drive`](crate::conn::Connection::drive) because it is
+//!   nothing but the connection's read and write paths.
+//! - UDP: [`UdpEcho`] sends each datagram back to its sender.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+
+use log::{debug, warn};
+use mio::Interest;
+
+use crate::conn::{Replies, Verdict};
+use crate::limits::Limits;
+use crate::proto::{Frame, FrameType};
+use crate::throttle::LogThrottle;
+use crate::timer::Tick;
+
+/// Answers an ECHO_REQUEST: the payload comes back unchanged, on the request's stream.
+pub fn reply(request: Frame<'_>, replies: &mut Replies<'_>) {
+    replies.frame(FrameType::EchoReply, request.header.stream, request.payload);
+}
+
+/// Largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP header bytes).
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Source ports never answered: 0 is not a real sender, and replying to echo (7) or chargen (19)
+/// lets a spoofed datagram start an endless loop between two servers (CERT CA-1996-01).
+pub const REFUSED_SOURCE_PORTS: [u16; 3] = [0, 7, 19];
+
+/// A datagram socket, as [`UdpEcho`] uses it. Implemented by `mio::net::UdpSocket`; tests
+/// substitute a scripted one.
+pub trait Datagrams {
+    /// Receives one datagram (see `UdpSocket::recv_from`).
+    fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+    /// Sends one datagram (see `UdpSocket::send_to`).
+    fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize>;
+}
+
+impl Datagrams for mio::net::UdpSocket {
+    fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        mio::net::UdpSocket::recv_from(self, buf)
+    }
+
+    fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        mio::net::UdpSocket::send_to(self, buf, target)
+    }
+}
+
+/// Counters for the UDP echo, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// Datagrams sent back.
+    pub echoed: u64,
+    /// Replies dropped because the queue was full.
+    pub dropped_queue_full: u64,
+    /// Datagrams ignored because of their source port.
+    pub refused_source_port: u64,
+    /// Replies that failed to send for another reason.
+    pub send_errors: u64,
+}
+
+/// UDP echo over any [`Datagrams`] socket.
+///
+/// Call order: [`UdpEcho::on_ready`] with what the poll reported, then [`UdpEcho::drive`];
+/// re-register when [`UdpEcho::interest`] changes. A reply that cannot be sent now
+/// (`WouldBlock`) waits in a bounded queue and goes out on the next WRITABLE; when the queue is
+/// full, the reply is dropped and counted: UDP promises nothing, and memory stays bounded.
+#[derive(Debug)]
+pub struct UdpEcho<S> {
+    socket: S,
+    datagram: Box<[u8]>,
+    queue: VecDeque<(SocketAddr, Box<[u8]>)>,
+    queued_bytes: usize,
+    read_ready: bool,
+    write_ready: bool,
+    stats: UdpStats,
+    drop_log: LogThrottle,
+}
+
+impl<S: Datagrams> UdpEcho<S> {
+    /// Echoes on `socket`. The receive buffer is allocated once, here.
+    pub fn new(socket: S) -> UdpEcho<S> {
+        UdpEcho {
+            socket,
+            // One byte more than the largest datagram, so a larger (IPv6) one shows as truncated
+            // instead of being echoed cut short.
+            datagram: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            read_ready: true,
+            write_ready: true,
+            stats: UdpStats::default(),
+            drop_log: LogThrottle::default(),
+        }
+    }
+
+    /// The socket, for registering with the poll.
+    pub fn socket_mut(&mut self) -> &mut S {
+        &mut self.socket
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> UdpStats {
+        self.stats
+    }
+
+    /// Replies waiting for the socket to become writable.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Records readiness reported by the poll.
+    pub fn on_ready(&mut self, readable: bool, writable: bool) {
+        self.read_ready |= readable;
+        self.write_ready |= writable;
+    }
+
+    /// READABLE always; WRITABLE only while replies wait, since a UDP socket is nearly always
+    /// writable and would otherwise wake the loop for nothing.
+    pub fn interest(&self) -> Interest {
+        if self.queue.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        }
+    }
+
+    /// Sends queued replies, then receives and echoes up to the turn's datagram budget.
+    /// Returns [`Verdict::Again`] if the budget ran out with datagrams possibly left.
+    pub fn drive(&mut self, limits: &Limits, now: Tick) -> Verdict {
+        self.send_queued();
+        let mut budget = limits.datagram_budget;
+        while self.read_ready {
+            if budget == 0 {
+                return Verdict::Again;
+            }
+            match self.socket.recv_from(&mut self.datagram) {
+                Ok((len, source)) => {
+                    budget -= 1;
+                    self.echo(len, source, limits, now);
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => self.read_ready = false,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => {
+                    // Counted against the budget so a persistent error cannot spin the loop.
+                    budget -= 1;
+                    debug!("udp echo: receive failed: {error}");
+                }
+            }
+        }
+        Verdict::Wait
+    }
+
+    fn echo(&mut self, len: usize, source: SocketAddr, limits: &Limits, now: Tick) {
+        if REFUSED_SOURCE_PORTS.contains(&source.port()) {
+            self.stats.refused_source_port += 1;
+            return;
+        }
+        if len > MAX_DATAGRAM {
+            debug!("udp echo: datagram from {source} larger than {MAX_DATAGRAM} bytes, ignored");
+            return;
+        }
+        if self.queue.is_empty() && self.write_ready {
+            match self.socket.send_to(&self.datagram[..len], source) {
+                Ok(_) => {
+                    self.stats.echoed += 1;
+                    return;
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => self.write_ready = false,
+                Err(error) => {
+                    self.stats.send_errors += 1;
+                    debug!("udp echo: send to {source} failed: {error}");
+                    return;
+                }
+            }
+        }
+        if self.queue.len() >= limits.udp_queue_len
+            || self.queued_bytes + len > limits.udp_queue_bytes
+        {
+            self.stats.dropped_queue_full += 1;
+            if let Some(suppressed) = self.drop_log.allow(now) {
+                warn!(
+                    "udp echo: reply queue full, dropping replies ({suppressed} more since last report)"
+                );
+            }
+            return;
+        }
+        self.queued_bytes += len;
+        self.queue.push_back((source, self.datagram[..len].into()));
+    }
+
+    fn send_queued(&mut self) {
+        while self.write_ready {
+            let Some((target, payload)) = self.queue.pop_front() else {
+                break;
+            };
+            match self.socket.send_to(&payload, target) {
+                Ok(_) => {
+                    self.stats.echoed += 1;
+                    self.queued_bytes -= payload.len();
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    self.write_ready = false;
+                    self.queue.push_front((target, payload));
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => {
+                    self.queue.push_front((target, payload));
+                }
+                Err(error) => {
+                    self.stats.send_errors += 1;
+                    self.queued_bytes -= payload.len();
+                    debug!("udp echo: send to {target} failed: {error}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that delivers scripted datagrams and accepts `send_capacity` sends before
+    /// answering `WouldBlock`.
+    struct FakeSocket {
+        incoming: VecDeque<(Vec<u8>, SocketAddr)>,
+        sent: Vec<(Vec<u8>, SocketAddr)>,
+        send_capacity: usize,
+    }
+
+    impl Datagrams for FakeSocket {
+        fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+            let (bytes, from) = self.incoming.pop_front().ok_or(ErrorKind::WouldBlock)?;
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            Ok((bytes.len(), from))
+        }
+
+        fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+            if self.sent.len() == self.send_capacity {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            self.sent.push((buf.to_vec(), target));
+            Ok(buf.len())
+        }
+    }
+
+    fn from_port(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn echo_with(
+        incoming: Vec<(Vec<u8>, SocketAddr)>,
+        send_capacity: usize,
+    ) -> UdpEcho<FakeSocket> {
+        UdpEcho::new(FakeSocket {
+            incoming: incoming.into(),
+            sent: Vec::new(),
+            send_capacity,
+        })
+    }
+
+    #[test]
+    fn echoes_each_datagram_to_its_sender() {
+        let mut echo = echo_with(
+            vec![
+                (b"a".to_vec(), from_port(5000)),
+                (b"bc".to_vec(), from_port(5001)),
+            ],
+            10,
+        );
+        assert_eq!(echo.drive(&Limits::default(), Tick(0)), Verdict::Wait);
+        assert_eq!(
+            echo.socket.sent,
+            vec![
+                (b"a".to_vec(), from_port(5000)),
+                (b"bc".to_vec(), from_port(5001))
+            ]
+        );
+        assert_eq!(echo.stats().echoed, 2);
+    }
+
+    #[test]
+    fn never_replies_to_ports_0_7_19() {
+        let incoming = [0, 7, 19]
+            .map(|port| (b"loop".to_vec(), from_port(port)))
+            .to_vec();
+        let mut echo = echo_with(incoming, 10);
+        echo.drive(&Limits::default(), Tick(0));
+        assert!(echo.socket.sent.is_empty());
+        assert_eq!(echo.stats().refused_source_port, 3);
+    }
+
+    #[test]
+    fn queues_when_send_would_block_then_drops_when_full() {
+        let limits = Limits {
+            udp_queue_len: 2,
+            ..Limits::default()
+        };
+        let incoming = (0..5u8).map(|i| (vec![i], from_port(6000))).collect();
+        let mut echo = echo_with(incoming, 1);
+        echo.drive(&limits, Tick(0));
+        assert_eq!(echo.socket.sent.len(), 1);
+        assert_eq!(echo.queued(), 2);
+        assert_eq!(echo.stats().dropped_queue_full, 2);
+        assert_eq!(echo.interest(), Interest::READABLE | Interest::WRITABLE);
+
+        echo.socket.send_capacity = 10;
+        echo.on_ready(false, true);
+        echo.drive(&limits, Tick(1));
+        let payloads: Vec<Vec<u8>> = echo.socket.sent.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            payloads,
+            vec![vec![0], vec![1], vec![2]],
+            "queued replies keep their order"
+        );
+        assert_eq!(echo.interest(), Interest::READABLE);
+    }
+
+    #[test]
+    fn budget_bounds_one_turn() {
+        let limits = Limits {
+            datagram_budget: 3,
+            ..Limits::default()
+        };
+        let incoming = (0..5u8).map(|i| (vec![i], from_port(6000))).collect();
+        let mut echo = echo_with(incoming, 10);
+        assert_eq!(echo.drive(&limits, Tick(0)), Verdict::Again);
+        assert_eq!(echo.socket.sent.len(), 3);
+        assert_eq!(echo.drive(&limits, Tick(0)), Verdict::Wait);
+        assert_eq!(echo.socket.sent.len(), 5);
+    }
+}

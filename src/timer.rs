@@ -1,0 +1,135 @@
+//! Time as the loop sees it, and the deadline queue that sets `poll`'s timeout.
+//!
+//! The reactor reads the clock once per turn and hands the result ([`Tick`]) to everything else,
+//! so connection code never reads the clock itself and tests can pass any time they like.
+//!
+//! [`TimerQueue`] is a min-heap of `(deadline, key)`. Entries are *hints*: when one comes due,
+//! its owner recomputes its real deadline from its own state and either acts or pushes a new
+//! entry. So pushing a later deadline never needs to find and update the old entry (an idle
+//! connection's deadline moves on every byte, and costs nothing until it fires), and a
+//! leftover entry for a closed connection is simply ignored. Owners push only when their
+//! deadline moves *earlier* than the one they have queued, which keeps the heap small (libev's
+//! "be smart about timeouts", strategy 2).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the reactor started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tick(pub u64);
+
+impl Tick {
+    /// The tick `duration` after this one, rounded up to the next millisecond so a deadline never
+    /// fires early.
+    pub fn after(self, duration: Duration) -> Tick {
+        let millis = duration.as_nanos().div_ceil(1_000_000);
+        Tick(
+            self.0
+                .saturating_add(u64::try_from(millis).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// Time from `self` until `later`, zero if `later` is not later.
+    pub fn until(self, later: Tick) -> Duration {
+        Duration::from_millis(later.0.saturating_sub(self.0))
+    }
+}
+
+/// Converts the monotonic clock to [`Tick`]s.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    /// A clock whose tick 0 is now.
+    pub fn start() -> Clock {
+        Clock {
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The current tick.
+    pub fn now(&self) -> Tick {
+        Tick(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A min-heap of deadlines; see the module docs for how entries are used as hints.
+#[derive(Debug)]
+pub struct TimerQueue<K: Ord> {
+    heap: BinaryHeap<Reverse<(Tick, K)>>,
+}
+
+impl<K: Ord + Copy> TimerQueue<K> {
+    /// An empty queue with room for `capacity` entries before it reallocates.
+    pub fn with_capacity(capacity: usize) -> TimerQueue<K> {
+        TimerQueue {
+            heap: BinaryHeap::with_capacity(capacity),
+        }
+    }
+
+    /// Queues `key` to come due at `at`.
+    pub fn push(&mut self, at: Tick, key: K) {
+        self.heap.push(Reverse((at, key)));
+    }
+
+    /// The earliest deadline, if any.
+    pub fn next_deadline(&self) -> Option<Tick> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Removes and returns the earliest entry if it is due at `now`.
+    pub fn pop_due(&mut self, now: Tick) -> Option<(Tick, K)> {
+        if self.next_deadline()? > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(entry)| entry)
+    }
+
+    /// Entries queued, live or stale.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_rounds_up_to_whole_milliseconds() {
+        assert_eq!(Tick(10).after(Duration::from_micros(1)), Tick(11));
+        assert_eq!(Tick(10).after(Duration::from_millis(5)), Tick(15));
+        assert_eq!(
+            Tick(u64::MAX - 1).after(Duration::from_secs(9)),
+            Tick(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn until_saturates_at_zero() {
+        assert_eq!(Tick(5).until(Tick(8)), Duration::from_millis(3));
+        assert_eq!(Tick(8).until(Tick(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn pops_in_deadline_order_and_only_when_due() {
+        let mut queue = TimerQueue::with_capacity(4);
+        queue.push(Tick(30), 'c');
+        queue.push(Tick(10), 'a');
+        queue.push(Tick(20), 'b');
+        assert_eq!(queue.next_deadline(), Some(Tick(10)));
+        assert_eq!(queue.pop_due(Tick(9)), None);
+        assert_eq!(queue.pop_due(Tick(25)), Some((Tick(10), 'a')));
+        assert_eq!(queue.pop_due(Tick(25)), Some((Tick(20), 'b')));
+        assert_eq!(queue.pop_due(Tick(25)), None);
+        assert_eq!(queue.len(), 1);
+    }
+}

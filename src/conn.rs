@@ -246,7 +246,8 @@ pub struct Connection {
     last_active: Tick,
     /// A deadline earlier than the idle one: for the incomplete frame at the head of `input`
     /// (its first byte's arrival plus the frame timeout), or, in `Closing`, for the whole close.
-    phase_deadline: Option<Tick>,
+    /// [`Tick::NEVER`] when neither applies.
+    phase_deadline: Tick,
 }
 
 impl Connection {
@@ -263,7 +264,7 @@ impl Connection {
             input: None,
             output: None,
             last_active: now,
-            phase_deadline: None,
+            phase_deadline: Tick::NEVER,
         }
     }
 
@@ -314,12 +315,10 @@ impl Connection {
     /// When [`Connection::on_deadline`] must be called: the idle deadline, or sooner if a frame
     /// is half-received or the connection is closing.
     pub fn deadline(&self, limits: &Limits) -> Tick {
-        let idle = self.last_active.after(limits.idle_timeout);
-        match (self.state, self.phase_deadline) {
-            (State::Closing, Some(deadline)) => deadline,
-            (_, Some(deadline)) => idle.min(deadline),
-            (_, None) => idle,
+        if self.state == State::Closing {
+            return self.phase_deadline;
         }
+        self.last_active.after(limits.idle_timeout).min(self.phase_deadline)
     }
 
     /// Handles a passed deadline: a framed connection is told `TIMEOUT` and starts closing; any
@@ -366,7 +365,7 @@ impl Connection {
         if let Some(input) = self.input.take() {
             cx.pool.give(input);
         }
-        self.phase_deadline = Some(cx.now.after(within));
+        self.phase_deadline = cx.now.after(within);
         self.set_state(State::Closing);
     }
 
@@ -494,7 +493,7 @@ impl Connection {
                 }
             };
             budget.frames -= 1;
-            self.phase_deadline = None;
+            self.phase_deadline = Tick::NEVER;
             let len = frame.wire_len();
             let next_state = dispatch(self.state, frame, &mut replies, cx.limits)?;
             input.consume(len);
@@ -529,10 +528,11 @@ impl Connection {
 
     fn track_partial_frame(&mut self, waiting_for_bytes: bool, limits: &Limits, now: Tick) {
         if waiting_for_bytes && self.pending_input() > 0 {
-            self.phase_deadline
-                .get_or_insert(now.after(limits.frame_timeout));
+            if self.phase_deadline == Tick::NEVER {
+                self.phase_deadline = now.after(limits.frame_timeout);
+            }
         } else {
-            self.phase_deadline = None;
+            self.phase_deadline = Tick::NEVER;
         }
     }
 

@@ -122,8 +122,9 @@ impl Source {
     }
 }
 
-/// Entries in the deadline queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// Entries in the deadline queue. Stored packed into a [`Token`] (a connection's own poll
+/// token, or a constant no source is registered with), so a heap entry is 16 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimerKey {
     /// A connection's deadline (idle, frame, linger).
     Conn(ConnKey),
@@ -131,6 +132,30 @@ enum TimerKey {
     ShutdownGrace,
     /// Try accepting again after running out of descriptors.
     AcceptRetry,
+}
+
+const SHUTDOWN_GRACE_TIMER: Token = Token(5);
+const ACCEPT_RETRY_TIMER: Token = Token(6);
+
+impl TimerKey {
+    fn pack(self) -> Token {
+        match self {
+            TimerKey::Conn(key) => Source::Conn(key).token(),
+            TimerKey::ShutdownGrace => SHUTDOWN_GRACE_TIMER,
+            TimerKey::AcceptRetry => ACCEPT_RETRY_TIMER,
+        }
+    }
+
+    fn unpack(token: Token) -> Option<TimerKey> {
+        match token {
+            SHUTDOWN_GRACE_TIMER => Some(TimerKey::ShutdownGrace),
+            ACCEPT_RETRY_TIMER => Some(TimerKey::AcceptRetry),
+            token => match Source::from_token(token)? {
+                Source::Conn(key) => Some(TimerKey::Conn(key)),
+                _ => None,
+            },
+        }
+    }
 }
 
 // === Connections ===
@@ -143,8 +168,8 @@ struct Slot {
     generation: u32,
     /// The interest the socket is registered with, to re-register only on change.
     registered: Interest,
-    /// Deadline of this slot's live entry in the timer queue.
-    armed: Option<Tick>,
+    /// Deadline of this slot's live entry in the timer queue ([`Tick::NEVER`]: none).
+    armed: Tick,
     /// On the ready list already.
     queued: bool,
     /// Marked for closing at the end of the batch.
@@ -206,7 +231,7 @@ struct Core {
     shutdown_requested: Arc<AtomicBool>,
     conns: Slab<Slot>,
     next_generation: u32,
-    timers: TimerQueue<TimerKey>,
+    timers: TimerQueue<Token>,
     /// Sources to serve next turn without waiting for readiness.
     ready: Vec<Source>,
     /// The ready list being served this turn (swapped with `ready`, so neither reallocates).
@@ -445,9 +470,9 @@ impl Core {
             slot.registered = wanted;
         }
         let deadline = slot.conn.deadline(&self.limits);
-        if slot.armed.is_none_or(|armed| deadline < armed) {
-            slot.armed = Some(deadline);
-            self.timers.push(deadline, TimerKey::Conn(key));
+        if deadline < slot.armed {
+            slot.armed = deadline;
+            self.timers.push(deadline, TimerKey::Conn(key).pack());
         }
     }
 
@@ -557,7 +582,7 @@ impl Core {
             conn,
             generation: key.generation,
             registered,
-            armed: None,
+            armed: Tick::NEVER,
             queued: false,
             closing: false,
         });
@@ -570,9 +595,9 @@ impl Core {
         // yet; only the idle deadline needs arming.
         let deadline = self.now.after(self.limits.idle_timeout);
         if let Some(slot) = self.conns.get_mut(key.slot as usize) {
-            slot.armed = Some(deadline);
+            slot.armed = deadline;
         }
-        self.timers.push(deadline, TimerKey::Conn(key));
+        self.timers.push(deadline, TimerKey::Conn(key).pack());
     }
 
     /// Turns a client away: framed clients get SERVER_BUSY. Shutting the write side and reading
@@ -622,7 +647,7 @@ impl Core {
         if !self.accept_paused {
             self.accept_paused = true;
             self.timers
-                .push(self.now.after(ACCEPT_RETRY), TimerKey::AcceptRetry);
+                .push(self.now.after(ACCEPT_RETRY), TimerKey::AcceptRetry.pack());
         }
     }
 
@@ -665,7 +690,10 @@ impl Core {
     // === Timers ===
 
     fn fire_timers(&mut self) {
-        while let Some((at, key)) = self.timers.pop_due(self.now) {
+        while let Some((at, token)) = self.timers.pop_due(self.now) {
+            let Some(key) = TimerKey::unpack(token) else {
+                continue;
+            };
             match key {
                 TimerKey::Conn(key) => self.conn_timer(key, at),
                 TimerKey::ShutdownGrace => {
@@ -689,10 +717,10 @@ impl Core {
         let Some(slot) = live_slot(&mut self.conns, key) else {
             return;
         };
-        if slot.armed != Some(at) {
+        if slot.armed != at {
             return; // superseded by an earlier entry
         }
-        slot.armed = None;
+        slot.armed = Tick::NEVER;
         if slot.conn.deadline(&self.limits) <= now {
             let mut cx = Context {
                 pool: &mut self.pool,
@@ -748,7 +776,7 @@ impl Core {
         }
         let deadline = self.now.after(grace);
         self.shutdown_deadline = Some(deadline);
-        self.timers.push(deadline, TimerKey::ShutdownGrace);
+        self.timers.push(deadline, TimerKey::ShutdownGrace.pack());
         let keys: Vec<ConnKey> = self
             .conns
             .iter()

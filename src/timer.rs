@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 pub struct Tick(pub u64);
 
 impl Tick {
+    /// A deadline that never comes: later than every real tick, so `min` ignores it. Used
+    /// instead of `Option<Tick>` to keep per-connection state small.
+    pub const NEVER: Tick = Tick(u64::MAX);
+
     /// The tick `duration` after this one, rounded up to the next millisecond so a deadline never
     /// fires early.
     pub fn after(self, duration: Duration) -> Tick {

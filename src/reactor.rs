@@ -846,3 +846,193 @@ fn is_per_connection_error(error: &io::Error) -> bool {
         )
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream as StdTcpStream;
+    use std::thread::sleep;
+
+    use super::*;
+    use crate::conn::State;
+    use crate::proto::Hello;
+
+    fn reactor() -> (Reactor, SocketAddr) {
+        let framed = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = framed.local_addr().unwrap();
+        let sockets = Sockets {
+            framed,
+            echo_tcp: None,
+            echo_udp: None,
+        };
+        (
+            Reactor::new(sockets, Limits::default(), false).unwrap(),
+            addr,
+        )
+    }
+
+    fn keys(core: &Core) -> Vec<ConnKey> {
+        core.conns
+            .iter()
+            .map(|(slot, s)| ConnKey {
+                slot: slot as u32,
+                generation: s.generation,
+            })
+            .collect()
+    }
+
+    /// Connects and accepts; loopback completes the handshake before `connect` returns, so one
+    /// accept call finds it.
+    fn connect_and_accept(core: &mut Core, addr: SocketAddr) -> (StdTcpStream, ConnKey) {
+        let before = keys(core);
+        let client = StdTcpStream::connect(addr).unwrap();
+        core.accept(Source::FramedListener);
+        let new: Vec<ConnKey> = keys(core)
+            .into_iter()
+            .filter(|key| !before.contains(key))
+            .collect();
+        assert_eq!(new.len(), 1, "exactly one connection accepted");
+        (client, new[0])
+    }
+
+    fn hello() -> Vec<u8> {
+        let mut wire = Vec::new();
+        Hello::current().encode(&mut wire);
+        wire
+    }
+
+    #[test]
+    fn tokens_round_trip_through_their_encoding() {
+        let extremes = [
+            ConnKey {
+                slot: 0,
+                generation: 0,
+            },
+            ConnKey {
+                slot: SLOT_MASK as u32,
+                generation: u32::MAX,
+            },
+        ];
+        for key in extremes {
+            assert_eq!(
+                Source::from_token(Source::Conn(key).token()),
+                Some(Source::Conn(key))
+            );
+        }
+        for source in [
+            Source::FramedListener,
+            Source::EchoListener,
+            Source::Udp,
+            Source::Signals,
+            Source::Waker,
+        ] {
+            assert_eq!(Source::from_token(source.token()), Some(source));
+        }
+        for key in [
+            TimerKey::ShutdownGrace,
+            TimerKey::AcceptRetry,
+            TimerKey::Conn(extremes[1]),
+        ] {
+            assert_eq!(TimerKey::unpack(key.pack()), Some(key));
+        }
+    }
+
+    #[test]
+    fn slot_closed_in_a_batch_is_not_reused_and_its_stale_token_reaches_nothing() {
+        let (mut reactor, addr) = reactor();
+        let core = &mut reactor.core;
+
+        // One batch: A's EOF event closes A; B is accepted; a second event for A arrives.
+        let (client_a, key_a) = connect_and_accept(core, addr);
+        drop(client_a);
+        for _ in 0..100 {
+            core.serve_conn(key_a, true, false);
+            if core.conns[key_a.slot as usize].closing {
+                break;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        assert!(
+            core.conns[key_a.slot as usize].closing,
+            "A saw EOF and was marked for closing"
+        );
+        let (mut client_b, key_b) = connect_and_accept(core, addr);
+        assert_ne!(
+            key_b.slot, key_a.slot,
+            "a slot closing in this batch is not handed out"
+        );
+        client_b.write_all(&hello()).unwrap();
+        core.serve_conn(key_a, true, true);
+        assert_eq!(
+            core.conns[key_b.slot as usize].conn.state(),
+            State::AwaitingHello,
+            "A's event did not drive B"
+        );
+        core.close_marked();
+        assert!(!core.conns.contains(key_a.slot as usize));
+
+        // Next batch: C reuses A's slot under a new generation; A's token is now stale.
+        let (mut client_c, key_c) = connect_and_accept(core, addr);
+        assert_eq!(key_c.slot, key_a.slot, "the freed slot is reused");
+        assert_ne!(key_c.generation, key_a.generation);
+        client_c.write_all(&hello()).unwrap();
+        core.serve_conn(key_a, true, true);
+        assert_eq!(
+            core.conns[key_c.slot as usize].conn.state(),
+            State::AwaitingHello,
+            "stale token did not drive C"
+        );
+        client_c.set_nonblocking(true).unwrap();
+        assert_eq!(
+            client_c.read(&mut [0; 64]).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+
+        // C's own token does reach C (retry until its HELLO has arrived).
+        for _ in 0..100 {
+            core.serve_conn(key_c, true, true);
+            if core.conns[key_c.slot as usize].conn.state() == State::Open {
+                break;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        assert_eq!(core.conns[key_c.slot as usize].conn.state(), State::Open);
+    }
+
+    #[test]
+    fn budget_exhaustion_queues_the_connection_once() {
+        let (mut reactor, addr) = reactor();
+        let core = &mut reactor.core;
+        core.limits.frame_budget = 2;
+        let (mut client, key) = connect_and_accept(core, addr);
+        let mut wire = hello();
+        for stream in 1..=10 {
+            let request = crate::proto::Frame::new(
+                crate::proto::FrameType::EchoRequest,
+                crate::proto::Flags::END_STREAM,
+                stream,
+                b"x",
+            );
+            request.encode_into(&mut wire);
+        }
+        client.write_all(&wire).unwrap();
+        for _ in 0..100 {
+            core.serve_conn(key, true, true);
+            if core.conns[key.slot as usize].queued {
+                break;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        assert!(
+            core.conns[key.slot as usize].queued,
+            "frames left after the budget: queued"
+        );
+        assert_eq!(core.ready, vec![Source::Conn(key)]);
+        core.serve_conn(key, false, false);
+        assert_eq!(
+            core.ready.len(),
+            1,
+            "queued once, however often it is served"
+        );
+    }
+}

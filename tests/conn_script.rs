@@ -1,0 +1,493 @@
+//! The connection state machine driven by scripted I/O: every read, `WouldBlock`, error and
+//! expected write is spelled out, and time is whatever the test says it is.
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use mio::Interest;
+use monoreactor::buffer::BufferPool;
+use monoreactor::conn::{Connection, Context, Protocol, State, Verdict};
+use monoreactor::limits::Limits;
+use monoreactor::proto::{
+    ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Hello, HelloOk,
+};
+use monoreactor::testkit::{Builder, ScriptedIo};
+use monoreactor::timer::Tick;
+
+/// A connection plus what `drive` borrows from the loop.
+struct Harness {
+    conn: Connection,
+    pool: BufferPool,
+    limits: Limits,
+    now: Tick,
+}
+
+impl Harness {
+    fn new(protocol: Protocol, limits: Limits) -> Harness {
+        let pool = BufferPool::new(limits.io_buffer_len, 8);
+        Harness {
+            conn: Connection::new(protocol, Tick(0)),
+            pool,
+            limits,
+            now: Tick(0),
+        }
+    }
+
+    fn framed() -> Harness {
+        Harness::new(Protocol::Framed, Limits::default())
+    }
+
+    /// One readiness event, then `drive`.
+    #[track_caller]
+    fn event(&mut self, io: &mut ScriptedIo, readable: bool, writable: bool) -> Verdict {
+        self.conn.on_ready(readable, writable);
+        self.drive(io)
+    }
+
+    fn drive(&mut self, io: &mut ScriptedIo) -> Verdict {
+        let mut cx = Context {
+            pool: &mut self.pool,
+            limits: &self.limits,
+            now: self.now,
+        };
+        self.conn.drive(io, &mut cx)
+    }
+
+    fn expire(&mut self, io: &mut ScriptedIo) -> Verdict {
+        self.now = self.conn.deadline(&self.limits);
+        let mut cx = Context {
+            pool: &mut self.pool,
+            limits: &self.limits,
+            now: self.now,
+        };
+        self.conn.on_deadline(&mut cx);
+        self.drive(io)
+    }
+}
+
+fn hello() -> Vec<u8> {
+    let mut wire = Vec::new();
+    Hello::current().encode(&mut wire);
+    wire
+}
+
+fn hello_ok() -> Vec<u8> {
+    let mut wire = Vec::new();
+    HelloOk {
+        version: 1,
+        max_payload_len: Limits::default().max_frame_len,
+    }
+    .encode(&mut wire);
+    wire
+}
+
+fn echo_request(stream: u32, payload: &[u8]) -> Vec<u8> {
+    Frame::new(FrameType::EchoRequest, Flags::END_STREAM, stream, payload).to_vec()
+}
+
+fn echo_reply(stream: u32, payload: &[u8]) -> Vec<u8> {
+    Frame::new(FrameType::EchoReply, Flags::END_STREAM, stream, payload).to_vec()
+}
+
+fn error_frame(code: ErrorCode, text: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    ErrorMessage::new(code, text).encode(0, &mut wire);
+    wire
+}
+
+// === Handshake ===
+
+#[test]
+fn hello_one_byte_per_event_is_answered_once_complete() {
+    let wire = hello();
+    let mut script = Builder::new();
+    for byte in &wire {
+        script.read(&[*byte]);
+    }
+    let mut io = script.write(&hello_ok()).build();
+    let mut h = Harness::framed();
+    for _ in &wire {
+        assert_eq!(h.conn.state(), State::AwaitingHello);
+        assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    }
+    assert_eq!(h.conn.state(), State::Open);
+    assert!(
+        !h.conn.holds_buffers(),
+        "an idle connection gives its buffers back"
+    );
+}
+
+#[test]
+fn interrupted_read_is_retried() {
+    let mut io = Builder::new()
+        .read_error(ErrorKind::Interrupted)
+        .read(&hello())
+        .write(&hello_ok())
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.conn.state(), State::Open);
+}
+
+#[test]
+fn request_before_hello_is_refused_and_closed_in_order() {
+    let error = error_frame(
+        ErrorCode::UnexpectedFrame,
+        "expected HELLO first, got ECHO_REQUEST",
+    );
+    let mut io = Builder::new()
+        .read(&echo_request(1, b"hi"))
+        .write(&error)
+        .eof()
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(
+        h.event(&mut io, true, false),
+        Verdict::Wait,
+        "error sent, FIN sent, lingering"
+    );
+    assert!(io.write_shut());
+    assert_eq!(
+        h.event(&mut io, true, false),
+        Verdict::Close,
+        "the peer's EOF ends the linger"
+    );
+}
+
+// === Requests ===
+
+#[test]
+fn pipelined_requests_are_answered_in_order_in_one_write() {
+    let mut input = hello();
+    let mut output = hello_ok();
+    for stream in 1..=5u32 {
+        input.extend(echo_request(stream, &stream.to_be_bytes()));
+        output.extend(echo_reply(stream, &stream.to_be_bytes()));
+    }
+    let mut io = Builder::new().read(&input).write(&output).build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+}
+
+#[test]
+fn unknown_frame_type_gets_an_error_and_the_connection_stays_open() {
+    let unknown = Frame::new(FrameType::Unknown(0x7f), Flags::NONE, 9, b"future").to_vec();
+    let mut error = Vec::new();
+    ErrorMessage::new(
+        ErrorCode::UnknownFrameType,
+        "frame type 0x7f is not known to this server",
+    )
+    .encode(9, &mut error);
+    let mut input = hello();
+    input.extend(unknown);
+    input.extend(echo_request(10, b"still here"));
+    let mut output = hello_ok();
+    output.extend(error);
+    output.extend(echo_reply(10, b"still here"));
+    let mut io = Builder::new().read(&input).write(&output).build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.conn.state(), State::Open);
+}
+
+#[test]
+fn frames_split_across_events_give_the_same_replies() {
+    let first = echo_request(1, b"first");
+    let mut input = hello();
+    input.extend(&first);
+    input.extend(echo_request(2, b"second"));
+    let hello_end = hello().len();
+    let first_end = hello_end + first.len();
+    // Pieces end inside a header, inside HELLO's payload, inside a payload, and on a frame
+    // boundary; each reply goes out as soon as its request is complete.
+    let mut io = Builder::new()
+        .read(&input[..3])
+        .read(&input[3..HEADER_LEN + 5])
+        .read(&input[HEADER_LEN + 5..hello_end + 7])
+        .write(&hello_ok())
+        .read(&input[hello_end + 7..first_end])
+        .write(&echo_reply(1, b"first"))
+        .read(&input[first_end..])
+        .write(&echo_reply(2, b"second"))
+        .build();
+    let mut h = Harness::framed();
+    for _ in 0..5 {
+        assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    }
+    assert_eq!(h.conn.pending_input(), 0);
+}
+
+// === Writing ===
+
+#[test]
+fn blocked_write_waits_for_writable_and_then_sends_everything() {
+    let mut input = hello();
+    input.extend(echo_request(1, b"ping"));
+    let mut output = hello_ok();
+    output.extend(echo_reply(1, b"ping"));
+    let mut io = Builder::new()
+        .read(&input)
+        .write_would_block()
+        .write(&output)
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), output.len());
+    assert_eq!(h.conn.interest(), Interest::READABLE | Interest::WRITABLE);
+    assert_eq!(h.event(&mut io, false, true), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), 0);
+    assert_eq!(
+        h.conn.interest(),
+        Interest::READABLE,
+        "WRITABLE dropped once nothing is pending"
+    );
+}
+
+#[test]
+fn short_write_stops_writing_until_writable() {
+    let mut input = hello();
+    input.extend(echo_request(1, b"ping"));
+    let mut output = hello_ok();
+    output.extend(echo_reply(1, b"ping"));
+    // The first step takes 5 bytes of a longer write: a short write means the socket is full,
+    // so no second write is attempted until the next WRITABLE.
+    let mut io = Builder::new()
+        .read(&input)
+        .write(&output[..5])
+        .write(&output[5..])
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), output.len() - 5);
+    assert_eq!(io.remaining(), 1);
+    assert_eq!(h.event(&mut io, false, true), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), 0);
+}
+
+#[test]
+fn write_error_closes() {
+    let mut io = Builder::new()
+        .read(&hello())
+        .write_error(ErrorKind::BrokenPipe)
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+    assert_eq!(h.conn.state(), State::Closed);
+}
+
+// === Backpressure and budgets ===
+
+#[test]
+fn output_above_high_water_stops_reading_until_it_drains() {
+    let limits = Limits {
+        output_high_water: 1024,
+        output_low_water: 256,
+        ..Limits::default()
+    };
+    let payload = [7u8; 64];
+    let mut input = hello();
+    let mut output = hello_ok();
+    for stream in 1..=100 {
+        input.extend(echo_request(stream, &payload));
+        output.extend(echo_reply(stream, &payload));
+    }
+    let mut io = Builder::new()
+        .read(&input)
+        .write_would_block()
+        .write(&output)
+        .build();
+    let mut h = Harness::new(Protocol::Framed, limits);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    let pending = h.conn.pending_output();
+    assert!(
+        (1024..1024 + 200).contains(&pending),
+        "stopped near the high-water mark: {pending}"
+    );
+    assert_eq!(
+        h.conn.interest(),
+        Interest::WRITABLE,
+        "reading paused while output is high"
+    );
+
+    let mut turns = 0;
+    let mut verdict = h.event(&mut io, false, true);
+    while verdict == Verdict::Again {
+        turns += 1;
+        assert!(turns < 100, "bounded");
+        verdict = h.drive(&mut io);
+    }
+    assert_eq!(verdict, Verdict::Wait);
+    assert_eq!((h.conn.pending_output(), h.conn.pending_input()), (0, 0));
+    assert_eq!(h.conn.interest(), Interest::READABLE);
+}
+
+#[test]
+fn frame_budget_spreads_pipelined_requests_over_turns() {
+    let limits = Limits {
+        frame_budget: 4,
+        ..Limits::default()
+    };
+    let mut input = hello();
+    let mut output = hello_ok();
+    for stream in 1..=10 {
+        input.extend(echo_request(stream, b"x"));
+        output.extend(echo_reply(stream, b"x"));
+    }
+    let mut io = Builder::new().read(&input).write(&output).build();
+    let mut h = Harness::new(Protocol::Framed, limits);
+    // 11 frames at 4 per turn: three turns.
+    assert_eq!(h.event(&mut io, true, false), Verdict::Again);
+    assert_eq!(h.drive(&mut io), Verdict::Again);
+    assert_eq!(h.drive(&mut io), Verdict::Wait);
+}
+
+// === End of stream ===
+
+#[test]
+fn peer_eof_after_requests_flushes_replies_then_closes() {
+    let mut input = hello();
+    input.extend(echo_request(1, b"last words"));
+    let mut output = hello_ok();
+    output.extend(echo_reply(1, b"last words"));
+    let mut io = Builder::new().read(&input).write(&output).eof().build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
+fn connection_reset_closes() {
+    let mut io = Builder::new()
+        .read(&hello()[..4])
+        .read_error(ErrorKind::ConnectionReset)
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
+fn oversize_header_gets_error_then_fin_then_input_is_discarded_until_eof() {
+    let mut input = hello();
+    input.extend(&[0x10, 0x01, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
+    let mut output = hello_ok();
+    output.extend(error_frame(
+        ErrorCode::FrameTooLarge,
+        "frame declares 4294967295 payload bytes, limit is 1048576",
+    ));
+    let mut io = Builder::new()
+        .read(&input)
+        .write(&output)
+        .read(b"more junk the client sent")
+        .eof()
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(
+        h.event(&mut io, true, false),
+        Verdict::Wait,
+        "lingering: waiting for the client to close"
+    );
+    assert!(io.write_shut());
+    assert_eq!(h.conn.state(), State::Closing);
+    assert_eq!(h.conn.interest(), Interest::READABLE);
+    assert_eq!(
+        h.event(&mut io, true, false),
+        Verdict::Wait,
+        "junk read and dropped"
+    );
+    assert_eq!(h.conn.pending_input(), 0);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+// === Deadlines ===
+
+#[test]
+fn idle_deadline_follows_activity() {
+    let mut io = Builder::new().read(&hello()).write(&hello_ok()).build();
+    let mut h = Harness::framed();
+    assert_eq!(
+        h.conn.deadline(&h.limits),
+        Tick(0).after(h.limits.idle_timeout)
+    );
+    h.now = Tick(5_000);
+    h.event(&mut io, true, false);
+    assert_eq!(
+        h.conn.deadline(&h.limits),
+        Tick(5_000).after(h.limits.idle_timeout)
+    );
+}
+
+#[test]
+fn idle_timeout_sends_timeout_error_and_closes() {
+    let text = format!("no activity for {:?}", Limits::default().idle_timeout);
+    let mut io = Builder::new()
+        .read(&hello())
+        .write(&hello_ok())
+        .write(&error_frame(ErrorCode::Timeout, &text))
+        .eof()
+        .build();
+    let mut h = Harness::framed();
+    h.event(&mut io, true, false);
+    assert_eq!(h.expire(&mut io), Verdict::Wait, "TIMEOUT sent, lingering");
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
+fn slow_frame_hits_the_frame_deadline_despite_activity() {
+    let limits = Limits {
+        frame_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let request = echo_request(1, b"slow");
+    let text = format!("frame not completed within {:?}", limits.frame_timeout);
+    let mut script = Builder::new();
+    script.read(&hello()).write(&hello_ok());
+    for byte in &request[..6] {
+        script.read(&[*byte]);
+    }
+    let mut io = script
+        .write(&error_frame(ErrorCode::Timeout, &text))
+        .eof()
+        .build();
+    let mut h = Harness::new(Protocol::Framed, limits);
+    h.event(&mut io, true, false);
+    // One byte every 500 ms keeps the connection active, but the frame began at 1 s.
+    for step in 0..6 {
+        h.now = Tick(1_000 + step * 500);
+        h.event(&mut io, true, false);
+    }
+    assert_eq!(h.conn.deadline(&h.limits), Tick(3_000));
+    assert_eq!(h.expire(&mut io), Verdict::Wait, "TIMEOUT sent, lingering");
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+// === Raw echo ===
+
+#[test]
+fn raw_echo_returns_bytes_and_closes_after_peer_eof() {
+    let mut io = Builder::new()
+        .read(b"hello")
+        .write(b"hello")
+        .read(b" world")
+        .write(b" world")
+        .eof()
+        .build();
+    let mut h = Harness::new(Protocol::RawEcho, Limits::default());
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
+fn raw_echo_keeps_unsent_bytes_until_writable() {
+    let mut io = Builder::new()
+        .read(b"abcdef")
+        .write(b"abc")
+        .write(b"def")
+        .build();
+    let mut h = Harness::new(Protocol::RawEcho, Limits::default());
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), 3);
+    assert_eq!(h.event(&mut io, false, true), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), 0);
+}

@@ -285,7 +285,7 @@ fn flush(conn: &mut LoadConn) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads until `WouldBlock` and returns how many whole replies arrived.
+/// Reads until the socket is drained and returns how many whole replies arrived.
 fn receive(conn: &mut LoadConn, config: &LoadConfig, decoder: &Decoder) -> io::Result<usize> {
     let mut chunk = [0; 64 * 1024];
     loop {
@@ -296,7 +296,14 @@ fn receive(conn: &mut LoadConn, config: &LoadConfig, decoder: &Decoder) -> io::R
                     "server closed a benchmark connection",
                 ));
             }
-            Ok(n) => conn.received.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                conn.received.extend_from_slice(&chunk[..n]);
+                // A short read means the socket is drained (epoll(7)): skip the read that
+                // would only say WouldBlock, as the server does.
+                if n < chunk.len() {
+                    break;
+                }
+            }
             Err(error) if error.kind() == ErrorKind::WouldBlock => break,
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
             Err(error) => return Err(error),

@@ -318,7 +318,9 @@ impl Connection {
         if self.state == State::Closing {
             return self.phase_deadline;
         }
-        self.last_active.after(limits.idle_timeout).min(self.phase_deadline)
+        self.last_active
+            .after(limits.idle_timeout)
+            .min(self.phase_deadline)
     }
 
     /// Handles a passed deadline: a framed connection is told `TIMEOUT` and starts closing; any
@@ -422,6 +424,14 @@ impl Connection {
                 return self.fail();
             }
             self.update_backpressure(cx.limits);
+            // Frames paused at the high-water mark can go on now that the output drained.
+            let frames_left = !waiting_for_bytes && self.pending_input() > 0;
+            if frames_left
+                && budget.frames > 0
+                && self.pending_output() < cx.limits.output_high_water
+            {
+                continue;
+            }
             if !self.can_read_now(budget) {
                 break;
             }

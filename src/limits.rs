@@ -164,7 +164,8 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_field() {
-        let cases: [(fn(&mut Limits), &str); 5] = [
+        type Breakage = fn(&mut Limits);
+        let cases: [(Breakage, &str); 5] = [
             (|l| l.max_frame_len = 1, "max frame length"),
             (|l| l.max_frame_len = u32::MAX, "max frame length"),
             (|l| l.max_connections = 0, "max connections"),

@@ -149,11 +149,13 @@ mod tests {
         Frame::new(FrameType::EchoRequest, Flags::END_STREAM, stream, payload).to_vec()
     }
 
+    /// A decoded frame reduced to (stream id, payload).
+    type Decoded = Vec<(u32, Vec<u8>)>;
+
     /// Three frames of different shapes, back to back: empty, short, and one whose payload
     /// bytes look like a header.
-    fn sample_stream() -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
-        let frames: Vec<(u32, Vec<u8>)> =
-            vec![(1, vec![]), (2, b"hello".to_vec()), (3, echo(9, b"inner"))];
+    fn sample_stream() -> (Vec<u8>, Decoded) {
+        let frames: Decoded = vec![(1, vec![]), (2, b"hello".to_vec()), (3, echo(9, b"inner"))];
         let mut stream = Vec::new();
         for (id, payload) in &frames {
             stream.extend_from_slice(&echo(*id, payload));
@@ -165,7 +167,7 @@ mod tests {
     /// piece to a buffer, take every complete frame, keep the rest.
     fn decode_in_pieces<'p>(
         pieces: impl IntoIterator<Item = &'p [u8]>,
-    ) -> Result<(Vec<(u32, Vec<u8>)>, usize), DecodeError> {
+    ) -> Result<(Decoded, usize), DecodeError> {
         let mut buffer = Vec::new();
         let mut out = Vec::new();
         for piece in pieces {

@@ -127,6 +127,9 @@ impl Bits {
     const BACKPRESSURE: u8 = 1 << 3;
     /// `shutdown(SHUT_WR)` was done.
     const WRITE_SHUT: u8 = 1 << 4;
+    /// The poll reported the peer's FIN (or an error) with the bytes before it. Its edge is
+    /// spent, so a short read no longer proves the socket drained: read on until 0 or an error.
+    const READ_CLOSED: u8 = 1 << 5;
 
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -297,6 +300,15 @@ impl Connection {
         if writable {
             self.bits.set(Bits::WRITE_READY, true);
         }
+    }
+
+    /// Records that the poll reported the read side closed (the peer's FIN, `EPOLLRDHUP`) or an
+    /// error. Data and FIN that arrive together produce one edge; after it, the connection reads
+    /// until a read returns 0 instead of trusting a short read to mean "drained", which would
+    /// leave the EOF unseen until the idle timeout.
+    pub fn on_read_closed(&mut self) {
+        self.bits.set(Bits::READ_READY, true);
+        self.bits.set(Bits::READ_CLOSED, true);
     }
 
     /// The poll interest the connection needs now. Derived from state each time, never tracked
@@ -667,7 +679,8 @@ impl Connection {
 
     /// Reads once into `buf`'s spare space, at most `want` bytes. A read shorter than asked
     /// means the socket is drained (epoll(7)), which saves the extra `read` that would only
-    /// return `WouldBlock`; `Interrupted` is retried.
+    /// return `WouldBlock` — unless the poll already reported the peer's FIN, whose edge is
+    /// spent (see [`Connection::on_read_closed`]). `Interrupted` is retried.
     fn read_into<S: Read>(
         &mut self,
         io: &mut S,
@@ -685,7 +698,7 @@ impl Connection {
                     buf.commit(n);
                     budget.bytes = budget.bytes.saturating_sub(n);
                     self.last_active = now;
-                    if n < want {
+                    if n < want && !self.bits.has(Bits::READ_CLOSED) {
                         self.bits.set(Bits::READ_READY, false);
                     }
                     return ReadOutcome::Data;

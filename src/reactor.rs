@@ -381,10 +381,11 @@ impl Core {
             return;
         };
         // Error and hang-up flags only make us try: the read or write says what happened.
-        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let read_closed = event.is_read_closed() || event.is_error();
+        let readable = event.is_readable() || read_closed;
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         match source {
-            Source::Conn(key) => self.serve_conn(key, readable, writable),
+            Source::Conn(key) => self.serve_conn(key, readable, writable, read_closed),
             Source::FramedListener | Source::EchoListener => self.accept(source),
             Source::Udp => self.serve_udp(readable, writable),
             Source::Signals => self.drain_signals(),
@@ -402,7 +403,7 @@ impl Core {
                 Source::Conn(key) => {
                     if let Some(slot) = live_slot(&mut self.conns, key) {
                         slot.queued = false;
-                        self.serve_conn(key, false, false);
+                        self.serve_conn(key, false, false, false);
                     }
                 }
                 source @ (Source::FramedListener | Source::EchoListener) => self.accept(source),
@@ -423,12 +424,15 @@ impl Core {
 
     // === Connections ===
 
-    fn serve_conn(&mut self, key: ConnKey, readable: bool, writable: bool) {
+    fn serve_conn(&mut self, key: ConnKey, readable: bool, writable: bool, read_closed: bool) {
         let Some(slot) = live_slot(&mut self.conns, key) else {
             trace!("stale or closing token {key:?} ignored");
             return;
         };
         slot.conn.on_ready(readable, writable);
+        if read_closed {
+            slot.conn.on_read_closed();
+        }
         self.drive_slot(key);
     }
 
@@ -946,7 +950,7 @@ mod tests {
         let (client_a, key_a) = connect_and_accept(core, addr);
         drop(client_a);
         for _ in 0..100 {
-            core.serve_conn(key_a, true, false);
+            core.serve_conn(key_a, true, false, false);
             if core.conns[key_a.slot as usize].closing {
                 break;
             }
@@ -962,7 +966,7 @@ mod tests {
             "a slot closing in this batch is not handed out"
         );
         client_b.write_all(&hello()).unwrap();
-        core.serve_conn(key_a, true, true);
+        core.serve_conn(key_a, true, true, false);
         assert_eq!(
             core.conns[key_b.slot as usize].conn.state(),
             State::AwaitingHello,
@@ -976,7 +980,7 @@ mod tests {
         assert_eq!(key_c.slot, key_a.slot, "the freed slot is reused");
         assert_ne!(key_c.generation, key_a.generation);
         client_c.write_all(&hello()).unwrap();
-        core.serve_conn(key_a, true, true);
+        core.serve_conn(key_a, true, true, false);
         assert_eq!(
             core.conns[key_c.slot as usize].conn.state(),
             State::AwaitingHello,
@@ -990,7 +994,7 @@ mod tests {
 
         // C's own token does reach C (retry until its HELLO has arrived).
         for _ in 0..100 {
-            core.serve_conn(key_c, true, true);
+            core.serve_conn(key_c, true, true, false);
             if core.conns[key_c.slot as usize].conn.state() == State::Open {
                 break;
             }
@@ -1017,7 +1021,7 @@ mod tests {
         }
         client.write_all(&wire).unwrap();
         for _ in 0..100 {
-            core.serve_conn(key, true, true);
+            core.serve_conn(key, true, true, false);
             if core.conns[key.slot as usize].queued {
                 break;
             }
@@ -1028,7 +1032,7 @@ mod tests {
             "frames left after the budget: queued"
         );
         assert_eq!(core.ready, vec![Source::Conn(key)]);
-        core.serve_conn(key, false, false);
+        core.serve_conn(key, false, false, false);
         assert_eq!(
             core.ready.len(),
             1,

@@ -179,7 +179,8 @@ impl Builder {
         self
     }
 
-    /// The peer closes its side: this and every later read return 0.
+    /// The peer closes its side: the read that reaches this step and every later read return
+    /// 0. Writes scripted after it may still happen (a half-closed peer still reads).
     pub fn eof(&mut self) -> &mut Builder {
         self.actions.push_back(Action::Eof);
         self
@@ -209,6 +210,7 @@ impl Builder {
         ScriptedIo {
             actions: std::mem::take(&mut self.actions),
             write_shut: false,
+            eof: false,
         }
     }
 }
@@ -220,10 +222,13 @@ impl Builder {
 /// - A write when the next step is not a write panics: the code under test said something the
 ///   script did not expect. So does a write whose bytes differ from the script's.
 /// - On drop, every step but a final `eof` must have been used, or it panics.
+/// - Once a read reaches an `eof` step, every later read returns 0.
 #[derive(Debug)]
 pub struct ScriptedIo {
     actions: VecDeque<Action>,
     write_shut: bool,
+    /// An `eof` step was read: every later read returns 0, and writes may still follow.
+    eof: bool,
 }
 
 impl ScriptedIo {
@@ -240,6 +245,9 @@ impl ScriptedIo {
 
 impl Read for ScriptedIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.eof {
+            return Ok(0);
+        }
         match self.actions.front_mut() {
             Some(Action::Read(bytes)) => {
                 let n = bytes.len().min(buf.len());
@@ -255,7 +263,11 @@ impl Read for ScriptedIo {
                 self.actions.pop_front();
                 Err(kind.into())
             }
-            Some(Action::Eof) => Ok(0),
+            Some(Action::Eof) => {
+                self.actions.pop_front();
+                self.eof = true;
+                Ok(0)
+            }
             Some(Action::Write(_) | Action::WriteError(_)) | None => {
                 Err(ErrorKind::WouldBlock.into())
             }

@@ -356,6 +356,28 @@ fn peer_eof_after_requests_flushes_replies_then_closes() {
 }
 
 #[test]
+fn data_and_fin_in_one_edge_are_both_seen() {
+    // The peer's last request and its FIN arrived before the server read: one event, flagged
+    // read-closed. The short read must not end the turn, or the EOF waits for the idle timeout.
+    let mut input = hello();
+    input.extend(echo_request(1, b"bye"));
+    let mut output = hello_ok();
+    output.extend(echo_reply(1, b"bye"));
+    let mut io = Builder::new().read(&input).eof().write(&output).build();
+    let mut h = Harness::framed();
+    h.conn.on_read_closed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
+fn raw_echo_sees_fin_that_came_with_the_data() {
+    let mut io = Builder::new().read(b"last").write(b"last").eof().build();
+    let mut h = Harness::new(Protocol::RawEcho, Limits::default());
+    h.conn.on_read_closed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
 fn connection_reset_closes() {
     let mut io = Builder::new()
         .read(&hello()[..4])

@@ -773,7 +773,24 @@ fn dispatch(
     limits: &Limits,
 ) -> Result<State, Fatal> {
     let stream = frame.header.stream;
-    match (state, frame.header.frame_type) {
+    let frame_type = frame.header.frame_type;
+    // Stream 0 is the connection itself: HELLO lives there, requests never do.
+    if frame_type == FrameType::Hello && stream != 0 {
+        return Err(Fatal::new(
+            ErrorCode::BadHello,
+            format!("HELLO on stream {stream}; it belongs on stream 0"),
+        ));
+    }
+    if state == State::Open
+        && stream == 0
+        && matches!(frame_type, FrameType::EchoRequest | FrameType::Unknown(_))
+    {
+        return Err(Fatal::new(
+            ErrorCode::UnexpectedFrame,
+            format!("{frame_type} on stream 0; requests need a stream id other than 0"),
+        ));
+    }
+    match (state, frame_type) {
         (State::AwaitingHello, FrameType::Hello) => {
             let hello = Hello::parse(frame.payload)
                 .map_err(|error| Fatal::new(ErrorCode::BadHello, error.to_string()))?;

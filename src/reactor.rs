@@ -614,8 +614,15 @@ impl Core {
             let _ = stream.write(&self.busy_frame);
         }
         let _ = stream.shutdown(Shutdown::Write);
-        let mut discard = [0; 512];
-        let _ = stream.read(&mut discard);
+        // Bounded: a client that pipelined a lot may still get a reset; 64 KiB covers a HELLO
+        // and a generous burst of requests.
+        let mut discard = [0; 4096];
+        for _ in 0..16 {
+            match stream.read(&mut discard) {
+                Ok(n) if n == discard.len() => {}
+                _ => break,
+            }
+        }
     }
 
     /// Out of descriptors: free the spare, accept one connection with it and turn it away,

@@ -217,6 +217,40 @@ fn frames_split_across_events_give_the_same_replies() {
     assert_eq!(h.conn.pending_input(), 0);
 }
 
+#[test]
+fn request_on_stream_zero_is_refused() {
+    let mut input = hello();
+    input.extend(echo_request(0, b"no stream"));
+    let mut output = hello_ok();
+    output.extend(error_frame(
+        ErrorCode::UnexpectedFrame,
+        "ECHO_REQUEST on stream 0; requests need a stream id other than 0",
+    ));
+    let mut io = Builder::new().read(&input).write(&output).build();
+    let mut h = Harness::framed();
+    assert_eq!(
+        h.event(&mut io, true, false),
+        Verdict::Wait,
+        "lingering after the error"
+    );
+    assert_eq!(h.conn.state(), State::Closing);
+}
+
+#[test]
+fn hello_on_another_stream_is_refused() {
+    let mut payload = vec![0; Hello::current().payload_len()];
+    Hello::current().emit(&mut payload);
+    let input = Frame::new(FrameType::Hello, Flags::END_STREAM, 3, &payload).to_vec();
+    let output = error_frame(
+        ErrorCode::BadHello,
+        "HELLO on stream 3; it belongs on stream 0",
+    );
+    let mut io = Builder::new().read(&input).write(&output).build();
+    let mut h = Harness::framed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.conn.state(), State::Closing);
+}
+
 // === Writing ===
 
 #[test]

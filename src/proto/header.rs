@@ -2,10 +2,11 @@
 //! [`Header::parse`] / [`Header::emit`] pair.
 //!
 //! ```text
-//!  0        1        2        3        4                 8                 12
-//! +--------+--------+--------+--------+--------+...+-----+--------+...+-----+
-//! |  type  | flags  |  reserved (0)   |   stream id (BE u32)  | payload length (BE u32) |
-//! +--------+--------+--------+--------+--------+...+-----+--------+...+-----+
+//! offset  0        1        2        4                    8                    12
+//!         +--------+--------+--------+--------------------+--------------------+
+//!         |  type  | flags  | rsvd=0 | stream id (BE u32) | length (BE u32)    |
+//!         +--------+--------+--------+--------------------+--------------------+
+//!           1 byte   1 byte   2 bytes       4 bytes              4 bytes
 //! ```
 //!
 //! Every field is a named byte range in [`field`], so the layout is stated once and both

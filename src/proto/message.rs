@@ -106,12 +106,15 @@ pub mod hello_field {
     pub const MIN_VERSION: Range<usize> = 4..6;
     /// Newest version the client speaks (BE u16).
     pub const MAX_VERSION: Range<usize> = 6..8;
-    /// Credentials: the rest of the payload (may be empty).
-    pub const CREDENTIALS: usize = 8;
+    /// Length of the credentials that follow (BE u16).
+    pub const CREDENTIALS_LEN: Range<usize> = 8..10;
+    /// Credentials start here; bytes after them are reserved for later versions and ignored.
+    pub const CREDENTIALS: usize = 10;
 }
 
 /// The client's first frame: which versions it speaks, and credentials for servers that require
-/// them (version 1 servers without authentication ignore them).
+/// them (version 1 servers without authentication ignore them). The credentials carry their own
+/// length, so a later version can append fields that this one skips.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello<'a> {
     /// Oldest version the client speaks.
@@ -132,7 +135,7 @@ impl<'a> Hello<'a> {
         }
     }
 
-    /// Parses a HELLO payload.
+    /// Parses a HELLO payload. Bytes after the credentials are ignored.
     pub fn parse(payload: &'a [u8]) -> Result<Hello<'a>, MessageError> {
         need(payload, hello_field::CREDENTIALS)?;
         check_magic(payload)?;
@@ -144,17 +147,19 @@ impl<'a> Hello<'a> {
                 max: max_version,
             });
         }
-        let credentials = &payload[hello_field::CREDENTIALS..];
-        if credentials.len() > MAX_CREDENTIALS_LEN {
+        let len = usize::from(be_u16(payload, hello_field::CREDENTIALS_LEN.start));
+        if len > MAX_CREDENTIALS_LEN {
             return Err(MessageError::TooLong {
-                len: credentials.len(),
+                len,
                 max: MAX_CREDENTIALS_LEN,
             });
         }
+        let end = hello_field::CREDENTIALS + len;
+        need(payload, end)?;
         Ok(Hello {
             min_version,
             max_version,
-            credentials,
+            credentials: &payload[hello_field::CREDENTIALS..end],
         })
     }
 
@@ -164,10 +169,16 @@ impl<'a> Hello<'a> {
     }
 
     /// Writes the payload into `out[..self.payload_len()]`.
+    ///
+    /// # Panics
+    /// If the credentials are longer than `u16::MAX` bytes (the limit is
+    /// [`MAX_CREDENTIALS_LEN`]).
     pub fn emit(&self, out: &mut [u8]) {
         out[hello_field::MAGIC].copy_from_slice(&MAGIC);
         out[hello_field::MIN_VERSION].copy_from_slice(&self.min_version.to_be_bytes());
         out[hello_field::MAX_VERSION].copy_from_slice(&self.max_version.to_be_bytes());
+        let len = u16::try_from(self.credentials.len()).expect("credentials fit in u16");
+        out[hello_field::CREDENTIALS_LEN].copy_from_slice(&len.to_be_bytes());
         out[hello_field::CREDENTIALS..self.payload_len()].copy_from_slice(self.credentials);
     }
 
@@ -409,7 +420,7 @@ mod tests {
         };
         let mut payload = vec![0xa5; hello.payload_len() + 2];
         hello.emit(&mut payload);
-        assert_eq!(&payload[..8], b"MNRX\x00\x01\x00\x03");
+        assert_eq!(&payload[..10], b"MNRX\x00\x01\x00\x03\x00\x06");
         assert_eq!(
             &payload[hello.payload_len()..],
             [0xa5, 0xa5],
@@ -419,25 +430,41 @@ mod tests {
     }
 
     #[test]
+    fn hello_parse_ignores_fields_after_the_credentials() {
+        let payload = b"MNRX\0\x01\0\x02\0\x02okLATER-FIELDS";
+        let hello = Hello::parse(payload).unwrap();
+        assert_eq!(
+            (hello.min_version, hello.max_version, hello.credentials),
+            (1, 2, &b"ok"[..])
+        );
+    }
+
+    #[test]
     fn hello_parse_rejects_short_bad_magic_and_empty_range() {
         assert_eq!(
-            Hello::parse(b"MNRX\0\x01"),
-            Err(MessageError::Truncated { need: 8, got: 6 })
+            Hello::parse(b"MNRX\0\x01\0\x01"),
+            Err(MessageError::Truncated { need: 10, got: 8 })
         );
         assert_eq!(
-            Hello::parse(b"HTTP\0\x01\0\x01"),
+            Hello::parse(b"MNRX\0\x01\0\x01\0\x05abc"),
+            Err(MessageError::Truncated { need: 15, got: 13 }),
+            "credentials shorter than their length field"
+        );
+        assert_eq!(
+            Hello::parse(b"HTTP\0\x01\0\x01\0\0"),
             Err(MessageError::BadMagic(*b"HTTP"))
         );
         assert_eq!(
-            Hello::parse(b"MNRX\0\x02\0\x01"),
+            Hello::parse(b"MNRX\0\x02\0\x01\0\0"),
             Err(MessageError::BadVersionRange { min: 2, max: 1 })
         );
     }
 
     #[test]
-    fn hello_parse_rejects_oversize_credentials() {
+    fn hello_parse_rejects_oversize_credentials_from_the_length_field() {
+        let len = (MAX_CREDENTIALS_LEN + 1) as u16;
         let mut payload = b"MNRX\0\x01\0\x01".to_vec();
-        payload.resize(8 + MAX_CREDENTIALS_LEN + 1, b'x');
+        payload.extend(len.to_be_bytes());
         assert_eq!(
             Hello::parse(&payload),
             Err(MessageError::TooLong {

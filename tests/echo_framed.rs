@@ -65,15 +65,32 @@ fn check_replies(frames: &[OwnedFrame], payloads: &[Vec<u8>], what: &str) {
     }
 }
 
+/// HELLO, then one ECHO_REQUEST per payload on streams 1, 2, 3, ...
+fn hello_then_requests<P: AsRef<[u8]>>(payloads: &[P]) -> Vec<u8> {
+    let mut wire = hello_bytes();
+    for (index, payload) in payloads.iter().enumerate() {
+        push_echo_request(&mut wire, index as u32 + 1, payload.as_ref());
+    }
+    wire
+}
+
+/// HELLO_OK, then the reply to each of `payloads` in order, then end-of-stream.
+#[track_caller]
+fn expect_replies_then_eof<P: AsRef<[u8]>>(socket: std::net::TcpStream, payloads: &[P]) {
+    let mut client = Client::from_stream(socket);
+    expect_hello_ok(&mut client);
+    for (index, payload) in payloads.iter().enumerate() {
+        expect_echo_reply(&mut client, index as u32 + 1, payload.as_ref());
+    }
+    expect_eof(&mut client);
+}
+
 /// HELLO and 200 echo requests written in seeded random pieces of 1..=`max_piece` bytes, each
 /// its own segment; every reply must match, in order.
 fn fragmented_conversation(server: &Server, seed: u64, max_piece: usize, max_pause: Duration) {
     let what = format!("seed {seed}, pieces up to {max_piece}, pauses up to {max_pause:?}");
     let payloads = seeded_payloads(seed, 200, 2000);
-    let mut wire = hello_bytes();
-    for (index, payload) in payloads.iter().enumerate() {
-        push_echo_request(&mut wire, index as u32 + 1, payload);
-    }
+    let wire = hello_then_requests(&payloads);
     let socket = tcp(server.framed());
     let reader = spawn_reader(&socket, payloads.len());
     let mut writer = FragmentingWriter::new(socket, seed)
@@ -120,10 +137,7 @@ fn fragmented_frames_from_seeded_splits_echo_intact_and_in_order() {
 fn thousand_pipelined_requests_in_one_write_get_thousand_replies_in_order() {
     let server = Server::start(&[]);
     let payloads = seeded_payloads(1000, 1000, 64);
-    let mut wire = hello_bytes();
-    for (index, payload) in payloads.iter().enumerate() {
-        push_echo_request(&mut wire, index as u32 + 1, payload);
-    }
+    let wire = hello_then_requests(&payloads);
     let mut socket = tcp(server.framed());
     send(&mut socket, &wire);
     let mut client = Client::from_stream(socket.try_clone().expect("clone"));
@@ -352,18 +366,10 @@ fn half_closed_client_gets_all_replies_then_eof() {
     let server = Server::start(&[]);
     let mut socket = tcp(server.framed());
     let payloads: [&[u8]; 3] = [b"one", b"", b"three, the last"];
-    let mut wire = hello_bytes();
-    for (index, payload) in payloads.iter().enumerate() {
-        push_echo_request(&mut wire, index as u32 + 1, payload);
-    }
+    let wire = hello_then_requests(&payloads);
     send(&mut socket, &wire);
     socket.shutdown(Shutdown::Write).expect("shutdown");
-    let mut client = Client::from_stream(socket);
-    expect_hello_ok(&mut client);
-    for (index, payload) in payloads.iter().enumerate() {
-        expect_echo_reply(&mut client, index as u32 + 1, payload);
-    }
-    expect_eof(&mut client);
+    expect_replies_then_eof(socket, &payloads);
 }
 
 /// The same half-close, made deterministic: the requests and the FIN are both queued in the
@@ -373,22 +379,14 @@ fn half_closed_client_gets_all_replies_then_eof() {
 fn half_close_queued_together_with_the_requests_still_ends_in_eof() {
     let server = Server::start(&[]);
     let payloads: [&[u8]; 3] = [b"one", b"two", b"three"];
-    let mut wire = hello_bytes();
-    for (index, payload) in payloads.iter().enumerate() {
-        push_echo_request(&mut wire, index as u32 + 1, payload);
-    }
+    let wire = hello_then_requests(&payloads);
     server.stop();
     // The kernel completes the handshake and queues data and FIN while the server is stopped.
     let mut socket = tcp(server.framed());
     send(&mut socket, &wire);
     socket.shutdown(Shutdown::Write).expect("shutdown");
     server.resume();
-    let mut client = Client::from_stream(socket);
-    expect_hello_ok(&mut client);
-    for (index, payload) in payloads.iter().enumerate() {
-        expect_echo_reply(&mut client, index as u32 + 1, payload);
-    }
-    expect_eof(&mut client);
+    expect_replies_then_eof(socket, &payloads);
 }
 
 #[test]

@@ -9,21 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// Reads exactly `len` bytes (several reads if need be), failing the test on EOF or timeout.
-#[track_caller]
-fn read_exactly(stream: &mut std::net::TcpStream, len: usize) -> Vec<u8> {
-    let mut got = vec![0; len];
-    let mut filled = 0;
-    while filled < len {
-        match read_retrying(stream, &mut got[filled..]) {
-            Ok(0) => panic!("EOF after {filled} of {len} bytes"),
-            Ok(n) => filled += n,
-            Err(error) => panic!("read failed after {filled} of {len} bytes: {error}"),
-        }
-    }
-    got
-}
-
 #[test]
 fn raw_echo_returns_exactly_the_bytes_sent_then_eof() {
     let server = Server::start(&[]);

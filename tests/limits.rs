@@ -71,7 +71,7 @@ fn raw_echo_client_that_never_reads_is_throttled_and_others_still_get_echoes() {
     let server = Server::start(&[]);
     let mut warm = tcp(server.echo_tcp());
     send(&mut warm, &[1; 4096]);
-    read_exact_or_panic(&mut warm, 4096);
+    read_exactly(&mut warm, 4096);
     drop(warm);
     let rss_before = server.rss_kib();
 
@@ -82,7 +82,7 @@ fn raw_echo_client_that_never_reads_is_throttled_and_others_still_get_echoes() {
     let mut other = tcp(server.echo_tcp());
     set_timeouts(&other, Duration::from_secs(2));
     send(&mut other, b"still served");
-    assert_eq!(read_exact_or_panic(&mut other, 12), b"still served");
+    assert_eq!(read_exactly(&mut other, 12), b"still served");
     drop(flooder);
 }
 
@@ -115,20 +115,6 @@ fn framed_client_that_never_reads_is_throttled_and_others_still_get_echoes() {
     drop(flooder);
 }
 
-#[track_caller]
-fn read_exact_or_panic(stream: &mut TcpStream, len: usize) -> Vec<u8> {
-    let mut got = vec![0; len];
-    let mut filled = 0;
-    while filled < len {
-        match read_retrying(stream, &mut got[filled..]) {
-            Ok(0) => panic!("EOF after {filled} of {len} bytes"),
-            Ok(n) => filled += n,
-            Err(error) => panic!("read failed after {filled} of {len} bytes: {error}"),
-        }
-    }
-    got
-}
-
 #[test]
 fn idle_framed_client_gets_timeout_error_then_eof() {
     let server = Server::start(&["--idle-timeout", "0.5"]);
@@ -144,7 +130,7 @@ fn idle_raw_echo_client_is_closed() {
     let server = Server::start(&["--idle-timeout", "0.5"]);
     let mut stream = tcp(server.echo_tcp());
     send(&mut stream, b"once");
-    assert_eq!(read_exact_or_panic(&mut stream, 4), b"once");
+    assert_eq!(read_exactly(&mut stream, 4), b"once");
     expect_stream_eof(&mut stream);
 }
 
@@ -228,13 +214,13 @@ fn raw_echo_client_over_max_conns_just_reads_eof() {
     let mut raw: Vec<TcpStream> = (0..2).map(|_| tcp(server.echo_tcp())).collect();
     for stream in &mut raw {
         send(stream, b"raw");
-        assert_eq!(read_exact_or_panic(stream, 3), b"raw");
+        assert_eq!(read_exactly(stream, 3), b"raw");
     }
     let mut extra = tcp(server.echo_tcp());
     expect_stream_eof(&mut extra);
     for stream in &mut raw {
         send(stream, b"still");
-        assert_eq!(read_exact_or_panic(stream, 5), b"still");
+        assert_eq!(read_exactly(stream, 5), b"still");
     }
 }
 

@@ -549,6 +549,21 @@ pub fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<
     }
 }
 
+/// Reads exactly `len` bytes (several reads if need be), failing the test on EOF or timeout.
+#[track_caller]
+pub fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut got = vec![0; len];
+    let mut filled = 0;
+    while filled < len {
+        match read_retrying(stream, &mut got[filled..]) {
+            Ok(0) => panic!("EOF after {filled} of {len} bytes"),
+            Ok(n) => filled += n,
+            Err(error) => panic!("read failed after {filled} of {len} bytes: {error}"),
+        }
+    }
+    got
+}
+
 /// Writes everything, failing the test with context on error.
 #[track_caller]
 pub fn send(stream: &mut TcpStream, bytes: &[u8]) {

@@ -13,7 +13,7 @@
 //! - [`reactor`] — the loop: tokens and the slab, the ready list, timers, accept, signals.
 //!   The edge-triggered rules are stated once at the top of that module.
 //! - [`server`] — configuration and binding; [`limits`] — every limit in one struct.
-//! - [`client`] — a blocking client; [`bench`] — the load generator behind `monoreactor bench`.
+//! - [`client`] — a blocking client; [`bench`](mod@bench) — the load generator behind `monoreactor bench`.
 //! - [`testkit`] — helpers for your own tests: a fragmenting writer and a scripted I/O;
 //!   [`procstat`] — memory, CPU and thread counts from `/proc`.
 //!

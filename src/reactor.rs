@@ -55,6 +55,11 @@ const EVENTS_PER_POLL: usize = 1024;
 /// connection (no spare descriptor left); closing any connection resumes it sooner.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// Stale timer entries tolerated beyond one per open connection before the queue is swept
+/// (`Core::sweep_timers`); the sweep is O(entries), so it runs at most once per this many
+/// closes, keeping its cost per close constant.
+const TIMER_SLACK: usize = 64;
+
 /// Text of the ERROR frame sent to a framed client that cannot be admitted.
 const BUSY_TEXT: &str = "server busy: connection limit reached, try again later";
 
@@ -506,6 +511,25 @@ impl Core {
         if closed_any && self.accept_paused {
             self.resume_accepting();
         }
+        if self.timers.len() > 2 * self.conns.len() + TIMER_SLACK {
+            self.sweep_timers();
+        }
+    }
+
+    /// Drops timer entries no live connection owns: those of closed connections (their idle
+    /// entry lingers until it would fire) and those superseded by an earlier deadline. Without
+    /// this, connection churn would grow the heap by one entry per connection for a whole idle
+    /// timeout.
+    fn sweep_timers(&mut self) {
+        let conns = &self.conns;
+        self.timers
+            .retain(|at, token| match TimerKey::unpack(token) {
+                Some(TimerKey::Conn(key)) => conns
+                    .get(key.slot as usize)
+                    .is_some_and(|slot| slot.generation == key.generation && slot.armed == at),
+                Some(TimerKey::ShutdownGrace | TimerKey::AcceptRetry) => true,
+                None => false,
+            });
     }
 
     // === Accepting ===
@@ -1009,6 +1033,26 @@ mod tests {
             sleep(Duration::from_millis(10));
         }
         assert_eq!(core.conns[key_c.slot as usize].conn.state(), State::Open);
+    }
+
+    #[test]
+    fn timer_queue_stays_proportional_to_open_connections_under_churn() {
+        let (mut reactor, addr) = reactor();
+        let core = &mut reactor.core;
+        let (_kept, _) = connect_and_accept(core, addr);
+        for _ in 0..3_000 {
+            let (client, key) = connect_and_accept(core, addr);
+            drop(client);
+            core.mark_closing(key.slot as usize);
+            core.close_marked();
+        }
+        assert_eq!(core.conns.len(), 1);
+        assert!(
+            core.timers.len() <= 2 * core.conns.len() + TIMER_SLACK,
+            "{} timer entries for {} open connections",
+            core.timers.len(),
+            core.conns.len()
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! entry. So pushing a later deadline never needs to find and update the old entry (an idle
 //! connection's deadline moves on every byte, and costs nothing until it fires), and a
 //! leftover entry for a closed connection is simply ignored. Owners push only when their
-//! deadline moves *earlier* than the one they have queued, which keeps the heap small (libev's
-//! "be smart about timeouts", strategy 2).
+//! deadline moves *earlier* than the one they have queued (libev's "be smart about timeouts",
+//! strategy 2), and [`TimerQueue::retain`] sweeps out leftovers when they outnumber the live
+//! entries, so churn cannot grow the heap.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -108,6 +109,12 @@ impl<K: Ord + Copy> TimerQueue<K> {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+
+    /// Keeps only the entries for which `keep(deadline, key)` is true, in place. Owners call it
+    /// when stale entries pile up (see the module docs), which bounds the heap by the live ones.
+    pub fn retain(&mut self, mut keep: impl FnMut(Tick, K) -> bool) {
+        self.heap.retain(|Reverse((at, key))| keep(*at, *key));
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +135,19 @@ mod tests {
     fn until_saturates_at_zero() {
         assert_eq!(Tick(5).until(Tick(8)), Duration::from_millis(3));
         assert_eq!(Tick(8).until(Tick(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn retain_drops_entries_and_keeps_heap_order() {
+        let mut queue = TimerQueue::with_capacity(8);
+        for (at, key) in [(50, 5), (10, 1), (40, 4), (20, 2), (30, 3)] {
+            queue.push(Tick(at), key);
+        }
+        queue.retain(|_, key| key % 2 == 1);
+        assert_eq!(queue.len(), 3);
+        let order: Vec<u32> =
+            std::iter::from_fn(|| queue.pop_due(Tick(100)).map(|(_, key)| key)).collect();
+        assert_eq!(order, [1, 3, 5]);
     }
 
     #[test]

@@ -73,8 +73,10 @@ impl Buf {
     }
 
     /// Ensures `spare()` is at least `additional` bytes long: first by moving the unconsumed
-    /// bytes to the front, then by growing to at least twice the old capacity.
-    pub fn reserve(&mut self, additional: usize) {
+    /// bytes to the front, then by growing — to twice the old capacity, but never past
+    /// `max_capacity` unless the bytes themselves need more. The cap is what keeps a
+    /// connection's documented buffer bound true while doubling keeps growth cheap.
+    pub fn reserve(&mut self, additional: usize, max_capacity: usize) {
         if self.bytes.len() - self.end >= additional {
             return;
         }
@@ -85,21 +87,22 @@ impl Buf {
         }
         let needed = self.end + additional;
         if needed > self.bytes.len() {
-            let capacity = needed.max(self.bytes.len() * 2);
+            let capacity = (self.bytes.len() * 2).min(max_capacity).max(needed);
             self.bytes.resize(capacity, 0);
         }
     }
 
-    /// Appends `n` bytes written by `fill` into a slice of exactly that length.
-    pub fn append_with(&mut self, n: usize, fill: impl FnOnce(&mut [u8])) {
-        self.reserve(n);
+    /// Appends `n` bytes written by `fill` into a slice of exactly that length, growing within
+    /// `max_capacity` as [`Buf::reserve`] does.
+    pub fn append_with(&mut self, n: usize, max_capacity: usize, fill: impl FnOnce(&mut [u8])) {
+        self.reserve(n, max_capacity);
         fill(&mut self.bytes[self.end..self.end + n]);
         self.end += n;
     }
 
-    /// Appends a copy of `bytes`.
-    pub fn append(&mut self, bytes: &[u8]) {
-        self.append_with(bytes.len(), |out| out.copy_from_slice(bytes));
+    /// Appends a copy of `bytes`, growing within `max_capacity`.
+    pub fn append(&mut self, bytes: &[u8], max_capacity: usize) {
+        self.append_with(bytes.len(), max_capacity, |out| out.copy_from_slice(bytes));
     }
 
     fn clear(&mut self) {
@@ -183,7 +186,7 @@ mod tests {
     #[test]
     fn consume_everything_rewinds() {
         let mut buf = Buf::with_capacity(8);
-        buf.append(b"abcd");
+        buf.append(b"abcd", usize::MAX);
         buf.consume(2);
         assert_eq!(buf.data(), b"cd");
         buf.consume(2);
@@ -197,14 +200,24 @@ mod tests {
     #[test]
     fn reserve_compacts_before_growing() {
         let mut buf = Buf::with_capacity(8);
-        buf.append(b"abcdefg");
+        buf.append(b"abcdefg", usize::MAX);
         buf.consume(5);
-        buf.reserve(6);
+        buf.reserve(6, usize::MAX);
         assert_eq!(buf.capacity(), 8, "moving 2 bytes to the front was enough");
         assert_eq!(buf.data(), b"fg");
-        buf.reserve(20);
+        buf.reserve(20, usize::MAX);
         assert!(buf.capacity() >= 22);
         assert_eq!(buf.data(), b"fg");
+    }
+
+    #[test]
+    fn reserve_doubles_but_stops_at_the_cap_unless_the_bytes_need_more() {
+        let mut buf = Buf::with_capacity(8);
+        buf.append(&[1; 8], 100);
+        buf.reserve(1, 12);
+        assert_eq!(buf.capacity(), 12, "doubling to 16 would pass the cap");
+        buf.reserve(10, 12);
+        assert_eq!(buf.capacity(), 18, "the bytes themselves need 18");
     }
 
     #[test]
@@ -213,7 +226,7 @@ mod tests {
         let a = pool.take();
         let mut b = pool.take();
         assert_eq!(pool.created(), 2);
-        b.append(&[1; 40]);
+        b.append(&[1; 40], usize::MAX);
         pool.give(a);
         pool.give(b);
         assert_eq!(pool.free_len(), 1, "the grown buffer was freed");

@@ -191,22 +191,35 @@ impl Fatal {
 pub struct Replies<'a> {
     out: &'a mut Option<Box<Buf>>,
     pool: &'a mut BufferPool,
+    /// The output buffer's largest capacity: the high-water mark plus one maximal reply, the
+    /// most that backpressure lets accumulate.
+    max_capacity: usize,
+}
+
+impl<'a> Replies<'a> {
+    fn new(
+        out: &'a mut Option<Box<Buf>>,
+        pool: &'a mut BufferPool,
+        limits: &Limits,
+    ) -> Replies<'a> {
+        Replies {
+            out,
+            pool,
+            max_capacity: limits.output_high_water + limits.input_cap(),
+        }
+    }
 }
 
 impl Replies<'_> {
     /// Appends a frame that ends its stream, with a `len`-byte payload written by `emit` straight
     /// into the output buffer.
-    ///
-    /// # Panics
-    /// If `len` does not fit the length field; replies are bounded far below that.
     pub fn frame_with(
         &mut self,
         frame_type: FrameType,
         stream: u32,
-        len: usize,
+        len: u32,
         emit: impl FnOnce(&mut [u8]),
     ) {
-        let len = u32::try_from(len).expect("reply payload fits the length field");
         let header = Header {
             frame_type,
             flags: Flags::END_STREAM,
@@ -214,25 +227,18 @@ impl Replies<'_> {
             len,
         };
         let out = self.out.get_or_insert_with(|| self.pool.take());
-        out.append_with(header.wire_len(), |bytes| {
+        out.append_with(header.wire_len(), self.max_capacity, |bytes| {
             header.emit(&mut bytes[..HEADER_LEN]);
             emit(&mut bytes[HEADER_LEN..]);
-        });
-    }
-
-    /// Appends a frame that ends its stream, carrying a copy of `payload`.
-    pub fn frame(&mut self, frame_type: FrameType, stream: u32, payload: &[u8]) {
-        self.frame_with(frame_type, stream, payload.len(), |out| {
-            out.copy_from_slice(payload)
         });
     }
 
     /// Appends an ERROR frame about `stream` (0 = the connection).
     pub fn error(&mut self, stream: u32, code: ErrorCode, text: &str) {
         let message = ErrorMessage::new(code, text);
-        self.frame_with(FrameType::Error, stream, message.payload_len(), |out| {
-            message.emit(out)
-        });
+        // At most 2 + MAX_ERROR_TEXT_LEN bytes: the cast cannot truncate.
+        let len = message.payload_len() as u32;
+        self.frame_with(FrameType::Error, stream, len, |out| message.emit(out));
     }
 }
 
@@ -284,6 +290,15 @@ impl Connection {
     /// Bytes read but not yet handled.
     pub fn pending_input(&self) -> usize {
         self.input.as_ref().map_or(0, |buf| buf.len())
+    }
+
+    /// Bytes of buffer memory the connection holds (capacity, not content).
+    pub fn buffer_capacity(&self) -> usize {
+        [&self.input, &self.output]
+            .into_iter()
+            .flatten()
+            .map(|buf| buf.capacity())
+            .sum()
     }
 
     /// Whether the connection holds any buffer (an idle one holds none).
@@ -370,11 +385,7 @@ impl Connection {
             return;
         }
         if let (Some((code, text)), State::AwaitingHello | State::Open) = (error, self.state) {
-            Replies {
-                out: &mut self.output,
-                pool: &mut *cx.pool,
-            }
-            .error(0, code, text);
+            Replies::new(&mut self.output, cx.pool, cx.limits).error(0, code, text);
         }
         if let Some(input) = self.input.take() {
             cx.pool.give(input);
@@ -492,10 +503,7 @@ impl Connection {
             return Ok(true);
         };
         let decoder = Decoder::new(cx.limits.max_frame_len);
-        let mut replies = Replies {
-            out: &mut self.output,
-            pool: &mut *cx.pool,
-        };
+        let mut replies = Replies::new(&mut self.output, cx.pool, cx.limits);
         loop {
             let pending_output = replies.out.as_ref().map_or(0, |buf| buf.len());
             if budget.frames == 0 || pending_output >= cx.limits.output_high_water {
@@ -541,7 +549,7 @@ impl Connection {
         let outcome = if want == 0 {
             ReadOutcome::Drained
         } else {
-            input.reserve(want);
+            input.reserve(want, cx.limits.input_cap());
             self.read_into(io, &mut input, want, budget, cx.now)
         };
         self.input = Some(input);
@@ -578,7 +586,9 @@ impl Connection {
             // whatever is still waiting to be written.
             let mut out = self.output.take().unwrap_or_else(|| cx.pool.take());
             let want = cx.pool.buffer_len().min(budget.bytes);
-            out.reserve(want);
+            // Backpressure stops reading at the high-water mark, so one read past it is the most
+            // this buffer holds.
+            out.reserve(want, cx.limits.output_high_water + cx.pool.buffer_len());
             let outcome = self.read_into(io, &mut out, want, budget, cx.now);
             self.output = Some(out);
             match outcome {
@@ -810,7 +820,7 @@ fn dispatch(
                 version,
                 max_payload_len: limits.max_frame_len,
             };
-            replies.frame_with(FrameType::HelloOk, 0, HelloOk::PAYLOAD_LEN, |out| {
+            replies.frame_with(FrameType::HelloOk, 0, HelloOk::PAYLOAD_LEN as u32, |out| {
                 ok.emit(out)
             });
             Ok(State::Open)

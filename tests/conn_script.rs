@@ -72,10 +72,14 @@ fn hello() -> Vec<u8> {
 }
 
 fn hello_ok() -> Vec<u8> {
+    hello_ok_announcing(Limits::default().max_frame_len)
+}
+
+fn hello_ok_announcing(max_payload_len: u32) -> Vec<u8> {
     let mut wire = Vec::new();
     HelloOk {
         version: 1,
-        max_payload_len: Limits::default().max_frame_len,
+        max_payload_len,
     }
     .encode(&mut wire);
     wire
@@ -373,6 +377,34 @@ fn frame_budget_spreads_pipelined_requests_over_turns() {
     assert_eq!(h.event(&mut io, true, false), Verdict::Again);
     assert_eq!(h.drive(&mut io), Verdict::Again);
     assert_eq!(h.drive(&mut io), Verdict::Wait);
+}
+
+#[test]
+fn a_large_frame_grows_the_input_buffer_no_further_than_one_maximal_frame() {
+    let limits = Limits {
+        max_frame_len: 100_000,
+        io_buffer_len: 16 << 10,
+        ..Limits::default()
+    };
+    let request = echo_request(1, &vec![9; 100_000]);
+    let mut input = hello();
+    input.extend(&request[..request.len() - 1]);
+    let mut io = Builder::new()
+        .read(&input)
+        .write(&hello_ok_announcing(100_000))
+        .build();
+    let mut h = Harness::new(Protocol::Framed, limits);
+    let mut verdict = h.event(&mut io, true, false);
+    while verdict == Verdict::Again {
+        verdict = h.drive(&mut io);
+    }
+    assert_eq!(h.conn.pending_input(), request.len() - 1);
+    let cap = h.limits.input_cap();
+    assert!(
+        h.conn.buffer_capacity() <= cap,
+        "buffers hold {} bytes, cap {cap}",
+        h.conn.buffer_capacity()
+    );
 }
 
 // === End of stream ===

@@ -22,7 +22,10 @@ use crate::timer::Tick;
 
 /// Answers an ECHO_REQUEST: the payload comes back unchanged, on the request's stream.
 pub fn reply(request: Frame<'_>, replies: &mut Replies<'_>) {
-    replies.frame(FrameType::EchoReply, request.header.stream, request.payload);
+    let Frame { header, payload } = request;
+    replies.frame_with(FrameType::EchoReply, header.stream, header.len, |out| {
+        out.copy_from_slice(payload)
+    });
 }
 
 /// Largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP header bytes).

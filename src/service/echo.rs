@@ -150,8 +150,10 @@ impl<S: Datagrams> UdpEcho<S> {
                 Err(error) if error.kind() == ErrorKind::WouldBlock => self.read_ready = false,
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) => {
-                    // Counted against the budget so a persistent error cannot spin the loop.
-                    budget -= 1;
+                    // Wait for the next readiness event rather than retry: an error that
+                    // persists would otherwise keep the socket on the ready list, and the loop
+                    // polling with a zero timeout, forever.
+                    self.read_ready = false;
                     debug!("udp echo: receive failed: {error}");
                 }
             }
@@ -169,7 +171,13 @@ impl<S: Datagrams> UdpEcho<S> {
             return;
         }
         if self.queue.is_empty() && self.write_ready {
-            match self.socket.send_to(&self.datagram[..len], source) {
+            let sent = loop {
+                match self.socket.send_to(&self.datagram[..len], source) {
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            match sent {
                 Ok(_) => {
                     self.stats.echoed += 1;
                     return;
@@ -234,10 +242,17 @@ mod tests {
         incoming: VecDeque<(Vec<u8>, SocketAddr)>,
         sent: Vec<(Vec<u8>, SocketAddr)>,
         send_capacity: usize,
+        /// When set, every receive fails with this error.
+        receive_error: Option<ErrorKind>,
+        receives: usize,
     }
 
     impl Datagrams for FakeSocket {
         fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+            self.receives += 1;
+            if let Some(kind) = self.receive_error {
+                return Err(kind.into());
+            }
             let (bytes, from) = self.incoming.pop_front().ok_or(ErrorKind::WouldBlock)?;
             buf[..bytes.len()].copy_from_slice(&bytes);
             Ok((bytes.len(), from))
@@ -264,6 +279,8 @@ mod tests {
             incoming: incoming.into(),
             sent: Vec::new(),
             send_capacity,
+            receive_error: None,
+            receives: 0,
         })
     }
 
@@ -322,6 +339,22 @@ mod tests {
             "queued replies keep their order"
         );
         assert_eq!(echo.interest(), Interest::READABLE);
+    }
+
+    #[test]
+    fn persistent_receive_error_waits_for_the_next_event_instead_of_spinning() {
+        let mut echo = echo_with(vec![], 10);
+        echo.socket.receive_error = Some(ErrorKind::OutOfMemory);
+        assert_eq!(echo.drive(&Limits::default(), Tick(0)), Verdict::Wait);
+        assert_eq!(echo.socket.receives, 1);
+        assert_eq!(echo.drive(&Limits::default(), Tick(1)), Verdict::Wait);
+        assert_eq!(
+            echo.socket.receives, 1,
+            "no retry without a new readiness event"
+        );
+        echo.on_ready(true, false);
+        echo.drive(&Limits::default(), Tick(2));
+        assert_eq!(echo.socket.receives, 2);
     }
 
     #[test]

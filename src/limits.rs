@@ -10,7 +10,8 @@ use crate::proto::HEADER_LEN;
 /// flags override some fields, and [`Limits::validate`] rejects combinations that make no sense.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections open at once, framed and raw echo together. Default 10,000. At start it is
+    /// Connections open at once, framed and raw echo together. Default 10,000, at most
+    /// [`MAX_CONNECTIONS`]. At start it is
     /// clamped to what `RLIMIT_NOFILE` allows after [`Limits::reserved_fds`]. One more client
     /// is accepted, told `SERVER_BUSY` (framed) or just closed (raw echo), and dropped.
     pub max_connections: usize,
@@ -87,6 +88,10 @@ impl Default for Limits {
     }
 }
 
+/// Largest accepted [`Limits::max_connections`]: a connection's slot number has 24 bits in its
+/// poll token.
+pub const MAX_CONNECTIONS: usize = 1 << 24;
+
 /// Smallest accepted [`Limits::max_frame_len`]: a HELLO's fixed part must fit.
 pub const MIN_FRAME_LEN: u32 = 64;
 /// Largest accepted [`Limits::max_frame_len`]: 64 MiB, so one client's input buffer stays
@@ -120,8 +125,10 @@ impl Limits {
                 self.max_frame_len
             ));
         }
-        if self.max_connections == 0 {
-            return fail("max connections must be at least 1".into());
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return fail(format!(
+                "max connections must be between 1 and {MAX_CONNECTIONS}"
+            ));
         }
         if self.output_low_water >= self.output_high_water {
             return fail(format!(
@@ -165,10 +172,14 @@ mod tests {
     #[test]
     fn validate_names_the_bad_field() {
         type Breakage = fn(&mut Limits);
-        let cases: [(Breakage, &str); 5] = [
+        let cases: [(Breakage, &str); 6] = [
             (|l| l.max_frame_len = 1, "max frame length"),
             (|l| l.max_frame_len = u32::MAX, "max frame length"),
             (|l| l.max_connections = 0, "max connections"),
+            (
+                |l| l.max_connections = MAX_CONNECTIONS + 1,
+                "max connections",
+            ),
             (|l| l.output_low_water = l.output_high_water, "low-water"),
             (|l| l.idle_timeout = Duration::ZERO, "idle timeout"),
         ];

@@ -51,8 +51,9 @@ use crate::timer::{Clock, Tick, TimerQueue};
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 
-/// How long accepting pauses when the process is out of descriptors and cannot shed a
-/// connection (no spare descriptor left); closing any connection resumes it sooner.
+/// How long accepting pauses after an `accept` failure it cannot work around: out of
+/// descriptors with no spare left, or an error that is not about one pending connection.
+/// Closing any connection resumes it sooner.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Stale timer entries tolerated beyond one per open connection before the queue is swept
@@ -96,6 +97,7 @@ const CONN_TOKEN_BIT: usize = 1 << 63;
 const SLOT_BITS: u32 = 24;
 const SLOT_MASK: usize = (1 << SLOT_BITS) - 1;
 const _: () = assert!(usize::BITS == 64, "token layout assumes 64-bit usize");
+const _: () = assert!(crate::limits::MAX_CONNECTIONS <= 1 << SLOT_BITS);
 
 impl Source {
     fn token(self) -> Token {
@@ -439,6 +441,11 @@ impl Core {
         if read_closed {
             slot.conn.on_read_closed();
         }
+        // Already on a ready list: it is driven there, with the readiness just recorded. Driving
+        // it here too would give it two budgets in one turn.
+        if slot.queued {
+            return;
+        }
         self.drive_slot(key);
     }
 
@@ -544,11 +551,7 @@ impl Core {
             Protocol::RawEcho
         };
         for _ in 0..self.limits.accept_budget {
-            let listener = match source {
-                Source::FramedListener => self.framed_listener.as_ref(),
-                _ => self.echo_listener.as_ref(),
-            };
-            let Some(listener) = listener else {
+            let Some(listener) = self.listener(source) else {
                 return;
             };
             match listener.accept() {
@@ -556,9 +559,13 @@ impl Core {
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) if is_out_of_descriptors(&error) => {
-                    if !self.shed_with_spare_fd(source, protocol) {
-                        self.pause_accepting();
-                        return;
+                    match self.shed_with_spare_fd(source, protocol) {
+                        Shed::Refused => {}
+                        Shed::BacklogEmpty => return,
+                        Shed::NoDescriptor => {
+                            self.pause_accepting();
+                            return;
+                        }
                     }
                 }
                 Err(error) if is_per_connection_error(&error) => {
@@ -652,31 +659,40 @@ impl Core {
 
     /// Out of descriptors: free the spare, accept one connection with it and turn it away,
     /// take the spare back. Keeps the backlog moving (clients hear "busy" instead of hanging)
-    /// without spinning: each call consumes one pending connection. Returns whether it did.
-    fn shed_with_spare_fd(&mut self, source: Source, protocol: Protocol) -> bool {
+    /// without spinning: each call consumes one pending connection, or finds none.
+    fn shed_with_spare_fd(&mut self, source: Source, protocol: Protocol) -> Shed {
         if let Some(suppressed) = self.emfile_log.allow(self.now) {
             warn!(
                 "out of file descriptors: turning connections away ({suppressed} more since last report)"
             );
         }
         let Some(spare) = self.spare_fd.take() else {
-            return false;
+            return Shed::NoDescriptor;
         };
         drop(spare);
-        let listener = match source {
-            Source::FramedListener => self.framed_listener.as_ref(),
-            _ => self.echo_listener.as_ref(),
-        };
-        let accepted = listener.map(|listener| listener.accept());
+        let accepted = self.listener(source).map(|listener| listener.accept());
         let shed = match accepted {
             Some(Ok((stream, _))) => {
                 self.refuse(stream, protocol);
-                true
+                Shed::Refused
             }
-            _ => false,
+            Some(Err(error)) if error.kind() == ErrorKind::WouldBlock => Shed::BacklogEmpty,
+            None => Shed::BacklogEmpty,
+            Some(Err(error)) => {
+                debug!("accept with the spare descriptor failed: {error}");
+                Shed::NoDescriptor
+            }
         };
         self.spare_fd = open_spare_fd();
         shed
+    }
+
+    fn listener(&self, source: Source) -> Option<&TcpListener> {
+        match source {
+            Source::FramedListener => self.framed_listener.as_ref(),
+            Source::EchoListener => self.echo_listener.as_ref(),
+            _ => None,
+        }
     }
 
     fn pause_accepting(&mut self) {
@@ -852,6 +868,16 @@ fn live_slot(conns: &mut Slab<Slot>, key: ConnKey) -> Option<&mut Slot> {
     conns
         .get_mut(key.slot as usize)
         .filter(|slot| slot.generation == key.generation && !slot.closing)
+}
+
+/// What [`Core::shed_with_spare_fd`] managed.
+enum Shed {
+    /// One pending connection was accepted and turned away.
+    Refused,
+    /// Nothing was pending: accepting goes on at the next connection's event.
+    BacklogEmpty,
+    /// No descriptor could be had even with the spare: pause accepting.
+    NoDescriptor,
 }
 
 /// A descriptor held in reserve for [`Core::shed_with_spare_fd`].
@@ -1084,11 +1110,13 @@ mod tests {
             "frames left after the budget: queued"
         );
         assert_eq!(core.ready, vec![Source::Conn(key)]);
-        core.serve_conn(key, false, false, false);
+        let pending = core.conns[key.slot as usize].conn.pending_input();
+        core.serve_conn(key, true, true, false);
+        assert_eq!(core.ready.len(), 1, "queued once");
         assert_eq!(
-            core.ready.len(),
-            1,
-            "queued once, however often it is served"
+            core.conns[key.slot as usize].conn.pending_input(),
+            pending,
+            "an event for a queued connection only records readiness: one budget per turn"
         );
     }
 }

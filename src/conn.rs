@@ -253,19 +253,21 @@ pub struct Connection {
     output: Option<Box<Buf>>,
     /// Last time bytes moved in either direction.
     last_active: Tick,
-    /// A deadline earlier than the idle one: for the incomplete frame at the head of `input`
-    /// (its first byte's arrival plus the frame timeout), or, in `Closing`, for the whole close.
-    /// [`Tick::NEVER`] when neither applies.
+    /// A deadline earlier than the idle one: for HELLO (accept plus the hello timeout), for the
+    /// incomplete frame at the head of `input` (its first byte's arrival plus the frame timeout),
+    /// or, in `Closing`, for the whole close. [`Tick::NEVER`] when none applies.
     phase_deadline: Tick,
 }
 
 impl Connection {
     /// A new connection accepted at `now`. Both readiness hints start set: a fresh socket may
     /// already hold bytes, and its send buffer is empty.
-    pub fn new(protocol: Protocol, now: Tick) -> Connection {
-        let state = match protocol {
-            Protocol::Framed => State::AwaitingHello,
-            Protocol::RawEcho => State::Echoing,
+    pub fn new(protocol: Protocol, now: Tick, limits: &Limits) -> Connection {
+        // A framed client must finish its HELLO within the hello timeout; until it does, that
+        // deadline stands in for the frame deadline.
+        let (state, phase_deadline) = match protocol {
+            Protocol::Framed => (State::AwaitingHello, now.after(limits.hello_timeout)),
+            Protocol::RawEcho => (State::Echoing, Tick::NEVER),
         };
         Connection {
             state,
@@ -273,7 +275,7 @@ impl Connection {
             input: None,
             output: None,
             last_active: now,
-            phase_deadline: Tick::NEVER,
+            phase_deadline,
         }
     }
 
@@ -339,8 +341,8 @@ impl Connection {
         }
     }
 
-    /// When [`Connection::on_deadline`] must be called: the idle deadline, or sooner if a frame
-    /// is half-received or the connection is closing.
+    /// When [`Connection::on_deadline`] must be called: the idle deadline, or sooner if HELLO is
+    /// still awaited, a frame is half-received, or the connection is closing.
     pub fn deadline(&self, limits: &Limits) -> Tick {
         if self.state == State::Closing {
             return self.phase_deadline;
@@ -358,6 +360,8 @@ impl Connection {
                 let idle_deadline = self.last_active.after(cx.limits.idle_timeout);
                 let text = if cx.now >= idle_deadline {
                     format!("no activity for {:?}", cx.limits.idle_timeout)
+                } else if self.state == State::AwaitingHello {
+                    format!("no HELLO within {:?}", cx.limits.hello_timeout)
                 } else {
                     format!("frame not completed within {:?}", cx.limits.frame_timeout)
                 };
@@ -557,6 +561,9 @@ impl Connection {
     }
 
     fn track_partial_frame(&mut self, waiting_for_bytes: bool, limits: &Limits, now: Tick) {
+        if self.state == State::AwaitingHello {
+            return; // the hello deadline set at accept stands until HELLO is handled
+        }
         if waiting_for_bytes && self.pending_input() > 0 {
             if self.phase_deadline == Tick::NEVER {
                 self.phase_deadline = now.after(limits.frame_timeout);

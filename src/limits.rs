@@ -52,6 +52,10 @@ pub struct Limits {
     /// A connection with no read or write progress for this long is closed (framed clients get
     /// a `TIMEOUT` error first). Default 300 s.
     pub idle_timeout: Duration,
+    /// A framed client must have sent its HELLO within this of connecting. Default 10 s. A
+    /// connection that says nothing holds a slot only this long, not the whole idle timeout
+    /// (sshd's `LoginGraceTime`); before HELLO it stands in for the frame timeout.
+    pub hello_timeout: Duration,
     /// A frame whose first byte has arrived must be complete within this. Default 30 s. This is
     /// what closes a slowloris client that keeps the connection busy one byte at a time.
     pub frame_timeout: Duration,
@@ -81,6 +85,7 @@ impl Default for Limits {
             udp_queue_len: 256,
             udp_queue_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(300),
+            hello_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
             linger_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
@@ -150,6 +155,7 @@ impl Limits {
         }
         let timeouts = [
             ("idle timeout", self.idle_timeout),
+            ("hello timeout", self.hello_timeout),
             ("frame timeout", self.frame_timeout),
             ("linger timeout", self.linger_timeout),
         ];

@@ -60,6 +60,9 @@ struct ServeArgs {
     /// Close a connection after this many seconds without activity.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().idle_timeout))]
     idle_timeout: Secs,
+    /// Close a framed connection that has not sent HELLO this many seconds after connecting.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().hello_timeout))]
+    hello_timeout: Secs,
     /// Close a connection whose frame has not completed this many seconds after it began.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().frame_timeout))]
     frame_timeout: Secs,
@@ -206,6 +209,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let limits = Limits {
         max_connections: args.max_conns,
         idle_timeout: args.idle_timeout.0,
+        hello_timeout: args.hello_timeout.0,
         frame_timeout: args.frame_timeout.0,
         max_frame_len: args.max_frame,
         shutdown_grace: args.shutdown_grace.0,

@@ -602,8 +602,11 @@ impl Core {
             generation: self.next_generation,
         };
         self.next_generation = self.next_generation.wrapping_add(1);
-        let conn = Connection::new(protocol, self.now);
+        let conn = Connection::new(protocol, self.now, &self.limits);
         let registered = conn.interest();
+        // Registration reports bytes that are already waiting, so there is nothing to drive
+        // yet; only the first deadline (hello or idle) needs arming.
+        let deadline = conn.deadline(&self.limits);
         let mut socket = stream;
         if let Err(error) =
             self.poll
@@ -618,7 +621,7 @@ impl Core {
             conn,
             generation: key.generation,
             registered,
-            armed: Tick::NEVER,
+            armed: deadline,
             queued: false,
             closing: false,
         });
@@ -627,12 +630,6 @@ impl Core {
             "accepted {peer} ({protocol:?}) as slot {} generation {}",
             key.slot, key.generation
         );
-        // Registration reports bytes that are already waiting, so there is nothing to drive
-        // yet; only the idle deadline needs arming.
-        let deadline = self.now.after(self.limits.idle_timeout);
-        if let Some(slot) = self.conns.get_mut(key.slot as usize) {
-            slot.armed = deadline;
-        }
         self.timers.push(deadline, TimerKey::Conn(key).pack());
     }
 

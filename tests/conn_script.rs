@@ -26,7 +26,7 @@ impl Harness {
     fn new(protocol: Protocol, limits: Limits) -> Harness {
         let pool = BufferPool::new(limits.io_buffer_len, 8);
         Harness {
-            conn: Connection::new(protocol, Tick(0)),
+            conn: Connection::new(protocol, Tick(0), &limits),
             pool,
             limits,
             now: Tick(0),
@@ -495,7 +495,8 @@ fn idle_deadline_follows_activity() {
     let mut h = Harness::framed();
     assert_eq!(
         h.conn.deadline(&h.limits),
-        Tick(0).after(h.limits.idle_timeout)
+        Tick(0).after(h.limits.hello_timeout),
+        "before HELLO, the hello deadline"
     );
     h.now = Tick(5_000);
     h.event(&mut io, true, false);
@@ -518,6 +519,40 @@ fn idle_timeout_sends_timeout_error_and_closes() {
     h.event(&mut io, true, false);
     assert_eq!(h.expire(&mut io), Verdict::Wait, "TIMEOUT sent, lingering");
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
+fn silent_client_gets_timeout_at_the_hello_deadline() {
+    let text = format!("no HELLO within {:?}", Limits::default().hello_timeout);
+    let mut io = Builder::new()
+        .write(&error_frame(ErrorCode::Timeout, &text))
+        .eof()
+        .build();
+    let mut h = Harness::framed();
+    assert_eq!(h.conn.deadline(&h.limits), Tick(10_000));
+    // Never driven, so the read hint from accept is still set: the linger reads the EOF at once.
+    assert_eq!(h.expire(&mut io), Verdict::Close);
+    assert!(io.write_shut());
+}
+
+#[test]
+fn hello_trickled_in_keeps_the_hello_deadline() {
+    let wire = hello();
+    let mut script = Builder::new();
+    for byte in &wire[..wire.len() - 1] {
+        script.read(&[*byte]);
+    }
+    let mut io = script.build();
+    let mut h = Harness::framed();
+    for (step, _) in wire[..wire.len() - 1].iter().enumerate() {
+        h.now = Tick(step as u64 * 400);
+        h.event(&mut io, true, false);
+        assert_eq!(
+            h.conn.deadline(&h.limits),
+            Tick(10_000),
+            "activity does not extend it"
+        );
+    }
 }
 
 #[test]

@@ -116,8 +116,24 @@ fn framed_client_that_never_reads_is_throttled_and_others_still_get_echoes() {
 }
 
 #[test]
+fn silent_framed_client_is_closed_at_the_hello_timeout() {
+    let server = Server::start(&["--hello-timeout", "0.5"]);
+    let started = Instant::now();
+    let mut client = Client::from_stream(tcp(server.framed()));
+    let text = expect_error(&mut client, 0, ErrorCode::Timeout);
+    assert!(text.contains("HELLO"), "says what was missing: {text}");
+    expect_eof(&mut client);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}, not at the 300 s idle timeout",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn idle_framed_client_gets_timeout_error_then_eof() {
-    let server = Server::start(&["--idle-timeout", "0.5"]);
+    // Long enough that a slow debug run still gets its first echo back before the timeout.
+    let server = Server::start(&["--idle-timeout", "1.5"]);
     let mut client = framed_client(&server);
     assert_eq!(client.echo(b"active once").unwrap(), b"active once");
     let text = expect_error(&mut client, 0, ErrorCode::Timeout);
@@ -127,7 +143,7 @@ fn idle_framed_client_gets_timeout_error_then_eof() {
 
 #[test]
 fn idle_raw_echo_client_is_closed() {
-    let server = Server::start(&["--idle-timeout", "0.5"]);
+    let server = Server::start(&["--idle-timeout", "1.5"]);
     let mut stream = tcp(server.echo_tcp());
     send(&mut stream, b"once");
     assert_eq!(read_exactly(&mut stream, 4), b"once");

@@ -139,7 +139,7 @@ impl ServerSide {
     fn new() -> ServerSide {
         let limits = Limits::default();
         ServerSide {
-            conn: Connection::new(Protocol::Framed, Tick(0)),
+            conn: Connection::new(Protocol::Framed, Tick(0), &Limits::default()),
             pool: BufferPool::new(limits.io_buffer_len, 4),
             limits,
             now: Tick(0),
@@ -563,6 +563,7 @@ fn constants_table_matches_the_code() {
         ("MIN_FRAME_LEN", limits::MIN_FRAME_LEN.to_string()),
         ("MAX_FRAME_LEN", limits::MAX_FRAME_LEN.to_string()),
         ("idle_timeout", seconds(limits.idle_timeout)),
+        ("hello_timeout", seconds(limits.hello_timeout)),
         ("frame_timeout", seconds(limits.frame_timeout)),
         ("linger_timeout", seconds(limits.linger_timeout)),
         ("shutdown_grace", seconds(limits.shutdown_grace)),
@@ -677,7 +678,11 @@ fn error_text_table_matches_what_the_server_sends() {
     let (_, code, text) = error_in(&server.send(&unknown_type_request()));
     produced.push((code, text));
 
-    // Idle: nothing after the handshake. Frame: 5 bytes of a header, then nothing.
+    // Hello: nothing at all. Idle: nothing after the handshake. Frame: 5 bytes of a header,
+    // then nothing.
+    let mut server = ServerSide::new();
+    let (_, code, text) = error_in(&server.expire());
+    produced.push((code, text));
     let mut server = ServerSide::open();
     let (_, code, text) = error_in(&server.expire());
     produced.push((code, text));

@@ -1001,31 +1001,28 @@ mod tests {
         let (mut reactor, addr) = reactor();
         let core = &mut reactor.core;
 
-        // One batch: A's EOF event closes A; B is accepted; a second event for A arrives.
-        let (client_a, key_a) = connect_and_accept(core, addr);
-        drop(client_a);
-        for _ in 0..100 {
-            core.serve_conn(key_a, true, false, false);
-            if core.conns[key_a.slot as usize].closing {
-                break;
-            }
-            sleep(Duration::from_millis(10));
-        }
-        assert!(
-            core.conns[key_a.slot as usize].closing,
-            "A saw EOF and was marked for closing"
-        );
-        let (mut client_b, key_b) = connect_and_accept(core, addr);
+        // One batch: A is marked for closing (as a protocol error or EOF would); B is accepted
+        // and the batch still holds an event for A, whose client has a HELLO waiting.
+        let (mut client_a, key_a) = connect_and_accept(core, addr);
+        client_a.write_all(&hello()).unwrap();
+        core.mark_closing(key_a.slot as usize);
+        let (_client_b, key_b) = connect_and_accept(core, addr);
         assert_ne!(
             key_b.slot, key_a.slot,
             "a slot closing in this batch is not handed out"
         );
-        client_b.write_all(&hello()).unwrap();
         core.serve_conn(key_a, true, true, false);
+        let slot_a = &core.conns[key_a.slot as usize];
         assert_eq!(
-            core.conns[key_b.slot as usize].conn.state(),
-            State::AwaitingHello,
-            "A's event did not drive B"
+            (slot_a.conn.state(), slot_a.conn.pending_input()),
+            (State::AwaitingHello, 0),
+            "the later event for A did not drive it"
+        );
+        client_a.set_nonblocking(true).unwrap();
+        assert_eq!(
+            client_a.read(&mut [0; 64]).unwrap_err().kind(),
+            ErrorKind::WouldBlock,
+            "A got no HELLO_OK"
         );
         core.close_marked();
         assert!(!core.conns.contains(key_a.slot as usize));
@@ -1076,6 +1073,54 @@ mod tests {
             core.timers.len(),
             core.conns.len()
         );
+    }
+
+    #[test]
+    fn a_blasting_client_gets_one_budget_and_the_other_is_answered_in_the_same_turn() {
+        let (mut reactor, addr) = reactor();
+        let core = &mut reactor.core;
+        core.limits.frame_budget = 16;
+        let (mut blaster, key_blaster) = connect_and_accept(core, addr);
+        let (mut pinger, key_pinger) = connect_and_accept(core, addr);
+        let request = |stream| {
+            crate::proto::Frame::new(
+                crate::proto::FrameType::EchoRequest,
+                crate::proto::Flags::END_STREAM,
+                stream,
+                b"x",
+            )
+            .to_vec()
+        };
+        let mut flood = hello();
+        for stream in 1..=2_000 {
+            flood.extend(request(stream));
+        }
+        blaster.write_all(&flood).unwrap();
+        pinger.write_all(&[hello(), request(1)].concat()).unwrap();
+        // One turn: both report readable, the blaster first.
+        for _ in 0..100 {
+            core.serve_conn(key_blaster, true, true, false);
+            if core.conns[key_blaster.slot as usize].queued {
+                break;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        core.serve_conn(key_pinger, true, true, false);
+        assert!(
+            core.conns[key_blaster.slot as usize].queued,
+            "the blaster's work waits for the next turn"
+        );
+        assert_eq!(
+            core.conns[key_pinger.slot as usize].conn.pending_output(),
+            0,
+            "the pinger was answered in this turn"
+        );
+        pinger
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reply = [0; 22 + 13];
+        pinger.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[22], 0x11, "HELLO_OK then ECHO_REPLY");
     }
 
     #[test]

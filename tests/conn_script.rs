@@ -487,6 +487,46 @@ fn oversize_header_gets_error_then_fin_then_input_is_discarded_until_eof() {
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
 }
 
+#[test]
+fn client_error_after_hello_closes_quietly_after_earlier_replies() {
+    let mut client_error = Vec::new();
+    ErrorMessage::new(ErrorCode::Other(500), "client gives up").encode(0, &mut client_error);
+    let mut input = hello();
+    input.extend(echo_request(1, b"answered"));
+    input.extend(client_error);
+    input.extend(echo_request(2, b"discarded"));
+    let mut output = hello_ok();
+    output.extend(echo_reply(1, b"answered"));
+    let mut io = Builder::new().read(&input).write(&output).eof().build();
+    let mut h = Harness::framed();
+    assert_eq!(
+        h.event(&mut io, true, false),
+        Verdict::Wait,
+        "no ERROR of its own; FIN sent"
+    );
+    assert!(io.write_shut());
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+}
+
+#[test]
+fn linger_ends_at_its_deadline_when_the_client_never_closes() {
+    let mut io = Builder::new()
+        .read(&echo_request(1, b"no hello"))
+        .write(&error_frame(
+            ErrorCode::UnexpectedFrame,
+            "expected HELLO first, got ECHO_REQUEST",
+        ))
+        .build();
+    let mut h = Harness::framed();
+    h.now = Tick(1_000);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait, "lingering");
+    assert_eq!(
+        h.conn.deadline(&h.limits),
+        Tick(1_000).after(h.limits.linger_timeout)
+    );
+    assert_eq!(h.expire(&mut io), Verdict::Close);
+}
+
 // === Deadlines ===
 
 #[test]

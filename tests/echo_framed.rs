@@ -410,3 +410,25 @@ fn largest_frame_round_trips_and_one_byte_more_gets_frame_too_large() {
     expect_error(&mut client, 0, ErrorCode::FrameTooLarge);
     expect_eof(&mut client);
 }
+
+#[test]
+fn hello_ok_announces_the_configured_maximum_payload_and_the_server_holds_to_it() {
+    let server = Server::start(&["--max-frame", "4096"]);
+    let mut client = Client::connect_raw(&server.framed_str(), Duration::from_secs(5)).unwrap();
+    let ok = client.hello(Hello::current()).expect("HELLO_OK");
+    assert_eq!((ok.version, ok.max_payload_len), (1, 4096));
+    assert_eq!(client.echo(&[1; 4096]).unwrap(), vec![1; 4096]);
+    push_and_expect_too_large(&mut client, 4097);
+}
+
+fn push_and_expect_too_large(client: &mut Client, len: usize) {
+    let header = Header {
+        frame_type: FrameType::EchoRequest,
+        flags: Flags::END_STREAM,
+        stream: 9,
+        len: len as u32,
+    };
+    client.send_raw(&header.to_bytes()).unwrap();
+    expect_error(client, 0, ErrorCode::FrameTooLarge);
+    expect_eof(client);
+}

@@ -129,6 +129,13 @@ fn udp_echo_of_one_byte_and_of_the_largest_datagram_is_identical_and_from_the_se
 }
 
 #[test]
+fn udp_echo_of_an_empty_datagram_is_an_empty_datagram() {
+    let server = Server::start(&[]);
+    let (reply, from) = udp_round_trip(&server, b"");
+    assert_eq!((reply.len(), from), (0, server.echo_udp()));
+}
+
+#[test]
 fn echo_tcp_off_prints_no_raw_listener_and_the_rest_still_works() {
     let server = Server::start(&["--echo-tcp", "off"]);
     assert_eq!(server.listening_kinds(), ["framed", "echo-udp"]);

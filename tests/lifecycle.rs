@@ -49,6 +49,41 @@ fn sigterm_tells_a_connected_client_shutting_down_then_exits_zero_once_it_leaves
     assert_exits_cleanly(&mut server, "SIGTERM with a client");
 }
 
+/// A framed client that has pipelined requests and stopped reading, so the server holds
+/// replies it cannot send.
+fn client_with_unsent_replies(server: &Server) -> TcpStream {
+    let mut pattern = Vec::new();
+    for stream in 1..=16 {
+        push_echo_request(&mut pattern, stream, &[7; 16 << 10]);
+    }
+    let mut stalled = tcp(server.framed());
+    send(&mut stalled, &hello_bytes());
+    flood_without_reading(&mut stalled, &pattern);
+    stalled
+}
+
+#[test]
+fn shutdown_grace_ends_with_a_client_that_never_reads_and_exits_zero() {
+    let mut server = Server::start(&["--shutdown-grace", "1"]);
+    let _stalled = client_with_unsent_replies(&server);
+    server.signal(libc::SIGTERM);
+    // The grace period (1 s) closes what cannot flush; EXIT_WITHIN leaves room for a slow run.
+    assert_exits_cleanly(&mut server, "SIGTERM with a client that never reads");
+}
+
+#[test]
+fn second_signal_closes_everything_without_waiting_for_the_grace_period() {
+    let mut server = Server::start(&["--shutdown-grace", "60"]);
+    let _stalled = client_with_unsent_replies(&server);
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait_exit(Duration::from_millis(300)).is_none(),
+        "first signal: still flushing"
+    );
+    server.signal(libc::SIGINT);
+    assert_exits_cleanly(&mut server, "second signal");
+}
+
 #[test]
 fn server_runs_on_one_thread_before_during_and_after_a_burst_of_connections() {
     let server = Server::start(&[]);

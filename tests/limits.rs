@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::thread;
@@ -13,46 +13,8 @@ use monoreactor::client::{Client, ClientError};
 use monoreactor::proto::{ErrorCode, FrameType, HEADER_LEN};
 use support::*;
 
-/// Stop flooding after this much, whether or not writes block.
-const FLOOD_CAP: usize = 64 << 20;
-/// Flooding stops once writes have blocked for this long without progress.
-const BLOCKED_FOR: Duration = Duration::from_millis(500);
 /// Most the server's memory may grow while one client floods it.
 const FLOOD_RSS_GROWTH_KIB: u64 = 16 << 10;
-
-/// Writes `pattern` over and over on a nonblocking socket, never reading, until writes have
-/// returned `WouldBlock` for [`BLOCKED_FOR`] or [`FLOOD_CAP`] bytes are out. Returns the bytes
-/// written.
-fn flood_without_reading(stream: &mut TcpStream, pattern: &[u8]) -> usize {
-    stream.set_nonblocking(true).expect("nonblocking");
-    let started = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut offset = 0;
-    let mut written = 0;
-    while written < FLOOD_CAP {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "flooding took over a minute ({written} bytes written)"
-        );
-        match stream.write(&pattern[offset..]) {
-            Ok(0) => panic!("write returned 0"),
-            Ok(n) => {
-                written += n;
-                offset = (offset + n) % pattern.len();
-                last_progress = Instant::now();
-            }
-            Err(error) if error.kind() == ErrorKind::WouldBlock => {
-                if last_progress.elapsed() >= BLOCKED_FOR {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => panic!("flood write failed after {written} bytes: {error}"),
-        }
-    }
-    written
-}
 
 fn check_flood_bounded(server: &Server, rss_before: u64, written: usize) {
     assert!(

@@ -662,3 +662,41 @@ pub fn set_linger_zero(stream: &TcpStream) {
         std::io::Error::last_os_error()
     );
 }
+
+/// Stop flooding after this much, whether or not writes block.
+pub const FLOOD_CAP: usize = 64 << 20;
+/// Flooding stops once writes have blocked for this long without progress.
+pub const BLOCKED_FOR: Duration = Duration::from_millis(500);
+/// Writes `pattern` over and over on a nonblocking socket, never reading, until writes have
+/// returned `WouldBlock` for [`BLOCKED_FOR`] or [`FLOOD_CAP`] bytes are out. Returns the bytes
+/// written.
+pub fn flood_without_reading(stream: &mut TcpStream, pattern: &[u8]) -> usize {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut offset = 0;
+    let mut written = 0;
+    while written < FLOOD_CAP {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "flooding took over a minute ({written} bytes written)"
+        );
+        match stream.write(&pattern[offset..]) {
+            Ok(0) => panic!("write returned 0"),
+            Ok(n) => {
+                written += n;
+                offset = (offset + n) % pattern.len();
+                last_progress = Instant::now();
+            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                if last_progress.elapsed() >= BLOCKED_FOR {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => panic!("flood write failed after {written} bytes: {error}"),
+        }
+    }
+    written
+}

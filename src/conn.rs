@@ -531,10 +531,7 @@ impl Connection {
             let len = frame.wire_len();
             let next_state = dispatch(self.state, frame, &mut replies, cx.limits)?;
             input.consume(len);
-            if next_state != self.state {
-                trace!("state {} -> {}", self.state, next_state);
-                self.state = next_state;
-            }
+            transition(&mut self.state, next_state);
         }
     }
 
@@ -775,10 +772,15 @@ impl Connection {
     }
 
     fn set_state(&mut self, next: State) {
-        if next != self.state {
-            trace!("state {} -> {}", self.state, next);
-            self.state = next;
-        }
+        transition(&mut self.state, next);
+    }
+}
+
+/// Every state change goes through here, so a `trace` log shows each one.
+fn transition(state: &mut State, next: State) {
+    if next != *state {
+        trace!("state {state} -> {next}");
+        *state = next;
     }
 }
 

@@ -161,7 +161,7 @@ impl FromStr for Secs {
             .parse()
             .map_err(|_| format!("`{text}` is not a number of seconds"))?;
         if !(seconds > 0.0 && seconds <= 1e9) {
-            return Err(format!("`{text}`: seconds must be above 0"));
+            return Err(format!("`{text}`: seconds must be above 0 and at most 1e9"));
         }
         Ok(Secs(Duration::from_secs_f64(seconds)))
     }

@@ -61,6 +61,11 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// closes, keeping its cost per close constant.
 const TIMER_SLACK: usize = 64;
 
+/// Bytes a refused client may already have sent that are read and dropped before the close, so
+/// the close goes out as FIN rather than a reset that could destroy the SERVER_BUSY frame. A
+/// client that pipelined more may still see a reset.
+const REFUSE_DRAIN_BYTES: usize = 64 << 10;
+
 /// Text of the ERROR frame sent to a framed client that cannot be admitted.
 const BUSY_TEXT: &str = "server busy: connection limit reached, try again later";
 
@@ -234,7 +239,7 @@ struct Core {
     udp: Option<UdpEcho<UdpSocket>>,
     udp_registered: Interest,
     signals: Option<Signals>,
-    _waker: Arc<Waker>,
+    waker: Arc<Waker>,
     shutdown_requested: Arc<AtomicBool>,
     conns: Slab<Slot>,
     next_generation: u32,
@@ -312,7 +317,7 @@ impl Reactor {
             udp,
             udp_registered: Interest::READABLE,
             signals,
-            _waker: Arc::clone(&waker),
+            waker: Arc::clone(&waker),
             shutdown_requested: Arc::new(AtomicBool::new(false)),
             conns: Slab::with_capacity(capacity),
             next_generation: 0,
@@ -342,7 +347,7 @@ impl Reactor {
     /// A handle that starts a graceful shutdown from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            waker: Arc::clone(&self.core._waker),
+            waker: Arc::clone(&self.core.waker),
             requested: Arc::clone(&self.core.shutdown_requested),
         }
     }
@@ -375,8 +380,12 @@ impl Reactor {
             core.fire_timers();
             core.close_marked();
             if core.shutdown_deadline.is_some() && core.conns.is_empty() {
-                info!("shutdown complete");
-                return Ok(core.stats);
+                let stats = core.stats;
+                info!(
+                    "shutdown complete: {} connections accepted, {} refused, {} closed",
+                    stats.accepted, stats.refused, stats.closed
+                );
+                return Ok(stats);
             }
         }
     }
@@ -423,7 +432,15 @@ impl Core {
     }
 
     fn queue_static(&mut self, source: Source) {
-        let bit = 1 << (source.token().0 as u8);
+        let bit = match source {
+            Source::FramedListener => 1 << 0,
+            Source::EchoListener => 1 << 1,
+            Source::Udp => 1 << 2,
+            Source::Signals | Source::Waker | Source::Conn(_) => {
+                debug_assert!(false, "{source:?} is not queued through queue_static");
+                return;
+            }
+        };
         if self.static_queued & bit == 0 {
             self.static_queued |= bit;
             self.ready.push(source);
@@ -643,12 +660,12 @@ impl Core {
             let _ = stream.write(&self.busy_frame);
         }
         let _ = stream.shutdown(Shutdown::Write);
-        // Bounded: a client that pipelined a lot may still get a reset; 64 KiB covers a HELLO
-        // and a generous burst of requests.
         let mut discard = [0; 4096];
-        for _ in 0..16 {
+        let mut drained = 0;
+        while drained < REFUSE_DRAIN_BYTES {
             match stream.read(&mut discard) {
-                Ok(n) if n == discard.len() => {}
+                Ok(n) if n == discard.len() => drained += n,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 _ => break,
             }
         }
@@ -822,6 +839,14 @@ impl Core {
         }
         if let Some(mut udp) = self.udp.take() {
             let _ = registry.deregister(udp.socket_mut());
+            let stats = udp.stats();
+            info!(
+                "udp echo: {} echoed, {} dropped (queue full), {} ignored (source port), {} send errors",
+                stats.echoed,
+                stats.dropped_queue_full,
+                stats.refused_source_port,
+                stats.send_errors
+            );
         }
         let deadline = self.now.after(grace);
         self.shutdown_deadline = Some(deadline);

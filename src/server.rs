@@ -73,6 +73,9 @@ pub struct Server {
 
 impl Server {
     /// Validates the limits, raises `RLIMIT_NOFILE`, binds every socket and registers it.
+    ///
+    /// Raising the descriptor limit affects the whole process, as it should for a server that
+    /// is the process; a program embedding it should know that its own limit rises too.
     pub fn bind(config: Config) -> io::Result<Server> {
         let mut limits = config.limits;
         limits

@@ -214,7 +214,8 @@ impl Header {
         out[field::LENGTH].copy_from_slice(&self.len.to_be_bytes());
     }
 
-    /// The header as an array, for a vectored write of header + payload.
+    /// The header as an array, for a writer that sends header and payload from separate
+    /// buffers (a vectored write) instead of copying them together.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut bytes = [0; HEADER_LEN];
         self.emit(&mut bytes);

@@ -986,6 +986,16 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_costs_one_64_byte_slot_and_one_16_byte_timer_entry() {
+        // The per-connection memory figures in docs/PERFORMANCE.md rest on these sizes. In debug
+        // builds mio adds a selector id to every socket for its own checks; allow exactly that.
+        let socket_extra = std::mem::size_of::<TcpStream>() - std::mem::size_of::<i32>();
+        let slot = std::mem::size_of::<Slot>();
+        assert!(slot <= 64 + socket_extra, "Slot is {slot} bytes");
+        assert_eq!(std::mem::size_of::<(Tick, Token)>(), 16);
+    }
+
+    #[test]
     fn tokens_round_trip_through_their_encoding() {
         let extremes = [
             ConnKey {

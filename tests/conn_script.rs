@@ -93,6 +93,17 @@ fn echo_reply(stream: u32, payload: &[u8]) -> Vec<u8> {
     Frame::new(FrameType::EchoReply, Flags::END_STREAM, stream, payload).to_vec()
 }
 
+/// HELLO followed by `requests`, and HELLO_OK followed by their replies: the bytes a client sends
+/// and the bytes the server must answer with.
+fn conversation(requests: &[(u32, &[u8])]) -> (Vec<u8>, Vec<u8>) {
+    let (mut input, mut output) = (hello(), hello_ok());
+    for (stream, payload) in requests {
+        input.extend(echo_request(*stream, payload));
+        output.extend(echo_reply(*stream, payload));
+    }
+    (input, output)
+}
+
 fn error_frame(code: ErrorCode, text: &str) -> Vec<u8> {
     let mut wire = Vec::new();
     ErrorMessage::new(code, text).encode(0, &mut wire);
@@ -259,10 +270,7 @@ fn hello_on_another_stream_is_refused() {
 
 #[test]
 fn blocked_write_waits_for_writable_and_then_sends_everything() {
-    let mut input = hello();
-    input.extend(echo_request(1, b"ping"));
-    let mut output = hello_ok();
-    output.extend(echo_reply(1, b"ping"));
+    let (input, output) = conversation(&[(1, b"ping")]);
     let mut io = Builder::new()
         .read(&input)
         .write_would_block()
@@ -283,10 +291,7 @@ fn blocked_write_waits_for_writable_and_then_sends_everything() {
 
 #[test]
 fn short_write_stops_writing_until_writable() {
-    let mut input = hello();
-    input.extend(echo_request(1, b"ping"));
-    let mut output = hello_ok();
-    output.extend(echo_reply(1, b"ping"));
+    let (input, output) = conversation(&[(1, b"ping")]);
     // The first step takes 5 bytes of a longer write: a short write means the socket is full,
     // so no second write is attempted until the next WRITABLE.
     let mut io = Builder::new()
@@ -411,10 +416,7 @@ fn a_large_frame_grows_the_input_buffer_no_further_than_one_maximal_frame() {
 
 #[test]
 fn peer_eof_after_requests_flushes_replies_then_closes() {
-    let mut input = hello();
-    input.extend(echo_request(1, b"last words"));
-    let mut output = hello_ok();
-    output.extend(echo_reply(1, b"last words"));
+    let (input, output) = conversation(&[(1, b"last words")]);
     let mut io = Builder::new().read(&input).write(&output).eof().build();
     let mut h = Harness::framed();
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
@@ -425,10 +427,7 @@ fn peer_eof_after_requests_flushes_replies_then_closes() {
 fn data_and_fin_in_one_edge_are_both_seen() {
     // The peer's last request and its FIN arrived before the server read: one event, flagged
     // read-closed. The short read must not end the turn, or the EOF waits for the idle timeout.
-    let mut input = hello();
-    input.extend(echo_request(1, b"bye"));
-    let mut output = hello_ok();
-    output.extend(echo_reply(1, b"bye"));
+    let (input, output) = conversation(&[(1, b"bye")]);
     let mut io = Builder::new().read(&input).eof().write(&output).build();
     let mut h = Harness::framed();
     h.conn.on_read_closed();

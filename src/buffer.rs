@@ -2,6 +2,8 @@
 //!
 //! A connection holds a buffer only while bytes are in it: an idle connection holds none, and an
 //! echo in steady state borrows and returns the same pooled buffers, so it allocates nothing.
+//! The pool lends two shapes: plain [`Buf`]s (input, stdin) and the output queues behind an
+//! [`Outbox`](crate::outbox::Outbox).
 
 /// A growable byte buffer: `data()` is the unconsumed part, `spare()` the writable tail.
 ///
@@ -111,26 +113,48 @@ impl Buf {
     }
 }
 
-/// A free list of standard-size buffers.
+/// Buffers a pool can lend: reset on return, and kept only if still of the standard size.
+pub trait Pooled {
+    /// A new, empty value holding `buffer_len` bytes of buffer.
+    fn with_buffer_len(buffer_len: usize) -> Self;
+    /// Forgets the contents.
+    fn reset(&mut self);
+    /// Whether the value is worth keeping: it did not grow past `buffer_len`.
+    fn is_standard(&self, buffer_len: usize) -> bool;
+}
+
+impl Pooled for Buf {
+    fn with_buffer_len(buffer_len: usize) -> Buf {
+        Buf::with_capacity(buffer_len)
+    }
+
+    fn reset(&mut self) {
+        self.clear();
+    }
+
+    fn is_standard(&self, buffer_len: usize) -> bool {
+        self.capacity() == buffer_len
+    }
+}
+
+/// A free list of standard-size values of one shape.
 ///
-/// Buffers that grew past the standard size (a large frame) are freed rather than pooled, so
-/// one burst of big frames does not pin memory afterwards.
+/// Values that grew past the standard size (a large frame) are freed rather than kept, so one
+/// burst of big frames does not pin memory afterwards.
 #[derive(Debug)]
-pub struct BufferPool {
-    #[expect(
-        clippy::vec_box,
-        reason = "connections hold Option<Box<Buf>> (8 bytes, not 40), and lending a pooled box is a pointer move"
-    )]
-    free: Vec<Box<Buf>>,
+pub struct FreeList<T> {
+    /// Boxed because connections hold `Option<Box<T>>` (8 bytes, not the whole value), and
+    /// lending a pooled box is a pointer move.
+    free: Vec<Box<T>>,
     buffer_len: usize,
     max_free: usize,
     created: u64,
 }
 
-impl BufferPool {
-    /// A pool of `buffer_len`-byte buffers that keeps at most `max_free` of them.
-    pub fn new(buffer_len: usize, max_free: usize) -> BufferPool {
-        BufferPool {
+impl<T: Pooled> FreeList<T> {
+    /// A list of values with `buffer_len`-byte buffers that keeps at most `max_free` of them.
+    pub fn new(buffer_len: usize, max_free: usize) -> FreeList<T> {
+        FreeList {
             free: Vec::with_capacity(max_free),
             buffer_len,
             max_free,
@@ -138,20 +162,59 @@ impl BufferPool {
         }
     }
 
-    /// An empty buffer: a pooled one if there is one, else a new one.
-    pub fn take(&mut self) -> Box<Buf> {
+    /// An empty value: a pooled one if there is one, else a new one.
+    pub fn take(&mut self) -> Box<T> {
         self.free.pop().unwrap_or_else(|| {
             self.created += 1;
-            Box::new(Buf::with_capacity(self.buffer_len))
+            Box::new(T::with_buffer_len(self.buffer_len))
         })
     }
 
-    /// Returns a buffer. Its contents are discarded.
-    pub fn give(&mut self, mut buf: Box<Buf>) {
-        if buf.capacity() == self.buffer_len && self.free.len() < self.max_free {
-            buf.clear();
-            self.free.push(buf);
+    /// Returns a value. Its contents are discarded.
+    pub fn give(&mut self, mut value: Box<T>) {
+        if value.is_standard(self.buffer_len) && self.free.len() < self.max_free {
+            value.reset();
+            self.free.push(value);
         }
+    }
+
+    /// Values created since the list was made (a miss allocates one).
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// Values waiting for reuse.
+    pub fn free_len(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// The buffers connections borrow: plain [`Buf`]s for input, and output queues for outboxes.
+#[derive(Debug)]
+pub struct BufferPool {
+    bufs: FreeList<Buf>,
+    outputs: FreeList<crate::outbox::OutQueue>,
+    buffer_len: usize,
+}
+
+impl BufferPool {
+    /// A pool of `buffer_len`-byte buffers that keeps at most `max_free` of each shape.
+    pub fn new(buffer_len: usize, max_free: usize) -> BufferPool {
+        BufferPool {
+            bufs: FreeList::new(buffer_len, max_free),
+            outputs: FreeList::new(buffer_len, max_free),
+            buffer_len,
+        }
+    }
+
+    /// An empty buffer: a pooled one if there is one, else a new one.
+    pub fn take(&mut self) -> Box<Buf> {
+        self.bufs.take()
+    }
+
+    /// Returns a buffer. Its contents are discarded.
+    pub fn give(&mut self, buf: Box<Buf>) {
+        self.bufs.give(buf);
     }
 
     /// Returns the buffer in `slot`, if any, when it holds no bytes.
@@ -163,19 +226,29 @@ impl BufferPool {
         }
     }
 
+    /// An empty output queue, for an [`Outbox`](crate::outbox::Outbox).
+    pub fn take_output(&mut self) -> Box<crate::outbox::OutQueue> {
+        self.outputs.take()
+    }
+
+    /// Returns an output queue.
+    pub fn give_output(&mut self, queue: Box<crate::outbox::OutQueue>) {
+        self.outputs.give(queue);
+    }
+
     /// The standard buffer size.
     pub fn buffer_len(&self) -> usize {
         self.buffer_len
     }
 
-    /// Buffers created since the pool was made (a pool miss allocates one).
+    /// Buffers and queues created since the pool was made (a pool miss allocates one).
     pub fn created(&self) -> u64 {
-        self.created
+        self.bufs.created() + self.outputs.created()
     }
 
-    /// Buffers waiting in the pool.
+    /// Plain buffers waiting in the pool.
     pub fn free_len(&self) -> usize {
-        self.free.len()
+        self.bufs.free_len()
     }
 }
 

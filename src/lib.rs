@@ -42,16 +42,19 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod bench;
 pub mod buffer;
 pub mod client;
 pub mod conn;
 pub mod limits;
+pub mod outbox;
 pub mod procstat;
 pub mod proto;
 pub mod reactor;
 pub mod server;
 pub mod service;
+pub mod sys;
 pub mod testkit;
 pub mod throttle;
 pub mod timer;

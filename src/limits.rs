@@ -66,6 +66,36 @@ pub struct Limits {
     /// After SIGINT/SIGTERM: how long pending output may take to flush before every connection
     /// is closed and the process exits. Default 5 s.
     pub shutdown_grace: Duration,
+
+    // --- Before authentication ---
+    /// Largest payload accepted before a connection has authenticated: any frame before HELLO,
+    /// and echo on a connection that did not present the server's token (when one is
+    /// configured). Default 4 KiB. A header declaring more is refused from its 12 bytes, so a
+    /// client that never authenticates pins at most this much input (redis CVE-2025-21605).
+    pub pre_auth_max_frame: u32,
+
+    // --- Remote exec (per worker process: these are one server's limits) ---
+    /// Commands running at once on the whole server, counting killed ones not yet reaped.
+    /// Default 64; one more is refused with `LIMIT_REACHED`, never queued.
+    pub max_exec: usize,
+    /// Commands running at once on one connection. Default 8, at most
+    /// [`MAX_EXEC_PER_CONNECTION`].
+    pub max_exec_per_connection: usize,
+    /// Longest a command may run before its process group gets SIGTERM (then SIGKILL after
+    /// [`Limits::exec_kill_grace`]). Default 60 s; a client may ask for less, never more.
+    pub exec_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL whenever the server stops a command (time limit,
+    /// output cap, disconnect, shutdown). Default 2 s.
+    pub exec_kill_grace: Duration,
+    /// After a command exits, how long its output pipes may stay open (a background
+    /// grandchild holding them) before EXIT is sent anyway. Default 1 s.
+    pub exec_drain_timeout: Duration,
+    /// Output (stdout and stderr together) one command may send. Default 64 MiB; past it the
+    /// rest is discarded and the process group is stopped, and EXIT says why.
+    pub exec_output_cap: u64,
+    /// STDIN credit per command, bytes: what a client may send ahead of the command's reading,
+    /// and so the most stdin the server holds for it. Default 256 KiB.
+    pub stdin_window: u32,
 }
 
 impl Default for Limits {
@@ -89,13 +119,31 @@ impl Default for Limits {
             frame_timeout: Duration::from_secs(30),
             linger_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            pre_auth_max_frame: 4 << 10,
+            max_exec: 64,
+            max_exec_per_connection: 8,
+            exec_timeout: Duration::from_secs(60),
+            exec_kill_grace: Duration::from_secs(2),
+            exec_drain_timeout: Duration::from_secs(1),
+            exec_output_cap: 64 << 20,
+            stdin_window: 256 << 10,
         }
     }
 }
 
-/// Largest accepted [`Limits::max_connections`]: a connection's slot number has 24 bits in its
-/// poll token.
-pub const MAX_CONNECTIONS: usize = 1 << 24;
+/// Largest accepted [`Limits::max_connections`]: a connection's slot number has 20 bits in its
+/// poll tokens (the rest name the generation and which of its descriptors). Linux's default
+/// `nr_open`, the most descriptors a process can have, is the same 1,048,576.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Largest accepted [`Limits::max_exec_per_connection`]. A command's pipes are named in poll
+/// tokens by a 6-bit child number (64 of them), and a number freed in one turn of the loop is
+/// not handed out again in that turn, so live plus just-freed numbers stay within 64.
+pub const MAX_EXEC_PER_CONNECTION: usize = 32;
+
+/// Descriptors one running command holds in the server: its stdin, stdout and stderr pipes
+/// and its pidfd. They count against the open-file limit next to the connections.
+pub const DESCRIPTORS_PER_COMMAND: usize = 4;
 
 /// Smallest accepted [`Limits::max_frame_len`]: a HELLO's fixed part must fit.
 pub const MIN_FRAME_LEN: u32 = 64;
@@ -121,6 +169,18 @@ impl Limits {
         HEADER_LEN + self.max_frame_len as usize
     }
 
+    /// Largest payload accepted before authentication: the pre-authentication limit, or the
+    /// frame limit if that is smaller.
+    pub fn pre_auth_frame_len(&self) -> u32 {
+        self.pre_auth_max_frame.min(self.max_frame_len)
+    }
+
+    /// Largest number of bytes an output queue can hold: the high-water mark (past which
+    /// nothing new is produced) plus one maximal frame.
+    pub fn output_cap(&self) -> usize {
+        self.output_high_water + self.input_cap()
+    }
+
     /// Checks that the limits are usable together.
     pub fn validate(&self) -> Result<(), InvalidLimits> {
         let fail = |why: String| Err(InvalidLimits(why));
@@ -141,6 +201,20 @@ impl Limits {
                 self.output_low_water, self.output_high_water
             ));
         }
+        if self.pre_auth_max_frame < MIN_FRAME_LEN {
+            return fail(format!(
+                "pre-authentication frame limit {} is below {MIN_FRAME_LEN}",
+                self.pre_auth_max_frame
+            ));
+        }
+        if !(1..=MAX_EXEC_PER_CONNECTION).contains(&self.max_exec_per_connection) {
+            return fail(format!(
+                "commands per connection must be between 1 and {MAX_EXEC_PER_CONNECTION}"
+            ));
+        }
+        if self.max_exec == 0 {
+            return fail("max commands must be at least 1".to_string());
+        }
         if self.io_buffer_len < HEADER_LEN {
             return fail(format!("I/O buffer length must be at least {HEADER_LEN}"));
         }
@@ -158,6 +232,9 @@ impl Limits {
             ("hello timeout", self.hello_timeout),
             ("frame timeout", self.frame_timeout),
             ("linger timeout", self.linger_timeout),
+            ("exec timeout", self.exec_timeout),
+            ("exec kill grace", self.exec_kill_grace),
+            ("exec drain timeout", self.exec_drain_timeout),
         ];
         if let Some((name, _)) = timeouts.iter().find(|(_, value)| value.is_zero()) {
             return fail(format!("{name} must be longer than zero"));

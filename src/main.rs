@@ -221,6 +221,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         echo_udp: args.echo_udp.0,
         limits,
         handle_signals: true,
+        ..Config::default()
     };
     let server = Server::bind(config).map_err(|error| error.to_string())?;
     let addrs = server.addrs();

@@ -1,18 +1,23 @@
 //! Configuration, socket setup and the public face of a running server.
 //!
-//! [`Server::bind`] does everything that can fail before the loop starts (raise the descriptor
-//! limit, clamp the connection limit to it, bind every socket), so a caller can print the bound
-//! addresses before [`Server::run`] takes over the thread.
+//! [`Server::bind`] does everything that can fail before the loop starts (check the
+//! configuration, raise the descriptor limit, clamp the connection limit to it, open the root,
+//! bind every socket), so a caller can print the bound addresses before [`Server::run`] takes
+//! over the thread.
 
+use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 
 use log::{info, warn};
 use mio::net::{TcpListener, UdpSocket};
 use socket2::{Domain, Socket, Type};
 
-use crate::limits::Limits;
-use crate::reactor::{Reactor, ReactorStats, ShutdownHandle, Sockets};
+use crate::access::Access;
+use crate::limits::{DESCRIPTORS_PER_COMMAND, Limits};
+use crate::reactor::{Reactor, ReactorStats, Setup, ShutdownHandle, Sockets};
+use crate::sys::root::Root;
 
 /// Default framed-protocol address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_FRAMED_ADDR: SocketAddr =
@@ -20,6 +25,9 @@ pub const DEFAULT_FRAMED_ADDR: SocketAddr =
 /// Default raw echo address (TCP and UDP share the port number, as RFC 862's port 7 does).
 pub const DEFAULT_ECHO_ADDR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7007));
+
+/// Default root directory for commands (and, next, files), relative to the working directory.
+pub const DEFAULT_ROOT: &str = "monoreactor-files";
 
 /// Pending connections the kernel may queue per listener. std and mio fix it at 128, which a
 /// burst of a thousand connects overflows; the kernel caps it at `net.core.somaxconn`.
@@ -36,6 +44,13 @@ pub struct Config {
     pub echo_udp: Option<SocketAddr>,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// The token, and whether commands run (only ever with a token).
+    pub access: Access,
+    /// The directory commands run in and paths are confined to; created if missing, and only
+    /// opened when commands are enabled.
+    pub root: PathBuf,
+    /// Allow a framed listener on a non-loopback address without a token.
+    pub insecure: bool,
     /// Shut down gracefully on SIGINT/SIGTERM. A program embedding the server may prefer to
     /// keep its own handlers and use a [`ShutdownHandle`].
     pub handle_signals: bool,
@@ -48,8 +63,73 @@ impl Default for Config {
             echo_tcp: Some(DEFAULT_ECHO_ADDR),
             echo_udp: Some(DEFAULT_ECHO_ADDR),
             limits: Limits::default(),
+            access: Access::ECHO_ONLY,
+            root: PathBuf::from(DEFAULT_ROOT),
+            insecure: false,
             handle_signals: true,
         }
+    }
+}
+
+/// Which socket a bind failure is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The framed-protocol listener.
+    Framed,
+    /// The raw TCP echo listener.
+    EchoTcp,
+    /// The UDP echo socket.
+    EchoUdp,
+}
+
+/// One socket that could not be bound.
+#[derive(Debug)]
+pub struct BindFailure {
+    /// Which socket.
+    pub listener: Listener,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why.
+    pub error: io::Error,
+}
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration cannot work; the text says what to change.
+    Config(String),
+    /// Sockets could not be bound: every failure, not just the first.
+    Bind(Vec<BindFailure>),
+    /// Anything else (the poll, the root directory).
+    Io(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(text) => f.write_str(text),
+            StartError::Bind(failures) => {
+                let lines: Vec<String> = failures
+                    .iter()
+                    .map(|failure| {
+                        format!(
+                            "cannot bind {:?} {}: {}",
+                            failure.listener, failure.addr, failure.error
+                        )
+                    })
+                    .collect();
+                f.write_str(&lines.join("; "))
+            }
+            StartError::Io(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(error: io::Error) -> StartError {
+        StartError::Io(error)
     }
 }
 
@@ -72,33 +152,82 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates the limits, raises `RLIMIT_NOFILE`, binds every socket and registers it.
+    /// Checks the configuration, raises `RLIMIT_NOFILE`, opens the root (when commands are
+    /// enabled), binds every socket and registers it.
     ///
     /// Raising the descriptor limit affects the whole process, as it should for a server that
     /// is the process; a program embedding it should know that its own limit rises too.
-    pub fn bind(config: Config) -> io::Result<Server> {
+    pub fn bind(config: Config) -> Result<Server, StartError> {
         let mut limits = config.limits;
         limits
             .validate()
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+            .map_err(|error| StartError::Config(error.to_string()))?;
+        check_access(&config.access, config.framed, config.insecure)?;
         let descriptors = raise_descriptor_limit();
-        limits.max_connections =
-            clamp_connections(limits.max_connections, limits.reserved_fds, descriptors);
+        let commands = if config.access.exec {
+            limits.max_exec
+        } else {
+            0
+        };
+        limits.max_connections = clamp_connections(
+            limits.max_connections,
+            limits.reserved_fds + commands * DESCRIPTORS_PER_COMMAND,
+            descriptors,
+        );
+        let root = if config.access.exec {
+            let root = Root::open_or_create(&config.root).map_err(|error| {
+                StartError::Config(format!(
+                    "cannot use {} as the root directory: {error}",
+                    config.root.display()
+                ))
+            })?;
+            info!("commands run under {}", root.path().display());
+            Some(root)
+        } else {
+            None
+        };
 
-        let framed = bind_listener(config.framed)?;
-        let echo_tcp = config.echo_tcp.map(bind_listener).transpose()?;
-        let echo_udp = config.echo_udp.map(bind_udp).transpose()?;
+        let mut failures = Vec::new();
+        let framed = attempt(
+            &mut failures,
+            Listener::Framed,
+            config.framed,
+            bind_listener(config.framed),
+        );
+        let echo_tcp = config
+            .echo_tcp
+            .map(|addr| attempt(&mut failures, Listener::EchoTcp, addr, bind_listener(addr)));
+        let echo_udp = config.echo_udp.map(|addr| {
+            attempt(
+                &mut failures,
+                Listener::EchoUdp,
+                addr,
+                UdpSocket::bind(addr),
+            )
+        });
+        let (Some(framed), Some(echo_tcp), Some(echo_udp)) = (
+            framed,
+            echo_tcp.map_or(Some(None), |socket| socket.map(Some)),
+            echo_udp.map_or(Some(None), |socket| socket.map(Some)),
+        ) else {
+            return Err(StartError::Bind(failures));
+        };
         let addrs = BoundAddrs {
             framed: framed.local_addr()?,
             echo_tcp: echo_tcp.as_ref().map(TcpListener::local_addr).transpose()?,
             echo_udp: echo_udp.as_ref().map(UdpSocket::local_addr).transpose()?,
         };
-        let sockets = Sockets {
-            framed,
-            echo_tcp,
-            echo_udp,
-        };
-        let reactor = Reactor::new(sockets, limits, config.handle_signals)?;
+        let reactor = Reactor::new(Setup {
+            sockets: Sockets {
+                framed,
+                echo_tcp,
+                echo_udp,
+            },
+            limits,
+            access: config.access,
+            root,
+            handle_signals: config.handle_signals,
+        })?;
         Ok(Server { reactor, addrs })
     }
 
@@ -118,24 +247,51 @@ impl Server {
     }
 }
 
+/// Keeps `result`'s socket, or records its failure so every failure can be reported at once.
+fn attempt<T>(
+    failures: &mut Vec<BindFailure>,
+    listener: Listener,
+    addr: SocketAddr,
+    result: io::Result<T>,
+) -> Option<T> {
+    match result {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            failures.push(BindFailure {
+                listener,
+                addr,
+                error,
+            });
+            None
+        }
+    }
+}
+
+/// Refuses what must not run: commands without a token, and a framed listener reachable from
+/// other hosts without one (unless `insecure`).
+fn check_access(access: &Access, framed: SocketAddr, insecure: bool) -> Result<(), StartError> {
+    if access.exec && access.token.is_none() {
+        return Err(StartError::Config(format!(
+            "--exec needs a token: give --token-file PATH or set {}",
+            crate::access::TOKEN_ENV
+        )));
+    }
+    if access.token.is_none() && !framed.ip().is_loopback() && !insecure {
+        return Err(StartError::Config(format!(
+            "refusing to listen on {framed} without a token: anyone who can reach it could use the server; give --token-file PATH (or set {}), listen on 127.0.0.1, or pass --insecure",
+            crate::access::TOKEN_ENV
+        )));
+    }
+    Ok(())
+}
+
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let bind = || -> io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
-        Ok(TcpListener::from_std(socket.into()))
-    };
-    bind().map_err(|error| with_context(error, "TCP", addr))
-}
-
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::bind(addr).map_err(|error| with_context(error, "UDP", addr))
-}
-
-fn with_context(error: io::Error, what: &str, addr: SocketAddr) -> io::Error {
-    io::Error::new(error.kind(), format!("cannot bind {what} {addr}: {error}"))
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as redis does at start) and returns the
@@ -211,6 +367,44 @@ mod tests {
             "never below one connection"
         );
         assert_eq!(clamp_connections(100, 32, None), 100);
+    }
+
+    #[test]
+    fn exec_without_a_token_and_a_public_listener_without_one_are_refused() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let exec_no_token = Access {
+            token: None,
+            exec: true,
+        };
+        assert!(matches!(
+            check_access(&exec_no_token, loopback, false),
+            Err(StartError::Config(text)) if text.contains("--exec needs a token")
+        ));
+        assert!(check_access(&Access::ECHO_ONLY, public, false).is_err());
+        assert!(check_access(&Access::ECHO_ONLY, public, true).is_ok());
+        assert!(check_access(&Access::ECHO_ONLY, loopback, false).is_ok());
+    }
+
+    #[test]
+    fn every_bind_failure_is_reported_not_just_the_first() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = Config {
+            framed: taken.local_addr().unwrap(),
+            echo_tcp: Some(taken.local_addr().unwrap()),
+            echo_udp: Some(taken_udp.local_addr().unwrap()),
+            handle_signals: false,
+            ..Config::default()
+        };
+        let Err(StartError::Bind(failures)) = Server::bind(config) else {
+            panic!("binding taken ports succeeded");
+        };
+        let listeners: Vec<Listener> = failures.iter().map(|failure| failure.listener).collect();
+        assert_eq!(
+            listeners,
+            [Listener::Framed, Listener::EchoTcp, Listener::EchoUdp]
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use monoreactor::buffer::BufferPool;
 use monoreactor::conn::{Connection, Context, Protocol, State, Verdict};
 use monoreactor::limits::Limits;
 use monoreactor::proto::{
-    ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Hello, HelloOk,
+    ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Hello, HelloOk, PROTOCOL_VERSION,
+    SessionFlags,
 };
 use monoreactor::testkit::{Builder, ScriptedIo};
 use monoreactor::timer::Tick;
@@ -45,21 +46,13 @@ impl Harness {
     }
 
     fn drive(&mut self, io: &mut ScriptedIo) -> Verdict {
-        let mut cx = Context {
-            pool: &mut self.pool,
-            limits: &self.limits,
-            now: self.now,
-        };
+        let mut cx = Context::new(&mut self.pool, &self.limits, self.now);
         self.conn.drive(io, &mut cx)
     }
 
     fn expire(&mut self, io: &mut ScriptedIo) -> Verdict {
         self.now = self.conn.deadline(&self.limits);
-        let mut cx = Context {
-            pool: &mut self.pool,
-            limits: &self.limits,
-            now: self.now,
-        };
+        let mut cx = Context::new(&mut self.pool, &self.limits, self.now);
         self.conn.on_deadline(&mut cx);
         self.drive(io)
     }
@@ -78,8 +71,9 @@ fn hello_ok() -> Vec<u8> {
 fn hello_ok_announcing(max_payload_len: u32) -> Vec<u8> {
     let mut wire = Vec::new();
     HelloOk {
-        version: 1,
+        version: PROTOCOL_VERSION,
         max_payload_len,
+        flags: SessionFlags::AUTHENTICATED,
     }
     .encode(&mut wire);
     wire

@@ -214,12 +214,12 @@ fn hello_with_bad_magic_gets_bad_hello_and_close() {
 }
 
 #[test]
-fn hello_offering_only_versions_2_to_5_gets_unsupported_version_and_close() {
+fn hello_offering_only_versions_3_to_5_gets_unsupported_version_and_close() {
     let server = Server::start(&[]);
     let mut client = framed_client_raw(&server);
     let mut wire = Vec::new();
     Hello {
-        min_version: 2,
+        min_version: 3,
         max_version: 5,
         credentials: &[],
     }
@@ -416,7 +416,7 @@ fn hello_ok_announces_the_configured_maximum_payload_and_the_server_holds_to_it(
     let server = Server::start(&["--max-frame", "4096"]);
     let mut client = Client::connect_raw(&server.framed_str(), Duration::from_secs(5)).unwrap();
     let ok = client.hello(Hello::current()).expect("HELLO_OK");
-    assert_eq!((ok.version, ok.max_payload_len), (1, 4096));
+    assert_eq!((ok.version, ok.max_payload_len), (2, 4096));
     assert_eq!(client.echo(&[1; 4096]).unwrap(), vec![1; 4096]);
     push_and_expect_too_large(&mut client, 4097);
 }

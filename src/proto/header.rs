@@ -47,6 +47,27 @@ pub enum FrameType {
     EchoRequest,
     /// Server → client: the payload of an [`FrameType::EchoRequest`], unchanged.
     EchoReply,
+    /// Client → server (version 2): run a command on a new stream
+    /// ([`ExecRequest`](crate::proto::exec::ExecRequest)).
+    Exec,
+    /// Server → client: the command started ([`Started`](crate::proto::exec::Started)).
+    Started,
+    /// Client → server: bytes for the command's stdin, within the stream's credit window.
+    Stdin,
+    /// Client → server: the command's stdin is finished (the pipe is closed once drained).
+    StdinEof,
+    /// Server → client: more stdin credit ([`Window`](crate::proto::exec::Window)).
+    Window,
+    /// Server → client: bytes the command wrote to stdout.
+    Stdout,
+    /// Server → client: bytes the command wrote to stderr.
+    Stderr,
+    /// Server → client, last frame of an exec stream: how the command ended
+    /// ([`Exit`](crate::proto::exec::Exit)).
+    Exit,
+    /// Client → server: deliver a signal to the command's process group
+    /// ([`SignalRequest`](crate::proto::exec::SignalRequest)).
+    Signal,
     /// A type number this version does not know.
     Unknown(u8),
 }
@@ -60,6 +81,15 @@ impl FrameType {
             0x03 => FrameType::Error,
             0x10 => FrameType::EchoRequest,
             0x11 => FrameType::EchoReply,
+            0x20 => FrameType::Exec,
+            0x21 => FrameType::Started,
+            0x22 => FrameType::Stdin,
+            0x23 => FrameType::StdinEof,
+            0x24 => FrameType::Window,
+            0x25 => FrameType::Stdout,
+            0x26 => FrameType::Stderr,
+            0x27 => FrameType::Exit,
+            0x28 => FrameType::Signal,
             other => FrameType::Unknown(other),
         }
     }
@@ -72,6 +102,15 @@ impl FrameType {
             FrameType::Error => 0x03,
             FrameType::EchoRequest => 0x10,
             FrameType::EchoReply => 0x11,
+            FrameType::Exec => 0x20,
+            FrameType::Started => 0x21,
+            FrameType::Stdin => 0x22,
+            FrameType::StdinEof => 0x23,
+            FrameType::Window => 0x24,
+            FrameType::Stdout => 0x25,
+            FrameType::Stderr => 0x26,
+            FrameType::Exit => 0x27,
+            FrameType::Signal => 0x28,
             FrameType::Unknown(other) => other,
         }
     }
@@ -85,6 +124,15 @@ impl fmt::Display for FrameType {
             FrameType::Error => f.write_str("ERROR"),
             FrameType::EchoRequest => f.write_str("ECHO_REQUEST"),
             FrameType::EchoReply => f.write_str("ECHO_REPLY"),
+            FrameType::Exec => f.write_str("EXEC"),
+            FrameType::Started => f.write_str("STARTED"),
+            FrameType::Stdin => f.write_str("STDIN"),
+            FrameType::StdinEof => f.write_str("STDIN_EOF"),
+            FrameType::Window => f.write_str("WINDOW"),
+            FrameType::Stdout => f.write_str("STDOUT"),
+            FrameType::Stderr => f.write_str("STDERR"),
+            FrameType::Exit => f.write_str("EXIT"),
+            FrameType::Signal => f.write_str("SIGNAL"),
             FrameType::Unknown(byte) => write!(f, "UNKNOWN(0x{byte:02x})"),
         }
     }
@@ -98,7 +146,8 @@ impl Flags {
     /// No flags set.
     pub const NONE: Flags = Flags(0);
     /// The sender will send no more frames on this stream. Every reply that completes a request
-    /// carries it; a streamed reply (later: exec output, file data) carries it on its last frame.
+    /// carries it; a streamed reply (exec output, later file data) carries it only on its last
+    /// frame (EXIT, or a per-stream ERROR). The server ignores it on frames it receives.
     pub const END_STREAM: Flags = Flags(0x01);
     /// The bits version 1 assigns a meaning to.
     pub const KNOWN: Flags = Flags(0x01);

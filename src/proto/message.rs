@@ -12,7 +12,10 @@ use super::header::{Flags, FrameType};
 pub const MAGIC: [u8; 4] = *b"MNRX";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The first version with remote exec, authentication and per-stream errors.
+pub const EXEC_VERSION: u16 = 2;
 
 /// The oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -112,8 +115,8 @@ pub mod hello_field {
     pub const CREDENTIALS: usize = 10;
 }
 
-/// The client's first frame: which versions it speaks, and credentials for servers that require
-/// them (version 1 servers without authentication ignore them). The credentials carry their own
+/// The client's first frame: which versions it speaks, and credentials: the server's token, for
+/// a connection that needs more than echo (a server without a token ignores them). The credentials carry their own
 /// length, so a later version can append fields that this one skips.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello<'a> {
@@ -132,6 +135,15 @@ impl<'a> Hello<'a> {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             credentials: &[],
+        }
+    }
+
+    /// A HELLO offering the versions this build speaks, with `token` as credentials.
+    pub const fn with_credentials(token: &'a [u8]) -> Hello<'a> {
+        Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            credentials: token,
         }
     }
 
@@ -205,6 +217,43 @@ pub mod hello_ok_field {
     pub const VERSION: Range<usize> = 4..6;
     /// The largest payload the server accepts in one frame (BE u32).
     pub const MAX_PAYLOAD_LEN: Range<usize> = 6..10;
+    /// Version 2: [`SessionFlags`](super::SessionFlags) (BE u16).
+    pub const FLAGS: Range<usize> = 10..12;
+}
+
+/// What a connection may do, announced in a version 2 HELLO_OK.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionFlags(u16);
+
+impl SessionFlags {
+    /// Nothing beyond echo.
+    pub const NONE: SessionFlags = SessionFlags(0);
+    /// The connection may make requests beyond echo: the server needs no token, or the HELLO
+    /// carried the right one.
+    pub const AUTHENTICATED: SessionFlags = SessionFlags(0x0001);
+    /// The server runs commands (`serve --exec`).
+    pub const EXEC: SessionFlags = SessionFlags(0x0002);
+
+    /// The raw bits.
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// Flags from raw bits; bits this build does not know are kept (a later server may send
+    /// them) and ignored.
+    pub const fn from_bits(bits: u16) -> SessionFlags {
+        SessionFlags(bits)
+    }
+
+    /// Whether every flag in `other` is set.
+    pub const fn contains(self, other: SessionFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// `self` with the flags of `other` added.
+    pub const fn with(self, other: SessionFlags) -> SessionFlags {
+        SessionFlags(self.0 | other.0)
+    }
 }
 
 /// The server's answer to a HELLO it accepts.
@@ -212,42 +261,87 @@ pub mod hello_ok_field {
 pub struct HelloOk {
     /// The version the connection now speaks.
     pub version: u16,
-    /// The largest payload the server accepts in one frame.
+    /// The largest payload the server accepts in one frame on this connection. Before
+    /// authentication it is the small pre-authentication limit.
     pub max_payload_len: u32,
+    /// Version 2 only (a version 1 HELLO_OK has no such field; it parses as
+    /// [`SessionFlags::NONE`]).
+    pub flags: SessionFlags,
 }
 
 impl HelloOk {
-    /// Payload length of a HELLO_OK.
-    pub const PAYLOAD_LEN: usize = hello_ok_field::MAX_PAYLOAD_LEN.end;
+    /// Payload length of a version 1 HELLO_OK.
+    pub const V1_PAYLOAD_LEN: usize = hello_ok_field::MAX_PAYLOAD_LEN.end;
+    /// Payload length of a version 2 HELLO_OK.
+    pub const V2_PAYLOAD_LEN: usize = hello_ok_field::FLAGS.end;
 
-    /// Parses a HELLO_OK payload. Bytes after the fixed fields are ignored, so a later version
-    /// may append fields.
+    /// The payload length [`HelloOk::emit`] writes for this version.
+    pub const fn payload_len(&self) -> usize {
+        if self.version >= EXEC_VERSION {
+            Self::V2_PAYLOAD_LEN
+        } else {
+            Self::V1_PAYLOAD_LEN
+        }
+    }
+
+    /// Parses a HELLO_OK payload. Bytes after the fields of the announced version are ignored,
+    /// so a later version may append fields.
     pub fn parse(payload: &[u8]) -> Result<HelloOk, MessageError> {
-        need(payload, Self::PAYLOAD_LEN)?;
+        need(payload, Self::V1_PAYLOAD_LEN)?;
         check_magic(payload)?;
+        let version = be_u16(payload, hello_ok_field::VERSION.start);
+        let flags = if version >= EXEC_VERSION {
+            need(payload, Self::V2_PAYLOAD_LEN)?;
+            SessionFlags::from_bits(be_u16(payload, hello_ok_field::FLAGS.start))
+        } else {
+            SessionFlags::NONE
+        };
         Ok(HelloOk {
-            version: be_u16(payload, hello_ok_field::VERSION.start),
+            version,
             max_payload_len: be_u32(payload, hello_ok_field::MAX_PAYLOAD_LEN.start),
+            flags,
         })
     }
 
-    /// Writes the payload into `out[..HelloOk::PAYLOAD_LEN]`.
+    /// Writes the payload into `out[..self.payload_len()]`.
     pub fn emit(&self, out: &mut [u8]) {
         out[hello_ok_field::MAGIC].copy_from_slice(&MAGIC);
         out[hello_ok_field::VERSION].copy_from_slice(&self.version.to_be_bytes());
         out[hello_ok_field::MAX_PAYLOAD_LEN].copy_from_slice(&self.max_payload_len.to_be_bytes());
+        if self.version >= EXEC_VERSION {
+            out[hello_ok_field::FLAGS].copy_from_slice(&self.flags.bits().to_be_bytes());
+        }
     }
 
     /// Appends a complete HELLO_OK frame on stream 0.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut payload = [0; Self::PAYLOAD_LEN];
+        let mut payload = [0; Self::V2_PAYLOAD_LEN];
         self.emit(&mut payload);
-        Frame::new(FrameType::HelloOk, Flags::END_STREAM, 0, &payload).encode_into(out);
+        Frame::new(
+            FrameType::HelloOk,
+            Flags::END_STREAM,
+            0,
+            &payload[..self.payload_len()],
+        )
+        .encode_into(out);
     }
 }
 
-/// Error codes carried in ERROR frames. Whether the server closes the connection after sending
-/// one is given by [`ErrorCode::is_fatal`].
+/// Compares presented credentials with the configured token in time that depends only on their
+/// lengths, never on where they first differ, so a client cannot find the token byte by byte by
+/// timing its HELLOs.
+pub fn credentials_match(presented: &[u8], token: &[u8]) -> bool {
+    let mut difference = u8::from(presented.len() != token.len());
+    for (index, expected) in token.iter().enumerate() {
+        let got = presented.get(index).copied().unwrap_or(!expected);
+        difference |= got ^ expected;
+    }
+    // Keep the optimiser from turning the fold into an early exit.
+    std::hint::black_box(difference) == 0
+}
+
+/// Error codes carried in ERROR frames. Whether an ERROR ends the connection is decided by its
+/// stream, not its code ([`ends_connection`]); the codes say why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// A header had unknown flag bits or non-zero reserved bytes.
@@ -267,8 +361,27 @@ pub enum ErrorCode {
     ServerBusy,
     /// The connection was idle too long, or a frame took too long to arrive.
     Timeout,
-    /// The server is shutting down.
+    /// The server is shutting down (on stream 0), or will start nothing new (on a request's
+    /// stream).
     ShuttingDown,
+    /// HELLO carried credentials, and they are not the server's token.
+    AuthFailed,
+    /// The request needs an authenticated connection (a HELLO with the server's token).
+    Unauthenticated,
+    /// The server does not run commands (`serve` without `--exec`).
+    ExecDisabled,
+    /// The program (or a path) does not exist.
+    NotFound,
+    /// The program is not executable, or a path is outside the server's root or not permitted.
+    PermissionDenied,
+    /// A limit was reached: commands per connection, commands on the server, descriptors.
+    LimitReached,
+    /// The request's payload does not parse, or asks for something the protocol forbids.
+    BadRequest,
+    /// The client sent more STDIN bytes than its credit window allowed.
+    FlowControl,
+    /// Starting the command failed for another reason (the text says which).
+    SpawnFailed,
     /// A code this build does not know.
     Other(u16),
 }
@@ -286,6 +399,15 @@ impl ErrorCode {
             7 => ErrorCode::ServerBusy,
             8 => ErrorCode::Timeout,
             9 => ErrorCode::ShuttingDown,
+            10 => ErrorCode::AuthFailed,
+            11 => ErrorCode::Unauthenticated,
+            12 => ErrorCode::ExecDisabled,
+            13 => ErrorCode::NotFound,
+            14 => ErrorCode::PermissionDenied,
+            15 => ErrorCode::LimitReached,
+            16 => ErrorCode::BadRequest,
+            17 => ErrorCode::FlowControl,
+            18 => ErrorCode::SpawnFailed,
             other => ErrorCode::Other(other),
         }
     }
@@ -302,16 +424,26 @@ impl ErrorCode {
             ErrorCode::ServerBusy => 7,
             ErrorCode::Timeout => 8,
             ErrorCode::ShuttingDown => 9,
+            ErrorCode::AuthFailed => 10,
+            ErrorCode::Unauthenticated => 11,
+            ErrorCode::ExecDisabled => 12,
+            ErrorCode::NotFound => 13,
+            ErrorCode::PermissionDenied => 14,
+            ErrorCode::LimitReached => 15,
+            ErrorCode::BadRequest => 16,
+            ErrorCode::FlowControl => 17,
+            ErrorCode::SpawnFailed => 18,
             ErrorCode::Other(other) => other,
         }
     }
+}
 
-    /// Whether the server closes the connection after sending this error. Only
-    /// [`ErrorCode::UnknownFrameType`] leaves it open: the header was valid, so the stream is
-    /// still in sync. A client should treat codes it does not know as fatal.
-    pub const fn is_fatal(self) -> bool {
-        !matches!(self, ErrorCode::UnknownFrameType)
-    }
+/// Whether an ERROR frame on `stream` ends the connection: on stream 0 it does (the close
+/// sequence follows); on any other stream it ends that stream only, and the connection goes
+/// on. Version 1 said the same by code: its only non-fatal code, `UNKNOWN_FRAME_TYPE`, is the
+/// only one it sent on a request's stream.
+pub const fn ends_connection(stream: u32) -> bool {
+    stream == 0
 }
 
 impl fmt::Display for ErrorCode {
@@ -326,6 +458,15 @@ impl fmt::Display for ErrorCode {
             ErrorCode::ServerBusy => "SERVER_BUSY",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::AuthFailed => "AUTH_FAILED",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::ExecDisabled => "EXEC_DISABLED",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::LimitReached => "LIMIT_REACHED",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::FlowControl => "FLOW_CONTROL",
+            ErrorCode::SpawnFailed => "SPAWN_FAILED",
             ErrorCode::Other(code) => return write!(f, "ERROR_{code}"),
         };
         f.write_str(name)
@@ -483,25 +624,61 @@ mod tests {
         };
         assert_eq!(range(1, 1).negotiate(), Some(1));
         assert_eq!(range(0, 9).negotiate(), Some(PROTOCOL_VERSION));
-        assert_eq!(range(2, 9).negotiate(), None);
+        assert_eq!(
+            range(1, 1).negotiate(),
+            Some(1),
+            "a version 1 client gets version 1"
+        );
+        assert_eq!(range(3, 9).negotiate(), None);
         assert_eq!(range(0, 0).negotiate(), None);
     }
 
     // === HELLO_OK ===
 
     #[test]
-    fn hello_ok_round_trips_and_ignores_trailing_fields() {
+    fn hello_ok_version_1_round_trips_and_ignores_trailing_fields() {
         let ok = HelloOk {
             version: 1,
             max_payload_len: 1 << 20,
+            flags: SessionFlags::NONE,
         };
-        let mut payload = [0xa5; HelloOk::PAYLOAD_LEN + 3];
+        assert_eq!(ok.payload_len(), 10);
+        let mut payload = [0xa5; HelloOk::V1_PAYLOAD_LEN + 3];
         ok.emit(&mut payload);
         assert_eq!(
-            payload[..HelloOk::PAYLOAD_LEN],
+            payload[..HelloOk::V1_PAYLOAD_LEN],
             *b"MNRX\x00\x01\x00\x10\x00\x00"
         );
+        assert_eq!(payload[10..], [0xa5; 3], "version 1 has no flags field");
         assert_eq!(HelloOk::parse(&payload), Ok(ok));
+    }
+
+    #[test]
+    fn hello_ok_version_2_carries_session_flags() {
+        let ok = HelloOk {
+            version: 2,
+            max_payload_len: 4096,
+            flags: SessionFlags::AUTHENTICATED.with(SessionFlags::EXEC),
+        };
+        let mut payload = [0xa5; HelloOk::V2_PAYLOAD_LEN];
+        ok.emit(&mut payload);
+        assert_eq!(payload, *b"MNRX\x00\x02\x00\x00\x10\x00\x00\x03");
+        assert_eq!(HelloOk::parse(&payload), Ok(ok));
+        assert_eq!(
+            HelloOk::parse(&payload[..10]),
+            Err(MessageError::Truncated { need: 12, got: 10 })
+        );
+    }
+
+    #[test]
+    fn credentials_match_only_the_exact_token() {
+        let token = b"0123456789abcdef";
+        assert!(credentials_match(token, token));
+        assert!(!credentials_match(b"0123456789abcdeF", token));
+        assert!(!credentials_match(b"0123456789abcde", token), "a prefix");
+        assert!(!credentials_match(b"0123456789abcdef0", token), "longer");
+        assert!(!credentials_match(b"", token));
+        assert!(credentials_match(b"", b""));
     }
 
     // === ERROR ===
@@ -531,7 +708,7 @@ mod tests {
         );
         let parsed = ErrorMessage::parse(b"\x01\x00hi").unwrap();
         assert_eq!(parsed.code, ErrorCode::Other(256));
-        assert!(parsed.code.is_fatal());
+        assert!(ends_connection(0) && !ends_connection(7));
     }
 
     #[test]

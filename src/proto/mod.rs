@@ -4,14 +4,21 @@
 //! Three layers, each in its own module:
 //! - [`header`]: the fixed 12-byte header ([`Header::parse`], [`Header::emit`]);
 //! - [`frame`]: whole frames ([`Decoder::decode`], [`Frame::encode_into`]);
-//! - [`message`]: payloads of the connection-level frames (HELLO, HELLO_OK, ERROR).
+//! - [`message`]: payloads of the connection-level frames (HELLO, HELLO_OK, ERROR);
+//! - [`exec`]: payloads of the remote-exec frames (EXEC, STARTED, WINDOW, EXIT, SIGNAL);
+//! - [`path`]: the syntax of paths relative to the server's root.
 //!
 //! `docs/PROTOCOL.md` specifies the same bytes for people writing their own clients.
 
+pub mod exec;
 pub mod frame;
 pub mod header;
 pub mod message;
+pub mod path;
 
 pub use frame::{Decoder, Frame, Frames};
 pub use header::{DecodeError, Flags, FrameType, HEADER_LEN, Header};
-pub use message::{ErrorCode, ErrorMessage, Hello, HelloOk, MAGIC, MessageError, PROTOCOL_VERSION};
+pub use message::{
+    ErrorCode, ErrorMessage, Hello, HelloOk, MAGIC, MessageError, PROTOCOL_VERSION, SessionFlags,
+    ends_connection,
+};

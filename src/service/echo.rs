@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use log::{debug, warn};
 use mio::Interest;
 
-use crate::conn::{Replies, Verdict};
+use super::Verdict;
 use crate::limits::Limits;
+use crate::outbox::Replies;
 use crate::proto::{Frame, FrameType};
 use crate::throttle::LogThrottle;
 use crate::timer::Tick;
@@ -23,7 +24,7 @@ use crate::timer::Tick;
 /// Answers an ECHO_REQUEST: the payload comes back unchanged, on the request's stream.
 pub fn reply(request: Frame<'_>, replies: &mut Replies<'_>) {
     let Frame { header, payload } = request;
-    replies.frame_with(FrameType::EchoReply, header.stream, header.len, |out| {
+    replies.reply(FrameType::EchoReply, header.stream, header.len, |out| {
         out.copy_from_slice(payload)
     });
 }

@@ -1,17 +1,24 @@
 //! One TCP connection's state machine, independent of the poll.
 //!
-//! A [`Connection`] owns its buffers and protocol state but not its socket: [`Connection::drive`]
-//! takes any [`Stream`] (a `mio` socket in the server, a
-//! [`ScriptedIo`](crate::testkit::ScriptedIo) in tests), does all the work that readiness and
-//! this turn's budget allow, and says what the caller must do next ([`Verdict`]). It never reads
-//! the clock: the caller passes `now` in [`Context`].
+//! A [`Connection`] owns its protocol state, its buffers and its open streams, but no
+//! descriptor: [`Connection::drive`] takes any [`Stream`] (a `mio` socket in the server, a
+//! [`ScriptedIo`](crate::testkit::ScriptedIo) in tests) and reaches its commands' processes
+//! through the [`Children`] in its [`Context`] (the reactor's I/O layer, or a
+//! [`ScriptedChildren`](crate::testkit::ScriptedChildren)). It does all the work that
+//! readiness and this turn's budget allow and says what the caller must do next ([`Verdict`]).
+//! It never reads the clock: the caller passes `now` in the [`Context`].
 //!
 //! # Call order
-//! 1. After `poll` reports the socket: [`Connection::on_ready`] with what it reported.
+//! 1. After `poll` reports the socket: [`Connection::on_ready`] with what it reported (and
+//!    [`Connection::on_read_closed`] for a FIN or an error); after it reports one of a
+//!    command's pipes or its pidfd: [`Connection::on_child_ready`].
 //! 2. [`Connection::drive`]; act on the [`Verdict`] (wait, queue for the next turn, close).
 //! 3. Re-register the socket if [`Connection::interest`] changed; re-arm the timer from
 //!    [`Connection::deadline`].
 //! 4. When the deadline passes: [`Connection::on_deadline`], then `drive` again.
+//! 5. When the socket is closed: [`Connection::release`].
+//!
+//! [`crate::testkit::drive_script`] runs steps 1–2 over a script, with a worked example.
 //!
 //! # States
 //! ```text
@@ -20,35 +27,68 @@
 //! ```
 //! `Closing` writes what is pending (an error frame, the last replies), shuts the write side,
 //! then reads and discards until the peer closes or the linger deadline passes, so the last
-//! bytes are not destroyed by a reset.
+//! bytes are not destroyed by a reset. An `Open` connection with running commands stays `Open`
+//! at shutdown until they have been stopped and their EXIT frames queued ("draining").
+//!
+//! # Streams
+//! Requests that take time (a command now, a file transfer next) live on their stream in the
+//! connection's [`streams::Streams`] table, allocated with the first such request; an idle
+//! connection holds none. Their output goes through the same [`Outbox`] as every reply.
+
+mod dispatch;
+pub mod streams;
 
 use std::fmt;
+use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use log::{debug, trace};
 use mio::Interest;
 
+use crate::access::Access;
 use crate::buffer::{Buf, BufferPool};
 use crate::limits::Limits;
-use crate::proto::message::MIN_PROTOCOL_VERSION;
-use crate::proto::{
-    DecodeError, Decoder, ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header,
-    Hello, HelloOk, PROTOCOL_VERSION,
-};
-use crate::service::echo;
+use crate::outbox::Outbox;
+use crate::proto::exec::EndReason;
+use crate::proto::{DecodeError, Decoder, ErrorCode, FrameType, Header};
+use crate::service::exec::{ChildSource, Children};
+use crate::throttle::LogThrottle;
 use crate::timer::Tick;
 
-/// What a connection needs from its transport: bytes both ways, and closing the write half.
+pub use crate::service::Verdict;
+use streams::Streams;
+
+/// What a connection needs from its transport: bytes both ways, closing the write half, and
+/// (for file ranges in the outbox) sending from a file.
 pub trait Stream: Read + Write {
     /// Sends FIN after the pending bytes (`shutdown(SHUT_WR)`).
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Sends up to `len` bytes of `file` from `offset`; returns how many went. The default
+    /// reads a chunk and writes it (a short write rereads the rest next time); a socket sends
+    /// straight from the page cache with `sendfile`.
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        let mut chunk = [0; 16 << 10];
+        let want = len.min(chunk.len());
+        let n = file.read_at(&mut chunk[..want], offset)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.write(&chunk[..n])
+    }
 }
 
 impl Stream for mio::net::TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        let mut offset = offset;
+        rustix::fs::sendfile(&*self, file, Some(&mut offset), len).map_err(io::Error::from)
     }
 }
 
@@ -89,20 +129,10 @@ impl fmt::Display for State {
     }
 }
 
-/// What the caller should do after [`Connection::drive`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing more can happen until the socket becomes ready again or a deadline passes.
-    Wait,
-    /// The turn's budget ran out with work left: drive again on the next turn, without waiting
-    /// for readiness (an edge-triggered poll will not report it again).
-    Again,
-    /// Close the socket.
-    Close,
-}
+/// The server's access rules when a [`Context`] is made without any: echo only, no token.
+static ECHO_ONLY: Access = Access::ECHO_ONLY;
 
-/// What [`Connection::drive`] borrows from the loop: the buffer pool, the limits, and the time.
-#[derive(Debug)]
+/// What [`Connection::drive`] borrows from the loop.
 pub struct Context<'a> {
     /// Where buffers come from and go back to.
     pub pool: &'a mut BufferPool,
@@ -110,32 +140,73 @@ pub struct Context<'a> {
     pub limits: &'a Limits,
     /// The loop's current time.
     pub now: Tick,
+    /// The token and whether commands may run.
+    pub access: &'a Access,
+    /// The I/O layer's processes; `None` where no command can run (EXEC is then refused).
+    pub children: Option<&'a mut dyn Children>,
+    /// The loop's turn number: a child number freed in a turn is not reused in the same turn,
+    /// so no event of that turn's batch can reach the wrong command.
+    pub turn: u64,
+    /// Throttles the log line for a wrong token; `None` logs each at debug level only.
+    pub auth_log: Option<&'a mut LogThrottle>,
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("now", &self.now)
+            .field("turn", &self.turn)
+            .field("access", &self.access)
+            .field("children", &self.children.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Context<'a> {
+    /// A context for driving one connection by hand (tests, fuzzing, another event loop):
+    /// echo only, no token, no processes.
+    pub fn new(pool: &'a mut BufferPool, limits: &'a Limits, now: Tick) -> Context<'a> {
+        Context {
+            pool,
+            limits,
+            now,
+            access: &ECHO_ONLY,
+            children: None,
+            turn: 0,
+            auth_log: None,
+        }
+    }
 }
 
 /// Readiness hints and sticky conditions, one bit each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Bits(u8);
+struct Bits(u16);
 
 impl Bits {
     /// The socket may have bytes to read (cleared by `WouldBlock` or a short read).
-    const READ_READY: u8 = 1 << 0;
+    const READ_READY: u16 = 1 << 0;
     /// The socket may accept bytes (cleared by `WouldBlock` or a short write).
-    const WRITE_READY: u8 = 1 << 1;
+    const WRITE_READY: u16 = 1 << 1;
     /// A read returned 0: the peer will send nothing more.
-    const PEER_EOF: u8 = 1 << 2;
-    /// Output passed the high-water mark: reading is paused until it falls to the low-water mark.
-    const BACKPRESSURE: u8 = 1 << 3;
+    const PEER_EOF: u16 = 1 << 2;
     /// `shutdown(SHUT_WR)` was done.
-    const WRITE_SHUT: u8 = 1 << 4;
+    const WRITE_SHUT: u16 = 1 << 3;
     /// The poll reported the peer's FIN (or an error) with the bytes before it. Its edge is
     /// spent, so a short read no longer proves the socket drained: read on until 0 or an error.
-    const READ_CLOSED: u8 = 1 << 5;
+    const READ_CLOSED: u16 = 1 << 4;
+    /// HELLO authenticated the connection (or no token is configured).
+    const AUTHENTICATED: u16 = 1 << 5;
+    /// The connection speaks protocol version 2 or later: exec frames mean something.
+    const EXEC_FRAMES: u16 = 1 << 6;
+    /// Shutting down with commands still running: they are being stopped, and the close comes
+    /// once their EXIT frames are queued.
+    const DRAINING: u16 = 1 << 7;
 
-    fn has(self, bit: u8) -> bool {
+    fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
     }
 
-    fn set(&mut self, bit: u8, on: bool) {
+    fn set(&mut self, bit: u16, on: bool) {
         if on {
             self.0 |= bit;
         } else {
@@ -146,14 +217,17 @@ impl Bits {
 
 /// Per-turn allowance, so one busy connection cannot starve the rest.
 #[derive(Debug)]
-struct Budget {
-    bytes: usize,
-    frames: usize,
+pub(crate) struct Budget {
+    /// Bytes that may still be read, from the socket and from commands' pipes together.
+    pub(crate) bytes: usize,
+    /// Frames that may still be handled.
+    pub(crate) frames: usize,
 }
 
+/// What one read did.
 enum ReadOutcome {
     /// Some bytes were read.
-    Data,
+    Data(usize),
     /// Nothing to read now.
     Drained,
     /// The peer closed its side.
@@ -185,63 +259,6 @@ impl Fatal {
     }
 }
 
-/// Where frame handlers put replies: the connection's output buffer, taken from the pool on
-/// first use.
-#[derive(Debug)]
-pub struct Replies<'a> {
-    out: &'a mut Option<Box<Buf>>,
-    pool: &'a mut BufferPool,
-    /// The output buffer's largest capacity: the high-water mark plus one maximal reply, the
-    /// most that backpressure lets accumulate.
-    max_capacity: usize,
-}
-
-impl<'a> Replies<'a> {
-    fn new(
-        out: &'a mut Option<Box<Buf>>,
-        pool: &'a mut BufferPool,
-        limits: &Limits,
-    ) -> Replies<'a> {
-        Replies {
-            out,
-            pool,
-            max_capacity: limits.output_high_water + limits.input_cap(),
-        }
-    }
-}
-
-impl Replies<'_> {
-    /// Appends a frame that ends its stream, with a `len`-byte payload written by `emit` straight
-    /// into the output buffer.
-    pub fn frame_with(
-        &mut self,
-        frame_type: FrameType,
-        stream: u32,
-        len: u32,
-        emit: impl FnOnce(&mut [u8]),
-    ) {
-        let header = Header {
-            frame_type,
-            flags: Flags::END_STREAM,
-            stream,
-            len,
-        };
-        let out = self.out.get_or_insert_with(|| self.pool.take());
-        out.append_with(header.wire_len(), self.max_capacity, |bytes| {
-            header.emit(&mut bytes[..HEADER_LEN]);
-            emit(&mut bytes[HEADER_LEN..]);
-        });
-    }
-
-    /// Appends an ERROR frame about `stream` (0 = the connection).
-    pub fn error(&mut self, stream: u32, code: ErrorCode, text: &str) {
-        let message = ErrorMessage::new(code, text);
-        // At most 2 + MAX_ERROR_TEXT_LEN bytes: the cast cannot truncate.
-        let len = message.payload_len() as u32;
-        self.frame_with(FrameType::Error, stream, len, |out| message.emit(out));
-    }
-}
-
 /// One connection's protocol state and buffers. See the module docs for the call order.
 #[derive(Debug)]
 pub struct Connection {
@@ -249,8 +266,10 @@ pub struct Connection {
     bits: Bits,
     /// Bytes read but not yet handled (framed only); `None` while empty.
     input: Option<Box<Buf>>,
-    /// Bytes to write (replies, or the raw echo); `None` while empty.
-    output: Option<Box<Buf>>,
+    /// Everything to send (replies, command output, the raw echo).
+    outbox: Outbox,
+    /// Requests that take time, by stream; `None` while there are none.
+    streams: Option<Box<Streams>>,
     /// Last time bytes moved in either direction.
     last_active: Tick,
     /// A deadline earlier than the idle one: for HELLO (accept plus the hello timeout), for the
@@ -273,7 +292,8 @@ impl Connection {
             state,
             bits: Bits(Bits::READ_READY | Bits::WRITE_READY),
             input: None,
-            output: None,
+            outbox: Outbox::new(),
+            streams: None,
             last_active: now,
             phase_deadline,
         }
@@ -286,7 +306,7 @@ impl Connection {
 
     /// Bytes waiting to be written.
     pub fn pending_output(&self) -> usize {
-        self.output.as_ref().map_or(0, |buf| buf.len())
+        self.outbox.pending()
     }
 
     /// Bytes read but not yet handled.
@@ -296,16 +316,22 @@ impl Connection {
 
     /// Bytes of buffer memory the connection holds (capacity, not content).
     pub fn buffer_capacity(&self) -> usize {
-        [&self.input, &self.output]
-            .into_iter()
-            .flatten()
-            .map(|buf| buf.capacity())
-            .sum()
+        self.input.as_ref().map_or(0, |buf| buf.capacity()) + self.outbox.buffer_capacity()
     }
 
     /// Whether the connection holds any buffer (an idle one holds none).
     pub fn holds_buffers(&self) -> bool {
-        self.input.is_some() || self.output.is_some()
+        self.input.is_some() || self.outbox.holds_buffer()
+    }
+
+    /// Commands running on this connection.
+    pub fn open_streams(&self) -> usize {
+        self.streams.as_ref().map_or(0, |streams| streams.len())
+    }
+
+    /// Whether HELLO authenticated the connection (always, when the server has no token).
+    pub fn authenticated(&self) -> bool {
+        self.bits.has(Bits::AUTHENTICATED)
     }
 
     /// Records readiness reported by the poll. Errors and hang-ups should be passed as both:
@@ -328,12 +354,20 @@ impl Connection {
         self.bits.set(Bits::READ_CLOSED, true);
     }
 
-    /// The poll interest the connection needs now. Derived from state each time, never tracked
+    /// Records that the poll reported one of a command's descriptors: `index` is the child
+    /// number its token carries. An index with no command finds nothing.
+    pub fn on_child_ready(&mut self, index: u8, source: ChildSource) {
+        if let Some(streams) = self.streams.as_mut() {
+            streams.on_ready(index, source);
+        }
+    }
+
+    /// The poll interest the socket needs now. Derived from state each time, never tracked
     /// separately, so it cannot drift; the caller re-registers only when it differs from what
     /// is registered.
     pub fn interest(&self) -> Interest {
         let read = self.may_read() || self.lingering();
-        let write = self.pending_output() > 0;
+        let write = !self.outbox.is_empty();
         match (read, write) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
             (false, true) => Interest::WRITABLE,
@@ -341,10 +375,19 @@ impl Connection {
         }
     }
 
-    /// When [`Connection::on_deadline`] must be called: the idle deadline, or sooner if HELLO is
-    /// still awaited, a frame is half-received, or the connection is closing.
+    /// When [`Connection::on_deadline`] must be called: the idle deadline (not while commands
+    /// run: their own limits bound them), or sooner if HELLO is still awaited, a frame is
+    /// half-received, the connection is closing, or a command's deadline comes first.
     pub fn deadline(&self, limits: &Limits) -> Tick {
-        if self.state == State::Closing {
+        let streams = self
+            .streams
+            .as_ref()
+            .map_or(Tick::NEVER, |streams| streams.deadline());
+        self.own_deadline(limits).min(streams)
+    }
+
+    fn own_deadline(&self, limits: &Limits) -> Tick {
+        if self.state == State::Closing || self.open_streams() > 0 {
             return self.phase_deadline;
         }
         self.last_active
@@ -352,13 +395,22 @@ impl Connection {
             .min(self.phase_deadline)
     }
 
-    /// Handles a passed deadline: a framed connection is told `TIMEOUT` and starts closing; any
-    /// other closes at once. Call [`Connection::drive`] afterwards to send the error.
+    /// Handles passed deadlines: a command's (its limits are enforced), and the connection's
+    /// own (a framed connection is told `TIMEOUT` and starts closing; any other closes at
+    /// once). Call [`Connection::drive`] afterwards to act on them.
     pub fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        if let Some(streams) = self.streams.as_mut() {
+            if streams.deadline() <= cx.now {
+                streams.handle_timeout(cx.now, cx.limits);
+            }
+        }
+        if self.own_deadline(cx.limits) > cx.now {
+            return;
+        }
         match self.state {
             State::AwaitingHello | State::Open => {
                 let idle_deadline = self.last_active.after(cx.limits.idle_timeout);
-                let text = if cx.now >= idle_deadline {
+                let text = if cx.now >= idle_deadline && self.open_streams() == 0 {
                     format!("no activity for {:?}", cx.limits.idle_timeout)
                 } else if self.state == State::AwaitingHello {
                     format!("no HELLO within {:?}", cx.limits.hello_timeout)
@@ -377,8 +429,8 @@ impl Connection {
     }
 
     /// Starts an orderly close that takes at most `within`: queue `error` (framed connections
-    /// only), stop handling input, flush, shut the write side, wait for the peer's EOF. Does
-    /// nothing if already closing.
+    /// only), stop handling input, release running commands (their groups are stopped),
+    /// flush, shut the write side, wait for the peer's EOF. Does nothing if already closing.
     pub fn begin_close(
         &mut self,
         error: Option<(ErrorCode, &str)>,
@@ -389,27 +441,53 @@ impl Connection {
             return;
         }
         if let (Some((code, text)), State::AwaitingHello | State::Open) = (error, self.state) {
-            Replies::new(&mut self.output, cx.pool, cx.limits).error(0, code, text);
+            self.outbox.replies(cx.pool, cx.limits).error(0, code, text);
         }
         if let Some(input) = self.input.take() {
             cx.pool.give(input);
         }
+        self.release_streams(cx, EndReason::Disconnect);
         self.phase_deadline = cx.now.after(within);
         self.set_state(State::Closing);
     }
 
-    /// Returns the connection's buffers to the pool; call once, when the socket is closed.
-    pub fn release(&mut self, pool: &mut BufferPool) {
-        for buf in [self.input.take(), self.output.take()]
-            .into_iter()
-            .flatten()
-        {
-            pool.give(buf);
+    /// Starts the shutdown of this connection with `grace` to finish: running commands get
+    /// SIGTERM and their EXIT frames go out before `SHUTTING_DOWN`; without commands the
+    /// orderly close starts at once.
+    pub fn begin_shutdown(&mut self, grace: Duration, cx: &mut Context<'_>) {
+        if self.state == State::Open {
+            if let Some(streams) = self.streams.as_mut() {
+                streams.handle_shutdown(cx.now, cx.limits);
+                self.bits.set(Bits::DRAINING, true);
+                return;
+            }
         }
+        self.begin_close(
+            Some((ErrorCode::ShuttingDown, "server is shutting down")),
+            grace,
+            cx,
+        );
+    }
+
+    /// Returns the connection's buffers to the pool and releases its commands; call once, when
+    /// the socket is closed.
+    pub fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(input) = self.input.take() {
+            cx.pool.give(input);
+        }
+        self.outbox.release(cx.pool);
+        self.release_streams(cx, EndReason::Disconnect);
         self.set_state(State::Closed);
     }
 
-    /// Does everything readiness and the turn's budget allow: read, handle frames, write.
+    fn release_streams(&mut self, cx: &mut Context<'_>, reason: EndReason) {
+        if let Some(mut streams) = self.streams.take() {
+            streams.release_all(cx, reason);
+        }
+    }
+
+    /// Does everything readiness and the turn's budget allow: read, handle frames, run
+    /// commands' I/O, write.
     pub fn drive<S: Stream>(&mut self, io: &mut S, cx: &mut Context<'_>) -> Verdict {
         let mut budget = Budget {
             bytes: cx.limits.read_budget,
@@ -422,7 +500,7 @@ impl Connection {
             State::Closed => Verdict::Close,
         };
         cx.pool.give_if_empty(&mut self.input);
-        cx.pool.give_if_empty(&mut self.output);
+        self.outbox.release_if_empty(cx.pool);
         verdict
     }
 
@@ -445,25 +523,27 @@ impl Connection {
                     return self.drive_closing(io, cx, budget);
                 }
             };
-            if self.pending_output() >= cx.limits.output_high_water
-                && self.flush(io, cx.now).is_err()
-            {
-                return self.fail();
+            let pumped = self.pump_streams(cx, budget);
+            // At the high-water mark nothing more is produced: make room before anything else.
+            let mut room_made = false;
+            if !self.outbox.may_produce() {
+                if self.flush(io, cx).is_err() {
+                    return self.fail();
+                }
+                room_made = self.outbox.may_produce();
             }
-            self.update_backpressure(cx.limits);
-            // Frames paused at the high-water mark can go on now that the output drained.
             let frames_left = !waiting_for_bytes && self.pending_input() > 0;
-            if frames_left
-                && budget.frames > 0
-                && self.pending_output() < cx.limits.output_high_water
-            {
+            if frames_left && budget.frames > 0 && self.outbox.may_produce() {
+                continue;
+            }
+            if (pumped || room_made) && self.streams_want_turn(budget.bytes > 0) {
                 continue;
             }
             if !self.can_read_now(budget) {
                 break;
             }
             match self.read_input(io, cx, budget) {
-                ReadOutcome::Data => continue,
+                ReadOutcome::Data(_) => continue,
                 ReadOutcome::Drained => break,
                 ReadOutcome::Eof => {
                     self.bits.set(Bits::PEER_EOF, true);
@@ -475,14 +555,25 @@ impl Connection {
                 }
             }
         }
-        if self.flush(io, cx.now).is_err() {
+        if self.flush(io, cx).is_err() {
             return self.fail();
         }
-        self.update_backpressure(cx.limits);
         self.track_partial_frame(waiting_for_bytes, cx.limits, cx.now);
 
+        if self.bits.has(Bits::DRAINING) && self.streams.is_none() {
+            self.begin_close(
+                Some((ErrorCode::ShuttingDown, "server is shutting down")),
+                cx.limits.linger_timeout,
+                cx,
+            );
+            return self.drive_closing(io, cx, budget);
+        }
         let frames_left = !waiting_for_bytes && self.pending_input() > 0;
-        if self.bits.has(Bits::PEER_EOF) && !frames_left && self.pending_output() == 0 {
+        if self.bits.has(Bits::PEER_EOF)
+            && !frames_left
+            && self.outbox.is_empty()
+            && self.streams.is_none()
+        {
             if self.pending_input() > 0 {
                 debug!(
                     "peer closed mid-frame with {} bytes pending",
@@ -492,28 +583,61 @@ impl Connection {
             self.set_state(State::Closed);
             return Verdict::Close;
         }
-        let room_for_replies = !self.bits.has(Bits::BACKPRESSURE);
-        if (frames_left && room_for_replies) || self.read_pending() {
+        if (frames_left && self.outbox.may_produce())
+            || self.read_pending()
+            || self.streams_want_turn(true)
+        {
             return Verdict::Again;
         }
         Verdict::Wait
     }
 
-    /// Handles the complete frames at the head of the input, within budget and while output
-    /// is below the high-water mark. Returns whether it stopped at an incomplete frame (or an
-    /// empty buffer), i.e. whether more bytes are what it needs.
+    /// The largest payload a frame may declare now: small until the connection has
+    /// authenticated (or a HELLO without credentials was accepted on a server with no token).
+    fn max_payload(&self, limits: &Limits) -> u32 {
+        if self.state == State::Open && self.bits.has(Bits::AUTHENTICATED) {
+            limits.max_frame_len
+        } else {
+            limits.pre_auth_frame_len()
+        }
+    }
+
+    /// Handles the complete frames at the head of the input, within budget and while the
+    /// outbox may take more. Returns whether it stopped at an incomplete frame (or an empty
+    /// buffer), i.e. whether more bytes are what it needs.
     fn handle_frames(&mut self, cx: &mut Context<'_>, budget: &mut Budget) -> Result<bool, Fatal> {
-        let Some(input) = self.input.as_mut() else {
+        let Some(mut input) = self.input.take() else {
             return Ok(true);
         };
-        let decoder = Decoder::new(cx.limits.max_frame_len);
-        let mut replies = Replies::new(&mut self.output, cx.pool, cx.limits);
+        let result = self.handle_frames_in(&mut input, cx, budget);
+        self.input = Some(input);
+        result
+    }
+
+    fn handle_frames_in(
+        &mut self,
+        input: &mut Buf,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> Result<bool, Fatal> {
         loop {
-            let pending_output = replies.out.as_ref().map_or(0, |buf| buf.len());
-            if budget.frames == 0 || pending_output >= cx.limits.output_high_water {
+            if budget.frames == 0 || !self.outbox.may_produce() {
                 return Ok(input.is_empty());
             }
-            let frame = match decoder.decode(input.data()) {
+            let max = self.max_payload(cx.limits);
+            if self.state == State::AwaitingHello {
+                // Before HELLO only HELLO is valid: refuse anything else from its header,
+                // before a byte of its payload is waited for.
+                if let Ok(Some(header)) = Header::parse(input.data(), max) {
+                    if header.frame_type != FrameType::Hello {
+                        return Err(Fatal::new(
+                            ErrorCode::UnexpectedFrame,
+                            format!("expected HELLO first, got {}", header.frame_type),
+                        ));
+                    }
+                }
+            }
+            let frame = match Decoder::new(max).decode(input.data()) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(true),
                 Err(error) => {
@@ -529,9 +653,8 @@ impl Connection {
             budget.frames -= 1;
             self.phase_deadline = Tick::NEVER;
             let len = frame.wire_len();
-            let next_state = dispatch(self.state, frame, &mut replies, cx.limits)?;
+            self.dispatch(frame, cx)?;
             input.consume(len);
-            transition(&mut self.state, next_state);
         }
     }
 
@@ -551,14 +674,21 @@ impl Connection {
             ReadOutcome::Drained
         } else {
             input.reserve(want, cx.limits.input_cap());
-            self.read_into(io, &mut input, want, budget, cx.now)
+            let spare = input.spare();
+            let want = want.min(spare.len());
+            let outcome = read_once(io, &mut spare[..want], &mut self.bits);
+            if let ReadOutcome::Data(n) = outcome {
+                input.commit(n);
+            }
+            outcome
         };
         self.input = Some(input);
+        self.count_read(&outcome, budget, cx.now);
         outcome
     }
 
     fn track_partial_frame(&mut self, waiting_for_bytes: bool, limits: &Limits, now: Tick) {
-        if self.state == State::AwaitingHello {
+        if self.state != State::Open {
             return; // the hello deadline set at accept stands until HELLO is handled
         }
         if waiting_for_bytes && self.pending_input() > 0 {
@@ -570,6 +700,27 @@ impl Connection {
         }
     }
 
+    // === Streams ===
+
+    /// Runs the open streams' I/O within the budget; returns whether anything moved.
+    fn pump_streams(&mut self, cx: &mut Context<'_>, budget: &mut Budget) -> bool {
+        let Some(streams) = self.streams.as_mut() else {
+            return false;
+        };
+        let progress = streams.pump(&mut self.outbox, cx, budget);
+        if streams.is_finished(cx.turn) {
+            self.streams = None;
+        }
+        progress
+    }
+
+    /// Whether a stream has work that needs no new readiness event.
+    fn streams_want_turn(&self, bytes_left: bool) -> bool {
+        self.streams
+            .as_ref()
+            .is_some_and(|streams| streams.wants_turn(self.outbox.may_produce(), bytes_left))
+    }
+
     // === Raw echo ===
 
     fn drive_echo<S: Stream>(
@@ -579,24 +730,32 @@ impl Connection {
         budget: &mut Budget,
     ) -> Verdict {
         loop {
-            if self.flush(io, cx.now).is_err() {
+            if self.flush(io, cx).is_err() {
                 return self.fail();
             }
-            self.update_backpressure(cx.limits);
             if !self.can_read_now(budget) {
                 break;
             }
-            // Bytes read are output at once: read straight into the output buffer, after
-            // whatever is still waiting to be written.
-            let mut out = self.output.take().unwrap_or_else(|| cx.pool.take());
+            // Bytes read are output at once: read straight into the outbox, after whatever is
+            // still waiting to be written. Backpressure stops reading at the high-water mark,
+            // so one read past it is the most the buffer holds.
             let want = cx.pool.buffer_len().min(budget.bytes);
-            // Backpressure stops reading at the high-water mark, so one read past it is the most
-            // this buffer holds.
-            out.reserve(want, cx.limits.output_high_water + cx.pool.buffer_len());
-            let outcome = self.read_into(io, &mut out, want, budget, cx.now);
-            self.output = Some(out);
+            let max_capacity = cx.limits.output_high_water + cx.pool.buffer_len();
+            let bits = &mut self.bits;
+            let mut outcome = ReadOutcome::Drained;
+            let _ = self
+                .outbox
+                .replies(cx.pool, cx.limits)
+                .raw_from(want, max_capacity, |spare| {
+                    outcome = read_once(io, spare, bits);
+                    Ok(match outcome {
+                        ReadOutcome::Data(n) => n,
+                        _ => 0,
+                    })
+                });
+            self.count_read(&outcome, budget, cx.now);
             match outcome {
-                ReadOutcome::Data => continue,
+                ReadOutcome::Data(_) => continue,
                 ReadOutcome::Drained => break,
                 ReadOutcome::Eof => {
                     self.bits.set(Bits::PEER_EOF, true);
@@ -608,7 +767,7 @@ impl Connection {
                 }
             }
         }
-        if self.bits.has(Bits::PEER_EOF) && self.pending_output() == 0 {
+        if self.bits.has(Bits::PEER_EOF) && self.outbox.is_empty() {
             self.set_state(State::Closed);
             return Verdict::Close;
         }
@@ -627,10 +786,10 @@ impl Connection {
         cx: &mut Context<'_>,
         budget: &mut Budget,
     ) -> Verdict {
-        if self.flush(io, cx.now).is_err() {
+        if self.flush(io, cx).is_err() {
             return self.fail();
         }
-        if self.pending_output() > 0 {
+        if !self.outbox.is_empty() {
             return Verdict::Wait;
         }
         if self.bits.has(Bits::PEER_EOF) {
@@ -654,8 +813,10 @@ impl Connection {
                 break;
             }
             let want = scratch.capacity().min(budget.bytes);
-            match self.read_into(io, &mut scratch, want, budget, cx.now) {
-                ReadOutcome::Data => scratch.consume(scratch.len()),
+            let outcome = read_once(io, &mut scratch.spare()[..want], &mut self.bits);
+            self.count_read(&outcome, budget, cx.now);
+            match outcome {
+                ReadOutcome::Data(_) => {}
                 ReadOutcome::Drained => break,
                 ReadOutcome::Eof | ReadOutcome::Failed(_) => {
                     self.set_state(State::Closed);
@@ -674,12 +835,14 @@ impl Connection {
 
     // === Shared ===
 
+    /// Reading the socket is allowed: the state takes input, the peer has not closed, and the
+    /// outbox may take replies (the backpressure question).
     fn may_read(&self) -> bool {
         matches!(
             self.state,
             State::AwaitingHello | State::Open | State::Echoing
         ) && !self.bits.has(Bits::PEER_EOF)
-            && !self.bits.has(Bits::BACKPRESSURE)
+            && self.outbox.may_produce()
     }
 
     /// Reading is allowed and the socket may have bytes: only the budget can stop a read.
@@ -691,65 +854,23 @@ impl Connection {
         self.read_pending() && budget.bytes > 0 && budget.frames > 0
     }
 
-    /// Reads once into `buf`'s spare space, at most `want` bytes. A read shorter than asked
-    /// means the socket is drained (epoll(7)), which saves the extra `read` that would only
-    /// return `WouldBlock` — unless the poll already reported the peer's FIN, whose edge is
-    /// spent (see [`Connection::on_read_closed`]). `Interrupted` is retried.
-    fn read_into<S: Read>(
-        &mut self,
-        io: &mut S,
-        buf: &mut Buf,
-        want: usize,
-        budget: &mut Budget,
-        now: Tick,
-    ) -> ReadOutcome {
-        let spare = buf.spare();
-        let want = want.min(spare.len());
-        loop {
-            match io.read(&mut spare[..want]) {
-                Ok(0) => return ReadOutcome::Eof,
-                Ok(n) => {
-                    buf.commit(n);
-                    budget.bytes = budget.bytes.saturating_sub(n);
-                    self.last_active = now;
-                    if n < want && !self.bits.has(Bits::READ_CLOSED) {
-                        self.bits.set(Bits::READ_READY, false);
-                    }
-                    return ReadOutcome::Data;
-                }
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) if error.kind() == ErrorKind::WouldBlock => {
-                    self.bits.set(Bits::READ_READY, false);
-                    return ReadOutcome::Drained;
-                }
-                Err(error) => return ReadOutcome::Failed(error),
-            }
-        }
-    }
-
-    fn update_backpressure(&mut self, limits: &Limits) {
-        let pending = self.pending_output();
-        if pending >= limits.output_high_water {
-            self.bits.set(Bits::BACKPRESSURE, true);
-        } else if pending <= limits.output_low_water {
-            self.bits.set(Bits::BACKPRESSURE, false);
+    /// Charges a read to the budget and the activity clock.
+    fn count_read(&mut self, outcome: &ReadOutcome, budget: &mut Budget, now: Tick) {
+        if let ReadOutcome::Data(n) = outcome {
+            budget.bytes = budget.bytes.saturating_sub(*n);
+            self.last_active = now;
         }
     }
 
     /// Writes pending output until it is gone or the socket is full. A short write means the
     /// send buffer is full (epoll(7)), so no second `write` just to collect `WouldBlock`.
-    fn flush<S: Stream>(&mut self, io: &mut S, now: Tick) -> io::Result<()> {
-        let Some(out) = self.output.as_mut() else {
-            return Ok(());
-        };
-        while !out.is_empty() && self.bits.has(Bits::WRITE_READY) {
-            match io.write(out.data()) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    let short = n < out.len();
-                    out.consume(n);
-                    self.last_active = now;
-                    if short {
+    fn flush<S: Stream>(&mut self, io: &mut S, cx: &Context<'_>) -> io::Result<()> {
+        while !self.outbox.is_empty() && self.bits.has(Bits::WRITE_READY) {
+            match self.outbox.write_to(io, cx.limits) {
+                Ok(written) if written.bytes == 0 => return Err(ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    self.last_active = cx.now;
+                    if written.short {
                         self.bits.set(Bits::WRITE_READY, false);
                     }
                 }
@@ -771,92 +892,35 @@ impl Connection {
         Verdict::Close
     }
 
+    /// Every state change goes through here, so a `trace` log shows each one.
     fn set_state(&mut self, next: State) {
-        transition(&mut self.state, next);
+        if next != self.state {
+            trace!("state {} -> {next}", self.state);
+            self.state = next;
+        }
     }
 }
 
-/// Every state change goes through here, so a `trace` log shows each one.
-fn transition(state: &mut State, next: State) {
-    if next != *state {
-        trace!("state {state} -> {next}");
-        *state = next;
-    }
-}
-
-/// Handles one complete frame in `state`; returns the next state.
-fn dispatch(
-    state: State,
-    frame: Frame<'_>,
-    replies: &mut Replies<'_>,
-    limits: &Limits,
-) -> Result<State, Fatal> {
-    let stream = frame.header.stream;
-    let frame_type = frame.header.frame_type;
-    // Stream 0 is the connection itself: HELLO lives there, requests never do.
-    if frame_type == FrameType::Hello && stream != 0 {
-        return Err(Fatal::new(
-            ErrorCode::BadHello,
-            format!("HELLO on stream {stream}; it belongs on stream 0"),
-        ));
-    }
-    if state == State::Open
-        && stream == 0
-        && matches!(frame_type, FrameType::EchoRequest | FrameType::Unknown(_))
-    {
-        return Err(Fatal::new(
-            ErrorCode::UnexpectedFrame,
-            format!("{frame_type} on stream 0; requests need a stream id other than 0"),
-        ));
-    }
-    match (state, frame_type) {
-        (State::AwaitingHello, FrameType::Hello) => {
-            let hello = Hello::parse(frame.payload)
-                .map_err(|error| Fatal::new(ErrorCode::BadHello, error.to_string()))?;
-            let version = hello.negotiate().ok_or_else(|| {
-                Fatal::new(
-                    ErrorCode::UnsupportedVersion,
-                    format!(
-                        "client speaks versions {}..={}, server {}..={}",
-                        hello.min_version,
-                        hello.max_version,
-                        MIN_PROTOCOL_VERSION,
-                        PROTOCOL_VERSION
-                    ),
-                )
-            })?;
-            let ok = HelloOk {
-                version,
-                max_payload_len: limits.max_frame_len,
-            };
-            replies.frame_with(FrameType::HelloOk, 0, HelloOk::PAYLOAD_LEN as u32, |out| {
-                ok.emit(out)
-            });
-            Ok(State::Open)
+/// Reads once into `buf` with the loop's rules. A read shorter than asked means the socket is
+/// drained (epoll(7)), which saves the extra `read` that would only return `WouldBlock` —
+/// unless the poll already reported the peer's FIN, whose edge is spent (see
+/// [`Connection::on_read_closed`]). `Interrupted` is retried.
+fn read_once<R: Read>(io: &mut R, buf: &mut [u8], bits: &mut Bits) -> ReadOutcome {
+    loop {
+        match io.read(buf) {
+            Ok(0) if !buf.is_empty() => return ReadOutcome::Eof,
+            Ok(n) => {
+                if n < buf.len() && !bits.has(Bits::READ_CLOSED) {
+                    bits.set(Bits::READ_READY, false);
+                }
+                return ReadOutcome::Data(n);
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                bits.set(Bits::READ_READY, false);
+                return ReadOutcome::Drained;
+            }
+            Err(error) => return ReadOutcome::Failed(error),
         }
-        (State::AwaitingHello, other) => Err(Fatal::new(
-            ErrorCode::UnexpectedFrame,
-            format!("expected HELLO first, got {other}"),
-        )),
-        (State::Open, FrameType::EchoRequest) => {
-            echo::reply(frame, replies);
-            Ok(state)
-        }
-        (State::Open, FrameType::Unknown(byte)) => {
-            let text = format!("frame type 0x{byte:02x} is not known to this server");
-            replies.error(stream, ErrorCode::UnknownFrameType, &text);
-            Ok(state)
-        }
-        (State::Open, FrameType::Error) => {
-            let reason = ErrorMessage::parse(frame.payload)
-                .map(|error| error.to_string())
-                .unwrap_or_else(|error| format!("unparsable error frame: {error}"));
-            Err(Fatal::quiet(format!("client reported an error: {reason}")))
-        }
-        (State::Open, other) => Err(Fatal::new(
-            ErrorCode::UnexpectedFrame,
-            format!("{other} is not valid from a client here"),
-        )),
-        (State::Echoing | State::Closing | State::Closed, _) => Ok(state),
     }
 }

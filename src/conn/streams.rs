@@ -1,0 +1,441 @@
+//! A connection's open streams: the requests that take time (a running command now, a file
+//! transfer next), each on the stream its request came on.
+//!
+//! The table is allocated with the first such request and freed after the last one ends, so
+//! an idle connection pays 8 bytes for it. Each command has a *child number* (0–63) that names
+//! its pipes and pidfd in poll tokens; [`Streams::free_index`] never hands out a number freed
+//! in the same turn of the loop, so an event of that turn's batch for the old command cannot
+//! reach a new one.
+//!
+//! [`Streams::pump`] moves a command's bytes: stdin from the stream's queue into the pipe,
+//! output from the pipes into STDOUT/STDERR frames read straight into the outbox — only while
+//! the outbox [may take more](crate::outbox::Outbox::may_produce) and within the turn's byte
+//! budget — and, once the command has exited and its pipes are at EOF, the EXIT frame that
+//! ends the stream.
+
+use std::io::ErrorKind;
+
+use log::debug;
+
+use super::{Budget, Context};
+use crate::outbox::Outbox;
+use crate::proto::FrameType;
+use crate::proto::exec::{EndReason, Exit, Window};
+use crate::service::exec::{ChildAction, ChildId, ChildSource, ExecSession, OutputPipe};
+use crate::timer::Tick;
+
+/// Child numbers per connection: 6 bits of a poll token.
+pub const CHILD_NUMBERS: u8 = 64;
+
+/// Readiness bits of one command's descriptors.
+struct Ready;
+
+impl Ready {
+    const STDIN: u8 = 1 << 0;
+    const STDOUT: u8 = 1 << 1;
+    const STDERR: u8 = 1 << 2;
+    const EXIT: u8 = 1 << 3;
+
+    fn of(source: ChildSource) -> u8 {
+        match source {
+            ChildSource::Stdin => Ready::STDIN,
+            ChildSource::Stdout => Ready::STDOUT,
+            ChildSource::Stderr => Ready::STDERR,
+            ChildSource::Exit => Ready::EXIT,
+        }
+    }
+
+    fn of_output(pipe: OutputPipe) -> u8 {
+        match pipe {
+            OutputPipe::Stdout => Ready::STDOUT,
+            OutputPipe::Stderr => Ready::STDERR,
+        }
+    }
+}
+
+/// A running command on its stream.
+#[derive(Debug)]
+pub struct ExecStream {
+    /// The stream id its EXEC came on.
+    pub id: u32,
+    /// Its child number in poll tokens.
+    pub index: u8,
+    /// The I/O layer's handle.
+    pub child: ChildId,
+    /// Readiness reported for its descriptors and not yet used up.
+    ready: u8,
+    /// The protocol state machine.
+    pub session: ExecSession,
+}
+
+impl ExecStream {
+    /// A command that has just started.
+    pub fn new(id: u32, index: u8, child: ChildId, session: ExecSession) -> ExecStream {
+        ExecStream {
+            id,
+            index,
+            child,
+            ready: 0,
+            session,
+        }
+    }
+}
+
+/// The open streams of one connection.
+#[derive(Debug)]
+pub struct Streams {
+    open: Vec<ExecStream>,
+    /// Child numbers freed in turn `cooling_turn`, not to be reused before the next turn.
+    cooling: u64,
+    cooling_turn: u64,
+}
+
+impl Streams {
+    /// An empty table with room for `capacity` commands.
+    pub fn new(capacity: usize) -> Box<Streams> {
+        Box::new(Streams {
+            open: Vec::with_capacity(capacity),
+            cooling: 0,
+            cooling_turn: 0,
+        })
+    }
+
+    /// Commands running.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none run.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// The command on `stream`.
+    pub fn find(&self, stream: u32) -> Option<&ExecStream> {
+        self.open.iter().find(|command| command.id == stream)
+    }
+
+    /// The command on `stream`, mutably.
+    pub fn find_mut(&mut self, stream: u32) -> Option<&mut ExecStream> {
+        self.open.iter_mut().find(|command| command.id == stream)
+    }
+
+    /// A child number neither in use nor freed during `turn`.
+    pub fn free_index(&mut self, turn: u64) -> Option<u8> {
+        if self.cooling_turn != turn {
+            self.cooling = 0;
+        }
+        let used = self
+            .open
+            .iter()
+            .fold(self.cooling, |mask, command| mask | 1 << command.index);
+        (0..CHILD_NUMBERS).find(|index| used & (1 << index) == 0)
+    }
+
+    /// Adds a started command.
+    pub fn insert(&mut self, command: ExecStream) {
+        self.open.push(command);
+    }
+
+    /// Whether the table is empty and may be dropped: no command runs, and no child number
+    /// is cooling in `turn` (dropping it would forget that).
+    pub fn is_finished(&self, turn: u64) -> bool {
+        self.open.is_empty() && (self.cooling == 0 || self.cooling_turn != turn)
+    }
+
+    /// Records readiness for child number `index`.
+    pub fn on_ready(&mut self, index: u8, source: ChildSource) {
+        if let Some(command) = self.open.iter_mut().find(|command| command.index == index) {
+            command.ready |= Ready::of(source);
+        }
+    }
+
+    /// The earliest deadline of any command.
+    pub fn deadline(&self) -> Tick {
+        self.open
+            .iter()
+            .map(|command| command.session.poll_timeout())
+            .min()
+            .unwrap_or(Tick::NEVER)
+    }
+
+    /// Passes `now` to every command whose deadline has come.
+    pub fn handle_timeout(&mut self, now: Tick, limits: &crate::limits::Limits) {
+        for command in &mut self.open {
+            if command.session.poll_timeout() <= now {
+                command.session.handle_timeout(now, limits);
+            }
+        }
+    }
+
+    /// Stops every command for a shutdown (SIGTERM now, SIGKILL after the grace).
+    pub fn handle_shutdown(&mut self, now: Tick, limits: &crate::limits::Limits) {
+        for command in &mut self.open {
+            command.session.handle_shutdown(now, limits);
+        }
+    }
+
+    /// Whether a command has work that needs no new readiness event: bytes to move with
+    /// readiness in hand, or an exit to read.
+    pub fn wants_turn(&self, may_produce: bool, bytes_left: bool) -> bool {
+        self.open.iter().any(|command| {
+            let output = command.ready & (Ready::STDOUT | Ready::STDERR) != 0;
+            let stdin =
+                command.ready & Ready::STDIN != 0 && !command.session.stdin_pending().is_empty();
+            command.ready & Ready::EXIT != 0 || stdin || (output && may_produce && bytes_left)
+        })
+    }
+
+    /// Releases every command to the I/O layer (the connection is closing): their groups are
+    /// stopped and they are reaped there.
+    pub fn release_all(&mut self, cx: &mut Context<'_>, reason: EndReason) {
+        for mut command in self.open.drain(..) {
+            debug!(
+                "stream {}: command pid {} released ({reason})",
+                command.id,
+                command.session.pid()
+            );
+            command.session.release(cx.pool);
+            if let Some(children) = cx.children.as_deref_mut() {
+                children.release(command.child, reason);
+            }
+        }
+    }
+
+    /// Moves every command's bytes as far as readiness, the outbox and the budget allow; sends
+    /// EXIT for the commands that are done. Returns whether anything moved.
+    pub(crate) fn pump(
+        &mut self,
+        outbox: &mut Outbox,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> bool {
+        let Some(children) = cx.children.as_deref_mut() else {
+            return false;
+        };
+        let mut progress = false;
+        let mut at = 0;
+        while at < self.open.len() {
+            let command = &mut self.open[at];
+            progress |= pump_one(
+                command, outbox, children, cx.pool, cx.limits, cx.now, budget,
+            );
+            let Some(exit) = command.session.poll_exit() else {
+                at += 1;
+                continue;
+            };
+            send_exit(command.id, exit, outbox, cx.pool, cx.limits);
+            debug!(
+                "stream {}: pid {} {exit}",
+                command.id,
+                command.session.pid()
+            );
+            let mut done = self.open.swap_remove(at);
+            done.session.release(cx.pool);
+            children.release(done.child, done.session.reason());
+            if self.cooling_turn != cx.turn {
+                self.cooling = 0;
+                self.cooling_turn = cx.turn;
+            }
+            self.cooling |= 1 << done.index;
+            progress = true;
+        }
+        progress
+    }
+}
+
+fn send_exit(
+    stream: u32,
+    exit: Exit,
+    outbox: &mut Outbox,
+    pool: &mut crate::buffer::BufferPool,
+    limits: &crate::limits::Limits,
+) {
+    outbox
+        .replies(pool, limits)
+        .reply(FrameType::Exit, stream, Exit::PAYLOAD_LEN as u32, |out| {
+            exit.emit(out)
+        });
+}
+
+/// One command's I/O for this turn.
+fn pump_one(
+    command: &mut ExecStream,
+    outbox: &mut Outbox,
+    children: &mut dyn crate::service::exec::Children,
+    pool: &mut crate::buffer::BufferPool,
+    limits: &crate::limits::Limits,
+    now: Tick,
+    budget: &mut Budget,
+) -> bool {
+    let mut progress = run_actions(command, children, now);
+    if command.ready & Ready::EXIT != 0 {
+        command.ready &= !Ready::EXIT;
+        match children.exit_status(command.child) {
+            Ok(Some(termination)) => {
+                command.session.handle_exit(termination, now, limits);
+                progress = true;
+            }
+            Ok(None) => {} // a spurious wakeup: the pidfd fires again at the exit
+            Err(error) => debug!("stream {}: exit status: {error}", command.id),
+        }
+    }
+    progress |= write_stdin(command, children, pool);
+    if let Some(increment) = command.session.poll_window() {
+        let window = Window { increment };
+        outbox.replies(pool, limits).part(
+            FrameType::Window,
+            command.id,
+            Window::PAYLOAD_LEN as u32,
+            |out| window.emit(out),
+        );
+        progress = true;
+    }
+    progress |= read_output(command, outbox, children, pool, limits, now, budget);
+    progress |= run_actions(command, children, now);
+    progress
+}
+
+fn run_actions(
+    command: &mut ExecStream,
+    children: &mut dyn crate::service::exec::Children,
+    now: Tick,
+) -> bool {
+    let mut progress = false;
+    while let Some(action) = command.session.poll_action(now) {
+        progress = true;
+        match action {
+            ChildAction::Signal(signal) => {
+                if let Err(error) = children.signal(command.child, signal) {
+                    debug!("stream {}: {signal} failed: {error}", command.id);
+                }
+            }
+            ChildAction::CloseStdin => {
+                command.ready &= !Ready::STDIN;
+                children.close_stdin(command.child);
+            }
+            ChildAction::CloseOutput(pipe) => {
+                command.ready &= !Ready::of_output(pipe);
+                children.close_output(command.child, pipe);
+            }
+        }
+    }
+    progress
+}
+
+fn write_stdin(
+    command: &mut ExecStream,
+    children: &mut dyn crate::service::exec::Children,
+    pool: &mut crate::buffer::BufferPool,
+) -> bool {
+    let mut progress = false;
+    while command.ready & Ready::STDIN != 0 && command.session.stdin_open() {
+        let pending = command.session.stdin_pending();
+        if pending.is_empty() {
+            break;
+        }
+        let offered = pending.len();
+        match children.write_stdin(command.child, pending) {
+            Ok(n) => {
+                command.session.handle_stdin_written(n, pool);
+                progress = true;
+                if n < offered {
+                    command.ready &= !Ready::STDIN; // the pipe is full
+                }
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == ErrorKind::WouldBlock => command.ready &= !Ready::STDIN,
+            Err(error) => {
+                debug!(
+                    "stream {}: stdin closed by the command ({error})",
+                    command.id
+                );
+                command.ready &= !Ready::STDIN;
+                command.session.handle_stdin_closed(pool);
+                progress = true;
+            }
+        }
+    }
+    progress
+}
+
+/// Reads the output pipes into STDOUT/STDERR frames, alternating between them, while the
+/// outbox may take more and the budget lasts. Past the output cap, output is read and dropped
+/// (the command is being stopped), so a full pipe never keeps it alive.
+#[allow(clippy::too_many_arguments)]
+fn read_output(
+    command: &mut ExecStream,
+    outbox: &mut Outbox,
+    children: &mut dyn crate::service::exec::Children,
+    pool: &mut crate::buffer::BufferPool,
+    limits: &crate::limits::Limits,
+    now: Tick,
+    budget: &mut Budget,
+) -> bool {
+    let mut progress = false;
+    let chunk = pool.buffer_len().min(limits.max_frame_len as usize);
+    loop {
+        let mut moved = false;
+        for pipe in OutputPipe::BOTH {
+            let bit = Ready::of_output(pipe);
+            if command.ready & bit == 0 || !outbox.may_produce() || budget.bytes == 0 {
+                continue;
+            }
+            let allowance =
+                usize::try_from(command.session.output_allowance()).unwrap_or(usize::MAX);
+            let want = chunk.min(budget.bytes);
+            let frame_type = match pipe {
+                OutputPipe::Stdout => FrameType::Stdout,
+                OutputPipe::Stderr => FrameType::Stderr,
+            };
+            let mut scratch = [0; 4096];
+            let (asked, result) = if allowance == 0 {
+                let asked = want.min(scratch.len());
+                let result = children.read(command.child, pipe, &mut scratch[..asked]);
+                (asked, result)
+            } else {
+                let asked = want.min(allowance);
+                let result =
+                    outbox
+                        .replies(pool, limits)
+                        .frame_from(frame_type, command.id, asked, |buf| {
+                            children.read(command.child, pipe, buf)
+                        });
+                (asked, result)
+            };
+            match result {
+                Ok(0) => {
+                    command.ready &= !bit;
+                    command.session.handle_eof(pipe);
+                    children.close_output(command.child, pipe);
+                    moved = true;
+                }
+                Ok(n) => {
+                    budget.bytes = budget.bytes.saturating_sub(n);
+                    if allowance == 0 {
+                        command.session.handle_output_over_cap(now, limits);
+                    } else {
+                        command.session.handle_output(n);
+                    }
+                    if n < asked {
+                        command.ready &= !bit; // a short read: the pipe is empty for now
+                    }
+                    moved = true;
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => moved = true,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => command.ready &= !bit,
+                Err(error) => {
+                    debug!("stream {}: reading {pipe:?} failed: {error}", command.id);
+                    command.ready &= !bit;
+                    command.session.handle_eof(pipe);
+                    children.close_output(command.child, pipe);
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            return progress;
+        }
+        progress = true;
+    }
+}

@@ -1,0 +1,605 @@
+//! The outbox: everything one connection has to send, in order, and the one question every
+//! producer asks before it makes more.
+//!
+//! Producers — frame handlers answering requests, the readers of a command's pipes, (next) the
+//! file sender — append only **whole frames**, through [`Replies`], so a frame can never land in
+//! the middle of another. A frame's payload is either bytes in the queue's buffer or a
+//! [`FileRange`] that is sent with `sendfile` straight from the page cache and never copied
+//! into user space.
+//!
+//! **Backpressure** is one question, [`Outbox::may_produce`], with hysteresis: it turns false
+//! when the queue reaches [`Limits::output_high_water`] and true again once it has drained to
+//! [`Limits::output_low_water`]. Whoever produces output asks it — the socket reader (no new
+//! requests are read), the pipe readers (the command blocks on a full pipe) and the file
+//! sender — so a client that does not read costs the high-water mark plus one frame, whatever
+//! is producing.
+//!
+//! The queue lives behind an `Option<Box<_>>` lent by the [`BufferPool`]: an idle connection
+//! holds 8 bytes here, and a steady echo borrows and returns the same queue.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use crate::buffer::{Buf, BufferPool, Pooled};
+use crate::conn::Stream;
+use crate::limits::Limits;
+use crate::proto::{ErrorCode, ErrorMessage, Flags, FrameType, HEADER_LEN, Header};
+
+/// Most bytes one `sendfile` call is asked for (nginx's `sendfile_max_chunk`, 2 MiB), so one
+/// fast transfer cannot hold the loop.
+pub const SENDFILE_CHUNK: usize = 2 << 20;
+
+/// A byte range of an open file, sent as (part of) a frame's payload.
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    /// The file, shared with whoever opened it.
+    pub file: Arc<File>,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes to send.
+    pub len: u64,
+}
+
+/// One piece of the queue once a file range is in it.
+#[derive(Debug)]
+enum Segment {
+    /// The next `n` bytes of the buffer.
+    Bytes(usize),
+    /// A file range.
+    File(FileRange),
+}
+
+/// The pooled part of an outbox.
+#[derive(Debug)]
+pub struct OutQueue {
+    bytes: Buf,
+    /// Empty while the queue holds only bytes — the common case, with no bookkeeping per
+    /// frame. Once a file range is queued, every segment in order, `Bytes(n)` standing for the
+    /// next `n` bytes of `bytes` (their sum is `bytes.len()`).
+    segments: VecDeque<Segment>,
+    /// Bytes of file ranges queued.
+    file_bytes: u64,
+    /// Past the high-water mark and not yet back to the low-water mark.
+    paused: bool,
+}
+
+impl Pooled for OutQueue {
+    fn with_buffer_len(buffer_len: usize) -> OutQueue {
+        OutQueue {
+            bytes: Buf::with_capacity(buffer_len),
+            segments: VecDeque::new(),
+            file_bytes: 0,
+            paused: false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.bytes.consume(self.bytes.len());
+        self.segments.clear();
+        self.file_bytes = 0;
+        self.paused = false;
+    }
+
+    fn is_standard(&self, buffer_len: usize) -> bool {
+        self.bytes.capacity() == buffer_len
+    }
+}
+
+impl OutQueue {
+    fn pending(&self) -> usize {
+        let files = usize::try_from(self.file_bytes).unwrap_or(usize::MAX);
+        self.bytes.len().saturating_add(files)
+    }
+
+    fn update_pause(&mut self, limits: &Limits) {
+        let pending = self.pending();
+        if pending >= limits.output_high_water {
+            self.paused = true;
+        } else if pending <= limits.output_low_water {
+            self.paused = false;
+        }
+    }
+
+    /// Records that `n` bytes were just appended to the buffer.
+    fn note_bytes(&mut self, n: usize) {
+        if self.segments.is_empty() || n == 0 {
+            return;
+        }
+        match self.segments.back_mut() {
+            Some(Segment::Bytes(run)) => *run += n,
+            _ => self.segments.push_back(Segment::Bytes(n)),
+        }
+    }
+}
+
+/// What one [`Outbox::write_to`] call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes the transport took.
+    pub bytes: usize,
+    /// It took fewer than offered: its buffer is full (epoll(7)), so the writer waits.
+    pub short: bool,
+}
+
+/// A connection's output. See the module docs.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: Option<Box<OutQueue>>,
+}
+
+impl Outbox {
+    /// An empty outbox holding no buffer.
+    pub const fn new() -> Outbox {
+        Outbox { queue: None }
+    }
+
+    /// Bytes waiting to be sent, file ranges included.
+    pub fn pending(&self) -> usize {
+        self.queue.as_ref().map_or(0, |queue| queue.pending())
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending() == 0
+    }
+
+    /// **The** backpressure question: may anything produce more output now? False from the
+    /// high-water mark until the queue has drained to the low-water mark.
+    pub fn may_produce(&self) -> bool {
+        self.queue.as_ref().is_none_or(|queue| !queue.paused)
+    }
+
+    /// Whether a buffer is held.
+    pub fn holds_buffer(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Bytes of buffer memory held (capacity, not content).
+    pub fn buffer_capacity(&self) -> usize {
+        self.queue
+            .as_ref()
+            .map_or(0, |queue| queue.bytes.capacity())
+    }
+
+    /// A writer that appends frames, borrowing a buffer from `pool` on first use.
+    pub fn replies<'a>(&'a mut self, pool: &'a mut BufferPool, limits: &'a Limits) -> Replies<'a> {
+        Replies {
+            outbox: self,
+            pool,
+            limits,
+        }
+    }
+
+    /// Sends from the front of the queue once: the bytes up to the next file range, or one
+    /// chunk of the file range at the front. `WouldBlock` and other errors come back as they
+    /// are; the caller owns the retry rules.
+    pub fn write_to<S: Stream>(&mut self, io: &mut S, limits: &Limits) -> io::Result<Written> {
+        let Some(queue) = self.queue.as_mut() else {
+            return Ok(Written {
+                bytes: 0,
+                short: false,
+            });
+        };
+        let written = match queue.segments.front_mut() {
+            None => {
+                let offered = queue.bytes.len();
+                let n = io.write(queue.bytes.data())?;
+                queue.bytes.consume(n);
+                Written {
+                    bytes: n,
+                    short: n < offered,
+                }
+            }
+            Some(Segment::Bytes(run)) => {
+                let offered = *run;
+                let n = io.write(&queue.bytes.data()[..offered])?;
+                queue.bytes.consume(n);
+                *run -= n;
+                if *run == 0 {
+                    queue.segments.pop_front();
+                }
+                Written {
+                    bytes: n,
+                    short: n < offered,
+                }
+            }
+            Some(Segment::File(range)) => {
+                let offered = usize::try_from(range.len)
+                    .unwrap_or(usize::MAX)
+                    .min(SENDFILE_CHUNK);
+                let n = io.send_file(&range.file, range.offset, offered)?;
+                if n == 0 && offered > 0 {
+                    // The file is shorter than the range promised (truncated under us): the
+                    // frame cannot be completed, and the connection cannot stay in sync.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ended before its queued range",
+                    ));
+                }
+                range.offset += n as u64;
+                range.len -= n as u64;
+                queue.file_bytes -= n as u64;
+                if range.len == 0 {
+                    queue.segments.pop_front();
+                }
+                Written {
+                    bytes: n,
+                    short: n < offered,
+                }
+            }
+        };
+        if queue.segments.len() == 1 && matches!(queue.segments.front(), Some(Segment::Bytes(_))) {
+            // Back to bytes only: drop the bookkeeping.
+            queue.segments.clear();
+        }
+        queue.update_pause(limits);
+        Ok(written)
+    }
+
+    /// Gives the queue back to the pool if it is empty: an idle connection holds no buffer.
+    pub fn release_if_empty(&mut self, pool: &mut BufferPool) {
+        if self
+            .queue
+            .as_ref()
+            .is_some_and(|queue| queue.pending() == 0)
+        {
+            if let Some(queue) = self.queue.take() {
+                pool.give_output(queue);
+            }
+        }
+    }
+
+    /// Drops everything queued and gives the queue back.
+    pub fn release(&mut self, pool: &mut BufferPool) {
+        if let Some(queue) = self.queue.take() {
+            pool.give_output(queue);
+        }
+    }
+}
+
+/// Appends whole frames to an [`Outbox`]. Obtained from [`Outbox::replies`].
+#[derive(Debug)]
+pub struct Replies<'a> {
+    outbox: &'a mut Outbox,
+    pool: &'a mut BufferPool,
+    limits: &'a Limits,
+}
+
+impl Replies<'_> {
+    fn queue(&mut self) -> &mut OutQueue {
+        self.outbox
+            .queue
+            .get_or_insert_with(|| self.pool.take_output())
+    }
+
+    /// Whether producers may add more now ([`Outbox::may_produce`]).
+    pub fn may_produce(&self) -> bool {
+        self.outbox.may_produce()
+    }
+
+    /// Appends a frame with `header`, its `header.len`-byte payload written by `emit` straight
+    /// into the buffer.
+    pub fn frame_with(&mut self, header: Header, emit: impl FnOnce(&mut [u8])) {
+        let max_capacity = self.limits.output_cap();
+        let limits = self.limits;
+        let queue = self.queue();
+        queue
+            .bytes
+            .append_with(header.wire_len(), max_capacity, |bytes| {
+                header.emit(&mut bytes[..HEADER_LEN]);
+                emit(&mut bytes[HEADER_LEN..]);
+            });
+        queue.note_bytes(header.wire_len());
+        queue.update_pause(limits);
+    }
+
+    /// Appends a frame that answers a request completely: `END_STREAM` set.
+    pub fn reply(
+        &mut self,
+        frame_type: FrameType,
+        stream: u32,
+        len: u32,
+        emit: impl FnOnce(&mut [u8]),
+    ) {
+        let header = Header {
+            frame_type,
+            flags: Flags::END_STREAM,
+            stream,
+            len,
+        };
+        self.frame_with(header, emit);
+    }
+
+    /// Appends a frame that is one part of a streamed reply: `END_STREAM` clear.
+    pub fn part(
+        &mut self,
+        frame_type: FrameType,
+        stream: u32,
+        len: u32,
+        emit: impl FnOnce(&mut [u8]),
+    ) {
+        let header = Header {
+            frame_type,
+            flags: Flags::NONE,
+            stream,
+            len,
+        };
+        self.frame_with(header, emit);
+    }
+
+    /// Appends an ERROR frame about `stream` (0: the connection, which then closes; any other:
+    /// that stream, which it ends).
+    pub fn error(&mut self, stream: u32, code: ErrorCode, text: &str) {
+        let message = ErrorMessage::new(code, text);
+        // At most 2 + MAX_ERROR_TEXT_LEN bytes: the cast cannot truncate.
+        let len = message.payload_len() as u32;
+        self.reply(FrameType::Error, stream, len, |out| message.emit(out));
+    }
+
+    /// Appends a part frame whose payload `read` fills in place (at most `max_len` bytes, read
+    /// straight into the buffer after room for the header). Returns what `read` returned; on 0
+    /// bytes or an error nothing is appended, so a frame is never empty or half-made.
+    pub fn frame_from(
+        &mut self,
+        frame_type: FrameType,
+        stream: u32,
+        max_len: usize,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let max_capacity = self.limits.output_cap();
+        let limits = self.limits;
+        let queue = self.queue();
+        queue.bytes.reserve(HEADER_LEN + max_len, max_capacity);
+        let spare = queue.bytes.spare();
+        let n = read(&mut spare[HEADER_LEN..HEADER_LEN + max_len])?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let header = Header {
+            frame_type,
+            flags: Flags::NONE,
+            stream,
+            // n <= max_len, which callers bound by the frame limit.
+            len: u32::try_from(n).unwrap_or(u32::MAX),
+        };
+        header.emit(&mut spare[..HEADER_LEN]);
+        queue.bytes.commit(HEADER_LEN + n);
+        queue.note_bytes(HEADER_LEN + n);
+        queue.update_pause(limits);
+        Ok(n)
+    }
+
+    /// Appends a frame whose payload is `range`, sent later with `sendfile`.
+    ///
+    /// # Panics
+    /// If the range is longer than a frame can declare (`u32::MAX` bytes).
+    pub fn file_frame(
+        &mut self,
+        frame_type: FrameType,
+        flags: Flags,
+        stream: u32,
+        range: FileRange,
+    ) {
+        let header = Header {
+            frame_type,
+            flags,
+            stream,
+            len: u32::try_from(range.len).expect("a file frame fits in u32"),
+        };
+        let max_capacity = self.limits.output_cap();
+        let limits = self.limits;
+        let queue = self.queue();
+        if queue.segments.is_empty() && !queue.bytes.is_empty() {
+            let queued = queue.bytes.len();
+            queue.segments.push_back(Segment::Bytes(queued));
+        }
+        queue.bytes.append(&header.to_bytes(), max_capacity);
+        match queue.segments.back_mut() {
+            Some(Segment::Bytes(run)) => *run += HEADER_LEN,
+            _ => queue.segments.push_back(Segment::Bytes(HEADER_LEN)),
+        }
+        queue.file_bytes += range.len;
+        if range.len > 0 {
+            queue.segments.push_back(Segment::File(range));
+        }
+        queue.update_pause(limits);
+    }
+
+    /// Appends unframed bytes that `read` fills in place (raw echo): at most `max_len`, the
+    /// buffer growing no further than `max_capacity`.
+    pub fn raw_from(
+        &mut self,
+        max_len: usize,
+        max_capacity: usize,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let limits = self.limits;
+        let queue = self.queue();
+        queue.bytes.reserve(max_len, max_capacity);
+        let spare = queue.bytes.spare();
+        let want = max_len.min(spare.len());
+        let n = read(&mut spare[..want])?;
+        queue.bytes.commit(n);
+        queue.note_bytes(n);
+        queue.update_pause(limits);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    use super::*;
+
+    /// A transport that takes at most `room` bytes per write and records them.
+    struct Sink {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl io::Read for Sink {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    impl io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room);
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Stream for Sink {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn drain(outbox: &mut Outbox, sink: &mut Sink, limits: &Limits) {
+        for _ in 0..1000 {
+            if outbox.is_empty() {
+                return;
+            }
+            outbox.write_to(sink, limits).unwrap();
+        }
+        panic!("outbox did not drain");
+    }
+
+    fn temp_file(bytes: &[u8]) -> Arc<File> {
+        let path = std::env::temp_dir().join(format!(
+            "monoreactor-outbox-{}-{}",
+            std::process::id(),
+            bytes.len()
+        ));
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.write_all(bytes).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        let mut check = Vec::new();
+        file.read_to_end(&mut check).unwrap();
+        assert_eq!(check, bytes);
+        Arc::new(file)
+    }
+
+    #[test]
+    fn file_ranges_go_out_between_byte_frames_in_order_through_short_writes() {
+        let limits = Limits::default();
+        let mut pool = BufferPool::new(64, 2);
+        let mut outbox = Outbox::new();
+        let file = temp_file(b"0123456789");
+        {
+            let mut replies = outbox.replies(&mut pool, &limits);
+            replies.part(FrameType::Stdout, 1, 2, |out| out.copy_from_slice(b"ab"));
+            replies.file_frame(
+                FrameType::Stdout,
+                Flags::NONE,
+                1,
+                FileRange {
+                    file,
+                    offset: 3,
+                    len: 4,
+                },
+            );
+            replies.reply(FrameType::EchoReply, 2, 1, |out| out.copy_from_slice(b"z"));
+        }
+        assert_eq!(outbox.pending(), 14 + 16 + 13);
+        let mut sink = Sink {
+            taken: Vec::new(),
+            room: 5,
+        };
+        drain(&mut outbox, &mut sink, &limits);
+        let header = |frame_type, flags, stream, len| {
+            Header {
+                frame_type,
+                flags,
+                stream,
+                len,
+            }
+            .to_bytes()
+        };
+        let expected = [
+            &header(FrameType::Stdout, Flags::NONE, 1, 2)[..],
+            b"ab",
+            &header(FrameType::Stdout, Flags::NONE, 1, 4),
+            b"3456",
+            &header(FrameType::EchoReply, Flags::END_STREAM, 2, 1),
+            b"z",
+        ]
+        .concat();
+        assert_eq!(sink.taken, expected);
+        outbox.release_if_empty(&mut pool);
+        assert!(!outbox.holds_buffer());
+    }
+
+    #[test]
+    fn may_produce_turns_false_at_high_water_and_true_at_low_water() {
+        let limits = Limits {
+            output_high_water: 100,
+            output_low_water: 40,
+            ..Limits::default()
+        };
+        let mut pool = BufferPool::new(256, 2);
+        let mut outbox = Outbox::new();
+        let mut replies = outbox.replies(&mut pool, &limits);
+        while replies.may_produce() {
+            replies.part(FrameType::Stdout, 1, 18, |out| out.fill(b'x'));
+        }
+        assert_eq!(outbox.pending(), 120, "paused at the first frame past 100");
+        let mut sink = Sink {
+            taken: Vec::new(),
+            room: 30,
+        };
+        outbox.write_to(&mut sink, &limits).unwrap();
+        assert!(
+            !outbox.may_produce(),
+            "90 is between the marks: still paused"
+        );
+        outbox.write_to(&mut sink, &limits).unwrap();
+        outbox.write_to(&mut sink, &limits).unwrap();
+        assert_eq!(outbox.pending(), 30);
+        assert!(outbox.may_produce());
+    }
+
+    #[test]
+    fn frame_from_appends_nothing_on_eof_or_error() {
+        let limits = Limits::default();
+        let mut pool = BufferPool::new(64, 2);
+        let mut outbox = Outbox::new();
+        let mut replies = outbox.replies(&mut pool, &limits);
+        assert_eq!(
+            replies
+                .frame_from(FrameType::Stdout, 3, 16, |_| Ok(0))
+                .unwrap(),
+            0
+        );
+        assert!(
+            replies
+                .frame_from(FrameType::Stdout, 3, 16, |_| Err(
+                    io::ErrorKind::WouldBlock.into()
+                ))
+                .is_err()
+        );
+        let n = replies
+            .frame_from(FrameType::Stderr, 3, 16, |buf| {
+                buf[..3].copy_from_slice(b"err");
+                Ok(3)
+            })
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(outbox.pending(), HEADER_LEN + 3);
+    }
+}

@@ -1,0 +1,607 @@
+//! The event loop: the only place that calls `poll()`.
+//!
+//! # Rules of the loop
+//! `mio` is edge-triggered: a source is reported when it *becomes* ready, not while it *is*
+//! ready. Everything below follows from that, for sockets and for a command's pipes alike.
+//!
+//! 1. **Drain until `WouldBlock`.** After an event, read (or write, or accept) until the call
+//!    says `WouldBlock`; otherwise no new event may ever come. A read or write shorter than
+//!    asked proves the same for a stream socket or a pipe (epoll(7)), so the extra call is
+//!    skipped.
+//! 2. **Retry `Interrupted`**, from `poll` itself and from every read and write.
+//! 3. **EOF is a 0-byte read**, not an event flag: flags such as "read closed" are hints that
+//!    only make us read. A process's exit is its pidfd turning readable, and is confirmed by
+//!    `waitid`, never assumed.
+//! 4. **Spurious events are normal.** An event may find nothing to do; `WouldBlock` is then the
+//!    answer, never an error.
+//! 5. **Budgets and the ready list.** Draining one source completely could starve the others,
+//!    so each connection gets a budget per turn (bytes from its socket and its commands' pipes,
+//!    frames); one that still has work goes on the ready list and is served next turn, and the
+//!    loop polls with a zero timeout while that list is not empty. Rule 1 still holds: its
+//!    readiness is remembered, not dropped.
+//! 6. **A token from a closed slot never reaches its successor.** Closing is deferred to the
+//!    end of the event batch (later events for it in the same batch are ignored), and every
+//!    connection token carries a generation number that a reused slot does not share, so a
+//!    stale token in the ready list or the timer queue finds nothing. A command's descriptors
+//!    carry their connection's token and a child number that is not reused within a turn.
+//!
+//! # One turn
+//! [`Reactor::run`]: take the ready list → `poll` (timeout: zero if anything is ready, else
+//! until the nearest deadline) → handle each event → serve the ready list taken at the start
+//! → fire due timers → close what was marked for closing → repeat.
+//!
+//! # Files
+//! - [`token`]: what a token names, and its bit layout;
+//! - `slots.rs`: the slab of connections — serving, driving, closing;
+//! - `accept.rs`: accepting, refusing, shedding when out of descriptors;
+//! - [`children`](self::children): the loop's side of child processes.
+
+mod accept;
+mod children;
+mod slots;
+pub(crate) mod token;
+
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use log::{info, trace, warn};
+use mio::event::Event;
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::access::Access;
+use crate::buffer::BufferPool;
+use crate::conn::{Context, Verdict};
+use crate::limits::Limits;
+use crate::proto::{ErrorCode, ErrorMessage};
+use crate::service::echo::UdpEcho;
+use crate::sys::process::ChildTable;
+use crate::sys::root::Root;
+use crate::throttle::LogThrottle;
+use crate::timer::{Clock, Tick, TimerQueue};
+use children::ConnChildren;
+use slots::Slot;
+use token::{ConnKey, Source, TimerKey};
+
+/// Events taken from the kernel per `poll` call.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// How long accepting pauses after an `accept` failure it cannot work around: out of
+/// descriptors with no spare left, or an error that is not about one pending connection.
+/// Closing any connection resumes it sooner.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Stale timer entries tolerated beyond one per open connection before the queue is swept
+/// (`Core::sweep_timers`); the sweep is O(entries), so it runs at most once per this many
+/// closes, keeping its cost per close constant.
+const TIMER_SLACK: usize = 64;
+
+/// Bytes a refused client may already have sent that are read and dropped before the close, so
+/// the close goes out as FIN rather than a reset that could destroy the SERVER_BUSY frame. A
+/// client that pipelined more may still see a reset.
+const REFUSE_DRAIN_BYTES: usize = 64 << 10;
+
+/// Text of the ERROR frame sent to a framed client that cannot be admitted.
+const BUSY_TEXT: &str = "server busy: connection limit reached, try again later";
+
+/// After the shutdown grace period, how long the loop waits for killed children to be reaped
+/// before it exits anyway.
+const FINAL_REAP: Duration = Duration::from_secs(2);
+
+/// Sockets handed to the reactor, already bound.
+#[derive(Debug)]
+pub struct Sockets {
+    /// The framed-protocol listener.
+    pub framed: TcpListener,
+    /// The raw echo listener, if enabled.
+    pub echo_tcp: Option<TcpListener>,
+    /// The UDP echo socket, if enabled.
+    pub echo_udp: Option<UdpSocket>,
+}
+
+/// Everything the reactor is built from.
+#[derive(Debug)]
+pub struct Setup {
+    /// The bound sockets.
+    pub sockets: Sockets,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// The token, and whether commands run.
+    pub access: Access,
+    /// The root directory commands run under; needed when `access.exec` is set.
+    pub root: Option<Root>,
+    /// Shut down gracefully on SIGINT/SIGTERM.
+    pub handle_signals: bool,
+}
+
+/// Asks a running reactor to shut down, from any thread (tests, an embedding program).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    waker: Arc<Waker>,
+    requested: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    /// Starts the same graceful shutdown as SIGTERM.
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.requested.store(true, Ordering::Release);
+        self.waker.wake()
+    }
+}
+
+/// Counters the loop keeps, for tests and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReactorStats {
+    /// Connections admitted.
+    pub accepted: u64,
+    /// Connections refused at the connection limit or shed when out of descriptors.
+    pub refused: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Commands started.
+    pub commands: u64,
+}
+
+/// The event loop and everything it owns. Built by [`crate::server::Server::bind`].
+pub struct Reactor {
+    events: Events,
+    core: Core,
+}
+
+/// What a connection's drive borrows from the loop, kept apart from the slab so that one slot
+/// and these can be borrowed at the same time.
+struct Env {
+    poll: Poll,
+    pool: BufferPool,
+    limits: Limits,
+    access: Access,
+    children: ChildTable,
+    root: Option<Root>,
+    timers: TimerQueue<Token>,
+    auth_log: LogThrottle,
+    clock: Clock,
+    now: Tick,
+    /// Turns of the loop so far.
+    turn: u64,
+}
+
+impl Env {
+    /// Runs `work` with the [`Context`] of connection `key`: the pool, the limits, the time,
+    /// the access rules and, when commands are enabled, the child processes.
+    fn with_context<R>(&mut self, key: ConnKey, work: impl FnOnce(&mut Context<'_>) -> R) -> R {
+        let mut host = self.root.as_ref().map(|root| ConnChildren {
+            table: &mut self.children,
+            root,
+            registry: self.poll.registry(),
+            timers: &mut self.timers,
+            limits: &self.limits,
+            key,
+            now: self.now,
+        });
+        let children = if self.access.exec {
+            host.as_mut()
+                .map(|host| host as &mut dyn crate::service::exec::Children)
+        } else {
+            None
+        };
+        let mut cx = Context {
+            pool: &mut self.pool,
+            limits: &self.limits,
+            now: self.now,
+            access: &self.access,
+            children,
+            turn: self.turn,
+            auth_log: Some(&mut self.auth_log),
+        };
+        work(&mut cx)
+    }
+}
+
+/// The loop's state, apart from the event buffer (which `poll` borrows while handlers run).
+struct Core {
+    env: Env,
+    framed_listener: Option<TcpListener>,
+    echo_listener: Option<TcpListener>,
+    udp: Option<UdpEcho<UdpSocket>>,
+    udp_registered: Interest,
+    signals: Option<Signals>,
+    waker: Arc<Waker>,
+    shutdown_requested: Arc<AtomicBool>,
+    conns: Slab<Slot>,
+    next_generation: u32,
+    /// Sources to serve next turn without waiting for readiness.
+    ready: Vec<Source>,
+    /// The ready list being served this turn (swapped with `ready`, so neither reallocates).
+    ready_now: Vec<Source>,
+    /// Static sources currently on `ready` (bit per listener and the UDP socket).
+    static_queued: u8,
+    to_close: Vec<usize>,
+    spare_fd: Option<File>,
+    accept_paused: bool,
+    refuse_log: LogThrottle,
+    emfile_log: LogThrottle,
+    shutdown_deadline: Option<Tick>,
+    /// The shutdown grace period has ended: whatever is left is killed.
+    grace_over: bool,
+    busy_frame: Vec<u8>,
+    stats: ReactorStats,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("connections", &self.core.conns.len())
+            .field("children", &self.core.env.children.len())
+            .field("stats", &self.core.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reactor {
+    /// Registers the sockets with a new poll. With `handle_signals`, SIGINT and SIGTERM start a
+    /// graceful shutdown (through a self-pipe in the same poll: no thread, and the handler does
+    /// nothing but write a byte).
+    pub fn new(setup: Setup) -> io::Result<Reactor> {
+        let Setup {
+            sockets,
+            limits,
+            access,
+            root,
+            handle_signals,
+        } = setup;
+        if access.exec && root.is_none() {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "commands need a root directory",
+            ));
+        }
+        let poll = Poll::new()?;
+        let registry = poll.registry();
+        let Sockets {
+            mut framed,
+            mut echo_tcp,
+            echo_udp,
+        } = sockets;
+        registry.register(
+            &mut framed,
+            Source::FramedListener.token(),
+            Interest::READABLE,
+        )?;
+        if let Some(listener) = echo_tcp.as_mut() {
+            registry.register(listener, Source::EchoListener.token(), Interest::READABLE)?;
+        }
+        let mut udp = echo_udp.map(UdpEcho::new);
+        if let Some(udp) = udp.as_mut() {
+            registry.register(udp.socket_mut(), Source::Udp.token(), Interest::READABLE)?;
+        }
+        let signals = if handle_signals {
+            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])?;
+            registry.register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+        let waker = Arc::new(Waker::new(registry, Source::Waker.token())?);
+        let mut busy_frame = Vec::new();
+        ErrorMessage::new(ErrorCode::ServerBusy, BUSY_TEXT).encode(0, &mut busy_frame);
+        // Reserved up front: virtual memory only until used, and no reallocation (with its
+        // copy of every entry) as connections arrive.
+        let capacity = limits.max_connections;
+        let env = Env {
+            poll,
+            pool: BufferPool::new(limits.io_buffer_len, limits.pooled_buffers),
+            children: ChildTable::new(limits.max_exec),
+            root,
+            timers: TimerQueue::with_capacity(capacity),
+            auth_log: LogThrottle::default(),
+            clock: Clock::start(),
+            now: Tick(0),
+            turn: 0,
+            access,
+            limits,
+        };
+        let core = Core {
+            env,
+            framed_listener: Some(framed),
+            echo_listener: echo_tcp,
+            udp,
+            udp_registered: Interest::READABLE,
+            signals,
+            waker: Arc::clone(&waker),
+            shutdown_requested: Arc::new(AtomicBool::new(false)),
+            conns: Slab::with_capacity(capacity),
+            next_generation: 0,
+            ready: Vec::with_capacity(capacity),
+            ready_now: Vec::with_capacity(capacity),
+            static_queued: 0,
+            to_close: Vec::with_capacity(capacity),
+            spare_fd: accept::open_spare_fd(),
+            accept_paused: false,
+            refuse_log: LogThrottle::default(),
+            emfile_log: LogThrottle::default(),
+            shutdown_deadline: None,
+            grace_over: false,
+            busy_frame,
+            stats: ReactorStats::default(),
+        };
+        Ok(Reactor {
+            events: Events::with_capacity(EVENTS_PER_POLL),
+            core,
+        })
+    }
+
+    /// A handle that starts a graceful shutdown from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            waker: Arc::clone(&self.core.waker),
+            requested: Arc::clone(&self.core.shutdown_requested),
+        }
+    }
+
+    /// Runs until a shutdown completes. Returns an error only if `poll` itself fails.
+    pub fn run(mut self) -> io::Result<ReactorStats> {
+        let core = &mut self.core;
+        loop {
+            std::mem::swap(&mut core.ready, &mut core.ready_now);
+            core.static_queued = 0;
+            core.env.turn += 1;
+            // `now` was read after the previous poll, so a deadline fires late by at most the
+            // time that turn's handlers took; in exchange the clock is read once per turn.
+            let timeout = if core.ready_now.is_empty() {
+                core.env
+                    .timers
+                    .next_deadline()
+                    .map(|deadline| core.env.now.until(deadline))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(error) = core.env.poll.poll(&mut self.events, timeout) {
+                if error.kind() != ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            core.env.now = core.env.clock.now();
+            for event in self.events.iter() {
+                core.handle_event(event);
+            }
+            core.serve_ready_list();
+            core.fire_timers();
+            core.close_marked();
+            if let Some(stats) = core.shutdown_complete() {
+                return Ok(stats);
+            }
+        }
+    }
+}
+
+impl Core {
+    fn handle_event(&mut self, event: &Event) {
+        let Some(source) = Source::from_token(event.token()) else {
+            trace!("event for unknown token {:?}", event.token());
+            return;
+        };
+        // Error and hang-up flags only make us try: the read or write says what happened.
+        let read_closed = event.is_read_closed() || event.is_error();
+        let readable = event.is_readable() || read_closed;
+        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+        match source {
+            Source::Conn(key, sub) => self.serve_conn(key, sub, readable, writable, read_closed),
+            Source::FramedListener | Source::EchoListener => self.accept(source),
+            Source::Udp => self.serve_udp(readable, writable),
+            Source::Released(child) => self.serve_released(child),
+            Source::Signals => self.drain_signals(),
+            Source::Waker => {
+                if self.shutdown_requested.swap(false, Ordering::AcqRel) {
+                    self.begin_shutdown("shutdown requested");
+                }
+            }
+        }
+    }
+
+    fn serve_ready_list(&mut self) {
+        for index in 0..self.ready_now.len() {
+            match self.ready_now[index] {
+                Source::Conn(key, _) => {
+                    if let Some(slot) = slots::live_slot(&mut self.conns, key) {
+                        slot.queued = false;
+                        self.drive_slot(key);
+                    }
+                }
+                source @ (Source::FramedListener | Source::EchoListener) => self.accept(source),
+                Source::Udp => self.serve_udp(false, false),
+                Source::Signals | Source::Waker | Source::Released(_) => {}
+            }
+        }
+        self.ready_now.clear();
+    }
+
+    fn queue_static(&mut self, source: Source) {
+        let bit = match source {
+            Source::FramedListener => 1 << 0,
+            Source::EchoListener => 1 << 1,
+            Source::Udp => 1 << 2,
+            Source::Signals | Source::Waker | Source::Conn(..) | Source::Released(_) => {
+                debug_assert!(false, "{source:?} is not queued through queue_static");
+                return;
+            }
+        };
+        if self.static_queued & bit == 0 {
+            self.static_queued |= bit;
+            self.ready.push(source);
+        }
+    }
+
+    // === UDP ===
+
+    fn serve_udp(&mut self, readable: bool, writable: bool) {
+        let Some(udp) = self.udp.as_mut() else {
+            return;
+        };
+        udp.on_ready(readable, writable);
+        if udp.drive(&self.env.limits, self.env.now) == Verdict::Again {
+            self.queue_static(Source::Udp);
+        }
+        let Some(udp) = self.udp.as_mut() else {
+            return;
+        };
+        let wanted = udp.interest();
+        if wanted != self.udp_registered {
+            match self
+                .env
+                .poll
+                .registry()
+                .reregister(udp.socket_mut(), Source::Udp.token(), wanted)
+            {
+                Ok(()) => self.udp_registered = wanted,
+                Err(error) => warn!("re-register of the UDP socket failed: {error}"),
+            }
+        }
+    }
+
+    // === Timers ===
+
+    fn fire_timers(&mut self) {
+        while let Some((at, token)) = self.env.timers.pop_due(self.env.now) {
+            let Some(key) = TimerKey::unpack(token) else {
+                continue;
+            };
+            match key {
+                TimerKey::Conn(key) => self.conn_timer(key, at),
+                TimerKey::Released(child) => self.released_timer(child),
+                TimerKey::ShutdownGrace => {
+                    info!(
+                        "shutdown grace period over: closing {} connections",
+                        self.conns.len()
+                    );
+                    self.grace_over = true;
+                    self.close_all();
+                }
+                TimerKey::AcceptRetry => {
+                    if self.accept_paused {
+                        self.resume_accepting();
+                    }
+                }
+            }
+        }
+    }
+
+    // === Shutdown ===
+
+    fn drain_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let received: Vec<i32> = signals.pending().collect();
+        for signal in received {
+            let name = if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            self.begin_shutdown(name);
+        }
+    }
+
+    /// Stops accepting, stops running commands, tells every framed client SHUTTING_DOWN, and
+    /// gives pending output the grace period to drain. A second request closes everything at
+    /// once.
+    fn begin_shutdown(&mut self, why: &str) {
+        if self.shutdown_deadline.is_some() {
+            info!("{why} again: closing {} connections now", self.conns.len());
+            self.grace_over = true;
+            self.close_all();
+            return;
+        }
+        let grace = self.env.limits.shutdown_grace;
+        let commands = self.env.children.len();
+        info!(
+            "{why}: shutting down; waiting up to {grace:?} for {} clients{}; send it again to stop at once",
+            self.conns.len(),
+            if commands > 0 {
+                format!(" and {commands} commands")
+            } else {
+                String::new()
+            }
+        );
+        let registry = self.env.poll.registry();
+        for listener in [self.framed_listener.take(), self.echo_listener.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut listener = listener;
+            let _ = registry.deregister(&mut listener);
+        }
+        if let Some(mut udp) = self.udp.take() {
+            let _ = registry.deregister(udp.socket_mut());
+            let stats = udp.stats();
+            info!(
+                "udp echo: {} echoed, {} dropped (queue full), {} ignored (source port), {} send errors",
+                stats.echoed,
+                stats.dropped_queue_full,
+                stats.refused_source_port,
+                stats.send_errors
+            );
+        }
+        let deadline = self.env.now.after(grace);
+        self.shutdown_deadline = Some(deadline);
+        self.env
+            .timers
+            .push(deadline, TimerKey::ShutdownGrace.pack());
+        let keys: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, slot)| !slot.closing)
+            .map(|(index, slot)| ConnKey {
+                slot: index as u32,
+                generation: slot.generation,
+            })
+            .collect();
+        for key in keys {
+            if let Some(slot) = self.conns.get_mut(key.slot as usize) {
+                self.env
+                    .with_context(key, |cx| slot.conn.begin_shutdown(grace, cx));
+                self.drive_slot(key);
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        let indices: Vec<usize> = self.conns.iter().map(|(index, _)| index).collect();
+        for index in indices {
+            self.mark_closing(index);
+        }
+    }
+
+    /// After a shutdown started: the stats once every connection is closed and every child
+    /// reaped (or, after the grace period, killed and reaped as far as possible).
+    fn shutdown_complete(&mut self) -> Option<ReactorStats> {
+        self.shutdown_deadline?;
+        if !self.conns.is_empty() {
+            return None;
+        }
+        if !self.env.children.is_empty() {
+            if !self.grace_over {
+                return None; // released commands are being stopped; their exits come in
+            }
+            self.env.children.kill_and_reap_all(FINAL_REAP);
+        }
+        let stats = self.stats;
+        let children = self.env.children.stats();
+        info!(
+            "shutdown complete: {} connections accepted, {} refused, {} closed; {} commands started, {} reaped",
+            stats.accepted, stats.refused, stats.closed, children.spawned, children.reaped
+        );
+        Some(ReactorStats {
+            commands: children.spawned,
+            ..stats
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! The slab of connections: serving an event, driving a connection and applying its verdict,
+//! deferred closing, and the connection timers.
+
+use log::{debug, trace, warn};
+use mio::Interest;
+use mio::net::TcpStream;
+use slab::Slab;
+
+use super::token::{ConnKey, Source, Sub, TimerKey};
+use super::{Core, TIMER_SLACK};
+use crate::conn::{Connection, Verdict};
+use crate::timer::Tick;
+
+/// A slab entry: the socket, its state machine, and the loop's bookkeeping for it.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) socket: TcpStream,
+    pub(super) conn: Connection,
+    pub(super) generation: u32,
+    /// The interest the socket is registered with, to re-register only on change.
+    pub(super) registered: Interest,
+    /// Deadline of this slot's live entry in the timer queue ([`Tick::NEVER`]: none).
+    pub(super) armed: Tick,
+    /// On the ready list already.
+    pub(super) queued: bool,
+    /// Marked for closing at the end of the batch.
+    pub(super) closing: bool,
+}
+
+/// The slot for `key`, unless it was closed (or marked for closing) since the token was issued.
+pub(super) fn live_slot(conns: &mut Slab<Slot>, key: ConnKey) -> Option<&mut Slot> {
+    conns
+        .get_mut(key.slot as usize)
+        .filter(|slot| slot.generation == key.generation && !slot.closing)
+}
+
+impl Core {
+    /// An event for one of a connection's descriptors: record the readiness where it belongs,
+    /// then drive the connection (unless it waits on the ready list already).
+    pub(super) fn serve_conn(
+        &mut self,
+        key: ConnKey,
+        sub: Sub,
+        readable: bool,
+        writable: bool,
+        read_closed: bool,
+    ) {
+        let Some(slot) = live_slot(&mut self.conns, key) else {
+            trace!("stale or closing token {key:?} ignored");
+            return;
+        };
+        match sub {
+            Sub::Socket => {
+                slot.conn.on_ready(readable, writable);
+                if read_closed {
+                    slot.conn.on_read_closed();
+                }
+            }
+            Sub::Child(index, source) => slot.conn.on_child_ready(index, source),
+        }
+        // Already on a ready list: it is driven there, with the readiness just recorded. Driving
+        // it here too would give it two budgets in one turn.
+        if slot.queued {
+            return;
+        }
+        self.drive_slot(key);
+    }
+
+    /// Drives a connection and applies the verdict: close, queue, re-register, re-arm.
+    pub(super) fn drive_slot(&mut self, key: ConnKey) {
+        let index = key.slot as usize;
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        let verdict = self
+            .env
+            .with_context(key, |cx| slot.conn.drive(&mut slot.socket, cx));
+        match verdict {
+            Verdict::Close => {
+                self.mark_closing(index);
+                return;
+            }
+            Verdict::Again if !slot.queued => {
+                slot.queued = true;
+                self.ready.push(Source::Conn(key, Sub::Socket));
+            }
+            Verdict::Again | Verdict::Wait => {}
+        }
+        let wanted = slot.conn.interest();
+        if wanted != slot.registered {
+            if let Err(error) =
+                self.env
+                    .poll
+                    .registry()
+                    .reregister(&mut slot.socket, key.socket(), wanted)
+            {
+                warn!("re-register of {key:?} failed: {error}");
+                self.mark_closing(index);
+                return;
+            }
+            slot.registered = wanted;
+        }
+        let deadline = slot.conn.deadline(&self.env.limits);
+        if deadline < slot.armed {
+            slot.armed = deadline;
+            self.env.timers.push(deadline, TimerKey::Conn(key).pack());
+        }
+    }
+
+    pub(super) fn mark_closing(&mut self, index: usize) {
+        if let Some(slot) = self.conns.get_mut(index) {
+            if !slot.closing {
+                slot.closing = true;
+                self.to_close.push(index);
+            }
+        }
+    }
+
+    /// Closes every connection marked in this batch. Done last in the turn, so no event of this
+    /// batch can reach a new connection that reuses the slot. A connection's commands are
+    /// released to the I/O layer, which stops and reaps them.
+    pub(super) fn close_marked(&mut self) {
+        let closed_any = !self.to_close.is_empty();
+        let mut to_close = std::mem::take(&mut self.to_close);
+        for index in to_close.drain(..) {
+            let mut slot = self.conns.remove(index);
+            if let Err(error) = self.env.poll.registry().deregister(&mut slot.socket) {
+                debug!("deregister failed: {error}");
+            }
+            let key = ConnKey {
+                slot: index as u32,
+                generation: slot.generation,
+            };
+            self.env.with_context(key, |cx| slot.conn.release(cx));
+            self.stats.closed += 1;
+            trace!("closed slot {index} (generation {})", slot.generation);
+        }
+        self.to_close = to_close;
+        if closed_any && self.accept_paused {
+            self.resume_accepting();
+        }
+        if self.env.timers.len() > 2 * self.conns.len() + TIMER_SLACK + self.env.children.len() {
+            self.sweep_timers();
+        }
+    }
+
+    /// Drops timer entries nothing live owns: those of closed connections (their idle entry
+    /// lingers until it would fire), those superseded by an earlier deadline, and kill
+    /// deadlines of children already reaped. Without this, connection churn would grow the
+    /// heap by one entry per connection for a whole idle timeout.
+    pub(super) fn sweep_timers(&mut self) {
+        let conns = &self.conns;
+        let children = &self.env.children;
+        self.env
+            .timers
+            .retain(|at, token| match TimerKey::unpack(token) {
+                Some(TimerKey::Conn(key)) => conns
+                    .get(key.slot as usize)
+                    .is_some_and(|slot| slot.generation == key.generation && slot.armed == at),
+                Some(TimerKey::Released(child)) => children.released_deadline(child) == Some(at),
+                Some(TimerKey::ShutdownGrace | TimerKey::AcceptRetry) => true,
+                None => false,
+            });
+    }
+
+    pub(super) fn conn_timer(&mut self, key: ConnKey, at: Tick) {
+        let now = self.env.now;
+        let Some(slot) = live_slot(&mut self.conns, key) else {
+            return;
+        };
+        if slot.armed != at {
+            return; // superseded by an earlier entry
+        }
+        slot.armed = Tick::NEVER;
+        if slot.conn.deadline(&self.env.limits) <= now {
+            self.env.with_context(key, |cx| slot.conn.on_deadline(cx));
+        }
+        // Either acts on what the deadline produced (a TIMEOUT frame, a signal) or re-arms.
+        self.drive_slot(key);
+    }
+}

@@ -1,0 +1,633 @@
+//! Child processes: spawn, pipes, pidfds, process-group signals and reaping. The one place in
+//! the server that owns a child's descriptors.
+//!
+//! - **Spawn** goes through `std::process::Command` (posix_spawn underneath): argv exactly as
+//!   the client sent it, the program looked up in a fixed `PATH` here (so a missing program is
+//!   a clear `NOT_FOUND`, not an exec failure in the child), a clean environment
+//!   ([`EXEC_ENV`]), the working directory opened beneath the root and entered through its
+//!   descriptor, and its own process group (`process_group(0)`), so one signal reaches
+//!   everything it started.
+//! - **Pipes** are made non-blocking on the server's end only. `O_NONBLOCK` lives in the open
+//!   file description, which the child shares for *its* end of nothing here: each end of a
+//!   pipe is its own description, so the child's ends stay blocking, as programs expect.
+//!   (`mio`'s `From<ChildStdout>` does not set the flag; we do.)
+//! - **Exit** is seen through a pidfd registered in the poll (readable once the process has
+//!   exited), as tokio's `pidfd_reaper` does. The status is read with `waitid(P_PIDFD,
+//!   WNOWAIT)`, leaving the process a zombie until the connection is done with it: while it
+//!   is unreaped its process group id cannot be reused, so the final `kill(-pgid)` for
+//!   leftovers can never reach a stranger. On a kernel without pidfds (before 5.3) spawning
+//!   fails with a clear error; the fallback would be a SIGCHLD self-pipe that, on each signal,
+//!   try-waits *every* child (signals coalesce) — documented, not built.
+//! - **Release**: a child the connection is done with (EXIT sent, or the connection gone) has
+//!   its pipes closed, its group signalled, and is reaped — at once if it has exited, else
+//!   after TERM, then KILL after the grace, when its pidfd fires. Nothing is left a zombie.
+
+use std::ffi::OsStr;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::unix::SourceFd;
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Interest, Registry, Token};
+use rustix::process::{Pid, PidfdFlags, WaitIdOptions, WaitIdStatus};
+use slab::Slab;
+
+use crate::proto::exec::{EndReason, Signal, Termination};
+use crate::service::exec::{ChildId, ChildSource, OutputPipe, SpawnError, SpawnSpec, Spawned};
+use crate::sys::root::{Root, RootError};
+use crate::timer::Tick;
+
+/// The search path for programs named without a `/`, and the `PATH` every command gets.
+pub const EXEC_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The environment every command gets, besides `HOME` (the root directory). Nothing comes from
+/// the client or from the server's own environment (sshd's `PermitUserEnvironment no`).
+pub const EXEC_ENV: [(&str, &str); 2] = [("PATH", EXEC_PATH), ("LANG", "C.UTF-8")];
+
+/// Who a child belongs to.
+#[derive(Debug)]
+enum Owner {
+    /// A connection: its pipes are registered under that connection's tokens.
+    Connection,
+    /// Released before it exited: only its pidfd is registered, and it is killed at `kill_at`.
+    Released {
+        reason: EndReason,
+        kill_at: Tick,
+        killed: bool,
+    },
+}
+
+/// One child process and every descriptor the server holds for it.
+#[derive(Debug)]
+struct ChildProcess {
+    pid: Pid,
+    pidfd: OwnedFd,
+    stdin: Option<Sender>,
+    stdout: Option<Receiver>,
+    stderr: Option<Receiver>,
+    /// Set once `waitid(WNOWAIT)` saw the exit.
+    exited: Option<Termination>,
+    owner: Owner,
+}
+
+/// Counters for logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildStats {
+    /// Commands started.
+    pub spawned: u64,
+    /// Commands reaped.
+    pub reaped: u64,
+    /// Spawn attempts refused or failed.
+    pub failed: u64,
+}
+
+/// Every child process of the server, whether a connection still owns it or it was released
+/// and awaits reaping.
+#[derive(Debug)]
+pub struct ChildTable {
+    children: Slab<ChildProcess>,
+    max: usize,
+    stats: ChildStats,
+}
+
+impl ChildTable {
+    /// An empty table that holds at most `max` children (`Limits::max_exec`).
+    pub fn new(max: usize) -> ChildTable {
+        ChildTable {
+            children: Slab::with_capacity(max),
+            max,
+            stats: ChildStats::default(),
+        }
+    }
+
+    /// Children alive or unreaped.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ChildStats {
+        self.stats
+    }
+
+    /// Starts `spec` under `root`, registering its descriptors with `registry` under the
+    /// tokens `tokens` gives for each [`ChildSource`].
+    pub fn spawn(
+        &mut self,
+        spec: &SpawnSpec<'_>,
+        root: &Root,
+        registry: &Registry,
+        tokens: impl Fn(ChildSource) -> Token,
+    ) -> Result<Spawned, SpawnError> {
+        let result = self.try_spawn(spec, root, registry, tokens);
+        match &result {
+            Ok(spawned) => {
+                self.stats.spawned += 1;
+                debug!("spawned pid {} as child {}", spawned.pid, spawned.child.0);
+            }
+            Err(error) => {
+                self.stats.failed += 1;
+                debug!("spawn refused: {error}");
+            }
+        }
+        result
+    }
+
+    fn try_spawn(
+        &mut self,
+        spec: &SpawnSpec<'_>,
+        root: &Root,
+        registry: &Registry,
+        tokens: impl Fn(ChildSource) -> Token,
+    ) -> Result<Spawned, SpawnError> {
+        if self.children.len() >= self.max {
+            return Err(SpawnError::LimitReached(format!(
+                "{} commands are running on this server, its limit",
+                self.max
+            )));
+        }
+        let cwd = root.open_dir(spec.cwd).map_err(|error| match error {
+            RootError::NotFound => {
+                SpawnError::NotFound(format!("working directory {:?}: {error}", spec.cwd))
+            }
+            RootError::Syntax(_) | RootError::Escapes => {
+                SpawnError::PermissionDenied(format!("working directory {:?}: {error}", spec.cwd))
+            }
+            RootError::Io(error) => spawn_io_error("working directory", &error),
+        })?;
+        let name = spec.argv[0];
+        let program = resolve_program(name)?;
+        let mut command = Command::new(&program);
+        command
+            .arg0(OsStr::from_bytes(name))
+            .args(spec.argv[1..].iter().map(|arg| OsStr::from_bytes(arg)))
+            .env_clear()
+            .envs(EXEC_ENV)
+            .env("HOME", root.path())
+            // The directory is entered through the descriptor just opened beneath the root,
+            // so nothing renamed in between can redirect it.
+            .current_dir(format!("/proc/self/fd/{}", cwd.as_raw_fd()))
+            .process_group(0)
+            .stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .map_err(|error| spawn_io_error(&String::from_utf8_lossy(name), &error))?;
+        drop(cwd);
+        let raw_pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        let Some(pid) = Pid::from_raw(raw_pid) else {
+            return Err(SpawnError::Failed("spawn returned pid 0".to_string()));
+        };
+        let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                // Without a pidfd the loop would never hear of the exit: undo the spawn.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SpawnError::Failed(format!(
+                    "pidfd_open: {} (needs Linux 5.3 or later)",
+                    io::Error::from(errno)
+                )));
+            }
+        };
+        let mut process = ChildProcess {
+            pid,
+            pidfd,
+            stdin: child.stdin.take().map(Sender::from),
+            stdout: child.stdout.take().map(Receiver::from),
+            stderr: child.stderr.take().map(Receiver::from),
+            exited: None,
+            owner: Owner::Connection,
+        };
+        // `std::process::Child` neither kills nor waits when dropped; the pidfd takes over.
+        drop(child);
+        if let Err(error) = register(&mut process, registry, &tokens) {
+            deregister_pipes(&mut process, registry);
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            reap_blocking(&process, Duration::from_secs(1));
+            return Err(spawn_io_error("poll registration", &error));
+        }
+        let pid_number = raw_pid as u32;
+        let child = ChildId(self.children.insert(process) as u32);
+        Ok(Spawned {
+            child,
+            pid: pid_number,
+        })
+    }
+
+    /// Reads from an output pipe; a closed pipe reads as EOF.
+    pub fn read(&mut self, id: ChildId, pipe: OutputPipe, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(process) = self.children.get_mut(id.0 as usize) else {
+            return Ok(0);
+        };
+        let receiver = match pipe {
+            OutputPipe::Stdout => process.stdout.as_mut(),
+            OutputPipe::Stderr => process.stderr.as_mut(),
+        };
+        match receiver {
+            Some(receiver) => receiver.read(buf),
+            None => Ok(0),
+        }
+    }
+
+    /// Writes to the stdin pipe; a closed pipe fails with `BrokenPipe`.
+    pub fn write_stdin(&mut self, id: ChildId, bytes: &[u8]) -> io::Result<usize> {
+        match self
+            .children
+            .get_mut(id.0 as usize)
+            .and_then(|process| process.stdin.as_mut())
+        {
+            Some(sender) => sender.write(bytes),
+            None => Err(ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Closes the stdin pipe.
+    pub fn close_stdin(&mut self, id: ChildId, registry: &Registry) {
+        if let Some(mut sender) = self
+            .children
+            .get_mut(id.0 as usize)
+            .and_then(|process| process.stdin.take())
+        {
+            let _ = registry.deregister(&mut sender);
+        }
+    }
+
+    /// Closes an output pipe.
+    pub fn close_output(&mut self, id: ChildId, pipe: OutputPipe, registry: &Registry) {
+        let Some(process) = self.children.get_mut(id.0 as usize) else {
+            return;
+        };
+        let receiver = match pipe {
+            OutputPipe::Stdout => process.stdout.take(),
+            OutputPipe::Stderr => process.stderr.take(),
+        };
+        if let Some(mut receiver) = receiver {
+            let _ = registry.deregister(&mut receiver);
+        }
+    }
+
+    /// Sends `signal` to the child's process group (not after its exit: the group may be all
+    /// gone, and its id reserved only by the zombie is still safe, but there is nothing to
+    /// stop).
+    pub fn signal(&mut self, id: ChildId, signal: Signal) -> io::Result<()> {
+        let Some(process) = self.children.get(id.0 as usize) else {
+            return Ok(());
+        };
+        signal_group(process.pid, signal)
+    }
+
+    /// The child's termination once it has exited, without reaping it.
+    pub fn exit_status(&mut self, id: ChildId) -> io::Result<Option<Termination>> {
+        let Some(process) = self.children.get_mut(id.0 as usize) else {
+            return Ok(None);
+        };
+        peek_exit(process)
+    }
+
+    /// The owner is done with the child. If it has exited, whatever is left of its group is
+    /// killed and it is reaped now (`None`). Otherwise its group gets SIGTERM, its pidfd is
+    /// re-registered under `released_token`, and the caller must call
+    /// [`ChildTable::on_deadline`] at the returned time to send SIGKILL.
+    pub fn release(
+        &mut self,
+        id: ChildId,
+        reason: EndReason,
+        registry: &Registry,
+        released_token: Token,
+        kill_at: Tick,
+    ) -> Option<Tick> {
+        let process = self.children.get_mut(id.0 as usize)?;
+        deregister_pipes(process, registry);
+        if process.exited.is_none() {
+            let _ = peek_exit(process);
+        }
+        if process.exited.is_some() {
+            self.finish(id);
+            return None;
+        }
+        debug!(
+            "child {} (pid {}) released while running ({reason}): SIGTERM to its group",
+            id.0,
+            process.pid.as_raw_nonzero()
+        );
+        let _ = signal_group(process.pid, Signal::Term);
+        let fd = process.pidfd.as_raw_fd();
+        if let Err(error) =
+            registry.reregister(&mut SourceFd(&fd), released_token, Interest::READABLE)
+        {
+            warn!("cannot watch released child {}: {error}", id.0);
+        }
+        process.owner = Owner::Released {
+            reason,
+            kill_at,
+            killed: false,
+        };
+        Some(kill_at)
+    }
+
+    /// A released child's pidfd became readable: reap it if it has exited.
+    pub fn on_released_event(&mut self, id: ChildId) {
+        let Some(process) = self.children.get_mut(id.0 as usize) else {
+            return;
+        };
+        if !matches!(process.owner, Owner::Released { .. }) {
+            return;
+        }
+        if let Ok(Some(_)) = peek_exit(process) {
+            self.finish(id);
+        }
+    }
+
+    /// A released child's kill deadline: SIGKILL to its group if it is still running.
+    pub fn on_deadline(&mut self, id: ChildId, now: Tick) {
+        let Some(process) = self.children.get_mut(id.0 as usize) else {
+            return;
+        };
+        if let Owner::Released {
+            kill_at, killed, ..
+        } = &mut process.owner
+        {
+            if !*killed && now >= *kill_at {
+                *killed = true;
+                debug!(
+                    "child {} (pid {}) outlived its grace: SIGKILL to its group",
+                    id.0,
+                    process.pid.as_raw_nonzero()
+                );
+                let _ = signal_group(process.pid, Signal::Kill);
+            }
+        }
+    }
+
+    /// The released children still waiting, with their kill deadlines (for a timer sweep).
+    pub fn released_deadline(&self, id: ChildId) -> Option<Tick> {
+        match self.children.get(id.0 as usize)?.owner {
+            Owner::Released {
+                kill_at,
+                killed: false,
+                ..
+            } => Some(kill_at),
+            _ => None,
+        }
+    }
+
+    /// Last resort at exit: SIGKILL every group and reap every child, waiting at most
+    /// `within` in all. Returns how many could not be reaped in time.
+    pub fn kill_and_reap_all(&mut self, within: Duration) -> usize {
+        for (_, process) in self.children.iter() {
+            let _ = signal_group(process.pid, Signal::Kill);
+        }
+        let deadline = Instant::now() + within;
+        let ids: Vec<usize> = self.children.iter().map(|(id, _)| id).collect();
+        let mut left = 0;
+        for id in ids {
+            let process = &self.children[id];
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if reap_blocking(process, remaining) {
+                self.children.remove(id);
+                self.stats.reaped += 1;
+            } else {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            warn!("{left} children could not be reaped before exit");
+        }
+        left
+    }
+
+    /// Kills what is left of an exited child's group, reaps it and forgets it.
+    fn finish(&mut self, id: ChildId) {
+        let process = self.children.remove(id.0 as usize);
+        // The zombie still holds the group id, so this cannot reach another group.
+        match signal_group(process.pid, Signal::Kill) {
+            Ok(()) => debug!(
+                "killed what was left of process group {}",
+                process.pid.as_raw_nonzero()
+            ),
+            Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(error) => debug!("kill of a finished group: {error}"),
+        }
+        match rustix::process::waitid(
+            rustix::process::WaitId::PidFd(process.pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(_) => self.stats.reaped += 1,
+            Err(errno) => warn!(
+                "reaping pid {} failed: {}",
+                process.pid.as_raw_nonzero(),
+                io::Error::from(errno)
+            ),
+        }
+        if let Owner::Released { reason, .. } = process.owner {
+            info!(
+                "command pid {} ended after its client was gone ({reason}): {}",
+                process.pid.as_raw_nonzero(),
+                process
+                    .exited
+                    .map_or_else(|| "status unknown".to_string(), describe)
+            );
+        }
+    }
+}
+
+fn describe(termination: Termination) -> String {
+    match termination {
+        Termination::Exited(code) => format!("exit code {code}"),
+        Termination::Signaled { signal, .. } => format!("signal {signal}"),
+    }
+}
+
+fn register(
+    process: &mut ChildProcess,
+    registry: &Registry,
+    tokens: &impl Fn(ChildSource) -> Token,
+) -> io::Result<()> {
+    for receiver in [process.stdout.as_mut(), process.stderr.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        receiver.set_nonblocking(true)?;
+    }
+    if let Some(sender) = process.stdin.as_mut() {
+        sender.set_nonblocking(true)?;
+        registry.register(sender, tokens(ChildSource::Stdin), Interest::WRITABLE)?;
+    }
+    if let Some(receiver) = process.stdout.as_mut() {
+        registry.register(receiver, tokens(ChildSource::Stdout), Interest::READABLE)?;
+    }
+    if let Some(receiver) = process.stderr.as_mut() {
+        registry.register(receiver, tokens(ChildSource::Stderr), Interest::READABLE)?;
+    }
+    let fd = process.pidfd.as_raw_fd();
+    registry.register(
+        &mut SourceFd(&fd),
+        tokens(ChildSource::Exit),
+        Interest::READABLE,
+    )
+}
+
+fn deregister_pipes(process: &mut ChildProcess, registry: &Registry) {
+    if let Some(mut sender) = process.stdin.take() {
+        let _ = registry.deregister(&mut sender);
+    }
+    for receiver in [process.stdout.take(), process.stderr.take()]
+        .into_iter()
+        .flatten()
+    {
+        let mut receiver = receiver;
+        let _ = registry.deregister(&mut receiver);
+    }
+}
+
+fn peek_exit(process: &mut ChildProcess) -> io::Result<Option<Termination>> {
+    if process.exited.is_some() {
+        return Ok(process.exited);
+    }
+    let status = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(process.pidfd.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+    )?;
+    process.exited = status.as_ref().and_then(termination);
+    Ok(process.exited)
+}
+
+fn termination(status: &WaitIdStatus) -> Option<Termination> {
+    if let Some(code) = status.exit_status() {
+        return Some(Termination::Exited(code as u8));
+    }
+    status
+        .terminating_signal()
+        .map(|signal| Termination::Signaled {
+            signal: signal as u8,
+            core_dumped: status.dumped(),
+        })
+}
+
+fn signal_group(pid: Pid, signal: Signal) -> io::Result<()> {
+    let signal = match signal {
+        Signal::Hup => rustix::process::Signal::HUP,
+        Signal::Int => rustix::process::Signal::INT,
+        Signal::Kill => rustix::process::Signal::KILL,
+        Signal::Term => rustix::process::Signal::TERM,
+    };
+    rustix::process::kill_process_group(pid, signal).map_err(io::Error::from)
+}
+
+/// Waits for the child's exit and reaps it, polling its pidfd for at most `within`.
+fn reap_blocking(process: &ChildProcess, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        match rustix::process::waitid(
+            rustix::process::WaitId::PidFd(process.pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
+            Err(_) => return true, // already reaped (ECHILD): nothing left to wait for
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Finds `name` the way a shell would with [`EXEC_PATH`]; a name with a `/` is used as it is
+/// (relative to the command's working directory).
+fn resolve_program(name: &[u8]) -> Result<PathBuf, SpawnError> {
+    let printable = String::from_utf8_lossy(name);
+    if name.contains(&b'/') {
+        return Ok(PathBuf::from(OsStr::from_bytes(name)));
+    }
+    let mut found_not_executable = false;
+    for dir in EXEC_PATH.split(':') {
+        let candidate = PathBuf::from(dir).join(OsStr::from_bytes(name));
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if rustix::fs::access(&candidate, rustix::fs::Access::EXEC_OK).is_ok() {
+            return Ok(candidate);
+        }
+        found_not_executable = true;
+    }
+    if found_not_executable {
+        return Err(SpawnError::PermissionDenied(format!(
+            "{printable}: found in PATH ({EXEC_PATH}) but not executable"
+        )));
+    }
+    Err(SpawnError::NotFound(format!(
+        "{printable}: command not found in PATH ({EXEC_PATH})"
+    )))
+}
+
+fn spawn_io_error(what: &str, error: &io::Error) -> SpawnError {
+    let text = format!("{what}: {error}");
+    match error.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR) => SpawnError::NotFound(text),
+        Some(libc::EACCES | libc::EPERM | libc::ENOEXEC) => SpawnError::PermissionDenied(text),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => {
+            SpawnError::LimitReached(text)
+        }
+        _ => SpawnError::Failed(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_resolve_in_the_fixed_path() {
+        assert!(resolve_program(b"sh").unwrap().ends_with("sh"));
+        assert!(matches!(
+            resolve_program(b"no-such-program-anywhere"),
+            Err(SpawnError::NotFound(_))
+        ));
+        assert_eq!(
+            resolve_program(b"./local").unwrap(),
+            PathBuf::from("./local")
+        );
+    }
+
+    #[test]
+    fn spawn_errors_map_to_codes_by_errno() {
+        let error = |errno| io::Error::from_raw_os_error(errno);
+        assert!(matches!(
+            spawn_io_error("x", &error(libc::EMFILE)),
+            SpawnError::LimitReached(_)
+        ));
+        assert!(matches!(
+            spawn_io_error("x", &error(libc::EACCES)),
+            SpawnError::PermissionDenied(_)
+        ));
+        assert!(matches!(
+            spawn_io_error("x", &error(libc::ENOENT)),
+            SpawnError::NotFound(_)
+        ));
+        assert!(matches!(
+            spawn_io_error("x", &error(libc::EIO)),
+            SpawnError::Failed(_)
+        ));
+    }
+}

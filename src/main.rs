@@ -3,17 +3,21 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use log::LevelFilter;
+use monoreactor::access::{Access, load_token};
 use monoreactor::bench::{self, BenchProtocol, IdleConfig, LoadConfig};
 use monoreactor::client::Client;
 use monoreactor::limits::Limits;
-use monoreactor::server::{Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, Server};
+use monoreactor::server::{
+    Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
+};
 
 #[derive(Parser)]
 #[command(
@@ -46,8 +50,8 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// Framed-protocol listen address (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_FRAMED_ADDR)]
-    listen: SocketAddr,
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    listen: Addr,
     /// Raw TCP echo listen address, or `off`.
     #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)))]
     echo_tcp: Endpoint,
@@ -72,6 +76,30 @@ struct ServeArgs {
     /// After SIGINT/SIGTERM, seconds allowed for pending output before everything is closed.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().shutdown_grace))]
     shutdown_grace: Secs,
+    /// Run commands for authenticated clients (needs a token).
+    #[arg(long)]
+    exec: bool,
+    /// File holding the token clients must present [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Directory commands run in; created if missing.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Allow --listen on a non-loopback address without a token.
+    #[arg(long)]
+    insecure: bool,
+    /// Longest a command may run before it is stopped (SIGTERM, then SIGKILL).
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().exec_timeout))]
+    exec_timeout: Secs,
+    /// Most output (stdout and stderr) one command may send before it is stopped.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().exec_output_cap)]
+    exec_max_output: u64,
+    /// Most commands running at once on the server.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec)]
+    max_commands: usize,
+    /// Most commands running at once on one connection.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec_per_connection)]
+    max_commands_per_conn: usize,
 }
 
 #[derive(Args)]
@@ -125,6 +153,37 @@ struct BenchArgs {
     idle: bool,
 }
 
+/// A socket address, given as `IP:PORT` or `HOST:PORT` (`localhost:7878`).
+#[derive(Clone, Copy)]
+struct Addr(SocketAddr);
+
+impl FromStr for Addr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Addr, String> {
+        if let Ok(addr) = text.parse() {
+            return Ok(Addr(addr));
+        }
+        let resolved: Vec<SocketAddr> = text
+            .to_socket_addrs()
+            .map_err(|error| format!("`{text}` is not HOST:PORT ({error})"))?
+            .collect();
+        // A name that resolves to both families: IPv4 first, as most peers expect.
+        resolved
+            .iter()
+            .find(|addr| addr.is_ipv4())
+            .or(resolved.first())
+            .copied()
+            .map(Addr)
+            .ok_or_else(|| format!("`{text}` resolves to no address"))
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// An address or `off`.
 #[derive(Clone, Copy)]
 struct Endpoint(Option<SocketAddr>);
@@ -135,9 +194,9 @@ impl FromStr for Endpoint {
         if text.eq_ignore_ascii_case("off") {
             return Ok(Endpoint(None));
         }
-        text.parse()
-            .map(|addr| Endpoint(Some(addr)))
-            .map_err(|_| format!("`{text}` is not ADDR:PORT or `off`"))
+        text.parse::<Addr>()
+            .map(|addr| Endpoint(Some(addr.0)))
+            .map_err(|_| format!("`{text}` is not HOST:PORT or `off`"))
     }
 }
 
@@ -213,17 +272,31 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         frame_timeout: args.frame_timeout.0,
         max_frame_len: args.max_frame,
         shutdown_grace: args.shutdown_grace.0,
+        exec_timeout: args.exec_timeout.0,
+        exec_output_cap: args.exec_max_output,
+        max_exec: args.max_commands,
+        max_exec_per_connection: args.max_commands_per_conn,
         ..Limits::default()
     };
+    let (token, warning) =
+        load_token(args.token_file.as_deref()).map_err(|error| format!("--token-file: {error}"))?;
+    if let Some(warning) = warning {
+        log::warn!("{warning}");
+    }
     let config = Config {
-        framed: args.listen,
+        framed: args.listen.0,
         echo_tcp: args.echo_tcp.0,
         echo_udp: args.echo_udp.0,
         limits,
+        access: Access {
+            token,
+            exec: args.exec,
+        },
+        root: args.root,
+        insecure: args.insecure,
         handle_signals: true,
-        ..Config::default()
     };
-    let server = Server::bind(config).map_err(|error| error.to_string())?;
+    let server = Server::bind(config).map_err(describe_start_error)?;
     let addrs = server.addrs();
     let mut stdout = io::stdout().lock();
     let mut lines = format!("listening framed {}\n", addrs.framed);
@@ -242,6 +315,33 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .run()
         .map(drop)
         .map_err(|error| format!("event loop failed: {error}"))
+}
+
+/// A start-up failure in the words of the command line: each bind failure names its flag and
+/// what to try instead, all of them at once.
+fn describe_start_error(error: StartError) -> String {
+    let StartError::Bind(failures) = error else {
+        return error.to_string();
+    };
+    let lines: Vec<String> = failures
+        .iter()
+        .map(|failure| {
+            let (flag, offer_off) = match failure.listener {
+                Listener::Framed => ("--listen", false),
+                Listener::EchoTcp => ("--echo-tcp", true),
+                Listener::EchoUdp => ("--echo-udp", true),
+            };
+            let mut line = format!(
+                "{flag} {}: {}; try {flag} 127.0.0.1:0 for any free port",
+                failure.addr, failure.error
+            );
+            if offer_off {
+                line += &format!(", or {flag} off");
+            }
+            line
+        })
+        .collect();
+    lines.join("\nmonoreactor: ")
 }
 
 fn echo(args: EchoArgs) -> Result<(), String> {

@@ -419,7 +419,7 @@ impl ChildTable {
         // The zombie still holds the group id, so this cannot reach another group.
         match signal_group(process.pid, Signal::Kill) {
             Ok(()) => debug!(
-                "killed what was left of process group {}",
+                "SIGKILL to process group {} (leftovers of a finished command)",
                 process.pid.as_raw_nonzero()
             ),
             Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}

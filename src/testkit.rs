@@ -6,14 +6,26 @@
 //! - [`ScriptedIo`] replays reads, `WouldBlock`s, errors and expected writes into anything that
 //!   drives a `Read + Write`, such as [`Connection::drive`](crate::conn::Connection::drive) —
 //!   the synchronous cousin of tokio-test's `io::Builder`.
-//! - [`SplitMix64`], the small seeded generator both use.
+//! - [`ScriptedChildren`] stands in for the processes a connection runs: pipes that hold the
+//!   bytes you put there, exits you decide, signals and stdin recorded.
+//! - [`ConnHarness`] drives a [`Connection`] through a [`ScriptedIo`] the way the reactor
+//!   does, with the clock in your hands.
+//! - [`SplitMix64`], the small seeded generator they use.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::time::Duration;
 
-use crate::conn::Stream;
+use crate::access::{Access, Token};
+use crate::buffer::BufferPool;
+use crate::conn::{Connection, Context, Protocol, Stream, Verdict};
+use crate::limits::Limits;
+use crate::proto::exec::{EndReason, Signal, Termination};
+use crate::service::exec::{
+    ChildId, ChildSource, Children, OutputPipe, SpawnError, SpawnSpec, Spawned,
+};
+use crate::timer::Tick;
 
 /// SplitMix64: a tiny, fast, seeded generator. Not for cryptography; for reproducible tests.
 #[derive(Clone, Debug)]
@@ -327,6 +339,481 @@ impl Drop for ScriptedIo {
             .filter(|action| **action != Action::Eof)
             .collect();
         assert!(unused.is_empty(), "script not used up: {unused:?}");
+    }
+}
+
+/// A transport for tests that care about *what* a connection sends more than about each
+/// `write` call: reads take from bytes you [`MemoryIo::push`] (`WouldBlock` when there are
+/// none, 0 after [`MemoryIo::close`]), writes are recorded, at most [`MemoryIo::room`] bytes
+/// in all if set (then `WouldBlock`, like a full socket buffer). Decode what was written with
+/// [`MemoryIo::take_frames`].
+#[derive(Debug, Default)]
+pub struct MemoryIo {
+    input: VecDeque<u8>,
+    closed: bool,
+    written: Vec<u8>,
+    taken: usize,
+    /// Bytes writes may still add; `None`: unlimited.
+    pub room: Option<usize>,
+    /// Whether `shutdown_write` was called.
+    pub write_shut: bool,
+}
+
+impl MemoryIo {
+    /// An empty transport with unlimited room.
+    pub fn new() -> MemoryIo {
+        MemoryIo::default()
+    }
+
+    /// The peer sends `bytes`.
+    pub fn push(&mut self, bytes: &[u8]) -> &mut MemoryIo {
+        self.input.extend(bytes);
+        self
+    }
+
+    /// The peer closes its side: once pushed bytes are read, reads return 0.
+    pub fn close(&mut self) -> &mut MemoryIo {
+        self.closed = true;
+        self
+    }
+
+    /// Bytes pushed and not yet read.
+    pub fn unread(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Everything written since the last call, as whole frames (panics on a partial or
+    /// invalid frame: the connection must only ever write whole frames).
+    pub fn take_frames(&mut self) -> Vec<crate::client::OwnedFrame> {
+        let bytes = &self.written[self.taken..];
+        let decoder = crate::proto::Decoder::new(u32::MAX);
+        let mut frames = decoder.frames(bytes);
+        let owned = frames
+            .by_ref()
+            .map(|frame| {
+                let frame = frame.expect("the connection writes valid frames");
+                crate::client::OwnedFrame {
+                    header: frame.header,
+                    payload: frame.payload.to_vec(),
+                }
+            })
+            .collect();
+        assert_eq!(
+            frames.consumed(),
+            bytes.len(),
+            "the connection wrote part of a frame"
+        );
+        self.taken = self.written.len();
+        owned
+    }
+}
+
+impl Read for MemoryIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return if self.closed {
+                Ok(0)
+            } else {
+                Err(ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.input.len());
+        for (slot, byte) in buf.iter_mut().zip(self.input.drain(..n)) {
+            *slot = byte;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MemoryIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.room.map_or(buf.len(), |room| room.min(buf.len()));
+        if n == 0 && !buf.is_empty() {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        self.written.extend_from_slice(&buf[..n]);
+        if let Some(room) = self.room.as_mut() {
+            *room -= n;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for MemoryIo {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.write_shut = true;
+        Ok(())
+    }
+}
+
+/// One scripted child process: output you queue, an exit you decide, and a record of what the
+/// connection did to it.
+#[derive(Debug, Default)]
+pub struct ScriptedChild {
+    /// The argv it was started with.
+    pub argv: Vec<Vec<u8>>,
+    /// Its working directory, as requested.
+    pub cwd: String,
+    /// Its child number (the sub-source its events carry).
+    pub index: u8,
+    /// Whether it was given a stdin pipe.
+    pub has_stdin: bool,
+    /// Everything written to its stdin.
+    pub stdin: Vec<u8>,
+    /// Bytes its stdin pipe still takes before writes would block.
+    pub stdin_room: usize,
+    /// Whether the connection closed its stdin.
+    pub stdin_closed: bool,
+    /// Whether the command closed its stdin (writes then fail with `BrokenPipe`).
+    pub stdin_broken: bool,
+    /// Signals sent to its group, in order.
+    pub signals: Vec<Signal>,
+    /// Set when the connection released it, with the reason.
+    pub released: Option<EndReason>,
+    stdout: ScriptedPipe,
+    stderr: ScriptedPipe,
+    exit: Option<Termination>,
+}
+
+/// Bytes waiting in a scripted output pipe.
+#[derive(Debug, Default)]
+struct ScriptedPipe {
+    bytes: VecDeque<u8>,
+    eof: bool,
+    closed: bool,
+}
+
+impl ScriptedChild {
+    fn pipe(&mut self, pipe: OutputPipe) -> &mut ScriptedPipe {
+        match pipe {
+            OutputPipe::Stdout => &mut self.stdout,
+            OutputPipe::Stderr => &mut self.stderr,
+        }
+    }
+
+    /// The command writes `bytes` to `pipe`.
+    pub fn write(&mut self, pipe: OutputPipe, bytes: &[u8]) -> &mut ScriptedChild {
+        self.pipe(pipe).bytes.extend(bytes);
+        self
+    }
+
+    /// The command closes `pipe` (reads return 0 once its bytes are read).
+    pub fn close(&mut self, pipe: OutputPipe) -> &mut ScriptedChild {
+        self.pipe(pipe).eof = true;
+        self
+    }
+
+    /// The command exits this way (the connection sees it at its next pidfd event).
+    pub fn exit(&mut self, termination: Termination) -> &mut ScriptedChild {
+        self.exit = Some(termination);
+        self
+    }
+
+    /// Bytes still unread in `pipe`.
+    pub fn unread(&self, pipe: OutputPipe) -> usize {
+        match pipe {
+            OutputPipe::Stdout => self.stdout.bytes.len(),
+            OutputPipe::Stderr => self.stderr.bytes.len(),
+        }
+    }
+
+    /// Whether the connection closed `pipe`.
+    pub fn output_closed(&self, pipe: OutputPipe) -> bool {
+        match pipe {
+            OutputPipe::Stdout => self.stdout.closed,
+            OutputPipe::Stderr => self.stderr.closed,
+        }
+    }
+}
+
+/// Child processes for a [`Connection`] under test: every spawn succeeds (with pids from 1000
+/// up) unless [`ScriptedChildren::refuse_next`] says otherwise. Reads and writes follow the
+/// pipe rules the connection relies on: `WouldBlock` when nothing is there (or no room is
+/// left), 0 at EOF.
+#[derive(Debug, Default)]
+pub struct ScriptedChildren {
+    children: Vec<ScriptedChild>,
+    refusals: VecDeque<SpawnError>,
+    /// Room each new stdin pipe starts with. Default 64 KiB, like a Linux pipe.
+    pub stdin_room: usize,
+}
+
+impl ScriptedChildren {
+    /// No children yet; stdin pipes take 64 KiB before they block.
+    pub fn new() -> ScriptedChildren {
+        ScriptedChildren {
+            stdin_room: 64 << 10,
+            ..ScriptedChildren::default()
+        }
+    }
+
+    /// The next spawn fails with `error`.
+    pub fn refuse_next(&mut self, error: SpawnError) {
+        self.refusals.push_back(error);
+    }
+
+    /// Every child spawned so far, in order.
+    pub fn all(&self) -> &[ScriptedChild] {
+        &self.children
+    }
+
+    /// The `n`th child spawned (0-based).
+    ///
+    /// # Panics
+    /// If fewer were spawned.
+    pub fn nth(&mut self, n: usize) -> &mut ScriptedChild {
+        &mut self.children[n]
+    }
+
+    fn child(&mut self, id: ChildId) -> &mut ScriptedChild {
+        &mut self.children[id.0 as usize]
+    }
+}
+
+impl Children for ScriptedChildren {
+    fn spawn(&mut self, index: u8, spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+        if let Some(error) = self.refusals.pop_front() {
+            return Err(error);
+        }
+        let id = ChildId(self.children.len() as u32);
+        self.children.push(ScriptedChild {
+            argv: spec.argv.iter().map(|arg| arg.to_vec()).collect(),
+            cwd: spec.cwd.to_string(),
+            index,
+            has_stdin: spec.stdin,
+            stdin_room: self.stdin_room,
+            ..ScriptedChild::default()
+        });
+        Ok(Spawned {
+            child: id,
+            pid: 1000 + id.0,
+        })
+    }
+
+    fn read(&mut self, child: ChildId, pipe: OutputPipe, buf: &mut [u8]) -> io::Result<usize> {
+        let pipe = self.child(child).pipe(pipe);
+        if pipe.closed {
+            return Ok(0);
+        }
+        if pipe.bytes.is_empty() {
+            return if pipe.eof {
+                Ok(0)
+            } else {
+                Err(ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(pipe.bytes.len());
+        for (slot, byte) in buf.iter_mut().zip(pipe.bytes.drain(..n)) {
+            *slot = byte;
+        }
+        Ok(n)
+    }
+
+    fn write_stdin(&mut self, child: ChildId, bytes: &[u8]) -> io::Result<usize> {
+        let child = self.child(child);
+        if child.stdin_broken || child.stdin_closed || !child.has_stdin {
+            return Err(ErrorKind::BrokenPipe.into());
+        }
+        if child.stdin_room == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let n = bytes.len().min(child.stdin_room);
+        child.stdin.extend_from_slice(&bytes[..n]);
+        child.stdin_room -= n;
+        Ok(n)
+    }
+
+    fn close_stdin(&mut self, child: ChildId) {
+        self.child(child).stdin_closed = true;
+    }
+
+    fn close_output(&mut self, child: ChildId, pipe: OutputPipe) {
+        self.child(child).pipe(pipe).closed = true;
+    }
+
+    fn signal(&mut self, child: ChildId, signal: Signal) -> io::Result<()> {
+        self.child(child).signals.push(signal);
+        Ok(())
+    }
+
+    fn exit_status(&mut self, child: ChildId) -> io::Result<Option<Termination>> {
+        Ok(self.child(child).exit)
+    }
+
+    fn release(&mut self, child: ChildId, reason: EndReason) {
+        self.child(child).released = Some(reason);
+    }
+}
+
+/// Drives one [`Connection`] through a [`ScriptedIo`] (or a [`MemoryIo`]) exactly as the
+/// reactor does, so a test
+/// states only what the peer sends, what the connection must write, and what time it is.
+///
+/// Two rules of the real loop shape every script, and the harness keeps both:
+/// - **Readiness is an edge.** [`ConnHarness::event`] is one poll event: it records the
+///   readiness ([`Connection::on_ready`]) and drives once. The connection then reads until the
+///   socket says `WouldBlock` — or until a read comes back *shorter* than its buffer, which
+///   proves the socket drained (epoll(7)). So bytes scripted after a short read or a
+///   `read_would_block` are only read at the next `event`, as on a real socket.
+/// - **Budgets end a turn.** When a drive returns [`Verdict::Again`], the reactor drives again
+///   next turn without any event; [`ConnHarness::drive`] is that next turn, and
+///   [`ConnHarness::settle`] repeats it until the verdict changes.
+///
+/// ```
+/// use monoreactor::conn::Verdict;
+/// use monoreactor::limits::Limits;
+/// use monoreactor::proto::{Flags, Frame, FrameType, Hello, HelloOk, PROTOCOL_VERSION, SessionFlags};
+/// use monoreactor::testkit::{Builder, ConnHarness};
+///
+/// let mut hello = Vec::new();
+/// Hello::current().encode(&mut hello);
+/// let mut hello_ok = Vec::new();
+/// HelloOk {
+///     version: PROTOCOL_VERSION,
+///     max_payload_len: Limits::default().max_frame_len,
+///     flags: SessionFlags::AUTHENTICATED,
+/// }
+/// .encode(&mut hello_ok);
+/// let request = Frame::new(FrameType::EchoRequest, Flags::END_STREAM, 1, b"hi").to_vec();
+/// let reply = Frame::new(FrameType::EchoReply, Flags::END_STREAM, 1, b"hi").to_vec();
+///
+/// let mut io = Builder::new()
+///     .read(&hello)    // the client's HELLO: shorter than the read buffer, so the socket
+///     .write(&hello_ok) // counts as drained and the connection answers without reading on
+///     .read(&request)  // a second packet: read only at the next readiness event
+///     .write(&reply)
+///     .eof()           // the client closes
+///     .build();
+/// let mut harness = ConnHarness::framed(Limits::default());
+/// assert_eq!(harness.event(&mut io, true, true), Verdict::Wait);
+/// assert_eq!(harness.event(&mut io, true, false), Verdict::Wait);
+/// assert_eq!(harness.event(&mut io, true, false), Verdict::Close);
+/// ```
+#[derive(Debug)]
+pub struct ConnHarness {
+    /// The connection under test.
+    pub conn: Connection,
+    /// Its buffer pool.
+    pub pool: BufferPool,
+    /// Its limits.
+    pub limits: Limits,
+    /// The time the next drive sees.
+    pub now: Tick,
+    /// Access rules (default: echo only, no token).
+    pub access: Access,
+    /// Child processes, when commands are enabled ([`ConnHarness::with_exec`]).
+    pub children: Option<ScriptedChildren>,
+    /// The loop's turn number, advanced by every event and drive.
+    pub turn: u64,
+}
+
+impl ConnHarness {
+    /// A framed connection accepted at tick 0.
+    pub fn framed(limits: Limits) -> ConnHarness {
+        ConnHarness::new(Protocol::Framed, limits)
+    }
+
+    /// A connection of `protocol` accepted at tick 0.
+    pub fn new(protocol: Protocol, limits: Limits) -> ConnHarness {
+        ConnHarness {
+            conn: Connection::new(protocol, Tick(0), &limits),
+            pool: BufferPool::new(limits.io_buffer_len, 8),
+            limits,
+            now: Tick(0),
+            access: Access::ECHO_ONLY,
+            children: None,
+            turn: 0,
+        }
+    }
+
+    /// Commands enabled behind `token`, run by [`ScriptedChildren`].
+    pub fn with_exec(mut self, token: &[u8]) -> ConnHarness {
+        self.access = Access {
+            token: Some(Token::new(token.to_vec()).expect("a valid token")),
+            exec: true,
+        };
+        self.children = Some(ScriptedChildren::new());
+        self
+    }
+
+    /// The scripted children.
+    ///
+    /// # Panics
+    /// Without [`ConnHarness::with_exec`].
+    pub fn children(&mut self) -> &mut ScriptedChildren {
+        self.children.as_mut().expect("with_exec() first")
+    }
+
+    /// One readiness event for the socket, then one drive.
+    pub fn event<S: Stream>(&mut self, io: &mut S, readable: bool, writable: bool) -> Verdict {
+        self.conn.on_ready(readable, writable);
+        self.drive(io)
+    }
+
+    /// One readiness event for a command's descriptor (child number `index`), then one drive.
+    pub fn child_event<S: Stream>(
+        &mut self,
+        io: &mut S,
+        index: u8,
+        source: ChildSource,
+    ) -> Verdict {
+        self.conn.on_child_ready(index, source);
+        self.drive(io)
+    }
+
+    /// One more turn without an event (what the reactor does after [`Verdict::Again`]).
+    pub fn drive<S: Stream>(&mut self, io: &mut S) -> Verdict {
+        self.turn += 1;
+        self.with_context(|conn, cx| conn.drive(io, cx))
+    }
+
+    /// Runs `work` on the connection with the [`Context`] the reactor would give it.
+    pub fn with_context<R>(
+        &mut self,
+        work: impl FnOnce(&mut Connection, &mut Context<'_>) -> R,
+    ) -> R {
+        let mut cx = Context {
+            pool: &mut self.pool,
+            limits: &self.limits,
+            now: self.now,
+            access: &self.access,
+            children: self
+                .children
+                .as_mut()
+                .map(|children| children as &mut dyn Children),
+            turn: self.turn,
+            auth_log: None,
+        };
+        work(&mut self.conn, &mut cx)
+    }
+
+    /// Drives again while the verdict is [`Verdict::Again`] (at most 10,000 turns).
+    pub fn settle<S: Stream>(&mut self, io: &mut S) -> Verdict {
+        let mut verdict = self.drive(io);
+        for _ in 0..10_000 {
+            if verdict != Verdict::Again {
+                return verdict;
+            }
+            verdict = self.drive(io);
+        }
+        panic!("still Again after 10,000 turns");
+    }
+
+    /// Moves the clock to the connection's next deadline, lets it act on it, and drives.
+    pub fn expire<S: Stream>(&mut self, io: &mut S) -> Verdict {
+        self.now = self.conn.deadline(&self.limits);
+        self.with_context(|conn, cx| conn.on_deadline(cx));
+        self.drive(io)
+    }
+
+    /// Starts the connection's part of a server shutdown, with `grace` to finish, and drives.
+    pub fn shutdown<S: Stream>(&mut self, io: &mut S, grace: Duration) -> Verdict {
+        self.with_context(|conn, cx| conn.begin_shutdown(grace, cx));
+        self.drive(io)
     }
 }
 

@@ -5,58 +5,14 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use mio::Interest;
-use monoreactor::buffer::BufferPool;
-use monoreactor::conn::{Connection, Context, Protocol, State, Verdict};
+use monoreactor::conn::{Protocol, State, Verdict};
 use monoreactor::limits::Limits;
 use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Hello, HelloOk, PROTOCOL_VERSION,
     SessionFlags,
 };
-use monoreactor::testkit::{Builder, ScriptedIo};
+use monoreactor::testkit::{Builder, ConnHarness};
 use monoreactor::timer::Tick;
-
-/// A connection plus what `drive` borrows from the loop.
-struct Harness {
-    conn: Connection,
-    pool: BufferPool,
-    limits: Limits,
-    now: Tick,
-}
-
-impl Harness {
-    fn new(protocol: Protocol, limits: Limits) -> Harness {
-        let pool = BufferPool::new(limits.io_buffer_len, 8);
-        Harness {
-            conn: Connection::new(protocol, Tick(0), &limits),
-            pool,
-            limits,
-            now: Tick(0),
-        }
-    }
-
-    fn framed() -> Harness {
-        Harness::new(Protocol::Framed, Limits::default())
-    }
-
-    /// One readiness event, then `drive`.
-    #[track_caller]
-    fn event(&mut self, io: &mut ScriptedIo, readable: bool, writable: bool) -> Verdict {
-        self.conn.on_ready(readable, writable);
-        self.drive(io)
-    }
-
-    fn drive(&mut self, io: &mut ScriptedIo) -> Verdict {
-        let mut cx = Context::new(&mut self.pool, &self.limits, self.now);
-        self.conn.drive(io, &mut cx)
-    }
-
-    fn expire(&mut self, io: &mut ScriptedIo) -> Verdict {
-        self.now = self.conn.deadline(&self.limits);
-        let mut cx = Context::new(&mut self.pool, &self.limits, self.now);
-        self.conn.on_deadline(&mut cx);
-        self.drive(io)
-    }
-}
 
 fn hello() -> Vec<u8> {
     let mut wire = Vec::new();
@@ -114,7 +70,7 @@ fn hello_one_byte_per_event_is_answered_once_complete() {
         script.read(&[*byte]);
     }
     let mut io = script.write(&hello_ok()).build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     for _ in &wire {
         assert_eq!(h.conn.state(), State::AwaitingHello);
         assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
@@ -133,7 +89,7 @@ fn interrupted_read_is_retried() {
         .read(&hello())
         .write(&hello_ok())
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.conn.state(), State::Open);
 }
@@ -149,7 +105,7 @@ fn request_before_hello_is_refused_and_closed_in_order() {
         .write(&error)
         .eof()
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(
         h.event(&mut io, true, false),
         Verdict::Wait,
@@ -174,7 +130,7 @@ fn pipelined_requests_are_answered_in_order_in_one_write() {
         output.extend(echo_reply(stream, &stream.to_be_bytes()));
     }
     let mut io = Builder::new().read(&input).write(&output).build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
 }
 
@@ -194,7 +150,7 @@ fn unknown_frame_type_gets_an_error_and_the_connection_stays_open() {
     output.extend(error);
     output.extend(echo_reply(10, b"still here"));
     let mut io = Builder::new().read(&input).write(&output).build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.conn.state(), State::Open);
 }
@@ -219,7 +175,7 @@ fn frames_split_across_events_give_the_same_replies() {
         .read(&input[first_end..])
         .write(&echo_reply(2, b"second"))
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     for _ in 0..5 {
         assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     }
@@ -236,7 +192,7 @@ fn request_on_stream_zero_is_refused() {
         "ECHO_REQUEST on stream 0; requests need a stream id other than 0",
     ));
     let mut io = Builder::new().read(&input).write(&output).build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(
         h.event(&mut io, true, false),
         Verdict::Wait,
@@ -255,7 +211,7 @@ fn hello_on_another_stream_is_refused() {
         "HELLO on stream 3; it belongs on stream 0",
     );
     let mut io = Builder::new().read(&input).write(&output).build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.conn.state(), State::Closing);
 }
@@ -270,7 +226,7 @@ fn blocked_write_waits_for_writable_and_then_sends_everything() {
         .write_would_block()
         .write(&output)
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.conn.pending_output(), output.len());
     assert_eq!(h.conn.interest(), Interest::READABLE | Interest::WRITABLE);
@@ -293,7 +249,7 @@ fn short_write_stops_writing_until_writable() {
         .write(&output[..5])
         .write(&output[5..])
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.conn.pending_output(), output.len() - 5);
     assert_eq!(io.remaining(), 1);
@@ -307,7 +263,7 @@ fn write_error_closes() {
         .read(&hello())
         .write_error(ErrorKind::BrokenPipe)
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
     assert_eq!(h.conn.state(), State::Closed);
 }
@@ -333,7 +289,7 @@ fn output_above_high_water_stops_reading_until_it_drains() {
         .write_would_block()
         .write(&output)
         .build();
-    let mut h = Harness::new(Protocol::Framed, limits);
+    let mut h = ConnHarness::new(Protocol::Framed, limits);
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     let pending = h.conn.pending_output();
     assert!(
@@ -371,7 +327,7 @@ fn frame_budget_spreads_pipelined_requests_over_turns() {
         output.extend(echo_reply(stream, b"x"));
     }
     let mut io = Builder::new().read(&input).write(&output).build();
-    let mut h = Harness::new(Protocol::Framed, limits);
+    let mut h = ConnHarness::new(Protocol::Framed, limits);
     // 11 frames at 4 per turn: three turns.
     assert_eq!(h.event(&mut io, true, false), Verdict::Again);
     assert_eq!(h.drive(&mut io), Verdict::Again);
@@ -392,7 +348,7 @@ fn a_large_frame_grows_the_input_buffer_no_further_than_one_maximal_frame() {
         .read(&input)
         .write(&hello_ok_announcing(100_000))
         .build();
-    let mut h = Harness::new(Protocol::Framed, limits);
+    let mut h = ConnHarness::new(Protocol::Framed, limits);
     let mut verdict = h.event(&mut io, true, false);
     while verdict == Verdict::Again {
         verdict = h.drive(&mut io);
@@ -412,7 +368,7 @@ fn a_large_frame_grows_the_input_buffer_no_further_than_one_maximal_frame() {
 fn peer_eof_after_requests_flushes_replies_then_closes() {
     let (input, output) = conversation(&[(1, b"last words")]);
     let mut io = Builder::new().read(&input).write(&output).eof().build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
 }
@@ -423,7 +379,7 @@ fn data_and_fin_in_one_edge_are_both_seen() {
     // read-closed. The short read must not end the turn, or the EOF waits for the idle timeout.
     let (input, output) = conversation(&[(1, b"bye")]);
     let mut io = Builder::new().read(&input).eof().write(&output).build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     h.conn.on_read_closed();
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
 }
@@ -431,7 +387,7 @@ fn data_and_fin_in_one_edge_are_both_seen() {
 #[test]
 fn raw_echo_sees_fin_that_came_with_the_data() {
     let mut io = Builder::new().read(b"last").write(b"last").eof().build();
-    let mut h = Harness::new(Protocol::RawEcho, Limits::default());
+    let mut h = ConnHarness::new(Protocol::RawEcho, Limits::default());
     h.conn.on_read_closed();
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
 }
@@ -442,7 +398,7 @@ fn connection_reset_closes() {
         .read(&hello()[..4])
         .read_error(ErrorKind::ConnectionReset)
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
 }
@@ -462,7 +418,7 @@ fn oversize_header_gets_error_then_fin_then_input_is_discarded_until_eof() {
         .read(b"more junk the client sent")
         .eof()
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(
         h.event(&mut io, true, false),
         Verdict::Wait,
@@ -491,7 +447,7 @@ fn client_error_after_hello_closes_quietly_after_earlier_replies() {
     let mut output = hello_ok();
     output.extend(echo_reply(1, b"answered"));
     let mut io = Builder::new().read(&input).write(&output).eof().build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(
         h.event(&mut io, true, false),
         Verdict::Wait,
@@ -510,7 +466,7 @@ fn linger_ends_at_its_deadline_when_the_client_never_closes() {
             "expected HELLO first, got ECHO_REQUEST",
         ))
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     h.now = Tick(1_000);
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait, "lingering");
     assert_eq!(
@@ -525,7 +481,7 @@ fn linger_ends_at_its_deadline_when_the_client_never_closes() {
 #[test]
 fn idle_deadline_follows_activity() {
     let mut io = Builder::new().read(&hello()).write(&hello_ok()).build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(
         h.conn.deadline(&h.limits),
         Tick(0).after(h.limits.hello_timeout),
@@ -548,7 +504,7 @@ fn idle_timeout_sends_timeout_error_and_closes() {
         .write(&error_frame(ErrorCode::Timeout, &text))
         .eof()
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     h.event(&mut io, true, false);
     assert_eq!(h.expire(&mut io), Verdict::Wait, "TIMEOUT sent, lingering");
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
@@ -561,7 +517,7 @@ fn silent_client_gets_timeout_at_the_hello_deadline() {
         .write(&error_frame(ErrorCode::Timeout, &text))
         .eof()
         .build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.conn.deadline(&h.limits), Tick(10_000));
     // Never driven, so the read hint from accept is still set: the linger reads the EOF at once.
     assert_eq!(h.expire(&mut io), Verdict::Close);
@@ -576,7 +532,7 @@ fn hello_trickled_in_keeps_the_hello_deadline() {
         script.read(&[*byte]);
     }
     let mut io = script.build();
-    let mut h = Harness::framed();
+    let mut h = ConnHarness::framed(Limits::default());
     for (step, _) in wire[..wire.len() - 1].iter().enumerate() {
         h.now = Tick(step as u64 * 400);
         h.event(&mut io, true, false);
@@ -605,7 +561,7 @@ fn slow_frame_hits_the_frame_deadline_despite_activity() {
         .write(&error_frame(ErrorCode::Timeout, &text))
         .eof()
         .build();
-    let mut h = Harness::new(Protocol::Framed, limits);
+    let mut h = ConnHarness::new(Protocol::Framed, limits);
     h.event(&mut io, true, false);
     // One byte every 500 ms keeps the connection active, but the frame began at 1 s.
     for step in 0..6 {
@@ -628,7 +584,7 @@ fn raw_echo_returns_bytes_and_closes_after_peer_eof() {
         .write(b" world")
         .eof()
         .build();
-    let mut h = Harness::new(Protocol::RawEcho, Limits::default());
+    let mut h = ConnHarness::new(Protocol::RawEcho, Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
@@ -641,7 +597,7 @@ fn raw_echo_keeps_unsent_bytes_until_writable() {
         .write(b"abc")
         .write(b"def")
         .build();
-    let mut h = Harness::new(Protocol::RawEcho, Limits::default());
+    let mut h = ConnHarness::new(Protocol::RawEcho, Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.conn.pending_output(), 3);
     assert_eq!(h.event(&mut io, false, true), Verdict::Wait);

@@ -560,7 +560,7 @@ impl Connection {
         }
         self.track_partial_frame(waiting_for_bytes, cx.limits, cx.now);
 
-        if self.bits.has(Bits::DRAINING) && self.streams.is_none() {
+        if self.bits.has(Bits::DRAINING) && self.open_streams() == 0 {
             self.begin_close(
                 Some((ErrorCode::ShuttingDown, "server is shutting down")),
                 cx.limits.linger_timeout,
@@ -572,7 +572,7 @@ impl Connection {
         if self.bits.has(Bits::PEER_EOF)
             && !frames_left
             && self.outbox.is_empty()
-            && self.streams.is_none()
+            && self.open_streams() == 0
         {
             if self.pending_input() > 0 {
                 debug!(

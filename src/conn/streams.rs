@@ -417,9 +417,10 @@ fn read_output(
                     } else {
                         command.session.handle_output(n);
                     }
-                    if n < asked {
-                        command.ready &= !bit; // a short read: the pipe is empty for now
-                    }
+                    // No short-read shortcut here, unlike the socket: a command that writes
+                    // and exits closes the pipe with data still in it, and one edge reports
+                    // both, so only a read of 0 or `WouldBlock` ends the reading.
+                    let _ = asked;
                     moved = true;
                 }
                 Err(error) if error.kind() == ErrorKind::Interrupted => moved = true,

@@ -58,3 +58,4 @@ pub mod sys;
 pub mod testkit;
 pub mod throttle;
 pub mod timer;
+pub mod transport;

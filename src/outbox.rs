@@ -23,9 +23,9 @@ use std::io;
 use std::sync::Arc;
 
 use crate::buffer::{Buf, BufferPool, Pooled};
-use crate::conn::Stream;
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage, Flags, FrameType, HEADER_LEN, Header};
+use crate::transport::Stream;
 
 /// Most bytes one `sendfile` call is asked for (nginx's `sendfile_max_chunk`, 2 MiB), so one
 /// fast transfer cannot hold the loop.

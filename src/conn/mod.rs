@@ -39,10 +39,7 @@ mod dispatch;
 pub mod streams;
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
-use std::os::unix::fs::FileExt;
+use std::io::{self, ErrorKind, Read};
 use std::time::Duration;
 
 use log::{debug, trace};
@@ -59,38 +56,8 @@ use crate::throttle::LogThrottle;
 use crate::timer::Tick;
 
 pub use crate::service::Verdict;
+pub use crate::transport::Stream;
 use streams::Streams;
-
-/// What a connection needs from its transport: bytes both ways, closing the write half, and
-/// (for file ranges in the outbox) sending from a file.
-pub trait Stream: Read + Write {
-    /// Sends FIN after the pending bytes (`shutdown(SHUT_WR)`).
-    fn shutdown_write(&mut self) -> io::Result<()>;
-
-    /// Sends up to `len` bytes of `file` from `offset`; returns how many went. The default
-    /// reads a chunk and writes it (a short write rereads the rest next time); a socket sends
-    /// straight from the page cache with `sendfile`.
-    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
-        let mut chunk = [0; 16 << 10];
-        let want = len.min(chunk.len());
-        let n = file.read_at(&mut chunk[..want], offset)?;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.write(&chunk[..n])
-    }
-}
-
-impl Stream for mio::net::TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-
-    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
-        let mut offset = offset;
-        rustix::fs::sendfile(&*self, file, Some(&mut offset), len).map_err(io::Error::from)
-    }
-}
 
 /// Which protocol a connection speaks, fixed by the listener that accepted it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -389,18 +389,16 @@ impl fmt::Display for IdleReport {
 /// Opens idle connections and measures the server's memory; see the module docs.
 pub fn run_idle(config: &IdleConfig) -> io::Result<IdleReport> {
     raise_descriptor_limit();
-    let rss_before_kib = procstat::rss_kib(config.server_pid)?;
     let timeout = Duration::from_secs(10);
-    let mut held = Vec::with_capacity(config.connections);
+    let mut held = Vec::with_capacity(config.connections + 1);
+    // One connection first, outside the count: its HELLO makes the server's buffer pool
+    // allocate its first buffers, a fixed cost (about 128 KiB) that would otherwise be spread
+    // over the measured connections.
+    held.push(idle_connection(config, timeout)?);
+    std::thread::sleep(Duration::from_millis(100));
+    let rss_before_kib = procstat::rss_kib(config.server_pid)?;
     for _ in 0..config.connections {
-        match config.protocol {
-            BenchProtocol::Framed => {
-                let client = Client::connect(&config.addr.to_string(), timeout)
-                    .map_err(|error| io::Error::other(error.to_string()))?;
-                held.push(client.into_stream());
-            }
-            BenchProtocol::Raw => held.push(StdTcpStream::connect(config.addr)?),
-        }
+        held.push(idle_connection(config, timeout)?);
     }
     std::thread::sleep(config.settle);
     let rss_after_kib = procstat::rss_kib(config.server_pid)?;
@@ -421,6 +419,16 @@ pub fn run_idle(config: &IdleConfig) -> io::Result<IdleReport> {
         rss_before_kib,
         rss_after_kib,
     })
+}
+
+/// One connection that has said HELLO (framed) or nothing (raw).
+fn idle_connection(config: &IdleConfig, timeout: Duration) -> io::Result<StdTcpStream> {
+    match config.protocol {
+        BenchProtocol::Framed => Client::connect(&config.addr.to_string(), timeout)
+            .map(Client::into_stream)
+            .map_err(|error| io::Error::other(error.to_string())),
+        BenchProtocol::Raw => StdTcpStream::connect(config.addr),
+    }
 }
 
 #[cfg(test)]

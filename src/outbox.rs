@@ -156,6 +156,15 @@ impl Outbox {
         self.queue.is_some()
     }
 
+    /// Bytes that can be appended without growing the buffer (a fresh queue from the pool has
+    /// `standard_len`). Producers that may choose their size, such as a pipe reader, stay
+    /// within it, so a pooled buffer never has to grow and be freed instead of reused.
+    pub fn room(&self, standard_len: usize) -> usize {
+        self.queue.as_ref().map_or(standard_len, |queue| {
+            queue.bytes.capacity() - queue.bytes.len()
+        })
+    }
+
     /// Bytes of buffer memory held (capacity, not content).
     pub fn buffer_capacity(&self) -> usize {
         self.queue

@@ -19,13 +19,17 @@ use log::debug;
 
 use super::{Budget, Context};
 use crate::outbox::Outbox;
-use crate::proto::FrameType;
 use crate::proto::exec::{EndReason, Exit, Window};
+use crate::proto::{FrameType, HEADER_LEN};
 use crate::service::exec::{ChildAction, ChildId, ChildSource, ExecSession, OutputPipe};
 use crate::timer::Tick;
 
 /// Child numbers per connection: 6 bits of a poll token.
 pub const CHILD_NUMBERS: u8 = 64;
+
+/// Smallest pipe read worth a frame header: below this much room, the outbox's buffer grows
+/// rather than the output being cut into tiny frames.
+const MIN_PIPE_READ: usize = 4 << 10;
 
 /// Readiness bits of one command's descriptors.
 struct Ready;
@@ -373,7 +377,7 @@ fn read_output(
     budget: &mut Budget,
 ) -> bool {
     let mut progress = false;
-    let chunk = pool.buffer_len().min(limits.max_frame_len as usize);
+    let chunk = (pool.buffer_len() - HEADER_LEN).min(limits.max_frame_len as usize);
     loop {
         let mut moved = false;
         for pipe in OutputPipe::BOTH {
@@ -383,25 +387,24 @@ fn read_output(
             }
             let allowance =
                 usize::try_from(command.session.output_allowance()).unwrap_or(usize::MAX);
-            let want = chunk.min(budget.bytes);
+            // Read what fits in the outbox's buffer as it is; only a nearly full buffer grows.
+            let room = outbox.room(pool.buffer_len()).saturating_sub(HEADER_LEN);
+            let want = chunk.min(budget.bytes).min(room.max(MIN_PIPE_READ));
             let frame_type = match pipe {
                 OutputPipe::Stdout => FrameType::Stdout,
                 OutputPipe::Stderr => FrameType::Stderr,
             };
-            let mut scratch = [0; 4096];
-            let (asked, result) = if allowance == 0 {
+            let result = if allowance == 0 {
+                let mut scratch = [0; 4096];
                 let asked = want.min(scratch.len());
-                let result = children.read(command.child, pipe, &mut scratch[..asked]);
-                (asked, result)
+                children.read(command.child, pipe, &mut scratch[..asked])
             } else {
-                let asked = want.min(allowance);
-                let result =
-                    outbox
-                        .replies(pool, limits)
-                        .frame_from(frame_type, command.id, asked, |buf| {
-                            children.read(command.child, pipe, buf)
-                        });
-                (asked, result)
+                outbox.replies(pool, limits).frame_from(
+                    frame_type,
+                    command.id,
+                    want.min(allowance),
+                    |buf| children.read(command.child, pipe, buf),
+                )
             };
             match result {
                 Ok(0) => {
@@ -420,7 +423,6 @@ fn read_output(
                     // No short-read shortcut here, unlike the socket: a command that writes
                     // and exits closes the pipe with data still in it, and one edge reports
                     // both, so only a read of 0 or `WouldBlock` ends the reading.
-                    let _ = asked;
                     moved = true;
                 }
                 Err(error) if error.kind() == ErrorKind::Interrupted => moved = true,

@@ -500,6 +500,15 @@ fn a_new_request_on_a_running_commands_stream_is_fatal() {
 }
 
 #[test]
+fn end_of_stream_from_the_client_stops_its_commands() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    start(&mut h, &mut io, 1, &[b"sleep", b"99"], ExecFlags::NONE);
+    io.close();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+    assert_eq!(h.children().nth(0).released, Some(EndReason::Disconnect));
+}
+
+#[test]
 fn frames_for_a_finished_stream_are_ignored() {
     let (mut h, mut io) = authenticated(Limits::default());
     start(&mut h, &mut io, 1, &[b"true"], ExecFlags::STDIN);

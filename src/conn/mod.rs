@@ -522,6 +522,15 @@ impl Connection {
                 }
             }
         }
+        if self.bits.has(Bits::PEER_EOF) && self.open_streams() > 0 {
+            // The client will send nothing more — no STDIN, no SIGNAL — and a dropped
+            // connection looks the same: its commands are stopped, as ssh's are.
+            debug!(
+                "peer closed its side: stopping {} commands",
+                self.open_streams()
+            );
+            self.release_streams(cx, EndReason::Disconnect);
+        }
         if self.flush(io, cx).is_err() {
             return self.fail();
         }

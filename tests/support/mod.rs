@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod exec;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
@@ -31,13 +33,17 @@ const DEFAULT_LISTEN: [(&str, &str); 3] = [
     ("--echo-udp", "127.0.0.1:0"),
 ];
 
-/// A `monoreactor serve` child process. Killed and reaped on drop.
+/// A `monoreactor serve` child process. Killed and reaped on drop, after the process groups
+/// of the commands it runs (its children) are killed.
 pub struct Server {
     child: Child,
     /// Every `listening KIND ADDR` line, in the order printed.
     listening: Vec<(String, SocketAddr)>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
+    /// For a server started with [`Server::start_exec`]: its root, token file and scratch
+    /// space, removed after the server is gone (fields drop after `Drop::drop`).
+    exec: Option<exec::ExecSetup>,
 }
 
 impl Server {
@@ -62,6 +68,8 @@ impl Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_monoreactor"));
         command
             .args(&args)
+            // A token in the test runner's environment must not change what a test sees.
+            .env_remove("MONOREACTOR_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -79,6 +87,7 @@ impl Server {
             listening: Vec::new(),
             stderr,
             stderr_thread,
+            exec: None,
         };
 
         let (lines_tx, lines_rx) = mpsc::channel();
@@ -216,6 +225,24 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Commands outlive a SIGKILLed server (they are reparented, not killed), so their
+        // groups go first. The server is stopped meanwhile: it cannot reap a command, so every
+        // group id named here stays reserved by its (possibly zombie) leader until the kill.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+            // SAFETY: signals to our own unreaped child and to the groups its children lead.
+            unsafe {
+                libc::kill(pid, libc::SIGSTOP);
+            }
+            for (child, _) in children_of(self.child.id()) {
+                let child = libc::pid_t::try_from(child).expect("pid fits pid_t");
+                // SAFETY: as above; a child that leads no group gets ESRCH, then a plain kill.
+                unsafe {
+                    libc::kill(-child, libc::SIGKILL);
+                    libc::kill(child, libc::SIGKILL);
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(collector) = self.stderr_thread.take() {
@@ -370,6 +397,73 @@ pub fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, after_name) = stat.rsplit_once(')')?;
     after_name.split_whitespace().next()?.chars().next()
+}
+
+/// Every process in `/proc` with the fields of its `/proc/PID/stat` after the command name
+/// (`[0]` state, `[1]` ppid, `[2]` process group). A process that ends during the scan is
+/// skipped.
+pub fn processes() -> Vec<(u32, Vec<String>)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses; the fields after its last ')'
+        // are fixed.
+        let Some((_, after_name)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        found.push((
+            pid,
+            after_name.split_whitespace().map(String::from).collect(),
+        ));
+    }
+    found
+}
+
+/// The children of `parent` with their state letters (`Z` for a zombie).
+pub fn children_of(parent: u32) -> Vec<(u32, char)> {
+    let parent = parent.to_string();
+    processes()
+        .into_iter()
+        .filter(|(_, fields)| fields.get(1) == Some(&parent))
+        .filter_map(|(pid, fields)| Some((pid, fields.first()?.chars().next()?)))
+        .collect()
+}
+
+/// The processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let pgid = pgid.to_string();
+    processes()
+        .into_iter()
+        .filter(|(_, fields)| fields.get(2) == Some(&pgid))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Whether any process is in process group `pgid`: `kill(-pgid, 0)` does not fail with
+/// `ESRCH`.
+pub fn group_exists(pgid: u32) -> bool {
+    let pgid = libc::pid_t::try_from(pgid).expect("pgid fits pid_t");
+    assert!(pgid > 1, "refusing to probe process group {pgid}");
+    // SAFETY: signal 0 only checks that the group exists; nothing is delivered.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Waits up to `timeout` for process group `pgid` to be gone; whether it is.
+pub fn wait_group_gone(pgid: u32, timeout: Duration) -> bool {
+    retry(timeout, || (!group_exists(pgid)).then_some(())).is_some()
 }
 
 /// Resident memory of `pid`, KiB.

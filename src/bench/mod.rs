@@ -5,6 +5,8 @@
 //!   percentiles and, given the server's pid, the server's CPU time per request.
 //! - [`run_idle`]: opens N connections that then sit idle, and reports how much the server's
 //!   resident memory grew per connection.
+//! - [`exec`]: commands per second against a local posix_spawn loop, and a long command
+//!   output to a slow reader (server memory, echo latency meanwhile).
 //!
 //! The client is itself one thread on one `mio::Poll`, so on a 2-core machine it takes one
 //! core and leaves the other to the server. It works against the framed listener and against
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+
+pub mod exec;
 
 use crate::client::Client;
 use crate::limits::MAX_FRAME_LEN;

@@ -1,7 +1,15 @@
-//! A blocking client for the framed protocol, used by `monoreactor echo` and by tests.
+//! A blocking client for the framed protocol, used by `monoreactor echo`, `monoreactor exec`
+//! and by tests.
 //!
 //! It is deliberately simple: one request at a time, blocking sockets with timeouts. (The
-//! server is the nonblocking part of this crate; a client may block.)
+//! server is the nonblocking part of this crate; a client may block, and [`exec`] even uses a
+//! thread for stdin.)
+//!
+//! The handshake is where a client most often meets the wrong peer: the raw echo port, a web
+//! server, something silent. [`Client::hello`] looks at what came back instead of HELLO_OK and
+//! says what it probably is ([`ClientError::WrongProtocol`]).
+
+pub mod exec;
 
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
@@ -13,6 +21,7 @@ use crate::proto::{
     DecodeError, Decoder, ErrorCode, ErrorMessage, Flags, Frame, FrameType, Header, Hello, HelloOk,
     MessageError,
 };
+use crate::server::{DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR};
 
 /// A frame that owns its payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,11 +62,112 @@ pub enum ClientError {
         /// Bytes of an incomplete frame received before the close.
         partial: usize,
     },
+    /// The peer answered HELLO with something that shows it does not speak the framed
+    /// protocol: the client is probably talking to the wrong port.
+    WrongProtocol {
+        /// The peer, as the user named it.
+        addr: String,
+        /// What it did instead of answering HELLO_OK.
+        evidence: NotFramed,
+    },
+    /// The server speaks a protocol version without the feature asked for.
+    Unsupported {
+        /// The version the connection speaks.
+        version: u16,
+        /// What is missing, e.g. "remote exec".
+        feature: &'static str,
+    },
+    /// A request does not fit in one frame of the size the server announced in HELLO_OK.
+    TooLarge {
+        /// The request's payload, bytes.
+        len: usize,
+        /// The server's limit for this connection (small before authentication).
+        max: u32,
+    },
+    /// Writing the command's output locally (stdout or stderr) failed.
+    Output(io::Error),
+}
+
+/// What a peer that is not a framed-protocol server did with our HELLO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotFramed {
+    /// It sent our HELLO back, byte for byte: an echo service (the raw echo port).
+    OwnHello,
+    /// It answered in HTTP; the first line of its answer.
+    Http(String),
+    /// It sent bytes that do not start a frame (or a frame no server sends); the first of them.
+    Bytes(Vec<u8>),
+    /// It closed the connection without a word.
+    Closed,
+    /// It said nothing within the timeout.
+    Silent(Duration),
+}
+
+/// At most this many bytes of a wrong peer's answer are quoted in a message.
+const QUOTED_BYTES: usize = 24;
+
+impl NotFramed {
+    /// Classifies the first bytes a peer sent instead of HELLO_OK (`ours` is the HELLO we sent).
+    pub fn from_answer(answer: &[u8], ours: &[u8]) -> NotFramed {
+        if !ours.is_empty() && answer.starts_with(ours) {
+            return NotFramed::OwnHello;
+        }
+        if answer.starts_with(b"HTTP/") {
+            let line = answer.split(|&byte| byte == b'\r' || byte == b'\n').next();
+            let line = line.unwrap_or(answer);
+            return NotFramed::Http(String::from_utf8_lossy(&line[..line.len().min(64)]).into());
+        }
+        NotFramed::Bytes(answer[..answer.len().min(QUOTED_BYTES)].to_vec())
+    }
+}
+
+impl fmt::Display for NotFramed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotFramed::OwnHello => write!(
+                f,
+                "answered with our own HELLO: is it the raw echo port ({} by default)?",
+                DEFAULT_ECHO_ADDR.port()
+            ),
+            NotFramed::Http(line) => write!(f, "answered in HTTP ({line:?}): is it a web server?"),
+            NotFramed::Bytes(bytes) => write!(
+                f,
+                "answered with bytes that are not a monoreactor frame (\"{}\"): is it another service?",
+                bytes.escape_ascii()
+            ),
+            NotFramed::Closed => f.write_str(
+                "closed the connection without answering HELLO: is it a monoreactor framed port?",
+            ),
+            NotFramed::Silent(timeout) => write!(
+                f,
+                "accepted the connection but did not answer HELLO within {}: is it a monoreactor framed port?",
+                seconds(*timeout)
+            ),
+        }
+    }
+}
+
+/// `1.5s`, `10s`: a duration as a person writes it.
+fn seconds(duration: Duration) -> String {
+    format!("{}s", duration.as_secs_f64())
 }
 
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ClientError::Connect { addr, source }
+                if source.kind() == ErrorKind::ConnectionRefused =>
+            {
+                write!(
+                    f,
+                    "cannot connect to {addr}: connection refused: is `monoreactor serve` running there?"
+                )
+            }
+            ClientError::Connect { addr, source }
+                if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                write!(f, "cannot connect to {addr}: timed out")
+            }
             ClientError::Connect { addr, source } => {
                 write!(f, "cannot connect to {addr}: {source}")
             }
@@ -80,8 +190,65 @@ impl fmt::Display for ClientError {
                     "server closed the connection in the middle of a frame ({partial} bytes)"
                 )
             }
+            ClientError::WrongProtocol { addr, evidence } => write!(
+                f,
+                "{addr} {evidence} The framed protocol listens on {} by default",
+                DEFAULT_FRAMED_ADDR.port()
+            ),
+            ClientError::Unsupported { version, feature } => write!(
+                f,
+                "the server speaks protocol version {version}, which has no {feature}: upgrade the server"
+            ),
+            ClientError::TooLarge { len, max } => write!(
+                f,
+                "the request is {len} bytes; the server accepts at most {max} in one frame"
+            ),
+            ClientError::Output(error) => write!(f, "cannot write the output: {error}"),
         }
     }
+}
+
+impl ClientError {
+    /// The server's error code, if this is an ERROR frame from the server.
+    pub fn server_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a local stdout or stderr that the reader closed (`EPIPE`): a Unix tool
+    /// then stops quietly, as `yes | head -1` does.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, ClientError::Output(error) if error.kind() == ErrorKind::BrokenPipe)
+    }
+}
+
+/// Resolves `HOST:PORT` (`127.0.0.1:7878`, `localhost:7878`, `[::1]:7878`) to one address,
+/// IPv4 first when a name has both families (a server on the default loopback listens on
+/// 127.0.0.1, not ::1). The error says what is wrong in words fit for a command line.
+pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    // "localhost" or "127.0.0.1" alone: the usual slip is a forgotten port.
+    if !text.contains(':') || text.ends_with(':') {
+        return Err(format!(
+            "`{text}` has no port: write HOST:PORT, e.g. {}:{}",
+            text.trim_end_matches(':'),
+            DEFAULT_FRAMED_ADDR.port()
+        ));
+    }
+    let resolved: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|error| format!("`{text}` is not HOST:PORT ({error})"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
 impl std::error::Error for ClientError {}
@@ -92,6 +259,18 @@ impl From<io::Error> for ClientError {
     }
 }
 
+/// A received frame as it was on the wire, for quoting it.
+fn wire_bytes(frame: &OwnedFrame) -> Vec<u8> {
+    let header = frame.header;
+    Frame::new(
+        header.frame_type,
+        header.flags,
+        header.stream,
+        &frame.payload,
+    )
+    .to_vec()
+}
+
 /// A framed-protocol connection.
 #[derive(Debug)]
 pub struct Client {
@@ -99,6 +278,8 @@ pub struct Client {
     received: Vec<u8>,
     decoder: Decoder,
     next_stream: u32,
+    /// The peer as the user named it, for messages.
+    peer: String,
 }
 
 impl Client {
@@ -108,6 +289,18 @@ impl Client {
         let mut client = Client::connect_raw(addr, timeout)?;
         client.hello(Hello::current())?;
         Ok(client)
+    }
+
+    /// Like [`Client::connect`], presenting `credentials` (the server's token, or empty) in
+    /// HELLO; returns the server's HELLO_OK too, which says what the connection may do.
+    pub fn connect_with(
+        addr: &str,
+        credentials: &[u8],
+        timeout: Duration,
+    ) -> Result<(Client, HelloOk), ClientError> {
+        let mut client = Client::connect_raw(addr, timeout)?;
+        let ok = client.hello(Hello::with_credentials(credentials))?;
+        Ok((client, ok))
     }
 
     /// Connects without sending HELLO, for tests of the handshake itself.
@@ -124,7 +317,9 @@ impl Client {
                     stream.set_nodelay(true)?;
                     stream.set_read_timeout(Some(timeout))?;
                     stream.set_write_timeout(Some(timeout))?;
-                    return Ok(Client::from_stream(stream));
+                    let mut client = Client::from_stream(stream);
+                    client.peer = addr.to_string();
+                    return Ok(client);
                 }
                 Err(error) => last = error,
             }
@@ -134,21 +329,76 @@ impl Client {
 
     /// Wraps a connected stream (no HELLO is sent).
     pub fn from_stream(stream: TcpStream) -> Client {
+        let peer = match stream.peer_addr() {
+            Ok(addr) => addr.to_string(),
+            Err(_) => "the server".to_string(),
+        };
         Client {
             stream,
             received: Vec::new(),
             decoder: Decoder::new(MAX_FRAME_LEN),
             next_stream: 1,
+            peer,
         }
     }
 
-    /// Sends `hello` and waits for HELLO_OK.
+    /// The peer as the user named it (or its address), for messages.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Sends `hello` and waits for HELLO_OK. An answer that shows the peer does not speak the
+    /// framed protocol (our HELLO echoed back, HTTP, other bytes, silence, a close without a
+    /// word) is reported as [`ClientError::WrongProtocol`]; an ERROR frame as
+    /// [`ClientError::Server`].
     pub fn hello(&mut self, hello: Hello<'_>) -> Result<HelloOk, ClientError> {
         let mut wire = Vec::new();
         hello.encode(&mut wire);
         self.send_raw(&wire)?;
-        let reply = self.expect(FrameType::HelloOk, 0)?;
-        HelloOk::parse(&reply.payload).map_err(ClientError::Message)
+        let evidence = match self.recv_frame() {
+            Ok(frame) => match frame.header.frame_type {
+                FrameType::HelloOk if frame.header.stream == 0 => {
+                    match HelloOk::parse(&frame.payload) {
+                        Ok(ok) => return Ok(ok),
+                        // A HELLO_OK type byte with a payload that is not ours: another
+                        // protocol whose first byte happens to be 0x02.
+                        Err(_) => NotFramed::from_answer(&wire_bytes(&frame), &wire),
+                    }
+                }
+                FrameType::Error => match ErrorMessage::parse(&frame.payload) {
+                    Ok(error) => {
+                        return Err(ClientError::Server {
+                            code: error.code,
+                            text: error.text.to_string(),
+                        });
+                    }
+                    Err(_) => NotFramed::from_answer(&wire_bytes(&frame), &wire),
+                },
+                // Only an echo service answers a client's HELLO with a HELLO.
+                FrameType::Hello => NotFramed::OwnHello,
+                _ => NotFramed::from_answer(&wire_bytes(&frame), &wire),
+            },
+            // What did not decode is still in `received`.
+            Err(ClientError::Decode(_)) => NotFramed::from_answer(&self.received, &wire),
+            Err(ClientError::Closed { partial: 0 }) => NotFramed::Closed,
+            Err(ClientError::Closed { .. }) => NotFramed::from_answer(&self.received, &wire),
+            Err(ClientError::Io(error))
+                if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                // Part of an answer still tells who is there (an echo that stalled).
+                if self.received.is_empty() {
+                    let waited = self.stream.read_timeout().ok().flatten();
+                    NotFramed::Silent(waited.unwrap_or_default())
+                } else {
+                    NotFramed::from_answer(&self.received, &wire)
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        Err(ClientError::WrongProtocol {
+            addr: self.peer.clone(),
+            evidence,
+        })
     }
 
     /// Sends one ECHO_REQUEST and returns the echoed payload.

@@ -1,20 +1,29 @@
 //! `monoreactor`: the command-line front end. Parses flags, sets up logging, and hands over to
 //! the library; every failure ends in one line on stderr and a non-zero exit.
+//!
+//! The client commands (`echo`, `exec`, `bench`) behave like Unix tools: a closed stdout ends
+//! them quietly (SIGPIPE's default action is restored for them, never for `serve`), every
+//! address takes `HOST:PORT`, and server errors are shown decoded with a hint where one helps.
 
+use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::io::{self, ErrorKind, IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use log::LevelFilter;
-use monoreactor::access::{Access, load_token};
+use monoreactor::access::{Access, TOKEN_ENV, Token, load_token};
 use monoreactor::bench::{self, BenchProtocol, IdleConfig, LoadConfig};
-use monoreactor::client::Client;
+use monoreactor::client::exec::{Command as RemoteCommand, ExecClient, Signaller};
+use monoreactor::client::{Client, ClientError, resolve_addr};
 use monoreactor::limits::Limits;
+use monoreactor::proto::exec::{EndReason, MAX_CWD_LEN, Signal};
+use monoreactor::proto::{Decoder, ErrorCode, ErrorMessage, FrameType, SessionFlags};
 use monoreactor::server::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
 };
@@ -43,9 +52,31 @@ enum Command {
     Serve(ServeArgs),
     /// Send one framed echo request and print the reply.
     Echo(EchoArgs),
+    /// Run a command on a server started with --exec, like ssh: stdin is forwarded, its
+    /// stdout and stderr come back as they are written, and its exit status is ours.
+    #[command(after_help = EXEC_HELP)]
+    Exec(ExecArgs),
     /// Load generator: ping-pong round trips per second, or memory per idle connection.
     Bench(BenchArgs),
 }
+
+const EXEC_HELP: &str = "\
+Examples:
+  monoreactor exec -- uname -a
+  monoreactor exec --shell 'ls | wc -l'
+  monoreactor exec -- cat < big.bin | b3sum      (same sum as b3sum big.bin)
+
+Stdin: forwarded until end of file, then the command sees EOF. With -n, or when stdin is a
+terminal and this is a background job, nothing is read and the command's stdin is /dev/null.
+
+Signals: the first SIGINT (Ctrl-C) or SIGTERM is sent to the remote command's process group;
+a second one gives up at once (exit 130 or 143), and the server stops the command when the
+connection closes.
+
+Exit status: the command's own; 128+N if signal N killed it; 127 if the server found no such
+program, 126 if it may not run it; 255 if this client failed (one line on stderr says why).
+
+The token comes from --token-file, else from $MONOREACTOR_TOKEN.";
 
 #[derive(Args)]
 struct ServeArgs {
@@ -104,15 +135,56 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct EchoArgs {
-    /// Server address (framed protocol).
-    #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_FRAMED_ADDR.to_string())]
-    addr: String,
+    /// Server address (framed protocol), HOST:PORT.
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    addr: Addr,
     /// Seconds to wait for the connection and for each reply.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
     timeout: Secs,
+    /// File holding the server's token, for texts above the small pre-authentication frame
+    /// limit [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// Text to send; several words are joined with spaces.
     #[arg(required = true, value_name = "TEXT")]
     text: Vec<String>,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("command").required(true).args(["argv", "shell"])))]
+struct ExecArgs {
+    /// Server address (framed protocol), HOST:PORT.
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    addr: Addr,
+    /// File holding the server's token [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Time limit for the command; the server applies the smaller of this and its own
+    /// --exec-timeout [default: the server's].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<Secs>,
+    /// Working directory, relative to the server's --root [default: the root].
+    #[arg(long, value_name = "DIR", value_parser = parse_cwd)]
+    cwd: Option<String>,
+    /// Run STRING with `sh -c` on the server instead of PROG.
+    #[arg(long, value_name = "STRING")]
+    shell: Option<String>,
+    /// Read no stdin: the command's stdin is /dev/null (like ssh -n).
+    #[arg(short = 'n', long)]
+    no_stdin: bool,
+    /// The program and its arguments, best after `--`; no shell is involved.
+    #[arg(value_name = "PROG", trailing_var_arg = true, value_parser = clap::value_parser!(OsString))]
+    argv: Vec<OsString>,
+}
+
+fn parse_cwd(text: &str) -> Result<String, String> {
+    if text.len() > MAX_CWD_LEN {
+        return Err(format!(
+            "{} bytes; at most {MAX_CWD_LEN} fit in a request",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,20 +195,20 @@ enum ProtocolArg {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Server address [default: 127.0.0.1:7878 framed, 127.0.0.1:7007 raw].
+    /// Server address, HOST:PORT [default: 127.0.0.1:7878 framed, 127.0.0.1:7007 raw].
     #[arg(long, value_name = "ADDR")]
-    addr: Option<SocketAddr>,
+    addr: Option<Addr>,
     /// Protocol to speak.
     #[arg(long, value_enum, default_value = "framed")]
     proto: ProtocolArg,
     /// Connections.
-    #[arg(long, value_name = "N", default_value_t = 50)]
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = at_least_one)]
     conns: usize,
     /// Payload bytes per request.
-    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = at_least_one)]
     size: usize,
     /// Requests in flight per connection (1 = ping-pong).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
     depth: usize,
     /// Seconds measured.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
@@ -153,28 +225,24 @@ struct BenchArgs {
     idle: bool,
 }
 
-/// A socket address, given as `IP:PORT` or `HOST:PORT` (`localhost:7878`).
+/// A count that must be at least 1 (clap puts the flag's name before the error).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// A socket address, given as `IP:PORT` or `HOST:PORT` (`localhost:7878`), for every flag
+/// that takes one ([`resolve_addr`] says why IPv4 comes first).
 #[derive(Clone, Copy)]
 struct Addr(SocketAddr);
 
 impl FromStr for Addr {
     type Err = String;
     fn from_str(text: &str) -> Result<Addr, String> {
-        if let Ok(addr) = text.parse() {
-            return Ok(Addr(addr));
-        }
-        let resolved: Vec<SocketAddr> = text
-            .to_socket_addrs()
-            .map_err(|error| format!("`{text}` is not HOST:PORT ({error})"))?
-            .collect();
-        // A name that resolves to both families: IPv4 first, as most peers expect.
-        resolved
-            .iter()
-            .find(|addr| addr.is_ipv4())
-            .or(resolved.first())
-            .copied()
-            .map(Addr)
-            .ok_or_else(|| format!("`{text}` resolves to no address"))
+        resolve_addr(text).map(Addr)
     }
 }
 
@@ -232,6 +300,13 @@ impl fmt::Display for Secs {
     }
 }
 
+/// Exit status of `exec` when the client itself failed, as ssh's.
+const CLIENT_FAILURE: u8 = 255;
+
+/// How long `exec` waits to connect, for HELLO_OK and for STARTED. The command's own run time
+/// is unbounded here (the server enforces its limit), so this covers only the handshake.
+const EXEC_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match i16::from(cli.verbose) - i16::from(cli.quiet) {
@@ -250,9 +325,13 @@ fn main() -> ExitCode {
     if let Err(error) = simple_logger::SimpleLogger::new().with_level(level).init() {
         eprintln!("monoreactor: cannot set up logging: {error}");
     }
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_sigpipe();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Echo(args) => echo(args),
+        Command::Exec(args) => return ExitCode::from(exec(args)),
         Command::Bench(args) => run_bench(args),
     };
     match result {
@@ -261,6 +340,19 @@ fn main() -> ExitCode {
             eprintln!("monoreactor: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Gives SIGPIPE back its default action, for client commands only. Rust ignores it before
+/// `main`, so a write to a closed pipe returns `EPIPE`, and `println!` panics on that. A Unix
+/// filter should instead end quietly when its reader goes away (`monoreactor exec -- yes |
+/// head -1`). The server keeps ignoring it: a client that disconnects must never kill it.
+/// Sockets are unaffected either way: std sends with `MSG_NOSIGNAL`.
+fn restore_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler, so nothing can run in signal
+    // context; it is called before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -278,8 +370,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         max_exec_per_connection: args.max_commands_per_conn,
         ..Limits::default()
     };
-    let (token, warning) =
-        load_token(args.token_file.as_deref()).map_err(|error| format!("--token-file: {error}"))?;
+    let (token, warning) = load_token(args.token_file.as_deref())
+        .map_err(|error| token_error(args.token_file.as_deref(), error))?;
     if let Some(warning) = warning {
         log::warn!("{warning}");
     }
@@ -344,15 +436,318 @@ fn describe_start_error(error: StartError) -> String {
     lines.join("\nmonoreactor: ")
 }
 
+/// A token that could not be loaded, named by where it came from: the file's errors carry
+/// its path, the environment's carry the variable's name.
+fn token_error(file: Option<&Path>, error: String) -> String {
+    match file {
+        Some(_) => format!("--token-file: {error}"),
+        None => error,
+    }
+}
+
+/// Where a client's token came from, for the hint after AUTH_FAILED or UNAUTHENTICATED.
+enum TokenSource {
+    File(PathBuf),
+    Env,
+    None,
+}
+
+/// The token for a client command: `--token-file`, else [`TOKEN_ENV`], else none.
+fn client_token(file: Option<PathBuf>) -> Result<(Option<Token>, TokenSource), String> {
+    let (token, warning) =
+        load_token(file.as_deref()).map_err(|error| token_error(file.as_deref(), error))?;
+    if let Some(warning) = warning {
+        log::warn!("{warning}");
+    }
+    let source = match (&token, file) {
+        (None, _) => TokenSource::None,
+        (Some(_), Some(path)) => TokenSource::File(path),
+        (Some(_), None) => TokenSource::Env,
+    };
+    Ok((token, source))
+}
+
+/// A client error in one line, with a hint where the server's answer alone would leave a new
+/// user guessing. `authenticated` is what HELLO_OK said, once known.
+fn explain(error: &ClientError, source: &TokenSource, authenticated: Option<bool>) -> String {
+    let hint = match (error.server_code(), source) {
+        (Some(ErrorCode::AuthFailed), TokenSource::File(path)) => format!(
+            "; check --token-file {} (it wins over {TOKEN_ENV})",
+            path.display()
+        ),
+        (Some(ErrorCode::AuthFailed), _) => {
+            format!("; check {TOKEN_ENV}, or pass --token-file PATH")
+        }
+        (Some(ErrorCode::Unauthenticated), TokenSource::None) => {
+            format!("; no token was given: pass --token-file PATH or set {TOKEN_ENV}")
+        }
+        _ if authenticated == Some(false)
+            && matches!(
+                (error, error.server_code()),
+                (ClientError::TooLarge { .. }, _) | (_, Some(ErrorCode::FrameTooLarge))
+            ) =>
+        {
+            format!(
+                " before authentication; with the server's token (--token-file PATH or {TOKEN_ENV}) it accepts more"
+            )
+        }
+        _ => String::new(),
+    };
+    format!("{error}{hint}")
+}
+
 fn echo(args: EchoArgs) -> Result<(), String> {
     let text = args.text.join(" ");
-    let mut client =
-        Client::connect(&args.addr, args.timeout.0).map_err(|error| error.to_string())?;
+    let (token, source) = client_token(args.token_file)?;
+    let credentials = token.as_ref().map_or(&[][..], Token::as_bytes);
+    let (mut client, ok) =
+        Client::connect_with(&args.addr.to_string(), credentials, args.timeout.0)
+            .map_err(|error| explain(&error, &source, None))?;
+    let authenticated = Some(ok.flags.contains(SessionFlags::AUTHENTICATED));
+    if text.len() > ok.max_payload_len as usize {
+        let error = ClientError::TooLarge {
+            len: text.len(),
+            max: ok.max_payload_len,
+        };
+        return Err(explain(&error, &source, authenticated));
+    }
     let reply = client
         .echo(text.as_bytes())
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| explain(&error, &source, authenticated))?;
     println!("{}", String::from_utf8_lossy(&reply));
     Ok(())
+}
+
+/// Why `exec` failed: its exit status and the line to print (none for a closed stdout).
+struct Failure {
+    status: u8,
+    message: Option<String>,
+}
+
+impl Failure {
+    fn own(message: String) -> Failure {
+        Failure {
+            status: CLIENT_FAILURE,
+            message: Some(message),
+        }
+    }
+}
+
+fn exec(args: ExecArgs) -> u8 {
+    match run_exec(args) {
+        Ok(status) => status,
+        Err(failure) => {
+            if let Some(message) = failure.message {
+                say(&message);
+            }
+            failure.status
+        }
+    }
+}
+
+fn run_exec(args: ExecArgs) -> Result<u8, Failure> {
+    let (token, source) = client_token(args.token_file).map_err(Failure::own)?;
+    let mut command = match args.shell {
+        Some(script) => RemoteCommand::shell(&script),
+        None => RemoteCommand::new(args.argv.into_iter().map(OsString::into_vec)),
+    };
+    command.cwd = args.cwd.unwrap_or_default();
+    command.timeout = args.timeout.map(|secs| secs.0);
+    command.stdin = !args.no_stdin && stdin_is_ours();
+
+    let addr = args.addr.to_string();
+    let client = ExecClient::connect(&addr, token.as_ref(), EXEC_CONNECT_TIMEOUT)
+        .map_err(|error| Failure::own(explain(&error, &source, None)))?;
+    let authenticated = Some(
+        client
+            .hello_ok()
+            .flags
+            .contains(SessionFlags::AUTHENTICATED),
+    );
+    let running = client.start(&command).map_err(|error| {
+        // As a shell (and so ssh) reports them: 127 not found, 126 found but not runnable.
+        let status = match error.server_code() {
+            Some(ErrorCode::NotFound) => 127,
+            Some(ErrorCode::PermissionDenied) => 126,
+            _ => CLIENT_FAILURE,
+        };
+        Failure {
+            status,
+            message: Some(explain(&error, &source, authenticated)),
+        }
+    })?;
+    log::debug!("remote pid {}", running.pid());
+    // From here a Ctrl-C is the remote command's; before, it simply ends this client (and the
+    // server, seeing the connection close, stops anything it started).
+    let _signals = forward_signals(running.signaller(), running.pid());
+    let input = command.stdin.then(io::stdin);
+    match running.finish(input, &mut io::stdout(), &mut io::stderr()) {
+        Ok(exit) => {
+            if !matches!(exit.reason, EndReason::None | EndReason::ClientSignal) {
+                // The status alone (143, 137) would not say that the server, not the command,
+                // decided this.
+                say(&format!("remote command {exit}"));
+            }
+            Ok(exit.shell_code())
+        }
+        // Our reader went away (`| head -1`): stop quietly, as the command itself would have.
+        // SIGPIPE's default action usually ends us before this is reached.
+        Err(error) if error.is_broken_pipe() => Err(Failure {
+            status: 128 + libc::SIGPIPE as u8,
+            message: None,
+        }),
+        Err(error) => Err(Failure::own(explain(&error, &source, authenticated))),
+    }
+}
+
+/// Whether `exec` should read stdin: yes, as ssh does, even from a terminal (`exec -- sh`
+/// then reads what is typed; Ctrl-D ends it), except in a background job on that terminal,
+/// where reading would only stop us with SIGTTIN (what `ssh -n` exists for): there the
+/// command gets /dev/null.
+fn stdin_is_ours() -> bool {
+    if !io::stdin().is_terminal() {
+        return true;
+    }
+    // SAFETY: both calls only read process and terminal state; fd 0 is a terminal.
+    let (foreground, ours) = unsafe { (libc::tcgetpgrp(0), libc::getpgrp()) };
+    let background = foreground != -1 && foreground != ours;
+    if background {
+        log::debug!("stdin is the terminal of another job: not forwarding it");
+    }
+    !background
+}
+
+/// Forwards the first SIGINT or SIGTERM to the remote command as a SIGNAL request; a second
+/// one gives up at once with 128+N and one line on stderr. SIGHUP (the terminal is gone) gives
+/// up at once with 129. Giving up closes the connection with a reset, on which the server stops
+/// the command (TERM to its group, KILL after a grace). The returned handle keeps the handlers
+/// installed; `None` if they could not be (the signals then end this client by their default
+/// action, and the server notices the closed connection as soon as it has output to send).
+fn forward_signals(signaller: Signaller, pid: u32) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            log::warn!("cannot catch SIGINT and SIGTERM to forward them: {error}");
+            return None;
+        }
+    };
+    let handle = signals.handle();
+    let spawned = std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            let mut forwarded = false;
+            for number in signals.forever() {
+                let signal = match number {
+                    SIGINT => Signal::Int,
+                    SIGTERM => Signal::Term,
+                    _ => Signal::Hup,
+                };
+                if !forwarded && signal != Signal::Hup {
+                    forwarded = true;
+                    log::debug!("forwarding {signal} to remote pid {pid}");
+                    // A failed send means the connection is gone: the output side reports it.
+                    let _ = signaller.send(signal);
+                    continue;
+                }
+                signaller.abort_on_close();
+                if signal != Signal::Hup {
+                    say(&format!(
+                        "{signal} again: gave up waiting for remote pid {pid}; the server stops it as the connection closes"
+                    ));
+                }
+                // Exit here rather than in the output thread, which may be blocked writing to a
+                // stdout nobody reads. The exit closes the connection (with a reset); closing
+                // it first would let the output thread report the close as an error of its own.
+                std::process::exit(128 + number);
+            }
+        });
+    match spawned {
+        Ok(_) => Some(handle),
+        Err(error) => {
+            log::warn!("cannot start the signal thread: {error}");
+            handle.close();
+            None
+        }
+    }
+}
+
+/// One `monoreactor: ...` line on stderr. A stderr that cannot be written (a terminal that
+/// hung up) is ignored: there is nowhere else to report it, and `eprintln!` would panic.
+fn say(message: &str) {
+    let _ = writeln!(io::stderr(), "monoreactor: {message}");
+}
+
+/// Checks, with one connection, that `addr` speaks what the benchmark will speak, so a wrong
+/// port gets a hint instead of a failure from the middle of the run.
+fn probe_bench_target(addr: SocketAddr, protocol: BenchProtocol) -> Result<(), String> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    match protocol {
+        BenchProtocol::Framed => Client::connect(&addr.to_string(), TIMEOUT)
+            .map(drop)
+            .map_err(|error| explain(&error, &TokenSource::None, None)),
+        BenchProtocol::Raw => probe_raw_echo(addr, TIMEOUT),
+    }
+}
+
+/// Sends a few bytes and expects them back. A framed server answers them (they are not a valid
+/// header) with an ERROR frame, which gives it away.
+fn probe_raw_echo(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    const PROBE: &[u8] = b"monoreactor raw echo probe";
+    let framed_hint = || {
+        format!(
+            "{addr} speaks the framed protocol, not raw echo: use --proto framed, or the raw echo port ({} by default)",
+            DEFAULT_ECHO_ADDR.port()
+        )
+    };
+    let connect_error = |error: io::Error| {
+        ClientError::Connect {
+            addr: addr.to_string(),
+            source: error,
+        }
+        .to_string()
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect_error)?;
+    let io_error = |error: io::Error| format!("{addr}: {error}");
+    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
+    stream.write_all(PROBE).map_err(io_error)?;
+    let mut answer = Vec::new();
+    let mut chunk = [0; 1024];
+    while answer.len() < PROBE.len() {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break;
+            }
+            Err(error) => return Err(io_error(error)),
+        }
+    }
+    if answer.starts_with(PROBE) {
+        return Ok(());
+    }
+    if let Ok(Some(frame)) = Decoder::new(u32::MAX).decode(&answer) {
+        if frame.header.frame_type == FrameType::Error {
+            if let Ok(error) = ErrorMessage::parse(frame.payload) {
+                log::debug!("{addr} answered the raw probe with ERROR {error}");
+            }
+            return Err(framed_hint());
+        }
+    }
+    if answer.is_empty() {
+        return Err(format!(
+            "{addr} did not echo a probe within {}s: is it a raw echo port ({} by default)?",
+            timeout.as_secs_f64(),
+            DEFAULT_ECHO_ADDR.port()
+        ));
+    }
+    Err(format!(
+        "{addr} did not echo a probe (it answered \"{}\"): is it a raw echo port ({} by default)?",
+        answer[..answer.len().min(24)].escape_ascii(),
+        DEFAULT_ECHO_ADDR.port()
+    ))
 }
 
 fn run_bench(args: BenchArgs) -> Result<(), String> {
@@ -360,10 +755,14 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
         ProtocolArg::Framed => BenchProtocol::Framed,
         ProtocolArg::Raw => BenchProtocol::Raw,
     };
-    let addr = args.addr.unwrap_or(match protocol {
-        BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
-        BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
-    });
+    let addr = args.addr.map_or(
+        match protocol {
+            BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
+            BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
+        },
+        |addr| addr.0,
+    );
+    probe_bench_target(addr, protocol)?;
     if args.idle {
         let server_pid = args
             .pid

@@ -1,21 +1,32 @@
 //! # monoreactor
 //!
 //! A server built as one event-driven, single-threaded reactor: one process, one thread, one
-//! [`mio::Poll`]. It serves a length-prefixed framed protocol, raw TCP echo (RFC 862) and UDP
-//! echo, and is written to be read by people studying nonblocking I/O.
+//! [`mio::Poll`]. It serves a length-prefixed framed protocol (echo, and authenticated remote
+//! exec), raw TCP echo (RFC 862) and UDP echo, and is written to be read by people studying
+//! nonblocking I/O.
 //!
 //! ## A tour, from the wire up
 //! - [`proto`] — the protocol, sans-IO: [`proto::Header`] (12 bytes), the incremental
-//!   [`proto::Decoder`], and the HELLO / HELLO_OK / ERROR messages. No sockets, no clock.
-//! - [`conn`] — one connection's state machine over any `Read + Write`: reading within a
-//!   budget, frame handling, backpressure, deadlines, orderly close.
-//! - [`service`] — what requests do (echo today).
-//! - [`reactor`] — the loop: tokens and the slab, the ready list, timers, accept, signals.
-//!   The edge-triggered rules are stated once at the top of that module.
-//! - [`server`] — configuration and binding; [`limits`] — every limit in one struct.
-//! - [`client`] — a blocking client; [`bench`](mod@bench) — the load generator behind `monoreactor bench`.
-//! - [`testkit`] — helpers for your own tests: a fragmenting writer and a scripted I/O;
-//!   [`procstat`] — memory, CPU and thread counts from `/proc`.
+//!   [`proto::Decoder`], the connection messages (HELLO / HELLO_OK / ERROR) and the exec
+//!   messages ([`proto::exec`]). No sockets, no processes, no clock.
+//! - [`service`] — what requests do, as state machines that own no descriptor: echo, and
+//!   [`service::exec::ExecSession`] for one running command (stdin credit, deadlines, EXIT).
+//! - [`outbox`] — one connection's output: whole frames only, bytes or file ranges, and the
+//!   one backpressure question every producer asks ([`outbox::Outbox::may_produce`]).
+//! - [`conn`] — one connection's state machine over any [`transport::Stream`]: reading within a
+//!   budget, frame handling, its open streams, deadlines, orderly close.
+//! - [`sys`] — the I/O layer for what is not a socket: child processes (pipes, pidfds, process
+//!   groups) and the root directory paths are confined to.
+//! - [`reactor`] — the loop: tokens (a connection's socket, or one of its commands'
+//!   descriptors), the slab, the ready list, timers, accept, signals. The edge-triggered rules
+//!   are stated once at the top of that module.
+//! - [`server`] — configuration and binding; [`limits`] — every limit in one struct;
+//!   [`access`] — the token and who may do what.
+//! - [`client`] — a blocking client; [`bench`](mod@bench) — the load generator behind
+//!   `monoreactor bench`.
+//! - [`testkit`] — helpers for your own tests: a fragmenting writer, scripted I/O, scripted
+//!   child processes and [`testkit::ConnHarness`], which drives a connection the way the loop
+//!   does; [`procstat`] — memory, CPU and thread counts from `/proc`.
 //!
 //! ## Feeding the decoder partial input
 //! The decoder answers `Ok(None)` until a whole frame is present, whatever the split, so a

@@ -441,29 +441,35 @@ pub fn children_of(parent: u32) -> Vec<(u32, char)> {
         .collect()
 }
 
-/// The processes in process group `pgid`.
-pub fn group_members(pgid: u32) -> Vec<u32> {
+/// The processes in process group `pgid`, with their state letters.
+pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
     let pgid = pgid.to_string();
     processes()
         .into_iter()
         .filter(|(_, fields)| fields.get(2) == Some(&pgid))
-        .map(|(pid, _)| pid)
+        .filter_map(|(pid, fields)| Some((pid, fields.first()?.chars().next()?)))
         .collect()
 }
 
-/// Whether any process is in process group `pgid`: `kill(-pgid, 0)` does not fail with
-/// `ESRCH`.
-pub fn group_exists(pgid: u32) -> bool {
-    let pgid = libc::pid_t::try_from(pgid).expect("pgid fits pid_t");
-    assert!(pgid > 1, "refusing to probe process group {pgid}");
+/// Whether any process of group `pgid` still runs. `kill(-pgid, 0)` answers first (`ESRCH`:
+/// none); members it finds count only if they are not zombies. A zombie here is an orphaned
+/// grandchild (its shell died first) reparented to init: reaping it is init's job, and some
+/// container inits do that only every few seconds.
+pub fn group_running(pgid: u32) -> bool {
+    let raw = libc::pid_t::try_from(pgid).expect("pgid fits pid_t");
+    assert!(raw > 1, "refusing to probe process group {pgid}");
     // SAFETY: signal 0 only checks that the group exists; nothing is delivered.
-    let rc = unsafe { libc::kill(-pgid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    let rc = unsafe { libc::kill(-raw, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    group_members(pgid).iter().any(|&(_, state)| state != 'Z')
 }
 
-/// Waits up to `timeout` for process group `pgid` to be gone; whether it is.
+/// Waits up to `timeout` until no process of group `pgid` runs ([`group_running`]); whether
+/// none does.
 pub fn wait_group_gone(pgid: u32, timeout: Duration) -> bool {
-    retry(timeout, || (!group_exists(pgid)).then_some(())).is_some()
+    retry(timeout, || (!group_running(pgid)).then_some(())).is_some()
 }
 
 /// Resident memory of `pid`, KiB.

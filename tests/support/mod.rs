@@ -362,11 +362,25 @@ pub struct Finished {
 /// Runs `monoreactor ARGS` to completion within `timeout` (killed and the test failed
 /// otherwise), collecting its output.
 pub fn run_cli(args: &[&str], timeout: Duration) -> Finished {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+    run_cli_with(args, timeout, |_| {})
+}
+
+/// Like [`run_cli`], with a chance to adjust the command first (its environment). Unless it
+/// sets it again, `MONOREACTOR_TOKEN` is removed from the environment the command inherits.
+pub fn run_cli_with(
+    args: &[&str],
+    timeout: Duration,
+    configure: impl FnOnce(&mut Command),
+) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_monoreactor"));
+    command
         .args(args)
+        .env_remove("MONOREACTOR_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    configure(&mut command);
+    let mut child = command
         .spawn()
         .unwrap_or_else(|error| panic!("cannot spawn monoreactor {args:?}: {error}"));
     let drain = |mut pipe: Box<dyn Read + Send>| {

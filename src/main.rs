@@ -70,8 +70,8 @@ Stdin: forwarded until end of file, then the command sees EOF. With -n, or when 
 terminal and this is a background job, nothing is read and the command's stdin is /dev/null.
 
 Signals: the first SIGINT (Ctrl-C) or SIGTERM is sent to the remote command's process group;
-a second one gives up at once (exit 130 or 143), and the server stops the command when the
-connection closes.
+a second one gives up at once (exit 130 or 143), as does SIGHUP (129), and the server stops the
+command when the connection closes.
 
 Exit status: the command's own; 128+N if signal N killed it; 127 if the server found no such
 program, 126 if it may not run it; 255 if this client failed (one line on stderr says why).

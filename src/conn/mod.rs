@@ -18,7 +18,8 @@
 //! 4. When the deadline passes: [`Connection::on_deadline`], then `drive` again.
 //! 5. When the socket is closed: [`Connection::release`].
 //!
-//! [`crate::testkit::drive_script`] runs steps 1–2 over a script, with a worked example.
+//! [`ConnHarness`](crate::testkit::ConnHarness) runs these steps over a script, with a worked
+//! example.
 //!
 //! # States
 //! ```text

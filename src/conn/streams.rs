@@ -7,7 +7,7 @@
 //! in the same turn of the loop, so an event of that turn's batch for the old command cannot
 //! reach a new one.
 //!
-//! [`Streams::pump`] moves a command's bytes: stdin from the stream's queue into the pipe,
+//! `Streams::pump` moves a command's bytes: stdin from the stream's queue into the pipe,
 //! output from the pipes into STDOUT/STDERR frames read straight into the outbox — only while
 //! the outbox [may take more](crate::outbox::Outbox::may_produce) and within the turn's byte
 //! budget — and, once the command has exited and its pipes are at EOF, the EXIT frame that

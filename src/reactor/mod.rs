@@ -31,10 +31,10 @@
 //! → fire due timers → close what was marked for closing → repeat.
 //!
 //! # Files
-//! - [`token`]: what a token names, and its bit layout;
+//! - `token.rs`: what a token names, and its bit layout;
 //! - `slots.rs`: the slab of connections — serving, driving, closing;
 //! - `accept.rs`: accepting, refusing, shedding when out of descriptors;
-//! - [`children`](self::children): the loop's side of child processes.
+//! - `children.rs`: the loop's side of child processes.
 
 mod accept;
 mod children;

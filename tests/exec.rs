@@ -9,8 +9,8 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::time::Duration;
 
-use monoreactor::proto::ErrorCode;
-use monoreactor::proto::exec::{EndReason, ExecRequest, Termination};
+use monoreactor::proto::exec::{EndReason, ExecRequest, Signal, Termination};
+use monoreactor::proto::{ErrorCode, Flags, FrameType};
 use support::exec::*;
 use support::*;
 
@@ -301,4 +301,51 @@ fn missing_programs_and_directories_are_not_found_and_unexecutable_files_not_per
     conn.exec_on_raw(stream, &wire);
     assert_eq!(conn.refused(stream).0, ErrorCode::BadRequest);
     conn.echo(b"the connection goes on");
+}
+
+#[test]
+fn stdin_and_signal_that_cross_the_exit_are_ignored() {
+    let server = Server::start_exec(&[]);
+    let mut conn = ExecConn::connect(&server);
+    let stream = conn.exec(&request_with_stdin(&["true"]));
+    let window = conn.started(stream).stdin_window;
+    assert!(window >= 2);
+    assert_eq!(conn.wait_end(stream, RUN_TIMEOUT).code(), 0);
+    // Sent as if the EXIT had not arrived yet: within the credit STARTED gave.
+    conn.send(&stdin_frame(stream, b"late"));
+    conn.send(&stdin_eof_frame(stream));
+    conn.send(&signal_frame(stream, Signal::Term));
+    conn.echo(b"the connection goes on");
+    assert_eq!(conn.run_argv(&["echo", "next"]).stdout.text(), "next\n");
+}
+
+#[test]
+fn a_request_on_the_stream_of_a_running_command_ends_the_connection() {
+    let server = Server::start_exec(&[]);
+    let mut conn = ExecConn::connect(&server);
+    let stream = conn.exec(&request(&["sleep", "30"]));
+    let pgid = conn.started(stream).pid;
+    conn.send(&exec_frame(stream, &request(&["true"])));
+    conn.expect_conn_error(ErrorCode::UnexpectedFrame);
+    assert!(
+        wait_group_gone(pgid, std::time::Duration::from_secs(5)),
+        "the command outlived its connection"
+    );
+}
+
+#[test]
+fn a_signal_the_protocol_does_not_offer_ends_the_connection() {
+    let server = Server::start_exec(&[]);
+    let mut conn = ExecConn::connect(&server);
+    let stream = conn.exec(&request(&["sleep", "30"]));
+    let pgid = conn.started(stream).pid;
+    // SIGSTOP (19) is not one of HUP, INT, KILL, TERM.
+    conn.send(
+        &monoreactor::proto::Frame::new(FrameType::Signal, Flags::NONE, stream, &[19]).to_vec(),
+    );
+    conn.expect_conn_error(ErrorCode::BadRequest);
+    assert!(
+        wait_group_gone(pgid, std::time::Duration::from_secs(5)),
+        "the command outlived its connection"
+    );
 }

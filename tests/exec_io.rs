@@ -275,3 +275,29 @@ fn echo_on_other_connections_keeps_answering_while_a_command_streams_a_gib() {
         "server RSS went from {rss_before} KiB to {rss_max} KiB during the GiB"
     );
 }
+
+#[test]
+fn credit_keeps_coming_after_the_command_closes_its_stdin() {
+    let server = Server::start_exec(&[]);
+    let mut conn = ExecConn::connect(&server);
+    // Reads a little, closes its stdin, and lives on for a while: the client must still be
+    // able to send all it has (the server drops it and returns the credit).
+    let stream = conn.exec_with(
+        &request_with_stdin(&[
+            "sh",
+            "-c",
+            "head -c 10 >/dev/null; exec 0<&-; sleep 3; echo done",
+        ]),
+        Sink::Keep,
+    );
+    let data = vec![b'z'; 2 * MIB];
+    let done = conn.feed_stdin(stream, &data, 64 << 10, Duration::from_secs(20));
+    assert_eq!(
+        done.stdin_sent,
+        data.len() as u64,
+        "the feed stopped early: {}",
+        done.summary()
+    );
+    assert_eq!(done.stdout.text(), "done\n");
+    assert_eq!(done.code(), 0);
+}

@@ -96,22 +96,57 @@ fn the_output_cap_delivers_exactly_the_cap_then_stops_the_command() {
     assert_eq!(done.exit().reason, EndReason::OutputCap);
 }
 
-/// Starts `script` and waits until its process group has at least two processes (the shell
-/// and a background child); returns the group id.
+/// Waits until process group `pgid` has at least `count` processes (a shell has started its
+/// children, so its traps are set).
+#[track_caller]
+fn wait_for_members(pgid: u32, count: usize) {
+    let reached = retry(Duration::from_secs(5), || {
+        (group_members(pgid).len() >= count).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "group {pgid} never had {count} processes: {:?}",
+        group_members(pgid)
+    );
+}
+
+/// Starts `script`, which runs two processes, and waits until both are; returns the group id.
 #[track_caller]
 fn start_group(conn: &mut ExecConn, script: &str) -> u32 {
     let stream = conn.exec(&shell(script));
     let pgid = conn.started(stream).pid;
-    let members = retry(Duration::from_secs(5), || {
-        let members = group_members(pgid);
-        (members.len() >= 2).then_some(members)
-    });
+    wait_for_members(pgid, 2);
+    pgid
+}
+
+#[test]
+fn a_background_child_holding_stdout_delays_exit_only_until_the_drain_deadline() {
+    let server = Server::start_exec(&[]);
+    let mut conn = ExecConn::connect(&server);
+    // The shell exits at once; its background `sleep` keeps the output pipes open.
+    let stream = conn.exec(&shell("echo before; sleep 30 & exit 3"));
+    let pgid = conn.started(stream).pid;
+    let done = conn.wait_end(stream, Duration::from_secs(10));
+    assert_eq!(
+        done.exit().termination,
+        Termination::Exited(3),
+        "{}",
+        done.summary()
+    );
+    assert_eq!(done.exit().reason, EndReason::None);
+    assert_eq!(done.stdout.text(), "before\n");
+    // The drain deadline is 1 s after the exit, not the 30 s of the sleep.
     assert!(
-        members.is_some(),
-        "group {pgid} never had two processes: {:?}",
+        done.elapsed() < Duration::from_secs(4),
+        "EXIT after {:?}",
+        done.elapsed()
+    );
+    // What the command left behind in its group is killed once the EXIT is out.
+    assert!(
+        wait_group_gone(pgid, Duration::from_secs(5)),
+        "the background sleep survived: {:?}",
         group_members(pgid)
     );
-    pgid
 }
 
 #[test]
@@ -130,6 +165,24 @@ fn a_disconnect_kills_the_whole_process_group() {
         "unreaped: {:?}",
         server.children()
     );
+}
+
+#[test]
+fn a_disconnect_in_the_middle_of_output_kills_the_command() {
+    let server = Server::start_exec(&[]);
+    let mut conn = ExecConn::connect(&server);
+    let stream = conn.exec_with(&request(&["yes"]), Sink::Count);
+    let pgid = conn.started(stream).pid;
+    conn.wait_for(stream, RUN_TIMEOUT, "1 MiB of output", |state| {
+        state.stdout.len >= 1 << 20
+    });
+    drop(conn);
+    assert!(
+        wait_group_gone(pgid, Duration::from_secs(5)),
+        "`yes` outlived its connection: {:?}",
+        group_members(pgid)
+    );
+    assert!(server.wait_no_children(Duration::from_secs(2)));
 }
 
 #[test]
@@ -225,6 +278,25 @@ fn eight_commands_run_at_once_on_one_connection_and_a_ninth_is_refused() {
 }
 
 #[test]
+fn the_per_connection_limit_follows_its_flag() {
+    let server = Server::start_exec(&["--max-commands-per-conn", "2"]);
+    let mut conn = ExecConn::connect(&server);
+    let first = conn.exec(&request_with_stdin(&["cat"]));
+    let second = conn.exec(&request_with_stdin(&["cat"]));
+    let third = conn.exec(&request(&["true"]));
+    conn.started(first);
+    conn.started(second);
+    assert_eq!(conn.refused(third).0, ErrorCode::LimitReached);
+    // Another connection has its own two.
+    let mut other = ExecConn::connect(&server);
+    assert_eq!(other.run_argv(&["true"]).code(), 0);
+    conn.stdin_eof(first);
+    conn.stdin_eof(second);
+    assert_eq!(conn.wait_end(first, RUN_TIMEOUT).code(), 0);
+    assert_eq!(conn.wait_end(second, RUN_TIMEOUT).code(), 0);
+}
+
+#[test]
 fn fifty_commands_run_at_once_on_fifty_connections() {
     const CONNS: usize = 50;
     let server = Server::start_exec(&["--max-commands", "64"]);
@@ -302,8 +374,8 @@ fn sigterm_mid_command(shutdown_grace: &str) -> Shutdown {
     let obeys = conn.exec(&request(&["sleep", "30"]));
     let ignores = conn.exec(&shell(IGNORES_TERM));
     let pids = [conn.started(obeys).pid, conn.started(ignores).pid];
-    // Give the shell time to set its trap before the TERM comes.
-    thread::sleep(Duration::from_millis(200));
+    // Once the shell has started `sleep`, its trap is set.
+    wait_for_members(pids[1], 2);
     server.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -402,10 +474,7 @@ fn a_signal_request_reaches_the_whole_group() {
     let mut conn = ExecConn::connect(&server);
     let stream = conn.exec(&shell("sleep 99 & sleep 99; echo not reached"));
     let pgid = conn.started(stream).pid;
-    retry(Duration::from_secs(5), || {
-        (group_members(pgid).len() >= 2).then_some(())
-    })
-    .expect("the background sleep started");
+    wait_for_members(pgid, 3);
     conn.signal(stream, Signal::Term);
     let done = conn.wait_end(stream, Duration::from_secs(5));
     assert_eq!(done.exit().reason, EndReason::ClientSignal);

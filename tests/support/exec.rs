@@ -605,7 +605,13 @@ impl ExecConn {
             .stream()
             .set_read_timeout(Some(remaining))
             .expect("set the read timeout");
-        let frame = match self.client.recv_frame() {
+        let received = self.client.recv_frame();
+        // Whoever reads next through `client()` gets the usual timeout back.
+        self.client
+            .stream()
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("set the read timeout");
+        let frame = match received {
             Ok(frame) => frame,
             Err(ClientError::Io(error))
                 if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>

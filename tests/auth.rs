@@ -373,3 +373,70 @@ fn a_short_token_file_refuses_to_start_with_one_line() {
         "{line}"
     );
 }
+
+#[test]
+fn wrong_tokens_are_logged_at_most_about_once_a_second() {
+    const ATTEMPTS: usize = 30;
+    let server = Server::start_exec(&[]);
+    let started = std::time::Instant::now();
+    for _ in 0..ATTEMPTS {
+        let mut client = framed_client_raw(&server);
+        client
+            .send_raw(&hello_with(b"not-the-token-0123456789abcdef"))
+            .unwrap();
+        expect_error(&mut client, 0, ErrorCode::AuthFailed);
+    }
+    let elapsed = started.elapsed();
+    let count_lines = || {
+        server
+            .stderr_text()
+            .lines()
+            .filter(|line| line.contains("wrong token"))
+            .count()
+    };
+    retry(Duration::from_secs(2), || {
+        (count_lines() >= 1).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no log line for {ATTEMPTS} wrong tokens:\n{}",
+            server.stderr_text()
+        )
+    });
+    let lines = count_lines();
+    assert!(
+        lines as u64 <= elapsed.as_secs() + 1,
+        "{lines} log lines for {ATTEMPTS} wrong tokens in {elapsed:?}:\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        !server
+            .stderr_text()
+            .contains(std::str::from_utf8(TEST_TOKEN).unwrap()),
+        "the log shows the token"
+    );
+}
+
+#[test]
+fn a_version_1_client_sees_exec_as_an_unknown_frame_type() {
+    let server = Server::start_exec(&[]);
+    let mut client = framed_client_raw(&server);
+    let hello_ok = client
+        .hello(monoreactor::proto::Hello {
+            min_version: 1,
+            max_version: 1,
+            credentials: TEST_TOKEN,
+        })
+        .unwrap();
+    assert_eq!(hello_ok.version, 1);
+    let marker = server.scratch().join("version-1");
+    client
+        .send_raw(&exec_frame(
+            5,
+            &request(&["touch", marker.to_str().unwrap()]),
+        ))
+        .unwrap();
+    expect_error(&mut client, 5, ErrorCode::UnknownFrameType);
+    assert_eq!(client.echo(b"still open").unwrap(), b"still open");
+    assert_nothing_ran(&server, &["version-1"]);
+}

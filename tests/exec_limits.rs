@@ -89,6 +89,17 @@ fn the_output_cap_delivers_exactly_the_cap_then_stops_the_command() {
         "{exit:?}"
     );
 
+    // Output of exactly the cap is not over it.
+    let done = conn.run_argv(&["head", "-c", "1048576", "/dev/zero"]);
+    assert_eq!(done.stdout.len, CAP);
+    assert_eq!(
+        done.exit().termination,
+        Termination::Exited(0),
+        "{}",
+        done.summary()
+    );
+    assert_eq!(done.exit().reason, EndReason::None);
+
     // The cap counts stdout and stderr together.
     let done = conn.run(&shell("head -c 700000 /dev/zero; yes >&2"));
     assert_eq!(done.stdout.len + done.stderr.len, CAP, "{}", done.summary());

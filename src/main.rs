@@ -223,6 +223,33 @@ struct BenchArgs {
     /// (needs --pid).
     #[arg(long)]
     idle: bool,
+    /// Instead of echo: --conns clients each run a command after another (`true`, or the
+    /// command after `--`) and report commands per second (needs a token).
+    #[arg(long, conflicts_with_all = ["idle", "stream"])]
+    exec: bool,
+    /// With --exec: run the command locally with posix_spawn + waitpid on --conns threads
+    /// instead, the reference to compare with (no server needed).
+    #[arg(long, requires = "exec")]
+    local: bool,
+    /// Instead of echo: one command writes BYTES of output to a client reading at --read-rate,
+    /// while a 64-byte echo client pings; reports server memory and echo latency (needs --pid
+    /// and a token; the server's --exec-max-output must allow BYTES).
+    #[arg(long, value_name = "BYTES", conflicts_with = "idle")]
+    stream: Option<u64>,
+    /// With --stream: how fast the client reads, bytes per second.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 100_000_000,
+        requires = "stream"
+    )]
+    read_rate: u64,
+    /// File holding the server's token, for --exec and --stream [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// With --exec: the command to run [default: true].
+    #[arg(last = true, value_name = "PROG [ARGS]")]
+    command: Vec<String>,
 }
 
 /// A count that must be at least 1 (clap puts the flag's name before the error).
@@ -622,7 +649,7 @@ fn stdin_is_ours() -> bool {
 /// up at once with 129. Giving up closes the connection with a reset, on which the server stops
 /// the command (TERM to its group, KILL after a grace). The returned handle keeps the handlers
 /// installed; `None` if they could not be (the signals then end this client by their default
-/// action, and the server notices the closed connection as soon as it has output to send).
+/// action, and the server stops the command when the connection closes).
 fn forward_signals(signaller: Signaller, pid: u32) -> Option<signal_hook::iterator::Handle> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
@@ -750,6 +777,15 @@ fn probe_raw_echo(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     ))
 }
 
+/// The command `bench --exec` runs: the one after `--`, or `true`.
+fn bench_command(command: &[String]) -> Vec<String> {
+    if command.is_empty() {
+        vec!["true".to_string()]
+    } else {
+        command.to_vec()
+    }
+}
+
 fn run_bench(args: BenchArgs) -> Result<(), String> {
     let protocol = match args.proto {
         ProtocolArg::Framed => BenchProtocol::Framed,
@@ -762,7 +798,54 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
         },
         |addr| addr.0,
     );
+    if args.exec && args.local {
+        let config = bench::exec::SpawnConfig {
+            parallel: args.conns,
+            argv: bench_command(&args.command),
+            warmup: args.warmup.0,
+            duration: args.secs.0,
+        };
+        let report = bench::exec::run_local_spawn(&config)
+            .map_err(|error| format!("local spawn loop: {error}"))?;
+        println!("{report}");
+        return Ok(());
+    }
     probe_bench_target(addr, protocol)?;
+    if args.exec || args.stream.is_some() {
+        let (token, _) = load_token(args.token_file.as_deref())?;
+        let token = token.ok_or(
+            "--exec and --stream need the server's token: pass --token-file PATH or set MONOREACTOR_TOKEN",
+        )?;
+        if let Some(bytes) = args.stream {
+            let server_pid = args
+                .pid
+                .ok_or("--stream needs --pid, the server's process id")?;
+            let config = bench::exec::StreamConfig {
+                addr: addr.to_string(),
+                token,
+                bytes,
+                read_rate: args.read_rate,
+                server_pid,
+            };
+            let report = bench::exec::run_stream(&config)
+                .map_err(|error| format!("stream from {addr}: {error}"))?;
+            println!("{report}");
+            return Ok(());
+        }
+        let config = bench::exec::ExecConfig {
+            addr: addr.to_string(),
+            token,
+            parallel: args.conns,
+            argv: bench_command(&args.command),
+            warmup: args.warmup.0,
+            duration: args.secs.0,
+            server_pid: args.pid,
+        };
+        let report = bench::exec::run_exec(&config)
+            .map_err(|error| format!("commands on {addr}: {error}"))?;
+        println!("{report}");
+        return Ok(());
+    }
     if args.idle {
         let server_pid = args
             .pid

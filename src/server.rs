@@ -156,7 +156,9 @@ impl Server {
     /// enabled), binds every socket and registers it.
     ///
     /// Raising the descriptor limit affects the whole process, as it should for a server that
-    /// is the process; a program embedding it should know that its own limit rises too.
+    /// is the process; a program embedding it should know that its own limit rises too. So does
+    /// enabling commands: every inherited descriptor is made close-on-exec
+    /// ([`keep_descriptors_from_commands`](crate::sys::process::keep_descriptors_from_commands)).
     pub fn bind(config: Config) -> Result<Server, StartError> {
         let mut limits = config.limits;
         limits
@@ -175,6 +177,7 @@ impl Server {
             descriptors,
         );
         let root = if config.access.exec {
+            crate::sys::process::keep_descriptors_from_commands()?;
             let root = Root::open_or_create(&config.root).map_err(|error| {
                 StartError::Config(format!(
                     "cannot use {} as the root directory: {error}",

@@ -97,6 +97,9 @@ impl fmt::Display for State {
     }
 }
 
+/// Smallest read worth making into the room an input buffer has; below it the buffer grows.
+const MIN_READ: usize = 4 << 10;
+
 /// The server's access rules when a [`Context`] is made without any: echo only, no token.
 static ECHO_ONLY: Access = Access::ECHO_ONLY;
 
@@ -423,9 +426,12 @@ impl Connection {
     /// SIGTERM and their EXIT frames go out before `SHUTTING_DOWN`; without commands the
     /// orderly close starts at once.
     pub fn begin_shutdown(&mut self, grace: Duration, cx: &mut Context<'_>) {
-        if self.state == State::Open {
+        if self.state == State::Open && self.open_streams() > 0 {
             if let Some(streams) = self.streams.as_mut() {
-                streams.handle_shutdown(cx.now, cx.limits);
+                // SIGKILL comes within half the grace at most, so the EXIT frames and
+                // SHUTTING_DOWN still go out before the grace period ends.
+                let kill_grace = cx.limits.exec_kill_grace.min(grace / 2);
+                streams.handle_shutdown(cx.now, kill_grace);
                 self.bits.set(Bits::DRAINING, true);
                 return;
             }
@@ -646,7 +652,14 @@ impl Connection {
         // frame. A header announcing 1 MiB reserves nothing until the bytes come. (A full
         // buffer holds a complete frame, so `room` is zero only while frames wait to be handled.)
         let room = cx.limits.input_cap().saturating_sub(input.len());
-        let want = room.min(cx.pool.buffer_len()).min(budget.bytes);
+        let mut want = room.min(cx.pool.buffer_len()).min(budget.bytes);
+        // Read into the room the buffer already has while that is a useful amount: a partial
+        // frame left at the head must not make a pooled buffer grow (a grown buffer is freed
+        // instead of reused). A frame larger than the buffer still grows it as it arrives.
+        let free = input.capacity() - input.len();
+        if free >= MIN_READ {
+            want = want.min(free);
+        }
         let outcome = if want == 0 {
             ReadOutcome::Drained
         } else {

@@ -1,8 +1,10 @@
 //! A connection's open streams: the requests that take time (a running command now, a file
 //! transfer next), each on the stream its request came on.
 //!
-//! The table is allocated with the first such request and freed after the last one ends, so
-//! an idle connection pays 8 bytes for it. Each command has a *child number* (0–63) that names
+//! The table is allocated with the first such request. After the last one ends its list is
+//! freed at once and the table itself (a few dozen bytes, remembering the child number just
+//! freed) at the connection's next drive in a later turn; a connection that never ran a
+//! command pays 8 bytes for it. Each command has a *child number* (0–63) that names
 //! its pipes and pidfd in poll tokens; [`Streams::free_index`] never hands out a number freed
 //! in the same turn of the loop, so an event of that turn's batch for the old command cannot
 //! reach a new one.
@@ -172,10 +174,10 @@ impl Streams {
         }
     }
 
-    /// Stops every command for a shutdown (SIGTERM now, SIGKILL after the grace).
-    pub fn handle_shutdown(&mut self, now: Tick, limits: &crate::limits::Limits) {
+    /// Stops every command for a shutdown: SIGTERM now, SIGKILL after `kill_grace`.
+    pub fn handle_shutdown(&mut self, now: Tick, kill_grace: std::time::Duration) {
         for command in &mut self.open {
-            command.session.handle_shutdown(now, limits);
+            command.session.handle_shutdown(now, kill_grace);
         }
     }
 
@@ -242,6 +244,11 @@ impl Streams {
                 self.cooling_turn = cx.turn;
             }
             self.cooling |= 1 << done.index;
+            if self.open.is_empty() {
+                // The table itself must outlive this turn (it remembers the cooling child
+                // number); its list need not.
+                self.open = Vec::new();
+            }
             progress = true;
         }
         progress

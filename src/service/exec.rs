@@ -25,6 +25,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use crate::buffer::{Buf, BufferPool};
 use crate::limits::Limits;
@@ -246,7 +247,7 @@ impl ExecSession {
     /// A session for a command that just started with `pid`. `timeout_ms` is the client's
     /// request (0: the server's limit); the server's limit always wins.
     pub fn new(pid: u32, stdin: bool, timeout_ms: u32, now: Tick, limits: &Limits) -> ExecSession {
-        let requested = std::time::Duration::from_millis(u64::from(timeout_ms));
+        let requested = Duration::from_millis(u64::from(timeout_ms));
         let limit = if timeout_ms == 0 {
             limits.exec_timeout
         } else {
@@ -380,7 +381,7 @@ impl ExecSession {
     /// Output arrived past the cap and was discarded: the command is stopped.
     pub fn handle_output_over_cap(&mut self, now: Tick, limits: &Limits) {
         if self.exit.is_none() && self.reason == EndReason::None {
-            self.terminate(EndReason::OutputCap, now, limits);
+            self.terminate(EndReason::OutputCap, now, limits.exec_kill_grace);
         }
     }
 
@@ -402,7 +403,7 @@ impl ExecSession {
     pub fn handle_timeout(&mut self, now: Tick, limits: &Limits) {
         if self.exit.is_none() {
             if now >= self.run_deadline && self.kill_deadline == Tick::NEVER {
-                self.terminate(EndReason::Timeout, now, limits);
+                self.terminate(EndReason::Timeout, now, limits.exec_kill_grace);
             }
             if now >= self.kill_deadline && !self.kill_sent {
                 self.kill_sent = true;
@@ -411,10 +412,10 @@ impl ExecSession {
         }
     }
 
-    /// The server is shutting down: TERM now, KILL after the grace.
-    pub fn handle_shutdown(&mut self, now: Tick, limits: &Limits) {
+    /// The server is shutting down: TERM now, KILL after `kill_grace`.
+    pub fn handle_shutdown(&mut self, now: Tick, kill_grace: Duration) {
         if self.exit.is_none() && self.kill_deadline == Tick::NEVER {
-            self.terminate(EndReason::Shutdown, now, limits);
+            self.terminate(EndReason::Shutdown, now, kill_grace);
         }
     }
 
@@ -512,11 +513,11 @@ impl ExecSession {
         }
     }
 
-    fn terminate(&mut self, reason: EndReason, now: Tick, limits: &Limits) {
+    fn terminate(&mut self, reason: EndReason, now: Tick, kill_grace: Duration) {
         self.note_reason(reason);
         self.queue_signal(Signal::Term);
         if self.kill_deadline == Tick::NEVER {
-            self.kill_deadline = now.after(limits.exec_kill_grace);
+            self.kill_deadline = now.after(kill_grace);
         }
     }
 
@@ -542,8 +543,6 @@ fn signal_bit(signal: Signal) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn limits() -> Limits {
@@ -705,7 +704,7 @@ mod tests {
         let limits = limits();
         let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
         session.handle_signal(Signal::Int);
-        session.handle_shutdown(Tick(5), &limits);
+        session.handle_shutdown(Tick(5), limits.exec_kill_grace);
         assert_eq!(
             drain_actions(&mut session, Tick(5)),
             [

@@ -8,9 +8,11 @@
 //!   descriptor, and its own process group (`process_group(0)`), so one signal reaches
 //!   everything it started.
 //! - **Pipes** are made non-blocking on the server's end only. `O_NONBLOCK` lives in the open
-//!   file description, which the child shares for *its* end of nothing here: each end of a
-//!   pipe is its own description, so the child's ends stay blocking, as programs expect.
-//!   (`mio`'s `From<ChildStdout>` does not set the flag; we do.)
+//!   file description, shared by every descriptor that refers to it; each end of a pipe is a
+//!   description of its own, and the child holds only its ends, so setting the flag on ours
+//!   leaves the child's blocking, as programs expect (setting it on the child's end would make
+//!   a plain `write` in the child fail with `EAGAIN`). `mio`'s `From<ChildStdout>` does not set
+//!   the flag; we do.
 //! - **Exit** is seen through a pidfd registered in the poll (readable once the process has
 //!   exited), as tokio's `pidfd_reaper` does. The status is read with `waitid(P_PIDFD,
 //!   WNOWAIT)`, leaving the process a zombie until the connection is done with it: while it
@@ -49,6 +51,43 @@ pub const EXEC_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The environment every command gets, besides `HOME` (the root directory). Nothing comes from
 /// the client or from the server's own environment (sshd's `PermitUserEnvironment no`).
 pub const EXEC_ENV: [(&str, &str); 2] = [("PATH", EXEC_PATH), ("LANG", "C.UTF-8")];
+
+/// Marks every descriptor from 3 up close-on-exec, so nothing the server inherited (a shell's
+/// stray descriptor, a supervisor's socket) reaches the commands it runs; everything the
+/// server opens itself is close-on-exec already. Call once, before the first spawn. In a
+/// program that embeds the server this applies to the whole process: its own descriptors stop
+/// passing to its own children too.
+pub fn keep_descriptors_from_commands() -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing and touches no memory; it
+    // only sets a flag on descriptors of this process.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Before Linux 5.11: one descriptor at a time, as /proc lists them.
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if fd > 2 {
+            // SAFETY: F_SETFD on a descriptor number only sets its flag; a number that was the
+            // directory listing's own and is gone by now fails with EBADF, which is fine.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
+}
 
 /// Who a child belongs to.
 #[derive(Debug)]
@@ -197,13 +236,16 @@ impl ChildTable {
         let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => fd,
             Err(errno) => {
-                // Without a pidfd the loop would never hear of the exit: undo the spawn.
-                let _ = child.kill();
+                // Without a pidfd the loop would never hear of the exit: undo the spawn. The
+                // child was just started and dies at once of SIGKILL, so the wait is short.
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
                 let _ = child.wait();
-                return Err(SpawnError::Failed(format!(
-                    "pidfd_open: {} (needs Linux 5.3 or later)",
-                    io::Error::from(errno)
-                )));
+                let error = io::Error::from(errno);
+                return Err(if errno == rustix::io::Errno::NOSYS {
+                    SpawnError::Failed(format!("pidfd_open: {error} (needs Linux 5.3 or later)"))
+                } else {
+                    spawn_io_error("pidfd_open", &error)
+                });
             }
         };
         let mut process = ChildProcess {
@@ -283,9 +325,9 @@ impl ChildTable {
         }
     }
 
-    /// Sends `signal` to the child's process group (not after its exit: the group may be all
-    /// gone, and its id reserved only by the zombie is still safe, but there is nothing to
-    /// stop).
+    /// Sends `signal` to the child's process group. Safe even after the leader's exit: until
+    /// it is reaped, its zombie keeps the group id from being reused. (Sessions stop asking once
+    /// the exit is seen; the group's leftovers are killed at release.)
     pub fn signal(&mut self, id: ChildId, signal: Signal) -> io::Result<()> {
         let Some(process) = self.children.get(id.0 as usize) else {
             return Ok(());

@@ -100,8 +100,8 @@ fn without_the_token_exec_is_refused_on_its_stream_and_echo_still_works() {
         hello_ok.flags.bits()
     );
     assert!(
-        hello_ok.flags.contains(SessionFlags::EXEC),
-        "the server runs commands"
+        !hello_ok.flags.contains(SessionFlags::EXEC),
+        "a connection that may not run commands is not told whether the server does"
     );
     assert_eq!(hello_ok.max_payload_len, PRE_AUTH_MAX, "the pre-auth limit");
 

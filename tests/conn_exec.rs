@@ -115,7 +115,11 @@ fn hello_without_credentials_may_echo_but_exec_is_refused_on_its_stream() {
     io.push(&hello(b""));
     h.event(&mut io, true, true);
     let ok = HelloOk::parse(&io.take_frames()[0].payload).unwrap();
-    assert_eq!(ok.flags, SessionFlags::EXEC, "not authenticated");
+    assert_eq!(
+        ok.flags,
+        SessionFlags::NONE,
+        "not authenticated, and not told that commands run"
+    );
     assert_eq!(
         ok.max_payload_len, 4096,
         "the pre-authentication limit is announced"
@@ -506,6 +510,25 @@ fn end_of_stream_from_the_client_stops_its_commands() {
     io.close();
     assert_eq!(h.event(&mut io, true, false), Verdict::Close);
     assert_eq!(h.children().nth(0).released, Some(EndReason::Disconnect));
+}
+
+#[test]
+fn a_client_error_on_a_commands_stream_ends_that_stream_only() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    start(&mut h, &mut io, 4, &[b"sleep", b"99"], ExecFlags::NONE);
+    let mut abandon = Vec::new();
+    ErrorMessage::new(ErrorCode::Other(1000), "not interested").encode(4, &mut abandon);
+    io.push(&abandon);
+    io.push(&Frame::new(FrameType::EchoRequest, Flags::END_STREAM, 5, b"still").to_vec());
+    h.event(&mut io, true, false);
+    assert_eq!(h.children().nth(0).released, Some(EndReason::ClientSignal));
+    assert_eq!(h.conn.open_streams(), 0);
+    assert_eq!(
+        kinds(&io.take_frames()),
+        [(FrameType::EchoReply, 5)],
+        "nothing more on stream 4, and the connection goes on"
+    );
+    assert_eq!(h.conn.state(), State::Open);
 }
 
 #[test]

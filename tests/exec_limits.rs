@@ -461,7 +461,6 @@ fn sigterm_with_a_grace_shorter_than_the_kill_grace_still_leaves_no_process() {
 }
 
 #[test]
-#[ignore = "server bug: at the end of --shutdown-grace a connection with a command still running is closed with neither EXIT nor SHUTTING_DOWN"]
 fn sigterm_with_a_grace_shorter_than_the_kill_grace_tells_the_client_why() {
     let shutdown = sigterm_mid_command("1");
     let shutting_down = shutdown

@@ -330,7 +330,7 @@ fn hello_ok_unauthenticated() -> Vec<u8> {
     hello_ok_with(
         PROTOCOL_VERSION,
         Limits::default().pre_auth_max_frame,
-        SessionFlags::EXEC,
+        SessionFlags::NONE,
     )
 }
 
@@ -493,7 +493,7 @@ fn hello_ok_dumps_are_what_the_server_sends() {
             "hello-ok-unauthenticated",
             2,
             default.pre_auth_max_frame,
-            SessionFlags::EXEC,
+            SessionFlags::NONE,
             HelloOk::V2_PAYLOAD_LEN,
         ),
     ];

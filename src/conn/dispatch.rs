@@ -106,7 +106,8 @@ impl Connection {
         if authenticated {
             flags = flags.with(SessionFlags::AUTHENTICATED);
         }
-        if cx.access.exec {
+        // Whether commands run is told only to those who may run them.
+        if cx.access.exec && authenticated {
             flags = flags.with(SessionFlags::EXEC);
         }
         let ok = HelloOk {
@@ -171,12 +172,40 @@ impl Connection {
                 let reason = ErrorMessage::parse(frame.payload)
                     .map(|error| error.to_string())
                     .unwrap_or_else(|error| format!("unparsable error frame: {error}"));
+                if stream != 0 && self.bits.has(Bits::EXEC_FRAMES) {
+                    // Version 2: an ERROR on a request's stream ends that stream only — the
+                    // client abandons its command, which is stopped and sends nothing more.
+                    self.abandon_stream(stream, cx, &reason);
+                    return Ok(());
+                }
                 Err(Fatal::quiet(format!("client reported an error: {reason}")))
             }
             other => Err(Fatal::new(
                 ErrorCode::UnexpectedFrame,
                 format!("{other} is not valid from a client here"),
             )),
+        }
+    }
+
+    /// The client ended `stream` with an ERROR: its command, if any, is released (stopped and
+    /// reaped by the I/O layer) and nothing more is sent on the stream.
+    fn abandon_stream(&mut self, stream: u32, cx: &mut Context<'_>, reason: &str) {
+        let Some(command) = self
+            .streams
+            .as_mut()
+            .and_then(|streams| streams.remove(stream, cx.turn))
+        else {
+            debug!("client ERROR for stream {stream}, which has no command: ignored");
+            return;
+        };
+        debug!(
+            "stream {stream}: the client abandoned pid {} ({reason})",
+            command.session.pid()
+        );
+        let mut command = command;
+        command.session.release(cx.pool);
+        if let Some(children) = cx.children.as_deref_mut() {
+            children.release(command.child, crate::proto::exec::EndReason::ClientSignal);
         }
     }
 

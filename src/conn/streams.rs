@@ -138,6 +138,27 @@ impl Streams {
         (0..CHILD_NUMBERS).find(|index| used & (1 << index) == 0)
     }
 
+    /// Takes the command on `stream` out of the table (its child number cools for `turn`).
+    pub fn remove(&mut self, stream: u32, turn: u64) -> Option<ExecStream> {
+        let at = self.open.iter().position(|command| command.id == stream)?;
+        let command = self.open.swap_remove(at);
+        self.cool(command.index, turn);
+        Some(command)
+    }
+
+    fn cool(&mut self, index: u8, turn: u64) {
+        if self.cooling_turn != turn {
+            self.cooling = 0;
+            self.cooling_turn = turn;
+        }
+        self.cooling |= 1 << index;
+        if self.open.is_empty() {
+            // The table itself must outlive this turn (it remembers the cooling child
+            // number); its list need not.
+            self.open = Vec::new();
+        }
+    }
+
     /// Adds a started command.
     pub fn insert(&mut self, command: ExecStream) {
         self.open.push(command);
@@ -239,16 +260,7 @@ impl Streams {
             let mut done = self.open.swap_remove(at);
             done.session.release(cx.pool);
             children.release(done.child, done.session.reason());
-            if self.cooling_turn != cx.turn {
-                self.cooling = 0;
-                self.cooling_turn = cx.turn;
-            }
-            self.cooling |= 1 << done.index;
-            if self.open.is_empty() {
-                // The table itself must outlive this turn (it remembers the cooling child
-                // number); its list need not.
-                self.open = Vec::new();
-            }
+            self.cool(done.index, cx.turn);
             progress = true;
         }
         progress

@@ -191,6 +191,27 @@ fn a_hello_declaring_more_than_the_pre_auth_limit_is_refused_from_its_header() {
 }
 
 #[test]
+fn a_client_stalling_mid_hello_pins_a_few_kib_not_a_pool_buffer() {
+    let mut h = ConnHarness::framed(Limits::default()).with_exec(TOKEN);
+    let mut io = MemoryIo::new();
+    let hello = hello(TOKEN);
+    io.push(&hello[..hello.len() - 1]);
+    h.event(&mut io, true, true);
+    assert_eq!(h.conn.pending_input(), hello.len() - 1);
+    let cap = 12 + h.limits.pre_auth_frame_len() as usize;
+    assert!(
+        h.conn.buffer_capacity() <= cap,
+        "{} bytes of buffer held for {} bytes of a HELLO",
+        h.conn.buffer_capacity(),
+        hello.len() - 1
+    );
+    io.push(&hello[hello.len() - 1..]);
+    h.event(&mut io, true, false);
+    assert_eq!(kinds(&io.take_frames()), [(FrameType::HelloOk, 0)]);
+    assert!(!h.conn.holds_buffers());
+}
+
+#[test]
 fn a_version_1_connection_does_not_know_exec_frames() {
     let mut h = ConnHarness::framed(Limits::default()).with_exec(TOKEN);
     let mut io = MemoryIo::new();

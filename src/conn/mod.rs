@@ -51,7 +51,7 @@ use crate::buffer::{Buf, BufferPool};
 use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::proto::exec::EndReason;
-use crate::proto::{DecodeError, Decoder, ErrorCode, FrameType, Header};
+use crate::proto::{DecodeError, Decoder, ErrorCode, FrameType, HEADER_LEN, Header};
 use crate::service::exec::{ChildSource, Children};
 use crate::throttle::LogThrottle;
 use crate::timer::Tick;
@@ -474,8 +474,33 @@ impl Connection {
             State::Closed => Verdict::Close,
         };
         cx.pool.give_if_empty(&mut self.input);
+        self.shrink_unauthenticated_input(cx);
         self.outbox.release_if_empty(cx.pool);
         verdict
+    }
+
+    /// Before authentication a frame is at most the pre-authentication limit, so a partial one
+    /// left waiting moves from the pooled buffer into one of that size: a client that never
+    /// authenticates pins a few KiB of input, not a pool buffer (the allocation happens only
+    /// when such a client stalls mid-frame).
+    fn shrink_unauthenticated_input(&mut self, cx: &mut Context<'_>) {
+        let cap = HEADER_LEN + self.max_payload(cx.limits) as usize;
+        if cap >= cx.pool.buffer_len() {
+            return;
+        }
+        let Some(input) = self.input.as_mut() else {
+            return;
+        };
+        // Only a lone partial frame is moved (complete frames left for the next turn are
+        // handled soon; they are not a stall).
+        if input.capacity() <= cap || input.len() > cap {
+            return;
+        }
+        let mut small = Box::new(Buf::with_capacity(cap));
+        small.append(input.data(), cap);
+        if let Some(pooled) = self.input.replace(small) {
+            cx.pool.give(pooled);
+        }
     }
 
     // === Framed ===
@@ -651,7 +676,8 @@ impl Connection {
         // Grow only as bytes arrive: one pool buffer's worth at a time, never past one maximal
         // frame. A header announcing 1 MiB reserves nothing until the bytes come. (A full
         // buffer holds a complete frame, so `room` is zero only while frames wait to be handled.)
-        let room = cx.limits.input_cap().saturating_sub(input.len());
+        let cap = cx.limits.input_cap();
+        let room = cap.saturating_sub(input.len());
         let mut want = room.min(cx.pool.buffer_len()).min(budget.bytes);
         // Read into the room the buffer already has while that is a useful amount: a partial
         // frame left at the head must not make a pooled buffer grow (a grown buffer is freed
@@ -663,7 +689,7 @@ impl Connection {
         let outcome = if want == 0 {
             ReadOutcome::Drained
         } else {
-            input.reserve(want, cx.limits.input_cap());
+            input.reserve(want, cap);
             let spare = input.spare();
             let want = want.min(spare.len());
             let outcome = read_once(io, &mut spare[..want], &mut self.bits);

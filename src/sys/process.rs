@@ -196,15 +196,24 @@ impl ChildTable {
                 self.max
             )));
         }
-        let cwd = root.open_dir(spec.cwd).map_err(|error| match error {
-            RootError::NotFound => {
-                SpawnError::NotFound(format!("working directory {:?}: {error}", spec.cwd))
-            }
-            RootError::Syntax(_) | RootError::Escapes => {
-                SpawnError::PermissionDenied(format!("working directory {:?}: {error}", spec.cwd))
-            }
-            RootError::Io(error) => spawn_io_error("working directory", &error),
-        })?;
+        // The root itself needs no lookup: its own descriptor is entered.
+        let cwd = if spec.cwd.is_empty() {
+            None
+        } else {
+            Some(root.open_dir(spec.cwd).map_err(|error| match error {
+                RootError::NotFound => {
+                    SpawnError::NotFound(format!("working directory {:?}: {error}", spec.cwd))
+                }
+                RootError::Syntax(_) | RootError::Escapes => SpawnError::PermissionDenied(format!(
+                    "working directory {:?}: {error}",
+                    spec.cwd
+                )),
+                RootError::Io(error) => spawn_io_error("working directory", &error),
+            })?)
+        };
+        let cwd_fd = cwd
+            .as_ref()
+            .map_or(root.dir().as_raw_fd(), |fd| fd.as_raw_fd());
         let name = spec.argv[0];
         let program = resolve_program(name)?;
         let mut command = Command::new(&program);
@@ -216,7 +225,7 @@ impl ChildTable {
             .env("HOME", root.path())
             // The directory is entered through the descriptor just opened beneath the root,
             // so nothing renamed in between can redirect it.
-            .current_dir(format!("/proc/self/fd/{}", cwd.as_raw_fd()))
+            .current_dir(format!("/proc/self/fd/{cwd_fd}"))
             .process_group(0)
             .stdin(if spec.stdin {
                 Stdio::piped()

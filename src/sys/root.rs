@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -69,6 +69,12 @@ impl Root {
     /// The root's absolute path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The root directory's own descriptor (an `O_PATH` descriptor: usable to resolve paths
+    /// beneath it and to enter it, not to read it).
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     /// Opens the directory `relative` (empty: the root itself) beneath the root, as an

@@ -294,14 +294,7 @@ fn pump_one(
     let mut progress = run_actions(command, children, now);
     if command.ready & Ready::EXIT != 0 {
         command.ready &= !Ready::EXIT;
-        match children.exit_status(command.child) {
-            Ok(Some(termination)) => {
-                command.session.handle_exit(termination, now, limits);
-                progress = true;
-            }
-            Ok(None) => {} // a spurious wakeup: the pidfd fires again at the exit
-            Err(error) => debug!("stream {}: exit status: {error}", command.id),
-        }
+        progress |= check_exit(command, children, limits, now);
     }
     progress |= write_stdin(command, children, pool);
     if let Some(increment) = command.session.poll_window() {
@@ -314,9 +307,36 @@ fn pump_one(
         );
         progress = true;
     }
+    let outputs_were_open = command.session.outputs_open();
     progress |= read_output(command, outbox, children, pool, limits, now, budget);
+    if outputs_were_open && !command.session.outputs_open() && !command.session.exited() {
+        // Both pipes just reached EOF. A process closes them as it exits, a moment before its
+        // pidfd turns readable, so the exit is most likely there already: looking now saves
+        // the wakeup for the pidfd event (which, if it is not, still comes).
+        progress |= check_exit(command, children, limits, now);
+    }
     progress |= run_actions(command, children, now);
     progress
+}
+
+/// Reads the command's exit status, if it has exited; returns whether it had.
+fn check_exit(
+    command: &mut ExecStream,
+    children: &mut dyn crate::service::exec::Children,
+    limits: &crate::limits::Limits,
+    now: Tick,
+) -> bool {
+    match children.exit_status(command.child) {
+        Ok(Some(termination)) => {
+            command.session.handle_exit(termination, now, limits);
+            true
+        }
+        Ok(None) => false, // not yet: the pidfd fires at the exit
+        Err(error) => {
+            debug!("stream {}: exit status: {error}", command.id);
+            false
+        }
+    }
 }
 
 fn run_actions(

@@ -484,6 +484,16 @@ impl ExecSession {
         self.open & pipe.bit() != 0
     }
 
+    /// Whether either output pipe is still open.
+    pub fn outputs_open(&self) -> bool {
+        self.open & (Open::STDOUT | Open::STDERR) != 0
+    }
+
+    /// Whether the exit has been seen.
+    pub fn exited(&self) -> bool {
+        self.exit.is_some()
+    }
+
     /// Whether the stdin pipe is still open.
     pub fn stdin_open(&self) -> bool {
         self.open & Open::STDIN != 0

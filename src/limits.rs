@@ -87,8 +87,9 @@ pub struct Limits {
     /// Time between SIGTERM and SIGKILL whenever the server stops a command (time limit,
     /// output cap, disconnect, shutdown). Default 2 s.
     pub exec_kill_grace: Duration,
-    /// After a command exits, how long its output pipes may stay open (a background
-    /// grandchild holding them) before EXIT is sent anyway. Default 1 s.
+    /// After a command exits, how long an output pipe may stay open with nothing to read (a
+    /// background grandchild holding it) before EXIT is sent anyway. Time spent not reading
+    /// because the client is slow does not count. Default 1 s.
     pub exec_drain_timeout: Duration,
     /// Output (stdout and stderr together) one command may send. Default 64 MiB; past it the
     /// rest is discarded and the process group is stopped, and EXIT says why.

@@ -158,7 +158,9 @@ impl Server {
     /// Raising the descriptor limit affects the whole process, as it should for a server that
     /// is the process; a program embedding it should know that its own limit rises too. So does
     /// enabling commands: every inherited descriptor is made close-on-exec
-    /// ([`keep_descriptors_from_commands`](crate::sys::process::keep_descriptors_from_commands)).
+    /// ([`keep_descriptors_from_commands`](crate::sys::process::keep_descriptors_from_commands))
+    /// and SIGCHLD gets its default disposition
+    /// ([`restore_default_sigchld`](crate::sys::process::restore_default_sigchld)).
     pub fn bind(config: Config) -> Result<Server, StartError> {
         let mut limits = config.limits;
         limits
@@ -178,6 +180,7 @@ impl Server {
         );
         let root = if config.access.exec {
             crate::sys::process::keep_descriptors_from_commands()?;
+            crate::sys::process::restore_default_sigchld()?;
             let root = Root::open_or_create(&config.root).map_err(|error| {
                 StartError::Config(format!(
                     "cannot use {} as the root directory: {error}",

@@ -16,14 +16,17 @@
 //! ends the stream.
 
 use std::io::ErrorKind;
+use std::time::Duration;
 
 use log::debug;
 
 use super::{Budget, Context};
+use crate::buffer::BufferPool;
+use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::proto::exec::{EndReason, Exit, Window};
 use crate::proto::{FrameType, HEADER_LEN};
-use crate::service::exec::{ChildAction, ChildId, ChildSource, ExecSession, OutputPipe};
+use crate::service::exec::{ChildAction, ChildId, ChildSource, Children, ExecSession, OutputPipe};
 use crate::timer::Tick;
 
 /// Child numbers per connection: 6 bits of a poll token.
@@ -187,7 +190,7 @@ impl Streams {
     }
 
     /// Passes `now` to every command whose deadline has come.
-    pub fn handle_timeout(&mut self, now: Tick, limits: &crate::limits::Limits) {
+    pub fn handle_timeout(&mut self, now: Tick, limits: &Limits) {
         for command in &mut self.open {
             if command.session.poll_timeout() <= now {
                 command.session.handle_timeout(now, limits);
@@ -196,7 +199,7 @@ impl Streams {
     }
 
     /// Stops every command for a shutdown: SIGTERM now, SIGKILL after `kill_grace`.
-    pub fn handle_shutdown(&mut self, now: Tick, kill_grace: std::time::Duration) {
+    pub fn handle_shutdown(&mut self, now: Tick, kill_grace: Duration) {
         for command in &mut self.open {
             command.session.handle_shutdown(now, kill_grace);
         }
@@ -240,26 +243,35 @@ impl Streams {
         let Some(children) = cx.children.as_deref_mut() else {
             return false;
         };
+        let mut io = CommandIo {
+            children,
+            pool: cx.pool,
+            limits: cx.limits,
+            now: cx.now,
+        };
         let mut progress = false;
         let mut at = 0;
         while at < self.open.len() {
             let command = &mut self.open[at];
-            progress |= pump_one(
-                command, outbox, children, cx.pool, cx.limits, cx.now, budget,
-            );
+            progress |= io.pump_one(command, outbox, budget);
             let Some(exit) = command.session.poll_exit() else {
                 at += 1;
                 continue;
             };
-            send_exit(command.id, exit, outbox, cx.pool, cx.limits);
+            outbox.replies(io.pool, io.limits).reply(
+                FrameType::Exit,
+                command.id,
+                Exit::PAYLOAD_LEN as u32,
+                |out| exit.emit(out),
+            );
             debug!(
                 "stream {}: pid {} {exit}",
                 command.id,
                 command.session.pid()
             );
             let mut done = self.open.swap_remove(at);
-            done.session.release(cx.pool);
-            children.release(done.child, done.session.reason());
+            done.session.release(io.pool);
+            io.children.release(done.child, done.session.reason());
             self.cool(done.index, cx.turn);
             progress = true;
         }
@@ -267,217 +279,215 @@ impl Streams {
     }
 }
 
-fn send_exit(
-    stream: u32,
-    exit: Exit,
-    outbox: &mut Outbox,
-    pool: &mut crate::buffer::BufferPool,
-    limits: &crate::limits::Limits,
-) {
-    outbox
-        .replies(pool, limits)
-        .reply(FrameType::Exit, stream, Exit::PAYLOAD_LEN as u32, |out| {
-            exit.emit(out)
-        });
-}
-
-/// One command's I/O for this turn.
-fn pump_one(
-    command: &mut ExecStream,
-    outbox: &mut Outbox,
-    children: &mut dyn crate::service::exec::Children,
-    pool: &mut crate::buffer::BufferPool,
-    limits: &crate::limits::Limits,
+/// What moving one command's bytes borrows from the connection's [`Context`]: the I/O layer,
+/// the pool, the limits and the time.
+struct CommandIo<'a> {
+    children: &'a mut dyn Children,
+    pool: &'a mut BufferPool,
+    limits: &'a Limits,
     now: Tick,
-    budget: &mut Budget,
-) -> bool {
-    let mut progress = run_actions(command, children, now);
-    if command.ready & Ready::EXIT != 0 {
-        command.ready &= !Ready::EXIT;
-        progress |= check_exit(command, children, limits, now);
-    }
-    progress |= write_stdin(command, children, pool);
-    if let Some(increment) = command.session.poll_window() {
-        let window = Window { increment };
-        outbox.replies(pool, limits).part(
-            FrameType::Window,
-            command.id,
-            Window::PAYLOAD_LEN as u32,
-            |out| window.emit(out),
-        );
-        progress = true;
-    }
-    let outputs_were_open = command.session.outputs_open();
-    progress |= read_output(command, outbox, children, pool, limits, now, budget);
-    if outputs_were_open && !command.session.outputs_open() && !command.session.exited() {
-        // Both pipes just reached EOF. A process closes them as it exits, a moment before its
-        // pidfd turns readable, so the exit is most likely there already: looking now saves
-        // the wakeup for the pidfd event (which, if it is not, still comes).
-        progress |= check_exit(command, children, limits, now);
-    }
-    progress |= run_actions(command, children, now);
-    progress
 }
 
-/// Reads the command's exit status, if it has exited; returns whether it had.
-fn check_exit(
-    command: &mut ExecStream,
-    children: &mut dyn crate::service::exec::Children,
-    limits: &crate::limits::Limits,
-    now: Tick,
-) -> bool {
-    match children.exit_status(command.child) {
-        Ok(Some(termination)) => {
-            command.session.handle_exit(termination, now, limits);
-            true
+impl CommandIo<'_> {
+    /// One command's I/O for this turn.
+    fn pump_one(
+        &mut self,
+        command: &mut ExecStream,
+        outbox: &mut Outbox,
+        budget: &mut Budget,
+    ) -> bool {
+        let mut progress = self.run_actions(command);
+        if command.ready & Ready::EXIT != 0 {
+            command.ready &= !Ready::EXIT;
+            progress |= self.check_exit(command);
         }
-        Ok(None) => false, // not yet: the pidfd fires at the exit
-        Err(error) => {
-            debug!("stream {}: exit status: {error}", command.id);
-            false
+        progress |= self.write_stdin(command);
+        if let Some(increment) = command.session.poll_window() {
+            let window = Window { increment };
+            outbox.replies(self.pool, self.limits).part(
+                FrameType::Window,
+                command.id,
+                Window::PAYLOAD_LEN as u32,
+                |out| window.emit(out),
+            );
+            progress = true;
         }
+        let outputs_were_open = command.session.outputs_open();
+        progress |= self.read_output(command, outbox, budget);
+        if outputs_were_open && !command.session.outputs_open() && !command.session.exited() {
+            // Both pipes just reached EOF. A process closes them as it exits, a moment before
+            // its pidfd turns readable, so the exit is most likely there already: looking now
+            // saves the wakeup for the pidfd event (which, if it is not, still comes).
+            progress |= self.check_exit(command);
+        }
+        progress |= self.run_actions(command);
+        progress
     }
-}
 
-fn run_actions(
-    command: &mut ExecStream,
-    children: &mut dyn crate::service::exec::Children,
-    now: Tick,
-) -> bool {
-    let mut progress = false;
-    while let Some(action) = command.session.poll_action(now) {
-        progress = true;
-        match action {
-            ChildAction::Signal(signal) => {
-                if let Err(error) = children.signal(command.child, signal) {
-                    debug!("stream {}: {signal} failed: {error}", command.id);
-                }
+    /// Reads the command's exit status, if it has exited; returns whether it had.
+    fn check_exit(&mut self, command: &mut ExecStream) -> bool {
+        match self.children.exit_status(command.child) {
+            Ok(Some(termination)) => {
+                command
+                    .session
+                    .handle_exit(termination, self.now, self.limits);
+                true
             }
-            ChildAction::CloseStdin => {
-                command.ready &= !Ready::STDIN;
-                children.close_stdin(command.child);
-            }
-            ChildAction::CloseOutput(pipe) => {
-                command.ready &= !Ready::of_output(pipe);
-                children.close_output(command.child, pipe);
-            }
-        }
-    }
-    progress
-}
-
-fn write_stdin(
-    command: &mut ExecStream,
-    children: &mut dyn crate::service::exec::Children,
-    pool: &mut crate::buffer::BufferPool,
-) -> bool {
-    let mut progress = false;
-    while command.ready & Ready::STDIN != 0 && command.session.stdin_open() {
-        let pending = command.session.stdin_pending();
-        if pending.is_empty() {
-            break;
-        }
-        let offered = pending.len();
-        match children.write_stdin(command.child, pending) {
-            Ok(n) => {
-                command.session.handle_stdin_written(n, pool);
-                progress = true;
-                if n < offered {
-                    command.ready &= !Ready::STDIN; // the pipe is full
-                }
-            }
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) if error.kind() == ErrorKind::WouldBlock => command.ready &= !Ready::STDIN,
+            Ok(None) => false, // not yet: the pidfd fires at the exit
             Err(error) => {
-                debug!(
-                    "stream {}: stdin closed by the command ({error})",
-                    command.id
-                );
-                command.ready &= !Ready::STDIN;
-                command.session.handle_stdin_closed(pool);
-                progress = true;
+                debug!("stream {}: exit status: {error}", command.id);
+                false
             }
         }
     }
-    progress
-}
 
-/// Reads the output pipes into STDOUT/STDERR frames, alternating between them, while the
-/// outbox may take more and the budget lasts. Past the output cap, output is read and dropped
-/// (the command is being stopped), so a full pipe never keeps it alive.
-#[allow(clippy::too_many_arguments)]
-fn read_output(
-    command: &mut ExecStream,
-    outbox: &mut Outbox,
-    children: &mut dyn crate::service::exec::Children,
-    pool: &mut crate::buffer::BufferPool,
-    limits: &crate::limits::Limits,
-    now: Tick,
-    budget: &mut Budget,
-) -> bool {
-    let mut progress = false;
-    let chunk = (pool.buffer_len() - HEADER_LEN).min(limits.max_frame_len as usize);
-    loop {
-        let mut moved = false;
-        for pipe in OutputPipe::BOTH {
-            let bit = Ready::of_output(pipe);
-            if command.ready & bit == 0 || !outbox.may_produce() || budget.bytes == 0 {
-                continue;
-            }
-            let allowance =
-                usize::try_from(command.session.output_allowance()).unwrap_or(usize::MAX);
-            // Read what fits in the outbox's buffer as it is; only a nearly full buffer grows.
-            let room = outbox.room(pool.buffer_len()).saturating_sub(HEADER_LEN);
-            let want = chunk.min(budget.bytes).min(room.max(MIN_PIPE_READ));
-            let frame_type = match pipe {
-                OutputPipe::Stdout => FrameType::Stdout,
-                OutputPipe::Stderr => FrameType::Stderr,
-            };
-            let result = if allowance == 0 {
-                let mut scratch = [0; 4096];
-                let asked = want.min(scratch.len());
-                children.read(command.child, pipe, &mut scratch[..asked])
-            } else {
-                outbox.replies(pool, limits).frame_from(
-                    frame_type,
-                    command.id,
-                    want.min(allowance),
-                    |buf| children.read(command.child, pipe, buf),
-                )
-            };
-            match result {
-                Ok(0) => {
-                    command.ready &= !bit;
-                    command.session.handle_eof(pipe);
-                    children.close_output(command.child, pipe);
-                    moved = true;
-                }
-                Ok(n) => {
-                    budget.bytes = budget.bytes.saturating_sub(n);
-                    if allowance == 0 {
-                        command.session.handle_output_over_cap(now, limits);
-                    } else {
-                        command.session.handle_output(n);
+    fn run_actions(&mut self, command: &mut ExecStream) -> bool {
+        let mut progress = false;
+        while let Some(action) = command.session.poll_action(self.now) {
+            progress = true;
+            match action {
+                ChildAction::Signal(signal) => {
+                    if let Err(error) = self.children.signal(command.child, signal) {
+                        debug!("stream {}: {signal} failed: {error}", command.id);
                     }
-                    // No short-read shortcut here, unlike the socket: a command that writes
-                    // and exits closes the pipe with data still in it, and one edge reports
-                    // both, so only a read of 0 or `WouldBlock` ends the reading.
-                    moved = true;
                 }
-                Err(error) if error.kind() == ErrorKind::Interrupted => moved = true,
-                Err(error) if error.kind() == ErrorKind::WouldBlock => command.ready &= !bit,
-                Err(error) => {
-                    debug!("stream {}: reading {pipe:?} failed: {error}", command.id);
-                    command.ready &= !bit;
-                    command.session.handle_eof(pipe);
-                    children.close_output(command.child, pipe);
-                    moved = true;
+                ChildAction::CloseStdin => {
+                    command.ready &= !Ready::STDIN;
+                    self.children.close_stdin(command.child);
+                }
+                ChildAction::CloseOutput(pipe) => {
+                    command.ready &= !Ready::of_output(pipe);
+                    self.children.close_output(command.child, pipe);
                 }
             }
         }
-        if !moved {
-            return progress;
+        progress
+    }
+
+    fn write_stdin(&mut self, command: &mut ExecStream) -> bool {
+        let mut progress = false;
+        while command.ready & Ready::STDIN != 0 && command.session.stdin_open() {
+            let pending = command.session.stdin_pending();
+            if pending.is_empty() {
+                break;
+            }
+            let offered = pending.len();
+            match self.children.write_stdin(command.child, pending) {
+                Ok(n) => {
+                    command.session.handle_stdin_written(n, self.pool);
+                    progress = true;
+                    if n < offered {
+                        command.ready &= !Ready::STDIN; // the pipe is full
+                    }
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    command.ready &= !Ready::STDIN;
+                }
+                Err(error) => {
+                    debug!(
+                        "stream {}: stdin closed by the command ({error})",
+                        command.id
+                    );
+                    command.ready &= !Ready::STDIN;
+                    command.session.handle_stdin_closed(self.pool);
+                    progress = true;
+                }
+            }
         }
-        progress = true;
+        progress
+    }
+
+    /// Reads the output pipes into STDOUT/STDERR frames, alternating between them, while the
+    /// outbox may take more and the budget lasts; a ready pipe left unread for either reason
+    /// is reported as held back, so the drain deadline does not count that wait. Past the
+    /// output cap, output is read and dropped (the command is being stopped), so a full pipe
+    /// never keeps it alive.
+    fn read_output(
+        &mut self,
+        command: &mut ExecStream,
+        outbox: &mut Outbox,
+        budget: &mut Budget,
+    ) -> bool {
+        let mut progress = false;
+        let chunk = (self.pool.buffer_len() - HEADER_LEN).min(self.limits.max_frame_len as usize);
+        loop {
+            let mut moved = false;
+            for pipe in OutputPipe::BOTH {
+                let bit = Ready::of_output(pipe);
+                if command.ready & bit == 0 {
+                    continue;
+                }
+                if !outbox.may_produce() || budget.bytes == 0 {
+                    command.session.handle_output_held(pipe);
+                    continue;
+                }
+                let allowance =
+                    usize::try_from(command.session.output_allowance()).unwrap_or(usize::MAX);
+                // Read what fits in the outbox's buffer as it is; only a nearly full buffer
+                // grows.
+                let room = outbox
+                    .room(self.pool.buffer_len())
+                    .saturating_sub(HEADER_LEN);
+                let want = chunk.min(budget.bytes).min(room.max(MIN_PIPE_READ));
+                let frame_type = match pipe {
+                    OutputPipe::Stdout => FrameType::Stdout,
+                    OutputPipe::Stderr => FrameType::Stderr,
+                };
+                let children = &mut *self.children;
+                let result = if allowance == 0 {
+                    let mut scratch = [0; 4096];
+                    let asked = want.min(scratch.len());
+                    children.read(command.child, pipe, &mut scratch[..asked])
+                } else {
+                    outbox.replies(self.pool, self.limits).frame_from(
+                        frame_type,
+                        command.id,
+                        want.min(allowance),
+                        |buf| children.read(command.child, pipe, buf),
+                    )
+                };
+                match result {
+                    Ok(0) => {
+                        command.ready &= !bit;
+                        command.session.handle_eof(pipe);
+                        self.children.close_output(command.child, pipe);
+                        moved = true;
+                    }
+                    Ok(n) => {
+                        budget.bytes = budget.bytes.saturating_sub(n);
+                        if allowance == 0 {
+                            command
+                                .session
+                                .handle_output_over_cap(self.now, self.limits);
+                        } else {
+                            command
+                                .session
+                                .handle_output(pipe, n, self.now, self.limits);
+                        }
+                        // No short-read shortcut here, unlike the socket: a command that
+                        // writes and exits closes the pipe with data still in it, and one edge
+                        // reports both, so only a read of 0 or `WouldBlock` ends the reading.
+                        moved = true;
+                    }
+                    Err(error) if error.kind() == ErrorKind::Interrupted => moved = true,
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                        command.ready &= !bit;
+                        command.session.handle_output_drained(pipe);
+                    }
+                    Err(error) => {
+                        debug!("stream {}: reading {pipe:?} failed: {error}", command.id);
+                        command.ready &= !bit;
+                        command.session.handle_eof(pipe);
+                        self.children.close_output(command.child, pipe);
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                return progress;
+            }
+            progress = true;
+        }
     }
 }

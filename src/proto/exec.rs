@@ -448,7 +448,8 @@ pub enum Termination {
     },
 }
 
-/// Why the server signalled a command's process group, if it did: the first cause counts.
+/// Why the server signalled a command's process group, if it did: the latest cause counts, so
+/// it names the cause of the signal that ended the command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EndReason {
     /// The server never signalled it: it ended by itself.

@@ -222,15 +222,24 @@ pub struct ExecSession {
     close_stdin_pending: bool,
     /// The client sent STDIN_EOF.
     stdin_eof: bool,
-    /// The first reason the server signalled the group.
+    /// Why the server last signalled the group.
     reason: EndReason,
     exit: Option<Termination>,
     /// Start plus the time limit.
     run_deadline: Tick,
     /// TERM plus the kill grace; [`Tick::NEVER`] until a TERM was sent.
     kill_deadline: Tick,
-    /// Exit plus the drain timeout; [`Tick::NEVER`] until the exit was seen.
+    /// After the exit: when an output pipe that has had nothing to read may be closed (the
+    /// exit, or the last output read after it, plus the drain timeout). [`Tick::NEVER`] until
+    /// the exit was seen.
     drain_deadline: Tick,
+    /// After the exit: when every output pipe is closed, read or not — the time limit, or the
+    /// drain deadline at the exit if that is later. Bounds a grandchild that writes forever and
+    /// a client that never reads.
+    close_deadline: Tick,
+    /// Output pipes with bytes the server held back from reading (the outbox full, the turn's
+    /// budget spent): the drain deadline does not close them, since the waiting was ours.
+    held: u8,
     kill_sent: bool,
     /// STDIN bytes received and not yet written to the pipe.
     stdin: Option<Box<Buf>>,
@@ -269,6 +278,8 @@ impl ExecSession {
             run_deadline: now.after(limit),
             kill_deadline: Tick::NEVER,
             drain_deadline: Tick::NEVER,
+            close_deadline: Tick::NEVER,
+            held: 0,
             kill_sent: false,
             stdin: None,
             stdin_credit: u64::from(window),
@@ -373,14 +384,36 @@ impl ExecSession {
         self.output_left
     }
 
-    /// `n` output bytes were forwarded.
-    pub fn handle_output(&mut self, n: usize) {
+    /// `n` output bytes were read from `pipe` and forwarded.
+    pub fn handle_output(&mut self, pipe: OutputPipe, n: usize, now: Tick, limits: &Limits) {
         self.output_left = self.output_left.saturating_sub(n as u64);
+        self.held &= !pipe.bit();
+        if self.exit.is_some() {
+            // Output is still coming (a grandchild, or what the command left in the pipe):
+            // the drain deadline counts from the last of it.
+            self.drain_deadline = now
+                .after(limits.exec_drain_timeout)
+                .min(self.close_deadline);
+        }
     }
 
-    /// Output arrived past the cap and was discarded: the command is stopped.
+    /// `pipe` had bytes, and the server held back from reading them (its outbox is full, or
+    /// the turn's budget is spent).
+    pub fn handle_output_held(&mut self, pipe: OutputPipe) {
+        self.held |= pipe.bit();
+    }
+
+    /// `pipe` had nothing to read just now.
+    pub fn handle_output_drained(&mut self, pipe: OutputPipe) {
+        self.held &= !pipe.bit();
+    }
+
+    /// Output arrived past the cap and was discarded: the command is stopped (and, if it has
+    /// exited, its pipes closed: whatever still writes to them is a grandchild).
     pub fn handle_output_over_cap(&mut self, now: Tick, limits: &Limits) {
-        if self.exit.is_none() && self.reason == EndReason::None {
+        if self.exit.is_some() {
+            self.close_deadline = now;
+        } else if self.kill_deadline == Tick::NEVER {
             self.terminate(EndReason::OutputCap, now, limits.exec_kill_grace);
         }
     }
@@ -388,6 +421,7 @@ impl ExecSession {
     /// An output pipe reached EOF (or failed).
     pub fn handle_eof(&mut self, pipe: OutputPipe) {
         self.open &= !pipe.bit();
+        self.held &= !pipe.bit();
     }
 
     /// The command has exited.
@@ -395,6 +429,7 @@ impl ExecSession {
         if self.exit.is_none() {
             self.exit = Some(termination);
             self.drain_deadline = now.after(limits.exec_drain_timeout);
+            self.close_deadline = self.run_deadline.max(self.drain_deadline);
             self.signals = 0;
         }
     }
@@ -437,10 +472,20 @@ impl ExecSession {
                 }
             }
         }
-        if self.exit.is_some() && now >= self.drain_deadline {
+        if self.exit.is_some() {
+            // A pipe the server was holding back from is not idle: only the close deadline
+            // ends it.
+            let closable = if now >= self.close_deadline {
+                self.open
+            } else if now >= self.drain_deadline {
+                self.open & !self.held
+            } else {
+                0
+            };
             for pipe in OutputPipe::BOTH {
-                if self.open & pipe.bit() != 0 {
+                if closable & pipe.bit() != 0 {
                     self.open &= !pipe.bit();
+                    self.held &= !pipe.bit();
                     return Some(ChildAction::CloseOutput(pipe));
                 }
             }
@@ -464,10 +509,13 @@ impl ExecSession {
     /// When [`ExecSession::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Tick {
         if self.exit.is_some() {
-            return if self.open & (Open::STDOUT | Open::STDERR) != 0 {
-                self.drain_deadline
-            } else {
+            let open = self.open & (Open::STDOUT | Open::STDERR);
+            return if open == 0 {
                 Tick::NEVER
+            } else if open & !self.held == 0 {
+                self.close_deadline
+            } else {
+                self.drain_deadline.min(self.close_deadline)
             };
         }
         if self.kill_deadline == Tick::NEVER {
@@ -477,11 +525,6 @@ impl ExecSession {
         } else {
             self.kill_deadline
         }
-    }
-
-    /// Whether the output pipe is still open.
-    pub fn output_open(&self, pipe: OutputPipe) -> bool {
-        self.open & pipe.bit() != 0
     }
 
     /// Whether either output pipe is still open.
@@ -511,7 +554,7 @@ impl ExecSession {
         })
     }
 
-    /// Why the server signalled the command, if it did.
+    /// Why the server last signalled the command, if it did.
     pub fn reason(&self) -> EndReason {
         self.reason
     }
@@ -531,10 +574,10 @@ impl ExecSession {
         }
     }
 
+    /// The latest cause wins: EXIT names the cause of the signal that ended the command (a
+    /// client's SIGINT the command ignored, then the time limit, is reported as the time limit).
     fn note_reason(&mut self, reason: EndReason) {
-        if self.reason == EndReason::None {
-            self.reason = reason;
-        }
+        self.reason = reason;
     }
 
     fn queue_signal(&mut self, signal: Signal) {
@@ -710,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_reason_the_server_signalled_is_the_one_reported() {
+    fn the_latest_cause_the_server_signalled_for_is_the_one_reported() {
         let limits = limits();
         let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
         session.handle_signal(Signal::Int);
@@ -722,7 +765,67 @@ mod tests {
                 ChildAction::Signal(Signal::Int)
             ]
         );
-        assert_eq!(session.reason(), EndReason::ClientSignal);
+        assert_eq!(session.reason(), EndReason::Shutdown);
+    }
+
+    #[test]
+    fn output_past_the_cap_stops_the_command_even_after_a_client_signal() {
+        let limits = limits();
+        let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
+        session.handle_signal(Signal::Int);
+        drain_actions(&mut session, Tick(0));
+        session.handle_output(OutputPipe::Stdout, 100, Tick(1), &limits);
+        session.handle_output_over_cap(Tick(2), &limits);
+        assert_eq!(
+            drain_actions(&mut session, Tick(2)),
+            [ChildAction::Signal(Signal::Term)]
+        );
+        assert_eq!(session.reason(), EndReason::OutputCap);
+        assert_eq!(
+            session.poll_timeout(),
+            Tick(2_002),
+            "and SIGKILL after the grace"
+        );
+    }
+
+    #[test]
+    fn output_the_server_held_back_is_not_cut_by_the_drain_deadline() {
+        let limits = limits();
+        let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
+        session.handle_output_held(OutputPipe::Stdout);
+        session.handle_eof(OutputPipe::Stderr);
+        session.handle_exit(Termination::Exited(0), Tick(100), &limits);
+        assert_eq!(
+            session.poll_timeout(),
+            Tick(10_000),
+            "only the time limit bounds a pipe the server is holding back from"
+        );
+        assert_eq!(drain_actions(&mut session, Tick(5_000)), []);
+        // The client reads again: output flows, then the pipe is empty for a while.
+        session.handle_output(OutputPipe::Stdout, 10, Tick(6_000), &limits);
+        session.handle_output_drained(OutputPipe::Stdout);
+        assert_eq!(session.poll_timeout(), Tick(7_000));
+        assert_eq!(
+            drain_actions(&mut session, Tick(7_000)),
+            [ChildAction::CloseOutput(OutputPipe::Stdout)]
+        );
+        assert!(session.poll_exit().is_some());
+    }
+
+    #[test]
+    fn a_grandchild_writing_forever_is_cut_at_the_time_limit() {
+        let limits = limits();
+        let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
+        session.handle_eof(OutputPipe::Stderr);
+        session.handle_exit(Termination::Exited(0), Tick(100), &limits);
+        for at in (200..10_000).step_by(500) {
+            session.handle_output(OutputPipe::Stdout, 1, Tick(at), &limits);
+            assert_eq!(drain_actions(&mut session, Tick(at)), []);
+        }
+        assert_eq!(
+            drain_actions(&mut session, Tick(10_000)),
+            [ChildAction::CloseOutput(OutputPipe::Stdout)]
+        );
     }
 
     #[test]
@@ -730,7 +833,7 @@ mod tests {
         let limits = limits();
         let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
         assert_eq!(session.output_allowance(), 100);
-        session.handle_output(100);
+        session.handle_output(OutputPipe::Stdout, 100, Tick(1), &limits);
         assert_eq!(session.output_allowance(), 0);
         session.handle_output_over_cap(Tick(7), &limits);
         assert_eq!(

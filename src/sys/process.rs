@@ -89,6 +89,18 @@ pub fn keep_descriptors_from_commands() -> io::Result<()> {
     Ok(())
 }
 
+/// Gives SIGCHLD its default disposition. A server started with SIGCHLD ignored (a shell or
+/// supervisor can leave it so, and it survives `exec`) would have its children reaped by the
+/// kernel as they exit: no zombie to read the status from, and no zombie holding the process
+/// group id either. Call once, before the first spawn.
+pub fn restore_default_sigchld() -> io::Result<()> {
+    // SAFETY: SIG_DFL installs no handler; only the disposition of SIGCHLD changes.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Who a child belongs to.
 #[derive(Debug)]
 enum Owner {
@@ -112,6 +124,10 @@ struct ChildProcess {
     stderr: Option<Receiver>,
     /// Set once `waitid(WNOWAIT)` saw the exit.
     exited: Option<Termination>,
+    /// The kernel reaped it already (SIGCHLD was ignored in this process, see
+    /// [`restore_default_sigchld`]): its pid and group id may belong to others now, so nothing
+    /// is sent to them.
+    gone: bool,
     owner: Owner,
 }
 
@@ -264,6 +280,7 @@ impl ChildTable {
             stdout: child.stdout.take().map(Receiver::from),
             stderr: child.stderr.take().map(Receiver::from),
             exited: None,
+            gone: false,
             owner: Owner::Connection,
         };
         // `std::process::Child` neither kills nor waits when dropped; the pidfd takes over.
@@ -338,10 +355,10 @@ impl ChildTable {
     /// it is reaped, its zombie keeps the group id from being reused. (Sessions stop asking once
     /// the exit is seen; the group's leftovers are killed at release.)
     pub fn signal(&mut self, id: ChildId, signal: Signal) -> io::Result<()> {
-        let Some(process) = self.children.get(id.0 as usize) else {
-            return Ok(());
-        };
-        signal_group(process.pid, signal)
+        match self.children.get(id.0 as usize) {
+            Some(process) if !process.gone => signal_group(process.pid, signal),
+            _ => Ok(()),
+        }
     }
 
     /// The child's termination once it has exited, without reaping it.
@@ -427,7 +444,8 @@ impl ChildTable {
         }
     }
 
-    /// The released children still waiting, with their kill deadlines (for a timer sweep).
+    /// The SIGKILL deadline of released child `id`, if it is still waiting for one (the timer
+    /// sweep keeps only entries that match).
     pub fn released_deadline(&self, id: ChildId) -> Option<Tick> {
         match self.children.get(id.0 as usize)?.owner {
             Owner::Released {
@@ -442,7 +460,7 @@ impl ChildTable {
     /// Last resort at exit: SIGKILL every group and reap every child, waiting at most
     /// `within` in all. Returns how many could not be reaped in time.
     pub fn kill_and_reap_all(&mut self, within: Duration) -> usize {
-        for (_, process) in self.children.iter() {
+        for (_, process) in self.children.iter().filter(|(_, process)| !process.gone) {
             let _ = signal_group(process.pid, Signal::Kill);
         }
         let deadline = Instant::now() + within;
@@ -467,6 +485,10 @@ impl ChildTable {
     /// Kills what is left of an exited child's group, reaps it and forgets it.
     fn finish(&mut self, id: ChildId) {
         let process = self.children.remove(id.0 as usize);
+        if process.gone {
+            self.stats.reaped += 1;
+            return;
+        }
         // The zombie still holds the group id, so this cannot reach another group.
         match signal_group(process.pid, Signal::Kill) {
             Ok(()) => debug!(
@@ -552,10 +574,24 @@ fn peek_exit(process: &mut ChildProcess) -> io::Result<Option<Termination>> {
     if process.exited.is_some() {
         return Ok(process.exited);
     }
-    let status = rustix::process::waitid(
+    let status = match rustix::process::waitid(
         rustix::process::WaitId::PidFd(process.pidfd.as_fd()),
         WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
-    )?;
+    ) {
+        Ok(status) => status,
+        Err(rustix::io::Errno::CHILD) => {
+            // Reaped by the kernel: the process is gone and its status with it. Report 255,
+            // as ssh does for a status it cannot know, rather than leave the stream open.
+            warn!(
+                "pid {} was reaped before the server could read its status (is SIGCHLD ignored?)",
+                process.pid.as_raw_nonzero()
+            );
+            process.gone = true;
+            process.exited = Some(Termination::Exited(255));
+            return Ok(process.exited);
+        }
+        Err(errno) => return Err(errno.into()),
+    };
     process.exited = status.as_ref().and_then(termination);
     Ok(process.exited)
 }

@@ -119,8 +119,9 @@ impl Access {
         exec: false,
     };
 
-    /// Whether HELLO credentials authenticate a connection: they match the token, or there is
-    /// no token to match.
+    /// Whether HELLO credentials authenticate a connection: `Some(true)` if they match the
+    /// token or there is no token to match, `Some(false)` for a wrong token, `None` when a
+    /// token is configured and none was presented (the connection may then only echo).
     pub fn authenticates(&self, credentials: &[u8]) -> Option<bool> {
         match &self.token {
             None => Some(true),

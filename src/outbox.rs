@@ -283,11 +283,6 @@ impl Replies<'_> {
             .get_or_insert_with(|| self.pool.take_output())
     }
 
-    /// Whether producers may add more now ([`Outbox::may_produce`]).
-    pub fn may_produce(&self) -> bool {
-        self.outbox.may_produce()
-    }
-
     /// Appends a frame with `header`, its `header.len`-byte payload written by `emit` straight
     /// into the buffer.
     pub fn frame_with(&mut self, header: Header, emit: impl FnOnce(&mut [u8])) {
@@ -563,9 +558,10 @@ mod tests {
         };
         let mut pool = BufferPool::new(256, 2);
         let mut outbox = Outbox::new();
-        let mut replies = outbox.replies(&mut pool, &limits);
-        while replies.may_produce() {
-            replies.part(FrameType::Stdout, 1, 18, |out| out.fill(b'x'));
+        while outbox.may_produce() {
+            outbox
+                .replies(&mut pool, &limits)
+                .part(FrameType::Stdout, 1, 18, |out| out.fill(b'x'));
         }
         assert_eq!(outbox.pending(), 120, "paused at the first frame past 100");
         let mut sink = Sink {

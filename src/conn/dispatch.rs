@@ -8,13 +8,16 @@
 //! 4. A request the connection may not make (no token, exec off, a limit) is refused on its own
 //!    stream and ends only that stream.
 //! 5. STDIN, STDIN_EOF and SIGNAL for a stream with no command are ignored: they may have
-//!    crossed the command's EXIT on the wire.
+//!    crossed the command's EXIT on the wire. (A SIGNAL whose payload does not parse is fatal
+//!    all the same: it is checked before the stream is looked up.)
+//! 6. A client's ERROR ends what its stream names: the connection on stream 0; on a version 2
+//!    connection, only that stream (its command is released).
 
 use log::{debug, info, warn};
 
 use super::streams::{ExecStream, Streams};
 use super::{Bits, Connection, Context, Fatal, State};
-use crate::proto::exec::{ExecFlags, ExecRequest, SignalRequest};
+use crate::proto::exec::{EndReason, ExecFlags, ExecRequest, SignalRequest, Started};
 use crate::proto::message::{EXEC_VERSION, MIN_PROTOCOL_VERSION};
 use crate::proto::{
     ErrorCode, ErrorMessage, Frame, FrameType, Hello, HelloOk, PROTOCOL_VERSION, SessionFlags,
@@ -190,7 +193,7 @@ impl Connection {
     /// The client ended `stream` with an ERROR: its command, if any, is released (stopped and
     /// reaped by the I/O layer) and nothing more is sent on the stream.
     fn abandon_stream(&mut self, stream: u32, cx: &mut Context<'_>, reason: &str) {
-        let Some(command) = self
+        let Some(mut command) = self
             .streams
             .as_mut()
             .and_then(|streams| streams.remove(stream, cx.turn))
@@ -202,10 +205,9 @@ impl Connection {
             "stream {stream}: the client abandoned pid {} ({reason})",
             command.session.pid()
         );
-        let mut command = command;
         command.session.release(cx.pool);
         if let Some(children) = cx.children.as_deref_mut() {
-            children.release(command.child, crate::proto::exec::EndReason::ClientSignal);
+            children.release(command.child, EndReason::ClientSignal);
         }
     }
 
@@ -229,6 +231,13 @@ impl Connection {
             Some((
                 ErrorCode::ExecDisabled,
                 "this server does not run commands (start it with --exec)".to_string(),
+            ))
+        } else if self.bits.has(Bits::PEER_EOF) {
+            // Frames read before the client's FIN are still handled, but a command could
+            // neither get stdin nor be signalled, and the FIN stops commands anyway.
+            Some((
+                ErrorCode::BadRequest,
+                "EXEC after the client closed its side of the connection".to_string(),
             ))
         } else if self.bits.has(Bits::DRAINING) {
             Some((
@@ -300,7 +309,7 @@ impl Connection {
                 self.outbox.replies(cx.pool, cx.limits).part(
                     FrameType::Started,
                     stream,
-                    crate::proto::exec::Started::PAYLOAD_LEN as u32,
+                    Started::PAYLOAD_LEN as u32,
                     |out| started.emit(out),
                 );
                 streams.insert(ExecStream::new(stream, index, spawned.child, session));

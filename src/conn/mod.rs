@@ -97,6 +97,9 @@ impl fmt::Display for State {
     }
 }
 
+/// Text of the ERROR SHUTTING_DOWN a connection gets at a server shutdown.
+const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
+
 /// Smallest read worth making into the room an input buffer has; below it the buffer grows.
 const MIN_READ: usize = 4 << 10;
 
@@ -205,6 +208,16 @@ enum ReadOutcome {
     Eof,
     /// The connection failed.
     Failed(io::Error),
+}
+
+/// Where a reading loop goes after a read ([`Connection::after_read`]).
+enum Step {
+    /// Read again.
+    Continue,
+    /// Leave the loop.
+    Stop,
+    /// The connection failed: close it.
+    Fail,
 }
 
 /// Why a framed connection must close: the ERROR frame to send first (none when the client
@@ -437,7 +450,7 @@ impl Connection {
             }
         }
         self.begin_close(
-            Some((ErrorCode::ShuttingDown, "server is shutting down")),
+            Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
             grace,
             cx,
         );
@@ -454,8 +467,10 @@ impl Connection {
         self.set_state(State::Closed);
     }
 
+    /// Releases every command. The table stays (it remembers the child numbers just freed, so
+    /// they are not reused this turn); an empty one is dropped at a drive in a later turn.
     fn release_streams(&mut self, cx: &mut Context<'_>, reason: EndReason) {
-        if let Some(mut streams) = self.streams.take() {
+        if let Some(streams) = self.streams.as_mut() {
             streams.release_all(cx, reason);
         }
     }
@@ -541,17 +556,11 @@ impl Connection {
             if !self.can_read_now(budget) {
                 break;
             }
-            match self.read_input(io, cx, budget) {
-                ReadOutcome::Data(_) => continue,
-                ReadOutcome::Drained => break,
-                ReadOutcome::Eof => {
-                    self.bits.set(Bits::PEER_EOF, true);
-                    break;
-                }
-                ReadOutcome::Failed(error) => {
-                    debug!("read failed: {error}");
-                    return self.fail();
-                }
+            let outcome = self.read_input(io, cx, budget);
+            match self.after_read(outcome) {
+                Step::Continue => continue,
+                Step::Stop => break,
+                Step::Fail => return self.fail(),
             }
         }
         if self.bits.has(Bits::PEER_EOF) && self.open_streams() > 0 {
@@ -570,7 +579,7 @@ impl Connection {
 
         if self.bits.has(Bits::DRAINING) && self.open_streams() == 0 {
             self.begin_close(
-                Some((ErrorCode::ShuttingDown, "server is shutting down")),
+                Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
                 cx.limits.linger_timeout,
                 cx,
             );
@@ -770,17 +779,10 @@ impl Connection {
                     })
                 });
             self.count_read(&outcome, budget, cx.now);
-            match outcome {
-                ReadOutcome::Data(_) => continue,
-                ReadOutcome::Drained => break,
-                ReadOutcome::Eof => {
-                    self.bits.set(Bits::PEER_EOF, true);
-                    break;
-                }
-                ReadOutcome::Failed(error) => {
-                    debug!("read failed: {error}");
-                    return self.fail();
-                }
+            match self.after_read(outcome) {
+                Step::Continue => continue,
+                Step::Stop => break,
+                Step::Fail => return self.fail(),
             }
         }
         if self.bits.has(Bits::PEER_EOF) && self.outbox.is_empty() {
@@ -868,6 +870,23 @@ impl Connection {
 
     fn can_read_now(&self, budget: &Budget) -> bool {
         self.read_pending() && budget.bytes > 0 && budget.frames > 0
+    }
+
+    /// What a reading loop does after a read: go on after data, stop when drained, stop for
+    /// good at EOF (noted), fail on an error.
+    fn after_read(&mut self, outcome: ReadOutcome) -> Step {
+        match outcome {
+            ReadOutcome::Data(_) => Step::Continue,
+            ReadOutcome::Drained => Step::Stop,
+            ReadOutcome::Eof => {
+                self.bits.set(Bits::PEER_EOF, true);
+                Step::Stop
+            }
+            ReadOutcome::Failed(error) => {
+                debug!("read failed: {error}");
+                Step::Fail
+            }
+        }
     }
 
     /// Charges a read to the budget and the activity clock.

@@ -219,7 +219,7 @@ impl Streams {
     /// Releases every command to the I/O layer (the connection is closing): their groups are
     /// stopped and they are reaped there.
     pub fn release_all(&mut self, cx: &mut Context<'_>, reason: EndReason) {
-        for mut command in self.open.drain(..) {
+        while let Some(mut command) = self.open.pop() {
             debug!(
                 "stream {}: command pid {} released ({reason})",
                 command.id,
@@ -229,6 +229,7 @@ impl Streams {
             if let Some(children) = cx.children.as_deref_mut() {
                 children.release(command.child, reason);
             }
+            self.cool(command.index, cx.turn);
         }
     }
 

@@ -60,6 +60,7 @@ use crate::conn::{Context, Verdict};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::service::echo::UdpEcho;
+use crate::service::exec::Children;
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
@@ -184,8 +185,7 @@ impl Env {
             now: self.now,
         });
         let children = if self.access.exec {
-            host.as_mut()
-                .map(|host| host as &mut dyn crate::service::exec::Children)
+            host.as_mut().map(|host| host as &mut dyn Children)
         } else {
             None
         };

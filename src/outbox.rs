@@ -307,13 +307,7 @@ impl Replies<'_> {
         len: u32,
         emit: impl FnOnce(&mut [u8]),
     ) {
-        let header = Header {
-            frame_type,
-            flags: Flags::END_STREAM,
-            stream,
-            len,
-        };
-        self.frame_with(header, emit);
+        self.frame_with(header(frame_type, Flags::END_STREAM, stream, len), emit);
     }
 
     /// Appends a frame that is one part of a streamed reply: `END_STREAM` clear.
@@ -324,13 +318,7 @@ impl Replies<'_> {
         len: u32,
         emit: impl FnOnce(&mut [u8]),
     ) {
-        let header = Header {
-            frame_type,
-            flags: Flags::NONE,
-            stream,
-            len,
-        };
-        self.frame_with(header, emit);
+        self.frame_with(header(frame_type, Flags::NONE, stream, len), emit);
     }
 
     /// Appends an ERROR frame about `stream` (0: the connection, which then closes; any other:
@@ -429,6 +417,15 @@ impl Replies<'_> {
         queue.note_bytes(n);
         queue.update_pause(limits);
         Ok(n)
+    }
+}
+
+fn header(frame_type: FrameType, flags: Flags, stream: u32, len: u32) -> Header {
+    Header {
+        frame_type,
+        flags,
+        stream,
+        len,
     }
 }
 

@@ -683,6 +683,7 @@ fn spawn_io_error(what: &str, error: &io::Error) -> SpawnError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ErrorCode;
 
     #[test]
     fn programs_resolve_in_the_fixed_path() {
@@ -699,22 +700,17 @@ mod tests {
 
     #[test]
     fn spawn_errors_map_to_codes_by_errno() {
-        let error = |errno| io::Error::from_raw_os_error(errno);
-        assert!(matches!(
-            spawn_io_error("x", &error(libc::EMFILE)),
-            SpawnError::LimitReached(_)
-        ));
-        assert!(matches!(
-            spawn_io_error("x", &error(libc::EACCES)),
-            SpawnError::PermissionDenied(_)
-        ));
-        assert!(matches!(
-            spawn_io_error("x", &error(libc::ENOENT)),
-            SpawnError::NotFound(_)
-        ));
-        assert!(matches!(
-            spawn_io_error("x", &error(libc::EIO)),
-            SpawnError::Failed(_)
-        ));
+        let cases = [
+            (libc::EMFILE, ErrorCode::LimitReached),
+            (libc::EAGAIN, ErrorCode::LimitReached),
+            (libc::EACCES, ErrorCode::PermissionDenied),
+            (libc::ENOEXEC, ErrorCode::PermissionDenied),
+            (libc::ENOENT, ErrorCode::NotFound),
+            (libc::EIO, ErrorCode::SpawnFailed),
+        ];
+        for (errno, code) in cases {
+            let error = spawn_io_error("x", &io::Error::from_raw_os_error(errno));
+            assert_eq!(error.code(), code, "errno {errno}");
+        }
     }
 }

@@ -15,10 +15,11 @@
 //! 4. **Spurious events are normal.** An event may find nothing to do; `WouldBlock` is then the
 //!    answer, never an error.
 //! 5. **Budgets and the ready list.** Draining one source completely could starve the others,
-//!    so each connection gets a budget per turn (bytes from its socket and its commands' pipes,
-//!    frames); one that still has work goes on the ready list and is served next turn, and the
-//!    loop polls with a zero timeout while that list is not empty. Rule 1 still holds: its
-//!    readiness is remembered, not dropped.
+//!    so each connection gets one budget per turn (bytes from its socket and its commands'
+//!    pipes, frames), however many of its descriptors the batch reports; one that still has
+//!    work goes on the ready list and is served next turn, and the loop polls with a zero
+//!    timeout while that list is not empty. Rule 1 still holds: its readiness is remembered,
+//!    not dropped.
 //! 6. **A token from a closed slot never reaches its successor.** Closing is deferred to the
 //!    end of the event batch (later events for it in the same batch are ignored), and every
 //!    connection token carries a generation number that a reused slot does not share, so a
@@ -27,8 +28,9 @@
 //!
 //! # One turn
 //! [`Reactor::run`]: take the ready list → `poll` (timeout: zero if anything is ready, else
-//! until the nearest deadline) → handle each event → serve the ready list taken at the start
-//! → fire due timers → close what was marked for closing → repeat.
+//! until the nearest deadline) → handle each event (a connection's event only records its
+//! readiness and adds it to this turn's list) → drive each connection on this turn's list
+//! once, with one budget → fire due timers → close what was marked for closing → repeat.
 //!
 //! # Files
 //! - `token.rs`: what a token names, and its bit layout;
@@ -216,7 +218,8 @@ struct Core {
     next_generation: u32,
     /// Sources to serve next turn without waiting for readiness.
     ready: Vec<Source>,
-    /// The ready list being served this turn (swapped with `ready`, so neither reallocates).
+    /// The ready list being served this turn (swapped with `ready`, so neither reallocates);
+    /// this turn's events add their connections to it.
     ready_now: Vec<Source>,
     /// Static sources currently on `ready` (bit per listener and the UDP socket).
     static_queued: u8,

@@ -36,7 +36,9 @@ pub(super) fn live_slot(conns: &mut Slab<Slot>, key: ConnKey) -> Option<&mut Slo
 
 impl Core {
     /// An event for one of a connection's descriptors: record the readiness where it belongs,
-    /// then drive the connection (unless it waits on the ready list already).
+    /// and put the connection on this turn's ready list (once), to be driven after the batch's
+    /// events. A connection with several events in a batch — its socket and its commands'
+    /// pipes — is driven once, with one budget.
     pub(super) fn serve_conn(
         &mut self,
         key: ConnKey,
@@ -58,12 +60,11 @@ impl Core {
             }
             Sub::Child(index, source) => slot.conn.on_child_ready(index, source),
         }
-        // Already on a ready list: it is driven there, with the readiness just recorded. Driving
-        // it here too would give it two budgets in one turn.
-        if slot.queued {
-            return;
+        // Already on a ready list: it is driven there, with the readiness just recorded.
+        if !slot.queued {
+            slot.queued = true;
+            self.ready_now.push(Source::Conn(key, Sub::Socket));
         }
-        self.drive_slot(key);
     }
 
     /// Drives a connection and applies the verdict: close, queue, re-register, re-arm.

@@ -106,11 +106,6 @@ impl Buf {
     pub fn append(&mut self, bytes: &[u8], max_capacity: usize) {
         self.append_with(bytes.len(), max_capacity, |out| out.copy_from_slice(bytes));
     }
-
-    fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
-    }
 }
 
 /// Buffers a pool can lend: reset on return, and kept only if still of the standard size.
@@ -129,7 +124,8 @@ impl Pooled for Buf {
     }
 
     fn reset(&mut self) {
-        self.clear();
+        self.start = 0;
+        self.end = 0;
     }
 
     fn is_standard(&self, buffer_len: usize) -> bool {

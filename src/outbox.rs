@@ -76,8 +76,10 @@ impl Pooled for OutQueue {
     }
 
     fn reset(&mut self) {
-        self.bytes.consume(self.bytes.len());
-        self.segments.clear();
+        self.bytes.reset();
+        if !self.segments.is_empty() {
+            self.segments.clear();
+        }
         self.file_bytes = 0;
         self.paused = false;
     }
@@ -191,17 +193,19 @@ impl Outbox {
                 short: false,
             });
         };
-        let written = match queue.segments.front_mut() {
-            None => {
-                let offered = queue.bytes.len();
-                let n = io.write(queue.bytes.data())?;
-                queue.bytes.consume(n);
-                Written {
-                    bytes: n,
-                    short: n < offered,
-                }
-            }
-            Some(Segment::Bytes(run)) => {
+        let Some(front) = queue.segments.front_mut() else {
+            // Bytes only (no file range queued), the common case: the whole buffer in one write.
+            let offered = queue.bytes.len();
+            let n = io.write(queue.bytes.data())?;
+            queue.bytes.consume(n);
+            queue.update_pause(limits);
+            return Ok(Written {
+                bytes: n,
+                short: n < offered,
+            });
+        };
+        let written = match front {
+            Segment::Bytes(run) => {
                 let offered = *run;
                 let n = io.write(&queue.bytes.data()[..offered])?;
                 queue.bytes.consume(n);
@@ -214,7 +218,7 @@ impl Outbox {
                     short: n < offered,
                 }
             }
-            Some(Segment::File(range)) => {
+            Segment::File(range) => {
                 let offered = usize::try_from(range.len)
                     .unwrap_or(usize::MAX)
                     .min(SENDFILE_CHUNK);

@@ -51,22 +51,21 @@ impl Connection {
     /// The frame type as this connection's version understands it: exec types are unknown to a
     /// version 1 connection.
     fn understood(&self, frame_type: FrameType) -> FrameType {
-        let exec_type = matches!(
-            frame_type,
+        // The bit first: a version 2 connection (the common case) needs no look at the type.
+        if self.bits.has(Bits::EXEC_FRAMES) || self.state != State::Open {
+            return frame_type;
+        }
+        match frame_type {
             FrameType::Exec
-                | FrameType::Started
-                | FrameType::Stdin
-                | FrameType::StdinEof
-                | FrameType::Window
-                | FrameType::Stdout
-                | FrameType::Stderr
-                | FrameType::Exit
-                | FrameType::Signal
-        );
-        if exec_type && self.state == State::Open && !self.bits.has(Bits::EXEC_FRAMES) {
-            FrameType::Unknown(frame_type.to_u8())
-        } else {
-            frame_type
+            | FrameType::Started
+            | FrameType::Stdin
+            | FrameType::StdinEof
+            | FrameType::Window
+            | FrameType::Stdout
+            | FrameType::Stderr
+            | FrameType::Exit
+            | FrameType::Signal => FrameType::Unknown(frame_type.to_u8()),
+            other => other,
         }
     }
 

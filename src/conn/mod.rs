@@ -489,7 +489,9 @@ impl Connection {
             State::Closed => Verdict::Close,
         };
         cx.pool.give_if_empty(&mut self.input);
-        self.shrink_unauthenticated_input(cx);
+        if self.input.is_some() {
+            self.shrink_unauthenticated_input(cx);
+        }
         self.outbox.release_if_empty(cx.pool);
         verdict
     }
@@ -528,7 +530,13 @@ impl Connection {
     ) -> Verdict {
         let mut waiting_for_bytes;
         loop {
-            waiting_for_bytes = match self.handle_frames(cx, budget) {
+            // Nothing buffered (the start of most drives): no frames to look at.
+            let handled = if self.input.is_some() {
+                self.handle_frames(cx, budget)
+            } else {
+                Ok(true)
+            };
+            waiting_for_bytes = match handled {
                 Ok(waiting) => waiting,
                 Err(fatal) => {
                     debug!("closing: {}", fatal.text);

@@ -177,20 +177,20 @@ impl Env {
     /// Runs `work` with the [`Context`] of connection `key`: the pool, the limits, the time,
     /// the access rules and, when commands are enabled, the child processes.
     fn with_context<R>(&mut self, key: ConnKey, work: impl FnOnce(&mut Context<'_>) -> R) -> R {
-        let mut host = self.root.as_ref().map(|root| ConnChildren {
-            table: &mut self.children,
-            root,
-            registry: self.poll.registry(),
-            timers: &mut self.timers,
-            limits: &self.limits,
-            key,
-            now: self.now,
-        });
-        let children = if self.access.exec {
-            host.as_mut().map(|host| host as &mut dyn Children)
-        } else {
-            None
+        // Built only where commands run: an echo-only server's drives pay nothing for it.
+        let mut host = match (&self.root, self.access.exec) {
+            (Some(root), true) => Some(ConnChildren {
+                table: &mut self.children,
+                root,
+                registry: self.poll.registry(),
+                timers: &mut self.timers,
+                limits: &self.limits,
+                key,
+                now: self.now,
+            }),
+            _ => None,
         };
+        let children = host.as_mut().map(|host| host as &mut dyn Children);
         let mut cx = Context {
             pool: &mut self.pool,
             limits: &self.limits,

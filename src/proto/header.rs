@@ -68,6 +68,34 @@ pub enum FrameType {
     /// Client → server: deliver a signal to the command's process group
     /// ([`SignalRequest`](crate::proto::exec::SignalRequest)).
     Signal,
+    /// Client → server (version 2): a file's bytes
+    /// ([`GetRequest`](crate::proto::files::GetRequest)).
+    Get,
+    /// Client → server: store a file ([`PutRequest`](crate::proto::files::PutRequest)).
+    Put,
+    /// Client → server: a directory's entries (payload: the path).
+    List,
+    /// Client → server: what a path names (payload: the path).
+    Stat,
+    /// Client → server: remove a file or an empty directory (payload: the path).
+    Delete,
+    /// Client → server: create a directory (payload: the path).
+    Mkdir,
+    /// Server → client: size, mtime, kind and known hash
+    /// ([`FileInfo`](crate::proto::files::FileInfo)).
+    FileInfo,
+    /// Either direction: a file's bytes, in order.
+    Data,
+    /// Either direction: a whole file's BLAKE3 ([`Digest`](crate::proto::files::Digest)).
+    Digest,
+    /// Server → client: send DATA from this offset
+    /// ([`PutReady`](crate::proto::files::PutReady)).
+    PutReady,
+    /// Server → client: a page of directory entries
+    /// ([`Entries`](crate::proto::files::Entries)).
+    Entries,
+    /// Server → client: a DELETE or MKDIR succeeded (empty payload).
+    Done,
     /// A type number this version does not know.
     Unknown(u8),
 }
@@ -90,6 +118,18 @@ impl FrameType {
             0x26 => FrameType::Stderr,
             0x27 => FrameType::Exit,
             0x28 => FrameType::Signal,
+            0x30 => FrameType::Get,
+            0x31 => FrameType::Put,
+            0x32 => FrameType::List,
+            0x33 => FrameType::Stat,
+            0x34 => FrameType::Delete,
+            0x35 => FrameType::Mkdir,
+            0x38 => FrameType::FileInfo,
+            0x39 => FrameType::Data,
+            0x3a => FrameType::Digest,
+            0x3b => FrameType::PutReady,
+            0x3c => FrameType::Entries,
+            0x3d => FrameType::Done,
             other => FrameType::Unknown(other),
         }
     }
@@ -111,6 +151,18 @@ impl FrameType {
             FrameType::Stderr => 0x26,
             FrameType::Exit => 0x27,
             FrameType::Signal => 0x28,
+            FrameType::Get => 0x30,
+            FrameType::Put => 0x31,
+            FrameType::List => 0x32,
+            FrameType::Stat => 0x33,
+            FrameType::Delete => 0x34,
+            FrameType::Mkdir => 0x35,
+            FrameType::FileInfo => 0x38,
+            FrameType::Data => 0x39,
+            FrameType::Digest => 0x3a,
+            FrameType::PutReady => 0x3b,
+            FrameType::Entries => 0x3c,
+            FrameType::Done => 0x3d,
             FrameType::Unknown(other) => other,
         }
     }
@@ -133,6 +185,18 @@ impl fmt::Display for FrameType {
             FrameType::Stderr => f.write_str("STDERR"),
             FrameType::Exit => f.write_str("EXIT"),
             FrameType::Signal => f.write_str("SIGNAL"),
+            FrameType::Get => f.write_str("GET"),
+            FrameType::Put => f.write_str("PUT"),
+            FrameType::List => f.write_str("LIST"),
+            FrameType::Stat => f.write_str("STAT"),
+            FrameType::Delete => f.write_str("DELETE"),
+            FrameType::Mkdir => f.write_str("MKDIR"),
+            FrameType::FileInfo => f.write_str("FILE_INFO"),
+            FrameType::Data => f.write_str("DATA"),
+            FrameType::Digest => f.write_str("DIGEST"),
+            FrameType::PutReady => f.write_str("PUT_READY"),
+            FrameType::Entries => f.write_str("ENTRIES"),
+            FrameType::Done => f.write_str("DONE"),
             FrameType::Unknown(byte) => write!(f, "UNKNOWN(0x{byte:02x})"),
         }
     }

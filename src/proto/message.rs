@@ -233,6 +233,8 @@ impl SessionFlags {
     pub const AUTHENTICATED: SessionFlags = SessionFlags(0x0001);
     /// The server runs commands (`serve --exec`).
     pub const EXEC: SessionFlags = SessionFlags(0x0002);
+    /// The connection may use the file service (GET, PUT, LIST, ...) under the server's root.
+    pub const FILES: SessionFlags = SessionFlags(0x0004);
 
     /// The raw bits.
     pub const fn bits(self) -> u16 {
@@ -382,6 +384,24 @@ pub enum ErrorCode {
     FlowControl,
     /// Starting the command failed for another reason (the text says which).
     SpawnFailed,
+    /// The path names a directory where a file is needed (GET, PUT).
+    IsDirectory,
+    /// The path (or one of its parents) is not a directory where one is needed (LIST, MKDIR).
+    NotDirectory,
+    /// The path would leave the server's root or pass through a symlink.
+    OutsideRoot,
+    /// A GET's offset is past the end of the file.
+    BadOffset,
+    /// An upload's bytes do not hash to the BLAKE3 the client gave; nothing was stored.
+    HashMismatch,
+    /// The server's disk is full (or a quota is reached); nothing was stored.
+    NoSpace,
+    /// MKDIR of a path that exists.
+    AlreadyExists,
+    /// DELETE of a directory that is not empty.
+    NotEmpty,
+    /// A disk operation failed for another reason (the text says which).
+    IoFailed,
     /// A code this build does not know.
     Other(u16),
 }
@@ -408,6 +428,15 @@ impl ErrorCode {
             16 => ErrorCode::BadRequest,
             17 => ErrorCode::FlowControl,
             18 => ErrorCode::SpawnFailed,
+            19 => ErrorCode::IsDirectory,
+            20 => ErrorCode::NotDirectory,
+            21 => ErrorCode::OutsideRoot,
+            22 => ErrorCode::BadOffset,
+            23 => ErrorCode::HashMismatch,
+            24 => ErrorCode::NoSpace,
+            25 => ErrorCode::AlreadyExists,
+            26 => ErrorCode::NotEmpty,
+            27 => ErrorCode::IoFailed,
             other => ErrorCode::Other(other),
         }
     }
@@ -433,6 +462,15 @@ impl ErrorCode {
             ErrorCode::BadRequest => 16,
             ErrorCode::FlowControl => 17,
             ErrorCode::SpawnFailed => 18,
+            ErrorCode::IsDirectory => 19,
+            ErrorCode::NotDirectory => 20,
+            ErrorCode::OutsideRoot => 21,
+            ErrorCode::BadOffset => 22,
+            ErrorCode::HashMismatch => 23,
+            ErrorCode::NoSpace => 24,
+            ErrorCode::AlreadyExists => 25,
+            ErrorCode::NotEmpty => 26,
+            ErrorCode::IoFailed => 27,
             ErrorCode::Other(other) => other,
         }
     }
@@ -467,6 +505,15 @@ impl fmt::Display for ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::FlowControl => "FLOW_CONTROL",
             ErrorCode::SpawnFailed => "SPAWN_FAILED",
+            ErrorCode::IsDirectory => "IS_DIRECTORY",
+            ErrorCode::NotDirectory => "NOT_DIRECTORY",
+            ErrorCode::OutsideRoot => "OUTSIDE_ROOT",
+            ErrorCode::BadOffset => "BAD_OFFSET",
+            ErrorCode::HashMismatch => "HASH_MISMATCH",
+            ErrorCode::NoSpace => "NO_SPACE",
+            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+            ErrorCode::NotEmpty => "NOT_EMPTY",
+            ErrorCode::IoFailed => "IO_FAILED",
             ErrorCode::Other(code) => return write!(f, "ERROR_{code}"),
         };
         f.write_str(name)

@@ -6,11 +6,13 @@
 //! - [`frame`]: whole frames ([`Decoder::decode`], [`Frame::encode_into`]);
 //! - [`message`]: payloads of the connection-level frames (HELLO, HELLO_OK, ERROR);
 //! - [`exec`]: payloads of the remote-exec frames (EXEC, STARTED, WINDOW, EXIT, SIGNAL);
+//! - [`files`]: payloads of the file-service frames (GET, PUT, LIST, FILE_INFO, DIGEST, ...);
 //! - [`path`]: the syntax of paths relative to the server's root.
 //!
 //! `docs/PROTOCOL.md` specifies the same bytes for people writing their own clients.
 
 pub mod exec;
+pub mod files;
 pub mod frame;
 pub mod header;
 pub mod message;

@@ -21,7 +21,13 @@ pub enum PathError {
     Nul,
     /// It contains a backslash (a Windows separator that would mean something else here).
     Backslash,
+    /// A component starts with [`RESERVED_PREFIX`]: the server's own temporary files.
+    Reserved,
 }
+
+/// Names starting with this are the server's own (uploads in progress): never listed, never
+/// reachable by a request.
+pub const RESERVED_PREFIX: &str = ".monoreactor-";
 
 impl fmt::Display for PathError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,6 +37,7 @@ impl fmt::Display for PathError {
             PathError::DotComponent => "the path has a '.' or '..' component",
             PathError::Nul => "the path contains a NUL byte",
             PathError::Backslash => "the path contains a backslash",
+            PathError::Reserved => "names starting with .monoreactor- are reserved for the server",
         })
     }
 }
@@ -55,6 +62,7 @@ pub fn check_relative(path: &str) -> Result<(), PathError> {
         match component {
             "" => return Err(PathError::EmptyComponent),
             "." | ".." => return Err(PathError::DotComponent),
+            name if name.starts_with(RESERVED_PREFIX) => return Err(PathError::Reserved),
             _ => {}
         }
     }
@@ -84,6 +92,8 @@ mod tests {
             ("a/", PathError::EmptyComponent),
             ("a\\..\\x", PathError::Backslash),
             ("a\0b", PathError::Nul),
+            (".monoreactor-partial-1", PathError::Reserved),
+            ("a/.monoreactor-x/b", PathError::Reserved),
         ];
         for (path, expected) in cases {
             assert_eq!(check_relative(path), Err(expected), "{path:?}");

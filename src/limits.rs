@@ -97,6 +97,14 @@ pub struct Limits {
     /// STDIN credit per command, bytes: what a client may send ahead of the command's reading,
     /// and so the most stdin the server holds for it. Default 256 KiB.
     pub stdin_window: u32,
+    /// File work one connection may do per turn, bytes: DATA ranges queued for `sendfile`,
+    /// bytes hashed or re-read, directory entries listed (4 KiB each). Default 4 MiB, twice
+    /// nginx's `sendfile_max_chunk`: about a millisecond of page-cache work.
+    pub disk_budget: usize,
+    /// File transfers (GET, PUT, LIST) running at once on the server. Default 64.
+    pub max_transfers: usize,
+    /// Largest file a PUT may store, bytes. Default 16 GiB.
+    pub max_put: u64,
 }
 
 impl Default for Limits {
@@ -128,6 +136,9 @@ impl Default for Limits {
             exec_drain_timeout: Duration::from_secs(1),
             exec_output_cap: 64 << 20,
             stdin_window: 256 << 10,
+            disk_budget: 4 << 20,
+            max_transfers: 64,
+            max_put: 16 << 30,
         }
     }
 }
@@ -224,6 +235,8 @@ impl Limits {
             ("frame budget", self.frame_budget),
             ("accept budget", self.accept_budget),
             ("datagram budget", self.datagram_budget),
+            ("disk budget", self.disk_budget),
+            ("max transfers", self.max_transfers),
         ];
         if let Some((name, _)) = budgets.iter().find(|(_, value)| *value == 0) {
             return fail(format!("{name} must be at least 1"));

@@ -113,9 +113,19 @@ struct ServeArgs {
     /// File holding the token clients must present [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Directory commands run in; created if missing.
+    /// Directory files are served from and commands run in; created if missing. Nothing
+    /// outside it can be read, written or listed.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
     root: PathBuf,
+    /// Do not serve files (GET, PUT, LIST, ...); the root is then opened only for --exec.
+    #[arg(long)]
+    no_files: bool,
+    /// Largest file one PUT may store, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_put)]
+    max_put: u64,
+    /// Most file transfers (GET, PUT, LIST) running at once on the server.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers)]
+    max_transfers: usize,
     /// Allow --listen on a non-loopback address without a token.
     #[arg(long)]
     insecure: bool,
@@ -395,6 +405,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         exec_output_cap: args.exec_max_output,
         max_exec: args.max_commands,
         max_exec_per_connection: args.max_commands_per_conn,
+        max_put: args.max_put,
+        max_transfers: args.max_transfers,
         ..Limits::default()
     };
     let (token, warning) = load_token(args.token_file.as_deref())
@@ -412,6 +424,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             exec: args.exec,
         },
         root: args.root,
+        files: !args.no_files,
         insecure: args.insecure,
         handle_signals: true,
     };

@@ -26,7 +26,7 @@ pub const DEFAULT_FRAMED_ADDR: SocketAddr =
 pub const DEFAULT_ECHO_ADDR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7007));
 
-/// Default root directory for commands (and, next, files), relative to the working directory.
+/// Default root directory for files and commands, relative to the working directory.
 pub const DEFAULT_ROOT: &str = "monoreactor-files";
 
 /// Pending connections the kernel may queue per listener. std and mio fix it at 128, which a
@@ -46,9 +46,11 @@ pub struct Config {
     pub limits: Limits,
     /// The token, and whether commands run (only ever with a token).
     pub access: Access,
-    /// The directory commands run in and paths are confined to; created if missing, and only
-    /// opened when commands are enabled.
+    /// The directory files are served from, commands run in, and paths are confined to;
+    /// created if missing. Opened when files or commands are enabled.
     pub root: PathBuf,
+    /// Serve files (GET, PUT, LIST, ...) under `root`.
+    pub files: bool,
     /// Allow a framed listener on a non-loopback address without a token.
     pub insecure: bool,
     /// Shut down gracefully on SIGINT/SIGTERM. A program embedding the server may prefer to
@@ -65,6 +67,7 @@ impl Default for Config {
             limits: Limits::default(),
             access: Access::ECHO_ONLY,
             root: PathBuf::from(DEFAULT_ROOT),
+            files: true,
             insecure: false,
             handle_signals: true,
         }
@@ -152,8 +155,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Checks the configuration, raises `RLIMIT_NOFILE`, opens the root (when commands are
-    /// enabled), binds every socket and registers it.
+    /// Checks the configuration, raises `RLIMIT_NOFILE`, opens the root (when files or
+    /// commands are enabled), binds every socket and registers it.
     ///
     /// Raising the descriptor limit affects the whole process, as it should for a server that
     /// is the process; a program embedding it should know that its own limit rises too. So does
@@ -178,16 +181,23 @@ impl Server {
             limits.reserved_fds + commands * DESCRIPTORS_PER_COMMAND,
             descriptors,
         );
-        let root = if config.access.exec {
+        if config.access.exec {
             crate::sys::process::keep_descriptors_from_commands()?;
             crate::sys::process::restore_default_sigchld()?;
+        }
+        let root = if config.access.exec || config.files {
             let root = Root::open_or_create(&config.root).map_err(|error| {
                 StartError::Config(format!(
                     "cannot use {} as the root directory: {error}",
                     config.root.display()
                 ))
             })?;
-            info!("commands run under {}", root.path().display());
+            let serves = match (config.files, config.access.exec) {
+                (true, true) => "files are served and commands run",
+                (true, false) => "files are served",
+                _ => "commands run",
+            };
+            info!("{serves} under {}", root.path().display());
             Some(root)
         } else {
             None
@@ -232,6 +242,7 @@ impl Server {
             limits,
             access: config.access,
             root,
+            files: config.files,
             handle_signals: config.handle_signals,
         })?;
         Ok(Server { reactor, addrs })

@@ -12,6 +12,8 @@
 //!   does, with the clock in your hands.
 //! - [`SplitMix64`], the small seeded generator they use.
 
+use crate::sys::files::{FileState, Files};
+use crate::sys::root::Root;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
@@ -709,6 +711,9 @@ pub struct ConnHarness {
     pub children: Option<ScriptedChildren>,
     /// The loop's turn number, advanced by every event and drive.
     pub turn: u64,
+    /// The file service's root and state, when files are enabled
+    /// ([`ConnHarness::with_files`]).
+    pub files: Option<(Root, FileState)>,
 }
 
 impl ConnHarness {
@@ -726,6 +731,7 @@ impl ConnHarness {
             now: Tick(0),
             access: Access::ECHO_ONLY,
             children: None,
+            files: None,
             turn: 0,
         }
     }
@@ -737,6 +743,17 @@ impl ConnHarness {
             exec: true,
         };
         self.children = Some(ScriptedChildren::new());
+        self
+    }
+
+    /// Serves files from a real directory `root` (created if missing), as the reactor does.
+    ///
+    /// # Panics
+    /// If the directory cannot be opened.
+    pub fn with_files(mut self, root: &std::path::Path) -> ConnHarness {
+        let root = Root::open_or_create(root).expect("a usable root directory");
+        let state = FileState::new(self.limits.max_transfers, self.limits.max_put);
+        self.files = Some((root, state));
         self
     }
 
@@ -787,6 +804,10 @@ impl ConnHarness {
                 .map(|children| children as &mut dyn Children),
             turn: self.turn,
             auth_log: None,
+            files: self
+                .files
+                .as_mut()
+                .map(|(root, state)| Files { root, state }),
         };
         work(&mut self.conn, &mut cx)
     }

@@ -78,6 +78,7 @@ fn steady_state_echo_allocates_nothing_on_the_server() {
         framed: localhost,
         echo_tcp: Some(localhost),
         echo_udp: None,
+        files: false,
         handle_signals: false,
         ..Config::default()
     };

@@ -2,16 +2,18 @@
 //! type. The rules, in the order they are applied:
 //!
 //! 1. Before HELLO only HELLO is valid (and it belongs on stream 0).
-//! 2. On a version 1 connection the exec frame types are unknown, as to a version 1 server.
-//! 3. Stream 0 is the connection: a request there is fatal. A stream with a command running
-//!    takes only that command's frames (STDIN, STDIN_EOF, SIGNAL): a new request on it is fatal.
+//! 2. On a version 1 connection the exec and file frame types are unknown, as to a version 1
+//!    server.
+//! 3. Stream 0 is the connection: a request there is fatal. A stream with a command or a
+//!    transfer running takes only its frames (STDIN, STDIN_EOF, SIGNAL; DATA, DIGEST): a new
+//!    request on it is fatal.
 //! 4. A request the connection may not make (no token, exec off, a limit) is refused on its own
 //!    stream and ends only that stream.
-//! 5. STDIN, STDIN_EOF and SIGNAL for a stream with no command are ignored: they may have
-//!    crossed the command's EXIT on the wire. (A SIGNAL whose payload does not parse is fatal
+//! 5. STDIN, STDIN_EOF and SIGNAL for a stream with no command, and DATA and DIGEST for one
+//!    with no upload, are ignored: they may have crossed the stream's last frame on the wire. (A SIGNAL whose payload does not parse is fatal
 //!    all the same: it is checked before the stream is looked up.)
 //! 6. A client's ERROR ends what its stream names: the connection on stream 0; on a version 2
-//!    connection, only that stream (its command is released).
+//!    connection, only that stream (its command is released, its transfer ends).
 
 use log::{debug, info, warn};
 
@@ -64,7 +66,19 @@ impl Connection {
             | FrameType::Stdout
             | FrameType::Stderr
             | FrameType::Exit
-            | FrameType::Signal => FrameType::Unknown(frame_type.to_u8()),
+            | FrameType::Signal
+            | FrameType::Get
+            | FrameType::Put
+            | FrameType::List
+            | FrameType::Stat
+            | FrameType::Delete
+            | FrameType::Mkdir
+            | FrameType::FileInfo
+            | FrameType::Data
+            | FrameType::Digest
+            | FrameType::PutReady
+            | FrameType::Entries
+            | FrameType::Done => FrameType::Unknown(frame_type.to_u8()),
             other => other,
         }
     }
@@ -112,6 +126,9 @@ impl Connection {
         if cx.access.exec && authenticated {
             flags = flags.with(SessionFlags::EXEC);
         }
+        if cx.files.is_some() && authenticated {
+            flags = flags.with(SessionFlags::FILES);
+        }
         let ok = HelloOk {
             version,
             max_payload_len: self.max_payload(cx.limits),
@@ -135,7 +152,15 @@ impl Connection {
         let stream = frame.header.stream;
         let starts_a_request = matches!(
             frame_type,
-            FrameType::EchoRequest | FrameType::Exec | FrameType::Unknown(_)
+            FrameType::EchoRequest
+                | FrameType::Exec
+                | FrameType::Get
+                | FrameType::Put
+                | FrameType::List
+                | FrameType::Stat
+                | FrameType::Delete
+                | FrameType::Mkdir
+                | FrameType::Unknown(_)
         );
         if starts_a_request && stream == 0 {
             return Err(Fatal::new(
@@ -146,7 +171,7 @@ impl Connection {
         if starts_a_request && self.stream_in_use(stream) {
             return Err(Fatal::new(
                 ErrorCode::UnexpectedFrame,
-                format!("{frame_type} on stream {stream}, which a running command is using"),
+                format!("{frame_type} on stream {stream}, which a command or transfer is using"),
             ));
         }
         match frame_type {
@@ -160,6 +185,19 @@ impl Connection {
             }
             FrameType::Stdin | FrameType::StdinEof | FrameType::Signal => {
                 self.deliver_to_command(frame_type, frame, cx)
+            }
+            FrameType::Get
+            | FrameType::Put
+            | FrameType::List
+            | FrameType::Stat
+            | FrameType::Delete
+            | FrameType::Mkdir => {
+                self.file_request(frame_type, frame, cx);
+                Ok(())
+            }
+            FrameType::Data | FrameType::Digest => {
+                self.upload_frame(frame_type, frame, cx);
+                Ok(())
             }
             FrameType::Unknown(byte) => {
                 let text = format!("frame type 0x{byte:02x} is not known to this server");
@@ -192,6 +230,10 @@ impl Connection {
     /// The client ended `stream` with an ERROR: its command, if any, is released (stopped and
     /// reaped by the I/O layer) and nothing more is sent on the stream.
     fn abandon_stream(&mut self, stream: u32, cx: &mut Context<'_>, reason: &str) {
+        if self.abandon_transfer(stream) {
+            debug!("stream {stream}: the client abandoned its transfer ({reason})");
+            return;
+        }
         let Some(mut command) = self
             .streams
             .as_mut()
@@ -213,7 +255,7 @@ impl Connection {
     fn stream_in_use(&self, stream: u32) -> bool {
         self.streams
             .as_ref()
-            .is_some_and(|streams| streams.find(stream).is_some())
+            .is_some_and(|streams| streams.in_use(stream))
     }
 
     /// EXEC: checks, then a spawn through the I/O layer; STARTED on success, an ERROR on the

@@ -38,6 +38,7 @@
 
 mod dispatch;
 pub mod streams;
+pub mod transfers;
 
 use std::fmt;
 use std::io::{self, ErrorKind, Read};
@@ -53,6 +54,7 @@ use crate::outbox::Outbox;
 use crate::proto::exec::EndReason;
 use crate::proto::{DecodeError, Decoder, ErrorCode, FrameType, HEADER_LEN, Header};
 use crate::service::exec::{ChildSource, Children};
+use crate::sys::files::Files;
 use crate::throttle::LogThrottle;
 use crate::timer::Tick;
 
@@ -123,6 +125,9 @@ pub struct Context<'a> {
     pub turn: u64,
     /// Throttles the log line for a wrong token; `None` logs each at debug level only.
     pub auth_log: Option<&'a mut LogThrottle>,
+    /// The file service's I/O layer; `None` where there is none (file requests are then
+    /// refused).
+    pub files: Option<Files<'a>>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -132,6 +137,7 @@ impl fmt::Debug for Context<'_> {
             .field("turn", &self.turn)
             .field("access", &self.access)
             .field("children", &self.children.is_some())
+            .field("files", &self.files.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +154,7 @@ impl<'a> Context<'a> {
             children: None,
             turn: 0,
             auth_log: None,
+            files: None,
         }
     }
 }
@@ -196,6 +203,9 @@ pub(crate) struct Budget {
     pub(crate) bytes: usize,
     /// Frames that may still be handled.
     pub(crate) frames: usize,
+    /// File bytes that may still be queued, hashed or re-read (and directory entries listed,
+    /// at a fixed cost each).
+    pub(crate) disk: usize,
 }
 
 /// What one read did.
@@ -308,9 +318,16 @@ impl Connection {
         self.input.is_some() || self.outbox.holds_buffer()
     }
 
-    /// Commands running on this connection.
+    /// Commands and transfers running on this connection.
     pub fn open_streams(&self) -> usize {
         self.streams.as_ref().map_or(0, |streams| streams.len())
+    }
+
+    /// Commands running on this connection.
+    pub fn running_commands(&self) -> usize {
+        self.streams
+            .as_ref()
+            .map_or(0, |streams| streams.commands())
     }
 
     /// Whether HELLO authenticated the connection (always, when the server has no token).
@@ -360,7 +377,8 @@ impl Connection {
     }
 
     /// When [`Connection::on_deadline`] must be called: the idle deadline (not while commands
-    /// run: their own limits bound them), or sooner if HELLO is still awaited, a frame is
+    /// run: their own limits bound them; transfers do not suspend it, since bytes moving keep
+    /// it away), or sooner if HELLO is still awaited, a frame is
     /// half-received, the connection is closing, or a command's deadline comes first.
     pub fn deadline(&self, limits: &Limits) -> Tick {
         let streams = self
@@ -371,7 +389,7 @@ impl Connection {
     }
 
     fn own_deadline(&self, limits: &Limits) -> Tick {
-        if self.state == State::Closing || self.open_streams() > 0 {
+        if self.state == State::Closing || self.running_commands() > 0 {
             return self.phase_deadline;
         }
         self.last_active
@@ -394,7 +412,7 @@ impl Connection {
         match self.state {
             State::AwaitingHello | State::Open => {
                 let idle_deadline = self.last_active.after(cx.limits.idle_timeout);
-                let text = if cx.now >= idle_deadline && self.open_streams() == 0 {
+                let text = if cx.now >= idle_deadline && self.running_commands() == 0 {
                     format!("no activity for {:?}", cx.limits.idle_timeout)
                 } else if self.state == State::AwaitingHello {
                     format!("no HELLO within {:?}", cx.limits.hello_timeout)
@@ -439,7 +457,7 @@ impl Connection {
     /// SIGTERM and their EXIT frames go out before `SHUTTING_DOWN`; without commands the
     /// orderly close starts at once.
     pub fn begin_shutdown(&mut self, grace: Duration, cx: &mut Context<'_>) {
-        if self.state == State::Open && self.open_streams() > 0 {
+        if self.state == State::Open && self.running_commands() > 0 {
             if let Some(streams) = self.streams.as_mut() {
                 // SIGKILL comes within half the grace at most, so the EXIT frames and
                 // SHUTTING_DOWN still go out before the grace period ends.
@@ -481,6 +499,7 @@ impl Connection {
         let mut budget = Budget {
             bytes: cx.limits.read_budget,
             frames: cx.limits.frame_budget,
+            disk: cx.limits.disk_budget,
         };
         let verdict = match self.state {
             State::AwaitingHello | State::Open => self.drive_framed(io, cx, &mut budget),
@@ -572,20 +591,26 @@ impl Connection {
             }
         }
         if self.bits.has(Bits::PEER_EOF) && self.open_streams() > 0 {
-            // The client will send nothing more — no STDIN, no SIGNAL — and a dropped
-            // connection looks the same: its commands are stopped, as ssh's are.
-            debug!(
-                "peer closed its side: stopping {} commands",
-                self.open_streams()
-            );
-            self.release_streams(cx, EndReason::Disconnect);
+            // The client will send nothing more — no STDIN, no SIGNAL, no DATA — and a dropped
+            // connection looks the same: its commands are stopped, as ssh's are, and its
+            // uploads end. GETs and LISTs go on: they need nothing more from the client.
+            if let Some(streams) = self.streams.as_mut() {
+                streams.release_uploads();
+                if streams.commands() > 0 {
+                    debug!(
+                        "peer closed its side: stopping {} commands",
+                        streams.commands()
+                    );
+                    streams.release_all_commands(cx, EndReason::Disconnect);
+                }
+            }
         }
         if self.flush(io, cx).is_err() {
             return self.fail();
         }
         self.track_partial_frame(waiting_for_bytes, cx.limits, cx.now);
 
-        if self.bits.has(Bits::DRAINING) && self.open_streams() == 0 {
+        if self.bits.has(Bits::DRAINING) && self.running_commands() == 0 {
             self.begin_close(
                 Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
                 cx.limits.linger_timeout,
@@ -740,7 +765,10 @@ impl Connection {
         let Some(streams) = self.streams.as_mut() else {
             return false;
         };
-        let progress = streams.pump(&mut self.outbox, cx, budget);
+        let mut progress = streams.pump(&mut self.outbox, cx, budget);
+        if !streams.transfers.is_empty() {
+            progress |= streams.pump_transfers(&mut self.outbox, cx, budget);
+        }
         if streams.is_finished(cx.turn) {
             self.streams = None;
         }
@@ -749,9 +777,11 @@ impl Connection {
 
     /// Whether a stream has work that needs no new readiness event.
     fn streams_want_turn(&self, bytes_left: bool) -> bool {
-        self.streams
-            .as_ref()
-            .is_some_and(|streams| streams.wants_turn(self.outbox.may_produce(), bytes_left))
+        self.streams.as_ref().is_some_and(|streams| {
+            let may_produce = self.outbox.may_produce();
+            streams.wants_turn(may_produce, bytes_left)
+                || (!streams.transfers.is_empty() && streams.transfers_want_turn(may_produce))
+        })
     }
 
     // === Raw echo ===

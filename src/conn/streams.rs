@@ -94,6 +94,8 @@ impl ExecStream {
 #[derive(Debug)]
 pub struct Streams {
     open: Vec<ExecStream>,
+    /// File transfers (GET, PUT, LIST) in progress.
+    pub(super) transfers: Vec<super::transfers::Transfer>,
     /// Child numbers freed in turn `cooling_turn`, not to be reused before the next turn.
     cooling: u64,
     cooling_turn: u64,
@@ -104,19 +106,30 @@ impl Streams {
     pub fn new(capacity: usize) -> Box<Streams> {
         Box::new(Streams {
             open: Vec::with_capacity(capacity),
+            transfers: Vec::new(),
             cooling: 0,
             cooling_turn: 0,
         })
     }
 
-    /// Commands running.
+    /// Commands and transfers running.
     pub fn len(&self) -> usize {
+        self.open.len() + self.transfers.len()
+    }
+
+    /// Commands running.
+    pub fn commands(&self) -> usize {
         self.open.len()
     }
 
-    /// Whether none run.
+    /// Whether nothing runs.
     pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
+        self.open.is_empty() && self.transfers.is_empty()
+    }
+
+    /// Whether a command or a transfer is using `stream`.
+    pub fn in_use(&self, stream: u32) -> bool {
+        self.find(stream).is_some() || self.transfers.iter().any(|transfer| transfer.id == stream)
     }
 
     /// The command on `stream`.
@@ -170,7 +183,7 @@ impl Streams {
     /// Whether the table is empty and may be dropped: no command runs, and no child number
     /// is cooling in `turn` (dropping it would forget that).
     pub fn is_finished(&self, turn: u64) -> bool {
-        self.open.is_empty() && (self.cooling == 0 || self.cooling_turn != turn)
+        self.is_empty() && (self.cooling == 0 || self.cooling_turn != turn)
     }
 
     /// Records readiness for child number `index`.
@@ -217,8 +230,14 @@ impl Streams {
     }
 
     /// Releases every command to the I/O layer (the connection is closing): their groups are
-    /// stopped and they are reaped there.
+    /// stopped and they are reaped there. Transfers end (an upload's resumable partial stays).
     pub fn release_all(&mut self, cx: &mut Context<'_>, reason: EndReason) {
+        self.transfers = Vec::new();
+        self.release_all_commands(cx, reason);
+    }
+
+    /// Releases every command to the I/O layer; transfers are left alone.
+    pub fn release_all_commands(&mut self, cx: &mut Context<'_>, reason: EndReason) {
         while let Some(mut command) = self.open.pop() {
             debug!(
                 "stream {}: command pid {} released ({reason})",

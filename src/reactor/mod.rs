@@ -63,6 +63,7 @@ use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::service::echo::UdpEcho;
 use crate::service::exec::Children;
+use crate::sys::files::{FileState, Files};
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
@@ -116,8 +117,11 @@ pub struct Setup {
     pub limits: Limits,
     /// The token, and whether commands run.
     pub access: Access,
-    /// The root directory commands run under; needed when `access.exec` is set.
+    /// The root directory commands run under and files are served from; needed when
+    /// `access.exec` is set, and without it there is no file service.
     pub root: Option<Root>,
+    /// Serve files under `root`.
+    pub files: bool,
     /// Shut down gracefully on SIGINT/SIGTERM.
     pub handle_signals: bool,
 }
@@ -165,6 +169,8 @@ struct Env {
     access: Access,
     children: ChildTable,
     root: Option<Root>,
+    /// The file service's state; `None` without a file service.
+    files: Option<FileState>,
     timers: TimerQueue<Token>,
     auth_log: LogThrottle,
     clock: Clock,
@@ -191,6 +197,10 @@ impl Env {
             _ => None,
         };
         let children = host.as_mut().map(|host| host as &mut dyn Children);
+        let files = match (&self.root, self.files.as_mut()) {
+            (Some(root), Some(state)) => Some(Files { root, state }),
+            _ => None,
+        };
         let mut cx = Context {
             pool: &mut self.pool,
             limits: &self.limits,
@@ -199,6 +209,7 @@ impl Env {
             children,
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),
+            files,
         };
         work(&mut cx)
     }
@@ -255,6 +266,7 @@ impl Reactor {
             limits,
             access,
             root,
+            files,
             handle_signals,
         } = setup;
         if access.exec && root.is_none() {
@@ -299,6 +311,8 @@ impl Reactor {
             poll,
             pool: BufferPool::new(limits.io_buffer_len, limits.pooled_buffers),
             children: ChildTable::new(limits.max_exec),
+            files: (files && root.is_some())
+                .then(|| FileState::new(limits.max_transfers, limits.max_put)),
             root,
             timers: TimerQueue::with_capacity(capacity),
             auth_log: LogThrottle::default(),

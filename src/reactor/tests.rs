@@ -29,6 +29,7 @@ fn reactor() -> (Reactor, SocketAddr) {
         limits: Limits::default(),
         access: Access::ECHO_ONLY,
         root: None,
+        files: false,
         handle_signals: false,
     };
     (Reactor::new(setup).unwrap(), addr)

@@ -5,10 +5,12 @@
 //! - [`echo`]: the framed echo reply; and the UDP echo, the one exception to the rule above,
 //!   since a datagram echo is nothing but its socket ([`echo::UdpEcho`] owns it, behind a
 //!   trait so tests can script it);
-//! - [`exec`]: one running command per stream.
+//! - [`exec`]: one running command per stream;
+//! - [`files`]: one file transfer (GET, PUT) per stream.
 
 pub mod echo;
 pub mod exec;
+pub mod files;
 
 /// What the caller should do after driving a state machine for a turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

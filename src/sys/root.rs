@@ -81,27 +81,37 @@ impl Root {
     /// `O_PATH` descriptor.
     pub fn open_dir(&self, relative: &str) -> Result<OwnedFd, RootError> {
         check_relative(relative).map_err(RootError::Syntax)?;
+        let flags = OFlags::PATH | OFlags::DIRECTORY;
+        self.open_beneath(relative, flags, Mode::empty())
+            .map_err(|errno| match errno {
+                rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR => RootError::NotFound,
+                rustix::io::Errno::XDEV | rustix::io::Errno::LOOP => RootError::Escapes,
+                errno => RootError::Io(errno.into()),
+            })
+    }
+
+    /// Opens `relative` (syntax already checked; empty: the root itself) beneath the root with
+    /// `flags` (`O_CLOEXEC` is added), resolving no symlink at all and nothing outside the
+    /// root. `EAGAIN` (a concurrent rename) is retried a few times. `ELOOP` and `EXDEV` mean
+    /// the path passes through a symlink or would leave the root.
+    pub fn open_beneath(
+        &self,
+        relative: &str,
+        flags: OFlags,
+        mode: Mode,
+    ) -> Result<OwnedFd, rustix::io::Errno> {
         let path = if relative.is_empty() { "." } else { relative };
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut last = rustix::io::Errno::AGAIN;
         for _ in 0..RETRIES {
-            match rustix::fs::openat2(&self.dir, path, flags, Mode::empty(), resolve) {
+            match rustix::fs::openat2(&self.dir, path, flags | OFlags::CLOEXEC, mode, resolve) {
                 Ok(fd) => return Ok(fd),
-                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
-                    return Err(RootError::NotFound);
-                }
-                Err(rustix::io::Errno::XDEV | rustix::io::Errno::LOOP) => {
-                    return Err(RootError::Escapes);
-                }
-                Err(errno) => return Err(RootError::Io(errno.into())),
+                Err(errno @ (rustix::io::Errno::AGAIN | rustix::io::Errno::INTR)) => last = errno,
+                Err(errno) => return Err(errno),
             }
         }
-        Err(RootError::Io(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            "openat2 kept failing with EAGAIN",
-        )))
+        Err(last)
     }
 }
 

@@ -44,6 +44,18 @@ pub struct Server {
     /// For a server started with [`Server::start_exec`]: its root, token file and scratch
     /// space, removed after the server is gone (fields drop after `Drop::drop`).
     exec: Option<exec::ExecSetup>,
+    /// The `--root` given when the caller gave none (so no test creates `monoreactor-files`
+    /// in the working directory); removed after the server is gone.
+    default_root: Option<ScratchRoot>,
+}
+
+/// A directory removed when dropped.
+struct ScratchRoot(std::path::PathBuf);
+
+impl Drop for ScratchRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Server {
@@ -62,6 +74,20 @@ impl Server {
             }
         }
         args.push("-q");
+        let default_root = (!extra.iter().any(|arg| flag_matches(arg, "--root"))).then(|| {
+            static ROOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            ScratchRoot(std::env::temp_dir().join(format!(
+                "monoreactor-test-root-{}-{}",
+                std::process::id(),
+                ROOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )))
+        });
+        let root_arg = default_root
+            .as_ref()
+            .map(|root| root.0.to_string_lossy().into_owned());
+        if let Some(root) = &root_arg {
+            args.extend(["--root", root]);
+        }
         args.extend_from_slice(extra);
         let expected = expected_kinds(&args);
 
@@ -88,6 +114,7 @@ impl Server {
             stderr,
             stderr_thread,
             exec: None,
+            default_root,
         };
 
         let (lines_tx, lines_rx) = mpsc::channel();

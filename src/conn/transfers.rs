@@ -1,0 +1,599 @@
+//! File transfers on a connection's streams: the file-service requests (GET, PUT, LIST, STAT,
+//! DELETE, MKDIR), and each turn's bounded disk work for the transfers that take time.
+//!
+//! Disk calls block: a read or write of the page cache takes microseconds, one of a cold disk
+//! milliseconds, an `fsync` of a big file seconds. So each turn a connection does at most
+//! [`Limits::disk_budget`] bytes of file work — queueing DATA ranges (sent later with
+//! `sendfile`), hashing, re-reading a resumed upload, listing — and comes back next turn
+//! (nginx's `sendfile_max_chunk` rule); an upload's writes are bounded by the socket's read
+//! budget, since each DATA frame is written as it is handled. Writes are pushed to disk as
+//! they stream (see [`crate::sys::files`]), so the `fsync` before the commit is short.
+//!
+//! Output obeys the outbox like everything else: DATA ranges and listing pages are produced
+//! only while [`Outbox::may_produce`] is true.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use log::{debug, info};
+
+use super::streams::Streams;
+use super::{Bits, Budget, Connection, Context};
+use crate::outbox::{FileRange, Outbox};
+use crate::proto::files::{
+    Digest, FileInfo, GetRequest, PutReady, PutRequest, entry_field, parse_path,
+};
+use crate::proto::{ErrorCode, Flags, Frame, FrameType};
+use crate::service::files::{GetTransfer, PutError, PutTransfer};
+use crate::sys::files::{FileError, Listing, Meta, TransferPermit, Upload, meta_of};
+
+/// Most file bytes in one DATA frame.
+pub const DATA_FRAME_LEN: u64 = 1 << 20;
+
+/// Most payload bytes in one ENTRIES page.
+pub const LIST_PAGE_LEN: usize = 64 << 10;
+
+/// What one listed entry costs from the disk budget: its `stat` may read an inode block.
+const ENTRY_COST: usize = 4 << 10;
+
+/// A transfer in progress.
+#[derive(Debug)]
+pub enum TransferKind {
+    /// A GET: the file and what is left to send and hash.
+    Get {
+        /// The state machine.
+        get: GetTransfer,
+        /// The open file, shared with queued DATA ranges.
+        file: Arc<File>,
+        /// The file's metadata at open (a computed hash is cached only if it still holds).
+        meta: Meta,
+    },
+    /// A PUT: the upload's temporary file and the checks.
+    Put {
+        /// The state machine.
+        put: PutTransfer,
+        /// The temporary file and its destination.
+        upload: Upload,
+    },
+    /// A LIST: the directory being read.
+    List(Listing),
+}
+
+/// One transfer on its stream.
+#[derive(Debug)]
+pub struct Transfer {
+    /// The stream its request came on.
+    pub id: u32,
+    /// What it is.
+    pub kind: TransferKind,
+    /// Its place in the server's transfer limit.
+    _permit: TransferPermit,
+}
+
+/// What one transfer's turn did.
+enum Pumped {
+    /// Moved something (or not), still running.
+    Running(bool),
+    /// Finished: its last frame is queued.
+    Finished,
+}
+
+impl Streams {
+    /// The transfer on `stream`.
+    pub fn transfer_mut(&mut self, stream: u32) -> Option<&mut Transfer> {
+        self.transfers
+            .iter_mut()
+            .find(|transfer| transfer.id == stream)
+    }
+
+    /// Takes the transfer on `stream` out of the table.
+    pub fn remove_transfer(&mut self, stream: u32) -> Option<Transfer> {
+        let at = self
+            .transfers
+            .iter()
+            .position(|transfer| transfer.id == stream)?;
+        let transfer = self.transfers.swap_remove(at);
+        if self.transfers.is_empty() {
+            self.transfers = Vec::new();
+        }
+        Some(transfer)
+    }
+
+    /// Whether a transfer has work that needs no new readiness event.
+    pub fn transfers_want_turn(&self, may_produce: bool) -> bool {
+        self.transfers.iter().any(|transfer| match &transfer.kind {
+            TransferKind::Get { get, .. } => {
+                get.hash_wanted().is_some()
+                    || get.is_done()
+                    || (may_produce && get.next_range(1).is_some())
+            }
+            TransferKind::Put { put, .. } => put.wants_turn(),
+            TransferKind::List(_) => may_produce,
+        })
+    }
+
+    /// Drops the uploads (their resumable partials stay for a resume); GETs and LISTs go on.
+    pub fn release_uploads(&mut self) {
+        self.transfers
+            .retain(|transfer| !matches!(transfer.kind, TransferKind::Put { .. }));
+    }
+
+    /// Each transfer's disk work for this turn, within the budget. Returns whether anything
+    /// moved.
+    pub(crate) fn pump_transfers(
+        &mut self,
+        outbox: &mut Outbox,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> bool {
+        let mut progress = false;
+        let mut at = 0;
+        while at < self.transfers.len() {
+            let transfer = &mut self.transfers[at];
+            match pump_one(transfer, outbox, cx, budget) {
+                Pumped::Running(moved) => {
+                    progress |= moved;
+                    at += 1;
+                }
+                Pumped::Finished => {
+                    self.transfers.swap_remove(at);
+                    progress = true;
+                }
+            }
+        }
+        if self.transfers.is_empty() && self.transfers.capacity() > 0 {
+            self.transfers = Vec::new();
+        }
+        progress
+    }
+}
+
+fn pump_one(
+    transfer: &mut Transfer,
+    outbox: &mut Outbox,
+    cx: &mut Context<'_>,
+    budget: &mut Budget,
+) -> Pumped {
+    let stream = transfer.id;
+    match &mut transfer.kind {
+        TransferKind::Get { get, file, meta } => {
+            pump_get(stream, get, file, meta, outbox, cx, budget)
+        }
+        TransferKind::Put { put, upload } => {
+            let mut moved = false;
+            let mut buf = None;
+            while let Some((at, left)) = put.rehash_wanted() {
+                if budget.disk == 0 {
+                    break;
+                }
+                let chunk = buf.get_or_insert_with(|| cx.pool.take());
+                let want = (left as usize).min(chunk.capacity()).min(budget.disk);
+                let spare = &mut chunk.spare()[..want];
+                match upload.file().read_at(spare, at) {
+                    Ok(n) => {
+                        put.handle_rehashed(&spare[..n]);
+                        budget.disk = budget.disk.saturating_sub(n.max(1));
+                        moved = true;
+                    }
+                    Err(error) => {
+                        if let Some(chunk) = buf.take() {
+                            cx.pool.give(chunk);
+                        }
+                        let error = FileError::from_errno(
+                            rustix::io::Errno::from_io_error(&error)
+                                .unwrap_or(rustix::io::Errno::IO),
+                            "upload",
+                        );
+                        outbox
+                            .replies(cx.pool, cx.limits)
+                            .error(stream, error.code, &error.text);
+                        return Pumped::Finished;
+                    }
+                }
+            }
+            if let Some(chunk) = buf {
+                cx.pool.give(chunk);
+            }
+            if let Some(ready) = put.poll_ready() {
+                outbox.replies(cx.pool, cx.limits).part(
+                    FrameType::PutReady,
+                    stream,
+                    PutReady::PAYLOAD_LEN as u32,
+                    |out| ready.emit(out),
+                );
+                moved = true;
+            }
+            Pumped::Running(moved)
+        }
+        TransferKind::List(listing) => {
+            if !outbox.may_produce() || budget.disk == 0 {
+                return Pumped::Running(false);
+            }
+            let max_entries = (budget.disk / ENTRY_COST).max(1);
+            let mut page = Vec::new();
+            let finished = match listing.next_page(&mut page, LIST_PAGE_LEN, max_entries) {
+                Ok(finished) => finished,
+                Err(error) => {
+                    outbox
+                        .replies(cx.pool, cx.limits)
+                        .error(stream, error.code, &error.text);
+                    return Pumped::Finished;
+                }
+            };
+            let entries = page.len() / entry_field::NAME;
+            budget.disk = budget.disk.saturating_sub(entries.max(1) * ENTRY_COST);
+            let mut replies = outbox.replies(cx.pool, cx.limits);
+            if finished {
+                replies.reply(FrameType::Entries, stream, page.len() as u32, |out| {
+                    out.copy_from_slice(&page)
+                });
+                return Pumped::Finished;
+            }
+            if !page.is_empty() {
+                replies.part(FrameType::Entries, stream, page.len() as u32, |out| {
+                    out.copy_from_slice(&page)
+                });
+            }
+            Pumped::Running(true)
+        }
+    }
+}
+
+fn pump_get(
+    stream: u32,
+    get: &mut GetTransfer,
+    file: &Arc<File>,
+    meta: &Meta,
+    outbox: &mut Outbox,
+    cx: &mut Context<'_>,
+    budget: &mut Budget,
+) -> Pumped {
+    let mut moved = false;
+    let mut buf = None;
+    loop {
+        if budget.disk == 0 {
+            break;
+        }
+        if outbox.may_produce() {
+            if let Some((offset, len)) = get.next_range(DATA_FRAME_LEN.min(budget.disk as u64)) {
+                outbox.replies(cx.pool, cx.limits).file_frame(
+                    FrameType::Data,
+                    Flags::NONE,
+                    stream,
+                    FileRange {
+                        file: Arc::clone(file),
+                        offset,
+                        len,
+                    },
+                );
+                get.on_queued(len);
+                budget.disk = budget.disk.saturating_sub(len as usize);
+                moved = true;
+                continue;
+            }
+        }
+        let Some((at, left)) = get.hash_wanted() else {
+            break;
+        };
+        let chunk = buf.get_or_insert_with(|| cx.pool.take());
+        let want = (left as usize).min(chunk.capacity()).min(budget.disk);
+        let spare = &mut chunk.spare()[..want];
+        match file.read_at(spare, at) {
+            Ok(0) | Err(_) => {
+                if let Some(chunk) = buf.take() {
+                    cx.pool.give(chunk);
+                }
+                // The file shrank (or cannot be read) under the transfer: the stream cannot
+                // end with a true hash. The client sees the error; any DATA range past the new
+                // end fails the connection when it is sent.
+                outbox.replies(cx.pool, cx.limits).error(
+                    stream,
+                    ErrorCode::IoFailed,
+                    "the file changed while it was being sent",
+                );
+                return Pumped::Finished;
+            }
+            Ok(n) => {
+                get.handle_hashed(&spare[..n]);
+                budget.disk = budget.disk.saturating_sub(n);
+                moved = true;
+            }
+        }
+    }
+    if let Some(chunk) = buf {
+        cx.pool.give(chunk);
+    }
+    let Some((hash, computed)) = get.poll_digest() else {
+        return Pumped::Running(moved);
+    };
+    if computed {
+        // Cached only if the file did not change while it was read.
+        if let (Some(files), Ok(now)) = (cx.files.as_mut(), meta_of(file.as_ref())) {
+            if now == *meta {
+                files.store_hash(file, meta, &hash);
+            }
+        }
+    }
+    let digest = Digest { hash };
+    outbox.replies(cx.pool, cx.limits).reply(
+        FrameType::Digest,
+        stream,
+        Digest::PAYLOAD_LEN as u32,
+        |out| digest.emit(out),
+    );
+    Pumped::Finished
+}
+
+impl Connection {
+    /// Whether a file request may start here; the refusal to send otherwise.
+    fn refuse_file_request(
+        &self,
+        frame_type: FrameType,
+        cx: &Context<'_>,
+    ) -> Option<(ErrorCode, String)> {
+        let takes_a_stream = matches!(
+            frame_type,
+            FrameType::Get | FrameType::Put | FrameType::List
+        );
+        if !self.bits.has(Bits::AUTHENTICATED) {
+            Some((
+                ErrorCode::Unauthenticated,
+                format!(
+                    "{frame_type} needs an authenticated connection: send the server's token in HELLO"
+                ),
+            ))
+        } else if cx.files.is_none() {
+            Some((
+                ErrorCode::UnknownFrameType,
+                "this server has no file service".to_string(),
+            ))
+        } else if frame_type == FrameType::Put && self.bits.has(Bits::PEER_EOF) {
+            Some((
+                ErrorCode::BadRequest,
+                "PUT after the client closed its side of the connection".to_string(),
+            ))
+        } else if self.bits.has(Bits::DRAINING) {
+            Some((
+                ErrorCode::ShuttingDown,
+                "the server is shutting down and starts no new transfers".to_string(),
+            ))
+        } else if takes_a_stream && self.open_streams() >= cx.limits.max_exec_per_connection {
+            Some((
+                ErrorCode::LimitReached,
+                format!(
+                    "{} commands and transfers are running on this connection, its limit",
+                    cx.limits.max_exec_per_connection
+                ),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// GET, PUT, LIST, STAT, DELETE or MKDIR on a fresh stream. Never fatal: a refusal or a
+    /// failure ends only its stream.
+    pub(super) fn file_request(
+        &mut self,
+        frame_type: FrameType,
+        frame: Frame<'_>,
+        cx: &mut Context<'_>,
+    ) {
+        let stream = frame.header.stream;
+        if let Some((code, text)) = self.refuse_file_request(frame_type, cx) {
+            self.outbox
+                .replies(cx.pool, cx.limits)
+                .error(stream, code, &text);
+            return;
+        }
+        if let Err(error) = self.try_file_request(frame_type, frame, cx) {
+            debug!("stream {stream}: {frame_type} refused: {}", error.text);
+            self.outbox
+                .replies(cx.pool, cx.limits)
+                .error(stream, error.code, &error.text);
+        }
+    }
+
+    fn try_file_request(
+        &mut self,
+        frame_type: FrameType,
+        frame: Frame<'_>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), FileError> {
+        let stream = frame.header.stream;
+        let bad = |error: crate::proto::files::FileRequestError| FileError {
+            code: ErrorCode::BadRequest,
+            text: error.to_string(),
+        };
+        let Some(files) = cx.files.as_mut() else {
+            return Ok(()); // refused above
+        };
+        let mut replies = self.outbox.replies(cx.pool, cx.limits);
+        let kind = match frame_type {
+            FrameType::Stat => {
+                let path = parse_path(frame.payload).map_err(bad)?;
+                let info = files.stat(path)?;
+                replies.reply(
+                    FrameType::FileInfo,
+                    stream,
+                    FileInfo::PAYLOAD_LEN as u32,
+                    |out| info.emit(out),
+                );
+                return Ok(());
+            }
+            FrameType::Delete | FrameType::Mkdir => {
+                let path = parse_path(frame.payload).map_err(bad)?;
+                if frame_type == FrameType::Delete {
+                    files.delete(path)?;
+                } else {
+                    files.mkdir(path)?;
+                }
+                info!("{frame_type} {path}");
+                replies.reply(FrameType::Done, stream, 0, |_| {});
+                return Ok(());
+            }
+            FrameType::List => {
+                let path = parse_path(frame.payload).map_err(bad)?;
+                let permit = files.admit()?;
+                (TransferKind::List(files.open_listing(path)?), permit)
+            }
+            FrameType::Get => {
+                let request = GetRequest::parse(frame.payload).map_err(bad)?;
+                let permit = files.admit()?;
+                let opened = files.open_read(request.path)?;
+                if request.offset > opened.meta.size {
+                    return Err(FileError {
+                        code: ErrorCode::BadOffset,
+                        text: format!(
+                            "{}: offset {} is past the end ({} bytes)",
+                            request.path, request.offset, opened.meta.size
+                        ),
+                    });
+                }
+                let info = opened.meta.info(opened.hash);
+                replies.part(
+                    FrameType::FileInfo,
+                    stream,
+                    FileInfo::PAYLOAD_LEN as u32,
+                    |out| info.emit(out),
+                );
+                debug!(
+                    "stream {stream}: GET {} from {} of {} (hash {})",
+                    request.path,
+                    request.offset,
+                    opened.meta.size,
+                    if opened.hash.is_some() {
+                        "cached"
+                    } else {
+                        "to compute"
+                    }
+                );
+                let get = GetTransfer::new(opened.meta.size, request.offset, opened.hash);
+                (
+                    TransferKind::Get {
+                        get,
+                        file: opened.file,
+                        meta: opened.meta,
+                    },
+                    permit,
+                )
+            }
+            FrameType::Put => {
+                let request = PutRequest::parse(frame.payload).map_err(bad)?;
+                let permit = files.admit()?;
+                let upload = files.begin_put(&request)?;
+                debug!(
+                    "stream {stream}: PUT {} of {} bytes (upload id {:016x}, {} held)",
+                    request.path, request.size, upload.id, upload.held
+                );
+                let put = PutTransfer::new(request.size, upload.held, upload.id, request.hash);
+                (TransferKind::Put { put, upload }, permit)
+            }
+            _ => return Ok(()),
+        };
+        let (kind, permit) = kind;
+        let streams = self
+            .streams
+            .get_or_insert_with(|| Streams::new(cx.limits.max_exec_per_connection));
+        streams.transfers.push(Transfer {
+            id: stream,
+            kind,
+            _permit: permit,
+        });
+        Ok(())
+    }
+
+    /// DATA or DIGEST from the client: the next bytes of the upload on that stream, or its
+    /// trailer. Frames for a stream with no upload are ignored (they may have crossed the
+    /// stream's ERROR on the wire).
+    pub(super) fn upload_frame(
+        &mut self,
+        frame_type: FrameType,
+        frame: Frame<'_>,
+        cx: &mut Context<'_>,
+    ) {
+        let stream = frame.header.stream;
+        let Some(streams) = self.streams.as_mut() else {
+            debug!("{frame_type} for stream {stream}, which has no upload: ignored");
+            return;
+        };
+        let Some(Transfer {
+            kind: TransferKind::Put { put, upload },
+            ..
+        }) = streams.transfer_mut(stream)
+        else {
+            debug!("{frame_type} for stream {stream}, which has no upload: ignored");
+            return;
+        };
+        let outcome = if frame_type == FrameType::Data {
+            match put.handle_data(frame.payload.len()) {
+                Ok(offset) => match upload.write_at(frame.payload, offset) {
+                    Ok(()) => {
+                        put.on_written(frame.payload);
+                        return;
+                    }
+                    Err(error) => Err((error.code, error.text, false)),
+                },
+                Err(error) => Err((error.code(), error.to_string(), false)),
+            }
+        } else {
+            match Digest::parse(frame.payload) {
+                Err(error) => Err((ErrorCode::BadRequest, format!("bad DIGEST: {error}"), false)),
+                Ok(digest) => match put.handle_digest(&digest.hash) {
+                    Ok(hash) => Ok(hash),
+                    Err(error) => {
+                        let discard = error == PutError::Mismatch;
+                        Err((error.code(), error.to_string(), discard))
+                    }
+                },
+            }
+        };
+        let Some(Transfer {
+            kind: TransferKind::Put { put, upload },
+            ..
+        }) = streams.remove_transfer(stream)
+        else {
+            return;
+        };
+        let mut replies = self.outbox.replies(cx.pool, cx.limits);
+        match outcome {
+            Ok(hash) => {
+                let committed = match cx.files.as_mut() {
+                    Some(files) => files.commit(upload, &hash),
+                    None => Ok(()),
+                };
+                match committed {
+                    Ok(()) => {
+                        info!("stream {stream}: stored {} bytes", put.received());
+                        let digest = Digest { hash };
+                        replies.reply(
+                            FrameType::Digest,
+                            stream,
+                            Digest::PAYLOAD_LEN as u32,
+                            |out| digest.emit(out),
+                        );
+                    }
+                    Err(error) => replies.error(stream, error.code, &error.text),
+                }
+            }
+            Err((code, text, discard)) => {
+                info!("stream {stream}: upload failed: {text}");
+                if discard {
+                    if let Some(files) = cx.files.as_mut() {
+                        files.discard(upload);
+                    }
+                }
+                replies.error(stream, code, &text);
+            }
+        }
+    }
+
+    /// A client ERROR on a transfer's stream: the transfer ends (an upload's resumable partial
+    /// stays). Returns whether there was one.
+    pub(super) fn abandon_transfer(&mut self, stream: u32) -> bool {
+        self.streams
+            .as_mut()
+            .and_then(|streams| streams.remove_transfer(stream))
+            .is_some()
+    }
+}

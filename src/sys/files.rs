@@ -1,0 +1,843 @@
+//! The file service's I/O layer: every descriptor and every disk call the file service makes,
+//! confined beneath the root ([`Root`]).
+//!
+//! **Confinement.** A request's path has passed [`check_relative`](crate::proto::path) before
+//! it gets here. Files and directories are then opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` beneath the root's descriptor, so the kernel
+//! refuses any component that is a symlink or leads out; a name is created, renamed or removed
+//! only through its parent directory opened the same way, with a single-component `*at` call.
+//! What was checked is what is used: there is no path string re-resolved later.
+//!
+//! **Atomic put** (Pillai et al., OSDI'14): the bytes go to a temporary file in the target's
+//! directory — an unnamed `O_TMPFILE` for an upload that cannot resume (a crash leaves
+//! nothing), a `.monoreactor-partial-<id>` file for one that can — then size and hash are
+//! checked, the file is `fsync`ed, renamed over the target, and the directory is `fsync`ed.
+//! Until the rename the target is untouched; after it, it is the whole new file.
+//!
+//! **Write-behind.** While an upload streams, every [`WRITE_BEHIND`] bytes the range just
+//! written is handed to the disk (`sync_file_range(WRITE)`) and the range before it is waited
+//! for, so dirty pages stay bounded and the `fsync` at the end has little left to do: the loop
+//! never stalls for a whole file's writeback at once.
+//!
+//! **Hash cache.** A file's BLAKE3 is kept in its `user.monoreactor.blake3` extended attribute
+//! with the size and modification time it was computed for and the time it was stored. It is
+//! trusted only while size and mtime still match and the mtime is older than the moment of
+//! storing by more than [`RACY_WINDOW_NS`] (git's "racy clean" rule: a write in the same
+//! timestamp tick would leave the mtime unchanged). Where extended attributes are not
+//! supported, a bounded in-memory index keyed by device and inode stands in.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags};
+use rustix::io::Errno;
+
+use crate::proto::ErrorCode;
+use crate::proto::files::{DirEntry, FileInfo, FileKind, HASH_LEN, Hash, PutRequest};
+use crate::proto::path::RESERVED_PREFIX;
+use crate::sys::root::Root;
+
+/// Bytes written between write-behind steps.
+pub const WRITE_BEHIND: u64 = 8 << 20;
+
+/// A file whose mtime is within this of the moment its hash was stored may have been written
+/// again in the same timestamp tick, so that hash is not trusted. Kernel timestamps advance
+/// in ticks of 1–10 ms; 100 ms leaves a wide margin.
+pub const RACY_WINDOW_NS: i64 = 100_000_000;
+
+/// Most entries the in-memory hash index keeps (used only where xattrs are unsupported).
+const MEMO_ENTRIES: usize = 4096;
+
+/// The extended attribute holding a file's cached hash.
+const HASH_XATTR: &str = "user.monoreactor.blake3";
+
+/// Layout of [`HASH_XATTR`]: size, mtime ns, stored-at ns (BE u64 each), then the hash.
+const XATTR_LEN: usize = 24 + HASH_LEN;
+
+/// Name prefix of resumable partial uploads.
+const PARTIAL_PREFIX: &str = ".monoreactor-partial-";
+
+/// Name prefix under which a finished unnamed upload is linked just before its rename.
+const LINKED_PREFIX: &str = ".monoreactor-tmp-";
+
+/// A file operation's failure, as the client will hear it.
+#[derive(Debug)]
+pub struct FileError {
+    /// The error code for the stream's ERROR frame.
+    pub code: ErrorCode,
+    /// The text, naming the path.
+    pub text: String,
+}
+
+impl FileError {
+    fn new(code: ErrorCode, text: impl Into<String>) -> FileError {
+        FileError {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// Maps an errno from an operation on `path` (what the client asked about).
+    pub fn from_errno(errno: Errno, path: &str) -> FileError {
+        let shown = if path.is_empty() { "/" } else { path };
+        let (code, what) = match errno {
+            Errno::NOENT => (ErrorCode::NotFound, "no such file or directory"),
+            Errno::NOTDIR => (ErrorCode::NotDirectory, "a component is not a directory"),
+            Errno::LOOP | Errno::XDEV => (
+                ErrorCode::OutsideRoot,
+                "the path leaves the root or passes through a symlink",
+            ),
+            Errno::ACCESS | Errno::PERM | Errno::ROFS => {
+                (ErrorCode::PermissionDenied, "permission denied")
+            }
+            Errno::ISDIR => (ErrorCode::IsDirectory, "is a directory"),
+            Errno::NOSPC | Errno::DQUOT => (ErrorCode::NoSpace, "no space left on the device"),
+            Errno::EXIST => (ErrorCode::AlreadyExists, "already exists"),
+            Errno::NOTEMPTY => (ErrorCode::NotEmpty, "directory not empty"),
+            Errno::NAMETOOLONG => (ErrorCode::BadRequest, "a name is too long"),
+            Errno::MFILE | Errno::NFILE => (ErrorCode::LimitReached, "out of file descriptors"),
+            _ => {
+                let text = format!("{shown}: {}", io::Error::from(errno));
+                return FileError::new(ErrorCode::IoFailed, text);
+            }
+        };
+        FileError::new(code, format!("{shown}: {what}"))
+    }
+
+    fn io(error: &io::Error, path: &str) -> FileError {
+        match error.raw_os_error() {
+            Some(raw) => FileError::from_errno(Errno::from_raw_os_error(raw), path),
+            None => FileError::new(ErrorCode::IoFailed, format!("{path}: {error}")),
+        }
+    }
+}
+
+/// What `stat` says of a file, in the protocol's terms plus its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// What it is.
+    pub kind: FileKind,
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl Meta {
+    fn of(stat: &Stat) -> Meta {
+        let kind = match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => FileKind::File,
+            FileType::Directory => FileKind::Directory,
+            FileType::Symlink => FileKind::Symlink,
+            _ => FileKind::Other,
+        };
+        Meta {
+            size: stat.st_size as u64,
+            mtime_ns: stat.st_mtime
+                .saturating_mul(1_000_000_000)
+                .saturating_add(stat.st_mtime_nsec as i64),
+            kind,
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        }
+    }
+
+    /// The protocol's view, with `hash` if known.
+    pub fn info(&self, hash: Option<Hash>) -> FileInfo {
+        FileInfo {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            kind: self.kind,
+            hash,
+        }
+    }
+}
+
+/// A cached hash and what it was computed for.
+#[derive(Clone, Copy, Debug)]
+struct CacheEntry {
+    size: u64,
+    mtime_ns: i64,
+    stored_ns: i64,
+    hash: Hash,
+}
+
+impl CacheEntry {
+    fn encode(&self) -> [u8; XATTR_LEN] {
+        let mut out = [0; XATTR_LEN];
+        out[0..8].copy_from_slice(&self.size.to_be_bytes());
+        out[8..16].copy_from_slice(&self.mtime_ns.to_be_bytes());
+        out[16..24].copy_from_slice(&self.stored_ns.to_be_bytes());
+        out[24..].copy_from_slice(&self.hash);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<CacheEntry> {
+        if bytes.len() != XATTR_LEN {
+            return None;
+        }
+        let word = |at: usize| {
+            let mut word = [0; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            word
+        };
+        let mut hash = [0; HASH_LEN];
+        hash.copy_from_slice(&bytes[24..]);
+        Some(CacheEntry {
+            size: u64::from_be_bytes(word(0)),
+            mtime_ns: i64::from_be_bytes(word(8)),
+            stored_ns: i64::from_be_bytes(word(16)),
+            hash,
+        })
+    }
+
+    /// Whether this entry still describes a file with `meta`: same size and mtime, and the
+    /// mtime clearly older than the storing (not racily clean).
+    fn valid_for(&self, meta: &Meta) -> bool {
+        self.size == meta.size
+            && self.mtime_ns == meta.mtime_ns
+            && self.stored_ns.saturating_sub(self.mtime_ns) > RACY_WINDOW_NS
+    }
+}
+
+fn wall_clock_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as i64)
+}
+
+/// The file service's shared state: how many transfers run, which resumable uploads are in
+/// use, the fallback hash index.
+#[derive(Debug)]
+pub struct FileState {
+    transfers: Arc<AtomicUsize>,
+    uploads: Arc<Mutex<HashSet<u64>>>,
+    memo: HashMap<(u64, u64), CacheEntry>,
+    max_transfers: usize,
+    max_put: u64,
+}
+
+impl FileState {
+    /// State for a server allowing `max_transfers` at once and puts of up to `max_put` bytes.
+    pub fn new(max_transfers: usize, max_put: u64) -> FileState {
+        FileState {
+            transfers: Arc::new(AtomicUsize::new(0)),
+            uploads: Arc::new(Mutex::new(HashSet::new())),
+            memo: HashMap::new(),
+            max_transfers,
+            max_put,
+        }
+    }
+
+    /// Transfers running now.
+    pub fn transfers(&self) -> usize {
+        self.transfers.load(Ordering::Relaxed)
+    }
+}
+
+/// One running transfer's place in the server-wide count; dropping it frees the place.
+#[derive(Debug)]
+pub struct TransferPermit(Arc<AtomicUsize>);
+
+impl Drop for TransferPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A file opened for GET.
+#[derive(Debug)]
+pub struct OpenedFile {
+    /// The file, shared with the outbox's file segments.
+    pub file: Arc<File>,
+    /// Its metadata when opened.
+    pub meta: Meta,
+    /// Its BLAKE3 if the cache holds a valid one.
+    pub hash: Option<Hash>,
+}
+
+/// Where an upload's bytes go until they are committed.
+#[derive(Debug)]
+enum Temp {
+    /// An `O_TMPFILE`: no name until commit.
+    Unnamed,
+    /// A resumable partial, by name.
+    Partial(String),
+}
+
+/// An upload in progress: its temporary file, its directory, and the name it will get.
+/// Dropping it without [`Files::commit`] removes an unnamed temporary (nothing to do) and
+/// keeps a resumable partial for a later resume.
+#[derive(Debug)]
+pub struct Upload {
+    file: File,
+    dir: OwnedFd,
+    name: String,
+    path: String,
+    temp: Temp,
+    /// The upload id (0: not resumable).
+    pub id: u64,
+    /// Bytes already held from an earlier attempt.
+    pub held: u64,
+    /// Bytes up to which write-behind has been started.
+    flushed: u64,
+    uploads: Arc<Mutex<HashSet<u64>>>,
+    committed: bool,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            lock(&self.uploads).remove(&self.id);
+        }
+        if !self.committed {
+            if let Temp::Partial(name) = &self.temp {
+                debug!("{}: partial upload {name} kept for a resume", self.path);
+            }
+        }
+    }
+}
+
+impl Upload {
+    /// The temporary file (to re-read the held prefix on resume).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Writes `bytes` at `offset`, then starts writeback of each completed
+    /// [`WRITE_BEHIND`] window and waits for the one before it.
+    pub fn write_at(&mut self, bytes: &[u8], offset: u64) -> Result<(), FileError> {
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|error| FileError::io(&error, &self.path))?;
+        let end = offset + bytes.len() as u64;
+        while end >= self.flushed + WRITE_BEHIND {
+            let start = self.flushed;
+            self.flushed += WRITE_BEHIND;
+            self.write_behind(start);
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of `[start, start + WRITE_BEHIND)` and waits for the window before
+    /// it (Linus Torvalds' streaming-write recipe): at most two windows are ever in flight.
+    fn write_behind(&self, start: u64) {
+        let fd = self.file.as_raw_fd();
+        let len = WRITE_BEHIND as i64;
+        // SAFETY: plain syscalls on a descriptor this upload owns; failures only cost the
+        // optimisation (the fsync at commit still makes the data durable).
+        unsafe {
+            libc::sync_file_range(fd, start as i64, len, libc::SYNC_FILE_RANGE_WRITE);
+            if start >= WRITE_BEHIND {
+                libc::sync_file_range(
+                    fd,
+                    (start - WRITE_BEHIND) as i64,
+                    len,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+        }
+    }
+}
+
+/// A directory being listed, page by page.
+#[derive(Debug)]
+pub struct Listing {
+    dir: rustix::fs::Dir,
+    path: String,
+    done: bool,
+}
+
+impl Listing {
+    /// Appends up to `max_entries` entries to `page` without letting it pass `max_bytes`.
+    /// Returns whether the directory is finished.
+    pub fn next_page(
+        &mut self,
+        page: &mut Vec<u8>,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<bool, FileError> {
+        let mut taken = 0;
+        while !self.done && taken < max_entries {
+            // Every entry fits in the room left by a full-length name: stop before reading
+            // one that might not.
+            if page.len() + crate::proto::files::entry_field::NAME + 255 > max_bytes {
+                break;
+            }
+            let Some(next) = self.dir.read() else {
+                self.done = true;
+                break;
+            };
+            let entry = next.map_err(|errno| FileError::from_errno(errno, &self.path))?;
+            let Ok(name) = entry.file_name().to_str() else {
+                debug!("{}: skipping an entry whose name is not UTF-8", self.path);
+                continue;
+            };
+            if name == "." || name == ".." || name.starts_with(RESERVED_PREFIX) {
+                continue;
+            }
+            let fd = self
+                .dir
+                .fd()
+                .map_err(|errno| FileError::from_errno(errno, &self.path))?;
+            let meta = match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => Meta::of(&stat),
+                // Removed between the read and the stat: not listed.
+                Err(Errno::NOENT) => continue,
+                Err(errno) => return Err(FileError::from_errno(errno, &self.path)),
+            };
+            let entry = DirEntry {
+                name,
+                kind: meta.kind,
+                size: meta.size,
+                mtime_ns: meta.mtime_ns,
+            };
+            let at = page.len();
+            page.resize(at + entry.wire_len(), 0);
+            entry.emit(&mut page[at..]);
+            taken += 1;
+        }
+        Ok(self.done)
+    }
+}
+
+/// The upload id of (path, size, hash): the same triple always gives the same id, and any
+/// other triple another one, so a resume can never splice two different files.
+pub fn upload_id(path: &str, size: u64, hash: &Hash) -> u64 {
+    let mut hasher = blake3::Hasher::new_derive_key("monoreactor 2026-11 upload id");
+    hasher.update(&(path.len() as u64).to_be_bytes());
+    hasher.update(path.as_bytes());
+    hasher.update(&size.to_be_bytes());
+    hasher.update(hash);
+    let mut id = [0; 8];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    u64::from_be_bytes(id).max(1)
+}
+
+/// The set of uploads in use. (The server has one thread; the lock only makes the state
+/// `Send`, for a program that runs the server on a thread of its own. A poisoned lock still
+/// holds a usable set.)
+fn lock(uploads: &Mutex<HashSet<u64>>) -> MutexGuard<'_, HashSet<u64>> {
+    uploads
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Splits `path` into its parent directory and last component ("" has neither).
+fn split(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(at) => (&path[..at], &path[at + 1..]),
+        None => ("", path),
+    }
+}
+
+/// The file service's view of the loop: the root, the shared state.
+#[derive(Debug)]
+pub struct Files<'a> {
+    /// The root everything is beneath.
+    pub root: &'a Root,
+    /// Shared state.
+    pub state: &'a mut FileState,
+}
+
+impl Files<'_> {
+    /// A place among the running transfers, or `LIMIT_REACHED`.
+    pub fn admit(&mut self) -> Result<TransferPermit, FileError> {
+        let running = self.state.transfers.load(Ordering::Relaxed);
+        if running >= self.state.max_transfers {
+            return Err(FileError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "{running} transfers are running on this server, its limit (--max-transfers)"
+                ),
+            ));
+        }
+        self.state.transfers.fetch_add(1, Ordering::Relaxed);
+        Ok(TransferPermit(Arc::clone(&self.state.transfers)))
+    }
+
+    fn parent(&self, path: &str) -> Result<(OwnedFd, String), FileError> {
+        let (parent, name) = split(path);
+        if name.is_empty() {
+            return Err(FileError::new(
+                ErrorCode::BadRequest,
+                "the root itself cannot be created, replaced or removed",
+            ));
+        }
+        let dir = self
+            .root
+            .open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|errno| FileError::from_errno(errno, parent))?;
+        Ok((dir, name.to_string()))
+    }
+
+    /// Opens a regular file for reading, with its metadata and cached hash.
+    pub fn open_read(&mut self, path: &str) -> Result<OpenedFile, FileError> {
+        // O_NONBLOCK: opening a FIFO must not block the loop (it is refused right after).
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let fd = self
+            .root
+            .open_beneath(path, flags, Mode::empty())
+            .map_err(|errno| FileError::from_errno(errno, path))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|errno| FileError::from_errno(errno, path))?;
+        let meta = Meta::of(&stat);
+        match meta.kind {
+            FileKind::File => {}
+            FileKind::Directory => {
+                return Err(FileError::from_errno(Errno::ISDIR, path));
+            }
+            _ => {
+                return Err(FileError::new(
+                    ErrorCode::BadRequest,
+                    format!("{path}: not a regular file"),
+                ));
+            }
+        }
+        let file = File::from(fd);
+        let hash = self.cached_hash(&file, &meta);
+        Ok(OpenedFile {
+            file: Arc::new(file),
+            meta,
+            hash,
+        })
+    }
+
+    /// What `path` names (a symlink as itself), with the cached hash of a regular file.
+    pub fn stat(&mut self, path: &str) -> Result<FileInfo, FileError> {
+        if path.is_empty() {
+            let stat = rustix::fs::fstat(self.root.dir())
+                .map_err(|errno| FileError::from_errno(errno, path))?;
+            return Ok(Meta::of(&stat).info(None));
+        }
+        let (dir, name) = self.parent(path)?;
+        let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|errno| FileError::from_errno(errno, path))?;
+        let meta = Meta::of(&stat);
+        let hash = if meta.kind == FileKind::File {
+            // Opened only to read the cache; beneath the parent, never following a link.
+            rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+            .and_then(|fd| {
+                let file = File::from(fd);
+                let now = rustix::fs::fstat(&file).ok().map(|stat| Meta::of(&stat))?;
+                (now == meta).then(|| self.cached_hash(&file, &meta))?
+            })
+        } else {
+            None
+        };
+        Ok(meta.info(hash))
+    }
+
+    /// Removes a file, a symlink (not its target) or an empty directory.
+    pub fn delete(&mut self, path: &str) -> Result<(), FileError> {
+        let (dir, name) = self.parent(path)?;
+        let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|errno| FileError::from_errno(errno, path))?;
+        let flags = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        rustix::fs::unlinkat(&dir, name.as_str(), flags)
+            .map_err(|errno| FileError::from_errno(errno, path))
+    }
+
+    /// Creates one directory (its parent must exist).
+    pub fn mkdir(&mut self, path: &str) -> Result<(), FileError> {
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755))
+            .map_err(|errno| FileError::from_errno(errno, path))
+    }
+
+    /// Opens a directory for listing.
+    pub fn open_listing(&mut self, path: &str) -> Result<Listing, FileError> {
+        let fd = self
+            .root
+            .open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|errno| FileError::from_errno(errno, path))?;
+        let dir = rustix::fs::Dir::new(fd).map_err(|errno| FileError::from_errno(errno, path))?;
+        Ok(Listing {
+            dir,
+            path: path.to_string(),
+            done: false,
+        })
+    }
+
+    /// Prepares an upload: checks the size limit and the target, opens the temporary file.
+    /// With a declared hash the upload is resumable: its partial is found (with `resume`) or
+    /// started over (without).
+    pub fn begin_put(&mut self, request: &PutRequest<'_>) -> Result<Upload, FileError> {
+        let path = request.path;
+        if request.size > self.state.max_put {
+            return Err(FileError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "{path}: {} bytes is more than this server takes in one file ({}; --max-put)",
+                    request.size, self.state.max_put
+                ),
+            ));
+        }
+        let (dir, name) = self.parent(path)?;
+        match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Directory => return Err(FileError::from_errno(Errno::ISDIR, path)),
+                FileType::Symlink => return Err(FileError::from_errno(Errno::LOOP, path)),
+                _ => {
+                    return Err(FileError::new(
+                        ErrorCode::BadRequest,
+                        format!("{path}: not a regular file"),
+                    ));
+                }
+            },
+            Err(Errno::NOENT) => {}
+            Err(errno) => return Err(FileError::from_errno(errno, path)),
+        }
+        let mode = Mode::from_raw_mode(0o644);
+        let Some(hash) = request.hash else {
+            let fd = rustix::fs::openat(
+                &dir,
+                ".",
+                OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+                mode,
+            )
+            .map_err(|errno| FileError::from_errno(errno, path))?;
+            return Ok(Upload {
+                file: File::from(fd),
+                dir,
+                name,
+                path: path.to_string(),
+                temp: Temp::Unnamed,
+                id: 0,
+                held: 0,
+                flushed: 0,
+                uploads: Arc::clone(&self.state.uploads),
+                committed: false,
+            });
+        };
+        let id = upload_id(path, request.size, &hash);
+        if !lock(&self.state.uploads).insert(id) {
+            return Err(FileError::new(
+                ErrorCode::LimitReached,
+                format!("{path}: the same upload is already in progress on this server"),
+            ));
+        }
+        let temp_name = format!("{PARTIAL_PREFIX}{id:016x}");
+        let resume = request
+            .flags
+            .contains(crate::proto::files::PutFlags::RESUME);
+        let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if !resume {
+            flags |= OFlags::TRUNC;
+        }
+        let opened = rustix::fs::openat(&dir, temp_name.as_str(), flags, mode);
+        let fd = match opened {
+            Ok(fd) => fd,
+            Err(errno) => {
+                lock(&self.state.uploads).remove(&id);
+                return Err(FileError::from_errno(errno, path));
+            }
+        };
+        let file = File::from(fd);
+        let held = match file.metadata() {
+            Ok(meta) if meta.len() <= request.size => meta.len(),
+            // Longer than the upload (cannot be ours): start over.
+            Ok(_) => match file.set_len(0) {
+                Ok(()) => 0,
+                Err(error) => {
+                    lock(&self.state.uploads).remove(&id);
+                    return Err(FileError::io(&error, path));
+                }
+            },
+            Err(error) => {
+                lock(&self.state.uploads).remove(&id);
+                return Err(FileError::io(&error, path));
+            }
+        };
+        Ok(Upload {
+            file,
+            dir,
+            name,
+            path: path.to_string(),
+            temp: Temp::Partial(temp_name),
+            id,
+            held,
+            flushed: held - held % WRITE_BEHIND,
+            uploads: Arc::clone(&self.state.uploads),
+            committed: false,
+        })
+    }
+
+    /// Makes a complete, verified upload the file at its path: caches its hash, `fsync`,
+    /// rename over the target, `fsync` of the directory.
+    pub fn commit(&mut self, mut upload: Upload, hash: &Hash) -> Result<(), FileError> {
+        let path = upload.path.clone();
+        if let Ok(stat) = rustix::fs::fstat(&upload.file) {
+            let meta = Meta::of(&stat);
+            self.store_hash(&upload.file, &meta, hash);
+        }
+        upload
+            .file
+            .sync_all()
+            .map_err(|error| FileError::io(&error, &path))?;
+        let temp_name = match &upload.temp {
+            Temp::Partial(name) => name.clone(),
+            Temp::Unnamed => {
+                // An O_TMPFILE gets a name only now, through /proc (linkat with
+                // AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+                let name = format!("{LINKED_PREFIX}{:016x}", upload_id(&path, 0, hash));
+                let proc_path = format!("/proc/self/fd/{}", upload.file.as_raw_fd());
+                let _ = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    proc_path.as_str(),
+                    &upload.dir,
+                    name.as_str(),
+                    AtFlags::SYMLINK_FOLLOW,
+                )
+                .map_err(|errno| FileError::from_errno(errno, &path))?;
+                name
+            }
+        };
+        if let Err(errno) = rustix::fs::renameat(
+            &upload.dir,
+            temp_name.as_str(),
+            &upload.dir,
+            upload.name.as_str(),
+        ) {
+            if matches!(upload.temp, Temp::Unnamed) {
+                let _ = rustix::fs::unlinkat(&upload.dir, temp_name.as_str(), AtFlags::empty());
+            }
+            return Err(FileError::from_errno(errno, &path));
+        }
+        upload.committed = true;
+        // The rename is durable once the directory is.
+        let dir = rustix::fs::openat(
+            &upload.dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| FileError::from_errno(errno, &path))?;
+        rustix::fs::fsync(&dir).map_err(|errno| FileError::from_errno(errno, &path))?;
+        Ok(())
+    }
+
+    /// Gives up an upload whose bytes are wrong (a hash mismatch, too many bytes): even a
+    /// resumable partial is removed, since resuming would only repeat the mismatch.
+    pub fn discard(&mut self, upload: Upload) {
+        if let Temp::Partial(name) = &upload.temp {
+            if let Err(errno) = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty()) {
+                warn!("{}: cannot remove partial {name}: {errno}", upload.path);
+            }
+        }
+    }
+
+    /// The cached hash of `file` if it is valid for `meta`.
+    pub fn cached_hash(&self, file: &File, meta: &Meta) -> Option<Hash> {
+        let mut value = [0u8; XATTR_LEN];
+        let entry = match rustix::fs::fgetxattr(file, HASH_XATTR, &mut value[..]) {
+            Ok(len) => CacheEntry::decode(&value[..len]),
+            Err(Errno::NOTSUP) => self.state.memo.get(&(meta.dev, meta.ino)).copied(),
+            Err(_) => None,
+        }?;
+        entry.valid_for(meta).then_some(entry.hash)
+    }
+
+    /// Caches `hash` as the content of `file` while it has `meta`.
+    pub fn store_hash(&mut self, file: &File, meta: &Meta, hash: &Hash) {
+        let entry = CacheEntry {
+            size: meta.size,
+            mtime_ns: meta.mtime_ns,
+            stored_ns: wall_clock_ns(),
+            hash: *hash,
+        };
+        match rustix::fs::fsetxattr(file, HASH_XATTR, &entry.encode(), XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOTSUP) => {
+                if self.state.memo.len() >= MEMO_ENTRIES {
+                    self.state.memo.clear();
+                }
+                self.state.memo.insert((meta.dev, meta.ino), entry);
+            }
+            Err(errno) => debug!("hash not cached: {errno}"),
+        }
+    }
+}
+
+/// Re-reads the metadata of an open file (to see whether it changed while being hashed).
+pub fn meta_of(file: &impl AsFd) -> io::Result<Meta> {
+    Ok(Meta::of(&rustix::fs::fstat(file)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_ids_bind_path_size_and_hash() {
+        let id = upload_id("a/b", 10, &[1; 32]);
+        assert_eq!(id, upload_id("a/b", 10, &[1; 32]));
+        assert_ne!(id, upload_id("a/c", 10, &[1; 32]));
+        assert_ne!(id, upload_id("a/b", 11, &[1; 32]));
+        assert_ne!(id, upload_id("a/b", 10, &[2; 32]));
+        assert_ne!(id, 0);
+    }
+
+    #[test]
+    fn a_cache_entry_is_trusted_only_when_not_racily_clean() {
+        let meta = Meta {
+            size: 5,
+            mtime_ns: 1_000_000_000,
+            kind: FileKind::File,
+            dev: 1,
+            ino: 2,
+        };
+        let entry = CacheEntry {
+            size: 5,
+            mtime_ns: meta.mtime_ns,
+            stored_ns: meta.mtime_ns + RACY_WINDOW_NS + 1,
+            hash: [4; 32],
+        };
+        assert!(entry.valid_for(&meta));
+        let decoded = CacheEntry::decode(&entry.encode()).unwrap();
+        assert!(decoded.valid_for(&meta));
+        let racy = CacheEntry {
+            stored_ns: meta.mtime_ns + RACY_WINDOW_NS,
+            ..entry
+        };
+        assert!(!racy.valid_for(&meta));
+        let grown = Meta { size: 6, ..meta };
+        assert!(!entry.valid_for(&grown));
+        let touched = Meta {
+            mtime_ns: meta.mtime_ns + 1,
+            ..meta
+        };
+        assert!(!entry.valid_for(&touched));
+    }
+
+    #[test]
+    fn split_separates_parent_and_name() {
+        assert_eq!(split("a/b/c"), ("a/b", "c"));
+        assert_eq!(split("c"), ("", "c"));
+        assert_eq!(split(""), ("", ""));
+    }
+}

@@ -12,7 +12,9 @@
 //! directory — an unnamed `O_TMPFILE` for an upload that cannot resume (a crash leaves
 //! nothing), a `.monoreactor-partial-<id>` file for one that can — then size and hash are
 //! checked, the file is `fsync`ed, renamed over the target, and the directory is `fsync`ed.
-//! Until the rename the target is untouched; after it, it is the whole new file.
+//! Until the rename the target is untouched; after it, it is the whole new file. A partial
+//! nobody resumes expires: a PUT starting in its directory sweeps out leftovers untouched for
+//! [`PARTIAL_TTL_NS`] (bounded work, at most hourly per directory).
 //!
 //! **Write-behind.** While an upload streams, every [`WRITE_BEHIND`] bytes the range just
 //! written is handed to the disk (`sync_file_range(WRITE)`) and the range before it is waited
@@ -35,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
@@ -51,6 +53,16 @@ pub const WRITE_BEHIND: u64 = 8 << 20;
 /// again in the same timestamp tick, so that hash is not trusted. Kernel timestamps advance
 /// in ticks of 1–10 ms; 100 ms leaves a wide margin.
 pub const RACY_WINDOW_NS: i64 = 100_000_000;
+
+/// A resumable partial untouched for this long is removed (by the next sweep of its
+/// directory): an interrupted upload can be resumed for a day.
+pub const PARTIAL_TTL_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// A directory is swept for expired partials at most this often (when a PUT starts in it).
+const SWEEP_INTERVAL_NS: i64 = 3600 * 1_000_000_000;
+
+/// Most entries one sweep looks at, so a huge directory costs a bounded pause.
+const SWEEP_ENTRIES: usize = 4096;
 
 /// Most entries the in-memory hash index keeps (used only where xattrs are unsupported).
 const MEMO_ENTRIES: usize = 4096;
@@ -144,7 +156,8 @@ impl Meta {
         };
         Meta {
             size: stat.st_size as u64,
-            mtime_ns: stat.st_mtime
+            mtime_ns: stat
+                .st_mtime
                 .saturating_mul(1_000_000_000)
                 .saturating_add(stat.st_mtime_nsec as i64),
             kind,
@@ -224,6 +237,8 @@ pub struct FileState {
     transfers: Arc<AtomicUsize>,
     uploads: Arc<Mutex<HashSet<u64>>>,
     memo: HashMap<(u64, u64), CacheEntry>,
+    /// When each directory (device, inode) was last swept for expired partials.
+    swept: HashMap<(u64, u64), i64>,
     max_transfers: usize,
     max_put: u64,
 }
@@ -235,6 +250,7 @@ impl FileState {
             transfers: Arc::new(AtomicUsize::new(0)),
             uploads: Arc::new(Mutex::new(HashSet::new())),
             memo: HashMap::new(),
+            swept: HashMap::new(),
             max_transfers,
             max_put,
         }
@@ -633,6 +649,7 @@ impl Files<'_> {
                 committed: false,
             });
         };
+        self.sweep_expired(&dir, path);
         let id = upload_id(path, request.size, &hash);
         if !lock(&self.state.uploads).insert(id) {
             return Err(FileError::new(
@@ -684,6 +701,66 @@ impl Files<'_> {
             uploads: Arc::clone(&self.state.uploads),
             committed: false,
         })
+    }
+
+    /// Removes the server's own leftovers in the directory `dir` (of `path`) that have not
+    /// been touched for [`PARTIAL_TTL_NS`]: resumable partials nobody came back for, and a
+    /// finished upload's link left by a crash between its link and its rename. At most once
+    /// per [`SWEEP_INTERVAL_NS`] per directory, and at most [`SWEEP_ENTRIES`] entries.
+    fn sweep_expired(&mut self, dir: &OwnedFd, path: &str) {
+        let Ok(stat) = rustix::fs::fstat(dir) else {
+            return;
+        };
+        let now = wall_clock_ns();
+        let key = (stat.st_dev, stat.st_ino);
+        if let Some(&last) = self.state.swept.get(&key) {
+            if now.saturating_sub(last) < SWEEP_INTERVAL_NS {
+                return;
+            }
+        }
+        if self.state.swept.len() >= MEMO_ENTRIES {
+            self.state.swept.clear();
+        }
+        self.state.swept.insert(key, now);
+        let Ok(fd) = rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        let Ok(mut entries) = rustix::fs::Dir::new(fd) else {
+            return;
+        };
+        let mut expired = Vec::new();
+        for entry in std::iter::from_fn(|| entries.read()).take(SWEEP_ENTRIES) {
+            let Ok(entry) = entry else { break };
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            let id = name
+                .strip_prefix(PARTIAL_PREFIX)
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            if id.is_none() && !name.starts_with(LINKED_PREFIX) {
+                continue;
+            }
+            if id.is_some_and(|id| lock(&self.state.uploads).contains(&id)) {
+                continue;
+            }
+            let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if now.saturating_sub(Meta::of(&stat).mtime_ns) > PARTIAL_TTL_NS {
+                expired.push(name.to_string());
+            }
+        }
+        for name in expired {
+            match rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty()) {
+                Ok(()) => info!("{path}: removed expired upload leftover {name}"),
+                Err(errno) => debug!("{path}: cannot remove {name}: {errno}"),
+            }
+        }
     }
 
     /// Makes a complete, verified upload the file at its path: caches its hash, `fsync`,
@@ -832,6 +909,48 @@ mod tests {
             ..meta
         };
         assert!(!entry.valid_for(&touched));
+    }
+
+    #[test]
+    fn a_put_sweeps_expired_partials_of_its_directory_only() {
+        let base = std::env::temp_dir().join(format!("monoreactor-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = Root::open_or_create(&base).unwrap();
+        let old = root
+            .path()
+            .join(format!("{PARTIAL_PREFIX}00000000000000ff"));
+        let fresh = root
+            .path()
+            .join(format!("{PARTIAL_PREFIX}00000000000000fe"));
+        let linked = root.path().join(format!("{LINKED_PREFIX}1"));
+        for file in [&old, &fresh, &linked] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        let two_days_ago = SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 3600);
+        for file in [&old, &linked] {
+            std::fs::File::options()
+                .write(true)
+                .open(file)
+                .unwrap()
+                .set_modified(two_days_ago)
+                .unwrap();
+        }
+        let mut state = FileState::new(4, 1 << 20);
+        let mut files = Files {
+            root: &root,
+            state: &mut state,
+        };
+        let request = PutRequest {
+            size: 1,
+            flags: crate::proto::files::PutFlags::HASH_DECLARED,
+            hash: Some([0; 32]),
+            path: "target",
+        };
+        drop(files.begin_put(&request).unwrap());
+        assert!(!old.exists(), "expired partial removed");
+        assert!(!linked.exists(), "expired link removed");
+        assert!(fresh.exists(), "a recent partial stays");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //!   percentiles and, given the server's pid, the server's CPU time per request.
 //! - [`run_idle`]: opens N connections that then sit idle, and reports how much the server's
 //!   resident memory grew per connection.
+//! - [`run_probe`]: one client pinging 64-byte echoes every millisecond for a while: the
+//!   latency another client sees while something heavy (a file transfer) runs, and the worst
+//!   wait, which bounds the longest stall of the server's loop.
 //! - [`exec`]: commands per second against a local posix_spawn loop, and a long command
 //!   output to a slow reader (server memory, echo latency meanwhile).
 //!
@@ -422,6 +425,76 @@ pub fn run_idle(config: &IdleConfig) -> io::Result<IdleReport> {
         connections: config.connections,
         rss_before_kib,
         rss_after_kib,
+    })
+}
+
+/// A latency probe.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Server address (framed protocol), `HOST:PORT`.
+    pub addr: String,
+    /// How long to probe.
+    pub duration: Duration,
+    /// Pause between echoes.
+    pub interval: Duration,
+    /// The server's pid, for its peak memory.
+    pub server_pid: Option<u32>,
+}
+
+/// What [`run_probe`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeReport {
+    /// Echo round trips completed.
+    pub echoes: u64,
+    /// Their latency, microseconds.
+    pub latency: Percentiles,
+    /// Highest server RSS seen (sampled between echoes, at most every 20 ms), KiB.
+    pub rss_peak_kib: Option<u64>,
+}
+
+impl fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = self.latency;
+        write!(
+            f,
+            "{} echoes of 64 B, latency us p50 {} p90 {} p99 {} p99.9 {} max {}",
+            self.echoes, l.p50, l.p90, l.p99, l.p999, l.max
+        )?;
+        if let Some(rss) = self.rss_peak_kib {
+            write!(f, "; server RSS peak {rss} KiB")?;
+        }
+        Ok(())
+    }
+}
+
+/// Pings the server for a while; see the module docs.
+pub fn run_probe(config: &ProbeConfig) -> io::Result<ProbeReport> {
+    let mut client = Client::connect(&config.addr, Duration::from_secs(10))
+        .map_err(|error| io::Error::other(error.to_string()))?;
+    let payload = [0x5a; 64];
+    let mut latencies = Vec::new();
+    let mut rss_peak_kib = None;
+    let mut rss_sampled = Instant::now() - Duration::from_secs(1);
+    let started = Instant::now();
+    while started.elapsed() < config.duration {
+        let sent = Instant::now();
+        client
+            .echo(&payload)
+            .map_err(|error| io::Error::other(error.to_string()))?;
+        latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+        if let Some(pid) = config.server_pid {
+            if rss_sampled.elapsed() >= Duration::from_millis(20) {
+                rss_sampled = Instant::now();
+                let rss = procstat::rss_kib(pid)?;
+                rss_peak_kib = Some(rss_peak_kib.map_or(rss, |peak: u64| peak.max(rss)));
+            }
+        }
+        std::thread::sleep(config.interval);
+    }
+    Ok(ProbeReport {
+        echoes: latencies.len() as u64,
+        latency: Percentiles::of(&mut latencies),
+        rss_peak_kib,
     })
 }
 

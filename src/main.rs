@@ -1,9 +1,10 @@
 //! `monoreactor`: the command-line front end. Parses flags, sets up logging, and hands over to
 //! the library; every failure ends in one line on stderr and a non-zero exit.
 //!
-//! The client commands (`echo`, `exec`, `bench`) behave like Unix tools: a closed stdout ends
-//! them quietly (SIGPIPE's default action is restored for them, never for `serve`), every
-//! address takes `HOST:PORT`, and server errors are shown decoded with a hint where one helps.
+//! The client commands (`echo`, `exec`, `bench`, and the file commands `get`, `put`, `ls`,
+//! `stat`, `rm`, `mkdir`) behave like Unix tools: a closed stdout ends them quietly (SIGPIPE's
+//! default action is restored for them, never for `serve`), every address takes `HOST:PORT`,
+//! and server errors are shown decoded with a hint where one helps.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -58,6 +59,25 @@ enum Command {
     Exec(ExecArgs),
     /// Load generator: ping-pong round trips per second, or memory per idle connection.
     Bench(BenchArgs),
+    /// Download a file from the server's root, verified (BLAKE3) and atomic; resumable.
+    #[command(after_help = file_commands::GET_HELP)]
+    Get(file_commands::GetArgs),
+    /// Upload a file (or stdin) into the server's root, verified (BLAKE3) and atomic;
+    /// resumable.
+    #[command(after_help = file_commands::PUT_HELP)]
+    Put(file_commands::PutArgs),
+    /// List a directory on the server.
+    #[command(after_help = file_commands::LS_HELP)]
+    Ls(file_commands::LsArgs),
+    /// Show what a path on the server is: kind, size, modification time, BLAKE3 if known.
+    #[command(after_help = file_commands::STAT_HELP)]
+    Stat(file_commands::StatArgs),
+    /// Remove files or empty directories on the server.
+    #[command(after_help = file_commands::RM_HELP)]
+    Rm(file_commands::PathsArgs),
+    /// Create directories on the server.
+    #[command(after_help = file_commands::MKDIR_HELP)]
+    Mkdir(file_commands::PathsArgs),
 }
 
 const EXEC_HELP: &str = "\
@@ -370,6 +390,20 @@ fn main() -> ExitCode {
         Command::Echo(args) => echo(args),
         Command::Exec(args) => return ExitCode::from(exec(args)),
         Command::Bench(args) => run_bench(args),
+        Command::Get(args) => {
+            return ExitCode::from(file_commands::run(|| file_commands::get(args)));
+        }
+        Command::Put(args) => {
+            return ExitCode::from(file_commands::run(|| file_commands::put(args)));
+        }
+        Command::Ls(args) => return ExitCode::from(file_commands::run(|| file_commands::ls(args))),
+        Command::Stat(args) => {
+            return ExitCode::from(file_commands::run(|| file_commands::stat(args)));
+        }
+        Command::Rm(args) => return ExitCode::from(file_commands::run(|| file_commands::rm(args))),
+        Command::Mkdir(args) => {
+            return ExitCode::from(file_commands::run(|| file_commands::mkdir(args)));
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -889,4 +923,587 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
         bench::run_load(&config).map_err(|error| format!("load against {addr}: {error}"))?;
     println!("{report}");
     Ok(())
+}
+
+/// The file commands (`get`, `put`, `ls`, `stat`, `rm`, `mkdir`): the command line over
+/// [`monoreactor::client::files`].
+mod file_commands {
+    use std::fs::File;
+    use std::io::{self, BufWriter, ErrorKind, IsTerminal, Write};
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use clap::Args;
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use monoreactor::client::ClientError;
+    use monoreactor::client::files::{self, DownloadError, FileClient, OwnedDirEntry};
+    use monoreactor::proto::files::{FileKind, Hash};
+    use monoreactor::proto::{ErrorCode, SessionFlags};
+    use monoreactor::server::DEFAULT_FRAMED_ADDR;
+
+    use super::{Addr, CLIENT_FAILURE, Failure, TokenSource, client_token, explain, say};
+
+    /// How long the file commands wait to connect and for HELLO_OK.
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Exit status when the server refused or failed the request (an ERROR frame).
+    const SERVER_REFUSED: u8 = 1;
+
+    /// Exit status of a usage error, as clap's.
+    const USAGE: u8 = 2;
+
+    /// The `after_help` of a file command: its own text, then the conventions they share.
+    macro_rules! file_help {
+        ($text:literal) => {
+            concat!(
+                $text,
+                "\n\n",
+                "Remote paths are relative to the server's --root (`.` is the root) and \
+                 `/`-separated;\nsymlinks on the server are never followed.\n\n",
+                "Exit status: 0 on success; 1 if the server refused or failed the request (not \
+                 found,\nalready exists, no space, ...); 2 for a usage error; 255 if this client \
+                 failed (cannot\nconnect, the connection broke, a local file error, a download \
+                 that failed verification).\nOne line on stderr says why.\n\n",
+                "The token comes from --token-file, else from $MONOREACTOR_TOKEN."
+            )
+        };
+    }
+
+    pub(super) const GET_HELP: &str = file_help!(
+        "Examples:
+  monoreactor get reports/q3.pdf               (writes ./q3.pdf)
+  monoreactor get reports/q3.pdf ~/Downloads/  (writes ~/Downloads/q3.pdf)
+  monoreactor get logs/big.log - | grep ERROR
+  monoreactor get --continue images/disk.img   (after an interrupted download)
+
+Every download is verified: the BLAKE3 of the bytes received (the same sum `b3sum` prints)
+must equal the server's. A download to a file is atomic: the bytes go to a part file
+`.NAME.monoreactor-part` beside the destination, which is renamed over it only once verified
+and synced to disk. If the connection breaks (or the transfer fails otherwise), the part file
+is kept, and the same command with --continue resumes from where it stopped: the part's bytes
+are hashed, and only the rest is fetched. If verification fails, the part file is removed and
+nothing is written. Without --continue, a stale part file is overwritten.
+
+A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe."
+    );
+
+    pub(super) const PUT_HELP: &str = file_help!(
+        "Examples:
+  monoreactor put q3.pdf reports/q3.pdf
+  monoreactor put q3.pdf reports/            (stores reports/q3.pdf)
+  monoreactor put --continue disk.img images/disk.img   (after an interrupted upload)
+  tar c src | monoreactor put - backups/src.tar
+
+The file is hashed (BLAKE3) before it is sent, and the server stores it only if the bytes it
+received hash to the same: the file appears under its name complete or not at all. An
+interrupted upload stays on the server (invisible); the same command with --continue sends
+only what the server lacks, provided the file is unchanged. `-` reads standard input, which
+is first copied to an unnamed temporary file (in $TMPDIR, else /tmp) to learn its size and
+hash; it cannot be resumed.
+
+A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe."
+    );
+
+    pub(super) const LS_HELP: &str = file_help!(
+        "Output: one line per entry, sorted by name: its kind (- file, d directory, l symlink,
+? other), its size in bytes, its modification time (UTC, YYYY-MM-DD HH:MM) and its name
+(control characters escaped). With --json: one JSON array of
+{\"name\", \"kind\" (file, directory, symlink, other), \"size\", \"mtime_ns\"} objects, mtime_ns
+being nanoseconds since the Unix epoch. A PATH that is not a directory is shown as one entry."
+    );
+
+    pub(super) const STAT_HELP: &str = file_help!(
+        "Output: the path, its kind, size, modification time (UTC, to the nanosecond) and its
+BLAKE3 if the server knows it; with --json one object
+{\"path\", \"kind\", \"size\", \"mtime_ns\", \"blake3\" (hex, or null)}. A symlink is described
+itself, never followed."
+    );
+
+    pub(super) const RM_HELP: &str = file_help!(
+        "Removes files, symlinks (the link itself) and empty directories, one PATH after another;
+a PATH the server refuses is reported and the others are still tried (exit status 1)."
+    );
+
+    pub(super) const MKDIR_HELP: &str = file_help!(
+        "Creates each directory, one level at a time: its parent must exist. A PATH the server
+refuses (exists, no parent) is reported and the others are still tried (exit status 1)."
+    );
+
+    /// Where the server is and how to authenticate: the flags every file command takes.
+    #[derive(Args)]
+    pub(super) struct ServerArgs {
+        /// Server address (framed protocol), HOST:PORT.
+        #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+        addr: Addr,
+        /// File holding the server's token [default: $MONOREACTOR_TOKEN].
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+    }
+
+    #[derive(Args)]
+    pub(super) struct GetArgs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Resume an interrupted download from its part file instead of starting over.
+        #[arg(long = "continue")]
+        resume: bool,
+        /// The file on the server.
+        #[arg(value_name = "REMOTE")]
+        remote: String,
+        /// Where to write it: a file, an existing directory, or `-` for stdout [default:
+        /// REMOTE's last component, in the current directory].
+        #[arg(value_name = "LOCAL|-")]
+        local: Option<PathBuf>,
+    }
+
+    #[derive(Args)]
+    pub(super) struct PutArgs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Resume an interrupted upload of the same file to the same REMOTE.
+        #[arg(long = "continue")]
+        resume: bool,
+        /// The local file, or `-` for standard input.
+        #[arg(value_name = "LOCAL|-")]
+        local: PathBuf,
+        /// The file on the server; an existing directory (or a path ending in `/`, or `.`) to
+        /// store LOCAL's name in.
+        #[arg(value_name = "REMOTE")]
+        remote: String,
+    }
+
+    #[derive(Args)]
+    pub(super) struct LsArgs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// One JSON array instead of columns.
+        #[arg(long)]
+        json: bool,
+        /// The directory on the server [default: the root].
+        #[arg(value_name = "PATH")]
+        dir: Option<String>,
+    }
+
+    #[derive(Args)]
+    pub(super) struct StatArgs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The path on the server (`.` for the root).
+        #[arg(value_name = "PATH")]
+        path: String,
+    }
+
+    #[derive(Args)]
+    pub(super) struct PathsArgs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Paths on the server.
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<String>,
+    }
+
+    /// Runs a file command: its exit status, after one line on stderr if it failed.
+    pub(super) fn run(command: impl FnOnce() -> Result<(), Failure>) -> u8 {
+        match command() {
+            Ok(()) => 0,
+            Err(failure) => {
+                if let Some(message) = failure.message {
+                    say(&message);
+                }
+                failure.status
+            }
+        }
+    }
+
+    fn usage(message: String) -> Failure {
+        Failure {
+            status: USAGE,
+            message: Some(message),
+        }
+    }
+
+    /// A connection and what [`explain`] needs to add hints to its errors.
+    struct Session {
+        client: FileClient,
+        source: TokenSource,
+        authenticated: Option<bool>,
+    }
+
+    impl Session {
+        fn open(server: ServerArgs) -> Result<Session, Failure> {
+            let (token, source) = client_token(server.token_file).map_err(Failure::own)?;
+            let client =
+                FileClient::connect(&server.addr.to_string(), token.as_ref(), CONNECT_TIMEOUT)
+                    .map_err(|error| failure(&error, &source, None))?;
+            let authenticated = Some(
+                client
+                    .hello_ok()
+                    .flags
+                    .contains(SessionFlags::AUTHENTICATED),
+            );
+            Ok(Session {
+                client,
+                source,
+                authenticated,
+            })
+        }
+
+        fn fail(&self, error: &ClientError) -> Failure {
+            failure(error, &self.source, self.authenticated)
+        }
+    }
+
+    /// A failed request's exit status and line: 1 for the server's ERROR, 255 for our own
+    /// failures, nothing at all for a closed stdout.
+    fn failure(error: &ClientError, source: &TokenSource, authenticated: Option<bool>) -> Failure {
+        if error.is_broken_pipe() {
+            return Failure {
+                status: 128 + libc::SIGPIPE as u8,
+                message: None,
+            };
+        }
+        Failure {
+            status: if error.server_code().is_some() {
+                SERVER_REFUSED
+            } else {
+                CLIENT_FAILURE
+            },
+            message: Some(explain(error, source, authenticated)),
+        }
+    }
+
+    /// A progress bar on stderr when it is a terminal, drawn from the first report on (so a
+    /// request that fails at once draws nothing); nothing at all otherwise.
+    struct Bar {
+        label: String,
+        enabled: bool,
+        bar: Option<ProgressBar>,
+    }
+
+    impl Bar {
+        fn new(label: &str) -> Bar {
+            Bar {
+                label: label.to_string(),
+                enabled: io::stderr().is_terminal(),
+                bar: None,
+            }
+        }
+
+        fn show(&mut self, done: u64, total: u64) {
+            if !self.enabled {
+                return;
+            }
+            if let Some(bar) = &self.bar {
+                bar.set_position(done);
+                return;
+            }
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            match ProgressStyle::with_template(
+                "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            ) {
+                Ok(style) => bar.set_style(style),
+                Err(error) => log::debug!("progress bar template: {error}"),
+            }
+            bar.set_message(self.label.clone());
+            // A resumed transfer starts part-way: the rate and ETA count from here.
+            bar.set_position(done);
+            bar.reset_eta();
+            self.bar = Some(bar);
+        }
+
+        fn clear(&mut self) {
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+
+    impl Drop for Bar {
+        fn drop(&mut self) {
+            self.clear();
+        }
+    }
+
+    /// Writes all of `text` to stdout; a closed stdout ends the command quietly.
+    fn print(text: &str) -> Result<(), Failure> {
+        let mut stdout = io::stdout().lock();
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == ErrorKind::BrokenPipe => Err(Failure {
+                status: 128 + libc::SIGPIPE as u8,
+                message: None,
+            }),
+            Err(error) => Err(Failure::own(format!("cannot write the output: {error}"))),
+        }
+    }
+
+    pub(super) fn get(args: GetArgs) -> Result<(), Failure> {
+        let remote = files::normalize_remote(&args.remote).map_err(usage)?;
+        let name = files::base_name(&remote);
+        if name.is_empty() {
+            return Err(usage(format!(
+                "`{}` is the server's root; get fetches one file",
+                args.remote
+            )));
+        }
+        let to_stdout = args.local.as_deref() == Some(Path::new("-"));
+        if to_stdout && args.resume {
+            return Err(usage(
+                "--continue resumes a local file; it cannot resume standard output".to_string(),
+            ));
+        }
+        let dest = match args.local {
+            None => PathBuf::from(name),
+            Some(local) if local.is_dir() => local.join(name),
+            Some(local) => local,
+        };
+        let mut session = Session::open(args.server)?;
+        let mut bar = Bar::new(name);
+        if to_stdout {
+            let mut out = BufWriter::with_capacity(files::MAX_DATA, io::stdout().lock());
+            let result = session.client.get(
+                &remote,
+                0,
+                blake3::Hasher::new(),
+                &mut out,
+                &mut |done, total| bar.show(done, total),
+            );
+            bar.clear();
+            return result.map(drop).map_err(|error| session.fail(&error));
+        }
+        let result = files::download(
+            &mut session.client,
+            &remote,
+            &dest,
+            args.resume,
+            &mut |done, total| bar.show(done, total),
+        );
+        bar.clear();
+        let Err(DownloadError { error, kept }) = result else {
+            return Ok(());
+        };
+        let mut failure = session.fail(&error);
+        if let Some(message) = &mut failure.message {
+            match kept {
+                Some((part, len)) => message.push_str(&format!(
+                    "; the {len} bytes received are kept in {}: the same command with --continue resumes",
+                    part.display()
+                )),
+                None if matches!(error, ClientError::Verify(_)) => {
+                    message.push_str("; nothing was kept: run the command again to start over")
+                }
+                None => {}
+            }
+        }
+        Err(failure)
+    }
+
+    pub(super) fn put(args: PutArgs) -> Result<(), Failure> {
+        let from_stdin = args.local == Path::new("-");
+        if from_stdin && args.resume {
+            return Err(usage(
+                "--continue cannot resume standard input (it cannot be read again): drop --continue"
+                    .to_string(),
+            ));
+        }
+        // LOCAL's name, for a REMOTE that is a directory.
+        let name = if from_stdin {
+            None
+        } else {
+            args.local.file_name().and_then(|name| name.to_str())
+        };
+        let into = |dir: &str| match name {
+            Some(name) if dir.is_empty() => files::normalize_remote(name).map_err(usage),
+            Some(name) => files::normalize_remote(&format!("{dir}/{name}")).map_err(usage),
+            None => Err(usage(format!(
+                "`{}` is a directory: name the remote file (REMOTE/NAME)",
+                args.remote
+            ))),
+        };
+        let mut remote = files::normalize_remote(&args.remote).map_err(usage)?;
+        let mut joined = remote.is_empty() || args.remote.ends_with('/');
+        if joined {
+            remote = into(&remote)?;
+        }
+        let label = files::base_name(&remote).to_string();
+        let (mut source, size, hash) = if from_stdin {
+            files::spool(
+                &mut io::stdin().lock(),
+                "standard input",
+                &std::env::temp_dir(),
+            )
+            .map_err(|error| Failure::own(error.to_string()))?
+        } else {
+            open_local(&args.local, args.resume, &label)?
+        };
+        let mut session = Session::open(args.server)?;
+        loop {
+            let mut bar = Bar::new(files::base_name(&remote));
+            let result = session.client.put(
+                &remote,
+                &mut source,
+                size,
+                hash,
+                args.resume,
+                &mut |done, total| bar.show(done, total),
+            );
+            bar.clear();
+            match result {
+                Ok(outcome) => {
+                    log::debug!(
+                        "stored {remote}: {size} bytes, {} were already there, BLAKE3 {}",
+                        outcome.held,
+                        files::hex(&outcome.hash)
+                    );
+                    return Ok(());
+                }
+                // REMOTE is an existing directory: store LOCAL's name in it, as cp does.
+                Err(error)
+                    if !joined
+                        && name.is_some()
+                        && error.server_code() == Some(ErrorCode::IsDirectory) =>
+                {
+                    remote = into(&remote)?;
+                    joined = true;
+                }
+                Err(error) => return Err(session.fail(&error)),
+            }
+        }
+    }
+
+    /// Opens LOCAL for `put` and hashes it: a regular file as it is (with a progress bar for
+    /// the hashing), anything else that can be read (a pipe, `<(...)`) spooled like stdin.
+    fn open_local(path: &Path, resume: bool, label: &str) -> Result<(File, u64, Hash), Failure> {
+        let cannot = |what: &str, error: io::Error| {
+            Failure::own(format!("cannot {what} {}: {error}", path.display()))
+        };
+        let mut file = File::open(path).map_err(|error| cannot("open", error))?;
+        let meta = file.metadata().map_err(|error| cannot("stat", error))?;
+        if meta.is_dir() {
+            return Err(usage(format!(
+                "{} is a directory; put stores one file",
+                path.display()
+            )));
+        }
+        if !meta.is_file() {
+            if resume {
+                return Err(usage(format!(
+                    "--continue needs a regular file, and {} is not one",
+                    path.display()
+                )));
+            }
+            return files::spool(
+                &mut file,
+                &path.display().to_string(),
+                &std::env::temp_dir(),
+            )
+            .map_err(|error| Failure::own(error.to_string()));
+        }
+        let mut bar = Bar::new(&format!("hashing {label}"));
+        let hasher = files::hash_reader(&mut file, &mut |done| bar.show(done, meta.len()))
+            .map_err(|error| cannot("read", error))?;
+        bar.clear();
+        Ok((file, hasher.count(), *hasher.finalize().as_bytes()))
+    }
+
+    pub(super) fn ls(args: LsArgs) -> Result<(), Failure> {
+        let dir = files::normalize_remote(args.dir.as_deref().unwrap_or("")).map_err(usage)?;
+        let mut session = Session::open(args.server)?;
+        let mut entries = match session.client.list(&dir) {
+            Ok(entries) => entries,
+            // `ls FILE` shows the file (and `ls LINK` the link), as ls does.
+            Err(error)
+                if !dir.is_empty()
+                    && matches!(
+                        error.server_code(),
+                        Some(ErrorCode::NotDirectory | ErrorCode::OutsideRoot)
+                    ) =>
+            {
+                match session.client.stat(&dir) {
+                    Ok(info) if info.kind != FileKind::Directory => vec![OwnedDirEntry {
+                        name: dir.clone(),
+                        kind: info.kind,
+                        size: info.size,
+                        mtime_ns: info.mtime_ns,
+                    }],
+                    _ => return Err(session.fail(&error)),
+                }
+            }
+            Err(error) => return Err(session.fail(&error)),
+        };
+        files::sort_entries(&mut entries);
+        print(&if args.json {
+            files::listing_json(&entries)
+        } else {
+            files::format_listing(&entries)
+        })
+    }
+
+    pub(super) fn stat(args: StatArgs) -> Result<(), Failure> {
+        let path = files::normalize_remote(&args.path).map_err(usage)?;
+        let mut session = Session::open(args.server)?;
+        let info = session
+            .client
+            .stat(&path)
+            .map_err(|error| session.fail(&error))?;
+        print(&if args.json {
+            files::info_json(&path, &info)
+        } else {
+            files::format_info(&path, &info)
+        })
+    }
+
+    pub(super) fn rm(args: PathsArgs) -> Result<(), Failure> {
+        each_path(args, "rm", |client, path| client.delete(path))
+    }
+
+    pub(super) fn mkdir(args: PathsArgs) -> Result<(), Failure> {
+        each_path(args, "mkdir", |client, path| client.mkdir(path))
+    }
+
+    /// One request per path: a path the server refuses is reported and the next one tried
+    /// (exit status 1 at the end); any other failure stops at once.
+    fn each_path(
+        args: PathsArgs,
+        command: &str,
+        mut request: impl FnMut(&mut FileClient, &str) -> Result<(), ClientError>,
+    ) -> Result<(), Failure> {
+        let mut paths = Vec::with_capacity(args.paths.len());
+        for text in &args.paths {
+            let path = files::normalize_remote(text).map_err(usage)?;
+            if path.is_empty() {
+                return Err(usage(format!(
+                    "`{text}` is the server's root; {command} needs a path beneath it"
+                )));
+            }
+            paths.push(path);
+        }
+        let mut session = Session::open(args.server)?;
+        let mut refused = false;
+        for path in &paths {
+            if let Err(error) = request(&mut session.client, path) {
+                let failure = session.fail(&error);
+                if failure.status != SERVER_REFUSED {
+                    return Err(failure);
+                }
+                refused = true;
+                if let Some(message) = failure.message {
+                    say(&format!("{command} {path}: {message}"));
+                }
+            }
+        }
+        if refused {
+            return Err(Failure {
+                status: SERVER_REFUSED,
+                message: None,
+            });
+        }
+        Ok(())
+    }
 }

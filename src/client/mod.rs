@@ -10,6 +10,7 @@
 //! says what it probably is ([`ClientError::WrongProtocol`]).
 
 pub mod exec;
+pub mod files;
 
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
@@ -86,6 +87,17 @@ pub enum ClientError {
     },
     /// Writing the command's output locally (stdout or stderr) failed.
     Output(io::Error),
+    /// A transfer's bytes do not match what the server said about them: their BLAKE3 differs
+    /// from the DIGEST, or their count from the size. The file changed during the transfer, or
+    /// bytes were corrupted; the text says which check failed.
+    Verify(String),
+    /// A local file (or stdin) could not be read or written.
+    Local {
+        /// What failed, completing "cannot ...": e.g. "read big.iso".
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// What a peer that is not a framed-protocol server did with our HELLO.
@@ -204,6 +216,8 @@ impl fmt::Display for ClientError {
                 "the request is {len} bytes; the server accepts at most {max} in one frame"
             ),
             ClientError::Output(error) => write!(f, "cannot write the output: {error}"),
+            ClientError::Verify(text) => write!(f, "verification failed: {text}"),
+            ClientError::Local { what, source } => write!(f, "cannot {what}: {source}"),
         }
     }
 }

@@ -1,0 +1,1181 @@
+//! The file service, blocking: fetch, store, list, stat, delete and create files under a
+//! server's root. `monoreactor get`, `put`, `ls`, `stat`, `rm` and `mkdir` are thin layers over
+//! this, and tests can drive it with any `Write` as the sink and any `Read + Seek` as the source.
+//!
+//! One request at a time, each on a new stream (1, 2, 3, ...), answered before the next one
+//! starts (see [`crate::proto::files`] for the frames):
+//!
+//! - [`FileClient::get`]: GET, then FILE_INFO, DATA covering `[offset, size)` in order, and
+//!   DIGEST. Every byte written to the sink is hashed, continuing the hash of the `offset`
+//!   bytes the caller already has, and the whole file's BLAKE3 must equal the DIGEST (and
+//!   FILE_INFO's hash, if the server gave one): otherwise [`ClientError::Verify`].
+//! - [`FileClient::put`]: PUT with the declared hash (resumable), PUT_READY says how much the
+//!   server already holds, DATA from there, then our DIGEST; the server's DIGEST must equal
+//!   the declared hash.
+//! - [`FileClient::list`], [`FileClient::stat`], [`FileClient::mkdir`], [`FileClient::delete`]:
+//!   one request, one answer (LIST's may come in several pages).
+//!
+//! An ERROR on the request's stream ends that request ([`ClientError::Server`]); the
+//! connection stays usable. An ERROR on stream 0 ends the connection. When the client gives up
+//! on a transfer for a reason of its own (a local write fails, the bytes do not add up), it
+//! sends an ERROR on the transfer's stream, so the server stops sending or abandons the upload;
+//! frames still in flight for that stream are skipped by later requests.
+//!
+//! Around these, the helpers the command line uses and tests may reuse: [`download`] (atomic:
+//! a part file beside the destination, verified, synced and renamed; resumable), [`spool`] (a
+//! pipe into an anonymous temporary file, hashed on the way, so it can be put like a file),
+//! [`hash_reader`], [`normalize_remote`], and the formatting of listings ([`format_listing`],
+//! [`listing_json`], [`format_mtime`]).
+//!
+//! # Timeouts
+//! [`FileClient::connect`] bounds the connect and the handshake by its `timeout`; afterwards
+//! every read and write waits at most [`IO_TIMEOUT`] (the server may be busy hashing a large
+//! file before it answers, or syncing one to disk). [`FileClient::set_timeout`] changes it.
+
+use std::borrow::Cow;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::mem::MaybeUninit;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::debug;
+
+use super::{Client, ClientError, OwnedFrame};
+use crate::access::Token;
+use crate::proto::files::{
+    Digest, Entries, FileInfo, FileKind, GetRequest, Hash, MAX_PATH_LEN, PutFlags, PutReady,
+    PutRequest,
+};
+use crate::proto::path::check_relative;
+use crate::proto::{
+    ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header, HelloOk, SessionFlags,
+};
+
+/// The protocol version that has the file service.
+pub const FILES_VERSION: u16 = 2;
+
+/// Largest DATA payload sent (the server's own limit per DATA frame, and at most its frame
+/// limit from HELLO_OK).
+pub const MAX_DATA: usize = 1 << 20;
+
+/// How long a read or write may wait once connected (see the module docs).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Size of the reads when hashing or spooling local data.
+const READ_CHUNK: usize = 1 << 20;
+
+/// One directory entry, owning its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedDirEntry {
+    /// Its name within the directory.
+    pub name: String,
+    /// What it is (a symlink is reported as one, never followed).
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+/// What a successful GET delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetOutcome {
+    /// The server's FILE_INFO for the file.
+    pub info: FileInfo,
+    /// The whole file's BLAKE3, as computed here and confirmed by the server's DIGEST.
+    pub hash: Hash,
+}
+
+/// What a successful PUT did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The upload's id from PUT_READY (derived from path, size and hash).
+    pub upload_id: u64,
+    /// Bytes the server already held when the upload started (non-zero only on a resume).
+    pub held: u64,
+    /// The hash the server computed over the stored file (equal to the declared one).
+    pub hash: Hash,
+}
+
+/// A connection that has done HELLO and makes file requests, one at a time.
+#[derive(Debug)]
+pub struct FileClient {
+    client: Client,
+    hello: HelloOk,
+    next_stream: u32,
+}
+
+impl FileClient {
+    /// Connects to `addr` and sends HELLO with `token` (none: the server decides; one with a
+    /// token refuses file requests without it). `timeout` bounds the connect and the
+    /// handshake; later reads and writes wait at most [`IO_TIMEOUT`].
+    pub fn connect(
+        addr: &str,
+        token: Option<&Token>,
+        timeout: Duration,
+    ) -> Result<FileClient, ClientError> {
+        let credentials = token.map_or(&[][..], Token::as_bytes);
+        let (client, hello) = Client::connect_with(addr, credentials, timeout)?;
+        let mut files = FileClient::from_client(client, hello)?;
+        files.set_timeout(Some(IO_TIMEOUT))?;
+        Ok(files)
+    }
+
+    /// Wraps a client that has already done HELLO, with the server's answer. Refuses a
+    /// connection that cannot have the file service: one that speaks version 1, or an
+    /// authenticated one whose HELLO_OK lacks [`SessionFlags::FILES`] (a server from before
+    /// it). An unauthenticated one is accepted: the server's UNAUTHENTICATED answer to the
+    /// first request then says what is missing.
+    pub fn from_client(client: Client, hello: HelloOk) -> Result<FileClient, ClientError> {
+        let authenticated = hello.flags.contains(SessionFlags::AUTHENTICATED);
+        if hello.version < FILES_VERSION
+            || (authenticated && !hello.flags.contains(SessionFlags::FILES))
+        {
+            return Err(ClientError::Unsupported {
+                version: hello.version,
+                feature: "file service",
+            });
+        }
+        Ok(FileClient {
+            client,
+            hello,
+            next_stream: 1,
+        })
+    }
+
+    /// The server's HELLO_OK: the version, the frame limit, the session flags.
+    pub fn hello_ok(&self) -> HelloOk {
+        self.hello
+    }
+
+    /// Sets how long a read or a write may wait (`None`: forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        let socket = self.client.stream();
+        socket.set_read_timeout(timeout)?;
+        socket.set_write_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Gives up the file client, returning the connection.
+    pub fn into_client(self) -> Client {
+        self.client
+    }
+
+    /// STAT: what `path` names (a symlink is reported as one). `""` is the root.
+    pub fn stat(&mut self, path: &str) -> Result<FileInfo, ClientError> {
+        let stream = self.request(FrameType::Stat, path.as_bytes())?;
+        let frame = self.next_on(stream)?;
+        match frame.header.frame_type {
+            FrameType::FileInfo => FileInfo::parse(&frame.payload).map_err(ClientError::Message),
+            other => Err(ClientError::Unexpected(other)),
+        }
+    }
+
+    /// LIST: the entries of directory `dir` (`""` is the root), in the server's order (the
+    /// caller sorts), every page collected until the one with END_STREAM.
+    pub fn list(&mut self, dir: &str) -> Result<Vec<OwnedDirEntry>, ClientError> {
+        let stream = self.request(FrameType::List, dir.as_bytes())?;
+        let mut entries = Vec::new();
+        loop {
+            let frame = self.next_on(stream)?;
+            if frame.header.frame_type != FrameType::Entries {
+                return Err(ClientError::Unexpected(frame.header.frame_type));
+            }
+            for entry in Entries::new(&frame.payload) {
+                let entry = entry.map_err(ClientError::Message)?;
+                entries.push(OwnedDirEntry {
+                    name: entry.name.to_string(),
+                    kind: entry.kind,
+                    size: entry.size,
+                    mtime_ns: entry.mtime_ns,
+                });
+            }
+            if frame.header.flags.contains(Flags::END_STREAM) {
+                return Ok(entries);
+            }
+        }
+    }
+
+    /// MKDIR: creates directory `path` (one level: its parent must exist).
+    pub fn mkdir(&mut self, path: &str) -> Result<(), ClientError> {
+        self.expect_done(FrameType::Mkdir, path)
+    }
+
+    /// DELETE: removes a file, a symlink (the link itself) or an empty directory.
+    pub fn delete(&mut self, path: &str) -> Result<(), ClientError> {
+        self.expect_done(FrameType::Delete, path)
+    }
+
+    fn expect_done(&mut self, request: FrameType, path: &str) -> Result<(), ClientError> {
+        let stream = self.request(request, path.as_bytes())?;
+        let frame = self.next_on(stream)?;
+        match frame.header.frame_type {
+            FrameType::Done => Ok(()),
+            other => Err(ClientError::Unexpected(other)),
+        }
+    }
+
+    /// GET: writes bytes `offset..` of `remote` to `sink` and verifies the whole file.
+    ///
+    /// `prefix` is a hasher that has hashed the `offset` bytes the caller already has
+    /// (`blake3::Hasher::new()` for a whole file); every byte written to `sink` continues it,
+    /// and the result must equal the server's DIGEST, and FILE_INFO's hash if it carried one,
+    /// or this returns [`ClientError::Verify`] (after the bytes were written: the caller
+    /// decides what to do with them). `progress(done, total)` is called after FILE_INFO and
+    /// after each DATA frame, with `done` counting from the start of the file.
+    ///
+    /// Errors: [`ClientError::Server`] for the server's ERROR (not found, a directory, an
+    /// offset past the end, ...), [`ClientError::Output`] if `sink` fails (the server is told
+    /// to stop), [`ClientError::Verify`] if the bytes do not add up or do not match.
+    pub fn get(
+        &mut self,
+        remote: &str,
+        offset: u64,
+        prefix: blake3::Hasher,
+        sink: &mut dyn Write,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<GetOutcome, ClientError> {
+        if prefix.count() != offset {
+            return Err(ClientError::Io(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the prefix hasher has hashed {} bytes, the offset is {offset}",
+                    prefix.count()
+                ),
+            )));
+        }
+        let request = GetRequest {
+            offset,
+            path: remote,
+        };
+        let mut payload = vec![0; request.payload_len()];
+        request.emit(&mut payload);
+        let stream = self.request(FrameType::Get, &payload)?;
+        let result = self.receive(stream, offset, prefix, sink, progress);
+        if let Err(error) = &result {
+            self.abandon_after(stream, error);
+        }
+        result
+    }
+
+    fn receive(
+        &mut self,
+        stream: u32,
+        offset: u64,
+        mut hasher: blake3::Hasher,
+        sink: &mut dyn Write,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<GetOutcome, ClientError> {
+        let frame = self.next_on(stream)?;
+        if frame.header.frame_type != FrameType::FileInfo {
+            return Err(ClientError::Unexpected(frame.header.frame_type));
+        }
+        let info = FileInfo::parse(&frame.payload).map_err(ClientError::Message)?;
+        if frame.header.flags.contains(Flags::END_STREAM) {
+            return Err(ClientError::Verify(
+                "the server ended the transfer after FILE_INFO, without a DIGEST".to_string(),
+            ));
+        }
+        if offset > info.size {
+            return Err(ClientError::Verify(format!(
+                "the server accepted offset {offset} for a file of {} bytes",
+                info.size
+            )));
+        }
+        let total = info.size;
+        let mut done = offset;
+        progress(done, total);
+        loop {
+            let frame = self.next_on(stream)?;
+            match frame.header.frame_type {
+                FrameType::Data => {
+                    let len = frame.payload.len() as u64;
+                    if len > total - done {
+                        return Err(ClientError::Verify(format!(
+                            "the server sent more than the {total} bytes FILE_INFO announced"
+                        )));
+                    }
+                    hasher.update(&frame.payload);
+                    sink.write_all(&frame.payload)
+                        .map_err(ClientError::Output)?;
+                    done += len;
+                    progress(done, total);
+                    if frame.header.flags.contains(Flags::END_STREAM) {
+                        return Err(ClientError::Verify(
+                            "the server ended the transfer without a DIGEST".to_string(),
+                        ));
+                    }
+                }
+                FrameType::Digest => {
+                    let digest = Digest::parse(&frame.payload).map_err(ClientError::Message)?;
+                    if done != total {
+                        return Err(ClientError::Verify(format!(
+                            "the transfer ended after {done} of the {total} bytes FILE_INFO announced"
+                        )));
+                    }
+                    sink.flush().map_err(ClientError::Output)?;
+                    let computed = *hasher.finalize().as_bytes();
+                    let cause = if offset > 0 {
+                        format!(
+                            "the {offset} bytes resumed from are probably from another version of \
+                             the file, or it changed during the transfer"
+                        )
+                    } else {
+                        "the file changed during the transfer, or bytes were corrupted".to_string()
+                    };
+                    if computed != digest.hash {
+                        return Err(ClientError::Verify(format!(
+                            "the file hashes to {} here but to {} on the server: {cause}",
+                            hex(&computed),
+                            hex(&digest.hash)
+                        )));
+                    }
+                    if let Some(announced) = info.hash.filter(|&known| known != computed) {
+                        return Err(ClientError::Verify(format!(
+                            "the file hashes to {} here, but the server announced {}: {cause}",
+                            hex(&computed),
+                            hex(&announced)
+                        )));
+                    }
+                    return Ok(GetOutcome {
+                        info,
+                        hash: computed,
+                    });
+                }
+                other => return Err(ClientError::Unexpected(other)),
+            }
+        }
+    }
+
+    /// PUT: stores `size` bytes from `source` (its start to `size`) as `remote`, declaring
+    /// `hash`, the whole file's BLAKE3 (the upload can then be resumed). With `resume` the
+    /// server keeps what it holds of an earlier upload of the same path, size and hash, and
+    /// `source` is sought to there; otherwise it starts from 0. DATA frames are at most
+    /// [`MAX_DATA`] bytes and at most the server's frame limit. `progress(done, size)` is
+    /// called after PUT_READY and after each DATA frame.
+    ///
+    /// The server's ERROR (a hash mismatch, no space, a limit, ...) is noticed as soon as it
+    /// arrives, not only after the last byte. Errors reading `source` are
+    /// [`ClientError::Local`] (the server is told to stop; a declared upload's partial stays
+    /// there for a resume). The server's final DIGEST must equal `hash`.
+    pub fn put<R: Read + Seek + ?Sized>(
+        &mut self,
+        remote: &str,
+        source: &mut R,
+        size: u64,
+        hash: Hash,
+        resume: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PutOutcome, ClientError> {
+        let request = PutRequest {
+            size,
+            flags: if resume {
+                PutFlags::RESUME
+            } else {
+                PutFlags::NONE
+            },
+            hash: Some(hash),
+            path: remote,
+        };
+        let mut payload = vec![0; request.payload_len()];
+        request.emit(&mut payload);
+        let stream = self.request(FrameType::Put, &payload)?;
+        let result = self.send(stream, source, size, hash, progress);
+        if let Err(error) = &result {
+            self.abandon_after(stream, error);
+        }
+        result
+    }
+
+    fn send<R: Read + Seek + ?Sized>(
+        &mut self,
+        stream: u32,
+        source: &mut R,
+        size: u64,
+        hash: Hash,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PutOutcome, ClientError> {
+        let frame = self.next_on(stream)?;
+        if frame.header.frame_type != FrameType::PutReady {
+            return Err(ClientError::Unexpected(frame.header.frame_type));
+        }
+        let ready = PutReady::parse(&frame.payload).map_err(ClientError::Message)?;
+        if ready.held > size {
+            return Err(ClientError::Verify(format!(
+                "the server holds {} bytes of a {size}-byte upload",
+                ready.held
+            )));
+        }
+        source
+            .seek(SeekFrom::Start(ready.held))
+            .map_err(|source| local("seek in the local file", source))?;
+        let mut done = ready.held;
+        progress(done, size);
+        let chunk = MAX_DATA.min(self.hello.max_payload_len as usize).max(1);
+        let mut wire = vec![0; HEADER_LEN + chunk];
+        while done < size {
+            let len = chunk.min(usize::try_from(size - done).unwrap_or(usize::MAX));
+            read_exactly(source, &mut wire[HEADER_LEN..HEADER_LEN + len])?;
+            Header {
+                frame_type: FrameType::Data,
+                flags: Flags::NONE,
+                stream,
+                len: len as u32,
+            }
+            .emit(&mut wire[..HEADER_LEN]);
+            self.send_on(stream, &wire[..HEADER_LEN + len])?;
+            done += len as u64;
+            progress(done, size);
+            if self.input_pending() {
+                // Nothing is due before our DIGEST: this is the server refusing (an ERROR on
+                // the stream or on the connection) or going away.
+                let frame = self.next_on(stream)?;
+                return Err(ClientError::Unexpected(frame.header.frame_type));
+            }
+        }
+        let mut trailer = [0; Digest::PAYLOAD_LEN];
+        Digest { hash }.emit(&mut trailer);
+        let digest = Frame::new(FrameType::Digest, Flags::END_STREAM, stream, &trailer).to_vec();
+        self.send_on(stream, &digest)?;
+        let frame = self.next_on(stream)?;
+        if frame.header.frame_type != FrameType::Digest {
+            return Err(ClientError::Unexpected(frame.header.frame_type));
+        }
+        let stored = Digest::parse(&frame.payload).map_err(ClientError::Message)?;
+        if stored.hash != hash {
+            return Err(ClientError::Verify(format!(
+                "the server stored a file that hashes to {}, not the {} sent",
+                hex(&stored.hash),
+                hex(&hash)
+            )));
+        }
+        Ok(PutOutcome {
+            upload_id: ready.upload_id,
+            held: ready.held,
+            hash: stored.hash,
+        })
+    }
+
+    /// Sends a request on a new stream and returns the stream.
+    fn request(&mut self, frame_type: FrameType, payload: &[u8]) -> Result<u32, ClientError> {
+        if payload.len() > self.hello.max_payload_len as usize {
+            // The server would refuse it from the header and close the connection.
+            return Err(ClientError::TooLarge {
+                len: payload.len(),
+                max: self.hello.max_payload_len,
+            });
+        }
+        let stream = self.next_stream;
+        self.next_stream = self.next_stream.checked_add(1).unwrap_or(1);
+        let frame = Frame::new(frame_type, Flags::NONE, stream, payload).to_vec();
+        self.send_on(stream, &frame)?;
+        Ok(stream)
+    }
+
+    /// Sends bytes for `stream`. If the send fails, the server has probably said why before it
+    /// closed: that ERROR is returned when it can still be read.
+    fn send_on(&mut self, stream: u32, bytes: &[u8]) -> Result<(), ClientError> {
+        let Err(error) = self.client.send_raw(bytes) else {
+            return Ok(());
+        };
+        if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            return Err(ClientError::Io(error));
+        }
+        match self.next_on(stream) {
+            Err(server @ ClientError::Server { .. }) => Err(server),
+            _ => Err(ClientError::Io(error)),
+        }
+    }
+
+    /// The next frame on `stream`. An ERROR on it or on stream 0 is returned as
+    /// [`ClientError::Server`]; frames on other streams (requests given up on) and frames of
+    /// types this build does not know are skipped.
+    fn next_on(&mut self, stream: u32) -> Result<OwnedFrame, ClientError> {
+        loop {
+            let frame = self.client.recv_frame()?;
+            let header = frame.header;
+            if header.frame_type == FrameType::Error
+                && (header.stream == stream || header.stream == 0)
+            {
+                return Err(server_error(&frame.payload));
+            }
+            if header.stream != stream {
+                debug!(
+                    "skipping {} on stream {} (waiting on {stream})",
+                    header.frame_type, header.stream
+                );
+                continue;
+            }
+            if let FrameType::Unknown(byte) = header.frame_type {
+                debug!("ignoring frame type 0x{byte:02x}");
+                continue;
+            }
+            return Ok(frame);
+        }
+    }
+
+    /// Whether something has arrived that the next read would return (bytes, end of file or
+    /// an error), without blocking.
+    fn input_pending(&self) -> bool {
+        if !self.client.received.is_empty() {
+            return true;
+        }
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        let peeked = socket2::SockRef::from(self.client.stream())
+            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+        match peeked {
+            Ok(_) => true,
+            Err(error) => !matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        }
+    }
+
+    /// After `error` ended a transfer early, tells the server to stop it, unless the stream or
+    /// the connection is already over.
+    fn abandon_after(&mut self, stream: u32, error: &ClientError) {
+        let reason = match error {
+            ClientError::Output(_) | ClientError::Local { .. } => "a local I/O error",
+            ClientError::Verify(_) => "the bytes do not add up",
+            ClientError::Message(_) | ClientError::Unexpected(_) => "an unexpected answer",
+            _ => return,
+        };
+        let text = format!("client gave up on the transfer: {reason}");
+        let mut wire = Vec::new();
+        ErrorMessage::new(ErrorCode::IoFailed, &text).encode(stream, &mut wire);
+        if let Err(error) = self.client.send_raw(&wire) {
+            debug!("cannot send ERROR for stream {stream}: {error}");
+        }
+    }
+}
+
+/// ERROR payload → [`ClientError::Server`] (or the reason it does not parse).
+fn server_error(payload: &[u8]) -> ClientError {
+    match ErrorMessage::parse(payload) {
+        Ok(error) => ClientError::Server {
+            code: error.code,
+            text: error.text.to_string(),
+        },
+        Err(error) => ClientError::Message(error),
+    }
+}
+
+fn local(what: &str, source: io::Error) -> ClientError {
+    ClientError::Local {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// `read_exact`, with a file that ended early named as one that changed.
+fn read_exactly<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> Result<(), ClientError> {
+    source.read_exact(buf).map_err(|error| {
+        let error = if error.kind() == ErrorKind::UnexpectedEof {
+            io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "it is shorter than when it was measured (did it change?)",
+            )
+        } else {
+            error
+        };
+        local("read the local file", error)
+    })
+}
+
+/// A hash in lowercase hex, as `b3sum` prints it.
+pub fn hex(hash: &Hash) -> String {
+    blake3::Hash::from_bytes(*hash).to_hex().to_string()
+}
+
+/// Hashes everything `input` yields (retrying interrupted reads); `progress(done)` after each
+/// read. The hasher's [`count`](blake3::Hasher::count) is the length.
+pub fn hash_reader(
+    input: &mut dyn Read,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<blake3::Hasher> {
+    let mut hasher = blake3::Hasher::new();
+    let mut chunk = vec![0; READ_CHUNK];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => return Ok(hasher),
+            Ok(n) => n,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&chunk[..n]);
+        progress(hasher.count());
+    }
+}
+
+/// An unnamed temporary file in `dir`: `O_TMPFILE` where the file system has it, else a file
+/// created with a fresh name and unlinked at once. Either way it vanishes when closed.
+pub fn anonymous_file(dir: &Path) -> io::Result<File> {
+    let tmpfile = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    match tmpfile {
+        Ok(file) => return Ok(file),
+        Err(error) => debug!("no O_TMPFILE in {}: {error}", dir.display()),
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    for attempt in 0..100 {
+        let path = dir.join(format!(
+            ".monoreactor-spool-{}-{nanos}-{attempt}",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            Err(error) if error.kind() == ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(io::Error::new(
+        ErrorKind::AlreadyExists,
+        format!("no free temporary name in {}", dir.display()),
+    ))
+}
+
+/// Copies `input` (a pipe: its size and hash are unknown until it ends) into an anonymous
+/// temporary file in `dir` ([`anonymous_file`]), hashing it on the way, and rewinds the file.
+/// Returns the file, its size and its BLAKE3, ready for [`FileClient::put`]. `input_name`
+/// names the input in errors ("standard input").
+pub fn spool(
+    input: &mut dyn Read,
+    input_name: &str,
+    dir: &Path,
+) -> Result<(File, u64, Hash), ClientError> {
+    let mut file = anonymous_file(dir).map_err(|source| {
+        local(
+            &format!("create a temporary file in {}", dir.display()),
+            source,
+        )
+    })?;
+    let mut hasher = blake3::Hasher::new();
+    let mut chunk = vec![0; READ_CHUNK];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(local(&format!("read {input_name}"), error)),
+        };
+        hasher.update(&chunk[..n]);
+        file.write_all(&chunk[..n]).map_err(|source| {
+            local(
+                &format!("write a temporary file in {}", dir.display()),
+                source,
+            )
+        })?;
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|source| local("rewind the temporary file", source))?;
+    Ok((file, hasher.count(), *hasher.finalize().as_bytes()))
+}
+
+/// The part file a download into `dest` is written to: `.NAME.monoreactor-part` beside it.
+/// `None` if `dest` has no file name (`/`, `..`).
+pub fn part_path(dest: &Path) -> Option<PathBuf> {
+    let name = dest.file_name()?;
+    let mut part = OsString::from(".");
+    part.push(name);
+    part.push(".monoreactor-part");
+    Some(dest.with_file_name(part))
+}
+
+/// A download that failed, and what was left behind.
+#[derive(Debug)]
+pub struct DownloadError {
+    /// Why it failed.
+    pub error: ClientError,
+    /// The part file kept for a resume, with its length; `None` when nothing was kept (a
+    /// verification failure, or no byte arrived).
+    pub kept: Option<(PathBuf, u64)>,
+}
+
+/// Downloads `remote` into `dest` atomically: the bytes go to [`part_path`]`(dest)`, and only
+/// once the whole file is verified ([`FileClient::get`]) is the part synced to disk and renamed
+/// over `dest` (then the directory is synced). `dest`'s directory must exist.
+///
+/// With `resume`, an existing part is hashed and the GET asks only for what it lacks; a part
+/// longer than the remote file is truncated and the download starts over. Without it, a stale
+/// part is truncated.
+///
+/// On failure: a verification failure removes the part (its bytes are wrong, or from another
+/// version of the file); any other failure (the network, the server, a local write) keeps a
+/// part that has bytes in it, so a later `resume` goes on from there, and removes an empty
+/// one.
+pub fn download(
+    client: &mut FileClient,
+    remote: &str,
+    dest: &Path,
+    resume: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<GetOutcome, DownloadError> {
+    let nothing_kept = |error| DownloadError { error, kept: None };
+    let part = part_path(dest).ok_or_else(|| {
+        nothing_kept(local(
+            &format!("download into {}", dest.display()),
+            io::Error::new(ErrorKind::InvalidInput, "it does not name a file"),
+        ))
+    })?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(!resume)
+        .open(&part)
+        .map_err(|source| nothing_kept(local(&format!("create {}", part.display()), source)))?;
+    let mut prefix = blake3::Hasher::new();
+    if resume {
+        // Reading to the end also leaves the file positioned for appending.
+        prefix = hash_reader(&mut file, &mut |_| {})
+            .map_err(|source| nothing_kept(local(&format!("read {}", part.display()), source)))?;
+        debug!("resuming {} at {} bytes", part.display(), prefix.count());
+    }
+    let offset = prefix.count();
+    let mut result = client.get(remote, offset, prefix, &mut file, progress);
+    if offset > 0
+        && matches!(
+            result,
+            Err(ClientError::Server {
+                code: ErrorCode::BadOffset,
+                ..
+            })
+        )
+    {
+        debug!(
+            "{} is longer than {remote} on the server: starting over",
+            part.display()
+        );
+        result = file
+            .set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+            .map_err(|source| local(&format!("truncate {}", part.display()), source))
+            .and_then(|()| client.get(remote, 0, blake3::Hasher::new(), &mut file, progress));
+    }
+    let finished = result.and_then(|outcome| {
+        file.sync_all()
+            .map_err(|source| local(&format!("sync {}", part.display()), source))?;
+        fs::rename(&part, dest).map_err(|source| {
+            local(
+                &format!("rename {} to {}", part.display(), dest.display()),
+                source,
+            )
+        })?;
+        sync_parent(dest);
+        Ok(outcome)
+    });
+    finished.map_err(|error| {
+        let error = match error {
+            ClientError::Output(source) => local(&format!("write {}", part.display()), source),
+            other => other,
+        };
+        let len = file.metadata().map_or(0, |meta| meta.len());
+        drop(file);
+        if matches!(error, ClientError::Verify(_)) || len == 0 {
+            if let Err(remove) = fs::remove_file(&part) {
+                debug!("cannot remove {}: {remove}", part.display());
+            }
+            return DownloadError { error, kept: None };
+        }
+        DownloadError {
+            error,
+            kept: Some((part, len)),
+        }
+    })
+}
+
+/// Syncs the directory holding `path`, so a rename into it survives a crash. Best effort: a
+/// file system that cannot sync directories has nothing more to offer.
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if let Err(error) = File::open(dir).and_then(|dir| dir.sync_all()) {
+        debug!("cannot sync {}: {error}", dir.display());
+    }
+}
+
+/// A remote path as typed → a request path: `.` components, repeated and trailing slashes
+/// dropped (`./a//b/` → `a/b`; `.` → `""`, the root), then the protocol's rules checked
+/// locally ([`check_relative`]: no absolute path, no `..`, no reserved name; at most
+/// [`MAX_PATH_LEN`] bytes), so a mistake costs no connection.
+pub fn normalize_remote(text: &str) -> Result<String, String> {
+    if text.starts_with('/') {
+        return Err(format!(
+            "`{text}` is absolute; remote paths are relative to the server's root (`.` is the root)"
+        ));
+    }
+    let path = text
+        .split('/')
+        .filter(|component| !component.is_empty() && *component != ".")
+        .collect::<Vec<_>>()
+        .join("/");
+    check_relative(&path).map_err(|error| format!("`{text}`: {error}"))?;
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!(
+            "the path is {} bytes; at most {MAX_PATH_LEN} fit in a request",
+            path.len()
+        ));
+    }
+    Ok(path)
+}
+
+/// The last component of a request path (`""` for the root).
+pub fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// `YYYY-MM-DD HH:MM`, UTC, as listings show a modification time.
+pub fn format_mtime(mtime_ns: i64) -> String {
+    let (date, hour, minute, _, _) = civil(mtime_ns);
+    format!("{date} {hour:02}:{minute:02}")
+}
+
+/// `YYYY-MM-DD HH:MM:SS.NNNNNNNNN UTC`: a modification time to the nanosecond.
+pub fn format_mtime_full(mtime_ns: i64) -> String {
+    let (date, hour, minute, second, nanos) = civil(mtime_ns);
+    format!("{date} {hour:02}:{minute:02}:{second:02}.{nanos:09} UTC")
+}
+
+/// Nanoseconds since the epoch → (`YYYY-MM-DD`, hour, minute, second, nanosecond), UTC, in
+/// the proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+fn civil(mtime_ns: i64) -> (String, i64, i64, i64, i64) {
+    let seconds = mtime_ns.div_euclid(1_000_000_000);
+    let nanos = mtime_ns.rem_euclid(1_000_000_000);
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        nanos,
+    )
+}
+
+/// A name as a terminal line may show it: control characters escaped (`\n`, `\u{1b}`), so a
+/// name cannot break a listing's lines or drive the terminal.
+pub fn display_name(name: &str) -> Cow<'_, str> {
+    if !name.chars().any(char::is_control) {
+        return Cow::Borrowed(name);
+    }
+    let mut shown = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// Sorts entries by name, byte order (as `LC_ALL=C ls` does).
+pub fn sort_entries(entries: &mut [OwnedDirEntry]) {
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// A listing in aligned columns, one line per entry, in the order given: the kind's letter
+/// (`-`, `d`, `l`, `?`), the size right-aligned, the modification time
+/// ([`format_mtime`]) and the name ([`display_name`]).
+pub fn format_listing(entries: &[OwnedDirEntry]) -> String {
+    let width = entries
+        .iter()
+        .map(|entry| decimal_width(entry.size))
+        .max()
+        .unwrap_or(1);
+    let mut out = String::new();
+    for entry in entries {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "{} {:>width$} {} {}",
+            entry.kind.letter(),
+            entry.size,
+            format_mtime(entry.mtime_ns),
+            display_name(&entry.name)
+        );
+    }
+    out
+}
+
+fn decimal_width(mut value: u64) -> usize {
+    let mut width = 1;
+    while value >= 10 {
+        value /= 10;
+        width += 1;
+    }
+    width
+}
+
+/// The kind as a word, for JSON and `stat`.
+pub fn kind_name(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::File => "file",
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+        FileKind::Other => "other",
+    }
+}
+
+/// `text` as a JSON string, quotes included: `"` and `\` escaped, control characters as
+/// `\n`, `\t`, ... or `\u00XX`.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One entry as a JSON object: `{"name":...,"kind":...,"size":...,"mtime_ns":...}`.
+pub fn entry_json(entry: &OwnedDirEntry) -> String {
+    format!(
+        "{{\"name\":{},\"kind\":\"{}\",\"size\":{},\"mtime_ns\":{}}}",
+        json_string(&entry.name),
+        kind_name(entry.kind),
+        entry.size,
+        entry.mtime_ns
+    )
+}
+
+/// A listing as one JSON array of [`entry_json`] objects, one per line, in the order given,
+/// ending with a newline.
+pub fn listing_json(entries: &[OwnedDirEntry]) -> String {
+    if entries.is_empty() {
+        return "[]\n".to_string();
+    }
+    let objects: Vec<String> = entries.iter().map(entry_json).collect();
+    format!("[\n{}\n]\n", objects.join(",\n"))
+}
+
+/// STAT's answer as a JSON object: the path, then FILE_INFO's fields; `blake3` is the hex
+/// hash or `null` when the server does not know it.
+pub fn info_json(path: &str, info: &FileInfo) -> String {
+    let hash = info
+        .hash
+        .map_or_else(|| "null".to_string(), |hash| format!("\"{}\"", hex(&hash)));
+    format!(
+        "{{\"path\":{},\"kind\":\"{}\",\"size\":{},\"mtime_ns\":{},\"blake3\":{hash}}}\n",
+        json_string(path),
+        kind_name(info.kind),
+        info.size,
+        info.mtime_ns
+    )
+}
+
+/// STAT's answer for people: one `field: value` line each.
+pub fn format_info(path: &str, info: &FileInfo) -> String {
+    let shown = if path.is_empty() { "." } else { path };
+    let hash = info
+        .hash
+        .map_or_else(|| "not known to the server".to_string(), |hash| hex(&hash));
+    format!(
+        "path:   {}\nkind:   {}\nsize:   {}\nmtime:  {}\nblake3: {hash}\n",
+        display_name(shown),
+        kind_name(info.kind),
+        info.size,
+        format_mtime_full(info.mtime_ns)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::proto::files::HASH_LEN;
+
+    const SECOND: i64 = 1_000_000_000;
+    const ZERO_HASH: Hash = [0; HASH_LEN];
+
+    #[test]
+    fn mtimes_format_in_utc_across_the_epoch_and_leap_days() {
+        assert_eq!(format_mtime(0), "1970-01-01 00:00");
+        assert_eq!(format_mtime(-1), "1969-12-31 23:59");
+        assert_eq!(format_mtime(1_700_000_000 * SECOND), "2023-11-14 22:13");
+        assert_eq!(format_mtime(951_782_400 * SECOND), "2000-02-29 00:00");
+        assert_eq!(format_mtime(951_868_799 * SECOND), "2000-02-29 23:59");
+        assert_eq!(format_mtime(4_107_542_400 * SECOND), "2100-03-01 00:00");
+        assert_eq!(
+            format_mtime_full(1_700_000_000 * SECOND + 5),
+            "2023-11-14 22:13:20.000000005 UTC"
+        );
+        assert_eq!(format_mtime_full(-1), "1969-12-31 23:59:59.999999999 UTC");
+        assert_eq!(
+            format_mtime_full(i64::MIN),
+            "1677-09-21 00:12:43.145224192 UTC"
+        );
+        assert_eq!(
+            format_mtime_full(i64::MAX),
+            "2262-04-11 23:47:16.854775807 UTC"
+        );
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_controls() {
+        assert_eq!(json_string("plain"), "\"plain\"");
+        assert_eq!(json_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(json_string("l1\nl2\t\r"), "\"l1\\nl2\\t\\r\"");
+        assert_eq!(
+            json_string("\u{1}\u{1f}\u{8}\u{c}"),
+            "\"\\u0001\\u001f\\b\\f\""
+        );
+        assert_eq!(json_string("é ✓ \u{7f}"), "\"é ✓ \u{7f}\"");
+    }
+
+    fn entry(name: &str, kind: FileKind, size: u64, mtime_ns: i64) -> OwnedDirEntry {
+        OwnedDirEntry {
+            name: name.to_string(),
+            kind,
+            size,
+            mtime_ns,
+        }
+    }
+
+    #[test]
+    fn listings_sort_by_name_and_align_sizes() {
+        let mut entries = vec![
+            entry("zeta", FileKind::File, 7, 0),
+            entry("Alpha", FileKind::Directory, 4096, 60 * SECOND),
+            entry("link", FileKind::Symlink, 12, 0),
+            entry("bad\nname", FileKind::Other, 0, 0),
+        ];
+        sort_entries(&mut entries);
+        assert_eq!(
+            format_listing(&entries),
+            "d 4096 1970-01-01 00:01 Alpha\n\
+             ?    0 1970-01-01 00:00 bad\\nname\n\
+             l   12 1970-01-01 00:00 link\n\
+             -    7 1970-01-01 00:00 zeta\n"
+        );
+        assert_eq!(format_listing(&[]), "");
+    }
+
+    #[test]
+    fn listings_as_json_are_one_array() {
+        let entries = [
+            entry("a \"q\"", FileKind::File, 1, -2),
+            entry("d", FileKind::Directory, 0, 3),
+        ];
+        assert_eq!(
+            listing_json(&entries),
+            "[\n{\"name\":\"a \\\"q\\\"\",\"kind\":\"file\",\"size\":1,\"mtime_ns\":-2},\n\
+             {\"name\":\"d\",\"kind\":\"directory\",\"size\":0,\"mtime_ns\":3}\n]\n"
+        );
+        assert_eq!(listing_json(&[]), "[]\n");
+    }
+
+    #[test]
+    fn stat_output_names_an_unknown_hash() {
+        let mut info = FileInfo {
+            size: 3,
+            mtime_ns: 0,
+            kind: FileKind::File,
+            hash: None,
+        };
+        assert_eq!(
+            info_json("x\ty", &info),
+            "{\"path\":\"x\\ty\",\"kind\":\"file\",\"size\":3,\"mtime_ns\":0,\"blake3\":null}\n"
+        );
+        assert!(format_info("", &info).starts_with("path:   .\n"));
+        assert!(format_info("a", &info).ends_with("blake3: not known to the server\n"));
+        info.hash = Some(ZERO_HASH);
+        assert!(info_json("a", &info).ends_with(&format!("\"blake3\":\"{}\"}}\n", "0".repeat(64))));
+    }
+
+    #[test]
+    fn remote_paths_are_normalized_and_checked_locally() {
+        assert_eq!(normalize_remote(".").as_deref(), Ok(""));
+        assert_eq!(normalize_remote("").as_deref(), Ok(""));
+        assert_eq!(normalize_remote("./a//b/").as_deref(), Ok("a/b"));
+        assert_eq!(normalize_remote("a/./b").as_deref(), Ok("a/b"));
+        assert!(normalize_remote("/etc/passwd").is_err());
+        assert!(normalize_remote("a/../b").is_err());
+        assert!(normalize_remote("a/.monoreactor-partial-1").is_err());
+        assert!(normalize_remote("a\\b").is_err());
+        assert!(normalize_remote(&"x".repeat(MAX_PATH_LEN + 1)).is_err());
+        assert_eq!(base_name("a/b/c.txt"), "c.txt");
+        assert_eq!(base_name("c"), "c");
+        assert_eq!(base_name(""), "");
+    }
+
+    #[test]
+    fn part_files_sit_beside_the_destination() {
+        assert_eq!(
+            part_path(Path::new("dir/file.bin")),
+            Some(PathBuf::from("dir/.file.bin.monoreactor-part"))
+        );
+        assert_eq!(
+            part_path(Path::new("file")),
+            Some(PathBuf::from(".file.monoreactor-part"))
+        );
+        assert_eq!(part_path(Path::new("/")), None);
+    }
+
+    #[test]
+    fn names_with_control_characters_are_escaped_for_terminals() {
+        assert!(matches!(display_name("plain é"), Cow::Borrowed("plain é")));
+        assert_eq!(display_name("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+    }
+
+    #[test]
+    fn spooling_hashes_and_rewinds() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut file, size, hash) =
+            spool(&mut &data[..], "test input", &std::env::temp_dir()).unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(hash, *blake3::hash(&data).as_bytes());
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        let hasher = hash_reader(&mut &data[..], &mut |_| {}).unwrap();
+        assert_eq!(hasher.count(), size);
+        assert_eq!(*hasher.finalize().as_bytes(), hash);
+    }
+}

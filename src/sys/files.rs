@@ -49,6 +49,9 @@ use crate::sys::root::Root;
 /// Bytes written between write-behind steps.
 pub const WRITE_BEHIND: u64 = 8 << 20;
 
+/// Write-behind waits for the window this many windows back (32 MiB behind the writes).
+pub const WRITE_BEHIND_LAG: u64 = 4;
+
 /// A file whose mtime is within this of the moment its hash was stored may have been written
 /// again in the same timestamp tick, so that hash is not trusted. Kernel timestamps advance
 /// in ticks of 1–10 ms; 100 ms leaves a wide margin.
@@ -346,8 +349,11 @@ impl Upload {
         Ok(())
     }
 
-    /// Starts writeback of `[start, start + WRITE_BEHIND)` and waits for the window before
-    /// it (Linus Torvalds' streaming-write recipe): at most two windows are ever in flight.
+    /// Starts writeback of `[start, start + WRITE_BEHIND)` and waits for the window
+    /// [`WRITE_BEHIND_LAG`] windows before it (Linus Torvalds' streaming-write recipe, with
+    /// slack): by then that window is usually on disk and the wait returns at once, yet no more
+    /// than a few windows are ever in flight, so the `fsync` at the commit stays short however
+    /// much faster the network is than the disk.
     fn write_behind(&self, start: u64) {
         let fd = self.file.as_raw_fd();
         let len = WRITE_BEHIND as i64;
@@ -355,10 +361,10 @@ impl Upload {
         // optimisation (the fsync at commit still makes the data durable).
         unsafe {
             libc::sync_file_range(fd, start as i64, len, libc::SYNC_FILE_RANGE_WRITE);
-            if start >= WRITE_BEHIND {
+            if start >= WRITE_BEHIND_LAG * WRITE_BEHIND {
                 libc::sync_file_range(
                     fd,
-                    (start - WRITE_BEHIND) as i64,
+                    (start - WRITE_BEHIND_LAG * WRITE_BEHIND) as i64,
                     len,
                     libc::SYNC_FILE_RANGE_WAIT_BEFORE
                         | libc::SYNC_FILE_RANGE_WRITE

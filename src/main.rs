@@ -253,6 +253,11 @@ struct BenchArgs {
     /// (needs --pid).
     #[arg(long)]
     idle: bool,
+    /// Instead of load: one client pings 64-byte echoes every millisecond for --secs and
+    /// reports the latency percentiles and the worst wait — what another client sees while a
+    /// transfer runs (with --pid, also the server's peak memory).
+    #[arg(long, conflicts_with_all = ["idle", "exec", "stream"])]
+    probe: bool,
     /// Instead of echo: --conns clients each run a command after another (`true`, or the
     /// command after `--`) and report commands per second (needs a token).
     #[arg(long, conflicts_with_all = ["idle", "stream"])]
@@ -890,6 +895,18 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
         };
         let report = bench::exec::run_exec(&config)
             .map_err(|error| format!("commands on {addr}: {error}"))?;
+        println!("{report}");
+        return Ok(());
+    }
+    if args.probe {
+        let config = bench::ProbeConfig {
+            addr: addr.to_string(),
+            duration: args.secs.0,
+            interval: Duration::from_millis(1),
+            server_pid: args.pid,
+        };
+        let report =
+            bench::run_probe(&config).map_err(|error| format!("probe of {addr}: {error}"))?;
         println!("{report}");
         return Ok(());
     }

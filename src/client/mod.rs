@@ -18,9 +18,13 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::limits::MAX_FRAME_LEN;
+
+/// Payloads at least this long are read straight into their own buffer by
+/// [`Client::recv_frame`].
+const DIRECT_READ_MIN: usize = 64 << 10;
 use crate::proto::{
-    DecodeError, Decoder, ErrorCode, ErrorMessage, Flags, Frame, FrameType, Header, Hello, HelloOk,
-    MessageError,
+    DecodeError, Decoder, ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header,
+    Hello, HelloOk, MessageError,
 };
 use crate::server::{DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR};
 
@@ -452,6 +456,29 @@ impl Client {
                 };
                 self.received.drain(..frame.wire_len());
                 return Ok(owned);
+            }
+            // A large payload (a file's DATA) is read straight into its own buffer: one copy
+            // from the kernel instead of three through the receive buffer.
+            if let Some(header) =
+                Header::parse(&self.received, MAX_FRAME_LEN).map_err(ClientError::Decode)?
+            {
+                let len = header.len as usize;
+                if len >= DIRECT_READ_MIN {
+                    let mut payload = self.received.split_off(HEADER_LEN);
+                    self.received.clear();
+                    let have = payload.len();
+                    payload.resize(len, 0);
+                    if let Err(error) = self.stream.read_exact(&mut payload[have..]) {
+                        return Err(if error.kind() == ErrorKind::UnexpectedEof {
+                            ClientError::Closed {
+                                partial: HEADER_LEN + have,
+                            }
+                        } else {
+                            ClientError::Io(error)
+                        });
+                    }
+                    return Ok(OwnedFrame { header, payload });
+                }
             }
             let mut chunk = [0; 64 * 1024];
             let n = loop {

@@ -3,7 +3,7 @@
 //!
 //! Disk calls block: a read or write of the page cache takes microseconds, one of a cold disk
 //! milliseconds, an `fsync` of a big file seconds. So each turn a connection does at most
-//! [`Limits::disk_budget`] bytes of file work — queueing DATA ranges (sent later with
+//! [`Limits::disk_budget`](crate::limits::Limits::disk_budget) bytes of file work — queueing DATA ranges (sent later with
 //! `sendfile`), hashing, re-reading a resumed upload, listing — and comes back next turn
 //! (nginx's `sendfile_max_chunk` rule); an upload's writes are bounded by the socket's read
 //! budget, since each DATA frame is written as it is handled. Writes are pushed to disk as
@@ -212,7 +212,9 @@ fn pump_one(
             }
             let max_entries = (budget.disk / ENTRY_COST).max(1);
             let mut page = Vec::new();
-            let finished = match listing.next_page(&mut page, LIST_PAGE_LEN, max_entries) {
+            // Every frame the server sends fits the payload limit it announced.
+            let page_len = LIST_PAGE_LEN.min(cx.limits.max_frame_len as usize);
+            let finished = match listing.next_page(&mut page, page_len, max_entries) {
                 Ok(finished) => finished,
                 Err(error) => {
                     outbox
@@ -256,7 +258,8 @@ fn pump_get(
             break;
         }
         if outbox.may_produce() {
-            if let Some((offset, len)) = get.next_range(DATA_FRAME_LEN.min(budget.disk as u64)) {
+            let frame_len = DATA_FRAME_LEN.min(u64::from(cx.limits.max_frame_len));
+            if let Some((offset, len)) = get.next_range(frame_len.min(budget.disk as u64)) {
                 outbox.replies(cx.pool, cx.limits).file_frame(
                     FrameType::Data,
                     Flags::NONE,
@@ -525,6 +528,16 @@ impl Connection {
             debug!("{frame_type} for stream {stream}, which has no upload: ignored");
             return;
         };
+        // PUT_READY is due before anything else on the stream: DATA may have been sent right
+        // behind the PUT, and handled before the pump had a chance to send it.
+        if let Some(ready) = put.poll_ready() {
+            self.outbox.replies(cx.pool, cx.limits).part(
+                FrameType::PutReady,
+                stream,
+                PutReady::PAYLOAD_LEN as u32,
+                |out| ready.emit(out),
+            );
+        }
         let outcome = if frame_type == FrameType::Data {
             match put.handle_data(frame.payload.len()) {
                 Ok(offset) => match upload.write_at(frame.payload, offset) {

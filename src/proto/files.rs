@@ -550,10 +550,13 @@ impl<'a> Iterator for Entries<'a> {
             let head = fixed(self.rest, entry_field::NAME)?;
             let name_len = usize::from(be_u16(head, entry_field::NAME_LEN.start));
             let end = entry_field::NAME + name_len;
-            let name = self.rest.get(entry_field::NAME..end).ok_or(MessageError::Truncated {
-                need: end,
-                got: self.rest.len(),
-            })?;
+            let name = self
+                .rest
+                .get(entry_field::NAME..end)
+                .ok_or(MessageError::Truncated {
+                    need: end,
+                    got: self.rest.len(),
+                })?;
             let name = std::str::from_utf8(name).map_err(|_| MessageError::NotUtf8)?;
             let entry = DirEntry {
                 name,
@@ -584,7 +587,14 @@ mod tests {
         let mut out = vec![0; request.payload_len()];
         request.emit(&mut out);
         assert_eq!(GetRequest::parse(&out), Ok(request));
-        for bad in ["../x", "/etc/passwd", "a/../../x", "a\\..\\x", "a\0b", "a//b"] {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../../x",
+            "a\\..\\x",
+            "a\0b",
+            "a//b",
+        ] {
             let mut payload = vec![0; 8];
             payload.extend_from_slice(bad.as_bytes());
             assert!(
@@ -598,10 +608,7 @@ mod tests {
         ));
         let mut not_utf8 = vec![0; 8];
         not_utf8.push(0xff);
-        assert_eq!(
-            GetRequest::parse(&not_utf8),
-            Err(FileRequestError::NotUtf8)
-        );
+        assert_eq!(GetRequest::parse(&not_utf8), Err(FileRequestError::NotUtf8));
     }
 
     #[test]
@@ -690,7 +697,10 @@ mod tests {
             let complete = results.iter().filter(|entry| entry.is_ok()).count();
             assert!(complete < 2, "cut {cut}");
             if cut != entries[0].wire_len() {
-                assert!(results.last().is_some_and(|last| last.is_err()), "cut {cut}");
+                assert!(
+                    results.last().is_some_and(|last| last.is_err()),
+                    "cut {cut}"
+                );
             }
         }
     }

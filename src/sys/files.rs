@@ -380,12 +380,16 @@ impl Upload {
 pub struct Listing {
     dir: rustix::fs::Dir,
     path: String,
+    /// An entry read that did not fit in the last page.
+    pending: Option<(String, Meta)>,
     done: bool,
 }
 
 impl Listing {
-    /// Appends up to `max_entries` entries to `page` without letting it pass `max_bytes`.
-    /// Returns whether the directory is finished.
+    /// Appends up to `max_entries` entries to `page` without letting it pass `max_bytes`
+    /// (an entry that does not fit waits for the next page). Returns whether the directory is
+    /// finished. An entry too long for any page (a frame limit below 274 bytes and a long
+    /// name) is an error.
     pub fn next_page(
         &mut self,
         page: &mut Vec<u8>,
@@ -393,16 +397,48 @@ impl Listing {
         max_entries: usize,
     ) -> Result<bool, FileError> {
         let mut taken = 0;
-        while !self.done && taken < max_entries {
-            // Every entry fits in the room left by a full-length name: stop before reading
-            // one that might not.
-            if page.len() + crate::proto::files::entry_field::NAME + 255 > max_bytes {
+        while taken < max_entries {
+            let (name, meta) = match self.pending.take() {
+                Some(entry) => entry,
+                None => match self.read_entry()? {
+                    Some(entry) => entry,
+                    None => {
+                        self.done = true;
+                        break;
+                    }
+                },
+            };
+            let entry = DirEntry {
+                name: &name,
+                kind: meta.kind,
+                size: meta.size,
+                mtime_ns: meta.mtime_ns,
+            };
+            if page.len() + entry.wire_len() > max_bytes {
+                if page.is_empty() {
+                    return Err(FileError::new(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "{}/{name}: the entry needs {} bytes, more than a frame may carry here ({max_bytes})",
+                            self.path,
+                            entry.wire_len()
+                        ),
+                    ));
+                }
+                self.pending = Some((name, meta));
                 break;
             }
-            let Some(next) = self.dir.read() else {
-                self.done = true;
-                break;
-            };
+            let at = page.len();
+            page.resize(at + entry.wire_len(), 0);
+            entry.emit(&mut page[at..]);
+            taken += 1;
+        }
+        Ok(self.done)
+    }
+
+    /// The next entry worth listing, with its metadata; `None` at the end.
+    fn read_entry(&mut self) -> Result<Option<(String, Meta)>, FileError> {
+        while let Some(next) = self.dir.read() {
             let entry = next.map_err(|errno| FileError::from_errno(errno, &self.path))?;
             let Ok(name) = entry.file_name().to_str() else {
                 debug!("{}: skipping an entry whose name is not UTF-8", self.path);
@@ -415,24 +451,14 @@ impl Listing {
                 .dir
                 .fd()
                 .map_err(|errno| FileError::from_errno(errno, &self.path))?;
-            let meta = match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) => Meta::of(&stat),
+            match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => return Ok(Some((name.to_string(), Meta::of(&stat)))),
                 // Removed between the read and the stat: not listed.
                 Err(Errno::NOENT) => continue,
                 Err(errno) => return Err(FileError::from_errno(errno, &self.path)),
-            };
-            let entry = DirEntry {
-                name,
-                kind: meta.kind,
-                size: meta.size,
-                mtime_ns: meta.mtime_ns,
-            };
-            let at = page.len();
-            page.resize(at + entry.wire_len(), 0);
-            entry.emit(&mut page[at..]);
-            taken += 1;
+            }
         }
-        Ok(self.done)
+        Ok(None)
     }
 }
 
@@ -599,6 +625,7 @@ impl Files<'_> {
         Ok(Listing {
             dir,
             path: path.to_string(),
+            pending: None,
             done: false,
         })
     }
@@ -773,14 +800,18 @@ impl Files<'_> {
     /// rename over the target, `fsync` of the directory.
     pub fn commit(&mut self, mut upload: Upload, hash: &Hash) -> Result<(), FileError> {
         let path = upload.path.clone();
-        if let Ok(stat) = rustix::fs::fstat(&upload.file) {
-            let meta = Meta::of(&stat);
-            self.store_hash(&upload.file, &meta, hash);
-        }
         upload
             .file
             .sync_all()
             .map_err(|error| FileError::io(&error, &path))?;
+        // Stored after the fsync, which for a large file puts the time of storing well past
+        // the last write's mtime: the cache is trusted from the first GET. (A small file's
+        // hash, stored within the racy window, is recomputed once: cheap.) The attribute is
+        // written before the rename, so the file never appears without it.
+        if let Ok(stat) = rustix::fs::fstat(&upload.file) {
+            let meta = Meta::of(&stat);
+            self.store_hash(&upload.file, &meta, hash);
+        }
         let temp_name = match &upload.temp {
             Temp::Partial(name) => name.clone(),
             Temp::Unnamed => {
@@ -824,8 +855,8 @@ impl Files<'_> {
         Ok(())
     }
 
-    /// Gives up an upload whose bytes are wrong (a hash mismatch, too many bytes): even a
-    /// resumable partial is removed, since resuming would only repeat the mismatch.
+    /// Gives up an upload whose bytes are wrong (a hash mismatch): even a resumable partial is
+    /// removed, since resuming would only repeat the mismatch.
     pub fn discard(&mut self, upload: Upload) {
         if let Temp::Partial(name) = &upload.temp {
             if let Err(errno) = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty()) {

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod exec;
+pub mod files;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -20,8 +20,32 @@ use std::time::Duration;
 use crate::limits::MAX_FRAME_LEN;
 
 /// Payloads at least this long are read straight into their own buffer by
-/// [`Client::recv_frame`].
-const DIRECT_READ_MIN: usize = 64 << 10;
+/// [`Client::recv_frame`], and in pieces by [`Client::recv_frame_streaming`].
+pub const DIRECT_READ_MIN: usize = 64 << 10;
+
+/// The piece [`Client::recv_frame_streaming`] reads at a time (unless the lent buffer is
+/// larger): large enough for few system calls, small enough to stay in a core's cache between
+/// the copy from the kernel and the hash.
+pub const STREAM_PIECE: usize = 128 << 10;
+
+/// Where [`Client::recv_frame_streaming`] puts a large payload: it borrows buffers to read
+/// into and gives them back filled, in order.
+pub trait Pieces {
+    /// A buffer to read the next piece into (its contents are overwritten).
+    fn buffer(&mut self) -> Vec<u8>;
+    /// The next piece of `header`'s payload, in the buffer lent for it (its length is the
+    /// piece's).
+    fn take(&mut self, header: &Header, piece: Vec<u8>) -> Result<(), ClientError>;
+}
+
+/// What [`Client::recv_frame_streaming`] received.
+#[derive(Debug)]
+pub enum Received {
+    /// A whole frame.
+    Frame(OwnedFrame),
+    /// A frame whose payload went to the callback.
+    Streamed(Header),
+}
 use crate::proto::{
     DecodeError, Decoder, ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header,
     Hello, HelloOk, MessageError,
@@ -464,21 +488,100 @@ impl Client {
             {
                 let len = header.len as usize;
                 if len >= DIRECT_READ_MIN {
-                    let mut payload = self.received.split_off(HEADER_LEN);
+                    let mut payload = Vec::with_capacity(len);
+                    payload.extend_from_slice(&self.received[HEADER_LEN..]);
                     self.received.clear();
-                    let have = payload.len();
-                    payload.resize(len, 0);
-                    if let Err(error) = self.stream.read_exact(&mut payload[have..]) {
-                        return Err(if error.kind() == ErrorKind::UnexpectedEof {
-                            ClientError::Closed {
-                                partial: HEADER_LEN + have,
+                    // Read into the spare capacity: no zeroing of a megabyte first.
+                    payload.reserve_exact(len - payload.len());
+                    while payload.len() < len {
+                        let want = (len - payload.len()) as u64;
+                        match (&mut self.stream).take(want).read_to_end(&mut payload) {
+                            Ok(0) => {
+                                return Err(ClientError::Closed {
+                                    partial: HEADER_LEN + payload.len(),
+                                });
                             }
-                        } else {
-                            ClientError::Io(error)
-                        });
+                            Ok(_) => {}
+                            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                            Err(error) => return Err(ClientError::Io(error)),
+                        }
                     }
                     return Ok(OwnedFrame { header, payload });
                 }
+            }
+            let mut chunk = [0; 64 * 1024];
+            let n = loop {
+                match self.stream.read(&mut chunk) {
+                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+            if n == 0 {
+                return Err(ClientError::Closed {
+                    partial: self.received.len(),
+                });
+            }
+            self.received.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Receives the next frame, but hands a payload of [`DIRECT_READ_MIN`] bytes or more to
+    /// `pieces` as it arrives instead of collecting it: each piece is read into a buffer
+    /// `pieces` lends (small enough to stay in the CPU's cache) and given back to it filled,
+    /// so a file's DATA goes from the kernel to the hash and the sink without another copy.
+    pub fn recv_frame_streaming(
+        &mut self,
+        pieces: &mut dyn Pieces,
+    ) -> Result<Received, ClientError> {
+        loop {
+            if let Some(header) =
+                Header::parse(&self.received, MAX_FRAME_LEN).map_err(ClientError::Decode)?
+            {
+                let len = header.len as usize;
+                if len >= DIRECT_READ_MIN {
+                    let buffered = (self.received.len() - HEADER_LEN).min(len);
+                    if buffered > 0 {
+                        let mut piece = pieces.buffer();
+                        piece.clear();
+                        piece.extend_from_slice(&self.received[HEADER_LEN..HEADER_LEN + buffered]);
+                        pieces.take(&header, piece)?;
+                    }
+                    self.received.drain(..HEADER_LEN + buffered);
+                    let mut left = len - buffered;
+                    while left > 0 {
+                        let mut piece = pieces.buffer();
+                        piece.clear();
+                        let want = left.min(piece.capacity().max(STREAM_PIECE));
+                        // Into the spare capacity, without zeroing it first; waits for the
+                        // whole piece (all of it is needed anyway).
+                        match (&mut self.stream).take(want as u64).read_to_end(&mut piece) {
+                            Ok(0) => {
+                                return Err(ClientError::Closed {
+                                    partial: HEADER_LEN + len - left,
+                                });
+                            }
+                            Ok(n) => {
+                                left -= n;
+                                pieces.take(&header, piece)?;
+                            }
+                            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                            Err(error) => return Err(ClientError::Io(error)),
+                        }
+                    }
+                    return Ok(Received::Streamed(header));
+                }
+            }
+            if let Some(frame) = self
+                .decoder
+                .decode(&self.received)
+                .map_err(ClientError::Decode)?
+            {
+                let owned = OwnedFrame {
+                    header: frame.header,
+                    payload: frame.payload.to_vec(),
+                };
+                self.received.drain(..frame.wire_len());
+                return Ok(Received::Frame(owned));
             }
             let mut chunk = [0; 64 * 1024];
             let n = loop {

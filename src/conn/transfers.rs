@@ -545,7 +545,10 @@ impl Connection {
                         put.on_written(frame.payload);
                         return;
                     }
-                    Err(error) => Err((error.code, error.text, false)),
+                    // The partial goes even if resumable: after a full disk it would hold
+                    // the space that a retry needs, and after an I/O error its bytes are
+                    // suspect.
+                    Err(error) => Err((error.code, error.text, true)),
                 },
                 Err(error) => Err((error.code(), error.to_string(), false)),
             }

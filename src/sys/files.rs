@@ -855,8 +855,9 @@ impl Files<'_> {
         Ok(())
     }
 
-    /// Gives up an upload whose bytes are wrong (a hash mismatch): even a resumable partial is
-    /// removed, since resuming would only repeat the mismatch.
+    /// Gives up an upload whose bytes are wrong or could not be written (a hash mismatch, a
+    /// full disk, an I/O error): even a resumable partial is removed, since resuming would
+    /// only repeat the mismatch, or keep holding the space a retry needs.
     pub fn discard(&mut self, upload: Upload) {
         if let Temp::Partial(name) = &upload.temp {
             if let Err(errno) = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty()) {

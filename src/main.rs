@@ -996,10 +996,11 @@ mod file_commands {
 Every download is verified: the BLAKE3 of the bytes received (the same sum `b3sum` prints)
 must equal the server's. A download to a file is atomic: the bytes go to a part file
 `.NAME.monoreactor-part` beside the destination, which is renamed over it only once verified
-and synced to disk. If the connection breaks (or the transfer fails otherwise), the part file
-is kept, and the same command with --continue resumes from where it stopped: the part's bytes
-are hashed, and only the rest is fetched. If verification fails, the part file is removed and
-nothing is written. Without --continue, a stale part file is overwritten.
+and synced to disk (--no-fsync skips the sync). If the connection breaks (or the transfer
+fails otherwise), the part file is kept, and the same command with --continue resumes from
+where it stopped: the part's bytes are hashed, and only the rest is fetched. If verification
+fails, the part file is removed and nothing is written. Without --continue, a stale part file
+is overwritten.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe."
     );
@@ -1064,6 +1065,11 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
         /// Resume an interrupted download from its part file instead of starting over.
         #[arg(long = "continue")]
         resume: bool,
+        /// Do not fsync the file before renaming it into place: faster (the download ends
+        /// when the bytes are in the page cache, as with cp or curl -o), but a crash soon
+        /// after may leave LOCAL empty or short. The rename stays atomic for readers.
+        #[arg(long)]
+        no_fsync: bool,
         /// The file on the server.
         #[arg(value_name = "REMOTE")]
         remote: String,
@@ -1283,7 +1289,8 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
         let mut session = Session::open(args.server)?;
         let mut bar = Bar::new(name);
         if to_stdout {
-            let mut out = BufWriter::with_capacity(files::MAX_DATA, io::stdout().lock());
+            // Smaller than a DATA piece, so pieces go straight to stdout, uncopied.
+            let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
             let result = session.client.get(
                 &remote,
                 0,
@@ -1299,6 +1306,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             &remote,
             &dest,
             args.resume,
+            !args.no_fsync,
             &mut |done, total| bar.show(done, total),
         );
         bar.clear();

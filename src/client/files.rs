@@ -798,8 +798,10 @@ pub struct DownloadError {
 }
 
 /// Downloads `remote` into `dest` atomically: the bytes go to [`part_path`]`(dest)`, and only
-/// once the whole file is verified ([`FileClient::get`]) is the part synced to disk and renamed
-/// over `dest` (then the directory is synced). `dest`'s directory must exist.
+/// once the whole file is verified ([`FileClient::get`]) is the part synced to disk (with
+/// `durable`) and renamed over `dest` (then the directory is synced). `dest`'s directory must
+/// exist. Without `durable` the rename is still atomic for every reader, but a crash soon
+/// after may leave `dest` empty or short, as after `cp` or `curl -o`.
 ///
 /// With `resume`, an existing part is hashed and the GET asks only for what it lacks; a part
 /// longer than the remote file is truncated and the download starts over. Without it, a stale
@@ -814,6 +816,7 @@ pub fn download(
     remote: &str,
     dest: &Path,
     resume: bool,
+    durable: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<GetOutcome, DownloadError> {
     let nothing_kept = |error| DownloadError { error, kept: None };
@@ -859,15 +862,19 @@ pub fn download(
             .and_then(|()| client.get(remote, 0, blake3::Hasher::new(), &mut file, progress));
     }
     let finished = result.and_then(|outcome| {
-        file.sync_all()
-            .map_err(|source| local(&format!("sync {}", part.display()), source))?;
+        if durable {
+            file.sync_all()
+                .map_err(|source| local(&format!("sync {}", part.display()), source))?;
+        }
         fs::rename(&part, dest).map_err(|source| {
             local(
                 &format!("rename {} to {}", part.display(), dest.display()),
                 source,
             )
         })?;
-        sync_parent(dest);
+        if durable {
+            sync_parent(dest);
+        }
         Ok(outcome)
     });
     finished.map_err(|error| {

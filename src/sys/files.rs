@@ -49,8 +49,8 @@ use crate::sys::root::Root;
 /// Bytes written between write-behind steps.
 pub const WRITE_BEHIND: u64 = 8 << 20;
 
-/// Write-behind waits for the window this many windows back (32 MiB behind the writes).
-pub const WRITE_BEHIND_LAG: u64 = 4;
+/// Write-behind waits for the window this many windows back (128 MiB behind the writes).
+pub const WRITE_BEHIND_LAG: u64 = 16;
 
 /// A file whose mtime is within this of the moment its hash was stored may have been written
 /// again in the same timestamp tick, so that hash is not trusted. Kernel timestamps advance

@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::debug;
 
-use super::{Client, ClientError, OwnedFrame, Pieces, Received, STREAM_PIECE};
+use super::{Client, ClientError, OwnedFrame, Pieces, Received};
 use crate::access::Token;
 use crate::proto::files::{
     Digest, Entries, FileInfo, FileKind, GetRequest, Hash, MAX_PATH_LEN, PutFlags, PutReady,
@@ -68,22 +68,21 @@ struct Download<'a> {
 
 impl Pieces for Download<'_> {
     fn buffer(&mut self) -> Vec<u8> {
-        self.spare
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(STREAM_PIECE))
+        self.spare.take().unwrap_or_default()
     }
 
-    fn take(&mut self, header: &Header, piece: Vec<u8>) -> Result<(), ClientError> {
+    fn take(&mut self, header: &Header, piece: Vec<u8>, len: usize) -> Result<(), ClientError> {
         if header.stream == self.stream && header.frame_type == FrameType::Data {
-            if piece.len() as u64 > self.total - self.done {
+            let bytes = &piece[..len];
+            if len as u64 > self.total - self.done {
                 return Err(ClientError::Verify(format!(
                     "the server sent more than the {} bytes FILE_INFO announced",
                     self.total
                 )));
             }
-            self.sink.write_all(&piece).map_err(ClientError::Output)?;
-            self.hasher.update(&piece);
-            self.done += piece.len() as u64;
+            self.sink.write_all(bytes).map_err(ClientError::Output)?;
+            self.hasher.update(bytes);
+            self.done += len as u64;
         }
         // Anything else is another stream's leftovers, dropped; the buffer is kept.
         self.spare = Some(piece);
@@ -298,7 +297,7 @@ impl FileClient {
         result
     }
 
-    /// Receives a GET's frames. Each DATA payload is read in pieces of [`STREAM_PIECE`]
+    /// Receives a GET's frames. Each DATA payload is read in pieces of [`STREAM_PIECE`](super::STREAM_PIECE)
     /// bytes into one buffer small enough to stay in the cache, and each piece is written to
     /// `sink` and hashed while it is there. (Hashing on a second thread was measured slower
     /// on a 2-core machine: the pieces then travel between the cores' caches, which costs more
@@ -371,10 +370,8 @@ impl FileClient {
                 FrameType::Data => {
                     if let Some(frame) = frame {
                         // A small DATA frame arrives whole.
-                        let mut piece = download.buffer();
-                        piece.clear();
-                        piece.extend_from_slice(&frame.payload);
-                        download.take(&header, piece)?;
+                        let len = frame.payload.len();
+                        download.take(&header, frame.payload, len)?;
                     }
                     progress(download.done, download.total);
                     if header.flags.contains(Flags::END_STREAM) {

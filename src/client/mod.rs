@@ -31,11 +31,11 @@ pub const STREAM_PIECE: usize = 128 << 10;
 /// Where [`Client::recv_frame_streaming`] puts a large payload: it borrows buffers to read
 /// into and gives them back filled, in order.
 pub trait Pieces {
-    /// A buffer to read the next piece into (its contents are overwritten).
+    /// A buffer to read the next piece into (its contents are overwritten; it is grown to
+    /// [`STREAM_PIECE`] if shorter).
     fn buffer(&mut self) -> Vec<u8>;
-    /// The next piece of `header`'s payload, in the buffer lent for it (its length is the
-    /// piece's).
-    fn take(&mut self, header: &Header, piece: Vec<u8>) -> Result<(), ClientError>;
+    /// The next piece of `header`'s payload: the first `len` bytes of the buffer lent for it.
+    fn take(&mut self, header: &Header, piece: Vec<u8>, len: usize) -> Result<(), ClientError>;
 }
 
 /// What [`Client::recv_frame_streaming`] received.
@@ -542,19 +542,23 @@ impl Client {
                     let buffered = (self.received.len() - HEADER_LEN).min(len);
                     if buffered > 0 {
                         let mut piece = pieces.buffer();
-                        piece.clear();
-                        piece.extend_from_slice(&self.received[HEADER_LEN..HEADER_LEN + buffered]);
-                        pieces.take(&header, piece)?;
+                        if piece.len() < buffered {
+                            piece.resize(buffered, 0);
+                        }
+                        piece[..buffered]
+                            .copy_from_slice(&self.received[HEADER_LEN..HEADER_LEN + buffered]);
+                        pieces.take(&header, piece, buffered)?;
                     }
                     self.received.drain(..HEADER_LEN + buffered);
                     let mut left = len - buffered;
                     while left > 0 {
                         let mut piece = pieces.buffer();
-                        piece.clear();
-                        let want = left.min(piece.capacity().max(STREAM_PIECE));
-                        // Into the spare capacity, without zeroing it first; waits for the
-                        // whole piece (all of it is needed anyway).
-                        match (&mut self.stream).take(want as u64).read_to_end(&mut piece) {
+                        if piece.len() < STREAM_PIECE {
+                            // Zeroed once; a lent buffer comes back at its full length.
+                            piece.resize(STREAM_PIECE, 0);
+                        }
+                        let want = left.min(piece.len());
+                        match self.stream.read(&mut piece[..want]) {
                             Ok(0) => {
                                 return Err(ClientError::Closed {
                                     partial: HEADER_LEN + len - left,
@@ -562,7 +566,7 @@ impl Client {
                             }
                             Ok(n) => {
                                 left -= n;
-                                pieces.take(&header, piece)?;
+                                pieces.take(&header, piece, n)?;
                             }
                             Err(error) if error.kind() == ErrorKind::Interrupted => {}
                             Err(error) => return Err(ClientError::Io(error)),

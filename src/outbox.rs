@@ -234,6 +234,19 @@ impl Outbox {
                 range.offset += n as u64;
                 range.len -= n as u64;
                 queue.file_bytes -= n as u64;
+                if n < offered
+                    && range
+                        .file
+                        .metadata()
+                        .is_ok_and(|meta| meta.len() < range.offset + range.len)
+                {
+                    // A short send is no proof the socket is full when the file shrank under
+                    // it: waiting for a writable edge would wait for ever.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank below its queued range",
+                    ));
+                }
                 if range.len == 0 {
                     queue.segments.pop_front();
                 }

@@ -1421,3 +1421,130 @@ fn file_requests_need_an_authenticated_connection() {
     let got = ok(conn.get("f", 0), "GET with the token");
     assert_eq!(got.bytes, b"secret file");
 }
+
+// === Review findings ===
+
+#[test]
+fn a_file_that_shrinks_during_a_get_ends_the_transfer_instead_of_hanging() {
+    let server = FileServer::start(&[]);
+    let data = random_bytes(31, 64 * MIB);
+    fs::write(server.at("shrinking"), &data).unwrap();
+    // One whole GET first, once the file is older than the racy window, so the server caches
+    // its hash: the GET below then only sends, and the shrink meets `sendfile` mid-range.
+    thread::sleep(Duration::from_millis(200));
+    let mut conn = server.conn();
+    let whole = ok(conn.get("shrinking", 0), "the first GET");
+    assert_eq!(whole.received_hash, blake3_of(&data));
+    assert_eq!(
+        ok(conn.stat("shrinking"), "stat").hash,
+        Some(blake3_of(&data)),
+        "the hash is cached"
+    );
+    conn.client()
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let stream = conn.new_stream();
+    conn.send(&get_frame(stream, b"shrinking", 0));
+    // FILE_INFO and the first DATA: the transfer is under way, most of it not yet sent.
+    let info = conn.recv();
+    assert_eq!(
+        info.header.frame_type,
+        FrameType::FileInfo,
+        "{}",
+        describe(&info)
+    );
+    let first = conn.recv();
+    assert_eq!(
+        first.header.frame_type,
+        FrameType::Data,
+        "{}",
+        describe(&first)
+    );
+    fs::OpenOptions::new()
+        .write(true)
+        .open(server.at("shrinking"))
+        .unwrap()
+        // Not on a DATA frame's boundary: a range is cut in its middle.
+        .set_len(10 * MIB as u64 + 12_345)
+        .unwrap();
+    let started = Instant::now();
+    let mut received = first.payload.len();
+    let ended = loop {
+        match conn.try_recv() {
+            Ok(frame) if frame.header.frame_type == FrameType::Data => {
+                received += frame.payload.len();
+            }
+            Ok(frame) => break describe(&frame),
+            Err(error) => break format!("the connection ended: {error}"),
+        }
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the transfer of a shrunk file took {waited:?} to end ({ended}) after {received} bytes"
+    );
+    assert!(
+        !ended.starts_with("DIGEST"),
+        "a shrunk file must not end with a DIGEST after {received} of {} bytes: {ended}",
+        data.len()
+    );
+    // The server is fine: a new connection works.
+    let mut again = server.conn();
+    again.echo(b"still here");
+}
+
+#[test]
+fn a_newer_put_of_the_same_upload_takes_it_over() {
+    let server = FileServer::start(&[]);
+    let data = random_bytes(32, 3 * MIB + 17);
+    let hash = blake3_of(&data);
+    let half = MIB + 3;
+    // The first client sends half, then goes quiet without closing (as behind a dead NAT).
+    let mut first = server.conn();
+    let first_stream = first.new_stream();
+    ok(
+        first.begin_put(
+            first_stream,
+            b"taken",
+            data.len() as u64,
+            PutFlags::NONE,
+            Some(hash),
+        ),
+        "begin the first put",
+    );
+    first.send_data(first_stream, &data[..half]);
+    first.echo(b"sync");
+    // The same upload resumed from elsewhere takes over what the server holds.
+    let mut second = server.conn();
+    let stream = second.new_stream();
+    let ready = ok(
+        second.begin_put(
+            stream,
+            b"taken",
+            data.len() as u64,
+            PutFlags::RESUME,
+            Some(hash),
+        ),
+        "resume while the first is still open",
+    );
+    assert_eq!(
+        ready.held, half as u64,
+        "the resume holds what the first sent"
+    );
+    second.send_data(stream, &data[half..]);
+    assert_eq!(ok(second.finish_put(stream, &hash), "finish"), hash);
+    assert_eq!(fs::read(server.at("taken")).unwrap(), data);
+    // The first one is told at its next frame, and its bytes go nowhere.
+    first.send_data(first_stream, &data[half..half + 1000]);
+    let frame = first.recv();
+    let (code, text) =
+        refusal(&frame).unwrap_or_else(|| panic!("expected an ERROR, got {}", describe(&frame)));
+    assert_eq!(code, ErrorCode::IoFailed, "{text}");
+    assert!(text.contains("took this upload over"), "{text}");
+    assert_eq!(
+        fs::read(server.at("taken")).unwrap(),
+        data,
+        "the stored file is untouched"
+    );
+}

@@ -823,11 +823,13 @@ pub fn download(
             io::Error::new(ErrorKind::InvalidInput, "it does not name a file"),
         ))
     })?;
+    // O_NOFOLLOW: a part "file" planted as a symlink must not make us write elsewhere.
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(!resume)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&part)
         .map_err(|source| nothing_kept(local(&format!("create {}", part.display()), source)))?;
     let mut prefix = blake3::Hasher::new();

@@ -540,6 +540,10 @@ impl Client {
                 let len = header.len as usize;
                 if len >= DIRECT_READ_MIN {
                     let buffered = (self.received.len() - HEADER_LEN).min(len);
+                    // A piece refused (a sink that failed, bytes that do not add up) still has
+                    // the rest of its frame read and dropped, so the next frame is found where
+                    // it starts; the refusal is returned after.
+                    let mut refused = None;
                     if buffered > 0 {
                         let mut piece = pieces.buffer();
                         if piece.len() < buffered {
@@ -547,12 +551,17 @@ impl Client {
                         }
                         piece[..buffered]
                             .copy_from_slice(&self.received[HEADER_LEN..HEADER_LEN + buffered]);
-                        pieces.take(&header, piece, buffered)?;
+                        refused = pieces.take(&header, piece, buffered).err();
                     }
                     self.received.drain(..HEADER_LEN + buffered);
                     let mut left = len - buffered;
+                    let mut dropped = Vec::new();
                     while left > 0 {
-                        let mut piece = pieces.buffer();
+                        let mut piece = if refused.is_some() {
+                            std::mem::take(&mut dropped)
+                        } else {
+                            pieces.buffer()
+                        };
                         if piece.len() < STREAM_PIECE {
                             // Zeroed once; a lent buffer comes back at its full length.
                             piece.resize(STREAM_PIECE, 0);
@@ -566,13 +575,20 @@ impl Client {
                             }
                             Ok(n) => {
                                 left -= n;
-                                pieces.take(&header, piece, n)?;
+                                if refused.is_some() {
+                                    dropped = piece;
+                                } else {
+                                    refused = pieces.take(&header, piece, n).err();
+                                }
                             }
                             Err(error) if error.kind() == ErrorKind::Interrupted => {}
                             Err(error) => return Err(ClientError::Io(error)),
                         }
                     }
-                    return Ok(Received::Streamed(header));
+                    return match refused {
+                        Some(error) => Err(error),
+                        None => Ok(Received::Streamed(header)),
+                    };
                 }
             }
             if let Some(frame) = self

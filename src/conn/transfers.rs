@@ -21,12 +21,10 @@ use log::{debug, info};
 use super::streams::Streams;
 use super::{Bits, Budget, Connection, Context};
 use crate::outbox::{FileRange, Outbox};
-use crate::proto::files::{
-    Digest, FileInfo, GetRequest, PutReady, PutRequest, entry_field, parse_path,
-};
+use crate::proto::files::{Digest, FileInfo, GetRequest, PutReady, PutRequest, parse_path};
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
-use crate::sys::files::{FileError, Listing, Meta, TransferPermit, Upload, meta_of};
+use crate::sys::files::{FileError, Listing, Meta, TransferPermit, Upload, meta_of, wall_clock_ns};
 
 /// Most file bytes in one DATA frame.
 pub const DATA_FRAME_LEN: u64 = 1 << 20;
@@ -48,6 +46,8 @@ pub enum TransferKind {
         file: Arc<File>,
         /// The file's metadata at open (a computed hash is cached only if it still holds).
         meta: Meta,
+        /// When it was opened, ns since the epoch: the time a computed hash is valid as of.
+        opened_ns: i64,
     },
     /// A PUT: the upload's temporary file and the checks.
     Put {
@@ -157,9 +157,12 @@ fn pump_one(
 ) -> Pumped {
     let stream = transfer.id;
     match &mut transfer.kind {
-        TransferKind::Get { get, file, meta } => {
-            pump_get(stream, get, file, meta, outbox, cx, budget)
-        }
+        TransferKind::Get {
+            get,
+            file,
+            meta,
+            opened_ns,
+        } => pump_get(stream, get, (file, meta, *opened_ns), outbox, cx, budget),
         TransferKind::Put { put, upload } => {
             let mut moved = false;
             let mut buf = None;
@@ -223,8 +226,8 @@ fn pump_one(
                     return Pumped::Finished;
                 }
             };
-            let entries = page.len() / entry_field::NAME;
-            budget.disk = budget.disk.saturating_sub(entries.max(1) * ENTRY_COST);
+            // Charged for every entry it may have read, shown or not.
+            budget.disk = budget.disk.saturating_sub(max_entries * ENTRY_COST);
             let mut replies = outbox.replies(cx.pool, cx.limits);
             if finished {
                 replies.reply(FrameType::Entries, stream, page.len() as u32, |out| {
@@ -245,8 +248,7 @@ fn pump_one(
 fn pump_get(
     stream: u32,
     get: &mut GetTransfer,
-    file: &Arc<File>,
-    meta: &Meta,
+    (file, meta, opened_ns): (&Arc<File>, &Meta, i64),
     outbox: &mut Outbox,
     cx: &mut Context<'_>,
     budget: &mut Budget,
@@ -314,7 +316,7 @@ fn pump_get(
         // Cached only if the file did not change while it was read.
         if let (Some(files), Ok(now)) = (cx.files.as_mut(), meta_of(file.as_ref())) {
             if now == *meta {
-                files.store_hash(file, meta, &hash);
+                files.store_hash(file, meta, &hash, opened_ns);
             }
         }
     }
@@ -477,6 +479,7 @@ impl Connection {
                         get,
                         file: opened.file,
                         meta: opened.meta,
+                        opened_ns: wall_clock_ns(),
                     },
                     permit,
                 )

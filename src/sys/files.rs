@@ -28,12 +28,12 @@
 //! timestamp tick would leave the mtime unchanged). Where extended attributes are not
 //! supported, a bounded in-memory index keyed by device and inode stands in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -232,18 +232,23 @@ impl CacheEntry {
     }
 }
 
-fn wall_clock_ns() -> i64 {
+/// The wall clock, ns since the epoch (the hash cache compares it with file mtimes).
+pub fn wall_clock_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos() as i64)
 }
+
+/// The resumable uploads in progress: each id with the flag that tells its holder a newer
+/// PUT of the same upload took over.
+type Uploads = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
 
 /// The file service's shared state: how many transfers run, which resumable uploads are in
 /// use, the fallback hash index.
 #[derive(Debug)]
 pub struct FileState {
     transfers: Arc<AtomicUsize>,
-    uploads: Arc<Mutex<HashSet<u64>>>,
+    uploads: Uploads,
     memo: HashMap<(u64, u64), CacheEntry>,
     /// When each directory (device, inode) was last swept for expired partials.
     swept: HashMap<(u64, u64), i64>,
@@ -256,7 +261,7 @@ impl FileState {
     pub fn new(max_transfers: usize, max_put: u64) -> FileState {
         FileState {
             transfers: Arc::new(AtomicUsize::new(0)),
-            uploads: Arc::new(Mutex::new(HashSet::new())),
+            uploads: Arc::new(Mutex::new(HashMap::new())),
             memo: HashMap::new(),
             swept: HashMap::new(),
             max_transfers,
@@ -316,14 +321,23 @@ pub struct Upload {
     pub held: u64,
     /// Bytes up to which write-behind has been started.
     flushed: u64,
-    uploads: Arc<Mutex<HashSet<u64>>>,
+    uploads: Uploads,
+    /// Set when a newer PUT of the same upload took over its partial: this one may then
+    /// neither write, nor commit, nor remove it.
+    superseded: Arc<AtomicBool>,
     committed: bool,
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
         if self.id != 0 {
-            lock(&self.uploads).remove(&self.id);
+            let mut uploads = lock(&self.uploads);
+            if uploads
+                .get(&self.id)
+                .is_some_and(|holder| Arc::ptr_eq(holder, &self.superseded))
+            {
+                uploads.remove(&self.id);
+            }
         }
         if !self.committed {
             if let Temp::Partial(name) = &self.temp {
@@ -339,9 +353,27 @@ impl Upload {
         &self.file
     }
 
+    /// Whether a newer PUT of the same (path, size, hash) took this upload over.
+    pub fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::Relaxed)
+    }
+
+    fn superseded_error(&self) -> FileError {
+        FileError::new(
+            ErrorCode::IoFailed,
+            format!(
+                "{}: a newer PUT of the same file took this upload over",
+                self.path
+            ),
+        )
+    }
+
     /// Writes `bytes` at `offset`, then starts writeback of each completed
     /// [`WRITE_BEHIND`] window and waits for the one before it.
     pub fn write_at(&mut self, bytes: &[u8], offset: u64) -> Result<(), FileError> {
+        if self.superseded() {
+            return Err(self.superseded_error());
+        }
         self.file
             .write_all_at(bytes, offset)
             .map_err(|error| FileError::io(&error, &self.path))?;
@@ -349,7 +381,8 @@ impl Upload {
         while end >= self.flushed + WRITE_BEHIND {
             let start = self.flushed;
             self.flushed += WRITE_BEHIND;
-            self.write_behind(start);
+            self.write_behind(start)
+                .map_err(|error| FileError::io(&error, &self.path))?;
         }
         Ok(())
     }
@@ -358,11 +391,10 @@ impl Upload {
     /// [`SYNC_EVERY_WINDOWS`] windows makes the upload so far durable (`fdatasync`): the
     /// disk works while the upload streams, and the `fsync` at the commit stays short however
     /// much faster the network is than the disk.
-    fn write_behind(&self, start: u64) {
+    fn write_behind(&self, start: u64) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
-        // SAFETY: plain syscalls on a descriptor this upload owns; failures only cost the
-        // optimisation (the fsync at the commit still makes the data durable, and reports
-        // any error).
+        // SAFETY: a plain syscall on a descriptor this upload owns. Its failure only costs
+        // the optimisation: the data is still written, and made durable below.
         unsafe {
             libc::sync_file_range(
                 fd,
@@ -370,10 +402,14 @@ impl Upload {
                 WRITE_BEHIND as i64,
                 libc::SYNC_FILE_RANGE_WRITE,
             );
-            if (start / WRITE_BEHIND) % SYNC_EVERY_WINDOWS == SYNC_EVERY_WINDOWS - 1 {
-                libc::fdatasync(fd);
-            }
         }
+        if (start / WRITE_BEHIND) % SYNC_EVERY_WINDOWS == SYNC_EVERY_WINDOWS - 1 {
+            // Its error must not be lost: Linux reports a writeback error once per open file,
+            // to whichever sync sees it first, so the commit's fsync would then succeed over
+            // a damaged file.
+            self.file.sync_data()?;
+        }
+        Ok(())
     }
 }
 
@@ -388,23 +424,24 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// Appends up to `max_entries` entries to `page` without letting it pass `max_bytes`
-    /// (an entry that does not fit waits for the next page). Returns whether the directory is
-    /// finished. An entry too long for any page (a frame limit below 274 bytes and a long
-    /// name) is an error.
+    /// Appends entries to `page` without letting it pass `max_bytes` (an entry that does not
+    /// fit waits for the next page), reading at most `max_entries` directory entries, hidden
+    /// and skipped ones included, so a directory full of names LIST does not show still costs
+    /// a bounded turn. Returns whether the directory is finished. An entry too long for any
+    /// page (a frame limit below 274 bytes and a long name) is an error.
     pub fn next_page(
         &mut self,
         page: &mut Vec<u8>,
         max_bytes: usize,
         max_entries: usize,
     ) -> Result<bool, FileError> {
-        let mut taken = 0;
-        while taken < max_entries {
+        for _ in 0..max_entries {
             let (name, meta) = match self.pending.take() {
                 Some(entry) => entry,
                 None => match self.read_entry()? {
-                    Some(entry) => entry,
-                    None => {
+                    Read::Entry(name, meta) => (name, meta),
+                    Read::Skipped => continue,
+                    Read::End => {
                         self.done = true;
                         break;
                     }
@@ -433,35 +470,45 @@ impl Listing {
             let at = page.len();
             page.resize(at + entry.wire_len(), 0);
             entry.emit(&mut page[at..]);
-            taken += 1;
         }
         Ok(self.done)
     }
 
-    /// The next entry worth listing, with its metadata; `None` at the end.
-    fn read_entry(&mut self) -> Result<Option<(String, Meta)>, FileError> {
-        while let Some(next) = self.dir.read() {
-            let entry = next.map_err(|errno| FileError::from_errno(errno, &self.path))?;
-            let Ok(name) = entry.file_name().to_str() else {
-                debug!("{}: skipping an entry whose name is not UTF-8", self.path);
-                continue;
-            };
-            if name == "." || name == ".." || name.starts_with(RESERVED_PREFIX) {
-                continue;
-            }
-            let fd = self
-                .dir
-                .fd()
-                .map_err(|errno| FileError::from_errno(errno, &self.path))?;
-            match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) => return Ok(Some((name.to_string(), Meta::of(&stat)))),
-                // Removed between the read and the stat: not listed.
-                Err(Errno::NOENT) => continue,
-                Err(errno) => return Err(FileError::from_errno(errno, &self.path)),
-            }
+    /// The next directory entry: one worth listing, with its metadata, or one skipped.
+    fn read_entry(&mut self) -> Result<Read, FileError> {
+        let Some(next) = self.dir.read() else {
+            return Ok(Read::End);
+        };
+        let entry = next.map_err(|errno| FileError::from_errno(errno, &self.path))?;
+        let Ok(name) = entry.file_name().to_str() else {
+            debug!("{}: skipping an entry whose name is not UTF-8", self.path);
+            return Ok(Read::Skipped);
+        };
+        if name == "." || name == ".." || name.starts_with(RESERVED_PREFIX) {
+            return Ok(Read::Skipped);
         }
-        Ok(None)
+        let fd = self
+            .dir
+            .fd()
+            .map_err(|errno| FileError::from_errno(errno, &self.path))?;
+        match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Read::Entry(name.to_string(), Meta::of(&stat))),
+            // Removed between the read and the stat: not listed.
+            Err(Errno::NOENT) => Ok(Read::Skipped),
+            Err(errno) => Err(FileError::from_errno(errno, &self.path)),
+        }
     }
+}
+
+/// What reading one directory entry gave.
+enum Read {
+    /// An entry to list.
+    Entry(String, Meta),
+    /// An entry LIST does not show (`.`, `..`, the server's own, a name not in UTF-8, one
+    /// removed meanwhile).
+    Skipped,
+    /// The end of the directory.
+    End,
 }
 
 /// The upload id of (path, size, hash): the same triple always gives the same id, and any
@@ -477,10 +524,12 @@ pub fn upload_id(path: &str, size: u64, hash: &Hash) -> u64 {
     u64::from_be_bytes(id).max(1)
 }
 
-/// The set of uploads in use. (The server has one thread; the lock only makes the state
+/// The uploads in progress. (The server has one thread; the lock only makes the state
 /// `Send`, for a program that runs the server on a thread of its own. A poisoned lock still
-/// holds a usable set.)
-fn lock(uploads: &Mutex<HashSet<u64>>) -> MutexGuard<'_, HashSet<u64>> {
+/// holds a usable map.)
+fn lock(
+    uploads: &Mutex<HashMap<u64, Arc<AtomicBool>>>,
+) -> MutexGuard<'_, HashMap<u64, Arc<AtomicBool>>> {
     uploads
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -681,17 +730,12 @@ impl Files<'_> {
                 held: 0,
                 flushed: 0,
                 uploads: Arc::clone(&self.state.uploads),
+                superseded: Arc::new(AtomicBool::new(false)),
                 committed: false,
             });
         };
         self.sweep_expired(&dir, path);
         let id = upload_id(path, request.size, &hash);
-        if !lock(&self.state.uploads).insert(id) {
-            return Err(FileError::new(
-                ErrorCode::LimitReached,
-                format!("{path}: the same upload is already in progress on this server"),
-            ));
-        }
         let temp_name = format!("{PARTIAL_PREFIX}{id:016x}");
         let resume = request
             .flags
@@ -701,29 +745,25 @@ impl Files<'_> {
             flags |= OFlags::TRUNC;
         }
         let opened = rustix::fs::openat(&dir, temp_name.as_str(), flags, mode);
-        let fd = match opened {
-            Ok(fd) => fd,
-            Err(errno) => {
-                lock(&self.state.uploads).remove(&id);
-                return Err(FileError::from_errno(errno, path));
-            }
-        };
-        let file = File::from(fd);
+        let file = File::from(opened.map_err(|errno| FileError::from_errno(errno, path))?);
         let held = match file.metadata() {
             Ok(meta) if meta.len() <= request.size => meta.len(),
             // Longer than the upload (cannot be ours): start over.
-            Ok(_) => match file.set_len(0) {
-                Ok(()) => 0,
-                Err(error) => {
-                    lock(&self.state.uploads).remove(&id);
-                    return Err(FileError::io(&error, path));
-                }
-            },
-            Err(error) => {
-                lock(&self.state.uploads).remove(&id);
-                return Err(FileError::io(&error, path));
+            Ok(_) => {
+                file.set_len(0)
+                    .map_err(|error| FileError::io(&error, path))?;
+                0
             }
+            Err(error) => return Err(FileError::io(&error, path)),
         };
+        // The newest PUT of an upload wins: one still in progress (a client that vanished
+        // without a FIN, say, and is resuming from elsewhere) is told to stop at its next
+        // frame, and never touches the partial again.
+        let superseded = Arc::new(AtomicBool::new(false));
+        if let Some(older) = lock(&self.state.uploads).insert(id, Arc::clone(&superseded)) {
+            info!("{path}: upload {id:016x} taken over by a newer PUT");
+            older.store(true, Ordering::Relaxed);
+        }
         Ok(Upload {
             file,
             dir,
@@ -734,6 +774,7 @@ impl Files<'_> {
             held,
             flushed: held - held % WRITE_BEHIND,
             uploads: Arc::clone(&self.state.uploads),
+            superseded,
             committed: false,
         })
     }
@@ -780,7 +821,7 @@ impl Files<'_> {
             if id.is_none() && !name.starts_with(LINKED_PREFIX) {
                 continue;
             }
-            if id.is_some_and(|id| lock(&self.state.uploads).contains(&id)) {
+            if id.is_some_and(|id| lock(&self.state.uploads).contains_key(&id)) {
                 continue;
             }
             let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
@@ -801,6 +842,9 @@ impl Files<'_> {
     /// Makes a complete, verified upload the file at its path: caches its hash, `fsync`,
     /// rename over the target, `fsync` of the directory.
     pub fn commit(&mut self, mut upload: Upload, hash: &Hash) -> Result<(), FileError> {
+        if upload.superseded() {
+            return Err(upload.superseded_error());
+        }
         let path = upload.path.clone();
         upload
             .file
@@ -812,7 +856,7 @@ impl Files<'_> {
         // written before the rename, so the file never appears without it.
         if let Ok(stat) = rustix::fs::fstat(&upload.file) {
             let meta = Meta::of(&stat);
-            self.store_hash(&upload.file, &meta, hash);
+            self.store_hash(&upload.file, &meta, hash, wall_clock_ns());
         }
         let temp_name = match &upload.temp {
             Temp::Partial(name) => name.clone(),
@@ -829,7 +873,14 @@ impl Files<'_> {
                     name.as_str(),
                     AtFlags::SYMLINK_FOLLOW,
                 )
-                .map_err(|errno| FileError::from_errno(errno, &path))?;
+                .map_err(|errno| match errno {
+                    // The name is ours and the directory is open: only /proc can be missing.
+                    Errno::NOENT => FileError::new(
+                        ErrorCode::IoFailed,
+                        format!("{path}: cannot name the upload (is /proc mounted?)"),
+                    ),
+                    errno => FileError::from_errno(errno, &path),
+                })?;
                 name
             }
         };
@@ -861,6 +912,9 @@ impl Files<'_> {
     /// full disk, an I/O error): even a resumable partial is removed, since resuming would
     /// only repeat the mismatch, or keep holding the space a retry needs.
     pub fn discard(&mut self, upload: Upload) {
+        if upload.superseded() {
+            return; // the partial is the newer upload's now
+        }
         if let Temp::Partial(name) = &upload.temp {
             if let Err(errno) = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty()) {
                 warn!("{}: cannot remove partial {name}: {errno}", upload.path);
@@ -880,11 +934,15 @@ impl Files<'_> {
     }
 
     /// Caches `hash` as the content of `file` while it has `meta`.
-    pub fn store_hash(&mut self, file: &File, meta: &Meta, hash: &Hash) {
+    ///
+    /// `as_of_ns` is when the bytes hashed were read — the start of the hashing, not its
+    /// end: a write in the same timestamp tick as the mtime, during a long hash, must still
+    /// make the entry racy.
+    pub fn store_hash(&mut self, file: &File, meta: &Meta, hash: &Hash, as_of_ns: i64) {
         let entry = CacheEntry {
             size: meta.size,
             mtime_ns: meta.mtime_ns,
-            stored_ns: wall_clock_ns(),
+            stored_ns: as_of_ns,
             hash: *hash,
         };
         match rustix::fs::fsetxattr(file, HASH_XATTR, &entry.encode(), XattrFlags::empty()) {

@@ -866,7 +866,12 @@ fn an_upload_cut_by_the_client_resumes_and_never_splices() {
     let old = b"old".to_vec();
     ok(conn.put("f", &old), "put the old content");
     let data = random_bytes(21, 4 * MIB + 321);
-    let half = 2 * MIB + 5;
+    // A cut at a random byte (printed, to replay a failure): any split must resume.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |since| since.subsec_nanos() as usize);
+    let half = 1 + nanos % (data.len() - 1);
+    println!("cut at byte {half} of {}", data.len());
 
     for reset in [false, true] {
         interrupted_put(&server, "f", &data, half, reset);
@@ -1547,4 +1552,49 @@ fn a_newer_put_of_the_same_upload_takes_it_over() {
         data,
         "the stored file is untouched"
     );
+}
+
+#[test]
+fn a_symlink_swapped_in_during_a_put_leads_nowhere_outside() {
+    let server = FileServer::start(&[]);
+    fs::create_dir(server.at("d")).unwrap();
+    let data = random_bytes(33, 2 * MIB + 99);
+    let hash = blake3_of(&data);
+    let mut conn = server.conn();
+    let stream = conn.new_stream();
+    ok(
+        conn.begin_put(
+            stream,
+            b"d/f",
+            data.len() as u64,
+            PutFlags::NONE,
+            Some(hash),
+        ),
+        "begin",
+    );
+    conn.send_data(stream, &data[..MIB]);
+    conn.echo(b"sync");
+    // Mid-upload, the directory is moved away and a symlink to outside the root takes its
+    // name: the upload was opened through the directory itself, not through its name.
+    fs::rename(server.at("d"), server.at("d.moved")).unwrap();
+    symlink(server.outside(), server.at("d")).unwrap();
+    conn.send_data(stream, &data[MIB..]);
+    assert_eq!(ok(conn.finish_put(stream, &hash), "finish"), hash);
+    assert_eq!(
+        fs::read(server.at("d.moved/f")).unwrap(),
+        data,
+        "the file lands in the directory the PUT resolved"
+    );
+    assert!(
+        !server.outside().join("f").exists(),
+        "nothing is created through the symlink"
+    );
+    // And a new request through the symlink is refused.
+    let refused = conn.stat("d/f").map(drop);
+    assert!(
+        matches!(refused, Err((ErrorCode::OutsideRoot, _))),
+        "{refused:?}"
+    );
+    fs::remove_file(server.at("d")).unwrap();
+    server.assert_nothing_outside("after the swap");
 }

@@ -158,7 +158,7 @@ struct ServeArgs {
     /// Most commands running at once on the server.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec)]
     max_commands: usize,
-    /// Most commands running at once on one connection.
+    /// Most commands and file transfers (GET, PUT, LIST) running at once on one connection.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec_per_connection)]
     max_commands_per_conn: usize,
 }

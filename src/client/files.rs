@@ -516,11 +516,24 @@ impl FileClient {
             self.send_on(stream, &wire[..HEADER_LEN + len])?;
             done += len as u64;
             progress(done, size);
-            if self.input_pending() {
-                // Nothing is due before our DIGEST: this is the server refusing (an ERROR on
-                // the stream or on the connection) or going away.
-                let frame = self.next_on(stream)?;
-                return Err(ClientError::Unexpected(frame.header.frame_type));
+            // Nothing is due on this stream before our DIGEST: anything for it is the server
+            // refusing (an ERROR on the stream or on the connection) or going away. Frames
+            // left from an earlier request on another stream are skipped without waiting.
+            while self.input_pending() {
+                let frame = self.client.recv_frame()?;
+                let header = frame.header;
+                if header.frame_type == FrameType::Error
+                    && (header.stream == stream || header.stream == 0)
+                {
+                    return Err(server_error(&frame.payload));
+                }
+                if header.stream == stream {
+                    return Err(ClientError::Unexpected(header.frame_type));
+                }
+                debug!(
+                    "skipping {} on stream {} (sending on {stream})",
+                    header.frame_type, header.stream
+                );
             }
         }
         let mut trailer = [0; Digest::PAYLOAD_LEN];

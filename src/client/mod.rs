@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use crate::limits::MAX_FRAME_LEN;
 
-/// Payloads at least this long are read straight into their own buffer by
-/// [`Client::recv_frame`], and in pieces by [`Client::recv_frame_streaming`].
+/// Payloads at least this long are read in pieces by [`Client::recv_frame_streaming`] (and
+/// collected from them by [`Client::recv_frame`]) instead of through the receive buffer.
 pub const DIRECT_READ_MIN: usize = 64 << 10;
 
 /// The piece [`Client::recv_frame_streaming`] reads at a time (unless the lent buffer is
@@ -36,6 +36,28 @@ pub trait Pieces {
     fn buffer(&mut self) -> Vec<u8>;
     /// The next piece of `header`'s payload: the first `len` bytes of the buffer lent for it.
     fn take(&mut self, header: &Header, piece: Vec<u8>, len: usize) -> Result<(), ClientError>;
+}
+
+/// Collects a streamed payload whole, for [`Client::recv_frame`].
+#[derive(Default)]
+struct Collect {
+    payload: Vec<u8>,
+    piece: Vec<u8>,
+}
+
+impl Pieces for Collect {
+    fn buffer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.piece)
+    }
+
+    fn take(&mut self, header: &Header, piece: Vec<u8>, len: usize) -> Result<(), ClientError> {
+        if self.payload.is_empty() {
+            self.payload.reserve_exact(header.len as usize);
+        }
+        self.payload.extend_from_slice(&piece[..len]);
+        self.piece = piece;
+        Ok(())
+    }
 }
 
 /// What [`Client::recv_frame_streaming`] received.
@@ -468,60 +490,13 @@ impl Client {
 
     /// Receives the next frame.
     pub fn recv_frame(&mut self) -> Result<OwnedFrame, ClientError> {
-        loop {
-            if let Some(frame) = self
-                .decoder
-                .decode(&self.received)
-                .map_err(ClientError::Decode)?
-            {
-                let owned = OwnedFrame {
-                    header: frame.header,
-                    payload: frame.payload.to_vec(),
-                };
-                self.received.drain(..frame.wire_len());
-                return Ok(owned);
-            }
-            // A large payload (a file's DATA) is read straight into its own buffer: one copy
-            // from the kernel instead of three through the receive buffer.
-            if let Some(header) =
-                Header::parse(&self.received, MAX_FRAME_LEN).map_err(ClientError::Decode)?
-            {
-                let len = header.len as usize;
-                if len >= DIRECT_READ_MIN {
-                    let mut payload = Vec::with_capacity(len);
-                    payload.extend_from_slice(&self.received[HEADER_LEN..]);
-                    self.received.clear();
-                    // Read into the spare capacity: no zeroing of a megabyte first.
-                    payload.reserve_exact(len - payload.len());
-                    while payload.len() < len {
-                        let want = (len - payload.len()) as u64;
-                        match (&mut self.stream).take(want).read_to_end(&mut payload) {
-                            Ok(0) => {
-                                return Err(ClientError::Closed {
-                                    partial: HEADER_LEN + payload.len(),
-                                });
-                            }
-                            Ok(_) => {}
-                            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                            Err(error) => return Err(ClientError::Io(error)),
-                        }
-                    }
-                    return Ok(OwnedFrame { header, payload });
-                }
-            }
-            let mut chunk = [0; 64 * 1024];
-            let n = loop {
-                match self.stream.read(&mut chunk) {
-                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                    other => break other?,
-                }
-            };
-            if n == 0 {
-                return Err(ClientError::Closed {
-                    partial: self.received.len(),
-                });
-            }
-            self.received.extend_from_slice(&chunk[..n]);
+        let mut collect = Collect::default();
+        match self.recv_frame_streaming(&mut collect)? {
+            Received::Frame(frame) => Ok(frame),
+            Received::Streamed(header) => Ok(OwnedFrame {
+                header,
+                payload: collect.payload,
+            }),
         }
     }
 
@@ -603,20 +578,27 @@ impl Client {
                 self.received.drain(..frame.wire_len());
                 return Ok(Received::Frame(owned));
             }
-            let mut chunk = [0; 64 * 1024];
-            let n = loop {
-                match self.stream.read(&mut chunk) {
-                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                    other => break other?,
-                }
-            };
-            if n == 0 {
-                return Err(ClientError::Closed {
-                    partial: self.received.len(),
-                });
-            }
-            self.received.extend_from_slice(&chunk[..n]);
+            self.fill()?;
         }
+    }
+
+    /// Reads what the socket has into the receive buffer; the peer's close is an error that
+    /// says how much of a frame was left.
+    fn fill(&mut self) -> Result<(), ClientError> {
+        let mut chunk = [0; 64 * 1024];
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Err(ClientError::Closed {
+                partial: self.received.len(),
+            });
+        }
+        self.received.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
 
     /// Receives the next frame and checks it is `frame_type` on `stream`; an ERROR frame

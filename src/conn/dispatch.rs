@@ -50,36 +50,17 @@ impl Connection {
         }
     }
 
-    /// The frame type as this connection's version understands it: exec types are unknown to a
-    /// version 1 connection.
+    /// The frame type as this connection's version understands it: exec and file types are
+    /// unknown to a version 1 connection.
     fn understood(&self, frame_type: FrameType) -> FrameType {
         // The bit first: a version 2 connection (the common case) needs no look at the type.
         if self.bits.has(Bits::EXEC_FRAMES) || self.state != State::Open {
             return frame_type;
         }
-        match frame_type {
-            FrameType::Exec
-            | FrameType::Started
-            | FrameType::Stdin
-            | FrameType::StdinEof
-            | FrameType::Window
-            | FrameType::Stdout
-            | FrameType::Stderr
-            | FrameType::Exit
-            | FrameType::Signal
-            | FrameType::Get
-            | FrameType::Put
-            | FrameType::List
-            | FrameType::Stat
-            | FrameType::Delete
-            | FrameType::Mkdir
-            | FrameType::FileInfo
-            | FrameType::Data
-            | FrameType::Digest
-            | FrameType::PutReady
-            | FrameType::Entries
-            | FrameType::Done => FrameType::Unknown(frame_type.to_u8()),
-            other => other,
+        if frame_type.since_version() > 1 {
+            FrameType::Unknown(frame_type.to_u8())
+        } else {
+            frame_type
         }
     }
 
@@ -150,18 +131,11 @@ impl Connection {
         cx: &mut Context<'_>,
     ) -> Result<(), Fatal> {
         let stream = frame.header.stream;
-        let starts_a_request = matches!(
-            frame_type,
-            FrameType::EchoRequest
-                | FrameType::Exec
-                | FrameType::Get
-                | FrameType::Put
-                | FrameType::List
-                | FrameType::Stat
-                | FrameType::Delete
-                | FrameType::Mkdir
-                | FrameType::Unknown(_)
-        );
+        let starts_a_request = frame_type.is_file_request()
+            || matches!(
+                frame_type,
+                FrameType::EchoRequest | FrameType::Exec | FrameType::Unknown(_)
+            );
         if starts_a_request && stream == 0 {
             return Err(Fatal::new(
                 ErrorCode::UnexpectedFrame,
@@ -186,12 +160,7 @@ impl Connection {
             FrameType::Stdin | FrameType::StdinEof | FrameType::Signal => {
                 self.deliver_to_command(frame_type, frame, cx)
             }
-            FrameType::Get
-            | FrameType::Put
-            | FrameType::List
-            | FrameType::Stat
-            | FrameType::Delete
-            | FrameType::Mkdir => {
+            file_request if file_request.is_file_request() => {
                 self.file_request(frame_type, frame, cx);
                 Ok(())
             }

@@ -168,6 +168,36 @@ impl FrameType {
     }
 }
 
+impl FrameType {
+    /// The protocol version that introduced this frame type: a connection that agreed on an
+    /// earlier one treats it as unknown.
+    pub const fn since_version(self) -> u16 {
+        match self {
+            FrameType::Hello
+            | FrameType::HelloOk
+            | FrameType::Error
+            | FrameType::EchoRequest
+            | FrameType::EchoReply
+            | FrameType::Unknown(_) => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether this is a file-service request from a client (GET, PUT, LIST, STAT, DELETE,
+    /// MKDIR), each of which starts a stream.
+    pub const fn is_file_request(self) -> bool {
+        matches!(
+            self,
+            FrameType::Get
+                | FrameType::Put
+                | FrameType::List
+                | FrameType::Stat
+                | FrameType::Delete
+                | FrameType::Mkdir
+        )
+    }
+}
+
 impl fmt::Display for FrameType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

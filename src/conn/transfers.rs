@@ -3,11 +3,12 @@
 //!
 //! Disk calls block: a read or write of the page cache takes microseconds, one of a cold disk
 //! milliseconds, an `fsync` of a big file seconds. So each turn a connection does at most
-//! [`Limits::disk_budget`](crate::limits::Limits::disk_budget) bytes of file work — queueing DATA ranges (sent later with
-//! `sendfile`), hashing, re-reading a resumed upload, listing — and comes back next turn
-//! (nginx's `sendfile_max_chunk` rule); an upload's writes are bounded by the socket's read
-//! budget, since each DATA frame is written as it is handled. Writes are pushed to disk as
-//! they stream (see [`crate::sys::files`]), so the `fsync` before the commit is short.
+//! [`disk_budget`](crate::limits::Limits::disk_budget) bytes of file work — queueing DATA
+//! ranges (sent later with `sendfile`), hashing, re-reading a resumed upload, listing — and
+//! comes back next turn (nginx's `sendfile_max_chunk` rule); an upload's writes are bounded by
+//! the socket's read budget, since each DATA frame is written as it is handled. Writes are
+//! pushed to disk as they stream (see [`crate::sys::files`]), so the `fsync` before the commit
+//! is short.
 //!
 //! Output obeys the outbox like everything else: DATA ranges and listing pages are produced
 //! only while [`Outbox::may_produce`] is true.

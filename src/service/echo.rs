@@ -5,11 +5,13 @@
 //! - Raw TCP (RFC 862): a connection in [`State::Echoing`](crate::conn::State::Echoing); the
 //!   byte pump lives in [`Connection::drive`](crate::conn::Connection::drive) because it is
 //!   nothing but the connection's read and write paths.
-//! - UDP: [`UdpEcho`] sends each datagram back to its sender.
+//! - UDP: [`UdpEcho`] sends each datagram back to its sender, in batches (`recvmmsg`,
+//!   `sendmmsg`).
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 
 use log::{debug, warn};
 use mio::Interest;
@@ -18,6 +20,7 @@ use super::Verdict;
 use crate::limits::Limits;
 use crate::outbox::Replies;
 use crate::proto::{Frame, FrameType};
+use crate::sys::mmsg::BATCH;
 use crate::throttle::LogThrottle;
 use crate::timer::Tick;
 
@@ -36,13 +39,48 @@ pub const MAX_DATAGRAM: usize = 65_507;
 /// lets a spoofed datagram start an endless loop between two servers (CERT CA-1996-01).
 pub const REFUSED_SOURCE_PORTS: [u16; 3] = [0, 7, 19];
 
-/// A datagram socket, as [`UdpEcho`] uses it. Implemented by `mio::net::UdpSocket`; tests
-/// substitute a scripted one.
+/// A datagram socket, as [`UdpEcho`] uses it. Implemented by `mio::net::UdpSocket` (with
+/// `recvmmsg`/`sendmmsg`); tests substitute a scripted one, for which the batch methods'
+/// defaults call the single ones.
 pub trait Datagrams {
     /// Receives one datagram (see `UdpSocket::recv_from`).
     fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
     /// Sends one datagram (see `UdpSocket::send_to`).
     fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize>;
+
+    /// Receives up to `bufs.len()` datagrams, one per buffer, recording each length and sender
+    /// in `got`. Returns how many (at least one), or the first one's error (`WouldBlock` when
+    /// none waits).
+    fn recv_many(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut [(usize, SocketAddr)],
+    ) -> io::Result<usize> {
+        let mut count = 0;
+        while count < bufs.len().min(got.len()) {
+            match self.recv_from(&mut bufs[count]) {
+                Ok(datagram) => got[count] = datagram,
+                Err(error) if count == 0 => return Err(error),
+                Err(_) => break,
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Sends `msgs` in order. Returns how many went (fewer: the next would block or failed,
+    /// and says which when sent again), or the first one's error.
+    fn send_many(&mut self, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+        let mut count = 0;
+        for &(payload, target) in msgs {
+            match self.send_to(payload, target) {
+                Ok(_) => count += 1,
+                Err(error) if count == 0 => return Err(error),
+                Err(_) => break,
+            }
+        }
+        Ok(count)
+    }
 }
 
 impl Datagrams for mio::net::UdpSocket {
@@ -52,6 +90,18 @@ impl Datagrams for mio::net::UdpSocket {
 
     fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
         mio::net::UdpSocket::send_to(self, buf, target)
+    }
+
+    fn recv_many(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut [(usize, SocketAddr)],
+    ) -> io::Result<usize> {
+        crate::sys::mmsg::recv_many(self.as_fd(), bufs, got)
+    }
+
+    fn send_many(&mut self, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+        crate::sys::mmsg::send_many(self.as_fd(), msgs)
     }
 }
 
@@ -77,7 +127,11 @@ pub struct UdpStats {
 #[derive(Debug)]
 pub struct UdpEcho<S> {
     socket: S,
-    datagram: Box<[u8]>,
+    /// One receive buffer per datagram of a batch; a buffer's pages are touched only as far
+    /// as its datagrams reach, so small datagrams cost one page each.
+    datagrams: Vec<Box<[u8]>>,
+    /// Length and sender of each datagram of the last batch.
+    got: Vec<(usize, SocketAddr)>,
     queue: VecDeque<(SocketAddr, Box<[u8]>)>,
     queued_bytes: usize,
     read_ready: bool,
@@ -87,13 +141,16 @@ pub struct UdpEcho<S> {
 }
 
 impl<S: Datagrams> UdpEcho<S> {
-    /// Echoes on `socket`. The receive buffer is allocated once, here.
+    /// Echoes on `socket`. The receive buffers are allocated once, here.
     pub fn new(socket: S) -> UdpEcho<S> {
         UdpEcho {
             socket,
             // One byte more than the largest datagram, so a larger (IPv6) one shows as truncated
             // instead of being echoed cut short.
-            datagram: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
+            datagrams: (0..BATCH)
+                .map(|_| vec![0; MAX_DATAGRAM + 1].into_boxed_slice())
+                .collect(),
+            got: vec![(0, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH],
             queue: VecDeque::new(),
             queued_bytes: 0,
             read_ready: true,
@@ -134,8 +191,9 @@ impl<S: Datagrams> UdpEcho<S> {
         }
     }
 
-    /// Sends queued replies, then receives and echoes up to the turn's datagram budget.
-    /// Returns [`Verdict::Again`] if the budget ran out with datagrams possibly left.
+    /// Sends queued replies, then receives and echoes up to the turn's datagram budget, a
+    /// batch (`recvmmsg`, then `sendmmsg`) at a time. Returns [`Verdict::Again`] if the budget
+    /// ran out with datagrams possibly left.
     pub fn drive(&mut self, limits: &Limits, now: Tick) -> Verdict {
         self.send_queued();
         let mut budget = limits.datagram_budget;
@@ -143,10 +201,20 @@ impl<S: Datagrams> UdpEcho<S> {
             if budget == 0 {
                 return Verdict::Again;
             }
-            match self.socket.recv_from(&mut self.datagram) {
-                Ok((len, source)) => {
-                    budget -= 1;
-                    self.echo(len, source, limits, now);
+            let want = budget.min(BATCH);
+            match self
+                .socket
+                .recv_many(&mut self.datagrams[..want], &mut self.got[..want])
+            {
+                Ok(received) => {
+                    budget -= received;
+                    // Fewer than asked: the queue is drained. Each datagram that arrives later
+                    // raises a new readiness edge, so no second call is needed to see
+                    // `WouldBlock`.
+                    if received < want {
+                        self.read_ready = false;
+                    }
+                    self.echo_batch(received, limits, now);
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => self.read_ready = false,
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
@@ -162,48 +230,58 @@ impl<S: Datagrams> UdpEcho<S> {
         Verdict::Wait
     }
 
-    fn echo(&mut self, len: usize, source: SocketAddr, limits: &Limits, now: Tick) {
-        if REFUSED_SOURCE_PORTS.contains(&source.port()) {
-            self.stats.refused_source_port += 1;
-            return;
+    /// Echoes the first `received` datagrams of the batch: sent back together while the
+    /// socket takes them, queued (bounded) when it would block, dropped past the queue.
+    fn echo_batch(&mut self, received: usize, limits: &Limits, now: Tick) {
+        let mut replies: [(&[u8], SocketAddr); BATCH] =
+            [(&[], SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
+        let mut count = 0;
+        for (buf, &(len, source)) in self.datagrams.iter().zip(&self.got[..received]) {
+            if REFUSED_SOURCE_PORTS.contains(&source.port()) {
+                self.stats.refused_source_port += 1;
+                continue;
+            }
+            if len > MAX_DATAGRAM {
+                debug!(
+                    "udp echo: datagram from {source} larger than {MAX_DATAGRAM} bytes, ignored"
+                );
+                continue;
+            }
+            replies[count] = (&buf[..len], source);
+            count += 1;
         }
-        if len > MAX_DATAGRAM {
-            debug!("udp echo: datagram from {source} larger than {MAX_DATAGRAM} bytes, ignored");
-            return;
-        }
-        if self.queue.is_empty() && self.write_ready {
-            let sent = loop {
-                match self.socket.send_to(&self.datagram[..len], source) {
-                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                    other => break other,
-                }
-            };
-            match sent {
-                Ok(_) => {
-                    self.stats.echoed += 1;
-                    return;
+        let mut sent = 0;
+        while sent < count && self.queue.is_empty() && self.write_ready {
+            match self.socket.send_many(&replies[sent..count]) {
+                Ok(n) => {
+                    self.stats.echoed += n as u64;
+                    sent += n;
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => self.write_ready = false,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) => {
+                    // That reply cannot go (its target refuses it); the others may.
                     self.stats.send_errors += 1;
-                    debug!("udp echo: send to {source} failed: {error}");
-                    return;
+                    debug!("udp echo: send to {} failed: {error}", replies[sent].1);
+                    sent += 1;
                 }
             }
         }
-        if self.queue.len() >= limits.udp_queue_len
-            || self.queued_bytes + len > limits.udp_queue_bytes
-        {
-            self.stats.dropped_queue_full += 1;
-            if let Some(suppressed) = self.drop_log.allow(now) {
-                warn!(
-                    "udp echo: reply queue full, dropping replies ({suppressed} more since last report)"
-                );
+        for &(payload, source) in &replies[sent..count] {
+            if self.queue.len() >= limits.udp_queue_len
+                || self.queued_bytes + payload.len() > limits.udp_queue_bytes
+            {
+                self.stats.dropped_queue_full += 1;
+                if let Some(suppressed) = self.drop_log.allow(now) {
+                    warn!(
+                        "udp echo: reply queue full, dropping replies ({suppressed} more since last report)"
+                    );
+                }
+                continue;
             }
-            return;
+            self.queued_bytes += payload.len();
+            self.queue.push_back((source, payload.into()));
         }
-        self.queued_bytes += len;
-        self.queue.push_back((source, self.datagram[..len].into()));
     }
 
     fn send_queued(&mut self) {
@@ -356,6 +434,34 @@ mod tests {
         echo.on_ready(true, false);
         echo.drive(&Limits::default(), Tick(2));
         assert_eq!(echo.socket.receives, 2);
+    }
+
+    #[test]
+    fn a_batch_skips_refused_senders_and_keeps_the_order_of_the_rest() {
+        let incoming = vec![
+            (b"1".to_vec(), from_port(5000)),
+            (b"x".to_vec(), from_port(7)),
+            (b"2".to_vec(), from_port(5001)),
+            (vec![0; MAX_DATAGRAM + 1], from_port(5002)),
+            (b"3".to_vec(), from_port(5003)),
+        ];
+        let mut echo = echo_with(incoming, 10);
+        assert_eq!(echo.drive(&Limits::default(), Tick(0)), Verdict::Wait);
+        let sent: Vec<(Vec<u8>, u16)> = echo
+            .socket
+            .sent
+            .iter()
+            .map(|(payload, to)| (payload.clone(), to.port()))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                (b"1".to_vec(), 5000),
+                (b"2".to_vec(), 5001),
+                (b"3".to_vec(), 5003)
+            ]
+        );
+        assert_eq!(echo.stats().refused_source_port, 1);
     }
 
     #[test]

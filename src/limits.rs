@@ -105,6 +105,10 @@ pub struct Limits {
     pub max_transfers: usize,
     /// Largest file a PUT may store, bytes. Default 16 GiB.
     pub max_put: u64,
+    /// Bytes of buffer all connections together may hold (input being assembled, output
+    /// waiting); past it, the connections holding the most are closed with LIMIT_REACHED.
+    /// Default 1 GiB (`serve` uses a quarter of the machine's memory unless told otherwise).
+    pub max_client_memory: usize,
 }
 
 impl Default for Limits {
@@ -139,6 +143,7 @@ impl Default for Limits {
             disk_budget: 4 << 20,
             max_transfers: 64,
             max_put: 16 << 30,
+            max_client_memory: 1 << 30,
         }
     }
 }
@@ -162,6 +167,19 @@ pub const MIN_FRAME_LEN: u32 = 64;
 /// Largest accepted [`Limits::max_frame_len`]: 64 MiB, so one client's input buffer stays
 /// modest. Larger transfers are streams of frames.
 pub const MAX_FRAME_LEN: u32 = 64 << 20;
+
+/// The default `--max-client-memory`: a quarter of the machine's memory (`MemTotal` in
+/// `/proc/meminfo`), or 1 GiB where that cannot be read.
+pub fn default_client_memory() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| {
+            let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024) / 4)
+        })
+        .unwrap_or(1 << 30)
+}
 
 /// A [`Limits`] value that cannot work, with the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +258,13 @@ impl Limits {
         ];
         if let Some((name, _)) = budgets.iter().find(|(_, value)| *value == 0) {
             return fail(format!("{name} must be at least 1"));
+        }
+        if self.max_client_memory < self.input_cap() {
+            return fail(format!(
+                "max client memory {} cannot hold one maximal frame ({} bytes)",
+                self.max_client_memory,
+                self.input_cap()
+            ));
         }
         let timeouts = [
             ("idle timeout", self.idle_timeout),

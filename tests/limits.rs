@@ -317,3 +317,63 @@ fn out_of_descriptors_sheds_connections_without_spinning_and_recovers() {
     let mut fresh = framed_client_eventually(&server, Duration::from_secs(10));
     assert_eq!(fresh.echo(b"recovered").unwrap(), b"recovered");
 }
+
+#[test]
+fn client_buffers_over_max_client_memory_close_the_biggest_holders() {
+    // 8 MiB for all connections' buffers; 16 clients each park 1 MiB - 1 byte of a 1 MiB
+    // frame (the attack: many clients trickling large frames, each pinning its input).
+    let budget = 8 << 20;
+    let server = Server::start(&["--max-client-memory", &budget.to_string()]);
+    let rss_before = server.rss_kib();
+    let frame_len: u32 = 1 << 20;
+    let mut header = vec![0; HEADER_LEN];
+    monoreactor::proto::Header {
+        frame_type: FrameType::EchoRequest,
+        flags: monoreactor::proto::Flags::NONE,
+        stream: 1,
+        len: frame_len,
+    }
+    .emit(&mut header);
+    let partial = vec![0x5a; frame_len as usize - 1];
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let mut client = framed_client(&server);
+        // The server may close this client while it sends: what it wrote until then counts.
+        let _ = client
+            .send_raw(&header)
+            .and_then(|()| client.send_raw(&partial));
+        clients.push(client);
+    }
+    // Each client that was shed has an ERROR LIMIT_REACHED waiting, then EOF.
+    let mut shed = 0;
+    for client in &mut clients {
+        client
+            .stream()
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        match client.recv_frame() {
+            Ok(frame) if frame.header.frame_type == FrameType::Error => {
+                let error = monoreactor::proto::ErrorMessage::parse(&frame.payload).unwrap();
+                assert_eq!(error.code, ErrorCode::LimitReached, "{}", error.text);
+                assert!(error.text.contains("max-client-memory"), "{}", error.text);
+                shed += 1;
+            }
+            Ok(frame) => panic!("unexpected {}", describe(&frame)),
+            Err(ClientError::Io(error))
+                if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(error) => panic!("unexpected {error}"),
+        }
+    }
+    assert!(
+        shed >= 8,
+        "at most 8 MiB of parked frames may stay, so at least 8 of 16 clients go: {shed} did"
+    );
+    let rss_after = server.rss_kib();
+    assert!(
+        rss_after < rss_before + (budget as u64 >> 10) + (8 << 10),
+        "server RSS grew from {rss_before} KiB to {rss_after} KiB with a budget of {budget} bytes"
+    );
+    // Everyone else is still served.
+    let mut fresh = framed_client(&server);
+    assert_eq!(fresh.echo(b"still served").unwrap(), b"still served");
+}

@@ -270,6 +270,8 @@ pub struct Connection {
     /// incomplete frame at the head of `input` (its first byte's arrival plus the frame timeout),
     /// or, in `Closing`, for the whole close. [`Tick::NEVER`] when none applies.
     phase_deadline: Tick,
+    /// The buffer held, in KiB, as last reported by [`Connection::report_buffer_kib`].
+    reported_kib: u16,
 }
 
 impl Connection {
@@ -290,6 +292,7 @@ impl Connection {
             streams: None,
             last_active: now,
             phase_deadline,
+            reported_kib: 0,
         }
     }
 
@@ -311,6 +314,19 @@ impl Connection {
     /// Bytes of buffer memory the connection holds (capacity, not content).
     pub fn buffer_capacity(&self) -> usize {
         self.input.as_ref().map_or(0, |buf| buf.capacity()) + self.outbox.buffer_capacity()
+    }
+
+    /// Reports the buffer memory held now, in KiB rounded up (at most `u16::MAX`), and
+    /// returns `(as last reported, now)`: the caller keeps a running total of all
+    /// connections' buffers (`--max-client-memory`) from these differences.
+    pub fn report_buffer_kib(&mut self) -> (u16, u16) {
+        let now = u16::try_from(self.buffer_capacity().div_ceil(1024)).unwrap_or(u16::MAX);
+        (std::mem::replace(&mut self.reported_kib, now), now)
+    }
+
+    /// The buffer memory as last reported by [`Connection::report_buffer_kib`], in KiB.
+    pub fn reported_buffer_kib(&self) -> u16 {
+        self.reported_kib
     }
 
     /// Whether the connection holds any buffer (an idle one holds none).

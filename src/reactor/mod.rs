@@ -152,6 +152,8 @@ pub struct ReactorStats {
     pub closed: u64,
     /// Commands started.
     pub commands: u64,
+    /// Connections closed because the client buffers were over `--max-client-memory`.
+    pub shed: u64,
 }
 
 /// The event loop and everything it owns. Built by [`crate::server::Server::bind`].
@@ -244,6 +246,8 @@ struct Core {
     grace_over: bool,
     busy_frame: Vec<u8>,
     stats: ReactorStats,
+    /// KiB of buffer the connections hold, as of their last drives.
+    client_memory_kib: usize,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -345,6 +349,7 @@ impl Reactor {
             grace_over: false,
             busy_frame,
             stats: ReactorStats::default(),
+            client_memory_kib: 0,
         };
         Ok(Reactor {
             events: Events::with_capacity(EVENTS_PER_POLL),

@@ -8,7 +8,11 @@ use slab::Slab;
 
 use super::token::{ConnKey, Source, Sub, TimerKey};
 use super::{Core, TIMER_SLACK};
-use crate::conn::{Connection, Verdict};
+use crate::conn::{Connection, State, Verdict};
+use crate::proto::ErrorCode;
+
+/// The ERROR text of a connection closed to bring the client buffers under the budget.
+const SHED_TEXT: &str = "the server's memory for client buffers is full (--max-client-memory)";
 use crate::timer::Tick;
 
 /// A slab entry: the socket, its state machine, and the loop's bookkeeping for it.
@@ -76,6 +80,14 @@ impl Core {
         let verdict = self
             .env
             .with_context(key, |cx| slot.conn.drive(&mut slot.socket, cx));
+        let (before, held) = slot.conn.report_buffer_kib();
+        self.client_memory_kib = self.client_memory_kib - usize::from(before) + usize::from(held);
+        if held > before && self.client_memory_kib > self.env.limits.max_client_memory >> 10 {
+            self.shed_client_memory();
+        }
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
         match verdict {
             Verdict::Close => {
                 self.mark_closing(index);
@@ -108,6 +120,71 @@ impl Core {
         }
     }
 
+    /// The connections' buffers together hold more than `--max-client-memory`: the ones
+    /// holding the most are told LIMIT_REACHED and closed (their input is freed at once), until
+    /// the total is back under the budget — redis's `maxmemory-clients`. Without it, many
+    /// clients each trickling one large frame could pin the machine's memory.
+    fn shed_client_memory(&mut self) {
+        let budget = self.env.limits.max_client_memory;
+        let over = self.client_memory_kib;
+        let mut shed = 0u64;
+        while self.client_memory_kib > budget >> 10 {
+            let Some((index, generation)) = self
+                .conns
+                .iter()
+                .filter(|(_, slot)| {
+                    !slot.closing
+                        && slot.conn.reported_buffer_kib() > 0
+                        && slot.conn.state() != State::Closing
+                })
+                .max_by_key(|(_, slot)| slot.conn.reported_buffer_kib())
+                .map(|(index, slot)| (index, slot.generation))
+            else {
+                break; // what is left belongs to connections already closing
+            };
+            let key = ConnKey {
+                slot: index as u32,
+                generation,
+            };
+            let linger = self.env.limits.linger_timeout;
+            let Some(slot) = self.conns.get_mut(index) else {
+                break;
+            };
+            debug!(
+                "shedding slot {index}, which holds {} KiB",
+                slot.conn.reported_buffer_kib()
+            );
+            self.env.with_context(key, |cx| {
+                slot.conn
+                    .begin_close(Some((ErrorCode::LimitReached, SHED_TEXT)), linger, cx);
+            });
+            let (before, held) = slot.conn.report_buffer_kib();
+            self.client_memory_kib =
+                self.client_memory_kib - usize::from(before) + usize::from(held);
+            self.stats.shed += 1;
+            shed += 1;
+            // Driven next turn, to send the error and close.
+            if !slot.queued {
+                slot.queued = true;
+                self.ready.push(Source::Conn(key, Sub::Socket));
+            }
+        }
+        if shed > 0 {
+            warn!(
+                "client buffers held {over} KiB, over --max-client-memory ({budget} bytes): \
+                 closed the {shed} connections holding the most"
+            );
+            // The freed input buffers go back to the allocator, which would keep the pages;
+            // an attack is exactly when they should go back to the system. (Rare: only after
+            // shedding.)
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap memory; it touches no live block.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
     pub(super) fn mark_closing(&mut self, index: usize) {
         if let Some(slot) = self.conns.get_mut(index) {
             if !slot.closing {
@@ -125,6 +202,7 @@ impl Core {
         let mut to_close = std::mem::take(&mut self.to_close);
         for index in to_close.drain(..) {
             let mut slot = self.conns.remove(index);
+            self.client_memory_kib -= usize::from(slot.conn.reported_buffer_kib());
             if let Err(error) = self.env.poll.registry().deregister(&mut slot.socket) {
                 debug!("deregister failed: {error}");
             }

@@ -57,7 +57,8 @@ enum Command {
     /// stdout and stderr come back as they are written, and its exit status is ours.
     #[command(after_help = EXEC_HELP)]
     Exec(ExecArgs),
-    /// Load generator: ping-pong round trips per second, or memory per idle connection.
+    /// Load generator: echo (framed, raw), UDP, short connections, exec, file get and put;
+    /// latency percentiles, errors by kind, CPU per request.
     Bench(BenchArgs),
     /// Download a file from the server's root, verified (BLAKE3) and atomic; resumable.
     #[command(after_help = file_commands::GET_HELP)]
@@ -146,10 +147,6 @@ struct ServeArgs {
     /// Most file transfers (GET, PUT, LIST) running at once on the server.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers)]
     max_transfers: usize,
-    /// Bytes of buffer all connections together may hold; past it, those holding the most
-    /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
-    #[arg(long, value_name = "BYTES")]
-    max_client_memory: Option<usize>,
     /// Allow --listen on a non-loopback address without a token.
     #[arg(long)]
     insecure: bool,
@@ -228,66 +225,294 @@ enum ProtocolArg {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, after_help = BENCH_HELP)]
 struct BenchArgs {
-    /// Server address, HOST:PORT [default: 127.0.0.1:7878 framed, 127.0.0.1:7007 raw].
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    /// The flag style from before the subcommands (`bench --conns 50 --size 64`, `--idle`,
+    /// `--exec`, `--stream`, `--probe`), kept working but not shown.
+    #[command(flatten)]
+    legacy: LegacyBenchArgs,
+}
+
+const BENCH_HELP: &str = "\
+Every load subcommand prints requests, errors by kind, throughput, MB/s and latency
+min/avg/p50/p90/p99/p99.9/max (HDR histogram), and with --pid the server's CPU time per
+request; --json prints the same as one JSON object. `echo --raw`, `udp` and `connect` speak
+plain echo and measure any echo server (the C references in ../shared/bench-tools too).
+
+Is the generator the bottleneck? Each report gives the generator's own CPU time per request
+and how busy it was (share of a core): echo, udp and connect run on one thread, and a
+generator near 100% of its core says so in the report. Compare with ../shared/bench-tools
+loadgen at the same settings: equal rates mean the server, not the generator, sets the pace.
+
+Examples:
+  monoreactor bench echo -c 50 -s 64 -d 5 --pid $PID
+  monoreactor bench echo --raw --addr 127.0.0.1:7007 -c 500 -P 16 -d 5
+  monoreactor bench echo --rate 20000 -d 10          # open loop, latency from due times
+  monoreactor bench udp -c 16 -n 100000
+  monoreactor bench connect -c 50 -d 3 --rst
+  monoreactor bench get -c 4 -s 1M -d 5
+  monoreactor bench exec -c 2 -d 3 --token-file ~/.monoreactor-token";
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// TCP echo load: framed ECHO_REQUESTs (default, port 7878) or raw bytes (--raw, port
+    /// 7007, any echo server).
+    Echo(EchoBenchArgs),
+    /// UDP echo load against any UDP echo server (default 127.0.0.1:7007).
+    Udp(UdpBenchArgs),
+    /// Short connections against any TCP echo server: connect, one echo, close, per request;
+    /// reports connections per second (default 127.0.0.1:7007).
+    Connect(ConnectBenchArgs),
+    /// Remote exec round trips: each connection runs a command (`true`, or the one after
+    /// `--`) after another; needs the server's token.
+    Exec(ExecBenchArgs),
+    /// File downloads: each connection GETs the same file of -s bytes (uploaded first,
+    /// removed after), verified by BLAKE3, to nowhere.
+    Get(FileBenchArgs),
+    /// File uploads: each connection PUTs -s bytes to a path of its own, again and again
+    /// (removed after).
+    Put(FileBenchArgs),
+    /// Opens -c connections that stay idle and reports server memory per connection (needs
+    /// --pid).
+    Idle(IdleBenchArgs),
+    /// One client pings 64-byte framed echoes every millisecond: the latency another client
+    /// sees while something heavy runs (with --pid, the server's peak memory too).
+    Probe(ProbeBenchArgs),
+}
+
+/// Flags every load subcommand takes.
+#[derive(Args)]
+struct BenchCommon {
+    /// Server address, HOST:PORT [default: per subcommand].
     #[arg(long, value_name = "ADDR")]
     addr: Option<Addr>,
-    /// Protocol to speak.
-    #[arg(long, value_enum, default_value = "framed")]
-    proto: ProtocolArg,
-    /// Connections.
-    #[arg(long, value_name = "N", default_value_t = 50, value_parser = at_least_one)]
-    conns: usize,
-    /// Payload bytes per request.
-    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = at_least_one)]
-    size: usize,
-    /// Requests in flight per connection (1 = ping-pong).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
-    depth: usize,
+    /// Connections [default: 50 for echo, udp and connect; 1 for exec; 4 for get and put].
+    #[arg(short = 'c', long = "connections", value_name = "N", value_parser = at_least_one)]
+    connections: Option<usize>,
     /// Seconds measured.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
-    secs: Secs,
-    /// Seconds of warm-up before measuring.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_millis(500)))]
-    warmup: Secs,
-    /// Server pid: report its CPU time per request (load) or its memory (idle).
+    #[arg(short = 'd', long = "duration", value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    duration: Secs,
+    /// Stop after this many requests instead of after -d.
+    #[arg(short = 'n', long = "requests", value_name = "N", value_parser = at_least_one)]
+    requests: Option<usize>,
+    /// Seconds of load before measuring starts [default: none].
+    #[arg(long, value_name = "SECS")]
+    warmup: Option<Secs>,
+    /// Server pid: report its CPU time per request.
     #[arg(long, value_name = "PID")]
     pid: Option<u32>,
-    /// Instead of load, open --conns idle connections and report server memory per connection
-    /// (needs --pid).
+    /// Print the report as one JSON object.
     #[arg(long)]
+    json: bool,
+}
+
+impl BenchCommon {
+    fn stop(&self) -> bench::Stop {
+        match self.requests {
+            Some(count) => bench::Stop::Requests(count as u64),
+            None => bench::Stop::After(self.duration.0),
+        }
+    }
+
+    fn warmup(&self) -> Duration {
+        self.warmup.map_or(Duration::ZERO, |secs| secs.0)
+    }
+
+    fn connections(&self, default: usize) -> usize {
+        self.connections.unwrap_or(default)
+    }
+}
+
+#[derive(Args)]
+struct EchoBenchArgs {
+    #[command(flatten)]
+    common: BenchCommon,
+    /// Raw bytes to a plain echo server (default address 127.0.0.1:7007).
+    #[arg(long, conflicts_with = "framed")]
+    raw: bool,
+    /// The framed protocol (the default; address 127.0.0.1:7878).
+    #[arg(long)]
+    framed: bool,
+    /// Payload bytes per request (K, M, G suffixes: powers of 1024).
+    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
+    size: u64,
+    /// Requests in flight per connection (1 = ping-pong).
+    #[arg(short = 'P', long = "depth", value_name = "N", default_value_t = 1, value_parser = at_least_one)]
+    depth: usize,
+    /// Open loop: requests per second over all connections, sent when due; latency counts
+    /// from the due time, so stalls are not hidden (coordinated omission corrected).
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
+}
+
+#[derive(Args)]
+struct UdpBenchArgs {
+    #[command(flatten)]
+    common: BenchCommon,
+    /// Payload bytes per datagram.
+    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
+    size: u64,
+    /// Datagrams in flight per socket.
+    #[arg(short = 'P', long = "depth", value_name = "N", default_value_t = 1, value_parser = at_least_one)]
+    depth: usize,
+    /// Open loop: datagrams per second over all sockets (see `bench echo --rate`).
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
+}
+
+#[derive(Args)]
+struct ConnectBenchArgs {
+    #[command(flatten)]
+    common: BenchCommon,
+    /// Bytes echoed on each connection.
+    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
+    size: u64,
+    /// Close with a reset instead of a FIN (no TIME_WAIT on this side), as connectgen's
+    /// CONNECTGEN_RST=1.
+    #[arg(long)]
+    rst: bool,
+}
+
+#[derive(Args)]
+struct ExecBenchArgs {
+    #[command(flatten)]
+    common: BenchCommon,
+    /// File holding the server's token [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Run the command here with posix_spawn + waitpid on -c threads instead: the reference
+    /// to compare with (no server).
+    #[arg(long)]
+    local: bool,
+    /// The command to run [default: true].
+    #[arg(last = true, value_name = "PROG [ARGS]")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct FileBenchArgs {
+    #[command(flatten)]
+    common: BenchCommon,
+    /// File size (K, M, G suffixes: powers of 1024).
+    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "1M", value_parser = byte_count)]
+    size: u64,
+    /// File holding the server's token, if it has one [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct IdleBenchArgs {
+    /// Server address, HOST:PORT [default: 127.0.0.1:7878, or 127.0.0.1:7007 with --raw].
+    #[arg(long, value_name = "ADDR")]
+    addr: Option<Addr>,
+    /// Connections to open.
+    #[arg(short = 'c', long = "connections", value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
+    connections: usize,
+    /// Plain connections to a raw echo port (no HELLO).
+    #[arg(long)]
+    raw: bool,
+    /// Server pid, whose memory is measured.
+    #[arg(long, value_name = "PID")]
+    pid: u32,
+}
+
+#[derive(Args)]
+struct ProbeBenchArgs {
+    /// Server address (framed), HOST:PORT [default: 127.0.0.1:7878].
+    #[arg(long, value_name = "ADDR")]
+    addr: Option<Addr>,
+    /// Seconds to probe.
+    #[arg(short = 'd', long = "duration", value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    duration: Secs,
+    /// Server pid: report its peak memory.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+}
+
+/// A byte count: `4096`, `64K`, `1M`, `1G` (powers of 1024).
+fn byte_count(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("`{text}`: the suffix must be K, M or G")),
+    };
+    match digits.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => count
+            .checked_mul(1 << shift)
+            .ok_or_else(|| format!("`{text}` is too large")),
+        Err(_) => Err(format!(
+            "`{text}` is not a byte count (such as 64, 16K, 1M)"
+        )),
+    }
+}
+
+#[derive(Args)]
+struct LegacyBenchArgs {
+    /// Server address, HOST:PORT [default: 127.0.0.1:7878 framed, 127.0.0.1:7007 raw].
+    #[arg(long, value_name = "ADDR", hide = true)]
+    addr: Option<Addr>,
+    /// Protocol to speak.
+    #[arg(long, value_enum, default_value = "framed", hide = true)]
+    proto: ProtocolArg,
+    /// Connections.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = at_least_one, hide = true)]
+    conns: usize,
+    /// Payload bytes per request.
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = at_least_one, hide = true)]
+    size: usize,
+    /// Requests in flight per connection (1 = ping-pong).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one, hide = true)]
+    depth: usize,
+    /// Seconds measured.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)), hide = true)]
+    secs: Secs,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_millis(500)), hide = true)]
+    warmup: Secs,
+    /// Server pid: report its CPU time per request (load) or its memory (idle).
+    #[arg(long, value_name = "PID", hide = true)]
+    pid: Option<u32>,
+    /// `bench idle`.
+    #[arg(long, hide = true)]
     idle: bool,
-    /// Instead of load: one client pings 64-byte echoes every millisecond for --secs and
-    /// reports the latency percentiles and the worst wait — what another client sees while a
-    /// transfer runs (with --pid, also the server's peak memory).
-    #[arg(long, conflicts_with_all = ["idle", "exec", "stream"])]
+    /// `bench probe`.
+    #[arg(long, conflicts_with_all = ["idle", "exec", "stream"], hide = true)]
     probe: bool,
-    /// Instead of echo: --conns clients each run a command after another (`true`, or the
-    /// command after `--`) and report commands per second (needs a token).
-    #[arg(long, conflicts_with_all = ["idle", "stream"])]
+    /// `bench exec`.
+    #[arg(long, conflicts_with_all = ["idle", "stream"], hide = true)]
     exec: bool,
-    /// With --exec: run the command locally with posix_spawn + waitpid on --conns threads
-    /// instead, the reference to compare with (no server needed).
-    #[arg(long, requires = "exec")]
+    /// `bench exec --local`.
+    #[arg(long, requires = "exec", hide = true)]
     local: bool,
     /// Instead of echo: one command writes BYTES of output to a client reading at --read-rate,
     /// while a 64-byte echo client pings; reports server memory and echo latency (needs --pid
     /// and a token; the server's --exec-max-output must allow BYTES).
-    #[arg(long, value_name = "BYTES", conflicts_with = "idle")]
+    #[arg(long, value_name = "BYTES", conflicts_with = "idle", hide = true)]
     stream: Option<u64>,
     /// With --stream: how fast the client reads, bytes per second.
     #[arg(
         long,
         value_name = "BYTES",
         default_value_t = 100_000_000,
-        requires = "stream"
+        requires = "stream",
+        hide = true
     )]
     read_rate: u64,
     /// File holding the server's token, for --exec and --stream [default: $MONOREACTOR_TOKEN].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", hide = true)]
     token_file: Option<PathBuf>,
     /// With --exec: the command to run [default: true].
-    #[arg(last = true, value_name = "PROG [ARGS]")]
+    #[arg(last = true, value_name = "PROG [ARGS]", hide = true)]
     command: Vec<String>,
 }
 
@@ -450,9 +675,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         max_exec_per_connection: args.max_commands_per_conn,
         max_put: args.max_put,
         max_transfers: args.max_transfers,
-        max_client_memory: args
-            .max_client_memory
-            .unwrap_or_else(monoreactor::limits::default_client_memory),
         ..Limits::default()
     };
     let (token, warning) = load_token(args.token_file.as_deref())
@@ -782,7 +1004,7 @@ fn probe_raw_echo(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     const PROBE: &[u8] = b"monoreactor raw echo probe";
     let framed_hint = || {
         format!(
-            "{addr} speaks the framed protocol, not raw echo: use --proto framed, or the raw echo port ({} by default)",
+            "{addr} speaks the framed protocol, not raw echo: use `bench echo` without --raw, or the raw echo port ({} by default)",
             DEFAULT_ECHO_ADDR.port()
         )
     };
@@ -836,7 +1058,7 @@ fn probe_raw_echo(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     ))
 }
 
-/// The command `bench --exec` runs: the one after `--`, or `true`.
+/// The command `bench exec` runs: the one after `--`, or `true`.
 fn bench_command(command: &[String]) -> Vec<String> {
     if command.is_empty() {
         vec!["true".to_string()]
@@ -845,7 +1067,257 @@ fn bench_command(command: &[String]) -> Vec<String> {
     }
 }
 
+/// Sends one datagram and expects it back, so a wrong address gets a hint instead of a run
+/// of losses.
+fn probe_udp_echo(addr: SocketAddr) -> Result<(), String> {
+    const PROBE: &[u8] = b"monoreactor udp echo probe";
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let io_error = |error: io::Error| format!("{addr}: {error}");
+    let socket = std::net::UdpSocket::bind(local).map_err(io_error)?;
+    socket.connect(addr).map_err(io_error)?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .map_err(io_error)?;
+    let mut answer = [0; 64];
+    for _ in 0..3 {
+        socket.send(PROBE).map_err(io_error)?;
+        match socket.recv(&mut answer) {
+            Ok(n) if &answer[..n] == PROBE => return Ok(()),
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::ConnectionRefused => {
+                return Err(format!(
+                    "nothing listens on UDP {addr} (port unreachable): is it a UDP echo port ({} by default)?",
+                    DEFAULT_ECHO_ADDR.port()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    Err(format!(
+        "{addr} did not echo a UDP probe: is it a UDP echo port ({} by default)?",
+        DEFAULT_ECHO_ADDR.port()
+    ))
+}
+
+/// Prints a load report (text or JSON); a run cut short is a failure after its partial
+/// results.
+fn print_report(report: &bench::Report, json: bool) -> Result<(), String> {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    match &report.ended_early {
+        Some(reason) => Err(format!(
+            "{} {}: {reason} (partial results above)",
+            report.what, report.addr
+        )),
+        None => Ok(()),
+    }
+}
+
 fn run_bench(args: BenchArgs) -> Result<(), String> {
+    let Some(command) = args.command else {
+        return run_legacy_bench(args.legacy);
+    };
+    match command {
+        BenchCommand::Echo(args) => {
+            let protocol = if args.raw {
+                BenchProtocol::Raw
+            } else {
+                BenchProtocol::Framed
+            };
+            let default = match protocol {
+                BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
+                BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
+            };
+            let config = load_config(&args.common, default, protocol, args.size, args.depth);
+            let config = LoadConfig {
+                rate: args.rate,
+                ..config
+            };
+            probe_bench_target(config.addr, protocol)?;
+            let report = bench::echo::run_echo(&config)
+                .map_err(|error| format!("load against {}: {error}", config.addr))?;
+            print_report(&report, args.common.json)
+        }
+        BenchCommand::Udp(args) => {
+            let config = load_config(
+                &args.common,
+                DEFAULT_ECHO_ADDR,
+                BenchProtocol::Raw,
+                args.size,
+                args.depth,
+            );
+            let config = LoadConfig {
+                rate: args.rate,
+                ..config
+            };
+            probe_udp_echo(config.addr)?;
+            let report = bench::udp::run_udp(&config)
+                .map_err(|error| format!("UDP load against {}: {error}", config.addr))?;
+            print_report(&report, args.common.json)
+        }
+        BenchCommand::Connect(args) => {
+            let config = load_config(
+                &args.common,
+                DEFAULT_ECHO_ADDR,
+                BenchProtocol::Raw,
+                args.size,
+                1,
+            );
+            probe_bench_target(config.addr, BenchProtocol::Raw)?;
+            let options = bench::connect::ConnectOptions { reset: args.rst };
+            let report = bench::connect::run_connect(&config, options)
+                .map_err(|error| format!("connections to {}: {error}", config.addr))?;
+            print_report(&report, args.common.json)
+        }
+        BenchCommand::Exec(args) => {
+            let argv = bench_command(&args.command);
+            let common = &args.common;
+            if args.local {
+                let config = bench::exec::SpawnConfig {
+                    parallel: common.connections(1),
+                    argv,
+                    warmup: common.warmup(),
+                    duration: common.duration.0,
+                };
+                let report = bench::exec::run_local_spawn(&config)
+                    .map_err(|error| format!("local spawn loop: {error}"))?;
+                println!("{report}");
+                return Ok(());
+            }
+            let (token, _) = load_token(args.token_file.as_deref())?;
+            let token = token.ok_or(
+                "bench exec needs the server's token: pass --token-file PATH or set MONOREACTOR_TOKEN",
+            )?;
+            let config = blocking_config(common, Some(token), 1, 0)?;
+            let report = bench::blocking::run_exec(&config, &argv)
+                .map_err(|error| format!("commands on {}: {error}", config.addr))?;
+            print_report(&report, common.json)
+        }
+        BenchCommand::Get(args) => {
+            let (token, _) = load_token(args.token_file.as_deref())?;
+            let config = blocking_config(&args.common, token, 4, args.size)?;
+            let report = bench::blocking::run_get(&config)
+                .map_err(|error| format!("downloads from {}: {error}", config.addr))?;
+            print_report(&report, args.common.json)
+        }
+        BenchCommand::Put(args) => {
+            let (token, _) = load_token(args.token_file.as_deref())?;
+            let config = blocking_config(&args.common, token, 4, args.size)?;
+            let report = bench::blocking::run_put(&config)
+                .map_err(|error| format!("uploads to {}: {error}", config.addr))?;
+            print_report(&report, args.common.json)
+        }
+        BenchCommand::Idle(args) => {
+            let protocol = if args.raw {
+                BenchProtocol::Raw
+            } else {
+                BenchProtocol::Framed
+            };
+            let addr = args.addr.map_or(
+                match protocol {
+                    BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
+                    BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
+                },
+                |addr| addr.0,
+            );
+            probe_bench_target(addr, protocol)?;
+            bench_idle(addr, protocol, args.connections, args.pid)
+        }
+        BenchCommand::Probe(args) => {
+            let addr = args.addr.map_or(DEFAULT_FRAMED_ADDR, |addr| addr.0);
+            probe_bench_target(addr, BenchProtocol::Framed)?;
+            bench_probe(addr, args.duration.0, args.pid)
+        }
+    }
+}
+
+/// The echo, UDP and connect settings from the common flags.
+fn load_config(
+    common: &BenchCommon,
+    default_addr: SocketAddr,
+    protocol: BenchProtocol,
+    size: u64,
+    depth: usize,
+) -> LoadConfig {
+    LoadConfig {
+        addr: common.addr.map_or(default_addr, |addr| addr.0),
+        protocol,
+        connections: common.connections(50),
+        size: usize::try_from(size).unwrap_or(usize::MAX),
+        depth,
+        stop: common.stop(),
+        warmup: common.warmup(),
+        rate: None,
+        server_pid: common.pid,
+    }
+}
+
+/// The get, put and exec settings from the common flags, after checking that the address
+/// speaks the framed protocol.
+fn blocking_config(
+    common: &BenchCommon,
+    token: Option<Token>,
+    default_connections: usize,
+    size: u64,
+) -> Result<bench::blocking::BlockingConfig, String> {
+    let addr = common.addr.map_or(DEFAULT_FRAMED_ADDR, |addr| addr.0);
+    probe_bench_target(addr, BenchProtocol::Framed)?;
+    Ok(bench::blocking::BlockingConfig {
+        addr: addr.to_string(),
+        token,
+        connections: common.connections(default_connections),
+        size,
+        stop: common.stop(),
+        warmup: common.warmup(),
+        server_pid: common.pid,
+    })
+}
+
+fn bench_idle(
+    addr: SocketAddr,
+    protocol: BenchProtocol,
+    connections: usize,
+    server_pid: u32,
+) -> Result<(), String> {
+    let config = IdleConfig {
+        addr,
+        protocol,
+        connections,
+        server_pid,
+        settle: Duration::from_secs(1),
+    };
+    let report =
+        bench::run_idle(&config).map_err(|error| format!("idle probe against {addr}: {error}"))?;
+    println!("{report}");
+    Ok(())
+}
+
+fn bench_probe(
+    addr: SocketAddr,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> Result<(), String> {
+    let config = bench::ProbeConfig {
+        addr: addr.to_string(),
+        duration,
+        interval: Duration::from_millis(1),
+        server_pid,
+    };
+    let report = bench::run_probe(&config).map_err(|error| format!("probe of {addr}: {error}"))?;
+    println!("{report}");
+    Ok(())
+}
+
+/// `bench --conns 50 --size 64`, `bench --idle`, `bench --exec`, `bench --stream`,
+/// `bench --probe`: the flag style from before the subcommands.
+fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
     let protocol = match args.proto {
         ProtocolArg::Framed => BenchProtocol::Framed,
         ProtocolArg::Raw => BenchProtocol::Raw,
@@ -891,47 +1363,27 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
             println!("{report}");
             return Ok(());
         }
-        let config = bench::exec::ExecConfig {
+        let config = bench::blocking::BlockingConfig {
             addr: addr.to_string(),
-            token,
-            parallel: args.conns,
-            argv: bench_command(&args.command),
+            token: Some(token),
+            connections: args.conns,
+            size: 0,
+            stop: bench::Stop::After(args.secs.0),
             warmup: args.warmup.0,
-            duration: args.secs.0,
             server_pid: args.pid,
         };
-        let report = bench::exec::run_exec(&config)
+        let report = bench::blocking::run_exec(&config, &bench_command(&args.command))
             .map_err(|error| format!("commands on {addr}: {error}"))?;
-        println!("{report}");
-        return Ok(());
+        return print_report(&report, false);
     }
     if args.probe {
-        let config = bench::ProbeConfig {
-            addr: addr.to_string(),
-            duration: args.secs.0,
-            interval: Duration::from_millis(1),
-            server_pid: args.pid,
-        };
-        let report =
-            bench::run_probe(&config).map_err(|error| format!("probe of {addr}: {error}"))?;
-        println!("{report}");
-        return Ok(());
+        return bench_probe(addr, args.secs.0, args.pid);
     }
     if args.idle {
         let server_pid = args
             .pid
             .ok_or("--idle needs --pid, the server's process id")?;
-        let config = IdleConfig {
-            addr,
-            protocol,
-            connections: args.conns,
-            server_pid,
-            settle: Duration::from_secs(1),
-        };
-        let report = bench::run_idle(&config)
-            .map_err(|error| format!("idle probe against {addr}: {error}"))?;
-        println!("{report}");
-        return Ok(());
+        return bench_idle(addr, protocol, args.conns, server_pid);
     }
     let config = LoadConfig {
         addr,
@@ -939,14 +1391,14 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
         connections: args.conns,
         size: args.size,
         depth: args.depth,
+        stop: bench::Stop::After(args.secs.0),
         warmup: args.warmup.0,
-        duration: args.secs.0,
+        rate: None,
         server_pid: args.pid,
     };
     let report =
-        bench::run_load(&config).map_err(|error| format!("load against {addr}: {error}"))?;
-    println!("{report}");
-    Ok(())
+        bench::echo::run_echo(&config).map_err(|error| format!("load against {addr}: {error}"))?;
+    print_report(&report, false)
 }
 
 /// The file commands (`get`, `put`, `ls`, `stat`, `rm`, `mkdir`): the command line over

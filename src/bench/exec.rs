@@ -194,7 +194,7 @@ fn report(
 }
 
 /// A connection that has presented the token.
-fn authenticated(addr: &str, token: &Token) -> io::Result<Client> {
+pub(super) fn authenticated(addr: &str, token: &Token) -> io::Result<Client> {
     let mut client = Client::connect_raw(addr, IO_TIMEOUT).map_err(to_io)?;
     client
         .hello(Hello::with_credentials(token.as_bytes()))
@@ -206,13 +206,26 @@ fn to_io(error: ClientError) -> io::Error {
     io::Error::other(error.to_string())
 }
 
-/// Runs one command on `stream` to its end: returns its EXIT (or `None` for a per-stream
-/// ERROR) and the output bytes received.
-fn run_one(client: &mut Client, stream: u32, request: &[u8]) -> io::Result<(Option<Exit>, u64)> {
+/// Runs one command on `stream` to its end: returns its EXIT (or, for a per-stream ERROR, the
+/// error's code) and the output bytes received. An ERROR on stream 0 (the server is closing
+/// the connection) is an `Other` error whose text is the code.
+pub(super) fn run_one(
+    client: &mut Client,
+    stream: u32,
+    request: &[u8],
+) -> io::Result<(Result<Exit, String>, u64)> {
     client.send_raw(request)?;
     let mut output = 0u64;
     loop {
         let frame = client.recv_frame().map_err(to_io)?;
+        let code = || {
+            ErrorMessage::parse(&frame.payload).map_or("undecodable ERROR".to_string(), |message| {
+                message.code.to_string()
+            })
+        };
+        if frame.header.stream == 0 && frame.header.frame_type == FrameType::Error {
+            return Err(io::Error::other(code()));
+        }
         if frame.header.stream != stream {
             continue;
         }
@@ -221,23 +234,15 @@ fn run_one(client: &mut Client, stream: u32, request: &[u8]) -> io::Result<(Opti
             FrameType::Exit => {
                 let exit = Exit::parse(&frame.payload)
                     .map_err(|error| io::Error::other(error.to_string()))?;
-                return Ok((Some(exit), output));
+                return Ok((Ok(exit), output));
             }
-            FrameType::Error => {
-                let text = ErrorMessage::parse(&frame.payload)
-                    .map(|message| message.to_string())
-                    .unwrap_or_default();
-                if frame.header.stream == 0 {
-                    return Err(io::Error::other(format!("server error {text}")));
-                }
-                return Ok((None, output));
-            }
+            FrameType::Error => return Ok((Err(code()), output)),
             _ => {}
         }
     }
 }
 
-fn exec_frame(argv: &[String], stream: u32) -> Vec<u8> {
+pub(super) fn exec_frame(argv: &[String], stream: u32) -> Vec<u8> {
     let args: Vec<&[u8]> = argv.iter().map(|arg| arg.as_bytes()).collect();
     let mut wire = Vec::new();
     ExecRequest::new(args).encode(stream, &mut wire);
@@ -261,7 +266,7 @@ pub fn run_exec(config: &ExecConfig) -> io::Result<ExecReport> {
             stream = stream.wrapping_add(1).max(1);
             let request = exec_frame(&argv, stream);
             let (exit, _) = run_one(&mut client, stream, &request)?;
-            Ok(exit.is_some_and(|exit| exit.termination == Termination::Exited(0)))
+            Ok(exit.is_ok_and(|exit| exit.termination == Termination::Exited(0)))
         })
     })?;
     // CPU over warm-up and window alike: an estimate per command, not an exact figure.

@@ -1,8 +1,11 @@
 //! The load generator behind `monoreactor bench`.
 //!
-//! - [`run_load`]: N connections each keep `depth` requests in flight (ping-pong when the depth
-//!   is 1) for a fixed time after a warm-up; reports round trips per second, latency
-//!   percentiles and, given the server's pid, the server's CPU time per request.
+//! - [`echo::run_echo`]: TCP echo, framed or raw: N connections each keep `depth` requests in
+//!   flight (ping-pong at depth 1), or, with a rate, an open loop whose latency counts from
+//!   each request's due time (no coordinated omission).
+//! - [`udp::run_udp`]: the same over UDP datagrams, losses counted after a timeout.
+//! - [`connect::run_connect`]: short connections: connect, one echo, close, per request.
+//! - [`blocking`]: file GET and PUT, and exec, on one thread per connection.
 //! - [`run_idle`]: opens N connections that then sit idle, and reports how much the server's
 //!   resident memory grew per connection.
 //! - [`run_probe`]: one client pinging 64-byte echoes every millisecond for a while: the
@@ -11,25 +14,30 @@
 //! - [`exec`]: commands per second against a local posix_spawn loop, and a long command
 //!   output to a slow reader (server memory, echo latency meanwhile).
 //!
-//! The client is itself one thread on one `mio::Poll`, so on a 2-core machine it takes one
-//! core and leaves the other to the server. It works against the framed listener and against
-//! any raw TCP echo server.
+//! Every load run ends in a [`Report`]: requests, errors by kind, throughput, latency
+//! percentiles from an HDR histogram, and CPU time per request of the server (given its pid)
+//! and of the generator itself. The echo, UDP and connect generators are each one thread on
+//! one `mio::Poll`; the report says how busy that thread was, so a run whose generator was
+//! saturated says so instead of passing off the generator's limit as the server's. Raw echo,
+//! UDP and connect speak nothing but echo, so they measure any echo server.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-
+pub mod blocking;
+pub mod connect;
+pub mod echo;
 pub mod exec;
+pub mod report;
+mod timer;
+pub mod udp;
+
+pub use report::{Report, Stop};
 
 use crate::client::Client;
-use crate::limits::MAX_FRAME_LEN;
 use crate::procstat;
-use crate::proto::{Decoder, Flags, Frame, FrameType, Hello};
 use crate::server::raise_descriptor_limit;
 
 /// Which protocol the benchmark speaks.
@@ -41,25 +49,49 @@ pub enum BenchProtocol {
     Raw,
 }
 
-/// A load run.
+/// An echo load run (`bench echo`, `bench udp`, `bench connect`).
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
     /// Server address.
     pub addr: SocketAddr,
-    /// Protocol to speak.
+    /// Protocol to speak (TCP echo only).
     pub protocol: BenchProtocol,
-    /// Connections, all active.
+    /// Connections (or UDP sockets, or connections at once for `connect`).
     pub connections: usize,
     /// Payload bytes per request.
     pub size: usize,
-    /// Requests in flight per connection.
+    /// Requests in flight per connection (1 = ping-pong).
     pub depth: usize,
+    /// When the run stops.
+    pub stop: Stop,
     /// Time before measuring starts (connections warm up, caches fill).
     pub warmup: Duration,
-    /// Time measured.
-    pub duration: Duration,
+    /// Open loop: requests per second over all connections, due at fixed times.
+    pub rate: Option<f64>,
     /// Server process, to report its CPU time per request.
     pub server_pid: Option<u32>,
+}
+
+impl LoadConfig {
+    /// Refuses settings that cannot run.
+    pub fn validate(&self) -> io::Result<()> {
+        if self.connections == 0 || self.depth == 0 || self.size == 0 {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "connections, depth and size must be at least 1",
+            ));
+        }
+        if self
+            .rate
+            .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+        {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "the rate must be a positive number of requests per second",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Latency percentiles, in microseconds.
@@ -91,256 +123,6 @@ impl Percentiles {
             p99: at(0.99),
             p999: at(0.999),
             max: samples[samples.len() - 1],
-        }
-    }
-}
-
-/// What a load run measured.
-#[derive(Clone, Debug)]
-pub struct LoadReport {
-    /// The run's settings.
-    pub config: LoadConfig,
-    /// Round trips completed in the measured window.
-    pub requests: u64,
-    /// Length of the measured window.
-    pub elapsed: Duration,
-    /// Round-trip latencies in the window.
-    pub latency: Percentiles,
-    /// Server CPU time (user + system) per round trip, if its pid was given.
-    pub server_cpu_per_request: Option<Duration>,
-}
-
-impl LoadReport {
-    /// Round trips per second.
-    pub fn requests_per_second(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-impl fmt::Display for LoadReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        let proto = match c.protocol {
-            BenchProtocol::Framed => "framed",
-            BenchProtocol::Raw => "raw",
-        };
-        let rate = self.requests_per_second();
-        let mb = rate * c.size as f64 * 2.0 / 1e6;
-        let l = self.latency;
-        write!(
-            f,
-            "{proto} {}B x{} depth {}: {rate:.0} req/s, {mb:.1} MB/s both ways; latency us p50 {} p90 {} p99 {} p99.9 {} max {}",
-            c.size, c.connections, c.depth, l.p50, l.p90, l.p99, l.p999, l.max
-        )?;
-        if let Some(cpu) = self.server_cpu_per_request {
-            write!(
-                f,
-                "; server CPU {:.2} us/req",
-                cpu.as_nanos() as f64 / 1000.0
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// One benchmark connection.
-struct LoadConn {
-    stream: TcpStream,
-    /// Bytes not yet written.
-    out: Vec<u8>,
-    out_sent: usize,
-    /// Bytes received but not yet a whole reply.
-    received: Vec<u8>,
-    /// Send time of each request in flight, oldest first.
-    in_flight: VecDeque<Instant>,
-    /// Framed: HELLO_OK not seen yet.
-    awaiting_hello: bool,
-}
-
-/// Runs a load test; see the module docs.
-pub fn run_load(config: &LoadConfig) -> io::Result<LoadReport> {
-    if config.connections == 0 || config.depth == 0 || config.size == 0 {
-        return Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            "connections, depth and size must be at least 1",
-        ));
-    }
-    raise_descriptor_limit();
-    let request = match config.protocol {
-        BenchProtocol::Framed => Frame::new(
-            FrameType::EchoRequest,
-            Flags::END_STREAM,
-            1,
-            &vec![b'x'; config.size],
-        )
-        .to_vec(),
-        BenchProtocol::Raw => vec![b'x'; config.size],
-    };
-    let decoder = Decoder::new(MAX_FRAME_LEN);
-    let mut poll = Poll::new()?;
-    let mut conns = Vec::with_capacity(config.connections);
-    let start = Instant::now();
-    for index in 0..config.connections {
-        let stream = StdTcpStream::connect(config.addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
-        let mut stream = TcpStream::from_std(stream);
-        poll.registry().register(
-            &mut stream,
-            Token(index),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let mut conn = LoadConn {
-            stream,
-            out: Vec::new(),
-            out_sent: 0,
-            received: Vec::new(),
-            in_flight: VecDeque::with_capacity(config.depth),
-            awaiting_hello: config.protocol == BenchProtocol::Framed,
-        };
-        if conn.awaiting_hello {
-            Hello::current().encode(&mut conn.out);
-        }
-        for _ in 0..config.depth {
-            conn.out.extend_from_slice(&request);
-            conn.in_flight.push_back(start);
-        }
-        flush(&mut conn)?;
-        conns.push(conn);
-    }
-
-    let measure_from = Instant::now() + config.warmup;
-    let measure_until = measure_from + config.duration;
-    let mut cpu_at_start = None;
-    let mut latencies: Vec<u32> = Vec::with_capacity(1 << 20);
-    let mut events = Events::with_capacity(1024);
-    loop {
-        let now = Instant::now();
-        if now >= measure_until {
-            break;
-        }
-        if cpu_at_start.is_none() && now >= measure_from {
-            cpu_at_start = config.server_pid.map(procstat::cpu_time).transpose()?;
-        }
-        let wait = measure_until
-            .saturating_duration_since(now)
-            .min(Duration::from_millis(50));
-        match poll.poll(&mut events, Some(wait)) {
-            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-            other => other?,
-        }
-        for event in events.iter() {
-            let conn = &mut conns[event.token().0];
-            if event.is_writable() {
-                flush(conn)?;
-            }
-            if !event.is_readable() {
-                continue;
-            }
-            let completed = receive(conn, config, &decoder)?;
-            let now = Instant::now();
-            for _ in 0..completed {
-                let Some(sent) = conn.in_flight.pop_front() else {
-                    return Err(io::Error::new(
-                        ErrorKind::InvalidData,
-                        "more replies than requests",
-                    ));
-                };
-                if now >= measure_from && now < measure_until {
-                    latencies.push(
-                        u32::try_from(now.duration_since(sent).as_micros()).unwrap_or(u32::MAX),
-                    );
-                }
-                conn.out.extend_from_slice(&request);
-                conn.in_flight.push_back(now);
-            }
-            if completed > 0 {
-                flush(conn)?;
-            }
-        }
-    }
-    let elapsed = Instant::now()
-        .saturating_duration_since(measure_from)
-        .min(config.duration);
-    let cpu_at_end = config.server_pid.map(procstat::cpu_time).transpose()?;
-    let requests = latencies.len() as u64;
-    let server_cpu_per_request = match (cpu_at_start, cpu_at_end) {
-        (Some(before), Some(after)) if requests > 0 => Some((after - before) / requests as u32),
-        _ => None,
-    };
-    Ok(LoadReport {
-        config: config.clone(),
-        requests,
-        elapsed,
-        latency: Percentiles::of(&mut latencies),
-        server_cpu_per_request,
-    })
-}
-
-fn flush(conn: &mut LoadConn) -> io::Result<()> {
-    while conn.out_sent < conn.out.len() {
-        match conn.stream.write(&conn.out[conn.out_sent..]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => conn.out_sent += n,
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    conn.out.clear();
-    conn.out_sent = 0;
-    Ok(())
-}
-
-/// Reads until the socket is drained and returns how many whole replies arrived.
-fn receive(conn: &mut LoadConn, config: &LoadConfig, decoder: &Decoder) -> io::Result<usize> {
-    let mut chunk = [0; 64 * 1024];
-    loop {
-        match conn.stream.read(&mut chunk) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "server closed a benchmark connection",
-                ));
-            }
-            Ok(n) => {
-                conn.received.extend_from_slice(&chunk[..n]);
-                // A short read means the socket is drained (epoll(7)): skip the read that
-                // would only say WouldBlock, as the server does.
-                if n < chunk.len() {
-                    break;
-                }
-            }
-            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    match config.protocol {
-        BenchProtocol::Raw => {
-            let replies = conn.received.len() / config.size;
-            conn.received.drain(..replies * config.size);
-            Ok(replies)
-        }
-        BenchProtocol::Framed => {
-            let mut replies = 0;
-            let mut frames = decoder.frames(&conn.received);
-            for frame in frames.by_ref() {
-                let frame = frame.map_err(|error| io::Error::new(ErrorKind::InvalidData, error))?;
-                match frame.header.frame_type {
-                    FrameType::HelloOk if conn.awaiting_hello => conn.awaiting_hello = false,
-                    FrameType::EchoReply if frame.payload.len() == config.size => replies += 1,
-                    other => {
-                        return Err(io::Error::new(
-                            ErrorKind::InvalidData,
-                            format!("unexpected {other} frame of {} bytes", frame.payload.len()),
-                        ));
-                    }
-                }
-            }
-            let consumed = frames.consumed();
-            conn.received.drain(..consumed);
-            Ok(replies)
         }
     }
 }

@@ -1,0 +1,434 @@
+//! TCP echo load, framed or raw, on one thread and one `mio::Poll`: `bench echo`.
+//!
+//! Closed loop (the default): every connection keeps `depth` requests in flight and sends the
+//! next one when a reply arrives; latency counts from the send. Open loop (`rate`): requests
+//! are due at a fixed rate whatever the server does ([`Pacer`](super::report)), spread over the
+//! connections in turn; a request that finds its connection at `depth` waits, and its latency
+//! counts from when it was due, so a stalled server shows in the percentiles.
+//!
+//! A connection the server closes or resets is counted as an error of that kind and dropped;
+//! an ERROR frame is counted by its code (SERVER_BUSY, SHUTTING_DOWN, ...). When none is left,
+//! or nothing has succeeded for a second, the run ends early with what it measured.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::TcpStream as StdTcpStream;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use super::report::{Pacer, Recorder, Report, io_kind};
+use super::timer::Timer;
+use super::{BenchProtocol, LoadConfig};
+use crate::limits::MAX_FRAME_LEN;
+use crate::proto::{Decoder, ErrorMessage, Flags, Frame, FrameType, Hello};
+use crate::server::raise_descriptor_limit;
+
+/// One benchmark connection.
+struct Conn {
+    stream: TcpStream,
+    alive: bool,
+    /// Bytes not yet written.
+    out: Vec<u8>,
+    out_sent: usize,
+    /// Framed: bytes received but not yet a whole frame.
+    received: Vec<u8>,
+    /// Raw: bytes received beyond the last whole reply.
+    raw_pending: usize,
+    /// Start time (send time, or due time in open loop) of each request in flight.
+    in_flight: VecDeque<Instant>,
+    /// Open loop: due times of requests waiting for room under `depth`.
+    backlog: VecDeque<Instant>,
+    /// Framed: HELLO_OK not seen yet.
+    awaiting_hello: bool,
+}
+
+impl Conn {
+    fn push(&mut self, request: &[u8], start: Instant) {
+        self.out.extend_from_slice(request);
+        self.in_flight.push_back(start);
+    }
+
+    /// Moves waiting requests into flight while there is room.
+    fn admit(&mut self, request: &[u8], depth: usize) {
+        while self.in_flight.len() < depth {
+            let Some(due) = self.backlog.pop_front() else {
+                break;
+            };
+            self.push(request, due);
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.out_sent < self.out.len() {
+            match self.stream.write(&self.out[self.out_sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_sent += n,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.out.clear();
+        self.out_sent = 0;
+        Ok(())
+    }
+}
+
+/// What one readable event brought.
+#[derive(Default)]
+struct Received {
+    replies: usize,
+    /// The server closed the connection after these.
+    closed: bool,
+    /// ERROR frames on a request's stream: that request failed, the connection lives on.
+    failed: Vec<String>,
+}
+
+/// Why a connection is done.
+enum Fatal {
+    /// An ERROR frame on stream 0 (the server closes after it), by code.
+    Server(String),
+    Io(io::Error),
+    Protocol(String),
+}
+
+impl Fatal {
+    fn kind(&self) -> String {
+        match self {
+            Fatal::Server(code) => code.clone(),
+            Fatal::Io(error) => io_kind(error),
+            Fatal::Protocol(what) => what.clone(),
+        }
+    }
+}
+
+impl From<io::Error> for Fatal {
+    fn from(error: io::Error) -> Fatal {
+        Fatal::Io(error)
+    }
+}
+
+fn receive(
+    conn: &mut Conn,
+    config: &LoadConfig,
+    decoder: &Decoder,
+    chunk: &mut [u8],
+) -> Result<Received, Fatal> {
+    let mut got = Received::default();
+    loop {
+        match conn.stream.read(chunk) {
+            Ok(0) => {
+                got.closed = true;
+                break;
+            }
+            Ok(n) => {
+                match config.protocol {
+                    BenchProtocol::Raw => conn.raw_pending += n,
+                    BenchProtocol::Framed => conn.received.extend_from_slice(&chunk[..n]),
+                }
+                // A short read means the socket is drained (epoll(7)): skip the read that
+                // would only say WouldBlock, as the server does.
+                if n < chunk.len() {
+                    break;
+                }
+            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(Fatal::Io(error)),
+        }
+    }
+    match config.protocol {
+        BenchProtocol::Raw => {
+            got.replies = conn.raw_pending / config.size;
+            conn.raw_pending %= config.size;
+        }
+        BenchProtocol::Framed => {
+            let mut frames = decoder.frames(&conn.received);
+            for frame in frames.by_ref() {
+                let frame = frame
+                    .map_err(|error| Fatal::Protocol(format!("undecodable reply ({error})")))?;
+                match frame.header.frame_type {
+                    FrameType::HelloOk if conn.awaiting_hello => conn.awaiting_hello = false,
+                    FrameType::EchoReply if frame.payload.len() == config.size => {
+                        got.replies += 1;
+                    }
+                    FrameType::Error => {
+                        let code = ErrorMessage::parse(frame.payload)
+                            .map_or("undecodable ERROR".to_string(), |message| {
+                                message.code.to_string()
+                            });
+                        if frame.header.stream == 0 {
+                            return Err(Fatal::Server(code));
+                        }
+                        got.failed.push(code);
+                    }
+                    FrameType::Hello => {
+                        return Err(Fatal::Protocol(
+                            "our own HELLO came back (a raw echo port?)".to_string(),
+                        ));
+                    }
+                    other => {
+                        return Err(Fatal::Protocol(format!(
+                            "unexpected {other} of {} bytes",
+                            frame.payload.len()
+                        )));
+                    }
+                }
+            }
+            let consumed = frames.consumed();
+            conn.received.drain(..consumed);
+        }
+    }
+    Ok(got)
+}
+
+/// The open-loop timer's token in the poll.
+const TIMER: Token = Token(usize::MAX);
+
+/// Runs TCP echo load; see the module docs. Errors only if no connection can be made; a
+/// server that goes away mid-run ends it early with a partial report.
+pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
+    config.validate()?;
+    raise_descriptor_limit();
+    let request = match config.protocol {
+        BenchProtocol::Framed => Frame::new(
+            FrameType::EchoRequest,
+            Flags::END_STREAM,
+            1,
+            &vec![b'x'; config.size],
+        )
+        .to_vec(),
+        BenchProtocol::Raw => vec![b'x'; config.size],
+    };
+    let decoder = Decoder::new(MAX_FRAME_LEN);
+    let mut poll = Poll::new()?;
+    let mut conns = Vec::with_capacity(config.connections);
+    for index in 0..config.connections {
+        let stream = StdTcpStream::connect(config.addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(stream);
+        poll.registry().register(
+            &mut stream,
+            Token(index),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let mut conn = Conn {
+            stream,
+            alive: true,
+            out: Vec::new(),
+            out_sent: 0,
+            received: Vec::new(),
+            raw_pending: 0,
+            in_flight: VecDeque::with_capacity(config.depth),
+            backlog: VecDeque::new(),
+            awaiting_hello: config.protocol == BenchProtocol::Framed,
+        };
+        if conn.awaiting_hello {
+            Hello::current().encode(&mut conn.out);
+        }
+        conns.push(conn);
+    }
+
+    let mut recorder = Recorder::new(
+        config.stop,
+        config.warmup,
+        config.server_pid,
+        2 * config.size as u64,
+    );
+    let mut pacer = config.rate.map(Pacer::new);
+    let timer = match pacer {
+        Some(_) => Some(Timer::new(poll.registry(), TIMER)?),
+        None => None,
+    };
+    let now = Instant::now();
+    for conn in &mut conns {
+        if pacer.is_none() {
+            for _ in 0..config.depth {
+                conn.push(&request, now);
+            }
+        }
+        // A failure here shows on the first event.
+        let _ = conn.flush();
+    }
+    let mut live = conns.len();
+    let mut turn = 0;
+    let mut chunk = vec![0; 64 * 1024];
+    let mut events = Events::with_capacity(1024);
+    let mut touched = Vec::new();
+    let ended_early = loop {
+        let now = Instant::now();
+        recorder.tick(now);
+        if recorder.finished(now) {
+            break None;
+        }
+        if live == 0 {
+            break Some("every connection was closed: did the server go away?".to_string());
+        }
+        if recorder.failing(now) {
+            break Some("nothing succeeded for a second".to_string());
+        }
+        if let Some(pacer) = pacer.as_mut() {
+            while let Some(due) = pacer.due(now) {
+                // The next live connection in turn.
+                while !conns[turn % conns.len()].alive {
+                    turn += 1;
+                }
+                let index = turn % conns.len();
+                turn += 1;
+                conns[index].backlog.push_back(due);
+                touched.push(index);
+            }
+            for index in touched.drain(..) {
+                let conn = &mut conns[index];
+                if conn.backlog.is_empty() {
+                    continue;
+                }
+                conn.admit(&request, config.depth);
+                if let Err(error) = conn.flush() {
+                    kill(
+                        &mut poll,
+                        conn,
+                        &mut live,
+                        &mut recorder,
+                        now,
+                        &error.into(),
+                    );
+                }
+            }
+        }
+        let mut wake = now + Duration::from_millis(50);
+        if let Some(deadline) = recorder.next_deadline() {
+            wake = wake.min(deadline);
+        }
+        if let (Some(pacer), Some(timer)) = (&pacer, &timer) {
+            let due = pacer.next_at();
+            if due < wake {
+                // To the microsecond; the poll's own timeout counts milliseconds.
+                timer.arm(due.saturating_duration_since(now))?;
+                wake = due + Duration::from_millis(1);
+            }
+        }
+        match poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            other => other?,
+        }
+        for event in events.iter() {
+            if event.token() == TIMER {
+                continue;
+            }
+            let conn = &mut conns[event.token().0];
+            if !conn.alive {
+                continue;
+            }
+            if event.is_writable() {
+                if let Err(error) = conn.flush() {
+                    kill(
+                        &mut poll,
+                        conn,
+                        &mut live,
+                        &mut recorder,
+                        now,
+                        &error.into(),
+                    );
+                    continue;
+                }
+            }
+            if !event.is_readable() {
+                continue;
+            }
+            let got = match receive(conn, config, &decoder, &mut chunk) {
+                Ok(got) => got,
+                Err(fatal) => {
+                    kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            let mut done = 0;
+            for _ in 0..got.replies {
+                let Some(start) = conn.in_flight.pop_front() else {
+                    let fatal = Fatal::Protocol("more replies than requests".to_string());
+                    kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    break;
+                };
+                recorder.record(now, now.saturating_duration_since(start));
+                done += 1;
+            }
+            for code in &got.failed {
+                conn.in_flight.pop_front();
+                recorder.error(now, code);
+                done += 1;
+            }
+            if !conn.alive {
+                continue;
+            }
+            if got.closed {
+                let fatal = Fatal::Io(ErrorKind::UnexpectedEof.into());
+                kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                continue;
+            }
+            if pacer.is_some() {
+                conn.admit(&request, config.depth);
+            } else {
+                for _ in 0..done {
+                    conn.push(&request, now);
+                }
+            }
+            if done > 0 {
+                if let Err(error) = conn.flush() {
+                    kill(
+                        &mut poll,
+                        conn,
+                        &mut live,
+                        &mut recorder,
+                        now,
+                        &error.into(),
+                    );
+                }
+            }
+        }
+    };
+    let mut settings = vec![
+        (
+            "connections",
+            super::report::Value::Int(config.connections as u64),
+        ),
+        ("size", super::report::Value::Int(config.size as u64)),
+        ("depth", super::report::Value::Int(config.depth as u64)),
+    ];
+    if let Some(rate) = config.rate {
+        settings.push(("rate", super::report::Value::Num(rate)));
+    }
+    let what = match config.protocol {
+        BenchProtocol::Framed => "echo framed",
+        BenchProtocol::Raw => "echo raw",
+    };
+    Ok(recorder.finish(
+        what.to_string(),
+        config.addr.to_string(),
+        settings,
+        "req",
+        ended_early,
+    ))
+}
+
+fn kill(
+    poll: &mut Poll,
+    conn: &mut Conn,
+    live: &mut usize,
+    recorder: &mut Recorder,
+    now: Instant,
+    why: &Fatal,
+) {
+    if !conn.alive {
+        return;
+    }
+    conn.alive = false;
+    *live -= 1;
+    recorder.error(now, &why.kind());
+    let _ = poll.registry().deregister(&mut conn.stream);
+    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+}

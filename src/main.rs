@@ -147,6 +147,10 @@ struct ServeArgs {
     /// Most file transfers (GET, PUT, LIST) running at once on the server.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers)]
     max_transfers: usize,
+    /// Bytes of buffer all connections together may hold; past it, those holding the most
+    /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
+    #[arg(long, value_name = "BYTES")]
+    max_client_memory: Option<usize>,
     /// Allow --listen on a non-loopback address without a token.
     #[arg(long)]
     insecure: bool,
@@ -675,6 +679,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         max_exec_per_connection: args.max_commands_per_conn,
         max_put: args.max_put,
         max_transfers: args.max_transfers,
+        max_client_memory: args
+            .max_client_memory
+            .unwrap_or_else(monoreactor::limits::default_client_memory),
         ..Limits::default()
     };
     let (token, warning) = load_token(args.token_file.as_deref())

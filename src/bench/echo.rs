@@ -265,7 +265,10 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
             break None;
         }
         if live == 0 {
-            break Some("every connection was closed: did the server go away?".to_string());
+            break Some(format!(
+                "every connection was closed ({})",
+                recorder.error_summary()
+            ));
         }
         if recorder.failing(now) {
             break Some("nothing succeeded for a second".to_string());

@@ -148,8 +148,10 @@ impl Report {
 
     /// The generator's CPU time as a share of one core (or of its threads' cores).
     pub fn generator_busy(&self) -> Option<f64> {
+        // Below a few milliseconds the share says nothing (CPU time counts in microseconds).
         self.client_cpu
-            .map(|cpu| cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9))
+            .filter(|_| self.elapsed >= Duration::from_millis(5))
+            .map(|cpu| cpu.as_secs_f64() / self.elapsed.as_secs_f64())
     }
 
     /// The report as one JSON object on one line.
@@ -393,6 +395,16 @@ impl Recorder {
         self.last_error
             .is_some_and(|error| error > self.last_success)
             && now.saturating_duration_since(self.last_success) >= GIVE_UP_AFTER
+    }
+
+    /// The errors so far, `KIND COUNT, ...`.
+    pub(crate) fn error_summary(&self) -> String {
+        let kinds: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        kinds.join(", ")
     }
 
     /// When the run must next wake up for the window (its start or its end), if ever.

@@ -70,3 +70,4 @@ pub mod testkit;
 pub mod throttle;
 pub mod timer;
 pub mod transport;
+pub mod workers;

@@ -110,7 +110,7 @@ struct ServeArgs {
     /// UDP echo address, or `off`.
     #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)))]
     echo_udp: Endpoint,
-    /// Most connections open at once (lowered to fit the open-file limit).
+    /// Most connections open at once (lowered to fit the open-file limit); per worker.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_conns: usize,
     /// Close a connection after this many seconds without activity.
@@ -144,7 +144,7 @@ struct ServeArgs {
     /// Largest file one PUT may store, bytes.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_put)]
     max_put: u64,
-    /// Most file transfers (GET, PUT, LIST) running at once on the server.
+    /// Most file transfers (GET, PUT, LIST) running at once on the server; per worker.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers)]
     max_transfers: usize,
     /// Bytes of buffer all connections together may hold; past it, those holding the most
@@ -154,13 +154,21 @@ struct ServeArgs {
     /// Allow --listen on a non-loopback address without a token.
     #[arg(long)]
     insecure: bool,
+    /// Worker processes, each this whole single-threaded server on the same ports
+    /// (SO_REUSEPORT), supervised by this process; every limit applies to each worker. With 1
+    /// the server runs in this process.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
+    workers: usize,
+    /// Internal: serve as a worker of a `--workers` supervisor, on inherited descriptors.
+    #[arg(long = "worker-of", value_name = "FDS", hide = true)]
+    worker_of: Option<String>,
     /// Longest a command may run before it is stopped (SIGTERM, then SIGKILL).
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().exec_timeout))]
     exec_timeout: Secs,
     /// Most output (stdout and stderr) one command may send before it is stopped.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().exec_output_cap)]
     exec_max_output: u64,
-    /// Most commands running at once on the server.
+    /// Most commands running at once on the server; per worker.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec)]
     max_commands: usize,
     /// Most commands and file transfers (GET, PUT, LIST) running at once on one connection.
@@ -689,6 +697,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(warning) = warning {
         log::warn!("{warning}");
     }
+    let (workers, worker_of) = (args.workers, args.worker_of);
     let config = Config {
         framed: args.listen.0,
         echo_tcp: args.echo_tcp.0,
@@ -703,8 +712,47 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         insecure: args.insecure,
         handle_signals: true,
     };
+    if let Some(spec) = worker_of {
+        return serve_worker(config, &spec);
+    }
+    if workers > 1 {
+        return serve_workers(config, workers);
+    }
     let server = Server::bind(config).map_err(describe_start_error)?;
-    let addrs = server.addrs();
+    print_listening(server.addrs())?;
+    server
+        .run()
+        .map(drop)
+        .map_err(|error| format!("event loop failed: {error}"))
+}
+
+/// `serve --workers N` (N > 1): bind every socket N times with SO_REUSEPORT, print the
+/// addresses once, and supervise N worker processes (`monoreactor::workers`).
+fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
+    let (sets, addrs) =
+        monoreactor::server::bind_shared(config, workers).map_err(describe_start_error)?;
+    print_listening(addrs)?;
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    monoreactor::workers::supervise(sets, args).map_err(|error| format!("workers: {error}"))
+}
+
+/// One worker of `serve --workers N`: the ordinary server on the supervisor's sockets. It
+/// prints nothing on stdout (the supervisor did) and says when it is ready.
+fn serve_worker(config: Config, spec: &str) -> Result<(), String> {
+    let fds = monoreactor::workers::WorkerFds::parse(spec)?;
+    let (listeners, ready) = fds
+        .take()
+        .map_err(|error| format!("--worker-of {spec}: {error}"))?;
+    let server = Server::from_listeners(config, listeners).map_err(describe_start_error)?;
+    ready.announce();
+    server
+        .run()
+        .map(drop)
+        .map_err(|error| format!("event loop failed: {error}"))
+}
+
+/// One `listening KIND ADDR` line per socket on stdout, flushed.
+fn print_listening(addrs: monoreactor::server::BoundAddrs) -> Result<(), String> {
     let mut stdout = io::stdout().lock();
     let mut lines = format!("listening framed {}\n", addrs.framed);
     if let Some(addr) = addrs.echo_tcp {
@@ -716,12 +764,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     stdout
         .write_all(lines.as_bytes())
         .and_then(|()| stdout.flush())
-        .map_err(|error| format!("stdout: {error}"))?;
-    drop(stdout);
-    server
-        .run()
-        .map(drop)
-        .map_err(|error| format!("event loop failed: {error}"))
+        .map_err(|error| format!("stdout: {error}"))
 }
 
 /// A start-up failure in the words of the command line: each bind failure names its flag and

@@ -164,45 +164,8 @@ impl Server {
     /// ([`keep_descriptors_from_commands`](crate::sys::process::keep_descriptors_from_commands))
     /// and SIGCHLD gets its default disposition
     /// ([`restore_default_sigchld`](crate::sys::process::restore_default_sigchld)).
-    pub fn bind(config: Config) -> Result<Server, StartError> {
-        let mut limits = config.limits;
-        limits
-            .validate()
-            .map_err(|error| StartError::Config(error.to_string()))?;
-        check_access(&config.access, config.framed, config.insecure)?;
-        let descriptors = raise_descriptor_limit();
-        let commands = if config.access.exec {
-            limits.max_exec
-        } else {
-            0
-        };
-        limits.max_connections = clamp_connections(
-            limits.max_connections,
-            limits.reserved_fds + commands * DESCRIPTORS_PER_COMMAND,
-            descriptors,
-        );
-        if config.access.exec {
-            crate::sys::process::keep_descriptors_from_commands()?;
-            crate::sys::process::restore_default_sigchld()?;
-        }
-        let root = if config.access.exec || config.files {
-            let root = Root::open_or_create(&config.root).map_err(|error| {
-                StartError::Config(format!(
-                    "cannot use {} as the root directory: {error}",
-                    config.root.display()
-                ))
-            })?;
-            let serves = match (config.files, config.access.exec) {
-                (true, true) => "files are served and commands run",
-                (true, false) => "files are served",
-                _ => "commands run",
-            };
-            info!("{serves} under {}", root.path().display());
-            Some(root)
-        } else {
-            None
-        };
-
+    pub fn bind(mut config: Config) -> Result<Server, StartError> {
+        let (limits, root) = prepare(&mut config)?;
         let mut failures = Vec::new();
         let framed = attempt(
             &mut failures,
@@ -228,17 +191,44 @@ impl Server {
         ) else {
             return Err(StartError::Bind(failures));
         };
+        let sockets = Sockets {
+            framed,
+            echo_tcp,
+            echo_udp,
+        };
+        Server::assemble(config, limits, root, sockets)
+    }
+
+    /// Like [`Server::bind`], but serves sockets that are already bound and listening (a
+    /// worker's share of [`bind_shared`]'s sockets) instead of binding `config`'s addresses;
+    /// `config`'s addresses are not used. Every other check and setup step is the same.
+    pub fn from_listeners(mut config: Config, listeners: Listeners) -> Result<Server, StartError> {
+        let (limits, root) = prepare(&mut config)?;
+        let sockets = listeners.into_sockets()?;
+        Server::assemble(config, limits, root, sockets)
+    }
+
+    fn assemble(
+        config: Config,
+        limits: Limits,
+        root: Option<Root>,
+        sockets: Sockets,
+    ) -> Result<Server, StartError> {
         let addrs = BoundAddrs {
-            framed: framed.local_addr()?,
-            echo_tcp: echo_tcp.as_ref().map(TcpListener::local_addr).transpose()?,
-            echo_udp: echo_udp.as_ref().map(UdpSocket::local_addr).transpose()?,
+            framed: sockets.framed.local_addr()?,
+            echo_tcp: sockets
+                .echo_tcp
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
+            echo_udp: sockets
+                .echo_udp
+                .as_ref()
+                .map(UdpSocket::local_addr)
+                .transpose()?,
         };
         let reactor = Reactor::new(Setup {
-            sockets: Sockets {
-                framed,
-                echo_tcp,
-                echo_udp,
-            },
+            sockets,
             limits,
             access: config.access,
             root,
@@ -261,6 +251,207 @@ impl Server {
     /// Runs the event loop on this thread until shutdown.
     pub fn run(self) -> io::Result<ReactorStats> {
         self.reactor.run()
+    }
+}
+
+/// Everything [`Server::bind`] checks and sets up before binding: the configuration, the
+/// descriptor limit (and the connection limit clamped to it), commands' descriptor hygiene,
+/// and the root directory.
+/// `config.limits` is taken (left at its default) and returned adjusted.
+fn prepare(config: &mut Config) -> Result<(Limits, Option<Root>), StartError> {
+    let mut limits = std::mem::take(&mut config.limits);
+    limits
+        .validate()
+        .map_err(|error| StartError::Config(error.to_string()))?;
+    check_access(&config.access, config.framed, config.insecure)?;
+    let descriptors = raise_descriptor_limit();
+    let commands = if config.access.exec {
+        limits.max_exec
+    } else {
+        0
+    };
+    limits.max_connections = clamp_connections(
+        limits.max_connections,
+        limits.reserved_fds + commands * DESCRIPTORS_PER_COMMAND,
+        descriptors,
+    );
+    if config.access.exec {
+        crate::sys::process::keep_descriptors_from_commands()?;
+        crate::sys::process::restore_default_sigchld()?;
+    }
+    let root = if config.access.exec || config.files {
+        let root = Root::open_or_create(&config.root).map_err(|error| {
+            StartError::Config(format!(
+                "cannot use {} as the root directory: {error}",
+                config.root.display()
+            ))
+        })?;
+        let serves = match (config.files, config.access.exec) {
+            (true, true) => "files are served and commands run",
+            (true, false) => "files are served",
+            _ => "commands run",
+        };
+        info!("{serves} under {}", root.path().display());
+        Some(root)
+    } else {
+        None
+    };
+    Ok((limits, root))
+}
+
+/// One worker's listening sockets: bound, listening, nonblocking, `SO_REUSEPORT` set. The
+/// supervisor keeps them for the worker's whole slot, so a replacement serves the very same
+/// sockets (and their queued connections).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The framed-protocol listener.
+    pub framed: std::net::TcpListener,
+    /// The raw echo listener, if enabled.
+    pub echo_tcp: Option<std::net::TcpListener>,
+    /// The UDP echo socket, if enabled.
+    pub echo_udp: Option<std::net::UdpSocket>,
+}
+
+impl Listeners {
+    fn into_sockets(self) -> io::Result<Sockets> {
+        self.framed.set_nonblocking(true)?;
+        if let Some(listener) = &self.echo_tcp {
+            listener.set_nonblocking(true)?;
+        }
+        if let Some(socket) = &self.echo_udp {
+            socket.set_nonblocking(true)?;
+        }
+        Ok(Sockets {
+            framed: TcpListener::from_std(self.framed),
+            echo_tcp: self.echo_tcp.map(TcpListener::from_std),
+            echo_udp: self.echo_udp.map(UdpSocket::from_std),
+        })
+    }
+}
+
+/// Binds `count` sets of sockets on the same addresses with `SO_REUSEPORT`, one set per
+/// worker, after the same checks as [`Server::bind`] (the root directory is created, then
+/// closed: each worker opens its own). A port 0 is resolved once: the first socket of each
+/// kind picks the port and the others bind that one. The kernel spreads new connections (and
+/// datagrams) over the sets by a hash of the peer's address.
+///
+/// Nothing here creates a poll, a thread or a signal handler, so a caller may still fork.
+pub fn bind_shared(
+    mut config: Config,
+    count: usize,
+) -> Result<(Vec<Listeners>, BoundAddrs), StartError> {
+    let (_limits, root) = prepare(&mut config)?;
+    drop(root);
+    let mut failures = Vec::new();
+    let mut resolved: [Option<SocketAddr>; 3] =
+        [Some(config.framed), config.echo_tcp, config.echo_udp];
+    let mut sets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let framed = bind_kind(
+            &mut failures,
+            Listener::Framed,
+            &mut resolved[0],
+            Type::STREAM,
+        );
+        let echo_tcp = bind_kind(
+            &mut failures,
+            Listener::EchoTcp,
+            &mut resolved[1],
+            Type::STREAM,
+        );
+        let echo_udp = bind_kind(
+            &mut failures,
+            Listener::EchoUdp,
+            &mut resolved[2],
+            Type::DGRAM,
+        );
+        if !failures.is_empty() {
+            return Err(StartError::Bind(failures));
+        }
+        sets.push(Listeners {
+            framed: framed.map(std::net::TcpListener::from).ok_or_else(|| {
+                StartError::Config("the framed listener is always bound".to_string())
+            })?,
+            echo_tcp: echo_tcp.map(std::net::TcpListener::from),
+            echo_udp: echo_udp.map(std::net::UdpSocket::from),
+        });
+    }
+    let [Some(framed), echo_tcp, echo_udp] = resolved else {
+        return Err(StartError::Config(
+            "the framed listener is always bound".to_string(),
+        ));
+    };
+    Ok((
+        sets,
+        BoundAddrs {
+            framed,
+            echo_tcp,
+            echo_udp,
+        },
+    ))
+}
+
+/// Binds one `SO_REUSEPORT` socket of `kind` at `*addr` (if that listener is enabled) and,
+/// the first time, replaces a port 0 in `*addr` by the port the kernel chose.
+fn bind_kind(
+    failures: &mut Vec<BindFailure>,
+    listener: Listener,
+    addr: &mut Option<SocketAddr>,
+    kind: Type,
+) -> Option<Socket> {
+    let wanted = (*addr)?;
+    let result = (|| {
+        let socket = Socket::new(Domain::for_address(wanted), kind, None)?;
+        if kind == Type::STREAM {
+            socket.set_reuse_address(true)?;
+        }
+        set_reuse_port(&socket)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&wanted.into())?;
+        if kind == Type::STREAM {
+            socket.listen(LISTEN_BACKLOG)?;
+        }
+        let bound = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))?;
+        Ok::<_, io::Error>((socket, bound))
+    })();
+    match result {
+        Ok((socket, bound)) => {
+            *addr = Some(bound);
+            Some(socket)
+        }
+        Err(error) => {
+            failures.push(BindFailure {
+                listener,
+                addr: wanted,
+                error,
+            });
+            None
+        }
+    }
+}
+
+/// `SO_REUSEPORT` through libc: socket2 offers it only with its `all` feature.
+fn set_reuse_port(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `on`, which lives across the
+    // call; the descriptor is owned by `socket`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

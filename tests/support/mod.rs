@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod files;
+pub mod workers;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -1,0 +1,722 @@
+//! `serve --workers N`: more cores without threads.
+//!
+//! The parent (the *supervisor*) binds every listening socket N times with `SO_REUSEPORT`
+//! ([`bind_shared`](crate::server::bind_shared)), one set per worker *slot*, and starts N
+//! workers. Each worker is the ordinary single-threaded server, running on its slot's sockets
+//! instead of binding its own; the kernel spreads new connections (and datagrams) over the
+//! sets.
+//!
+//! **Re-exec, not a bare fork.** A worker is started with `std::process::Command`: fork, then
+//! in the child only async-signal-safe calls (`fcntl` to let the slot's descriptors survive
+//! exec, `prctl(PR_SET_PDEATHSIG)`, `getppid`, `setpgid`), then `execve("/proc/self/exe", the
+//! same arguments + --worker-of FDS)`. The worker thus starts from a fresh image: no poll,
+//! signal handler, logger state, heap or lock inherited from the parent, which makes a
+//! *restart* — necessarily done after the supervisor's own poll and signal handlers exist —
+//! as safe as the first start. The initial workers are started before the supervisor creates
+//! its poll or installs its handlers.
+//!
+//! **The supervisor is one thread on one poll** (no threads, `Threads: 1`): SIGINT/SIGTERM
+//! through `signal-hook-mio`'s self-pipe, each worker's exit through its pidfd (read with
+//! `waitid(P_PIDFD)`, as [`sys::process`](crate::sys::process) does for commands), and each
+//! worker's *ready pipe*, on which the worker writes one byte once it is serving.
+//!
+//! **Sockets outlive workers.** The supervisor keeps each slot's sockets open for as long as
+//! the slot lives. A worker's death therefore closes nothing: connections the kernel queued on
+//! its listener wait there (closing the last descriptor of a `SO_REUSEPORT` listener would
+//! reset them), and the replacement accepts them from the same socket.
+//!
+//! **Restarts.** A worker that dies after it was ready is restarted at once the first time, then
+//! with a backoff doubling from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`]; a worker that lived
+//! [`STABLE_AFTER`] resets the backoff. A worker that dies before it was ready *failed at
+//! start* and is not restarted (a broken setup would otherwise restart in a loop): its slot is
+//! retired and its sockets closed, so the kernel sends new connections to the other workers;
+//! when every slot is retired the supervisor exits with an error.
+//!
+//! **Shutdown.** SIGINT or SIGTERM is forwarded to every worker (each drains as a lone server
+//! does), the supervisor closes its copies of the sockets (new connects are then refused once
+//! the workers have closed theirs) and exits when the last worker has exited. A second signal
+//! is forwarded too, so the workers stop at once. Workers run in their own process group, so a
+//! terminal's Ctrl-C reaches them once, through the supervisor; and `PR_SET_PDEATHSIG` gives
+//! each worker SIGTERM if the supervisor dies.
+//!
+//! Limits (connections, commands, transfers) are per worker: N workers accept up to N times
+//! `--max-conns`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitIdOptions, WaitIdStatus};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::server::Listeners;
+
+/// The hidden `serve` flag that makes a process a worker: `--worker-of READY,FRAMED,TCP,UDP`.
+pub const WORKER_FLAG: &str = "--worker-of";
+
+/// The first restart delay after the immediate one.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest restart delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A worker that lived this long resets its slot's backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// The program a worker runs: this very binary, even if the file was replaced since.
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// The descriptors a worker inherits, as named on its command line: the write end of its
+/// ready pipe, then the framed listener, the raw echo listener and the UDP socket (`-` for a
+/// disabled one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerFds {
+    /// Write end of the ready pipe.
+    pub ready: RawFd,
+    /// The framed-protocol listener.
+    pub framed: RawFd,
+    /// The raw echo listener, if enabled.
+    pub echo_tcp: Option<RawFd>,
+    /// The UDP echo socket, if enabled.
+    pub echo_udp: Option<RawFd>,
+}
+
+impl WorkerFds {
+    /// Parses `READY,FRAMED,TCP,UDP` (`-` for a disabled echo socket).
+    pub fn parse(spec: &str) -> Result<WorkerFds, String> {
+        let fields: Vec<&str> = spec.split(',').collect();
+        let number = |text: &str| {
+            text.parse::<RawFd>()
+                .ok()
+                .filter(|fd| *fd > 2)
+                .ok_or_else(|| format!("{WORKER_FLAG} {spec}: `{text}` is not a descriptor"))
+        };
+        let optional = |text: &str| {
+            if text == "-" {
+                Ok(None)
+            } else {
+                number(text).map(Some)
+            }
+        };
+        let [ready, framed, echo_tcp, echo_udp] = fields[..] else {
+            return Err(format!(
+                "{WORKER_FLAG} {spec}: expected READY,FRAMED,TCP,UDP"
+            ));
+        };
+        Ok(WorkerFds {
+            ready: number(ready)?,
+            framed: number(framed)?,
+            echo_tcp: optional(echo_tcp)?,
+            echo_udp: optional(echo_udp)?,
+        })
+    }
+
+    /// Takes ownership of the inherited descriptors, after checking that each is an open
+    /// socket of the expected type (the ready pipe: an open descriptor), and makes them
+    /// close-on-exec again so the commands this worker runs do not inherit them.
+    ///
+    /// Call it once, at start, with the descriptors from this process's own command line:
+    /// nothing else in the process owns them.
+    pub fn take(self) -> io::Result<(Listeners, ReadyNotice)> {
+        let stream = |fd: RawFd| inherited(fd, Some(libc::SOCK_STREAM));
+        let ready = inherited(self.ready, None)?;
+        let framed = stream(self.framed)?;
+        let echo_tcp = self.echo_tcp.map(stream).transpose()?;
+        let echo_udp = self
+            .echo_udp
+            .map(|fd| inherited(fd, Some(libc::SOCK_DGRAM)))
+            .transpose()?;
+        Ok((
+            Listeners {
+                framed: framed.into(),
+                echo_tcp: echo_tcp.map(Into::into),
+                echo_udp: echo_udp.map(Into::into),
+            },
+            ReadyNotice(File::from(ready)),
+        ))
+    }
+}
+
+impl fmt::Display for WorkerFds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let optional = |fd: Option<RawFd>| fd.map_or_else(|| "-".to_string(), |fd| fd.to_string());
+        write!(
+            f,
+            "{},{},{},{}",
+            self.ready,
+            self.framed,
+            optional(self.echo_tcp),
+            optional(self.echo_udp)
+        )
+    }
+}
+
+/// Checks that `fd` is open (and a socket of `kind`, if given), owns it and sets
+/// close-on-exec.
+fn inherited(fd: RawFd, kind: Option<libc::c_int>) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} was not inherited: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    if let Some(kind) = kind {
+        let mut found: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `found`, which outlives the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&raw mut found).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 || found != kind {
+            return Err(io::Error::other(format!(
+                "descriptor {fd} is not the socket expected"
+            )));
+        }
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this process on its
+    // command line by the supervisor; no other object in this process owns it, and `take`
+    // consumes the only description of it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD only changes the descriptor's flags.
+    if unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
+}
+
+/// The write end of a worker's ready pipe.
+#[derive(Debug)]
+pub struct ReadyNotice(File);
+
+impl ReadyNotice {
+    /// Tells the supervisor this worker serves: one byte, then the pipe is closed. A worker
+    /// that exits before this is taken to have failed at start and is not restarted.
+    pub fn announce(self) {
+        let mut pipe = self.0;
+        if let Err(error) = pipe.write_all(b"r") {
+            warn!("cannot tell the supervisor this worker is ready: {error}");
+        }
+    }
+}
+
+/// One worker process, started and not yet reaped.
+struct Worker {
+    pid: Pid,
+    pidfd: OwnedFd,
+    /// The read end of the ready pipe, until the byte (or EOF) arrives.
+    ready: Option<File>,
+    started: Instant,
+}
+
+enum State {
+    /// Started, has not said it is ready.
+    Starting(Worker),
+    /// Ready and serving.
+    Running(Worker),
+    /// Died; restarts at the instant.
+    Waiting(Instant),
+    /// No worker and none to come (shut down, or retired after a failure at start).
+    Gone,
+}
+
+struct Slot {
+    /// The slot's sockets; `None` once the slot is retired or shutting down.
+    listeners: Option<Listeners>,
+    state: State,
+    /// Consecutive deaths of workers that did not live [`STABLE_AFTER`].
+    crashes: u32,
+}
+
+impl Slot {
+    fn worker(&self) -> Option<&Worker> {
+        match &self.state {
+            State::Starting(worker) | State::Running(worker) => Some(worker),
+            State::Waiting(_) | State::Gone => None,
+        }
+    }
+}
+
+const SIGNALS: Token = Token(usize::MAX);
+
+fn exit_token(slot: usize) -> Token {
+    Token(2 * slot)
+}
+
+fn ready_token(slot: usize) -> Token {
+    Token(2 * slot + 1)
+}
+
+/// Runs the supervisor: starts one worker per set of `listeners`, restarts them, forwards
+/// SIGINT/SIGTERM and returns once every worker has exited after a signal. `args` are this
+/// process's arguments (without the program name); each worker runs them plus
+/// [`WORKER_FLAG`].
+///
+/// Call it before this process creates any poll, thread or signal handler: the first workers
+/// are started before the supervisor's own poll and handlers exist.
+///
+/// Errors: the poll or the signal handlers could not be set up, or every worker failed at
+/// start.
+pub fn supervise(listeners: Vec<Listeners>, args: Vec<OsString>) -> io::Result<()> {
+    supervise_with(listeners, args, true)
+}
+
+/// [`supervise`], optionally without SIGINT/SIGTERM handlers (for tests, which must not
+/// change the test process's signal dispositions).
+fn supervise_with(
+    listeners: Vec<Listeners>,
+    args: Vec<OsString>,
+    handle_signals: bool,
+) -> io::Result<()> {
+    let mut supervisor = Supervisor {
+        slots: Vec::with_capacity(listeners.len()),
+        args,
+        shutting_down: false,
+    };
+    for listeners in listeners {
+        let state = match spawn(&supervisor.args, &listeners) {
+            Ok(worker) => {
+                info!("worker {} started", worker.pid.as_raw_nonzero());
+                State::Starting(worker)
+            }
+            Err(error) => {
+                error!("cannot start a worker: {error}");
+                State::Gone
+            }
+        };
+        supervisor.slots.push(Slot {
+            listeners: Some(listeners),
+            state,
+            crashes: 0,
+        });
+    }
+    supervisor.run(handle_signals)
+}
+
+struct Supervisor {
+    slots: Vec<Slot>,
+    args: Vec<OsString>,
+    shutting_down: bool,
+}
+
+impl Supervisor {
+    fn run(&mut self, handle_signals: bool) -> io::Result<()> {
+        let mut poll = Poll::new()?;
+        let mut signals = if handle_signals {
+            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+        for index in 0..self.slots.len() {
+            self.register(&poll, index)?;
+        }
+        let mut events = Events::with_capacity(64);
+        loop {
+            self.retire_failed_slots();
+            let live = self
+                .slots
+                .iter()
+                .filter(|slot| slot.worker().is_some())
+                .count();
+            if self.shutting_down && live == 0 {
+                info!("every worker has exited");
+                return Ok(());
+            }
+            if !self.shutting_down
+                && self
+                    .slots
+                    .iter()
+                    .all(|slot| matches!(slot.state, State::Gone))
+            {
+                return Err(io::Error::other("every worker failed at start"));
+            }
+            let now = Instant::now();
+            let timeout = self
+                .slots
+                .iter()
+                .filter_map(|slot| match slot.state {
+                    State::Waiting(at) => Some(at.saturating_duration_since(now)),
+                    _ => None,
+                })
+                .min();
+            match poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+            for event in &events {
+                match event.token() {
+                    SIGNALS => {
+                        let Some(signals) = signals.as_mut() else {
+                            continue;
+                        };
+                        let received: Vec<i32> = signals.pending().collect();
+                        for signal in received {
+                            self.on_signal(signal);
+                        }
+                    }
+                    Token(token) => {
+                        let index = token / 2;
+                        if index >= self.slots.len() {
+                            continue;
+                        }
+                        if token % 2 == 0 {
+                            self.on_exit(&poll, index);
+                        } else {
+                            self.on_ready(&poll, index);
+                        }
+                    }
+                }
+            }
+            self.restart_due(&poll);
+        }
+    }
+
+    /// Registers slot `index`'s worker (pidfd and ready pipe), if it has one.
+    fn register(&self, poll: &Poll, index: usize) -> io::Result<()> {
+        let Some(worker) = self.slots[index].worker() else {
+            return Ok(());
+        };
+        let registry = poll.registry();
+        registry.register(
+            &mut SourceFd(&worker.pidfd.as_raw_fd()),
+            exit_token(index),
+            Interest::READABLE,
+        )?;
+        if let Some(ready) = &worker.ready {
+            registry.register(
+                &mut SourceFd(&ready.as_raw_fd()),
+                ready_token(index),
+                Interest::READABLE,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A slot whose worker could not even be spawned has no sockets to keep.
+    fn retire_failed_slots(&mut self) {
+        for slot in &mut self.slots {
+            if matches!(slot.state, State::Gone) {
+                slot.listeners = None;
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        let (name, forward) = if signal == libc::SIGINT {
+            ("SIGINT", Signal::INT)
+        } else {
+            ("SIGTERM", Signal::TERM)
+        };
+        if self.shutting_down {
+            info!("{name} again: forwarded, the workers stop at once");
+        } else {
+            let live = self
+                .slots
+                .iter()
+                .filter(|slot| slot.worker().is_some())
+                .count();
+            info!("{name}: forwarded to {live} worker(s); exiting once they have drained");
+            self.shutting_down = true;
+        }
+        for slot in &mut self.slots {
+            // Closing the supervisor's copies: once each worker closes its own, the sockets
+            // are gone and new connects are refused, as with a lone server.
+            slot.listeners = None;
+            match &slot.state {
+                State::Starting(worker) | State::Running(worker) => {
+                    if let Err(error) = rustix::process::pidfd_send_signal(&worker.pidfd, forward) {
+                        warn!(
+                            "cannot signal worker {}: {}",
+                            worker.pid.as_raw_nonzero(),
+                            io::Error::from(error)
+                        );
+                    }
+                }
+                State::Waiting(_) => slot.state = State::Gone,
+                State::Gone => {}
+            }
+        }
+    }
+
+    /// The ready pipe of slot `index` is readable: the byte (ready) or EOF.
+    fn on_ready(&mut self, poll: &Poll, index: usize) {
+        let slot = &mut self.slots[index];
+        let State::Starting(worker) = &mut slot.state else {
+            return;
+        };
+        let Some(pipe) = worker.ready.as_mut() else {
+            return;
+        };
+        let mut byte = [0; 1];
+        let ready = loop {
+            match pipe.read(&mut byte) {
+                Ok(0) => break false,
+                Ok(_) => break true,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => break false,
+            }
+        };
+        let _ = poll.registry().deregister(&mut SourceFd(&pipe.as_raw_fd()));
+        worker.ready = None;
+        if !ready {
+            // EOF without the byte: the worker is exiting; its pidfd will say so.
+            return;
+        }
+        let State::Starting(worker) = std::mem::replace(&mut slot.state, State::Gone) else {
+            unreachable!("matched above");
+        };
+        info!("worker {} ready", worker.pid.as_raw_nonzero());
+        slot.state = State::Running(worker);
+    }
+
+    /// The pidfd of slot `index` is readable: reap the worker, then restart it, retire the
+    /// slot, or (shutting down) let it go.
+    fn on_exit(&mut self, poll: &Poll, index: usize) {
+        // The ready byte and the exit may be reported in the same turn: read the byte first.
+        self.on_ready(poll, index);
+        let slot = &mut self.slots[index];
+        let Some(worker) = slot.worker() else {
+            return;
+        };
+        let status = match rustix::process::waitid(
+            rustix::process::WaitId::PidFd(worker.pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(status)) => describe(&status),
+            // Spurious: the worker still runs.
+            Ok(None) => return,
+            Err(error) => format!("status unknown ({})", io::Error::from(error)),
+        };
+        let was_ready = matches!(slot.state, State::Running(_));
+        let (State::Starting(worker) | State::Running(worker)) =
+            std::mem::replace(&mut slot.state, State::Gone)
+        else {
+            unreachable!("a worker was found above");
+        };
+        let registry = poll.registry();
+        let _ = registry.deregister(&mut SourceFd(&worker.pidfd.as_raw_fd()));
+        if let Some(pipe) = &worker.ready {
+            let _ = registry.deregister(&mut SourceFd(&pipe.as_raw_fd()));
+        }
+        let pid = worker.pid.as_raw_nonzero();
+        if self.shutting_down {
+            info!("worker {pid} {status}");
+            return;
+        }
+        if !was_ready {
+            error!(
+                "worker {pid} failed at start ({status}); not restarting it: its sockets are closed and the other workers take the connections"
+            );
+            slot.listeners = None;
+            return;
+        }
+        if worker.started.elapsed() >= STABLE_AFTER {
+            slot.crashes = 0;
+        }
+        let delay = backoff(slot.crashes);
+        slot.crashes = slot.crashes.saturating_add(1);
+        warn!("worker {pid} {status}; restarting it in {delay:?} on the same sockets");
+        slot.state = State::Waiting(Instant::now() + delay);
+    }
+
+    /// Starts the workers whose restart time has come.
+    fn restart_due(&mut self, poll: &Poll) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            let (State::Waiting(at), Some(listeners)) = (&slot.state, &slot.listeners) else {
+                continue;
+            };
+            if *at > now {
+                continue;
+            }
+            slot.state = match spawn(&self.args, listeners) {
+                Ok(worker) => {
+                    info!("worker {} started", worker.pid.as_raw_nonzero());
+                    State::Starting(worker)
+                }
+                Err(error) => {
+                    error!("cannot start a worker: {error}; its sockets are closed");
+                    slot.listeners = None;
+                    State::Gone
+                }
+            };
+            if let Err(error) = self.register(poll, index) {
+                error!("cannot watch a worker: {error}");
+            }
+        }
+    }
+}
+
+/// The delay before restarting a worker after `crashes` short-lived predecessors: none for
+/// the first, then [`FIRST_BACKOFF`] doubling up to [`MAX_BACKOFF`].
+pub fn backoff(crashes: u32) -> Duration {
+    match crashes {
+        0 => Duration::ZERO,
+        n => FIRST_BACKOFF
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(MAX_BACKOFF),
+    }
+}
+
+fn describe(status: &WaitIdStatus) -> String {
+    if let Some(code) = status.exit_status() {
+        format!("exited with status {code}")
+    } else if let Some(signal) = status.terminating_signal() {
+        format!("was killed by signal {signal}")
+    } else {
+        "ended".to_string()
+    }
+}
+
+/// Starts one worker on `listeners`: fork, keep the slot's descriptors across exec, exec.
+fn spawn(args: &[OsString], listeners: &Listeners) -> io::Result<Worker> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are new descriptors that nothing else owns.
+    let (ready_read, ready_write) =
+        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let spec = WorkerFds {
+        ready: ready_write.as_raw_fd(),
+        framed: listeners.framed.as_raw_fd(),
+        echo_tcp: listeners.echo_tcp.as_ref().map(AsRawFd::as_raw_fd),
+        echo_udp: listeners.echo_udp.as_ref().map(AsRawFd::as_raw_fd),
+    };
+    let keep = [
+        Some(spec.ready),
+        Some(spec.framed),
+        spec.echo_tcp,
+        spec.echo_udp,
+    ];
+    let parent = std::process::id();
+    let mut command = Command::new(SELF_EXE);
+    // `ps` shows the name the supervisor was started as, not /proc/self/exe.
+    if let Some(name) = std::env::args_os().next() {
+        command.arg0(name);
+    }
+    command
+        .args(args)
+        .arg(WORKER_FLAG)
+        .arg(spec.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (fcntl, prctl, getppid); it allocates nothing (`keep` is
+    // a copied array, and an `io::Error` from an errno holds no allocation).
+    unsafe {
+        command.pre_exec(move || {
+            for fd in keep.into_iter().flatten() {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The supervisor died before PR_SET_PDEATHSIG took effect: do not start orphaned.
+            if u32::try_from(libc::getppid()) != Ok(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(ready_write);
+    let raw = i32::try_from(child.id()).map_err(io::Error::other)?;
+    let pid = Pid::from_raw(raw).ok_or_else(|| io::Error::other("pid 0"))?;
+    // The child is not reaped until its pidfd says so, so the pid cannot be reused meanwhile.
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|error| {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+        io::Error::other(format!(
+            "pidfd_open: {} (needs Linux 5.3 or later)",
+            io::Error::from(error)
+        ))
+    })?;
+    // `std::process::Child` neither kills nor waits when dropped: the pidfd takes over.
+    drop(child);
+    Ok(Worker {
+        pid,
+        pidfd,
+        ready: Some(ready_read),
+        started: Instant::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_fds_round_trip() {
+        let fds = WorkerFds {
+            ready: 7,
+            framed: 3,
+            echo_tcp: None,
+            echo_udp: Some(5),
+        };
+        assert_eq!(fds.to_string(), "7,3,-,5");
+        assert_eq!(WorkerFds::parse("7,3,-,5"), Ok(fds));
+        assert!(WorkerFds::parse("7,3,-").is_err());
+        assert!(
+            WorkerFds::parse("7,1,-,-").is_err(),
+            "stdio is never a socket"
+        );
+        assert!(WorkerFds::parse("7,x,-,-").is_err());
+    }
+
+    /// The workers here are this test binary (`/proc/self/exe`) run with `--list` plus
+    /// `--worker-of ...`: libtest refuses the flag and exits before any "ready" byte, as a
+    /// worker that cannot start would. The supervisor must give up on both slots, not restart
+    /// them in a loop.
+    #[test]
+    fn workers_that_fail_at_start_are_not_restarted() {
+        let config = crate::server::Config {
+            framed: "127.0.0.1:0".parse().unwrap(),
+            echo_tcp: None,
+            echo_udp: None,
+            files: false,
+            handle_signals: false,
+            ..crate::server::Config::default()
+        };
+        let (sets, _) = crate::server::bind_shared(config, 2).unwrap();
+        let started = Instant::now();
+        let error = supervise_with(sets, vec!["--list".into()], false).unwrap_err();
+        assert!(
+            error.to_string().contains("every worker failed at start"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "gave up without a restart loop"
+        );
+    }
+
+    #[test]
+    fn backoff_starts_at_zero_and_is_capped() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), FIRST_BACKOFF);
+        assert_eq!(backoff(2), FIRST_BACKOFF * 2);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}

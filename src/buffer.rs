@@ -190,6 +190,10 @@ impl<T: Pooled> FreeList<T> {
 pub struct BufferPool {
     bufs: FreeList<Buf>,
     outputs: FreeList<crate::outbox::OutQueue>,
+    /// One standard-size buffer lent for the length of a single call and returned before it
+    /// ends ([`BufferPool::take_scratch`]): the raw echo reads into it and writes straight
+    /// back, so a connection whose socket takes the whole echo touches no buffer of its own.
+    scratch: Vec<u8>,
     buffer_len: usize,
 }
 
@@ -199,8 +203,27 @@ impl BufferPool {
         BufferPool {
             bufs: FreeList::new(buffer_len, max_free),
             outputs: FreeList::new(buffer_len, max_free),
+            scratch: vec![0; buffer_len],
             buffer_len,
         }
+    }
+
+    /// The scratch buffer (`buffer_len` bytes), to be given back with
+    /// [`BufferPool::give_scratch`] before the caller returns. Moving a `Vec` out and back is
+    /// three words, and leaves the pool's borrow free for the caller meanwhile.
+    pub fn take_scratch(&mut self) -> Vec<u8> {
+        let scratch = std::mem::take(&mut self.scratch);
+        if scratch.len() == self.buffer_len {
+            scratch
+        } else {
+            // Only if a caller kept it: never in the server, which gives it back at once.
+            vec![0; self.buffer_len]
+        }
+    }
+
+    /// Returns the scratch buffer.
+    pub fn give_scratch(&mut self, scratch: Vec<u8>) {
+        self.scratch = scratch;
     }
 
     /// An empty buffer: a pooled one if there is one, else a new one.

@@ -416,6 +416,16 @@ impl Replies<'_> {
         queue.update_pause(limits);
     }
 
+    /// Appends a copy of unframed bytes (the part of a raw echo the socket did not take).
+    pub fn raw(&mut self, bytes: &[u8]) {
+        let max_capacity = self.limits.output_cap();
+        let limits = self.limits;
+        let queue = self.queue();
+        queue.bytes.append(bytes, max_capacity);
+        queue.note_bytes(bytes.len());
+        queue.update_pause(limits);
+    }
+
     /// Appends unframed bytes that `read` fills in place (raw echo): at most `max_len`, the
     /// buffer growing no further than `max_capacity`.
     pub fn raw_from(

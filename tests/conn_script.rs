@@ -591,6 +591,20 @@ fn raw_echo_returns_bytes_and_closes_after_peer_eof() {
 }
 
 #[test]
+fn raw_echo_queues_the_whole_read_when_the_socket_takes_nothing() {
+    let mut io = Builder::new()
+        .read(b"abcdef")
+        .write_would_block()
+        .write(b"abcdef")
+        .build();
+    let mut h = ConnHarness::new(Protocol::RawEcho, Limits::default());
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), 6);
+    assert_eq!(h.event(&mut io, false, true), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), 0);
+}
+
+#[test]
 fn raw_echo_keeps_unsent_bytes_until_writable() {
     let mut io = Builder::new()
         .read(b"abcdef")

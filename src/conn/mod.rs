@@ -41,7 +41,7 @@ pub mod streams;
 pub mod transfers;
 
 use std::fmt;
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, ErrorKind, Read, Write};
 use std::time::Duration;
 
 use log::{debug, trace};
@@ -809,30 +809,23 @@ impl Connection {
         budget: &mut Budget,
     ) -> Verdict {
         loop {
-            if self.flush(io, cx).is_err() {
+            if !self.outbox.is_empty() && self.flush(io, cx).is_err() {
                 return self.fail();
             }
             if !self.can_read_now(budget) {
                 break;
             }
-            // Bytes read are output at once: read straight into the outbox, after whatever is
-            // still waiting to be written. Backpressure stops reading at the high-water mark,
-            // so one read past it is the most the buffer holds.
-            let want = cx.pool.buffer_len().min(budget.bytes);
-            let max_capacity = cx.limits.output_high_water + cx.pool.buffer_len();
-            let bits = &mut self.bits;
-            let mut outcome = ReadOutcome::Drained;
-            let _ = self
-                .outbox
-                .replies(cx.pool, cx.limits)
-                .raw_from(want, max_capacity, |spare| {
-                    outcome = read_once(io, spare, bits);
-                    Ok(match outcome {
-                        ReadOutcome::Data(n) => n,
-                        _ => 0,
-                    })
-                });
-            self.count_read(&outcome, budget, cx.now);
+            let outcome = if self.outbox.is_empty() && self.bits.has(Bits::WRITE_READY) {
+                match self.echo_direct(io, cx, budget) {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        debug!("write failed: {error}");
+                        return self.fail();
+                    }
+                }
+            } else {
+                self.echo_queued(io, cx, budget)
+            };
             match self.after_read(outcome) {
                 Step::Continue => continue,
                 Step::Stop => break,
@@ -848,6 +841,65 @@ impl Connection {
         } else {
             Verdict::Wait
         }
+    }
+
+    /// The echo while nothing is queued and the socket takes bytes (the steady state): read
+    /// into the pool's scratch buffer and write it straight back, as a C echo loop does. Only
+    /// what the socket does not take is copied into the outbox, whose backpressure then
+    /// governs reading. A write error comes back as the `Err`.
+    fn echo_direct<S: Stream>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> io::Result<ReadOutcome> {
+        let mut scratch = cx.pool.take_scratch();
+        let want = scratch.len().min(budget.bytes);
+        let outcome = read_once(io, &mut scratch[..want], &mut self.bits);
+        self.count_read(&outcome, budget, cx.now);
+        let result = match outcome {
+            ReadOutcome::Data(n) => match write_once(io, &scratch[..n], &mut self.bits) {
+                Ok(sent) => {
+                    if sent < n {
+                        self.outbox
+                            .replies(cx.pool, cx.limits)
+                            .raw(&scratch[sent..n]);
+                    }
+                    Ok(outcome)
+                }
+                Err(error) => Err(error),
+            },
+            other => Ok(other),
+        };
+        cx.pool.give_scratch(scratch);
+        result
+    }
+
+    /// The echo behind queued output: bytes read go straight into the outbox, after whatever
+    /// is still waiting to be written. Backpressure stops reading at the high-water mark, so
+    /// one read past it is the most the buffer holds.
+    fn echo_queued<S: Stream>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> ReadOutcome {
+        let want = cx.pool.buffer_len().min(budget.bytes);
+        let max_capacity = cx.limits.output_high_water + cx.pool.buffer_len();
+        let bits = &mut self.bits;
+        let mut outcome = ReadOutcome::Drained;
+        let _ = self
+            .outbox
+            .replies(cx.pool, cx.limits)
+            .raw_from(want, max_capacity, |spare| {
+                outcome = read_once(io, spare, bits);
+                Ok(match outcome {
+                    ReadOutcome::Data(n) => n,
+                    _ => 0,
+                })
+            });
+        self.count_read(&outcome, budget, cx.now);
+        outcome
     }
 
     // === Closing ===
@@ -1010,6 +1062,30 @@ fn read_once<R: Read>(io: &mut R, buf: &mut [u8], bits: &mut Bits) -> ReadOutcom
                 return ReadOutcome::Drained;
             }
             Err(error) => return ReadOutcome::Failed(error),
+        }
+    }
+}
+
+/// Writes `bytes` once with the loop's rules: returns how many the socket took, 0 for
+/// `WouldBlock`; a write shorter than offered (or `WouldBlock`) means the send buffer is full
+/// (epoll(7)), which clears the write hint. `Interrupted` is retried; a write that takes
+/// nothing of a non-empty slice is an error.
+fn write_once<W: Write>(io: &mut W, bytes: &[u8], bits: &mut Bits) -> io::Result<usize> {
+    loop {
+        match io.write(bytes) {
+            Ok(0) if !bytes.is_empty() => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                if n < bytes.len() {
+                    bits.set(Bits::WRITE_READY, false);
+                }
+                return Ok(n);
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                bits.set(Bits::WRITE_READY, false);
+                return Ok(0);
+            }
+            Err(error) => return Err(error),
         }
     }
 }

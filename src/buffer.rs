@@ -46,6 +46,11 @@ impl Buf {
         &self.bytes[self.start..self.end]
     }
 
+    /// The unconsumed bytes, to be rewritten in place (an echo request into its reply).
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.end]
+    }
+
     /// Marks `n` leading bytes as used. An emptied buffer rewinds to its start, so the next
     /// read has the whole capacity without a copy.
     ///
@@ -237,6 +242,7 @@ impl BufferPool {
     }
 
     /// Returns the buffer in `slot`, if any, when it holds no bytes.
+    #[inline]
     pub fn give_if_empty(&mut self, slot: &mut Option<Box<Buf>>) {
         if slot.as_ref().is_some_and(|buf| buf.is_empty()) {
             if let Some(buf) = slot.take() {

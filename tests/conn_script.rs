@@ -11,7 +11,7 @@ use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Hello, HelloOk, PROTOCOL_VERSION,
     SessionFlags,
 };
-use monoreactor::testkit::{Builder, ConnHarness};
+use monoreactor::testkit::{Builder, ConnHarness, MemoryIo};
 use monoreactor::timer::Tick;
 
 fn hello() -> Vec<u8> {
@@ -616,4 +616,123 @@ fn raw_echo_keeps_unsent_bytes_until_writable() {
     assert_eq!(h.conn.pending_output(), 3);
     assert_eq!(h.event(&mut io, false, true), Verdict::Wait);
     assert_eq!(h.conn.pending_output(), 0);
+}
+
+// === Echo replies written from the input ===
+//
+// While nothing is queued and the socket takes bytes, echo replies are the requests rewritten
+// in place and written from the input; everything else must still come out in order.
+
+/// An open connection on a `MemoryIo` whose HELLO_OK has been taken.
+fn open_on_memory() -> (ConnHarness, MemoryIo) {
+    let mut io = MemoryIo::new();
+    io.push(&hello());
+    let mut h = ConnHarness::framed(Limits::default());
+    assert_eq!(h.event(&mut io, true, true), Verdict::Wait);
+    let frames = io.take_frames();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].header.frame_type, FrameType::HelloOk);
+    (h, io)
+}
+
+/// (type, stream, payload) of each frame written since the last call.
+fn written(io: &mut MemoryIo) -> Vec<(FrameType, u32, Vec<u8>)> {
+    io.take_frames()
+        .into_iter()
+        .map(|frame| (frame.header.frame_type, frame.header.stream, frame.payload))
+        .collect()
+}
+
+#[test]
+fn echo_replies_keep_their_order_around_other_replies() {
+    let (mut h, mut io) = open_on_memory();
+    let big = vec![0xa5; 16 << 10];
+    io.push(&echo_request(1, b"a"))
+        .push(&echo_request(3, b"bb"))
+        .push(&Frame::new(FrameType::Unknown(0x7f), Flags::NONE, 5, b"x").to_vec())
+        .push(&echo_request(7, b"ccc"))
+        .push(&echo_request(9, &big));
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    let frames = written(&mut io);
+    let kinds: Vec<(FrameType, u32)> = frames.iter().map(|(t, s, _)| (*t, *s)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (FrameType::EchoReply, 1),
+            (FrameType::EchoReply, 3),
+            (FrameType::Error, 5),
+            (FrameType::EchoReply, 7),
+            (FrameType::EchoReply, 9),
+        ]
+    );
+    assert_eq!(frames[0].2, b"a");
+    assert_eq!(frames[1].2, b"bb");
+    assert_eq!(frames[3].2, b"ccc");
+    assert_eq!(frames[4].2, big);
+    assert!(!h.conn.holds_buffers(), "nothing is left over");
+}
+
+#[test]
+fn echo_replies_the_socket_does_not_take_are_queued_in_order() {
+    let (mut h, mut io) = open_on_memory();
+    let payloads: [&[u8]; 3] = [&[1; 100], &[2; 50], b"z"];
+    for (stream, payload) in [1, 2, 3].into_iter().zip(payloads) {
+        io.push(&echo_request(stream, payload));
+    }
+    let total: usize = payloads.iter().map(|p| HEADER_LEN + p.len()).sum();
+    io.room = Some(20); // the first write stops inside the first reply
+    assert_eq!(h.event(&mut io, true, true), Verdict::Wait);
+    assert_eq!(h.conn.pending_output(), total - 20);
+    // A request that arrives meanwhile is answered behind the queued replies.
+    io.push(&echo_request(4, b"late"));
+    assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+    io.room = None;
+    assert_eq!(h.event(&mut io, false, true), Verdict::Wait);
+    assert_eq!(
+        written(&mut io),
+        [
+            (FrameType::EchoReply, 1, payloads[0].to_vec()),
+            (FrameType::EchoReply, 2, payloads[1].to_vec()),
+            (FrameType::EchoReply, 3, payloads[2].to_vec()),
+            (FrameType::EchoReply, 4, b"late".to_vec()),
+        ]
+    );
+    assert!(!h.conn.holds_buffers());
+}
+
+#[test]
+fn echo_request_split_across_reads_at_every_point_is_answered_once() {
+    let request = echo_request(5, b"split me");
+    for split in 1..request.len() {
+        let (mut h, mut io) = open_on_memory();
+        // A whole request, then part of the next: the part waits in an input buffer.
+        io.push(&echo_request(3, b"whole")).push(&request[..split]);
+        assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+        assert_eq!(
+            written(&mut io),
+            [(FrameType::EchoReply, 3, b"whole".to_vec())]
+        );
+        assert_eq!(h.conn.pending_input(), split);
+        io.push(&request[split..]);
+        assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
+        assert_eq!(
+            written(&mut io),
+            [(FrameType::EchoReply, 5, b"split me".to_vec())]
+        );
+        assert!(!h.conn.holds_buffers());
+    }
+}
+
+#[test]
+fn echo_write_error_closes_at_once() {
+    // HELLO_OK goes out first; the echo reply's write then fails.
+    let mut io = Builder::new()
+        .read(&hello())
+        .write(&hello_ok())
+        .read(&echo_request(1, b"x"))
+        .write_error(ErrorKind::BrokenPipe)
+        .build();
+    let mut h = ConnHarness::framed(Limits::default());
+    assert_eq!(h.event(&mut io, true, true), Verdict::Wait);
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
 }

@@ -37,6 +37,7 @@
 //! connection holds none. Their output goes through the same [`Outbox`] as every reply.
 
 mod dispatch;
+mod echoes;
 pub mod streams;
 pub mod transfers;
 
@@ -52,7 +53,7 @@ use crate::buffer::{Buf, BufferPool};
 use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::proto::exec::EndReason;
-use crate::proto::{DecodeError, Decoder, ErrorCode, FrameType, HEADER_LEN, Header};
+use crate::proto::{DecodeError, Decoder, ErrorCode, Frame, FrameType, HEADER_LEN, Header};
 use crate::service::exec::{ChildSource, Children};
 use crate::sys::files::Files;
 use crate::throttle::LogThrottle;
@@ -235,6 +236,8 @@ enum Step {
 struct Fatal {
     code: Option<ErrorCode>,
     text: String,
+    /// The socket itself failed: close at once, with nothing more to send.
+    broken: bool,
 }
 
 impl Fatal {
@@ -242,6 +245,7 @@ impl Fatal {
         Fatal {
             code: Some(code),
             text: text.into(),
+            broken: false,
         }
     }
 
@@ -249,6 +253,15 @@ impl Fatal {
         Fatal {
             code: None,
             text: text.into(),
+            broken: false,
+        }
+    }
+
+    fn broken(text: impl Into<String>) -> Fatal {
+        Fatal {
+            code: None,
+            text: text.into(),
+            broken: true,
         }
     }
 }
@@ -567,18 +580,13 @@ impl Connection {
         loop {
             // Nothing buffered (the start of most drives): no frames to look at.
             let handled = if self.input.is_some() {
-                self.handle_frames(cx, budget)
+                self.handle_frames(io, cx, budget)
             } else {
                 Ok(true)
             };
             waiting_for_bytes = match handled {
                 Ok(waiting) => waiting,
-                Err(fatal) => {
-                    debug!("closing: {}", fatal.text);
-                    let error = fatal.code.map(|code| (code, fatal.text.as_str()));
-                    self.begin_close(error, cx.limits.linger_timeout, cx);
-                    return self.drive_closing(io, cx, budget);
-                }
+                Err(fatal) => return self.close_for(fatal, io, cx, budget),
             };
             let pumped = self.pump_streams(cx, budget);
             // At the high-water mark nothing more is produced: make room before anything else.
@@ -599,7 +607,14 @@ impl Connection {
             if !self.can_read_now(budget) {
                 break;
             }
-            let outcome = self.read_input(io, cx, budget);
+            let outcome = if self.input.is_some() {
+                self.read_input(io, cx, budget)
+            } else {
+                match self.read_and_handle(io, cx, budget) {
+                    Ok(outcome) => outcome,
+                    Err(fatal) => return self.close_for(fatal, io, cx, budget),
+                }
+            };
             match self.after_read(outcome) {
                 Step::Continue => continue,
                 Step::Stop => break,
@@ -668,33 +683,112 @@ impl Connection {
         }
     }
 
-    /// Handles the complete frames at the head of the input, within budget and while the
-    /// outbox may take more. Returns whether it stopped at an incomplete frame (or an empty
-    /// buffer), i.e. whether more bytes are what it needs.
-    fn handle_frames(&mut self, cx: &mut Context<'_>, budget: &mut Budget) -> Result<bool, Fatal> {
+    /// Closes for a fatal error: at once if the socket broke, else through `Closing`, with
+    /// the ERROR frame (if any) after the replies already queued.
+    fn close_for<S: Stream>(
+        &mut self,
+        fatal: Fatal,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> Verdict {
+        debug!("closing: {}", fatal.text);
+        if fatal.broken {
+            return self.fail();
+        }
+        let error = fatal.code.map(|code| (code, fatal.text.as_str()));
+        self.begin_close(error, cx.limits.linger_timeout, cx);
+        self.drive_closing(io, cx, budget)
+    }
+
+    /// Handles the complete frames at the head of the input buffer (see
+    /// [`Connection::handle_frames_in`]) and consumes them.
+    fn handle_frames<S: Stream>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> Result<bool, Fatal> {
         let Some(mut input) = self.input.take() else {
             return Ok(true);
         };
-        let result = self.handle_frames_in(&mut input, cx, budget);
+        let (used, result) = self.handle_frames_in(io, input.data_mut(), cx, budget);
+        input.consume(used);
         self.input = Some(input);
         result
     }
 
-    fn handle_frames_in(
+    /// Reads into the pool's scratch buffer while no input buffer is held (the steady state:
+    /// each read ends on a frame boundary), handles the complete frames straight from it, and
+    /// keeps only what is left — a partial frame, or frames the budget or backpressure held
+    /// back — in an input buffer from the pool.
+    fn read_and_handle<S: Stream>(
         &mut self,
-        input: &mut Buf,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> Result<ReadOutcome, Fatal> {
+        let mut scratch = cx.pool.take_scratch();
+        let want = cx.limits.input_cap().min(scratch.len()).min(budget.bytes);
+        let outcome = read_once(io, &mut scratch[..want], &mut self.bits);
+        self.count_read(&outcome, budget, cx.now);
+        let mut result = Ok(outcome);
+        if let Ok(ReadOutcome::Data(n)) = result {
+            let (used, handled) = self.handle_frames_in(io, &mut scratch[..n], cx, budget);
+            if used < n {
+                let mut input = cx.pool.take();
+                input.append(&scratch[used..n], cx.limits.input_cap());
+                self.input = Some(input);
+            }
+            if let Err(fatal) = handled {
+                result = Err(fatal);
+            }
+        }
+        cx.pool.give_scratch(scratch);
+        result
+    }
+
+    /// Handles the complete frames at the head of `input`, within budget and while the outbox
+    /// may take more; echo requests are answered in place where they can be ([`echoes`]),
+    /// which rewrites their headers in `input`. Returns the bytes used, and whether it stopped
+    /// at an incomplete frame (or the end), i.e. whether more bytes are what it needs.
+    fn handle_frames_in<S: Stream>(
+        &mut self,
+        io: &mut S,
+        input: &mut [u8],
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+    ) -> (usize, Result<bool, Fatal>) {
+        let mut run = echoes::EchoRun::default();
+        let mut used = 0;
+        let handled = self.handle_frames_run(io, input, &mut used, &mut run, cx, budget);
+        // The replies in the run go out before anything an error adds.
+        let sent = self.send_echoes(io, input, &mut run, cx);
+        (used, sent.and(handled))
+    }
+
+    fn handle_frames_run<S: Stream>(
+        &mut self,
+        io: &mut S,
+        input: &mut [u8],
+        used: &mut usize,
+        run: &mut echoes::EchoRun,
         cx: &mut Context<'_>,
         budget: &mut Budget,
     ) -> Result<bool, Fatal> {
         loop {
+            let rest = &input[*used..];
+            if rest.is_empty() {
+                return Ok(true);
+            }
             if budget.frames == 0 || !self.outbox.may_produce() {
-                return Ok(input.is_empty());
+                return Ok(false);
             }
             let max = self.max_payload(cx.limits);
             if self.state == State::AwaitingHello {
                 // Before HELLO only HELLO is valid: refuse anything else from its header,
                 // before a byte of its payload is waited for.
-                if let Ok(Some(header)) = Header::parse(input.data(), max) {
+                if let Ok(Some(header)) = Header::parse(rest, max) {
                     if header.frame_type != FrameType::Hello {
                         return Err(Fatal::new(
                             ErrorCode::UnexpectedFrame,
@@ -703,7 +797,7 @@ impl Connection {
                     }
                 }
             }
-            let frame = match Decoder::new(max).decode(input.data()) {
+            let frame = match Decoder::new(max).decode(rest) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(true),
                 Err(error) => {
@@ -718,12 +812,27 @@ impl Connection {
             };
             budget.frames -= 1;
             self.phase_deadline = Tick::NEVER;
-            let len = frame.wire_len();
-            self.dispatch(frame, cx)?;
-            input.consume(len);
+            let header = frame.header;
+            let at = *used;
+            *used += header.wire_len();
+            if header.frame_type == FrameType::EchoRequest
+                && self.echo_in_place(&header, input, at, run)
+            {
+                continue;
+            }
+            self.send_echoes(io, input, run, cx)?;
+            let frame = Frame {
+                header,
+                payload: &input[at + HEADER_LEN..*used],
+            };
+            if let Err(fatal) = self.dispatch(frame, cx) {
+                *used = at; // not consumed, as before the handlers saw it
+                return Err(fatal);
+            }
         }
     }
 
+    /// Reads more into the input buffer held (a frame continues, or frames wait).
     fn read_input<S: Stream>(
         &mut self,
         io: &mut S,
@@ -777,7 +886,13 @@ impl Connection {
     // === Streams ===
 
     /// Runs the open streams' I/O within the budget; returns whether anything moved.
+    #[inline]
     fn pump_streams(&mut self, cx: &mut Context<'_>, budget: &mut Budget) -> bool {
+        // Inlined test, out-of-line work: most drives (every echo) have no streams.
+        self.streams.is_some() && self.pump_open_streams(cx, budget)
+    }
+
+    fn pump_open_streams(&mut self, cx: &mut Context<'_>, budget: &mut Budget) -> bool {
         let Some(streams) = self.streams.as_mut() else {
             return false;
         };

@@ -19,7 +19,7 @@ use mio::Interest;
 use super::Verdict;
 use crate::limits::Limits;
 use crate::outbox::Replies;
-use crate::proto::{Frame, FrameType};
+use crate::proto::{Flags, Frame, FrameType, Header};
 use crate::sys::mmsg::BATCH;
 use crate::throttle::LogThrottle;
 use crate::timer::Tick;
@@ -27,9 +27,18 @@ use crate::timer::Tick;
 /// Answers an ECHO_REQUEST: the payload comes back unchanged, on the request's stream.
 pub fn reply(request: Frame<'_>, replies: &mut Replies<'_>) {
     let Frame { header, payload } = request;
-    replies.reply(FrameType::EchoReply, header.stream, header.len, |out| {
-        out.copy_from_slice(payload)
-    });
+    replies.frame_with(reply_header(&header), |out| out.copy_from_slice(payload));
+}
+
+/// The header of the ECHO_REPLY to a request with header `request` (the connection may send
+/// it in front of the request's own payload bytes, without copying them).
+pub fn reply_header(request: &Header) -> Header {
+    Header {
+        frame_type: FrameType::EchoReply,
+        flags: Flags::END_STREAM,
+        stream: request.stream,
+        len: request.len,
+    }
 }
 
 /// Largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP header bytes).

@@ -1,0 +1,96 @@
+//! Framed echo replies written straight from the input.
+//!
+//! An ECHO_REPLY is its request with two header bytes changed: the type, and the flags (set to
+//! END_STREAM); stream, length and payload are the same. So a run of echo requests in the
+//! input becomes the run of their replies by rewriting those bytes in place, and goes out in
+//! one `write` straight from the input buffer — no copy of the payloads into the outbox, which
+//! made framed echo cost 1.17× the raw echo at 16 KiB. This holds while nothing is queued and
+//! the socket takes bytes; only what the socket does not take is copied into the outbox,
+//! behind which everything else then queues.
+//!
+//! **Order** is kept by one rule: while an [`EchoRun`] holds replies, the outbox is empty, and
+//! anything else about to be queued sends the run first ([`Connection::send_echoes`]).
+
+use std::io::ErrorKind;
+
+use super::{Bits, Connection, Context, Fatal, State, Stream};
+use crate::proto::{HEADER_LEN, Header};
+use crate::service::echo;
+
+/// The echo replies rewritten in place and not yet sent: `input[start..end]`, whole frames.
+#[derive(Debug, Default)]
+pub(super) struct EchoRun {
+    start: usize,
+    end: usize,
+}
+
+impl EchoRun {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+impl Connection {
+    /// If the echo request whose `header` starts at `at` in `input` can be answered in place,
+    /// rewrites it into its reply, adds it to `run` and returns true. That needs a framed
+    /// echo on an open connection with no stream that could claim its id, and either a run
+    /// already (so the outbox is empty) or nothing queued and a socket that takes bytes.
+    pub(super) fn echo_in_place(
+        &self,
+        header: &Header,
+        input: &mut [u8],
+        at: usize,
+        run: &mut EchoRun,
+    ) -> bool {
+        let direct = self.state == State::Open
+            && header.stream != 0
+            && self.streams.is_none()
+            && (!run.is_empty() || (self.outbox.is_empty() && self.bits.has(Bits::WRITE_READY)));
+        if !direct {
+            return false;
+        }
+        echo::reply_header(header).emit(&mut input[at..at + HEADER_LEN]);
+        if run.is_empty() {
+            run.start = at;
+        }
+        debug_assert_eq!(run.end.max(at), at, "a run is contiguous");
+        run.end = at + header.wire_len();
+        true
+    }
+
+    /// Sends the run with one `write` (retried on `Interrupted`) and empties it. What the
+    /// socket does not take is copied into the outbox; a short write or `WouldBlock` means the
+    /// socket is full (epoll(7)). A failed write is fatal.
+    pub(super) fn send_echoes<S: Stream>(
+        &mut self,
+        io: &mut S,
+        input: &[u8],
+        run: &mut EchoRun,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Fatal> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let replies = &input[run.start..run.end];
+        *run = EchoRun::default();
+        let sent = loop {
+            match io.write(replies) {
+                Ok(0) => return Err(Fatal::broken("write took nothing")),
+                Ok(n) => break n,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break 0,
+                Err(error) => return Err(Fatal::broken(format!("write failed: {error}"))),
+            }
+        };
+        if sent > 0 {
+            self.last_active = cx.now;
+        }
+        if sent < replies.len() {
+            self.bits.set(Bits::WRITE_READY, false);
+            self.outbox
+                .replies(cx.pool, cx.limits)
+                .raw(&replies[sent..]);
+        }
+        Ok(())
+    }
+}

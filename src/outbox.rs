@@ -160,7 +160,8 @@ impl Outbox {
 
     /// Bytes that can be appended without growing the buffer (a fresh queue from the pool has
     /// `standard_len`). Producers that may choose their size, such as a pipe reader, stay
-    /// within it, so a pooled buffer never has to grow and be freed instead of reused.
+    /// within it while they can, and when they cannot, grow it once to their bound
+    /// ([`Replies::grow_to`]) rather than by doubling.
     pub fn room(&self, standard_len: usize) -> usize {
         self.queue.as_ref().map_or(standard_len, |queue| {
             queue.bytes.capacity() - queue.bytes.len()
@@ -414,6 +415,19 @@ impl Replies<'_> {
             queue.segments.push_back(Segment::File(range));
         }
         queue.update_pause(limits);
+    }
+
+    /// Grows the buffer, if it must, straight to `capacity` bytes in all (at most the output
+    /// cap): a producer that knows how much it can queue — a pipe reader: the high-water mark
+    /// plus one read — grows it once, where doubling could reach a size a later burst
+    /// outgrows and allocate again long after the start.
+    pub fn grow_to(&mut self, capacity: usize) {
+        let capacity = capacity.min(self.limits.output_cap());
+        let queue = self.queue();
+        let len = queue.bytes.len();
+        if capacity > len {
+            queue.bytes.reserve(capacity - len, capacity);
+        }
     }
 
     /// Appends a copy of unframed bytes (the part of a raw echo the socket did not take).

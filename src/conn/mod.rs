@@ -540,7 +540,15 @@ impl Connection {
         if self.input.is_some() {
             self.shrink_unauthenticated_input(cx);
         }
-        self.outbox.release_if_empty(cx.pool);
+        // A command's output fills the outbox past one pool buffer, so its buffer grows (once:
+        // `Replies::grow_to`); given back, a grown buffer is freed by the pool, and the next
+        // burst would allocate again. While commands run, the connection keeps it, so
+        // streaming output allocates nothing; it goes (and is freed) after the last command.
+        let keep =
+            self.outbox.buffer_capacity() > cx.pool.buffer_len() && self.running_commands() > 0;
+        if !keep {
+            self.outbox.release_if_empty(cx.pool);
+        }
         verdict
     }
 

@@ -460,12 +460,19 @@ impl CommandIo<'_> {
                     let asked = want.min(scratch.len());
                     children.read(command.child, pipe, &mut scratch[..asked])
                 } else {
-                    outbox.replies(self.pool, self.limits).frame_from(
-                        frame_type,
-                        command.id,
-                        want.min(allowance),
-                        |buf| children.read(command.child, pipe, buf),
-                    )
+                    let bound = self.limits.output_high_water + self.pool.buffer_len();
+                    let mut replies = outbox.replies(self.pool, self.limits);
+                    if want > room {
+                        // Streaming output fills the outbox to the high-water mark (past it
+                        // nothing is read) plus one read: the buffer grows once, straight to
+                        // that, and a command's steady output then allocates nothing (the
+                        // connection keeps the grown buffer while commands run; see
+                        // `Connection::drive`).
+                        replies.grow_to(bound);
+                    }
+                    replies.frame_from(frame_type, command.id, want.min(allowance), |buf| {
+                        children.read(command.child, pipe, buf)
+                    })
                 };
                 match result {
                     Ok(0) => {

@@ -342,11 +342,15 @@ struct EchoBenchArgs {
     #[command(flatten)]
     common: BenchCommon,
     /// Raw bytes to a plain echo server (default address 127.0.0.1:7007).
-    #[arg(long, conflicts_with = "framed")]
+    #[arg(long, conflicts_with_all = ["framed", "redis"])]
     raw: bool,
     /// The framed protocol (the default; address 127.0.0.1:7878).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redis")]
     framed: bool,
+    /// The RESP ECHO command to redis-server (default address 127.0.0.1:6379), to measure
+    /// redis with the same generator.
+    #[arg(long)]
+    redis: bool,
     /// Payload bytes per request (K, M, G suffixes: powers of 1024).
     #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
     size: u64,
@@ -424,8 +428,11 @@ struct IdleBenchArgs {
     #[arg(short = 'c', long = "connections", value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
     connections: usize,
     /// Plain connections to a raw echo port (no HELLO).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redis")]
     raw: bool,
+    /// Plain connections to redis-server (checked with a RESP PING first).
+    #[arg(long)]
+    redis: bool,
     /// Server pid, whose memory is measured.
     #[arg(long, value_name = "PID")]
     pid: u32,
@@ -1045,6 +1052,53 @@ fn probe_bench_target(addr: SocketAddr, protocol: BenchProtocol) -> Result<(), S
             .map(drop)
             .map_err(|error| explain(&error, &TokenSource::None, None)),
         BenchProtocol::Raw => probe_raw_echo(addr, TIMEOUT),
+        BenchProtocol::Redis => probe_redis(addr, TIMEOUT),
+    }
+}
+
+/// The protocol a `bench echo` or `bench idle` speaks: framed unless told otherwise.
+fn bench_protocol(raw: bool, redis: bool) -> BenchProtocol {
+    match (raw, redis) {
+        (true, _) => BenchProtocol::Raw,
+        (_, true) => BenchProtocol::Redis,
+        _ => BenchProtocol::Framed,
+    }
+}
+
+/// Where a benchmark of `protocol` goes without `--addr`.
+fn default_bench_addr(protocol: BenchProtocol) -> SocketAddr {
+    match protocol {
+        BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
+        BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
+        BenchProtocol::Redis => SocketAddr::from(([127, 0, 0, 1], 6379)),
+    }
+}
+
+/// Sends a RESP PING and expects redis's `+PONG`.
+fn probe_redis(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    const PONG: &[u8] = b"+PONG\r\n";
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|error| {
+        ClientError::Connect {
+            addr: addr.to_string(),
+            source: error,
+        }
+        .to_string()
+    })?;
+    let io_error = |error: io::Error| format!("{addr}: {error}");
+    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+    stream
+        .write_all(b"*1\r\n$4\r\nPING\r\n")
+        .map_err(io_error)?;
+    let mut answer = [0; PONG.len()];
+    match stream.read_exact(&mut answer) {
+        Ok(()) if answer == PONG => Ok(()),
+        Ok(()) => Err(format!(
+            "{addr} does not answer PING as redis does (got {:?})",
+            String::from_utf8_lossy(&answer)
+        )),
+        Err(error) => Err(format!(
+            "{addr} does not answer PING as redis does: {error}"
+        )),
     }
 }
 
@@ -1176,15 +1230,8 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
     };
     match command {
         BenchCommand::Echo(args) => {
-            let protocol = if args.raw {
-                BenchProtocol::Raw
-            } else {
-                BenchProtocol::Framed
-            };
-            let default = match protocol {
-                BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
-                BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
-            };
+            let protocol = bench_protocol(args.raw, args.redis);
+            let default = default_bench_addr(protocol);
             let config = load_config(&args.common, default, protocol, args.size, args.depth);
             let config = LoadConfig {
                 rate: args.rate,
@@ -1265,18 +1312,10 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
             print_report(&report, args.common.json)
         }
         BenchCommand::Idle(args) => {
-            let protocol = if args.raw {
-                BenchProtocol::Raw
-            } else {
-                BenchProtocol::Framed
-            };
-            let addr = args.addr.map_or(
-                match protocol {
-                    BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
-                    BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
-                },
-                |addr| addr.0,
-            );
+            let protocol = bench_protocol(args.raw, args.redis);
+            let addr = args
+                .addr
+                .map_or(default_bench_addr(protocol), |addr| addr.0);
             probe_bench_target(addr, protocol)?;
             bench_idle(addr, protocol, args.connections, args.pid)
         }
@@ -1372,13 +1411,9 @@ fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
         ProtocolArg::Framed => BenchProtocol::Framed,
         ProtocolArg::Raw => BenchProtocol::Raw,
     };
-    let addr = args.addr.map_or(
-        match protocol {
-            BenchProtocol::Framed => DEFAULT_FRAMED_ADDR,
-            BenchProtocol::Raw => DEFAULT_ECHO_ADDR,
-        },
-        |addr| addr.0,
-    );
+    let addr = args
+        .addr
+        .map_or(default_bench_addr(protocol), |addr| addr.0);
     if args.exec && args.local {
         let config = bench::exec::SpawnConfig {
             parallel: args.conns,

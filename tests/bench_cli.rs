@@ -377,3 +377,107 @@ fn a_server_that_dies_mid_run_leaves_partial_results() {
     let (connections, _) = counts(&connect.stdout, "connections");
     assert!(connections > 0, "{connect:?}");
 }
+
+/// A stand-in for redis-server that knows two RESP commands, PING and ECHO (or, with
+/// `refuse_echo`, answers ECHO with an error as redis does an unknown command). Serves for at
+/// most `LIMIT`.
+fn fake_redis(refuse_echo: bool) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// The length of the RESP array of bulk strings at the start of `buf` and its items, once
+    /// it is complete.
+    fn parse(buf: &[u8]) -> Option<(usize, Vec<Vec<u8>>)> {
+        fn line(buf: &[u8], at: usize, marker: u8) -> Option<(usize, usize)> {
+            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            assert_eq!(buf[at], marker, "RESP marker");
+            let n = std::str::from_utf8(&buf[at + 1..end]).ok()?.parse().ok()?;
+            Some((n, end + 2))
+        }
+        let (count, mut at) = line(buf, 0, b'*')?;
+        let mut items = Vec::new();
+        for _ in 0..count {
+            let (len, start) = line(buf, at, b'$')?;
+            items.push(buf.get(start..start + len)?.to_vec());
+            at = start + len + 2;
+            if buf.len() < at {
+                return None;
+            }
+        }
+        Some((at, items))
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    listener.set_nonblocking(true).expect("nonblocking");
+    thread::spawn(move || {
+        let until = Instant::now() + LIMIT;
+        while Instant::now() < until {
+            let Ok((mut stream, _)) = listener.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            stream.set_nonblocking(false).expect("blocking");
+            stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0; 16 << 10];
+                while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut out = Vec::new();
+                    while let Some((used, items)) = parse(&buf) {
+                        match items[0].as_slice() {
+                            b"PING" => out.extend_from_slice(b"+PONG\r\n"),
+                            b"ECHO" if refuse_echo => out.extend_from_slice(b"-ERR no ECHO\r\n"),
+                            b"ECHO" => {
+                                out.extend(format!("${}\r\n", items[1].len()).bytes());
+                                out.extend_from_slice(&items[1]);
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            other => panic!("unexpected command {other:?}"),
+                        }
+                        buf.drain(..used);
+                    }
+                    if stream.write_all(&out).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn echo_redis_measures_a_resp_server_and_stops_at_its_errors() {
+    let addr = fake_redis(false).to_string();
+    let run = bench(&[
+        "echo", "--redis", "--addr", &addr, "-c", "2", "-P", "3", "-s", "100", "-n", "300",
+        "--json",
+    ]);
+    let json = succeeded(&run);
+    check_json(json);
+    assert!(json.contains("\"what\":\"echo redis\""), "{json}");
+    assert_eq!(json_number(json, "requests"), Some(300.0), "{json}");
+    assert_eq!(json_number(json, "errors_total"), Some(0.0), "{json}");
+
+    let refusing = fake_redis(true).to_string();
+    let run = bench(&[
+        "echo", "--redis", "--addr", &refusing, "-c", "1", "-n", "10",
+    ]);
+    assert!(!run.status.success(), "{}", run.stdout);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("not a RESP bulk reply to ECHO"), "{all}");
+
+    // A raw echo port is not redis: the PING probe says so at once.
+    let server = Server::start(&[]);
+    let raw = server.echo_tcp().to_string();
+    let run = bench(&["echo", "--redis", "--addr", &raw, "-n", "10"]);
+    assert!(!run.status.success(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("does not answer PING as redis does"),
+        "{}",
+        run.stderr
+    );
+}

@@ -22,7 +22,7 @@ use super::report::{Pacer, Recorder, Report, io_kind};
 use super::timer::Timer;
 use super::{BenchProtocol, LoadConfig};
 use crate::limits::MAX_FRAME_LEN;
-use crate::proto::{Decoder, ErrorMessage, Flags, Frame, FrameType, Hello};
+use crate::proto::{Decoder, ErrorMessage, FrameType, Hello};
 use crate::server::raise_descriptor_limit;
 
 /// One benchmark connection.
@@ -117,6 +117,7 @@ fn receive(
     chunk: &mut [u8],
 ) -> Result<Received, Fatal> {
     let mut got = Received::default();
+    let reply_len = config.protocol.reply_len(config.size);
     loop {
         match conn.stream.read(chunk) {
             Ok(0) => {
@@ -126,6 +127,10 @@ fn receive(
             Ok(n) => {
                 match config.protocol {
                     BenchProtocol::Raw => conn.raw_pending += n,
+                    BenchProtocol::Redis => {
+                        check_redis_replies(&chunk[..n], conn.raw_pending, reply_len)?;
+                        conn.raw_pending += n;
+                    }
                     BenchProtocol::Framed => conn.received.extend_from_slice(&chunk[..n]),
                 }
                 // A short read means the socket is drained (epoll(7)): skip the read that
@@ -140,9 +145,9 @@ fn receive(
         }
     }
     match config.protocol {
-        BenchProtocol::Raw => {
-            got.replies = conn.raw_pending / config.size;
-            conn.raw_pending %= config.size;
+        BenchProtocol::Raw | BenchProtocol::Redis => {
+            got.replies = conn.raw_pending / reply_len;
+            conn.raw_pending %= reply_len;
         }
         BenchProtocol::Framed => {
             let mut frames = decoder.frames(&conn.received);
@@ -184,6 +189,27 @@ fn receive(
     Ok(got)
 }
 
+/// Checks that every redis reply starting in `bytes` (which follow `pending` bytes of the
+/// replies so far) is a bulk string, `$...`: anything else is an error reply (`-ERR ...`) or
+/// not redis, and counting its bytes as replies would be wrong.
+fn check_redis_replies(bytes: &[u8], pending: usize, reply_len: usize) -> Result<(), Fatal> {
+    let mut at = (reply_len - pending % reply_len) % reply_len;
+    while at < bytes.len() {
+        if bytes[at] != b'$' {
+            let line = bytes[at..]
+                .split(|&byte| byte == b'\r')
+                .next()
+                .unwrap_or(&[]);
+            return Err(Fatal::Protocol(format!(
+                "not a RESP bulk reply to ECHO: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(80)])
+            )));
+        }
+        at += reply_len;
+    }
+    Ok(())
+}
+
 /// The open-loop timer's token in the poll.
 const TIMER: Token = Token(usize::MAX);
 
@@ -192,16 +218,7 @@ const TIMER: Token = Token(usize::MAX);
 pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
     config.validate()?;
     raise_descriptor_limit();
-    let request = match config.protocol {
-        BenchProtocol::Framed => Frame::new(
-            FrameType::EchoRequest,
-            Flags::END_STREAM,
-            1,
-            &vec![b'x'; config.size],
-        )
-        .to_vec(),
-        BenchProtocol::Raw => vec![b'x'; config.size],
-    };
+    let request = config.protocol.request(config.size);
     let decoder = Decoder::new(MAX_FRAME_LEN);
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(config.connections);
@@ -408,6 +425,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
     let what = match config.protocol {
         BenchProtocol::Framed => "echo framed",
         BenchProtocol::Raw => "echo raw",
+        BenchProtocol::Redis => "echo redis",
     };
     Ok(recorder.finish(
         what.to_string(),

@@ -47,6 +47,41 @@ pub enum BenchProtocol {
     Framed,
     /// Plain bytes to an echo server; every `size` bytes back is one round trip.
     Raw,
+    /// The RESP `ECHO` command of `size` bytes, to redis-server (or anything speaking RESP):
+    /// the same generator then measures redis. Its reply, `$SIZE\r\n` + the bytes + `\r\n`,
+    /// has a known length, so replies are counted like raw echoes.
+    Redis,
+}
+
+impl BenchProtocol {
+    /// One request of `size` payload bytes on the wire.
+    pub fn request(self, size: usize) -> Vec<u8> {
+        let payload = vec![b'x'; size];
+        match self {
+            BenchProtocol::Framed => crate::proto::Frame::new(
+                crate::proto::FrameType::EchoRequest,
+                crate::proto::Flags::END_STREAM,
+                1,
+                &payload,
+            )
+            .to_vec(),
+            BenchProtocol::Raw => payload,
+            BenchProtocol::Redis => {
+                let mut request = format!("*2\r\n$4\r\nECHO\r\n${size}\r\n").into_bytes();
+                request.extend_from_slice(&payload);
+                request.extend_from_slice(b"\r\n");
+                request
+            }
+        }
+    }
+
+    /// Bytes of one reply, for the protocols counted by length (raw, redis).
+    pub fn reply_len(self, size: usize) -> usize {
+        match self {
+            BenchProtocol::Framed | BenchProtocol::Raw => size,
+            BenchProtocol::Redis => format!("${size}\r\n").len() + size + 2,
+        }
+    }
 }
 
 /// An echo load run (`bench echo`, `bench udp`, `bench connect`).
@@ -286,7 +321,7 @@ fn idle_connection(config: &IdleConfig, timeout: Duration) -> io::Result<StdTcpS
         BenchProtocol::Framed => Client::connect(&config.addr.to_string(), timeout)
             .map(Client::into_stream)
             .map_err(|error| io::Error::other(error.to_string())),
-        BenchProtocol::Raw => StdTcpStream::connect(config.addr),
+        BenchProtocol::Raw | BenchProtocol::Redis => StdTcpStream::connect(config.addr),
     }
 }
 

@@ -1555,61 +1555,6 @@ fn a_newer_put_of_the_same_upload_takes_it_over() {
 }
 
 #[test]
-fn an_upload_in_progress_in_another_server_process_is_refused_not_shared() {
-    // Two server processes on one root, as the workers of `serve --workers 2` are: each keeps
-    // its own table of uploads, and only the partial's lock keeps them from writing one
-    // partial at once (each would verify only the bytes it received itself).
-    let server = FileServer::start(&[]);
-    let other = start_on(server.root(), &[]);
-    let data = random_bytes(34, 2 * MIB + 5);
-    let hash = blake3_of(&data);
-    let half = MIB + 1;
-    let mut first = server.conn();
-    let first_stream = first.new_stream();
-    ok(
-        first.begin_put(
-            first_stream,
-            b"shared",
-            data.len() as u64,
-            PutFlags::NONE,
-            Some(hash),
-        ),
-        "begin the first put",
-    );
-    first.send_data(first_stream, &data[..half]);
-    first.echo(b"sync");
-    let mut second = FileConn::connect(&other);
-    for flags in [PutFlags::NONE, PutFlags::RESUME] {
-        let stream = second.new_stream();
-        let refused = second.begin_put(stream, b"shared", data.len() as u64, flags, Some(hash));
-        let Err((code, text)) = refused else {
-            panic!("a PUT of an upload another process is writing was accepted ({flags:?})");
-        };
-        assert_eq!(code, ErrorCode::IoFailed, "{text}");
-        assert!(text.contains("another server process"), "{text}");
-    }
-    // The first finishes undisturbed: the refused PUT without RESUME truncated nothing.
-    first.send_data(first_stream, &data[half..]);
-    assert_eq!(ok(first.finish_put(first_stream, &hash), "finish"), hash);
-    assert_eq!(fs::read(server.at("shared")).unwrap(), data);
-    // Once it has ended, the other process may take the same upload.
-    let stream = second.new_stream();
-    ok(
-        second.begin_put(
-            stream,
-            b"shared",
-            data.len() as u64,
-            PutFlags::NONE,
-            Some(hash),
-        ),
-        "the same upload once the first has ended",
-    );
-    second.send_data(stream, &data);
-    assert_eq!(ok(second.finish_put(stream, &hash), "finish"), hash);
-    assert_eq!(fs::read(server.at("shared")).unwrap(), data);
-}
-
-#[test]
 fn a_symlink_swapped_in_during_a_put_leads_nowhere_outside() {
     let server = FileServer::start(&[]);
     fs::create_dir(server.at("d")).unwrap();

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
-use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
@@ -239,20 +239,9 @@ pub fn wall_clock_ns() -> i64 {
         .map_or(0, |since| since.as_nanos() as i64)
 }
 
-/// The resumable uploads in progress in this process, by id.
-type Uploads = Arc<Mutex<HashMap<u64, Holder>>>;
-
-/// This process's hold on a resumable upload in progress.
-#[derive(Debug)]
-struct Holder {
-    /// Tells the current holder that a newer PUT of the same upload took over.
-    superseded: Arc<AtomicBool>,
-    /// The partial's open file description, which holds an exclusive `flock` on it: another
-    /// process serving the same root (a worker of `serve --workers`, another server) cannot
-    /// write the partial while this one does. Without it, two processes could write one
-    /// partial at once, and each would verify only the bytes it received itself.
-    locked: File,
-}
+/// The resumable uploads in progress: each id with the flag that tells its holder a newer
+/// PUT of the same upload took over.
+type Uploads = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
 
 /// The file service's shared state: how many transfers run, which resumable uploads are in
 /// use, the fallback hash index.
@@ -345,7 +334,7 @@ impl Drop for Upload {
             let mut uploads = lock(&self.uploads);
             if uploads
                 .get(&self.id)
-                .is_some_and(|holder| Arc::ptr_eq(&holder.superseded, &self.superseded))
+                .is_some_and(|holder| Arc::ptr_eq(holder, &self.superseded))
             {
                 uploads.remove(&self.id);
             }
@@ -538,7 +527,9 @@ pub fn upload_id(path: &str, size: u64, hash: &Hash) -> u64 {
 /// The uploads in progress. (The server has one thread; the lock only makes the state
 /// `Send`, for a program that runs the server on a thread of its own. A poisoned lock still
 /// holds a usable map.)
-fn lock(uploads: &Mutex<HashMap<u64, Holder>>) -> MutexGuard<'_, HashMap<u64, Holder>> {
+fn lock(
+    uploads: &Mutex<HashMap<u64, Arc<AtomicBool>>>,
+) -> MutexGuard<'_, HashMap<u64, Arc<AtomicBool>>> {
     uploads
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -749,34 +740,15 @@ impl Files<'_> {
         let resume = request
             .flags
             .contains(crate::proto::files::PutFlags::RESUME);
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if !resume {
+            flags |= OFlags::TRUNC;
+        }
         let opened = rustix::fs::openat(&dir, temp_name.as_str(), flags, mode);
-        let opened = File::from(opened.map_err(|errno| FileError::from_errno(errno, path))?);
-        let file = match lock(&self.state.uploads).get(&id) {
-            // In progress here already: written through the same file description, which
-            // holds the lock (the takeover is below, once this PUT has its partial).
-            Some(older) => older
-                .locked
-                .try_clone()
-                .map_err(|error| FileError::io(&error, path))?,
-            None => match rustix::fs::flock(&opened, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => opened,
-                Err(Errno::WOULDBLOCK) => {
-                    return Err(FileError::new(
-                        ErrorCode::IoFailed,
-                        format!(
-                            "{path}: this upload is in progress in another server process \
-                             (--workers); it can be resumed once that one ends"
-                        ),
-                    ));
-                }
-                Err(errno) => return Err(FileError::from_errno(errno, path)),
-            },
-        };
-        // Truncated only under the lock: never under another process's writes.
+        let file = File::from(opened.map_err(|errno| FileError::from_errno(errno, path))?);
         let held = match file.metadata() {
-            Ok(meta) if resume && meta.len() <= request.size => meta.len(),
-            // Starting over, or longer than the upload (cannot be ours).
+            Ok(meta) if meta.len() <= request.size => meta.len(),
+            // Longer than the upload (cannot be ours): start over.
             Ok(_) => {
                 file.set_len(0)
                     .map_err(|error| FileError::io(&error, path))?;
@@ -784,20 +756,13 @@ impl Files<'_> {
             }
             Err(error) => return Err(FileError::io(&error, path)),
         };
-        let locked = file
-            .try_clone()
-            .map_err(|error| FileError::io(&error, path))?;
         // The newest PUT of an upload wins: one still in progress (a client that vanished
         // without a FIN, say, and is resuming from elsewhere) is told to stop at its next
         // frame, and never touches the partial again.
         let superseded = Arc::new(AtomicBool::new(false));
-        let holder = Holder {
-            superseded: Arc::clone(&superseded),
-            locked,
-        };
-        if let Some(older) = lock(&self.state.uploads).insert(id, holder) {
+        if let Some(older) = lock(&self.state.uploads).insert(id, Arc::clone(&superseded)) {
             info!("{path}: upload {id:016x} taken over by a newer PUT");
-            older.superseded.store(true, Ordering::Relaxed);
+            older.store(true, Ordering::Relaxed);
         }
         Ok(Upload {
             file,

@@ -330,9 +330,7 @@ impl DerefMut for FileServer {
     }
 }
 
-/// Starts `serve --root ROOT` plus `extra` (a second server on a [`FileServer`]'s root stands
-/// for another worker process).
-pub fn start_on(root: &Path, extra: &[&str]) -> Server {
+fn start_on(root: &Path, extra: &[&str]) -> Server {
     let root = root.to_str().expect("UTF-8 temp path");
     let mut args = vec!["--root", root];
     args.extend_from_slice(extra);

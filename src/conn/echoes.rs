@@ -11,9 +11,7 @@
 //! **Order** is kept by one rule: while an [`EchoRun`] holds replies, the outbox is empty, and
 //! anything else about to be queued sends the run first ([`Connection::send_echoes`]).
 
-use std::io::ErrorKind;
-
-use super::{Bits, Connection, Context, Fatal, State, Stream};
+use super::{Bits, Connection, Context, Fatal, State, Stream, write_once};
 use crate::proto::{HEADER_LEN, Header};
 use crate::service::echo;
 
@@ -58,9 +56,8 @@ impl Connection {
         true
     }
 
-    /// Sends the run with one `write` (retried on `Interrupted`) and empties it. What the
-    /// socket does not take is copied into the outbox; a short write or `WouldBlock` means the
-    /// socket is full (epoll(7)). A failed write is fatal.
+    /// Sends the run with one write ([`write_once`]'s rules) and empties it. What the socket
+    /// does not take is copied into the outbox. A failed write is fatal.
     pub(super) fn send_echoes<S: Stream>(
         &mut self,
         io: &mut S,
@@ -73,20 +70,12 @@ impl Connection {
         }
         let replies = &input[run.start..run.end];
         *run = EchoRun::default();
-        let sent = loop {
-            match io.write(replies) {
-                Ok(0) => return Err(Fatal::broken("write took nothing")),
-                Ok(n) => break n,
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) if error.kind() == ErrorKind::WouldBlock => break 0,
-                Err(error) => return Err(Fatal::broken(format!("write failed: {error}"))),
-            }
-        };
+        let sent = write_once(io, replies, &mut self.bits)
+            .map_err(|error| Fatal::broken(format!("write failed: {error}")))?;
         if sent > 0 {
             self.last_active = cx.now;
         }
         if sent < replies.len() {
-            self.bits.set(Bits::WRITE_READY, false);
             self.outbox
                 .replies(cx.pool, cx.limits)
                 .raw(&replies[sent..]);

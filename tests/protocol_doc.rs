@@ -17,6 +17,7 @@
 //! - Every `](#anchor)` link in the document leads to a heading.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -50,8 +51,9 @@ use monoreactor::proto::{
 use monoreactor::server::{Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Server};
 use monoreactor::service::echo::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
 use monoreactor::service::exec::{ChildSource, OutputPipe, SpawnError};
-use monoreactor::sys::files::{FileError, PARTIAL_TTL_NS, RACY_WINDOW_NS};
+use monoreactor::sys::files::{FileError, RACY_WINDOW_NS};
 use monoreactor::sys::process::EXEC_ENV;
+use monoreactor::sys::upload::PARTIAL_TTL_NS;
 use monoreactor::testkit::{ConnHarness, MemoryIo, ScriptedChild};
 use rustix::io::Errno;
 
@@ -1720,6 +1722,22 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         "HASH_MISMATCH stores nothing"
     );
 
+    // Another server process receiving the same upload: as far as the kernel's lock can
+    // tell, that is any other open of the partial holding its lock.
+    let busy = PutRequest {
+        size: 4,
+        flags: PutFlags::HASH_DECLARED,
+        hash: Some(blake3(b"busy")),
+        path: "big.iso",
+    };
+    let id = monoreactor::sys::files::upload_id(busy.path, busy.size, &blake3(b"busy"));
+    let partial = fs::File::create(server.root.join(format!(".monoreactor-partial-{id:016x}")))
+        .expect("create the partial");
+    lock_whole_file(&partial);
+    client.send(&put_on(21, &busy));
+    refusals.push((FrameType::Put, client.until_ends(&[21]).pop().unwrap()));
+    drop(partial);
+
     let mut stranger = Reader::connect(&server);
     stranger.send(&hello());
     assert_eq!(stranger.frame(), hello_ok_unauthenticated());
@@ -1728,6 +1746,19 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
     drop((client, stranger));
     server.stop();
     refusals
+}
+
+/// Takes the exclusive open-file-description lock a server process holds on a partial upload
+/// it is receiving.
+fn lock_whole_file(file: &fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid `flock` (the whole file); fcntl gets a pointer to it that
+    // outlives the call, on a descriptor the caller owns.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+    assert_eq!(rc, 0, "lock: {}", std::io::Error::last_os_error());
 }
 
 /// Section 6.9: every refusal a real server sends a file request is listed for that request,

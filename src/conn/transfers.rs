@@ -25,7 +25,8 @@ use crate::outbox::{FileRange, Outbox};
 use crate::proto::files::{Digest, FileInfo, GetRequest, PutReady, PutRequest, parse_path};
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
-use crate::sys::files::{FileError, Listing, Meta, TransferPermit, Upload, meta_of, wall_clock_ns};
+use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
+use crate::sys::upload::Upload;
 
 /// Most file bytes in one DATA frame.
 pub const DATA_FRAME_LEN: u64 = 1 << 20;

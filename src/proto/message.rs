@@ -402,6 +402,9 @@ pub enum ErrorCode {
     NotEmpty,
     /// A disk operation failed for another reason (the text says which).
     IoFailed,
+    /// PUT: another server process sharing the root is receiving the same resumable upload
+    /// right now. Retryable: the same PUT succeeds once that one ends.
+    UploadBusy,
     /// A code this build does not know.
     Other(u16),
 }
@@ -437,6 +440,7 @@ impl ErrorCode {
             25 => ErrorCode::AlreadyExists,
             26 => ErrorCode::NotEmpty,
             27 => ErrorCode::IoFailed,
+            28 => ErrorCode::UploadBusy,
             other => ErrorCode::Other(other),
         }
     }
@@ -471,6 +475,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => 25,
             ErrorCode::NotEmpty => 26,
             ErrorCode::IoFailed => 27,
+            ErrorCode::UploadBusy => 28,
             ErrorCode::Other(other) => other,
         }
     }
@@ -514,6 +519,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::AlreadyExists => "ALREADY_EXISTS",
             ErrorCode::NotEmpty => "NOT_EMPTY",
             ErrorCode::IoFailed => "IO_FAILED",
+            ErrorCode::UploadBusy => "UPLOAD_BUSY",
             ErrorCode::Other(code) => return write!(f, "ERROR_{code}"),
         };
         f.write_str(name)

@@ -8,18 +8,8 @@
 //! only through its parent directory opened the same way, with a single-component `*at` call.
 //! What was checked is what is used: there is no path string re-resolved later.
 //!
-//! **Atomic put** (Pillai et al., OSDI'14): the bytes go to a temporary file in the target's
-//! directory — an unnamed `O_TMPFILE` for an upload that cannot resume (a crash leaves
-//! nothing), a `.monoreactor-partial-<id>` file for one that can — then size and hash are
-//! checked, the file is `fsync`ed, renamed over the target, and the directory is `fsync`ed.
-//! Until the rename the target is untouched; after it, it is the whole new file. A partial
-//! nobody resumes expires: a PUT starting in its directory sweeps out leftovers untouched for
-//! [`PARTIAL_TTL_NS`] (bounded work, at most hourly per directory).
-//!
-//! **Write-behind.** While an upload streams, every [`WRITE_BEHIND`] bytes the range just
-//! written is handed to the disk (`sync_file_range(WRITE)`), and every
-//! [`SYNC_EVERY_WINDOWS`] windows the upload is made durable (`fdatasync`), so the `fsync` at
-//! the end has little left to do: the loop never stalls for a whole file's writeback at once.
+//! **Uploads** — atomic, resumable, one writer across processes, committed by descriptor —
+//! are in [`crate::sys::upload`].
 //!
 //! **Hash cache.** A file's BLAKE3 is kept in its `user.monoreactor.blake3` extended attribute
 //! with the size and modification time it was computed for and the time it was stored. It is
@@ -31,46 +21,25 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{debug, info, warn};
+use log::debug;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{DirEntry, FileInfo, FileKind, HASH_LEN, Hash, PutRequest};
+use crate::proto::files::{DirEntry, FileInfo, FileKind, HASH_LEN, Hash};
 use crate::proto::path::RESERVED_PREFIX;
 use crate::sys::root::Root;
-
-/// Bytes written between write-behind steps.
-pub const WRITE_BEHIND: u64 = 8 << 20;
-
-/// Every this many write-behind windows (32 MiB) the upload is `fdatasync`ed. Starting
-/// writeback (`sync_file_range`) only moves the bytes into the disk's own cache — on a VM,
-/// the host's — and the commit's `fsync` then had to flush the whole file from there: a
-/// second-long stall of the loop per GiB, measured. Syncing as the upload streams bounds each
-/// stall to what 32 MiB costs (0.1–0.2 s measured, most far less) and leaves the commit at
-/// most that much to do.
-pub const SYNC_EVERY_WINDOWS: u64 = 4;
+use crate::sys::upload::Uploads;
 
 /// A file whose mtime is within this of the moment its hash was stored may have been written
 /// again in the same timestamp tick, so that hash is not trusted. Kernel timestamps advance
 /// in ticks of 1–10 ms; 100 ms leaves a wide margin.
 pub const RACY_WINDOW_NS: i64 = 100_000_000;
-
-/// A resumable partial untouched for this long is removed (by the next sweep of its
-/// directory): an interrupted upload can be resumed for a day.
-pub const PARTIAL_TTL_NS: i64 = 24 * 3600 * 1_000_000_000;
-
-/// A directory is swept for expired partials at most this often (when a PUT starts in it).
-const SWEEP_INTERVAL_NS: i64 = 3600 * 1_000_000_000;
-
-/// Most entries one sweep looks at, so a huge directory costs a bounded pause.
-const SWEEP_ENTRIES: usize = 4096;
 
 /// Most entries the in-memory hash index keeps (used only where xattrs are unsupported).
 const MEMO_ENTRIES: usize = 4096;
@@ -80,12 +49,6 @@ const HASH_XATTR: &str = "user.monoreactor.blake3";
 
 /// Layout of [`HASH_XATTR`]: size, mtime ns, stored-at ns (BE u64 each), then the hash.
 const XATTR_LEN: usize = 24 + HASH_LEN;
-
-/// Name prefix of resumable partial uploads.
-const PARTIAL_PREFIX: &str = ".monoreactor-partial-";
-
-/// Name prefix under which a finished unnamed upload is linked just before its rename.
-const LINKED_PREFIX: &str = ".monoreactor-tmp-";
 
 /// A file operation's failure, as the client will hear it.
 #[derive(Debug)]
@@ -97,7 +60,7 @@ pub struct FileError {
 }
 
 impl FileError {
-    fn new(code: ErrorCode, text: impl Into<String>) -> FileError {
+    pub(crate) fn new(code: ErrorCode, text: impl Into<String>) -> FileError {
         FileError {
             code,
             text: text.into(),
@@ -131,7 +94,7 @@ impl FileError {
         FileError::new(code, format!("{shown}: {what}"))
     }
 
-    fn io(error: &io::Error, path: &str) -> FileError {
+    pub(crate) fn io(error: &io::Error, path: &str) -> FileError {
         match error.raw_os_error() {
             Some(raw) => FileError::from_errno(Errno::from_raw_os_error(raw), path),
             None => FileError::new(ErrorCode::IoFailed, format!("{path}: {error}")),
@@ -155,7 +118,7 @@ pub struct Meta {
 }
 
 impl Meta {
-    fn of(stat: &Stat) -> Meta {
+    pub(crate) fn of(stat: &Stat) -> Meta {
         let kind = match FileType::from_raw_mode(stat.st_mode) {
             FileType::RegularFile => FileKind::File,
             FileType::Directory => FileKind::Directory,
@@ -239,21 +202,17 @@ pub fn wall_clock_ns() -> i64 {
         .map_or(0, |since| since.as_nanos() as i64)
 }
 
-/// The resumable uploads in progress: each id with the flag that tells its holder a newer
-/// PUT of the same upload took over.
-type Uploads = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
-
 /// The file service's shared state: how many transfers run, which resumable uploads are in
 /// use, the fallback hash index.
 #[derive(Debug)]
 pub struct FileState {
     transfers: Arc<AtomicUsize>,
-    uploads: Uploads,
+    pub(crate) uploads: Uploads,
     memo: HashMap<(u64, u64), CacheEntry>,
     /// When each directory (device, inode) was last swept for expired partials.
-    swept: HashMap<(u64, u64), i64>,
+    pub(crate) swept: HashMap<(u64, u64), i64>,
     max_transfers: usize,
-    max_put: u64,
+    pub(crate) max_put: u64,
 }
 
 impl FileState {
@@ -294,123 +253,6 @@ pub struct OpenedFile {
     pub meta: Meta,
     /// Its BLAKE3 if the cache holds a valid one.
     pub hash: Option<Hash>,
-}
-
-/// Where an upload's bytes go until they are committed.
-#[derive(Debug)]
-enum Temp {
-    /// An `O_TMPFILE`: no name until commit.
-    Unnamed,
-    /// A resumable partial, by name.
-    Partial(String),
-}
-
-/// An upload in progress: its temporary file, its directory, and the name it will get.
-/// Dropping it without [`Files::commit`] removes an unnamed temporary (nothing to do) and
-/// keeps a resumable partial for a later resume.
-#[derive(Debug)]
-pub struct Upload {
-    file: File,
-    dir: OwnedFd,
-    name: String,
-    path: String,
-    temp: Temp,
-    /// The upload id (0: not resumable).
-    pub id: u64,
-    /// Bytes already held from an earlier attempt.
-    pub held: u64,
-    /// Bytes up to which write-behind has been started.
-    flushed: u64,
-    uploads: Uploads,
-    /// Set when a newer PUT of the same upload took over its partial: this one may then
-    /// neither write, nor commit, nor remove it.
-    superseded: Arc<AtomicBool>,
-    committed: bool,
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if self.id != 0 {
-            let mut uploads = lock(&self.uploads);
-            if uploads
-                .get(&self.id)
-                .is_some_and(|holder| Arc::ptr_eq(holder, &self.superseded))
-            {
-                uploads.remove(&self.id);
-            }
-        }
-        if !self.committed {
-            if let Temp::Partial(name) = &self.temp {
-                debug!("{}: partial upload {name} kept for a resume", self.path);
-            }
-        }
-    }
-}
-
-impl Upload {
-    /// The temporary file (to re-read the held prefix on resume).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Whether a newer PUT of the same (path, size, hash) took this upload over.
-    pub fn superseded(&self) -> bool {
-        self.superseded.load(Ordering::Relaxed)
-    }
-
-    fn superseded_error(&self) -> FileError {
-        FileError::new(
-            ErrorCode::IoFailed,
-            format!(
-                "{}: a newer PUT of the same file took this upload over",
-                self.path
-            ),
-        )
-    }
-
-    /// Writes `bytes` at `offset`, then starts writeback of each completed
-    /// [`WRITE_BEHIND`] window and waits for the one before it.
-    pub fn write_at(&mut self, bytes: &[u8], offset: u64) -> Result<(), FileError> {
-        if self.superseded() {
-            return Err(self.superseded_error());
-        }
-        self.file
-            .write_all_at(bytes, offset)
-            .map_err(|error| FileError::io(&error, &self.path))?;
-        let end = offset + bytes.len() as u64;
-        while end >= self.flushed + WRITE_BEHIND {
-            let start = self.flushed;
-            self.flushed += WRITE_BEHIND;
-            self.write_behind(start)
-                .map_err(|error| FileError::io(&error, &self.path))?;
-        }
-        Ok(())
-    }
-
-    /// Starts writeback of the window `[start, start + WRITE_BEHIND)` just written, and every
-    /// [`SYNC_EVERY_WINDOWS`] windows makes the upload so far durable (`fdatasync`): the
-    /// disk works while the upload streams, and the `fsync` at the commit stays short however
-    /// much faster the network is than the disk.
-    fn write_behind(&self, start: u64) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        // SAFETY: a plain syscall on a descriptor this upload owns. Its failure only costs
-        // the optimisation: the data is still written, and made durable below.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                start as i64,
-                WRITE_BEHIND as i64,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-        if (start / WRITE_BEHIND) % SYNC_EVERY_WINDOWS == SYNC_EVERY_WINDOWS - 1 {
-            // Its error must not be lost: Linux reports a writeback error once per open file,
-            // to whichever sync sees it first, so the commit's fsync would then succeed over
-            // a damaged file.
-            self.file.sync_data()?;
-        }
-        Ok(())
-    }
 }
 
 /// A directory being listed, page by page.
@@ -524,17 +366,6 @@ pub fn upload_id(path: &str, size: u64, hash: &Hash) -> u64 {
     u64::from_be_bytes(id).max(1)
 }
 
-/// The uploads in progress. (The server has one thread; the lock only makes the state
-/// `Send`, for a program that runs the server on a thread of its own. A poisoned lock still
-/// holds a usable map.)
-fn lock(
-    uploads: &Mutex<HashMap<u64, Arc<AtomicBool>>>,
-) -> MutexGuard<'_, HashMap<u64, Arc<AtomicBool>>> {
-    uploads
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Splits `path` into its parent directory and last component ("" has neither).
 fn split(path: &str) -> (&str, &str) {
     match path.rfind('/') {
@@ -568,7 +399,7 @@ impl Files<'_> {
         Ok(TransferPermit(Arc::clone(&self.state.transfers)))
     }
 
-    fn parent(&self, path: &str) -> Result<(OwnedFd, String), FileError> {
+    pub(crate) fn parent(&self, path: &str) -> Result<(OwnedFd, String), FileError> {
         let (parent, name) = split(path);
         if name.is_empty() {
             return Err(FileError::new(
@@ -681,247 +512,6 @@ impl Files<'_> {
         })
     }
 
-    /// Prepares an upload: checks the size limit and the target, opens the temporary file.
-    /// With a declared hash the upload is resumable: its partial is found (with `resume`) or
-    /// started over (without).
-    pub fn begin_put(&mut self, request: &PutRequest<'_>) -> Result<Upload, FileError> {
-        let path = request.path;
-        if request.size > self.state.max_put {
-            return Err(FileError::new(
-                ErrorCode::LimitReached,
-                format!(
-                    "{path}: {} bytes is more than this server takes in one file ({}; --max-put)",
-                    request.size, self.state.max_put
-                ),
-            ));
-        }
-        let (dir, name) = self.parent(path)?;
-        match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
-                FileType::RegularFile => {}
-                FileType::Directory => return Err(FileError::from_errno(Errno::ISDIR, path)),
-                FileType::Symlink => return Err(FileError::from_errno(Errno::LOOP, path)),
-                _ => {
-                    return Err(FileError::new(
-                        ErrorCode::BadRequest,
-                        format!("{path}: not a regular file"),
-                    ));
-                }
-            },
-            Err(Errno::NOENT) => {}
-            Err(errno) => return Err(FileError::from_errno(errno, path)),
-        }
-        let mode = Mode::from_raw_mode(0o644);
-        let Some(hash) = request.hash else {
-            let fd = rustix::fs::openat(
-                &dir,
-                ".",
-                OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-                mode,
-            )
-            .map_err(|errno| FileError::from_errno(errno, path))?;
-            return Ok(Upload {
-                file: File::from(fd),
-                dir,
-                name,
-                path: path.to_string(),
-                temp: Temp::Unnamed,
-                id: 0,
-                held: 0,
-                flushed: 0,
-                uploads: Arc::clone(&self.state.uploads),
-                superseded: Arc::new(AtomicBool::new(false)),
-                committed: false,
-            });
-        };
-        self.sweep_expired(&dir, path);
-        let id = upload_id(path, request.size, &hash);
-        let temp_name = format!("{PARTIAL_PREFIX}{id:016x}");
-        let resume = request
-            .flags
-            .contains(crate::proto::files::PutFlags::RESUME);
-        let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        if !resume {
-            flags |= OFlags::TRUNC;
-        }
-        let opened = rustix::fs::openat(&dir, temp_name.as_str(), flags, mode);
-        let file = File::from(opened.map_err(|errno| FileError::from_errno(errno, path))?);
-        let held = match file.metadata() {
-            Ok(meta) if meta.len() <= request.size => meta.len(),
-            // Longer than the upload (cannot be ours): start over.
-            Ok(_) => {
-                file.set_len(0)
-                    .map_err(|error| FileError::io(&error, path))?;
-                0
-            }
-            Err(error) => return Err(FileError::io(&error, path)),
-        };
-        // The newest PUT of an upload wins: one still in progress (a client that vanished
-        // without a FIN, say, and is resuming from elsewhere) is told to stop at its next
-        // frame, and never touches the partial again.
-        let superseded = Arc::new(AtomicBool::new(false));
-        if let Some(older) = lock(&self.state.uploads).insert(id, Arc::clone(&superseded)) {
-            info!("{path}: upload {id:016x} taken over by a newer PUT");
-            older.store(true, Ordering::Relaxed);
-        }
-        Ok(Upload {
-            file,
-            dir,
-            name,
-            path: path.to_string(),
-            temp: Temp::Partial(temp_name),
-            id,
-            held,
-            flushed: held - held % WRITE_BEHIND,
-            uploads: Arc::clone(&self.state.uploads),
-            superseded,
-            committed: false,
-        })
-    }
-
-    /// Removes the server's own leftovers in the directory `dir` (of `path`) that have not
-    /// been touched for [`PARTIAL_TTL_NS`]: resumable partials nobody came back for, and a
-    /// finished upload's link left by a crash between its link and its rename. At most once
-    /// per [`SWEEP_INTERVAL_NS`] per directory, and at most [`SWEEP_ENTRIES`] entries.
-    fn sweep_expired(&mut self, dir: &OwnedFd, path: &str) {
-        let Ok(stat) = rustix::fs::fstat(dir) else {
-            return;
-        };
-        let now = wall_clock_ns();
-        let key = (stat.st_dev, stat.st_ino);
-        if let Some(&last) = self.state.swept.get(&key) {
-            if now.saturating_sub(last) < SWEEP_INTERVAL_NS {
-                return;
-            }
-        }
-        if self.state.swept.len() >= MEMO_ENTRIES {
-            self.state.swept.clear();
-        }
-        self.state.swept.insert(key, now);
-        let Ok(fd) = rustix::fs::openat(
-            dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return;
-        };
-        let Ok(mut entries) = rustix::fs::Dir::new(fd) else {
-            return;
-        };
-        let mut expired = Vec::new();
-        for entry in std::iter::from_fn(|| entries.read()).take(SWEEP_ENTRIES) {
-            let Ok(entry) = entry else { break };
-            let Ok(name) = entry.file_name().to_str() else {
-                continue;
-            };
-            let id = name
-                .strip_prefix(PARTIAL_PREFIX)
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-            if id.is_none() && !name.starts_with(LINKED_PREFIX) {
-                continue;
-            }
-            if id.is_some_and(|id| lock(&self.state.uploads).contains_key(&id)) {
-                continue;
-            }
-            let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            if now.saturating_sub(Meta::of(&stat).mtime_ns) > PARTIAL_TTL_NS {
-                expired.push(name.to_string());
-            }
-        }
-        for name in expired {
-            match rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty()) {
-                Ok(()) => info!("{path}: removed expired upload leftover {name}"),
-                Err(errno) => debug!("{path}: cannot remove {name}: {errno}"),
-            }
-        }
-    }
-
-    /// Makes a complete, verified upload the file at its path: caches its hash, `fsync`,
-    /// rename over the target, `fsync` of the directory.
-    pub fn commit(&mut self, mut upload: Upload, hash: &Hash) -> Result<(), FileError> {
-        if upload.superseded() {
-            return Err(upload.superseded_error());
-        }
-        let path = upload.path.clone();
-        upload
-            .file
-            .sync_all()
-            .map_err(|error| FileError::io(&error, &path))?;
-        // Stored after the fsync, which for a large file puts the time of storing well past
-        // the last write's mtime: the cache is trusted from the first GET. (A small file's
-        // hash, stored within the racy window, is recomputed once: cheap.) The attribute is
-        // written before the rename, so the file never appears without it.
-        if let Ok(stat) = rustix::fs::fstat(&upload.file) {
-            let meta = Meta::of(&stat);
-            self.store_hash(&upload.file, &meta, hash, wall_clock_ns());
-        }
-        let temp_name = match &upload.temp {
-            Temp::Partial(name) => name.clone(),
-            Temp::Unnamed => {
-                // An O_TMPFILE gets a name only now, through /proc (linkat with
-                // AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
-                let name = format!("{LINKED_PREFIX}{:016x}", upload_id(&path, 0, hash));
-                let proc_path = format!("/proc/self/fd/{}", upload.file.as_raw_fd());
-                let _ = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty());
-                rustix::fs::linkat(
-                    rustix::fs::CWD,
-                    proc_path.as_str(),
-                    &upload.dir,
-                    name.as_str(),
-                    AtFlags::SYMLINK_FOLLOW,
-                )
-                .map_err(|errno| match errno {
-                    // The name is ours and the directory is open: only /proc can be missing.
-                    Errno::NOENT => FileError::new(
-                        ErrorCode::IoFailed,
-                        format!("{path}: cannot name the upload (is /proc mounted?)"),
-                    ),
-                    errno => FileError::from_errno(errno, &path),
-                })?;
-                name
-            }
-        };
-        if let Err(errno) = rustix::fs::renameat(
-            &upload.dir,
-            temp_name.as_str(),
-            &upload.dir,
-            upload.name.as_str(),
-        ) {
-            if matches!(upload.temp, Temp::Unnamed) {
-                let _ = rustix::fs::unlinkat(&upload.dir, temp_name.as_str(), AtFlags::empty());
-            }
-            return Err(FileError::from_errno(errno, &path));
-        }
-        upload.committed = true;
-        // The rename is durable once the directory is.
-        let dir = rustix::fs::openat(
-            &upload.dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| FileError::from_errno(errno, &path))?;
-        rustix::fs::fsync(&dir).map_err(|errno| FileError::from_errno(errno, &path))?;
-        Ok(())
-    }
-
-    /// Gives up an upload whose bytes are wrong or could not be written (a hash mismatch, a
-    /// full disk, an I/O error): even a resumable partial is removed, since resuming would
-    /// only repeat the mismatch, or keep holding the space a retry needs.
-    pub fn discard(&mut self, upload: Upload) {
-        if upload.superseded() {
-            return; // the partial is the newer upload's now
-        }
-        if let Temp::Partial(name) = &upload.temp {
-            if let Err(errno) = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty()) {
-                warn!("{}: cannot remove partial {name}: {errno}", upload.path);
-            }
-        }
-    }
-
     /// The cached hash of `file` if it is valid for `meta`.
     pub fn cached_hash(&self, file: &File, meta: &Meta) -> Option<Hash> {
         let mut value = [0u8; XATTR_LEN];
@@ -1007,48 +597,6 @@ mod tests {
             ..meta
         };
         assert!(!entry.valid_for(&touched));
-    }
-
-    #[test]
-    fn a_put_sweeps_expired_partials_of_its_directory_only() {
-        let base = std::env::temp_dir().join(format!("monoreactor-sweep-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let root = Root::open_or_create(&base).unwrap();
-        let old = root
-            .path()
-            .join(format!("{PARTIAL_PREFIX}00000000000000ff"));
-        let fresh = root
-            .path()
-            .join(format!("{PARTIAL_PREFIX}00000000000000fe"));
-        let linked = root.path().join(format!("{LINKED_PREFIX}1"));
-        for file in [&old, &fresh, &linked] {
-            std::fs::write(file, b"x").unwrap();
-        }
-        let two_days_ago = SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 3600);
-        for file in [&old, &linked] {
-            std::fs::File::options()
-                .write(true)
-                .open(file)
-                .unwrap()
-                .set_modified(two_days_ago)
-                .unwrap();
-        }
-        let mut state = FileState::new(4, 1 << 20);
-        let mut files = Files {
-            root: &root,
-            state: &mut state,
-        };
-        let request = PutRequest {
-            size: 1,
-            flags: crate::proto::files::PutFlags::HASH_DECLARED,
-            hash: Some([0; 32]),
-            path: "target",
-        };
-        drop(files.begin_put(&request).unwrap());
-        assert!(!old.exists(), "expired partial removed");
-        assert!(!linked.exists(), "expired link removed");
-        assert!(fresh.exists(), "a recent partial stays");
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod files;
 pub mod mmsg;
 pub mod process;
 pub mod root;
+pub mod upload;

@@ -834,8 +834,8 @@ pub fn ok<T>(result: Result<T, Refusal>, what: &str) -> T {
     }
 }
 
-/// Retries `attempt` while it is refused with LIMIT_REACHED because the same upload is still
-/// in progress (the server learns of a dropped connection asynchronously), up to `timeout`.
+/// Retries `attempt` while it is refused with UPLOAD_BUSY because the same upload is still
+/// held elsewhere (a server learns of a dropped connection asynchronously), up to `timeout`.
 #[track_caller]
 pub fn retry_busy_upload<T>(
     timeout: Duration,
@@ -844,9 +844,7 @@ pub fn retry_busy_upload<T>(
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match attempt() {
-            Err((ErrorCode::LimitReached, text))
-                if text.contains("already in progress") && std::time::Instant::now() < deadline =>
-            {
+            Err((ErrorCode::UploadBusy, _)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             other => return other,

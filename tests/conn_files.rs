@@ -1187,8 +1187,11 @@ fn make_listing_dir(label: &str) -> (TempDir, HashSet<String>) {
         fs::write(dir.join(&name), vec![b'x'; i % 7]).unwrap();
         names.insert(name);
     }
-    // Reserved names are never listed.
-    fs::write(dir.join(".monoreactor-partial-00000000deadbeef"), b"hidden").unwrap();
+    // The server's own names are never listed — but for partial uploads, which are, so
+    // that a user can see and remove them.
+    fs::write(dir.join(".monoreactor-tmp-1-0"), b"hidden").unwrap();
+    fs::write(dir.join(".monoreactor-partial-00000000deadbeef"), b"held").unwrap();
+    names.insert(".monoreactor-partial-00000000deadbeef".to_string());
     (dir, names)
 }
 
@@ -1212,9 +1215,13 @@ fn check_listing(frames: &[OwnedFrame], stream: u32, expected: &HashSet<String>)
         for entry in Entries::new(&frame.payload) {
             let entry = entry.expect("a whole entry");
             assert!(expected.contains(entry.name), "{:?}", entry.name);
-            assert_eq!(entry.kind, FileKind::File);
-            let i: usize = entry.name[6..10].parse().unwrap();
-            assert_eq!(entry.size, (i % 7) as u64, "{}", entry.name);
+            if entry.name.starts_with(".monoreactor-partial-") {
+                assert_eq!((entry.kind, entry.size), (FileKind::Partial, 4));
+            } else {
+                assert_eq!(entry.kind, FileKind::File);
+                let i: usize = entry.name[6..10].parse().unwrap();
+                assert_eq!(entry.size, (i % 7) as u64, "{}", entry.name);
+            }
             assert!(seen.insert(entry.name.to_string()), "{} twice", entry.name);
         }
     }

@@ -120,7 +120,7 @@ fn list_shows_names_sizes_and_kinds_and_hides_reserved_names() {
     let seen: Vec<(&str, FileKind, Option<u64>)> = entries
         .iter()
         .map(|e| {
-            let size = (e.kind == FileKind::File).then_some(e.size);
+            let size = matches!(e.kind, FileKind::File | FileKind::Partial).then_some(e.size);
             (e.name.as_str(), e.kind, size)
         })
         .collect();
@@ -128,13 +128,18 @@ fn list_shows_names_sizes_and_kinds_and_hides_reserved_names() {
         seen,
         vec![
             (".hidden", FileKind::File, Some(1)),
+            (
+                ".monoreactor-partial-00000000000000ff",
+                FileKind::Partial,
+                Some(4)
+            ),
             ("b c é", FileKind::File, Some(3)),
             ("empty", FileKind::File, Some(0)),
             ("link", FileKind::Symlink, None),
             ("sub", FileKind::Directory, None),
             ("ten", FileKind::File, Some(10)),
         ],
-        "LIST d (reserved .monoreactor-* names must be hidden)"
+        "LIST d (the server's own .monoreactor-* names are hidden, partial uploads shown)"
     );
     let link = entries.iter().find(|e| e.name == "link").unwrap();
     assert_eq!(
@@ -880,14 +885,13 @@ fn an_upload_cut_by_the_client_resumes_and_never_splices() {
             old,
             "target changed (reset {reset})"
         );
-        let names: Vec<String> = ok(conn.list(""), "list")
+        let kinds: Vec<FileKind> = ok(conn.list(""), "list")
             .into_iter()
-            .map(|e| e.name)
+            .map(|e| e.kind)
             .collect();
-        assert_eq!(
-            names,
-            vec!["f".to_string()],
-            "LIST shows the partial (reset {reset})"
+        assert!(
+            kinds.contains(&FileKind::File) && kinds.contains(&FileKind::Partial),
+            "LIST shows the file and the partial (reset {reset}): {kinds:?}"
         );
         assert!(
             reserved_entries(server.root())
@@ -1001,11 +1005,14 @@ fn server_dies_mid_put(signal: libc::c_int) {
 
     server.restart(&[]);
     let mut conn = server.conn();
-    let names: Vec<String> = ok(conn.list(""), "list")
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    assert_eq!(names, vec!["f".to_string()], "LIST after the restart");
+    let mut entries = ok(conn.list(""), "list");
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let kinds: Vec<FileKind> = entries.into_iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [FileKind::Partial, FileKind::File],
+        "LIST after the restart: the file and the partial"
+    );
     let (ready, stored) = ok(
         conn.put_full(b"f", &data, Some(hash), true, &hash),
         "resume",

@@ -1559,10 +1559,18 @@ fn a_real_server_resumes_an_interrupted_upload_from_what_it_holds() {
     );
     client.send(&path_request(FrameType::List, 7, ""));
     let listing = client.until_ends(&[7]).concat();
-    let names: Vec<&str> = Entries::new(&listing[HEADER_LEN..])
-        .map(|entry| entry.unwrap().name)
+    let mut entries: Vec<(&str, FileKind)> = Entries::new(&listing[HEADER_LEN..])
+        .map(|entry| entry.map(|entry| (entry.name, entry.kind)).unwrap())
         .collect();
-    assert_eq!(names, ["big.bin"]);
+    entries.sort_unstable_by_key(|&(name, _)| name);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries[0]
+            .0
+            .starts_with(&format!("{RESERVED_PREFIX}partial-"))
+    );
+    assert_eq!(entries[0].1, FileKind::Partial, "the partial is shown");
+    assert_eq!(entries[1], ("big.bin", FileKind::File));
     drop(client);
     server.stop();
 }

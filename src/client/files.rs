@@ -1055,6 +1055,7 @@ pub fn kind_name(kind: FileKind) -> &'static str {
         FileKind::Directory => "directory",
         FileKind::Symlink => "symlink",
         FileKind::Other => "other",
+        FileKind::Partial => "partial upload",
     }
 }
 

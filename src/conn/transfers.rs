@@ -22,7 +22,9 @@ use log::{debug, info};
 use super::streams::Streams;
 use super::{Bits, Budget, Connection, Context};
 use crate::outbox::{FileRange, Outbox};
-use crate::proto::files::{Digest, FileInfo, GetRequest, PutReady, PutRequest, parse_path};
+use crate::proto::files::{
+    Digest, FileInfo, GetRequest, PutReady, PutRequest, parse_delete_path, parse_path,
+};
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
 use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
@@ -429,7 +431,12 @@ impl Connection {
                 return Ok(());
             }
             FrameType::Delete | FrameType::Mkdir => {
-                let path = parse_path(frame.payload).map_err(bad)?;
+                let path = if frame_type == FrameType::Delete {
+                    parse_delete_path(frame.payload)
+                } else {
+                    parse_path(frame.payload)
+                }
+                .map_err(bad)?;
                 if frame_type == FrameType::Delete {
                     files.delete(path)?;
                 } else {

@@ -126,6 +126,37 @@ pub fn parse_path(bytes: &[u8]) -> Result<&str, FileRequestError> {
     Ok(path)
 }
 
+/// Name prefix of a resumable upload's partial file; 16 lowercase hex digits of the upload id
+/// follow. The only server name a client may address, and only to DELETE it.
+pub const PARTIAL_PREFIX: &str = ".monoreactor-partial-";
+
+/// The upload id in a partial file's name, if `name` is one.
+pub fn partial_id(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix(PARTIAL_PREFIX)?;
+    let lower_hex = |byte: u8| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte);
+    if hex.len() != 16 || !hex.bytes().all(lower_hex) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// A DELETE's path: any path [`parse_path`] takes, or one whose last component names a
+/// partial upload (its parent passing the same checks).
+pub fn parse_delete_path(bytes: &[u8]) -> Result<&str, FileRequestError> {
+    let refused = match parse_path(bytes) {
+        Ok(path) => return Ok(path),
+        Err(refused) => refused,
+    };
+    let Ok(path) = std::str::from_utf8(bytes) else {
+        return Err(refused);
+    };
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    if bytes.len() <= MAX_PATH_LEN && partial_id(name).is_some() && check_relative(parent).is_ok() {
+        return Ok(path);
+    }
+    Err(refused)
+}
+
 /// GET payload fields; the path follows the offset.
 ///
 /// ```text
@@ -294,6 +325,9 @@ pub enum FileKind {
     Symlink,
     /// Anything else (a socket, a FIFO, a device).
     Other,
+    /// An unfinished resumable upload ([`PARTIAL_PREFIX`]): its size is the bytes held, its
+    /// mtime the last write. Listed so it can be seen and removed (DELETE of its path).
+    Partial,
 }
 
 impl FileKind {
@@ -304,6 +338,7 @@ impl FileKind {
             FileKind::Directory => 1,
             FileKind::Symlink => 2,
             FileKind::Other => 3,
+            FileKind::Partial => 4,
         }
     }
 
@@ -313,17 +348,20 @@ impl FileKind {
             0 => FileKind::File,
             1 => FileKind::Directory,
             2 => FileKind::Symlink,
+            4 => FileKind::Partial,
             _ => FileKind::Other,
         }
     }
 
-    /// A one-letter tag for listings (`-`, `d`, `l`, `?`, as `ls -l` shows them).
+    /// A one-letter tag for listings (`-`, `d`, `l`, `?`, as `ls -l` shows them; `u` for a
+    /// partial upload).
     pub const fn letter(self) -> char {
         match self {
             FileKind::File => '-',
             FileKind::Directory => 'd',
             FileKind::Symlink => 'l',
             FileKind::Other => '?',
+            FileKind::Partial => 'u',
         }
     }
 }

@@ -31,7 +31,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{DirEntry, FileInfo, FileKind, HASH_LEN, Hash};
+use crate::proto::files::{DirEntry, FileInfo, FileKind, HASH_LEN, Hash, partial_id};
 use crate::proto::path::RESERVED_PREFIX;
 use crate::sys::root::Root;
 use crate::sys::upload::Uploads;
@@ -326,7 +326,8 @@ impl Listing {
             debug!("{}: skipping an entry whose name is not UTF-8", self.path);
             return Ok(Read::Skipped);
         };
-        if name == "." || name == ".." || name.starts_with(RESERVED_PREFIX) {
+        let partial = partial_id(name).is_some();
+        if name == "." || name == ".." || (name.starts_with(RESERVED_PREFIX) && !partial) {
             return Ok(Read::Skipped);
         }
         let fd = self
@@ -334,7 +335,13 @@ impl Listing {
             .fd()
             .map_err(|errno| FileError::from_errno(errno, &self.path))?;
         match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => Ok(Read::Entry(name.to_string(), Meta::of(&stat))),
+            Ok(stat) => {
+                let mut meta = Meta::of(&stat);
+                if partial && meta.kind == FileKind::File {
+                    meta.kind = FileKind::Partial;
+                }
+                Ok(Read::Entry(name.to_string(), meta))
+            }
             // Removed between the read and the stat: not listed.
             Err(Errno::NOENT) => Ok(Read::Skipped),
             Err(errno) => Err(FileError::from_errno(errno, &self.path)),
@@ -479,6 +486,9 @@ impl Files<'_> {
     /// Removes a file, a symlink (not its target) or an empty directory.
     pub fn delete(&mut self, path: &str) -> Result<(), FileError> {
         let (dir, name) = self.parent(path)?;
+        if partial_id(&name).is_some() {
+            return self.delete_partial(&dir, &name, path);
+        }
         let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|errno| FileError::from_errno(errno, path))?;
         let flags = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
@@ -486,8 +496,16 @@ impl Files<'_> {
         } else {
             AtFlags::empty()
         };
-        rustix::fs::unlinkat(&dir, name.as_str(), flags)
-            .map_err(|errno| FileError::from_errno(errno, path))
+        match rustix::fs::unlinkat(&dir, name.as_str(), flags) {
+            // Not empty: perhaps only of interrupted uploads, which the user could not see
+            // to remove before LIST showed them.
+            Err(Errno::NOTEMPTY) => {
+                self.remove_leftovers(&dir, &name, path)?;
+                rustix::fs::unlinkat(&dir, name.as_str(), flags)
+            }
+            done => done,
+        }
+        .map_err(|errno| FileError::from_errno(errno, path))
     }
 
     /// Creates one directory (its parent must exist).

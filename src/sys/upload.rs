@@ -52,7 +52,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{Hash, PutFlags, PutRequest};
+use crate::proto::files::{Hash, PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
 use crate::sys::files::{FileError, Files, Meta, upload_id, wall_clock_ns};
 
 /// Bytes written between write-behind steps.
@@ -78,9 +78,6 @@ const SWEEP_ENTRIES: usize = 4096;
 
 /// Most directories whose last sweep is remembered.
 const SWEPT_DIRS: usize = 4096;
-
-/// Name prefix of resumable partial uploads.
-pub const PARTIAL_PREFIX: &str = ".monoreactor-partial-";
 
 /// Name prefix under which a verified upload is linked just before its rename.
 const LINKED_PREFIX: &str = ".monoreactor-tmp-";
@@ -498,9 +495,7 @@ impl Files<'_> {
             let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
-            let id = name
-                .strip_prefix(PARTIAL_PREFIX)
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            let id = partial_id(name);
             if id.is_none() && !name.starts_with(LINKED_PREFIX) {
                 continue;
             }
@@ -587,6 +582,87 @@ impl Files<'_> {
         )
         .map_err(|errno| FileError::from_errno(errno, &path))?;
         rustix::fs::fsync(&dir).map_err(|errno| FileError::from_errno(errno, &path))?;
+        Ok(())
+    }
+
+    /// DELETE of a partial upload (`name` in `dir`, of `path`): removed under its lock, or
+    /// refused with `UPLOAD_BUSY` while some process is receiving it.
+    pub(crate) fn delete_partial(
+        &mut self,
+        dir: &OwnedFd,
+        name: &str,
+        path: &str,
+    ) -> Result<(), FileError> {
+        match open_locked(dir, name, false) {
+            Ok(Opened::Locked(_file, stat)) => {
+                unlink_if_same(dir, name, &stat);
+                Ok(())
+            }
+            Ok(Opened::Busy) => Err(FileError::new(
+                ErrorCode::UploadBusy,
+                format!("{path}: the upload is in progress; it cannot be removed now"),
+            )),
+            Ok(Opened::Missing) => Err(FileError::from_errno(Errno::NOENT, path)),
+            Err(errno) => Err(FileError::from_errno(errno, path)),
+        }
+    }
+
+    /// For a DELETE of the directory `name` in `parent` (of `path`) that `rmdir` found not
+    /// empty: if all it holds is the server's own leftovers — partial uploads nobody is
+    /// receiving, a link of an interrupted commit — removes them, so that the `rmdir` can be
+    /// tried again; otherwise says why not (`NOT_EMPTY`, or `UPLOAD_BUSY`).
+    pub(crate) fn remove_leftovers(
+        &mut self,
+        parent: &OwnedFd,
+        name: &str,
+        path: &str,
+    ) -> Result<(), FileError> {
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| FileError::from_errno(errno, path))?;
+        let dir = rustix::fs::openat(&fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|errno| FileError::from_errno(errno, path))?;
+        let mut entries =
+            rustix::fs::Dir::new(fd).map_err(|errno| FileError::from_errno(errno, path))?;
+        let mut leftovers = Vec::new();
+        for entry in std::iter::from_fn(|| entries.read()).take(SWEEP_ENTRIES) {
+            let entry = entry.map_err(|errno| FileError::from_errno(errno, path))?;
+            let name = entry.file_name().to_string_lossy();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if partial_id(&name).is_none() && !name.starts_with(LINKED_PREFIX) {
+                return Err(FileError::from_errno(Errno::NOTEMPTY, path));
+            }
+            leftovers.push(name.into_owned());
+        }
+        if leftovers.len() >= SWEEP_ENTRIES {
+            return Err(FileError::from_errno(Errno::NOTEMPTY, path));
+        }
+        for leftover in leftovers {
+            if partial_id(&leftover).is_some() {
+                self.delete_partial(&dir, &leftover, path)
+                    .or_else(|error| match error.code {
+                        ErrorCode::NotFound => Ok(()),
+                        ErrorCode::UploadBusy => Err(FileError::new(
+                            ErrorCode::UploadBusy,
+                            format!("{path}: an upload into it is in progress"),
+                        )),
+                        _ => Err(error),
+                    })?;
+            } else if let Err(errno) =
+                rustix::fs::unlinkat(&dir, leftover.as_str(), AtFlags::empty())
+            {
+                if errno != Errno::NOENT {
+                    return Err(FileError::from_errno(errno, path));
+                }
+            }
+            info!("{path}: removed upload leftover {leftover}");
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use monoreactor::client::OwnedFrame;
 use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::Limits;
+use monoreactor::limits::{Limits, MIN_IO_BUFFER_LEN};
 use monoreactor::proto::exec::{
     EndReason, ExecFlags, ExecRequest, Exit, Signal, SignalRequest, Started, Termination, Window,
 };
@@ -620,4 +620,123 @@ fn shutdown_stops_commands_sends_their_exit_then_shutting_down() {
     );
     assert_eq!(error_of(&frames[1]), (0, ErrorCode::ShuttingDown));
     assert_eq!(h.conn.state(), State::Closing);
+}
+
+// === The smallest limits ===
+
+/// The smallest value [`Limits::validate`] accepts for every field, except the output cap:
+/// its smallest (0) discards all output by design, so it is set to exactly what the command
+/// writes here.
+fn smallest_limits(output_cap: u64) -> Limits {
+    let tick = Duration::from_nanos(1);
+    let limits = Limits {
+        max_connections: 1,
+        reserved_fds: 0,
+        max_frame_len: 64,
+        io_buffer_len: MIN_IO_BUFFER_LEN,
+        pooled_buffers: 0,
+        output_high_water: 1,
+        output_low_water: 0,
+        read_budget: 1,
+        frame_budget: 1,
+        accept_budget: 1,
+        datagram_budget: 1,
+        udp_queue_len: 0,
+        udp_queue_bytes: 0,
+        idle_timeout: tick,
+        hello_timeout: tick,
+        frame_timeout: tick,
+        linger_timeout: tick,
+        shutdown_grace: Duration::ZERO,
+        pre_auth_max_frame: 64,
+        max_exec: 1,
+        max_exec_per_connection: 1,
+        exec_timeout: tick,
+        exec_kill_grace: tick,
+        exec_drain_timeout: tick,
+        exec_output_cap: output_cap,
+        stdin_window: 1,
+        disk_budget: 1,
+        max_transfers: 1,
+        max_put: 0,
+        max_client_memory: 64 + 12, // one maximal frame and its header
+    };
+    assert_eq!(limits.validate(), Ok(()), "these limits are accepted");
+    limits
+}
+
+#[test]
+fn an_exec_session_under_the_smallest_accepted_limits_loses_no_output() {
+    let stdout: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let stderr = b"warning: small limits\n".repeat(5);
+    let limits = smallest_limits((stdout.len() + stderr.len()) as u64);
+    // A read budget of one byte makes every step take many turns: settle each.
+    let mut h = ConnHarness::framed(limits).with_exec(TOKEN);
+    let mut io = MemoryIo::new();
+    io.push(&hello(TOKEN));
+    h.event(&mut io, true, true);
+    assert_eq!(h.settle(&mut io), Verdict::Wait);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::HelloOk, 0)]);
+    let ok = HelloOk::parse(&frames[0].payload).unwrap();
+    assert!(
+        ok.flags
+            .contains(SessionFlags::AUTHENTICATED.with(SessionFlags::EXEC))
+    );
+    assert_eq!(ok.max_payload_len, 64);
+    io.push(&exec(3, &[b"cat"], ExecFlags::STDIN));
+    h.event(&mut io, true, false);
+    assert_eq!(h.settle(&mut io), Verdict::Wait);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::Started, 3)]);
+    assert_eq!(Started::parse(&frames[0].payload).unwrap().stdin_window, 1);
+
+    // Stdin one byte of credit at a time: each byte earns its WINDOW back.
+    for byte in b"hi" {
+        io.push(&frame(FrameType::Stdin, 3, &[*byte]));
+        h.event(&mut io, true, false);
+        h.settle(&mut io);
+        h.child_event(&mut io, 0, ChildSource::Stdin);
+        h.settle(&mut io);
+        let frames = io.take_frames();
+        assert_eq!(kinds(&frames), [(FrameType::Window, 3)]);
+        assert_eq!(Window::parse(&frames[0].payload).unwrap().increment, 1);
+    }
+    io.push(&frame(FrameType::StdinEof, 3, b""));
+    h.event(&mut io, true, false);
+    h.settle(&mut io);
+    assert_eq!(h.children().nth(0).stdin, b"hi");
+    assert!(h.children().nth(0).stdin_closed);
+
+    h.children()
+        .nth(0)
+        .write(OutputPipe::Stdout, &stdout)
+        .write(OutputPipe::Stderr, &stderr);
+    finish(&mut h, &mut io, 0, Termination::Exited(0));
+    assert_eq!(h.settle(&mut io), Verdict::Wait);
+    let frames = io.take_frames();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    for frame in &frames[..frames.len() - 1] {
+        assert!(frame.payload.len() <= 64, "within the frame limit");
+        match frame.header.frame_type {
+            FrameType::Stdout => out.extend_from_slice(&frame.payload),
+            FrameType::Stderr => err.extend_from_slice(&frame.payload),
+            other => panic!("unexpected {other:?} before EXIT"),
+        }
+    }
+    assert_eq!(out, stdout, "all of stdout, in order");
+    assert_eq!(err, stderr, "all of stderr, in order");
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (last.header.frame_type, last.header.stream),
+        (FrameType::Exit, 3)
+    );
+    assert_eq!(
+        Exit::parse(&last.payload).unwrap(),
+        Exit {
+            termination: Termination::Exited(0),
+            reason: EndReason::None
+        }
+    );
+    assert_eq!(h.conn.open_streams(), 0);
 }

@@ -740,3 +740,81 @@ fn an_exec_session_under_the_smallest_accepted_limits_loses_no_output() {
     );
     assert_eq!(h.conn.open_streams(), 0);
 }
+
+// === Half-close and stream reuse (issue 12 §4.6) ===
+
+#[test]
+fn an_exec_that_comes_with_the_clients_fin_is_refused_on_its_stream() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    // EXEC and FIN in one write: the poll reports the data and the read side closed at once
+    // (EPOLLRDHUP). The FIN would stop the command the moment it started, without EXIT, so
+    // it is refused with a clear error instead of STARTED and silence.
+    io.push(&exec(1, &[b"cat"], ExecFlags::STDIN));
+    io.push(&frame(FrameType::StdinEof, 1, b""));
+    io.push(
+        &Frame::new(
+            FrameType::EchoRequest,
+            Flags::END_STREAM,
+            3,
+            b"still answered",
+        )
+        .to_vec(),
+    );
+    io.close();
+    h.conn.on_read_closed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+    let frames = io.take_frames();
+    assert_eq!(
+        kinds(&frames),
+        [(FrameType::Error, 1), (FrameType::EchoReply, 3)]
+    );
+    assert_eq!(error_of(&frames[0]), (1, ErrorCode::BadRequest));
+    let text = ErrorMessage::parse(&frames[0].payload)
+        .unwrap()
+        .text
+        .to_string();
+    assert!(text.contains("FIN"), "the text says why: {text:?}");
+    assert!(frames[0].header.flags.contains(Flags::END_STREAM));
+    assert!(h.children().all().is_empty(), "nothing was started");
+}
+
+#[test]
+fn a_fin_after_the_exec_was_handled_stops_the_command_without_exit() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    start(&mut h, &mut io, 1, &[b"sleep", b"9"], ExecFlags::NONE);
+    io.close();
+    h.conn.on_read_closed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+    assert!(
+        io.take_frames().is_empty(),
+        "no EXIT: the client sends nothing more"
+    );
+    assert_eq!(h.children().nth(0).released, Some(EndReason::Disconnect));
+}
+
+#[test]
+fn a_stream_ended_by_the_clients_error_may_be_reused_at_once() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    start(&mut h, &mut io, 4, &[b"sleep", b"99"], ExecFlags::NONE);
+    // ERROR on stream 4 and a new EXEC on stream 4 in the same write: the ERROR frees the id
+    // before the next frame is handled.
+    let mut abandon = Vec::new();
+    ErrorMessage::new(ErrorCode::Other(1000), "never mind").encode(4, &mut abandon);
+    io.push(&abandon);
+    io.push(&exec(4, &[b"true"], ExecFlags::NONE));
+    io.push(&Frame::new(FrameType::EchoRequest, Flags::END_STREAM, 5, b"sync").to_vec());
+    h.event(&mut io, true, false);
+    assert_eq!(h.children().nth(0).released, Some(EndReason::ClientSignal));
+    assert_eq!(
+        kinds(&io.take_frames()),
+        [(FrameType::Started, 4), (FrameType::EchoReply, 5)],
+        "the new command runs on the reused id; nothing more comes for the old one"
+    );
+    assert_eq!(h.children().all().len(), 2);
+    // Output the old command left in its pipe is never sent: its pipes went with it.
+    h.children().nth(0).write(OutputPipe::Stdout, b"late");
+    let old = h.children().nth(0).index;
+    h.child_event(&mut io, old, ChildSource::Stdout);
+    assert!(io.take_frames().is_empty());
+    assert_eq!(h.conn.state(), State::Open);
+}

@@ -169,10 +169,10 @@ pub const MIN_FRAME_LEN: u32 = 64;
 pub const MAX_FRAME_LEN: u32 = 64 << 20;
 
 /// Smallest accepted [`Limits::io_buffer_len`]: one frame header plus a payload of
-/// [`MIN_FRAME_LEN`], so a buffer holds a whole frame of the smallest frame limit. A command's
-/// output is read into a pool buffer's worth after the header: a buffer no larger than the
-/// header would leave no room for the payload (and a read of no bytes looks like EOF), and
-/// one a few bytes larger would spend most of the output on headers.
+/// [`MIN_FRAME_LEN`], so a pool buffer holds a whole frame of the smallest frame limit. A
+/// command's output is read in pieces of the buffer's length less a header: a buffer no
+/// larger than the header would leave no room for the payload (and a read of no bytes looks
+/// like EOF), and one a few bytes larger would spend most of the output on headers.
 pub const MIN_IO_BUFFER_LEN: usize = HEADER_LEN + MIN_FRAME_LEN as usize;
 
 /// The default `--max-client-memory`: a quarter of the machine's memory (`MemTotal` in

@@ -454,8 +454,9 @@ impl CommandIo<'_> {
                 let room = outbox
                     .room(self.pool.buffer_len())
                     .saturating_sub(HEADER_LEN);
-                // Never 0 (chunk, budget, room and allowance are all at least 1 here), so a
-                // read of 0 below is the pipe's EOF and nothing else.
+                // Never 0 (the chunk, the budget checked above and the room floor are all at
+                // least 1, and the allowance is applied only when it is not 0), so a read of 0
+                // below is the pipe's EOF and nothing else.
                 let want = chunk.min(budget.bytes).min(room.max(MIN_PIPE_READ));
                 debug_assert!(want > 0);
                 let frame_type = match pipe {

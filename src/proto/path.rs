@@ -1,7 +1,8 @@
 //! The protocol's paths: UTF-8, relative to the server's root, `/`-separated.
 //!
 //! Checking the syntax here is the first of two fences: it refuses what can never name a
-//! place under the root (absolute paths, `..`, `.`, empty components, NUL, backslash). The
+//! place under the root (absolute paths, `..`, `.`, empty components, NUL, backslash), and
+//! what no system call would take (longer than `PATH_MAX` or `NAME_MAX`). The
 //! second fence is the kernel: the I/O layer opens every path beneath the root's directory
 //! descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
 //! ([`crate::sys::root`]), so a symlink planted inside the root cannot lead out of it either.

@@ -23,7 +23,7 @@ pub struct Limits {
     /// connection's input buffer: one frame plus its header.
     pub max_frame_len: u32,
     /// Size of the pooled I/O buffers, and so of one read. Default 64 KiB: a 16 KiB message, or
-    /// hundreds of small pipelined frames, in one `read`.
+    /// hundreds of small pipelined frames, in one `read`. At least [`MIN_IO_BUFFER_LEN`].
     pub io_buffer_len: usize,
     /// Free buffers the pool keeps for reuse. Default 256 (16 MiB of 64 KiB buffers at most).
     /// An idle connection holds none: buffers return to the pool as soon as they are empty.
@@ -95,7 +95,7 @@ pub struct Limits {
     /// rest is discarded and the process group is stopped, and EXIT says why.
     pub exec_output_cap: u64,
     /// STDIN credit per command, bytes: what a client may send ahead of the command's reading,
-    /// and so the most stdin the server holds for it. Default 256 KiB.
+    /// and so the most stdin the server holds for it. Default 256 KiB, at least 1.
     pub stdin_window: u32,
     /// File work one connection may do per turn, bytes: DATA ranges queued for `sendfile`,
     /// bytes hashed or re-read, directory entries listed (4 KiB each). Default 4 MiB, twice
@@ -167,6 +167,13 @@ pub const MIN_FRAME_LEN: u32 = 64;
 /// Largest accepted [`Limits::max_frame_len`]: 64 MiB, so one client's input buffer stays
 /// modest. Larger transfers are streams of frames.
 pub const MAX_FRAME_LEN: u32 = 64 << 20;
+
+/// Smallest accepted [`Limits::io_buffer_len`]: one frame header plus a payload of
+/// [`MIN_FRAME_LEN`], so a pool buffer holds a whole frame of the smallest frame limit. A
+/// command's output is read in pieces of the buffer's length less a header: a buffer no
+/// larger than the header would leave no room for the payload (and a read of no bytes looks
+/// like EOF), and one a few bytes larger would spend most of the output on headers.
+pub const MIN_IO_BUFFER_LEN: usize = HEADER_LEN + MIN_FRAME_LEN as usize;
 
 /// The default `--max-client-memory`: a quarter of the machine's memory (`MemTotal` in
 /// `/proc/meminfo`), or 1 GiB where that cannot be read.
@@ -245,8 +252,15 @@ impl Limits {
         if self.max_exec == 0 {
             return fail("max commands must be at least 1".to_string());
         }
-        if self.io_buffer_len < HEADER_LEN {
-            return fail(format!("I/O buffer length must be at least {HEADER_LEN}"));
+        if self.io_buffer_len < MIN_IO_BUFFER_LEN {
+            return fail(format!(
+                "I/O buffer length {} is below {MIN_IO_BUFFER_LEN} (a frame header and {MIN_FRAME_LEN} bytes)",
+                self.io_buffer_len
+            ));
+        }
+        if self.stdin_window == 0 {
+            // A command started with the STDIN flag could be sent nothing but STDIN_EOF.
+            return fail("stdin window must be at least 1 byte".to_string());
         }
         let budgets = [
             ("read budget", self.read_budget),
@@ -292,9 +306,25 @@ mod tests {
     }
 
     #[test]
+    fn the_smallest_io_buffer_holds_a_smallest_frame() {
+        let limits = Limits {
+            io_buffer_len: MIN_IO_BUFFER_LEN,
+            ..Limits::default()
+        };
+        assert_eq!(limits.validate(), Ok(()));
+        assert_eq!(MIN_IO_BUFFER_LEN, HEADER_LEN + MIN_FRAME_LEN as usize);
+    }
+
+    #[test]
     fn validate_names_the_bad_field() {
         type Breakage = fn(&mut Limits);
-        let cases: [(Breakage, &str); 6] = [
+        let cases: [(Breakage, &str); 9] = [
+            (|l| l.io_buffer_len = HEADER_LEN, "I/O buffer length"),
+            (
+                |l| l.io_buffer_len = MIN_IO_BUFFER_LEN - 1,
+                "I/O buffer length",
+            ),
+            (|l| l.stdin_window = 0, "stdin window"),
             (|l| l.max_frame_len = 1, "max frame length"),
             (|l| l.max_frame_len = u32::MAX, "max frame length"),
             (|l| l.max_connections = 0, "max connections"),

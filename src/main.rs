@@ -134,8 +134,11 @@ struct ServeArgs {
     /// File holding the token clients must present [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Directory files are served from and commands run in; created if missing. Nothing
-    /// outside it can be read, written or listed.
+    /// Directory files are served from and commands run in; created if missing. No path
+    /// leads outside it (symlinks are never followed), but a hard link placed inside it
+    /// serves its target's content, as with nginx or rsync: keep files that must not be
+    /// served from being linked in (making one needs access to the file on the same
+    /// filesystem; see fs.protected_hardlinks).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
     root: PathBuf,
     /// Do not serve files (GET, PUT, LIST, ...); the root is then opened only for --exec.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use monoreactor::client::OwnedFrame;
 use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::Limits;
+use monoreactor::limits::{Limits, MIN_IO_BUFFER_LEN};
 use monoreactor::proto::exec::{
     EndReason, ExecFlags, ExecRequest, Exit, Signal, SignalRequest, Started, Termination, Window,
 };
@@ -620,4 +620,201 @@ fn shutdown_stops_commands_sends_their_exit_then_shutting_down() {
     );
     assert_eq!(error_of(&frames[1]), (0, ErrorCode::ShuttingDown));
     assert_eq!(h.conn.state(), State::Closing);
+}
+
+// === The smallest limits ===
+
+/// The smallest value [`Limits::validate`] accepts for every field, except the output cap:
+/// its smallest (0) discards all output by design, so it is set to exactly what the command
+/// writes here.
+fn smallest_limits(output_cap: u64) -> Limits {
+    let tick = Duration::from_nanos(1);
+    let limits = Limits {
+        max_connections: 1,
+        reserved_fds: 0,
+        max_frame_len: 64,
+        io_buffer_len: MIN_IO_BUFFER_LEN,
+        pooled_buffers: 0,
+        output_high_water: 1,
+        output_low_water: 0,
+        read_budget: 1,
+        frame_budget: 1,
+        accept_budget: 1,
+        datagram_budget: 1,
+        udp_queue_len: 0,
+        udp_queue_bytes: 0,
+        idle_timeout: tick,
+        hello_timeout: tick,
+        frame_timeout: tick,
+        linger_timeout: tick,
+        shutdown_grace: Duration::ZERO,
+        pre_auth_max_frame: 64,
+        max_exec: 1,
+        max_exec_per_connection: 1,
+        exec_timeout: tick,
+        exec_kill_grace: tick,
+        exec_drain_timeout: tick,
+        exec_output_cap: output_cap,
+        stdin_window: 1,
+        disk_budget: 1,
+        max_transfers: 1,
+        max_put: 0,
+        max_client_memory: 64 + 12, // one maximal frame and its header
+    };
+    assert_eq!(limits.validate(), Ok(()), "these limits are accepted");
+    limits
+}
+
+#[test]
+fn an_exec_session_under_the_smallest_accepted_limits_loses_no_output() {
+    let stdout: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let stderr = b"warning: small limits\n".repeat(5);
+    let limits = smallest_limits((stdout.len() + stderr.len()) as u64);
+    // A read budget of one byte makes every step take many turns: settle each.
+    let mut h = ConnHarness::framed(limits).with_exec(TOKEN);
+    let mut io = MemoryIo::new();
+    io.push(&hello(TOKEN));
+    h.event(&mut io, true, true);
+    assert_eq!(h.settle(&mut io), Verdict::Wait);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::HelloOk, 0)]);
+    let ok = HelloOk::parse(&frames[0].payload).unwrap();
+    assert!(
+        ok.flags
+            .contains(SessionFlags::AUTHENTICATED.with(SessionFlags::EXEC))
+    );
+    assert_eq!(ok.max_payload_len, 64);
+    io.push(&exec(3, &[b"cat"], ExecFlags::STDIN));
+    h.event(&mut io, true, false);
+    assert_eq!(h.settle(&mut io), Verdict::Wait);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::Started, 3)]);
+    assert_eq!(Started::parse(&frames[0].payload).unwrap().stdin_window, 1);
+
+    // Stdin one byte of credit at a time: each byte earns its WINDOW back.
+    for byte in b"hi" {
+        io.push(&frame(FrameType::Stdin, 3, &[*byte]));
+        h.event(&mut io, true, false);
+        h.settle(&mut io);
+        h.child_event(&mut io, 0, ChildSource::Stdin);
+        h.settle(&mut io);
+        let frames = io.take_frames();
+        assert_eq!(kinds(&frames), [(FrameType::Window, 3)]);
+        assert_eq!(Window::parse(&frames[0].payload).unwrap().increment, 1);
+    }
+    io.push(&frame(FrameType::StdinEof, 3, b""));
+    h.event(&mut io, true, false);
+    h.settle(&mut io);
+    assert_eq!(h.children().nth(0).stdin, b"hi");
+    assert!(h.children().nth(0).stdin_closed);
+
+    h.children()
+        .nth(0)
+        .write(OutputPipe::Stdout, &stdout)
+        .write(OutputPipe::Stderr, &stderr);
+    finish(&mut h, &mut io, 0, Termination::Exited(0));
+    assert_eq!(h.settle(&mut io), Verdict::Wait);
+    let frames = io.take_frames();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    for frame in &frames[..frames.len() - 1] {
+        assert!(frame.payload.len() <= 64, "within the frame limit");
+        match frame.header.frame_type {
+            FrameType::Stdout => out.extend_from_slice(&frame.payload),
+            FrameType::Stderr => err.extend_from_slice(&frame.payload),
+            other => panic!("unexpected {other:?} before EXIT"),
+        }
+    }
+    assert_eq!(out, stdout, "all of stdout, in order");
+    assert_eq!(err, stderr, "all of stderr, in order");
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (last.header.frame_type, last.header.stream),
+        (FrameType::Exit, 3)
+    );
+    assert_eq!(
+        Exit::parse(&last.payload).unwrap(),
+        Exit {
+            termination: Termination::Exited(0),
+            reason: EndReason::None
+        }
+    );
+    assert_eq!(h.conn.open_streams(), 0);
+}
+
+// === Half-close and stream reuse (issue 12 §4.6) ===
+
+#[test]
+fn an_exec_that_comes_with_the_clients_fin_is_refused_on_its_stream() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    // EXEC and FIN in one write: the poll reports the data and the read side closed at once
+    // (EPOLLRDHUP). The FIN would stop the command the moment it started, without EXIT, so
+    // it is refused with a clear error instead of STARTED and silence.
+    io.push(&exec(1, &[b"cat"], ExecFlags::STDIN));
+    io.push(&frame(FrameType::StdinEof, 1, b""));
+    io.push(
+        &Frame::new(
+            FrameType::EchoRequest,
+            Flags::END_STREAM,
+            3,
+            b"still answered",
+        )
+        .to_vec(),
+    );
+    io.close();
+    h.conn.on_read_closed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+    let frames = io.take_frames();
+    assert_eq!(
+        kinds(&frames),
+        [(FrameType::Error, 1), (FrameType::EchoReply, 3)]
+    );
+    assert_eq!(error_of(&frames[0]), (1, ErrorCode::BadRequest));
+    let text = ErrorMessage::parse(&frames[0].payload)
+        .unwrap()
+        .text
+        .to_string();
+    assert!(text.contains("FIN"), "the text says why: {text:?}");
+    assert!(frames[0].header.flags.contains(Flags::END_STREAM));
+    assert!(h.children().all().is_empty(), "nothing was started");
+}
+
+#[test]
+fn a_fin_after_the_exec_was_handled_stops_the_command_without_exit() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    start(&mut h, &mut io, 1, &[b"sleep", b"9"], ExecFlags::NONE);
+    io.close();
+    h.conn.on_read_closed();
+    assert_eq!(h.event(&mut io, true, false), Verdict::Close);
+    assert!(
+        io.take_frames().is_empty(),
+        "no EXIT: the client sends nothing more"
+    );
+    assert_eq!(h.children().nth(0).released, Some(EndReason::Disconnect));
+}
+
+#[test]
+fn a_stream_ended_by_the_clients_error_may_be_reused_at_once() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    start(&mut h, &mut io, 4, &[b"sleep", b"99"], ExecFlags::NONE);
+    // ERROR on stream 4 and a new EXEC on stream 4 in the same write: the ERROR frees the id
+    // before the next frame is handled.
+    let mut abandon = Vec::new();
+    ErrorMessage::new(ErrorCode::Other(1000), "never mind").encode(4, &mut abandon);
+    io.push(&abandon);
+    io.push(&exec(4, &[b"true"], ExecFlags::NONE));
+    io.push(&Frame::new(FrameType::EchoRequest, Flags::END_STREAM, 5, b"sync").to_vec());
+    h.event(&mut io, true, false);
+    assert_eq!(h.children().nth(0).released, Some(EndReason::ClientSignal));
+    assert_eq!(
+        kinds(&io.take_frames()),
+        [(FrameType::Started, 4), (FrameType::EchoReply, 5)],
+        "the new command runs on the reused id; nothing more comes for the old one"
+    );
+    assert_eq!(h.children().all().len(), 2);
+    // Output the old command left in its pipe is never sent: its pipes went with it.
+    h.children().nth(0).write(OutputPipe::Stdout, b"late");
+    let old = h.children().nth(0).index;
+    h.child_event(&mut io, old, ChildSource::Stdout);
+    assert!(io.take_frames().is_empty());
+    assert_eq!(h.conn.state(), State::Open);
 }

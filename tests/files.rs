@@ -1605,3 +1605,182 @@ fn a_symlink_swapped_in_during_a_put_leads_nowhere_outside() {
     fs::remove_file(server.at("d")).unwrap();
     server.assert_nothing_outside("after the swap");
 }
+
+// === Protocol defects found by an independent client (issue 12 §4) ===
+
+#[test]
+fn a_unix_socket_is_answered_like_a_fifo_by_every_request() {
+    let server = FileServer::start(&[]);
+    let mut conn = server.conn();
+    let fifo = std::ffi::CString::new(server.at("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Opening a socket file gives ENXIO, not a descriptor: the server must not call that an
+    // I/O failure.
+    let _listener = std::os::unix::net::UnixListener::bind(server.at("socket")).unwrap();
+
+    for name in ["fifo", "socket"] {
+        let text = expect_refused(conn.get(name, 0), ErrorCode::BadRequest, name);
+        assert!(text.contains("not a regular file"), "GET {name}: {text:?}");
+        let info = ok(conn.stat(name), name);
+        assert_eq!(info.kind, FileKind::Other, "STAT {name}");
+        let text = expect_refused(conn.put(name, b"x"), ErrorCode::BadRequest, name);
+        assert!(text.contains("not a regular file"), "PUT {name}: {text:?}");
+    }
+    assert!(
+        fs::symlink_metadata(server.at("socket")).is_ok(),
+        "PUT left it"
+    );
+    for name in ["fifo", "socket"] {
+        ok(conn.delete(name), name);
+        assert!(
+            fs::symlink_metadata(server.at(name)).is_err(),
+            "{name} deleted"
+        );
+    }
+    conn.echo(b"still open");
+}
+
+/// Every request with `path`: the code and text of each answer, in the order GET, PUT, LIST,
+/// STAT, DELETE, MKDIR.
+fn answers_to_every_request(conn: &mut FileConn, path: &[u8]) -> Vec<(&'static str, Refusal)> {
+    let get = conn.get_raw(path, 0, false).map(drop);
+    let stream = conn.new_stream();
+    let answers = [
+        ("GET", get),
+        (
+            "PUT",
+            conn.begin_put(stream, path, 1, PutFlags::NONE, None)
+                .map(drop),
+        ),
+        ("LIST", conn.list_pages(path).map(drop)),
+        ("STAT", conn.stat_raw(path).map(drop)),
+        ("DELETE", conn.delete_raw(path)),
+        ("MKDIR", conn.mkdir_raw(path)),
+    ];
+    answers
+        .into_iter()
+        .map(|(request, answer)| match answer {
+            Err(refusal) => (request, refusal),
+            Ok(()) => panic!("{request} of a {}-byte path succeeded", path.len()),
+        })
+        .collect()
+}
+
+#[test]
+fn an_over_long_path_or_name_is_a_bad_request_for_every_request() {
+    let server = FileServer::start(&[]);
+    let mut conn = server.conn();
+    // PATH_MAX (4096) counts the terminating NUL: 4095 bytes is the longest path. Short
+    // components, so only the whole path's length is at stake.
+    let path_of = |len: usize| {
+        let mut path = "d/".repeat(len / 2);
+        path.truncate(len - 1);
+        path.push('x');
+        assert_eq!(path.len(), len);
+        path
+    };
+    for (request, (code, text)) in answers_to_every_request(&mut conn, path_of(4096).as_bytes()) {
+        assert_eq!(
+            code,
+            ErrorCode::BadRequest,
+            "{request} of 4096 bytes: {text:?}"
+        );
+        assert!(text.contains("4095"), "{request} names the limit: {text:?}");
+    }
+    for (request, (code, text)) in answers_to_every_request(&mut conn, path_of(4095).as_bytes()) {
+        assert_eq!(
+            code,
+            ErrorCode::NotFound,
+            "{request} of 4095 bytes: {text:?}"
+        );
+    }
+    // NAME_MAX: 255 bytes in one component.
+    let long_name = format!("d/{}", "n".repeat(256));
+    for (request, (code, text)) in answers_to_every_request(&mut conn, long_name.as_bytes()) {
+        assert_eq!(
+            code,
+            ErrorCode::BadRequest,
+            "{request} of a 256-byte name: {text:?}"
+        );
+        assert!(text.contains("255"), "{request} names the limit: {text:?}");
+    }
+    let name = format!("d/{}", "n".repeat(255));
+    for (request, (code, text)) in answers_to_every_request(&mut conn, name.as_bytes()) {
+        assert_eq!(
+            code,
+            ErrorCode::NotFound,
+            "{request} of a 255-byte name: {text:?}"
+        );
+    }
+    conn.echo(b"still open");
+}
+
+#[test]
+fn a_resume_put_pipelined_with_its_data_is_stored_when_nothing_is_held() {
+    let server = FileServer::start(&[]);
+    let mut conn = server.conn();
+    let data = random_bytes(51, 100_000);
+    let hash = blake3_of(&data);
+    let stream = conn.new_stream();
+    // PUT, DATA and DIGEST in one go, without waiting for PUT_READY: the server holds nothing
+    // of this upload, so `held` is 0 and the DATA is taken from offset 0.
+    let mut wire = put_frame(
+        stream,
+        b"f",
+        data.len() as u64,
+        PutFlags::RESUME,
+        Some(hash),
+    );
+    for chunk in data.chunks(16 << 10) {
+        wire.extend_from_slice(&data_frame(stream, chunk));
+    }
+    wire.extend_from_slice(&digest_frame(stream, &hash));
+    conn.send(&wire);
+    let ready = ok(conn.read_put_ready(stream), "PUT_READY");
+    assert_eq!(ready.held, 0);
+    assert_eq!(ok(conn.read_put_end(stream), "stored"), hash);
+    assert_eq!(fs::read(server.at("f")).unwrap(), data);
+
+    // With bytes held, DATA sent from offset 0 without waiting is refused, never spliced: at
+    // once while the server re-hashes what it holds, else once it runs past `size - held`.
+    let sent = 60_000;
+    interrupted_put(&server, "g", &data, sent, false);
+    wait_partial(server.root(), sent as u64);
+    let mut conn = server.conn();
+    let stream = conn.new_stream();
+    let mut wire = put_frame(
+        stream,
+        b"g",
+        data.len() as u64,
+        PutFlags::RESUME,
+        Some(hash),
+    );
+    for chunk in data.chunks(16 << 10) {
+        wire.extend_from_slice(&data_frame(stream, chunk));
+    }
+    wire.extend_from_slice(&digest_frame(stream, &hash));
+    conn.send(&wire);
+    let refused = conn
+        .read_put_ready(stream)
+        .and_then(|_| conn.read_put_end(stream));
+    expect_refused(
+        refused,
+        ErrorCode::BadRequest,
+        "pipelined DATA with bytes held",
+    );
+    assert!(!server.at("g").exists(), "nothing stored");
+    conn.echo(b"still open");
+}
+
+#[test]
+fn a_hard_link_in_the_root_serves_its_targets_content() {
+    // Documented (serve --help, SECURITY.md): a hard link is the file itself, as for nginx and
+    // rsync; making one needs access to the file on the same filesystem.
+    let server = FileServer::start(&[]);
+    fs::hard_link(server.outside().join("secret"), server.at("linked")).unwrap();
+    let mut conn = server.conn();
+    let got = ok(conn.get("linked", 0), "get the hard link");
+    assert_eq!(got.bytes, SECRET);
+    fs::remove_file(server.at("linked")).unwrap();
+}

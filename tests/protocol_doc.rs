@@ -2132,6 +2132,7 @@ fn observed_errors() -> Vec<(u32, ErrorCode, String)> {
     for (_, sent) in ask_a_real_file_server() {
         record(&sent);
     }
+    record(&shed_by_a_real_server());
     // SERVER_BUSY and SHUTTING_DOWN from a real event loop are checked byte for byte against
     // their dumps by `busy_and_shutting_down_dumps_are_what_a_real_server_sends`.
     for name in ["error-server-busy", "error-shutting-down"] {
@@ -2152,6 +2153,52 @@ fn disk_failures() -> Vec<(ErrorCode, String)> {
             (error.code, error.text)
         })
         .collect()
+}
+
+/// What a client parking most of a large frame gets from a real server whose buffers for all
+/// clients together go over `--max-client-memory`: the connection holding the most is closed
+/// with LIMIT_REACHED on stream 0 (a connection-level error, unlike the per-request limits).
+/// Returns all that client read after its HELLO_OK.
+fn shed_by_a_real_server() -> Vec<u8> {
+    let frame_len: u32 = 64 << 10;
+    let limits = Limits {
+        max_frame_len: frame_len,
+        // One maximal frame: the smallest budget accepted. Three clients each parking most of
+        // a frame go over it.
+        max_client_memory: HEADER_LEN + frame_len as usize,
+        ..Limits::default()
+    };
+    let server = RealServer::start(limits, Access::ECHO_ONLY);
+    let mut header = [0; HEADER_LEN];
+    Header {
+        frame_type: FrameType::EchoRequest,
+        flags: Flags::NONE,
+        stream: 1,
+        len: frame_len,
+    }
+    .emit(&mut header);
+    let parked = [header.to_vec(), vec![0x5a; frame_len as usize - 1]].concat();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.connect();
+        client.write_all(&hello()).unwrap();
+        let mut hello_ok = [0; HEADER_LEN + HelloOk::V2_PAYLOAD_LEN];
+        client.read_exact(&mut hello_ok).unwrap();
+        // The server may close this client while it sends.
+        let _ = client.write_all(&parked);
+        clients.push(client);
+    }
+    for mut client in clients {
+        client
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut after = Vec::new();
+        let _ = client.read_to_end(&mut after);
+        if !after.is_empty() {
+            return after;
+        }
+    }
+    panic!("no client was shed over --max-client-memory");
 }
 
 fn hello_with_payload(payload: &[u8]) -> Vec<u8> {

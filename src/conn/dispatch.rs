@@ -13,7 +13,10 @@
 //!    with no upload, are ignored: they may have crossed the stream's last frame on the wire. (A SIGNAL whose payload does not parse is fatal
 //!    all the same: it is checked before the stream is looked up.)
 //! 6. A client's ERROR ends what its stream names: the connection on stream 0; on a version 2
-//!    connection, only that stream (its command is released, its transfer ends).
+//!    connection, only that stream (its command is released, its transfer ends), whose id is
+//!    free for a new request from the next frame on.
+//! 7. Once the client's FIN has been reported, an EXEC is refused on its stream: the FIN stops
+//!    every command, so one started then would end at once without an EXIT.
 
 use log::{debug, info, warn};
 
@@ -242,12 +245,17 @@ impl Connection {
                 ErrorCode::ExecDisabled,
                 "this server does not run commands (start it with --exec)".to_string(),
             ))
-        } else if self.bits.has(Bits::PEER_EOF) {
+        } else if self.bits.has(Bits::PEER_EOF) || self.bits.has(Bits::READ_CLOSED) {
             // Frames read before the client's FIN are still handled, but a command could
-            // neither get stdin nor be signalled, and the FIN stops commands anyway.
+            // neither get stdin nor be signalled, and the FIN stops commands anyway. That holds
+            // as soon as the poll has reported the FIN (`READ_CLOSED`), before the read that
+            // sees it: an EXEC in the same write as the FIN would otherwise be started and
+            // stopped at once, the client seeing STARTED and then nothing.
             Some((
                 ErrorCode::BadRequest,
-                "EXEC after the client closed its side of the connection".to_string(),
+                "EXEC with or after the client's FIN: a half-closed connection cannot run \
+                 commands (end stdin with STDIN_EOF, and keep the connection open until EXIT)"
+                    .to_string(),
             ))
         } else if self.bits.has(Bits::DRAINING) {
             Some((

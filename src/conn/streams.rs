@@ -430,7 +430,12 @@ impl CommandIo<'_> {
         budget: &mut Budget,
     ) -> bool {
         let mut progress = false;
-        let chunk = (self.pool.buffer_len() - HEADER_LEN).min(self.limits.max_frame_len as usize);
+        // At least one byte: a read of an empty buffer returns 0, which would be taken for the
+        // pipe's EOF and lose the command's output. `Limits::validate` keeps pool buffers well
+        // above a header (`MIN_IO_BUFFER_LEN`); this keeps a bad value from losing data anyway.
+        let chunk = (self.pool.buffer_len().saturating_sub(HEADER_LEN))
+            .min(self.limits.max_frame_len as usize)
+            .max(1);
         loop {
             let mut moved = false;
             for pipe in OutputPipe::BOTH {
@@ -449,7 +454,11 @@ impl CommandIo<'_> {
                 let room = outbox
                     .room(self.pool.buffer_len())
                     .saturating_sub(HEADER_LEN);
+                // Never 0 (the chunk, the budget checked above and the room floor are all at
+                // least 1, and the allowance is applied only when it is not 0), so a read of 0
+                // below is the pipe's EOF and nothing else.
                 let want = chunk.min(budget.bytes).min(room.max(MIN_PIPE_READ));
+                debug_assert!(want > 0);
                 let frame_type = match pipe {
                     OutputPipe::Stdout => FrameType::Stdout,
                     OutputPipe::Stderr => FrameType::Stderr,

@@ -38,7 +38,7 @@
 use std::fmt;
 
 use super::message::MessageError;
-use super::path::{PathError, check_relative};
+use super::path::{PathError, check_len, check_relative};
 
 /// Length of a BLAKE3 hash.
 pub const HASH_LEN: usize = 32;
@@ -46,11 +46,7 @@ pub const HASH_LEN: usize = 32;
 /// A BLAKE3 hash.
 pub type Hash = [u8; HASH_LEN];
 
-/// Longest path in a request, bytes (Linux's `PATH_MAX`).
-pub const MAX_PATH_LEN: usize = 4096;
-
-/// Longest name of one directory entry, bytes (Linux's `NAME_MAX`).
-pub const MAX_NAME_LEN: usize = 255;
+pub use super::path::{MAX_NAME_LEN, MAX_PATH_LEN};
 
 fn be_u64(bytes: &[u8], at: usize) -> u64 {
     let mut word = [0; 8];
@@ -79,8 +75,6 @@ fn fixed(bytes: &[u8], len: usize) -> Result<&[u8], MessageError> {
 pub enum FileRequestError {
     /// The fixed part is cut short.
     Message(MessageError),
-    /// The path is longer than [`MAX_PATH_LEN`].
-    PathTooLong(usize),
     /// The path is not UTF-8.
     NotUtf8,
     /// The path's syntax is refused (absolute, `..`, NUL, backslash, ...).
@@ -95,9 +89,6 @@ impl fmt::Display for FileRequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FileRequestError::Message(error) => write!(f, "malformed request: {error}"),
-            FileRequestError::PathTooLong(len) => {
-                write!(f, "the path is {len} bytes, limit is {MAX_PATH_LEN}")
-            }
             FileRequestError::NotUtf8 => f.write_str("the path is not UTF-8"),
             FileRequestError::Path(error) => error.fmt(f),
             FileRequestError::UnknownFlags(bits) => write!(f, "unknown PUT flags 0x{bits:02x}"),
@@ -118,9 +109,7 @@ impl From<MessageError> for FileRequestError {
 
 /// Checks a request path: length, UTF-8, then [`check_relative`].
 pub fn parse_path(bytes: &[u8]) -> Result<&str, FileRequestError> {
-    if bytes.len() > MAX_PATH_LEN {
-        return Err(FileRequestError::PathTooLong(bytes.len()));
-    }
+    check_len(bytes.len()).map_err(FileRequestError::Path)?;
     let path = std::str::from_utf8(bytes).map_err(|_| FileRequestError::NotUtf8)?;
     check_relative(path).map_err(FileRequestError::Path)?;
     Ok(path)

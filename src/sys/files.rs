@@ -85,6 +85,9 @@ impl FileError {
             Errno::EXIST => (ErrorCode::AlreadyExists, "already exists"),
             Errno::NOTEMPTY => (ErrorCode::NotEmpty, "directory not empty"),
             Errno::NAMETOOLONG => (ErrorCode::BadRequest, "a name is too long"),
+            // Opening a socket file (or a device with nothing behind it) gives ENXIO: like a
+            // FIFO's, the answer is that it is not a regular file, not an I/O failure.
+            Errno::NXIO => (ErrorCode::BadRequest, "not a regular file"),
             Errno::MFILE | Errno::NFILE => (ErrorCode::LimitReached, "out of file descriptors"),
             _ => {
                 let text = format!("{shown}: {}", io::Error::from(errno));

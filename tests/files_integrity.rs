@@ -250,3 +250,98 @@ fn a_file_rewritten_under_a_slow_get_ends_with_an_error_not_a_digest() {
     );
     assert_vouches_only_for_a_real_version(&ended, &received, &[&old, &new]);
 }
+
+// === The index: damage costs a recomputation, never a wrong hash ===
+
+#[test]
+fn a_damaged_or_resized_index_only_costs_a_recomputation() {
+    let mut server = FileServer::start(&[]);
+    let data = random_bytes(26, 3 * MIB);
+    fs::write(server.at("f"), &data).unwrap();
+    thread::sleep(SETTLE);
+    let mut conn = server.conn();
+    cache_hash_of(&mut conn, "f", &data);
+    let index = server.at(HASH_INDEX);
+    let len = fs::metadata(&index).unwrap().len();
+
+    // Every byte of the index overwritten: every slot's checksum fails.
+    fs::write(&index, random_bytes(27, len as usize)).unwrap();
+    assert_eq!(
+        ok(conn.stat("f"), "STAT").hash,
+        None,
+        "a damaged slot is no entry"
+    );
+    let got = ok(conn.get("f", MIB as u64), "a GET over a damaged index");
+    assert_eq!(got.digest, blake3_of(&data), "hashed again, from the file");
+    assert_eq!(
+        ok(conn.stat("f"), "STAT").hash,
+        Some(blake3_of(&data)),
+        "cached again"
+    );
+
+    // An index of the wrong size (another version's, or cut short), met by a new server.
+    drop(conn);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&index)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    server.restart(&[]);
+    let mut conn = server.conn();
+    assert_eq!(
+        ok(conn.stat("f"), "STAT").hash,
+        None,
+        "a resized index starts empty"
+    );
+    assert_eq!(
+        fs::metadata(&index).unwrap().len(),
+        len,
+        "and has its size again"
+    );
+    cache_hash_of(&mut conn, "f", &data);
+    server.assert_nothing_outside("after the index was damaged");
+}
+
+#[test]
+fn without_an_index_every_get_hashes_and_none_fails() {
+    let server = FileServer::start(&[]);
+    // Something the index cannot be is in its place, as a read-only root would refuse to
+    // create it: the server goes on without a cache.
+    fs::create_dir(server.at(HASH_INDEX)).unwrap();
+    let data = random_bytes(28, 2 * MIB);
+    fs::write(server.at("f"), &data).unwrap();
+    thread::sleep(SETTLE);
+    let mut conn = server.conn();
+    for round in 0..2 {
+        let got = ok(conn.get("f", 0), "GET without an index");
+        assert_eq!(got.info.hash, None, "GET {round}: nothing cached");
+        assert_eq!(got.digest, got.received_hash);
+        assert_eq!(got.bytes, data);
+    }
+    assert_eq!(ok(conn.stat("f"), "STAT").hash, None);
+    assert!(server.at(HASH_INDEX).is_dir(), "left as it was");
+}
+
+/// The decision for uploads: a PUT's rename moves the file's ctime after its bytes were
+/// hashed, so the hash it verified is not cached; the first GET hashes the stored file (from
+/// the disk) and caches that.
+#[test]
+fn a_fresh_upload_is_hashed_at_its_first_get_then_cached() {
+    let server = FileServer::start(&[]);
+    let data = random_bytes(29, MIB + 17);
+    let mut conn = server.conn();
+    assert_eq!(ok(conn.put("up", &data), "PUT"), blake3_of(&data));
+    assert_eq!(ok(conn.stat("up"), "STAT after the PUT").hash, None);
+    thread::sleep(SETTLE);
+    let first = ok(conn.get("up", 0), "the first GET");
+    assert_eq!(first.info.hash, None, "hashed during the first GET");
+    assert_eq!(first.digest, blake3_of(&data));
+    let second = ok(conn.get("up", 0), "the second GET");
+    assert_eq!(
+        second.info.hash,
+        Some(blake3_of(&data)),
+        "cached by the first"
+    );
+    assert_eq!(second.digest, second.received_hash);
+}

@@ -5,6 +5,7 @@
 //! [`files::Files`], so the protocol state machines own no descriptor.
 
 pub mod files;
+pub mod hash_index;
 pub mod mmsg;
 pub mod process;
 pub mod root;

@@ -610,8 +610,13 @@ impl fmt::Display for Secs {
     }
 }
 
-/// Exit status of `exec` when the client itself failed, as ssh's.
+/// Exit status of a client command when the client itself failed (as ssh's), among others
+/// when its stdout cannot be written.
 const CLIENT_FAILURE: u8 = 255;
+
+/// Exit status of `serve`, `echo` and `bench` when they fail for a reason other than their
+/// stdout (no server, the wrong protocol, a run cut short), as they always have.
+const FAILED: u8 = 1;
 
 /// How long `exec` waits to connect, for HELLO_OK and for STARTED. The command's own run time
 /// is unbounded here (the server enforces its limit), so this covers only the handshake.
@@ -633,36 +638,30 @@ fn main() -> ExitCode {
         _ => level.min(LevelFilter::Warn),
     };
     if let Err(error) = simple_logger::SimpleLogger::new().with_level(level).init() {
-        eprintln!("monoreactor: cannot set up logging: {error}");
+        say(&format!("cannot set up logging: {error}"));
     }
     if !matches!(cli.command, Command::Serve(_)) {
         restore_sigpipe();
     }
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args).map_err(Failure::from),
         Command::Echo(args) => echo(args),
         Command::Exec(args) => return ExitCode::from(exec(args)),
         Command::Bench(args) => run_bench(args),
-        Command::Get(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::get(args)));
-        }
-        Command::Put(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::put(args)));
-        }
-        Command::Ls(args) => return ExitCode::from(file_commands::run(|| file_commands::ls(args))),
-        Command::Stat(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::stat(args)));
-        }
-        Command::Rm(args) => return ExitCode::from(file_commands::run(|| file_commands::rm(args))),
-        Command::Mkdir(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::mkdir(args)));
-        }
+        Command::Get(args) => file_commands::get(args),
+        Command::Put(args) => file_commands::put(args),
+        Command::Ls(args) => file_commands::ls(args),
+        Command::Stat(args) => file_commands::stat(args),
+        Command::Rm(args) => file_commands::rm(args),
+        Command::Mkdir(args) => file_commands::mkdir(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("monoreactor: {message}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            if let Some(message) = failure.message {
+                say(&message);
+            }
+            ExitCode::from(failure.status)
         }
     }
 }
@@ -861,7 +860,7 @@ fn explain(error: &ClientError, source: &TokenSource, authenticated: Option<bool
     format!("{error}{hint}")
 }
 
-fn echo(args: EchoArgs) -> Result<(), String> {
+fn echo(args: EchoArgs) -> Result<(), Failure> {
     let text = args.text.join(" ");
     let (token, source) = client_token(args.token_file)?;
     let credentials = token.as_ref().map_or(&[][..], Token::as_bytes);
@@ -874,27 +873,61 @@ fn echo(args: EchoArgs) -> Result<(), String> {
             len: text.len(),
             max: ok.max_payload_len,
         };
-        return Err(explain(&error, &source, authenticated));
+        return Err(explain(&error, &source, authenticated).into());
     }
     let reply = client
         .echo(text.as_bytes())
         .map_err(|error| explain(&error, &source, authenticated))?;
-    println!("{}", String::from_utf8_lossy(&reply));
-    Ok(())
+    print_stdout(&format!("{}\n", String::from_utf8_lossy(&reply)))
 }
 
-/// Why `exec` failed: its exit status and the line to print (none for a closed stdout).
+/// Why a command failed: its exit status and the line to print (none for a closed stdout).
 struct Failure {
     status: u8,
     message: Option<String>,
 }
 
 impl Failure {
+    /// The client itself failed: [`CLIENT_FAILURE`].
     fn own(message: String) -> Failure {
         Failure {
             status: CLIENT_FAILURE,
             message: Some(message),
         }
+    }
+}
+
+/// `serve`, `echo` and `bench` report their failures as a line: [`FAILED`].
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            status: FAILED,
+            message: Some(message),
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_string())
+    }
+}
+
+/// Writes all of `text` to stdout, flushed. A closed stdout ends the command quietly (141,
+/// as SIGPIPE would have); any other write error (a full disk, `>/dev/full`) is a failure of
+/// the client, [`CLIENT_FAILURE`], with one line: never `println!`'s panic.
+fn print_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == ErrorKind::BrokenPipe => Err(Failure {
+            status: 128 + libc::SIGPIPE as u8,
+            message: None,
+        }),
+        Err(error) => Err(Failure::own(format!("cannot write the output: {error}"))),
     }
 }
 
@@ -1209,22 +1242,22 @@ fn probe_udp_echo(addr: SocketAddr) -> Result<(), String> {
 
 /// Prints a load report (text or JSON); a run cut short is a failure after its partial
 /// results.
-fn print_report(report: &bench::Report, json: bool) -> Result<(), String> {
+fn print_report(report: &bench::Report, json: bool) -> Result<(), Failure> {
     if json {
-        println!("{}", report.to_json());
+        print_stdout(&format!("{}\n", report.to_json()))?;
     } else {
-        println!("{report}");
+        print_stdout(&format!("{report}\n"))?;
     }
     match &report.ended_early {
-        Some(reason) => Err(format!(
+        Some(reason) => Err(Failure::from(format!(
             "{} {}: {reason} (partial results above)",
             report.what, report.addr
-        )),
+        ))),
         None => Ok(()),
     }
 }
 
-fn run_bench(args: BenchArgs) -> Result<(), String> {
+fn run_bench(args: BenchArgs) -> Result<(), Failure> {
     let Some(command) = args.command else {
         return run_legacy_bench(args.legacy);
     };
@@ -1285,8 +1318,7 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
                 };
                 let report = bench::exec::run_local_spawn(&config)
                     .map_err(|error| format!("local spawn loop: {error}"))?;
-                println!("{report}");
-                return Ok(());
+                return print_stdout(&format!("{report}\n"));
             }
             let (token, _) = load_token(args.token_file.as_deref())?;
             let token = token.ok_or(
@@ -1374,7 +1406,7 @@ fn bench_idle(
     protocol: BenchProtocol,
     connections: usize,
     server_pid: u32,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let config = IdleConfig {
         addr,
         protocol,
@@ -1384,15 +1416,14 @@ fn bench_idle(
     };
     let report =
         bench::run_idle(&config).map_err(|error| format!("idle probe against {addr}: {error}"))?;
-    println!("{report}");
-    Ok(())
+    print_stdout(&format!("{report}\n"))
 }
 
 fn bench_probe(
     addr: SocketAddr,
     duration: Duration,
     server_pid: Option<u32>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let config = bench::ProbeConfig {
         addr: addr.to_string(),
         duration,
@@ -1400,13 +1431,12 @@ fn bench_probe(
         server_pid,
     };
     let report = bench::run_probe(&config).map_err(|error| format!("probe of {addr}: {error}"))?;
-    println!("{report}");
-    Ok(())
+    print_stdout(&format!("{report}\n"))
 }
 
 /// `bench --conns 50 --size 64`, `bench --idle`, `bench --exec`, `bench --stream`,
 /// `bench --probe`: the flag style from before the subcommands.
-fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
+fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), Failure> {
     let protocol = match args.proto {
         ProtocolArg::Framed => BenchProtocol::Framed,
         ProtocolArg::Raw => BenchProtocol::Raw,
@@ -1423,8 +1453,7 @@ fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
         };
         let report = bench::exec::run_local_spawn(&config)
             .map_err(|error| format!("local spawn loop: {error}"))?;
-        println!("{report}");
-        return Ok(());
+        return print_stdout(&format!("{report}\n"));
     }
     probe_bench_target(addr, protocol)?;
     if args.exec || args.stream.is_some() {
@@ -1445,8 +1474,7 @@ fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
             };
             let report = bench::exec::run_stream(&config)
                 .map_err(|error| format!("stream from {addr}: {error}"))?;
-            println!("{report}");
-            return Ok(());
+            return print_stdout(&format!("{report}\n"));
         }
         let config = bench::blocking::BlockingConfig {
             addr: addr.to_string(),
@@ -1490,7 +1518,7 @@ fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
 /// [`monoreactor::client::files`].
 mod file_commands {
     use std::fs::File;
-    use std::io::{self, BufWriter, ErrorKind, IsTerminal, Write};
+    use std::io::{self, BufWriter, IsTerminal};
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
@@ -1502,7 +1530,9 @@ mod file_commands {
     use monoreactor::proto::{ErrorCode, SessionFlags};
     use monoreactor::server::DEFAULT_FRAMED_ADDR;
 
-    use super::{Addr, CLIENT_FAILURE, Failure, TokenSource, client_token, explain, say};
+    use super::{
+        Addr, CLIENT_FAILURE, Failure, TokenSource, client_token, explain, print_stdout, say,
+    };
 
     /// How long the file commands wait to connect and for HELLO_OK.
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1672,19 +1702,6 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
         paths: Vec<String>,
     }
 
-    /// Runs a file command: its exit status, after one line on stderr if it failed.
-    pub(super) fn run(command: impl FnOnce() -> Result<(), Failure>) -> u8 {
-        match command() {
-            Ok(()) => 0,
-            Err(failure) => {
-                if let Some(message) = failure.message {
-                    say(&message);
-                }
-                failure.status
-            }
-        }
-    }
-
     fn usage(message: String) -> Failure {
         Failure {
             status: USAGE,
@@ -1791,22 +1808,6 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
     impl Drop for Bar {
         fn drop(&mut self) {
             self.clear();
-        }
-    }
-
-    /// Writes all of `text` to stdout; a closed stdout ends the command quietly.
-    fn print(text: &str) -> Result<(), Failure> {
-        let mut stdout = io::stdout().lock();
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == ErrorKind::BrokenPipe => Err(Failure {
-                status: 128 + libc::SIGPIPE as u8,
-                message: None,
-            }),
-            Err(error) => Err(Failure::own(format!("cannot write the output: {error}"))),
         }
     }
 
@@ -2007,7 +2008,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             Err(error) => return Err(session.fail(&error)),
         };
         files::sort_entries(&mut entries);
-        print(&if args.json {
+        print_stdout(&if args.json {
             files::listing_json(&entries)
         } else {
             files::format_listing(&entries)
@@ -2021,7 +2022,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             .client
             .stat(&path)
             .map_err(|error| session.fail(&error))?;
-        print(&if args.json {
+        print_stdout(&if args.json {
             files::info_json(&path, &info)
         } else {
             files::format_info(&path, &info)

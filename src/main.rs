@@ -3,8 +3,9 @@
 //!
 //! The client commands (`echo`, `exec`, `bench`, and the file commands `get`, `put`, `ls`,
 //! `stat`, `rm`, `mkdir`) behave like Unix tools: a closed stdout ends them quietly (SIGPIPE's
-//! default action is restored for them, never for `serve`), every address takes `HOST:PORT`,
-//! and server errors are shown decoded with a hint where one helps.
+//! default action is restored for them, never for `serve`), a stdout that cannot be written
+//! otherwise (`>/dev/full`) is one line and exit 255 ([`print_stdout`]), every address takes
+//! `HOST:PORT`, and server errors are shown decoded with a hint where one helps.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -1525,7 +1526,7 @@ mod file_commands {
     use clap::Args;
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     use monoreactor::client::ClientError;
-    use monoreactor::client::files::{self, DownloadError, FileClient, OwnedDirEntry};
+    use monoreactor::client::files::{self, Destination, DownloadError, FileClient, OwnedDirEntry};
     use monoreactor::proto::files::{FileKind, Hash};
     use monoreactor::proto::{ErrorCode, SessionFlags};
     use monoreactor::server::DEFAULT_FRAMED_ADDR;
@@ -1553,8 +1554,9 @@ mod file_commands {
                  `/`-separated;\nsymlinks on the server are never followed.\n\n",
                 "Exit status: 0 on success; 1 if the server refused or failed the request (not \
                  found,\nalready exists, no space, ...); 2 for a usage error; 255 if this client \
-                 failed (cannot\nconnect, the connection broke, a local file error, a download \
-                 that failed verification).\nOne line on stderr says why.\n\n",
+                 failed (cannot\nconnect, the connection broke, a local file error, a stdout \
+                 that cannot be written,\na download that failed verification). One line on \
+                 stderr says why.\n\n",
                 "The token comes from --token-file, else from $MONOREACTOR_TOKEN."
             )
         };
@@ -1575,6 +1577,14 @@ fails otherwise), the part file is kept, and the same command with --continue re
 where it stopped: the part's bytes are hashed, and only the rest is fetched. If verification
 fails, the part file is removed and nothing is written. Without --continue, a stale part file
 is overwritten.
+
+The destination is checked before anything is fetched, as cp would: an existing directory
+(or LOCAL ending in `/`, which must be one) receives REMOTE's name; otherwise LOCAL's
+directory must exist. A symlink is followed: to a file, that file is replaced and the link
+stays; a symlink to nothing is refused. A destination that is not a regular file (/dev/null,
+a terminal, a FIFO, a disk) is never replaced: the bytes are written into it as they arrive,
+as cp and curl -o do, so a failed verification is reported but cannot be taken back, and
+--continue does not apply.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe."
     );
@@ -1647,8 +1657,9 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
         /// The file on the server.
         #[arg(value_name = "REMOTE")]
         remote: String,
-        /// Where to write it: a file, an existing directory, or `-` for stdout [default:
-        /// REMOTE's last component, in the current directory].
+        /// Where to write it: a file, an existing directory (`DIR/` must be one), a device or
+        /// FIFO (written through, never replaced), or `-` for stdout [default: REMOTE's last
+        /// component, in the current directory].
         #[arg(value_name = "LOCAL|-")]
         local: Option<PathBuf>,
     }
@@ -1826,14 +1837,23 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
                 "--continue resumes a local file; it cannot resume standard output".to_string(),
             ));
         }
-        let dest = match args.local {
-            None => PathBuf::from(name),
-            Some(local) if local.is_dir() => local.join(name),
-            Some(local) => local,
+        // Before connecting: a destination that cannot work costs no transfer.
+        let dest = if to_stdout {
+            None
+        } else {
+            let dest = Destination::resolve(args.local.as_deref(), name)
+                .map_err(|error| Failure::own(error.to_string()))?;
+            if args.resume && matches!(dest, Destination::Through(_)) {
+                return Err(usage(format!(
+                    "--continue resumes a regular file, and {} is not one",
+                    dest.path().display()
+                )));
+            }
+            Some(dest)
         };
         let mut session = Session::open(args.server)?;
         let mut bar = Bar::new(name);
-        if to_stdout {
+        let Some(dest) = dest else {
             // Smaller than a DATA piece, so pieces go straight to stdout, uncopied.
             let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
             let result = session.client.get(
@@ -1845,7 +1865,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             );
             bar.clear();
             return result.map(drop).map_err(|error| session.fail(&error));
-        }
+        };
         let result = files::download(
             &mut session.client,
             &remote,
@@ -1865,9 +1885,14 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
                     "; the {len} bytes received are kept in {}: the same command with --continue resumes",
                     part.display()
                 )),
-                None if matches!(error, ClientError::Verify(_)) => {
-                    message.push_str("; nothing was kept: run the command again to start over")
-                }
+                None if matches!(error, ClientError::Verify(_)) => match dest {
+                    Destination::File(_) => message
+                        .push_str("; nothing was kept: run the command again to start over"),
+                    Destination::Through(path) => message.push_str(&format!(
+                        "; the bytes already written to {} are not the file",
+                        path.display()
+                    )),
+                },
                 None => {}
             }
         }

@@ -615,6 +615,9 @@ impl fmt::Display for Secs {
 /// when its stdout cannot be written.
 const CLIENT_FAILURE: u8 = 255;
 
+/// Exit status of a usage error, as clap's.
+const USAGE: u8 = 2;
+
 /// Exit status of `serve`, `echo` and `bench` when they fail for a reason other than their
 /// stdout (no server, the wrong protocol, a run cut short), as they always have.
 const FAILED: u8 = 1;
@@ -624,7 +627,10 @@ const FAILED: u8 = 1;
 const EXEC_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(answer) => return parse_answer(&answer),
+    };
     let level = match i16::from(cli.verbose) - i16::from(cli.quiet) {
         ..=-3 => LevelFilter::Off,
         -2 => LevelFilter::Error,
@@ -914,21 +920,43 @@ impl From<&str> for Failure {
     }
 }
 
-/// Writes all of `text` to stdout, flushed. A closed stdout ends the command quietly (141,
-/// as SIGPIPE would have); any other write error (a full disk, `>/dev/full`) is a failure of
-/// the client, [`CLIENT_FAILURE`], with one line: never `println!`'s panic.
+/// Writes all of `text` to stdout, flushed; a failure as [`output_failure`] says: never
+/// `println!`'s panic.
 fn print_stdout(text: &str) -> Result<(), Failure> {
     let mut stdout = io::stdout().lock();
-    match stdout
+    stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
-    {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == ErrorKind::BrokenPipe => Err(Failure {
+        .map_err(|error| output_failure(&error))
+}
+
+/// A write to stdout that failed. A closed stdout ends the command quietly (141, as SIGPIPE
+/// would have); any other error (a full disk, `>/dev/full`) is a failure of the client,
+/// [`CLIENT_FAILURE`], with one line.
+fn output_failure(error: &io::Error) -> Failure {
+    if error.kind() == ErrorKind::BrokenPipe {
+        return Failure {
             status: 128 + libc::SIGPIPE as u8,
             message: None,
-        }),
-        Err(error) => Err(Failure::own(format!("cannot write the output: {error}"))),
+        };
+    }
+    Failure::own(format!("cannot write the output: {error}"))
+}
+
+/// Prints clap's answer to `--help`, `--version` or a usage error and returns its exit
+/// status. clap's own `exit` ignores a failed write, so `--help >/dev/full` would succeed; a
+/// help text that cannot be written is an [`output_failure`] like any other output. (A usage
+/// error goes to stderr, where a failure has nowhere to be reported.)
+fn parse_answer(answer: &clap::Error) -> ExitCode {
+    match answer.print() {
+        Err(error) if !answer.use_stderr() => {
+            let failure = output_failure(&error);
+            if let Some(message) = failure.message {
+                say(&message);
+            }
+            ExitCode::from(failure.status)
+        }
+        _ => ExitCode::from(u8::try_from(answer.exit_code()).unwrap_or(USAGE)),
     }
 }
 
@@ -1532,7 +1560,7 @@ mod file_commands {
     use monoreactor::server::DEFAULT_FRAMED_ADDR;
 
     use super::{
-        Addr, CLIENT_FAILURE, Failure, TokenSource, client_token, explain, print_stdout, say,
+        Addr, CLIENT_FAILURE, Failure, TokenSource, USAGE, client_token, explain, print_stdout, say,
     };
 
     /// How long the file commands wait to connect and for HELLO_OK.
@@ -1540,9 +1568,6 @@ mod file_commands {
 
     /// Exit status when the server refused or failed the request (an ERROR frame).
     const SERVER_REFUSED: u8 = 1;
-
-    /// Exit status of a usage error, as clap's.
-    const USAGE: u8 = 2;
 
     /// The `after_help` of a file command: its own text, then the conventions they share.
     macro_rules! file_help {

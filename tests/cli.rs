@@ -632,7 +632,9 @@ fn a_full_stdout_is_one_line_and_255_for_every_client() {
     let server = Server::start_exec(&[]);
     let addr = server.framed_str();
     let exec = exec_args(&server, &["--", "echo", "hi"]);
-    let runs: [(&str, Vec<&str>); 5] = [
+    let runs: [(&str, Vec<&str>); 7] = [
+        ("--help", vec!["get", "--help"]),
+        ("--version", vec!["--version"]),
         ("echo", vec!["echo", "--addr", &addr, "hi"]),
         ("exec", as_strs(&exec)),
         (

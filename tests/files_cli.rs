@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -499,6 +499,7 @@ fn cli_get_writes_through_what_is_not_a_regular_file_and_follows_symlinks() {
     assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
 
     // A symlink to a device is followed and written through; the link and the device stay.
+    let null_inode = fs::symlink_metadata("/dev/null").unwrap().ino();
     symlink("/dev/null", cli.local("null-link")).unwrap();
     cli.ok("get", &["f", "null-link"]);
     assert_eq!(
@@ -519,6 +520,11 @@ fn cli_get_writes_through_what_is_not_a_regular_file_and_follows_symlinks() {
             .file_type()
             .is_char_device(),
         "/dev/null is no longer a device"
+    );
+    assert_eq!(
+        fs::symlink_metadata("/dev/null").unwrap().ino(),
+        null_inode,
+        "/dev/null was replaced"
     );
 
     // A symlink to a regular file is followed: the target is replaced atomically (its part

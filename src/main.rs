@@ -1966,6 +1966,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             open_local(&args.local, args.resume, &label)?
         };
         let mut session = Session::open(args.server)?;
+        let (mut waited, mut pause) = (Duration::ZERO, Duration::from_millis(100));
         loop {
             let mut bar = Bar::new(files::base_name(&remote));
             let result = session.client.put(
@@ -1995,10 +1996,29 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
                     remote = into(&remote)?;
                     joined = true;
                 }
+                // Another server process (a worker sharing the root) is receiving this very
+                // upload — a connection of ours it has not seen close yet, say: wait for it to
+                // let go, as long as the client waits for anything.
+                Err(error)
+                    if error.server_code() == Some(ErrorCode::UploadBusy)
+                        && waited < files::IO_TIMEOUT =>
+                {
+                    if waited.is_zero() {
+                        eprintln!(
+                            "monoreactor: {remote}: the server is still receiving this upload elsewhere; waiting"
+                        );
+                    }
+                    std::thread::sleep(pause);
+                    waited += pause;
+                    pause = (pause * 2).min(BUSY_PAUSE_MAX);
+                }
                 Err(error) => return Err(session.fail(&error)),
             }
         }
     }
+
+    /// The longest pause between two tries of an upload the server says is busy.
+    const BUSY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
     /// Opens LOCAL for `put` and hashes it: a regular file as it is (with a progress bar for
     /// the hashing), anything else that can be read (a pipe, `<(...)`) spooled like stdin.
@@ -2099,7 +2119,12 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
     ) -> Result<(), Failure> {
         let mut paths = Vec::with_capacity(args.paths.len());
         for text in &args.paths {
-            let path = files::normalize_remote(text).map_err(usage)?;
+            let path = if command == "rm" {
+                files::normalize_removable(text)
+            } else {
+                files::normalize_remote(text)
+            }
+            .map_err(usage)?;
             if path.is_empty() {
                 return Err(usage(format!(
                     "`{text}` is the server's root; {command} needs a path beneath it"

@@ -165,6 +165,7 @@ fn cli_ls_stat_mkdir_and_rm() {
     cli.ok("put", &["ten", "d/ten"]);
     symlink("/etc", server.at("d/link")).unwrap();
     fs::write(server.at("d/.monoreactor-partial-0000000000000001"), b"x").unwrap();
+    fs::write(server.at("d/.monoreactor-tmp-1-1"), b"x").unwrap();
 
     let ls = cli.ok("ls", &["d"]).text();
     let lines: Vec<Vec<&str>> = ls
@@ -178,16 +179,17 @@ fn cli_ls_stat_mkdir_and_rm() {
     assert_eq!(
         summary,
         vec![
+            ("u", "1", ".monoreactor-partial-0000000000000001"),
             ("l", "4", "link"),
-            ("d", summary[1].1, "sub"),
+            ("d", summary[2].1, "sub"),
             ("-", "10", "ten")
         ],
-        "ls d:\n{ls}"
+        "ls d: the partial upload shown, the server's other names not:\n{ls}"
     );
-    assert!(
-        !ls.contains(".monoreactor-"),
-        "ls shows a reserved name:\n{ls}"
-    );
+    // The interrupted upload can be removed by its name.
+    cli.ok("rm", &["d/.monoreactor-partial-0000000000000001"]);
+    let ls = cli.ok("ls", &["d"]).text();
+    assert!(!ls.contains(".monoreactor-"), "{ls}");
 
     let json = cli.ok("ls", &["--json", "d"]).text();
     assert!(
@@ -234,8 +236,9 @@ fn cli_ls_stat_mkdir_and_rm() {
         fs::metadata("/etc/passwd").is_ok(),
         "the link's target stays"
     );
-    // (The planted partial, invisible to ls, would keep d from being empty.)
-    fs::remove_file(server.at("d/.monoreactor-partial-0000000000000001")).unwrap();
+    // A directory holding only an interrupted upload (and a commit's leftover link) is
+    // removed with them.
+    fs::write(server.at("d/.monoreactor-partial-0000000000000002"), b"x").unwrap();
     cli.ok("rm", &["d"]);
     assert!(!server.at("d").exists());
 }
@@ -300,6 +303,28 @@ fn cli_refuses_escapes_and_writes_nothing() {
     );
     server.assert_nothing_outside("after the CLI escapes");
     assert!(fs::symlink_metadata(format!("/tmp/{unique}")).is_err());
+}
+
+#[test]
+fn cli_put_continue_waits_while_another_server_process_receives_the_upload() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    let data = random_bytes(56, 2 * MIB + 9);
+    fs::write(cli.local("big.bin"), &data).unwrap();
+    let elsewhere = hold_upload_elsewhere(server.root(), "big.bin", &data, MIB);
+    let (done, finished) = mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| done.send(cli.run("put", &["--continue", "big.bin", "big.bin"])));
+        // Still waiting a while later: the upload is busy, not failed.
+        assert!(finished.recv_timeout(Duration::from_millis(700)).is_err());
+        drop(elsewhere);
+        let put = finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("put ends");
+        assert_eq!(put.code(), 0, "{}", put.stderr);
+        assert!(put.stderr.contains("waiting"), "{}", put.stderr);
+    });
+    assert!(fs::read(server.at("big.bin")).unwrap() == data);
 }
 
 #[test]
@@ -373,8 +398,13 @@ fn cli_put_continue_sends_only_what_the_server_lacks() {
         conn.echo(b"sync");
     }
     assert_eq!(fs::read(server.at("big")).unwrap(), b"old");
+    // `ls` shows the interrupted upload, so that it can be seen and removed.
     let ls = cli.ok("ls", &[]).text();
-    assert!(!ls.contains(".monoreactor-"), "ls shows the partial:\n{ls}");
+    assert!(
+        ls.lines()
+            .any(|line| line.starts_with("u ") && line.contains(".monoreactor-partial-")),
+        "ls does not show the partial:\n{ls}"
+    );
 
     // The server learns of the cut asynchronously: until then the upload is "in progress".
     let resumed = retry(std::time::Duration::from_secs(5), || {

@@ -1155,11 +1155,7 @@ pub fn normalize_remote(text: &str) -> Result<String, String> {
             "`{text}` is absolute; remote paths are relative to the server's root (`.` is the root)"
         ));
     }
-    let path = text
-        .split('/')
-        .filter(|component| !component.is_empty() && *component != ".")
-        .collect::<Vec<_>>()
-        .join("/");
+    let path = squash(text);
     check_relative(&path).map_err(|error| format!("`{text}`: {error}"))?;
     if path.len() > MAX_PATH_LEN {
         return Err(format!(
@@ -1168,6 +1164,26 @@ pub fn normalize_remote(text: &str) -> Result<String, String> {
         ));
     }
     Ok(path)
+}
+
+/// `text` without empty and `.` components.
+fn squash(text: &str) -> String {
+    text.split('/')
+        .filter(|component| !component.is_empty() && *component != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Like [`normalize_remote`], for `rm`: the last component may also name a partial upload,
+/// as `ls` shows them (`.monoreactor-partial-<id>`).
+pub fn normalize_removable(text: &str) -> Result<String, String> {
+    normalize_remote(text).or_else(|refused| {
+        let path = squash(text);
+        match crate::proto::files::parse_delete_path(path.as_bytes()) {
+            Ok(_) if !text.starts_with('/') => Ok(path),
+            _ => Err(refused),
+        }
+    })
 }
 
 /// The last component of a request path (`""` for the root).

@@ -856,6 +856,32 @@ pub fn retry_busy_upload<T>(
     }
 }
 
+/// Holds the partial of the resumable upload (`path`, `data`) locked as another server
+/// process receiving it would (an exclusive open-file-description lock) until dropped; with
+/// `held`, the partial first holds that prefix of `data`.
+pub fn hold_upload_elsewhere(root: &Path, path: &str, data: &[u8], held: usize) -> fs::File {
+    use std::os::fd::AsRawFd;
+    let id = monoreactor::sys::files::upload_id(path, data.len() as u64, &blake3_of(data));
+    let (dir, _) = path.rsplit_once('/').unwrap_or(("", path));
+    let partial = root
+        .join(dir)
+        .join(format!(".monoreactor-partial-{id:016x}"));
+    fs::write(&partial, &data[..held]).expect("write the partial");
+    let file = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&partial)
+        .expect("open the partial");
+    // SAFETY: all-zero is a valid `flock` (the whole file); fcntl gets a pointer to it that
+    // outlives the call, on a descriptor we own.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+    assert_eq!(rc, 0, "lock: {}", std::io::Error::last_os_error());
+    file
+}
+
 // === The command line ===
 
 /// What a finished `monoreactor` command printed (stdout as bytes) and how it exited.

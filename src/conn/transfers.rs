@@ -25,6 +25,7 @@ use crate::outbox::{FileRange, Outbox};
 use crate::proto::files::{Digest, FileInfo, GetRequest, PutReady, PutRequest, parse_path};
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
+use crate::sys::disk::Disk;
 use crate::sys::files::{FileError, Listing, Meta, TransferPermit, Upload, meta_of, wall_clock_ns};
 
 /// Most file bytes in one DATA frame.
@@ -430,7 +431,12 @@ impl Connection {
             FrameType::Delete | FrameType::Mkdir => {
                 let path = parse_path(frame.payload).map_err(bad)?;
                 if frame_type == FrameType::Delete {
-                    files.delete(path)?;
+                    // DONE goes out once the name is gone; a big file's blocks are freed
+                    // after, off the loop (`Files::delete`).
+                    files.delete(
+                        path,
+                        cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk),
+                    )?;
                 } else {
                     files.mkdir(path)?;
                 }

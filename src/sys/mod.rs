@@ -4,6 +4,7 @@
 //! [`Children`](crate::service::exec::Children) trait and files only through
 //! [`files::Files`], so the protocol state machines own no descriptor.
 
+pub mod disk;
 pub mod files;
 pub mod mmsg;
 pub mod process;

@@ -21,7 +21,7 @@ use monoreactor::sys::disk::{DiskDone, DiskHelper, HelperTokens, Job, JobKind, T
 use monoreactor::testkit::{ConnHarness, MemoryIo};
 use rustix::io::Errno;
 
-use support::{Server, children_of, process_state, retry, threads};
+use support::{Server, children_of, is_disk_helper, process_state, retry, threads};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_monoreactor");
 const SOCKET: Token = Token(1);
@@ -433,12 +433,9 @@ fn delete_answers_done_at_once_and_leaves_the_unlink_of_the_aside_name_to_the_di
 /// The helper of server `pid`: its child running `__disk-helper`.
 fn helper_of(pid: u32) -> u32 {
     retry(Duration::from_secs(5), || {
-        children_of(pid).into_iter().find_map(|(child, _)| {
-            let cmdline = fs::read(format!("/proc/{child}/cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains("__disk-helper")
-                .then_some(child)
-        })
+        children_of(pid)
+            .into_iter()
+            .find_map(|(child, _)| is_disk_helper(child).then_some(child))
     })
     .expect("the server started a disk helper")
 }

@@ -17,7 +17,9 @@ use monoreactor::client::files::FileClient;
 use monoreactor::conn::Verdict;
 use monoreactor::limits::Limits;
 use monoreactor::proto::{Flags, Frame, FrameType, Hello};
-use monoreactor::sys::disk::{DiskDone, DiskHelper, HelperTokens, Job, JobKind, TRASH_PREFIX};
+use monoreactor::sys::disk::{
+    DiskDone, DiskHelper, HelperTokens, Job, JobKind, MAX_HELD, MAX_IN_FLIGHT, TRASH_PREFIX,
+};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
 use rustix::io::Errno;
 
@@ -294,6 +296,44 @@ fn a_killed_helper_is_restarted_and_its_unanswered_jobs_complete_once() {
     assert!(stats.resent >= 3, "{stats:?}");
     assert_eq!(stats.inline, 0, "{stats:?}");
     assert_eq!(process_state(first), None, "the dead helper was reaped");
+}
+
+#[test]
+fn jobs_past_the_bounds_wait_in_the_queue_or_run_inline_and_each_completes_once() {
+    let dir = TempDir::new("bounds");
+    let mut rig = Rig::new(HELPER);
+    let pid = rig.wait_ready();
+    let file = file_with(&dir, "f", 10);
+    // Stopped, the helper answers nothing: MAX_IN_FLIGHT jobs go out, the rest of MAX_HELD
+    // wait in the queue, and any more run inline at once.
+    signal(pid, libc::SIGSTOP);
+    assert!(
+        retry(Duration::from_secs(5), || (process_state(pid) == Some('T'))
+            .then_some(()))
+        .is_some()
+    );
+    let extra = 20;
+    let mut ids = Vec::new();
+    for _ in 0..MAX_HELD + extra {
+        let fd = file.try_clone().unwrap();
+        ids.push(rig.submit(1, Job::Fdatasync(fd.into())));
+    }
+    assert_eq!(
+        rig.disk.stats().inline,
+        extra as u64,
+        "{:?}",
+        rig.disk.stats()
+    );
+    signal(pid, libc::SIGCONT);
+    let done = rig.completions(MAX_HELD + extra);
+    let mut seen: Vec<_> = done.iter().map(|(_, done)| done.id).collect();
+    seen.sort();
+    assert_eq!(seen, ids, "each job completes exactly once");
+    assert!(done.iter().all(|(_, done)| done.result == Ok(())));
+    let stats = rig.disk.stats();
+    // wait_ready's fsync was answered by the helper too.
+    assert_eq!(stats.by_helper, MAX_HELD as u64 + 1, "{stats:?}");
+    const { assert!(MAX_IN_FLIGHT < MAX_HELD) };
 }
 
 #[test]

@@ -396,6 +396,11 @@ impl Connection {
     pub fn handle_disk_done(&mut self, done: DiskDone, _cx: &mut Context<'_>) {
         match done.result {
             Ok(()) => trace!("{} ({:?}) done", done.id, done.kind),
+            // The aside name was removed by someone else first (the directory sweep): the
+            // blocks are freed all the same.
+            Err(rustix::io::Errno::NOENT) if done.kind == crate::sys::disk::JobKind::Unlink => {
+                debug!("{}: the aside name was already removed", done.id);
+            }
             Err(errno) => log::warn!(
                 "{} ({:?}) failed: {errno}; a deleted file's blocks stay in use until the sweep removes its hidden name",
                 done.id,

@@ -418,8 +418,13 @@ pub trait Disk {
 ///
 /// Errors: `fd` is not an inherited `SOCK_SEQPACKET` socket, or the socket failed.
 pub fn helper_main(fd: RawFd) -> io::Result<()> {
+    if fd <= 2 {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} is standard I/O, not a socket from the server"
+        )));
+    }
     // SAFETY: F_GETFD only reads the descriptor's flags.
-    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return Err(io::Error::other(format!(
             "descriptor {fd} was not inherited"
         )));

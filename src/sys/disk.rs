@@ -1223,4 +1223,133 @@ mod tests {
         assert_eq!(disk.stats().inline, 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The server's side against a helper played by the test, on a socket whose send buffer
+    /// is as small as the kernel allows: sends block, the socket is registered for
+    /// writability, the rest goes out as the "helper" reads, and every reply (an errno
+    /// included) reaches its job's owner once.
+    #[test]
+    fn a_full_socket_holds_jobs_in_the_queue_until_it_is_writable() {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::io::ioctl_fionbio(&ours, true).unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&ours, 1).unwrap();
+        // A process for the pidfd: the "helper" is this test, on `theirs`.
+        let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = Pid::from_raw(sleeper.id() as i32).unwrap();
+        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let tokens = HelperTokens {
+            socket: Token(1),
+            exit: Token(2),
+        };
+        let mut disk = DiskHelper::new(None, tokens);
+        let process = Process {
+            pid,
+            pidfd,
+            socket: Some(ours),
+            ready: true,
+            wants_write: false,
+            started: Instant::now(),
+        };
+        register(poll.registry(), &process, tokens).unwrap();
+        disk.state = State::Live(process);
+
+        let jobs = MAX_IN_FLIGHT;
+        let ids: Vec<JobId> = (0..jobs)
+            .map(|_| disk.submit(Some(3), Job::Fdatasync(dev_null()), poll.registry()))
+            .collect();
+        let sent = disk.in_flight.len();
+        assert!(
+            sent < jobs,
+            "the small buffer blocks some sends: {sent} went out"
+        );
+        assert_eq!(disk.queued.len(), jobs - sent);
+        let State::Live(process) = &disk.state else {
+            panic!("live")
+        };
+        assert!(process.wants_write, "registered for writability");
+
+        let mut events = mio::Events::with_capacity(8);
+        let mut answered = Vec::new();
+        let mut done = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done.len() < jobs && Instant::now() < deadline {
+            // The "helper": take one job with its descriptor, answer it.
+            let mut message = [0u8; MAX_JOB_LEN];
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            match rustix::net::recvmsg(
+                &theirs,
+                &mut [IoSliceMut::new(&mut message)],
+                &mut control,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(received) => {
+                    let mut fds = Vec::new();
+                    for item in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(rights) = item {
+                            fds.extend(rights);
+                        }
+                    }
+                    assert_eq!(fds.len(), 1, "one descriptor per job");
+                    let fd = fds.pop().unwrap();
+                    let (id, job) = Job::decode(&message[..received.bytes], fd).unwrap();
+                    assert_eq!(job.kind(), JobKind::Fdatasync);
+                    // The last one fails, to see the errno travel.
+                    let errno = if id == ids[jobs - 1] { libc::EIO } else { 0 };
+                    answered.push(id);
+                    send_reply(&theirs, &Reply::Done { id, errno }).unwrap();
+                }
+                Err(Errno::AGAIN) => {}
+                Err(errno) => panic!("recvmsg: {errno}"),
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            for event in events.iter() {
+                assert_eq!(event.token(), tokens.socket);
+                assert_eq!(disk.on_socket_event(poll.registry()), None);
+            }
+            while let Some(one) = disk.next_done() {
+                done.push(one);
+            }
+        }
+        assert_eq!(answered, ids, "sent in order, each once");
+        let expected: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let result = if id == ids[jobs - 1] {
+                    Err(Errno::IO)
+                } else {
+                    Ok(())
+                };
+                (
+                    Some(3),
+                    DiskDone {
+                        id,
+                        kind: JobKind::Fdatasync,
+                        result,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(done, expected);
+        assert!(disk.is_idle());
+        let State::Live(process) = &disk.state else {
+            panic!("live")
+        };
+        assert!(
+            !process.wants_write,
+            "back to readable only once the queue is empty"
+        );
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        // The sleeper is reaped: dropping the helper must not wait on it.
+        disk.state = State::Inline;
+    }
 }

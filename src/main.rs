@@ -80,6 +80,13 @@ enum Command {
     /// Create directories on the server.
     #[command(after_help = file_commands::MKDIR_HELP)]
     Mkdir(file_commands::PathsArgs),
+    /// Internal: the server's disk helper (blocking disk calls off the loop), on the socket
+    /// inherited as descriptor FD. Started by `serve`, never by hand.
+    #[command(name = "__disk-helper", hide = true)]
+    DiskHelper {
+        /// The inherited SOCK_SEQPACKET socket.
+        fd: i32,
+    },
 }
 
 const EXEC_HELP: &str = "\
@@ -166,6 +173,10 @@ struct ServeArgs {
     /// Internal: serve as a worker of a `--workers` supervisor, on inherited descriptors.
     #[arg(long = "worker-of", value_name = "FDS", hide = true)]
     worker_of: Option<String>,
+    /// Internal: the program run as the disk helper [default: this binary]; `off` makes
+    /// blocking disk calls on the loop, as does a program that cannot be started.
+    #[arg(long = "disk-helper", value_name = "PROGRAM", hide = true)]
+    disk_helper: Option<PathBuf>,
     /// Longest a command may run before it is stopped (SIGTERM, then SIGKILL).
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().exec_timeout))]
     exec_timeout: Secs,
@@ -664,6 +675,8 @@ fn main() -> ExitCode {
         Command::Stat(args) => file_commands::stat(args),
         Command::Rm(args) => file_commands::rm(args),
         Command::Mkdir(args) => file_commands::mkdir(args),
+        Command::DiskHelper { fd } => monoreactor::sys::disk::helper_main(fd)
+            .map_err(|error| Failure::from(format!("disk helper: {error}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -727,6 +740,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         files: !args.no_files,
         insecure: args.insecure,
         handle_signals: true,
+        // This very binary, even if the file was replaced since (as workers are started).
+        disk_helper: match args.disk_helper {
+            None => Some(PathBuf::from("/proc/self/exe")),
+            Some(path) if path.as_os_str() == "off" => None,
+            Some(path) => Some(path),
+        },
     };
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);

@@ -27,6 +27,7 @@ use crate::proto::files::{
 };
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
+use crate::sys::disk::Disk;
 use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
 use crate::sys::upload::Upload;
 
@@ -462,7 +463,12 @@ impl Connection {
                 }
                 .map_err(bad)?;
                 if frame_type == FrameType::Delete {
-                    files.delete(path)?;
+                    // DONE goes out once the name is gone; a big file's blocks are freed
+                    // after, off the loop (`Files::delete`).
+                    files.delete(
+                        path,
+                        cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk),
+                    )?;
                 } else {
                     files.mkdir(path)?;
                 }

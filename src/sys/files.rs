@@ -32,13 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
 use crate::proto::files::{DirEntry, FileInfo, FileKind, Hash, partial_id};
 use crate::proto::path::RESERVED_PREFIX;
 use crate::sys::hash_index::{Entry, HashIndex};
+use crate::sys::disk::{Disk, Job, OFFLOAD_UNLINK_BYTES, trash_name};
 use crate::sys::root::Root;
 use crate::sys::upload::Uploads;
 
@@ -353,6 +354,35 @@ fn split(path: &str) -> (&str, &str) {
     }
 }
 
+/// Renames `name` in `dir` to a fresh trash name (never over an existing one) and returns
+/// it. If what was renamed turns out not to be a regular file (the name was replaced after
+/// it was looked at), it is renamed back and `EISDIR`/`EINVAL` returned, so the caller
+/// removes it the ordinary way.
+fn rename_aside(dir: &OwnedFd, name: &str) -> Result<String, Errno> {
+    for _ in 0..8 {
+        let trash = trash_name();
+        match rustix::fs::renameat_with(dir, name, dir, trash.as_str(), RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => continue,
+            Err(errno) => return Err(errno),
+        }
+        let kind = rustix::fs::statat(dir, trash.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|stat| FileType::from_raw_mode(stat.st_mode));
+        if kind == Ok(FileType::RegularFile) {
+            return Ok(trash);
+        }
+        // Back where it was; if even that fails, it stays hidden for the sweep to remove.
+        if let Err(errno) =
+            rustix::fs::renameat_with(dir, trash.as_str(), dir, name, RenameFlags::NOREPLACE)
+        {
+            warn!("{name}: replaced while being deleted, left as {trash}: {errno}");
+            return Err(Errno::NOENT);
+        }
+        return Err(Errno::INVAL);
+    }
+    Err(Errno::EXIST)
+}
+
 /// The file service's view of the loop: the root, the shared state.
 #[derive(Debug)]
 pub struct Files<'a> {
@@ -445,14 +475,38 @@ impl Files<'_> {
     }
 
     /// Removes a file, a symlink (not its target) or an empty directory.
-    pub fn delete(&mut self, path: &str) -> Result<(), FileError> {
+    ///
+    /// With a `disk`, a regular file whose blocks would be freed by the removal (its last
+    /// link, at least [`OFFLOAD_UNLINK_BYTES`]) is renamed aside to a fresh
+    /// [`TRASH_PREFIX`](crate::sys::disk::TRASH_PREFIX) name in the same directory — a new
+    /// name, so the rename frees nothing and is quick — and the unlink of that name, which
+    /// frees the blocks (178 ms for 1 GiB on ext4, measured), is submitted to `disk`. The path
+    /// is gone when this returns either way. Anything else is removed here, as is everything
+    /// without a `disk`.
+    pub fn delete(&mut self, path: &str, disk: Option<&mut dyn Disk>) -> Result<(), FileError> {
         let (dir, name) = self.parent(path)?;
         if partial_id(&name).is_some() {
             return self.delete_partial(&dir, &name, path);
         }
         let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|errno| FileError::from_errno(errno, path))?;
-        let flags = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let frees_much = kind == FileType::RegularFile
+            && stat.st_nlink == 1
+            && (stat.st_blocks as u64).saturating_mul(512) >= OFFLOAD_UNLINK_BYTES;
+        if let (true, Some(disk)) = (frees_much, disk) {
+            match rename_aside(&dir, &name) {
+                Ok(trash) => {
+                    debug!("{path}: renamed aside to {trash}, unlinked off the loop");
+                    disk.submit(Job::Unlink { dir, name: trash });
+                    return Ok(());
+                }
+                Err(Errno::NOENT) => return Err(FileError::from_errno(Errno::NOENT, path)),
+                // No RENAME_NOREPLACE on this file system, or no fresh name: the old way.
+                Err(errno) => debug!("{path}: cannot rename aside ({errno}); unlinking here"),
+            }
+        }
+        let flags = if kind == FileType::Directory {
             AtFlags::REMOVEDIR
         } else {
             AtFlags::empty()

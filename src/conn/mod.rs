@@ -390,10 +390,17 @@ impl Connection {
         self.bits.set(Bits::READ_CLOSED, true);
     }
 
-    /// A disk job this connection submitted through [`Context::disk`] is finished. The only
-    /// jobs so far are DELETE's: the unlink of the name its file was renamed aside to, after
-    /// DONE was sent. Its failure leaves that hidden name behind, for the directory sweep.
+    /// A disk job this connection submitted through [`Context::disk`] is finished: an
+    /// upload's sync or its directory's (the transfer waiting for it takes it, and goes on at
+    /// the next drive), or the unlink that frees a deleted or replaced file, after its answer
+    /// was sent (only logged: a failure leaves a hidden name for the directory sweep).
     pub fn handle_disk_done(&mut self, done: DiskDone, _cx: &mut Context<'_>) {
+        if let Some(streams) = self.streams.as_mut() {
+            if streams.on_disk_done(&done) {
+                trace!("{} ({:?}) done for a transfer", done.id, done.kind);
+                return;
+            }
+        }
         match done.result {
             Ok(()) => trace!("{} ({:?}) done", done.id, done.kind),
             // The aside name was removed by someone else first (the directory sweep): the
@@ -1107,14 +1114,19 @@ impl Connection {
 
     // === Shared ===
 
-    /// Reading the socket is allowed: the state takes input, the peer has not closed, and the
-    /// outbox may take replies (the backpressure question).
+    /// Reading the socket is allowed: the state takes input, the peer has not closed, the
+    /// outbox may take replies (the backpressure question), and no upload has run ahead of the
+    /// disk (the same question, asked of the disk helper's syncs).
     fn may_read(&self) -> bool {
         matches!(
             self.state,
             State::AwaitingHello | State::Open | State::Echoing
         ) && !self.bits.has(Bits::PEER_EOF)
             && self.outbox.may_produce()
+            && !self
+                .streams
+                .as_ref()
+                .is_some_and(|streams| streams.disk_bound())
     }
 
     /// Reading is allowed and the socket may have bytes: only the budget can stop a read.

@@ -23,12 +23,15 @@ use super::streams::Streams;
 use super::{Bits, Budget, Connection, Context};
 use crate::outbox::{FileRange, Outbox};
 use crate::proto::files::{
+    Hash,
     Digest, FileInfo, GetRequest, PutReady, PutRequest, parse_delete_path, parse_path,
 };
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
 use crate::sys::disk::Disk;
 use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
+use crate::sys::disk::{DiskDone, Job, JobId};
+use rustix::io::Errno;
 use crate::sys::upload::Upload;
 
 /// Most file bytes in one DATA frame.
@@ -61,8 +64,67 @@ pub enum TransferKind {
         /// The temporary file and its destination.
         upload: Upload,
     },
+    /// A verified PUT being made durable and put in place.
+    Commit(Commit),
     /// A LIST: the directory being read.
     List(Listing),
+}
+
+/// A verified upload on its way to its DIGEST: its data made durable, then renamed into place,
+/// then its directory made durable — each blocking step by the disk helper, the loop going on
+/// meanwhile.
+#[derive(Debug)]
+pub struct Commit {
+    /// The hash the DIGEST will carry.
+    hash: Hash,
+    /// Bytes stored.
+    size: u64,
+    step: CommitStep,
+}
+
+/// Where a commit is.
+#[derive(Debug)]
+enum CommitStep {
+    /// Waiting for the upload's syncs (the final `fsync` among them).
+    Data(Upload),
+    /// Renamed into place; waiting for its directory's `fsync`, if it is still pending.
+    Dir(Pending),
+}
+
+/// One disk job a transfer waits for, and its outcome once known.
+#[derive(Debug)]
+enum Pending {
+    /// Handed to the disk helper as this job.
+    Job(JobId),
+    /// Finished.
+    Done(Result<(), Errno>),
+}
+
+impl Commit {
+    /// Whether the next step can be taken without waiting for the disk.
+    fn ready(&self) -> bool {
+        match &self.step {
+            CommitStep::Data(upload) => upload.syncs_pending() == 0,
+            CommitStep::Dir(pending) => matches!(pending, Pending::Done(_)),
+        }
+    }
+}
+
+/// Hands `job` to the disk helper; where there is none (a connection driven by hand), makes
+/// the call now.
+fn submit(cx: &mut Context<'_>, job: Job) -> Pending {
+    match cx.disk.as_mut() {
+        Some(disk) => Pending::Job(disk.submit(job)),
+        None => Pending::Done(job.run()),
+    }
+}
+
+/// Hands an upload's sync to the disk helper, noting it with the upload.
+fn submit_sync(cx: &mut Context<'_>, upload: &mut Upload, job: Job) {
+    match submit(cx, job) {
+        Pending::Job(id) => upload.sync_submitted(id),
+        Pending::Done(result) => upload.record_sync(result),
+    }
 }
 
 /// One transfer on its stream.
@@ -117,14 +179,47 @@ impl Streams {
                     || (may_produce && get.next_range(1).is_some())
             }
             TransferKind::Put { put, .. } => put.wants_turn(),
+            TransferKind::Commit(commit) => commit.ready(),
             TransferKind::List(_) => may_produce,
         })
     }
 
-    /// Drops the uploads (their resumable partials stay for a resume); GETs and LISTs go on.
+    /// Drops the uploads still receiving (their resumable partials stay for a resume); GETs,
+    /// LISTs and commits go on: they need nothing more from the client.
     pub fn release_uploads(&mut self) {
         self.transfers
             .retain(|transfer| !matches!(transfer.kind, TransferKind::Put { .. }));
+    }
+
+    /// Whether an upload has run ahead of the disk ([`Upload::disk_bound`]): the connection
+    /// then reads no more until a sync comes back.
+    pub fn disk_bound(&self) -> bool {
+        self.transfers.iter().any(|transfer| match &transfer.kind {
+            TransferKind::Put { upload, .. } => upload.disk_bound(),
+            _ => false,
+        })
+    }
+
+    /// A finished disk job: noted by the transfer that waits for it. Returns whether one did.
+    pub fn on_disk_done(&mut self, done: &DiskDone) -> bool {
+        self.transfers.iter_mut().any(|transfer| match &mut transfer.kind {
+            TransferKind::Put { upload, .. }
+            | TransferKind::Commit(Commit {
+                step: CommitStep::Data(upload),
+                ..
+            }) => upload.on_synced(done),
+            TransferKind::Commit(Commit {
+                step: CommitStep::Dir(pending),
+                ..
+            }) => {
+                let ours = matches!(pending, Pending::Job(id) if *id == done.id);
+                if ours {
+                    *pending = Pending::Done(done.result);
+                }
+                ours
+            }
+            _ => false,
+        })
     }
 
     /// Each transfer's disk work for this turn, within the budget. Returns whether anything
@@ -217,6 +312,7 @@ fn pump_one(
             }
             Pumped::Running(moved)
         }
+        TransferKind::Commit(commit) => pump_commit(stream, commit, outbox, cx),
         TransferKind::List(listing) => {
             if !outbox.may_produce() || budget.disk == 0 {
                 return Pumped::Running(false);
@@ -249,6 +345,78 @@ fn pump_one(
                 });
             }
             Pumped::Running(true)
+        }
+    }
+}
+
+/// Takes a commit's next step if the disk has answered: the rename once the data is durable,
+/// the DIGEST once the directory is; an ERROR (and the partial removed) if a sync failed.
+fn pump_commit(
+    stream: u32,
+    commit: &mut Commit,
+    outbox: &mut Outbox,
+    cx: &mut Context<'_>,
+) -> Pumped {
+    if !commit.ready() {
+        return Pumped::Running(false);
+    }
+    let published = match std::mem::replace(&mut commit.step, CommitStep::Dir(Pending::Done(Ok(()))))
+    {
+        CommitStep::Data(upload) => {
+            let Some(files) = cx.files.as_mut() else {
+                return Pumped::Finished; // no file service: nothing was admitted
+            };
+            if let Some(error) = upload.sync_error() {
+                files.discard(upload);
+                Err(error)
+            } else {
+                files.publish(upload)
+            }
+        }
+        CommitStep::Dir(Pending::Done(result)) => {
+            let mut replies = outbox.replies(cx.pool, cx.limits);
+            match result {
+                Ok(()) => {
+                    info!("stream {stream}: stored {} bytes", commit.size);
+                    let digest = Digest { hash: commit.hash };
+                    replies.reply(
+                        FrameType::Digest,
+                        stream,
+                        Digest::PAYLOAD_LEN as u32,
+                        |out| digest.emit(out),
+                    );
+                }
+                Err(errno) => {
+                    let error = FileError::from_errno(errno, "the upload's directory");
+                    replies.error(stream, error.code, &error.text);
+                }
+            }
+            return Pumped::Finished;
+        }
+        CommitStep::Dir(pending) => {
+            commit.step = CommitStep::Dir(pending);
+            return Pumped::Running(false);
+        }
+    };
+    match published {
+        Ok(published) => {
+            if let Some(unlink) = published.replaced {
+                // Freed off the loop; its outcome is only logged (`handle_disk_done`).
+                submit(cx, unlink);
+            }
+            commit.step = CommitStep::Dir(submit(cx, published.dir_sync));
+            // The directory's sync may have been made here and now.
+            if commit.ready() {
+                return pump_commit(stream, commit, outbox, cx);
+            }
+            Pumped::Running(true)
+        }
+        Err(error) => {
+            info!("stream {stream}: upload failed: {}", error.text);
+            outbox
+                .replies(cx.pool, cx.limits)
+                .error(stream, error.code, &error.text);
+            Pumped::Finished
         }
     }
 }
@@ -583,8 +751,11 @@ impl Connection {
         let outcome = if frame_type == FrameType::Data {
             match put.handle_data(frame.payload.len()) {
                 Ok(offset) => match upload.write_at(frame.payload, offset) {
-                    Ok(()) => {
+                    Ok(sync) => {
                         put.on_written(frame.payload);
+                        if let Some(sync) = sync {
+                            submit_sync(cx, upload, sync);
+                        }
                         return;
                     }
                     // The partial goes even if resumable: after a full disk it would hold
@@ -606,35 +777,50 @@ impl Connection {
                 },
             }
         };
+        if let Ok(hash) = outcome {
+            // Verified: the commit makes it durable and puts it in place, off the loop
+            // (`pump_commit`), and answers DIGEST when that is done.
+            let Some(Transfer {
+                id,
+                kind: TransferKind::Put { put, mut upload },
+                _permit,
+            }) = streams.remove_transfer(stream)
+            else {
+                return;
+            };
+            match upload.sync_job(Job::Fsync) {
+                Ok(sync) => {
+                    submit_sync(cx, &mut upload, sync);
+                    let commit = Commit {
+                        hash,
+                        size: put.received(),
+                        step: CommitStep::Data(upload),
+                    };
+                    streams.transfers.push(Transfer {
+                        id,
+                        kind: TransferKind::Commit(commit),
+                        _permit,
+                    });
+                }
+                // Out of descriptors, say: the partial stays for a resume.
+                Err(error) => {
+                    self.outbox
+                        .replies(cx.pool, cx.limits)
+                        .error(stream, error.code, &error.text);
+                }
+            }
+            return;
+        }
         let Some(Transfer {
-            kind: TransferKind::Put { put, upload },
+            kind: TransferKind::Put { upload, .. },
             ..
         }) = streams.remove_transfer(stream)
         else {
             return;
         };
         let mut replies = self.outbox.replies(cx.pool, cx.limits);
-        match outcome {
-            Ok(hash) => {
-                let committed = match cx.files.as_mut() {
-                    Some(files) => files.commit(upload),
-                    None => Ok(()),
-                };
-                match committed {
-                    Ok(()) => {
-                        info!("stream {stream}: stored {} bytes", put.received());
-                        let digest = Digest { hash };
-                        replies.reply(
-                            FrameType::Digest,
-                            stream,
-                            Digest::PAYLOAD_LEN as u32,
-                            |out| digest.emit(out),
-                        );
-                    }
-                    Err(error) => replies.error(stream, error.code, &error.text),
-                }
-            }
-            Err((code, text, discard)) => {
+        if let Err((code, text, discard)) = outcome {
+            {
                 info!("stream {stream}: upload failed: {text}");
                 if discard {
                     if let Some(files) = cx.files.as_mut() {

@@ -16,6 +16,7 @@ use mio::{Events, Poll, Token};
 use monoreactor::client::files::FileClient;
 use monoreactor::conn::Verdict;
 use monoreactor::limits::Limits;
+use monoreactor::proto::files::{PutFlags, PutRequest};
 use monoreactor::proto::{Flags, Frame, FrameType, Hello};
 use monoreactor::sys::disk::{
     DiskDone, DiskHelper, HelperTokens, Job, JobKind, MAX_HELD, MAX_IN_FLIGHT, TRASH_PREFIX,
@@ -590,4 +591,164 @@ fn a_server_whose_helper_cannot_start_still_deletes() {
         1,
         "one warning: {log}"
     );
+}
+
+// === PUT: every blocking step by the disk, the DIGEST last ===
+
+/// A PUT request of `size` bytes to `path`, with `hash` declared if given.
+fn put_request(stream: u32, size: u64, hash: Option<[u8; 32]>, path: &str) -> Vec<u8> {
+    let request = PutRequest {
+        size,
+        flags: if hash.is_some() {
+            PutFlags::HASH_DECLARED
+        } else {
+            PutFlags::NONE
+        },
+        hash,
+        path,
+    };
+    let mut payload = vec![0; request.payload_len()];
+    request.emit(&mut payload);
+    Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec()
+}
+
+/// The whole upload of `bytes` on `stream`: PUT (hash declared), DATA frames, DIGEST.
+fn upload(stream: u32, bytes: &[u8], path: &str) -> Vec<u8> {
+    let hash = *blake3::hash(bytes).as_bytes();
+    let mut wire = put_request(stream, bytes.len() as u64, Some(hash), path);
+    for chunk in bytes.chunks(1 << 20) {
+        wire.extend(Frame::new(FrameType::Data, Flags::NONE, stream, chunk).to_vec());
+    }
+    wire.extend(Frame::new(FrameType::Digest, Flags::END_STREAM, stream, &hash).to_vec());
+    wire
+}
+
+fn frame_kinds(frames: &[monoreactor::client::OwnedFrame]) -> Vec<(FrameType, u32)> {
+    frames
+        .iter()
+        .map(|frame| (frame.header.frame_type, frame.header.stream))
+        .collect()
+}
+
+fn pending_kinds(h: &mut ConnHarness) -> Vec<JobKind> {
+    h.disk().pending().map(|(_, job)| job.kind()).collect()
+}
+
+/// A connection with a scripted disk, after HELLO.
+fn disk_conn(dir: &TempDir) -> (ConnHarness, MemoryIo) {
+    let mut h = ConnHarness::framed(Limits::default())
+        .with_files(dir.path())
+        .with_disk();
+    let mut io = MemoryIo::new();
+    io.push(&hello());
+    settle(&mut h, &mut io);
+    io.take_frames();
+    (h, io)
+}
+
+#[test]
+fn a_put_answers_digest_only_once_its_data_and_directory_are_durable() {
+    let dir = TempDir::new("put-durable");
+    fs::write(dir.path().join("f"), b"old").unwrap();
+    let (mut h, mut io) = disk_conn(&dir);
+    let bytes = vec![7u8; 3000];
+    io.push(&upload(1, &bytes, "f"));
+    settle(&mut h, &mut io);
+    assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::PutReady, 1)]);
+    assert_eq!(pending_kinds(&mut h), [JobKind::Fsync], "the data's fsync");
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"old", "not yet");
+
+    // The data is durable: the file is renamed into place (the old one set aside for the
+    // disk to free), and the directory's fsync is asked for. Still no DIGEST.
+    let done = h.disk().run_next().unwrap();
+    h.disk_done(&mut io, done);
+    assert!(
+        io.take_frames().is_empty(),
+        "no DIGEST before the directory is durable"
+    );
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), bytes);
+    let mut pending = pending_kinds(&mut h);
+    pending.sort_by_key(|kind| format!("{kind:?}"));
+    assert_eq!(pending, [JobKind::Fsync, JobKind::Unlink]);
+
+    // Both done: the DIGEST, and nothing left but the file.
+    while let Some(done) = h.disk().run_next() {
+        h.disk_done(&mut io, done);
+    }
+    let frames = io.take_frames();
+    assert_eq!(frame_kinds(&frames), [(FrameType::Digest, 1)]);
+    assert_eq!(frames[0].payload, blake3::hash(&bytes).as_bytes());
+    assert_eq!(
+        dir.names(),
+        ["f"],
+        "the replaced file is gone, no partial left"
+    );
+    assert_eq!(h.conn.open_streams(), 0);
+}
+
+#[test]
+fn a_failed_sync_fails_the_upload_and_stores_nothing() {
+    let dir = TempDir::new("put-eio");
+    fs::write(dir.path().join("f"), b"old").unwrap();
+    let (mut h, mut io) = disk_conn(&dir);
+    io.push(&upload(1, &[9u8; 5000], "f"));
+    settle(&mut h, &mut io);
+    io.take_frames();
+    // The disk reports a write-back error to the data's fsync.
+    let failed = h.disk().finish_next(Err(Errno::IO)).unwrap();
+    h.disk_done(&mut io, failed);
+    let frames = io.take_frames();
+    assert_eq!(frame_kinds(&frames), [(FrameType::Error, 1)]);
+    assert!(
+        String::from_utf8_lossy(&frames[0].payload).contains("Input/output error"),
+        "{frames:?}"
+    );
+    assert_eq!(
+        fs::read(dir.path().join("f")).unwrap(),
+        b"old",
+        "target untouched"
+    );
+    assert_eq!(
+        dir.names(),
+        ["f"],
+        "the partial, whose bytes are suspect, is gone"
+    );
+    assert_eq!(h.conn.open_streams(), 0);
+}
+
+#[test]
+fn an_upload_that_runs_ahead_of_the_disk_is_read_no_further() {
+    let dir = TempDir::new("put-ahead");
+    let (mut h, mut io) = disk_conn(&dir);
+    let bytes = vec![3u8; 80 << 20];
+    io.push(&upload(1, &bytes, "big"));
+    settle(&mut h, &mut io);
+    // Two windows (16 MiB each) written and waiting for their syncs: no more is read.
+    assert_eq!(
+        pending_kinds(&mut h),
+        [JobKind::Fdatasync, JobKind::Fdatasync]
+    );
+    assert!(
+        io.unread() > 40 << 20,
+        "{} bytes read past what the disk has synced",
+        bytes.len() - io.unread()
+    );
+    // As the disk catches up, the connection reads on, and the upload completes.
+    let mut turns = 0;
+    while let Some(done) = h.disk().run_next() {
+        h.disk_done(&mut io, done);
+        settle(&mut h, &mut io);
+        assert!(
+            h.disk().pending().count() <= 3,
+            "at most two windows and the commit's fsync ahead of the disk"
+        );
+        turns += 1;
+        assert!(turns < 100);
+    }
+    let frames = io.take_frames();
+    assert_eq!(
+        frame_kinds(&frames),
+        [(FrameType::PutReady, 1), (FrameType::Digest, 1)]
+    );
+    assert!(fs::read(dir.path().join("big")).unwrap() == bytes);
 }

@@ -23,16 +23,15 @@ use super::streams::Streams;
 use super::{Bits, Budget, Connection, Context};
 use crate::outbox::{FileRange, Outbox};
 use crate::proto::files::{
-    Hash,
-    Digest, FileInfo, GetRequest, PutReady, PutRequest, parse_delete_path, parse_path,
+    Digest, FileInfo, GetRequest, Hash, PutReady, PutRequest, parse_delete_path, parse_path,
 };
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
 use crate::sys::disk::Disk;
-use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
 use crate::sys::disk::{DiskDone, Job, JobId};
-use rustix::io::Errno;
+use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
 use crate::sys::upload::Upload;
+use rustix::io::Errno;
 
 /// Most file bytes in one DATA frame.
 pub const DATA_FRAME_LEN: u64 = 1 << 20;
@@ -202,24 +201,26 @@ impl Streams {
 
     /// A finished disk job: noted by the transfer that waits for it. Returns whether one did.
     pub fn on_disk_done(&mut self, done: &DiskDone) -> bool {
-        self.transfers.iter_mut().any(|transfer| match &mut transfer.kind {
-            TransferKind::Put { upload, .. }
-            | TransferKind::Commit(Commit {
-                step: CommitStep::Data(upload),
-                ..
-            }) => upload.on_synced(done),
-            TransferKind::Commit(Commit {
-                step: CommitStep::Dir(pending),
-                ..
-            }) => {
-                let ours = matches!(pending, Pending::Job(id) if *id == done.id);
-                if ours {
-                    *pending = Pending::Done(done.result);
+        self.transfers
+            .iter_mut()
+            .any(|transfer| match &mut transfer.kind {
+                TransferKind::Put { upload, .. }
+                | TransferKind::Commit(Commit {
+                    step: CommitStep::Data(upload),
+                    ..
+                }) => upload.on_synced(done),
+                TransferKind::Commit(Commit {
+                    step: CommitStep::Dir(pending),
+                    ..
+                }) => {
+                    let ours = matches!(pending, Pending::Job(id) if *id == done.id);
+                    if ours {
+                        *pending = Pending::Done(done.result);
+                    }
+                    ours
                 }
-                ours
-            }
-            _ => false,
-        })
+                _ => false,
+            })
     }
 
     /// Each transfer's disk work for this turn, within the budget. Returns whether anything
@@ -360,44 +361,44 @@ fn pump_commit(
     if !commit.ready() {
         return Pumped::Running(false);
     }
-    let published = match std::mem::replace(&mut commit.step, CommitStep::Dir(Pending::Done(Ok(()))))
-    {
-        CommitStep::Data(upload) => {
-            let Some(files) = cx.files.as_mut() else {
-                return Pumped::Finished; // no file service: nothing was admitted
-            };
-            if let Some(error) = upload.sync_error() {
-                files.discard(upload);
-                Err(error)
-            } else {
-                files.publish(upload)
-            }
-        }
-        CommitStep::Dir(Pending::Done(result)) => {
-            let mut replies = outbox.replies(cx.pool, cx.limits);
-            match result {
-                Ok(()) => {
-                    info!("stream {stream}: stored {} bytes", commit.size);
-                    let digest = Digest { hash: commit.hash };
-                    replies.reply(
-                        FrameType::Digest,
-                        stream,
-                        Digest::PAYLOAD_LEN as u32,
-                        |out| digest.emit(out),
-                    );
-                }
-                Err(errno) => {
-                    let error = FileError::from_errno(errno, "the upload's directory");
-                    replies.error(stream, error.code, &error.text);
+    let published =
+        match std::mem::replace(&mut commit.step, CommitStep::Dir(Pending::Done(Ok(())))) {
+            CommitStep::Data(upload) => {
+                let Some(files) = cx.files.as_mut() else {
+                    return Pumped::Finished; // no file service: nothing was admitted
+                };
+                if let Some(error) = upload.sync_error() {
+                    files.discard(upload);
+                    Err(error)
+                } else {
+                    files.publish(upload)
                 }
             }
-            return Pumped::Finished;
-        }
-        CommitStep::Dir(pending) => {
-            commit.step = CommitStep::Dir(pending);
-            return Pumped::Running(false);
-        }
-    };
+            CommitStep::Dir(Pending::Done(result)) => {
+                let mut replies = outbox.replies(cx.pool, cx.limits);
+                match result {
+                    Ok(()) => {
+                        info!("stream {stream}: stored {} bytes", commit.size);
+                        let digest = Digest { hash: commit.hash };
+                        replies.reply(
+                            FrameType::Digest,
+                            stream,
+                            Digest::PAYLOAD_LEN as u32,
+                            |out| digest.emit(out),
+                        );
+                    }
+                    Err(errno) => {
+                        let error = FileError::from_errno(errno, "the upload's directory");
+                        replies.error(stream, error.code, &error.text);
+                    }
+                }
+                return Pumped::Finished;
+            }
+            CommitStep::Dir(pending) => {
+                commit.step = CommitStep::Dir(pending);
+                return Pumped::Running(false);
+            }
+        };
     match published {
         Ok(published) => {
             if let Some(unlink) = published.replaced {

@@ -38,8 +38,8 @@ use rustix::io::Errno;
 use crate::proto::ErrorCode;
 use crate::proto::files::{DirEntry, FileInfo, FileKind, Hash, partial_id};
 use crate::proto::path::RESERVED_PREFIX;
-use crate::sys::hash_index::{Entry, HashIndex};
 use crate::sys::disk::{Disk, Job, OFFLOAD_UNLINK_BYTES, trash_name};
+use crate::sys::hash_index::{Entry, HashIndex};
 use crate::sys::root::Root;
 use crate::sys::upload::Uploads;
 

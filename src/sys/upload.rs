@@ -627,7 +627,10 @@ impl Files<'_> {
             Mode::empty(),
         )
         .map_err(errno)?;
-        let aside_dir = upload.dir.try_clone().map_err(|error| FileError::io(&error, &path))?;
+        let aside_dir = upload
+            .dir
+            .try_clone()
+            .map_err(|error| FileError::io(&error, &path))?;
         let linked = linked_name();
         let proc_path = format!("/proc/self/fd/{}", upload.file.as_raw_fd());
         rustix::fs::linkat(

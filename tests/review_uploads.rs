@@ -230,3 +230,52 @@ fn a_partial_name_replaced_by_a_symlink_or_fifo_can_be_removed() {
         "an upload blocked for good: {failures:#?}"
     );
 }
+
+/// Finding 5 (low-medium, functional). LIST — and `monoreactor ls` — now shows partial
+/// uploads so that a user can remove them, but `monoreactor rm` runs every path through
+/// `normalize_remote` → `check_relative`, which refuses any `.monoreactor-` component
+/// locally: the shipped client cannot send the DELETE the server now accepts.
+#[test]
+fn the_cli_can_remove_a_partial_that_ls_shows() {
+    let server = FileServer::start(&[]);
+    fs::create_dir(server.at("d")).unwrap();
+    let data = random_bytes(93, MIB + 5);
+    {
+        let mut writer = server.conn();
+        let (stream, _) = ok(begin(&mut writer, "d/f", &data, PutFlags::NONE), "begin");
+        writer.send_data_in(stream, &data[..1000], MIB);
+        writer.echo(b"written");
+    }
+    let mut conn = server.conn();
+    let name = ok(
+        retry_busy_upload(Duration::from_secs(10), || conn.list("d")),
+        "list",
+    )
+    .into_iter()
+    .find(|entry| entry.kind == FileKind::Partial)
+    .expect("the partial is listed")
+    .name;
+    let work = support::exec::Scratch::new("review-cli");
+    let addr = server.framed_str();
+    let listed = cli(&["ls", "--addr", &addr, "d"], work.path(), None);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&name),
+        "ls shows the partial: {listed:?}"
+    );
+    let path = format!("d/{name}");
+    let mut removed = cli(&["rm", "--addr", &addr, &path], work.path(), None);
+    for _ in 0..50 {
+        if removed.code() == 0 || !removed.stderr.contains("BUSY") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        removed = cli(&["rm", "--addr", &addr, &path], work.path(), None);
+    }
+    assert_eq!(
+        removed.code(),
+        0,
+        "monoreactor rm {path} failed: {}",
+        removed.stderr
+    );
+    assert!(reserved_entries(&server.at("d")).is_empty());
+}

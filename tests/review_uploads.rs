@@ -279,3 +279,37 @@ fn the_cli_can_remove_a_partial_that_ls_shows() {
     );
     assert!(reserved_entries(&server.at("d")).is_empty());
 }
+
+/// Finding 1, the unbounded variant: the superseded stream lives on a connection that stays
+/// active, so the idle timeout never frees the lock. One connection: stream A streams part of
+/// the upload and stalls; stream B takes it over and fails without a discard (a DIGEST too
+/// early: BAD_REQUEST, partial kept for a resume); every later PUT of that upload gets
+/// UPLOAD_BUSY for as long as the connection lives.
+#[test]
+fn a_failed_takeover_on_a_live_connection_does_not_block_the_upload_for_good() {
+    let server = FileServer::start(&[]);
+    let data = random_bytes(94, 2 * MIB + 1);
+    let hash = blake3_of(&data);
+    let mut conn = server.conn();
+    let (first, _) = ok(begin(&mut conn, "g", &data, PutFlags::NONE), "first");
+    conn.send_data_in(first, &data[..MIB], MIB);
+    conn.echo(b"written");
+    let (second, ready) = ok(begin(&mut conn, "g", &data, PutFlags::RESUME), "takeover");
+    assert_eq!(ready.held, MIB as u64);
+    let early = conn.finish_put(second, &hash);
+    assert!(
+        matches!(early, Err((ErrorCode::BadRequest, _))),
+        "{early:?}"
+    );
+    let third = retry_busy_upload(Duration::from_secs(5), || {
+        begin(&mut conn, "g", &data, PutFlags::RESUME)
+    });
+    let (stream, ready) = match third {
+        Ok(third) => third,
+        Err((code, text)) => {
+            panic!("blocked by the superseded stream {first} of this very connection: {code}: {text}")
+        }
+    };
+    conn.send_data_in(stream, &data[ready.held as usize..], MIB);
+    assert_eq!(ok(conn.finish_put(stream, &hash), "finish"), hash);
+}

@@ -313,3 +313,28 @@ fn a_failed_takeover_on_a_live_connection_does_not_block_the_upload_for_good() {
     conn.send_data_in(stream, &data[ready.held as usize..], MIB);
     assert_eq!(ok(conn.finish_put(stream, &hash), "finish"), hash);
 }
+
+/// Finding 6 (low). A partial with a second link (what a crash between a commit's rename and
+/// its unlink leaves: the partial's name *is* the committed file) is listed as PARTIAL, and
+/// DELETE of it removes the name — but answers NOT_FOUND, because `open_locked` unlinks it
+/// and then reports `Missing`. A client told NOT_FOUND for an entry LIST just showed (and
+/// that is gone afterwards) cannot tell a race from success.
+#[test]
+fn deleting_a_partial_left_by_a_crash_after_the_rename_answers_done() {
+    let server = FileServer::start(&[]);
+    fs::write(server.at("t"), b"committed").unwrap();
+    let name = format!("{PARTIAL_PREFIX}00000000000000aa");
+    fs::hard_link(server.at("t"), server.at(&name)).unwrap();
+    let mut conn = server.conn();
+    let listed = ok(conn.list(""), "list");
+    assert!(
+        listed
+            .iter()
+            .any(|entry| entry.name == name && entry.kind == FileKind::Partial),
+        "{listed:?}"
+    );
+    let outcome = conn.delete(&name);
+    assert!(!server.at(&name).exists(), "the name is removed either way");
+    assert_eq!(fs::read(server.at("t")).unwrap(), b"committed");
+    assert!(outcome.is_ok(), "removed, yet answered {outcome:?}");
+}

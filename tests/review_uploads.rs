@@ -338,3 +338,59 @@ fn deleting_a_partial_left_by_a_crash_after_the_rename_answers_done() {
     assert_eq!(fs::read(server.at("t")).unwrap(), b"committed");
     assert!(outcome.is_ok(), "removed, yet answered {outcome:?}");
 }
+
+/// Checked and sound (passes): the DELETE path parser lets a partial's name through only as
+/// the last component of an otherwise valid path.
+#[test]
+fn sound_parse_delete_path_admits_only_a_partial_as_the_last_component() {
+    use monoreactor::proto::files::parse_delete_path;
+    let id = "0123456789abcdef";
+    for good in [
+        format!("{PARTIAL_PREFIX}{id}"),
+        format!("a/b/{PARTIAL_PREFIX}{id}"),
+        "a/b".to_string(),
+    ] {
+        assert_eq!(parse_delete_path(good.as_bytes()), Ok(good.as_str()), "{good}");
+    }
+    for bad in [
+        format!("a/../{PARTIAL_PREFIX}{id}"),
+        format!("./{PARTIAL_PREFIX}{id}"),
+        format!("//{PARTIAL_PREFIX}{id}"),
+        format!("a//{PARTIAL_PREFIX}{id}"),
+        format!("{PARTIAL_PREFIX}{id}/x"),
+        format!("{PARTIAL_PREFIX}{id}/"),
+        format!("{PARTIAL_PREFIX}0123456789ABCDEF"),
+        format!("{PARTIAL_PREFIX}{id}0"),
+        format!("{PARTIAL_PREFIX}+123456789abcdef"),
+        format!("{PARTIAL_PREFIX}{id}\0"),
+        format!(".monoreactor-tmp-1/{PARTIAL_PREFIX}{id}"),
+        format!("{PARTIAL_PREFIX}{id}/{PARTIAL_PREFIX}{id}"),
+        ".monoreactor-tmp-1-2".to_string(),
+        format!("a\\b/{PARTIAL_PREFIX}{id}"),
+    ] {
+        assert!(parse_delete_path(bad.as_bytes()).is_err(), "{bad:?} accepted");
+    }
+}
+
+/// Finding 7 (low; no escape). `parse_delete_path` splits at the last `/` and checks only the
+/// parent, and `check_relative("")` is the root: so `/.monoreactor-partial-<id>` — an
+/// absolute path, which every request must refuse (BAD_REQUEST) — is accepted, and the server
+/// then removes the root's partial (resolution stays beneath the root, so nothing outside is
+/// reachable; `//…` and `/a/…` are still refused).
+#[test]
+fn an_absolute_delete_path_to_a_partial_is_refused() {
+    use monoreactor::proto::files::parse_delete_path;
+    let name = format!("{PARTIAL_PREFIX}00000000000000bb");
+    let absolute = format!("/{name}");
+    let parsed = parse_delete_path(absolute.as_bytes());
+
+    let server = FileServer::start(&[]);
+    fs::write(server.at(&name), b"an interrupted upload").unwrap();
+    let mut conn = server.conn();
+    let outcome = conn.delete_raw(absolute.as_bytes());
+    assert!(
+        server.at(&name).exists() && matches!(outcome, Err((ErrorCode::BadRequest, _))),
+        "DELETE {absolute:?} answered {outcome:?} (parser: {parsed:?}); partial still there: {}",
+        server.at(&name).exists()
+    );
+}

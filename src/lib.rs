@@ -16,7 +16,8 @@
 //! - [`conn`] — one connection's state machine over any [`transport::Stream`]: reading within a
 //!   budget, frame handling, its open streams, deadlines, orderly close.
 //! - [`sys`] — the I/O layer for what is not a socket: child processes (pipes, pidfds, process
-//!   groups) and the root directory paths are confined to.
+//!   groups), the root directory paths are confined to, and the disk helper process that makes
+//!   the blocking disk calls (`fsync`, the unlink of a big file) off the loop.
 //! - [`reactor`] — the loop: tokens (a connection's socket, or one of its commands'
 //!   descriptors), the slab, the ready list, timers, accept, signals. The edge-triggered rules
 //!   are stated once at the top of that module.

@@ -3,8 +3,9 @@
 //!
 //! The client commands (`echo`, `exec`, `bench`, and the file commands `get`, `put`, `ls`,
 //! `stat`, `rm`, `mkdir`) behave like Unix tools: a closed stdout ends them quietly (SIGPIPE's
-//! default action is restored for them, never for `serve`), every address takes `HOST:PORT`,
-//! and server errors are shown decoded with a hint where one helps.
+//! default action is restored for them, never for `serve`), a stdout that cannot be written
+//! otherwise (`>/dev/full`) is one line and exit 255 ([`print_stdout`]), every address takes
+//! `HOST:PORT`, and server errors are shown decoded with a hint where one helps.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -79,6 +80,13 @@ enum Command {
     /// Create directories on the server.
     #[command(after_help = file_commands::MKDIR_HELP)]
     Mkdir(file_commands::PathsArgs),
+    /// Internal: the server's disk helper (blocking disk calls off the loop), on the socket
+    /// inherited as descriptor FD. Started by `serve`, never by hand.
+    #[command(name = "__disk-helper", hide = true)]
+    DiskHelper {
+        /// The inherited SOCK_SEQPACKET socket.
+        fd: i32,
+    },
 }
 
 const EXEC_HELP: &str = "\
@@ -165,6 +173,10 @@ struct ServeArgs {
     /// Internal: serve as a worker of a `--workers` supervisor, on inherited descriptors.
     #[arg(long = "worker-of", value_name = "FDS", hide = true)]
     worker_of: Option<String>,
+    /// Internal: the program run as the disk helper [default: this binary]; `off` makes
+    /// blocking disk calls on the loop, as does a program that cannot be started.
+    #[arg(long = "disk-helper", value_name = "PROGRAM", hide = true)]
+    disk_helper: Option<PathBuf>,
     /// Longest a command may run before it is stopped (SIGTERM, then SIGKILL).
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().exec_timeout))]
     exec_timeout: Secs,
@@ -613,15 +625,26 @@ impl fmt::Display for Secs {
     }
 }
 
-/// Exit status of `exec` when the client itself failed, as ssh's.
+/// Exit status of a client command when the client itself failed (as ssh's), among others
+/// when its stdout cannot be written.
 const CLIENT_FAILURE: u8 = 255;
+
+/// Exit status of a usage error, as clap's.
+const USAGE: u8 = 2;
+
+/// Exit status of `serve`, `echo` and `bench` when they fail for a reason other than their
+/// stdout (no server, the wrong protocol, a run cut short), as they always have.
+const FAILED: u8 = 1;
 
 /// How long `exec` waits to connect, for HELLO_OK and for STARTED. The command's own run time
 /// is unbounded here (the server enforces its limit), so this covers only the handshake.
 const EXEC_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(answer) => return parse_answer(&answer),
+    };
     let level = match i16::from(cli.verbose) - i16::from(cli.quiet) {
         ..=-3 => LevelFilter::Off,
         -2 => LevelFilter::Error,
@@ -636,36 +659,32 @@ fn main() -> ExitCode {
         _ => level.min(LevelFilter::Warn),
     };
     if let Err(error) = simple_logger::SimpleLogger::new().with_level(level).init() {
-        eprintln!("monoreactor: cannot set up logging: {error}");
+        say(&format!("cannot set up logging: {error}"));
     }
     if !matches!(cli.command, Command::Serve(_)) {
         restore_sigpipe();
     }
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args).map_err(Failure::from),
         Command::Echo(args) => echo(args),
         Command::Exec(args) => return ExitCode::from(exec(args)),
         Command::Bench(args) => run_bench(args),
-        Command::Get(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::get(args)));
-        }
-        Command::Put(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::put(args)));
-        }
-        Command::Ls(args) => return ExitCode::from(file_commands::run(|| file_commands::ls(args))),
-        Command::Stat(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::stat(args)));
-        }
-        Command::Rm(args) => return ExitCode::from(file_commands::run(|| file_commands::rm(args))),
-        Command::Mkdir(args) => {
-            return ExitCode::from(file_commands::run(|| file_commands::mkdir(args)));
-        }
+        Command::Get(args) => file_commands::get(args),
+        Command::Put(args) => file_commands::put(args),
+        Command::Ls(args) => file_commands::ls(args),
+        Command::Stat(args) => file_commands::stat(args),
+        Command::Rm(args) => file_commands::rm(args),
+        Command::Mkdir(args) => file_commands::mkdir(args),
+        Command::DiskHelper { fd } => monoreactor::sys::disk::helper_main(fd)
+            .map_err(|error| Failure::from(format!("disk helper: {error}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("monoreactor: {message}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            if let Some(message) = failure.message {
+                say(&message);
+            }
+            ExitCode::from(failure.status)
         }
     }
 }
@@ -721,6 +740,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         files: !args.no_files,
         insecure: args.insecure,
         handle_signals: true,
+        // This very binary, even if the file was replaced since (as workers are started).
+        disk_helper: match args.disk_helper {
+            None => Some(PathBuf::from("/proc/self/exe")),
+            Some(path) if path.as_os_str() == "off" => None,
+            Some(path) => Some(path),
+        },
     };
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);
@@ -864,7 +889,7 @@ fn explain(error: &ClientError, source: &TokenSource, authenticated: Option<bool
     format!("{error}{hint}")
 }
 
-fn echo(args: EchoArgs) -> Result<(), String> {
+fn echo(args: EchoArgs) -> Result<(), Failure> {
     let text = args.text.join(" ");
     let (token, source) = client_token(args.token_file)?;
     let credentials = token.as_ref().map_or(&[][..], Token::as_bytes);
@@ -877,27 +902,83 @@ fn echo(args: EchoArgs) -> Result<(), String> {
             len: text.len(),
             max: ok.max_payload_len,
         };
-        return Err(explain(&error, &source, authenticated));
+        return Err(explain(&error, &source, authenticated).into());
     }
     let reply = client
         .echo(text.as_bytes())
         .map_err(|error| explain(&error, &source, authenticated))?;
-    println!("{}", String::from_utf8_lossy(&reply));
-    Ok(())
+    print_stdout(&format!("{}\n", String::from_utf8_lossy(&reply)))
 }
 
-/// Why `exec` failed: its exit status and the line to print (none for a closed stdout).
+/// Why a command failed: its exit status and the line to print (none for a closed stdout).
 struct Failure {
     status: u8,
     message: Option<String>,
 }
 
 impl Failure {
+    /// The client itself failed: [`CLIENT_FAILURE`].
     fn own(message: String) -> Failure {
         Failure {
             status: CLIENT_FAILURE,
             message: Some(message),
         }
+    }
+}
+
+/// `serve`, `echo` and `bench` report their failures as a line: [`FAILED`].
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            status: FAILED,
+            message: Some(message),
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_string())
+    }
+}
+
+/// Writes all of `text` to stdout, flushed; a failure as [`output_failure`] says: never
+/// `println!`'s panic.
+fn print_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|error| output_failure(&error))
+}
+
+/// A write to stdout that failed. A closed stdout ends the command quietly (141, as SIGPIPE
+/// would have); any other error (a full disk, `>/dev/full`) is a failure of the client,
+/// [`CLIENT_FAILURE`], with one line.
+fn output_failure(error: &io::Error) -> Failure {
+    if error.kind() == ErrorKind::BrokenPipe {
+        return Failure {
+            status: 128 + libc::SIGPIPE as u8,
+            message: None,
+        };
+    }
+    Failure::own(format!("cannot write the output: {error}"))
+}
+
+/// Prints clap's answer to `--help`, `--version` or a usage error and returns its exit
+/// status. clap's own `exit` ignores a failed write, so `--help >/dev/full` would succeed; a
+/// help text that cannot be written is an [`output_failure`] like any other output. (A usage
+/// error goes to stderr, where a failure has nowhere to be reported.)
+fn parse_answer(answer: &clap::Error) -> ExitCode {
+    match answer.print() {
+        Err(error) if !answer.use_stderr() => {
+            let failure = output_failure(&error);
+            if let Some(message) = failure.message {
+                say(&message);
+            }
+            ExitCode::from(failure.status)
+        }
+        _ => ExitCode::from(u8::try_from(answer.exit_code()).unwrap_or(USAGE)),
     }
 }
 
@@ -1212,22 +1293,22 @@ fn probe_udp_echo(addr: SocketAddr) -> Result<(), String> {
 
 /// Prints a load report (text or JSON); a run cut short is a failure after its partial
 /// results.
-fn print_report(report: &bench::Report, json: bool) -> Result<(), String> {
+fn print_report(report: &bench::Report, json: bool) -> Result<(), Failure> {
     if json {
-        println!("{}", report.to_json());
+        print_stdout(&format!("{}\n", report.to_json()))?;
     } else {
-        println!("{report}");
+        print_stdout(&format!("{report}\n"))?;
     }
     match &report.ended_early {
-        Some(reason) => Err(format!(
+        Some(reason) => Err(Failure::from(format!(
             "{} {}: {reason} (partial results above)",
             report.what, report.addr
-        )),
+        ))),
         None => Ok(()),
     }
 }
 
-fn run_bench(args: BenchArgs) -> Result<(), String> {
+fn run_bench(args: BenchArgs) -> Result<(), Failure> {
     let Some(command) = args.command else {
         return run_legacy_bench(args.legacy);
     };
@@ -1288,8 +1369,7 @@ fn run_bench(args: BenchArgs) -> Result<(), String> {
                 };
                 let report = bench::exec::run_local_spawn(&config)
                     .map_err(|error| format!("local spawn loop: {error}"))?;
-                println!("{report}");
-                return Ok(());
+                return print_stdout(&format!("{report}\n"));
             }
             let (token, _) = load_token(args.token_file.as_deref())?;
             let token = token.ok_or(
@@ -1377,7 +1457,7 @@ fn bench_idle(
     protocol: BenchProtocol,
     connections: usize,
     server_pid: u32,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let config = IdleConfig {
         addr,
         protocol,
@@ -1387,15 +1467,14 @@ fn bench_idle(
     };
     let report =
         bench::run_idle(&config).map_err(|error| format!("idle probe against {addr}: {error}"))?;
-    println!("{report}");
-    Ok(())
+    print_stdout(&format!("{report}\n"))
 }
 
 fn bench_probe(
     addr: SocketAddr,
     duration: Duration,
     server_pid: Option<u32>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let config = bench::ProbeConfig {
         addr: addr.to_string(),
         duration,
@@ -1403,13 +1482,12 @@ fn bench_probe(
         server_pid,
     };
     let report = bench::run_probe(&config).map_err(|error| format!("probe of {addr}: {error}"))?;
-    println!("{report}");
-    Ok(())
+    print_stdout(&format!("{report}\n"))
 }
 
 /// `bench --conns 50 --size 64`, `bench --idle`, `bench --exec`, `bench --stream`,
 /// `bench --probe`: the flag style from before the subcommands.
-fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
+fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), Failure> {
     let protocol = match args.proto {
         ProtocolArg::Framed => BenchProtocol::Framed,
         ProtocolArg::Raw => BenchProtocol::Raw,
@@ -1426,8 +1504,7 @@ fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
         };
         let report = bench::exec::run_local_spawn(&config)
             .map_err(|error| format!("local spawn loop: {error}"))?;
-        println!("{report}");
-        return Ok(());
+        return print_stdout(&format!("{report}\n"));
     }
     probe_bench_target(addr, protocol)?;
     if args.exec || args.stream.is_some() {
@@ -1448,8 +1525,7 @@ fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
             };
             let report = bench::exec::run_stream(&config)
                 .map_err(|error| format!("stream from {addr}: {error}"))?;
-            println!("{report}");
-            return Ok(());
+            return print_stdout(&format!("{report}\n"));
         }
         let config = bench::blocking::BlockingConfig {
             addr: addr.to_string(),
@@ -1493,28 +1569,27 @@ fn run_legacy_bench(args: LegacyBenchArgs) -> Result<(), String> {
 /// [`monoreactor::client::files`].
 mod file_commands {
     use std::fs::File;
-    use std::io::{self, BufWriter, ErrorKind, IsTerminal, Write};
+    use std::io::{self, BufWriter, IsTerminal};
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use clap::Args;
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     use monoreactor::client::ClientError;
-    use monoreactor::client::files::{self, DownloadError, FileClient, OwnedDirEntry};
+    use monoreactor::client::files::{self, Destination, DownloadError, FileClient, OwnedDirEntry};
     use monoreactor::proto::files::{FileKind, Hash};
     use monoreactor::proto::{ErrorCode, SessionFlags};
     use monoreactor::server::DEFAULT_FRAMED_ADDR;
 
-    use super::{Addr, CLIENT_FAILURE, Failure, TokenSource, client_token, explain, say};
+    use super::{
+        Addr, CLIENT_FAILURE, Failure, TokenSource, USAGE, client_token, explain, print_stdout, say,
+    };
 
     /// How long the file commands wait to connect and for HELLO_OK.
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// Exit status when the server refused or failed the request (an ERROR frame).
     const SERVER_REFUSED: u8 = 1;
-
-    /// Exit status of a usage error, as clap's.
-    const USAGE: u8 = 2;
 
     /// The `after_help` of a file command: its own text, then the conventions they share.
     macro_rules! file_help {
@@ -1526,8 +1601,9 @@ mod file_commands {
                  `/`-separated;\nsymlinks on the server are never followed.\n\n",
                 "Exit status: 0 on success; 1 if the server refused or failed the request (not \
                  found,\nalready exists, no space, ...); 2 for a usage error; 255 if this client \
-                 failed (cannot\nconnect, the connection broke, a local file error, a download \
-                 that failed verification).\nOne line on stderr says why.\n\n",
+                 failed (cannot\nconnect, the connection broke, a local file error, a stdout \
+                 that cannot be written,\na download that failed verification). One line on \
+                 stderr says why.\n\n",
                 "The token comes from --token-file, else from $MONOREACTOR_TOKEN."
             )
         };
@@ -1548,6 +1624,14 @@ fails otherwise), the part file is kept, and the same command with --continue re
 where it stopped: the part's bytes are hashed, and only the rest is fetched. If verification
 fails, the part file is removed and nothing is written. Without --continue, a stale part file
 is overwritten.
+
+The destination is checked before anything is fetched, as cp would: an existing directory
+(or LOCAL ending in `/`, which must be one) receives REMOTE's name; otherwise LOCAL's
+directory must exist. A symlink is followed: to a file, that file is replaced and the link
+stays; a symlink to nothing is refused. A destination that is not a regular file (/dev/null,
+a terminal, a FIFO, a disk) is never replaced: the bytes are written into it as they arrive,
+as cp and curl -o do, so a failed verification is reported but cannot be taken back, and
+--continue does not apply.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe."
     );
@@ -1620,8 +1704,9 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
         /// The file on the server.
         #[arg(value_name = "REMOTE")]
         remote: String,
-        /// Where to write it: a file, an existing directory, or `-` for stdout [default:
-        /// REMOTE's last component, in the current directory].
+        /// Where to write it: a file, an existing directory (`DIR/` must be one), a device or
+        /// FIFO (written through, never replaced), or `-` for stdout [default: REMOTE's last
+        /// component, in the current directory].
         #[arg(value_name = "LOCAL|-")]
         local: Option<PathBuf>,
     }
@@ -1673,19 +1758,6 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
         /// Paths on the server.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<String>,
-    }
-
-    /// Runs a file command: its exit status, after one line on stderr if it failed.
-    pub(super) fn run(command: impl FnOnce() -> Result<(), Failure>) -> u8 {
-        match command() {
-            Ok(()) => 0,
-            Err(failure) => {
-                if let Some(message) = failure.message {
-                    say(&message);
-                }
-                failure.status
-            }
-        }
     }
 
     fn usage(message: String) -> Failure {
@@ -1797,22 +1869,6 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
         }
     }
 
-    /// Writes all of `text` to stdout; a closed stdout ends the command quietly.
-    fn print(text: &str) -> Result<(), Failure> {
-        let mut stdout = io::stdout().lock();
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == ErrorKind::BrokenPipe => Err(Failure {
-                status: 128 + libc::SIGPIPE as u8,
-                message: None,
-            }),
-            Err(error) => Err(Failure::own(format!("cannot write the output: {error}"))),
-        }
-    }
-
     pub(super) fn get(args: GetArgs) -> Result<(), Failure> {
         let remote = files::normalize_remote(&args.remote).map_err(usage)?;
         let name = files::base_name(&remote);
@@ -1828,14 +1884,23 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
                 "--continue resumes a local file; it cannot resume standard output".to_string(),
             ));
         }
-        let dest = match args.local {
-            None => PathBuf::from(name),
-            Some(local) if local.is_dir() => local.join(name),
-            Some(local) => local,
+        // Before connecting: a destination that cannot work costs no transfer.
+        let dest = if to_stdout {
+            None
+        } else {
+            let dest = Destination::resolve(args.local.as_deref(), name)
+                .map_err(|error| Failure::own(error.to_string()))?;
+            if args.resume && matches!(dest, Destination::Through(_)) {
+                return Err(usage(format!(
+                    "--continue resumes a regular file, and {} is not one",
+                    dest.path().display()
+                )));
+            }
+            Some(dest)
         };
         let mut session = Session::open(args.server)?;
         let mut bar = Bar::new(name);
-        if to_stdout {
+        let Some(dest) = dest else {
             // Smaller than a DATA piece, so pieces go straight to stdout, uncopied.
             let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
             let result = session.client.get(
@@ -1847,7 +1912,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             );
             bar.clear();
             return result.map(drop).map_err(|error| session.fail(&error));
-        }
+        };
         let result = files::download(
             &mut session.client,
             &remote,
@@ -1867,9 +1932,14 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
                     "; the {len} bytes received are kept in {}: the same command with --continue resumes",
                     part.display()
                 )),
-                None if matches!(error, ClientError::Verify(_)) => {
-                    message.push_str("; nothing was kept: run the command again to start over")
-                }
+                None if matches!(error, ClientError::Verify(_)) => match dest {
+                    Destination::File(_) => message
+                        .push_str("; nothing was kept: run the command again to start over"),
+                    Destination::Through(path) => message.push_str(&format!(
+                        "; the bytes already written to {} are not the file",
+                        path.display()
+                    )),
+                },
                 None => {}
             }
         }
@@ -1915,6 +1985,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             open_local(&args.local, args.resume, &label)?
         };
         let mut session = Session::open(args.server)?;
+        let (mut waited, mut pause) = (Duration::ZERO, Duration::from_millis(100));
         loop {
             let mut bar = Bar::new(files::base_name(&remote));
             let result = session.client.put(
@@ -1944,10 +2015,29 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
                     remote = into(&remote)?;
                     joined = true;
                 }
+                // Another server process (a worker sharing the root) is receiving this very
+                // upload — a connection of ours it has not seen close yet, say: wait for it to
+                // let go, as long as the client waits for anything.
+                Err(error)
+                    if error.server_code() == Some(ErrorCode::UploadBusy)
+                        && waited < files::IO_TIMEOUT =>
+                {
+                    if waited.is_zero() {
+                        eprintln!(
+                            "monoreactor: {remote}: the server is still receiving this upload elsewhere; waiting"
+                        );
+                    }
+                    std::thread::sleep(pause);
+                    waited += pause;
+                    pause = (pause * 2).min(BUSY_PAUSE_MAX);
+                }
                 Err(error) => return Err(session.fail(&error)),
             }
         }
     }
+
+    /// The longest pause between two tries of an upload the server says is busy.
+    const BUSY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
     /// Opens LOCAL for `put` and hashes it: a regular file as it is (with a progress bar for
     /// the hashing), anything else that can be read (a pipe, `<(...)`) spooled like stdin.
@@ -2010,7 +2100,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             Err(error) => return Err(session.fail(&error)),
         };
         files::sort_entries(&mut entries);
-        print(&if args.json {
+        print_stdout(&if args.json {
             files::listing_json(&entries)
         } else {
             files::format_listing(&entries)
@@ -2024,7 +2114,7 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
             .client
             .stat(&path)
             .map_err(|error| session.fail(&error))?;
-        print(&if args.json {
+        print_stdout(&if args.json {
             files::info_json(&path, &info)
         } else {
             files::format_info(&path, &info)
@@ -2048,7 +2138,12 @@ refuses (exists, no parent) is reported and the others are still tried (exit sta
     ) -> Result<(), Failure> {
         let mut paths = Vec::with_capacity(args.paths.len());
         for text in &args.paths {
-            let path = files::normalize_remote(text).map_err(usage)?;
+            let path = if command == "rm" {
+                files::normalize_removable(text)
+            } else {
+                files::normalize_remote(text)
+            }
+            .map_err(usage)?;
             if path.is_empty() {
                 return Err(usage(format!(
                     "`{text}` is the server's root; {command} needs a path beneath it"

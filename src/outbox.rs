@@ -32,6 +32,14 @@ use crate::transport::Stream;
 pub const SENDFILE_CHUNK: usize = 2 << 20;
 
 /// A byte range of an open file, sent as (part of) a frame's payload.
+///
+/// Queuing a range copies nothing: its bytes are whatever the file holds when `sendfile`
+/// reads them, as the range leaves the outbox — and not even then, for TCP: the socket keeps
+/// references to the page-cache pages until they are acknowledged (on loopback, until the
+/// peer reads them). A truncation takes pages out of the file, not out of those buffers, so
+/// bytes already handed over arrive as they were; a write into a page still in flight changes
+/// them. Whoever vouches for the bytes (a GET's DIGEST, `pump_get`) decides only after its
+/// last range has left, by checking the file then.
 #[derive(Clone, Debug)]
 pub struct FileRange {
     /// The file, shared with whoever opened it.

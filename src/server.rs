@@ -56,6 +56,11 @@ pub struct Config {
     /// Shut down gracefully on SIGINT/SIGTERM. A program embedding the server may prefer to
     /// keep its own handlers and use a [`ShutdownHandle`].
     pub handle_signals: bool,
+    /// The program started as the disk helper (`PROGRAM __disk-helper FD`, see
+    /// [`crate::sys::disk`]) when files are served. `monoreactor serve` names itself
+    /// (`/proc/self/exe`); the default is `None` (blocking disk calls inline on the loop), since
+    /// a program embedding the server is not a helper.
+    pub disk_helper: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -70,6 +75,7 @@ impl Default for Config {
             files: true,
             insecure: false,
             handle_signals: true,
+            disk_helper: None,
         }
     }
 }
@@ -234,6 +240,7 @@ impl Server {
             root,
             files: config.files,
             handle_signals: config.handle_signals,
+            disk_helper: config.disk_helper,
         })?;
         Ok(Server { reactor, addrs })
     }

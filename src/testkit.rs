@@ -8,10 +8,13 @@
 //!   the synchronous cousin of tokio-test's `io::Builder`.
 //! - [`ScriptedChildren`] stands in for the processes a connection runs: pipes that hold the
 //!   bytes you put there, exits you decide, signals and stdin recorded.
+//! - [`ScriptedDisk`] holds the disk jobs a connection submits until you complete them (with
+//!   the real call, or a result you choose).
 //! - [`ConnHarness`] drives a [`Connection`] through a [`ScriptedIo`] the way the reactor
 //!   does, with the clock in your hands.
 //! - [`SplitMix64`], the small seeded generator they use.
 
+use crate::sys::disk::{Disk, DiskDone, Job, JobId};
 use crate::sys::files::{FileState, Files};
 use crate::sys::root::Root;
 use std::collections::VecDeque;
@@ -532,6 +535,57 @@ impl ScriptedChild {
     }
 }
 
+/// Disk jobs for a [`Connection`] under test: each submitted job is held, in order, until the
+/// test completes it — with the real blocking call ([`ScriptedDisk::run_next`]) or with a
+/// result of its choosing ([`ScriptedDisk::finish_next`]) — and hands the completion to
+/// [`ConnHarness::disk_done`], as the reactor delivers it.
+#[derive(Debug, Default)]
+pub struct ScriptedDisk {
+    pending: VecDeque<(JobId, Job)>,
+    next_id: u64,
+}
+
+impl ScriptedDisk {
+    /// No jobs yet.
+    pub fn new() -> ScriptedDisk {
+        ScriptedDisk::default()
+    }
+
+    /// The jobs submitted and not completed, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = (JobId, &Job)> {
+        self.pending.iter().map(|(id, job)| (*id, job))
+    }
+
+    /// Completes the oldest job by making its call, here.
+    pub fn run_next(&mut self) -> Option<DiskDone> {
+        let (id, job) = self.pending.pop_front()?;
+        Some(DiskDone {
+            id,
+            kind: job.kind(),
+            result: job.run(),
+        })
+    }
+
+    /// Completes the oldest job without making its call, with `result`.
+    pub fn finish_next(&mut self, result: Result<(), rustix::io::Errno>) -> Option<DiskDone> {
+        let (id, job) = self.pending.pop_front()?;
+        Some(DiskDone {
+            id,
+            kind: job.kind(),
+            result,
+        })
+    }
+}
+
+impl Disk for ScriptedDisk {
+    fn submit(&mut self, job: Job) -> JobId {
+        let id = JobId(self.next_id);
+        self.next_id += 1;
+        self.pending.push_back((id, job));
+        id
+    }
+}
+
 /// Child processes for a [`Connection`] under test: every spawn succeeds (with pids from 1000
 /// up) unless [`ScriptedChildren::refuse_next`] says otherwise. Reads and writes follow the
 /// pipe rules the connection relies on: `WouldBlock` when nothing is there (or no room is
@@ -714,6 +768,9 @@ pub struct ConnHarness {
     /// The file service's root and state, when files are enabled
     /// ([`ConnHarness::with_files`]).
     pub files: Option<(Root, FileState)>,
+    /// Disk jobs, held until the test completes them ([`ConnHarness::with_disk`]); without,
+    /// blocking disk calls are made inline.
+    pub disk: Option<ScriptedDisk>,
 }
 
 impl ConnHarness {
@@ -732,8 +789,29 @@ impl ConnHarness {
             access: Access::ECHO_ONLY,
             children: None,
             files: None,
+            disk: None,
             turn: 0,
         }
+    }
+
+    /// Disk jobs go to a [`ScriptedDisk`] instead of being made inline.
+    pub fn with_disk(mut self) -> ConnHarness {
+        self.disk = Some(ScriptedDisk::new());
+        self
+    }
+
+    /// The scripted disk.
+    ///
+    /// # Panics
+    /// Without [`ConnHarness::with_disk`].
+    pub fn disk(&mut self) -> &mut ScriptedDisk {
+        self.disk.as_mut().expect("with_disk() first")
+    }
+
+    /// A disk job's completion reaches the connection, then one drive (as the reactor does).
+    pub fn disk_done<S: Stream>(&mut self, io: &mut S, done: DiskDone) -> Verdict {
+        self.with_context(|conn, cx| conn.handle_disk_done(done, cx));
+        self.drive(io)
     }
 
     /// Commands enabled behind `token`, run by [`ScriptedChildren`].
@@ -808,6 +886,7 @@ impl ConnHarness {
                 .files
                 .as_mut()
                 .map(|(root, state)| Files { root, state }),
+            disk: self.disk.as_mut().map(|disk| disk as &mut dyn Disk),
         };
         work(&mut self.conn, &mut cx)
     }

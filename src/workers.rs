@@ -576,7 +576,8 @@ pub fn backoff(crashes: u32) -> Duration {
     }
 }
 
-fn describe(status: &WaitIdStatus) -> String {
+/// How a reaped process ended, for the log.
+pub(crate) fn describe(status: &WaitIdStatus) -> String {
     if let Some(code) = status.exit_status() {
         format!("exited with status {code}")
     } else if let Some(signal) = status.terminating_signal() {

@@ -619,6 +619,54 @@ fn a_closed_stdout_ends_every_client_quietly() {
     assert_quiet_pipe_end(&client.finish(), "bench | head -0");
 }
 
+/// `/dev/full`, opened for writing: every write to it fails with ENOSPC.
+fn dev_full() -> File {
+    File::options()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full")
+}
+
+#[test]
+fn a_full_stdout_is_one_line_and_255_for_every_client() {
+    let server = Server::start_exec(&[]);
+    let addr = server.framed_str();
+    let exec = exec_args(&server, &["--", "echo", "hi"]);
+    let runs: [(&str, Vec<&str>); 7] = [
+        ("--help", vec!["get", "--help"]),
+        ("--version", vec!["--version"]),
+        ("echo", vec!["echo", "--addr", &addr, "hi"]),
+        ("exec", as_strs(&exec)),
+        (
+            "bench (flags)",
+            vec![
+                "bench", "--addr", &addr, "--conns", "1", "--secs", "0.2", "--warmup", "0.05",
+            ],
+        ),
+        (
+            "bench echo --json",
+            vec![
+                "bench", "echo", "--addr", &addr, "-c", "1", "-d", "0.2", "--json",
+            ],
+        ),
+        (
+            "bench probe",
+            vec!["bench", "probe", "--addr", &addr, "-d", "0.2"],
+        ),
+    ];
+    for (what, args) in runs {
+        let done = spawn_with(&args, Input::Null, |cmd| {
+            cmd.stdout(dev_full());
+        })
+        .finish();
+        let line = done.one_line_failure(255);
+        assert!(
+            line.contains("No space left on device"),
+            "{what} >/dev/full: {line}"
+        );
+    }
+}
+
 #[test]
 fn localhost_port_is_an_address_for_every_client() {
     let server = Server::start_exec(&[]);

@@ -5,11 +5,19 @@
 
 mod support;
 
+use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use monoreactor::proto::files::PutFlags;
+use monoreactor::proto::files::{FileInfo, FileKind, PutFlags};
+use monoreactor::proto::{Flags, Frame, FrameType, HEADER_LEN, Header, HelloOk, SessionFlags};
 use support::exec::{Scratch, TEST_TOKEN};
 use support::files::*;
 use support::*;
@@ -157,6 +165,7 @@ fn cli_ls_stat_mkdir_and_rm() {
     cli.ok("put", &["ten", "d/ten"]);
     symlink("/etc", server.at("d/link")).unwrap();
     fs::write(server.at("d/.monoreactor-partial-0000000000000001"), b"x").unwrap();
+    fs::write(server.at("d/.monoreactor-tmp-1-1"), b"x").unwrap();
 
     let ls = cli.ok("ls", &["d"]).text();
     let lines: Vec<Vec<&str>> = ls
@@ -170,16 +179,17 @@ fn cli_ls_stat_mkdir_and_rm() {
     assert_eq!(
         summary,
         vec![
+            ("u", "1", ".monoreactor-partial-0000000000000001"),
             ("l", "4", "link"),
-            ("d", summary[1].1, "sub"),
+            ("d", summary[2].1, "sub"),
             ("-", "10", "ten")
         ],
-        "ls d:\n{ls}"
+        "ls d: the partial upload shown, the server's other names not:\n{ls}"
     );
-    assert!(
-        !ls.contains(".monoreactor-"),
-        "ls shows a reserved name:\n{ls}"
-    );
+    // The interrupted upload can be removed by its name.
+    cli.ok("rm", &["d/.monoreactor-partial-0000000000000001"]);
+    let ls = cli.ok("ls", &["d"]).text();
+    assert!(!ls.contains(".monoreactor-"), "{ls}");
 
     let json = cli.ok("ls", &["--json", "d"]).text();
     assert!(
@@ -226,8 +236,9 @@ fn cli_ls_stat_mkdir_and_rm() {
         fs::metadata("/etc/passwd").is_ok(),
         "the link's target stays"
     );
-    // (The planted partial, invisible to ls, would keep d from being empty.)
-    fs::remove_file(server.at("d/.monoreactor-partial-0000000000000001")).unwrap();
+    // A directory holding only an interrupted upload (and a commit's leftover link) is
+    // removed with them.
+    fs::write(server.at("d/.monoreactor-partial-0000000000000002"), b"x").unwrap();
     cli.ok("rm", &["d"]);
     assert!(!server.at("d").exists());
 }
@@ -292,6 +303,28 @@ fn cli_refuses_escapes_and_writes_nothing() {
     );
     server.assert_nothing_outside("after the CLI escapes");
     assert!(fs::symlink_metadata(format!("/tmp/{unique}")).is_err());
+}
+
+#[test]
+fn cli_put_continue_waits_while_another_server_process_receives_the_upload() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    let data = random_bytes(56, 2 * MIB + 9);
+    fs::write(cli.local("big.bin"), &data).unwrap();
+    let elsewhere = hold_upload_elsewhere(server.root(), "big.bin", &data, MIB);
+    let (done, finished) = mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| done.send(cli.run("put", &["--continue", "big.bin", "big.bin"])));
+        // Still waiting a while later: the upload is busy, not failed.
+        assert!(finished.recv_timeout(Duration::from_millis(700)).is_err());
+        drop(elsewhere);
+        let put = finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("put ends");
+        assert_eq!(put.code(), 0, "{}", put.stderr);
+        assert!(put.stderr.contains("waiting"), "{}", put.stderr);
+    });
+    assert!(fs::read(server.at("big.bin")).unwrap() == data);
 }
 
 #[test]
@@ -365,8 +398,13 @@ fn cli_put_continue_sends_only_what_the_server_lacks() {
         conn.echo(b"sync");
     }
     assert_eq!(fs::read(server.at("big")).unwrap(), b"old");
+    // `ls` shows the interrupted upload, so that it can be seen and removed.
     let ls = cli.ok("ls", &[]).text();
-    assert!(!ls.contains(".monoreactor-"), "ls shows the partial:\n{ls}");
+    assert!(
+        ls.lines()
+            .any(|line| line.starts_with("u ") && line.contains(".monoreactor-partial-")),
+        "ls does not show the partial:\n{ls}"
+    );
 
     // The server learns of the cut asynchronously: until then the upload is "in progress".
     let resumed = retry(std::time::Duration::from_secs(5), || {
@@ -433,4 +471,318 @@ fn cli_file_commands_need_the_token() {
         "stat with $MONOREACTOR_TOKEN: {}",
         String::from_utf8_lossy(&with_env.stderr)
     );
+}
+
+/// Stderr is exactly one `monoreactor: ...` line; returns it.
+#[track_caller]
+fn one_line(output: &CliOutput) -> &str {
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("monoreactor: "),
+        "expected one `monoreactor: ...` line on stderr, got {:?}",
+        output.stderr
+    );
+    lines[0]
+}
+
+/// Creates a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let name = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a temp path");
+    // SAFETY: mkfifo(3) only reads the NUL-terminated name, which outlives the call.
+    let rc = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+#[test]
+fn cli_get_writes_through_what_is_not_a_regular_file_and_follows_symlinks() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    let data = random_bytes(77, 300_001);
+    fs::write(server.at("f"), &data).unwrap();
+
+    // A FIFO with a reader: the verified bytes go through it, and it stays a FIFO.
+    let fifo = cli.local("fifo");
+    mkfifo(&fifo);
+    let (sender, received) = mpsc::channel();
+    let reading = fifo.clone();
+    // Not joined: were the FIFO replaced, this reader would wait for a writer forever.
+    std::thread::spawn(move || sender.send(fs::read(reading)));
+    let got = cli.run("get", &["f", "fifo"]);
+    let kind = fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "the FIFO was replaced by {kind:?}");
+    assert_eq!(got.code(), 0, "get into a FIFO: {}", got.stderr);
+    let read = received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the FIFO's reader got an end of file")
+        .expect("read the FIFO");
+    assert!(read == data, "the FIFO's reader got other bytes");
+    // --continue has nothing to resume in a FIFO: refused before it is opened (no reader
+    // now: opening it would wait).
+    let resumed = cli.run("get", &["--continue", "f", "fifo"]);
+    assert_eq!(
+        resumed.code(),
+        2,
+        "--continue into a FIFO: {}",
+        resumed.stderr
+    );
+    assert!(one_line(&resumed).contains("fifo"), "{}", resumed.stderr);
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // A symlink to a device is followed and written through; the link and the device stay.
+    let null_inode = fs::symlink_metadata("/dev/null").unwrap().ino();
+    symlink("/dev/null", cli.local("null-link")).unwrap();
+    cli.ok("get", &["f", "null-link"]);
+    assert_eq!(
+        fs::read_link(cli.local("null-link")).unwrap(),
+        Path::new("/dev/null")
+    );
+    assert!(
+        fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // The device itself (safe now that writing through is shown to work).
+    cli.ok("get", &["f", "/dev/null"]);
+    assert!(
+        fs::symlink_metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device(),
+        "/dev/null is no longer a device"
+    );
+    assert_eq!(
+        fs::symlink_metadata("/dev/null").unwrap().ino(),
+        null_inode,
+        "/dev/null was replaced"
+    );
+
+    // A symlink to a regular file is followed: the target is replaced atomically (its part
+    // file beside it), the link stays a link.
+    fs::create_dir(cli.local("real")).unwrap();
+    fs::write(cli.local("real/target"), b"old").unwrap();
+    symlink("real/target", cli.local("link")).unwrap();
+    cli.ok("get", &["f", "link"]);
+    assert_eq!(
+        fs::read_link(cli.local("link")).unwrap(),
+        Path::new("real/target")
+    );
+    assert!(fs::read(cli.local("real/target")).unwrap() == data);
+    assert_no_part_files(cli.work.path());
+    assert_no_part_files(&cli.local("real"));
+
+    // A dangling symlink is refused (as cp does): nothing is created where it points.
+    symlink("missing-target", cli.local("dangling")).unwrap();
+    let refused = cli.run("get", &["f", "dangling"]);
+    assert_eq!(refused.code(), 255, "{}", refused.stderr);
+    assert!(
+        one_line(&refused).contains("dangling"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        fs::symlink_metadata(cli.local("dangling"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!cli.local("missing-target").exists());
+    assert_no_part_files(cli.work.path());
+}
+
+#[test]
+fn cli_get_checks_the_destination_before_asking_for_a_byte() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    let data = random_bytes(88, 3 * MIB);
+    fs::write(server.at("big"), &data).unwrap();
+
+    // A missing directory: one line, no part file anywhere, no --continue that cannot work.
+    for dest in ["nodir/", "nodir/file"] {
+        let failed = cli.run("get", &["big", dest]);
+        assert_eq!(failed.code(), 255, "get big {dest}: {}", failed.stderr);
+        let line = one_line(&failed);
+        assert!(line.contains("nodir"), "{line}");
+        assert!(
+            !line.contains("--continue"),
+            "a hint that cannot work: {line}"
+        );
+        assert_no_part_files(cli.work.path());
+        assert!(!cli.local("nodir").exists());
+    }
+
+    // A file named as a directory is refused and left alone.
+    fs::write(cli.local("plain"), b"keep me").unwrap();
+    let failed = cli.run("get", &["big", "plain/"]);
+    assert_eq!(failed.code(), 255, "get big plain/: {}", failed.stderr);
+    assert!(one_line(&failed).contains("plain"), "{}", failed.stderr);
+    assert_eq!(fs::read(cli.local("plain")).unwrap(), b"keep me");
+    assert_no_part_files(cli.work.path());
+
+    // An existing directory receives the remote's name, with or without the slash (as cp)...
+    fs::create_dir(cli.local("into")).unwrap();
+    cli.ok("get", &["big", "into/"]);
+    assert!(fs::read(cli.local("into/big")).unwrap() == data);
+    // ...unless that name is a directory too.
+    fs::create_dir_all(cli.local("full/big")).unwrap();
+    let failed = cli.run("get", &["big", "full"]);
+    assert_eq!(failed.code(), 255, "get big full: {}", failed.stderr);
+    assert!(one_line(&failed).contains("directory"), "{}", failed.stderr);
+    assert!(cli.local("full/big").is_dir());
+    assert_no_part_files(&cli.local("full"));
+    assert_no_part_files(&cli.local("full/big"));
+}
+
+/// `monoreactor COMMAND --addr ADDR ARGS...` with `/dev/full` as stdout: its exit code and
+/// stderr.
+#[track_caller]
+fn run_into_full(cli: &Cli, command: &str, args: &[&str]) -> CliOutput {
+    let full = fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .args([command, "--addr", &cli.addr])
+        .args(args)
+        .current_dir(cli.work.path())
+        .env_remove("MONOREACTOR_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn monoreactor");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let collector = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let Some(status) = wait_child(&mut child, CLI_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("monoreactor {command} {args:?} >/dev/full did not exit");
+    };
+    CliOutput {
+        status,
+        stdout: Vec::new(),
+        stderr: collector.join().expect("stderr collector"),
+    }
+}
+
+#[test]
+fn cli_a_full_stdout_is_one_line_and_255() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::write(server.at("small"), b"a few bytes").unwrap();
+    fs::write(server.at("large"), random_bytes(99, 2 * MIB)).unwrap();
+    for args in [
+        &["get", "small", "-"][..],
+        &["get", "large", "-"],
+        &["ls"],
+        &["ls", "--json"],
+        &["stat", "small"],
+    ] {
+        let output = run_into_full(&cli, args[0], &args[1..]);
+        assert_eq!(output.code(), 255, "{args:?} >/dev/full: {}", output.stderr);
+        assert!(
+            one_line(&output).contains("No space left on device"),
+            "{args:?}: {}",
+            output.stderr
+        );
+    }
+}
+
+/// Reads one frame from `stream`: its header (the payload is read and dropped).
+fn read_frame(stream: &mut TcpStream) -> Header {
+    let mut head = [0; HEADER_LEN];
+    stream.read_exact(&mut head).expect("a frame header");
+    let header = Header::parse(&head, u32::MAX)
+        .expect("a valid header")
+        .expect("a whole header");
+    let mut payload = vec![0; header.len as usize];
+    stream.read_exact(&mut payload).expect("a frame payload");
+    header
+}
+
+/// A file server, on a free loopback port, that answers one GET with `data` and a DIGEST
+/// that does not match it: the bytes were corrupted on the way, as far as a client can tell.
+fn lying_file_server(data: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    let serving = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        read_frame(&mut stream); // HELLO
+        let mut out = Vec::new();
+        HelloOk {
+            version: 2,
+            max_payload_len: 1 << 20,
+            flags: SessionFlags::FILES,
+        }
+        .encode(&mut out);
+        stream.write_all(&out).expect("HELLO_OK");
+        let get = read_frame(&mut stream);
+        assert_eq!(get.frame_type, FrameType::Get);
+        let info = FileInfo {
+            size: data.len() as u64,
+            mtime_ns: 0,
+            kind: FileKind::File,
+            hash: None,
+        };
+        let mut payload = [0; FileInfo::PAYLOAD_LEN];
+        info.emit(&mut payload);
+        let mut wrong = blake3_of(&data);
+        wrong[0] ^= 1;
+        let mut out = Frame::new(FrameType::FileInfo, Flags::NONE, get.stream, &payload).to_vec();
+        out.extend(data_frame(get.stream, &data));
+        out.extend(Frame::new(FrameType::Digest, Flags::END_STREAM, get.stream, &wrong).to_vec());
+        stream.write_all(&out).expect("the file");
+        // Until the client hangs up (it may send an ERROR first).
+        let _ = stream.read_to_end(&mut Vec::new());
+    });
+    (addr, serving)
+}
+
+#[test]
+fn cli_get_that_fails_verification_says_what_became_of_the_bytes() {
+    let data = random_bytes(111, 70_000);
+    let work = Scratch::new("files-cli-lying");
+    let old = b"the old content".to_vec();
+    fs::write(work.path().join("kept"), &old).unwrap();
+
+    // Into a regular file: nothing is written, the old content stays.
+    let (addr, serving) = lying_file_server(data.clone());
+    let failed = cli(&["get", "--addr", &addr, "f", "kept"], work.path(), None);
+    serving.join().expect("the lying server");
+    assert_eq!(failed.code(), 255, "{}", failed.stderr);
+    let line = one_line(&failed);
+    assert!(line.contains("verification failed"), "{line}");
+    assert!(line.contains("nothing was kept"), "{line}");
+    assert_eq!(fs::read(work.path().join("kept")).unwrap(), old);
+    assert_no_part_files(work.path());
+
+    // Through a FIFO: the bytes went through and cannot be taken back; the line says so.
+    let fifo = work.path().join("fifo");
+    mkfifo(&fifo);
+    let (sender, received) = mpsc::channel();
+    let reading = fifo.clone();
+    std::thread::spawn(move || sender.send(fs::read(reading)));
+    let (addr, serving) = lying_file_server(data.clone());
+    let failed = cli(&["get", "--addr", &addr, "f", "fifo"], work.path(), None);
+    serving.join().expect("the lying server");
+    assert_eq!(failed.code(), 255, "{}", failed.stderr);
+    let line = one_line(&failed);
+    assert!(
+        line.contains("verification failed") && line.contains("are not the file"),
+        "{line}"
+    );
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    let read = received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the FIFO's reader got an end of file")
+        .expect("read the FIFO");
+    assert_eq!(read.len(), data.len());
+    assert_no_part_files(work.path());
 }

@@ -430,12 +430,16 @@ fn steady_state_file_get_allocates_nothing_on_the_server() {
     let scratch = Scratch::new("get");
     let size = 64 * MIB;
     let file = File::create(scratch.path().join("big")).unwrap();
-    // Sparse: reads as zeros, costs no disk. Its mtime is set well in the past so that the
-    // hash the first GET stores is trusted by the second (the racy-clean rule).
+    // Sparse: reads as zeros, costs no disk. The hash the first GET stores is trusted by the
+    // second only if the hashing began more than the racy window after the file's last change
+    // — its ctime, which setting the mtime back moves too — so the test waits that out.
     file.set_len(size).unwrap();
     file.set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
     drop(file);
+    std::thread::sleep(Duration::from_nanos(
+        monoreactor::sys::files::RACY_WINDOW_NS as u64 * 2,
+    ));
     let server = Running::start(
         Config {
             root: scratch.path().to_path_buf(),

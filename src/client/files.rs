@@ -21,11 +21,12 @@
 //! sends an ERROR on the transfer's stream, so the server stops sending or abandons the upload;
 //! frames still in flight for that stream are skipped by later requests.
 //!
-//! Around these, the helpers the command line uses and tests may reuse: [`download`] (atomic:
-//! a part file beside the destination, verified, synced and renamed; resumable), [`spool`] (a
-//! pipe into an anonymous temporary file, hashed on the way, so it can be put like a file),
-//! [`hash_reader`], [`normalize_remote`], and the formatting of listings ([`format_listing`],
-//! [`listing_json`], [`format_mtime`]).
+//! Around these, the helpers the command line uses and tests may reuse: [`Destination`] (where
+//! a download goes, checked before it starts), [`download`] (to a file atomically: a part file
+//! beside it, verified, synced and renamed, resumable; through anything else, never replacing
+//! it), [`spool`] (a pipe into an anonymous temporary file, hashed on the way, so it can be
+//! put like a file), [`hash_reader`], [`normalize_remote`], and the formatting of listings
+//! ([`format_listing`], [`listing_json`], [`format_mtime`]).
 //!
 //! # Timeouts
 //! [`FileClient::connect`] bounds the connect and the handshake by its `timeout`; afterwards
@@ -38,7 +39,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -797,31 +798,217 @@ pub fn part_path(dest: &Path) -> Option<PathBuf> {
     Some(dest.with_file_name(part))
 }
 
+/// Where a download goes, decided by [`Destination::resolve`] before the first byte is asked
+/// for, so that a destination that cannot work costs no transfer, and so that nothing that
+/// is not a regular file is ever replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A regular file, or nothing yet (its directory exists): written to its part file
+    /// ([`part_path`]) beside it, verified, synced and renamed over it ([`download`]).
+    File(PathBuf),
+    /// Something else that can be written: a character or block device (`/dev/null`, a
+    /// terminal, a disk), a FIFO. Opened for writing (never created, never truncated) and the
+    /// bytes streamed into it as they are verified, as `cp` and `curl -o` do: there is no part
+    /// file to rename, and renaming one over it would destroy it.
+    Through(PathBuf),
+}
+
+impl Destination {
+    /// Where a download of a remote file named `name` should go, given the command line's
+    /// `local` (`None`: `name` in the current directory). Checked here, before anything is
+    /// asked of the server:
+    ///
+    /// - `local` is an existing directory (or a symlink to one): `name` inside it, as `cp`
+    ///   does. A `local` ending in `/` must be one.
+    /// - Symlinks are followed, as `cp` and `curl -o` follow them: to a regular file, that
+    ///   file is the one replaced (atomically, its part beside it) and the link stays a link;
+    ///   to anything else, it is written through. A symlink to nothing is refused, as GNU `cp`
+    ///   refuses one: creating a file at wherever it points is rarely what was meant.
+    /// - The file itself may not be a directory; if it does not exist, its parent must be an
+    ///   existing directory (the part file lives beside it, and nowhere else).
+    ///
+    /// Errors are [`ClientError::Local`], one line naming the path.
+    pub fn resolve(local: Option<&Path>, name: &str) -> Result<Destination, ClientError> {
+        let Some(local) = local else {
+            return Destination::check(PathBuf::from(name));
+        };
+        let names_directory = local.as_os_str().as_encoded_bytes().ends_with(b"/");
+        match fs::metadata(local) {
+            Ok(meta) if meta.is_dir() => Destination::check(local.join(name)),
+            Ok(_) if names_directory => Err(refused(local, "it is not a directory")),
+            Err(error) if names_directory => {
+                let why = match error.kind() {
+                    ErrorKind::NotFound => "no such directory".to_string(),
+                    ErrorKind::NotADirectory => "it is not a directory".to_string(),
+                    _ => error.to_string(),
+                };
+                Err(refused(local, &why))
+            }
+            _ => Destination::check(local.to_path_buf()),
+        }
+    }
+
+    /// The path bytes are written to (for a followed symlink, the file it points to).
+    pub fn path(&self) -> &Path {
+        match self {
+            Destination::File(path) | Destination::Through(path) => path,
+        }
+    }
+
+    /// What `dest` names, the file itself (not a directory to put it in).
+    fn check(dest: PathBuf) -> Result<Destination, ClientError> {
+        match fs::metadata(&dest) {
+            Ok(meta) if meta.is_dir() => Err(refused(&dest, "it is a directory")),
+            Ok(meta) if meta.is_file() => {
+                let is_link =
+                    fs::symlink_metadata(&dest).is_ok_and(|meta| meta.file_type().is_symlink());
+                if !is_link {
+                    return Ok(Destination::File(dest));
+                }
+                // The part file goes beside the link's target, so the rename replaces the
+                // target and leaves the link.
+                let target = fs::canonicalize(&dest).map_err(|error| {
+                    local(&format!("resolve the symlink {}", dest.display()), error)
+                })?;
+                debug!("{} is a symlink to {}", dest.display(), target.display());
+                Ok(Destination::File(target))
+            }
+            Ok(_) => Ok(Destination::Through(dest)),
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                if fs::symlink_metadata(&dest).is_ok() {
+                    return Err(refused(
+                        &dest,
+                        "it is a dangling symlink (not creating what it points to)",
+                    ));
+                }
+                if dest.file_name().is_none() {
+                    return Err(refused(&dest, "it does not name a file"));
+                }
+                let parent = match dest.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent,
+                    _ => Path::new("."),
+                };
+                match fs::metadata(parent) {
+                    Ok(meta) if meta.is_dir() => Ok(Destination::File(dest)),
+                    Ok(_) => Err(refused(
+                        &dest,
+                        &format!("{} is not a directory", parent.display()),
+                    )),
+                    Err(error) if error.kind() == ErrorKind::NotFound => Err(refused(
+                        &dest,
+                        &format!("the directory {} does not exist", parent.display()),
+                    )),
+                    Err(error) => Err(refused(&dest, &format!("{}: {error}", parent.display()))),
+                }
+            }
+            Err(error) => Err(refused(&dest, &error.to_string())),
+        }
+    }
+}
+
+/// A destination that cannot be written, as "cannot write DEST: WHY".
+fn refused(dest: &Path, why: &str) -> ClientError {
+    local(
+        &format!("write {}", dest.display()),
+        io::Error::other(why.to_string()),
+    )
+}
+
 /// A download that failed, and what was left behind.
 #[derive(Debug)]
 pub struct DownloadError {
     /// Why it failed.
     pub error: ClientError,
-    /// The part file kept for a resume, with its length; `None` when nothing was kept (a
-    /// verification failure, or no byte arrived).
+    /// The part file kept for a resume, with its length: the same download with `resume`
+    /// goes on from there. `None` when nothing a resume could use was kept (a verification
+    /// failure, no byte arrived, a destination written through, or a verified file whose
+    /// rename failed, which the error then names).
     pub kept: Option<(PathBuf, u64)>,
 }
 
-/// Downloads `remote` into `dest` atomically: the bytes go to [`part_path`]`(dest)`, and only
+/// Downloads `remote` into `dest` ([`Destination::resolve`]).
+///
+/// To a [`Destination::File`], atomically: the bytes go to [`part_path`]`(dest)`, and only
 /// once the whole file is verified ([`FileClient::get`]) is the part synced to disk (with
-/// `durable`) and renamed over `dest` (then the directory is synced). `dest`'s directory must
-/// exist. Without `durable` the rename is still atomic for every reader, but a crash soon
-/// after may leave `dest` empty or short, as after `cp` or `curl -o`.
+/// `durable`) and renamed over `dest` (then the directory is synced). Without `durable` the
+/// rename is still atomic for every reader, but a crash soon after may leave `dest` empty or
+/// short, as after `cp` or `curl -o`. With `resume`, an existing part is hashed and the GET
+/// asks only for what it lacks; a part longer than the remote file is truncated and the
+/// download starts over. Without it, a stale part is truncated. On failure: a verification
+/// failure removes the part (its bytes are wrong, or from another version of the file); any
+/// other failure (the network, the server, a local write) keeps a part that has bytes in it,
+/// so a later `resume` goes on from there, and removes an empty one.
 ///
-/// With `resume`, an existing part is hashed and the GET asks only for what it lacks; a part
-/// longer than the remote file is truncated and the download starts over. Without it, a stale
-/// part is truncated.
-///
-/// On failure: a verification failure removes the part (its bytes are wrong, or from another
-/// version of the file); any other failure (the network, the server, a local write) keeps a
-/// part that has bytes in it, so a later `resume` goes on from there, and removes an empty
-/// one.
+/// To a [`Destination::Through`], the bytes are written into it as they arrive; they cannot
+/// be taken back, so a verification failure is only reported. It cannot be resumed.
 pub fn download(
+    client: &mut FileClient,
+    remote: &str,
+    dest: &Destination,
+    resume: bool,
+    durable: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<GetOutcome, DownloadError> {
+    match dest {
+        Destination::File(path) => {
+            download_atomically(client, remote, path, resume, durable, progress)
+        }
+        Destination::Through(path) => {
+            download_through(client, remote, path, resume, durable, progress)
+                .map_err(|error| DownloadError { error, kept: None })
+        }
+    }
+}
+
+/// [`download`] into something that is not a regular file.
+fn download_through(
+    client: &mut FileClient,
+    remote: &str,
+    dest: &Path,
+    resume: bool,
+    durable: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<GetOutcome, ClientError> {
+    if resume {
+        return Err(refused(
+            dest,
+            "it is not a regular file, so there is nothing to resume",
+        ));
+    }
+    // Neither O_CREAT (if it went away, a regular file must not appear in its place) nor
+    // O_TRUNC (meaningless for a device or a FIFO). A FIFO's open waits for a reader.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .map_err(|source| local(&format!("open {}", dest.display()), source))?;
+    let meta = file
+        .metadata()
+        .map_err(|source| local(&format!("stat {}", dest.display()), source))?;
+    if meta.is_file() {
+        // Replaced by a regular file since it was checked: writing into that without
+        // truncating it would leave a mix of two files.
+        return Err(refused(
+            dest,
+            "it became a regular file: run the command again",
+        ));
+    }
+    let outcome = client
+        .get(remote, 0, blake3::Hasher::new(), &mut file, progress)
+        .map_err(|error| match error {
+            ClientError::Output(source) => local(&format!("write {}", dest.display()), source),
+            other => other,
+        })?;
+    // Only a disk holds what it was given; a terminal, a pipe or /dev/null has nothing to
+    // sync (and may refuse to).
+    if durable && meta.file_type().is_block_device() {
+        file.sync_all()
+            .map_err(|source| local(&format!("sync {}", dest.display()), source))?;
+    }
+    Ok(outcome)
+}
+
+/// [`download`] into a regular file (or none yet), through its part file.
+fn download_atomically(
     client: &mut FileClient,
     remote: &str,
     dest: &Path,
@@ -845,6 +1032,18 @@ pub fn download(
         .custom_flags(libc::O_NOFOLLOW)
         .open(&part)
         .map_err(|source| nothing_kept(local(&format!("create {}", part.display()), source)))?;
+    // Nor may a FIFO or a device planted under the part's name receive the bytes, and then
+    // be renamed over `dest`.
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(nothing_kept(refused(&part, "it is not a regular file"))),
+        Err(source) => {
+            return Err(nothing_kept(local(
+                &format!("stat {}", part.display()),
+                source,
+            )));
+        }
+    }
     let mut prefix = blake3::Hasher::new();
     if resume {
         // Reading to the end also leaves the file positioned for appending.
@@ -873,40 +1072,65 @@ pub fn download(
             .map_err(|source| local(&format!("truncate {}", part.display()), source))
             .and_then(|()| client.get(remote, 0, blake3::Hasher::new(), &mut file, progress));
     }
-    let finished = result.and_then(|outcome| {
+    let synced = result.and_then(|outcome| {
         if durable {
             file.sync_all()
                 .map_err(|source| local(&format!("sync {}", part.display()), source))?;
         }
-        fs::rename(&part, dest).map_err(|source| {
-            local(
-                &format!("rename {} to {}", part.display(), dest.display()),
-                source,
-            )
-        })?;
-        if durable {
-            sync_parent(dest);
-        }
         Ok(outcome)
     });
-    finished.map_err(|error| {
-        let error = match error {
-            ClientError::Output(source) => local(&format!("write {}", part.display()), source),
-            other => other,
-        };
-        let len = file.metadata().map_or(0, |meta| meta.len());
-        drop(file);
-        if matches!(error, ClientError::Verify(_)) || len == 0 {
-            if let Err(remove) = fs::remove_file(&part) {
-                debug!("cannot remove {}: {remove}", part.display());
+    let outcome = match synced {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            let error = match error {
+                ClientError::Output(source) => local(&format!("write {}", part.display()), source),
+                other => other,
+            };
+            let len = file.metadata().map_or(0, |meta| meta.len());
+            drop(file);
+            if matches!(error, ClientError::Verify(_)) || len == 0 {
+                if let Err(remove) = fs::remove_file(&part) {
+                    debug!("cannot remove {}: {remove}", part.display());
+                }
+                return Err(DownloadError { error, kept: None });
             }
-            return DownloadError { error, kept: None };
+            return Err(DownloadError {
+                error,
+                kept: Some((part, len)),
+            });
         }
-        DownloadError {
-            error,
-            kept: Some((part, len)),
-        }
-    })
+    };
+    drop(file);
+    // Checked again: whatever appeared at `dest` during the transfer (a device, a FIFO, a
+    // symlink, a directory) must not be replaced either.
+    let renamed = match fs::symlink_metadata(dest) {
+        Ok(meta) if !meta.is_file() => Err(io::Error::other(
+            "it is no longer a regular file (checked before the transfer)",
+        )),
+        _ => fs::rename(&part, dest),
+    };
+    if let Err(source) = renamed {
+        // The verified file stays, but not as a part to resume: the same command would
+        // meet the same obstacle.
+        let source = io::Error::new(
+            source.kind(),
+            format!(
+                "{source}; the verified download is kept in {}",
+                part.display()
+            ),
+        );
+        return Err(DownloadError {
+            error: local(
+                &format!("rename {} to {}", part.display(), dest.display()),
+                source,
+            ),
+            kept: None,
+        });
+    }
+    if durable {
+        sync_parent(dest);
+    }
+    Ok(outcome)
 }
 
 /// Syncs the directory holding `path`, so a rename into it survives a crash. Best effort: a
@@ -931,11 +1155,7 @@ pub fn normalize_remote(text: &str) -> Result<String, String> {
             "`{text}` is absolute; remote paths are relative to the server's root (`.` is the root)"
         ));
     }
-    let path = text
-        .split('/')
-        .filter(|component| !component.is_empty() && *component != ".")
-        .collect::<Vec<_>>()
-        .join("/");
+    let path = squash(text);
     check_relative(&path).map_err(|error| format!("`{text}`: {error}"))?;
     if path.len() > MAX_PATH_LEN {
         return Err(format!(
@@ -944,6 +1164,26 @@ pub fn normalize_remote(text: &str) -> Result<String, String> {
         ));
     }
     Ok(path)
+}
+
+/// `text` without empty and `.` components.
+fn squash(text: &str) -> String {
+    text.split('/')
+        .filter(|component| !component.is_empty() && *component != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Like [`normalize_remote`], for `rm`: the last component may also name a partial upload,
+/// as `ls` shows them (`.monoreactor-partial-<id>`).
+pub fn normalize_removable(text: &str) -> Result<String, String> {
+    normalize_remote(text).or_else(|refused| {
+        let path = squash(text);
+        match crate::proto::files::parse_delete_path(path.as_bytes()) {
+            Ok(_) if !text.starts_with('/') => Ok(path),
+            _ => Err(refused),
+        }
+    })
 }
 
 /// The last component of a request path (`""` for the root).
@@ -1265,6 +1505,47 @@ mod tests {
             Some(PathBuf::from(".file.monoreactor-part"))
         );
         assert_eq!(part_path(Path::new("/")), None);
+    }
+
+    #[test]
+    fn destinations_are_resolved_like_cp_and_never_replace_what_is_not_a_file() {
+        let dir = std::env::temp_dir().join(format!("mr-destination-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sub/taken")).unwrap();
+        fs::write(dir.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
+        std::os::unix::fs::symlink("nowhere", dir.join("dangling")).unwrap();
+        let at = |name: &str| dir.join(name);
+        let resolve = |local: &str, name: &str| Destination::resolve(Some(&at(local)), name);
+
+        assert_eq!(resolve("file", "r").unwrap(), Destination::File(at("file")));
+        assert_eq!(resolve("new", "r").unwrap(), Destination::File(at("new")));
+        assert_eq!(resolve("sub", "r").unwrap(), Destination::File(at("sub/r")));
+        assert_eq!(
+            resolve("sub/", "r").unwrap(),
+            Destination::File(at("sub/r"))
+        );
+        let target = fs::canonicalize(at("file")).unwrap();
+        assert_eq!(resolve("link", "r").unwrap(), Destination::File(target));
+        assert_eq!(
+            Destination::resolve(Some(Path::new("/dev/null")), "r").unwrap(),
+            Destination::Through(PathBuf::from("/dev/null"))
+        );
+        assert_eq!(
+            Destination::resolve(None, "r").unwrap(),
+            Destination::File(PathBuf::from("r"))
+        );
+        for (local, name, why) in [
+            ("sub", "taken", "is a directory"),
+            ("dangling", "r", "dangling symlink"),
+            ("missing/", "r", "no such directory"),
+            ("file/", "r", "not a directory"),
+            ("missing/r", "r", "does not exist"),
+        ] {
+            let error = resolve(local, name).unwrap_err().to_string();
+            assert!(error.contains(why), "{local}: {error}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

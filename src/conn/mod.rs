@@ -55,6 +55,7 @@ use crate::outbox::Outbox;
 use crate::proto::exec::EndReason;
 use crate::proto::{DecodeError, Decoder, ErrorCode, Frame, FrameType, HEADER_LEN, Header};
 use crate::service::exec::{ChildSource, Children};
+use crate::sys::disk::{Disk, DiskDone};
 use crate::sys::files::Files;
 use crate::throttle::LogThrottle;
 use crate::timer::Tick;
@@ -129,6 +130,9 @@ pub struct Context<'a> {
     /// The file service's I/O layer; `None` where there is none (file requests are then
     /// refused).
     pub files: Option<Files<'a>>,
+    /// Blocking disk calls made off the loop; `None` where there is no such layer (they are
+    /// then made inline, as before the disk helper).
+    pub disk: Option<&'a mut dyn Disk>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -139,6 +143,7 @@ impl fmt::Debug for Context<'_> {
             .field("access", &self.access)
             .field("children", &self.children.is_some())
             .field("files", &self.files.is_some())
+            .field("disk", &self.disk.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +161,7 @@ impl<'a> Context<'a> {
             turn: 0,
             auth_log: None,
             files: None,
+            disk: None,
         }
     }
 }
@@ -382,6 +388,25 @@ impl Connection {
     pub fn on_read_closed(&mut self) {
         self.bits.set(Bits::READ_READY, true);
         self.bits.set(Bits::READ_CLOSED, true);
+    }
+
+    /// A disk job this connection submitted through [`Context::disk`] is finished. The only
+    /// jobs so far are DELETE's: the unlink of the name its file was renamed aside to, after
+    /// DONE was sent. Its failure leaves that hidden name behind, for the directory sweep.
+    pub fn handle_disk_done(&mut self, done: DiskDone, _cx: &mut Context<'_>) {
+        match done.result {
+            Ok(()) => trace!("{} ({:?}) done", done.id, done.kind),
+            // The aside name was removed by someone else first (the directory sweep): the
+            // blocks are freed all the same.
+            Err(rustix::io::Errno::NOENT) if done.kind == crate::sys::disk::JobKind::Unlink => {
+                debug!("{}: the aside name was already removed", done.id);
+            }
+            Err(errno) => log::warn!(
+                "{} ({:?}) failed: {errno}; a deleted file's blocks stay in use until the sweep removes its hidden name",
+                done.id,
+                done.kind
+            ),
+        }
     }
 
     /// Records that the poll reported one of a command's descriptors: `index` is the child

@@ -27,6 +27,7 @@ use crate::proto::files::{
 };
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
+use crate::sys::disk::Disk;
 use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
 use crate::sys::upload::Upload;
 
@@ -107,9 +108,12 @@ impl Streams {
     /// Whether a transfer has work that needs no new readiness event.
     pub fn transfers_want_turn(&self, may_produce: bool) -> bool {
         self.transfers.iter().any(|transfer| match &transfer.kind {
-            TransferKind::Get { get, .. } => {
+            TransferKind::Get { get, file, .. } => {
                 get.hash_wanted().is_some()
-                    || get.is_done()
+                    // Done, and its last DATA range has left the outbox: the DIGEST (or the
+                    // ERROR) is due. While ranges wait, the socket's writable edge brings the
+                    // next turn.
+                    || (get.is_done() && Arc::strong_count(file) == 1)
                     || (may_produce && get.next_range(1).is_some())
             }
             TransferKind::Put { put, .. } => put.wants_turn(),
@@ -316,12 +320,33 @@ fn pump_get(
     let Some((hash, computed)) = get.poll_digest() else {
         return Pumped::Running(moved);
     };
+    // The DIGEST vouches for the bytes sent, and a queued DATA range is only a promise:
+    // `sendfile` reads the file when the range leaves the outbox, so bytes written (or cut off)
+    // meanwhile are what goes. So the DIGEST is decided only once every range has left (the
+    // transfer holds the only reference to the file again), and only if one `fstat` then
+    // shows the file as it was at the open — size, mtime and ctime, which no write leaves
+    // alone past the racy window of a cached hash. Otherwise the stream ends with an ERROR.
+    // (Bytes already handed to the kernel cannot be recalled: socket buffers hold references
+    // to the page-cache pages sent, so a truncation after the last range left still lets the
+    // client receive the whole earlier version — a version the file really had, and the
+    // DIGEST verifies exactly it. Issue 12's "24 MiB after a truncation to 1 MiB" was that.)
+    if Arc::strong_count(file) > 1 {
+        return Pumped::Running(moved);
+    }
+    if !meta_of(file.as_ref()).is_ok_and(|now| now == *meta) {
+        debug!("stream {stream}: the file changed during the GET: no DIGEST");
+        outbox.replies(cx.pool, cx.limits).error(
+            stream,
+            ErrorCode::IoFailed,
+            "the file changed while it was being sent",
+        );
+        return Pumped::Finished;
+    }
     if computed {
-        // Cached only if the file did not change while it was read.
-        if let (Some(files), Ok(now)) = (cx.files.as_mut(), meta_of(file.as_ref())) {
-            if now == *meta {
-                files.store_hash(file, meta, &hash, opened_ns);
-            }
+        // Every byte hashed was read after `opened_ns`, from a file whose `fstat` is the same
+        // now as before it: the entry holds if the last change was a racy window before.
+        if let Some(files) = cx.files.as_mut() {
+            files.store_hash(meta, &hash, opened_ns);
         }
     }
     let digest = Digest { hash };
@@ -438,7 +463,12 @@ impl Connection {
                 }
                 .map_err(bad)?;
                 if frame_type == FrameType::Delete {
-                    files.delete(path)?;
+                    // DONE goes out once the name is gone; a big file's blocks are freed
+                    // after, off the loop (`Files::delete`).
+                    files.delete(
+                        path,
+                        cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk),
+                    )?;
                 } else {
                     files.mkdir(path)?;
                 }
@@ -587,7 +617,7 @@ impl Connection {
         match outcome {
             Ok(hash) => {
                 let committed = match cx.files.as_mut() {
-                    Some(files) => files.commit(upload, &hash),
+                    Some(files) => files.commit(upload),
                     None => Ok(()),
                 };
                 match committed {

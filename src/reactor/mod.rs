@@ -36,15 +36,18 @@
 //! - `token.rs`: what a token names, and its bit layout;
 //! - `slots.rs`: the slab of connections — serving, driving, closing;
 //! - `accept.rs`: accepting, refusing, shedding when out of descriptors;
-//! - `children.rs`: the loop's side of child processes.
+//! - `children.rs`: the loop's side of child processes;
+//! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop).
 
 mod accept;
 mod children;
+mod disk;
 mod slots;
 pub(crate) mod token;
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -63,12 +66,14 @@ use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::service::echo::UdpEcho;
 use crate::service::exec::Children;
+use crate::sys::disk::{Disk, DiskHelper, HelperTokens};
 use crate::sys::files::{FileState, Files};
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue};
 use children::ConnChildren;
+use disk::ConnDisk;
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
 
@@ -124,6 +129,9 @@ pub struct Setup {
     pub files: bool,
     /// Shut down gracefully on SIGINT/SIGTERM.
     pub handle_signals: bool,
+    /// The program run as the disk helper (`PROGRAM __disk-helper FD`), started when files
+    /// are served; `None` makes blocking disk calls inline on the loop.
+    pub disk_helper: Option<PathBuf>,
 }
 
 /// Asks a running reactor to shut down, from any thread (tests, an embedding program).
@@ -173,6 +181,8 @@ struct Env {
     root: Option<Root>,
     /// The file service's state; `None` without a file service.
     files: Option<FileState>,
+    /// Blocking disk calls, off the loop (or inline without a helper).
+    disk: DiskHelper,
     timers: TimerQueue<Token>,
     auth_log: LogThrottle,
     clock: Clock,
@@ -203,6 +213,11 @@ impl Env {
             (Some(root), Some(state)) => Some(Files { root, state }),
             _ => None,
         };
+        let mut disk = ConnDisk {
+            helper: &mut self.disk,
+            registry: self.poll.registry(),
+            key,
+        };
         let mut cx = Context {
             pool: &mut self.pool,
             limits: &self.limits,
@@ -212,6 +227,7 @@ impl Env {
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),
             files,
+            disk: Some(&mut disk as &mut dyn Disk),
         };
         work(&mut cx)
     }
@@ -272,6 +288,7 @@ impl Reactor {
             root,
             files,
             handle_signals,
+            disk_helper,
         } = setup;
         if access.exec && root.is_none() {
             return Err(io::Error::new(
@@ -311,7 +328,20 @@ impl Reactor {
         // Reserved up front: virtual memory only until used, and no reallocation (with its
         // copy of every entry) as connections arrive.
         let capacity = limits.max_connections;
+        let serves_files = files && root.is_some();
+        let mut disk = DiskHelper::new(
+            disk_helper,
+            HelperTokens {
+                socket: Source::Disk.token(),
+                exit: Source::DiskExit.token(),
+            },
+        );
+        // Only the file service makes blocking disk calls; without it, no helper process.
+        if serves_files {
+            disk.start(poll.registry());
+        }
         let env = Env {
+            disk,
             poll,
             pool: BufferPool::new(limits.io_buffer_len, limits.pooled_buffers),
             children: ChildTable::new(limits.max_exec),
@@ -374,7 +404,7 @@ impl Reactor {
             core.env.turn += 1;
             // `now` was read after the previous poll, so a deadline fires late by at most the
             // time that turn's handlers took; in exchange the clock is read once per turn.
-            let timeout = if core.ready_now.is_empty() {
+            let timeout = if core.ready_now.is_empty() && !core.env.disk.has_done() {
                 core.env
                     .timers
                     .next_deadline()
@@ -393,6 +423,8 @@ impl Reactor {
             }
             core.serve_ready_list();
             core.fire_timers();
+            // After the drives and timers, which may have submitted jobs run inline.
+            core.deliver_disk_done();
             core.close_marked();
             if let Some(stats) = core.shutdown_complete() {
                 return Ok(stats);
@@ -416,6 +448,8 @@ impl Core {
             Source::FramedListener | Source::EchoListener => self.accept(source),
             Source::Udp => self.serve_udp(readable, writable),
             Source::Released(child) => self.serve_released(child),
+            Source::Disk => self.serve_disk(false),
+            Source::DiskExit => self.serve_disk(true),
             Source::Signals => self.drain_signals(),
             Source::Waker => {
                 if self.shutdown_requested.swap(false, Ordering::AcqRel) {
@@ -436,7 +470,11 @@ impl Core {
                 }
                 source @ (Source::FramedListener | Source::EchoListener) => self.accept(source),
                 Source::Udp => self.serve_udp(false, false),
-                Source::Signals | Source::Waker | Source::Released(_) => {}
+                Source::Signals
+                | Source::Waker
+                | Source::Released(_)
+                | Source::Disk
+                | Source::DiskExit => {}
             }
         }
         self.ready_now.clear();
@@ -447,7 +485,12 @@ impl Core {
             Source::FramedListener => 1 << 0,
             Source::EchoListener => 1 << 1,
             Source::Udp => 1 << 2,
-            Source::Signals | Source::Waker | Source::Conn(..) | Source::Released(_) => {
+            Source::Signals
+            | Source::Waker
+            | Source::Conn(..)
+            | Source::Released(_)
+            | Source::Disk
+            | Source::DiskExit => {
                 debug_assert!(false, "{source:?} is not queued through queue_static");
                 return;
             }
@@ -508,6 +551,7 @@ impl Core {
                         self.resume_accepting();
                     }
                 }
+                TimerKey::DiskRestart => self.disk_restart_timer(),
             }
         }
     }
@@ -604,6 +648,11 @@ impl Core {
     fn shutdown_complete(&mut self) -> Option<ReactorStats> {
         self.shutdown_deadline?;
         if !self.conns.is_empty() {
+            return None;
+        }
+        // Jobs the connections handed over (a deleted file's unlink) finish before the exit,
+        // within the grace period; one left after it is the sweep's to clean up.
+        if !self.env.disk.is_idle() && !self.grace_over {
             return None;
         }
         if !self.env.children.is_empty() {

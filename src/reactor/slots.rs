@@ -238,7 +238,9 @@ impl Core {
                     .get(key.slot as usize)
                     .is_some_and(|slot| slot.generation == key.generation && slot.armed == at),
                 Some(TimerKey::Released(child)) => children.released_deadline(child) == Some(at),
-                Some(TimerKey::ShutdownGrace | TimerKey::AcceptRetry) => true,
+                Some(TimerKey::ShutdownGrace | TimerKey::AcceptRetry | TimerKey::DiskRestart) => {
+                    true
+                }
                 None => false,
             });
     }

@@ -31,6 +31,7 @@ fn reactor() -> (Reactor, SocketAddr) {
         root: None,
         files: false,
         handle_signals: false,
+        disk_helper: None,
     };
     (Reactor::new(setup).unwrap(), addr)
 }

@@ -8,7 +8,7 @@
 //!  +------+------+------+------------------+-------------------+---------------+
 //!  |  0   |  1   |  0                                          | child (32)    |   a released child's pidfd
 //!  +------+------+-------------------------------------------+---------------+
-//!  |  0   |  0   |  0                                          | 0..=6         |   listeners, signals, waker, timers
+//!  |  0   |  0   |  0                                          | 0..=9         |   listeners, signals, waker, timers, disk helper
 //!  +------+------+-------------------------------------------+---------------+
 //! ```
 //!
@@ -39,6 +39,10 @@ pub(super) enum Source {
     Conn(ConnKey, Sub),
     /// The pidfd of a child released by its connection, awaiting reaping.
     Released(ChildId),
+    /// The disk helper's socket.
+    Disk,
+    /// The disk helper's pidfd.
+    DiskExit,
 }
 
 /// A connection's identity: its slab slot and the generation given at accept. A later
@@ -117,6 +121,8 @@ impl Source {
                     | key.slot as usize
             }
             Source::Released(child) => RELEASED_BIT | child.0 as usize,
+            Source::Disk => 7,
+            Source::DiskExit => 8,
         })
     }
 
@@ -127,6 +133,8 @@ impl Source {
             2 => Source::Udp,
             3 => Source::Signals,
             4 => Source::Waker,
+            7 => Source::Disk,
+            8 => Source::DiskExit,
             bits if bits & CONN_BIT != 0 => Source::Conn(
                 ConnKey {
                     slot: (bits & SLOT_MASK) as u32,
@@ -154,10 +162,13 @@ pub(super) enum TimerKey {
     ShutdownGrace,
     /// Try accepting again after running out of descriptors.
     AcceptRetry,
+    /// Start the disk helper again after its backoff.
+    DiskRestart,
 }
 
 const SHUTDOWN_GRACE_TIMER: Token = Token(5);
 const ACCEPT_RETRY_TIMER: Token = Token(6);
+const DISK_RESTART_TIMER: Token = Token(9);
 
 impl TimerKey {
     pub(super) fn pack(self) -> Token {
@@ -166,6 +177,7 @@ impl TimerKey {
             TimerKey::Released(child) => Source::Released(child).token(),
             TimerKey::ShutdownGrace => SHUTDOWN_GRACE_TIMER,
             TimerKey::AcceptRetry => ACCEPT_RETRY_TIMER,
+            TimerKey::DiskRestart => DISK_RESTART_TIMER,
         }
     }
 
@@ -173,6 +185,7 @@ impl TimerKey {
         match token {
             SHUTDOWN_GRACE_TIMER => Some(TimerKey::ShutdownGrace),
             ACCEPT_RETRY_TIMER => Some(TimerKey::AcceptRetry),
+            DISK_RESTART_TIMER => Some(TimerKey::DiskRestart),
             token => match Source::from_token(token)? {
                 Source::Conn(key, Sub::Socket) => Some(TimerKey::Conn(key)),
                 Source::Released(child) => Some(TimerKey::Released(child)),
@@ -220,12 +233,15 @@ mod tests {
             Source::Waker,
             Source::Released(ChildId(0)),
             Source::Released(ChildId(u32::MAX)),
+            Source::Disk,
+            Source::DiskExit,
         ] {
             assert_eq!(Source::from_token(source.token()), Some(source));
         }
         for key in [
             TimerKey::ShutdownGrace,
             TimerKey::AcceptRetry,
+            TimerKey::DiskRestart,
             TimerKey::Conn(extremes[1]),
             TimerKey::Released(ChildId(7)),
         ] {

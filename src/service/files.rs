@@ -9,6 +9,10 @@
 //! ```text
 //! GetTransfer:  sending + (hash known | hashing 0..size)  --both done-->  DIGEST
 //! ```
+//! "Both done" is this machine's part; the connection then sends the DIGEST only once the last
+//! queued DATA range has left its outbox and the file is as it was at the open, else an
+//! ERROR (`pump_get` in [`crate::conn::transfers`]; checking a file is I/O, not for this
+//! module).
 //! A PUT takes exactly `size` bytes, hashing them as they are written; a resumed one first
 //! re-hashes the prefix the server already holds:
 //!

@@ -52,7 +52,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{Hash, PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
+use crate::proto::files::{PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
 use crate::sys::files::{FileError, Files, Meta, upload_id, wall_clock_ns};
 
 /// Bytes written between write-behind steps.
@@ -516,10 +516,9 @@ impl Files<'_> {
         }
     }
 
-    /// Makes a complete, verified upload the file at its path: caches its hash, `fsync`,
-    /// links the upload's own inode to a fresh name and renames that over the target, removes
+    /// Makes a complete, verified upload the file at its path: `fsync`, links the upload's own inode to a fresh name and renames that over the target, removes
     /// the partial's name, `fsync`s the directory.
-    pub fn commit(&mut self, mut upload: Upload, hash: &Hash) -> Result<(), FileError> {
+    pub fn commit(&mut self, mut upload: Upload) -> Result<(), FileError> {
         if upload.superseded() {
             return Err(upload.superseded_error());
         }
@@ -528,14 +527,10 @@ impl Files<'_> {
             .file
             .sync_all()
             .map_err(|error| FileError::io(&error, &path))?;
-        // Stored after the fsync, which for a large file puts the time of storing well past
-        // the last write's mtime: the cache is trusted from the first GET. (A small file's
-        // hash, stored within the racy window, is recomputed once: cheap.) The attribute is
-        // written before the rename, so the file never appears without it.
-        if let Ok(stat) = rustix::fs::fstat(&*upload.file) {
-            let meta = Meta::of(&stat);
-            self.store_hash(&upload.file, &meta, hash, wall_clock_ns());
-        }
+        // The verified hash is not cached: the link and rename below move the file's ctime
+        // after its bytes were hashed, so no entry could be trusted (a write in the tick of
+        // the rename would look the same). Its first GET hashes it from the disk, which also
+        // checks what was written, and caches that (see `crate::sys::hash_index`).
         let linked = linked_name();
         let proc_path = format!("/proc/self/fd/{}", upload.file.as_raw_fd());
         rustix::fs::linkat(
@@ -696,7 +691,7 @@ mod tests {
         base
     }
 
-    fn request(hash: Hash, flags: PutFlags) -> PutRequest<'static> {
+    fn request(hash: crate::proto::files::Hash, flags: PutFlags) -> PutRequest<'static> {
         PutRequest {
             size: 1,
             flags: flags.with(PutFlags::HASH_DECLARED),

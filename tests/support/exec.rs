@@ -129,9 +129,13 @@ impl Server {
         &self.setup().token
     }
 
-    /// The server's child processes (its commands, running or not yet reaped) and states.
+    /// The server's child processes (its commands, running or not yet reaped) and states;
+    /// its disk helper, a child for the server's whole life, is not counted.
     pub fn children(&self) -> Vec<(u32, char)> {
         children_of(self.pid())
+            .into_iter()
+            .filter(|&(pid, _)| !super::is_disk_helper(pid))
+            .collect()
     }
 
     /// Fails the test if the server has any child process.

@@ -33,8 +33,12 @@ pub const DATA_CHUNK: usize = 1 << 20;
 /// Most payload bytes the server puts in one ENTRIES page.
 pub const LIST_PAGE_MAX: usize = 64 << 10;
 
-/// Prefix of every name the server keeps for itself (partial uploads).
+/// Prefix of every name the server keeps for itself (partial uploads, the hash index).
 pub const RESERVED_PREFIX: &str = ".monoreactor-";
+
+/// The server's hash index in the root: it is there by design, and written by GETs, so
+/// [`reserved_entries`] and [`snapshot`] leave it out (they look for leftovers and changes).
+pub const HASH_INDEX: &str = ".monoreactor-hash-index";
 
 /// What a refused or failed request ended with: the ERROR's code and text.
 pub type Refusal = (ErrorCode, String);
@@ -166,7 +170,7 @@ pub enum Node {
 }
 
 /// Every entry under `dir` (not following symlinks), by path relative to `dir`, leaving out
-/// the subtrees in `skip` (absolute paths).
+/// the subtrees in `skip` (absolute paths) and the server's hash index.
 pub fn snapshot(dir: &Path, skip: &[&Path]) -> BTreeMap<PathBuf, Node> {
     let mut found = BTreeMap::new();
     walk(dir, dir, skip, &mut found);
@@ -179,7 +183,7 @@ fn walk(base: &Path, dir: &Path, skip: &[&Path], found: &mut BTreeMap<PathBuf, N
     for entry in entries {
         let entry = entry.expect("directory entry");
         let path = entry.path();
-        if skip.iter().any(|skipped| *skipped == path) {
+        if skip.iter().any(|skipped| *skipped == path) || entry.file_name() == HASH_INDEX {
             continue;
         }
         let meta = fs::symlink_metadata(&path).expect("lstat");
@@ -198,7 +202,7 @@ fn walk(base: &Path, dir: &Path, skip: &[&Path], found: &mut BTreeMap<PathBuf, N
     }
 }
 
-/// Names in `dir` that start with [`RESERVED_PREFIX`], with their sizes.
+/// Names in `dir` that start with [`RESERVED_PREFIX`], with their sizes (but the hash index).
 pub fn reserved_entries(dir: &Path) -> Vec<(String, u64)> {
     let mut found: Vec<(String, u64)> = fs::read_dir(dir)
         .unwrap_or_else(|error| panic!("read_dir {}: {error}", dir.display()))
@@ -206,7 +210,7 @@ pub fn reserved_entries(dir: &Path) -> Vec<(String, u64)> {
             let entry = entry.ok()?;
             let name = entry.file_name().to_str()?.to_string();
             let len = entry.metadata().ok()?.len();
-            name.starts_with(RESERVED_PREFIX).then_some((name, len))
+            (name.starts_with(RESERVED_PREFIX) && name != HASH_INDEX).then_some((name, len))
         })
         .collect();
     found.sort();
@@ -850,6 +854,32 @@ pub fn retry_busy_upload<T>(
             other => return other,
         }
     }
+}
+
+/// Holds the partial of the resumable upload (`path`, `data`) locked as another server
+/// process receiving it would (an exclusive open-file-description lock) until dropped; with
+/// `held`, the partial first holds that prefix of `data`.
+pub fn hold_upload_elsewhere(root: &Path, path: &str, data: &[u8], held: usize) -> fs::File {
+    use std::os::fd::AsRawFd;
+    let id = monoreactor::sys::files::upload_id(path, data.len() as u64, &blake3_of(data));
+    let (dir, _) = path.rsplit_once('/').unwrap_or(("", path));
+    let partial = root
+        .join(dir)
+        .join(format!(".monoreactor-partial-{id:016x}"));
+    fs::write(&partial, &data[..held]).expect("write the partial");
+    let file = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&partial)
+        .expect("open the partial");
+    // SAFETY: all-zero is a valid `flock` (the whole file); fcntl gets a pointer to it that
+    // outlives the call, on a descriptor we own.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+    assert_eq!(rc, 0, "lock: {}", std::io::Error::last_os_error());
+    file
 }
 
 // === The command line ===

@@ -484,6 +484,15 @@ pub fn children_of(parent: u32) -> Vec<(u32, char)> {
         .collect()
 }
 
+/// Whether `pid` is a server's disk helper (`monoreactor __disk-helper FD`).
+pub fn is_disk_helper(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|&byte| byte == 0)
+            .any(|arg| arg == b"__disk-helper")
+    })
+}
+
 /// The processes in process group `pgid`, with their state letters.
 pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
     let pgid = pgid.to_string();

@@ -1,0 +1,76 @@
+//! The loop's side of the disk helper ([`crate::sys::disk`]): the [`Disk`] a connection
+//! submits jobs through, the helper's events, its restart timer, and the delivery of each
+//! completion to the connection that submitted the job.
+//!
+//! A job's owner is its connection's socket token, which carries the slot and the
+//! generation: a completion for a connection closed since (or for a successor in its slot)
+//! finds no live slot and is dropped, as a stale event would be (rule 6).
+
+use log::{debug, warn};
+use mio::{Registry, Token};
+
+use super::Core;
+use super::slots::live_slot;
+use super::token::{ConnKey, Source, TimerKey};
+use crate::sys::disk::{Disk, DiskHelper, Job, JobId};
+
+/// One connection's view of the [`DiskHelper`]: its jobs are owned by the connection.
+pub(super) struct ConnDisk<'a> {
+    pub(super) helper: &'a mut DiskHelper,
+    pub(super) registry: &'a Registry,
+    pub(super) key: ConnKey,
+}
+
+impl Disk for ConnDisk<'_> {
+    fn submit(&mut self, job: Job) -> JobId {
+        let owner = self.key.socket().0 as u64;
+        self.helper.submit(Some(owner), job, self.registry)
+    }
+}
+
+impl Core {
+    /// The helper's socket or pidfd fired.
+    pub(super) fn serve_disk(&mut self, exit: bool) {
+        let registry = self.env.poll.registry();
+        let restart = if exit {
+            self.env.disk.on_exit_event(registry)
+        } else {
+            self.env.disk.on_socket_event(registry)
+        };
+        if let Some(delay) = restart {
+            let at = self.env.now.after(delay);
+            self.env.timers.push(at, TimerKey::DiskRestart.pack());
+        }
+    }
+
+    /// The helper's restart delay passed.
+    pub(super) fn disk_restart_timer(&mut self) {
+        self.env.disk.restart(self.env.poll.registry());
+    }
+
+    /// Hands every waiting completion to its connection, and drives that connection so what
+    /// the completion unblocked (a reply, a next step) goes out this turn.
+    pub(super) fn deliver_disk_done(&mut self) {
+        while let Some((owner, done)) = self.env.disk.next_done() {
+            let key = owner.and_then(|owner| match Source::from_token(Token(owner as usize)) {
+                Some(Source::Conn(key, _)) => Some(key),
+                _ => None,
+            });
+            let Some(key) = key.filter(|key| live_slot(&mut self.conns, *key).is_some()) else {
+                match &done.result {
+                    Ok(()) => debug!("{} done; its connection is gone", done.id),
+                    Err(errno) => warn!(
+                        "{} ({:?}) failed: {errno}; its connection is gone",
+                        done.id, done.kind
+                    ),
+                }
+                continue;
+            };
+            if let Some(slot) = live_slot(&mut self.conns, key) {
+                self.env
+                    .with_context(key, |cx| slot.conn.handle_disk_done(done, cx));
+                self.drive_slot(key);
+            }
+        }
+    }
+}

@@ -65,10 +65,7 @@ fn a_takeover_whose_newer_put_goes_away_leaves_the_upload_resumable() {
 
     // The user resumes from elsewhere: the newer PUT takes the upload over ...
     let mut second = server.conn();
-    let (_, ready) = ok(
-        begin(&mut second, "f", &data, PutFlags::RESUME),
-        "takeover",
-    );
+    let (_, ready) = ok(begin(&mut second, "f", &data, PutFlags::RESUME), "takeover");
     assert_eq!(ready.held, MIB as u64);
     // ... and that connection drops too (Ctrl-C, a flaky network).
     drop(second);
@@ -307,7 +304,9 @@ fn a_failed_takeover_on_a_live_connection_does_not_block_the_upload_for_good() {
     let (stream, ready) = match third {
         Ok(third) => third,
         Err((code, text)) => {
-            panic!("blocked by the superseded stream {first} of this very connection: {code}: {text}")
+            panic!(
+                "blocked by the superseded stream {first} of this very connection: {code}: {text}"
+            )
         }
     };
     conn.send_data_in(stream, &data[ready.held as usize..], MIB);
@@ -350,7 +349,11 @@ fn sound_parse_delete_path_admits_only_a_partial_as_the_last_component() {
         format!("a/b/{PARTIAL_PREFIX}{id}"),
         "a/b".to_string(),
     ] {
-        assert_eq!(parse_delete_path(good.as_bytes()), Ok(good.as_str()), "{good}");
+        assert_eq!(
+            parse_delete_path(good.as_bytes()),
+            Ok(good.as_str()),
+            "{good}"
+        );
     }
     for bad in [
         format!("a/../{PARTIAL_PREFIX}{id}"),
@@ -368,7 +371,10 @@ fn sound_parse_delete_path_admits_only_a_partial_as_the_last_component() {
         ".monoreactor-tmp-1-2".to_string(),
         format!("a\\b/{PARTIAL_PREFIX}{id}"),
     ] {
-        assert!(parse_delete_path(bad.as_bytes()).is_err(), "{bad:?} accepted");
+        assert!(
+            parse_delete_path(bad.as_bytes()).is_err(),
+            "{bad:?} accepted"
+        );
     }
 }
 

@@ -139,7 +139,13 @@ pub fn parse_delete_path(bytes: &[u8]) -> Result<&str, FileRequestError> {
     let Ok(path) = std::str::from_utf8(bytes) else {
         return Err(refused);
     };
-    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let (parent, name) = match path.rsplit_once('/') {
+        // `/name`: the parent would be the empty path, which `check_relative` takes for the
+        // root — but a leading `/` makes the path absolute, which every request refuses.
+        Some(("", _)) => return Err(refused),
+        Some(split) => split,
+        None => ("", path),
+    };
     if bytes.len() <= MAX_PATH_LEN && partial_id(name).is_some() && check_relative(parent).is_ok() {
         return Ok(path);
     }

@@ -494,7 +494,11 @@ impl Files<'_> {
         let frees_much = kind == FileType::RegularFile
             && stat.st_nlink == 1
             && (stat.st_blocks as u64).saturating_mul(512) >= OFFLOAD_UNLINK_BYTES;
-        if let (true, Some(disk)) = (frees_much, disk) {
+        let mut disk = disk;
+        if let (true, Some(disk)) = (
+            frees_much,
+            disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk),
+        ) {
             match rename_aside(&dir, &name) {
                 Ok(trash) => {
                     debug!("{path}: renamed aside to {trash}, unlinked off the loop");
@@ -515,7 +519,7 @@ impl Files<'_> {
             // Not empty: perhaps only of interrupted uploads, which the user could not see
             // to remove before LIST showed them.
             Err(Errno::NOTEMPTY) => {
-                self.remove_leftovers(&dir, &name, path)?;
+                self.remove_leftovers(&dir, &name, path, disk)?;
                 rustix::fs::unlinkat(&dir, name.as_str(), flags)
             }
             done => done,

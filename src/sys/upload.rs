@@ -15,12 +15,19 @@
 //! the inode it locked — so a process that opened the name just before another committed it
 //! notices, and starts a new partial instead of writing into the committed file. A partial
 //! with more than one link is never written either: a crash between a commit's rename and its
-//! removal of the partial's name can leave one, and it *is* the committed file.
+//! removal of the partial's name can leave one, and it *is* the committed file. The partial's
+//! name belongs to the server, so anything else found under it (a symlink, a FIFO, put there
+//! from outside) is removed rather than left to block that upload for good.
 //!
 //! Within one process the newest PUT of an upload takes it over (a client that vanished
 //! without a FIN, resuming from elsewhere, must not wait for the idle timeout): it shares the
 //! older one's descriptor, so the lock stays held, and the older one is told it was
-//! superseded; it never writes, commits or removes again.
+//! superseded; it never writes, commits or removes again. The superseded one still holds the
+//! descriptor (and so the lock) until its stream ends, which for a stalled client may be the
+//! idle timeout; so the table entry that lets the next PUT take the descriptor over stays as
+//! long as *any* upload shares it, whichever ends first. A commit or a discard removes the
+//! entry at once instead: the partial's name is gone, and the descriptor must never be handed
+//! to a later PUT (which would truncate a committed file).
 //!
 //! **Committing the inode that was verified.** The bytes were hashed as they were written
 //! through the upload's descriptor, so that descriptor — never "whatever the partial's name
@@ -28,7 +35,9 @@
 //! through `/proc/self/fd` (`linkat(AT_SYMLINK_FOLLOW)`; `AT_EMPTY_PATH` would need
 //! `CAP_DAC_READ_SEARCH`), that name is renamed over the target, the partial's name is removed
 //! (still under the lock), and the directory is `fsync`ed (Pillai et al., OSDI'14). An
-//! `O_TMPFILE` upload, which cannot resume, takes the same path without a partial.
+//! `O_TMPFILE` upload, which cannot resume, takes the same path without a partial; it is
+//! locked too, from its start, so that its `.monoreactor-tmp-` link is as busy as a partial's
+//! to a DELETE of the directory in another process.
 //!
 //! **Write-behind.** While an upload streams, every [`WRITE_BEHIND`] bytes the range just
 //! written is handed to the disk (`sync_file_range(WRITE)`), and every
@@ -37,7 +46,10 @@
 //!
 //! **Leftovers.** A partial nobody resumes expires: a PUT starting in its directory sweeps out
 //! leftovers untouched for [`PARTIAL_TTL_NS`] (bounded work, at most hourly per directory,
-//! skipping any partial whose lock is held).
+//! skipping any partial whose lock is held), and trash (a file DELETE renamed aside for the
+//! disk helper) older than a minute. A DELETE of a directory holding nothing else
+//! removes its leftovers all or none: it judges every entry, locks every partial and link
+//! (one busy: `UPLOAD_BUSY`), and only then removes them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,7 +65,7 @@ use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
 use crate::proto::files::{PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
-use crate::sys::disk::{DiskDone, Job, JobId};
+use crate::sys::disk::{Disk, DiskDone, Job, JobId, TRASH_PREFIX, trash_name};
 use crate::sys::files::{FileError, Files, Meta, upload_id, wall_clock_ns};
 
 /// An upload is made durable (`fdatasync`, by the disk helper) in windows of this many bytes,
@@ -75,6 +87,14 @@ const SWEEP_INTERVAL_NS: i64 = 3600 * 1_000_000_000;
 
 /// Most entries one sweep looks at, so a huge directory costs a bounded pause.
 const SWEEP_ENTRIES: usize = 4096;
+
+/// Most leftovers a DELETE of a directory removes with it (more: `NOT_EMPTY`). It holds each
+/// open and locked at once, so that it removes all or none: a descriptor each.
+const DELETE_LEFTOVERS: usize = 1024;
+
+/// Trash (a file DELETE renamed aside for the disk helper to unlink) older than this was left
+/// behind — the helper or the server was killed before the unlink — and is swept out.
+const TRASH_TTL_NS: i64 = 60 * 1_000_000_000;
 
 /// Most directories whose last sweep is remembered.
 const SWEPT_DIRS: usize = 4096;
@@ -145,14 +165,15 @@ pub struct Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if self.id != 0 {
-            let mut uploads = lock(&self.uploads);
-            if uploads
-                .get(&self.id)
-                .is_some_and(|holder| Arc::ptr_eq(&holder.superseded, &self.superseded))
-            {
-                uploads.remove(&self.id);
-            }
+        // The entry is how the next PUT of this upload in this process gets the descriptor,
+        // and with it the lock. So it stays as long as any upload still shares the descriptor:
+        // a superseded one keeps it (and the lock) until its stream ends, and without the
+        // entry every PUT would be refused `UPLOAD_BUSY` meanwhile, whichever of the two ends
+        // first. Once committed, the partial's name is gone and the descriptor is the
+        // committed file: the entry goes at once, or the next PUT would take it over and
+        // truncate a confirmed file.
+        if self.committed || Arc::strong_count(&self.file) == 1 {
+            self.unregister();
         }
         if !self.committed {
             if let Temp::Partial(name) = &self.temp {
@@ -163,6 +184,21 @@ impl Drop for Upload {
 }
 
 impl Upload {
+    /// Removes this upload's entry from the table of uploads in progress, if the entry is
+    /// still for its descriptor (not for a newer upload of the same id started afresh).
+    fn unregister(&self) {
+        if self.id == 0 {
+            return;
+        }
+        let mut uploads = lock(&self.uploads);
+        if uploads.get(&self.id).is_some_and(|holder| {
+            // The entry's `Weak` keeps the allocation, so its address is not reused.
+            std::ptr::eq(holder.file.as_ptr(), Arc::as_ptr(&self.file))
+        }) {
+            uploads.remove(&self.id);
+        }
+    }
+
     /// The temporary file (to re-read the held prefix on resume).
     pub fn file(&self) -> &File {
         &self.file
@@ -268,6 +304,7 @@ pub struct Published {
 
 /// Tries to take the exclusive open-file-description lock on the whole of `file` (however
 /// long it grows). `Ok(false)`: another open file description holds a lock on it.
+/// `Err(ENOLCK)`: the file system (or kernel) has no such locks — see [`lock_failed`].
 fn try_lock(file: &impl AsFd) -> Result<bool, Errno> {
     // SAFETY: `flock` is plain data; all-zero is a valid value (l_start and l_len 0 = the
     // whole file; l_pid must be 0 for an OFD lock).
@@ -283,8 +320,26 @@ fn try_lock(file: &impl AsFd) -> Result<bool, Errno> {
     }
     match Errno::from_io_error(&io::Error::last_os_error()) {
         Some(Errno::AGAIN | Errno::ACCESS) => Ok(false),
+        // EINVAL is how a kernel or file system without OFD locks refuses F_OFD_SETLK; it
+        // would otherwise read as a bad argument about the file.
+        Some(Errno::INVAL | Errno::NOLCK) => Err(Errno::NOLCK),
         Some(errno) => Err(errno),
         None => Err(Errno::IO),
+    }
+}
+
+/// The error for a PUT or DELETE whose partial (or link) could not be opened and locked.
+fn lock_failed(errno: Errno, path: &str) -> FileError {
+    match errno {
+        Errno::NOLCK => FileError::new(
+            ErrorCode::IoFailed,
+            format!("{path}: this filesystem does not support open-file-description locks"),
+        ),
+        Errno::ISDIR => FileError::new(
+            ErrorCode::IoFailed,
+            format!("{path}: the upload's partial file is a directory"),
+        ),
+        errno => FileError::from_errno(errno, path),
     }
 }
 
@@ -301,6 +356,11 @@ enum Opened {
     Busy,
     /// No such name (only without `create`).
     Missing,
+    /// The name was not a partial that can be written, and was removed (only without
+    /// `create`): a second link of a committed file (what a crash between a commit's rename
+    /// and its unlink leaves), or something planted from outside the server — a symlink, a
+    /// FIFO, a device.
+    Removed,
 }
 
 /// Opens the partial `name` in `dir` (creating it with `create`) and takes its lock. Once the
@@ -308,26 +368,56 @@ enum Opened {
 /// partial removes its name before letting go, so a changed name means we opened it just
 /// before that, and open it again. A partial that is linked elsewhere too (the committed file
 /// itself, after a crash between a commit's rename and its unlink) is unlinked, never written.
+///
+/// The name belongs to the server (no request can create it), so anything else found there —
+/// a symlink, a FIFO, a device, put there from outside — is removed too, rather than blocking
+/// that upload for good. (A directory is left alone: `EISDIR`.)
 fn open_locked(dir: &OwnedFd, name: &str, create: bool) -> Result<Opened, Errno> {
+    let mut removed = false;
     for _ in 0..LOCK_ATTEMPTS {
-        // O_NONBLOCK: a device or FIFO planted under the name must not block the loop; it is
-        // refused below.
-        let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        // O_NONBLOCK: a FIFO planted under the name must not block the loop; O_NOCTTY: nor
+        // may a terminal become ours. Either is removed below.
+        let mut flags =
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         if create {
             flags |= OFlags::CREATE;
         }
         let fd = match rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644)) {
             Ok(fd) => fd,
-            Err(Errno::NOENT) if !create => return Ok(Opened::Missing),
+            Err(Errno::NOENT) if !create => {
+                return Ok(if removed {
+                    Opened::Removed
+                } else {
+                    Opened::Missing
+                });
+            }
+            // ELOOP: a symlink (O_NOFOLLOW); ENXIO: a socket, or a FIFO's other end missing.
+            Err(errno @ (Errno::LOOP | Errno::NXIO)) => {
+                match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(named) if !writable_type(&named) => {
+                        warn!("{name} is not a regular file: removing it");
+                        unlink_same(dir, name, &named)?;
+                        removed = true;
+                        continue;
+                    }
+                    // Changed meanwhile: try again.
+                    Ok(_) | Err(Errno::NOENT) => continue,
+                    Err(_) => return Err(errno),
+                }
+            }
             Err(errno) => return Err(errno),
         };
         let file = File::from(fd);
+        let stat = rustix::fs::fstat(&file)?;
+        if !writable_type(&stat) {
+            warn!("{name} is not a regular file: removing it");
+            drop(file);
+            unlink_same(dir, name, &stat)?;
+            removed = true;
+            continue;
+        }
         if !try_lock(&file)? {
             return Ok(Opened::Busy);
-        }
-        let stat = rustix::fs::fstat(&file)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(Errno::INVAL);
         }
         match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(named) if same_inode(&named, &stat) => {
@@ -335,29 +425,34 @@ fn open_locked(dir: &OwnedFd, name: &str, create: bool) -> Result<Opened, Errno>
                     return Ok(Opened::Locked(file, stat));
                 }
                 warn!("partial {name} has {} links: set aside", stat.st_nlink);
-                unlink_if_same(dir, name, &stat);
+                unlink_same(dir, name, &stat)?;
+                removed = true;
             }
             Ok(_) | Err(Errno::NOENT) => {}
             Err(errno) => return Err(errno),
         }
         if !create {
-            return Ok(Opened::Missing);
+            return Ok(if removed {
+                Opened::Removed
+            } else {
+                Opened::Missing
+            });
         }
     }
     Ok(Opened::Busy)
 }
 
+/// Whether `stat` is of a regular file, the only kind a partial may be. (A directory is not
+/// one either, but nothing here removes a directory: its `open` fails with `EISDIR`.)
+fn writable_type(stat: &Stat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+}
+
 /// Removes `name` from `dir` if it still leads to the inode of `stat` (whose lock the caller
 /// holds, so nobody else may have replaced it since — unless from outside the server).
 fn unlink_if_same(dir: &OwnedFd, name: &str, stat: &Stat) {
-    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(named) if same_inode(&named, stat) => {
-            if let Err(errno) = rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-                warn!("cannot remove {name}: {errno}");
-            }
-        }
-        Ok(_) | Err(Errno::NOENT) => {}
-        Err(errno) => warn!("cannot check {name} before removing it: {errno}"),
+    if let Err(errno) = unlink_same(dir, name, stat) {
+        warn!("cannot remove {name}: {errno}");
     }
 }
 
@@ -401,6 +496,83 @@ fn replace(dir: &OwnedFd, linked: &str, name: &str) -> Result<Option<String>, Er
         }
     }
     rustix::fs::renameat(dir, linked, dir, name).map(|()| None)
+}
+
+/// [`unlink_if_same`], telling why not.
+fn unlink_same(dir: &OwnedFd, name: &str, stat: &Stat) -> Result<(), Errno> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(named) if same_inode(&named, stat) => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
+        Ok(_) | Err(Errno::NOENT) => Ok(()),
+        Err(errno) => Err(errno),
+    }
+}
+
+/// Whether `name` is one of the server's own leftovers that a DELETE of its directory may
+/// remove: a partial upload, a commit's link, trash.
+fn is_leftover(name: &str) -> bool {
+    partial_id(name).is_some() || name.starts_with(LINKED_PREFIX) || name.starts_with(TRASH_PREFIX)
+}
+
+/// Unlinks the trash `name` in `dir` (of the directory `path`) here, on the loop.
+fn unlink_trash(dir: &OwnedFd, name: &str, path: &str) -> Result<(), FileError> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => {
+            info!("{path}: removed trash {name}");
+            Ok(())
+        }
+        Err(Errno::NOENT) => Ok(()),
+        // A directory, made meanwhile: not ours to empty.
+        Err(Errno::ISDIR | Errno::PERM) => Err(FileError::from_errno(Errno::NOTEMPTY, path)),
+        Err(errno) => Err(FileError::from_errno(errno, path)),
+    }
+}
+
+/// Removes the trash `name` from `dir` (the directory `path`, in `parent`) for a DELETE
+/// of that directory: renamed into `parent` under a fresh name and handed to the disk
+/// helper, which frees its blocks off the loop (a DELETE renamed it aside because it is
+/// big); without a helper, or if the rename fails, unlinked here.
+fn remove_trash(
+    parent: &OwnedFd,
+    dir: &OwnedFd,
+    name: &str,
+    path: &str,
+    disk: Option<&mut dyn Disk>,
+) -> Result<(), FileError> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        // Only files are renamed aside; a directory under a trash name (a rename aside undone
+        // halfway) is not ours to empty, nor to move.
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {
+            return Err(FileError::from_errno(Errno::NOTEMPTY, path));
+        }
+        Ok(_) => {}
+        Err(Errno::NOENT) => return Ok(()), // the helper was quicker
+        Err(errno) => return Err(FileError::from_errno(errno, path)),
+    }
+    if let Some(disk) = disk {
+        let moved = trash_name();
+        let renamed =
+            rustix::fs::renameat_with(dir, name, parent, moved.as_str(), RenameFlags::NOREPLACE);
+        match renamed {
+            // If the helper already had the old name queued, it now finds ENOENT, which
+            // counts as done.
+            Ok(()) => match rustix::io::fcntl_dupfd_cloexec(parent, 0) {
+                Ok(parent) => {
+                    disk.submit(Job::Unlink {
+                        dir: parent,
+                        name: moved,
+                    });
+                    return Ok(());
+                }
+                Err(errno) => {
+                    debug!("{path}: cannot hand {moved} to the disk helper ({errno})");
+                    return unlink_trash(parent, &moved, path);
+                }
+            },
+            Err(Errno::NOENT) => return Ok(()), // the helper was quicker
+            Err(errno) => debug!("{path}: cannot move {name} out ({errno}); unlinking here"),
+        }
+    }
+    unlink_trash(dir, name, path)
 }
 
 /// A fresh name for linking a verified upload before its rename: unique to this process and
@@ -451,6 +623,13 @@ impl Files<'_> {
                 mode,
             )
             .map_err(|errno| FileError::from_errno(errno, path))?;
+            // Locked too, although nobody else can open it yet: the commit will give it a
+            // `.monoreactor-tmp-` name for a moment, and a DELETE of the directory in another
+            // process must then find that name busy, as it finds a partial's link. Without
+            // OFD locks the upload goes ahead; such a DELETE fails on the lock anyway.
+            if let Err(errno) = try_lock(&fd) {
+                debug!("{path}: upload not locked: {errno}");
+            }
             return Ok(Upload {
                 file: Arc::new(File::from(fd)),
                 dir,
@@ -493,14 +672,11 @@ impl Files<'_> {
                         ),
                     ));
                 }
-                Ok(Opened::Missing) => return Err(FileError::from_errno(Errno::NOENT, path)),
-                Err(Errno::INVAL) => {
-                    return Err(FileError::new(
-                        ErrorCode::IoFailed,
-                        format!("{path}: the upload's partial file is not a regular file"),
-                    ));
+                // (Only without `create`.)
+                Ok(Opened::Missing | Opened::Removed) => {
+                    return Err(FileError::from_errno(Errno::NOENT, path));
                 }
-                Err(errno) => return Err(FileError::from_errno(errno, path)),
+                Err(errno) => return Err(lock_failed(errno, path)),
             },
         };
         let superseded = Arc::new(AtomicBool::new(false));
@@ -578,11 +754,16 @@ impl Files<'_> {
             return;
         };
         let mut candidates = Vec::new();
+        let mut trash = Vec::new();
         for entry in std::iter::from_fn(|| entries.read()).take(SWEEP_ENTRIES) {
             let Ok(entry) = entry else { break };
             let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
+            if name.starts_with(TRASH_PREFIX) {
+                trash.push(name.to_string());
+                continue;
+            }
             let id = partial_id(name);
             if id.is_none() && !name.starts_with(LINKED_PREFIX) {
                 continue;
@@ -600,6 +781,18 @@ impl Files<'_> {
             if now.saturating_sub(Meta::of(&stat).mtime_ns) > PARTIAL_TTL_NS {
                 unlink_if_same(dir, &name, &stat);
                 info!("{path}: removed expired upload leftover {name}");
+            }
+        }
+        // Trash is judged by its ctime, which its rename aside set (its mtime is the deleted
+        // file's). It is unlinked here, on the loop: this sweep has no disk helper to hand it
+        // to, and such leftovers are rare (the helper or the server killed in between).
+        for name in trash {
+            let Ok(stat) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if writable_type(&stat) && now.saturating_sub(Meta::of(&stat).ctime_ns) > TRASH_TTL_NS {
+                unlink_if_same(dir, &name, &stat);
+                info!("{path}: removed leftover trash {name}");
             }
         }
     }
@@ -691,24 +884,36 @@ impl Files<'_> {
                 unlink_if_same(dir, name, &stat);
                 Ok(())
             }
+            // Removed while being opened (a committed file's second link, or something
+            // planted under the name): what was asked for is done.
+            Ok(Opened::Removed) => Ok(()),
             Ok(Opened::Busy) => Err(FileError::new(
                 ErrorCode::UploadBusy,
                 format!("{path}: the upload is in progress; it cannot be removed now"),
             )),
             Ok(Opened::Missing) => Err(FileError::from_errno(Errno::NOENT, path)),
-            Err(errno) => Err(FileError::from_errno(errno, path)),
+            Err(errno) => Err(lock_failed(errno, path)),
         }
     }
 
     /// For a DELETE of the directory `name` in `parent` (of `path`) that `rmdir` found not
     /// empty: if all it holds is the server's own leftovers — partial uploads nobody is
-    /// receiving, a link of an interrupted commit — removes them, so that the `rmdir` can be
-    /// tried again; otherwise says why not (`NOT_EMPTY`, or `UPLOAD_BUSY`).
+    /// receiving, the link of an interrupted commit, trash DELETE renamed aside — removes
+    /// them, so that the `rmdir` can be tried again; otherwise says why not (`NOT_EMPTY`, or
+    /// `UPLOAD_BUSY`) and removes none of them.
+    ///
+    /// All or none: the whole directory is judged first (at most [`DELETE_LEFTOVERS`]
+    /// entries, more is `NOT_EMPTY`), then every partial and link is locked — one busy, held
+    /// by an upload or a commit in progress in some process, refuses the DELETE — and only
+    /// then is anything removed, each name still under its lock. Trash goes to the disk
+    /// helper (`disk`), renamed into `parent` so the directory empties at once; without one it
+    /// is unlinked here.
     pub(crate) fn remove_leftovers(
         &mut self,
         parent: &OwnedFd,
         name: &str,
         path: &str,
+        disk: Option<&mut dyn Disk>,
     ) -> Result<(), FileError> {
         let fd = rustix::fs::openat(
             parent,
@@ -721,40 +926,54 @@ impl Files<'_> {
             .map_err(|errno| FileError::from_errno(errno, path))?;
         let mut entries =
             rustix::fs::Dir::new(fd).map_err(|errno| FileError::from_errno(errno, path))?;
-        let mut leftovers = Vec::new();
-        for entry in std::iter::from_fn(|| entries.read()).take(SWEEP_ENTRIES) {
+        let not_empty = || FileError::from_errno(Errno::NOTEMPTY, path);
+        // 1. Judge every entry, touching none.
+        let mut names = Vec::new();
+        for entry in std::iter::from_fn(|| entries.read()) {
             let entry = entry.map_err(|errno| FileError::from_errno(errno, path))?;
-            let name = entry.file_name().to_string_lossy();
+            // A name that is not UTF-8 is none of the server's.
+            let Ok(name) = entry.file_name().to_str() else {
+                return Err(not_empty());
+            };
             if name == "." || name == ".." {
                 continue;
             }
-            if partial_id(&name).is_none() && !name.starts_with(LINKED_PREFIX) {
-                return Err(FileError::from_errno(Errno::NOTEMPTY, path));
+            if !is_leftover(name) || names.len() == DELETE_LEFTOVERS {
+                return Err(not_empty());
             }
-            leftovers.push(name.into_owned());
+            names.push(name.to_string());
         }
-        if leftovers.len() >= SWEEP_ENTRIES {
-            return Err(FileError::from_errno(Errno::NOTEMPTY, path));
-        }
-        for leftover in leftovers {
-            if partial_id(&leftover).is_some() {
-                self.delete_partial(&dir, &leftover, path)
-                    .or_else(|error| match error.code {
-                        ErrorCode::NotFound => Ok(()),
-                        ErrorCode::UploadBusy => Err(FileError::new(
-                            ErrorCode::UploadBusy,
-                            format!("{path}: an upload into it is in progress"),
-                        )),
-                        _ => Err(error),
-                    })?;
-            } else if let Err(errno) =
-                rustix::fs::unlinkat(&dir, leftover.as_str(), AtFlags::empty())
-            {
-                if errno != Errno::NOENT {
-                    return Err(FileError::from_errno(errno, path));
+        // 2. Lock every partial and link; trash needs no lock (nobody writes it).
+        let mut locked = Vec::new();
+        let mut trash = Vec::new();
+        for name in names {
+            if name.starts_with(TRASH_PREFIX) {
+                trash.push(name);
+                continue;
+            }
+            match open_locked(&dir, &name, false) {
+                Ok(Opened::Locked(file, stat)) => locked.push((name, file, stat)),
+                // Gone meanwhile, or not an upload at all and removed as such.
+                Ok(Opened::Missing | Opened::Removed) => {}
+                Ok(Opened::Busy) => {
+                    return Err(FileError::new(
+                        ErrorCode::UploadBusy,
+                        format!("{path}: an upload into it is in progress"),
+                    ));
                 }
+                Err(errno) => return Err(lock_failed(errno, path)),
             }
-            info!("{path}: removed upload leftover {leftover}");
+        }
+        // 3. Remove. Trash first: it is garbage either way, and the one step here that can
+        // fail for a reason of its own (a directory under a trash name).
+        let mut disk = disk;
+        for name in trash {
+            let disk = disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
+            remove_trash(parent, &dir, &name, path, disk)?;
+        }
+        for (name, _file, stat) in &locked {
+            unlink_if_same(&dir, name, stat);
+            info!("{path}: removed upload leftover {name}");
         }
         Ok(())
     }
@@ -772,6 +991,9 @@ impl Files<'_> {
                 Err(errno) => warn!("{}: cannot remove partial {name}: {errno}", upload.path),
             }
         }
+        // The name is gone (or going): a superseded upload still sharing the descriptor must
+        // not hand this inode to the next PUT, which starts a new partial instead.
+        upload.unregister();
     }
 }
 
@@ -898,6 +1120,184 @@ mod tests {
             "the committed file is not truncated"
         );
         drop(upload);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+    fn in_table(files: &Files<'_>) -> usize {
+        lock(&files.state.uploads).len()
+    }
+
+    #[test]
+    fn a_takeover_stays_resumable_whichever_upload_ends_first() {
+        for newer_first in [false, true] {
+            let base = scratch(&format!("takeover-{newer_first}"));
+            let root = Root::open_or_create(&base).unwrap();
+            let hash = [3; 32];
+            let mut state = FileState::new(4, 1 << 20);
+            let mut files = Files {
+                root: &root,
+                state: &mut state,
+            };
+            let older = files.begin_put(&request(hash, PutFlags::NONE)).unwrap();
+            let newer = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
+            assert!(older.superseded() && !newer.superseded());
+            let (first, second) = if newer_first {
+                (newer, older)
+            } else {
+                (older, newer)
+            };
+            drop(first);
+            // The one left still holds the descriptor, hence the lock: the next PUT must be
+            // able to take it over rather than be refused UPLOAD_BUSY.
+            let next = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
+            assert!(second.superseded(), "newer_first {newer_first}");
+            drop(second);
+            drop(next);
+            assert_eq!(in_table(&files), 0, "the last one out removes the entry");
+            // And the lock went with the last descriptor.
+            drop(files.begin_put(&request(hash, PutFlags::RESUME)).unwrap());
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_committed_or_discarded_upload_is_never_taken_over() {
+        for commit in [true, false] {
+            let base = scratch(&format!("ends-{commit}"));
+            let root = Root::open_or_create(&base).unwrap();
+            let hash = [4; 32];
+            let mut state = FileState::new(4, 1 << 20);
+            let mut files = Files {
+                root: &root,
+                state: &mut state,
+            };
+            let older = files.begin_put(&request(hash, PutFlags::NONE)).unwrap();
+            let newer = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
+            newer.file().write_all_at(b"z", 0).unwrap();
+            if commit {
+                files.publish(newer).unwrap();
+            } else {
+                files.discard(newer);
+            }
+            // The superseded one still shares the inode, but the table no longer leads to it.
+            assert_eq!(in_table(&files), 0, "commit {commit}");
+            let next = files.begin_put(&request(hash, PutFlags::NONE)).unwrap();
+            assert_eq!(next.held, 0);
+            assert!(!Arc::ptr_eq(&next.file, &older.file), "commit {commit}");
+            if commit {
+                assert_eq!(
+                    std::fs::read(root.path().join("target")).unwrap(),
+                    b"z",
+                    "the committed file is not truncated"
+                );
+            }
+            drop(older);
+            assert_eq!(
+                in_table(&files),
+                1,
+                "the older one leaves the new entry alone"
+            );
+            drop(next);
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_unnamed_upload_is_locked_like_a_partial() {
+        let base = scratch("tmpfile");
+        let root = Root::open_or_create(&base).unwrap();
+        let mut state = FileState::new(4, 1 << 20);
+        let mut files = Files {
+            root: &root,
+            state: &mut state,
+        };
+        let upload = files
+            .begin_put(&PutRequest {
+                size: 1,
+                flags: PutFlags::NONE,
+                hash: None,
+                path: "target",
+            })
+            .unwrap();
+        // As the commit names it, for a moment.
+        let linked = root.path().join(format!("{LINKED_PREFIX}1-1"));
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{}", upload.file.as_raw_fd()).as_str(),
+            rustix::fs::CWD,
+            &linked,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .unwrap();
+        let other = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&linked)
+            .unwrap();
+        assert!(!try_lock(&other).unwrap(), "held by the upload");
+        drop(upload);
+        assert!(try_lock(&other).unwrap(), "free once the upload ends");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn deleting_a_directory_removes_all_of_its_leftovers_or_none() {
+        let base = scratch("leftovers");
+        let root = Root::open_or_create(&base).unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let names = [
+            format!("{PARTIAL_PREFIX}0000000000000001"),
+            format!("{PARTIAL_PREFIX}0000000000000002"),
+            format!("{LINKED_PREFIX}1-2"),
+            format!("{TRASH_PREFIX}1-2"),
+        ];
+        for name in &names {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let mut state = FileState::new(4, 1 << 20);
+        let mut files = Files {
+            root: &root,
+            state: &mut state,
+        };
+        for busy in &names[..3] {
+            let writer = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(dir.join(busy))
+                .unwrap();
+            assert!(try_lock(&writer).unwrap());
+            let refused = files.delete("d", None).unwrap_err();
+            assert_eq!(
+                refused.code,
+                ErrorCode::UploadBusy,
+                "{busy}: {}",
+                refused.text
+            );
+            for name in &names {
+                assert!(dir.join(name).exists(), "{busy} busy, yet {name} removed");
+            }
+        }
+        files.delete("d", None).unwrap();
+        assert!(!dir.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn fresh_trash_stays_until_its_helper_had_time() {
+        let base = scratch("trash");
+        let root = Root::open_or_create(&base).unwrap();
+        let trash = root.path().join(format!("{TRASH_PREFIX}1-1"));
+        std::fs::write(&trash, b"x").unwrap();
+        let mut state = FileState::new(4, 1 << 20);
+        let mut files = Files {
+            root: &root,
+            state: &mut state,
+        };
+        drop(files.begin_put(&request([5; 32], PutFlags::NONE)).unwrap());
+        assert!(
+            trash.exists(),
+            "its unlink may still be queued for the helper"
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -543,6 +543,8 @@ impl ScriptedChild {
 pub struct ScriptedDisk {
     pending: VecDeque<(JobId, Job)>,
     next_id: u64,
+    /// The ring a write's bytes are copied into, made at the first write.
+    ring: Option<crate::sys::disk::Ring>,
 }
 
 impl ScriptedDisk {
@@ -583,6 +585,19 @@ impl Disk for ScriptedDisk {
         self.next_id += 1;
         self.pending.push_back((id, job));
         id
+    }
+
+    fn submit_write(
+        &mut self,
+        file: std::os::fd::BorrowedFd<'_>,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Option<JobId> {
+        if self.ring.is_none() {
+            self.ring = Some(crate::sys::disk::Ring::new().ok()?);
+        }
+        let job = crate::sys::disk::write_job(self.ring.as_ref()?, file, offset, bytes)?;
+        Some(self.submit(job))
     }
 }
 

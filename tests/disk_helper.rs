@@ -655,7 +655,12 @@ fn a_put_answers_digest_only_once_its_data_and_directory_are_durable() {
     io.push(&upload(1, &bytes, "f"));
     settle(&mut h, &mut io);
     assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::PutReady, 1)]);
+    // The bytes are the disk helper's to write; the fsync waits for the write.
+    assert_eq!(pending_kinds(&mut h), [JobKind::Write]);
+    let done = h.disk().run_next().unwrap();
+    h.disk_done(&mut io, done);
     assert_eq!(pending_kinds(&mut h), [JobKind::Fsync], "the data's fsync");
+    assert!(io.take_frames().is_empty());
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"old", "not yet");
 
     // The data is durable: the file is renamed into place (the old one set aside for the
@@ -694,6 +699,8 @@ fn a_failed_sync_fails_the_upload_and_stores_nothing() {
     io.push(&upload(1, &[9u8; 5000], "f"));
     settle(&mut h, &mut io);
     io.take_frames();
+    let written = h.disk().run_next().unwrap();
+    h.disk_done(&mut io, written);
     // The disk reports a write-back error to the data's fsync.
     let failed = h.disk().finish_next(Err(Errno::IO)).unwrap();
     h.disk_done(&mut io, failed);
@@ -723,10 +730,12 @@ fn an_upload_that_runs_ahead_of_the_disk_is_read_no_further() {
     let bytes = vec![3u8; 80 << 20];
     io.push(&upload(1, &bytes, "big"));
     settle(&mut h, &mut io);
-    // Two windows (16 MiB each) written and waiting for their syncs: no more is read.
-    assert_eq!(
-        pending_kinds(&mut h),
-        [JobKind::Fdatasync, JobKind::Fdatasync]
+    // 2 MiB (and the rest of the frame that reached it) waiting to be written by the disk
+    // helper: no more is read.
+    let pending = pending_kinds(&mut h);
+    assert!(
+        (8..=12).contains(&pending.len()) && pending.iter().all(|kind| *kind == JobKind::Write),
+        "{pending:?}"
     );
     assert!(
         io.unread() > 40 << 20,
@@ -739,11 +748,11 @@ fn an_upload_that_runs_ahead_of_the_disk_is_read_no_further() {
         h.disk_done(&mut io, done);
         settle(&mut h, &mut io);
         assert!(
-            h.disk().pending().count() <= 3,
-            "at most two windows and the commit's fsync ahead of the disk"
+            h.disk().pending().count() <= 12,
+            "at most 2 MiB and a frame of writes, or two windows' syncs, ahead of the disk"
         );
         turns += 1;
-        assert!(turns < 100);
+        assert!(turns < 1000);
     }
     let frames = io.take_frames();
     assert_eq!(

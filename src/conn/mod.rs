@@ -394,9 +394,10 @@ impl Connection {
     /// upload's sync or its directory's (the transfer waiting for it takes it, and goes on at
     /// the next drive), or the unlink that frees a deleted or replaced file, after its answer
     /// was sent (only logged: a failure leaves a hidden name for the directory sweep).
-    pub fn handle_disk_done(&mut self, done: DiskDone, _cx: &mut Context<'_>) {
+    pub fn handle_disk_done(&mut self, done: DiskDone, cx: &mut Context<'_>) {
         if let Some(streams) = self.streams.as_mut() {
-            if streams.on_disk_done(&done) {
+            let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
+            if streams.on_disk_done(&done, disk) {
                 trace!("{} ({:?}) done for a transfer", done.id, done.kind);
                 return;
             }

@@ -103,10 +103,23 @@ impl Commit {
     /// Whether the next step can be taken without waiting for the disk.
     fn ready(&self) -> bool {
         match &self.step {
-            CommitStep::Data(upload) => upload.syncs_pending() == 0,
+            CommitStep::Data(upload) => upload.durable(),
             CommitStep::Dir(pending) => matches!(pending, Pending::Done(_)),
         }
     }
+}
+
+/// A shorter borrow of an optional disk, to lend it again.
+fn reborrow<'s>(disk: &'s mut Option<&mut dyn Disk>) -> Option<&'s mut dyn Disk> {
+    match disk {
+        Some(disk) => Some(&mut **disk),
+        None => None,
+    }
+}
+
+/// The disk helper, as the I/O layer takes it.
+fn disk_of<'c>(cx: &'c mut Context<'_>) -> Option<&'c mut dyn Disk> {
+    cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk)
 }
 
 /// Hands `job` to the disk helper; where there is none (a connection driven by hand), makes
@@ -115,14 +128,6 @@ fn submit(cx: &mut Context<'_>, job: Job) -> Pending {
     match cx.disk.as_mut() {
         Some(disk) => Pending::Job(disk.submit(job)),
         None => Pending::Done(job.run()),
-    }
-}
-
-/// Hands an upload's sync to the disk helper, noting it with the upload.
-fn submit_sync(cx: &mut Context<'_>, upload: &mut Upload, job: Job) {
-    match submit(cx, job) {
-        Pending::Job(id) => upload.sync_submitted(id),
-        Pending::Done(result) => upload.record_sync(result),
     }
 }
 
@@ -199,16 +204,16 @@ impl Streams {
         })
     }
 
-    /// A finished disk job: noted by the transfer that waits for it. Returns whether one did.
-    pub fn on_disk_done(&mut self, done: &DiskDone) -> bool {
-        self.transfers
-            .iter_mut()
-            .any(|transfer| match &mut transfer.kind {
+    /// A finished disk job: noted by the transfer that waits for it (which may hand the disk
+    /// its next job). Returns whether one did.
+    pub fn on_disk_done(&mut self, done: &DiskDone, mut disk: Option<&mut dyn Disk>) -> bool {
+        for transfer in &mut self.transfers {
+            let taken = match &mut transfer.kind {
                 TransferKind::Put { upload, .. }
                 | TransferKind::Commit(Commit {
                     step: CommitStep::Data(upload),
                     ..
-                }) => upload.on_synced(done),
+                }) => upload.on_disk_done(done, reborrow(&mut disk)),
                 TransferKind::Commit(Commit {
                     step: CommitStep::Dir(pending),
                     ..
@@ -220,7 +225,12 @@ impl Streams {
                     ours
                 }
                 _ => false,
-            })
+            };
+            if taken {
+                return true;
+            }
+        }
+        false
     }
 
     /// Each transfer's disk work for this turn, within the budget. Returns whether anything
@@ -367,7 +377,7 @@ fn pump_commit(
                 let Some(files) = cx.files.as_mut() else {
                     return Pumped::Finished; // no file service: nothing was admitted
                 };
-                if let Some(error) = upload.sync_error() {
+                if let Some(error) = upload.disk_error() {
                     files.discard(upload);
                     Err(error)
                 } else {
@@ -751,12 +761,9 @@ impl Connection {
         }
         let outcome = if frame_type == FrameType::Data {
             match put.handle_data(frame.payload.len()) {
-                Ok(offset) => match upload.write_at(frame.payload, offset) {
-                    Ok(sync) => {
+                Ok(offset) => match upload.write_at(frame.payload, offset, disk_of(cx)) {
+                    Ok(()) => {
                         put.on_written(frame.payload);
-                        if let Some(sync) = sync {
-                            submit_sync(cx, upload, sync);
-                        }
                         return;
                     }
                     // The partial goes even if resumable: after a full disk it would hold
@@ -789,27 +796,17 @@ impl Connection {
             else {
                 return;
             };
-            match upload.sync_job(Job::Fsync) {
-                Ok(sync) => {
-                    submit_sync(cx, &mut upload, sync);
-                    let commit = Commit {
-                        hash,
-                        size: put.received(),
-                        step: CommitStep::Data(upload),
-                    };
-                    streams.transfers.push(Transfer {
-                        id,
-                        kind: TransferKind::Commit(commit),
-                        _permit,
-                    });
-                }
-                // Out of descriptors, say: the partial stays for a resume.
-                Err(error) => {
-                    self.outbox
-                        .replies(cx.pool, cx.limits)
-                        .error(stream, error.code, &error.text);
-                }
-            }
+            upload.finish(disk_of(cx));
+            let commit = Commit {
+                hash,
+                size: put.received(),
+                step: CommitStep::Data(upload),
+            };
+            streams.transfers.push(Transfer {
+                id,
+                kind: TransferKind::Commit(commit),
+                _permit,
+            });
             return;
         }
         let Some(Transfer {

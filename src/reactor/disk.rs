@@ -7,6 +7,8 @@
 //! finds no live slot and is dropped, as a stale event would be (rule 6).
 
 use log::{debug, warn};
+use std::os::fd::BorrowedFd;
+
 use mio::{Registry, Token};
 
 use super::Core;
@@ -25,6 +27,12 @@ impl Disk for ConnDisk<'_> {
     fn submit(&mut self, job: Job) -> JobId {
         let owner = self.key.socket().0 as u64;
         self.helper.submit(Some(owner), job, self.registry)
+    }
+
+    fn submit_write(&mut self, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Option<JobId> {
+        let owner = self.key.socket().0 as u64;
+        self.helper
+            .submit_write(Some(owner), file, offset, bytes, self.registry)
     }
 }
 

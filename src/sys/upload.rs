@@ -65,7 +65,7 @@ use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
 use crate::proto::files::{PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
-use crate::sys::disk::{Disk, DiskDone, Job, JobId, TRASH_PREFIX, trash_name};
+use crate::sys::disk::{Disk, DiskDone, Job, JobId, SLOT_LEN, TRASH_PREFIX, trash_name};
 use crate::sys::files::{FileError, Files, Meta, upload_id, wall_clock_ns};
 
 /// An upload is made durable (`fdatasync`, by the disk helper) in windows of this many bytes,
@@ -77,6 +77,10 @@ pub const SYNC_WINDOW: u64 = 16 << 20;
 /// of it: the network cannot run ahead of the disk by more than that (plus a frame or two
 /// buffered), so dirty pages stay bounded and the kernel never throttles the loop's writes.
 pub const MAX_SYNCS_IN_FLIGHT: usize = 2;
+
+/// While this many bytes of an upload are still being written by the disk helper, its
+/// connection reads no more of it: enough to keep the helper busy, a quarter of its ring.
+pub const WRITE_AHEAD: usize = 2 << 20;
 
 /// A resumable partial untouched for this long is removed (by the next sweep of its
 /// directory): an interrupted upload can be resumed for a day.
@@ -150,12 +154,8 @@ pub struct Upload {
     pub id: u64,
     /// Bytes already held from an earlier attempt.
     pub held: u64,
-    /// Bytes up to which a sync has been asked for.
-    sync_asked: u64,
-    /// The syncs handed to the disk helper and not yet answered.
-    syncing: Vec<JobId>,
-    /// The first sync that failed: the upload can no longer be vouched for.
-    sync_failed: Option<Errno>,
+    /// The disk work handed to the disk helper for this upload, and what came of it.
+    disk: DiskWork,
     uploads: Uploads,
     /// Set when a newer PUT of the same upload took over its partial: this one may then
     /// neither write, nor commit, nor remove it.
@@ -219,75 +219,161 @@ impl Upload {
         )
     }
 
-    /// Writes `bytes` at `offset`. Returns the `fdatasync` due once a [`SYNC_WINDOW`] is
-    /// complete, for the caller to hand to the disk helper and report with
-    /// [`Upload::sync_submitted`] (or to run, where there is no helper).
-    pub fn write_at(&mut self, bytes: &[u8], offset: u64) -> Result<Option<Job>, FileError> {
+    /// Writes `bytes` at `offset`: by the disk helper (`disk`), in [`SLOT_LEN`] pieces copied
+    /// into its ring, or here if there is none or its ring is full. Each complete
+    /// [`SYNC_WINDOW`] is then made durable by the helper, once its writes are done.
+    pub fn write_at(
+        &mut self,
+        bytes: &[u8],
+        offset: u64,
+        mut disk: Option<&mut dyn Disk>,
+    ) -> Result<(), FileError> {
         if self.superseded() {
             return Err(self.superseded_error());
         }
-        self.file
-            .write_all_at(bytes, offset)
-            .map_err(|error| FileError::io(&error, &self.path))?;
-        let end = offset + bytes.len() as u64;
-        if end < self.sync_asked + SYNC_WINDOW {
-            return Ok(None);
+        if let Some(error) = self.disk_error() {
+            return Err(error);
         }
-        self.sync_asked = end - end % SYNC_WINDOW;
-        self.sync_job(Job::Fdatasync).map(Some)
+        for (at, piece) in (offset..).step_by(SLOT_LEN).zip(bytes.chunks(SLOT_LEN)) {
+            let file = self.file.as_fd();
+            match disk
+                .as_deref_mut()
+                .and_then(|disk| disk.submit_write(file, at, piece))
+            {
+                Some(id) => self.disk.writes.push((id, piece.len())),
+                None => self
+                    .file
+                    .write_all_at(piece, at)
+                    .map_err(|error| FileError::io(&error, &self.path))?,
+            }
+        }
+        self.disk.written_to = self.disk.written_to.max(offset + bytes.len() as u64);
+        self.sync_due(disk);
+        Ok(())
     }
 
-    /// A sync of this upload's file (`Job::Fsync` for the commit, `Job::Fdatasync` as it
-    /// streams), on a descriptor of its own that shares the upload's open file: an error the
-    /// helper's call sees is the upload's.
-    pub fn sync_job(&self, job: fn(OwnedFd) -> Job) -> Result<Job, FileError> {
-        let fd = self
-            .file
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|error| FileError::io(&error, &self.path))?;
-        Ok(job(fd))
-    }
-
-    /// A sync from [`Upload::write_at`] or [`Upload::sync_job`] was handed over as `id`.
-    pub fn sync_submitted(&mut self, id: JobId) {
-        self.syncing.push(id);
-    }
-
-    /// A finished disk job: whether it was one of this upload's syncs (then it is noted).
-    /// Linux reports a writeback error once per open file, to whichever sync sees it first,
-    /// so a failed sync must fail the upload: a later `fsync` would succeed over damaged bytes.
-    pub fn on_synced(&mut self, done: &DiskDone) -> bool {
-        let Some(at) = self.syncing.iter().position(|id| *id == done.id) else {
-            return false;
+    /// Asks for what is due once no write is outstanding (a sync covers only what was
+    /// written before it): the commit's `fsync` once asked for by [`Upload::finish`], else
+    /// the `fdatasync` of each complete window.
+    fn sync_due(&mut self, disk: Option<&mut dyn Disk>) {
+        let work = &mut self.disk;
+        if !work.writes.is_empty() || work.failed.is_some() {
+            return;
+        }
+        let commit = work.finishing && !work.final_asked;
+        if !commit && (work.finishing || work.written_to < work.synced_to + SYNC_WINDOW) {
+            return;
+        }
+        work.synced_to = work.written_to;
+        work.final_asked |= commit;
+        // A descriptor of its own that shares the upload's open file: an error the helper's
+        // call sees is the upload's.
+        let fd = match self.file.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(error) => {
+                warn!("{}: cannot sync: {error}", self.path);
+                work.failed
+                    .get_or_insert(Errno::from_io_error(&error).unwrap_or(Errno::IO));
+                return;
+            }
         };
-        self.syncing.swap_remove(at);
-        self.record_sync(done.result);
+        let job = if commit {
+            Job::Fsync(fd)
+        } else {
+            Job::Fdatasync(fd)
+        };
+        match disk {
+            Some(disk) => {
+                let id = disk.submit(job);
+                work.syncs.push(id);
+                if commit {
+                    work.final_job = Some(id);
+                }
+            }
+            // No disk helper in reach (a connection driven by hand): the call, here.
+            None => {
+                if let Err(errno) = job.run() {
+                    work.failed.get_or_insert(errno);
+                }
+                work.final_done |= commit;
+            }
+        }
+    }
+
+    /// The upload is verified: once every write is done, its `fsync` is asked for; the
+    /// commit goes on when [`Upload::durable`].
+    pub fn finish(&mut self, disk: Option<&mut dyn Disk>) {
+        self.disk.finishing = true;
+        self.sync_due(disk);
+    }
+
+    /// A finished disk job: whether it was one of this upload's (then it is noted, and what
+    /// it unblocked is asked for).
+    pub fn on_disk_done(&mut self, done: &DiskDone, disk: Option<&mut dyn Disk>) -> bool {
+        let work = &mut self.disk;
+        if let Some(at) = work.writes.iter().position(|(id, _)| *id == done.id) {
+            work.writes.swap_remove(at);
+        } else if let Some(at) = work.syncs.iter().position(|id| *id == done.id) {
+            work.syncs.swap_remove(at);
+            if work.final_job == Some(done.id) {
+                work.final_done = true;
+            }
+        } else {
+            return false;
+        }
+        // Linux reports a writeback error once per open file, to whichever sync sees it
+        // first: a failed sync fails the upload, or a later fsync would vouch for damaged
+        // bytes.
+        if let Err(errno) = done.result {
+            work.failed.get_or_insert(errno);
+        }
+        self.sync_due(disk);
         true
     }
 
-    /// A sync's outcome, from the helper or made inline.
-    pub fn record_sync(&mut self, result: Result<(), Errno>) {
-        if let Err(errno) = result {
-            self.sync_failed.get_or_insert(errno);
-        }
+    /// Whether the data is durable: every write and sync done, the commit's `fsync` too.
+    pub fn durable(&self) -> bool {
+        let work = &self.disk;
+        work.failed.is_some()
+            || (work.final_done && work.writes.is_empty() && work.syncs.is_empty())
     }
 
-    /// Sync outcomes still awaited.
-    pub fn syncs_pending(&self) -> usize {
-        self.syncing.len()
-    }
-
-    /// Whether the disk is behind by [`MAX_SYNCS_IN_FLIGHT`] windows: read no more for now.
+    /// Whether the disk is behind: [`WRITE_AHEAD`] bytes still being written, or
+    /// [`MAX_SYNCS_IN_FLIGHT`] windows still being synced. Its connection reads no more then.
     pub fn disk_bound(&self) -> bool {
-        self.syncing.len() >= MAX_SYNCS_IN_FLIGHT
+        let work = &self.disk;
+        work.writes.iter().map(|(_, len)| len).sum::<usize>() >= WRITE_AHEAD
+            || work.syncs.len() >= MAX_SYNCS_IN_FLIGHT
     }
 
-    /// The failure of a sync, as the client will hear it.
-    pub fn sync_error(&self) -> Option<FileError> {
-        self.sync_failed
+    /// The failure of a write or sync, as the client will hear it.
+    pub fn disk_error(&self) -> Option<FileError> {
+        self.disk
+            .failed
             .map(|errno| FileError::from_errno(errno, &self.path))
     }
+}
+
+/// An upload's disk work in the disk helper's hands.
+#[derive(Debug, Default)]
+struct DiskWork {
+    /// Writes outstanding, with their lengths.
+    writes: Vec<(JobId, usize)>,
+    /// Syncs outstanding.
+    syncs: Vec<JobId>,
+    /// The end of what was written (or handed over to be).
+    written_to: u64,
+    /// Up to where a sync was asked for.
+    synced_to: u64,
+    /// The upload is verified: the commit's `fsync` is due once the writes are done.
+    finishing: bool,
+    /// The commit's `fsync` was asked for; its job, if the helper has it.
+    final_asked: bool,
+    final_job: Option<JobId>,
+    /// It is done.
+    final_done: bool,
+    /// The first failure of a write or a sync: the upload can no longer be vouched for.
+    failed: Option<Errno>,
 }
 
 /// What [`Files::publish`] leaves for the disk helper: the `fsync` of the directory that makes
@@ -638,9 +724,7 @@ impl Files<'_> {
                 temp: Temp::Unnamed,
                 id: 0,
                 held: 0,
-                sync_asked: 0,
-                syncing: Vec::new(),
-                sync_failed: None,
+                disk: DiskWork::default(),
                 uploads: Arc::clone(&self.state.uploads),
                 superseded: Arc::new(AtomicBool::new(false)),
                 committed: false,
@@ -695,9 +779,7 @@ impl Files<'_> {
             temp: Temp::Partial(temp_name),
             id,
             held: 0,
-            sync_asked: 0,
-            syncing: Vec::new(),
-            sync_failed: None,
+            disk: DiskWork::default(),
             uploads: Arc::clone(&self.state.uploads),
             superseded,
             committed: false,
@@ -718,7 +800,8 @@ impl Files<'_> {
                 .set_len(0)
                 .map_err(|error| FileError::io(&error, path))?;
         }
-        upload.sync_asked = upload.held - upload.held % SYNC_WINDOW;
+        upload.disk.synced_to = upload.held;
+        upload.disk.written_to = upload.held;
         Ok(upload)
     }
 
@@ -807,7 +890,7 @@ impl Files<'_> {
         if upload.superseded() {
             return Err(upload.superseded_error());
         }
-        if let Some(error) = upload.sync_error() {
+        if let Some(error) = upload.disk_error() {
             return Err(error);
         }
         let path = upload.path.clone();

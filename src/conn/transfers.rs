@@ -5,10 +5,16 @@
 //! milliseconds, an `fsync` of a big file seconds. So each turn a connection does at most
 //! [`disk_budget`](crate::limits::Limits::disk_budget) bytes of file work — queueing DATA
 //! ranges (sent later with `sendfile`), hashing, re-reading a resumed upload, listing — and
-//! comes back next turn (nginx's `sendfile_max_chunk` rule); an upload's writes are bounded by
-//! the socket's read budget, since each DATA frame is written as it is handled. Writes are
-//! pushed to disk as they stream (see [`crate::sys::files`]), so the `fsync` before the commit
-//! is short.
+//! comes back next turn (nginx's `sendfile_max_chunk` rule).
+//!
+//! An upload never waits on the disk here. Each DATA frame is handed to the disk helper as it
+//! is handled ([`Upload::write_at`]; see [`crate::sys::upload`] and [`crate::sys::disk`]), so
+//! what a turn hands over is bounded by the socket's read budget, and the connection reads no
+//! more while the upload is too far ahead of the disk ([`Streams::disk_bound`]). A verified
+//! upload becomes a [`TransferKind::Commit`]: its `fsync` by the helper, then the rename
+//! ([`Files::publish`](crate::sys::files::Files::publish), metadata only, here), then its
+//! directory's `fsync` by the helper, and only then its DIGEST — each step taken by
+//! `pump_commit` once the helper's completion has arrived ([`Streams::on_disk_done`]).
 //!
 //! Output obeys the outbox like everything else: DATA ranges and listing pages are produced
 //! only while [`Outbox::may_produce`] is true.

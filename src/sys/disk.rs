@@ -4,28 +4,38 @@
 //! `fsync`/`fdatasync` (tens of ms, measured, at the end of a PUT), and `unlinkat`/`renameat`
 //! of the last name of a large file, in which ext4 frees the file's blocks (178 ms for 1 GiB,
 //! measured). redis moves exactly these calls off its loop with threads (`bio.c`: lazy free,
-//! close of a replaced file, AOF fsync). This server has one thread, so a **process** makes
-//! them: the same binary re-executed (`/proc/self/exe __disk-helper FD`), one thread, doing one
-//! job at a time.
+//! close of a replaced file, AOF fsync). And an upload's writes, though each is short, add up:
+//! copying a DATA payload into fresh page cache is most of a PUT's time on the loop (see
+//! [`Ring`]). This server has one thread, so a **process** makes them: the same binary
+//! re-executed (`/proc/self/exe __disk-helper FD`), one thread, doing one job at a time.
 //!
 //! **Why a process and not a thread.** The server is one thread by rule, and a process keeps
 //! it so: no lock, no shared heap, no second stack that a signal, a `fork` for a command or an
 //! allocator could trip over, and `Threads: 1` in `/proc` stays true. A process costs one
 //! `recvmsg`/`sendmsg` pair per job (microseconds against the milliseconds a job takes) and
 //! the descriptors it works on are handed over with `SCM_RIGHTS`: the helper opens nothing by
-//! path, so it can reach nothing the server did not open beneath its root.
+//! path, so it can reach nothing but what the server opened beneath its root, and the write
+//! ring the server shares with it.
 //!
 //! **Protocol** over a `SOCK_SEQPACKET` socket pair (message boundaries kept, and one
 //! `SCM_RIGHTS` per message), little-endian:
 //! ```text
 //!  helper -> server  HELLO   tag 0 | magic u32 | version u8                 (once, at start)
-//!  server -> helper  JOB     id u64 | op u8 | name_len u16 | name            + 1 descriptor
+//!  server -> helper  JOB     id u64 | op u8 | len u16 | args      + 1 descriptor (write: 2)
 //!  helper -> server  DONE    tag 1 | id u64 | errno i32 (0: success)
 //! ```
-//! `op` is 0 `fsync(fd)`, 1 `fdatasync(fd)`, 2 `unlinkat(dir, name, 0)`; `name` is empty
-//! except for an unlink, and then a single component (no `/`, not `.` or `..`). The helper
-//! answers jobs in the order sent; it exits at EOF (the server closed its end, or died: the
-//! kernel closes it), and `PR_SET_PDEATHSIG` kills it if the server dies first anyway.
+//! | op | call | args | descriptors |
+//! |---|---|---|---|
+//! | 0 | `fsync(fd)` | none | the file |
+//! | 1 | `fdatasync(fd)` | none | the file |
+//! | 2 | `unlinkat(dir, name, 0)` | the name: one component (no `/`, not `.` or `..`) | the directory |
+//! | 3 | write: `sendfile` of `len` bytes from slot `slot` of the ring into the file at `offset` | `offset u64 \| slot u32 \| len u32` | the file, then the [`Ring`] |
+//! | 4 | writeback: `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)` | none | the file |
+//!
+//! The helper answers jobs in the order sent; it exits at EOF (the server closed its end, or
+//! died: the kernel closes it), and `PR_SET_PDEATHSIG` kills it if the server dies first
+//! anyway. A job it cannot take (an unknown op, a bad length or name, the wrong number of
+//! descriptors) is answered `EINVAL`; a message without even an id ends the helper.
 //!
 //! **Server side** ([`DiskHelper`]): the socket and the helper's pidfd are registered in the
 //! loop's poll. Jobs go out until [`MAX_IN_FLIGHT`] are unanswered or the socket would block;
@@ -33,22 +43,27 @@
 //! behaviour, a stall, but bounded memory and descriptors). Replies are read until
 //! `WouldBlock` (the readiness rules of [`crate::reactor`]); each becomes a [`DiskDone`]
 //! routed to the job's owner. A completion is never delivered inside the call that submitted
-//! it, not even for a job run inline.
+//! it, not even for a job run inline. A write's bytes wait in a slot of the [`Ring`]
+//! ([`Disk::submit_write`]); with every slot taken, the caller writes them itself.
 //!
 //! **Restart and resend.** The helper dying (its pidfd readable, or EOF on the socket) is
 //! confirmed with `waitid`; every job sent and not answered goes back to the front of the
 //! queue, and the helper is started again after [`crate::workers::backoff`] (at once the first
-//! time). Resending is safe: `fsync`/`fdatasync` may be repeated, and an unlink resent that
-//! finds `ENOENT` was done by the dead helper, so it counts as done. Nothing is reported done
-//! that was not, and no job is lost. A job sent [`MAX_ATTEMPTS`] times runs inline. A helper
-//! that cannot be started, or dies before its HELLO, is given up on: every job then runs
-//! inline on the loop, with one warning.
+//! time). Resending is safe: `fsync`/`fdatasync` and a writeback may be repeated, a write
+//! puts the same bytes (its slot is held until the job is done) at the same offset again, and
+//! an unlink resent that finds `ENOENT` was done by the dead helper, so it counts as done.
+//! Nothing is reported done that was not, and no job is lost. A job sent [`MAX_ATTEMPTS`]
+//! times runs inline. A helper that cannot be started, or dies before its HELLO, is given up
+//! on: every job then runs inline on the loop, and every write is made there, with one warning.
 //!
-//! **Moved off the loop so far:** the unlink of a deleted regular file (DELETE renames it
-//! aside to a fresh [`TRASH_PREFIX`] name, which frees nothing, answers at once, and submits the
-//! unlink). **Not yet:** the `fdatasync`s during a PUT and the `fsync`s and rename of its
-//! commit (the jobs exist; the PUT path does not use them yet), `close` of a replaced file's
-//! last descriptor, writes.
+//! **Its users.** A PUT ([`crate::sys::upload`]): its writes, a writeback every
+//! [`SYNC_WINDOW`](crate::sys::upload::SYNC_WINDOW), the `fsync` of the verified file before
+//! its rename and of its directory after it (the DIGEST waits for both), and the unlink of the
+//! file it replaced (exchanged aside by the rename, which so frees nothing). DELETE: a large
+//! regular file is renamed aside to a fresh [`TRASH_PREFIX`] name, which frees nothing, DONE is
+//! answered at once, and the unlink goes to the helper. **Still on the loop:** the commit's
+//! link and rename (metadata), the unlink of partials and small files, and the `close` of the
+//! last descriptor of a file whose names are all gone (a GET still sending it).
 
 use std::collections::VecDeque;
 use std::fmt;

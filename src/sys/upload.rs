@@ -29,27 +29,44 @@
 //! entry at once instead: the partial's name is gone, and the descriptor must never be handed
 //! to a later PUT (which would truncate a committed file).
 //!
-//! **Committing the inode that was verified.** The bytes were hashed as they were written
-//! through the upload's descriptor, so that descriptor — never "whatever the partial's name
-//! points to now" — is what becomes the file: after `fsync`, it is linked to a fresh name
-//! through `/proc/self/fd` (`linkat(AT_SYMLINK_FOLLOW)`; `AT_EMPTY_PATH` would need
-//! `CAP_DAC_READ_SEARCH`), that name is renamed over the target, the partial's name is removed
-//! (still under the lock), and the directory is `fsync`ed (Pillai et al., OSDI'14). An
-//! `O_TMPFILE` upload, which cannot resume, takes the same path without a partial; it is
-//! locked too, from its start, so that its `.monoreactor-tmp-` link is as busy as a partial's
-//! to a DELETE of the directory in another process.
+//! **Committing the inode that was verified.** The bytes were hashed as they arrived and were
+//! written through the upload's descriptor, so that descriptor — never "whatever the partial's
+//! name points to now" — is what becomes the file. Once the DIGEST is verified
+//! ([`Upload::finish`]) and every write is done, the file is `fsync`ed by the disk helper
+//! ([`Upload::durable`] says when); then [`Files::publish`] links the descriptor to a fresh
+//! `.monoreactor-tmp-` name through `/proc/self/fd` (`linkat(AT_SYMLINK_FOLLOW)`;
+//! `AT_EMPTY_PATH` would need `CAP_DAC_READ_SEARCH`) and renames that onto the target:
+//! `RENAME_EXCHANGE` if the target exists, so the old file keeps a name and the rename frees
+//! none of its blocks (ext4 would, inside the rename, on the loop), else `RENAME_NOREPLACE`.
+//! The partial's name is then removed, still under the lock. What is left goes back to the
+//! caller as [`Published`]: the directory's `fsync` (Pillai et al., OSDI'14), after which the
+//! DIGEST may be sent, and the unlink of the old file's new name, both jobs for the disk
+//! helper. An `O_TMPFILE` upload, which cannot resume, takes the same path without a partial;
+//! it is locked too, from its start, so that its `.monoreactor-tmp-` link is as busy as a
+//! partial's to a DELETE of the directory in another process.
 //!
-//! **Write-behind.** While an upload streams, every [`WRITE_BEHIND`] bytes the range just
-//! written is handed to the disk (`sync_file_range(WRITE)`), and every
-//! [`SYNC_EVERY_WINDOWS`] windows the upload is made durable (`fdatasync`), so the `fsync` at
-//! the end has little left to do: the loop never stalls for a whole file's writeback at once.
+//! **Writes by the disk helper.** [`Upload::write_at`] never waits on the disk: it hands the
+//! bytes to the disk helper in [`SLOT_LEN`] pieces, each copied into a slot of the helper's
+//! write ring, and the helper copies them into the file (the copy into fresh page cache is
+//! the slow part; see [`crate::sys::disk`]). A piece is written here only when the ring is
+//! full or there is no helper. Every [`SYNC_WINDOW`], once the writes before it are done, the
+//! helper starts the file's writeback (`sync_file_range(WRITE)`, which does not wait), so the
+//! disk works while the upload streams and the final `fsync` has little left to do. While
+//! [`WRITE_AHEAD`] bytes are unwritten or [`MAX_SYNCS_IN_FLIGHT`] writebacks are queued,
+//! [`Upload::disk_bound`] holds and the connection reads no more of the upload. A failed
+//! write or sync fails the upload ([`Upload::disk_error`]) and its partial is removed: Linux
+//! reports a writeback error to one sync only, so a later `fsync` would vouch for damaged
+//! bytes.
 //!
 //! **Leftovers.** A partial nobody resumes expires: a PUT starting in its directory sweeps out
 //! leftovers untouched for [`PARTIAL_TTL_NS`] (bounded work, at most hourly per directory,
 //! skipping any partial whose lock is held), and trash (a file DELETE renamed aside for the
-//! disk helper) older than a minute. A DELETE of a directory holding nothing else
-//! removes its leftovers all or none: it judges every entry, locks every partial and link
-//! (one busy: `UPLOAD_BUSY`), and only then removes them.
+//! disk helper) older than a minute. Partials are not hidden: LIST shows them (kind PARTIAL,
+//! the bytes held), and a DELETE of a partial's path removes it under its lock
+//! (`Files::delete_partial`; `UPLOAD_BUSY` while some process is receiving it). A DELETE of a
+//! directory holding nothing else removes its leftovers all or none
+//! (`Files::remove_leftovers`): it judges every entry, locks every partial and link (one
+//! busy: `UPLOAD_BUSY`), and only then removes them.
 
 use std::collections::HashMap;
 use std::fs::File;

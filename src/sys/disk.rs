@@ -213,6 +213,9 @@ pub const MAX_IN_FLIGHT: usize = 16;
 /// Jobs held in all (queued and in flight), each with its descriptor. One more runs inline.
 pub const MAX_HELD: usize = 256;
 
+/// The helper's nice value: below the loop's when they compete for a core.
+const HELPER_NICE: libc::c_int = 10;
+
 /// Sends of one job (first send and resends after the helper died) before it runs inline.
 pub const MAX_ATTEMPTS: u32 = 3;
 
@@ -256,6 +259,9 @@ pub enum Job {
     Fsync(OwnedFd),
     /// `fdatasync(fd)`: data (and the metadata needed to read it) durable.
     Fdatasync(OwnedFd),
+    /// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: start writing the file's dirty
+    /// pages to the disk, without waiting for them (or making anything durable).
+    Writeback(OwnedFd),
     /// `unlinkat(dir, name, 0)`: remove a name that is not a directory.
     Unlink {
         /// The directory (an `O_PATH` descriptor will do).
@@ -283,6 +289,8 @@ pub enum JobKind {
     Fsync,
     /// `fdatasync`.
     Fdatasync,
+    /// `sync_file_range(WRITE)` of the whole file.
+    Writeback,
     /// `unlinkat`.
     Unlink,
     /// A write of a ring slot into a file.
@@ -296,6 +304,7 @@ impl JobKind {
             JobKind::Fdatasync => 1,
             JobKind::Unlink => 2,
             JobKind::Write => 3,
+            JobKind::Writeback => 4,
         }
     }
 
@@ -310,6 +319,7 @@ impl JobKind {
             1 => JobKind::Fdatasync,
             2 => JobKind::Unlink,
             3 => JobKind::Write,
+            4 => JobKind::Writeback,
             _ => return None,
         })
     }
@@ -330,6 +340,7 @@ impl Job {
         match self {
             Job::Fsync(_) => JobKind::Fsync,
             Job::Fdatasync(_) => JobKind::Fdatasync,
+            Job::Writeback(_) => JobKind::Writeback,
             Job::Unlink { .. } => JobKind::Unlink,
             Job::Write { .. } => JobKind::Write,
         }
@@ -340,6 +351,7 @@ impl Job {
         match self {
             Job::Fsync(fd)
             | Job::Fdatasync(fd)
+            | Job::Writeback(fd)
             | Job::Unlink { dir: fd, .. }
             | Job::Write { file: fd, .. } => fd.as_fd(),
         }
@@ -364,7 +376,7 @@ impl Job {
                 args.extend_from_slice(&slot.len.to_le_bytes());
                 args
             }
-            Job::Fsync(_) | Job::Fdatasync(_) => Vec::new(),
+            Job::Fsync(_) | Job::Fdatasync(_) | Job::Writeback(_) => Vec::new(),
         }
     }
 
@@ -375,6 +387,17 @@ impl Job {
         match self {
             Job::Fsync(fd) => rustix::fs::fsync(fd),
             Job::Fdatasync(fd) => rustix::fs::fdatasync(fd),
+            Job::Writeback(fd) => {
+                // SAFETY: a plain system call on a descriptor the job owns.
+                let rc = unsafe {
+                    libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
+                }
+            }
             Job::Unlink { dir, name } => {
                 if !valid_name(name) {
                     return Err(Errno::INVAL);
@@ -442,6 +465,7 @@ impl Job {
         let job = match kind {
             JobKind::Fsync => Job::Fsync(fd),
             JobKind::Fdatasync => Job::Fdatasync(fd),
+            JobKind::Writeback => Job::Writeback(fd),
             JobKind::Unlink => Job::Unlink {
                 dir: fd,
                 name: std::str::from_utf8(args)
@@ -486,7 +510,7 @@ fn decode_job_head(bytes: &[u8]) -> Result<(JobId, JobKind, &[u8]), WireError> {
     let args = &bytes[JOB_HEAD..];
     let args_ok = match kind {
         JobKind::Unlink => std::str::from_utf8(args).is_ok_and(valid_name),
-        JobKind::Fsync | JobKind::Fdatasync => args.is_empty(),
+        JobKind::Fsync | JobKind::Fdatasync | JobKind::Writeback => args.is_empty(),
         JobKind::Write => args.len() == WRITE_ARGS,
     };
     if !args_ok {
@@ -667,6 +691,11 @@ pub fn helper_main(fd: RawFd) -> io::Result<()> {
         )));
     }
     rustix::io::fcntl_setfd(&socket, rustix::io::FdFlags::CLOEXEC)?;
+    // Background work: when the two compete for a core, the loop (which answers clients)
+    // goes first; the helper's jobs wait a little, and uploads with them (their connections
+    // read no more meanwhile), which is the trade wanted. Best effort.
+    // SAFETY: setpriority on this process only; no memory is passed.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HELPER_NICE) };
     send_reply(
         &socket,
         &Reply::Hello {
@@ -1342,6 +1371,7 @@ mod tests {
         let cases = [
             (JobId(0), Job::Fsync(dev_null())),
             (JobId(u64::MAX), Job::Fdatasync(dev_null())),
+            (JobId(9), Job::Writeback(dev_null())),
             (
                 JobId(42),
                 Job::Unlink {

@@ -761,3 +761,111 @@ fn an_upload_that_runs_ahead_of_the_disk_is_read_no_further() {
     );
     assert!(fs::read(dir.path().join("big")).unwrap() == bytes);
 }
+
+#[test]
+fn a_put_survives_its_disk_helper_being_killed_mid_upload() {
+    let root = TempDir::new("put-kill");
+    let root_arg = root.path().to_string_lossy().into_owned();
+    let server = Server::start(&["--root", &root_arg, "-v"]);
+    let helper = helper_of(server.pid());
+    let data: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let hash = *blake3::hash(&data).as_bytes();
+    let mut client =
+        FileClient::connect(&server.framed_str(), None, Duration::from_secs(30)).expect("connect");
+    let mut killed = false;
+    let stored = client
+        .put(
+            "big",
+            &mut std::io::Cursor::new(&data),
+            data.len() as u64,
+            hash,
+            false,
+            &mut |done, _| {
+                // A third of the way in, with writes in the helper's hands: kill it.
+                if !killed && done >= 16 << 20 {
+                    // SAFETY: kill sends a signal to the server's helper, a process we
+                    // started (through the server) and that is still unreaped.
+                    assert_eq!(
+                        unsafe { libc::kill(helper as libc::pid_t, libc::SIGKILL) },
+                        0
+                    );
+                    killed = true;
+                }
+            },
+        )
+        .expect("the PUT completes");
+    assert!(killed);
+    assert_eq!(stored.hash, hash);
+    assert!(
+        fs::read(root.path().join("big")).unwrap() == data,
+        "every byte where it belongs"
+    );
+    let replacement = helper_of(server.pid());
+    assert_ne!(replacement, helper, "a new helper took over");
+    let log = server.stderr_text();
+    assert!(log.contains("restarting it"), "{log}");
+}
+
+#[test]
+fn a_shutdown_lets_a_commit_in_progress_send_its_digest() {
+    let dir = TempDir::new("put-shutdown");
+    let (mut h, mut io) = disk_conn(&dir);
+    let bytes = vec![5u8; 1000];
+    io.push(&upload(1, &bytes, "f"));
+    settle(&mut h, &mut io);
+    assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::PutReady, 1)]);
+    // SIGTERM while the upload is verified but not yet durable: the connection waits for it.
+    h.shutdown(&mut io, Duration::from_secs(5));
+    assert!(
+        io.take_frames().is_empty(),
+        "no SHUTTING_DOWN before the DIGEST"
+    );
+    while let Some(done) = h.disk().run_next() {
+        h.disk_done(&mut io, done);
+    }
+    let frames = io.take_frames();
+    assert_eq!(
+        frame_kinds(&frames),
+        [(FrameType::Digest, 1), (FrameType::Error, 0)],
+        "the DIGEST, then SHUTTING_DOWN"
+    );
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), bytes);
+}
+
+#[test]
+fn a_mismatched_upload_leaves_the_unlink_of_its_partial_to_the_disk() {
+    let dir = TempDir::new("put-mismatch");
+    let (mut h, mut io) = disk_conn(&dir);
+    let bytes = vec![1u8; 3 << 20];
+    let mut wire = upload(1, &bytes, "f");
+    // The trailer says another file: HASH_MISMATCH, and the partial (3 MiB) goes.
+    let at = wire.len() - 32;
+    wire[at] ^= 1;
+    io.push(&wire);
+    settle(&mut h, &mut io);
+    // Its writes first (the disk helper's), then the verdict.
+    while h
+        .disk()
+        .pending()
+        .any(|(_, job)| job.kind() == JobKind::Write)
+    {
+        let done = h.disk().run_next().unwrap();
+        h.disk_done(&mut io, done);
+    }
+    let frames = io.take_frames();
+    assert_eq!(
+        frame_kinds(&frames),
+        [(FrameType::PutReady, 1), (FrameType::Error, 1)]
+    );
+    let names = dir.names();
+    assert!(
+        names.len() == 1 && names[0].starts_with(TRASH_PREFIX),
+        "renamed aside for the disk helper to free: {names:?}"
+    );
+    while let Some(done) = h.disk().run_next() {
+        h.disk_done(&mut io, done);
+    }
+    assert!(dir.names().is_empty(), "{:?}", dir.names());
+}

@@ -365,6 +365,15 @@ impl Connection {
             .map_or(0, |streams| streams.commands())
     }
 
+    /// What a shutdown lets finish before it closes the connection: running commands (their
+    /// EXIT), and verified uploads being committed (their DIGEST: the client must not be told
+    /// SHUTTING_DOWN about a file that is already in place).
+    fn draining_work(&self) -> bool {
+        self.streams
+            .as_ref()
+            .is_some_and(|streams| streams.commands() > 0 || streams.commits() > 0)
+    }
+
     /// Whether HELLO authenticated the connection (always, when the server has no token).
     pub fn authenticated(&self) -> bool {
         self.bits.has(Bits::AUTHENTICATED)
@@ -519,7 +528,7 @@ impl Connection {
     /// SIGTERM and their EXIT frames go out before `SHUTTING_DOWN`; without commands the
     /// orderly close starts at once.
     pub fn begin_shutdown(&mut self, grace: Duration, cx: &mut Context<'_>) {
-        if self.state == State::Open && self.running_commands() > 0 {
+        if self.state == State::Open && self.draining_work() {
             if let Some(streams) = self.streams.as_mut() {
                 // SIGKILL comes within half the grace at most, so the EXIT frames and
                 // SHUTTING_DOWN still go out before the grace period ends.
@@ -682,7 +691,7 @@ impl Connection {
         }
         self.track_partial_frame(waiting_for_bytes, cx.limits, cx.now);
 
-        if self.bits.has(Bits::DRAINING) && self.running_commands() == 0 {
+        if self.bits.has(Bits::DRAINING) && !self.draining_work() {
             self.begin_close(
                 Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
                 cx.limits.linger_timeout,

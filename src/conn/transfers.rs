@@ -201,6 +201,14 @@ impl Streams {
             .retain(|transfer| !matches!(transfer.kind, TransferKind::Put { .. }));
     }
 
+    /// Verified uploads being committed.
+    pub fn commits(&self) -> usize {
+        self.transfers
+            .iter()
+            .filter(|transfer| matches!(transfer.kind, TransferKind::Commit(_)))
+            .count()
+    }
+
     /// Whether an upload has run ahead of the disk ([`Upload::disk_bound`]): the connection
     /// then reads no more until a sync comes back.
     pub fn disk_bound(&self) -> bool {
@@ -384,7 +392,8 @@ fn pump_commit(
                     return Pumped::Finished; // no file service: nothing was admitted
                 };
                 if let Some(error) = upload.disk_error() {
-                    files.discard(upload);
+                    let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
+                    files.discard(upload, disk);
                     Err(error)
                 } else {
                     files.publish(upload)
@@ -828,7 +837,8 @@ impl Connection {
                 info!("stream {stream}: upload failed: {text}");
                 if discard {
                     if let Some(files) = cx.files.as_mut() {
-                        files.discard(upload);
+                        let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
+                        files.discard(upload, disk);
                     }
                 }
                 replies.error(stream, code, &text);

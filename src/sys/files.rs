@@ -486,7 +486,7 @@ impl Files<'_> {
     pub fn delete(&mut self, path: &str, disk: Option<&mut dyn Disk>) -> Result<(), FileError> {
         let (dir, name) = self.parent(path)?;
         if partial_id(&name).is_some() {
-            return self.delete_partial(&dir, &name, path);
+            return self.delete_partial(&dir, &name, path, disk);
         }
         let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|errno| FileError::from_errno(errno, path))?;

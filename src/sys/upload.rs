@@ -552,6 +552,36 @@ fn writable_type(stat: &Stat) -> bool {
     FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
 }
 
+/// Removes the partial `name` from `dir` if it still leads to the inode of `stat` (whose
+/// lock the caller holds). A big one with no other link — whose unlink would free its blocks
+/// on the loop, 0.65 s per GiB on this disk — is renamed aside to a fresh trash name instead,
+/// and the disk helper unlinks that.
+fn remove_partial(dir: &OwnedFd, name: &str, stat: &Stat, disk: Option<&mut dyn Disk>) {
+    let frees_much = stat.st_nlink == 1
+        && (stat.st_blocks as u64).saturating_mul(512) >= crate::sys::disk::OFFLOAD_UNLINK_BYTES;
+    if let (true, Some(disk)) = (frees_much, disk) {
+        let still_ours = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|named| same_inode(&named, stat));
+        let trash = trash_name();
+        if still_ours
+            && rustix::fs::renameat_with(dir, name, dir, trash.as_str(), RenameFlags::NOREPLACE)
+                .is_ok()
+        {
+            match rustix::io::fcntl_dupfd_cloexec(dir, 0) {
+                Ok(dir) => {
+                    disk.submit(Job::Unlink { dir, name: trash });
+                }
+                // No descriptor to hand over: unlinked here after all.
+                Err(_) => {
+                    let _ = rustix::fs::unlinkat(dir, trash.as_str(), AtFlags::empty());
+                }
+            }
+            return;
+        }
+    }
+    unlink_if_same(dir, name, stat);
+}
+
 /// Removes `name` from `dir` if it still leads to the inode of `stat` (whose lock the caller
 /// holds, so nobody else may have replaced it since — unless from outside the server).
 fn unlink_if_same(dir: &OwnedFd, name: &str, stat: &Stat) {
@@ -770,7 +800,7 @@ impl Files<'_> {
                     return Err(FileError::new(
                         ErrorCode::UploadBusy,
                         format!(
-                            "{path}: another server process is receiving this upload; try again when it ends"
+                            "{path}: another server process is receiving this upload (or its last bytes are still being written); try again when it ends"
                         ),
                     ));
                 }
@@ -979,10 +1009,11 @@ impl Files<'_> {
         dir: &OwnedFd,
         name: &str,
         path: &str,
+        disk: Option<&mut dyn Disk>,
     ) -> Result<(), FileError> {
         match open_locked(dir, name, false) {
             Ok(Opened::Locked(_file, stat)) => {
-                unlink_if_same(dir, name, &stat);
+                remove_partial(dir, name, &stat, disk);
                 Ok(())
             }
             // Removed while being opened (a committed file's second link, or something
@@ -1082,13 +1113,13 @@ impl Files<'_> {
     /// Gives up an upload whose bytes are wrong or could not be written (a hash mismatch, a
     /// full disk, an I/O error): even a resumable partial is removed, since resuming would
     /// only repeat the mismatch, or keep holding the space a retry needs.
-    pub fn discard(&mut self, upload: Upload) {
+    pub fn discard(&mut self, upload: Upload, disk: Option<&mut dyn Disk>) {
         if upload.superseded() {
             return; // the partial is the newer upload's now
         }
         if let Temp::Partial(name) = &upload.temp {
             match rustix::fs::fstat(&*upload.file) {
-                Ok(stat) => unlink_if_same(&upload.dir, name, &stat),
+                Ok(stat) => remove_partial(&upload.dir, name, &stat, disk),
                 Err(errno) => warn!("{}: cannot remove partial {name}: {errno}", upload.path),
             }
         }
@@ -1277,7 +1308,7 @@ mod tests {
             if commit {
                 files.publish(newer).unwrap();
             } else {
-                files.discard(newer);
+                files.discard(newer, None);
             }
             // The superseded one still shares the inode, but the table no longer leads to it.
             assert_eq!(in_table(&files), 0, "commit {commit}");

@@ -47,7 +47,16 @@ fn an_interrupted_upload_is_listed_and_can_be_removed() {
     let data = random_bytes(81, 2 * MIB);
     interrupted(&server, "d/f", &data, MIB + 7);
     let mut conn = server.conn();
-    let listed = partials(&mut conn, "d");
+    // The bytes sent are written by the server's disk helper, a moment after they arrive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = partials(&mut conn, "d");
+        let held = listed.first().map(|entry| entry.size);
+        if held == Some((MIB + 7) as u64) || std::time::Instant::now() >= deadline {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(listed[0].name.starts_with(".monoreactor-partial-"));
     assert_eq!(listed[0].size, (MIB + 7) as u64, "the bytes held");

@@ -856,6 +856,22 @@ pub fn retry_busy_upload<T>(
     }
 }
 
+/// The server's own entries in `dir` once the disk helper has had up to 10 s to free what was
+/// renamed aside for it (`.monoreactor-trash-*`): what stays is a real leftover.
+pub fn leftovers_after_the_disk(dir: &Path) -> Vec<(String, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = reserved_entries(dir);
+        let trash_only = left
+            .iter()
+            .all(|(name, _)| name.starts_with(".monoreactor-trash-"));
+        if left.is_empty() || !trash_only || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Holds the partial of the resumable upload (`path`, `data`) locked as another server
 /// process receiving it would (an exclusive open-file-description lock) until dropped; with
 /// `held`, the partial first holds that prefix of `data`.

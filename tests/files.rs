@@ -78,7 +78,7 @@ fn round_trips_of_edge_sizes_keep_every_byte_and_hash() {
     let smaller = random_bytes(78, 10);
     round_trip(&server, &mut conn, "size-65536", &smaller);
     assert!(
-        reserved_entries(server.root()).is_empty(),
+        leftovers_after_the_disk(server.root()).is_empty(),
         "temporary files left: {:?}",
         reserved_entries(server.root())
     );
@@ -382,7 +382,7 @@ fn get_and_put_refusals_name_the_problem() {
         "DIGEST before all bytes",
     );
     assert!(!server.at("over").exists() && !server.at("short").exists());
-    assert!(reserved_entries(server.root()).is_empty());
+    assert!(leftovers_after_the_disk(server.root()).is_empty());
     conn.echo(b"still open");
     assert_eq!(server.threads(), 1);
 }
@@ -925,7 +925,7 @@ fn an_upload_cut_by_the_client_resumes_and_never_splices() {
             "resumed file differs"
         );
         assert!(
-            reserved_entries(server.root()).is_empty(),
+            leftovers_after_the_disk(server.root()).is_empty(),
             "partial left after the commit: {:?}",
             reserved_entries(server.root())
         );
@@ -1033,7 +1033,7 @@ fn server_dies_mid_put(signal: libc::c_int) {
         fs::read(server.at("f")).unwrap() == data,
         "the resumed file differs"
     );
-    assert!(reserved_entries(server.root()).is_empty());
+    assert!(leftovers_after_the_disk(server.root()).is_empty());
 }
 
 #[test]
@@ -1156,7 +1156,7 @@ fn twenty_concurrent_transfers_all_succeed() {
         threads_seen.iter().all(|&count| count == 1),
         "the server ran other threads: {threads_seen:?}"
     );
-    assert!(reserved_entries(server.root()).is_empty());
+    assert!(leftovers_after_the_disk(server.root()).is_empty());
 }
 
 const GIB: u64 = 1 << 30;

@@ -119,7 +119,7 @@ fn cli_round_trips_keep_every_byte_and_get_writes_stdout() {
         fs::remove_file(cli.local(&name)).unwrap();
     }
     assert_no_part_files(cli.work.path());
-    assert!(reserved_entries(server.root()).is_empty());
+    assert!(leftovers_after_the_disk(server.root()).is_empty());
 
     // get without LOCAL writes the remote's name in the working directory; into a directory,
     // that name inside it.
@@ -152,7 +152,7 @@ fn cli_put_reads_stdin_and_stores_into_a_directory() {
     fs::write(cli.local("other.bin"), b"cp-like").unwrap();
     cli.ok("put", &["other.bin", "dir"]);
     assert_eq!(fs::read(server.at("dir/other.bin")).unwrap(), b"cp-like");
-    assert!(reserved_entries(server.root()).is_empty());
+    assert!(leftovers_after_the_disk(server.root()).is_empty());
 }
 
 #[test]
@@ -428,7 +428,7 @@ fn cli_put_continue_sends_only_what_the_server_lacks() {
         held > 0 && held <= sent as u64,
         "the resume sent from {held}, after {sent} bytes had been sent"
     );
-    assert!(reserved_entries(server.root()).is_empty());
+    assert!(leftovers_after_the_disk(server.root()).is_empty());
 }
 
 /// `monoreactor -v ARGS` (debug logging: the client says how much the server already held).

@@ -67,7 +67,7 @@ fn an_interrupted_upload_is_listed_and_can_be_removed() {
     let released = retry_busy_upload(Duration::from_secs(10), || conn.delete(&path));
     ok(released, "delete the partial");
     assert!(partials(&mut conn, "d").is_empty());
-    assert!(reserved_entries(&server.at("d")).is_empty());
+    assert!(leftovers_after_the_disk(&server.at("d")).is_empty());
     assert!(matches!(conn.delete(&path), Err((ErrorCode::NotFound, _))));
 }
 

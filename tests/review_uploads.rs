@@ -274,7 +274,7 @@ fn the_cli_can_remove_a_partial_that_ls_shows() {
         "monoreactor rm {path} failed: {}",
         removed.stderr
     );
-    assert!(reserved_entries(&server.at("d")).is_empty());
+    assert!(leftovers_after_the_disk(&server.at("d")).is_empty());
 }
 
 /// Finding 1, the unbounded variant: the superseded stream lives on a connection that stays

@@ -158,7 +158,7 @@ fn a_resume_in_another_worker_is_busy_and_the_confirmed_file_never_changes() {
     assert_eq!(ok(second.finish_put(stream, &hash), "finish"), hash);
     assert!(fs::read(server.at("f")).unwrap() == data);
     assert!(
-        reserved_entries(server.root()).is_empty(),
+        leftovers_after_the_disk(server.root()).is_empty(),
         "no partial left: {:?}",
         reserved_entries(server.root())
     );

@@ -557,9 +557,9 @@ fn writable_type(stat: &Stat) -> bool {
 /// on the loop, 0.65 s per GiB on this disk — is renamed aside to a fresh trash name instead,
 /// and the disk helper unlinks that.
 fn remove_partial(dir: &OwnedFd, name: &str, stat: &Stat, disk: Option<&mut dyn Disk>) {
-    let frees_much = stat.st_nlink == 1
+    let big = stat.st_nlink == 1
         && (stat.st_blocks as u64).saturating_mul(512) >= crate::sys::disk::OFFLOAD_UNLINK_BYTES;
-    if let (true, Some(disk)) = (frees_much, disk) {
+    if let (true, Some(disk)) = (big, disk) {
         let still_ours = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|named| same_inode(&named, stat));
         let trash = trash_name();
@@ -707,6 +707,17 @@ fn remove_trash(
         }
     }
     unlink_trash(dir, name, path)
+}
+
+/// Whether unlinking `name` in `dir` would free enough blocks to be worth the disk helper:
+/// a regular file with no other link, occupying at least
+/// [`OFFLOAD_UNLINK_BYTES`](crate::sys::disk::OFFLOAD_UNLINK_BYTES).
+fn frees_much(dir: &OwnedFd, name: &str) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|stat| {
+        FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+            && stat.st_nlink == 1
+            && (stat.st_blocks as u64).saturating_mul(512) >= crate::sys::disk::OFFLOAD_UNLINK_BYTES
+    })
 }
 
 /// A fresh name for linking a verified upload before its rename: unique to this process and
@@ -976,6 +987,12 @@ impl Files<'_> {
             error => errno(error),
         })?;
         let replaced = match replace(&upload.dir, &linked, &upload.name) {
+            // A small old file is unlinked here: freeing a few blocks is quick, quicker than
+            // the round trip to the helper (DELETE's rule, `OFFLOAD_UNLINK_BYTES`).
+            Ok(Some(old)) if !frees_much(&upload.dir, &old) => {
+                let _ = rustix::fs::unlinkat(&upload.dir, old.as_str(), AtFlags::empty());
+                None
+            }
             Ok(replaced) => replaced,
             Err(error) => {
                 let _ = rustix::fs::unlinkat(&upload.dir, linked.as_str(), AtFlags::empty());

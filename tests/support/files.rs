@@ -857,14 +857,15 @@ pub fn retry_busy_upload<T>(
 }
 
 /// The server's own entries in `dir` once the disk helper has had up to 10 s to free what was
-/// renamed aside for it (`.monoreactor-trash-*`): what stays is a real leftover.
+/// set aside for it (a deleted or discarded file renamed `.monoreactor-trash-*`, a replaced
+/// one swapped to `.monoreactor-tmp-*`): what stays is a real leftover.
 pub fn leftovers_after_the_disk(dir: &Path) -> Vec<(String, u64)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = reserved_entries(dir);
-        let trash_only = left
-            .iter()
-            .all(|(name, _)| name.starts_with(".monoreactor-trash-"));
+        let trash_only = left.iter().all(|(name, _)| {
+            name.starts_with(".monoreactor-trash-") || name.starts_with(".monoreactor-tmp-")
+        });
         if left.is_empty() || !trash_only || std::time::Instant::now() >= deadline {
             return left;
         }

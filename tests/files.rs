@@ -1533,13 +1533,16 @@ fn a_newer_put_of_the_same_upload_takes_it_over() {
     let mut second = server.conn();
     let stream = second.new_stream();
     let ready = ok(
-        second.begin_put(
-            stream,
-            b"taken",
-            data.len() as u64,
-            PutFlags::RESUME,
-            Some(hash),
-        ),
+        // Busy for a moment while the first one's bytes are still being written.
+        retry_busy_upload(Duration::from_secs(10), || {
+            second.begin_put(
+                stream,
+                b"taken",
+                data.len() as u64,
+                PutFlags::RESUME,
+                Some(hash),
+            )
+        }),
         "resume while the first is still open",
     );
     assert_eq!(

@@ -65,7 +65,13 @@ fn a_takeover_whose_newer_put_goes_away_leaves_the_upload_resumable() {
 
     // The user resumes from elsewhere: the newer PUT takes the upload over ...
     let mut second = server.conn();
-    let (_, ready) = ok(begin(&mut second, "f", &data, PutFlags::RESUME), "takeover");
+    let (_, ready) = ok(
+        // Busy for a moment while the first one's bytes are still being written.
+        retry_busy_upload(Duration::from_secs(10), || {
+            begin(&mut second, "f", &data, PutFlags::RESUME)
+        }),
+        "takeover",
+    );
     assert_eq!(ready.held, MIB as u64);
     // ... and that connection drops too (Ctrl-C, a flaky network).
     drop(second);
@@ -291,7 +297,13 @@ fn a_failed_takeover_on_a_live_connection_does_not_block_the_upload_for_good() {
     let (first, _) = ok(begin(&mut conn, "g", &data, PutFlags::NONE), "first");
     conn.send_data_in(first, &data[..MIB], MIB);
     conn.echo(b"written");
-    let (second, ready) = ok(begin(&mut conn, "g", &data, PutFlags::RESUME), "takeover");
+    let (second, ready) = ok(
+        // Busy for a moment while the first one's bytes are still being written.
+        retry_busy_upload(Duration::from_secs(10), || {
+            begin(&mut conn, "g", &data, PutFlags::RESUME)
+        }),
+        "takeover",
+    );
     assert_eq!(ready.held, MIB as u64);
     let early = conn.finish_put(second, &hash);
     assert!(

@@ -73,7 +73,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use log::{debug, info, warn};
@@ -134,6 +134,8 @@ const LOCK_ATTEMPTS: usize = 4;
 pub(crate) struct Holder {
     superseded: Arc<AtomicBool>,
     file: Weak<File>,
+    /// Its writes still in the disk helper's hands.
+    writing: Arc<AtomicUsize>,
 }
 
 /// The resumable uploads being received in this process, by id.
@@ -258,7 +260,10 @@ impl Upload {
                 .as_deref_mut()
                 .and_then(|disk| disk.submit_write(file, at, piece))
             {
-                Some(id) => self.disk.writes.push((id, piece.len())),
+                Some(id) => {
+                    self.disk.writes.push((id, piece.len()));
+                    self.disk.writing.fetch_add(1, Ordering::Relaxed);
+                }
                 None => self
                     .file
                     .write_all_at(piece, at)
@@ -331,6 +336,7 @@ impl Upload {
         let work = &mut self.disk;
         if let Some(at) = work.writes.iter().position(|(id, _)| *id == done.id) {
             work.writes.swap_remove(at);
+            work.writing.fetch_sub(1, Ordering::Relaxed);
         } else if let Some(at) = work.syncs.iter().position(|id| *id == done.id) {
             work.syncs.swap_remove(at);
             if work.final_job == Some(done.id) {
@@ -377,6 +383,8 @@ impl Upload {
 struct DiskWork {
     /// Writes outstanding, with their lengths.
     writes: Vec<(JobId, usize)>,
+    /// How many: shared with the table of uploads, where a newer PUT of the same upload looks.
+    writing: Arc<AtomicUsize>,
     /// Syncs outstanding.
     syncs: Vec<JobId>,
     /// The end of what was written (or handed over to be).
@@ -796,25 +804,34 @@ impl Files<'_> {
         // that vanished without a FIN, say, and is resuming from elsewhere) is told to stop
         // at its next frame, and never touches the partial again. The newer one shares its
         // descriptor, and so its lock.
-        let in_process = lock(&self.state.uploads)
-            .get(&id)
-            .and_then(|holder| Some((holder.file.upgrade()?, Arc::clone(&holder.superseded))));
+        let in_process = lock(&self.state.uploads).get(&id).and_then(|holder| {
+            let writing = holder.writing.load(Ordering::Relaxed) > 0;
+            Some((
+                holder.file.upgrade()?,
+                Arc::clone(&holder.superseded),
+                writing,
+            ))
+        });
+        let busy = || {
+            FileError::new(
+                ErrorCode::UploadBusy,
+                format!(
+                    "{path}: another server process is receiving this upload (or its last bytes are still being written); try again when it ends"
+                ),
+            )
+        };
         let file = match in_process {
-            Some((file, older)) => {
+            // Bytes the older one took are still on their way to the file: what it holds
+            // cannot be told yet (its length would say less, or skip a hole).
+            Some((_, _, true)) => return Err(busy()),
+            Some((file, older, false)) => {
                 info!("{path}: upload {id:016x} taken over by a newer PUT");
                 older.store(true, Ordering::Relaxed);
                 file
             }
             None => match open_locked(&dir, &temp_name, true) {
                 Ok(Opened::Locked(file, _)) => Arc::new(file),
-                Ok(Opened::Busy) => {
-                    return Err(FileError::new(
-                        ErrorCode::UploadBusy,
-                        format!(
-                            "{path}: another server process is receiving this upload (or its last bytes are still being written); try again when it ends"
-                        ),
-                    ));
-                }
+                Ok(Opened::Busy) => return Err(busy()),
                 // (Only without `create`.)
                 Ok(Opened::Missing | Opened::Removed) => {
                     return Err(FileError::from_errno(Errno::NOENT, path));
@@ -823,11 +840,13 @@ impl Files<'_> {
             },
         };
         let superseded = Arc::new(AtomicBool::new(false));
+        let disk = DiskWork::default();
         lock(&self.state.uploads).insert(
             id,
             Holder {
                 superseded: Arc::clone(&superseded),
                 file: Arc::downgrade(&file),
+                writing: Arc::clone(&disk.writing),
             },
         );
         let mut upload = Upload {
@@ -838,7 +857,7 @@ impl Files<'_> {
             temp: Temp::Partial(temp_name),
             id,
             held: 0,
-            disk: DiskWork::default(),
+            disk,
             uploads: Arc::clone(&self.state.uploads),
             superseded,
             committed: false,

@@ -1,0 +1,378 @@
+//! Adversarial review of the disk helper's upload path (branch review-disk). Each test here
+//! shows a bug: it FAILS on the code as reviewed.
+
+mod support;
+
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+use monoreactor::conn::{Connection, Protocol, Verdict};
+use monoreactor::limits::Limits;
+use monoreactor::proto::files::{PutFlags, PutRequest};
+use monoreactor::proto::{ErrorCode, Flags, Frame, FrameType, Hello};
+use monoreactor::sys::disk::{
+    DiskDone, DiskHelper, HelperTokens, Job, JobKind, MAX_HELD, MAX_IN_FLIGHT, Ring, SLOT_LEN,
+    write_job,
+};
+use monoreactor::testkit::{ConnHarness, MemoryIo};
+use monoreactor::timer::Tick;
+use rustix::io::Errno;
+
+use support::{process_state, retry};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_monoreactor");
+const SOCKET: Token = Token(1);
+const EXIT: Token = Token(2);
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "monoreactor-review-disk-{}-{label}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("a temporary directory");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.0)
+            .expect("readable")
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn hello() -> Vec<u8> {
+    let mut wire = Vec::new();
+    Hello::with_credentials(b"").encode(&mut wire);
+    wire
+}
+
+fn settle(h: &mut ConnHarness, io: &mut MemoryIo) {
+    let mut verdict = h.event(io, true, true);
+    for _ in 0..1000 {
+        if verdict != Verdict::Again {
+            return;
+        }
+        verdict = h.drive(io);
+    }
+    panic!("never settles");
+}
+
+fn put_request(stream: u32, size: u64, hash: [u8; 32], resume: bool, path: &str) -> Vec<u8> {
+    let flags = if resume {
+        PutFlags::RESUME.with(PutFlags::HASH_DECLARED)
+    } else {
+        PutFlags::HASH_DECLARED
+    };
+    let request = PutRequest {
+        size,
+        flags,
+        hash: Some(hash),
+        path,
+    };
+    let mut payload = vec![0; request.payload_len()];
+    request.emit(&mut payload);
+    Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec()
+}
+
+fn data(stream: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for chunk in bytes.chunks(1 << 20) {
+        wire.extend(Frame::new(FrameType::Data, Flags::NONE, stream, chunk).to_vec());
+    }
+    wire
+}
+
+fn digest(stream: u32, hash: [u8; 32]) -> Vec<u8> {
+    Frame::new(FrameType::Digest, Flags::END_STREAM, stream, &hash).to_vec()
+}
+
+fn kinds(frames: &[monoreactor::client::OwnedFrame]) -> Vec<(FrameType, u32)> {
+    frames
+        .iter()
+        .map(|frame| (frame.header.frame_type, frame.header.stream))
+        .collect()
+}
+
+fn error_code(frame: &monoreactor::client::OwnedFrame) -> Option<ErrorCode> {
+    monoreactor::proto::ErrorMessage::parse(&frame.payload)
+        .ok()
+        .map(|error| error.code)
+}
+
+/// A fresh connection in the harness (same files, same scripted disk), after HELLO; the
+/// connection it replaces is returned.
+fn new_conn(h: &mut ConnHarness) -> (Connection, MemoryIo) {
+    let old = std::mem::replace(
+        &mut h.conn,
+        Connection::new(Protocol::Framed, Tick(0), &h.limits),
+    );
+    let mut io = MemoryIo::new();
+    io.push(&hello());
+    settle(h, &mut io);
+    io.take_frames();
+    (old, io)
+}
+
+fn run_all(h: &mut ConnHarness, io: &mut MemoryIo) {
+    while let Some(done) = h.disk().run_next() {
+        h.disk_done(io, done);
+        settle(h, io);
+    }
+}
+
+// === 1. The `writing` counter of an upload dropped with writes in flight sticks ===
+
+/// A resumable upload A stalls (its client vanished without a FIN); the client resumes from
+/// elsewhere (B takes A over: the designed path). B's connection dies too while one of its
+/// writes is with the disk helper. The helper finishes that write — but the completion is for
+/// a closed connection and is dropped, so B's `writing` counter, which the table entry still
+/// holds (A shares the descriptor, so the entry stays), is never decremented. Every later
+/// PUT of the upload is refused UPLOAD_BUSY for as long as A lingers (the idle timeout, or for
+/// ever if A's connection stays busy with other streams) — though no write is outstanding.
+#[test]
+fn an_upload_dropped_with_writes_in_flight_leaves_no_stuck_upload_busy() {
+    let dir = TempDir::new("stuck");
+    let mut h = ConnHarness::framed(Limits::default())
+        .with_files(dir.path())
+        .with_disk();
+    let bytes = support::seeded_bytes(7, 2 << 20);
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let size = bytes.len() as u64;
+
+    // A: PUT and 512 KiB, all written; then its client stalls.
+    let (_, mut io_a) = new_conn(&mut h);
+    io_a.push(&put_request(1, size, hash, false, "f"));
+    io_a.push(&data(1, &bytes[..512 << 10]));
+    settle(&mut h, &mut io_a);
+    assert_eq!(kinds(&io_a.take_frames()), [(FrameType::PutReady, 1)]);
+    run_all(&mut h, &mut io_a);
+
+    // B resumes from elsewhere: takes A over, sends 256 KiB more, and its connection dies
+    // while that write is with the helper.
+    let (conn_a, mut io_b) = new_conn(&mut h);
+    io_b.push(&put_request(1, size, hash, true, "f"));
+    settle(&mut h, &mut io_b);
+    let frames = io_b.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::PutReady, 1)], "B takes A over");
+    io_b.push(&data(1, &bytes[512 << 10..768 << 10]));
+    settle(&mut h, &mut io_b);
+    assert_eq!(
+        h.disk().pending().map(|(_, job)| job.kind()).collect::<Vec<_>>(),
+        [JobKind::Write]
+    );
+    io_b.close();
+    settle(&mut h, &mut io_b);
+    h.with_context(|conn, cx| conn.release(cx));
+    // The helper does the write; its connection is gone, so the completion is dropped
+    // (`deliver_disk_done`: no live slot).
+    let done = h.disk().run_next().expect("the write");
+    assert_eq!(done.result, Ok(()));
+    assert_eq!(h.disk().pending().count(), 0, "nothing left in the helper's hands");
+
+    // C resumes: nothing is being written, so it must get PUT_READY.
+    let (_conn_b, mut io_c) = new_conn(&mut h);
+    io_c.push(&put_request(1, size, hash, true, "f"));
+    settle(&mut h, &mut io_c);
+    let frames = io_c.take_frames();
+    drop(conn_a); // A is still alive up to here (a stalled client)
+    assert_eq!(
+        kinds(&frames),
+        [(FrameType::PutReady, 1)],
+        "refused though no write is outstanding: {:?}",
+        frames.iter().map(error_code).collect::<Vec<_>>()
+    );
+}
+
+// === 2. A write job run inline shares the file position with the helper's ===
+
+/// Two runners of `Job::Write` on descriptors of one open file (the helper, and the loop
+/// running a write inline: `DiskHelper::submit` past `MAX_HELD`, or a failed `sendmsg`) race
+/// on the shared file position: `lseek` then `sendfile` is not atomic, so one runner's bytes
+/// land at the other's offset. Here two threads stand in for the two processes.
+#[test]
+fn write_jobs_on_one_open_file_never_land_at_the_wrong_offset() {
+    let dir = TempDir::new("pos-race");
+    let path = dir.path().join("f");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(&path)
+        .unwrap();
+    let ring = Ring::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let piece = 64 << 10;
+    let far: u64 = 4 << 20;
+    let runner = |fill: u8, offset: u64| {
+        let file = file.try_clone().unwrap();
+        let ring = ring.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let bytes = vec![fill; piece];
+            let mut runs = 0u32;
+            while !stop.load(Ordering::Relaxed) && runs < 20_000 {
+                let job = write_job(&ring, file.as_fd(), offset, &bytes).expect("a free slot");
+                job.run().expect("written");
+                runs += 1;
+            }
+        })
+    };
+    let a = runner(b'A', 0);
+    let b = runner(b'B', far);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    a.join().unwrap();
+    b.join().unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut got = vec![0u8; len as usize];
+    file.read_exact_at(&mut got, 0).unwrap();
+    let misplaced = got
+        .iter()
+        .enumerate()
+        .filter(|(at, byte)| {
+            let at = *at as u64;
+            let want = if at < piece as u64 {
+                b'A'
+            } else if at >= far && at < far + piece as u64 {
+                b'B'
+            } else {
+                0
+            };
+            **byte != want
+        })
+        .count();
+    assert_eq!(
+        (len, misplaced),
+        (far + piece as u64, 0),
+        "bytes written at another job's offset"
+    );
+}
+
+/// The precondition of the race above, with the real helper: while the helper holds (and
+/// may be running) a write of a file, the loop runs the next write of the same file inline,
+/// on the same open file, because `MAX_HELD` jobs are held (a burst of DELETEs of big files
+/// queues one unlink each). A write job must never run inline while another write of its
+/// file is held by the helper (or the inline path must not use the file position).
+#[test]
+fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_file() {
+    let dir = TempDir::new("inline-write");
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(16);
+    let mut disk = DiskHelper::new(
+        Some(PathBuf::from(HELPER)),
+        HelperTokens {
+            socket: SOCKET,
+            exit: EXIT,
+        },
+    );
+    disk.start(poll.registry());
+    // Ready: one fsync round trip.
+    let me = fs::File::open("/proc/self/exe").unwrap();
+    disk.submit(Some(0), Job::Fsync(OwnedFd::from(me)), poll.registry());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !disk.has_done() && Instant::now() < deadline {
+        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+        for event in events.iter() {
+            if event.token() == SOCKET {
+                disk.on_socket_event(poll.registry());
+            }
+        }
+    }
+    assert!(disk.next_done().is_some(), "the helper answers");
+    let pid = disk.pid().expect("a helper");
+    // Stopped, so that what it holds stays held (it would be running the first write).
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    assert!(
+        retry(Duration::from_secs(5), || (process_state(pid) == Some('T')).then_some(()))
+            .is_some()
+    );
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("upload"))
+        .unwrap();
+    let other = fs::File::create(dir.path().join("other")).unwrap();
+    let piece = vec![1u8; SLOT_LEN];
+    assert!(
+        disk.submit_write(Some(1), file.as_fd(), 0, &piece, poll.registry())
+            .is_some()
+    );
+    for _ in 1..MAX_HELD {
+        let fd = other.try_clone().unwrap();
+        disk.submit(Some(2), Job::Fdatasync(fd.into()), poll.registry());
+    }
+    let before = disk.stats().inline;
+    assert!(
+        disk.submit_write(
+            Some(1),
+            file.as_fd(),
+            SLOT_LEN as u64,
+            &piece,
+            poll.registry()
+        )
+        .is_some()
+    );
+    let inline = disk.stats().inline - before;
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    const { assert!(MAX_IN_FLIGHT >= 1) };
+    assert_eq!(
+        inline, 0,
+        "the second write ran inline (lseek + sendfile on the upload's open file) while the \
+         helper held the first"
+    );
+}
+
+// === 3. ENOSPC in the helper's write: NO_SPACE, and the partial removed ===
+
+#[test]
+fn a_write_that_finds_no_space_answers_no_space_and_removes_the_partial() {
+    let dir = TempDir::new("enospc");
+    let mut h = ConnHarness::framed(Limits::default())
+        .with_files(dir.path())
+        .with_disk();
+    let bytes = support::seeded_bytes(3, 600 << 10);
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let (_, mut io) = new_conn(&mut h);
+    io.push(&put_request(1, bytes.len() as u64, hash, false, "f"));
+    io.push(&data(1, &bytes));
+    io.push(&digest(1, hash));
+    settle(&mut h, &mut io);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::PutReady, 1)]);
+    // The first piece finds the disk full; the others are written.
+    let failed = h.disk().finish_next(Err(Errno::NOSPC)).unwrap();
+    h.disk_done(&mut io, failed);
+    settle(&mut h, &mut io);
+    run_all(&mut h, &mut io);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::Error, 1)], "{frames:?}");
+    assert_eq!(error_code(&frames[0]), Some(ErrorCode::NoSpace));
+    assert!(dir.names().is_empty(), "partial left: {:?}", dir.names());
+    let _: Option<DiskDone> = None;
+}

@@ -376,3 +376,103 @@ fn a_write_that_finds_no_space_answers_no_space_and_removes_the_partial() {
     assert!(dir.names().is_empty(), "partial left: {:?}", dir.names());
     let _: Option<DiskDone> = None;
 }
+
+// === 4. A client that half-closes after its DIGEST still gets the server's DIGEST ===
+
+#[test]
+fn a_client_that_half_closes_after_its_digest_still_hears_the_digest() {
+    let dir = TempDir::new("half-close");
+    let mut h = ConnHarness::framed(Limits::default())
+        .with_files(dir.path())
+        .with_disk();
+    let bytes = support::seeded_bytes(5, 300 << 10);
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let (_, mut io) = new_conn(&mut h);
+    io.push(&put_request(1, bytes.len() as u64, hash, false, "f"));
+    io.push(&data(1, &bytes));
+    io.push(&digest(1, hash));
+    io.close();
+    settle(&mut h, &mut io);
+    run_all(&mut h, &mut io);
+    let frames = io.take_frames();
+    assert_eq!(
+        kinds(&frames),
+        [(FrameType::PutReady, 1), (FrameType::Digest, 1)],
+        "{:?}",
+        frames.iter().map(error_code).collect::<Vec<_>>()
+    );
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), bytes);
+}
+
+// === 5. A discarded big partial's blocks are freed by the loop's close, not the helper ===
+
+/// A big partial discarded while some of its writes are still with the helper (a hash
+/// mismatch right behind the last DATA, a full disk) is renamed aside and its unlink queued
+/// behind those writes. The helper answers the last write and goes straight on to the
+/// unlink; the server still holds that write's descriptor (in its `Held`) until it reads the
+/// answer. So the unlink frees nothing, and the loop's `close` of the job's descriptor is
+/// the last one: the file's blocks are freed on the loop (0.65 s per GiB), the stall the
+/// helper exists to take. Here: after the helper answered both, the server process still
+/// holds a descriptor of the unlinked file.
+#[test]
+fn after_the_helper_unlinks_a_file_the_server_holds_no_descriptor_of_it() {
+    let dir = TempDir::new("last-close");
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(16);
+    let mut disk = DiskHelper::new(
+        Some(PathBuf::from(HELPER)),
+        HelperTokens {
+            socket: SOCKET,
+            exit: EXIT,
+        },
+    );
+    disk.start(poll.registry());
+    let me = fs::File::open("/proc/self/exe").unwrap();
+    disk.submit(Some(0), Job::Fsync(OwnedFd::from(me)), poll.registry());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !disk.has_done() && Instant::now() < deadline {
+        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+        for event in events.iter() {
+            if event.token() == SOCKET {
+                disk.on_socket_event(poll.registry());
+            }
+        }
+    }
+    assert!(disk.next_done().is_some(), "the helper answers");
+
+    let name = ".monoreactor-trash-review";
+    let path = dir.path().join(name);
+    fs::write(&path, vec![9u8; 4 << 20]).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    // The partial's last write, then (discard) its unlink.
+    let piece = vec![1u8; SLOT_LEN];
+    disk.submit_write(Some(1), file.as_fd(), 0, &piece, poll.registry())
+        .expect("a slot");
+    drop(file); // the Upload is dropped by `discard`
+    let dir_fd = OwnedFd::from(fs::File::open(dir.path()).unwrap());
+    disk.submit(
+        Some(1),
+        Job::Unlink {
+            dir: dir_fd,
+            name: name.to_string(),
+        },
+        poll.registry(),
+    );
+    // The helper does both before the loop reads either answer.
+    assert!(
+        retry(Duration::from_secs(5), || (!path.exists()).then_some(())).is_some(),
+        "the helper unlinked it"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let ours: Vec<String> = fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.contains(name))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "the unlinked file is still open in the server ({ours:?}): its blocks are freed by \
+         the loop's close when it reads the write's answer"
+    );
+}

@@ -476,3 +476,41 @@ fn after_the_helper_unlinks_a_file_the_server_holds_no_descriptor_of_it() {
          the loop's close when it reads the write's answer"
     );
 }
+
+/// The connection-level half of the finding above: a mismatched upload is discarded (and the
+/// unlink of its renamed-aside partial handed to the helper) while writes of that partial are
+/// still with the helper, queued before the unlink — so the server still holds their
+/// descriptors when the helper unlinks.
+#[test]
+fn a_discarded_partial_is_unlinked_only_after_its_writes_are_answered() {
+    let dir = TempDir::new("discard-order");
+    let mut h = ConnHarness::framed(Limits::default())
+        .with_files(dir.path())
+        .with_disk();
+    let bytes = support::seeded_bytes(9, 3 << 20);
+    let mut hash = *blake3::hash(&bytes).as_bytes();
+    let (_, mut io) = new_conn(&mut h);
+    io.push(&put_request(1, bytes.len() as u64, hash, false, "f"));
+    io.push(&data(1, &bytes));
+    hash[0] ^= 1;
+    io.push(&digest(1, hash));
+    settle(&mut h, &mut io);
+    let mut turns = 0;
+    loop {
+        let pending: Vec<JobKind> = h.disk().pending().map(|(_, job)| job.kind()).collect();
+        if let Some(at) = pending.iter().position(|kind| *kind == JobKind::Unlink) {
+            assert!(
+                !pending[..at].contains(&JobKind::Write),
+                "the unlink was queued behind the partial's own writes: {pending:?}"
+            );
+            break;
+        }
+        let Some(done) = h.disk().run_next() else {
+            panic!("no unlink was ever asked for");
+        };
+        h.disk_done(&mut io, done);
+        settle(&mut h, &mut io);
+        turns += 1;
+        assert!(turns < 100);
+    }
+}

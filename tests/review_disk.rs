@@ -514,3 +514,73 @@ fn a_discarded_partial_is_unlinked_only_after_its_writes_are_answered() {
         assert!(turns < 100);
     }
 }
+
+// === 6. An fsync unanswered at a helper's death is resent, and a second fsync vouches ===
+
+/// Linux reports a writeback error once per open file description (errseq): if the dead
+/// helper's `fsync` had seen EIO, the resent one, on the same open file, returns 0 — the
+/// dirty pages were dropped, and the upload is confirmed with bytes that are not on the disk
+/// ("fsyncgate"). The server cannot tell whether the dead helper ran it, so an `fsync` (or
+/// `fdatasync`) left unanswered by a dead helper must not be reported Ok (fail the upload,
+/// the client retries) — this test stands in for the EIO it cannot inject.
+#[test]
+fn an_fsync_left_unanswered_by_a_dead_helper_is_never_reported_ok() {
+    let dir = TempDir::new("fsync-resend");
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(16);
+    let mut disk = DiskHelper::new(
+        Some(PathBuf::from(HELPER)),
+        HelperTokens {
+            socket: SOCKET,
+            exit: EXIT,
+        },
+    );
+    disk.start(poll.registry());
+    let mut restart_at = None;
+    let me = fs::File::open("/proc/self/exe").unwrap();
+    disk.submit(Some(0), Job::Fsync(OwnedFd::from(me)), poll.registry());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !disk.has_done() && Instant::now() < deadline {
+        turn(&mut poll, &mut events, &mut disk, &mut restart_at);
+    }
+    assert!(disk.next_done().is_some());
+    let pid = disk.pid().unwrap();
+    let file = fs::File::create(dir.path().join("data")).unwrap();
+    file.write_all_at(&[5u8; 4096], 0).unwrap();
+    disk.submit(Some(1), Job::Fsync(file.into()), poll.registry());
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !disk.has_done() && Instant::now() < deadline {
+        turn(&mut poll, &mut events, &mut disk, &mut restart_at);
+    }
+    let (_, done) = disk.next_done().expect("answered");
+    assert_eq!(done.kind, JobKind::Fsync);
+    assert!(
+        done.result.is_err(),
+        "an fsync whose first run's outcome is unknown was reported {:?}",
+        done.result
+    );
+}
+
+fn turn(
+    poll: &mut Poll,
+    events: &mut Events,
+    disk: &mut DiskHelper,
+    restart_at: &mut Option<Instant>,
+) {
+    poll.poll(events, Some(Duration::from_millis(20))).unwrap();
+    for event in events.iter() {
+        let restart = if event.token() == SOCKET {
+            disk.on_socket_event(poll.registry())
+        } else {
+            disk.on_exit_event(poll.registry())
+        };
+        if let Some(delay) = restart {
+            *restart_at = Some(Instant::now() + delay);
+        }
+    }
+    if restart_at.is_some_and(|at| at <= Instant::now()) {
+        *restart_at = None;
+        disk.restart(poll.registry());
+    }
+}

@@ -584,3 +584,44 @@ fn turn(
         disk.restart(poll.registry());
     }
 }
+
+// === 7. A PUT without RESUME truncates a big partial on the loop ===
+
+/// A client sends part of a big upload, goes away, and starts it over without RESUME (or
+/// another client does). `begin_put` then `set_len(0)`s the partial on the loop, which frees
+/// all of its blocks inside the call: the 0.65 s per GiB stall that `remove_partial` (rename
+/// aside, unlink by the helper) and DELETE avoid. The old inode should be set aside for the
+/// helper, and a fresh partial started. Here the test keeps the old inode open and finds it
+/// emptied by the loop.
+#[test]
+fn a_put_without_resume_never_truncates_a_big_partial_on_the_loop() {
+    let dir = TempDir::new("truncate");
+    let mut h = ConnHarness::framed(Limits::default())
+        .with_files(dir.path())
+        .with_disk();
+    let bytes = support::seeded_bytes(11, 8 << 20);
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let size = bytes.len() as u64;
+    let (_, mut io) = new_conn(&mut h);
+    io.push(&put_request(1, size, hash, false, "f"));
+    io.push(&data(1, &bytes[..4 << 20]));
+    settle(&mut h, &mut io);
+    run_all(&mut h, &mut io);
+    io.close();
+    settle(&mut h, &mut io);
+    h.with_context(|conn, cx| conn.release(cx));
+    let names = dir.names();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let old = fs::File::open(dir.path().join(&names[0])).unwrap();
+    assert_eq!(old.metadata().unwrap().len(), 4 << 20);
+
+    let (_, mut io) = new_conn(&mut h);
+    io.push(&put_request(1, size, hash, false, "f"));
+    settle(&mut h, &mut io);
+    assert_eq!(kinds(&io.take_frames()), [(FrameType::PutReady, 1)]);
+    assert_eq!(
+        old.metadata().unwrap().len(),
+        4 << 20,
+        "the 4 MiB partial was truncated (its blocks freed) on the loop"
+    );
+}

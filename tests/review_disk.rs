@@ -625,3 +625,46 @@ fn a_put_without_resume_never_truncates_a_big_partial_on_the_loop() {
         "the 4 MiB partial was truncated (its blocks freed) on the loop"
     );
 }
+
+// === 8. A write that fails after its upload was released leaves a hole that is resumed ===
+
+/// The client goes away while its first piece is with the helper and the later ones are
+/// written; the first then fails (ENOSPC, EIO). Its completion finds no upload (released),
+/// so nothing records the hole: the partial is kept at its full length, and the resume is
+/// offered everything as held — zeros where the failed piece was. The client uploads the
+/// rest for nothing and gets HASH_MISMATCH at the end. A resume must never be offered bytes
+/// that were not written (held at most where the failed piece starts), or the partial must go.
+#[test]
+fn a_resume_is_never_offered_a_piece_whose_write_failed() {
+    let dir = TempDir::new("hole");
+    let mut h = ConnHarness::framed(Limits::default())
+        .with_files(dir.path())
+        .with_disk();
+    let bytes = support::seeded_bytes(13, 4 << 20);
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let size = bytes.len() as u64;
+    let (_, mut io) = new_conn(&mut h);
+    io.push(&put_request(1, size, hash, false, "f"));
+    io.push(&data(1, &bytes[..1 << 20]));
+    settle(&mut h, &mut io);
+    io.take_frames();
+    io.close();
+    settle(&mut h, &mut io);
+    h.with_context(|conn, cx| conn.release(cx));
+    // The helper: the first piece fails, the other three are written.
+    let failed = h.disk().finish_next(Err(Errno::NOSPC)).unwrap();
+    assert_eq!(failed.kind, JobKind::Write);
+    while h.disk().run_next().is_some() {}
+
+    let (_, mut io) = new_conn(&mut h);
+    io.push(&put_request(1, size, hash, true, "f"));
+    settle(&mut h, &mut io);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [(FrameType::PutReady, 1)]);
+    let ready = monoreactor::proto::files::PutReady::parse(&frames[0].payload).unwrap();
+    assert_eq!(
+        ready.held, 0,
+        "offered {} bytes as held, a failed 256 KiB piece of zeros at offset 0 among them",
+        ready.held
+    );
+}

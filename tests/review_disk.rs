@@ -182,7 +182,10 @@ fn an_upload_dropped_with_writes_in_flight_leaves_no_stuck_upload_busy() {
     io_b.push(&data(1, &bytes[512 << 10..768 << 10]));
     settle(&mut h, &mut io_b);
     assert_eq!(
-        h.disk().pending().map(|(_, job)| job.kind()).collect::<Vec<_>>(),
+        h.disk()
+            .pending()
+            .map(|(_, job)| job.kind())
+            .collect::<Vec<_>>(),
         [JobKind::Write]
     );
     io_b.close();
@@ -192,7 +195,11 @@ fn an_upload_dropped_with_writes_in_flight_leaves_no_stuck_upload_busy() {
     // (`deliver_disk_done`: no live slot).
     let done = h.disk().run_next().expect("the write");
     assert_eq!(done.result, Ok(()));
-    assert_eq!(h.disk().pending().count(), 0, "nothing left in the helper's hands");
+    assert_eq!(
+        h.disk().pending().count(),
+        0,
+        "nothing left in the helper's hands"
+    );
 
     // C resumes: nothing is being written, so it must get PUT_READY.
     let (_conn_b, mut io_c) = new_conn(&mut h);
@@ -296,7 +303,8 @@ fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_fil
     disk.submit(Some(0), Job::Fsync(OwnedFd::from(me)), poll.registry());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !disk.has_done() && Instant::now() < deadline {
-        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
         for event in events.iter() {
             if event.token() == SOCKET {
                 disk.on_socket_event(poll.registry());
@@ -308,8 +316,9 @@ fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_fil
     // Stopped, so that what it holds stays held (it would be running the first write).
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     assert!(
-        retry(Duration::from_secs(5), || (process_state(pid) == Some('T')).then_some(()))
-            .is_some()
+        retry(Duration::from_secs(5), || (process_state(pid) == Some('T'))
+            .then_some(()))
+        .is_some()
     );
     let file = fs::OpenOptions::new()
         .write(true)
@@ -328,23 +337,26 @@ fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_fil
         disk.submit(Some(2), Job::Fdatasync(fd.into()), poll.registry());
     }
     let before = disk.stats().inline;
-    assert!(
-        disk.submit_write(
-            Some(1),
-            file.as_fd(),
-            SLOT_LEN as u64,
-            &piece,
-            poll.registry()
-        )
-        .is_some()
+    // Past MAX_HELD the write is not taken (the caller pwrites it from its own buffer); it
+    // must not be run inline as a job either way. (Since the fix, a write job never uses the
+    // file position: `write_jobs_on_one_open_file_never_land_at_the_wrong_offset`.)
+    let taken = disk.submit_write(
+        Some(1),
+        file.as_fd(),
+        SLOT_LEN as u64,
+        &piece,
+        poll.registry(),
     );
     let inline = disk.stats().inline - before;
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     const { assert!(MAX_IN_FLIGHT >= 1) };
+    assert!(
+        taken.is_none(),
+        "a write past MAX_HELD is left to the caller"
+    );
     assert_eq!(
         inline, 0,
-        "the second write ran inline (lseek + sendfile on the upload's open file) while the \
-         helper held the first"
+        "the second write ran inline as a job while the helper held the first"
     );
 }
 
@@ -431,7 +443,8 @@ fn after_the_helper_unlinks_a_file_the_server_holds_no_descriptor_of_it() {
     disk.submit(Some(0), Job::Fsync(OwnedFd::from(me)), poll.registry());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !disk.has_done() && Instant::now() < deadline {
-        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
         for event in events.iter() {
             if event.token() == SOCKET {
                 disk.on_socket_event(poll.registry());

@@ -29,7 +29,7 @@
 //! | 0 | `fsync(fd)` | none | the file |
 //! | 1 | `fdatasync(fd)` | none | the file |
 //! | 2 | `unlinkat(dir, name, 0)` | the name: one component (no `/`, not `.` or `..`) | the directory |
-//! | 3 | write: `sendfile` of `len` bytes from slot `slot` of the ring into the file at `offset` | `offset u64 \| slot u32 \| len u32` | the file, then the [`Ring`] |
+//! | 3 | write: `len` bytes from slot `slot` of the ring into the file at `offset` (`pread`, `pwrite`: never the file position) | `offset u64 \| slot u32 \| len u32` | the file, then the [`Ring`] |
 //! | 4 | writeback: `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)` | none | the file |
 //!
 //! The helper answers jobs in the order sent; it exits at EOF (the server closed its end, or
@@ -49,9 +49,12 @@
 //! **Restart and resend.** The helper dying (its pidfd readable, or EOF on the socket) is
 //! confirmed with `waitid`; every job sent and not answered goes back to the front of the
 //! queue, and the helper is started again after [`crate::workers::backoff`] (at once the first
-//! time). Resending is safe: `fsync`/`fdatasync` and a writeback may be repeated, a write
-//! puts the same bytes (its slot is held until the job is done) at the same offset again, and
-//! an unlink resent that finds `ENOENT` was done by the dead helper, so it counts as done.
+//! time). Resending is safe: a writeback may be repeated, a write puts the same bytes (its
+//! slot is held until the job is done) at the same offset again, and an unlink resent that
+//! finds `ENOENT` was done by the dead helper, so it counts as done. A sync is **not** resent:
+//! the dead helper may have made it and been told of a write-back error, which Linux reports
+//! once per open file, so the same sync again would succeed over lost data; it completes with
+//! `EIO` instead, failing its upload.
 //! Nothing is reported done that was not, and no job is lost. A job sent [`MAX_ATTEMPTS`]
 //! times runs inline. A helper that cannot be started, or dies before its HELLO, is given up
 //! on: every job then runs inline on the loop, and every write is made there, with one warning.
@@ -127,7 +130,7 @@ pub const RING_SLOTS: u32 = 32;
 /// Memory shared with the helper for the bytes of write jobs: a `memfd` of
 /// [`RING_SLOTS`] × [`SLOT_LEN`] bytes. The server copies a DATA payload into a free slot
 /// (`pwrite` into pages that stay in memory, a fast copy) and the helper writes the slot into
-/// the file (`sendfile` from the `memfd`): the copy into the file's page cache, which on this
+/// the file (`pread` from the `memfd`, `pwrite`): the copy into the file's page cache, which on this
 /// VM costs 5 ms per MiB of fresh pages (measured: 90 % of a PUT's loop time), happens in the
 /// helper. A slot is taken until its job is done ([`Slot`] gives it back when dropped), so a
 /// job resent to a restarted helper still finds its bytes.
@@ -180,6 +183,40 @@ impl Ring {
     pub fn free_slots(&self) -> u32 {
         self.free.load(Ordering::Relaxed).count_ones()
     }
+}
+
+thread_local! {
+    /// The buffer a write job's bytes pass through: one slot, reused (the helper and the loop
+    /// each have one thread, so one buffer each).
+    static SLOT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads exactly `bytes.len()` bytes of `fd` at `offset` (a short ring is `EIO`).
+fn fill_at(fd: &OwnedFd, bytes: &mut [u8], offset: u64) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pread(fd, &mut bytes[done..], offset + done as u64) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` at `offset` of `fd`.
+fn write_all_at(fd: &OwnedFd, bytes: &[u8], offset: u64) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pwrite(fd, &bytes[done..], offset + done as u64) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
 }
 
 /// One slot of the [`Ring`], holding a write job's bytes until the job is done.
@@ -269,7 +306,8 @@ pub enum Job {
         /// One component: no `/`, not `.` or `..`, at most 255 bytes.
         name: String,
     },
-    /// Write the bytes in a [`Ring`] slot at `offset` of `file` (`sendfile` from the ring).
+    /// Write the bytes in a [`Ring`] slot at `offset` of `file` (`pread` from the ring,
+    /// `pwrite` into the file: the file's position is never used).
     Write {
         /// The file (open for writing).
         file: OwnedFd,
@@ -413,21 +451,18 @@ impl Job {
                 if slot.index >= RING_SLOTS || slot.len as usize > SLOT_LEN {
                     return Err(Errno::INVAL);
                 }
-                // sendfile writes at the file's position: set it first (the server itself
-                // never uses the position of an upload's file, only pwrite and pread).
-                rustix::fs::seek(file, rustix::fs::SeekFrom::Start(*offset))?;
-                let mut from = slot.offset();
-                let end = from + u64::from(slot.len);
-                while from < end {
-                    let left = (end - from) as usize;
-                    match rustix::fs::sendfile(file, &**ring, Some(&mut from), left) {
-                        Ok(0) => return Err(Errno::IO),
-                        Ok(_) => {}
-                        Err(Errno::INTR) => {}
-                        Err(errno) => return Err(errno),
-                    }
-                }
-                Ok(())
+                // pread from the ring, pwrite into the file: never the file's position, which
+                // every descriptor of the upload shares (the server's, the helper's, a job run
+                // on the loop while the helper holds another) — a seek and a sendfile from two
+                // of them at once would put bytes at the wrong offset. The copy through this
+                // buffer is the helper's, off the loop.
+                SLOT_BUFFER.with(|buffer| {
+                    let mut buffer = buffer.borrow_mut();
+                    buffer.resize(slot.len as usize, 0);
+                    let bytes = &mut buffer[..slot.len as usize];
+                    fill_at(&**ring, bytes, slot.offset())?;
+                    write_all_at(file, bytes, *offset)
+                })
             }
         }
     }
@@ -967,7 +1002,9 @@ impl DiskHelper {
         bytes: &[u8],
         registry: &Registry,
     ) -> Option<JobId> {
-        if self.is_inline() {
+        // No helper, or as many jobs held as may be: the caller writes straight from its
+        // buffer, which costs the copy into the ring too.
+        if self.is_inline() || self.in_flight.len() + self.queued.len() >= MAX_HELD {
             return None;
         }
         let job = write_job(self.ring.as_ref()?, file, offset, bytes)?;
@@ -1166,8 +1203,18 @@ impl DiskHelper {
         self.stats.died += 1;
         let pid = process.pid.as_raw_nonzero();
         // Unanswered jobs go first again, in their order; one sent too often runs inline.
+        // Except a sync: the dead helper may have made it and seen an error, which Linux
+        // reports once per open file — the same sync again would succeed over lost data. It
+        // fails instead (EIO), and the upload with it; the client may retry.
         while let Some(held) = self.in_flight.pop_back() {
-            if held.sends >= MAX_ATTEMPTS {
+            if matches!(held.job.kind(), JobKind::Fsync | JobKind::Fdatasync) {
+                warn!(
+                    "{} ({:?}) unanswered by a helper that died: failed, not repeated",
+                    held.id,
+                    held.job.kind()
+                );
+                complete(&mut self.done, held, Err(Errno::IO));
+            } else if held.sends >= MAX_ATTEMPTS {
                 warn!(
                     "{} was sent {} times without an answer: running it inline",
                     held.id, held.sends

@@ -460,7 +460,7 @@ impl Job {
                     let mut buffer = buffer.borrow_mut();
                     buffer.resize(slot.len as usize, 0);
                     let bytes = &mut buffer[..slot.len as usize];
-                    fill_at(&**ring, bytes, slot.offset())?;
+                    fill_at(ring, bytes, slot.offset())?;
                     write_all_at(file, bytes, *offset)
                 })
             }

@@ -229,6 +229,7 @@ fn write_jobs_on_one_open_file_never_land_at_the_wrong_offset() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(&path)
         .unwrap();
     let ring = Ring::new().unwrap();

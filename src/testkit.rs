@@ -592,11 +592,12 @@ impl Disk for ScriptedDisk {
         file: std::os::fd::BorrowedFd<'_>,
         offset: u64,
         bytes: &[u8],
+        writing: Option<&std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     ) -> Option<JobId> {
         if self.ring.is_none() {
             self.ring = Some(crate::sys::disk::Ring::new().ok()?);
         }
-        let job = crate::sys::disk::write_job(self.ring.as_ref()?, file, offset, bytes)?;
+        let job = crate::sys::disk::write_job(self.ring.as_ref()?, file, offset, bytes, writing)?;
         Some(self.submit(job))
     }
 }

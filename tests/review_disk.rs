@@ -244,7 +244,8 @@ fn write_jobs_on_one_open_file_never_land_at_the_wrong_offset() {
             let bytes = vec![fill; piece];
             let mut runs = 0u32;
             while !stop.load(Ordering::Relaxed) && runs < 20_000 {
-                let job = write_job(&ring, file.as_fd(), offset, &bytes).expect("a free slot");
+                let job =
+                    write_job(&ring, file.as_fd(), offset, &bytes, None).expect("a free slot");
                 job.run().expect("written");
                 runs += 1;
             }
@@ -330,7 +331,7 @@ fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_fil
     let other = fs::File::create(dir.path().join("other")).unwrap();
     let piece = vec![1u8; SLOT_LEN];
     assert!(
-        disk.submit_write(Some(1), file.as_fd(), 0, &piece, poll.registry())
+        disk.submit_write(Some(1), file.as_fd(), 0, &piece, None, poll.registry())
             .is_some()
     );
     for _ in 1..MAX_HELD {
@@ -346,6 +347,7 @@ fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_fil
         file.as_fd(),
         SLOT_LEN as u64,
         &piece,
+        None,
         poll.registry(),
     );
     let inline = disk.stats().inline - before;
@@ -460,7 +462,7 @@ fn after_the_helper_unlinks_a_file_the_server_holds_no_descriptor_of_it() {
     let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
     // The partial's last write, then (discard) its unlink.
     let piece = vec![1u8; SLOT_LEN];
-    disk.submit_write(Some(1), file.as_fd(), 0, &piece, poll.registry())
+    disk.submit_write(Some(1), file.as_fd(), 0, &piece, None, poll.registry())
         .expect("a slot");
     drop(file); // the Upload is dropped by `discard`
     let dir_fd = OwnedFd::from(fs::File::open(dir.path()).unwrap());

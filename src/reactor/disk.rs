@@ -8,6 +8,8 @@
 
 use log::{debug, warn};
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use mio::{Registry, Token};
 
@@ -29,10 +31,16 @@ impl Disk for ConnDisk<'_> {
         self.helper.submit(Some(owner), job, self.registry)
     }
 
-    fn submit_write(&mut self, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Option<JobId> {
+    fn submit_write(
+        &mut self,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        bytes: &[u8],
+        writing: Option<&Arc<AtomicUsize>>,
+    ) -> Option<JobId> {
         let owner = self.key.socket().0 as u64;
         self.helper
-            .submit_write(Some(owner), file, offset, bytes, self.registry)
+            .submit_write(Some(owner), file, offset, bytes, writing, self.registry)
     }
 }
 

@@ -77,7 +77,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -167,6 +167,7 @@ impl Ring {
             index,
             len: bytes.len() as u32,
             free: Some(Arc::clone(&self.free)),
+            writing: None,
         };
         let mut at = 0;
         while at < bytes.len() {
@@ -226,6 +227,9 @@ pub struct Slot {
     len: u32,
     /// The ring's free mask, to give the slot back to (none on the helper's side).
     free: Option<Arc<AtomicU64>>,
+    /// The count of its upload's writes in the helper's hands, taken down when the job is
+    /// done — whether or not anybody is left to hear of it.
+    writing: Option<Arc<AtomicUsize>>,
 }
 
 impl Slot {
@@ -239,6 +243,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(free) = &self.free {
             free.fetch_or(1u64 << self.index, Ordering::Relaxed);
+        }
+        if let Some(writing) = &self.writing {
+            writing.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -521,6 +528,7 @@ impl Job {
                         index: word(8, 4)? as u32,
                         len: word(12, 4)? as u32,
                         free: None,
+                        writing: None,
                     },
                 }
             }
@@ -677,13 +685,27 @@ pub trait Disk {
     /// Hands over a write of `bytes` (at most [`SLOT_LEN`]) at `offset` of `file`: the bytes
     /// are copied into the shared [`Ring`] now, and written into the file by the helper.
     /// `None` if the ring is full (or cannot be had): the caller writes them itself.
-    fn submit_write(&mut self, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Option<JobId>;
+    /// `writing` counts the upload's writes in the helper's hands: one more now, one less
+    /// when the job is done.
+    fn submit_write(
+        &mut self,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        bytes: &[u8],
+        writing: Option<&Arc<AtomicUsize>>,
+    ) -> Option<JobId>;
 }
 
 /// A write job for `bytes` at `offset` of `file`, its bytes stored in `ring`; `None` if the
 /// ring is full, the bytes do not fit a slot, or a descriptor cannot be had.
-pub fn write_job(ring: &Ring, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Option<Job> {
-    let slot = match ring.store(bytes)? {
+pub fn write_job(
+    ring: &Ring,
+    file: BorrowedFd<'_>,
+    offset: u64,
+    bytes: &[u8],
+    writing: Option<&Arc<AtomicUsize>>,
+) -> Option<Job> {
+    let mut slot = match ring.store(bytes)? {
         Ok(slot) => slot,
         Err(errno) => {
             debug!("cannot copy into the write ring ({errno}): writing inline");
@@ -691,6 +713,10 @@ pub fn write_job(ring: &Ring, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -
         }
     };
     let file = file.try_clone_to_owned().ok()?;
+    if let Some(writing) = writing {
+        writing.fetch_add(1, Ordering::Relaxed);
+        slot.writing = Some(Arc::clone(writing));
+    }
     Some(Job::Write {
         file,
         offset,
@@ -1000,6 +1026,7 @@ impl DiskHelper {
         file: BorrowedFd<'_>,
         offset: u64,
         bytes: &[u8],
+        writing: Option<&Arc<AtomicUsize>>,
         registry: &Registry,
     ) -> Option<JobId> {
         // No helper, or as many jobs held as may be: the caller writes straight from its
@@ -1007,7 +1034,7 @@ impl DiskHelper {
         if self.is_inline() || self.in_flight.len() + self.queued.len() >= MAX_HELD {
             return None;
         }
-        let job = write_job(self.ring.as_ref()?, file, offset, bytes)?;
+        let job = write_job(self.ring.as_ref()?, file, offset, bytes, writing)?;
         Some(self.submit(owner, job, registry))
     }
 
@@ -1447,8 +1474,10 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        let first = write_job(&ring, file.as_fd(), 5, b"hello").unwrap();
-        let second = write_job(&ring, file.as_fd(), 0, b"12345").unwrap();
+        let writing = Arc::new(AtomicUsize::new(0));
+        let first = write_job(&ring, file.as_fd(), 5, b"hello", Some(&writing)).unwrap();
+        let second = write_job(&ring, file.as_fd(), 0, b"12345", None).unwrap();
+        assert_eq!(writing.load(Ordering::Relaxed), 1);
         assert_eq!(ring.free_slots(), RING_SLOTS - 2);
         let bytes = second.encode(JobId(7)).unwrap();
         let fds: Vec<OwnedFd> = second
@@ -1474,6 +1503,7 @@ mod tests {
             RING_SLOTS,
             "slots come back when their jobs go"
         );
+        assert_eq!(writing.load(Ordering::Relaxed), 0, "and so does the count");
         let _ = std::fs::remove_file(&path);
         let full = Ring::new().unwrap();
         let held: Vec<Slot> = (0..RING_SLOTS)

@@ -258,12 +258,9 @@ impl Upload {
             let file = self.file.as_fd();
             match disk
                 .as_deref_mut()
-                .and_then(|disk| disk.submit_write(file, at, piece))
+                .and_then(|disk| disk.submit_write(file, at, piece, Some(&self.disk.writing)))
             {
-                Some(id) => {
-                    self.disk.writes.push((id, piece.len()));
-                    self.disk.writing.fetch_add(1, Ordering::Relaxed);
-                }
+                Some(id) => self.disk.writes.push((id, piece.len())),
                 None => self
                     .file
                     .write_all_at(piece, at)
@@ -336,7 +333,6 @@ impl Upload {
         let work = &mut self.disk;
         if let Some(at) = work.writes.iter().position(|(id, _)| *id == done.id) {
             work.writes.swap_remove(at);
-            work.writing.fetch_sub(1, Ordering::Relaxed);
         } else if let Some(at) = work.syncs.iter().position(|id| *id == done.id) {
             work.syncs.swap_remove(at);
             if work.final_job == Some(done.id) {
@@ -383,7 +379,9 @@ impl Upload {
 struct DiskWork {
     /// Writes outstanding, with their lengths.
     writes: Vec<(JobId, usize)>,
-    /// How many: shared with the table of uploads, where a newer PUT of the same upload looks.
+    /// How many are in the helper's hands: shared with the table of uploads, where a newer
+    /// PUT of the same upload looks, and taken down by each job as it is done (its slot),
+    /// even for an upload nobody is left to hear of it.
     writing: Arc<AtomicUsize>,
     /// Syncs outstanding.
     syncs: Vec<JobId>,

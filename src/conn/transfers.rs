@@ -71,6 +71,9 @@ pub enum TransferKind {
     },
     /// A verified PUT being made durable and put in place.
     Commit(Commit),
+    /// A failed PUT (its ERROR sent) whose partial goes once the disk helper has answered
+    /// its writes: on a stream of its own (0), since the client may reuse the request's.
+    Discard(Upload),
     /// A LIST: the directory being read.
     List(Listing),
 }
@@ -190,6 +193,7 @@ impl Streams {
             }
             TransferKind::Put { put, .. } => put.wants_turn(),
             TransferKind::Commit(commit) => commit.ready(),
+            TransferKind::Discard(upload) => upload.disk_idle(),
             TransferKind::List(_) => may_produce,
         })
     }
@@ -224,6 +228,7 @@ impl Streams {
         for transfer in &mut self.transfers {
             let taken = match &mut transfer.kind {
                 TransferKind::Put { upload, .. }
+                | TransferKind::Discard(upload)
                 | TransferKind::Commit(Commit {
                     step: CommitStep::Data(upload),
                     ..
@@ -265,7 +270,13 @@ impl Streams {
                     at += 1;
                 }
                 Pumped::Finished => {
-                    self.transfers.swap_remove(at);
+                    let finished = self.transfers.swap_remove(at);
+                    if let (TransferKind::Discard(upload), Some(files)) =
+                        (finished.kind, cx.files.as_mut())
+                    {
+                        let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
+                        files.discard(upload, disk);
+                    }
                     progress = true;
                 }
             }
@@ -338,6 +349,14 @@ fn pump_one(
             Pumped::Running(moved)
         }
         TransferKind::Commit(commit) => pump_commit(stream, commit, outbox, cx),
+        // Finished once idle: `pump_transfers` then discards it.
+        TransferKind::Discard(upload) => {
+            if upload.disk_idle() {
+                Pumped::Finished
+            } else {
+                Pumped::Running(false)
+            }
+        }
         TransferKind::List(listing) => {
             if !outbox.may_produce() || budget.disk == 0 {
                 return Pumped::Running(false);
@@ -826,6 +845,7 @@ impl Connection {
         }
         let Some(Transfer {
             kind: TransferKind::Put { upload, .. },
+            _permit,
             ..
         }) = streams.remove_transfer(stream)
         else {
@@ -835,11 +855,18 @@ impl Connection {
         if let Err((code, text, discard)) = outcome {
             {
                 info!("stream {stream}: upload failed: {text}");
-                if discard {
+                if discard && upload.disk_idle() {
                     if let Some(files) = cx.files.as_mut() {
                         let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
                         files.discard(upload, disk);
                     }
+                } else if discard {
+                    // Its writes are still in the helper's hands: discarded when answered.
+                    streams.transfers.push(Transfer {
+                        id: 0,
+                        kind: TransferKind::Discard(upload),
+                        _permit,
+                    });
                 }
                 replies.error(stream, code, &text);
             }

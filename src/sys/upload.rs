@@ -353,9 +353,13 @@ impl Upload {
 
     /// Whether the data is durable: every write and sync done, the commit's `fsync` too.
     pub fn durable(&self) -> bool {
-        let work = &self.disk;
-        work.failed.is_some()
-            || (work.final_done && work.writes.is_empty() && work.syncs.is_empty())
+        self.disk_idle() && (self.disk.failed.is_some() || self.disk.final_done)
+    }
+
+    /// Whether no write or sync of this upload is in the disk helper's hands (each holds a
+    /// descriptor of its file).
+    pub fn disk_idle(&self) -> bool {
+        self.disk.writes.is_empty() && self.disk.syncs.is_empty()
     }
 
     /// Whether the disk is behind: [`WRITE_AHEAD`] bytes still being written, or
@@ -558,14 +562,16 @@ fn writable_type(stat: &Stat) -> bool {
     FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
 }
 
-/// Removes the partial `name` from `dir` if it still leads to the inode of `stat` (whose
-/// lock the caller holds). A big one with no other link — whose unlink would free its blocks
-/// on the loop, 0.65 s per GiB on this disk — is renamed aside to a fresh trash name instead,
-/// and the disk helper unlinks that.
-fn remove_partial(dir: &OwnedFd, name: &str, stat: &Stat, disk: Option<&mut dyn Disk>) {
+/// Takes the partial `name` out of `dir`, if it still leads to the inode of `stat` (whose lock
+/// the caller holds). A big one with no other link — whose unlink would free its blocks on the
+/// loop, 0.65 s per GiB on this disk — is renamed aside to a fresh trash name when there is a
+/// disk helper (`offload`), and that name returned: the caller hands it to the helper with
+/// [`free_aside`] once it has closed its own descriptors of the file (the last close is what
+/// frees the blocks). Anything else is unlinked here.
+fn set_aside(dir: &OwnedFd, name: &str, stat: &Stat, offload: bool) -> Option<String> {
     let big = stat.st_nlink == 1
         && (stat.st_blocks as u64).saturating_mul(512) >= crate::sys::disk::OFFLOAD_UNLINK_BYTES;
-    if let (true, Some(disk)) = (big, disk) {
+    if big && offload {
         let still_ours = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|named| same_inode(&named, stat));
         let trash = trash_name();
@@ -573,19 +579,24 @@ fn remove_partial(dir: &OwnedFd, name: &str, stat: &Stat, disk: Option<&mut dyn 
             && rustix::fs::renameat_with(dir, name, dir, trash.as_str(), RenameFlags::NOREPLACE)
                 .is_ok()
         {
-            match rustix::io::fcntl_dupfd_cloexec(dir, 0) {
-                Ok(dir) => {
-                    disk.submit(Job::Unlink { dir, name: trash });
-                }
-                // No descriptor to hand over: unlinked here after all.
-                Err(_) => {
-                    let _ = rustix::fs::unlinkat(dir, trash.as_str(), AtFlags::empty());
-                }
-            }
-            return;
+            return Some(trash);
         }
     }
     unlink_if_same(dir, name, stat);
+    None
+}
+
+/// Hands the unlink of the trash name `trash` in `dir` to the disk helper (here, if there is
+/// none or no descriptor to give it).
+fn free_aside(dir: &OwnedFd, trash: String, disk: Option<&mut dyn Disk>) {
+    match (disk, rustix::io::fcntl_dupfd_cloexec(dir, 0)) {
+        (Some(disk), Ok(dir)) => {
+            disk.submit(Job::Unlink { dir, name: trash });
+        }
+        _ => {
+            let _ = rustix::fs::unlinkat(dir, trash.as_str(), AtFlags::empty());
+        }
+    }
 }
 
 /// Removes `name` from `dir` if it still leads to the inode of `stat` (whose lock the caller
@@ -1046,8 +1057,12 @@ impl Files<'_> {
         disk: Option<&mut dyn Disk>,
     ) -> Result<(), FileError> {
         match open_locked(dir, name, false) {
-            Ok(Opened::Locked(_file, stat)) => {
-                remove_partial(dir, name, &stat, disk);
+            Ok(Opened::Locked(file, stat)) => {
+                let aside = set_aside(dir, name, &stat, disk.is_some());
+                drop(file);
+                if let Some(trash) = aside {
+                    free_aside(dir, trash, disk);
+                }
                 Ok(())
             }
             // Removed while being opened (a committed file's second link, or something
@@ -1147,19 +1162,32 @@ impl Files<'_> {
     /// Gives up an upload whose bytes are wrong or could not be written (a hash mismatch, a
     /// full disk, an I/O error): even a resumable partial is removed, since resuming would
     /// only repeat the mismatch, or keep holding the space a retry needs.
+    ///
+    /// Call it once the upload's disk work is answered ([`Upload::disk_idle`]): a job still
+    /// in the helper's hands holds a descriptor of the file, and whoever closes the last one
+    /// frees its blocks — that must be the helper, not the loop.
     pub fn discard(&mut self, upload: Upload, disk: Option<&mut dyn Disk>) {
         if upload.superseded() {
             return; // the partial is the newer upload's now
         }
-        if let Temp::Partial(name) = &upload.temp {
-            match rustix::fs::fstat(&*upload.file) {
-                Ok(stat) => remove_partial(&upload.dir, name, &stat, disk),
-                Err(errno) => warn!("{}: cannot remove partial {name}: {errno}", upload.path),
-            }
-        }
+        let aside = match &upload.temp {
+            Temp::Partial(name) => match rustix::fs::fstat(&*upload.file) {
+                Ok(stat) => set_aside(&upload.dir, name, &stat, disk.is_some()),
+                Err(errno) => {
+                    warn!("{}: cannot remove partial {name}: {errno}", upload.path);
+                    None
+                }
+            },
+            Temp::Unnamed => None,
+        };
         // The name is gone (or going): a superseded upload still sharing the descriptor must
         // not hand this inode to the next PUT, which starts a new partial instead.
         upload.unregister();
+        let dir = aside.as_ref().and_then(|_| upload.dir.try_clone().ok());
+        drop(upload); // its descriptor, before the helper's unlink
+        if let (Some(trash), Some(dir)) = (aside, dir) {
+            free_aside(&dir, trash, disk);
+        }
     }
 }
 

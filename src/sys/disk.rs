@@ -157,12 +157,24 @@ impl Ring {
         if bytes.len() > SLOT_LEN {
             return None;
         }
-        let free = self.free.load(Ordering::Relaxed);
-        if free == 0 {
-            return None;
-        }
-        let index = free.trailing_zeros();
-        self.free.fetch_and(!(1u64 << index), Ordering::Relaxed);
+        // Claimed with a compare-and-swap: one thread per process uses a ring here, but the
+        // type is `Send` and the claim costs nothing more this way.
+        let mut free = self.free.load(Ordering::Acquire);
+        let index = loop {
+            if free == 0 {
+                return None;
+            }
+            let index = free.trailing_zeros();
+            match self.free.compare_exchange_weak(
+                free,
+                free & !(1u64 << index),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break index,
+                Err(now) => free = now,
+            }
+        };
         let slot = Slot {
             index,
             len: bytes.len() as u32,
@@ -270,7 +282,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(free) = &self.free {
-            free.fetch_or(1u64 << self.index, Ordering::Relaxed);
+            free.fetch_or(1u64 << self.index, Ordering::Release);
         }
         if let Some(writing) = &self.writing {
             writing.fetch_sub(1, Ordering::Relaxed);

@@ -4,10 +4,11 @@
 //! the per-turn disk budget, the stream rules, PUT's per-stream errors, resumable uploads and
 //! paged listings.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use monoreactor::access::{Access, Token};
 use monoreactor::client::OwnedFrame;
@@ -21,62 +22,11 @@ use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello, HelloOk, SessionFlags,
 };
 use monoreactor::testkit::{ConnHarness, MemoryIo};
+use support::TempDir;
 
 const TOKEN: &[u8] = b"0123456789abcdef-token";
 
 // === Scaffolding ===
-
-/// A directory of its own under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "monoreactor-conn-files-{}-{label}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("a temporary directory");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Every name in the directory (hidden and reserved ones included), sorted — but the
-    /// server's hash index, which a GET creates in the root by design (these checks look for
-    /// what an upload leaves behind).
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .expect("readable")
-            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name != monoreactor::sys::hash_index::INDEX_NAME)
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// The names of resumable partial uploads in the directory.
-    fn partials(&self) -> Vec<String> {
-        self.names()
-            .into_iter()
-            .filter(|name| name.starts_with(".monoreactor-partial-"))
-            .collect()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `len` bytes that differ from position to position and from seed to seed.
 fn content(len: usize, seed: u8) -> Vec<u8> {

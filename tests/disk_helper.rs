@@ -9,7 +9,6 @@ mod support;
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
@@ -24,51 +23,11 @@ use monoreactor::sys::disk::{
 use monoreactor::testkit::{ConnHarness, MemoryIo};
 use rustix::io::Errno;
 
-use support::{Server, children_of, is_disk_helper, process_state, retry, threads};
+use support::{Server, TempDir, children_of, is_disk_helper, process_state, retry, threads};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_monoreactor");
 const SOCKET: Token = Token(1);
 const EXIT: Token = Token(2);
-
-/// A directory of its own under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "monoreactor-disk-{}-{label}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("a temporary directory");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .expect("readable")
-            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn dir_fd(&self) -> OwnedFd {
-        OwnedFd::from(fs::File::open(&self.0).expect("open the directory"))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A helper on a poll of our own, with the little loop the reactor would run around it.
 struct Rig {

@@ -852,3 +852,63 @@ pub fn flood_without_reading(stream: &mut TcpStream, pattern: &[u8]) -> usize {
     }
     written
 }
+
+/// A directory of its own under the system's temporary directory, removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// `TMP/monoreactor-LABEL-PID-N`, empty.
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "monoreactor-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("a temporary directory");
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// `name` in it.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
+    /// Every name in it (hidden and reserved ones included), sorted — but the server's hash
+    /// index, which a GET creates in a root by design (these checks look for what an upload
+    /// or a DELETE leaves behind).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("readable")
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != monoreactor::sys::hash_index::INDEX_NAME)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The names of resumable partial uploads in it.
+    pub fn partials(&self) -> Vec<String> {
+        self.names()
+            .into_iter()
+            .filter(|name| name.starts_with(".monoreactor-partial-"))
+            .collect()
+    }
+
+    /// The directory, opened (for the `*at` calls of a disk job).
+    pub fn dir_fd(&self) -> std::os::fd::OwnedFd {
+        std::os::fd::OwnedFd::from(std::fs::File::open(&self.0).expect("open the directory"))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

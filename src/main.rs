@@ -20,7 +20,6 @@ use std::time::Duration;
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use log::LevelFilter;
 use monoreactor::access::{Access, TOKEN_ENV, Token, load_token};
-use monoreactor::bench::{self, BenchProtocol, IdleConfig, LoadConfig};
 use monoreactor::client::exec::{Command as RemoteCommand, ExecClient, Signaller};
 use monoreactor::client::{Client, ClientError, resolve_addr};
 use monoreactor::limits::Limits;
@@ -29,6 +28,7 @@ use monoreactor::proto::{Decoder, ErrorCode, ErrorMessage, FrameType, SessionFla
 use monoreactor::server::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
 };
+use monoreactor_bench::{self as bench, BenchProtocol, IdleConfig, LoadConfig};
 
 #[derive(Parser)]
 #[command(

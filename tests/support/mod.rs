@@ -526,22 +526,22 @@ pub fn wait_group_gone(pgid: u32, timeout: Duration) -> bool {
 
 /// Resident memory of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    monoreactor::procstat::rss_kib(pid).expect("VmRSS readable")
+    monoreactor_bench::procstat::rss_kib(pid).expect("VmRSS readable")
 }
 
 /// Virtual memory size of `pid`, KiB.
 pub fn vm_size_kib(pid: u32) -> u64 {
-    monoreactor::procstat::status_field(pid, "VmSize").expect("VmSize readable")
+    monoreactor_bench::procstat::status_field(pid, "VmSize").expect("VmSize readable")
 }
 
 /// Threads of `pid`.
 pub fn threads(pid: u32) -> u64 {
-    monoreactor::procstat::threads(pid).expect("Threads readable")
+    monoreactor_bench::procstat::threads(pid).expect("Threads readable")
 }
 
 /// CPU time (user + system) of `pid`.
 pub fn cpu_time(pid: u32) -> Duration {
-    monoreactor::procstat::cpu_time(pid).expect("/proc/PID/stat readable")
+    monoreactor_bench::procstat::cpu_time(pid).expect("/proc/PID/stat readable")
 }
 
 /// Raises this test process's open-file soft limit to its hard limit; returns the new soft

@@ -23,11 +23,11 @@
 //!   are stated once at the top of that module.
 //! - [`server`] — configuration and binding; [`limits`] — every limit in one struct;
 //!   [`access`] — the token and who may do what.
-//! - [`client`] — a blocking client; [`bench`](mod@bench) — the load generator behind
-//!   `monoreactor bench`.
+//! - [`client`] — a blocking client. The load generator behind `monoreactor bench` is its own
+//!   crate, `monoreactor-bench`, and the binary is `monoreactor-cli`.
 //! - [`testkit`] — helpers for your own tests: a fragmenting writer, scripted I/O, scripted
 //!   child processes and [`testkit::ConnHarness`], which drives a connection the way the loop
-//!   does; [`procstat`] — memory, CPU and thread counts from `/proc`.
+//!   does (the `testkit` feature).
 //!
 //! ## Feeding the decoder partial input
 //! The decoder answers `Ok(None)` until a whole frame is present, whatever the split, so a
@@ -55,18 +55,17 @@
 #![deny(missing_docs)]
 
 pub mod access;
-pub mod bench;
 pub mod buffer;
 pub mod client;
 pub mod conn;
 pub mod limits;
 pub mod outbox;
-pub mod procstat;
 pub mod proto;
 pub mod reactor;
 pub mod server;
 pub mod service;
 pub mod sys;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod throttle;
 pub mod timer;

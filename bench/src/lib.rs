@@ -30,15 +30,15 @@ pub mod blocking;
 pub mod connect;
 pub mod echo;
 pub mod exec;
+pub mod procstat;
 pub mod report;
 mod timer;
 pub mod udp;
 
 pub use report::{Report, Stop};
 
-use crate::client::Client;
-use crate::procstat;
-use crate::server::raise_descriptor_limit;
+use monoreactor::client::Client;
+use monoreactor::server::raise_descriptor_limit;
 
 /// Which protocol the benchmark speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,9 +58,9 @@ impl BenchProtocol {
     pub fn request(self, size: usize) -> Vec<u8> {
         let payload = vec![b'x'; size];
         match self {
-            BenchProtocol::Framed => crate::proto::Frame::new(
-                crate::proto::FrameType::EchoRequest,
-                crate::proto::Flags::END_STREAM,
+            BenchProtocol::Framed => monoreactor::proto::Frame::new(
+                monoreactor::proto::FrameType::EchoRequest,
+                monoreactor::proto::Flags::END_STREAM,
                 1,
                 &payload,
             )

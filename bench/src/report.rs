@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::client::files::json_string;
 use crate::procstat;
+use monoreactor::client::files::json_string;
 
 /// When a run stops.
 #[derive(Clone, Copy, Debug, PartialEq)]

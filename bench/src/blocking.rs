@@ -20,11 +20,11 @@ use super::exec::{authenticated, exec_frame, run_one};
 use super::report::{
     Report, Stop, Value, count_error, cpu_of, io_kind, latency_histogram, own_cpu,
 };
-use crate::access::Token;
-use crate::client::ClientError;
-use crate::client::files::FileClient;
-use crate::proto::ErrorCode;
-use crate::proto::exec::Termination;
+use monoreactor::access::Token;
+use monoreactor::client::ClientError;
+use monoreactor::client::files::FileClient;
+use monoreactor::proto::ErrorCode;
+use monoreactor::proto::exec::Termination;
 
 /// Bound on connecting and on the HELLO exchange.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

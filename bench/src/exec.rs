@@ -20,11 +20,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::Percentiles;
-use crate::access::Token;
-use crate::client::{Client, ClientError};
 use crate::procstat;
-use crate::proto::exec::{ExecRequest, Exit, Termination};
-use crate::proto::{ErrorMessage, FrameType, Hello};
+use monoreactor::access::Token;
+use monoreactor::client::{Client, ClientError};
+use monoreactor::proto::exec::{ExecRequest, Exit, Termination};
+use monoreactor::proto::{ErrorMessage, FrameType, Hello};
 
 /// Bound on connecting and on every read, so a stuck server ends the run instead of hanging.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);

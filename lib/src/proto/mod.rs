@@ -7,10 +7,14 @@
 //! - [`message`]: payloads of the connection-level frames (HELLO, HELLO_OK, ERROR);
 //! - [`exec`]: payloads of the remote-exec frames (EXEC, STARTED, WINDOW, EXIT, SIGNAL);
 //! - [`files`]: payloads of the file-service frames (GET, PUT, LIST, FILE_INFO, DIGEST, ...);
-//! - [`path`]: the syntax of paths relative to the server's root.
+//! - [`path`]: the syntax of paths relative to the server's root;
+//! - `arbitrary` (the `arbitrary` feature): `arbitrary::Arbitrary` for the message types, for
+//!   fuzzers and property tests.
 //!
 //! `docs/PROTOCOL.md` specifies the same bytes for people writing their own clients.
 
+#[cfg(feature = "arbitrary")]
+mod arbitrary;
 pub mod exec;
 pub mod files;
 pub mod frame;

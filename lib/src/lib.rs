@@ -27,7 +27,8 @@
 //!   crate, `monoreactor-bench`, and the binary is `monoreactor-cli`.
 //! - [`testkit`] — helpers for your own tests: a fragmenting writer, scripted I/O, scripted
 //!   child processes and [`testkit::ConnHarness`], which drives a connection the way the loop
-//!   does (the `testkit` feature).
+//!   does (the `testkit` feature). The fuzz targets in `fuzz/` drive the decoder and whole
+//!   connections through it (README, "Fuzzing").
 //!
 //! ## Feeding the decoder partial input
 //! The decoder answers `Ok(None)` until a whole frame is present, whatever the split, so a
@@ -58,6 +59,10 @@ pub mod access;
 pub mod buffer;
 pub mod client;
 pub mod conn;
+/// The fuzz targets' entry points: see `fuzz/` and README, "Fuzzing".
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod outbox;
 pub mod proto;

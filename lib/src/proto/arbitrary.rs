@@ -2,7 +2,8 @@
 //! asks for a HELLO, an EXEC or a PUT instead of bytes, and gets one that encodes.
 //!
 //! Every value is one the type can hold and its `emit` can write (a bounded credentials field,
-//! an error text cut at [`MAX_ERROR_TEXT_LEN`], at most [`MAX_ARGS`] arguments), built through
+//! an error text cut at
+//! [`MAX_ERROR_TEXT_LEN`](super::message::MAX_ERROR_TEXT_LEN), at most [`MAX_ARGS`] arguments), built through
 //! the type's own constructors, so it keeps the type's invariants: flags only from the bits
 //! this version defines, numbers that name a known code as that code. What a *peer* may send
 //! that no such value covers (unknown flag bits, a truncated field) is the decoder's fuzz
@@ -27,7 +28,7 @@ use super::exec::{
 use super::files::{
     Digest, FileInfo, FileKind, GetRequest, HASH_LEN, PutFlags, PutReady, PutRequest,
 };
-use super::message::{MAX_CREDENTIALS_LEN, MAX_ERROR_TEXT_LEN};
+use super::message::MAX_CREDENTIALS_LEN;
 use super::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, Header, Hello, HelloOk, SessionFlags};
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.

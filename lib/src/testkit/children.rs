@@ -33,14 +33,28 @@ pub struct ScriptedChild {
     stdout: ScriptedPipe,
     stderr: ScriptedPipe,
     exit: Option<Termination>,
+    /// Errors the next calls of each kind return, oldest first ([`ScriptedChild::fail_write`]
+    /// and its siblings).
+    faults: VecDeque<(Call, ErrorKind)>,
 }
 
 /// Bytes waiting in a scripted output pipe.
 #[derive(Debug, Default)]
 struct ScriptedPipe {
     bytes: VecDeque<u8>,
+    /// The command closed its end: reads return 0 once the bytes are read.
     eof: bool,
+    /// The connection closed its end: the command's writes fail with `EPIPE`.
     closed: bool,
+}
+
+/// A [`Children`] call a scripted child can be told to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Read(OutputPipe),
+    WriteStdin,
+    Signal,
+    ExitStatus,
 }
 
 impl ScriptedChild {
@@ -51,22 +65,106 @@ impl ScriptedChild {
         }
     }
 
-    /// The command writes `bytes` to `pipe`.
+    /// The command writes `bytes` to `pipe`. If the connection has closed its end, the bytes
+    /// are lost, as the command's `write` would fail with `EPIPE` ([`ScriptedChild::try_write`]
+    /// says so).
+    ///
+    /// # Panics
+    /// If the command already closed `pipe` ([`ScriptedChild::close`]): a script error.
     pub fn write(&mut self, pipe: OutputPipe, bytes: &[u8]) -> &mut ScriptedChild {
-        self.pipe(pipe).bytes.extend(bytes);
+        let index = self.index;
+        let end = self.pipe(pipe);
+        assert!(
+            !end.eof,
+            "child {index}: {pipe:?} written after the command closed it"
+        );
+        if !end.closed {
+            end.bytes.extend(bytes);
+        }
         self
     }
 
-    /// The command closes `pipe` (reads return 0 once its bytes are read).
+    /// The command writes `bytes` to `pipe`, as `write(2)` would: all of them (a scripted pipe
+    /// never fills), or `BrokenPipe` (`EPIPE`) if either end of the pipe is closed.
+    pub fn try_write(&mut self, pipe: OutputPipe, bytes: &[u8]) -> io::Result<usize> {
+        let end = self.pipe(pipe);
+        if end.eof || end.closed {
+            return Err(ErrorKind::BrokenPipe.into());
+        }
+        end.bytes.extend(bytes);
+        Ok(bytes.len())
+    }
+
+    /// The command closes `pipe` (reads return 0 once its bytes are read). Closing twice is
+    /// closing once.
     pub fn close(&mut self, pipe: OutputPipe) -> &mut ScriptedChild {
         self.pipe(pipe).eof = true;
         self
     }
 
     /// The command exits this way (the connection sees it at its next pidfd event).
+    ///
+    /// # Panics
+    /// If an exit was set already: a process exits once.
     pub fn exit(&mut self, termination: Termination) -> &mut ScriptedChild {
+        assert!(
+            self.exit.is_none(),
+            "child {}: exit set twice ({:?}, then {termination:?}): a process exits once",
+            self.index,
+            self.exit
+        );
         self.exit = Some(termination);
         self
+    }
+
+    /// How the command exited, once [`ScriptedChild::exit`] said so.
+    pub fn exited(&self) -> Option<Termination> {
+        self.exit
+    }
+
+    /// The bytes written to its stdin so far, in order.
+    pub fn stdin(&self) -> &[u8] {
+        &self.stdin
+    }
+
+    /// Whether the command closed `pipe` ([`ScriptedChild::close`]).
+    pub fn output_eof(&self, pipe: OutputPipe) -> bool {
+        match pipe {
+            OutputPipe::Stdout => self.stdout.eof,
+            OutputPipe::Stderr => self.stderr.eof,
+        }
+    }
+
+    /// The next read of `pipe` fails with `kind` (`Interrupted`, or an I/O error); later reads
+    /// go on as before.
+    pub fn fail_read(&mut self, pipe: OutputPipe, kind: ErrorKind) -> &mut ScriptedChild {
+        self.faults.push_back((Call::Read(pipe), kind));
+        self
+    }
+
+    /// The next write to its stdin fails with `kind`.
+    pub fn fail_write(&mut self, kind: ErrorKind) -> &mut ScriptedChild {
+        self.faults.push_back((Call::WriteStdin, kind));
+        self
+    }
+
+    /// The next signal sent to it fails with `kind` (it is not recorded).
+    pub fn fail_signal(&mut self, kind: ErrorKind) -> &mut ScriptedChild {
+        self.faults.push_back((Call::Signal, kind));
+        self
+    }
+
+    /// The next look at its exit status fails with `kind`.
+    pub fn fail_exit_status(&mut self, kind: ErrorKind) -> &mut ScriptedChild {
+        self.faults.push_back((Call::ExitStatus, kind));
+        self
+    }
+
+    /// The fault planned for `call`, if any (taken).
+    fn fault(&mut self, call: Call) -> Option<io::Error> {
+        let at = self.faults.iter().position(|(planned, _)| *planned == call)?;
+        let (_, kind) = self.faults.remove(at)?;
+        Some(kind.into())
     }
 
     /// Bytes still unread in `pipe`.
@@ -89,7 +187,13 @@ impl ScriptedChild {
 /// Child processes for a [`Connection`](crate::conn::Connection) under test: every spawn succeeds (with pids from 1000
 /// up) unless [`ScriptedChildren::refuse_next`] says otherwise. Reads and writes follow the
 /// pipe rules the connection relies on: `WouldBlock` when nothing is there (or no room is
-/// left), 0 at EOF.
+/// left), 0 at EOF, `BrokenPipe` (`EPIPE`) for stdin once it is closed or broken.
+///
+/// It holds the connection to the rules of the real I/O layer, whose handles are slab keys
+/// that a later spawn reuses: any call for a child after its [`Children::release`] panics
+/// (`used after release`), and so does a second release. Errors can be injected per call
+/// ([`ScriptedChild::fail_read`], [`ScriptedChild::fail_write`],
+/// [`ScriptedChild::fail_signal`], [`ScriptedChild::fail_exit_status`]), and spawns refused.
 #[derive(Debug, Default)]
 pub struct ScriptedChildren {
     children: Vec<ScriptedChild>,
@@ -125,8 +229,35 @@ impl ScriptedChildren {
         &mut self.children[n]
     }
 
-    fn child(&mut self, id: ChildId) -> &mut ScriptedChild {
-        &mut self.children[id.0 as usize]
+    /// The bytes the `n`th child's stdin got (0-based).
+    ///
+    /// # Panics
+    /// If fewer were spawned.
+    pub fn stdin_of(&self, n: usize) -> &[u8] {
+        &self.children[n].stdin
+    }
+
+    /// Children spawned and not released yet.
+    pub fn unreleased(&self) -> impl Iterator<Item = &ScriptedChild> {
+        self.children.iter().filter(|child| child.released.is_none())
+    }
+
+    /// The child behind `id` for a call of the connection's.
+    ///
+    /// # Panics
+    /// If `id` was never spawned, or was released: the real I/O layer may have given the
+    /// handle to another command by then.
+    fn child(&mut self, id: ChildId, call: &str) -> &mut ScriptedChild {
+        let child = self
+            .children
+            .get_mut(id.0 as usize)
+            .unwrap_or_else(|| panic!("{call} for {id:?}, which was never spawned"));
+        assert!(
+            child.released.is_none(),
+            "{call} for {id:?} (child number {}) used after release",
+            child.index
+        );
+        child
     }
 }
 
@@ -151,7 +282,11 @@ impl Children for ScriptedChildren {
     }
 
     fn read(&mut self, child: ChildId, pipe: OutputPipe, buf: &mut [u8]) -> io::Result<usize> {
-        let pipe = self.child(child).pipe(pipe);
+        let child = self.child(child, "read");
+        if let Some(error) = child.fault(Call::Read(pipe)) {
+            return Err(error);
+        }
+        let pipe = child.pipe(pipe);
         if pipe.closed {
             return Ok(0);
         }
@@ -170,7 +305,10 @@ impl Children for ScriptedChildren {
     }
 
     fn write_stdin(&mut self, child: ChildId, bytes: &[u8]) -> io::Result<usize> {
-        let child = self.child(child);
+        let child = self.child(child, "write_stdin");
+        if let Some(error) = child.fault(Call::WriteStdin) {
+            return Err(error);
+        }
         if child.stdin_broken || child.stdin_closed || !child.has_stdin {
             return Err(ErrorKind::BrokenPipe.into());
         }
@@ -184,23 +322,31 @@ impl Children for ScriptedChildren {
     }
 
     fn close_stdin(&mut self, child: ChildId) {
-        self.child(child).stdin_closed = true;
+        self.child(child, "close_stdin").stdin_closed = true;
     }
 
     fn close_output(&mut self, child: ChildId, pipe: OutputPipe) {
-        self.child(child).pipe(pipe).closed = true;
+        self.child(child, "close_output").pipe(pipe).closed = true;
     }
 
     fn signal(&mut self, child: ChildId, signal: Signal) -> io::Result<()> {
-        self.child(child).signals.push(signal);
+        let child = self.child(child, "signal");
+        if let Some(error) = child.fault(Call::Signal) {
+            return Err(error);
+        }
+        child.signals.push(signal);
         Ok(())
     }
 
     fn exit_status(&mut self, child: ChildId) -> io::Result<Option<Termination>> {
-        Ok(self.child(child).exit)
+        let child = self.child(child, "exit_status");
+        if let Some(error) = child.fault(Call::ExitStatus) {
+            return Err(error);
+        }
+        Ok(child.exit)
     }
 
     fn release(&mut self, child: ChildId, reason: EndReason) {
-        self.child(child).released = Some(reason);
+        self.child(child, "release").released = Some(reason);
     }
 }

@@ -3,6 +3,8 @@
 use crate::sys::disk::{Disk, DiskDone};
 use crate::sys::files::{FileState, Files};
 use crate::sys::root::Root;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use crate::access::{Access, Token};
@@ -57,8 +59,13 @@ use crate::timer::Tick;
 /// assert_eq!(harness.event(&mut io, true, false), Verdict::Wait);
 /// assert_eq!(harness.event(&mut io, true, false), Verdict::Close);
 /// ```
+///
+/// Commands run on a [`ScriptedChildren`] by default ([`ConnHarness::with_exec`]); any other
+/// [`Children`] — one that checks what the connection does, or injects faults — goes in with
+/// [`ConnHarness::with_children`]. [`ConnHarness::input_consumed`] says how much of what the
+/// peer sent the connection has handled.
 #[derive(Debug)]
-pub struct ConnHarness {
+pub struct ConnHarness<C: Children = ScriptedChildren> {
     /// The connection under test.
     pub conn: Connection,
     /// Its buffer pool.
@@ -69,8 +76,9 @@ pub struct ConnHarness {
     pub now: Tick,
     /// Access rules (default: echo only, no token).
     pub access: Access,
-    /// Child processes, when commands are enabled ([`ConnHarness::with_exec`]).
-    pub children: Option<ScriptedChildren>,
+    /// Child processes, when commands are enabled ([`ConnHarness::with_exec`],
+    /// [`ConnHarness::with_children`]).
+    pub children: Option<C>,
     /// The loop's turn number, advanced by every event and drive.
     pub turn: u64,
     /// The file service's root and state, when files are enabled
@@ -79,6 +87,8 @@ pub struct ConnHarness {
     /// Disk jobs, held until the test completes them ([`ConnHarness::with_disk`]); without,
     /// blocking disk calls are made inline.
     pub disk: Option<ScriptedDisk>,
+    /// Bytes the connection has read from its transport through this harness.
+    pub input_read: u64,
 }
 
 impl ConnHarness {
@@ -99,11 +109,64 @@ impl ConnHarness {
             files: None,
             disk: None,
             turn: 0,
+            input_read: 0,
         }
     }
 
+    /// Commands enabled behind `token`, run by [`ScriptedChildren`].
+    pub fn with_exec(self, token: &[u8]) -> ConnHarness {
+        self.with_children(token, ScriptedChildren::new())
+    }
+
+    /// The scripted children.
+    ///
+    /// # Panics
+    /// Without [`ConnHarness::with_exec`].
+    pub fn children(&mut self) -> &mut ScriptedChildren {
+        self.children.as_mut().expect("with_exec() first")
+    }
+}
+
+impl<C: Children> ConnHarness<C> {
+    /// Commands enabled behind `token`, run by `children`: a checking or fault-injecting
+    /// [`Children`] of your own, or a [`ScriptedChildren`] set up beforehand.
+    pub fn with_children<D: Children>(self, token: &[u8], children: D) -> ConnHarness<D> {
+        ConnHarness {
+            conn: self.conn,
+            pool: self.pool,
+            limits: self.limits,
+            now: self.now,
+            access: Access {
+                token: Some(Token::new(token.to_vec()).expect("a valid token")),
+                exec: true,
+            },
+            children: Some(children),
+            turn: self.turn,
+            files: self.files,
+            disk: self.disk,
+            input_read: self.input_read,
+        }
+    }
+
+    /// The children, whatever their type.
+    ///
+    /// # Panics
+    /// Without [`ConnHarness::with_exec`] or [`ConnHarness::with_children`].
+    pub fn children_mut(&mut self) -> &mut C {
+        self.children
+            .as_mut()
+            .expect("with_exec() or with_children() first")
+    }
+
+    /// How much of what the peer sent the connection has consumed: the bytes it read
+    /// ([`ConnHarness::input_read`]) less those it still holds unhandled (a partial frame, or
+    /// frames that backpressure or the budget held back).
+    pub fn input_consumed(&self) -> u64 {
+        self.input_read - self.conn.pending_input() as u64
+    }
+
     /// Disk jobs go to a [`ScriptedDisk`] instead of being made inline.
-    pub fn with_disk(mut self) -> ConnHarness {
+    pub fn with_disk(mut self) -> Self {
         self.disk = Some(ScriptedDisk::new());
         self
     }
@@ -122,38 +185,28 @@ impl ConnHarness {
         self.drive(io)
     }
 
-    /// Commands enabled behind `token`, run by [`ScriptedChildren`].
-    pub fn with_exec(mut self, token: &[u8]) -> ConnHarness {
-        self.access = Access {
-            token: Some(Token::new(token.to_vec()).expect("a valid token")),
-            exec: true,
-        };
-        self.children = Some(ScriptedChildren::new());
-        self
-    }
-
     /// Serves files from a real directory `root` (created if missing), as the reactor does.
     ///
     /// # Panics
     /// If the directory cannot be opened.
-    pub fn with_files(mut self, root: &std::path::Path) -> ConnHarness {
+    pub fn with_files(mut self, root: &std::path::Path) -> Self {
         let root = Root::open_or_create(root).expect("a usable root directory");
         let state = FileState::new(self.limits.max_transfers, self.limits.max_put);
         self.files = Some((root, state));
         self
     }
 
-    /// The scripted children.
-    ///
-    /// # Panics
-    /// Without [`ConnHarness::with_exec`].
-    pub fn children(&mut self) -> &mut ScriptedChildren {
-        self.children.as_mut().expect("with_exec() first")
-    }
-
     /// One readiness event for the socket, then one drive.
     pub fn event<S: Stream>(&mut self, io: &mut S, readable: bool, writable: bool) -> Verdict {
         self.conn.on_ready(readable, writable);
+        self.drive(io)
+    }
+
+    /// One readiness event that also reports the peer's FIN (`EPOLLRDHUP`) or an error, as
+    /// the reactor passes it on, then one drive.
+    pub fn hangup_event<S: Stream>(&mut self, io: &mut S, writable: bool) -> Verdict {
+        self.conn.on_ready(true, writable);
+        self.conn.on_read_closed();
         self.drive(io)
     }
 
@@ -171,7 +224,16 @@ impl ConnHarness {
     /// One more turn without an event (what the reactor does after [`Verdict::Again`]).
     pub fn drive<S: Stream>(&mut self, io: &mut S) -> Verdict {
         self.turn += 1;
-        self.with_context(|conn, cx| conn.drive(io, cx))
+        let mut counted = Counted { io, read: 0 };
+        let verdict = self.with_context(|conn, cx| conn.drive(&mut counted, cx));
+        self.input_read += counted.read;
+        verdict
+    }
+
+    /// The connection is closed, as the reactor closes one after [`Verdict::Close`] (or when
+    /// it drops it): its commands are released to the I/O layer, its transfers end.
+    pub fn release(&mut self) {
+        self.with_context(|conn, cx| conn.release(cx));
     }
 
     /// Runs `work` on the connection with the [`Context`] the reactor would give it.
@@ -222,5 +284,39 @@ impl ConnHarness {
     pub fn shutdown<S: Stream>(&mut self, io: &mut S, grace: Duration) -> Verdict {
         self.with_context(|conn, cx| conn.begin_shutdown(grace, cx));
         self.drive(io)
+    }
+}
+
+/// A transport seen through the harness: everything passed on, the bytes read counted.
+struct Counted<'a, S> {
+    io: &'a mut S,
+    read: u64,
+}
+
+impl<S: Stream> Read for Counted<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.io.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl<S: Stream> Write for Counted<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.io.flush()
+    }
+}
+
+impl<S: Stream> Stream for Counted<'_, S> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.io.shutdown_write()
+    }
+
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        self.io.send_file(file, offset, len)
     }
 }

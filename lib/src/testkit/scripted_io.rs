@@ -304,6 +304,7 @@ pub struct MemoryIo {
     closed: bool,
     written: Vec<u8>,
     taken: usize,
+    delivered: usize,
     /// Bytes writes may still add; `None`: unlimited.
     pub room: Option<usize>,
     /// Whether `shutdown_write` was called.
@@ -372,6 +373,7 @@ impl Read for MemoryIo {
         for (slot, byte) in buf.iter_mut().zip(self.input.drain(..n)) {
             *slot = byte;
         }
+        self.delivered += n;
         Ok(n)
     }
 }
@@ -395,6 +397,420 @@ impl Write for MemoryIo {
 }
 
 impl Stream for MemoryIo {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.write_shut = true;
+        Ok(())
+    }
+}
+
+impl MemoryIo {
+    /// Everything written so far, as the peer would read it (raw bytes, whatever
+    /// [`MemoryIo::take_frames`] has taken).
+    pub fn written(&self) -> &[u8] {
+        &self.written
+    }
+
+    /// Bytes reads have handed to the connection so far.
+    pub fn delivered(&self) -> usize {
+        self.delivered
+    }
+
+    /// The whole frames written since the last call; a frame not completely written yet (a
+    /// short write stopped inside it) is left for a later call.
+    ///
+    /// # Panics
+    /// On bytes that are not a frame: the connection must only ever write valid frames.
+    pub fn take_whole_frames(&mut self) -> Vec<crate::client::OwnedFrame> {
+        let mut reader = FrameReader::new();
+        reader.push(&self.written[self.taken..]);
+        let mut frames = Vec::new();
+        while let Some(frame) = reader
+            .next_frame()
+            .expect("the connection writes valid frames")
+        {
+            frames.push(frame);
+        }
+        self.taken = self.written.len() - reader.partial();
+        frames
+    }
+}
+
+/// Splits what a connection wrote into frames, from raw bytes in pieces of any size: a frame
+/// cut short by a short write stays [`FrameReader::partial`] until its rest is pushed. What
+/// a client's receive loop does (`docs/PROTOCOL.md`, 10.2), for tests and fuzzers that
+/// check the server's output.
+///
+/// ```
+/// use monoreactor::proto::{Flags, Frame, FrameType};
+/// use monoreactor::testkit::FrameReader;
+///
+/// let wire = Frame::new(FrameType::EchoReply, Flags::END_STREAM, 1, b"hi").to_vec();
+/// let mut reader = FrameReader::new();
+/// reader.push(&wire[..5]);
+/// assert!(reader.next_frame().unwrap().is_none());
+/// assert_eq!(reader.partial(), 5);
+/// reader.push(&wire[5..]);
+/// assert_eq!(reader.next_frame().unwrap().unwrap().payload, b"hi");
+/// assert_eq!(reader.partial(), 0);
+/// ```
+///
+#[derive(Debug)]
+pub struct FrameReader {
+    decoder: crate::proto::Decoder,
+    bytes: Vec<u8>,
+    /// Start of the first byte not yet returned as part of a frame.
+    at: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> FrameReader {
+        FrameReader::new()
+    }
+}
+
+impl FrameReader {
+    /// A reader that takes frames of any length the header can declare.
+    pub fn new() -> FrameReader {
+        FrameReader::with_limit(u32::MAX)
+    }
+
+    /// A reader that refuses payloads above `max_payload_len`, as a client with that limit.
+    pub fn with_limit(max_payload_len: u32) -> FrameReader {
+        FrameReader {
+            decoder: crate::proto::Decoder::new(max_payload_len),
+            bytes: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// More bytes from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.at > 0 && self.at == self.bytes.len() {
+            self.bytes.clear();
+            self.at = 0;
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame, `None` until one is complete, or the header's error (after
+    /// which the stream cannot be split any further: the same error comes back).
+    pub fn next_frame(
+        &mut self,
+    ) -> Result<Option<crate::client::OwnedFrame>, crate::proto::DecodeError> {
+        let Some(frame) = self.decoder.decode(&self.bytes[self.at..])? else {
+            return Ok(None);
+        };
+        let owned = crate::client::OwnedFrame {
+            header: frame.header,
+            payload: frame.payload.to_vec(),
+        };
+        self.at += frame.wire_len();
+        Ok(Some(owned))
+    }
+
+    /// Bytes pushed that are not part of a frame returned yet: a frame still incomplete, or
+    /// complete frames not asked for yet.
+    pub fn partial(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+}
+
+/// What the next read of a [`FuzzIo`] does, when planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStep {
+    /// Returns at most this many bytes (at least 1): the peer's bytes arrived in pieces. The
+    /// rest is read only after the next readable edge, as on a socket.
+    Upto(usize),
+    /// `WouldBlock`: the bytes had not arrived yet; they do at once, with a new edge.
+    WouldBlock,
+    /// Fails with this kind (`Interrupted` to test retries, `ConnectionReset`, ...).
+    Error(ErrorKind),
+}
+
+/// What the next write of a [`FuzzIo`] does, when planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteStep {
+    /// Takes at most this many bytes: a short write (0 is `WouldBlock`). The socket buffer
+    /// frees room at once, with a new writable edge.
+    Upto(usize),
+    /// `WouldBlock`, then room at once, with a new writable edge.
+    WouldBlock,
+    /// Fails with this kind (`Interrupted`, `BrokenPipe`, `ConnectionReset`, ...).
+    Error(ErrorKind),
+}
+
+/// What the poll reports for a [`FuzzIo`]: the edges that happened since the last report,
+/// within the interest asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// New bytes (or the FIN) arrived.
+    pub readable: bool,
+    /// Room was made in the send buffer after a write found it full.
+    pub writable: bool,
+    /// The peer's FIN was seen (`EPOLLRDHUP`): pass it on with
+    /// [`Connection::on_read_closed`](crate::conn::Connection::on_read_closed).
+    pub read_closed: bool,
+}
+
+/// A transport for fuzzers and for tests that let their input decide everything: it never
+/// panics, whatever the connection does. The input chooses what the peer sends
+/// ([`FuzzIo::push`]), how each read is cut or refused ([`FuzzIo::plan_read`]), how much room
+/// the send buffer has ([`FuzzIo::drain`], [`FuzzIo::set_room`]) and how each write is cut
+/// or refused ([`FuzzIo::plan_write`]); the output is kept as raw bytes
+/// ([`FuzzIo::output`]), to be split with a [`FrameReader`].
+///
+/// Readiness is edge-triggered, the way the reactor sees a socket through epoll: bytes
+/// pushed, the FIN, and room made after a write found the buffer full each leave an *edge*,
+/// and [`FuzzIo::take_readiness`] reports them once, within the interest asked for (an edge
+/// outside it waits, as epoll reports a ready socket again when the interest is changed). A
+/// read cut short with bytes left, or a planned `WouldBlock`, leaves an edge too: on a
+/// socket, those bytes arrive after the read.
+///
+/// A write after `shutdown_write` fails with `BrokenPipe` and is counted
+/// ([`FuzzIo::writes_after_shutdown`]).
+#[derive(Debug)]
+pub struct FuzzIo {
+    input: VecDeque<u8>,
+    peer_closed: bool,
+    reads: VecDeque<ReadStep>,
+    writes: VecDeque<WriteStep>,
+    room: usize,
+    output: Vec<u8>,
+    delivered: usize,
+    write_shut: bool,
+    writes_after_shutdown: usize,
+    readable_edge: bool,
+    writable_edge: bool,
+    read_closed_edge: bool,
+    /// A write found the buffer full since the last room was made.
+    write_blocked: bool,
+}
+
+impl Default for FuzzIo {
+    fn default() -> FuzzIo {
+        FuzzIo::new()
+    }
+}
+
+impl FuzzIo {
+    /// Nothing sent yet, a send buffer with unlimited room, no plans.
+    pub fn new() -> FuzzIo {
+        FuzzIo {
+            input: VecDeque::new(),
+            peer_closed: false,
+            reads: VecDeque::new(),
+            writes: VecDeque::new(),
+            room: usize::MAX,
+            output: Vec::new(),
+            delivered: 0,
+            write_shut: false,
+            writes_after_shutdown: 0,
+            readable_edge: false,
+            writable_edge: false,
+            read_closed_edge: false,
+            write_blocked: false,
+        }
+    }
+
+    /// The peer sends `bytes` (ignored after [`FuzzIo::close`]: a FIN is the end).
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.peer_closed || bytes.is_empty() {
+            return;
+        }
+        self.input.extend(bytes);
+        self.readable_edge = true;
+    }
+
+    /// The peer sends its FIN: once the bytes pushed are read, reads return 0.
+    pub fn close(&mut self) {
+        if !self.peer_closed {
+            self.peer_closed = true;
+            self.readable_edge = true;
+            self.read_closed_edge = true;
+        }
+    }
+
+    /// Whether the peer sent its FIN.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Plans the next read (after any planned before it).
+    pub fn plan_read(&mut self, step: ReadStep) {
+        self.reads.push_back(step);
+    }
+
+    /// Plans the next write (after any planned before it).
+    pub fn plan_write(&mut self, step: WriteStep) {
+        self.writes.push_back(step);
+    }
+
+    /// Sets the room left in the send buffer (`usize::MAX`: unlimited). More room than before,
+    /// after a write found the buffer full, is a writable edge.
+    pub fn set_room(&mut self, room: usize) {
+        if room > self.room {
+            self.room_made();
+        }
+        self.room = room;
+    }
+
+    /// The peer reads `bytes` from the socket: that much room is made in the send buffer.
+    pub fn drain(&mut self, bytes: usize) {
+        if bytes > 0 {
+            self.room = self.room.saturating_add(bytes);
+            self.room_made();
+        }
+    }
+
+    fn room_made(&mut self) {
+        if self.write_blocked {
+            self.write_blocked = false;
+            self.writable_edge = true;
+        }
+    }
+
+    /// The edges within the interest (`readable`, `writable`) since the last call, taken; the
+    /// others wait. `None` when there is none to report.
+    pub fn take_readiness(&mut self, readable: bool, writable: bool) -> Option<Readiness> {
+        let report = Readiness {
+            readable: readable && self.readable_edge,
+            writable: writable && self.writable_edge,
+            read_closed: readable && self.read_closed_edge,
+        };
+        if report == Readiness::default() {
+            return None;
+        }
+        if report.readable {
+            self.readable_edge = false;
+            self.read_closed_edge = false;
+        }
+        if report.writable {
+            self.writable_edge = false;
+        }
+        Some(report)
+    }
+
+    /// Everything the connection wrote, in order.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// Bytes pushed and not read yet.
+    pub fn unread(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Bytes reads handed to the connection so far.
+    pub fn delivered(&self) -> usize {
+        self.delivered
+    }
+
+    /// Whether `shutdown_write` was called.
+    pub fn write_shut(&self) -> bool {
+        self.write_shut
+    }
+
+    /// Writes attempted after `shutdown_write` (each failed with `BrokenPipe`).
+    pub fn writes_after_shutdown(&self) -> usize {
+        self.writes_after_shutdown
+    }
+
+    /// The room left in the send buffer.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+}
+
+impl Read for FuzzIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut limit = buf.len();
+        match self.reads.front().copied() {
+            Some(ReadStep::WouldBlock) => {
+                self.reads.pop_front();
+                self.readable_edge |= !self.input.is_empty() || self.peer_closed;
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            Some(ReadStep::Error(kind)) => {
+                self.reads.pop_front();
+                self.readable_edge |= !self.input.is_empty() || self.peer_closed;
+                return Err(kind.into());
+            }
+            // A cut applies to a read that finds bytes; an empty socket keeps it.
+            Some(ReadStep::Upto(n)) if !self.input.is_empty() => {
+                self.reads.pop_front();
+                limit = limit.min(n.max(1));
+            }
+            Some(ReadStep::Upto(_)) | None => {}
+        }
+        if self.input.is_empty() {
+            return if self.peer_closed {
+                Ok(0)
+            } else {
+                Err(ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = limit.min(self.input.len());
+        for (slot, byte) in buf.iter_mut().zip(self.input.drain(..n)) {
+            *slot = byte;
+        }
+        self.delivered += n;
+        if n < buf.len() && (!self.input.is_empty() || self.peer_closed) {
+            // A short read proves a socket drained: what is left arrives after it.
+            self.readable_edge = true;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for FuzzIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.write_shut {
+            self.writes_after_shutdown += 1;
+            return Err(ErrorKind::BrokenPipe.into());
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut limit = buf.len();
+        match self.writes.pop_front() {
+            Some(WriteStep::WouldBlock | WriteStep::Upto(0)) => {
+                // Full now; room comes at once, with its edge.
+                self.writable_edge = true;
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            Some(WriteStep::Error(kind)) => return Err(kind.into()),
+            Some(WriteStep::Upto(n)) => {
+                limit = n;
+                if n < buf.len() {
+                    self.writable_edge = true;
+                }
+            }
+            None => {}
+        }
+        let n = limit.min(buf.len()).min(self.room);
+        if n == 0 {
+            self.write_blocked = true;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        if n < buf.len() && self.room == n {
+            self.write_blocked = true;
+        }
+        if self.room != usize::MAX {
+            self.room -= n;
+        }
+        self.output.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for FuzzIo {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.write_shut = true;
         Ok(())

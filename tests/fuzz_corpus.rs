@@ -473,3 +473,19 @@ fn seeds_pass() {
         assert!(outcome.is_ok(), "{target}: seed {name} fails");
     }
 }
+
+/// Replays one input: `FUZZ_TARGET=exec_session FUZZ_INPUT=fuzz/artifacts/... cargo test
+/// --test fuzz_corpus replay_one -- --ignored --nocapture` (with `MONOREACTOR_FUZZ_TRACE=1`
+/// to see the server's frames).
+#[test]
+#[ignore = "replays the input named by FUZZ_TARGET and FUZZ_INPUT"]
+fn replay_one() {
+    let target = std::env::var("FUZZ_TARGET").expect("FUZZ_TARGET");
+    let input = std::env::var("FUZZ_INPUT").expect("FUZZ_INPUT");
+    let entry = TARGETS
+        .iter()
+        .find(|(known, _)| *known == target)
+        .expect("a known target")
+        .1;
+    entry(&std::fs::read(input).unwrap());
+}

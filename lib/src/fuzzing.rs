@@ -149,7 +149,9 @@ pub mod op {
         pub const FAIL_WRITE: u8 = 7;
         /// The next signal to it fails.
         pub const FAIL_SIGNAL: u8 = 8;
-        /// The next look at its exit status fails.
+        /// The next look at its exit status fails (then the pidfd reports again: a real
+        /// `waitid` on a pidfd of our child does not fail, and the fault must not cost the
+        /// exit).
         pub const FAIL_EXIT_STATUS: u8 = 9;
         /// `n: u16`: its stdin pipe takes `n` more bytes (the command read them).
         pub const STDIN_ROOM: u8 = 10;
@@ -496,7 +498,16 @@ impl Children for CheckedChildren {
     }
 
     fn exit_status(&mut self, child: ChildId) -> std::io::Result<Option<Termination>> {
-        self.inner.exit_status(child)
+        let status = self.inner.exit_status(child);
+        if status.is_err() {
+            // Only an injected fault gets here: `waitid(P_PIDFD, WNOHANG | WNOWAIT)` on a
+            // child of ours does not fail. The connection drops the pidfd's readiness on an
+            // error, and a real pidfd would not report its exit twice; so that the fault
+            // costs a look and not the exit, the pidfd reports again.
+            let index = self.inner.all()[child.0 as usize].index;
+            self.edges.insert((index, ChildSource::Exit));
+        }
+        status
     }
 
     fn release(&mut self, child: ChildId, reason: EndReason) {
@@ -1211,7 +1222,9 @@ impl Session {
     /// The end of the script: everything that was waiting happens, until nothing moves.
     fn settle(&mut self) {
         self.io.set_room(usize::MAX);
-        for _ in 0..64 {
+        // Each round either moves something or takes a fault the script planned (at most
+        // one per three input bytes).
+        for _ in 0..4096 {
             if self.closed {
                 break;
             }
@@ -1264,7 +1277,12 @@ impl Session {
                 self.harness.input_read,
                 self.harness.conn.state(),
             );
-            if before == after && !disk_work {
+            let edges_left = self
+                .harness
+                .children
+                .as_ref()
+                .is_some_and(|children| !children.edges.is_empty());
+            if before == after && !disk_work && !edges_left {
                 break;
             }
         }

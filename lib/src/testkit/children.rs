@@ -350,3 +350,101 @@ impl Children for ScriptedChildren {
         self.child(child, "release").released = Some(reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawn(children: &mut ScriptedChildren, stdin: bool) -> ChildId {
+        let spec = SpawnSpec {
+            argv: &[b"cat"],
+            cwd: "",
+            stdin,
+        };
+        children.spawn(0, &spec).unwrap().child
+    }
+
+    #[test]
+    fn injected_faults_come_once_in_order() {
+        let mut children = ScriptedChildren::new();
+        let id = spawn(&mut children, true);
+        children
+            .nth(0)
+            .write(OutputPipe::Stdout, b"out")
+            .fail_read(OutputPipe::Stdout, ErrorKind::Interrupted)
+            .fail_write(ErrorKind::Other)
+            .fail_signal(ErrorKind::PermissionDenied)
+            .fail_exit_status(ErrorKind::Other);
+        let mut buf = [0; 8];
+        let read = children.read(id, OutputPipe::Stdout, &mut buf);
+        assert_eq!(read.unwrap_err().kind(), ErrorKind::Interrupted);
+        assert_eq!(children.read(id, OutputPipe::Stdout, &mut buf).unwrap(), 3);
+        let write = children.write_stdin(id, b"in");
+        assert_eq!(write.unwrap_err().kind(), ErrorKind::Other);
+        assert_eq!(children.write_stdin(id, b"in").unwrap(), 2);
+        assert!(children.signal(id, Signal::Term).is_err());
+        children.signal(id, Signal::Term).unwrap();
+        assert!(children.exit_status(id).is_err());
+        assert_eq!(children.exit_status(id).unwrap(), None);
+        assert_eq!(children.stdin_of(0), b"in");
+        assert_eq!(children.nth(0).signals, [Signal::Term]);
+    }
+
+    #[test]
+    fn stdin_is_refused_once_closed_and_output_once_either_end_is() {
+        let mut children = ScriptedChildren::new();
+        let id = spawn(&mut children, true);
+        children.close_stdin(id);
+        let write = children.write_stdin(id, b"late");
+        assert_eq!(write.unwrap_err().kind(), ErrorKind::BrokenPipe);
+        children.close_output(id, OutputPipe::Stdout);
+        let child = children.nth(0);
+        let write = child.try_write(OutputPipe::Stdout, b"x");
+        assert_eq!(write.unwrap_err().kind(), ErrorKind::BrokenPipe);
+        child.write(OutputPipe::Stdout, b"lost"); // the command's EPIPE
+        assert_eq!(child.unread(OutputPipe::Stdout), 0);
+        child.close(OutputPipe::Stderr);
+        let write = child.try_write(OutputPipe::Stderr, b"x");
+        assert_eq!(write.unwrap_err().kind(), ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    #[should_panic(expected = "written after the command closed it")]
+    fn writing_a_pipe_the_command_closed_is_a_script_error() {
+        let mut children = ScriptedChildren::new();
+        spawn(&mut children, false);
+        children
+            .nth(0)
+            .close(OutputPipe::Stdout)
+            .write(OutputPipe::Stdout, b"x");
+    }
+
+    #[test]
+    #[should_panic(expected = "exit set twice")]
+    fn a_second_exit_panics() {
+        let mut children = ScriptedChildren::new();
+        spawn(&mut children, false);
+        children
+            .nth(0)
+            .exit(Termination::Exited(0))
+            .exit(Termination::Exited(1));
+    }
+
+    #[test]
+    #[should_panic(expected = "used after release")]
+    fn a_call_after_release_panics() {
+        let mut children = ScriptedChildren::new();
+        let id = spawn(&mut children, false);
+        children.release(id, EndReason::None);
+        let _ = children.signal(id, Signal::Kill);
+    }
+
+    #[test]
+    #[should_panic(expected = "used after release")]
+    fn a_second_release_panics() {
+        let mut children = ScriptedChildren::new();
+        let id = spawn(&mut children, false);
+        children.release(id, EndReason::None);
+        children.release(id, EndReason::None);
+    }
+}

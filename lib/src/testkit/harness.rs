@@ -320,3 +320,83 @@ impl<S: Stream> Stream for Counted<'_, S> {
         self.io.send_file(file, offset, len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::exec::{EndReason, ExecRequest, Signal, Termination};
+    use crate::proto::{Flags, Frame, FrameType, Hello};
+    use crate::service::exec::{ChildId, OutputPipe, SpawnError, SpawnSpec, Spawned};
+    use crate::testkit::{FuzzIo, MemoryIo};
+
+    /// A `Children` of a test's own: counts spawns, runs them on scripted children.
+    #[derive(Debug, Default)]
+    struct Counting {
+        inner: ScriptedChildren,
+        spawns: usize,
+    }
+
+    impl Children for Counting {
+        fn spawn(&mut self, index: u8, spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+            self.spawns += 1;
+            self.inner.spawn(index, spec)
+        }
+        fn read(&mut self, child: ChildId, pipe: OutputPipe, buf: &mut [u8]) -> io::Result<usize> {
+            self.inner.read(child, pipe, buf)
+        }
+        fn write_stdin(&mut self, child: ChildId, bytes: &[u8]) -> io::Result<usize> {
+            self.inner.write_stdin(child, bytes)
+        }
+        fn close_stdin(&mut self, child: ChildId) {
+            self.inner.close_stdin(child);
+        }
+        fn close_output(&mut self, child: ChildId, pipe: OutputPipe) {
+            self.inner.close_output(child, pipe);
+        }
+        fn signal(&mut self, child: ChildId, signal: Signal) -> io::Result<()> {
+            self.inner.signal(child, signal)
+        }
+        fn exit_status(&mut self, child: ChildId) -> io::Result<Option<Termination>> {
+            self.inner.exit_status(child)
+        }
+        fn release(&mut self, child: ChildId, reason: EndReason) {
+            self.inner.release(child, reason);
+        }
+    }
+
+    const TOKEN: &[u8] = b"0123456789abcdef";
+
+    #[test]
+    fn a_children_of_your_own_plugs_in() {
+        let mut harness = ConnHarness::framed(Limits::default())
+            .with_children(TOKEN, Counting::default());
+        let mut io = MemoryIo::new();
+        let mut wire = Vec::new();
+        Hello::with_credentials(TOKEN).encode(&mut wire);
+        ExecRequest::new(vec![b"true"]).encode(1, &mut wire);
+        io.push(&wire);
+        harness.event(&mut io, true, true);
+        assert_eq!(harness.children_mut().spawns, 1);
+        let frames = io.take_frames();
+        assert_eq!(frames[1].header.frame_type, FrameType::Started);
+        harness.release();
+        assert!(harness.children_mut().inner.unreleased().next().is_none());
+    }
+
+    #[test]
+    fn input_consumed_leaves_out_a_partial_frame() {
+        let mut harness = ConnHarness::framed(Limits::default());
+        let mut io = FuzzIo::new();
+        let mut wire = Vec::new();
+        Hello::current().encode(&mut wire);
+        let echo = Frame::new(FrameType::EchoRequest, Flags::END_STREAM, 1, b"hello").to_vec();
+        wire.extend_from_slice(&echo[..15]);
+        io.push(&wire);
+        harness.event(&mut io, true, true);
+        assert_eq!(harness.input_read, wire.len() as u64);
+        assert_eq!(harness.input_consumed(), (wire.len() - 15) as u64);
+        io.push(&echo[15..]);
+        harness.event(&mut io, true, false);
+        assert_eq!(harness.input_consumed(), harness.input_read);
+    }
+}

@@ -6,13 +6,24 @@
 //! - [`ScriptedIo`] replays reads, `WouldBlock`s, errors and expected writes into anything that
 //!   drives a `Read + Write`, such as [`Connection::drive`](crate::conn::Connection::drive) —
 //!   the synchronous cousin of tokio-test's `io::Builder`.
+//! - [`MemoryIo`] is a looser peer: bytes you push, writes recorded ([`MemoryIo::written`],
+//!   [`MemoryIo::take_frames`], [`MemoryIo::take_whole_frames`]).
+//! - [`FuzzIo`] lets its input decide everything and never panics: read sizes, `WouldBlock`s,
+//!   short writes, errors, the room in the send buffer, and readiness as edges the way epoll
+//!   reports them; the output is kept raw, to be split with a [`FrameReader`], which
+//!   tolerates a frame cut short.
 //! - [`ScriptedChildren`] stands in for the processes a connection runs: pipes that hold the
-//!   bytes you put there, exits you decide, signals and stdin recorded.
+//!   bytes you put there, exits you decide, signals and stdin recorded, errors injected per
+//!   call, and the I/O layer's rules enforced (no call after release, one exit per child).
 //! - [`ScriptedDisk`] holds the disk jobs a connection submits until you complete them (with
 //!   the real call, or a result you choose).
-//! - [`ConnHarness`] drives a [`Connection`](crate::conn::Connection) through a [`ScriptedIo`] the way the reactor
-//!   does, with the clock in your hands.
+//! - [`ConnHarness`] drives a [`Connection`](crate::conn::Connection) through any of these
+//!   peers the way the reactor does, with the clock in your hands, its commands on
+//!   [`ScriptedChildren`] or on any [`Children`](crate::service::exec::Children) of yours, and
+//!   says how much of the peer's input the connection consumed.
 //! - [`SplitMix64`], the small seeded generator they use.
+//!
+//! The fuzz targets (`fuzz/`, the `fuzzing` feature) are built on the same pieces.
 
 mod children;
 mod disk;
@@ -144,5 +155,95 @@ mod tests {
     #[should_panic(expected = "script not used up")]
     fn scripted_unused_steps_panic_on_drop() {
         let _io = Builder::new().read(b"never read").build();
+    }
+
+    #[test]
+    fn fuzz_io_cuts_reads_and_reports_the_rest_as_a_new_edge() {
+        let mut io = FuzzIo::new();
+        assert_eq!(io.take_readiness(true, true), None);
+        io.push(b"abcdef");
+        io.plan_read(ReadStep::Upto(2));
+        assert_eq!(
+            io.take_readiness(true, true),
+            Some(Readiness {
+                readable: true,
+                writable: false,
+                read_closed: false
+            })
+        );
+        let mut buf = [0; 8];
+        assert_eq!(io.read(&mut buf).unwrap(), 2);
+        assert!(
+            io.take_readiness(true, false).is_some(),
+            "the rest arrives after the short read"
+        );
+        io.plan_read(ReadStep::WouldBlock);
+        assert_eq!(io.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+        assert!(io.take_readiness(true, false).is_some());
+        assert_eq!(io.read(&mut buf).unwrap(), 4);
+        assert_eq!(io.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+        io.close();
+        let ready = io.take_readiness(true, false).unwrap();
+        assert!(ready.readable && ready.read_closed);
+        assert_eq!(io.read(&mut buf).unwrap(), 0);
+        assert_eq!(io.delivered(), 6);
+    }
+
+    #[test]
+    fn fuzz_io_edges_wait_outside_the_interest() {
+        let mut io = FuzzIo::new();
+        io.push(b"x");
+        assert_eq!(io.take_readiness(false, true), None);
+        assert!(io.take_readiness(true, false).unwrap().readable);
+        assert_eq!(io.take_readiness(true, true), None, "an edge is reported once");
+    }
+
+    #[test]
+    fn fuzz_io_room_short_writes_and_writable_edges() {
+        let mut io = FuzzIo::new();
+        io.set_room(3);
+        assert_eq!(io.write(b"hello").unwrap(), 3);
+        assert_eq!(io.write(b"lo").unwrap_err().kind(), ErrorKind::WouldBlock);
+        assert_eq!(io.take_readiness(true, true), None, "no room made yet");
+        io.drain(10);
+        assert!(io.take_readiness(false, true).unwrap().writable);
+        io.plan_write(WriteStep::Upto(1));
+        io.plan_write(WriteStep::Error(ErrorKind::Interrupted));
+        assert_eq!(io.write(b"lo").unwrap(), 1);
+        assert_eq!(io.write(b"o").unwrap_err().kind(), ErrorKind::Interrupted);
+        assert_eq!(io.write(b"o").unwrap(), 1);
+        assert_eq!(io.output(), b"hello");
+        crate::conn::Stream::shutdown_write(&mut io).unwrap();
+        assert_eq!(io.write(b"!").unwrap_err().kind(), ErrorKind::BrokenPipe);
+        assert_eq!(io.writes_after_shutdown(), 1);
+    }
+
+    #[test]
+    fn frame_reader_keeps_a_cut_frame_for_later() {
+        use crate::proto::{Flags, Frame, FrameType};
+        let mut wire = Frame::new(FrameType::EchoReply, Flags::END_STREAM, 1, b"one").to_vec();
+        wire.extend(Frame::new(FrameType::EchoReply, Flags::END_STREAM, 3, b"two").to_vec());
+        let mut reader = FrameReader::new();
+        for byte in &wire {
+            reader.push(std::slice::from_ref(byte));
+        }
+        assert_eq!(reader.next_frame().unwrap().unwrap().payload, b"one");
+        assert_eq!(reader.next_frame().unwrap().unwrap().header.stream, 3);
+        assert_eq!(reader.next_frame().unwrap(), None);
+        reader.push(&[0xff; 12]);
+        assert!(reader.next_frame().is_err(), "unknown flags");
+    }
+
+    #[test]
+    fn memory_io_whole_frames_leave_the_cut_one() {
+        use crate::proto::{Flags, Frame, FrameType};
+        let wire = Frame::new(FrameType::EchoReply, Flags::END_STREAM, 1, b"hi").to_vec();
+        let mut io = MemoryIo::new();
+        io.write_all(&wire).unwrap();
+        io.write_all(&wire[..5]).unwrap();
+        assert_eq!(io.take_whole_frames().len(), 1);
+        io.write_all(&wire[5..]).unwrap();
+        assert_eq!(io.take_whole_frames().len(), 1);
+        assert_eq!(io.written().len(), 2 * wire.len());
     }
 }

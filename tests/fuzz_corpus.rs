@@ -11,7 +11,10 @@ use monoreactor::proto::exec::{ExecFlags, ExecRequest};
 use monoreactor::proto::files::{GetRequest, PutFlags, PutRequest};
 use monoreactor::proto::{Flags, Frame, FrameType, Hello};
 
-const TARGETS: [(&str, fn(&[u8])); 4] = [
+/// A fuzz target's entry point.
+type Entry = fn(&[u8]);
+
+const TARGETS: [(&str, Entry); 4] = [
     ("decoder", fuzzing::decoder),
     ("framed_connection", fuzzing::framed_connection),
     ("exec_session", fuzzing::exec_session),
@@ -24,7 +27,7 @@ fn corpus_dir(target: &str) -> PathBuf {
         .join(target)
 }
 
-fn replay(target: &str, entry: fn(&[u8])) {
+fn replay(target: &str, entry: Entry) {
     let dir = corpus_dir(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
@@ -180,7 +183,11 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     file_frames.extend(get(5, "hello.txt", 0));
     file_frames.extend(frame(FrameType::List, 7, b""));
     file_frames.extend(server_frames());
-    seeds.push(("decoder", "file-and-server-frames", decoder_input(0, 3, &file_frames)));
+    seeds.push((
+        "decoder",
+        "file-and-server-frames",
+        decoder_input(0, 3, &file_frames),
+    ));
     let mut too_large = frame(FrameType::EchoRequest, 1, b"");
     too_large[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
     seeds.push(("decoder", "too-large", decoder_input(1, 1, &too_large)));

@@ -67,18 +67,14 @@ use crate::limits::Limits;
 use crate::proto::exec::{
     EndReason, ExecRequest, Exit, SignalRequest, Started, Termination, Window,
 };
-use crate::proto::files::{
-    Digest, Entries, FileInfo, GetRequest, HASH_LEN, PutReady, PutRequest,
-};
+use crate::proto::files::{Digest, Entries, FileInfo, GetRequest, HASH_LEN, PutReady, PutRequest};
 use crate::proto::{
     Decoder, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header, Hello, HelloOk,
 };
 use crate::service::exec::{
     ChildId, ChildSource, Children, OutputPipe, SpawnError, SpawnSpec, Spawned,
 };
-use crate::testkit::{
-    ConnHarness, FrameReader, FuzzIo, ReadStep, ScriptedChildren, WriteStep,
-};
+use crate::testkit::{ConnHarness, FrameReader, FuzzIo, ReadStep, ScriptedChildren, WriteStep};
 use crate::timer::Tick;
 
 /// The token of the exec target's server (what [`Script::hello`] sends with `token: true`).
@@ -239,7 +235,11 @@ pub fn decoder(data: &[u8]) {
             &frame.payload,
         )
         .to_vec();
-        assert_eq!(wire, stream[at..at + wire.len()], "a frame re-encodes differently");
+        assert_eq!(
+            wire,
+            stream[at..at + wire.len()],
+            "a frame re-encodes differently"
+        );
         at += wire.len();
         check_payload_roundtrip(frame.header.frame_type, &frame.payload);
     }
@@ -287,7 +287,11 @@ fn check_payload_roundtrip(frame_type: FrameType, payload: &[u8]) {
             if let Ok(message) = <$type>::parse(payload) {
                 let mut out = vec![0; $len];
                 message.emit(&mut out);
-                assert_eq!(<$type>::parse(&out).ok(), Some(message), "{frame_type} round trip");
+                assert_eq!(
+                    <$type>::parse(&out).ok(),
+                    Some(message),
+                    "{frame_type} round trip"
+                );
             }
         };
     }
@@ -296,7 +300,11 @@ fn check_payload_roundtrip(frame_type: FrameType, payload: &[u8]) {
             if let Ok(message) = <$type>::parse(payload) {
                 let mut out = vec![0; message.payload_len()];
                 message.emit(&mut out);
-                assert_eq!(<$type>::parse(&out).ok(), Some(message), "{frame_type} round trip");
+                assert_eq!(
+                    <$type>::parse(&out).ok(),
+                    Some(message),
+                    "{frame_type} round trip"
+                );
             }
         };
     }
@@ -468,12 +476,7 @@ impl Children for CheckedChildren {
         Ok(spawned)
     }
 
-    fn read(
-        &mut self,
-        child: ChildId,
-        pipe: OutputPipe,
-        buf: &mut [u8],
-    ) -> std::io::Result<usize> {
+    fn read(&mut self, child: ChildId, pipe: OutputPipe, buf: &mut [u8]) -> std::io::Result<usize> {
         assert!(
             !buf.is_empty(),
             "a pipe read into an empty buffer: its 0 would read as EOF"
@@ -493,7 +496,11 @@ impl Children for CheckedChildren {
         self.inner.close_output(child, pipe);
     }
 
-    fn signal(&mut self, child: ChildId, signal: crate::proto::exec::Signal) -> std::io::Result<()> {
+    fn signal(
+        &mut self,
+        child: ChildId,
+        signal: crate::proto::exec::Signal,
+    ) -> std::io::Result<()> {
         self.inner.signal(child, signal)
     }
 
@@ -608,7 +615,10 @@ impl OutputCheck {
             FrameType::Started => {
                 let started = Started::parse(payload).expect("STARTED parses");
                 let seen = self.streams.entry(stream).or_default();
-                assert!(!seen.open, "a second STARTED on stream {stream} before its EXIT");
+                assert!(
+                    !seen.open,
+                    "a second STARTED on stream {stream} before its EXIT"
+                );
                 seen.open = true;
                 seen.child = started.pid.wrapping_sub(1000) as usize;
                 self.granted
@@ -1107,7 +1117,11 @@ impl Session {
                 (len, input.bytes(len), 0)
             }
             child::STDIN_ROOM => (usize::from(input.u16()), &[][..], 0),
-            child::FAIL_READ => (0, &[][..], u16::from(input.u8()) << 8 | u16::from(input.u8())),
+            child::FAIL_READ => (
+                0,
+                &[][..],
+                u16::from(input.u8()) << 8 | u16::from(input.u8()),
+            ),
             child::EXIT | child::KILLED | child::FAIL_WRITE | child::SPURIOUS => {
                 (0, &[][..], u16::from(input.u8()))
             }

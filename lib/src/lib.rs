@@ -59,7 +59,7 @@ pub mod access;
 pub mod buffer;
 pub mod client;
 pub mod conn;
-/// The fuzz targets' entry points: see `fuzz/` and README, "Fuzzing".
+// The fuzz targets' entry points: see `fuzz/` and README, "Fuzzing".
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -22,14 +22,16 @@
 use arbitrary::{Arbitrary, Result, Unstructured};
 
 use super::exec::{
-    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, Signal, SignalRequest,
-    Started, Termination, Window,
+    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, Signal, SignalRequest, Started,
+    Termination, Window,
 };
 use super::files::{
     Digest, FileInfo, FileKind, GetRequest, HASH_LEN, PutFlags, PutReady, PutRequest,
 };
 use super::message::MAX_CREDENTIALS_LEN;
-use super::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, Header, Hello, HelloOk, SessionFlags};
+use super::{
+    ErrorCode, ErrorMessage, Flags, Frame, FrameType, Header, Hello, HelloOk, SessionFlags,
+};
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
 fn cut(text: &str, max: usize) -> &str {
@@ -69,7 +71,12 @@ impl<'a> Arbitrary<'a> for Frame<'a> {
         let frame_type = FrameType::arbitrary(u)?;
         let flags = Flags::arbitrary(u)?;
         let stream = u32::arbitrary(u)?;
-        Ok(Frame::new(frame_type, flags, stream, <&[u8]>::arbitrary(u)?))
+        Ok(Frame::new(
+            frame_type,
+            flags,
+            stream,
+            <&[u8]>::arbitrary(u)?,
+        ))
     }
 }
 

@@ -162,7 +162,10 @@ impl ScriptedChild {
 
     /// The fault planned for `call`, if any (taken).
     fn fault(&mut self, call: Call) -> Option<io::Error> {
-        let at = self.faults.iter().position(|(planned, _)| *planned == call)?;
+        let at = self
+            .faults
+            .iter()
+            .position(|(planned, _)| *planned == call)?;
         let (_, kind) = self.faults.remove(at)?;
         Some(kind.into())
     }
@@ -239,7 +242,9 @@ impl ScriptedChildren {
 
     /// Children spawned and not released yet.
     pub fn unreleased(&self) -> impl Iterator<Item = &ScriptedChild> {
-        self.children.iter().filter(|child| child.released.is_none())
+        self.children
+            .iter()
+            .filter(|child| child.released.is_none())
     }
 
     /// The child behind `id` for a call of the connection's.

@@ -368,8 +368,8 @@ mod tests {
 
     #[test]
     fn a_children_of_your_own_plugs_in() {
-        let mut harness = ConnHarness::framed(Limits::default())
-            .with_children(TOKEN, Counting::default());
+        let mut harness =
+            ConnHarness::framed(Limits::default()).with_children(TOKEN, Counting::default());
         let mut io = MemoryIo::new();
         let mut wire = Vec::new();
         Hello::with_credentials(TOKEN).encode(&mut wire);

@@ -195,7 +195,11 @@ mod tests {
         io.push(b"x");
         assert_eq!(io.take_readiness(false, true), None);
         assert!(io.take_readiness(true, false).unwrap().readable);
-        assert_eq!(io.take_readiness(true, true), None, "an edge is reported once");
+        assert_eq!(
+            io.take_readiness(true, true),
+            None,
+            "an edge is reported once"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //! - no panic, and no verdict of `Again` forever (10,000 turns without an event);
 //! - everything the server wrote parses as frames, with payloads that parse as their type's
 //!   message and stay within the frame limit; only a frame cut by the end of the output (a
-//!   short write) may be incomplete, and only while the connection is not done; HELLO_OK or
+//!   short write) may be incomplete, and only while the rest of it is queued; HELLO_OK or
 //!   an ERROR comes first; nothing follows an ERROR on stream 0; no frame type a server never
 //!   sends;
 //! - nothing is written after the write side was shut;
@@ -765,7 +765,6 @@ enum Target {
 
 /// One connection, its peer and everything the checks need.
 struct Session {
-    target: Target,
     harness: ConnHarness<CheckedChildren>,
     io: FuzzIo,
     output: OutputCheck,
@@ -806,26 +805,18 @@ fn limits(choice: u8) -> Limits {
 
 impl Session {
     fn new(target: Target, limits: Limits) -> Session {
-        let harness = ConnHarness::framed(limits);
-        let mut root = None;
-        let harness = match target {
-            Target::Framed => harness.with_children(TOKEN, CheckedChildren::new()),
-            Target::Exec => harness.with_children(TOKEN, CheckedChildren::new()),
-            Target::Files => {
-                let temp = TempRoot::new();
-                let harness = harness.with_files(&temp.path).with_disk();
-                root = Some(temp);
-                harness.with_children(TOKEN, CheckedChildren::new())
-            }
-        };
-        let mut harness = harness;
+        // Commands run on checked scripted children behind the token; the other targets
+        // serve echo (and files) to anyone, and refuse EXEC.
+        let mut harness = ConnHarness::framed(limits).with_children(TOKEN, CheckedChildren::new());
         if target != Target::Exec {
-            // Echo only (and files where served): no token, no commands.
             harness.access = crate::access::Access::ECHO_ONLY;
             harness.children = None;
         }
+        let root = (target == Target::Files).then(TempRoot::new);
+        if let Some(root) = &root {
+            harness = harness.with_files(&root.path).with_disk();
+        }
         Session {
-            target,
             harness,
             io: FuzzIo::new(),
             output: OutputCheck::default(),
@@ -924,6 +915,16 @@ impl Session {
         );
         self.output.read(self.io.output(), &limits);
         if conn.pending_output() == 0 {
+            // The outbox holds whole frames: with nothing left in it, what was written ends
+            // on a frame boundary (unless a planned error broke the connection mid-frame, or
+            // it is closed and dropped what it held).
+            if self.io.failures() == 0 && conn.state() != State::Closed {
+                assert_eq!(
+                    self.output.reader.partial(),
+                    0,
+                    "nothing is left to write and the output ends inside a frame"
+                );
+            }
             self.check_stdin_windows();
         }
         if let (Some(root), false) = (&self.root, self.closed) {
@@ -1365,7 +1366,6 @@ fn run(target: Target, data: &[u8]) {
         ops += 1;
     }
     session.settle();
-    let _ = session.target;
 }
 
 /// The `framed_connection` target: an echo-only framed connection (no token, no commands, no

@@ -579,6 +579,7 @@ pub struct FuzzIo {
     delivered: usize,
     write_shut: bool,
     writes_after_shutdown: usize,
+    failures: usize,
     readable_edge: bool,
     writable_edge: bool,
     read_closed_edge: bool,
@@ -605,6 +606,7 @@ impl FuzzIo {
             delivered: 0,
             write_shut: false,
             writes_after_shutdown: 0,
+            failures: 0,
             readable_edge: false,
             writable_edge: false,
             read_closed_edge: false,
@@ -719,6 +721,19 @@ impl FuzzIo {
     pub fn room(&self) -> usize {
         self.room
     }
+
+    /// Planned errors returned so far that end a connection (any but `Interrupted` and
+    /// `WouldBlock`): after one, output may stop inside a frame.
+    pub fn failures(&self) -> usize {
+        self.failures
+    }
+
+    fn planned_error(&mut self, kind: ErrorKind) -> io::Error {
+        if !matches!(kind, ErrorKind::Interrupted | ErrorKind::WouldBlock) {
+            self.failures += 1;
+        }
+        kind.into()
+    }
 }
 
 impl Read for FuzzIo {
@@ -736,7 +751,7 @@ impl Read for FuzzIo {
             Some(ReadStep::Error(kind)) => {
                 self.reads.pop_front();
                 self.readable_edge |= !self.input.is_empty() || self.peer_closed;
-                return Err(kind.into());
+                return Err(self.planned_error(kind));
             }
             // A cut applies to a read that finds bytes; an empty socket keeps it.
             Some(ReadStep::Upto(n)) if !self.input.is_empty() => {
@@ -781,7 +796,7 @@ impl Write for FuzzIo {
                 self.writable_edge = true;
                 return Err(ErrorKind::WouldBlock.into());
             }
-            Some(WriteStep::Error(kind)) => return Err(kind.into()),
+            Some(WriteStep::Error(kind)) => return Err(self.planned_error(kind)),
             Some(WriteStep::Upto(n)) => {
                 limit = n;
                 if n < buf.len() {

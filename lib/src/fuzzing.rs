@@ -868,27 +868,40 @@ impl Session {
 
     /// One drive (after the readiness was recorded), then the turns `Again` asks for.
     fn drive(&mut self) {
+        self.step(|harness, io| harness.drive(io));
+    }
+
+    /// One call of the harness that ends in a drive (an event's, a timer's, a disk
+    /// completion's, a shutdown's), then the turns `Again` asks for, each checked.
+    fn step(
+        &mut self,
+        call: impl FnOnce(&mut ConnHarness<CheckedChildren>, &mut FuzzIo) -> Verdict,
+    ) {
         if self.closed {
             return;
         }
-        let mut verdict = self.drive_once();
+        let mut verdict = self.checked(call);
         let mut turns = 0;
         while verdict == Verdict::Again {
             turns += 1;
             assert!(turns < MAX_AGAIN, "still Again after {MAX_AGAIN} turns");
-            verdict = self.drive_once();
+            verdict = self.checked(|harness, io| harness.drive(io));
         }
         if verdict == Verdict::Close {
             self.close();
         }
     }
 
-    fn drive_once(&mut self) -> Verdict {
+    fn checked(
+        &mut self,
+        call: impl FnOnce(&mut ConnHarness<CheckedChildren>, &mut FuzzIo) -> Verdict,
+    ) -> Verdict {
+        // Every call of the harness that drives starts a new turn.
         let turn = self.harness.turn + 1;
         if let Some(children) = self.children() {
             children.turn = turn;
         }
-        let verdict = self.harness.drive(&mut self.io);
+        let verdict = call(&mut self.harness, &mut self.io);
         self.after_drive();
         verdict
     }
@@ -974,14 +987,7 @@ impl Session {
 
     /// Time moves to `at`; a passed deadline is acted on; one drive.
     fn advance(&mut self, at: Tick) {
-        if self.closed {
-            return;
-        }
-        self.harness.now = self.harness.now.max(at);
-        if self.harness.conn.deadline(&self.harness.limits) <= self.harness.now {
-            self.harness.with_context(|conn, cx| conn.on_deadline(cx));
-        }
-        self.drive();
+        self.step(|harness, io| harness.advance_to(io, at));
     }
 
     fn close(&mut self) {
@@ -1075,11 +1081,7 @@ impl Session {
             op::FIN => self.io.close(),
             op::SHUTDOWN => {
                 let grace = Duration::from_millis(u64::from(input.u16()));
-                if !self.closed {
-                    self.harness
-                        .with_context(|conn, cx| conn.begin_shutdown(grace, cx));
-                    self.drive();
-                }
+                self.step(|harness, io| harness.shutdown(io, grace));
             }
             op::CHILD => self.child_op(input),
             op::DISK => {
@@ -1228,9 +1230,7 @@ impl Session {
             _ => disk.finish_next(Err(rustix::io::Errno::NOSPC)),
         };
         if let Some(done) = done {
-            self.harness
-                .with_context(|conn, cx| conn.handle_disk_done(done, cx));
-            self.drive();
+            self.step(|harness, io| harness.disk_done(io, done));
         }
     }
 

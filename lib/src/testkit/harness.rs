@@ -181,8 +181,9 @@ impl<C: Children> ConnHarness<C> {
 
     /// A disk job's completion reaches the connection, then one drive (as the reactor does).
     pub fn disk_done<S: Stream>(&mut self, io: &mut S, done: DiskDone) -> Verdict {
+        self.turn += 1;
         self.with_context(|conn, cx| conn.handle_disk_done(done, cx));
-        self.drive(io)
+        self.drive_this_turn(io)
     }
 
     /// Serves files from a real directory `root` (created if missing), as the reactor does.
@@ -224,6 +225,12 @@ impl<C: Children> ConnHarness<C> {
     /// One more turn without an event (what the reactor does after [`Verdict::Again`]).
     pub fn drive<S: Stream>(&mut self, io: &mut S) -> Verdict {
         self.turn += 1;
+        self.drive_this_turn(io)
+    }
+
+    /// A drive in the current turn: after what the reactor does in the same turn before it
+    /// drives (a timer, a disk completion, the start of a shutdown).
+    fn drive_this_turn<S: Stream>(&mut self, io: &mut S) -> Verdict {
         let mut counted = Counted { io, read: 0 };
         let verdict = self.with_context(|conn, cx| conn.drive(&mut counted, cx));
         self.input_read += counted.read;
@@ -275,15 +282,26 @@ impl<C: Children> ConnHarness<C> {
 
     /// Moves the clock to the connection's next deadline, lets it act on it, and drives.
     pub fn expire<S: Stream>(&mut self, io: &mut S) -> Verdict {
-        self.now = self.conn.deadline(&self.limits);
-        self.with_context(|conn, cx| conn.on_deadline(cx));
-        self.drive(io)
+        let deadline = self.conn.deadline(&self.limits);
+        self.advance_to(io, deadline)
+    }
+
+    /// Moves the clock to `at` (never back); if the connection's deadline has passed by then,
+    /// lets it act on it (as the reactor's timer does); then drives, in the same turn.
+    pub fn advance_to<S: Stream>(&mut self, io: &mut S, at: Tick) -> Verdict {
+        self.now = self.now.max(at);
+        self.turn += 1;
+        if self.conn.deadline(&self.limits) <= self.now {
+            self.with_context(|conn, cx| conn.on_deadline(cx));
+        }
+        self.drive_this_turn(io)
     }
 
     /// Starts the connection's part of a server shutdown, with `grace` to finish, and drives.
     pub fn shutdown<S: Stream>(&mut self, io: &mut S, grace: Duration) -> Verdict {
+        self.turn += 1;
         self.with_context(|conn, cx| conn.begin_shutdown(grace, cx));
-        self.drive(io)
+        self.drive_this_turn(io)
     }
 }
 

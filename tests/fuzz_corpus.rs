@@ -481,7 +481,8 @@ fn seeds_pass() {
     }
 }
 
-/// Replays one input: `FUZZ_TARGET=exec_session FUZZ_INPUT=fuzz/artifacts/... cargo test
+/// Replays one input, or every input in a directory: `FUZZ_TARGET=exec_session
+/// FUZZ_INPUT=fuzz/artifacts/... cargo test
 /// --test fuzz_corpus replay_one -- --ignored --nocapture` (with `MONOREACTOR_FUZZ_TRACE=1`
 /// to see the server's frames).
 #[test]
@@ -494,5 +495,18 @@ fn replay_one() {
         .find(|(known, _)| *known == target)
         .expect("a known target")
         .1;
-    entry(&std::fs::read(input).unwrap());
+    let input = Path::new(&input);
+    if input.is_dir() {
+        let mut failed = Vec::new();
+        for file in std::fs::read_dir(input).unwrap() {
+            let file = file.unwrap().path();
+            let data = std::fs::read(&file).unwrap();
+            if std::panic::catch_unwind(|| entry(&data)).is_err() {
+                failed.push(file);
+            }
+        }
+        assert!(failed.is_empty(), "failing inputs: {failed:#?}");
+    } else {
+        entry(&std::fs::read(input).unwrap());
+    }
 }

@@ -28,6 +28,8 @@
 //!
 //! # The session checks
 //! - no panic, and no verdict of `Again` forever (10,000 turns without an event);
+//! - once settled with the connection up, all the peer's bytes were read and every whole
+//!   frame among them handled ([`ConnHarness::input_consumed`]);
 //! - everything the server wrote parses as frames, with payloads that parse as their type's
 //!   message and stay within the frame limit; only a frame cut by the end of the output (a
 //!   short write) may be incomplete, and only while the rest of it is queued; HELLO_OK or
@@ -74,7 +76,9 @@ use crate::proto::{
 use crate::service::exec::{
     ChildId, ChildSource, Children, OutputPipe, SpawnError, SpawnSpec, Spawned,
 };
-use crate::testkit::{ConnHarness, FrameReader, FuzzIo, ReadStep, ScriptedChildren, WriteStep};
+use crate::testkit::{
+    ConnHarness, FrameReader, FuzzIo, ReadStep, Readiness, ScriptedChildren, WriteStep,
+};
 use crate::timer::Tick;
 
 /// The token of the exec target's server (what [`Script::hello`] sends with `token: true`).
@@ -1297,7 +1301,12 @@ impl Session {
                 .children
                 .as_ref()
                 .is_some_and(|children| !children.edges.is_empty());
-            if before == after && !disk_work && !edges_left {
+            let interest = self.harness.conn.interest();
+            let socket_edge = self
+                .io
+                .peek_readiness(interest.is_readable(), interest.is_writable())
+                != Readiness::default();
+            if before == after && !disk_work && !edges_left && !socket_edge {
                 break;
             }
         }
@@ -1337,6 +1346,16 @@ impl Session {
         if self.harness.conn.pending_output() > 0 {
             // Still held by a write error the script planned; nothing more to say.
             return;
+        }
+        // The peer's bytes were all read, and every whole frame among them handled: what the
+        // connection still holds is the start of a frame the peer never finished.
+        assert_eq!(self.io.unread(), 0, "settled with input left unread");
+        if !self.client_broken {
+            assert_eq!(
+                self.harness.conn.pending_input(),
+                self.client.partial(),
+                "settled with whole frames unhandled"
+            );
         }
         for (stream, seen) in &self.output.streams {
             assert!(

@@ -674,11 +674,7 @@ impl FuzzIo {
     /// The edges within the interest (`readable`, `writable`) since the last call, taken; the
     /// others wait. `None` when there is none to report.
     pub fn take_readiness(&mut self, readable: bool, writable: bool) -> Option<Readiness> {
-        let report = Readiness {
-            readable: readable && self.readable_edge,
-            writable: writable && self.writable_edge,
-            read_closed: readable && self.read_closed_edge,
-        };
+        let report = self.peek_readiness(readable, writable);
         if report == Readiness::default() {
             return None;
         }
@@ -690,6 +686,15 @@ impl FuzzIo {
             self.writable_edge = false;
         }
         Some(report)
+    }
+
+    /// The edges [`FuzzIo::take_readiness`] would report for this interest, left in place.
+    pub fn peek_readiness(&self, readable: bool, writable: bool) -> Readiness {
+        Readiness {
+            readable: readable && self.readable_edge,
+            writable: writable && self.writable_edge,
+            read_closed: readable && self.read_closed_edge,
+        }
     }
 
     /// Everything the connection wrote, in order.

@@ -143,7 +143,7 @@ pub mod op {
         /// `signal: u8`: a signal kills it (once).
         pub const KILLED: u8 = 5;
         /// `pipe: u8`, `kind: u8`: the next read of stdout (even) or stderr (odd) is
-        /// interrupted (even kind) or fails with `EIO` (odd).
+        /// interrupted (even kind) or fails with an I/O error (odd).
         pub const FAIL_READ: u8 = 6;
         /// `kind: u8`: the next stdin write is interrupted (0), broken (1) or fails (2).
         pub const FAIL_WRITE: u8 = 7;

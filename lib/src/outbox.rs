@@ -22,10 +22,12 @@ use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
+use log::debug;
+
 use crate::buffer::{Buf, BufferPool, Pooled};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage, Flags, FrameType, HEADER_LEN, Header};
-use crate::transport::Stream;
+use crate::transport::{IoState, Transport};
 
 /// Most bytes one `sendfile` call is asked for (nginx's `sendfile_max_chunk`, 2 MiB), so one
 /// fast transfer cannot hold the loop.
@@ -195,7 +197,7 @@ impl Outbox {
     /// Sends from the front of the queue once: the bytes up to the next file range, or one
     /// chunk of the file range at the front. `WouldBlock` and other errors come back as they
     /// are; the caller owns the retry rules.
-    pub fn write_to<S: Stream>(&mut self, io: &mut S, limits: &Limits) -> io::Result<Written> {
+    pub fn write_to<T: Transport>(&mut self, io: &mut T, limits: &Limits) -> io::Result<Written> {
         let Some(queue) = self.queue.as_mut() else {
             return Ok(Written {
                 bytes: 0,
@@ -271,6 +273,41 @@ impl Outbox {
         }
         queue.update_pause(limits);
         Ok(written)
+    }
+
+    /// Sends what is queued until it is gone or the transport is full, then lets the transport
+    /// send what it holds back for itself ([`Transport::send_pending`]). A short write means
+    /// the transport is full (epoll(7)) and clears the write hint in `state`, so no second
+    /// `write` is made just to collect `WouldBlock`; `Interrupted` is retried. Returns whether
+    /// any queued byte went.
+    pub(crate) fn flush<T: Transport>(
+        &mut self,
+        io: &mut T,
+        state: &mut IoState,
+        limits: &Limits,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        while !self.is_empty() && state.has(IoState::WRITE_READY) {
+            match self.write_to(io, limits) {
+                Ok(written) if written.bytes == 0 => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    moved = true;
+                    if written.short {
+                        state.set(IoState::WRITE_READY, false);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    state.set(IoState::WRITE_READY, false);
+                }
+                Err(error) => {
+                    debug!("write failed: {error}");
+                    return Err(error);
+                }
+            }
+        }
+        state.send_pending(io)?;
+        Ok(moved)
     }
 
     /// Gives the queue back to the pool if it is empty: an idle connection holds no buffer.
@@ -507,7 +544,7 @@ mod tests {
         }
     }
 
-    impl Stream for Sink {
+    impl Transport for Sink {
         fn shutdown_write(&mut self) -> io::Result<()> {
             Ok(())
         }

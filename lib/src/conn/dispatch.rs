@@ -29,6 +29,7 @@ use crate::proto::{
 };
 use crate::service::echo;
 use crate::service::exec::{ExecSession, SpawnSpec};
+use crate::transport::IoState;
 
 impl Connection {
     /// Handles one complete frame.
@@ -245,7 +246,7 @@ impl Connection {
                 ErrorCode::ExecDisabled,
                 "this server does not run commands (start it with --exec)".to_string(),
             ))
-        } else if self.bits.has(Bits::PEER_EOF) || self.bits.has(Bits::READ_CLOSED) {
+        } else if self.io_state.has(IoState::PEER_EOF) || self.io_state.has(IoState::READ_CLOSED) {
             // Frames read before the client's FIN are still handled, but a command could
             // neither get stdin nor be signalled, and the FIN stops commands anyway. That holds
             // as soon as the poll has reported the FIN (`READ_CLOSED`), before the read that

@@ -37,6 +37,7 @@ use crate::sys::disk::Disk;
 use crate::sys::disk::{DiskDone, Job, JobId};
 use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
 use crate::sys::upload::Upload;
+use crate::transport::IoState;
 use rustix::io::Errno;
 
 /// Most file bytes in one DATA frame.
@@ -595,7 +596,7 @@ impl Connection {
                 ErrorCode::UnknownFrameType,
                 "this server has no file service".to_string(),
             ))
-        } else if frame_type == FrameType::Put && self.bits.has(Bits::PEER_EOF) {
+        } else if frame_type == FrameType::Put && self.io_state.has(IoState::PEER_EOF) {
             Some((
                 ErrorCode::BadRequest,
                 "PUT after the client closed its side of the connection".to_string(),

@@ -61,7 +61,7 @@ use slab::Slab;
 
 use crate::access::Access;
 use crate::buffer::BufferPool;
-use crate::conn::{Context, Verdict};
+use crate::conn::{Connection, Context, Verdict};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::service::echo::UdpEcho;
@@ -72,10 +72,24 @@ use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue};
+use crate::transport::Transport;
 use children::ConnChildren;
 use disk::ConnDisk;
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
+
+/// The interest a connection's socket is registered with: what the connection wants and what
+/// its transport wants for itself ([`Transport::wants`]), in `mio`'s terms. `mio` cannot
+/// register nothing; the connection never wants nothing (READABLE also brings errors and
+/// hang-ups), so the fallback is only for the type's sake.
+fn socket_interest(conn: &Connection, socket: &impl Transport) -> Interest {
+    let wanted = conn.interest() | socket.wants();
+    match (wanted.is_readable(), wanted.is_writable()) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        _ => Interest::READABLE,
+    }
+}
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;

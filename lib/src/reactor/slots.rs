@@ -7,7 +7,7 @@ use mio::net::TcpStream;
 use slab::Slab;
 
 use super::token::{ConnKey, Source, Sub, TimerKey};
-use super::{Core, TIMER_SLACK};
+use super::{Core, TIMER_SLACK, socket_interest};
 use crate::conn::{Connection, State, Verdict};
 use crate::proto::ErrorCode;
 
@@ -99,7 +99,7 @@ impl Core {
             }
             Verdict::Again | Verdict::Wait => {}
         }
-        let wanted = slot.conn.interest();
+        let wanted = socket_interest(&slot.conn, &slot.socket);
         if wanted != slot.registered {
             if let Err(error) =
                 self.env

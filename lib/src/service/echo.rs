@@ -16,7 +16,7 @@ use std::os::fd::AsFd;
 use log::{debug, warn};
 use mio::Interest;
 
-use super::Verdict;
+use crate::conn::Verdict;
 use crate::limits::Limits;
 use crate::outbox::Replies;
 use crate::proto::{Flags, Frame, FrameType, Header};

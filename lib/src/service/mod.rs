@@ -11,15 +11,3 @@
 pub mod echo;
 pub mod exec;
 pub mod files;
-
-/// What the caller should do after driving a state machine for a turn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing more can happen until a source becomes ready again or a deadline passes.
-    Wait,
-    /// The turn's budget ran out with work left: drive again on the next turn, without waiting
-    /// for readiness (an edge-triggered poll will not report it again).
-    Again,
-    /// Close the connection.
-    Close,
-}

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crate::access::{Access, Token};
 use crate::buffer::BufferPool;
-use crate::conn::{Connection, Context, Protocol, Stream, Verdict};
+use crate::conn::{Connection, Context, Protocol, Verdict};
 use crate::limits::Limits;
 use crate::service::exec::{ChildSource, Children};
 use crate::testkit::{ScriptedChildren, ScriptedDisk};
 use crate::timer::Tick;
+use crate::transport::Transport;
 
 /// Drives one [`Connection`](crate::conn::Connection) through a [`ScriptedIo`](crate::testkit::ScriptedIo) (or a [`MemoryIo`](crate::testkit::MemoryIo)) exactly as the
 /// reactor does, so a test
@@ -117,7 +118,7 @@ impl ConnHarness {
     }
 
     /// A disk job's completion reaches the connection, then one drive (as the reactor does).
-    pub fn disk_done<S: Stream>(&mut self, io: &mut S, done: DiskDone) -> Verdict {
+    pub fn disk_done<S: Transport>(&mut self, io: &mut S, done: DiskDone) -> Verdict {
         self.with_context(|conn, cx| conn.handle_disk_done(done, cx));
         self.drive(io)
     }
@@ -152,13 +153,13 @@ impl ConnHarness {
     }
 
     /// One readiness event for the socket, then one drive.
-    pub fn event<S: Stream>(&mut self, io: &mut S, readable: bool, writable: bool) -> Verdict {
+    pub fn event<S: Transport>(&mut self, io: &mut S, readable: bool, writable: bool) -> Verdict {
         self.conn.on_ready(readable, writable);
         self.drive(io)
     }
 
     /// One readiness event for a command's descriptor (child number `index`), then one drive.
-    pub fn child_event<S: Stream>(
+    pub fn child_event<S: Transport>(
         &mut self,
         io: &mut S,
         index: u8,
@@ -169,7 +170,7 @@ impl ConnHarness {
     }
 
     /// One more turn without an event (what the reactor does after [`Verdict::Again`]).
-    pub fn drive<S: Stream>(&mut self, io: &mut S) -> Verdict {
+    pub fn drive<S: Transport>(&mut self, io: &mut S) -> Verdict {
         self.turn += 1;
         self.with_context(|conn, cx| conn.drive(io, cx))
     }
@@ -200,7 +201,7 @@ impl ConnHarness {
     }
 
     /// Drives again while the verdict is [`Verdict::Again`] (at most 10,000 turns).
-    pub fn settle<S: Stream>(&mut self, io: &mut S) -> Verdict {
+    pub fn settle<S: Transport>(&mut self, io: &mut S) -> Verdict {
         let mut verdict = self.drive(io);
         for _ in 0..10_000 {
             if verdict != Verdict::Again {
@@ -212,14 +213,14 @@ impl ConnHarness {
     }
 
     /// Moves the clock to the connection's next deadline, lets it act on it, and drives.
-    pub fn expire<S: Stream>(&mut self, io: &mut S) -> Verdict {
+    pub fn expire<S: Transport>(&mut self, io: &mut S) -> Verdict {
         self.now = self.conn.deadline(&self.limits);
         self.with_context(|conn, cx| conn.on_deadline(cx));
         self.drive(io)
     }
 
     /// Starts the connection's part of a server shutdown, with `grace` to finish, and drives.
-    pub fn shutdown<S: Stream>(&mut self, io: &mut S, grace: Duration) -> Verdict {
+    pub fn shutdown<S: Transport>(&mut self, io: &mut S, grace: Duration) -> Verdict {
         self.with_context(|conn, cx| conn.begin_shutdown(grace, cx));
         self.drive(io)
     }

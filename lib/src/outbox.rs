@@ -17,14 +17,12 @@
 //! The queue lives behind an `Option<Box<_>>` lent by the [`BufferPool`]: an idle connection
 //! holds 8 bytes here, and a steady echo borrows and returns the same queue.
 
-use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
-use std::sync::Arc;
 
 use log::debug;
 
-use crate::buffer::{Buf, BufferPool, Pooled};
+pub use crate::buffer::FileRange;
+use crate::buffer::{BufferPool, Front, OutQueue};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage, Flags, FrameType, HEADER_LEN, Header};
 use crate::transport::{IoState, Transport};
@@ -32,99 +30,6 @@ use crate::transport::{IoState, Transport};
 /// Most bytes one `sendfile` call is asked for (nginx's `sendfile_max_chunk`, 2 MiB), so one
 /// fast transfer cannot hold the loop.
 pub const SENDFILE_CHUNK: usize = 2 << 20;
-
-/// A byte range of an open file, sent as (part of) a frame's payload.
-///
-/// Queuing a range copies nothing: its bytes are whatever the file holds when `sendfile`
-/// reads them, as the range leaves the outbox — and not even then, for TCP: the socket keeps
-/// references to the page-cache pages until they are acknowledged (on loopback, until the
-/// peer reads them). A truncation takes pages out of the file, not out of those buffers, so
-/// bytes already handed over arrive as they were; a write into a page still in flight changes
-/// them. Whoever vouches for the bytes (a GET's DIGEST, `pump_get`) decides only after its
-/// last range has left, by checking the file then.
-#[derive(Clone, Debug)]
-pub struct FileRange {
-    /// The file, shared with whoever opened it.
-    pub file: Arc<File>,
-    /// First byte.
-    pub offset: u64,
-    /// Bytes to send.
-    pub len: u64,
-}
-
-/// One piece of the queue once a file range is in it.
-#[derive(Debug)]
-enum Segment {
-    /// The next `n` bytes of the buffer.
-    Bytes(usize),
-    /// A file range.
-    File(FileRange),
-}
-
-/// The pooled part of an outbox.
-#[derive(Debug)]
-pub struct OutQueue {
-    bytes: Buf,
-    /// Empty while the queue holds only bytes — the common case, with no bookkeeping per
-    /// frame. Once a file range is queued, every segment in order, `Bytes(n)` standing for the
-    /// next `n` bytes of `bytes` (their sum is `bytes.len()`).
-    segments: VecDeque<Segment>,
-    /// Bytes of file ranges queued.
-    file_bytes: u64,
-    /// Past the high-water mark and not yet back to the low-water mark.
-    paused: bool,
-}
-
-impl Pooled for OutQueue {
-    fn with_buffer_len(buffer_len: usize) -> OutQueue {
-        OutQueue {
-            bytes: Buf::with_capacity(buffer_len),
-            segments: VecDeque::new(),
-            file_bytes: 0,
-            paused: false,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.bytes.reset();
-        if !self.segments.is_empty() {
-            self.segments.clear();
-        }
-        self.file_bytes = 0;
-        self.paused = false;
-    }
-
-    fn is_standard(&self, buffer_len: usize) -> bool {
-        self.bytes.capacity() == buffer_len
-    }
-}
-
-impl OutQueue {
-    fn pending(&self) -> usize {
-        let files = usize::try_from(self.file_bytes).unwrap_or(usize::MAX);
-        self.bytes.len().saturating_add(files)
-    }
-
-    fn update_pause(&mut self, limits: &Limits) {
-        let pending = self.pending();
-        if pending >= limits.output_high_water {
-            self.paused = true;
-        } else if pending <= limits.output_low_water {
-            self.paused = false;
-        }
-    }
-
-    /// Records that `n` bytes were just appended to the buffer.
-    fn note_bytes(&mut self, n: usize) {
-        if self.segments.is_empty() || n == 0 {
-            return;
-        }
-        match self.segments.back_mut() {
-            Some(Segment::Bytes(run)) => *run += n,
-            _ => self.segments.push_back(Segment::Bytes(n)),
-        }
-    }
-}
 
 /// What one [`Outbox::write_to`] call did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,7 +65,7 @@ impl Outbox {
     /// **The** backpressure question: may anything produce more output now? False from the
     /// high-water mark until the queue has drained to the low-water mark.
     pub fn may_produce(&self) -> bool {
-        self.queue.as_ref().is_none_or(|queue| !queue.paused)
+        self.queue.as_ref().is_none_or(|queue| !queue.paused())
     }
 
     /// Whether a buffer is held.
@@ -173,16 +78,14 @@ impl Outbox {
     /// within it while they can, and when they cannot, grow it once to their bound
     /// ([`Replies::grow_to`]) rather than by doubling.
     pub fn room(&self, standard_len: usize) -> usize {
-        self.queue.as_ref().map_or(standard_len, |queue| {
-            queue.bytes.capacity() - queue.bytes.len()
-        })
+        self.queue
+            .as_ref()
+            .map_or(standard_len, |queue| queue.capacity() - queue.buffered())
     }
 
     /// Bytes of buffer memory held (capacity, not content).
     pub fn buffer_capacity(&self) -> usize {
-        self.queue
-            .as_ref()
-            .map_or(0, |queue| queue.bytes.capacity())
+        self.queue.as_ref().map_or(0, |queue| queue.capacity())
     }
 
     /// A writer that appends frames, borrowing a buffer from `pool` on first use.
@@ -204,32 +107,9 @@ impl Outbox {
                 short: false,
             });
         };
-        let Some(front) = queue.segments.front_mut() else {
-            // Bytes only (no file range queued), the common case: the whole buffer in one write.
-            let offered = queue.bytes.len();
-            let n = io.write(queue.bytes.data())?;
-            queue.bytes.consume(n);
-            queue.update_pause(limits);
-            return Ok(Written {
-                bytes: n,
-                short: n < offered,
-            });
-        };
-        let written = match front {
-            Segment::Bytes(run) => {
-                let offered = *run;
-                let n = io.write(&queue.bytes.data()[..offered])?;
-                queue.bytes.consume(n);
-                *run -= n;
-                if *run == 0 {
-                    queue.segments.pop_front();
-                }
-                Written {
-                    bytes: n,
-                    short: n < offered,
-                }
-            }
-            Segment::File(range) => {
+        let (n, offered) = match queue.front() {
+            Front::Bytes(bytes) => (io.write(bytes)?, bytes.len()),
+            Front::File(range) => {
                 let offered = usize::try_from(range.len)
                     .unwrap_or(usize::MAX)
                     .min(SENDFILE_CHUNK);
@@ -242,9 +122,6 @@ impl Outbox {
                         "file ended before its queued range",
                     ));
                 }
-                range.offset += n as u64;
-                range.len -= n as u64;
-                queue.file_bytes -= n as u64;
                 if n < offered
                     && range
                         .file
@@ -258,21 +135,15 @@ impl Outbox {
                         "file shrank below its queued range",
                     ));
                 }
-                if range.len == 0 {
-                    queue.segments.pop_front();
-                }
-                Written {
-                    bytes: n,
-                    short: n < offered,
-                }
+                (n, offered)
             }
         };
-        if queue.segments.len() == 1 && matches!(queue.segments.front(), Some(Segment::Bytes(_))) {
-            // Back to bytes only: drop the bookkeeping.
-            queue.segments.clear();
-        }
-        queue.update_pause(limits);
-        Ok(written)
+        queue.advance(n);
+        update_pause(queue, limits);
+        Ok(Written {
+            bytes: n,
+            short: n < offered,
+        })
     }
 
     /// Sends what is queued until it is gone or the transport is full, then lets the transport
@@ -352,14 +223,11 @@ impl Replies<'_> {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        queue
-            .bytes
-            .append_with(header.wire_len(), max_capacity, |bytes| {
-                header.emit(&mut bytes[..HEADER_LEN]);
-                emit(&mut bytes[HEADER_LEN..]);
-            });
-        queue.note_bytes(header.wire_len());
-        queue.update_pause(limits);
+        queue.append_with(header.wire_len(), max_capacity, |bytes| {
+            header.emit(&mut bytes[..HEADER_LEN]);
+            emit(&mut bytes[HEADER_LEN..]);
+        });
+        update_pause(queue, limits);
     }
 
     /// Appends a frame that answers a request completely: `END_STREAM` set.
@@ -406,8 +274,8 @@ impl Replies<'_> {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        queue.bytes.reserve(HEADER_LEN + max_len, max_capacity);
-        let spare = queue.bytes.spare();
+        queue.reserve(HEADER_LEN + max_len, max_capacity);
+        let spare = queue.spare();
         let n = read(&mut spare[HEADER_LEN..HEADER_LEN + max_len])?;
         if n == 0 {
             return Ok(0);
@@ -420,9 +288,8 @@ impl Replies<'_> {
             len: u32::try_from(n).unwrap_or(u32::MAX),
         };
         header.emit(&mut spare[..HEADER_LEN]);
-        queue.bytes.commit(HEADER_LEN + n);
-        queue.note_bytes(HEADER_LEN + n);
-        queue.update_pause(limits);
+        queue.commit(HEADER_LEN + n);
+        update_pause(queue, limits);
         Ok(n)
     }
 
@@ -446,20 +313,8 @@ impl Replies<'_> {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        if queue.segments.is_empty() && !queue.bytes.is_empty() {
-            let queued = queue.bytes.len();
-            queue.segments.push_back(Segment::Bytes(queued));
-        }
-        queue.bytes.append(&header.to_bytes(), max_capacity);
-        match queue.segments.back_mut() {
-            Some(Segment::Bytes(run)) => *run += HEADER_LEN,
-            _ => queue.segments.push_back(Segment::Bytes(HEADER_LEN)),
-        }
-        queue.file_bytes += range.len;
-        if range.len > 0 {
-            queue.segments.push_back(Segment::File(range));
-        }
-        queue.update_pause(limits);
+        queue.push_file(&header.to_bytes(), range, max_capacity);
+        update_pause(queue, limits);
     }
 
     /// Grows the buffer, if it must, straight to `capacity` bytes in all (at most the output
@@ -469,9 +324,9 @@ impl Replies<'_> {
     pub fn grow_to(&mut self, capacity: usize) {
         let capacity = capacity.min(self.limits.output_cap());
         let queue = self.queue();
-        let len = queue.bytes.len();
+        let len = queue.buffered();
         if capacity > len {
-            queue.bytes.reserve(capacity - len, capacity);
+            queue.reserve(capacity - len, capacity);
         }
     }
 
@@ -480,9 +335,8 @@ impl Replies<'_> {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        queue.bytes.append(bytes, max_capacity);
-        queue.note_bytes(bytes.len());
-        queue.update_pause(limits);
+        queue.append(bytes, max_capacity);
+        update_pause(queue, limits);
     }
 
     /// Appends unframed bytes that `read` fills in place (raw echo): at most `max_len`, the
@@ -495,14 +349,23 @@ impl Replies<'_> {
     ) -> io::Result<usize> {
         let limits = self.limits;
         let queue = self.queue();
-        queue.bytes.reserve(max_len, max_capacity);
-        let spare = queue.bytes.spare();
+        queue.reserve(max_len, max_capacity);
+        let spare = queue.spare();
         let want = max_len.min(spare.len());
         let n = read(&mut spare[..want])?;
-        queue.bytes.commit(n);
-        queue.note_bytes(n);
-        queue.update_pause(limits);
+        queue.commit(n);
+        update_pause(queue, limits);
         Ok(n)
+    }
+}
+
+/// The backpressure rule, with hysteresis: pause at the high-water mark, resume at the low one.
+fn update_pause(queue: &mut OutQueue, limits: &Limits) {
+    let pending = queue.pending();
+    if pending >= limits.output_high_water {
+        queue.set_paused(true);
+    } else if pending <= limits.output_low_water {
+        queue.set_paused(false);
     }
 }
 
@@ -517,7 +380,9 @@ fn header(frame_type: FrameType, flags: Flags, stream: u32, len: u32) -> Header 
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
     use std::io::{Read, Seek, SeekFrom, Write};
+    use std::sync::Arc;
 
     use super::*;
 

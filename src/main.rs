@@ -187,7 +187,12 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec)]
     max_commands: usize,
     /// Most commands and file transfers (GET, PUT, LIST) running at once on one connection.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec_per_connection)]
+    #[arg(
+        long,
+        visible_alias = "max-streams-per-conn",
+        value_name = "N",
+        default_value_t = Limits::default().max_streams_per_connection
+    )]
     max_commands_per_conn: usize,
 }
 
@@ -713,7 +718,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         exec_timeout: args.exec_timeout.0,
         exec_output_cap: args.exec_max_output,
         max_exec: args.max_commands,
-        max_exec_per_connection: args.max_commands_per_conn,
+        max_streams_per_connection: args.max_commands_per_conn,
         max_put: args.max_put,
         max_transfers: args.max_transfers,
         max_client_memory: args

@@ -780,7 +780,7 @@ fn transfers_count_against_the_per_connection_limit() {
     let dir = TempDir::new("limit");
     fs::write(dir.join("f"), b"x").unwrap();
     let limits = Limits {
-        max_exec_per_connection: 2,
+        max_streams_per_connection: 2,
         ..Limits::default()
     };
     let (mut h, mut io) = connect(limits, dir.path());

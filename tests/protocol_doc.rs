@@ -2689,12 +2689,12 @@ fn constants_table_matches_the_code() {
         ("exec_drain_timeout", seconds(limits.exec_drain_timeout)),
         ("exec_output_cap", limits.exec_output_cap.to_string()),
         (
-            "max_exec_per_connection",
-            limits.max_exec_per_connection.to_string(),
+            "max_streams_per_connection",
+            limits.max_streams_per_connection.to_string(),
         ),
         (
-            "MAX_EXEC_PER_CONNECTION",
-            limits::MAX_EXEC_PER_CONNECTION.to_string(),
+            "MAX_STREAMS_PER_CONNECTION",
+            limits::MAX_STREAMS_PER_CONNECTION.to_string(),
         ),
         ("max_exec", limits.max_exec.to_string()),
         (

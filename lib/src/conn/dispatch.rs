@@ -263,12 +263,12 @@ impl Connection {
                 ErrorCode::ShuttingDown,
                 "the server is shutting down and starts no new commands".to_string(),
             ))
-        } else if self.open_streams() >= cx.limits.max_exec_per_connection {
+        } else if self.open_streams() >= cx.limits.max_streams_per_connection {
             Some((
                 ErrorCode::LimitReached,
                 format!(
                     "{} commands are running on this connection, its limit",
-                    cx.limits.max_exec_per_connection
+                    cx.limits.max_streams_per_connection
                 ),
             ))
         } else {
@@ -296,7 +296,7 @@ impl Connection {
         };
         let streams = self
             .streams
-            .get_or_insert_with(|| Streams::new(cx.limits.max_exec_per_connection));
+            .get_or_insert_with(|| Streams::new(cx.limits.max_streams_per_connection));
         let Some(index) = streams.free_index(cx.turn) else {
             self.outbox.replies(cx.pool, cx.limits).error(
                 stream,

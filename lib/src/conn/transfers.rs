@@ -606,12 +606,12 @@ impl Connection {
                 ErrorCode::ShuttingDown,
                 "the server is shutting down and starts no new transfers".to_string(),
             ))
-        } else if takes_a_stream && self.open_streams() >= cx.limits.max_exec_per_connection {
+        } else if takes_a_stream && self.open_streams() >= cx.limits.max_streams_per_connection {
             Some((
                 ErrorCode::LimitReached,
                 format!(
                     "{} commands and transfers are running on this connection, its limit",
-                    cx.limits.max_exec_per_connection
+                    cx.limits.max_streams_per_connection
                 ),
             ))
         } else {
@@ -753,7 +753,7 @@ impl Connection {
         let (kind, permit) = kind;
         let streams = self
             .streams
-            .get_or_insert_with(|| Streams::new(cx.limits.max_exec_per_connection));
+            .get_or_insert_with(|| Streams::new(cx.limits.max_streams_per_connection));
         streams.transfers.push(Transfer {
             id: stream,
             kind,

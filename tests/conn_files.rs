@@ -143,7 +143,7 @@ fn digest_of(frame: &OwnedFrame) -> Hash {
 /// One readiness event (both ways), then the turns the connection asks for.
 ///
 /// While output is pending and the peer has room left, the peer is reading: the poll reports the
-/// socket writable again. (A file range's DATA goes out through `Stream::send_file`, whose
+/// socket writable again. (A file range's DATA goes out through `Transport::send_file`, whose
 /// default — used by `MemoryIo` — sends at most 16 KiB per call; the outbox takes that for a
 /// full socket and waits for the next writable event. See
 /// `one_drive_with_room_to_spare_sends_a_whole_queued_file_range`.)
@@ -551,7 +551,7 @@ fn a_big_get_takes_several_turns_within_the_disk_budget() {
 #[test]
 fn one_drive_with_room_to_spare_sends_a_whole_queued_file_range() {
     // The peer has unlimited room: one readiness event and the turns the connection asks for
-    // must send the whole GET, as they send any bytes. (Fails while `Stream::send_file`'s
+    // must send the whole GET, as they send any bytes. (Fails while `Transport::send_file`'s
     // default sends 16 KiB per call and the outbox reads that as a full socket.)
     let dir = TempDir::new("sendfile");
     let file = content(100 << 10, 13);

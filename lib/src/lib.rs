@@ -13,8 +13,11 @@
 //!   [`service::exec::ExecSession`] for one running command (stdin credit, deadlines, EXIT).
 //! - [`outbox`] — one connection's output: whole frames only, bytes or file ranges, and the
 //!   one backpressure question every producer asks ([`outbox::Outbox::may_produce`]).
-//! - [`conn`] — one connection's state machine over any [`transport::Stream`]: reading within a
-//!   budget, frame handling, its open streams, deadlines, orderly close.
+//! - [`transport`] — the one layer a connection reads and writes through
+//!   ([`transport::Transport`]: the socket, with `sendfile`; where TLS or a PROXY-protocol
+//!   parser would sit), where each read and write applies the loop's edge-triggered rules.
+//! - [`conn`] — one connection's state machine over any [`transport::Transport`]: reading
+//!   within a budget, frame handling, its open streams, deadlines, orderly close.
 //! - [`sys`] — the I/O layer for what is not a socket: child processes (pipes, pidfds, process
 //!   groups), the root directory paths are confined to, and the disk helper process that makes
 //!   the blocking disk calls (`fsync`, the unlink of a big file) off the loop.

@@ -3,12 +3,13 @@
 //!
 //! A [`Connection`](crate::conn::Connection) owns no descriptor. Each drive is handed a
 //! [`Transport`] — the `mio` socket in the server, a scripted peer in tests — and every byte in
-//! or out goes through it: reads with [`IoState::read_once`], writes with
-//! [`IoState::write_once`] and (for whole queues and file ranges) the outbox, which calls
-//! [`Transport::send_file`] for a file range. [`IoState`] is what the connection knows of its
+//! or out goes through it: reads with `IoState::read_once`, writes with
+//! `IoState::write_once` and (for whole queues and file ranges) the outbox, which calls
+//! [`Transport::send_file`] for a file range. `IoState` is what the connection knows of its
 //! transport between drives: the readiness hints (may read, may write) and the half-closes
-//! seen, kept true by the edge-triggered rules at the top of [`crate::reactor`], which are
-//! applied here and nowhere else.
+//! seen, kept true by the edge-triggered rules stated at the top of [`crate::reactor`]. Its
+//! reads and writes apply them, and so does the outbox's flush, which writes whole queues
+//! through the same hints.
 //!
 //! # A transport under the framed protocol: TLS, PROXY
 //! The framed logic sees plaintext through these traits and nothing else, so a layer that
@@ -54,8 +55,8 @@
 //!    ([`Connection::on_ready`](crate::conn::Connection::on_ready) and
 //!    [`on_read_closed`](crate::conn::Connection::on_read_closed)), which sets the hints.
 //! 2. The drive reads and writes through the transport while the hints allow, and a short
-//!    read or write, or `WouldBlock`, clears them ([`IoState::read_once`],
-//!    [`IoState::write_once`]).
+//!    read or write, or `WouldBlock`, clears them (`IoState::read_once`,
+//!    `IoState::write_once`).
 //! 3. After the drive the reactor registers what the connection wants
 //!    ([`Connection::interest`](crate::conn::Connection::interest)) together with what the
 //!    transport wants ([`Transport::wants`]), both a [`Readiness`]; only the reactor turns

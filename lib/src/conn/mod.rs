@@ -178,7 +178,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A new connection accepted at `now`. Both readiness hints start set ([`IoState::fresh`]).
+    /// A new connection accepted at `now`. Both readiness hints start set: a fresh socket may
+    /// already hold bytes, and its send buffer is empty.
     pub fn new(protocol: Protocol, now: Tick, limits: &Limits) -> Connection {
         // A framed client must finish its HELLO within the hello timeout; until it does, that
         // deadline stands in for the frame deadline.

@@ -1,11 +1,11 @@
 //! The outbox: everything one connection has to send, in order, and the one question every
 //! producer asks before it makes more.
 //!
-//! Producers — frame handlers answering requests, the readers of a command's pipes, (next) the
-//! file sender — append only **whole frames**, through [`Replies`], so a frame can never land in
-//! the middle of another. A frame's payload is either bytes in the queue's buffer or a
-//! [`FileRange`] that is sent with `sendfile` straight from the page cache and never copied
-//! into user space.
+//! Producers — frame handlers answering requests, the readers of a command's pipes, the file
+//! sender — append only **whole frames**, through [`Replies`], so a frame can never land in the
+//! middle of another. A frame's payload is either bytes in the queue's buffer or a
+//! [`FileRange`], which the transport sends from the file ([`Transport::send_file`]: a socket
+//! with `sendfile`, straight from the page cache and never copied into user space).
 //!
 //! **Backpressure** is one question, [`Outbox::may_produce`], with hysteresis: it turns false
 //! when the queue reaches [`Limits::output_high_water`] and true again once it has drained to
@@ -14,8 +14,10 @@
 //! sender — so a client that does not read costs the high-water mark plus one frame, whatever
 //! is producing.
 //!
-//! The queue lives behind an `Option<Box<_>>` lent by the [`BufferPool`]: an idle connection
-//! holds 8 bytes here, and a steady echo borrows and returns the same queue.
+//! The queue ([`OutQueue`], bytes with file ranges between them) lives behind an
+//! `Option<Box<_>>` lent by the [`BufferPool`]: an idle connection holds 8 bytes here, and a
+//! steady echo borrows and returns the same queue. `Outbox::flush` sends it through the
+//! connection's transport with the loop's write rules.
 
 use std::io;
 

@@ -8,6 +8,8 @@ use super::{Budget, Connection, Context, State, Verdict, count_read};
 use crate::transport::{IoState, ReadOutcome, Transport};
 
 impl Connection {
+    /// One turn of the close: flush, shut the write side once everything is out, then
+    /// discard what the peer still sends until its EOF.
     pub(super) fn drive_closing<T: Transport>(
         &mut self,
         io: &mut T,
@@ -57,6 +59,8 @@ impl Connection {
         verdict
     }
 
+    /// Waiting for the peer's EOF after our FIN: the socket must stay readable, whatever
+    /// else the connection wants.
     pub(super) fn lingering(&self) -> bool {
         self.state == State::Closing && self.io_state.has(IoState::WRITE_SHUT)
     }

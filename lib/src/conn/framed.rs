@@ -9,6 +9,7 @@ use super::{
     Bits, Budget, Connection, Context, Fatal, SHUTTING_DOWN_TEXT, State, Step, Verdict, after_read,
     count_read, echoes,
 };
+use crate::buffer::Buf;
 use crate::limits::Limits;
 use crate::proto::exec::EndReason;
 use crate::proto::{DecodeError, Decoder, ErrorCode, Frame, FrameType, HEADER_LEN, Header};
@@ -19,6 +20,7 @@ use crate::transport::{IoState, ReadOutcome, Transport};
 const MIN_READ: usize = 4 << 10;
 
 impl Connection {
+    /// One turn of the framed protocol; see the module docs.
     pub(super) fn drive_framed<T: Transport>(
         &mut self,
         io: &mut T,
@@ -120,6 +122,30 @@ impl Connection {
             return Verdict::Again;
         }
         Verdict::Wait
+    }
+
+    /// Before authentication a frame is at most the pre-authentication limit, so a partial one
+    /// left waiting moves from the pooled buffer into one of that size: a client that never
+    /// authenticates pins a few KiB of input, not a pool buffer (the allocation happens only
+    /// when such a client stalls mid-frame).
+    pub(super) fn shrink_unauthenticated_input(&mut self, cx: &mut Context<'_>) {
+        let cap = HEADER_LEN + self.max_payload(cx.limits) as usize;
+        if cap >= cx.pool.buffer_len() {
+            return;
+        }
+        let Some(input) = self.input.as_mut() else {
+            return;
+        };
+        // Only a lone partial frame is moved (complete frames left for the next turn are
+        // handled soon; they are not a stall).
+        if input.capacity() <= cap || input.len() > cap {
+            return;
+        }
+        let mut small = Box::new(Buf::with_capacity(cap));
+        small.append(input.data(), cap);
+        if let Some(pooled) = self.input.replace(small) {
+            cx.pool.give(pooled);
+        }
     }
 
     /// The largest payload a frame may declare now: small until the connection has

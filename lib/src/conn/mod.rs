@@ -65,8 +65,8 @@ use log::{debug, trace};
 use crate::buffer::Buf;
 use crate::limits::Limits;
 use crate::outbox::Outbox;
+use crate::proto::ErrorCode;
 use crate::proto::exec::EndReason;
-use crate::proto::{ErrorCode, HEADER_LEN};
 use crate::service::exec::ChildSource;
 use crate::sys::disk::{Disk, DiskDone};
 use crate::timer::Tick;
@@ -480,33 +480,8 @@ impl Connection {
         verdict
     }
 
-    /// Before authentication a frame is at most the pre-authentication limit, so a partial one
-    /// left waiting moves from the pooled buffer into one of that size: a client that never
-    /// authenticates pins a few KiB of input, not a pool buffer (the allocation happens only
-    /// when such a client stalls mid-frame).
-    fn shrink_unauthenticated_input(&mut self, cx: &mut Context<'_>) {
-        let cap = HEADER_LEN + self.max_payload(cx.limits) as usize;
-        if cap >= cx.pool.buffer_len() {
-            return;
-        }
-        let Some(input) = self.input.as_mut() else {
-            return;
-        };
-        // Only a lone partial frame is moved (complete frames left for the next turn are
-        // handled soon; they are not a stall).
-        if input.capacity() <= cap || input.len() > cap {
-            return;
-        }
-        let mut small = Box::new(Buf::with_capacity(cap));
-        small.append(input.data(), cap);
-        if let Some(pooled) = self.input.replace(small) {
-            cx.pool.give(pooled);
-        }
-    }
-
-    // === Shared by the drivers ===
-
-    /// The raw echo's view of this connection: its transport, its outbox, its activity clock.
+    /// Drives the raw echo through the part of the connection it uses ([`RawEcho`]); once it
+    /// is done, the connection is closed.
     fn drive_echo<T: Transport>(
         &mut self,
         io: &mut T,
@@ -524,6 +499,8 @@ impl Connection {
         }
         verdict
     }
+
+    // === Shared by the drivers ===
 
     /// Reading the socket is allowed: the state takes input, the peer has not closed, the
     /// outbox may take replies (the backpressure question), and no upload has run ahead of the

@@ -153,7 +153,24 @@ impl Outbox {
     /// the transport is full (epoll(7)) and clears the write hint in `state`, so no second
     /// `write` is made just to collect `WouldBlock`; `Interrupted` is retried. Returns whether
     /// any queued byte went.
+    #[inline(always)]
     pub(crate) fn flush<T: Transport>(
+        &mut self,
+        io: &mut T,
+        state: &mut IoState,
+        limits: &Limits,
+    ) -> io::Result<bool> {
+        // Inlined test, out-of-line work: most drives end with nothing queued (an echo's
+        // replies went straight out).
+        if self.is_empty() {
+            state.send_pending(io)?;
+            return Ok(false);
+        }
+        self.flush_queue(io, state, limits)
+    }
+
+    #[inline(never)]
+    fn flush_queue<T: Transport>(
         &mut self,
         io: &mut T,
         state: &mut IoState,

@@ -72,18 +72,22 @@ use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue};
-use crate::transport::Transport;
+use crate::transport::{Readiness, Transport};
 use children::ConnChildren;
 use disk::ConnDisk;
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
 
-/// The interest a connection's socket is registered with: what the connection wants and what
-/// its transport wants for itself ([`Transport::wants`]), in `mio`'s terms. `mio` cannot
-/// register nothing; the connection never wants nothing (READABLE also brings errors and
-/// hang-ups), so the fallback is only for the type's sake.
-fn socket_interest(conn: &Connection, socket: &impl Transport) -> Interest {
-    let wanted = conn.interest() | socket.wants();
+/// The readiness a connection's socket is registered for: what the connection wants and what
+/// its transport wants for itself ([`Transport::wants`]).
+fn socket_wants(conn: &Connection, socket: &impl Transport) -> Readiness {
+    conn.interest() | socket.wants()
+}
+
+/// `wanted` in `mio`'s terms, converted only when a registration changes. `mio` cannot register
+/// nothing; a connection never wants nothing (READABLE also brings errors and hang-ups), so
+/// the fallback is only for the type's sake.
+fn poll_interest(wanted: Readiness) -> Interest {
     match (wanted.is_readable(), wanted.is_writable()) {
         (true, true) => Interest::READABLE | Interest::WRITABLE,
         (false, true) => Interest::WRITABLE,

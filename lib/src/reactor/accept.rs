@@ -81,11 +81,12 @@ impl Core {
         // yet; only the first deadline (hello or idle) needs arming.
         let deadline = conn.deadline(&self.env.limits);
         let mut socket = stream;
-        if let Err(error) =
-            self.env
-                .poll
-                .registry()
-                .register(&mut socket, key.socket(), poll_interest(registered))
+        let interest = poll_interest(registered);
+        if let Err(error) = self
+            .env
+            .poll
+            .registry()
+            .register(&mut socket, key.socket(), interest)
         {
             warn!("register of {peer} failed: {error}");
             return;

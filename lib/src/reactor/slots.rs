@@ -2,7 +2,6 @@
 //! deferred closing, and the connection timers.
 
 use log::{debug, trace, warn};
-
 use mio::net::TcpStream;
 use slab::Slab;
 
@@ -102,11 +101,13 @@ impl Core {
         }
         let wanted = socket_wants(&slot.conn, &slot.socket);
         if wanted != slot.registered {
-            if let Err(error) = self.env.poll.registry().reregister(
-                &mut slot.socket,
-                key.socket(),
-                poll_interest(wanted),
-            ) {
+            let interest = poll_interest(wanted);
+            if let Err(error) =
+                self.env
+                    .poll
+                    .registry()
+                    .reregister(&mut slot.socket, key.socket(), interest)
+            {
                 warn!("re-register of {key:?} failed: {error}");
                 self.mark_closing(index);
                 return;

@@ -37,13 +37,15 @@
 //! - `slots.rs`: the slab of connections — serving, driving, closing;
 //! - `accept.rs`: accepting, refusing, shedding when out of descriptors;
 //! - `children.rs`: the loop's side of child processes;
-//! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop).
+//! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop);
+//! - `udp.rs`: the UDP echo, its socket and its queue of replies.
 
 mod accept;
 mod children;
 mod disk;
 mod slots;
 pub(crate) mod token;
+mod udp;
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -52,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use log::{info, trace, warn};
+use log::{info, trace};
 use mio::event::Event;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -61,10 +63,9 @@ use slab::Slab;
 
 use crate::access::Access;
 use crate::buffer::BufferPool;
-use crate::conn::{Context, Verdict};
+use crate::conn::Context;
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
-use crate::service::echo::UdpEcho;
 use crate::service::exec::Children;
 use crate::sys::disk::{Disk, DiskHelper, HelperTokens};
 use crate::sys::files::{FileState, Files};
@@ -76,6 +77,7 @@ use children::ConnChildren;
 use disk::ConnDisk;
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
+use udp::UdpEcho;
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -498,33 +500,6 @@ impl Core {
         if self.static_queued & bit == 0 {
             self.static_queued |= bit;
             self.ready.push(source);
-        }
-    }
-
-    // === UDP ===
-
-    fn serve_udp(&mut self, readable: bool, writable: bool) {
-        let Some(udp) = self.udp.as_mut() else {
-            return;
-        };
-        udp.on_ready(readable, writable);
-        if udp.drive(&self.env.limits, self.env.now) == Verdict::Again {
-            self.queue_static(Source::Udp);
-        }
-        let Some(udp) = self.udp.as_mut() else {
-            return;
-        };
-        let wanted = udp.interest();
-        if wanted != self.udp_registered {
-            match self
-                .env
-                .poll
-                .registry()
-                .reregister(udp.socket_mut(), Source::Udp.token(), wanted)
-            {
-                Ok(()) => self.udp_registered = wanted,
-                Err(error) => warn!("re-register of the UDP socket failed: {error}"),
-            }
         }
     }
 

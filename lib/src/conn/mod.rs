@@ -58,7 +58,7 @@ use crate::service::exec::{ChildSource, Children};
 use crate::sys::disk::{Disk, DiskDone};
 use crate::sys::files::Files;
 use crate::throttle::LogThrottle;
-use crate::timer::Tick;
+use crate::timer::{Tick, WallClock};
 
 pub use crate::service::Verdict;
 pub use crate::transport::Stream;
@@ -118,6 +118,8 @@ pub struct Context<'a> {
     pub limits: &'a Limits,
     /// The loop's current time.
     pub now: Tick,
+    /// The wall clock as the loop read it this turn (only the file service uses it).
+    pub wall_clock: WallClock,
     /// The token and whether commands may run.
     pub access: &'a Access,
     /// The I/O layer's processes; `None` where no command can run (EXEC is then refused).
@@ -156,6 +158,7 @@ impl<'a> Context<'a> {
             pool,
             limits,
             now,
+            wall_clock: WallClock::default(),
             access: &ECHO_ONLY,
             children: None,
             turn: 0,

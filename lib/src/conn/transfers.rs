@@ -35,7 +35,7 @@ use crate::proto::{ErrorCode, Flags, Frame, FrameType};
 use crate::service::files::{GetTransfer, PutError, PutTransfer};
 use crate::sys::disk::Disk;
 use crate::sys::disk::{DiskDone, Job, JobId};
-use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
+use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of};
 use crate::sys::upload::Upload;
 use rustix::io::Errno;
 
@@ -731,7 +731,7 @@ impl Connection {
                         get,
                         file: opened.file,
                         meta: opened.meta,
-                        opened_ns: wall_clock_ns(),
+                        opened_ns: cx.wall_clock.0,
                     },
                     permit,
                 )

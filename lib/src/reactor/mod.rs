@@ -72,7 +72,7 @@ use crate::sys::files::{FileState, Files};
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
-use crate::timer::{Clock, Tick, TimerQueue};
+use crate::timer::{Clock, Tick, TimerQueue, WallClock};
 use children::ConnChildren;
 use disk::ConnDisk;
 use slots::Slot;
@@ -189,6 +189,8 @@ struct Env {
     auth_log: LogThrottle,
     clock: Clock,
     now: Tick,
+    /// The wall clock, read beside `now` on every turn of a server that serves files.
+    wall_clock: WallClock,
     /// Turns of the loop so far.
     turn: u64,
 }
@@ -224,6 +226,7 @@ impl Env {
             pool: &mut self.pool,
             limits: &self.limits,
             now: self.now,
+            wall_clock: self.wall_clock,
             access: &self.access,
             children,
             turn: self.turn,
@@ -354,6 +357,7 @@ impl Reactor {
             auth_log: LogThrottle::default(),
             clock: Clock::start(),
             now: Tick(0),
+            wall_clock: WallClock::read(),
             turn: 0,
             access,
             limits,
@@ -420,6 +424,10 @@ impl Reactor {
                 }
             }
             core.env.now = core.env.clock.now();
+            // Only the file service needs it: an echo-only server does not pay for the call.
+            if core.env.files.is_some() {
+                core.env.wall_clock = WallClock::read();
+            }
             for event in self.events.iter() {
                 core.handle_event(event);
             }

@@ -11,7 +11,7 @@ use crate::conn::{Connection, Context, Protocol, Stream, Verdict};
 use crate::limits::Limits;
 use crate::service::exec::{ChildSource, Children};
 use crate::testkit::{ScriptedChildren, ScriptedDisk};
-use crate::timer::Tick;
+use crate::timer::{Tick, WallClock};
 
 /// Drives one [`Connection`](crate::conn::Connection) through a [`ScriptedIo`](crate::testkit::ScriptedIo) (or a [`MemoryIo`](crate::testkit::MemoryIo)) exactly as the
 /// reactor does, so a test
@@ -183,6 +183,9 @@ impl ConnHarness {
             pool: &mut self.pool,
             limits: &self.limits,
             now: self.now,
+            // Read as the loop does, once per drive: the hash cache compares it with the
+            // times of real files.
+            wall_clock: WallClock::read(),
             access: &self.access,
             children: self
                 .children

@@ -17,8 +17,9 @@ use monoreactor::conn::Verdict;
 use monoreactor::limits::Limits;
 use monoreactor::proto::files::{PutFlags, PutRequest};
 use monoreactor::proto::{Flags, Frame, FrameType, Hello};
+use monoreactor::service::disk::{JobId, JobKind};
 use monoreactor::sys::disk::{
-    DiskDone, DiskHelper, HelperTokens, Job, JobKind, MAX_HELD, MAX_IN_FLIGHT, TRASH_PREFIX,
+    DiskDone, DiskHelper, HelperTokens, Job, MAX_HELD, MAX_IN_FLIGHT, TRASH_PREFIX,
 };
 use monoreactor::testkit::{ConnHarness, MemoryIo};
 use rustix::io::Errno;
@@ -56,7 +57,7 @@ impl Rig {
         }
     }
 
-    fn submit(&mut self, owner: u64, job: Job) -> monoreactor::sys::disk::JobId {
+    fn submit(&mut self, owner: u64, job: Job) -> JobId {
         self.disk.submit(Some(owner), job, self.poll.registry())
     }
 
@@ -393,7 +394,7 @@ fn delete_answers_done_at_once_and_leaves_the_unlink_of_the_aside_name_to_the_di
         "renamed aside: {names:?}"
     );
     assert_eq!(names[1], "small");
-    let pending: Vec<_> = h.disk().pending().map(|(_, job)| job.kind()).collect();
+    let pending: Vec<_> = h.disk().pending().map(|(_, kind)| kind).collect();
     assert_eq!(pending, [JobKind::Unlink]);
 
     // A small file is unlinked at once: nothing to gain from the helper.
@@ -602,7 +603,7 @@ fn frame_kinds(frames: &[monoreactor::client::OwnedFrame]) -> Vec<(FrameType, u3
 }
 
 fn pending_kinds(h: &mut ConnHarness) -> Vec<JobKind> {
-    h.disk().pending().map(|(_, job)| job.kind()).collect()
+    h.disk().pending().map(|(_, kind)| kind).collect()
 }
 
 /// A connection with a scripted disk, after HELLO.
@@ -818,11 +819,7 @@ fn a_mismatched_upload_leaves_the_unlink_of_its_partial_to_the_disk() {
     io.push(&wire);
     settle(&mut h, &mut io);
     // Its writes first (the disk helper's), then the verdict.
-    while h
-        .disk()
-        .pending()
-        .any(|(_, job)| job.kind() == JobKind::Write)
-    {
+    while h.disk().pending().any(|(_, kind)| kind == JobKind::Write) {
         let done = h.disk().run_next().unwrap();
         h.disk_done(&mut io, done);
     }

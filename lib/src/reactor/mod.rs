@@ -66,15 +66,16 @@ use crate::buffer::BufferPool;
 use crate::conn::Context;
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
+use crate::service::disk::Disk;
 use crate::service::exec::Children;
-use crate::sys::disk::{Disk, DiskHelper, HelperTokens};
+use crate::sys::disk::{DiskHelper, HelperTokens};
 use crate::sys::files::{FileState, Files};
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue, WallClock};
 use children::ConnChildren;
-use disk::ConnDisk;
+use disk::ConnJobs;
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
 use udp::UdpEcho;
@@ -213,14 +214,19 @@ impl Env {
             _ => None,
         };
         let children = host.as_mut().map(|host| host as &mut dyn Children);
-        let files = match (&self.root, self.files.as_mut()) {
-            (Some(root), Some(state)) => Some(Files { root, state }),
-            _ => None,
-        };
-        let mut disk = ConnDisk {
+        let mut jobs = ConnJobs {
             helper: &mut self.disk,
             registry: self.poll.registry(),
             key,
+        };
+        let mut files = match (&self.root, self.files.as_mut()) {
+            (Some(root), Some(state)) => Some(Files {
+                root,
+                state,
+                jobs: &mut jobs,
+                now: self.wall_clock,
+            }),
+            _ => None,
         };
         let mut cx = Context {
             pool: &mut self.pool,
@@ -231,8 +237,7 @@ impl Env {
             children,
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),
-            files,
-            disk: Some(&mut disk as &mut dyn Disk),
+            files: files.as_mut().map(|files| files as &mut dyn Disk),
         };
         work(&mut cx)
     }

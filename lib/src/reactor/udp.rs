@@ -155,6 +155,7 @@ impl<S: Datagrams> UdpEcho<S> {
     }
 
     /// Replies waiting for the socket to become writable.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
@@ -297,7 +298,6 @@ impl<S: Datagrams> UdpEcho<S> {
         }
     }
 }
-
 
 impl Core {
     /// The UDP socket is ready (or on the ready list): echo what the turn's budget allows, and

@@ -4,12 +4,16 @@
 //!
 //! - [`echo`]: the framed echo reply, and which datagrams the UDP echo answers (its socket is
 //!   the reactor's: a datagram echo is nothing but its socket);
-//! - [`exec`]: one running command per stream;
-//! - [`files`]: one file transfer (GET, PUT) per stream.
+//! - [`exec`]: one running command per stream, reaching its process through the
+//!   [`Children`](exec::Children) trait;
+//! - [`files`]: one file transfer (GET, PUT, LIST) per stream, and [`upload`]: an upload's
+//!   writes and syncs; both reach the disk through the [`Disk`](disk::Disk) trait ([`disk`]).
 
+pub mod disk;
 pub mod echo;
 pub mod exec;
 pub mod files;
+pub mod upload;
 
 /// What the caller should do after driving a state machine for a turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

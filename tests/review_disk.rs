@@ -391,7 +391,7 @@ fn a_client_that_half_closes_after_its_digest_still_hears_the_digest() {
 /// helper exists to take. Here: after the helper answered both, the server process still
 /// holds a descriptor of the unlinked file.
 #[test]
-#[ignore = "open at the helper's level: the server itself no longer submits an unlink behind a write of the same file (Files::discard waits for Upload::disk_idle, a_discarded_partial_is_unlinked_only_after_its_writes_are_answered)"]
+#[ignore = "open at the helper's level: the server itself no longer submits an unlink behind a write of the same file (Disk::discard waits for Upload::disk_idle, a_discarded_partial_is_unlinked_only_after_its_writes_are_answered)"]
 fn after_the_helper_unlinks_a_file_the_server_holds_no_descriptor_of_it() {
     let dir = TempDir::new("last-close");
     let mut poll = Poll::new().unwrap();

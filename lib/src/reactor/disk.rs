@@ -41,6 +41,10 @@ impl Jobs for ConnJobs<'_> {
     fn off_the_loop(&self) -> bool {
         true
     }
+
+    fn pending(&self, id: JobId) -> bool {
+        self.helper.is_pending(id)
+    }
 }
 
 impl Core {
@@ -67,11 +71,6 @@ impl Core {
     /// the completion unblocked (a reply, a next step) goes out this turn.
     pub(super) fn deliver_disk_done(&mut self) {
         while let Some((owner, done)) = self.env.disk.next_done() {
-            // The file layer counts an upload's writes in the helper's hands, whether or not
-            // the connection that made them is still there to hear of it.
-            if let Some(files) = self.env.files.as_mut() {
-                files.on_job_done(&done);
-            }
             let key = owner.and_then(|owner| match Source::from_token(Token(owner as usize)) {
                 Some(Source::Conn(key, _)) => Some(key),
                 _ => None,

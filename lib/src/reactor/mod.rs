@@ -141,6 +141,7 @@ pub struct Setup {
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     waker: Arc<Waker>,
+    // Atomic, the one thing the loop shares: another thread sets it, then wakes the loop.
     requested: Arc<AtomicBool>,
 }
 
@@ -252,6 +253,7 @@ struct Core {
     udp_registered: Interest,
     signals: Option<Signals>,
     waker: Arc<Waker>,
+    /// Set from another thread by a [`ShutdownHandle`] (hence atomic), read after its wake-up.
     shutdown_requested: Arc<AtomicBool>,
     conns: Slab<Slot>,
     next_generation: u32,

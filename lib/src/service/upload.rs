@@ -44,6 +44,15 @@ pub const MAX_SYNCS_IN_FLIGHT: usize = 2;
 /// connection reads no more of it: enough to keep the helper busy, a quarter of its ring.
 pub const WRITE_AHEAD: usize = 2 << 20;
 
+/// What the client of an upload to `path` hears once a newer PUT of the same file took it
+/// over: it may no longer write, commit or remove the partial.
+pub fn superseded_error(path: &str) -> FileError {
+    FileError::new(
+        ErrorCode::IoFailed,
+        format!("{path}: a newer PUT of the same file took this upload over"),
+    )
+}
+
 /// One upload's disk side: its handle, and its writes and syncs in the disk's hands.
 #[derive(Debug)]
 pub struct Upload {
@@ -99,16 +108,6 @@ impl Upload {
         self.handle
     }
 
-    fn superseded_error(&self) -> FileError {
-        FileError::new(
-            ErrorCode::IoFailed,
-            format!(
-                "{}: a newer PUT of the same file took this upload over",
-                self.path
-            ),
-        )
-    }
-
     /// Writes `bytes` at `offset`: handed to the disk in [`WRITE_PIECE`]s (by the disk helper,
     /// or at once where it cannot take them). Each complete [`SYNC_WINDOW`] is then made to
     /// start its writeback, once its writes are done.
@@ -119,7 +118,7 @@ impl Upload {
         disk: &mut dyn Disk,
     ) -> Result<(), FileError> {
         if disk.superseded(self.handle) {
-            return Err(self.superseded_error());
+            return Err(superseded_error(&self.path));
         }
         if let Some(error) = self.disk_error() {
             return Err(error);

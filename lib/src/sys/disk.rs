@@ -714,6 +714,10 @@ pub trait Jobs {
     /// Whether jobs go off the loop. Where they do not, there is no point in setting a big
     /// file aside for its unlink: it is unlinked where it is.
     fn off_the_loop(&self) -> bool;
+
+    /// Whether job `id` is still in the helper's hands: not done yet (its completion not yet
+    /// queued for its owner).
+    fn pending(&self, id: JobId) -> bool;
 }
 
 /// Jobs made at once, on the calling thread: no disk helper in reach (a connection driven by
@@ -731,6 +735,10 @@ impl Jobs for RunHere {
     }
 
     fn off_the_loop(&self) -> bool {
+        false
+    }
+
+    fn pending(&self, _: JobId) -> bool {
         false
     }
 }
@@ -1014,6 +1022,13 @@ impl DiskHelper {
     /// No job held and no completion waiting.
     pub fn is_idle(&self) -> bool {
         self.in_flight.is_empty() && self.queued.is_empty() && self.done.is_empty()
+    }
+
+    /// Whether job `id` is held (queued or sent, not answered): its completion is not queued
+    /// yet, and a write's bytes are still in their slot.
+    pub fn is_pending(&self, id: JobId) -> bool {
+        self.in_flight.iter().any(|held| held.id == id)
+            || self.queued.iter().any(|held| held.id == id)
     }
 
     /// Completions are waiting for [`DiskHelper::next_done`].

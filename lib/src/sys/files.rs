@@ -119,11 +119,6 @@ pub struct FileState {
     pub(crate) next_generation: u32,
     /// The resumable uploads being received in this process, by upload id.
     pub(crate) partials: HashMap<u64, Partial>,
-    /// Told apart from an earlier entry of `partials` for the same upload id.
-    pub(crate) next_serial: u64,
-    /// The writes in the disk helper's hands of each resumable upload: the upload id and the
-    /// serial of its `partials` entry, taken down when the job is done ([`FileState::on_job_done`]).
-    pub(crate) write_jobs: HashMap<JobId, (u64, u64)>,
     /// The directories being listed, by [`ListingHandle`].
     listings: Slab<Listing>,
 }
@@ -140,8 +135,6 @@ impl FileState {
             uploads: Slab::new(),
             next_generation: 0,
             partials: HashMap::new(),
-            next_serial: 0,
-            write_jobs: HashMap::new(),
             listings: Slab::new(),
         }
     }

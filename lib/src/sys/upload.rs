@@ -52,10 +52,10 @@
 //! into the file (the copy into fresh page cache is the slow part; see [`crate::sys::disk`]).
 //! A piece is written here only when the ring is full or there is no helper. When the writes
 //! and syncs are asked for, and what a failed one means, is the service's bookkeeping
-//! ([`crate::service::upload`]); this module makes the calls. It counts, per resumable upload,
-//! the writes in the helper's hands (`Partial::writing`), taken down as each job is done
-//! ([`FileState::on_job_done`]) whether or not its upload is still there to hear of it: a newer
-//! PUT cannot tell what the partial holds while they are on their way.
+//! ([`crate::service::upload`]); this module makes the calls. It remembers, per resumable
+//! upload, the writes it handed to the helper (`Partial::writes`), and a newer PUT asks the
+//! helper whether any is still in its hands, whether or not the upload that made it is still
+//! open: what the partial holds cannot be told while they are on their way.
 //!
 //! **Leftovers.** A partial nobody resumes expires: a PUT starting in its directory sweeps out
 //! leftovers untouched for [`PARTIAL_TTL_NS`] (bounded work, at most hourly per directory,
@@ -82,12 +82,11 @@ use crate::proto::ErrorCode;
 use crate::proto::files::{Hash, PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
 #[cfg(doc)]
 use crate::service::disk::Disk;
-use crate::service::disk::{
-    BegunUpload, FileError, JobId, JobKind, Pending, SyncKind, UploadHandle,
-};
+use crate::service::disk::{BegunUpload, FileError, JobId, Pending, SyncKind, UploadHandle};
 #[cfg(doc)]
 use crate::service::upload::Upload;
-use crate::sys::disk::{DiskDone, Job, Jobs, TRASH_PREFIX, trash_name};
+use crate::service::upload::superseded_error;
+use crate::sys::disk::{Job, Jobs, TRASH_PREFIX, trash_name};
 use crate::sys::errno::{file_error, io_file_error};
 use crate::sys::files::{FileState, Files, meta_of_stat};
 use crate::timer::WallClock;
@@ -142,11 +141,14 @@ pub(crate) struct Partial {
     holder: UploadHandle,
     /// Its descriptor, as long as any upload still shares it.
     file: Weak<File>,
-    /// The holder's writes still in the disk helper's hands.
-    pub(crate) writing: usize,
-    /// Tells this entry apart from a later one for the same upload id.
-    serial: u64,
+    /// The holder's writes handed to the disk helper: those still pending (not yet done) are
+    /// on their way to the file. Pruned of the done ones when they pile up, and when a newer
+    /// PUT asks.
+    writes: Vec<JobId>,
 }
+
+/// The writes a [`Partial`] remembers before it forgets the ones done.
+const WRITES_REMEMBERED: usize = 64;
 
 /// Where an upload's bytes go until they are committed.
 #[derive(Debug)]
@@ -177,18 +179,6 @@ pub(crate) struct OpenUpload {
     /// neither write, nor commit, nor remove it.
     superseded: bool,
     committed: bool,
-}
-
-impl OpenUpload {
-    fn superseded_error(&self) -> FileError {
-        FileError::new(
-            ErrorCode::IoFailed,
-            format!(
-                "{}: a newer PUT of the same file took this upload over",
-                self.path
-            ),
-        )
-    }
 }
 
 /// The slot of `uploads` an upload handle names, and its generation.
@@ -229,23 +219,6 @@ impl FileState {
     /// The path an open upload will get.
     pub(crate) fn upload_path(&self, handle: UploadHandle) -> Option<&str> {
         self.upload(handle).map(|upload| upload.path.as_str())
-    }
-
-    /// A disk job is done: a resumable upload's write in the helper's hands is one fewer,
-    /// whether or not the upload that made it is still open (a newer PUT of it waits for
-    /// them to be answered).
-    pub fn on_job_done(&mut self, done: &DiskDone) {
-        if done.kind != JobKind::Write {
-            return;
-        }
-        let Some((id, serial)) = self.write_jobs.remove(&done.id) else {
-            return;
-        };
-        if let Some(partial) = self.partials.get_mut(&id) {
-            if partial.serial == serial {
-                partial.writing = partial.writing.saturating_sub(1);
-            }
-        }
     }
 
     /// Ends an upload taken out of the table: it leaves the table of uploads in progress if
@@ -706,8 +679,16 @@ impl Files<'_> {
         // that vanished without a FIN, say, and is resuming from elsewhere) is told to stop
         // at its next frame, and never touches the partial again. The newer one shares its
         // descriptor, and so its lock.
-        let in_process = self.state.partials.get(&id).and_then(|partial| {
-            Some((partial.file.upgrade()?, partial.holder, partial.writing > 0))
+        let jobs = &*self.jobs;
+        let in_process = self.state.partials.get_mut(&id).and_then(|partial| {
+            // Whether or not the upload that made them is still open: what the partial holds
+            // cannot be told while they are on their way.
+            partial.writes.retain(|write| jobs.pending(*write));
+            Some((
+                partial.file.upgrade()?,
+                partial.holder,
+                !partial.writes.is_empty(),
+            ))
         });
         let busy = || {
             FileError::new(
@@ -750,15 +731,12 @@ impl Files<'_> {
             superseded: false,
             committed: false,
         });
-        self.state.next_serial += 1;
-        let serial = self.state.next_serial;
         self.state.partials.insert(
             id,
             Partial {
                 holder: handle,
                 file: weak,
-                writing: 0,
-                serial,
+                writes: Vec::new(),
             },
         );
         // Only now, with the lock: keep what is held for a resume, or start over.
@@ -817,7 +795,7 @@ impl Files<'_> {
 
     /// Writes `bytes` (at most [`SLOT_LEN`](crate::sys::disk::SLOT_LEN)) at `offset` of an upload: a job for the disk
     /// helper, its bytes copied into the ring (`Some`), or written here (`None`) when the
-    /// helper cannot take it. A resumable upload counts the writes in the helper's hands.
+    /// helper cannot take it. A resumable upload remembers the writes it handed over.
     pub(crate) fn write_piece(
         &mut self,
         handle: UploadHandle,
@@ -826,7 +804,7 @@ impl Files<'_> {
     ) -> Result<Option<JobId>, FileError> {
         let upload = self.state.upload(handle).ok_or_else(closed)?;
         if upload.superseded {
-            return Err(upload.superseded_error());
+            return Err(superseded_error(&upload.path));
         }
         let Some(job) = self.jobs.submit_write(upload.file.as_fd(), offset, bytes) else {
             upload
@@ -842,9 +820,11 @@ impl Files<'_> {
             .get_mut(&id)
             .filter(|partial| partial.holder == handle)
         {
-            partial.writing += 1;
-            let serial = partial.serial;
-            self.state.write_jobs.insert(job, (id, serial));
+            if partial.writes.len() >= WRITES_REMEMBERED {
+                let jobs = &*self.jobs;
+                partial.writes.retain(|write| jobs.pending(*write));
+            }
+            partial.writes.push(job);
         }
         Ok(Some(job))
     }
@@ -1123,7 +1103,7 @@ fn closed() -> FileError {
 /// it is big enough to free off the loop.
 fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError> {
     if upload.superseded {
-        return Err(upload.superseded_error());
+        return Err(superseded_error(&upload.path));
     }
     let path = upload.path.clone();
     let errno = |errno| file_error(errno, &path);

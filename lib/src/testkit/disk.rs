@@ -119,6 +119,10 @@ impl Jobs for ScriptedJobs {
     fn off_the_loop(&self) -> bool {
         self.hold
     }
+
+    fn pending(&self, id: JobId) -> bool {
+        self.pending.iter().any(|held| held.id == id)
+    }
 }
 
 impl ScriptedDisk {
@@ -190,20 +194,18 @@ impl ScriptedDisk {
         }
     }
 
-    /// A held job is done: its slot goes back to the ring, the file layer counts it (an
-    /// upload's writes in the helper's hands), and the completion is what the connection
-    /// hears.
+    /// A held job is done: its slot goes back to the ring, and the completion is what the
+    /// connection hears.
     fn complete(&mut self, held: Held, result: Result<(), Errno>) -> JobDone {
         if let Some(ring) = self.jobs.ring.as_mut() {
             ring.release_job(&held.job);
         }
-        let done = DiskDone {
+        DiskDone {
             id: held.id,
             kind: held.job.kind(),
             result,
-        };
-        self.state.on_job_done(&done);
-        done.into_job_done()
+        }
+        .into_job_done()
     }
 
     /// The real file layer, for one call.

@@ -48,14 +48,15 @@
 //! to a DELETE of the directory in another process.
 //!
 //! **Writes by the disk helper.** An upload's writes never wait on the disk: each piece
-//! ([`SLOT_LEN`](crate::sys::disk::SLOT_LEN)) is copied into a slot of the helper's write ring, and the helper copies it
-//! into the file (the copy into fresh page cache is the slow part; see [`crate::sys::disk`]).
-//! A piece is written here only when the ring is full or there is no helper. When the writes
-//! and syncs are asked for, and what a failed one means, is the service's bookkeeping
-//! ([`crate::service::upload`]); this module makes the calls. It remembers, per resumable
-//! upload, the writes it handed to the helper (`Partial::writes`), and a newer PUT asks the
-//! helper whether any is still in its hands, whether or not the upload that made it is still
-//! open: what the partial holds cannot be told while they are on their way.
+//! ([`SLOT_LEN`](crate::sys::disk::SLOT_LEN)) is copied into a slot of the helper's write
+//! ring, and the helper copies it into the file (the copy into fresh page cache is the slow
+//! part; see [`crate::sys::disk`]). A piece is written here only when the ring is full or
+//! there is no helper. When the writes and syncs are asked for, and what a failed one means,
+//! is the service's bookkeeping ([`crate::service::upload`]); this module makes the calls. It
+//! remembers, per resumable upload, the writes it handed to the helper (`Partial::writes`),
+//! and a newer PUT asks the helper whether any is still in its hands, whether or not the
+//! upload that made it is still open: what the partial holds cannot be told while they are on
+//! their way.
 //!
 //! **Leftovers.** A partial nobody resumes expires: a PUT starting in its directory sweeps out
 //! leftovers untouched for [`PARTIAL_TTL_NS`] (bounded work, at most hourly per directory,
@@ -793,9 +794,10 @@ impl Files<'_> {
         })
     }
 
-    /// Writes `bytes` (at most [`SLOT_LEN`](crate::sys::disk::SLOT_LEN)) at `offset` of an upload: a job for the disk
-    /// helper, its bytes copied into the ring (`Some`), or written here (`None`) when the
-    /// helper cannot take it. A resumable upload remembers the writes it handed over.
+    /// Writes `bytes` (at most [`SLOT_LEN`](crate::sys::disk::SLOT_LEN)) at `offset` of an
+    /// upload: a job for the disk helper, its bytes copied into the ring (`Some`), or written
+    /// here (`None`) when the helper cannot take it. A resumable upload remembers the writes
+    /// it handed over.
     pub(crate) fn write_piece(
         &mut self,
         handle: UploadHandle,

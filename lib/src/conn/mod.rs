@@ -54,11 +54,10 @@ use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::proto::exec::EndReason;
 use crate::proto::{DecodeError, Decoder, ErrorCode, Frame, FrameType, HEADER_LEN, Header};
+use crate::service::disk::{Disk, JobDone, JobKind};
 use crate::service::exec::{ChildSource, Children};
-use crate::sys::disk::{Disk, DiskDone};
-use crate::sys::files::Files;
 use crate::throttle::LogThrottle;
-use crate::timer::Tick;
+use crate::timer::{Tick, WallClock};
 
 pub use crate::service::Verdict;
 pub use crate::transport::Stream;
@@ -118,6 +117,8 @@ pub struct Context<'a> {
     pub limits: &'a Limits,
     /// The loop's current time.
     pub now: Tick,
+    /// The wall clock as the loop read it this turn (only the file service uses it).
+    pub wall_clock: WallClock,
     /// The token and whether commands may run.
     pub access: &'a Access,
     /// The I/O layer's processes; `None` where no command can run (EXEC is then refused).
@@ -127,12 +128,9 @@ pub struct Context<'a> {
     pub turn: u64,
     /// Throttles the log line for a wrong token; `None` logs each at debug level only.
     pub auth_log: Option<&'a mut LogThrottle>,
-    /// The file service's I/O layer; `None` where there is none (file requests are then
-    /// refused).
-    pub files: Option<Files<'a>>,
-    /// Blocking disk calls made off the loop; `None` where there is no such layer (they are
-    /// then made inline, as before the disk helper).
-    pub disk: Option<&'a mut dyn Disk>,
+    /// The file service's disk (the I/O layer's, which hands blocking calls to the disk
+    /// helper); `None` where files are not served (file requests are then refused).
+    pub files: Option<&'a mut dyn Disk>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -143,7 +141,6 @@ impl fmt::Debug for Context<'_> {
             .field("access", &self.access)
             .field("children", &self.children.is_some())
             .field("files", &self.files.is_some())
-            .field("disk", &self.disk.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -156,12 +153,12 @@ impl<'a> Context<'a> {
             pool,
             limits,
             now,
+            wall_clock: WallClock::default(),
             access: &ECHO_ONLY,
             children: None,
             turn: 0,
             auth_log: None,
             files: None,
-            disk: None,
         }
     }
 }
@@ -399,13 +396,12 @@ impl Connection {
         self.bits.set(Bits::READ_CLOSED, true);
     }
 
-    /// A disk job this connection submitted through [`Context::disk`] is finished: an
+    /// A disk job this connection submitted through [`Context::files`] is finished: an
     /// upload's sync or its directory's (the transfer waiting for it takes it, and goes on at
     /// the next drive), or the unlink that frees a deleted or replaced file, after its answer
     /// was sent (only logged: a failure leaves a hidden name for the directory sweep).
-    pub fn handle_disk_done(&mut self, done: DiskDone, cx: &mut Context<'_>) {
-        if let Some(streams) = self.streams.as_mut() {
-            let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
+    pub fn handle_disk_done(&mut self, done: JobDone, cx: &mut Context<'_>) {
+        if let (Some(streams), Some(disk)) = (self.streams.as_mut(), cx.files.as_deref_mut()) {
             if streams.on_disk_done(&done, disk) {
                 trace!("{} ({:?}) done for a transfer", done.id, done.kind);
                 return;
@@ -415,11 +411,11 @@ impl Connection {
             Ok(()) => trace!("{} ({:?}) done", done.id, done.kind),
             // The aside name was removed by someone else first (the directory sweep): the
             // blocks are freed all the same.
-            Err(rustix::io::Errno::NOENT) if done.kind == crate::sys::disk::JobKind::Unlink => {
+            Err(error) if done.kind == JobKind::Unlink && error.code() == ErrorCode::NotFound => {
                 debug!("{}: the aside name was already removed", done.id);
             }
-            Err(errno) => log::warn!(
-                "{} ({:?}) failed: {errno}; a deleted file's blocks stay in use until the sweep removes its hidden name",
+            Err(error) => log::warn!(
+                "{} ({:?}) failed: {error}; a deleted file's blocks stay in use until the sweep removes its hidden name",
                 done.id,
                 done.kind
             ),
@@ -676,7 +672,7 @@ impl Connection {
             // connection looks the same: its commands are stopped, as ssh's are, and its
             // uploads end. GETs and LISTs go on: they need nothing more from the client.
             if let Some(streams) = self.streams.as_mut() {
-                streams.release_uploads();
+                streams.release_uploads(cx);
                 if streams.commands() > 0 {
                     debug!(
                         "peer closed its side: stopping {} commands",

@@ -4,7 +4,7 @@
 //! bytes from the client, output read, a pipe at EOF, the exit, a passed deadline), and it says
 //! what should happen next (`poll_*`: a signal to send, stdin to close, credit to grant, the
 //! next deadline, the EXIT to report). The connection ([`crate::conn`]) moves the bytes; the I/O
-//! layer ([`crate::sys::process`]) owns the child, its pipes and its pidfd, behind the
+//! layer (`ChildTable`, in `sys/process.rs`) owns the child, its pipes and its pidfd, behind the
 //! [`Children`] trait.
 //!
 //! # Life of a command
@@ -146,7 +146,8 @@ impl fmt::Display for SpawnError {
 }
 
 /// What a connection needs from the I/O layer to run commands. The reactor implements it over
-/// real processes ([`crate::sys::process`]); tests script it ([`crate::testkit::ScriptedChildren`]).
+/// real processes (`ChildTable`, in `sys/process.rs`); tests script it
+/// ([`crate::testkit::ScriptedChildren`]).
 ///
 /// Reads and writes follow the socket rules: `WouldBlock` means "wait for the next event", a
 /// read of 0 is EOF.

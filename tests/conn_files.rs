@@ -186,7 +186,7 @@ fn connect(limits: Limits, root: &Path) -> (ConnHarness, MemoryIo) {
 
 /// Transfers the server counts as running (its `--max-transfers` places in use).
 fn transfers_running(h: &ConnHarness) -> usize {
-    h.files.as_ref().expect("with_files").1.transfers()
+    h.disk.as_ref().expect("with_files").transfers()
 }
 
 /// The connection goes on: an echo on `stream` comes back.

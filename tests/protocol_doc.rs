@@ -51,7 +51,8 @@ use monoreactor::proto::{
 use monoreactor::server::{Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Server};
 use monoreactor::service::echo::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
 use monoreactor::service::exec::{ChildSource, OutputPipe, SpawnError};
-use monoreactor::sys::files::{FileError, RACY_WINDOW_NS};
+use monoreactor::sys::errno::file_error;
+use monoreactor::sys::hash_index::RACY_WINDOW_NS;
 use monoreactor::sys::process::EXEC_ENV;
 use monoreactor::sys::upload::PARTIAL_TTL_NS;
 use monoreactor::testkit::{ConnHarness, MemoryIo, ScriptedChild};
@@ -1738,7 +1739,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         hash: Some(blake3(b"busy")),
         path: "big.iso",
     };
-    let id = monoreactor::sys::files::upload_id(busy.path, busy.size, &blake3(b"busy"));
+    let id = monoreactor::sys::upload::upload_id(busy.path, busy.size, &blake3(b"busy"));
     let partial = fs::File::create(server.root.join(format!(".monoreactor-partial-{id:016x}")))
         .expect("create the partial");
     lock_whole_file(&partial);
@@ -2149,7 +2150,7 @@ fn disk_failures() -> Vec<(ErrorCode, String)> {
     [(libc::ENOSPC, "big.iso"), (libc::EIO, "hello.txt")]
         .into_iter()
         .map(|(errno, path)| {
-            let error = FileError::from_errno(Errno::from_raw_os_error(errno), path);
+            let error = file_error(Errno::from_raw_os_error(errno), path);
             (error.code, error.text)
         })
         .collect()

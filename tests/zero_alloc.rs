@@ -438,7 +438,7 @@ fn steady_state_file_get_allocates_nothing_on_the_server() {
         .unwrap();
     drop(file);
     std::thread::sleep(Duration::from_nanos(
-        monoreactor::sys::files::RACY_WINDOW_NS as u64 * 2,
+        monoreactor::sys::hash_index::RACY_WINDOW_NS as u64 * 2,
     ));
     let server = Running::start(
         Config {

@@ -14,7 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the reactor started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,6 +66,28 @@ impl Clock {
                 .as_secs()
                 .saturating_mul(1000)
                 .saturating_add(u64::from(elapsed.subsec_millis())),
+        )
+    }
+}
+
+/// The wall clock: nanoseconds since the Unix epoch, the time file timestamps are kept in.
+///
+/// [`Tick`] is for deadlines; this is for what must be compared with a file's mtime or ctime:
+/// when a GET's hashing began (the hash cache trusts an entry only if that was well after
+/// the file's last change), and the age of an upload's leftovers. The reactor reads it once
+/// per turn, beside `Tick`, when it serves files, and everything below gets it as an argument
+/// ([`Context::wall_clock`](crate::conn::Context::wall_clock)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WallClock(pub i64);
+
+impl WallClock {
+    /// Reads the system's real-time clock (0 if it is set before the epoch). Only the loop
+    /// (and a harness playing it) calls this.
+    pub fn read() -> WallClock {
+        WallClock(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as i64),
         )
     }
 }

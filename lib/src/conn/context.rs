@@ -7,11 +7,10 @@ use crate::access::Access;
 use crate::buffer::BufferPool;
 use crate::limits::Limits;
 use crate::proto::ErrorCode;
+use crate::service::disk::Disk;
 use crate::service::exec::Children;
-use crate::sys::disk::Disk;
-use crate::sys::files::Files;
 use crate::throttle::LogThrottle;
-use crate::timer::Tick;
+use crate::timer::{Tick, WallClock};
 
 /// What the caller should do after driving a connection for a turn: the connection's answer
 /// to the loop.
@@ -37,6 +36,8 @@ pub struct Context<'a> {
     pub limits: &'a Limits,
     /// The loop's current time.
     pub now: Tick,
+    /// The wall clock as the loop read it this turn (only the file service uses it).
+    pub wall_clock: WallClock,
     /// The token and whether commands may run.
     pub access: &'a Access,
     /// The I/O layer's processes; `None` where no command can run (EXEC is then refused).
@@ -46,12 +47,9 @@ pub struct Context<'a> {
     pub turn: u64,
     /// Throttles the log line for a wrong token; `None` logs each at debug level only.
     pub auth_log: Option<&'a mut LogThrottle>,
-    /// The file service's I/O layer; `None` where there is none (file requests are then
-    /// refused).
-    pub files: Option<Files<'a>>,
-    /// Blocking disk calls made off the loop; `None` where there is no such layer (they are
-    /// then made inline, as before the disk helper).
-    pub disk: Option<&'a mut dyn Disk>,
+    /// The file service's disk (the I/O layer's, which hands blocking calls to the disk
+    /// helper); `None` where files are not served (file requests are then refused).
+    pub files: Option<&'a mut dyn Disk>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -62,7 +60,6 @@ impl fmt::Debug for Context<'_> {
             .field("access", &self.access)
             .field("children", &self.children.is_some())
             .field("files", &self.files.is_some())
-            .field("disk", &self.disk.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -75,12 +72,12 @@ impl<'a> Context<'a> {
             pool,
             limits,
             now,
+            wall_clock: WallClock::default(),
             access: &ECHO_ONLY,
             children: None,
             turn: 0,
             auth_log: None,
             files: None,
-            disk: None,
         }
     }
 }

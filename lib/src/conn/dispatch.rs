@@ -203,7 +203,7 @@ impl Connection {
     /// The client ended `stream` with an ERROR: its command, if any, is released (stopped and
     /// reaped by the I/O layer) and nothing more is sent on the stream.
     fn abandon_stream(&mut self, stream: u32, cx: &mut Context<'_>, reason: &str) {
-        if self.abandon_transfer(stream) {
+        if self.abandon_transfer(stream, cx) {
             debug!("stream {stream}: the client abandoned its transfer ({reason})");
             return;
         }

@@ -77,7 +77,7 @@ impl Connection {
             // connection looks the same: its commands are stopped, as ssh's are, and its
             // uploads end. GETs and LISTs go on: they need nothing more from the client.
             if let Some(streams) = self.streams.as_mut() {
-                streams.release_uploads();
+                streams.release_uploads(cx);
                 if streams.commands() > 0 {
                     debug!(
                         "peer closed its side: stopping {} commands",

@@ -67,8 +67,8 @@ use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::proto::ErrorCode;
 use crate::proto::exec::EndReason;
+use crate::service::disk::{JobDone, JobKind};
 use crate::service::exec::ChildSource;
-use crate::sys::disk::{Disk, DiskDone};
 use crate::timer::Tick;
 use crate::transport::{IoState, ReadOutcome, Readiness, Transport};
 
@@ -284,13 +284,12 @@ impl Connection {
         self.io_state.set(IoState::READ_CLOSED, true);
     }
 
-    /// A disk job this connection submitted through [`Context::disk`] is finished: an
+    /// A disk job this connection submitted through [`Context::files`] is finished: an
     /// upload's sync or its directory's (the transfer waiting for it takes it, and goes on at
     /// the next drive), or the unlink that frees a deleted or replaced file, after its answer
     /// was sent (only logged: a failure leaves a hidden name for the directory sweep).
-    pub fn handle_disk_done(&mut self, done: DiskDone, cx: &mut Context<'_>) {
-        if let Some(streams) = self.streams.as_mut() {
-            let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
+    pub fn handle_disk_done(&mut self, done: JobDone, cx: &mut Context<'_>) {
+        if let (Some(streams), Some(disk)) = (self.streams.as_mut(), cx.files.as_deref_mut()) {
             if streams.on_disk_done(&done, disk) {
                 trace!("{} ({:?}) done for a transfer", done.id, done.kind);
                 return;
@@ -300,11 +299,11 @@ impl Connection {
             Ok(()) => trace!("{} ({:?}) done", done.id, done.kind),
             // The aside name was removed by someone else first (the directory sweep): the
             // blocks are freed all the same.
-            Err(rustix::io::Errno::NOENT) if done.kind == crate::sys::disk::JobKind::Unlink => {
+            Err(error) if done.kind == JobKind::Unlink && error.code() == ErrorCode::NotFound => {
                 debug!("{}: the aside name was already removed", done.id);
             }
-            Err(errno) => log::warn!(
-                "{} ({:?}) failed: {errno}; a deleted file's blocks stay in use until the sweep removes its hidden name",
+            Err(error) => log::warn!(
+                "{} ({:?}) failed: {error}; a deleted file's blocks stay in use until the sweep removes its hidden name",
                 done.id,
                 done.kind
             ),

@@ -232,7 +232,7 @@ impl Streams {
     /// Releases every command to the I/O layer (the connection is closing): their groups are
     /// stopped and they are reaped there. Transfers end (an upload's resumable partial stays).
     pub fn release_all(&mut self, cx: &mut Context<'_>, reason: EndReason) {
-        self.transfers = Vec::new();
+        self.end_transfers(cx);
         self.release_all_commands(cx, reason);
     }
 

@@ -7,12 +7,16 @@
 //! ranges (sent later with `sendfile`), hashing, re-reading a resumed upload, listing — and
 //! comes back next turn (nginx's `sendfile_max_chunk` rule).
 //!
+//! Every disk call goes through the [`Disk`] in the connection's [`Context`] (`cx.files`): a
+//! transfer holds handles the disk gave out, given back when it ends ([`Transfer::end`]),
+//! never a descriptor — but for a GET's file, whose DATA ranges the outbox sends with
+//! `sendfile`.
+//!
 //! An upload never waits on the disk here. Each DATA frame is handed to the disk helper as it
-//! is handled ([`Upload::write_at`]; see [`crate::sys::upload`] and [`crate::sys::disk`]), so
-//! what a turn hands over is bounded by the socket's read budget, and the connection reads no
-//! more while the upload is too far ahead of the disk ([`Streams::disk_bound`]). A verified
-//! upload becomes a [`TransferKind::Commit`]: its `fsync` by the helper, then the rename
-//! ([`Files::publish`](crate::sys::files::Files::publish), metadata only, here), then its
+//! is handled ([`Upload::write_at`]), so what a turn hands over is bounded by the socket's
+//! read budget, and the connection reads no more while the upload is too far ahead of the disk
+//! ([`Streams::disk_bound`]). A verified upload becomes a [`TransferKind::Commit`]: its `fsync`
+//! by the helper, then the rename ([`Disk::publish`], metadata only, here), then its
 //! directory's `fsync` by the helper, and only then its DIGEST — each step taken by
 //! `pump_commit` once the helper's completion has arrived ([`Streams::on_disk_done`]).
 //!
@@ -20,7 +24,6 @@
 //! only while [`Outbox::may_produce`] is true.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use log::{debug, info};
@@ -32,13 +35,11 @@ use crate::proto::files::{
     Digest, FileInfo, GetRequest, Hash, PutReady, PutRequest, parse_delete_path, parse_path,
 };
 use crate::proto::{ErrorCode, Flags, Frame, FrameType};
-use crate::service::files::{GetTransfer, PutError, PutTransfer};
-use crate::sys::disk::Disk;
-use crate::sys::disk::{DiskDone, Job, JobId};
-use crate::sys::files::{FileError, Listing, Meta, TransferPermit, meta_of, wall_clock_ns};
-use crate::sys::upload::Upload;
+use crate::service::disk::{Disk, FileError, FileMeta, JobDone, Pending, TransferPermit};
+use crate::service::files::{GetTransfer, ListTransfer, PutError, PutTransfer};
+use crate::service::upload::Upload;
+use crate::timer::WallClock;
 use crate::transport::IoState;
-use rustix::io::Errno;
 
 /// Most file bytes in one DATA frame.
 pub const DATA_FRAME_LEN: u64 = 1 << 20;
@@ -59,15 +60,15 @@ pub enum TransferKind {
         /// The open file, shared with queued DATA ranges.
         file: Arc<File>,
         /// The file's metadata at open (a computed hash is cached only if it still holds).
-        meta: Meta,
-        /// When it was opened, ns since the epoch: the time a computed hash is valid as of.
-        opened_ns: i64,
+        meta: FileMeta,
+        /// When it was opened (the loop's wall clock): the time a computed hash is valid as of.
+        opened: WallClock,
     },
-    /// A PUT: the upload's temporary file and the checks.
+    /// A PUT: the checks, and the upload's writes and syncs.
     Put {
         /// The state machine.
         put: PutTransfer,
-        /// The temporary file and its destination.
+        /// The upload on the disk.
         upload: Upload,
     },
     /// A verified PUT being made durable and put in place.
@@ -76,7 +77,7 @@ pub enum TransferKind {
     /// its writes: on a stream of its own (0), since the client may reuse the request's.
     Discard(Upload),
     /// A LIST: the directory being read.
-    List(Listing),
+    List(ListTransfer),
 }
 
 /// A verified upload on its way to its DIGEST: its data made durable, then renamed into place,
@@ -100,15 +101,6 @@ enum CommitStep {
     Dir(Pending),
 }
 
-/// One disk job a transfer waits for, and its outcome once known.
-#[derive(Debug)]
-enum Pending {
-    /// Handed to the disk helper as this job.
-    Job(JobId),
-    /// Finished.
-    Done(Result<(), Errno>),
-}
-
 impl Commit {
     /// Whether the next step can be taken without waiting for the disk.
     fn ready(&self) -> bool {
@@ -116,28 +108,6 @@ impl Commit {
             CommitStep::Data(upload) => upload.durable(),
             CommitStep::Dir(pending) => matches!(pending, Pending::Done(_)),
         }
-    }
-}
-
-/// A shorter borrow of an optional disk, to lend it again.
-fn reborrow<'s>(disk: &'s mut Option<&mut dyn Disk>) -> Option<&'s mut dyn Disk> {
-    match disk {
-        Some(disk) => Some(&mut **disk),
-        None => None,
-    }
-}
-
-/// The disk helper, as the I/O layer takes it.
-fn disk_of<'c>(cx: &'c mut Context<'_>) -> Option<&'c mut dyn Disk> {
-    cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk)
-}
-
-/// Hands `job` to the disk helper; where there is none (a connection driven by hand), makes
-/// the call now.
-fn submit(cx: &mut Context<'_>, job: Job) -> Pending {
-    match cx.disk.as_mut() {
-        Some(disk) => Pending::Job(disk.submit(job)),
-        None => Pending::Done(job.run()),
     }
 }
 
@@ -149,7 +119,53 @@ pub struct Transfer {
     /// What it is.
     pub kind: TransferKind,
     /// Its place in the server's transfer limit.
-    _permit: TransferPermit,
+    permit: TransferPermit,
+}
+
+impl Transfer {
+    /// The transfer is over, however it ended: what it holds goes back to the disk, and its
+    /// place among the server's transfers with it. An upload not committed keeps its
+    /// resumable partial; a GET's file closes once its last range has left the outbox.
+    pub fn end(self, disk: &mut dyn Disk) {
+        match self.kind {
+            TransferKind::Put { upload, .. }
+            | TransferKind::Discard(upload)
+            | TransferKind::Commit(Commit {
+                step: CommitStep::Data(upload),
+                ..
+            }) => disk.release_upload(upload.handle()),
+            TransferKind::List(list) => disk.close_listing(list.listing()),
+            TransferKind::Get { .. } | TransferKind::Commit(_) => {}
+        }
+        disk.end_transfer(self.permit);
+    }
+
+    /// The transfer finished (its last frame is queued): a failed upload waiting for its disk
+    /// work is discarded now, anything else ends.
+    fn finish(self, disk: &mut dyn Disk) {
+        match self.kind {
+            TransferKind::Discard(upload) => {
+                disk.discard(upload.handle());
+                disk.end_transfer(self.permit);
+            }
+            _ => self.end(disk),
+        }
+    }
+}
+
+/// `opened` with the permit it was admitted under; if it failed, the permit goes back.
+fn admitted<T>(
+    disk: &mut dyn Disk,
+    permit: TransferPermit,
+    opened: Result<T, FileError>,
+) -> Result<(T, TransferPermit), FileError> {
+    match opened {
+        Ok(opened) => Ok((opened, permit)),
+        Err(error) => {
+            disk.end_transfer(permit);
+            Err(error)
+        }
+    }
 }
 
 /// What one transfer's turn did.
@@ -199,11 +215,29 @@ impl Streams {
         })
     }
 
-    /// Drops the uploads still receiving (their resumable partials stay for a resume); GETs,
+    /// Ends the uploads still receiving (their resumable partials stay for a resume); GETs,
     /// LISTs and commits go on: they need nothing more from the client.
-    pub fn release_uploads(&mut self) {
-        self.transfers
-            .retain(|transfer| !matches!(transfer.kind, TransferKind::Put { .. }));
+    pub fn release_uploads(&mut self, cx: &mut Context<'_>) {
+        let Some(disk) = cx.files.as_deref_mut() else {
+            return;
+        };
+        let mut at = self.transfers.len();
+        while at > 0 {
+            at -= 1;
+            if matches!(self.transfers[at].kind, TransferKind::Put { .. }) {
+                self.transfers.remove(at).end(disk);
+            }
+        }
+    }
+
+    /// Ends every transfer (the connection is closing): see [`Transfer::end`].
+    pub fn end_transfers(&mut self, cx: &mut Context<'_>) {
+        let transfers = std::mem::take(&mut self.transfers);
+        if let Some(disk) = cx.files.as_deref_mut() {
+            for transfer in transfers {
+                transfer.end(disk);
+            }
+        }
     }
 
     /// Verified uploads being committed.
@@ -225,7 +259,7 @@ impl Streams {
 
     /// A finished disk job: noted by the transfer that waits for it (which may hand the disk
     /// its next job). Returns whether one did.
-    pub fn on_disk_done(&mut self, done: &DiskDone, mut disk: Option<&mut dyn Disk>) -> bool {
+    pub fn on_disk_done(&mut self, done: &JobDone, disk: &mut dyn Disk) -> bool {
         for transfer in &mut self.transfers {
             let taken = match &mut transfer.kind {
                 TransferKind::Put { upload, .. }
@@ -233,14 +267,14 @@ impl Streams {
                 | TransferKind::Commit(Commit {
                     step: CommitStep::Data(upload),
                     ..
-                }) => upload.on_disk_done(done, reborrow(&mut disk)),
+                }) => upload.on_disk_done(done, disk),
                 TransferKind::Commit(Commit {
                     step: CommitStep::Dir(pending),
                     ..
                 }) => {
                     let ours = matches!(pending, Pending::Job(id) if *id == done.id);
                     if ours {
-                        *pending = Pending::Done(done.result);
+                        *pending = Pending::Done(done.result.clone());
                     }
                     ours
                 }
@@ -272,11 +306,8 @@ impl Streams {
                 }
                 Pumped::Finished => {
                     let finished = self.transfers.swap_remove(at);
-                    if let (TransferKind::Discard(upload), Some(files)) =
-                        (finished.kind, cx.files.as_mut())
-                    {
-                        let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
-                        files.discard(upload, disk);
+                    if let Some(disk) = cx.files.as_deref_mut() {
+                        finished.finish(disk);
                     }
                     progress = true;
                 }
@@ -296,13 +327,16 @@ fn pump_one(
     budget: &mut Budget,
 ) -> Pumped {
     let stream = transfer.id;
+    let Some(disk) = cx.files.as_deref_mut() else {
+        return Pumped::Finished; // no file service: nothing was admitted
+    };
     match &mut transfer.kind {
         TransferKind::Get {
             get,
             file,
             meta,
-            opened_ns,
-        } => pump_get(stream, get, (file, meta, *opened_ns), outbox, cx, budget),
+            opened,
+        } => pump_get(stream, get, (file, meta, *opened), outbox, cx, budget),
         TransferKind::Put { put, upload } => {
             let mut moved = false;
             let mut buf = None;
@@ -313,7 +347,7 @@ fn pump_one(
                 let chunk = buf.get_or_insert_with(|| cx.pool.take());
                 let want = (left as usize).min(chunk.capacity()).min(budget.disk);
                 let spare = &mut chunk.spare()[..want];
-                match upload.file().read_at(spare, at) {
+                match disk.read_upload(upload.handle(), spare, at) {
                     Ok(n) => {
                         put.handle_rehashed(&spare[..n]);
                         budget.disk = budget.disk.saturating_sub(n.max(1));
@@ -323,11 +357,6 @@ fn pump_one(
                         if let Some(chunk) = buf.take() {
                             cx.pool.give(chunk);
                         }
-                        let error = FileError::from_errno(
-                            rustix::io::Errno::from_io_error(&error)
-                                .unwrap_or(rustix::io::Errno::IO),
-                            "upload",
-                        );
                         outbox
                             .replies(cx.pool, cx.limits)
                             .error(stream, error.code, &error.text);
@@ -366,7 +395,7 @@ fn pump_one(
             let mut page = Vec::new();
             // Every frame the server sends fits the payload limit it announced.
             let page_len = LIST_PAGE_LEN.min(cx.limits.max_frame_len as usize);
-            let finished = match listing.next_page(&mut page, page_len, max_entries) {
+            let finished = match listing.next_page(disk, &mut page, page_len, max_entries) {
                 Ok(finished) => finished,
                 Err(error) => {
                     outbox
@@ -408,15 +437,16 @@ fn pump_commit(
     let published =
         match std::mem::replace(&mut commit.step, CommitStep::Dir(Pending::Done(Ok(())))) {
             CommitStep::Data(upload) => {
-                let Some(files) = cx.files.as_mut() else {
+                let Some(disk) = cx.files.as_deref_mut() else {
                     return Pumped::Finished; // no file service: nothing was admitted
                 };
                 if let Some(error) = upload.disk_error() {
-                    let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
-                    files.discard(upload, disk);
+                    disk.discard(upload.handle());
                     Err(error)
                 } else {
-                    files.publish(upload)
+                    // The rename, then the directory's fsync handed to the disk (and the
+                    // unlink of a file it replaced, whose outcome is only logged).
+                    disk.publish(upload.handle())
                 }
             }
             CommitStep::Dir(Pending::Done(result)) => {
@@ -432,8 +462,8 @@ fn pump_commit(
                             |out| digest.emit(out),
                         );
                     }
-                    Err(errno) => {
-                        let error = FileError::from_errno(errno, "the upload's directory");
+                    Err(error) => {
+                        let error = error.on("the upload's directory");
                         replies.error(stream, error.code, &error.text);
                     }
                 }
@@ -445,12 +475,8 @@ fn pump_commit(
             }
         };
     match published {
-        Ok(published) => {
-            if let Some(unlink) = published.replaced {
-                // Freed off the loop; its outcome is only logged (`handle_disk_done`).
-                submit(cx, unlink);
-            }
-            commit.step = CommitStep::Dir(submit(cx, published.dir_sync));
+        Ok(dir_sync) => {
+            commit.step = CommitStep::Dir(dir_sync);
             // The directory's sync may have been made here and now.
             if commit.ready() {
                 return pump_commit(stream, commit, outbox, cx);
@@ -470,11 +496,14 @@ fn pump_commit(
 fn pump_get(
     stream: u32,
     get: &mut GetTransfer,
-    (file, meta, opened_ns): (&Arc<File>, &Meta, i64),
+    (file, meta, opened): (&Arc<File>, &FileMeta, WallClock),
     outbox: &mut Outbox,
     cx: &mut Context<'_>,
     budget: &mut Budget,
 ) -> Pumped {
+    let Some(disk) = cx.files.as_deref_mut() else {
+        return Pumped::Finished; // no file service: nothing was admitted
+    };
     let mut moved = false;
     let mut buf = None;
     loop {
@@ -506,7 +535,7 @@ fn pump_get(
         let chunk = buf.get_or_insert_with(|| cx.pool.take());
         let want = (left as usize).min(chunk.capacity()).min(budget.disk);
         let spare = &mut chunk.spare()[..want];
-        match file.read_at(spare, at) {
+        match disk.read_at(file, spare, at) {
             Ok(0) | Err(_) => {
                 if let Some(chunk) = buf.take() {
                     cx.pool.give(chunk);
@@ -547,7 +576,7 @@ fn pump_get(
     if Arc::strong_count(file) > 1 {
         return Pumped::Running(moved);
     }
-    if !meta_of(file.as_ref()).is_ok_and(|now| now == *meta) {
+    if !disk.unchanged(file, meta) {
         debug!("stream {stream}: the file changed during the GET: no DIGEST");
         outbox.replies(cx.pool, cx.limits).error(
             stream,
@@ -557,11 +586,9 @@ fn pump_get(
         return Pumped::Finished;
     }
     if computed {
-        // Every byte hashed was read after `opened_ns`, from a file whose `fstat` is the same
-        // now as before it: the entry holds if the last change was a racy window before.
-        if let Some(files) = cx.files.as_mut() {
-            files.store_hash(meta, &hash, opened_ns);
-        }
+        // Every byte hashed was read after `opened`, from a file whose `fstat` is the same now
+        // as before it: the entry holds if the last change was a racy window before.
+        disk.store_hash(meta, &hash, opened);
     }
     let digest = Digest { hash };
     outbox.replies(cx.pool, cx.limits).reply(
@@ -653,14 +680,14 @@ impl Connection {
             code: ErrorCode::BadRequest,
             text: error.to_string(),
         };
-        let Some(files) = cx.files.as_mut() else {
+        let Some(disk) = cx.files.as_deref_mut() else {
             return Ok(()); // refused above
         };
         let mut replies = self.outbox.replies(cx.pool, cx.limits);
         let kind = match frame_type {
             FrameType::Stat => {
                 let path = parse_path(frame.payload).map_err(bad)?;
-                let info = files.stat(path)?;
+                let info = disk.stat(path)?;
                 replies.reply(
                     FrameType::FileInfo,
                     stream,
@@ -678,13 +705,10 @@ impl Connection {
                 .map_err(bad)?;
                 if frame_type == FrameType::Delete {
                     // DONE goes out once the name is gone; a big file's blocks are freed
-                    // after, off the loop (`Files::delete`).
-                    files.delete(
-                        path,
-                        cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk),
-                    )?;
+                    // after, off the loop (`Disk::delete`).
+                    disk.delete(path)?;
                 } else {
-                    files.mkdir(path)?;
+                    disk.mkdir(path)?;
                 }
                 info!("{frame_type} {path}");
                 replies.reply(FrameType::Done, stream, 0, |_| {});
@@ -692,22 +716,27 @@ impl Connection {
             }
             FrameType::List => {
                 let path = parse_path(frame.payload).map_err(bad)?;
-                let permit = files.admit()?;
-                (TransferKind::List(files.open_listing(path)?), permit)
+                let permit = disk.admit()?;
+                let opened = disk.open_listing(path);
+                let (listing, permit) = admitted(disk, permit, opened)?;
+                (TransferKind::List(ListTransfer::new(listing, path)), permit)
             }
             FrameType::Get => {
                 let request = GetRequest::parse(frame.payload).map_err(bad)?;
-                let permit = files.admit()?;
-                let opened = files.open_read(request.path)?;
-                if request.offset > opened.meta.size {
-                    return Err(FileError {
-                        code: ErrorCode::BadOffset,
-                        text: format!(
-                            "{}: offset {} is past the end ({} bytes)",
-                            request.path, request.offset, opened.meta.size
-                        ),
-                    });
-                }
+                let permit = disk.admit()?;
+                let opened = disk.open_read(request.path).and_then(|opened| {
+                    if request.offset > opened.meta.size {
+                        return Err(FileError::new(
+                            ErrorCode::BadOffset,
+                            format!(
+                                "{}: offset {} is past the end ({} bytes)",
+                                request.path, request.offset, opened.meta.size
+                            ),
+                        ));
+                    }
+                    Ok(opened)
+                });
+                let (opened, permit) = admitted(disk, permit, opened)?;
                 let info = opened.meta.info(opened.hash);
                 replies.part(
                     FrameType::FileInfo,
@@ -732,15 +761,17 @@ impl Connection {
                         get,
                         file: opened.file,
                         meta: opened.meta,
-                        opened_ns: wall_clock_ns(),
+                        opened: cx.wall_clock,
                     },
                     permit,
                 )
             }
             FrameType::Put => {
                 let request = PutRequest::parse(frame.payload).map_err(bad)?;
-                let permit = files.admit()?;
-                let upload = files.begin_put(&request)?;
+                let permit = disk.admit()?;
+                let begun = disk.begin_put(&request);
+                let (begun, permit) = admitted(disk, permit, begun)?;
+                let upload = Upload::new(begun, request.path);
                 debug!(
                     "stream {stream}: PUT {} of {} bytes (upload id {:016x}, {} held)",
                     request.path, request.size, upload.id, upload.held
@@ -757,7 +788,7 @@ impl Connection {
         streams.transfers.push(Transfer {
             id: stream,
             kind,
-            _permit: permit,
+            permit,
         });
         Ok(())
     }
@@ -784,6 +815,9 @@ impl Connection {
             debug!("{frame_type} for stream {stream}, which has no upload: ignored");
             return;
         };
+        let Some(disk) = cx.files.as_deref_mut() else {
+            return; // no file service: no upload was ever begun
+        };
         // PUT_READY is due before anything else on the stream: DATA may have been sent right
         // behind the PUT, and handled before the pump had a chance to send it.
         if let Some(ready) = put.poll_ready() {
@@ -796,7 +830,7 @@ impl Connection {
         }
         let outcome = if frame_type == FrameType::Data {
             match put.handle_data(frame.payload.len()) {
-                Ok(offset) => match upload.write_at(frame.payload, offset, disk_of(cx)) {
+                Ok(offset) => match upload.write_at(frame.payload, offset, disk) {
                     Ok(()) => {
                         put.on_written(frame.payload);
                         return;
@@ -820,66 +854,76 @@ impl Connection {
                 },
             }
         };
-        if let Ok(hash) = outcome {
-            // Verified: the commit makes it durable and puts it in place, off the loop
-            // (`pump_commit`), and answers DIGEST when that is done.
-            let Some(Transfer {
-                id,
-                kind: TransferKind::Put { put, mut upload },
-                _permit,
-            }) = streams.remove_transfer(stream)
-            else {
-                return;
-            };
-            upload.finish(disk_of(cx));
-            let commit = Commit {
-                hash,
-                size: put.received(),
-                step: CommitStep::Data(upload),
-            };
-            streams.transfers.push(Transfer {
-                id,
-                kind: TransferKind::Commit(commit),
-                _permit,
-            });
-            return;
-        }
-        let Some(Transfer {
-            kind: TransferKind::Put { upload, .. },
-            _permit,
-            ..
-        }) = streams.remove_transfer(stream)
-        else {
+        let Some(transfer) = streams.remove_transfer(stream) else {
             return;
         };
-        let mut replies = self.outbox.replies(cx.pool, cx.limits);
-        if let Err((code, text, discard)) = outcome {
-            {
-                info!("stream {stream}: upload failed: {text}");
-                if discard && upload.disk_idle() {
-                    if let Some(files) = cx.files.as_mut() {
-                        let disk = cx.disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
-                        files.discard(upload, disk);
-                    }
-                } else if discard {
-                    // Its writes are still in the helper's hands: discarded when answered.
-                    streams.transfers.push(Transfer {
-                        id: 0,
-                        kind: TransferKind::Discard(upload),
-                        _permit,
-                    });
-                }
-                replies.error(stream, code, &text);
+        let (id, put, mut upload, permit) = match transfer {
+            Transfer {
+                id,
+                kind: TransferKind::Put { put, upload },
+                permit,
+            } => (id, put, upload, permit),
+            other => {
+                other.end(disk);
+                return;
             }
+        };
+        let (code, text, discard) = match outcome {
+            Ok(hash) => {
+                // Verified: the commit makes it durable and puts it in place, off the loop
+                // (`pump_commit`), and answers DIGEST when that is done.
+                upload.finish(disk);
+                let commit = Commit {
+                    hash,
+                    size: put.received(),
+                    step: CommitStep::Data(upload),
+                };
+                streams.transfers.push(Transfer {
+                    id,
+                    kind: TransferKind::Commit(commit),
+                    permit,
+                });
+                return;
+            }
+            Err(failure) => failure,
+        };
+        let mut replies = self.outbox.replies(cx.pool, cx.limits);
+        info!("stream {stream}: upload failed: {text}");
+        if discard && upload.disk_idle() {
+            disk.discard(upload.handle());
+            disk.end_transfer(permit);
+        } else if discard {
+            // Its writes are still in the helper's hands: discarded when answered.
+            streams.transfers.push(Transfer {
+                id: 0,
+                kind: TransferKind::Discard(upload),
+                permit,
+            });
+        } else {
+            // Ended: a resumable partial stays for a resume.
+            Transfer {
+                id,
+                kind: TransferKind::Put { put, upload },
+                permit,
+            }
+            .end(disk);
         }
+        replies.error(stream, code, &text);
     }
 
     /// A client ERROR on a transfer's stream: the transfer ends (an upload's resumable partial
     /// stays). Returns whether there was one.
-    pub(super) fn abandon_transfer(&mut self, stream: u32) -> bool {
-        self.streams
+    pub(super) fn abandon_transfer(&mut self, stream: u32, cx: &mut Context<'_>) -> bool {
+        let Some(transfer) = self
+            .streams
             .as_mut()
             .and_then(|streams| streams.remove_transfer(stream))
-            .is_some()
+        else {
+            return false;
+        };
+        if let Some(disk) = cx.files.as_deref_mut() {
+            transfer.end(disk);
+        }
+        true
     }
 }

@@ -37,13 +37,15 @@
 //! - `slots.rs`: the slab of connections — serving, driving, closing;
 //! - `accept.rs`: accepting, refusing, shedding when out of descriptors;
 //! - `children.rs`: the loop's side of child processes;
-//! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop).
+//! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop);
+//! - `udp.rs`: the UDP echo, its socket and its queue of replies.
 
 mod accept;
 mod children;
 mod disk;
 mod slots;
 pub(crate) mod token;
+mod udp;
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -52,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use log::{info, trace, warn};
+use log::{info, trace};
 use mio::event::Event;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -61,22 +63,23 @@ use slab::Slab;
 
 use crate::access::Access;
 use crate::buffer::BufferPool;
-use crate::conn::{Connection, Context, Verdict};
+use crate::conn::{Connection, Context};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
-use crate::service::echo::UdpEcho;
+use crate::service::disk::Disk;
 use crate::service::exec::Children;
-use crate::sys::disk::{Disk, DiskHelper, HelperTokens};
+use crate::sys::disk::{DiskHelper, HelperTokens};
 use crate::sys::files::{FileState, Files};
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
-use crate::timer::{Clock, Tick, TimerQueue};
+use crate::timer::{Clock, Tick, TimerQueue, WallClock};
 use crate::transport::{Readiness, Transport};
 use children::ConnChildren;
-use disk::ConnDisk;
+use disk::ConnJobs;
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
+use udp::UdpEcho;
 
 /// The readiness a connection's socket is registered for: what the connection wants and what
 /// its transport wants for itself ([`Transport::wants`]).
@@ -156,6 +159,7 @@ pub struct Setup {
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     waker: Arc<Waker>,
+    // Atomic, the one thing the loop shares: another thread sets it, then wakes the loop.
     requested: Arc<AtomicBool>,
 }
 
@@ -205,6 +209,8 @@ struct Env {
     auth_log: LogThrottle,
     clock: Clock,
     now: Tick,
+    /// The wall clock, read beside `now` on every turn of a server that serves files.
+    wall_clock: WallClock,
     /// Turns of the loop so far.
     turn: u64,
 }
@@ -227,25 +233,30 @@ impl Env {
             _ => None,
         };
         let children = host.as_mut().map(|host| host as &mut dyn Children);
-        let files = match (&self.root, self.files.as_mut()) {
-            (Some(root), Some(state)) => Some(Files { root, state }),
-            _ => None,
-        };
-        let mut disk = ConnDisk {
+        let mut jobs = ConnJobs {
             helper: &mut self.disk,
             registry: self.poll.registry(),
             key,
+        };
+        let mut files = match (&self.root, self.files.as_mut()) {
+            (Some(root), Some(state)) => Some(Files {
+                root,
+                state,
+                jobs: &mut jobs,
+                now: self.wall_clock,
+            }),
+            _ => None,
         };
         let mut cx = Context {
             pool: &mut self.pool,
             limits: &self.limits,
             now: self.now,
+            wall_clock: self.wall_clock,
             access: &self.access,
             children,
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),
-            files,
-            disk: Some(&mut disk as &mut dyn Disk),
+            files: files.as_mut().map(|files| files as &mut dyn Disk),
         };
         work(&mut cx)
     }
@@ -260,6 +271,7 @@ struct Core {
     udp_registered: Interest,
     signals: Option<Signals>,
     waker: Arc<Waker>,
+    /// Set from another thread by a [`ShutdownHandle`] (hence atomic), read after its wake-up.
     shutdown_requested: Arc<AtomicBool>,
     conns: Slab<Slot>,
     next_generation: u32,
@@ -370,6 +382,7 @@ impl Reactor {
             auth_log: LogThrottle::default(),
             clock: Clock::start(),
             now: Tick(0),
+            wall_clock: WallClock::read(),
             turn: 0,
             access,
             limits,
@@ -436,6 +449,10 @@ impl Reactor {
                 }
             }
             core.env.now = core.env.clock.now();
+            // Only the file service needs it: an echo-only server does not pay for the call.
+            if core.env.files.is_some() {
+                core.env.wall_clock = WallClock::read();
+            }
             for event in self.events.iter() {
                 core.handle_event(event);
             }
@@ -516,33 +533,6 @@ impl Core {
         if self.static_queued & bit == 0 {
             self.static_queued |= bit;
             self.ready.push(source);
-        }
-    }
-
-    // === UDP ===
-
-    fn serve_udp(&mut self, readable: bool, writable: bool) {
-        let Some(udp) = self.udp.as_mut() else {
-            return;
-        };
-        udp.on_ready(readable, writable);
-        if udp.drive(&self.env.limits, self.env.now) == Verdict::Again {
-            self.queue_static(Source::Udp);
-        }
-        let Some(udp) = self.udp.as_mut() else {
-            return;
-        };
-        let wanted = udp.interest();
-        if wanted != self.udp_registered {
-            match self
-                .env
-                .poll
-                .registry()
-                .reregister(udp.socket_mut(), Source::Udp.token(), wanted)
-            {
-                Ok(()) => self.udp_registered = wanted,
-                Err(error) => warn!("re-register of the UDP socket failed: {error}"),
-            }
         }
     }
 

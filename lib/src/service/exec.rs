@@ -4,7 +4,7 @@
 //! bytes from the client, output read, a pipe at EOF, the exit, a passed deadline), and it says
 //! what should happen next (`poll_*`: a signal to send, stdin to close, credit to grant, the
 //! next deadline, the EXIT to report). The connection ([`crate::conn`]) moves the bytes; the I/O
-//! layer ([`crate::sys::process`]) owns the child, its pipes and its pidfd, behind the
+//! layer (`ChildTable`, in `sys/process.rs`) owns the child, its pipes and its pidfd, behind the
 //! [`Children`] trait.
 //!
 //! # Life of a command
@@ -146,7 +146,8 @@ impl fmt::Display for SpawnError {
 }
 
 /// What a connection needs from the I/O layer to run commands. The reactor implements it over
-/// real processes ([`crate::sys::process`]); tests script it ([`crate::testkit::ScriptedChildren`]).
+/// real processes (`ChildTable`, in `sys/process.rs`); tests script it
+/// ([`crate::testkit::ScriptedChildren`]).
 ///
 /// Reads and writes follow the socket rules: `WouldBlock` means "wait for the next event", a
 /// read of 0 is EOF.
@@ -374,7 +375,12 @@ impl ExecSession {
         if self.exit.is_some() {
             return; // nothing left to signal; the group is killed at release anyway
         }
-        self.note_reason(EndReason::ClientSignal);
+        // Once the server is stopping the command itself (time limit, output cap, shutdown), a
+        // client's signal is still forwarded but does not take over the cause: the server's TERM
+        // is the signal that ends it.
+        if self.kill_deadline == Tick::NEVER {
+            self.note_reason(EndReason::ClientSignal);
+        }
         self.queue_signal(signal);
     }
 
@@ -575,7 +581,8 @@ impl ExecSession {
     }
 
     /// The latest cause wins: EXIT names the cause of the signal that ended the command (a
-    /// client's SIGINT the command ignored, then the time limit, is reported as the time limit).
+    /// client's SIGINT the command ignored, then the time limit, is reported as the time limit;
+    /// a client's signal after the server's own TERM does not count, see `handle_signal`).
     fn note_reason(&mut self, reason: EndReason) {
         self.reason = reason;
     }
@@ -826,6 +833,25 @@ mod tests {
             drain_actions(&mut session, Tick(10_000)),
             [ChildAction::CloseOutput(OutputPipe::Stdout)]
         );
+    }
+
+    #[test]
+    fn a_client_signal_after_the_cap_stopped_the_command_does_not_rename_the_cause() {
+        // Seen in exec_review under load: the cap's TERM went out, the client's SIGINT
+        // (sent when it saw the first output) arrived after it, and EXIT said CLIENT_SIGNAL for a
+        // command the cap ended.
+        let limits = limits();
+        let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
+        session.handle_output(OutputPipe::Stdout, 100, Tick(1), &limits);
+        session.handle_output_over_cap(Tick(2), &limits);
+        drain_actions(&mut session, Tick(2));
+        session.handle_signal(Signal::Int);
+        assert_eq!(
+            drain_actions(&mut session, Tick(3)),
+            [ChildAction::Signal(Signal::Int)],
+            "the signal is still forwarded"
+        );
+        assert_eq!(session.reason(), EndReason::OutputCap);
     }
 
     #[test]

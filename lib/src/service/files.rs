@@ -1,7 +1,7 @@
 //! The file service's transfer state machines, sans-IO: they count bytes, keep the running
-//! BLAKE3, and decide what comes next, but never touch a file. The connection's
-//! [stream table](crate::conn::streams) does the reads and writes they ask for, through the
-//! I/O layer ([`crate::sys::files`]), in bounded chunks per turn.
+//! BLAKE3, page a listing, and decide what comes next, but never touch a file. The
+//! connection's [stream table](crate::conn::streams) does the reads and writes they ask for,
+//! through the [`Disk`] in its context, in bounded chunks per turn.
 //!
 //! A GET sends `[offset, size)` and ends with the whole file's hash, which is either known in
 //! advance (the cache) or computed from byte 0 while the bytes are sent:
@@ -11,19 +11,21 @@
 //! ```
 //! "Both done" is this machine's part; the connection then sends the DIGEST only once the last
 //! queued DATA range has left its outbox and the file is as it was at the open, else an
-//! ERROR (`pump_get` in [`crate::conn::transfers`]; checking a file is I/O, not for this
-//! module).
+//! ERROR (`pump_get` in [`crate::conn::transfers`]; checking a file is the disk's part).
 //! A PUT takes exactly `size` bytes, hashing them as they are written; a resumed one first
 //! re-hashes the prefix the server already holds:
 //!
 //! ```text
 //! PutTransfer:  Rehashing 0..held --> Receiving held..size --DIGEST, all checks--> Verified
 //! ```
+//! (Its writes and syncs are [`crate::service::upload`]'s.) A LIST reads directory entries
+//! from the disk and encodes them into ENTRIES pages ([`ListTransfer`]).
 
 use std::fmt;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{Hash, PutReady};
+use crate::proto::files::{DirEntry, Hash, PutReady};
+use crate::service::disk::{DirRead, Disk, FileError, FileMeta, ListingHandle};
 
 /// Where a GET's hash comes from.
 #[derive(Debug)]
@@ -279,6 +281,85 @@ impl PutTransfer {
     /// event from the client.
     pub fn wants_turn(&self) -> bool {
         self.rehash_wanted().is_some() || (self.ready_due && self.phase == PutPhase::Receiving)
+    }
+}
+
+/// One LIST: the directory's entries, read from the disk a bounded number at a time and
+/// encoded into ENTRIES pages.
+#[derive(Debug)]
+pub struct ListTransfer {
+    listing: ListingHandle,
+    path: String,
+    /// An entry read that did not fit in the last page.
+    pending: Option<(String, FileMeta)>,
+    done: bool,
+}
+
+impl ListTransfer {
+    /// A listing of the directory `path`, opened as `listing`.
+    pub fn new(listing: ListingHandle, path: &str) -> ListTransfer {
+        ListTransfer {
+            listing,
+            path: path.to_string(),
+            pending: None,
+            done: false,
+        }
+    }
+
+    /// The handle the disk knows the listing by.
+    pub fn listing(&self) -> ListingHandle {
+        self.listing
+    }
+
+    /// Appends entries to `page` without letting it pass `max_bytes` (an entry that does not
+    /// fit waits for the next page), reading at most `max_entries` directory entries, hidden
+    /// and skipped ones included, so a directory full of names LIST does not show still costs
+    /// a bounded turn. Returns whether the directory is finished. An entry too long for any
+    /// page (a frame limit below 274 bytes and a long name) is an error.
+    pub fn next_page(
+        &mut self,
+        disk: &mut dyn Disk,
+        page: &mut Vec<u8>,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<bool, FileError> {
+        for _ in 0..max_entries {
+            let (name, meta) = match self.pending.take() {
+                Some(entry) => entry,
+                None => match disk.read_entry(self.listing)? {
+                    DirRead::Entry(name, meta) => (name, meta),
+                    DirRead::Skipped => continue,
+                    DirRead::End => {
+                        self.done = true;
+                        break;
+                    }
+                },
+            };
+            let entry = DirEntry {
+                name: &name,
+                kind: meta.kind,
+                size: meta.size,
+                mtime_ns: meta.mtime_ns,
+            };
+            if page.len() + entry.wire_len() > max_bytes {
+                if page.is_empty() {
+                    return Err(FileError::new(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "{}/{name}: the entry needs {} bytes, more than a frame may carry here ({max_bytes})",
+                            self.path,
+                            entry.wire_len()
+                        ),
+                    ));
+                }
+                self.pending = Some((name, meta));
+                break;
+            }
+            let at = page.len();
+            page.resize(at + entry.wire_len(), 0);
+            entry.emit(&mut page[at..]);
+        }
+        Ok(self.done)
     }
 }
 

@@ -43,7 +43,12 @@ use std::os::unix::fs::FileExt;
 use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::proto::files::{HASH_LEN, Hash};
-use crate::sys::files::{Meta, RACY_WINDOW_NS};
+use crate::service::disk::FileMeta;
+
+/// A file whose ctime or mtime is within this of the moment its hashing began may have been
+/// written again in the same timestamp tick, so that hash is not trusted. Kernel timestamps
+/// advance in ticks of 1–10 ms; 100 ms leaves a wide margin.
+pub const RACY_WINDOW_NS: i64 = 100_000_000;
 
 /// The index's name in the root (reserved: no client can address it, LIST does not show it).
 pub const INDEX_NAME: &str = ".monoreactor-hash-index";
@@ -83,7 +88,7 @@ pub struct Entry {
 
 impl Entry {
     /// The entry for `hash`, computed from bytes read after `as_of_ns`, of a file with `meta`.
-    pub fn new(meta: &Meta, hash: &Hash, as_of_ns: i64) -> Entry {
+    pub fn new(meta: &FileMeta, hash: &Hash, as_of_ns: i64) -> Entry {
         Entry {
             dev: meta.dev,
             ino: meta.ino,
@@ -98,7 +103,7 @@ impl Entry {
     /// Whether this entry describes the content of a file whose `fstat` is `meta` now: the
     /// same inode, size, mtime and ctime, and hashed clearly after its last change (see the
     /// module docs).
-    pub fn valid_for(&self, meta: &Meta) -> bool {
+    pub fn valid_for(&self, meta: &FileMeta) -> bool {
         self.dev == meta.dev
             && self.ino == meta.ino
             && self.size == meta.size
@@ -230,8 +235,8 @@ mod tests {
     use super::*;
     use crate::proto::files::FileKind;
 
-    fn meta() -> Meta {
-        Meta {
+    fn meta() -> FileMeta {
+        FileMeta {
             size: 5,
             mtime_ns: 1_000_000_000,
             ctime_ns: 1_000_000_000,
@@ -264,24 +269,24 @@ mod tests {
         };
         assert!(!racy.valid_for(&meta), "hashed within the racy window");
         let changed = [
-            Meta { size: 6, ..meta },
-            Meta {
+            FileMeta { size: 6, ..meta },
+            FileMeta {
                 mtime_ns: meta.mtime_ns + 1,
                 ..meta
             },
             // The change `utimensat` cannot hide: content rewritten, mtime set back.
-            Meta {
+            FileMeta {
                 ctime_ns: meta.ctime_ns + 1,
                 ..meta
             },
-            Meta { ino: 3, ..meta },
-            Meta { dev: 9, ..meta },
+            FileMeta { ino: 3, ..meta },
+            FileMeta { dev: 9, ..meta },
         ];
         for now in changed {
             assert!(!entry.valid_for(&now), "{now:?}");
         }
         // An mtime set into the future is racy against itself.
-        let future = Meta {
+        let future = FileMeta {
             mtime_ns: entry.as_of_ns,
             ..meta
         };

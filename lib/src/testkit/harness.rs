@@ -1,8 +1,6 @@
 //! [`ConnHarness`]: a connection driven the way the reactor drives it, the clock in the test's hands.
 
-use crate::sys::disk::{Disk, DiskDone};
-use crate::sys::files::{FileState, Files};
-use crate::sys::root::Root;
+use crate::service::disk::{Disk, JobDone};
 use std::time::Duration;
 
 use crate::access::{Access, Token};
@@ -11,7 +9,7 @@ use crate::conn::{Connection, Context, Protocol, Verdict};
 use crate::limits::Limits;
 use crate::service::exec::{ChildSource, Children};
 use crate::testkit::{ScriptedChildren, ScriptedDisk};
-use crate::timer::Tick;
+use crate::timer::{Tick, WallClock};
 use crate::transport::Transport;
 
 /// Drives one [`Connection`](crate::conn::Connection) through a [`ScriptedIo`](crate::testkit::ScriptedIo) (or a [`MemoryIo`](crate::testkit::MemoryIo)) exactly as the
@@ -74,11 +72,9 @@ pub struct ConnHarness {
     pub children: Option<ScriptedChildren>,
     /// The loop's turn number, advanced by every event and drive.
     pub turn: u64,
-    /// The file service's root and state, when files are enabled
-    /// ([`ConnHarness::with_files`]).
-    pub files: Option<(Root, FileState)>,
-    /// Disk jobs, held until the test completes them ([`ConnHarness::with_disk`]); without,
-    /// blocking disk calls are made inline.
+    /// The file service's disk, over a real directory, when files are enabled
+    /// ([`ConnHarness::with_files`]); its blocking calls are made at once, or held until the
+    /// test completes them ([`ConnHarness::with_disk`]).
     pub disk: Option<ScriptedDisk>,
 }
 
@@ -97,28 +93,31 @@ impl ConnHarness {
             now: Tick(0),
             access: Access::ECHO_ONLY,
             children: None,
-            files: None,
             disk: None,
             turn: 0,
         }
     }
 
-    /// Disk jobs go to a [`ScriptedDisk`] instead of being made inline.
+    /// Blocking disk calls are held until the test completes them ([`ScriptedDisk::run_next`],
+    /// [`ScriptedDisk::finish_next`]) instead of being made at once.
+    ///
+    /// # Panics
+    /// Without [`ConnHarness::with_files`] first.
     pub fn with_disk(mut self) -> ConnHarness {
-        self.disk = Some(ScriptedDisk::new());
+        self.disk().hold_jobs();
         self
     }
 
     /// The scripted disk.
     ///
     /// # Panics
-    /// Without [`ConnHarness::with_disk`].
+    /// Without [`ConnHarness::with_files`].
     pub fn disk(&mut self) -> &mut ScriptedDisk {
-        self.disk.as_mut().expect("with_disk() first")
+        self.disk.as_mut().expect("with_files() first")
     }
 
     /// A disk job's completion reaches the connection, then one drive (as the reactor does).
-    pub fn disk_done<S: Transport>(&mut self, io: &mut S, done: DiskDone) -> Verdict {
+    pub fn disk_done<S: Transport>(&mut self, io: &mut S, done: JobDone) -> Verdict {
         self.with_context(|conn, cx| conn.handle_disk_done(done, cx));
         self.drive(io)
     }
@@ -138,9 +137,11 @@ impl ConnHarness {
     /// # Panics
     /// If the directory cannot be opened.
     pub fn with_files(mut self, root: &std::path::Path) -> ConnHarness {
-        let root = Root::open_or_create(root).expect("a usable root directory");
-        let state = FileState::new(self.limits.max_transfers, self.limits.max_put);
-        self.files = Some((root, state));
+        self.disk = Some(ScriptedDisk::new(
+            root,
+            self.limits.max_transfers,
+            self.limits.max_put,
+        ));
         self
     }
 
@@ -180,10 +181,14 @@ impl ConnHarness {
         &mut self,
         work: impl FnOnce(&mut Connection, &mut Context<'_>) -> R,
     ) -> R {
+        // Read as the loop does, once per drive: the hash cache compares it with the times
+        // of real files.
+        let wall_clock = WallClock::read();
         let mut cx = Context {
             pool: &mut self.pool,
             limits: &self.limits,
             now: self.now,
+            wall_clock,
             access: &self.access,
             children: self
                 .children
@@ -191,11 +196,10 @@ impl ConnHarness {
                 .map(|children| children as &mut dyn Children),
             turn: self.turn,
             auth_log: None,
-            files: self
-                .files
-                .as_mut()
-                .map(|(root, state)| Files { root, state }),
-            disk: self.disk.as_mut().map(|disk| disk as &mut dyn Disk),
+            files: self.disk.as_mut().map(|disk| {
+                disk.set_wall_clock(wall_clock);
+                disk as &mut dyn Disk
+            }),
         };
         work(&mut self.conn, &mut cx)
     }

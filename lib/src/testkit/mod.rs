@@ -8,8 +8,9 @@
 //!   the synchronous cousin of tokio-test's `io::Builder`.
 //! - [`ScriptedChildren`] stands in for the processes a connection runs: pipes that hold the
 //!   bytes you put there, exits you decide, signals and stdin recorded.
-//! - [`ScriptedDisk`] holds the disk jobs a connection submits until you complete them (with
-//!   the real call, or a result you choose).
+//! - [`ScriptedDisk`] is the file service's disk over a real directory: it holds the blocking
+//!   calls a connection hands off until you complete them (with the real call, or a result you
+//!   choose), and makes a write, an `fsync` or a rename fail on demand ([`DiskCall`]).
 //! - [`ConnHarness`] drives a [`Connection`](crate::conn::Connection) through a [`ScriptedIo`] the way the reactor
 //!   does, with the clock in your hands.
 //! - [`SplitMix64`], the small seeded generator they use.
@@ -20,7 +21,7 @@ mod harness;
 mod scripted_io;
 
 pub use children::{ScriptedChild, ScriptedChildren};
-pub use disk::ScriptedDisk;
+pub use disk::{DiskCall, ScriptedDisk};
 pub use harness::ConnHarness;
 pub use scripted_io::*;
 

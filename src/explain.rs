@@ -2,7 +2,7 @@
 //! in one line, with a hint where the answer alone would leave a new user guessing (which
 //! token was sent, that a larger frame needs one).
 
-use monoreactor::access::TOKEN_ENV;
+use monoreactor::TOKEN_ENV;
 use monoreactor::client::ClientError;
 use monoreactor::proto::ErrorCode;
 

@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         Command::Stat(args) => stat::run(args),
         Command::Rm(args) => paths::rm(args),
         Command::Mkdir(args) => paths::mkdir(args),
-        Command::DiskHelper { fd } => monoreactor::sys::disk::helper_main(fd)
+        Command::DiskHelper { fd } => monoreactor::internal::helper_main(fd)
             .map_err(|error| Failure::from(format!("disk helper: {error}"))),
     };
     match result {

@@ -249,7 +249,7 @@ fn get_put_and_exec_report_transfers_and_commands() {
         .expect("the root")
         .filter_map(Result::ok)
         .map(|entry| entry.file_name())
-        .filter(|name| *name != monoreactor::sys::hash_index::INDEX_NAME)
+        .filter(|name| *name != monoreactor::internal::INDEX_NAME)
         .collect();
     assert!(left.is_empty(), "left in the root: {left:?}");
 

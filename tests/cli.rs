@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use monoreactor::access::Token;
+use monoreactor::Token;
 use monoreactor::client::exec::{Command as RemoteCommand, ExecClient};
 use monoreactor::proto::exec::{EndReason, Signal, Termination};
 use support::exec::{Scratch, TEST_TOKEN, write_token_file};

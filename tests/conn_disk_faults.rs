@@ -12,14 +12,14 @@
 
 mod support;
 
+use monoreactor::Limits;
 use monoreactor::client::OwnedFrame;
-use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::Limits;
 use monoreactor::proto::files::{Hash, PutFlags, PutReady};
 use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello, HelloOk, SessionFlags,
 };
 use monoreactor::testkit::{ConnHarness, DiskCall, MemoryIo};
+use monoreactor::{State, Verdict};
 use rustix::io::Errno;
 
 use support::TempDir;

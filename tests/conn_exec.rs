@@ -5,18 +5,18 @@
 
 use std::time::Duration;
 
+use monoreactor::Tick;
+use monoreactor::children::{ChildSource, OutputPipe, SpawnError};
 use monoreactor::client::OwnedFrame;
-use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::{Limits, MIN_IO_BUFFER_LEN};
 use monoreactor::proto::exec::{
     EndReason, ExecFlags, ExecRequest, Exit, Signal, SignalRequest, Started, Termination, Window,
 };
 use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, Header, Hello, HelloOk, SessionFlags,
 };
-use monoreactor::service::exec::{ChildSource, OutputPipe, SpawnError};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
-use monoreactor::timer::Tick;
+use monoreactor::{Limits, MIN_IO_BUFFER_LEN};
+use monoreactor::{State, Verdict};
 
 const TOKEN: &[u8] = b"0123456789abcdef-token";
 

@@ -10,11 +10,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use monoreactor::access::{Access, Token};
+use monoreactor::Limits;
 use monoreactor::client::OwnedFrame;
-use monoreactor::conn::transfers::{DATA_FRAME_LEN, LIST_PAGE_LEN};
-use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::Limits;
+use monoreactor::internal::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, Entries, FileInfo, FileKind, GetRequest, Hash, PutFlags, PutReady, PutRequest,
 };
@@ -22,6 +20,8 @@ use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello, HelloOk, SessionFlags,
 };
 use monoreactor::testkit::{ConnHarness, MemoryIo};
+use monoreactor::{Access, Token};
+use monoreactor::{State, Verdict};
 use support::TempDir;
 
 const TOKEN: &[u8] = b"0123456789abcdef-token";

@@ -4,15 +4,15 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use monoreactor::conn::{Protocol, State, Verdict};
-use monoreactor::limits::Limits;
+use monoreactor::Limits;
+use monoreactor::Readiness;
+use monoreactor::Tick;
 use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Hello, HelloOk, PROTOCOL_VERSION,
     SessionFlags,
 };
 use monoreactor::testkit::{Builder, ConnHarness, MemoryIo};
-use monoreactor::timer::Tick;
-use monoreactor::transport::Readiness;
+use monoreactor::{Protocol, State, Verdict};
 
 fn hello() -> Vec<u8> {
     let mut wire = Vec::new();

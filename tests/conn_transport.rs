@@ -8,13 +8,13 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 
+use monoreactor::Limits;
+use monoreactor::Verdict;
 use monoreactor::client::OwnedFrame;
-use monoreactor::conn::Verdict;
-use monoreactor::limits::Limits;
 use monoreactor::proto::files::{Digest, FileInfo, GetRequest};
 use monoreactor::proto::{Decoder, Flags, Frame, FrameType, Hello};
 use monoreactor::testkit::ConnHarness;
-use monoreactor::transport::{Readiness, Transport};
+use monoreactor::{Readiness, Transport};
 use support::TempDir;
 
 /// What every byte on the wire is XORed with: enough to prove the connection never sees it.

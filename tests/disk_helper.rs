@@ -12,16 +12,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
+use monoreactor::Limits;
 use monoreactor::client::files::FileClient;
-use monoreactor::conn::{Connection, Protocol, Verdict};
-use monoreactor::limits::Limits;
-use monoreactor::proto::files::{PutFlags, PutReady, PutRequest};
-use monoreactor::proto::{ErrorCode, Flags, Frame, FrameType, Hello};
-use monoreactor::service::disk::{JobId, JobKind};
-use monoreactor::sys::disk::{
+use monoreactor::disk::{JobId, JobKind};
+use monoreactor::internal::disk::{
     DiskDone, DiskHelper, HelperTokens, Job, MAX_HELD, MAX_IN_FLIGHT, TRASH_PREFIX,
 };
+use monoreactor::proto::files::{PutFlags, PutReady, PutRequest};
+use monoreactor::proto::{ErrorCode, Flags, Frame, FrameType, Hello};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
+use monoreactor::{Connection, Protocol, Verdict};
 use rustix::io::Errno;
 
 use support::{Server, TempDir, children_of, is_disk_helper, process_state, retry, threads};

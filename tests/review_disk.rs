@@ -12,16 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
-use monoreactor::conn::{Connection, Protocol, Verdict};
-use monoreactor::limits::Limits;
-use monoreactor::proto::files::{PutFlags, PutRequest};
-use monoreactor::proto::{ErrorCode, Flags, Frame, FrameType, Hello};
-use monoreactor::service::disk::JobKind;
-use monoreactor::sys::disk::{
+use monoreactor::Limits;
+use monoreactor::Tick;
+use monoreactor::disk::JobKind;
+use monoreactor::internal::disk::{
     DiskDone, DiskHelper, HelperTokens, Job, MAX_HELD, MAX_IN_FLIGHT, Ring, SLOT_LEN, write_job,
 };
+use monoreactor::proto::files::{PutFlags, PutRequest};
+use monoreactor::proto::{ErrorCode, Flags, Frame, FrameType, Hello};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
-use monoreactor::timer::Tick;
+use monoreactor::{Connection, Protocol, Verdict};
 use rustix::io::Errno;
 
 use support::{TempDir, process_state, retry};

@@ -38,7 +38,7 @@ pub mod udp;
 pub use report::{Report, Stop};
 
 use monoreactor::client::Client;
-use monoreactor::server::raise_descriptor_limit;
+use monoreactor::raise_descriptor_limit;
 
 /// Which protocol the benchmark speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -120,7 +120,7 @@ impl Buf {
 }
 
 /// Buffers a pool can lend: reset on return, and kept only if still of the standard size.
-pub trait Pooled {
+pub(crate) trait Pooled {
     /// A new, empty value holding `buffer_len` bytes of buffer.
     fn with_buffer_len(buffer_len: usize) -> Self;
     /// Forgets the contents.
@@ -149,7 +149,7 @@ impl Pooled for Buf {
 /// Values that grew past the standard size (a large frame) are freed rather than kept, so one
 /// burst of big frames does not pin memory afterwards.
 #[derive(Debug)]
-pub struct FreeList<T> {
+pub(crate) struct FreeList<T> {
     /// Boxed because connections hold `Option<Box<T>>` (8 bytes, not the whole value), and
     /// lending a pooled box is a pointer move.
     free: Vec<Box<T>>,
@@ -160,7 +160,7 @@ pub struct FreeList<T> {
 
 impl<T: Pooled> FreeList<T> {
     /// A list of values with `buffer_len`-byte buffers that keeps at most `max_free` of them.
-    pub fn new(buffer_len: usize, max_free: usize) -> FreeList<T> {
+    pub(crate) fn new(buffer_len: usize, max_free: usize) -> FreeList<T> {
         FreeList {
             free: Vec::with_capacity(max_free),
             buffer_len,
@@ -170,7 +170,7 @@ impl<T: Pooled> FreeList<T> {
     }
 
     /// An empty value: a pooled one if there is one, else a new one.
-    pub fn take(&mut self) -> Box<T> {
+    pub(crate) fn take(&mut self) -> Box<T> {
         self.free.pop().unwrap_or_else(|| {
             self.created += 1;
             Box::new(T::with_buffer_len(self.buffer_len))
@@ -178,7 +178,7 @@ impl<T: Pooled> FreeList<T> {
     }
 
     /// Returns a value. Its contents are discarded.
-    pub fn give(&mut self, mut value: Box<T>) {
+    pub(crate) fn give(&mut self, mut value: Box<T>) {
         if value.is_standard(self.buffer_len) && self.free.len() < self.max_free {
             value.reset();
             self.free.push(value);
@@ -186,17 +186,17 @@ impl<T: Pooled> FreeList<T> {
     }
 
     /// Values created since the list was made (a miss allocates one).
-    pub fn created(&self) -> u64 {
+    pub(crate) fn created(&self) -> u64 {
         self.created
     }
 
     /// Values waiting for reuse.
-    pub fn free_len(&self) -> usize {
+    pub(crate) fn free_len(&self) -> usize {
         self.free.len()
     }
 }
 
-/// The buffers connections borrow: plain [`Buf`]s for input, and output queues for outboxes.
+/// The buffers connections borrow: plain `Buf`s for input, and output queues for outboxes.
 #[derive(Debug)]
 pub struct BufferPool {
     bufs: FreeList<Buf>,
@@ -257,7 +257,7 @@ impl BufferPool {
         }
     }
 
-    /// An empty output queue, for an [`Outbox`](crate::outbox::Outbox).
+    /// An empty output queue, for an `Outbox`.
     pub fn take_output(&mut self) -> Box<OutQueue> {
         self.outputs.take()
     }

@@ -162,7 +162,7 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 32;
 
 /// Descriptors one running command holds in the server: its stdin, stdout and stderr pipes
 /// and its pidfd. They count against the open-file limit next to the connections.
-pub const DESCRIPTORS_PER_COMMAND: usize = 4;
+pub(crate) const DESCRIPTORS_PER_COMMAND: usize = 4;
 
 /// Smallest accepted [`Limits::max_frame_len`]: a HELLO's fixed part must fit.
 pub const MIN_FRAME_LEN: u32 = 64;

@@ -23,7 +23,7 @@ use std::io;
 
 use log::debug;
 
-pub use crate::buffer::FileRange;
+pub(crate) use crate::buffer::FileRange;
 use crate::buffer::{BufferPool, Front, OutQueue};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage, Flags, FrameType, HEADER_LEN, Header};
@@ -31,11 +31,11 @@ use crate::transport::{IoState, Transport};
 
 /// Most bytes one `sendfile` call is asked for (nginx's `sendfile_max_chunk`, 2 MiB), so one
 /// fast transfer cannot hold the loop.
-pub const SENDFILE_CHUNK: usize = 2 << 20;
+pub(crate) const SENDFILE_CHUNK: usize = 2 << 20;
 
 /// What one [`Outbox::write_to`] call did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Written {
+pub(crate) struct Written {
     /// Bytes the transport took.
     pub bytes: usize,
     /// It took fewer than offered: its buffer is full (epoll(7)), so the writer waits.
@@ -44,34 +44,34 @@ pub struct Written {
 
 /// A connection's output. See the module docs.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     queue: Option<Box<OutQueue>>,
 }
 
 impl Outbox {
     /// An empty outbox holding no buffer.
-    pub const fn new() -> Outbox {
+    pub(crate) const fn new() -> Outbox {
         Outbox { queue: None }
     }
 
     /// Bytes waiting to be sent, file ranges included.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.queue.as_ref().map_or(0, |queue| queue.pending())
     }
 
     /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending() == 0
     }
 
     /// **The** backpressure question: may anything produce more output now? False from the
     /// high-water mark until the queue has drained to the low-water mark.
-    pub fn may_produce(&self) -> bool {
+    pub(crate) fn may_produce(&self) -> bool {
         self.queue.as_ref().is_none_or(|queue| !queue.paused())
     }
 
     /// Whether a buffer is held.
-    pub fn holds_buffer(&self) -> bool {
+    pub(crate) fn holds_buffer(&self) -> bool {
         self.queue.is_some()
     }
 
@@ -79,19 +79,23 @@ impl Outbox {
     /// `standard_len`). Producers that may choose their size, such as a pipe reader, stay
     /// within it while they can, and when they cannot, grow it once to their bound
     /// ([`Replies::grow_to`]) rather than by doubling.
-    pub fn room(&self, standard_len: usize) -> usize {
+    pub(crate) fn room(&self, standard_len: usize) -> usize {
         self.queue
             .as_ref()
             .map_or(standard_len, |queue| queue.capacity() - queue.buffered())
     }
 
     /// Bytes of buffer memory held (capacity, not content).
-    pub fn buffer_capacity(&self) -> usize {
+    pub(crate) fn buffer_capacity(&self) -> usize {
         self.queue.as_ref().map_or(0, |queue| queue.capacity())
     }
 
     /// A writer that appends frames, borrowing a buffer from `pool` on first use.
-    pub fn replies<'a>(&'a mut self, pool: &'a mut BufferPool, limits: &'a Limits) -> Replies<'a> {
+    pub(crate) fn replies<'a>(
+        &'a mut self,
+        pool: &'a mut BufferPool,
+        limits: &'a Limits,
+    ) -> Replies<'a> {
         Replies {
             outbox: self,
             pool,
@@ -102,7 +106,11 @@ impl Outbox {
     /// Sends from the front of the queue once: the bytes up to the next file range, or one
     /// chunk of the file range at the front. `WouldBlock` and other errors come back as they
     /// are; the caller owns the retry rules.
-    pub fn write_to<T: Transport>(&mut self, io: &mut T, limits: &Limits) -> io::Result<Written> {
+    pub(crate) fn write_to<T: Transport>(
+        &mut self,
+        io: &mut T,
+        limits: &Limits,
+    ) -> io::Result<Written> {
         let Some(queue) = self.queue.as_mut() else {
             return Ok(Written {
                 bytes: 0,
@@ -201,7 +209,7 @@ impl Outbox {
     }
 
     /// Gives the queue back to the pool if it is empty: an idle connection holds no buffer.
-    pub fn release_if_empty(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release_if_empty(&mut self, pool: &mut BufferPool) {
         if self
             .queue
             .as_ref()
@@ -214,7 +222,7 @@ impl Outbox {
     }
 
     /// Drops everything queued and gives the queue back.
-    pub fn release(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release(&mut self, pool: &mut BufferPool) {
         if let Some(queue) = self.queue.take() {
             pool.give_output(queue);
         }
@@ -223,7 +231,7 @@ impl Outbox {
 
 /// Appends whole frames to an [`Outbox`]. Obtained from [`Outbox::replies`].
 #[derive(Debug)]
-pub struct Replies<'a> {
+pub(crate) struct Replies<'a> {
     outbox: &'a mut Outbox,
     pool: &'a mut BufferPool,
     limits: &'a Limits,
@@ -238,7 +246,7 @@ impl Replies<'_> {
 
     /// Appends a frame with `header`, its `header.len`-byte payload written by `emit` straight
     /// into the buffer.
-    pub fn frame_with(&mut self, header: Header, emit: impl FnOnce(&mut [u8])) {
+    pub(crate) fn frame_with(&mut self, header: Header, emit: impl FnOnce(&mut [u8])) {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
@@ -250,7 +258,7 @@ impl Replies<'_> {
     }
 
     /// Appends a frame that answers a request completely: `END_STREAM` set.
-    pub fn reply(
+    pub(crate) fn reply(
         &mut self,
         frame_type: FrameType,
         stream: u32,
@@ -261,7 +269,7 @@ impl Replies<'_> {
     }
 
     /// Appends a frame that is one part of a streamed reply: `END_STREAM` clear.
-    pub fn part(
+    pub(crate) fn part(
         &mut self,
         frame_type: FrameType,
         stream: u32,
@@ -273,7 +281,7 @@ impl Replies<'_> {
 
     /// Appends an ERROR frame about `stream` (0: the connection, which then closes; any other:
     /// that stream, which it ends).
-    pub fn error(&mut self, stream: u32, code: ErrorCode, text: &str) {
+    pub(crate) fn error(&mut self, stream: u32, code: ErrorCode, text: &str) {
         let message = ErrorMessage::new(code, text);
         // At most 2 + MAX_ERROR_TEXT_LEN bytes: the cast cannot truncate.
         let len = message.payload_len() as u32;
@@ -283,7 +291,7 @@ impl Replies<'_> {
     /// Appends a part frame whose payload `read` fills in place (at most `max_len` bytes, read
     /// straight into the buffer after room for the header). Returns what `read` returned; on 0
     /// bytes or an error nothing is appended, so a frame is never empty or half-made.
-    pub fn frame_from(
+    pub(crate) fn frame_from(
         &mut self,
         frame_type: FrameType,
         stream: u32,
@@ -316,7 +324,7 @@ impl Replies<'_> {
     ///
     /// # Panics
     /// If the range is longer than a frame can declare (`u32::MAX` bytes).
-    pub fn file_frame(
+    pub(crate) fn file_frame(
         &mut self,
         frame_type: FrameType,
         flags: Flags,
@@ -340,7 +348,7 @@ impl Replies<'_> {
     /// cap): a producer that knows how much it can queue — a pipe reader: the high-water mark
     /// plus one read — grows it once, where doubling could reach a size a later burst
     /// outgrows and allocate again long after the start.
-    pub fn grow_to(&mut self, capacity: usize) {
+    pub(crate) fn grow_to(&mut self, capacity: usize) {
         let capacity = capacity.min(self.limits.output_cap());
         let queue = self.queue();
         let len = queue.buffered();
@@ -350,7 +358,7 @@ impl Replies<'_> {
     }
 
     /// Appends a copy of unframed bytes (the part of a raw echo the socket did not take).
-    pub fn raw(&mut self, bytes: &[u8]) {
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
@@ -360,7 +368,7 @@ impl Replies<'_> {
 
     /// Appends unframed bytes that `read` fills in place (raw echo): at most `max_len`, the
     /// buffer growing no further than `max_capacity`.
-    pub fn raw_from(
+    pub(crate) fn raw_from(
         &mut self,
         max_len: usize,
         max_capacity: usize,

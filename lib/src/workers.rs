@@ -17,7 +17,7 @@
 //!
 //! **The supervisor is one thread on one poll** (no threads, `Threads: 1`): SIGINT/SIGTERM
 //! through `signal-hook-mio`'s self-pipe, each worker's exit through its pidfd (read with
-//! `waitid(P_PIDFD)`, as [`sys::process`](crate::sys::process) does for commands), and each
+//! `waitid(P_PIDFD)`, as `sys::process` does for commands), and each
 //! worker's *ready pipe*, on which the worker writes one byte once it is serving.
 //!
 //! **Sockets outlive workers.** The supervisor keeps each slot's sockets open for as long as
@@ -26,8 +26,8 @@
 //! reset them), and the replacement accepts them from the same socket.
 //!
 //! **Restarts.** A worker that dies after it was ready is restarted at once the first time, then
-//! with a backoff ([`crate::sys::restart`], the policy the disk helper's restarts follow too); a
-//! worker that lived [`STABLE_AFTER`] resets the backoff. A worker that dies before it was ready *failed at
+//! with a backoff (`crate::sys::restart`, the policy the disk helper's restarts follow too); a
+//! worker that lived `STABLE_AFTER` resets the backoff. A worker that dies before it was ready *failed at
 //! start* and is not restarted (a broken setup would otherwise restart in a loop): its slot is
 //! retired and its sockets closed, so the kernel sends new connections to the other workers;
 //! when every slot is retired the supervisor exits with an error.

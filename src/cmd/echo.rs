@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use monoreactor::access::Token;
+use monoreactor::DEFAULT_FRAMED_ADDR;
+use monoreactor::Token;
 use monoreactor::client::{Client, ClientError};
 use monoreactor::proto::SessionFlags;
-use monoreactor::server::DEFAULT_FRAMED_ADDR;
 
 use crate::args::{Addr, Secs};
 use crate::explain::explain;

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
+use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::client::exec::{Command as RemoteCommand, ExecClient, Signaller};
 use monoreactor::proto::exec::{EndReason, MAX_CWD_LEN, Signal};
 use monoreactor::proto::{ErrorCode, SessionFlags};
-use monoreactor::server::DEFAULT_FRAMED_ADDR;
 
 use crate::args::{Addr, Secs};
 use crate::explain::explain;

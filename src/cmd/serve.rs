@@ -7,9 +7,9 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args;
-use monoreactor::access::{Access, load_token};
-use monoreactor::limits::Limits;
-use monoreactor::server::{
+use monoreactor::Limits;
+use monoreactor::{Access, load_token};
+use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
 };
 
@@ -128,7 +128,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         max_transfers: args.max_transfers,
         max_client_memory: args
             .max_client_memory
-            .unwrap_or_else(monoreactor::limits::default_client_memory),
+            .unwrap_or_else(monoreactor::default_client_memory),
         ..Limits::default()
     };
     let (token, warning) = load_token(args.token_file.as_deref())
@@ -174,8 +174,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 /// `serve --workers N` (N > 1): bind every socket N times with SO_REUSEPORT, print the
 /// addresses once, and supervise N worker processes (`monoreactor::workers`).
 fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
-    let (sets, addrs) =
-        monoreactor::server::bind_shared(config, workers).map_err(describe_start_error)?;
+    let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     monoreactor::workers::supervise(sets, args).map_err(|error| format!("workers: {error}"))
@@ -197,7 +196,7 @@ fn serve_worker(config: Config, spec: &str) -> Result<(), String> {
 }
 
 /// One `listening KIND ADDR` line per socket on stdout, flushed.
-fn print_listening(addrs: monoreactor::server::BoundAddrs) -> Result<(), String> {
+fn print_listening(addrs: monoreactor::BoundAddrs) -> Result<(), String> {
     let mut stdout = io::stdout().lock();
     let mut lines = format!("listening framed {}\n", addrs.framed);
     if let Some(addr) = addrs.echo_tcp {

@@ -125,7 +125,7 @@ const FINAL_REAP: Duration = Duration::from_secs(2);
 
 /// Sockets handed to the reactor, already bound.
 #[derive(Debug)]
-pub struct Sockets {
+pub(crate) struct Sockets {
     /// The framed-protocol listener.
     pub framed: TcpListener,
     /// The raw echo listener, if enabled.
@@ -136,7 +136,7 @@ pub struct Sockets {
 
 /// Everything the reactor is built from.
 #[derive(Debug)]
-pub struct Setup {
+pub(crate) struct Setup {
     /// The bound sockets.
     pub sockets: Sockets,
     /// Limits and timeouts.
@@ -187,7 +187,7 @@ pub struct ReactorStats {
 }
 
 /// The event loop and everything it owns. Built by [`crate::server::Server::bind`].
-pub struct Reactor {
+pub(crate) struct Reactor {
     events: Events,
     core: Core,
 }
@@ -310,7 +310,7 @@ impl Reactor {
     /// Registers the sockets with a new poll. With `handle_signals`, SIGINT and SIGTERM start a
     /// graceful shutdown (through a self-pipe in the same poll: no thread, and the handler does
     /// nothing but write a byte).
-    pub fn new(setup: Setup) -> io::Result<Reactor> {
+    pub(crate) fn new(setup: Setup) -> io::Result<Reactor> {
         let Setup {
             sockets,
             limits,
@@ -419,7 +419,7 @@ impl Reactor {
     }
 
     /// A handle that starts a graceful shutdown from another thread.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
+    pub(crate) fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             waker: Arc::clone(&self.core.waker),
             requested: Arc::clone(&self.core.shutdown_requested),
@@ -427,7 +427,7 @@ impl Reactor {
     }
 
     /// Runs until a shutdown completes. Returns an error only if `poll` itself fails.
-    pub fn run(mut self) -> io::Result<ReactorStats> {
+    pub(crate) fn run(mut self) -> io::Result<ReactorStats> {
         let core = &mut self.core;
         loop {
             std::mem::swap(&mut core.ready, &mut core.ready_now);

@@ -26,7 +26,7 @@ use crate::timer::Tick;
 /// A datagram socket, as [`UdpEcho`] uses it. Implemented by `mio::net::UdpSocket` (with
 /// `recvmmsg`/`sendmmsg`); tests substitute a scripted one, for which the batch methods'
 /// defaults call the single ones.
-pub trait Datagrams {
+pub(super) trait Datagrams {
     /// Receives one datagram (see `UdpSocket::recv_from`).
     fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
     /// Sends one datagram (see `UdpSocket::send_to`).
@@ -91,7 +91,7 @@ impl Datagrams for mio::net::UdpSocket {
 
 /// Counters for the UDP echo, for logs and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UdpStats {
+pub(super) struct UdpStats {
     /// Datagrams sent back.
     pub echoed: u64,
     /// Replies dropped because the queue was full.
@@ -109,7 +109,7 @@ pub struct UdpStats {
 /// (`WouldBlock`) waits in a bounded queue and goes out on the next WRITABLE; when the queue is
 /// full, the reply is dropped and counted: UDP promises nothing, and memory stays bounded.
 #[derive(Debug)]
-pub struct UdpEcho<S> {
+pub(super) struct UdpEcho<S> {
     socket: S,
     /// One receive buffer per datagram of a batch; a buffer's pages are touched only as far
     /// as its datagrams reach, so small datagrams cost one page each.
@@ -126,7 +126,7 @@ pub struct UdpEcho<S> {
 
 impl<S: Datagrams> UdpEcho<S> {
     /// Echoes on `socket`. The receive buffers are allocated once, here.
-    pub fn new(socket: S) -> UdpEcho<S> {
+    pub(super) fn new(socket: S) -> UdpEcho<S> {
         UdpEcho {
             socket,
             // One byte more than the largest datagram, so a larger (IPv6) one shows as truncated
@@ -145,30 +145,30 @@ impl<S: Datagrams> UdpEcho<S> {
     }
 
     /// The socket, for registering with the poll.
-    pub fn socket_mut(&mut self) -> &mut S {
+    pub(super) fn socket_mut(&mut self) -> &mut S {
         &mut self.socket
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> UdpStats {
+    pub(super) fn stats(&self) -> UdpStats {
         self.stats
     }
 
     /// Replies waiting for the socket to become writable.
     #[cfg(test)]
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queue.len()
     }
 
     /// Records readiness reported by the poll.
-    pub fn on_ready(&mut self, readable: bool, writable: bool) {
+    pub(super) fn on_ready(&mut self, readable: bool, writable: bool) {
         self.read_ready |= readable;
         self.write_ready |= writable;
     }
 
     /// READABLE always; WRITABLE only while replies wait, since a UDP socket is nearly always
     /// writable and would otherwise wake the loop for nothing.
-    pub fn interest(&self) -> Interest {
+    pub(super) fn interest(&self) -> Interest {
         if self.queue.is_empty() {
             Interest::READABLE
         } else {
@@ -179,7 +179,7 @@ impl<S: Datagrams> UdpEcho<S> {
     /// Sends queued replies, then receives and echoes up to the turn's datagram budget, a
     /// batch (`recvmmsg`, then `sendmmsg`) at a time. Returns [`Verdict::Again`] if the budget
     /// ran out with datagrams possibly left.
-    pub fn drive(&mut self, limits: &Limits, now: Tick) -> Verdict {
+    pub(super) fn drive(&mut self, limits: &Limits, now: Tick) -> Verdict {
         self.send_queued();
         let mut budget = limits.datagram_budget;
         while self.read_ready {

@@ -315,7 +315,7 @@ pub trait Disk {
         buf: &mut [u8],
         offset: u64,
     ) -> Result<usize, FileError>;
-    /// Writes `bytes` (at most [`WRITE_PIECE`](crate::service::upload::WRITE_PIECE)) at
+    /// Writes `bytes` (at most `WRITE_PIECE`) at
     /// `offset` of the upload: handed to the disk helper (`Some`, the job to wait for), or
     /// written here (`None`: done) when the helper cannot take it.
     fn write_upload(

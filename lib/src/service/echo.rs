@@ -15,14 +15,14 @@ use crate::outbox::Replies;
 use crate::proto::{Flags, Frame, FrameType, Header};
 
 /// Answers an ECHO_REQUEST: the payload comes back unchanged, on the request's stream.
-pub fn reply(request: Frame<'_>, replies: &mut Replies<'_>) {
+pub(crate) fn reply(request: Frame<'_>, replies: &mut Replies<'_>) {
     let Frame { header, payload } = request;
     replies.frame_with(reply_header(&header), |out| out.copy_from_slice(payload));
 }
 
 /// The header of the ECHO_REPLY to a request with header `request` (the connection may send
 /// it in front of the request's own payload bytes, without copying them).
-pub fn reply_header(request: &Header) -> Header {
+pub(crate) fn reply_header(request: &Header) -> Header {
     Header {
         frame_type: FrameType::EchoReply,
         flags: Flags::END_STREAM,
@@ -40,7 +40,7 @@ pub const REFUSED_SOURCE_PORTS: [u16; 3] = [0, 7, 19];
 
 /// Why a datagram gets no echo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unanswered {
+pub(crate) enum Unanswered {
     /// Its source port is one of [`REFUSED_SOURCE_PORTS`].
     SourcePort,
     /// It is longer than [`MAX_DATAGRAM`] (an IPv6 jumbo, say): echoed cut short it would
@@ -49,7 +49,7 @@ pub enum Unanswered {
 }
 
 /// Whether a datagram of `len` bytes from `source` is echoed back to its sender.
-pub fn check_datagram(source: SocketAddr, len: usize) -> Result<(), Unanswered> {
+pub(crate) fn check_datagram(source: SocketAddr, len: usize) -> Result<(), Unanswered> {
     if REFUSED_SOURCE_PORTS.contains(&source.port()) {
         Err(Unanswered::SourcePort)
     } else if len > MAX_DATAGRAM {

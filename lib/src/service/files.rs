@@ -38,7 +38,7 @@ enum GetHash {
 
 /// One GET: which bytes to send next, and the whole-file hash for the trailer.
 #[derive(Debug)]
-pub struct GetTransfer {
+pub(crate) struct GetTransfer {
     size: u64,
     next: u64,
     hash: GetHash,
@@ -47,7 +47,7 @@ pub struct GetTransfer {
 impl GetTransfer {
     /// A GET of a file of `size` bytes from `offset` (at most `size`), with its cached hash
     /// if there is one.
-    pub fn new(size: u64, offset: u64, known: Option<Hash>) -> GetTransfer {
+    pub(crate) fn new(size: u64, offset: u64, known: Option<Hash>) -> GetTransfer {
         GetTransfer {
             size,
             next: offset.min(size),
@@ -59,17 +59,17 @@ impl GetTransfer {
     }
 
     /// The next range to send, at most `max` bytes: `(offset, len)`.
-    pub fn next_range(&self, max: u64) -> Option<(u64, u64)> {
+    pub(crate) fn next_range(&self, max: u64) -> Option<(u64, u64)> {
         (self.next < self.size).then(|| (self.next, (self.size - self.next).min(max)))
     }
 
     /// The range `next_range` gave was queued for sending.
-    pub fn on_queued(&mut self, len: u64) {
+    pub(crate) fn on_queued(&mut self, len: u64) {
         self.next = (self.next + len).min(self.size);
     }
 
     /// Where hashing continues, and how many bytes it still needs, if it does.
-    pub fn hash_wanted(&self) -> Option<(u64, u64)> {
+    pub(crate) fn hash_wanted(&self) -> Option<(u64, u64)> {
         match &self.hash {
             GetHash::Computing(_, at) if *at < self.size => Some((*at, self.size - at)),
             _ => None,
@@ -77,7 +77,7 @@ impl GetTransfer {
     }
 
     /// The next bytes of the file, from where [`GetTransfer::hash_wanted`] said.
-    pub fn handle_hashed(&mut self, bytes: &[u8]) {
+    pub(crate) fn handle_hashed(&mut self, bytes: &[u8]) {
         if let GetHash::Computing(hasher, at) = &mut self.hash {
             hasher.update(bytes);
             *at += bytes.len() as u64;
@@ -85,13 +85,13 @@ impl GetTransfer {
     }
 
     /// Whether anything is left to send or hash.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.next >= self.size && self.hash_wanted().is_none()
     }
 
     /// Once everything is queued and hashed: the trailer's hash, and whether it was computed
     /// now (worth caching) rather than known.
-    pub fn poll_digest(&self) -> Option<(Hash, bool)> {
+    pub(crate) fn poll_digest(&self) -> Option<(Hash, bool)> {
         if !self.is_done() {
             return None;
         }
@@ -104,7 +104,7 @@ impl GetTransfer {
 
 /// Why a PUT's stream ends in an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PutError {
+pub(crate) enum PutError {
     /// DATA arrived while the server was still re-hashing what it holds (before PUT_READY).
     NotReady,
     /// More DATA than the declared size.
@@ -127,7 +127,7 @@ pub enum PutError {
 
 impl PutError {
     /// The error code for the stream's ERROR frame.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             PutError::Mismatch => ErrorCode::HashMismatch,
             _ => ErrorCode::BadRequest,
@@ -165,7 +165,7 @@ enum PutPhase {
 
 /// One PUT: the bytes received so far, their hash, the checks before the commit.
 #[derive(Debug)]
-pub struct PutTransfer {
+pub(crate) struct PutTransfer {
     size: u64,
     held: u64,
     received: u64,
@@ -179,7 +179,7 @@ pub struct PutTransfer {
 impl PutTransfer {
     /// A PUT of `size` bytes whose server already holds `held` (to be re-hashed first), bound
     /// to `declared` if the client gave the hash up front.
-    pub fn new(size: u64, held: u64, upload_id: u64, declared: Option<Hash>) -> PutTransfer {
+    pub(crate) fn new(size: u64, held: u64, upload_id: u64, declared: Option<Hash>) -> PutTransfer {
         let held = held.min(size);
         PutTransfer {
             size,
@@ -198,7 +198,7 @@ impl PutTransfer {
     }
 
     /// Where re-hashing continues and how many bytes it still needs, while it does.
-    pub fn rehash_wanted(&self) -> Option<(u64, u64)> {
+    pub(crate) fn rehash_wanted(&self) -> Option<(u64, u64)> {
         match self.phase {
             PutPhase::Rehashing(at) => Some((at, self.held - at)),
             _ => None,
@@ -207,7 +207,7 @@ impl PutTransfer {
 
     /// The next bytes of the held prefix. A prefix that turns out shorter than expected
     /// (`bytes` empty) is treated as held only as far as it goes.
-    pub fn handle_rehashed(&mut self, bytes: &[u8]) {
+    pub(crate) fn handle_rehashed(&mut self, bytes: &[u8]) {
         let PutPhase::Rehashing(at) = self.phase else {
             return;
         };
@@ -223,7 +223,7 @@ impl PutTransfer {
     }
 
     /// PUT_READY, once, when the server is ready for DATA.
-    pub fn poll_ready(&mut self) -> Option<PutReady> {
+    pub(crate) fn poll_ready(&mut self) -> Option<PutReady> {
         if self.phase != PutPhase::Receiving || !self.ready_due {
             return None;
         }
@@ -235,7 +235,7 @@ impl PutTransfer {
     }
 
     /// A DATA frame of `len` bytes arrived: the offset to write it at.
-    pub fn handle_data(&mut self, len: usize) -> Result<u64, PutError> {
+    pub(crate) fn handle_data(&mut self, len: usize) -> Result<u64, PutError> {
         if self.phase != PutPhase::Receiving {
             return Err(PutError::NotReady);
         }
@@ -250,14 +250,14 @@ impl PutTransfer {
     }
 
     /// The bytes of that frame were written.
-    pub fn on_written(&mut self, bytes: &[u8]) {
+    pub(crate) fn on_written(&mut self, bytes: &[u8]) {
         self.hasher.update(bytes);
         self.received += bytes.len() as u64;
     }
 
     /// The client's trailing DIGEST: every byte must be in, and the trailer, the declared hash
     /// and the computed one must agree. Returns the hash to commit under.
-    pub fn handle_digest(&mut self, trailer: &Hash) -> Result<Hash, PutError> {
+    pub(crate) fn handle_digest(&mut self, trailer: &Hash) -> Result<Hash, PutError> {
         if self.phase != PutPhase::Receiving || self.received != self.size {
             return Err(PutError::Incomplete {
                 received: self.received,
@@ -273,13 +273,13 @@ impl PutTransfer {
     }
 
     /// Bytes received so far, held ones included.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
     /// Whether PUT_READY is yet to be sent or the held prefix to be hashed: work that needs no
     /// event from the client.
-    pub fn wants_turn(&self) -> bool {
+    pub(crate) fn wants_turn(&self) -> bool {
         self.rehash_wanted().is_some() || (self.ready_due && self.phase == PutPhase::Receiving)
     }
 }
@@ -287,7 +287,7 @@ impl PutTransfer {
 /// One LIST: the directory's entries, read from the disk a bounded number at a time and
 /// encoded into ENTRIES pages.
 #[derive(Debug)]
-pub struct ListTransfer {
+pub(crate) struct ListTransfer {
     listing: ListingHandle,
     path: String,
     /// An entry read that did not fit in the last page.
@@ -297,7 +297,7 @@ pub struct ListTransfer {
 
 impl ListTransfer {
     /// A listing of the directory `path`, opened as `listing`.
-    pub fn new(listing: ListingHandle, path: &str) -> ListTransfer {
+    pub(crate) fn new(listing: ListingHandle, path: &str) -> ListTransfer {
         ListTransfer {
             listing,
             path: path.to_string(),
@@ -307,7 +307,7 @@ impl ListTransfer {
     }
 
     /// The handle the disk knows the listing by.
-    pub fn listing(&self) -> ListingHandle {
+    pub(crate) fn listing(&self) -> ListingHandle {
         self.listing
     }
 
@@ -316,7 +316,7 @@ impl ListTransfer {
     /// and skipped ones included, so a directory full of names LIST does not show still costs
     /// a bounded turn. Returns whether the directory is finished. An entry too long for any
     /// page (a frame limit below 274 bytes and a long name) is an error.
-    pub fn next_page(
+    pub(crate) fn next_page(
         &mut self,
         disk: &mut dyn Disk,
         page: &mut Vec<u8>,

@@ -9,8 +9,8 @@
 //! - [`files`]: one file transfer (GET, PUT, LIST) per stream, and [`upload`]: an upload's
 //!   writes and syncs; both reach the disk through the [`Disk`](disk::Disk) trait ([`disk`]).
 
-pub mod disk;
-pub mod echo;
-pub mod exec;
-pub mod files;
-pub mod upload;
+pub(crate) mod disk;
+pub(crate) mod echo;
+pub(crate) mod exec;
+pub(crate) mod files;
+pub(crate) mod upload;

@@ -27,26 +27,26 @@ use crate::service::disk::{
 };
 
 /// Most bytes one write hands to the disk: a slot of the disk helper's write ring.
-pub const WRITE_PIECE: usize = 256 << 10;
+pub(crate) const WRITE_PIECE: usize = 256 << 10;
 
 /// Every this many bytes of an upload, the disk helper starts writing them to the disk
 /// (`sync_file_range(WRITE)`, which does not wait), so the disk works while the upload
 /// streams and the commit's `fsync` has little left to do. (The syncs used to be
 /// `fdatasync`s, to bound how long the loop stalled at the commit: the helper makes them now,
 /// and a waiting sync in its queue held up every write behind it — 0.43× `dd` measured.)
-pub const SYNC_WINDOW: u64 = 16 << 20;
+pub(crate) const SYNC_WINDOW: u64 = 16 << 20;
 
 /// While this many of an upload's writeback starts are still queued, its connection reads
 /// no more of it.
-pub const MAX_SYNCS_IN_FLIGHT: usize = 2;
+pub(crate) const MAX_SYNCS_IN_FLIGHT: usize = 2;
 
 /// While this many bytes of an upload are still being written by the disk helper, its
 /// connection reads no more of it: enough to keep the helper busy, a quarter of its ring.
-pub const WRITE_AHEAD: usize = 2 << 20;
+pub(crate) const WRITE_AHEAD: usize = 2 << 20;
 
 /// What the client of an upload to `path` hears once a newer PUT of the same file took it
 /// over: it may no longer write, commit or remove the partial.
-pub fn superseded_error(path: &str) -> FileError {
+pub(crate) fn superseded_error(path: &str) -> FileError {
     FileError::new(
         ErrorCode::IoFailed,
         format!("{path}: a newer PUT of the same file took this upload over"),
@@ -55,7 +55,7 @@ pub fn superseded_error(path: &str) -> FileError {
 
 /// One upload's disk side: its handle, and its writes and syncs in the disk's hands.
 #[derive(Debug)]
-pub struct Upload {
+pub(crate) struct Upload {
     handle: UploadHandle,
     /// The path it will get (for the errors the client hears).
     path: String,
@@ -85,7 +85,7 @@ pub struct Upload {
 impl Upload {
     /// The upload [`Disk::begin_put`] prepared for `path`: its writes start where what it
     /// held ends.
-    pub fn new(begun: BegunUpload, path: &str) -> Upload {
+    pub(crate) fn new(begun: BegunUpload, path: &str) -> Upload {
         Upload {
             handle: begun.handle,
             path: path.to_string(),
@@ -104,14 +104,14 @@ impl Upload {
     }
 
     /// The handle the disk knows it by.
-    pub fn handle(&self) -> UploadHandle {
+    pub(crate) fn handle(&self) -> UploadHandle {
         self.handle
     }
 
     /// Writes `bytes` at `offset`: handed to the disk in [`WRITE_PIECE`]s (by the disk helper,
     /// or at once where it cannot take them). Each complete [`SYNC_WINDOW`] is then made to
     /// start its writeback, once its writes are done.
-    pub fn write_at(
+    pub(crate) fn write_at(
         &mut self,
         bytes: &[u8],
         offset: u64,
@@ -173,14 +173,14 @@ impl Upload {
 
     /// The upload is verified: once every write is done, its `fsync` is asked for; the
     /// commit goes on when [`Upload::durable`].
-    pub fn finish(&mut self, disk: &mut dyn Disk) {
+    pub(crate) fn finish(&mut self, disk: &mut dyn Disk) {
         self.finishing = true;
         self.sync_due(disk);
     }
 
     /// A finished disk job: whether it was one of this upload's (then it is noted, and what
     /// it unblocked is asked for).
-    pub fn on_disk_done(&mut self, done: &JobDone, disk: &mut dyn Disk) -> bool {
+    pub(crate) fn on_disk_done(&mut self, done: &JobDone, disk: &mut dyn Disk) -> bool {
         if let Some(at) = self.writes.iter().position(|(id, _)| *id == done.id) {
             self.writes.swap_remove(at);
         } else if let Some(at) = self.syncs.iter().position(|id| *id == done.id) {
@@ -202,25 +202,25 @@ impl Upload {
     }
 
     /// Whether the data is durable: every write and sync done, the commit's `fsync` too.
-    pub fn durable(&self) -> bool {
+    pub(crate) fn durable(&self) -> bool {
         self.disk_idle() && (self.failed.is_some() || self.final_done)
     }
 
     /// Whether no write or sync of this upload is in the disk helper's hands (each holds a
     /// descriptor of its file).
-    pub fn disk_idle(&self) -> bool {
+    pub(crate) fn disk_idle(&self) -> bool {
         self.writes.is_empty() && self.syncs.is_empty()
     }
 
     /// Whether the disk is behind: [`WRITE_AHEAD`] bytes still being written, or
     /// [`MAX_SYNCS_IN_FLIGHT`] windows still being synced. Its connection reads no more then.
-    pub fn disk_bound(&self) -> bool {
+    pub(crate) fn disk_bound(&self) -> bool {
         self.writes.iter().map(|(_, len)| len).sum::<usize>() >= WRITE_AHEAD
             || self.syncs.len() >= MAX_SYNCS_IN_FLIGHT
     }
 
     /// The failure of a write or sync, as the client will hear it.
-    pub fn disk_error(&self) -> Option<FileError> {
+    pub(crate) fn disk_error(&self) -> Option<FileError> {
         self.failed.as_ref().map(|error| error.on(&self.path))
     }
 }

@@ -96,7 +96,7 @@ use crate::sys::errno::disk_error;
 use crate::timer::WallClock;
 
 /// The hidden subcommand that runs the helper: `monoreactor __disk-helper FD`.
-pub const HELPER_SUBCOMMAND: &str = "__disk-helper";
+pub(crate) const HELPER_SUBCOMMAND: &str = "__disk-helper";
 
 /// Name prefix of files DELETE has renamed aside for the helper to unlink. It starts with
 /// [`RESERVED_PREFIX`](crate::proto::path::RESERVED_PREFIX), so such a file is never listed
@@ -111,12 +111,12 @@ const _: () = assert!(
 
 /// A file occupying less than this is unlinked inline by DELETE: freeing a few blocks is
 /// quick, and the rename and the round trip to the helper would cost more than they save.
-pub const OFFLOAD_UNLINK_BYTES: u64 = 1 << 20;
+pub(crate) const OFFLOAD_UNLINK_BYTES: u64 = 1 << 20;
 
 /// A fresh name under [`TRASH_PREFIX`]: the wall clock `now` in ns (the loop's, this turn)
 /// and a counter, in hex. It is created with `RENAME_NOREPLACE`, so a clash (a leftover from
 /// another run) is detected and another name tried, never overwritten.
-pub fn trash_name(now: WallClock) -> String {
+pub(crate) fn trash_name(now: WallClock) -> String {
     // Atomic because it is a static: every server in this process names trash in the same
     // directories (two on one root, in an embedding program or the tests).
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -126,14 +126,14 @@ pub fn trash_name(now: WallClock) -> String {
 }
 
 /// Bytes in one slot of the write [`Ring`]: a write job carries at most this much, one
-/// [`WRITE_PIECE`](crate::service::upload::WRITE_PIECE) of an upload.
+/// `WRITE_PIECE` of an upload.
 pub const SLOT_LEN: usize = crate::service::upload::WRITE_PIECE;
 
 /// Slots in the write [`Ring`]: 8 MiB in all, shared by every upload of the process.
-pub const RING_SLOTS: u32 = 32;
+pub(crate) const RING_SLOTS: u32 = 32;
 
 /// Memory shared with the helper for the bytes of write jobs: a `memfd` of
-/// [`RING_SLOTS`] × [`SLOT_LEN`] bytes. The server copies a DATA payload into a free slot
+/// `RING_SLOTS` × [`SLOT_LEN`] bytes. The server copies a DATA payload into a free slot
 /// (`pwrite` into pages that stay in memory, a fast copy) and the helper writes the slot into
 /// the file (`pwrite` from its read-only mapping of the `memfd`): the copy into the file's page cache, which on this
 /// VM costs 5 ms per MiB of fresh pages (measured: 90 % of a PUT's loop time), happens in the
@@ -294,7 +294,7 @@ pub const MAX_HELD: usize = 256;
 const HELPER_NICE: libc::c_int = 10;
 
 /// Sends of one job (first send and resends after the helper died) before it runs inline.
-pub const MAX_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// Identifies the helper protocol in HELLO.
 const HELLO_MAGIC: u32 = 0x6d72_646b; // "mrdk"
@@ -308,7 +308,7 @@ const WRITE_ARGS: usize = 8 + 4 + 4;
 /// A job's fixed part: id, op, name length.
 const JOB_HEAD: usize = 8 + 1 + 2;
 /// Longest job message.
-pub const MAX_JOB_LEN: usize = JOB_HEAD + MAX_NAME;
+pub(crate) const MAX_JOB_LEN: usize = JOB_HEAD + MAX_NAME;
 /// Length of a DONE reply.
 const DONE_LEN: usize = 1 + 8 + 4;
 /// Length of HELLO.
@@ -614,7 +614,7 @@ impl std::error::Error for WireError {}
 
 /// A message from the helper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The helper runs and speaks this protocol version.
     Hello {
         /// Its protocol version.
@@ -631,7 +631,7 @@ pub enum Reply {
 
 impl Reply {
     /// The message's bytes.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         match *self {
             Reply::Hello { version } => {
                 let mut out = vec![TAG_HELLO];
@@ -649,7 +649,7 @@ impl Reply {
     }
 
     /// Parses one message.
-    pub fn decode(bytes: &[u8]) -> Result<Reply, WireError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Reply, WireError> {
         match (bytes.first(), bytes.len()) {
             (Some(&TAG_HELLO), HELLO_LEN) if bytes[1..5] == HELLO_MAGIC.to_le_bytes() => {
                 Ok(Reply::Hello { version: bytes[5] })
@@ -696,8 +696,8 @@ impl DiskDone {
 /// Where the file layer ([`crate::sys::files::Files`]) hands its blocking calls: the disk
 /// helper, for a connection of the server (the reactor's `ConnJobs`: the job's owner is the
 /// submitting connection, with its generation); held until a test completes them
-/// ([`crate::testkit::ScriptedDisk`]); or made at once ([`RunHere`]).
-pub trait Jobs {
+/// ([`crate::testkit::ScriptedDisk`]); or made at once (`RunHere`, in tests).
+pub(crate) trait Jobs {
     /// Hands `job` over. A [`Pending::Job`]'s completion comes back as a [`JobDone`] with the
     /// id returned, through
     /// [`Connection::handle_disk_done`](crate::conn::Connection::handle_disk_done), never
@@ -720,11 +720,12 @@ pub trait Jobs {
     fn pending(&self, id: JobId) -> bool;
 }
 
-/// Jobs made at once, on the calling thread: no disk helper in reach (a connection driven by
-/// hand, the I/O layer's own tests).
+/// Jobs made at once, on the calling thread, for the I/O layer's own tests.
+#[cfg(test)]
 #[derive(Debug, Default)]
-pub struct RunHere;
+pub(crate) struct RunHere;
 
+#[cfg(test)]
 impl Jobs for RunHere {
     fn submit(&mut self, job: Job) -> Pending {
         Pending::Done(job.run().map_err(disk_error))

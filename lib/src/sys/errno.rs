@@ -9,7 +9,7 @@ use crate::proto::ErrorCode;
 use crate::service::disk::{DiskError, FileError};
 
 /// The failure `errno`, as the client will hear it (the path is added by [`DiskError::on`]).
-pub fn disk_error(errno: Errno) -> DiskError {
+pub(crate) fn disk_error(errno: Errno) -> DiskError {
     let os_error = Some(errno.raw_os_error());
     let (code, what) = match errno {
         Errno::NOENT => (ErrorCode::NotFound, "no such file or directory"),
@@ -44,7 +44,7 @@ pub fn file_error(errno: Errno, path: &str) -> FileError {
 }
 
 /// The failure `error` of an operation on `path`: as its errno says, or `IO_FAILED`.
-pub fn io_file_error(error: &io::Error, path: &str) -> FileError {
+pub(crate) fn io_file_error(error: &io::Error, path: &str) -> FileError {
     match error.raw_os_error() {
         Some(raw) => file_error(Errno::from_raw_os_error(raw), path),
         None => FileError::new(ErrorCode::IoFailed, format!("{path}: {error}")),

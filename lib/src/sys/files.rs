@@ -61,7 +61,7 @@ use crate::sys::upload::{OpenUpload, Partial};
 use crate::timer::WallClock;
 
 /// What `stat` says of a file, in the file service's terms.
-pub fn meta_of_stat(stat: &Stat) -> FileMeta {
+pub(crate) fn meta_of_stat(stat: &Stat) -> FileMeta {
     let kind = match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile => FileKind::File,
         FileType::Directory => FileKind::Directory,
@@ -85,7 +85,7 @@ pub fn meta_of_stat(stat: &Stat) -> FileMeta {
 }
 
 /// Re-reads the metadata of an open file (to see whether it changed while being sent).
-pub fn meta_of(file: &impl AsFd) -> io::Result<FileMeta> {
+pub(crate) fn meta_of(file: &impl AsFd) -> io::Result<FileMeta> {
     Ok(meta_of_stat(&rustix::fs::fstat(file)?))
 }
 
@@ -105,7 +105,7 @@ enum Index {
 /// open (by handle), which resumable uploads are in progress, the hash index. The loop's
 /// alone, like everything else it owns.
 #[derive(Debug)]
-pub struct FileState {
+pub(crate) struct FileState {
     /// Transfers running, each holding a [`TransferPermit`].
     transfers: usize,
     max_transfers: usize,
@@ -125,7 +125,7 @@ pub struct FileState {
 
 impl FileState {
     /// State for a server allowing `max_transfers` at once and puts of up to `max_put` bytes.
-    pub fn new(max_transfers: usize, max_put: u64) -> FileState {
+    pub(crate) fn new(max_transfers: usize, max_put: u64) -> FileState {
         FileState {
             transfers: 0,
             max_transfers,
@@ -139,8 +139,9 @@ impl FileState {
         }
     }
 
-    /// Transfers running now.
-    pub fn transfers(&self) -> usize {
+    /// Transfers running now (the test kit shows it).
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn transfers(&self) -> usize {
         self.transfers
     }
 }
@@ -186,7 +187,7 @@ fn rename_aside(dir: &OwnedFd, name: &str, now: WallClock) -> Result<String, Err
 /// where blocking calls go, and the loop's wall clock this turn. The reactor builds one per
 /// drive (its jobs go to the disk helper, owned by the connection); a test harness builds one
 /// over a scripted disk.
-pub struct Files<'a> {
+pub(crate) struct Files<'a> {
     /// The root everything is beneath.
     pub root: &'a Root,
     /// The server's file state.

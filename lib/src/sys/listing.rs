@@ -18,7 +18,7 @@ use crate::sys::root::Root;
 
 /// A directory being listed.
 #[derive(Debug)]
-pub struct Listing {
+pub(crate) struct Listing {
     dir: rustix::fs::Dir,
     /// The directory, as the client named it (for errors).
     path: String,
@@ -26,7 +26,7 @@ pub struct Listing {
 
 impl Listing {
     /// Opens the directory `path` beneath `root` for listing.
-    pub fn open(root: &Root, path: &str) -> Result<Listing, FileError> {
+    pub(crate) fn open(root: &Root, path: &str) -> Result<Listing, FileError> {
         let fd = root
             .open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
             .map_err(|errno| file_error(errno, path))?;
@@ -38,7 +38,7 @@ impl Listing {
     }
 
     /// The next directory entry: one worth listing, with its metadata, or one skipped.
-    pub fn read_entry(&mut self) -> Result<DirRead, FileError> {
+    pub(crate) fn read_entry(&mut self) -> Result<DirRead, FileError> {
         let Some(next) = self.dir.read() else {
             return Ok(DirRead::End);
         };

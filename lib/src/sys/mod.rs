@@ -14,13 +14,13 @@
 //! means to a client), [`disk`] (the helper process, its protocol and its write ring), [`restart`] (when a helper
 //! process that died is started again).
 
-pub mod disk;
-pub mod errno;
-pub mod files;
-pub mod hash_index;
-pub mod listing;
-pub mod mmsg;
-pub mod process;
-pub mod restart;
-pub mod root;
-pub mod upload;
+pub(crate) mod disk;
+pub(crate) mod errno;
+pub(crate) mod files;
+pub(crate) mod hash_index;
+pub(crate) mod listing;
+pub(crate) mod mmsg;
+pub(crate) mod process;
+pub(crate) mod restart;
+pub(crate) mod root;
+pub(crate) mod upload;

@@ -8,15 +8,15 @@ use std::time::Duration;
 use rustix::process::WaitIdStatus;
 
 /// The first restart delay after the immediate one.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest restart delay.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A process that lived this long resets its backoff.
-pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// The delay before restarting a process after `crashes` short-lived predecessors: none for
 /// the first, then [`FIRST_BACKOFF`] doubling up to [`MAX_BACKOFF`].
-pub fn backoff(crashes: u32) -> Duration {
+pub(crate) fn backoff(crashes: u32) -> Duration {
     match crashes {
         0 => Duration::ZERO,
         n => FIRST_BACKOFF

@@ -213,11 +213,12 @@ impl FileState {
     }
 
     /// Whether a newer PUT of the same upload took `handle` over.
-    pub fn superseded(&self, handle: UploadHandle) -> bool {
+    pub(crate) fn superseded(&self, handle: UploadHandle) -> bool {
         self.upload(handle).is_some_and(|upload| upload.superseded)
     }
 
-    /// The path an open upload will get.
+    /// The path an open upload will get (the test kit's failure injection names it).
+    #[cfg(any(test, feature = "testkit"))]
     pub(crate) fn upload_path(&self, handle: UploadHandle) -> Option<&str> {
         self.upload(handle).map(|upload| upload.path.as_str())
     }

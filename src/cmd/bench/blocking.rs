@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use monoreactor::access::{Token, load_token};
-use monoreactor::server::DEFAULT_FRAMED_ADDR;
+use monoreactor::DEFAULT_FRAMED_ADDR;
+use monoreactor::{Token, load_token};
 use monoreactor_bench::{self as bench, BenchProtocol};
 
 use super::{BenchCommon, print_report, target};

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Args;
-use monoreactor::server::DEFAULT_ECHO_ADDR;
+use monoreactor::DEFAULT_ECHO_ADDR;
 use monoreactor_bench::{self as bench, BenchProtocol, LoadConfig};
 
 use super::{BenchCommon, print_report, target};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use monoreactor::access::load_token;
-use monoreactor::server::DEFAULT_FRAMED_ADDR;
+use monoreactor::DEFAULT_FRAMED_ADDR;
+use monoreactor::load_token;
 use monoreactor_bench::{self as bench, BenchProtocol, IdleConfig};
 
 use super::{format, target};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use monoreactor::client::{Client, ClientError};
 use monoreactor::proto::{Decoder, ErrorMessage, FrameType};
-use monoreactor::server::{DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR};
+use monoreactor::{DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR};
 use monoreactor_bench::BenchProtocol;
 
 use crate::explain::explain;

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::client::ClientError;
 use monoreactor::client::files::FileClient;
 use monoreactor::proto::SessionFlags;
-use monoreactor::server::DEFAULT_FRAMED_ADDR;
 
 use crate::args::Addr;
 use crate::explain::explain;

@@ -32,7 +32,8 @@ use failure::{Failure, USAGE, output_failure, say};
 #[command(
     name = "monoreactor",
     version,
-    about = "A single-threaded, event-driven server: framed echo, raw TCP echo and UDP echo on one mio::Poll"
+    about = "A single-threaded, event-driven server on one mio::Poll: framed echo, raw TCP and UDP \
+             echo, remote exec, and BLAKE3-verified file transfer"
 )]
 struct Cli {
     /// More log output on stderr (-v debug, -vv trace).

@@ -1,4 +1,4 @@
-//! The disk helper (`src/sys/disk.rs`): the real helper process (this package's binary, run as
+//! The disk helper (`lib/src/sys/disk.rs`): the real helper process (this package's binary, run as
 //! `monoreactor __disk-helper FD`) driven by a [`DiskHelper`] on a poll of the test's own;
 //! its death and restart; a helper that cannot start; DELETE through a connection with
 //! scripted completions; and DELETE through a real server, whose helper is one thread and

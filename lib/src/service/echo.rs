@@ -3,7 +3,7 @@
 //! - Framed: [`reply`] answers an ECHO_REQUEST with an ECHO_REPLY carrying the same payload on
 //!   the same stream.
 //! - Raw TCP (RFC 862): a connection in [`State::Echoing`](crate::conn::State::Echoing); the
-//!   byte pump lives in [`Connection::drive`](crate::conn::Connection::drive) because it is
+//!   byte pump is the connection's own (`RawEcho`, in `conn/raw_echo.rs`) because it is
 //!   nothing but the connection's read and write paths.
 //! - UDP: [`check_datagram`] says which datagrams are answered; the socket, its batches
 //!   (`recvmmsg`, `sendmmsg`) and its queue of replies are the reactor's (`reactor/udp.rs`),

@@ -259,7 +259,7 @@ pub enum SyncKind {
 
 /// What the file service needs from the disk. The I/O layer implements it over the root
 /// directory and the disk helper (`Files`, in `sys/files.rs`); tests script it
-/// ([`crate::testkit::ScriptedDisk`]). Every path has passed
+/// (`testkit::ScriptedDisk`, with the `testkit` feature). Every path has passed
 /// [`check_relative`](crate::proto::path::check_relative); every error is a [`FileError`]
 /// naming the path, ready for the stream's ERROR frame.
 ///

@@ -147,7 +147,7 @@ impl fmt::Display for SpawnError {
 
 /// What a connection needs from the I/O layer to run commands. The reactor implements it over
 /// real processes (`ChildTable`, in `sys/process.rs`); tests script it
-/// ([`crate::testkit::ScriptedChildren`]).
+/// (`testkit::ScriptedChildren`, with the `testkit` feature).
 ///
 /// Reads and writes follow the socket rules: `WouldBlock` means "wait for the next event", a
 /// read of 0 is EOF.

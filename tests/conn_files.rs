@@ -12,9 +12,9 @@ use std::path::Path;
 
 use monoreactor::access::{Access, Token};
 use monoreactor::client::OwnedFrame;
-use monoreactor::conn::transfers::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::conn::{State, Verdict};
 use monoreactor::limits::Limits;
+use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, Entries, FileInfo, FileKind, GetRequest, Hash, PutFlags, PutReady, PutRequest,
 };

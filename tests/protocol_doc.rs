@@ -26,13 +26,13 @@ use std::thread;
 use std::time::Duration;
 
 use monoreactor::access::{Access, Token};
-use monoreactor::conn::transfers::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::conn::{State, Verdict};
 use monoreactor::limits::{self, Limits};
 use monoreactor::proto::exec::{
     EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, Signal, SignalRequest, Started,
     Termination, Window, exec_field, exit_field, started_field,
 };
+use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, DirEntry, Entries, FileInfo, FileKind, GetRequest, HASH_LEN, Hash, MAX_NAME_LEN,
     MAX_PATH_LEN, PutFlags, PutReady, PutRequest, entry_field, get_field, info_field, parse_path,

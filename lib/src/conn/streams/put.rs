@@ -12,7 +12,9 @@
 
 use log::info;
 
+use crate::buffer::BufferPool;
 use crate::conn::context::{Budget, Context, Pumped};
+use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::proto::files::{Digest, Hash, PutReady, PutRequest};
 use crate::proto::{ErrorCode, FrameType};
@@ -161,14 +163,7 @@ impl Put {
         };
         // PUT_READY is due before anything else on the stream: DATA may have been sent right
         // behind the PUT, and handled before the pump had a chance to send it.
-        if let Some(ready) = transfer.poll_ready() {
-            outbox.replies(cx.pool, cx.limits).part(
-                FrameType::PutReady,
-                stream,
-                PutReady::PAYLOAD_LEN as u32,
-                |out| ready.emit(out),
-            );
-        }
+        queue_ready(transfer, stream, outbox, cx.pool, cx.limits);
         let failed = |code, text, discard| Received::Failed {
             code,
             text,
@@ -319,15 +314,7 @@ impl Put {
         if let Some(chunk) = buf {
             cx.pool.give(chunk);
         }
-        if let Some(ready) = put.poll_ready() {
-            outbox.replies(cx.pool, cx.limits).part(
-                FrameType::PutReady,
-                stream,
-                PutReady::PAYLOAD_LEN as u32,
-                |out| ready.emit(out),
-            );
-            moved = true;
-        }
+        moved |= queue_ready(put, stream, outbox, cx.pool, cx.limits);
         Pumped::Running(moved)
     }
 
@@ -357,6 +344,27 @@ impl Put {
             _ => self.end(disk),
         }
     }
+}
+
+/// Queues PUT_READY on `stream` if it is due (once, when the server is ready for DATA: a
+/// resumed upload's held bytes hashed); returns whether it was.
+fn queue_ready(
+    transfer: &mut PutTransfer,
+    stream: u32,
+    outbox: &mut Outbox,
+    pool: &mut BufferPool,
+    limits: &Limits,
+) -> bool {
+    let Some(ready) = transfer.poll_ready() else {
+        return false;
+    };
+    outbox.replies(pool, limits).part(
+        FrameType::PutReady,
+        stream,
+        PutReady::PAYLOAD_LEN as u32,
+        |out| ready.emit(out),
+    );
+    true
 }
 
 /// A verified upload on its way to its DIGEST: its data made durable, then renamed into place,

@@ -105,17 +105,34 @@ impl Connection {
     /// Whether the request in `frame` (EXEC or a file request, on a stream id
     /// [`claim_stream_id`](Connection::claim_stream_id) let through) may start: the one
     /// ladder every such request climbs, its first failed rung the refusal sent on the
-    /// request's stream. A dash is a rung that kind skips.
+    /// request's stream (a dash: a rung that kind skips).
     ///
-    /// | # | rung | EXEC | GET, PUT, LIST | STAT, DELETE, MKDIR |
-    /// |---|---|---|---|---|
-    /// | 1 | authenticated | `UNAUTHENTICATED` "EXEC needs an authenticated connection: send the server's token in HELLO" | `UNAUTHENTICATED`, the same with its type | the same |
-    /// | 2 | the service is on | `EXEC_DISABLED` "this server does not run commands (start it with --exec)": no `--exec`, or no processes in the [`Context`] | `UNKNOWN_FRAME_TYPE` "this server has no file service" | the same |
-    /// | 3 | the client's FIN | `BAD_REQUEST` "EXEC with or after the client's FIN: ..." once the poll has reported the FIN, before the read that sees it | PUT only, once the FIN was read: `BAD_REQUEST` "PUT after the client closed its side of the connection" | — |
-    /// | 4 | not draining for a shutdown | `SHUTTING_DOWN` "... starts no new commands" | `SHUTTING_DOWN` "... starts no new transfers" | the same |
-    /// | 5 | a stream free on this connection (open streams below [`max_streams_per_connection`]) | `LIMIT_REACHED` "N commands are running on this connection, its limit" | `LIMIT_REACHED` "N commands and transfers are running on this connection, its limit" | — (no stream stays open) |
-    /// | 6 | the payload parses | `BAD_REQUEST`, the parser's text | `BAD_REQUEST`, the parser's text (logged) | the same |
-    /// | 7 | a place in the server | a child number free on this connection, else `LIMIT_REACHED` "no free child number on this connection" | a transfer place ([`Disk::admit`]), else its refusal (logged) | — |
+    /// | # | rung           | EXEC              | GET, PUT, LIST       | STAT, DELETE, MKDIR  |
+    /// |---|----------------|-------------------|----------------------|----------------------|
+    /// | 1 | authenticated  | `UNAUTHENTICATED` | `UNAUTHENTICATED`    | `UNAUTHENTICATED`    |
+    /// | 2 | service on     | `EXEC_DISABLED`   | `UNKNOWN_FRAME_TYPE` | `UNKNOWN_FRAME_TYPE` |
+    /// | 3 | no FIN yet     | `BAD_REQUEST`     | PUT: `BAD_REQUEST`   | —                    |
+    /// | 4 | not draining   | `SHUTTING_DOWN`   | `SHUTTING_DOWN`      | `SHUTTING_DOWN`      |
+    /// | 5 | a stream free  | `LIMIT_REACHED`   | `LIMIT_REACHED`      | —                    |
+    /// | 6 | payload parses | `BAD_REQUEST`     | `BAD_REQUEST`        | `BAD_REQUEST`        |
+    /// | 7 | a place to run | `LIMIT_REACHED`   | [`Disk::admit`]'s    | —                    |
+    ///
+    /// The texts, rung by rung:
+    /// 1. "{type} needs an authenticated connection: send the server's token in HELLO".
+    /// 2. EXEC: "this server does not run commands (start it with --exec)" (no `--exec`, or no
+    ///    processes in the [`Context`]); the others: "this server has no file service".
+    /// 3. EXEC, once the poll has reported the FIN (before the read that sees it): "EXEC with
+    ///    or after the client's FIN: ..."; PUT, once the FIN was read: "PUT after the client
+    ///    closed its side of the connection". GET and LIST need nothing more from the client.
+    /// 4. "the server is shutting down and starts no new commands" (EXEC), "... transfers"
+    ///    (the others).
+    /// 5. Open streams at [`max_streams_per_connection`] (N): "N commands are running on this
+    ///    connection, its limit" (EXEC), "N commands and transfers are running on this
+    ///    connection, its limit" (GET, PUT, LIST). STAT, DELETE and MKDIR keep no stream open.
+    /// 6. The parser's text (logged for the file requests).
+    /// 7. EXEC: a child number free on this connection, else "no free child number on this
+    ///    connection"; GET, PUT, LIST: a place among the server's transfers, else the disk's
+    ///    refusal (logged).
     ///
     /// What can still fail belongs to starting the request, after this: the spawn (where the
     /// I/O layer applies the server's command limit, [`max_exec`], atomically with taking

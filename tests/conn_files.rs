@@ -12,7 +12,7 @@ use std::path::Path;
 
 use monoreactor::Limits;
 use monoreactor::client::OwnedFrame;
-use monoreactor::internal::{DATA_FRAME_LEN, LIST_PAGE_LEN};
+use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, Entries, FileInfo, FileKind, GetRequest, Hash, PutFlags, PutReady, PutRequest,
 };

@@ -30,12 +30,12 @@ use monoreactor::internal::EXEC_ENV;
 use monoreactor::internal::PARTIAL_TTL_NS;
 use monoreactor::internal::RACY_WINDOW_NS;
 use monoreactor::internal::file_error;
-use monoreactor::internal::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::internal::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
 use monoreactor::proto::exec::{
     EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, Signal, SignalRequest, Started,
     Termination, Window, exec_field, exit_field, started_field,
 };
+use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, DirEntry, Entries, FileInfo, FileKind, GetRequest, HASH_LEN, Hash, MAX_NAME_LEN,
     MAX_PATH_LEN, PutFlags, PutReady, PutRequest, entry_field, get_field, info_field, parse_path,

@@ -70,8 +70,6 @@
 
 mod access;
 mod buffer;
-// The stream table is being re-cut on a branch; its items become pub(crate) when it lands.
-#[allow(unreachable_pub)]
 mod conn;
 mod limits;
 mod outbox;
@@ -131,7 +129,6 @@ pub mod disk {
 /// release.
 #[doc(hidden)]
 pub mod internal {
-    pub use crate::conn::transfers::{DATA_FRAME_LEN, LIST_PAGE_LEN};
     pub use crate::service::echo::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
     /// The disk helper's pieces, for its own tests.
     pub mod disk {

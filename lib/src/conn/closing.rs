@@ -4,7 +4,8 @@
 
 use log::debug;
 
-use super::{Budget, Connection, Context, State, Verdict, count_read};
+use super::context::{Budget, Context, Verdict, count_read};
+use super::{Connection, State};
 use crate::transport::{IoState, ReadOutcome, Transport};
 
 impl Connection {

@@ -1,7 +1,10 @@
 //! What a drive borrows from the loop ([`Context`]), what it may spend this turn ([`Budget`]),
-//! what it answers ([`Verdict`]), and why a framed connection must close ([`Fatal`]).
+//! what it answers ([`Verdict`]), what a stream's turn did ([`Pumped`]), where a reading loop
+//! goes after a read ([`Step`]), and why a framed connection must close ([`Fatal`]).
 
 use std::fmt;
+
+use log::debug;
 
 use crate::access::Access;
 use crate::buffer::BufferPool;
@@ -11,6 +14,7 @@ use crate::service::disk::Disk;
 use crate::service::exec::Children;
 use crate::throttle::LogThrottle;
 use crate::timer::{Tick, WallClock};
+use crate::transport::{IoState, ReadOutcome};
 
 /// What the caller should do after driving a connection for a turn: the connection's answer
 /// to the loop.
@@ -94,6 +98,15 @@ pub(crate) struct Budget {
     pub(crate) disk: usize,
 }
 
+/// What one stream's turn did ([`Streams::pump`](super::streams::Streams::pump)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// Still running; whether it moved anything.
+    Running(bool),
+    /// Finished: its last frame is queued, and it leaves the table.
+    Finished,
+}
+
 /// Why a framed connection must close: the ERROR frame to send first (none when the client
 /// itself reported an error), and the text for the log.
 pub(super) struct Fatal {
@@ -126,5 +139,45 @@ impl Fatal {
             text: text.into(),
             broken: true,
         }
+    }
+}
+
+/// Where a reading loop goes after a read ([`after_read`]).
+pub(super) enum Step {
+    /// Read again.
+    Continue,
+    /// Leave the loop.
+    Stop,
+    /// The connection failed: close it.
+    Fail,
+}
+
+/// What a reading loop does after a read: go on after data, stop when drained, stop for good
+/// at EOF (noted), fail on an error.
+pub(super) fn after_read(io_state: &mut IoState, outcome: ReadOutcome) -> Step {
+    match outcome {
+        ReadOutcome::Data(_) => Step::Continue,
+        ReadOutcome::Drained => Step::Stop,
+        ReadOutcome::Eof => {
+            io_state.set(IoState::PEER_EOF, true);
+            Step::Stop
+        }
+        ReadOutcome::Failed(error) => {
+            debug!("read failed: {error}");
+            Step::Fail
+        }
+    }
+}
+
+/// Charges a read to the turn's budget and the activity clock.
+pub(super) fn count_read(
+    outcome: &ReadOutcome,
+    budget: &mut Budget,
+    last_active: &mut Tick,
+    now: Tick,
+) {
+    if let ReadOutcome::Data(n) = outcome {
+        budget.bytes = budget.bytes.saturating_sub(*n);
+        *last_active = now;
     }
 }

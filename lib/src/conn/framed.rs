@@ -5,10 +5,8 @@
 
 use log::debug;
 
-use super::{
-    Bits, Budget, Connection, Context, Fatal, SHUTTING_DOWN_TEXT, State, Step, Verdict, after_read,
-    count_read, echoes,
-};
+use super::context::{Budget, Context, Fatal, Step, Verdict, after_read, count_read};
+use super::{Bits, Connection, SHUTTING_DOWN_TEXT, State, echoes};
 use crate::buffer::Buf;
 use crate::limits::Limits;
 use crate::proto::exec::EndReason;
@@ -83,7 +81,7 @@ impl Connection {
                         "peer closed its side: stopping {} commands",
                         streams.commands()
                     );
-                    streams.release_all_commands(cx, EndReason::Disconnect);
+                    streams.release_commands(cx, EndReason::Disconnect);
                 }
             }
         }
@@ -369,10 +367,7 @@ impl Connection {
         let Some(streams) = self.streams.as_mut() else {
             return false;
         };
-        let mut progress = streams.pump(&mut self.outbox, cx, budget);
-        if !streams.transfers.is_empty() {
-            progress |= streams.pump_transfers(&mut self.outbox, cx, budget);
-        }
+        let progress = streams.pump(&mut self.outbox, cx, budget);
         if streams.is_finished(cx.turn) {
             self.streams = None;
         }
@@ -381,10 +376,8 @@ impl Connection {
 
     /// Whether a stream has work that needs no new readiness event.
     fn streams_want_turn(&self, bytes_left: bool) -> bool {
-        self.streams.as_ref().is_some_and(|streams| {
-            let may_produce = self.outbox.may_produce();
-            streams.wants_turn(may_produce, bytes_left)
-                || (!streams.transfers.is_empty() && streams.transfers_want_turn(may_produce))
-        })
+        self.streams
+            .as_ref()
+            .is_some_and(|streams| streams.wants_turn(self.outbox.may_produce(), bytes_left))
     }
 }

@@ -33,29 +33,35 @@
 //! at shutdown until they have been stopped and their EXIT frames queued ("draining").
 //!
 //! # Streams
-//! Requests that take time (a command, a file transfer) live on their stream in the
-//! connection's [`streams::Streams`] table, allocated with the first such request; an idle
-//! connection holds none. Their output goes through the same [`Outbox`] as every reply.
+//! A *stream* is what the protocol means by it: the id a request and its answers carry. The
+//! requests that take time — a command (EXEC), a download (GET), an upload (PUT), a listing
+//! (LIST) — stay open on their stream in the connection's stream table, allocated with the
+//! first such request; an idle connection holds none. Every request that would start passes
+//! one admission ladder first (`Connection::admit`, in `admission.rs`). Their output goes
+//! through the same [`Outbox`] as every reply.
 //!
 //! # Files
 //! - `mod.rs`: [`Connection`], its life (accept, readiness, deadlines, shutdown, release) and
 //!   [`Connection::drive`], which hands the turn to the driver for its state;
 //! - `framed.rs`: the framed driver — read, decode, handle, run the streams, write;
 //! - `echoes.rs`: framed echo replies written straight from the input;
-//! - `dispatch.rs`: what each complete frame does;
-//! - `streams.rs`, `transfers.rs`: the stream table, its commands and its file transfers;
+//! - `dispatch.rs`: what each complete frame does, and how an admitted request starts;
+//! - `admission.rs`: which stream id a request may use, and the one ladder that admits or
+//!   refuses every request that would start;
+//! - `streams/`: the stream table (`mod.rs`), and one module per kind of entry: `exec.rs`,
+//!   `get.rs`, `put.rs`, `list.rs`;
 //! - `raw_echo.rs`: the raw echo (RFC 862), a small type of its own;
 //! - `closing.rs`: the lingering close;
 //! - `context.rs`: [`Context`], [`Verdict`], the turn's budget and why a connection fails.
 
+mod admission;
 mod closing;
 mod context;
 mod dispatch;
 mod echoes;
 mod framed;
 mod raw_echo;
-pub mod streams;
-pub mod transfers;
+mod streams;
 
 use std::fmt;
 use std::time::Duration;
@@ -70,7 +76,7 @@ use crate::proto::exec::EndReason;
 use crate::service::disk::{JobDone, JobKind};
 use crate::service::exec::ChildSource;
 use crate::timer::Tick;
-use crate::transport::{IoState, ReadOutcome, Readiness, Transport};
+use crate::transport::{IoState, Readiness, Transport};
 
 use context::{Budget, Fatal};
 pub use context::{Context, Verdict};
@@ -142,16 +148,6 @@ impl Bits {
             self.0 &= !bit;
         }
     }
-}
-
-/// Where a reading loop goes after a read ([`after_read`]).
-enum Step {
-    /// Read again.
-    Continue,
-    /// Leave the loop.
-    Stop,
-    /// The connection failed: close it.
-    Fail,
 }
 
 /// One connection's protocol state and buffers. See the module docs for the call order.
@@ -310,11 +306,11 @@ impl Connection {
         }
     }
 
-    /// Records that the poll reported one of a command's descriptors: `index` is the child
-    /// number its token carries. An index with no command finds nothing.
-    pub fn on_child_ready(&mut self, index: u8, source: ChildSource) {
+    /// Records that the poll reported one of a command's descriptors: `child_number` is the
+    /// one its token carries. A number with no command finds nothing.
+    pub fn on_child_ready(&mut self, child_number: u8, source: ChildSource) {
         if let Some(streams) = self.streams.as_mut() {
-            streams.on_ready(index, source);
+            streams.on_child_ready(child_number, source);
         }
     }
 
@@ -544,30 +540,5 @@ impl Connection {
             trace!("state {} -> {next}", self.state);
             self.state = next;
         }
-    }
-}
-
-/// What a reading loop does after a read: go on after data, stop when drained, stop for good
-/// at EOF (noted), fail on an error.
-fn after_read(io_state: &mut IoState, outcome: ReadOutcome) -> Step {
-    match outcome {
-        ReadOutcome::Data(_) => Step::Continue,
-        ReadOutcome::Drained => Step::Stop,
-        ReadOutcome::Eof => {
-            io_state.set(IoState::PEER_EOF, true);
-            Step::Stop
-        }
-        ReadOutcome::Failed(error) => {
-            debug!("read failed: {error}");
-            Step::Fail
-        }
-    }
-}
-
-/// Charges a read to the turn's budget and the activity clock.
-fn count_read(outcome: &ReadOutcome, budget: &mut Budget, last_active: &mut Tick, now: Tick) {
-    if let ReadOutcome::Data(n) = outcome {
-        budget.bytes = budget.bytes.saturating_sub(*n);
-        *last_active = now;
     }
 }

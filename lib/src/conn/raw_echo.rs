@@ -9,7 +9,7 @@ use std::io;
 
 use log::debug;
 
-use super::{Budget, Context, Step, Verdict, after_read, count_read};
+use super::context::{Budget, Context, Step, Verdict, after_read, count_read};
 use crate::outbox::Outbox;
 use crate::timer::Tick;
 use crate::transport::{IoState, ReadOutcome, Transport};

@@ -3,7 +3,7 @@
 //!
 //! The file service reaches the disk the way exec reaches processes through
 //! [`Children`](crate::service::exec::Children): through a trait, with handles instead of
-//! descriptors. The connection ([`crate::conn::transfers`]) and the service's state machines
+//! descriptors. The connection (its stream table, `conn/streams/`) and the service's state machines
 //! ([`crate::service::files`], [`crate::service::upload`]) ask for what a request needs — open
 //! this file, write these bytes of that upload, make it durable, publish it — and hear back
 //! metadata, handles, errors as the client will hear them ([`FileError`], [`DiskError`]), and

@@ -1,6 +1,6 @@
 //! The file service's transfer state machines, sans-IO: they count bytes, keep the running
 //! BLAKE3, page a listing, and decide what comes next, but never touch a file. The
-//! connection's [stream table](crate::conn::streams) does the reads and writes they ask for,
+//! connection's stream table (`conn/streams/`) does the reads and writes they ask for,
 //! through the [`Disk`] in its context, in bounded chunks per turn.
 //!
 //! A GET sends `[offset, size)` and ends with the whole file's hash, which is either known in
@@ -11,7 +11,7 @@
 //! ```
 //! "Both done" is this machine's part; the connection then sends the DIGEST only once the last
 //! queued DATA range has left its outbox and the file is as it was at the open, else an
-//! ERROR (`pump_get` in [`crate::conn::transfers`]; checking a file is the disk's part).
+//! ERROR (`Get::pump` in `conn/streams/get.rs`; checking a file is the disk's part).
 //! A PUT takes exactly `size` bytes, hashing them as they are written; a resumed one first
 //! re-hashes the prefix the server already holds:
 //!

@@ -27,8 +27,7 @@ use crate::transport::Transport;
 ///   [`ConnHarness::settle`] repeats it until the verdict changes.
 ///
 /// ```
-/// use monoreactor::conn::Verdict;
-/// use monoreactor::limits::Limits;
+/// use monoreactor::{Limits, Verdict};
 /// use monoreactor::proto::{Flags, Frame, FrameType, Hello, HelloOk, PROTOCOL_VERSION, SessionFlags};
 /// use monoreactor::testkit::{Builder, ConnHarness};
 ///

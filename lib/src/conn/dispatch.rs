@@ -7,17 +7,16 @@
 //! 3. Stream 0 is the connection: a request there is fatal. A stream with a command or a
 //!    transfer running takes only its frames (STDIN, STDIN_EOF, SIGNAL; DATA, DIGEST): a new
 //!    request on it is fatal ([`Connection::claim_stream_id`]).
-//! 4. A request the connection may not make (no token, exec off, a limit) is refused on its own
-//!    stream and ends only that stream: the one ladder, with its table, is
-//!    [`Connection::admit`].
+//! 4. A request the connection may not make (no token, the service off, the client's FIN, a
+//!    shutdown, a limit) is refused on its own stream and ends only that stream: the one
+//!    ladder, with its table, is [`Connection::admit`].
 //! 5. STDIN, STDIN_EOF and SIGNAL for a stream with no command, and DATA and DIGEST for one
-//!    with no upload, are ignored: they may have crossed the stream's last frame on the wire. (A SIGNAL whose payload does not parse is fatal
-//!    all the same: it is checked before the stream is looked up.)
+//!    with no upload, are ignored: they may have crossed the stream's last frame on the wire.
+//!    (A SIGNAL whose payload does not parse is fatal all the same: it is checked before the
+//!    stream is looked up.)
 //! 6. A client's ERROR ends what its stream names: the connection on stream 0; on a version 2
 //!    connection, only that stream (its command is released, its transfer ends), whose id is
 //!    free for a new request from the next frame on.
-//! 7. Once the client's FIN has been reported, an EXEC is refused on its stream: the FIN stops
-//!    every command, so one started then would end at once without an EXIT.
 //!
 //! A request let in starts here: a command is spawned, a transfer opened into the stream
 //! table ([`Streams`]), and STAT, DELETE and MKDIR are answered at once.

@@ -437,8 +437,10 @@ impl Connection {
         self.set_state(State::Closed);
     }
 
-    /// Releases every command. The table stays (it remembers the child numbers just freed, so
-    /// they are not reused this turn); an empty one is dropped at a drive in a later turn.
+    /// Ends every stream: the transfers end, the commands are released
+    /// ([`Streams::release_all`](streams::Streams::release_all)). The table stays (it remembers
+    /// the child numbers just freed, so they are not reused this turn); an empty one is dropped
+    /// at a drive in a later turn.
     fn release_streams(&mut self, cx: &mut Context<'_>, reason: EndReason) {
         if let Some(streams) = self.streams.as_mut() {
             streams.release_all(cx, reason);

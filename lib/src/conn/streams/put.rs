@@ -8,7 +8,9 @@
 //! rename ([`Disk::publish`], metadata only, here), then its directory's `fsync` by the helper,
 //! and only then its DIGEST — each step taken by `pump_commit` once the helper's completion
 //! has arrived ([`Put::on_disk_done`]). A resumed upload's held bytes are re-read for the hash
-//! first, within the turn's disk budget.
+//! first, within the turn's disk budget. A failed upload whose partial goes, and whose writes
+//! the helper still holds, waits for them on stream 0 (the client may reuse its id) before the
+//! partial is removed ([`Put::settle`]).
 
 use log::info;
 

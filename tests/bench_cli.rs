@@ -154,11 +154,15 @@ fn echo_framed_and_raw_report_sane_numbers() {
         "{json}"
     );
 
-    // The flag style from before the subcommands still works (docs/PERFORMANCE.md uses it).
+    // What the flag style from before the subcommands did, in the subcommand form it became.
     let run = bench(&[
-        "--proto", "raw", "--addr", &raw, "--conns", "1", "--secs", "0.2", "--warmup", "0.05",
+        "echo", "--raw", "--addr", &raw, "-c", "1", "-d", "0.2", "--warmup", "0.05",
     ]);
     assert!(succeeded(&run).contains("echo raw"), "{}", run.stdout);
+    // The flags themselves are gone: a usage error, before any connection.
+    let run = bench(&["--addr", &raw, "--conns", "1", "--secs", "0.2"]);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--addr"), "{}", run.stderr);
 }
 
 #[test]
@@ -245,7 +249,7 @@ fn get_put_and_exec_report_transfers_and_commands() {
         .expect("the root")
         .filter_map(Result::ok)
         .map(|entry| entry.file_name())
-        .filter(|name| *name != monoreactor::sys::hash_index::INDEX_NAME)
+        .filter(|name| *name != monoreactor::internal::INDEX_NAME)
         .collect();
     assert!(left.is_empty(), "left in the root: {left:?}");
 
@@ -267,6 +271,33 @@ fn get_put_and_exec_report_transfers_and_commands() {
     ]);
     let text = succeeded(&run);
     assert!(text.contains("(exit 1 "), "{text}");
+}
+
+#[test]
+fn stream_reports_server_memory_and_echo_latency() {
+    let server = Server::start_exec(&[]);
+    let framed = server.framed_str();
+    let token = server.scratch().join("token");
+    let token = token.to_str().expect("UTF-8 temp path");
+    let pid = server.pid().to_string();
+    let run = bench(&[
+        "stream",
+        "--addr",
+        &framed,
+        "--token-file",
+        token,
+        "--pid",
+        &pid,
+        "-s",
+        "1M",
+        "--read-rate",
+        "20000000",
+    ]);
+    let text = succeeded(&run);
+    assert!(
+        text.starts_with("stream of 1048576 bytes") && text.contains("echoes of 64 B meanwhile"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use monoreactor::access::Token;
+use monoreactor::Token;
 use monoreactor::client::exec::{Command as RemoteCommand, ExecClient};
 use monoreactor::proto::exec::{EndReason, Signal, Termination};
 use support::exec::{Scratch, TEST_TOKEN, write_token_file};
@@ -612,7 +612,7 @@ fn a_closed_stdout_ends_every_client_quietly() {
     assert_quiet_pipe_end(&client.finish(), "echo | head -0");
 
     let bench = [
-        "bench", "--addr", &addr, "--conns", "1", "--secs", "0.2", "--warmup", "0.05",
+        "bench", "echo", "--addr", &addr, "-c", "1", "-d", "0.2", "--warmup", "0.05",
     ];
     let mut client = spawn_reading(&bench, Input::Null);
     drop(client.take_stdout());
@@ -638,9 +638,9 @@ fn a_full_stdout_is_one_line_and_255_for_every_client() {
         ("echo", vec!["echo", "--addr", &addr, "hi"]),
         ("exec", as_strs(&exec)),
         (
-            "bench (flags)",
+            "bench echo",
             vec![
-                "bench", "--addr", &addr, "--conns", "1", "--secs", "0.2", "--warmup", "0.05",
+                "bench", "echo", "--addr", &addr, "-c", "1", "-d", "0.2", "--warmup", "0.05",
             ],
         ),
         (
@@ -694,7 +694,7 @@ fn localhost_port_is_an_address_for_every_client() {
 
     let done = run(
         &[
-            "bench", "--addr", &addr, "--conns", "1", "--secs", "0.2", "--warmup", "0.05",
+            "bench", "echo", "--addr", &addr, "-c", "1", "-d", "0.2", "--warmup", "0.05",
         ],
         Input::Null,
     );
@@ -731,15 +731,13 @@ fn the_wrong_port_or_protocol_gets_a_hint() {
     );
     let done = run(&["echo", "--addr", &raw, "hi"], Input::Null);
     assert!(done.one_line_failure(1).contains("our own HELLO"));
-    let done = run(&["bench", "--addr", &raw, "--secs", "0.2"], Input::Null);
+    let done = run(&["bench", "echo", "--addr", &raw, "-d", "0.2"], Input::Null);
     assert!(done.one_line_failure(1).contains("our own HELLO"));
 
     // Raw bench pointed at the framed port.
     let framed = server.framed_str();
     let done = run(
-        &[
-            "bench", "--proto", "raw", "--addr", &framed, "--secs", "0.2",
-        ],
+        &["bench", "echo", "--raw", "--addr", &framed, "-d", "0.2"],
         Input::Null,
     );
     let line = done.one_line_failure(1);

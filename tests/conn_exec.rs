@@ -5,18 +5,18 @@
 
 use std::time::Duration;
 
+use monoreactor::Tick;
+use monoreactor::children::{ChildSource, OutputPipe, SpawnError};
 use monoreactor::client::OwnedFrame;
-use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::{Limits, MIN_IO_BUFFER_LEN};
 use monoreactor::proto::exec::{
     EndReason, ExecFlags, ExecRequest, Exit, Signal, SignalRequest, Started, Termination, Window,
 };
 use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, Header, Hello, HelloOk, SessionFlags,
 };
-use monoreactor::service::exec::{ChildSource, OutputPipe, SpawnError};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
-use monoreactor::timer::Tick;
+use monoreactor::{Limits, MIN_IO_BUFFER_LEN};
+use monoreactor::{State, Verdict};
 
 const TOKEN: &[u8] = b"0123456789abcdef-token";
 
@@ -486,7 +486,7 @@ fn a_grandchild_holding_a_pipe_delays_exit_only_until_the_drain_deadline() {
 #[test]
 fn the_per_connection_limit_refuses_the_next_command_on_its_stream() {
     let limits = Limits {
-        max_exec_per_connection: 2,
+        max_streams_per_connection: 2,
         ..Limits::default()
     };
     let (mut h, mut io) = authenticated(limits);
@@ -650,7 +650,7 @@ fn smallest_limits(output_cap: u64) -> Limits {
         shutdown_grace: Duration::ZERO,
         pre_auth_max_frame: 64,
         max_exec: 1,
-        max_exec_per_connection: 1,
+        max_streams_per_connection: 1,
         exec_timeout: tick,
         exec_kill_grace: tick,
         exec_drain_timeout: tick,

@@ -10,11 +10,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use monoreactor::access::{Access, Token};
+use monoreactor::Limits;
 use monoreactor::client::OwnedFrame;
-use monoreactor::conn::transfers::{DATA_FRAME_LEN, LIST_PAGE_LEN};
-use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::Limits;
+use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, Entries, FileInfo, FileKind, GetRequest, Hash, PutFlags, PutReady, PutRequest,
 };
@@ -22,6 +20,8 @@ use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello, HelloOk, SessionFlags,
 };
 use monoreactor::testkit::{ConnHarness, MemoryIo};
+use monoreactor::{Access, Token};
+use monoreactor::{State, Verdict};
 use support::TempDir;
 
 const TOKEN: &[u8] = b"0123456789abcdef-token";
@@ -143,7 +143,7 @@ fn digest_of(frame: &OwnedFrame) -> Hash {
 /// One readiness event (both ways), then the turns the connection asks for.
 ///
 /// While output is pending and the peer has room left, the peer is reading: the poll reports the
-/// socket writable again. (A file range's DATA goes out through `Stream::send_file`, whose
+/// socket writable again. (A file range's DATA goes out through `Transport::send_file`, whose
 /// default — used by `MemoryIo` — sends at most 16 KiB per call; the outbox takes that for a
 /// full socket and waits for the next writable event. See
 /// `one_drive_with_room_to_spare_sends_a_whole_queued_file_range`.)
@@ -186,7 +186,7 @@ fn connect(limits: Limits, root: &Path) -> (ConnHarness, MemoryIo) {
 
 /// Transfers the server counts as running (its `--max-transfers` places in use).
 fn transfers_running(h: &ConnHarness) -> usize {
-    h.files.as_ref().expect("with_files").1.transfers()
+    h.disk.as_ref().expect("with_files").transfers()
 }
 
 /// The connection goes on: an echo on `stream` comes back.
@@ -551,7 +551,7 @@ fn a_big_get_takes_several_turns_within_the_disk_budget() {
 #[test]
 fn one_drive_with_room_to_spare_sends_a_whole_queued_file_range() {
     // The peer has unlimited room: one readiness event and the turns the connection asks for
-    // must send the whole GET, as they send any bytes. (Fails while `Stream::send_file`'s
+    // must send the whole GET, as they send any bytes. (Fails while `Transport::send_file`'s
     // default sends 16 KiB per call and the outbox reads that as a full socket.)
     let dir = TempDir::new("sendfile");
     let file = content(100 << 10, 13);
@@ -780,7 +780,7 @@ fn transfers_count_against_the_per_connection_limit() {
     let dir = TempDir::new("limit");
     fs::write(dir.join("f"), b"x").unwrap();
     let limits = Limits {
-        max_exec_per_connection: 2,
+        max_streams_per_connection: 2,
         ..Limits::default()
     };
     let (mut h, mut io) = connect(limits, dir.path());

@@ -4,15 +4,15 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use mio::Interest;
-use monoreactor::conn::{Protocol, State, Verdict};
-use monoreactor::limits::Limits;
+use monoreactor::Limits;
+use monoreactor::Readiness;
+use monoreactor::Tick;
 use monoreactor::proto::{
     ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Hello, HelloOk, PROTOCOL_VERSION,
     SessionFlags,
 };
 use monoreactor::testkit::{Builder, ConnHarness, MemoryIo};
-use monoreactor::timer::Tick;
+use monoreactor::{Protocol, State, Verdict};
 
 fn hello() -> Vec<u8> {
     let mut wire = Vec::new();
@@ -229,12 +229,12 @@ fn blocked_write_waits_for_writable_and_then_sends_everything() {
     let mut h = ConnHarness::framed(Limits::default());
     assert_eq!(h.event(&mut io, true, false), Verdict::Wait);
     assert_eq!(h.conn.pending_output(), output.len());
-    assert_eq!(h.conn.interest(), Interest::READABLE | Interest::WRITABLE);
+    assert_eq!(h.conn.interest(), Readiness::READABLE | Readiness::WRITABLE);
     assert_eq!(h.event(&mut io, false, true), Verdict::Wait);
     assert_eq!(h.conn.pending_output(), 0);
     assert_eq!(
         h.conn.interest(),
-        Interest::READABLE,
+        Readiness::READABLE,
         "WRITABLE dropped once nothing is pending"
     );
 }
@@ -298,7 +298,7 @@ fn output_above_high_water_stops_reading_until_it_drains() {
     );
     assert_eq!(
         h.conn.interest(),
-        Interest::WRITABLE,
+        Readiness::WRITABLE,
         "reading paused while output is high"
     );
 
@@ -311,7 +311,7 @@ fn output_above_high_water_stops_reading_until_it_drains() {
     }
     assert_eq!(verdict, Verdict::Wait);
     assert_eq!((h.conn.pending_output(), h.conn.pending_input()), (0, 0));
-    assert_eq!(h.conn.interest(), Interest::READABLE);
+    assert_eq!(h.conn.interest(), Readiness::READABLE);
 }
 
 #[test]
@@ -426,7 +426,7 @@ fn oversize_header_gets_error_then_fin_then_input_is_discarded_until_eof() {
     );
     assert!(io.write_shut());
     assert_eq!(h.conn.state(), State::Closing);
-    assert_eq!(h.conn.interest(), Interest::READABLE);
+    assert_eq!(h.conn.interest(), Readiness::READABLE);
     assert_eq!(
         h.event(&mut io, true, false),
         Verdict::Wait,

@@ -1,4 +1,4 @@
-//! The disk helper (`src/sys/disk.rs`): the real helper process (this package's binary, run as
+//! The disk helper (`lib/src/sys/disk.rs`): the real helper process (this package's binary, run as
 //! `monoreactor __disk-helper FD`) driven by a [`DiskHelper`] on a poll of the test's own;
 //! its death and restart; a helper that cannot start; DELETE through a connection with
 //! scripted completions; and DELETE through a real server, whose helper is one thread and
@@ -12,15 +12,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
+use monoreactor::Limits;
 use monoreactor::client::files::FileClient;
-use monoreactor::conn::Verdict;
-use monoreactor::limits::Limits;
-use monoreactor::proto::files::{PutFlags, PutRequest};
-use monoreactor::proto::{Flags, Frame, FrameType, Hello};
-use monoreactor::sys::disk::{
-    DiskDone, DiskHelper, HelperTokens, Job, JobKind, MAX_HELD, MAX_IN_FLIGHT, TRASH_PREFIX,
+use monoreactor::disk::{JobId, JobKind};
+use monoreactor::internal::disk::{
+    DiskDone, DiskHelper, HelperTokens, Job, MAX_HELD, MAX_IN_FLIGHT, TRASH_PREFIX,
 };
+use monoreactor::proto::files::{PutFlags, PutReady, PutRequest};
+use monoreactor::proto::{ErrorCode, Flags, Frame, FrameType, Hello};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
+use monoreactor::{Connection, Protocol, Verdict};
 use rustix::io::Errno;
 
 use support::{Server, TempDir, children_of, is_disk_helper, process_state, retry, threads};
@@ -56,7 +57,7 @@ impl Rig {
         }
     }
 
-    fn submit(&mut self, owner: u64, job: Job) -> monoreactor::sys::disk::JobId {
+    fn submit(&mut self, owner: u64, job: Job) -> JobId {
         self.disk.submit(Some(owner), job, self.poll.registry())
     }
 
@@ -393,7 +394,7 @@ fn delete_answers_done_at_once_and_leaves_the_unlink_of_the_aside_name_to_the_di
         "renamed aside: {names:?}"
     );
     assert_eq!(names[1], "small");
-    let pending: Vec<_> = h.disk().pending().map(|(_, job)| job.kind()).collect();
+    let pending: Vec<_> = h.disk().pending().map(|(_, kind)| kind).collect();
     assert_eq!(pending, [JobKind::Unlink]);
 
     // A small file is unlinked at once: nothing to gain from the helper.
@@ -602,7 +603,7 @@ fn frame_kinds(frames: &[monoreactor::client::OwnedFrame]) -> Vec<(FrameType, u3
 }
 
 fn pending_kinds(h: &mut ConnHarness) -> Vec<JobKind> {
-    h.disk().pending().map(|(_, job)| job.kind()).collect()
+    h.disk().pending().map(|(_, kind)| kind).collect()
 }
 
 /// A connection with a scripted disk, after HELLO.
@@ -818,11 +819,7 @@ fn a_mismatched_upload_leaves_the_unlink_of_its_partial_to_the_disk() {
     io.push(&wire);
     settle(&mut h, &mut io);
     // Its writes first (the disk helper's), then the verdict.
-    while h
-        .disk()
-        .pending()
-        .any(|(_, job)| job.kind() == JobKind::Write)
-    {
+    while h.disk().pending().any(|(_, kind)| kind == JobKind::Write) {
         let done = h.disk().run_next().unwrap();
         h.disk_done(&mut io, done);
     }
@@ -840,4 +837,61 @@ fn a_mismatched_upload_leaves_the_unlink_of_its_partial_to_the_disk() {
         h.disk_done(&mut io, done);
     }
     assert!(dir.names().is_empty(), "{:?}", dir.names());
+}
+
+/// A client vanished mid-upload (no FIN) and resumes on a new connection: the new PUT would
+/// take the older one over, but while the older one's writes are still in the disk helper's
+/// hands what the partial holds cannot be told, so it is refused UPLOAD_BUSY (the client
+/// retries). Once the helper has done them — their connection never hears of it, stalled as
+/// it is — the same PUT takes over and is offered every byte written.
+#[test]
+fn a_takeover_waits_until_the_older_uploads_writes_are_done() {
+    let dir = TempDir::new("takeover-busy");
+    let (mut h, mut io) = disk_conn(&dir);
+    let bytes = vec![6u8; 300 << 10];
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let size = 2 * bytes.len() as u64;
+    let mut wire = put_request(1, size, Some(hash), "f");
+    wire.extend(Frame::new(FrameType::Data, Flags::NONE, 1, &bytes).to_vec());
+    io.push(&wire);
+    settle(&mut h, &mut io);
+    assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::PutReady, 1)]);
+    assert_eq!(pending_kinds(&mut h), [JobKind::Write, JobKind::Write]);
+
+    // The same client, on a new connection (the old one stalls, its upload still open).
+    let stalled = std::mem::replace(
+        &mut h.conn,
+        Connection::new(Protocol::Framed, h.now, &h.limits),
+    );
+    let mut io = MemoryIo::new();
+    io.push(&hello());
+    settle(&mut h, &mut io);
+    io.take_frames();
+    let resume = |stream| {
+        let request = PutRequest {
+            size,
+            flags: PutFlags::HASH_DECLARED.with(PutFlags::RESUME),
+            hash: Some(hash),
+            path: "f",
+        };
+        let mut payload = vec![0; request.payload_len()];
+        request.emit(&mut payload);
+        Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec()
+    };
+    io.push(&resume(1));
+    settle(&mut h, &mut io);
+    let frames = io.take_frames();
+    assert_eq!(frame_kinds(&frames), [(FrameType::Error, 1)]);
+    let error = monoreactor::proto::ErrorMessage::parse(&frames[0].payload).unwrap();
+    assert_eq!(error.code, ErrorCode::UploadBusy, "{}", error.text);
+
+    // The helper writes both pieces; the stalled connection is not told.
+    while h.disk().run_next().is_some() {}
+    io.push(&resume(3));
+    settle(&mut h, &mut io);
+    let frames = io.take_frames();
+    assert_eq!(frame_kinds(&frames), [(FrameType::PutReady, 3)]);
+    let ready = PutReady::parse(&frames[0].payload).unwrap();
+    assert_eq!(ready.held, bytes.len() as u64, "every byte written is held");
+    drop(stalled);
 }

@@ -308,6 +308,18 @@ fn the_per_connection_limit_follows_its_flag() {
 }
 
 #[test]
+fn the_per_connection_limit_answers_to_its_clearer_alias_too() {
+    let server = Server::start_exec(&["--max-streams-per-conn", "1"]);
+    let mut conn = ExecConn::connect(&server);
+    let first = conn.exec(&request_with_stdin(&["cat"]));
+    let second = conn.exec(&request(&["true"]));
+    conn.started(first);
+    assert_eq!(conn.refused(second).0, ErrorCode::LimitReached);
+    conn.stdin_eof(first);
+    assert_eq!(conn.wait_end(first, RUN_TIMEOUT).code(), 0);
+}
+
+#[test]
 fn fifty_commands_run_at_once_on_fifty_connections() {
     const CONNS: usize = 50;
     let server = Server::start_exec(&["--max-commands", "64"]);

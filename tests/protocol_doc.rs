@@ -25,14 +25,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use monoreactor::access::{Access, Token};
-use monoreactor::conn::transfers::{DATA_FRAME_LEN, LIST_PAGE_LEN};
-use monoreactor::conn::{State, Verdict};
-use monoreactor::limits::{self, Limits};
+use monoreactor::children::{ChildSource, OutputPipe, SpawnError};
+use monoreactor::internal::EXEC_ENV;
+use monoreactor::internal::PARTIAL_TTL_NS;
+use monoreactor::internal::RACY_WINDOW_NS;
+use monoreactor::internal::file_error;
+use monoreactor::internal::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
 use monoreactor::proto::exec::{
     EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, Signal, SignalRequest, Started,
     Termination, Window, exec_field, exit_field, started_field,
 };
+use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, DirEntry, Entries, FileInfo, FileKind, GetRequest, HASH_LEN, Hash, MAX_NAME_LEN,
     MAX_PATH_LEN, PutFlags, PutReady, PutRequest, entry_field, get_field, info_field, parse_path,
@@ -48,13 +51,11 @@ use monoreactor::proto::{
     DecodeError, Decoder, ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header,
     Hello, HelloOk, MAGIC, PROTOCOL_VERSION, SessionFlags, ends_connection,
 };
-use monoreactor::server::{Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Server};
-use monoreactor::service::echo::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
-use monoreactor::service::exec::{ChildSource, OutputPipe, SpawnError};
-use monoreactor::sys::files::{FileError, RACY_WINDOW_NS};
-use monoreactor::sys::process::EXEC_ENV;
-use monoreactor::sys::upload::PARTIAL_TTL_NS;
 use monoreactor::testkit::{ConnHarness, MemoryIo, ScriptedChild};
+use monoreactor::{Access, Token};
+use monoreactor::{Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Server};
+use monoreactor::{Limits, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN};
+use monoreactor::{State, Verdict};
 use rustix::io::Errno;
 
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
@@ -1121,8 +1122,8 @@ fn file_dumps_parse_with_the_file_types_and_re_emit_byte_for_byte() {
 /// A real server on loopback, run on a thread; stopped and its root removed on drop.
 struct RealServer {
     addr: SocketAddr,
-    shutdown: monoreactor::reactor::ShutdownHandle,
-    running: Option<thread::JoinHandle<std::io::Result<monoreactor::reactor::ReactorStats>>>,
+    shutdown: monoreactor::ShutdownHandle,
+    running: Option<thread::JoinHandle<std::io::Result<monoreactor::ReactorStats>>>,
     root: PathBuf,
     /// Removed after the server has stopped (fields drop after `drop`).
     _scratch: Scratch,
@@ -1738,7 +1739,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         hash: Some(blake3(b"busy")),
         path: "big.iso",
     };
-    let id = monoreactor::sys::files::upload_id(busy.path, busy.size, &blake3(b"busy"));
+    let id = monoreactor::internal::upload_id(busy.path, busy.size, &blake3(b"busy"));
     let partial = fs::File::create(server.root.join(format!(".monoreactor-partial-{id:016x}")))
         .expect("create the partial");
     lock_whole_file(&partial);
@@ -2149,7 +2150,7 @@ fn disk_failures() -> Vec<(ErrorCode, String)> {
     [(libc::ENOSPC, "big.iso"), (libc::EIO, "hello.txt")]
         .into_iter()
         .map(|(errno, path)| {
-            let error = FileError::from_errno(Errno::from_raw_os_error(errno), path);
+            let error = file_error(Errno::from_raw_os_error(errno), path);
             (error.code, error.text)
         })
         .collect()
@@ -2660,8 +2661,8 @@ fn constants_table_matches_the_code() {
         ("Token::MIN_LEN", Token::MIN_LEN.to_string()),
         ("MAX_ERROR_TEXT_LEN", MAX_ERROR_TEXT_LEN.to_string()),
         ("max_frame_len", limits.max_frame_len.to_string()),
-        ("MIN_FRAME_LEN", limits::MIN_FRAME_LEN.to_string()),
-        ("MAX_FRAME_LEN", limits::MAX_FRAME_LEN.to_string()),
+        ("MIN_FRAME_LEN", MIN_FRAME_LEN.to_string()),
+        ("MAX_FRAME_LEN", MAX_FRAME_LEN.to_string()),
         ("pre_auth_max_frame", limits.pre_auth_max_frame.to_string()),
         ("MAX_ARGS", MAX_ARGS.to_string()),
         ("MAX_CWD_LEN", MAX_CWD_LEN.to_string()),
@@ -2689,12 +2690,12 @@ fn constants_table_matches_the_code() {
         ("exec_drain_timeout", seconds(limits.exec_drain_timeout)),
         ("exec_output_cap", limits.exec_output_cap.to_string()),
         (
-            "max_exec_per_connection",
-            limits.max_exec_per_connection.to_string(),
+            "max_streams_per_connection",
+            limits.max_streams_per_connection.to_string(),
         ),
         (
-            "MAX_EXEC_PER_CONNECTION",
-            limits::MAX_EXEC_PER_CONNECTION.to_string(),
+            "MAX_STREAMS_PER_CONNECTION",
+            MAX_STREAMS_PER_CONNECTION.to_string(),
         ),
         ("max_exec", limits.max_exec.to_string()),
         (

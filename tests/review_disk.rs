@@ -12,16 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
-use monoreactor::conn::{Connection, Protocol, Verdict};
-use monoreactor::limits::Limits;
+use monoreactor::Limits;
+use monoreactor::Tick;
+use monoreactor::disk::JobKind;
+use monoreactor::internal::disk::{
+    DiskDone, DiskHelper, HelperTokens, Job, MAX_HELD, MAX_IN_FLIGHT, Ring, SLOT_LEN, write_job,
+};
 use monoreactor::proto::files::{PutFlags, PutRequest};
 use monoreactor::proto::{ErrorCode, Flags, Frame, FrameType, Hello};
-use monoreactor::sys::disk::{
-    DiskDone, DiskHelper, HelperTokens, Job, JobKind, MAX_HELD, MAX_IN_FLIGHT, Ring, SLOT_LEN,
-    write_job,
-};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
-use monoreactor::timer::Tick;
+use monoreactor::{Connection, Protocol, Verdict};
 use rustix::io::Errno;
 
 use support::{TempDir, process_state, retry};
@@ -147,10 +147,7 @@ fn an_upload_dropped_with_writes_in_flight_leaves_no_stuck_upload_busy() {
     io_b.push(&data(1, &bytes[512 << 10..768 << 10]));
     settle(&mut h, &mut io_b);
     assert_eq!(
-        h.disk()
-            .pending()
-            .map(|(_, job)| job.kind())
-            .collect::<Vec<_>>(),
+        h.disk().pending().map(|(_, kind)| kind).collect::<Vec<_>>(),
         [JobKind::Write]
     );
     io_b.close();
@@ -185,7 +182,8 @@ fn an_upload_dropped_with_writes_in_flight_leaves_no_stuck_upload_busy() {
 /// Two runners of `Job::Write` on descriptors of one open file (the helper, and the loop
 /// running a write inline: `DiskHelper::submit` past `MAX_HELD`, or a failed `sendmsg`) race
 /// on the shared file position: `lseek` then `sendfile` is not atomic, so one runner's bytes
-/// land at the other's offset. Here two threads stand in for the two processes.
+/// land at the other's offset. Here two threads stand in for the two processes, each with a
+/// write ring of its own, as each server has (only the server's one thread claims slots).
 #[test]
 fn write_jobs_on_one_open_file_never_land_at_the_wrong_offset() {
     let dir = TempDir::new("pos-race");
@@ -197,21 +195,20 @@ fn write_jobs_on_one_open_file_never_land_at_the_wrong_offset() {
         .truncate(true)
         .open(&path)
         .unwrap();
-    let ring = Ring::new().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let piece = 64 << 10;
     let far: u64 = 4 << 20;
     let runner = |fill: u8, offset: u64| {
         let file = file.try_clone().unwrap();
-        let ring = ring.clone();
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
+            let mut ring = Ring::new().unwrap();
             let bytes = vec![fill; piece];
             let mut runs = 0u32;
             while !stop.load(Ordering::Relaxed) && runs < 20_000 {
-                let job =
-                    write_job(&ring, file.as_fd(), offset, &bytes, None).expect("a free slot");
+                let job = write_job(&mut ring, file.as_fd(), offset, &bytes).expect("a free slot");
                 job.run().expect("written");
+                ring.release_job(&job);
                 runs += 1;
             }
         })
@@ -296,7 +293,7 @@ fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_fil
     let other = fs::File::create(dir.path().join("other")).unwrap();
     let piece = vec![1u8; SLOT_LEN];
     assert!(
-        disk.submit_write(Some(1), file.as_fd(), 0, &piece, None, poll.registry())
+        disk.submit_write(Some(1), file.as_fd(), 0, &piece, poll.registry())
             .is_some()
     );
     for _ in 1..MAX_HELD {
@@ -312,7 +309,6 @@ fn the_loop_never_runs_a_write_inline_while_the_helper_holds_one_of_the_same_fil
         file.as_fd(),
         SLOT_LEN as u64,
         &piece,
-        None,
         poll.registry(),
     );
     let inline = disk.stats().inline - before;
@@ -395,7 +391,7 @@ fn a_client_that_half_closes_after_its_digest_still_hears_the_digest() {
 /// helper exists to take. Here: after the helper answered both, the server process still
 /// holds a descriptor of the unlinked file.
 #[test]
-#[ignore = "open at the helper's level: the server itself no longer submits an unlink behind a write of the same file (Files::discard waits for Upload::disk_idle, a_discarded_partial_is_unlinked_only_after_its_writes_are_answered)"]
+#[ignore = "open at the helper's level: the server itself no longer submits an unlink behind a write of the same file (Disk::discard waits for Upload::disk_idle, a_discarded_partial_is_unlinked_only_after_its_writes_are_answered)"]
 fn after_the_helper_unlinks_a_file_the_server_holds_no_descriptor_of_it() {
     let dir = TempDir::new("last-close");
     let mut poll = Poll::new().unwrap();
@@ -428,7 +424,7 @@ fn after_the_helper_unlinks_a_file_the_server_holds_no_descriptor_of_it() {
     let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
     // The partial's last write, then (discard) its unlink.
     let piece = vec![1u8; SLOT_LEN];
-    disk.submit_write(Some(1), file.as_fd(), 0, &piece, None, poll.registry())
+    disk.submit_write(Some(1), file.as_fd(), 0, &piece, poll.registry())
         .expect("a slot");
     drop(file); // the Upload is dropped by `discard`
     let dir_fd = OwnedFd::from(fs::File::open(dir.path()).unwrap());
@@ -479,7 +475,7 @@ fn a_discarded_partial_is_unlinked_only_after_its_writes_are_answered() {
     settle(&mut h, &mut io);
     let mut turns = 0;
     loop {
-        let pending: Vec<JobKind> = h.disk().pending().map(|(_, job)| job.kind()).collect();
+        let pending: Vec<JobKind> = h.disk().pending().map(|(_, kind)| kind).collect();
         if let Some(at) = pending.iter().position(|kind| *kind == JobKind::Unlink) {
             assert!(
                 !pending[..at].contains(&JobKind::Write),

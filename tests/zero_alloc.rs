@@ -26,17 +26,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use monoreactor::access::{Access, Token};
+use monoreactor::Limits;
 use monoreactor::client::Client;
-use monoreactor::limits::Limits;
 use monoreactor::proto::exec::ExecRequest;
 use monoreactor::proto::files::FileInfo;
 use monoreactor::proto::files::GetRequest;
 use monoreactor::proto::{
     Decoder, Flags, Frame, FrameType, HEADER_LEN, Header, Hello, SessionFlags,
 };
-use monoreactor::reactor::{ReactorStats, ShutdownHandle};
-use monoreactor::server::{BoundAddrs, Config, Server};
+use monoreactor::{Access, Token};
+use monoreactor::{BoundAddrs, Config, Server};
+use monoreactor::{ReactorStats, ShutdownHandle};
 
 struct CountingAllocator;
 
@@ -438,7 +438,7 @@ fn steady_state_file_get_allocates_nothing_on_the_server() {
         .unwrap();
     drop(file);
     std::thread::sleep(Duration::from_nanos(
-        monoreactor::sys::files::RACY_WINDOW_NS as u64 * 2,
+        monoreactor::internal::RACY_WINDOW_NS as u64 * 2,
     ));
     let server = Running::start(
         Config {

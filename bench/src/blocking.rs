@@ -20,7 +20,7 @@ use super::exec::{authenticated, exec_frame, run_one};
 use super::report::{
     Report, Stop, Value, count_error, cpu_of, io_kind, latency_histogram, own_cpu,
 };
-use monoreactor::access::Token;
+use monoreactor::Token;
 use monoreactor::client::ClientError;
 use monoreactor::client::files::FileClient;
 use monoreactor::proto::ErrorCode;

@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::LoadConfig;
 use super::report::{Recorder, Report, Value, io_kind};
-use monoreactor::server::raise_descriptor_limit;
+use monoreactor::raise_descriptor_limit;
 
 /// How long a slot waits after a failed connect before it tries again.
 const BACKOFF: Duration = Duration::from_millis(10);

@@ -21,9 +21,9 @@ use mio::{Events, Interest, Poll, Token};
 use super::report::{Pacer, Recorder, Report, io_kind};
 use super::timer::Timer;
 use super::{BenchProtocol, LoadConfig};
-use monoreactor::limits::MAX_FRAME_LEN;
+use monoreactor::MAX_FRAME_LEN;
 use monoreactor::proto::{Decoder, ErrorMessage, FrameType, Hello};
-use monoreactor::server::raise_descriptor_limit;
+use monoreactor::raise_descriptor_limit;
 
 /// One benchmark connection.
 struct Conn {

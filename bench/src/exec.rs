@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::Percentiles;
 use crate::procstat;
-use monoreactor::access::Token;
+use monoreactor::Token;
 use monoreactor::client::{Client, ClientError};
 use monoreactor::proto::exec::{ExecRequest, Exit, Termination};
 use monoreactor::proto::{ErrorMessage, FrameType, Hello};

@@ -16,12 +16,12 @@
 //!
 //! Every load run ends in a [`Report`]: requests, errors by kind, throughput, latency
 //! percentiles from an HDR histogram, and CPU time per request of the server (given its pid)
-//! and of the generator itself. The echo, UDP and connect generators are each one thread on
-//! one `mio::Poll`; the report says how busy that thread was, so a run whose generator was
-//! saturated says so instead of passing off the generator's limit as the server's. Raw echo,
-//! UDP and connect speak nothing but echo, so they measure any echo server.
+//! and of the generator itself. A [`Report`] is data: `monoreactor bench` writes it as text
+//! or JSON. The echo, UDP and connect generators are each one thread on one `mio::Poll`; the
+//! report says how busy that thread was, so a run whose generator was saturated says so
+//! instead of passing off the generator's limit as the server's. Raw echo, UDP and connect
+//! speak nothing but echo, so they measure any echo server.
 
-use std::fmt;
 use std::io::{self, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ pub mod udp;
 pub use report::{Report, Stop};
 
 use monoreactor::client::Client;
-use monoreactor::server::raise_descriptor_limit;
+use monoreactor::raise_descriptor_limit;
 
 /// Which protocol the benchmark speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,20 +196,6 @@ impl IdleReport {
     }
 }
 
-impl fmt::Display for IdleReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} idle connections: server RSS {} KiB -> {} KiB, {:.0} bytes ({:.3} KiB) per connection",
-            self.connections,
-            self.rss_before_kib,
-            self.rss_after_kib,
-            self.bytes_per_connection(),
-            self.bytes_per_connection() / 1024.0
-        )
-    }
-}
-
 /// Opens idle connections and measures the server's memory; see the module docs.
 pub fn run_idle(config: &IdleConfig) -> io::Result<IdleReport> {
     raise_descriptor_limit();
@@ -267,21 +253,6 @@ pub struct ProbeReport {
     pub latency: Percentiles,
     /// Highest server RSS seen (sampled between echoes, at most every 20 ms), KiB.
     pub rss_peak_kib: Option<u64>,
-}
-
-impl fmt::Display for ProbeReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = self.latency;
-        write!(
-            f,
-            "{} echoes of 64 B, latency us p50 {} p90 {} p99 {} p99.9 {} max {}",
-            self.echoes, l.p50, l.p90, l.p99, l.p999, l.max
-        )?;
-        if let Some(rss) = self.rss_peak_kib {
-            write!(f, "; server RSS peak {rss} KiB")?;
-        }
-        Ok(())
-    }
 }
 
 /// Pings the server for a while; see the module docs.

@@ -1,15 +1,14 @@
 //! What every `bench` workload reports, and the bookkeeping that produces it: a measured
 //! window (after an optional warm-up), an HDR histogram of latencies, errors counted by kind,
-//! the server's and the generator's own CPU time, and the reason a run ended early.
+//! the server's and the generator's own CPU time, and the reason a run ended early. A
+//! [`Report`] is data: `monoreactor bench` writes it as text or JSON.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::procstat;
-use monoreactor::client::files::json_string;
 
 /// When a run stops.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,26 +28,6 @@ pub enum Value {
     Num(f64),
     /// Text.
     Text(String),
-}
-
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Value::Int(n) => write!(f, "{n}"),
-            Value::Num(n) => write!(f, "{n}"),
-            Value::Text(text) => f.write_str(text),
-        }
-    }
-}
-
-impl Value {
-    fn json(&self) -> String {
-        match self {
-            Value::Int(n) => n.to_string(),
-            Value::Num(n) => json_number(*n),
-            Value::Text(text) => json_string(text),
-        }
-    }
 }
 
 /// A finished run: what was measured, and how it ended.
@@ -122,7 +101,9 @@ impl Report {
         self.latency.value_at_quantile(quantile) as f64 / 1000.0
     }
 
-    fn latency_table(&self) -> [(&'static str, f64); 7] {
+    /// The latency statistics a report shows, microseconds (0 with no samples): `min`, `avg`,
+    /// `p50`, `p90`, `p99`, `p99.9`, `max`.
+    pub fn latency_table(&self) -> [(&'static str, f64); 7] {
         let h = &self.latency;
         let us = |ns: u64| ns as f64 / 1000.0;
         let (min, avg, max) = if h.is_empty() {
@@ -141,7 +122,9 @@ impl Report {
         ]
     }
 
-    fn per_request(&self, cpu: Option<Duration>) -> Option<f64> {
+    /// A CPU time ([`Report::server_cpu`], [`Report::client_cpu`]) per request in the window,
+    /// microseconds; `None` without it or without requests.
+    pub fn per_request(&self, cpu: Option<Duration>) -> Option<f64> {
         cpu.filter(|_| self.requests > 0)
             .map(|cpu| cpu.as_secs_f64() * 1e6 / self.requests as f64)
     }
@@ -153,143 +136,6 @@ impl Report {
             .filter(|_| self.elapsed >= Duration::from_millis(5))
             .map(|cpu| cpu.as_secs_f64() / self.elapsed.as_secs_f64())
     }
-
-    /// The report as one JSON object on one line.
-    pub fn to_json(&self) -> String {
-        let mut out = String::new();
-        let _ = write!(
-            out,
-            "{{\"what\":{},\"addr\":{}",
-            json_string(&self.what),
-            json_string(&self.addr)
-        );
-        for (key, value) in &self.settings {
-            let _ = write!(out, ",{}:{}", json_string(key), value.json());
-        }
-        let _ = write!(
-            out,
-            ",\"unit\":{},\"requests\":{},\"duration_s\":{},\"throughput\":{},\"mb_per_s\":{},\"errors_total\":{},\"errors\":{{",
-            json_string(self.unit),
-            self.requests,
-            json_number(self.elapsed.as_secs_f64()),
-            json_number(self.rate()),
-            json_number(self.megabytes_per_second()),
-            self.error_total()
-        );
-        for (index, (kind, count)) in self.errors.iter().enumerate() {
-            let comma = if index > 0 { "," } else { "" };
-            let _ = write!(out, "{comma}{}:{count}", json_string(kind));
-        }
-        out.push_str("},\"latency_us\":{");
-        for (index, (name, value)) in self.latency_table().iter().enumerate() {
-            let comma = if index > 0 { "," } else { "" };
-            let key = name.replace('.', "_");
-            let _ = write!(out, "{comma}\"{key}\":{}", json_number(*value));
-        }
-        let optional = |value: Option<f64>| value.map_or("null".to_string(), json_number);
-        let _ = write!(
-            out,
-            "}},\"server_cpu_us_per_request\":{},\"client_cpu_us_per_request\":{},\"generator_busy\":{},\"complete\":{},\"ended_early\":{}}}",
-            optional(self.per_request(self.server_cpu)),
-            optional(self.per_request(self.client_cpu)),
-            optional(self.generator_busy()),
-            self.ended_early.is_none(),
-            self.ended_early
-                .as_deref()
-                .map_or("null".to_string(), json_string)
-        );
-        out
-    }
-}
-
-/// A finite number as JSON (`null` for NaN and infinities, which JSON lacks).
-fn json_number(value: f64) -> String {
-    if value.is_finite() {
-        let rounded = (value * 1000.0).round() / 1000.0;
-        format!("{rounded}")
-    } else {
-        "null".to_string()
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.what, self.addr)?;
-        for (key, value) in &self.settings {
-            write!(f, ", {key} {value}")?;
-        }
-        writeln!(f)?;
-        writeln!(
-            f,
-            "  {} {} in {:.2} s, {} errors{}",
-            self.requests,
-            match self.unit {
-                "req" => "requests",
-                "conn" => "connections",
-                "datagram" => "datagrams",
-                "transfer" => "transfers",
-                "command" => "commands",
-                other => other,
-            },
-            self.elapsed.as_secs_f64(),
-            self.error_total(),
-            if self.errors.is_empty() {
-                String::new()
-            } else {
-                let kinds: Vec<String> = self
-                    .errors
-                    .iter()
-                    .map(|(kind, count)| format!("{kind} {count}"))
-                    .collect();
-                format!(" ({})", kinds.join(", "))
-            }
-        )?;
-        writeln!(
-            f,
-            "  {:.0} {}/s, {:.2} MB/s",
-            self.rate(),
-            self.unit,
-            self.megabytes_per_second()
-        )?;
-        write!(f, "  latency us")?;
-        for (name, value) in self.latency_table() {
-            write!(f, " {name} {value:.1}")?;
-        }
-        let server = self.per_request(self.server_cpu);
-        let client = self.per_request(self.client_cpu);
-        if server.is_some() || client.is_some() {
-            write!(f, "\n  CPU per {}:", self.unit)?;
-            if let Some(server) = server {
-                write!(f, " server {server:.2} us")?;
-            }
-            if let Some(client) = client {
-                write!(f, " generator {client:.2} us")?;
-            }
-        }
-        if let Some(busy) = self.generator_busy() {
-            write!(
-                f,
-                "\n  generator busy {:.0}% of a core over {} thread{}",
-                busy * 100.0,
-                self.client_threads,
-                if self.client_threads == 1 { "" } else { "s" }
-            )?;
-            if busy > 0.9 * self.client_threads.min(available_cores()) as f64 {
-                write!(
-                    f,
-                    "\n  note: the generator was nearly saturated and may be the bottleneck: use fewer connections or compare with ../shared/bench-tools/loadgen"
-                )?;
-            }
-        }
-        if let Some(reason) = &self.ended_early {
-            write!(f, "\n  ended early: {reason} (partial results)")?;
-        }
-        Ok(())
-    }
-}
-
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// CPU time of a process, or `None` if it cannot be read (a server that went away).
@@ -522,7 +368,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn report_json_has_every_key() {
+    fn a_report_counts_the_window_and_errors_by_kind() {
         let mut recorder = Recorder::new(Stop::Requests(2), Duration::ZERO, None, 128);
         let now = Instant::now();
         recorder.record(now, Duration::from_micros(10));
@@ -537,22 +383,20 @@ mod tests {
             None,
         );
         assert_eq!(report.requests, 2);
-        let json = report.to_json();
-        for key in [
-            "\"what\":\"echo raw\"",
-            "\"connections\":1",
-            "\"requests\":2",
-            "\"errors\":{\"SERVER_BUSY\":1}",
-            "\"p99_9\":",
-            "\"complete\":true",
-        ] {
-            assert!(json.contains(key), "{key} in {json}");
-        }
-        let text = report.to_string();
-        assert!(
-            text.contains("SERVER_BUSY 1") && text.contains("req/s"),
-            "{text}"
+        assert_eq!(report.bytes, 256);
+        assert_eq!(report.settings, vec![("connections", Value::Int(1))]);
+        assert_eq!(
+            report.errors,
+            BTreeMap::from([("SERVER_BUSY".to_string(), 1)])
         );
+        assert_eq!(report.error_total(), 1);
+        assert!(report.ended_early.is_none());
+        let table = report.latency_table();
+        let names: Vec<&str> = table.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["min", "avg", "p50", "p90", "p99", "p99.9", "max"]);
+        // The third request came after the window's count: 10 and 30 us only.
+        assert!((9.9..=10.1).contains(&table[0].1), "{table:?}");
+        assert!((29.9..=30.1).contains(&table[6].1), "{table:?}");
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Byte buffers with a read cursor, and the pool that lends them to connections.
+//! The buffers a connection borrows, and the pool that lends them.
 //!
 //! A connection holds a buffer only while bytes are in it: an idle connection holds none, and an
 //! echo in steady state borrows and returns the same pooled buffers, so it allocates nothing.
-//! The pool lends two shapes: plain [`Buf`]s (input, stdin) and the output queues behind an
-//! [`Outbox`](crate::outbox::Outbox).
+//! The pool lends two shapes: plain [`Buf`]s (input, stdin) and [`OutQueue`]s, bytes with file
+//! ranges between them, which an [`Outbox`](crate::outbox::Outbox) sends. What goes into a queue
+//! and when (whole frames, backpressure) is the outbox's business; this module only keeps the
+//! bytes and ranges in order.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::sync::Arc;
 
 /// A growable byte buffer: `data()` is the unconsumed part, `spare()` the writable tail.
 ///
@@ -114,7 +120,7 @@ impl Buf {
 }
 
 /// Buffers a pool can lend: reset on return, and kept only if still of the standard size.
-pub trait Pooled {
+pub(crate) trait Pooled {
     /// A new, empty value holding `buffer_len` bytes of buffer.
     fn with_buffer_len(buffer_len: usize) -> Self;
     /// Forgets the contents.
@@ -143,7 +149,7 @@ impl Pooled for Buf {
 /// Values that grew past the standard size (a large frame) are freed rather than kept, so one
 /// burst of big frames does not pin memory afterwards.
 #[derive(Debug)]
-pub struct FreeList<T> {
+pub(crate) struct FreeList<T> {
     /// Boxed because connections hold `Option<Box<T>>` (8 bytes, not the whole value), and
     /// lending a pooled box is a pointer move.
     free: Vec<Box<T>>,
@@ -154,7 +160,7 @@ pub struct FreeList<T> {
 
 impl<T: Pooled> FreeList<T> {
     /// A list of values with `buffer_len`-byte buffers that keeps at most `max_free` of them.
-    pub fn new(buffer_len: usize, max_free: usize) -> FreeList<T> {
+    pub(crate) fn new(buffer_len: usize, max_free: usize) -> FreeList<T> {
         FreeList {
             free: Vec::with_capacity(max_free),
             buffer_len,
@@ -164,7 +170,7 @@ impl<T: Pooled> FreeList<T> {
     }
 
     /// An empty value: a pooled one if there is one, else a new one.
-    pub fn take(&mut self) -> Box<T> {
+    pub(crate) fn take(&mut self) -> Box<T> {
         self.free.pop().unwrap_or_else(|| {
             self.created += 1;
             Box::new(T::with_buffer_len(self.buffer_len))
@@ -172,7 +178,7 @@ impl<T: Pooled> FreeList<T> {
     }
 
     /// Returns a value. Its contents are discarded.
-    pub fn give(&mut self, mut value: Box<T>) {
+    pub(crate) fn give(&mut self, mut value: Box<T>) {
         if value.is_standard(self.buffer_len) && self.free.len() < self.max_free {
             value.reset();
             self.free.push(value);
@@ -180,21 +186,21 @@ impl<T: Pooled> FreeList<T> {
     }
 
     /// Values created since the list was made (a miss allocates one).
-    pub fn created(&self) -> u64 {
+    pub(crate) fn created(&self) -> u64 {
         self.created
     }
 
     /// Values waiting for reuse.
-    pub fn free_len(&self) -> usize {
+    pub(crate) fn free_len(&self) -> usize {
         self.free.len()
     }
 }
 
-/// The buffers connections borrow: plain [`Buf`]s for input, and output queues for outboxes.
+/// The buffers connections borrow: plain `Buf`s for input, and output queues for outboxes.
 #[derive(Debug)]
 pub struct BufferPool {
     bufs: FreeList<Buf>,
-    outputs: FreeList<crate::outbox::OutQueue>,
+    outputs: FreeList<OutQueue>,
     /// One standard-size buffer lent for the length of a single call and returned before it
     /// ends ([`BufferPool::take_scratch`]): the raw echo reads into it and writes straight
     /// back, so a connection whose socket takes the whole echo touches no buffer of its own.
@@ -251,13 +257,13 @@ impl BufferPool {
         }
     }
 
-    /// An empty output queue, for an [`Outbox`](crate::outbox::Outbox).
-    pub fn take_output(&mut self) -> Box<crate::outbox::OutQueue> {
+    /// An empty output queue, for an `Outbox`.
+    pub fn take_output(&mut self) -> Box<OutQueue> {
         self.outputs.take()
     }
 
     /// Returns an output queue.
-    pub fn give_output(&mut self, queue: Box<crate::outbox::OutQueue>) {
+    pub fn give_output(&mut self, queue: Box<OutQueue>) {
         self.outputs.give(queue);
     }
 
@@ -274,6 +280,211 @@ impl BufferPool {
     /// Plain buffers waiting in the pool.
     pub fn free_len(&self) -> usize {
         self.bufs.free_len()
+    }
+}
+
+/// A byte range of an open file, queued as (part of) a frame's payload.
+///
+/// Queuing a range copies nothing: its bytes are whatever the file holds when `sendfile`
+/// reads them, as the range leaves the outbox — and not even then, for TCP: the socket keeps
+/// references to the page-cache pages until they are acknowledged (on loopback, until the
+/// peer reads them). A truncation takes pages out of the file, not out of those buffers, so
+/// bytes already handed over arrive as they were; a write into a page still in flight changes
+/// them. Whoever vouches for the bytes (a GET's DIGEST, `pump_get`) decides only after its
+/// last range has left, by checking the file then.
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    /// The file, shared with whoever opened it.
+    pub file: Arc<File>,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes to send.
+    pub len: u64,
+}
+
+/// One piece of the queue once a file range is in it.
+#[derive(Debug)]
+enum Segment {
+    /// The next `n` bytes of the buffer.
+    Bytes(usize),
+    /// A file range.
+    File(FileRange),
+}
+
+/// What leaves an [`OutQueue`] next.
+#[derive(Debug)]
+pub enum Front<'a> {
+    /// Bytes, up to the next file range (all of them while no range is queued).
+    Bytes(&'a [u8]),
+    /// A file range.
+    File(&'a FileRange),
+}
+
+/// Bytes with file ranges between them, in order: the pooled part of an
+/// [`Outbox`](crate::outbox::Outbox).
+///
+/// Bytes are appended at the back as a [`Buf`] takes them (whole, from a closure, or read into
+/// [`OutQueue::spare`] and [`OutQueue::commit`]ted); a range goes in with
+/// [`OutQueue::push_file`]; [`OutQueue::front`] and [`OutQueue::advance`] take from the front.
+#[derive(Debug)]
+pub struct OutQueue {
+    bytes: Buf,
+    /// Empty while the queue holds only bytes — the common case, with no bookkeeping per
+    /// frame. Once a file range is queued, every segment in order, `Bytes(n)` standing for the
+    /// next `n` bytes of `bytes` (their sum is `bytes.len()`).
+    segments: VecDeque<Segment>,
+    /// Bytes of file ranges queued.
+    file_bytes: u64,
+    /// The outbox's backpressure state ([`OutQueue::paused`]), kept here so that an outbox is
+    /// one pointer.
+    paused: bool,
+}
+
+impl Pooled for OutQueue {
+    fn with_buffer_len(buffer_len: usize) -> OutQueue {
+        OutQueue {
+            bytes: Buf::with_capacity(buffer_len),
+            segments: VecDeque::new(),
+            file_bytes: 0,
+            paused: false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.bytes.reset();
+        if !self.segments.is_empty() {
+            self.segments.clear();
+        }
+        self.file_bytes = 0;
+        self.paused = false;
+    }
+
+    fn is_standard(&self, buffer_len: usize) -> bool {
+        self.bytes.capacity() == buffer_len
+    }
+}
+
+impl OutQueue {
+    /// Bytes queued, file ranges included.
+    pub fn pending(&self) -> usize {
+        let files = usize::try_from(self.file_bytes).unwrap_or(usize::MAX);
+        self.bytes.len().saturating_add(files)
+    }
+
+    /// Bytes of buffer held (capacity, not content).
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Bytes in the buffer (file ranges not included).
+    pub fn buffered(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the owner paused production; see
+    /// [`Outbox::may_produce`](crate::outbox::Outbox::may_produce).
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Records the owner's backpressure state.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Ensures [`OutQueue::spare`] is at least `additional` bytes, as [`Buf::reserve`] does.
+    pub fn reserve(&mut self, additional: usize, max_capacity: usize) {
+        self.bytes.reserve(additional, max_capacity);
+    }
+
+    /// The writable tail, for a read to fill; follow with [`OutQueue::commit`].
+    pub fn spare(&mut self) -> &mut [u8] {
+        self.bytes.spare()
+    }
+
+    /// Appends `n` bytes of [`OutQueue::spare`] to the queue.
+    pub fn commit(&mut self, n: usize) {
+        self.bytes.commit(n);
+        self.note_bytes(n);
+    }
+
+    /// Appends `n` bytes written by `fill`, growing within `max_capacity`.
+    pub fn append_with(&mut self, n: usize, max_capacity: usize, fill: impl FnOnce(&mut [u8])) {
+        self.bytes.append_with(n, max_capacity, fill);
+        self.note_bytes(n);
+    }
+
+    /// Appends a copy of `bytes`, growing within `max_capacity`.
+    pub fn append(&mut self, bytes: &[u8], max_capacity: usize) {
+        self.bytes.append(bytes, max_capacity);
+        self.note_bytes(bytes.len());
+    }
+
+    /// Appends `header` (copied) and then `range`.
+    pub fn push_file(&mut self, header: &[u8], range: FileRange, max_capacity: usize) {
+        if self.segments.is_empty() && !self.bytes.is_empty() {
+            let queued = self.bytes.len();
+            self.segments.push_back(Segment::Bytes(queued));
+        }
+        self.bytes.append(header, max_capacity);
+        match self.segments.back_mut() {
+            Some(Segment::Bytes(run)) => *run += header.len(),
+            _ => self.segments.push_back(Segment::Bytes(header.len())),
+        }
+        self.file_bytes += range.len;
+        if range.len > 0 {
+            self.segments.push_back(Segment::File(range));
+        }
+    }
+
+    /// What leaves next: the bytes up to the next file range, or that range.
+    pub fn front(&self) -> Front<'_> {
+        match self.segments.front() {
+            // Bytes only (no file range queued), the common case: the whole buffer.
+            None => Front::Bytes(self.bytes.data()),
+            Some(Segment::Bytes(run)) => Front::Bytes(&self.bytes.data()[..*run]),
+            Some(Segment::File(range)) => Front::File(range),
+        }
+    }
+
+    /// Takes `n` bytes of [`OutQueue::front`] off the queue.
+    ///
+    /// # Panics
+    /// If `n` is more than the front holds.
+    pub fn advance(&mut self, n: usize) {
+        match self.segments.front_mut() {
+            None => self.bytes.consume(n),
+            Some(Segment::Bytes(run)) => {
+                self.bytes.consume(n);
+                *run -= n;
+                if *run == 0 {
+                    self.segments.pop_front();
+                }
+            }
+            Some(Segment::File(range)) => {
+                range.offset += n as u64;
+                range.len -= n as u64;
+                self.file_bytes -= n as u64;
+                if range.len == 0 {
+                    self.segments.pop_front();
+                }
+            }
+        }
+        if self.segments.len() == 1 && matches!(self.segments.front(), Some(Segment::Bytes(_))) {
+            // Back to bytes only: drop the bookkeeping.
+            self.segments.clear();
+        }
+    }
+
+    /// Records that `n` bytes were just appended to the buffer.
+    fn note_bytes(&mut self, n: usize) {
+        if self.segments.is_empty() || n == 0 {
+            return;
+        }
+        match self.segments.back_mut() {
+            Some(Segment::Bytes(run)) => *run += n,
+            _ => self.segments.push_back(Segment::Bytes(n)),
+        }
     }
 }
 
@@ -340,5 +551,41 @@ mod tests {
         pool.give(a);
         pool.give(b);
         assert_eq!(pool.free_len(), 1);
+    }
+
+    #[test]
+    fn out_queue_gives_bytes_and_ranges_in_order_and_drops_the_bookkeeping_after() {
+        fn front_bytes(queue: &OutQueue) -> Vec<u8> {
+            match queue.front() {
+                Front::Bytes(bytes) => bytes.to_vec(),
+                Front::File(range) => panic!("expected bytes, got {range:?}"),
+            }
+        }
+        let mut queue = OutQueue::with_buffer_len(16);
+        let file = Arc::new(File::open("/dev/null").unwrap());
+        queue.append(b"ab", usize::MAX);
+        let range = FileRange {
+            file,
+            offset: 10,
+            len: 5,
+        };
+        queue.push_file(b"H", range, usize::MAX);
+        queue.append(b"cd", usize::MAX);
+        assert_eq!(queue.pending(), 2 + 1 + 5 + 2);
+        assert_eq!(front_bytes(&queue), b"abH", "bytes up to the range");
+        queue.advance(3);
+        let Front::File(range) = queue.front() else {
+            panic!("expected the range");
+        };
+        assert_eq!((range.offset, range.len), (10, 5));
+        queue.advance(2);
+        let Front::File(range) = queue.front() else {
+            panic!("expected the rest of the range");
+        };
+        assert_eq!((range.offset, range.len), (12, 3));
+        queue.advance(3);
+        assert!(queue.segments.is_empty(), "bytes only again");
+        assert_eq!(front_bytes(&queue), b"cd");
+        assert_eq!(queue.pending(), 2);
     }
 }

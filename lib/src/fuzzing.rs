@@ -798,7 +798,7 @@ fn limits(choice: u8) -> Limits {
             frame_budget: 4,
             stdin_window: 100,
             disk_budget: 5000,
-            max_exec_per_connection: 2,
+            max_streams_per_connection: 2,
             exec_output_cap: 10_000,
             ..Limits::default()
         }

@@ -5,30 +5,43 @@
 //! exec), raw TCP echo (RFC 862) and UDP echo, and is written to be read by people studying
 //! nonblocking I/O.
 //!
-//! ## A tour, from the wire up
-//! - [`proto`] — the protocol, sans-IO: [`proto::Header`] (12 bytes), the incremental
-//!   [`proto::Decoder`], the connection messages (HELLO / HELLO_OK / ERROR) and the exec
-//!   messages ([`proto::exec`]). No sockets, no processes, no clock.
-//! - [`service`] — what requests do, as state machines that own no descriptor: echo, and
-//!   [`service::exec::ExecSession`] for one running command (stdin credit, deadlines, EXIT).
-//! - [`outbox`] — one connection's output: whole frames only, bytes or file ranges, and the
-//!   one backpressure question every producer asks ([`outbox::Outbox::may_produce`]).
-//! - [`conn`] — one connection's state machine over any [`transport::Stream`]: reading within a
-//!   budget, frame handling, its open streams, deadlines, orderly close.
-//! - [`sys`] — the I/O layer for what is not a socket: child processes (pipes, pidfds, process
-//!   groups), the root directory paths are confined to, and the disk helper process that makes
-//!   the blocking disk calls (`fsync`, the unlink of a big file) off the loop.
-//! - [`reactor`] — the loop: tokens (a connection's socket, or one of its commands'
-//!   descriptors), the slab, the ready list, timers, accept, signals. The edge-triggered rules
-//!   are stated once at the top of that module.
-//! - [`server`] — configuration and binding; [`limits`] — every limit in one struct;
-//!   [`access`] — the token and who may do what.
-//! - [`client`] — a blocking client. The load generator behind `monoreactor bench` is its own
-//!   crate, `monoreactor-bench`, and the binary is `monoreactor-cli`.
-//! - [`testkit`] — helpers for your own tests: a fragmenting writer, scripted I/O, scripted
-//!   child processes and [`testkit::ConnHarness`], which drives a connection the way the loop
-//!   does (the `testkit` feature). The fuzz targets in `fuzz/` drive the decoder and whole
-//!   connections through it (README, "Fuzzing").
+//! ## What it offers, to three kinds of users
+//! - **Run a server:** [`Server`] bound from a [`Config`] (with its [`Limits`] and [`Access`]),
+//!   run on the calling thread until a [`ShutdownHandle`] or a signal stops it; [`workers`] runs
+//!   several such processes on one port. This is what `monoreactor serve` does.
+//! - **Write a client:** [`proto`], the protocol sans-IO (frames, the incremental decoder, every
+//!   message), and [`client`], a blocking client for echo, exec and files.
+//! - **Drive the state machine yourself** (tests, fuzzers, another event loop): a [`Connection`]
+//!   is fed through any [`Transport`] with a [`Context`] and answers with a [`Verdict`] and the
+//!   [`Readiness`] it wants next. Its commands run on a [`children::Children`] and its files on a
+//!   [`disk::Disk`]; the `testkit` feature adds scripted implementations of all three and
+//!   `testkit::ConnHarness`, which drives a connection the way the loop does.
+//!
+//! ## A tour of the source, from the wire up
+//! The modules behind this surface are private; their docs are in the source, and
+//! `docs/ARCHITECTURE.md` walks through them.
+//! - `proto/` — the protocol, sans-IO. No sockets, no processes, no clock.
+//! - `service/` — what requests do, as state machines that own no descriptor: echo, one running
+//!   command (`ExecSession`: stdin credit, deadlines, EXIT), one file transfer; they reach
+//!   processes through [`children::Children`] and the disk through [`disk::Disk`].
+//! - `buffer.rs`, `outbox.rs` — pooled buffers; one connection's output, whole frames only, and
+//!   the one backpressure question every producer asks.
+//! - `transport.rs` — the one layer a connection reads and writes through (the socket, with
+//!   `sendfile`; where TLS or a PROXY-protocol parser will sit), applying the loop's
+//!   edge-triggered rules to each read and write.
+//! - `conn/` — one connection's state machine: reading within a budget, frames, its open streams,
+//!   deadlines, orderly close.
+//! - `sys/` — the I/O layer for what is not a socket: child processes (pipes, pidfds, process
+//!   groups), the root directory paths are confined to, the files, and the disk helper process
+//!   that makes the blocking disk calls off the loop.
+//! - `reactor/` — the loop, the only `poll()`: tokens, the slab, the ready list, timers, accept,
+//!   signals, UDP echo. The edge-triggered rules are stated once at the top of that module.
+//! - `server.rs`, `workers.rs`, `limits.rs`, `access.rs` — binding and configuration, worker
+//!   processes, every limit in one struct, the token.
+//!
+//! The load generator behind `monoreactor bench` is its own crate (`monoreactor-bench`), and the
+//! binary is `monoreactor-cli`: neither is a dependency of this one. The fuzz targets in `fuzz/`
+//! drive the decoder and whole connections through the test kit (README, "Fuzzing").
 //!
 //! ## Feeding the decoder partial input
 //! The decoder answers `Ok(None)` until a whole frame is present, whatever the split, so a
@@ -52,27 +65,86 @@
 //!     }
 //! }
 //! ```
-
+//!
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod access;
-pub mod buffer;
+mod access;
+mod buffer;
+mod conn;
+mod limits;
+mod outbox;
+mod reactor;
+mod server;
+mod service;
+mod sys;
+mod throttle;
+mod timer;
+mod transport;
+
 pub mod client;
-pub mod conn;
 // The fuzz targets' entry points: see `fuzz/` and README, "Fuzzing".
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod limits;
-pub mod outbox;
 pub mod proto;
-pub mod reactor;
-pub mod server;
-pub mod service;
-pub mod sys;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
-pub mod throttle;
-pub mod timer;
-pub mod transport;
 pub mod workers;
+
+// Run a server.
+pub use access::{Access, TOKEN_ENV, Token, load_token};
+pub use limits::{
+    InvalidLimits, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION,
+    MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
+};
+pub use reactor::{ReactorStats, ShutdownHandle};
+pub use server::{
+    BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
+    Listener, Listeners, Server, StartError, bind_shared, raise_descriptor_limit,
+};
+
+// Drive a connection yourself.
+pub use buffer::BufferPool;
+pub use conn::{Connection, Context, Protocol, State, Verdict};
+pub use timer::{Tick, WallClock};
+pub use transport::{Readiness, Transport};
+
+/// What a connection's commands run on: implement [`Children`](children::Children) to give
+/// a [`Connection`] processes of your own (the server's are real ones; the test kit's are
+/// scripted).
+pub mod children {
+    pub use crate::service::exec::{
+        ChildId, ChildSource, Children, OutputPipe, SpawnError, SpawnSpec, Spawned,
+    };
+}
+
+/// What the file service reads and writes through: implement [`Disk`](disk::Disk) to give a
+/// [`Connection`] a disk of your own (the server's is the root directory and the disk helper;
+/// the test kit's injects failures).
+pub mod disk {
+    pub use crate::service::disk::{
+        BegunUpload, DirRead, Disk, DiskError, FileError, FileMeta, JobDone, JobId, JobKind,
+        ListingHandle, OpenedFile, Pending, SyncKind, TransferPermit, UploadHandle,
+    };
+}
+
+/// Not an API: what the `monoreactor` binary and this repository's own tests reach inside the
+/// server (the disk helper's entry point, server policy constants). It may change in any
+/// release.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::service::echo::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
+    /// The disk helper's pieces, for its own tests.
+    pub mod disk {
+        pub use crate::sys::disk::{
+            DiskDone, DiskHelper, HelperTokens, Job, MAX_HELD, MAX_IN_FLIGHT, Ring, SLOT_LEN,
+            TRASH_PREFIX, write_job,
+        };
+    }
+    pub use crate::sys::disk::helper_main;
+    pub use crate::sys::errno::file_error;
+    pub use crate::sys::hash_index::{INDEX_NAME, RACY_WINDOW_NS};
+    pub use crate::sys::process::EXEC_ENV;
+    pub use crate::sys::upload::{PARTIAL_TTL_NS, upload_id};
+}

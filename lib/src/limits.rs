@@ -78,9 +78,10 @@ pub struct Limits {
     /// Commands running at once on the whole server, counting killed ones not yet reaped.
     /// Default 64; one more is refused with `LIMIT_REACHED`, never queued.
     pub max_exec: usize,
-    /// Commands running at once on one connection. Default 8, at most
-    /// [`MAX_EXEC_PER_CONNECTION`].
-    pub max_exec_per_connection: usize,
+    /// Streams running at once on one connection: commands and file transfers (GET, PUT,
+    /// LIST) together; one more is refused with `LIMIT_REACHED` on its stream. Default 8, at
+    /// most [`MAX_STREAMS_PER_CONNECTION`]. `--max-commands-per-conn` sets it.
+    pub max_streams_per_connection: usize,
     /// Longest a command may run before its process group gets SIGTERM (then SIGKILL after
     /// [`Limits::exec_kill_grace`]). Default 60 s; a client may ask for less, never more.
     pub exec_timeout: Duration,
@@ -134,7 +135,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(5),
             pre_auth_max_frame: 4 << 10,
             max_exec: 64,
-            max_exec_per_connection: 8,
+            max_streams_per_connection: 8,
             exec_timeout: Duration::from_secs(60),
             exec_kill_grace: Duration::from_secs(2),
             exec_drain_timeout: Duration::from_secs(1),
@@ -153,14 +154,15 @@ impl Default for Limits {
 /// `nr_open`, the most descriptors a process can have, is the same 1,048,576.
 pub const MAX_CONNECTIONS: usize = 1 << 20;
 
-/// Largest accepted [`Limits::max_exec_per_connection`]. A command's pipes are named in poll
+/// Largest accepted [`Limits::max_streams_per_connection`]. A command's pipes are named in poll
 /// tokens by a 6-bit child number (64 of them), and a number freed in one turn of the loop is
-/// not handed out again in that turn, so live plus just-freed numbers stay within 64.
-pub const MAX_EXEC_PER_CONNECTION: usize = 32;
+/// not handed out again in that turn, so live plus just-freed numbers stay within 64 even if
+/// every stream is a command.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 32;
 
 /// Descriptors one running command holds in the server: its stdin, stdout and stderr pipes
 /// and its pidfd. They count against the open-file limit next to the connections.
-pub const DESCRIPTORS_PER_COMMAND: usize = 4;
+pub(crate) const DESCRIPTORS_PER_COMMAND: usize = 4;
 
 /// Smallest accepted [`Limits::max_frame_len`]: a HELLO's fixed part must fit.
 pub const MIN_FRAME_LEN: u32 = 64;
@@ -244,9 +246,9 @@ impl Limits {
                 self.pre_auth_max_frame
             ));
         }
-        if !(1..=MAX_EXEC_PER_CONNECTION).contains(&self.max_exec_per_connection) {
+        if !(1..=MAX_STREAMS_PER_CONNECTION).contains(&self.max_streams_per_connection) {
             return fail(format!(
-                "commands per connection must be between 1 and {MAX_EXEC_PER_CONNECTION}"
+                "commands per connection must be between 1 and {MAX_STREAMS_PER_CONNECTION}"
             ));
         }
         if self.max_exec == 0 {

@@ -1,11 +1,11 @@
 //! The outbox: everything one connection has to send, in order, and the one question every
 //! producer asks before it makes more.
 //!
-//! Producers — frame handlers answering requests, the readers of a command's pipes, (next) the
-//! file sender — append only **whole frames**, through [`Replies`], so a frame can never land in
-//! the middle of another. A frame's payload is either bytes in the queue's buffer or a
-//! [`FileRange`] that is sent with `sendfile` straight from the page cache and never copied
-//! into user space.
+//! Producers — frame handlers answering requests, the readers of a command's pipes, the file
+//! sender — append only **whole frames**, through [`Replies`], so a frame can never land in the
+//! middle of another. A frame's payload is either bytes in the queue's buffer or a
+//! [`FileRange`], which the transport sends from the file ([`Transport::send_file`]: a socket
+//! with `sendfile`, straight from the page cache and never copied into user space).
 //!
 //! **Backpressure** is one question, [`Outbox::may_produce`], with hysteresis: it turns false
 //! when the queue reaches [`Limits::output_high_water`] and true again once it has drained to
@@ -14,119 +14,28 @@
 //! sender — so a client that does not read costs the high-water mark plus one frame, whatever
 //! is producing.
 //!
-//! The queue lives behind an `Option<Box<_>>` lent by the [`BufferPool`]: an idle connection
-//! holds 8 bytes here, and a steady echo borrows and returns the same queue.
+//! The queue ([`OutQueue`], bytes with file ranges between them) lives behind an
+//! `Option<Box<_>>` lent by the [`BufferPool`]: an idle connection holds 8 bytes here, and a
+//! steady echo borrows and returns the same queue. `Outbox::flush` sends it through the
+//! connection's transport with the loop's write rules.
 
-use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
-use std::sync::Arc;
 
-use crate::buffer::{Buf, BufferPool, Pooled};
+use log::debug;
+
+pub(crate) use crate::buffer::FileRange;
+use crate::buffer::{BufferPool, Front, OutQueue};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage, Flags, FrameType, HEADER_LEN, Header};
-use crate::transport::Stream;
+use crate::transport::{IoState, Transport};
 
 /// Most bytes one `sendfile` call is asked for (nginx's `sendfile_max_chunk`, 2 MiB), so one
 /// fast transfer cannot hold the loop.
-pub const SENDFILE_CHUNK: usize = 2 << 20;
-
-/// A byte range of an open file, sent as (part of) a frame's payload.
-///
-/// Queuing a range copies nothing: its bytes are whatever the file holds when `sendfile`
-/// reads them, as the range leaves the outbox — and not even then, for TCP: the socket keeps
-/// references to the page-cache pages until they are acknowledged (on loopback, until the
-/// peer reads them). A truncation takes pages out of the file, not out of those buffers, so
-/// bytes already handed over arrive as they were; a write into a page still in flight changes
-/// them. Whoever vouches for the bytes (a GET's DIGEST, `pump_get`) decides only after its
-/// last range has left, by checking the file then.
-#[derive(Clone, Debug)]
-pub struct FileRange {
-    /// The file, shared with whoever opened it.
-    pub file: Arc<File>,
-    /// First byte.
-    pub offset: u64,
-    /// Bytes to send.
-    pub len: u64,
-}
-
-/// One piece of the queue once a file range is in it.
-#[derive(Debug)]
-enum Segment {
-    /// The next `n` bytes of the buffer.
-    Bytes(usize),
-    /// A file range.
-    File(FileRange),
-}
-
-/// The pooled part of an outbox.
-#[derive(Debug)]
-pub struct OutQueue {
-    bytes: Buf,
-    /// Empty while the queue holds only bytes — the common case, with no bookkeeping per
-    /// frame. Once a file range is queued, every segment in order, `Bytes(n)` standing for the
-    /// next `n` bytes of `bytes` (their sum is `bytes.len()`).
-    segments: VecDeque<Segment>,
-    /// Bytes of file ranges queued.
-    file_bytes: u64,
-    /// Past the high-water mark and not yet back to the low-water mark.
-    paused: bool,
-}
-
-impl Pooled for OutQueue {
-    fn with_buffer_len(buffer_len: usize) -> OutQueue {
-        OutQueue {
-            bytes: Buf::with_capacity(buffer_len),
-            segments: VecDeque::new(),
-            file_bytes: 0,
-            paused: false,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.bytes.reset();
-        if !self.segments.is_empty() {
-            self.segments.clear();
-        }
-        self.file_bytes = 0;
-        self.paused = false;
-    }
-
-    fn is_standard(&self, buffer_len: usize) -> bool {
-        self.bytes.capacity() == buffer_len
-    }
-}
-
-impl OutQueue {
-    fn pending(&self) -> usize {
-        let files = usize::try_from(self.file_bytes).unwrap_or(usize::MAX);
-        self.bytes.len().saturating_add(files)
-    }
-
-    fn update_pause(&mut self, limits: &Limits) {
-        let pending = self.pending();
-        if pending >= limits.output_high_water {
-            self.paused = true;
-        } else if pending <= limits.output_low_water {
-            self.paused = false;
-        }
-    }
-
-    /// Records that `n` bytes were just appended to the buffer.
-    fn note_bytes(&mut self, n: usize) {
-        if self.segments.is_empty() || n == 0 {
-            return;
-        }
-        match self.segments.back_mut() {
-            Some(Segment::Bytes(run)) => *run += n,
-            _ => self.segments.push_back(Segment::Bytes(n)),
-        }
-    }
-}
+pub(crate) const SENDFILE_CHUNK: usize = 2 << 20;
 
 /// What one [`Outbox::write_to`] call did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Written {
+pub(crate) struct Written {
     /// Bytes the transport took.
     pub bytes: usize,
     /// It took fewer than offered: its buffer is full (epoll(7)), so the writer waits.
@@ -135,34 +44,34 @@ pub struct Written {
 
 /// A connection's output. See the module docs.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     queue: Option<Box<OutQueue>>,
 }
 
 impl Outbox {
     /// An empty outbox holding no buffer.
-    pub const fn new() -> Outbox {
+    pub(crate) const fn new() -> Outbox {
         Outbox { queue: None }
     }
 
     /// Bytes waiting to be sent, file ranges included.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.queue.as_ref().map_or(0, |queue| queue.pending())
     }
 
     /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending() == 0
     }
 
     /// **The** backpressure question: may anything produce more output now? False from the
     /// high-water mark until the queue has drained to the low-water mark.
-    pub fn may_produce(&self) -> bool {
-        self.queue.as_ref().is_none_or(|queue| !queue.paused)
+    pub(crate) fn may_produce(&self) -> bool {
+        self.queue.as_ref().is_none_or(|queue| !queue.paused())
     }
 
     /// Whether a buffer is held.
-    pub fn holds_buffer(&self) -> bool {
+    pub(crate) fn holds_buffer(&self) -> bool {
         self.queue.is_some()
     }
 
@@ -170,21 +79,23 @@ impl Outbox {
     /// `standard_len`). Producers that may choose their size, such as a pipe reader, stay
     /// within it while they can, and when they cannot, grow it once to their bound
     /// ([`Replies::grow_to`]) rather than by doubling.
-    pub fn room(&self, standard_len: usize) -> usize {
-        self.queue.as_ref().map_or(standard_len, |queue| {
-            queue.bytes.capacity() - queue.bytes.len()
-        })
+    pub(crate) fn room(&self, standard_len: usize) -> usize {
+        self.queue
+            .as_ref()
+            .map_or(standard_len, |queue| queue.capacity() - queue.buffered())
     }
 
     /// Bytes of buffer memory held (capacity, not content).
-    pub fn buffer_capacity(&self) -> usize {
-        self.queue
-            .as_ref()
-            .map_or(0, |queue| queue.bytes.capacity())
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.queue.as_ref().map_or(0, |queue| queue.capacity())
     }
 
     /// A writer that appends frames, borrowing a buffer from `pool` on first use.
-    pub fn replies<'a>(&'a mut self, pool: &'a mut BufferPool, limits: &'a Limits) -> Replies<'a> {
+    pub(crate) fn replies<'a>(
+        &'a mut self,
+        pool: &'a mut BufferPool,
+        limits: &'a Limits,
+    ) -> Replies<'a> {
         Replies {
             outbox: self,
             pool,
@@ -195,39 +106,20 @@ impl Outbox {
     /// Sends from the front of the queue once: the bytes up to the next file range, or one
     /// chunk of the file range at the front. `WouldBlock` and other errors come back as they
     /// are; the caller owns the retry rules.
-    pub fn write_to<S: Stream>(&mut self, io: &mut S, limits: &Limits) -> io::Result<Written> {
+    pub(crate) fn write_to<T: Transport>(
+        &mut self,
+        io: &mut T,
+        limits: &Limits,
+    ) -> io::Result<Written> {
         let Some(queue) = self.queue.as_mut() else {
             return Ok(Written {
                 bytes: 0,
                 short: false,
             });
         };
-        let Some(front) = queue.segments.front_mut() else {
-            // Bytes only (no file range queued), the common case: the whole buffer in one write.
-            let offered = queue.bytes.len();
-            let n = io.write(queue.bytes.data())?;
-            queue.bytes.consume(n);
-            queue.update_pause(limits);
-            return Ok(Written {
-                bytes: n,
-                short: n < offered,
-            });
-        };
-        let written = match front {
-            Segment::Bytes(run) => {
-                let offered = *run;
-                let n = io.write(&queue.bytes.data()[..offered])?;
-                queue.bytes.consume(n);
-                *run -= n;
-                if *run == 0 {
-                    queue.segments.pop_front();
-                }
-                Written {
-                    bytes: n,
-                    short: n < offered,
-                }
-            }
-            Segment::File(range) => {
+        let (n, offered) = match queue.front() {
+            Front::Bytes(bytes) => (io.write(bytes)?, bytes.len()),
+            Front::File(range) => {
                 let offered = usize::try_from(range.len)
                     .unwrap_or(usize::MAX)
                     .min(SENDFILE_CHUNK);
@@ -240,9 +132,6 @@ impl Outbox {
                         "file ended before its queued range",
                     ));
                 }
-                range.offset += n as u64;
-                range.len -= n as u64;
-                queue.file_bytes -= n as u64;
                 if n < offered
                     && range
                         .file
@@ -256,25 +145,71 @@ impl Outbox {
                         "file shrank below its queued range",
                     ));
                 }
-                if range.len == 0 {
-                    queue.segments.pop_front();
-                }
-                Written {
-                    bytes: n,
-                    short: n < offered,
-                }
+                (n, offered)
             }
         };
-        if queue.segments.len() == 1 && matches!(queue.segments.front(), Some(Segment::Bytes(_))) {
-            // Back to bytes only: drop the bookkeeping.
-            queue.segments.clear();
+        queue.advance(n);
+        update_pause(queue, limits);
+        Ok(Written {
+            bytes: n,
+            short: n < offered,
+        })
+    }
+
+    /// Sends what is queued until it is gone or the transport is full, then lets the transport
+    /// send what it holds back for itself ([`Transport::send_pending`]). A short write means
+    /// the transport is full (epoll(7)) and clears the write hint in `state`, so no second
+    /// `write` is made just to collect `WouldBlock`; `Interrupted` is retried. Returns whether
+    /// any queued byte went.
+    #[inline(always)]
+    pub(crate) fn flush<T: Transport>(
+        &mut self,
+        io: &mut T,
+        state: &mut IoState,
+        limits: &Limits,
+    ) -> io::Result<bool> {
+        // Inlined test, out-of-line work: most drives end with nothing queued (an echo's
+        // replies went straight out).
+        if self.is_empty() {
+            state.send_pending(io)?;
+            return Ok(false);
         }
-        queue.update_pause(limits);
-        Ok(written)
+        self.flush_queue(io, state, limits)
+    }
+
+    #[inline(never)]
+    fn flush_queue<T: Transport>(
+        &mut self,
+        io: &mut T,
+        state: &mut IoState,
+        limits: &Limits,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        while !self.is_empty() && state.has(IoState::WRITE_READY) {
+            match self.write_to(io, limits) {
+                Ok(written) if written.bytes == 0 => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    moved = true;
+                    if written.short {
+                        state.set(IoState::WRITE_READY, false);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    state.set(IoState::WRITE_READY, false);
+                }
+                Err(error) => {
+                    debug!("write failed: {error}");
+                    return Err(error);
+                }
+            }
+        }
+        state.send_pending(io)?;
+        Ok(moved)
     }
 
     /// Gives the queue back to the pool if it is empty: an idle connection holds no buffer.
-    pub fn release_if_empty(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release_if_empty(&mut self, pool: &mut BufferPool) {
         if self
             .queue
             .as_ref()
@@ -287,7 +222,7 @@ impl Outbox {
     }
 
     /// Drops everything queued and gives the queue back.
-    pub fn release(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release(&mut self, pool: &mut BufferPool) {
         if let Some(queue) = self.queue.take() {
             pool.give_output(queue);
         }
@@ -296,7 +231,7 @@ impl Outbox {
 
 /// Appends whole frames to an [`Outbox`]. Obtained from [`Outbox::replies`].
 #[derive(Debug)]
-pub struct Replies<'a> {
+pub(crate) struct Replies<'a> {
     outbox: &'a mut Outbox,
     pool: &'a mut BufferPool,
     limits: &'a Limits,
@@ -311,22 +246,19 @@ impl Replies<'_> {
 
     /// Appends a frame with `header`, its `header.len`-byte payload written by `emit` straight
     /// into the buffer.
-    pub fn frame_with(&mut self, header: Header, emit: impl FnOnce(&mut [u8])) {
+    pub(crate) fn frame_with(&mut self, header: Header, emit: impl FnOnce(&mut [u8])) {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        queue
-            .bytes
-            .append_with(header.wire_len(), max_capacity, |bytes| {
-                header.emit(&mut bytes[..HEADER_LEN]);
-                emit(&mut bytes[HEADER_LEN..]);
-            });
-        queue.note_bytes(header.wire_len());
-        queue.update_pause(limits);
+        queue.append_with(header.wire_len(), max_capacity, |bytes| {
+            header.emit(&mut bytes[..HEADER_LEN]);
+            emit(&mut bytes[HEADER_LEN..]);
+        });
+        update_pause(queue, limits);
     }
 
     /// Appends a frame that answers a request completely: `END_STREAM` set.
-    pub fn reply(
+    pub(crate) fn reply(
         &mut self,
         frame_type: FrameType,
         stream: u32,
@@ -337,7 +269,7 @@ impl Replies<'_> {
     }
 
     /// Appends a frame that is one part of a streamed reply: `END_STREAM` clear.
-    pub fn part(
+    pub(crate) fn part(
         &mut self,
         frame_type: FrameType,
         stream: u32,
@@ -349,7 +281,7 @@ impl Replies<'_> {
 
     /// Appends an ERROR frame about `stream` (0: the connection, which then closes; any other:
     /// that stream, which it ends).
-    pub fn error(&mut self, stream: u32, code: ErrorCode, text: &str) {
+    pub(crate) fn error(&mut self, stream: u32, code: ErrorCode, text: &str) {
         let message = ErrorMessage::new(code, text);
         // At most 2 + MAX_ERROR_TEXT_LEN bytes: the cast cannot truncate.
         let len = message.payload_len() as u32;
@@ -359,7 +291,7 @@ impl Replies<'_> {
     /// Appends a part frame whose payload `read` fills in place (at most `max_len` bytes, read
     /// straight into the buffer after room for the header). Returns what `read` returned; on 0
     /// bytes or an error nothing is appended, so a frame is never empty or half-made.
-    pub fn frame_from(
+    pub(crate) fn frame_from(
         &mut self,
         frame_type: FrameType,
         stream: u32,
@@ -369,8 +301,8 @@ impl Replies<'_> {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        queue.bytes.reserve(HEADER_LEN + max_len, max_capacity);
-        let spare = queue.bytes.spare();
+        queue.reserve(HEADER_LEN + max_len, max_capacity);
+        let spare = queue.spare();
         let n = read(&mut spare[HEADER_LEN..HEADER_LEN + max_len])?;
         if n == 0 {
             return Ok(0);
@@ -383,9 +315,8 @@ impl Replies<'_> {
             len: u32::try_from(n).unwrap_or(u32::MAX),
         };
         header.emit(&mut spare[..HEADER_LEN]);
-        queue.bytes.commit(HEADER_LEN + n);
-        queue.note_bytes(HEADER_LEN + n);
-        queue.update_pause(limits);
+        queue.commit(HEADER_LEN + n);
+        update_pause(queue, limits);
         Ok(n)
     }
 
@@ -393,7 +324,7 @@ impl Replies<'_> {
     ///
     /// # Panics
     /// If the range is longer than a frame can declare (`u32::MAX` bytes).
-    pub fn file_frame(
+    pub(crate) fn file_frame(
         &mut self,
         frame_type: FrameType,
         flags: Flags,
@@ -409,48 +340,35 @@ impl Replies<'_> {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        if queue.segments.is_empty() && !queue.bytes.is_empty() {
-            let queued = queue.bytes.len();
-            queue.segments.push_back(Segment::Bytes(queued));
-        }
-        queue.bytes.append(&header.to_bytes(), max_capacity);
-        match queue.segments.back_mut() {
-            Some(Segment::Bytes(run)) => *run += HEADER_LEN,
-            _ => queue.segments.push_back(Segment::Bytes(HEADER_LEN)),
-        }
-        queue.file_bytes += range.len;
-        if range.len > 0 {
-            queue.segments.push_back(Segment::File(range));
-        }
-        queue.update_pause(limits);
+        queue.push_file(&header.to_bytes(), range, max_capacity);
+        update_pause(queue, limits);
     }
 
     /// Grows the buffer, if it must, straight to `capacity` bytes in all (at most the output
     /// cap): a producer that knows how much it can queue — a pipe reader: the high-water mark
     /// plus one read — grows it once, where doubling could reach a size a later burst
     /// outgrows and allocate again long after the start.
-    pub fn grow_to(&mut self, capacity: usize) {
+    pub(crate) fn grow_to(&mut self, capacity: usize) {
         let capacity = capacity.min(self.limits.output_cap());
         let queue = self.queue();
-        let len = queue.bytes.len();
+        let len = queue.buffered();
         if capacity > len {
-            queue.bytes.reserve(capacity - len, capacity);
+            queue.reserve(capacity - len, capacity);
         }
     }
 
     /// Appends a copy of unframed bytes (the part of a raw echo the socket did not take).
-    pub fn raw(&mut self, bytes: &[u8]) {
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
         let max_capacity = self.limits.output_cap();
         let limits = self.limits;
         let queue = self.queue();
-        queue.bytes.append(bytes, max_capacity);
-        queue.note_bytes(bytes.len());
-        queue.update_pause(limits);
+        queue.append(bytes, max_capacity);
+        update_pause(queue, limits);
     }
 
     /// Appends unframed bytes that `read` fills in place (raw echo): at most `max_len`, the
     /// buffer growing no further than `max_capacity`.
-    pub fn raw_from(
+    pub(crate) fn raw_from(
         &mut self,
         max_len: usize,
         max_capacity: usize,
@@ -458,14 +376,23 @@ impl Replies<'_> {
     ) -> io::Result<usize> {
         let limits = self.limits;
         let queue = self.queue();
-        queue.bytes.reserve(max_len, max_capacity);
-        let spare = queue.bytes.spare();
+        queue.reserve(max_len, max_capacity);
+        let spare = queue.spare();
         let want = max_len.min(spare.len());
         let n = read(&mut spare[..want])?;
-        queue.bytes.commit(n);
-        queue.note_bytes(n);
-        queue.update_pause(limits);
+        queue.commit(n);
+        update_pause(queue, limits);
         Ok(n)
+    }
+}
+
+/// The backpressure rule, with hysteresis: pause at the high-water mark, resume at the low one.
+fn update_pause(queue: &mut OutQueue, limits: &Limits) {
+    let pending = queue.pending();
+    if pending >= limits.output_high_water {
+        queue.set_paused(true);
+    } else if pending <= limits.output_low_water {
+        queue.set_paused(false);
     }
 }
 
@@ -480,7 +407,9 @@ fn header(frame_type: FrameType, flags: Flags, stream: u32, len: u32) -> Header 
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
     use std::io::{Read, Seek, SeekFrom, Write};
+    use std::sync::Arc;
 
     use super::*;
 
@@ -507,7 +436,7 @@ mod tests {
         }
     }
 
-    impl Stream for Sink {
+    impl Transport for Sink {
         fn shutdown_write(&mut self) -> io::Result<()> {
             Ok(())
         }

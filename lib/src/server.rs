@@ -31,7 +31,7 @@ pub const DEFAULT_ROOT: &str = "monoreactor-files";
 
 /// Pending connections the kernel may queue per listener. std and mio fix it at 128, which a
 /// burst of a thousand connects overflows; the kernel caps it at `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: i32 = 1024;
+pub(crate) const LISTEN_BACKLOG: i32 = 1024;
 
 /// What to serve, where, and within which limits.
 #[derive(Clone, Debug)]
@@ -57,7 +57,7 @@ pub struct Config {
     /// keep its own handlers and use a [`ShutdownHandle`].
     pub handle_signals: bool,
     /// The program started as the disk helper (`PROGRAM __disk-helper FD`, see
-    /// [`crate::sys::disk`]) when files are served. `monoreactor serve` names itself
+    /// `crate::sys::disk`) when files are served. `monoreactor serve` names itself
     /// (`/proc/self/exe`); the default is `None` (blocking disk calls inline on the loop), since
     /// a program embedding the server is not a helper.
     pub disk_helper: Option<PathBuf>,
@@ -167,9 +167,9 @@ impl Server {
     /// Raising the descriptor limit affects the whole process, as it should for a server that
     /// is the process; a program embedding it should know that its own limit rises too. So does
     /// enabling commands: every inherited descriptor is made close-on-exec
-    /// ([`keep_descriptors_from_commands`](crate::sys::process::keep_descriptors_from_commands))
+    /// (`keep_descriptors_from_commands`)
     /// and SIGCHLD gets its default disposition
-    /// ([`restore_default_sigchld`](crate::sys::process::restore_default_sigchld)).
+    /// (`restore_default_sigchld`).
     pub fn bind(mut config: Config) -> Result<Server, StartError> {
         let (limits, root) = prepare(&mut config)?;
         let mut failures = Vec::new();

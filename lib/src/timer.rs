@@ -14,7 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the reactor started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,13 +45,13 @@ impl Tick {
 
 /// Converts the monotonic clock to [`Tick`]s.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     epoch: Instant,
 }
 
 impl Clock {
     /// A clock whose tick 0 is now.
-    pub fn start() -> Clock {
+    pub(crate) fn start() -> Clock {
         Clock {
             epoch: Instant::now(),
         }
@@ -59,7 +59,7 @@ impl Clock {
 
     /// The current tick. (`as_secs` and `subsec_millis` rather than `as_millis`, whose `u128`
     /// division shows up in a profile of the loop.)
-    pub fn now(&self) -> Tick {
+    pub(crate) fn now(&self) -> Tick {
         let elapsed = self.epoch.elapsed();
         Tick(
             elapsed
@@ -70,32 +70,54 @@ impl Clock {
     }
 }
 
+/// The wall clock: nanoseconds since the Unix epoch, the time file timestamps are kept in.
+///
+/// [`Tick`] is for deadlines; this is for what must be compared with a file's mtime or ctime:
+/// when a GET's hashing began (the hash cache trusts an entry only if that was well after
+/// the file's last change), and the age of an upload's leftovers. The reactor reads it once
+/// per turn, beside `Tick`, when it serves files, and everything below gets it as an argument
+/// ([`Context::wall_clock`](crate::conn::Context::wall_clock)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WallClock(pub i64);
+
+impl WallClock {
+    /// Reads the system's real-time clock (0 if it is set before the epoch). Only the loop
+    /// (and a harness playing it) calls this.
+    pub fn read() -> WallClock {
+        WallClock(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as i64),
+        )
+    }
+}
+
 /// A min-heap of deadlines; see the module docs for how entries are used as hints.
 #[derive(Debug)]
-pub struct TimerQueue<K: Ord> {
+pub(crate) struct TimerQueue<K: Ord> {
     heap: BinaryHeap<Reverse<(Tick, K)>>,
 }
 
 impl<K: Ord + Copy> TimerQueue<K> {
     /// An empty queue with room for `capacity` entries before it reallocates.
-    pub fn with_capacity(capacity: usize) -> TimerQueue<K> {
+    pub(crate) fn with_capacity(capacity: usize) -> TimerQueue<K> {
         TimerQueue {
             heap: BinaryHeap::with_capacity(capacity),
         }
     }
 
     /// Queues `key` to come due at `at`.
-    pub fn push(&mut self, at: Tick, key: K) {
+    pub(crate) fn push(&mut self, at: Tick, key: K) {
         self.heap.push(Reverse((at, key)));
     }
 
     /// The earliest deadline, if any.
-    pub fn next_deadline(&self) -> Option<Tick> {
+    pub(crate) fn next_deadline(&self) -> Option<Tick> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Removes and returns the earliest entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: Tick) -> Option<(Tick, K)> {
+    pub(crate) fn pop_due(&mut self, now: Tick) -> Option<(Tick, K)> {
         if self.next_deadline()? > now {
             return None;
         }
@@ -103,18 +125,13 @@ impl<K: Ord + Copy> TimerQueue<K> {
     }
 
     /// Entries queued, live or stale.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.heap.len()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
     }
 
     /// Keeps only the entries for which `keep(deadline, key)` is true, in place. Owners call it
     /// when stale entries pile up (see the module docs), which bounds the heap by the live ones.
-    pub fn retain(&mut self, mut keep: impl FnMut(Tick, K) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(Tick, K) -> bool) {
         self.heap.retain(|Reverse((at, key))| keep(*at, *key));
     }
 }

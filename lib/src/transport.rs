@@ -1,15 +1,77 @@
-//! What a connection needs from its transport, apart from the connection: the socket in the
-//! server, a scripted peer in tests. Both the connection (reading) and the
-//! [`Outbox`](crate::outbox::Outbox) (writing, `sendfile`) use it.
+//! The transport: the one layer a connection reads and writes its bytes through, and the rules
+//! every read and write follows.
+//!
+//! A [`Connection`](crate::conn::Connection) owns no descriptor. Each drive is handed a
+//! [`Transport`] — the `mio` socket in the server, a scripted peer in tests — and every byte in
+//! or out goes through it: reads with `IoState::read_once`, writes with
+//! `IoState::write_once` and (for whole queues and file ranges) the outbox, which calls
+//! [`Transport::send_file`] for a file range. `IoState` is what the connection knows of its
+//! transport between drives: the readiness hints (may read, may write) and the half-closes
+//! seen, kept true by the edge-triggered rules stated at the top of [`crate::reactor`]. Its
+//! reads and writes apply them, and so does the outbox's flush, which writes whole queues
+//! through the same hints.
+//!
+//! # A transport under the framed protocol: TLS, PROXY
+//! The framed logic sees plaintext through these traits and nothing else, so a layer that
+//! changes the bytes on the wire is a `Transport` wrapping the socket, and the connection does
+//! not change. The reactor keeps registering the socket underneath in the poll.
+//!
+//! A **TLS** transport (a `rustls::ServerConnection` with the `TcpStream`, driven as rustls'
+//! `tlsserver-mio` example drives it) implements:
+//! - [`Read`]: hand out plaintext the session already holds; else `read_tls` from the socket,
+//!   `process_new_packets` (a fatal alert is queued for sending and the error returned), and
+//!   read the plaintext that produced. The connection relies on the socket's contract, so the
+//!   transport keeps it: `Ok(0)` only at the end of the stream (`close_notify`, or the peer's
+//!   FIN); `WouldBlock` when there is no plaintext and the socket is drained; and fewer bytes
+//!   than asked only when the socket beneath is drained (so it calls `read_tls` until the
+//!   plaintext fills the buffer or the socket says `WouldBlock`), because a short read is what
+//!   clears the read hint (epoll(7)).
+//! - [`Write`]: give the plaintext to the session (`writer().write`), then `write_tls` while it
+//!   `wants_write`. Fewer bytes than offered, or `WouldBlock` for none, only when the socket is
+//!   full, since that is what clears the write hint: records the session accepted but could not
+//!   send yet wait inside it, not in the outbox.
+//! - [`Transport::send_pending`]: `write_tls` until the session holds nothing or the socket is
+//!   full (`WouldBlock`). The connection calls it after its own output, whenever the transport
+//!   may write, so handshake records and alerts go out although no frame is queued.
+//! - [`Transport::wants`]: what the session needs from the poll for itself: WRITABLE while it
+//!   `wants_write` (records waiting), READABLE while it is handshaking. A plain socket needs
+//!   nothing of its own.
+//! - [`Transport::shutdown_write`]: `send_close_notify`, `write_tls`, then the socket's
+//!   `shutdown(SHUT_WR)`.
+//! - [`Transport::send_file`]: not overridden. `sendfile` hands page-cache pages to the socket
+//!   as they are, which is the point of it (no copy into user space) and exactly what TLS
+//!   cannot allow: every byte must be encrypted in user space. So sending from a file is a
+//!   capability of the transport, which a TLS transport declines, and the default sends the
+//!   range by reading it in chunks and writing them through [`Write`]; the outbox and the file
+//!   transfers do not change. (Kernel TLS would be a transport that takes it back.)
+//!
+//! A **PROXY protocol** transport parses the v1 line or v2 header from the first bytes, keeps
+//! the client's address, and from then on passes reads and writes (and `sendfile`: the bytes
+//! stay plaintext) through to the socket, reporting a short read only when the socket's read
+//! was short.
+//!
+//! # How readiness flows
+//! 1. The poll reports the socket; the reactor records it in the connection
+//!    ([`Connection::on_ready`](crate::conn::Connection::on_ready) and
+//!    [`on_read_closed`](crate::conn::Connection::on_read_closed)), which sets the hints.
+//! 2. The drive reads and writes through the transport while the hints allow, and a short
+//!    read or write, or `WouldBlock`, clears them (`IoState::read_once`,
+//!    `IoState::write_once`).
+//! 3. After the drive the reactor registers what the connection wants
+//!    ([`Connection::interest`](crate::conn::Connection::interest)) together with what the
+//!    transport wants ([`Transport::wants`]), both a [`Readiness`]; only the reactor turns
+//!    that into a `mio::Interest`.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::ops::BitOr;
 use std::os::unix::fs::FileExt;
 
-/// What a connection needs from its transport: bytes both ways, closing the write half, and
-/// (for file ranges in the outbox) sending from a file.
-pub trait Stream: Read + Write {
+/// What a connection needs from its transport: bytes both ways with a nonblocking socket's
+/// contract (see the module docs), closing the write half, sending from a file, and what it
+/// needs from the poll and holds back for itself (both nothing for a plain socket).
+pub trait Transport: Read + Write {
     /// Sends FIN after the pending bytes (`shutdown(SHUT_WR)`).
     fn shutdown_write(&mut self) -> io::Result<()>;
 
@@ -29,7 +91,7 @@ pub trait Stream: Read + Write {
             let written = match self.write(&chunk[..n]) {
                 Ok(written) => written,
                 // What went before counts; the error comes again on the next call.
-                Err(error) if sent > 0 && error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if sent > 0 && error.kind() == ErrorKind::WouldBlock => break,
                 Err(error) => return Err(error),
             };
             sent += written;
@@ -39,9 +101,21 @@ pub trait Stream: Read + Write {
         }
         Ok(sent)
     }
+
+    /// Sends what the transport holds back for itself (a TLS session's records), until it
+    /// holds nothing (`Ok`) or the socket is full (`WouldBlock`). A socket holds nothing.
+    fn send_pending(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// What the transport needs from the poll for itself, on top of what the connection
+    /// wants: a TLS session with records waiting needs WRITABLE. A socket needs nothing.
+    fn wants(&self) -> Readiness {
+        Readiness::NONE
+    }
 }
 
-impl Stream for mio::net::TcpStream {
+impl Transport for mio::net::TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
     }
@@ -50,4 +124,167 @@ impl Stream for mio::net::TcpStream {
         let mut offset = offset;
         rustix::fs::sendfile(&*self, file, Some(&mut offset), len).map_err(io::Error::from)
     }
+}
+
+/// Which readiness a connection (or its transport) waits for: the poll interest, in the
+/// crate's own terms, so that no `mio` type is part of the connection's API.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness(u8);
+
+impl Readiness {
+    /// Nothing.
+    pub const NONE: Readiness = Readiness(0);
+    /// Bytes to read (or the peer's FIN, or an error).
+    pub const READABLE: Readiness = Readiness(1 << 0);
+    /// Room to write.
+    pub const WRITABLE: Readiness = Readiness(1 << 1);
+
+    /// Whether READABLE is included.
+    pub const fn is_readable(self) -> bool {
+        self.0 & Readiness::READABLE.0 != 0
+    }
+
+    /// Whether WRITABLE is included.
+    pub const fn is_writable(self) -> bool {
+        self.0 & Readiness::WRITABLE.0 != 0
+    }
+}
+
+impl BitOr for Readiness {
+    type Output = Readiness;
+
+    fn bitor(self, other: Readiness) -> Readiness {
+        Readiness(self.0 | other.0)
+    }
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match (self.is_readable(), self.is_writable()) {
+            (false, false) => "NONE",
+            (true, false) => "READABLE",
+            (false, true) => "WRITABLE",
+            (true, true) => "READABLE | WRITABLE",
+        };
+        f.write_str(name)
+    }
+}
+
+/// What a connection knows of its transport between drives, one bit each: the readiness
+/// hints and the half-closes. Reads and writes go through its methods, which keep the hints
+/// true by the loop's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IoState(u8);
+
+impl IoState {
+    /// The transport may have bytes to read (cleared by `WouldBlock` or a short read).
+    pub(crate) const READ_READY: u8 = 1 << 0;
+    /// The transport may accept bytes (cleared by `WouldBlock` or a short write).
+    pub(crate) const WRITE_READY: u8 = 1 << 1;
+    /// A read returned 0: the peer will send nothing more.
+    pub(crate) const PEER_EOF: u8 = 1 << 2;
+    /// `shutdown(SHUT_WR)` was done.
+    pub(crate) const WRITE_SHUT: u8 = 1 << 3;
+    /// The poll reported the peer's FIN (or an error) with the bytes before it. Its edge is
+    /// spent, so a short read no longer proves the socket drained: read on until 0 or an error.
+    pub(crate) const READ_CLOSED: u8 = 1 << 4;
+
+    /// A fresh transport's state: both hints set, since a new socket may already hold bytes
+    /// and its send buffer is empty.
+    pub(crate) const fn fresh() -> IoState {
+        IoState(IoState::READ_READY | IoState::WRITE_READY)
+    }
+
+    pub(crate) fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    pub(crate) fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+
+    /// Reads once into `buf` with the loop's rules. A read shorter than asked means the
+    /// transport is drained (epoll(7)), which saves the extra `read` that would only return
+    /// `WouldBlock` — unless the poll already reported the peer's FIN, whose edge is spent (see
+    /// [`IoState::READ_CLOSED`]). `Interrupted` is retried.
+    pub(crate) fn read_once<T: Transport>(&mut self, io: &mut T, buf: &mut [u8]) -> ReadOutcome {
+        loop {
+            match io.read(buf) {
+                Ok(0) if !buf.is_empty() => return ReadOutcome::Eof,
+                Ok(n) => {
+                    if n < buf.len() && !self.has(IoState::READ_CLOSED) {
+                        self.set(IoState::READ_READY, false);
+                    }
+                    return ReadOutcome::Data(n);
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    self.set(IoState::READ_READY, false);
+                    return ReadOutcome::Drained;
+                }
+                Err(error) => return ReadOutcome::Failed(error),
+            }
+        }
+    }
+
+    /// Writes `bytes` once with the loop's rules: returns how many the transport took, 0 for
+    /// `WouldBlock`; a write shorter than offered (or `WouldBlock`) means the transport is full
+    /// (epoll(7)), which clears the write hint. `Interrupted` is retried; a write that takes
+    /// nothing of a non-empty slice is an error.
+    pub(crate) fn write_once<T: Transport>(
+        &mut self,
+        io: &mut T,
+        bytes: &[u8],
+    ) -> io::Result<usize> {
+        loop {
+            match io.write(bytes) {
+                Ok(0) if !bytes.is_empty() => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    if n < bytes.len() {
+                        self.set(IoState::WRITE_READY, false);
+                    }
+                    return Ok(n);
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    self.set(IoState::WRITE_READY, false);
+                    return Ok(0);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Lets the transport send what it holds back for itself ([`Transport::send_pending`]) if
+    /// it may write, with the same rules: `WouldBlock` clears the write hint, `Interrupted` is
+    /// retried.
+    pub(crate) fn send_pending<T: Transport>(&mut self, io: &mut T) -> io::Result<()> {
+        while self.has(IoState::WRITE_READY) {
+            match io.send_pending() {
+                Ok(()) => break,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    self.set(IoState::WRITE_READY, false);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one read did.
+pub(crate) enum ReadOutcome {
+    /// Some bytes were read.
+    Data(usize),
+    /// Nothing to read now.
+    Drained,
+    /// The peer closed its side.
+    Eof,
+    /// The connection failed.
+    Failed(io::Error),
 }

@@ -17,7 +17,7 @@
 //!
 //! **The supervisor is one thread on one poll** (no threads, `Threads: 1`): SIGINT/SIGTERM
 //! through `signal-hook-mio`'s self-pipe, each worker's exit through its pidfd (read with
-//! `waitid(P_PIDFD)`, as [`sys::process`](crate::sys::process) does for commands), and each
+//! `waitid(P_PIDFD)`, as `sys::process` does for commands), and each
 //! worker's *ready pipe*, on which the worker writes one byte once it is serving.
 //!
 //! **Sockets outlive workers.** The supervisor keeps each slot's sockets open for as long as
@@ -26,8 +26,8 @@
 //! reset them), and the replacement accepts them from the same socket.
 //!
 //! **Restarts.** A worker that dies after it was ready is restarted at once the first time, then
-//! with a backoff doubling from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`]; a worker that lived
-//! [`STABLE_AFTER`] resets the backoff. A worker that dies before it was ready *failed at
+//! with a backoff (`crate::sys::restart`, the policy the disk helper's restarts follow too); a
+//! worker that lived `STABLE_AFTER` resets the backoff. A worker that dies before it was ready *failed at
 //! start* and is not restarted (a broken setup would otherwise restart in a loop): its slot is
 //! retired and its sockets closed, so the kernel sends new connections to the other workers;
 //! when every slot is retired the supervisor exits with an error.
@@ -49,25 +49,19 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use rustix::process::{Pid, PidfdFlags, Signal, WaitIdOptions, WaitIdStatus};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitIdOptions};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::server::Listeners;
+use crate::sys::restart::{STABLE_AFTER, backoff, describe};
 
 /// The hidden `serve` flag that makes a process a worker: `--worker-of READY,FRAMED,TCP,UDP`.
 pub const WORKER_FLAG: &str = "--worker-of";
-
-/// The first restart delay after the immediate one.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest restart delay.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A worker that lived this long resets its slot's backoff.
-pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// The program a worker runs: this very binary, even if the file was replaced since.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -565,28 +559,6 @@ impl Supervisor {
     }
 }
 
-/// The delay before restarting a worker after `crashes` short-lived predecessors: none for
-/// the first, then [`FIRST_BACKOFF`] doubling up to [`MAX_BACKOFF`].
-pub fn backoff(crashes: u32) -> Duration {
-    match crashes {
-        0 => Duration::ZERO,
-        n => FIRST_BACKOFF
-            .saturating_mul(1 << (n - 1).min(16))
-            .min(MAX_BACKOFF),
-    }
-}
-
-/// How a reaped process ended, for the log.
-pub(crate) fn describe(status: &WaitIdStatus) -> String {
-    if let Some(code) = status.exit_status() {
-        format!("exited with status {code}")
-    } else if let Some(signal) = status.terminating_signal() {
-        format!("was killed by signal {signal}")
-    } else {
-        "ended".to_string()
-    }
-}
-
 /// Starts one worker on `listeners`: fork, keep the slot's descriptors across exec, exec.
 fn spawn(args: &[OsString], listeners: &Listeners) -> io::Result<Worker> {
     let mut fds = [0; 2];
@@ -708,16 +680,8 @@ mod tests {
             "{error}"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < std::time::Duration::from_secs(5),
             "gave up without a restart loop"
         );
-    }
-
-    #[test]
-    fn backoff_starts_at_zero_and_is_capped() {
-        assert_eq!(backoff(0), Duration::ZERO);
-        assert_eq!(backoff(1), FIRST_BACKOFF);
-        assert_eq!(backoff(2), FIRST_BACKOFF * 2);
-        assert_eq!(backoff(40), MAX_BACKOFF);
     }
 }

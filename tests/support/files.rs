@@ -878,7 +878,7 @@ pub fn leftovers_after_the_disk(dir: &Path) -> Vec<(String, u64)> {
 /// `held`, the partial first holds that prefix of `data`.
 pub fn hold_upload_elsewhere(root: &Path, path: &str, data: &[u8], held: usize) -> fs::File {
     use std::os::fd::AsRawFd;
-    let id = monoreactor::sys::files::upload_id(path, data.len() as u64, &blake3_of(data));
+    let id = monoreactor::internal::upload_id(path, data.len() as u64, &blake3_of(data));
     let (dir, _) = path.rsplit_once('/').unwrap_or(("", path));
     let partial = root
         .join(dir)

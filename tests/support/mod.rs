@@ -547,7 +547,7 @@ pub fn cpu_time(pid: u32) -> Duration {
 /// Raises this test process's open-file soft limit to its hard limit; returns the new soft
 /// limit (panics if it cannot be read).
 pub fn raise_fd_limit() -> u64 {
-    monoreactor::server::raise_descriptor_limit().expect("RLIMIT_NOFILE readable")
+    monoreactor::raise_descriptor_limit().expect("RLIMIT_NOFILE readable")
 }
 
 // === Clients ===
@@ -887,7 +887,7 @@ impl TempDir {
         let mut names: Vec<String> = std::fs::read_dir(&self.0)
             .expect("readable")
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name != monoreactor::sys::hash_index::INDEX_NAME)
+            .filter(|name| name != monoreactor::internal::INDEX_NAME)
             .collect();
         names.sort();
         names

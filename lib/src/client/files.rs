@@ -25,17 +25,16 @@
 //! a download goes, checked before it starts), [`download`] (to a file atomically: a part file
 //! beside it, verified, synced and renamed, resumable; through anything else, never replacing
 //! it), [`spool`] (a pipe into an anonymous temporary file, hashed on the way, so it can be
-//! put like a file), [`hash_reader`], [`normalize_remote`], and the formatting of listings
-//! ([`format_listing`], [`listing_json`], [`format_mtime`]).
+//! put like a file), [`hash_reader`], [`normalize_remote`], [`sort_entries`]. Listings and
+//! STAT answers come back typed ([`OwnedDirEntry`], [`FileInfo`]); showing them as text or
+//! JSON is the command line's business.
 //!
 //! # Timeouts
 //! [`FileClient::connect`] bounds the connect and the handshake by its `timeout`; afterwards
 //! every read and write waits at most [`IO_TIMEOUT`] (the server may be busy hashing a large
 //! file before it answers, or syncing one to disk). [`FileClient::set_timeout`] changes it.
 
-use std::borrow::Cow;
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;
@@ -1191,292 +1190,14 @@ pub fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// `YYYY-MM-DD HH:MM`, UTC, as listings show a modification time.
-pub fn format_mtime(mtime_ns: i64) -> String {
-    let (date, hour, minute, _, _) = civil(mtime_ns);
-    format!("{date} {hour:02}:{minute:02}")
-}
-
-/// `YYYY-MM-DD HH:MM:SS.NNNNNNNNN UTC`: a modification time to the nanosecond.
-pub fn format_mtime_full(mtime_ns: i64) -> String {
-    let (date, hour, minute, second, nanos) = civil(mtime_ns);
-    format!("{date} {hour:02}:{minute:02}:{second:02}.{nanos:09} UTC")
-}
-
-/// Nanoseconds since the epoch → (`YYYY-MM-DD`, hour, minute, second, nanosecond), UTC, in
-/// the proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil(mtime_ns: i64) -> (String, i64, i64, i64, i64) {
-    let seconds = mtime_ns.div_euclid(1_000_000_000);
-    let nanos = mtime_ns.rem_euclid(1_000_000_000);
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}-{month:02}-{day:02}"),
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        nanos,
-    )
-}
-
-/// A name as a terminal line may show it: control characters escaped (`\n`, `\u{1b}`), so a
-/// name cannot break a listing's lines or drive the terminal.
-pub fn display_name(name: &str) -> Cow<'_, str> {
-    if !name.chars().any(char::is_control) {
-        return Cow::Borrowed(name);
-    }
-    let mut shown = String::with_capacity(name.len() + 8);
-    for c in name.chars() {
-        if c.is_control() {
-            shown.extend(c.escape_default());
-        } else {
-            shown.push(c);
-        }
-    }
-    Cow::Owned(shown)
-}
-
 /// Sorts entries by name, byte order (as `LC_ALL=C ls` does).
 pub fn sort_entries(entries: &mut [OwnedDirEntry]) {
     entries.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
-/// A listing in aligned columns, one line per entry, in the order given: the kind's letter
-/// (`-`, `d`, `l`, `?`), the size right-aligned, the modification time
-/// ([`format_mtime`]) and the name ([`display_name`]).
-pub fn format_listing(entries: &[OwnedDirEntry]) -> String {
-    let width = entries
-        .iter()
-        .map(|entry| decimal_width(entry.size))
-        .max()
-        .unwrap_or(1);
-    let mut out = String::new();
-    for entry in entries {
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            out,
-            "{} {:>width$} {} {}",
-            entry.kind.letter(),
-            entry.size,
-            format_mtime(entry.mtime_ns),
-            display_name(&entry.name)
-        );
-    }
-    out
-}
-
-fn decimal_width(mut value: u64) -> usize {
-    let mut width = 1;
-    while value >= 10 {
-        value /= 10;
-        width += 1;
-    }
-    width
-}
-
-/// The kind as a word, for JSON and `stat`.
-pub fn kind_name(kind: FileKind) -> &'static str {
-    match kind {
-        FileKind::File => "file",
-        FileKind::Directory => "directory",
-        FileKind::Symlink => "symlink",
-        FileKind::Other => "other",
-        FileKind::Partial => "partial upload",
-    }
-}
-
-/// `text` as a JSON string, quotes included: `"` and `\` escaped, control characters as
-/// `\n`, `\t`, ... or `\u00XX`.
-pub fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// One entry as a JSON object: `{"name":...,"kind":...,"size":...,"mtime_ns":...}`.
-pub fn entry_json(entry: &OwnedDirEntry) -> String {
-    format!(
-        "{{\"name\":{},\"kind\":\"{}\",\"size\":{},\"mtime_ns\":{}}}",
-        json_string(&entry.name),
-        kind_name(entry.kind),
-        entry.size,
-        entry.mtime_ns
-    )
-}
-
-/// A listing as one JSON array of [`entry_json`] objects, one per line, in the order given,
-/// ending with a newline.
-pub fn listing_json(entries: &[OwnedDirEntry]) -> String {
-    if entries.is_empty() {
-        return "[]\n".to_string();
-    }
-    let objects: Vec<String> = entries.iter().map(entry_json).collect();
-    format!("[\n{}\n]\n", objects.join(",\n"))
-}
-
-/// STAT's answer as a JSON object: the path, then FILE_INFO's fields; `blake3` is the hex
-/// hash or `null` when the server does not know it.
-pub fn info_json(path: &str, info: &FileInfo) -> String {
-    let hash = info
-        .hash
-        .map_or_else(|| "null".to_string(), |hash| format!("\"{}\"", hex(&hash)));
-    format!(
-        "{{\"path\":{},\"kind\":\"{}\",\"size\":{},\"mtime_ns\":{},\"blake3\":{hash}}}\n",
-        json_string(path),
-        kind_name(info.kind),
-        info.size,
-        info.mtime_ns
-    )
-}
-
-/// STAT's answer for people: one `field: value` line each.
-pub fn format_info(path: &str, info: &FileInfo) -> String {
-    let shown = if path.is_empty() { "." } else { path };
-    let hash = info
-        .hash
-        .map_or_else(|| "not known to the server".to_string(), |hash| hex(&hash));
-    format!(
-        "path:   {}\nkind:   {}\nsize:   {}\nmtime:  {}\nblake3: {hash}\n",
-        display_name(shown),
-        kind_name(info.kind),
-        info.size,
-        format_mtime_full(info.mtime_ns)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::proto::files::HASH_LEN;
-
-    const SECOND: i64 = 1_000_000_000;
-    const ZERO_HASH: Hash = [0; HASH_LEN];
-
-    #[test]
-    fn mtimes_format_in_utc_across_the_epoch_and_leap_days() {
-        assert_eq!(format_mtime(0), "1970-01-01 00:00");
-        assert_eq!(format_mtime(-1), "1969-12-31 23:59");
-        assert_eq!(format_mtime(1_700_000_000 * SECOND), "2023-11-14 22:13");
-        assert_eq!(format_mtime(951_782_400 * SECOND), "2000-02-29 00:00");
-        assert_eq!(format_mtime(951_868_799 * SECOND), "2000-02-29 23:59");
-        assert_eq!(format_mtime(4_107_542_400 * SECOND), "2100-03-01 00:00");
-        assert_eq!(
-            format_mtime_full(1_700_000_000 * SECOND + 5),
-            "2023-11-14 22:13:20.000000005 UTC"
-        );
-        assert_eq!(format_mtime_full(-1), "1969-12-31 23:59:59.999999999 UTC");
-        assert_eq!(
-            format_mtime_full(i64::MIN),
-            "1677-09-21 00:12:43.145224192 UTC"
-        );
-        assert_eq!(
-            format_mtime_full(i64::MAX),
-            "2262-04-11 23:47:16.854775807 UTC"
-        );
-    }
-
-    #[test]
-    fn json_strings_escape_quotes_backslashes_and_controls() {
-        assert_eq!(json_string("plain"), "\"plain\"");
-        assert_eq!(json_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(json_string("l1\nl2\t\r"), "\"l1\\nl2\\t\\r\"");
-        assert_eq!(
-            json_string("\u{1}\u{1f}\u{8}\u{c}"),
-            "\"\\u0001\\u001f\\b\\f\""
-        );
-        assert_eq!(json_string("é ✓ \u{7f}"), "\"é ✓ \u{7f}\"");
-    }
-
-    fn entry(name: &str, kind: FileKind, size: u64, mtime_ns: i64) -> OwnedDirEntry {
-        OwnedDirEntry {
-            name: name.to_string(),
-            kind,
-            size,
-            mtime_ns,
-        }
-    }
-
-    #[test]
-    fn listings_sort_by_name_and_align_sizes() {
-        let mut entries = vec![
-            entry("zeta", FileKind::File, 7, 0),
-            entry("Alpha", FileKind::Directory, 4096, 60 * SECOND),
-            entry("link", FileKind::Symlink, 12, 0),
-            entry("bad\nname", FileKind::Other, 0, 0),
-        ];
-        sort_entries(&mut entries);
-        assert_eq!(
-            format_listing(&entries),
-            "d 4096 1970-01-01 00:01 Alpha\n\
-             ?    0 1970-01-01 00:00 bad\\nname\n\
-             l   12 1970-01-01 00:00 link\n\
-             -    7 1970-01-01 00:00 zeta\n"
-        );
-        assert_eq!(format_listing(&[]), "");
-    }
-
-    #[test]
-    fn listings_as_json_are_one_array() {
-        let entries = [
-            entry("a \"q\"", FileKind::File, 1, -2),
-            entry("d", FileKind::Directory, 0, 3),
-        ];
-        assert_eq!(
-            listing_json(&entries),
-            "[\n{\"name\":\"a \\\"q\\\"\",\"kind\":\"file\",\"size\":1,\"mtime_ns\":-2},\n\
-             {\"name\":\"d\",\"kind\":\"directory\",\"size\":0,\"mtime_ns\":3}\n]\n"
-        );
-        assert_eq!(listing_json(&[]), "[]\n");
-    }
-
-    #[test]
-    fn stat_output_names_an_unknown_hash() {
-        let mut info = FileInfo {
-            size: 3,
-            mtime_ns: 0,
-            kind: FileKind::File,
-            hash: None,
-        };
-        assert_eq!(
-            info_json("x\ty", &info),
-            "{\"path\":\"x\\ty\",\"kind\":\"file\",\"size\":3,\"mtime_ns\":0,\"blake3\":null}\n"
-        );
-        assert!(format_info("", &info).starts_with("path:   .\n"));
-        assert!(format_info("a", &info).ends_with("blake3: not known to the server\n"));
-        info.hash = Some(ZERO_HASH);
-        assert!(info_json("a", &info).ends_with(&format!("\"blake3\":\"{}\"}}\n", "0".repeat(64))));
-    }
 
     #[test]
     fn remote_paths_are_normalized_and_checked_locally() {
@@ -1546,12 +1267,6 @@ mod tests {
             assert!(error.contains(why), "{local}: {error}");
         }
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn names_with_control_characters_are_escaped_for_terminals() {
-        assert!(matches!(display_name("plain é"), Cow::Borrowed("plain é")));
-        assert_eq!(display_name("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
     }
 
     #[test]

@@ -6,29 +6,35 @@
 //!    server.
 //! 3. Stream 0 is the connection: a request there is fatal. A stream with a command or a
 //!    transfer running takes only its frames (STDIN, STDIN_EOF, SIGNAL; DATA, DIGEST): a new
-//!    request on it is fatal.
-//! 4. A request the connection may not make (no token, exec off, a limit) is refused on its own
-//!    stream and ends only that stream.
+//!    request on it is fatal ([`Connection::claim_stream_id`]).
+//! 4. A request the connection may not make (no token, the service off, the client's FIN, a
+//!    shutdown, a limit) is refused on its own stream and ends only that stream: the one
+//!    ladder, with its table, is [`Connection::admit`].
 //! 5. STDIN, STDIN_EOF and SIGNAL for a stream with no command, and DATA and DIGEST for one
-//!    with no upload, are ignored: they may have crossed the stream's last frame on the wire. (A SIGNAL whose payload does not parse is fatal
-//!    all the same: it is checked before the stream is looked up.)
+//!    with no upload, are ignored: they may have crossed the stream's last frame on the wire.
+//!    (A SIGNAL whose payload does not parse is fatal all the same: it is checked before the
+//!    stream is looked up.)
 //! 6. A client's ERROR ends what its stream names: the connection on stream 0; on a version 2
 //!    connection, only that stream (its command is released, its transfer ends), whose id is
 //!    free for a new request from the next frame on.
-//! 7. Once the client's FIN has been reported, an EXEC is refused on its stream: the FIN stops
-//!    every command, so one started then would end at once without an EXIT.
+//!
+//! A request let in starts here: a command is spawned, a transfer opened into the stream
+//! table ([`Streams`]), and STAT, DELETE and MKDIR are answered at once.
 
 use log::{debug, info, warn};
 
-use super::streams::{ExecStream, Streams};
-use super::{Bits, Connection, Context, Fatal, State};
-use crate::proto::exec::{EndReason, ExecFlags, ExecRequest, SignalRequest, Started};
+use super::admission::Admitted;
+use super::context::{Context, Fatal};
+use super::streams::{Exec, Get, List, Put, StreamKind, Streams};
+use super::{Bits, Connection, State};
+use crate::proto::exec::{EndReason, SignalRequest};
+use crate::proto::files::FileInfo;
 use crate::proto::message::{EXEC_VERSION, MIN_PROTOCOL_VERSION};
 use crate::proto::{
     ErrorCode, ErrorMessage, Frame, FrameType, Hello, HelloOk, PROTOCOL_VERSION, SessionFlags,
 };
+use crate::service::disk::FileError;
 use crate::service::echo;
-use crate::service::exec::{ExecSession, SpawnSpec};
 
 impl Connection {
     /// Handles one complete frame.
@@ -134,41 +140,36 @@ impl Connection {
         cx: &mut Context<'_>,
     ) -> Result<(), Fatal> {
         let stream = frame.header.stream;
-        let starts_a_request = frame_type.is_file_request()
-            || matches!(
-                frame_type,
-                FrameType::EchoRequest | FrameType::Exec | FrameType::Unknown(_)
-            );
-        if starts_a_request && stream == 0 {
-            return Err(Fatal::new(
-                ErrorCode::UnexpectedFrame,
-                format!("{frame_type} on stream 0; requests need a stream id other than 0"),
-            ));
-        }
-        if starts_a_request && self.stream_in_use(stream) {
-            return Err(Fatal::new(
-                ErrorCode::UnexpectedFrame,
-                format!("{frame_type} on stream {stream}, which a command or transfer is using"),
-            ));
-        }
+        self.claim_stream_id(frame_type, stream)?;
         match frame_type {
             FrameType::EchoRequest => {
                 echo::reply(frame, &mut self.outbox.replies(cx.pool, cx.limits));
                 Ok(())
             }
             FrameType::Exec => {
-                self.exec(frame, cx);
+                self.start(frame_type, frame, cx);
                 Ok(())
             }
             FrameType::Stdin | FrameType::StdinEof | FrameType::Signal => {
                 self.deliver_to_command(frame_type, frame, cx)
             }
             file_request if file_request.is_file_request() => {
-                self.file_request(frame_type, frame, cx);
+                self.start(frame_type, frame, cx);
                 Ok(())
             }
             FrameType::Data | FrameType::Digest => {
-                self.upload_frame(frame_type, frame, cx);
+                match self.streams.as_mut() {
+                    Some(streams) => streams.upload_frame(
+                        stream,
+                        frame_type,
+                        frame.payload,
+                        &mut self.outbox,
+                        cx,
+                    ),
+                    None => {
+                        debug!("{frame_type} for stream {stream}, which has no upload: ignored")
+                    }
+                }
                 Ok(())
             }
             FrameType::Unknown(byte) => {
@@ -200,13 +201,10 @@ impl Connection {
     }
 
     /// The client ended `stream` with an ERROR: its command, if any, is released (stopped and
-    /// reaped by the I/O layer) and nothing more is sent on the stream.
+    /// reaped by the I/O layer), its transfer ends (an upload's resumable partial stays), and
+    /// nothing more is sent on the stream.
     fn abandon_stream(&mut self, stream: u32, cx: &mut Context<'_>, reason: &str) {
-        if self.abandon_transfer(stream) {
-            debug!("stream {stream}: the client abandoned its transfer ({reason})");
-            return;
-        }
-        let Some(mut command) = self
+        let Some(abandoned) = self
             .streams
             .as_mut()
             .and_then(|streams| streams.remove(stream, cx.turn))
@@ -214,131 +212,104 @@ impl Connection {
             debug!("client ERROR for stream {stream}, which has no command: ignored");
             return;
         };
-        debug!(
-            "stream {stream}: the client abandoned pid {} ({reason})",
-            command.session.pid()
-        );
-        command.session.release(cx.pool);
-        if let Some(children) = cx.children.as_deref_mut() {
-            children.release(command.child, EndReason::ClientSignal);
+        match &abandoned.kind {
+            StreamKind::Exec(command) => debug!(
+                "stream {stream}: the client abandoned pid {} ({reason})",
+                command.session.pid()
+            ),
+            _ => debug!("stream {stream}: the client abandoned its transfer ({reason})"),
         }
+        abandoned.end(cx, EndReason::ClientSignal);
     }
 
-    fn stream_in_use(&self, stream: u32) -> bool {
-        self.streams
-            .as_ref()
-            .is_some_and(|streams| streams.in_use(stream))
-    }
-
-    /// EXEC: checks, then a spawn through the I/O layer; STARTED on success, an ERROR on the
-    /// request's stream otherwise. Never fatal: a refused command ends only its stream.
-    fn exec(&mut self, frame: Frame<'_>, cx: &mut Context<'_>) {
+    /// EXEC or a file request: admitted ([`Connection::admit`]) or refused on its stream,
+    /// then started. Never fatal: a refused or failed request ends only its stream.
+    fn start(&mut self, frame_type: FrameType, frame: Frame<'_>, cx: &mut Context<'_>) {
         let stream = frame.header.stream;
-        let refusal = if !self.bits.has(Bits::AUTHENTICATED) {
-            Some((
-                ErrorCode::Unauthenticated,
-                "EXEC needs an authenticated connection: send the server's token in HELLO"
-                    .to_string(),
-            ))
-        } else if !cx.access.exec || cx.children.is_none() {
-            Some((
-                ErrorCode::ExecDisabled,
-                "this server does not run commands (start it with --exec)".to_string(),
-            ))
-        } else if self.bits.has(Bits::PEER_EOF) || self.bits.has(Bits::READ_CLOSED) {
-            // Frames read before the client's FIN are still handled, but a command could
-            // neither get stdin nor be signalled, and the FIN stops commands anyway. That holds
-            // as soon as the poll has reported the FIN (`READ_CLOSED`), before the read that
-            // sees it: an EXEC in the same write as the FIN would otherwise be started and
-            // stopped at once, the client seeing STARTED and then nothing.
-            Some((
-                ErrorCode::BadRequest,
-                "EXEC with or after the client's FIN: a half-closed connection cannot run \
-                 commands (end stdin with STDIN_EOF, and keep the connection open until EXIT)"
-                    .to_string(),
-            ))
-        } else if self.bits.has(Bits::DRAINING) {
-            Some((
-                ErrorCode::ShuttingDown,
-                "the server is shutting down and starts no new commands".to_string(),
-            ))
-        } else if self.open_streams() >= cx.limits.max_exec_per_connection {
-            Some((
-                ErrorCode::LimitReached,
-                format!(
-                    "{} commands are running on this connection, its limit",
-                    cx.limits.max_exec_per_connection
-                ),
-            ))
-        } else {
-            None
-        };
-        if let Some((code, text)) = refusal {
-            self.outbox
-                .replies(cx.pool, cx.limits)
-                .error(stream, code, &text);
-            return;
-        }
-        let request = match ExecRequest::parse(frame.payload) {
-            Ok(request) => request,
-            Err(error) => {
-                self.outbox.replies(cx.pool, cx.limits).error(
-                    stream,
-                    ErrorCode::BadRequest,
-                    &error.to_string(),
-                );
+        let admitted = match self.admit(frame_type, frame, cx) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.outbox
+                    .replies(cx.pool, cx.limits)
+                    .error(stream, refusal.code, &refusal.text);
                 return;
             }
         };
-        let Some(children) = cx.children.as_deref_mut() else {
-            return; // checked above
+        let opened = match admitted {
+            Admitted::Exec {
+                request,
+                child_number,
+            } => Exec::spawn(stream, &request, child_number, &mut self.outbox, cx)
+                .map(StreamKind::Exec),
+            file_request => match self.start_file_request(stream, frame_type, file_request, cx) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    debug!("stream {stream}: {frame_type} refused: {}", error.text);
+                    self.outbox
+                        .replies(cx.pool, cx.limits)
+                        .error(stream, error.code, &error.text);
+                    None
+                }
+            },
         };
-        let streams = self
-            .streams
-            .get_or_insert_with(|| Streams::new(cx.limits.max_exec_per_connection));
-        let Some(index) = streams.free_index(cx.turn) else {
-            self.outbox.replies(cx.pool, cx.limits).error(
-                stream,
-                ErrorCode::LimitReached,
-                "no free child number on this connection",
-            );
-            return;
-        };
-        let stdin = request.flags.contains(ExecFlags::STDIN);
-        let spec = SpawnSpec {
-            argv: &request.argv,
-            cwd: request.cwd,
-            stdin,
-        };
-        match children.spawn(index, &spec) {
-            Ok(spawned) => {
-                let session =
-                    ExecSession::new(spawned.pid, stdin, request.timeout_ms, cx.now, cx.limits);
-                let started = session.started();
-                debug!(
-                    "stream {stream}: started pid {} {:?}",
-                    spawned.pid,
-                    request
-                        .argv
-                        .iter()
-                        .map(|arg| String::from_utf8_lossy(arg))
-                        .collect::<Vec<_>>()
-                );
-                self.outbox.replies(cx.pool, cx.limits).part(
-                    FrameType::Started,
-                    stream,
-                    Started::PAYLOAD_LEN as u32,
-                    |out| started.emit(out),
-                );
-                streams.insert(ExecStream::new(stream, index, spawned.child, session));
-            }
-            Err(error) => {
-                info!("stream {stream}: command refused: {error}");
-                self.outbox
-                    .replies(cx.pool, cx.limits)
-                    .error(stream, error.code(), error.text());
-            }
+        if let Some(kind) = opened {
+            self.streams
+                .get_or_insert_with(|| Streams::new(cx.limits.max_streams_per_connection))
+                .insert(stream, kind);
         }
+    }
+
+    /// An admitted file request: STAT, DELETE and MKDIR answered at once; GET, PUT and LIST
+    /// opened, to run on their stream (returned).
+    fn start_file_request(
+        &mut self,
+        stream: u32,
+        frame_type: FrameType,
+        admitted: Admitted<'_>,
+        cx: &mut Context<'_>,
+    ) -> Result<Option<StreamKind>, FileError> {
+        let Some(disk) = cx.files.as_deref_mut() else {
+            return Ok(None); // refused by admission
+        };
+        let mut replies = self.outbox.replies(cx.pool, cx.limits);
+        let opened = match admitted {
+            Admitted::Stat(path) => {
+                let info = disk.stat(path)?;
+                replies.reply(
+                    FrameType::FileInfo,
+                    stream,
+                    FileInfo::PAYLOAD_LEN as u32,
+                    |out| info.emit(out),
+                );
+                return Ok(None);
+            }
+            Admitted::Delete(path) | Admitted::Mkdir(path) => {
+                if frame_type == FrameType::Delete {
+                    // DONE goes out once the name is gone; a big file's blocks are freed
+                    // after, off the loop (`Disk::delete`).
+                    disk.delete(path)?;
+                } else {
+                    disk.mkdir(path)?;
+                }
+                info!("{frame_type} {path}");
+                replies.reply(FrameType::Done, stream, 0, |_| {});
+                return Ok(None);
+            }
+            Admitted::List { path, permit } => StreamKind::List(List::open(path, permit, disk)?),
+            Admitted::Get { request, permit } => StreamKind::Get(Get::open(
+                stream,
+                &request,
+                permit,
+                disk,
+                &mut replies,
+                cx.wall_clock,
+            )?),
+            Admitted::Put { request, permit } => {
+                StreamKind::Put(Box::new(Put::begin(stream, &request, permit, disk)?))
+            }
+            Admitted::Exec { .. } => return Ok(None), // not a file request
+        };
+        Ok(Some(opened))
     }
 
     /// STDIN, STDIN_EOF and SIGNAL: delivered to the command on the frame's stream, if there
@@ -363,7 +334,7 @@ impl Connection {
         let Some(command) = self
             .streams
             .as_mut()
-            .and_then(|streams| streams.find_mut(stream))
+            .and_then(|streams| streams.command_mut(stream))
         else {
             debug!("{frame_type} for stream {stream}, which has no command: ignored");
             return Ok(());

@@ -11,9 +11,10 @@
 //! **Order** is kept by one rule: while an [`EchoRun`] holds replies, the outbox is empty, and
 //! anything else about to be queued sends the run first ([`Connection::send_echoes`]).
 
-use super::{Bits, Connection, Context, Fatal, State, Stream, write_once};
+use super::{Connection, Context, Fatal, State};
 use crate::proto::{HEADER_LEN, Header};
 use crate::service::echo;
+use crate::transport::{IoState, Transport};
 
 /// The echo replies rewritten in place and not yet sent: `input[start..end]`, whole frames.
 #[derive(Debug, Default)]
@@ -43,7 +44,8 @@ impl Connection {
         let direct = self.state == State::Open
             && header.stream != 0
             && self.streams.is_none()
-            && (!run.is_empty() || (self.outbox.is_empty() && self.bits.has(Bits::WRITE_READY)));
+            && (!run.is_empty()
+                || (self.outbox.is_empty() && self.io_state.has(IoState::WRITE_READY)));
         if !direct {
             return false;
         }
@@ -56,11 +58,11 @@ impl Connection {
         true
     }
 
-    /// Sends the run with one write ([`write_once`]'s rules) and empties it. What the socket
+    /// Sends the run with one write ([`IoState::write_once`]'s rules) and empties it. What the socket
     /// does not take is copied into the outbox. A failed write is fatal.
-    pub(super) fn send_echoes<S: Stream>(
+    pub(super) fn send_echoes<T: Transport>(
         &mut self,
-        io: &mut S,
+        io: &mut T,
         input: &[u8],
         run: &mut EchoRun,
         cx: &mut Context<'_>,
@@ -70,7 +72,9 @@ impl Connection {
         }
         let replies = &input[run.start..run.end];
         *run = EchoRun::default();
-        let sent = write_once(io, replies, &mut self.bits)
+        let sent = self
+            .io_state
+            .write_once(io, replies)
             .map_err(|error| Fatal::broken(format!("write failed: {error}")))?;
         if sent > 0 {
             self.last_active = cx.now;

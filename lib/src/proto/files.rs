@@ -40,6 +40,14 @@ use std::fmt;
 use super::message::MessageError;
 use super::path::{PathError, check_len, check_relative};
 
+/// Most file bytes in one DATA frame from the server (1 MiB), or the announced maximum payload
+/// if that is smaller.
+pub const DATA_FRAME_LEN: u64 = 1 << 20;
+
+/// Most payload bytes in one ENTRIES page (64 KiB), or the announced maximum payload if that
+/// is smaller.
+pub const LIST_PAGE_LEN: usize = 64 << 10;
+
 /// Length of a BLAKE3 hash.
 pub const HASH_LEN: usize = 32;
 

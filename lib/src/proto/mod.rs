@@ -1,7 +1,7 @@
 //! The wire protocol, sans-IO: bytes in, frames out, and back. Nothing here touches a socket, a
 //! process or the clock, so it can be driven from a test, a fuzzer or another event loop.
 //!
-//! Three layers, each in its own module:
+//! Six modules, from the bytes up:
 //! - [`header`]: the fixed 12-byte header ([`Header::parse`], [`Header::emit`]);
 //! - [`frame`]: whole frames ([`Decoder::decode`], [`Frame::encode_into`]);
 //! - [`message`]: payloads of the connection-level frames (HELLO, HELLO_OK, ERROR);

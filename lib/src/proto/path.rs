@@ -5,7 +5,7 @@
 //! what no system call would take (longer than `PATH_MAX` or `NAME_MAX`). The
 //! second fence is the kernel: the I/O layer opens every path beneath the root's directory
 //! descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
-//! ([`crate::sys::root`]), so a symlink planted inside the root cannot lead out of it either.
+//! (`crate::sys::root`), so a symlink planted inside the root cannot lead out of it either.
 
 use std::fmt;
 

@@ -10,7 +10,7 @@ use mio::net::{TcpListener, TcpStream};
 
 use super::slots::Slot;
 use super::token::{ConnKey, Source, TimerKey};
-use super::{ACCEPT_RETRY, Core, REFUSE_DRAIN_BYTES};
+use super::{ACCEPT_RETRY, Core, REFUSE_DRAIN_BYTES, poll_interest, socket_wants};
 use crate::conn::{Connection, Protocol};
 
 impl Core {
@@ -76,16 +76,17 @@ impl Core {
         };
         self.next_generation = self.next_generation.wrapping_add(1);
         let conn = Connection::new(protocol, self.env.now, &self.env.limits);
-        let registered = conn.interest();
+        let registered = socket_wants(&conn, &stream);
         // Registration reports bytes that are already waiting, so there is nothing to drive
         // yet; only the first deadline (hello or idle) needs arming.
         let deadline = conn.deadline(&self.env.limits);
         let mut socket = stream;
+        let interest = poll_interest(registered);
         if let Err(error) = self
             .env
             .poll
             .registry()
-            .register(&mut socket, key.socket(), registered)
+            .register(&mut socket, key.socket(), interest)
         {
             warn!("register of {peer} failed: {error}");
             return;

@@ -1,6 +1,6 @@
-//! The loop's side of the disk helper ([`crate::sys::disk`]): the [`Disk`] a connection
-//! submits jobs through, the helper's events, its restart timer, and the delivery of each
-//! completion to the connection that submitted the job.
+//! The loop's side of the disk helper ([`crate::sys::disk`]): the [`Jobs`] a connection's
+//! file layer submits through, the helper's events, its restart timer, and the delivery of
+//! each completion to the connection that submitted the job.
 //!
 //! A job's owner is its connection's socket token, which carries the slot and the
 //! generation: a completion for a connection closed since (or for a successor in its slot)
@@ -8,39 +8,42 @@
 
 use log::{debug, warn};
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use mio::{Registry, Token};
 
 use super::Core;
 use super::slots::live_slot;
 use super::token::{ConnKey, Source, TimerKey};
-use crate::sys::disk::{Disk, DiskHelper, Job, JobId};
+use crate::service::disk::{JobId, Pending};
+use crate::sys::disk::{DiskHelper, Job, Jobs};
 
 /// One connection's view of the [`DiskHelper`]: its jobs are owned by the connection.
-pub(super) struct ConnDisk<'a> {
+pub(super) struct ConnJobs<'a> {
     pub(super) helper: &'a mut DiskHelper,
     pub(super) registry: &'a Registry,
     pub(super) key: ConnKey,
 }
 
-impl Disk for ConnDisk<'_> {
-    fn submit(&mut self, job: Job) -> JobId {
+impl Jobs for ConnJobs<'_> {
+    fn submit(&mut self, job: Job) -> Pending {
         let owner = self.key.socket().0 as u64;
-        self.helper.submit(Some(owner), job, self.registry)
+        // Even a job the helper runs inline completes through its queue, after the turn's
+        // drives: never within this call.
+        Pending::Job(self.helper.submit(Some(owner), job, self.registry))
     }
 
-    fn submit_write(
-        &mut self,
-        file: BorrowedFd<'_>,
-        offset: u64,
-        bytes: &[u8],
-        writing: Option<&Arc<AtomicUsize>>,
-    ) -> Option<JobId> {
+    fn submit_write(&mut self, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Option<JobId> {
         let owner = self.key.socket().0 as u64;
         self.helper
-            .submit_write(Some(owner), file, offset, bytes, writing, self.registry)
+            .submit_write(Some(owner), file, offset, bytes, self.registry)
+    }
+
+    fn off_the_loop(&self) -> bool {
+        true
+    }
+
+    fn pending(&self, id: JobId) -> bool {
+        self.helper.is_pending(id)
     }
 }
 
@@ -83,6 +86,7 @@ impl Core {
                 continue;
             };
             if let Some(slot) = live_slot(&mut self.conns, key) {
+                let done = done.into_job_done();
                 self.env
                     .with_context(key, |cx| slot.conn.handle_disk_done(done, cx));
                 self.drive_slot(key);

@@ -37,13 +37,15 @@
 //! - `slots.rs`: the slab of connections — serving, driving, closing;
 //! - `accept.rs`: accepting, refusing, shedding when out of descriptors;
 //! - `children.rs`: the loop's side of child processes;
-//! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop).
+//! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop);
+//! - `udp.rs`: the UDP echo, its socket and its queue of replies.
 
 mod accept;
 mod children;
 mod disk;
 mod slots;
 pub(crate) mod token;
+mod udp;
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -52,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use log::{info, trace, warn};
+use log::{info, trace};
 use mio::event::Event;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -61,21 +63,40 @@ use slab::Slab;
 
 use crate::access::Access;
 use crate::buffer::BufferPool;
-use crate::conn::{Context, Verdict};
+use crate::conn::{Connection, Context};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
-use crate::service::echo::UdpEcho;
+use crate::service::disk::Disk;
 use crate::service::exec::Children;
-use crate::sys::disk::{Disk, DiskHelper, HelperTokens};
+use crate::sys::disk::{DiskHelper, HelperTokens};
 use crate::sys::files::{FileState, Files};
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
-use crate::timer::{Clock, Tick, TimerQueue};
+use crate::timer::{Clock, Tick, TimerQueue, WallClock};
+use crate::transport::{Readiness, Transport};
 use children::ConnChildren;
-use disk::ConnDisk;
+use disk::ConnJobs;
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
+use udp::UdpEcho;
+
+/// The readiness a connection's socket is registered for: what the connection wants and what
+/// its transport wants for itself ([`Transport::wants`]).
+fn socket_wants(conn: &Connection, socket: &impl Transport) -> Readiness {
+    conn.interest() | socket.wants()
+}
+
+/// `wanted` in `mio`'s terms, converted only when a registration changes. `mio` cannot register
+/// nothing; a connection never wants nothing (READABLE also brings errors and hang-ups), so
+/// the fallback is only for the type's sake.
+fn poll_interest(wanted: Readiness) -> Interest {
+    match (wanted.is_readable(), wanted.is_writable()) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        _ => Interest::READABLE,
+    }
+}
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -104,7 +125,7 @@ const FINAL_REAP: Duration = Duration::from_secs(2);
 
 /// Sockets handed to the reactor, already bound.
 #[derive(Debug)]
-pub struct Sockets {
+pub(crate) struct Sockets {
     /// The framed-protocol listener.
     pub framed: TcpListener,
     /// The raw echo listener, if enabled.
@@ -115,7 +136,7 @@ pub struct Sockets {
 
 /// Everything the reactor is built from.
 #[derive(Debug)]
-pub struct Setup {
+pub(crate) struct Setup {
     /// The bound sockets.
     pub sockets: Sockets,
     /// Limits and timeouts.
@@ -138,6 +159,7 @@ pub struct Setup {
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     waker: Arc<Waker>,
+    // Atomic, the one thing the loop shares: another thread sets it, then wakes the loop.
     requested: Arc<AtomicBool>,
 }
 
@@ -165,7 +187,7 @@ pub struct ReactorStats {
 }
 
 /// The event loop and everything it owns. Built by [`crate::server::Server::bind`].
-pub struct Reactor {
+pub(crate) struct Reactor {
     events: Events,
     core: Core,
 }
@@ -187,6 +209,8 @@ struct Env {
     auth_log: LogThrottle,
     clock: Clock,
     now: Tick,
+    /// The wall clock, read beside `now` on every turn of a server that serves files.
+    wall_clock: WallClock,
     /// Turns of the loop so far.
     turn: u64,
 }
@@ -209,25 +233,30 @@ impl Env {
             _ => None,
         };
         let children = host.as_mut().map(|host| host as &mut dyn Children);
-        let files = match (&self.root, self.files.as_mut()) {
-            (Some(root), Some(state)) => Some(Files { root, state }),
-            _ => None,
-        };
-        let mut disk = ConnDisk {
+        let mut jobs = ConnJobs {
             helper: &mut self.disk,
             registry: self.poll.registry(),
             key,
+        };
+        let mut files = match (&self.root, self.files.as_mut()) {
+            (Some(root), Some(state)) => Some(Files {
+                root,
+                state,
+                jobs: &mut jobs,
+                now: self.wall_clock,
+            }),
+            _ => None,
         };
         let mut cx = Context {
             pool: &mut self.pool,
             limits: &self.limits,
             now: self.now,
+            wall_clock: self.wall_clock,
             access: &self.access,
             children,
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),
-            files,
-            disk: Some(&mut disk as &mut dyn Disk),
+            files: files.as_mut().map(|files| files as &mut dyn Disk),
         };
         work(&mut cx)
     }
@@ -242,6 +271,7 @@ struct Core {
     udp_registered: Interest,
     signals: Option<Signals>,
     waker: Arc<Waker>,
+    /// Set from another thread by a [`ShutdownHandle`] (hence atomic), read after its wake-up.
     shutdown_requested: Arc<AtomicBool>,
     conns: Slab<Slot>,
     next_generation: u32,
@@ -280,7 +310,7 @@ impl Reactor {
     /// Registers the sockets with a new poll. With `handle_signals`, SIGINT and SIGTERM start a
     /// graceful shutdown (through a self-pipe in the same poll: no thread, and the handler does
     /// nothing but write a byte).
-    pub fn new(setup: Setup) -> io::Result<Reactor> {
+    pub(crate) fn new(setup: Setup) -> io::Result<Reactor> {
         let Setup {
             sockets,
             limits,
@@ -352,6 +382,7 @@ impl Reactor {
             auth_log: LogThrottle::default(),
             clock: Clock::start(),
             now: Tick(0),
+            wall_clock: WallClock::read(),
             turn: 0,
             access,
             limits,
@@ -388,7 +419,7 @@ impl Reactor {
     }
 
     /// A handle that starts a graceful shutdown from another thread.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
+    pub(crate) fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             waker: Arc::clone(&self.core.waker),
             requested: Arc::clone(&self.core.shutdown_requested),
@@ -396,7 +427,7 @@ impl Reactor {
     }
 
     /// Runs until a shutdown completes. Returns an error only if `poll` itself fails.
-    pub fn run(mut self) -> io::Result<ReactorStats> {
+    pub(crate) fn run(mut self) -> io::Result<ReactorStats> {
         let core = &mut self.core;
         loop {
             std::mem::swap(&mut core.ready, &mut core.ready_now);
@@ -418,6 +449,10 @@ impl Reactor {
                 }
             }
             core.env.now = core.env.clock.now();
+            // Only the file service needs it: an echo-only server does not pay for the call.
+            if core.env.files.is_some() {
+                core.env.wall_clock = WallClock::read();
+            }
             for event in self.events.iter() {
                 core.handle_event(event);
             }
@@ -498,33 +533,6 @@ impl Core {
         if self.static_queued & bit == 0 {
             self.static_queued |= bit;
             self.ready.push(source);
-        }
-    }
-
-    // === UDP ===
-
-    fn serve_udp(&mut self, readable: bool, writable: bool) {
-        let Some(udp) = self.udp.as_mut() else {
-            return;
-        };
-        udp.on_ready(readable, writable);
-        if udp.drive(&self.env.limits, self.env.now) == Verdict::Again {
-            self.queue_static(Source::Udp);
-        }
-        let Some(udp) = self.udp.as_mut() else {
-            return;
-        };
-        let wanted = udp.interest();
-        if wanted != self.udp_registered {
-            match self
-                .env
-                .poll
-                .registry()
-                .reregister(udp.socket_mut(), Source::Udp.token(), wanted)
-            {
-                Ok(()) => self.udp_registered = wanted,
-                Err(error) => warn!("re-register of the UDP socket failed: {error}"),
-            }
         }
     }
 

@@ -2,18 +2,18 @@
 //! deferred closing, and the connection timers.
 
 use log::{debug, trace, warn};
-use mio::Interest;
 use mio::net::TcpStream;
 use slab::Slab;
 
 use super::token::{ConnKey, Source, Sub, TimerKey};
-use super::{Core, TIMER_SLACK};
+use super::{Core, TIMER_SLACK, poll_interest, socket_wants};
 use crate::conn::{Connection, State, Verdict};
 use crate::proto::ErrorCode;
 
 /// The ERROR text of a connection closed to bring the client buffers under the budget.
 const SHED_TEXT: &str = "the server's memory for client buffers is full (--max-client-memory)";
 use crate::timer::Tick;
+use crate::transport::Readiness;
 
 /// A slab entry: the socket, its state machine, and the loop's bookkeeping for it.
 #[derive(Debug)]
@@ -21,8 +21,8 @@ pub(super) struct Slot {
     pub(super) socket: TcpStream,
     pub(super) conn: Connection,
     pub(super) generation: u32,
-    /// The interest the socket is registered with, to re-register only on change.
-    pub(super) registered: Interest,
+    /// The readiness the socket is registered for, to re-register only on change.
+    pub(super) registered: Readiness,
     /// Deadline of this slot's live entry in the timer queue ([`Tick::NEVER`]: none).
     pub(super) armed: Tick,
     /// On the ready list already.
@@ -99,13 +99,14 @@ impl Core {
             }
             Verdict::Again | Verdict::Wait => {}
         }
-        let wanted = slot.conn.interest();
+        let wanted = socket_wants(&slot.conn, &slot.socket);
         if wanted != slot.registered {
+            let interest = poll_interest(wanted);
             if let Err(error) =
                 self.env
                     .poll
                     .registry()
-                    .reregister(&mut slot.socket, key.socket(), wanted)
+                    .reregister(&mut slot.socket, key.socket(), interest)
             {
                 warn!("re-register of {key:?} failed: {error}");
                 self.mark_closing(index);

@@ -4,7 +4,7 @@
 //! bytes from the client, output read, a pipe at EOF, the exit, a passed deadline), and it says
 //! what should happen next (`poll_*`: a signal to send, stdin to close, credit to grant, the
 //! next deadline, the EXIT to report). The connection ([`crate::conn`]) moves the bytes; the I/O
-//! layer ([`crate::sys::process`]) owns the child, its pipes and its pidfd, behind the
+//! layer (`ChildTable`, in `sys/process.rs`) owns the child, its pipes and its pidfd, behind the
 //! [`Children`] trait.
 //!
 //! # Life of a command
@@ -146,7 +146,8 @@ impl fmt::Display for SpawnError {
 }
 
 /// What a connection needs from the I/O layer to run commands. The reactor implements it over
-/// real processes ([`crate::sys::process`]); tests script it ([`crate::testkit::ScriptedChildren`]).
+/// real processes (`ChildTable`, in `sys/process.rs`); tests script it
+/// (`testkit::ScriptedChildren`, with the `testkit` feature).
 ///
 /// Reads and writes follow the socket rules: `WouldBlock` means "wait for the next event", a
 /// read of 0 is EOF.
@@ -184,7 +185,7 @@ impl Open {
 
 /// Something the connection must do to the child for the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChildAction {
+pub(crate) enum ChildAction {
     /// Send this signal to the process group.
     Signal(Signal),
     /// Close the command's stdin.
@@ -195,7 +196,7 @@ pub enum ChildAction {
 
 /// The client sent more STDIN than its window allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WindowExceeded {
+pub(crate) struct WindowExceeded {
     /// Bytes in the frame.
     pub sent: usize,
     /// Credit the client had.
@@ -214,7 +215,7 @@ impl fmt::Display for WindowExceeded {
 
 /// One running command. See the module docs.
 #[derive(Debug)]
-pub struct ExecSession {
+pub(crate) struct ExecSession {
     pid: u32,
     open: u8,
     /// Signals still to send, one bit per [`Signal`].
@@ -255,7 +256,13 @@ pub struct ExecSession {
 impl ExecSession {
     /// A session for a command that just started with `pid`. `timeout_ms` is the client's
     /// request (0: the server's limit); the server's limit always wins.
-    pub fn new(pid: u32, stdin: bool, timeout_ms: u32, now: Tick, limits: &Limits) -> ExecSession {
+    pub(crate) fn new(
+        pid: u32,
+        stdin: bool,
+        timeout_ms: u32,
+        now: Tick,
+        limits: &Limits,
+    ) -> ExecSession {
         let requested = Duration::from_millis(u64::from(timeout_ms));
         let limit = if timeout_ms == 0 {
             limits.exec_timeout
@@ -290,7 +297,7 @@ impl ExecSession {
     }
 
     /// The STARTED message for this session.
-    pub fn started(&self) -> Started {
+    pub(crate) fn started(&self) -> Started {
         Started {
             pid: self.pid,
             stdin_window: self.window,
@@ -298,7 +305,7 @@ impl ExecSession {
     }
 
     /// The command's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
@@ -307,7 +314,7 @@ impl ExecSession {
     /// STDIN bytes from the client. Beyond the client's credit this is a protocol violation
     /// (the connection ends); bytes for a stdin the command has closed are dropped, and their
     /// credit is returned all the same so the client never waits for it.
-    pub fn handle_stdin(
+    pub(crate) fn handle_stdin(
         &mut self,
         bytes: &[u8],
         pool: &mut BufferPool,
@@ -333,7 +340,7 @@ impl ExecSession {
     }
 
     /// STDIN_EOF from the client: the pipe is closed once what is queued has been written.
-    pub fn handle_stdin_eof(&mut self) {
+    pub(crate) fn handle_stdin_eof(&mut self) {
         self.stdin_eof = true;
         if self.stdin_pending().is_empty() && self.open & Open::STDIN != 0 {
             self.close_stdin_pending = true;
@@ -341,12 +348,12 @@ impl ExecSession {
     }
 
     /// STDIN bytes waiting for the pipe.
-    pub fn stdin_pending(&self) -> &[u8] {
+    pub(crate) fn stdin_pending(&self) -> &[u8] {
         self.stdin.as_ref().map_or(&[], |buf| buf.data())
     }
 
     /// `n` queued STDIN bytes went into the pipe.
-    pub fn handle_stdin_written(&mut self, n: usize, pool: &mut BufferPool) {
+    pub(crate) fn handle_stdin_written(&mut self, n: usize, pool: &mut BufferPool) {
         if let Some(buf) = self.stdin.as_mut() {
             buf.consume(n);
         }
@@ -359,7 +366,7 @@ impl ExecSession {
 
     /// Writing to the pipe failed (`EPIPE`: the command closed its stdin). Queued bytes are
     /// dropped, and later ones will be.
-    pub fn handle_stdin_closed(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn handle_stdin_closed(&mut self, pool: &mut BufferPool) {
         if let Some(buf) = self.stdin.take() {
             self.stdin_unacked += buf.len() as u64;
             pool.give(buf);
@@ -370,22 +377,27 @@ impl ExecSession {
     }
 
     /// A SIGNAL from the client.
-    pub fn handle_signal(&mut self, signal: Signal) {
+    pub(crate) fn handle_signal(&mut self, signal: Signal) {
         if self.exit.is_some() {
             return; // nothing left to signal; the group is killed at release anyway
         }
-        self.note_reason(EndReason::ClientSignal);
+        // Once the server is stopping the command itself (time limit, output cap, shutdown), a
+        // client's signal is still forwarded but does not take over the cause: the server's TERM
+        // is the signal that ends it.
+        if self.kill_deadline == Tick::NEVER {
+            self.note_reason(EndReason::ClientSignal);
+        }
         self.queue_signal(signal);
     }
 
     /// How many output bytes may be forwarded now (0 once the cap is reached: what is read then
     /// is discarded).
-    pub fn output_allowance(&self) -> u64 {
+    pub(crate) fn output_allowance(&self) -> u64 {
         self.output_left
     }
 
     /// `n` output bytes were read from `pipe` and forwarded.
-    pub fn handle_output(&mut self, pipe: OutputPipe, n: usize, now: Tick, limits: &Limits) {
+    pub(crate) fn handle_output(&mut self, pipe: OutputPipe, n: usize, now: Tick, limits: &Limits) {
         self.output_left = self.output_left.saturating_sub(n as u64);
         self.held &= !pipe.bit();
         if self.exit.is_some() {
@@ -399,18 +411,18 @@ impl ExecSession {
 
     /// `pipe` had bytes, and the server held back from reading them (its outbox is full, or
     /// the turn's budget is spent).
-    pub fn handle_output_held(&mut self, pipe: OutputPipe) {
+    pub(crate) fn handle_output_held(&mut self, pipe: OutputPipe) {
         self.held |= pipe.bit();
     }
 
     /// `pipe` had nothing to read just now.
-    pub fn handle_output_drained(&mut self, pipe: OutputPipe) {
+    pub(crate) fn handle_output_drained(&mut self, pipe: OutputPipe) {
         self.held &= !pipe.bit();
     }
 
     /// Output arrived past the cap and was discarded: the command is stopped (and, if it has
     /// exited, its pipes closed: whatever still writes to them is a grandchild).
-    pub fn handle_output_over_cap(&mut self, now: Tick, limits: &Limits) {
+    pub(crate) fn handle_output_over_cap(&mut self, now: Tick, limits: &Limits) {
         if self.exit.is_some() {
             self.close_deadline = now;
         } else if self.kill_deadline == Tick::NEVER {
@@ -419,13 +431,13 @@ impl ExecSession {
     }
 
     /// An output pipe reached EOF (or failed).
-    pub fn handle_eof(&mut self, pipe: OutputPipe) {
+    pub(crate) fn handle_eof(&mut self, pipe: OutputPipe) {
         self.open &= !pipe.bit();
         self.held &= !pipe.bit();
     }
 
     /// The command has exited.
-    pub fn handle_exit(&mut self, termination: Termination, now: Tick, limits: &Limits) {
+    pub(crate) fn handle_exit(&mut self, termination: Termination, now: Tick, limits: &Limits) {
         if self.exit.is_none() {
             self.exit = Some(termination);
             self.drain_deadline = now.after(limits.exec_drain_timeout);
@@ -435,7 +447,7 @@ impl ExecSession {
     }
 
     /// A deadline passed (call when `now >= poll_timeout()`).
-    pub fn handle_timeout(&mut self, now: Tick, limits: &Limits) {
+    pub(crate) fn handle_timeout(&mut self, now: Tick, limits: &Limits) {
         if self.exit.is_none() {
             if now >= self.run_deadline && self.kill_deadline == Tick::NEVER {
                 self.terminate(EndReason::Timeout, now, limits.exec_kill_grace);
@@ -448,7 +460,7 @@ impl ExecSession {
     }
 
     /// The server is shutting down: TERM now, KILL after `kill_grace`.
-    pub fn handle_shutdown(&mut self, now: Tick, kill_grace: Duration) {
+    pub(crate) fn handle_shutdown(&mut self, now: Tick, kill_grace: Duration) {
         if self.exit.is_none() && self.kill_deadline == Tick::NEVER {
             self.terminate(EndReason::Shutdown, now, kill_grace);
         }
@@ -457,7 +469,7 @@ impl ExecSession {
     // === Outputs ===
 
     /// The next thing to do to the child, if any. Drain it after every input.
-    pub fn poll_action(&mut self, now: Tick) -> Option<ChildAction> {
+    pub(crate) fn poll_action(&mut self, now: Tick) -> Option<ChildAction> {
         if self.close_stdin_pending {
             self.close_stdin_pending = false;
             self.open &= !Open::STDIN;
@@ -495,7 +507,7 @@ impl ExecSession {
 
     /// Credit to grant the client, once at least half a window has gone into the pipe (or been
     /// dropped): a WINDOW frame per half window, not per write.
-    pub fn poll_window(&mut self) -> Option<u32> {
+    pub(crate) fn poll_window(&mut self) -> Option<u32> {
         let threshold = u64::from(self.window / 2).max(1);
         if self.stdin_unacked >= threshold {
             let increment = u32::try_from(self.stdin_unacked).unwrap_or(u32::MAX);
@@ -507,7 +519,7 @@ impl ExecSession {
     }
 
     /// When [`ExecSession::handle_timeout`] is next due.
-    pub fn poll_timeout(&self) -> Tick {
+    pub(crate) fn poll_timeout(&self) -> Tick {
         if self.exit.is_some() {
             let open = self.open & (Open::STDOUT | Open::STDERR);
             return if open == 0 {
@@ -528,22 +540,22 @@ impl ExecSession {
     }
 
     /// Whether either output pipe is still open.
-    pub fn outputs_open(&self) -> bool {
+    pub(crate) fn outputs_open(&self) -> bool {
         self.open & (Open::STDOUT | Open::STDERR) != 0
     }
 
     /// Whether the exit has been seen.
-    pub fn exited(&self) -> bool {
+    pub(crate) fn exited(&self) -> bool {
         self.exit.is_some()
     }
 
     /// Whether the stdin pipe is still open.
-    pub fn stdin_open(&self) -> bool {
+    pub(crate) fn stdin_open(&self) -> bool {
         self.open & Open::STDIN != 0
     }
 
     /// The EXIT to send, once the command has exited and both outputs are closed.
-    pub fn poll_exit(&self) -> Option<Exit> {
+    pub(crate) fn poll_exit(&self) -> Option<Exit> {
         let termination = self.exit?;
         if self.open & (Open::STDOUT | Open::STDERR) != 0 {
             return None;
@@ -555,12 +567,12 @@ impl ExecSession {
     }
 
     /// Why the server last signalled the command, if it did.
-    pub fn reason(&self) -> EndReason {
+    pub(crate) fn reason(&self) -> EndReason {
         self.reason
     }
 
     /// Returns held buffers to the pool (when the stream ends).
-    pub fn release(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release(&mut self, pool: &mut BufferPool) {
         if let Some(buf) = self.stdin.take() {
             pool.give(buf);
         }
@@ -575,7 +587,8 @@ impl ExecSession {
     }
 
     /// The latest cause wins: EXIT names the cause of the signal that ended the command (a
-    /// client's SIGINT the command ignored, then the time limit, is reported as the time limit).
+    /// client's SIGINT the command ignored, then the time limit, is reported as the time limit;
+    /// a client's signal after the server's own TERM does not count, see `handle_signal`).
     fn note_reason(&mut self, reason: EndReason) {
         self.reason = reason;
     }
@@ -826,6 +839,25 @@ mod tests {
             drain_actions(&mut session, Tick(10_000)),
             [ChildAction::CloseOutput(OutputPipe::Stdout)]
         );
+    }
+
+    #[test]
+    fn a_client_signal_after_the_cap_stopped_the_command_does_not_rename_the_cause() {
+        // Seen in exec_review under load: the cap's TERM went out, the client's SIGINT
+        // (sent when it saw the first output) arrived after it, and EXIT said CLIENT_SIGNAL for a
+        // command the cap ended.
+        let limits = limits();
+        let mut session = ExecSession::new(42, false, 0, Tick(0), &limits);
+        session.handle_output(OutputPipe::Stdout, 100, Tick(1), &limits);
+        session.handle_output_over_cap(Tick(2), &limits);
+        drain_actions(&mut session, Tick(2));
+        session.handle_signal(Signal::Int);
+        assert_eq!(
+            drain_actions(&mut session, Tick(3)),
+            [ChildAction::Signal(Signal::Int)],
+            "the signal is still forwarded"
+        );
+        assert_eq!(session.reason(), EndReason::OutputCap);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The file service's transfer state machines, sans-IO: they count bytes, keep the running
-//! BLAKE3, and decide what comes next, but never touch a file. The connection's
-//! [stream table](crate::conn::streams) does the reads and writes they ask for, through the
-//! I/O layer ([`crate::sys::files`]), in bounded chunks per turn.
+//! BLAKE3, page a listing, and decide what comes next, but never touch a file. The
+//! connection's stream table (`conn/streams/`) does the reads and writes they ask for,
+//! through the [`Disk`] in its context, in bounded chunks per turn.
 //!
 //! A GET sends `[offset, size)` and ends with the whole file's hash, which is either known in
 //! advance (the cache) or computed from byte 0 while the bytes are sent:
@@ -11,19 +11,21 @@
 //! ```
 //! "Both done" is this machine's part; the connection then sends the DIGEST only once the last
 //! queued DATA range has left its outbox and the file is as it was at the open, else an
-//! ERROR (`pump_get` in [`crate::conn::transfers`]; checking a file is I/O, not for this
-//! module).
+//! ERROR (`Get::pump` in `conn/streams/get.rs`; checking a file is the disk's part).
 //! A PUT takes exactly `size` bytes, hashing them as they are written; a resumed one first
 //! re-hashes the prefix the server already holds:
 //!
 //! ```text
 //! PutTransfer:  Rehashing 0..held --> Receiving held..size --DIGEST, all checks--> Verified
 //! ```
+//! (Its writes and syncs are [`crate::service::upload`]'s.) A LIST reads directory entries
+//! from the disk and encodes them into ENTRIES pages ([`ListTransfer`]).
 
 use std::fmt;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{Hash, PutReady};
+use crate::proto::files::{DirEntry, Hash, PutReady};
+use crate::service::disk::{DirRead, Disk, FileError, FileMeta, ListingHandle};
 
 /// Where a GET's hash comes from.
 #[derive(Debug)]
@@ -36,7 +38,7 @@ enum GetHash {
 
 /// One GET: which bytes to send next, and the whole-file hash for the trailer.
 #[derive(Debug)]
-pub struct GetTransfer {
+pub(crate) struct GetTransfer {
     size: u64,
     next: u64,
     hash: GetHash,
@@ -45,7 +47,7 @@ pub struct GetTransfer {
 impl GetTransfer {
     /// A GET of a file of `size` bytes from `offset` (at most `size`), with its cached hash
     /// if there is one.
-    pub fn new(size: u64, offset: u64, known: Option<Hash>) -> GetTransfer {
+    pub(crate) fn new(size: u64, offset: u64, known: Option<Hash>) -> GetTransfer {
         GetTransfer {
             size,
             next: offset.min(size),
@@ -57,17 +59,17 @@ impl GetTransfer {
     }
 
     /// The next range to send, at most `max` bytes: `(offset, len)`.
-    pub fn next_range(&self, max: u64) -> Option<(u64, u64)> {
+    pub(crate) fn next_range(&self, max: u64) -> Option<(u64, u64)> {
         (self.next < self.size).then(|| (self.next, (self.size - self.next).min(max)))
     }
 
     /// The range `next_range` gave was queued for sending.
-    pub fn on_queued(&mut self, len: u64) {
+    pub(crate) fn on_queued(&mut self, len: u64) {
         self.next = (self.next + len).min(self.size);
     }
 
     /// Where hashing continues, and how many bytes it still needs, if it does.
-    pub fn hash_wanted(&self) -> Option<(u64, u64)> {
+    pub(crate) fn hash_wanted(&self) -> Option<(u64, u64)> {
         match &self.hash {
             GetHash::Computing(_, at) if *at < self.size => Some((*at, self.size - at)),
             _ => None,
@@ -75,7 +77,7 @@ impl GetTransfer {
     }
 
     /// The next bytes of the file, from where [`GetTransfer::hash_wanted`] said.
-    pub fn handle_hashed(&mut self, bytes: &[u8]) {
+    pub(crate) fn handle_hashed(&mut self, bytes: &[u8]) {
         if let GetHash::Computing(hasher, at) = &mut self.hash {
             hasher.update(bytes);
             *at += bytes.len() as u64;
@@ -83,13 +85,13 @@ impl GetTransfer {
     }
 
     /// Whether anything is left to send or hash.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.next >= self.size && self.hash_wanted().is_none()
     }
 
     /// Once everything is queued and hashed: the trailer's hash, and whether it was computed
     /// now (worth caching) rather than known.
-    pub fn poll_digest(&self) -> Option<(Hash, bool)> {
+    pub(crate) fn poll_digest(&self) -> Option<(Hash, bool)> {
         if !self.is_done() {
             return None;
         }
@@ -102,7 +104,7 @@ impl GetTransfer {
 
 /// Why a PUT's stream ends in an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PutError {
+pub(crate) enum PutError {
     /// DATA arrived while the server was still re-hashing what it holds (before PUT_READY).
     NotReady,
     /// More DATA than the declared size.
@@ -125,7 +127,7 @@ pub enum PutError {
 
 impl PutError {
     /// The error code for the stream's ERROR frame.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             PutError::Mismatch => ErrorCode::HashMismatch,
             _ => ErrorCode::BadRequest,
@@ -163,7 +165,7 @@ enum PutPhase {
 
 /// One PUT: the bytes received so far, their hash, the checks before the commit.
 #[derive(Debug)]
-pub struct PutTransfer {
+pub(crate) struct PutTransfer {
     size: u64,
     held: u64,
     received: u64,
@@ -177,7 +179,7 @@ pub struct PutTransfer {
 impl PutTransfer {
     /// A PUT of `size` bytes whose server already holds `held` (to be re-hashed first), bound
     /// to `declared` if the client gave the hash up front.
-    pub fn new(size: u64, held: u64, upload_id: u64, declared: Option<Hash>) -> PutTransfer {
+    pub(crate) fn new(size: u64, held: u64, upload_id: u64, declared: Option<Hash>) -> PutTransfer {
         let held = held.min(size);
         PutTransfer {
             size,
@@ -196,7 +198,7 @@ impl PutTransfer {
     }
 
     /// Where re-hashing continues and how many bytes it still needs, while it does.
-    pub fn rehash_wanted(&self) -> Option<(u64, u64)> {
+    pub(crate) fn rehash_wanted(&self) -> Option<(u64, u64)> {
         match self.phase {
             PutPhase::Rehashing(at) => Some((at, self.held - at)),
             _ => None,
@@ -205,7 +207,7 @@ impl PutTransfer {
 
     /// The next bytes of the held prefix. A prefix that turns out shorter than expected
     /// (`bytes` empty) is treated as held only as far as it goes.
-    pub fn handle_rehashed(&mut self, bytes: &[u8]) {
+    pub(crate) fn handle_rehashed(&mut self, bytes: &[u8]) {
         let PutPhase::Rehashing(at) = self.phase else {
             return;
         };
@@ -221,7 +223,7 @@ impl PutTransfer {
     }
 
     /// PUT_READY, once, when the server is ready for DATA.
-    pub fn poll_ready(&mut self) -> Option<PutReady> {
+    pub(crate) fn poll_ready(&mut self) -> Option<PutReady> {
         if self.phase != PutPhase::Receiving || !self.ready_due {
             return None;
         }
@@ -233,7 +235,7 @@ impl PutTransfer {
     }
 
     /// A DATA frame of `len` bytes arrived: the offset to write it at.
-    pub fn handle_data(&mut self, len: usize) -> Result<u64, PutError> {
+    pub(crate) fn handle_data(&mut self, len: usize) -> Result<u64, PutError> {
         if self.phase != PutPhase::Receiving {
             return Err(PutError::NotReady);
         }
@@ -248,14 +250,14 @@ impl PutTransfer {
     }
 
     /// The bytes of that frame were written.
-    pub fn on_written(&mut self, bytes: &[u8]) {
+    pub(crate) fn on_written(&mut self, bytes: &[u8]) {
         self.hasher.update(bytes);
         self.received += bytes.len() as u64;
     }
 
     /// The client's trailing DIGEST: every byte must be in, and the trailer, the declared hash
     /// and the computed one must agree. Returns the hash to commit under.
-    pub fn handle_digest(&mut self, trailer: &Hash) -> Result<Hash, PutError> {
+    pub(crate) fn handle_digest(&mut self, trailer: &Hash) -> Result<Hash, PutError> {
         if self.phase != PutPhase::Receiving || self.received != self.size {
             return Err(PutError::Incomplete {
                 received: self.received,
@@ -271,14 +273,93 @@ impl PutTransfer {
     }
 
     /// Bytes received so far, held ones included.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
     /// Whether PUT_READY is yet to be sent or the held prefix to be hashed: work that needs no
     /// event from the client.
-    pub fn wants_turn(&self) -> bool {
+    pub(crate) fn wants_turn(&self) -> bool {
         self.rehash_wanted().is_some() || (self.ready_due && self.phase == PutPhase::Receiving)
+    }
+}
+
+/// One LIST: the directory's entries, read from the disk a bounded number at a time and
+/// encoded into ENTRIES pages.
+#[derive(Debug)]
+pub(crate) struct ListTransfer {
+    listing: ListingHandle,
+    path: String,
+    /// An entry read that did not fit in the last page.
+    pending: Option<(String, FileMeta)>,
+    done: bool,
+}
+
+impl ListTransfer {
+    /// A listing of the directory `path`, opened as `listing`.
+    pub(crate) fn new(listing: ListingHandle, path: &str) -> ListTransfer {
+        ListTransfer {
+            listing,
+            path: path.to_string(),
+            pending: None,
+            done: false,
+        }
+    }
+
+    /// The handle the disk knows the listing by.
+    pub(crate) fn listing(&self) -> ListingHandle {
+        self.listing
+    }
+
+    /// Appends entries to `page` without letting it pass `max_bytes` (an entry that does not
+    /// fit waits for the next page), reading at most `max_entries` directory entries, hidden
+    /// and skipped ones included, so a directory full of names LIST does not show still costs
+    /// a bounded turn. Returns whether the directory is finished. An entry too long for any
+    /// page (a frame limit below 274 bytes and a long name) is an error.
+    pub(crate) fn next_page(
+        &mut self,
+        disk: &mut dyn Disk,
+        page: &mut Vec<u8>,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<bool, FileError> {
+        for _ in 0..max_entries {
+            let (name, meta) = match self.pending.take() {
+                Some(entry) => entry,
+                None => match disk.read_entry(self.listing)? {
+                    DirRead::Entry(name, meta) => (name, meta),
+                    DirRead::Skipped => continue,
+                    DirRead::End => {
+                        self.done = true;
+                        break;
+                    }
+                },
+            };
+            let entry = DirEntry {
+                name: &name,
+                kind: meta.kind,
+                size: meta.size,
+                mtime_ns: meta.mtime_ns,
+            };
+            if page.len() + entry.wire_len() > max_bytes {
+                if page.is_empty() {
+                    return Err(FileError::new(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "{}/{name}: the entry needs {} bytes, more than a frame may carry here ({max_bytes})",
+                            self.path,
+                            entry.wire_len()
+                        ),
+                    ));
+                }
+                self.pending = Some((name, meta));
+                break;
+            }
+            let at = page.len();
+            page.resize(at + entry.wire_len(), 0);
+            entry.emit(&mut page[at..]);
+        }
+        Ok(self.done)
     }
 }
 

@@ -2,24 +2,15 @@
 //! state machines that own no descriptor and know no `mio`: requests and bytes in, frames out,
 //! with `now` passed in; [`crate::conn`] and the reactor do the I/O.
 //!
-//! - [`echo`]: the framed echo reply; and the UDP echo, the one exception to the rule above,
-//!   since a datagram echo is nothing but its socket ([`echo::UdpEcho`] owns it, behind a
-//!   trait so tests can script it);
-//! - [`exec`]: one running command per stream;
-//! - [`files`]: one file transfer (GET, PUT) per stream.
+//! - [`echo`]: the framed echo reply, and which datagrams the UDP echo answers (its socket is
+//!   the reactor's: a datagram echo is nothing but its socket);
+//! - [`exec`]: one running command per stream, reaching its process through the
+//!   [`Children`](exec::Children) trait;
+//! - [`files`]: one file transfer (GET, PUT, LIST) per stream, and [`upload`]: an upload's
+//!   writes and syncs; both reach the disk through the [`Disk`](disk::Disk) trait ([`disk`]).
 
-pub mod echo;
-pub mod exec;
-pub mod files;
-
-/// What the caller should do after driving a state machine for a turn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing more can happen until a source becomes ready again or a deadline passes.
-    Wait,
-    /// The turn's budget ran out with work left: drive again on the next turn, without waiting
-    /// for readiness (an edge-triggered poll will not report it again).
-    Again,
-    /// Close the connection.
-    Close,
-}
+pub(crate) mod disk;
+pub(crate) mod echo;
+pub(crate) mod exec;
+pub(crate) mod files;
+pub(crate) mod upload;

@@ -44,11 +44,11 @@
 //! `WouldBlock` (the readiness rules of [`crate::reactor`]); each becomes a [`DiskDone`]
 //! routed to the job's owner. A completion is never delivered inside the call that submitted
 //! it, not even for a job run inline. A write's bytes wait in a slot of the [`Ring`]
-//! ([`Disk::submit_write`]); with every slot taken, the caller writes them itself.
+//! ([`Jobs::submit_write`]); with every slot taken, the caller writes them itself.
 //!
 //! **Restart and resend.** The helper dying (its pidfd readable, or EOF on the socket) is
 //! confirmed with `waitid`; every job sent and not answered goes back to the front of the
-//! queue, and the helper is started again after [`crate::workers::backoff`] (at once the first
+//! queue, and the helper is started again after [`super::restart::backoff`] (at once the first
 //! time). Resending is safe: a writeback may be repeated, a write puts the same bytes (its
 //! slot is held until the job is done) at the same offset again, and an unlink resent that
 //! finds `ENOENT` was done by the dead helper, so it counts as done. A sync is **not** resent:
@@ -60,7 +60,7 @@
 //! on: every job then runs inline on the loop, and every write is made there, with one warning.
 //!
 //! **Its users.** A PUT ([`crate::sys::upload`]): its writes, a writeback every
-//! [`SYNC_WINDOW`](crate::sys::upload::SYNC_WINDOW), the `fsync` of the verified file before
+//! [`SYNC_WINDOW`](crate::service::upload::SYNC_WINDOW), the `fsync` of the verified file before
 //! its rename and of its directory after it (the DIGEST waits for both), and the unlink of the
 //! file it replaced (exchanged aside by the rename, which so frees nothing). DELETE: a large
 //! regular file is renamed aside to a fresh [`TRASH_PREFIX`] name, which frees nothing, DONE is
@@ -77,7 +77,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -91,8 +91,12 @@ use rustix::net::{
 };
 use rustix::process::{Pid, PidfdFlags, Signal, WaitIdOptions};
 
+use crate::service::disk::{JobDone, JobId, JobKind, Pending};
+use crate::sys::errno::disk_error;
+use crate::timer::WallClock;
+
 /// The hidden subcommand that runs the helper: `monoreactor __disk-helper FD`.
-pub const HELPER_SUBCOMMAND: &str = "__disk-helper";
+pub(crate) const HELPER_SUBCOMMAND: &str = "__disk-helper";
 
 /// Name prefix of files DELETE has renamed aside for the helper to unlink. It starts with
 /// [`RESERVED_PREFIX`](crate::proto::path::RESERVED_PREFIX), so such a file is never listed
@@ -107,37 +111,44 @@ const _: () = assert!(
 
 /// A file occupying less than this is unlinked inline by DELETE: freeing a few blocks is
 /// quick, and the rename and the round trip to the helper would cost more than they save.
-pub const OFFLOAD_UNLINK_BYTES: u64 = 1 << 20;
+pub(crate) const OFFLOAD_UNLINK_BYTES: u64 = 1 << 20;
 
-/// A fresh name under [`TRASH_PREFIX`]: the wall clock in ns and a counter, in hex. It is
-/// created with `RENAME_NOREPLACE`, so a clash (a leftover from another run) is detected and
-/// another name tried, never overwritten.
-pub fn trash_name() -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64);
+/// A fresh name under [`TRASH_PREFIX`]: the wall clock `now` in ns (the loop's, this turn)
+/// and a counter, in hex. It is created with `RENAME_NOREPLACE`, so a clash (a leftover from
+/// another run) is detected and another name tried, never overwritten.
+pub(crate) fn trash_name(now: WallClock) -> String {
+    // Atomic because it is a static: every server in this process names trash in the same
+    // directories (two on one root, in an embedding program or the tests).
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let now = now.0 as u64;
     format!("{TRASH_PREFIX}{now:x}-{count:x}")
 }
 
-/// Bytes in one slot of the write [`Ring`]: a write job carries at most this much.
-pub const SLOT_LEN: usize = 256 << 10;
+/// Bytes in one slot of the write [`Ring`]: a write job carries at most this much, one
+/// `WRITE_PIECE` of an upload.
+pub const SLOT_LEN: usize = crate::service::upload::WRITE_PIECE;
 
 /// Slots in the write [`Ring`]: 8 MiB in all, shared by every upload of the process.
-pub const RING_SLOTS: u32 = 32;
+pub(crate) const RING_SLOTS: u32 = 32;
 
 /// Memory shared with the helper for the bytes of write jobs: a `memfd` of
-/// [`RING_SLOTS`] × [`SLOT_LEN`] bytes. The server copies a DATA payload into a free slot
+/// `RING_SLOTS` × [`SLOT_LEN`] bytes. The server copies a DATA payload into a free slot
 /// (`pwrite` into pages that stay in memory, a fast copy) and the helper writes the slot into
 /// the file (`pwrite` from its read-only mapping of the `memfd`): the copy into the file's page cache, which on this
 /// VM costs 5 ms per MiB of fresh pages (measured: 90 % of a PUT's loop time), happens in the
-/// helper. A slot is taken until its job is done ([`Slot`] gives it back when dropped), so a
-/// job resent to a restarted helper still finds its bytes.
-#[derive(Debug, Clone)]
+/// helper. A slot is taken until its job is done (whoever completes the job gives it back,
+/// [`Ring::release`]), so a job resent to a restarted helper still finds its bytes.
+///
+/// Only the server claims and gives back slots, on its one thread: the ring is its
+/// [`DiskHelper`]'s (a scripted disk in tests has its own), and the helper process only reads
+/// the slots it is told to. So the free mask is a plain number. (Two threads claiming slots
+/// of one ring was a test's doing: each of its two writers now has a ring of its own.)
+#[derive(Debug)]
 pub struct Ring {
     fd: Arc<OwnedFd>,
-    free: Arc<AtomicU64>,
+    /// One bit per slot, set while it is free.
+    free: u64,
 }
 
 impl Ring {
@@ -148,38 +159,20 @@ impl Ring {
         rustix::fs::ftruncate(&fd, u64::from(RING_SLOTS) * SLOT_LEN as u64)?;
         Ok(Ring {
             fd: Arc::new(fd),
-            free: Arc::new(AtomicU64::new((1u64 << RING_SLOTS) - 1)),
+            free: (1u64 << RING_SLOTS) - 1,
         })
     }
 
     /// Copies `bytes` (at most [`SLOT_LEN`]) into a free slot; `None` if every slot is taken.
-    pub fn store(&self, bytes: &[u8]) -> Option<Result<Slot, Errno>> {
-        if bytes.len() > SLOT_LEN {
+    /// The slot stays taken until [`Ring::release`].
+    pub fn store(&mut self, bytes: &[u8]) -> Option<Result<Slot, Errno>> {
+        if bytes.len() > SLOT_LEN || self.free == 0 {
             return None;
         }
-        // Claimed with a compare-and-swap: one thread per process uses a ring here, but the
-        // type is `Send` and the claim costs nothing more this way.
-        let mut free = self.free.load(Ordering::Acquire);
-        let index = loop {
-            if free == 0 {
-                return None;
-            }
-            let index = free.trailing_zeros();
-            match self.free.compare_exchange_weak(
-                free,
-                free & !(1u64 << index),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break index,
-                Err(now) => free = now,
-            }
-        };
+        let index = self.free.trailing_zeros();
         let slot = Slot {
             index,
             len: bytes.len() as u32,
-            free: Some(Arc::clone(&self.free)),
-            writing: None,
         };
         let mut at = 0;
         while at < bytes.len() {
@@ -189,12 +182,27 @@ impl Ring {
                 Err(errno) => return Some(Err(errno)),
             }
         }
+        self.free &= !(1u64 << index);
         Some(Ok(slot))
+    }
+
+    /// Gives back the slot of a finished job.
+    pub fn release(&mut self, slot: &Slot) {
+        if slot.index < RING_SLOTS {
+            self.free |= 1u64 << slot.index;
+        }
+    }
+
+    /// Gives back the slot of `job`, if it is a write.
+    pub fn release_job(&mut self, job: &Job) {
+        if let Job::Write { slot, .. } = job {
+            self.release(slot);
+        }
     }
 
     /// Slots free now.
     pub fn free_slots(&self) -> u32 {
-        self.free.load(Ordering::Relaxed).count_ones()
+        self.free.count_ones()
     }
 }
 
@@ -260,33 +268,18 @@ fn write_all_at(fd: &OwnedFd, bytes: &[u8], offset: u64) -> Result<(), Errno> {
     Ok(())
 }
 
-/// One slot of the [`Ring`], holding a write job's bytes until the job is done.
+/// One slot of the [`Ring`], holding a write job's bytes until the job is done (then
+/// [`Ring::release`]).
 #[derive(Debug)]
 pub struct Slot {
     index: u32,
     len: u32,
-    /// The ring's free mask, to give the slot back to (none on the helper's side).
-    free: Option<Arc<AtomicU64>>,
-    /// The count of its upload's writes in the helper's hands, taken down when the job is
-    /// done — whether or not anybody is left to hear of it.
-    writing: Option<Arc<AtomicUsize>>,
 }
 
 impl Slot {
     /// Where its bytes start in the ring.
     fn offset(&self) -> u64 {
         u64::from(self.index) * SLOT_LEN as u64
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(free) = &self.free {
-            free.fetch_or(1u64 << self.index, Ordering::Release);
-        }
-        if let Some(writing) = &self.writing {
-            writing.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -301,7 +294,7 @@ pub const MAX_HELD: usize = 256;
 const HELPER_NICE: libc::c_int = 10;
 
 /// Sends of one job (first send and resends after the helper died) before it runs inline.
-pub const MAX_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// Identifies the helper protocol in HELLO.
 const HELLO_MAGIC: u32 = 0x6d72_646b; // "mrdk"
@@ -315,7 +308,7 @@ const WRITE_ARGS: usize = 8 + 4 + 4;
 /// A job's fixed part: id, op, name length.
 const JOB_HEAD: usize = 8 + 1 + 2;
 /// Longest job message.
-pub const MAX_JOB_LEN: usize = JOB_HEAD + MAX_NAME;
+pub(crate) const MAX_JOB_LEN: usize = JOB_HEAD + MAX_NAME;
 /// Length of a DONE reply.
 const DONE_LEN: usize = 1 + 8 + 4;
 /// Length of HELLO.
@@ -325,16 +318,6 @@ const TAG_DONE: u8 = 1;
 
 /// How long dropping a [`DiskHelper`] waits for the helper to finish what it was sent.
 const DROP_WAIT: Duration = Duration::from_secs(1);
-
-/// One job's number, unique within a [`DiskHelper`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(pub u64);
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "disk job {}", self.0)
-    }
-}
 
 /// A blocking call to make off the loop, with the descriptor it works on.
 #[derive(Debug)]
@@ -367,47 +350,32 @@ pub enum Job {
     },
 }
 
-/// What a job does, without its descriptor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobKind {
-    /// `fsync`.
-    Fsync,
-    /// `fdatasync`.
-    Fdatasync,
-    /// `sync_file_range(WRITE)` of the whole file.
-    Writeback,
-    /// `unlinkat`.
-    Unlink,
-    /// A write of a ring slot into a file.
-    Write,
+/// A job's op code in the protocol.
+fn kind_code(kind: JobKind) -> u8 {
+    match kind {
+        JobKind::Fsync => 0,
+        JobKind::Fdatasync => 1,
+        JobKind::Unlink => 2,
+        JobKind::Write => 3,
+        JobKind::Writeback => 4,
+    }
 }
 
-impl JobKind {
-    fn code(self) -> u8 {
-        match self {
-            JobKind::Fsync => 0,
-            JobKind::Fdatasync => 1,
-            JobKind::Unlink => 2,
-            JobKind::Write => 3,
-            JobKind::Writeback => 4,
-        }
-    }
+/// Descriptors a job of this kind carries.
+fn fd_count(kind: JobKind) -> usize {
+    if kind == JobKind::Write { 2 } else { 1 }
+}
 
-    /// Descriptors a job of this kind carries.
-    fn fd_count(self) -> usize {
-        if self == JobKind::Write { 2 } else { 1 }
-    }
-
-    fn from_code(code: u8) -> Option<JobKind> {
-        Some(match code {
-            0 => JobKind::Fsync,
-            1 => JobKind::Fdatasync,
-            2 => JobKind::Unlink,
-            3 => JobKind::Write,
-            4 => JobKind::Writeback,
-            _ => return None,
-        })
-    }
+/// The job kind of an op code.
+fn kind_from_code(code: u8) -> Option<JobKind> {
+    Some(match code {
+        0 => JobKind::Fsync,
+        1 => JobKind::Fdatasync,
+        2 => JobKind::Unlink,
+        3 => JobKind::Write,
+        4 => JobKind::Writeback,
+        _ => return None,
+    })
 }
 
 /// Whether `name` is a single component an unlink may carry.
@@ -527,7 +495,7 @@ impl Job {
         let args = self.args();
         let mut out = Vec::with_capacity(JOB_HEAD + args.len());
         out.extend_from_slice(&id.0.to_le_bytes());
-        out.push(self.kind().code());
+        out.push(kind_code(self.kind()));
         out.extend_from_slice(&(args.len() as u16).to_le_bytes());
         out.extend_from_slice(&args);
         Some(out)
@@ -542,7 +510,7 @@ impl Job {
     /// write: the file, then the ring).
     pub fn decode_with(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<(JobId, Job), WireError> {
         let (id, kind, args) = decode_job_head(bytes)?;
-        if fds.len() != kind.fd_count() {
+        if fds.len() != fd_count(kind) {
             return Err(WireError::BadLength(id));
         }
         let second = (fds.len() == 2).then(|| fds.pop()).flatten();
@@ -570,8 +538,6 @@ impl Job {
                     slot: Slot {
                         index: word(8, 4)? as u32,
                         len: word(12, 4)? as u32,
-                        free: None,
-                        writing: None,
                     },
                 }
             }
@@ -588,7 +554,7 @@ fn decode_job_head(bytes: &[u8]) -> Result<(JobId, JobKind, &[u8]), WireError> {
     let id = JobId(u64::from_le_bytes(
         bytes[..8].try_into().map_err(|_| WireError::Short)?,
     ));
-    let kind = JobKind::from_code(bytes[8]).ok_or(WireError::UnknownOp(id))?;
+    let kind = kind_from_code(bytes[8]).ok_or(WireError::UnknownOp(id))?;
     let len = usize::from(u16::from_le_bytes([bytes[9], bytes[10]]));
     if bytes.len() != JOB_HEAD + len {
         return Err(WireError::BadLength(id));
@@ -648,7 +614,7 @@ impl std::error::Error for WireError {}
 
 /// A message from the helper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The helper runs and speaks this protocol version.
     Hello {
         /// Its protocol version.
@@ -665,7 +631,7 @@ pub enum Reply {
 
 impl Reply {
     /// The message's bytes.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         match *self {
             Reply::Hello { version } => {
                 let mut out = vec![TAG_HELLO];
@@ -683,7 +649,7 @@ impl Reply {
     }
 
     /// Parses one message.
-    pub fn decode(bytes: &[u8]) -> Result<Reply, WireError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Reply, WireError> {
         match (bytes.first(), bytes.len()) {
             (Some(&TAG_HELLO), HELLO_LEN) if bytes[1..5] == HELLO_MAGIC.to_le_bytes() => {
                 Ok(Reply::Hello { version: bytes[5] })
@@ -703,10 +669,11 @@ impl Reply {
     }
 }
 
-/// A finished job, as its owner hears of it.
+/// A finished job, as the [`DiskHelper`] reports it (its owner hears of it as a
+/// [`JobDone`], [`DiskDone::into_job_done`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct DiskDone {
-    /// The job, as [`Disk::submit`] numbered it.
+    /// The job, as [`DiskHelper::submit`] numbered it.
     pub id: JobId,
     /// What it did.
     pub kind: JobKind,
@@ -714,52 +681,81 @@ pub struct DiskDone {
     pub result: Result<(), Errno>,
 }
 
-/// What a connection needs from the I/O layer to make blocking disk calls without blocking
-/// the loop. The reactor implements it over [`DiskHelper`] (the job's owner is the submitting
-/// connection, with its generation); tests script it
-/// ([`crate::testkit::ScriptedDisk`]).
-pub trait Disk {
-    /// Hands `job` over. Its completion comes back as a [`DiskDone`] with the id returned,
-    /// through [`Connection::handle_disk_done`](crate::conn::Connection::handle_disk_done),
-    /// never within this call (not even when the job ran inline), and not at all if the
-    /// connection is closed by then (the job is still done).
-    fn submit(&mut self, job: Job) -> JobId;
+impl DiskDone {
+    /// The completion as the file service hears it: the errno mapped to what the client
+    /// would be told.
+    pub fn into_job_done(self) -> JobDone {
+        JobDone {
+            id: self.id,
+            kind: self.kind,
+            result: self.result.map_err(disk_error),
+        }
+    }
+}
+
+/// Where the file layer ([`crate::sys::files::Files`]) hands its blocking calls: the disk
+/// helper, for a connection of the server (the reactor's `ConnJobs`: the job's owner is the
+/// submitting connection, with its generation); held until a test completes them
+/// ([`crate::testkit::ScriptedDisk`]); or made at once (`RunHere`, in tests).
+pub(crate) trait Jobs {
+    /// Hands `job` over. A [`Pending::Job`]'s completion comes back as a [`JobDone`] with the
+    /// id returned, through
+    /// [`Connection::handle_disk_done`](crate::conn::Connection::handle_disk_done), never
+    /// within this call (not even when the job ran inline), and not at all if the connection
+    /// is closed by then (the job is still done).
+    fn submit(&mut self, job: Job) -> Pending;
 
     /// Hands over a write of `bytes` (at most [`SLOT_LEN`]) at `offset` of `file`: the bytes
-    /// are copied into the shared [`Ring`] now, and written into the file by the helper.
-    /// `None` if the ring is full (or cannot be had): the caller writes them itself.
-    /// `writing` counts the upload's writes in the helper's hands: one more now, one less
-    /// when the job is done.
-    fn submit_write(
-        &mut self,
-        file: BorrowedFd<'_>,
-        offset: u64,
-        bytes: &[u8],
-        writing: Option<&Arc<AtomicUsize>>,
-    ) -> Option<JobId>;
+    /// are copied into the [`Ring`] now, and written into the file by the helper. `None` if
+    /// the ring is full (or cannot be had), or there is no helper: the caller writes them
+    /// itself.
+    fn submit_write(&mut self, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Option<JobId>;
+
+    /// Whether jobs go off the loop. Where they do not, there is no point in setting a big
+    /// file aside for its unlink: it is unlinked where it is.
+    fn off_the_loop(&self) -> bool;
+
+    /// Whether job `id` is still in the helper's hands: not done yet (its completion not yet
+    /// queued for its owner).
+    fn pending(&self, id: JobId) -> bool;
+}
+
+/// Jobs made at once, on the calling thread, for the I/O layer's own tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct RunHere;
+
+#[cfg(test)]
+impl Jobs for RunHere {
+    fn submit(&mut self, job: Job) -> Pending {
+        Pending::Done(job.run().map_err(disk_error))
+    }
+
+    fn submit_write(&mut self, _: BorrowedFd<'_>, _: u64, _: &[u8]) -> Option<JobId> {
+        None
+    }
+
+    fn off_the_loop(&self) -> bool {
+        false
+    }
+
+    fn pending(&self, _: JobId) -> bool {
+        false
+    }
 }
 
 /// A write job for `bytes` at `offset` of `file`, its bytes stored in `ring`; `None` if the
-/// ring is full, the bytes do not fit a slot, or a descriptor cannot be had.
-pub fn write_job(
-    ring: &Ring,
-    file: BorrowedFd<'_>,
-    offset: u64,
-    bytes: &[u8],
-    writing: Option<&Arc<AtomicUsize>>,
-) -> Option<Job> {
-    let mut slot = match ring.store(bytes)? {
+/// ring is full, the bytes do not fit a slot, or a descriptor cannot be had. Whoever
+/// completes the job gives its slot back ([`Ring::release_job`]).
+pub fn write_job(ring: &mut Ring, file: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Option<Job> {
+    let file = file.try_clone_to_owned().ok()?;
+    let slot = match ring.store(bytes)? {
         Ok(slot) => slot,
         Err(errno) => {
             debug!("cannot copy into the write ring ({errno}): writing inline");
             return None;
         }
     };
-    let file = file.try_clone_to_owned().ok()?;
-    if let Some(writing) = writing {
-        writing.fetch_add(1, Ordering::Relaxed);
-        slot.writing = Some(Arc::clone(writing));
-    }
     Some(Job::Write {
         file,
         offset,
@@ -837,7 +833,7 @@ pub fn helper_main(fd: RawFd) -> io::Result<()> {
             .flags
             .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC);
         let errno = match (truncated, decode_job_head(bytes)) {
-            (false, Ok((_, kind, _))) if fds.len() == kind.fd_count() => {
+            (false, Ok((_, kind, _))) if fds.len() == fd_count(kind) => {
                 match Job::decode_with(bytes, std::mem::take(&mut fds)) {
                     Ok((id, job)) => Some((id, job.run().err())),
                     Err(error) => error.job().map(|id| (id, Some(Errno::INVAL))),
@@ -948,7 +944,7 @@ pub struct DiskHelper {
     queued: VecDeque<Held>,
     /// Completions not yet handed to their owners.
     done: VecDeque<(Option<u64>, DiskDone)>,
-    /// Consecutive deaths of helpers that did not live [`crate::workers::STABLE_AFTER`].
+    /// Consecutive deaths of helpers that did not live [`super::restart::STABLE_AFTER`].
     crashes: u32,
     stats: DiskStats,
     /// The write ring shared with the helper (`None` if no `memfd` could be had: writes are
@@ -1029,6 +1025,13 @@ impl DiskHelper {
         self.in_flight.is_empty() && self.queued.is_empty() && self.done.is_empty()
     }
 
+    /// Whether job `id` is held (queued or sent, not answered): its completion is not queued
+    /// yet, and a write's bytes are still in their slot.
+    pub fn is_pending(&self, id: JobId) -> bool {
+        self.in_flight.iter().any(|held| held.id == id)
+            || self.queued.iter().any(|held| held.id == id)
+    }
+
     /// Completions are waiting for [`DiskHelper::next_done`].
     pub fn has_done(&self) -> bool {
         !self.done.is_empty()
@@ -1069,7 +1072,6 @@ impl DiskHelper {
         file: BorrowedFd<'_>,
         offset: u64,
         bytes: &[u8],
-        writing: Option<&Arc<AtomicUsize>>,
         registry: &Registry,
     ) -> Option<JobId> {
         // No helper, or as many jobs held as may be: the caller writes straight from its
@@ -1077,12 +1079,12 @@ impl DiskHelper {
         if self.is_inline() || self.in_flight.len() + self.queued.len() >= MAX_HELD {
             return None;
         }
-        let job = write_job(self.ring.as_ref()?, file, offset, bytes, writing)?;
+        let job = write_job(self.ring.as_mut()?, file, offset, bytes)?;
         Some(self.submit(owner, job, registry))
     }
 
     fn run_inline(&mut self, held: Held) {
-        run_inline(&mut self.stats, &mut self.done, held);
+        run_inline(&mut self.stats, &mut self.done, &mut self.ring, held);
     }
 
     /// Sends queued jobs while fewer than [`MAX_IN_FLIGHT`] are unanswered and the socket
@@ -1101,7 +1103,7 @@ impl DiskHelper {
             };
             let Some(message) = held.job.encode(held.id) else {
                 // A name no helper takes: the same refusal the call itself would give.
-                complete(&mut self.done, held, Err(Errno::INVAL));
+                complete(&mut self.done, &mut self.ring, held, Err(Errno::INVAL));
                 continue;
             };
             let fds = held.job.fds();
@@ -1140,7 +1142,7 @@ impl DiskHelper {
                         "cannot send {} to the disk helper ({errno}): running it inline",
                         held.id
                     );
-                    run_inline(&mut self.stats, &mut self.done, held);
+                    run_inline(&mut self.stats, &mut self.done, &mut self.ring, held);
                 }
             }
         }
@@ -1232,7 +1234,7 @@ impl DiskHelper {
                     } else {
                         Err(Errno::from_raw_os_error(errno))
                     };
-                    complete(&mut self.done, held, result);
+                    complete(&mut self.done, &mut self.ring, held, result);
                 }
                 Err(error) => {
                     warn!("disk helper: {error}");
@@ -1252,7 +1254,7 @@ impl DiskHelper {
             rustix::process::WaitId::PidFd(process.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
-            Ok(Some(status)) => crate::workers::describe(&status),
+            Ok(Some(status)) => super::restart::describe(&status),
             Ok(None) => {
                 if process.socket.is_none() {
                     // EOF, yet running: it closed its end of the protocol. Make sure it ends;
@@ -1283,7 +1285,7 @@ impl DiskHelper {
                     held.id,
                     held.job.kind()
                 );
-                complete(&mut self.done, held, Err(Errno::IO));
+                complete(&mut self.done, &mut self.ring, held, Err(Errno::IO));
             } else if held.sends >= MAX_ATTEMPTS {
                 warn!(
                     "{} was sent {} times without an answer: running it inline",
@@ -1299,10 +1301,10 @@ impl DiskHelper {
             self.give_up(&format!("helper {pid} {status} before it was ready"));
             return None;
         }
-        if process.started.elapsed() >= crate::workers::STABLE_AFTER {
+        if process.started.elapsed() >= super::restart::STABLE_AFTER {
             self.crashes = 0;
         }
-        let delay = crate::workers::backoff(self.crashes);
+        let delay = super::restart::backoff(self.crashes);
         self.crashes = self.crashes.saturating_add(1);
         warn!(
             "disk helper {pid} {status}; restarting it in {delay:?}, {} jobs to send again",
@@ -1325,14 +1327,28 @@ impl DiskHelper {
 }
 
 /// Runs a held job on the loop and queues its completion.
-fn run_inline(stats: &mut DiskStats, done: &mut VecDeque<(Option<u64>, DiskDone)>, held: Held) {
+fn run_inline(
+    stats: &mut DiskStats,
+    done: &mut VecDeque<(Option<u64>, DiskDone)>,
+    ring: &mut Option<Ring>,
+    held: Held,
+) {
     stats.inline += 1;
     let result = held.job.run();
-    complete(done, held, result);
+    complete(done, ring, held, result);
 }
 
-/// Queues the completion of `held`.
-fn complete(done: &mut VecDeque<(Option<u64>, DiskDone)>, held: Held, result: Result<(), Errno>) {
+/// Queues the completion of `held`, and gives its slot back to the ring: the job is done with
+/// its bytes (a job is completed once, whoever made its call).
+fn complete(
+    done: &mut VecDeque<(Option<u64>, DiskDone)>,
+    ring: &mut Option<Ring>,
+    held: Held,
+    result: Result<(), Errno>,
+) {
+    if let Some(ring) = ring.as_mut() {
+        ring.release_job(&held.job);
+    }
     // A resent unlink that finds no name: the helper that died had done it.
     let result = match (held.job.kind(), result) {
         (JobKind::Unlink, Err(Errno::NOENT)) if held.sends > 1 => Ok(()),
@@ -1508,7 +1524,7 @@ mod tests {
 
     #[test]
     fn a_write_job_round_trips_and_writes_its_slot_where_it_says() {
-        let ring = Ring::new().unwrap();
+        let mut ring = Ring::new().unwrap();
         let path = std::env::temp_dir().join(format!("monoreactor-ring-{}", std::process::id()));
         let file = std::fs::File::options()
             .create(true)
@@ -1517,10 +1533,8 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        let writing = Arc::new(AtomicUsize::new(0));
-        let first = write_job(&ring, file.as_fd(), 5, b"hello", Some(&writing)).unwrap();
-        let second = write_job(&ring, file.as_fd(), 0, b"12345", None).unwrap();
-        assert_eq!(writing.load(Ordering::Relaxed), 1);
+        let first = write_job(&mut ring, file.as_fd(), 5, b"hello").unwrap();
+        let second = write_job(&mut ring, file.as_fd(), 0, b"12345").unwrap();
         assert_eq!(ring.free_slots(), RING_SLOTS - 2);
         let bytes = second.encode(JobId(7)).unwrap();
         let fds: Vec<OwnedFd> = second
@@ -1540,15 +1554,19 @@ mod tests {
         first.run().unwrap();
         back.run().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"12345hello");
-        drop((first, second, back));
+        // The helper's copy of a job names the slot but never gives it back: only the
+        // server's side does, once, when the job is done.
+        drop(back);
+        assert_eq!(ring.free_slots(), RING_SLOTS - 2);
+        ring.release_job(&first);
+        ring.release_job(&second);
         assert_eq!(
             ring.free_slots(),
             RING_SLOTS,
-            "slots come back when their jobs go"
+            "slots come back when their jobs are done"
         );
-        assert_eq!(writing.load(Ordering::Relaxed), 0, "and so does the count");
         let _ = std::fs::remove_file(&path);
-        let full = Ring::new().unwrap();
+        let mut full = Ring::new().unwrap();
         let held: Vec<Slot> = (0..RING_SLOTS)
             .map(|_| full.store(b"x").unwrap().unwrap())
             .collect();

@@ -1,5 +1,5 @@
 //! The file service's I/O layer: every descriptor and every disk call the file service makes,
-//! confined beneath the root ([`Root`]).
+//! confined beneath the root ([`Root`]), behind the [`Disk`] trait the connection uses.
 //!
 //! **Confinement.** A request's path has passed [`check_relative`](crate::proto::path) before
 //! it gets here. Files and directories are then opened with `openat2(RESOLVE_BENEATH |
@@ -8,159 +8,85 @@
 //! only through its parent directory opened the same way, with a single-component `*at` call.
 //! What was checked is what is used: there is no path string re-resolved later.
 //!
-//! **Uploads** — atomic, resumable, one writer across processes, committed by descriptor —
-//! are in [`crate::sys::upload`].
+//! **What lives where.** This module: opening and `stat` (GET, STAT), DELETE, MKDIR, the
+//! server's [`FileState`] (its transfers, uploads and listings, by handle), and [`Files`], the
+//! [`Disk`] the connection is given. Uploads — atomic, resumable, one writer across processes,
+//! committed by descriptor — are [`crate::sys::upload`]; directory listings
+//! [`crate::sys::listing`]; what an errno means to a client [`crate::sys::errno`]; the hash
+//! cache's index [`crate::sys::hash_index`]; the blocking calls made off the loop
+//! [`crate::sys::disk`].
 //!
 //! **Hash cache.** A file's BLAKE3, once a GET has computed it, is kept in the root's hash
 //! index ([`crate::sys::hash_index`]) with the device, inode, size, mtime and **ctime** it was
 //! computed for and the time the hashing began. It is trusted only while all five still match
-//! the file's `fstat` and the hashing began more than [`RACY_WINDOW_NS`] after the last
-//! change (git's "racy clean" rule). The ctime is what makes it sound: an mtime can be set
-//! back to the nanosecond (`utimensat`), a ctime cannot, and every write moves it. (The cache
-//! used to be an extended attribute on the file, compared on size and mtime only: setting the
-//! attribute moves the ctime, so it could not record one, and a same-size change with the
-//! mtime restored kept the old hash — issue 12.) A file a PUT has just renamed into place is
-//! not cached: the rename and link move its ctime after its bytes were hashed, so its first
-//! GET hashes it again, from the disk. Without an index (a read-only root) every GET hashes.
+//! the file's `fstat` and the hashing began more than
+//! [`RACY_WINDOW_NS`](crate::sys::hash_index::RACY_WINDOW_NS) after the last change (git's
+//! "racy clean" rule). The ctime is what makes it sound: an mtime can be set back to the
+//! nanosecond (`utimensat`), a ctime cannot, and every write moves it. (The cache used to be an
+//! extended attribute on the file, compared on size and mtime only: setting the attribute moves
+//! the ctime, so it could not record one, and a same-size change with the mtime restored kept
+//! the old hash — issue 12.) A file a PUT has just renamed into place is not cached: the rename
+//! and link move its ctime after its bytes were hashed, so its first GET hashes it again, from
+//! the disk. Without an index (a read-only root) every GET hashes.
+//!
+//! **One thread.** The server's file state is the loop's alone: the count of transfers, the
+//! table of uploads in progress, the listings are plain fields, handed to each connection's
+//! drive inside a [`Files`]; what a connection holds is handles into them, given back
+//! explicitly, as a command's [`ChildId`](crate::service::exec::ChildId) is.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use log::{debug, warn};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
+use slab::Slab;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{DirEntry, FileInfo, FileKind, Hash, partial_id};
-use crate::proto::path::RESERVED_PREFIX;
-use crate::sys::disk::{Disk, Job, OFFLOAD_UNLINK_BYTES, trash_name};
+use crate::proto::files::{FileInfo, FileKind, Hash, PutRequest, partial_id};
+use crate::service::disk::{
+    BegunUpload, DirRead, Disk, FileError, FileMeta, JobId, ListingHandle, OpenedFile, Pending,
+    SyncKind, TransferPermit, UploadHandle,
+};
+use crate::sys::disk::{Job, Jobs, OFFLOAD_UNLINK_BYTES, trash_name};
+use crate::sys::errno::{file_error, io_file_error};
 use crate::sys::hash_index::{Entry, HashIndex};
+use crate::sys::listing::Listing;
 use crate::sys::root::Root;
-use crate::sys::upload::Uploads;
+use crate::sys::upload::{OpenUpload, Partial};
+use crate::timer::WallClock;
 
-/// A file whose ctime or mtime is within this of the moment its hashing began may have been
-/// written again in the same timestamp tick, so that hash is not trusted. Kernel timestamps
-/// advance in ticks of 1–10 ms; 100 ms leaves a wide margin.
-pub const RACY_WINDOW_NS: i64 = 100_000_000;
-
-/// A file operation's failure, as the client will hear it.
-#[derive(Debug)]
-pub struct FileError {
-    /// The error code for the stream's ERROR frame.
-    pub code: ErrorCode,
-    /// The text, naming the path.
-    pub text: String,
-}
-
-impl FileError {
-    pub(crate) fn new(code: ErrorCode, text: impl Into<String>) -> FileError {
-        FileError {
-            code,
-            text: text.into(),
-        }
-    }
-
-    /// Maps an errno from an operation on `path` (what the client asked about).
-    pub fn from_errno(errno: Errno, path: &str) -> FileError {
-        let shown = if path.is_empty() { "/" } else { path };
-        let (code, what) = match errno {
-            Errno::NOENT => (ErrorCode::NotFound, "no such file or directory"),
-            Errno::NOTDIR => (ErrorCode::NotDirectory, "a component is not a directory"),
-            Errno::LOOP | Errno::XDEV => (
-                ErrorCode::OutsideRoot,
-                "the path leaves the root or passes through a symlink",
-            ),
-            Errno::ACCESS | Errno::PERM | Errno::ROFS => {
-                (ErrorCode::PermissionDenied, "permission denied")
-            }
-            Errno::ISDIR => (ErrorCode::IsDirectory, "is a directory"),
-            Errno::NOSPC | Errno::DQUOT => (ErrorCode::NoSpace, "no space left on the device"),
-            Errno::EXIST => (ErrorCode::AlreadyExists, "already exists"),
-            Errno::NOTEMPTY => (ErrorCode::NotEmpty, "directory not empty"),
-            Errno::NAMETOOLONG => (ErrorCode::BadRequest, "a name is too long"),
-            // Opening a socket file (or a device with nothing behind it) gives ENXIO: like a
-            // FIFO's, the answer is that it is not a regular file, not an I/O failure.
-            Errno::NXIO => (ErrorCode::BadRequest, "not a regular file"),
-            Errno::MFILE | Errno::NFILE => (ErrorCode::LimitReached, "out of file descriptors"),
-            _ => {
-                let text = format!("{shown}: {}", io::Error::from(errno));
-                return FileError::new(ErrorCode::IoFailed, text);
-            }
-        };
-        FileError::new(code, format!("{shown}: {what}"))
-    }
-
-    pub(crate) fn io(error: &io::Error, path: &str) -> FileError {
-        match error.raw_os_error() {
-            Some(raw) => FileError::from_errno(Errno::from_raw_os_error(raw), path),
-            None => FileError::new(ErrorCode::IoFailed, format!("{path}: {error}")),
-        }
+/// What `stat` says of a file, in the file service's terms.
+pub(crate) fn meta_of_stat(stat: &Stat) -> FileMeta {
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => FileKind::File,
+        FileType::Directory => FileKind::Directory,
+        FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    FileMeta {
+        size: stat.st_size as u64,
+        mtime_ns: stat
+            .st_mtime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(stat.st_mtime_nsec as i64),
+        ctime_ns: stat
+            .st_ctime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(stat.st_ctime_nsec as i64),
+        kind,
+        dev: stat.st_dev,
+        ino: stat.st_ino,
     }
 }
 
-/// What `stat` says of a file, in the protocol's terms plus its identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Meta {
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, ns since the epoch.
-    pub mtime_ns: i64,
-    /// Inode change time, ns since the epoch: moved by every write, truncation, link, rename
-    /// or metadata change, and, unlike the mtime, impossible to set back.
-    pub ctime_ns: i64,
-    /// What it is.
-    pub kind: FileKind,
-    /// Device number.
-    pub dev: u64,
-    /// Inode number.
-    pub ino: u64,
-}
-
-impl Meta {
-    pub(crate) fn of(stat: &Stat) -> Meta {
-        let kind = match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => FileKind::File,
-            FileType::Directory => FileKind::Directory,
-            FileType::Symlink => FileKind::Symlink,
-            _ => FileKind::Other,
-        };
-        Meta {
-            size: stat.st_size as u64,
-            mtime_ns: stat
-                .st_mtime
-                .saturating_mul(1_000_000_000)
-                .saturating_add(stat.st_mtime_nsec as i64),
-            ctime_ns: stat
-                .st_ctime
-                .saturating_mul(1_000_000_000)
-                .saturating_add(stat.st_ctime_nsec as i64),
-            kind,
-            dev: stat.st_dev,
-            ino: stat.st_ino,
-        }
-    }
-
-    /// The protocol's view, with `hash` if known.
-    pub fn info(&self, hash: Option<Hash>) -> FileInfo {
-        FileInfo {
-            size: self.size,
-            mtime_ns: self.mtime_ns,
-            kind: self.kind,
-            hash,
-        }
-    }
-}
-
-/// The wall clock, ns since the epoch (the hash cache compares it with file ctimes and mtimes).
-pub fn wall_clock_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as i64)
+/// Re-reads the metadata of an open file (to see whether it changed while being sent).
+pub(crate) fn meta_of(file: &impl AsFd) -> io::Result<FileMeta> {
+    Ok(meta_of_stat(&rustix::fs::fstat(file)?))
 }
 
 /// The hash index as far as this process knows it.
@@ -175,175 +101,49 @@ enum Index {
     Unavailable,
 }
 
-/// The file service's shared state: how many transfers run, which resumable uploads are in
-/// use, the hash index.
+/// The file service's state in this server: how many transfers run, the uploads and listings
+/// open (by handle), which resumable uploads are in progress, the hash index. The loop's
+/// alone, like everything else it owns.
 #[derive(Debug)]
-pub struct FileState {
-    transfers: Arc<AtomicUsize>,
-    pub(crate) uploads: Uploads,
+pub(crate) struct FileState {
+    /// Transfers running, each holding a [`TransferPermit`].
+    transfers: usize,
+    max_transfers: usize,
+    pub(crate) max_put: u64,
     index: Index,
     /// When each directory (device, inode) was last swept for expired partials.
     pub(crate) swept: HashMap<(u64, u64), i64>,
-    max_transfers: usize,
-    pub(crate) max_put: u64,
+    /// The uploads open, by the index in their [`UploadHandle`].
+    pub(crate) uploads: Slab<OpenUpload>,
+    /// Told apart from an earlier upload in the same slot of `uploads`.
+    pub(crate) next_generation: u32,
+    /// The resumable uploads being received in this process, by upload id.
+    pub(crate) partials: HashMap<u64, Partial>,
+    /// The directories being listed, by [`ListingHandle`].
+    listings: Slab<Listing>,
 }
 
 impl FileState {
     /// State for a server allowing `max_transfers` at once and puts of up to `max_put` bytes.
-    pub fn new(max_transfers: usize, max_put: u64) -> FileState {
+    pub(crate) fn new(max_transfers: usize, max_put: u64) -> FileState {
         FileState {
-            transfers: Arc::new(AtomicUsize::new(0)),
-            uploads: Arc::new(Mutex::new(HashMap::new())),
-            index: Index::Unopened,
-            swept: HashMap::new(),
+            transfers: 0,
             max_transfers,
             max_put,
+            index: Index::Unopened,
+            swept: HashMap::new(),
+            uploads: Slab::new(),
+            next_generation: 0,
+            partials: HashMap::new(),
+            listings: Slab::new(),
         }
     }
 
-    /// Transfers running now.
-    pub fn transfers(&self) -> usize {
-        self.transfers.load(Ordering::Relaxed)
+    /// Transfers running now (the test kit shows it).
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn transfers(&self) -> usize {
+        self.transfers
     }
-}
-
-/// One running transfer's place in the server-wide count; dropping it frees the place.
-#[derive(Debug)]
-pub struct TransferPermit(Arc<AtomicUsize>);
-
-impl Drop for TransferPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A file opened for GET.
-#[derive(Debug)]
-pub struct OpenedFile {
-    /// The file, shared with the outbox's file segments.
-    pub file: Arc<File>,
-    /// Its metadata when opened.
-    pub meta: Meta,
-    /// Its BLAKE3 if the cache holds a valid one.
-    pub hash: Option<Hash>,
-}
-
-/// A directory being listed, page by page.
-#[derive(Debug)]
-pub struct Listing {
-    dir: rustix::fs::Dir,
-    path: String,
-    /// An entry read that did not fit in the last page.
-    pending: Option<(String, Meta)>,
-    done: bool,
-}
-
-impl Listing {
-    /// Appends entries to `page` without letting it pass `max_bytes` (an entry that does not
-    /// fit waits for the next page), reading at most `max_entries` directory entries, hidden
-    /// and skipped ones included, so a directory full of names LIST does not show still costs
-    /// a bounded turn. Returns whether the directory is finished. An entry too long for any
-    /// page (a frame limit below 274 bytes and a long name) is an error.
-    pub fn next_page(
-        &mut self,
-        page: &mut Vec<u8>,
-        max_bytes: usize,
-        max_entries: usize,
-    ) -> Result<bool, FileError> {
-        for _ in 0..max_entries {
-            let (name, meta) = match self.pending.take() {
-                Some(entry) => entry,
-                None => match self.read_entry()? {
-                    Read::Entry(name, meta) => (name, meta),
-                    Read::Skipped => continue,
-                    Read::End => {
-                        self.done = true;
-                        break;
-                    }
-                },
-            };
-            let entry = DirEntry {
-                name: &name,
-                kind: meta.kind,
-                size: meta.size,
-                mtime_ns: meta.mtime_ns,
-            };
-            if page.len() + entry.wire_len() > max_bytes {
-                if page.is_empty() {
-                    return Err(FileError::new(
-                        ErrorCode::LimitReached,
-                        format!(
-                            "{}/{name}: the entry needs {} bytes, more than a frame may carry here ({max_bytes})",
-                            self.path,
-                            entry.wire_len()
-                        ),
-                    ));
-                }
-                self.pending = Some((name, meta));
-                break;
-            }
-            let at = page.len();
-            page.resize(at + entry.wire_len(), 0);
-            entry.emit(&mut page[at..]);
-        }
-        Ok(self.done)
-    }
-
-    /// The next directory entry: one worth listing, with its metadata, or one skipped.
-    fn read_entry(&mut self) -> Result<Read, FileError> {
-        let Some(next) = self.dir.read() else {
-            return Ok(Read::End);
-        };
-        let entry = next.map_err(|errno| FileError::from_errno(errno, &self.path))?;
-        let Ok(name) = entry.file_name().to_str() else {
-            debug!("{}: skipping an entry whose name is not UTF-8", self.path);
-            return Ok(Read::Skipped);
-        };
-        let partial = partial_id(name).is_some();
-        if name == "." || name == ".." || (name.starts_with(RESERVED_PREFIX) && !partial) {
-            return Ok(Read::Skipped);
-        }
-        let fd = self
-            .dir
-            .fd()
-            .map_err(|errno| FileError::from_errno(errno, &self.path))?;
-        match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => {
-                let mut meta = Meta::of(&stat);
-                if partial && meta.kind == FileKind::File {
-                    meta.kind = FileKind::Partial;
-                }
-                Ok(Read::Entry(name.to_string(), meta))
-            }
-            // Removed between the read and the stat: not listed.
-            Err(Errno::NOENT) => Ok(Read::Skipped),
-            Err(errno) => Err(FileError::from_errno(errno, &self.path)),
-        }
-    }
-}
-
-/// What reading one directory entry gave.
-enum Read {
-    /// An entry to list.
-    Entry(String, Meta),
-    /// An entry LIST does not show (`.`, `..`, the server's own, a name not in UTF-8, one
-    /// removed meanwhile).
-    Skipped,
-    /// The end of the directory.
-    End,
-}
-
-/// The upload id of (path, size, hash): the same triple always gives the same id, and any
-/// other triple another one, so a resume can never splice two different files.
-pub fn upload_id(path: &str, size: u64, hash: &Hash) -> u64 {
-    let mut hasher = blake3::Hasher::new_derive_key("monoreactor 2026-11 upload id");
-    hasher.update(&(path.len() as u64).to_be_bytes());
-    hasher.update(path.as_bytes());
-    hasher.update(&size.to_be_bytes());
-    hasher.update(hash);
-    let mut id = [0; 8];
-    id.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
-    u64::from_be_bytes(id).max(1)
 }
 
 /// Splits `path` into its parent directory and last component ("" has neither).
@@ -358,9 +158,9 @@ fn split(path: &str) -> (&str, &str) {
 /// it. If what was renamed turns out not to be a regular file (the name was replaced after
 /// it was looked at), it is renamed back and `EISDIR`/`EINVAL` returned, so the caller
 /// removes it the ordinary way.
-fn rename_aside(dir: &OwnedFd, name: &str) -> Result<String, Errno> {
+fn rename_aside(dir: &OwnedFd, name: &str, now: WallClock) -> Result<String, Errno> {
     for _ in 0..8 {
-        let trash = trash_name();
+        let trash = trash_name(now);
         match rustix::fs::renameat_with(dir, name, dir, trash.as_str(), RenameFlags::NOREPLACE) {
             Ok(()) => {}
             Err(Errno::EXIST) => continue,
@@ -383,31 +183,33 @@ fn rename_aside(dir: &OwnedFd, name: &str) -> Result<String, Errno> {
     Err(Errno::EXIST)
 }
 
-/// The file service's view of the loop: the root, the shared state.
-#[derive(Debug)]
-pub struct Files<'a> {
+/// The file service's disk for one connection's drive: the root, the server's file state,
+/// where blocking calls go, and the loop's wall clock this turn. The reactor builds one per
+/// drive (its jobs go to the disk helper, owned by the connection); a test harness builds one
+/// over a scripted disk.
+pub(crate) struct Files<'a> {
     /// The root everything is beneath.
     pub root: &'a Root,
-    /// Shared state.
+    /// The server's file state.
     pub state: &'a mut FileState,
+    /// Where blocking calls go.
+    pub jobs: &'a mut dyn Jobs,
+    /// The wall clock as the loop read it this turn.
+    pub now: WallClock,
+}
+
+impl std::fmt::Debug for Files<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("root", &self.root)
+            .field("state", &self.state)
+            .field("off_the_loop", &self.jobs.off_the_loop())
+            .field("now", &self.now)
+            .finish()
+    }
 }
 
 impl Files<'_> {
-    /// A place among the running transfers, or `LIMIT_REACHED`.
-    pub fn admit(&mut self) -> Result<TransferPermit, FileError> {
-        let running = self.state.transfers.load(Ordering::Relaxed);
-        if running >= self.state.max_transfers {
-            return Err(FileError::new(
-                ErrorCode::LimitReached,
-                format!(
-                    "{running} transfers are running on this server, its limit (--max-transfers)"
-                ),
-            ));
-        }
-        self.state.transfers.fetch_add(1, Ordering::Relaxed);
-        Ok(TransferPermit(Arc::clone(&self.state.transfers)))
-    }
-
     pub(crate) fn parent(&self, path: &str) -> Result<(OwnedFd, String), FileError> {
         let (parent, name) = split(path);
         if name.is_empty() {
@@ -419,24 +221,74 @@ impl Files<'_> {
         let dir = self
             .root
             .open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-            .map_err(|errno| FileError::from_errno(errno, parent))?;
+            .map_err(|errno| file_error(errno, parent))?;
         Ok((dir, name.to_string()))
     }
 
+    /// Removes `path`; see [`Disk::delete`].
+    ///
+    /// With jobs that go off the loop, a regular file whose blocks would be freed by the
+    /// removal (its last link, at least [`OFFLOAD_UNLINK_BYTES`]) is renamed aside to a fresh
+    /// [`TRASH_PREFIX`](crate::sys::disk::TRASH_PREFIX) name in the same directory — a new
+    /// name, so the rename frees nothing and is quick — and the unlink of that name, which
+    /// frees the blocks (178 ms for 1 GiB on ext4, measured), is submitted as a job. The path
+    /// is gone when this returns either way. Anything else is removed here, as is everything
+    /// when jobs are made here anyway.
+    fn remove(&mut self, path: &str) -> Result<(), FileError> {
+        let (dir, name) = self.parent(path)?;
+        if partial_id(&name).is_some() {
+            return self.delete_partial(&dir, &name, path);
+        }
+        let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|errno| file_error(errno, path))?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let frees_much = kind == FileType::RegularFile
+            && stat.st_nlink == 1
+            && (stat.st_blocks as u64).saturating_mul(512) >= OFFLOAD_UNLINK_BYTES;
+        if frees_much && self.jobs.off_the_loop() {
+            match rename_aside(&dir, &name, self.now) {
+                Ok(trash) => {
+                    debug!("{path}: renamed aside to {trash}, unlinked off the loop");
+                    // Its completion is only logged (`Connection::handle_disk_done`).
+                    let _ = self.jobs.submit(Job::Unlink { dir, name: trash });
+                    return Ok(());
+                }
+                Err(Errno::NOENT) => return Err(file_error(Errno::NOENT, path)),
+                // No RENAME_NOREPLACE on this file system, or no fresh name: the old way.
+                Err(errno) => debug!("{path}: cannot rename aside ({errno}); unlinking here"),
+            }
+        }
+        let flags = if kind == FileType::Directory {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        match rustix::fs::unlinkat(&dir, name.as_str(), flags) {
+            // Not empty: perhaps only of interrupted uploads, which the user could not see
+            // to remove before LIST showed them.
+            Err(Errno::NOTEMPTY) => {
+                self.remove_leftovers(&dir, &name, path)?;
+                rustix::fs::unlinkat(&dir, name.as_str(), flags)
+            }
+            done => done,
+        }
+        .map_err(|errno| file_error(errno, path))
+    }
+
     /// Opens a regular file for reading, with its metadata and cached hash.
-    pub fn open_read(&mut self, path: &str) -> Result<OpenedFile, FileError> {
+    fn open_file(&mut self, path: &str) -> Result<OpenedFile, FileError> {
         // O_NONBLOCK: opening a FIFO must not block the loop (it is refused right after).
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
         let fd = self
             .root
             .open_beneath(path, flags, Mode::empty())
-            .map_err(|errno| FileError::from_errno(errno, path))?;
-        let stat = rustix::fs::fstat(&fd).map_err(|errno| FileError::from_errno(errno, path))?;
-        let meta = Meta::of(&stat);
+            .map_err(|errno| file_error(errno, path))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|errno| file_error(errno, path))?;
+        let meta = meta_of_stat(&stat);
         match meta.kind {
             FileKind::File => {}
             FileKind::Directory => {
-                return Err(FileError::from_errno(Errno::ISDIR, path));
+                return Err(file_error(Errno::ISDIR, path));
             }
             _ => {
                 return Err(FileError::new(
@@ -455,16 +307,16 @@ impl Files<'_> {
     }
 
     /// What `path` names (a symlink as itself), with the cached hash of a regular file.
-    pub fn stat(&mut self, path: &str) -> Result<FileInfo, FileError> {
+    fn stat_path(&mut self, path: &str) -> Result<FileInfo, FileError> {
         if path.is_empty() {
-            let stat = rustix::fs::fstat(self.root.dir())
-                .map_err(|errno| FileError::from_errno(errno, path))?;
-            return Ok(Meta::of(&stat).info(None));
+            let stat =
+                rustix::fs::fstat(self.root.dir()).map_err(|errno| file_error(errno, path))?;
+            return Ok(meta_of_stat(&stat).info(None));
         }
         let (dir, name) = self.parent(path)?;
         let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|errno| FileError::from_errno(errno, path))?;
-        let meta = Meta::of(&stat);
+            .map_err(|errno| file_error(errno, path))?;
+        let meta = meta_of_stat(&stat);
         // The index is keyed on what `stat` gives: the file need not be opened.
         let hash = if meta.kind == FileKind::File {
             self.cached_hash(&meta)
@@ -472,81 +324,6 @@ impl Files<'_> {
             None
         };
         Ok(meta.info(hash))
-    }
-
-    /// Removes a file, a symlink (not its target) or an empty directory.
-    ///
-    /// With a `disk`, a regular file whose blocks would be freed by the removal (its last
-    /// link, at least [`OFFLOAD_UNLINK_BYTES`]) is renamed aside to a fresh
-    /// [`TRASH_PREFIX`](crate::sys::disk::TRASH_PREFIX) name in the same directory — a new
-    /// name, so the rename frees nothing and is quick — and the unlink of that name, which
-    /// frees the blocks (178 ms for 1 GiB on ext4, measured), is submitted to `disk`. The path
-    /// is gone when this returns either way. Anything else is removed here, as is everything
-    /// without a `disk`.
-    pub fn delete(&mut self, path: &str, disk: Option<&mut dyn Disk>) -> Result<(), FileError> {
-        let (dir, name) = self.parent(path)?;
-        if partial_id(&name).is_some() {
-            return self.delete_partial(&dir, &name, path, disk);
-        }
-        let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|errno| FileError::from_errno(errno, path))?;
-        let kind = FileType::from_raw_mode(stat.st_mode);
-        let frees_much = kind == FileType::RegularFile
-            && stat.st_nlink == 1
-            && (stat.st_blocks as u64).saturating_mul(512) >= OFFLOAD_UNLINK_BYTES;
-        let mut disk = disk;
-        if let (true, Some(disk)) = (
-            frees_much,
-            disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk),
-        ) {
-            match rename_aside(&dir, &name) {
-                Ok(trash) => {
-                    debug!("{path}: renamed aside to {trash}, unlinked off the loop");
-                    disk.submit(Job::Unlink { dir, name: trash });
-                    return Ok(());
-                }
-                Err(Errno::NOENT) => return Err(FileError::from_errno(Errno::NOENT, path)),
-                // No RENAME_NOREPLACE on this file system, or no fresh name: the old way.
-                Err(errno) => debug!("{path}: cannot rename aside ({errno}); unlinking here"),
-            }
-        }
-        let flags = if kind == FileType::Directory {
-            AtFlags::REMOVEDIR
-        } else {
-            AtFlags::empty()
-        };
-        match rustix::fs::unlinkat(&dir, name.as_str(), flags) {
-            // Not empty: perhaps only of interrupted uploads, which the user could not see
-            // to remove before LIST showed them.
-            Err(Errno::NOTEMPTY) => {
-                self.remove_leftovers(&dir, &name, path, disk)?;
-                rustix::fs::unlinkat(&dir, name.as_str(), flags)
-            }
-            done => done,
-        }
-        .map_err(|errno| FileError::from_errno(errno, path))
-    }
-
-    /// Creates one directory (its parent must exist).
-    pub fn mkdir(&mut self, path: &str) -> Result<(), FileError> {
-        let (dir, name) = self.parent(path)?;
-        rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755))
-            .map_err(|errno| FileError::from_errno(errno, path))
-    }
-
-    /// Opens a directory for listing.
-    pub fn open_listing(&mut self, path: &str) -> Result<Listing, FileError> {
-        let fd = self
-            .root
-            .open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-            .map_err(|errno| FileError::from_errno(errno, path))?;
-        let dir = rustix::fs::Dir::new(fd).map_err(|errno| FileError::from_errno(errno, path))?;
-        Ok(Listing {
-            dir,
-            path: path.to_string(),
-            pending: None,
-            done: false,
-        })
     }
 
     /// The index, opened beneath the root at the first use; `None` if it cannot be (then
@@ -572,46 +349,142 @@ impl Files<'_> {
 
     /// The cached hash of the file whose `fstat` is `meta` now, if the index holds one still
     /// valid for it ([`Entry::valid_for`]).
-    pub fn cached_hash(&mut self, meta: &Meta) -> Option<Hash> {
+    fn cached_hash(&mut self, meta: &FileMeta) -> Option<Hash> {
         let entry = self.index()?.get(meta.dev, meta.ino)?;
         entry.valid_for(meta).then_some(entry.hash)
+    }
+}
+
+impl Disk for Files<'_> {
+    fn stat(&mut self, path: &str) -> Result<FileInfo, FileError> {
+        self.stat_path(path)
+    }
+
+    fn mkdir(&mut self, path: &str) -> Result<(), FileError> {
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755))
+            .map_err(|errno| file_error(errno, path))
+    }
+
+    fn delete(&mut self, path: &str) -> Result<(), FileError> {
+        self.remove(path)
+    }
+
+    fn admit(&mut self) -> Result<TransferPermit, FileError> {
+        let running = self.state.transfers;
+        if running >= self.state.max_transfers {
+            return Err(FileError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "{running} transfers are running on this server, its limit (--max-transfers)"
+                ),
+            ));
+        }
+        self.state.transfers += 1;
+        Ok(TransferPermit::taken())
+    }
+
+    fn end_transfer(&mut self, permit: TransferPermit) {
+        drop(permit);
+        self.state.transfers = self.state.transfers.saturating_sub(1);
+    }
+
+    fn open_read(&mut self, path: &str) -> Result<OpenedFile, FileError> {
+        self.open_file(path)
+    }
+
+    fn read_at(&mut self, file: &File, buf: &mut [u8], offset: u64) -> Result<usize, FileError> {
+        file.read_at(buf, offset)
+            .map_err(|error| io_file_error(&error, "the file being sent"))
+    }
+
+    fn unchanged(&mut self, file: &File, meta: &FileMeta) -> bool {
+        meta_of(file).is_ok_and(|now| now == *meta)
     }
 
     /// Caches `hash` as the content of the file with `meta`.
     ///
-    /// `as_of_ns` is when the bytes hashed began to be read — the start of the hashing, not
-    /// its end, and `meta` the `fstat` taken before that: a write during a long hash in the
-    /// tick of the ctime recorded must still make the entry racy. The caller checks that
-    /// `meta` still holds after the hashing.
-    pub fn store_hash(&mut self, meta: &Meta, hash: &Hash, as_of_ns: i64) {
-        let entry = Entry::new(meta, hash, as_of_ns);
+    /// `as_of` is when the bytes hashed began to be read — the start of the hashing, not its
+    /// end, and `meta` the `fstat` taken before that: a write during a long hash in the tick
+    /// of the ctime recorded must still make the entry racy. The caller checks that `meta`
+    /// still holds after the hashing.
+    fn store_hash(&mut self, meta: &FileMeta, hash: &Hash, as_of: WallClock) {
+        let entry = Entry::new(meta, hash, as_of.0);
         if let Some(index) = self.index() {
             if let Err(error) = index.put(&entry) {
                 debug!("hash not cached: {error}");
             }
         }
     }
-}
 
-/// Re-reads the metadata of an open file (to see whether it changed while being hashed).
-pub fn meta_of(file: &impl AsFd) -> io::Result<Meta> {
-    Ok(Meta::of(&rustix::fs::fstat(file)?))
+    fn open_listing(&mut self, path: &str) -> Result<ListingHandle, FileError> {
+        let listing = Listing::open(self.root, path)?;
+        Ok(ListingHandle(self.state.listings.insert(listing) as u64))
+    }
+
+    fn read_entry(&mut self, listing: ListingHandle) -> Result<DirRead, FileError> {
+        match self.state.listings.get_mut(listing.0 as usize) {
+            Some(listing) => listing.read_entry(),
+            // Closed already: nothing more to list.
+            None => Ok(DirRead::End),
+        }
+    }
+
+    fn close_listing(&mut self, listing: ListingHandle) {
+        self.state.listings.try_remove(listing.0 as usize);
+    }
+
+    fn begin_put(&mut self, request: &PutRequest<'_>) -> Result<BegunUpload, FileError> {
+        self.open_upload(request)
+    }
+
+    fn superseded(&self, upload: UploadHandle) -> bool {
+        self.state.superseded(upload)
+    }
+
+    fn read_upload(
+        &mut self,
+        upload: UploadHandle,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<usize, FileError> {
+        self.read_held(upload, buf, offset)
+    }
+
+    fn write_upload(
+        &mut self,
+        upload: UploadHandle,
+        bytes: &[u8],
+        offset: u64,
+    ) -> Result<Option<JobId>, FileError> {
+        self.write_piece(upload, bytes, offset)
+    }
+
+    fn sync_upload(&mut self, upload: UploadHandle, kind: SyncKind) -> Pending {
+        self.sync(upload, kind)
+    }
+
+    fn publish(&mut self, upload: UploadHandle) -> Result<Pending, FileError> {
+        self.commit(upload)
+    }
+
+    fn discard(&mut self, upload: UploadHandle) {
+        self.remove_upload(upload);
+    }
+
+    fn release_upload(&mut self, upload: UploadHandle) {
+        if let Some(open) = self.state.take_upload(upload) {
+            self.state.close_upload(open);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::disk::RunHere;
+    use crate::sys::hash_index::RACY_WINDOW_NS;
     use std::os::unix::fs::FileExt;
-
-    #[test]
-    fn upload_ids_bind_path_size_and_hash() {
-        let id = upload_id("a/b", 10, &[1; 32]);
-        assert_eq!(id, upload_id("a/b", 10, &[1; 32]));
-        assert_ne!(id, upload_id("a/c", 10, &[1; 32]));
-        assert_ne!(id, upload_id("a/b", 11, &[1; 32]));
-        assert_ne!(id, upload_id("a/b", 10, &[2; 32]));
-        assert_ne!(id, 0);
-    }
 
     #[test]
     fn a_hash_is_cached_by_ctime_and_never_after_an_in_place_change() {
@@ -625,16 +498,18 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
         let opened = files.open_read("f").unwrap();
         assert_eq!(opened.hash, None, "nothing cached yet");
         let hash = *blake3::hash(b"hello").as_bytes();
         // Hashed "now", right after the write: racy, so not trusted.
-        files.store_hash(&opened.meta, &hash, wall_clock_ns());
+        files.store_hash(&opened.meta, &hash, WallClock::read());
         assert_eq!(files.stat("f").unwrap().hash, None, "racily clean");
         // Hashed well after the last change: trusted, by STAT and GET.
         let later = opened.meta.ctime_ns.max(opened.meta.mtime_ns) + RACY_WINDOW_NS + 1;
-        files.store_hash(&opened.meta, &hash, later);
+        files.store_hash(&opened.meta, &hash, WallClock(later));
         assert_eq!(files.stat("f").unwrap().hash, Some(hash));
         assert_eq!(files.open_read("f").unwrap().hash, Some(hash));
         // Same size, mtime set back to the nanosecond: the ctime moved, the entry is gone.
@@ -665,11 +540,36 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
         let opened = files.open_read("f").unwrap();
-        files.store_hash(&opened.meta, &[1; 32], i64::MAX);
+        files.store_hash(&opened.meta, &[1; 32], WallClock(i64::MAX));
         assert_eq!(files.open_read("f").unwrap().hash, None);
         assert_eq!(files.stat("f").unwrap().hash, None);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn transfers_take_places_up_to_the_limit_and_give_them_back() {
+        let base = std::env::temp_dir().join(format!("monoreactor-permits-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = Root::open_or_create(&base).unwrap();
+        let mut state = FileState::new(2, 1 << 20);
+        let mut files = Files {
+            root: &root,
+            state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
+        };
+        let first = files.admit().unwrap();
+        let second = files.admit().unwrap();
+        assert_eq!(files.admit().unwrap_err().code, ErrorCode::LimitReached);
+        files.end_transfer(first);
+        let third = files.admit().unwrap();
+        files.end_transfer(second);
+        files.end_transfer(third);
+        assert_eq!(files.state.transfers(), 0);
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -43,7 +43,12 @@ use std::os::unix::fs::FileExt;
 use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::proto::files::{HASH_LEN, Hash};
-use crate::sys::files::{Meta, RACY_WINDOW_NS};
+use crate::service::disk::FileMeta;
+
+/// A file whose ctime or mtime is within this of the moment its hashing began may have been
+/// written again in the same timestamp tick, so that hash is not trusted. Kernel timestamps
+/// advance in ticks of 1–10 ms; 100 ms leaves a wide margin.
+pub const RACY_WINDOW_NS: i64 = 100_000_000;
 
 /// The index's name in the root (reserved: no client can address it, LIST does not show it).
 pub const INDEX_NAME: &str = ".monoreactor-hash-index";
@@ -51,10 +56,10 @@ pub const INDEX_NAME: &str = ".monoreactor-hash-index";
 /// Slots in the index: 16,384 × 128 bytes, a 2 MiB file (sparse: blocks are allocated only
 /// for slots written). Enough that a server's working set rarely collides; a collision costs a
 /// hash pass, nothing else.
-pub const SLOTS: u64 = 16_384;
+pub(crate) const SLOTS: u64 = 16_384;
 
 /// Bytes per slot.
-pub const SLOT_LEN: usize = 128;
+pub(crate) const SLOT_LEN: usize = 128;
 
 /// Bytes of a slot covered by its checksum.
 const BODY_LEN: usize = 96;
@@ -64,7 +69,7 @@ const CHECKSUM_CONTEXT: &str = "monoreactor 2026-12 hash index slot";
 
 /// One cached hash and the file state it was computed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Device number.
     pub dev: u64,
     /// Inode number.
@@ -83,7 +88,7 @@ pub struct Entry {
 
 impl Entry {
     /// The entry for `hash`, computed from bytes read after `as_of_ns`, of a file with `meta`.
-    pub fn new(meta: &Meta, hash: &Hash, as_of_ns: i64) -> Entry {
+    pub(crate) fn new(meta: &FileMeta, hash: &Hash, as_of_ns: i64) -> Entry {
         Entry {
             dev: meta.dev,
             ino: meta.ino,
@@ -98,7 +103,7 @@ impl Entry {
     /// Whether this entry describes the content of a file whose `fstat` is `meta` now: the
     /// same inode, size, mtime and ctime, and hashed clearly after its last change (see the
     /// module docs).
-    pub fn valid_for(&self, meta: &Meta) -> bool {
+    pub(crate) fn valid_for(&self, meta: &FileMeta) -> bool {
         self.dev == meta.dev
             && self.ino == meta.ino
             && self.size == meta.size
@@ -111,7 +116,7 @@ impl Entry {
     }
 
     /// The slot's bytes.
-    pub fn encode(&self) -> [u8; SLOT_LEN] {
+    pub(crate) fn encode(&self) -> [u8; SLOT_LEN] {
         let mut slot = [0; SLOT_LEN];
         slot[0..8].copy_from_slice(&self.dev.to_be_bytes());
         slot[8..16].copy_from_slice(&self.ino.to_be_bytes());
@@ -126,7 +131,7 @@ impl Entry {
     }
 
     /// The entry in `slot`, or `None` if its checksum fails (never written, torn, damaged).
-    pub fn decode(slot: &[u8; SLOT_LEN]) -> Option<Entry> {
+    pub(crate) fn decode(slot: &[u8; SLOT_LEN]) -> Option<Entry> {
         if checksum(&slot[..BODY_LEN]) != slot[BODY_LEN..] {
             return None;
         }
@@ -166,7 +171,7 @@ fn slot_of(dev: u64, ino: u64) -> u64 {
 
 /// The open index file.
 #[derive(Debug)]
-pub struct HashIndex {
+pub(crate) struct HashIndex {
     file: File,
 }
 
@@ -174,7 +179,7 @@ impl HashIndex {
     /// Opens (creating it if needed) the index in the directory `root`. An index of the
     /// wrong size (another layout, or damaged) is emptied and resized; not a regular file
     /// (something else in the way) is an error, as is a root the server cannot write.
-    pub fn open(root: impl rustix::fd::AsFd) -> io::Result<HashIndex> {
+    pub(crate) fn open(root: impl rustix::fd::AsFd) -> io::Result<HashIndex> {
         // NONBLOCK: a FIFO planted under the name must not block the loop (refused below).
         let fd = rustix::fs::openat(
             root,
@@ -204,7 +209,7 @@ impl HashIndex {
     }
 
     /// The entry in the slot of (`dev`, `ino`), if it is intact and about that file.
-    pub fn get(&self, dev: u64, ino: u64) -> Option<Entry> {
+    pub(crate) fn get(&self, dev: u64, ino: u64) -> Option<Entry> {
         let mut slot = [0; SLOT_LEN];
         self.file
             .read_exact_at(&mut slot, slot_of(dev, ino) * SLOT_LEN as u64)
@@ -213,7 +218,7 @@ impl HashIndex {
     }
 
     /// Writes `entry` to its slot (evicting whatever was there).
-    pub fn put(&self, entry: &Entry) -> io::Result<()> {
+    pub(crate) fn put(&self, entry: &Entry) -> io::Result<()> {
         let at = slot_of(entry.dev, entry.ino) * SLOT_LEN as u64;
         self.file.write_all_at(&entry.encode(), at)
     }
@@ -230,8 +235,8 @@ mod tests {
     use super::*;
     use crate::proto::files::FileKind;
 
-    fn meta() -> Meta {
-        Meta {
+    fn meta() -> FileMeta {
+        FileMeta {
             size: 5,
             mtime_ns: 1_000_000_000,
             ctime_ns: 1_000_000_000,
@@ -264,24 +269,24 @@ mod tests {
         };
         assert!(!racy.valid_for(&meta), "hashed within the racy window");
         let changed = [
-            Meta { size: 6, ..meta },
-            Meta {
+            FileMeta { size: 6, ..meta },
+            FileMeta {
                 mtime_ns: meta.mtime_ns + 1,
                 ..meta
             },
             // The change `utimensat` cannot hide: content rewritten, mtime set back.
-            Meta {
+            FileMeta {
                 ctime_ns: meta.ctime_ns + 1,
                 ..meta
             },
-            Meta { ino: 3, ..meta },
-            Meta { dev: 9, ..meta },
+            FileMeta { ino: 3, ..meta },
+            FileMeta { dev: 9, ..meta },
         ];
         for now in changed {
             assert!(!entry.valid_for(&now), "{now:?}");
         }
         // An mtime set into the future is racy against itself.
-        let future = Meta {
+        let future = FileMeta {
             mtime_ns: entry.as_of_ns,
             ..meta
         };

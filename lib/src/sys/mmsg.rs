@@ -14,13 +14,13 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 /// Most datagrams one call moves (the C reference's batch uses 64; the loop's per-turn
 /// datagram budget bounds a turn anyway).
-pub const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 
 /// Receives up to `bufs.len()` (at most [`BATCH`]) datagrams without blocking, each into its
 /// buffer; records each one's length and sender in `got`. Returns how many arrived (at least
 /// one), or the error of the first (`WouldBlock` when none is waiting). A datagram longer than
 /// its buffer reports its full length (`MSG_TRUNC`), so the caller can tell.
-pub fn recv_many(
+pub(crate) fn recv_many(
     socket: BorrowedFd<'_>,
     bufs: &mut [Box<[u8]>],
     got: &mut [(usize, SocketAddr)],
@@ -74,7 +74,7 @@ pub fn recv_many(
 /// Sends `msgs` (at most [`BATCH`] of them) in order without blocking. Returns how many went
 /// (fewer than asked: the next one would block or failed, and says so when sent again), or
 /// the error of the first.
-pub fn send_many(socket: BorrowedFd<'_>, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+pub(crate) fn send_many(socket: BorrowedFd<'_>, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
     let count = msgs.len().min(BATCH);
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut storage: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };

@@ -46,7 +46,7 @@ use crate::sys::root::{Root, RootError};
 use crate::timer::Tick;
 
 /// The search path for programs named without a `/`, and the `PATH` every command gets.
-pub const EXEC_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+pub(crate) const EXEC_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The environment every command gets, besides `HOME` (the root directory). Nothing comes from
 /// the client or from the server's own environment (sshd's `PermitUserEnvironment no`).
@@ -57,7 +57,7 @@ pub const EXEC_ENV: [(&str, &str); 2] = [("PATH", EXEC_PATH), ("LANG", "C.UTF-8"
 /// server opens itself is close-on-exec already. Call once, before the first spawn. In a
 /// program that embeds the server this applies to the whole process: its own descriptors stop
 /// passing to its own children too.
-pub fn keep_descriptors_from_commands() -> io::Result<()> {
+pub(crate) fn keep_descriptors_from_commands() -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing and touches no memory; it
     // only sets a flag on descriptors of this process.
     let rc = unsafe {
@@ -93,7 +93,7 @@ pub fn keep_descriptors_from_commands() -> io::Result<()> {
 /// supervisor can leave it so, and it survives `exec`) would have its children reaped by the
 /// kernel as they exit: no zombie to read the status from, and no zombie holding the process
 /// group id either. Call once, before the first spawn.
-pub fn restore_default_sigchld() -> io::Result<()> {
+pub(crate) fn restore_default_sigchld() -> io::Result<()> {
     // SAFETY: SIG_DFL installs no handler; only the disposition of SIGCHLD changes.
     if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
         return Err(io::Error::last_os_error());
@@ -133,7 +133,7 @@ struct ChildProcess {
 
 /// Counters for logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChildStats {
+pub(crate) struct ChildStats {
     /// Commands started.
     pub spawned: u64,
     /// Commands reaped.
@@ -145,7 +145,7 @@ pub struct ChildStats {
 /// Every child process of the server, whether a connection still owns it or it was released
 /// and awaits reaping.
 #[derive(Debug)]
-pub struct ChildTable {
+pub(crate) struct ChildTable {
     children: Slab<ChildProcess>,
     max: usize,
     stats: ChildStats,
@@ -153,7 +153,7 @@ pub struct ChildTable {
 
 impl ChildTable {
     /// An empty table that holds at most `max` children (`Limits::max_exec`).
-    pub fn new(max: usize) -> ChildTable {
+    pub(crate) fn new(max: usize) -> ChildTable {
         ChildTable {
             children: Slab::with_capacity(max),
             max,
@@ -162,23 +162,23 @@ impl ChildTable {
     }
 
     /// Children alive or unreaped.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.children.len()
     }
 
     /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.children.is_empty()
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> ChildStats {
+    pub(crate) fn stats(&self) -> ChildStats {
         self.stats
     }
 
     /// Starts `spec` under `root`, registering its descriptors with `registry` under the
     /// tokens `tokens` gives for each [`ChildSource`].
-    pub fn spawn(
+    pub(crate) fn spawn(
         &mut self,
         spec: &SpawnSpec<'_>,
         root: &Root,
@@ -300,7 +300,12 @@ impl ChildTable {
     }
 
     /// Reads from an output pipe; a closed pipe reads as EOF.
-    pub fn read(&mut self, id: ChildId, pipe: OutputPipe, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read(
+        &mut self,
+        id: ChildId,
+        pipe: OutputPipe,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         let Some(process) = self.children.get_mut(id.0 as usize) else {
             return Ok(0);
         };
@@ -315,7 +320,7 @@ impl ChildTable {
     }
 
     /// Writes to the stdin pipe; a closed pipe fails with `BrokenPipe`.
-    pub fn write_stdin(&mut self, id: ChildId, bytes: &[u8]) -> io::Result<usize> {
+    pub(crate) fn write_stdin(&mut self, id: ChildId, bytes: &[u8]) -> io::Result<usize> {
         match self
             .children
             .get_mut(id.0 as usize)
@@ -327,7 +332,7 @@ impl ChildTable {
     }
 
     /// Closes the stdin pipe.
-    pub fn close_stdin(&mut self, id: ChildId, registry: &Registry) {
+    pub(crate) fn close_stdin(&mut self, id: ChildId, registry: &Registry) {
         if let Some(mut sender) = self
             .children
             .get_mut(id.0 as usize)
@@ -338,7 +343,7 @@ impl ChildTable {
     }
 
     /// Closes an output pipe.
-    pub fn close_output(&mut self, id: ChildId, pipe: OutputPipe, registry: &Registry) {
+    pub(crate) fn close_output(&mut self, id: ChildId, pipe: OutputPipe, registry: &Registry) {
         let Some(process) = self.children.get_mut(id.0 as usize) else {
             return;
         };
@@ -354,7 +359,7 @@ impl ChildTable {
     /// Sends `signal` to the child's process group. Safe even after the leader's exit: until
     /// it is reaped, its zombie keeps the group id from being reused. (Sessions stop asking once
     /// the exit is seen; the group's leftovers are killed at release.)
-    pub fn signal(&mut self, id: ChildId, signal: Signal) -> io::Result<()> {
+    pub(crate) fn signal(&mut self, id: ChildId, signal: Signal) -> io::Result<()> {
         match self.children.get(id.0 as usize) {
             Some(process) if !process.gone => signal_group(process.pid, signal),
             _ => Ok(()),
@@ -362,7 +367,7 @@ impl ChildTable {
     }
 
     /// The child's termination once it has exited, without reaping it.
-    pub fn exit_status(&mut self, id: ChildId) -> io::Result<Option<Termination>> {
+    pub(crate) fn exit_status(&mut self, id: ChildId) -> io::Result<Option<Termination>> {
         let Some(process) = self.children.get_mut(id.0 as usize) else {
             return Ok(None);
         };
@@ -373,7 +378,7 @@ impl ChildTable {
     /// killed and it is reaped now (`None`). Otherwise its group gets SIGTERM, its pidfd is
     /// re-registered under `released_token`, and the caller must call
     /// [`ChildTable::on_deadline`] at the returned time to send SIGKILL.
-    pub fn release(
+    pub(crate) fn release(
         &mut self,
         id: ChildId,
         reason: EndReason,
@@ -411,7 +416,7 @@ impl ChildTable {
     }
 
     /// A released child's pidfd became readable: reap it if it has exited.
-    pub fn on_released_event(&mut self, id: ChildId) {
+    pub(crate) fn on_released_event(&mut self, id: ChildId) {
         let Some(process) = self.children.get_mut(id.0 as usize) else {
             return;
         };
@@ -424,7 +429,7 @@ impl ChildTable {
     }
 
     /// A released child's kill deadline: SIGKILL to its group if it is still running.
-    pub fn on_deadline(&mut self, id: ChildId, now: Tick) {
+    pub(crate) fn on_deadline(&mut self, id: ChildId, now: Tick) {
         let Some(process) = self.children.get_mut(id.0 as usize) else {
             return;
         };
@@ -446,7 +451,7 @@ impl ChildTable {
 
     /// The SIGKILL deadline of released child `id`, if it is still waiting for one (the timer
     /// sweep keeps only entries that match).
-    pub fn released_deadline(&self, id: ChildId) -> Option<Tick> {
+    pub(crate) fn released_deadline(&self, id: ChildId) -> Option<Tick> {
         match self.children.get(id.0 as usize)?.owner {
             Owner::Released {
                 kill_at,
@@ -459,7 +464,7 @@ impl ChildTable {
 
     /// Last resort at exit: SIGKILL every group and reap every child, waiting at most
     /// `within` in all. Returns how many could not be reaped in time.
-    pub fn kill_and_reap_all(&mut self, within: Duration) -> usize {
+    pub(crate) fn kill_and_reap_all(&mut self, within: Duration) -> usize {
         for (_, process) in self.children.iter().filter(|(_, process)| !process.gone) {
             let _ = signal_group(process.pid, Signal::Kill);
         }

@@ -22,7 +22,7 @@ const RETRIES: usize = 8;
 
 /// Why a path under the root could not be opened.
 #[derive(Debug)]
-pub enum RootError {
+pub(crate) enum RootError {
     /// The path's syntax is refused.
     Syntax(PathError),
     /// Nothing by that name (or a component is not a directory).
@@ -48,14 +48,14 @@ impl std::fmt::Display for RootError {
 
 /// The root directory, held open.
 #[derive(Debug)]
-pub struct Root {
+pub(crate) struct Root {
     path: PathBuf,
     dir: OwnedFd,
 }
 
 impl Root {
     /// Opens `path` as the root, creating it (and its parents) if it is missing.
-    pub fn open_or_create(path: &Path) -> io::Result<Root> {
+    pub(crate) fn open_or_create(path: &Path) -> io::Result<Root> {
         fs::create_dir_all(path)?;
         let path = fs::canonicalize(path)?;
         let dir = rustix::fs::open(
@@ -67,19 +67,19 @@ impl Root {
     }
 
     /// The root's absolute path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The root directory's own descriptor (an `O_PATH` descriptor: usable to resolve paths
     /// beneath it and to enter it, not to read it).
-    pub fn dir(&self) -> BorrowedFd<'_> {
+    pub(crate) fn dir(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
 
     /// Opens the directory `relative` (empty: the root itself) beneath the root, as an
     /// `O_PATH` descriptor.
-    pub fn open_dir(&self, relative: &str) -> Result<OwnedFd, RootError> {
+    pub(crate) fn open_dir(&self, relative: &str) -> Result<OwnedFd, RootError> {
         check_relative(relative).map_err(RootError::Syntax)?;
         let flags = OFlags::PATH | OFlags::DIRECTORY;
         self.open_beneath(relative, flags, Mode::empty())
@@ -94,7 +94,7 @@ impl Root {
     /// `flags` (`O_CLOEXEC` is added), resolving no symlink at all and nothing outside the
     /// root. `EAGAIN` (a concurrent rename) is retried a few times. `ELOOP` and `EXDEV` mean
     /// the path passes through a symlink or would leave the root.
-    pub fn open_beneath(
+    pub(crate) fn open_beneath(
         &self,
         relative: &str,
         flags: OFlags,

@@ -21,42 +21,42 @@
 //!
 //! Within one process the newest PUT of an upload takes it over (a client that vanished
 //! without a FIN, resuming from elsewhere, must not wait for the idle timeout): it shares the
-//! older one's descriptor, so the lock stays held, and the older one is told it was
-//! superseded; it never writes, commits or removes again. The superseded one still holds the
-//! descriptor (and so the lock) until its stream ends, which for a stalled client may be the
-//! idle timeout; so the table entry that lets the next PUT take the descriptor over stays as
-//! long as *any* upload shares it, whichever ends first. A commit or a discard removes the
-//! entry at once instead: the partial's name is gone, and the descriptor must never be handed
-//! to a later PUT (which would truncate a committed file).
+//! older one's descriptor, so the lock stays held, and the older one is marked superseded; it
+//! never writes, commits or removes again. The superseded one still holds the descriptor (and
+//! so the lock) until its stream ends, which for a stalled client may be the idle timeout; so
+//! the table entry that lets the next PUT take the descriptor over (a `Partial`) stays as long
+//! as *any* upload shares it, whichever ends first. A commit or a discard removes the entry at
+//! once instead: the partial's name is gone, and the descriptor must never be handed to a
+//! later PUT (which would truncate a committed file). The uploads open and the table are the
+//! loop's own ([`FileState`]): a connection holds an [`UploadHandle`], and the upload ends
+//! when the handle is given back.
 //!
 //! **Committing the inode that was verified.** The bytes were hashed as they arrived and were
 //! written through the upload's descriptor, so that descriptor — never "whatever the partial's
 //! name points to now" — is what becomes the file. Once the DIGEST is verified
 //! ([`Upload::finish`]) and every write is done, the file is `fsync`ed by the disk helper
-//! ([`Upload::durable`] says when); then [`Files::publish`] links the descriptor to a fresh
-//! `.monoreactor-tmp-` name through `/proc/self/fd` (`linkat(AT_SYMLINK_FOLLOW)`;
+//! ([`Upload::durable`] says when); then the commit ([`Disk::publish`]) links the descriptor
+//! to a fresh `.monoreactor-tmp-` name through `/proc/self/fd` (`linkat(AT_SYMLINK_FOLLOW)`;
 //! `AT_EMPTY_PATH` would need `CAP_DAC_READ_SEARCH`) and renames that onto the target:
 //! `RENAME_EXCHANGE` if the target exists, so the old file keeps a name and the rename frees
 //! none of its blocks (ext4 would, inside the rename, on the loop), else `RENAME_NOREPLACE`.
-//! The partial's name is then removed, still under the lock. What is left goes back to the
-//! caller as [`Published`]: the directory's `fsync` (Pillai et al., OSDI'14), after which the
-//! DIGEST may be sent, and the unlink of the old file's new name, both jobs for the disk
-//! helper. An `O_TMPFILE` upload, which cannot resume, takes the same path without a partial;
-//! it is locked too, from its start, so that its `.monoreactor-tmp-` link is as busy as a
-//! partial's to a DELETE of the directory in another process.
+//! The partial's name is then removed, still under the lock. What is left is handed to the
+//! disk helper: the unlink of the old file's new name, and the directory's `fsync` (Pillai et
+//! al., OSDI'14), after which the DIGEST may be sent (the caller waits for it). An
+//! `O_TMPFILE` upload, which cannot resume, takes the same path without a partial; it is
+//! locked too, from its start, so that its `.monoreactor-tmp-` link is as busy as a partial's
+//! to a DELETE of the directory in another process.
 //!
-//! **Writes by the disk helper.** [`Upload::write_at`] never waits on the disk: it hands the
-//! bytes to the disk helper in [`SLOT_LEN`] pieces, each copied into a slot of the helper's
-//! write ring, and the helper copies them into the file (the copy into fresh page cache is
-//! the slow part; see [`crate::sys::disk`]). A piece is written here only when the ring is
-//! full or there is no helper. Every [`SYNC_WINDOW`], once the writes before it are done, the
-//! helper starts the file's writeback (`sync_file_range(WRITE)`, which does not wait), so the
-//! disk works while the upload streams and the final `fsync` has little left to do. While
-//! [`WRITE_AHEAD`] bytes are unwritten or [`MAX_SYNCS_IN_FLIGHT`] writebacks are queued,
-//! [`Upload::disk_bound`] holds and the connection reads no more of the upload. A failed
-//! write or sync fails the upload ([`Upload::disk_error`]) and its partial is removed: Linux
-//! reports a writeback error to one sync only, so a later `fsync` would vouch for damaged
-//! bytes.
+//! **Writes by the disk helper.** An upload's writes never wait on the disk: each piece
+//! ([`SLOT_LEN`](crate::sys::disk::SLOT_LEN)) is copied into a slot of the helper's write
+//! ring, and the helper copies it into the file (the copy into fresh page cache is the slow
+//! part; see [`crate::sys::disk`]). A piece is written here only when the ring is full or
+//! there is no helper. When the writes and syncs are asked for, and what a failed one means,
+//! is the service's bookkeeping ([`crate::service::upload`]); this module makes the calls. It
+//! remembers, per resumable upload, the writes it handed to the helper (`Partial::writes`),
+//! and a newer PUT asks the helper whether any is still in its hands, whether or not the
+//! upload that made it is still open: what the partial holds cannot be told while they are on
+//! their way.
 //!
 //! **Leftovers.** A partial nobody resumes expires: a PUT starting in its directory sweeps out
 //! leftovers untouched for [`PARTIAL_TTL_NS`] (bounded work, at most hourly per directory,
@@ -68,37 +68,29 @@
 //! (`Files::remove_leftovers`): it judges every entry, locks every partial and link (one
 //! busy: `UPLOAD_BUSY`), and only then removes them.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use log::{debug, info, warn};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
-use crate::sys::disk::{Disk, DiskDone, Job, JobId, SLOT_LEN, TRASH_PREFIX, trash_name};
-use crate::sys::files::{FileError, Files, Meta, upload_id, wall_clock_ns};
-
-/// Every this many bytes of an upload, the disk helper starts writing them to the disk
-/// (`sync_file_range(WRITE)`, which does not wait), so the disk works while the upload
-/// streams and the commit's `fsync` has little left to do. (The syncs used to be
-/// `fdatasync`s, to bound how long the loop stalled at the commit: the helper makes them now,
-/// and a waiting sync in its queue held up every write behind it — 0.43× `dd` measured.)
-pub const SYNC_WINDOW: u64 = 16 << 20;
-
-/// While this many of an upload's writeback starts are still queued, its connection reads
-/// no more of it.
-pub const MAX_SYNCS_IN_FLIGHT: usize = 2;
-
-/// While this many bytes of an upload are still being written by the disk helper, its
-/// connection reads no more of it: enough to keep the helper busy, a quarter of its ring.
-pub const WRITE_AHEAD: usize = 2 << 20;
+use crate::proto::files::{Hash, PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
+#[cfg(doc)]
+use crate::service::disk::Disk;
+use crate::service::disk::{BegunUpload, FileError, JobId, Pending, SyncKind, UploadHandle};
+#[cfg(doc)]
+use crate::service::upload::Upload;
+use crate::service::upload::superseded_error;
+use crate::sys::disk::{Job, Jobs, TRASH_PREFIX, trash_name};
+use crate::sys::errno::{file_error, io_file_error};
+use crate::sys::files::{FileState, Files, meta_of_stat};
+use crate::timer::WallClock;
 
 /// A resumable partial untouched for this long is removed (by the next sweep of its
 /// directory): an interrupted upload can be resumed for a day.
@@ -128,27 +120,36 @@ const LINKED_PREFIX: &str = ".monoreactor-tmp-";
 /// us (each change means another process just committed or removed it).
 const LOCK_ATTEMPTS: usize = 4;
 
-/// One resumable upload being received in this process: the flag that tells its holder a
-/// newer PUT took over, and the descriptor the newer one shares (with its lock).
+/// The upload id of (path, size, hash): the same triple always gives the same id, and any
+/// other triple another one, so a resume can never splice two different files.
+pub fn upload_id(path: &str, size: u64, hash: &Hash) -> u64 {
+    let mut hasher = blake3::Hasher::new_derive_key("monoreactor 2026-11 upload id");
+    hasher.update(&(path.len() as u64).to_be_bytes());
+    hasher.update(path.as_bytes());
+    hasher.update(&size.to_be_bytes());
+    hasher.update(hash);
+    let mut id = [0; 8];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    u64::from_be_bytes(id).max(1)
+}
+
+/// One resumable upload being received in this process (an entry of
+/// [`FileState::partials`], by upload id): who holds it now, and the descriptor a newer PUT
+/// shares (with its lock).
 #[derive(Debug)]
-pub(crate) struct Holder {
-    superseded: Arc<AtomicBool>,
+pub(crate) struct Partial {
+    /// The newest upload of it: the one that may write it.
+    holder: UploadHandle,
+    /// Its descriptor, as long as any upload still shares it.
     file: Weak<File>,
-    /// Its writes still in the disk helper's hands.
-    writing: Arc<AtomicUsize>,
+    /// The holder's writes handed to the disk helper: those still pending (not yet done) are
+    /// on their way to the file. Pruned of the done ones when they pile up, and when a newer
+    /// PUT asks.
+    writes: Vec<JobId>,
 }
 
-/// The resumable uploads being received in this process, by id.
-pub(crate) type Uploads = Arc<Mutex<HashMap<u64, Holder>>>;
-
-/// The uploads in progress. (The server has one thread; the lock only makes the state
-/// `Send`, for a program that runs the server on a thread of its own. A poisoned lock still
-/// holds a usable map.)
-fn lock(uploads: &Mutex<HashMap<u64, Holder>>) -> MutexGuard<'_, HashMap<u64, Holder>> {
-    uploads
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// The writes a [`Partial`] remembers before it forgets the ones done.
+const WRITES_REMEMBERED: usize = 64;
 
 /// Where an upload's bytes go until they are committed.
 #[derive(Debug)]
@@ -159,11 +160,14 @@ enum Temp {
     Partial(String),
 }
 
-/// An upload in progress: its temporary file, its directory, and the name it will get.
-/// Dropping it without [`Files::publish`] removes an unnamed temporary (nothing to do) and
-/// keeps a resumable partial for a later resume (its lock goes with the last descriptor).
+/// An upload open in this process (an entry of [`FileState::uploads`]): its temporary file,
+/// its directory, and the name it will get. Given back unpublished ([`FileState::close_upload`])
+/// it leaves an unnamed temporary to vanish with its descriptor and a resumable partial for a
+/// later resume (its lock goes with the last descriptor).
 #[derive(Debug)]
-pub struct Upload {
+pub(crate) struct OpenUpload {
+    /// Tells this upload apart from an earlier one in the same slot.
+    generation: u32,
     /// The temporary file; shared with a newer PUT that took this upload over.
     file: Arc<File>,
     dir: OwnedFd,
@@ -171,20 +175,58 @@ pub struct Upload {
     path: String,
     temp: Temp,
     /// The upload id (0: not resumable).
-    pub id: u64,
-    /// Bytes already held from an earlier attempt.
-    pub held: u64,
-    /// The disk work handed to the disk helper for this upload, and what came of it.
-    disk: DiskWork,
-    uploads: Uploads,
+    id: u64,
     /// Set when a newer PUT of the same upload took over its partial: this one may then
     /// neither write, nor commit, nor remove it.
-    superseded: Arc<AtomicBool>,
+    superseded: bool,
     committed: bool,
 }
 
-impl Drop for Upload {
-    fn drop(&mut self) {
+/// The slot of `uploads` an upload handle names, and its generation.
+fn slot_of(handle: UploadHandle) -> (usize, u32) {
+    (
+        (handle.0 & u64::from(u32::MAX)) as usize,
+        (handle.0 >> 32) as u32,
+    )
+}
+
+impl FileState {
+    /// The upload `handle` names, if it is still open.
+    fn upload(&self, handle: UploadHandle) -> Option<&OpenUpload> {
+        let (slot, generation) = slot_of(handle);
+        self.uploads
+            .get(slot)
+            .filter(|upload| upload.generation == generation)
+    }
+
+    fn upload_mut(&mut self, handle: UploadHandle) -> Option<&mut OpenUpload> {
+        let (slot, generation) = slot_of(handle);
+        self.uploads
+            .get_mut(slot)
+            .filter(|upload| upload.generation == generation)
+    }
+
+    /// Takes the upload `handle` names out of the table (the handle is given back).
+    pub(crate) fn take_upload(&mut self, handle: UploadHandle) -> Option<OpenUpload> {
+        self.upload(handle)?;
+        Some(self.uploads.remove(slot_of(handle).0))
+    }
+
+    /// Whether a newer PUT of the same upload took `handle` over.
+    pub(crate) fn superseded(&self, handle: UploadHandle) -> bool {
+        self.upload(handle).is_some_and(|upload| upload.superseded)
+    }
+
+    /// The path an open upload will get (the test kit's failure injection names it).
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn upload_path(&self, handle: UploadHandle) -> Option<&str> {
+        self.upload(handle).map(|upload| upload.path.as_str())
+    }
+
+    /// Ends an upload taken out of the table: it leaves the table of uploads in progress if
+    /// no other upload shares its descriptor (or it was committed), and its descriptor is
+    /// closed (the last one frees the lock).
+    pub(crate) fn close_upload(&mut self, upload: OpenUpload) {
         // The entry is how the next PUT of this upload in this process gets the descriptor,
         // and with it the lock. So it stays as long as any upload still shares the descriptor:
         // a superseded one keeps it (and the lock) until its stream ends, and without the
@@ -192,228 +234,37 @@ impl Drop for Upload {
         // first. Once committed, the partial's name is gone and the descriptor is the
         // committed file: the entry goes at once, or the next PUT would take it over and
         // truncate a confirmed file.
-        if self.committed || Arc::strong_count(&self.file) == 1 {
-            self.unregister();
+        if upload.committed || Arc::strong_count(&upload.file) == 1 {
+            self.unregister(&upload);
         }
-        if !self.committed {
-            if let Temp::Partial(name) = &self.temp {
-                debug!("{}: partial upload {name} kept for a resume", self.path);
+        if !upload.committed {
+            if let Temp::Partial(name) = &upload.temp {
+                debug!("{}: partial upload {name} kept for a resume", upload.path);
             }
         }
     }
-}
 
-impl Upload {
-    /// Removes this upload's entry from the table of uploads in progress, if the entry is
-    /// still for its descriptor (not for a newer upload of the same id started afresh).
-    fn unregister(&self) {
-        if self.id == 0 {
+    /// Removes `upload`'s entry from the table of uploads in progress, if the entry is still
+    /// for its descriptor (not for a newer upload of the same id started afresh).
+    fn unregister(&mut self, upload: &OpenUpload) {
+        if upload.id == 0 {
             return;
         }
-        let mut uploads = lock(&self.uploads);
-        if uploads.get(&self.id).is_some_and(|holder| {
+        if self.partials.get(&upload.id).is_some_and(|partial| {
             // The entry's `Weak` keeps the allocation, so its address is not reused.
-            std::ptr::eq(holder.file.as_ptr(), Arc::as_ptr(&self.file))
+            std::ptr::eq(partial.file.as_ptr(), Arc::as_ptr(&upload.file))
         }) {
-            uploads.remove(&self.id);
+            self.partials.remove(&upload.id);
         }
     }
 
-    /// The temporary file (to re-read the held prefix on resume).
-    pub fn file(&self) -> &File {
-        &self.file
+    /// Opens `upload` in the table: its handle.
+    fn insert_upload(&mut self, mut upload: OpenUpload) -> UploadHandle {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        upload.generation = self.next_generation;
+        let slot = self.uploads.insert(upload);
+        UploadHandle((u64::from(self.next_generation) << 32) | slot as u64)
     }
-
-    /// Whether a newer PUT of the same (path, size, hash) took this upload over.
-    pub fn superseded(&self) -> bool {
-        self.superseded.load(Ordering::Relaxed)
-    }
-
-    fn superseded_error(&self) -> FileError {
-        FileError::new(
-            ErrorCode::IoFailed,
-            format!(
-                "{}: a newer PUT of the same file took this upload over",
-                self.path
-            ),
-        )
-    }
-
-    /// Writes `bytes` at `offset`: by the disk helper (`disk`), in [`SLOT_LEN`] pieces copied
-    /// into its ring, or here if there is none or its ring is full. Each complete
-    /// [`SYNC_WINDOW`] is then made durable by the helper, once its writes are done.
-    pub fn write_at(
-        &mut self,
-        bytes: &[u8],
-        offset: u64,
-        mut disk: Option<&mut dyn Disk>,
-    ) -> Result<(), FileError> {
-        if self.superseded() {
-            return Err(self.superseded_error());
-        }
-        if let Some(error) = self.disk_error() {
-            return Err(error);
-        }
-        for (at, piece) in (offset..).step_by(SLOT_LEN).zip(bytes.chunks(SLOT_LEN)) {
-            let file = self.file.as_fd();
-            match disk
-                .as_deref_mut()
-                .and_then(|disk| disk.submit_write(file, at, piece, Some(&self.disk.writing)))
-            {
-                Some(id) => self.disk.writes.push((id, piece.len())),
-                None => self
-                    .file
-                    .write_all_at(piece, at)
-                    .map_err(|error| FileError::io(&error, &self.path))?,
-            }
-        }
-        self.disk.written_to = self.disk.written_to.max(offset + bytes.len() as u64);
-        self.sync_due(disk);
-        Ok(())
-    }
-
-    /// Asks for what is due once no write is outstanding (a sync covers only what was
-    /// written before it): the commit's `fsync` once asked for by [`Upload::finish`], else
-    /// the `fdatasync` of each complete window.
-    fn sync_due(&mut self, disk: Option<&mut dyn Disk>) {
-        let work = &mut self.disk;
-        if !work.writes.is_empty() || work.failed.is_some() {
-            return;
-        }
-        let commit = work.finishing && !work.final_asked;
-        if !commit && (work.finishing || work.written_to < work.synced_to + SYNC_WINDOW) {
-            return;
-        }
-        work.synced_to = work.written_to;
-        work.final_asked |= commit;
-        // A descriptor of its own that shares the upload's open file: an error the helper's
-        // call sees is the upload's.
-        let fd = match self.file.as_fd().try_clone_to_owned() {
-            Ok(fd) => fd,
-            Err(error) => {
-                warn!("{}: cannot sync: {error}", self.path);
-                work.failed
-                    .get_or_insert(Errno::from_io_error(&error).unwrap_or(Errno::IO));
-                return;
-            }
-        };
-        let job = if commit {
-            Job::Fsync(fd)
-        } else {
-            Job::Writeback(fd)
-        };
-        match disk {
-            Some(disk) => {
-                let id = disk.submit(job);
-                work.syncs.push(id);
-                if commit {
-                    work.final_job = Some(id);
-                }
-            }
-            // No disk helper in reach (a connection driven by hand): the call, here.
-            None => {
-                if let Err(errno) = job.run() {
-                    work.failed.get_or_insert(errno);
-                }
-                work.final_done |= commit;
-            }
-        }
-    }
-
-    /// The upload is verified: once every write is done, its `fsync` is asked for; the
-    /// commit goes on when [`Upload::durable`].
-    pub fn finish(&mut self, disk: Option<&mut dyn Disk>) {
-        self.disk.finishing = true;
-        self.sync_due(disk);
-    }
-
-    /// A finished disk job: whether it was one of this upload's (then it is noted, and what
-    /// it unblocked is asked for).
-    pub fn on_disk_done(&mut self, done: &DiskDone, disk: Option<&mut dyn Disk>) -> bool {
-        let work = &mut self.disk;
-        if let Some(at) = work.writes.iter().position(|(id, _)| *id == done.id) {
-            work.writes.swap_remove(at);
-        } else if let Some(at) = work.syncs.iter().position(|id| *id == done.id) {
-            work.syncs.swap_remove(at);
-            if work.final_job == Some(done.id) {
-                work.final_done = true;
-            }
-        } else {
-            return false;
-        }
-        // Linux reports a writeback error once per open file, to whichever sync sees it
-        // first: a failed sync fails the upload, or a later fsync would vouch for damaged
-        // bytes.
-        if let Err(errno) = done.result {
-            work.failed.get_or_insert(errno);
-        }
-        self.sync_due(disk);
-        true
-    }
-
-    /// Whether the data is durable: every write and sync done, the commit's `fsync` too.
-    pub fn durable(&self) -> bool {
-        self.disk_idle() && (self.disk.failed.is_some() || self.disk.final_done)
-    }
-
-    /// Whether no write or sync of this upload is in the disk helper's hands (each holds a
-    /// descriptor of its file).
-    pub fn disk_idle(&self) -> bool {
-        self.disk.writes.is_empty() && self.disk.syncs.is_empty()
-    }
-
-    /// Whether the disk is behind: [`WRITE_AHEAD`] bytes still being written, or
-    /// [`MAX_SYNCS_IN_FLIGHT`] windows still being synced. Its connection reads no more then.
-    pub fn disk_bound(&self) -> bool {
-        let work = &self.disk;
-        work.writes.iter().map(|(_, len)| len).sum::<usize>() >= WRITE_AHEAD
-            || work.syncs.len() >= MAX_SYNCS_IN_FLIGHT
-    }
-
-    /// The failure of a write or sync, as the client will hear it.
-    pub fn disk_error(&self) -> Option<FileError> {
-        self.disk
-            .failed
-            .map(|errno| FileError::from_errno(errno, &self.path))
-    }
-}
-
-/// An upload's disk work in the disk helper's hands.
-#[derive(Debug, Default)]
-struct DiskWork {
-    /// Writes outstanding, with their lengths.
-    writes: Vec<(JobId, usize)>,
-    /// How many are in the helper's hands: shared with the table of uploads, where a newer
-    /// PUT of the same upload looks, and taken down by each job as it is done (its slot),
-    /// even for an upload nobody is left to hear of it.
-    writing: Arc<AtomicUsize>,
-    /// Syncs outstanding.
-    syncs: Vec<JobId>,
-    /// The end of what was written (or handed over to be).
-    written_to: u64,
-    /// Up to where a sync was asked for.
-    synced_to: u64,
-    /// The upload is verified: the commit's `fsync` is due once the writes are done.
-    finishing: bool,
-    /// The commit's `fsync` was asked for; its job, if the helper has it.
-    final_asked: bool,
-    final_job: Option<JobId>,
-    /// It is done.
-    final_done: bool,
-    /// The first failure of a write or a sync: the upload can no longer be vouched for.
-    failed: Option<Errno>,
-}
-
-/// What [`Files::publish`] leaves for the disk helper: the `fsync` of the directory that makes
-/// the rename durable (the DIGEST waits for it), and the unlink that frees the file it
-/// replaced, if there was one (set aside under a fresh name by the rename, so the rename
-/// itself freed nothing).
-#[derive(Debug)]
-pub struct Published {
-    /// `fsync` of the upload's directory.
-    pub dir_sync: Job,
-    /// The unlink of the replaced file's new name.
-    pub replaced: Option<Job>,
 }
 
 /// Tries to take the exclusive open-file-description lock on the whole of `file` (however
@@ -453,7 +304,7 @@ fn lock_failed(errno: Errno, path: &str) -> FileError {
             ErrorCode::IoFailed,
             format!("{path}: the upload's partial file is a directory"),
         ),
-        errno => FileError::from_errno(errno, path),
+        errno => file_error(errno, path),
     }
 }
 
@@ -564,17 +415,23 @@ fn writable_type(stat: &Stat) -> bool {
 
 /// Takes the partial `name` out of `dir`, if it still leads to the inode of `stat` (whose lock
 /// the caller holds). A big one with no other link — whose unlink would free its blocks on the
-/// loop, 0.65 s per GiB on this disk — is renamed aside to a fresh trash name when there is a
-/// disk helper (`offload`), and that name returned: the caller hands it to the helper with
+/// loop, 0.65 s per GiB on this disk — is renamed aside to a fresh trash name when jobs go off
+/// the loop (`offload`), and that name returned: the caller hands it to the helper with
 /// [`free_aside`] once it has closed its own descriptors of the file (the last close is what
 /// frees the blocks). Anything else is unlinked here.
-fn set_aside(dir: &OwnedFd, name: &str, stat: &Stat, offload: bool) -> Option<String> {
+fn set_aside(
+    dir: &OwnedFd,
+    name: &str,
+    stat: &Stat,
+    offload: bool,
+    now: WallClock,
+) -> Option<String> {
     let big = stat.st_nlink == 1
         && (stat.st_blocks as u64).saturating_mul(512) >= crate::sys::disk::OFFLOAD_UNLINK_BYTES;
     if big && offload {
         let still_ours = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|named| same_inode(&named, stat));
-        let trash = trash_name();
+        let trash = trash_name(now);
         if still_ours
             && rustix::fs::renameat_with(dir, name, dir, trash.as_str(), RenameFlags::NOREPLACE)
                 .is_ok()
@@ -586,12 +443,13 @@ fn set_aside(dir: &OwnedFd, name: &str, stat: &Stat, offload: bool) -> Option<St
     None
 }
 
-/// Hands the unlink of the trash name `trash` in `dir` to the disk helper (here, if there is
-/// none or no descriptor to give it).
-fn free_aside(dir: &OwnedFd, trash: String, disk: Option<&mut dyn Disk>) {
-    match (disk, rustix::io::fcntl_dupfd_cloexec(dir, 0)) {
-        (Some(disk), Ok(dir)) => {
-            disk.submit(Job::Unlink { dir, name: trash });
+/// Hands the unlink of the trash name `trash` in `dir` to the disk helper (here, if jobs are
+/// made here or there is no descriptor to give it).
+fn free_aside(dir: &OwnedFd, trash: String, jobs: &mut dyn Jobs) {
+    match rustix::io::fcntl_dupfd_cloexec(dir, 0) {
+        Ok(dir) if jobs.off_the_loop() => {
+            // Its completion is only logged (`Connection::handle_disk_done`).
+            let _ = jobs.submit(Job::Unlink { dir, name: trash });
         }
         _ => {
             let _ = rustix::fs::unlinkat(dir, trash.as_str(), AtFlags::empty());
@@ -673,8 +531,8 @@ fn unlink_trash(dir: &OwnedFd, name: &str, path: &str) -> Result<(), FileError> 
         }
         Err(Errno::NOENT) => Ok(()),
         // A directory, made meanwhile: not ours to empty.
-        Err(Errno::ISDIR | Errno::PERM) => Err(FileError::from_errno(Errno::NOTEMPTY, path)),
-        Err(errno) => Err(FileError::from_errno(errno, path)),
+        Err(Errno::ISDIR | Errno::PERM) => Err(file_error(Errno::NOTEMPTY, path)),
+        Err(errno) => Err(file_error(errno, path)),
     }
 }
 
@@ -687,20 +545,21 @@ fn remove_trash(
     dir: &OwnedFd,
     name: &str,
     path: &str,
-    disk: Option<&mut dyn Disk>,
+    jobs: &mut dyn Jobs,
+    now: WallClock,
 ) -> Result<(), FileError> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         // Only files are renamed aside; a directory under a trash name (a rename aside undone
         // halfway) is not ours to empty, nor to move.
         Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {
-            return Err(FileError::from_errno(Errno::NOTEMPTY, path));
+            return Err(file_error(Errno::NOTEMPTY, path));
         }
         Ok(_) => {}
         Err(Errno::NOENT) => return Ok(()), // the helper was quicker
-        Err(errno) => return Err(FileError::from_errno(errno, path)),
+        Err(errno) => return Err(file_error(errno, path)),
     }
-    if let Some(disk) = disk {
-        let moved = trash_name();
+    if jobs.off_the_loop() {
+        let moved = trash_name(now);
         let renamed =
             rustix::fs::renameat_with(dir, name, parent, moved.as_str(), RenameFlags::NOREPLACE);
         match renamed {
@@ -708,7 +567,7 @@ fn remove_trash(
             // counts as done.
             Ok(()) => match rustix::io::fcntl_dupfd_cloexec(parent, 0) {
                 Ok(parent) => {
-                    disk.submit(Job::Unlink {
+                    let _ = jobs.submit(Job::Unlink {
                         dir: parent,
                         name: moved,
                     });
@@ -740,6 +599,9 @@ fn frees_much(dir: &OwnedFd, name: &str) -> bool {
 /// A fresh name for linking a verified upload before its rename: unique to this process and
 /// call, so two processes committing at once never touch each other's link.
 fn linked_name() -> String {
+    // Atomic because it is a static: every server in this process links its uploads in the
+    // same directories (two on one root, in an embedding program or the tests), and two must
+    // never pick the same name.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let serial = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{LINKED_PREFIX}{:x}-{serial:x}", std::process::id())
@@ -749,7 +611,10 @@ impl Files<'_> {
     /// Prepares an upload: checks the size limit and the target, opens the temporary file.
     /// With a declared hash the upload is resumable: its partial is found (with `resume`) or
     /// started over (without) — once its lock is ours.
-    pub fn begin_put(&mut self, request: &PutRequest<'_>) -> Result<Upload, FileError> {
+    pub(crate) fn open_upload(
+        &mut self,
+        request: &PutRequest<'_>,
+    ) -> Result<BegunUpload, FileError> {
         let path = request.path;
         if request.size > self.state.max_put {
             return Err(FileError::new(
@@ -764,8 +629,8 @@ impl Files<'_> {
         match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
                 FileType::RegularFile => {}
-                FileType::Directory => return Err(FileError::from_errno(Errno::ISDIR, path)),
-                FileType::Symlink => return Err(FileError::from_errno(Errno::LOOP, path)),
+                FileType::Directory => return Err(file_error(Errno::ISDIR, path)),
+                FileType::Symlink => return Err(file_error(Errno::LOOP, path)),
                 _ => {
                     return Err(FileError::new(
                         ErrorCode::BadRequest,
@@ -774,7 +639,7 @@ impl Files<'_> {
                 }
             },
             Err(Errno::NOENT) => {}
-            Err(errno) => return Err(FileError::from_errno(errno, path)),
+            Err(errno) => return Err(file_error(errno, path)),
         }
         let mode = Mode::from_raw_mode(0o644);
         let Some(hash) = request.hash else {
@@ -784,7 +649,7 @@ impl Files<'_> {
                 OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
                 mode,
             )
-            .map_err(|errno| FileError::from_errno(errno, path))?;
+            .map_err(|errno| file_error(errno, path))?;
             // Locked too, although nobody else can open it yet: the commit will give it a
             // `.monoreactor-tmp-` name for a moment, and a DELETE of the directory in another
             // process must then find that name busy, as it finds a partial's link. Without
@@ -792,18 +657,21 @@ impl Files<'_> {
             if let Err(errno) = try_lock(&fd) {
                 debug!("{path}: upload not locked: {errno}");
             }
-            return Ok(Upload {
+            let handle = self.state.insert_upload(OpenUpload {
+                generation: 0,
                 file: Arc::new(File::from(fd)),
                 dir,
                 name,
                 path: path.to_string(),
                 temp: Temp::Unnamed,
                 id: 0,
-                held: 0,
-                disk: DiskWork::default(),
-                uploads: Arc::clone(&self.state.uploads),
-                superseded: Arc::new(AtomicBool::new(false)),
+                superseded: false,
                 committed: false,
+            });
+            return Ok(BegunUpload {
+                handle,
+                id: 0,
+                held: 0,
             });
         };
         self.sweep_expired(&dir, path);
@@ -813,12 +681,15 @@ impl Files<'_> {
         // that vanished without a FIN, say, and is resuming from elsewhere) is told to stop
         // at its next frame, and never touches the partial again. The newer one shares its
         // descriptor, and so its lock.
-        let in_process = lock(&self.state.uploads).get(&id).and_then(|holder| {
-            let writing = holder.writing.load(Ordering::Relaxed) > 0;
+        let jobs = &*self.jobs;
+        let in_process = self.state.partials.get_mut(&id).and_then(|partial| {
+            // Whether or not the upload that made them is still open: what the partial holds
+            // cannot be told while they are on their way.
+            partial.writes.retain(|write| jobs.pending(*write));
             Some((
-                holder.file.upgrade()?,
-                Arc::clone(&holder.superseded),
-                writing,
+                partial.file.upgrade()?,
+                partial.holder,
+                !partial.writes.is_empty(),
             ))
         });
         let busy = || {
@@ -835,7 +706,9 @@ impl Files<'_> {
             Some((_, _, true)) => return Err(busy()),
             Some((file, older, false)) => {
                 info!("{path}: upload {id:016x} taken over by a newer PUT");
-                older.store(true, Ordering::Relaxed);
+                if let Some(older) = self.state.upload_mut(older) {
+                    older.superseded = true;
+                }
                 file
             }
             None => match open_locked(&dir, &temp_name, true) {
@@ -843,53 +716,142 @@ impl Files<'_> {
                 Ok(Opened::Busy) => return Err(busy()),
                 // (Only without `create`.)
                 Ok(Opened::Missing | Opened::Removed) => {
-                    return Err(FileError::from_errno(Errno::NOENT, path));
+                    return Err(file_error(Errno::NOENT, path));
                 }
                 Err(errno) => return Err(lock_failed(errno, path)),
             },
         };
-        let superseded = Arc::new(AtomicBool::new(false));
-        let disk = DiskWork::default();
-        lock(&self.state.uploads).insert(
-            id,
-            Holder {
-                superseded: Arc::clone(&superseded),
-                file: Arc::downgrade(&file),
-                writing: Arc::clone(&disk.writing),
-            },
-        );
-        let mut upload = Upload {
+        let weak = Arc::downgrade(&file);
+        let handle = self.state.insert_upload(OpenUpload {
+            generation: 0,
             file,
             dir,
             name,
             path: path.to_string(),
             temp: Temp::Partial(temp_name),
             id,
-            held: 0,
-            disk,
-            uploads: Arc::clone(&self.state.uploads),
-            superseded,
+            superseded: false,
             committed: false,
-        };
+        });
+        self.state.partials.insert(
+            id,
+            Partial {
+                holder: handle,
+                file: weak,
+                writes: Vec::new(),
+            },
+        );
         // Only now, with the lock: keep what is held for a resume, or start over.
+        match self.held_or_truncated(handle, request) {
+            Ok(held) => Ok(BegunUpload { handle, id, held }),
+            Err(error) => {
+                if let Some(upload) = self.state.take_upload(handle) {
+                    self.state.close_upload(upload);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// What a resumable upload's partial holds for a resume of `request`, or 0 once it is
+    /// started over (without RESUME, or longer than the upload: it cannot be ours).
+    fn held_or_truncated(
+        &self,
+        handle: UploadHandle,
+        request: &PutRequest<'_>,
+    ) -> Result<u64, FileError> {
+        let path = request.path;
+        let Some(upload) = self.state.upload(handle) else {
+            return Ok(0);
+        };
         let len = upload
             .file
             .metadata()
-            .map_err(|error| FileError::io(&error, path))?
+            .map_err(|error| io_file_error(&error, path))?
             .len();
         let resume = request.flags.contains(PutFlags::RESUME);
         if resume && len <= request.size {
-            upload.held = len;
-        } else if len > 0 {
-            // Without RESUME, or longer than the upload (cannot be ours): start over.
+            return Ok(len);
+        }
+        if len > 0 {
             upload
                 .file
                 .set_len(0)
-                .map_err(|error| FileError::io(&error, path))?;
+                .map_err(|error| io_file_error(&error, path))?;
         }
-        upload.disk.synced_to = upload.held;
-        upload.disk.written_to = upload.held;
-        Ok(upload)
+        Ok(0)
+    }
+
+    /// Reads back what an upload holds at `offset` (a resumed upload's prefix, to hash it).
+    pub(crate) fn read_held(
+        &self,
+        handle: UploadHandle,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<usize, FileError> {
+        let upload = self.state.upload(handle).ok_or_else(closed)?;
+        upload.file.read_at(buf, offset).map_err(|error| {
+            file_error(Errno::from_io_error(&error).unwrap_or(Errno::IO), "upload")
+        })
+    }
+
+    /// Writes `bytes` (at most [`SLOT_LEN`](crate::sys::disk::SLOT_LEN)) at `offset` of an
+    /// upload: a job for the disk helper, its bytes copied into the ring (`Some`), or written
+    /// here (`None`) when the helper cannot take it. A resumable upload remembers the writes
+    /// it handed over.
+    pub(crate) fn write_piece(
+        &mut self,
+        handle: UploadHandle,
+        bytes: &[u8],
+        offset: u64,
+    ) -> Result<Option<JobId>, FileError> {
+        let upload = self.state.upload(handle).ok_or_else(closed)?;
+        if upload.superseded {
+            return Err(superseded_error(&upload.path));
+        }
+        let Some(job) = self.jobs.submit_write(upload.file.as_fd(), offset, bytes) else {
+            upload
+                .file
+                .write_all_at(bytes, offset)
+                .map_err(|error| io_file_error(&error, &upload.path))?;
+            return Ok(None);
+        };
+        let id = upload.id;
+        if let Some(partial) = self
+            .state
+            .partials
+            .get_mut(&id)
+            .filter(|partial| partial.holder == handle)
+        {
+            if partial.writes.len() >= WRITES_REMEMBERED {
+                let jobs = &*self.jobs;
+                partial.writes.retain(|write| jobs.pending(*write));
+            }
+            partial.writes.push(job);
+        }
+        Ok(Some(job))
+    }
+
+    /// Asks for a sync of an upload's file, by the disk helper where there is one. The job
+    /// works on a descriptor of its own that shares the upload's open file: an error the
+    /// helper's call sees is the upload's.
+    pub(crate) fn sync(&mut self, handle: UploadHandle, kind: SyncKind) -> Pending {
+        let Some(upload) = self.state.upload(handle) else {
+            return Pending::Done(Err(crate::sys::errno::disk_error(Errno::BADF)));
+        };
+        let fd = match upload.file.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(error) => {
+                warn!("{}: cannot sync: {error}", upload.path);
+                let errno = Errno::from_io_error(&error).unwrap_or(Errno::IO);
+                return Pending::Done(Err(crate::sys::errno::disk_error(errno)));
+            }
+        };
+        let job = match kind {
+            SyncKind::Fsync => Job::Fsync(fd),
+            SyncKind::Writeback => Job::Writeback(fd),
+        };
+        self.jobs.submit(job)
     }
 
     /// Removes the server's own leftovers in the directory `dir` (of `path`) that have not
@@ -901,7 +863,7 @@ impl Files<'_> {
         let Ok(stat) = rustix::fs::fstat(dir) else {
             return;
         };
-        let now = wall_clock_ns();
+        let now = self.now.0;
         let key = (stat.st_dev, stat.st_ino);
         if let Some(&last) = self.state.swept.get(&key) {
             if now.saturating_sub(last) < SWEEP_INTERVAL_NS {
@@ -938,7 +900,7 @@ impl Files<'_> {
             if id.is_none() && !name.starts_with(LINKED_PREFIX) {
                 continue;
             }
-            if id.is_some_and(|id| lock(&self.state.uploads).contains_key(&id)) {
+            if id.is_some_and(|id| self.state.partials.contains_key(&id)) {
                 continue;
             }
             candidates.push(name.to_string());
@@ -948,7 +910,7 @@ impl Files<'_> {
             let Ok(Opened::Locked(_file, stat)) = open_locked(dir, &name, false) else {
                 continue;
             };
-            if now.saturating_sub(Meta::of(&stat).mtime_ns) > PARTIAL_TTL_NS {
+            if now.saturating_sub(meta_of_stat(&stat).mtime_ns) > PARTIAL_TTL_NS {
                 unlink_if_same(dir, &name, &stat);
                 info!("{path}: removed expired upload leftover {name}");
             }
@@ -960,7 +922,9 @@ impl Files<'_> {
             let Ok(stat) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
                 continue;
             };
-            if writable_type(&stat) && now.saturating_sub(Meta::of(&stat).ctime_ns) > TRASH_TTL_NS {
+            if writable_type(&stat)
+                && now.saturating_sub(meta_of_stat(&stat).ctime_ns) > TRASH_TTL_NS
+            {
                 unlink_if_same(dir, &name, &stat);
                 info!("{path}: removed leftover trash {name}");
             }
@@ -971,80 +935,20 @@ impl Files<'_> {
     /// file at its path: links the upload's own inode to a fresh name and renames that over
     /// the target — exchanging the two names if the target exists, so that the old file
     /// keeps a name and its blocks are freed later, by the disk helper, not inside the
-    /// rename — then removes the partial's name. What is left to do is returned: the
-    /// directory's `fsync` (after which the new file is durable) and the old file's unlink.
-    pub fn publish(&mut self, mut upload: Upload) -> Result<Published, FileError> {
-        if upload.superseded() {
-            return Err(upload.superseded_error());
+    /// rename — then removes the partial's name. What is left is handed to the disk helper:
+    /// the old file's unlink, and the directory's `fsync` (after which the new file is
+    /// durable), which is returned for the caller to wait for. The upload is closed either
+    /// way; after an error the target is untouched.
+    pub(crate) fn commit(&mut self, handle: UploadHandle) -> Result<Pending, FileError> {
+        let mut upload = self.state.take_upload(handle).ok_or_else(closed)?;
+        let published = publish(&mut upload);
+        self.state.close_upload(upload);
+        let (dir, replaced) = published?;
+        if let Some(unlink) = replaced {
+            // Freed off the loop; its outcome is only logged (`handle_disk_done`).
+            let _ = self.jobs.submit(unlink);
         }
-        if let Some(error) = upload.disk_error() {
-            return Err(error);
-        }
-        let path = upload.path.clone();
-        let errno = |errno| FileError::from_errno(errno, &path);
-        // Opened first: once the rename is done, nothing should be left to fail but the sync.
-        let dir = rustix::fs::openat(
-            &upload.dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno)?;
-        let aside_dir = upload
-            .dir
-            .try_clone()
-            .map_err(|error| FileError::io(&error, &path))?;
-        let linked = linked_name();
-        let proc_path = format!("/proc/self/fd/{}", upload.file.as_raw_fd());
-        rustix::fs::linkat(
-            rustix::fs::CWD,
-            proc_path.as_str(),
-            &upload.dir,
-            linked.as_str(),
-            AtFlags::SYMLINK_FOLLOW,
-        )
-        .map_err(|error| match error {
-            // The name is fresh and the directory is open: /proc is missing, or the partial
-            // was removed from outside the server (an inode without links cannot get one).
-            Errno::NOENT => FileError::new(
-                ErrorCode::IoFailed,
-                format!(
-                    "{path}: cannot name the upload (is /proc mounted? was its partial removed?)"
-                ),
-            ),
-            error => errno(error),
-        })?;
-        let replaced = match replace(&upload.dir, &linked, &upload.name) {
-            // A small old file is unlinked here: freeing a few blocks is quick, quicker than
-            // the round trip to the helper (DELETE's rule, `OFFLOAD_UNLINK_BYTES`).
-            Ok(Some(old)) if !frees_much(&upload.dir, &old) => {
-                let _ = rustix::fs::unlinkat(&upload.dir, old.as_str(), AtFlags::empty());
-                None
-            }
-            Ok(replaced) => replaced,
-            Err(error) => {
-                let _ = rustix::fs::unlinkat(&upload.dir, linked.as_str(), AtFlags::empty());
-                return Err(match error {
-                    Errno::ISDIR => errno(Errno::ISDIR),
-                    error => errno(error),
-                });
-            }
-        };
-        upload.committed = true;
-        if let Temp::Partial(partial) = &upload.temp {
-            // Still under the lock: a process that opened the name meanwhile finds it gone
-            // once the lock is free, and starts a new partial.
-            if let Ok(stat) = rustix::fs::fstat(&*upload.file) {
-                unlink_if_same(&upload.dir, partial, &stat);
-            }
-        }
-        Ok(Published {
-            dir_sync: Job::Fsync(dir),
-            replaced: replaced.map(|name| Job::Unlink {
-                dir: aside_dir,
-                name,
-            }),
-        })
+        Ok(self.jobs.submit(Job::Fsync(dir)))
     }
 
     /// DELETE of a partial upload (`name` in `dir`, of `path`): removed under its lock, or
@@ -1054,14 +958,13 @@ impl Files<'_> {
         dir: &OwnedFd,
         name: &str,
         path: &str,
-        disk: Option<&mut dyn Disk>,
     ) -> Result<(), FileError> {
         match open_locked(dir, name, false) {
             Ok(Opened::Locked(file, stat)) => {
-                let aside = set_aside(dir, name, &stat, disk.is_some());
+                let aside = set_aside(dir, name, &stat, self.jobs.off_the_loop(), self.now);
                 drop(file);
                 if let Some(trash) = aside {
-                    free_aside(dir, trash, disk);
+                    free_aside(dir, trash, self.jobs);
                 }
                 Ok(())
             }
@@ -1072,7 +975,7 @@ impl Files<'_> {
                 ErrorCode::UploadBusy,
                 format!("{path}: the upload is in progress; it cannot be removed now"),
             )),
-            Ok(Opened::Missing) => Err(FileError::from_errno(Errno::NOENT, path)),
+            Ok(Opened::Missing) => Err(file_error(Errno::NOENT, path)),
             Err(errno) => Err(lock_failed(errno, path)),
         }
     }
@@ -1087,14 +990,13 @@ impl Files<'_> {
     /// entries, more is `NOT_EMPTY`), then every partial and link is locked — one busy, held
     /// by an upload or a commit in progress in some process, refuses the DELETE — and only
     /// then is anything removed, each name still under its lock. Trash goes to the disk
-    /// helper (`disk`), renamed into `parent` so the directory empties at once; without one it
-    /// is unlinked here.
+    /// helper, renamed into `parent` so the directory empties at once; where jobs are made
+    /// here anyway it is unlinked here.
     pub(crate) fn remove_leftovers(
         &mut self,
         parent: &OwnedFd,
         name: &str,
         path: &str,
-        disk: Option<&mut dyn Disk>,
     ) -> Result<(), FileError> {
         let fd = rustix::fs::openat(
             parent,
@@ -1102,16 +1004,15 @@ impl Files<'_> {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|errno| FileError::from_errno(errno, path))?;
+        .map_err(|errno| file_error(errno, path))?;
         let dir = rustix::fs::openat(&fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|errno| FileError::from_errno(errno, path))?;
-        let mut entries =
-            rustix::fs::Dir::new(fd).map_err(|errno| FileError::from_errno(errno, path))?;
-        let not_empty = || FileError::from_errno(Errno::NOTEMPTY, path);
+            .map_err(|errno| file_error(errno, path))?;
+        let mut entries = rustix::fs::Dir::new(fd).map_err(|errno| file_error(errno, path))?;
+        let not_empty = || file_error(Errno::NOTEMPTY, path);
         // 1. Judge every entry, touching none.
         let mut names = Vec::new();
         for entry in std::iter::from_fn(|| entries.read()) {
-            let entry = entry.map_err(|errno| FileError::from_errno(errno, path))?;
+            let entry = entry.map_err(|errno| file_error(errno, path))?;
             // A name that is not UTF-8 is none of the server's.
             let Ok(name) = entry.file_name().to_str() else {
                 return Err(not_empty());
@@ -1147,10 +1048,8 @@ impl Files<'_> {
         }
         // 3. Remove. Trash first: it is garbage either way, and the one step here that can
         // fail for a reason of its own (a directory under a trash name).
-        let mut disk = disk;
         for name in trash {
-            let disk = disk.as_mut().map(|disk| &mut **disk as &mut dyn Disk);
-            remove_trash(parent, &dir, &name, path, disk)?;
+            remove_trash(parent, &dir, &name, path, self.jobs, self.now)?;
         }
         for (name, _file, stat) in &locked {
             unlink_if_same(&dir, name, stat);
@@ -1166,13 +1065,18 @@ impl Files<'_> {
     /// Call it once the upload's disk work is answered ([`Upload::disk_idle`]): a job still
     /// in the helper's hands holds a descriptor of the file, and whoever closes the last one
     /// frees its blocks — that must be the helper, not the loop.
-    pub fn discard(&mut self, upload: Upload, disk: Option<&mut dyn Disk>) {
-        if upload.superseded() {
-            return; // the partial is the newer upload's now
+    pub(crate) fn remove_upload(&mut self, handle: UploadHandle) {
+        let Some(upload) = self.state.take_upload(handle) else {
+            return;
+        };
+        if upload.superseded {
+            // The partial is the newer upload's now.
+            self.state.close_upload(upload);
+            return;
         }
         let aside = match &upload.temp {
             Temp::Partial(name) => match rustix::fs::fstat(&*upload.file) {
-                Ok(stat) => set_aside(&upload.dir, name, &stat, disk.is_some()),
+                Ok(stat) => set_aside(&upload.dir, name, &stat, self.jobs.off_the_loop(), self.now),
                 Err(errno) => {
                     warn!("{}: cannot remove partial {name}: {errno}", upload.path);
                     None
@@ -1182,19 +1086,98 @@ impl Files<'_> {
         };
         // The name is gone (or going): a superseded upload still sharing the descriptor must
         // not hand this inode to the next PUT, which starts a new partial instead.
-        upload.unregister();
+        self.state.unregister(&upload);
         let dir = aside.as_ref().and_then(|_| upload.dir.try_clone().ok());
-        drop(upload); // its descriptor, before the helper's unlink
+        self.state.close_upload(upload); // its descriptor, before the helper's unlink
         if let (Some(trash), Some(dir)) = (aside, dir) {
-            free_aside(&dir, trash, disk);
+            free_aside(&dir, trash, self.jobs);
         }
     }
+}
+
+/// The error for a call on an upload that is no longer open (a caller's mistake: a handle
+/// given back is never used again).
+fn closed() -> FileError {
+    FileError::new(ErrorCode::IoFailed, "the upload is no longer open")
+}
+
+/// The commit's steps on the upload's own descriptor and names (see [`Files::commit`]): the
+/// directory to `fsync`, and the unlink of the file the rename replaced, if there was one and
+/// it is big enough to free off the loop.
+fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError> {
+    if upload.superseded {
+        return Err(superseded_error(&upload.path));
+    }
+    let path = upload.path.clone();
+    let errno = |errno| file_error(errno, &path);
+    // Opened first: once the rename is done, nothing should be left to fail but the sync.
+    let dir = rustix::fs::openat(
+        &upload.dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let aside_dir = upload
+        .dir
+        .try_clone()
+        .map_err(|error| io_file_error(&error, &path))?;
+    let linked = linked_name();
+    let proc_path = format!("/proc/self/fd/{}", upload.file.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc_path.as_str(),
+        &upload.dir,
+        linked.as_str(),
+        AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(|error| match error {
+        // The name is fresh and the directory is open: /proc is missing, or the partial
+        // was removed from outside the server (an inode without links cannot get one).
+        Errno::NOENT => FileError::new(
+            ErrorCode::IoFailed,
+            format!("{path}: cannot name the upload (is /proc mounted? was its partial removed?)"),
+        ),
+        error => errno(error),
+    })?;
+    let replaced = match replace(&upload.dir, &linked, &upload.name) {
+        // A small old file is unlinked here: freeing a few blocks is quick, quicker than
+        // the round trip to the helper (DELETE's rule, `OFFLOAD_UNLINK_BYTES`).
+        Ok(Some(old)) if !frees_much(&upload.dir, &old) => {
+            let _ = rustix::fs::unlinkat(&upload.dir, old.as_str(), AtFlags::empty());
+            None
+        }
+        Ok(replaced) => replaced,
+        Err(error) => {
+            let _ = rustix::fs::unlinkat(&upload.dir, linked.as_str(), AtFlags::empty());
+            return Err(match error {
+                Errno::ISDIR => errno(Errno::ISDIR),
+                error => errno(error),
+            });
+        }
+    };
+    upload.committed = true;
+    if let Temp::Partial(partial) = &upload.temp {
+        // Still under the lock: a process that opened the name meanwhile finds it gone
+        // once the lock is free, and starts a new partial.
+        if let Ok(stat) = rustix::fs::fstat(&*upload.file) {
+            unlink_if_same(&upload.dir, partial, &stat);
+        }
+    }
+    Ok((
+        dir,
+        replaced.map(|name| Job::Unlink {
+            dir: aside_dir,
+            name,
+        }),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::files::FileState;
+    use crate::service::disk::Disk;
+    use crate::sys::disk::RunHere;
     use crate::sys::root::Root;
     use std::time::SystemTime;
 
@@ -1203,6 +1186,16 @@ mod tests {
             std::env::temp_dir().join(format!("monoreactor-upload-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         base
+    }
+
+    /// The upload ends unfinished (as its connection going away would end it).
+    fn release(files: &mut Files<'_>, upload: BegunUpload) {
+        files.release_upload(upload.handle);
+    }
+
+    /// The descriptor an open upload writes through.
+    fn file_of(files: &Files<'_>, upload: &BegunUpload) -> Arc<File> {
+        Arc::clone(&files.state.upload(upload.handle).unwrap().file)
     }
 
     fn request(hash: crate::proto::files::Hash, flags: PutFlags) -> PutRequest<'static> {
@@ -1252,8 +1245,11 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
-        drop(files.begin_put(&request([0; 32], PutFlags::NONE)).unwrap());
+        let upload = files.begin_put(&request([0; 32], PutFlags::NONE)).unwrap();
+        release(&mut files, upload);
         assert!(!old.exists(), "expired partial removed");
         assert!(!linked.exists(), "expired link removed");
         assert!(fresh.exists(), "a recent partial stays");
@@ -1280,6 +1276,8 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
         let refused = files.begin_put(&request(hash, PutFlags::NONE)).unwrap_err();
         assert_eq!(refused.code, ErrorCode::UploadBusy, "{}", refused.text);
@@ -1287,7 +1285,7 @@ mod tests {
         drop(writer);
         let upload = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
         assert_eq!(upload.held, 1, "free again once the other lets go");
-        drop(upload);
+        release(&mut files, upload);
         std::fs::remove_dir_all(&base).unwrap();
     }
 
@@ -1305,6 +1303,8 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
         let upload = files.begin_put(&request(hash, PutFlags::NONE)).unwrap();
         assert_eq!(upload.held, 0);
@@ -1313,11 +1313,11 @@ mod tests {
             b"y",
             "the committed file is not truncated"
         );
-        drop(upload);
+        release(&mut files, upload);
         std::fs::remove_dir_all(&base).unwrap();
     }
     fn in_table(files: &Files<'_>) -> usize {
-        lock(&files.state.uploads).len()
+        files.state.partials.len()
     }
 
     #[test]
@@ -1330,25 +1330,28 @@ mod tests {
             let mut files = Files {
                 root: &root,
                 state: &mut state,
+                jobs: &mut RunHere,
+                now: WallClock::read(),
             };
             let older = files.begin_put(&request(hash, PutFlags::NONE)).unwrap();
             let newer = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
-            assert!(older.superseded() && !newer.superseded());
+            assert!(files.superseded(older.handle) && !files.superseded(newer.handle));
             let (first, second) = if newer_first {
                 (newer, older)
             } else {
                 (older, newer)
             };
-            drop(first);
+            release(&mut files, first);
             // The one left still holds the descriptor, hence the lock: the next PUT must be
             // able to take it over rather than be refused UPLOAD_BUSY.
             let next = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
-            assert!(second.superseded(), "newer_first {newer_first}");
-            drop(second);
-            drop(next);
+            assert!(files.superseded(second.handle), "newer_first {newer_first}");
+            release(&mut files, second);
+            release(&mut files, next);
             assert_eq!(in_table(&files), 0, "the last one out removes the entry");
             // And the lock went with the last descriptor.
-            drop(files.begin_put(&request(hash, PutFlags::RESUME)).unwrap());
+            let last = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
+            release(&mut files, last);
             std::fs::remove_dir_all(&base).unwrap();
         }
     }
@@ -1363,20 +1366,25 @@ mod tests {
             let mut files = Files {
                 root: &root,
                 state: &mut state,
+                jobs: &mut RunHere,
+                now: WallClock::read(),
             };
             let older = files.begin_put(&request(hash, PutFlags::NONE)).unwrap();
             let newer = files.begin_put(&request(hash, PutFlags::RESUME)).unwrap();
-            newer.file().write_all_at(b"z", 0).unwrap();
+            file_of(&files, &newer).write_all_at(b"z", 0).unwrap();
             if commit {
-                files.publish(newer).unwrap();
+                files.publish(newer.handle).unwrap();
             } else {
-                files.discard(newer, None);
+                files.discard(newer.handle);
             }
             // The superseded one still shares the inode, but the table no longer leads to it.
             assert_eq!(in_table(&files), 0, "commit {commit}");
             let next = files.begin_put(&request(hash, PutFlags::NONE)).unwrap();
             assert_eq!(next.held, 0);
-            assert!(!Arc::ptr_eq(&next.file, &older.file), "commit {commit}");
+            assert!(
+                !Arc::ptr_eq(&file_of(&files, &next), &file_of(&files, &older)),
+                "commit {commit}"
+            );
             if commit {
                 assert_eq!(
                     std::fs::read(root.path().join("target")).unwrap(),
@@ -1384,13 +1392,13 @@ mod tests {
                     "the committed file is not truncated"
                 );
             }
-            drop(older);
+            release(&mut files, older);
             assert_eq!(
                 in_table(&files),
                 1,
                 "the older one leaves the new entry alone"
             );
-            drop(next);
+            release(&mut files, next);
             std::fs::remove_dir_all(&base).unwrap();
         }
     }
@@ -1403,6 +1411,8 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
         let upload = files
             .begin_put(&PutRequest {
@@ -1416,7 +1426,7 @@ mod tests {
         let linked = root.path().join(format!("{LINKED_PREFIX}1-1"));
         rustix::fs::linkat(
             rustix::fs::CWD,
-            format!("/proc/self/fd/{}", upload.file.as_raw_fd()).as_str(),
+            format!("/proc/self/fd/{}", file_of(&files, &upload).as_raw_fd()).as_str(),
             rustix::fs::CWD,
             &linked,
             AtFlags::SYMLINK_FOLLOW,
@@ -1428,7 +1438,7 @@ mod tests {
             .open(&linked)
             .unwrap();
         assert!(!try_lock(&other).unwrap(), "held by the upload");
-        drop(upload);
+        release(&mut files, upload);
         assert!(try_lock(&other).unwrap(), "free once the upload ends");
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -1452,6 +1462,8 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
         for busy in &names[..3] {
             let writer = std::fs::File::options()
@@ -1460,7 +1472,7 @@ mod tests {
                 .open(dir.join(busy))
                 .unwrap();
             assert!(try_lock(&writer).unwrap());
-            let refused = files.delete("d", None).unwrap_err();
+            let refused = files.delete("d").unwrap_err();
             assert_eq!(
                 refused.code,
                 ErrorCode::UploadBusy,
@@ -1471,7 +1483,7 @@ mod tests {
                 assert!(dir.join(name).exists(), "{busy} busy, yet {name} removed");
             }
         }
-        files.delete("d", None).unwrap();
+        files.delete("d").unwrap();
         assert!(!dir.exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -1486,8 +1498,11 @@ mod tests {
         let mut files = Files {
             root: &root,
             state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
         };
-        drop(files.begin_put(&request([5; 32], PutFlags::NONE)).unwrap());
+        let upload = files.begin_put(&request([5; 32], PutFlags::NONE)).unwrap();
+        release(&mut files, upload);
         assert!(
             trash.exists(),
             "its unlink may still be queued for the helper"

@@ -1,19 +1,18 @@
 //! [`ConnHarness`]: a connection driven the way the reactor drives it, the clock in the test's hands.
 
-use crate::sys::disk::{Disk, DiskDone};
-use crate::sys::files::{FileState, Files};
-use crate::sys::root::Root;
+use crate::service::disk::{Disk, JobDone};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use crate::access::{Access, Token};
 use crate::buffer::BufferPool;
-use crate::conn::{Connection, Context, Protocol, Stream, Verdict};
+use crate::conn::{Connection, Context, Protocol, Verdict};
 use crate::limits::Limits;
 use crate::service::exec::{ChildSource, Children};
 use crate::testkit::{ScriptedChildren, ScriptedDisk};
-use crate::timer::Tick;
+use crate::timer::{Tick, WallClock};
+use crate::transport::{Readiness, Transport};
 
 /// Drives one [`Connection`](crate::conn::Connection) through a [`ScriptedIo`](crate::testkit::ScriptedIo) (or a [`MemoryIo`](crate::testkit::MemoryIo)) exactly as the
 /// reactor does, so a test
@@ -30,10 +29,9 @@ use crate::timer::Tick;
 ///   [`ConnHarness::settle`] repeats it until the verdict changes.
 ///
 /// ```
-/// use monoreactor::conn::Verdict;
-/// use monoreactor::limits::Limits;
 /// use monoreactor::proto::{Flags, Frame, FrameType, Hello, HelloOk, PROTOCOL_VERSION, SessionFlags};
 /// use monoreactor::testkit::{Builder, ConnHarness};
+/// use monoreactor::{Limits, Verdict};
 ///
 /// let mut hello = Vec::new();
 /// Hello::current().encode(&mut hello);
@@ -81,11 +79,9 @@ pub struct ConnHarness<C: Children = ScriptedChildren> {
     pub children: Option<C>,
     /// The loop's turn number, advanced by every event and drive.
     pub turn: u64,
-    /// The file service's root and state, when files are enabled
-    /// ([`ConnHarness::with_files`]).
-    pub files: Option<(Root, FileState)>,
-    /// Disk jobs, held until the test completes them ([`ConnHarness::with_disk`]); without,
-    /// blocking disk calls are made inline.
+    /// The file service's disk, over a real directory, when files are enabled
+    /// ([`ConnHarness::with_files`]); its blocking calls are made at once, or held until the
+    /// test completes them ([`ConnHarness::with_disk`]).
     pub disk: Option<ScriptedDisk>,
     /// Bytes the connection has read from its transport through this harness.
     pub input_read: u64,
@@ -106,7 +102,6 @@ impl ConnHarness {
             now: Tick(0),
             access: Access::ECHO_ONLY,
             children: None,
-            files: None,
             disk: None,
             turn: 0,
             input_read: 0,
@@ -142,7 +137,6 @@ impl<C: Children> ConnHarness<C> {
             },
             children: Some(children),
             turn: self.turn,
-            files: self.files,
             disk: self.disk,
             input_read: self.input_read,
         }
@@ -165,22 +159,26 @@ impl<C: Children> ConnHarness<C> {
         self.input_read - self.conn.pending_input() as u64
     }
 
-    /// Disk jobs go to a [`ScriptedDisk`] instead of being made inline.
+    /// Blocking disk calls are held until the test completes them ([`ScriptedDisk::run_next`],
+    /// [`ScriptedDisk::finish_next`]) instead of being made at once.
+    ///
+    /// # Panics
+    /// Without [`ConnHarness::with_files`] first.
     pub fn with_disk(mut self) -> Self {
-        self.disk = Some(ScriptedDisk::new());
+        self.disk().hold_jobs();
         self
     }
 
     /// The scripted disk.
     ///
     /// # Panics
-    /// Without [`ConnHarness::with_disk`].
+    /// Without [`ConnHarness::with_files`].
     pub fn disk(&mut self) -> &mut ScriptedDisk {
-        self.disk.as_mut().expect("with_disk() first")
+        self.disk.as_mut().expect("with_files() first")
     }
 
     /// A disk job's completion reaches the connection, then one drive (as the reactor does).
-    pub fn disk_done<S: Stream>(&mut self, io: &mut S, done: DiskDone) -> Verdict {
+    pub fn disk_done<S: Transport>(&mut self, io: &mut S, done: JobDone) -> Verdict {
         self.turn += 1;
         self.with_context(|conn, cx| conn.handle_disk_done(done, cx));
         self.drive_this_turn(io)
@@ -191,28 +189,30 @@ impl<C: Children> ConnHarness<C> {
     /// # Panics
     /// If the directory cannot be opened.
     pub fn with_files(mut self, root: &std::path::Path) -> Self {
-        let root = Root::open_or_create(root).expect("a usable root directory");
-        let state = FileState::new(self.limits.max_transfers, self.limits.max_put);
-        self.files = Some((root, state));
+        self.disk = Some(ScriptedDisk::new(
+            root,
+            self.limits.max_transfers,
+            self.limits.max_put,
+        ));
         self
     }
 
     /// One readiness event for the socket, then one drive.
-    pub fn event<S: Stream>(&mut self, io: &mut S, readable: bool, writable: bool) -> Verdict {
+    pub fn event<S: Transport>(&mut self, io: &mut S, readable: bool, writable: bool) -> Verdict {
         self.conn.on_ready(readable, writable);
         self.drive(io)
     }
 
     /// One readiness event that also reports the peer's FIN (`EPOLLRDHUP`) or an error, as
     /// the reactor passes it on, then one drive.
-    pub fn hangup_event<S: Stream>(&mut self, io: &mut S, writable: bool) -> Verdict {
+    pub fn hangup_event<S: Transport>(&mut self, io: &mut S, writable: bool) -> Verdict {
         self.conn.on_ready(true, writable);
         self.conn.on_read_closed();
         self.drive(io)
     }
 
     /// One readiness event for a command's descriptor (child number `index`), then one drive.
-    pub fn child_event<S: Stream>(
+    pub fn child_event<S: Transport>(
         &mut self,
         io: &mut S,
         index: u8,
@@ -223,14 +223,14 @@ impl<C: Children> ConnHarness<C> {
     }
 
     /// One more turn without an event (what the reactor does after [`Verdict::Again`]).
-    pub fn drive<S: Stream>(&mut self, io: &mut S) -> Verdict {
+    pub fn drive<S: Transport>(&mut self, io: &mut S) -> Verdict {
         self.turn += 1;
         self.drive_this_turn(io)
     }
 
     /// A drive in the current turn: after what the reactor does in the same turn before it
     /// drives (a timer, a disk completion, the start of a shutdown).
-    fn drive_this_turn<S: Stream>(&mut self, io: &mut S) -> Verdict {
+    fn drive_this_turn<S: Transport>(&mut self, io: &mut S) -> Verdict {
         let mut counted = Counted { io, read: 0 };
         let verdict = self.with_context(|conn, cx| conn.drive(&mut counted, cx));
         self.input_read += counted.read;
@@ -248,10 +248,14 @@ impl<C: Children> ConnHarness<C> {
         &mut self,
         work: impl FnOnce(&mut Connection, &mut Context<'_>) -> R,
     ) -> R {
+        // Read as the loop does, once per drive: the hash cache compares it with the times
+        // of real files.
+        let wall_clock = WallClock::read();
         let mut cx = Context {
             pool: &mut self.pool,
             limits: &self.limits,
             now: self.now,
+            wall_clock,
             access: &self.access,
             children: self
                 .children
@@ -259,17 +263,16 @@ impl<C: Children> ConnHarness<C> {
                 .map(|children| children as &mut dyn Children),
             turn: self.turn,
             auth_log: None,
-            files: self
-                .files
-                .as_mut()
-                .map(|(root, state)| Files { root, state }),
-            disk: self.disk.as_mut().map(|disk| disk as &mut dyn Disk),
+            files: self.disk.as_mut().map(|disk| {
+                disk.set_wall_clock(wall_clock);
+                disk as &mut dyn Disk
+            }),
         };
         work(&mut self.conn, &mut cx)
     }
 
     /// Drives again while the verdict is [`Verdict::Again`] (at most 10,000 turns).
-    pub fn settle<S: Stream>(&mut self, io: &mut S) -> Verdict {
+    pub fn settle<S: Transport>(&mut self, io: &mut S) -> Verdict {
         let mut verdict = self.drive(io);
         for _ in 0..10_000 {
             if verdict != Verdict::Again {
@@ -281,14 +284,14 @@ impl<C: Children> ConnHarness<C> {
     }
 
     /// Moves the clock to the connection's next deadline, lets it act on it, and drives.
-    pub fn expire<S: Stream>(&mut self, io: &mut S) -> Verdict {
+    pub fn expire<S: Transport>(&mut self, io: &mut S) -> Verdict {
         let deadline = self.conn.deadline(&self.limits);
         self.advance_to(io, deadline)
     }
 
     /// Moves the clock to `at` (never back); if the connection's deadline has passed by then,
     /// lets it act on it (as the reactor's timer does); then drives, in the same turn.
-    pub fn advance_to<S: Stream>(&mut self, io: &mut S, at: Tick) -> Verdict {
+    pub fn advance_to<S: Transport>(&mut self, io: &mut S, at: Tick) -> Verdict {
         self.now = self.now.max(at);
         self.turn += 1;
         if self.conn.deadline(&self.limits) <= self.now {
@@ -298,7 +301,7 @@ impl<C: Children> ConnHarness<C> {
     }
 
     /// Starts the connection's part of a server shutdown, with `grace` to finish, and drives.
-    pub fn shutdown<S: Stream>(&mut self, io: &mut S, grace: Duration) -> Verdict {
+    pub fn shutdown<S: Transport>(&mut self, io: &mut S, grace: Duration) -> Verdict {
         self.turn += 1;
         self.with_context(|conn, cx| conn.begin_shutdown(grace, cx));
         self.drive_this_turn(io)
@@ -311,7 +314,7 @@ struct Counted<'a, S> {
     read: u64,
 }
 
-impl<S: Stream> Read for Counted<'_, S> {
+impl<S: Transport> Read for Counted<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.io.read(buf)?;
         self.read += n as u64;
@@ -319,7 +322,7 @@ impl<S: Stream> Read for Counted<'_, S> {
     }
 }
 
-impl<S: Stream> Write for Counted<'_, S> {
+impl<S: Transport> Write for Counted<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.io.write(buf)
     }
@@ -329,13 +332,21 @@ impl<S: Stream> Write for Counted<'_, S> {
     }
 }
 
-impl<S: Stream> Stream for Counted<'_, S> {
+impl<S: Transport> Transport for Counted<'_, S> {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.io.shutdown_write()
     }
 
     fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
         self.io.send_file(file, offset, len)
+    }
+
+    fn send_pending(&mut self) -> io::Result<()> {
+        self.io.send_pending()
+    }
+
+    fn wants(&self) -> Readiness {
+        self.io.wants()
     }
 }
 

@@ -15,12 +15,13 @@
 //! - [`ScriptedChildren`] stands in for the processes a connection runs: pipes that hold the
 //!   bytes you put there, exits you decide, signals and stdin recorded, errors injected per
 //!   call, and the I/O layer's rules enforced (no call after release, one exit per child).
-//! - [`ScriptedDisk`] holds the disk jobs a connection submits until you complete them (with
-//!   the real call, or a result you choose).
-//! - [`ConnHarness`] drives a [`Connection`](crate::conn::Connection) through any of these
-//!   peers the way the reactor does, with the clock in your hands, its commands on
-//!   [`ScriptedChildren`] or on any [`Children`](crate::service::exec::Children) of yours, and
-//!   says how much of the peer's input the connection consumed.
+//! - [`ScriptedDisk`] is the file service's disk over a real directory: it holds the blocking
+//!   calls a connection hands off until you complete them (with the real call, or a result you
+//!   choose), and makes a write, an `fsync` or a rename fail on demand ([`DiskCall`]).
+//! - [`ConnHarness`] drives a [`Connection`](crate::Connection) through any of these peers the
+//!   way the reactor does, with the clock in your hands, its commands on [`ScriptedChildren`]
+//!   or on any [`Children`](crate::children::Children) of yours, and says how much of the
+//!   peer's input the connection consumed.
 //! - [`SplitMix64`], the small seeded generator they use.
 //!
 //! The fuzz targets (`fuzz/`, the `fuzzing` feature) are built on the same pieces.
@@ -31,7 +32,7 @@ mod harness;
 mod scripted_io;
 
 pub use children::{ScriptedChild, ScriptedChildren};
-pub use disk::ScriptedDisk;
+pub use disk::{DiskCall, ScriptedDisk};
 pub use harness::ConnHarness;
 pub use scripted_io::*;
 
@@ -217,7 +218,7 @@ mod tests {
         assert_eq!(io.write(b"o").unwrap_err().kind(), ErrorKind::Interrupted);
         assert_eq!(io.write(b"o").unwrap(), 1);
         assert_eq!(io.output(), b"hello");
-        crate::conn::Stream::shutdown_write(&mut io).unwrap();
+        crate::transport::Transport::shutdown_write(&mut io).unwrap();
         assert_eq!(io.write(b"!").unwrap_err().kind(), ErrorKind::BrokenPipe);
         assert_eq!(io.writes_after_shutdown(), 1);
     }

@@ -5,8 +5,8 @@ use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::time::Duration;
 
-use crate::conn::Stream;
 use crate::testkit::SplitMix64;
+use crate::transport::Transport;
 
 /// Writes everything given to it to `inner` in random-sized pieces (1 to `max_piece` bytes),
 /// each followed by `flush`, optionally sleeping up to `max_pause` between pieces.
@@ -272,7 +272,7 @@ impl Write for ScriptedIo {
     }
 }
 
-impl Stream for ScriptedIo {
+impl Transport for ScriptedIo {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.write_shut = true;
         Ok(())
@@ -396,7 +396,7 @@ impl Write for MemoryIo {
     }
 }
 
-impl Stream for MemoryIo {
+impl Transport for MemoryIo {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.write_shut = true;
         Ok(())
@@ -830,7 +830,7 @@ impl Write for FuzzIo {
     }
 }
 
-impl Stream for FuzzIo {
+impl Transport for FuzzIo {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.write_shut = true;
         Ok(())

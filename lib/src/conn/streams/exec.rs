@@ -1,36 +1,33 @@
-//! A connection's open streams: the requests that take time (a running command now, a file
-//! transfer next), each on the stream its request came on.
+//! A command on its stream: the table entry for an EXEC ([`Exec`]), and each turn's I/O for it.
 //!
-//! The table is allocated with the first such request. After the last one ends its list is
-//! freed at once and the table itself (a few dozen bytes, remembering the child number just
-//! freed) at the connection's next drive in a later turn; a connection that never ran a
-//! command pays 8 bytes for it. Each command has a *child number* (0–63) that names
-//! its pipes and pidfd in poll tokens; [`Streams::free_index`] never hands out a number freed
-//! in the same turn of the loop, so an event of that turn's batch for the old command cannot
-//! reach a new one.
-//!
-//! `Streams::pump` moves a command's bytes: stdin from the stream's queue into the pipe,
-//! output from the pipes into STDOUT/STDERR frames read straight into the outbox — only while
-//! the outbox [may take more](crate::outbox::Outbox::may_produce) and within the turn's byte
+//! [`Exec::pump`] moves a command's bytes: stdin from the stream's queue into the pipe, output
+//! from the pipes into STDOUT/STDERR frames read straight into the outbox — only while the
+//! outbox [may take more](crate::outbox::Outbox::may_produce) and within the turn's byte
 //! budget — and, once the command has exited and its pipes are at EOF, the EXIT frame that
 //! ends the stream.
+//!
+//! Each command has a *child number* (below [`CHILD_NUMBERS`]) that names its pipes and pidfd
+//! in poll tokens; the table hands them out ([`Streams::free_child_number`]).
+//!
+//! [`Streams::free_child_number`]: super::Streams::free_child_number
 
 use std::io::ErrorKind;
-use std::time::Duration;
 
-use log::debug;
+use log::{debug, info};
 
-use super::{Budget, Context};
 use crate::buffer::BufferPool;
+use crate::conn::context::{Budget, Context, Pumped};
 use crate::limits::Limits;
 use crate::outbox::Outbox;
-use crate::proto::exec::{EndReason, Exit, Window};
+use crate::proto::exec::{EndReason, ExecFlags, ExecRequest, Exit, Started, Window};
 use crate::proto::{FrameType, HEADER_LEN};
-use crate::service::exec::{ChildAction, ChildId, ChildSource, Children, ExecSession, OutputPipe};
+use crate::service::exec::{
+    ChildAction, ChildId, ChildSource, Children, ExecSession, OutputPipe, SpawnSpec,
+};
 use crate::timer::Tick;
 
 /// Child numbers per connection: 6 bits of a poll token.
-pub const CHILD_NUMBERS: u8 = 64;
+pub(crate) const CHILD_NUMBERS: u8 = 64;
 
 /// Smallest pipe read worth a frame header: below this much room, the outbox's buffer grows
 /// rather than the output being cut into tiny frames.
@@ -62,246 +59,134 @@ impl Ready {
     }
 }
 
-/// A running command on its stream.
+/// A running command: the table entry for an EXEC.
 #[derive(Debug)]
-pub struct ExecStream {
-    /// The stream id its EXEC came on.
-    pub id: u32,
+pub(crate) struct Exec {
     /// Its child number in poll tokens.
-    pub index: u8,
+    pub(crate) child_number: u8,
     /// The I/O layer's handle.
-    pub child: ChildId,
+    child: ChildId,
     /// Readiness reported for its descriptors and not yet used up.
     ready: u8,
     /// The protocol state machine.
-    pub session: ExecSession,
+    pub(crate) session: ExecSession,
 }
 
-impl ExecStream {
-    /// A command that has just started.
-    pub fn new(id: u32, index: u8, child: ChildId, session: ExecSession) -> ExecStream {
-        ExecStream {
-            id,
-            index,
-            child,
+impl Exec {
+    /// Starts the command `request` asks for on `stream` through the I/O layer, its
+    /// descriptors under `child_number`, and queues STARTED; if it cannot start, queues the
+    /// ERROR instead and returns `None`.
+    pub(crate) fn spawn(
+        stream: u32,
+        request: &ExecRequest<'_>,
+        child_number: u8,
+        outbox: &mut Outbox,
+        cx: &mut Context<'_>,
+    ) -> Option<Exec> {
+        let children = cx.children.as_deref_mut()?;
+        let stdin = request.flags.contains(ExecFlags::STDIN);
+        let spec = SpawnSpec {
+            argv: &request.argv,
+            cwd: request.cwd,
+            stdin,
+        };
+        let spawned = match children.spawn(child_number, &spec) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                info!("stream {stream}: command refused: {error}");
+                outbox
+                    .replies(cx.pool, cx.limits)
+                    .error(stream, error.code(), error.text());
+                return None;
+            }
+        };
+        let session = ExecSession::new(spawned.pid, stdin, request.timeout_ms, cx.now, cx.limits);
+        let started = session.started();
+        debug!(
+            "stream {stream}: started pid {} {:?}",
+            spawned.pid,
+            request
+                .argv
+                .iter()
+                .map(|arg| String::from_utf8_lossy(arg))
+                .collect::<Vec<_>>()
+        );
+        outbox.replies(cx.pool, cx.limits).part(
+            FrameType::Started,
+            stream,
+            Started::PAYLOAD_LEN as u32,
+            |out| started.emit(out),
+        );
+        Some(Exec {
+            child_number,
+            child: spawned.child,
             ready: 0,
             session,
-        }
-    }
-}
-
-/// The open streams of one connection.
-#[derive(Debug)]
-pub struct Streams {
-    open: Vec<ExecStream>,
-    /// File transfers (GET, PUT, LIST) in progress.
-    pub(super) transfers: Vec<super::transfers::Transfer>,
-    /// Child numbers freed in turn `cooling_turn`, not to be reused before the next turn.
-    cooling: u64,
-    cooling_turn: u64,
-}
-
-impl Streams {
-    /// An empty table with room for `capacity` commands.
-    pub fn new(capacity: usize) -> Box<Streams> {
-        Box::new(Streams {
-            open: Vec::with_capacity(capacity),
-            transfers: Vec::new(),
-            cooling: 0,
-            cooling_turn: 0,
         })
     }
 
-    /// Commands and transfers running.
-    pub fn len(&self) -> usize {
-        self.open.len() + self.transfers.len()
+    /// Records readiness reported for one of its descriptors.
+    pub(crate) fn on_ready(&mut self, source: ChildSource) {
+        self.ready |= Ready::of(source);
     }
 
-    /// Commands running.
-    pub fn commands(&self) -> usize {
-        self.open.len()
+    /// Whether it has work that needs no new readiness event: bytes to move with readiness in
+    /// hand, or an exit to read.
+    pub(crate) fn wants_turn(&self, may_produce: bool, bytes_left: bool) -> bool {
+        let output = self.ready & (Ready::STDOUT | Ready::STDERR) != 0;
+        let stdin = self.ready & Ready::STDIN != 0 && !self.session.stdin_pending().is_empty();
+        self.ready & Ready::EXIT != 0 || stdin || (output && may_produce && bytes_left)
     }
 
-    /// Whether nothing runs.
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.transfers.is_empty()
-    }
-
-    /// Whether a command or a transfer is using `stream`.
-    pub fn in_use(&self, stream: u32) -> bool {
-        self.find(stream).is_some() || self.transfers.iter().any(|transfer| transfer.id == stream)
-    }
-
-    /// The command on `stream`.
-    pub fn find(&self, stream: u32) -> Option<&ExecStream> {
-        self.open.iter().find(|command| command.id == stream)
-    }
-
-    /// The command on `stream`, mutably.
-    pub fn find_mut(&mut self, stream: u32) -> Option<&mut ExecStream> {
-        self.open.iter_mut().find(|command| command.id == stream)
-    }
-
-    /// A child number neither in use nor freed during `turn`.
-    pub fn free_index(&mut self, turn: u64) -> Option<u8> {
-        if self.cooling_turn != turn {
-            self.cooling = 0;
-        }
-        let used = self
-            .open
-            .iter()
-            .fold(self.cooling, |mask, command| mask | 1 << command.index);
-        (0..CHILD_NUMBERS).find(|index| used & (1 << index) == 0)
-    }
-
-    /// Takes the command on `stream` out of the table (its child number cools for `turn`).
-    pub fn remove(&mut self, stream: u32, turn: u64) -> Option<ExecStream> {
-        let at = self.open.iter().position(|command| command.id == stream)?;
-        let command = self.open.swap_remove(at);
-        self.cool(command.index, turn);
-        Some(command)
-    }
-
-    fn cool(&mut self, index: u8, turn: u64) {
-        if self.cooling_turn != turn {
-            self.cooling = 0;
-            self.cooling_turn = turn;
-        }
-        self.cooling |= 1 << index;
-        if self.open.is_empty() {
-            // The table itself must outlive this turn (it remembers the cooling child
-            // number); its list need not.
-            self.open = Vec::new();
-        }
-    }
-
-    /// Adds a started command.
-    pub fn insert(&mut self, command: ExecStream) {
-        self.open.push(command);
-    }
-
-    /// Whether the table is empty and may be dropped: no command runs, and no child number
-    /// is cooling in `turn` (dropping it would forget that).
-    pub fn is_finished(&self, turn: u64) -> bool {
-        self.is_empty() && (self.cooling == 0 || self.cooling_turn != turn)
-    }
-
-    /// Records readiness for child number `index`.
-    pub fn on_ready(&mut self, index: u8, source: ChildSource) {
-        if let Some(command) = self.open.iter_mut().find(|command| command.index == index) {
-            command.ready |= Ready::of(source);
-        }
-    }
-
-    /// The earliest deadline of any command.
-    pub fn deadline(&self) -> Tick {
-        self.open
-            .iter()
-            .map(|command| command.session.poll_timeout())
-            .min()
-            .unwrap_or(Tick::NEVER)
-    }
-
-    /// Passes `now` to every command whose deadline has come.
-    pub fn handle_timeout(&mut self, now: Tick, limits: &Limits) {
-        for command in &mut self.open {
-            if command.session.poll_timeout() <= now {
-                command.session.handle_timeout(now, limits);
-            }
-        }
-    }
-
-    /// Stops every command for a shutdown: SIGTERM now, SIGKILL after `kill_grace`.
-    pub fn handle_shutdown(&mut self, now: Tick, kill_grace: Duration) {
-        for command in &mut self.open {
-            command.session.handle_shutdown(now, kill_grace);
-        }
-    }
-
-    /// Whether a command has work that needs no new readiness event: bytes to move with
-    /// readiness in hand, or an exit to read.
-    pub fn wants_turn(&self, may_produce: bool, bytes_left: bool) -> bool {
-        self.open.iter().any(|command| {
-            let output = command.ready & (Ready::STDOUT | Ready::STDERR) != 0;
-            let stdin =
-                command.ready & Ready::STDIN != 0 && !command.session.stdin_pending().is_empty();
-            command.ready & Ready::EXIT != 0 || stdin || (output && may_produce && bytes_left)
-        })
-    }
-
-    /// Releases every command to the I/O layer (the connection is closing): their groups are
-    /// stopped and they are reaped there. Transfers end (an upload's resumable partial stays).
-    pub fn release_all(&mut self, cx: &mut Context<'_>, reason: EndReason) {
-        self.transfers = Vec::new();
-        self.release_all_commands(cx, reason);
-    }
-
-    /// Releases every command to the I/O layer; transfers are left alone.
-    pub fn release_all_commands(&mut self, cx: &mut Context<'_>, reason: EndReason) {
-        while let Some(mut command) = self.open.pop() {
-            debug!(
-                "stream {}: command pid {} released ({reason})",
-                command.id,
-                command.session.pid()
-            );
-            command.session.release(cx.pool);
-            if let Some(children) = cx.children.as_deref_mut() {
-                children.release(command.child, reason);
-            }
-            self.cool(command.index, cx.turn);
-        }
-    }
-
-    /// Moves every command's bytes as far as readiness, the outbox and the budget allow; sends
-    /// EXIT for the commands that are done. Returns whether anything moved.
+    /// Moves the command's bytes as far as readiness, the outbox and the budget allow, and
+    /// queues its EXIT once it is done (then [`Exec::end`] it).
     pub(crate) fn pump(
         &mut self,
+        id: u32,
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
         budget: &mut Budget,
-    ) -> bool {
+    ) -> Pumped {
         let Some(children) = cx.children.as_deref_mut() else {
-            return false;
+            return Pumped::Running(false);
         };
         let mut io = CommandIo {
+            id,
             children,
             pool: cx.pool,
             limits: cx.limits,
             now: cx.now,
         };
-        let mut progress = false;
-        let mut at = 0;
-        while at < self.open.len() {
-            let command = &mut self.open[at];
-            progress |= io.pump_one(command, outbox, budget);
-            let Some(exit) = command.session.poll_exit() else {
-                at += 1;
-                continue;
-            };
-            outbox.replies(io.pool, io.limits).reply(
-                FrameType::Exit,
-                command.id,
-                Exit::PAYLOAD_LEN as u32,
-                |out| exit.emit(out),
-            );
-            debug!(
-                "stream {}: pid {} {exit}",
-                command.id,
-                command.session.pid()
-            );
-            let mut done = self.open.swap_remove(at);
-            done.session.release(io.pool);
-            io.children.release(done.child, done.session.reason());
-            self.cool(done.index, cx.turn);
-            progress = true;
+        let progress = io.pump_one(self, outbox, budget);
+        let Some(exit) = self.session.poll_exit() else {
+            return Pumped::Running(progress);
+        };
+        outbox.replies(cx.pool, cx.limits).reply(
+            FrameType::Exit,
+            id,
+            Exit::PAYLOAD_LEN as u32,
+            |out| exit.emit(out),
+        );
+        debug!("stream {id}: pid {} {exit}", self.session.pid());
+        Pumped::Finished
+    }
+
+    /// The command is over for this connection, for `reason` (its own, once it has exited):
+    /// its buffers go back to the pool and its process to the I/O layer, which stops its group
+    /// if it still runs and reaps it.
+    pub(crate) fn end(mut self, cx: &mut Context<'_>, reason: EndReason) {
+        self.session.release(cx.pool);
+        if let Some(children) = cx.children.as_deref_mut() {
+            children.release(self.child, reason);
         }
-        progress
     }
 }
 
 /// What moving one command's bytes borrows from the connection's [`Context`]: the I/O layer,
 /// the pool, the limits and the time.
 struct CommandIo<'a> {
+    /// The command's stream id (for the log).
+    id: u32,
     children: &'a mut dyn Children,
     pool: &'a mut BufferPool,
     limits: &'a Limits,
@@ -310,12 +195,7 @@ struct CommandIo<'a> {
 
 impl CommandIo<'_> {
     /// One command's I/O for this turn.
-    fn pump_one(
-        &mut self,
-        command: &mut ExecStream,
-        outbox: &mut Outbox,
-        budget: &mut Budget,
-    ) -> bool {
+    fn pump_one(&mut self, command: &mut Exec, outbox: &mut Outbox, budget: &mut Budget) -> bool {
         let mut progress = self.run_actions(command);
         if command.ready & Ready::EXIT != 0 {
             command.ready &= !Ready::EXIT;
@@ -326,7 +206,7 @@ impl CommandIo<'_> {
             let window = Window { increment };
             outbox.replies(self.pool, self.limits).part(
                 FrameType::Window,
-                command.id,
+                self.id,
                 Window::PAYLOAD_LEN as u32,
                 |out| window.emit(out),
             );
@@ -345,7 +225,7 @@ impl CommandIo<'_> {
     }
 
     /// Reads the command's exit status, if it has exited; returns whether it had.
-    fn check_exit(&mut self, command: &mut ExecStream) -> bool {
+    fn check_exit(&mut self, command: &mut Exec) -> bool {
         match self.children.exit_status(command.child) {
             Ok(Some(termination)) => {
                 command
@@ -355,20 +235,20 @@ impl CommandIo<'_> {
             }
             Ok(None) => false, // not yet: the pidfd fires at the exit
             Err(error) => {
-                debug!("stream {}: exit status: {error}", command.id);
+                debug!("stream {}: exit status: {error}", self.id);
                 false
             }
         }
     }
 
-    fn run_actions(&mut self, command: &mut ExecStream) -> bool {
+    fn run_actions(&mut self, command: &mut Exec) -> bool {
         let mut progress = false;
         while let Some(action) = command.session.poll_action(self.now) {
             progress = true;
             match action {
                 ChildAction::Signal(signal) => {
                     if let Err(error) = self.children.signal(command.child, signal) {
-                        debug!("stream {}: {signal} failed: {error}", command.id);
+                        debug!("stream {}: {signal} failed: {error}", self.id);
                     }
                 }
                 ChildAction::CloseStdin => {
@@ -384,7 +264,7 @@ impl CommandIo<'_> {
         progress
     }
 
-    fn write_stdin(&mut self, command: &mut ExecStream) -> bool {
+    fn write_stdin(&mut self, command: &mut Exec) -> bool {
         let mut progress = false;
         while command.ready & Ready::STDIN != 0 && command.session.stdin_open() {
             let pending = command.session.stdin_pending();
@@ -405,10 +285,7 @@ impl CommandIo<'_> {
                     command.ready &= !Ready::STDIN;
                 }
                 Err(error) => {
-                    debug!(
-                        "stream {}: stdin closed by the command ({error})",
-                        command.id
-                    );
+                    debug!("stream {}: stdin closed by the command ({error})", self.id);
                     command.ready &= !Ready::STDIN;
                     command.session.handle_stdin_closed(self.pool);
                     progress = true;
@@ -425,7 +302,7 @@ impl CommandIo<'_> {
     /// never keeps it alive.
     fn read_output(
         &mut self,
-        command: &mut ExecStream,
+        command: &mut Exec,
         outbox: &mut Outbox,
         budget: &mut Budget,
     ) -> bool {
@@ -479,7 +356,7 @@ impl CommandIo<'_> {
                         // `Connection::drive`).
                         replies.grow_to(bound);
                     }
-                    replies.frame_from(frame_type, command.id, want.min(allowance), |buf| {
+                    replies.frame_from(frame_type, self.id, want.min(allowance), |buf| {
                         children.read(command.child, pipe, buf)
                     })
                 };
@@ -512,7 +389,7 @@ impl CommandIo<'_> {
                         command.session.handle_output_drained(pipe);
                     }
                     Err(error) => {
-                        debug!("stream {}: reading {pipe:?} failed: {error}", command.id);
+                        debug!("stream {}: reading {pipe:?} failed: {error}", self.id);
                         command.ready &= !bit;
                         command.session.handle_eof(pipe);
                         self.children.close_output(command.child, pipe);

@@ -1,0 +1,156 @@
+//! `monoreactor bench`: the load generator ([`monoreactor_bench`]) on the command line, one
+//! subcommand per workload: echo, UDP and short connections ([`load`]), exec and file
+//! transfers ([`blocking`]), and the runs that watch the server rather than load it: idle
+//! memory, a latency probe, a long output to a slow reader ([`observe`]). Each checks its
+//! address first ([`target`]) and prints its report as text or JSON ([`format`](mod@format)).
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use monoreactor_bench::{Report, Stop};
+
+use crate::args::{Addr, Secs, at_least_one};
+use crate::failure::{Failure, print_stdout};
+
+mod blocking;
+mod format;
+mod load;
+mod observe;
+mod target;
+
+/// The flags of `bench`: a workload, and its own flags.
+#[derive(Args)]
+#[command(after_help = HELP)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+/// What `bench --help` says after the subcommands.
+const HELP: &str = "\
+Every load subcommand prints requests, errors by kind, throughput, MB/s and latency
+min/avg/p50/p90/p99/p99.9/max (HDR histogram), and with --pid the server's CPU time per
+request; --json prints the same as one JSON object. `echo --raw`, `udp` and `connect` speak
+plain echo and measure any echo server (the C references in ../shared/bench-tools too).
+
+Is the generator the bottleneck? Each report gives the generator's own CPU time per request
+and how busy it was (share of a core): echo, udp and connect run on one thread, and a
+generator near 100% of its core says so in the report. Compare with ../shared/bench-tools
+loadgen at the same settings: equal rates mean the server, not the generator, sets the pace.
+
+Examples:
+  monoreactor bench echo -c 50 -s 64 -d 5 --pid $PID
+  monoreactor bench echo --raw --addr 127.0.0.1:7007 -c 500 -P 16 -d 5
+  monoreactor bench echo --rate 20000 -d 10          # open loop, latency from due times
+  monoreactor bench udp -c 16 -n 100000
+  monoreactor bench connect -c 50 -d 3 --rst
+  monoreactor bench get -c 4 -s 1M -d 5
+  monoreactor bench exec -c 2 -d 3 --token-file ~/.monoreactor-token";
+
+/// The workloads.
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// TCP echo load: framed ECHO_REQUESTs (default, port 7878) or raw bytes (--raw, port
+    /// 7007, any echo server).
+    Echo(load::EchoBenchArgs),
+    /// UDP echo load against any UDP echo server (default 127.0.0.1:7007).
+    Udp(load::UdpBenchArgs),
+    /// Short connections against any TCP echo server: connect, one echo, close, per request;
+    /// reports connections per second (default 127.0.0.1:7007).
+    Connect(load::ConnectBenchArgs),
+    /// Remote exec round trips: each connection runs a command (`true`, or the one after
+    /// `--`) after another; needs the server's token.
+    Exec(blocking::ExecBenchArgs),
+    /// File downloads: each connection GETs the same file of -s bytes (uploaded first,
+    /// removed after), verified by BLAKE3, to nowhere.
+    Get(blocking::FileBenchArgs),
+    /// File uploads: each connection PUTs -s bytes to a path of its own, again and again
+    /// (removed after).
+    Put(blocking::FileBenchArgs),
+    /// Opens -c connections that stay idle and reports server memory per connection (needs
+    /// --pid).
+    Idle(observe::IdleBenchArgs),
+    /// One client pings 64-byte framed echoes every millisecond: the latency another client
+    /// sees while something heavy runs (with --pid, the server's peak memory too).
+    Probe(observe::ProbeBenchArgs),
+    /// One command writes -s bytes of output to a client reading at --read-rate, while a
+    /// 64-byte echo client pings: the server's peak memory and the echo latency meanwhile
+    /// (needs --pid and the server's token; its --exec-max-output must allow -s).
+    Stream(observe::StreamBenchArgs),
+}
+
+/// Flags every load subcommand takes.
+#[derive(Args)]
+struct BenchCommon {
+    /// Server address, HOST:PORT [default: per subcommand].
+    #[arg(long, value_name = "ADDR")]
+    addr: Option<Addr>,
+    /// Connections [default: 50 for echo, udp and connect; 1 for exec; 4 for get and put].
+    #[arg(short = 'c', long = "connections", value_name = "N", value_parser = at_least_one)]
+    connections: Option<usize>,
+    /// Seconds measured.
+    #[arg(short = 'd', long = "duration", value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    duration: Secs,
+    /// Stop after this many requests instead of after -d.
+    #[arg(short = 'n', long = "requests", value_name = "N", value_parser = at_least_one)]
+    requests: Option<usize>,
+    /// Seconds of load before measuring starts [default: none].
+    #[arg(long, value_name = "SECS")]
+    warmup: Option<Secs>,
+    /// Server pid: report its CPU time per request.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl BenchCommon {
+    fn stop(&self) -> Stop {
+        match self.requests {
+            Some(count) => Stop::Requests(count as u64),
+            None => Stop::After(self.duration.0),
+        }
+    }
+
+    fn warmup(&self) -> Duration {
+        self.warmup.map_or(Duration::ZERO, |secs| secs.0)
+    }
+
+    fn connections(&self, default: usize) -> usize {
+        self.connections.unwrap_or(default)
+    }
+}
+
+/// Runs the workload and prints its report.
+pub fn run(args: BenchArgs) -> Result<(), Failure> {
+    match args.command {
+        BenchCommand::Echo(args) => load::echo(args),
+        BenchCommand::Udp(args) => load::udp(args),
+        BenchCommand::Connect(args) => load::connect(args),
+        BenchCommand::Exec(args) => blocking::exec(args),
+        BenchCommand::Get(args) => blocking::get(args),
+        BenchCommand::Put(args) => blocking::put(args),
+        BenchCommand::Idle(args) => observe::idle(args),
+        BenchCommand::Probe(args) => observe::probe(args),
+        BenchCommand::Stream(args) => observe::stream(args),
+    }
+}
+
+/// Prints a load report (text or JSON); a run cut short is a failure after its partial
+/// results.
+fn print_report(report: &Report, json: bool) -> Result<(), Failure> {
+    let text = if json {
+        format::report_json(report)?
+    } else {
+        format::report(report)
+    };
+    print_stdout(&format!("{text}\n"))?;
+    match &report.ended_early {
+        Some(reason) => Err(Failure::from(format!(
+            "{} {}: {reason} (partial results above)",
+            report.what, report.addr
+        ))),
+        None => Ok(()),
+    }
+}

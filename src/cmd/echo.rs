@@ -1,0 +1,56 @@
+//! `monoreactor echo`: one framed echo request, its reply printed. The smallest check that a
+//! server is there and speaks the protocol.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use monoreactor::DEFAULT_FRAMED_ADDR;
+use monoreactor::Token;
+use monoreactor::client::{Client, ClientError};
+use monoreactor::proto::SessionFlags;
+
+use crate::args::{Addr, Secs};
+use crate::explain::explain;
+use crate::failure::{Failure, print_stdout};
+use crate::token::client_token;
+
+/// The flags of `echo`.
+#[derive(Args)]
+pub struct EchoArgs {
+    /// Server address (framed protocol), HOST:PORT.
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    addr: Addr,
+    /// Seconds to wait for the connection and for each reply.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    timeout: Secs,
+    /// File holding the server's token, for texts above the small pre-authentication frame
+    /// limit [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Text to send; several words are joined with spaces.
+    #[arg(required = true, value_name = "TEXT")]
+    text: Vec<String>,
+}
+
+/// Sends the text, prints the reply and a newline.
+pub fn run(args: EchoArgs) -> Result<(), Failure> {
+    let text = args.text.join(" ");
+    let (token, source) = client_token(args.token_file)?;
+    let credentials = token.as_ref().map_or(&[][..], Token::as_bytes);
+    let (mut client, ok) =
+        Client::connect_with(&args.addr.to_string(), credentials, args.timeout.0)
+            .map_err(|error| explain(&error, &source, None))?;
+    let authenticated = Some(ok.flags.contains(SessionFlags::AUTHENTICATED));
+    if text.len() > ok.max_payload_len as usize {
+        let error = ClientError::TooLarge {
+            len: text.len(),
+            max: ok.max_payload_len,
+        };
+        return Err(explain(&error, &source, authenticated).into());
+    }
+    let reply = client
+        .echo(text.as_bytes())
+        .map_err(|error| explain(&error, &source, authenticated))?;
+    print_stdout(&format!("{}\n", String::from_utf8_lossy(&reply)))
+}

@@ -1,0 +1,222 @@
+//! `monoreactor exec`: a command on the server, run like ssh runs one. Stdin is forwarded, the
+//! command's stdout and stderr come back as they are written, the first SIGINT or SIGTERM is
+//! the remote command's, and its exit status is ours.
+
+use std::ffi::OsString;
+use std::io::{self, IsTerminal};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args};
+use monoreactor::DEFAULT_FRAMED_ADDR;
+use monoreactor::client::exec::{Command as RemoteCommand, ExecClient, Signaller};
+use monoreactor::proto::exec::{EndReason, MAX_CWD_LEN, Signal};
+use monoreactor::proto::{ErrorCode, SessionFlags};
+
+use crate::args::{Addr, Secs};
+use crate::explain::explain;
+use crate::failure::{CLIENT_FAILURE, Failure, say};
+use crate::token::client_token;
+
+/// How long `exec` waits to connect, for HELLO_OK and for STARTED. The command's own run time
+/// is unbounded here (the server enforces its limit), so this covers only the handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `exec --help` says after the flags: examples, stdin, signals, exit statuses.
+const HELP: &str = "\
+Examples:
+  monoreactor exec -- uname -a
+  monoreactor exec --shell 'ls | wc -l'
+  monoreactor exec -- cat < big.bin | b3sum      (same sum as b3sum big.bin)
+
+Stdin: forwarded until end of file, then the command sees EOF. With -n, or when stdin is a
+terminal and this is a background job, nothing is read and the command's stdin is /dev/null.
+
+Signals: the first SIGINT (Ctrl-C) or SIGTERM is sent to the remote command's process group;
+a second one gives up at once (exit 130 or 143), as does SIGHUP (129), and the server stops the
+command when the connection closes.
+
+Exit status: the command's own; 128+N if signal N killed it; 127 if the server found no such
+program, 126 if it may not run it; 255 if this client failed (one line on stderr says why).
+
+The token comes from --token-file, else from $MONOREACTOR_TOKEN.";
+
+/// The flags of `exec`: where, as whom, and what to run.
+#[derive(Args)]
+#[command(after_help = HELP, group(ArgGroup::new("command").required(true).args(["argv", "shell"])))]
+pub struct ExecArgs {
+    /// Server address (framed protocol), HOST:PORT.
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    addr: Addr,
+    /// File holding the server's token [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Time limit for the command; the server applies the smaller of this and its own
+    /// --exec-timeout [default: the server's].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<Secs>,
+    /// Working directory, relative to the server's --root [default: the root].
+    #[arg(long, value_name = "DIR", value_parser = parse_cwd)]
+    cwd: Option<String>,
+    /// Run STRING with `sh -c` on the server instead of PROG.
+    #[arg(long, value_name = "STRING")]
+    shell: Option<String>,
+    /// Read no stdin: the command's stdin is /dev/null (like ssh -n).
+    #[arg(short = 'n', long)]
+    no_stdin: bool,
+    /// The program and its arguments, best after `--`; no shell is involved.
+    #[arg(value_name = "PROG", trailing_var_arg = true, value_parser = clap::value_parser!(OsString))]
+    argv: Vec<OsString>,
+}
+
+/// A `--cwd` that fits in a request, refused before connecting otherwise.
+fn parse_cwd(text: &str) -> Result<String, String> {
+    if text.len() > MAX_CWD_LEN {
+        return Err(format!(
+            "{} bytes; at most {MAX_CWD_LEN} fit in a request",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Runs the command and returns the exit status for this process: the remote
+/// command's, or this client's own failure after its line on stderr.
+pub fn run(args: ExecArgs) -> u8 {
+    match run_remote(args) {
+        Ok(status) => status,
+        Err(failure) => {
+            if let Some(message) = failure.message {
+                say(&message);
+            }
+            failure.status
+        }
+    }
+}
+
+/// Starts the command and relays its input and output until it ends: its exit status as a
+/// shell reports one, or why this client could not get it.
+fn run_remote(args: ExecArgs) -> Result<u8, Failure> {
+    let (token, source) = client_token(args.token_file).map_err(Failure::own)?;
+    let mut command = match args.shell {
+        Some(script) => RemoteCommand::shell(&script),
+        None => RemoteCommand::new(args.argv.into_iter().map(OsString::into_vec)),
+    };
+    command.cwd = args.cwd.unwrap_or_default();
+    command.timeout = args.timeout.map(|secs| secs.0);
+    command.stdin = !args.no_stdin && stdin_is_ours();
+
+    let addr = args.addr.to_string();
+    let client = ExecClient::connect(&addr, token.as_ref(), CONNECT_TIMEOUT)
+        .map_err(|error| Failure::own(explain(&error, &source, None)))?;
+    let authenticated = Some(
+        client
+            .hello_ok()
+            .flags
+            .contains(SessionFlags::AUTHENTICATED),
+    );
+    let running = client.start(&command).map_err(|error| {
+        // As a shell (and so ssh) reports them: 127 not found, 126 found but not runnable.
+        let status = match error.server_code() {
+            Some(ErrorCode::NotFound) => 127,
+            Some(ErrorCode::PermissionDenied) => 126,
+            _ => CLIENT_FAILURE,
+        };
+        Failure {
+            status,
+            message: Some(explain(&error, &source, authenticated)),
+        }
+    })?;
+    log::debug!("remote pid {}", running.pid());
+    // From here a Ctrl-C is the remote command's; before, it simply ends this client (and the
+    // server, seeing the connection close, stops anything it started).
+    let _signals = forward_signals(running.signaller(), running.pid());
+    let input = command.stdin.then(io::stdin);
+    match running.finish(input, &mut io::stdout(), &mut io::stderr()) {
+        Ok(exit) => {
+            if !matches!(exit.reason, EndReason::None | EndReason::ClientSignal) {
+                // The status alone (143, 137) would not say that the server, not the command,
+                // decided this.
+                say(&format!("remote command {exit}"));
+            }
+            Ok(exit.shell_code())
+        }
+        // Our reader went away (`| head -1`): stop quietly, as the command itself would have.
+        // SIGPIPE's default action usually ends us before this is reached.
+        Err(error) if error.is_broken_pipe() => Err(Failure::reader_gone()),
+        Err(error) => Err(Failure::own(explain(&error, &source, authenticated))),
+    }
+}
+
+/// Whether `exec` should read stdin: yes, as ssh does, even from a terminal (`exec -- sh`
+/// then reads what is typed; Ctrl-D ends it), except in a background job on that terminal,
+/// where reading would only stop us with SIGTTIN (what `ssh -n` exists for): there the
+/// command gets /dev/null.
+fn stdin_is_ours() -> bool {
+    if !io::stdin().is_terminal() {
+        return true;
+    }
+    // SAFETY: both calls only read process and terminal state; fd 0 is a terminal.
+    let (foreground, ours) = unsafe { (libc::tcgetpgrp(0), libc::getpgrp()) };
+    let background = foreground != -1 && foreground != ours;
+    if background {
+        log::debug!("stdin is the terminal of another job: not forwarding it");
+    }
+    !background
+}
+
+/// Forwards the first SIGINT or SIGTERM to the remote command as a SIGNAL request; a second
+/// one gives up at once with 128+N and one line on stderr. SIGHUP (the terminal is gone) gives
+/// up at once with 129. Giving up closes the connection with a reset, on which the server stops
+/// the command (TERM to its group, KILL after a grace). The returned handle keeps the handlers
+/// installed; `None` if they could not be (the signals then end this client by their default
+/// action, and the server stops the command when the connection closes).
+fn forward_signals(signaller: Signaller, pid: u32) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            log::warn!("cannot catch SIGINT and SIGTERM to forward them: {error}");
+            return None;
+        }
+    };
+    let handle = signals.handle();
+    let spawned = std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            let mut forwarded = false;
+            for number in signals.forever() {
+                let signal = match number {
+                    SIGINT => Signal::Int,
+                    SIGTERM => Signal::Term,
+                    _ => Signal::Hup,
+                };
+                if !forwarded && signal != Signal::Hup {
+                    forwarded = true;
+                    log::debug!("forwarding {signal} to remote pid {pid}");
+                    // A failed send means the connection is gone: the output side reports it.
+                    let _ = signaller.send(signal);
+                    continue;
+                }
+                signaller.abort_on_close();
+                if signal != Signal::Hup {
+                    say(&format!(
+                        "{signal} again: gave up waiting for remote pid {pid}; the server stops it as the connection closes"
+                    ));
+                }
+                // Exit here rather than in the output thread, which may be blocked writing to a
+                // stdout nobody reads. The exit closes the connection (with a reset); closing
+                // it first would let the output thread report the close as an error of its own.
+                std::process::exit(128 + number);
+            }
+        });
+    match spawned {
+        Ok(_) => Some(handle),
+        Err(error) => {
+            log::warn!("cannot start the signal thread: {error}");
+            handle.close();
+            None
+        }
+    }
+}

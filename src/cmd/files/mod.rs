@@ -1,0 +1,110 @@
+//! The file commands, `get`, `put`, `ls`, `stat`, `rm` and `mkdir`: the command line over
+//! [`monoreactor::client::files`], one module each (`rm` and `mkdir` share [`paths`]). What
+//! they have in common is here: the server flags, the connection with what its errors need
+//! for their hints ([`Session`]), and the exit statuses: 1 when the server refused, 255 when
+//! this client failed, 2 for a usage error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use monoreactor::DEFAULT_FRAMED_ADDR;
+use monoreactor::client::ClientError;
+use monoreactor::client::files::FileClient;
+use monoreactor::proto::SessionFlags;
+
+use crate::args::Addr;
+use crate::explain::explain;
+use crate::failure::{CLIENT_FAILURE, Failure};
+use crate::token::{TokenSource, client_token};
+
+/// How long the file commands wait to connect and for HELLO_OK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Exit status when the server refused or failed the request (an ERROR frame).
+const SERVER_REFUSED: u8 = 1;
+
+/// The `after_help` of a file command: its own text, then the conventions they share.
+macro_rules! file_help {
+    ($text:literal) => {
+        concat!(
+            $text,
+            "\n\n",
+            "Remote paths are relative to the server's --root (`.` is the root) and \
+             `/`-separated;\nsymlinks on the server are never followed.\n\n",
+            "Exit status: 0 on success; 1 if the server refused or failed the request (not \
+             found,\nalready exists, no space, ...); 2 for a usage error; 255 if this client \
+             failed (cannot\nconnect, the connection broke, a local file error, a stdout \
+             that cannot be written,\na download that failed verification). One line on \
+             stderr says why.\n\n",
+            "The token comes from --token-file, else from $MONOREACTOR_TOKEN."
+        )
+    };
+}
+
+pub mod format;
+pub mod get;
+pub mod ls;
+pub mod paths;
+mod progress;
+pub mod put;
+pub mod stat;
+
+/// Where the server is and how to authenticate: the flags every file command takes.
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Server address (framed protocol), HOST:PORT.
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    addr: Addr,
+    /// File holding the server's token [default: $MONOREACTOR_TOKEN].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+}
+
+/// A connection and what [`explain`] needs to add hints to its errors.
+struct Session {
+    client: FileClient,
+    source: TokenSource,
+    authenticated: Option<bool>,
+}
+
+impl Session {
+    /// Connects and says HELLO, with the token from the flags or the environment.
+    fn open(server: ServerArgs) -> Result<Session, Failure> {
+        let (token, source) = client_token(server.token_file).map_err(Failure::own)?;
+        let client = FileClient::connect(&server.addr.to_string(), token.as_ref(), CONNECT_TIMEOUT)
+            .map_err(|error| failure(&error, &source, None))?;
+        let authenticated = Some(
+            client
+                .hello_ok()
+                .flags
+                .contains(SessionFlags::AUTHENTICATED),
+        );
+        Ok(Session {
+            client,
+            source,
+            authenticated,
+        })
+    }
+
+    /// A failed request on this connection, as [`failure`] says.
+    fn fail(&self, error: &ClientError) -> Failure {
+        failure(error, &self.source, self.authenticated)
+    }
+}
+
+/// A failed request's exit status and line: 1 for the server's ERROR, 255 for our own
+/// failures, nothing at all for a closed stdout.
+fn failure(error: &ClientError, source: &TokenSource, authenticated: Option<bool>) -> Failure {
+    if error.is_broken_pipe() {
+        return Failure::reader_gone();
+    }
+    Failure {
+        status: if error.server_code().is_some() {
+            SERVER_REFUSED
+        } else {
+            CLIENT_FAILURE
+        },
+        message: Some(explain(error, source, authenticated)),
+    }
+}

@@ -1,0 +1,9 @@
+//! One module per subcommand, each holding its clap flags (`...Args`) and the function that
+//! runs it, as cargo keeps its commands: [`serve`], [`echo`], [`exec`], [`bench`](mod@bench), and the
+//! file commands in [`files`] (`get`, `put`, `ls`, `stat`, `rm`, `mkdir`).
+
+pub mod bench;
+pub mod echo;
+pub mod exec;
+pub mod files;
+pub mod serve;

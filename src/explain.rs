@@ -1,0 +1,38 @@
+//! A client error in the words of the command line: the server's refusal or our own failure
+//! in one line, with a hint where the answer alone would leave a new user guessing (which
+//! token was sent, that a larger frame needs one).
+
+use monoreactor::TOKEN_ENV;
+use monoreactor::client::ClientError;
+use monoreactor::proto::ErrorCode;
+
+use crate::token::TokenSource;
+
+/// A client error in one line, with a hint where the server's answer alone would leave a new
+/// user guessing. `authenticated` is what HELLO_OK said, once known.
+pub fn explain(error: &ClientError, source: &TokenSource, authenticated: Option<bool>) -> String {
+    let hint = match (error.server_code(), source) {
+        (Some(ErrorCode::AuthFailed), TokenSource::File(path)) => format!(
+            "; check --token-file {} (it wins over {TOKEN_ENV})",
+            path.display()
+        ),
+        (Some(ErrorCode::AuthFailed), _) => {
+            format!("; check {TOKEN_ENV}, or pass --token-file PATH")
+        }
+        (Some(ErrorCode::Unauthenticated), TokenSource::None) => {
+            format!("; no token was given: pass --token-file PATH or set {TOKEN_ENV}")
+        }
+        _ if authenticated == Some(false)
+            && matches!(
+                (error, error.server_code()),
+                (ClientError::TooLarge { .. }, _) | (_, Some(ErrorCode::FrameTooLarge))
+            ) =>
+        {
+            format!(
+                " before authentication; with the server's token (--token-file PATH or {TOKEN_ENV}) it accepts more"
+            )
+        }
+        _ => String::new(),
+    };
+    format!("{error}{hint}")
+}

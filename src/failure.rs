@@ -1,0 +1,102 @@
+//! How a command ends when it fails: a [`Failure`] is an exit status and the one line to print
+//! for it; the statuses the commands share are here, and so are the two ways out to the
+//! terminal every command uses, [`print_stdout`] and [`say`], neither of which panics.
+
+use std::io::{self, ErrorKind, Write};
+
+/// Exit status of a client command when the client itself failed (as ssh's), among others
+/// when its stdout cannot be written.
+pub const CLIENT_FAILURE: u8 = 255;
+
+/// Exit status of a usage error, as clap's.
+pub const USAGE: u8 = 2;
+
+/// Exit status of `serve`, `echo` and `bench` when they fail for a reason other than their
+/// stdout (no server, the wrong protocol, a run cut short), as they always have.
+pub const FAILED: u8 = 1;
+
+/// Why a command failed: its exit status and the line to print (none for a closed stdout).
+pub struct Failure {
+    /// The process's exit status.
+    pub status: u8,
+    /// The line for stderr, without the `monoreactor: ` that [`say`] puts before it.
+    pub message: Option<String>,
+}
+
+impl Failure {
+    /// The client itself failed: [`CLIENT_FAILURE`].
+    pub fn own(message: String) -> Failure {
+        Failure {
+            status: CLIENT_FAILURE,
+            message: Some(message),
+        }
+    }
+
+    /// The command line asks for something that cannot work: [`USAGE`].
+    pub fn usage(message: String) -> Failure {
+        Failure {
+            status: USAGE,
+            message: Some(message),
+        }
+    }
+
+    /// Whoever read our output went away (`| head -1`): end quietly with 141, as SIGPIPE's
+    /// default action would have.
+    pub fn reader_gone() -> Failure {
+        Failure {
+            status: 128 + libc::SIGPIPE as u8,
+            message: None,
+        }
+    }
+}
+
+/// `serve`, `echo` and `bench` report their failures as a line: [`FAILED`].
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            status: FAILED,
+            message: Some(message),
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_string())
+    }
+}
+
+/// Output that could not be put into JSON (which the formats here never cause: their keys
+/// are strings and their numbers finite): a failure of the client, like any other output
+/// that cannot be written.
+impl From<serde_json::Error> for Failure {
+    fn from(error: serde_json::Error) -> Failure {
+        Failure::own(format!("cannot write the output as JSON: {error}"))
+    }
+}
+
+/// Writes all of `text` to stdout, flushed; a failure as [`output_failure`] says: never
+/// `println!`'s panic.
+pub fn print_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|error| output_failure(&error))
+}
+
+/// A write to stdout that failed. A closed stdout ends the command quietly (141, as SIGPIPE
+/// would have); any other error (a full disk, `>/dev/full`) is a failure of the client,
+/// [`CLIENT_FAILURE`], with one line.
+pub fn output_failure(error: &io::Error) -> Failure {
+    if error.kind() == ErrorKind::BrokenPipe {
+        return Failure::reader_gone();
+    }
+    Failure::own(format!("cannot write the output: {error}"))
+}
+
+/// One `monoreactor: ...` line on stderr. A stderr that cannot be written (a terminal that
+/// hung up) is ignored: there is nowhere else to report it, and `eprintln!` would panic.
+pub fn say(message: &str) {
+    let _ = writeln!(io::stderr(), "monoreactor: {message}");
+}

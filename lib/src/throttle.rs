@@ -8,18 +8,18 @@ use crate::timer::Tick;
 
 /// Allows one log line per interval and counts the events it held back.
 #[derive(Debug, Default)]
-pub struct LogThrottle {
+pub(crate) struct LogThrottle {
     last: Option<Tick>,
     suppressed: u64,
 }
 
 impl LogThrottle {
     /// The shortest gap between two lines.
-    pub const INTERVAL: Duration = Duration::from_secs(1);
+    pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
     /// Records one event at `now`. Returns `Some(suppressed)` when a line may be logged now,
     /// with the number of events held back since the previous line.
-    pub fn allow(&mut self, now: Tick) -> Option<u64> {
+    pub(crate) fn allow(&mut self, now: Tick) -> Option<u64> {
         match self.last {
             Some(last) if now < last.after(Self::INTERVAL) => {
                 self.suppressed += 1;

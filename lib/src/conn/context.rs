@@ -49,8 +49,9 @@ pub struct Context<'a> {
     /// The loop's turn number: a child number freed in a turn is not reused in the same turn,
     /// so no event of that turn's batch can reach the wrong command.
     pub turn: u64,
-    /// Throttles the log line for a wrong token; `None` logs each at debug level only.
-    pub auth_log: Option<&'a mut LogThrottle>,
+    /// Throttles the log line for a wrong token (the reactor's); `None`, as [`Context::new`]
+    /// leaves it, logs each at debug level only.
+    pub(crate) auth_log: Option<&'a mut LogThrottle>,
     /// The file service's disk (the I/O layer's, which hands blocking calls to the disk
     /// helper); `None` where files are not served (file requests are then refused).
     pub files: Option<&'a mut dyn Disk>,

@@ -34,6 +34,9 @@ mod scripted_io;
 pub use children::{ScriptedChild, ScriptedChildren};
 pub use disk::{DiskCall, ScriptedDisk};
 pub use harness::ConnHarness;
+/// The error a scripted disk call fails with (`Errno::NOSPC`, `Errno::IO` ...): re-exported so
+/// a test can name one without depending on `rustix` itself.
+pub use rustix::io::Errno;
 pub use scripted_io::*;
 
 /// SplitMix64: a tiny, fast, seeded generator. Not for cryptography; for reproducible tests.

@@ -290,7 +290,7 @@ impl BufferPool {
 /// references to the page-cache pages until they are acknowledged (on loopback, until the
 /// peer reads them). A truncation takes pages out of the file, not out of those buffers, so
 /// bytes already handed over arrive as they were; a write into a page still in flight changes
-/// them. Whoever vouches for the bytes (a GET's DIGEST, `pump_get`) decides only after its
+/// them. Whoever vouches for the bytes (a GET's DIGEST, `Get::pump` in `conn/streams/get.rs`) decides only after its
 /// last range has left, by checking the file then.
 #[derive(Clone, Debug)]
 pub struct FileRange {

@@ -31,10 +31,10 @@ pub(super) struct ConnChildren<'a> {
 }
 
 impl Children for ConnChildren<'_> {
-    fn spawn(&mut self, index: u8, spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+    fn spawn(&mut self, child_number: u8, spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         let key = self.key;
         self.table.spawn(spec, self.root, self.registry, |source| {
-            Source::Conn(key, Sub::Child(index, source)).token()
+            Source::Conn(key, Sub::Child(child_number, source)).token()
         })
     }
 

@@ -152,9 +152,9 @@ impl fmt::Display for SpawnError {
 /// Reads and writes follow the socket rules: `WouldBlock` means "wait for the next event", a
 /// read of 0 is EOF.
 pub trait Children {
-    /// Starts a command as this connection's child number `index` (the sub-source its pipes
-    /// are registered under).
-    fn spawn(&mut self, index: u8, spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError>;
+    /// Starts a command as this connection's child number `child_number` (the sub-source its
+    /// pipes are registered under).
+    fn spawn(&mut self, child_number: u8, spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError>;
     /// Reads output from one pipe.
     fn read(&mut self, child: ChildId, pipe: OutputPipe, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes to the command's stdin.

@@ -126,6 +126,71 @@ impl Transport for mio::net::TcpStream {
     }
 }
 
+/// What the transport knows of the client at the other end, for the access checks: whether
+/// the bytes are encrypted, whether the client is on this machine, and the key of the
+/// certificate it presented. The reactor fills it in for each drive ([`Context::peer`]).
+///
+/// [`Context::peer`]: crate::conn::Context::peer
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The connection runs over TLS: its bytes are encrypted, and the client checked the
+    /// server's certificate.
+    pub encrypted: bool,
+    /// The client's address is a loopback address (127.0.0.0/8, ::1): its bytes never leave
+    /// this machine, so a plaintext connection from it may authenticate.
+    pub loopback: bool,
+    /// The client certificate's key, if it presented one that the server verified against
+    /// `--tls-client-ca`.
+    pub client_key: Option<KeyFingerprint>,
+}
+
+impl Peer {
+    /// A plaintext client on this machine: what a connection driven by hand (tests, the test
+    /// kit) is, and what every connection was before TLS.
+    pub const LOCAL: Peer = Peer {
+        encrypted: false,
+        loopback: true,
+        client_key: None,
+    };
+}
+
+/// The SHA-256 of a certificate's SubjectPublicKeyInfo: the key a client certificate stands
+/// for, whatever certificate carries it (so a renewed certificate with the same key keeps its
+/// credential). Written as 64 lowercase hex digits, as `openssl` prints it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyFingerprint(pub [u8; 32]);
+
+impl KeyFingerprint {
+    /// Parses 64 hex digits (either case; `:` between bytes allowed, as `openssl` writes them).
+    pub fn parse(text: &str) -> Result<KeyFingerprint, String> {
+        let digits: Vec<u8> = text.bytes().filter(|&byte| byte != b':').collect();
+        if digits.len() != 64 {
+            return Err(format!(
+                "a key fingerprint is 64 hex digits (SHA-256 of the key); `{text}` has {}",
+                digits.len()
+            ));
+        }
+        let mut bytes = [0; 32];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| format!("`{text}` is not hex"))?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| format!("`{text}` is not hex"))?;
+        }
+        Ok(KeyFingerprint(bytes))
+    }
+}
+
+impl std::fmt::Display for KeyFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+impl std::fmt::Debug for KeyFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyFingerprint({self})")
+    }
+}
+
 /// Which readiness a connection (or its transport) waits for: the poll interest, in the
 /// crate's own terms, so that no `mio` type is part of the connection's API.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::service::disk::Disk;
 use crate::service::exec::Children;
 use crate::throttle::LogThrottle;
 use crate::timer::{Tick, WallClock};
-use crate::transport::{IoState, ReadOutcome};
+use crate::transport::{IoState, Peer, ReadOutcome};
 
 /// What the caller should do after driving a connection for a turn: the connection's answer
 /// to the loop.
@@ -44,6 +44,9 @@ pub struct Context<'a> {
     pub wall_clock: WallClock,
     /// The token and whether commands may run.
     pub access: &'a Access,
+    /// Who is at the other end: encrypted or not, on this machine or not, and the key of its
+    /// client certificate ([`Peer::LOCAL`] where [`Context::new`] made the context).
+    pub peer: Peer,
     /// The I/O layer's processes; `None` where no command can run (EXEC is then refused).
     pub children: Option<&'a mut dyn Children>,
     /// The loop's turn number: a child number freed in a turn is not reused in the same turn,
@@ -63,6 +66,7 @@ impl fmt::Debug for Context<'_> {
             .field("now", &self.now)
             .field("turn", &self.turn)
             .field("access", &self.access)
+            .field("peer", &self.peer)
             .field("children", &self.children.is_some())
             .field("files", &self.files.is_some())
             .finish_non_exhaustive()
@@ -79,6 +83,7 @@ impl<'a> Context<'a> {
             now,
             wall_clock: WallClock::default(),
             access: &ECHO_ONLY,
+            peer: Peer::LOCAL,
             children: None,
             turn: 0,
             auth_log: None,

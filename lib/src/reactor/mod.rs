@@ -253,6 +253,7 @@ impl Env {
             now: self.now,
             wall_clock: self.wall_clock,
             access: &self.access,
+            peer: crate::transport::Peer::LOCAL,
             children,
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),

@@ -257,6 +257,7 @@ impl<C: Children> ConnHarness<C> {
             now: self.now,
             wall_clock,
             access: &self.access,
+            peer: crate::transport::Peer::LOCAL,
             children: self
                 .children
                 .as_mut()

@@ -108,7 +108,9 @@ pub use server::{
 pub use buffer::BufferPool;
 pub use conn::{Connection, Context, Protocol, State, Verdict};
 pub use timer::{Tick, WallClock};
-pub use transport::{KeyFingerprint, Peer, Readiness, Transport};
+pub use transport::{
+    ALPN, KeyFingerprint, Peer, Readiness, TlsSettings, Transport, key_fingerprint, tls_provider,
+};
 
 /// What a connection's commands run on: implement [`Children`](children::Children) to give
 /// a [`Connection`] processes of your own (the server's are real ones; the test kit's are

@@ -62,6 +62,12 @@
 //!    transport wants ([`Transport::wants`]), both a [`Readiness`]; only the reactor turns
 //!    that into a `mio::Interest`.
 
+mod record;
+pub(crate) mod tls;
+mod tls_config;
+
+pub use tls_config::{ALPN, TlsSettings, key_fingerprint, provider as tls_provider};
+
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;

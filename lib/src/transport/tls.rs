@@ -1,0 +1,865 @@
+//! TLS on the framed listener: a [`TlsSession`] per connection, and the [`TlsLink`] that pairs
+//! it with the byte stream beneath for one drive and is the connection's [`Transport`].
+//!
+//! # Shape
+//! The session owns no descriptor: a drive lends it the socket (`TlsSession::link`), and
+//! everything it does is reading and writing through that `S: Transport`. So a test drives it
+//! with an in-memory pipe, byte by byte if it likes, and the server with the `mio` socket; the
+//! plain path is untouched (a plaintext connection is driven with the socket itself, as
+//! before).
+//!
+//! A session goes through three phases:
+//! 1. **Fresh**: nothing received, no memory but the session itself. The first byte decides:
+//!    0x16 (a TLS handshake record) starts the handshake; anything else is a plaintext client
+//!    on a TLS port, which is answered with a plaintext ERROR `BAD_HELLO` ("this port speaks
+//!    TLS: connect with --tls") and closed.
+//! 2. **Handshake**: rustls' `UnbufferedServerConnection` (TLS 1.3 only, ALPN `monoreactor`)
+//!    on buffers this session owns: records read from the socket are handed to
+//!    `process_tls_records` one whole record at a time, and what it encodes is appended to the
+//!    outgoing buffer and sent with the transport's `send_pending`. One record at a time, so
+//!    that rustls stops exactly at the client's Finished and never decrypts what follows it:
+//!    those bytes are the first frames, and they are ours to open.
+//! 3. **Traffic**: at the end of the handshake the session takes the traffic secrets from
+//!    rustls (`dangerous_into_kernel_connection`, the API kTLS uses; rustls keeps only what it
+//!    needs for key updates) and protects records itself (`record.rs`, on `ring::aead`): each
+//!    record is opened in place in the incoming buffer and sealed in place in the outgoing one.
+//!
+//! # Why our own record layer: the measurement
+//! The steady state must allocate nothing (`tests/zero_alloc.rs`). rustls 0.23's buffered API
+//! (`writer().write` + `write_tls`) allocates per record: its encrypter returns every sealed
+//! record in a new `Vec` (`PrefixedPayload::with_capacity` in the ring provider's
+//! `MessageEncrypter::encrypt`), queued in `sendable_tls`, and every received record's
+//! plaintext is copied into a new `Vec` in `received_plaintext`. The unbuffered API does not
+//! avoid either: `WriteTraffic::encrypt` goes through the same encrypter (then copies the `Vec`
+//! into the caller's buffer), and `ReadTraffic::next_record` pops the same `Vec`s ("requires
+//! in-place decryption", a TODO in rustls). Counted with the allocator of
+//! `tests/zero_alloc.rs`, a TLS GET through rustls' record layer made one allocation per
+//! 16 KiB record sent (about 2,000 over the 32 MiB window); through this one, none. So rustls
+//! runs the handshake (unbuffered, because the buffers must be ours to carry on with), and the
+//! record layer is the ~150 lines of `record.rs`: seal and open per RFC 8446 §5, alerts,
+//! KeyUpdate both ways (its secrets computed by rustls' `KernelConnection`), and a key update
+//! of our own before the suite's confidentiality limit.
+//!
+//! # Memory
+//! A fresh session holds no buffer. The incoming buffer is allocated at the first byte,
+//! [`FIRST_READ`] (4 KiB: a ClientHello fits), and grows only when a record's header asks for
+//! more, never past one record ([`INCOMING_MAX`], 16,645 bytes); so a half-finished
+//! handshake holds at most that, the server's first flight in the outgoing buffer (a few KiB,
+//! about the certificate chain's size), and rustls' handshake state. After the handshake the
+//! outgoing buffer is one record ([`OUTGOING_LEN`], 16,406 bytes). The reactor counts both
+//! buffers in `--max-client-memory` ([`TlsSession::buffer_bytes`]). A client whose handshake
+//! message does not fit one record (a client certificate chain over ~16 KiB) is refused.
+//!
+//! # Files: no sendfile under TLS
+//! [`Transport::send_file`] is not overridden: the default reads the range 16 KiB at a time
+//! (one record's worth) and writes it through the session, so a GET is a bounded read and
+//! encrypt per turn, never the whole file in memory. Kernel TLS would give `sendfile` back
+//! where the kernel has it (not here: `setsockopt(TCP_ULP, "tls")` fails with ENOENT on this
+//! kernel): at the end of the handshake, instead of `record.rs`, hand the secrets that
+//! `dangerous_into_kernel_connection` returns (`ExtractedSecrets`: key, IV and sequence per
+//! direction) to the socket with `setsockopt(SOL_TCP, TCP_ULP, "tls")` and then
+//! `setsockopt(SOL_TLS, TLS_TX, tls12_crypto_info_aes_gcm_128 { .. })` and `TLS_RX`; from then
+//! on the socket reads and writes plaintext, so the link would pass reads and writes through
+//! and take the plain `sendfile` path, handling only KeyUpdate (`KernelConnection`, as here)
+//! and alerts (control messages, `TLS_GET_RECORD_TYPE`).
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::ops::Range;
+use std::sync::Arc;
+
+use log::debug;
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError};
+use rustls::{ServerConfig, SupportedCipherSuite};
+
+use super::record::{
+    self, ALERT, APPLICATION_DATA, HANDSHAKE, HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT,
+    Protection, SEAL_OVERHEAD,
+};
+use super::{KeyFingerprint, Readiness, Transport};
+use crate::proto::{ErrorCode, ErrorMessage};
+
+/// The incoming buffer's size at the first byte: a ClientHello fits (rustls' is about 300
+/// bytes, a browser's with post-quantum key shares about 1.8 KiB).
+pub(crate) const FIRST_READ: usize = 4 << 10;
+/// The incoming buffer's bound: one whole record (header and 2^14 + 256 bytes), the most that
+/// must be held to open one.
+pub(crate) const INCOMING_MAX: usize = HEADER_LEN + MAX_CIPHERTEXT;
+/// The outgoing buffer after the handshake: one full record.
+pub(crate) const OUTGOING_LEN: usize = MAX_PLAINTEXT + SEAL_OVERHEAD;
+
+/// The first byte of a TLS handshake record (a ClientHello's record).
+const HANDSHAKE_RECORD: u8 = 0x16;
+/// The ERROR text a plaintext client on a TLS port gets.
+pub(crate) const PLAINTEXT_ON_TLS_TEXT: &str = "this port speaks TLS: connect with --tls";
+/// Reads of a refused plaintext client's bytes before the close, so that it sees our FIN
+/// after the ERROR frame, not a reset that could destroy it.
+const REFUSE_DRAIN_READS: usize = 4;
+/// Records sealed under one key before ours is updated, short of the suite's confidentiality
+/// limit (AES-GCM: 2^24.5 records): the KeyUpdate itself takes one.
+const KEY_UPDATE_MARGIN: u64 = 16;
+/// TLS 1.3 KeyUpdate handshake message type (RFC 8446 §4.6.3).
+const KEY_UPDATE: u8 = 24;
+/// Alert descriptions this side acts on.
+const CLOSE_NOTIFY: u8 = 0;
+const USER_CANCELED: u8 = 90;
+
+/// What happened in the session that the loop must act on, taken with
+/// [`TlsSession::take_events`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TlsEvents {
+    /// The handshake just finished: the peer changed (encrypted, perhaps a client key), so the
+    /// drive stopped there, and the connection must be driven again (its bytes may be waiting).
+    pub(crate) established: bool,
+    /// A plaintext client was answered with an ERROR and closed.
+    pub(crate) plaintext_client: bool,
+}
+
+enum Phase {
+    /// Nothing received: the configuration the handshake will use.
+    Fresh(Arc<ServerConfig>),
+    Handshake(Box<UnbufferedServerConnection>),
+    Traffic(Box<Traffic>),
+    /// Failed or refused: every read and write fails.
+    Failed,
+}
+
+/// After the handshake: the two directions' protection, and what rustls keeps for key updates.
+struct Traffic {
+    kernel: KernelConnection<ServerConnectionData>,
+    tx: Protection,
+    rx: Protection,
+    /// Records sealed under one key before it is updated.
+    tx_limit: u64,
+    suite: SupportedCipherSuite,
+}
+
+/// One TLS connection's state and buffers; see the module docs.
+pub(crate) struct TlsSession {
+    phase: Phase,
+    /// Bytes read from the socket: `start..filled` is not used yet. Fully initialized (its
+    /// length is its size), so reads go straight into it.
+    incoming: Vec<u8>,
+    start: usize,
+    filled: usize,
+    /// Handshake: bytes from `start` handed to rustls (whole records only).
+    fed: usize,
+    /// Traffic: the opened record's content not handed out yet, in `incoming`.
+    plain: Range<usize>,
+    /// Sealed records (or handshake messages) to send: `out_start..out_end` of `outgoing`.
+    outgoing: Vec<u8>,
+    out_start: usize,
+    out_end: usize,
+    /// The peer sent close_notify, or its FIN.
+    peer_closed: bool,
+    /// `shutdown_write` was asked for while records were still waiting: done once they left.
+    shutdown_pending: bool,
+    client_key: Option<KeyFingerprint>,
+    events: TlsEvents,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match &self.phase {
+            Phase::Fresh(_) => "fresh",
+            Phase::Handshake(_) => "handshake",
+            Phase::Traffic(_) => "traffic",
+            Phase::Failed => "failed",
+        };
+        f.debug_struct("TlsSession")
+            .field("phase", &phase)
+            .field("pending_in", &(self.filled - self.start))
+            .field("pending_out", &(self.out_end - self.out_start))
+            .field("client_key", &self.client_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSession {
+    /// A session that will handshake with `config` once the client's first bytes arrive.
+    pub(crate) fn new(config: Arc<ServerConfig>) -> TlsSession {
+        TlsSession {
+            phase: Phase::Fresh(config),
+            incoming: Vec::new(),
+            start: 0,
+            filled: 0,
+            fed: 0,
+            plain: 0..0,
+            outgoing: Vec::new(),
+            out_start: 0,
+            out_end: 0,
+            peer_closed: false,
+            shutdown_pending: false,
+            client_key: None,
+            events: TlsEvents::default(),
+        }
+    }
+
+    /// The transport for one drive: this session over `io`.
+    pub(crate) fn link<'a, S: Transport>(&'a mut self, io: &'a mut S) -> TlsLink<'a, S> {
+        TlsLink { session: self, io }
+    }
+
+    /// The handshake is finished: the bytes are encrypted and the client checked our
+    /// certificate.
+    pub(crate) fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Traffic(_))
+    }
+
+    /// The key of the client certificate verified in the handshake, if one was presented.
+    pub(crate) fn client_key(&self) -> Option<KeyFingerprint> {
+        self.client_key
+    }
+
+    /// The negotiated cipher suite, once established (for the log).
+    pub(crate) fn suite(&self) -> Option<SupportedCipherSuite> {
+        match &self.phase {
+            Phase::Traffic(traffic) => Some(traffic.suite),
+            _ => None,
+        }
+    }
+
+    /// What happened since the last call.
+    pub(crate) fn take_events(&mut self) -> TlsEvents {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Bytes of buffer the session holds (capacity), for the client-memory budget.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.incoming.capacity() + self.outgoing.capacity()
+    }
+
+    fn out_pending(&self) -> bool {
+        self.out_start < self.out_end
+    }
+
+    fn handshaking(&self) -> bool {
+        matches!(self.phase, Phase::Fresh(_) | Phase::Handshake(_))
+    }
+
+    // === Reading ===
+
+    fn read_plaintext<S: Transport>(&mut self, io: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match self.phase {
+            Phase::Traffic(_) => self.read_traffic(io, buf),
+            Phase::Fresh(_) | Phase::Handshake(_) => match self.handshake(io) {
+                Ok(Handshake::Eof) => Ok(0),
+                Ok(Handshake::Blocked) => Err(ErrorKind::WouldBlock.into()),
+                // The peer changed: the loop drives the connection again with the new one.
+                Ok(Handshake::Established) => {
+                    self.events.established = true;
+                    Err(ErrorKind::WouldBlock.into())
+                }
+                Err(error) => {
+                    // The alert rustls queued, if any: the connection closes at once after a
+                    // failed read, so it goes now or never.
+                    let _ = self.flush_out(io);
+                    Err(error)
+                }
+            },
+            Phase::Failed => Err(failed()),
+        }
+    }
+
+    /// Reads from the socket into the incoming buffer, making room for `need` bytes from
+    /// `start` (growing the buffer to at most [`INCOMING_MAX`]). `Ok(None)` for `WouldBlock`;
+    /// `Ok(Some((n, short)))` otherwise, `short` when the read proved the socket drained.
+    fn fill<S: Read>(&mut self, io: &mut S, need: usize) -> io::Result<Option<(usize, bool)>> {
+        if self.start == self.filled && self.plain.is_empty() {
+            self.start = 0;
+            self.filled = 0;
+        }
+        let need = need.clamp(1, INCOMING_MAX);
+        if self.incoming.len() - self.start < need && self.start > 0 {
+            self.incoming.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
+        if self.incoming.len() < need {
+            // The one allocation of the incoming side: at the first byte, and once more for
+            // a record longer than what the buffer has held so far.
+            let len = need.max(FIRST_READ.min(INCOMING_MAX));
+            self.incoming.resize(len, 0);
+        }
+        let room = &mut self.incoming[self.filled..];
+        loop {
+            match io.read(room) {
+                Ok(n) => {
+                    let short = n < room.len();
+                    self.filled += n;
+                    return Ok(Some((n, short)));
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(None),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Drives the handshake as far as the bytes allow: reads the socket until rustls has what
+    /// it needs, feeds it whole records, queues what it answers.
+    fn handshake<S: Transport>(&mut self, io: &mut S) -> io::Result<Handshake> {
+        loop {
+            if let Phase::Fresh(_) = self.phase {
+                if self.start < self.filled {
+                    self.begin_handshake(io)?;
+                    continue;
+                }
+            } else if let Some(done) = self.advance_handshake()? {
+                return Ok(done);
+            }
+            // rustls needs another record: read until one is whole.
+            let need = match record::record_len(&self.incoming[self.start + self.fed..self.filled])
+            {
+                Ok(Some(len)) => self.fed + len,
+                Ok(None) => self.fed + HEADER_LEN,
+                Err(error) => return Err(self.fail(error.to_string())),
+            };
+            if need > INCOMING_MAX {
+                return Err(self.fail(format!(
+                    "a handshake message over {INCOMING_MAX} bytes (one TLS record)"
+                )));
+            }
+            match self.fill(io, need)? {
+                Some((0, _)) => {
+                    self.peer_closed = true;
+                    return Ok(Handshake::Eof);
+                }
+                Some(_) => {}
+                None => return Ok(Handshake::Blocked),
+            }
+        }
+    }
+
+    /// The first bytes are here: a TLS record starts the handshake; anything else is a
+    /// plaintext client, told so in its own protocol.
+    fn begin_handshake<S: Transport>(&mut self, io: &mut S) -> io::Result<()> {
+        let Phase::Fresh(config) = std::mem::replace(&mut self.phase, Phase::Failed) else {
+            return Ok(());
+        };
+        if self.incoming[self.start] != HANDSHAKE_RECORD {
+            self.refuse_plaintext(io);
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "a plaintext client on the TLS port",
+            ));
+        }
+        match UnbufferedServerConnection::new(config) {
+            Ok(conn) => {
+                self.phase = Phase::Handshake(Box::new(conn));
+                Ok(())
+            }
+            Err(error) => Err(self.fail(format!("TLS session: {error}"))),
+        }
+    }
+
+    /// Answers a plaintext client with a plaintext ERROR frame, shuts the write side, and reads
+    /// what else it sent (so the close is a FIN after the frame, not a reset).
+    fn refuse_plaintext<S: Transport>(&mut self, io: &mut S) {
+        self.events.plaintext_client = true;
+        let mut frame = Vec::new();
+        ErrorMessage::new(ErrorCode::BadHello, PLAINTEXT_ON_TLS_TEXT).encode(0, &mut frame);
+        self.outgoing = frame;
+        self.out_start = 0;
+        self.out_end = self.outgoing.len();
+        // A fresh socket takes a hundred bytes; if it did not, the client is gone anyway.
+        let _ = self.flush_out(io);
+        let _ = io.shutdown_write();
+        for _ in 0..REFUSE_DRAIN_READS {
+            self.start = 0;
+            self.filled = 0;
+            match io.read(&mut self.incoming) {
+                Ok(n) if n == self.incoming.len() => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// Runs rustls over the records fed so far; `Some` when the handshake ended (or the
+    /// peer closed), `None` when it needs another record.
+    fn advance_handshake(&mut self) -> io::Result<Option<Handshake>> {
+        loop {
+            let Phase::Handshake(conn) = &mut self.phase else {
+                return Ok(None);
+            };
+            let fed = self.start..self.start + self.fed;
+            let status = conn.process_tls_records(&mut self.incoming[fed]);
+            let discard = status.discard;
+            let step = match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut state)) => loop {
+                    match state.encode(&mut self.outgoing[self.out_end..]) {
+                        Ok(n) => {
+                            self.out_end += n;
+                            break Step::Again;
+                        }
+                        Err(EncodeError::InsufficientSize(size)) => {
+                            self.outgoing.resize(self.out_end + size.required_size, 0);
+                        }
+                        Err(EncodeError::AlreadyEncoded) => break Step::Again,
+                    }
+                },
+                // Encoded into `outgoing` already: sent by `send_pending`, in order.
+                Ok(ConnectionState::TransmitTlsData(state)) => {
+                    state.done();
+                    Step::Again
+                }
+                Ok(ConnectionState::BlockedHandshake) => Step::NeedRecord,
+                // Also offered between our Finished and the client's: not done before that.
+                Ok(ConnectionState::WriteTraffic(_)) => Step::MaybeDone,
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
+                Ok(other) => Step::Failed(format!("unexpected TLS state {other:?}")),
+                Err(error) => Step::Failed(format!("TLS handshake: {error}")),
+            };
+            self.start += discard;
+            self.fed -= discard;
+            match step {
+                Step::Again => {}
+                Step::NeedRecord => {
+                    if !self.feed_record()? {
+                        return Ok(None);
+                    }
+                }
+                Step::MaybeDone => {
+                    if !conn_handshaking(&self.phase) {
+                        self.finish_handshake()?;
+                        return Ok(Some(Handshake::Established));
+                    }
+                    if !self.feed_record()? {
+                        return Ok(None);
+                    }
+                }
+                Step::PeerClosed => {
+                    self.peer_closed = true;
+                    return Ok(Some(Handshake::Eof));
+                }
+                Step::Failed(text) => {
+                    self.queue_alert();
+                    return Err(self.fail(text));
+                }
+            }
+        }
+    }
+
+    /// Hands rustls the next whole record, if one is buffered.
+    fn feed_record(&mut self) -> io::Result<bool> {
+        let rest = &self.incoming[self.start + self.fed..self.filled];
+        match record::record_len(rest) {
+            Ok(Some(len)) if len <= rest.len() => {
+                self.fed += len;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(error) => Err(self.fail(error.to_string())),
+        }
+    }
+
+    /// After a rustls error: encodes the alert it queued, so the client learns why.
+    fn queue_alert(&mut self) {
+        let Phase::Handshake(conn) = &mut self.phase else {
+            return;
+        };
+        for _ in 0..4 {
+            let status = conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut state)) => {
+                    let mut room = [0; 64];
+                    if let Ok(n) = state.encode(&mut room) {
+                        self.outgoing.truncate(self.out_end);
+                        self.outgoing.extend_from_slice(&room[..n]);
+                        self.out_end += n;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(state)) => state.done(),
+                _ => break,
+            }
+        }
+    }
+
+    /// The client's Finished is verified: take the secrets and switch to our record layer.
+    fn finish_handshake(&mut self) -> io::Result<()> {
+        let Phase::Handshake(conn) = std::mem::replace(&mut self.phase, Phase::Failed) else {
+            return Err(failed());
+        };
+        if self.fed != 0 {
+            return Err(self.fail("bytes fed to rustls past its Finished".to_string()));
+        }
+        self.client_key = conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| super::tls_config::key_fingerprint(leaf).ok());
+        let (secrets, kernel) = match (*conn).dangerous_into_kernel_connection() {
+            Ok(parts) => parts,
+            Err(error) => return Err(self.fail(format!("TLS secrets: {error}"))),
+        };
+        let suite = kernel.negotiated_cipher_suite();
+        let Some(tls13) = suite.tls13() else {
+            return Err(self.fail("a TLS version other than 1.3".to_string()));
+        };
+        let tx = Protection::new(secrets.tx.0, &secrets.tx.1);
+        let rx = Protection::new(secrets.rx.0, &secrets.rx.1);
+        let (tx, rx) = match (tx, rx) {
+            (Ok(tx), Ok(rx)) => (tx, rx),
+            (Err(text), _) | (_, Err(text)) => return Err(self.fail(text)),
+        };
+        self.phase = Phase::Traffic(Box::new(Traffic {
+            kernel,
+            tx,
+            rx,
+            tx_limit: tls13
+                .common
+                .confidentiality_limit
+                .saturating_sub(KEY_UPDATE_MARGIN),
+            suite,
+        }));
+        Ok(())
+    }
+
+    fn read_traffic<S: Transport>(&mut self, io: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+        let mut copied = 0;
+        let mut drained = false;
+        loop {
+            if !self.plain.is_empty() {
+                let n = self.plain.len().min(buf.len() - copied);
+                let from = self.plain.start;
+                buf[copied..copied + n].copy_from_slice(&self.incoming[from..from + n]);
+                self.plain.start += n;
+                copied += n;
+                if copied == buf.len() {
+                    return Ok(copied);
+                }
+                continue;
+            }
+            if self.peer_closed {
+                return Ok(copied);
+            }
+            if self.open_record()? {
+                continue;
+            }
+            if drained {
+                return if copied > 0 {
+                    Ok(copied)
+                } else {
+                    Err(ErrorKind::WouldBlock.into())
+                };
+            }
+            let need = match record::record_len(&self.incoming[self.start..self.filled]) {
+                Ok(Some(len)) => len,
+                Ok(None) => HEADER_LEN,
+                Err(error) => return Err(self.fail(error.to_string())),
+            };
+            match self.fill(io, need) {
+                Ok(Some((0, _))) => {
+                    if self.start < self.filled {
+                        debug!("TLS peer closed mid-record");
+                    }
+                    self.peer_closed = true;
+                }
+                Ok(Some((_, short))) => drained = short,
+                Ok(None) => drained = true,
+                Err(_) if copied > 0 => return Ok(copied), // the error comes again next read
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Opens the next whole record in the incoming buffer, if there is one: application data
+    /// becomes `plain`; an alert or a KeyUpdate is acted on. Returns whether one was opened.
+    fn open_record(&mut self) -> io::Result<bool> {
+        let available = &mut self.incoming[self.start..self.filled];
+        let len = match record::record_len(available) {
+            Ok(Some(len)) if len <= available.len() => len,
+            Ok(_) => return Ok(false),
+            Err(error) => return Err(self.fail(error.to_string())),
+        };
+        let Phase::Traffic(traffic) = &mut self.phase else {
+            return Err(failed());
+        };
+        let (kind, content) = match traffic.rx.open(&mut available[..len]) {
+            Ok(opened) => opened,
+            Err(error) => return Err(self.fail(error.to_string())),
+        };
+        let content = self.start + content.start..self.start + content.end;
+        self.start += len;
+        match kind {
+            APPLICATION_DATA => self.plain = content,
+            ALERT => self.on_alert(content)?,
+            HANDSHAKE => self.on_post_handshake(content)?,
+            other => return Err(self.fail(format!("a TLS record of inner type {other}"))),
+        }
+        Ok(true)
+    }
+
+    fn on_alert(&mut self, content: Range<usize>) -> io::Result<()> {
+        match self.incoming[content] {
+            [_, CLOSE_NOTIFY] => {
+                self.peer_closed = true;
+                Ok(())
+            }
+            // Followed by close_notify (RFC 8446 §6.1).
+            [_, USER_CANCELED] => Ok(()),
+            [_, description] => Err(self.fail(format!("the client sent TLS alert {description}"))),
+            _ => Err(self.fail("a malformed TLS alert".to_string())),
+        }
+    }
+
+    /// Post-handshake messages a server accepts: KeyUpdate (RFC 8446 §4.6.3). No tickets are
+    /// sent and no client certificate is requested after the handshake, so nothing else.
+    fn on_post_handshake(&mut self, content: Range<usize>) -> io::Result<()> {
+        let mut at = content.start;
+        while at < content.end {
+            let message = &self.incoming[at..content.end];
+            let [KEY_UPDATE, 0, 0, 1, requested, ..] = *message else {
+                return Err(self.fail("a post-handshake message other than KeyUpdate".into()));
+            };
+            at += 5;
+            let Phase::Traffic(traffic) = &mut self.phase else {
+                return Err(failed());
+            };
+            let (seq, secrets) = match traffic.kernel.update_rx_secret() {
+                Ok(update) => update,
+                Err(error) => return Err(self.fail(format!("TLS key update: {error}"))),
+            };
+            match Protection::new(seq, &secrets) {
+                Ok(rx) => traffic.rx = rx,
+                Err(text) => return Err(self.fail(text)),
+            }
+            match requested {
+                0 => {}
+                1 => self.update_tx_key()?,
+                _ => return Err(self.fail("a KeyUpdate with a bad request field".into())),
+            }
+        }
+        // Our KeyUpdate, if one was asked for, goes with the next write or send_pending; the
+        // interest asks for WRITABLE meanwhile.
+        Ok(())
+    }
+
+    /// Sends KeyUpdate(update_not_requested) under the current key, then switches to the next.
+    fn update_tx_key(&mut self) -> io::Result<()> {
+        self.seal_raw(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0]);
+        let Phase::Traffic(traffic) = &mut self.phase else {
+            return Err(failed());
+        };
+        let (seq, secrets) = match traffic.kernel.update_tx_secret() {
+            Ok(update) => update,
+            Err(error) => return Err(self.fail(format!("TLS key update: {error}"))),
+        };
+        match Protection::new(seq, &secrets) {
+            Ok(tx) => traffic.tx = tx,
+            Err(text) => return Err(self.fail(text)),
+        }
+        Ok(())
+    }
+
+    // === Writing ===
+
+    /// Seals `content` as one record at the end of the outgoing buffer (growing it if a
+    /// control record must go behind a full one).
+    fn seal_raw(&mut self, content_type: u8, content: &[u8]) {
+        let Phase::Traffic(traffic) = &mut self.phase else {
+            return;
+        };
+        if self.out_start == self.out_end {
+            self.out_start = 0;
+            self.out_end = 0;
+        }
+        let need = self.out_end + content.len() + SEAL_OVERHEAD;
+        if self.outgoing.len() < need {
+            self.outgoing.resize(need.max(OUTGOING_LEN), 0);
+        }
+        self.out_end += traffic
+            .tx
+            .seal(content_type, content, &mut self.outgoing[self.out_end..]);
+    }
+
+    /// Seals application data, updating our key first when the suite's limit is near.
+    fn seal_data(&mut self, content: &[u8]) -> io::Result<()> {
+        let Phase::Traffic(traffic) = &self.phase else {
+            return Err(failed());
+        };
+        if traffic.tx.seq() >= traffic.tx_limit {
+            self.update_tx_key()?;
+        }
+        self.seal_raw(APPLICATION_DATA, content);
+        Ok(())
+    }
+
+    fn write_plaintext<S: Transport>(&mut self, io: &mut S, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if !self.is_established() {
+            // Nothing can be encrypted before the handshake ends; a connection writing now is
+            // closing (a timeout's ERROR frame), and closing at once is right.
+            return Err(io::Error::new(
+                ErrorKind::NotConnected,
+                "the TLS handshake has not finished",
+            ));
+        }
+        let mut taken = 0;
+        loop {
+            if self.out_pending() {
+                match self.flush_out(io) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(_) if taken > 0 => break, // the error comes again next write
+                    Err(error) => return Err(error),
+                }
+            }
+            if taken == data.len() {
+                break;
+            }
+            let n = (data.len() - taken).min(MAX_PLAINTEXT);
+            self.seal_data(&data[taken..taken + n])?;
+            taken += n;
+        }
+        if taken == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    /// Writes the outgoing buffer to the socket: `Ok(true)` once it is empty, `Ok(false)` when
+    /// the socket is full (a short write or `WouldBlock`).
+    fn flush_out<S: Write>(&mut self, io: &mut S) -> io::Result<bool> {
+        while self.out_start < self.out_end {
+            match io.write(&self.outgoing[self.out_start..self.out_end]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out_start += n;
+                    if self.out_start < self.out_end {
+                        return Ok(false);
+                    }
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
+        self.out_start = 0;
+        self.out_end = 0;
+        Ok(true)
+    }
+
+    fn send_pending<S: Transport>(&mut self, io: &mut S) -> io::Result<()> {
+        if self.out_pending() && !self.flush_out(io)? {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        if self.shutdown_pending {
+            self.shutdown_pending = false;
+            io.shutdown_write()?;
+        }
+        Ok(())
+    }
+
+    fn shutdown_write<S: Transport>(&mut self, io: &mut S) -> io::Result<()> {
+        if self.is_established() {
+            self.seal_raw(ALERT, &[1, CLOSE_NOTIFY]);
+        }
+        if self.flush_out(io)? {
+            io.shutdown_write()
+        } else {
+            self.shutdown_pending = true;
+            Ok(())
+        }
+    }
+
+    fn wants(&self) -> Readiness {
+        let write = if self.out_pending() || self.shutdown_pending {
+            Readiness::WRITABLE
+        } else {
+            Readiness::NONE
+        };
+        let read = if self.handshaking() {
+            Readiness::READABLE
+        } else {
+            Readiness::NONE
+        };
+        write | read
+    }
+
+    /// Ends the session: logged once here, then every call fails.
+    fn fail(&mut self, text: String) -> io::Error {
+        debug!("TLS: {text}");
+        self.phase = Phase::Failed;
+        self.plain = 0..0;
+        io::Error::new(ErrorKind::InvalidData, text)
+    }
+}
+
+/// Whether rustls is still handshaking (the server may write after its Finished, before the
+/// client's: that is not the end).
+fn conn_handshaking(phase: &Phase) -> bool {
+    match phase {
+        Phase::Handshake(conn) => conn.is_handshaking(),
+        _ => false,
+    }
+}
+
+fn failed() -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, "the TLS session has failed")
+}
+
+/// What driving the handshake came to.
+enum Handshake {
+    /// Finished: the traffic keys are in place.
+    Established,
+    /// The socket is drained and rustls needs more.
+    Blocked,
+    /// The peer closed.
+    Eof,
+}
+
+/// What one `process_tls_records` call asked for.
+enum Step {
+    Again,
+    NeedRecord,
+    MaybeDone,
+    PeerClosed,
+    Failed(String),
+}
+
+/// A [`TlsSession`] over the byte stream `S` for one drive: the connection's [`Transport`].
+/// Its reads and writes keep the socket's contract (see [`crate::transport`]): a read shorter
+/// than asked, or `WouldBlock`, only when the socket beneath is drained; a write shorter than
+/// offered only when it is full; `Ok(0)` only at the end of the stream. Once, at the end of
+/// the handshake, a read says `WouldBlock` with bytes possibly waiting
+/// ([`TlsEvents::established`]): whoever drives it must drive again.
+pub(crate) struct TlsLink<'a, S> {
+    session: &'a mut TlsSession,
+    io: &'a mut S,
+}
+
+impl<S: Transport> Read for TlsLink<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.session.read_plaintext(self.io, buf)
+    }
+}
+
+impl<S: Transport> Write for TlsLink<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.session.write_plaintext(self.io, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.session.send_pending(self.io)
+    }
+}
+
+impl<S: Transport> Transport for TlsLink<'_, S> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.session.shutdown_write(self.io)
+    }
+
+    fn send_pending(&mut self) -> io::Result<()> {
+        self.session.send_pending(self.io)
+    }
+
+    fn wants(&self) -> Readiness {
+        self.session.wants()
+    }
+}

@@ -9,6 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use log::{info, warn};
 use mio::net::{TcpListener, UdpSocket};
@@ -61,6 +62,11 @@ pub struct Config {
     /// (`/proc/self/exe`); the default is `None` (blocking disk calls inline on the loop), since
     /// a program embedding the server is not a helper.
     pub disk_helper: Option<PathBuf>,
+    /// TLS on the framed listener (the raw echo and UDP stay plaintext), from
+    /// [`TlsSettings::load`](crate::TlsSettings::load); `None`: plaintext. A configuration
+    /// built some other way must allow TLS 1.3, send no session tickets and enable secret
+    /// extraction, or every handshake fails at its end.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -76,6 +82,7 @@ impl Default for Config {
             insecure: false,
             handle_signals: true,
             disk_helper: None,
+            tls: None,
         }
     }
 }
@@ -241,6 +248,7 @@ impl Server {
             files: config.files,
             handle_signals: config.handle_signals,
             disk_helper: config.disk_helper,
+            tls: config.tls,
         })?;
         Ok(Server { reactor, addrs })
     }
@@ -248,6 +256,17 @@ impl Server {
     /// The bound addresses.
     pub fn addrs(&self) -> BoundAddrs {
         self.addrs
+    }
+
+    /// Swaps the TLS configuration (a renewed certificate, from [`TlsSettings::load`]):
+    /// connections accepted from then on handshake with it, those already accepted keep
+    /// theirs. A server bound without TLS stays plaintext, and the error says so.
+    ///
+    /// [`TlsSettings::load`]: crate::TlsSettings::load
+    pub fn reload_tls(&mut self, config: Arc<rustls::ServerConfig>) -> Result<(), StartError> {
+        self.reactor
+            .reload_tls(config)
+            .map_err(|text| StartError::Config(text.to_string()))
     }
 
     /// A handle that starts a graceful shutdown from another thread.
@@ -271,6 +290,7 @@ fn prepare(config: &mut Config) -> Result<(Limits, Option<Root>), StartError> {
         .validate()
         .map_err(|error| StartError::Config(error.to_string()))?;
     check_access(&config.access, config.framed, config.insecure)?;
+    check_transport(config.framed, config.tls.is_some(), config.insecure)?;
     let descriptors = raise_descriptor_limit();
     let commands = if config.access.exec {
         limits.max_exec
@@ -495,6 +515,17 @@ fn check_access(access: &Access, framed: SocketAddr, insecure: bool) -> Result<(
         return Err(StartError::Config(format!(
             "refusing to listen on {framed} without a token: anyone who can reach it could use the server; give --token-file PATH (or set {}), listen on 127.0.0.1, or pass --insecure",
             crate::access::TOKEN_ENV
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a framed listener reachable from other hosts in plaintext (unless `insecure`):
+/// tokens, commands and files would cross the network readable by anyone on the way.
+fn check_transport(framed: SocketAddr, tls: bool, insecure: bool) -> Result<(), StartError> {
+    if !tls && !framed.ip().is_loopback() && !insecure {
+        return Err(StartError::Config(format!(
+            "refusing to listen on {framed} without TLS: tokens and files would cross the network in plaintext; give --tls-cert PATH --tls-key PATH, listen on 127.0.0.1, or pass --insecure"
         )));
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args;
-use monoreactor::Limits;
+use monoreactor::{Limits, TlsSettings};
 use monoreactor::{Access, load_token};
 use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
@@ -73,9 +73,20 @@ pub struct ServeArgs {
     /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
     #[arg(long, value_name = "BYTES")]
     max_client_memory: Option<usize>,
-    /// Allow --listen on a non-loopback address without a token.
+    /// Allow --listen on a non-loopback address without a token, or without TLS.
     #[arg(long)]
     insecure: bool,
+    /// Speak TLS 1.3 on the framed listener with this certificate chain (PEM, leaf first);
+    /// needs --tls-key. The raw echo and UDP stay plaintext.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Ask TLS clients for a certificate and verify it against these CA certificates (PEM); a
+    /// client without one may still connect (and authenticate with the token).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Worker processes, each this whole single-threaded server on the same ports
     /// (SO_REUSEPORT), supervised by this process; every limit applies to each worker. With 1
     /// the server runs in this process.
@@ -133,6 +144,19 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let (token, warning) = load_token(args.token_file.as_deref())
         .map_err(|error| token_error(args.token_file.as_deref(), error))?;
+    // Loaded before anything is bound or created, so a bad file stops `serve` with one line
+    // and nothing left behind.
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            TlsSettings {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }
+            .load()?,
+        ),
+        _ => None,
+    };
     if let Some(warning) = warning {
         log::warn!("{warning}");
     }
@@ -156,6 +180,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Some(path) if path.as_os_str() == "off" => None,
             Some(path) => Some(path),
         },
+        tls,
     };
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);

@@ -259,6 +259,7 @@ impl Connection {
             }
             let max = self.max_payload(cx.limits);
             if self.state == State::AwaitingHello {
+                self.refuse_tls_client(rest, cx)?;
                 // Before HELLO only HELLO is valid: refuse anything else from its header,
                 // before a byte of its payload is waited for.
                 if let Ok(Some(header)) = Header::parse(rest, max) {

@@ -61,6 +61,7 @@ mod dispatch;
 mod echoes;
 mod framed;
 mod raw_echo;
+mod sniff;
 mod streams;
 
 use std::fmt;

@@ -3,7 +3,8 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::Arc;
 
 use log::{debug, error, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -12,6 +13,7 @@ use super::slots::Slot;
 use super::token::{ConnKey, Source, TimerKey};
 use super::{ACCEPT_RETRY, Core, REFUSE_DRAIN_BYTES, poll_interest, socket_wants};
 use crate::conn::{Connection, Protocol};
+use crate::transport::tls::TlsSession;
 
 impl Core {
     pub(super) fn accept(&mut self, source: Source) {
@@ -76,6 +78,14 @@ impl Core {
         };
         self.next_generation = self.next_generation.wrapping_add(1);
         let conn = Connection::new(protocol, self.env.now, &self.env.limits);
+        // Only the framed listener speaks TLS; the raw echo stays plaintext. A fresh session
+        // wants nothing the connection does not (READABLE), and holds no buffer yet.
+        let session = match (&self.tls_config, protocol) {
+            (Some(config), Protocol::Framed) => {
+                Some(Box::new(TlsSession::new(Arc::clone(config))))
+            }
+            _ => None,
+        };
         let registered = socket_wants(&conn, &stream);
         // Registration reports bytes that are already waiting, so there is nothing to drive
         // yet; only the first deadline (hello or idle) needs arming.
@@ -99,7 +109,15 @@ impl Core {
             armed: deadline,
             queued: false,
             closing: false,
+            loopback: is_loopback(peer.ip()),
         });
+        let index = key.slot as usize;
+        if self.tls.len() <= index && session.is_some() {
+            self.tls.resize_with(index + 1, || None);
+        }
+        if let Some(entry) = self.tls.get_mut(index) {
+            *entry = session;
+        }
         self.stats.accepted += 1;
         debug!(
             "accepted {peer} ({protocol:?}) as slot {} generation {}",
@@ -201,6 +219,15 @@ enum Shed {
 /// A descriptor held in reserve for [`Core::shed_with_spare_fd`].
 pub(super) fn open_spare_fd() -> Option<File> {
     File::open("/dev/null").ok()
+}
+
+/// Whether `ip` is this machine: 127.0.0.0/8, ::1, or an IPv4 loopback address mapped into
+/// IPv6 (::ffff:127.x.y.z, what a dual-stack listener sees from 127.0.0.1).
+pub(super) fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
 }
 
 fn is_out_of_descriptors(error: &io::Error) -> bool {

@@ -85,10 +85,11 @@ impl Core {
                 }
                 continue;
             };
+            let peer = self.peer(key.slot as usize);
             if let Some(slot) = live_slot(&mut self.conns, key) {
                 let done = done.into_job_done();
                 self.env
-                    .with_context(key, |cx| slot.conn.handle_disk_done(done, cx));
+                    .with_context(key, peer, |cx| slot.conn.handle_disk_done(done, cx));
                 self.drive_slot(key);
             }
         }

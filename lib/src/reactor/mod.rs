@@ -58,6 +58,7 @@ use log::{info, trace};
 use mio::event::Event;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::ServerConfig;
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -74,7 +75,8 @@ use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue, WallClock};
-use crate::transport::{Readiness, Transport};
+use crate::transport::tls::TlsSession;
+use crate::transport::{Peer, Readiness, Transport};
 use children::ConnChildren;
 use disk::ConnJobs;
 use slots::Slot;
@@ -153,6 +155,8 @@ pub(crate) struct Setup {
     /// The program run as the disk helper (`PROGRAM __disk-helper FD`), started when files
     /// are served; `None` makes blocking disk calls inline on the loop.
     pub disk_helper: Option<PathBuf>,
+    /// TLS on the framed listener: every connection it accepts speaks TLS first.
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 /// Asks a running reactor to shut down, from any thread (tests, an embedding program).
@@ -217,8 +221,13 @@ struct Env {
 
 impl Env {
     /// Runs `work` with the [`Context`] of connection `key`: the pool, the limits, the time,
-    /// the access rules and, when commands are enabled, the child processes.
-    fn with_context<R>(&mut self, key: ConnKey, work: impl FnOnce(&mut Context<'_>) -> R) -> R {
+    /// the access rules, who the peer is and, when commands are enabled, the child processes.
+    fn with_context<R>(
+        &mut self,
+        key: ConnKey,
+        peer: Peer,
+        work: impl FnOnce(&mut Context<'_>) -> R,
+    ) -> R {
         // Built only where commands run: an echo-only server's drives pay nothing for it.
         let mut host = match (&self.root, self.access.exec) {
             (Some(root), true) => Some(ConnChildren {
@@ -253,7 +262,7 @@ impl Env {
             now: self.now,
             wall_clock: self.wall_clock,
             access: &self.access,
-            peer: crate::transport::Peer::LOCAL,
+            peer,
             children,
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),
@@ -293,8 +302,18 @@ struct Core {
     grace_over: bool,
     busy_frame: Vec<u8>,
     stats: ReactorStats,
-    /// KiB of buffer the connections hold, as of their last drives.
+    /// KiB of buffer the connections hold, as of their last drives (their TLS sessions'
+    /// buffers included).
     client_memory_kib: usize,
+    /// The TLS configuration new framed connections handshake with; `None`: plaintext.
+    /// Swapped by [`Reactor::reload_tls`]; a session keeps the one it started with.
+    tls_config: Option<Arc<ServerConfig>>,
+    /// The TLS session of each slot that has one, by slot index (empty on a plaintext server,
+    /// so a plaintext drive pays one bounds check). Kept beside the slab rather than in the
+    /// `Slot`, so a slot stays 72 bytes and a plaintext connection costs what it did.
+    tls: Vec<Option<Box<TlsSession>>>,
+    /// Throttles the line for a plaintext client on the TLS port.
+    tls_log: LogThrottle,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -320,6 +339,7 @@ impl Reactor {
             files,
             handle_signals,
             disk_helper,
+            tls,
         } = setup;
         if access.exec && root.is_none() {
             return Err(io::Error::new(
@@ -412,6 +432,14 @@ impl Reactor {
             busy_frame,
             stats: ReactorStats::default(),
             client_memory_kib: 0,
+            // Reserved up front like the slab (zeroed pages: virtual memory until touched).
+            tls: if tls.is_some() {
+                std::iter::repeat_with(|| None).take(capacity).collect()
+            } else {
+                Vec::new()
+            },
+            tls_config: tls,
+            tls_log: LogThrottle::default(),
         };
         Ok(Reactor {
             events: Events::with_capacity(EVENTS_PER_POLL),
@@ -425,6 +453,13 @@ impl Reactor {
             waker: Arc::clone(&self.core.waker),
             requested: Arc::clone(&self.core.shutdown_requested),
         }
+    }
+
+    /// Swaps the TLS configuration: connections accepted from now on handshake with `config`
+    /// (a reloaded certificate, say); those already accepted keep the one they started with.
+    /// A server started without TLS stays plaintext: the error says so.
+    pub(crate) fn reload_tls(&mut self, config: Arc<ServerConfig>) -> Result<(), &'static str> {
+        self.core.reload_tls(config)
     }
 
     /// Runs until a shutdown completes. Returns an error only if `poll` itself fails.
@@ -537,6 +572,17 @@ impl Core {
         }
     }
 
+    fn reload_tls(&mut self, config: Arc<ServerConfig>) -> Result<(), &'static str> {
+        match self.tls_config.as_mut() {
+            Some(current) => {
+                *current = config;
+                info!("TLS configuration reloaded: new connections use it");
+                Ok(())
+            }
+            None => Err("the server was started without TLS"),
+        }
+    }
+
     // === Timers ===
 
     fn fire_timers(&mut self) {
@@ -637,9 +683,10 @@ impl Core {
             })
             .collect();
         for key in keys {
+            let peer = self.peer(key.slot as usize);
             if let Some(slot) = self.conns.get_mut(key.slot as usize) {
                 self.env
-                    .with_context(key, |cx| slot.conn.begin_shutdown(grace, cx));
+                    .with_context(key, peer, |cx| slot.conn.begin_shutdown(grace, cx));
                 self.drive_slot(key);
             }
         }

@@ -9,11 +9,12 @@ use super::token::{ConnKey, Source, Sub, TimerKey};
 use super::{Core, TIMER_SLACK, poll_interest, socket_wants};
 use crate::conn::{Connection, State, Verdict};
 use crate::proto::ErrorCode;
+use crate::timer::Tick;
+use crate::transport::tls::TlsSession;
+use crate::transport::{Peer, Readiness, Transport};
 
 /// The ERROR text of a connection closed to bring the client buffers under the budget.
 const SHED_TEXT: &str = "the server's memory for client buffers is full (--max-client-memory)";
-use crate::timer::Tick;
-use crate::transport::Readiness;
 
 /// A slab entry: the socket, its state machine, and the loop's bookkeeping for it.
 #[derive(Debug)]
@@ -29,6 +30,26 @@ pub(super) struct Slot {
     pub(super) queued: bool,
     /// Marked for closing at the end of the batch.
     pub(super) closing: bool,
+    /// The client's address is a loopback one (127.0.0.0/8, ::1, ::ffff:127.x.y.z): the
+    /// `loopback` of its [`Peer`].
+    pub(super) loopback: bool,
+}
+
+/// The KiB a connection was last counted for: its buffers and its TLS session's.
+fn held_kib(tls: &[Option<Box<TlsSession>>], index: usize, slot: &Slot) -> usize {
+    let session = tls.get(index).and_then(Option::as_deref);
+    usize::from(slot.conn.reported_buffer_kib())
+        + session.map_or(0, |session| usize::from(session.reported_kib))
+}
+
+/// A TLS session's buffers in KiB, as counted in the client-memory total: none once its
+/// connection is closing, since it is on its way out (and counting it would make the shedding
+/// close one more connection for memory already being freed).
+fn tls_kib(session: &TlsSession, conn: &Connection) -> u16 {
+    if conn.state() == State::Closing {
+        return 0;
+    }
+    u16::try_from(session.buffer_bytes().div_ceil(1024)).unwrap_or(u16::MAX)
 }
 
 /// The slot for `key`, unless it was closed (or marked for closing) since the token was issued.
@@ -71,18 +92,85 @@ impl Core {
         }
     }
 
+    /// Who connection `index` is talking to, for its [`Context`](crate::conn::Context).
+    pub(super) fn peer(&self, index: usize) -> Peer {
+        let loopback = self.conns.get(index).is_some_and(|slot| slot.loopback);
+        match self.tls.get(index).and_then(Option::as_deref) {
+            None => Peer {
+                encrypted: false,
+                loopback,
+                client_key: None,
+            },
+            Some(session) => Peer {
+                encrypted: session.is_established(),
+                loopback,
+                client_key: session.client_key(),
+            },
+        }
+    }
+
     /// Drives a connection and applies the verdict: close, queue, re-register, re-arm.
     pub(super) fn drive_slot(&mut self, key: ConnKey) {
         let index = key.slot as usize;
+        let peer = self.peer(index);
         let Some(slot) = self.conns.get_mut(index) else {
             return;
         };
-        let verdict = self
-            .env
-            .with_context(key, |cx| slot.conn.drive(&mut slot.socket, cx));
+        // A plaintext connection is driven with its socket, exactly as before TLS existed; a
+        // TLS one through its session, which the socket is lent to for the drive.
+        let tls = self.tls.get_mut(index).and_then(Option::as_deref_mut);
+        let (verdict, wanted, tls_held) = match tls {
+            None => {
+                let verdict = self
+                    .env
+                    .with_context(key, peer, |cx| slot.conn.drive(&mut slot.socket, cx));
+                (verdict, socket_wants(&slot.conn, &slot.socket), None)
+            }
+            Some(session) => {
+                let mut link = session.link(&mut slot.socket);
+                let verdict = self
+                    .env
+                    .with_context(key, peer, |cx| slot.conn.drive(&mut link, cx));
+                let wanted = slot.conn.interest() | link.wants();
+                let held = tls_kib(session, &slot.conn);
+                let before = std::mem::replace(&mut session.reported_kib, held);
+                let events = session.take_events();
+                if events.established && verdict != Verdict::Close {
+                    debug!(
+                        "slot {index}: TLS established ({:?}), client key {}",
+                        session.suite().map(|suite| suite.suite()),
+                        session
+                            .client_key()
+                            .map_or_else(|| "none".to_string(), |key| key.to_string())
+                    );
+                    // The handshake's end stopped the drive (the peer changed, and the next
+                    // bytes must be read with the new one): drive again next turn, with
+                    // the read hint that the stop cleared.
+                    slot.conn.on_ready(true, false);
+                    if !slot.queued {
+                        slot.queued = true;
+                        self.ready.push(Source::Conn(key, Sub::Socket));
+                    }
+                }
+                if events.plaintext_client {
+                    if let Some(suppressed) = self.tls_log.allow(self.env.now) {
+                        warn!(
+                            "a plaintext client on the TLS port: told BAD_HELLO and closed \
+                             ({suppressed} more since last report)"
+                        );
+                    }
+                }
+                (verdict, wanted, Some((before, held)))
+            }
+        };
         let (before, held) = slot.conn.report_buffer_kib();
-        self.client_memory_kib = self.client_memory_kib - usize::from(before) + usize::from(held);
-        if held > before && self.client_memory_kib > self.env.limits.max_client_memory >> 10 {
+        let (tls_before, tls_now) = tls_held.unwrap_or((0, 0));
+        self.client_memory_kib = self.client_memory_kib - usize::from(before) + usize::from(held)
+            - usize::from(tls_before)
+            + usize::from(tls_now);
+        if (held > before || tls_now > tls_before)
+            && self.client_memory_kib > self.env.limits.max_client_memory >> 10
+        {
             self.shed_client_memory();
         }
         let Some(slot) = self.conns.get_mut(index) else {
@@ -99,7 +187,6 @@ impl Core {
             }
             Verdict::Again | Verdict::Wait => {}
         }
-        let wanted = socket_wants(&slot.conn, &slot.socket);
         if wanted != slot.registered {
             let interest = poll_interest(wanted);
             if let Err(error) =
@@ -130,15 +217,16 @@ impl Core {
         let over = self.client_memory_kib;
         let mut shed = 0u64;
         while self.client_memory_kib > budget >> 10 {
+            let tls = &self.tls;
             let Some((index, generation)) = self
                 .conns
                 .iter()
-                .filter(|(_, slot)| {
+                .filter(|&(index, slot)| {
                     !slot.closing
-                        && slot.conn.reported_buffer_kib() > 0
+                        && held_kib(tls, index, slot) > 0
                         && slot.conn.state() != State::Closing
                 })
-                .max_by_key(|(_, slot)| slot.conn.reported_buffer_kib())
+                .max_by_key(|&(index, slot)| held_kib(tls, index, slot))
                 .map(|(index, slot)| (index, slot.generation))
             else {
                 break; // what is left belongs to connections already closing
@@ -148,20 +236,25 @@ impl Core {
                 generation,
             };
             let linger = self.env.limits.linger_timeout;
+            let peer = self.peer(index);
             let Some(slot) = self.conns.get_mut(index) else {
                 break;
             };
             debug!(
                 "shedding slot {index}, which holds {} KiB",
-                slot.conn.reported_buffer_kib()
+                held_kib(&self.tls, index, slot)
             );
-            self.env.with_context(key, |cx| {
+            self.env.with_context(key, peer, |cx| {
                 slot.conn
                     .begin_close(Some((ErrorCode::LimitReached, SHED_TEXT)), linger, cx);
             });
-            let (before, held) = slot.conn.report_buffer_kib();
+            let (before, now) = slot.conn.report_buffer_kib();
             self.client_memory_kib =
-                self.client_memory_kib - usize::from(before) + usize::from(held);
+                self.client_memory_kib - usize::from(before) + usize::from(now);
+            // A closing connection's session is no longer counted (`tls_kib`).
+            if let Some(session) = self.tls.get_mut(index).and_then(Option::as_deref_mut) {
+                self.client_memory_kib -= usize::from(std::mem::take(&mut session.reported_kib));
+            }
             self.stats.shed += 1;
             shed += 1;
             // Driven next turn, to send the error and close.
@@ -202,8 +295,12 @@ impl Core {
         let closed_any = !self.to_close.is_empty();
         let mut to_close = std::mem::take(&mut self.to_close);
         for index in to_close.drain(..) {
+            let peer = self.peer(index);
             let mut slot = self.conns.remove(index);
             self.client_memory_kib -= usize::from(slot.conn.reported_buffer_kib());
+            if let Some(session) = self.tls.get_mut(index).and_then(Option::take) {
+                self.client_memory_kib -= usize::from(session.reported_kib);
+            }
             // No `epoll_ctl(DEL)` first: closing the socket (when `slot` drops below) removes
             // it from the poll, since no other descriptor refers to it (epoll(7); nginx skips
             // the call for the same reason), and no poll runs between here and the close. One
@@ -212,7 +309,7 @@ impl Core {
                 slot: index as u32,
                 generation: slot.generation,
             };
-            self.env.with_context(key, |cx| slot.conn.release(cx));
+            self.env.with_context(key, peer, |cx| slot.conn.release(cx));
             self.stats.closed += 1;
             trace!("closed slot {index} (generation {})", slot.generation);
         }
@@ -248,6 +345,7 @@ impl Core {
 
     pub(super) fn conn_timer(&mut self, key: ConnKey, at: Tick) {
         let now = self.env.now;
+        let peer = self.peer(key.slot as usize);
         let Some(slot) = live_slot(&mut self.conns, key) else {
             return;
         };
@@ -256,7 +354,7 @@ impl Core {
         }
         slot.armed = Tick::NEVER;
         if slot.conn.deadline(&self.env.limits) <= now {
-            self.env.with_context(key, |cx| slot.conn.on_deadline(cx));
+            self.env.with_context(key, peer, |cx| slot.conn.on_deadline(cx));
         }
         // Either acts on what the deadline produced (a TIMEOUT frame, a signal) or re-arms.
         self.drive_slot(key);

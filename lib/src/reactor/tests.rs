@@ -32,6 +32,7 @@ fn reactor() -> (Reactor, SocketAddr) {
         files: false,
         handle_signals: false,
         disk_helper: None,
+        tls: None,
     };
     (Reactor::new(setup).unwrap(), addr)
 }

@@ -157,6 +157,9 @@ pub(crate) struct TlsSession {
     shutdown_pending: bool,
     client_key: Option<KeyFingerprint>,
     events: TlsEvents,
+    /// The buffer memory last counted in the loop's client-memory total, in KiB (the loop's
+    /// bookkeeping, kept here so a plaintext connection's slot does not carry it).
+    pub(crate) reported_kib: u16,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -193,6 +196,7 @@ impl TlsSession {
             shutdown_pending: false,
             client_key: None,
             events: TlsEvents::default(),
+            reported_kib: 0,
         }
     }
 

@@ -7,11 +7,11 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args;
-use monoreactor::{Limits, TlsSettings};
 use monoreactor::{Access, load_token};
 use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
 };
+use monoreactor::{Limits, TlsSettings};
 
 use crate::args::{Addr, Endpoint, Secs, at_least_one};
 use crate::failure::Failure;

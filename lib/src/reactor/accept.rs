@@ -81,9 +81,7 @@ impl Core {
         // Only the framed listener speaks TLS; the raw echo stays plaintext. A fresh session
         // wants nothing the connection does not (READABLE), and holds no buffer yet.
         let session = match (&self.tls_config, protocol) {
-            (Some(config), Protocol::Framed) => {
-                Some(Box::new(TlsSession::new(Arc::clone(config))))
-            }
+            (Some(config), Protocol::Framed) => Some(Box::new(TlsSession::new(Arc::clone(config)))),
             _ => None,
         };
         let registered = socket_wants(&conn, &stream);
@@ -226,7 +224,9 @@ pub(super) fn open_spare_fd() -> Option<File> {
 pub(super) fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 

@@ -43,10 +43,10 @@ fn held_kib(tls: &[Option<Box<TlsSession>>], index: usize, slot: &Slot) -> usize
 }
 
 /// A TLS session's buffers in KiB, as counted in the client-memory total: none once its
-/// connection is closing, since it is on its way out (and counting it would make the shedding
+/// connection is closing (or closed), since it is on its way out (and counting it would make the shedding
 /// close one more connection for memory already being freed).
 fn tls_kib(session: &TlsSession, conn: &Connection) -> u16 {
-    if conn.state() == State::Closing {
+    if matches!(conn.state(), State::Closing | State::Closed) {
         return 0;
     }
     u16::try_from(session.buffer_bytes().div_ceil(1024)).unwrap_or(u16::MAX)
@@ -221,10 +221,12 @@ impl Core {
             let Some((index, generation)) = self
                 .conns
                 .iter()
+                // Not one closing, nor one whose drive just ended it (its verdict, applied after
+                // this, closes it): begin_close would do nothing, and the loop never end.
                 .filter(|&(index, slot)| {
                     !slot.closing
                         && held_kib(tls, index, slot) > 0
-                        && slot.conn.state() != State::Closing
+                        && !matches!(slot.conn.state(), State::Closing | State::Closed)
                 })
                 .max_by_key(|&(index, slot)| held_kib(tls, index, slot))
                 .map(|(index, slot)| (index, slot.generation))
@@ -354,7 +356,8 @@ impl Core {
         }
         slot.armed = Tick::NEVER;
         if slot.conn.deadline(&self.env.limits) <= now {
-            self.env.with_context(key, peer, |cx| slot.conn.on_deadline(cx));
+            self.env
+                .with_context(key, peer, |cx| slot.conn.on_deadline(cx));
         }
         // Either acts on what the deadline produced (a TIMEOUT frame, a signal) or re-arms.
         self.drive_slot(key);

@@ -394,18 +394,10 @@ impl TlsSession {
             let status = conn.process_tls_records(&mut self.incoming[fed]);
             let discard = status.discard;
             let step = match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut state)) => loop {
-                    match state.encode(&mut self.outgoing[self.out_end..]) {
-                        Ok(n) => {
-                            self.out_end += n;
-                            break Step::Again;
-                        }
-                        Err(EncodeError::InsufficientSize(size)) => {
-                            self.outgoing.resize(self.out_end + size.required_size, 0);
-                        }
-                        Err(EncodeError::AlreadyEncoded) => break Step::Again,
-                    }
-                },
+                Ok(ConnectionState::EncodeTlsData(mut state)) => {
+                    encode(&mut state, &mut self.outgoing, &mut self.out_end);
+                    Step::Again
+                }
                 // Encoded into `outgoing` already: sent by `send_pending`, in order.
                 Ok(ConnectionState::TransmitTlsData(state)) => {
                     state.done();
@@ -461,21 +453,20 @@ impl TlsSession {
         }
     }
 
-    /// After a rustls error: encodes the alert it queued, so the client learns why.
+    /// After a rustls error: encodes what it queued before and with it (the alert), so the
+    /// client learns why. The same records as before are passed: rustls answers from its queue
+    /// before it looks at them, and an empty slice would not match its deframer's positions.
     fn queue_alert(&mut self) {
         let Phase::Handshake(conn) = &mut self.phase else {
             return;
         };
-        for _ in 0..4 {
-            let status = conn.process_tls_records(&mut []);
+        // A ServerHello, a ChangeCipherSpec and the alert at most; bounded all the same.
+        for _ in 0..8 {
+            let fed = self.start..self.start + self.fed;
+            let status = conn.process_tls_records(&mut self.incoming[fed]);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut state)) => {
-                    let mut room = [0; 64];
-                    if let Ok(n) = state.encode(&mut room) {
-                        self.outgoing.truncate(self.out_end);
-                        self.outgoing.extend_from_slice(&room[..n]);
-                        self.out_end += n;
-                    }
+                    encode(&mut state, &mut self.outgoing, &mut self.out_end);
                 }
                 Ok(ConnectionState::TransmitTlsData(state)) => state.done(),
                 _ => break,
@@ -792,6 +783,27 @@ impl TlsSession {
         self.phase = Phase::Failed;
         self.plain = 0..0;
         io::Error::new(ErrorKind::InvalidData, text)
+    }
+}
+
+/// Appends the handshake record rustls offers to `outgoing` at `*end`, growing it to fit
+/// (the server's flight is about the certificate chain's size).
+fn encode(
+    state: &mut rustls::unbuffered::EncodeTlsData<'_, ServerConnectionData>,
+    outgoing: &mut Vec<u8>,
+    end: &mut usize,
+) {
+    loop {
+        match state.encode(&mut outgoing[*end..]) {
+            Ok(n) => {
+                *end += n;
+                return;
+            }
+            Err(EncodeError::InsufficientSize(size)) => {
+                outgoing.resize(*end + size.required_size, 0);
+            }
+            Err(EncodeError::AlreadyEncoded) => return,
+        }
     }
 }
 

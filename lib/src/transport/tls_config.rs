@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ring::digest::{SHA256, digest};
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -44,7 +44,12 @@ impl TlsSettings {
     pub fn load(&self) -> Result<Arc<ServerConfig>, String> {
         let chain = read_certs(&self.cert, "--tls-cert")?;
         let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|error| {
-            pem_error(&self.key, "--tls-key", "a private key (BEGIN PRIVATE KEY)", error)
+            pem_error(
+                &self.key,
+                "--tls-key",
+                "a private key (BEGIN PRIVATE KEY)",
+                error,
+            )
         })?;
         let provider = provider();
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -55,9 +60,9 @@ impl TlsSettings {
             Some(path) => {
                 let mut roots = RootCertStore::empty();
                 for cert in read_certs(path, "--tls-client-ca")? {
-                    roots.add(cert).map_err(|error| {
-                        format!("--tls-client-ca {}: {error}", path.display())
-                    })?;
+                    roots
+                        .add(cert)
+                        .map_err(|error| format!("--tls-client-ca {}: {error}", path.display()))?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)

@@ -16,6 +16,9 @@
 //! than the margin left after the window, so the end of a stream (EXIT, DIGEST, storing the
 //! hash) can never fall inside it.
 
+#[path = "support/tls.rs"]
+mod tls_support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fs::File;
@@ -262,16 +265,54 @@ fn steady_state_echo_allocates_nothing_on_the_server() {
     );
 }
 
+/// A byte stream both ways: a socket, or a TLS stream over one.
+trait Duplex: Read + Write {}
+impl<T: Read + Write> Duplex for T {}
+
 /// A framed connection with a small fixed receive buffer, after HELLO (with `credentials`),
 /// read frame by frame with payloads discarded.
 struct Reader {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     /// A payload's bytes are read into this and dropped.
     sink: Vec<u8>,
 }
 
 impl Reader {
     fn connect(addr: SocketAddr, credentials: &[u8]) -> Reader {
+        let stream = Reader::socket(addr);
+        let mut client = Client::from_stream(stream);
+        let ok = client.hello(Hello::with_credentials(credentials)).unwrap();
+        assert!(
+            ok.flags.contains(SessionFlags::AUTHENTICATED),
+            "HELLO_OK: {ok:?}"
+        );
+        // Nothing follows HELLO_OK until a request is sent: the client buffered nothing more.
+        Reader {
+            stream: Box::new(client.into_stream()),
+            sink: vec![0; 256 << 10],
+        }
+    }
+
+    /// The same over TLS (a rustls client trusting `ca`), HELLO without credentials.
+    fn connect_tls(addr: SocketAddr, ca: &rustls::pki_types::CertificateDer<'static>) -> Reader {
+        let config = tls_support::client_config(ca, &[tls_support::ALPN], None);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, Reader::socket(addr));
+        let mut hello = Vec::new();
+        Hello::with_credentials(b"").encode(&mut hello);
+        stream.write_all(&hello).unwrap();
+        let mut reader = Reader {
+            stream: Box::new(stream),
+            sink: vec![0; 256 << 10],
+        };
+        let ok = reader.frame(&mut Vec::new());
+        assert_eq!(ok.frame_type, FrameType::HelloOk);
+        reader
+    }
+
+    /// A socket whose receive buffer is fixed before it connects.
+    fn socket(addr: SocketAddr) -> TcpStream {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -285,17 +326,7 @@ impl Reader {
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-        let mut client = Client::from_stream(stream);
-        let ok = client.hello(Hello::with_credentials(credentials)).unwrap();
-        assert!(
-            ok.flags.contains(SessionFlags::AUTHENTICATED),
-            "HELLO_OK: {ok:?}"
-        );
-        // Nothing follows HELLO_OK until a request is sent: the client buffered nothing more.
-        Reader {
-            stream: client.into_stream(),
-            sink: vec![0; 256 << 10],
-        }
+        stream
     }
 
     fn send(&mut self, frame: &[u8]) {
@@ -427,7 +458,38 @@ fn steady_state_exec_output_allocates_nothing_on_the_server() {
 #[test]
 fn steady_state_file_get_allocates_nothing_on_the_server() {
     static SERVER_COUNTS: Counts = Counts::new();
-    let scratch = Scratch::new("get");
+    get_allocates_nothing(&SERVER_COUNTS, None);
+}
+
+/// The same over TLS: the file is read 16 KiB at a time and sealed in place into the TLS
+/// session's outgoing buffer (no sendfile), and that allocates nothing either.
+#[test]
+fn steady_state_tls_file_get_allocates_nothing_on_the_server() {
+    static SERVER_COUNTS: Counts = Counts::new();
+    let scratch = Scratch::new("tls-certs");
+    let files = tls_support::ServerFiles::write(scratch.path());
+    let tls = monoreactor::TlsSettings {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        client_ca: None,
+    }
+    .load()
+    .unwrap();
+    get_allocates_nothing(&SERVER_COUNTS, Some((tls, files.ca.der.clone())));
+}
+
+/// Two GETs of a 64 MiB file (the hash computed, then cached), each counted over a window of
+/// the stream; over TLS when `tls` is given (the server's configuration and the CA the client
+/// trusts).
+fn get_allocates_nothing(
+    counts: &'static Counts,
+    tls: Option<(
+        std::sync::Arc<rustls::ServerConfig>,
+        rustls::pki_types::CertificateDer<'static>,
+    )>,
+) {
+    let label = if tls.is_some() { "get-tls" } else { "get" };
+    let scratch = Scratch::new(label);
     let size = 64 * MIB;
     let file = File::create(scratch.path().join("big")).unwrap();
     // Sparse: reads as zeros, costs no disk. The hash the first GET stores is trusted by the
@@ -440,16 +502,21 @@ fn steady_state_file_get_allocates_nothing_on_the_server() {
     std::thread::sleep(Duration::from_nanos(
         monoreactor::internal::RACY_WINDOW_NS as u64 * 2,
     ));
+    let (server_tls, ca) = tls.map_or((None, None), |(config, ca)| (Some(config), Some(ca)));
     let server = Running::start(
         Config {
             root: scratch.path().to_path_buf(),
             files: true,
+            tls: server_tls,
             ..config()
         },
-        &SERVER_COUNTS,
+        counts,
     );
 
-    let mut reader = Reader::connect(server.addrs.framed, b"");
+    let mut reader = match &ca {
+        None => Reader::connect(server.addrs.framed, b""),
+        Some(ca) => Reader::connect_tls(server.addrs.framed, ca),
+    };
     let mut measured_allocations = Vec::new();
     // First GET: the hash is computed alongside (and stored at the end); second: cached.
     for (stream, hash_known) in [(1, false), (3, true)] {
@@ -495,6 +562,7 @@ fn steady_state_file_get_allocates_nothing_on_the_server() {
         measured_allocations,
         [0, 0],
         "server allocations while {STREAM_MEASURED} bytes of a file streamed (hash computed, \
-         hash cached)"
+         hash cached){}",
+        if ca.is_some() { ", over TLS" } else { "" }
     );
 }

@@ -880,3 +880,332 @@ impl<S: Transport> Transport for TlsLink<'_, S> {
         self.session.wants()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::path::PathBuf;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    use super::*;
+    use crate::transport::{TlsSettings, tls_config};
+
+    /// One side of an in-memory connection: what the client sent, waiting to be read (a read
+    /// of nothing is `WouldBlock`), and what the session wrote.
+    #[derive(Default)]
+    struct Pipe {
+        input: VecDeque<u8>,
+        output: Vec<u8>,
+        shut: bool,
+    }
+
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.input.is_empty() {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Transport for Pipe {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.shut = true;
+            Ok(())
+        }
+    }
+
+    /// A CA, a server certificate from it as PEM files (for `TlsSettings::load`), and a
+    /// client configuration trusting the CA.
+    struct Certs {
+        dir: PathBuf,
+        ca: CertificateDer<'static>,
+    }
+
+    impl Certs {
+        fn new(label: &str) -> Certs {
+            let dir = std::env::temp_dir().join(format!(
+                "monoreactor-tls-unit-{label}-{}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "unit CA");
+            let ca_key = KeyPair::generate().unwrap();
+            let ca = params.self_signed(&ca_key).unwrap();
+            let issuer = Issuer::new(params, ca_key);
+            let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let key = KeyPair::generate().unwrap();
+            let cert = leaf.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+            std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+            Certs {
+                dir,
+                ca: ca.der().clone(),
+            }
+        }
+
+        fn server(&self) -> Arc<ServerConfig> {
+            TlsSettings {
+                cert: self.dir.join("cert.pem"),
+                key: self.dir.join("key.pem"),
+                client_ca: None,
+            }
+            .load()
+            .unwrap()
+        }
+
+        fn client(&self) -> ClientConnection {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca.clone()).unwrap();
+            let mut config = ClientConfig::builder_with_provider(tls_config::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![ALPN_NAME.to_vec()];
+            let name = ServerName::try_from("localhost").unwrap();
+            ClientConnection::new(Arc::new(config), name).unwrap()
+        }
+    }
+
+    impl Drop for Certs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    const ALPN_NAME: &[u8] = tls_config::ALPN;
+
+    /// Everything the client wants to send now.
+    fn client_bytes(client: &mut ClientConnection) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// Reads what the session answers (plaintext appended to `plain`), sends what it holds,
+    /// and hands the output to the client (whose plaintext goes to `CLIENT_GOT`).
+    fn server_turn(
+        session: &mut TlsSession,
+        pipe: &mut Pipe,
+        client: &mut ClientConnection,
+        plain: &mut Vec<u8>,
+    ) {
+        let mut buf = [0; 4096];
+        loop {
+            match session.link(pipe).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => plain.extend_from_slice(&buf[..n]),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    // Once the handshake ends, read again (the loop's job in the server).
+                    if !session.take_events().established {
+                        break;
+                    }
+                }
+                Err(error) => panic!("server read: {error}"),
+            }
+        }
+        session.link(pipe).send_pending().unwrap();
+        let mut out = &pipe.output[..];
+        while !out.is_empty() {
+            client.read_tls(&mut out).unwrap();
+            client.process_new_packets().unwrap();
+            let mut got = [0; 16 << 10];
+            while let Ok(n) = client.reader().read(&mut got) {
+                if n == 0 {
+                    break;
+                }
+                CLIENT_GOT.with(|all| all.borrow_mut().extend_from_slice(&got[..n]));
+            }
+        }
+        pipe.output.clear();
+    }
+
+    thread_local! {
+        /// What the client of the running test has read.
+        static CLIENT_GOT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn client_got() -> Vec<u8> {
+        CLIENT_GOT.with(|all| std::mem::take(&mut *all.borrow_mut()))
+    }
+
+    /// The outer record types of a run of records.
+    fn record_types(mut bytes: &[u8]) -> Vec<u8> {
+        let mut types = Vec::new();
+        while let Ok(Some(len)) = record::record_len(bytes) {
+            types.push(bytes[0]);
+            bytes = &bytes[len.min(bytes.len())..];
+        }
+        types
+    }
+
+    #[test]
+    fn every_split_of_a_recorded_client_hello_gets_the_same_answer() {
+        let certs = Certs::new("splits");
+        let config = certs.server();
+        let hello = client_bytes(&mut certs.client());
+        let mut answers = Vec::new();
+        for split in 0..=hello.len() {
+            let mut session = TlsSession::new(Arc::clone(&config));
+            let mut pipe = Pipe::default();
+            let mut buf = [0; 64];
+            pipe.input.extend(&hello[..split]);
+            let first = session.link(&mut pipe).read(&mut buf);
+            assert_eq!(
+                first.map_err(|error| error.kind()),
+                Err(ErrorKind::WouldBlock),
+                "split {split}: nothing to hand out yet"
+            );
+            if split < hello.len() {
+                assert!(pipe.output.is_empty(), "split {split}: no answer to a part");
+            }
+            pipe.input.extend(&hello[split..]);
+            let second = session.link(&mut pipe).read(&mut buf);
+            assert_eq!(
+                second.map_err(|error| error.kind()),
+                Err(ErrorKind::WouldBlock),
+                "split {split}"
+            );
+            session.link(&mut pipe).send_pending().unwrap();
+            assert!(!session.is_established(), "split {split}");
+            answers.push(record_types(&pipe.output));
+        }
+        // ServerHello, ChangeCipherSpec, then the encrypted rest of the flight.
+        assert_eq!(answers[0][..2], [HANDSHAKE_RECORD, 20]);
+        assert!(
+            answers.iter().all(|types| *types == answers[0]),
+            "the same flight whatever the split"
+        );
+    }
+
+    #[test]
+    fn a_handshake_fed_one_byte_at_a_time_completes_and_carries_data_both_ways() {
+        let certs = Certs::new("bytes");
+        let mut client = certs.client();
+        let mut session = TlsSession::new(certs.server());
+        let mut pipe = Pipe::default();
+        let mut plain = Vec::new();
+        client.writer().write_all(b"first frame").unwrap();
+        while client.is_handshaking() || client.wants_write() {
+            for byte in client_bytes(&mut client) {
+                pipe.input.push_back(byte);
+                server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+            }
+            server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+        }
+        assert!(session.is_established());
+        assert_eq!(plain, b"first frame");
+        assert_eq!(session.client_key(), None);
+
+        // 100 KB from the client in uneven pieces, and 100 KB back.
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        plain.clear();
+        for part in big.chunks(16_000) {
+            client.writer().write_all(part).unwrap();
+            for piece in client_bytes(&mut client).chunks(777) {
+                pipe.input.extend(piece);
+                server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+            }
+        }
+        assert!(plain == big, "the client's bytes arrive whole");
+        client_got();
+        assert_eq!(session.link(&mut pipe).write(&big).unwrap(), big.len());
+        server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+        assert!(client_got() == big, "ours arrive whole");
+    }
+
+    #[test]
+    fn key_updates_both_ways_keep_the_bytes_flowing() {
+        let certs = Certs::new("keyupdate");
+        let mut client = certs.client();
+        let mut session = TlsSession::new(certs.server());
+        let mut pipe = Pipe::default();
+        let mut plain = Vec::new();
+        while client.is_handshaking() || client.wants_write() {
+            pipe.input.extend(client_bytes(&mut client));
+            server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+        }
+        // The client updates its key and asks for ours (update_requested).
+        client.refresh_traffic_keys().unwrap();
+        client
+            .writer()
+            .write_all(b"after the client's update")
+            .unwrap();
+        pipe.input.extend(client_bytes(&mut client));
+        server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+        assert_eq!(plain, b"after the client's update");
+        // Ours, near the suite's limit: a KeyUpdate of our own before the next record.
+        if let Phase::Traffic(traffic) = &mut session.phase {
+            traffic.tx_limit = traffic.tx.seq() + 2;
+        }
+        for round in 0..5u8 {
+            assert_eq!(session.link(&mut pipe).write(&[round; 100]).unwrap(), 100);
+        }
+        client_got();
+        server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+        let back = client_got();
+        assert_eq!((back.len(), back[499]), (500, 4));
+    }
+
+    #[test]
+    fn a_plaintext_client_is_answered_bad_hello_in_plaintext_and_the_session_fails() {
+        let certs = Certs::new("plaintext");
+        let mut session = TlsSession::new(certs.server());
+        let mut pipe = Pipe::default();
+        let mut hello = Vec::new();
+        crate::proto::Hello::current().encode(&mut hello);
+        pipe.input.extend(&hello);
+        let error = session.link(&mut pipe).read(&mut [0; 64]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidData);
+        assert!(session.take_events().plaintext_client);
+        let header = crate::proto::Header::parse(&pipe.output, u32::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(header.frame_type, crate::proto::FrameType::Error);
+        let message = ErrorMessage::parse(&pipe.output[crate::proto::HEADER_LEN..]).unwrap();
+        assert_eq!(
+            (message.code, message.text),
+            (ErrorCode::BadHello, PLAINTEXT_ON_TLS_TEXT)
+        );
+        assert!(pipe.shut, "the write side is shut after the frame");
+        assert!(session.link(&mut pipe).write(b"x").is_err());
+    }
+
+    #[test]
+    fn a_fresh_session_holds_no_buffer_and_a_record_over_the_limit_is_refused_from_its_header() {
+        let certs = Certs::new("limits");
+        let mut session = TlsSession::new(certs.server());
+        assert_eq!(session.buffer_bytes(), 0);
+        assert_eq!(session.wants(), Readiness::READABLE);
+        let mut pipe = Pipe::default();
+        // A handshake record announcing 2^14 + 257 bytes: refused before any of them arrive.
+        pipe.input.extend([HANDSHAKE_RECORD, 3, 1, 0x41, 0x01]);
+        let error = session.link(&mut pipe).read(&mut [0; 64]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidData);
+        assert!(session.buffer_bytes() <= FIRST_READ);
+    }
+}

@@ -76,17 +76,9 @@ pub struct ServeArgs {
     /// Allow --listen on a non-loopback address without a token, or without TLS.
     #[arg(long)]
     insecure: bool,
-    /// Speak TLS 1.3 on the framed listener with this certificate chain (PEM, leaf first);
-    /// needs --tls-key. The raw echo and UDP stay plaintext.
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Ask TLS clients for a certificate and verify it against these CA certificates (PEM); a
-    /// client without one may still connect (and authenticate with the token).
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
-    tls_client_ca: Option<PathBuf>,
+    /// The TLS flags, boxed: `Command`'s variants stay close in size.
+    #[command(flatten)]
+    tls: Box<TlsArgs>,
     /// Worker processes, each this whole single-threaded server on the same ports
     /// (SO_REUSEPORT), supervised by this process; every limit applies to each worker. With 1
     /// the server runs in this process.
@@ -118,6 +110,22 @@ pub struct ServeArgs {
     max_commands_per_conn: usize,
 }
 
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+#[derive(Args)]
+struct TlsArgs {
+    /// Speak TLS 1.3 on the framed listener with this certificate chain (PEM, leaf first);
+    /// needs --tls-key. The raw echo and UDP stay plaintext.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Ask TLS clients for a certificate and verify it against these CA certificates (PEM); a
+    /// client without one may still connect (and authenticate with the token).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
 /// Runs `serve` until SIGINT or SIGTERM; a failure to start is one line per problem.
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
     serve(args).map_err(Failure::from)
@@ -146,12 +154,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| token_error(args.token_file.as_deref(), error))?;
     // Loaded before anything is bound or created, so a bad file stops `serve` with one line
     // and nothing left behind.
-    let tls = match (args.tls_cert, args.tls_key) {
+    let TlsArgs {
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+    } = *args.tls;
+    let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some(
             TlsSettings {
                 cert,
                 key,
-                client_ca: args.tls_client_ca,
+                client_ca: tls_client_ca,
             }
             .load()?,
         ),

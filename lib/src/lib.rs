@@ -26,9 +26,10 @@
 //!   processes through [`children::Children`] and the disk through [`disk::Disk`].
 //! - `buffer.rs`, `outbox.rs` — pooled buffers; one connection's output, whole frames only, and
 //!   the one backpressure question every producer asks.
-//! - `transport.rs` — the one layer a connection reads and writes through (the socket, with
-//!   `sendfile`; where TLS or a PROXY-protocol parser will sit), applying the loop's
-//!   edge-triggered rules to each read and write.
+//! - `transport/` — the one layer a connection reads and writes through (the socket, with
+//!   `sendfile`, or TLS 1.3 over it: rustls for the handshake, an in-place record layer after
+//!   it; where a PROXY-protocol parser would sit), applying the loop's edge-triggered rules to
+//!   each read and write.
 //! - `conn/` — one connection's state machine: reading within a budget, frames, its open streams,
 //!   deadlines, orderly close.
 //! - `sys/` — the I/O layer for what is not a socket: child processes (pipes, pidfds, process

@@ -16,34 +16,41 @@
 //! changes the bytes on the wire is a `Transport` wrapping the socket, and the connection does
 //! not change. The reactor keeps registering the socket underneath in the poll.
 //!
-//! A **TLS** transport (a `rustls::ServerConnection` with the `TcpStream`, driven as rustls'
-//! `tlsserver-mio` example drives it) implements:
-//! - [`Read`]: hand out plaintext the session already holds; else `read_tls` from the socket,
-//!   `process_new_packets` (a fatal alert is queued for sending and the error returned), and
-//!   read the plaintext that produced. The connection relies on the socket's contract, so the
-//!   transport keeps it: `Ok(0)` only at the end of the stream (`close_notify`, or the peer's
-//!   FIN); `WouldBlock` when there is no plaintext and the socket is drained; and fewer bytes
-//!   than asked only when the socket beneath is drained (so it calls `read_tls` until the
-//!   plaintext fills the buffer or the socket says `WouldBlock`), because a short read is what
-//!   clears the read hint (epoll(7)).
-//! - [`Write`]: give the plaintext to the session (`writer().write`), then `write_tls` while it
-//!   `wants_write`. Fewer bytes than offered, or `WouldBlock` for none, only when the socket is
-//!   full, since that is what clears the write hint: records the session accepted but could not
-//!   send yet wait inside it, not in the outbox.
-//! - [`Transport::send_pending`]: `write_tls` until the session holds nothing or the socket is
+//! The **TLS** transport is `tls::TlsLink`: a connection's `tls::TlsSession` (its state and
+//! buffers, kept by the reactor beside the slot) lent the socket for one drive. It is built
+//! as rustls' `tlsserver-mio` drives a session — read records, process them, hand out
+//! plaintext, write records, and derive the poll interest from what the session wants — with
+//! rustls' unbuffered API for the handshake and a record layer of our own after it
+//! (`record.rs`), because rustls allocates per record (`tls.rs` has the measurement). It
+//! implements:
+//! - [`Read`]: hand out plaintext already opened; else open the next whole record in the
+//!   incoming buffer (in place); else read the socket. It keeps the socket's contract: `Ok(0)`
+//!   only at the end of the stream (close_notify, or the peer's FIN); `WouldBlock` when there
+//!   is no plaintext and the socket is drained; fewer bytes than asked only when the socket
+//!   beneath is drained (it reads on until the buffer is full or the socket says so), because
+//!   a short read is what clears the read hint (epoll(7)). The one exception is the end of the
+//!   handshake, where it stops with `WouldBlock` so that the reactor drives the connection
+//!   again with the new [`Peer`] (encrypted, the client's key).
+//! - [`Write`]: seal the plaintext one record (16 KiB) at a time into the outgoing buffer and
+//!   write it to the socket. Fewer bytes than offered, or `WouldBlock` for none, only when the
+//!   socket is full: records already sealed wait in the session, not in the outbox.
+//! - [`Transport::send_pending`]: write the outgoing buffer until it is empty or the socket is
 //!   full (`WouldBlock`). The connection calls it after its own output, whenever the transport
-//!   may write, so handshake records and alerts go out although no frame is queued.
-//! - [`Transport::wants`]: what the session needs from the poll for itself: WRITABLE while it
-//!   `wants_write` (records waiting), READABLE while it is handshaking. A plain socket needs
-//!   nothing of its own.
-//! - [`Transport::shutdown_write`]: `send_close_notify`, `write_tls`, then the socket's
-//!   `shutdown(SHUT_WR)`.
+//!   may write, so handshake records, alerts and KeyUpdates go out although no frame is queued.
+//! - [`Transport::wants`]: WRITABLE while records wait, READABLE while handshaking. A plain
+//!   socket needs nothing of its own.
+//! - [`Transport::shutdown_write`]: seal close_notify, then the socket's `shutdown(SHUT_WR)`
+//!   once it has left.
 //! - [`Transport::send_file`]: not overridden. `sendfile` hands page-cache pages to the socket
 //!   as they are, which is the point of it (no copy into user space) and exactly what TLS
 //!   cannot allow: every byte must be encrypted in user space. So sending from a file is a
 //!   capability of the transport, which a TLS transport declines, and the default sends the
 //!   range by reading it in chunks and writing them through [`Write`]; the outbox and the file
-//!   transfers do not change. (Kernel TLS would be a transport that takes it back.)
+//!   transfers do not change. (Kernel TLS would be a transport that takes it back: `tls.rs`
+//!   says how.)
+//!
+//! The other mixup — a TLS client on the plaintext framed port — is the framed connection's
+//! to see, from its first bytes (`conn/sniff.rs`).
 //!
 //! A **PROXY protocol** transport parses the v1 line or v2 header from the first bytes, keeps
 //! the client's address, and from then on passes reads and writes (and `sendfile`: the bytes
@@ -142,8 +149,8 @@ pub struct Peer {
     /// The connection runs over TLS: its bytes are encrypted, and the client checked the
     /// server's certificate.
     pub encrypted: bool,
-    /// The client's address is a loopback address (127.0.0.0/8, ::1): its bytes never leave
-    /// this machine, so a plaintext connection from it may authenticate.
+    /// The client's address is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z): its
+    /// bytes never leave this machine, so a plaintext connection from it may authenticate.
     pub loopback: bool,
     /// The client certificate's key, if it presented one that the server verified against
     /// `--tls-client-ca`.

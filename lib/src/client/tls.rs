@@ -360,9 +360,8 @@ impl TlsFailure {
                 expected: expected.to_string(),
                 presented,
             },
-            E::NoApplicationProtocol | E::AlertReceived(AlertDescription::NoApplicationProtocol) => {
-                TlsFailure::NoAlpn
-            }
+            E::NoApplicationProtocol
+            | E::AlertReceived(AlertDescription::NoApplicationProtocol) => TlsFailure::NoAlpn,
             E::AlertReceived(AlertDescription::CertificateRequired) => {
                 TlsFailure::CertificateRequired
             }
@@ -517,27 +516,160 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// Whether bytes (or end of file, or an error) wait to be read without blocking: in the
-    /// session's buffers, or in the socket (`MSG_PEEK`).
+    /// Whether bytes (or end of file, or an error) wait to be read without blocking. Under
+    /// TLS, records that carry no data (a session ticket, a key update) do not count: they
+    /// are handed to the session here, so that a read does not then wait for a frame that is
+    /// not coming.
     pub fn input_pending(&mut self) -> bool {
-        if let Transport::Tls(tls) = self {
-            if tls.sock.buffered() {
-                return true;
-            }
-            if let Ok(state) = tls.conn.process_new_packets() {
-                if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+        let tls = match self {
+            Transport::Plain(tcp) => return socket_readable(tcp),
+            Transport::Tls(tls) => tls,
+        };
+        loop {
+            match tls.conn.process_new_packets() {
+                Err(_) => return true,
+                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
                     return true;
                 }
-            } else {
-                return true;
+                Ok(_) => {}
+            }
+            if !tls.sock.buffered() && !socket_readable(tls.sock.tcp()) {
+                return false;
+            }
+            // Bytes are there, so this read does not block.
+            match tls.conn.read_tls(&mut tls.sock) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
             }
         }
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        let peeked = socket2::SockRef::from(self.tcp())
-            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
-        match peeked {
-            Ok(_) => true,
-            Err(error) => !matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+    }
+}
+
+/// Whether a read of `tcp` would return at once (bytes, end of file or an error): `MSG_PEEK`.
+fn socket_readable(tcp: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let peeked =
+        socket2::SockRef::from(tcp).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+    match peeked {
+        Ok(_) => true,
+        Err(error) => !matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+    }
+}
+
+/// The nonblocking half of a [`Transport`], for a caller that drives the connection from a
+/// poll ([`exec`](super::exec)): reads and writes go on until they would block.
+impl Transport {
+    /// Reads what the socket has into `into`, until it would block. Returns whether anything
+    /// arrived (bytes or records: worth another look before sleeping) and whether the peer
+    /// closed.
+    pub fn read_available(&mut self, into: &mut Vec<u8>) -> io::Result<(bool, bool)> {
+        let mut chunk = [0; 64 << 10];
+        let mut progress = false;
+        match self {
+            Transport::Plain(tcp) => loop {
+                match tcp.read(&mut chunk) {
+                    Ok(0) => return Ok((true, true)),
+                    Ok(n) => {
+                        into.extend_from_slice(&chunk[..n]);
+                        progress = true;
+                    }
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                        return Ok((progress, false));
+                    }
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            },
+            Transport::Tls(tls) => loop {
+                // Plaintext first: rustls refuses to read more while its buffer is full.
+                loop {
+                    match tls.conn.reader().read(&mut chunk) {
+                        // close_notify: the peer is done.
+                        Ok(0) => return Ok((true, true)),
+                        Ok(n) => {
+                            into.extend_from_slice(&chunk[..n]);
+                            progress = true;
+                        }
+                        Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                        // A TCP end without close_notify: what came before it still counts.
+                        Err(error) if error.kind() == ErrorKind::UnexpectedEof => {
+                            return Ok((true, true));
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                match tls.conn.read_tls(&mut tls.sock) {
+                    Ok(0) => {
+                        tls.conn
+                            .process_new_packets()
+                            .map_err(|error| io::Error::new(ErrorKind::InvalidData, error))?;
+                        // The loop drains the plaintext left, then sees the end.
+                        progress = true;
+                    }
+                    Ok(_) => {
+                        progress = true;
+                        tls.conn
+                            .process_new_packets()
+                            .map_err(|error| io::Error::new(ErrorKind::InvalidData, error))?;
+                    }
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                        return Ok((progress, false));
+                    }
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            },
+        }
+    }
+
+    /// Writes `out[*sent..]` until done or the socket would block, advancing `sent`. Under
+    /// TLS the session takes the bytes (encrypting them into records) as its buffer allows,
+    /// and the records go out as the socket takes them; records still held count as unsent
+    /// work for the next call, even when `out` is all taken.
+    pub fn write_available(&mut self, out: &[u8], sent: &mut usize) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => {
+                while *sent < out.len() {
+                    match tcp.write(&out[*sent..]) {
+                        Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                        Ok(n) => *sent += n,
+                        Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                        Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok(())
+            }
+            Transport::Tls(tls) => loop {
+                if *sent < out.len() {
+                    *sent += tls.conn.writer().write(&out[*sent..])?;
+                }
+                if !tls.conn.wants_write() {
+                    if *sent == out.len() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                match tls.conn.write_tls(&mut tls.sock) {
+                    Ok(_) => {}
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            },
+        }
+    }
+
+    /// Under TLS, sends close_notify (best effort, without blocking for long: the socket's
+    /// own state decides); nothing for a plain socket, whose FIN says the same.
+    pub fn close_notify(&mut self) {
+        if let Transport::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            while tls.conn.wants_write() {
+                if tls.conn.write_tls(&mut tls.sock).is_err() {
+                    break;
+                }
+            }
         }
     }
 }
@@ -606,8 +738,8 @@ pub fn handshake(
     } else {
         Arc::clone(config)
     };
-    let mut conn = ClientConnection::new(config, name)
-        .map_err(|error| fail(TlsFailure::Other(error)))?;
+    let mut conn =
+        ClientConnection::new(config, name).map_err(|error| fail(TlsFailure::Other(error)))?;
     let mut socket = Socket::new(tcp);
     let mut first_answer = true;
     while conn.is_handshaking() {
@@ -655,5 +787,10 @@ pub fn handshake(
 /// How long [`Client::hello`](super::Client::hello) waited, for a silent peer's message:
 /// the read timeout of the socket.
 pub(crate) fn read_timeout(transport: &Transport) -> Duration {
-    transport.tcp().read_timeout().ok().flatten().unwrap_or_default()
+    transport
+        .tcp()
+        .read_timeout()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }

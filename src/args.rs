@@ -190,7 +190,11 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// Whether TLS is asked for, by a flag or by `addr`'s `tls://`.
     pub fn wanted(&self, addr: &ServerAddr) -> bool {
-        addr.tls || self.tls || self.tls_ca.is_some() || self.tls_insecure || self.tls_cert.is_some()
+        addr.tls
+            || self.tls
+            || self.tls_ca.is_some()
+            || self.tls_insecure
+            || self.tls_cert.is_some()
     }
 
     /// Where to connect and how: `addr`, over TLS if asked for (the configuration built from

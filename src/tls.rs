@@ -70,8 +70,9 @@ fn system_roots() -> Result<RootCertStore, String> {
 
 /// The client certificate chain and key (`--tls-cert`, `--tls-key`).
 fn identity(cert: &Path, key: &Path) -> Result<Identity, String> {
-    let cannot =
-        |flag: &str, path: &Path, error: &dyn std::fmt::Display| format!("{flag} {}: {error}", path.display());
+    let cannot = |flag: &str, path: &Path, error: &dyn std::fmt::Display| {
+        format!("{flag} {}: {error}", path.display())
+    };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|error| cannot("--tls-cert", cert, &error))?
         .collect::<Result<Vec<_>, _>>()
@@ -79,6 +80,7 @@ fn identity(cert: &Path, key: &Path) -> Result<Identity, String> {
     if chain.is_empty() {
         return Err(cannot("--tls-cert", cert, &"no CERTIFICATE in it"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| cannot("--tls-key", key, &error))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|error| cannot("--tls-key", key, &error))?;
     Ok((chain, key))
 }

@@ -5,7 +5,7 @@
 //! server is the nonblocking part of this crate; a client may block, and [`exec`] even uses a
 //! thread for stdin.)
 //!
-//! Every `connect` takes a [`Target`]: an address (`&str`, `String` and `SocketAddr` convert
+//! Every `connect` takes a [`Target`]: an address (`&str`, `&String` and `SocketAddr` convert
 //! into a plaintext one) and, for TLS, a rustls configuration ([`tls`]). Over TLS the
 //! protocol is the same, inside a rustls session on the same socket.
 //!

@@ -35,9 +35,10 @@ pub const TLS_SCHEME: &str = "tls://";
 /// for TLS, the rustls configuration and the name to verify the certificate against (by
 /// default the address's host; an IP address is checked against the certificate's IP SANs).
 ///
-/// `&str`, `String` and `SocketAddr` convert into a plain target, so every `connect` that
-/// took an address takes one as before; a test switches to TLS by passing
-/// [`Target::tls`] instead.
+/// `&str`, `&String` and `SocketAddr` convert into a plain target, so every `connect` that
+/// took an address takes one as before; a test switches to TLS by passing a
+/// [`Target::tls`] instead. (An owned `String` does not convert: a caller passing
+/// `&text` then needs no borrow lifted, and `Target::plain(text)` says what it is.)
 #[derive(Clone)]
 pub struct Target {
     addr: String,
@@ -138,12 +139,6 @@ fn host_of(addr: &str) -> &str {
 
 impl From<&str> for Target {
     fn from(addr: &str) -> Target {
-        Target::plain(addr)
-    }
-}
-
-impl From<String> for Target {
-    fn from(addr: String) -> Target {
         Target::plain(addr)
     }
 }

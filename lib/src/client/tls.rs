@@ -338,7 +338,12 @@ impl TlsFailure {
     pub fn from_rustls(error: rustls::Error, expected: &str) -> TlsFailure {
         use rustls::Error as E;
         match error {
-            E::InvalidCertificate(CertificateError::UnknownIssuer) => TlsFailure::UnknownIssuer,
+            // A bad signature on the chain is a certificate naming an issuer you trust that
+            // did not sign it (another CA of the same name, a forgery): as far as the user
+            // can act on it, the same as an unknown issuer.
+            E::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature,
+            ) => TlsFailure::UnknownIssuer,
             E::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
             ) => TlsFailure::Expired,
@@ -636,20 +641,24 @@ impl Transport {
                 Ok(())
             }
             Transport::Tls(tls) => loop {
+                let mut moved = 0;
                 if *sent < out.len() {
-                    *sent += tls.conn.writer().write(&out[*sent..])?;
+                    moved = tls.conn.writer().write(&out[*sent..])?;
+                    *sent += moved;
                 }
-                if !tls.conn.wants_write() {
-                    if *sent == out.len() {
-                        return Ok(());
+                if tls.conn.wants_write() {
+                    match tls.conn.write_tls(&mut tls.sock) {
+                        Ok(_) => {}
+                        Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                        Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                        Err(error) => return Err(error),
                     }
                     continue;
                 }
-                match tls.conn.write_tls(&mut tls.sock) {
-                    Ok(_) => {}
-                    Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
-                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                    Err(error) => return Err(error),
+                // All sent, or a session that takes nothing more and has nothing to send
+                // (its buffer full before a handshake ends, which cannot happen after one).
+                if *sent == out.len() || moved == 0 {
+                    return Ok(());
                 }
             },
         }

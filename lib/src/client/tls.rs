@@ -400,7 +400,7 @@ pub fn is_tls_record(answer: &[u8]) -> bool {
 /// system calls per MiB instead of 256.
 const SOCKET_READ: usize = 256 << 10;
 
-/// The socket under a TLS session: reads are buffered ([`SOCKET_READ`]), writes go straight
+/// The socket under a TLS session: reads are buffered (256 KiB at a time), writes go straight
 /// through (rustls hands over whole records, vectored).
 pub struct Socket {
     tcp: TcpStream,

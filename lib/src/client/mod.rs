@@ -605,7 +605,7 @@ impl Client {
                             piece.resize(STREAM_PIECE, 0);
                         }
                         let want = left.min(piece.len());
-                        match self.stream.read(&mut piece[..want]) {
+                        match self.read_piece(&mut piece[..want]) {
                             Ok(0) => {
                                 return Err(ClientError::Closed {
                                     partial: HEADER_LEN + len - left,
@@ -643,6 +643,28 @@ impl Client {
             }
             self.fill()?;
         }
+    }
+
+    /// One read of a large payload's piece. Plaintext: one read, whatever the socket has.
+    /// TLS: the session yields at most one record's plaintext (16 KiB) a read, so it reads on
+    /// until the piece is full (the bytes are owed by the frame, so this waits for nothing
+    /// that is not coming), and the hash and the sink get pieces as large as over plaintext.
+    fn read_piece(&mut self, piece: &mut [u8]) -> io::Result<usize> {
+        if !self.stream.is_tls() {
+            return self.stream.read(piece);
+        }
+        let mut filled = 0;
+        while filled < piece.len() {
+            match self.stream.read(&mut piece[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                // What was read counts; the error comes back on the next read.
+                Err(_) if filled > 0 => break,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(filled)
     }
 
     /// Reads what the socket has into the receive buffer; the peer's close is an error that

@@ -503,6 +503,22 @@ fn a_client_certificate_is_presented_and_demanded() {
 }
 
 #[test]
+fn without_tls_ca_the_system_roots_are_trusted_and_the_test_ca_is_not() {
+    let rig = Rig::new();
+    let flags = ["--addr".to_string(), format!("tls://{}", rig.addr())];
+    let run = cli("echo", &flags, &["x"]);
+    assert!(!run.status.success(), "{}", run.stdout);
+    // A machine with a CA store: the test CA is not in it. One without: nothing to trust.
+    assert!(
+        run.stderr
+            .contains("the server's certificate is not signed by a CA you trust (--tls-ca)")
+            || run.stderr.contains("no CA certificates found"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn tls_flags_are_checked_before_connecting() {
     let dir = TempDir::new("tls-flags");
     let missing = path_text(&dir.join("missing.pem"));
@@ -514,4 +530,50 @@ fn tls_flags_are_checked_before_connecting() {
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     let run = run_cli(&["echo", "--addr", "http://127.0.0.1:1", "x"], LIMIT);
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+}
+
+/// Not a check, a measurement to run by hand (`--ignored --nocapture`, best with
+/// `--release`): GET and PUT of 64 MiB through the library, plaintext to the server and TLS
+/// through the proxy (whose own relay is part of the TLS figure).
+#[test]
+#[ignore]
+fn measure_get_and_put_throughput() {
+    let rig = Rig::new();
+    let data = seeded_bytes(9, 64 << 20);
+    let hash = *blake3::hash(&data).as_bytes();
+    for (label, target) in [
+        ("plain", Target::plain(rig.server.framed_str())),
+        ("tls", rig.target()),
+    ] {
+        let mut files = FileClient::connect(target, None, TIMEOUT).expect("connect");
+        let started = std::time::Instant::now();
+        files
+            .put(
+                "m.bin",
+                &mut Cursor::new(&data),
+                data.len() as u64,
+                hash,
+                false,
+                &mut |_, _| {},
+            )
+            .expect("put");
+        let put = started.elapsed();
+        let started = std::time::Instant::now();
+        files
+            .get(
+                "m.bin",
+                0,
+                blake3::Hasher::new(),
+                &mut std::io::sink(),
+                &mut |_, _| {},
+            )
+            .expect("get");
+        let get = started.elapsed();
+        let rate = |elapsed: Duration| data.len() as f64 / elapsed.as_secs_f64() / 1e6;
+        println!(
+            "{label}: put {:.0} MB/s, get {:.0} MB/s",
+            rate(put),
+            rate(get)
+        );
+    }
 }

@@ -11,12 +11,14 @@
 //! This file is the command line itself and what every command shares at its start and end;
 //! each subcommand is a module of [`cmd`] that holds its flags and its run. Beside them:
 //! [`args`] (the values flags take), [`failure`] (exit statuses, stdout and stderr),
-//! [`token`] (where a token comes from) and [`explain`] (client errors with hints).
+//! [`token`] (where a token comes from), [`explain`] (client errors with hints) and [`tls`]
+//! (the rustls configuration the client commands' TLS flags ask for).
 
 mod args;
 mod cmd;
 mod explain;
 mod failure;
+mod tls;
 mod token;
 
 use std::process::ExitCode;

@@ -20,6 +20,7 @@ use super::exec::{authenticated, exec_frame, run_one};
 use super::report::{
     Report, Stop, Value, count_error, cpu_of, io_kind, latency_histogram, own_cpu,
 };
+use super::{BenchTls, target, tls_setting};
 use monoreactor::Token;
 use monoreactor::client::ClientError;
 use monoreactor::client::files::FileClient;
@@ -46,6 +47,8 @@ pub struct BlockingConfig {
     pub warmup: Duration,
     /// Server process, to report its CPU time per request.
     pub server_pid: Option<u32>,
+    /// TLS, if the server speaks it.
+    pub tls: Option<BenchTls>,
 }
 
 /// How one request failed.
@@ -202,6 +205,7 @@ where
         }
     }
     settings.insert(0, ("connections", Value::Int(config.connections as u64)));
+    settings.extend(tls_setting(config.tls.as_ref()));
     let requests = latency.len();
     Ok(Report {
         what: what.to_string(),
@@ -260,7 +264,8 @@ fn zeros_hash(len: u64) -> [u8; 32] {
 }
 
 fn connect(config: &BlockingConfig) -> Result<FileClient, String> {
-    FileClient::connect(&config.addr, config.token.as_ref(), CONNECT_TIMEOUT)
+    let target = target(config.addr.as_str(), config.tls.as_ref());
+    FileClient::connect(target, config.token.as_ref(), CONNECT_TIMEOUT)
         .map_err(|error| error.to_string())
 }
 
@@ -362,8 +367,8 @@ pub fn run_exec(config: &BlockingConfig, argv: &[String]) -> Result<Report, Stri
         0,
         vec![("command", Value::Text(command))],
         |_| {
-            let mut client =
-                authenticated(&config.addr, &token).map_err(|error| error.to_string())?;
+            let target = target(config.addr.as_str(), config.tls.as_ref());
+            let mut client = authenticated(target, &token).map_err(|error| error.to_string())?;
             let argv = argv.to_vec();
             let mut stream = 0u32;
             Ok(move || {

@@ -13,10 +13,12 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream as StdTcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
 
 use super::report::{Pacer, Recorder, Report, io_kind};
 use super::timer::Timer;
@@ -28,6 +30,9 @@ use monoreactor::raise_descriptor_limit;
 /// One benchmark connection.
 struct Conn {
     stream: TcpStream,
+    /// Over TLS, the session: requests are written into it and its records to the socket;
+    /// records read from the socket go into it and the plaintext to `received`.
+    tls: Option<Box<ClientConnection>>,
     alive: bool,
     /// Bytes not yet written.
     out: Vec<u8>,
@@ -61,6 +66,9 @@ impl Conn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            return flush_tls(tls, &mut self.stream, &mut self.out, &mut self.out_sent);
+        }
         while self.out_sent < self.out.len() {
             match self.stream.write(&self.out[self.out_sent..]) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -73,6 +81,75 @@ impl Conn {
         self.out.clear();
         self.out_sent = 0;
         Ok(())
+    }
+}
+
+/// [`Conn::flush`] over TLS: plaintext into the session as its buffer allows (before the
+/// handshake ends it holds what it may and takes more once the handshake is done), records
+/// to the socket until it would block.
+fn flush_tls(
+    tls: &mut ClientConnection,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    out_sent: &mut usize,
+) -> io::Result<()> {
+    loop {
+        let mut moved = 0;
+        if *out_sent < out.len() {
+            moved = tls.writer().write(&out[*out_sent..])?;
+            *out_sent += moved;
+        }
+        if tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(_) => continue,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        if *out_sent == out.len() {
+            out.clear();
+            *out_sent = 0;
+            return Ok(());
+        }
+        if moved == 0 {
+            // The session holds all it will before its handshake is done; the read that
+            // completes it calls flush again.
+            return Ok(());
+        }
+    }
+}
+
+/// Reads records until the socket would block, each into the session, and the plaintext
+/// they carry into `received`; `true` if the server closed.
+fn receive_tls(
+    tls: &mut ClientConnection,
+    stream: &mut TcpStream,
+    received: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Result<bool, Fatal> {
+    loop {
+        let eof = match tls.read_tls(stream) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(Fatal::Io(error)),
+        };
+        tls.process_new_packets()
+            .map_err(|error| Fatal::Protocol(format!("TLS: {error}")))?;
+        loop {
+            match tls.reader().read(chunk) {
+                Ok(0) => return Ok(true),
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == ErrorKind::UnexpectedEof => return Ok(true),
+                Err(error) => return Err(Fatal::Io(error)),
+            }
+        }
+        if eof {
+            return Ok(true);
+        }
     }
 }
 
@@ -118,7 +195,10 @@ fn receive(
 ) -> Result<Received, Fatal> {
     let mut got = Received::default();
     let reply_len = config.protocol.reply_len(config.size);
-    loop {
+    if let Some(tls) = conn.tls.as_mut() {
+        got.closed = receive_tls(tls, &mut conn.stream, &mut conn.received, chunk)?;
+    }
+    while conn.tls.is_none() {
         match conn.stream.read(chunk) {
             Ok(0) => {
                 got.closed = true;
@@ -227,6 +307,13 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(stream);
+        let tls = match &config.tls {
+            Some(tls) => Some(Box::new(
+                ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
         poll.registry().register(
             &mut stream,
             Token(index),
@@ -234,6 +321,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
         )?;
         let mut conn = Conn {
             stream,
+            tls,
             alive: true,
             out: Vec::new(),
             out_sent: 0,
@@ -397,7 +485,8 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                     conn.push(&request, now);
                 }
             }
-            if done > 0 {
+            // Over TLS a read may leave records to send (the handshake's, a key update's).
+            if done > 0 || conn.tls.is_some() {
                 if let Err(error) = conn.flush() {
                     kill(
                         &mut poll,
@@ -422,6 +511,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
     if let Some(rate) = config.rate {
         settings.push(("rate", super::report::Value::Num(rate)));
     }
+    settings.extend(super::tls_setting(config.tls.as_ref()));
     let what = match config.protocol {
         BenchProtocol::Framed => "echo framed",
         BenchProtocol::Raw => "echo raw",

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::Percentiles;
 use crate::procstat;
 use monoreactor::Token;
-use monoreactor::client::{Client, ClientError};
+use monoreactor::client::{Client, ClientError, Target};
 use monoreactor::proto::exec::{ExecRequest, Exit, Termination};
 use monoreactor::proto::{ErrorMessage, FrameType, Hello};
 
@@ -194,8 +194,8 @@ fn report(
 }
 
 /// A connection that has presented the token.
-pub(super) fn authenticated(addr: &str, token: &Token) -> io::Result<Client> {
-    let mut client = Client::connect_raw(addr, IO_TIMEOUT).map_err(to_io)?;
+pub(super) fn authenticated(target: impl Into<Target>, token: &Token) -> io::Result<Client> {
+    let mut client = Client::connect_raw(target, IO_TIMEOUT).map_err(to_io)?;
     client
         .hello(Hello::with_credentials(token.as_bytes()))
         .map_err(to_io)?;
@@ -259,7 +259,7 @@ pub fn run_exec(config: &ExecConfig) -> io::Result<ExecReport> {
     }
     let cpu_before = config.server_pid.map(procstat::cpu_time).transpose()?;
     let (tallies, elapsed) = measure(config.parallel, config.warmup, config.duration, || {
-        let mut client = authenticated(&config.addr, &config.token)?;
+        let mut client = authenticated(config.addr.as_str(), &config.token)?;
         let argv = config.argv.clone();
         let mut stream = 0u32;
         Ok(move || {
@@ -343,6 +343,8 @@ pub struct StreamConfig {
     pub read_rate: u64,
     /// The server's pid, for its memory.
     pub server_pid: u32,
+    /// TLS, if the server speaks it.
+    pub tls: Option<super::BenchTls>,
 }
 
 /// What [`run_stream`] measured.
@@ -392,7 +394,8 @@ pub fn run_stream(config: &StreamConfig) -> io::Result<StreamReport> {
     let rss_before_kib = procstat::rss_kib(config.server_pid)?;
     let done = Arc::new(AtomicBool::new(false));
     let echo = {
-        let mut client = Client::connect(&config.addr, IO_TIMEOUT).map_err(to_io)?;
+        let target = super::target(config.addr.as_str(), config.tls.as_ref());
+        let mut client = Client::connect(target, IO_TIMEOUT).map_err(to_io)?;
         let done = Arc::clone(&done);
         thread::spawn(move || -> io::Result<Vec<u32>> {
             let payload = [0x5a; 64];
@@ -408,7 +411,8 @@ pub fn run_stream(config: &StreamConfig) -> io::Result<StreamReport> {
         })
     };
     let reader = {
-        let mut client = authenticated(&config.addr, &config.token)?;
+        let target = super::target(config.addr.as_str(), config.tls.as_ref());
+        let mut client = authenticated(target, &config.token)?;
         let request = exec_frame(
             &[
                 "head".to_string(),

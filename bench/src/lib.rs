@@ -21,10 +21,18 @@
 //! report says how busy that thread was, so a run whose generator was saturated says so
 //! instead of passing off the generator's limit as the server's. Raw echo, UDP and connect
 //! speak nothing but echo, so they measure any echo server.
+//!
+//! The framed workloads run over TLS too ([`BenchTls`] in their configurations): the blocking
+//! ones through the library's client, `echo` by driving a rustls session per connection in
+//! its own loop. Raw echo, UDP and connect stay plaintext, as the server's echo ports are.
 
 use std::io::{self, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 
 pub mod blocking;
 pub mod connect;
@@ -37,8 +45,38 @@ pub mod udp;
 
 pub use report::{Report, Stop};
 
-use monoreactor::client::Client;
+use monoreactor::client::{Client, Target};
 use monoreactor::raise_descriptor_limit;
+
+/// TLS for a framed run: the client configuration, and the name the server's certificate
+/// must carry (the host the user typed, which a resolved address no longer says).
+#[derive(Clone, Debug)]
+pub struct BenchTls {
+    /// The rustls client configuration (trust, ALPN, client certificate).
+    pub config: Arc<ClientConfig>,
+    /// The name checked in the server's certificate.
+    pub server_name: ServerName<'static>,
+}
+
+impl BenchTls {
+    /// A target for the library's clients: `addr` over this TLS.
+    pub fn target(&self, addr: impl Into<String>) -> Target {
+        Target::tls(addr, Arc::clone(&self.config)).with_server_name(self.server_name.clone())
+    }
+}
+
+/// `addr`, over `tls` if given.
+pub fn target(addr: impl Into<String>, tls: Option<&BenchTls>) -> Target {
+    match tls {
+        Some(tls) => tls.target(addr),
+        None => Target::plain(addr),
+    }
+}
+
+/// The setting a report carries when its run was over TLS.
+pub fn tls_setting(tls: Option<&BenchTls>) -> Option<(&'static str, report::Value)> {
+    tls.map(|_| ("tls", report::Value::Text("on".to_string())))
+}
 
 /// Which protocol the benchmark speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +143,8 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     /// Server process, to report its CPU time per request.
     pub server_pid: Option<u32>,
+    /// TLS (framed only).
+    pub tls: Option<BenchTls>,
 }
 
 impl LoadConfig {
@@ -123,6 +163,12 @@ impl LoadConfig {
             return Err(io::Error::new(
                 ErrorKind::InvalidInput,
                 "the rate must be a positive number of requests per second",
+            ));
+        }
+        if self.tls.is_some() && self.protocol != BenchProtocol::Framed {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "TLS is for the framed protocol: raw echo, UDP and redis are plaintext",
             ));
         }
         Ok(())
@@ -175,6 +221,8 @@ pub struct IdleConfig {
     pub server_pid: u32,
     /// Pause after the last connect before measuring.
     pub settle: Duration,
+    /// TLS (framed only).
+    pub tls: Option<BenchTls>,
 }
 
 /// What an idle probe measured.
@@ -213,15 +261,29 @@ pub fn run_idle(config: &IdleConfig) -> io::Result<IdleReport> {
     std::thread::sleep(config.settle);
     let rss_after_kib = procstat::rss_kib(config.server_pid)?;
     // The server must still hold every connection: a closed one reads EOF at once.
-    for stream in &held {
-        stream.set_nonblocking(true)?;
-        match (&*stream).read(&mut [0; 1]) {
-            Err(error) if error.kind() == ErrorKind::WouldBlock => {}
-            _ => {
-                return Err(io::Error::other(
-                    "the server closed an idle connection during the probe",
-                ));
+    for held in &mut held {
+        let closed = match held {
+            Held::Plain(stream) => {
+                stream.set_nonblocking(true)?;
+                !matches!((&*stream).read(&mut [0; 1]),
+                    Err(error) if error.kind() == ErrorKind::WouldBlock)
             }
+            // Under TLS a record may still come (a session ticket): only an end counts.
+            Held::Client(client) => {
+                client.input_pending() && {
+                    client
+                        .stream()
+                        .set_read_timeout(Some(Duration::from_millis(100)))?;
+                    !matches!(client.recv_frame(),
+                        Err(monoreactor::client::ClientError::Io(error))
+                            if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
+                }
+            }
+        };
+        if closed {
+            return Err(io::Error::other(
+                "the server closed an idle connection during the probe",
+            ));
         }
     }
     Ok(IdleReport {
@@ -242,6 +304,8 @@ pub struct ProbeConfig {
     pub interval: Duration,
     /// The server's pid, for its peak memory.
     pub server_pid: Option<u32>,
+    /// TLS, if the server speaks it.
+    pub tls: Option<BenchTls>,
 }
 
 /// What [`run_probe`] measured.
@@ -257,8 +321,11 @@ pub struct ProbeReport {
 
 /// Pings the server for a while; see the module docs.
 pub fn run_probe(config: &ProbeConfig) -> io::Result<ProbeReport> {
-    let mut client = Client::connect(&config.addr, Duration::from_secs(10))
-        .map_err(|error| io::Error::other(error.to_string()))?;
+    let mut client = Client::connect(
+        target(config.addr.as_str(), config.tls.as_ref()),
+        Duration::from_secs(10),
+    )
+    .map_err(|error| io::Error::other(error.to_string()))?;
     let payload = [0x5a; 64];
     let mut latencies = Vec::new();
     let mut rss_peak_kib = None;
@@ -286,13 +353,28 @@ pub fn run_probe(config: &ProbeConfig) -> io::Result<ProbeReport> {
     })
 }
 
+/// An idle connection held open: a socket, or a framed client (whose TLS session must live
+/// as long as the connection).
+enum Held {
+    Plain(StdTcpStream),
+    Client(Box<Client>),
+}
+
 /// One connection that has said HELLO (framed) or nothing (raw).
-fn idle_connection(config: &IdleConfig, timeout: Duration) -> io::Result<StdTcpStream> {
+fn idle_connection(config: &IdleConfig, timeout: Duration) -> io::Result<Held> {
     match config.protocol {
-        BenchProtocol::Framed => Client::connect(&config.addr.to_string(), timeout)
-            .map(Client::into_stream)
+        BenchProtocol::Framed if config.tls.is_some() => Client::connect(
+            target(config.addr.to_string(), config.tls.as_ref()),
+            timeout,
+        )
+        .map(|client| Held::Client(Box::new(client)))
+        .map_err(|error| io::Error::other(error.to_string())),
+        BenchProtocol::Framed => Client::connect(config.addr, timeout)
+            .map(|client| Held::Plain(client.into_stream()))
             .map_err(|error| io::Error::other(error.to_string())),
-        BenchProtocol::Raw | BenchProtocol::Redis => StdTcpStream::connect(config.addr),
+        BenchProtocol::Raw | BenchProtocol::Redis => {
+            StdTcpStream::connect(config.addr).map(Held::Plain)
+        }
     }
 }
 

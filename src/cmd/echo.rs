@@ -10,7 +10,7 @@ use monoreactor::Token;
 use monoreactor::client::{Client, ClientError};
 use monoreactor::proto::SessionFlags;
 
-use crate::args::{Addr, Secs};
+use crate::args::{Secs, ServerAddr, TlsArgs};
 use crate::explain::explain;
 use crate::failure::{Failure, print_stdout};
 use crate::token::client_token;
@@ -18,9 +18,11 @@ use crate::token::client_token;
 /// The flags of `echo`.
 #[derive(Args)]
 pub struct EchoArgs {
-    /// Server address (framed protocol), HOST:PORT.
-    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
-    addr: Addr,
+    /// Server address (framed protocol), HOST:PORT, or tls://HOST:PORT for TLS.
+    #[arg(long, value_name = "ADDR", default_value_t = ServerAddr::from(DEFAULT_FRAMED_ADDR))]
+    addr: ServerAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Seconds to wait for the connection and for each reply.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
     timeout: Secs,
@@ -37,10 +39,10 @@ pub struct EchoArgs {
 pub fn run(args: EchoArgs) -> Result<(), Failure> {
     let text = args.text.join(" ");
     let (token, source) = client_token(args.token_file)?;
+    let target = args.tls.target(&args.addr)?;
     let credentials = token.as_ref().map_or(&[][..], Token::as_bytes);
-    let (mut client, ok) =
-        Client::connect_with(&args.addr.to_string(), credentials, args.timeout.0)
-            .map_err(|error| explain(&error, &source, None))?;
+    let (mut client, ok) = Client::connect_with(target, credentials, args.timeout.0)
+        .map_err(|error| explain(&error, &source, None))?;
     let authenticated = Some(ok.flags.contains(SessionFlags::AUTHENTICATED));
     if text.len() > ok.max_payload_len as usize {
         let error = ClientError::TooLarge {

@@ -14,7 +14,7 @@ use monoreactor::client::exec::{Command as RemoteCommand, ExecClient, Signaller}
 use monoreactor::proto::exec::{EndReason, MAX_CWD_LEN, Signal};
 use monoreactor::proto::{ErrorCode, SessionFlags};
 
-use crate::args::{Addr, Secs};
+use crate::args::{Secs, ServerAddr, TlsArgs};
 use crate::explain::explain;
 use crate::failure::{CLIENT_FAILURE, Failure, say};
 use crate::token::client_token;
@@ -46,9 +46,11 @@ The token comes from --token-file, else from $MONOREACTOR_TOKEN.";
 #[derive(Args)]
 #[command(after_help = HELP, group(ArgGroup::new("command").required(true).args(["argv", "shell"])))]
 pub struct ExecArgs {
-    /// Server address (framed protocol), HOST:PORT.
-    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
-    addr: Addr,
+    /// Server address (framed protocol), HOST:PORT, or tls://HOST:PORT for TLS.
+    #[arg(long, value_name = "ADDR", default_value_t = ServerAddr::from(DEFAULT_FRAMED_ADDR))]
+    addr: ServerAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// File holding the server's token [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
@@ -107,8 +109,8 @@ fn run_remote(args: ExecArgs) -> Result<u8, Failure> {
     command.timeout = args.timeout.map(|secs| secs.0);
     command.stdin = !args.no_stdin && stdin_is_ours();
 
-    let addr = args.addr.to_string();
-    let client = ExecClient::connect(&addr, token.as_ref(), CONNECT_TIMEOUT)
+    let target = args.tls.target(&args.addr).map_err(Failure::own)?;
+    let client = ExecClient::connect(target, token.as_ref(), CONNECT_TIMEOUT)
         .map_err(|error| Failure::own(explain(&error, &source, None)))?;
     let authenticated = Some(
         client

@@ -11,38 +11,56 @@
 //!    notices a peer that vanished).
 //! 3. [`Running::finish`]: a thread copies local stdin into STDIN frames, never more than the
 //!    credit the server granted (the window in STARTED plus every WINDOW since); the calling
-//!    thread writes STDOUT and STDERR payloads out as they arrive and returns the EXIT.
+//!    thread owns the connection, sends those frames, writes STDOUT and STDERR payloads out
+//!    as they arrive and returns the EXIT.
 //!
-//! Why a thread for stdin: the client waits on two things at once, local stdin and the socket.
-//! The server does that with one `poll`; a client may block, and two blocking loops that meet
-//! at a `Condvar` (for credit) and a `Mutex` (for the socket's write half) are less code than a
-//! second event loop. The thread holds at most one 64 KiB chunk, so however fast stdin is,
-//! neither side buffers more than the window.
+//! # Why one thread owns the connection
+//! The client waits on two things at once, local stdin and the socket. Local stdin is any
+//! `Read` (a terminal, a pipe, a test's buffer): it can only be read by a thread that blocks
+//! on it, so it gets one. The connection, though, cannot be split between two threads the
+//! way a plain socket can (a clone of the descriptor for writes, the original for reads): a
+//! TLS session is one state machine whose reads and writes share keys, sequence numbers and
+//! buffers. So the calling thread owns the connection, plaintext or TLS alike, and drives
+//! both directions on one `mio::Poll`, the socket nonblocking: it sleeps in the poll until
+//! the socket is readable, writable (when output is pending) or a [`mio::Waker`] says another
+//! thread queued a frame (STDIN and STDIN_EOF from the stdin thread, SIGNAL from a
+//! [`Signaller`]). No read times out and nothing spins. The alternatives were worse: a
+//! mutex around the session with short read timeouts wakes up every few milliseconds for
+//! nothing and adds that delay to stdin; a mutex held across a blocking read starves the
+//! writer, and one held across a blocking write can deadlock with a server that stops
+//! reading while its output to us is not read. The stdin thread holds at most one 64 KiB
+//! chunk and queues only within the credit, so however fast stdin is, neither side buffers
+//! more than the window.
 //!
 //! [`Running::signaller`] hands out a [`Signaller`] that another thread (a signal handler
 //! thread, a test) uses to send a SIGNAL request while `finish` runs.
 //!
 //! # Closing
-//! After EXIT the connection is closed the ordinary way (FIN). When the client gives up
-//! instead (an error, [`Signaller::abandon`], [`Signaller::abort_on_close`]) it closes with a
-//! reset (`SO_LINGER` 0): an abort, not an end of input. The server stops a command whose
-//! client is gone either way (TERM to its group, KILL after a grace), but a reset cannot be
-//! mistaken for a client that merely finished sending, by this server or one in between.
+//! After EXIT the connection is closed the ordinary way (a TLS close_notify, then FIN). When
+//! the client gives up instead (an error, [`Signaller::abandon`], [`Signaller::abort_on_close`])
+//! it closes with a reset (`SO_LINGER` 0): an abort, not an end of input. The server stops a
+//! command whose client is gone either way (TERM to its group, KILL after a grace), but a
+//! reset cannot be mistaken for a client that merely finished sending, by this server or one
+//! in between.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use log::{debug, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token as PollToken, Waker};
 
-use super::{Client, ClientError};
+use super::{Client, ClientError, Target, Transport};
 use crate::access::Token;
+use crate::limits::MAX_FRAME_LEN;
 use crate::proto::exec::{ExecFlags, ExecRequest, Exit, Signal, SignalRequest, Started, Window};
 use crate::proto::message::EXEC_VERSION;
-use crate::proto::{ErrorMessage, Flags, Frame, FrameType, HelloOk};
+use crate::proto::{Decoder, ErrorMessage, Flags, Frame, FrameType, HelloOk};
 
 /// The stream id the command runs on (any non-zero id would do: one command per connection).
 pub const STREAM: u32 = 1;
@@ -55,6 +73,11 @@ const CHUNK: usize = 64 << 10;
 /// kernel's probe count (9 on Linux) times `INTERVAL` (two minutes) instead of never.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The connection's token in the poll.
+const SOCKET: PollToken = PollToken(0);
+/// The waker's token: another thread queued a frame, or gave up.
+const WAKE: PollToken = PollToken(1);
 
 /// A command to run remotely.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,12 +155,12 @@ impl ExecClient {
     /// unauthenticated connection may run commands; it will not if it has a token). `timeout`
     /// bounds the connect, the handshake and, later, the wait for STARTED.
     pub fn connect(
-        addr: &str,
+        target: impl Into<Target>,
         token: Option<&Token>,
         timeout: Duration,
     ) -> Result<ExecClient, ClientError> {
         let credentials = token.map_or(&[][..], Token::as_bytes);
-        let (client, hello) = Client::connect_with(addr, credentials, timeout)?;
+        let (client, hello) = Client::connect_with(target, credentials, timeout)?;
         Ok(ExecClient { client, hello })
     }
 
@@ -200,14 +223,21 @@ impl ExecClient {
         if let Err(error) = socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive) {
             debug!("no TCP keepalive: {error}");
         }
-        let writer = Some(socket.try_clone()?);
+        // A descriptor for SO_LINGER only (see `Signaller::abort_on_close`), never for I/O.
+        let linger = socket.try_clone()?;
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKE)?;
         Ok(Running {
             client: self.client,
+            poll,
             started,
             stdin: command.stdin,
             max_payload: (self.hello.max_payload_len as usize).clamp(1, CHUNK),
             shared: Arc::new(Shared {
-                writer: Mutex::new(writer),
+                outgoing: Mutex::new(Outgoing::default()),
+                waker,
+                linger,
+                abandoned: AtomicBool::new(false),
                 credit: Mutex::new(Credit {
                     bytes: u64::from(started.stdin_window),
                     finished: false,
@@ -229,18 +259,30 @@ fn server_error(payload: &[u8]) -> ClientError {
     }
 }
 
-/// What the output side and the stdin thread share.
+/// What the connection's thread, the stdin thread and the signallers share.
 #[derive(Debug)]
 struct Shared {
-    /// The socket's write half (a clone of the descriptor): STDIN, STDIN_EOF and SIGNAL frames
-    /// come from different threads, and the lock keeps each frame whole on the wire. Taken out
-    /// when the conversation ends, so a stdin thread still blocked in a read of stdin does not
-    /// keep the connection open.
-    writer: Mutex<Option<TcpStream>>,
+    /// Frames other threads want sent, whole and in order; the connection's thread takes
+    /// them when woken.
+    outgoing: Mutex<Outgoing>,
+    /// Wakes the connection's thread from its poll.
+    waker: Waker,
+    /// A clone of the socket's descriptor, for `SO_LINGER` and nothing else.
+    linger: TcpStream,
+    /// [`Signaller::abandon`] was called.
+    abandoned: AtomicBool,
     /// STDIN credit, and whether the conversation is over.
     credit: Mutex<Credit>,
     /// Signalled when credit grows or the conversation ends.
     more: Condvar,
+}
+
+/// Frames queued by other threads.
+#[derive(Debug, Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    /// The conversation is over: nothing more is taken.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -251,36 +293,42 @@ struct Credit {
     finished: bool,
 }
 
+/// Recovers a lock whose holder panicked: the data behind these locks (a byte queue, two
+/// integers) stays usable, and refusing it would only turn one panic into two.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Shared {
     fn credit(&self) -> MutexGuard<'_, Credit> {
-        // A poisoned lock means the other thread panicked mid-update of two integers; the
-        // values are still usable, and refusing them would only turn one panic into two.
-        self.credit
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.credit)
     }
 
-    fn writer(&self) -> MutexGuard<'_, Option<TcpStream>> {
-        // Poisoned: a thread panicked while writing; the socket itself is still a socket.
-        self.writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Queues one frame, whole, for the connection's thread and wakes it.
+    fn send(&self, frame: Frame<'_>) -> io::Result<()> {
+        {
+            let mut outgoing = lock(&self.outgoing);
+            if outgoing.closed {
+                return Err(io::Error::new(
+                    ErrorKind::NotConnected,
+                    "the command's connection is closed",
+                ));
+            }
+            frame.encode_into(&mut outgoing.bytes);
+        }
+        self.waker.wake()
     }
 
-    /// Sends one frame whole.
-    fn send(&self, frame: Frame<'_>, scratch: &mut Vec<u8>) -> io::Result<()> {
-        scratch.clear();
-        frame.encode_into(scratch);
-        let mut writer = self.writer();
-        let Some(socket) = writer.as_mut() else {
-            return Err(io::Error::new(
-                ErrorKind::NotConnected,
-                "the command's connection is closed",
-            ));
-        };
-        // `write_all` uses send(2) with MSG_NOSIGNAL: a closed connection is an error here,
-        // never a SIGPIPE, even in a client that restored SIGPIPE's default action.
-        socket.write_all(scratch)
+    /// Moves the queued frames to the end of `out`.
+    fn take_outgoing(&self, out: &mut Vec<u8>) {
+        let mut outgoing = lock(&self.outgoing);
+        if out.is_empty() {
+            std::mem::swap(out, &mut outgoing.bytes);
+        } else {
+            out.append(&mut outgoing.bytes);
+        }
     }
 
     /// Waits for credit, then takes up to `want` bytes of it; `None` once the conversation
@@ -308,7 +356,10 @@ impl Shared {
         self.more.notify_all();
     }
 
+    /// Ends the conversation for the other threads: the stdin thread stops at its next
+    /// wake-up, and nothing more is queued.
     fn finish(&self) {
+        lock(&self.outgoing).closed = true;
         self.credit().finished = true;
         self.more.notify_all();
     }
@@ -322,33 +373,31 @@ pub struct Signaller {
 
 impl Signaller {
     /// Asks the server to deliver `signal` to the command's process group. Harmless after the
-    /// command ended: the server ignores a SIGNAL for a stream with no command.
+    /// command ended: the server ignores a SIGNAL for a stream with no command. An error
+    /// means the conversation is already over.
     pub fn send(&self, signal: Signal) -> io::Result<()> {
         let mut payload = [0; SignalRequest::PAYLOAD_LEN];
         SignalRequest { signal }.emit(&mut payload);
         let frame = Frame::new(FrameType::Signal, Flags::NONE, STREAM, &payload);
-        self.shared.send(frame, &mut Vec::new())
+        self.shared.send(frame)
     }
 
     /// Gives up on the command: [`Running::finish`] returns an error at once, and the
     /// connection closes with a reset, so the server stops the command (TERM to its group,
     /// KILL after a grace).
     pub fn abandon(&self) {
+        abort_on_close(&self.shared.linger);
+        self.shared.abandoned.store(true, Ordering::Release);
         self.shared.finish();
-        if let Some(socket) = self.shared.writer().as_ref() {
-            abort_on_close(socket);
-            // SHUT_RD sends nothing to the peer; it only wakes our own blocked read, which
-            // then sees end of file.
-            let _ = socket.shutdown(Shutdown::Read);
+        if let Err(error) = self.shared.waker.wake() {
+            debug!("cannot wake the connection's thread: {error}");
         }
     }
 
     /// Makes the connection close with a reset instead of a FIN whenever it closes, without
     /// closing it now: for a process about to exit while its other threads are blocked.
     pub fn abort_on_close(&self) {
-        if let Some(socket) = self.shared.writer().as_ref() {
-            abort_on_close(socket);
-        }
+        abort_on_close(&self.shared.linger);
     }
 }
 
@@ -363,6 +412,7 @@ fn abort_on_close(socket: &impl AsFd) {
 #[derive(Debug)]
 pub struct Running {
     client: Client,
+    poll: Poll,
     started: Started,
     stdin: bool,
     /// Largest STDIN payload: the server's frame limit, at most [`CHUNK`].
@@ -410,12 +460,20 @@ impl Running {
         E: Write + ?Sized,
     {
         let Running {
-            mut client,
+            client,
+            mut poll,
             shared,
             stdin,
             max_payload,
             ..
         } = self;
+        let (transport, received, _) = client.into_parts();
+        let mut connection = Connection {
+            transport,
+            received,
+            out: Vec::new(),
+            sent: 0,
+        };
         let pump = if stdin {
             let for_thread = Arc::clone(&shared);
             let spawned = thread::Builder::new()
@@ -424,15 +482,15 @@ impl Running {
             match spawned {
                 Ok(handle) => Some(handle),
                 Err(error) => {
-                    close(&client, &shared, false);
+                    connection.close(&shared, false);
                     return Err(ClientError::Io(error));
                 }
             }
         } else {
             None
         };
-        let result = pump_output(&mut client, &shared, stdout, stderr);
-        close(&client, &shared, result.is_ok());
+        let result = connection.pump(&mut poll, &shared, stdout, stderr);
+        connection.close(&shared, result.is_ok());
         if let Some(handle) = pump {
             reap(handle);
         }
@@ -440,24 +498,151 @@ impl Running {
     }
 }
 
-/// Ends the conversation: wakes the stdin thread so it stops, and closes the connection, in
-/// order after EXIT (`exited`), with a reset otherwise (see the module docs on closing).
-fn close(client: &Client, shared: &Shared, exited: bool) {
-    shared.finish();
-    let socket = client.stream();
-    if exited {
-        // A FIN; it also makes a write blocked in the stdin thread fail.
-        let _ = socket.shutdown(Shutdown::Both);
-    } else {
-        abort_on_close(socket);
-        let _ = socket.shutdown(Shutdown::Read);
+/// The connection while a command runs: its transport, nonblocking, driven by one thread.
+struct Connection {
+    transport: Transport,
+    /// Bytes received and not yet decoded.
+    received: Vec<u8>,
+    /// Bytes to send; `out[..sent]` are gone.
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl Connection {
+    /// Until EXIT: decodes what came, hands other threads' frames to the socket, reads what
+    /// the socket has, and sleeps in `poll` only when none of that made progress (the rules
+    /// of edge-triggered readiness: every read and write goes on until it would block, so no
+    /// edge is missed).
+    fn pump<O, E>(
+        &mut self,
+        poll: &mut Poll,
+        shared: &Shared,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<Exit, ClientError>
+    where
+        O: Write + ?Sized,
+        E: Write + ?Sized,
+    {
+        self.transport.tcp().set_nonblocking(true)?;
+        let fd = self.transport.tcp().as_raw_fd();
+        poll.registry().register(
+            &mut SourceFd(&fd),
+            SOCKET,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let decoder = Decoder::new(MAX_FRAME_LEN);
+        let mut events = Events::with_capacity(4);
+        loop {
+            let mut frames = decoder.frames(&self.received);
+            for frame in frames.by_ref() {
+                let frame = frame.map_err(ClientError::Decode)?;
+                if let Some(exit) = handle_frame(&frame, shared, stdout, stderr)? {
+                    return Ok(exit);
+                }
+            }
+            let consumed = frames.consumed();
+            self.received.drain(..consumed);
+            if shared.abandoned.load(Ordering::Acquire) {
+                return Err(ClientError::Io(io::Error::new(
+                    ErrorKind::ConnectionAborted,
+                    "gave up on the command",
+                )));
+            }
+            shared.take_outgoing(&mut self.out);
+            self.send_available()?;
+            let (progress, eof) = self.transport.read_available(&mut self.received)?;
+            if eof {
+                // Frames that came before the end are still decoded above, once.
+                let mut frames = decoder.frames(&self.received);
+                for frame in frames.by_ref() {
+                    let frame = frame.map_err(ClientError::Decode)?;
+                    if let Some(exit) = handle_frame(&frame, shared, stdout, stderr)? {
+                        return Ok(exit);
+                    }
+                }
+                let partial = self.received.len() - frames.consumed();
+                return Err(ClientError::Closed { partial });
+            }
+            if progress {
+                continue;
+            }
+            match poll.poll(&mut events, None) {
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                other => other?,
+            }
+        }
     }
-    // The descriptor clone goes now, unless the stdin thread is in the middle of a send: it
-    // then drops it with its last reference when that send ends. The socket closes once both
-    // it and `client`, dropped on return from `finish`, are gone.
-    if let Ok(mut writer) = shared.writer.try_lock() {
-        writer.take();
+
+    /// Writes what it can of `out` (nonblocking).
+    fn send_available(&mut self) -> io::Result<()> {
+        self.transport.write_available(&self.out, &mut self.sent)?;
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        }
+        Ok(())
     }
+
+    /// Ends the conversation: wakes the stdin thread so it stops, and closes the connection,
+    /// in order after EXIT (`exited`), with a reset otherwise (see the module docs).
+    fn close(&mut self, shared: &Shared, exited: bool) {
+        shared.finish();
+        let socket = self.transport.tcp();
+        if exited {
+            self.transport.close_notify();
+            // A FIN.
+            let _ = self.transport.tcp().shutdown(Shutdown::Both);
+        } else {
+            abort_on_close(socket);
+            let _ = socket.shutdown(Shutdown::Read);
+        }
+    }
+}
+
+/// One frame from the server; `Some` once it is the EXIT.
+fn handle_frame<O, E>(
+    frame: &Frame<'_>,
+    shared: &Shared,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<Option<Exit>, ClientError>
+where
+    O: Write + ?Sized,
+    E: Write + ?Sized,
+{
+    let header = frame.header;
+    if header.frame_type == FrameType::Error {
+        // On stream 0 it ends the connection, on ours the command; either way it is the
+        // last word about this command.
+        return Err(server_error(frame.payload));
+    }
+    if header.stream != STREAM {
+        if let FrameType::Unknown(byte) = header.frame_type {
+            debug!(
+                "ignoring frame type 0x{byte:02x} on stream {}",
+                header.stream
+            );
+            return Ok(None);
+        }
+        return Err(ClientError::Unexpected(header.frame_type));
+    }
+    match header.frame_type {
+        FrameType::Stdout => write_out(stdout, frame.payload)?,
+        FrameType::Stderr => write_out(stderr, frame.payload)?,
+        FrameType::Window => {
+            let window = Window::parse(frame.payload).map_err(ClientError::Message)?;
+            shared.add_credit(window.increment);
+        }
+        FrameType::Exit => {
+            return Exit::parse(frame.payload)
+                .map(Some)
+                .map_err(ClientError::Message);
+        }
+        FrameType::Unknown(byte) => debug!("ignoring frame type 0x{byte:02x}"),
+        other => return Err(ClientError::Unexpected(other)),
+    }
+    Ok(None)
 }
 
 /// Joins the stdin thread if it has already stopped; otherwise leaves it (see
@@ -470,9 +655,8 @@ fn reap(handle: JoinHandle<()>) {
 
 /// The stdin thread: local stdin → STDIN frames within the credit, then STDIN_EOF.
 fn pump_stdin<R: Read>(shared: &Shared, input: Option<R>, max_payload: usize) {
-    let mut scratch = Vec::with_capacity(crate::proto::HEADER_LEN + max_payload);
     let Some(mut input) = input else {
-        let _ = shared.send(eof_frame(), &mut scratch);
+        let _ = shared.send(eof_frame());
         return;
     };
     let mut chunk = vec![0; CHUNK];
@@ -490,8 +674,9 @@ fn pump_stdin<R: Read>(shared: &Shared, input: Option<R>, max_payload: usize) {
             }
         };
         if n == 0 {
-            // A send error means the connection is gone; the output side reports it.
-            let _ = shared.send(eof_frame(), &mut scratch);
+            // A send error means the conversation is over; the connection's thread reports
+            // why.
+            let _ = shared.send(eof_frame());
             return;
         }
         let mut sent = 0;
@@ -505,7 +690,7 @@ fn pump_stdin<R: Read>(shared: &Shared, input: Option<R>, max_payload: usize) {
                 STREAM,
                 &chunk[sent..sent + grant],
             );
-            if shared.send(frame, &mut scratch).is_err() {
+            if shared.send(frame).is_err() {
                 return;
             }
             sent += grant;
@@ -515,49 +700,6 @@ fn pump_stdin<R: Read>(shared: &Shared, input: Option<R>, max_payload: usize) {
 
 fn eof_frame() -> Frame<'static> {
     Frame::new(FrameType::StdinEof, Flags::NONE, STREAM, &[])
-}
-
-/// The calling thread: frames from the server until EXIT.
-fn pump_output<O, E>(
-    client: &mut Client,
-    shared: &Shared,
-    stdout: &mut O,
-    stderr: &mut E,
-) -> Result<Exit, ClientError>
-where
-    O: Write + ?Sized,
-    E: Write + ?Sized,
-{
-    loop {
-        let frame = client.recv_frame()?;
-        let header = frame.header;
-        if header.frame_type == FrameType::Error {
-            // On stream 0 it ends the connection, on ours the command; either way it is the
-            // last word about this command.
-            return Err(server_error(&frame.payload));
-        }
-        if header.stream != STREAM {
-            if let FrameType::Unknown(byte) = header.frame_type {
-                debug!(
-                    "ignoring frame type 0x{byte:02x} on stream {}",
-                    header.stream
-                );
-                continue;
-            }
-            return Err(ClientError::Unexpected(header.frame_type));
-        }
-        match header.frame_type {
-            FrameType::Stdout => write_out(stdout, &frame.payload)?,
-            FrameType::Stderr => write_out(stderr, &frame.payload)?,
-            FrameType::Window => {
-                let window = Window::parse(&frame.payload).map_err(ClientError::Message)?;
-                shared.add_credit(window.increment);
-            }
-            FrameType::Exit => return Exit::parse(&frame.payload).map_err(ClientError::Message),
-            FrameType::Unknown(byte) => debug!("ignoring frame type 0x{byte:02x}"),
-            other => return Err(ClientError::Unexpected(other)),
-        }
-    }
 }
 
 /// Writes and flushes: output appears as it arrives, and a slow reader of our stdout slows the
@@ -600,8 +742,12 @@ mod tests {
     #[test]
     fn credit_is_taken_within_what_was_granted_and_finish_wakes_the_waiter() {
         let (a, _b) = loopback_pair();
+        let poll = Poll::new().unwrap();
         let shared = Arc::new(Shared {
-            writer: Mutex::new(Some(a)),
+            outgoing: Mutex::new(Outgoing::default()),
+            waker: Waker::new(poll.registry(), WAKE).unwrap(),
+            linger: a,
+            abandoned: AtomicBool::new(false),
             credit: Mutex::new(Credit {
                 bytes: 10,
                 finished: false,
@@ -622,6 +768,10 @@ mod tests {
         };
         shared.finish();
         assert_eq!(waiter.join().unwrap(), None);
+        assert!(
+            shared.send(eof_frame()).is_err(),
+            "nothing is queued after the end"
+        );
     }
 
     fn loopback_pair() -> (TcpStream, TcpStream) {

@@ -37,14 +37,13 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::mem::MaybeUninit;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::debug;
 
-use super::{Client, ClientError, OwnedFrame, Pieces, Received};
+use super::{Client, ClientError, OwnedFrame, Pieces, Received, Target};
 use crate::access::Token;
 use crate::proto::files::{
     Digest, Entries, FileInfo, FileKind, GetRequest, Hash, MAX_PATH_LEN, PutFlags, PutReady,
@@ -149,12 +148,12 @@ impl FileClient {
     /// token refuses file requests without it). `timeout` bounds the connect and the
     /// handshake; later reads and writes wait at most [`IO_TIMEOUT`].
     pub fn connect(
-        addr: &str,
+        target: impl Into<Target>,
         token: Option<&Token>,
         timeout: Duration,
     ) -> Result<FileClient, ClientError> {
         let credentials = token.map_or(&[][..], Token::as_bytes);
-        let (client, hello) = Client::connect_with(addr, credentials, timeout)?;
+        let (client, hello) = Client::connect_with(target, credentials, timeout)?;
         let mut files = FileClient::from_client(client, hello)?;
         files.set_timeout(Some(IO_TIMEOUT))?;
         Ok(files)
@@ -618,18 +617,10 @@ impl FileClient {
     }
 
     /// Whether something has arrived that the next read would return (bytes, end of file or
-    /// an error), without blocking.
-    fn input_pending(&self) -> bool {
-        if !self.client.received.is_empty() {
-            return true;
-        }
-        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-        let peeked = socket2::SockRef::from(self.client.stream())
-            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
-        match peeked {
-            Ok(_) => true,
-            Err(error) => !matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
-        }
+    /// an error), without blocking. Under TLS a record may be only a session ticket or a key
+    /// update: the read that follows then waits for a frame, as it would anyway.
+    fn input_pending(&mut self) -> bool {
+        self.client.input_pending()
     }
 
     /// After `error` ended a transfer early, tells the server to stop it, unless the stream or

@@ -5,12 +5,19 @@
 //! server is the nonblocking part of this crate; a client may block, and [`exec`] even uses a
 //! thread for stdin.)
 //!
+//! Every `connect` takes a [`Target`]: an address (`&str`, `&String` and `SocketAddr` convert
+//! into a plaintext one) and, for TLS, a rustls configuration ([`tls`]). Over TLS the
+//! protocol is the same, inside a rustls session on the same socket.
+//!
 //! The handshake is where a client most often meets the wrong peer: the raw echo port, a web
 //! server, something silent. [`Client::hello`] looks at what came back instead of HELLO_OK and
 //! says what it probably is ([`ClientError::WrongProtocol`]).
 
 pub mod exec;
 pub mod files;
+pub mod tls;
+
+pub use tls::{Target, TlsFailure, Transport};
 
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
@@ -148,6 +155,15 @@ pub enum ClientError {
         /// Why.
         source: io::Error,
     },
+    /// TLS failed: the handshake (the server's certificate, its name, a port that does not
+    /// speak TLS, no ALPN agreement), a client certificate refused, or a TLS port spoken to
+    /// in plaintext.
+    Tls {
+        /// The peer, as the user named it.
+        addr: String,
+        /// What went wrong.
+        failure: TlsFailure,
+    },
 }
 
 /// What a peer that is not a framed-protocol server did with our HELLO.
@@ -268,6 +284,11 @@ impl fmt::Display for ClientError {
             ClientError::Output(error) => write!(f, "cannot write the output: {error}"),
             ClientError::Verify(text) => write!(f, "verification failed: {text}"),
             ClientError::Local { what, source } => write!(f, "cannot {what}: {source}"),
+            ClientError::Tls {
+                addr,
+                failure: failure @ (TlsFailure::Plaintext | TlsFailure::Closed),
+            } => write!(f, "the server at {addr} {failure}"),
+            ClientError::Tls { addr, failure } => write!(f, "{addr}: {failure}"),
         }
     }
 }
@@ -335,10 +356,10 @@ fn wire_bytes(frame: &OwnedFrame) -> Vec<u8> {
     .to_vec()
 }
 
-/// A framed-protocol connection.
+/// A framed-protocol connection, plaintext or over TLS.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
+    stream: Transport,
     received: Vec<u8>,
     decoder: Decoder,
     next_stream: u32,
@@ -347,10 +368,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects (trying every address `addr` resolves to), then exchanges HELLO. `timeout`
-    /// bounds the connect and every later read and write.
-    pub fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
-        let mut client = Client::connect_raw(addr, timeout)?;
+    /// Connects (trying every address the target's resolves to; over TLS, with the
+    /// handshake), then exchanges HELLO. `timeout` bounds the connect and every later read
+    /// and write.
+    pub fn connect(target: impl Into<Target>, timeout: Duration) -> Result<Client, ClientError> {
+        let mut client = Client::connect_raw(target, timeout)?;
         client.hello(Hello::current())?;
         Ok(client)
     }
@@ -358,17 +380,23 @@ impl Client {
     /// Like [`Client::connect`], presenting `credentials` (the server's token, or empty) in
     /// HELLO; returns the server's HELLO_OK too, which says what the connection may do.
     pub fn connect_with(
-        addr: &str,
+        target: impl Into<Target>,
         credentials: &[u8],
         timeout: Duration,
     ) -> Result<(Client, HelloOk), ClientError> {
-        let mut client = Client::connect_raw(addr, timeout)?;
+        let mut client = Client::connect_raw(target, timeout)?;
         let ok = client.hello(Hello::with_credentials(credentials))?;
         Ok((client, ok))
     }
 
-    /// Connects without sending HELLO, for tests of the handshake itself.
-    pub fn connect_raw(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
+    /// Connects without sending HELLO, for tests of the handshake itself. Over TLS the TLS
+    /// handshake is done here, so its failures ([`ClientError::Tls`]) come from this call.
+    pub fn connect_raw(
+        target: impl Into<Target>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let target = target.into();
+        let addr = target.addr();
         let connect_error = |source| ClientError::Connect {
             addr: addr.to_string(),
             source,
@@ -381,9 +409,11 @@ impl Client {
                     stream.set_nodelay(true)?;
                     stream.set_read_timeout(Some(timeout))?;
                     stream.set_write_timeout(Some(timeout))?;
-                    let mut client = Client::from_stream(stream);
-                    client.peer = addr.to_string();
-                    return Ok(client);
+                    let transport = match target.tls_config() {
+                        Some(config) => tls::handshake(stream, &target, config)?,
+                        None => Transport::Plain(stream),
+                    };
+                    return Ok(Client::from_transport(transport, addr.to_string()));
                 }
                 Err(error) => last = error,
             }
@@ -397,12 +427,35 @@ impl Client {
             Ok(addr) => addr.to_string(),
             Err(_) => "the server".to_string(),
         };
+        Client::from_transport(Transport::Plain(stream), peer)
+    }
+
+    /// Wraps a connected transport (a TLS session after its handshake, or a socket); `peer`
+    /// names the server in messages.
+    pub fn from_transport(stream: Transport, peer: String) -> Client {
         Client {
             stream,
             received: Vec::new(),
             decoder: Decoder::new(MAX_FRAME_LEN),
             next_stream: 1,
             peer,
+        }
+    }
+
+    /// Whether the connection is a TLS session.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// A read or write error, with what TLS said about it in words (a client certificate
+    /// refused after the handshake, an alert) when there is a TLS error inside.
+    fn io_error(&self, error: io::Error) -> ClientError {
+        match tls::rustls_error(&error) {
+            Some(tls_error) => ClientError::Tls {
+                addr: self.peer.clone(),
+                failure: TlsFailure::from_rustls(tls_error.clone(), &self.peer),
+            },
+            None => ClientError::Io(error),
         }
     }
 
@@ -451,14 +504,24 @@ impl Client {
             {
                 // Part of an answer still tells who is there (an echo that stalled).
                 if self.received.is_empty() {
-                    let waited = self.stream.read_timeout().ok().flatten();
-                    NotFramed::Silent(waited.unwrap_or_default())
+                    NotFramed::Silent(tls::read_timeout(&self.stream))
                 } else {
                     NotFramed::from_answer(&self.received, &wire)
                 }
             }
             Err(error) => return Err(error),
         };
+        // A TLS server answers a plaintext HELLO with an alert (or a handshake record).
+        let answer = match &evidence {
+            NotFramed::Bytes(bytes) => bytes.as_slice(),
+            _ => &[],
+        };
+        if tls::is_tls_record(answer) || tls::is_tls_record(&self.received) {
+            return Err(ClientError::Tls {
+                addr: self.peer.clone(),
+                failure: TlsFailure::ServerSpeaksTls,
+            });
+        }
         Err(ClientError::WrongProtocol {
             addr: self.peer.clone(),
             evidence,
@@ -542,7 +605,7 @@ impl Client {
                             piece.resize(STREAM_PIECE, 0);
                         }
                         let want = left.min(piece.len());
-                        match self.stream.read(&mut piece[..want]) {
+                        match self.read_piece(&mut piece[..want]) {
                             Ok(0) => {
                                 return Err(ClientError::Closed {
                                     partial: HEADER_LEN + len - left,
@@ -557,7 +620,7 @@ impl Client {
                                 }
                             }
                             Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                            Err(error) => return Err(ClientError::Io(error)),
+                            Err(error) => return Err(self.io_error(error)),
                         }
                     }
                     return match refused {
@@ -582,6 +645,28 @@ impl Client {
         }
     }
 
+    /// One read of a large payload's piece. Plaintext: one read, whatever the socket has.
+    /// TLS: the session yields at most one record's plaintext (16 KiB) a read, so it reads on
+    /// until the piece is full (the bytes are owed by the frame, so this waits for nothing
+    /// that is not coming), and the hash and the sink get pieces as large as over plaintext.
+    fn read_piece(&mut self, piece: &mut [u8]) -> io::Result<usize> {
+        if !self.stream.is_tls() {
+            return self.stream.read(piece);
+        }
+        let mut filled = 0;
+        while filled < piece.len() {
+            match self.stream.read(&mut piece[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                // What was read counts; the error comes back on the next read.
+                Err(_) if filled > 0 => break,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(filled)
+    }
+
     /// Reads what the socket has into the receive buffer; the peer's close is an error that
     /// says how much of a frame was left.
     fn fill(&mut self) -> Result<(), ClientError> {
@@ -589,7 +674,8 @@ impl Client {
         let n = loop {
             match self.stream.read(&mut chunk) {
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                other => break other?,
+                Err(error) => return Err(self.io_error(error)),
+                Ok(n) => break n,
             }
         };
         if n == 0 {
@@ -622,13 +708,36 @@ impl Client {
         }
     }
 
-    /// The socket underneath.
+    /// The socket underneath (under TLS: for its options and addresses, not for I/O).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
-    /// Gives up the client, keeping the connection open.
+    /// The transport: the socket, or the TLS session over it.
+    pub fn transport(&mut self) -> &mut Transport {
+        &mut self.stream
+    }
+
+    /// Whether something waits to be read without blocking (see [`Transport::input_pending`]).
+    pub fn input_pending(&mut self) -> bool {
+        !self.received.is_empty() || self.stream.input_pending()
+    }
+
+    /// Gives up the client, keeping the connection open. A TLS session is given up with it:
+    /// what is left is the socket under it, fit only to be held open or closed.
     pub fn into_stream(self) -> TcpStream {
-        self.stream
+        match self.stream {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => {
+                let rustls::StreamOwned { sock, .. } = *tls;
+                sock.into_tcp()
+            }
+        }
+    }
+
+    /// Gives up the client, returning its transport and the bytes received but not yet
+    /// decoded (for a caller that drives the connection itself, as [`exec`] does).
+    pub(crate) fn into_parts(self) -> (Transport, Vec<u8>, String) {
+        (self.stream, self.received, self.peer)
     }
 }

@@ -94,10 +94,11 @@ fn blocking_config(
     default_connections: usize,
     size: u64,
 ) -> Result<bench::blocking::BlockingConfig, String> {
-    let addr = common.addr.map_or(DEFAULT_FRAMED_ADDR, |addr| addr.0);
-    target::check(addr, BenchProtocol::Framed)?;
+    let (addr, tls) = common.server(DEFAULT_FRAMED_ADDR)?;
+    target::check(addr, BenchProtocol::Framed, tls.as_ref())?;
     Ok(bench::blocking::BlockingConfig {
         addr: addr.to_string(),
+        tls,
         token,
         connections: common.connections(default_connections),
         size,

@@ -7,7 +7,7 @@ use clap::Args;
 use monoreactor::DEFAULT_ECHO_ADDR;
 use monoreactor_bench::{self as bench, BenchProtocol, LoadConfig};
 
-use super::{BenchCommon, print_report, target};
+use super::{BenchCommon, plaintext_only, print_report, target};
 use crate::args::{at_least_one, byte_count};
 use crate::failure::Failure;
 
@@ -72,12 +72,15 @@ pub struct ConnectBenchArgs {
 pub fn echo(args: EchoBenchArgs) -> Result<(), Failure> {
     let protocol = target::protocol(args.raw, args.redis);
     let default = target::default_addr(protocol);
-    let config = load_config(&args.common, default, protocol, args.size, args.depth);
+    let config = load_config(&args.common, default, protocol, args.size, args.depth)?;
+    if protocol != BenchProtocol::Framed {
+        plaintext_only(config.tls.as_ref(), "echo --raw or --redis")?;
+    }
     let config = LoadConfig {
         rate: args.rate,
         ..config
     };
-    target::check(config.addr, protocol)?;
+    target::check(config.addr, protocol, config.tls.as_ref())?;
     let report = bench::echo::run_echo(&config)
         .map_err(|error| format!("load against {}: {error}", config.addr))?;
     print_report(&report, args.common.json)
@@ -91,7 +94,8 @@ pub fn udp(args: UdpBenchArgs) -> Result<(), Failure> {
         BenchProtocol::Raw,
         args.size,
         args.depth,
-    );
+    )?;
+    plaintext_only(config.tls.as_ref(), "UDP echo")?;
     let config = LoadConfig {
         rate: args.rate,
         ..config
@@ -110,8 +114,9 @@ pub fn connect(args: ConnectBenchArgs) -> Result<(), Failure> {
         BenchProtocol::Raw,
         args.size,
         1,
-    );
-    target::check(config.addr, BenchProtocol::Raw)?;
+    )?;
+    plaintext_only(config.tls.as_ref(), "connect (raw echo)")?;
+    target::check(config.addr, BenchProtocol::Raw, None)?;
     let options = bench::connect::ConnectOptions { reset: args.rst };
     let report = bench::connect::run_connect(&config, options)
         .map_err(|error| format!("connections to {}: {error}", config.addr))?;
@@ -125,9 +130,11 @@ fn load_config(
     protocol: BenchProtocol,
     size: u64,
     depth: usize,
-) -> LoadConfig {
-    LoadConfig {
-        addr: common.addr.map_or(default_addr, |addr| addr.0),
+) -> Result<LoadConfig, Failure> {
+    let (addr, tls) = common.server(default_addr)?;
+    Ok(LoadConfig {
+        addr,
+        tls,
         protocol,
         connections: common.connections(50),
         size: usize::try_from(size).unwrap_or(usize::MAX),
@@ -136,5 +143,5 @@ fn load_config(
         warmup: common.warmup(),
         rate: None,
         server_pid: common.pid,
-    }
+    })
 }

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use monoreactor_bench::{Report, Stop};
+use monoreactor_bench::{BenchTls, Report, Stop};
 
-use crate::args::{Addr, Secs, at_least_one};
+use crate::args::{Secs, ServerAddr, TlsArgs, at_least_one};
 use crate::failure::{Failure, print_stdout};
 
 mod blocking;
@@ -45,7 +45,12 @@ Examples:
   monoreactor bench udp -c 16 -n 100000
   monoreactor bench connect -c 50 -d 3 --rst
   monoreactor bench get -c 4 -s 1M -d 5
-  monoreactor bench exec -c 2 -d 3 --token-file ~/.monoreactor-token";
+  monoreactor bench exec -c 2 -d 3 --token-file ~/.monoreactor-token
+  monoreactor bench echo --addr tls://server.example:7878 -c 50 -d 5
+
+TLS (--tls, or an address written tls://HOST:PORT) applies to the framed workloads: echo
+(without --raw or --redis), exec, get, put, idle, probe and stream; the report then says
+`tls on`. Raw echo, UDP and connect are plaintext, as the server's echo ports are.";
 
 /// The workloads.
 #[derive(Subcommand)]
@@ -82,9 +87,11 @@ enum BenchCommand {
 /// Flags every load subcommand takes.
 #[derive(Args)]
 struct BenchCommon {
-    /// Server address, HOST:PORT [default: per subcommand].
+    /// Server address, HOST:PORT, or tls://HOST:PORT for TLS [default: per subcommand].
     #[arg(long, value_name = "ADDR")]
-    addr: Option<Addr>,
+    addr: Option<ServerAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Connections [default: 50 for echo, udp and connect; 1 for exec; 4 for get and put].
     #[arg(short = 'c', long = "connections", value_name = "N", value_parser = at_least_one)]
     connections: Option<usize>,
@@ -119,6 +126,39 @@ impl BenchCommon {
 
     fn connections(&self, default: usize) -> usize {
         self.connections.unwrap_or(default)
+    }
+
+    /// The address, or `default`, and its TLS if asked for.
+    fn server(
+        &self,
+        default: std::net::SocketAddr,
+    ) -> Result<(std::net::SocketAddr, Option<BenchTls>), String> {
+        let addr = self.addr.clone().unwrap_or(ServerAddr::from(default));
+        Ok((addr.addr, bench_tls(&self.tls, &addr)?))
+    }
+}
+
+/// The TLS a run's flags ask for at `addr` (`None`: plaintext): the configuration, and the
+/// name the certificate must carry, taken from the address as typed.
+fn bench_tls(tls: &TlsArgs, addr: &ServerAddr) -> Result<Option<BenchTls>, String> {
+    if !tls.wanted(addr) {
+        return Ok(None);
+    }
+    let target = tls.target(addr)?;
+    let server_name = target.server_name().map_err(|error| error.to_string())?;
+    Ok(target.tls_config().map(|config| BenchTls {
+        config: std::sync::Arc::clone(config),
+        server_name,
+    }))
+}
+
+/// Refuses TLS for a plaintext-only workload (raw echo, UDP, connect), naming it.
+fn plaintext_only(tls: Option<&BenchTls>, what: &str) -> Result<(), Failure> {
+    match tls {
+        Some(_) => Err(Failure::usage(format!(
+            "{what} is plaintext (the server's echo ports do not speak TLS): drop --tls"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -10,16 +10,19 @@ use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::load_token;
 use monoreactor_bench::{self as bench, BenchProtocol, IdleConfig};
 
-use super::{format, target};
-use crate::args::{Addr, Secs, at_least_one, byte_count};
+use super::{bench_tls, format, plaintext_only, target};
+use crate::args::{Secs, ServerAddr, TlsArgs, at_least_one, byte_count};
 use crate::failure::{Failure, print_stdout};
 
 /// The flags of `bench idle`.
 #[derive(Args)]
 pub struct IdleBenchArgs {
-    /// Server address, HOST:PORT [default: 127.0.0.1:7878, or 127.0.0.1:7007 with --raw].
+    /// Server address, HOST:PORT, or tls://HOST:PORT for TLS [default: 127.0.0.1:7878, or
+    /// 127.0.0.1:7007 with --raw].
     #[arg(long, value_name = "ADDR")]
-    addr: Option<Addr>,
+    addr: Option<ServerAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Connections to open.
     #[arg(short = 'c', long = "connections", value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
     connections: usize,
@@ -37,9 +40,12 @@ pub struct IdleBenchArgs {
 /// The flags of `bench probe`.
 #[derive(Args)]
 pub struct ProbeBenchArgs {
-    /// Server address (framed), HOST:PORT [default: 127.0.0.1:7878].
+    /// Server address (framed), HOST:PORT, or tls://HOST:PORT for TLS [default:
+    /// 127.0.0.1:7878].
     #[arg(long, value_name = "ADDR")]
-    addr: Option<Addr>,
+    addr: Option<ServerAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Seconds to probe.
     #[arg(short = 'd', long = "duration", value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
     duration: Secs,
@@ -51,9 +57,12 @@ pub struct ProbeBenchArgs {
 /// The flags of `bench stream`.
 #[derive(Args)]
 pub struct StreamBenchArgs {
-    /// Server address (framed), HOST:PORT [default: 127.0.0.1:7878].
+    /// Server address (framed), HOST:PORT, or tls://HOST:PORT for TLS [default:
+    /// 127.0.0.1:7878].
     #[arg(long, value_name = "ADDR")]
-    addr: Option<Addr>,
+    addr: Option<ServerAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Output bytes the command writes (K, M, G suffixes: powers of 1024).
     #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "1G", value_parser = byte_count)]
     size: u64,
@@ -74,10 +83,16 @@ pub fn idle(args: IdleBenchArgs) -> Result<(), Failure> {
     let protocol = target::protocol(args.raw, args.redis);
     let addr = args
         .addr
-        .map_or(target::default_addr(protocol), |addr| addr.0);
-    target::check(addr, protocol)?;
+        .unwrap_or(ServerAddr::from(target::default_addr(protocol)));
+    let tls = bench_tls(&args.tls, &addr)?;
+    if protocol != BenchProtocol::Framed {
+        plaintext_only(tls.as_ref(), "idle --raw or --redis")?;
+    }
+    let addr = addr.addr;
+    target::check(addr, protocol, tls.as_ref())?;
     let config = IdleConfig {
         addr,
+        tls,
         protocol,
         connections: args.connections,
         server_pid: args.pid,
@@ -90,10 +105,13 @@ pub fn idle(args: IdleBenchArgs) -> Result<(), Failure> {
 
 /// Pings 64-byte echoes for a while and prints their latency; see [`bench::run_probe`].
 pub fn probe(args: ProbeBenchArgs) -> Result<(), Failure> {
-    let addr = args.addr.map_or(DEFAULT_FRAMED_ADDR, |addr| addr.0);
-    target::check(addr, BenchProtocol::Framed)?;
+    let addr = args.addr.unwrap_or(ServerAddr::from(DEFAULT_FRAMED_ADDR));
+    let tls = bench_tls(&args.tls, &addr)?;
+    let addr = addr.addr;
+    target::check(addr, BenchProtocol::Framed, tls.as_ref())?;
     let config = bench::ProbeConfig {
         addr: addr.to_string(),
+        tls,
         duration: args.duration.0,
         interval: Duration::from_millis(1),
         server_pid: args.pid,
@@ -104,14 +122,17 @@ pub fn probe(args: ProbeBenchArgs) -> Result<(), Failure> {
 
 /// Streams a long output to a slow reader; see [`bench::exec::run_stream`].
 pub fn stream(args: StreamBenchArgs) -> Result<(), Failure> {
-    let addr = args.addr.map_or(DEFAULT_FRAMED_ADDR, |addr| addr.0);
-    target::check(addr, BenchProtocol::Framed)?;
+    let addr = args.addr.unwrap_or(ServerAddr::from(DEFAULT_FRAMED_ADDR));
+    let tls = bench_tls(&args.tls, &addr)?;
+    let addr = addr.addr;
+    target::check(addr, BenchProtocol::Framed, tls.as_ref())?;
     let (token, _) = load_token(args.token_file.as_deref())?;
     let token = token.ok_or(
         "bench stream needs the server's token: pass --token-file PATH or set MONOREACTOR_TOKEN",
     )?;
     let config = bench::exec::StreamConfig {
         addr: addr.to_string(),
+        tls,
         token,
         bytes: args.size,
         read_rate: args.read_rate,

@@ -9,19 +9,25 @@ use std::time::Duration;
 use monoreactor::client::{Client, ClientError};
 use monoreactor::proto::{Decoder, ErrorMessage, FrameType};
 use monoreactor::{DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR};
-use monoreactor_bench::BenchProtocol;
+use monoreactor_bench::{BenchProtocol, BenchTls};
 
 use crate::explain::explain;
 use crate::token::TokenSource;
 
 /// Checks, with one connection, that `addr` speaks what the benchmark will speak, so a wrong
 /// port gets a hint instead of a failure from the middle of the run.
-pub fn check(addr: SocketAddr, protocol: BenchProtocol) -> Result<(), String> {
+pub fn check(
+    addr: SocketAddr,
+    protocol: BenchProtocol,
+    tls: Option<&BenchTls>,
+) -> Result<(), String> {
     const TIMEOUT: Duration = Duration::from_secs(5);
     match protocol {
-        BenchProtocol::Framed => Client::connect(&addr.to_string(), TIMEOUT)
-            .map(drop)
-            .map_err(|error| explain(&error, &TokenSource::None, None)),
+        BenchProtocol::Framed => {
+            Client::connect(monoreactor_bench::target(addr.to_string(), tls), TIMEOUT)
+                .map(drop)
+                .map_err(|error| explain(&error, &TokenSource::None, None))
+        }
         BenchProtocol::Raw => check_raw_echo(addr, TIMEOUT),
         BenchProtocol::Redis => check_redis(addr, TIMEOUT),
     }

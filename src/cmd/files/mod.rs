@@ -13,7 +13,7 @@ use monoreactor::client::ClientError;
 use monoreactor::client::files::FileClient;
 use monoreactor::proto::SessionFlags;
 
-use crate::args::Addr;
+use crate::args::{ServerAddr, TlsArgs};
 use crate::explain::explain;
 use crate::failure::{CLIENT_FAILURE, Failure};
 use crate::token::{TokenSource, client_token};
@@ -53,12 +53,14 @@ pub mod stat;
 /// Where the server is and how to authenticate: the flags every file command takes.
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Server address (framed protocol), HOST:PORT.
-    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
-    addr: Addr,
+    /// Server address (framed protocol), HOST:PORT, or tls://HOST:PORT for TLS.
+    #[arg(long, value_name = "ADDR", default_value_t = ServerAddr::from(DEFAULT_FRAMED_ADDR))]
+    addr: ServerAddr,
     /// File holding the server's token [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// A connection and what [`explain`] needs to add hints to its errors.
@@ -72,7 +74,8 @@ impl Session {
     /// Connects and says HELLO, with the token from the flags or the environment.
     fn open(server: ServerArgs) -> Result<Session, Failure> {
         let (token, source) = client_token(server.token_file).map_err(Failure::own)?;
-        let client = FileClient::connect(&server.addr.to_string(), token.as_ref(), CONNECT_TIMEOUT)
+        let target = server.tls.target(&server.addr).map_err(Failure::own)?;
+        let client = FileClient::connect(target, token.as_ref(), CONNECT_TIMEOUT)
             .map_err(|error| failure(&error, &source, None))?;
         let authenticated = Some(
             client

@@ -93,7 +93,11 @@ pub mod testkit;
 pub mod workers;
 
 // Run a server.
-pub use access::{Access, TOKEN_ENV, Token, load_token};
+pub use access::{
+    Access, Authentication, CommandSlot, Credential, Credentials, ExecRule, FilesRight, Grant,
+    NewEntry, QuotaHold, TOKEN_ENV, TOKEN_HASH_PREFIX, Token, Usage, generate_token, load_token,
+    token_hash,
+};
 pub use limits::{
     InvalidLimits, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION,
     MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,

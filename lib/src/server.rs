@@ -589,6 +589,7 @@ mod tests {
         let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let public: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let exec_no_token = Access {
+            credentials: None,
             token: None,
             exec: true,
         };

@@ -134,6 +134,7 @@ impl<C: Children> ConnHarness<C> {
             access: Access {
                 token: Some(Token::new(token.to_vec()).expect("a valid token")),
                 exec: true,
+                credentials: None,
             },
             children: Some(children),
             turn: self.turn,

@@ -1166,6 +1166,7 @@ impl RealServer {
             Access {
                 token: Some(Token::new(TOKEN).unwrap()),
                 exec: true,
+                credentials: None,
             },
         )
     }
@@ -1672,6 +1673,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         Access {
             token: Some(Token::new(TOKEN).unwrap()),
             exec: false,
+            credentials: None,
         },
         populate_file_root,
     );

@@ -117,7 +117,7 @@ pub struct Grant {
     /// Commands it may run at once, across all its connections; `None`: only the server's
     /// limits apply.
     pub max_commands: Option<usize>,
-    /// Bytes it may store ([`Usage::stored`]); `None`: no quota.
+    /// Bytes it may store ([`Grant::stored`] counts them); `None`: no quota.
     pub quota: Option<u64>,
     /// Its counters, shared with the grant that replaces it at a reload.
     pub(crate) usage: Arc<Usage>,

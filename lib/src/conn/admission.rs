@@ -164,8 +164,8 @@ impl Connection {
     ///    its quota: "credential "N" may store Q bytes (quota) and has stored S; this PUT of
     ///    B bytes would exceed it".
     /// 10. EXEC: a child number free on this connection, else "no free child number on this
-    ///    connection"; GET, PUT, LIST: a place among the server's transfers, else the disk's
-    ///    refusal (logged).
+    ///     connection"; GET, PUT, LIST: a place among the server's transfers, else the disk's
+    ///     refusal (logged).
     ///
     /// What can still fail belongs to starting the request, after this: the spawn (where the
     /// I/O layer applies the server's command limit, [`max_exec`], atomically with taking

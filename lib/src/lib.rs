@@ -36,7 +36,7 @@
 //!   that makes the blocking disk calls off the loop.
 //! - `reactor/` — the loop, the only `poll()`: tokens, the slab, the ready list, timers, accept,
 //!   signals, UDP echo. The edge-triggered rules are stated once at the top of that module.
-//! - `server.rs`, `workers.rs`, `limits.rs`, `access.rs` — binding and configuration, worker
+//! - `server.rs`, `workers.rs`, `limits.rs`, `access/` — binding and configuration, worker
 //!   processes, every limit in one struct, the token.
 //!
 //! The load generator behind `monoreactor bench` is its own crate (`monoreactor-bench`), and the

@@ -395,7 +395,13 @@ impl Put {
                 step: CommitStep::Data(upload),
                 ..
             }) => disk.release_upload(upload.handle()),
-            Phase::Committing(_) => {}
+            Phase::Committing(_) => {
+                // Renamed into place already (its directory's sync was pending): stored, so
+                // it counts against the quota although its DIGEST never went out.
+                if let Some(hold) = self.quota {
+                    hold.commit();
+                }
+            }
         }
         disk.end_transfer(self.permit);
     }

@@ -53,7 +53,9 @@ struct Cli {
 enum Command {
     /// Run the server (loopback only unless told otherwise). Prints one `listening KIND ADDR`
     /// line per bound socket on stdout.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
+    /// The access file's credentials: add one (a new token, printed once), or hash a token.
+    Access(cmd::access::AccessArgs),
     /// Send one framed echo request and print the reply.
     Echo(cmd::echo::EchoArgs),
     /// Run a command on a server started with --exec, like ssh: stdin is forwarded, its
@@ -109,7 +111,8 @@ fn main() -> ExitCode {
         restore_sigpipe();
     }
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
+        Command::Access(args) => cmd::access::run(args),
         Command::Echo(args) => cmd::echo::run(args),
         Command::Exec(args) => return ExitCode::from(cmd::exec::run(args)),
         Command::Bench(args) => cmd::bench::run(args),

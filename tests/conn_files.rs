@@ -711,6 +711,7 @@ fn a_connection_without_the_token_gets_unauthenticated_for_every_file_request() 
     h.access = Access {
         token: Some(Token::new(TOKEN.to_vec()).unwrap()),
         exec: false,
+        credentials: None,
     };
     let mut io = MemoryIo::new();
     let frames = send(&mut h, &mut io, &hello(b""));
@@ -739,6 +740,7 @@ fn a_connection_without_the_token_gets_unauthenticated_for_every_file_request() 
     h.access = Access {
         token: Some(Token::new(TOKEN.to_vec()).unwrap()),
         exec: false,
+        credentials: None,
     };
     let mut io = MemoryIo::new();
     let frames = send(&mut h, &mut io, &hello(TOKEN));

@@ -52,7 +52,7 @@ use monoreactor::proto::{
     Hello, HelloOk, MAGIC, PROTOCOL_VERSION, SessionFlags, ends_connection,
 };
 use monoreactor::testkit::{ConnHarness, MemoryIo, ScriptedChild};
-use monoreactor::{Access, Token};
+use monoreactor::{Access, Peer, Token};
 use monoreactor::{Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Server};
 use monoreactor::{Limits, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN};
 use monoreactor::{State, Verdict};
@@ -1166,6 +1166,7 @@ impl RealServer {
             Access {
                 token: Some(Token::new(TOKEN).unwrap()),
                 exec: true,
+                credentials: None,
             },
         )
     }
@@ -1672,6 +1673,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         Access {
             token: Some(Token::new(TOKEN).unwrap()),
             exec: false,
+            credentials: None,
         },
         populate_file_root,
     );
@@ -2052,6 +2054,17 @@ fn observed_errors() -> Vec<(u32, ErrorCode, String)> {
         SessionFlags::AUTHENTICATED,
     );
     let mut server = ServerSide::after(ServerSide::no_files_server(), &hello(), &no_files);
+    record(&server.send(&FileSession::get()));
+    assert_eq!(server.state(), State::Open);
+
+    // A file request in plaintext from another host.
+    let mut plaintext = ServerSide::default_server();
+    plaintext.harness.peer = Peer {
+        encrypted: false,
+        loopback: false,
+        client_key: None,
+    };
+    let mut server = ServerSide::after(plaintext, &hello(), &hello_ok());
     record(&server.send(&FileSession::get()));
     assert_eq!(server.state(), State::Open);
 

@@ -217,6 +217,7 @@ fn an_outside_crate_drives_a_connection_with_its_own_children_disk_and_transport
     let access = Access {
         token: Some(Token::new(TOKEN.to_vec()).unwrap()),
         exec: true,
+        credentials: None,
     };
     let running = Rc::new(Cell::new(0));
     let mut disk = EmptyDisk {

@@ -385,6 +385,7 @@ fn steady_state_exec_output_allocates_nothing_on_the_server() {
             access: Access {
                 token: Some(Token::new(TOKEN).unwrap()),
                 exec: true,
+                credentials: None,
             },
             root: scratch.path().to_path_buf(),
             limits: Limits {

@@ -37,7 +37,7 @@
 //!   that makes the blocking disk calls off the loop.
 //! - `reactor/` — the loop, the only `poll()`: tokens, the slab, the ready list, timers, accept,
 //!   signals, UDP echo. The edge-triggered rules are stated once at the top of that module.
-//! - `server.rs`, `workers.rs`, `limits.rs`, `access.rs` — binding and configuration, worker
+//! - `server.rs`, `workers.rs`, `limits.rs`, `access/` — binding and configuration, worker
 //!   processes, every limit in one struct, the token.
 //!
 //! The load generator behind `monoreactor bench` is its own crate (`monoreactor-bench`), and the
@@ -94,7 +94,11 @@ pub mod testkit;
 pub mod workers;
 
 // Run a server.
-pub use access::{Access, TOKEN_ENV, Token, load_token};
+pub use access::{
+    Access, Authentication, CommandSlot, Credential, Credentials, ExecRule, FilesRight, Grant,
+    NewEntry, QuotaHold, TOKEN_ENV, TOKEN_HASH_PREFIX, Token, Usage, generate_token, load_token,
+    token_hash,
+};
 pub use limits::{
     InvalidLimits, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION,
     MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,

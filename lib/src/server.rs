@@ -505,13 +505,13 @@ fn attempt<T>(
 /// Refuses what must not run: commands without a token, and a framed listener reachable from
 /// other hosts without one (unless `insecure`).
 fn check_access(access: &Access, framed: SocketAddr, insecure: bool) -> Result<(), StartError> {
-    if access.exec && access.token.is_none() {
+    if access.exec && !access.guarded() {
         return Err(StartError::Config(format!(
             "--exec needs a token: give --token-file PATH or set {}",
             crate::access::TOKEN_ENV
         )));
     }
-    if access.token.is_none() && !framed.ip().is_loopback() && !insecure {
+    if !access.guarded() && !framed.ip().is_loopback() && !insecure {
         return Err(StartError::Config(format!(
             "refusing to listen on {framed} without a token: anyone who can reach it could use the server; give --token-file PATH (or set {}), listen on 127.0.0.1, or pass --insecure",
             crate::access::TOKEN_ENV
@@ -620,6 +620,7 @@ mod tests {
         let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let public: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let exec_no_token = Access {
+            credentials: None,
             token: None,
             exec: true,
         };

@@ -1,7 +1,8 @@
 //! One module per subcommand, each holding its clap flags (`...Args`) and the function that
-//! runs it, as cargo keeps its commands: [`serve`], [`echo`], [`exec`], [`bench`](mod@bench), and the
+//! runs it, as cargo keeps its commands: [`serve`], [`access`], [`echo`], [`exec`], [`bench`](mod@bench), and the
 //! file commands in [`files`] (`get`, `put`, `ls`, `stat`, `rm`, `mkdir`).
 
+pub mod access;
 pub mod bench;
 pub mod echo;
 pub mod exec;

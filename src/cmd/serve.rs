@@ -47,9 +47,16 @@ pub struct ServeArgs {
     /// After SIGINT/SIGTERM, seconds allowed for pending output before everything is closed.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().shutdown_grace))]
     shutdown_grace: Secs,
-    /// Run commands for authenticated clients (needs a token).
+    /// Run commands for authenticated clients (needs a token). With --access, this is the
+    /// token's right only: each access-file credential's own `exec` decides for it, and
+    /// commands run in the root (its `root` for a scoped credential) as without.
     #[arg(long)]
     exec: bool,
+    /// TOML file of credentials (each a token's BLAKE3 or a client certificate's key, with
+    /// its subtree of the root, files none/read/write, which commands, max_commands, quota;
+    /// see `monoreactor access add`). Read whole at start: any error stops the server.
+    #[arg(long, value_name = "PATH")]
+    access: Option<PathBuf>,
     /// File holding the token clients must present [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
@@ -179,9 +186,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         echo_tcp: args.echo_tcp.0,
         echo_udp: args.echo_udp.0,
         limits,
-        access: Access {
-            token,
-            exec: args.exec,
+        access: match &args.access {
+            Some(path) => Access::load(path)?.with_token(token, args.exec),
+            None => Access::ECHO_ONLY.with_token(token, args.exec),
         },
         root: args.root,
         files: !args.no_files,

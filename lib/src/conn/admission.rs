@@ -3,47 +3,58 @@
 //! passes through [`Connection::admit`]; what a stream id may carry is
 //! [`Connection::claim_stream_id`]'s.
 
+use std::borrow::Cow;
+
 use log::debug;
 
 use super::context::{Context, Fatal};
 use super::{Bits, Connection};
+use crate::access::{CommandSlot, FilesRight, Grant, QuotaHold};
 use crate::proto::exec::ExecRequest;
 use crate::proto::files::{
-    FileRequestError, GetRequest, PutRequest, parse_delete_path, parse_path,
+    FileKind, FileRequestError, GetRequest, PutRequest, parse_delete_path, parse_path,
 };
 use crate::proto::{ErrorCode, Frame, FrameType};
 use crate::service::disk::{FileError, TransferPermit};
 use crate::transport::IoState;
 
-/// A request let in: parsed, with its place in the limits it counts against.
+/// A request let in: parsed, its paths mapped into the credential's scope (the path the disk
+/// is asked for, beneath the server's root), with its place in the limits it counts against.
 #[derive(Debug)]
 pub(super) enum Admitted<'f> {
-    /// EXEC, with the child number its descriptors will carry in poll tokens.
+    /// EXEC, with its working directory inside the scope, the child number its descriptors
+    /// will carry in poll tokens, and its place in its credential's `max_commands`.
     Exec {
         request: ExecRequest<'f>,
+        cwd: Cow<'f, str>,
         child_number: u8,
+        slot: Option<CommandSlot>,
     },
-    /// GET, with its place among the server's transfers.
+    /// GET of `path`, with its place among the server's transfers.
     Get {
         request: GetRequest<'f>,
+        path: Cow<'f, str>,
         permit: TransferPermit,
     },
-    /// PUT, with its place among the server's transfers.
+    /// PUT to `path`, with its place among the server's transfers and its bytes reserved in
+    /// its credential's quota.
     Put {
         request: PutRequest<'f>,
+        path: Cow<'f, str>,
         permit: TransferPermit,
+        quota: Option<QuotaHold>,
     },
     /// LIST of a directory, with its place among the server's transfers.
     List {
-        path: &'f str,
+        path: Cow<'f, str>,
         permit: TransferPermit,
     },
     /// STAT of a path.
-    Stat(&'f str),
+    Stat(Cow<'f, str>),
     /// DELETE of a path.
-    Delete(&'f str),
+    Delete(Cow<'f, str>),
     /// MKDIR of a path.
-    Mkdir(&'f str),
+    Mkdir(Cow<'f, str>),
 }
 
 /// Why a request was refused: the ERROR sent on its stream, which ends only that stream.
@@ -105,46 +116,71 @@ impl Connection {
     /// Whether the request in `frame` (EXEC or a file request, on a stream id
     /// [`claim_stream_id`](Connection::claim_stream_id) let through) may start: the one
     /// ladder every such request climbs, its first failed rung the refusal sent on the
-    /// request's stream (a dash: a rung that kind skips).
+    /// request's stream (a dash: a rung that kind skips). Every access rule is a rung here,
+    /// and nowhere else.
     ///
-    /// | # | rung           | EXEC              | GET, PUT, LIST       | STAT, DELETE, MKDIR  |
-    /// |---|----------------|-------------------|----------------------|----------------------|
-    /// | 1 | authenticated  | `UNAUTHENTICATED` | `UNAUTHENTICATED`    | `UNAUTHENTICATED`    |
-    /// | 2 | service on     | `EXEC_DISABLED`   | `UNKNOWN_FRAME_TYPE` | `UNKNOWN_FRAME_TYPE` |
-    /// | 3 | no FIN yet     | `BAD_REQUEST`     | PUT: `BAD_REQUEST`   | —                    |
-    /// | 4 | not draining   | `SHUTTING_DOWN`   | `SHUTTING_DOWN`      | `SHUTTING_DOWN`      |
-    /// | 5 | a stream free  | `LIMIT_REACHED`   | `LIMIT_REACHED`      | —                    |
-    /// | 6 | payload parses | `BAD_REQUEST`     | `BAD_REQUEST`        | `BAD_REQUEST`        |
-    /// | 7 | a place to run | `LIMIT_REACHED`   | [`Disk::admit`]'s    | —                    |
+    /// | #  | rung             | EXEC              | GET, PUT, LIST       | STAT, DELETE, MKDIR  |
+    /// |----|------------------|-------------------|----------------------|----------------------|
+    /// | 1  | authenticated    | `UNAUTHENTICATED` | `UNAUTHENTICATED`    | `UNAUTHENTICATED`    |
+    /// | 2  | service on       | `EXEC_DISABLED`   | `UNKNOWN_FRAME_TYPE` | `UNKNOWN_FRAME_TYPE` |
+    /// | 3  | TLS or loopback  | `FORBIDDEN`       | `FORBIDDEN`          | `FORBIDDEN`          |
+    /// | 4  | the grant's right| `FORBIDDEN`       | `FORBIDDEN`          | `FORBIDDEN`          |
+    /// | 5  | no FIN yet       | `BAD_REQUEST`     | PUT: `BAD_REQUEST`   | —                    |
+    /// | 6  | not draining     | `SHUTTING_DOWN`   | `SHUTTING_DOWN`      | `SHUTTING_DOWN`      |
+    /// | 7  | a stream free    | `LIMIT_REACHED`   | `LIMIT_REACHED`      | —                    |
+    /// | 8  | payload parses   | `BAD_REQUEST`     | `BAD_REQUEST`        | `BAD_REQUEST`        |
+    /// | 9  | the grant's rule | `FORBIDDEN`       | PUT: `FORBIDDEN`     | —                    |
+    /// | 10 | a place to run   | `LIMIT_REACHED`   | [`Disk::admit`]'s    | —                    |
     ///
     /// The texts, rung by rung:
     /// 1. "{type} needs an authenticated connection: send the server's token in HELLO".
-    /// 2. EXEC: "this server does not run commands (start it with --exec)" (no `--exec`, or no
-    ///    processes in the [`Context`]); the others: "this server has no file service".
-    /// 3. EXEC, once the poll has reported the FIN (before the read that sees it): "EXEC with
+    /// 2. EXEC: "this server does not run commands (start it with --exec)" (no `--exec`, no
+    ///    credential that may run commands, or no processes in the [`Context`]); the others:
+    ///    "this server has no file service".
+    /// 3. A plaintext connection from another host ([`Peer`]: neither `encrypted` nor
+    ///    `loopback`): "{type} needs TLS: this connection is plaintext from another host".
+    ///    Whatever the credential: a token or a command sent in clear is anyone's on the path.
+    /// 4. Only with an access file's grant: EXEC when its `exec` is false: "credential "N" may
+    ///    not run commands (exec = false)"; a file request with `files = "none"`: "credential
+    ///    "N" may not use files (files = "none"): {type} refused"; PUT, DELETE or MKDIR with
+    ///    `files = "read"`: "credential "N" may only read files (files = "read"): {type}
+    ///    refused".
+    /// 5. EXEC, once the poll has reported the FIN (before the read that sees it): "EXEC with
     ///    or after the client's FIN: ..."; PUT, once the FIN was read: "PUT after the client
     ///    closed its side of the connection". GET and LIST need nothing more from the client.
-    /// 4. "the server is shutting down and starts no new commands" (EXEC), "... transfers"
+    /// 6. "the server is shutting down and starts no new commands" (EXEC), "... transfers"
     ///    (the others).
-    /// 5. Open streams at [`max_streams_per_connection`] (N): "N commands are running on this
+    /// 7. Open streams at [`max_streams_per_connection`] (N): "N commands are running on this
     ///    connection, its limit" (EXEC), "N commands and transfers are running on this
     ///    connection, its limit" (GET, PUT, LIST). STAT, DELETE and MKDIR keep no stream open.
-    /// 6. The parser's text (logged for the file requests).
-    /// 7. EXEC: a child number free on this connection, else "no free child number on this
-    ///    connection"; GET, PUT, LIST: a place among the server's transfers, else the disk's
-    ///    refusal (logged).
+    /// 8. The parser's text (logged for the file requests). Then every path is mapped into
+    ///    the grant's scope ([`Grant::scoped`]): the working directory of EXEC, the path of
+    ///    a file request. The syntax checks of [`check_relative`] have passed (or, for EXEC's
+    ///    working directory, fail the same way mapped or not, at the spawn).
+    /// 9. Only with a grant: EXEC whose argv (as parsed, element by element) starts with none
+    ///    of the prefixes its `exec` lists: "credential "N" may not run this command: ...";
+    ///    EXEC beyond its `max_commands` across all its connections: "credential "N" may run
+    ///    M commands at once (max_commands) and runs M"; PUT whose declared size does not fit
+    ///    its quota: "credential "N" may store Q bytes (quota) and has stored S; this PUT of
+    ///    B bytes would exceed it".
+    /// 10. EXEC: a child number free on this connection, else "no free child number on this
+    ///     connection"; GET, PUT, LIST: a place among the server's transfers, else the disk's
+    ///     refusal (logged).
     ///
     /// What can still fail belongs to starting the request, after this: the spawn (where the
     /// I/O layer applies the server's command limit, [`max_exec`], atomically with taking
-    /// the place), the file's or directory's open, the STAT, DELETE or MKDIR itself.
+    /// the place), the file's or directory's open, the STAT, DELETE or MKDIR itself. Their
+    /// texts are shown through the grant ([`Grant::shown`]), so none names the scope.
     ///
-    /// Rung 3 differs by kind on purpose: the FIN stops every command, so one started then
+    /// Rung 5 differs by kind on purpose: the FIN stops every command, so one started then
     /// would end at once without an EXIT, and that holds from the poll's report; an upload
     /// needs the client's bytes, while a GET or a LIST needs nothing more from it.
     ///
     /// [`max_streams_per_connection`]: crate::limits::Limits::max_streams_per_connection
     /// [`max_exec`]: crate::limits::Limits::max_exec
     /// [`Disk::admit`]: crate::service::disk::Disk::admit
+    /// [`Peer`]: crate::transport::Peer
+    /// [`check_relative`]: crate::proto::path::check_relative
     pub(super) fn admit<'f>(
         &self,
         frame_type: FrameType,
@@ -175,7 +211,19 @@ impl Connection {
                 "this server has no file service",
             ));
         }
-        // 3. The client's FIN.
+        // 3. Exec and files only over TLS or from this machine.
+        if !cx.peer.encrypted && !cx.peer.loopback {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("{frame_type} needs TLS: this connection is plaintext from another host"),
+            ));
+        }
+        // 4. The grant's right to this kind of request.
+        let grant = self.grant();
+        if let Some(grant) = grant {
+            rights(grant, frame_type)?;
+        }
+        // 5. The client's FIN.
         if exec && (self.io_state.has(IoState::PEER_EOF) || self.io_state.has(IoState::READ_CLOSED))
         {
             // Frames read before the client's FIN are still handled, but a command could
@@ -195,14 +243,14 @@ impl Connection {
                 "PUT after the client closed its side of the connection",
             ));
         }
-        // 4. Not draining.
+        // 6. Not draining.
         if self.bits.has(Bits::DRAINING) {
             return Err(Refusal::new(
                 ErrorCode::ShuttingDown,
                 format!("the server is shutting down and starts no new {what}"),
             ));
         }
-        // 5. A stream free on this connection.
+        // 7. A stream free on this connection.
         let opens_a_stream = matches!(
             frame_type,
             FrameType::Exec | FrameType::Get | FrameType::Put | FrameType::List
@@ -219,25 +267,52 @@ impl Connection {
                 format!("{limit} {running} are running on this connection, its limit"),
             ));
         }
-        // 6 and 7.
+        // 8, 9 and 10.
         if exec {
-            return self.admit_command(frame, cx);
+            return self.admit_command(frame, cx, grant.map(|grant| &**grant));
         }
         let stream = frame.header.stream;
-        admit_file_request(frame_type, frame, cx).map_err(|error| {
-            debug!("stream {stream}: {frame_type} refused: {}", error.text);
+        admit_file_request(frame_type, frame, cx, grant.map(|grant| &**grant)).map_err(|error| {
+            if error.code != ErrorCode::Forbidden {
+                debug!("stream {stream}: {frame_type} refused: {}", error.text);
+            }
             Refusal::from(error)
         })
     }
 
-    /// Rungs 6 and 7 for EXEC: the request parses, and a child number is free.
+    /// Rungs 8, 9 and 10 for EXEC: the request parses, its argv is one the grant allows and
+    /// the grant has a command to spare, and a child number is free.
     fn admit_command<'f>(
         &self,
         frame: Frame<'f>,
         cx: &Context<'_>,
+        grant: Option<&Grant>,
     ) -> Result<Admitted<'f>, Refusal> {
         let request = ExecRequest::parse(frame.payload)
             .map_err(|error| Refusal::new(ErrorCode::BadRequest, error.to_string()))?;
+        let (cwd, slot) = match grant {
+            None => (Cow::Borrowed(request.cwd), None),
+            Some(grant) => {
+                if !grant.exec.allows(&request.argv) {
+                    return Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "credential \"{}\" may not run this command: its argv starts with none of the prefixes its exec allows",
+                            grant.name
+                        ),
+                    ));
+                }
+                let slot = match grant.max_commands {
+                    None => None,
+                    Some(_) => Some(
+                        grant
+                            .take_command()
+                            .map_err(|text| Refusal::new(ErrorCode::Forbidden, text))?,
+                    ),
+                };
+                (grant.scoped(request.cwd), slot)
+            }
+        };
         // Without a table, nothing is running or cooling: the first number is free.
         let child_number = match self.streams.as_ref() {
             Some(streams) => streams.free_child_number(cx.turn),
@@ -251,26 +326,58 @@ impl Connection {
         };
         Ok(Admitted::Exec {
             request,
+            cwd,
             child_number,
+            slot,
         })
     }
 }
 
-/// Rungs 6 and 7 for a file request: the request parses, and a transfer has its place among
-/// the server's.
+/// Rung 4 with a grant: its right to this kind of request.
+fn rights(grant: &Grant, frame_type: FrameType) -> Result<(), Refusal> {
+    let name = &grant.name;
+    let refused = |text: String| Err(Refusal::new(ErrorCode::Forbidden, text));
+    if frame_type == FrameType::Exec {
+        if !grant.exec.any() {
+            return refused(format!(
+                "credential \"{name}\" may not run commands (exec = false)"
+            ));
+        }
+        return Ok(());
+    }
+    let writes = matches!(
+        frame_type,
+        FrameType::Put | FrameType::Delete | FrameType::Mkdir
+    );
+    match grant.files {
+        FilesRight::None => refused(format!(
+            "credential \"{name}\" may not use files (files = \"none\"): {frame_type} refused"
+        )),
+        FilesRight::Read if writes => refused(format!(
+            "credential \"{name}\" may only read files (files = \"read\"): {frame_type} refused"
+        )),
+        FilesRight::Read | FilesRight::Write => Ok(()),
+    }
+}
+
+/// Rungs 8, 9 and 10 for a file request: the request parses (its path mapped into the
+/// grant's scope), a PUT fits the grant's quota, and a transfer has its place among the
+/// server's.
 fn admit_file_request<'f>(
     frame_type: FrameType,
     frame: Frame<'f>,
     cx: &mut Context<'_>,
+    grant: Option<&Grant>,
 ) -> Result<Admitted<'f>, FileError> {
     let bad = |error: FileRequestError| FileError::new(ErrorCode::BadRequest, error.to_string());
+    let scoped = |path: &'f str| grant.map_or(Cow::Borrowed(path), |grant| grant.scoped(path));
     let payload = frame.payload;
     let admitted = match frame_type {
-        FrameType::Stat => Admitted::Stat(parse_path(payload).map_err(bad)?),
-        FrameType::Delete => Admitted::Delete(parse_delete_path(payload).map_err(bad)?),
-        FrameType::Mkdir => Admitted::Mkdir(parse_path(payload).map_err(bad)?),
+        FrameType::Stat => Admitted::Stat(scoped(parse_path(payload).map_err(bad)?)),
+        FrameType::Delete => Admitted::Delete(scoped(parse_delete_path(payload).map_err(bad)?)),
+        FrameType::Mkdir => Admitted::Mkdir(scoped(parse_path(payload).map_err(bad)?)),
         FrameType::List => {
-            let path = parse_path(payload).map_err(bad)?;
+            let path = scoped(parse_path(payload).map_err(bad)?);
             Admitted::List {
                 path,
                 permit: take_transfer_place(cx)?,
@@ -279,15 +386,37 @@ fn admit_file_request<'f>(
         FrameType::Get => {
             let request = GetRequest::parse(payload).map_err(bad)?;
             Admitted::Get {
+                path: scoped(request.path),
                 request,
                 permit: take_transfer_place(cx)?,
             }
         }
         FrameType::Put => {
             let request = PutRequest::parse(payload).map_err(bad)?;
+            let path = scoped(request.path);
+            let quota = match grant {
+                Some(grant) if grant.quota.is_some() => {
+                    // What the upload replaces is freed when it lands: one `stat`, for
+                    // credentials with a quota only.
+                    let replaces = cx
+                        .files
+                        .as_deref_mut()
+                        .and_then(|disk| disk.stat(&path).ok())
+                        .filter(|info| info.kind == FileKind::File)
+                        .map_or(0, |info| info.size);
+                    grant
+                        .reserve(request.size, replaces)
+                        .map_err(|text| FileError::new(ErrorCode::Forbidden, text))?
+                }
+                _ => None,
+            };
+            // Taken after the quota, so a refusal there holds no transfer place; a refusal
+            // here drops the reservation.
             Admitted::Put {
                 request,
+                path,
                 permit: take_transfer_place(cx)?,
+                quota,
             }
         }
         other => {
@@ -300,7 +429,7 @@ fn admit_file_request<'f>(
     Ok(admitted)
 }
 
-/// Rung 7 for a transfer: its place among the server's ([`Disk::admit`]).
+/// Rung 10 for a transfer: its place among the server's ([`Disk::admit`]).
 ///
 /// [`Disk::admit`]: crate::service::disk::Disk::admit
 fn take_transfer_place(cx: &mut Context<'_>) -> Result<TransferPermit, FileError> {

@@ -27,8 +27,9 @@ use super::admission::Admitted;
 use super::context::{Context, Fatal};
 use super::streams::{Exec, Get, List, Put, StreamKind, Streams};
 use super::{Bits, Connection, State};
+use crate::access::{Authentication, FilesRight, Grant};
 use crate::proto::exec::{EndReason, SignalRequest};
-use crate::proto::files::FileInfo;
+use crate::proto::files::{FileInfo, FileKind, GetRequest, PutRequest};
 use crate::proto::message::{EXEC_VERSION, MIN_PROTOCOL_VERSION};
 use crate::proto::{
     ErrorCode, ErrorMessage, Frame, FrameType, Hello, HelloOk, PROTOCOL_VERSION, SessionFlags,
@@ -85,9 +86,12 @@ impl Connection {
                 ),
             )
         })?;
-        let authenticated = match cx.access.authenticates(hello.credentials) {
-            Some(true) => true,
-            Some(false) => {
+        let grant = match cx
+            .access
+            .authenticate(hello.credentials, cx.peer.client_key)
+        {
+            Authentication::Granted(grant) => Some(grant),
+            Authentication::Refused => {
                 match cx.auth_log.as_deref_mut() {
                     Some(throttle) => {
                         if let Some(suppressed) = throttle.allow(cx.now) {
@@ -103,8 +107,19 @@ impl Connection {
                     "the credentials are not this server's token",
                 ));
             }
-            None => false,
+            Authentication::Anonymous => None,
         };
+        let authenticated = grant.is_some();
+        // An access file's grant, kept for the connection's life (see `Streams::grant`).
+        let grant = grant.flatten();
+        let (may_exec, may_use_files) = match &grant {
+            None => (cx.access.exec, true),
+            Some(grant) => (grant.exec.any(), grant.files != FilesRight::None),
+        };
+        if let Some(grant) = grant {
+            debug!("HELLO as credential \"{}\"", grant.name);
+            self.streams = Some(Streams::for_grant(grant));
+        }
         self.bits.set(Bits::AUTHENTICATED, authenticated);
         self.bits.set(Bits::EXEC_FRAMES, version >= EXEC_VERSION);
         self.set_state(State::Open);
@@ -112,11 +127,12 @@ impl Connection {
         if authenticated {
             flags = flags.with(SessionFlags::AUTHENTICATED);
         }
-        // Whether commands run is told only to those who may run them.
-        if cx.access.exec && authenticated {
+        // Whether commands run is told only to those who may run them, and files only to
+        // those who may use them.
+        if cx.access.exec && may_exec && authenticated {
             flags = flags.with(SessionFlags::EXEC);
         }
-        if cx.files.is_some() && authenticated {
+        if cx.files.is_some() && may_use_files && authenticated {
             flags = flags.with(SessionFlags::FILES);
         }
         let ok = HelloOk {
@@ -229,33 +245,76 @@ impl Connection {
         let admitted = match self.admit(frame_type, frame, cx) {
             Ok(admitted) => admitted,
             Err(refusal) => {
+                if refusal.code == ErrorCode::Forbidden {
+                    self.log_forbidden(stream, &refusal.text, cx);
+                }
                 self.outbox
                     .replies(cx.pool, cx.limits)
                     .error(stream, refusal.code, &refusal.text);
                 return;
             }
         };
+        // The connection's grant, for the texts the client sees (an `Arc` clone: the stream
+        // table it lives in is borrowed mutably below).
+        let grant = self.grant().cloned();
         let opened = match admitted {
             Admitted::Exec {
                 request,
+                cwd,
                 child_number,
-            } => Exec::spawn(stream, &request, child_number, &mut self.outbox, cx)
-                .map(StreamKind::Exec),
-            file_request => match self.start_file_request(stream, frame_type, file_request, cx) {
-                Ok(opened) => opened,
-                Err(error) => {
-                    debug!("stream {stream}: {frame_type} refused: {}", error.text);
-                    self.outbox
-                        .replies(cx.pool, cx.limits)
-                        .error(stream, error.code, &error.text);
-                    None
+                slot,
+            } => Exec::spawn(
+                stream,
+                &request,
+                &cwd,
+                (child_number, slot),
+                grant.as_deref(),
+                &mut self.outbox,
+                cx,
+            )
+            .map(StreamKind::Exec),
+            file_request => {
+                match self.start_file_request(
+                    stream,
+                    frame_type,
+                    file_request,
+                    grant.as_deref(),
+                    cx,
+                ) {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        debug!("stream {stream}: {frame_type} refused: {}", error.text);
+                        let text = grant
+                            .as_deref()
+                            .map_or(error.text.as_str().into(), |grant| grant.shown(&error.text));
+                        self.outbox
+                            .replies(cx.pool, cx.limits)
+                            .error(stream, error.code, &text);
+                        None
+                    }
                 }
-            },
+            }
         };
         if let Some(kind) = opened {
             self.streams
                 .get_or_insert_with(|| Streams::new(cx.limits.max_streams_per_connection))
-                .insert(stream, kind);
+                .insert(stream, kind, cx.limits.max_streams_per_connection);
+        }
+    }
+
+    /// Logs a FORBIDDEN refusal with the credential's name: one line a second per credential
+    /// (with a count of those held back), since a client can send them at line rate.
+    fn log_forbidden(&self, stream: u32, text: &str, cx: &Context<'_>) {
+        match self.grant() {
+            Some(grant) => {
+                if let Some(held) = grant.log_refusal(cx.now) {
+                    info!(
+                        "credential \"{}\": stream {stream} refused: {text} ({held} more since last report)",
+                        grant.name
+                    );
+                }
+            }
+            None => debug!("stream {stream} refused: {text}"),
         }
     }
 
@@ -266,6 +325,7 @@ impl Connection {
         stream: u32,
         frame_type: FrameType,
         admitted: Admitted<'_>,
+        grant: Option<&Grant>,
         cx: &mut Context<'_>,
     ) -> Result<Option<StreamKind>, FileError> {
         let Some(disk) = cx.files.as_deref_mut() else {
@@ -274,7 +334,7 @@ impl Connection {
         let mut replies = self.outbox.replies(cx.pool, cx.limits);
         let opened = match admitted {
             Admitted::Stat(path) => {
-                let info = disk.stat(path)?;
+                let info = disk.stat(&path)?;
                 replies.reply(
                     FrameType::FileInfo,
                     stream,
@@ -285,28 +345,57 @@ impl Connection {
             }
             Admitted::Delete(path) | Admitted::Mkdir(path) => {
                 if frame_type == FrameType::Delete {
+                    // A file deleted by a credential with a quota is credited back to it: its
+                    // size, read with one `stat` just before.
+                    let freed = grant
+                        .filter(|grant| grant.quota.is_some())
+                        .and_then(|_| disk.stat(&path).ok())
+                        .filter(|info| info.kind == FileKind::File)
+                        .map_or(0, |info| info.size);
                     // DONE goes out once the name is gone; a big file's blocks are freed
                     // after, off the loop (`Disk::delete`).
-                    disk.delete(path)?;
+                    disk.delete(&path)?;
+                    if let Some(grant) = grant {
+                        grant.credit(freed);
+                    }
                 } else {
-                    disk.mkdir(path)?;
+                    disk.mkdir(&path)?;
                 }
                 info!("{frame_type} {path}");
                 replies.reply(FrameType::Done, stream, 0, |_| {});
                 return Ok(None);
             }
-            Admitted::List { path, permit } => StreamKind::List(List::open(path, permit, disk)?),
-            Admitted::Get { request, permit } => StreamKind::Get(Get::open(
+            Admitted::List { path, permit } => StreamKind::List(List::open(&path, permit, disk)?),
+            Admitted::Get {
+                request,
+                path,
+                permit,
+            } => StreamKind::Get(Get::open(
                 stream,
-                &request,
+                &GetRequest {
+                    path: &path,
+                    ..request
+                },
                 permit,
                 disk,
                 &mut replies,
                 cx.wall_clock,
             )?),
-            Admitted::Put { request, permit } => {
-                StreamKind::Put(Box::new(Put::begin(stream, &request, permit, disk)?))
-            }
+            Admitted::Put {
+                request,
+                path,
+                permit,
+                quota,
+            } => StreamKind::Put(Box::new(Put::begin(
+                stream,
+                &PutRequest {
+                    path: &path,
+                    ..request
+                },
+                permit,
+                quota,
+                disk,
+            )?)),
             Admitted::Exec { .. } => return Ok(None), // not a file request
         };
         Ok(Some(opened))

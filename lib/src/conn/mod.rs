@@ -261,6 +261,14 @@ impl Connection {
         self.bits.has(Bits::AUTHENTICATED)
     }
 
+    /// The access file's grant the connection authenticated with, if it did with one: what it
+    /// may do for its whole life, whatever a reload changes.
+    pub fn grant(&self) -> Option<&std::sync::Arc<crate::access::Grant>> {
+        self.streams
+            .as_ref()
+            .and_then(|streams| streams.grant.as_ref())
+    }
+
     /// Records readiness reported by the poll. Errors and hang-ups should be passed as both:
     /// the next read or write then reports the condition precisely.
     pub fn on_ready(&mut self, readable: bool, writable: bool) {

@@ -405,6 +405,11 @@ pub enum ErrorCode {
     /// PUT: another server process sharing the root is receiving the same resumable upload
     /// right now. Retryable: the same PUT succeeds once that one ends.
     UploadBusy,
+    /// The credential the connection authenticated with may not make this request: the
+    /// access file's rules (read-only, a subtree, an exec allowlist, `max_commands`, a quota),
+    /// or exec or files asked for in plaintext from another host. The text names the rule and
+    /// the credential.
+    Forbidden,
     /// A code this build does not know.
     Other(u16),
 }
@@ -441,6 +446,7 @@ impl ErrorCode {
             26 => ErrorCode::NotEmpty,
             27 => ErrorCode::IoFailed,
             28 => ErrorCode::UploadBusy,
+            29 => ErrorCode::Forbidden,
             other => ErrorCode::Other(other),
         }
     }
@@ -476,6 +482,7 @@ impl ErrorCode {
             ErrorCode::NotEmpty => 26,
             ErrorCode::IoFailed => 27,
             ErrorCode::UploadBusy => 28,
+            ErrorCode::Forbidden => 29,
             ErrorCode::Other(other) => other,
         }
     }
@@ -520,6 +527,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::NotEmpty => "NOT_EMPTY",
             ErrorCode::IoFailed => "IO_FAILED",
             ErrorCode::UploadBusy => "UPLOAD_BUSY",
+            ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::Other(code) => return write!(f, "ERROR_{code}"),
         };
         f.write_str(name)

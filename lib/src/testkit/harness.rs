@@ -12,7 +12,7 @@ use crate::limits::Limits;
 use crate::service::exec::{ChildSource, Children};
 use crate::testkit::{ScriptedChildren, ScriptedDisk};
 use crate::timer::{Tick, WallClock};
-use crate::transport::{Readiness, Transport};
+use crate::transport::{Peer, Readiness, Transport};
 
 /// Drives one [`Connection`](crate::conn::Connection) through a [`ScriptedIo`](crate::testkit::ScriptedIo) (or a [`MemoryIo`](crate::testkit::MemoryIo)) exactly as the
 /// reactor does, so a test
@@ -72,8 +72,12 @@ pub struct ConnHarness<C: Children = ScriptedChildren> {
     pub limits: Limits,
     /// The time the next drive sees.
     pub now: Tick,
-    /// Access rules (default: echo only, no token).
+    /// Access rules (default: echo only, no token); an access file's with
+    /// [`Access::parse`](crate::access::Access::parse).
     pub access: Access,
+    /// Who the peer is, as the transport would say (default [`Peer::LOCAL`]: plaintext, on
+    /// this machine, no certificate); script TLS or another host here.
+    pub peer: Peer,
     /// Child processes, when commands are enabled ([`ConnHarness::with_exec`],
     /// [`ConnHarness::with_children`]).
     pub children: Option<C>,
@@ -101,6 +105,7 @@ impl ConnHarness {
             limits,
             now: Tick(0),
             access: Access::ECHO_ONLY,
+            peer: Peer::LOCAL,
             children: None,
             disk: None,
             turn: 0,
@@ -134,7 +139,9 @@ impl<C: Children> ConnHarness<C> {
             access: Access {
                 token: Some(Token::new(token.to_vec()).expect("a valid token")),
                 exec: true,
+                credentials: None,
             },
+            peer: self.peer,
             children: Some(children),
             turn: self.turn,
             disk: self.disk,
@@ -257,7 +264,7 @@ impl<C: Children> ConnHarness<C> {
             now: self.now,
             wall_clock,
             access: &self.access,
-            peer: crate::transport::Peer::LOCAL,
+            peer: self.peer,
             children: self
                 .children
                 .as_mut()

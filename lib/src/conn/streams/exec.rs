@@ -15,6 +15,7 @@ use std::io::ErrorKind;
 
 use log::{debug, info};
 
+use crate::access::{CommandSlot, Grant};
 use crate::buffer::BufferPool;
 use crate::conn::context::{Budget, Context, Pumped};
 use crate::limits::Limits;
@@ -70,16 +71,22 @@ pub(crate) struct Exec {
     ready: u8,
     /// The protocol state machine.
     pub(crate) session: ExecSession,
+    /// Its place in its credential's `max_commands`, given back when it is dropped: when the
+    /// stream ends, however it ends.
+    _slot: Option<CommandSlot>,
 }
 
 impl Exec {
-    /// Starts the command `request` asks for on `stream` through the I/O layer, its
-    /// descriptors under `child_number`, and queues STARTED; if it cannot start, queues the
-    /// ERROR instead and returns `None`.
+    /// Starts the command `request` asks for on `stream` through the I/O layer, in `cwd`
+    /// (the request's, inside the credential's scope), its descriptors under `child_number`,
+    /// and queues STARTED; if it cannot start, queues the ERROR instead (its text shown
+    /// through `grant`) and returns `None`, and `slot` goes back.
     pub(crate) fn spawn(
         stream: u32,
         request: &ExecRequest<'_>,
-        child_number: u8,
+        cwd: &str,
+        (child_number, slot): (u8, Option<CommandSlot>),
+        grant: Option<&Grant>,
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
     ) -> Option<Exec> {
@@ -87,16 +94,17 @@ impl Exec {
         let stdin = request.flags.contains(ExecFlags::STDIN);
         let spec = SpawnSpec {
             argv: &request.argv,
-            cwd: request.cwd,
+            cwd,
             stdin,
         };
         let spawned = match children.spawn(child_number, &spec) {
             Ok(spawned) => spawned,
             Err(error) => {
                 info!("stream {stream}: command refused: {error}");
+                let text = grant.map_or(error.text().into(), |grant| grant.shown(error.text()));
                 outbox
                     .replies(cx.pool, cx.limits)
-                    .error(stream, error.code(), error.text());
+                    .error(stream, error.code(), &text);
                 return None;
             }
         };
@@ -122,6 +130,7 @@ impl Exec {
             child: spawned.child,
             ready: 0,
             session,
+            _slot: slot,
         })
     }
 

@@ -1,6 +1,7 @@
 //! A directory listing on its stream: the table entry for a LIST ([`List`]), and each turn's
 //! pages of ENTRIES, each entry charged to the disk budget (its `stat` may read an inode).
 
+use crate::access::Grant;
 use crate::conn::context::{Budget, Context, Pumped};
 use crate::outbox::Outbox;
 use crate::proto::FrameType;
@@ -41,13 +42,14 @@ impl List {
     }
 
     /// The next page of entries, if the outbox may take it and the disk budget lasts; the last
-    /// page ends the stream.
+    /// page ends the stream. An error's text is shown through the connection's `grant`.
     pub(crate) fn pump(
         &mut self,
         stream: u32,
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
         budget: &mut Budget,
+        grant: Option<&Grant>,
     ) -> Pumped {
         let Some(disk) = cx.files.as_deref_mut() else {
             return Pumped::Finished; // no file service: nothing was admitted
@@ -65,9 +67,11 @@ impl List {
         {
             Ok(finished) => finished,
             Err(error) => {
+                let text =
+                    grant.map_or(error.text.as_str().into(), |grant| grant.shown(&error.text));
                 outbox
                     .replies(cx.pool, cx.limits)
-                    .error(stream, error.code, &error.text);
+                    .error(stream, error.code, &text);
                 return Pumped::Finished;
             }
         };

@@ -36,6 +36,7 @@ mod get;
 mod list;
 mod put;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::debug;
@@ -46,6 +47,7 @@ pub(crate) use list::List;
 pub(crate) use put::{Put, Received};
 
 use super::context::{Budget, Context, Pumped};
+use crate::access::Grant;
 use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::proto::FrameType;
@@ -78,14 +80,20 @@ pub(crate) enum StreamKind {
 }
 
 impl Stream {
-    /// One turn of its work.
-    fn pump(&mut self, outbox: &mut Outbox, cx: &mut Context<'_>, budget: &mut Budget) -> Pumped {
+    /// One turn of its work; `grant` shows its error texts as the client may see them.
+    fn pump(
+        &mut self,
+        outbox: &mut Outbox,
+        cx: &mut Context<'_>,
+        budget: &mut Budget,
+        grant: Option<&Grant>,
+    ) -> Pumped {
         let id = self.id;
         match &mut self.kind {
             StreamKind::Exec(exec) => exec.pump(id, outbox, cx, budget),
             StreamKind::Get(get) => get.pump(id, outbox, cx, budget),
-            StreamKind::Put(put) => put.pump(id, outbox, cx, budget),
-            StreamKind::List(list) => list.pump(id, outbox, cx, budget),
+            StreamKind::Put(put) => put.pump(id, outbox, cx, budget, grant),
+            StreamKind::List(list) => list.pump(id, outbox, cx, budget, grant),
         }
     }
 
@@ -145,7 +153,7 @@ impl StreamKind {
     }
 }
 
-/// The open streams of one connection.
+/// The open streams of one connection, and the grant it authenticated with.
 #[derive(Debug)]
 pub(crate) struct Streams {
     /// In the order the streams opened, but for removals, which move the last entry into the
@@ -154,6 +162,11 @@ pub(crate) struct Streams {
     /// Child numbers freed in turn `cooling_turn`, not to be reused before the next turn.
     cooling: u64,
     cooling_turn: u64,
+    /// The access file's grant the connection authenticated with, kept for its whole life (a
+    /// reload does not change it). It lives here rather than in the connection, whose every
+    /// byte counts for every idle connection: only a connection authenticated by an access
+    /// file pays for it, with this table (kept while the grant is).
+    pub(crate) grant: Option<Arc<Grant>>,
 }
 
 impl Streams {
@@ -163,6 +176,17 @@ impl Streams {
             entries: Vec::with_capacity(capacity),
             cooling: 0,
             cooling_turn: 0,
+            grant: None,
+        })
+    }
+
+    /// An empty table holding `grant`, its list allocated with its first stream.
+    pub(crate) fn for_grant(grant: Arc<Grant>) -> Box<Streams> {
+        Box::new(Streams {
+            entries: Vec::new(),
+            cooling: 0,
+            cooling_turn: 0,
+            grant: Some(grant),
         })
     }
 
@@ -219,8 +243,12 @@ impl Streams {
         (0..exec::CHILD_NUMBERS).find(|number| used & (1 << number) == 0)
     }
 
-    /// Adds a stream that has just opened.
-    pub(crate) fn insert(&mut self, id: u32, kind: StreamKind) {
+    /// Adds a stream that has just opened; an empty list gets room for `capacity` at once,
+    /// so opening more never grows it.
+    pub(crate) fn insert(&mut self, id: u32, kind: StreamKind, capacity: usize) {
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(capacity);
+        }
         self.entries.push(Stream { id, kind });
     }
 
@@ -256,10 +284,12 @@ impl Streams {
         }
     }
 
-    /// Whether the table is empty and may be dropped: no stream is open, and no child number
-    /// is cooling in `turn` (dropping it would forget that).
+    /// Whether the table is empty and may be dropped: no stream is open, no child number is
+    /// cooling in `turn` (dropping it would forget that), and it holds no grant.
     pub(crate) fn is_finished(&self, turn: u64) -> bool {
-        self.entries.is_empty() && (self.cooling == 0 || self.cooling_turn != turn)
+        self.grant.is_none()
+            && self.entries.is_empty()
+            && (self.cooling == 0 || self.cooling_turn != turn)
     }
 
     /// Records readiness for the command with child number `child_number`.
@@ -342,7 +372,7 @@ impl Streams {
                     at += 1;
                     continue;
                 }
-                match stream.pump(outbox, cx, budget) {
+                match stream.pump(outbox, cx, budget, self.grant.as_deref()) {
                     Pumped::Running(moved) => {
                         progress |= moved;
                         at += 1;
@@ -454,8 +484,12 @@ impl Streams {
         let StreamKind::Put(put) = self.entries.swap_remove(at).kind else {
             return;
         };
-        if let Some((id, put)) = put.settle(id, received, outbox, cx) {
-            self.insert(id, StreamKind::Put(put));
+        if let Some((id, put)) = put.settle(id, received, outbox, cx, self.grant.as_deref()) {
+            self.insert(
+                id,
+                StreamKind::Put(put),
+                cx.limits.max_streams_per_connection,
+            );
         }
         self.free_if_empty();
     }

@@ -14,11 +14,12 @@
 
 use log::info;
 
+use crate::access::{Grant, QuotaHold};
 use crate::buffer::BufferPool;
 use crate::conn::context::{Budget, Context, Pumped};
 use crate::limits::Limits;
 use crate::outbox::Outbox;
-use crate::proto::files::{Digest, Hash, PutReady, PutRequest};
+use crate::proto::files::{Digest, Hash, PutFlags, PutReady, PutRequest};
 use crate::proto::{ErrorCode, FrameType};
 use crate::service::disk::{Disk, FileError, JobDone, Pending, TransferPermit};
 use crate::service::files::{PutError, PutTransfer};
@@ -30,6 +31,9 @@ pub(crate) struct Put {
     phase: Phase,
     /// Its place in the server's transfer limit.
     permit: TransferPermit,
+    /// Its bytes reserved in its credential's quota: kept once it is stored, given back if it
+    /// is not (when this is dropped).
+    quota: Option<QuotaHold>,
 }
 
 /// Where an upload is.
@@ -67,14 +71,30 @@ pub(crate) enum Received {
 
 impl Put {
     /// Begins the upload `request` asks for (a resume if its partial is there). On failure the
-    /// permit goes back (the caller sends the ERROR).
+    /// permit goes back (the caller sends the ERROR), and so does `quota`, dropped.
+    ///
+    /// An upload counted against a quota is never resumable: the disk is asked for a plain
+    /// temporary file, which vanishes if the upload does not complete. A resumable partial
+    /// would stay on the disk after its reservation was given back, and a client could leave
+    /// as many as it likes; the declared hash is still checked against the DIGEST.
     pub(crate) fn begin(
         stream: u32,
         request: &PutRequest<'_>,
         permit: TransferPermit,
+        quota: Option<QuotaHold>,
         disk: &mut dyn Disk,
     ) -> Result<Put, FileError> {
-        let begun = match disk.begin_put(request) {
+        let unresumable = PutRequest {
+            flags: PutFlags::NONE,
+            hash: None,
+            ..*request
+        };
+        let asked = if quota.is_some() {
+            &unresumable
+        } else {
+            request
+        };
+        let begun = match disk.begin_put(asked) {
             Ok(begun) => begun,
             Err(error) => {
                 disk.end_transfer(permit);
@@ -93,6 +113,7 @@ impl Put {
         Ok(Put {
             phase: Phase::Receiving { transfer, upload },
             permit,
+            quota,
         })
     }
 
@@ -209,23 +230,40 @@ impl Put {
         received: Received,
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
+        grant: Option<&Grant>,
     ) -> Option<(u32, Box<Put>)> {
         let Some(disk) = cx.files.as_deref_mut() else {
             return None; // no file service: no upload was ever begun
         };
-        let Put { phase, permit } = *self;
+        let Put {
+            phase,
+            permit,
+            quota,
+        } = *self;
         let Phase::Receiving {
             transfer,
             mut upload,
         } = phase
         else {
-            Put { phase, permit }.end(disk);
+            Put {
+                phase,
+                permit,
+                quota,
+            }
+            .end(disk);
             return None;
         };
         let (code, text, discard) = match received {
             Received::More => {
                 let phase = Phase::Receiving { transfer, upload };
-                return Some((stream, Box::new(Put { phase, permit })));
+                return Some((
+                    stream,
+                    Box::new(Put {
+                        phase,
+                        permit,
+                        quota,
+                    }),
+                ));
             }
             Received::Verified(hash) => {
                 upload.finish(disk);
@@ -235,7 +273,14 @@ impl Put {
                     step: CommitStep::Data(upload),
                 };
                 let phase = Phase::Committing(commit);
-                return Some((stream, Box::new(Put { phase, permit })));
+                return Some((
+                    stream,
+                    Box::new(Put {
+                        phase,
+                        permit,
+                        quota,
+                    }),
+                ));
             }
             Received::Failed {
                 code,
@@ -243,6 +288,8 @@ impl Put {
                 discard,
             } => (code, text, discard),
         };
+        // A failed upload stores nothing: its reservation goes back now.
+        drop(quota);
         let mut replies = outbox.replies(cx.pool, cx.limits);
         info!("stream {stream}: upload failed: {text}");
         let kept = if discard && upload.disk_idle() {
@@ -252,13 +299,26 @@ impl Put {
         } else if discard {
             // Its writes are still in the helper's hands: discarded when answered.
             let phase = Phase::Discarding(upload);
-            Some((0, Box::new(Put { phase, permit })))
+            Some((
+                0,
+                Box::new(Put {
+                    phase,
+                    permit,
+                    quota: None,
+                }),
+            ))
         } else {
             // Ended: a resumable partial stays for a resume.
             let phase = Phase::Receiving { transfer, upload };
-            Put { phase, permit }.end(disk);
+            Put {
+                phase,
+                permit,
+                quota: None,
+            }
+            .end(disk);
             None
         };
+        let text = shown(grant, &text);
         replies.error(stream, code, &text);
         kept
     }
@@ -271,13 +331,16 @@ impl Put {
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
         budget: &mut Budget,
+        grant: Option<&Grant>,
     ) -> Pumped {
         let Some(disk) = cx.files.as_deref_mut() else {
             return Pumped::Finished; // no file service: nothing was admitted
         };
         let (put, upload) = match &mut self.phase {
             Phase::Receiving { transfer, upload } => (transfer, upload),
-            Phase::Committing(commit) => return pump_commit(stream, commit, outbox, cx),
+            Phase::Committing(commit) => {
+                return pump_commit(stream, commit, &mut self.quota, outbox, cx, grant);
+            }
             // Finished once idle: the table then discards it (`Put::finish`).
             Phase::Discarding(upload) => {
                 return if upload.disk_idle() {
@@ -306,9 +369,11 @@ impl Put {
                     if let Some(chunk) = buf.take() {
                         cx.pool.give(chunk);
                     }
-                    outbox
-                        .replies(cx.pool, cx.limits)
-                        .error(stream, error.code, &error.text);
+                    outbox.replies(cx.pool, cx.limits).error(
+                        stream,
+                        error.code,
+                        &shown(grant, &error.text),
+                    );
                     return Pumped::Finished;
                 }
             }
@@ -330,7 +395,13 @@ impl Put {
                 step: CommitStep::Data(upload),
                 ..
             }) => disk.release_upload(upload.handle()),
-            Phase::Committing(_) => {}
+            Phase::Committing(_) => {
+                // Renamed into place already (its directory's sync was pending): stored, so
+                // it counts against the quota although its DIGEST never went out.
+                if let Some(hold) = self.quota {
+                    hold.commit();
+                }
+            }
         }
         disk.end_transfer(self.permit);
     }
@@ -405,8 +476,10 @@ impl Commit {
 fn pump_commit(
     stream: u32,
     commit: &mut Commit,
+    quota: &mut Option<QuotaHold>,
     outbox: &mut Outbox,
     cx: &mut Context<'_>,
+    grant: Option<&Grant>,
 ) -> Pumped {
     if !commit.ready() {
         return Pumped::Running(false);
@@ -431,6 +504,9 @@ fn pump_commit(
                 match result {
                     Ok(()) => {
                         info!("stream {stream}: stored {} bytes", commit.size);
+                        if let Some(hold) = quota.take() {
+                            hold.commit();
+                        }
                         let digest = Digest { hash: commit.hash };
                         replies.reply(
                             FrameType::Digest,
@@ -440,6 +516,11 @@ fn pump_commit(
                         );
                     }
                     Err(error) => {
+                        // Renamed into place, but perhaps not durable: it counts as stored
+                        // (the hold is kept, and committed), since the file is there.
+                        if let Some(hold) = quota.take() {
+                            hold.commit();
+                        }
                         let error = error.on("the upload's directory");
                         replies.error(stream, error.code, &error.text);
                     }
@@ -456,16 +537,23 @@ fn pump_commit(
             commit.step = CommitStep::Dir(dir_sync);
             // The directory's sync may have been made here and now.
             if commit.ready() {
-                return pump_commit(stream, commit, outbox, cx);
+                return pump_commit(stream, commit, quota, outbox, cx, grant);
             }
             Pumped::Running(true)
         }
         Err(error) => {
             info!("stream {stream}: upload failed: {}", error.text);
-            outbox
-                .replies(cx.pool, cx.limits)
-                .error(stream, error.code, &error.text);
+            outbox.replies(cx.pool, cx.limits).error(
+                stream,
+                error.code,
+                &shown(grant, &error.text),
+            );
             Pumped::Finished
         }
     }
+}
+
+/// A text for the client, through the connection's grant (which hides its scope).
+fn shown<'t>(grant: Option<&Grant>, text: &'t str) -> std::borrow::Cow<'t, str> {
+    grant.map_or(std::borrow::Cow::Borrowed(text), |grant| grant.shown(text))
 }

@@ -18,6 +18,7 @@ use socket2::{Domain, Socket, Type};
 use crate::access::Access;
 use crate::limits::{DESCRIPTORS_PER_COMMAND, Limits};
 use crate::reactor::{Reactor, ReactorStats, Setup, ShutdownHandle, Sockets};
+use crate::reload::Reload;
 use crate::sys::root::Root;
 
 /// Default framed-protocol address: loopback only, so a fresh install exposes nothing.
@@ -67,6 +68,10 @@ pub struct Config {
     /// built some other way must allow TLS 1.3, send no session tickets and enable secret
     /// extraction, or every handshake fails at its end.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The files SIGHUP re-reads (with `handle_signals`): the access file and the TLS
+    /// material, swapped only if all of them are good (see [`Reload`]). Empty: SIGHUP only
+    /// logs that there is nothing to reload.
+    pub reload: Reload,
 }
 
 impl Default for Config {
@@ -83,6 +88,7 @@ impl Default for Config {
             handle_signals: true,
             disk_helper: None,
             tls: None,
+            reload: Reload::default(),
         }
     }
 }
@@ -249,6 +255,7 @@ impl Server {
             handle_signals: config.handle_signals,
             disk_helper: config.disk_helper,
             tls: config.tls,
+            reload: config.reload,
         })?;
         Ok(Server { reactor, addrs })
     }
@@ -256,17 +263,6 @@ impl Server {
     /// The bound addresses.
     pub fn addrs(&self) -> BoundAddrs {
         self.addrs
-    }
-
-    /// Swaps the TLS configuration (a renewed certificate, from [`TlsSettings::load`]):
-    /// connections accepted from then on handshake with it, those already accepted keep
-    /// theirs. A server bound without TLS stays plaintext, and the error says so.
-    ///
-    /// [`TlsSettings::load`]: crate::TlsSettings::load
-    pub fn reload_tls(&mut self, config: Arc<rustls::ServerConfig>) -> Result<(), StartError> {
-        self.reactor
-            .reload_tls(config)
-            .map_err(|text| StartError::Config(text.to_string()))
     }
 
     /// A handle that starts a graceful shutdown from another thread.

@@ -232,6 +232,9 @@ struct Slot {
     state: State,
     /// Consecutive deaths of workers that did not live [`STABLE_AFTER`].
     crashes: u32,
+    /// A SIGHUP came while the worker was starting: it may have read the files before they
+    /// changed, so it gets the signal once it is ready (and has its handler).
+    reload_missed: bool,
 }
 
 impl Slot {
@@ -239,6 +242,21 @@ impl Slot {
         match &self.state {
             State::Starting(worker) | State::Running(worker) => Some(worker),
             State::Waiting(_) | State::Gone => None,
+        }
+    }
+}
+
+/// Sends SIGHUP to a ready worker; whether it went.
+fn send_reload(worker: &Worker) -> bool {
+    match rustix::process::pidfd_send_signal(&worker.pidfd, Signal::HUP) {
+        Ok(()) => true,
+        Err(error) => {
+            warn!(
+                "cannot signal worker {}: {}",
+                worker.pid.as_raw_nonzero(),
+                io::Error::from(error)
+            );
+            false
         }
     }
 }
@@ -294,6 +312,7 @@ fn supervise_with(
             listeners: Some(listeners),
             state,
             crashes: 0,
+            reload_missed: false,
         });
     }
     supervisor.run(handle_signals)
@@ -309,7 +328,7 @@ impl Supervisor {
     fn run(&mut self, handle_signals: bool) -> io::Result<()> {
         let mut poll = Poll::new()?;
         let mut signals = if handle_signals {
-            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])?;
+            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
             poll.registry()
                 .register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
@@ -411,7 +430,27 @@ impl Supervisor {
         }
     }
 
+    /// SIGHUP: each worker re-reads the access file and the TLS material itself (and logs
+    /// whether it could), so the supervisor only passes the signal on. A worker still starting
+    /// has no handler yet (SIGHUP's default action would kill it) and may have read the files
+    /// before they changed: it gets the signal once it says it is ready.
+    fn forward_reload(&mut self) {
+        let mut forwarded = 0;
+        for slot in &mut self.slots {
+            match &slot.state {
+                State::Running(worker) => forwarded += usize::from(send_reload(worker)),
+                State::Starting(_) => slot.reload_missed = true,
+                State::Waiting(_) | State::Gone => {}
+            }
+        }
+        info!("SIGHUP: forwarded to {forwarded} worker(s), each reloads");
+    }
+
     fn on_signal(&mut self, signal: i32) {
+        if signal == libc::SIGHUP {
+            self.forward_reload();
+            return;
+        }
         let (name, forward) = if signal == libc::SIGINT {
             ("SIGINT", Signal::INT)
         } else {
@@ -477,6 +516,9 @@ impl Supervisor {
             unreachable!("matched above");
         };
         info!("worker {} ready", worker.pid.as_raw_nonzero());
+        if std::mem::take(&mut slot.reload_missed) {
+            send_reload(&worker);
+        }
         slot.state = State::Running(worker);
     }
 

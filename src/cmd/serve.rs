@@ -11,7 +11,7 @@ use monoreactor::{Access, load_token};
 use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
 };
-use monoreactor::{Limits, TlsSettings};
+use monoreactor::{Limits, Reload, TlsSettings};
 
 use crate::args::{Addr, Endpoint, Secs, at_least_one};
 use crate::failure::Failure;
@@ -166,17 +166,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tls_key,
         tls_client_ca,
     } = *args.tls;
-    let tls = match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => Some(
-            TlsSettings {
-                cert,
-                key,
-                client_ca: tls_client_ca,
-            }
-            .load()?,
-        ),
+    let tls_settings = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(TlsSettings {
+            cert,
+            key,
+            client_ca: tls_client_ca,
+        }),
         _ => None,
     };
+    let tls = tls_settings.as_ref().map(TlsSettings::load).transpose()?;
     if let Some(warning) = warning {
         log::warn!("{warning}");
     }
@@ -201,6 +199,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Some(path) => Some(path),
         },
         tls,
+        // SIGHUP re-reads the same files.
+        reload: Reload {
+            access: args.access.clone(),
+            tls: tls_settings,
+        },
     };
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);
@@ -219,6 +222,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 /// `serve --workers N` (N > 1): bind every socket N times with SO_REUSEPORT, print the
 /// addresses once, and supervise N worker processes (`monoreactor::workers`).
 fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
+    // The supervisor installs its handlers only after starting the workers, and scripts act
+    // on the `listening` lines: a SIGHUP in between must not kill it (the default action).
+    // Ignored until then; the workers inherit that until their own handlers exist, and what
+    // they run gets the default back at exec (a handler, unlike SIG_IGN, does not survive it).
+    // SAFETY: setting a disposition to SIG_IGN installs no handler and touches no memory.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();

@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use log::{info, trace};
+use log::{error, info, trace};
 use mio::event::Event;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -67,6 +67,7 @@ use crate::buffer::BufferPool;
 use crate::conn::{Connection, Context};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
+use crate::reload::Reload;
 use crate::service::disk::Disk;
 use crate::service::exec::Children;
 use crate::sys::disk::{DiskHelper, HelperTokens};
@@ -157,6 +158,8 @@ pub(crate) struct Setup {
     pub disk_helper: Option<PathBuf>,
     /// TLS on the framed listener: every connection it accepts speaks TLS first.
     pub tls: Option<Arc<ServerConfig>>,
+    /// The files SIGHUP re-reads.
+    pub reload: Reload,
 }
 
 /// Asks a running reactor to shut down, from any thread (tests, an embedding program).
@@ -314,6 +317,8 @@ struct Core {
     tls: Vec<Option<Box<TlsSession>>>,
     /// Throttles the line for a plaintext client on the TLS port.
     tls_log: LogThrottle,
+    /// The files SIGHUP re-reads.
+    reload: Reload,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -340,6 +345,7 @@ impl Reactor {
             handle_signals,
             disk_helper,
             tls,
+            reload,
         } = setup;
         if access.exec && root.is_none() {
             return Err(io::Error::new(
@@ -367,7 +373,7 @@ impl Reactor {
             registry.register(udp.socket_mut(), Source::Udp.token(), Interest::READABLE)?;
         }
         let signals = if handle_signals {
-            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])?;
+            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
             registry.register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
             Some(signals)
         } else {
@@ -439,6 +445,7 @@ impl Reactor {
                 Vec::new()
             },
             tls_config: tls,
+            reload,
             tls_log: LogThrottle::default(),
         };
         Ok(Reactor {
@@ -453,13 +460,6 @@ impl Reactor {
             waker: Arc::clone(&self.core.waker),
             requested: Arc::clone(&self.core.shutdown_requested),
         }
-    }
-
-    /// Swaps the TLS configuration: connections accepted from now on handshake with `config`
-    /// (a reloaded certificate, say); those already accepted keep the one they started with.
-    /// A server started without TLS stays plaintext: the error says so.
-    pub(crate) fn reload_tls(&mut self, config: Arc<ServerConfig>) -> Result<(), &'static str> {
-        self.core.reload_tls(config)
     }
 
     /// Runs until a shutdown completes. Returns an error only if `poll` itself fails.
@@ -572,17 +572,6 @@ impl Core {
         }
     }
 
-    fn reload_tls(&mut self, config: Arc<ServerConfig>) -> Result<(), &'static str> {
-        match self.tls_config.as_mut() {
-            Some(current) => {
-                *current = config;
-                info!("TLS configuration reloaded: new connections use it");
-                Ok(())
-            }
-            None => Err("the server was started without TLS"),
-        }
-    }
-
     // === Timers ===
 
     fn fire_timers(&mut self) {
@@ -619,13 +608,43 @@ impl Core {
         };
         let received: Vec<i32> = signals.pending().collect();
         for signal in received {
-            let name = if signal == libc::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
-            self.begin_shutdown(name);
+            match signal {
+                libc::SIGHUP => self.reload(),
+                libc::SIGINT => self.begin_shutdown("SIGINT"),
+                _ => self.begin_shutdown("SIGTERM"),
+            }
         }
+    }
+
+    /// SIGHUP: re-reads the access file and the TLS material, and swaps them in only if every
+    /// file is good (see `crate::reload`); connections keep what they started with.
+    fn reload(&mut self) {
+        if self.reload.is_empty() {
+            info!("SIGHUP: nothing to reload (no --access, no --tls-cert)");
+            return;
+        }
+        let fresh = match self.reload.read() {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                error!("SIGHUP: {error}; keeping the configuration in use");
+                return;
+            }
+        };
+        let mut swapped = Vec::new();
+        if let Some(access) = fresh.access {
+            self.env.access = self.env.access.reloaded(access);
+            swapped.push("the access file");
+        }
+        if let Some(tls) = fresh.tls {
+            if let Some(current) = self.tls_config.as_mut() {
+                *current = tls;
+                swapped.push("the TLS certificate");
+            }
+        }
+        info!(
+            "SIGHUP: reloaded {}; new connections use it, open ones keep theirs",
+            swapped.join(" and ")
+        );
     }
 
     /// Stops accepting, stops running commands, tells every framed client SHUTTING_DOWN, and

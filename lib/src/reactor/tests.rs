@@ -33,6 +33,7 @@ fn reactor() -> (Reactor, SocketAddr) {
         handle_signals: false,
         disk_helper: None,
         tls: None,
+        reload: crate::reload::Reload::default(),
     };
     (Reactor::new(setup).unwrap(), addr)
 }

@@ -5,7 +5,6 @@
 mod support;
 
 #[path = "support/tls.rs"]
-#[allow(dead_code)]
 mod tls_support;
 
 use std::fs;

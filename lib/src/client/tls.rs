@@ -253,6 +253,9 @@ pub enum TlsFailure {
     UnknownIssuer,
     /// The server's certificate has expired.
     Expired,
+    /// The server presented a CA certificate (basicConstraints CA:TRUE) as its own, as
+    /// `openssl req -x509` makes by default: a server certificate must say CA:FALSE.
+    CaAsServerCertificate,
     /// The server's certificate is not valid yet (or this machine's clock is behind).
     NotYetValid,
     /// The server's certificate does not name the host connected to.
@@ -287,6 +290,11 @@ impl fmt::Display for TlsFailure {
                 f.write_str("the server's certificate is not signed by a CA you trust (--tls-ca)")
             }
             TlsFailure::Expired => f.write_str("the server's certificate has expired"),
+            TlsFailure::CaAsServerCertificate => f.write_str(
+                "the server's certificate is a CA certificate (basicConstraints CA:TRUE), not a \
+                 server certificate: make it with CA:FALSE (openssl req -x509 ... -addext \
+                 basicConstraints=critical,CA:FALSE)",
+            ),
             TlsFailure::NotYetValid => f.write_str(
                 "the server's certificate is not valid yet (is this machine's clock right?)",
             ),
@@ -342,6 +350,14 @@ impl TlsFailure {
             E::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
             ) => TlsFailure::Expired,
+            E::InvalidCertificate(CertificateError::Other(other))
+                if matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                ) =>
+            {
+                TlsFailure::CaAsServerCertificate
+            }
             E::InvalidCertificate(
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
             ) => TlsFailure::NotYetValid,

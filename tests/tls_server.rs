@@ -333,6 +333,60 @@ fn a_flood_of_half_handshakes_stays_under_max_client_memory() {
     hello(&mut client);
 }
 
+// === Records rustls refuses mid-handshake ===
+
+/// A ClientHello from a real client on a raw socket, and the server's whole first flight
+/// read back (its records parsed up to the encrypted Finished).
+fn client_hello_and_flight(server: &Server, files: &ServerFiles) -> TcpStream {
+    let config = client_config(&files.ca.der, &[ALPN], None);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(config, name).unwrap();
+    let mut raw = tcp(server.framed());
+    while client.wants_write() {
+        client.write_tls(&mut raw).unwrap();
+    }
+    // The flight: ServerHello, ChangeCipherSpec, then encrypted records; read until rustls
+    // has processed a whole flight (it then wants to write its own).
+    let mut buf = [0; 16 << 10];
+    while !client.wants_write() {
+        let n = raw.read(&mut buf).expect("the server's flight");
+        assert!(n > 0, "the server closed during its flight");
+        client.read_tls(&mut &buf[..n]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    raw
+}
+
+#[test]
+fn a_bad_record_in_the_clients_flight_gets_an_alert_and_the_server_lives_on() {
+    let dir = TempDir::new("tls-bad-flight");
+    let (server, files) = tls_server(&dir, &[]);
+    // Instead of the client's encrypted Finished: a record that does not decrypt
+    // (bad_record_mac), a plaintext data record, a bad CCS (rustls refuses each with an
+    // alert), and an oversized one (refused from its header, before rustls sees it: closed).
+    let records: [(&[u8], bool); 4] = [
+        (&[&[0x17, 3, 3, 0, 32][..], &[0x42; 32]].concat(), true),
+        (&[0x17, 3, 3, 0, 5, b'h', b'e', b'l', b'l', b'o'], true),
+        (&[0x14, 3, 3, 0, 2, 1, 1], true),
+        (&[0x17, 3, 3, 0x48, 0x01], false),
+    ];
+    for (record, alert) in records {
+        let mut raw = client_hello_and_flight(&server, &files);
+        raw.write_all(record).unwrap();
+        // The alert (a record of some type), then the close.
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest);
+        assert!(
+            !alert || (rest.len() >= 5 && matches!(rest[0], 0x15 | 0x17)),
+            "an alert record for {record:02x?}: {rest:02x?}"
+        );
+        // The server is alive and serving.
+        let mut client = tls_client(&server, &files);
+        hello(&mut client);
+    }
+    assert_eq!(server.threads(), 1);
+}
+
 // === Start-up ===
 
 #[test]

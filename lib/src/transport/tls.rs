@@ -454,24 +454,22 @@ impl TlsSession {
         }
     }
 
-    /// After a rustls error: encodes what it queued before and with it (the alert), so the
-    /// client learns why. The same records as before are passed: rustls answers from its queue
-    /// before it looks at them, and an empty slice would not match its deframer's positions.
+    /// After a rustls error: encodes the alert it queued with it, so the client learns why.
+    /// One call only. rustls answers from its queue before it looks at the records, and the
+    /// queue was empty when it took the failing one (every chunk is encoded before another
+    /// record is fed), so the first chunk is the alert. A second call would find the queue
+    /// empty and deframe the same bad record again: a second fatal alert, which rustls
+    /// asserts never happens (a panic of the whole server in a debug build) and which makes
+    /// no sense. The same records as before are passed: an empty slice would not match its
+    /// deframer's positions.
     fn queue_alert(&mut self) {
         let Phase::Handshake(conn) = &mut self.phase else {
             return;
         };
-        // A ServerHello, a ChangeCipherSpec and the alert at most; bounded all the same.
-        for _ in 0..8 {
-            let fed = self.start..self.start + self.fed;
-            let status = conn.process_tls_records(&mut self.incoming[fed]);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut state)) => {
-                    encode(&mut state, &mut self.outgoing, &mut self.out_end);
-                }
-                Ok(ConnectionState::TransmitTlsData(state)) => state.done(),
-                _ => break,
-            }
+        let fed = self.start..self.start + self.fed;
+        let status = conn.process_tls_records(&mut self.incoming[fed]);
+        if let Ok(ConnectionState::EncodeTlsData(mut state)) = status.state {
+            encode(&mut state, &mut self.outgoing, &mut self.out_end);
         }
     }
 

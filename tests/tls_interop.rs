@@ -433,6 +433,48 @@ fn openssl_with_a_client_certificate_is_verified_and_its_key_reaches_the_server(
     );
 }
 
+#[test]
+fn openssl_offering_nothing_the_server_takes_is_told_why_and_the_server_lives_on() {
+    let Some(openssl) = openssl() else { return };
+    let dir = TempDir::new("tls-interop-refusals");
+    let (server, files) = tls_server(&dir, &[]);
+    let ca = dir.join("ca.pem").display().to_string();
+    // What s_client prints for the alert the server sends.
+    let cases: [(&[&str], &str); 3] = [
+        (&["-tls1_2"], "alert protocol version"),
+        (
+            &["-tls1_3", "-ciphersuites", "TLS_AES_128_CCM_SHA256"],
+            "alert handshake failure",
+        ),
+        (&["-tls1_3", "-alpn", "h2"], "no application protocol"),
+    ];
+    for (options, alert) in cases {
+        let finished = Command::new(&openssl)
+            .arg("s_client")
+            .args(["-connect", &server.framed().to_string()])
+            .args(["-servername", "localhost", "-CAfile", &ca])
+            .args(options)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl s_client");
+        let stderr = String::from_utf8_lossy(&finished.stderr);
+        assert!(!finished.status.success(), "{options:?} was accepted");
+        assert!(
+            stderr.contains(alert),
+            "{options:?}: expected the alert '{alert}':\n{stderr}"
+        );
+    }
+    // Still serving.
+    let mut client = connect(
+        server.framed(),
+        tls_support::client_config(&files.ca.der, &[ALPN], None),
+        IO_TIMEOUT,
+    );
+    client.write_all(&hex(HELLO)).unwrap();
+    let (header, _) = recv_frame(&mut client);
+    assert_eq!(header.frame_type, FrameType::HelloOk);
+}
+
 // === A large transfer over each suite, with rustls' client ===
 
 /// Reads one frame (header and payload).

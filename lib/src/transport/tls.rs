@@ -426,8 +426,11 @@ impl TlsSession {
                 // Also offered between our Finished and the client's: not done before that.
                 Ok(ConnectionState::WriteTraffic(_)) => Step::MaybeDone,
                 Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
-                Ok(other) => Step::Failed(format!("unexpected TLS state {other:?}")),
-                Err(error) => Step::Failed(format!("TLS handshake: {error}")),
+                Ok(other) => Step::Failed(format!("unexpected TLS state {other:?}"), false),
+                Err(error) => {
+                    let deframed = refused_by_deframer(&error);
+                    Step::Failed(format!("TLS handshake: {error}"), deframed)
+                }
             };
             self.start += discard;
             self.fed -= discard;
@@ -451,8 +454,8 @@ impl TlsSession {
                     self.peer_closed = true;
                     return Ok(Some(Handshake::Eof));
                 }
-                Step::Failed(text) => {
-                    self.queue_alert();
+                Step::Failed(text, deframed) => {
+                    self.queue_alert(deframed);
                     return Err(self.fail(text));
                 }
             }
@@ -472,22 +475,32 @@ impl TlsSession {
         }
     }
 
-    /// After a rustls error: encodes the alert it queued with it, so the client learns why.
-    /// One call only. rustls answers from its queue before it looks at the records, and the
-    /// queue was empty when it took the failing one (every chunk is encoded before another
-    /// record is fed), so the first chunk is the alert. A second call would find the queue
-    /// empty and deframe the same bad record again: a second fatal alert, which rustls
-    /// asserts never happens (a panic of the whole server in a debug build) and which makes
-    /// no sense. The same records as before are passed: an empty slice would not match its
-    /// deframer's positions.
-    fn queue_alert(&mut self) {
+    /// After a rustls error: encodes what it queued before and with it (the alert), so the
+    /// client learns why. rustls answers from its queue before it looks at the records again,
+    /// so the same records as before are passed (an empty or shorter slice would not match
+    /// the positions its handshake deframer keeps). Once the queue is empty, though, it
+    /// deframes them again: harmless after a handshake message was refused (the record was
+    /// consumed, and its state is an error from then on), but a record the deframer itself
+    /// refused (`deframed`: one that does not decrypt, say) is still there, and refusing it
+    /// again queues a second fatal alert, which rustls asserts never happens — a panic of the
+    /// whole server in a debug build. That alert was then the only thing queued (every chunk
+    /// is encoded before another record is fed): one call.
+    fn queue_alert(&mut self, deframed: bool) {
         let Phase::Handshake(conn) = &mut self.phase else {
             return;
         };
-        let fed = self.start..self.start + self.fed;
-        let status = conn.process_tls_records(&mut self.incoming[fed]);
-        if let Ok(ConnectionState::EncodeTlsData(mut state)) = status.state {
-            encode(&mut state, &mut self.outgoing, &mut self.out_end);
+        let calls = if deframed { 1 } else { 8 };
+        // A ServerHello, a ChangeCipherSpec and the alert at most; bounded all the same.
+        for _ in 0..calls {
+            let fed = self.start..self.start + self.fed;
+            let status = conn.process_tls_records(&mut self.incoming[fed]);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut state)) => {
+                    encode(&mut state, &mut self.outgoing, &mut self.out_end);
+                }
+                Ok(ConnectionState::TransmitTlsData(state)) => state.done(),
+                _ => break,
+            }
         }
     }
 
@@ -900,6 +913,23 @@ fn encode(
     }
 }
 
+/// Whether rustls' error is one its deframer raised for a record (with a fatal alert queued),
+/// rather than one about a handshake message: `ConnectionCore::handle_deframe_error` in rustls
+/// 0.23 sends decode_error for a malformed record, record_overflow, bad_record_mac, and
+/// unexpected_message for a bad ChangeCipherSpec. (A malformed handshake message is also
+/// `InvalidMessage`; it too is refused before anything else is queued, so one call suits it.)
+fn refused_by_deframer(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::InvalidMessage(_)
+            | rustls::Error::PeerSentOversizedRecord
+            | rustls::Error::DecryptError
+            | rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::IllegalMiddleboxChangeCipherSpec
+            )
+    )
+}
+
 /// Whether rustls is still handshaking (the server may write after its Finished, before the
 /// client's: that is not the end).
 fn conn_handshaking(phase: &Phase) -> bool {
@@ -929,7 +959,9 @@ enum Step {
     NeedRecord,
     MaybeDone,
     PeerClosed,
-    Failed(String),
+    /// rustls failed (or offered a state this side never expects); `true` when its deframer
+    /// refused the record (see [`TlsSession::queue_alert`]).
+    Failed(String, bool),
 }
 
 /// A [`TlsSession`] over the byte stream `S` for one drive: the connection's [`Transport`].

@@ -1792,4 +1792,58 @@ mod tests {
         );
         assert!(!session.is_established());
     }
+
+    #[test]
+    fn a_byte_changed_anywhere_in_the_clients_records_never_panics_the_session() {
+        let certs = Certs::new("corrupt");
+        let config = certs.server();
+        // Every byte of a ClientHello flipped in turn.
+        let hello = client_bytes(&mut certs.client());
+        for at in 0..hello.len() {
+            let mut session = TlsSession::new(Arc::clone(&config));
+            let mut pipe = Pipe::default();
+            let mut changed = hello.clone();
+            changed[at] ^= 0x55;
+            pipe.input.extend(changed);
+            let (plain, _) = read_all(&mut session, &mut pipe);
+            assert!(plain.is_empty());
+            let _ = session.link(&mut pipe).send_pending();
+            assert!(!session.is_established(), "byte {at}");
+        }
+        // Every byte of the client's second flight (ChangeCipherSpec, Finished) flipped in
+        // turn, after a real ClientHello and server flight: the handshake never completes.
+        for at in 0.. {
+            let mut client = certs.client();
+            let mut session = TlsSession::new(Arc::clone(&config));
+            let mut pipe = Pipe::default();
+            pipe.input.extend(client_bytes(&mut client));
+            let (plain, _) = read_all(&mut session, &mut pipe);
+            assert!(plain.is_empty());
+            session.link(&mut pipe).send_pending().unwrap();
+            client.read_tls(&mut &pipe.output[..]).unwrap();
+            client.process_new_packets().unwrap();
+            pipe.output.clear();
+            let mut flight = client_bytes(&mut client);
+            if at >= flight.len() {
+                break;
+            }
+            // The legacy_record_version of each record, which rustls ignores (RFC 8446 §5.1).
+            let mut versions = Vec::new();
+            let mut record = 0;
+            while record < flight.len() {
+                versions.extend([record + 1, record + 2]);
+                record += record::record_len(&flight[record..]).unwrap().unwrap();
+            }
+            flight[at] ^= 0x55;
+            pipe.input.extend(flight);
+            let (plain, ended) = read_all(&mut session, &mut pipe);
+            assert!(plain.is_empty());
+            let _ = session.link(&mut pipe).send_pending();
+            assert!(
+                versions.contains(&at)
+                    || !session.is_established() && !session.take_events().established,
+                "byte {at} of the client's flight changed, and the handshake completed ({ended:?})"
+            );
+        }
+    }
 }

@@ -41,6 +41,20 @@
 //! before the suite's confidentiality limit. With it a TLS GET allocates nothing in steady
 //! state (`steady_state_tls_file_get_allocates_nothing_on_the_server`).
 //!
+//! # What the record layer enforces
+//! After the handshake every record is application_data outside, version 0x0303, at most
+//! 2^14 + 256 bytes (decided from the header), and at most 2^14 + 1 inside (record_overflow);
+//! a ChangeCipherSpec is refused then (rustls ignores it only before the client's Finished).
+//! A KeyUpdate may be fragmented over records but must end its record, nothing else may come
+//! between its fragments, and no other post-handshake message is accepted; 32 in a row
+//! without data at most. Any number of update_requested get one KeyUpdate of ours, before our
+//! next data record (RFC 8446 §4.6.3), so a peer asking and never reading cannot grow the
+//! outgoing buffer. Our own errors are answered with their fatal alert (bad_record_mac,
+//! record_overflow, unexpected_message, decode_error, illegal_parameter), sent by the failing
+//! read; the peer's are not answered. close_notify is the end of the stream (`Ok(0)`), and so
+//! is a FIN without it (the frames are length-delimited; a record cut by the FIN is never
+//! handed out); user_canceled is ignored.
+//!
 //! # Memory
 //! A fresh session holds no buffer. The incoming buffer is allocated at the first byte,
 //! [`FIRST_READ`] (4 KiB: a ClientHello fits), and grows only when a record's header asks for

@@ -333,6 +333,135 @@ fn a_flood_of_half_handshakes_stays_under_max_client_memory() {
     hello(&mut client);
 }
 
+#[test]
+fn a_record_header_announcing_16_kib_then_a_trickle_is_closed_by_the_hello_timeout() {
+    let dir = TempDir::new("tls-trickle");
+    let (server, files) = tls_server(&dir, &["--hello-timeout", "1"]);
+    let mut trickle = tcp(server.framed());
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    // A handshake record of 16 KiB, a byte every 50 ms: never whole, always moving.
+    trickle.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(6) {
+            break None;
+        }
+        match trickle.write(&[0x01]) {
+            Ok(_) => {}
+            Err(_) => break Some(started.elapsed()),
+        }
+        match trickle.read(&mut [0; 64]) {
+            Ok(0) => break Some(started.elapsed()),
+            Ok(n) => panic!("{n} bytes to a half record"),
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break Some(started.elapsed()),
+        }
+    };
+    let closed = closed.expect("the trickle is closed by the hello timeout");
+    assert!(
+        closed >= Duration::from_millis(800) && closed < Duration::from_secs(4),
+        "closed after {closed:?}"
+    );
+    let mut client = tls_client(&server, &files);
+    hello(&mut client);
+}
+
+#[test]
+fn a_tls_client_that_never_reads_its_get_costs_bounded_memory_and_no_cpu() {
+    let dir = TempDir::new("tls-never-reads");
+    let root = dir.join("root");
+    std::fs::create_dir(&root).unwrap();
+    let data = support::seeded_bytes(5, 48 << 20);
+    std::fs::write(root.join("big"), &data).unwrap();
+    let root_arg = root.display().to_string();
+    let (server, files) = tls_server(&dir, &["--root", &root_arg]);
+    let mut client = tls_client(&server, &files);
+    hello(&mut client);
+    let rss_before = server.rss_kib();
+    client.write_all(&get_frame(7, b"big", 0)).unwrap();
+    // The socket buffers fill and the server stops; it then holds one record, not the file.
+    std::thread::sleep(Duration::from_millis(700));
+    let cpu_before = server.cpu_time();
+    let wall = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu = server.cpu_time().saturating_sub(cpu_before);
+    let wall = wall.elapsed();
+    assert!(
+        cpu < wall / 10,
+        "the server used {cpu:?} of CPU in {wall:?} waiting for a client that never reads"
+    );
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 8 << 10,
+        "the server's memory grew by {grown} KiB for a GET it cannot send"
+    );
+    // Others are served meanwhile.
+    let mut other = tls_client(&server, &files);
+    hello(&mut other);
+    other
+        .write_all(&support::echo_request(1, b"still here"))
+        .unwrap();
+    let (header, reply) = recv_frame(&mut other);
+    assert_eq!(header.frame_type, FrameType::EchoReply);
+    assert_eq!(reply, b"still here");
+}
+
+// === Records rustls refuses mid-handshake ===
+
+/// A ClientHello from a real client on a raw socket, and the server's whole first flight
+/// read back (its records parsed up to the encrypted Finished).
+fn client_hello_and_flight(server: &Server, files: &ServerFiles) -> TcpStream {
+    let config = client_config(&files.ca.der, &[ALPN], None);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(config, name).unwrap();
+    let mut raw = tcp(server.framed());
+    while client.wants_write() {
+        client.write_tls(&mut raw).unwrap();
+    }
+    // The flight: ServerHello, ChangeCipherSpec, then encrypted records; read until rustls
+    // has processed a whole flight (it then wants to write its own).
+    let mut buf = [0; 16 << 10];
+    while !client.wants_write() {
+        let n = raw.read(&mut buf).expect("the server's flight");
+        assert!(n > 0, "the server closed during its flight");
+        client.read_tls(&mut &buf[..n]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    raw
+}
+
+#[test]
+fn a_bad_record_in_the_clients_flight_gets_an_alert_and_the_server_lives_on() {
+    let dir = TempDir::new("tls-bad-flight");
+    let (server, files) = tls_server(&dir, &[]);
+    // Instead of the client's encrypted Finished: a record that does not decrypt
+    // (bad_record_mac), a plaintext data record, a bad CCS (rustls refuses each with an
+    // alert), and an oversized one (refused from its header, before rustls sees it: closed).
+    let records: [(&[u8], bool); 4] = [
+        (&[&[0x17, 3, 3, 0, 32][..], &[0x42; 32]].concat(), true),
+        (&[0x17, 3, 3, 0, 5, b'h', b'e', b'l', b'l', b'o'], true),
+        (&[0x14, 3, 3, 0, 2, 1, 1], true),
+        (&[0x17, 3, 3, 0x48, 0x01], false),
+    ];
+    for (record, alert) in records {
+        let mut raw = client_hello_and_flight(&server, &files);
+        raw.write_all(record).unwrap();
+        // The alert (a record of some type), then the close.
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest);
+        assert!(
+            !alert || (rest.len() >= 5 && matches!(rest[0], 0x15 | 0x17)),
+            "an alert record for {record:02x?}: {rest:02x?}"
+        );
+        // The server is alive and serving.
+        let mut client = tls_client(&server, &files);
+        hello(&mut client);
+    }
+    assert_eq!(server.threads(), 1);
+}
+
 // === Start-up ===
 
 #[test]

@@ -42,7 +42,8 @@ pub(crate) const SEAL_OVERHEAD: usize = HEADER_LEN + 1 + TAG_LEN;
 pub(crate) enum RecordError {
     /// The header's type is not application_data, or its version is not 0x0303.
     BadHeader,
-    /// The header announces more than 2^14 + 256 bytes.
+    /// The header announces more than 2^14 + 256 bytes, or the decrypted inner plaintext is
+    /// longer than 2^14 + 1 (§5.4): record_overflow.
     TooLong,
     /// The tag did not verify (wrong key, or the bytes were changed).
     Decrypt,
@@ -54,12 +55,31 @@ impl std::fmt::Display for RecordError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             RecordError::BadHeader => "a TLS record with an unexpected type or version",
-            RecordError::TooLong => "a TLS record longer than 2^14 + 256 bytes",
+            RecordError::TooLong => "a TLS record over the length limit (record_overflow)",
             RecordError::Decrypt => "a TLS record that does not decrypt (bad_record_mac)",
             RecordError::NoContentType => "a TLS record with no content type",
         })
     }
 }
+
+impl RecordError {
+    /// The alert description this side sends for it (RFC 8446 §5.2, §6.2).
+    pub(crate) fn alert(self) -> u8 {
+        match self {
+            RecordError::BadHeader | RecordError::NoContentType => UNEXPECTED_MESSAGE,
+            RecordError::TooLong => RECORD_OVERFLOW,
+            RecordError::Decrypt => BAD_RECORD_MAC,
+        }
+    }
+}
+
+/// Alert descriptions (RFC 8446 §6) this side sends.
+pub(crate) const UNEXPECTED_MESSAGE: u8 = 10;
+pub(crate) const BAD_RECORD_MAC: u8 = 20;
+pub(crate) const RECORD_OVERFLOW: u8 = 22;
+pub(crate) const ILLEGAL_PARAMETER: u8 = 47;
+pub(crate) const DECODE_ERROR: u8 = 50;
+pub(crate) const INTERNAL_ERROR: u8 = 80;
 
 /// The length of the record whose header starts `bytes`, header included, once the header is
 /// there: `Ok(None)` means "need more", an error is fatal and decided from the header alone.
@@ -175,6 +195,11 @@ impl Protection {
             .key
             .open_in_place(nonce, Aad::from(aad), body)
             .map_err(|_| RecordError::Decrypt)?;
+        // §5.4: a TLSInnerPlaintext over 2^14 + 1 bytes is record_overflow, although the
+        // ciphertext limit (2^14 + 256, for the tag and any expansion) let it through.
+        if plain.len() > MAX_PLAINTEXT + 1 {
+            return Err(RecordError::TooLong);
+        }
         // TLSInnerPlaintext: content ‖ type ‖ zero padding; the type is the last non-zero byte.
         let typed = plain
             .iter()
@@ -254,6 +279,68 @@ mod tests {
             record_len(&[23, 3, 3, 0x41, 0x01]),
             Err(RecordError::TooLong)
         );
+    }
+
+    /// A record around the inner plaintext `inner` (content, type and padding as given), sealed
+    /// with the key of `secrets(byte)` at sequence `seq` by ring directly: what a peer that
+    /// ignores the limits could send.
+    fn seal_raw(byte: u8, seq: u64, inner: &[u8]) -> Vec<u8> {
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[byte; 32]).unwrap());
+        let mut nonce = [byte; NONCE_LEN];
+        for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        let body = inner.len() + TAG_LEN;
+        let [hi, lo] = u16::try_from(body).unwrap().to_be_bytes();
+        let header = [APPLICATION_DATA, 3, 3, hi, lo];
+        let mut record = header.to_vec();
+        let mut sealed = inner.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(header),
+            &mut sealed,
+        )
+        .unwrap();
+        record.extend_from_slice(&sealed);
+        record
+    }
+
+    #[test]
+    fn the_nonce_is_the_iv_xor_the_sequence_and_the_header_is_the_additional_data() {
+        // A record sealed independently at sequence 7 opens; one at sequence 8 does not.
+        let mut rx = Protection::new(7, &secrets(1)).unwrap();
+        let mut record = seal_raw(1, 7, b"seven\x17");
+        let (kind, content) = rx.open(&mut record).unwrap();
+        assert_eq!((kind, &record[content]), (APPLICATION_DATA, &b"seven"[..]));
+        let mut rx = Protection::new(7, &secrets(1)).unwrap();
+        assert_eq!(
+            rx.open(&mut seal_raw(1, 8, b"eight\x17")),
+            Err(RecordError::Decrypt)
+        );
+        // The length in the header is authenticated: a record re-headed with another legacy
+        // version is refused before decryption, and so is one whose additional data differs.
+        let mut rx = Protection::new(7, &secrets(1)).unwrap();
+        let mut record = seal_raw(1, 7, b"seven\x17");
+        record[2] = 1;
+        assert_eq!(rx.open(&mut record), Err(RecordError::BadHeader));
+    }
+
+    #[test]
+    fn an_inner_plaintext_over_two_to_the_fourteen_plus_one_is_record_overflow() {
+        // 2^14 bytes of content and the type: the largest allowed.
+        let mut inner = vec![b'a'; MAX_PLAINTEXT];
+        inner.push(APPLICATION_DATA);
+        let mut rx = Protection::new(0, &secrets(4)).unwrap();
+        let mut record = seal_raw(4, 0, &inner);
+        let (kind, content) = rx.open(&mut record).unwrap();
+        assert_eq!((kind, content.len()), (APPLICATION_DATA, MAX_PLAINTEXT));
+        // One byte of padding more: within the ciphertext limit, over the plaintext one.
+        inner.push(0);
+        let mut record = seal_raw(4, 1, &inner);
+        assert!(record.len() - HEADER_LEN <= MAX_CIPHERTEXT);
+        assert_eq!(rx.open(&mut record), Err(RecordError::TooLong));
+        assert_eq!(RecordError::TooLong.alert(), RECORD_OVERFLOW);
+        assert_eq!(RecordError::Decrypt.alert(), BAD_RECORD_MAC);
     }
 
     #[test]

@@ -41,6 +41,20 @@
 //! before the suite's confidentiality limit. With it a TLS GET allocates nothing in steady
 //! state (`steady_state_tls_file_get_allocates_nothing_on_the_server`).
 //!
+//! # What the record layer enforces
+//! After the handshake every record is application_data outside, version 0x0303, at most
+//! 2^14 + 256 bytes (decided from the header), and at most 2^14 + 1 inside (record_overflow);
+//! a ChangeCipherSpec is refused then (rustls ignores it only before the client's Finished).
+//! A KeyUpdate may be fragmented over records but must end its record, nothing else may come
+//! between its fragments, and no other post-handshake message is accepted; 32 in a row
+//! without data at most. Any number of update_requested get one KeyUpdate of ours, before our
+//! next data record (RFC 8446 §4.6.3), so a peer asking and never reading cannot grow the
+//! outgoing buffer. Our own errors are answered with their fatal alert (bad_record_mac,
+//! record_overflow, unexpected_message, decode_error, illegal_parameter), sent by the failing
+//! read; the peer's are not answered. close_notify is the end of the stream (`Ok(0)`), and so
+//! is a FIN without it (the frames are length-delimited; a record cut by the FIN is never
+//! handed out); user_canceled is ignored.
+//!
 //! # Memory
 //! A fresh session holds no buffer. The incoming buffer is allocated at the first byte,
 //! [`FIRST_READ`] (4 KiB: a ClientHello fits), and grows only when a record's header asks for
@@ -75,8 +89,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError};
 use rustls::{ServerConfig, SupportedCipherSuite};
 
 use super::record::{
-    self, ALERT, APPLICATION_DATA, HANDSHAKE, HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT,
-    Protection, SEAL_OVERHEAD,
+    self, ALERT, APPLICATION_DATA, DECODE_ERROR, HANDSHAKE, HEADER_LEN, ILLEGAL_PARAMETER,
+    INTERNAL_ERROR, MAX_CIPHERTEXT, MAX_PLAINTEXT, Protection, SEAL_OVERHEAD, UNEXPECTED_MESSAGE,
 };
 use super::{KeyFingerprint, Readiness, Transport};
 use crate::proto::{ErrorCode, ErrorMessage};
@@ -102,6 +116,11 @@ const REFUSE_DRAIN_READS: usize = 4;
 const KEY_UPDATE_MARGIN: u64 = 16;
 /// TLS 1.3 KeyUpdate handshake message type (RFC 8446 §4.6.3).
 const KEY_UPDATE: u8 = 24;
+/// A KeyUpdate's bytes: type, 24-bit length (1), request_update.
+const KEY_UPDATE_LEN: usize = 5;
+/// KeyUpdates accepted in a row without an application data record between them (rustls and
+/// BoringSSL allow 32): each costs an HKDF, and nothing else bounds them.
+const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
 /// Alert descriptions this side acts on.
 const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
@@ -134,6 +153,15 @@ struct Traffic {
     /// Records sealed under one key before it is updated.
     tx_limit: u64,
     suite: SupportedCipherSuite,
+    /// The peer asked for our key to be updated (update_requested): done once, before our next
+    /// application data record (RFC 8446 §4.6.3), however many requests came meanwhile.
+    key_update_due: bool,
+    /// KeyUpdates received since the last application data record.
+    key_updates_in_a_row: u8,
+    /// The first bytes of a KeyUpdate whose record ended inside it (a handshake message may
+    /// be fragmented over records, §5.1): `partial[..partial_len]`.
+    partial: [u8; KEY_UPDATE_LEN],
+    partial_len: usize,
 }
 
 /// One TLS connection's state and buffers; see the module docs.
@@ -250,7 +278,11 @@ impl TlsSession {
             return Ok(0);
         }
         match self.phase {
-            Phase::Traffic(_) => self.read_traffic(io, buf),
+            Phase::Traffic(_) => self.read_traffic(io, buf).inspect_err(|_| {
+                // The alert a fatal error queued: the connection closes at once after a
+                // failed read, so it goes now or never.
+                let _ = self.flush_out(io);
+            }),
             Phase::Fresh(_) | Phase::Handshake(_) => match self.handshake(io) {
                 Ok(Handshake::Eof) => Ok(0),
                 Ok(Handshake::Blocked) => Err(ErrorKind::WouldBlock.into()),
@@ -408,8 +440,11 @@ impl TlsSession {
                 // Also offered between our Finished and the client's: not done before that.
                 Ok(ConnectionState::WriteTraffic(_)) => Step::MaybeDone,
                 Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
-                Ok(other) => Step::Failed(format!("unexpected TLS state {other:?}")),
-                Err(error) => Step::Failed(format!("TLS handshake: {error}")),
+                Ok(other) => Step::Failed(format!("unexpected TLS state {other:?}"), false),
+                Err(error) => {
+                    let deframed = refused_by_deframer(&error);
+                    Step::Failed(format!("TLS handshake: {error}"), deframed)
+                }
             };
             self.start += discard;
             self.fed -= discard;
@@ -433,8 +468,8 @@ impl TlsSession {
                     self.peer_closed = true;
                     return Ok(Some(Handshake::Eof));
                 }
-                Step::Failed(text) => {
-                    self.queue_alert();
+                Step::Failed(text, deframed) => {
+                    self.queue_alert(deframed);
                     return Err(self.fail(text));
                 }
             }
@@ -455,14 +490,22 @@ impl TlsSession {
     }
 
     /// After a rustls error: encodes what it queued before and with it (the alert), so the
-    /// client learns why. The same records as before are passed: rustls answers from its queue
-    /// before it looks at them, and an empty slice would not match its deframer's positions.
-    fn queue_alert(&mut self) {
+    /// client learns why. rustls answers from its queue before it looks at the records again,
+    /// so the same records as before are passed (an empty or shorter slice would not match
+    /// the positions its handshake deframer keeps). Once the queue is empty, though, it
+    /// deframes them again: harmless after a handshake message was refused (the record was
+    /// consumed, and its state is an error from then on), but a record the deframer itself
+    /// refused (`deframed`: one that does not decrypt, say) is still there, and refusing it
+    /// again queues a second fatal alert, which rustls asserts never happens — a panic of the
+    /// whole server in a debug build. That alert was then the only thing queued (every chunk
+    /// is encoded before another record is fed): one call.
+    fn queue_alert(&mut self, deframed: bool) {
         let Phase::Handshake(conn) = &mut self.phase else {
             return;
         };
+        let calls = if deframed { 1 } else { 8 };
         // A ServerHello, a ChangeCipherSpec and the alert at most; bounded all the same.
-        for _ in 0..8 {
+        for _ in 0..calls {
             let fed = self.start..self.start + self.fed;
             let status = conn.process_tls_records(&mut self.incoming[fed]);
             match status.state {
@@ -510,6 +553,10 @@ impl TlsSession {
                 .confidentiality_limit
                 .saturating_sub(KEY_UPDATE_MARGIN),
             suite,
+            key_update_due: false,
+            key_updates_in_a_row: 0,
+            partial: [0; KEY_UPDATE_LEN],
+            partial_len: 0,
         }));
         Ok(())
     }
@@ -545,7 +592,7 @@ impl TlsSession {
             let need = match record::record_len(&self.incoming[self.start..self.filled]) {
                 Ok(Some(len)) => len,
                 Ok(None) => HEADER_LEN,
-                Err(error) => return Err(self.fail(error.to_string())),
+                Err(error) => return Err(self.fatal(error.alert(), error.to_string())),
             };
             match self.fill(io, need) {
                 Ok(Some((0, _))) => {
@@ -569,22 +616,37 @@ impl TlsSession {
         let len = match record::record_len(available) {
             Ok(Some(len)) if len <= available.len() => len,
             Ok(_) => return Ok(false),
-            Err(error) => return Err(self.fail(error.to_string())),
+            Err(error) => return Err(self.fatal(error.alert(), error.to_string())),
         };
         let Phase::Traffic(traffic) = &mut self.phase else {
             return Err(failed());
         };
         let (kind, content) = match traffic.rx.open(&mut available[..len]) {
             Ok(opened) => opened,
-            Err(error) => return Err(self.fail(error.to_string())),
+            Err(error) => return Err(self.fatal(error.alert(), error.to_string())),
         };
         let content = self.start + content.start..self.start + content.end;
         self.start += len;
+        // Handshake messages must not be interleaved with other record types (§5.1).
+        if kind != HANDSHAKE && traffic.partial_len > 0 {
+            return Err(self.fatal(
+                UNEXPECTED_MESSAGE,
+                "a record inside a fragmented KeyUpdate".to_string(),
+            ));
+        }
         match kind {
-            APPLICATION_DATA => self.plain = content,
+            APPLICATION_DATA => {
+                traffic.key_updates_in_a_row = 0;
+                self.plain = content;
+            }
             ALERT => self.on_alert(content)?,
             HANDSHAKE => self.on_post_handshake(content)?,
-            other => return Err(self.fail(format!("a TLS record of inner type {other}"))),
+            other => {
+                return Err(self.fatal(
+                    UNEXPECTED_MESSAGE,
+                    format!("a TLS record of inner type {other}"),
+                ));
+            }
         }
         Ok(true)
     }
@@ -597,40 +659,87 @@ impl TlsSession {
             }
             // Followed by close_notify (RFC 8446 §6.1).
             [_, USER_CANCELED] => Ok(()),
+            // Any other alert is fatal whatever its level (§6), and answered with nothing.
             [_, description] => Err(self.fail(format!("the client sent TLS alert {description}"))),
-            _ => Err(self.fail("a malformed TLS alert".to_string())),
+            _ => Err(self.fatal(DECODE_ERROR, "a malformed TLS alert".to_string())),
         }
     }
 
     /// Post-handshake messages a server accepts: KeyUpdate (RFC 8446 §4.6.3). No tickets are
-    /// sent and no client certificate is requested after the handshake, so nothing else.
+    /// sent and no client certificate is requested after the handshake, so nothing else
+    /// (unexpected_message). A KeyUpdate may be fragmented over records, but it changes the
+    /// key, so it must end its record (§5.1): nothing may follow it in the same record.
     fn on_post_handshake(&mut self, content: Range<usize>) -> io::Result<()> {
-        let mut at = content.start;
-        while at < content.end {
-            let message = &self.incoming[at..content.end];
-            let [KEY_UPDATE, 0, 0, 1, requested, ..] = *message else {
-                return Err(self.fail("a post-handshake message other than KeyUpdate".into()));
-            };
-            at += 5;
+        if content.is_empty() {
+            return Err(self.fatal(UNEXPECTED_MESSAGE, "an empty handshake record".into()));
+        }
+        for at in content.clone() {
+            let byte = self.incoming[at];
             let Phase::Traffic(traffic) = &mut self.phase else {
                 return Err(failed());
             };
-            let (seq, secrets) = match traffic.kernel.update_rx_secret() {
-                Ok(update) => update,
-                Err(error) => return Err(self.fail(format!("TLS key update: {error}"))),
-            };
-            match Protection::new(seq, &secrets) {
-                Ok(rx) => traffic.rx = rx,
-                Err(text) => return Err(self.fail(text)),
-            }
-            match requested {
-                0 => {}
-                1 => self.update_tx_key()?,
-                _ => return Err(self.fail("a KeyUpdate with a bad request field".into())),
+            traffic.partial[traffic.partial_len] = byte;
+            traffic.partial_len += 1;
+            let message = traffic.partial;
+            match traffic.partial_len {
+                1 if byte != KEY_UPDATE => {
+                    return Err(self.fatal(
+                        UNEXPECTED_MESSAGE,
+                        format!("a post-handshake message of type {byte}, not KeyUpdate"),
+                    ));
+                }
+                4 if message[1..4] != [0, 0, 1] => {
+                    return Err(self.fatal(DECODE_ERROR, "a KeyUpdate of a bad length".into()));
+                }
+                KEY_UPDATE_LEN => {
+                    traffic.partial_len = 0;
+                    if at + 1 != content.end {
+                        return Err(self.fatal(
+                            UNEXPECTED_MESSAGE,
+                            "bytes after a KeyUpdate in its record".into(),
+                        ));
+                    }
+                    self.on_key_update(message[4])?;
+                }
+                _ => {}
             }
         }
-        // Our KeyUpdate, if one was asked for, goes with the next write or send_pending; the
-        // interest asks for WRITABLE meanwhile.
+        Ok(())
+    }
+
+    /// A whole KeyUpdate: the peer's key moves on; ours is updated before our next data record
+    /// if it asked (the one answer to any number of requests meanwhile).
+    fn on_key_update(&mut self, request: u8) -> io::Result<()> {
+        let Phase::Traffic(traffic) = &mut self.phase else {
+            return Err(failed());
+        };
+        if request > 1 {
+            return Err(self.fatal(
+                ILLEGAL_PARAMETER,
+                "a KeyUpdate with a bad request field".into(),
+            ));
+        }
+        traffic.key_updates_in_a_row += 1;
+        if traffic.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+            return Err(self.fatal(
+                UNEXPECTED_MESSAGE,
+                format!("over {MAX_KEY_UPDATES_IN_A_ROW} KeyUpdates without data"),
+            ));
+        }
+        let (seq, secrets) = match traffic.kernel.update_rx_secret() {
+            Ok(update) => update,
+            Err(error) => {
+                return Err(self.fatal(INTERNAL_ERROR, format!("TLS key update: {error}")));
+            }
+        };
+        match Protection::new(seq, &secrets) {
+            Ok(rx) => traffic.rx = rx,
+            Err(text) => return Err(self.fatal(INTERNAL_ERROR, text)),
+        }
+        // Our KeyUpdate goes before our next data record (`seal_data`), at most one however
+        // many requests came: a peer sending requests and never reading cannot grow the
+        // outgoing buffer with answers.
+        traffic.key_update_due |= request == 1;
         Ok(())
     }
 
@@ -640,6 +749,7 @@ impl TlsSession {
         let Phase::Traffic(traffic) = &mut self.phase else {
             return Err(failed());
         };
+        traffic.key_update_due = false;
         let (seq, secrets) = match traffic.kernel.update_tx_secret() {
             Ok(update) => update,
             Err(error) => return Err(self.fail(format!("TLS key update: {error}"))),
@@ -672,12 +782,13 @@ impl TlsSession {
             .seal(content_type, content, &mut self.outgoing[self.out_end..]);
     }
 
-    /// Seals application data, updating our key first when the suite's limit is near.
+    /// Seals application data, updating our key first when the peer asked for it or the
+    /// suite's limit is near.
     fn seal_data(&mut self, content: &[u8]) -> io::Result<()> {
         let Phase::Traffic(traffic) = &self.phase else {
             return Err(failed());
         };
-        if traffic.tx.seq() >= traffic.tx_limit {
+        if traffic.key_update_due || traffic.tx.seq() >= traffic.tx_limit {
             self.update_tx_key()?;
         }
         self.seal_raw(APPLICATION_DATA, content);
@@ -778,6 +889,14 @@ impl TlsSession {
         write | read
     }
 
+    /// Ends the session after an error of the peer's: the fatal alert `description` is queued
+    /// (sealed, once the handshake is over; rustls sends its own before), sent by the failing
+    /// read, then as [`TlsSession::fail`].
+    fn fatal(&mut self, description: u8, text: String) -> io::Error {
+        self.seal_raw(ALERT, &[2, description]);
+        self.fail(text)
+    }
+
     /// Ends the session: logged once here, then every call fails.
     fn fail(&mut self, text: String) -> io::Error {
         debug!("TLS: {text}");
@@ -806,6 +925,23 @@ fn encode(
             Err(EncodeError::AlreadyEncoded) => return,
         }
     }
+}
+
+/// Whether rustls' error is one its deframer raised for a record (with a fatal alert queued),
+/// rather than one about a handshake message: `ConnectionCore::handle_deframe_error` in rustls
+/// 0.23 sends decode_error for a malformed record, record_overflow, bad_record_mac, and
+/// unexpected_message for a bad ChangeCipherSpec. (A malformed handshake message is also
+/// `InvalidMessage`; it too is refused before anything else is queued, so one call suits it.)
+fn refused_by_deframer(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::InvalidMessage(_)
+            | rustls::Error::PeerSentOversizedRecord
+            | rustls::Error::DecryptError
+            | rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::IllegalMiddleboxChangeCipherSpec
+            )
+    )
 }
 
 /// Whether rustls is still handshaking (the server may write after its Finished, before the
@@ -837,7 +973,9 @@ enum Step {
     NeedRecord,
     MaybeDone,
     PeerClosed,
-    Failed(String),
+    /// rustls failed (or offered a state this side never expects); `true` when its deframer
+    /// refused the record (see [`TlsSession::queue_alert`]).
+    Failed(String, bool),
 }
 
 /// A [`TlsSession`] over the byte stream `S` for one drive: the connection's [`Transport`].
@@ -889,7 +1027,9 @@ mod tests {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
+    use rustls::client::UnbufferedClientConnection;
     use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::unbuffered::UnbufferedStatus;
     use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
     use super::*;
@@ -902,11 +1042,15 @@ mod tests {
         input: VecDeque<u8>,
         output: Vec<u8>,
         shut: bool,
+        /// The client sent its FIN: reads past `input` return 0.
+        eof: bool,
+        /// The client reads nothing: every write is `WouldBlock`.
+        full: bool,
     }
 
     impl Read for Pipe {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.input.is_empty() {
+            if self.input.is_empty() && !self.eof {
                 return Err(ErrorKind::WouldBlock.into());
             }
             self.input.read(buf)
@@ -915,6 +1059,9 @@ mod tests {
 
     impl Write for Pipe {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.full {
+                return Err(ErrorKind::WouldBlock.into());
+            }
             self.output.extend_from_slice(buf);
             Ok(buf.len())
         }
@@ -976,6 +1123,11 @@ mod tests {
         }
 
         fn client(&self) -> ClientConnection {
+            let name = ServerName::try_from("localhost").unwrap();
+            ClientConnection::new(self.client_config(), name).unwrap()
+        }
+
+        fn client_config(&self) -> Arc<ClientConfig> {
             let mut roots = RootCertStore::empty();
             roots.add(self.ca.clone()).unwrap();
             let mut config = ClientConfig::builder_with_provider(tls_config::provider())
@@ -984,8 +1136,9 @@ mod tests {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             config.alpn_protocols = vec![ALPN_NAME.to_vec()];
-            let name = ServerName::try_from("localhost").unwrap();
-            ClientConnection::new(Arc::new(config), name).unwrap()
+            // For `RawClient`, which takes the client's keys as the server takes its own.
+            config.enable_secret_extraction = true;
+            Arc::new(config)
         }
     }
 
@@ -1207,5 +1360,504 @@ mod tests {
         let error = session.link(&mut pipe).read(&mut [0; 64]).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidData);
         assert!(session.buffer_bytes() <= FIRST_READ);
+    }
+
+    // === A client that writes its own records ===
+
+    /// A client past the handshake that seals and opens records itself, its keys taken from
+    /// rustls the way the server takes its own: for the records no well-behaved client sends.
+    struct RawClient {
+        kernel: KernelConnection<rustls::client::ClientConnectionData>,
+        tx: Protection,
+        rx: Protection,
+    }
+
+    impl RawClient {
+        /// One record of inner type `kind` around `content`.
+        fn record(&mut self, kind: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![0; content.len() + SEAL_OVERHEAD];
+            let len = self.tx.seal(kind, content, &mut out);
+            out.truncate(len);
+            out
+        }
+
+        /// A KeyUpdate record, after which the client's key is the next one.
+        fn key_update(&mut self, requested: bool) -> Vec<u8> {
+            let record = self.record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, u8::from(requested)]);
+            self.update_tx();
+            record
+        }
+
+        fn update_tx(&mut self) {
+            let (seq, secrets) = self.kernel.update_tx_secret().unwrap();
+            self.tx = Protection::new(seq, &secrets).unwrap();
+        }
+
+        /// The server's records in `bytes`, opened: (inner type, content) each, following its
+        /// KeyUpdates.
+        fn open_all(&mut self, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+            let mut bytes = bytes.to_vec();
+            let mut at = 0;
+            let mut records = Vec::new();
+            while at < bytes.len() {
+                let len = record::record_len(&bytes[at..]).unwrap().unwrap();
+                let (kind, content) = self.rx.open(&mut bytes[at..at + len]).unwrap();
+                let content = bytes[at + content.start..at + content.end].to_vec();
+                if kind == HANDSHAKE && content[0] == KEY_UPDATE {
+                    let (seq, secrets) = self.kernel.update_rx_secret().unwrap();
+                    self.rx = Protection::new(seq, &secrets).unwrap();
+                }
+                records.push((kind, content));
+                at += len;
+            }
+            records
+        }
+    }
+
+    /// A session past the handshake with a [`RawClient`] (rustls' unbuffered client for the
+    /// handshake, whose keys can be taken over like the server's), its pipe emptied.
+    fn established(certs: &Certs) -> (TlsSession, Pipe, RawClient) {
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = UnbufferedClientConnection::new(certs.client_config(), name).unwrap();
+        let mut session = TlsSession::new(certs.server());
+        let mut pipe = Pipe::default();
+        let mut incoming = Vec::new();
+        let mut encoded = vec![0; 16 << 10];
+        loop {
+            let UnbufferedStatus { discard, state } = client.process_tls_records(&mut incoming);
+            let mut server_turn = false;
+            let mut traffic = false;
+            match state.unwrap() {
+                ConnectionState::EncodeTlsData(mut state) => {
+                    let n = state.encode(&mut encoded).unwrap();
+                    pipe.input.extend(&encoded[..n]);
+                }
+                ConnectionState::TransmitTlsData(state) => state.done(),
+                ConnectionState::BlockedHandshake => server_turn = true,
+                ConnectionState::WriteTraffic(_) => traffic = true,
+                other => panic!("client state {other:?}"),
+            }
+            incoming.drain(..discard);
+            if traffic && !client.is_handshaking() {
+                break;
+            }
+            if server_turn {
+                let (plain, ended) = read_all(&mut session, &mut pipe);
+                assert_eq!((plain.len(), ended.unwrap()), (0, false));
+                session.link(&mut pipe).send_pending().unwrap();
+                incoming.append(&mut pipe.output);
+            }
+        }
+        // The client's Finished: the read that takes it ends with the handshake's stop.
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!((plain.len(), ended.unwrap()), (0, false));
+        assert!(session.take_events().established);
+        assert!(session.is_established());
+        assert!(pipe.input.is_empty() && pipe.output.is_empty());
+        let (secrets, kernel) = client.dangerous_into_kernel_connection().unwrap();
+        let raw = RawClient {
+            kernel,
+            tx: Protection::new(secrets.tx.0, &secrets.tx.1).unwrap(),
+            rx: Protection::new(secrets.rx.0, &secrets.rx.1).unwrap(),
+        };
+        (session, pipe, raw)
+    }
+
+    /// Everything the session reads now: its plaintext, and how the reads ended (`Ok(true)`
+    /// for the end of the stream, `Ok(false)` for `WouldBlock`, or the error).
+    fn read_all(session: &mut TlsSession, pipe: &mut Pipe) -> (Vec<u8>, io::Result<bool>) {
+        let mut plain = Vec::new();
+        let mut buf = [0; 4096];
+        loop {
+            match session.link(pipe).read(&mut buf) {
+                Ok(0) => return (plain, Ok(true)),
+                Ok(n) => plain.extend_from_slice(&buf[..n]),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    return (plain, Ok(false));
+                }
+                Err(error) => return (plain, Err(error)),
+            }
+        }
+    }
+
+    /// The session fails on what it was sent, and tells the client with one fatal alert of
+    /// `description`.
+    #[track_caller]
+    fn assert_fails_with_alert(
+        session: &mut TlsSession,
+        pipe: &mut Pipe,
+        raw: &mut RawClient,
+        description: u8,
+    ) {
+        let (plain, ended) = read_all(session, pipe);
+        assert!(plain.is_empty(), "nothing handed out: {plain:?}");
+        let error = ended.expect_err("the session fails");
+        assert_eq!(error.kind(), ErrorKind::InvalidData, "{error}");
+        let records = raw.open_all(&std::mem::take(&mut pipe.output));
+        assert_eq!(
+            records,
+            [(ALERT, vec![2, description])],
+            "the fatal alert, after: {error}"
+        );
+        assert!(
+            session.link(pipe).read(&mut [0; 8]).is_err(),
+            "failed for good"
+        );
+    }
+
+    const KEY_UPDATE_NOT_REQUESTED: [u8; 5] = [KEY_UPDATE, 0, 0, 1, 0];
+
+    #[test]
+    fn update_requested_is_answered_once_before_our_next_data_however_many_came() {
+        let certs = Certs::new("ku-once");
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        for _ in 0..5 {
+            let record = raw.key_update(true);
+            pipe.input.extend(record);
+        }
+        let record = raw.record(APPLICATION_DATA, b"after five requests");
+        pipe.input.extend(record);
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!(
+            (plain.as_slice(), ended.unwrap()),
+            (&b"after five requests"[..], false)
+        );
+        assert_eq!(session.link(&mut pipe).write(b"reply").unwrap(), 5);
+        session.link(&mut pipe).send_pending().unwrap();
+        let records = raw.open_all(&std::mem::take(&mut pipe.output));
+        assert_eq!(
+            records,
+            [
+                (HANDSHAKE, KEY_UPDATE_NOT_REQUESTED.to_vec()),
+                (APPLICATION_DATA, b"reply".to_vec())
+            ],
+            "one KeyUpdate of ours, then the data under the new key"
+        );
+        // Nothing new asked: the next data goes under the same key.
+        assert_eq!(session.link(&mut pipe).write(b"again").unwrap(), 5);
+        let records = raw.open_all(&std::mem::take(&mut pipe.output));
+        assert_eq!(records, [(APPLICATION_DATA, b"again".to_vec())]);
+    }
+
+    #[test]
+    fn a_client_asking_for_key_updates_and_never_reading_cannot_grow_the_outgoing_buffer() {
+        let certs = Certs::new("ku-flood");
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        pipe.full = true;
+        // Each request followed by an empty data record (which resets any count of KeyUpdates
+        // in a row): 2,000 requests, whose answers would be 54 KB if each were queued.
+        for _ in 0..2_000 {
+            let record = raw.key_update(true);
+            pipe.input.extend(record);
+            let record = raw.record(APPLICATION_DATA, b"");
+            pipe.input.extend(record);
+            let (plain, ended) = read_all(&mut session, &mut pipe);
+            assert_eq!((plain.len(), ended.unwrap()), (0, false));
+        }
+        assert!(
+            session.buffer_bytes() <= INCOMING_MAX + OUTGOING_LEN,
+            "the session holds {} bytes",
+            session.buffer_bytes()
+        );
+        // The client reads at last: one KeyUpdate, then the data.
+        pipe.full = false;
+        assert_eq!(session.link(&mut pipe).write(b"x").unwrap(), 1);
+        let records = raw.open_all(&std::mem::take(&mut pipe.output));
+        assert_eq!(
+            records,
+            [
+                (HANDSHAKE, KEY_UPDATE_NOT_REQUESTED.to_vec()),
+                (APPLICATION_DATA, b"x".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn key_updates_in_a_row_without_data_are_bounded() {
+        let certs = Certs::new("ku-row");
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        for _ in 0..MAX_KEY_UPDATES_IN_A_ROW {
+            let record = raw.key_update(false);
+            pipe.input.extend(record);
+        }
+        let record = raw.record(APPLICATION_DATA, b"still fine");
+        pipe.input.extend(record);
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!(
+            (plain.as_slice(), ended.unwrap()),
+            (&b"still fine"[..], false)
+        );
+        for _ in 0..=MAX_KEY_UPDATES_IN_A_ROW {
+            let record = raw.key_update(false);
+            pipe.input.extend(record);
+        }
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, UNEXPECTED_MESSAGE);
+    }
+
+    #[test]
+    fn a_key_update_fragmented_over_two_records_is_accepted() {
+        let certs = Certs::new("ku-fragment");
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        let record = raw.record(HANDSHAKE, &[KEY_UPDATE, 0]);
+        pipe.input.extend(record);
+        // The rest in a later read.
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!((plain.len(), ended.unwrap()), (0, false));
+        let record = raw.record(HANDSHAKE, &[0, 1, 1]);
+        pipe.input.extend(record);
+        raw.update_tx();
+        let record = raw.record(APPLICATION_DATA, b"under the new key");
+        pipe.input.extend(record);
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!(
+            (plain.as_slice(), ended.unwrap()),
+            (&b"under the new key"[..], false)
+        );
+        assert_eq!(session.link(&mut pipe).write(b"ok").unwrap(), 2);
+        let records = raw.open_all(&std::mem::take(&mut pipe.output));
+        assert_eq!(
+            records,
+            [
+                (HANDSHAKE, KEY_UPDATE_NOT_REQUESTED.to_vec()),
+                (APPLICATION_DATA, b"ok".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_update_must_end_its_record() {
+        let certs = Certs::new("ku-aligned");
+        // Two KeyUpdates in one record: the second would be under the key the first retired.
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        let mut two = KEY_UPDATE_NOT_REQUESTED.to_vec();
+        two.extend(KEY_UPDATE_NOT_REQUESTED);
+        let record = raw.record(HANDSHAKE, &two);
+        pipe.input.extend(record);
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, UNEXPECTED_MESSAGE);
+        // A KeyUpdate with a trailing byte.
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        let record = raw.record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0, 0xff]);
+        pipe.input.extend(record);
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, UNEXPECTED_MESSAGE);
+        // A data record in the middle of a fragmented one.
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        let record = raw.record(HANDSHAKE, &[KEY_UPDATE, 0, 0]);
+        pipe.input.extend(record);
+        let record = raw.record(APPLICATION_DATA, b"interleaved");
+        pipe.input.extend(record);
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, UNEXPECTED_MESSAGE);
+    }
+
+    #[test]
+    fn post_handshake_messages_other_than_key_update_are_unexpected() {
+        let certs = Certs::new("post-hs");
+        let messages: [&[u8]; 6] = [
+            // NewSessionTicket, CertificateRequest, Finished, ClientHello: types 4, 13, 20, 1.
+            &[4, 0, 0, 0],
+            &[13, 0, 0, 0],
+            &[20, 0, 0, 32],
+            &[1, 0, 0, 0],
+            // An empty handshake record.
+            &[],
+            // A KeyUpdate whose length says 2.
+            &[KEY_UPDATE, 0, 0, 2, 0, 0],
+        ];
+        for (i, message) in messages.iter().enumerate() {
+            let (mut session, mut pipe, mut raw) = established(&certs);
+            let record = raw.record(HANDSHAKE, message);
+            pipe.input.extend(record);
+            let alert = if i == 5 {
+                DECODE_ERROR
+            } else {
+                UNEXPECTED_MESSAGE
+            };
+            assert_fails_with_alert(&mut session, &mut pipe, &mut raw, alert);
+        }
+        // A request field other than 0 or 1.
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        let record = raw.record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 2]);
+        pipe.input.extend(record);
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, ILLEGAL_PARAMETER);
+    }
+
+    #[test]
+    fn a_record_error_after_the_handshake_is_answered_with_its_alert() {
+        let certs = Certs::new("alerts");
+        // bad_record_mac: a changed byte.
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        let mut record = raw.record(APPLICATION_DATA, b"tampered");
+        record[8] ^= 0x40;
+        pipe.input.extend(record);
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, record::BAD_RECORD_MAC);
+        // bad_record_mac: a record under a key the server does not have (an update it was
+        // never told of).
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        raw.update_tx();
+        let record = raw.record(APPLICATION_DATA, b"wrong key");
+        pipe.input.extend(record);
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, record::BAD_RECORD_MAC);
+        // record_overflow, from the header alone.
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        pipe.input.extend([APPLICATION_DATA, 3, 3, 0x41, 0x01]);
+        assert_fails_with_alert(&mut session, &mut pipe, &mut raw, record::RECORD_OVERFLOW);
+        // unexpected_message: a plaintext handshake record, and a ChangeCipherSpec, which is
+        // only ignored before the client's Finished.
+        for outer in [[HANDSHAKE_RECORD, 3, 3, 0, 1, 1], [20, 3, 3, 0, 1, 1]] {
+            let (mut session, mut pipe, mut raw) = established(&certs);
+            pipe.input.extend(outer);
+            assert_fails_with_alert(&mut session, &mut pipe, &mut raw, UNEXPECTED_MESSAGE);
+        }
+        // unexpected_message: an inner type that is not data, alert or handshake (CCS, 20),
+        // and an inner plaintext of padding only.
+        for (kind, content) in [(20u8, &[1u8][..]), (0, &[0, 0][..])] {
+            let (mut session, mut pipe, mut raw) = established(&certs);
+            let record = raw.record(kind, content);
+            pipe.input.extend(record);
+            assert_fails_with_alert(&mut session, &mut pipe, &mut raw, UNEXPECTED_MESSAGE);
+        }
+    }
+
+    #[test]
+    fn close_notify_is_the_end_of_the_stream_and_user_canceled_is_not_an_error() {
+        let certs = Certs::new("close");
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        for (kind, content) in [
+            (ALERT, &[1u8, USER_CANCELED][..]),
+            (APPLICATION_DATA, b"one"),
+            // Empty data records are data, not the end.
+            (APPLICATION_DATA, b""),
+            (APPLICATION_DATA, b""),
+            (APPLICATION_DATA, b" two"),
+            (ALERT, &[1, CLOSE_NOTIFY]),
+            (APPLICATION_DATA, b"after close_notify: never handed out"),
+        ] {
+            let record = raw.record(kind, content);
+            pipe.input.extend(record);
+        }
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!((plain.as_slice(), ended.unwrap()), (&b"one two"[..], true));
+        assert_eq!(session.link(&mut pipe).read(&mut [0; 8]).unwrap(), 0);
+        // We may still write, then close with our own close_notify.
+        assert_eq!(session.link(&mut pipe).write(b"bye").unwrap(), 3);
+        session.link(&mut pipe).shutdown_write().unwrap();
+        let records = raw.open_all(&std::mem::take(&mut pipe.output));
+        assert_eq!(
+            records,
+            [
+                (APPLICATION_DATA, b"bye".to_vec()),
+                (ALERT, vec![1, CLOSE_NOTIFY])
+            ]
+        );
+        assert!(pipe.shut);
+
+        // Any other alert ends the session, warning or not, and is not answered.
+        for alert in [[1u8, 42], [2, 40]] {
+            let (mut session, mut pipe, mut raw) = established(&certs);
+            let record = raw.record(ALERT, &alert);
+            pipe.input.extend(record);
+            let (_, ended) = read_all(&mut session, &mut pipe);
+            assert!(ended.is_err());
+            assert!(pipe.output.is_empty());
+        }
+        // An alert of the wrong length: decode_error.
+        for alert in [&[1u8][..], &[1, 0, 0]] {
+            let (mut session, mut pipe, mut raw) = established(&certs);
+            let record = raw.record(ALERT, alert);
+            pipe.input.extend(record);
+            assert_fails_with_alert(&mut session, &mut pipe, &mut raw, DECODE_ERROR);
+        }
+    }
+
+    #[test]
+    fn a_fin_without_close_notify_ends_the_stream_and_a_cut_record_is_never_handed_out() {
+        let certs = Certs::new("truncated");
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        let record = raw.record(APPLICATION_DATA, b"whole");
+        pipe.input.extend(record);
+        let cut = raw.record(APPLICATION_DATA, b"cut short by the FIN");
+        pipe.input.extend(&cut[..cut.len() - 1]);
+        pipe.eof = true;
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!((plain.as_slice(), ended.unwrap()), (&b"whole"[..], true));
+    }
+
+    #[test]
+    fn no_plaintext_is_accepted_before_the_client_finished() {
+        let certs = Certs::new("early-plain");
+        let mut client = certs.client();
+        let mut session = TlsSession::new(certs.server());
+        let mut pipe = Pipe::default();
+        // The ClientHello, then a plaintext data record where the client's flight should be.
+        pipe.input.extend(client_bytes(&mut client));
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!((plain.len(), ended.unwrap()), (0, false));
+        session.link(&mut pipe).send_pending().unwrap();
+        assert!(
+            !session.is_established(),
+            "not before the client's Finished"
+        );
+        pipe.input
+            .extend([APPLICATION_DATA, 3, 3, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert!(plain.is_empty());
+        assert!(
+            ended.is_err(),
+            "a plaintext record mid-handshake is refused"
+        );
+        assert!(!session.is_established());
+    }
+
+    #[test]
+    fn a_byte_changed_anywhere_in_the_clients_records_never_panics_the_session() {
+        let certs = Certs::new("corrupt");
+        let config = certs.server();
+        // Every byte of a ClientHello flipped in turn.
+        let hello = client_bytes(&mut certs.client());
+        for at in 0..hello.len() {
+            let mut session = TlsSession::new(Arc::clone(&config));
+            let mut pipe = Pipe::default();
+            let mut changed = hello.clone();
+            changed[at] ^= 0x55;
+            pipe.input.extend(changed);
+            let (plain, _) = read_all(&mut session, &mut pipe);
+            assert!(plain.is_empty());
+            let _ = session.link(&mut pipe).send_pending();
+            assert!(!session.is_established(), "byte {at}");
+        }
+        // Every byte of the client's second flight (ChangeCipherSpec, Finished) flipped in
+        // turn, after a real ClientHello and server flight: the handshake never completes.
+        for at in 0.. {
+            let mut client = certs.client();
+            let mut session = TlsSession::new(Arc::clone(&config));
+            let mut pipe = Pipe::default();
+            pipe.input.extend(client_bytes(&mut client));
+            let (plain, _) = read_all(&mut session, &mut pipe);
+            assert!(plain.is_empty());
+            session.link(&mut pipe).send_pending().unwrap();
+            client.read_tls(&mut &pipe.output[..]).unwrap();
+            client.process_new_packets().unwrap();
+            pipe.output.clear();
+            let mut flight = client_bytes(&mut client);
+            if at >= flight.len() {
+                break;
+            }
+            // The legacy_record_version of each record, which rustls ignores (RFC 8446 §5.1).
+            let mut versions = Vec::new();
+            let mut record = 0;
+            while record < flight.len() {
+                versions.extend([record + 1, record + 2]);
+                record += record::record_len(&flight[record..]).unwrap().unwrap();
+            }
+            flight[at] ^= 0x55;
+            pipe.input.extend(flight);
+            let (plain, ended) = read_all(&mut session, &mut pipe);
+            assert!(plain.is_empty());
+            let _ = session.link(&mut pipe).send_pending();
+            assert!(
+                versions.contains(&at)
+                    || !session.is_established() && !session.take_events().established,
+                "byte {at} of the client's flight changed, and the handshake completed ({ended:?})"
+            );
+        }
     }
 }

@@ -309,7 +309,7 @@ struct Core {
     /// buffers included).
     client_memory_kib: usize,
     /// The TLS configuration new framed connections handshake with; `None`: plaintext.
-    /// Swapped by [`Reactor::reload_tls`]; a session keeps the one it started with.
+    /// Swapped by a SIGHUP (`Core::reload`); a session keeps the one it started with.
     tls_config: Option<Arc<ServerConfig>>,
     /// The TLS session of each slot that has one, by slot index (empty on a plaintext server,
     /// so a plaintext drive pays one bounds check). Kept beside the slab rather than in the

@@ -102,6 +102,9 @@ files = "read"
             access_file.to_str().unwrap(),
             "--root",
             root.to_str().unwrap(),
+            // After the helper's `-q`: debug, where each handshake's client key is logged.
+            "-v",
+            "-v",
         ]);
         Setup {
             server,
@@ -372,6 +375,24 @@ fn a_read_only_key_reads_its_subtree_and_writes_nothing() {
         flags.contains(SessionFlags::AUTHENTICATED.with(SessionFlags::FILES))
             && !flags.contains(SessionFlags::EXEC),
         "{flags:?}"
+    );
+    // Authenticated: frames beyond the 4 KiB allowed before.
+    let big = support::seeded_bytes(5, 70_000);
+    assert!(client.echo(&big).unwrap() == big);
+    // The server logs the key it matched, as the entry spells it.
+    let key = monoreactor::key_fingerprint(&setup.alice.der)
+        .unwrap()
+        .to_string();
+    let logged = support::retry(Duration::from_secs(5), || {
+        let log = setup.server.stderr_text();
+        log.lines()
+            .any(|line| line.contains("TLS established") && line.contains(&key))
+            .then_some(())
+    });
+    assert!(
+        logged.is_some(),
+        "{key} in:\n{}",
+        setup.server.stderr_text()
     );
     // Paths are relative to team/a: its root lists team/a, its files are team/a's.
     assert_eq!(listed(&mut client, 1, b""), ["inside.txt", "sub"]);

@@ -1,12 +1,13 @@
-//! The clients over TLS, library and command line: echo, exec, files and bench through a
-//! TLS-terminating proxy in front of a real `monoreactor serve` ([`tls_proxy`]), and every
-//! TLS failure as one line and a non-zero exit: an unknown CA, an expired certificate, the
-//! wrong name, a TLS client on a plaintext port, a plaintext client on a TLS port, no ALPN
-//! agreement, a missing client certificate; `--tls-insecure`'s warning; a client certificate
-//! presented and seen by the server side.
+//! The clients over TLS, library and command line, against the real server terminating TLS
+//! itself (`serve --tls-cert --tls-key`, certificates made here and written as PEM files):
+//! echo, exec, files and bench; and every TLS failure as one line and a non-zero exit: an
+//! unknown CA, an expired certificate, the wrong name, a TLS client on the plaintext port, a
+//! plaintext client on the TLS port; `--tls-insecure`'s warning.
 //!
-//! The TLS endpoint is [`Rig::addr`] (the proxy's); when the server terminates TLS itself,
-//! that is the only thing to change.
+//! Two cases need a peer the real server cannot be, and keep the TLS-terminating proxy of
+//! [`tls_proxy`]: a TLS server that agrees on no ALPN (the server always offers `monoreactor`)
+//! and one that demands a client certificate (the server's `--tls-client-ca` asks for one
+//! but lets a client without one in, for the token).
 
 mod support;
 #[path = "support/tls_proxy.rs"]
@@ -15,53 +16,54 @@ mod tls_proxy;
 use std::fs;
 use std::io::Cursor;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use monoreactor::client::exec::{Command as RemoteCommand, ExecClient};
 use monoreactor::client::files::FileClient;
 use monoreactor::client::{Client, ClientError, Target, TlsFailure, tls};
+use monoreactor::proto::ErrorCode;
 use monoreactor::proto::exec::Termination;
 use support::exec::TEST_TOKEN;
 use support::{Finished, Server, TempDir, run_cli, run_cli_with, seeded_bytes};
-use tls_proxy::{ClientAuth, Pki, ProxyOptions, TlsProxy};
+use tls_proxy::{ClientAuth, Leaf, Pki, ProxyOptions, TlsProxy};
 
 /// Longest a command here may run.
 const LIMIT: Duration = Duration::from_secs(30);
 /// Connect and handshake timeout for library clients.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A server, a CA, a TLS endpoint in front of the server, and a directory for PEM files.
+/// A CA, a real server speaking TLS with a certificate from it, and a directory for the PEM
+/// files (the server's and the client's).
 struct Rig {
-    pki: Pki,
-    proxy: TlsProxy,
-    dir: TempDir,
+    // First: the server is killed before its certificate's directory goes.
     server: Server,
+    pki: Pki,
+    dir: TempDir,
 }
 
 impl Rig {
-    /// A plain server behind a proxy with `pki`'s server certificate.
+    /// A plain server (no token, files on) with `pki`'s server certificate.
     fn new() -> Rig {
-        Rig::with(Server::start(&[]), |_| {})
+        Rig::serving(Pki::server_leaf, Server::start)
     }
 
-    /// `server` behind a proxy whose options `adjust` may change.
-    fn with(server: Server, adjust: impl FnOnce(&mut ProxyOptions)) -> Rig {
+    /// A server started by `start` with the TLS flags of the certificate `leaf` issues from
+    /// the rig's CA ([`Pki::server_leaf`]: for `localhost` and 127.0.0.1).
+    fn serving(leaf: impl FnOnce(&Pki) -> Leaf, start: impl FnOnce(&[&str]) -> Server) -> Rig {
         let pki = Pki::new();
-        let mut options = ProxyOptions::new(&pki);
-        adjust(&mut options);
-        let proxy = TlsProxy::start(server.framed(), options, &pki);
-        Rig {
-            pki,
-            proxy,
-            dir: TempDir::new("tls-client"),
-            server,
-        }
+        let dir = TempDir::new("tls-client");
+        let leaf = leaf(&pki);
+        let flags = server_flags(&leaf, dir.path());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let server = start(&flags);
+        Rig { server, pki, dir }
     }
 
-    /// The TLS endpoint.
+    /// The TLS endpoint: the server's framed listener.
     fn addr(&self) -> SocketAddr {
-        self.proxy.addr()
+        self.server.framed()
     }
 
     /// A library target for it, trusting the test CA.
@@ -94,7 +96,18 @@ impl Rig {
     }
 }
 
-fn path_text(path: &std::path::Path) -> String {
+/// `--tls-cert DIR/server.pem --tls-key DIR/server.key`, the files written from `leaf`.
+fn server_flags(leaf: &Leaf, dir: &Path) -> Vec<String> {
+    let (cert, key) = leaf.write(dir, "server");
+    vec![
+        "--tls-cert".to_string(),
+        path_text(&cert),
+        "--tls-key".to_string(),
+        path_text(&key),
+    ]
+}
+
+fn path_text(path: &Path) -> String {
     path.to_str().expect("UTF-8 temp path").to_string()
 }
 
@@ -152,6 +165,11 @@ fn library_echo_over_tls() {
             "{size} bytes"
         );
     }
+    assert_eq!(
+        rig.server.threads(),
+        1,
+        "the server terminates TLS on its one thread"
+    );
 }
 
 #[test]
@@ -178,7 +196,7 @@ fn cli_echo_over_tls_by_scheme_flag_and_name() {
 
 #[test]
 fn exec_over_tls_streams_stdin_stdout_stderr_and_the_exit_status() {
-    let rig = Rig::with(Server::start_exec(&[]), |_| {});
+    let rig = Rig::serving(Pki::server_leaf, Server::start_exec);
     // More stdin than one window, so credit has to come back over TLS while output flows.
     let input = seeded_bytes(7, 3 << 20);
     let client = ExecClient::connect(rig.target(), Some(&token()), TIMEOUT).expect("connect");
@@ -211,7 +229,7 @@ fn exec_over_tls_streams_stdin_stdout_stderr_and_the_exit_status() {
 
 #[test]
 fn exec_over_tls_forwards_a_signal() {
-    let rig = Rig::with(Server::start_exec(&[]), |_| {});
+    let rig = Rig::serving(Pki::server_leaf, Server::start_exec);
     let client = ExecClient::connect(rig.target(), Some(&token()), TIMEOUT).expect("connect");
     let mut command = RemoteCommand::new(["sleep", "30"]);
     command.stdin = false;
@@ -224,6 +242,10 @@ fn exec_over_tls_forwards_a_signal() {
         .finish(None::<std::io::Empty>, &mut Vec::new(), &mut Vec::new())
         .expect("finish");
     assert_eq!(exit.shell_code(), 143);
+    assert!(
+        rig.server.wait_no_children(Duration::from_secs(5)),
+        "the signalled command was reaped"
+    );
 }
 
 fn token() -> monoreactor::Token {
@@ -348,72 +370,77 @@ fn an_unknown_ca_is_named() {
 
 #[test]
 fn an_expired_certificate_is_named() {
-    let rig = Rig::with(Server::start(&[]), |_| {});
-    let expired = {
-        let pki = &rig.pki;
-        pki.leaf(&["localhost", "127.0.0.1"], true)
-    };
-    let proxy = TlsProxy::start(
-        rig.server.framed(),
-        ProxyOptions {
-            leaf: expired,
-            ..ProxyOptions::new(&rig.pki)
-        },
-        &rig.pki,
+    // The server loads an expired certificate without a word (it is the client's to judge).
+    let rig = Rig::serving(
+        |pki| pki.leaf(&["localhost", "127.0.0.1"], true),
+        Server::start,
     );
-    let flags = [
-        "--addr".to_string(),
-        format!("tls://{}", proxy.addr()),
-        "--tls-ca".to_string(),
-        rig.ca_path(),
-    ];
     failed_with(
-        &cli("ls", &flags, &[]),
+        &cli("ls", &rig.flags(), &[]),
         "the server's certificate has expired",
+    );
+    let error = Client::connect(rig.target(), TIMEOUT).expect_err("an expired certificate");
+    assert!(
+        matches!(
+            &error,
+            ClientError::Tls {
+                failure: TlsFailure::Expired,
+                ..
+            }
+        ),
+        "{error:?}"
     );
 }
 
 #[test]
 fn a_certificate_for_another_name_is_named() {
-    let rig = Rig::with(Server::start(&[]), |_| {});
-    let proxy = TlsProxy::start(
-        rig.server.framed(),
-        ProxyOptions {
-            leaf: rig.pki.leaf(&["elsewhere.example"], false),
-            ..ProxyOptions::new(&rig.pki)
-        },
-        &rig.pki,
-    );
-    let flags = [
-        "--addr".to_string(),
-        format!("tls://{}", proxy.addr()),
-        "--tls-ca".to_string(),
-        rig.ca_path(),
-    ];
-    let run = cli("echo", &flags, &["x"]);
-    failed_with(&run, "the server's certificate is not valid for 127.0.0.1");
-    assert!(run.stderr.contains("elsewhere.example"), "{}", run.stderr);
-}
-
-#[test]
-fn a_tls_client_on_a_plaintext_port_is_told_to_drop_tls() {
-    let rig = Rig::new();
-    let flags = [
-        "--addr".to_string(),
-        format!("tls://{}", rig.server.framed()),
-        "--tls-ca".to_string(),
-        rig.ca_path(),
-    ];
-    let run = cli("echo", &flags, &["x"]);
+    let rig = Rig::serving(|pki| pki.leaf(&["elsewhere.example"], false), Server::start);
+    let run = cli("echo", &rig.flags(), &["x"]);
     failed_with(
         &run,
         &format!(
-            "the server at {} answered in plaintext: it does not speak TLS on this port (drop --tls)",
-            rig.server.framed()
+            "the server's certificate is not valid for {}",
+            rig.addr().ip()
         ),
     );
+    assert!(run.stderr.contains("elsewhere.example"), "{}", run.stderr);
+    // By name: localhost is not elsewhere.example either.
+    let flags = [
+        "--addr".to_string(),
+        format!("tls://localhost:{}", rig.addr().port()),
+        "--tls-ca".to_string(),
+        rig.ca_path(),
+    ];
+    failed_with(
+        &cli("echo", &flags, &["x"]),
+        "the server's certificate is not valid for localhost",
+    );
+}
+
+#[test]
+fn a_tls_client_on_the_plaintext_port_is_told_to_drop_tls() {
+    // A plaintext server: its framed port answers a ClientHello with a plaintext ERROR.
+    let server = Server::start(&[]);
+    let pki = Pki::new();
+    let dir = TempDir::new("tls-on-plain");
+    let flags = [
+        "--addr".to_string(),
+        format!("tls://{}", server.framed()),
+        "--tls-ca".to_string(),
+        path_text(&pki.write_ca(dir.path())),
+    ];
+    for command in ["echo", "ls"] {
+        let rest: &[&str] = if command == "echo" { &["x"] } else { &[] };
+        failed_with(
+            &cli(command, &flags, rest),
+            &format!(
+                "the server at {} answered in plaintext: it does not speak TLS on this port (drop --tls)",
+                server.framed()
+            ),
+        );
+    }
     let error = Client::connect(
-        Target::tls(rig.server.framed_str(), rig.pki.client_config(None)),
+        Target::tls(server.framed_str(), pki.client_config(None)),
         TIMEOUT,
     )
     .expect_err("plaintext port");
@@ -430,25 +457,20 @@ fn a_tls_client_on_a_plaintext_port_is_told_to_drop_tls() {
 }
 
 #[test]
-fn a_plaintext_client_on_a_tls_port_is_told_to_add_tls() {
+fn a_plaintext_client_on_the_tls_port_is_told_to_connect_with_tls() {
     let rig = Rig::new();
     let flags = ["--addr".to_string(), rig.addr().to_string()];
-    failed_with(
-        &cli("echo", &flags, &["x"]),
-        "the server speaks TLS on this port: add --tls",
-    );
-    failed_with(
-        &cli("ls", &flags, &[]),
-        "the server speaks TLS on this port: add --tls",
-    );
-}
-
-#[test]
-fn no_alpn_agreement_is_named() {
-    let rig = Rig::with(Server::start(&[]), |options| {
-        options.alpn = vec![b"something-else".to_vec()];
-    });
-    failed_with(&cli("echo", &rig.flags(), &["x"]), "no ALPN agreement");
+    // The server's own answer, a plaintext ERROR, in one line.
+    let text = "this port speaks TLS: connect with --tls";
+    failed_with(&cli("echo", &flags, &["x"]), text);
+    failed_with(&cli("ls", &flags, &[]), text);
+    let mut exec = flags.to_vec();
+    exec.extend(["--token-file".to_string(), rig.token_file()]);
+    failed_with(&cli("exec", &exec, &["--", "true"]), text);
+    let error = Client::connect(Target::plain(rig.addr().to_string()), TIMEOUT)
+        .expect_err("a plaintext HELLO on the TLS port");
+    assert_eq!(error.server_code(), Some(ErrorCode::BadHello), "{error:?}");
+    assert!(error.to_string().contains(text), "{error}");
 }
 
 #[test]
@@ -470,36 +492,6 @@ fn tls_insecure_warns_and_still_works() {
     let mut client =
         Client::connect(Target::tls(rig.addr().to_string(), config), TIMEOUT).expect("connect");
     assert_eq!(client.echo(b"x").expect("echo"), b"x");
-}
-
-#[test]
-fn a_client_certificate_is_presented_and_demanded() {
-    let rig = Rig::with(Server::start(&[]), |options| {
-        options.client_auth = ClientAuth::Required;
-    });
-    let leaf = rig.pki.leaf(&["client.example"], false);
-    let (cert, key) = leaf.write(rig.dir.path(), "client");
-    let mut flags = rig.flags();
-    flags.extend([
-        "--tls-cert".to_string(),
-        path_text(&cert),
-        "--tls-key".to_string(),
-        path_text(&key),
-    ]);
-    assert_eq!(succeeded(&cli("echo", &flags, &["mine"])), "mine\n");
-    assert_eq!(rig.proxy.client_fingerprints(), vec![leaf.fingerprint()]);
-
-    // Without one: the server's alert, in words.
-    failed_with(
-        &cli("echo", &rig.flags(), &["x"]),
-        "the server requires a client certificate (--tls-cert and --tls-key)",
-    );
-    // The library, presenting it.
-    let config = rig.pki.client_config(Some(&leaf));
-    let mut client =
-        Client::connect(Target::tls(rig.addr().to_string(), config), TIMEOUT).expect("connect");
-    assert_eq!(client.echo(b"y").expect("echo"), b"y");
-    assert_eq!(rig.proxy.client_fingerprints().len(), 2);
 }
 
 #[test]
@@ -532,17 +524,84 @@ fn tls_flags_are_checked_before_connecting() {
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
 }
 
+// === Peers the server cannot be (the proxy) ===
+
+/// A proxy with `adjust`ed options in front of a plain server, and a directory for the CA.
+fn proxied(adjust: impl FnOnce(&mut ProxyOptions)) -> (TlsProxy, Pki, TempDir, Server) {
+    let server = Server::start(&[]);
+    let pki = Pki::new();
+    let mut options = ProxyOptions::new(&pki);
+    adjust(&mut options);
+    let proxy = TlsProxy::start(server.framed(), options, &pki);
+    (proxy, pki, TempDir::new("tls-proxied"), server)
+}
+
+#[test]
+fn no_alpn_agreement_is_named() {
+    // The proxy: the server offers `monoreactor` to every client, so it never disagrees.
+    let (proxy, pki, dir, _server) = proxied(|options| {
+        options.alpn = vec![b"something-else".to_vec()];
+    });
+    let flags = [
+        "--addr".to_string(),
+        format!("tls://{}", proxy.addr()),
+        "--tls-ca".to_string(),
+        path_text(&pki.write_ca(dir.path())),
+    ];
+    failed_with(&cli("echo", &flags, &["x"]), "no ALPN agreement");
+}
+
+#[test]
+fn a_client_certificate_is_presented_and_demanded() {
+    // The proxy: the server's `--tls-client-ca` asks for a certificate but never demands one
+    // (a client without one may authenticate with the token); tests/tls_access.rs has the
+    // server mapping a presented one to its credential.
+    let (proxy, pki, dir, _server) = proxied(|options| {
+        options.client_auth = ClientAuth::Required;
+    });
+    let leaf = pki.leaf(&["client.example"], false);
+    let (cert, key) = leaf.write(dir.path(), "client");
+    let flags = vec![
+        "--addr".to_string(),
+        format!("tls://{}", proxy.addr()),
+        "--tls-ca".to_string(),
+        path_text(&pki.write_ca(dir.path())),
+    ];
+    let mut with_cert = flags.clone();
+    with_cert.extend([
+        "--tls-cert".to_string(),
+        path_text(&cert),
+        "--tls-key".to_string(),
+        path_text(&key),
+    ]);
+    assert_eq!(succeeded(&cli("echo", &with_cert, &["mine"])), "mine\n");
+    assert_eq!(proxy.client_fingerprints(), vec![leaf.fingerprint()]);
+
+    // Without one: the server's alert, in words.
+    failed_with(
+        &cli("echo", &flags, &["x"]),
+        "the server requires a client certificate (--tls-cert and --tls-key)",
+    );
+    // The library, presenting it.
+    let config = pki.client_config(Some(&leaf));
+    let mut client =
+        Client::connect(Target::tls(proxy.addr().to_string(), config), TIMEOUT).expect("connect");
+    assert_eq!(client.echo(b"y").expect("echo"), b"y");
+    assert_eq!(proxy.client_fingerprints().len(), 2);
+}
+
 /// Not a check, a measurement to run by hand (`--ignored --nocapture`, best with
-/// `--release`): GET and PUT of 64 MiB through the library, plaintext to the server and TLS
-/// through the proxy (whose own relay is part of the TLS figure).
+/// `--release`): GET and PUT of 64 MiB through the library, to a plaintext server and to one
+/// that terminates TLS itself.
 #[test]
 #[ignore]
 fn measure_get_and_put_throughput() {
+    let plain = Server::start(&[]);
     let rig = Rig::new();
     let data = seeded_bytes(9, 64 << 20);
     let hash = *blake3::hash(&data).as_bytes();
     for (label, target) in [
-        ("plain", Target::plain(rig.server.framed_str())),
+        ("plain", Target::plain(plain.framed_str())),
         ("tls", rig.target()),
     ] {
         let mut files = FileClient::connect(target, None, TIMEOUT).expect("connect");

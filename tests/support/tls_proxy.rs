@@ -1,12 +1,11 @@
-//! TLS for client tests without a TLS server: certificates made here ([`Pki`]: a CA, server
-//! certificates valid, expired or for another name, a client certificate) and a
-//! TLS-terminating proxy ([`TlsProxy`]) that accepts TLS 1.3 (rustls, ring) with ALPN
-//! `monoreactor` and relays the plaintext both ways to a real `monoreactor serve`. The proxy
-//! may ask for a client certificate and records the BLAKE3 of each one presented, so a test
-//! can check which certificate the client showed.
-//!
-//! Tests reach the proxy through [`TlsProxy::addr`]; once the server terminates TLS itself,
-//! that address is the only thing to change.
+//! Certificates made here for the TLS client tests ([`Pki`]: a CA, server certificates valid,
+//! expired or for another name, client certificates, written as the PEM files `serve
+//! --tls-cert/--tls-key/--tls-client-ca` and the client's `--tls-*` flags read), and a
+//! TLS-terminating proxy ([`TlsProxy`]) for the peers the real server cannot play: it accepts
+//! TLS 1.3 (rustls, ring) with the ALPN it is told (a server that agrees on none) and may
+//! demand a client certificate (the server only ever asks for one), then relays the plaintext
+//! both ways to a real `monoreactor serve`. It records the BLAKE3 of each client certificate
+//! presented, so a test can check which certificate the client showed.
 //!
 //! Every wait is bounded: the relay polls with a timeout, and a proxy stops accepting when
 //! dropped.
@@ -129,7 +128,8 @@ impl Pki {
         }
     }
 
-    /// The server certificate the proxy shows by default: `localhost` and `127.0.0.1`.
+    /// The usual server certificate (the server's in the tests, the proxy's by default):
+    /// `localhost` and `127.0.0.1`.
     pub fn server_leaf(&self) -> Leaf {
         self.leaf(&["localhost", "127.0.0.1"], false)
     }

@@ -180,6 +180,17 @@ fn fingerprint(leaf: &Leaf, dir: &Path, name: &str) -> String {
         }
         other => eprintln!("openssl not usable ({other:?}): the server's fingerprint alone"),
     }
+    // And what `monoreactor access key CERT.pem` prints for the user's entry.
+    let printed = support::run_cli(
+        &["access", "key", cert.to_str().expect("utf-8 path")],
+        Duration::from_secs(10),
+    );
+    assert!(printed.status.success(), "access key: {}", printed.stderr);
+    assert_eq!(
+        printed.stdout.trim(),
+        ours,
+        "access key prints the key entries name"
+    );
     ours
 }
 

@@ -1,6 +1,6 @@
 //! `monoreactor access`: the access file's credentials. `add` makes a token, prints it once and
-//! appends its entry (the token's hash only) to the file; `hash` prints a token's hash, for an
-//! entry written by hand.
+//! appends its entry (the token's hash only) to the file; `hash` prints a token's hash, and
+//! `key` a client certificate's key, for an entry written by hand.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -28,6 +28,15 @@ enum AccessCommand {
     /// Read a token on stdin (one trailing newline dropped) and print how an access file
     /// stores it: blake3:<64 hex>.
     Hash,
+    /// Print the key of a client certificate (PEM, the first in the file) as an access file's
+    /// `key` entry names it: the SHA-256 of its SubjectPublicKeyInfo, 64 hex digits. (Not
+    /// `openssl x509 -fingerprint`, which hashes the whole certificate: a renewed certificate
+    /// with the same key keeps its credential.)
+    Key {
+        /// The client certificate, PEM.
+        #[arg(value_name = "CERT.pem")]
+        cert: PathBuf,
+    },
 }
 
 /// What a file credential may do with files.
@@ -72,6 +81,7 @@ pub fn run(args: AccessArgs) -> Result<(), Failure> {
     match args.command {
         AccessCommand::Add(add) => self::add(add),
         AccessCommand::Hash => hash(),
+        AccessCommand::Key { cert } => key(&cert),
     }
 }
 
@@ -137,4 +147,18 @@ fn hash() -> Result<(), Failure> {
         return Err(Failure::usage("no token on stdin".to_string()));
     }
     print_stdout(&format!("{}\n", token_hash(&token)))
+}
+
+fn key(cert: &std::path::Path) -> Result<(), Failure> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(cert).map_err(|error| {
+        Failure::own(format!(
+            "{}: no PEM certificate (BEGIN CERTIFICATE) found: {error}",
+            cert.display()
+        ))
+    })?;
+    let key = monoreactor::key_fingerprint(&der)
+        .map_err(|error| Failure::own(format!("{}: {error}", cert.display())))?;
+    print_stdout(&format!("{key}\n"))
 }

@@ -91,9 +91,17 @@ impl TlsSettings {
 /// The crypto provider: rustls' ring provider (Cargo.toml says why ring). rustls deprecates
 /// it for having no post-quantum key exchange, which ring lacks; X25519 and the NIST curves
 /// are what it negotiates.
+///
+/// Its key exchange groups are reordered X25519 first, as OpenSSL, curl and browsers order
+/// them: rustls 0.23's ring provider leads with P-384, so a rustls client would offer a P-384
+/// key share first (several times slower to compute than X25519, on both sides), and a server
+/// follows the client's order.
 pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
     #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![X25519, SECP256R1, SECP384R1];
+    Arc::new(provider)
 }
 
 /// Every certificate in the PEM file at `path`; at least one.
@@ -129,4 +137,15 @@ pub fn key_fingerprint(cert: &CertificateDer<'_>) -> Result<KeyFingerprint, Stri
     let mut bytes = [0; 32];
     bytes.copy_from_slice(digest(&SHA256, spki.as_ref()).as_ref());
     Ok(KeyFingerprint(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_provider_offers_x25519_first_as_openssl_and_curl_do() {
+        let names: Vec<_> = provider().kx_groups.iter().map(|group| group.name()).collect();
+        assert_eq!(names[0], rustls::NamedGroup::X25519, "{names:?}");
+    }
 }

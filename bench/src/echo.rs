@@ -1,4 +1,5 @@
-//! TCP echo load, framed or raw, on one thread and one `mio::Poll`: `bench echo`.
+//! TCP echo load, framed or raw, on one thread and one `mio::Poll`: `bench echo`. Over TLS
+//! each connection drives its own rustls session in the same loop, framed or raw alike.
 //!
 //! Closed loop (the default): every connection keeps `depth` requests in flight and sends the
 //! next one when a reply arrives; latency counts from the send. Open loop (`rate`): requests
@@ -13,7 +14,6 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream as StdTcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -121,11 +121,12 @@ fn flush_tls(
 }
 
 /// Reads records until the socket would block, each into the session, and the plaintext
-/// they carry into `received`; `true` if the server closed.
+/// they carry into `received` (framed), or only counted into `raw_pending` (raw: an echo is
+/// known by its length); `true` if the server closed.
 fn receive_tls(
     tls: &mut ClientConnection,
     stream: &mut TcpStream,
-    received: &mut Vec<u8>,
+    mut received: Sink<'_>,
     chunk: &mut [u8],
 ) -> Result<bool, Fatal> {
     loop {
@@ -141,7 +142,10 @@ fn receive_tls(
         loop {
             match tls.reader().read(chunk) {
                 Ok(0) => return Ok(true),
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Ok(n) => match &mut received {
+                    Sink::Keep(received) => received.extend_from_slice(&chunk[..n]),
+                    Sink::Count(count) => **count += n,
+                },
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == ErrorKind::UnexpectedEof => return Ok(true),
                 Err(error) => return Err(Fatal::Io(error)),
@@ -151,6 +155,14 @@ fn receive_tls(
             return Ok(true);
         }
     }
+}
+
+/// Where [`receive_tls`] puts the plaintext.
+enum Sink<'a> {
+    /// Kept, to be decoded as frames.
+    Keep(&'a mut Vec<u8>),
+    /// Only counted.
+    Count(&'a mut usize),
 }
 
 /// What one readable event brought.
@@ -196,7 +208,12 @@ fn receive(
     let mut got = Received::default();
     let reply_len = config.protocol.reply_len(config.size);
     if let Some(tls) = conn.tls.as_mut() {
-        got.closed = receive_tls(tls, &mut conn.stream, &mut conn.received, chunk)?;
+        let sink = match config.protocol {
+            BenchProtocol::Framed => Sink::Keep(&mut conn.received),
+            // Redis is refused over TLS (`LoadConfig::validate`).
+            BenchProtocol::Raw | BenchProtocol::Redis => Sink::Count(&mut conn.raw_pending),
+        };
+        got.closed = receive_tls(tls, &mut conn.stream, sink, chunk)?;
     }
     while conn.tls.is_none() {
         match conn.stream.read(chunk) {
@@ -308,10 +325,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
         stream.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(stream);
         let tls = match &config.tls {
-            Some(tls) => Some(Box::new(
-                ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
-                    .map_err(io::Error::other)?,
-            )),
+            Some(tls) => Some(Box::new(tls.session()?)),
             None => None,
         };
         poll.registry().register(

@@ -4,7 +4,8 @@
 //!   flight (ping-pong at depth 1), or, with a rate, an open loop whose latency counts from
 //!   each request's due time (no coordinated omission).
 //! - [`udp::run_udp`]: the same over UDP datagrams, losses counted after a timeout.
-//! - [`connect::run_connect`]: short connections: connect, one echo, close, per request.
+//! - [`connect::run_connect`]: short connections: connect, one echo, close, per request;
+//!   over TLS a full handshake each (no resumption), or the handshake alone.
 //! - [`blocking`]: file GET and PUT, and exec, on one thread per connection.
 //! - [`run_idle`]: opens N connections that then sit idle, and reports how much the server's
 //!   resident memory grew per connection.
@@ -22,17 +23,16 @@
 //! instead of passing off the generator's limit as the server's. Raw echo, UDP and connect
 //! speak nothing but echo, so they measure any echo server.
 //!
-//! The framed workloads run over TLS too ([`BenchTls`] in their configurations): the blocking
-//! ones through the library's client, `echo` by driving a rustls session per connection in
-//! its own loop. Raw echo, UDP and connect stay plaintext, as the server's echo ports are.
+//! Every TCP workload but redis runs over TLS too ([`BenchTls`] in its configuration): the
+//! blocking ones through the library's client, `echo` (framed or raw) and `connect` by driving
+//! a rustls session per connection in their own loop, `idle` with a blocking handshake
+//! ([`tls`]). Raw echo inside TLS is what a TLS-terminating proxy in front of an echo server
+//! speaks, so the same generator measures that proxy against the framed TLS port. UDP and
+//! redis stay plaintext.
 
 use std::io::{self, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 
 pub mod blocking;
 pub mod connect;
@@ -41,29 +41,14 @@ pub mod exec;
 pub mod procstat;
 pub mod report;
 mod timer;
+pub mod tls;
 pub mod udp;
 
 pub use report::{Report, Stop};
+pub use tls::BenchTls;
 
 use monoreactor::client::{Client, Target};
 use monoreactor::raise_descriptor_limit;
-
-/// TLS for a framed run: the client configuration, and the name the server's certificate
-/// must carry (the host the user typed, which a resolved address no longer says).
-#[derive(Clone, Debug)]
-pub struct BenchTls {
-    /// The rustls client configuration (trust, ALPN, client certificate).
-    pub config: Arc<ClientConfig>,
-    /// The name checked in the server's certificate.
-    pub server_name: ServerName<'static>,
-}
-
-impl BenchTls {
-    /// A target for the library's clients: `addr` over this TLS.
-    pub fn target(&self, addr: impl Into<String>) -> Target {
-        Target::tls(addr, Arc::clone(&self.config)).with_server_name(self.server_name.clone())
-    }
-}
 
 /// `addr`, over `tls` if given.
 pub fn target(addr: impl Into<String>, tls: Option<&BenchTls>) -> Target {
@@ -143,7 +128,8 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     /// Server process, to report its CPU time per request.
     pub server_pid: Option<u32>,
-    /// TLS (framed only).
+    /// TLS (TCP, not redis): framed or raw echo inside it; for `connect`, a full handshake
+    /// per connection.
     pub tls: Option<BenchTls>,
 }
 
@@ -165,10 +151,10 @@ impl LoadConfig {
                 "the rate must be a positive number of requests per second",
             ));
         }
-        if self.tls.is_some() && self.protocol != BenchProtocol::Framed {
+        if self.tls.is_some() && self.protocol == BenchProtocol::Redis {
             return Err(io::Error::new(
                 ErrorKind::InvalidInput,
-                "TLS is for the framed protocol: raw echo, UDP and redis are plaintext",
+                "TLS is for the framed protocol and raw echo: redis is plaintext",
             ));
         }
         Ok(())
@@ -221,7 +207,7 @@ pub struct IdleConfig {
     pub server_pid: u32,
     /// Pause after the last connect before measuring.
     pub settle: Duration,
-    /// TLS (framed only).
+    /// TLS: framed connections say HELLO inside it, raw ones only complete the handshake.
     pub tls: Option<BenchTls>,
 }
 
@@ -268,6 +254,7 @@ pub fn run_idle(config: &IdleConfig) -> io::Result<IdleReport> {
                 !matches!((&*stream).read(&mut [0; 1]),
                     Err(error) if error.kind() == ErrorKind::WouldBlock)
             }
+            Held::Tls(stream) => tls::is_closed(stream)?,
             // Under TLS a record may still come (a session ticket): only an end counts.
             Held::Client(client) => {
                 client.input_pending() && {
@@ -353,14 +340,16 @@ pub fn run_probe(config: &ProbeConfig) -> io::Result<ProbeReport> {
     })
 }
 
-/// An idle connection held open: a socket, or a framed client (whose TLS session must live
-/// as long as the connection).
+/// An idle connection held open: a socket, a framed client or a raw TLS session (whose TLS
+/// session must live as long as the connection).
 enum Held {
     Plain(StdTcpStream),
     Client(Box<Client>),
+    Tls(Box<tls::TlsStream>),
 }
 
-/// One connection that has said HELLO (framed) or nothing (raw).
+/// One connection that has said HELLO (framed) or nothing (raw; over TLS, it has completed
+/// the handshake).
 fn idle_connection(config: &IdleConfig, timeout: Duration) -> io::Result<Held> {
     match config.protocol {
         BenchProtocol::Framed if config.tls.is_some() => Client::connect(
@@ -372,9 +361,11 @@ fn idle_connection(config: &IdleConfig, timeout: Duration) -> io::Result<Held> {
         BenchProtocol::Framed => Client::connect(config.addr, timeout)
             .map(|client| Held::Plain(client.into_stream()))
             .map_err(|error| io::Error::other(error.to_string())),
-        BenchProtocol::Raw | BenchProtocol::Redis => {
-            StdTcpStream::connect(config.addr).map(Held::Plain)
-        }
+        BenchProtocol::Raw | BenchProtocol::Redis => match &config.tls {
+            Some(tls) => tls::connect_blocking(config.addr, tls, timeout)
+                .map(|stream| Held::Tls(Box::new(stream))),
+            None => StdTcpStream::connect(config.addr).map(Held::Plain),
+        },
     }
 }
 

@@ -348,6 +348,9 @@ impl Pacer {
 /// A short name for an I/O error, to count errors by kind.
 pub(crate) fn io_kind(error: &std::io::Error) -> String {
     use std::io::ErrorKind;
+    if let Some(error) = crate::tls::rustls_error(error) {
+        return format!("TLS: {error}");
+    }
     match error.kind() {
         ErrorKind::ConnectionRefused => "connection refused".to_string(),
         ErrorKind::ConnectionReset => "connection reset".to_string(),

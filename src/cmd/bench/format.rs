@@ -37,6 +37,7 @@ impl Display for ReportText<'_> {
             match report.unit {
                 "req" => "requests",
                 "conn" => "connections",
+                "handshake" => "handshakes",
                 "datagram" => "datagrams",
                 "transfer" => "transfers",
                 "command" => "commands",

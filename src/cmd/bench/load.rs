@@ -1,13 +1,15 @@
 //! `bench echo`, `bench udp` and `bench connect`: event-loop load from one thread, framed or
-//! plain echo, so they measure any echo server (and redis, with `echo --redis`).
+//! plain echo, so they measure any echo server (and redis, with `echo --redis`); over TLS,
+//! framed or plain echo inside it, and for `connect` a full handshake per connection.
 
 use std::net::SocketAddr;
 
 use clap::Args;
 use monoreactor::DEFAULT_ECHO_ADDR;
+use monoreactor::client::tls::ALPN;
 use monoreactor_bench::{self as bench, BenchProtocol, LoadConfig};
 
-use super::{BenchCommon, plaintext_only, print_report, target};
+use super::{BenchCommon, offer_alpn, plaintext_only, print_report, target};
 use crate::args::{at_least_one, byte_count};
 use crate::failure::Failure;
 
@@ -16,7 +18,8 @@ use crate::failure::Failure;
 pub struct EchoBenchArgs {
     #[command(flatten)]
     common: BenchCommon,
-    /// Raw bytes to a plain echo server (default address 127.0.0.1:7007).
+    /// Raw bytes to a plain echo server (default address 127.0.0.1:7007); with --tls, raw
+    /// bytes inside TLS (a TLS proxy in front of an echo server).
     #[arg(long, conflicts_with_all = ["framed", "redis"])]
     raw: bool,
     /// The framed protocol (the default; address 127.0.0.1:7878).
@@ -36,6 +39,9 @@ pub struct EchoBenchArgs {
     /// from the due time, so stalls are not hidden (coordinated omission corrected).
     #[arg(long, value_name = "PER_SEC")]
     rate: Option<f64>,
+    /// ALPN protocol to offer over TLS with --raw [default: none]; an empty NAME offers none.
+    #[arg(long, value_name = "NAME", requires = "raw", help_heading = "TLS")]
+    tls_alpn: Option<String>,
 }
 
 /// The flags of `bench udp`.
@@ -66,6 +72,15 @@ pub struct ConnectBenchArgs {
     /// CONNECTGEN_RST=1.
     #[arg(long)]
     rst: bool,
+    /// Over TLS: each connection is the handshake alone (then close_notify and close), no
+    /// echo; any TLS port will do, the framed one too. The server's CPU per handshake with
+    /// --pid.
+    #[arg(long)]
+    handshake_only: bool,
+    /// ALPN protocol to offer over TLS [default: monoreactor with --handshake-only, else
+    /// none]; an empty NAME offers none.
+    #[arg(long, value_name = "NAME", help_heading = "TLS")]
+    tls_alpn: Option<String>,
 }
 
 /// TCP echo load; see [`bench::echo::run_echo`].
@@ -73,11 +88,17 @@ pub fn echo(args: EchoBenchArgs) -> Result<(), Failure> {
     let protocol = target::protocol(args.raw, args.redis);
     let default = target::default_addr(protocol);
     let config = load_config(&args.common, default, protocol, args.size, args.depth)?;
-    if protocol != BenchProtocol::Framed {
-        plaintext_only(config.tls.as_ref(), "echo --raw or --redis")?;
-    }
+    let tls = match protocol {
+        BenchProtocol::Framed => config.tls,
+        BenchProtocol::Raw => offer_alpn(config.tls, args.tls_alpn.as_deref(), None)?,
+        BenchProtocol::Redis => {
+            plaintext_only(config.tls.as_ref(), "echo --redis")?;
+            None
+        }
+    };
     let config = LoadConfig {
         rate: args.rate,
+        tls,
         ..config
     };
     target::check(config.addr, protocol, config.tls.as_ref())?;
@@ -115,9 +136,25 @@ pub fn connect(args: ConnectBenchArgs) -> Result<(), Failure> {
         args.size,
         1,
     )?;
-    plaintext_only(config.tls.as_ref(), "connect (raw echo)")?;
-    target::check(config.addr, BenchProtocol::Raw, None)?;
-    let options = bench::connect::ConnectOptions { reset: args.rst };
+    if args.handshake_only && config.tls.is_none() {
+        return Err(Failure::usage(
+            "--handshake-only measures TLS handshakes: add --tls or write the address tls://HOST:PORT"
+                .to_string(),
+        ));
+    }
+    let alpn = args.handshake_only.then_some(ALPN);
+    let config = LoadConfig {
+        tls: offer_alpn(config.tls, args.tls_alpn.as_deref(), alpn)?,
+        ..config
+    };
+    match (&config.tls, args.handshake_only) {
+        (Some(tls), true) => target::check_handshake(config.addr, tls)?,
+        (tls, _) => target::check(config.addr, BenchProtocol::Raw, tls.as_ref())?,
+    }
+    let options = bench::connect::ConnectOptions {
+        reset: args.rst,
+        handshake_only: args.handshake_only,
+    };
     let report = bench::connect::run_connect(&config, options)
         .map_err(|error| format!("connections to {}: {error}", config.addr))?;
     print_report(&report, args.common.json)

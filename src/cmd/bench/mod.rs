@@ -31,7 +31,9 @@ const HELP: &str = "\
 Every load subcommand prints requests, errors by kind, throughput, MB/s and latency
 min/avg/p50/p90/p99/p99.9/max (HDR histogram), and with --pid the server's CPU time per
 request; --json prints the same as one JSON object. `echo --raw`, `udp` and `connect` speak
-plain echo and measure any echo server (the C references in ../shared/bench-tools too).
+plain echo and measure any echo server (the C references in ../shared/bench-tools too), and
+`echo --raw`, `connect` and `idle --raw` the same inside TLS (a TLS-terminating proxy such
+as nginx's stream ssl in front of an echo server).
 
 Is the generator the bottleneck? Each report gives the generator's own CPU time per request
 and how busy it was (share of a core): echo, udp and connect run on one thread, and a
@@ -47,10 +49,20 @@ Examples:
   monoreactor bench get -c 4 -s 1M -d 5
   monoreactor bench exec -c 2 -d 3 --token-file ~/.monoreactor-token
   monoreactor bench echo --addr tls://server.example:7878 -c 50 -d 5
+  monoreactor bench echo --raw --addr tls://127.0.0.1:8443 --tls-ca ca.pem -c 50 -P 4 -d 5
+  monoreactor bench connect --addr tls://127.0.0.1:7878 --tls-ca ca.pem --handshake-only --pid $PID
+  monoreactor bench idle --addr tls://127.0.0.1:7878 --tls-ca ca.pem -c 1000 --pid $PID
 
-TLS (--tls, or an address written tls://HOST:PORT) applies to the framed workloads: echo
-(without --raw or --redis), exec, get, put, idle, probe and stream; the report then says
-`tls on`. Raw echo, UDP and connect are plaintext, as the server's echo ports are.";
+TLS (--tls, or an address written tls://HOST:PORT) applies to every TCP workload but
+`echo --redis`: the framed ones (echo, exec, get, put, idle, probe, stream) and raw echo
+inside TLS (`echo --raw`, `connect`, `idle --raw`), which the server's own echo ports do not
+speak but a TLS proxy in front of an echo server does; the report then says `tls on`.
+`connect` over TLS is a full TLS 1.3 handshake per connection (no resumption), then the echo
+or, with --handshake-only, nothing, and counts handshakes. Its key exchange is rustls' first
+group, P-384 with the ring provider, which an OpenSSL server (nginx) computes several times
+slower than X25519: compare servers knowing that. ALPN: `monoreactor` for the framed
+protocol and `connect --handshake-only` (a server set up without ALPN ignores it), none for
+raw echo; --tls-alpn NAME offers NAME instead (an empty NAME: none). UDP is plaintext.";
 
 /// The workloads.
 #[derive(Subcommand)]
@@ -61,7 +73,8 @@ enum BenchCommand {
     /// UDP echo load against any UDP echo server (default 127.0.0.1:7007).
     Udp(load::UdpBenchArgs),
     /// Short connections against any TCP echo server: connect, one echo, close, per request;
-    /// reports connections per second (default 127.0.0.1:7007).
+    /// reports connections per second (default 127.0.0.1:7007). Over TLS: a full handshake
+    /// each, and --handshake-only for the handshake alone; reports handshakes per second.
     Connect(load::ConnectBenchArgs),
     /// Remote exec round trips: each connection runs a command (`true`, or the one after
     /// `--`) after another; needs the server's token.
@@ -152,14 +165,34 @@ fn bench_tls(tls: &TlsArgs, addr: &ServerAddr) -> Result<Option<BenchTls>, Strin
     }))
 }
 
-/// Refuses TLS for a plaintext-only workload (raw echo, UDP, connect), naming it.
+/// Refuses TLS for a plaintext-only workload (UDP, redis), naming it.
 fn plaintext_only(tls: Option<&BenchTls>, what: &str) -> Result<(), Failure> {
     match tls {
-        Some(_) => Err(Failure::usage(format!(
-            "{what} is plaintext (the server's echo ports do not speak TLS): drop --tls"
-        ))),
+        Some(_) => Err(Failure::usage(format!("{what} is plaintext: drop --tls"))),
         None => Ok(()),
     }
+}
+
+/// `tls` offering the ALPN `--tls-alpn` names (`flag`; empty: none), or else `default`
+/// (`None`: none). `--tls-alpn` without TLS is a usage error.
+fn offer_alpn(
+    tls: Option<BenchTls>,
+    flag: Option<&str>,
+    default: Option<&[u8]>,
+) -> Result<Option<BenchTls>, Failure> {
+    let Some(tls) = tls else {
+        return match flag {
+            Some(_) => Err(Failure::usage(
+                "--tls-alpn is for TLS: add --tls or write the address tls://HOST:PORT".to_string(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let protocols = match flag.map(str::as_bytes).or(default) {
+        Some(name) if !name.is_empty() => vec![name.to_vec()],
+        _ => Vec::new(),
+    };
+    Ok(Some(tls.with_alpn(protocols)))
 }
 
 /// Runs the workload and prints its report.

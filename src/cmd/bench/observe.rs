@@ -1,5 +1,5 @@
 //! The runs that watch the server rather than load it: `bench idle` (memory per idle
-//! connection), `bench probe` (the latency one light client sees meanwhile) and
+//! connection, plain or TLS), `bench probe` (the latency one light client sees meanwhile) and
 //! `bench stream` (a long command output to a slow reader: memory and latency meanwhile).
 
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::load_token;
 use monoreactor_bench::{self as bench, BenchProtocol, IdleConfig};
 
-use super::{bench_tls, format, plaintext_only, target};
+use super::{bench_tls, format, offer_alpn, plaintext_only, target};
 use crate::args::{Secs, ServerAddr, TlsArgs, at_least_one, byte_count};
 use crate::failure::{Failure, print_stdout};
 
@@ -26,7 +26,8 @@ pub struct IdleBenchArgs {
     /// Connections to open.
     #[arg(short = 'c', long = "connections", value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
     connections: usize,
-    /// Plain connections to a raw echo port (no HELLO).
+    /// Plain connections to a raw echo port (no HELLO); with --tls, connections that only
+    /// complete the TLS handshake.
     #[arg(long, conflicts_with = "redis")]
     raw: bool,
     /// Plain connections to redis-server (checked with a RESP PING first).
@@ -35,6 +36,9 @@ pub struct IdleBenchArgs {
     /// Server pid, whose memory is measured.
     #[arg(long, value_name = "PID")]
     pid: u32,
+    /// ALPN protocol to offer over TLS with --raw [default: none]; an empty NAME offers none.
+    #[arg(long, value_name = "NAME", requires = "raw", help_heading = "TLS")]
+    tls_alpn: Option<String>,
 }
 
 /// The flags of `bench probe`.
@@ -85,9 +89,14 @@ pub fn idle(args: IdleBenchArgs) -> Result<(), Failure> {
         .addr
         .unwrap_or(ServerAddr::from(target::default_addr(protocol)));
     let tls = bench_tls(&args.tls, &addr)?;
-    if protocol != BenchProtocol::Framed {
-        plaintext_only(tls.as_ref(), "idle --raw or --redis")?;
-    }
+    let tls = match protocol {
+        BenchProtocol::Framed => tls,
+        BenchProtocol::Raw => offer_alpn(tls, args.tls_alpn.as_deref(), None)?,
+        BenchProtocol::Redis => {
+            plaintext_only(tls.as_ref(), "idle --redis")?;
+            None
+        }
+    };
     let addr = addr.addr;
     target::check(addr, protocol, tls.as_ref())?;
     let config = IdleConfig {

@@ -1,14 +1,15 @@
 //! Before a run: one connection that checks the address speaks what the run will speak
-//! (framed, raw echo, redis, UDP echo), so a wrong port gets a hint instead of a failure from
-//! the middle of the run; and where each kind of run goes without `--addr`.
+//! (framed, raw echo, redis, UDP echo; over TLS or not), so a wrong port gets a hint instead
+//! of a failure from the middle of the run; and where each kind of run goes without `--addr`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use monoreactor::client::{Client, ClientError};
+use monoreactor::client::{Client, ClientError, TlsFailure};
 use monoreactor::proto::{Decoder, ErrorMessage, FrameType};
 use monoreactor::{DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR};
+use monoreactor_bench::tls::{NotTls, connect_blocking, rustls_error};
 use monoreactor_bench::{BenchProtocol, BenchTls};
 
 use crate::explain::explain;
@@ -28,7 +29,7 @@ pub fn check(
                 .map(drop)
                 .map_err(|error| explain(&error, &TokenSource::None, None))
         }
-        BenchProtocol::Raw => check_raw_echo(addr, TIMEOUT),
+        BenchProtocol::Raw => check_raw_echo(addr, tls, TIMEOUT),
         BenchProtocol::Redis => check_redis(addr, TIMEOUT),
     }
 }
@@ -79,28 +80,108 @@ fn check_redis(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// Sends a few bytes and expects them back. A framed server answers them (they are not a valid
-/// header) with an ERROR frame, which gives it away.
-fn check_raw_echo(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+/// Checks, with one connection, that `addr` completes a TLS handshake with `tls`.
+pub fn check_handshake(addr: SocketAddr, tls: &BenchTls) -> Result<(), String> {
+    let mut stream = connect_blocking(addr, tls, Duration::from_secs(5))
+        .map_err(|error| handshake_failure(addr, tls, error))?;
+    stream.conn.send_close_notify();
+    // Best effort: the check is done.
+    let _ = stream.conn.write_tls(&mut stream.sock);
+    Ok(())
+}
+
+/// A failed TLS connect to `addr` in words a user can act on: a port that does not speak
+/// TLS ([`NotTls`]), the ALPN offered refused, and the library client's words for the rest
+/// (a certificate not trusted, expired, for another name; a client certificate refused).
+fn handshake_failure(addr: SocketAddr, tls: &BenchTls, error: io::Error) -> String {
+    if let Some(not_tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<NotTls>())
+    {
+        return format!("{addr} {not_tls}");
+    }
+    let Some(failure) = rustls_error(&error) else {
+        return match error.kind() {
+            ErrorKind::UnexpectedEof => {
+                format!("{addr} closed the connection during the TLS handshake")
+            }
+            _ => ClientError::Connect {
+                addr: addr.to_string(),
+                source: error,
+            }
+            .to_string(),
+        };
+    };
+    match failure {
+        rustls::Error::NoApplicationProtocol
+        | rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) => {
+            let offered: Vec<String> = tls
+                .config
+                .alpn_protocols
+                .iter()
+                .map(|name| String::from_utf8_lossy(name).into_owned())
+                .collect();
+            format!(
+                "{addr} accepts no ALPN protocol offered ({}): --tls-alpn NAME offers another",
+                if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                }
+            )
+        }
+        other => {
+            let expected = tls.server_name.to_str().into_owned();
+            format!(
+                "{addr}: {}",
+                TlsFailure::from_rustls(other.clone(), &expected)
+            )
+        }
+    }
+}
+
+/// Sends a few bytes and expects them back, over TLS if given. A framed server answers them
+/// (they are not a valid header) with an ERROR frame, which gives it away.
+fn check_raw_echo(
+    addr: SocketAddr,
+    tls: Option<&BenchTls>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tls {
+        Some(tls) => {
+            let mut stream = connect_blocking(addr, tls, timeout)
+                .map_err(|error| handshake_failure(addr, tls, error))?;
+            probe_echo(&mut stream, addr)
+        }
+        None => {
+            let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|error| {
+                ClientError::Connect {
+                    addr: addr.to_string(),
+                    source: error,
+                }
+                .to_string()
+            })?;
+            let io_error = |error: io::Error| format!("{addr}: {error}");
+            stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+            stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
+            probe_echo(&mut stream, addr)
+        }
+    }
+}
+
+/// [`check_raw_echo`] on a connected stream (its timeouts set).
+fn probe_echo(stream: &mut (impl Read + Write), addr: SocketAddr) -> Result<(), String> {
     const PROBE: &[u8] = b"monoreactor raw echo probe";
+    let timeout = Duration::from_secs(5);
     let framed_hint = || {
         format!(
             "{addr} speaks the framed protocol, not raw echo: use `bench echo` without --raw, or the raw echo port ({} by default)",
             DEFAULT_ECHO_ADDR.port()
         )
     };
-    let connect_error = |error: io::Error| {
-        ClientError::Connect {
-            addr: addr.to_string(),
-            source: error,
-        }
-        .to_string()
-    };
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect_error)?;
     let io_error = |error: io::Error| format!("{addr}: {error}");
-    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
     stream.write_all(PROBE).map_err(io_error)?;
+    stream.flush().map_err(io_error)?;
     let mut answer = Vec::new();
     let mut chunk = [0; 1024];
     while answer.len() < PROBE.len() {
@@ -108,7 +189,13 @@ fn check_raw_echo(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
             Ok(0) => break,
             Ok(n) => answer.extend_from_slice(&chunk[..n]),
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            // A timeout, or (under TLS) an end without close_notify: judged by what came.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::UnexpectedEof
+                ) =>
+            {
                 break;
             }
             Err(error) => return Err(io_error(error)),

@@ -12,9 +12,9 @@
 //! or, with [`ConnectOptions::handshake_only`], nothing does: the request is done once the
 //! client's Finished is on its way, and its latency runs from the connect to there. Either
 //! way the connection ends with a close_notify, then the FIN (or reset). The key exchange is
-//! the one rustls leads with, the first group of the configuration's provider: P-384 for
-//! ring in rustls 0.23, which OpenSSL 3.0 computes with generic big numbers, several times
-//! slower than X25519 (a provider is not changeable on a built configuration). The server's CPU
+//! the first group of the configuration's provider: X25519 with `monoreactor::tls_provider`,
+//! as OpenSSL and curl offer it (rustls' ring provider alone would lead with P-384, which
+//! OpenSSL 3.0 computes with generic big numbers, several times slower). The server's CPU
 //! time per connection is then its cost of a handshake, to compare with another TLS server's
 //! (nginx's stream proxy) at the same concurrency.
 

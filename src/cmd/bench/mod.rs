@@ -58,9 +58,8 @@ TLS (--tls, or an address written tls://HOST:PORT) applies to every TCP workload
 inside TLS (`echo --raw`, `connect`, `idle --raw`), which the server's own echo ports do not
 speak but a TLS proxy in front of an echo server does; the report then says `tls on`.
 `connect` over TLS is a full TLS 1.3 handshake per connection (no resumption), then the echo
-or, with --handshake-only, nothing, and counts handshakes. Its key exchange is rustls' first
-group, P-384 with the ring provider, which an OpenSSL server (nginx) computes several times
-slower than X25519: compare servers knowing that. ALPN: `monoreactor` for the framed
+or, with --handshake-only, nothing, and counts handshakes. Its key exchange is X25519, as
+OpenSSL's and curl's is, so another TLS server (nginx) is measured doing the same work. ALPN: `monoreactor` for the framed
 protocol and `connect --handshake-only` (a server set up without ALPN ignores it), none for
 raw echo; --tls-alpn NAME offers NAME instead (an empty NAME: none). UDP is plaintext.";
 

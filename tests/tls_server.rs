@@ -408,6 +408,82 @@ fn a_tls_client_that_never_reads_its_get_costs_bounded_memory_and_no_cpu() {
     assert_eq!(reply, b"still here");
 }
 
+/// Idle TLS connections measured: RSS growth per connection (see `idle_tls_connections`).
+const IDLE_TLS_CONNECTIONS: usize = 400;
+/// Most server memory an idle established TLS connection may cost. Measured 2,252 bytes
+/// (2,000 connections, debug server; the same after HELLO alone): the 72-byte slot, its
+/// 16-byte timer entry, the boxed session (160 bytes) and its traffic state (1,744: the two
+/// directions' keys, 576 each, and rustls' `KernelConnection`, 552, with what it boxes).
+/// Before the record buffers went back to the loop's list: 35,082 bytes after a 20 KiB echo
+/// (both buffers one record), 7,215 after HELLO alone (a 4 KiB incoming buffer and the
+/// flight's outgoing one).
+const IDLE_TLS_MAX_BYTES: u64 = 5 << 10;
+
+/// Opens `count` TLS connections to `server`, each through HELLO and, if `echo` is not
+/// empty, one echo of it; returns them (held open) and the server's RSS growth per
+/// connection, in bytes. One connection first, outside the count, so the pools' first
+/// buffers are not spread over the others (as `bench idle` does).
+fn idle_tls_connections(
+    server: &Server,
+    files: &ServerFiles,
+    count: usize,
+    echo: &[u8],
+) -> (Vec<TlsStream>, u64) {
+    let open = |held: &mut Vec<TlsStream>| {
+        let mut client = tls_client(server, files);
+        hello(&mut client);
+        if !echo.is_empty() {
+            client.write_all(&echo_request(1, echo)).unwrap();
+            let (header, reply) = recv_frame(&mut client);
+            assert_eq!(header.frame_type, FrameType::EchoReply);
+            assert_eq!(reply.len(), echo.len());
+        }
+        held.push(client);
+    };
+    let mut held = Vec::with_capacity(count + 1);
+    open(&mut held);
+    std::thread::sleep(Duration::from_millis(100));
+    let rss_before = server.rss_kib();
+    for _ in 0..count {
+        open(&mut held);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_after = server.rss_kib();
+    let per_connection = rss_after.saturating_sub(rss_before) * 1024 / count as u64;
+    eprintln!(
+        "{count} idle TLS connections (echo of {} bytes each): server RSS {rss_before} KiB -> \
+         {rss_after} KiB, {per_connection} bytes per connection",
+        echo.len()
+    );
+    (held, per_connection)
+}
+
+#[test]
+fn an_idle_tls_connection_holds_no_record_buffer() {
+    let dir = TempDir::new("tls-idle");
+    let (server, files) = tls_server(&dir, &["--max-conns", "1000"]);
+    // An echo of 20 KiB each way first: a full record in, a full record out, so each
+    // connection has needed both record buffers at their largest.
+    let echo = support::seeded_bytes(9, 20 << 10);
+    let (mut held, per_connection) =
+        idle_tls_connections(&server, &files, IDLE_TLS_CONNECTIONS, &echo);
+    assert!(
+        per_connection <= IDLE_TLS_MAX_BYTES,
+        "{per_connection} bytes per idle TLS connection, over {IDLE_TLS_MAX_BYTES}"
+    );
+    // Every one is still served (a buffer taken again when bytes come).
+    for client in held.iter_mut().step_by(50) {
+        client.write_all(&echo_request(3, &echo)).unwrap();
+        let (header, reply) = recv_frame(client);
+        assert_eq!(
+            (header.frame_type, header.stream),
+            (FrameType::EchoReply, 3)
+        );
+        assert!(reply == echo, "the echo came back changed");
+    }
+    assert_eq!(server.threads(), 1);
+}
+
 // === Records rustls refuses mid-handshake ===
 
 /// A ClientHello from a real client on a raw socket, and the server's whole first flight

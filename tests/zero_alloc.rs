@@ -479,6 +479,56 @@ fn steady_state_tls_file_get_allocates_nothing_on_the_server() {
     get_allocates_nothing(&SERVER_COUNTS, Some((tls, files.ca.der.clone())));
 }
 
+/// A TLS connection in steady state, echoing 64 bytes and 20 KiB in turn (a full record
+/// each way): between drives it holds no record buffer, and each drive takes its buffers from
+/// the loop's list and gives them back, so nothing is allocated.
+#[test]
+fn steady_state_tls_echo_allocates_nothing_on_the_server() {
+    static SERVER_COUNTS: Counts = Counts::new();
+    let scratch = Scratch::new("tls-echo");
+    let files = tls_support::ServerFiles::write(scratch.path());
+    let tls = monoreactor::TlsSettings {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        client_ca: None,
+    }
+    .load()
+    .unwrap();
+    let server = Running::start(
+        Config {
+            tls: Some(tls),
+            ..config()
+        },
+        &SERVER_COUNTS,
+    );
+    let mut reader = Reader::connect_tls(server.addrs.framed, &files.ca.der);
+    let small = Frame::new(FrameType::EchoRequest, Flags::END_STREAM, 1, &[0x5a; 64]).to_vec();
+    let large = vec![0xa5; 20 << 10];
+    let large = Frame::new(FrameType::EchoRequest, Flags::END_STREAM, 3, &large).to_vec();
+    let mut round_trips = |count: usize| {
+        let mut kept = Vec::new();
+        for i in 0..count {
+            let (request, stream) = if i % 2 == 0 { (&small, 1) } else { (&large, 3) };
+            reader.send(request);
+            let reply = reader.frame(&mut kept);
+            assert_eq!(
+                (reply.frame_type, reply.stream, reply.len as usize),
+                (FrameType::EchoReply, stream, request.len() - HEADER_LEN)
+            );
+        }
+    };
+    round_trips(WARM_UP);
+    let before = server.allocations();
+    round_trips(MEASURED);
+    let allocations = server.allocations() - before;
+    drop(reader);
+    server.stop();
+    assert_eq!(
+        allocations, 0,
+        "server allocations during {MEASURED} echoes over TLS"
+    );
+}
+
 /// Two GETs of a 64 MiB file (the hash computed, then cached), each counted over a window of
 /// the stream; over TLS when `tls` is given (the server's configuration and the CA the client
 /// trusts).

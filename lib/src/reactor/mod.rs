@@ -76,7 +76,7 @@ use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue, WallClock};
-use crate::transport::tls::TlsSession;
+use crate::transport::tls::{RecordBuffers, TlsSession};
 use crate::transport::{Peer, Readiness, Transport};
 use children::ConnChildren;
 use disk::ConnJobs;
@@ -315,6 +315,9 @@ struct Core {
     /// so a plaintext drive pays one bounds check). Kept beside the slab rather than in the
     /// `Slot`, so a slot stays 72 bytes and a plaintext connection costs what it did.
     tls: Vec<Option<Box<TlsSession>>>,
+    /// The record buffers established TLS sessions borrow while bytes are in them (none on a
+    /// plaintext server): an idle TLS connection holds none.
+    tls_buffers: RecordBuffers,
     /// Throttles the line for a plaintext client on the TLS port.
     tls_log: LogThrottle,
     /// The files SIGHUP re-reads.
@@ -397,6 +400,12 @@ impl Reactor {
         if serves_files {
             disk.start(poll.registry());
         }
+        // Bounded like the buffer pool's lists; nothing reserved without TLS.
+        let tls_buffers = RecordBuffers::new(if tls.is_some() {
+            limits.pooled_buffers
+        } else {
+            0
+        });
         let env = Env {
             disk,
             poll,
@@ -444,6 +453,7 @@ impl Reactor {
             } else {
                 Vec::new()
             },
+            tls_buffers,
             tls_config: tls,
             reload,
             tls_log: LogThrottle::default(),

@@ -127,11 +127,14 @@ impl Core {
                 (verdict, socket_wants(&slot.conn, &slot.socket), None)
             }
             Some(session) => {
-                let mut link = session.link(&mut slot.socket);
+                let mut link = session.link(&mut slot.socket, &mut self.tls_buffers);
                 let verdict = self
                     .env
                     .with_context(key, peer, |cx| slot.conn.drive(&mut link, cx));
                 let wanted = slot.conn.interest() | link.wants();
+                // The drive is over: the session's empty record buffers go back to the list
+                // (an idle connection holds none), and what it still holds is counted.
+                drop(link);
                 let held = tls_kib(session, &slot.conn);
                 let before = std::mem::replace(&mut session.reported_kib, held);
                 let events = session.take_events();
@@ -300,8 +303,9 @@ impl Core {
             let peer = self.peer(index);
             let mut slot = self.conns.remove(index);
             self.client_memory_kib -= usize::from(slot.conn.reported_buffer_kib());
-            if let Some(session) = self.tls.get_mut(index).and_then(Option::take) {
+            if let Some(mut session) = self.tls.get_mut(index).and_then(Option::take) {
                 self.client_memory_kib -= usize::from(session.reported_kib);
+                session.recycle(&mut self.tls_buffers);
             }
             // No `epoll_ctl(DEL)` first: closing the socket (when `slot` drops below) removes
             // it from the poll, since no other descriptor refers to it (epoll(7); nginx skips

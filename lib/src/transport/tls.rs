@@ -56,14 +56,58 @@
 //! handed out); user_canceled is ignored.
 //!
 //! # Memory
-//! A fresh session holds no buffer. The incoming buffer is allocated at the first byte,
-//! [`FIRST_READ`] (4 KiB: a ClientHello fits), and grows only when a record's header asks for
-//! more, never past one record ([`INCOMING_MAX`], 16,645 bytes); so a half-finished
-//! handshake holds at most that, the server's first flight in the outgoing buffer (a few KiB,
-//! about the certificate chain's size), and rustls' handshake state. After the handshake the
-//! outgoing buffer is one record ([`OUTGOING_LEN`], 16,406 bytes). The reactor counts both
-//! buffers in `--max-client-memory` ([`TlsSession::buffer_bytes`]). A client whose handshake
-//! message does not fit one record (a client certificate chain over ~16 KiB) is refused.
+//! A session holds a buffer only while bytes are in it, as a plaintext connection does
+//! (`buffer.rs`). Figures are RSS growth of a debug server per connection (the test
+//! `an_idle_tls_connection_holds_no_record_buffer` in `tests/tls_server.rs`, run with 2,000;
+//! `monoreactor bench idle --addr tls://…` against a release server agrees), each including
+//! the 88 bytes of any idle connection (its slot and timer entry):
+//!
+//! | State | Per connection | What it is |
+//! |---|---|---|
+//! | Fresh (connected, nothing sent) | ~150–260 B | the boxed session (160 bytes) |
+//! | Handshake, after the server's flight | 8,296 B | the incoming buffer ([`FIRST_READ`], 4 KiB) and rustls' `UnbufferedServerConnection` (1,080 bytes boxed, and the handshake state it boxes: transcript, key schedule, ~3 KiB) |
+//! | Established, idle | 2,252 B | the session (160) and its `Traffic` (1,744: each direction's key, 576, ring's AES-GCM key schedule and GHASH table; rustls' `KernelConnection`, 552, and the key-schedule state it boxes, ~200) |
+//!
+//! Before the record buffers were given back, an idle established connection cost 7,215
+//! bytes after a HELLO (the 4 KiB incoming buffer and the flight's outgoing one) and 35,082
+//! after a 20 KiB echo (both buffers one record, 33 KiB): every connection that had ever sent
+//! or received a full record kept them for good.
+//!
+//! **During the handshake** the incoming buffer is allocated at the first byte, [`FIRST_READ`]
+//! (4 KiB: a ClientHello fits), and grows only when a record's header asks for more, never
+//! past one record ([`INCOMING_MAX`], 16,645 bytes); it stays until the handshake ends
+//! (rustls' deframer keeps positions in it). The outgoing buffer holds the server's first
+//! flight (about the certificate chain's size) until it has been sent, and is freed at the end
+//! of that drive. What rustls keeps is what it is: its handshake state, freed at the end of
+//! the handshake, when only the `KernelConnection` stays (it is what computes the KeyUpdate
+//! secrets, and rustls offers no smaller form: the traffic secrets themselves are not handed
+//! out, only keys and IVs, so the key schedule cannot be kept here instead). A client whose
+//! handshake message does not fit one record (a client certificate chain over ~16 KiB) is
+//! refused; the client's certificate chain, if it sent one, stays in the `KernelConnection`.
+//!
+//! **After the handshake** both buffers are record buffers of one size,
+//! [`RECORD_BUFFER_LEN`] (16,645 bytes: one whole incoming record; the outgoing side needs
+//! [`OUTGOING_LEN`], 16,406), lent by the loop's free list ([`RecordBuffers`]) through the
+//! [`TlsLink`] of a drive: the incoming one taken when the socket is read, the outgoing one
+//! when a record is sealed. When the link is dropped (the drive is over), each one that is
+//! empty (no partial record and no plaintext not yet handed out; nothing unsent) goes back.
+//! So an idle established connection holds no buffer; one that stops in the middle of a record,
+//! or whose client does not read, keeps what it needs (two records at most, and a control
+//! record behind a full one at worst, whose grown buffer is then freed rather than kept). A
+//! busy connection takes and gives back the same buffers (a pop and a push; nothing is
+//! allocated in steady state: `tests/zero_alloc.rs` over TLS, echo and GET). The list keeps at
+//! most `Limits::pooled_buffers` of them, as many as the buffer pool keeps of each shape (256:
+//! 4.2 MiB), so a burst does not pin memory afterwards; a closed connection's buffers go back
+//! to it too.
+//!
+//! Not reading into a shared scratch first: a drive of an idle connection takes the buffer
+//! on top of the list, the one the last drive gave back (the same memory every time, hot in
+//! the cache), and gives it back at its end, which is what a scratch would be; the difference
+//! would show only when the list is empty, and then a record that does not end in the read
+//! would need a buffer of its own anyway.
+//!
+//! The reactor counts what a session holds after each drive in `--max-client-memory`
+//! ([`TlsSession::buffer_bytes`]: 0 for an idle established connection).
 //!
 //! # Files: no sendfile under TLS
 //! [`Transport::send_file`] is not overridden: the default reads the range 16 KiB at a time
@@ -101,8 +145,13 @@ pub(crate) const FIRST_READ: usize = 4 << 10;
 /// The incoming buffer's bound: one whole record (header and 2^14 + 256 bytes), the most that
 /// must be held to open one.
 pub(crate) const INCOMING_MAX: usize = HEADER_LEN + MAX_CIPHERTEXT;
-/// The outgoing buffer after the handshake: one full record.
+/// The most one data record takes in the outgoing buffer.
 pub(crate) const OUTGOING_LEN: usize = MAX_PLAINTEXT + SEAL_OVERHEAD;
+/// The size of every record buffer after the handshake, in either direction: one whole
+/// incoming record, the larger of the two (by 239 bytes), so that one free list
+/// ([`RecordBuffers`]) serves both.
+pub(crate) const RECORD_BUFFER_LEN: usize = INCOMING_MAX;
+const _: () = assert!(OUTGOING_LEN <= RECORD_BUFFER_LEN);
 
 /// The first byte of a TLS handshake record (a ClientHello's record).
 const HANDSHAKE_RECORD: u8 = 0x16;
@@ -124,6 +173,70 @@ const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
 /// Alert descriptions this side acts on.
 const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
+
+/// The record buffers established sessions borrow: a free list of [`RECORD_BUFFER_LEN`]-byte
+/// buffers, owned by the loop and lent to a session for one drive with its [`TlsLink`].
+///
+/// A session past the handshake takes a buffer when bytes arrive (a read) or must be sent (a
+/// write, close_notify), and the link gives back each one that is empty when the drive ends,
+/// so an idle connection holds none and a busy one takes and returns the same buffers (a pop
+/// and a push: no allocation once the list has warmed up). Bounded like [`BufferPool`]'s
+/// lists (`Limits::pooled_buffers`): a burst of busy connections leaves at most that many
+/// behind, and a buffer that grew past the standard size (a control record
+/// behind a full one) is freed rather than kept. Not the `BufferPool` itself: its buffers are
+/// `--io-buffer` long (64 KiB by default, and possibly shorter than a record).
+///
+/// [`BufferPool`]: crate::buffer::BufferPool
+#[derive(Debug)]
+pub(crate) struct RecordBuffers {
+    free: Vec<Vec<u8>>,
+    max_free: usize,
+    created: u64,
+}
+
+impl RecordBuffers {
+    /// A list that keeps at most `max_free` buffers (reserved up front, so giving back never
+    /// allocates).
+    pub(crate) fn new(max_free: usize) -> RecordBuffers {
+        RecordBuffers {
+            free: Vec::with_capacity(max_free),
+            max_free,
+            created: 0,
+        }
+    }
+
+    /// A zeroed buffer of [`RECORD_BUFFER_LEN`] bytes (its length is its size): a pooled one
+    /// if there is one, else a new one.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| {
+            self.created += 1;
+            vec![0; RECORD_BUFFER_LEN]
+        })
+    }
+
+    /// Returns a buffer; kept if it is of the standard size and the list is not full, else
+    /// freed. An empty `Vec` (no buffer) is ignored.
+    pub(crate) fn give(&mut self, buffer: Vec<u8>) {
+        if buffer.len() == RECORD_BUFFER_LEN
+            && buffer.capacity() == RECORD_BUFFER_LEN
+            && self.free.len() < self.max_free
+        {
+            self.free.push(buffer);
+        }
+    }
+
+    /// Buffers created since the list was made (a miss allocates one).
+    #[cfg(test)]
+    pub(crate) fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// Buffers waiting for reuse.
+    #[cfg(test)]
+    pub(crate) fn free_len(&self) -> usize {
+        self.free.len()
+    }
+}
 
 /// What happened in the session that the loop must act on, taken with
 /// [`TlsSession::take_events`].
@@ -229,9 +342,50 @@ impl TlsSession {
         }
     }
 
-    /// The transport for one drive: this session over `io`.
-    pub(crate) fn link<'a, S: Transport>(&'a mut self, io: &'a mut S) -> TlsLink<'a, S> {
-        TlsLink { session: self, io }
+    /// The transport for one drive: this session over `io`, borrowing record buffers from
+    /// `buffers` as it needs them; when the link is dropped (the drive is over), the empty
+    /// ones go back ([`TlsSession::park`]).
+    pub(crate) fn link<'a, S: Transport>(
+        &'a mut self,
+        io: &'a mut S,
+        buffers: &'a mut RecordBuffers,
+    ) -> TlsLink<'a, S> {
+        TlsLink {
+            session: self,
+            io,
+            buffers,
+        }
+    }
+
+    /// The end of a drive: each buffer with nothing in it goes back to `buffers` (which keeps
+    /// it if it is a standard record buffer, and frees it otherwise), so an idle connection
+    /// holds none. The outgoing one once nothing in it is unsent, in any phase (the server's
+    /// first flight, once sent, is not kept for the rest of the handshake); the incoming one
+    /// once past the handshake, when it holds no partial record and no plaintext not handed
+    /// out. During the handshake the incoming buffer stays: rustls' deframer keeps positions
+    /// in it between calls.
+    fn park(&mut self, buffers: &mut RecordBuffers) {
+        if !self.out_pending() && !self.outgoing.is_empty() {
+            self.out_start = 0;
+            self.out_end = 0;
+            buffers.give(std::mem::take(&mut self.outgoing));
+        }
+        if self.handshaking() {
+            return;
+        }
+        if self.start == self.filled && self.plain.is_empty() && !self.incoming.is_empty() {
+            self.start = 0;
+            self.filled = 0;
+            self.plain = 0..0;
+            buffers.give(std::mem::take(&mut self.incoming));
+        }
+    }
+
+    /// Gives every buffer back, whatever it holds: the connection is closed (the session
+    /// is dropped next).
+    pub(crate) fn recycle(&mut self, buffers: &mut RecordBuffers) {
+        buffers.give(std::mem::take(&mut self.incoming));
+        buffers.give(std::mem::take(&mut self.outgoing));
     }
 
     /// The handshake is finished: the bytes are encrypted and the client checked our
@@ -273,17 +427,22 @@ impl TlsSession {
 
     // === Reading ===
 
-    fn read_plaintext<S: Transport>(&mut self, io: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_plaintext<S: Transport>(
+        &mut self,
+        io: &mut S,
+        buffers: &mut RecordBuffers,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
         match self.phase {
-            Phase::Traffic(_) => self.read_traffic(io, buf).inspect_err(|_| {
+            Phase::Traffic(_) => self.read_traffic(io, buffers, buf).inspect_err(|_| {
                 // The alert a fatal error queued: the connection closes at once after a
                 // failed read, so it goes now or never.
                 let _ = self.flush_out(io);
             }),
-            Phase::Fresh(_) | Phase::Handshake(_) => match self.handshake(io) {
+            Phase::Fresh(_) | Phase::Handshake(_) => match self.handshake(io, buffers) {
                 Ok(Handshake::Eof) => Ok(0),
                 Ok(Handshake::Blocked) => Err(ErrorKind::WouldBlock.into()),
                 // The peer changed: the loop drives the connection again with the new one.
@@ -305,7 +464,12 @@ impl TlsSession {
     /// Reads from the socket into the incoming buffer, making room for `need` bytes from
     /// `start` (growing the buffer to at most [`INCOMING_MAX`]). `Ok(None)` for `WouldBlock`;
     /// `Ok(Some((n, short)))` otherwise, `short` when the read proved the socket drained.
-    fn fill<S: Read>(&mut self, io: &mut S, need: usize) -> io::Result<Option<(usize, bool)>> {
+    fn fill<S: Read>(
+        &mut self,
+        io: &mut S,
+        need: usize,
+        buffers: &mut RecordBuffers,
+    ) -> io::Result<Option<(usize, bool)>> {
         if self.start == self.filled && self.plain.is_empty() {
             self.start = 0;
             self.filled = 0;
@@ -317,10 +481,20 @@ impl TlsSession {
             self.start = 0;
         }
         if self.incoming.len() < need {
-            // The one allocation of the incoming side: at the first byte, and once more for
-            // a record longer than what the buffer has held so far.
-            let len = need.max(FIRST_READ.min(INCOMING_MAX));
-            self.incoming.resize(len, 0);
+            if self.handshaking() {
+                // The handshake's own buffer: allocated at the first byte, and once more for
+                // a record longer than what it has held so far.
+                let len = need.max(FIRST_READ.min(INCOMING_MAX));
+                self.incoming.resize(len, 0);
+            } else {
+                // Past the handshake: a record buffer from the loop's list, holding any
+                // record; the bytes of the one begun (in the handshake's smaller buffer, the
+                // first frames) move into it, and the old buffer goes back (freed unless it is
+                // a standard one).
+                let mut buffer = buffers.take();
+                buffer[..self.filled].copy_from_slice(&self.incoming[..self.filled]);
+                buffers.give(std::mem::replace(&mut self.incoming, buffer));
+            }
         }
         let room = &mut self.incoming[self.filled..];
         loop {
@@ -339,7 +513,11 @@ impl TlsSession {
 
     /// Drives the handshake as far as the bytes allow: reads the socket until rustls has what
     /// it needs, feeds it whole records, queues what it answers.
-    fn handshake<S: Transport>(&mut self, io: &mut S) -> io::Result<Handshake> {
+    fn handshake<S: Transport>(
+        &mut self,
+        io: &mut S,
+        buffers: &mut RecordBuffers,
+    ) -> io::Result<Handshake> {
         loop {
             if let Phase::Fresh(_) = self.phase {
                 if self.start < self.filled {
@@ -361,7 +539,7 @@ impl TlsSession {
                     "a handshake message over {INCOMING_MAX} bytes (one TLS record)"
                 )));
             }
-            match self.fill(io, need)? {
+            match self.fill(io, need, buffers)? {
                 Some((0, _)) => {
                     self.peer_closed = true;
                     return Ok(Handshake::Eof);
@@ -561,7 +739,12 @@ impl TlsSession {
         Ok(())
     }
 
-    fn read_traffic<S: Transport>(&mut self, io: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_traffic<S: Transport>(
+        &mut self,
+        io: &mut S,
+        buffers: &mut RecordBuffers,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         let mut copied = 0;
         let mut drained = false;
         loop {
@@ -594,7 +777,7 @@ impl TlsSession {
                 Ok(None) => HEADER_LEN,
                 Err(error) => return Err(self.fatal(error.alert(), error.to_string())),
             };
-            match self.fill(io, need) {
+            match self.fill(io, need, buffers) {
                 Ok(Some((0, _))) => {
                     if self.start < self.filled {
                         debug!("TLS peer closed mid-record");
@@ -775,7 +958,9 @@ impl TlsSession {
         }
         let need = self.out_end + content.len() + SEAL_OVERHEAD;
         if self.outgoing.len() < need {
-            self.outgoing.resize(need.max(OUTGOING_LEN), 0);
+            // Only where no buffer was taken first (a fatal alert, sealed by a read), or a
+            // control record goes behind a full one (the grown buffer is freed, not kept).
+            self.outgoing.resize(need.max(RECORD_BUFFER_LEN), 0);
         }
         self.out_end += traffic
             .tx
@@ -795,7 +980,24 @@ impl TlsSession {
         Ok(())
     }
 
-    fn write_plaintext<S: Transport>(&mut self, io: &mut S, data: &[u8]) -> io::Result<usize> {
+    /// Past the handshake, before sealing: an empty outgoing buffer that is not a standard
+    /// one (none, or the handshake's) is swapped for one from `buffers`. One with records
+    /// waiting is kept as it is.
+    fn take_outgoing(&mut self, buffers: &mut RecordBuffers) {
+        if !self.out_pending() && self.outgoing.len() != RECORD_BUFFER_LEN {
+            self.out_start = 0;
+            self.out_end = 0;
+            let buffer = buffers.take();
+            buffers.give(std::mem::replace(&mut self.outgoing, buffer));
+        }
+    }
+
+    fn write_plaintext<S: Transport>(
+        &mut self,
+        io: &mut S,
+        buffers: &mut RecordBuffers,
+        data: &[u8],
+    ) -> io::Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -807,6 +1009,7 @@ impl TlsSession {
                 "the TLS handshake has not finished",
             ));
         }
+        self.take_outgoing(buffers);
         let mut taken = 0;
         loop {
             if self.out_pending() {
@@ -863,8 +1066,13 @@ impl TlsSession {
         Ok(())
     }
 
-    fn shutdown_write<S: Transport>(&mut self, io: &mut S) -> io::Result<()> {
+    fn shutdown_write<S: Transport>(
+        &mut self,
+        io: &mut S,
+        buffers: &mut RecordBuffers,
+    ) -> io::Result<()> {
         if self.is_established() {
+            self.take_outgoing(buffers);
             self.seal_raw(ALERT, &[1, CLOSE_NOTIFY]);
         }
         if self.flush_out(io)? {
@@ -987,17 +1195,25 @@ enum Step {
 pub(crate) struct TlsLink<'a, S> {
     session: &'a mut TlsSession,
     io: &'a mut S,
+    buffers: &'a mut RecordBuffers,
+}
+
+/// The drive is over: the empty record buffers go back to the loop's list.
+impl<S> Drop for TlsLink<'_, S> {
+    fn drop(&mut self) {
+        self.session.park(self.buffers);
+    }
 }
 
 impl<S: Transport> Read for TlsLink<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.session.read_plaintext(self.io, buf)
+        self.session.read_plaintext(self.io, self.buffers, buf)
     }
 }
 
 impl<S: Transport> Write for TlsLink<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.session.write_plaintext(self.io, buf)
+        self.session.write_plaintext(self.io, self.buffers, buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -1007,7 +1223,7 @@ impl<S: Transport> Write for TlsLink<'_, S> {
 
 impl<S: Transport> Transport for TlsLink<'_, S> {
     fn shutdown_write(&mut self) -> io::Result<()> {
-        self.session.shutdown_write(self.io)
+        self.session.shutdown_write(self.io, self.buffers)
     }
 
     fn send_pending(&mut self) -> io::Result<()> {
@@ -1035,10 +1251,48 @@ mod tests {
     use super::*;
     use crate::transport::{TlsSettings, tls_config};
 
+    /// An in-memory connection ([`Wire`]) and the record buffers its session borrows (the
+    /// loop's list, in the server); it derefs to the wire.
+    struct Pipe {
+        wire: Wire,
+        buffers: RecordBuffers,
+    }
+
+    impl Default for Pipe {
+        fn default() -> Pipe {
+            Pipe {
+                wire: Wire::default(),
+                buffers: RecordBuffers::new(4),
+            }
+        }
+    }
+
+    impl std::ops::Deref for Pipe {
+        type Target = Wire;
+
+        fn deref(&self) -> &Wire {
+            &self.wire
+        }
+    }
+
+    impl std::ops::DerefMut for Pipe {
+        fn deref_mut(&mut self) -> &mut Wire {
+            &mut self.wire
+        }
+    }
+
+    impl TlsSession {
+        /// The session over `pipe` for one drive, as the loop links it with the socket.
+        fn over<'a>(&'a mut self, pipe: &'a mut Pipe) -> TlsLink<'a, Wire> {
+            let Pipe { wire, buffers } = pipe;
+            self.link(wire, buffers)
+        }
+    }
+
     /// One side of an in-memory connection: what the client sent, waiting to be read (a read
     /// of nothing is `WouldBlock`), and what the session wrote.
     #[derive(Default)]
-    struct Pipe {
+    struct Wire {
         input: VecDeque<u8>,
         output: Vec<u8>,
         shut: bool,
@@ -1048,7 +1302,7 @@ mod tests {
         full: bool,
     }
 
-    impl Read for Pipe {
+    impl Read for Wire {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             if self.input.is_empty() && !self.eof {
                 return Err(ErrorKind::WouldBlock.into());
@@ -1057,7 +1311,7 @@ mod tests {
         }
     }
 
-    impl Write for Pipe {
+    impl Write for Wire {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.full {
                 return Err(ErrorKind::WouldBlock.into());
@@ -1071,7 +1325,7 @@ mod tests {
         }
     }
 
-    impl Transport for Pipe {
+    impl Transport for Wire {
         fn shutdown_write(&mut self) -> io::Result<()> {
             self.shut = true;
             Ok(())
@@ -1169,7 +1423,8 @@ mod tests {
     ) {
         let mut buf = [0; 4096];
         loop {
-            match session.link(pipe).read(&mut buf) {
+            let read = session.over(pipe).read(&mut buf);
+            match read {
                 Ok(0) => break,
                 Ok(n) => plain.extend_from_slice(&buf[..n]),
                 Err(error) if error.kind() == ErrorKind::WouldBlock => {
@@ -1181,7 +1436,7 @@ mod tests {
                 Err(error) => panic!("server read: {error}"),
             }
         }
-        session.link(pipe).send_pending().unwrap();
+        session.over(pipe).send_pending().unwrap();
         let mut out = &pipe.output[..];
         while !out.is_empty() {
             client.read_tls(&mut out).unwrap();
@@ -1227,7 +1482,7 @@ mod tests {
             let mut pipe = Pipe::default();
             let mut buf = [0; 64];
             pipe.input.extend(&hello[..split]);
-            let first = session.link(&mut pipe).read(&mut buf);
+            let first = session.over(&mut pipe).read(&mut buf);
             assert_eq!(
                 first.map_err(|error| error.kind()),
                 Err(ErrorKind::WouldBlock),
@@ -1237,13 +1492,13 @@ mod tests {
                 assert!(pipe.output.is_empty(), "split {split}: no answer to a part");
             }
             pipe.input.extend(&hello[split..]);
-            let second = session.link(&mut pipe).read(&mut buf);
+            let second = session.over(&mut pipe).read(&mut buf);
             assert_eq!(
                 second.map_err(|error| error.kind()),
                 Err(ErrorKind::WouldBlock),
                 "split {split}"
             );
-            session.link(&mut pipe).send_pending().unwrap();
+            session.over(&mut pipe).send_pending().unwrap();
             assert!(!session.is_established(), "split {split}");
             answers.push(record_types(&pipe.output));
         }
@@ -1286,7 +1541,7 @@ mod tests {
         }
         assert!(plain == big, "the client's bytes arrive whole");
         client_got();
-        assert_eq!(session.link(&mut pipe).write(&big).unwrap(), big.len());
+        assert_eq!(session.over(&mut pipe).write(&big).unwrap(), big.len());
         server_turn(&mut session, &mut pipe, &mut client, &mut plain);
         assert!(client_got() == big, "ours arrive whole");
     }
@@ -1316,7 +1571,7 @@ mod tests {
             traffic.tx_limit = traffic.tx.seq() + 2;
         }
         for round in 0..5u8 {
-            assert_eq!(session.link(&mut pipe).write(&[round; 100]).unwrap(), 100);
+            assert_eq!(session.over(&mut pipe).write(&[round; 100]).unwrap(), 100);
         }
         client_got();
         server_turn(&mut session, &mut pipe, &mut client, &mut plain);
@@ -1332,7 +1587,7 @@ mod tests {
         let mut hello = Vec::new();
         crate::proto::Hello::current().encode(&mut hello);
         pipe.input.extend(&hello);
-        let error = session.link(&mut pipe).read(&mut [0; 64]).unwrap_err();
+        let error = session.over(&mut pipe).read(&mut [0; 64]).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidData);
         assert!(session.take_events().plaintext_client);
         let header = crate::proto::Header::parse(&pipe.output, u32::MAX)
@@ -1345,7 +1600,7 @@ mod tests {
             (ErrorCode::BadHello, PLAINTEXT_ON_TLS_TEXT)
         );
         assert!(pipe.shut, "the write side is shut after the frame");
-        assert!(session.link(&mut pipe).write(b"x").is_err());
+        assert!(session.over(&mut pipe).write(b"x").is_err());
     }
 
     #[test]
@@ -1357,9 +1612,25 @@ mod tests {
         let mut pipe = Pipe::default();
         // A handshake record announcing 2^14 + 257 bytes: refused before any of them arrive.
         pipe.input.extend([HANDSHAKE_RECORD, 3, 1, 0x41, 0x01]);
-        let error = session.link(&mut pipe).read(&mut [0; 64]).unwrap_err();
+        let error = session.over(&mut pipe).read(&mut [0; 64]).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidData);
         assert!(session.buffer_bytes() <= FIRST_READ);
+    }
+
+    #[test]
+    fn what_an_idle_established_session_keeps_is_about_two_kib() {
+        // The figures in the module docs ("Memory"): the session (boxed in the loop's
+        // `Core::tls`), the traffic state (boxed in the session), and inside it rustls'
+        // `KernelConnection` and the two directions' keys (ring's `LessSafeKey`). Bounds with
+        // a little room, for new versions of rustls and ring.
+        let session = std::mem::size_of::<TlsSession>();
+        let traffic = std::mem::size_of::<Traffic>();
+        let kernel = std::mem::size_of::<KernelConnection<ServerConnectionData>>();
+        let protection = std::mem::size_of::<Protection>();
+        assert!(session <= 192, "TlsSession is {session} bytes (160)");
+        assert!(traffic <= 2048, "Traffic is {traffic} bytes (1,744)");
+        assert!(kernel <= 640, "KernelConnection is {kernel} bytes (552)");
+        assert!(protection <= 640, "Protection is {protection} bytes (576)");
     }
 
     // === A client that writes its own records ===
@@ -1444,7 +1715,7 @@ mod tests {
             if server_turn {
                 let (plain, ended) = read_all(&mut session, &mut pipe);
                 assert_eq!((plain.len(), ended.unwrap()), (0, false));
-                session.link(&mut pipe).send_pending().unwrap();
+                session.over(&mut pipe).send_pending().unwrap();
                 incoming.append(&mut pipe.output);
             }
         }
@@ -1469,7 +1740,8 @@ mod tests {
         let mut plain = Vec::new();
         let mut buf = [0; 4096];
         loop {
-            match session.link(pipe).read(&mut buf) {
+            let read = session.over(pipe).read(&mut buf);
+            match read {
                 Ok(0) => return (plain, Ok(true)),
                 Ok(n) => plain.extend_from_slice(&buf[..n]),
                 Err(error) if error.kind() == ErrorKind::WouldBlock => {
@@ -1500,7 +1772,7 @@ mod tests {
             "the fatal alert, after: {error}"
         );
         assert!(
-            session.link(pipe).read(&mut [0; 8]).is_err(),
+            session.over(pipe).read(&mut [0; 8]).is_err(),
             "failed for good"
         );
     }
@@ -1522,8 +1794,8 @@ mod tests {
             (plain.as_slice(), ended.unwrap()),
             (&b"after five requests"[..], false)
         );
-        assert_eq!(session.link(&mut pipe).write(b"reply").unwrap(), 5);
-        session.link(&mut pipe).send_pending().unwrap();
+        assert_eq!(session.over(&mut pipe).write(b"reply").unwrap(), 5);
+        session.over(&mut pipe).send_pending().unwrap();
         let records = raw.open_all(&std::mem::take(&mut pipe.output));
         assert_eq!(
             records,
@@ -1534,9 +1806,107 @@ mod tests {
             "one KeyUpdate of ours, then the data under the new key"
         );
         // Nothing new asked: the next data goes under the same key.
-        assert_eq!(session.link(&mut pipe).write(b"again").unwrap(), 5);
+        assert_eq!(session.over(&mut pipe).write(b"again").unwrap(), 5);
         let records = raw.open_all(&std::mem::take(&mut pipe.output));
         assert_eq!(records, [(APPLICATION_DATA, b"again".to_vec())]);
+    }
+
+    #[test]
+    fn an_established_session_with_nothing_pending_holds_no_buffer_after_the_drive() {
+        let certs = Certs::new("idle");
+        let (mut session, mut pipe, mut raw) = established(&certs);
+        // The handshake's buffers went at the end of the drive that finished it.
+        assert_eq!(session.buffer_bytes(), 0, "established, nothing pending");
+        for round in 0..100u32 {
+            // A request read whole and answered whole: both buffers taken in the drive, both
+            // back at its end.
+            let record = raw.record(APPLICATION_DATA, &round.to_be_bytes());
+            pipe.input.extend(record);
+            let mut link = session.over(&mut pipe);
+            let mut got = [0; 64];
+            assert_eq!(link.read(&mut got).unwrap(), 4);
+            assert_eq!(link.write(b"reply").unwrap(), 5);
+            drop(link);
+            assert_eq!(session.buffer_bytes(), 0, "round {round}: idle again");
+            let records = raw.open_all(&std::mem::take(&mut pipe.output));
+            assert_eq!(records, [(APPLICATION_DATA, b"reply".to_vec())]);
+        }
+        // The same two buffers every round, from the list: nothing allocated in steady state.
+        assert_eq!((pipe.buffers.created(), pipe.buffers.free_len()), (2, 2));
+
+        // Kept while something is in them: a partial record,
+        let record = raw.record(APPLICATION_DATA, b"split record");
+        pipe.input.extend(&record[..7]);
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!((plain.len(), ended.unwrap()), (0, false));
+        assert_eq!(
+            session.buffer_bytes(),
+            RECORD_BUFFER_LEN,
+            "a partial record"
+        );
+        pipe.input.extend(&record[7..]);
+        let (plain, ended) = read_all(&mut session, &mut pipe);
+        assert_eq!(
+            (plain.as_slice(), ended.unwrap()),
+            (&b"split record"[..], false)
+        );
+        assert_eq!(session.buffer_bytes(), 0);
+        // plaintext not handed out yet,
+        let record = raw.record(APPLICATION_DATA, b"0123456789");
+        pipe.input.extend(record);
+        assert_eq!(session.over(&mut pipe).read(&mut [0; 4]).unwrap(), 4);
+        assert_eq!(
+            session.buffer_bytes(),
+            RECORD_BUFFER_LEN,
+            "plaintext pending"
+        );
+        let (plain, _) = read_all(&mut session, &mut pipe);
+        assert_eq!(plain, b"456789");
+        assert_eq!(session.buffer_bytes(), 0);
+        // and a record the socket did not take.
+        pipe.full = true;
+        assert_eq!(
+            session.over(&mut pipe).write(b"stuck").unwrap(),
+            5,
+            "sealed, waiting in the session"
+        );
+        assert_eq!(session.buffer_bytes(), RECORD_BUFFER_LEN, "a record unsent");
+        pipe.full = false;
+        session.over(&mut pipe).send_pending().unwrap();
+        assert_eq!(session.buffer_bytes(), 0);
+        let records = raw.open_all(&std::mem::take(&mut pipe.output));
+        assert_eq!(records, [(APPLICATION_DATA, b"stuck".to_vec())]);
+        assert_eq!(pipe.buffers.created(), 2, "still the same two buffers");
+
+        // A closed connection gives back what it held.
+        pipe.input
+            .extend(&raw.record(APPLICATION_DATA, b"unread")[..3]);
+        let _ = read_all(&mut session, &mut pipe);
+        assert_eq!(session.buffer_bytes(), RECORD_BUFFER_LEN);
+        let free = pipe.buffers.free_len();
+        session.recycle(&mut pipe.buffers);
+        assert_eq!(pipe.buffers.free_len(), free + 1);
+    }
+
+    #[test]
+    fn the_record_buffer_list_is_bounded_and_keeps_only_standard_buffers() {
+        let mut buffers = RecordBuffers::new(2);
+        let taken: Vec<Vec<u8>> = (0..3).map(|_| buffers.take()).collect();
+        assert!(taken.iter().all(|buffer| buffer.len() == RECORD_BUFFER_LEN));
+        for buffer in taken {
+            buffers.give(buffer);
+        }
+        assert_eq!(
+            (buffers.created(), buffers.free_len()),
+            (3, 2),
+            "at most 2 kept"
+        );
+        let mut grown = buffers.take();
+        grown.resize(RECORD_BUFFER_LEN + 30, 0);
+        buffers.give(grown);
+        buffers.give(vec![0; FIRST_READ]);
+        buffers.give(Vec::new());
+        assert_eq!(buffers.free_len(), 1, "only standard buffers are kept");
     }
 
     #[test]
@@ -1555,13 +1925,13 @@ mod tests {
             assert_eq!((plain.len(), ended.unwrap()), (0, false));
         }
         assert!(
-            session.buffer_bytes() <= INCOMING_MAX + OUTGOING_LEN,
+            session.buffer_bytes() <= 2 * RECORD_BUFFER_LEN,
             "the session holds {} bytes",
             session.buffer_bytes()
         );
         // The client reads at last: one KeyUpdate, then the data.
         pipe.full = false;
-        assert_eq!(session.link(&mut pipe).write(b"x").unwrap(), 1);
+        assert_eq!(session.over(&mut pipe).write(b"x").unwrap(), 1);
         let records = raw.open_all(&std::mem::take(&mut pipe.output));
         assert_eq!(
             records,
@@ -1613,7 +1983,7 @@ mod tests {
             (plain.as_slice(), ended.unwrap()),
             (&b"under the new key"[..], false)
         );
-        assert_eq!(session.link(&mut pipe).write(b"ok").unwrap(), 2);
+        assert_eq!(session.over(&mut pipe).write(b"ok").unwrap(), 2);
         let records = raw.open_all(&std::mem::take(&mut pipe.output));
         assert_eq!(
             records,
@@ -1736,10 +2106,10 @@ mod tests {
         }
         let (plain, ended) = read_all(&mut session, &mut pipe);
         assert_eq!((plain.as_slice(), ended.unwrap()), (&b"one two"[..], true));
-        assert_eq!(session.link(&mut pipe).read(&mut [0; 8]).unwrap(), 0);
+        assert_eq!(session.over(&mut pipe).read(&mut [0; 8]).unwrap(), 0);
         // We may still write, then close with our own close_notify.
-        assert_eq!(session.link(&mut pipe).write(b"bye").unwrap(), 3);
-        session.link(&mut pipe).shutdown_write().unwrap();
+        assert_eq!(session.over(&mut pipe).write(b"bye").unwrap(), 3);
+        session.over(&mut pipe).shutdown_write().unwrap();
         let records = raw.open_all(&std::mem::take(&mut pipe.output));
         assert_eq!(
             records,
@@ -1791,7 +2161,7 @@ mod tests {
         pipe.input.extend(client_bytes(&mut client));
         let (plain, ended) = read_all(&mut session, &mut pipe);
         assert_eq!((plain.len(), ended.unwrap()), (0, false));
-        session.link(&mut pipe).send_pending().unwrap();
+        session.over(&mut pipe).send_pending().unwrap();
         assert!(
             !session.is_established(),
             "not before the client's Finished"
@@ -1821,7 +2191,7 @@ mod tests {
             pipe.input.extend(changed);
             let (plain, _) = read_all(&mut session, &mut pipe);
             assert!(plain.is_empty());
-            let _ = session.link(&mut pipe).send_pending();
+            let _ = session.over(&mut pipe).send_pending();
             assert!(!session.is_established(), "byte {at}");
         }
         // Every byte of the client's second flight (ChangeCipherSpec, Finished) flipped in
@@ -1833,7 +2203,7 @@ mod tests {
             pipe.input.extend(client_bytes(&mut client));
             let (plain, _) = read_all(&mut session, &mut pipe);
             assert!(plain.is_empty());
-            session.link(&mut pipe).send_pending().unwrap();
+            session.over(&mut pipe).send_pending().unwrap();
             client.read_tls(&mut &pipe.output[..]).unwrap();
             client.process_new_packets().unwrap();
             pipe.output.clear();
@@ -1852,7 +2222,7 @@ mod tests {
             pipe.input.extend(flight);
             let (plain, ended) = read_all(&mut session, &mut pipe);
             assert!(plain.is_empty());
-            let _ = session.link(&mut pipe).send_pending();
+            let _ = session.over(&mut pipe).send_pending();
             assert!(
                 versions.contains(&at)
                     || !session.is_established() && !session.take_events().established,

@@ -36,7 +36,8 @@ trap cleanup EXIT
 # --- certificate, files, servers -----------------------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -keyout "$tmp/key.pem" -out "$tmp/cert.pem" -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 mkdir -p "$tmp/root" "$tmp/www"
 head -c $((1 << 30)) /dev/urandom >"$tmp/root/big"
 ln "$tmp/root/big" "$tmp/www/big"
@@ -107,7 +108,7 @@ for _ in $(seq 100); do NGX_WORKER=$(pgrep -P "$NGX_MASTER" | head -1); [ -n "$N
 [ -n "${NGX_WORKER:-}" ] || { echo "nginx did not start: $(cat "$tmp/nginx-error.log")" >&2; exit 1; }
 
 CA=(--tls-ca "$tmp/cert.pem")
-cpu_line() { grep -E "server CPU per (req|conn)|req/s|conn/s|per connection" | tr -s ' ' | paste -sd ' ' -; }
+cpu_line() { grep -E "req/s|handshake/s|CPU per|errors" | tr -s ' ' | paste -sd ' ' -; }
 
 for r in $(seq "$ROUNDS"); do
   echo "=== round $r"
@@ -119,14 +120,14 @@ for r in $(seq "$ROUNDS"); do
     echo "nginx TLS:   $("$BIN" bench echo --raw --addr "tls://127.0.0.1:$NGX_TLS" "${CA[@]}" -c 50 -s $size -d "$SECS" --pid "$NGX_WORKER" 2>&1 | cpu_line)"
   done
   echo "-- full handshakes, 8 at a time"
-  echo "ours:  $("$BIN" bench connect --tls --handshake-only --addr "127.0.0.1:${TLS_ADDR##*:}" "${CA[@]}" -c 8 -d "$SECS" --pid "$TLS_PID" 2>&1 | cpu_line)"
-  echo "nginx: $("$BIN" bench connect --tls --handshake-only --addr "127.0.0.1:$NGX_TLS" "${CA[@]}" -c 8 -d "$SECS" --pid "$NGX_WORKER" 2>&1 | cpu_line)"
+  echo "ours:  $("$BIN" bench connect --handshake-only --addr "tls://$TLS_ADDR" "${CA[@]}" -c 8 -d "$SECS" --pid "$TLS_PID" 2>&1 | cpu_line)"
+  echo "nginx: $("$BIN" bench connect --handshake-only --addr "tls://127.0.0.1:$NGX_TLS" "${CA[@]}" -c 8 -d "$SECS" --pid "$NGX_WORKER" 2>&1 | cpu_line)"
   echo "-- 1 GiB GET over TLS (wall seconds; the file is in the page cache)"
   start=$(date +%s.%N)
-  "$BIN" get -q --addr "tls://$TLS_ADDR" "${CA[@]}" big /dev/null
+  "$BIN" get -q --addr "tls://$TLS_ADDR" "${CA[@]}" big /dev/null || { echo "get failed" >&2; exit 1; }
   ours=$(echo "$(date +%s.%N) - $start" | bc)
   start=$(date +%s.%N)
-  curl -s --cacert "$tmp/cert.pem" -o /dev/null "https://127.0.0.1:$NGX_HTTPS/big"
+  curl -sf --cacert "$tmp/cert.pem" -o /dev/null "https://127.0.0.1:$NGX_HTTPS/big" || { echo "curl failed" >&2; exit 1; }
   theirs=$(echo "$(date +%s.%N) - $start" | bc)
   echo "ours get: ${ours}s  curl from nginx: ${theirs}s  ours/theirs speed: $(echo "scale=2; $theirs / $ours" | bc)"
 done

@@ -145,7 +145,11 @@ mod tests {
 
     #[test]
     fn the_provider_offers_x25519_first_as_openssl_and_curl_do() {
-        let names: Vec<_> = provider().kx_groups.iter().map(|group| group.name()).collect();
+        let names: Vec<_> = provider()
+            .kx_groups
+            .iter()
+            .map(|group| group.name())
+            .collect();
         assert_eq!(names[0], rustls::NamedGroup::X25519, "{names:?}");
     }
 }

@@ -122,8 +122,11 @@
 //! reading 16 KiB into a stack chunk and writing it through [`Write`], made a `pread`, a
 //! copy into the record buffer and a `write` per 16 KiB). A batch is at most what the caller
 //! offered, so a GET is a bounded read and encrypt per turn, never the whole file in memory.
-//! Measured on a 1 GiB GET over loopback (release, two cores; the commit says the figures):
-//! the server's CPU went from ~0.7 s to ~0.55 s.
+//! Measured on a 1 GiB GET over loopback (release, two cores, old and new servers
+//! interleaved, medians of three sets of 7 to 9 runs): the server's CPU went from 0.85 to
+//! 0.64 s, 0.63 to 0.55 s, and 1.04 to 0.82 s (20-25 % less); its system calls from 66,564
+//! `sendto` and 65,539 `pread64` to 17,414 `sendto` (a thousand short ones: the socket was
+//! full) and 16,384 `preadv`. Eight records per batch measured the same as four.
 //!
 //! Kernel TLS would give `sendfile` back where the kernel has it (not here:
 //! `setsockopt(TCP_ULP, "tls")` fails with ENOENT on this
@@ -2197,6 +2200,17 @@ mod tests {
         buffers.give(vec![0; FIRST_READ]);
         buffers.give(Vec::new());
         assert_eq!(buffers.free_len(), 1, "only standard buffers are kept");
+        // Bulk buffers (a file's): their own list, a quarter as long (rounded up).
+        let bulk: Vec<Vec<u8>> = (0..2).map(|_| buffers.take_bulk()).collect();
+        assert!(bulk.iter().all(|buffer| buffer.len() == BULK_LEN));
+        for buffer in bulk {
+            buffers.give(buffer);
+        }
+        assert_eq!((buffers.bulk_len(), buffers.free_len()), (1, 1));
+        let mut grown = buffers.take_bulk();
+        grown.push(0);
+        buffers.give(grown);
+        assert_eq!(buffers.bulk_len(), 0, "a grown bulk buffer is freed");
     }
 
     #[test]

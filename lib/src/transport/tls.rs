@@ -123,10 +123,11 @@
 //! copy into the record buffer and a `write` per 16 KiB). A batch is at most what the caller
 //! offered, so a GET is a bounded read and encrypt per turn, never the whole file in memory.
 //! Measured on a 1 GiB GET over loopback (release, two cores, old and new servers
-//! interleaved, medians of three sets of 7 to 9 runs): the server's CPU went from 0.85 to
-//! 0.64 s, 0.63 to 0.55 s, and 1.04 to 0.82 s (20-25 % less); its system calls from 66,564
-//! `sendto` and 65,539 `pread64` to 17,414 `sendto` (a thousand short ones: the socket was
-//! full) and 16,384 `preadv`. Eight records per batch measured the same as four.
+//! interleaved, medians of four sets of 6 to 9 runs): the server's CPU went from 0.85 to
+//! 0.64 s, 0.68 to 0.55 s, 1.04 to 0.82 s and 1.14 to 0.84 s (20-26 % less); its system
+//! calls from 66,564 `sendto` and 65,539 `pread64` to 17,414 `sendto` (a thousand short
+//! ones: the socket was full) and 16,384 `preadv`. Eight records per batch measured the same
+//! as four.
 //!
 //! Kernel TLS would give `sendfile` back where the kernel has it (not here:
 //! `setsockopt(TCP_ULP, "tls")` fails with ENOENT on this

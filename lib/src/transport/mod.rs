@@ -41,13 +41,13 @@
 //!   socket needs nothing of its own.
 //! - [`Transport::shutdown_write`]: seal close_notify, then the socket's `shutdown(SHUT_WR)`
 //!   once it has left.
-//! - [`Transport::send_file`]: not overridden. `sendfile` hands page-cache pages to the socket
-//!   as they are, which is the point of it (no copy into user space) and exactly what TLS
-//!   cannot allow: every byte must be encrypted in user space. So sending from a file is a
-//!   capability of the transport, which a TLS transport declines, and the default sends the
-//!   range by reading it in chunks and writing them through [`Write`]; the outbox and the file
-//!   transfers do not change. (Kernel TLS would be a transport that takes it back: `tls.rs`
-//!   says how.)
+//! - [`Transport::send_file`]: `sendfile` hands page-cache pages to the socket as they are,
+//!   which is the point of it and exactly what TLS cannot allow: every byte must be encrypted
+//!   in user space. So the link reads the range itself, but without copying it: up to four
+//!   records at a time are read with one `preadv` straight into their plaintext slots in the
+//!   outgoing buffer, sealed in place, and sent with one `write` (`TlsSession::send_file`);
+//!   the outbox and the file transfers do not change. (Kernel TLS would be a transport that
+//!   takes `sendfile` back: `tls.rs` says how.)
 //!
 //! The other mixup — a TLS client on the plaintext framed port — is the framed connection's
 //! to see, from its first bytes (`conn/sniff.rs`).

@@ -156,15 +156,29 @@ impl Protection {
     /// which must hold `content.len() + SEAL_OVERHEAD` bytes; returns the record's length.
     /// `content` is at most [`MAX_PLAINTEXT`].
     pub(crate) fn seal(&mut self, content_type: u8, content: &[u8], out: &mut [u8]) -> usize {
-        debug_assert!(content.len() <= MAX_PLAINTEXT);
-        let inner = content.len() + 1;
+        out[HEADER_LEN..HEADER_LEN + content.len()].copy_from_slice(content);
+        self.seal_in_place(content_type, content.len(), out)
+    }
+
+    /// Seals the `content_len` bytes of content already at `out[HEADER_LEN..]` as one record
+    /// of inner type `content_type`, in place: the header goes in front of them, the type byte
+    /// and the tag behind. `out` must hold `content_len + SEAL_OVERHEAD` bytes; returns the
+    /// record's length. `content_len` is at most [`MAX_PLAINTEXT`]. What a file's bytes are
+    /// read straight into (`TlsSession::send_file`), so that nothing is copied.
+    pub(crate) fn seal_in_place(
+        &mut self,
+        content_type: u8,
+        content_len: usize,
+        out: &mut [u8],
+    ) -> usize {
+        debug_assert!(content_len <= MAX_PLAINTEXT);
+        let inner = content_len + 1;
         let body = inner + TAG_LEN;
         let total = HEADER_LEN + body;
         let [hi, lo] = (body as u16).to_be_bytes();
         let header = [APPLICATION_DATA, 0x03, 0x03, hi, lo];
         out[..HEADER_LEN].copy_from_slice(&header);
-        out[HEADER_LEN..HEADER_LEN + content.len()].copy_from_slice(content);
-        out[HEADER_LEN + content.len()] = content_type;
+        out[HEADER_LEN + content_len] = content_type;
         let nonce = self.next_nonce();
         let (plain, tag) = out[HEADER_LEN..total].split_at_mut(inner);
         // Sealing fails only for a plaintext beyond the algorithm's limit (64 GiB for AES-GCM),

@@ -85,6 +85,10 @@
 //! handshake message does not fit one record (a client certificate chain over ~16 KiB) is
 //! refused; the client's certificate chain, if it sent one, stays in the `KernelConnection`.
 //!
+//! **While a file is sent** the outgoing buffer is a bulk one ([`BULK_LEN`], 65,651 bytes:
+//! four records and a KeyUpdate), from the list's second, smaller list, and it goes back at
+//! the end of the drive like the other (counted in [`TlsSession::buffer_bytes`] while held).
+//!
 //! **After the handshake** both buffers are record buffers of one size,
 //! [`RECORD_BUFFER_LEN`] (16,645 bytes: one whole incoming record; the outgoing side needs
 //! [`OUTGOING_LEN`], 16,406), lent by the loop's free list ([`RecordBuffers`]) through the
@@ -109,11 +113,24 @@
 //! The reactor counts what a session holds after each drive in `--max-client-memory`
 //! ([`TlsSession::buffer_bytes`]: 0 for an idle established connection).
 //!
-//! # Files: no sendfile under TLS
-//! [`Transport::send_file`] is not overridden: the default reads the range 16 KiB at a time
-//! (one record's worth) and writes it through the session, so a GET is a bounded read and
-//! encrypt per turn, never the whole file in memory. Kernel TLS would give `sendfile` back
-//! where the kernel has it (not here: `setsockopt(TCP_ULP, "tls")` fails with ENOENT on this
+//! # Files: no sendfile under TLS, and no copy either
+//! [`Transport::send_file`] is overridden ([`TlsSession::send_file`]): a file's range goes in
+//! batches of [`BULK_RECORDS`] (4) records, each batch read with one `preadv` straight into
+//! the records' plaintext slots of a bulk outgoing buffer ([`BULK_LEN`], 64 KiB, from the
+//! loop's list like the record buffers), sealed in place, and sent with one `write`. Per
+//! 64 KiB: one `preadv`, four seals, one `write`, and no copy in user space (the default,
+//! reading 16 KiB into a stack chunk and writing it through [`Write`], made a `pread`, a
+//! copy into the record buffer and a `write` per 16 KiB). A batch is at most what the caller
+//! offered, so a GET is a bounded read and encrypt per turn, never the whole file in memory.
+//! Measured on a 1 GiB GET over loopback (release, two cores, old and new servers
+//! interleaved, medians of four sets of 6 to 9 runs): the server's CPU went from 0.85 to
+//! 0.64 s, 0.68 to 0.55 s, 1.04 to 0.82 s and 1.14 to 0.84 s (20-26 % less); its system
+//! calls from 66,564 `sendto` and 65,539 `pread64` to 17,414 `sendto` (a thousand short
+//! ones: the socket was full) and 16,384 `preadv`. Eight records per batch measured the same
+//! as four.
+//!
+//! Kernel TLS would give `sendfile` back where the kernel has it (not here:
+//! `setsockopt(TCP_ULP, "tls")` fails with ENOENT on this
 //! kernel): at the end of the handshake, instead of `record.rs`, hand the secrets that
 //! `dangerous_into_kernel_connection` returns (`ExtractedSecrets`: key, IV and sequence per
 //! direction) to the socket with `setsockopt(SOL_TCP, TCP_ULP, "tls")` and then
@@ -152,6 +169,12 @@ pub(crate) const OUTGOING_LEN: usize = MAX_PLAINTEXT + SEAL_OVERHEAD;
 /// ([`RecordBuffers`]) serves both.
 pub(crate) const RECORD_BUFFER_LEN: usize = INCOMING_MAX;
 const _: () = assert!(OUTGOING_LEN <= RECORD_BUFFER_LEN);
+/// Records a file's range is sealed in per batch, and sent with one `write`
+/// ([`TlsSession::send_file`]).
+pub(crate) const BULK_RECORDS: usize = 4;
+/// The outgoing buffer a file's range is sent from: [`BULK_RECORDS`] full data records, and a
+/// KeyUpdate in front of them when one is due (64 KiB and 115 bytes).
+pub(crate) const BULK_LEN: usize = BULK_RECORDS * OUTGOING_LEN + KEY_UPDATE_LEN + SEAL_OVERHEAD;
 
 /// The first byte of a TLS handshake record (a ClientHello's record).
 const HANDSHAKE_RECORD: u8 = 0x16;
@@ -187,22 +210,39 @@ const USER_CANCELED: u8 = 90;
 /// `--io-buffer` long (64 KiB by default, and possibly shorter than a record).
 ///
 /// [`BufferPool`]: crate::buffer::BufferPool
+///
+/// A second list holds the [`BULK_LEN`]-byte buffers a file's range is sent from
+/// ([`TlsSession::send_file`]: four records per `write`), bounded to a quarter as many, so
+/// that it pins no more memory than the first (64 buffers of 64 KiB by default: 4.2 MiB).
 #[derive(Debug)]
 pub(crate) struct RecordBuffers {
     free: Vec<Vec<u8>>,
     max_free: usize,
+    bulk: Vec<Vec<u8>>,
+    max_bulk: usize,
     created: u64,
 }
 
 impl RecordBuffers {
-    /// A list that keeps at most `max_free` buffers (reserved up front, so giving back never
-    /// allocates).
+    /// A list that keeps at most `max_free` record buffers and a quarter as many bulk ones
+    /// (at least one if any; reserved up front, so giving back never allocates).
     pub(crate) fn new(max_free: usize) -> RecordBuffers {
+        let max_bulk = max_free.div_ceil(BULK_RECORDS);
         RecordBuffers {
             free: Vec::with_capacity(max_free),
             max_free,
+            bulk: Vec::with_capacity(max_bulk),
+            max_bulk,
             created: 0,
         }
+    }
+
+    /// A zeroed buffer of [`BULK_LEN`] bytes: a pooled one if there is one, else a new one.
+    pub(crate) fn take_bulk(&mut self) -> Vec<u8> {
+        self.bulk.pop().unwrap_or_else(|| {
+            self.created += 1;
+            vec![0; BULK_LEN]
+        })
     }
 
     /// A zeroed buffer of [`RECORD_BUFFER_LEN`] bytes (its length is its size): a pooled one
@@ -214,14 +254,16 @@ impl RecordBuffers {
         })
     }
 
-    /// Returns a buffer; kept if it is of the standard size and the list is not full, else
-    /// freed. An empty `Vec` (no buffer) is ignored.
+    /// Returns a buffer; kept if it is of one of the two standard sizes and its list is not
+    /// full, else freed. An empty `Vec` (no buffer) is ignored.
     pub(crate) fn give(&mut self, buffer: Vec<u8>) {
-        if buffer.len() == RECORD_BUFFER_LEN
-            && buffer.capacity() == RECORD_BUFFER_LEN
-            && self.free.len() < self.max_free
-        {
-            self.free.push(buffer);
+        let (list, max) = match buffer.len() {
+            RECORD_BUFFER_LEN => (&mut self.free, self.max_free),
+            BULK_LEN => (&mut self.bulk, self.max_bulk),
+            _ => return,
+        };
+        if buffer.capacity() == buffer.len() && list.len() < max {
+            list.push(buffer);
         }
     }
 
@@ -235,6 +277,12 @@ impl RecordBuffers {
     #[cfg(test)]
     pub(crate) fn free_len(&self) -> usize {
         self.free.len()
+    }
+
+    /// Bulk buffers waiting for reuse.
+    #[cfg(test)]
+    pub(crate) fn bulk_len(&self) -> usize {
+        self.bulk.len()
     }
 }
 
@@ -982,9 +1030,9 @@ impl TlsSession {
 
     /// Past the handshake, before sealing: an empty outgoing buffer that is not a standard
     /// one (none, or the handshake's) is swapped for one from `buffers`. One with records
-    /// waiting is kept as it is.
+    /// waiting is kept as it is, and so is a bulk one (a file's, larger).
     fn take_outgoing(&mut self, buffers: &mut RecordBuffers) {
-        if !self.out_pending() && self.outgoing.len() != RECORD_BUFFER_LEN {
+        if !self.out_pending() && !matches!(self.outgoing.len(), RECORD_BUFFER_LEN | BULK_LEN) {
             self.out_start = 0;
             self.out_end = 0;
             let buffer = buffers.take();
@@ -1031,6 +1079,123 @@ impl TlsSession {
             return Err(ErrorKind::WouldBlock.into());
         }
         Ok(taken)
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset` ([`Transport::send_file`]) without
+    /// copying them in user space: in batches of up to [`BULK_RECORDS`] records, each read
+    /// with one `preadv` straight into the records' plaintext slots of a bulk outgoing buffer
+    /// ([`BULK_LEN`], from `buffers`), sealed in place, and sent with one `write`. What a
+    /// `write` did not take stays in the outgoing buffer and goes first next time, as a
+    /// `write`'s records do. Returns the bytes sealed (they went, as far as the caller is
+    /// concerned: they wait in the session); fewer than `len` only when the socket is full
+    /// (`WouldBlock` if nothing could be sealed) or the file ended. Every byte read is sealed
+    /// in the same batch, so nothing read is counted twice or lost: the last record of a batch
+    /// carries what the last slot got. A KeyUpdate due (asked for, or the suite's limit near)
+    /// goes in front of the batch's records, and a batch never crosses the limit.
+    fn send_file<S: Transport>(
+        &mut self,
+        io: &mut S,
+        buffers: &mut RecordBuffers,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        if len == 0 {
+            return Ok(0);
+        }
+        if !self.is_established() {
+            return Err(io::Error::new(
+                ErrorKind::NotConnected,
+                "the TLS handshake has not finished",
+            ));
+        }
+        let mut sent = 0;
+        let mut blocked = false;
+        loop {
+            if self.out_pending() {
+                match self.flush_out(io) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(_) if sent > 0 => break, // the error comes again next call
+                    Err(error) => return Err(error),
+                }
+            }
+            if sent == len {
+                break;
+            }
+            // The outgoing buffer is empty (`flush_out` reset it): a bulk one for the batch.
+            if self.outgoing.len() != BULK_LEN {
+                let buffer = buffers.take_bulk();
+                buffers.give(std::mem::replace(&mut self.outgoing, buffer));
+            }
+            let Phase::Traffic(traffic) = &self.phase else {
+                return Err(failed());
+            };
+            if traffic.key_update_due || traffic.tx.seq() >= traffic.tx_limit {
+                self.update_tx_key()?;
+            }
+            let Phase::Traffic(traffic) = &mut self.phase else {
+                return Err(failed());
+            };
+            let base = self.out_end;
+            let room = (self.outgoing.len() - base) / OUTGOING_LEN;
+            let before_limit = traffic.tx_limit.saturating_sub(traffic.tx.seq()).max(1);
+            let records = room
+                .min(usize::try_from(before_limit).unwrap_or(usize::MAX))
+                .min((len - sent).div_ceil(MAX_PLAINTEXT));
+            let want = (len - sent).min(records * MAX_PLAINTEXT);
+            let read = {
+                let mut slots: [io::IoSliceMut<'_>; BULK_RECORDS] =
+                    std::array::from_fn(|_| io::IoSliceMut::new(&mut []));
+                let mut rest = &mut self.outgoing[base..];
+                let mut left = want;
+                for slot in slots.iter_mut().take(records) {
+                    let (record, after) = rest.split_at_mut(OUTGOING_LEN.min(rest.len()));
+                    let n = left.min(MAX_PLAINTEXT);
+                    *slot = io::IoSliceMut::new(&mut record[HEADER_LEN..HEADER_LEN + n]);
+                    left -= n;
+                    rest = after;
+                }
+                loop {
+                    match rustix::io::preadv(file, &mut slots[..records], offset + sent as u64) {
+                        Ok(n) => break n,
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(error) => {
+                            if sent > 0 {
+                                // The error comes again next call; the KeyUpdate, if one
+                                // was sealed, goes out then.
+                                return Ok(sent);
+                            }
+                            return Err(error.into());
+                        }
+                    }
+                }
+            };
+            if read == 0 {
+                // The file ended (a KeyUpdate sealed for the batch goes with what follows).
+                break;
+            }
+            // A short read (the file ended inside the range) is sealed as it is: its last
+            // record shorter, and the next batch reads on from there.
+            let mut at = base;
+            let mut left = read;
+            while left > 0 {
+                let n = left.min(MAX_PLAINTEXT);
+                at += traffic
+                    .tx
+                    .seal_in_place(APPLICATION_DATA, n, &mut self.outgoing[at..]);
+                left -= n;
+            }
+            self.out_end = at;
+            sent += read;
+        }
+        if sent == 0 && blocked {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(sent)
     }
 
     /// Writes the outgoing buffer to the socket: `Ok(true)` once it is empty, `Ok(false)` when
@@ -1226,6 +1391,11 @@ impl<S: Transport> Transport for TlsLink<'_, S> {
         self.session.shutdown_write(self.io, self.buffers)
     }
 
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<usize> {
+        self.session
+            .send_file(self.io, self.buffers, file, offset, len)
+    }
+
     fn send_pending(&mut self) -> io::Result<()> {
         self.session.send_pending(self.io)
     }
@@ -1300,6 +1470,9 @@ mod tests {
         eof: bool,
         /// The client reads nothing: every write is `WouldBlock`.
         full: bool,
+        /// If not empty, how much each write takes in turn, over and over (0: `WouldBlock`).
+        takes: Vec<usize>,
+        turn: usize,
     }
 
     impl Read for Wire {
@@ -1316,8 +1489,17 @@ mod tests {
             if self.full {
                 return Err(ErrorKind::WouldBlock.into());
             }
-            self.output.extend_from_slice(buf);
-            Ok(buf.len())
+            let mut n = buf.len();
+            if !self.takes.is_empty() {
+                let take = self.takes[self.turn % self.takes.len()];
+                self.turn += 1;
+                if take == 0 {
+                    return Err(ErrorKind::WouldBlock.into());
+                }
+                n = n.min(take);
+            }
+            self.output.extend_from_slice(&buf[..n]);
+            Ok(n)
         }
 
         fn flush(&mut self) -> io::Result<()> {
@@ -1437,19 +1619,31 @@ mod tests {
             }
         }
         session.over(pipe).send_pending().unwrap();
+        deliver(pipe, client);
+    }
+
+    /// Hands what the session wrote to the client, whose plaintext goes to `CLIENT_GOT`;
+    /// returns whether the client has seen close_notify.
+    fn deliver(pipe: &mut Pipe, client: &mut ClientConnection) -> bool {
         let mut out = &pipe.output[..];
+        let mut closed = false;
         while !out.is_empty() {
             client.read_tls(&mut out).unwrap();
             client.process_new_packets().unwrap();
             let mut got = [0; 16 << 10];
-            while let Ok(n) = client.reader().read(&mut got) {
-                if n == 0 {
-                    break;
+            loop {
+                match client.reader().read(&mut got) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => CLIENT_GOT.with(|all| all.borrow_mut().extend_from_slice(&got[..n])),
+                    Err(_) => break,
                 }
-                CLIENT_GOT.with(|all| all.borrow_mut().extend_from_slice(&got[..n]));
             }
         }
         pipe.output.clear();
+        closed
     }
 
     thread_local! {
@@ -1577,6 +1771,106 @@ mod tests {
         server_turn(&mut session, &mut pipe, &mut client, &mut plain);
         let back = client_got();
         assert_eq!((back.len(), back[499]), (500, 4));
+    }
+
+    #[test]
+    fn send_file_of_an_odd_range_through_short_writes_delivers_exactly_the_files_bytes() {
+        let certs = Certs::new("send-file");
+        let mut client = certs.client();
+        let mut session = TlsSession::new(certs.server());
+        let mut pipe = Pipe::default();
+        let mut plain = Vec::new();
+        while client.is_handshaking() || client.wants_write() {
+            pipe.input.extend(client_bytes(&mut client));
+            server_turn(&mut session, &mut pipe, &mut client, &mut plain);
+        }
+        client_got();
+        let content: Vec<u8> = (0..300_007u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let path = certs.dir.join("file");
+        std::fs::write(&path, &content).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // Our key reaches its limit in the middle: a KeyUpdate goes before the record past it.
+        if let Phase::Traffic(traffic) = &mut session.phase {
+            traffic.tx_limit = traffic.tx.seq() + 6;
+        }
+        // Odd-sized writes, and WouldBlock, over and over.
+        pipe.takes = vec![1_000, 0, 7, 33_333, 0, 0, 16_407, 65_651, 1, 5_000, 0];
+        let (offset, len) = (1_001u64, 250_001usize);
+        let mut sent = 0;
+        for call in 0.. {
+            assert!(call < 10_000, "stuck at {sent} of {len}");
+            if sent == len {
+                break;
+            }
+            // Offered in pieces that are no multiple of a record either.
+            let offered = (len - sent).min(40_009);
+            let mut link = session.over(&mut pipe);
+            match link.send_file(&file, offset + sent as u64, offered) {
+                Ok(n) => {
+                    assert!(0 < n && n <= offered, "{n} of {offered}");
+                    sent += n;
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+                Err(error) => panic!("send_file: {error}"),
+            }
+            drop(link);
+            deliver(&mut pipe, &mut client);
+        }
+        // What the session holds goes, then close_notify after it.
+        for call in 0.. {
+            assert!(call < 100, "records still waiting");
+            let mut link = session.over(&mut pipe);
+            let done = link.send_pending().is_ok();
+            drop(link);
+            deliver(&mut pipe, &mut client);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(session.buffer_bytes(), 0, "nothing pending, no buffer held");
+        session.over(&mut pipe).shutdown_write().unwrap();
+        let mut closed = deliver(&mut pipe, &mut client);
+        for call in 0.. {
+            assert!(call < 100, "close_notify still waiting");
+            if pipe.shut {
+                break;
+            }
+            let _ = session.over(&mut pipe).send_pending();
+            closed |= deliver(&mut pipe, &mut client);
+        }
+        assert!(closed, "close_notify after the data");
+        if let Phase::Traffic(traffic) = &session.phase {
+            // Over 15 records went: without the KeyUpdates the sequence would be past 15.
+            assert!(traffic.tx.seq() <= 6, "our key was updated on the way");
+        }
+        let got = client_got();
+        let want = &content[offset as usize..offset as usize + len];
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "every byte, in order, once");
+        assert!(
+            pipe.buffers.bulk_len() == 1 && pipe.buffers.created() <= 2,
+            "one bulk buffer, taken and given back every call"
+        );
+
+        // A range past the end of the file: what there is, then 0.
+        pipe.takes.clear();
+        let (offset, len) = (content.len() as u64 - 20_000, 50_000);
+        assert_eq!(
+            session
+                .over(&mut pipe)
+                .send_file(&file, offset, len)
+                .unwrap(),
+            20_000
+        );
+        assert_eq!(
+            session
+                .over(&mut pipe)
+                .send_file(&file, content.len() as u64, len)
+                .unwrap(),
+            0
+        );
     }
 
     #[test]
@@ -1907,6 +2201,17 @@ mod tests {
         buffers.give(vec![0; FIRST_READ]);
         buffers.give(Vec::new());
         assert_eq!(buffers.free_len(), 1, "only standard buffers are kept");
+        // Bulk buffers (a file's): their own list, a quarter as long (rounded up).
+        let bulk: Vec<Vec<u8>> = (0..2).map(|_| buffers.take_bulk()).collect();
+        assert!(bulk.iter().all(|buffer| buffer.len() == BULK_LEN));
+        for buffer in bulk {
+            buffers.give(buffer);
+        }
+        assert_eq!((buffers.bulk_len(), buffers.free_len()), (1, 1));
+        let mut grown = buffers.take_bulk();
+        grown.push(0);
+        buffers.give(grown);
+        assert_eq!(buffers.bulk_len(), 0, "a grown bulk buffer is freed");
     }
 
     #[test]

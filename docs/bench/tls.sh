@@ -20,6 +20,9 @@ set -u
 BIN=$(realpath "$1")
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-3}
+# Which parts each round runs (PARTS=get ROUNDS=9: only the GET, more samples).
+PARTS=${PARTS:-"echo handshake get idle"}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 TOOLS=${BENCH_TOOLS:-$(cd "$(dirname "$0")/../../../shared/bench-tools" && pwd)}
 command -v nginx >/dev/null || { echo "needs nginx: apt-get install nginx-light libnginx-mod-stream" >&2; exit 2; }
 command -v curl >/dev/null || { echo "needs curl" >&2; exit 2; }
@@ -112,25 +115,28 @@ cpu_line() { grep -E "req/s|handshake/s|CPU per|errors" | tr -s ' ' | paste -sd 
 
 for r in $(seq "$ROUNDS"); do
   echo "=== round $r"
-  for size in 64 16384; do
+  part echo && for size in 64 16384; do
     echo "-- echo $size B, 50 connections"
     echo "ours plain:  $("$BIN" bench echo --addr "$PLAIN_ADDR" -c 50 -s $size -d "$SECS" --pid "$PLAIN_PID" 2>&1 | cpu_line)"
     echo "ours TLS:    $("$BIN" bench echo --addr "tls://$TLS_ADDR" "${CA[@]}" -c 50 -s $size -d "$SECS" --pid "$TLS_PID" 2>&1 | cpu_line)"
     echo "nginx plain: $("$BIN" bench echo --raw --addr "127.0.0.1:$NGX_PLAIN" -c 50 -s $size -d "$SECS" --pid "$NGX_WORKER" 2>&1 | cpu_line)"
     echo "nginx TLS:   $("$BIN" bench echo --raw --addr "tls://127.0.0.1:$NGX_TLS" "${CA[@]}" -c 50 -s $size -d "$SECS" --pid "$NGX_WORKER" 2>&1 | cpu_line)"
   done
-  echo "-- full handshakes, 8 at a time"
+  part handshake && echo "-- full handshakes, 8 at a time" &&
   echo "ours:  $("$BIN" bench connect --handshake-only --addr "tls://$TLS_ADDR" "${CA[@]}" -c 8 -d "$SECS" --pid "$TLS_PID" 2>&1 | cpu_line)"
-  echo "nginx: $("$BIN" bench connect --handshake-only --addr "tls://127.0.0.1:$NGX_TLS" "${CA[@]}" -c 8 -d "$SECS" --pid "$NGX_WORKER" 2>&1 | cpu_line)"
-  echo "-- 1 GiB GET over TLS (wall seconds; the file is in the page cache)"
-  start=$(date +%s.%N)
-  "$BIN" get -q --addr "tls://$TLS_ADDR" "${CA[@]}" big /dev/null || { echo "get failed" >&2; exit 1; }
-  ours=$(echo "$(date +%s.%N) - $start" | bc)
-  start=$(date +%s.%N)
-  curl -sf --cacert "$tmp/cert.pem" -o /dev/null "https://127.0.0.1:$NGX_HTTPS/big" || { echo "curl failed" >&2; exit 1; }
-  theirs=$(echo "$(date +%s.%N) - $start" | bc)
-  echo "ours get: ${ours}s  curl from nginx: ${theirs}s  ours/theirs speed: $(echo "scale=2; $theirs / $ours" | bc)"
+  part handshake && echo "nginx: $("$BIN" bench connect --handshake-only --addr "tls://127.0.0.1:$NGX_TLS" "${CA[@]}" -c 8 -d "$SECS" --pid "$NGX_WORKER" 2>&1 | cpu_line)"
+  if part get; then
+    echo "-- 1 GiB GET over TLS (wall seconds; the file is in the page cache)"
+    start=$(date +%s.%N)
+    "$BIN" get -q --addr "tls://$TLS_ADDR" "${CA[@]}" big /dev/null || { echo "get failed" >&2; exit 1; }
+    ours=$(echo "$(date +%s.%N) - $start" | bc)
+    start=$(date +%s.%N)
+    curl -sf --cacert "$tmp/cert.pem" -o /dev/null "https://127.0.0.1:$NGX_HTTPS/big" || { echo "curl failed" >&2; exit 1; }
+    theirs=$(echo "$(date +%s.%N) - $start" | bc)
+    echo "ours get: ${ours}s  curl from nginx: ${theirs}s  ours/theirs speed: $(echo "scale=2; $theirs / $ours" | bc)"
+  fi
 done
+part idle || exit 0
 echo "=== idle TLS connections"
 "$BIN" bench idle --addr "tls://$TLS_ADDR" "${CA[@]}" -c 2000 --pid "$TLS_PID" 2>&1 | tail -3
 "$BIN" bench idle --addr "$PLAIN_ADDR" -c 2000 --pid "$PLAIN_PID" 2>&1 | tail -3

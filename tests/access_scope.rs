@@ -8,14 +8,18 @@
 
 mod support;
 
+#[path = "support/requests.rs"]
+mod requests;
+
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use monoreactor::client::{Client, OwnedFrame};
-use monoreactor::proto::exec::{ExecRequest, Exit, Signal, SignalRequest, Termination};
-use monoreactor::proto::files::{Entries, GetRequest, Hash, PutFlags, PutRequest};
+use monoreactor::proto::exec::{Signal, SignalRequest, Termination};
+use monoreactor::proto::files::Entries;
 use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, SessionFlags};
+use requests::{exec, get, output_of, path_request, put};
 use support::{Server, TempDir, run_cli};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -167,59 +171,6 @@ fn error_of(frames: &[OwnedFrame]) -> Option<(ErrorCode, String)> {
         let message = ErrorMessage::parse(&last.payload).unwrap();
         (message.code, message.text.to_string())
     })
-}
-
-fn get(stream: u32, path: &[u8]) -> Vec<u8> {
-    // Built by hand: the paths here are the ones a well-behaved client would never send.
-    let request = GetRequest {
-        offset: 0,
-        path: "",
-    };
-    let mut payload = vec![0; request.payload_len()];
-    request.emit(&mut payload);
-    payload.extend_from_slice(path);
-    Frame::new(FrameType::Get, Flags::NONE, stream, &payload).to_vec()
-}
-
-fn put(stream: u32, path: &[u8], bytes: &[u8]) -> Vec<u8> {
-    let hash: Hash = *blake3::hash(bytes).as_bytes();
-    let request = PutRequest {
-        size: bytes.len() as u64,
-        flags: PutFlags::HASH_DECLARED,
-        hash: Some(hash),
-        path: "",
-    };
-    let mut payload = vec![0; request.payload_len()];
-    request.emit(&mut payload);
-    payload.extend_from_slice(path);
-    let mut wire = Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec();
-    wire.extend(Frame::new(FrameType::Data, Flags::NONE, stream, bytes).to_vec());
-    wire.extend(Frame::new(FrameType::Digest, Flags::END_STREAM, stream, &hash).to_vec());
-    wire
-}
-
-fn path_request(frame_type: FrameType, stream: u32, path: &[u8]) -> Vec<u8> {
-    Frame::new(frame_type, Flags::NONE, stream, path).to_vec()
-}
-
-fn exec(stream: u32, argv: &[&[u8]]) -> Vec<u8> {
-    let mut wire = Vec::new();
-    ExecRequest::new(argv.to_vec()).encode(stream, &mut wire);
-    wire
-}
-
-/// Standard output of an EXEC's frames, and its EXIT.
-fn output_of(frames: &[OwnedFrame]) -> (Vec<u8>, Option<Exit>) {
-    let mut out = Vec::new();
-    let mut exit = None;
-    for frame in frames {
-        match frame.header.frame_type {
-            FrameType::Stdout => out.extend_from_slice(&frame.payload),
-            FrameType::Exit => exit = Some(Exit::parse(&frame.payload).unwrap()),
-            _ => {}
-        }
-    }
-    (out, exit)
 }
 
 /// No text the client sees names the scope or the server's root.

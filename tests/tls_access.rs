@@ -13,6 +13,9 @@
 //! entry needs is the one `openssl` prints (docs/SECURITY.md, *The file*).
 
 mod support;
+
+#[path = "support/requests.rs"]
+mod requests;
 #[path = "support/tls_proxy.rs"]
 mod tls_proxy;
 
@@ -22,9 +25,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use monoreactor::client::{Client, ClientError, OwnedFrame, Target, TlsFailure};
-use monoreactor::proto::exec::{ExecRequest, Exit, Termination};
-use monoreactor::proto::files::{Entries, GetRequest, Hash, PutFlags, PutRequest};
-use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, SessionFlags};
+use monoreactor::proto::exec::Termination;
+use monoreactor::proto::files::Entries;
+use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, FrameType, SessionFlags};
+use requests::{exec, get, output_of, path_request, put};
 use support::{Finished, Server, TempDir, run_cli};
 use tls_proxy::{Leaf, Pki};
 
@@ -268,59 +272,6 @@ fn got_bytes(frames: &[OwnedFrame]) -> Vec<u8> {
 
 /// A request's frames on a stream, for a path.
 type Request = fn(u32, &[u8]) -> Vec<u8>;
-
-fn get(stream: u32, path: &[u8]) -> Vec<u8> {
-    // Built by hand: the paths here are the ones a well-behaved client would never send.
-    let request = GetRequest {
-        offset: 0,
-        path: "",
-    };
-    let mut payload = vec![0; request.payload_len()];
-    request.emit(&mut payload);
-    payload.extend_from_slice(path);
-    Frame::new(FrameType::Get, Flags::NONE, stream, &payload).to_vec()
-}
-
-fn put(stream: u32, path: &[u8], bytes: &[u8]) -> Vec<u8> {
-    let hash: Hash = *blake3::hash(bytes).as_bytes();
-    let request = PutRequest {
-        size: bytes.len() as u64,
-        flags: PutFlags::HASH_DECLARED,
-        hash: Some(hash),
-        path: "",
-    };
-    let mut payload = vec![0; request.payload_len()];
-    request.emit(&mut payload);
-    payload.extend_from_slice(path);
-    let mut wire = Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec();
-    wire.extend(Frame::new(FrameType::Data, Flags::NONE, stream, bytes).to_vec());
-    wire.extend(Frame::new(FrameType::Digest, Flags::END_STREAM, stream, &hash).to_vec());
-    wire
-}
-
-fn path_request(frame_type: FrameType, stream: u32, path: &[u8]) -> Vec<u8> {
-    Frame::new(frame_type, Flags::NONE, stream, path).to_vec()
-}
-
-fn exec(stream: u32, argv: &[&[u8]]) -> Vec<u8> {
-    let mut wire = Vec::new();
-    ExecRequest::new(argv.to_vec()).encode(stream, &mut wire);
-    wire
-}
-
-/// Standard output of an EXEC's frames, and its EXIT.
-fn output_of(frames: &[OwnedFrame]) -> (Vec<u8>, Option<Exit>) {
-    let mut out = Vec::new();
-    let mut exit = None;
-    for frame in frames {
-        match frame.header.frame_type {
-            FrameType::Stdout => out.extend_from_slice(&frame.payload),
-            FrameType::Exit => exit = Some(Exit::parse(&frame.payload).unwrap()),
-            _ => {}
-        }
-    }
-    (out, exit)
-}
 
 /// The names a LIST of `path` shows, sorted.
 fn listed(client: &mut Client, stream: u32, path: &[u8]) -> Vec<String> {

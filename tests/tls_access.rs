@@ -27,8 +27,8 @@ use std::time::Duration;
 use monoreactor::client::{Client, ClientError, OwnedFrame, Target, TlsFailure};
 use monoreactor::proto::exec::Termination;
 use monoreactor::proto::files::Entries;
-use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, FrameType, SessionFlags};
-use requests::{exec, get, output_of, path_request, put};
+use monoreactor::proto::{ErrorCode, FrameType, SessionFlags};
+use requests::{error_of, exchange, exec, get, output_of, path_request, put, snapshot};
 use support::{Finished, Server, TempDir, run_cli};
 use tls_proxy::{Leaf, Pki};
 
@@ -196,55 +196,6 @@ fn fingerprint(leaf: &Leaf, dir: &Path, name: &str) -> String {
         "access key prints the key entries name"
     );
     ours
-}
-
-/// Every path under `dir` with its content (files) or `/` (directories), sorted.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.strip_prefix(base).unwrap().display().to_string();
-            if name.contains(".monoreactor-hash") {
-                continue; // the hash cache's index, the server's own
-            }
-            if path.is_dir() {
-                out.push((name, b"/".to_vec()));
-                walk(base, &path, out);
-            } else {
-                out.push((name, fs::read(&path).unwrap_or_default()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
-/// Sends `frames` and reads what comes back on `stream` until the frame that ends it.
-fn exchange(client: &mut Client, frames: &[u8], stream: u32) -> Vec<OwnedFrame> {
-    client.send_raw(frames).unwrap();
-    let mut got = Vec::new();
-    loop {
-        let frame = client.recv_frame().expect("a frame");
-        if frame.header.stream != stream {
-            continue;
-        }
-        let end = frame.header.flags.contains(Flags::END_STREAM);
-        got.push(frame);
-        if end {
-            return got;
-        }
-    }
-}
-
-/// The ERROR that ended a request, if it ended with one.
-fn error_of(frames: &[OwnedFrame]) -> Option<(ErrorCode, String)> {
-    let last = frames.last()?;
-    (last.header.frame_type == FrameType::Error).then(|| {
-        let message = ErrorMessage::parse(&last.payload).unwrap();
-        (message.code, message.text.to_string())
-    })
 }
 
 #[track_caller]

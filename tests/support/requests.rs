@@ -1,13 +1,17 @@
-//! Request frames built by hand for the access tests (tests/access_scope.rs over plaintext,
-//! tests/tls_access.rs over TLS): the paths and argv they carry are the ones a well-behaved
-//! client would never send, so they are not made with the client library.
+//! What the access tests share (tests/access_scope.rs over plaintext, tests/tls_access.rs over
+//! TLS): request frames built by hand (the paths and argv they carry are the ones a
+//! well-behaved client would never send, so they are not made with the client library), the
+//! exchange of one request's frames, and a snapshot of a tree to prove nothing changed.
 
 #![allow(dead_code)]
 
-use monoreactor::client::OwnedFrame;
+use std::fs;
+use std::path::Path;
+
+use monoreactor::client::{Client, OwnedFrame};
 use monoreactor::proto::exec::{ExecRequest, Exit};
 use monoreactor::proto::files::{GetRequest, Hash, PutFlags, PutRequest};
-use monoreactor::proto::{Flags, Frame, FrameType};
+use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType};
 
 pub fn get(stream: u32, path: &[u8]) -> Vec<u8> {
     // Built by hand: the paths here are the ones a well-behaved client would never send.
@@ -60,4 +64,53 @@ pub fn output_of(frames: &[OwnedFrame]) -> (Vec<u8>, Option<Exit>) {
         }
     }
     (out, exit)
+}
+
+/// Every path under `dir` with its content (files) or `/` (directories), sorted.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(base).unwrap().display().to_string();
+            if name.contains(".monoreactor-hash") {
+                continue; // the hash cache's index, the server's own
+            }
+            if path.is_dir() {
+                out.push((name, b"/".to_vec()));
+                walk(base, &path, out);
+            } else {
+                out.push((name, fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Sends `frames` and reads what comes back on `stream` until the frame that ends it.
+pub fn exchange(client: &mut Client, frames: &[u8], stream: u32) -> Vec<OwnedFrame> {
+    client.send_raw(frames).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let frame = client.recv_frame().expect("a frame");
+        if frame.header.stream != stream {
+            continue;
+        }
+        let end = frame.header.flags.contains(Flags::END_STREAM);
+        got.push(frame);
+        if end {
+            return got;
+        }
+    }
+}
+
+/// The ERROR that ended a request, if it ended with one.
+pub fn error_of(frames: &[OwnedFrame]) -> Option<(ErrorCode, String)> {
+    let last = frames.last()?;
+    (last.header.frame_type == FrameType::Error).then(|| {
+        let message = ErrorMessage::parse(&last.payload).unwrap();
+        (message.code, message.text.to_string())
+    })
 }

@@ -14,11 +14,12 @@ use monoreactor::proto::{Flags, Frame, FrameType, Hello};
 /// A fuzz target's entry point.
 type Entry = fn(&[u8]);
 
-const TARGETS: [(&str, Entry); 4] = [
+const TARGETS: [(&str, Entry); 5] = [
     ("decoder", fuzzing::decoder),
     ("framed_connection", fuzzing::framed_connection),
     ("exec_session", fuzzing::exec_session),
     ("file_session", fuzzing::file_session),
+    ("tls_session", fuzzing::tls_session),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -60,6 +61,86 @@ fn exec_session_corpus_replays() {
 #[test]
 fn file_session_corpus_replays() {
     replay(TARGETS[3].0, TARGETS[3].1);
+}
+
+#[test]
+fn tls_session_corpus_replays() {
+    replay(TARGETS[4].0, TARGETS[4].1);
+}
+
+/// The `tls_session` entry point on inputs of every mode, short and odd ones included.
+#[test]
+fn tls_session_runs_every_mode() {
+    use fuzzing::tls::{mode, mutation, op as tls_op};
+    for data in [
+        &[][..],
+        &[mode::RAW, tls_op::SEND, 0, 3, 0x16, 3, 1, tls_op::DRIVE, 0],
+        &[
+            mode::RAW,
+            tls_op::SEND,
+            0,
+            4,
+            b'G',
+            b'E',
+            b'T',
+            b' ',
+            tls_op::DRIVE,
+            9,
+        ],
+        &[mode::AFTER_HANDSHAKE],
+        &[
+            mode::AFTER_HANDSHAKE,
+            2,
+            3,
+            10,
+            200,
+            tls_op::SEND,
+            0,
+            5,
+            23,
+            3,
+            3,
+            0,
+            40,
+        ],
+        &[
+            mode::MUTATED,
+            4,
+            3,
+            1,
+            2,
+            3,
+            255,
+            2,
+            mutation::FLIP,
+            0,
+            30,
+            1,
+            mutation::INSERT,
+            0,
+            7,
+            9,
+        ],
+        &[
+            mode::MUTATED,
+            1,
+            0,
+            50,
+            1,
+            mutation::TRUNCATE,
+            0,
+            20,
+            0,
+            tls_op::FIN,
+            tls_op::DRIVE,
+            0,
+        ],
+        &[0xff; 64],
+    ] {
+        fuzzing::tls_session(data);
+    }
+    // A recorded client flight, replayed raw, completes the handshake and can carry data.
+    fuzzing::tls_session(&tls_raw_replay());
 }
 
 // ------------------------------------------------------------------------------------------
@@ -160,7 +241,31 @@ fn decoder_input(limit: u8, step: u8, stream: &[u8]) -> Vec<u8> {
     input
 }
 
+/// `tls_session`, raw mode: `bytes` sent in one piece, then a drive.
+fn tls_send(script: &mut Vec<u8>, bytes: &[u8]) {
+    use fuzzing::tls::op as tls_op;
+    script.push(tls_op::SEND);
+    script.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_be_bytes());
+    script.extend_from_slice(bytes);
+    script.extend_from_slice(&[tls_op::DRIVE, 255]);
+}
+
+/// `tls_session`, raw mode: the real client's flights replayed (the handshake completes, the
+/// session being deterministic), the server writing 100 bytes through short writes, and a
+/// record of garbage after.
+fn tls_raw_replay() -> Vec<u8> {
+    use fuzzing::tls::{mode, op as tls_op};
+    let mut script = vec![mode::RAW];
+    for flight in fuzzing::tls::client_flights() {
+        tls_send(&mut script, &flight);
+    }
+    script.extend_from_slice(&[tls_op::WRITE, 0, 0, 30, tls_op::WRITE_PLAIN, 0, 100]);
+    tls_send(&mut script, &[23, 3, 3, 0, 20, 1, 2, 3]);
+    script
+}
+
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    use fuzzing::tls::{mode, mutation, op as tls_op};
     let mut seeds = Vec::new();
 
     // decoder
@@ -452,6 +557,95 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             .disk(1)
             .event()
             .into_bytes(),
+    ));
+
+    // tls_session
+    let flights = fuzzing::tls::client_flights();
+    let mut hello = vec![mode::RAW];
+    tls_send(&mut hello, &flights[0]);
+    seeds.push(("tls_session", "client-hello", hello));
+    let mut split = vec![mode::RAW, tls_op::READ, 0, 0, 7, tls_op::READ, 1, 0, 0];
+    tls_send(&mut split, &flights[0][..100]);
+    tls_send(&mut split, &flights[0][100..]);
+    split.extend_from_slice(&[tls_op::FIN, tls_op::DRIVE, 0]);
+    seeds.push(("tls_session", "client-hello-split-fin", split));
+    seeds.push(("tls_session", "client-flights", tls_raw_replay()));
+    // Two data records, a KeyUpdate after the first, close_notify; the server writes through
+    // a full send buffer and shuts down.
+    seeds.push((
+        "tls_session",
+        "after-handshake-records-and-garbage",
+        vec![
+            mode::AFTER_HANDSHAKE,
+            2,
+            3,
+            20,
+            250,
+            tls_op::DRIVE,
+            100,
+            tls_op::ROOM,
+            0,
+            10,
+            tls_op::WRITE_PLAIN,
+            0x40,
+            0,
+            tls_op::SEND,
+            0,
+            6,
+            23,
+            3,
+            3,
+            0,
+            1,
+            0,
+            tls_op::DRIVE,
+            0,
+            tls_op::SHUTDOWN,
+            tls_op::ROOM,
+            0xff,
+            0xff,
+            tls_op::DRIVE,
+            0,
+        ],
+    ));
+    seeds.push((
+        "tls_session",
+        "mutated-records",
+        vec![
+            mode::MUTATED,
+            3,
+            1,
+            5,
+            30,
+            2,
+            3,
+            mutation::FLIP,
+            0,
+            40,
+            0x80,
+            mutation::INSERT,
+            1,
+            0,
+            0,
+            mutation::REMOVE,
+            0,
+            9,
+            4,
+            tls_op::READ,
+            0,
+            0,
+            3,
+            tls_op::SEND,
+            0,
+            50,
+            tls_op::DRIVE,
+            1,
+            tls_op::SEND,
+            0xff,
+            0xff,
+            tls_op::DRIVE,
+            255,
+        ],
     ));
     seeds
 }

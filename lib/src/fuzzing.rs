@@ -8,6 +8,7 @@
 //! | [`decoder`] | [`Decoder`] and every payload parser | no panic; the same frames whatever the splits; frames and parsed payloads encode back to the same bytes |
 //! | [`framed_connection`] | a framed [`Connection`](crate::conn::Connection) through [`ConnHarness`] and a [`FuzzIo`] | the [session checks](#the-session-checks) |
 //! | [`exec_session`] | the same, authenticated, commands on [`ScriptedChildren`] | the session checks, and the exec checks |
+//! | [`tls_session`] | a server `TlsSession` over a [`FuzzIo`]: the client's bytes raw, or a real client's handshake and then garbage or mutated records | no panic, no endless loop; buffers within [`tls::BUFFER_BOUND`]; plaintext only after the handshake, never after the session failed or the end, a prefix of what the real client sent |
 //! | [`file_session`] | the same, files served from a temporary root, disk jobs on a [`ScriptedDisk`](crate::testkit::ScriptedDisk) | the session checks, and the file checks |
 //!
 //! # The op script
@@ -80,6 +81,9 @@ use crate::testkit::{
     ConnHarness, FrameReader, FuzzIo, ReadStep, Readiness, ScriptedChildren, WriteStep,
 };
 use crate::timer::Tick;
+
+pub mod tls;
+pub use tls::tls_session;
 
 /// The token of the exec target's server (what [`Script::hello`] sends with `token: true`).
 pub const TOKEN: &[u8] = b"fuzzing-token-0123456789";

@@ -1008,7 +1008,13 @@ impl TlsSession {
         if self.outgoing.len() < need {
             // Only where no buffer was taken first (a fatal alert, sealed by a read), or a
             // control record goes behind a full one (the grown buffer is freed, not kept).
-            self.outgoing.resize(need.max(RECORD_BUFFER_LEN), 0);
+            // Exactly that much: `resize` alone would let the `Vec` double its capacity, a
+            // full record's worth more than the control record needs (found by the
+            // `tls_session` fuzz target: 49,935 bytes held against a bound of 33,546).
+            let target = need.max(RECORD_BUFFER_LEN);
+            self.outgoing
+                .reserve_exact(target.saturating_sub(self.outgoing.len()));
+            self.outgoing.resize(target, 0);
         }
         self.out_end += traffic
             .tx

@@ -704,3 +704,19 @@ fn replay_one() {
         entry(&std::fs::read(input).unwrap());
     }
 }
+
+/// An open finding of the `tls_session` target (fuzz/findings/, not in the corpus, so not
+/// replayed by `tls_session_corpus_replays`): after the outgoing buffer stopped doubling, an
+/// input still leaves the session holding 33,555 bytes against the target's bound of 33,546 —
+/// 265 bytes behind a full record where the bound allows 256 of control records. Whether the
+/// bound or the session is wrong is not settled yet.
+#[test]
+#[ignore = "open (issue 14 fuzz finding): control records behind a full record exceed the target's slack"]
+fn tls_session_finding_control_records_over_slack() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/findings/tls_session-control-records-over-slack"
+    );
+    let data = std::fs::read(path).expect("the finding's input");
+    fuzzing::tls_session(&data);
+}

@@ -22,7 +22,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore, SupportedCipherSuite};
 use support::files::{blake3_of, get_frame};
 use support::{IO_TIMEOUT, Server, TempDir, retry};
-use tls_support::{ALPN, ServerFiles, TestCa, connect};
+use tls_support::{ALPN, ServerFiles, TestCa, connect, recv_frame};
 
 /// HELLO, version 1..=2, no credentials (PROTOCOL.md 8.1, `dump: hello`).
 const HELLO: &str = "01 01 00 00 00 00 00 00 00 00 00 0a 4d 4e 52 58 00 01 00 02 00 00";
@@ -476,21 +476,6 @@ fn openssl_offering_nothing_the_server_takes_is_told_why_and_the_server_lives_on
 }
 
 // === A large transfer over each suite, with rustls' client ===
-
-/// Reads one frame (header and payload).
-#[track_caller]
-fn recv_frame(stream: &mut impl Read) -> (Header, Vec<u8>) {
-    let mut head = [0; HEADER_LEN];
-    stream.read_exact(&mut head).expect("a frame header");
-    let header = Header::parse(&head, u32::MAX)
-        .expect("a valid header")
-        .expect("a whole header");
-    let mut payload = vec![0; header.len as usize];
-    stream
-        .read_exact(&mut payload)
-        .expect("the frame's payload");
-    (header, payload)
-}
 
 /// A client configuration offering only `suite`.
 fn single_suite_config(ca: &TestCa, suite: SupportedCipherSuite) -> Arc<ClientConfig> {

@@ -14,10 +14,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use monoreactor::proto::files::FileInfo;
-use monoreactor::proto::{ErrorCode, ErrorMessage, FrameType, HEADER_LEN, Header};
+use monoreactor::proto::{ErrorCode, ErrorMessage, FrameType};
 use support::files::{blake3_of, get_frame};
 use support::{IO_TIMEOUT, Server, TempDir, echo_request, hello_bytes, retry, run_cli, tcp};
-use tls_support::{ALPN, ServerFiles, TestCa, TlsStream, client_config, connect, handshake};
+use tls_support::{
+    ALPN, ServerFiles, TestCa, TlsStream, client_config, connect, handshake, recv_frame,
+};
 
 /// A server on loopback with TLS on the framed listener (and `extra` flags).
 fn tls_server(dir: &TempDir, extra: &[&str]) -> (Server, ServerFiles) {
@@ -31,21 +33,6 @@ fn tls_server(dir: &TempDir, extra: &[&str]) -> (Server, ServerFiles) {
 fn tls_client(server: &Server, files: &ServerFiles) -> TlsStream {
     let config = client_config(&files.ca.der, &[ALPN], None);
     connect(server.framed(), config, IO_TIMEOUT)
-}
-
-/// Reads one frame (header and payload) from any stream.
-#[track_caller]
-fn recv_frame(stream: &mut impl Read) -> (Header, Vec<u8>) {
-    let mut head = [0; HEADER_LEN];
-    stream.read_exact(&mut head).expect("a frame header");
-    let header = Header::parse(&head, u32::MAX)
-        .expect("a valid header")
-        .expect("a whole header");
-    let mut payload = vec![0; header.len as usize];
-    stream
-        .read_exact(&mut payload)
-        .expect("the frame's payload");
-    (header, payload)
 }
 
 #[track_caller]

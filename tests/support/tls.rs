@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use monoreactor::proto::{HEADER_LEN, Header};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -195,4 +196,19 @@ pub fn read_exact_vec(reader: &mut impl Read, len: usize) -> std::io::Result<Vec
     let mut bytes = vec![0; len];
     reader.read_exact(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Reads one frame (header and payload) from any stream.
+#[track_caller]
+pub fn recv_frame(stream: &mut impl Read) -> (Header, Vec<u8>) {
+    let mut head = [0; HEADER_LEN];
+    stream.read_exact(&mut head).expect("a frame header");
+    let header = Header::parse(&head, u32::MAX)
+        .expect("a valid header")
+        .expect("a whole header");
+    let mut payload = vec![0; header.len as usize];
+    stream
+        .read_exact(&mut payload)
+        .expect("the frame's payload");
+    (header, payload)
 }

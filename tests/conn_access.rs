@@ -219,6 +219,7 @@ fn another_host() -> Peer {
         encrypted: false,
         loopback: false,
         client_key: None,
+        ..Peer::LOCAL
     }
 }
 
@@ -227,6 +228,7 @@ fn over_tls() -> Peer {
         encrypted: true,
         loopback: false,
         client_key: None,
+        ..Peer::LOCAL
     }
 }
 

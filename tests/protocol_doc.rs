@@ -2063,6 +2063,7 @@ fn observed_errors() -> Vec<(u32, ErrorCode, String)> {
         encrypted: false,
         loopback: false,
         client_key: None,
+        ..Peer::LOCAL
     };
     let mut server = ServerSide::after(plaintext, &hello(), &hello_ok());
     record(&server.send(&FileSession::get()));

@@ -107,7 +107,7 @@ impl Core {
             armed: deadline,
             queued: false,
             closing: false,
-            loopback: is_loopback(peer.ip()),
+            addr: peer.into(),
         });
         let index = key.slot as usize;
         if self.tls.len() <= index && session.is_some() {

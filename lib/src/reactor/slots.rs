@@ -1,10 +1,13 @@
 //! The slab of connections: serving an event, driving a connection and applying its verdict,
 //! deferred closing, and the connection timers.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
 use log::{debug, trace, warn};
 use mio::net::TcpStream;
 use slab::Slab;
 
+use super::accept::is_loopback;
 use super::token::{ConnKey, Source, Sub, TimerKey};
 use super::{Core, TIMER_SLACK, poll_interest, socket_wants};
 use crate::conn::{Connection, State, Verdict};
@@ -30,9 +33,38 @@ pub(super) struct Slot {
     pub(super) queued: bool,
     /// Marked for closing at the end of the batch.
     pub(super) closing: bool,
-    /// The client's address is a loopback one (127.0.0.0/8, ::1, ::ffff:127.x.y.z): the
-    /// `loopback` of its [`Peer`].
-    pub(super) loopback: bool,
+    /// The client's address: the `addr` of its [`Peer`].
+    pub(super) addr: PackedAddr,
+}
+
+/// A client's address in 18 bytes with no padding (a `SocketAddr` takes 32): kept in every
+/// slot, so an idle connection's cost stays small. An IPv4 address is stored mapped into
+/// IPv6 (`::ffff:a.b.c.d`) and comes back as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PackedAddr {
+    ip: [u8; 16],
+    port: [u8; 2],
+}
+
+impl From<SocketAddr> for PackedAddr {
+    fn from(addr: SocketAddr) -> PackedAddr {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        PackedAddr {
+            ip: ip.octets(),
+            port: addr.port().to_ne_bytes(),
+        }
+    }
+}
+
+impl From<PackedAddr> for SocketAddr {
+    fn from(packed: PackedAddr) -> SocketAddr {
+        let v6 = Ipv6Addr::from(packed.ip);
+        let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+        SocketAddr::new(ip, u16::from_ne_bytes(packed.port))
+    }
 }
 
 /// The KiB a connection was last counted for: its buffers and its TLS session's.
@@ -94,14 +126,20 @@ impl Core {
 
     /// Who connection `index` is talking to, for its [`Context`](crate::conn::Context).
     pub(super) fn peer(&self, index: usize) -> Peer {
-        let loopback = self.conns.get(index).is_some_and(|slot| slot.loopback);
+        let addr = self
+            .conns
+            .get(index)
+            .map_or(Peer::LOCAL.addr, |slot| slot.addr.into());
+        let loopback = is_loopback(addr.ip());
         match self.tls.get(index).and_then(Option::as_deref) {
             None => Peer {
+                addr,
                 encrypted: false,
                 loopback,
                 client_key: None,
             },
             Some(session) => Peer {
+                addr,
                 encrypted: session.is_established(),
                 loopback,
                 client_key: session.client_key(),

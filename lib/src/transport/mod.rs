@@ -77,7 +77,7 @@ pub use tls_config::{ALPN, TlsSettings, key_fingerprint, provider as tls_provide
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::ops::BitOr;
 use std::os::unix::fs::FileExt;
 
@@ -146,6 +146,9 @@ impl Transport for mio::net::TcpStream {
 /// [`Context::peer`]: crate::conn::Context::peer
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
+    /// The client's address: the socket's peer, or the one a trusted proxy reported for it.
+    /// Every log line about the connection names it.
+    pub addr: SocketAddr,
     /// The connection runs over TLS: its bytes are encrypted, and the client checked the
     /// server's certificate.
     pub encrypted: bool,
@@ -161,6 +164,7 @@ impl Peer {
     /// A plaintext client on this machine: what a connection driven by hand (tests, the test
     /// kit) is, and what every connection was before TLS.
     pub const LOCAL: Peer = Peer {
+        addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         encrypted: false,
         loopback: true,
         client_key: None,

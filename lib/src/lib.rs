@@ -105,7 +105,7 @@ pub use limits::{
     MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
 };
 pub use reactor::{ReactorStats, ShutdownHandle};
-pub use reload::Reload;
+pub use reload::{Fresh, LogSwap, Reload, Reloader};
 pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
     Listener, Listeners, Server, StartError, bind_shared, raise_descriptor_limit,

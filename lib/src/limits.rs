@@ -220,6 +220,39 @@ impl Limits {
         self.output_high_water + self.input_cap()
     }
 
+    /// Takes from `new` the limits a running loop can change (a reload, SIGHUP) and returns
+    /// the names of those that changed. Each is read afresh where it is used: a timeout when
+    /// a deadline is armed (one already armed keeps its time), the exec limits when a command
+    /// starts, the stream, transfer and PUT limits when a request arrives, the memory budget
+    /// every turn, the grace when a shutdown begins. The others were sized once, at start (see
+    /// `crate::reload`), and are left as they are.
+    pub fn take_live(&mut self, new: &Limits) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! take {
+            ($($field:ident: $name:literal),* $(,)?) => {
+                $(
+                    if self.$field != new.$field {
+                        self.$field = new.$field;
+                        changed.push($name);
+                    }
+                )*
+            };
+        }
+        take!(
+            idle_timeout: "idle timeout",
+            hello_timeout: "hello timeout",
+            frame_timeout: "frame timeout",
+            shutdown_grace: "shutdown grace",
+            exec_timeout: "exec timeout",
+            exec_output_cap: "exec output cap",
+            max_streams_per_connection: "streams per connection",
+            max_put: "max put",
+            max_transfers: "max transfers",
+            max_client_memory: "max client memory",
+        );
+        changed
+    }
+
     /// Checks that the limits are usable together.
     pub fn validate(&self) -> Result<(), InvalidLimits> {
         let fail = |why: String| Err(InvalidLimits(why));
@@ -301,6 +334,29 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_takes_the_live_limits_and_leaves_the_sized_ones() {
+        let mut running = Limits::default();
+        let new = Limits {
+            hello_timeout: Duration::from_secs(1),
+            max_put: 10,
+            max_connections: 5,
+            max_frame_len: 4096,
+            max_exec: 1,
+            ..Limits::default()
+        };
+        assert_eq!(running.take_live(&new), ["hello timeout", "max put"]);
+        assert_eq!(running.hello_timeout, Duration::from_secs(1));
+        assert_eq!(running.max_put, 10);
+        let sized = Limits::default();
+        assert_eq!(
+            (running.max_connections, running.max_frame_len, running.max_exec),
+            (sized.max_connections, sized.max_frame_len, sized.max_exec),
+            "sized at start: a restart changes them"
+        );
+        assert!(running.take_live(&new).is_empty(), "nothing changes twice");
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -93,6 +93,51 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// What [`Server::bind`] checks before it changes anything: the limits together, a token
+    /// for commands and for a listener off loopback, TLS off loopback, and a root that is a
+    /// directory or can be created as one. Binds nothing, creates nothing, raises no limit
+    /// (`serve --check-config`).
+    pub fn check(&self) -> Result<(), StartError> {
+        self.limits
+            .validate()
+            .map_err(|error| StartError::Config(error.to_string()))?;
+        check_access(&self.access, self.framed, self.insecure)?;
+        check_transport(self.framed, self.tls.is_some(), self.insecure)?;
+        if self.access.exec || self.files {
+            check_root(&self.root)?;
+        }
+        Ok(())
+    }
+}
+
+/// The root is a directory, or is missing and its nearest existing ancestor is a directory
+/// (it would be created). Whether it can really be created is known only by trying.
+fn check_root(root: &std::path::Path) -> Result<(), StartError> {
+    let unusable = |why: &str| {
+        Err(StartError::Config(format!(
+            "cannot use {} as the root directory: {why}",
+            root.display()
+        )))
+    };
+    let mut ancestor = root;
+    loop {
+        match std::fs::metadata(ancestor) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) if ancestor == root => return unusable("not a directory"),
+            Ok(_) => return unusable(&format!("{} is not a directory", ancestor.display())),
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                return unusable(&error.to_string());
+            }
+            Err(_) => match ancestor.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => ancestor = parent,
+                // A relative path's first component is created in the working directory.
+                _ => return Ok(()),
+            },
+        }
+    }
+}
+
 /// Which socket a bind failure is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listener {
@@ -281,12 +326,8 @@ impl Server {
 /// and the root directory.
 /// `config.limits` is taken (left at its default) and returned adjusted.
 fn prepare(config: &mut Config) -> Result<(Limits, Option<Root>), StartError> {
+    config.check()?;
     let mut limits = std::mem::take(&mut config.limits);
-    limits
-        .validate()
-        .map_err(|error| StartError::Config(error.to_string()))?;
-    check_access(&config.access, config.framed, config.insecure)?;
-    check_transport(config.framed, config.tls.is_some(), config.insecure)?;
     let descriptors = raise_descriptor_limit();
     let commands = if config.access.exec {
         limits.max_exec

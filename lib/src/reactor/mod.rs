@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use log::{error, info, trace};
+use log::{error, info, trace, warn};
 use mio::event::Event;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -100,6 +100,19 @@ fn poll_interest(wanted: Readiness) -> Interest {
         _ => Interest::READABLE,
     }
 }
+
+/// The signals the loop takes (with `handle_signals`): SIGINT and SIGTERM shut it down, SIGHUP
+/// reloads, SIGUSR1 logs a line of counters, and SIGUSR2 is logged and ignored. The last two
+/// are here because their default action ends the process without a word, and they are sent
+/// by habit (by log rotation scripts, for one). SIGPIPE is ignored (std does so before
+/// `main`), and SIGQUIT keeps its default: a core dump on purpose.
+const HANDLED_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -376,7 +389,7 @@ impl Reactor {
             registry.register(udp.socket_mut(), Source::Udp.token(), Interest::READABLE)?;
         }
         let signals = if handle_signals {
-            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+            let mut signals = Signals::new(HANDLED_SIGNALS)?;
             registry.register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
             Some(signals)
         } else {
@@ -620,17 +633,37 @@ impl Core {
         for signal in received {
             match signal {
                 libc::SIGHUP => self.reload(),
+                libc::SIGUSR1 => self.log_counters(),
+                libc::SIGUSR2 => info!("SIGUSR2: ignored (nothing is bound to it)"),
                 libc::SIGINT => self.begin_shutdown("SIGINT"),
                 _ => self.begin_shutdown("SIGTERM"),
             }
         }
     }
 
-    /// SIGHUP: re-reads the access file and the TLS material, and swaps them in only if every
-    /// file is good (see `crate::reload`); connections keep what they started with.
+    /// SIGUSR1: one line of what the server holds and has done, for an operator's look.
+    fn log_counters(&self) {
+        let stats = self.stats;
+        let children = self.env.children.stats();
+        info!(
+            "SIGUSR1: {} connections open, {} accepted, {} refused, {} closed, {} shed over the memory budget; {} commands running, {} started; {} KiB of client buffers",
+            self.conns.len(),
+            stats.accepted,
+            stats.refused,
+            stats.closed,
+            stats.shed,
+            self.env.children.len(),
+            children.spawned,
+            self.client_memory_kib
+        );
+    }
+
+    /// SIGHUP: re-reads the configuration (see `crate::reload`) and swaps in what can change
+    /// live, only if all of it is good; connections keep what they started with, and what
+    /// needs a restart is named and left as it is.
     fn reload(&mut self) {
         if self.reload.is_empty() {
-            info!("SIGHUP: nothing to reload (no --access, no --tls-cert)");
+            info!("SIGHUP: nothing to reload (no --config, no --access, no --tls-cert)");
             return;
         }
         let fresh = match self.reload.read() {
@@ -640,21 +673,42 @@ impl Core {
                 return;
             }
         };
-        let mut swapped = Vec::new();
+        let mut swapped: Vec<String> = Vec::new();
+        if let Some(limits) = &fresh.limits {
+            let changed = self.env.limits.take_live(limits);
+            if let Some(files) = self.env.files.as_mut() {
+                files.max_put = self.env.limits.max_put;
+                files.max_transfers = self.env.limits.max_transfers;
+            }
+            swapped.extend(changed.into_iter().map(str::to_string));
+        }
         if let Some(access) = fresh.access {
             self.env.access = self.env.access.reloaded(access);
-            swapped.push("the access file");
+            swapped.push("the access file".to_string());
         }
         if let Some(tls) = fresh.tls {
             if let Some(current) = self.tls_config.as_mut() {
                 *current = tls;
-                swapped.push("the TLS certificate");
+                swapped.push("the TLS certificate".to_string());
             }
         }
-        info!(
-            "SIGHUP: reloaded {}; new connections use it, open ones keep theirs",
-            swapped.join(" and ")
-        );
+        if let Some(install) = fresh.log_filter {
+            swapped.push(install());
+        }
+        if !fresh.needs_restart.is_empty() {
+            warn!(
+                "SIGHUP: {} changed and needs a restart; still running with the old value",
+                fresh.needs_restart.join(", ")
+            );
+        }
+        if swapped.is_empty() {
+            info!("SIGHUP: reloaded; nothing that can change live has changed");
+        } else {
+            info!(
+                "SIGHUP: reloaded {} (open connections keep their TLS session and grant)",
+                swapped.join(", ")
+            );
+        }
     }
 
     /// Stops accepting, stops running commands, tells every framed client SHUTTING_DOWN, and

@@ -108,7 +108,8 @@ enum Index {
 pub(crate) struct FileState {
     /// Transfers running, each holding a [`TransferPermit`].
     transfers: usize,
-    max_transfers: usize,
+    /// Taken from the limits at start and by a reload (SIGHUP).
+    pub(crate) max_transfers: usize,
     pub(crate) max_put: u64,
     index: Index,
     /// When each directory (device, inode) was last swept for expired partials.

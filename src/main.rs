@@ -11,23 +11,33 @@
 //! This file is the command line itself and what every command shares at its start and end;
 //! each subcommand is a module of [`cmd`] that holds its flags and its run. Beside them:
 //! [`args`] (the values flags take), [`failure`] (exit statuses, stdout and stderr),
-//! [`token`] (where a token comes from), [`explain`] (client errors with hints) and [`tls`]
-//! (the rustls configuration the client commands' TLS flags ask for).
+//! [`token`] (where a token comes from), [`explain`] (client errors with hints), [`tls`]
+//! (the rustls configuration the client commands' TLS flags ask for), [`config`] (`serve
+//! --config FILE`: the file's keys as flags) and [`logger`] (log lines, levels per module).
 
 mod args;
 mod cmd;
+mod config;
 mod explain;
 mod failure;
+mod logger;
 mod tls;
 mod token;
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use log::LevelFilter;
 
 use cmd::files::{get, ls, paths, put, stat};
+use config::FileArgs;
 use failure::{Failure, USAGE, output_failure, say};
+use logger::{LogFilter, LogSources};
 
 /// The command line: the global flags and one subcommand.
 #[derive(Parser)]
@@ -38,7 +48,7 @@ use failure::{Failure, USAGE, output_failure, say};
              echo, remote exec, and BLAKE3-verified file transfer"
 )]
 struct Cli {
-    /// More log output on stderr (-v debug, -vv trace).
+    /// More log output on stderr (-v debug, -vv trace); for `serve`, see also --log-level.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
     /// Less log output on stderr (-q warnings and errors, -qq errors only).
@@ -87,31 +97,44 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = match Cli::command().try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(answer) => return parse_answer(&answer),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(answer) => return parse_answer(&answer),
     };
-    let level = match i16::from(cli.verbose) - i16::from(cli.quiet) {
-        ..=-3 => LevelFilter::Off,
-        -2 => LevelFilter::Error,
-        -1 => LevelFilter::Warn,
-        0 => LevelFilter::Info,
-        1 => LevelFilter::Debug,
-        2.. => LevelFilter::Trace,
+    let shift = i16::from(cli.verbose) - i16::from(cli.quiet);
+    let command = match cli.command {
+        Command::Serve(args) => return start_serve(argv, &matches, *args, shift),
+        Command::DiskHelper { fd } => {
+            // A part of the server: its lines are stamped like the server's.
+            let sources = LogSources {
+                shift,
+                env: rust_log(),
+                ..LogSources::default()
+            };
+            let filter = sources
+                .choose(None)
+                .unwrap_or(LogFilter::level(LevelFilter::Info));
+            init_logger(filter, true);
+            return finish(
+                monoreactor::internal::helper_main(fd)
+                    .map_err(|error| Failure::from(format!("disk helper: {error}"))),
+            );
+        }
+        command => command,
     };
-    // Only the server logs by default; clients stay quiet unless asked.
-    let level = match (&cli.command, cli.verbose) {
-        (Command::Serve(_), _) | (_, 1..) => level,
-        _ => level.min(LevelFilter::Warn),
+    // Clients stay quiet unless asked.
+    let level = match cli.verbose {
+        0 => logger::shifted(shift).min(LevelFilter::Warn),
+        _ => logger::shifted(shift),
     };
-    if let Err(error) = simple_logger::SimpleLogger::new().with_level(level).init() {
-        say(&format!("cannot set up logging: {error}"));
-    }
-    if !matches!(cli.command, Command::Serve(_)) {
-        restore_sigpipe();
-    }
-    let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(*args),
+    init_logger(LogFilter::level(level), false);
+    restore_sigpipe();
+    let result = match command {
         Command::Access(args) => cmd::access::run(args),
         Command::Echo(args) => cmd::echo::run(args),
         Command::Exec(args) => return ExitCode::from(cmd::exec::run(args)),
@@ -122,9 +145,13 @@ fn main() -> ExitCode {
         Command::Stat(args) => stat::run(args),
         Command::Rm(args) => paths::rm(args),
         Command::Mkdir(args) => paths::mkdir(args),
-        Command::DiskHelper { fd } => monoreactor::internal::helper_main(fd)
-            .map_err(|error| Failure::from(format!("disk helper: {error}"))),
+        Command::Serve(_) | Command::DiskHelper { .. } => unreachable!("handled above"),
     };
+    finish(result)
+}
+
+/// The exit status of a command's result, its failure's line printed.
+fn finish(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -134,6 +161,119 @@ fn main() -> ExitCode {
             ExitCode::from(failure.status)
         }
     }
+}
+
+fn init_logger(filter: LogFilter, timestamps: bool) {
+    if let Err(error) = logger::init(filter, timestamps) {
+        say(&format!("cannot set up logging: {error}"));
+    }
+}
+
+/// `RUST_LOG`, unless unset or empty.
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+/// `serve`: with `--config`, the command line is parsed again with the file's keys before
+/// serve's flags; then the log levels, then the server.
+fn start_serve(
+    argv: Vec<OsString>,
+    matches: &ArgMatches,
+    args: cmd::serve::ServeArgs,
+    shift: i16,
+) -> ExitCode {
+    let log = LogSources {
+        flag: args.log_level_flag(),
+        shift,
+        env: rust_log(),
+    };
+    let on_command_line = matches
+        .subcommand_matches("serve")
+        .map(given_on_command_line)
+        .unwrap_or_default();
+    let (args, file, reparse) = match args.config_path() {
+        None => (args, FileArgs::default(), None),
+        Some(path) => match with_config(&argv, &path) {
+            Ok((args, file)) => {
+                let reparse: cmd::serve::Reparse = Arc::new(move || {
+                    with_config(&argv, &path).map_err(|failure| match failure {
+                        Reread::File(lines) => lines.join("; "),
+                        Reread::Clap(error) => config::first_line(&error),
+                    })
+                });
+                (args, file, Some(reparse))
+            }
+            Err(Reread::File(lines)) => {
+                for line in lines {
+                    say(&line);
+                }
+                return ExitCode::from(USAGE);
+            }
+            Err(Reread::Clap(error)) => return parse_answer(&error),
+        },
+    };
+    let filter = match log.choose(args.log_level_flag().as_ref()) {
+        Ok(filter) => filter,
+        Err(error) => {
+            say(&error);
+            return ExitCode::from(USAGE);
+        }
+    };
+    init_logger(filter, true);
+    finish(cmd::serve::run(
+        args,
+        cmd::serve::Context {
+            reparse,
+            file,
+            on_command_line,
+            log,
+        },
+    ))
+}
+
+/// Why the command line could not be read again over the configuration file.
+enum Reread {
+    /// The file: its errors, one line each (`PATH:LINE: what`).
+    File(Vec<String>),
+    /// The flags and the file together (a flag that needs another, say).
+    Clap(clap::Error),
+}
+
+/// `argv` parsed with the keys of the file at `path` placed before serve's own flags; the
+/// serve flags, and the file's keys as read.
+fn with_config(
+    argv: &[OsString],
+    path: &Path,
+) -> Result<(cmd::serve::ServeArgs, FileArgs), Reread> {
+    let command = Cli::command();
+    let serve = command
+        .find_subcommand("serve")
+        .ok_or_else(|| Reread::File(vec!["no serve command".to_string()]))?;
+    let origin = path.display().to_string();
+    let file = config::read(path, serve).map_err(Reread::File)?;
+    config::check_values(&file, &origin, serve).map_err(|error| Reread::File(vec![error]))?;
+    let spliced = config::splice(argv, &file).map_err(|error| Reread::File(vec![error]))?;
+    match Cli::try_parse_from(spliced).map_err(Reread::Clap)?.command {
+        Command::Serve(args) => Ok((*args, file)),
+        _ => Err(Reread::File(vec![
+            "--config is a flag of serve".to_string(),
+        ])),
+    }
+}
+
+/// The configuration keys (long names) of the flags given on the command line itself.
+fn given_on_command_line(serve: &ArgMatches) -> BTreeSet<String> {
+    let command = Cli::command();
+    let Some(definition) = command.find_subcommand("serve") else {
+        return BTreeSet::new();
+    };
+    definition
+        .get_arguments()
+        .filter(|arg| serve.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .filter_map(|arg| arg.get_long().map(str::to_string))
+        .collect()
 }
 
 /// Gives SIGPIPE back its default action, for client commands only. Rust ignores it before

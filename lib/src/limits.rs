@@ -351,7 +351,11 @@ mod tests {
         assert_eq!(running.max_put, 10);
         let sized = Limits::default();
         assert_eq!(
-            (running.max_connections, running.max_frame_len, running.max_exec),
+            (
+                running.max_connections,
+                running.max_frame_len,
+                running.max_exec
+            ),
             (sized.max_connections, sized.max_frame_len, sized.max_exec),
             "sized at start: a restart changes them"
         );

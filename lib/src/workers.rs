@@ -57,6 +57,7 @@ use mio::{Events, Interest, Poll, Token};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitIdOptions};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::reload::Reload;
 use crate::server::Listeners;
 use crate::sys::restart::{STABLE_AFTER, backoff, describe};
 
@@ -246,9 +247,9 @@ impl Slot {
     }
 }
 
-/// Sends SIGHUP to a ready worker; whether it went.
-fn send_reload(worker: &Worker) -> bool {
-    match rustix::process::pidfd_send_signal(&worker.pidfd, Signal::HUP) {
+/// Sends `signal` to a ready worker; whether it went.
+fn send_signal(worker: &Worker, signal: Signal) -> bool {
+    match rustix::process::pidfd_send_signal(&worker.pidfd, signal) {
         Ok(()) => true,
         Err(error) => {
             warn!(
@@ -281,8 +282,8 @@ fn ready_token(slot: usize) -> Token {
 ///
 /// Errors: the poll or the signal handlers could not be set up, or every worker failed at
 /// start.
-pub fn supervise(listeners: Vec<Listeners>, args: Vec<OsString>) -> io::Result<()> {
-    supervise_with(listeners, args, true)
+pub fn supervise(listeners: Vec<Listeners>, args: Vec<OsString>, reload: Reload) -> io::Result<()> {
+    supervise_with(listeners, args, reload, true)
 }
 
 /// [`supervise`], optionally without SIGINT/SIGTERM handlers (for tests, which must not
@@ -290,11 +291,13 @@ pub fn supervise(listeners: Vec<Listeners>, args: Vec<OsString>) -> io::Result<(
 fn supervise_with(
     listeners: Vec<Listeners>,
     args: Vec<OsString>,
+    reload: Reload,
     handle_signals: bool,
 ) -> io::Result<()> {
     let mut supervisor = Supervisor {
         slots: Vec::with_capacity(listeners.len()),
         args,
+        reload,
         shutting_down: false,
     };
     for listeners in listeners {
@@ -321,6 +324,8 @@ fn supervise_with(
 struct Supervisor {
     slots: Vec<Slot>,
     args: Vec<OsString>,
+    /// What SIGHUP re-reads, validated here once before the workers are told.
+    reload: Reload,
     shutting_down: bool,
 }
 
@@ -328,7 +333,13 @@ impl Supervisor {
     fn run(&mut self, handle_signals: bool) -> io::Result<()> {
         let mut poll = Poll::new()?;
         let mut signals = if handle_signals {
-            let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+            let mut signals = Signals::new([
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGHUP,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+            ])?;
             poll.registry()
                 .register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
@@ -430,26 +441,68 @@ impl Supervisor {
         }
     }
 
-    /// SIGHUP: each worker re-reads the access file and the TLS material itself (and logs
-    /// whether it could), so the supervisor only passes the signal on. A worker still starting
-    /// has no handler yet (SIGHUP's default action would kill it) and may have read the files
-    /// before they changed: it gets the signal once it says it is ready.
+    /// SIGHUP: the configuration is read and validated here once; only if it is good is the
+    /// signal passed on, and each worker re-reads it and swaps it in itself (and logs that it
+    /// did). A bad file is logged once, here, and the workers are left alone, so they all keep
+    /// the same configuration. The settings that need a restart are named here too (the
+    /// workers leave that to the supervisor), and the supervisor takes the new log levels for
+    /// its own lines. A worker still starting has no handler yet (SIGHUP's default action
+    /// would kill it) and may have read the files before they changed: it gets the signal
+    /// once it says it is ready.
     fn forward_reload(&mut self) {
-        let mut forwarded = 0;
-        for slot in &mut self.slots {
-            match &slot.state {
-                State::Running(worker) => forwarded += usize::from(send_reload(worker)),
-                State::Starting(_) => slot.reload_missed = true,
-                State::Waiting(_) | State::Gone => {}
+        if !self.reload.is_empty() {
+            match self.reload.read() {
+                Ok(fresh) => {
+                    if !fresh.needs_restart.is_empty() {
+                        warn!(
+                            "SIGHUP: {} changed and needs a restart; the workers keep the old value",
+                            fresh.needs_restart.join(", ")
+                        );
+                    }
+                    if let Some(install) = fresh.log_filter {
+                        install();
+                    }
+                }
+                Err(error) => {
+                    error!(
+                        "SIGHUP: {error}; not passed on: the workers keep the configuration in use"
+                    );
+                    return;
+                }
             }
         }
-        info!("SIGHUP: forwarded to {forwarded} worker(s), each reloads");
+        let forwarded = self.signal_workers(Signal::HUP, true);
+        info!("SIGHUP: configuration valid, forwarded to {forwarded} worker(s), each reloads");
+    }
+
+    /// Sends `signal` to every running worker (with `or_when_ready`, a starting one gets it
+    /// once ready); how many it went to.
+    fn signal_workers(&mut self, signal: Signal, or_when_ready: bool) -> usize {
+        let mut sent = 0;
+        for slot in &mut self.slots {
+            match &slot.state {
+                State::Running(worker) => sent += usize::from(send_signal(worker, signal)),
+                State::Starting(_) if or_when_ready => slot.reload_missed = true,
+                State::Starting(_) | State::Waiting(_) | State::Gone => {}
+            }
+        }
+        sent
     }
 
     fn on_signal(&mut self, signal: i32) {
-        if signal == libc::SIGHUP {
-            self.forward_reload();
-            return;
+        match signal {
+            libc::SIGHUP => return self.forward_reload(),
+            libc::SIGUSR1 => {
+                // Each worker logs its own counters: the supervisor holds no connection.
+                let sent = self.signal_workers(Signal::USR1, false);
+                info!("SIGUSR1: forwarded to {sent} worker(s), each logs its counters");
+                return;
+            }
+            libc::SIGUSR2 => {
+                info!("SIGUSR2: ignored (nothing is bound to it)");
+                return;
+            }
+            _ => {}
         }
         let (name, forward) = if signal == libc::SIGINT {
             ("SIGINT", Signal::INT)
@@ -517,7 +570,7 @@ impl Supervisor {
         };
         info!("worker {} ready", worker.pid.as_raw_nonzero());
         if std::mem::take(&mut slot.reload_missed) {
-            send_reload(&worker);
+            send_signal(&worker, Signal::HUP);
         }
         slot.state = State::Running(worker);
     }
@@ -716,7 +769,8 @@ mod tests {
         };
         let (sets, _) = crate::server::bind_shared(config, 2).unwrap();
         let started = Instant::now();
-        let error = supervise_with(sets, vec!["--list".into()], false).unwrap_err();
+        let error =
+            supervise_with(sets, vec!["--list".into()], Reload::default(), false).unwrap_err();
         assert!(
             error.to_string().contains("every worker failed at start"),
             "{error}"

@@ -1,25 +1,53 @@
-//! `monoreactor serve`: the flags become a [`Config`], and the server runs in this process, or
-//! as `--workers N` processes supervised by this one. Prints one `listening KIND ADDR` line
-//! per bound socket on stdout, which scripts read to learn the ports.
+//! `monoreactor serve`: the flags (and `--config FILE`, whose keys are the same flags) become
+//! a [`Config`], and the server runs in this process, or as `--workers N` processes
+//! supervised by this one. Prints one `listening KIND ADDR` line per bound socket on stdout,
+//! which scripts read to learn the ports.
+//!
+//! The same [`settings`] turn flags into a configuration at start, for `--check-config`, and
+//! at each SIGHUP ([`reloader`]), where the whole command line is parsed again over the
+//! file as it is now.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use monoreactor::{Access, load_token};
 use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
 };
-use monoreactor::{Limits, Reload, TlsSettings};
+use monoreactor::{Fresh, Limits, Reload, Reloader, TlsSettings};
 
 use crate::args::{Addr, Endpoint, Secs, at_least_one};
-use crate::failure::Failure;
+use crate::config::FileArgs;
+use crate::failure::{Failure, print_stdout};
+use crate::logger::{self, LogFilter, LogSources};
 use crate::token::token_error;
 
-/// The flags of `serve`: addresses, limits, what is served.
+/// The flags of `serve`: addresses, limits, what is served. Each one that is not hidden is
+/// also a key of the `--config` file, under its long name (see `crate::config`): a flag added
+/// here is configurable from the file with nothing else to do. A later occurrence of a flag
+/// overrides an earlier one (`args_override_self`), which is how the command line overrides
+/// the file placed before it.
 #[derive(Args)]
+#[command(args_override_self = true)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: each key is one of these flags without its `--`
+    /// (`max-conns = 100`, `exec = true`, `listen = "0.0.0.0:7878"`); flags given here
+    /// override it. SIGHUP reads it again (see docs/monoreactor.toml for every key).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Check the configuration (the file, the flags, the access file, the TLS files, the
+    /// token) and exit: 0 and one line if it is good, else the errors, one per line. Binds
+    /// nothing and creates nothing.
+    #[arg(long)]
+    check_config: bool,
+    /// Log levels in RUST_LOG's syntax: `info`, or `warn,monoreactor::conn=debug`. Wins over
+    /// -v/-q, which win over RUST_LOG, which wins over the file's `log-level` [default: info].
+    #[arg(long, value_name = "LEVELS")]
+    log_level: Option<LogFilter>,
     /// Framed-protocol listen address (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
     listen: Addr,
@@ -54,7 +82,8 @@ pub struct ServeArgs {
     exec: bool,
     /// TOML file of credentials (each a token's BLAKE3 or a client certificate's key, with
     /// its subtree of the root, files none/read/write, which commands, max_commands, quota;
-    /// see `monoreactor access add`). Read whole at start: any error stops the server.
+    /// see `monoreactor access add`). Read whole at start (any error stops the server) and
+    /// at each SIGHUP (any error keeps the one in use).
     #[arg(long, value_name = "PATH")]
     access: Option<PathBuf>,
     /// File holding the token clients must present [default: $MONOREACTOR_TOKEN].
@@ -133,12 +162,99 @@ struct TlsArgs {
     tls_client_ca: Option<PathBuf>,
 }
 
-/// Runs `serve` until SIGINT or SIGTERM; a failure to start is one line per problem.
-pub fn run(args: ServeArgs) -> Result<(), Failure> {
-    serve(args).map_err(Failure::from)
+/// What `main` hands `serve` besides its flags.
+pub struct Context {
+    /// With `--config`: parses the whole command line again over the file as it is now (the
+    /// flags, and the file's keys as read); SIGHUP calls it.
+    pub reparse: Option<Reparse>,
+    /// The file's keys as they were at start (none without `--config`).
+    pub file: FileArgs,
+    /// The keys given on the command line itself: the file cannot change those.
+    pub on_command_line: BTreeSet<String>,
+    /// Where the log levels come from.
+    pub log: LogSources,
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+/// Parses the command line again over the configuration file; the error is one line.
+pub type Reparse = Arc<dyn Fn() -> Result<(ServeArgs, FileArgs), String> + Send + Sync>;
+
+/// The keys a running server takes from a reload. The limits among them are those
+/// `Limits::take_live` takes; `access`, `tls-cert` and `tls-key` only while they stay given
+/// (turning the access file or TLS on or off needs a restart). Every other key that changed is
+/// logged as needing a restart, so a flag added to `ServeArgs` is, until it is added here.
+const LIVE_KEYS: [&str; 15] = [
+    "idle-timeout",
+    "hello-timeout",
+    "frame-timeout",
+    "shutdown-grace",
+    "exec-timeout",
+    "exec-max-output",
+    "max-commands-per-conn",
+    "max-put",
+    "max-transfers",
+    "max-client-memory",
+    "access",
+    "tls-cert",
+    "tls-key",
+    "tls-client-ca",
+    "log-level",
+];
+
+/// Keys whose presence cannot change live, though their value can.
+const PRESENCE_NEEDS_RESTART: [&str; 3] = ["access", "tls-cert", "tls-key"];
+
+/// Runs `serve` until SIGINT or SIGTERM (or checks the configuration, with
+/// `--check-config`); a failure to start is one line per problem.
+pub fn run(args: ServeArgs, context: Context) -> Result<(), Failure> {
+    let check = args.check_config;
+    let origin = args.config.clone();
+    let mut settings =
+        settings(args).map_err(|errors| Failure::from(errors.join("\nmonoreactor: ")))?;
+    if let Some(warning) = settings.token_warning.take() {
+        log::warn!("{warning}");
+    }
+    if check {
+        settings
+            .config
+            .check()
+            .map_err(|error| Failure::from(error.to_string()))?;
+        return print_stdout(&match origin {
+            Some(path) => format!("{}: configuration OK\n", path.display()),
+            None => "configuration OK\n".to_string(),
+        });
+    }
+    settings.config.reload = match context.reparse.clone() {
+        Some(reparse) => Reload {
+            reloader: Some(reloader(reparse, &settings, context)),
+            ..Reload::default()
+        },
+        // SIGHUP re-reads the same files.
+        None => Reload {
+            access: settings.access_path.clone(),
+            tls: settings.tls_settings.clone(),
+            reloader: None,
+        },
+    };
+    serve(settings).map_err(Failure::from)
+}
+
+/// What the flags amount to: the server's configuration and what is decided around it.
+struct Settings {
+    config: Config,
+    workers: usize,
+    worker_of: Option<String>,
+    /// `--access`, and the file as read (before the server's token is added to it).
+    access_path: Option<PathBuf>,
+    access_file: Option<Access>,
+    tls_settings: Option<TlsSettings>,
+    /// A warning about the token file, for the log.
+    token_warning: Option<String>,
+}
+
+/// Reads everything the flags name (the token, the TLS files, the access file) and builds
+/// the configuration; every error, one line each. Changes nothing: binding, creating the
+/// root and raising limits come later.
+fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
     let limits = Limits {
         max_connections: args.max_conns,
         idle_timeout: args.idle_timeout.0,
@@ -157,8 +273,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .unwrap_or_else(monoreactor::default_client_memory),
         ..Limits::default()
     };
-    let (token, warning) = load_token(args.token_file.as_deref())
-        .map_err(|error| token_error(args.token_file.as_deref(), error))?;
+    let mut errors = Vec::new();
+    let (token, token_warning) = load_token(args.token_file.as_deref())
+        .map_err(|error| errors.push(token_error(args.token_file.as_deref(), error)))
+        .unwrap_or_default();
     // Loaded before anything is bound or created, so a bad file stops `serve` with one line
     // and nothing left behind.
     let TlsArgs {
@@ -174,20 +292,32 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }),
         _ => None,
     };
-    let tls = tls_settings.as_ref().map(TlsSettings::load).transpose()?;
-    if let Some(warning) = warning {
-        log::warn!("{warning}");
+    let tls = tls_settings
+        .as_ref()
+        .map(TlsSettings::load)
+        .transpose()
+        .map_err(|error| errors.push(error))
+        .unwrap_or_default();
+    let access_file = args
+        .access
+        .as_deref()
+        .map(Access::load)
+        .transpose()
+        .map_err(|error| errors.push(error))
+        .unwrap_or_default();
+    if !errors.is_empty() {
+        return Err(errors);
     }
-    let (workers, worker_of) = (args.workers, args.worker_of);
+    let access = access_file
+        .clone()
+        .unwrap_or(Access::ECHO_ONLY)
+        .with_token(token, args.exec);
     let config = Config {
         framed: args.listen.0,
         echo_tcp: args.echo_tcp.0,
         echo_udp: args.echo_udp.0,
         limits,
-        access: match &args.access {
-            Some(path) => Access::load(path)?.with_token(token, args.exec),
-            None => Access::ECHO_ONLY.with_token(token, args.exec),
-        },
+        access,
         root: args.root,
         files: !args.no_files,
         insecure: args.insecure,
@@ -199,12 +329,94 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Some(path) => Some(path),
         },
         tls,
-        // SIGHUP re-reads the same files.
-        reload: Reload {
-            access: args.access.clone(),
-            tls: tls_settings,
-        },
+        reload: Reload::default(),
     };
+    Ok(Settings {
+        config,
+        workers: args.workers,
+        worker_of: args.worker_of,
+        access_path: args.access,
+        access_file,
+        tls_settings,
+        token_warning,
+    })
+}
+
+/// SIGHUP with `--config`: the command line is parsed again over the file as it is now, and
+/// everything it names is read again ([`settings`]); the loop takes what can change live.
+/// The keys that changed and cannot are named (by the supervisor alone with `--workers`: its
+/// workers would each say the same).
+fn reloader(reparse: Reparse, running: &Settings, context: Context) -> Reloader {
+    let tls_on = running.config.tls.is_some();
+    let access_on = running.access_path.is_some();
+    let is_worker = running.worker_of.is_some();
+    let Context {
+        file: start_file,
+        on_command_line,
+        log,
+        ..
+    } = context;
+    Reloader::new(move || {
+        let (args, file) = reparse()?;
+        let file_filter = args.log_level.clone();
+        let fresh = settings(args).map_err(|errors| errors.join("; "))?;
+        let needs_restart = if is_worker {
+            Vec::new()
+        } else {
+            needs_restart(&start_file, &file, &on_command_line)
+        };
+        let log_filter = if log.file_decides() {
+            let filter = log.choose(file_filter.as_ref())?;
+            (logger::current_filter().as_ref() != Some(&filter)).then(|| {
+                Box::new(move || {
+                    let described = format!("log levels {filter}");
+                    logger::set_filter(filter);
+                    described
+                }) as monoreactor::LogSwap
+            })
+        } else {
+            None
+        };
+        Ok(Fresh {
+            limits: Some(fresh.config.limits),
+            access: fresh.access_file.filter(|_| access_on),
+            tls: fresh.config.tls.filter(|_| tls_on),
+            log_filter,
+            needs_restart,
+        })
+    })
+}
+
+/// The keys whose value in the file changed since the start, the command line does not set,
+/// and a running server cannot take ([`LIVE_KEYS`]).
+fn needs_restart(
+    before: &FileArgs,
+    after: &FileArgs,
+    on_command_line: &BTreeSet<String>,
+) -> Vec<String> {
+    let keys: BTreeSet<&String> = before.entries.keys().chain(after.entries.keys()).collect();
+    keys.into_iter()
+        .filter(|key| !on_command_line.contains(*key))
+        .filter(|key| {
+            let (was, is) = (before.entries.get(*key), after.entries.get(*key));
+            if was.map(|entry| &entry.args) == is.map(|entry| &entry.args) {
+                return false;
+            }
+            let presence_changed = was.is_some() != is.is_some();
+            !LIVE_KEYS.contains(&key.as_str())
+                || (presence_changed && PRESENCE_NEEDS_RESTART.contains(&key.as_str()))
+        })
+        .cloned()
+        .collect()
+}
+
+fn serve(settings: Settings) -> Result<(), String> {
+    let Settings {
+        config,
+        workers,
+        worker_of,
+        ..
+    } = settings;
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);
     }
@@ -227,13 +439,17 @@ fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
     // Ignored until then; the workers inherit that until their own handlers exist, and what
     // they run gets the default back at exec (a handler, unlike SIG_IGN, does not survive it).
     // SAFETY: setting a disposition to SIG_IGN installs no handler and touches no memory.
+    // The same for SIGUSR1 and SIGUSR2, which the workers and the supervisor take too.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR2, libc::SIG_IGN);
     }
+    let reload = config.reload.clone();
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    monoreactor::workers::supervise(sets, args).map_err(|error| format!("workers: {error}"))
+    monoreactor::workers::supervise(sets, args, reload).map_err(|error| format!("workers: {error}"))
 }
 
 /// One worker of `serve --workers N`: the ordinary server on the supervisor's sockets. It
@@ -292,4 +508,119 @@ fn describe_start_error(error: StartError) -> String {
         })
         .collect();
     lines.join("\nmonoreactor: ")
+}
+
+#[cfg(test)]
+impl ServeArgs {
+    /// `--max-conns`, for the configuration file's tests.
+    pub fn max_conns(&self) -> usize {
+        self.max_conns
+    }
+
+    /// `--max-put`, for the configuration file's tests.
+    pub fn max_put(&self) -> u64 {
+        self.max_put
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use clap::{Command, FromArgMatches};
+
+    fn command() -> Command {
+        ServeArgs::augment_args(Command::new("serve"))
+    }
+
+    fn read(text: &str) -> FileArgs {
+        config::parse(text, "test.toml", &command()).unwrap()
+    }
+
+    #[test]
+    fn a_changed_address_needs_a_restart_a_changed_timeout_does_not() {
+        let before = read("listen = \"127.0.0.1:1\"\nhello-timeout = 5\naccess = \"a\"\n");
+        let after =
+            read("listen = \"127.0.0.1:2\"\nhello-timeout = 1\naccess = \"b\"\nworkers = 2\n");
+        assert_eq!(
+            needs_restart(&before, &after, &BTreeSet::new()),
+            ["listen", "workers"]
+        );
+        let on_command_line = BTreeSet::from(["listen".to_string()]);
+        assert_eq!(
+            needs_restart(&before, &after, &on_command_line),
+            ["workers"],
+            "the command line's value is the one in use, whatever the file says"
+        );
+        let without_access = read("listen = \"127.0.0.1:1\"\nhello-timeout = 5\n");
+        assert_eq!(
+            needs_restart(&before, &without_access, &BTreeSet::new()),
+            ["access"],
+            "an access file taken away needs a restart"
+        );
+    }
+
+    /// Each live key changes a limit `Limits::take_live` takes, or is one of the files or
+    /// the log levels the reloader hands over itself.
+    #[test]
+    fn every_live_limit_key_reaches_a_limit_the_loop_takes() {
+        let limits_of = |text: &str| {
+            let mut argv = vec![OsString::from("serve")];
+            argv.extend(read(text).args());
+            let matches = command().try_get_matches_from(argv).expect("parses");
+            let args = ServeArgs::from_arg_matches(&matches).expect("args");
+            settings(args)
+                .map_err(|errors| errors.join("; "))
+                .unwrap()
+                .config
+                .limits
+        };
+        let base = limits_of("max-client-memory = 1000000000\n");
+        for (key, value) in [
+            ("idle-timeout", "7"),
+            ("hello-timeout", "7"),
+            ("frame-timeout", "7"),
+            ("shutdown-grace", "7"),
+            ("exec-timeout", "7"),
+            ("exec-max-output", "7"),
+            ("max-commands-per-conn", "7"),
+            ("max-put", "7"),
+            ("max-transfers", "7"),
+            ("max-client-memory", "2000000000"),
+        ] {
+            assert!(LIVE_KEYS.contains(&key), "{key}");
+            let changed = if key == "max-client-memory" {
+                limits_of(&format!("{key} = {value}\n"))
+            } else {
+                limits_of(&format!(
+                    "max-client-memory = 1000000000\n{key} = {value}\n"
+                ))
+            };
+            let mut running = base.clone();
+            assert!(
+                !running.take_live(&changed).is_empty(),
+                "{key} reaches no live limit"
+            );
+        }
+        for key in LIVE_KEYS {
+            assert!(
+                config::keys(&command())
+                    .iter()
+                    .any(|known| known.name == key),
+                "{key} is not a key"
+            );
+        }
+    }
+}
+
+impl ServeArgs {
+    /// `--config`.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+
+    /// `--log-level` (from the command line, or the file once it is read in).
+    pub fn log_level_flag(&self) -> Option<LogFilter> {
+        self.log_level.clone()
+    }
 }

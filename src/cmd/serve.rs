@@ -162,6 +162,18 @@ struct TlsArgs {
     tls_client_ca: Option<PathBuf>,
 }
 
+impl ServeArgs {
+    /// `--config`.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+
+    /// `--log-level` (from the command line, or the file once it is read in).
+    pub fn log_level_flag(&self) -> Option<LogFilter> {
+        self.log_level.clone()
+    }
+}
+
 /// What `main` hands `serve` besides its flags.
 pub struct Context {
     /// With `--config`: parses the whole command line again over the file as it is now (the
@@ -610,17 +622,5 @@ mod tests {
                 "{key} is not a key"
             );
         }
-    }
-}
-
-impl ServeArgs {
-    /// `--config`.
-    pub fn config_path(&self) -> Option<PathBuf> {
-        self.config.clone()
-    }
-
-    /// `--log-level` (from the command line, or the file once it is read in).
-    pub fn log_level_flag(&self) -> Option<LogFilter> {
-        self.log_level.clone()
     }
 }

@@ -638,6 +638,22 @@ mod tests {
         );
     }
 
+    /// The README's example file is one the server accepts.
+    #[test]
+    fn the_readme_example_is_a_valid_file() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("```toml\n# /etc/monoreactor.toml")
+            .expect("the README's example")
+            + "```toml\n".len();
+        let example = &readme[start..];
+        let example = &example[..example.find("```").expect("its end")];
+        let command = command();
+        let read = parse(example, "README.md", &command).unwrap();
+        assert!(read.entries.len() >= 10);
+        assert_eq!(check_values(&read, "README.md", &command), Ok(()));
+    }
+
     #[test]
     fn distance_counts_edits() {
         assert_eq!(distance("max-con", "max-conns"), 2);

@@ -37,8 +37,9 @@
 //!   that makes the blocking disk calls off the loop.
 //! - `reactor/` — the loop, the only `poll()`: tokens, the slab, the ready list, timers, accept,
 //!   signals, UDP echo. The edge-triggered rules are stated once at the top of that module.
-//! - `server.rs`, `workers.rs`, `limits.rs`, `access/` — binding and configuration, worker
-//!   processes, every limit in one struct, the token.
+//! - `server.rs`, `workers.rs`, `limits.rs`, `access/`, `reload.rs` — binding and
+//!   configuration, worker processes, every limit in one struct, the token, and what a SIGHUP
+//!   may change on a running server.
 //!
 //! The load generator behind `monoreactor bench` is its own crate (`monoreactor-bench`), and the
 //! binary is `monoreactor-cli`: neither is a dependency of this one. The fuzz targets in `fuzz/`

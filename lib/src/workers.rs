@@ -39,6 +39,11 @@
 //! terminal's Ctrl-C reaches them once, through the supervisor; and `PR_SET_PDEATHSIG` gives
 //! each worker SIGTERM if the supervisor dies.
 //!
+//! **Reload.** SIGHUP is validated here first ([`Reload::read`], the same reading a worker
+//! does) and passed on only if everything is good, so a bad file is logged once and leaves
+//! every worker as it was; the settings that need a restart are named here, once. SIGUSR1 is
+//! passed on (each worker logs its counters); SIGUSR2 is logged and ignored.
+//!
 //! Limits (connections, commands, transfers) are per worker: N workers accept up to N times
 //! `--max-conns`.
 

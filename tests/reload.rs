@@ -1,6 +1,7 @@
 //! SIGHUP on a real server: the access file and the TLS material are re-read, validated whole,
 //! and swapped only if every file is good; a bad file keeps what was in use; a connection keeps
-//! the grant it authenticated with; `--workers` passes the signal to every worker.
+//! the grant it authenticated with; `--workers` passes the signal to every worker, and only a
+//! good one; with `--config`, the access file the configuration names is re-read.
 
 mod support;
 
@@ -250,4 +251,57 @@ fn workers_pass_sighup_to_every_worker() {
         1,
         "Threads: 1 in the supervisor"
     );
+}
+
+#[test]
+fn workers_do_not_get_a_reload_the_supervisor_found_bad() {
+    let files = Files::new("reload-workers-bad");
+    let mut flags = files.serve_flags();
+    flags.extend(["--workers".to_string(), "2".to_string(), "-v".to_string()]);
+    let server = Server::start(&strs(&flags));
+    eventually("both workers are ready", || {
+        server.stderr_text().matches(" ready").count() >= 2
+    });
+    let text = fs::read_to_string(&files.access).expect("read access file");
+    fs::write(&files.access, format!("{text}colour = \"blue\"\n")).expect("rewrite");
+    server.signal(libc::SIGHUP);
+    eventually("the supervisor says it kept the reload back", || {
+        server.stderr_text().contains("not passed on")
+    });
+    // Give a forwarded signal time to show, had there been one.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.stderr_text();
+    assert_eq!(
+        log.matches("colour").count(),
+        1,
+        "the error is logged once, by the supervisor: {log}"
+    );
+    assert!(connect(server.framed_str().as_str(), &files.reader).is_ok());
+}
+
+#[test]
+fn sighup_with_a_config_file_rereads_the_access_file_it_names() {
+    let files = Files::new("reload-config-access");
+    let config = files.dir.path().join("monoreactor.toml");
+    fs::write(
+        &config,
+        format!("access = \"{}\"\n", files.access.display()),
+    )
+    .expect("write the configuration");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--root",
+        files.root().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        mkdir_with(&server, &files.reader, "before"),
+        Err(Some(ErrorCode::Forbidden)),
+        "the access file named in the configuration is in force"
+    );
+    let writer = add(&files.access, "writer", &["--files", "write"]);
+    server.signal(libc::SIGHUP);
+    eventually("the new credential is accepted", || {
+        mkdir_with(&server, &writer, "by-writer").is_ok()
+    });
 }

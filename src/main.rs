@@ -163,6 +163,8 @@ fn finish(result: Result<(), Failure>) -> ExitCode {
     }
 }
 
+/// Installs the logger; a failure (never expected: nothing else installs one) is said, not
+/// fatal.
 fn init_logger(filter: LogFilter, timestamps: bool) {
     if let Err(error) = logger::init(filter, timestamps) {
         say(&format!("cannot set up logging: {error}"));

@@ -370,7 +370,8 @@ pub fn sample(command: &Command) -> String {
          #\n\
          # Every key is a flag of `monoreactor serve` without its `--`; the command line's flags\n\
          # override the file. Switches take true or false, durations seconds (fractions allowed),\n\
-         # sizes bytes. SIGHUP re-reads the file: see docs/ARCHITECTURE.md for what changes live.\n\
+         # sizes bytes; relative paths are taken from the working directory. SIGHUP re-reads\n\
+         # the file: see docs/ARCHITECTURE.md for what changes live.\n\
          # This file is generated from the flags (`cargo test --bin monoreactor sample_file`\n\
          # checks it); every key is commented out, at its default.\n",
     );

@@ -429,6 +429,18 @@ fn serve(settings: Settings) -> Result<(), String> {
         worker_of,
         ..
     } = settings;
+    // The loop (or the supervisor) installs its handlers only once the sockets are bound
+    // (after the workers are started, for a supervisor), and scripts act on the `listening`
+    // lines: a SIGHUP, SIGUSR1 or SIGUSR2 in between must not kill it (their default action).
+    // Ignored until then; workers inherit that until their own handlers exist, and what the
+    // server runs (the disk helper, commands) is started after the handlers are installed, so
+    // it gets the default back at exec (a handler, unlike SIG_IGN, does not survive it).
+    // SAFETY: setting a disposition to SIG_IGN installs no handler and touches no memory.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+    }
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);
     }
@@ -446,17 +458,6 @@ fn serve(settings: Settings) -> Result<(), String> {
 /// `serve --workers N` (N > 1): bind every socket N times with SO_REUSEPORT, print the
 /// addresses once, and supervise N worker processes (`monoreactor::workers`).
 fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
-    // The supervisor installs its handlers only after starting the workers, and scripts act
-    // on the `listening` lines: a SIGHUP in between must not kill it (the default action).
-    // Ignored until then; the workers inherit that until their own handlers exist, and what
-    // they run gets the default back at exec (a handler, unlike SIG_IGN, does not survive it).
-    // SAFETY: setting a disposition to SIG_IGN installs no handler and touches no memory.
-    // The same for SIGUSR1 and SIGUSR2, which the workers and the supervisor take too.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        libc::signal(libc::SIGUSR1, libc::SIG_IGN);
-        libc::signal(libc::SIGUSR2, libc::SIG_IGN);
-    }
     let reload = config.reload.clone();
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;

@@ -19,8 +19,8 @@ use log::{LevelFilter, Log, Metadata, Record};
 
 /// Levels per module: `info,monoreactor::conn=debug,rustls=warn` (the syntax of `RUST_LOG`
 /// in env_logger, without its regular expressions). A bare level is the default for every
-/// module; `MODULE=LEVEL` sets one module and the modules beneath it, the longest match
-/// winning.
+/// module (`info` if none is given); `MODULE=LEVEL` sets one module and the modules beneath
+/// it, the longest match winning.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogFilter {
     default: LevelFilter,

@@ -63,6 +63,10 @@ struct Cli {
 enum Command {
     /// Run the server (loopback only unless told otherwise). Prints one `listening KIND ADDR`
     /// line per bound socket on stdout.
+    ///
+    /// Signals: SIGINT or SIGTERM shut it down gracefully (a second one at once), SIGHUP
+    /// re-reads the configuration (--config, --access, the TLS files), SIGUSR1 logs a line of
+    /// counters, SIGUSR2 is logged and ignored.
     Serve(Box<cmd::serve::ServeArgs>),
     /// The access file's credentials: add one (a new token, printed once), or hash a token.
     Access(cmd::access::AccessArgs),

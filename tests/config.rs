@@ -322,6 +322,21 @@ fn sighup_applies_a_changed_hello_timeout_and_log_level_live() {
 }
 
 #[test]
+fn after_a_reload_the_command_line_still_overrides_the_file() {
+    let dir = TempDir::new("config-reload-override");
+    let config = write_config(&dir, "hello-timeout = 60\n");
+    let server = FileServer::start(&dir, &config, &["--hello-timeout", "60"], &[]);
+    write_config(&dir, "hello-timeout = 0.3\nmax-put = 1000\n");
+    server.signal(libc::SIGHUP);
+    let log = server.wait_log("SIGHUP: reloaded");
+    assert!(!log.contains("hello timeout"), "{log}");
+    assert!(
+        !silent_connection_closed_within(server.framed, Duration::from_millis(700)),
+        "the command line's hello timeout holds"
+    );
+}
+
+#[test]
 fn a_bad_file_on_sighup_keeps_the_configuration_in_use_and_says_where() {
     let dir = TempDir::new("config-reload-bad");
     let config = write_config(&dir, "hello-timeout = 0.3\n");

@@ -260,7 +260,12 @@ fn workers_do_not_get_a_reload_the_supervisor_found_bad() {
     flags.extend(["--workers".to_string(), "2".to_string(), "-v".to_string()]);
     let server = Server::start(&strs(&flags));
     eventually("both workers are ready", || {
-        server.stderr_text().matches(" ready").count() >= 2
+        server
+            .stderr_text()
+            .lines()
+            .filter(|line| line.contains("workers] worker ") && line.ends_with(" ready"))
+            .count()
+            >= 2
     });
     let text = fs::read_to_string(&files.access).expect("read access file");
     fs::write(&files.access, format!("{text}colour = \"blue\"\n")).expect("rewrite");

@@ -675,7 +675,17 @@ impl Core {
         };
         let mut swapped: Vec<String> = Vec::new();
         if let Some(limits) = &fresh.limits {
-            let changed = self.env.limits.take_live(limits);
+            // The new limits were validated whole, but they join the ones sized at start
+            // (a frame limit that needs a restart may not fit a new memory budget).
+            let mut candidate = self.env.limits.clone();
+            let changed = candidate.take_live(limits);
+            if let Err(error) = candidate.validate() {
+                error!(
+                    "SIGHUP: {error} (with the limits that need a restart left as they are); keeping the configuration in use"
+                );
+                return;
+            }
+            self.env.limits = candidate;
             if let Some(files) = self.env.files.as_mut() {
                 files.max_put = self.env.limits.max_put;
                 files.max_transfers = self.env.limits.max_transfers;

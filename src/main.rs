@@ -217,7 +217,14 @@ fn start_serve(
                 }
                 return ExitCode::from(USAGE);
             }
-            Err(Reread::Clap(error)) => return parse_answer(&error),
+            Err(Reread::Clap(error)) => {
+                let status = parse_answer(&error);
+                say(&format!(
+                    "(the keys of {} were read as flags, before the command line's)",
+                    path.display()
+                ));
+                return status;
+            }
         },
     };
     let filter = match log.choose(args.log_level_flag().as_ref()) {

@@ -221,19 +221,19 @@ impl Limits {
     }
 
     /// Takes from `new` the limits a running loop can change (a reload, SIGHUP) and returns
-    /// the names of those that changed. Each is read afresh where it is used: a timeout when
+    /// those that changed, named with their old and new values (`hello timeout 10s -> 1s`). Each is read afresh where it is used: a timeout when
     /// a deadline is armed (one already armed keeps its time), the exec limits when a command
     /// starts, the stream, transfer and PUT limits when a request arrives, the memory budget
     /// every turn, the grace when a shutdown begins. The others were sized once, at start (see
     /// `crate::reload`), and are left as they are.
-    pub fn take_live(&mut self, new: &Limits) -> Vec<&'static str> {
+    pub fn take_live(&mut self, new: &Limits) -> Vec<String> {
         let mut changed = Vec::new();
         macro_rules! take {
             ($($field:ident: $name:literal),* $(,)?) => {
                 $(
                     if self.$field != new.$field {
+                        changed.push(format!("{} {:?} -> {:?}", $name, self.$field, new.$field));
                         self.$field = new.$field;
-                        changed.push($name);
                     }
                 )*
             };
@@ -346,7 +346,10 @@ mod tests {
             max_exec: 1,
             ..Limits::default()
         };
-        assert_eq!(running.take_live(&new), ["hello timeout", "max put"]);
+        assert_eq!(
+            running.take_live(&new),
+            ["hello timeout 10s -> 1s", "max put 17179869184 -> 10"]
+        );
         assert_eq!(running.hello_timeout, Duration::from_secs(1));
         assert_eq!(running.max_put, 10);
         let sized = Limits::default();

@@ -690,7 +690,7 @@ impl Core {
                 files.max_put = self.env.limits.max_put;
                 files.max_transfers = self.env.limits.max_transfers;
             }
-            swapped.extend(changed.into_iter().map(str::to_string));
+            swapped.extend(changed);
         }
         if let Some(access) = fresh.access {
             self.env.access = self.env.access.reloaded(access);

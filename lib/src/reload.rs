@@ -145,3 +145,34 @@ impl Reload {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reloader_s_error_or_invalid_limits_are_refused_whole() {
+        let invalid = Reload {
+            reloader: Some(Reloader::new(|| {
+                Ok(Fresh {
+                    limits: Some(Limits {
+                        max_frame_len: 1,
+                        ..Limits::default()
+                    }),
+                    ..Fresh::default()
+                })
+            })),
+            ..Reload::default()
+        };
+        let error = invalid.read().unwrap_err();
+        assert!(error.contains("max frame length"), "{error}");
+        let failing = Reload {
+            reloader: Some(Reloader::new(|| Err("f.toml:3: bad".to_string()))),
+            ..Reload::default()
+        };
+        assert_eq!(failing.read().unwrap_err(), "f.toml:3: bad");
+        assert!(!failing.is_empty() && Reload::default().is_empty());
+        assert_eq!(failing.clone(), failing, "a clone is the same reloader");
+        assert_ne!(failing, invalid);
+    }
+}

@@ -5,17 +5,20 @@
 //! UTC (RFC 3339, milliseconds), the level, the module, the text. Client commands print the
 //! same without the time, as they always have (a person reads them, at once).
 //!
-//! Written here rather than with `simple_logger`: its levels are fixed once it is installed,
-//! and SIGHUP must be able to raise them (`log-level = "debug"` in the configuration file) as
-//! well as lower them. The filter sits behind a lock the logging call reads; the server has
-//! one thread, so the lock is never contended (the disk helper is a process of its own).
+//! `simple_logger` formats and writes every line. What it cannot do is change its levels once
+//! it is installed, and SIGHUP must be able to raise them (`log-level = "debug"` in the
+//! configuration file) as well as lower them. So the logger installed is [`Filtered`], a thin
+//! `log::Log` of ours: it holds the filter, behind a lock the logging call reads, and hands a
+//! record to the inner `SimpleLogger` (itself at `Trace`, so it lets everything through) only
+//! when the filter enables it. The server has one thread, so the lock is never contended (the
+//! disk helper is a process of its own).
 
 use std::fmt;
-use std::io::Write;
 use std::str::FromStr;
 use std::sync::{OnceLock, RwLock};
 
 use log::{LevelFilter, Log, Metadata, Record};
+use simple_logger::SimpleLogger;
 
 /// Levels per module: `info,monoreactor::conn=debug,rustls=warn` (the syntax of `RUST_LOG`
 /// in env_logger, without its regular expressions). A bare level is the default for every
@@ -160,39 +163,48 @@ pub fn shifted(shift: i16) -> LevelFilter {
     }
 }
 
-/// The installed logger (set once per process).
-struct Logger {
-    filter: RwLock<LogFilter>,
-    timestamps: bool,
-}
+/// The filter of the installed logger (set once per process, with it); a reload swaps the
+/// value inside.
+static FILTER: OnceLock<RwLock<LogFilter>> = OnceLock::new();
 
-static LOGGER: OnceLock<Logger> = OnceLock::new();
+/// The installed logger: our filter in front of `simple_logger`, which writes the lines.
+struct Filtered {
+    filter: &'static RwLock<LogFilter>,
+    /// At `Trace` with no module levels: everything that reaches it is written.
+    inner: SimpleLogger,
+}
 
 /// Installs the logger with `filter`; `timestamps` for the server. A second call only
 /// changes the filter.
 pub fn init(filter: LogFilter, timestamps: bool) -> Result<(), String> {
-    if LOGGER.get().is_some() {
+    if FILTER.get().is_some() {
         set_filter(filter);
         return Ok(());
     }
+    let inner = SimpleLogger::new().with_level(LevelFilter::Trace);
+    let inner = if timestamps {
+        // `2026-12-07T19:18:56.123Z`: simple_logger's UTC format, RFC 3339 with milliseconds.
+        inner.with_utc_timestamps()
+    } else {
+        inner.without_timestamps()
+    };
     let max = filter.most_verbose();
-    let logger = LOGGER.get_or_init(|| Logger {
-        filter: RwLock::new(filter),
-        timestamps,
-    });
-    log::set_logger(logger).map_err(|error| error.to_string())?;
+    let filter = FILTER.get_or_init(|| RwLock::new(filter));
+    log::set_boxed_logger(Box::new(Filtered { filter, inner }))
+        .map_err(|error| error.to_string())?;
+    // What `SimpleLogger::init` would do with its own levels; ours are the filter's.
     log::set_max_level(max);
     Ok(())
 }
 
 /// Swaps the filter of the installed logger (a reload); nothing if none is installed.
 pub fn set_filter(filter: LogFilter) {
-    let Some(logger) = LOGGER.get() else {
+    let Some(current) = FILTER.get() else {
         return;
     };
     let max = filter.most_verbose();
     // A poisoned lock only means a panic while logging; the filter itself is still whole.
-    match logger.filter.write() {
+    match current.write() {
         Ok(mut current) => *current = filter,
         Err(poisoned) => *poisoned.into_inner() = filter,
     }
@@ -201,59 +213,38 @@ pub fn set_filter(filter: LogFilter) {
 
 /// The filter in use, if a logger is installed.
 pub fn current_filter() -> Option<LogFilter> {
-    let logger = LOGGER.get()?;
-    let filter = match logger.filter.read() {
+    let filter = match FILTER.get()?.read() {
         Ok(filter) => filter.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
     Some(filter)
 }
 
-impl Log for Logger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+impl Filtered {
+    /// Whether the filter lets a record at `metadata` through.
+    fn passes(&self, metadata: &Metadata<'_>) -> bool {
         let level = match self.filter.read() {
             Ok(filter) => filter.level_for(metadata.target()),
             Err(poisoned) => poisoned.into_inner().level_for(metadata.target()),
         };
         metadata.level() <= level
     }
-
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        // One write per line: lines of the workers and the supervisor, which share stderr,
-        // do not interleave (a write of this size to a pipe is atomic).
-        let mut line = String::with_capacity(128);
-        if self.timestamps {
-            line += &timestamp(time::OffsetDateTime::now_utc());
-            line.push(' ');
-        }
-        line += &format!(
-            "{:<5} [{}] {}\n",
-            record.level(),
-            record.target(),
-            record.args()
-        );
-        // Nowhere to report a failed write to stderr.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
 }
 
-/// `2026-12-07T19:18:56.123Z`: RFC 3339 in UTC with milliseconds.
-fn timestamp(now: time::OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.millisecond()
-    )
+impl Log for Filtered {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.passes(metadata) && self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if self.passes(record.metadata()) {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 #[cfg(test)]
@@ -327,9 +318,26 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_are_rfc_3339_utc_with_milliseconds() {
-        let at =
-            time::OffsetDateTime::from_unix_timestamp_nanos(1_796_670_000_123_456_789).unwrap();
-        assert_eq!(timestamp(at), "2026-12-07T19:00:00.123Z");
+    fn the_wrapper_passes_what_its_filter_enables_and_follows_a_swap() {
+        let filter = Box::leak(Box::new(RwLock::new(
+            "warn,monoreactor::conn=debug".parse::<LogFilter>().unwrap(),
+        )));
+        let logger = Filtered {
+            filter,
+            inner: SimpleLogger::new()
+                .with_level(LevelFilter::Trace)
+                .without_timestamps(),
+        };
+        let at = |level, target| {
+            logger.enabled(&Metadata::builder().level(level).target(target).build())
+        };
+        assert!(at(log::Level::Debug, "monoreactor::conn::framed"));
+        assert!(!at(log::Level::Trace, "monoreactor::conn"));
+        assert!(!at(log::Level::Info, "monoreactor::reactor"));
+        assert!(at(log::Level::Warn, "rustls"));
+        *filter.write().unwrap() = "trace".parse().unwrap();
+        assert!(at(log::Level::Trace, "monoreactor::reactor"));
+        *filter.write().unwrap() = "off".parse().unwrap();
+        assert!(!at(log::Level::Error, "monoreactor::conn"));
     }
 }

@@ -110,6 +110,7 @@ pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
     Listener, Listeners, Server, StartError, bind_shared, raise_descriptor_limit,
 };
+pub use sys::notify::{ACTIVATION_NAMES, Lifecycle, SystemdNotify, activated_listeners};
 
 // Drive a connection yourself.
 pub use buffer::BufferPool;

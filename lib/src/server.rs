@@ -72,6 +72,9 @@ pub struct Config {
     /// material, swapped only if all of them are good (see [`Reload`]). Empty: SIGHUP only
     /// logs that there is nothing to reload.
     pub reload: Reload,
+    /// Told when a reload starts and ends and when a shutdown starts (a service manager's
+    /// news: [`SystemdNotify`](crate::SystemdNotify)); `None`: nobody is told.
+    pub lifecycle: Option<Arc<dyn crate::Lifecycle>>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             disk_helper: None,
             tls: None,
             reload: Reload::default(),
+            lifecycle: None,
         }
     }
 }
@@ -256,6 +260,7 @@ impl Server {
             disk_helper: config.disk_helper,
             tls: config.tls,
             reload: config.reload,
+            lifecycle: config.lifecycle,
         })?;
         Ok(Server { reactor, addrs })
     }

@@ -49,6 +49,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{error, info, warn};
@@ -58,6 +59,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitIdOptions};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::server::Listeners;
+use crate::sys::notify::Lifecycle;
 use crate::sys::restart::{STABLE_AFTER, backoff, describe};
 
 /// The hidden `serve` flag that makes a process a worker: `--worker-of READY,FRAMED,TCP,UDP`.
@@ -282,7 +284,18 @@ fn ready_token(slot: usize) -> Token {
 /// Errors: the poll or the signal handlers could not be set up, or every worker failed at
 /// start.
 pub fn supervise(listeners: Vec<Listeners>, args: Vec<OsString>) -> io::Result<()> {
-    supervise_with(listeners, args, true)
+    supervise_with(listeners, args, true, None)
+}
+
+/// [`supervise`], telling `lifecycle` (a service manager) when every worker is ready, when a
+/// SIGHUP is forwarded and when the shutdown starts. The workers are started without
+/// `NOTIFY_SOCKET`: the supervisor speaks for them.
+pub fn supervise_notifying(
+    listeners: Vec<Listeners>,
+    args: Vec<OsString>,
+    lifecycle: Option<Arc<dyn Lifecycle>>,
+) -> io::Result<()> {
+    supervise_with(listeners, args, true, lifecycle)
 }
 
 /// [`supervise`], optionally without SIGINT/SIGTERM handlers (for tests, which must not
@@ -291,11 +304,14 @@ fn supervise_with(
     listeners: Vec<Listeners>,
     args: Vec<OsString>,
     handle_signals: bool,
+    lifecycle: Option<Arc<dyn Lifecycle>>,
 ) -> io::Result<()> {
     let mut supervisor = Supervisor {
         slots: Vec::with_capacity(listeners.len()),
         args,
         shutting_down: false,
+        lifecycle,
+        announced: false,
     };
     for listeners in listeners {
         let state = match spawn(&supervisor.args, &listeners) {
@@ -322,6 +338,10 @@ struct Supervisor {
     slots: Vec<Slot>,
     args: Vec<OsString>,
     shutting_down: bool,
+    /// Told when every worker is ready, of reloads and of the shutdown.
+    lifecycle: Option<Arc<dyn Lifecycle>>,
+    /// Ready was told (once: a restarted worker is not news to the manager).
+    announced: bool,
 }
 
 impl Supervisor {
@@ -448,8 +468,18 @@ impl Supervisor {
 
     fn on_signal(&mut self, signal: i32) {
         if signal == libc::SIGHUP {
+            // The workers reload on their own; the supervisor's part is over once forwarded.
+            if let Some(manager) = &self.lifecycle {
+                manager.reloading();
+            }
             self.forward_reload();
+            if let Some(manager) = &self.lifecycle {
+                manager.ready("serving (reload forwarded to the workers)");
+            }
             return;
+        }
+        if let (false, Some(manager)) = (self.shutting_down, &self.lifecycle) {
+            manager.stopping("draining the workers");
         }
         let (name, forward) = if signal == libc::SIGINT {
             ("SIGINT", Signal::INT)
@@ -520,6 +550,30 @@ impl Supervisor {
             send_reload(&worker);
         }
         slot.state = State::Running(worker);
+        self.announce_if_all_ready();
+    }
+
+    /// Tells the [`Lifecycle`] once every worker that was started is ready (a slot retired
+    /// after a failure at start is not waited for).
+    fn announce_if_all_ready(&mut self) {
+        if self.announced || self.shutting_down {
+            return;
+        }
+        let running = self
+            .slots
+            .iter()
+            .filter(|slot| matches!(slot.state, State::Running(_)))
+            .count();
+        let all = self
+            .slots
+            .iter()
+            .all(|slot| matches!(slot.state, State::Running(_) | State::Gone));
+        if running > 0 && all {
+            self.announced = true;
+            if let Some(manager) = &self.lifecycle {
+                manager.ready(&format!("serving with {running} workers"));
+            }
+        }
     }
 
     /// The pidfd of slot `index` is readable: reap the worker, then restart it, retire the
@@ -635,6 +689,8 @@ fn spawn(args: &[OsString], listeners: &Listeners) -> io::Result<Worker> {
         .arg(spec.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        // The supervisor speaks to the service manager for all of them.
+        .env_remove("NOTIFY_SOCKET")
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (fcntl, prctl, getppid); it allocates nothing (`keep` is
@@ -716,7 +772,7 @@ mod tests {
         };
         let (sets, _) = crate::server::bind_shared(config, 2).unwrap();
         let started = Instant::now();
-        let error = supervise_with(sets, vec!["--list".into()], false).unwrap_err();
+        let error = supervise_with(sets, vec!["--list".into()], false, None).unwrap_err();
         assert!(
             error.to_string().contains("every worker failed at start"),
             "{error}"

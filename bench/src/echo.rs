@@ -9,7 +9,11 @@
 //!
 //! A connection the server closes or resets is counted as an error of that kind and dropped;
 //! an ERROR frame is counted by its code (SERVER_BUSY, SHUTTING_DOWN, ...). When none is left,
-//! or nothing has succeeded for a second, the run ends early with what it measured.
+//! or nothing has succeeded for a second, the run ends early with what it measured. With
+//! [`EchoOptions::reconnect`] (closed loop only) a dropped connection is opened again after
+//! [`RECONNECT_AFTER`], as a client behind a load balancer would, so a run through a server's
+//! restart counts what the restart cost (with depth 1, one error is one failed request) and
+//! goes on.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -47,6 +51,55 @@ struct Conn {
     backlog: VecDeque<Instant>,
     /// Framed: HELLO_OK not seen yet.
     awaiting_hello: bool,
+    /// Reconnecting: when this dropped connection is opened again.
+    retry_at: Option<Instant>,
+}
+
+/// Options of an echo run beyond [`LoadConfig`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EchoOptions {
+    /// Open a connection again when the server drops it (closed loop only).
+    pub reconnect: bool,
+}
+
+/// How long a dropped connection waits before it is opened again.
+pub const RECONNECT_AFTER: Duration = Duration::from_millis(10);
+
+/// Longest a reconnection may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Opens connection `index`: connected, registered, HELLO queued (framed).
+fn open(config: &LoadConfig, poll: &Poll, index: usize) -> io::Result<Conn> {
+    let stream = StdTcpStream::connect_timeout(&config.addr, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    let mut stream = TcpStream::from_std(stream);
+    let tls = match &config.tls {
+        Some(tls) => Some(Box::new(tls.session()?)),
+        None => None,
+    };
+    poll.registry().register(
+        &mut stream,
+        Token(index),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    let mut conn = Conn {
+        stream,
+        tls,
+        alive: true,
+        out: Vec::new(),
+        out_sent: 0,
+        received: Vec::new(),
+        raw_pending: 0,
+        in_flight: VecDeque::with_capacity(config.depth),
+        backlog: VecDeque::new(),
+        awaiting_hello: config.protocol == BenchProtocol::Framed,
+        retry_at: None,
+    };
+    if conn.awaiting_hello {
+        Hello::current().encode(&mut conn.out);
+    }
+    Ok(conn)
 }
 
 impl Conn {
@@ -313,42 +366,25 @@ const TIMER: Token = Token(usize::MAX);
 /// Runs TCP echo load; see the module docs. Errors only if no connection can be made; a
 /// server that goes away mid-run ends it early with a partial report.
 pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
+    run_echo_with(config, EchoOptions::default())
+}
+
+/// [`run_echo`] with [`EchoOptions`].
+pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Report> {
     config.validate()?;
+    if options.reconnect && config.rate.is_some() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "reconnecting is for the closed loop: drop the rate",
+        ));
+    }
     raise_descriptor_limit();
     let request = config.protocol.request(config.size);
     let decoder = Decoder::new(MAX_FRAME_LEN);
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(config.connections);
     for index in 0..config.connections {
-        let stream = StdTcpStream::connect(config.addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
-        let mut stream = TcpStream::from_std(stream);
-        let tls = match &config.tls {
-            Some(tls) => Some(Box::new(tls.session()?)),
-            None => None,
-        };
-        poll.registry().register(
-            &mut stream,
-            Token(index),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let mut conn = Conn {
-            stream,
-            tls,
-            alive: true,
-            out: Vec::new(),
-            out_sent: 0,
-            received: Vec::new(),
-            raw_pending: 0,
-            in_flight: VecDeque::with_capacity(config.depth),
-            backlog: VecDeque::new(),
-            awaiting_hello: config.protocol == BenchProtocol::Framed,
-        };
-        if conn.awaiting_hello {
-            Hello::current().encode(&mut conn.out);
-        }
-        conns.push(conn);
+        conns.push(open(config, &poll, index)?);
     }
 
     let mut recorder = Recorder::new(
@@ -391,6 +427,9 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
         }
         if recorder.failing(now) {
             break Some("nothing succeeded for a second".to_string());
+        }
+        if options.reconnect {
+            reopen_due(&mut conns, config, &poll, &request, &mut recorder, now);
         }
         if let Some(pacer) = pacer.as_mut() {
             while let Some(due) = pacer.due(now) {
@@ -455,6 +494,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                         now,
                         &error.into(),
                     );
+                    retry_later(conn, options, &mut live, now);
                     continue;
                 }
             }
@@ -465,6 +505,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                 Ok(got) => got,
                 Err(fatal) => {
                     kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    retry_later(conn, options, &mut live, now);
                     continue;
                 }
             };
@@ -474,6 +515,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                 let Some(start) = conn.in_flight.pop_front() else {
                     let fatal = Fatal::Protocol("more replies than requests".to_string());
                     kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    retry_later(conn, options, &mut live, now);
                     break;
                 };
                 recorder.record(now, now.saturating_duration_since(start));
@@ -490,6 +532,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
             if got.closed {
                 let fatal = Fatal::Io(ErrorKind::UnexpectedEof.into());
                 kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                retry_later(conn, options, &mut live, now);
                 continue;
             }
             if pacer.is_some() {
@@ -510,6 +553,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                         now,
                         &error.into(),
                     );
+                    retry_later(conn, options, &mut live, now);
                 }
             }
         }
@@ -538,6 +582,46 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
         "req",
         ended_early,
     ))
+}
+
+/// Reconnecting: `conn`, just killed, is opened again after [`RECONNECT_AFTER`] and counts
+/// as live meanwhile.
+fn retry_later(conn: &mut Conn, options: EchoOptions, live: &mut usize, now: Instant) {
+    if options.reconnect && !conn.alive && conn.retry_at.is_none() {
+        conn.retry_at = Some(now + RECONNECT_AFTER);
+        *live += 1;
+    }
+}
+
+/// Opens again the dropped connections whose time has come, with `depth` requests in flight
+/// (a connection that cannot be opened is an error of its kind, and tries again later).
+fn reopen_due(
+    conns: &mut [Conn],
+    config: &LoadConfig,
+    poll: &Poll,
+    request: &[u8],
+    recorder: &mut Recorder,
+    now: Instant,
+) {
+    for (index, conn) in conns.iter_mut().enumerate() {
+        if !conn.retry_at.is_some_and(|at| at <= now) {
+            continue;
+        }
+        match open(config, poll, index) {
+            Ok(mut fresh) => {
+                for _ in 0..config.depth {
+                    fresh.push(request, now);
+                }
+                // A failure here shows on the first event.
+                let _ = fresh.flush();
+                *conn = fresh;
+            }
+            Err(error) => {
+                recorder.error(now, &io_kind(&error));
+                conn.retry_at = Some(now + RECONNECT_AFTER);
+            }
+        }
+    }
 }
 
 fn kill(

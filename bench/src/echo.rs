@@ -604,7 +604,7 @@ fn reopen_due(
     now: Instant,
 ) {
     for (index, conn) in conns.iter_mut().enumerate() {
-        if !conn.retry_at.is_some_and(|at| at <= now) {
+        if conn.retry_at.is_none_or(|at| at > now) {
             continue;
         }
         match open(config, poll, index) {

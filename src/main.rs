@@ -77,7 +77,8 @@ enum Command {
     Rm(paths::RmArgs),
     /// Create directories on the server.
     Mkdir(paths::MkdirArgs),
-    /// Print a sandboxed systemd unit for `serve` (Type=notify), or its socket unit, with this binary's path and the root filled in.
+    /// Print a sandboxed systemd unit for `serve` (Type=notify), or its socket unit, with
+    /// this binary's path and the root filled in.
     SystemdUnit(cmd::systemd_unit::SystemdUnitArgs),
     /// Internal: the server's disk helper (blocking disk calls off the loop), on the socket
     /// inherited as descriptor FD. Started by `serve`, never by hand.

@@ -641,3 +641,76 @@ fn kill(
     let _ = poll.registry().deregister(&mut conn.stream);
     let _ = conn.stream.shutdown(std::net::Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::Stop;
+
+    /// A raw echo server on loopback that hangs up after ten 64-byte echoes per connection.
+    fn echo_ten_then_hang_up() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                std::thread::spawn(move || {
+                    let mut request = [0; 64];
+                    for _ in 0..10 {
+                        if stream.read_exact(&mut request).is_err()
+                            || stream.write_all(&request).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn config(addr: std::net::SocketAddr) -> LoadConfig {
+        LoadConfig {
+            addr,
+            protocol: BenchProtocol::Raw,
+            connections: 2,
+            size: 64,
+            depth: 1,
+            stop: Stop::Requests(200),
+            warmup: Duration::ZERO,
+            rate: None,
+            server_pid: None,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_reconnecting_run_goes_on_after_the_server_hangs_up_and_counts_each_hang_up() {
+        let config = config(echo_ten_then_hang_up());
+        let report = run_echo_with(&config, EchoOptions { reconnect: true }).expect("a run");
+        assert_eq!(report.ended_early, None);
+        assert!(report.requests >= 200, "{}", report.requests);
+        // Ten requests per connection, then one error: about one error per ten requests.
+        let errors = report.error_total();
+        assert!((15..=25).contains(&errors), "{:?}", report.errors);
+    }
+
+    #[test]
+    fn without_reconnecting_the_run_ends_when_every_connection_is_gone() {
+        let config = config(echo_ten_then_hang_up());
+        let report = run_echo(&config).expect("a run");
+        assert!(report.ended_early.is_some());
+        assert_eq!(report.error_total(), 2, "{:?}", report.errors);
+    }
+
+    #[test]
+    fn reconnecting_is_refused_with_a_rate() {
+        let config = LoadConfig {
+            rate: Some(100.0),
+            ..config(echo_ten_then_hang_up())
+        };
+        assert!(run_echo_with(&config, EchoOptions { reconnect: true }).is_err());
+    }
+}

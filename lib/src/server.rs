@@ -357,6 +357,24 @@ impl Listeners {
     }
 }
 
+/// The sockets systemd passed by socket activation (`LISTEN_FDS`, `LISTEN_PID`), as
+/// [`Listeners`] for [`Server::from_listeners`], or `None` if none were passed. They are taken
+/// by name (`LISTEN_FDNAMES`: `framed`, `echo-tcp`, `echo-udp`, see
+/// [`ACTIVATION_NAMES`](crate::ACTIVATION_NAMES)) or else in that order, and each is checked to
+/// be what its place says (a listening TCP socket, a UDP socket). `Err`: one line saying what is
+/// wrong.
+///
+/// Call it once, at start: it takes ownership of the passed descriptors.
+pub fn activated_listeners() -> Result<Option<Listeners>, String> {
+    Ok(
+        crate::sys::notify::activated_sockets()?.map(|sockets| Listeners {
+            framed: sockets.framed.into(),
+            echo_tcp: sockets.echo_tcp.map(Into::into),
+            echo_udp: sockets.echo_udp.map(Into::into),
+        }),
+    )
+}
+
 /// Binds `count` sets of sockets on the same addresses with `SO_REUSEPORT`, one set per
 /// worker, after the same checks as [`Server::bind`] (the root directory is created, then
 /// closed: each worker opens its own). A port 0 is resolved once: the first socket of each

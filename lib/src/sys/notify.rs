@@ -1,6 +1,7 @@
 //! The server and its service manager: telling systemd what the server is doing
-//! (`Type=notify` and `Type=notify-reload`, through [`SystemdNotify`]) and serving the sockets
-//! it passes instead of binding them (socket activation, [`activated_listeners`]).
+//! (`Type=notify` and `Type=notify-reload`, through [`SystemdNotify`]) and taking the sockets
+//! it passes (socket activation, [`activated_sockets`]), which the server serves instead of
+//! binding its own ([`activated_listeners`](crate::activated_listeners)).
 //!
 //! The loop knows none of this: it calls a [`Lifecycle`] at the moments a manager cares about
 //! (a reload starts and ends, a shutdown starts), if the program gave it one
@@ -16,8 +17,6 @@ use std::sync::Arc;
 
 use log::warn;
 use sd_notify::NotifyState;
-
-use crate::server::Listeners;
 
 /// Told of the moments in a server's life a service manager wants to hear about. Every call
 /// is made on the loop's thread and must not block for long (a datagram, a log line).
@@ -84,6 +83,17 @@ impl Lifecycle for SystemdNotify {
 /// taken when the sockets have other names (or none).
 pub const ACTIVATION_NAMES: [&str; 3] = ["framed", "echo-tcp", "echo-udp"];
 
+/// The sockets socket activation passed, each checked to be what its name says.
+#[derive(Debug)]
+pub(crate) struct ActivatedSockets {
+    /// A listening TCP socket.
+    pub framed: OwnedFd,
+    /// A listening TCP socket, if passed.
+    pub echo_tcp: Option<OwnedFd>,
+    /// A UDP socket, if passed.
+    pub echo_udp: Option<OwnedFd>,
+}
+
 /// The sockets passed by socket activation (`LISTEN_FDS`, for this process by `LISTEN_PID`),
 /// or `None` if none were. Named `framed`, `echo-tcp` and `echo-udp` (`LISTEN_FDNAMES`), or
 /// else taken in that order; each is checked to be what its name says (a listening TCP socket,
@@ -91,7 +101,7 @@ pub const ACTIVATION_NAMES: [&str; 3] = ["framed", "echo-tcp", "echo-udp"];
 ///
 /// Call it once, at start: it takes ownership of the descriptors, which nothing else in the
 /// process owns.
-pub fn activated_listeners() -> Result<Option<Listeners>, String> {
+pub(crate) fn activated_sockets() -> Result<Option<ActivatedSockets>, String> {
     let passed: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
         .map_err(|error| format!("socket activation: {error}"))?
         .collect();
@@ -140,10 +150,10 @@ pub fn activated_listeners() -> Result<Option<Listeners>, String> {
     let echo_udp = echo_udp
         .map(|fd| take(fd, "echo-udp", SocketKind::Udp))
         .transpose()?;
-    Ok(Some(Listeners {
-        framed: framed.into(),
-        echo_tcp: echo_tcp.map(Into::into),
-        echo_udp: echo_udp.map(Into::into),
+    Ok(Some(ActivatedSockets {
+        framed,
+        echo_tcp,
+        echo_udp,
     }))
 }
 
@@ -184,7 +194,7 @@ fn take(fd: RawFd, name: &str, kind: SocketKind) -> Result<OwnedFd, String> {
     }
     // SAFETY: the descriptor is an open socket (getsockopt succeeded above), passed to this
     // process by its service manager; nothing else in the process owns it, and
-    // `activated_listeners`, called once at start, hands each passed descriptor out once.
+    // `activated_sockets`, called once at start, hands each passed descriptor out once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -12,8 +12,9 @@
 //! or nothing has succeeded for a second, the run ends early with what it measured. With
 //! [`EchoOptions::reconnect`] (closed loop only) a dropped connection is opened again after
 //! [`RECONNECT_AFTER`], as a client behind a load balancer would, so a run through a server's
-//! restart counts what the restart cost (with depth 1, one error is one failed request) and
-//! goes on.
+//! restart counts what the restart cost and goes on: then each request in flight on a dropped
+//! connection is one error, and a connection the server closes with nothing in flight (after
+//! SHUTTING_DOWN, say) is none.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -226,6 +227,8 @@ struct Received {
     closed: bool,
     /// ERROR frames on a request's stream: that request failed, the connection lives on.
     failed: Vec<String>,
+    /// An ERROR on stream 0 after the replies: the server ends the connection.
+    fatal: Option<Fatal>,
 }
 
 /// Why a connection is done.
@@ -315,7 +318,9 @@ fn receive(
                                 message.code.to_string()
                             });
                         if frame.header.stream == 0 {
-                            return Err(Fatal::Server(code));
+                            // The replies before it count; the connection ends here.
+                            got.fatal = Some(Fatal::Server(code));
+                            break;
                         }
                         got.failed.push(code);
                     }
@@ -456,6 +461,7 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
                         &mut recorder,
                         now,
                         &error.into(),
+                        options.reconnect,
                     );
                 }
             }
@@ -493,6 +499,7 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
                         &mut recorder,
                         now,
                         &error.into(),
+                        options.reconnect,
                     );
                     retry_later(conn, options, &mut live, now);
                     continue;
@@ -504,7 +511,15 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             let got = match receive(conn, config, &decoder, &mut chunk) {
                 Ok(got) => got,
                 Err(fatal) => {
-                    kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    kill(
+                        &mut poll,
+                        conn,
+                        &mut live,
+                        &mut recorder,
+                        now,
+                        &fatal,
+                        options.reconnect,
+                    );
                     retry_later(conn, options, &mut live, now);
                     continue;
                 }
@@ -514,7 +529,15 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             for _ in 0..got.replies {
                 let Some(start) = conn.in_flight.pop_front() else {
                     let fatal = Fatal::Protocol("more replies than requests".to_string());
-                    kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    kill(
+                        &mut poll,
+                        conn,
+                        &mut live,
+                        &mut recorder,
+                        now,
+                        &fatal,
+                        options.reconnect,
+                    );
                     retry_later(conn, options, &mut live, now);
                     break;
                 };
@@ -529,9 +552,30 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             if !conn.alive {
                 continue;
             }
+            if let Some(fatal) = got.fatal {
+                kill(
+                    &mut poll,
+                    conn,
+                    &mut live,
+                    &mut recorder,
+                    now,
+                    &fatal,
+                    options.reconnect,
+                );
+                retry_later(conn, options, &mut live, now);
+                continue;
+            }
             if got.closed {
                 let fatal = Fatal::Io(ErrorKind::UnexpectedEof.into());
-                kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                kill(
+                    &mut poll,
+                    conn,
+                    &mut live,
+                    &mut recorder,
+                    now,
+                    &fatal,
+                    options.reconnect,
+                );
                 retry_later(conn, options, &mut live, now);
                 continue;
             }
@@ -552,6 +596,7 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
                         &mut recorder,
                         now,
                         &error.into(),
+                        options.reconnect,
                     );
                     retry_later(conn, options, &mut live, now);
                 }
@@ -624,6 +669,9 @@ fn reopen_due(
     }
 }
 
+/// Drops `conn` and counts why. Reconnecting, what is counted is the requests it loses: one
+/// error per request in flight (none for a connection the server closed after answering
+/// everything, a protocol error at least one); otherwise one error per connection.
 fn kill(
     poll: &mut Poll,
     conn: &mut Conn,
@@ -631,13 +679,23 @@ fn kill(
     recorder: &mut Recorder,
     now: Instant,
     why: &Fatal,
+    reconnect: bool,
 ) {
     if !conn.alive {
         return;
     }
     conn.alive = false;
     *live -= 1;
-    recorder.error(now, &why.kind());
+    let lost = conn.in_flight.len();
+    let count = match (reconnect, why) {
+        (false, _) => 1,
+        (true, Fatal::Protocol(_)) => lost.max(1),
+        (true, _) => lost,
+    };
+    let kind = why.kind();
+    for _ in 0..count {
+        recorder.error(now, &kind);
+    }
     let _ = poll.registry().deregister(&mut conn.stream);
     let _ = conn.stream.shutdown(std::net::Shutdown::Both);
 }

@@ -43,8 +43,9 @@ pub struct EchoBenchArgs {
     #[arg(long, value_name = "NAME", requires = "raw", help_heading = "TLS")]
     tls_alpn: Option<String>,
     /// Open a connection again (after 10 ms) when the server closes or resets it, as a client
-    /// behind a load balancer would: a server's restart then costs the requests counted as
-    /// errors, and the run goes on. Closed loop only.
+    /// behind a load balancer would, and count as errors the requests that were in flight on
+    /// it (none if the server closed it after answering them): a server's restart then costs
+    /// its failed requests, and the run goes on. Closed loop only.
     #[arg(long, conflicts_with = "rate")]
     reconnect: bool,
 }

@@ -158,7 +158,7 @@ backend be_files
     balance source
     hash-type consistent
     option tcp-check
-    tcp-check connect port {ECHO_PORT}
+    tcp-check connect port {ECHO_PORT}{check_proxy}
     tcp-check send ping\\n
     tcp-check expect string ping
 {files}",
@@ -167,6 +167,12 @@ backend be_files
         framed = servers(FRAMED_PORT),
         echo = servers(ECHO_PORT),
         files = servers(FRAMED_PORT),
+        // An explicit connect rule does not take the server line's check-send-proxy.
+        check_proxy = if harness.proxy_protocol {
+            " send-proxy"
+        } else {
+            ""
+        },
     )
 }
 

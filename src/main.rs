@@ -91,6 +91,9 @@ enum Command {
     Rm(paths::RmArgs),
     /// Create directories on the server.
     Mkdir(paths::MkdirArgs),
+    /// Print a sandboxed systemd unit for `serve` (Type=notify), or its socket unit, with
+    /// this binary's path and the root filled in.
+    SystemdUnit(cmd::systemd_unit::SystemdUnitArgs),
     /// Internal: the server's disk helper (blocking disk calls off the loop), on the socket
     /// inherited as descriptor FD. Started by `serve`, never by hand.
     #[command(name = "__disk-helper", hide = true)]
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
         Command::Stat(args) => stat::run(args),
         Command::Rm(args) => paths::rm(args),
         Command::Mkdir(args) => paths::mkdir(args),
+        Command::SystemdUnit(args) => cmd::systemd_unit::run(args),
         Command::Serve(_) | Command::DiskHelper { .. } => unreachable!("handled above"),
     };
     finish(result)

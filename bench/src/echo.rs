@@ -9,7 +9,12 @@
 //!
 //! A connection the server closes or resets is counted as an error of that kind and dropped;
 //! an ERROR frame is counted by its code (SERVER_BUSY, SHUTTING_DOWN, ...). When none is left,
-//! or nothing has succeeded for a second, the run ends early with what it measured.
+//! or nothing has succeeded for a second, the run ends early with what it measured. With
+//! [`EchoOptions::reconnect`] (closed loop only) a dropped connection is opened again after
+//! [`RECONNECT_AFTER`], as a client behind a load balancer would, so a run through a server's
+//! restart counts what the restart cost and goes on: then each request in flight on a dropped
+//! connection is one error, and a connection the server closes with nothing in flight (after
+//! SHUTTING_DOWN, say) is none.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -47,6 +52,55 @@ struct Conn {
     backlog: VecDeque<Instant>,
     /// Framed: HELLO_OK not seen yet.
     awaiting_hello: bool,
+    /// Reconnecting: when this dropped connection is opened again.
+    retry_at: Option<Instant>,
+}
+
+/// Options of an echo run beyond [`LoadConfig`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EchoOptions {
+    /// Open a connection again when the server drops it (closed loop only).
+    pub reconnect: bool,
+}
+
+/// How long a dropped connection waits before it is opened again.
+pub const RECONNECT_AFTER: Duration = Duration::from_millis(10);
+
+/// Longest a reconnection may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Opens connection `index`: connected, registered, HELLO queued (framed).
+fn open(config: &LoadConfig, poll: &Poll, index: usize) -> io::Result<Conn> {
+    let stream = StdTcpStream::connect_timeout(&config.addr, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    let mut stream = TcpStream::from_std(stream);
+    let tls = match &config.tls {
+        Some(tls) => Some(Box::new(tls.session()?)),
+        None => None,
+    };
+    poll.registry().register(
+        &mut stream,
+        Token(index),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    let mut conn = Conn {
+        stream,
+        tls,
+        alive: true,
+        out: Vec::new(),
+        out_sent: 0,
+        received: Vec::new(),
+        raw_pending: 0,
+        in_flight: VecDeque::with_capacity(config.depth),
+        backlog: VecDeque::new(),
+        awaiting_hello: config.protocol == BenchProtocol::Framed,
+        retry_at: None,
+    };
+    if conn.awaiting_hello {
+        Hello::current().encode(&mut conn.out);
+    }
+    Ok(conn)
 }
 
 impl Conn {
@@ -173,6 +227,8 @@ struct Received {
     closed: bool,
     /// ERROR frames on a request's stream: that request failed, the connection lives on.
     failed: Vec<String>,
+    /// An ERROR on stream 0 after the replies: the server ends the connection.
+    fatal: Option<Fatal>,
 }
 
 /// Why a connection is done.
@@ -262,7 +318,9 @@ fn receive(
                                 message.code.to_string()
                             });
                         if frame.header.stream == 0 {
-                            return Err(Fatal::Server(code));
+                            // The replies before it count; the connection ends here.
+                            got.fatal = Some(Fatal::Server(code));
+                            break;
                         }
                         got.failed.push(code);
                     }
@@ -313,42 +371,25 @@ const TIMER: Token = Token(usize::MAX);
 /// Runs TCP echo load; see the module docs. Errors only if no connection can be made; a
 /// server that goes away mid-run ends it early with a partial report.
 pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
+    run_echo_with(config, EchoOptions::default())
+}
+
+/// [`run_echo`] with [`EchoOptions`].
+pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Report> {
     config.validate()?;
+    if options.reconnect && config.rate.is_some() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "reconnecting is for the closed loop: drop the rate",
+        ));
+    }
     raise_descriptor_limit();
     let request = config.protocol.request(config.size);
     let decoder = Decoder::new(MAX_FRAME_LEN);
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(config.connections);
     for index in 0..config.connections {
-        let stream = StdTcpStream::connect(config.addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
-        let mut stream = TcpStream::from_std(stream);
-        let tls = match &config.tls {
-            Some(tls) => Some(Box::new(tls.session()?)),
-            None => None,
-        };
-        poll.registry().register(
-            &mut stream,
-            Token(index),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let mut conn = Conn {
-            stream,
-            tls,
-            alive: true,
-            out: Vec::new(),
-            out_sent: 0,
-            received: Vec::new(),
-            raw_pending: 0,
-            in_flight: VecDeque::with_capacity(config.depth),
-            backlog: VecDeque::new(),
-            awaiting_hello: config.protocol == BenchProtocol::Framed,
-        };
-        if conn.awaiting_hello {
-            Hello::current().encode(&mut conn.out);
-        }
-        conns.push(conn);
+        conns.push(open(config, &poll, index)?);
     }
 
     let mut recorder = Recorder::new(
@@ -392,6 +433,9 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
         if recorder.failing(now) {
             break Some("nothing succeeded for a second".to_string());
         }
+        if options.reconnect {
+            reopen_due(&mut conns, config, &poll, &request, &mut recorder, now);
+        }
         if let Some(pacer) = pacer.as_mut() {
             while let Some(due) = pacer.due(now) {
                 // The next live connection in turn.
@@ -417,6 +461,7 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                         &mut recorder,
                         now,
                         &error.into(),
+                        options.reconnect,
                     );
                 }
             }
@@ -454,7 +499,9 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                         &mut recorder,
                         now,
                         &error.into(),
+                        options.reconnect,
                     );
+                    retry_later(conn, options, &mut live, now);
                     continue;
                 }
             }
@@ -464,7 +511,16 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
             let got = match receive(conn, config, &decoder, &mut chunk) {
                 Ok(got) => got,
                 Err(fatal) => {
-                    kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    kill(
+                        &mut poll,
+                        conn,
+                        &mut live,
+                        &mut recorder,
+                        now,
+                        &fatal,
+                        options.reconnect,
+                    );
+                    retry_later(conn, options, &mut live, now);
                     continue;
                 }
             };
@@ -473,7 +529,16 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
             for _ in 0..got.replies {
                 let Some(start) = conn.in_flight.pop_front() else {
                     let fatal = Fatal::Protocol("more replies than requests".to_string());
-                    kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                    kill(
+                        &mut poll,
+                        conn,
+                        &mut live,
+                        &mut recorder,
+                        now,
+                        &fatal,
+                        options.reconnect,
+                    );
+                    retry_later(conn, options, &mut live, now);
                     break;
                 };
                 recorder.record(now, now.saturating_duration_since(start));
@@ -487,9 +552,31 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
             if !conn.alive {
                 continue;
             }
+            if let Some(fatal) = got.fatal {
+                kill(
+                    &mut poll,
+                    conn,
+                    &mut live,
+                    &mut recorder,
+                    now,
+                    &fatal,
+                    options.reconnect,
+                );
+                retry_later(conn, options, &mut live, now);
+                continue;
+            }
             if got.closed {
                 let fatal = Fatal::Io(ErrorKind::UnexpectedEof.into());
-                kill(&mut poll, conn, &mut live, &mut recorder, now, &fatal);
+                kill(
+                    &mut poll,
+                    conn,
+                    &mut live,
+                    &mut recorder,
+                    now,
+                    &fatal,
+                    options.reconnect,
+                );
+                retry_later(conn, options, &mut live, now);
                 continue;
             }
             if pacer.is_some() {
@@ -509,7 +596,9 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
                         &mut recorder,
                         now,
                         &error.into(),
+                        options.reconnect,
                     );
+                    retry_later(conn, options, &mut live, now);
                 }
             }
         }
@@ -540,6 +629,49 @@ pub fn run_echo(config: &LoadConfig) -> io::Result<Report> {
     ))
 }
 
+/// Reconnecting: `conn`, just killed, is opened again after [`RECONNECT_AFTER`] and counts
+/// as live meanwhile.
+fn retry_later(conn: &mut Conn, options: EchoOptions, live: &mut usize, now: Instant) {
+    if options.reconnect && !conn.alive && conn.retry_at.is_none() {
+        conn.retry_at = Some(now + RECONNECT_AFTER);
+        *live += 1;
+    }
+}
+
+/// Opens again the dropped connections whose time has come, with `depth` requests in flight
+/// (a connection that cannot be opened is an error of its kind, and tries again later).
+fn reopen_due(
+    conns: &mut [Conn],
+    config: &LoadConfig,
+    poll: &Poll,
+    request: &[u8],
+    recorder: &mut Recorder,
+    now: Instant,
+) {
+    for (index, conn) in conns.iter_mut().enumerate() {
+        if conn.retry_at.is_none_or(|at| at > now) {
+            continue;
+        }
+        match open(config, poll, index) {
+            Ok(mut fresh) => {
+                for _ in 0..config.depth {
+                    fresh.push(request, now);
+                }
+                // A failure here shows on the first event.
+                let _ = fresh.flush();
+                *conn = fresh;
+            }
+            Err(error) => {
+                recorder.error(now, &io_kind(&error));
+                conn.retry_at = Some(now + RECONNECT_AFTER);
+            }
+        }
+    }
+}
+
+/// Drops `conn` and counts why. Reconnecting, what is counted is the requests it loses: one
+/// error per request in flight (none for a connection the server closed after answering
+/// everything, a protocol error at least one); otherwise one error per connection.
 fn kill(
     poll: &mut Poll,
     conn: &mut Conn,
@@ -547,13 +679,96 @@ fn kill(
     recorder: &mut Recorder,
     now: Instant,
     why: &Fatal,
+    reconnect: bool,
 ) {
     if !conn.alive {
         return;
     }
     conn.alive = false;
     *live -= 1;
-    recorder.error(now, &why.kind());
+    let lost = conn.in_flight.len();
+    let count = match (reconnect, why) {
+        (false, _) => 1,
+        (true, Fatal::Protocol(_)) => lost.max(1),
+        (true, _) => lost,
+    };
+    let kind = why.kind();
+    for _ in 0..count {
+        recorder.error(now, &kind);
+    }
     let _ = poll.registry().deregister(&mut conn.stream);
     let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::Stop;
+
+    /// A raw echo server on loopback that hangs up after ten 64-byte echoes per connection.
+    fn echo_ten_then_hang_up() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                std::thread::spawn(move || {
+                    let mut request = [0; 64];
+                    for _ in 0..10 {
+                        if stream.read_exact(&mut request).is_err()
+                            || stream.write_all(&request).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn config(addr: std::net::SocketAddr) -> LoadConfig {
+        LoadConfig {
+            addr,
+            protocol: BenchProtocol::Raw,
+            connections: 2,
+            size: 64,
+            depth: 1,
+            stop: Stop::Requests(200),
+            warmup: Duration::ZERO,
+            rate: None,
+            server_pid: None,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_reconnecting_run_goes_on_after_the_server_hangs_up_and_counts_each_hang_up() {
+        let config = config(echo_ten_then_hang_up());
+        let report = run_echo_with(&config, EchoOptions { reconnect: true }).expect("a run");
+        assert_eq!(report.ended_early, None);
+        assert!(report.requests >= 200, "{}", report.requests);
+        // Ten requests per connection, then one error: about one error per ten requests.
+        let errors = report.error_total();
+        assert!((15..=25).contains(&errors), "{:?}", report.errors);
+    }
+
+    #[test]
+    fn without_reconnecting_the_run_ends_when_every_connection_is_gone() {
+        let config = config(echo_ten_then_hang_up());
+        let report = run_echo(&config).expect("a run");
+        assert!(report.ended_early.is_some());
+        assert_eq!(report.error_total(), 2, "{:?}", report.errors);
+    }
+
+    #[test]
+    fn reconnecting_is_refused_with_a_rate() {
+        let config = LoadConfig {
+            rate: Some(100.0),
+            ..config(echo_ten_then_hang_up())
+        };
+        assert!(run_echo_with(&config, EchoOptions { reconnect: true }).is_err());
+    }
 }

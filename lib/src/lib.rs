@@ -109,8 +109,10 @@ pub use reactor::{ReactorStats, ShutdownHandle};
 pub use reload::{Fresh, LogSwap, Reload, Reloader};
 pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
-    Listener, Listeners, Server, StartError, bind_shared, raise_descriptor_limit,
+    Listener, Listeners, Server, StartError, activated_listeners, bind_shared,
+    raise_descriptor_limit,
 };
+pub use sys::notify::{ACTIVATION_NAMES, Lifecycle, SystemdNotify};
 
 // Drive a connection yourself.
 pub use buffer::BufferPool;

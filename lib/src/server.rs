@@ -72,6 +72,9 @@ pub struct Config {
     /// material, swapped only if all of them are good (see [`Reload`]). Empty: SIGHUP only
     /// logs that there is nothing to reload.
     pub reload: Reload,
+    /// Told when a reload starts and ends and when a shutdown starts (a service manager's
+    /// news: [`SystemdNotify`](crate::SystemdNotify)); `None`: nobody is told.
+    pub lifecycle: Option<Arc<dyn crate::Lifecycle>>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             disk_helper: None,
             tls: None,
             reload: Reload::default(),
+            lifecycle: None,
         }
     }
 }
@@ -301,6 +305,7 @@ impl Server {
             disk_helper: config.disk_helper,
             tls: config.tls,
             reload: config.reload,
+            lifecycle: config.lifecycle,
         })?;
         Ok(Server { reactor, addrs })
     }
@@ -391,6 +396,24 @@ impl Listeners {
             echo_udp: self.echo_udp.map(UdpSocket::from_std),
         })
     }
+}
+
+/// The sockets systemd passed by socket activation (`LISTEN_FDS`, `LISTEN_PID`), as
+/// [`Listeners`] for [`Server::from_listeners`], or `None` if none were passed. They are taken
+/// by name (`LISTEN_FDNAMES`: `framed`, `echo-tcp`, `echo-udp`, see
+/// [`ACTIVATION_NAMES`](crate::ACTIVATION_NAMES)) or else in that order, and each is checked to
+/// be what its place says (a listening TCP socket, a UDP socket). `Err`: one line saying what is
+/// wrong.
+///
+/// Call it once, at start: it takes ownership of the passed descriptors.
+pub fn activated_listeners() -> Result<Option<Listeners>, String> {
+    Ok(
+        crate::sys::notify::activated_sockets()?.map(|sockets| Listeners {
+            framed: sockets.framed.into(),
+            echo_tcp: sockets.echo_tcp.map(Into::into),
+            echo_udp: sockets.echo_udp.map(Into::into),
+        }),
+    )
 }
 
 /// Binds `count` sets of sockets on the same addresses with `SO_REUSEPORT`, one set per

@@ -54,6 +54,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{error, info, warn};
@@ -64,6 +65,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::reload::Reload;
 use crate::server::Listeners;
+use crate::sys::notify::Lifecycle;
 use crate::sys::restart::{STABLE_AFTER, backoff, describe};
 
 /// The hidden `serve` flag that makes a process a worker: `--worker-of READY,FRAMED,TCP,UDP`.
@@ -288,7 +290,19 @@ fn ready_token(slot: usize) -> Token {
 /// Errors: the poll or the signal handlers could not be set up, or every worker failed at
 /// start.
 pub fn supervise(listeners: Vec<Listeners>, args: Vec<OsString>, reload: Reload) -> io::Result<()> {
-    supervise_with(listeners, args, reload, true)
+    supervise_with(listeners, args, reload, true, None)
+}
+
+/// [`supervise`], telling `lifecycle` (a service manager) when every worker is ready, when a
+/// SIGHUP is forwarded and when the shutdown starts. The workers are started without
+/// `NOTIFY_SOCKET`: the supervisor speaks for them.
+pub fn supervise_notifying(
+    listeners: Vec<Listeners>,
+    args: Vec<OsString>,
+    reload: Reload,
+    lifecycle: Option<Arc<dyn Lifecycle>>,
+) -> io::Result<()> {
+    supervise_with(listeners, args, reload, true, lifecycle)
 }
 
 /// [`supervise`], optionally without SIGINT/SIGTERM handlers (for tests, which must not
@@ -298,12 +312,15 @@ fn supervise_with(
     args: Vec<OsString>,
     reload: Reload,
     handle_signals: bool,
+    lifecycle: Option<Arc<dyn Lifecycle>>,
 ) -> io::Result<()> {
     let mut supervisor = Supervisor {
         slots: Vec::with_capacity(listeners.len()),
         args,
         reload,
         shutting_down: false,
+        lifecycle,
+        announced: false,
     };
     for listeners in listeners {
         let state = match spawn(&supervisor.args, &listeners) {
@@ -332,6 +349,10 @@ struct Supervisor {
     /// What SIGHUP re-reads, validated here once before the workers are told.
     reload: Reload,
     shutting_down: bool,
+    /// Told when every worker is ready, of reloads and of the shutdown.
+    lifecycle: Option<Arc<dyn Lifecycle>>,
+    /// Ready was told (once: a restarted worker is not news to the manager).
+    announced: bool,
 }
 
 impl Supervisor {
@@ -496,7 +517,17 @@ impl Supervisor {
 
     fn on_signal(&mut self, signal: i32) {
         match signal {
-            libc::SIGHUP => return self.forward_reload(),
+            libc::SIGHUP => {
+                // The workers reload on their own; the supervisor's part is over once forwarded.
+                if let Some(manager) = &self.lifecycle {
+                    manager.reloading();
+                }
+                self.forward_reload();
+                if let Some(manager) = &self.lifecycle {
+                    manager.ready("serving (reload forwarded to the workers)");
+                }
+                return;
+            }
             libc::SIGUSR1 => {
                 // Each worker logs its own counters: the supervisor holds no connection.
                 let sent = self.signal_workers(Signal::USR1, false);
@@ -508,6 +539,9 @@ impl Supervisor {
                 return;
             }
             _ => {}
+        }
+        if let (false, Some(manager)) = (self.shutting_down, &self.lifecycle) {
+            manager.stopping("draining the workers");
         }
         let (name, forward) = if signal == libc::SIGINT {
             ("SIGINT", Signal::INT)
@@ -578,6 +612,30 @@ impl Supervisor {
             send_signal(&worker, Signal::HUP);
         }
         slot.state = State::Running(worker);
+        self.announce_if_all_ready();
+    }
+
+    /// Tells the [`Lifecycle`] once every worker that was started is ready (a slot retired
+    /// after a failure at start is not waited for).
+    fn announce_if_all_ready(&mut self) {
+        if self.announced || self.shutting_down {
+            return;
+        }
+        let running = self
+            .slots
+            .iter()
+            .filter(|slot| matches!(slot.state, State::Running(_)))
+            .count();
+        let all = self
+            .slots
+            .iter()
+            .all(|slot| matches!(slot.state, State::Running(_) | State::Gone));
+        if running > 0 && all {
+            self.announced = true;
+            if let Some(manager) = &self.lifecycle {
+                manager.ready(&format!("serving with {running} workers"));
+            }
+        }
     }
 
     /// The pidfd of slot `index` is readable: reap the worker, then restart it, retire the
@@ -693,6 +751,8 @@ fn spawn(args: &[OsString], listeners: &Listeners) -> io::Result<Worker> {
         .arg(spec.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        // The supervisor speaks to the service manager for all of them.
+        .env_remove("NOTIFY_SOCKET")
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (fcntl, prctl, getppid); it allocates nothing (`keep` is
@@ -775,7 +835,7 @@ mod tests {
         let (sets, _) = crate::server::bind_shared(config, 2).unwrap();
         let started = Instant::now();
         let error =
-            supervise_with(sets, vec!["--list".into()], Reload::default(), false).unwrap_err();
+            supervise_with(sets, vec!["--list".into()], Reload::default(), false, None).unwrap_err();
         assert!(
             error.to_string().contains("every worker failed at start"),
             "{error}"

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use clap::Args;
 use monoreactor::{Access, load_token};
 use monoreactor::{
-    Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
+    Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Listeners, Server,
+    StartError, SystemdNotify,
 };
 use monoreactor::{Fresh, Limits, Reload, Reloader, TlsSettings};
 
@@ -342,6 +343,8 @@ fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
         },
         tls,
         reload: Reload::default(),
+        // systemd's Type=notify, when it started us (a worker has no NOTIFY_SOCKET).
+        lifecycle: SystemdNotify::from_env(),
     };
     Ok(Settings {
         config,
@@ -444,25 +447,53 @@ fn serve(settings: Settings) -> Result<(), String> {
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);
     }
+    let activated = monoreactor::activated_listeners()?;
     if workers > 1 {
+        if activated.is_some() {
+            return Err(format!(
+                "--workers {workers} with socket activation: not supported; start one server per socket unit (or bind: drop the .socket unit)"
+            ));
+        }
         return serve_workers(config, workers);
     }
-    let server = Server::bind(config).map_err(describe_start_error)?;
+    let lifecycle = config.lifecycle.clone();
+    let server = match activated {
+        Some(listeners) => serve_activated(config, listeners)?,
+        None => Server::bind(config).map_err(describe_start_error)?,
+    };
     print_listening(server.addrs())?;
+    if let Some(manager) = lifecycle {
+        manager.ready(&format!("serving on {}", server.addrs().framed));
+    }
     server
         .run()
         .map(drop)
         .map_err(|error| format!("event loop failed: {error}"))
 }
 
+/// The server on the sockets systemd passed (socket activation): the flags' addresses are
+/// ignored, and the start checks (no public listener without a token or TLS) apply to the
+/// address the framed socket is bound to.
+fn serve_activated(mut config: Config, listeners: Listeners) -> Result<Server, String> {
+    config.framed = listeners
+        .framed
+        .local_addr()
+        .map_err(|error| format!("socket activation: the framed socket: {error}"))?;
+    config.echo_tcp = None;
+    config.echo_udp = None;
+    Server::from_listeners(config, listeners).map_err(describe_start_error)
+}
+
 /// `serve --workers N` (N > 1): bind every socket N times with SO_REUSEPORT, print the
 /// addresses once, and supervise N worker processes (`monoreactor::workers`).
 fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
     let reload = config.reload.clone();
+    let lifecycle = config.lifecycle.clone();
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    monoreactor::workers::supervise(sets, args, reload).map_err(|error| format!("workers: {error}"))
+    monoreactor::workers::supervise_notifying(sets, args, reload, lifecycle)
+        .map_err(|error| format!("workers: {error}"))
 }
 
 /// One worker of `serve --workers N`: the ordinary server on the supervisor's sockets. It

@@ -72,6 +72,7 @@ use crate::service::disk::Disk;
 use crate::service::exec::Children;
 use crate::sys::disk::{DiskHelper, HelperTokens};
 use crate::sys::files::{FileState, Files};
+use crate::sys::notify::Lifecycle;
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
@@ -173,6 +174,8 @@ pub(crate) struct Setup {
     pub tls: Option<Arc<ServerConfig>>,
     /// The files SIGHUP re-reads.
     pub reload: Reload,
+    /// Told of reloads and of the shutdown.
+    pub lifecycle: Option<Arc<dyn Lifecycle>>,
 }
 
 /// Asks a running reactor to shut down, from any thread (tests, an embedding program).
@@ -335,6 +338,8 @@ struct Core {
     tls_log: LogThrottle,
     /// The files SIGHUP re-reads.
     reload: Reload,
+    /// Told of reloads and of the shutdown (a service manager's news).
+    lifecycle: Option<Arc<dyn Lifecycle>>,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -362,6 +367,7 @@ impl Reactor {
             disk_helper,
             tls,
             reload,
+            lifecycle,
         } = setup;
         if access.exec && root.is_none() {
             return Err(io::Error::new(
@@ -469,6 +475,7 @@ impl Reactor {
             tls_buffers,
             tls_config: tls,
             reload,
+            lifecycle,
             tls_log: LogThrottle::default(),
         };
         Ok(Reactor {
@@ -632,7 +639,12 @@ impl Core {
         let received: Vec<i32> = signals.pending().collect();
         for signal in received {
             match signal {
-                libc::SIGHUP => self.reload(),
+                libc::SIGHUP => {
+                    // Whatever the outcome, the server serves on: ready again after it.
+                    self.tell(|manager| manager.reloading());
+                    self.reload();
+                    self.tell(|manager| manager.ready("serving (reload done)"));
+                }
                 libc::SIGUSR1 => self.log_counters(),
                 libc::SIGUSR2 => info!("SIGUSR2: ignored (nothing is bound to it)"),
                 libc::SIGINT => self.begin_shutdown("SIGINT"),
@@ -733,6 +745,8 @@ impl Core {
         }
         let grace = self.env.limits.shutdown_grace;
         let commands = self.env.children.len();
+        let draining = format!("{why}: draining {} connections", self.conns.len());
+        self.tell(|manager| manager.stopping(&draining));
         info!(
             "{why}: shutting down; waiting up to {grace:?} for {} clients{}; send it again to stop at once",
             self.conns.len(),
@@ -782,6 +796,13 @@ impl Core {
                     .with_context(key, peer, |cx| slot.conn.begin_shutdown(grace, cx));
                 self.drive_slot(key);
             }
+        }
+    }
+
+    /// Tells the [`Lifecycle`], if there is one.
+    fn tell(&self, news: impl FnOnce(&dyn Lifecycle)) {
+        if let Some(manager) = &self.lifecycle {
+            news(manager.as_ref());
         }
     }
 

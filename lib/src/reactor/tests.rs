@@ -34,6 +34,7 @@ fn reactor() -> (Reactor, SocketAddr) {
         disk_helper: None,
         tls: None,
         reload: crate::reload::Reload::default(),
+        lifecycle: None,
     };
     (Reactor::new(setup).unwrap(), addr)
 }

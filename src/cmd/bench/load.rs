@@ -42,6 +42,12 @@ pub struct EchoBenchArgs {
     /// ALPN protocol to offer over TLS with --raw [default: none]; an empty NAME offers none.
     #[arg(long, value_name = "NAME", requires = "raw", help_heading = "TLS")]
     tls_alpn: Option<String>,
+    /// Open a connection again (after 10 ms) when the server closes or resets it, as a client
+    /// behind a load balancer would, and count as errors the requests that were in flight on
+    /// it (none if the server closed it after answering them): a server's restart then costs
+    /// its failed requests, and the run goes on. Closed loop only.
+    #[arg(long, conflicts_with = "rate")]
+    reconnect: bool,
 }
 
 /// The flags of `bench udp`.
@@ -102,7 +108,10 @@ pub fn echo(args: EchoBenchArgs) -> Result<(), Failure> {
         ..config
     };
     target::check(config.addr, protocol, config.tls.as_ref())?;
-    let report = bench::echo::run_echo(&config)
+    let options = bench::echo::EchoOptions {
+        reconnect: args.reconnect,
+    };
+    let report = bench::echo::run_echo_with(&config, options)
         .map_err(|error| format!("load against {}: {error}", config.addr))?;
     print_report(&report, args.common.json)
 }

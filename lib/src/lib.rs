@@ -74,6 +74,7 @@ mod access;
 mod buffer;
 mod conn;
 mod limits;
+mod metrics;
 mod outbox;
 mod reactor;
 mod reload;

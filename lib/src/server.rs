@@ -72,6 +72,10 @@ pub struct Config {
     /// material, swapped only if all of them are good (see [`Reload`]). Empty: SIGHUP only
     /// logs that there is nothing to reload.
     pub reload: Reload,
+    /// The metrics port (`--metrics`): Prometheus text at `GET /metrics` over plain HTTP;
+    /// `None` (the default) serves none. A non-loopback address needs `insecure`: the
+    /// counters tell anyone who can reach the port how busy the server is and with what.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             disk_helper: None,
             tls: None,
             reload: Reload::default(),
+            metrics: None,
         }
     }
 }
@@ -102,6 +107,8 @@ pub enum Listener {
     EchoTcp,
     /// The UDP echo socket.
     EchoUdp,
+    /// The metrics listener.
+    Metrics,
 }
 
 /// One socket that could not be bound.
@@ -164,6 +171,8 @@ pub struct BoundAddrs {
     pub echo_tcp: Option<SocketAddr>,
     /// UDP echo socket, if enabled.
     pub echo_udp: Option<SocketAddr>,
+    /// Metrics listener, if enabled (never for [`bind_shared`]: each worker binds its own).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A bound server, ready to run.
@@ -203,10 +212,14 @@ impl Server {
                 UdpSocket::bind(addr),
             )
         });
-        let (Some(framed), Some(echo_tcp), Some(echo_udp)) = (
+        let metrics = config
+            .metrics
+            .map(|addr| attempt(&mut failures, Listener::Metrics, addr, bind_listener(addr)));
+        let (Some(framed), Some(echo_tcp), Some(echo_udp), Some(metrics)) = (
             framed,
             echo_tcp.map_or(Some(None), |socket| socket.map(Some)),
             echo_udp.map_or(Some(None), |socket| socket.map(Some)),
+            metrics.map_or(Some(None), |socket| socket.map(Some)),
         ) else {
             return Err(StartError::Bind(failures));
         };
@@ -214,6 +227,7 @@ impl Server {
             framed,
             echo_tcp,
             echo_udp,
+            metrics,
         };
         Server::assemble(config, limits, root, sockets)
     }
@@ -244,6 +258,11 @@ impl Server {
                 .echo_udp
                 .as_ref()
                 .map(UdpSocket::local_addr)
+                .transpose()?,
+            metrics: sockets
+                .metrics
+                .as_ref()
+                .map(TcpListener::local_addr)
                 .transpose()?,
         };
         let reactor = Reactor::new(Setup {
@@ -287,6 +306,7 @@ fn prepare(config: &mut Config) -> Result<(Limits, Option<Root>), StartError> {
         .map_err(|error| StartError::Config(error.to_string()))?;
     check_access(&config.access, config.framed, config.insecure)?;
     check_transport(config.framed, config.tls.is_some(), config.insecure)?;
+    check_metrics(config.metrics, config.insecure)?;
     let descriptors = raise_descriptor_limit();
     let commands = if config.access.exec {
         limits.max_exec
@@ -333,6 +353,9 @@ pub struct Listeners {
     pub echo_tcp: Option<std::net::TcpListener>,
     /// The UDP echo socket, if enabled.
     pub echo_udp: Option<std::net::UdpSocket>,
+    /// The metrics listener, if enabled: not shared, each worker binds its own (see
+    /// `serve --workers`).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -344,10 +367,14 @@ impl Listeners {
         if let Some(socket) = &self.echo_udp {
             socket.set_nonblocking(true)?;
         }
+        if let Some(listener) = &self.metrics {
+            listener.set_nonblocking(true)?;
+        }
         Ok(Sockets {
             framed: TcpListener::from_std(self.framed),
             echo_tcp: self.echo_tcp.map(TcpListener::from_std),
             echo_udp: self.echo_udp.map(UdpSocket::from_std),
+            metrics: self.metrics.map(TcpListener::from_std),
         })
     }
 }
@@ -397,6 +424,7 @@ pub fn bind_shared(
             })?,
             echo_tcp: echo_tcp.map(std::net::TcpListener::from),
             echo_udp: echo_udp.map(std::net::UdpSocket::from),
+            metrics: None,
         });
     }
     let [Some(framed), echo_tcp, echo_udp] = resolved else {
@@ -410,6 +438,7 @@ pub fn bind_shared(
             framed,
             echo_tcp,
             echo_udp,
+            metrics: None,
         },
     ))
 }
@@ -525,6 +554,20 @@ fn check_transport(framed: SocketAddr, tls: bool, insecure: bool) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+/// The metrics port on a non-loopback address only with `insecure`: it is plain HTTP with no
+/// authentication, and what it shows (connections, commands, errors by code) is for the
+/// operator.
+fn check_metrics(metrics: Option<SocketAddr>, insecure: bool) -> Result<(), StartError> {
+    match metrics {
+        Some(addr) if !addr.ip().is_loopback() && !insecure => Err(StartError::Config(format!(
+            "refusing --metrics on {addr}: the metrics port is plain HTTP without authentication; \
+             listen on 127.0.0.1 (and let the scraper reach it through a tunnel or a proxy), or \
+             pass --insecure"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {

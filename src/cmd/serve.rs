@@ -80,9 +80,15 @@ pub struct ServeArgs {
     /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
     #[arg(long, value_name = "BYTES")]
     max_client_memory: Option<usize>,
-    /// Allow --listen on a non-loopback address without a token, or without TLS.
+    /// Allow --listen on a non-loopback address without a token, or without TLS (and
+    /// --metrics on a non-loopback address).
     #[arg(long)]
     insecure: bool,
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`); off unless given, and
+    /// loopback only unless --insecure. With --workers N, worker metrics are on the N ports
+    /// from ADDR's on, one per worker (scrape them all).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<Addr>,
     /// The TLS flags, boxed: `Command`'s variants stay close in size.
     #[command(flatten)]
     tls: Box<TlsArgs>,
@@ -204,9 +210,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             access: args.access.clone(),
             tls: tls_settings,
         },
+        metrics: args.metrics.map(|addr| addr.0),
     };
     if let Some(spec) = worker_of {
-        return serve_worker(config, &spec);
+        return serve_worker(config, &spec, workers);
     }
     if workers > 1 {
         return serve_workers(config, workers);
@@ -230,25 +237,72 @@ fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    let metrics = config.metrics;
+    if metrics.is_some_and(|addr| addr.port() == 0) {
+        return Err("--metrics with --workers needs a port (worker i serves on the port + i), not 0".into());
+    }
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
+    // One metrics port per worker, each bound by its worker (see `worker_metrics`).
+    for port in worker_metrics_ports(metrics, workers) {
+        print_metrics_line(port)?;
+    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     monoreactor::workers::supervise(sets, args).map_err(|error| format!("workers: {error}"))
 }
 
 /// One worker of `serve --workers N`: the ordinary server on the supervisor's sockets. It
 /// prints nothing on stdout (the supervisor did) and says when it is ready.
-fn serve_worker(config: Config, spec: &str) -> Result<(), String> {
+fn serve_worker(config: Config, spec: &str, workers: usize) -> Result<(), String> {
     let fds = monoreactor::workers::WorkerFds::parse(spec)?;
-    let (listeners, ready) = fds
+    let (mut listeners, ready) = fds
         .take()
         .map_err(|error| format!("--worker-of {spec}: {error}"))?;
+    listeners.metrics = worker_metrics(config.metrics, workers);
     let server = Server::from_listeners(config, listeners).map_err(describe_start_error)?;
     ready.announce();
     server
         .run()
         .map(drop)
         .map_err(|error| format!("event loop failed: {error}"))
+}
+
+/// The metrics ports of `--workers N`: N consecutive ports from `--metrics`'s.
+fn worker_metrics_ports(
+    metrics: Option<std::net::SocketAddr>,
+    workers: usize,
+) -> impl Iterator<Item = std::net::SocketAddr> {
+    metrics.into_iter().flat_map(move |base| {
+        (0..workers).filter_map(move |index| {
+            let port = base.port().checked_add(u16::try_from(index).ok()?)?;
+            Some(std::net::SocketAddr::new(base.ip(), port))
+        })
+    })
+}
+
+/// A worker's metrics listener: the first free one of the N ports. Each worker process is a
+/// server of its own with counters of its own, so each has its own port rather than one
+/// shared with SO_REUSEPORT (where a scrape would reach one random worker). A worker that
+/// replaces one that died takes the port its predecessor left; one that finds none free
+/// serves no metrics, and says so.
+fn worker_metrics(
+    metrics: Option<std::net::SocketAddr>,
+    workers: usize,
+) -> Option<std::net::TcpListener> {
+    metrics?;
+    let bound = worker_metrics_ports(metrics, workers)
+        .find_map(|addr| std::net::TcpListener::bind(addr).ok());
+    if bound.is_none() {
+        log::error!("--metrics: every one of the {workers} worker ports is taken; this worker serves no metrics");
+    }
+    bound
+}
+
+fn print_metrics_line(addr: std::net::SocketAddr) -> Result<(), String> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening metrics {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(|error| format!("stdout: {error}"))
 }
 
 /// One `listening KIND ADDR` line per socket on stdout, flushed.
@@ -260,6 +314,9 @@ fn print_listening(addrs: monoreactor::BoundAddrs) -> Result<(), String> {
     }
     if let Some(addr) = addrs.echo_udp {
         lines += &format!("listening echo-udp {addr}\n");
+    }
+    if let Some(addr) = addrs.metrics {
+        lines += &format!("listening metrics {addr}\n");
     }
     stdout
         .write_all(lines.as_bytes())
@@ -280,6 +337,7 @@ fn describe_start_error(error: StartError) -> String {
                 Listener::Framed => ("--listen", false),
                 Listener::EchoTcp => ("--echo-tcp", true),
                 Listener::EchoUdp => ("--echo-udp", true),
+                Listener::Metrics => ("--metrics", false),
             };
             let mut line = format!(
                 "{flag} {}: {}; try {flag} 127.0.0.1:0 for any free port",

@@ -24,8 +24,10 @@
 use std::fmt::{self, Write};
 use std::net::SocketAddr;
 
+use super::RequestKind;
 use crate::proto::ErrorCode;
 use crate::proto::exec::{EndReason, Exit, Termination};
+use crate::timer::Tick;
 
 /// The `log` target of access lines.
 pub(crate) const TARGET: &str = "monoreactor::access";
@@ -79,6 +81,38 @@ fn reason_name(reason: EndReason) -> &'static str {
         EndReason::Disconnect => "disconnect",
         EndReason::Shutdown => "shutdown",
         EndReason::Other(_) => "other",
+    }
+}
+
+/// A request that takes time, from its start to its line: kept in its stream's entry (the
+/// per-request state; a connection's slot holds none of it).
+#[derive(Debug)]
+pub(crate) struct Record {
+    /// What it asked for.
+    pub(crate) kind: RequestKind,
+    /// The request as the line shows it, escaped ([`request_text`], [`argv_text`]).
+    pub(crate) request: String,
+    /// When it started (the loop's tick).
+    pub(crate) started: Tick,
+    /// Payload bytes it read from the client.
+    pub(crate) bytes_in: u64,
+    /// Payload bytes it sent to the client.
+    pub(crate) bytes_out: u64,
+    /// How it ended, once its last frame is queued; `None` while it runs.
+    pub(crate) outcome: Option<Outcome>,
+}
+
+impl Record {
+    /// A request of `kind` started at `started`.
+    pub(crate) fn new(kind: RequestKind, request: String, started: Tick) -> Record {
+        Record {
+            kind,
+            request,
+            started,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: None,
+        }
     }
 }
 

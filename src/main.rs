@@ -77,6 +77,8 @@ enum Command {
     Rm(paths::RmArgs),
     /// Create directories on the server.
     Mkdir(paths::MkdirArgs),
+    /// The server's counters as a table, read from its metrics port (`serve --metrics`).
+    Stats(cmd::stats::StatsArgs),
     /// Internal: the server's disk helper (blocking disk calls off the loop), on the socket
     /// inherited as descriptor FD. Started by `serve`, never by hand.
     #[command(name = "__disk-helper", hide = true)]
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
         Command::Stat(args) => stat::run(args),
         Command::Rm(args) => paths::rm(args),
         Command::Mkdir(args) => paths::mkdir(args),
+        Command::Stats(args) => cmd::stats::run(args),
         Command::DiskHelper { fd } => monoreactor::internal::helper_main(fd)
             .map_err(|error| Failure::from(format!("disk helper: {error}"))),
     };

@@ -239,7 +239,9 @@ fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
     }
     let metrics = config.metrics;
     if metrics.is_some_and(|addr| addr.port() == 0) {
-        return Err("--metrics with --workers needs a port (worker i serves on the port + i), not 0".into());
+        return Err(
+            "--metrics with --workers needs a port (worker i serves on the port + i), not 0".into(),
+        );
     }
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
@@ -293,7 +295,9 @@ fn worker_metrics(
     let bound = worker_metrics_ports(metrics, workers)
         .find_map(|addr| std::net::TcpListener::bind(addr).ok());
     if bound.is_none() {
-        log::error!("--metrics: every one of the {workers} worker ports is taken; this worker serves no metrics");
+        log::error!(
+            "--metrics: every one of the {workers} worker ports is taken; this worker serves no metrics"
+        );
     }
     bound
 }

@@ -28,14 +28,14 @@ use super::context::{Context, Fatal};
 use super::streams::{Exec, Get, List, Put, StreamKind, Streams, close_record};
 use super::{Bits, Connection, State};
 use crate::access::{Authentication, FilesRight, Grant};
+use crate::metrics::RequestKind;
+use crate::metrics::access::{self, Line, Outcome, Record};
 use crate::proto::exec::{EndReason, ExecRequest, SignalRequest};
 use crate::proto::files::{FileInfo, FileKind, GetRequest, PutRequest};
 use crate::proto::message::{EXEC_VERSION, MIN_PROTOCOL_VERSION};
 use crate::proto::{
     ErrorCode, ErrorMessage, Frame, FrameType, Hello, HelloOk, PROTOCOL_VERSION, SessionFlags,
 };
-use crate::metrics::RequestKind;
-use crate::metrics::access::{self, Line, Outcome, Record};
 use crate::service::disk::FileError;
 use crate::service::echo;
 
@@ -83,8 +83,10 @@ fn admitted_text(admitted: &Admitted<'_>) -> String {
 fn refused_text(kind: RequestKind, payload: &[u8]) -> String {
     let path = match kind {
         RequestKind::Exec => {
-            return ExecRequest::parse(payload)
-                .map_or_else(|_| "EXEC ?".to_string(), |request| access::argv_text(&request.argv));
+            return ExecRequest::parse(payload).map_or_else(
+                |_| "EXEC ?".to_string(),
+                |request| access::argv_text(&request.argv),
+            );
         }
         RequestKind::Get => GetRequest::parse(payload).ok().map(|request| request.path),
         RequestKind::Put => PutRequest::parse(payload).ok().map(|request| request.path),
@@ -338,7 +340,9 @@ impl Connection {
                 &mut self.outbox,
                 cx,
             )
-            .map_or_else(Started::Failed, |exec| Started::Open(StreamKind::Exec(exec))),
+            .map_or_else(Started::Failed, |exec| {
+                Started::Open(StreamKind::Exec(exec))
+            }),
             file_request => {
                 match self.start_file_request(
                     stream,
@@ -387,12 +391,7 @@ impl Connection {
     /// The access line of a request that ended before it started (refused, or its file or
     /// command could not be opened), throttled: one a second, with a count of those held
     /// back, since a client can send them at line rate. Counted either way.
-    fn log_failed(
-        &self,
-        request: impl FnOnce() -> String,
-        code: ErrorCode,
-        cx: &mut Context<'_>,
-    ) {
+    fn log_failed(&self, request: impl FnOnce() -> String, code: ErrorCode, cx: &mut Context<'_>) {
         let now = cx.now;
         let mut held = None;
         cx.count(|metrics| {

@@ -206,7 +206,7 @@ pub(crate) fn argv_text(argv: &[&[u8]]) -> String {
         } else {
             text.push('\'');
             let mut left = room;
-            for part in arg.split(|&byte| byte == b'\'') .enumerate() {
+            for part in arg.split(|&byte| byte == b'\'').enumerate() {
                 let (index, part) = part;
                 if index > 0 {
                     // A quote inside single quotes: close, an escaped quote, reopen.
@@ -235,7 +235,10 @@ mod tests {
 
     #[test]
     fn escape_sequences_and_non_ascii_are_escaped() {
-        assert_eq!(request_text("PUT", "\x1b[2Jé".as_bytes()), "PUT \\x1b[2J\\xc3\\xa9");
+        assert_eq!(
+            request_text("PUT", "\x1b[2Jé".as_bytes()),
+            "PUT \\x1b[2J\\xc3\\xa9"
+        );
     }
 
     #[test]

@@ -185,7 +185,11 @@ mod tests {
     #[test]
     fn every_prefix_of_a_scrape_is_incomplete_and_the_whole_is_metrics() {
         for len in 0..SCRAPE.len() {
-            assert_eq!(Request::parse(&SCRAPE[..len]), None, "prefix of {len} bytes");
+            assert_eq!(
+                Request::parse(&SCRAPE[..len]),
+                None,
+                "prefix of {len} bytes"
+            );
         }
         assert_eq!(
             Request::parse(SCRAPE),
@@ -215,7 +219,10 @@ mod tests {
     #[test]
     fn one_byte_at_a_time_gives_the_same_request() {
         let cuts: Vec<usize> = (1..SCRAPE.len()).collect();
-        assert_eq!(feed(SCRAPE, &cuts).0, Some(Request::Metrics { head: false }));
+        assert_eq!(
+            feed(SCRAPE, &cuts).0,
+            Some(Request::Metrics { head: false })
+        );
     }
 
     #[test]
@@ -262,7 +269,10 @@ mod tests {
             parse("GET /metrics?x=1 HTTP/1.1\r\n\r\n"),
             Some(Request::Metrics { head: false })
         );
-        assert_eq!(parse("GET /other HTTP/1.1\r\n\r\n"), Some(Request::NotFound));
+        assert_eq!(
+            parse("GET /other HTTP/1.1\r\n\r\n"),
+            Some(Request::NotFound)
+        );
         assert_eq!(
             parse("POST /metrics HTTP/1.1\r\n\r\n"),
             Some(Request::MethodNotAllowed)

@@ -312,10 +312,12 @@ mod tests {
 
     #[test]
     fn exit_causes_prefer_the_servers_reason() {
-        let exit = |termination, reason| ExitCause::of_exit(&Exit {
-            termination,
-            reason,
-        });
+        let exit = |termination, reason| {
+            ExitCause::of_exit(&Exit {
+                termination,
+                reason,
+            })
+        };
         assert_eq!(
             exit(Termination::Exited(0), EndReason::None),
             ExitCause::Success

@@ -268,7 +268,10 @@ mod tests {
         assert!(text.contains("monoreactor_requests_total{kind=\"get\"} 1\n"));
         assert!(text.contains("monoreactor_errors_total{code=\"NOT_FOUND\"} 1\n"));
         assert!(text.contains("monoreactor_bytes_in_total{service=\"framed\"} 10\n"));
-        assert!(text.contains("monoreactor_loop_turn_seconds_bucket{le=\"1e-05\"} 1\n"), "{text}");
+        assert!(
+            text.contains("monoreactor_loop_turn_seconds_bucket{le=\"1e-05\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("monoreactor_loop_turn_seconds_bucket{le=\"5e-05\"} 2\n"));
         assert!(text.contains("monoreactor_loop_turn_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("monoreactor_loop_turn_seconds_count 2\n"));

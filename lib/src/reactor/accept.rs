@@ -11,10 +11,10 @@ use mio::net::{TcpListener, TcpStream};
 
 use super::metrics::ConnTally;
 use super::slots::Slot;
-use crate::metrics::Refusal;
 use super::token::{ConnKey, Source, TimerKey};
 use super::{ACCEPT_RETRY, Core, REFUSE_DRAIN_BYTES, poll_interest, socket_wants};
 use crate::conn::{Connection, Protocol};
+use crate::metrics::Refusal;
 use crate::transport::tls::TlsSession;
 
 impl Core {

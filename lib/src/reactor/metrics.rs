@@ -133,7 +133,11 @@ impl Core {
         let Some(port) = self.metrics_port.as_mut() else {
             return;
         };
-        let Some(conn) = port.conns.get_mut(usize::from(index)).and_then(Option::as_mut) else {
+        let Some(conn) = port
+            .conns
+            .get_mut(usize::from(index))
+            .and_then(Option::as_mut)
+        else {
             return; // closed earlier in this batch: a spurious event
         };
         let mut read = 0;

@@ -359,7 +359,10 @@ impl Core {
         let mut to_close = std::mem::take(&mut self.to_close);
         for index in to_close.drain(..) {
             let peer = self.peer(index);
-            let credential = self.conns.get(index).and_then(|slot| slot.conn.grant().cloned());
+            let credential = self
+                .conns
+                .get(index)
+                .and_then(|slot| slot.conn.grant().cloned());
             self.log_connection(index, credential.as_ref().map(|grant| grant.name.as_str()));
             let mut slot = self.conns.remove(index);
             self.client_memory_kib -= usize::from(slot.conn.reported_buffer_kib());

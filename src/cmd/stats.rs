@@ -204,11 +204,11 @@ mod tests {
     fn the_table_is_aligned_and_sums_up_the_histogram() {
         let table = table(&parse(TEXT));
         assert!(
-            table.contains("requests           kind=\"get\"  7\n"),
+            table.contains("requests                 kind=\"get\"  7\n"),
             "{table}"
         );
         assert!(
-            table.contains("loop_turn          p50         <= 10 µs\n"),
+            table.contains("loop_turn                p50         <= 10 µs\n"),
             "{table}"
         );
         assert!(table.contains("p99         <= 1 ms\n"), "{table}");

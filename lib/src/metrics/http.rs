@@ -28,7 +28,7 @@ pub(crate) enum Request {
     /// Another method: 405.
     MethodNotAllowed,
     /// The bytes are not an HTTP/1.x request head, or it has a body: 400.
-    BadRequest,
+    Malformed,
     /// The head is larger than [`MAX_HEAD`] or has too many headers: 431.
     TooLarge,
 }
@@ -47,7 +47,7 @@ impl Request {
             Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Some(Request::TooLarge),
             Ok(httparse::Status::Complete(_)) => Some(Request::route(&request)),
             Err(httparse::Error::TooManyHeaders) => Some(Request::TooLarge),
-            Err(_) => Some(Request::BadRequest),
+            Err(_) => Some(Request::Malformed),
         }
     }
 
@@ -57,7 +57,7 @@ impl Request {
                 || header.name.eq_ignore_ascii_case("transfer-encoding")
         });
         if has_body {
-            return Request::BadRequest;
+            return Request::Malformed;
         }
         let head = match request.method {
             Some("GET") => false,
@@ -122,7 +122,7 @@ impl Exchange {
                 "only GET and HEAD\n".to_string(),
                 false,
             ),
-            Request::BadRequest => ("400 Bad Request", "bad request\n".to_string(), false),
+            Request::Malformed => ("400 Bad Request", "bad request\n".to_string(), false),
             Request::TooLarge => (
                 "431 Request Header Fields Too Large",
                 "request head too large\n".to_string(),
@@ -227,14 +227,14 @@ mod tests {
 
     #[test]
     fn garbage_is_a_bad_request_from_its_first_wrong_byte() {
-        assert_eq!(Request::parse(b"\x16\x03\x01"), Some(Request::BadRequest));
+        assert_eq!(Request::parse(b"\x16\x03\x01"), Some(Request::Malformed));
         assert_eq!(
             Request::parse(b"GET /metrics HTTP/9\r\n"),
-            Some(Request::BadRequest)
+            Some(Request::Malformed)
         );
         let garbage = b"GE\x00T / HTTP/1.1\r\n\r\n";
         for cut in 1..garbage.len() {
-            assert_eq!(feed(garbage, &[cut]).0, Some(Request::BadRequest));
+            assert_eq!(feed(garbage, &[cut]).0, Some(Request::Malformed));
         }
     }
 
@@ -279,7 +279,7 @@ mod tests {
         );
         assert_eq!(
             parse("GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
-            Some(Request::BadRequest)
+            Some(Request::Malformed)
         );
     }
 

@@ -452,3 +452,59 @@ fn stats_prints_the_counters_and_says_in_one_line_when_it_cannot() {
         failed.stderr
     );
 }
+
+#[test]
+fn each_worker_serves_its_own_counters_on_its_own_port() {
+    // Two consecutive free ports (the kernel may hand one out meanwhile: retried below).
+    let base = (0..20)
+        .find_map(|_| {
+            let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let port = first.local_addr().ok()?.port();
+            let _second = std::net::TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
+            Some(port)
+        })
+        .expect("two consecutive free ports");
+    let metrics = format!("127.0.0.1:{base}");
+    let server = Server::start(&["--workers", "2", "--metrics", &metrics, "--echo-udp", "off"]);
+    let workers = [
+        SocketAddr::from(([127, 0, 0, 1], base)),
+        SocketAddr::from(([127, 0, 0, 1], base + 1)),
+    ];
+    // Both workers up (each binds its port as it starts).
+    let accepted = |addr: SocketAddr| -> Option<f64> {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        answer
+            .lines()
+            .find(|line| {
+                line.starts_with("monoreactor_connections_accepted_total{service=\"framed\"}")
+            })?
+            .rsplit_once(' ')?
+            .1
+            .parse()
+            .ok()
+    };
+    let before: Vec<f64> = workers
+        .iter()
+        .map(|&addr| {
+            retry(Duration::from_secs(10), || accepted(addr))
+                .unwrap_or_else(|| panic!("worker metrics at {addr}: {}", server.stderr_text()))
+        })
+        .collect();
+    for _ in 0..8 {
+        assert_eq!(support::framed_client(&server).echo(b"w").unwrap(), b"w");
+    }
+    let after: Vec<f64> = workers
+        .iter()
+        .map(|&addr| accepted(addr).unwrap())
+        .collect();
+    // The kernel spread the 8 connections; together the workers counted each once.
+    assert_eq!(
+        after.iter().sum::<f64>() - before.iter().sum::<f64>(),
+        8.0,
+        "before {before:?}, after {after:?}"
+    );
+}

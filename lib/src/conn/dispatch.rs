@@ -249,6 +249,7 @@ impl Connection {
             }
             FrameType::Unknown(byte) => {
                 let text = format!("frame type 0x{byte:02x} is not known to this server");
+                cx.count(|metrics| metrics.error(ErrorCode::UnknownFrameType));
                 self.outbox.replies(cx.pool, cx.limits).error(
                     stream,
                     ErrorCode::UnknownFrameType,

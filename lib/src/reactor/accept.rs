@@ -15,6 +15,7 @@ use super::token::{ConnKey, Source, TimerKey};
 use super::{ACCEPT_RETRY, Core, REFUSE_DRAIN_BYTES, poll_interest, socket_wants};
 use crate::conn::{Connection, Protocol};
 use crate::metrics::Refusal;
+use crate::proto::ErrorCode;
 use crate::transport::tls::TlsSession;
 
 impl Core {
@@ -141,6 +142,7 @@ impl Core {
         self.stats.refused += 1;
         let mut stream = stream;
         if protocol == Protocol::Framed {
+            self.env.metrics.error(ErrorCode::ServerBusy);
             let _ = stream.write(&self.busy_frame);
         }
         let _ = stream.shutdown(Shutdown::Write);

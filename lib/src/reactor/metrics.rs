@@ -225,7 +225,7 @@ impl Core {
     /// have no line each: see docs/ARCHITECTURE.md) or no request at all (a client that
     /// never got as far as one is worth a line too).
     pub(super) fn log_connection(&self, index: usize, credential: Option<&str>) {
-        let (Some(tally), Some(slot)) = (self.tallies.get(index), self.conns.get(index)) else {
+        let (Some(tally), true) = (self.tallies.get(index), self.conns.contains(index)) else {
             return;
         };
         let request = match tally.protocol {
@@ -235,7 +235,8 @@ impl Core {
             Protocol::Framed => return,
         };
         Line {
-            peer: slot.addr.into(),
+            // The address every other line names (a PROXY header's, once there is one).
+            peer: self.peer(index).addr,
             credential,
             request: &request,
             outcome: Outcome::Closed,

@@ -508,3 +508,57 @@ fn each_worker_serves_its_own_counters_on_its_own_port() {
         "before {before:?}, after {after:?}"
     );
 }
+
+#[test]
+fn refused_requests_are_all_counted_but_their_lines_are_throttled() {
+    let scratch = Scratch::new("metrics-refused");
+    let (server, _) = start(scratch.path());
+    let metrics = server.addr("metrics").unwrap();
+    let before = scrape(metrics);
+    // No token: every EXEC is refused UNAUTHENTICATED, on its own stream, at line rate.
+    let mut client = support::framed_client_raw(&server);
+    client
+        .hello(monoreactor::proto::Hello::with_credentials(&[]))
+        .expect("HELLO without a token");
+    let mut frames = Vec::new();
+    for stream in 1..=50 {
+        frames.extend(support::exec::exec_frame(
+            stream,
+            &support::exec::request(&["true"]),
+        ));
+    }
+    client.send_raw(&frames).unwrap();
+    for stream in 1..=50 {
+        support::expect_error(
+            &mut client,
+            stream,
+            monoreactor::proto::ErrorCode::Unauthenticated,
+        );
+    }
+    let after = scrape(metrics);
+    assert_eq!(
+        moved(
+            &before,
+            &after,
+            "monoreactor_errors_total{code=\"UNAUTHENTICATED\"}"
+        ),
+        50.0
+    );
+    assert_eq!(
+        moved(&before, &after, "monoreactor_requests_total{kind=\"exec\"}"),
+        50.0
+    );
+    let refused: Vec<String> = access_lines(&server)
+        .into_iter()
+        .filter(|line| line.contains("UNAUTHENTICATED"))
+        .collect();
+    assert!(
+        !refused.is_empty() && refused.len() <= 2,
+        "one line a second, not one per refusal: {refused:#?}"
+    );
+    assert!(
+        refused[0].contains(" - \"EXEC true\" UNAUTHENTICATED "),
+        "{}",
+        refused[0]
+    );
+}

@@ -417,7 +417,7 @@ impl Connection {
         if suppressed > 0 {
             log::info!(
                 target: access::TARGET,
-                "{suppressed} more refused or failed requests not logged since the last line"
+                "{suppressed} more refused or failed requests and connections not logged since the last line"
             );
         }
     }

@@ -223,15 +223,27 @@ impl Core {
     /// The access line of a client connection at its close (`index` is its slot), from its
     /// tally: a raw echo connection always, a framed one when it sent echo requests (those
     /// have no line each: see docs/ARCHITECTURE.md) or no request at all (a client that
-    /// never got as far as one is worth a line too).
-    pub(super) fn log_connection(&self, index: usize, credential: Option<&str>) {
-        let (Some(tally), true) = (self.tallies.get(index), self.conns.contains(index)) else {
+    /// never got as far as one is worth a line too, throttled with the refusals: a client
+    /// failing its HELLO can do it at line rate).
+    pub(super) fn log_connection(&mut self, index: usize, credential: Option<&str>) {
+        let (Some(&tally), true) = (self.tallies.get(index), self.conns.contains(index)) else {
             return;
         };
         let request = match tally.protocol {
             Protocol::RawEcho => "RAW-ECHO".to_string(),
             Protocol::Framed if tally.echoes > 0 => format!("ECHO x{}", tally.echoes),
-            Protocol::Framed if tally.requests == 0 => "CONNECTION".to_string(),
+            Protocol::Framed if tally.requests == 0 => {
+                let Some(held) = self.env.metrics.refusal_log.allow(self.env.now) else {
+                    return;
+                };
+                if held > 0 {
+                    log::info!(
+                        target: crate::metrics::access::TARGET,
+                        "{held} more refused or failed requests and connections not logged since the last line"
+                    );
+                }
+                "CONNECTION".to_string()
+            }
             Protocol::Framed => return,
         };
         Line {

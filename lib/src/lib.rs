@@ -36,7 +36,10 @@
 //!   groups), the root directory paths are confined to, the files, and the disk helper process
 //!   that makes the blocking disk calls off the loop.
 //! - `reactor/` — the loop, the only `poll()`: tokens, the slab, the ready list, timers, accept,
-//!   signals, UDP echo. The edge-triggered rules are stated once at the top of that module.
+//!   signals, UDP echo, the metrics port. The edge-triggered rules are stated once at the top of
+//!   that module.
+//! - `metrics/` — access lines (one per request, escaped), the counters (plain integers bumped
+//!   in the loop), their Prometheus rendering, and the metrics port's sans-IO HTTP.
 //! - `server.rs`, `workers.rs`, `limits.rs`, `access/` — binding and configuration, worker
 //!   processes, every limit in one struct, the token.
 //!

@@ -30,7 +30,9 @@
 //! [`Reactor::run`]: take the ready list → `poll` (timeout: zero if anything is ready, else
 //! until the nearest deadline) → handle each event (a connection's event only records its
 //! readiness and adds it to this turn's list) → drive each connection on this turn's list
-//! once, with one budget → fire due timers → close what was marked for closing → repeat.
+//! once, with one budget → fire due timers → close what was marked for closing → repeat. With a
+//! metrics port, the time from `poll`'s return to the end of the turn goes into the loop-turn
+//! histogram (`crate::metrics`): the stall detector.
 //!
 //! # Files
 //! - `token.rs`: what a token names, and its bit layout;

@@ -175,6 +175,11 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
     raw.read_to_end(&mut echoed).unwrap();
     assert_eq!(echoed.len(), 1000);
     drop(raw);
+    let udp = support::udp();
+    udp.send_to(&[b'u'; 100], server.echo_udp()).unwrap();
+    let mut reply = [0; 200];
+    let (len, _) = udp.recv_from(&mut reply).expect("the UDP echo");
+    assert_eq!(len, 100);
 
     // The raw echo's counters move when its connection is driven, its line at the close:
     // wait for the line, then scrape.
@@ -227,6 +232,9 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
     );
     expect("monoreactor_bytes_in_total{service=\"raw_echo\"}", 1000.0);
     expect("monoreactor_bytes_out_total{service=\"raw_echo\"}", 1000.0);
+    expect("monoreactor_bytes_in_total{service=\"udp\"}", 100.0);
+    expect("monoreactor_bytes_out_total{service=\"udp\"}", 100.0);
+    expect("monoreactor_udp_datagrams_echoed_total", 1.0);
     expect(
         "monoreactor_connections_accepted_total{service=\"raw_echo\"}",
         1.0,

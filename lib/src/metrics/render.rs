@@ -27,6 +27,8 @@ pub(crate) struct Gauges {
     pub(crate) udp_echoed: u64,
     /// UDP datagrams dropped (queue full).
     pub(crate) udp_dropped: u64,
+    /// UDP payload bytes received and sent back (counted by the UDP echo itself).
+    pub(crate) udp_bytes: (u64, u64),
 }
 
 /// Counters or gauges of one name, one per value of one label, in a fixed order.
@@ -103,16 +105,26 @@ pub(crate) fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         "Connections to this metrics port open now",
         gauge(gauges.metrics_connections),
     );
-    let by_service = |values: &[u64]| {
-        Service::ALL
+    let by_service = |values: &[u64], udp: u64| {
+        let mut rows: Vec<_> = Service::ALL
             .iter()
             .map(|service| (service.label().to_string(), values[*service as usize]))
-            .collect::<Vec<_>>()
+            .collect();
+        rows.push(("udp".to_string(), udp));
+        rows
     };
     registry.register(
         "connections_accepted",
         "Connections accepted, by service",
-        Labeled::counters("service", by_service(&metrics.accepted)),
+        Labeled::counters(
+            "service",
+            Service::ALL.iter().map(|service| {
+                (
+                    service.label().to_string(),
+                    metrics.accepted[*service as usize],
+                )
+            }),
+        ),
     );
     registry.register(
         "connections_refused",
@@ -132,12 +144,15 @@ pub(crate) fn render(metrics: &Metrics, gauges: &Gauges) -> String {
     registry.register(
         "bytes_in",
         "Bytes read from clients, by service (TLS: plaintext)",
-        Labeled::counters("service", by_service(&metrics.bytes_in)),
+        Labeled::counters("service", by_service(&metrics.bytes_in, gauges.udp_bytes.0)),
     );
     registry.register(
         "bytes_out",
         "Bytes written to clients, by service (TLS: plaintext)",
-        Labeled::counters("service", by_service(&metrics.bytes_out)),
+        Labeled::counters(
+            "service",
+            by_service(&metrics.bytes_out, gauges.udp_bytes.1),
+        ),
     );
     registry.register(
         "udp_datagrams_echoed",

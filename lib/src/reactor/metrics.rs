@@ -217,6 +217,7 @@ impl Core {
             shed: self.stats.shed,
             udp_echoed: udp.map_or(0, |stats| stats.echoed),
             udp_dropped: udp.map_or(0, |stats| stats.dropped_queue_full),
+            udp_bytes: udp.map_or((0, 0), |stats| (stats.bytes_in, stats.bytes_out)),
         }
     }
 

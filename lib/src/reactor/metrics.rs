@@ -361,3 +361,14 @@ impl<T: Transport> Transport for Counted<'_, T> {
         self.inner.wants()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_tally_costs_32_bytes() {
+        // The idle-connection cost in README and docs/ARCHITECTURE.md counts these.
+        assert!(std::mem::size_of::<ConnTally>() <= 32);
+    }
+}

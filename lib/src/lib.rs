@@ -112,7 +112,8 @@ pub use reactor::{ReactorStats, ShutdownHandle};
 pub use reload::Reload;
 pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
-    Listener, Listeners, Server, StartError, bind_shared, raise_descriptor_limit,
+    Listener, Listeners, Server, StartError, bind_shared, bind_worker_metrics,
+    raise_descriptor_limit, worker_metrics_addrs,
 };
 
 // Drive a connection yourself.

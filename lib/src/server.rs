@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::net::{TcpListener, UdpSocket};
 use socket2::{Domain, Socket, Type};
 
@@ -441,6 +441,34 @@ pub fn bind_shared(
             metrics: None,
         },
     ))
+}
+
+/// The metrics addresses of `serve --workers N`: the N consecutive ports from `base`'s (fewer
+/// if they would pass 65535).
+pub fn worker_metrics_addrs(base: SocketAddr, workers: usize) -> Vec<SocketAddr> {
+    (0..workers)
+        .filter_map(|index| {
+            let port = base.port().checked_add(u16::try_from(index).ok()?)?;
+            Some(SocketAddr::new(base.ip(), port))
+        })
+        .collect()
+}
+
+/// A worker's metrics listener: the first of [`worker_metrics_addrs`] that is free. Each
+/// worker process is a server with counters of its own, so each has a port of its own rather
+/// than one shared with `SO_REUSEPORT` (where a scrape would reach one random worker); a
+/// worker that replaces one that died takes the port its predecessor left. One that finds
+/// none free serves no metrics, and says so.
+pub fn bind_worker_metrics(base: SocketAddr, workers: usize) -> Option<std::net::TcpListener> {
+    let bound = worker_metrics_addrs(base, workers)
+        .into_iter()
+        .find_map(|addr| std::net::TcpListener::bind(addr).ok());
+    if bound.is_none() {
+        error!(
+            "--metrics: all {workers} worker ports from {base} are taken; this worker serves no metrics"
+        );
+    }
+    bound
 }
 
 /// Binds one `SO_REUSEPORT` socket of `kind` at `*addr` (if that listener is enabled) and,

@@ -246,7 +246,9 @@ fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
     // One metrics port per worker, each bound by its worker (see `worker_metrics`).
-    for port in worker_metrics_ports(metrics, workers) {
+    for port in metrics.map_or_else(Vec::new, |base| {
+        monoreactor::worker_metrics_addrs(base, workers)
+    }) {
         print_metrics_line(port)?;
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -260,46 +262,15 @@ fn serve_worker(config: Config, spec: &str, workers: usize) -> Result<(), String
     let (mut listeners, ready) = fds
         .take()
         .map_err(|error| format!("--worker-of {spec}: {error}"))?;
-    listeners.metrics = worker_metrics(config.metrics, workers);
+    listeners.metrics = config
+        .metrics
+        .and_then(|base| monoreactor::bind_worker_metrics(base, workers));
     let server = Server::from_listeners(config, listeners).map_err(describe_start_error)?;
     ready.announce();
     server
         .run()
         .map(drop)
         .map_err(|error| format!("event loop failed: {error}"))
-}
-
-/// The metrics ports of `--workers N`: N consecutive ports from `--metrics`'s.
-fn worker_metrics_ports(
-    metrics: Option<std::net::SocketAddr>,
-    workers: usize,
-) -> impl Iterator<Item = std::net::SocketAddr> {
-    metrics.into_iter().flat_map(move |base| {
-        (0..workers).filter_map(move |index| {
-            let port = base.port().checked_add(u16::try_from(index).ok()?)?;
-            Some(std::net::SocketAddr::new(base.ip(), port))
-        })
-    })
-}
-
-/// A worker's metrics listener: the first free one of the N ports. Each worker process is a
-/// server of its own with counters of its own, so each has its own port rather than one
-/// shared with SO_REUSEPORT (where a scrape would reach one random worker). A worker that
-/// replaces one that died takes the port its predecessor left; one that finds none free
-/// serves no metrics, and says so.
-fn worker_metrics(
-    metrics: Option<std::net::SocketAddr>,
-    workers: usize,
-) -> Option<std::net::TcpListener> {
-    metrics?;
-    let bound = worker_metrics_ports(metrics, workers)
-        .find_map(|addr| std::net::TcpListener::bind(addr).ok());
-    if bound.is_none() {
-        log::error!(
-            "--metrics: every one of the {workers} worker ports is taken; this worker serves no metrics"
-        );
-    }
-    bound
 }
 
 fn print_metrics_line(addr: std::net::SocketAddr) -> Result<(), String> {

@@ -245,7 +245,7 @@ fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
     }
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
-    // One metrics port per worker, each bound by its worker (see `worker_metrics`).
+    // One metrics port per worker, each bound by its worker (`bind_worker_metrics`).
     for port in metrics.map_or_else(Vec::new, |base| {
         monoreactor::worker_metrics_addrs(base, workers)
     }) {
@@ -273,6 +273,7 @@ fn serve_worker(config: Config, spec: &str, workers: usize) -> Result<(), String
         .map_err(|error| format!("event loop failed: {error}"))
 }
 
+/// A `listening metrics ADDR` line for one worker's metrics port, flushed.
 fn print_metrics_line(addr: std::net::SocketAddr) -> Result<(), String> {
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "listening metrics {addr}")

@@ -4,9 +4,10 @@
 //! connection's tally for its access line at the close ([`ConnTally`]).
 //!
 //! The metrics port is bounded like everything else: at most [`MAX_METRICS_CONNECTIONS`]
-//! open at once (more are closed at accept and counted as refused), each closed after its
-//! response or at [`METRICS_TIMEOUT`], whichever comes first, and a request head is bounded
-//! by the exchange. It runs in the same loop as the clients: a scrape renders a few KiB, in
+//! open at once (more are closed at accept and counted as refused), each closed once its
+//! response is out and the client has closed (a lingering close, so the response is not reset
+//! away) or at [`METRICS_TIMEOUT`], whichever comes first, and a request head is bounded by
+//! the exchange. It runs in the same loop as the clients: a scrape renders a few KiB, in
 //! well under a millisecond.
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -48,6 +49,10 @@ struct MetricsConn {
     socket: TcpStream,
     exchange: Exchange,
     deadline: Tick,
+    /// The client's FIN has been read.
+    peer_closed: bool,
+    /// Our FIN has been sent, after the answer.
+    shut: bool,
 }
 
 impl MetricsPort {
@@ -115,6 +120,8 @@ impl Core {
                 socket,
                 exchange: Exchange::default(),
                 deadline,
+                peer_closed: false,
+                shut: false,
             }));
             self.env.metrics.accepted(Service::Metrics);
             self.env
@@ -142,33 +149,31 @@ impl Core {
         };
         let mut read = 0;
         let mut written = 0;
-        let mut close = false;
-        if !conn.exchange.decided() {
-            let mut buf = [0; 4096];
-            loop {
-                match conn.socket.read(&mut buf) {
-                    Ok(0) => {
-                        close = true; // gone before its request was complete
-                        break;
+        let mut failed = false;
+        // The request until it is decided; after that, whatever else comes is read and
+        // dropped until the client closes, so that the close after the answer goes out as a
+        // FIN, not as a reset that could destroy the answer (a lingering close, bounded by
+        // the connection's deadline).
+        let mut buf = [0; 4096];
+        while !conn.peer_closed {
+            match conn.socket.read(&mut buf) {
+                Ok(0) => conn.peer_closed = true,
+                Ok(n) => {
+                    read += n;
+                    if let Some(request) = conn.exchange.received(&buf[..n]) {
+                        let metrics = &self.env.metrics;
+                        conn.exchange.respond(request, || render(metrics, &gauges));
                     }
-                    Ok(n) => {
-                        read += n;
-                        if let Some(request) = conn.exchange.received(&buf[..n]) {
-                            let metrics = &self.env.metrics;
-                            conn.exchange.respond(request, || render(metrics, &gauges));
-                            break;
-                        }
-                    }
-                    Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        close = true;
-                        break;
-                    }
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
                 }
             }
         }
-        while !close && !conn.exchange.output().is_empty() {
+        while !failed && !conn.exchange.output().is_empty() {
             match conn.socket.write(conn.exchange.output()) {
                 Ok(n) => {
                     written += n;
@@ -176,15 +181,18 @@ impl Core {
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(_) => close = true,
+                Err(_) => failed = true,
             }
         }
-        if conn.exchange.done() {
-            // Everything is in the kernel's hands: FIN after it. The request was read whole
-            // (the head is all a GET has), so the close does not reset it away.
+        if conn.exchange.done() && !conn.shut {
+            // Everything is in the kernel's hands: FIN after it.
             let _ = conn.socket.shutdown(Shutdown::Write);
-            close = true;
+            conn.shut = true;
         }
+        // Closed: after a failure; when the client went before its request was complete; once
+        // the answer is out and the client has closed too.
+        let close =
+            failed || (conn.peer_closed && (!conn.exchange.decided() || conn.exchange.done()));
         self.env
             .metrics
             .bytes(Service::Metrics, read as u64, written as u64);

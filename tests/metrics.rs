@@ -144,6 +144,8 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
         false,
     );
     assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+    let listed = client(&server, &token, &["ls", "d"], false);
+    assert!(listed.contains("u.bin"), "{listed}");
     let framed = server.framed_str();
     let exec = run_cli(
         &[
@@ -161,6 +163,7 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
         TIMEOUT,
     );
     assert_eq!(exec.status.code(), Some(3), "{}", exec.stderr);
+    client(&server, &token, &["rm", "d/u.bin"], false);
     // A name with a newline: its line must not be two lines.
     client(&server, &token, &["stat", "no\nsuch"], true);
     assert_eq!(
@@ -206,8 +209,8 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
         ("exec", 1.0),
         ("stat", 1.0),
         ("echo", 1.0),
-        ("list", 0.0),
-        ("rm", 0.0),
+        ("list", 1.0),
+        ("rm", 1.0),
     ] {
         expect(
             &format!("monoreactor_requests_total{{kind=\"{kind}\"}}"),
@@ -221,7 +224,7 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
         1.0,
     );
     expect("monoreactor_command_exits_total{cause=\"exit_0\"}", 0.0);
-    expect("monoreactor_transfers_total{result=\"ok\"}", 2.0);
+    expect("monoreactor_transfers_total{result=\"ok\"}", 3.0);
     expect(
         "monoreactor_transfer_bytes_total{direction=\"put\"}",
         100_000.0,
@@ -291,6 +294,10 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
         exec.contains(" alice ") && exec.contains(" exit=3 in=0 out=4 ms="),
         "{exec}"
     );
+    let list = line("\"LIST d\"");
+    assert!(list.contains(" alice \"LIST d\" OK in=0 out="), "{list}");
+    let rm = line("\"RM d/u.bin\"");
+    assert!(rm.contains(" alice \"RM d/u.bin\" OK "), "{rm}");
     let stat = line("\"STAT no\\x0asuch\"");
     assert!(stat.contains(" NOT_FOUND in=0 out=0 "), "{stat}");
     let raw = line("\"RAW-ECHO\"");

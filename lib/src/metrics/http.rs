@@ -1,6 +1,6 @@
 //! The metrics port's HTTP/1.1, sans-IO: bytes in ([`Exchange::received`]), a request
-//! decided ([`Request`]), a response out ([`Exchange::respond`], [`Exchange::output`]). The
-//! reactor's `reactor/metrics.rs` moves the bytes.
+//! decided ([`Request`]) and its response queued, bytes out ([`Exchange::output`],
+//! [`Exchange::wrote`]). The reactor's `reactor/metrics.rs` moves the bytes.
 //!
 //! It is as small as a scraper allows: one request per connection (every response says
 //! `Connection: close`, and the server closes after it; Prometheus opens a connection per
@@ -9,6 +9,8 @@
 //! `HEAD` for both; any other path 404, any other method 405, anything that does not parse
 //! 400. Parsing is `httparse`'s: incomplete input is not an error, so the answer is the same
 //! however the request is split.
+
+use std::fmt;
 
 /// The longest request head accepted (request line and headers): a scraper sends ~200 bytes.
 pub(crate) const MAX_HEAD: usize = 8 << 10;
@@ -78,88 +80,133 @@ impl Request {
 /// The text of `GET /`.
 const INDEX: &str = "monoreactor: metrics at /metrics\n";
 
-/// One metrics connection's request and response: the bytes of the head so far, then the
-/// response being written.
-#[derive(Debug, Default)]
+/// One metrics connection's exchange, a state machine fed the bytes read and drained of the
+/// bytes to write: reading the request head, then writing the response, then done.
+#[derive(Debug)]
 pub(crate) struct Exchange {
-    input: Vec<u8>,
-    output: Vec<u8>,
-    written: usize,
-    decided: bool,
+    phase: Phase,
+}
+
+/// Where an exchange is.
+#[derive(Debug)]
+enum Phase {
+    /// Reading the request head: the bytes so far (at most one past [`MAX_HEAD`]).
+    Reading(Vec<u8>),
+    /// Writing the response: its bytes, and how many have been written.
+    Writing { response: Vec<u8>, written: usize },
+    /// The response has been written whole; later bytes from the client are ignored.
+    Sent,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Reading(_) => "reading",
+            Phase::Writing { .. } => "writing",
+            Phase::Sent => "sent",
+        })
+    }
+}
+
+impl Default for Exchange {
+    fn default() -> Exchange {
+        Exchange {
+            phase: Phase::Reading(Vec::new()),
+        }
+    }
 }
 
 impl Exchange {
-    /// Takes bytes read from the client; returns the request once it is decided (once: later
-    /// bytes are ignored, since the connection closes after one response).
-    pub(crate) fn received(&mut self, bytes: &[u8]) -> Option<Request> {
-        if self.decided {
+    /// Takes bytes read from the client. Once they decide the request, queues its response
+    /// (`metrics` renders the exposition, called only for `GET /metrics`) and returns the
+    /// request; after that, bytes are ignored (one request per connection).
+    pub(crate) fn received(
+        &mut self,
+        bytes: &[u8],
+        metrics: impl FnOnce() -> String,
+    ) -> Option<Request> {
+        let Phase::Reading(head) = &mut self.phase else {
             return None;
-        }
+        };
         // One byte past the bound is enough to know it is too large.
-        let room = (MAX_HEAD + 1).saturating_sub(self.input.len());
-        self.input
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
-        let decided = Request::parse(&self.input)?;
-        self.decided = true;
-        self.input = Vec::new();
-        Some(decided)
+        let room = (MAX_HEAD + 1).saturating_sub(head.len());
+        head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let request = Request::parse(head)?;
+        self.set_phase(Phase::Writing {
+            response: response(request, metrics),
+            written: 0,
+        });
+        Some(request)
     }
 
-    /// Whether the request is decided (the connection reads no more).
+    /// Whether the request is decided (its response queued or sent).
     pub(crate) fn decided(&self) -> bool {
-        self.decided
+        !matches!(self.phase, Phase::Reading(_))
     }
 
-    /// Queues the response to `request`; `metrics` renders the exposition, called only for
-    /// `GET /metrics`.
-    pub(crate) fn respond(&mut self, request: Request, metrics: impl FnOnce() -> String) {
-        let (status, body, head) = match request {
-            Request::Metrics { head } => ("200 OK", metrics(), head),
-            Request::Index { head } => ("200 OK", INDEX.to_string(), head),
-            Request::NotFound => ("404 Not Found", "not found\n".to_string(), false),
-            Request::MethodNotAllowed => (
-                "405 Method Not Allowed",
-                "only GET and HEAD\n".to_string(),
-                false,
-            ),
-            Request::Malformed => ("400 Bad Request", "bad request\n".to_string(), false),
-            Request::TooLarge => (
-                "431 Request Header Fields Too Large",
-                "request head too large\n".to_string(),
-                false,
-            ),
-        };
-        let content_type = if matches!(request, Request::Metrics { .. }) {
-            // The Prometheus text format, version 0.0.4, which `prometheus-client` writes.
-            "text/plain; version=0.0.4; charset=utf-8"
-        } else {
-            "text/plain; charset=utf-8"
-        };
-        self.output = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        if !head {
-            self.output.extend_from_slice(body.as_bytes());
-        }
-        self.written = 0;
-    }
-
-    /// The response bytes not yet written.
+    /// The response bytes not yet written (none before the request is decided).
     pub(crate) fn output(&self) -> &[u8] {
-        &self.output[self.written..]
+        match &self.phase {
+            Phase::Writing { response, written } => &response[*written..],
+            Phase::Reading(_) | Phase::Sent => &[],
+        }
     }
 
     /// `n` bytes of [`Exchange::output`] were written.
     pub(crate) fn wrote(&mut self, n: usize) {
-        self.written = (self.written + n).min(self.output.len());
+        if let Phase::Writing { response, written } = &mut self.phase {
+            *written = (*written + n).min(response.len());
+            if *written == response.len() {
+                self.set_phase(Phase::Sent);
+            }
+        }
     }
 
-    /// A response is queued and has been written in full.
+    /// The response has been written whole.
     pub(crate) fn done(&self) -> bool {
-        self.decided && !self.output.is_empty() && self.written == self.output.len()
+        matches!(self.phase, Phase::Sent)
     }
+
+    /// Every phase change goes through here, so a `trace` log shows each one.
+    fn set_phase(&mut self, next: Phase) {
+        log::trace!("metrics exchange: {} -> {next}", self.phase);
+        self.phase = next;
+    }
+}
+
+/// The whole response to `request`: status line, headers, body (none for HEAD).
+fn response(request: Request, metrics: impl FnOnce() -> String) -> Vec<u8> {
+    let (status, body, head) = match request {
+        Request::Metrics { head } => ("200 OK", metrics(), head),
+        Request::Index { head } => ("200 OK", INDEX.to_string(), head),
+        Request::NotFound => ("404 Not Found", "not found\n".to_string(), false),
+        Request::MethodNotAllowed => (
+            "405 Method Not Allowed",
+            "only GET and HEAD\n".to_string(),
+            false,
+        ),
+        Request::Malformed => ("400 Bad Request", "bad request\n".to_string(), false),
+        Request::TooLarge => (
+            "431 Request Header Fields Too Large",
+            "request head too large\n".to_string(),
+            false,
+        ),
+    };
+    let content_type = if matches!(request, Request::Metrics { .. }) {
+        // The Prometheus text format, version 0.0.4, which `prometheus-client` writes.
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head {
+        response.extend_from_slice(body.as_bytes());
+    }
+    response
 }
 
 #[cfg(test)]
@@ -174,7 +221,7 @@ mod tests {
         let mut exchange = Exchange::default();
         let mut from = 0;
         for (piece, &to) in cuts.iter().chain([request.len()].iter()).enumerate() {
-            if let Some(decided) = exchange.received(&request[from..to]) {
+            if let Some(decided) = exchange.received(&request[from..to], String::new) {
                 return (Some(decided), piece);
             }
             from = to;
@@ -286,8 +333,9 @@ mod tests {
     #[test]
     fn a_response_is_written_in_pieces_and_says_close() {
         let mut exchange = Exchange::default();
-        let request = exchange.received(SCRAPE).unwrap();
-        exchange.respond(request, || "up 1\n".to_string());
+        assert_eq!(exchange.output(), b"", "nothing before the request");
+        let request = exchange.received(SCRAPE, || "up 1\n".to_string());
+        assert_eq!(request, Some(Request::Metrics { head: false }));
         let text = String::from_utf8(exchange.output().to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(text.contains("Connection: close\r\n"));
@@ -299,13 +347,17 @@ mod tests {
         exchange.wrote(total);
         assert!(exchange.done());
         // Later bytes change nothing.
-        assert_eq!(exchange.received(b"GET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(
+            exchange.received(b"GET / HTTP/1.1\r\n\r\n", String::new),
+            None
+        );
+        assert_eq!(exchange.output(), b"");
     }
 
     #[test]
     fn a_head_request_has_no_body() {
         let mut exchange = Exchange::default();
-        exchange.respond(Request::Metrics { head: true }, || "up 1\n".to_string());
+        exchange.received(b"HEAD /metrics HTTP/1.1\r\n\r\n", || "up 1\n".to_string());
         let text = String::from_utf8(exchange.output().to_vec()).unwrap();
         assert!(text.contains("Content-Length: 5\r\n"));
         assert!(text.ends_with("\r\n\r\n"));

@@ -160,9 +160,12 @@ impl Core {
                 Ok(0) => conn.peer_closed = true,
                 Ok(n) => {
                     read += n;
-                    if let Some(request) = conn.exchange.received(&buf[..n]) {
-                        let metrics = &self.env.metrics;
-                        conn.exchange.respond(request, || render(metrics, &gauges));
+                    let metrics = &self.env.metrics;
+                    if let Some(request) = conn
+                        .exchange
+                        .received(&buf[..n], || render(metrics, &gauges))
+                    {
+                        debug!("metrics connection {index}: {request:?}");
                     }
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,

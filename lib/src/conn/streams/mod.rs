@@ -14,6 +14,12 @@
 //! number freed in the same turn of the loop, so an event of that turn's batch for the old
 //! command cannot reach a new one.
 //!
+//! **Access lines.** Each entry carries its request's access-line fields (`Stream::record`:
+//! the request as logged, its start, its bytes, its outcome once known), filled in by its
+//! kind's pump and written out by [`close_record`] when the entry leaves the table — finished,
+//! abandoned by the client, or released at a close — together with the counters of how it
+//! ended ([`crate::metrics`]).
+//!
 //! **One module per kind of entry.** `exec.rs`, `get.rs`, `put.rs` and `list.rs` each hold
 //! one kind and its turn of work; none knows of the table or of the others. This file holds
 //! the table: lookups by stream id, the counts, and the loops over every entry.

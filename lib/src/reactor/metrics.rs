@@ -375,7 +375,131 @@ impl<T: Transport> Transport for Counted<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream as StdTcpStream;
+
+    use super::super::{Reactor, Setup, Sockets};
     use super::*;
+    use crate::access::Access;
+    use crate::limits::Limits;
+
+    /// A reactor with a metrics port, and that port's address.
+    fn reactor() -> (Reactor, std::net::SocketAddr) {
+        let localhost = "127.0.0.1:0".parse().unwrap();
+        let metrics = TcpListener::bind(localhost).unwrap();
+        let addr = metrics.local_addr().unwrap();
+        let setup = Setup {
+            sockets: Sockets {
+                framed: TcpListener::bind(localhost).unwrap(),
+                echo_tcp: None,
+                echo_udp: None,
+                metrics: Some(metrics),
+            },
+            limits: Limits::default(),
+            access: Access::ECHO_ONLY,
+            root: None,
+            files: false,
+            handle_signals: false,
+            disk_helper: None,
+            tls: None,
+            reload: crate::reload::Reload::default(),
+        };
+        (Reactor::new(setup).unwrap(), addr)
+    }
+
+    /// Accepts what is waiting, retrying until the kernel has queued `count` connections.
+    fn accept(core: &mut Core, count: usize) {
+        for _ in 0..200 {
+            core.accept_metrics();
+            let open = core.metrics_port.as_ref().map_or(0, MetricsPort::open);
+            let refused = core.env.metrics.refused[Refusal::MetricsLimit as usize] as usize;
+            if open + refused >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("{count} metrics connections were not accepted");
+    }
+
+    #[test]
+    fn a_silent_metrics_connection_is_closed_at_its_deadline() {
+        let (mut reactor, addr) = reactor();
+        let core = &mut reactor.core;
+        let mut client = StdTcpStream::connect(addr).unwrap();
+        accept(core, 1);
+        let port = core.metrics_port.as_ref().unwrap();
+        let deadline = port.conns[0].as_ref().unwrap().deadline;
+        // A stale entry (another deadline) closes nothing.
+        core.metrics_timer(0, Tick(deadline.0 - 1));
+        assert_eq!(core.metrics_port.as_ref().unwrap().open(), 1);
+        core.metrics_timer(0, deadline);
+        assert_eq!(core.metrics_port.as_ref().unwrap().open(), 0);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0; 16];
+        assert_eq!(
+            client.read(&mut buf).unwrap(),
+            0,
+            "closed without an answer"
+        );
+    }
+
+    #[test]
+    fn a_fifth_metrics_connection_is_closed_and_counted() {
+        let (mut reactor, addr) = reactor();
+        let core = &mut reactor.core;
+        let clients: Vec<StdTcpStream> = (0..=MAX_METRICS_CONNECTIONS)
+            .map(|_| StdTcpStream::connect(addr).unwrap())
+            .collect();
+        accept(core, clients.len());
+        assert_eq!(
+            core.metrics_port.as_ref().unwrap().open(),
+            MAX_METRICS_CONNECTIONS
+        );
+        assert_eq!(core.env.metrics.refused[Refusal::MetricsLimit as usize], 1);
+        assert_eq!(
+            core.env.metrics.accepted[Service::Metrics as usize],
+            MAX_METRICS_CONNECTIONS as u64
+        );
+    }
+
+    #[test]
+    fn a_request_is_answered_and_the_connection_closes_after_the_client() {
+        let (mut reactor, addr) = reactor();
+        let core = &mut reactor.core;
+        let mut client = StdTcpStream::connect(addr).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        accept(core, 1);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        // Readiness is the poll's business; serving without it just finds what is there.
+        let mut answer = Vec::new();
+        for _ in 0..200 {
+            core.serve_metrics(0);
+            if core.metrics_port.as_ref().unwrap().conns[0]
+                .as_ref()
+                .is_some_and(|conn| conn.exchange.done())
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        client.read_to_end(&mut answer).unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        // Still open until the client's FIN is read: a lingering close.
+        assert_eq!(core.metrics_port.as_ref().unwrap().open(), 1);
+        drop(client);
+        for _ in 0..200 {
+            core.serve_metrics(0);
+            if core.metrics_port.as_ref().unwrap().open() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("not closed after the client's FIN");
+    }
 
     #[test]
     fn a_connections_tally_costs_32_bytes() {

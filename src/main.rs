@@ -91,6 +91,8 @@ enum Command {
     Rm(paths::RmArgs),
     /// Create directories on the server.
     Mkdir(paths::MkdirArgs),
+    /// The server's counters as a table, read from its metrics port (`serve --metrics`).
+    Stats(cmd::stats::StatsArgs),
     /// Print a sandboxed systemd unit for `serve` (Type=notify), or its socket unit, with
     /// this binary's path and the root filled in.
     SystemdUnit(cmd::systemd_unit::SystemdUnitArgs),
@@ -152,6 +154,7 @@ fn main() -> ExitCode {
         Command::Stat(args) => stat::run(args),
         Command::Rm(args) => paths::rm(args),
         Command::Mkdir(args) => paths::mkdir(args),
+        Command::Stats(args) => cmd::stats::run(args),
         Command::SystemdUnit(args) => cmd::systemd_unit::run(args),
         Command::Serve(_) | Command::DiskHelper { .. } => unreachable!("handled above"),
     };

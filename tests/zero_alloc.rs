@@ -214,6 +214,9 @@ fn steady_state_echo_allocates_nothing_on_the_server() {
     let server = Running::start(
         Config {
             echo_tcp: Some(localhost),
+            // With the metrics port: its counters and the loop-turn histogram are bumped on
+            // every request and turn, and must not allocate either.
+            metrics: Some(localhost),
             ..config()
         },
         &SERVER_COUNTS,

@@ -36,7 +36,10 @@
 //!   groups), the root directory paths are confined to, the files, and the disk helper process
 //!   that makes the blocking disk calls off the loop.
 //! - `reactor/` — the loop, the only `poll()`: tokens, the slab, the ready list, timers, accept,
-//!   signals, UDP echo. The edge-triggered rules are stated once at the top of that module.
+//!   signals, UDP echo, the metrics port. The edge-triggered rules are stated once at the top of
+//!   that module.
+//! - `metrics/` — access lines (one per request, escaped), the counters (plain integers bumped
+//!   in the loop), their Prometheus rendering, and the metrics port's sans-IO HTTP.
 //! - `server.rs`, `workers.rs`, `limits.rs`, `access/`, `reload.rs` — binding and
 //!   configuration, worker processes, every limit in one struct, the token, and what a SIGHUP
 //!   may change on a running server.
@@ -75,6 +78,7 @@ mod access;
 mod buffer;
 mod conn;
 mod limits;
+mod metrics;
 mod outbox;
 mod reactor;
 mod reload;
@@ -110,7 +114,7 @@ pub use reload::{Fresh, LogSwap, Reload, Reloader};
 pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
     Listener, Listeners, Server, StartError, activated_listeners, bind_shared,
-    raise_descriptor_limit,
+    bind_worker_metrics, raise_descriptor_limit, worker_metrics_addrs,
 };
 pub use sys::notify::{ACTIVATION_NAMES, Lifecycle, SystemdNotify};
 

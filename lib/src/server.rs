@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::net::{TcpListener, UdpSocket};
 use socket2::{Domain, Socket, Type};
 
@@ -75,6 +75,10 @@ pub struct Config {
     /// Told when a reload starts and ends and when a shutdown starts (a service manager's
     /// news: [`SystemdNotify`](crate::SystemdNotify)); `None`: nobody is told.
     pub lifecycle: Option<Arc<dyn crate::Lifecycle>>,
+    /// The metrics port (`--metrics`): Prometheus text at `GET /metrics` over plain HTTP;
+    /// `None` (the default) serves none. A non-loopback address needs `insecure`: the
+    /// counters tell anyone who can reach the port how busy the server is and with what.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             disk_helper: None,
             tls: None,
             reload: Reload::default(),
+            metrics: None,
             lifecycle: None,
         }
     }
@@ -108,6 +113,7 @@ impl Config {
             .map_err(|error| StartError::Config(error.to_string()))?;
         check_access(&self.access, self.framed, self.insecure)?;
         check_transport(self.framed, self.tls.is_some(), self.insecure)?;
+        check_metrics(self.metrics, self.insecure)?;
         if self.access.exec || self.files {
             check_root(&self.root)?;
         }
@@ -151,6 +157,8 @@ pub enum Listener {
     EchoTcp,
     /// The UDP echo socket.
     EchoUdp,
+    /// The metrics listener.
+    Metrics,
 }
 
 /// One socket that could not be bound.
@@ -213,6 +221,8 @@ pub struct BoundAddrs {
     pub echo_tcp: Option<SocketAddr>,
     /// UDP echo socket, if enabled.
     pub echo_udp: Option<SocketAddr>,
+    /// Metrics listener, if enabled (never for [`bind_shared`]: each worker binds its own).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A bound server, ready to run.
@@ -252,10 +262,14 @@ impl Server {
                 UdpSocket::bind(addr),
             )
         });
-        let (Some(framed), Some(echo_tcp), Some(echo_udp)) = (
+        let metrics = config
+            .metrics
+            .map(|addr| attempt(&mut failures, Listener::Metrics, addr, bind_listener(addr)));
+        let (Some(framed), Some(echo_tcp), Some(echo_udp), Some(metrics)) = (
             framed,
             echo_tcp.map_or(Some(None), |socket| socket.map(Some)),
             echo_udp.map_or(Some(None), |socket| socket.map(Some)),
+            metrics.map_or(Some(None), |socket| socket.map(Some)),
         ) else {
             return Err(StartError::Bind(failures));
         };
@@ -263,6 +277,7 @@ impl Server {
             framed,
             echo_tcp,
             echo_udp,
+            metrics,
         };
         Server::assemble(config, limits, root, sockets)
     }
@@ -293,6 +308,11 @@ impl Server {
                 .echo_udp
                 .as_ref()
                 .map(UdpSocket::local_addr)
+                .transpose()?,
+            metrics: sockets
+                .metrics
+                .as_ref()
+                .map(TcpListener::local_addr)
                 .transpose()?,
         };
         let reactor = Reactor::new(Setup {
@@ -379,6 +399,9 @@ pub struct Listeners {
     pub echo_tcp: Option<std::net::TcpListener>,
     /// The UDP echo socket, if enabled.
     pub echo_udp: Option<std::net::UdpSocket>,
+    /// The metrics listener, if enabled: not shared, each worker binds its own (see
+    /// `serve --workers`).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -390,10 +413,14 @@ impl Listeners {
         if let Some(socket) = &self.echo_udp {
             socket.set_nonblocking(true)?;
         }
+        if let Some(listener) = &self.metrics {
+            listener.set_nonblocking(true)?;
+        }
         Ok(Sockets {
             framed: TcpListener::from_std(self.framed),
             echo_tcp: self.echo_tcp.map(TcpListener::from_std),
             echo_udp: self.echo_udp.map(UdpSocket::from_std),
+            metrics: self.metrics.map(TcpListener::from_std),
         })
     }
 }
@@ -412,6 +439,8 @@ pub fn activated_listeners() -> Result<Option<Listeners>, String> {
             framed: sockets.framed.into(),
             echo_tcp: sockets.echo_tcp.map(Into::into),
             echo_udp: sockets.echo_udp.map(Into::into),
+            // Not one of the activated sockets: `serve` binds it from `--metrics`.
+            metrics: None,
         }),
     )
 }
@@ -461,6 +490,7 @@ pub fn bind_shared(
             })?,
             echo_tcp: echo_tcp.map(std::net::TcpListener::from),
             echo_udp: echo_udp.map(std::net::UdpSocket::from),
+            metrics: None,
         });
     }
     let [Some(framed), echo_tcp, echo_udp] = resolved else {
@@ -474,8 +504,37 @@ pub fn bind_shared(
             framed,
             echo_tcp,
             echo_udp,
+            metrics: None,
         },
     ))
+}
+
+/// The metrics addresses of `serve --workers N`: the N consecutive ports from `base`'s (fewer
+/// if they would pass 65535).
+pub fn worker_metrics_addrs(base: SocketAddr, workers: usize) -> Vec<SocketAddr> {
+    (0..workers)
+        .filter_map(|index| {
+            let port = base.port().checked_add(u16::try_from(index).ok()?)?;
+            Some(SocketAddr::new(base.ip(), port))
+        })
+        .collect()
+}
+
+/// A worker's metrics listener: the first of [`worker_metrics_addrs`] that is free. Each
+/// worker process is a server with counters of its own, so each has a port of its own rather
+/// than one shared with `SO_REUSEPORT` (where a scrape would reach one random worker); a
+/// worker that replaces one that died takes the port its predecessor left. One that finds
+/// none free serves no metrics, and says so.
+pub fn bind_worker_metrics(base: SocketAddr, workers: usize) -> Option<std::net::TcpListener> {
+    let bound = worker_metrics_addrs(base, workers)
+        .into_iter()
+        .find_map(|addr| std::net::TcpListener::bind(addr).ok());
+    if bound.is_none() {
+        error!(
+            "--metrics: all {workers} worker ports from {base} are taken; this worker serves no metrics"
+        );
+    }
+    bound
 }
 
 /// Binds one `SO_REUSEPORT` socket of `kind` at `*addr` (if that listener is enabled) and,
@@ -589,6 +648,20 @@ fn check_transport(framed: SocketAddr, tls: bool, insecure: bool) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+/// The metrics port on a non-loopback address only with `insecure`: it is plain HTTP with no
+/// authentication, and what it shows (connections, commands, errors by code) is for the
+/// operator.
+fn check_metrics(metrics: Option<SocketAddr>, insecure: bool) -> Result<(), StartError> {
+    match metrics {
+        Some(addr) if !addr.ip().is_loopback() && !insecure => Err(StartError::Config(format!(
+            "refusing --metrics on {addr}: the metrics port is plain HTTP without authentication; \
+             listen on 127.0.0.1 (and let the scraper reach it through a tunnel or a proxy), or \
+             pass --insecure"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -139,6 +139,8 @@ impl WorkerFds {
                 framed: framed.into(),
                 echo_tcp: echo_tcp.map(Into::into),
                 echo_udp: echo_udp.map(Into::into),
+                // Each worker binds its own metrics port (`serve --workers`), never shared.
+                metrics: None,
             },
             ReadyNotice(File::from(ready)),
         ))

@@ -1,5 +1,5 @@
 //! One module per subcommand, each holding its clap flags (`...Args`) and the function that
-//! runs it, as cargo keeps its commands: [`serve`], [`systemd_unit`], [`access`], [`echo`], [`exec`], [`bench`](mod@bench), and the
+//! runs it, as cargo keeps its commands: [`serve`], [`stats`], [`systemd_unit`], [`access`], [`echo`], [`exec`], [`bench`](mod@bench), and the
 //! file commands in [`files`] (`get`, `put`, `ls`, `stat`, `rm`, `mkdir`).
 
 pub mod access;
@@ -8,4 +8,5 @@ pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod serve;
+pub mod stats;
 pub mod systemd_unit;

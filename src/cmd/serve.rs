@@ -110,9 +110,15 @@ pub struct ServeArgs {
     /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
     #[arg(long, value_name = "BYTES")]
     max_client_memory: Option<usize>,
-    /// Allow --listen on a non-loopback address without a token, or without TLS.
+    /// Allow --listen on a non-loopback address without a token, or without TLS (and
+    /// --metrics on a non-loopback address).
     #[arg(long)]
     insecure: bool,
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`); off unless given, and
+    /// loopback only unless --insecure. With --workers N, worker metrics are on the N ports
+    /// from ADDR's on, one per worker (scrape them all).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<Addr>,
     /// The TLS flags, boxed: `Command`'s variants stay close in size.
     #[command(flatten)]
     tls: Box<TlsArgs>,
@@ -345,6 +351,7 @@ fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
         reload: Reload::default(),
         // systemd's Type=notify, when it started us (a worker has no NOTIFY_SOCKET).
         lifecycle: SystemdNotify::from_env(),
+        metrics: args.metrics.map(|addr| addr.0),
     };
     Ok(Settings {
         config,
@@ -445,7 +452,7 @@ fn serve(settings: Settings) -> Result<(), String> {
         libc::signal(libc::SIGUSR2, libc::SIG_IGN);
     }
     if let Some(spec) = worker_of {
-        return serve_worker(config, &spec);
+        return serve_worker(config, &spec, workers);
     }
     let activated = monoreactor::activated_listeners()?;
     if workers > 1 {
@@ -474,7 +481,12 @@ fn serve(settings: Settings) -> Result<(), String> {
 /// The server on the sockets systemd passed (socket activation): the flags' addresses are
 /// ignored, and the start checks (no public listener without a token or TLS) apply to the
 /// address the framed socket is bound to.
-fn serve_activated(mut config: Config, listeners: Listeners) -> Result<Server, String> {
+fn serve_activated(mut config: Config, mut listeners: Listeners) -> Result<Server, String> {
+    if let Some(addr) = config.metrics {
+        let metrics = std::net::TcpListener::bind(addr)
+            .map_err(|error| format!("--metrics {addr}: {error}"))?;
+        listeners.metrics = Some(metrics);
+    }
     config.framed = listeners
         .framed
         .local_addr()
@@ -489,8 +501,20 @@ fn serve_activated(mut config: Config, listeners: Listeners) -> Result<Server, S
 fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
     let reload = config.reload.clone();
     let lifecycle = config.lifecycle.clone();
+    let metrics = config.metrics;
+    if metrics.is_some_and(|addr| addr.port() == 0) {
+        return Err(
+            "--metrics with --workers needs a port (worker i serves on the port + i), not 0".into(),
+        );
+    }
     let (sets, addrs) = monoreactor::bind_shared(config, workers).map_err(describe_start_error)?;
     print_listening(addrs)?;
+    // One metrics port per worker, each bound by its worker (`bind_worker_metrics`).
+    for port in metrics.map_or_else(Vec::new, |base| {
+        monoreactor::worker_metrics_addrs(base, workers)
+    }) {
+        print_metrics_line(port)?;
+    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     monoreactor::workers::supervise_notifying(sets, args, reload, lifecycle)
         .map_err(|error| format!("workers: {error}"))
@@ -498,17 +522,28 @@ fn serve_workers(config: Config, workers: usize) -> Result<(), String> {
 
 /// One worker of `serve --workers N`: the ordinary server on the supervisor's sockets. It
 /// prints nothing on stdout (the supervisor did) and says when it is ready.
-fn serve_worker(config: Config, spec: &str) -> Result<(), String> {
+fn serve_worker(config: Config, spec: &str, workers: usize) -> Result<(), String> {
     let fds = monoreactor::workers::WorkerFds::parse(spec)?;
-    let (listeners, ready) = fds
+    let (mut listeners, ready) = fds
         .take()
         .map_err(|error| format!("--worker-of {spec}: {error}"))?;
+    listeners.metrics = config
+        .metrics
+        .and_then(|base| monoreactor::bind_worker_metrics(base, workers));
     let server = Server::from_listeners(config, listeners).map_err(describe_start_error)?;
     ready.announce();
     server
         .run()
         .map(drop)
         .map_err(|error| format!("event loop failed: {error}"))
+}
+
+/// A `listening metrics ADDR` line for one worker's metrics port, flushed.
+fn print_metrics_line(addr: std::net::SocketAddr) -> Result<(), String> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening metrics {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(|error| format!("stdout: {error}"))
 }
 
 /// One `listening KIND ADDR` line per socket on stdout, flushed.
@@ -520,6 +555,9 @@ fn print_listening(addrs: monoreactor::BoundAddrs) -> Result<(), String> {
     }
     if let Some(addr) = addrs.echo_udp {
         lines += &format!("listening echo-udp {addr}\n");
+    }
+    if let Some(addr) = addrs.metrics {
+        lines += &format!("listening metrics {addr}\n");
     }
     stdout
         .write_all(lines.as_bytes())
@@ -540,6 +578,7 @@ fn describe_start_error(error: StartError) -> String {
                 Listener::Framed => ("--listen", false),
                 Listener::EchoTcp => ("--echo-tcp", true),
                 Listener::EchoUdp => ("--echo-udp", true),
+                Listener::Metrics => ("--metrics", false),
             };
             let mut line = format!(
                 "{flag} {}: {}; try {flag} 127.0.0.1:0 for any free port",

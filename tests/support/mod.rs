@@ -319,6 +319,9 @@ fn expected_kinds(args: &[&str]) -> Vec<&'static str> {
     if !is_off("--echo-udp") {
         kinds.push("echo-udp");
     }
+    if args.iter().any(|arg| flag_matches(arg, "--metrics")) {
+        kinds.push("metrics");
+    }
     kinds
 }
 
@@ -330,7 +333,7 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     else {
         return None;
     };
-    if !matches!(kind, "framed" | "echo-tcp" | "echo-udp") {
+    if !matches!(kind, "framed" | "echo-tcp" | "echo-udp" | "metrics") {
         return None;
     }
     Some((kind.to_string(), addr.parse().ok()?))

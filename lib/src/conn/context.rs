@@ -9,6 +9,7 @@ use log::debug;
 use crate::access::Access;
 use crate::buffer::BufferPool;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::proto::ErrorCode;
 use crate::service::disk::Disk;
 use crate::service::exec::Children;
@@ -58,6 +59,9 @@ pub struct Context<'a> {
     /// The file service's disk (the I/O layer's, which hands blocking calls to the disk
     /// helper); `None` where files are not served (file requests are then refused).
     pub files: Option<&'a mut dyn Disk>,
+    /// The server's counters (the reactor's); `None`, as [`Context::new`] leaves it, counts
+    /// nothing. Access lines are logged either way.
+    pub(crate) metrics: Option<&'a mut Metrics>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -70,6 +74,15 @@ impl fmt::Debug for Context<'_> {
             .field("children", &self.children.is_some())
             .field("files", &self.files.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl Context<'_> {
+    /// Bumps the server's counters, if this context has them.
+    pub(crate) fn count(&mut self, bump: impl FnOnce(&mut Metrics)) {
+        if let Some(metrics) = self.metrics.as_deref_mut() {
+            bump(metrics);
+        }
     }
 }
 
@@ -88,6 +101,7 @@ impl<'a> Context<'a> {
             turn: 0,
             auth_log: None,
             files: None,
+            metrics: None,
         }
     }
 }

@@ -25,10 +25,12 @@ use log::{debug, info, warn};
 
 use super::admission::Admitted;
 use super::context::{Context, Fatal};
-use super::streams::{Exec, Get, List, Put, StreamKind, Streams};
+use super::streams::{Exec, Get, List, Put, StreamKind, Streams, close_record};
 use super::{Bits, Connection, State};
 use crate::access::{Authentication, FilesRight, Grant};
-use crate::proto::exec::{EndReason, SignalRequest};
+use crate::metrics::RequestKind;
+use crate::metrics::access::{self, Line, Outcome, Record};
+use crate::proto::exec::{EndReason, ExecRequest, SignalRequest};
 use crate::proto::files::{FileInfo, FileKind, GetRequest, PutRequest};
 use crate::proto::message::{EXEC_VERSION, MIN_PROTOCOL_VERSION};
 use crate::proto::{
@@ -36,6 +38,62 @@ use crate::proto::{
 };
 use crate::service::disk::FileError;
 use crate::service::echo;
+
+/// What starting an admitted request came to.
+enum Started {
+    /// It runs on its stream: a command, a transfer.
+    Open(StreamKind),
+    /// It was answered at once (STAT, DELETE, MKDIR).
+    Answered,
+    /// It could not start: its ERROR, with this code, is queued.
+    Failed(ErrorCode),
+}
+
+/// What kind of request a frame type starts.
+fn request_kind(frame_type: FrameType) -> RequestKind {
+    match frame_type {
+        FrameType::Exec => RequestKind::Exec,
+        FrameType::Get => RequestKind::Get,
+        FrameType::Put => RequestKind::Put,
+        FrameType::List => RequestKind::List,
+        FrameType::Stat => RequestKind::Stat,
+        FrameType::Delete => RequestKind::Delete,
+        FrameType::Mkdir => RequestKind::Mkdir,
+        _ => RequestKind::Echo,
+    }
+}
+
+/// The access line's request for an admitted one: its argv, or its verb and path (within
+/// the credential's scope, as the server opens it).
+fn admitted_text(admitted: &Admitted<'_>) -> String {
+    let (kind, path) = match admitted {
+        Admitted::Exec { request, .. } => return access::argv_text(&request.argv),
+        Admitted::Get { path, .. } => (RequestKind::Get, path),
+        Admitted::Put { path, .. } => (RequestKind::Put, path),
+        Admitted::List { path, .. } => (RequestKind::List, path),
+        Admitted::Stat(path) => (RequestKind::Stat, path),
+        Admitted::Delete(path) => (RequestKind::Delete, path),
+        Admitted::Mkdir(path) => (RequestKind::Mkdir, path),
+    };
+    access::request_text(kind.verb(), path.as_bytes())
+}
+
+/// The access line's request for a refused one, from its payload as far as it parses (a
+/// refusal may be for a payload that does not).
+fn refused_text(kind: RequestKind, payload: &[u8]) -> String {
+    let path = match kind {
+        RequestKind::Exec => {
+            return ExecRequest::parse(payload).map_or_else(
+                |_| "EXEC ?".to_string(),
+                |request| access::argv_text(&request.argv),
+            );
+        }
+        RequestKind::Get => GetRequest::parse(payload).ok().map(|request| request.path),
+        RequestKind::Put => PutRequest::parse(payload).ok().map(|request| request.path),
+        _ => std::str::from_utf8(payload).ok(),
+    };
+    access::request_text(kind.verb(), path.unwrap_or("?").as_bytes())
+}
 
 impl Connection {
     /// Handles one complete frame.
@@ -159,6 +217,7 @@ impl Connection {
         self.claim_stream_id(frame_type, stream)?;
         match frame_type {
             FrameType::EchoRequest => {
+                cx.count(|metrics| metrics.request(RequestKind::Echo));
                 echo::reply(frame, &mut self.outbox.replies(cx.pool, cx.limits));
                 Ok(())
             }
@@ -190,6 +249,7 @@ impl Connection {
             }
             FrameType::Unknown(byte) => {
                 let text = format!("frame type 0x{byte:02x} is not known to this server");
+                cx.count(|metrics| metrics.error(ErrorCode::UnknownFrameType));
                 self.outbox.replies(cx.pool, cx.limits).error(
                     stream,
                     ErrorCode::UnknownFrameType,
@@ -235,25 +295,34 @@ impl Connection {
             ),
             _ => debug!("stream {stream}: the client abandoned its transfer ({reason})"),
         }
-        abandoned.end(cx, EndReason::ClientSignal);
+        let grant = self.grant().cloned();
+        abandoned.end(cx, EndReason::ClientSignal, grant.as_deref());
     }
 
     /// EXEC or a file request: admitted ([`Connection::admit`]) or refused on its stream,
-    /// then started. Never fatal: a refused or failed request ends only its stream.
+    /// then started. Never fatal: a refused or failed request ends only its stream. Its
+    /// access line is written now if it ends now (refused, failed to open, or answered at
+    /// once), else when its stream ends (`Streams`).
     fn start(&mut self, frame_type: FrameType, frame: Frame<'_>, cx: &mut Context<'_>) {
         let stream = frame.header.stream;
+        let kind = request_kind(frame_type);
+        cx.count(|metrics| metrics.request(kind));
+        let started = cx.now;
         let admitted = match self.admit(frame_type, frame, cx) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 if refusal.code == ErrorCode::Forbidden {
                     self.log_forbidden(stream, &refusal.text, cx);
                 }
+                self.log_failed(|| refused_text(kind, frame.payload), refusal.code, cx);
                 self.outbox
                     .replies(cx.pool, cx.limits)
                     .error(stream, refusal.code, &refusal.text);
                 return;
             }
         };
+        let request = admitted_text(&admitted);
+        let mut record = Box::new(Record::new(kind, request, started));
         // The connection's grant, for the texts the client sees (an `Arc` clone: the stream
         // table it lives in is borrowed mutably below).
         let grant = self.grant().cloned();
@@ -272,7 +341,9 @@ impl Connection {
                 &mut self.outbox,
                 cx,
             )
-            .map(StreamKind::Exec),
+            .map_or_else(Started::Failed, |exec| {
+                Started::Open(StreamKind::Exec(exec))
+            }),
             file_request => {
                 match self.start_file_request(
                     stream,
@@ -281,7 +352,8 @@ impl Connection {
                     grant.as_deref(),
                     cx,
                 ) {
-                    Ok(opened) => opened,
+                    Ok(Some(opened)) => Started::Open(opened),
+                    Ok(None) => Started::Answered,
                     Err(error) => {
                         debug!("stream {stream}: {frame_type} refused: {}", error.text);
                         let text = grant
@@ -290,15 +362,63 @@ impl Connection {
                         self.outbox
                             .replies(cx.pool, cx.limits)
                             .error(stream, error.code, &text);
-                        None
+                        Started::Failed(error.code)
                     }
                 }
             }
         };
-        if let Some(kind) = opened {
-            self.streams
-                .get_or_insert_with(|| Streams::new(cx.limits.max_streams_per_connection))
-                .insert(stream, kind, cx.limits.max_streams_per_connection);
+        let credential = grant.as_deref().map(|grant| grant.name.as_str());
+        match opened {
+            Started::Open(opened) => {
+                self.streams
+                    .get_or_insert_with(|| Streams::new(cx.limits.max_streams_per_connection))
+                    .insert(
+                        stream,
+                        opened,
+                        Some(record),
+                        cx.limits.max_streams_per_connection,
+                    );
+            }
+            Started::Answered => close_record(&record, cx, credential, Outcome::Ok),
+            // Refused by the disk or the process table: a client can ask for that at line
+            // rate, so these lines are throttled like refusals.
+            Started::Failed(code) => {
+                let request = std::mem::take(&mut record.request);
+                self.log_failed(|| request, code, cx);
+            }
+        }
+    }
+
+    /// The access line of a request that ended before it started (refused, or its file or
+    /// command could not be opened), throttled: one a second, with a count of those held
+    /// back, since a client can send them at line rate. Counted either way.
+    fn log_failed(&self, request: impl FnOnce() -> String, code: ErrorCode, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let mut held = None;
+        cx.count(|metrics| {
+            metrics.error(code);
+            held = Some(metrics.refusal_log.allow(now));
+        });
+        // Without counters (a context made by hand), every line is logged.
+        let Some(suppressed) = held.unwrap_or(Some(0)) else {
+            return;
+        };
+        let request = request();
+        Line {
+            peer: cx.peer.addr,
+            credential: self.grant().map(|grant| grant.name.as_str()),
+            request: &request,
+            outcome: Outcome::Error(code),
+            bytes_in: 0,
+            bytes_out: 0,
+            millis: 0,
+        }
+        .log();
+        if suppressed > 0 {
+            log::info!(
+                target: access::TARGET,
+                "{suppressed} more refused or failed requests and connections not logged since the last line"
+            );
         }
     }
 
@@ -361,7 +481,6 @@ impl Connection {
                 } else {
                     disk.mkdir(&path)?;
                 }
-                info!("{frame_type} {path}");
                 replies.reply(FrameType::Done, stream, 0, |_| {});
                 return Ok(None);
             }

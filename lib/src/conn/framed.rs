@@ -9,6 +9,7 @@ use super::context::{Budget, Context, Fatal, Step, Verdict, after_read, count_re
 use super::{Bits, Connection, SHUTTING_DOWN_TEXT, State, echoes};
 use crate::buffer::Buf;
 use crate::limits::Limits;
+use crate::metrics::RequestKind;
 use crate::proto::exec::EndReason;
 use crate::proto::{DecodeError, Decoder, ErrorCode, Frame, FrameType, HEADER_LEN, Header};
 use crate::timer::Tick;
@@ -292,6 +293,9 @@ impl Connection {
             if header.frame_type == FrameType::EchoRequest
                 && self.echo_in_place(&header, input, at, run)
             {
+                // Counted like the echoes `dispatch` answers (one add, no line: see
+                // `crate::metrics::access`).
+                cx.count(|metrics| metrics.request(RequestKind::Echo));
                 continue;
             }
             self.send_echoes(io, input, run, cx)?;

@@ -404,6 +404,7 @@ impl Connection {
             return;
         }
         if let (Some((code, text)), State::AwaitingHello | State::Open) = (error, self.state) {
+            cx.count(|metrics| metrics.error(code));
             self.outbox.replies(cx.pool, cx.limits).error(0, code, text);
         }
         if let Some(input) = self.input.take() {

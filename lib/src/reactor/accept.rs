@@ -9,10 +9,13 @@ use std::sync::Arc;
 use log::{debug, error, warn};
 use mio::net::{TcpListener, TcpStream};
 
+use super::metrics::ConnTally;
 use super::slots::Slot;
 use super::token::{ConnKey, Source, TimerKey};
 use super::{ACCEPT_RETRY, Core, REFUSE_DRAIN_BYTES, poll_interest, socket_wants};
 use crate::conn::{Connection, Protocol};
+use crate::metrics::Refusal;
+use crate::proto::ErrorCode;
 use crate::transport::tls::TlsSession;
 
 impl Core {
@@ -65,6 +68,7 @@ impl Core {
                     self.env.limits.max_connections
                 );
             }
+            self.env.metrics.refused(Refusal::ConnectionLimit);
             self.refuse(stream, protocol);
             return;
         }
@@ -117,6 +121,13 @@ impl Core {
             *entry = session;
         }
         self.stats.accepted += 1;
+        let tally = ConnTally::new(self.env.now, protocol);
+        self.env.metrics.accepted(tally.service());
+        if self.tallies.len() <= index {
+            // Grown with the slab's high-water mark, by doubling: never in steady state.
+            self.tallies.resize(index + 1, tally);
+        }
+        self.tallies[index] = tally;
         debug!(
             "accepted {peer} ({protocol:?}) as slot {} generation {}",
             key.slot, key.generation
@@ -131,6 +142,7 @@ impl Core {
         self.stats.refused += 1;
         let mut stream = stream;
         if protocol == Protocol::Framed {
+            self.env.metrics.error(ErrorCode::ServerBusy);
             let _ = stream.write(&self.busy_frame);
         }
         let _ = stream.shutdown(Shutdown::Write);
@@ -161,6 +173,7 @@ impl Core {
         let accepted = self.listener(source).map(|listener| listener.accept());
         let shed = match accepted {
             Some(Ok((stream, _))) => {
+                self.env.metrics.refused(Refusal::Descriptors);
                 self.refuse(stream, protocol);
                 Shed::Refused
             }

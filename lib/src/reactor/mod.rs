@@ -30,7 +30,9 @@
 //! [`Reactor::run`]: take the ready list → `poll` (timeout: zero if anything is ready, else
 //! until the nearest deadline) → handle each event (a connection's event only records its
 //! readiness and adds it to this turn's list) → drive each connection on this turn's list
-//! once, with one budget → fire due timers → close what was marked for closing → repeat.
+//! once, with one budget → fire due timers → close what was marked for closing → repeat. With a
+//! metrics port, the time from `poll`'s return to the end of the turn goes into the loop-turn
+//! histogram (`crate::metrics`): the stall detector.
 //!
 //! # Files
 //! - `token.rs`: what a token names, and its bit layout;
@@ -38,11 +40,13 @@
 //! - `accept.rs`: accepting, refusing, shedding when out of descriptors;
 //! - `children.rs`: the loop's side of child processes;
 //! - `disk.rs`: the loop's side of the disk helper (blocking disk calls off the loop);
-//! - `udp.rs`: the UDP echo, its socket and its queue of replies.
+//! - `udp.rs`: the UDP echo, its socket and its queue of replies;
+//! - `metrics.rs`: the metrics port (`--metrics`), byte counting, connections' access lines.
 
 mod accept;
 mod children;
 mod disk;
+pub(crate) mod metrics;
 mod slots;
 pub(crate) mod token;
 mod udp;
@@ -52,7 +56,7 @@ use std::io::{self, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, trace, warn};
 use mio::event::Event;
@@ -66,6 +70,7 @@ use crate::access::Access;
 use crate::buffer::BufferPool;
 use crate::conn::{Connection, Context};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::reload::Reload;
 use crate::service::disk::Disk;
@@ -81,6 +86,7 @@ use crate::transport::tls::{RecordBuffers, TlsSession};
 use crate::transport::{Peer, Readiness, Transport};
 use children::ConnChildren;
 use disk::ConnJobs;
+use metrics::{ConnTally, MetricsPort};
 use slots::Slot;
 use token::{ConnKey, Source, TimerKey};
 use udp::UdpEcho;
@@ -149,6 +155,8 @@ pub(crate) struct Sockets {
     pub echo_tcp: Option<TcpListener>,
     /// The UDP echo socket, if enabled.
     pub echo_udp: Option<UdpSocket>,
+    /// The metrics listener (`--metrics`), if enabled.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Everything the reactor is built from.
@@ -236,6 +244,9 @@ struct Env {
     wall_clock: WallClock,
     /// Turns of the loop so far.
     turn: u64,
+    /// The server's counters (`crate::metrics`): plain integers, bumped by the loop and, through
+    /// the [`Context`], by the connections.
+    metrics: Metrics,
 }
 
 impl Env {
@@ -286,6 +297,7 @@ impl Env {
             turn: self.turn,
             auth_log: Some(&mut self.auth_log),
             files: files.as_mut().map(|files| files as &mut dyn Disk),
+            metrics: Some(&mut self.metrics),
         };
         work(&mut cx)
     }
@@ -340,6 +352,11 @@ struct Core {
     reload: Reload,
     /// Told of reloads and of the shutdown (a service manager's news).
     lifecycle: Option<Arc<dyn Lifecycle>>,
+    /// The metrics port, with `--metrics`.
+    metrics_port: Option<MetricsPort>,
+    /// Each client connection's tally for its access line, by slot index (beside the slab,
+    /// like `tls`).
+    tallies: Vec<ConnTally>,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -381,7 +398,11 @@ impl Reactor {
             mut framed,
             mut echo_tcp,
             echo_udp,
+            metrics,
         } = sockets;
+        let metrics_port = metrics
+            .map(|listener| MetricsPort::new(listener, registry))
+            .transpose()?;
         registry.register(
             &mut framed,
             Source::FramedListener.token(),
@@ -439,6 +460,7 @@ impl Reactor {
             now: Tick(0),
             wall_clock: WallClock::read(),
             turn: 0,
+            metrics: Metrics::default(),
             access,
             limits,
         };
@@ -477,6 +499,8 @@ impl Reactor {
             reload,
             lifecycle,
             tls_log: LogThrottle::default(),
+            metrics_port,
+            tallies: Vec::new(),
         };
         Ok(Reactor {
             events: Events::with_capacity(EVENTS_PER_POLL),
@@ -514,6 +538,9 @@ impl Reactor {
                     return Err(error);
                 }
             }
+            // The turn's handler time starts here (the stall detector's histogram); read only
+            // with a metrics port, the one place it is shown.
+            let turn_started = core.metrics_port.is_some().then(Instant::now);
             core.env.now = core.env.clock.now();
             // Only the file service needs it: an echo-only server does not pay for the call.
             if core.env.files.is_some() {
@@ -527,6 +554,9 @@ impl Reactor {
             // After the drives and timers, which may have submitted jobs run inline.
             core.deliver_disk_done();
             core.close_marked();
+            if let Some(started) = turn_started {
+                core.env.metrics.turns.observe(started.elapsed());
+            }
             if let Some(stats) = core.shutdown_complete() {
                 return Ok(stats);
             }
@@ -552,6 +582,8 @@ impl Core {
             Source::Disk => self.serve_disk(false),
             Source::DiskExit => self.serve_disk(true),
             Source::Signals => self.drain_signals(),
+            Source::MetricsListener => self.accept_metrics(),
+            Source::Metrics(index) => self.serve_metrics(index),
             Source::Waker => {
                 if self.shutdown_requested.swap(false, Ordering::AcqRel) {
                     self.begin_shutdown("shutdown requested");
@@ -575,7 +607,9 @@ impl Core {
                 | Source::Waker
                 | Source::Released(_)
                 | Source::Disk
-                | Source::DiskExit => {}
+                | Source::DiskExit
+                | Source::MetricsListener
+                | Source::Metrics(_) => {}
             }
         }
         self.ready_now.clear();
@@ -591,7 +625,9 @@ impl Core {
             | Source::Conn(..)
             | Source::Released(_)
             | Source::Disk
-            | Source::DiskExit => {
+            | Source::DiskExit
+            | Source::MetricsListener
+            | Source::Metrics(_) => {
                 debug_assert!(false, "{source:?} is not queued through queue_static");
                 return;
             }
@@ -626,6 +662,7 @@ impl Core {
                     }
                 }
                 TimerKey::DiskRestart => self.disk_restart_timer(),
+                TimerKey::Metrics(index) => self.metrics_timer(index, at),
             }
         }
     }
@@ -764,6 +801,9 @@ impl Core {
             let mut listener = listener;
             let _ = registry.deregister(&mut listener);
         }
+        // The metrics port goes with the listeners: a scrape during the grace period would
+        // show a server that is leaving (its sockets close with it: no deregistration needed).
+        self.metrics_port = None;
         if let Some(mut udp) = self.udp.take() {
             let _ = registry.deregister(udp.socket_mut());
             let stats = udp.stats();

@@ -8,6 +8,7 @@ use mio::net::TcpStream;
 use slab::Slab;
 
 use super::accept::is_loopback;
+use super::metrics::{Counted, request_marks};
 use super::token::{ConnKey, Source, Sub, TimerKey};
 use super::{Core, TIMER_SLACK, poll_interest, socket_wants};
 use crate::conn::{Connection, State, Verdict};
@@ -157,18 +158,25 @@ impl Core {
         // A plaintext connection is driven with its socket, exactly as before TLS existed; a
         // TLS one through its session, which the socket is lent to for the drive.
         let tls = self.tls.get_mut(index).and_then(Option::as_deref_mut);
-        let (verdict, wanted, tls_held) = match tls {
+        // The requests counted so far, to give this connection its share (a difference, so
+        // the connection code counts only once, in the server's counters).
+        let marks = request_marks(&self.env.metrics);
+        let (verdict, wanted, tls_held, moved) = match tls {
             None => {
+                let mut counted = Counted::new(&mut slot.socket);
                 let verdict = self
                     .env
-                    .with_context(key, peer, |cx| slot.conn.drive(&mut slot.socket, cx));
-                (verdict, socket_wants(&slot.conn, &slot.socket), None)
+                    .with_context(key, peer, |cx| slot.conn.drive(&mut counted, cx));
+                let moved = (counted.read, counted.written);
+                (verdict, socket_wants(&slot.conn, &slot.socket), None, moved)
             }
             Some(session) => {
                 let mut link = session.link(&mut slot.socket, &mut self.tls_buffers);
+                let mut counted = Counted::new(&mut link);
                 let verdict = self
                     .env
-                    .with_context(key, peer, |cx| slot.conn.drive(&mut link, cx));
+                    .with_context(key, peer, |cx| slot.conn.drive(&mut counted, cx));
+                let moved = (counted.read, counted.written);
                 let wanted = slot.conn.interest() | link.wants();
                 // The drive is over: the session's empty record buffers go back to the list
                 // (an idle connection holds none), and what it still holds is counted.
@@ -201,9 +209,21 @@ impl Core {
                         );
                     }
                 }
-                (verdict, wanted, Some((before, held)))
+                (verdict, wanted, Some((before, held)), moved)
             }
         };
+        if let Some(tally) = self.tallies.get_mut(index) {
+            let (echoes, requests) = request_marks(&self.env.metrics);
+            tally.echoes = tally
+                .echoes
+                .saturating_add((echoes - marks.0).try_into().unwrap_or(u32::MAX));
+            tally.requests = tally
+                .requests
+                .saturating_add((requests - marks.1).try_into().unwrap_or(u16::MAX));
+            tally.bytes_in += moved.0;
+            tally.bytes_out += moved.1;
+            self.env.metrics.bytes(tally.service(), moved.0, moved.1);
+        }
         let (before, held) = slot.conn.report_buffer_kib();
         let (tls_before, tls_now) = tls_held.unwrap_or((0, 0));
         self.client_memory_kib = self.client_memory_kib - usize::from(before) + usize::from(held)
@@ -339,6 +359,11 @@ impl Core {
         let mut to_close = std::mem::take(&mut self.to_close);
         for index in to_close.drain(..) {
             let peer = self.peer(index);
+            let credential = self
+                .conns
+                .get(index)
+                .and_then(|slot| slot.conn.grant().cloned());
+            self.log_connection(index, credential.as_ref().map(|grant| grant.name.as_str()));
             let mut slot = self.conns.remove(index);
             self.client_memory_kib -= usize::from(slot.conn.reported_buffer_kib());
             if let Some(mut session) = self.tls.get_mut(index).and_then(Option::take) {
@@ -380,9 +405,12 @@ impl Core {
                     .get(key.slot as usize)
                     .is_some_and(|slot| slot.generation == key.generation && slot.armed == at),
                 Some(TimerKey::Released(child)) => children.released_deadline(child) == Some(at),
-                Some(TimerKey::ShutdownGrace | TimerKey::AcceptRetry | TimerKey::DiskRestart) => {
-                    true
-                }
+                Some(
+                    TimerKey::ShutdownGrace
+                    | TimerKey::AcceptRetry
+                    | TimerKey::DiskRestart
+                    | TimerKey::Metrics(_),
+                ) => true,
                 None => false,
             });
     }

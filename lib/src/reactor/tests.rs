@@ -25,6 +25,7 @@ fn reactor() -> (Reactor, SocketAddr) {
             framed,
             echo_tcp: None,
             echo_udp: None,
+            metrics: None,
         },
         limits: Limits::default(),
         access: Access::ECHO_ONLY,

@@ -8,7 +8,9 @@
 //!  +------+------+------+------------------+-------------------+---------------+
 //!  |  0   |  1   |  0                                          | child (32)    |   a released child's pidfd
 //!  +------+------+-------------------------------------------+---------------+
-//!  |  0   |  0   |  0                                          | 0..=9         |   listeners, signals, waker, timers, disk helper
+//!  |  0   |  0   |  0                                          | 0..=10        |   listeners, signals, waker, timers, disk helper
+//!  +------+------+-------------------------------------------+---------------+
+//!  |  0   |  0   |  0                                          | 16..16+N      |   a metrics connection (and its timer)
 //!  +------+------+-------------------------------------------+---------------+
 //! ```
 //!
@@ -19,6 +21,7 @@
 
 use mio::Token;
 
+use super::metrics::MAX_METRICS_CONNECTIONS;
 use crate::limits::MAX_CONNECTIONS;
 use crate::service::exec::{ChildId, ChildSource};
 
@@ -43,6 +46,10 @@ pub(super) enum Source {
     Disk,
     /// The disk helper's pidfd.
     DiskExit,
+    /// The metrics listener (`--metrics`).
+    MetricsListener,
+    /// A metrics connection, by its index in the metrics port's small table.
+    Metrics(u8),
 }
 
 /// A connection's identity: its slab slot and the generation given at accept. A later
@@ -70,6 +77,10 @@ const SLOT_MASK: usize = (1 << SLOT_BITS) - 1;
 const SUB_MASK: usize = (1 << SUB_BITS) - 1;
 const SUB_CHILD: usize = 1 << 8;
 const GENERATION_SHIFT: u32 = SLOT_BITS + SUB_BITS;
+/// The first metrics connection's token; the table's size bounds the range.
+const METRICS_BASE: usize = 16;
+const METRICS_END: usize = METRICS_BASE + MAX_METRICS_CONNECTIONS;
+const _: () = assert!(METRICS_END <= 64);
 const _: () = assert!(usize::BITS == 64, "token layout assumes 64-bit usize");
 const _: () = assert!(MAX_CONNECTIONS <= 1 << SLOT_BITS);
 const _: () = assert!(GENERATION_SHIFT + 32 <= 62);
@@ -123,6 +134,8 @@ impl Source {
             Source::Released(child) => RELEASED_BIT | child.0 as usize,
             Source::Disk => 7,
             Source::DiskExit => 8,
+            Source::MetricsListener => 10,
+            Source::Metrics(index) => METRICS_BASE + usize::from(index),
         })
     }
 
@@ -135,6 +148,8 @@ impl Source {
             4 => Source::Waker,
             7 => Source::Disk,
             8 => Source::DiskExit,
+            10 => Source::MetricsListener,
+            bits @ METRICS_BASE..METRICS_END => Source::Metrics((bits - METRICS_BASE) as u8),
             bits if bits & CONN_BIT != 0 => Source::Conn(
                 ConnKey {
                     slot: (bits & SLOT_MASK) as u32,
@@ -164,6 +179,8 @@ pub(super) enum TimerKey {
     AcceptRetry,
     /// Start the disk helper again after its backoff.
     DiskRestart,
+    /// A metrics connection's deadline (its index), packed as its own token.
+    Metrics(u8),
 }
 
 const SHUTDOWN_GRACE_TIMER: Token = Token(5);
@@ -178,6 +195,7 @@ impl TimerKey {
             TimerKey::ShutdownGrace => SHUTDOWN_GRACE_TIMER,
             TimerKey::AcceptRetry => ACCEPT_RETRY_TIMER,
             TimerKey::DiskRestart => DISK_RESTART_TIMER,
+            TimerKey::Metrics(index) => Source::Metrics(index).token(),
         }
     }
 
@@ -189,6 +207,7 @@ impl TimerKey {
             token => match Source::from_token(token)? {
                 Source::Conn(key, Sub::Socket) => Some(TimerKey::Conn(key)),
                 Source::Released(child) => Some(TimerKey::Released(child)),
+                Source::Metrics(index) => Some(TimerKey::Metrics(index)),
                 _ => None,
             },
         }
@@ -235,6 +254,9 @@ mod tests {
             Source::Released(ChildId(u32::MAX)),
             Source::Disk,
             Source::DiskExit,
+            Source::MetricsListener,
+            Source::Metrics(0),
+            Source::Metrics(MAX_METRICS_CONNECTIONS as u8 - 1),
         ] {
             assert_eq!(Source::from_token(source.token()), Some(source));
         }
@@ -244,6 +266,7 @@ mod tests {
             TimerKey::DiskRestart,
             TimerKey::Conn(extremes[1]),
             TimerKey::Released(ChildId(7)),
+            TimerKey::Metrics(1),
         ] {
             assert_eq!(TimerKey::unpack(key.pack()), Some(key));
         }

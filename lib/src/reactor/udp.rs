@@ -100,6 +100,10 @@ pub(super) struct UdpStats {
     pub refused_source_port: u64,
     /// Replies that failed to send for another reason.
     pub send_errors: u64,
+    /// Payload bytes received (for the metrics).
+    pub bytes_in: u64,
+    /// Payload bytes sent back.
+    pub bytes_out: u64,
 }
 
 /// UDP echo over any [`Datagrams`] socket.
@@ -222,6 +226,7 @@ impl<S: Datagrams> UdpEcho<S> {
             [(&[], SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
         let mut count = 0;
         for (buf, &(len, source)) in self.datagrams.iter().zip(&self.got[..received]) {
+            self.stats.bytes_in += len as u64;
             match check_datagram(source, len) {
                 Ok(()) => {}
                 Err(Unanswered::SourcePort) => {
@@ -243,6 +248,10 @@ impl<S: Datagrams> UdpEcho<S> {
             match self.socket.send_many(&replies[sent..count]) {
                 Ok(n) => {
                     self.stats.echoed += n as u64;
+                    self.stats.bytes_out += replies[sent..sent + n]
+                        .iter()
+                        .map(|(payload, _)| payload.len() as u64)
+                        .sum::<u64>();
                     sent += n;
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => self.write_ready = false,
@@ -280,6 +289,7 @@ impl<S: Datagrams> UdpEcho<S> {
             match self.socket.send_to(&payload, target) {
                 Ok(_) => {
                     self.stats.echoed += 1;
+                    self.stats.bytes_out += payload.len() as u64;
                     self.queued_bytes -= payload.len();
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => {

@@ -275,6 +275,7 @@ impl<C: Children> ConnHarness<C> {
                 disk.set_wall_clock(wall_clock);
                 disk as &mut dyn Disk
             }),
+            metrics: None,
         };
         work(&mut self.conn, &mut cx)
     }

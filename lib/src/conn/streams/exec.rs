@@ -19,9 +19,10 @@ use crate::access::{CommandSlot, Grant};
 use crate::buffer::BufferPool;
 use crate::conn::context::{Budget, Context, Pumped};
 use crate::limits::Limits;
+use crate::metrics::access::{Outcome, Record};
 use crate::outbox::Outbox;
 use crate::proto::exec::{EndReason, ExecFlags, ExecRequest, Exit, Started, Window};
-use crate::proto::{FrameType, HEADER_LEN};
+use crate::proto::{ErrorCode, FrameType, HEADER_LEN};
 use crate::service::exec::{
     ChildAction, ChildId, ChildSource, Children, ExecSession, OutputPipe, SpawnSpec,
 };
@@ -80,7 +81,7 @@ impl Exec {
     /// Starts the command `request` asks for on `stream` through the I/O layer, in `cwd`
     /// (the request's, inside the credential's scope), its descriptors under `child_number`,
     /// and queues STARTED; if it cannot start, queues the ERROR instead (its text shown
-    /// through `grant`) and returns `None`, and `slot` goes back.
+    /// through `grant`) and returns its code, and `slot` goes back.
     pub(crate) fn spawn(
         stream: u32,
         request: &ExecRequest<'_>,
@@ -89,8 +90,11 @@ impl Exec {
         grant: Option<&Grant>,
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
-    ) -> Option<Exec> {
-        let children = cx.children.as_deref_mut()?;
+    ) -> Result<Exec, ErrorCode> {
+        // Admission refuses EXEC where no command can run.
+        let Some(children) = cx.children.as_deref_mut() else {
+            return Err(ErrorCode::ExecDisabled);
+        };
         let stdin = request.flags.contains(ExecFlags::STDIN);
         let spec = SpawnSpec {
             argv: &request.argv,
@@ -105,9 +109,10 @@ impl Exec {
                 outbox
                     .replies(cx.pool, cx.limits)
                     .error(stream, error.code(), &text);
-                return None;
+                return Err(error.code());
             }
         };
+        cx.count(|metrics| metrics.commands_started += 1);
         let session = ExecSession::new(spawned.pid, stdin, request.timeout_ms, cx.now, cx.limits);
         let started = session.started();
         debug!(
@@ -125,7 +130,7 @@ impl Exec {
             Started::PAYLOAD_LEN as u32,
             |out| started.emit(out),
         );
-        Some(Exec {
+        Ok(Exec {
             child_number,
             child: spawned.child,
             ready: 0,
@@ -155,6 +160,7 @@ impl Exec {
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
         budget: &mut Budget,
+        record: &mut Record,
     ) -> Pumped {
         let Some(children) = cx.children.as_deref_mut() else {
             return Pumped::Running(false);
@@ -165,6 +171,7 @@ impl Exec {
             pool: cx.pool,
             limits: cx.limits,
             now: cx.now,
+            record,
         };
         let progress = io.pump_one(self, outbox, budget);
         let Some(exit) = self.session.poll_exit() else {
@@ -177,6 +184,7 @@ impl Exec {
             |out| exit.emit(out),
         );
         debug!("stream {id}: pid {} {exit}", self.session.pid());
+        record.outcome = Some(Outcome::Exit(exit));
         Pumped::Finished
     }
 
@@ -200,6 +208,8 @@ struct CommandIo<'a> {
     pool: &'a mut BufferPool,
     limits: &'a Limits,
     now: Tick,
+    /// Its access line's byte counts.
+    record: &'a mut Record,
 }
 
 impl CommandIo<'_> {
@@ -283,6 +293,7 @@ impl CommandIo<'_> {
             let offered = pending.len();
             match self.children.write_stdin(command.child, pending) {
                 Ok(n) => {
+                    self.record.bytes_in += n as u64;
                     command.session.handle_stdin_written(n, self.pool);
                     progress = true;
                     if n < offered {
@@ -378,6 +389,10 @@ impl CommandIo<'_> {
                     }
                     Ok(n) => {
                         budget.bytes = budget.bytes.saturating_sub(n);
+                        if allowance != 0 {
+                            // Sent to the client (output past the cap is dropped).
+                            self.record.bytes_out += n as u64;
+                        }
                         if allowance == 0 {
                             command
                                 .session

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use log::debug;
 
 use crate::conn::context::{Budget, Context, Pumped};
+use crate::metrics::access::{Outcome, Record};
 use crate::outbox::{FileRange, Outbox, Replies};
 use crate::proto::files::{DATA_FRAME_LEN, Digest, FileInfo, GetRequest};
 use crate::proto::{ErrorCode, Flags, FrameType};
@@ -111,6 +112,7 @@ impl Get {
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
         budget: &mut Budget,
+        record: &mut Record,
     ) -> Pumped {
         let Get {
             transfer: get,
@@ -143,6 +145,7 @@ impl Get {
                         },
                     );
                     get.on_queued(len);
+                    record.bytes_out += len;
                     budget.disk = budget.disk.saturating_sub(len as usize);
                     moved = true;
                     continue;
@@ -167,6 +170,7 @@ impl Get {
                         ErrorCode::IoFailed,
                         "the file changed while it was being sent",
                     );
+                    record.outcome = Some(Outcome::Error(ErrorCode::IoFailed));
                     return Pumped::Finished;
                 }
                 Ok(n) => {
@@ -202,6 +206,7 @@ impl Get {
                 ErrorCode::IoFailed,
                 "the file changed while it was being sent",
             );
+            record.outcome = Some(Outcome::Error(ErrorCode::IoFailed));
             return Pumped::Finished;
         }
         if computed {

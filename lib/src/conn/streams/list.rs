@@ -3,6 +3,7 @@
 
 use crate::access::Grant;
 use crate::conn::context::{Budget, Context, Pumped};
+use crate::metrics::access::{Outcome, Record};
 use crate::outbox::Outbox;
 use crate::proto::FrameType;
 use crate::proto::files::LIST_PAGE_LEN;
@@ -50,6 +51,7 @@ impl List {
         cx: &mut Context<'_>,
         budget: &mut Budget,
         grant: Option<&Grant>,
+        record: &mut Record,
     ) -> Pumped {
         let Some(disk) = cx.files.as_deref_mut() else {
             return Pumped::Finished; // no file service: nothing was admitted
@@ -72,11 +74,13 @@ impl List {
                 outbox
                     .replies(cx.pool, cx.limits)
                     .error(stream, error.code, &text);
+                record.outcome = Some(Outcome::Error(error.code));
                 return Pumped::Finished;
             }
         };
         // Charged for every entry it may have read, shown or not.
         budget.disk = budget.disk.saturating_sub(max_entries * ENTRY_COST);
+        record.bytes_out += page.len() as u64;
         let mut replies = outbox.replies(cx.pool, cx.limits);
         if finished {
             replies.reply(FrameType::Entries, stream, page.len() as u32, |out| {

@@ -14,6 +14,12 @@
 //! number freed in the same turn of the loop, so an event of that turn's batch for the old
 //! command cannot reach a new one.
 //!
+//! **Access lines.** Each entry carries its request's access-line fields (`Stream::record`:
+//! the request as logged, its start, its bytes, its outcome once known), filled in by its
+//! kind's pump and written out by [`close_record`] when the entry leaves the table — finished,
+//! abandoned by the client, or released at a close — together with the counters of how it
+//! ended ([`crate::metrics`]).
+//!
 //! **One module per kind of entry.** `exec.rs`, `get.rs`, `put.rs` and `list.rs` each hold
 //! one kind and its turn of work; none knows of the table or of the others. This file holds
 //! the table: lookups by stream id, the counts, and the loops over every entry.
@@ -49,6 +55,8 @@ pub(crate) use put::{Put, Received};
 use super::context::{Budget, Context, Pumped};
 use crate::access::Grant;
 use crate::limits::Limits;
+use crate::metrics::access::{Line, Outcome, Record};
+use crate::metrics::{ExitCause, RequestKind};
 use crate::outbox::Outbox;
 use crate::proto::FrameType;
 use crate::proto::exec::EndReason;
@@ -64,6 +72,55 @@ pub(crate) struct Stream {
     pub(crate) id: u32,
     /// What runs on it.
     pub(crate) kind: StreamKind,
+    /// Its access line's fields so far, logged when it ends; `None` for an upload being
+    /// discarded on stream 0 (its line was written when it failed).
+    pub(crate) record: Option<Box<Record>>,
+}
+
+/// Logs a request's access line and counts how it ended: `otherwise` is the outcome when the
+/// request recorded none (it was cut short).
+pub(crate) fn close_record(
+    record: &Record,
+    cx: &mut Context<'_>,
+    credential: Option<&str>,
+    otherwise: Outcome,
+) {
+    let outcome = record.outcome.unwrap_or(otherwise);
+    Line {
+        peer: cx.peer.addr,
+        credential,
+        request: &record.request,
+        outcome,
+        bytes_in: record.bytes_in,
+        bytes_out: record.bytes_out,
+        millis: cx.now.0.saturating_sub(record.started.0),
+    }
+    .log();
+    cx.count(|metrics| {
+        if let Outcome::Error(code) = outcome {
+            metrics.error(code);
+        }
+        match record.kind {
+            RequestKind::Exec => metrics.exit(match outcome {
+                Outcome::Exit(exit) => ExitCause::of_exit(&exit),
+                Outcome::Ended(reason) => ExitCause::of_release(reason),
+                _ => ExitCause::Disconnect,
+            }),
+            RequestKind::Get | RequestKind::Put | RequestKind::List => {
+                if outcome == Outcome::Ok {
+                    metrics.transfers_ok += 1;
+                } else {
+                    metrics.transfers_failed += 1;
+                }
+                match record.kind {
+                    RequestKind::Get => metrics.get_bytes += record.bytes_out,
+                    RequestKind::Put => metrics.put_bytes += record.bytes_in,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    });
 }
 
 /// What runs on a stream: one variant per kind of request that takes time.
@@ -89,11 +146,14 @@ impl Stream {
         grant: Option<&Grant>,
     ) -> Pumped {
         let id = self.id;
+        // An upload being discarded has no line left to write: its counts go nowhere.
+        let mut detached = Record::new(RequestKind::Put, String::new(), cx.now);
+        let record = self.record.as_deref_mut().unwrap_or(&mut detached);
         match &mut self.kind {
-            StreamKind::Exec(exec) => exec.pump(id, outbox, cx, budget),
-            StreamKind::Get(get) => get.pump(id, outbox, cx, budget),
-            StreamKind::Put(put) => put.pump(id, outbox, cx, budget, grant),
-            StreamKind::List(list) => list.pump(id, outbox, cx, budget, grant),
+            StreamKind::Exec(exec) => exec.pump(id, outbox, cx, budget, record),
+            StreamKind::Get(get) => get.pump(id, outbox, cx, budget, record),
+            StreamKind::Put(put) => put.pump(id, outbox, cx, budget, grant, record),
+            StreamKind::List(list) => list.pump(id, outbox, cx, budget, grant, record),
         }
     }
 
@@ -108,8 +168,13 @@ impl Stream {
     }
 
     /// Ends it before its time, for `reason`: a command is released (its group stopped), a
-    /// transfer ends (an upload's resumable partial stays).
-    pub(crate) fn end(self, cx: &mut Context<'_>, reason: EndReason) {
+    /// transfer ends (an upload's resumable partial stays). Its access line says so, with the
+    /// name of `grant`, the connection's credential.
+    pub(crate) fn end(self, cx: &mut Context<'_>, reason: EndReason, grant: Option<&Grant>) {
+        if let Some(record) = &self.record {
+            let credential = grant.map(|grant| grant.name.as_str());
+            close_record(record, cx, credential, Outcome::Ended(reason));
+        }
         match self.kind {
             StreamKind::Exec(exec) => exec.end(cx, reason),
             transfer => {
@@ -120,8 +185,13 @@ impl Stream {
         }
     }
 
-    /// It finished ([`Pumped::Finished`]): its last frame is queued.
-    fn finish(self, cx: &mut Context<'_>) {
+    /// It finished ([`Pumped::Finished`]): its last frame is queued, and its access line is
+    /// written.
+    fn finish(self, cx: &mut Context<'_>, grant: Option<&Grant>) {
+        if let Some(record) = &self.record {
+            let credential = grant.map(|grant| grant.name.as_str());
+            close_record(record, cx, credential, Outcome::Ok);
+        }
         match self.kind {
             StreamKind::Exec(exec) => {
                 let reason = exec.session.reason();
@@ -245,11 +315,17 @@ impl Streams {
 
     /// Adds a stream that has just opened; an empty list gets room for `capacity` at once,
     /// so opening more never grows it.
-    pub(crate) fn insert(&mut self, id: u32, kind: StreamKind, capacity: usize) {
+    pub(crate) fn insert(
+        &mut self,
+        id: u32,
+        kind: StreamKind,
+        record: Option<Box<Record>>,
+        capacity: usize,
+    ) {
         if self.entries.capacity() == 0 {
             self.entries.reserve_exact(capacity);
         }
-        self.entries.push(Stream { id, kind });
+        self.entries.push(Stream { id, kind, record });
     }
 
     /// Takes the stream `id` out of the table (a command's child number cools for `turn`).
@@ -378,7 +454,8 @@ impl Streams {
                         at += 1;
                     }
                     Pumped::Finished => {
-                        self.remove_at(at, cx.turn).finish(cx);
+                        let finished = self.remove_at(at, cx.turn);
+                        finished.finish(cx, self.grant.as_deref());
                         progress = true;
                     }
                 }
@@ -406,15 +483,15 @@ impl Streams {
                 continue;
             }
             let stream = self.entries.remove(at);
-            if let StreamKind::Exec(exec) = stream.kind {
+            if let StreamKind::Exec(exec) = &stream.kind {
                 debug!(
                     "stream {}: command pid {} released ({reason})",
                     stream.id,
                     exec.session.pid()
                 );
                 self.cool(exec.child_number, cx.turn);
-                exec.end(cx, reason);
             }
+            stream.end(cx, reason, self.grant.as_deref());
         }
         self.free_if_empty();
     }
@@ -446,7 +523,7 @@ impl Streams {
                 if let StreamKind::Exec(exec) = &stream.kind {
                     self.cool(exec.child_number, cx.turn);
                 }
-                stream.end(cx, reason);
+                stream.end(cx, reason, self.grant.as_deref());
             } else {
                 at += 1;
             }
@@ -472,22 +549,55 @@ impl Streams {
             debug!("{frame_type} for stream {id}, which has no upload: ignored");
             return;
         };
-        let StreamKind::Put(put) = &mut self.entries[at].kind else {
+        let entry = &mut self.entries[at];
+        let StreamKind::Put(put) = &mut entry.kind else {
             return;
         };
         let received = put.on_frame(id, frame_type, payload, outbox, cx);
+        if let (Received::More, Some(record)) = (&received, entry.record.as_deref_mut()) {
+            if frame_type == FrameType::Data {
+                record.bytes_in += payload.len() as u64;
+            }
+        }
         if matches!(received, Received::More) {
             return;
         }
         // Out of the table, and back at its end if it goes on (committing, or discarding on
         // stream 0).
-        let StreamKind::Put(put) = self.entries.swap_remove(at).kind else {
+        let Stream {
+            kind: StreamKind::Put(put),
+            mut record,
+            ..
+        } = self.entries.swap_remove(at)
+        else {
             return;
         };
-        if let Some((id, put)) = put.settle(id, received, outbox, cx, self.grant.as_deref()) {
+        let mut detached = Record::new(RequestKind::Put, String::new(), cx.now);
+        let settled = put.settle(
+            id,
+            received,
+            outbox,
+            cx,
+            self.grant.as_deref(),
+            record.as_deref_mut().unwrap_or(&mut detached),
+        );
+        // Verified, it goes on on its stream, and its line waits for the DIGEST; failed, its
+        // line is written now (a discard goes on, lineless, on stream 0).
+        let (kept, record) = match settled {
+            Some((kept_id, put)) if kept_id == id => (Some((kept_id, put)), record),
+            kept => {
+                if let Some(record) = record {
+                    let credential = self.grant.as_deref().map(|grant| grant.name.as_str());
+                    close_record(&record, cx, credential, Outcome::Ok);
+                }
+                (kept, None)
+            }
+        };
+        if let Some((id, put)) = kept {
             self.insert(
                 id,
                 StreamKind::Put(put),
+                record,
                 cx.limits.max_streams_per_connection,
             );
         }

@@ -18,6 +18,7 @@ use crate::access::{Grant, QuotaHold};
 use crate::buffer::BufferPool;
 use crate::conn::context::{Budget, Context, Pumped};
 use crate::limits::Limits;
+use crate::metrics::access::{Outcome, Record};
 use crate::outbox::Outbox;
 use crate::proto::files::{Digest, Hash, PutFlags, PutReady, PutRequest};
 use crate::proto::{ErrorCode, FrameType};
@@ -231,6 +232,7 @@ impl Put {
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
         grant: Option<&Grant>,
+        record: &mut Record,
     ) -> Option<(u32, Box<Put>)> {
         let Some(disk) = cx.files.as_deref_mut() else {
             return None; // no file service: no upload was ever begun
@@ -290,6 +292,7 @@ impl Put {
         };
         // A failed upload stores nothing: its reservation goes back now.
         drop(quota);
+        record.outcome = Some(Outcome::Error(code));
         let mut replies = outbox.replies(cx.pool, cx.limits);
         info!("stream {stream}: upload failed: {text}");
         let kept = if discard && upload.disk_idle() {
@@ -332,6 +335,7 @@ impl Put {
         cx: &mut Context<'_>,
         budget: &mut Budget,
         grant: Option<&Grant>,
+        record: &mut Record,
     ) -> Pumped {
         let Some(disk) = cx.files.as_deref_mut() else {
             return Pumped::Finished; // no file service: nothing was admitted
@@ -339,7 +343,7 @@ impl Put {
         let (put, upload) = match &mut self.phase {
             Phase::Receiving { transfer, upload } => (transfer, upload),
             Phase::Committing(commit) => {
-                return pump_commit(stream, commit, &mut self.quota, outbox, cx, grant);
+                return pump_commit(stream, commit, &mut self.quota, outbox, cx, grant, record);
             }
             // Finished once idle: the table then discards it (`Put::finish`).
             Phase::Discarding(upload) => {
@@ -374,6 +378,7 @@ impl Put {
                         error.code,
                         &shown(grant, &error.text),
                     );
+                    record.outcome = Some(Outcome::Error(error.code));
                     return Pumped::Finished;
                 }
             }
@@ -480,6 +485,7 @@ fn pump_commit(
     outbox: &mut Outbox,
     cx: &mut Context<'_>,
     grant: Option<&Grant>,
+    record: &mut Record,
 ) -> Pumped {
     if !commit.ready() {
         return Pumped::Running(false);
@@ -503,7 +509,9 @@ fn pump_commit(
                 let mut replies = outbox.replies(cx.pool, cx.limits);
                 match result {
                     Ok(()) => {
-                        info!("stream {stream}: stored {} bytes", commit.size);
+                        // The access line says it (with who, what and how long).
+                        log::debug!("stream {stream}: stored {} bytes", commit.size);
+                        record.outcome = Some(Outcome::Ok);
                         if let Some(hold) = quota.take() {
                             hold.commit();
                         }
@@ -522,6 +530,7 @@ fn pump_commit(
                             hold.commit();
                         }
                         let error = error.on("the upload's directory");
+                        record.outcome = Some(Outcome::Error(error.code));
                         replies.error(stream, error.code, &error.text);
                     }
                 }
@@ -537,12 +546,13 @@ fn pump_commit(
             commit.step = CommitStep::Dir(dir_sync);
             // The directory's sync may have been made here and now.
             if commit.ready() {
-                return pump_commit(stream, commit, quota, outbox, cx, grant);
+                return pump_commit(stream, commit, quota, outbox, cx, grant, record);
             }
             Pumped::Running(true)
         }
         Err(error) => {
             info!("stream {stream}: upload failed: {}", error.text);
+            record.outcome = Some(Outcome::Error(error.code));
             outbox.replies(cx.pool, cx.limits).error(
                 stream,
                 error.code,

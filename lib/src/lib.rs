@@ -101,8 +101,8 @@ pub use access::{
     token_hash,
 };
 pub use limits::{
-    InvalidLimits, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION,
-    MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
+    DEFAULT_PROXIED_DRAIN_DELAY, InvalidLimits, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN,
+    MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
 };
 pub use reactor::{ReactorStats, ShutdownHandle};
 pub use reload::Reload;
@@ -115,6 +115,7 @@ pub use server::{
 pub use buffer::BufferPool;
 pub use conn::{Connection, Context, Protocol, State, Verdict};
 pub use timer::{Tick, WallClock};
+pub use transport::proxy::{Cidr, Peek, ProxyMode, ProxyPolicy};
 pub use transport::{
     ALPN, KeyFingerprint, Peer, Readiness, TlsSettings, Transport, key_fingerprint, tls_provider,
 };

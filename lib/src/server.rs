@@ -20,6 +20,7 @@ use crate::limits::{DESCRIPTORS_PER_COMMAND, Limits};
 use crate::reactor::{Reactor, ReactorStats, Setup, ShutdownHandle, Sockets};
 use crate::reload::Reload;
 use crate::sys::root::Root;
+use crate::transport::proxy::ProxyPolicy;
 
 /// Default framed-protocol address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_FRAMED_ADDR: SocketAddr =
@@ -72,6 +73,9 @@ pub struct Config {
     /// material, swapped only if all of them are good (see [`Reload`]). Empty: SIGHUP only
     /// logs that there is nothing to reload.
     pub reload: Reload,
+    /// The PROXY protocol on the framed and raw echo listeners: off, or which peers may (or
+    /// must) start a connection with the header. Off by default.
+    pub proxy: ProxyPolicy,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             disk_helper: None,
             tls: None,
             reload: Reload::default(),
+            proxy: ProxyPolicy::default(),
         }
     }
 }
@@ -256,6 +261,7 @@ impl Server {
             disk_helper: config.disk_helper,
             tls: config.tls,
             reload: config.reload,
+            proxy: config.proxy,
         })?;
         Ok(Server { reactor, addrs })
     }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use monoreactor::{Access, load_token};
+use monoreactor::{Cidr, DEFAULT_PROXIED_DRAIN_DELAY, ProxyMode, ProxyPolicy};
 use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Server, StartError,
 };
@@ -47,6 +48,24 @@ pub struct ServeArgs {
     /// After SIGINT/SIGTERM, seconds allowed for pending output before everything is closed.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().shutdown_grace))]
     shutdown_grace: Secs,
+    /// After SIGTERM, seconds to keep accepting and serving while load balancers' health
+    /// checks (PROXY v2 LOCAL, v1 UNKNOWN) fail, so the balancer stops sending clients before
+    /// the listeners close; then the shutdown runs. A second SIGTERM ends it early; SIGINT
+    /// skips it. [default: 1 with --proxy-protocol allow|require (covers HAProxy's `inter 200
+    /// fall 2`), 0 with it off, where no balancer's check can be told apart]
+    #[arg(long, value_name = "SECS", value_parser = drain_secs)]
+    drain_delay: Option<std::time::Duration>,
+    /// PROXY protocol (the v1 or v2 header a load balancer such as HAProxy sends first) on the
+    /// framed and the raw TCP echo listeners, both: `off`; `allow` (a --proxy-from peer may
+    /// start with a header); `require` (a --proxy-from peer must). A header from any other peer
+    /// is refused. With --tls-cert the header comes before the TLS handshake. The address in
+    /// the header is the client's for logs and for the loopback check.
+    #[arg(long, value_name = "off|allow|require", default_value_t = ProxyMode::Off)]
+    proxy_protocol: ProxyMode,
+    /// Peers allowed to send a PROXY header (the balancers), as ADDR/BITS or ADDR, separated by
+    /// commas [default: loopback only, 127.0.0.0/8 and ::1].
+    #[arg(long, value_name = "CIDR,...")]
+    proxy_from: Option<String>,
     /// Run commands for authenticated clients (needs a token). With --access, this is the
     /// token's right only: each access-file credential's own `exec` decides for it, and
     /// commands run in the root (its `root` for a scoped credential) as without.
@@ -139,6 +158,15 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
+    let proxy = ProxyPolicy {
+        mode: args.proxy_protocol,
+        from: match &args.proxy_from {
+            Some(list) => {
+                Cidr::parse_list(list).map_err(|error| format!("--proxy-from {error}"))?
+            }
+            None => Vec::new(),
+        },
+    };
     let limits = Limits {
         max_connections: args.max_conns,
         idle_timeout: args.idle_timeout.0,
@@ -146,6 +174,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         frame_timeout: args.frame_timeout.0,
         max_frame_len: args.max_frame,
         shutdown_grace: args.shutdown_grace.0,
+        drain_delay: args.drain_delay.unwrap_or(if proxy.is_on() {
+            DEFAULT_PROXIED_DRAIN_DELAY
+        } else {
+            std::time::Duration::ZERO
+        }),
         exec_timeout: args.exec_timeout.0,
         exec_output_cap: args.exec_max_output,
         max_exec: args.max_commands,
@@ -204,6 +237,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             access: args.access.clone(),
             tls: tls_settings,
         },
+        proxy,
     };
     if let Some(spec) = worker_of {
         return serve_worker(config, &spec);
@@ -292,4 +326,15 @@ fn describe_start_error(error: StartError) -> String {
         })
         .collect();
     lines.join("\nmonoreactor: ")
+}
+
+/// `--drain-delay`: seconds, 0 allowed (no drain).
+fn drain_secs(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.0..=1e9).contains(&seconds) {
+        return Err(format!("`{text}`: seconds must be 0 to 1e9"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }

@@ -96,11 +96,12 @@ impl Connection {
                     Some(throttle) => {
                         if let Some(suppressed) = throttle.allow(cx.now) {
                             warn!(
-                                "HELLO with a wrong token refused ({suppressed} more since last report)"
+                                "HELLO from {} with a wrong token refused ({suppressed} more since last report)",
+                                cx.peer.addr
                             );
                         }
                     }
-                    None => debug!("HELLO with a wrong token refused"),
+                    None => debug!("HELLO from {} with a wrong token refused", cx.peer.addr),
                 }
                 return Err(Fatal::new(
                     ErrorCode::AuthFailed,

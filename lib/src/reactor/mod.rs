@@ -64,7 +64,7 @@ use slab::Slab;
 
 use crate::access::Access;
 use crate::buffer::BufferPool;
-use crate::conn::{Connection, Context};
+use crate::conn::{Connection, Context, State};
 use crate::limits::Limits;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::reload::Reload;
@@ -76,6 +76,7 @@ use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue, WallClock};
+use crate::transport::proxy::ProxyPolicy;
 use crate::transport::tls::{RecordBuffers, TlsSession};
 use crate::transport::{Peer, Readiness, Transport};
 use children::ConnChildren;
@@ -119,6 +120,9 @@ const TIMER_SLACK: usize = 64;
 /// client that pipelined more may still see a reset.
 const REFUSE_DRAIN_BYTES: usize = 64 << 10;
 
+/// Text of the ERROR SHUTTING_DOWN a load balancer's health check gets while the server drains.
+const DRAINING_TEXT: &str = "server is draining before a shutdown: health check failed on purpose";
+
 /// Text of the ERROR frame sent to a framed client that cannot be admitted.
 const BUSY_TEXT: &str = "server busy: connection limit reached, try again later";
 
@@ -160,6 +164,8 @@ pub(crate) struct Setup {
     pub tls: Option<Arc<ServerConfig>>,
     /// The files SIGHUP re-reads.
     pub reload: Reload,
+    /// Who may (or must) start a connection with a PROXY header.
+    pub proxy: ProxyPolicy,
 }
 
 /// Asks a running reactor to shut down, from any thread (tests, an embedding program).
@@ -301,6 +307,8 @@ struct Core {
     refuse_log: LogThrottle,
     emfile_log: LogThrottle,
     shutdown_deadline: Option<Tick>,
+    /// Draining after SIGTERM, until this time: still serving, failing health checks.
+    draining: Option<Tick>,
     /// The shutdown grace period has ended: whatever is left is killed.
     grace_over: bool,
     busy_frame: Vec<u8>,
@@ -322,6 +330,10 @@ struct Core {
     tls_log: LogThrottle,
     /// The files SIGHUP re-reads.
     reload: Reload,
+    /// Who may (or must) start a connection with a PROXY header.
+    proxy: ProxyPolicy,
+    /// Throttles the line for a connection refused over its PROXY header.
+    proxy_log: LogThrottle,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -349,6 +361,7 @@ impl Reactor {
             disk_helper,
             tls,
             reload,
+            proxy,
         } = setup;
         if access.exec && root.is_none() {
             return Err(io::Error::new(
@@ -443,6 +456,7 @@ impl Reactor {
             refuse_log: LogThrottle::default(),
             emfile_log: LogThrottle::default(),
             shutdown_deadline: None,
+            draining: None,
             grace_over: false,
             busy_frame,
             stats: ReactorStats::default(),
@@ -457,6 +471,8 @@ impl Reactor {
             tls_config: tls,
             reload,
             tls_log: LogThrottle::default(),
+            proxy,
+            proxy_log: LogThrottle::default(),
         };
         Ok(Reactor {
             events: Events::with_capacity(EVENTS_PER_POLL),
@@ -534,7 +550,7 @@ impl Core {
             Source::Signals => self.drain_signals(),
             Source::Waker => {
                 if self.shutdown_requested.swap(false, Ordering::AcqRel) {
-                    self.begin_shutdown("shutdown requested");
+                    self.begin_drain("shutdown requested");
                 }
             }
         }
@@ -606,6 +622,15 @@ impl Core {
                     }
                 }
                 TimerKey::DiskRestart => self.disk_restart_timer(),
+                TimerKey::DrainOver => {
+                    if self.draining.is_some() {
+                        info!(
+                            "drain over after {:?}: shutting down",
+                            self.env.limits.drain_delay
+                        );
+                        self.begin_shutdown("drain over");
+                    }
+                }
             }
         }
     }
@@ -620,8 +645,11 @@ impl Core {
         for signal in received {
             match signal {
                 libc::SIGHUP => self.reload(),
+                // Ctrl-C is a person at a terminal who wants the server gone now: no drain
+                // (the graceful shutdown still answers what was received).
                 libc::SIGINT => self.begin_shutdown("SIGINT"),
-                _ => self.begin_shutdown("SIGTERM"),
+                // What a service manager or an orchestrator sends: drain first.
+                _ => self.begin_drain("SIGTERM"),
             }
         }
     }
@@ -657,15 +685,64 @@ impl Core {
         );
     }
 
-    /// Stops accepting, stops running commands, tells every framed client SHUTTING_DOWN, and
-    /// gives pending output the grace period to drain. A second request closes everything at
-    /// once.
+    /// SIGTERM (or a [`ShutdownHandle`]): drain for `Limits::drain_delay` — keep accepting and
+    /// serving, but fail load balancers' health checks (connections whose PROXY header was a
+    /// v2 `LOCAL` or v1 `UNKNOWN`), so the balancer stops sending clients before the
+    /// listeners close — then shut down. Without a delay, or once draining or shutting down,
+    /// this is [`Core::begin_shutdown`]: a second SIGTERM cuts the drain short, a third
+    /// closes everything.
+    fn begin_drain(&mut self, why: &str) {
+        let delay = self.env.limits.drain_delay;
+        if self.draining.is_some() {
+            info!("{why} again: ending the drain early");
+            self.begin_shutdown(why);
+            return;
+        }
+        if delay.is_zero() || self.shutdown_deadline.is_some() {
+            self.begin_shutdown(why);
+            return;
+        }
+        info!(
+            "{why}: draining for {delay:?} before shutting down: health checks fail, clients              are still served; send it again to shut down now"
+        );
+        let deadline = self.env.now.after(delay);
+        self.draining = Some(deadline);
+        self.env.timers.push(deadline, TimerKey::DrainOver.pack());
+        // Checks already connected and not yet answered fail too.
+        let checks: Vec<(ConnKey, bool)> = self
+            .conns
+            .iter()
+            .filter(|(_, slot)| slot.health_check && !slot.closing)
+            .filter(|(_, slot)| matches!(slot.conn.state(), State::AwaitingHello | State::Echoing))
+            .map(|(index, slot)| {
+                let key = ConnKey {
+                    slot: index as u32,
+                    generation: slot.generation,
+                };
+                (key, slot.conn.state() == State::AwaitingHello)
+            })
+            .collect();
+        for (key, framed) in checks {
+            self.fail_health_check(key.slot as usize, framed);
+        }
+    }
+
+    /// Stops accepting (after taking in what the backlog already holds), stops running
+    /// commands, answers what every client sent before it, tells every framed client
+    /// SHUTTING_DOWN, and gives pending output the grace period to drain. A second request
+    /// closes everything at once.
     fn begin_shutdown(&mut self, why: &str) {
+        self.draining = None;
         if self.shutdown_deadline.is_some() {
             info!("{why} again: closing {} connections now", self.conns.len());
             self.grace_over = true;
             self.close_all();
             return;
+        }
+        // Connections the kernel completed and queued are clients who were told "connected":
+        // closing the listener would reset them. They are served like the others.
+        for source in [Source::FramedListener, Source::EchoListener] {
+            self.accept_backlog(source);
         }
         let grace = self.env.limits.shutdown_grace;
         let commands = self.env.children.len();

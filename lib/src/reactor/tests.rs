@@ -34,6 +34,7 @@ fn reactor() -> (Reactor, SocketAddr) {
         disk_helper: None,
         tls: None,
         reload: crate::reload::Reload::default(),
+        proxy: ProxyPolicy::default(),
     };
     (Reactor::new(setup).unwrap(), addr)
 }

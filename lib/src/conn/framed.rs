@@ -90,7 +90,8 @@ impl Connection {
         }
         self.track_partial_frame(waiting_for_bytes, cx.limits, cx.now);
 
-        if self.bits.has(Bits::DRAINING) && !self.draining_work() {
+        let frames_left = !waiting_for_bytes && self.pending_input() > 0;
+        if self.finished_received_work(frames_left) {
             self.begin_close(
                 Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
                 cx.limits.linger_timeout,
@@ -98,7 +99,6 @@ impl Connection {
             );
             return self.drive_closing(io, cx, budget);
         }
-        let frames_left = !waiting_for_bytes && self.pending_input() > 0;
         if self.io_state.has(IoState::PEER_EOF)
             && !frames_left
             && self.outbox.is_empty()

@@ -137,6 +137,10 @@ impl Bits {
     /// Shutting down with commands still running: they are being stopped, and the close comes
     /// once their EXIT frames are queued.
     const DRAINING: u8 = 1 << 2;
+    /// Shutting down: the requests already received (in the input buffer, or in the socket
+    /// when the shutdown began) are answered, nothing new is started, and once they are the
+    /// connection closes (framed: with SHUTTING_DOWN).
+    const FINISHING: u8 = 1 << 3;
 
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -414,10 +418,22 @@ impl Connection {
         self.set_state(State::Closing);
     }
 
-    /// Starts the shutdown of this connection with `grace` to finish: running commands get
-    /// SIGTERM and their EXIT frames go out before `SHUTTING_DOWN`; without commands the
-    /// orderly close starts at once.
+    /// Starts the shutdown of this connection with `grace` to finish. What the client sent
+    /// before it is answered first: the connection reads what its socket already holds and
+    /// handles every complete frame (the raw echo echoes it), starting nothing new; running
+    /// commands get SIGTERM and their EXIT frames go out; then `SHUTTING_DOWN` and the orderly
+    /// close. Call [`Connection::drive`] next: the close comes from a drive.
     pub fn begin_shutdown(&mut self, grace: Duration, cx: &mut Context<'_>) {
+        if !matches!(
+            self.state,
+            State::AwaitingHello | State::Open | State::Echoing
+        ) {
+            return;
+        }
+        self.bits.set(Bits::FINISHING, true);
+        // Bytes may be waiting whose edge this turn has not reported yet; a read that finds
+        // none costs one `WouldBlock` (rule 4: spurious readiness is normal).
+        self.io_state.set(IoState::READ_READY, true);
         if self.state == State::Open && self.draining_work() {
             if let Some(streams) = self.streams.as_mut() {
                 // SIGKILL comes within half the grace at most, so the EXIT frames and
@@ -425,14 +441,18 @@ impl Connection {
                 let kill_grace = cx.limits.exec_kill_grace.min(grace / 2);
                 streams.handle_shutdown(cx.now, kill_grace);
                 self.bits.set(Bits::DRAINING, true);
-                return;
             }
         }
-        self.begin_close(
-            Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
-            grace,
-            cx,
-        );
+    }
+
+    /// Shutting down, and everything received before it is answered: no complete frame left
+    /// in the input, the socket read until it had nothing more (or the client's FIN), and no
+    /// command or commit still finishing. `frames_left`: complete frames wait in the input.
+    fn finished_received_work(&self, frames_left: bool) -> bool {
+        self.bits.has(Bits::FINISHING)
+            && !frames_left
+            && (!self.io_state.has(IoState::READ_READY) || self.io_state.has(IoState::PEER_EOF))
+            && !self.draining_work()
     }
 
     /// Returns the connection's buffers to the pool and releases its commands; call once, when
@@ -502,6 +522,11 @@ impl Connection {
         let verdict = echo.drive(io, cx, budget);
         if verdict == Verdict::Close {
             self.set_state(State::Closed);
+        } else if self.finished_received_work(false) {
+            // Shutting down, and what the client sent before it is echoed (or queued to be):
+            // the lingering close sends it and ends the connection.
+            self.begin_close(None, cx.limits.linger_timeout, cx);
+            return self.drive_closing(io, cx, budget);
         }
         verdict
     }

@@ -9,11 +9,14 @@ mod support;
 mod tls_support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use monoreactor::proto::proxy::{MAX_LEN, ProxyHeader, parse};
 use monoreactor::proto::{ErrorCode, ErrorMessage, FrameType};
+use proptest::collection::vec;
+use proptest::prelude::*;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use support::files::get_frame;
@@ -337,4 +340,74 @@ fn the_header_comes_before_the_tls_handshake() {
     expect_echo(&mut tls, b"over TLS, behind a balancer");
     expect_log_line(&server, &["PROXY header", "client 203.0.113.7:56324"]);
     expect_log_line(&server, &["TLS established"]);
+}
+
+// === The parser, by property ===
+
+proptest! {
+    #[test]
+    fn any_v1_tcp4_header_parses_whole_and_needs_more_at_every_prefix(
+        client in any::<[u8; 4]>(), server in any::<[u8; 4]>(),
+        client_port in any::<u16>(), server_port in any::<u16>(),
+        after in vec(any::<u8>(), 0..64),
+    ) {
+        let (client, server) = (
+            SocketAddr::from((Ipv4Addr::from(client), client_port)),
+            SocketAddr::from((Ipv4Addr::from(server), server_port)),
+        );
+        let header = format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            client.ip(), server.ip(), client_port, server_port
+        ).into_bytes();
+        for end in 0..header.len() {
+            prop_assert_eq!(parse(&header[..end]), Ok(None));
+        }
+        let mut wire = header.clone();
+        wire.extend_from_slice(&after);
+        prop_assert_eq!(
+            parse(&wire),
+            Ok(Some((ProxyHeader::Proxied { client, server }, header.len())))
+        );
+    }
+
+    #[test]
+    fn any_v2_tcp6_header_with_tlvs_parses_whole_and_needs_more_at_every_prefix(
+        client in any::<[u8; 16]>(), server in any::<[u8; 16]>(),
+        client_port in any::<u16>(), server_port in any::<u16>(),
+        tlvs in vec((any::<u8>(), vec(any::<u8>(), 0..40)), 0..6),
+        after in vec(any::<u8>(), 0..64),
+    ) {
+        let mut body = client.to_vec();
+        body.extend_from_slice(&server);
+        body.extend_from_slice(&client_port.to_be_bytes());
+        body.extend_from_slice(&server_port.to_be_bytes());
+        for (kind, value) in &tlvs {
+            body.push(*kind);
+            body.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            body.extend_from_slice(value);
+        }
+        let header = v2(0x21, 0x21, &body);
+        for end in 0..header.len() {
+            prop_assert_eq!(parse(&header[..end]), Ok(None));
+        }
+        let mut wire = header.clone();
+        wire.extend_from_slice(&after);
+        let expected = ProxyHeader::Proxied {
+            client: SocketAddr::from((Ipv6Addr::from(client), client_port)),
+            server: SocketAddr::from((Ipv6Addr::from(server), server_port)),
+        };
+        prop_assert_eq!(parse(&wire), Ok(Some((expected, header.len()))));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_never_claim_more_than_they_hold(
+        start in prop_oneof![Just(&b""[..]), Just(&b"PROXY "[..]), Just(V2_SIGNATURE)],
+        bytes in vec(any::<u8>(), 0..300),
+    ) {
+        let mut wire = start.to_vec();
+        wire.extend_from_slice(&bytes);
+        if let Ok(Some((_, used))) = parse(&wire) {
+            prop_assert!(used <= wire.len() && used <= MAX_LEN);
+        }
+    }
 }

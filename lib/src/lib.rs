@@ -115,7 +115,7 @@ pub use server::{
 pub use buffer::BufferPool;
 pub use conn::{Connection, Context, Protocol, State, Verdict};
 pub use timer::{Tick, WallClock};
-pub use transport::proxy::{Cidr, Peek, ProxyMode, ProxyPolicy};
+pub use transport::proxy::{Cidr, ProxyMode, ProxyPolicy};
 pub use transport::{
     ALPN, KeyFingerprint, Peer, Readiness, TlsSettings, Transport, key_fingerprint, tls_provider,
 };

@@ -253,6 +253,15 @@ impl Core {
             .is_some_and(|slot| slot.prelude.is_some())
             && !self.run_prelude(key)
         {
+            // Still waiting for the header: only its deadline needs to stay armed (the
+            // connection was not driven, so nothing else changed).
+            if let Some(slot) = live_slot(&mut self.conns, key) {
+                let deadline = slot.conn.deadline(&self.env.limits);
+                if deadline < slot.armed {
+                    slot.armed = deadline;
+                    self.env.timers.push(deadline, TimerKey::Conn(key).pack());
+                }
+            }
             return;
         }
         let peer = self.peer(index);
@@ -283,8 +292,9 @@ impl Core {
                 let events = session.take_events();
                 if events.established && verdict != Verdict::Close {
                     debug!(
-                        "slot {index}: TLS established ({:?}), client key {}",
+                        "slot {index}: TLS established ({:?}) with {}, client key {}",
                         session.suite().map(|suite| suite.suite()),
+                        peer.addr,
                         session
                             .client_key()
                             .map_or_else(|| "none".to_string(), |key| key.to_string())

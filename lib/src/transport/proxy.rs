@@ -205,7 +205,7 @@ pub(crate) enum Expect {
 }
 
 /// A byte stream whose next bytes can be looked at without taking them (`recv(MSG_PEEK)`).
-pub trait Peek: Transport {
+pub(crate) trait Peek: Transport {
     /// Copies up to `buf.len()` of the bytes waiting into `buf` and leaves them waiting:
     /// `Ok(0)` at the end of the stream, `WouldBlock` when none are there.
     fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize>;

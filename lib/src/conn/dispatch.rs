@@ -310,8 +310,8 @@ impl Connection {
             Some(grant) => {
                 if let Some(held) = grant.log_refusal(cx.now) {
                     info!(
-                        "credential \"{}\": stream {stream} refused: {text} ({held} more since last report)",
-                        grant.name
+                        "credential \"{}\" from {}: stream {stream} refused: {text} ({held} more since last report)",
+                        grant.name, cx.peer.addr
                     );
                 }
             }

@@ -165,7 +165,7 @@ impl Connection {
         cx: &mut Context<'_>,
         budget: &mut Budget,
     ) -> Verdict {
-        debug!("closing: {}", fatal.text);
+        debug!("{}: closing: {}", cx.peer.addr, fatal.text);
         if fatal.broken {
             return self.fail();
         }

@@ -384,7 +384,7 @@ impl Connection {
                 } else {
                     format!("frame not completed within {:?}", cx.limits.frame_timeout)
                 };
-                debug!("timeout: {text}");
+                debug!("{}: timeout: {text}", cx.peer.addr);
                 self.begin_close(
                     Some((ErrorCode::Timeout, &text)),
                     cx.limits.linger_timeout,

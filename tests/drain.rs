@@ -12,13 +12,16 @@ mod support;
 mod tls_support;
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
 use monoreactor::{Limits, Protocol, State, Verdict};
-use support::{Server, echo_request, hello_bytes, retry, tcp};
-use tls_support::recv_frame;
+use rustls::ClientConnection;
+use rustls::pki_types::ServerName;
+use support::{IO_TIMEOUT, Server, TempDir, echo_request, hello_bytes, retry, tcp};
+use tls_support::{ALPN, ServerFiles, client_config, recv_frame};
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -320,4 +323,49 @@ fn a_second_sigterm_ends_the_drain_early_and_sigint_skips_it() {
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
     let log = server.stderr_text();
     assert!(!log.contains("draining"), "{log}");
+}
+
+#[test]
+fn a_tls_client_finishing_its_handshake_at_sigterm_gets_its_requests_answered() {
+    let dir = TempDir::new("drain-tls");
+    let files = ServerFiles::write(dir.path());
+    let args: Vec<String> = files.flags();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::start(&args);
+
+    let mut socket = TcpStream::connect(server.framed()).unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let config = client_config(&files.ca.der, &[ALPN], None);
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(config, name).unwrap();
+    // The ClientHello out and the server's flight in, until the client's Finished is ready.
+    while client.wants_write() {
+        client.write_tls(&mut socket).unwrap();
+    }
+    while client.is_handshaking() {
+        client.read_tls(&mut socket).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    // The server waits for the client's Finished; it comes, with HELLO and a request behind it
+    // in the same flight, while the server is stopped, and so does SIGTERM.
+    server.stop();
+    let mut wire = hello_bytes();
+    wire.extend(echo_request(1, b"right behind the handshake"));
+    client.writer().write_all(&wire).unwrap();
+    while client.wants_write() {
+        client.write_tls(&mut socket).unwrap();
+    }
+    server.signal(libc::SIGTERM);
+    server.resume();
+
+    let mut tls = rustls::StreamOwned::new(client, socket);
+    expect_frame(&mut tls, FrameType::HelloOk);
+    assert_eq!(
+        expect_frame(&mut tls, FrameType::EchoReply),
+        b"right behind the handshake"
+    );
+    let error = expect_frame(&mut tls, FrameType::Error);
+    assert_eq!(error_code(&error), ErrorCode::ShuttingDown);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
 }

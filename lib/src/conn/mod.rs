@@ -141,6 +141,9 @@ impl Bits {
     /// when the shutdown began) are answered, nothing new is started, and once they are the
     /// connection closes (framed: with SHUTTING_DOWN).
     const FINISHING: u8 = 1 << 3;
+    /// The transport has not handed over its first plaintext yet (a TLS handshake in
+    /// progress): a read that found nothing proves nothing about what the client sent.
+    const TRANSPORT_PENDING: u8 = 1 << 4;
 
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -445,11 +448,21 @@ impl Connection {
         }
     }
 
+    /// Tells a shutting-down connection whether its transport is still setting up (a TLS
+    /// session in its handshake): while it is, a read that found nothing does not end the
+    /// connection, since the client's first requests may follow its handshake in the same
+    /// flight. The caller clears it (and drives again) once the transport is ready; the
+    /// shutdown's grace period bounds the wait.
+    pub fn set_transport_pending(&mut self, pending: bool) {
+        self.bits.set(Bits::TRANSPORT_PENDING, pending);
+    }
+
     /// Shutting down, and everything received before it is answered: no complete frame left
     /// in the input, the socket read until it had nothing more (or the client's FIN), and no
     /// command or commit still finishing. `frames_left`: complete frames wait in the input.
     fn finished_received_work(&self, frames_left: bool) -> bool {
         self.bits.has(Bits::FINISHING)
+            && !self.bits.has(Bits::TRANSPORT_PENDING)
             && !frames_left
             && (!self.io_state.has(IoState::READ_READY) || self.io_state.has(IoState::PEER_EOF))
             && !self.draining_work()

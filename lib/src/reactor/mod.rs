@@ -789,8 +789,17 @@ impl Core {
             })
             .collect();
         for key in keys {
-            let peer = self.peer(key.slot as usize);
-            if let Some(slot) = self.conns.get_mut(key.slot as usize) {
+            let index = key.slot as usize;
+            let peer = self.peer(index);
+            // A TLS handshake still running: its end must not pass for "the client sent
+            // nothing" (the HELLO may follow the client's Finished in the same flight).
+            let handshaking = self
+                .tls
+                .get(index)
+                .and_then(Option::as_deref)
+                .is_some_and(|session| !session.is_established());
+            if let Some(slot) = self.conns.get_mut(index) {
+                slot.conn.set_transport_pending(handshaking);
                 self.env
                     .with_context(key, peer, |cx| slot.conn.begin_shutdown(grace, cx));
                 self.drive_slot(key);

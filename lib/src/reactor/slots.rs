@@ -303,6 +303,7 @@ impl Core {
                     // bytes must be read with the new one): drive again next turn, with
                     // the read hint that the stop cleared.
                     slot.conn.on_ready(true, false);
+                    slot.conn.set_transport_pending(false);
                     if !slot.queued {
                         slot.queued = true;
                         self.ready.push(Source::Conn(key, Sub::Socket));

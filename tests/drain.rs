@@ -245,7 +245,7 @@ fn sigterm_with_a_request_in_flight_and_a_client_in_the_backlog_answers_both() {
 #[test]
 fn during_the_drain_health_checks_fail_and_clients_are_still_served() {
     let mut server = Server::start(&["--proxy-protocol", "allow", "--drain-delay", "3", "-v"]);
-    // A check connected before the drain and not yet answered.
+    // A check connected before the drain, its HELLO not sent yet.
     let mut early_check = tcp(server.framed());
     early_check.write_all(V2_LOCAL).unwrap();
     let started = Instant::now();
@@ -253,6 +253,8 @@ fn during_the_drain_health_checks_fail_and_clients_are_still_served() {
     server.signal(libc::SIGTERM);
     wait_log(&server, "draining for 3s");
 
+    // Its HELLO, sent now, is answered with SHUTTING_DOWN.
+    early_check.write_all(&hello_bytes()).unwrap();
     let error = expect_frame(&mut early_check, FrameType::Error);
     assert_eq!(error_code(&error), ErrorCode::ShuttingDown);
 
@@ -367,5 +369,36 @@ fn a_tls_client_finishing_its_handshake_at_sigterm_gets_its_requests_answered() 
     );
     let error = expect_frame(&mut tls, FrameType::Error);
     assert_eq!(error_code(&error), ErrorCode::ShuttingDown);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn a_health_check_over_tls_is_told_shutting_down_inside_its_session() {
+    let dir = TempDir::new("drain-tls-check");
+    let files = ServerFiles::write(dir.path());
+    let mut args: Vec<String> = files.flags();
+    args.extend(["--proxy-protocol", "require", "--drain-delay", "30", "-v"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::start(&args);
+    server.signal(libc::SIGTERM);
+    wait_log(&server, "draining for 30s");
+
+    // HAProxy's `check-ssl` with `check-send-proxy`: the LOCAL header, then TLS, then HELLO.
+    let mut socket = TcpStream::connect(server.framed()).unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket.write_all(V2_LOCAL).unwrap();
+    let config = client_config(&files.ca.der, &[ALPN], None);
+    let name = ServerName::try_from("localhost").unwrap();
+    let client = ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(client, socket);
+    tls_support::handshake(&mut tls).expect("the handshake succeeds");
+    tls.write_all(&hello_bytes()).unwrap();
+    let error = expect_frame(&mut tls, FrameType::Error);
+    let message = ErrorMessage::parse(&error).expect("ERROR parses");
+    assert_eq!(message.code, ErrorCode::ShuttingDown);
+    assert!(message.text.contains("draining"), "{}", message.text);
+
+    server.signal(libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
 }

@@ -26,7 +26,7 @@ use log::{debug, info, warn};
 use super::admission::Admitted;
 use super::context::{Context, Fatal};
 use super::streams::{Exec, Get, List, Put, StreamKind, Streams};
-use super::{Bits, Connection, State};
+use super::{Bits, Connection, DRAINING_TEXT, State};
 use crate::access::{Authentication, FilesRight, Grant};
 use crate::proto::exec::{EndReason, SignalRequest};
 use crate::proto::files::{FileInfo, FileKind, GetRequest, PutRequest};
@@ -75,6 +75,10 @@ impl Connection {
     }
 
     fn hello(&mut self, frame: Frame<'_>, cx: &mut Context<'_>) -> Result<(), Fatal> {
+        if self.bits.has(Bits::FAIL_HEALTH_CHECK) {
+            // A balancer's check while the server drains: it must see the server go.
+            return Err(Fatal::new(ErrorCode::ShuttingDown, DRAINING_TEXT));
+        }
         let hello = Hello::parse(frame.payload)
             .map_err(|error| Fatal::new(ErrorCode::BadHello, error.to_string()))?;
         let version = hello.negotiate().ok_or_else(|| {

@@ -124,6 +124,10 @@ impl fmt::Display for State {
 /// Text of the ERROR SHUTTING_DOWN a connection gets at a server shutdown.
 const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
 
+/// Text of the ERROR SHUTTING_DOWN a load balancer's health check gets while the server drains.
+pub(crate) const DRAINING_TEXT: &str =
+    "server is draining before a shutdown: health check failed on purpose";
+
 /// The connection's protocol conditions, one bit each (what the connection knows of its
 /// transport is an [`IoState`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,6 +148,9 @@ impl Bits {
     /// The transport has not handed over its first plaintext yet (a TLS handshake in
     /// progress): a read that found nothing proves nothing about what the client sent.
     const TRANSPORT_PENDING: u8 = 1 << 4;
+    /// A load balancer's health check while the server drains: HELLO is answered with
+    /// SHUTTING_DOWN instead of HELLO_OK.
+    const FAIL_HEALTH_CHECK: u8 = 1 << 5;
 
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -446,6 +453,15 @@ impl Connection {
                 self.bits.set(Bits::DRAINING, true);
             }
         }
+    }
+
+    /// The server is draining and this framed connection is a load balancer's health check
+    /// ([`Peer::health_check`](crate::transport::Peer::health_check)): its HELLO is answered
+    /// with ERROR SHUTTING_DOWN instead of HELLO_OK and the connection closes, so the
+    /// balancer's check fails and it stops sending clients. Call [`Connection::drive`] next (a
+    /// HELLO may be waiting). No effect after HELLO.
+    pub fn fail_health_check(&mut self) {
+        self.bits.set(Bits::FAIL_HEALTH_CHECK, true);
     }
 
     /// Tells a shutting-down connection whether its transport is still setting up (a TLS

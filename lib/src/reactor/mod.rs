@@ -120,9 +120,6 @@ const TIMER_SLACK: usize = 64;
 /// client that pipelined more may still see a reset.
 const REFUSE_DRAIN_BYTES: usize = 64 << 10;
 
-/// Text of the ERROR SHUTTING_DOWN a load balancer's health check gets while the server drains.
-const DRAINING_TEXT: &str = "server is draining before a shutdown: health check failed on purpose";
-
 /// Text of the ERROR frame sent to a framed client that cannot be admitted.
 const BUSY_TEXT: &str = "server busy: connection limit reached, try again later";
 
@@ -723,7 +720,9 @@ impl Core {
             })
             .collect();
         for (key, framed) in checks {
-            self.fail_health_check(key.slot as usize, framed);
+            if self.fail_health_check(key.slot as usize, framed) {
+                self.drive_slot(key);
+            }
         }
     }
 

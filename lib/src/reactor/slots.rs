@@ -9,7 +9,7 @@ use slab::Slab;
 
 use super::accept::{is_loopback, turn_away};
 use super::token::{ConnKey, Source, Sub, TimerKey};
-use super::{Core, DRAINING_TEXT, TIMER_SLACK, poll_interest, socket_wants};
+use super::{Core, TIMER_SLACK, poll_interest, socket_wants};
 use crate::conn::{Connection, State, Verdict};
 use crate::proto::proxy::ProxyHeader;
 use crate::proto::{ErrorCode, ErrorMessage};
@@ -208,26 +208,30 @@ impl Core {
                     slot.health_check = header.is_health_check();
                     debug!("slot {index}: PROXY header from {proxy}: {header}");
                 }
-                if slot.health_check && self.draining.is_some() {
-                    self.fail_health_check(index, framed);
-                    return false;
-                }
                 // The bytes after the header (or all of them) are the connection's to read.
                 slot.conn.on_ready(true, false);
+                if slot.health_check && self.draining.is_some() {
+                    return self.fail_health_check(index, framed);
+                }
                 true
             }
         }
     }
 
     /// A health check while draining: the balancer must see this server as down. A framed
-    /// check gets ERROR SHUTTING_DOWN where HELLO_OK would be; a raw echo one is closed with
-    /// nothing echoed.
-    pub(super) fn fail_health_check(&mut self, index: usize, framed: bool) {
+    /// check gets ERROR SHUTTING_DOWN where HELLO_OK would be (through its TLS session, if
+    /// it has one: the connection answers it, [`Connection::fail_health_check`]); a raw echo
+    /// one is closed with nothing echoed. Returns whether the connection is to be driven.
+    pub(super) fn fail_health_check(&mut self, index: usize, framed: bool) -> bool {
         debug!("slot {index}: a health check while draining: failed on purpose");
-        self.turn_away_slot(
-            index,
-            framed.then_some((ErrorCode::ShuttingDown, DRAINING_TEXT)),
-        );
+        if !framed {
+            self.turn_away_slot(index, None);
+            return false;
+        }
+        if let Some(slot) = self.conns.get_mut(index) {
+            slot.conn.fail_health_check();
+        }
+        true
     }
 
     /// Closes connection `index` before its protocol started: `error` (if any) is written as

@@ -164,6 +164,21 @@ fn the_raw_echo_echoes_what_it_received_before_closing_at_shutdown() {
     assert!(io.write_shut, "closed once echoed");
 }
 
+#[test]
+fn a_health_check_while_draining_gets_shutting_down_for_its_hello() {
+    let mut io = MemoryIo::new();
+    let mut h = ConnHarness::framed(Limits::default());
+    h.conn.fail_health_check();
+    io.push(&hello());
+    h.event(&mut io, true, false);
+    let frames = written(&mut io);
+    assert_eq!(frames.len(), 1, "no HELLO_OK: {frames:?}");
+    let message = ErrorMessage::parse(&frames[0].1).expect("ERROR parses");
+    assert_eq!(message.code, ErrorCode::ShuttingDown);
+    assert!(message.text.contains("health check"), "{}", message.text);
+    assert_eq!(h.conn.state(), State::Closing);
+}
+
 // === The binary ===
 
 /// Sends HELLO on a fresh connection to `server` and reads HELLO_OK.

@@ -700,7 +700,8 @@ impl Core {
             return;
         }
         info!(
-            "{why}: draining for {delay:?} before shutting down: health checks fail, clients              are still served; send it again to shut down now"
+            "{why}: draining for {delay:?} before shutting down: health checks fail, \
+             clients are still served; send it again to shut down now"
         );
         let deadline = self.env.now.after(delay);
         self.draining = Some(deadline);
@@ -799,6 +800,10 @@ impl Core {
                 .is_some_and(|session| !session.is_established());
             if let Some(slot) = self.conns.get_mut(index) {
                 slot.conn.set_transport_pending(handshaking);
+                if slot.health_check {
+                    // A check whose HELLO is still to come must not get HELLO_OK now.
+                    slot.conn.fail_health_check();
+                }
                 self.env
                     .with_context(key, peer, |cx| slot.conn.begin_shutdown(grace, cx));
                 self.drive_slot(key);

@@ -210,7 +210,11 @@ impl Core {
                 }
                 // The bytes after the header (or all of them) are the connection's to read.
                 slot.conn.on_ready(true, false);
-                if slot.health_check && self.draining.is_some() {
+                // Draining, or already shutting down (a check taken from the backlog at the
+                // shutdown): the balancer must not see this server as up.
+                if slot.health_check
+                    && (self.draining.is_some() || self.shutdown_deadline.is_some())
+                {
                     return self.fail_health_check(index, framed);
                 }
                 true

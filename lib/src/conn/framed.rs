@@ -92,9 +92,11 @@ impl Connection {
 
         let frames_left = !waiting_for_bytes && self.pending_input() > 0;
         if self.finished_received_work(frames_left) {
+            // The output may be large (replies, a transfer's queued DATA): it has the grace
+            // period to go, as the shutdown's own timer allows anyway.
             self.begin_close(
                 Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
-                cx.limits.linger_timeout,
+                cx.limits.shutdown_grace,
                 cx,
             );
             return self.drive_closing(io, cx, budget);

@@ -29,8 +29,10 @@
 //! ```
 //! `Closing` writes what is pending (an error frame, the last replies), shuts the write side,
 //! then reads and discards until the peer closes or the linger deadline passes, so the last
-//! bytes are not destroyed by a reset. An `Open` connection with running commands stays `Open`
-//! at shutdown until they have been stopped and their EXIT frames queued ("draining").
+//! bytes are not destroyed by a reset. At shutdown a connection first answers what its client
+//! had sent (what its input and its socket hold; `Bits::FINISHING`), and an `Open` one with
+//! running commands stays `Open` until they have been stopped and their EXIT frames queued
+//! ("draining"); only then does it go `Closing`.
 //!
 //! # Streams
 //! A *stream* is what the protocol means by it: the id a request and its answers carry. The
@@ -553,8 +555,9 @@ impl Connection {
             self.set_state(State::Closed);
         } else if self.finished_received_work(false) {
             // Shutting down, and what the client sent before it is echoed (or queued to be):
-            // the lingering close sends it and ends the connection.
-            self.begin_close(None, cx.limits.linger_timeout, cx);
+            // the lingering close sends it and ends the connection, within the grace period
+            // (as the shutdown's own timer does anyway).
+            self.begin_close(None, cx.limits.shutdown_grace, cx);
             return self.drive_closing(io, cx, budget);
         }
         verdict

@@ -205,6 +205,39 @@ fn a_remote_client_behind_a_local_balancer_is_not_loopback() {
     }
 }
 
+/// The code of the answer to a GET sent after HELLO behind `header`, or `None` for no ERROR.
+fn get_refusal_behind(server: &Server, header: &[u8]) -> Option<ErrorCode> {
+    let mut balancer = tcp(server.framed());
+    let mut wire = header.to_vec();
+    wire.extend_from_slice(&hello_bytes());
+    wire.extend_from_slice(&get_frame(1, b"anything", 0));
+    balancer.write_all(&wire).unwrap();
+    expect_hello_ok(&mut balancer);
+    let (header, payload) = recv_frame(&mut balancer);
+    (header.frame_type == FrameType::Error)
+        .then(|| ErrorMessage::parse(&payload).expect("ERROR parses").code)
+}
+
+#[test]
+fn a_proxied_client_is_loopback_only_if_the_header_names_a_local_client() {
+    // The balancer is on loopback here; the client it names decides.
+    let server = proxied_server("require", &[]);
+    let local_client = b"PROXY TCP4 127.0.0.5 127.0.0.1 40000 7878\r\n";
+    assert_ne!(
+        get_refusal_behind(&server, local_client),
+        Some(ErrorCode::Forbidden),
+        "a client on this machine, through a balancer on this machine"
+    );
+    // A header that names no client: it may be anywhere.
+    for header in [&b"PROXY UNKNOWN\r\n"[..], &v2_local()] {
+        assert_eq!(
+            get_refusal_behind(&server, header),
+            Some(ErrorCode::Forbidden),
+            "{header:?}"
+        );
+    }
+}
+
 #[test]
 fn a_v2_local_health_check_is_served_with_the_balancers_own_address() {
     let server = proxied_server("require", &[]);

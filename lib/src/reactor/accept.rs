@@ -127,6 +127,7 @@ impl Core {
             addr: peer.into(),
             prelude: self.proxy.expect_for(peer.ip()).map(ProxyPrelude::new),
             health_check: false,
+            off_host: false,
         });
         let index = key.slot as usize;
         if self.tls.len() <= index && session.is_some() {

@@ -43,6 +43,10 @@ pub(super) struct Slot {
     pub(super) prelude: Option<ProxyPrelude>,
     /// The PROXY header said this is the balancer's health check ([`Peer::health_check`]).
     pub(super) health_check: bool,
+    /// The PROXY header came from a balancer on another host, or named no client: whatever
+    /// `addr` says, the client's bytes are not known to have stayed on this machine, so
+    /// [`Peer::loopback`] is false.
+    pub(super) off_host: bool,
 }
 
 /// A client's address in 18 bytes with no padding (a `SocketAddr` takes 32): kept in every
@@ -141,8 +145,9 @@ impl Core {
             .conns
             .get(index)
             .map_or(Peer::LOCAL.addr, |slot| slot.addr.into());
-        let loopback = is_loopback(addr.ip());
-        let health_check = self.conns.get(index).is_some_and(|slot| slot.health_check);
+        let slot = self.conns.get(index);
+        let loopback = is_loopback(addr.ip()) && !slot.is_some_and(|slot| slot.off_host);
+        let health_check = slot.is_some_and(|slot| slot.health_check);
         match self.tls.get(index).and_then(Option::as_deref) {
             None => Peer {
                 addr,
@@ -202,9 +207,18 @@ impl Core {
             }
             Prelude::Done(header) => {
                 if let Some(header) = header {
-                    if let ProxyHeader::Proxied { client, .. } = header {
-                        slot.addr = client.into();
-                    }
+                    // Loopback means the bytes never left this machine: a client on the
+                    // balancer's host is local only if the balancer is; a client the header
+                    // does not name may be anywhere.
+                    slot.off_host = match header {
+                        ProxyHeader::Proxied { client, .. } => {
+                            slot.addr = client.into();
+                            !is_loopback(proxy.ip())
+                        }
+                        ProxyHeader::Local | ProxyHeader::Unknown | ProxyHeader::Unspecified => {
+                            true
+                        }
+                    };
                     slot.health_check = header.is_health_check();
                     debug!("slot {index}: PROXY header from {proxy}: {header}");
                 }

@@ -156,6 +156,8 @@ pub struct Peer {
     pub encrypted: bool,
     /// The client's address is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z): its
     /// bytes never leave this machine, so a plaintext connection from it may authenticate.
+    /// Behind a PROXY header, only if the balancer is on loopback too and the header names
+    /// the client (a health check's or an `UNKNOWN` header's client may be anywhere).
     pub loopback: bool,
     /// The client certificate's key, if it presented one that the server verified against
     /// `--tls-client-ca`.

@@ -64,7 +64,7 @@ pub struct ServeArgs {
     proxy_protocol: ProxyMode,
     /// Peers allowed to send a PROXY header (the balancers), as ADDR/BITS or ADDR, separated by
     /// commas [default: loopback only, 127.0.0.0/8 and ::1].
-    #[arg(long, value_name = "CIDR,...")]
+    #[arg(long, value_name = "CIDR,...", requires = "proxy_protocol")]
     proxy_from: Option<String>,
     /// Run commands for authenticated clients (needs a token). With --access, this is the
     /// token's right only: each access-file credential's own `exec` decides for it, and

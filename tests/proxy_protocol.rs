@@ -433,6 +433,32 @@ proptest! {
     }
 
     #[test]
+    fn the_fuzz_targets_checks_hold_on_headers_cut_and_mutated(
+        step in any::<u8>(),
+        base in prop_oneof![
+            Just(V1_TCP4.to_vec()),
+            Just(V1_TCP6.to_vec()),
+            Just(b"PROXY UNKNOWN\r\n".to_vec()),
+            Just(v2_tcp4_with_tlvs()),
+            Just(v2_local()),
+        ],
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in any::<prop::sample::Index>(),
+        after in vec(any::<u8>(), 0..32),
+    ) {
+        let mut wire = base;
+        for (at, byte) in flips {
+            let at = at.index(wire.len());
+            wire[at] = byte;
+        }
+        wire.truncate(cut.index(wire.len() + 1));
+        wire.extend_from_slice(&after);
+        let mut data = vec![step];
+        data.extend_from_slice(&wire);
+        monoreactor::fuzzing::proxy_header(&data);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_and_never_claim_more_than_they_hold(
         start in prop_oneof![Just(&b""[..]), Just(&b"PROXY "[..]), Just(V2_SIGNATURE)],
         bytes in vec(any::<u8>(), 0..300),

@@ -66,7 +66,7 @@ impl Peek for Arrived {
 /// in (1 to 256 bytes). Checks: [`proxy::parse`] never panics, never claims more bytes than
 /// it was given nor more than [`MAX_LEN`]; its answer is final (a prefix that is refused, or
 /// a header found in a prefix, stays so with every byte after it); and the prelude that
-/// requires a header ([`ProxyPrelude::advance`]), fed the pieces one at a time, agrees with
+/// requires a header (`ProxyPrelude::advance`), fed the pieces one at a time, agrees with
 /// `parse` on the whole input: done with the same header having taken exactly its bytes off
 /// the socket, failed when it is refused, waiting when it needs more; it never writes.
 pub fn proxy_header(data: &[u8]) {

@@ -14,7 +14,7 @@ use crate::conn::{Connection, State, Verdict};
 use crate::proto::proxy::ProxyHeader;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::timer::Tick;
-use crate::transport::proxy::{Prelude, ProxyPrelude};
+use crate::transport::proxy::{Prelude, PreludeError, ProxyPrelude};
 use crate::transport::tls::TlsSession;
 use crate::transport::{Peer, Readiness, Transport};
 
@@ -187,6 +187,12 @@ impl Core {
             }
             Prelude::Closed => {
                 debug!("slot {index}: {proxy} closed before sending anything");
+                self.mark_closing(index);
+                false
+            }
+            // The socket failed (a reset): nobody to tell, nothing to report above debug.
+            Prelude::Failed(PreludeError::Io(error)) => {
+                debug!("slot {index}: {proxy}: {error}");
                 self.mark_closing(index);
                 false
             }

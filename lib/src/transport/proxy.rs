@@ -458,14 +458,35 @@ mod tests {
 
     #[test]
     fn advance_takes_the_header_at_every_split_and_leaves_the_rest_on_the_socket() {
-        for header in [v1(), v2()] {
+        let local = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Local,
+            ppp::v2::Protocol::Unspecified,
+            ppp::v2::Addresses::Unspecified,
+        )
+        .build()
+        .expect("build");
+        let tcp6 = ProxyHeader::Proxied {
+            client: "[2001:db8::7]:56324".parse().expect("address"),
+            server: "[2001:db8::1]:7878".parse().expect("address"),
+        };
+        let headers = [
+            (v1(), client()),
+            (
+                b"PROXY TCP6 2001:db8::7 2001:db8::1 56324 7878\r\n".to_vec(),
+                tcp6,
+            ),
+            (b"PROXY UNKNOWN\r\n".to_vec(), ProxyHeader::Unknown),
+            (v2(), client()),
+            (local, ProxyHeader::Local),
+        ];
+        for (header, expected) in headers {
             let mut wire = header.clone();
             wire.extend_from_slice(HELLO_LIKE);
             for expect in [Expect::Required, Expect::Optional] {
                 for split in 0..=wire.len() {
                     let (outcome, left) = split_delivery(expect, &wire, split);
                     match outcome {
-                        Prelude::Done(Some(found)) => assert_eq!(found, client()),
+                        Prelude::Done(Some(found)) => assert_eq!(found, expected),
                         other => panic!("{expect:?}, split at {split}: {other:?}"),
                     }
                     assert_eq!(left, HELLO_LIKE, "{expect:?}, split at {split}");

@@ -648,6 +648,7 @@ fn smallest_limits(output_cap: u64) -> Limits {
         frame_timeout: tick,
         linger_timeout: tick,
         shutdown_grace: Duration::ZERO,
+        drain_delay: Duration::ZERO,
         pre_auth_max_frame: 64,
         max_exec: 1,
         max_streams_per_connection: 1,

@@ -14,12 +14,13 @@ use monoreactor::proto::{Flags, Frame, FrameType, Hello};
 /// A fuzz target's entry point.
 type Entry = fn(&[u8]);
 
-const TARGETS: [(&str, Entry); 5] = [
+const TARGETS: [(&str, Entry); 6] = [
     ("decoder", fuzzing::decoder),
     ("framed_connection", fuzzing::framed_connection),
     ("exec_session", fuzzing::exec_session),
     ("file_session", fuzzing::file_session),
     ("tls_session", fuzzing::tls_session),
+    ("proxy_header", fuzzing::proxy_header),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -66,6 +67,11 @@ fn file_session_corpus_replays() {
 #[test]
 fn tls_session_corpus_replays() {
     replay(TARGETS[4].0, TARGETS[4].1);
+}
+
+#[test]
+fn proxy_header_corpus_replays() {
+    replay(TARGETS[5].0, TARGETS[5].1);
 }
 
 /// The `tls_session` entry point on inputs of every mode, short and odd ones included.

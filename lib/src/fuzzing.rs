@@ -9,6 +9,7 @@
 //! | [`framed_connection`] | a framed [`Connection`](crate::conn::Connection) through [`ConnHarness`] and a [`FuzzIo`] | the [session checks](#the-session-checks) |
 //! | [`exec_session`] | the same, authenticated, commands on [`ScriptedChildren`] | the session checks, and the exec checks |
 //! | [`tls_session`] | a server `TlsSession` over a [`FuzzIo`]: the client's bytes raw, or a real client's handshake and then garbage or mutated records | no panic, no endless loop; buffers within [`tls::BUFFER_BOUND`]; plaintext only after the handshake, never after the session failed or the end, a prefix of what the real client sent |
+//! | [`proxy_header`] | the PROXY header's parser, and the prelude taking a header off a socket fed in pieces | no panic; never more bytes claimed than given; an answer is final; the prelude agrees with the parser and takes exactly the header's bytes |
 //! | [`file_session`] | the same, files served from a temporary root, disk jobs on a [`ScriptedDisk`](crate::testkit::ScriptedDisk) | the session checks, and the file checks |
 //!
 //! # The op script
@@ -82,7 +83,9 @@ use crate::testkit::{
 };
 use crate::timer::Tick;
 
+pub mod proxy;
 pub mod tls;
+pub use proxy::proxy_header;
 pub use tls::tls_session;
 
 /// The token of the exec target's server (what [`Script::hello`] sends with `token: true`).

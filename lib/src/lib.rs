@@ -106,15 +106,15 @@ pub use access::{
     token_hash,
 };
 pub use limits::{
-    InvalidLimits, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION,
-    MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
+    DEFAULT_PROXIED_DRAIN_DELAY, InvalidLimits, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN,
+    MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
 };
 pub use reactor::{ReactorStats, ShutdownHandle};
 pub use reload::{Fresh, LogSwap, Reload, Reloader};
 pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
-    Listener, Listeners, Server, StartError, activated_listeners, bind_shared,
-    bind_worker_metrics, raise_descriptor_limit, worker_metrics_addrs,
+    Listener, Listeners, Server, StartError, activated_listeners, bind_shared, bind_worker_metrics,
+    raise_descriptor_limit, worker_metrics_addrs,
 };
 pub use sys::notify::{ACTIVATION_NAMES, Lifecycle, SystemdNotify};
 
@@ -122,6 +122,7 @@ pub use sys::notify::{ACTIVATION_NAMES, Lifecycle, SystemdNotify};
 pub use buffer::BufferPool;
 pub use conn::{Connection, Context, Protocol, State, Verdict};
 pub use timer::{Tick, WallClock};
+pub use transport::proxy::{Cidr, ProxyMode, ProxyPolicy};
 pub use transport::{
     ALPN, KeyFingerprint, Peer, Readiness, TlsSettings, Transport, key_fingerprint, tls_provider,
 };

@@ -66,6 +66,13 @@ pub struct Limits {
     /// After SIGINT/SIGTERM: how long pending output may take to flush before every connection
     /// is closed and the process exits. Default 5 s.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the server keeps accepting and serving while failing load
+    /// balancers' health checks (PROXY v2 `LOCAL`, v1 `UNKNOWN`), before the shutdown proper
+    /// closes the listeners: the time for the balancer to see the server go and stop sending
+    /// it clients. Default 0 here; `serve` makes it [`DEFAULT_PROXIED_DRAIN_DELAY`] when the
+    /// PROXY protocol is on (without the header no health check can be told apart, so there
+    /// is nothing for a balancer to see).
+    pub drain_delay: Duration,
 
     // --- Before authentication ---
     /// Largest payload accepted before a connection has authenticated: any frame before HELLO,
@@ -112,6 +119,11 @@ pub struct Limits {
     pub max_client_memory: usize,
 }
 
+/// The drain delay `serve` uses when the PROXY protocol is on and `--drain-delay` is not
+/// given: 1 s covers HAProxy's usual `inter 200 fall 2` (two failed checks 200 ms apart, plus
+/// each check's own time) with room to spare.
+pub const DEFAULT_PROXIED_DRAIN_DELAY: Duration = Duration::from_secs(1);
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -133,6 +145,7 @@ impl Default for Limits {
             frame_timeout: Duration::from_secs(30),
             linger_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
             pre_auth_max_frame: 4 << 10,
             max_exec: 64,
             max_streams_per_connection: 8,

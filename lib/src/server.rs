@@ -20,6 +20,7 @@ use crate::limits::{DESCRIPTORS_PER_COMMAND, Limits};
 use crate::reactor::{Reactor, ReactorStats, Setup, ShutdownHandle, Sockets};
 use crate::reload::Reload;
 use crate::sys::root::Root;
+use crate::transport::proxy::ProxyPolicy;
 
 /// Default framed-protocol address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_FRAMED_ADDR: SocketAddr =
@@ -79,6 +80,9 @@ pub struct Config {
     /// `None` (the default) serves none. A non-loopback address needs `insecure`: the
     /// counters tell anyone who can reach the port how busy the server is and with what.
     pub metrics: Option<SocketAddr>,
+    /// The PROXY protocol on the framed and raw echo listeners: off, or which peers may (or
+    /// must) start a connection with the header. Off by default.
+    pub proxy: ProxyPolicy,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             disk_helper: None,
             tls: None,
             reload: Reload::default(),
+            proxy: ProxyPolicy::default(),
             metrics: None,
             lifecycle: None,
         }
@@ -326,6 +331,7 @@ impl Server {
             tls: config.tls,
             reload: config.reload,
             lifecycle: config.lifecycle,
+            proxy: config.proxy,
         })?;
         Ok(Server { reactor, addrs })
     }

@@ -836,8 +836,8 @@ mod tests {
         };
         let (sets, _) = crate::server::bind_shared(config, 2).unwrap();
         let started = Instant::now();
-        let error =
-            supervise_with(sets, vec!["--list".into()], Reload::default(), false, None).unwrap_err();
+        let error = supervise_with(sets, vec!["--list".into()], Reload::default(), false, None)
+            .unwrap_err();
         assert!(
             error.to_string().contains("every worker failed at start"),
             "{error}"

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use monoreactor::{Access, load_token};
+use monoreactor::{Cidr, DEFAULT_PROXIED_DRAIN_DELAY, ProxyMode, ProxyPolicy};
 use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Listeners, Server,
     StartError, SystemdNotify,
@@ -76,6 +77,24 @@ pub struct ServeArgs {
     /// After SIGINT/SIGTERM, seconds allowed for pending output before everything is closed.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().shutdown_grace))]
     shutdown_grace: Secs,
+    /// After SIGTERM, seconds to keep accepting and serving while load balancers' health
+    /// checks (PROXY v2 LOCAL, v1 UNKNOWN) fail, so the balancer stops sending clients before
+    /// the listeners close; then the shutdown runs. A second SIGTERM ends it early; SIGINT
+    /// skips it. [default: 1 with --proxy-protocol allow|require (covers HAProxy's `inter 200
+    /// fall 2`), 0 with it off, where no balancer's check can be told apart]
+    #[arg(long, value_name = "SECS", value_parser = drain_secs)]
+    drain_delay: Option<std::time::Duration>,
+    /// PROXY protocol (the v1 or v2 header a load balancer such as HAProxy sends first) on the
+    /// framed and the raw TCP echo listeners, both: `off`; `allow` (a --proxy-from peer may
+    /// start with a header); `require` (a --proxy-from peer must). A header from any other peer
+    /// is refused. With --tls-cert the header comes before the TLS handshake. The address in
+    /// the header is the client's for logs and for the loopback check.
+    #[arg(long, value_name = "off|allow|require", default_value_t = ProxyMode::Off)]
+    proxy_protocol: ProxyMode,
+    /// Peers allowed to send a PROXY header (the balancers), as ADDR/BITS or ADDR, separated by
+    /// commas [default: loopback only, 127.0.0.0/8 and ::1].
+    #[arg(long, value_name = "CIDR,...", requires = "proxy_protocol")]
+    proxy_from: Option<String>,
     /// Run commands for authenticated clients (needs a token). With --access, this is the
     /// token's right only: each access-file credential's own `exec` decides for it, and
     /// commands run in the root (its `root` for a scoped credential) as without.
@@ -274,6 +293,15 @@ struct Settings {
 /// the configuration; every error, one line each. Changes nothing: binding, creating the
 /// root and raising limits come later.
 fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
+    let proxy = ProxyPolicy {
+        mode: args.proxy_protocol,
+        from: match &args.proxy_from {
+            Some(list) => {
+                Cidr::parse_list(list).map_err(|error| vec![format!("--proxy-from {error}")])?
+            }
+            None => Vec::new(),
+        },
+    };
     let limits = Limits {
         max_connections: args.max_conns,
         idle_timeout: args.idle_timeout.0,
@@ -281,6 +309,11 @@ fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
         frame_timeout: args.frame_timeout.0,
         max_frame_len: args.max_frame,
         shutdown_grace: args.shutdown_grace.0,
+        drain_delay: args.drain_delay.unwrap_or(if proxy.is_on() {
+            DEFAULT_PROXIED_DRAIN_DELAY
+        } else {
+            std::time::Duration::ZERO
+        }),
         exec_timeout: args.exec_timeout.0,
         exec_output_cap: args.exec_max_output,
         max_exec: args.max_commands,
@@ -352,6 +385,7 @@ fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
         // systemd's Type=notify, when it started us (a worker has no NOTIFY_SOCKET).
         lifecycle: SystemdNotify::from_env(),
         metrics: args.metrics.map(|addr| addr.0),
+        proxy,
     };
     Ok(Settings {
         config,
@@ -591,6 +625,17 @@ fn describe_start_error(error: StartError) -> String {
         })
         .collect();
     lines.join("\nmonoreactor: ")
+}
+
+/// `--drain-delay`: seconds, 0 allowed (no drain).
+fn drain_secs(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.0..=1e9).contains(&seconds) {
+        return Err(format!("`{text}`: seconds must be 0 to 1e9"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]

@@ -243,8 +243,9 @@ impl Connection {
                 "PUT after the client closed its side of the connection",
             ));
         }
-        // 6. Not draining.
-        if self.bits.has(Bits::DRAINING) {
+        // 6. Not shutting down (the requests received before it are answered, but none
+        // starts anything that would outlive the connection's last moments).
+        if self.bits.has(Bits::FINISHING) {
             return Err(Refusal::new(
                 ErrorCode::ShuttingDown,
                 format!("the server is shutting down and starts no new {what}"),

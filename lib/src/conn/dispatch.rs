@@ -26,7 +26,7 @@ use log::{debug, info, warn};
 use super::admission::Admitted;
 use super::context::{Context, Fatal};
 use super::streams::{Exec, Get, List, Put, StreamKind, Streams, close_record};
-use super::{Bits, Connection, State};
+use super::{Bits, Connection, DRAINING_TEXT, State};
 use crate::access::{Authentication, FilesRight, Grant};
 use crate::metrics::RequestKind;
 use crate::metrics::access::{self, Line, Outcome, Record};
@@ -133,6 +133,10 @@ impl Connection {
     }
 
     fn hello(&mut self, frame: Frame<'_>, cx: &mut Context<'_>) -> Result<(), Fatal> {
+        if self.bits.has(Bits::FAIL_HEALTH_CHECK) {
+            // A balancer's check while the server drains: it must see the server go.
+            return Err(Fatal::new(ErrorCode::ShuttingDown, DRAINING_TEXT));
+        }
         let hello = Hello::parse(frame.payload)
             .map_err(|error| Fatal::new(ErrorCode::BadHello, error.to_string()))?;
         let version = hello.negotiate().ok_or_else(|| {
@@ -154,11 +158,12 @@ impl Connection {
                     Some(throttle) => {
                         if let Some(suppressed) = throttle.allow(cx.now) {
                             warn!(
-                                "HELLO with a wrong token refused ({suppressed} more since last report)"
+                                "HELLO from {} with a wrong token refused ({suppressed} more since last report)",
+                                cx.peer.addr
                             );
                         }
                     }
-                    None => debug!("HELLO with a wrong token refused"),
+                    None => debug!("HELLO from {} with a wrong token refused", cx.peer.addr),
                 }
                 return Err(Fatal::new(
                     ErrorCode::AuthFailed,
@@ -429,8 +434,8 @@ impl Connection {
             Some(grant) => {
                 if let Some(held) = grant.log_refusal(cx.now) {
                     info!(
-                        "credential \"{}\": stream {stream} refused: {text} ({held} more since last report)",
-                        grant.name
+                        "credential \"{}\" from {}: stream {stream} refused: {text} ({held} more since last report)",
+                        grant.name, cx.peer.addr
                     );
                 }
             }

@@ -91,15 +91,17 @@ impl Connection {
         }
         self.track_partial_frame(waiting_for_bytes, cx.limits, cx.now);
 
-        if self.bits.has(Bits::DRAINING) && !self.draining_work() {
+        let frames_left = !waiting_for_bytes && self.pending_input() > 0;
+        if self.finished_received_work(frames_left) {
+            // The output may be large (replies, a transfer's queued DATA): it has the grace
+            // period to go, as the shutdown's own timer allows anyway.
             self.begin_close(
                 Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
-                cx.limits.linger_timeout,
+                cx.limits.shutdown_grace,
                 cx,
             );
             return self.drive_closing(io, cx, budget);
         }
-        let frames_left = !waiting_for_bytes && self.pending_input() > 0;
         if self.io_state.has(IoState::PEER_EOF)
             && !frames_left
             && self.outbox.is_empty()
@@ -166,7 +168,7 @@ impl Connection {
         cx: &mut Context<'_>,
         budget: &mut Budget,
     ) -> Verdict {
-        debug!("closing: {}", fatal.text);
+        debug!("{}: closing: {}", cx.peer.addr, fatal.text);
         if fatal.broken {
             return self.fail();
         }

@@ -29,8 +29,10 @@
 //! ```
 //! `Closing` writes what is pending (an error frame, the last replies), shuts the write side,
 //! then reads and discards until the peer closes or the linger deadline passes, so the last
-//! bytes are not destroyed by a reset. An `Open` connection with running commands stays `Open`
-//! at shutdown until they have been stopped and their EXIT frames queued ("draining").
+//! bytes are not destroyed by a reset. At shutdown a connection first answers what its client
+//! had sent (what its input and its socket hold; `Bits::FINISHING`), and an `Open` one with
+//! running commands stays `Open` until they have been stopped and their EXIT frames queued
+//! ("draining"); only then does it go `Closing`.
 //!
 //! # Streams
 //! A *stream* is what the protocol means by it: the id a request and its answers carry. The
@@ -124,6 +126,10 @@ impl fmt::Display for State {
 /// Text of the ERROR SHUTTING_DOWN a connection gets at a server shutdown.
 const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
 
+/// Text of the ERROR SHUTTING_DOWN a load balancer's health check gets while the server drains.
+pub(crate) const DRAINING_TEXT: &str =
+    "server is draining before a shutdown: health check failed on purpose";
+
 /// The connection's protocol conditions, one bit each (what the connection knows of its
 /// transport is an [`IoState`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,6 +143,16 @@ impl Bits {
     /// Shutting down with commands still running: they are being stopped, and the close comes
     /// once their EXIT frames are queued.
     const DRAINING: u8 = 1 << 2;
+    /// Shutting down: the requests already received (in the input buffer, or in the socket
+    /// when the shutdown began) are answered, nothing new is started, and once they are the
+    /// connection closes (framed: with SHUTTING_DOWN).
+    const FINISHING: u8 = 1 << 3;
+    /// The transport has not handed over its first plaintext yet (a TLS handshake in
+    /// progress): a read that found nothing proves nothing about what the client sent.
+    const TRANSPORT_PENDING: u8 = 1 << 4;
+    /// A load balancer's health check while the server drains: HELLO is answered with
+    /// SHUTTING_DOWN instead of HELLO_OK.
+    const FAIL_HEALTH_CHECK: u8 = 1 << 5;
 
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -380,7 +396,7 @@ impl Connection {
                 } else {
                     format!("frame not completed within {:?}", cx.limits.frame_timeout)
                 };
-                debug!("timeout: {text}");
+                debug!("{}: timeout: {text}", cx.peer.addr);
                 self.begin_close(
                     Some((ErrorCode::Timeout, &text)),
                     cx.limits.linger_timeout,
@@ -415,10 +431,22 @@ impl Connection {
         self.set_state(State::Closing);
     }
 
-    /// Starts the shutdown of this connection with `grace` to finish: running commands get
-    /// SIGTERM and their EXIT frames go out before `SHUTTING_DOWN`; without commands the
-    /// orderly close starts at once.
+    /// Starts the shutdown of this connection with `grace` to finish. What the client sent
+    /// before it is answered first: the connection reads what its socket already holds and
+    /// handles every complete frame (the raw echo echoes it), starting nothing new; running
+    /// commands get SIGTERM and their EXIT frames go out; then `SHUTTING_DOWN` and the orderly
+    /// close. Call [`Connection::drive`] next: the close comes from a drive.
     pub fn begin_shutdown(&mut self, grace: Duration, cx: &mut Context<'_>) {
+        if !matches!(
+            self.state,
+            State::AwaitingHello | State::Open | State::Echoing
+        ) {
+            return;
+        }
+        self.bits.set(Bits::FINISHING, true);
+        // Bytes may be waiting whose edge this turn has not reported yet; a read that finds
+        // none costs one `WouldBlock` (rule 4: spurious readiness is normal).
+        self.io_state.set(IoState::READ_READY, true);
         if self.state == State::Open && self.draining_work() {
             if let Some(streams) = self.streams.as_mut() {
                 // SIGKILL comes within half the grace at most, so the EXIT frames and
@@ -426,14 +454,37 @@ impl Connection {
                 let kill_grace = cx.limits.exec_kill_grace.min(grace / 2);
                 streams.handle_shutdown(cx.now, kill_grace);
                 self.bits.set(Bits::DRAINING, true);
-                return;
             }
         }
-        self.begin_close(
-            Some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
-            grace,
-            cx,
-        );
+    }
+
+    /// The server is draining and this framed connection is a load balancer's health check
+    /// ([`Peer::health_check`](crate::transport::Peer::health_check)): its HELLO is answered
+    /// with ERROR SHUTTING_DOWN instead of HELLO_OK and the connection closes, so the
+    /// balancer's check fails and it stops sending clients. Call [`Connection::drive`] next (a
+    /// HELLO may be waiting). No effect after HELLO.
+    pub fn fail_health_check(&mut self) {
+        self.bits.set(Bits::FAIL_HEALTH_CHECK, true);
+    }
+
+    /// Tells a shutting-down connection whether its transport is still setting up (a TLS
+    /// session in its handshake): while it is, a read that found nothing does not end the
+    /// connection, since the client's first requests may follow its handshake in the same
+    /// flight. The caller clears it (and drives again) once the transport is ready; the
+    /// shutdown's grace period bounds the wait.
+    pub fn set_transport_pending(&mut self, pending: bool) {
+        self.bits.set(Bits::TRANSPORT_PENDING, pending);
+    }
+
+    /// Shutting down, and everything received before it is answered: no complete frame left
+    /// in the input, the socket read until it had nothing more (or the client's FIN), and no
+    /// command or commit still finishing. `frames_left`: complete frames wait in the input.
+    fn finished_received_work(&self, frames_left: bool) -> bool {
+        self.bits.has(Bits::FINISHING)
+            && !self.bits.has(Bits::TRANSPORT_PENDING)
+            && !frames_left
+            && (!self.io_state.has(IoState::READ_READY) || self.io_state.has(IoState::PEER_EOF))
+            && !self.draining_work()
     }
 
     /// Returns the connection's buffers to the pool and releases its commands; call once, when
@@ -503,6 +554,12 @@ impl Connection {
         let verdict = echo.drive(io, cx, budget);
         if verdict == Verdict::Close {
             self.set_state(State::Closed);
+        } else if self.finished_received_work(false) {
+            // Shutting down, and what the client sent before it is echoed (or queued to be):
+            // the lingering close sends it and ends the connection, within the grace period
+            // (as the shutdown's own timer does anyway).
+            self.begin_close(None, cx.limits.shutdown_grace, cx);
+            return self.drive_closing(io, cx, budget);
         }
         verdict
     }

@@ -39,8 +39,9 @@ impl Connection {
         LOG.with(|log| {
             if let Some(suppressed) = log.borrow_mut().allow(cx.now) {
                 warn!(
-                    "a TLS client on a plaintext port: told BAD_HELLO and closed \
-                     ({suppressed} more since last report)"
+                    "a TLS client on a plaintext port ({}): told BAD_HELLO and closed \
+                     ({suppressed} more since last report)",
+                    cx.peer.addr
                 );
             }
         });

@@ -8,6 +8,8 @@
 //! - [`exec`]: payloads of the remote-exec frames (EXEC, STARTED, WINDOW, EXIT, SIGNAL);
 //! - [`files`]: payloads of the file-service frames (GET, PUT, LIST, FILE_INFO, DIGEST, ...);
 //! - [`path`]: the syntax of paths relative to the server's root;
+//! - [`proxy`]: the PROXY protocol header a load balancer sends before the first byte of
+//!   either protocol (and before TLS);
 //! - `arbitrary` (the `arbitrary` feature): `arbitrary::Arbitrary` for the message types, for
 //!   fuzzers and property tests.
 //!
@@ -21,6 +23,7 @@ pub mod frame;
 pub mod header;
 pub mod message;
 pub mod path;
+pub mod proxy;
 
 pub use frame::{Decoder, Frame, Frames};
 pub use header::{DecodeError, Flags, FrameType, HEADER_LEN, Header};

@@ -16,12 +16,30 @@ use super::{ACCEPT_RETRY, Core, REFUSE_DRAIN_BYTES, poll_interest, socket_wants}
 use crate::conn::{Connection, Protocol};
 use crate::metrics::Refusal;
 use crate::proto::ErrorCode;
+use crate::transport::proxy::ProxyPrelude;
 use crate::transport::tls::TlsSession;
 
 impl Core {
     pub(super) fn accept(&mut self, source: Source) {
+        if self.accept_some(source) {
+            // Budget spent and the backlog may hold more: next turn, without waiting for an
+            // event.
+            self.queue_static(source);
+        }
+    }
+
+    /// Accepts until the backlog is empty (or accepting fails): at shutdown, before the
+    /// listener is closed. Bounded by the backlog's length, which nothing refills once this
+    /// turn ends.
+    pub(super) fn accept_backlog(&mut self, source: Source) {
+        while self.listener(source).is_some() && self.accept_some(source) {}
+    }
+
+    /// Accepts up to the accept budget; true if the budget ran out (the backlog may hold
+    /// more).
+    fn accept_some(&mut self, source: Source) -> bool {
         if self.accept_paused {
-            return;
+            return false;
         }
         let protocol = if source == Source::FramedListener {
             Protocol::Framed
@@ -30,19 +48,19 @@ impl Core {
         };
         for _ in 0..self.env.limits.accept_budget {
             let Some(listener) = self.listener(source) else {
-                return;
+                return false;
             };
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer, protocol),
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return false,
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) if is_out_of_descriptors(&error) => {
                     match self.shed_with_spare_fd(source, protocol) {
                         Shed::Refused => {}
-                        Shed::BacklogEmpty => return,
+                        Shed::BacklogEmpty => return false,
                         Shed::NoDescriptor => {
                             self.pause_accepting();
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -52,12 +70,11 @@ impl Core {
                 Err(error) => {
                     error!("accept failed: {error}; pausing accept for {ACCEPT_RETRY:?}");
                     self.pause_accepting();
-                    return;
+                    return false;
                 }
             }
         }
-        // Budget spent and the backlog may hold more: next turn, without waiting for an event.
-        self.queue_static(source);
+        true
     }
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, protocol: Protocol) {
@@ -112,6 +129,9 @@ impl Core {
             queued: false,
             closing: false,
             addr: peer.into(),
+            prelude: self.proxy.expect_for(peer.ip()).map(ProxyPrelude::new),
+            health_check: false,
+            off_host: false,
         });
         let index = key.slot as usize;
         if self.tls.len() <= index && session.is_some() {
@@ -141,20 +161,13 @@ impl Core {
     fn refuse(&mut self, stream: TcpStream, protocol: Protocol) {
         self.stats.refused += 1;
         let mut stream = stream;
-        if protocol == Protocol::Framed {
+        let frame: &[u8] = if protocol == Protocol::Framed {
             self.env.metrics.error(ErrorCode::ServerBusy);
-            let _ = stream.write(&self.busy_frame);
-        }
-        let _ = stream.shutdown(Shutdown::Write);
-        let mut discard = [0; 4096];
-        let mut drained = 0;
-        while drained < REFUSE_DRAIN_BYTES {
-            match stream.read(&mut discard) {
-                Ok(n) if n == discard.len() => drained += n,
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                _ => break,
-            }
-        }
+            &self.busy_frame
+        } else {
+            &[]
+        };
+        turn_away(&mut stream, frame);
     }
 
     /// Out of descriptors: free the spare, accept one connection with it and turn it away,
@@ -214,6 +227,25 @@ impl Core {
         // Connections may have queued in the backlog without a new edge: look now.
         self.queue_static(Source::FramedListener);
         self.queue_static(Source::EchoListener);
+    }
+}
+
+/// Writes `frame` (if not empty) to a connection being turned away, shuts the write side, and
+/// reads what the client already sent, so that the close goes out as FIN, not a reset that
+/// could destroy the frame. A fresh socket's send buffer takes the frame whole.
+pub(super) fn turn_away(stream: &mut TcpStream, frame: &[u8]) {
+    if !frame.is_empty() {
+        let _ = stream.write(frame);
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut discard = [0; 4096];
+    let mut drained = 0;
+    while drained < REFUSE_DRAIN_BYTES {
+        match stream.read(&mut discard) {
+            Ok(n) if n == discard.len() => drained += n,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            _ => break,
+        }
     }
 }
 

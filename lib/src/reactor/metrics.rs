@@ -404,6 +404,7 @@ mod tests {
             tls: None,
             reload: crate::reload::Reload::default(),
             lifecycle: None,
+            proxy: crate::transport::proxy::ProxyPolicy::default(),
         };
         (Reactor::new(setup).unwrap(), addr)
     }

@@ -68,7 +68,7 @@ use slab::Slab;
 
 use crate::access::Access;
 use crate::buffer::BufferPool;
-use crate::conn::{Connection, Context};
+use crate::conn::{Connection, Context, State};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::proto::{ErrorCode, ErrorMessage};
@@ -82,6 +82,7 @@ use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
 use crate::throttle::LogThrottle;
 use crate::timer::{Clock, Tick, TimerQueue, WallClock};
+use crate::transport::proxy::ProxyPolicy;
 use crate::transport::tls::{RecordBuffers, TlsSession};
 use crate::transport::{Peer, Readiness, Transport};
 use children::ConnChildren;
@@ -184,6 +185,8 @@ pub(crate) struct Setup {
     pub reload: Reload,
     /// Told of reloads and of the shutdown.
     pub lifecycle: Option<Arc<dyn Lifecycle>>,
+    /// Who may (or must) start a connection with a PROXY header.
+    pub proxy: ProxyPolicy,
 }
 
 /// Asks a running reactor to shut down, from any thread (tests, an embedding program).
@@ -329,6 +332,8 @@ struct Core {
     refuse_log: LogThrottle,
     emfile_log: LogThrottle,
     shutdown_deadline: Option<Tick>,
+    /// Draining after SIGTERM, until this time: still serving, failing health checks.
+    draining: Option<Tick>,
     /// The shutdown grace period has ended: whatever is left is killed.
     grace_over: bool,
     busy_frame: Vec<u8>,
@@ -357,6 +362,10 @@ struct Core {
     /// Each client connection's tally for its access line, by slot index (beside the slab,
     /// like `tls`).
     tallies: Vec<ConnTally>,
+    /// Who may (or must) start a connection with a PROXY header.
+    proxy: ProxyPolicy,
+    /// Throttles the line for a connection refused over its PROXY header.
+    proxy_log: LogThrottle,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -385,6 +394,7 @@ impl Reactor {
             tls,
             reload,
             lifecycle,
+            proxy,
         } = setup;
         if access.exec && root.is_none() {
             return Err(io::Error::new(
@@ -484,6 +494,7 @@ impl Reactor {
             refuse_log: LogThrottle::default(),
             emfile_log: LogThrottle::default(),
             shutdown_deadline: None,
+            draining: None,
             grace_over: false,
             busy_frame,
             stats: ReactorStats::default(),
@@ -501,6 +512,8 @@ impl Reactor {
             tls_log: LogThrottle::default(),
             metrics_port,
             tallies: Vec::new(),
+            proxy,
+            proxy_log: LogThrottle::default(),
         };
         Ok(Reactor {
             events: Events::with_capacity(EVENTS_PER_POLL),
@@ -586,7 +599,7 @@ impl Core {
             Source::Metrics(index) => self.serve_metrics(index),
             Source::Waker => {
                 if self.shutdown_requested.swap(false, Ordering::AcqRel) {
-                    self.begin_shutdown("shutdown requested");
+                    self.begin_drain("shutdown requested");
                 }
             }
         }
@@ -663,6 +676,15 @@ impl Core {
                 }
                 TimerKey::DiskRestart => self.disk_restart_timer(),
                 TimerKey::Metrics(index) => self.metrics_timer(index, at),
+                TimerKey::DrainOver => {
+                    if self.draining.is_some() {
+                        info!(
+                            "drain over after {:?}: shutting down",
+                            self.env.limits.drain_delay
+                        );
+                        self.begin_shutdown("drain over");
+                    }
+                }
             }
         }
     }
@@ -684,8 +706,11 @@ impl Core {
                 }
                 libc::SIGUSR1 => self.log_counters(),
                 libc::SIGUSR2 => info!("SIGUSR2: ignored (nothing is bound to it)"),
+                // Ctrl-C is a person at a terminal who wants the server gone now: no drain
+                // (the graceful shutdown still answers what was received).
                 libc::SIGINT => self.begin_shutdown("SIGINT"),
-                _ => self.begin_shutdown("SIGTERM"),
+                // What a service manager or an orchestrator sends: drain first.
+                _ => self.begin_drain("SIGTERM"),
             }
         }
     }
@@ -770,15 +795,67 @@ impl Core {
         }
     }
 
-    /// Stops accepting, stops running commands, tells every framed client SHUTTING_DOWN, and
-    /// gives pending output the grace period to drain. A second request closes everything at
-    /// once.
+    /// SIGTERM (or a [`ShutdownHandle`]): drain for `Limits::drain_delay` — keep accepting and
+    /// serving, but fail load balancers' health checks (connections whose PROXY header was a
+    /// v2 `LOCAL` or v1 `UNKNOWN`), so the balancer stops sending clients before the
+    /// listeners close — then shut down. Without a delay, or once draining or shutting down,
+    /// this is [`Core::begin_shutdown`]: a second SIGTERM cuts the drain short, a third
+    /// closes everything.
+    fn begin_drain(&mut self, why: &str) {
+        let delay = self.env.limits.drain_delay;
+        if self.draining.is_some() {
+            info!("{why} again: ending the drain early");
+            self.begin_shutdown(why);
+            return;
+        }
+        if delay.is_zero() || self.shutdown_deadline.is_some() {
+            self.begin_shutdown(why);
+            return;
+        }
+        info!(
+            "{why}: draining for {delay:?} before shutting down: health checks fail, \
+             clients are still served; send it again to shut down now"
+        );
+        let deadline = self.env.now.after(delay);
+        self.draining = Some(deadline);
+        self.env.timers.push(deadline, TimerKey::DrainOver.pack());
+        // Checks already connected and not yet answered fail too.
+        let checks: Vec<(ConnKey, bool)> = self
+            .conns
+            .iter()
+            .filter(|(_, slot)| slot.health_check && !slot.closing)
+            .filter(|(_, slot)| matches!(slot.conn.state(), State::AwaitingHello | State::Echoing))
+            .map(|(index, slot)| {
+                let key = ConnKey {
+                    slot: index as u32,
+                    generation: slot.generation,
+                };
+                (key, slot.conn.state() == State::AwaitingHello)
+            })
+            .collect();
+        for (key, framed) in checks {
+            if self.fail_health_check(key.slot as usize, framed) {
+                self.drive_slot(key);
+            }
+        }
+    }
+
+    /// Stops accepting (after taking in what the backlog already holds), stops running
+    /// commands, answers what every client sent before it, tells every framed client
+    /// SHUTTING_DOWN, and gives pending output the grace period to drain. A second request
+    /// closes everything at once.
     fn begin_shutdown(&mut self, why: &str) {
+        self.draining = None;
         if self.shutdown_deadline.is_some() {
             info!("{why} again: closing {} connections now", self.conns.len());
             self.grace_over = true;
             self.close_all();
             return;
+        }
+        // Connections the kernel completed and queued are clients who were told "connected":
+        // closing the listener would reset them. They are served like the others.
+        for source in [Source::FramedListener, Source::EchoListener] {
+            self.accept_backlog(source);
         }
         let grace = self.env.limits.shutdown_grace;
         let commands = self.env.children.len();
@@ -830,8 +907,21 @@ impl Core {
             })
             .collect();
         for key in keys {
-            let peer = self.peer(key.slot as usize);
-            if let Some(slot) = self.conns.get_mut(key.slot as usize) {
+            let index = key.slot as usize;
+            let peer = self.peer(index);
+            // A TLS handshake still running: its end must not pass for "the client sent
+            // nothing" (the HELLO may follow the client's Finished in the same flight).
+            let handshaking = self
+                .tls
+                .get(index)
+                .and_then(Option::as_deref)
+                .is_some_and(|session| !session.is_established());
+            if let Some(slot) = self.conns.get_mut(index) {
+                slot.conn.set_transport_pending(handshaking);
+                if slot.health_check {
+                    // A check whose HELLO is still to come must not get HELLO_OK now.
+                    slot.conn.fail_health_check();
+                }
                 self.env
                     .with_context(key, peer, |cx| slot.conn.begin_shutdown(grace, cx));
                 self.drive_slot(key);

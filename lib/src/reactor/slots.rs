@@ -7,13 +7,15 @@ use log::{debug, trace, warn};
 use mio::net::TcpStream;
 use slab::Slab;
 
-use super::accept::is_loopback;
+use super::accept::{is_loopback, turn_away};
 use super::metrics::{Counted, request_marks};
 use super::token::{ConnKey, Source, Sub, TimerKey};
 use super::{Core, TIMER_SLACK, poll_interest, socket_wants};
 use crate::conn::{Connection, State, Verdict};
-use crate::proto::ErrorCode;
+use crate::proto::proxy::ProxyHeader;
+use crate::proto::{ErrorCode, ErrorMessage};
 use crate::timer::Tick;
+use crate::transport::proxy::{Prelude, PreludeError, ProxyPrelude};
 use crate::transport::tls::TlsSession;
 use crate::transport::{Peer, Readiness, Transport};
 
@@ -34,8 +36,18 @@ pub(super) struct Slot {
     pub(super) queued: bool,
     /// Marked for closing at the end of the batch.
     pub(super) closing: bool,
-    /// The client's address: the `addr` of its [`Peer`].
+    /// The client's address: the `addr` of its [`Peer`] (the socket's peer, until a PROXY
+    /// header names the client).
     pub(super) addr: PackedAddr,
+    /// A PROXY header may still come first: until it is taken off the socket (or ruled
+    /// out), nothing else reads the socket.
+    pub(super) prelude: Option<ProxyPrelude>,
+    /// The PROXY header said this is the balancer's health check ([`Peer::health_check`]).
+    pub(super) health_check: bool,
+    /// The PROXY header came from a balancer on another host, or named no client: whatever
+    /// `addr` says, the client's bytes are not known to have stayed on this machine, so
+    /// [`Peer::loopback`] is false.
+    pub(super) off_host: bool,
 }
 
 /// A client's address in 18 bytes with no padding (a `SocketAddr` takes 32): kept in every
@@ -114,6 +126,9 @@ impl Core {
                 slot.conn.on_ready(readable, writable);
                 if read_closed {
                     slot.conn.on_read_closed();
+                    if let Some(prelude) = slot.prelude.as_mut() {
+                        prelude.on_read_closed();
+                    }
                 }
             }
             Sub::Child(index, source) => slot.conn.on_child_ready(index, source),
@@ -131,26 +146,153 @@ impl Core {
             .conns
             .get(index)
             .map_or(Peer::LOCAL.addr, |slot| slot.addr.into());
-        let loopback = is_loopback(addr.ip());
+        let slot = self.conns.get(index);
+        let loopback = is_loopback(addr.ip()) && !slot.is_some_and(|slot| slot.off_host);
+        let health_check = slot.is_some_and(|slot| slot.health_check);
         match self.tls.get(index).and_then(Option::as_deref) {
             None => Peer {
                 addr,
                 encrypted: false,
                 loopback,
                 client_key: None,
+                health_check,
             },
             Some(session) => Peer {
                 addr,
                 encrypted: session.is_established(),
                 loopback,
                 client_key: session.client_key(),
+                health_check,
             },
         }
+    }
+
+    /// Looks for the PROXY header of connection `key` (see `transport/proxy.rs`); true once
+    /// the connection may be driven: the header is gone (its client's address now in the
+    /// slot) or there was none. A connection refused over its header is turned away here: a
+    /// framed one with an ERROR frame, a raw echo one with nothing.
+    fn run_prelude(&mut self, key: ConnKey) -> bool {
+        let index = key.slot as usize;
+        let Some(slot) = self.conns.get_mut(index) else {
+            return false;
+        };
+        let Some(mut prelude) = slot.prelude.take() else {
+            return true;
+        };
+        let proxy = SocketAddr::from(slot.addr);
+        let framed = slot.conn.state() == State::AwaitingHello;
+        match prelude.advance(&mut slot.socket) {
+            Prelude::NeedMore => {
+                slot.prelude = Some(prelude);
+                false
+            }
+            Prelude::Closed => {
+                debug!("slot {index}: {proxy} closed before sending anything");
+                self.mark_closing(index);
+                false
+            }
+            // The socket failed (a reset): nobody to tell, nothing to report above debug.
+            Prelude::Failed(PreludeError::Io(error)) => {
+                debug!("slot {index}: {proxy}: {error}");
+                self.mark_closing(index);
+                false
+            }
+            Prelude::Failed(error) => {
+                if let Some(suppressed) = self.proxy_log.allow(self.env.now) {
+                    warn!(
+                        "{proxy}: {error}; {} ({suppressed} more since last report)",
+                        if framed {
+                            "told BAD_HELLO and closed"
+                        } else {
+                            "closed"
+                        }
+                    );
+                }
+                let text = format!("{error} (this server's --proxy-protocol and --proxy-from)");
+                self.turn_away_slot(index, framed.then_some((ErrorCode::BadHello, &text)));
+                false
+            }
+            Prelude::Done(header) => {
+                if let Some(header) = header {
+                    // Loopback means the bytes never left this machine: a client on the
+                    // balancer's host is local only if the balancer is; a client the header
+                    // does not name may be anywhere.
+                    slot.off_host = match header {
+                        ProxyHeader::Proxied { client, .. } => {
+                            slot.addr = client.into();
+                            !is_loopback(proxy.ip())
+                        }
+                        ProxyHeader::Local | ProxyHeader::Unknown | ProxyHeader::Unspecified => {
+                            true
+                        }
+                    };
+                    slot.health_check = header.is_health_check();
+                    debug!("slot {index}: PROXY header from {proxy}: {header}");
+                }
+                // The bytes after the header (or all of them) are the connection's to read.
+                slot.conn.on_ready(true, false);
+                // Draining, or already shutting down (a check taken from the backlog at the
+                // shutdown): the balancer must not see this server as up.
+                if slot.health_check
+                    && (self.draining.is_some() || self.shutdown_deadline.is_some())
+                {
+                    return self.fail_health_check(index, framed);
+                }
+                true
+            }
+        }
+    }
+
+    /// A health check while draining: the balancer must see this server as down. A framed
+    /// check gets ERROR SHUTTING_DOWN where HELLO_OK would be (through its TLS session, if
+    /// it has one: the connection answers it, [`Connection::fail_health_check`]); a raw echo
+    /// one is closed with nothing echoed. Returns whether the connection is to be driven.
+    pub(super) fn fail_health_check(&mut self, index: usize, framed: bool) -> bool {
+        debug!("slot {index}: a health check while draining: failed on purpose");
+        if !framed {
+            self.turn_away_slot(index, None);
+            return false;
+        }
+        if let Some(slot) = self.conns.get_mut(index) {
+            slot.conn.fail_health_check();
+        }
+        true
+    }
+
+    /// Closes connection `index` before its protocol started: `error` (if any) is written as
+    /// an ERROR frame straight to the socket, whose send buffer is empty this early.
+    fn turn_away_slot(&mut self, index: usize, error: Option<(ErrorCode, &str)>) {
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        let mut frame = Vec::new();
+        if let Some((code, text)) = error {
+            ErrorMessage::new(code, text).encode(0, &mut frame);
+        }
+        turn_away(&mut slot.socket, &frame);
+        self.mark_closing(index);
     }
 
     /// Drives a connection and applies the verdict: close, queue, re-register, re-arm.
     pub(super) fn drive_slot(&mut self, key: ConnKey) {
         let index = key.slot as usize;
+        if self
+            .conns
+            .get(index)
+            .is_some_and(|slot| slot.prelude.is_some())
+            && !self.run_prelude(key)
+        {
+            // Still waiting for the header: only its deadline needs to stay armed (the
+            // connection was not driven, so nothing else changed).
+            if let Some(slot) = live_slot(&mut self.conns, key) {
+                let deadline = slot.conn.deadline(&self.env.limits);
+                if deadline < slot.armed {
+                    slot.armed = deadline;
+                    self.env.timers.push(deadline, TimerKey::Conn(key).pack());
+                }
+            }
+            return;
+        }
         let peer = self.peer(index);
         let Some(slot) = self.conns.get_mut(index) else {
             return;
@@ -186,8 +328,9 @@ impl Core {
                 let events = session.take_events();
                 if events.established && verdict != Verdict::Close {
                     debug!(
-                        "slot {index}: TLS established ({:?}), client key {}",
+                        "slot {index}: TLS established ({:?}) with {}, client key {}",
                         session.suite().map(|suite| suite.suite()),
+                        peer.addr,
                         session
                             .client_key()
                             .map_or_else(|| "none".to_string(), |key| key.to_string())
@@ -196,6 +339,7 @@ impl Core {
                     // bytes must be read with the new one): drive again next turn, with
                     // the read hint that the stop cleared.
                     slot.conn.on_ready(true, false);
+                    slot.conn.set_transport_pending(false);
                     if !slot.queued {
                         slot.queued = true;
                         self.ready.push(Source::Conn(key, Sub::Socket));
@@ -409,7 +553,8 @@ impl Core {
                     TimerKey::ShutdownGrace
                     | TimerKey::AcceptRetry
                     | TimerKey::DiskRestart
-                    | TimerKey::Metrics(_),
+                    | TimerKey::Metrics(_)
+                    | TimerKey::DrainOver,
                 ) => true,
                 None => false,
             });
@@ -425,6 +570,16 @@ impl Core {
             return; // superseded by an earlier entry
         }
         slot.armed = Tick::NEVER;
+        if slot.prelude.is_some() && slot.conn.deadline(&self.env.limits) <= now {
+            // Its first deadline (HELLO's, or idle for the raw echo) passed with the PROXY
+            // header still incomplete: nothing was said, so nothing is answered.
+            debug!(
+                "slot {}: no complete PROXY header from {} in time; closed",
+                key.slot, peer.addr
+            );
+            self.mark_closing(key.slot as usize);
+            return;
+        }
         if slot.conn.deadline(&self.env.limits) <= now {
             self.env
                 .with_context(key, peer, |cx| slot.conn.on_deadline(cx));

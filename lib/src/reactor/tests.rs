@@ -36,6 +36,7 @@ fn reactor() -> (Reactor, SocketAddr) {
         tls: None,
         reload: crate::reload::Reload::default(),
         lifecycle: None,
+        proxy: ProxyPolicy::default(),
     };
     (Reactor::new(setup).unwrap(), addr)
 }

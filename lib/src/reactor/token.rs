@@ -8,7 +8,7 @@
 //!  +------+------+------+------------------+-------------------+---------------+
 //!  |  0   |  1   |  0                                          | child (32)    |   a released child's pidfd
 //!  +------+------+-------------------------------------------+---------------+
-//!  |  0   |  0   |  0                                          | 0..=10        |   listeners, signals, waker, timers, disk helper
+//!  |  0   |  0   |  0                                          | 0..=11        |   listeners, signals, waker, timers, disk helper
 //!  +------+------+-------------------------------------------+---------------+
 //!  |  0   |  0   |  0                                          | 16..16+N      |   a metrics connection (and its timer)
 //!  +------+------+-------------------------------------------+---------------+
@@ -181,11 +181,14 @@ pub(super) enum TimerKey {
     DiskRestart,
     /// A metrics connection's deadline (its index), packed as its own token.
     Metrics(u8),
+    /// End of the drain delay: the shutdown proper begins.
+    DrainOver,
 }
 
 const SHUTDOWN_GRACE_TIMER: Token = Token(5);
 const ACCEPT_RETRY_TIMER: Token = Token(6);
 const DISK_RESTART_TIMER: Token = Token(9);
+const DRAIN_OVER_TIMER: Token = Token(11);
 
 impl TimerKey {
     pub(super) fn pack(self) -> Token {
@@ -196,6 +199,7 @@ impl TimerKey {
             TimerKey::AcceptRetry => ACCEPT_RETRY_TIMER,
             TimerKey::DiskRestart => DISK_RESTART_TIMER,
             TimerKey::Metrics(index) => Source::Metrics(index).token(),
+            TimerKey::DrainOver => DRAIN_OVER_TIMER,
         }
     }
 
@@ -204,6 +208,7 @@ impl TimerKey {
             SHUTDOWN_GRACE_TIMER => Some(TimerKey::ShutdownGrace),
             ACCEPT_RETRY_TIMER => Some(TimerKey::AcceptRetry),
             DISK_RESTART_TIMER => Some(TimerKey::DiskRestart),
+            DRAIN_OVER_TIMER => Some(TimerKey::DrainOver),
             token => match Source::from_token(token)? {
                 Source::Conn(key, Sub::Socket) => Some(TimerKey::Conn(key)),
                 Source::Released(child) => Some(TimerKey::Released(child)),
@@ -264,6 +269,7 @@ mod tests {
             TimerKey::ShutdownGrace,
             TimerKey::AcceptRetry,
             TimerKey::DiskRestart,
+            TimerKey::DrainOver,
             TimerKey::Conn(extremes[1]),
             TimerKey::Released(ChildId(7)),
             TimerKey::Metrics(1),

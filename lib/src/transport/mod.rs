@@ -52,10 +52,11 @@
 //! The other mixup — a TLS client on the plaintext framed port — is the framed connection's
 //! to see, from its first bytes (`conn/sniff.rs`).
 //!
-//! A **PROXY protocol** transport parses the v1 line or v2 header from the first bytes, keeps
-//! the client's address, and from then on passes reads and writes (and `sendfile`: the bytes
-//! stay plaintext) through to the socket, reporting a short read only when the socket's read
-//! was short.
+//! The **PROXY protocol** header is not a transport: it is taken off the socket once, before
+//! the connection (or its TLS session) reads a byte, by a prelude that peeks at the first
+//! bytes and reads exactly the header's (`proxy.rs`). After it the socket is the transport
+//! again, untouched, and the connection's [`Peer`] carries the client's address from the
+//! header.
 //!
 //! # How readiness flows
 //! 1. The poll reports the socket; the reactor records it in the connection
@@ -69,6 +70,7 @@
 //!    transport wants ([`Transport::wants`]), both a [`Readiness`]; only the reactor turns
 //!    that into a `mio::Interest`.
 
+pub(crate) mod proxy;
 mod record;
 pub(crate) mod tls;
 mod tls_config;
@@ -154,10 +156,16 @@ pub struct Peer {
     pub encrypted: bool,
     /// The client's address is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z): its
     /// bytes never leave this machine, so a plaintext connection from it may authenticate.
+    /// Behind a PROXY header, only if the balancer is on loopback too and the header names
+    /// the client (a health check's or an `UNKNOWN` header's client may be anywhere).
     pub loopback: bool,
     /// The client certificate's key, if it presented one that the server verified against
     /// `--tls-client-ca`.
     pub client_key: Option<KeyFingerprint>,
+    /// The connection is a load balancer's health check: its PROXY header was a v2 `LOCAL` or
+    /// a v1 `UNKNOWN`, sent by the balancer for itself (`addr` is then the balancer's). A
+    /// draining server fails these so the balancer stops sending it clients.
+    pub health_check: bool,
 }
 
 impl Peer {
@@ -168,6 +176,7 @@ impl Peer {
         encrypted: false,
         loopback: true,
         client_key: None,
+        health_check: false,
     };
 }
 

@@ -307,13 +307,16 @@ fn counters_move_by_exactly_the_traffic_and_each_request_has_its_access_line() {
     );
     let echo = line("\"ECHO x1\"");
     assert!(echo.contains(" alice \"ECHO x1\" CLOSED "), "{echo}");
-    // Nothing a client named reached the log unescaped: no line starts without the logger's
-    // level (a forged line would).
+    // Nothing a client named reached the log unescaped: every line starts with the logger's
+    // timestamp and level (a forged line would not).
     for text in server.stderr_text().lines() {
+        let (stamp, rest) = text.split_once(' ').unwrap_or(("", text));
         assert!(
-            ["INFO ", "WARN ", "ERROR", "DEBUG", "TRACE"]
-                .iter()
-                .any(|level| text.starts_with(level)),
+            stamp.len() == "2026-12-07T19:18:56.123Z".len()
+                && stamp.ends_with('Z')
+                && ["INFO ", "WARN ", "ERROR", "DEBUG", "TRACE"]
+                    .iter()
+                    .any(|level| rest.starts_with(level)),
             "a log line that is not a log line: {text:?}"
         );
     }

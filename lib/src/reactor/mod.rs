@@ -816,6 +816,8 @@ impl Core {
             "{why}: draining for {delay:?} before shutting down: health checks fail, \
              clients are still served; send it again to shut down now"
         );
+        // The service manager hears of the stop when it starts, not a drain delay later.
+        self.tell(|manager| manager.stopping("draining: health checks fail, clients are served"));
         let deadline = self.env.now.after(delay);
         self.draining = Some(deadline);
         self.env.timers.push(deadline, TimerKey::DrainOver.pack());

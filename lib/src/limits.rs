@@ -256,6 +256,7 @@ impl Limits {
             hello_timeout: "hello timeout",
             frame_timeout: "frame timeout",
             shutdown_grace: "shutdown grace",
+            drain_delay: "drain delay",
             exec_timeout: "exec timeout",
             exec_output_cap: "exec output cap",
             max_streams_per_connection: "streams per connection",

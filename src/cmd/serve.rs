@@ -220,11 +220,12 @@ pub type Reparse = Arc<dyn Fn() -> Result<(ServeArgs, FileArgs), String> + Send 
 /// `Limits::take_live` takes; `access`, `tls-cert` and `tls-key` only while they stay given
 /// (turning the access file or TLS on or off needs a restart). Every other key that changed is
 /// logged as needing a restart, so a flag added to `ServeArgs` is, until it is added here.
-const LIVE_KEYS: [&str; 15] = [
+const LIVE_KEYS: [&str; 16] = [
     "idle-timeout",
     "hello-timeout",
     "frame-timeout",
     "shutdown-grace",
+    "drain-delay",
     "exec-timeout",
     "exec-max-output",
     "max-commands-per-conn",
@@ -709,6 +710,7 @@ mod tests {
             ("hello-timeout", "7"),
             ("frame-timeout", "7"),
             ("shutdown-grace", "7"),
+            ("drain-delay", "7"),
             ("exec-timeout", "7"),
             ("exec-max-output", "7"),
             ("max-commands-per-conn", "7"),

@@ -131,7 +131,7 @@ impl Core {
             addr: peer.into(),
             prelude: self.proxy.expect_for(peer.ip()).map(ProxyPrelude::new),
             health_check: false,
-            off_host: false,
+            loopback: is_loopback(peer.ip()),
         });
         let index = key.slot as usize;
         if self.tls.len() <= index && session.is_some() {

@@ -44,10 +44,11 @@ pub(super) struct Slot {
     pub(super) prelude: Option<ProxyPrelude>,
     /// The PROXY header said this is the balancer's health check ([`Peer::health_check`]).
     pub(super) health_check: bool,
-    /// The PROXY header came from a balancer on another host, or named no client: whatever
-    /// `addr` says, the client's bytes are not known to have stayed on this machine, so
-    /// [`Peer::loopback`] is false.
-    pub(super) off_host: bool,
+    /// [`Peer::loopback`], decided once (at the accept, then again at the PROXY header)
+    /// rather than at every drive: the client's address is a loopback one and, behind a
+    /// balancer, the balancer is on this machine too (a header that names no client is never
+    /// loopback: the client's bytes are not known to have stayed here).
+    pub(super) loopback: bool,
 }
 
 /// A client's address in 18 bytes with no padding (a `SocketAddr` takes 32): kept in every
@@ -142,13 +143,10 @@ impl Core {
 
     /// Who connection `index` is talking to, for its [`Context`](crate::conn::Context).
     pub(super) fn peer(&self, index: usize) -> Peer {
-        let addr = self
-            .conns
-            .get(index)
-            .map_or(Peer::LOCAL.addr, |slot| slot.addr.into());
-        let slot = self.conns.get(index);
-        let loopback = is_loopback(addr.ip()) && !slot.is_some_and(|slot| slot.off_host);
-        let health_check = slot.is_some_and(|slot| slot.health_check);
+        let Some(slot) = self.conns.get(index) else {
+            return Peer::LOCAL;
+        };
+        let (addr, loopback, health_check) = (slot.addr.into(), slot.loopback, slot.health_check);
         match self.tls.get(index).and_then(Option::as_deref) {
             None => Peer {
                 addr,
@@ -217,13 +215,13 @@ impl Core {
                     // Loopback means the bytes never left this machine: a client on the
                     // balancer's host is local only if the balancer is; a client the header
                     // does not name may be anywhere.
-                    slot.off_host = match header {
+                    slot.loopback = match header {
                         ProxyHeader::Proxied { client, .. } => {
                             slot.addr = client.into();
-                            !is_loopback(proxy.ip())
+                            is_loopback(proxy.ip()) && is_loopback(client.ip())
                         }
                         ProxyHeader::Local | ProxyHeader::Unknown | ProxyHeader::Unspecified => {
-                            true
+                            false
                         }
                     };
                     slot.health_check = header.is_health_check();

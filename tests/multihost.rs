@@ -17,7 +17,7 @@
 //!
 //! On 2 cores, HAProxy, three servers and the generator share the same two cores: the
 //! requests per second show that the setup works, not how it scales (docs/DEPLOY.md says how
-//! to measure on real hosts). The whole file runs in about 80 s; it skips, saying why,
+//! to measure on real hosts). The whole file runs in about a minute; it skips, saying why,
 //! when not root or when `ip netns` or haproxy is missing.
 //!
 //! Run it alone, with the table: `cargo test --test multihost -- --nocapture --test-threads 1`.

@@ -4,19 +4,23 @@
 //! before SHUTTING_DOWN was not processed, and a client may send it again on a new connection
 //! (`bench echo --reconnect` does). These tests fail if the connection ever ran, stored or
 //! answered a request that reached it after its SHUTTING_DOWN: an EXEC must not spawn, a PUT
-//! must not store, an ECHO must not be answered.
+//! must not store, an ECHO must not be answered. The connection is driven by hand (no socket,
+//! no clock), then the same for the real binary over loopback.
 
 mod support;
 
+use std::io::{ErrorKind, Read, Write};
 use std::time::Duration;
 
 use monoreactor::client::OwnedFrame;
 use monoreactor::proto::exec::ExecRequest;
 use monoreactor::proto::files::{Hash, PutFlags, PutRequest};
-use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello};
+use monoreactor::proto::{
+    ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header, Hello,
+};
 use monoreactor::testkit::{ConnHarness, MemoryIo};
 use monoreactor::{Limits, State, Verdict};
-use support::TempDir;
+use support::{Server, TempDir, tcp};
 
 const TOKEN: &[u8] = b"0123456789abcdef-token";
 
@@ -161,4 +165,50 @@ fn what_arrived_before_the_shutdown_is_answered_before_shutting_down() {
         ]
     );
     assert!(h.children().all().is_empty());
+}
+
+// === The binary ===
+
+/// The next frame from `stream`: (type, stream, payload).
+fn read_frame(stream: &mut impl Read) -> (FrameType, u32, Vec<u8>) {
+    let mut header = [0; HEADER_LEN];
+    stream.read_exact(&mut header).expect("a frame header");
+    let header = Header::parse(&header, monoreactor::MAX_FRAME_LEN)
+        .expect("a valid header")
+        .expect("a whole header");
+    let mut payload = vec![0; header.len as usize];
+    stream
+        .read_exact(&mut payload)
+        .expect("the frame's payload");
+    (header.frame_type, header.stream, payload)
+}
+
+#[test]
+fn the_server_runs_no_exec_and_answers_no_echo_sent_after_its_shutting_down() {
+    let mut server = Server::start_exec(&["--shutdown-grace", "5"]);
+    let marker = server.scratch().join("ran-after-shutting-down");
+    let mut client = tcp(server.framed());
+    client.write_all(&hello(server.token())).unwrap();
+    assert_eq!(read_frame(&mut client).0, FrameType::HelloOk);
+    server.signal(libc::SIGTERM);
+    let (kind, stream, payload) = read_frame(&mut client);
+    assert_eq!((kind, stream), (FrameType::Error, 0));
+    assert_eq!(
+        ErrorMessage::parse(&payload).expect("ERROR parses").code,
+        ErrorCode::ShuttingDown
+    );
+    // Sent after SHUTTING_DOWN arrived: the server lingers for our FIN, discarding.
+    let touch = format!("touch '{}'", marker.display());
+    let mut wire = exec(1, &[b"/bin/sh", b"-c", touch.as_bytes()]);
+    wire.extend(echo(3, b"too late"));
+    client.write_all(&wire).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    match client.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "answered after SHUTTING_DOWN: {rest:?}"),
+        Err(error) => assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}"),
+    }
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(!marker.exists(), "the EXEC ran after SHUTTING_DOWN");
 }

@@ -216,6 +216,7 @@ where
         bytes: requests * bytes_per_request,
         elapsed,
         errors,
+        retried: 0,
         latency,
         server_cpu,
         client_cpu,

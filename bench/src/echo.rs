@@ -13,8 +13,15 @@
 //! [`EchoOptions::reconnect`] (closed loop only) a dropped connection is opened again after
 //! [`RECONNECT_AFTER`], as a client behind a load balancer would, so a run through a server's
 //! restart counts what the restart cost and goes on: then each request in flight on a dropped
-//! connection is one error, and a connection the server closes with nothing in flight (after
-//! SHUTTING_DOWN, say) is none.
+//! connection is one error, and a connection the server closes with nothing in flight is none.
+//!
+//! Except after SHUTTING_DOWN, as an HTTP/2 client after GOAWAY: the server answers every
+//! request it received before that error and handles nothing after it (docs/PROTOCOL.md,
+//! SHUTTING_DOWN), so a request with no answer before it was not processed, and a
+//! reconnecting run sends it again on the new connection, counted as *retried*, not as an
+//! error. Only then: a reset, or an EOF without SHUTTING_DOWN, leaves it unknown whether the
+//! server processed what was in flight (an echo is harmless, but the rule is the protocol's,
+//! and the generator keeps it), so those stay errors.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -29,7 +36,7 @@ use super::report::{Pacer, Recorder, Report, io_kind};
 use super::timer::Timer;
 use super::{BenchProtocol, LoadConfig};
 use monoreactor::MAX_FRAME_LEN;
-use monoreactor::proto::{Decoder, ErrorMessage, FrameType, Hello};
+use monoreactor::proto::{Decoder, ErrorCode, ErrorMessage, FrameType, Hello};
 use monoreactor::raise_descriptor_limit;
 
 /// One benchmark connection.
@@ -54,6 +61,9 @@ struct Conn {
     awaiting_hello: bool,
     /// Reconnecting: when this dropped connection is opened again.
     retry_at: Option<Instant>,
+    /// Reconnecting after SHUTTING_DOWN: start times of the requests it left unanswered, sent
+    /// again first on the next connection (their latency counts from the first send).
+    resend: VecDeque<Instant>,
 }
 
 /// Options of an echo run beyond [`LoadConfig`].
@@ -96,6 +106,7 @@ fn open(config: &LoadConfig, poll: &Poll, index: usize) -> io::Result<Conn> {
         backlog: VecDeque::new(),
         awaiting_hello: config.protocol == BenchProtocol::Framed,
         retry_at: None,
+        resend: VecDeque::new(),
     };
     if conn.awaiting_hello {
         Hello::current().encode(&mut conn.out);
@@ -233,7 +244,9 @@ struct Received {
 
 /// Why a connection is done.
 enum Fatal {
-    /// An ERROR frame on stream 0 (the server closes after it), by code.
+    /// ERROR SHUTTING_DOWN on stream 0: what had no answer before it was not processed.
+    ShuttingDown,
+    /// Any other ERROR frame on stream 0 (the server closes after it), by code.
     Server(String),
     Io(io::Error),
     Protocol(String),
@@ -242,6 +255,7 @@ enum Fatal {
 impl Fatal {
     fn kind(&self) -> String {
         match self {
+            Fatal::ShuttingDown => ErrorCode::ShuttingDown.to_string(),
             Fatal::Server(code) => code.clone(),
             Fatal::Io(error) => io_kind(error),
             Fatal::Protocol(what) => what.clone(),
@@ -271,6 +285,9 @@ fn receive(
         };
         got.closed = receive_tls(tls, &mut conn.stream, sink, chunk)?;
     }
+    // A read that fails after bytes came: those bytes are decoded first (an ERROR
+    // SHUTTING_DOWN among them says what the server handled, whatever broke after it).
+    let mut read_failed = None;
     while conn.tls.is_none() {
         match conn.stream.read(chunk) {
             Ok(0) => {
@@ -294,7 +311,10 @@ fn receive(
             }
             Err(error) if error.kind() == ErrorKind::WouldBlock => break,
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return Err(Fatal::Io(error)),
+            Err(error) => {
+                read_failed = Some(error);
+                break;
+            }
         }
     }
     match config.protocol {
@@ -313,13 +333,21 @@ fn receive(
                         got.replies += 1;
                     }
                     FrameType::Error => {
-                        let code = ErrorMessage::parse(frame.payload)
+                        let message = ErrorMessage::parse(frame.payload).ok();
+                        let code = message
+                            .as_ref()
                             .map_or("undecodable ERROR".to_string(), |message| {
                                 message.code.to_string()
                             });
                         if frame.header.stream == 0 {
                             // The replies before it count; the connection ends here.
-                            got.fatal = Some(Fatal::Server(code));
+                            let shutting_down = message
+                                .is_some_and(|message| message.code == ErrorCode::ShuttingDown);
+                            got.fatal = Some(if shutting_down {
+                                Fatal::ShuttingDown
+                            } else {
+                                Fatal::Server(code)
+                            });
                             break;
                         }
                         got.failed.push(code);
@@ -340,6 +368,9 @@ fn receive(
             let consumed = frames.consumed();
             conn.received.drain(..consumed);
         }
+    }
+    if let Some(error) = read_failed {
+        got.fatal.get_or_insert(Fatal::Io(error));
     }
     Ok(got)
 }
@@ -654,7 +685,14 @@ fn reopen_due(
         }
         match open(config, poll, index) {
             Ok(mut fresh) => {
-                for _ in 0..config.depth {
+                // What SHUTTING_DOWN left unanswered goes first (never more than `depth`: it
+                // was in flight), then new requests up to `depth`.
+                let resend = std::mem::take(&mut conn.resend);
+                recorder.retried(resend.len() as u64);
+                for start in resend {
+                    fresh.push(request, start);
+                }
+                while fresh.in_flight.len() < config.depth {
                     fresh.push(request, now);
                 }
                 // A failure here shows on the first event.
@@ -671,7 +709,9 @@ fn reopen_due(
 
 /// Drops `conn` and counts why. Reconnecting, what is counted is the requests it loses: one
 /// error per request in flight (none for a connection the server closed after answering
-/// everything, a protocol error at least one); otherwise one error per connection.
+/// everything, a protocol error at least one), except after SHUTTING_DOWN, which loses none:
+/// the requests in flight were not processed, and are kept to be sent again on the next
+/// connection ([`reopen_due`]). Otherwise one error per connection.
 fn kill(
     poll: &mut Poll,
     conn: &mut Conn,
@@ -689,6 +729,10 @@ fn kill(
     let lost = conn.in_flight.len();
     let count = match (reconnect, why) {
         (false, _) => 1,
+        (true, Fatal::ShuttingDown) => {
+            conn.resend = std::mem::take(&mut conn.in_flight);
+            0
+        }
         (true, Fatal::Protocol(_)) => lost.max(1),
         (true, _) => lost,
     };
@@ -703,6 +747,8 @@ fn kill(
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
     use crate::Stop;
@@ -761,6 +807,169 @@ mod tests {
         let report = run_echo(&config).expect("a run");
         assert!(report.ended_early.is_some());
         assert_eq!(report.error_total(), 2, "{:?}", report.errors);
+    }
+
+    /// How a [`framed_server`] ends each connection after answering ten echoes and reading
+    /// the eleventh.
+    #[derive(Clone, Copy)]
+    enum Ending {
+        /// ERROR SHUTTING_DOWN on stream 0, then an orderly close: the eleventh was not
+        /// processed.
+        ShuttingDown,
+        /// Another ERROR on stream 0 (TIMEOUT), then an orderly close.
+        OtherError,
+        /// An EOF with no ERROR: whether the eleventh was processed is unknown.
+        Eof,
+        /// A reset (SO_LINGER 0) with no ERROR.
+        Reset,
+    }
+
+    /// A framed echo server on loopback: HELLO_OK, ten echo replies per connection, then
+    /// `ending` once the eleventh request has arrived. Also returns how many echoes it
+    /// answered in all.
+    fn framed_server(ending: Ending) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+        use monoreactor::proto::{Flags, Frame, HelloOk, SessionFlags};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let answered = Arc::new(AtomicU64::new(0));
+        let count = answered.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let next_frame = |stream: &mut std::net::TcpStream| {
+                        let mut header = [0; monoreactor::proto::HEADER_LEN];
+                        stream.read_exact(&mut header).ok()?;
+                        let header = monoreactor::proto::Header::parse(&header, MAX_FRAME_LEN)
+                            .ok()
+                            .flatten()?;
+                        let mut payload = vec![0; header.len as usize];
+                        stream.read_exact(&mut payload).ok()?;
+                        Some((header, payload))
+                    };
+                    if next_frame(&mut stream).is_none() {
+                        return;
+                    }
+                    let mut out = Vec::new();
+                    HelloOk {
+                        version: monoreactor::proto::PROTOCOL_VERSION,
+                        max_payload_len: MAX_FRAME_LEN,
+                        flags: SessionFlags::AUTHENTICATED,
+                    }
+                    .encode(&mut out);
+                    for _ in 0..10 {
+                        let Some((header, payload)) = next_frame(&mut stream) else {
+                            return;
+                        };
+                        Frame::new(
+                            FrameType::EchoReply,
+                            Flags::END_STREAM,
+                            header.stream,
+                            &payload,
+                        )
+                        .encode_into(&mut out);
+                        if stream.write_all(&out).is_err() {
+                            return;
+                        }
+                        out.clear();
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if next_frame(&mut stream).is_none() {
+                        return;
+                    }
+                    let code = match ending {
+                        Ending::ShuttingDown => ErrorCode::ShuttingDown,
+                        Ending::OtherError => ErrorCode::Timeout,
+                        Ending::Eof => {
+                            let _ = stream.shutdown(std::net::Shutdown::Write);
+                            let _ = stream.read_to_end(&mut Vec::new());
+                            return;
+                        }
+                        Ending::Reset => {
+                            let _ =
+                                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                            return;
+                        }
+                    };
+                    ErrorMessage::new(code, "bye").encode(0, &mut out);
+                    let _ = stream.write_all(&out);
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    let _ = stream.read_to_end(&mut Vec::new());
+                });
+            }
+        });
+        (addr, answered)
+    }
+
+    fn framed_config(addr: std::net::SocketAddr) -> LoadConfig {
+        LoadConfig {
+            protocol: BenchProtocol::Framed,
+            ..config(addr)
+        }
+    }
+
+    #[test]
+    fn after_shutting_down_the_unanswered_requests_are_retried_not_errors() {
+        let (addr, answered) = framed_server(Ending::ShuttingDown);
+        let config = framed_config(addr);
+        let report = run_echo_with(&config, EchoOptions { reconnect: true }).expect("a run");
+        assert_eq!(report.ended_early, None);
+        assert_eq!(report.error_total(), 0, "{:?}", report.errors);
+        assert!(report.requests >= 200, "{}", report.requests);
+        // One request unanswered per connection of ten echoes, each sent again.
+        assert!(
+            (15..=25).contains(&report.retried),
+            "retried {}",
+            report.retried
+        );
+        // Every reply the run counted is one the server sent: the retried requests were
+        // answered on their new connection, and none was counted twice.
+        assert!(report.requests <= answered.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn with_two_in_flight_every_unanswered_one_is_retried() {
+        let (addr, _) = framed_server(Ending::ShuttingDown);
+        let config = LoadConfig {
+            depth: 2,
+            ..framed_config(addr)
+        };
+        let report = run_echo_with(&config, EchoOptions { reconnect: true }).expect("a run");
+        assert_eq!(report.ended_early, None);
+        assert_eq!(report.error_total(), 0, "{:?}", report.errors);
+        // The eleventh at each SHUTTING_DOWN, and the twelfth unless the tenth reply and
+        // SHUTTING_DOWN came in one read (the twelfth was then never sent).
+        assert!(
+            (15..=50).contains(&report.retried),
+            "retried {}",
+            report.retried
+        );
+    }
+
+    #[test]
+    fn an_eof_a_reset_or_another_error_leaves_the_request_an_error_not_retried() {
+        for ending in [Ending::Eof, Ending::Reset, Ending::OtherError] {
+            let (addr, _) = framed_server(ending);
+            let config = framed_config(addr);
+            let report = run_echo_with(&config, EchoOptions { reconnect: true }).expect("a run");
+            assert_eq!(report.ended_early, None);
+            assert_eq!(report.retried, 0);
+            let errors = report.error_total();
+            assert!((15..=25).contains(&errors), "{:?}", report.errors);
+        }
+    }
+
+    #[test]
+    fn without_reconnecting_shutting_down_ends_the_connection_as_an_error() {
+        let (addr, _) = framed_server(Ending::ShuttingDown);
+        let report = run_echo(&framed_config(addr)).expect("a run");
+        assert!(report.ended_early.is_some());
+        assert_eq!(report.retried, 0);
+        assert_eq!(
+            report.errors,
+            std::collections::BTreeMap::from([("SHUTTING_DOWN".to_string(), 2)])
+        );
     }
 
     #[test]

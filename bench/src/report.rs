@@ -50,6 +50,9 @@ pub struct Report {
     /// Errors by kind (`SERVER_BUSY`, `closed by server`, `connection refused`, ...), warm-up
     /// included.
     pub errors: BTreeMap<String, u64>,
+    /// Requests sent again on a new connection because the server's SHUTTING_DOWN said they
+    /// were not processed (`echo --reconnect`; warm-up included): not errors.
+    pub retried: u64,
     /// Latencies in the window, nanoseconds.
     pub latency: Histogram<u64>,
     /// The server's CPU time (user + system) over the window, if its pid was given.
@@ -165,6 +168,7 @@ pub(crate) struct Recorder {
     requests: u64,
     bytes_per_request: u64,
     errors: BTreeMap<String, u64>,
+    retried: u64,
     measure_from: Instant,
     measuring: bool,
     stop: Stop,
@@ -190,6 +194,7 @@ impl Recorder {
             requests: 0,
             bytes_per_request,
             errors: BTreeMap::new(),
+            retried: 0,
             measure_from: now + warmup,
             measuring: false,
             stop,
@@ -225,6 +230,11 @@ impl Recorder {
     pub(crate) fn error(&mut self, now: Instant, kind: &str) {
         self.last_error = Some(now);
         count_error(&mut self.errors, kind, 1);
+    }
+
+    /// `count` requests sent again after SHUTTING_DOWN ([`Report::retried`]).
+    pub(crate) fn retried(&mut self, count: u64) {
+        self.retried += count;
     }
 
     /// Whether the window has ended (its time is up or its count reached).
@@ -303,6 +313,7 @@ impl Recorder {
             bytes: self.requests * self.bytes_per_request,
             elapsed,
             errors: self.errors,
+            retried: self.retried,
             latency: self.latency,
             server_cpu,
             client_cpu,

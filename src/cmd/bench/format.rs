@@ -93,6 +93,18 @@ impl Display for ReportText<'_> {
                 )?;
             }
         }
+        if report.retried > 0 {
+            write!(
+                f,
+                "\n  retried {} {} the server's SHUTTING_DOWN left unanswered (not processed: sent again on a new connection)",
+                report.retried,
+                if report.retried == 1 {
+                    "request"
+                } else {
+                    "requests"
+                }
+            )?;
+        }
         if let Some(reason) = &report.ended_early {
             write!(f, "\n  ended early: {reason} (partial results)")?;
         }
@@ -132,6 +144,7 @@ pub fn report_json(report: &Report) -> Result<String, serde_json::Error> {
         mb_per_s: Rounded(report.megabytes_per_second()),
         errors_total: report.error_total(),
         errors: &report.errors,
+        retried: (report.retried > 0).then_some(report.retried),
         latency_us: Latency(report.latency_table()),
         server_cpu_us_per_request: report.per_request(report.server_cpu).map(Rounded),
         client_cpu_us_per_request: report.per_request(report.client_cpu).map(Rounded),
@@ -155,6 +168,10 @@ struct ReportJson<'a> {
     mb_per_s: Rounded,
     errors_total: u64,
     errors: &'a BTreeMap<String, u64>,
+    /// Only when there were any (`echo --reconnect` after SHUTTING_DOWN): the keys of every
+    /// other report stay what they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retried: Option<u64>,
     latency_us: Latency,
     server_cpu_us_per_request: Option<Rounded>,
     client_cpu_us_per_request: Option<Rounded>,
@@ -267,6 +284,7 @@ mod tests {
             bytes: 256,
             elapsed: Duration::from_millis(2),
             errors: BTreeMap::from([("SERVER_BUSY".to_string(), 1)]),
+            retried: 0,
             latency,
             server_cpu: None,
             client_cpu: None,
@@ -314,6 +332,24 @@ mod tests {
              \"server_cpu_us_per_request\":2.5,\
              \"client_cpu_us_per_request\":null,\"generator_busy\":null,\"complete\":false,\
              \"ended_early\":\"refused 3\"}"
+        );
+    }
+
+    #[test]
+    fn retried_requests_show_only_when_there_were_some() {
+        let mut run = two_requests();
+        assert!(!report_json(&run).expect("JSON").contains("retried"));
+        assert!(!report(&run).contains("retried"));
+        run.retried = 3;
+        let json = report_json(&run).expect("JSON");
+        assert!(
+            json.contains("\"errors\":{\"SERVER_BUSY\":1},\"retried\":3,"),
+            "{json}"
+        );
+        assert!(
+            report(&run).contains("retried 3 requests"),
+            "{}",
+            report(&run)
         );
     }
 

@@ -45,7 +45,9 @@ pub struct EchoBenchArgs {
     /// Open a connection again (after 10 ms) when the server closes or resets it, as a client
     /// behind a load balancer would, and count as errors the requests that were in flight on
     /// it (none if the server closed it after answering them): a server's restart then costs
-    /// its failed requests, and the run goes on. Closed loop only.
+    /// its failed requests, and the run goes on. The requests a framed server left unanswered
+    /// at its SHUTTING_DOWN were not processed: they are sent again on the new connection and
+    /// counted as retried, not as errors. Closed loop only.
     #[arg(long, conflicts_with = "rate")]
     reconnect: bool,
 }

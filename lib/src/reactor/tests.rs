@@ -266,3 +266,27 @@ fn a_connection_is_driven_once_per_turn_however_many_events_it_has() {
         "an event for a queued connection only records readiness: one budget per turn"
     );
 }
+
+#[test]
+fn a_packed_address_comes_back_as_it_went_in() {
+    use super::slots::PackedAddr;
+    use std::net::SocketAddr;
+    for text in [
+        "127.0.0.1:7878",
+        "10.252.0.2:1",
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "[::1]:443",
+        "[2001:db8::ffff:1:2]:9",
+        "[::]:0",
+    ] {
+        let addr: SocketAddr = text.parse().unwrap();
+        assert_eq!(SocketAddr::from(PackedAddr::from(addr)), addr, "{text}");
+    }
+    // An IPv4 client on a dual-stack socket is the IPv4 address it is.
+    let mapped: SocketAddr = "[::ffff:192.0.2.7]:80".parse().unwrap();
+    assert_eq!(
+        SocketAddr::from(PackedAddr::from(mapped)),
+        "192.0.2.7:80".parse::<SocketAddr>().unwrap()
+    );
+}

@@ -72,3 +72,86 @@ fn a_silent_connection_still_awaiting_its_proxy_header_is_told_shutting_down_at_
         started.elapsed()
     );
 }
+
+/// The service manager's socket (`NOTIFY_SOCKET`), bound by the test as systemd would.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: support::TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = support::TempDir::new("notify");
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        NotifySocket {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Every message that comes within `timeout`, each as its lines.
+    fn messages(&self, timeout: Duration) -> Vec<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0; 4096];
+        let mut all = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                all.push(text.lines().map(str::to_string).collect());
+            }
+        }
+        all
+    }
+
+    /// Waits for a message with `line` in it.
+    #[track_caller]
+    fn expect(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|seen| seen == line)
+                {
+                    return;
+                }
+            }
+        }
+        panic!("no {line} within 10 s");
+    }
+}
+
+/// Once the service manager has been told STOPPING=1 (the drain began), a SIGHUP — log
+/// rotation sends one by habit — reloaded and then said READY=1 and "serving" again: the
+/// manager's status said the server served while it was draining away. A lone server and a
+/// supervisor of workers alike.
+#[test]
+fn a_sighup_during_the_drain_does_not_tell_the_service_manager_ready_again() {
+    for extra in [&[][..], &["--workers", "2"][..]] {
+        let notify = NotifySocket::bind();
+        let mut args = vec!["--proxy-protocol", "allow", "--drain-delay", "3"];
+        args.extend_from_slice(extra);
+        let mut server = Server::start_with(&args, |command| {
+            command.env("NOTIFY_SOCKET", &notify.path);
+        });
+        notify.expect("READY=1");
+        server.signal(libc::SIGTERM);
+        notify.expect("STOPPING=1");
+        server.signal(libc::SIGHUP);
+        let after = notify.messages(Duration::from_millis(1500));
+        assert!(
+            !after.iter().flatten().any(|line| line == "READY=1"
+                || line == "RELOADING=1"
+                || line.starts_with("STATUS=serving")),
+            "{extra:?}: after STOPPING=1: {after:?}"
+        );
+        assert!(server.wait_exit(Duration::from_secs(15)).is_some());
+    }
+}

@@ -155,3 +155,49 @@ fn a_sighup_during_the_drain_does_not_tell_the_service_manager_ready_again() {
         assert!(server.wait_exit(Duration::from_secs(15)).is_some());
     }
 }
+
+/// Held up: peers that send part of a PROXY header and stall, or trickle it one byte at a
+/// time, cost no CPU while they wait (the peek leaves the bytes in the kernel, and the next
+/// edge is the next arrival: no busy loop), and are closed at the hello deadline.
+#[test]
+fn stalled_and_trickling_proxy_headers_cost_no_cpu_and_end_at_the_hello_deadline() {
+    use std::io::Write;
+
+    let server = Server::start(&["--proxy-protocol", "require", "--hello-timeout", "3"]);
+    let v2_header =
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xcb\x00\x71\x07\xc0\x00\x02\x01\xdc\x04\x1e\xc6";
+    let mut stalled: Vec<_> = (0..20)
+        .map(|i| {
+            let mut stream = tcp(if i % 2 == 0 {
+                server.framed()
+            } else {
+                server.echo_tcp()
+            });
+            stream.write_all(&v2_header[..5 + i % 20]).unwrap();
+            stream
+        })
+        .collect();
+    let mut trickler = tcp(server.framed());
+    let before = server.cpu_time();
+    let started = Instant::now();
+    for byte in &v2_header[..v2_header.len() - 1] {
+        trickler.write_all(&[*byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let spent = server.cpu_time() - before;
+    assert!(
+        spent < Duration::from_millis(300),
+        "{spent:?} of CPU in {:?} for 21 waiting headers",
+        started.elapsed()
+    );
+    // The framed ones at the hello deadline (3 s after their accept), not later.
+    for stream in stalled.iter_mut().step_by(2) {
+        expect_closed(stream);
+    }
+    expect_closed(&mut trickler);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -201,3 +201,54 @@ fn stalled_and_trickling_proxy_headers_cost_no_cpu_and_end_at_the_hello_deadline
         started.elapsed()
     );
 }
+
+/// Held up: a balancer's connection that pipelined far more than the output high-water mark
+/// and stopped reading when SIGTERM came gets every complete request answered, in order, then
+/// SHUTTING_DOWN (the half frame at the end is not a request), within the grace period.
+#[test]
+fn a_pipelined_burst_beyond_the_high_water_mark_is_answered_whole_at_shutdown() {
+    use std::io::Write;
+
+    let mut server = Server::start(&[
+        "--proxy-protocol",
+        "require",
+        "--drain-delay",
+        "0",
+        "--shutdown-grace",
+        "30",
+    ]);
+    let mut client = tcp(server.framed());
+    let mut wire = b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 7878\r\n".to_vec();
+    wire.extend(support::hello_bytes());
+    client.write_all(&wire).unwrap();
+    let (header, _) = recv_frame(&mut client);
+    assert_eq!(header.frame_type, FrameType::HelloOk);
+    let request = support::echo_request(1, &[0x5a; 1000]);
+    let written = support::flood_without_reading(&mut client, &request);
+    let complete = written / request.len();
+    assert!(
+        complete * request.len() > 1 << 20,
+        "{written} bytes written"
+    );
+    server.signal(libc::SIGTERM);
+    client.set_nonblocking(false).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for n in 0..complete {
+        let (header, payload) = recv_frame(&mut client);
+        assert_eq!(
+            (header.frame_type, payload.len()),
+            (FrameType::EchoReply, 1000),
+            "reply {n} of {complete}"
+        );
+    }
+    let (header, payload) = recv_frame(&mut client);
+    assert_eq!(header.frame_type, FrameType::Error);
+    assert_eq!(
+        ErrorMessage::parse(&payload).expect("ERROR parses").code,
+        ErrorCode::ShuttingDown
+    );
+    drop(client);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+}

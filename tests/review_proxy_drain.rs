@@ -35,6 +35,7 @@ fn a_silent_connection_still_awaiting_its_proxy_header_is_told_shutting_down_at_
     let mut server = Server::start(&[
         "--proxy-protocol",
         "allow",
+        "--insecure",
         "--drain-delay",
         "0",
         "--shutdown-grace",
@@ -136,7 +137,13 @@ impl NotifySocket {
 fn a_sighup_during_the_drain_does_not_tell_the_service_manager_ready_again() {
     for extra in [&[][..], &["--workers", "2"][..]] {
         let notify = NotifySocket::bind();
-        let mut args = vec!["--proxy-protocol", "allow", "--drain-delay", "3"];
+        let mut args = vec![
+            "--proxy-protocol",
+            "allow",
+            "--insecure",
+            "--drain-delay",
+            "3",
+        ];
         args.extend_from_slice(extra);
         let mut server = Server::start_with(&args, |command| {
             command.env("NOTIFY_SOCKET", &notify.path);
@@ -163,7 +170,13 @@ fn a_sighup_during_the_drain_does_not_tell_the_service_manager_ready_again() {
 fn stalled_and_trickling_proxy_headers_cost_no_cpu_and_end_at_the_hello_deadline() {
     use std::io::Write;
 
-    let server = Server::start(&["--proxy-protocol", "require", "--hello-timeout", "3"]);
+    let server = Server::start(&[
+        "--proxy-protocol",
+        "require",
+        "--insecure",
+        "--hello-timeout",
+        "3",
+    ]);
     let v2_header =
         b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xcb\x00\x71\x07\xc0\x00\x02\x01\xdc\x04\x1e\xc6";
     let mut stalled: Vec<_> = (0..20)
@@ -212,6 +225,7 @@ fn a_pipelined_burst_beyond_the_high_water_mark_is_answered_whole_at_shutdown() 
     let mut server = Server::start(&[
         "--proxy-protocol",
         "require",
+        "--insecure",
         "--drain-delay",
         "0",
         "--shutdown-grace",
@@ -251,4 +265,49 @@ fn a_pipelined_burst_beyond_the_high_water_mark_is_answered_whole_at_shutdown() 
     );
     drop(client);
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+/// A server on 127.0.0.1 with no token starts (loopback is this machine only), but with
+/// `--proxy-protocol` a balancer relays clients from anywhere to it. Shown before the fix:
+/// `serve --proxy-protocol require --tls-cert .. --tls-key ..` on 127.0.0.1 with no token,
+/// a client at 203.0.113.7 behind a local balancer, over TLS, sent HELLO with no credentials
+/// and a GET, and read the file (rung 3, "TLS or loopback", passes on TLS; nothing else asks
+/// for a credential on a server without a token). The start-up check that refuses an
+/// unguarded listener reachable from other hosts now counts this one.
+#[test]
+fn the_proxy_protocol_without_a_token_is_refused_at_start_unless_insecure() {
+    let root = support::TempDir::new("review-proxy-root");
+    let root = root.path().display().to_string();
+    for mode in ["allow", "require"] {
+        let refused = support::run_cli(
+            &[
+                "serve",
+                "--check-config",
+                "--proxy-protocol",
+                mode,
+                "--root",
+                &root,
+            ],
+            Duration::from_secs(10),
+        );
+        assert!(!refused.status.success(), "{mode}: {}", refused.stdout);
+        assert!(
+            refused.stderr.contains("--proxy-protocol") && refused.stderr.contains("token"),
+            "{mode}: {}",
+            refused.stderr
+        );
+        let insecure = support::run_cli(
+            &[
+                "serve",
+                "--check-config",
+                "--proxy-protocol",
+                mode,
+                "--insecure",
+                "--root",
+                &root,
+            ],
+            Duration::from_secs(10),
+        );
+        assert!(insecure.status.success(), "{mode}: {}", insecure.stderr);
+    }
 }

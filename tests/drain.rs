@@ -259,7 +259,14 @@ fn sigterm_with_a_request_in_flight_and_a_client_in_the_backlog_answers_both() {
 
 #[test]
 fn during_the_drain_health_checks_fail_and_clients_are_still_served() {
-    let mut server = Server::start(&["--proxy-protocol", "allow", "--drain-delay", "3", "-v"]);
+    let mut server = Server::start(&[
+        "--proxy-protocol",
+        "allow",
+        "--insecure",
+        "--drain-delay",
+        "3",
+        "-v",
+    ]);
     // A check connected before the drain, its HELLO not sent yet.
     let mut early_check = tcp(server.framed());
     early_check.write_all(V2_LOCAL).unwrap();
@@ -324,7 +331,14 @@ fn during_the_drain_health_checks_fail_and_clients_are_still_served() {
 
 #[test]
 fn a_second_sigterm_ends_the_drain_early_and_sigint_skips_it() {
-    let mut server = Server::start(&["--proxy-protocol", "allow", "--drain-delay", "60", "-v"]);
+    let mut server = Server::start(&[
+        "--proxy-protocol",
+        "allow",
+        "--insecure",
+        "--drain-delay",
+        "60",
+        "-v",
+    ]);
     server.signal(libc::SIGTERM);
     wait_log(&server, "draining for 60s");
     server.signal(libc::SIGTERM);
@@ -335,7 +349,7 @@ fn a_second_sigterm_ends_the_drain_early_and_sigint_skips_it() {
     wait_log(&server, "ending the drain early");
 
     // With the PROXY protocol on, the drain is on by default; SIGINT does not wait for it.
-    let mut server = Server::start(&["--proxy-protocol", "require", "-v"]);
+    let mut server = Server::start(&["--proxy-protocol", "require", "--insecure", "-v"]);
     server.signal(libc::SIGINT);
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
     let log = server.stderr_text();
@@ -392,7 +406,17 @@ fn a_health_check_over_tls_is_told_shutting_down_inside_its_session() {
     let dir = TempDir::new("drain-tls-check");
     let files = ServerFiles::write(dir.path());
     let mut args: Vec<String> = files.flags();
-    args.extend(["--proxy-protocol", "require", "--drain-delay", "30", "-v"].map(String::from));
+    args.extend(
+        [
+            "--proxy-protocol",
+            "require",
+            "--insecure",
+            "--drain-delay",
+            "30",
+            "-v",
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut server = Server::start(&args);
     server.signal(libc::SIGTERM);

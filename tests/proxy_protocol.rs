@@ -60,7 +60,9 @@ fn v2(version_command: u8, family: u8, body: &[u8]) -> Vec<u8> {
 /// A server with `--proxy-protocol MODE` (and `extra`), logging at debug level (`-v -v`
 /// against the `-q` the support adds), so the per-connection lines can be read.
 fn proxied_server(mode: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["--proxy-protocol", mode, "-v", "-v"];
+    // No token: the tests play clients on this machine (`--insecure` accepts that the
+    // balancer could relay anyone).
+    let mut args = vec!["--proxy-protocol", mode, "--insecure", "-v", "-v"];
     args.extend_from_slice(extra);
     Server::start(&args)
 }
@@ -353,7 +355,7 @@ fn the_header_comes_before_the_tls_handshake() {
     let dir = TempDir::new("proxy-tls");
     let files = ServerFiles::write(dir.path());
     let mut args: Vec<String> = files.flags();
-    args.extend(["--proxy-protocol", "require", "-v", "-v"].map(String::from));
+    args.extend(["--proxy-protocol", "require", "--insecure", "-v", "-v"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start(&args);
 

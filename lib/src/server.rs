@@ -116,7 +116,7 @@ impl Config {
         self.limits
             .validate()
             .map_err(|error| StartError::Config(error.to_string()))?;
-        check_access(&self.access, self.framed, self.insecure)?;
+        check_access(&self.access, self.framed, self.proxy.is_on(), self.insecure)?;
         check_transport(self.framed, self.tls.is_some(), self.insecure)?;
         check_metrics(self.metrics, self.insecure)?;
         if self.access.exec || self.files {
@@ -628,11 +628,24 @@ fn attempt<T>(
 }
 
 /// Refuses what must not run: commands without a token, and a framed listener reachable from
-/// other hosts without one (unless `insecure`).
-fn check_access(access: &Access, framed: SocketAddr, insecure: bool) -> Result<(), StartError> {
+/// other hosts without one (unless `insecure`). With the PROXY protocol on (`proxied`), a
+/// loopback listener is reachable from other hosts too: a balancer relays their clients to it
+/// (over TLS, nothing else would stop them from using the files with no credential at all).
+fn check_access(
+    access: &Access,
+    framed: SocketAddr,
+    proxied: bool,
+    insecure: bool,
+) -> Result<(), StartError> {
     if access.exec && !access.guarded() {
         return Err(StartError::Config(format!(
             "--exec needs a token: give --token-file PATH or set {}",
+            crate::access::TOKEN_ENV
+        )));
+    }
+    if !access.guarded() && proxied && !insecure {
+        return Err(StartError::Config(format!(
+            "refusing to take --proxy-protocol on {framed} without a token: the balancer relays clients from other hosts, and any of them could use the server; give --token-file PATH (or set {}), or pass --insecure",
             crate::access::TOKEN_ENV
         )));
     }
@@ -764,12 +777,31 @@ mod tests {
             exec: true,
         };
         assert!(matches!(
-            check_access(&exec_no_token, loopback, false),
+            check_access(&exec_no_token, loopback, false, false),
             Err(StartError::Config(text)) if text.contains("--exec needs a token")
         ));
-        assert!(check_access(&Access::ECHO_ONLY, public, false).is_err());
-        assert!(check_access(&Access::ECHO_ONLY, public, true).is_ok());
-        assert!(check_access(&Access::ECHO_ONLY, loopback, false).is_ok());
+        assert!(check_access(&Access::ECHO_ONLY, public, false, false).is_err());
+        assert!(check_access(&Access::ECHO_ONLY, public, false, true).is_ok());
+        assert!(check_access(&Access::ECHO_ONLY, loopback, false, false).is_ok());
+    }
+
+    #[test]
+    fn a_loopback_listener_behind_the_proxy_protocol_without_a_token_is_refused() {
+        // A balancer on this machine relays remote clients to it: it is not loopback-only.
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert!(matches!(
+            check_access(&Access::ECHO_ONLY, loopback, true, false),
+            Err(StartError::Config(text)) if text.contains("--proxy-protocol")
+        ));
+        assert!(check_access(&Access::ECHO_ONLY, loopback, true, true).is_ok());
+        let guarded = Access {
+            credentials: None,
+            token: Some(
+                crate::access::Token::new("a-token-of-enough-length-0123456789").expect("token"),
+            ),
+            exec: false,
+        };
+        assert!(check_access(&guarded, loopback, true, false).is_ok());
     }
 
     #[test]

@@ -521,11 +521,13 @@ impl Supervisor {
         match signal {
             libc::SIGHUP => {
                 // The workers reload on their own; the supervisor's part is over once forwarded.
-                if let Some(manager) = &self.lifecycle {
+                // Once the manager has heard STOPPING=1, nothing says the server serves again.
+                let manager = self.lifecycle.as_ref().filter(|_| !self.shutting_down);
+                if let Some(manager) = manager {
                     manager.reloading();
                 }
                 self.forward_reload();
-                if let Some(manager) = &self.lifecycle {
+                if let Some(manager) = self.lifecycle.as_ref().filter(|_| !self.shutting_down) {
                     manager.ready("serving (reload forwarded to the workers)");
                 }
                 return;

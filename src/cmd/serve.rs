@@ -88,7 +88,8 @@ pub struct ServeArgs {
     /// framed and the raw TCP echo listeners, both: `off`; `allow` (a --proxy-from peer may
     /// start with a header); `require` (a --proxy-from peer must). A header from any other peer
     /// is refused. With --tls-cert the header comes before the TLS handshake. The address in
-    /// the header is the client's for logs and for the loopback check.
+    /// the header is the client's for logs and for the loopback check. Needs a token (or
+    /// --insecure), even on 127.0.0.1: the balancer relays clients from other hosts.
     #[arg(long, value_name = "off|allow|require", default_value_t = ProxyMode::Off)]
     proxy_protocol: ProxyMode,
     /// Peers allowed to send a PROXY header (the balancers), as ADDR/BITS or ADDR, separated by

@@ -124,7 +124,7 @@ impl fmt::Display for State {
 }
 
 /// Text of the ERROR SHUTTING_DOWN a connection gets at a server shutdown.
-const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
+pub(crate) const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
 
 /// Text of the ERROR SHUTTING_DOWN a load balancer's health check gets while the server drains.
 pub(crate) const DRAINING_TEXT: &str =

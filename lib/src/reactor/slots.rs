@@ -11,7 +11,7 @@ use super::accept::{is_loopback, turn_away};
 use super::metrics::{Counted, request_marks};
 use super::token::{ConnKey, Source, Sub, TimerKey};
 use super::{Core, TIMER_SLACK, poll_interest, socket_wants};
-use crate::conn::{Connection, State, Verdict};
+use crate::conn::{Connection, SHUTTING_DOWN_TEXT, State, Verdict};
 use crate::proto::proxy::ProxyHeader;
 use crate::proto::{ErrorCode, ErrorMessage};
 use crate::timer::Tick;
@@ -191,6 +191,23 @@ impl Core {
         let proxy = SocketAddr::from(slot.addr);
         let framed = slot.conn.state() == State::AwaitingHello;
         match prelude.advance(&mut slot.socket) {
+            // Shutting down, and no whole header has come (nothing at all, or part of one):
+            // the client sent no request there is to answer, so it is told at once, as a
+            // connection that sent nothing is without the PROXY protocol, rather than left
+            // to hold the shutdown for the grace period and be closed without a word. A TLS
+            // connection keeps waiting for its bytes, as its handshake would without the
+            // header (and a plaintext frame is no answer to a TLS client).
+            Prelude::NeedMore
+                if self.shutdown_deadline.is_some()
+                    && self.tls.get(index).is_none_or(Option::is_none) =>
+            {
+                debug!("slot {index}: {proxy}: shutting down before a whole PROXY header came");
+                self.turn_away_slot(
+                    index,
+                    framed.then_some((ErrorCode::ShuttingDown, SHUTTING_DOWN_TEXT)),
+                );
+                false
+            }
             Prelude::NeedMore => {
                 slot.prelude = Some(prelude);
                 false

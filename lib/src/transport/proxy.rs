@@ -108,6 +108,17 @@ impl Cidr {
                 .filter(|&bits| bits <= max)
                 .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
         };
+        // An IPv4 range written mapped into IPv6 (`::ffff:10.0.0.0/104`, as `ss` shows a
+        // dual-stack listener's peers) is the IPv4 range it names: peers are matched as IPv4
+        // addresses ([`Cidr::contains`]), so kept as IPv6 it would match no one.
+        if let IpAddr::V6(v6) = addr {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                return Ok(Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
         Ok(Cidr { addr, prefix })
     }
 
@@ -645,6 +656,31 @@ mod tests {
     }
 
     #[test]
+    fn cidr_written_as_an_ipv4_mapped_range_matches_its_ipv4_peers() {
+        // A dual-stack listener's IPv4 peers, as `ss` shows them and as the socket reports
+        // them: a range written the same way must match both forms of the address.
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").expect("parse");
+        assert!(mapped.contains("::ffff:10.1.2.3".parse().expect("ip")));
+        assert!(mapped.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!mapped.contains("11.0.0.1".parse().expect("ip")));
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        let single = Cidr::parse("::ffff:192.0.2.9").expect("parse");
+        assert!(single.contains("192.0.2.9".parse().expect("ip")));
+        assert!(!single.contains("192.0.2.10".parse().expect("ip")));
+        let policy = ProxyPolicy {
+            mode: ProxyMode::Require,
+            from: Cidr::parse_list("::ffff:10.0.0.0/104").expect("parse"),
+        };
+        assert_eq!(
+            policy.expect_for("::ffff:10.9.9.9".parse().expect("ip")),
+            Some(Expect::Required)
+        );
+        // A native IPv6 range is left alone.
+        let v6 = Cidr::parse("2001:db8::/32").expect("parse");
+        assert!(!v6.contains("10.1.2.3".parse().expect("ip")));
+    }
+
+    #[test]
     fn cidr_parses_ranges_and_bare_addresses() {
         let range = Cidr::parse("192.168.4.0/22").expect("parse");
         assert!(range.contains("192.168.7.255".parse().expect("ip")));
@@ -658,6 +694,9 @@ mod tests {
                 .contains("8.8.8.8".parse().expect("ip"))
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("10.0.0.0/").is_err());
+        assert!(Cidr::parse("/8").is_err());
+        assert!(Cidr::parse(" 10.0.0.0 / 8 ").is_ok());
         assert!(Cidr::parse("host.example/8").is_err());
         assert_eq!(ProxyMode::from_str("require"), Ok(ProxyMode::Require));
         assert!(ProxyMode::from_str("on").is_err());

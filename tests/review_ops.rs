@@ -1,0 +1,81 @@
+//! Review of the operations work (configuration, reload, access lines, the metrics port,
+//! systemd): each test here failed before the fix beside it.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::Server;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One `GET /metrics`: how long the whole answer took, and whether it was a 200.
+fn timed_scrape(addr: SocketAddr) -> (Duration, bool) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("send the request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (
+        started.elapsed(),
+        answer.starts_with(b"HTTP/1.1 200 OK\r\n"),
+    )
+}
+
+/// A metrics client that sends its request and then keeps sending (a blaster on the lingering
+/// close) is closed once it has sent a little past its request: before, the loop read and
+/// dropped everything until the 10 s deadline, at full speed (GBs, the loop's whole CPU, and
+/// every other client and scrape waiting behind each read-until-`WouldBlock`).
+#[test]
+fn a_metrics_client_that_never_stops_sending_is_closed() {
+    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let metrics = server.addr("metrics").expect("a metrics port");
+    let stop = Arc::new(AtomicBool::new(false));
+    let blasters: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(metrics).expect("connect");
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                stream
+                    .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+                    .expect("request");
+                let chunk = vec![b'x'; 1 << 20];
+                let started = Instant::now();
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(4) {
+                    match stream.write(&chunk) {
+                        Ok(n) => sent += n as u64,
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return (sent, true),
+                    }
+                }
+                (sent, false)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let (took, ok) = timed_scrape(metrics);
+        assert!(ok, "a scrape beside the blasters was not answered");
+        slowest = slowest.max(took);
+    }
+    let ended: Vec<(u64, bool)> = blasters.into_iter().map(|b| b.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    for (sent, closed) in ended {
+        assert!(
+            closed && sent < 64 << 20,
+            "a client sending past its request was still read after {sent} bytes (closed: {closed}); slowest scrape beside it {slowest:?}"
+        );
+    }
+}

@@ -156,6 +156,8 @@ pub fn parse(text: &str, origin: &str, command: &Command) -> Result<FileArgs, Ve
     })?;
     let keys = keys(command);
     let mut entries = BTreeMap::new();
+    // Each setting's key as written (a flag's name or one of its aliases) and its line.
+    let mut written: BTreeMap<String, (String, usize)> = BTreeMap::new();
     let mut errors = Vec::new();
     // In the file's order, so the errors are too.
     let mut document: Vec<_> = document.into_iter().collect();
@@ -171,13 +173,13 @@ pub fn parse(text: &str, origin: &str, command: &Command) -> Result<FileArgs, Ve
             errors.push(at(unknown(&name, &keys)));
             continue;
         };
-        if entries.contains_key(&key.name) {
+        if let Some((first, first_line)) = written.get(&key.name) {
             errors.push(at(format!(
-                "\"{name}\" is the same setting as \"{}\", given already",
-                key.name
+                "\"{name}\" is the same setting as \"{first}\", given already on line {first_line}"
             )));
             continue;
         }
+        written.insert(key.name.clone(), (name.clone(), line));
         match to_args(key, value.get_ref()) {
             Ok(args) => {
                 entries.insert(key.name.clone(), Entry { line, args });
@@ -485,6 +487,20 @@ mod tests {
             let errors = file(&format!("{key} = \"x\"\n")).unwrap_err();
             assert!(errors[0].contains("unknown key"), "{key}: {errors:?}");
         }
+    }
+
+    /// A flag's name and its alias are one setting: the error names both as written, and the
+    /// line of the first (it said "max-commands-per-conn is the same setting as
+    /// max-commands-per-conn", whichever came first).
+    #[test]
+    fn a_setting_given_under_its_name_and_its_alias_names_both() {
+        let errors = file("max-streams-per-conn = 3\nmax-commands-per-conn = 4\n").unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "test.toml:2: \"max-commands-per-conn\" is the same setting as \"max-streams-per-conn\", given already on line 1"
+            ]
+        );
     }
 
     #[test]

@@ -79,3 +79,74 @@ fn a_metrics_client_that_never_stops_sending_is_closed() {
         );
     }
 }
+
+/// A service manager's notify socket, bound by the test.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: support::TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = support::TempDir::new("notify");
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Every message that arrives within `wait`, each as its lines.
+    fn within(&self, wait: Duration) -> Vec<Vec<String>> {
+        let deadline = Instant::now() + wait;
+        let mut messages = Vec::new();
+        let mut buf = [0; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                messages.push(text.lines().map(str::to_string).collect());
+            }
+        }
+        messages
+    }
+}
+
+/// Once STOPPING=1 is sent (SIGTERM starts the drain), a SIGHUP must not say READY=1 (nor
+/// RELOADING=1): systemd would read "serving" from a server on its way out. Before, the
+/// reload's RELOADING=1 and READY=1 "serving (reload done)" went out during the drain.
+#[test]
+fn a_reload_during_the_drain_does_not_say_ready_again() {
+    let notify = NotifySocket::bind();
+    let mut server = Server::start_with(&["--drain-delay", "3"], |command| {
+        command.env("NOTIFY_SOCKET", &notify.path);
+    });
+    let ready = notify.within(Duration::from_millis(500));
+    assert!(
+        ready.iter().flatten().any(|line| line == "READY=1"),
+        "{ready:?}"
+    );
+    server.signal(libc::SIGTERM);
+    let stopping = notify.within(Duration::from_millis(500));
+    assert!(
+        stopping.iter().flatten().any(|line| line == "STOPPING=1"),
+        "{stopping:?}"
+    );
+    server.signal(libc::SIGHUP);
+    let after = notify.within(Duration::from_millis(700));
+    assert!(
+        !after
+            .iter()
+            .flatten()
+            .any(|line| line == "READY=1" || line == "RELOADING=1"),
+        "after STOPPING=1, a SIGHUP sent {after:?}"
+    );
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(TIMEOUT);
+    assert!(status.is_some_and(|status| status.success()), "{status:?}");
+}

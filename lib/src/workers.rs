@@ -521,11 +521,13 @@ impl Supervisor {
         match signal {
             libc::SIGHUP => {
                 // The workers reload on their own; the supervisor's part is over once forwarded.
-                if let Some(manager) = &self.lifecycle {
+                // Not once STOPPING=1 is out: "serving" would be news from a server going away.
+                let lifecycle = self.lifecycle.clone().filter(|_| !self.shutting_down);
+                if let Some(manager) = &lifecycle {
                     manager.reloading();
                 }
                 self.forward_reload();
-                if let Some(manager) = &self.lifecycle {
+                if let Some(manager) = &lifecycle {
                     manager.ready("serving (reload forwarded to the workers)");
                 }
                 return;

@@ -699,10 +699,17 @@ impl Core {
         for signal in received {
             match signal {
                 libc::SIGHUP => {
-                    // Whatever the outcome, the server serves on: ready again after it.
-                    self.tell(|manager| manager.reloading());
+                    // Whatever the outcome, the server serves on: ready again after it. Not
+                    // once STOPPING=1 is out (draining or shutting down): the manager must
+                    // not read "serving" from a server on its way out.
+                    let stopping = self.draining.is_some() || self.shutdown_deadline.is_some();
+                    if !stopping {
+                        self.tell(|manager| manager.reloading());
+                    }
                     self.reload();
-                    self.tell(|manager| manager.ready("serving (reload done)"));
+                    if !stopping {
+                        self.tell(|manager| manager.ready("serving (reload done)"));
+                    }
                 }
                 libc::SIGUSR1 => self.log_counters(),
                 libc::SIGUSR2 => info!("SIGUSR2: ignored (nothing is bound to it)"),

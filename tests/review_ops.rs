@@ -150,3 +150,44 @@ fn a_reload_during_the_drain_does_not_say_ready_again() {
     let status = server.wait_exit(TIMEOUT);
     assert!(status.is_some_and(|status| status.success()), "{status:?}");
 }
+
+/// `--check-config` checks what the start checks: `--metrics` with port 0 (or ports past
+/// 65535) and `--workers N` failed at start ("needs a port") but was "configuration OK".
+#[test]
+fn check_config_refuses_what_the_start_refuses_for_worker_metrics() {
+    for (metrics, says) in [
+        ("127.0.0.1:0", "needs a port"),
+        ("127.0.0.1:65535", "port 65536 does not exist"),
+    ] {
+        let checked = support::run_cli(
+            &[
+                "serve",
+                "--check-config",
+                "--workers",
+                "2",
+                "--metrics",
+                metrics,
+            ],
+            TIMEOUT,
+        );
+        assert!(
+            !checked.status.success() && checked.stderr.contains(says),
+            "--metrics {metrics} --workers 2 --check-config: {:?} {} {}",
+            checked.status,
+            checked.stdout,
+            checked.stderr
+        );
+    }
+    let good = support::run_cli(
+        &[
+            "serve",
+            "--check-config",
+            "--workers",
+            "2",
+            "--metrics",
+            "127.0.0.1:65534",
+        ],
+        TIMEOUT,
+    );
+    assert!(good.status.success(), "{}", good.stderr);
+}

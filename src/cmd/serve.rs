@@ -326,6 +326,12 @@ fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
         ..Limits::default()
     };
     let mut errors = Vec::new();
+    if let Some(problem) = args
+        .metrics
+        .and_then(|addr| worker_metrics_problem(addr.0, args.workers))
+    {
+        errors.push(problem);
+    }
     let (token, token_warning) = load_token(args.token_file.as_deref())
         .map_err(|error| errors.push(token_error(args.token_file.as_deref(), error)))
         .unwrap_or_default();
@@ -625,6 +631,28 @@ fn describe_start_error(error: StartError) -> String {
         })
         .collect();
     lines.join("\nmonoreactor: ")
+}
+
+/// What is wrong with `--metrics ADDR` for `--workers N` (N > 1): worker i serves on ADDR's
+/// port + i, so the port cannot be 0 and the N ports must exist. Checked with the rest of the
+/// settings, so `--check-config` says it too (it said "configuration OK" to a command line
+/// whose start then failed).
+fn worker_metrics_problem(base: std::net::SocketAddr, workers: usize) -> Option<String> {
+    if workers <= 1 {
+        return None;
+    }
+    if base.port() == 0 {
+        return Some(
+            "--metrics with --workers needs a port (worker i serves on the port + i), not 0"
+                .to_string(),
+        );
+    }
+    let last = usize::from(base.port()) + (workers - 1);
+    (last > usize::from(u16::MAX)).then(|| {
+        format!(
+            "--metrics {base} with --workers {workers}: worker i serves on the port + i, and port {last} does not exist"
+        )
+    })
 }
 
 /// `--drain-delay`: seconds, 0 allowed (no drain).

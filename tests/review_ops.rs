@@ -191,3 +191,37 @@ fn check_config_refuses_what_the_start_refuses_for_worker_metrics() {
     );
     assert!(good.status.success(), "{}", good.stderr);
 }
+
+/// `NOTIFY_SOCKET=@name` is an abstract socket (sd_notify(3): "If the first character of
+/// $NOTIFY_SOCKET is "@", the string is understood as Linux abstract namespace socket"),
+/// as older systemd versions and some containers give. Before, the `@` was taken as a file
+/// name: READY=1 never arrived (with Type=notify, systemd kills the server at its start
+/// timeout) and each notification logged "cannot notify the service manager".
+#[test]
+fn an_abstract_notify_socket_is_told_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!(
+        "monoreactor-review-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    );
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).expect("bind abstract");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let server = Server::start_with(&[], |command| {
+        command.env("NOTIFY_SOCKET", format!("@{name}"));
+    });
+    let mut buf = [0; 4096];
+    let received = socket.recv(&mut buf);
+    let text = received
+        .as_ref()
+        .map(|&n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(
+        text.as_ref()
+            .is_ok_and(|text| text.lines().any(|line| line == "READY=1")),
+        "{text:?}; the server said: {}",
+        server.stderr_text()
+    );
+}

@@ -107,6 +107,8 @@ fn key_of(arg: &Arg, name: String) -> Key {
 pub struct FileArgs {
     /// Each key given, with the line it is on and the arguments it became.
     pub entries: BTreeMap<String, Entry>,
+    /// The file's text as read (a supervisor hands it to the workers it starts).
+    pub text: String,
 }
 
 /// One key of the file, as arguments.
@@ -188,7 +190,10 @@ pub fn parse(text: &str, origin: &str, command: &Command) -> Result<FileArgs, Ve
         }
     }
     if errors.is_empty() {
-        Ok(FileArgs { entries })
+        Ok(FileArgs {
+            entries,
+            text: text.to_string(),
+        })
     } else {
         Err(errors)
     }

@@ -225,3 +225,53 @@ fn an_abstract_notify_socket_is_told_ready() {
         server.stderr_text()
     );
 }
+
+/// The worker processes of a supervisor (its children that are not zombies).
+fn live_workers(supervisor: u32) -> Vec<u32> {
+    support::children_of(supervisor)
+        .into_iter()
+        .filter(|(_, state)| *state != 'Z')
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("--worker-of"))
+        })
+        .collect()
+}
+
+/// With `--workers`, a worker that dies is restarted with the configuration the running
+/// ones were given (at start, or by the last SIGHUP the supervisor validated), not with
+/// whatever the file holds at that moment. Before, the new worker read the file again: an
+/// operator halfway through an edit (no SIGHUP yet) made it fail at start, and the supervisor
+/// gave it up for good ("not restarting it"), the server left with one worker fewer.
+#[test]
+fn a_restarted_worker_takes_the_validated_configuration_not_the_file_as_it_is_now() {
+    let dir = support::TempDir::new("review-config");
+    let path = dir.join("monoreactor.toml");
+    std::fs::write(&path, "workers = 2\nmax-conns = 50\n").unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    let started = Instant::now();
+    let mut workers = live_workers(server.pid());
+    while workers.len() < 2 && started.elapsed() < TIMEOUT {
+        std::thread::sleep(Duration::from_millis(50));
+        workers = live_workers(server.pid());
+    }
+    assert_eq!(workers.len(), 2, "{}", server.stderr_text());
+    // Halfway through an edit: not a valid file, and no SIGHUP sent.
+    std::fs::write(&path, "workers = 2\nmax-conns = \"5").unwrap();
+    // SAFETY: kill(2) on a process of this test's server.
+    unsafe { libc::kill(workers[0] as libc::pid_t, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(2));
+    let now = live_workers(server.pid());
+    assert!(
+        now.len() == 2 && !now.contains(&workers[0]),
+        "workers {now:?} after killing {}: {}",
+        workers[0],
+        server.stderr_text()
+    );
+    assert!(
+        !server.stderr_text().contains("failed at start"),
+        "{}",
+        server.stderr_text()
+    );
+}

@@ -275,3 +275,43 @@ fn a_restarted_worker_takes_the_validated_configuration_not_the_file_as_it_is_no
         server.stderr_text()
     );
 }
+
+/// A raw echo connection that sends nothing (a port scan, a balancer's connect-only health
+/// check every 200 ms) has nothing to log but that it came: its line is throttled like a
+/// framed connection's that made no request. Before, each one wrote a `RAW-ECHO in=0` line,
+/// at whatever rate connections could be opened.
+#[test]
+fn raw_echo_connections_that_send_nothing_do_not_flood_the_log() {
+    let server = Server::start(&["-v"]);
+    for _ in 0..50 {
+        drop(TcpStream::connect(server.echo_tcp()).expect("connect"));
+    }
+    let mut echo = TcpStream::connect(server.echo_tcp()).expect("connect");
+    echo.set_read_timeout(Some(TIMEOUT)).unwrap();
+    echo.write_all(b"hi").unwrap();
+    let mut back = [0; 2];
+    echo.read_exact(&mut back).unwrap();
+    drop(echo);
+    let lines = |server: &Server| -> Vec<String> {
+        server
+            .stderr_text()
+            .lines()
+            .filter(|line| line.contains("[monoreactor::access]") && line.contains("RAW-ECHO"))
+            .map(str::to_string)
+            .collect()
+    };
+    let started = Instant::now();
+    while !lines(&server).iter().any(|line| line.contains(" in=2 ")) {
+        assert!(started.elapsed() < TIMEOUT, "{}", server.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let silent = lines(&server)
+        .into_iter()
+        .filter(|line| line.contains(" in=0 "))
+        .count();
+    assert!(
+        silent <= 2,
+        "{silent} access lines for 50 connections that sent nothing:\n{}",
+        lines(&server).join("\n")
+    );
+}

@@ -254,15 +254,18 @@ impl Core {
     /// tally: a raw echo connection always, a framed one when it sent echo requests (those
     /// have no line each: see docs/ARCHITECTURE.md) or no request at all (a client that
     /// never got as far as one is worth a line too, throttled with the refusals: a client
-    /// failing its HELLO can do it at line rate).
+    /// failing its HELLO can do it at line rate; so is a raw echo connection that sent
+    /// nothing).
     pub(super) fn log_connection(&mut self, index: usize, credential: Option<&str>) {
         let (Some(&tally), true) = (self.tallies.get(index), self.conns.contains(index)) else {
             return;
         };
+        // A connection that sent nothing to echo, or made no request, says only that it came:
+        // its line is throttled (a port scan, a balancer's connect-only health check).
         let request = match tally.protocol {
-            Protocol::RawEcho => "RAW-ECHO".to_string(),
+            Protocol::RawEcho if tally.bytes_in > 0 => "RAW-ECHO".to_string(),
             Protocol::Framed if tally.echoes > 0 => format!("ECHO x{}", tally.echoes),
-            Protocol::Framed if tally.requests == 0 => {
+            Protocol::RawEcho | Protocol::Framed if tally.requests == 0 => {
                 let Some(held) = self.env.metrics.refusal_log.allow(self.env.now) else {
                     return;
                 };
@@ -272,9 +275,12 @@ impl Core {
                         "{held} more refused or failed requests and connections not logged since the last line"
                     );
                 }
-                "CONNECTION".to_string()
+                match tally.protocol {
+                    Protocol::RawEcho => "RAW-ECHO".to_string(),
+                    Protocol::Framed => "CONNECTION".to_string(),
+                }
             }
-            Protocol::Framed => return,
+            Protocol::Framed | Protocol::RawEcho => return,
         };
         Line {
             // The address every other line names (a PROXY header's, once there is one).

@@ -140,10 +140,44 @@ impl FileArgs {
 
 /// Reads `path` and turns its keys into `serve` arguments; every error (each unknown key,
 /// each value of the wrong type), one line each: `PATH:LINE: what`.
+///
+/// The file must be a regular file of at most [`MAX_FILE`] bytes: SIGHUP reads it on the
+/// loop, where a FIFO (opened without blocking here, then refused) would stop the server for
+/// good and a device such as `/dev/zero` would fill its memory.
 pub fn read(path: &Path, command: &Command) -> Result<FileArgs, Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let text = read_bounded(path)
         .map_err(|error| vec![format!("cannot read {}: {error}", path.display())])?;
     parse(&text, &path.display().to_string(), command)
+}
+
+/// The largest configuration file read: a file of every key with comments is ~10 KiB.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// The text of the regular file at `path`, if it is one of at most [`MAX_FILE`] bytes.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| error.to_string())?;
+    let meta = file.metadata().map_err(|error| error.to_string())?;
+    if !meta.is_file() {
+        return Err(if meta.is_dir() {
+            "a directory, not a regular file".to_string()
+        } else {
+            "not a regular file (a FIFO or a device cannot be read again at SIGHUP)".to_string()
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| error.to_string())?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("larger than {MAX_FILE} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// [`read`] on `text`; `origin` starts every error.

@@ -315,3 +315,38 @@ fn raw_echo_connections_that_send_nothing_do_not_flood_the_log() {
         lines(&server).join("\n")
     );
 }
+
+/// SIGHUP reads the configuration on the loop: a path that is not a regular file must not
+/// block it. Before, a FIFO at the path (no writer) blocked the open for good: the server
+/// answered no one and no longer handled SIGTERM. It is refused in one line, the
+/// configuration in use kept.
+#[test]
+fn a_reload_of_a_config_path_that_is_a_fifo_does_not_block_the_loop() {
+    let dir = support::TempDir::new("review-fifo");
+    let path = dir.join("monoreactor.toml");
+    std::fs::write(&path, "max-conns = 50\n").unwrap();
+    let mut server = Server::start(&["-v", "--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut echo = TcpStream::connect(server.echo_tcp()).expect("connect");
+    echo.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    echo.write_all(b"hi").unwrap();
+    let mut back = [0; 2];
+    let answered = echo.read_exact(&mut back);
+    assert!(
+        answered.is_ok(),
+        "the raw echo after a SIGHUP on a FIFO: {answered:?}\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        server.stderr_text().contains("not a regular file"),
+        "{}",
+        server.stderr_text()
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(TIMEOUT).is_some(), "no exit after SIGTERM");
+}

@@ -155,28 +155,7 @@ pub const MAX_FILE: u64 = 1 << 20;
 
 /// The text of the regular file at `path`, if it is one of at most [`MAX_FILE`] bytes.
 fn read_bounded(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|error| error.to_string())?;
-    let meta = file.metadata().map_err(|error| error.to_string())?;
-    if !meta.is_file() {
-        return Err(if meta.is_dir() {
-            "a directory, not a regular file".to_string()
-        } else {
-            "not a regular file (a FIFO or a device cannot be read again at SIGHUP)".to_string()
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|error| error.to_string())?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(format!("larger than {MAX_FILE} bytes"));
-    }
+    let bytes = monoreactor::read_reloadable(path, MAX_FILE).map_err(|error| error.to_string())?;
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 

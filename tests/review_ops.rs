@@ -325,8 +325,34 @@ fn a_reload_of_a_config_path_that_is_a_fifo_does_not_block_the_loop() {
     let dir = support::TempDir::new("review-fifo");
     let path = dir.join("monoreactor.toml");
     std::fs::write(&path, "max-conns = 50\n").unwrap();
-    let mut server = Server::start(&["-v", "--config", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).unwrap();
+    reload_onto_a_fifo(&["-v", "--config", path.to_str().unwrap()], &path);
+}
+
+/// The same for the access file, which SIGHUP reads again too.
+#[test]
+fn a_reload_of_an_access_file_that_is_a_fifo_does_not_block_the_loop() {
+    let dir = support::TempDir::new("review-fifo-access");
+    let path = dir.join("access.toml");
+    let added = support::run_cli(
+        &[
+            "access",
+            "add",
+            "--file",
+            path.to_str().unwrap(),
+            "--name",
+            "alice",
+        ],
+        TIMEOUT,
+    );
+    assert!(added.status.success(), "access add: {}", added.stderr);
+    reload_onto_a_fifo(&["-v", "--access", path.to_str().unwrap()], &path);
+}
+
+/// Starts a server with `args`, puts a FIFO at `path`, sends SIGHUP: the server must still
+/// answer, say why the reload was refused, and stop at SIGTERM.
+fn reload_onto_a_fifo(args: &[&str], path: &std::path::Path) {
+    let mut server = Server::start(args);
+    std::fs::remove_file(path).unwrap();
     let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo(3) with a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);

@@ -376,3 +376,49 @@ fn reload_onto_a_fifo(args: &[&str], path: &std::path::Path) {
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(TIMEOUT).is_some(), "no exit after SIGTERM");
 }
+
+/// With `--workers`, the supervisor and every worker write to the same stderr (journald's
+/// stream, a file): each log line must be one `write(2)`, or two processes' lines mix (`A B`
+/// then an empty line), and an access line can no longer be told from its neighbour. Before,
+/// each line was two writes (simple_logger's `eprintln!`: the text, then the newline).
+#[test]
+fn with_workers_every_log_line_is_whole() {
+    let server = Server::start(&["-v", "--workers", "2", "--echo-udp", "off"]);
+    let addr = server.echo_tcp();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    let Ok(mut stream) = TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(TIMEOUT));
+                    let _ = stream.write_all(b"x");
+                    let mut back = [0; 1];
+                    let _ = stream.read_exact(&mut back);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let text = server.stderr_text();
+    // The kept stderr is its most recent bytes: its first line may start mid-line.
+    let broken: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            line.is_empty() || !line.starts_with("20") || line.matches(" [monoreactor").count() > 1
+        })
+        .take(5)
+        .collect();
+    let lines = text.lines().count();
+    assert!(
+        broken.is_empty(),
+        "{} of {lines} lines are mixed, e.g. {broken:?}",
+        broken.len()
+    );
+    assert!(lines >= 300, "{lines} lines");
+}

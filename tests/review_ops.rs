@@ -422,3 +422,57 @@ fn with_workers_every_log_line_is_whole() {
     );
     assert!(lines >= 300, "{lines} lines");
 }
+
+/// A reload that lowers `max-client-memory` below what the clients hold now brings them under
+/// it at once (the biggest holders closed with LIMIT_REACHED, as at any other time). Before,
+/// the new budget was only checked when some connection's buffers grew: the reload said
+/// "reloaded max client memory" and the server went on holding more than it, for as long as
+/// the holders stayed still.
+#[test]
+fn a_reload_lowering_max_client_memory_sheds_at_once() {
+    use monoreactor::proto::{ErrorCode, FrameType, HEADER_LEN};
+    let dir = support::TempDir::new("review-memory");
+    let path = dir.join("monoreactor.toml");
+    std::fs::write(&path, "max-client-memory = 67108864\n").unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    let frame_len: u32 = 1 << 20;
+    let mut header = vec![0; HEADER_LEN];
+    monoreactor::proto::Header {
+        frame_type: FrameType::EchoRequest,
+        flags: monoreactor::proto::Flags::NONE,
+        stream: 1,
+        len: frame_len,
+    }
+    .emit(&mut header);
+    let partial = vec![0x5a; frame_len as usize - 1];
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut client = support::framed_client(&server);
+        client.send_raw(&header).unwrap();
+        client.send_raw(&partial).unwrap();
+        clients.push(client);
+    }
+    // Six parked frames, 6 MiB, well under 64 MiB: nobody is shed.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&path, "max-client-memory = 3145728\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let mut shed = 0;
+    for client in &mut clients {
+        client
+            .stream()
+            .set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        if let Ok(frame) = client.recv_frame() {
+            if frame.header.frame_type == FrameType::Error {
+                let error = monoreactor::proto::ErrorMessage::parse(&frame.payload).unwrap();
+                assert_eq!(error.code, ErrorCode::LimitReached, "{}", error.text);
+                shed += 1;
+            }
+        }
+    }
+    assert!(
+        shed >= 3,
+        "6 MiB held and a new budget of 3 MiB: at least 3 of 6 must go, {shed} did\n{}",
+        server.stderr_text()
+    );
+}

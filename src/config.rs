@@ -107,6 +107,8 @@ fn key_of(arg: &Arg, name: String) -> Key {
 pub struct FileArgs {
     /// Each key given, with the line it is on and the arguments it became.
     pub entries: BTreeMap<String, Entry>,
+    /// The file's text as read (a supervisor hands it to the workers it starts).
+    pub text: String,
 }
 
 /// One key of the file, as arguments.
@@ -138,10 +140,23 @@ impl FileArgs {
 
 /// Reads `path` and turns its keys into `serve` arguments; every error (each unknown key,
 /// each value of the wrong type), one line each: `PATH:LINE: what`.
+///
+/// The file must be a regular file of at most [`MAX_FILE`] bytes: SIGHUP reads it on the
+/// loop, where a FIFO (opened without blocking here, then refused) would stop the server for
+/// good and a device such as `/dev/zero` would fill its memory.
 pub fn read(path: &Path, command: &Command) -> Result<FileArgs, Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let text = read_bounded(path)
         .map_err(|error| vec![format!("cannot read {}: {error}", path.display())])?;
     parse(&text, &path.display().to_string(), command)
+}
+
+/// The largest configuration file read: a file of every key with comments is ~10 KiB.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// The text of the regular file at `path`, if it is one of at most [`MAX_FILE`] bytes.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let bytes = monoreactor::read_reloadable(path, MAX_FILE).map_err(|error| error.to_string())?;
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// [`read`] on `text`; `origin` starts every error.
@@ -156,6 +171,8 @@ pub fn parse(text: &str, origin: &str, command: &Command) -> Result<FileArgs, Ve
     })?;
     let keys = keys(command);
     let mut entries = BTreeMap::new();
+    // Each setting's key as written (a flag's name or one of its aliases) and its line.
+    let mut written: BTreeMap<String, (String, usize)> = BTreeMap::new();
     let mut errors = Vec::new();
     // In the file's order, so the errors are too.
     let mut document: Vec<_> = document.into_iter().collect();
@@ -171,13 +188,13 @@ pub fn parse(text: &str, origin: &str, command: &Command) -> Result<FileArgs, Ve
             errors.push(at(unknown(&name, &keys)));
             continue;
         };
-        if entries.contains_key(&key.name) {
+        if let Some((first, first_line)) = written.get(&key.name) {
             errors.push(at(format!(
-                "\"{name}\" is the same setting as \"{}\", given already",
-                key.name
+                "\"{name}\" is the same setting as \"{first}\", given already on line {first_line}"
             )));
             continue;
         }
+        written.insert(key.name.clone(), (name.clone(), line));
         match to_args(key, value.get_ref()) {
             Ok(args) => {
                 entries.insert(key.name.clone(), Entry { line, args });
@@ -186,7 +203,10 @@ pub fn parse(text: &str, origin: &str, command: &Command) -> Result<FileArgs, Ve
         }
     }
     if errors.is_empty() {
-        Ok(FileArgs { entries })
+        Ok(FileArgs {
+            entries,
+            text: text.to_string(),
+        })
     } else {
         Err(errors)
     }
@@ -485,6 +505,20 @@ mod tests {
             let errors = file(&format!("{key} = \"x\"\n")).unwrap_err();
             assert!(errors[0].contains("unknown key"), "{key}: {errors:?}");
         }
+    }
+
+    /// A flag's name and its alias are one setting: the error names both as written, and the
+    /// line of the first (it said "max-commands-per-conn is the same setting as
+    /// max-commands-per-conn", whichever came first).
+    #[test]
+    fn a_setting_given_under_its_name_and_its_alias_names_both() {
+        let errors = file("max-streams-per-conn = 3\nmax-commands-per-conn = 4\n").unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "test.toml:2: \"max-commands-per-conn\" is the same setting as \"max-streams-per-conn\", given already on line 1"
+            ]
+        );
     }
 
     #[test]

@@ -208,10 +208,10 @@ fn start_serve(
         .unwrap_or_default();
     let (args, file, reparse) = match args.config_path() {
         None => (args, FileArgs::default(), None),
-        Some(path) => match with_config(&argv, &path) {
+        Some(path) => match with_config(&argv, &path, worker_snapshot(&args).as_deref()) {
             Ok((args, file)) => {
                 let reparse: cmd::serve::Reparse = Arc::new(move || {
-                    with_config(&argv, &path).map_err(|failure| match failure {
+                    with_config(&argv, &path, None).map_err(|failure| match failure {
                         Reread::File(lines) => lines.join("; "),
                         Reread::Clap(error) => config::first_line(&error),
                     })
@@ -261,18 +261,33 @@ enum Reread {
     Clap(clap::Error),
 }
 
+/// For a worker of `--workers N` at its start: the configuration file's text its supervisor
+/// validated ([`cmd::serve::WORKER_CONFIG_ENV`]), which it takes instead of the file as it is
+/// now (halfway through an edit, say, when a worker is restarted).
+fn worker_snapshot(args: &cmd::serve::ServeArgs) -> Option<String> {
+    if !args.is_worker() {
+        return None;
+    }
+    std::env::var(cmd::serve::WORKER_CONFIG_ENV).ok()
+}
+
 /// `argv` parsed with the keys of the file at `path` placed before serve's own flags; the
-/// serve flags, and the file's keys as read.
+/// serve flags, and the file's keys as read. `snapshot`: the file's text, already read.
 fn with_config(
     argv: &[OsString],
     path: &Path,
+    snapshot: Option<&str>,
 ) -> Result<(cmd::serve::ServeArgs, FileArgs), Reread> {
     let command = Cli::command();
     let serve = command
         .find_subcommand("serve")
         .ok_or_else(|| Reread::File(vec!["no serve command".to_string()]))?;
     let origin = path.display().to_string();
-    let file = config::read(path, serve).map_err(Reread::File)?;
+    let file = match snapshot {
+        Some(text) => config::parse(text, &origin, serve),
+        None => config::read(path, serve),
+    }
+    .map_err(Reread::File)?;
     config::check_values(&file, &origin, serve).map_err(|error| Reread::File(vec![error]))?;
     let spliced = config::splice(argv, &file).map_err(|error| Reread::File(vec![error]))?;
     match Cli::try_parse_from(spliced).map_err(Reread::Clap)?.command {

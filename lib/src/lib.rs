@@ -110,7 +110,7 @@ pub use limits::{
     MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
 };
 pub use reactor::{ReactorStats, ShutdownHandle};
-pub use reload::{Fresh, LogSwap, Reload, Reloader};
+pub use reload::{Fresh, LogSwap, MAX_RELOADABLE_FILE, Reload, Reloader, read_reloadable};
 pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
     Listener, Listeners, Server, StartError, activated_listeners, bind_shared, bind_worker_metrics,

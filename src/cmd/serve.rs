@@ -195,6 +195,11 @@ impl ServeArgs {
         self.config.clone()
     }
 
+    /// Whether this process is a worker of a `--workers N` supervisor (`--worker-of`).
+    pub fn is_worker(&self) -> bool {
+        self.worker_of.is_some()
+    }
+
     /// `--log-level` (from the command line, or the file once it is read in).
     pub fn log_level_flag(&self) -> Option<LogFilter> {
         self.log_level.clone()
@@ -263,6 +268,9 @@ pub fn run(args: ServeArgs, context: Context) -> Result<(), Failure> {
             None => "configuration OK\n".to_string(),
         });
     }
+    if settings.workers > 1 && settings.worker_of.is_none() && context.reparse.is_some() {
+        hand_to_workers(&context.file.text);
+    }
     settings.config.reload = match context.reparse.clone() {
         Some(reparse) => Reload {
             reloader: Some(reloader(reparse, &settings, context)),
@@ -328,6 +336,12 @@ fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
         ..Limits::default()
     };
     let mut errors = Vec::new();
+    if let Some(problem) = args
+        .metrics
+        .and_then(|addr| worker_metrics_problem(addr.0, args.workers))
+    {
+        errors.push(problem);
+    }
     let (token, token_warning) = load_token(args.token_file.as_deref())
         .map_err(|error| errors.push(token_error(args.token_file.as_deref(), error)))
         .unwrap_or_default();
@@ -408,6 +422,7 @@ fn reloader(reparse: Reparse, running: &Settings, context: Context) -> Reloader 
     let tls_on = running.config.tls.is_some();
     let access_on = running.access_path.is_some();
     let is_worker = running.worker_of.is_some();
+    let supervisor = running.workers > 1 && !is_worker;
     let Context {
         file: start_file,
         on_command_line,
@@ -418,6 +433,11 @@ fn reloader(reparse: Reparse, running: &Settings, context: Context) -> Reloader 
         let (args, file) = reparse()?;
         let file_filter = args.log_level.clone();
         let fresh = settings(args).map_err(|errors| errors.join("; "))?;
+        if supervisor && fresh.config.check().is_ok() {
+            // What the workers are told to reload is what a worker started from now on
+            // reads (the limits `Reload::read` validates next are part of the check).
+            hand_to_workers(&file.text);
+        }
         let needs_restart = if is_worker {
             Vec::new()
         } else {
@@ -443,6 +463,28 @@ fn reloader(reparse: Reparse, running: &Settings, context: Context) -> Reloader 
             needs_restart,
         })
     })
+}
+
+/// The environment variable through which a `--workers` supervisor hands the workers it
+/// starts the configuration file's text it last validated (at its start, or at a SIGHUP):
+/// a worker restarted after a crash takes that, not the file as it is at that moment, which
+/// may be halfway through an edit (it failed at start, and was given up for good) or hold
+/// changes the running workers were never told of. A worker's own SIGHUP reads the file.
+pub const WORKER_CONFIG_ENV: &str = "MONOREACTOR_WORKER_CONFIG";
+
+/// Sets [`WORKER_CONFIG_ENV`] to `text` for the workers started from now on; a text the
+/// environment cannot carry (a NUL, or past the kernel's 128 KiB for one string) removes it,
+/// and a worker then reads the file.
+fn hand_to_workers(text: &str) {
+    // SAFETY: only the supervisor of `--workers` calls this, and it runs on one thread (its
+    // loop; the logger writes from it), so nothing reads the environment meanwhile.
+    unsafe {
+        if text.contains('\0') || text.len() > 64 << 10 {
+            std::env::remove_var(WORKER_CONFIG_ENV);
+        } else {
+            std::env::set_var(WORKER_CONFIG_ENV, text);
+        }
+    }
 }
 
 /// The keys whose value in the file changed since the start, the command line does not set,
@@ -627,6 +669,28 @@ fn describe_start_error(error: StartError) -> String {
         })
         .collect();
     lines.join("\nmonoreactor: ")
+}
+
+/// What is wrong with `--metrics ADDR` for `--workers N` (N > 1): worker i serves on ADDR's
+/// port + i, so the port cannot be 0 and the N ports must exist. Checked with the rest of the
+/// settings, so `--check-config` says it too (it said "configuration OK" to a command line
+/// whose start then failed).
+fn worker_metrics_problem(base: std::net::SocketAddr, workers: usize) -> Option<String> {
+    if workers <= 1 {
+        return None;
+    }
+    if base.port() == 0 {
+        return Some(
+            "--metrics with --workers needs a port (worker i serves on the port + i), not 0"
+                .to_string(),
+        );
+    }
+    let last = usize::from(base.port()) + (workers - 1);
+    (last > usize::from(u16::MAX)).then(|| {
+        format!(
+            "--metrics {base} with --workers {workers}: worker i serves on the port + i, and port {last} does not exist"
+        )
+    })
 }
 
 /// `--drain-delay`: seconds, 0 allowed (no drain).

@@ -133,6 +133,19 @@ fn unit_path(path: &Path, flag: &str) -> Result<String, String> {
     if !path.is_absolute() {
         return Err(format!("{flag} {text}: give an absolute path"));
     }
+    // `/var/lib/..` would be `StateDirectory=..`, and `/var/lib/a/../../etc` a
+    // `ReadWritePaths=` that is /etc: only a normalized path (no `.` or `..`, no `//`, no
+    // trailing `/`) says what it names.
+    let normalized = text == "/"
+        || text
+            .split('/')
+            .skip(1)
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if !normalized {
+        return Err(format!(
+            "{flag} {text}: give a normalized path (no `.` or `..` components, no `//`, no trailing `/`)"
+        ));
+    }
     if text
         .chars()
         .any(|c| c.is_whitespace() || "\"'\\%$".contains(c))
@@ -180,5 +193,32 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// `--root /var/lib/..` made `StateDirectory=..`, and `/var/lib/a/../../etc` a
+    /// `ReadWritePaths=` that opens /etc: a path that is not normalized is refused.
+    #[test]
+    fn a_path_with_dot_components_is_refused() {
+        for root in [
+            "/var/lib/..",
+            "/var/lib/.",
+            "/var/lib/a/../../etc",
+            "/var/lib//x",
+            "/var/lib/x/",
+        ] {
+            let error =
+                service_unit(Path::new("/bin/x"), Path::new(root), Some("u"), &[]).expect_err(root);
+            assert!(error.contains("normalized"), "{root}: {error}");
+        }
+        assert!(
+            service_unit(
+                Path::new("/usr/bin/../bin/x"),
+                Path::new(DOCS_ROOT),
+                None,
+                &[]
+            )
+            .is_err()
+        );
+        assert!(service_unit(Path::new("/bin/x"), Path::new("/var/lib/x"), None, &[]).is_ok());
     }
 }

@@ -188,38 +188,94 @@ pub(crate) fn request_text(verb: &str, path: &[u8]) -> String {
 }
 
 /// `EXEC argv...`, each argument shell-quoted as a reader would type it (bare when it is
-/// made of safe characters, else in single quotes), escaped and bounded.
+/// made of safe characters, else in single quotes), escaped and bounded: every byte of the
+/// text counts against [`MAX_REQUEST_TEXT`] (the spaces between arguments, the quotes and a
+/// quote's `'\''` too), so no argv (a million empty arguments, an argument of quotes) makes
+/// a longer line.
 pub(crate) fn argv_text(argv: &[&[u8]]) -> String {
     let mut text = String::from("EXEC");
-    let mut room = MAX_REQUEST_TEXT;
+    let mut out = Bounded {
+        text: &mut text,
+        room: MAX_REQUEST_TEXT,
+        cut: false,
+    };
     for arg in argv {
-        if room == 0 {
+        if !out.literal(" ") {
             break;
         }
-        text.push(' ');
         let bare = !arg.is_empty()
             && arg
                 .iter()
                 .all(|&byte| byte.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&byte));
-        room = if bare {
-            escape_into(&mut text, arg, room).unwrap_or(0)
-        } else {
-            text.push('\'');
-            let mut left = room;
-            for part in arg.split(|&byte| byte == b'\'').enumerate() {
-                let (index, part) = part;
-                if index > 0 {
-                    // A quote inside single quotes: close, an escaped quote, reopen.
-                    text.push_str("'\\''");
-                    left = left.saturating_sub(4);
-                }
-                left = escape_into(&mut text, part, left).unwrap_or(0);
+        if bare {
+            if !out.escaped(arg) {
+                break;
             }
-            text.push('\'');
-            left
-        };
+            continue;
+        }
+        if !out.literal("'") {
+            break;
+        }
+        for (index, part) in arg.split(|&byte| byte == b'\'').enumerate() {
+            // A quote inside single quotes: close, an escaped quote, reopen.
+            if (index > 0 && !out.literal("'\\''")) || !out.escaped(part) {
+                break;
+            }
+        }
+        if !out.literal("'") {
+            break;
+        }
     }
     text
+}
+
+/// A string written to at most `room` more bytes; what does not fit is cut, once, with `...`.
+struct Bounded<'a> {
+    text: &'a mut String,
+    room: usize,
+    cut: bool,
+}
+
+impl Bounded<'_> {
+    /// Appends `piece` whole if it fits, else cuts. Whether it was written.
+    fn literal(&mut self, piece: &str) -> bool {
+        if self.cut || piece.len() > self.room {
+            self.cut();
+            return false;
+        }
+        self.text.push_str(piece);
+        self.room -= piece.len();
+        true
+    }
+
+    /// Appends `bytes` escaped ([`escape_into`]) as far as they fit. Whether all were written.
+    fn escaped(&mut self, bytes: &[u8]) -> bool {
+        if self.cut {
+            return false;
+        }
+        let cost: usize = bytes
+            .iter()
+            .map(|&byte| if plain(byte) { 1 } else { 4 })
+            .sum();
+        if cost > self.room {
+            // Writing to a String cannot fail; `escape_into` writes the `...` itself.
+            let _ = escape_into(self.text, bytes, self.room);
+            self.room = 0;
+            self.cut = true;
+            return false;
+        }
+        let _ = escape_into(self.text, bytes, self.room);
+        self.room -= cost;
+        true
+    }
+
+    fn cut(&mut self) {
+        if !self.cut {
+            self.text.push_str("...");
+            self.cut = true;
+            self.room = 0;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +311,37 @@ mod tests {
         assert!(text.ends_with("..."));
         let argv: Vec<&[u8]> = vec![&long; 3];
         assert!(argv_text(&argv).len() <= "EXEC ".len() + MAX_REQUEST_TEXT + 8);
+    }
+
+    /// The spaces, the quotes and a quote's escape count against the bound too: neither
+    /// `MAX_ARGS` empty arguments (3 bytes each, uncounted before: 12 KiB) nor an argument
+    /// made of quotes (4 bytes each, written past the bound before: 4 MiB for a 1 MiB frame)
+    /// makes a line longer than it.
+    #[test]
+    fn no_argv_makes_a_longer_line_than_the_bound() {
+        let bound = "EXEC".len() + MAX_REQUEST_TEXT + "...".len();
+        let empty: Vec<&[u8]> = vec![b""; crate::proto::exec::MAX_ARGS];
+        let text = argv_text(&empty);
+        assert!(
+            text.len() <= bound,
+            "{} bytes for empty arguments",
+            text.len()
+        );
+        assert!(text.ends_with("..."), "{text}");
+        let quotes = vec![b'\''; 100_000];
+        let text = argv_text(&[b"echo", &quotes]);
+        assert!(text.len() <= bound, "{} bytes for quotes", text.len());
+        assert!(text.ends_with("..."), "{text}");
+        let spaces: Vec<&[u8]> = vec![b"a"; crate::proto::exec::MAX_ARGS];
+        let text = argv_text(&spaces);
+        assert!(
+            text.len() <= bound,
+            "{} bytes for short arguments",
+            text.len()
+        );
+        // What fits is written whole, with no mark.
+        let argv: [&[u8]; 3] = [b"echo", b"it's", b""];
+        assert_eq!(argv_text(&argv), "EXEC echo 'it'\\''s' ''");
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub(crate) const MAX_METRICS_CONNECTIONS: usize = 4;
 /// How long a metrics connection may take from accept to its response's last byte.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Bytes read and dropped after a metrics request is decided (the lingering close) before the
+/// connection is closed at once: a scraper sends nothing after its request, and a client that
+/// keeps sending must not keep the loop reading (it never sees `WouldBlock` from a fast
+/// sender, and no timer runs meanwhile).
+const MAX_LINGER_BYTES: usize = 64 << 10;
+
 /// The metrics listener and its connections.
 #[derive(Debug)]
 pub(super) struct MetricsPort {
@@ -53,6 +59,8 @@ struct MetricsConn {
     peer_closed: bool,
     /// Our FIN has been sent, after the answer.
     shut: bool,
+    /// Bytes read and dropped since the request was decided ([`MAX_LINGER_BYTES`]).
+    lingered: usize,
 }
 
 impl MetricsPort {
@@ -122,6 +130,7 @@ impl Core {
                 deadline,
                 peer_closed: false,
                 shut: false,
+                lingered: 0,
             }));
             self.env.metrics.accepted(Service::Metrics);
             self.env
@@ -160,6 +169,15 @@ impl Core {
                 Ok(0) => conn.peer_closed = true,
                 Ok(n) => {
                     read += n;
+                    if conn.exchange.decided() {
+                        conn.lingered += n;
+                        if conn.lingered > MAX_LINGER_BYTES {
+                            debug!("metrics connection {index}: sends past its request, closed");
+                            failed = true;
+                            break;
+                        }
+                        continue;
+                    }
                     let metrics = &self.env.metrics;
                     if let Some(request) = conn
                         .exchange
@@ -192,8 +210,8 @@ impl Core {
             let _ = conn.socket.shutdown(Shutdown::Write);
             conn.shut = true;
         }
-        // Closed: after a failure; when the client went before its request was complete; once
-        // the answer is out and the client has closed too.
+        // Closed: after a failure (or too much sent after the request); when the client went
+        // before its request was complete; once the answer is out and the client has closed too.
         let close =
             failed || (conn.peer_closed && (!conn.exchange.decided() || conn.exchange.done()));
         self.env
@@ -236,15 +254,18 @@ impl Core {
     /// tally: a raw echo connection always, a framed one when it sent echo requests (those
     /// have no line each: see docs/ARCHITECTURE.md) or no request at all (a client that
     /// never got as far as one is worth a line too, throttled with the refusals: a client
-    /// failing its HELLO can do it at line rate).
+    /// failing its HELLO can do it at line rate; so is a raw echo connection that sent
+    /// nothing).
     pub(super) fn log_connection(&mut self, index: usize, credential: Option<&str>) {
         let (Some(&tally), true) = (self.tallies.get(index), self.conns.contains(index)) else {
             return;
         };
+        // A connection that sent nothing to echo, or made no request, says only that it came:
+        // its line is throttled (a port scan, a balancer's connect-only health check).
         let request = match tally.protocol {
-            Protocol::RawEcho => "RAW-ECHO".to_string(),
+            Protocol::RawEcho if tally.bytes_in > 0 => "RAW-ECHO".to_string(),
             Protocol::Framed if tally.echoes > 0 => format!("ECHO x{}", tally.echoes),
-            Protocol::Framed if tally.requests == 0 => {
+            Protocol::RawEcho | Protocol::Framed if tally.requests == 0 => {
                 let Some(held) = self.env.metrics.refusal_log.allow(self.env.now) else {
                     return;
                 };
@@ -254,9 +275,12 @@ impl Core {
                         "{held} more refused or failed requests and connections not logged since the last line"
                     );
                 }
-                "CONNECTION".to_string()
+                match tally.protocol {
+                    Protocol::RawEcho => "RAW-ECHO".to_string(),
+                    Protocol::Framed => "CONNECTION".to_string(),
+                }
             }
-            Protocol::Framed => return,
+            Protocol::Framed | Protocol::RawEcho => return,
         };
         Line {
             // The address every other line names (a PROXY header's, once there is one).

@@ -771,6 +771,10 @@ impl Core {
                 files.max_put = self.env.limits.max_put;
                 files.max_transfers = self.env.limits.max_transfers;
             }
+            // A lower memory budget holds from now on, not from the next buffer that grows.
+            if self.client_memory_kib > self.env.limits.max_client_memory >> 10 {
+                self.shed_client_memory();
+            }
             swapped.extend(changed);
         }
         if let Some(access) = fresh.access {

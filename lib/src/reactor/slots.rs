@@ -443,7 +443,7 @@ impl Core {
     /// holding the most are told LIMIT_REACHED and closed (their input is freed at once), until
     /// the total is back under the budget — redis's `maxmemory-clients`. Without it, many
     /// clients each trickling one large frame could pin the machine's memory.
-    fn shed_client_memory(&mut self) {
+    pub(super) fn shed_client_memory(&mut self) {
         let budget = self.env.limits.max_client_memory;
         let over = self.client_memory_kib;
         let mut shed = 0u64;

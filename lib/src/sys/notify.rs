@@ -13,6 +13,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use log::warn;
@@ -46,8 +47,16 @@ impl SystemdNotify {
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {
+        // `sd_notify` connects to the variable's value as a path; a leading `@` names an
+        // abstract socket (sd_notify(3)), which is sent to here.
+        let result = match std::env::var_os("NOTIFY_SOCKET") {
+            Some(socket) if socket.as_bytes().first() == Some(&b'@') => {
+                send_abstract(&socket.as_bytes()[1..], states)
+            }
+            _ => sd_notify::notify(states),
+        };
         // A manager that went away must not stop the server: the message is only news.
-        if let Err(error) = sd_notify::notify(states) {
+        if let Err(error) = result {
             warn!("cannot notify the service manager: {error}");
         }
     }
@@ -76,6 +85,24 @@ impl Lifecycle for SystemdNotify {
 
     fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+    }
+}
+
+/// Sends `states` (one `KEY=VALUE` line each, as `sd_notify` writes them) to the abstract
+/// datagram socket `name` (`NOTIFY_SOCKET` without its `@`).
+fn send_abstract(name: &[u8], states: &[NotifyState<'_>]) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let message: String = states.iter().map(|state| format!("{state}\n")).collect();
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    let sent = socket.send_to_addr(message.as_bytes(), &addr)?;
+    if sent == message.len() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the notification was cut short",
+        ))
     }
 }
 

@@ -5,22 +5,20 @@
 //! UTC (RFC 3339, milliseconds), the level, the module, the text. Client commands print the
 //! same without the time, as they always have (a person reads them, at once).
 //!
-//! The logger installed is [`Filtered`], a thin `log::Log` of ours: it holds the filter,
-//! behind a lock the logging call reads, so SIGHUP can raise the levels as well as lower them
-//! (`log-level = "debug"` in the configuration file), and it writes each line itself, in
-//! simple_logger's format, as **one** `write(2)` of the whole line with its newline. That is
-//! what keeps lines whole with `--workers`, where the supervisor and every worker share one
-//! stderr (journald's stream, a file): simple_logger's `eprintln!` made two writes, the text
-//! and then the newline, and two processes' lines came out mixed (`A B`, then an empty
-//! line). The server has one thread, so the lock is never contended (the disk helper is a
-//! process of its own).
+//! `simple_logger` formats and writes every line. What it cannot do is change its levels once
+//! it is installed, and SIGHUP must be able to raise them (`log-level = "debug"` in the
+//! configuration file) as well as lower them. So the logger installed is [`Filtered`], a thin
+//! `log::Log` of ours: it holds the filter, behind a lock the logging call reads, and hands a
+//! record to the inner `SimpleLogger` (itself at `Trace`, so it lets everything through) only
+//! when the filter enables it. The server has one thread, so the lock is never contended (the
+//! disk helper is a process of its own).
 
 use std::fmt;
-use std::io::Write;
 use std::str::FromStr;
 use std::sync::{OnceLock, RwLock};
 
 use log::{LevelFilter, Log, Metadata, Record};
+use simple_logger::SimpleLogger;
 
 /// Levels per module: `info,monoreactor::conn=debug,rustls=warn` (the syntax of `RUST_LOG`
 /// in env_logger, without its regular expressions). A bare level is the default for every
@@ -169,11 +167,11 @@ pub fn shifted(shift: i16) -> LevelFilter {
 /// value inside.
 static FILTER: OnceLock<RwLock<LogFilter>> = OnceLock::new();
 
-/// The installed logger: our filter, and the line writer.
+/// The installed logger: our filter in front of `simple_logger`, which writes the lines.
 struct Filtered {
     filter: &'static RwLock<LogFilter>,
-    /// Whether each line starts with the time (the server's lines do).
-    timestamps: bool,
+    /// At `Trace` with no module levels: everything that reaches it is written.
+    inner: SimpleLogger,
 }
 
 /// Installs the logger with `filter`; `timestamps` for the server. A second call only
@@ -183,65 +181,20 @@ pub fn init(filter: LogFilter, timestamps: bool) -> Result<(), String> {
         set_filter(filter);
         return Ok(());
     }
+    let inner = SimpleLogger::new().with_level(LevelFilter::Trace);
+    let inner = if timestamps {
+        // `2026-12-07T19:18:56.123Z`: simple_logger's UTC format, RFC 3339 with milliseconds.
+        inner.with_utc_timestamps()
+    } else {
+        inner.without_timestamps()
+    };
     let max = filter.most_verbose();
     let filter = FILTER.get_or_init(|| RwLock::new(filter));
-    // Installed once per process, for its whole life.
-    let logger: &'static Filtered = Box::leak(Box::new(Filtered { filter, timestamps }));
-    log::set_logger(logger).map_err(|error| error.to_string())?;
-    // The most verbose level any module gets: `log` skips the rest before calling us.
+    log::set_boxed_logger(Box::new(Filtered { filter, inner }))
+        .map_err(|error| error.to_string())?;
+    // What `SimpleLogger::init` would do with its own levels; ours are the filter's.
     log::set_max_level(max);
     Ok(())
-}
-
-/// A line as simple_logger writes it, newline included: `2026-12-07T19:18:56.123Z INFO
-/// [target] text` (the time only with `timestamps`: UTC, RFC 3339, milliseconds).
-fn format_line(record: &Record<'_>, timestamps: bool, now: std::time::SystemTime) -> String {
-    let target = if record.target().is_empty() {
-        record.module_path().unwrap_or_default()
-    } else {
-        record.target()
-    };
-    let time = if timestamps {
-        format!("{} ", utc_timestamp(now))
-    } else {
-        String::new()
-    };
-    format!(
-        "{time}{:<5} [{target}] {}\n",
-        record.level().to_string(),
-        record.args()
-    )
-}
-
-/// `now` as `2026-12-07T19:18:56.123Z` (days to a civil date: Howard Hinnant's algorithm).
-fn utc_timestamp(now: std::time::SystemTime) -> String {
-    let since = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seconds = since.as_secs();
-    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
-    let of_day = seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        of_day / 3_600,
-        of_day % 3_600 / 60,
-        of_day % 60,
-        since.subsec_millis()
-    )
 }
 
 /// Swaps the filter of the installed logger (a reload); nothing if none is installed.
@@ -280,20 +233,17 @@ impl Filtered {
 
 impl Log for Filtered {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.passes(metadata)
+        self.passes(metadata) && self.inner.enabled(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
         if self.passes(record.metadata()) {
-            let line = format_line(record, self.timestamps, std::time::SystemTime::now());
-            // One write of the whole line (stderr is unbuffered): lines of processes sharing
-            // it stay whole. A stderr that cannot be written has nowhere to report it.
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            self.inner.log(record);
         }
     }
 
     fn flush(&self) {
-        let _ = std::io::stderr().flush();
+        self.inner.flush();
     }
 }
 
@@ -374,7 +324,9 @@ mod tests {
         )));
         let logger = Filtered {
             filter,
-            timestamps: false,
+            inner: SimpleLogger::new()
+                .with_level(LevelFilter::Trace)
+                .without_timestamps(),
         };
         let at = |level, target| {
             logger.enabled(&Metadata::builder().level(level).target(target).build())
@@ -387,45 +339,5 @@ mod tests {
         assert!(at(log::Level::Trace, "monoreactor::reactor"));
         *filter.write().unwrap() = "off".parse().unwrap();
         assert!(!at(log::Level::Error, "monoreactor::conn"));
-    }
-
-    #[test]
-    fn a_line_is_simple_logger_s_format_with_its_newline() {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
-        let line = format_line(
-            &Record::builder()
-                .level(log::Level::Info)
-                .target("monoreactor::access")
-                .args(format_args!("hello"))
-                .build(),
-            true,
-            at,
-        );
-        assert_eq!(
-            line,
-            "2023-11-14T22:13:20.123Z INFO  [monoreactor::access] hello\n"
-        );
-        let line = format_line(
-            &Record::builder()
-                .level(log::Level::Error)
-                .target("x")
-                .args(format_args!("bad"))
-                .build(),
-            false,
-            at,
-        );
-        assert_eq!(line, "ERROR [x] bad\n");
-    }
-
-    #[test]
-    fn timestamps_are_civil_dates() {
-        let at = |seconds: u64| {
-            utc_timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
-        };
-        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000Z");
-        assert_eq!(at(951_868_800), "2000-03-01T00:00:00.000Z");
-        assert_eq!(at(1_735_689_599), "2024-12-31T23:59:59.000Z");
-        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00.000Z");
     }
 }

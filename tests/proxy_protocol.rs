@@ -8,7 +8,7 @@ mod support;
 #[path = "support/tls.rs"]
 mod tls_support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,9 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use support::files::get_frame;
 use support::{IO_TIMEOUT, Server, TempDir, echo_request, hello_bytes, retry, tcp};
-use tls_support::{ALPN, ServerFiles, client_config, handshake, recv_frame};
+use tls_support::{
+    ALPN, ServerFiles, client_config, expect_closed, expect_error, handshake, recv_frame,
+};
 
 /// What HAProxy would send for a client at 203.0.113.7:56324 that connected to 192.0.2.1:7878.
 const V1_TCP4: &[u8] = b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 7878\r\n";
@@ -83,30 +85,6 @@ fn expect_echo(stream: &mut impl Read, payload: &[u8]) {
     let (header, body) = recv_frame(stream);
     assert_eq!(header.frame_type, FrameType::EchoReply, "{header:?}");
     assert_eq!(body, payload);
-}
-
-#[track_caller]
-fn expect_error(stream: &mut impl Read, code: ErrorCode) -> String {
-    let (header, payload) = recv_frame(stream);
-    assert_eq!(header.frame_type, FrameType::Error, "{header:?}");
-    let message = ErrorMessage::parse(&payload).expect("ERROR parses");
-    assert_eq!(message.code, code, "{}", message.text);
-    message.text.to_string()
-}
-
-/// The server closed: EOF (or a reset) before any further byte.
-#[track_caller]
-fn expect_closed(stream: &mut impl Read) {
-    let mut byte = [0; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => {}
-        Err(error)
-            if matches!(
-                error.kind(),
-                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
-            ) => {}
-        other => panic!("expected the server to close, got {other:?}"),
-    }
 }
 
 /// Waits until the server's stderr has a line containing every one of `words`.

@@ -5,26 +5,11 @@ mod support;
 #[path = "support/tls.rs"]
 mod tls_support;
 
-use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
 use monoreactor::proto::{ErrorCode, ErrorMessage, FrameType};
 use support::{Server, tcp};
-use tls_support::recv_frame;
-
-#[track_caller]
-fn expect_closed(stream: &mut impl Read) {
-    let mut byte = [0; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => {}
-        Err(error)
-            if matches!(
-                error.kind(),
-                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
-            ) => {}
-        other => panic!("expected the server to close, got {other:?}"),
-    }
-}
+use tls_support::{expect_closed, recv_frame};
 
 /// With `--proxy-protocol allow`, a connection that has sent nothing yet is still looking for
 /// its header when SIGTERM comes. Without the PROXY protocol such a client is told

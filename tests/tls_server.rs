@@ -14,11 +14,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use monoreactor::proto::files::FileInfo;
-use monoreactor::proto::{ErrorCode, ErrorMessage, FrameType};
+use monoreactor::proto::{ErrorCode, FrameType};
 use support::files::{blake3_of, get_frame};
 use support::{IO_TIMEOUT, Server, TempDir, echo_request, hello_bytes, retry, run_cli, tcp};
 use tls_support::{
-    ALPN, ServerFiles, TestCa, TlsStream, client_config, connect, handshake, recv_frame,
+    ALPN, ServerFiles, TestCa, TlsStream, client_config, connect, expect_closed, expect_error,
+    handshake, recv_frame,
 };
 
 /// A server on loopback with TLS on the framed listener (and `extra` flags).
@@ -40,30 +41,6 @@ fn hello(stream: &mut (impl Read + Write)) {
     stream.write_all(&hello_bytes()).expect("send HELLO");
     let (header, _) = recv_frame(stream);
     assert_eq!(header.frame_type, FrameType::HelloOk);
-}
-
-#[track_caller]
-fn expect_error(stream: &mut impl Read, code: ErrorCode) -> String {
-    let (header, payload) = recv_frame(stream);
-    assert_eq!(header.frame_type, FrameType::Error, "{header:?}");
-    let message = ErrorMessage::parse(&payload).expect("ERROR parses");
-    assert_eq!(message.code, code, "{}", message.text);
-    message.text.to_string()
-}
-
-/// The server closed: EOF (or a reset) before any further byte.
-#[track_caller]
-fn expect_closed(stream: &mut impl Read) {
-    let mut byte = [0; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => {}
-        Err(error)
-            if matches!(
-                error.kind(),
-                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
-            ) => {}
-        other => panic!("expected the server to close, got {other:?}"),
-    }
 }
 
 // === Over TLS ===

@@ -8,13 +8,13 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoreactor::proto::{HEADER_LEN, Header};
+use monoreactor::proto::{ErrorCode, ErrorMessage, FrameType, HEADER_LEN, Header};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -211,4 +211,29 @@ pub fn recv_frame(stream: &mut impl Read) -> (Header, Vec<u8>) {
         .read_exact(&mut payload)
         .expect("the frame's payload");
     (header, payload)
+}
+
+/// The next frame is an ERROR with `code`; returns its text.
+#[track_caller]
+pub fn expect_error(stream: &mut impl Read, code: ErrorCode) -> String {
+    let (header, payload) = recv_frame(stream);
+    assert_eq!(header.frame_type, FrameType::Error, "{header:?}");
+    let message = ErrorMessage::parse(&payload).expect("ERROR parses");
+    assert_eq!(message.code, code, "{}", message.text);
+    message.text.to_string()
+}
+
+/// The server closed: EOF (or a reset) before any further byte.
+#[track_caller]
+pub fn expect_closed(stream: &mut impl Read) {
+    let mut byte = [0; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => {}
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+            ) => {}
+        other => panic!("expected the server to close, got {other:?}"),
+    }
 }

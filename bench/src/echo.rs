@@ -583,21 +583,12 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             if !conn.alive {
                 continue;
             }
-            if let Some(fatal) = got.fatal {
-                kill(
-                    &mut poll,
-                    conn,
-                    &mut live,
-                    &mut recorder,
-                    now,
-                    &fatal,
-                    options.reconnect,
-                );
-                retry_later(conn, options, &mut live, now);
-                continue;
-            }
-            if got.closed {
-                let fatal = Fatal::Io(ErrorKind::UnexpectedEof.into());
+            // A fatal error, or else the server's EOF, ends the connection.
+            let fatal = got.fatal.or_else(|| {
+                got.closed
+                    .then(|| Fatal::Io(ErrorKind::UnexpectedEof.into()))
+            });
+            if let Some(fatal) = fatal {
                 kill(
                     &mut poll,
                     conn,

@@ -110,13 +110,14 @@ pub use limits::{
     MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN, MIN_IO_BUFFER_LEN, default_client_memory,
 };
 pub use reactor::{ReactorStats, ShutdownHandle};
-pub use reload::{Fresh, LogSwap, MAX_RELOADABLE_FILE, Reload, Reloader, read_reloadable};
+pub use reload::{Fresh, LogSwap, Reload, Reloader};
 pub use server::{
     BindFailure, BoundAddrs, Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT,
     Listener, Listeners, Server, StartError, activated_listeners, bind_shared, bind_worker_metrics,
     raise_descriptor_limit, worker_metrics_addrs,
 };
 pub use sys::notify::{ACTIVATION_NAMES, Lifecycle, SystemdNotify};
+pub use sys::reloadable::{MAX_RELOADABLE_FILE, read_reloadable};
 
 // Drive a connection yourself.
 pub use buffer::BufferPool;

@@ -221,8 +221,11 @@ impl Access {
     /// server token ([`Access::with_token`] adds one). Any error is one line naming the file,
     /// the line and the entry. What a reload (SIGHUP) would call, then [`Access::reloaded`].
     pub fn load(path: &Path) -> Result<Access, String> {
-        let bytes = crate::reload::read_reloadable(path, crate::reload::MAX_RELOADABLE_FILE)
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let bytes = crate::sys::reloadable::read_reloadable(
+            path,
+            crate::sys::reloadable::MAX_RELOADABLE_FILE,
+        )
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         let text = String::from_utf8(bytes)
             .map_err(|_| format!("cannot read {}: not UTF-8 text", path.display()))?;
         Access::parse(&text, &path.display().to_string())

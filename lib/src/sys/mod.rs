@@ -12,7 +12,8 @@
 //! [`upload`] (the partial, its lock, the commit by descriptor, leftovers), [`listing`]
 //! (directory entries for LIST), [`hash_index`] (the hash cache), [`errno`] (what a failed call
 //! means to a client), [`disk`] (the helper process, its protocol and its write ring), [`restart`] (when a helper
-//! process that died is started again). [`notify`]: systemd's notifications and socket activation.
+//! process that died is started again). [`notify`]: systemd's notifications and socket activation. [`reloadable`]: reading a file
+//! that a SIGHUP reads again on the loop.
 
 pub(crate) mod disk;
 pub(crate) mod errno;
@@ -22,6 +23,7 @@ pub(crate) mod listing;
 pub(crate) mod mmsg;
 pub(crate) mod notify;
 pub(crate) mod process;
+pub(crate) mod reloadable;
 pub(crate) mod restart;
 pub(crate) mod root;
 pub(crate) mod upload;

@@ -68,6 +68,22 @@ enum Command {
     /// re-reads the configuration (--config, --access, the TLS files), SIGUSR1 logs a line of
     /// counters, SIGUSR2 is logged and ignored.
     Serve(Box<cmd::serve::ServeArgs>),
+    /// Every other command: the clients, and the commands that print something.
+    #[command(flatten)]
+    Client(Box<ClientCommand>),
+    /// Internal: the server's disk helper (blocking disk calls off the loop), on the socket
+    /// inherited as descriptor FD. Started by `serve`, never by hand.
+    #[command(name = "__disk-helper", hide = true)]
+    DiskHelper {
+        /// The inherited SOCK_SEQPACKET socket.
+        fd: i32,
+    },
+}
+
+/// The commands that are not the server: they log quietly unless asked, and a closed stdout
+/// ends them as it ends a Unix filter.
+#[derive(Subcommand)]
+enum ClientCommand {
     /// The access file's credentials: add one (a new token, printed once), or hash a token.
     Access(cmd::access::AccessArgs),
     /// Send one framed echo request and print the reply.
@@ -96,13 +112,6 @@ enum Command {
     /// Print a sandboxed systemd unit for `serve` (Type=notify), or its socket unit, with
     /// this binary's path and the root filled in.
     SystemdUnit(cmd::systemd_unit::SystemdUnitArgs),
-    /// Internal: the server's disk helper (blocking disk calls off the loop), on the socket
-    /// inherited as descriptor FD. Started by `serve`, never by hand.
-    #[command(name = "__disk-helper", hide = true)]
-    DiskHelper {
-        /// The inherited SOCK_SEQPACKET socket.
-        fd: i32,
-    },
 }
 
 fn main() -> ExitCode {
@@ -134,7 +143,7 @@ fn main() -> ExitCode {
                     .map_err(|error| Failure::from(format!("disk helper: {error}"))),
             );
         }
-        command => command,
+        Command::Client(command) => *command,
     };
     // Clients stay quiet unless asked.
     let level = match cli.verbose {
@@ -144,19 +153,18 @@ fn main() -> ExitCode {
     init_logger(LogFilter::level(level), false);
     restore_sigpipe();
     let result = match command {
-        Command::Access(args) => cmd::access::run(args),
-        Command::Echo(args) => cmd::echo::run(args),
-        Command::Exec(args) => return ExitCode::from(cmd::exec::run(args)),
-        Command::Bench(args) => cmd::bench::run(args),
-        Command::Get(args) => get::run(args),
-        Command::Put(args) => put::run(args),
-        Command::Ls(args) => ls::run(args),
-        Command::Stat(args) => stat::run(args),
-        Command::Rm(args) => paths::rm(args),
-        Command::Mkdir(args) => paths::mkdir(args),
-        Command::Stats(args) => cmd::stats::run(args),
-        Command::SystemdUnit(args) => cmd::systemd_unit::run(args),
-        Command::Serve(_) | Command::DiskHelper { .. } => unreachable!("handled above"),
+        ClientCommand::Access(args) => cmd::access::run(args),
+        ClientCommand::Echo(args) => cmd::echo::run(args),
+        ClientCommand::Exec(args) => return ExitCode::from(cmd::exec::run(args)),
+        ClientCommand::Bench(args) => cmd::bench::run(args),
+        ClientCommand::Get(args) => get::run(args),
+        ClientCommand::Put(args) => put::run(args),
+        ClientCommand::Ls(args) => ls::run(args),
+        ClientCommand::Stat(args) => stat::run(args),
+        ClientCommand::Rm(args) => paths::rm(args),
+        ClientCommand::Mkdir(args) => paths::mkdir(args),
+        ClientCommand::Stats(args) => cmd::stats::run(args),
+        ClientCommand::SystemdUnit(args) => cmd::systemd_unit::run(args),
     };
     finish(result)
 }

@@ -523,16 +523,15 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             }
             if event.is_writable() {
                 if let Err(error) = conn.flush() {
-                    kill(
+                    drop_and_retry(
                         &mut poll,
                         conn,
                         &mut live,
                         &mut recorder,
                         now,
                         &error.into(),
-                        options.reconnect,
+                        options,
                     );
-                    retry_later(conn, options, &mut live, now);
                     continue;
                 }
             }
@@ -542,16 +541,15 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             let got = match receive(conn, config, &decoder, &mut chunk) {
                 Ok(got) => got,
                 Err(fatal) => {
-                    kill(
+                    drop_and_retry(
                         &mut poll,
                         conn,
                         &mut live,
                         &mut recorder,
                         now,
                         &fatal,
-                        options.reconnect,
+                        options,
                     );
-                    retry_later(conn, options, &mut live, now);
                     continue;
                 }
             };
@@ -560,16 +558,15 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             for _ in 0..got.replies {
                 let Some(start) = conn.in_flight.pop_front() else {
                     let fatal = Fatal::Protocol("more replies than requests".to_string());
-                    kill(
+                    drop_and_retry(
                         &mut poll,
                         conn,
                         &mut live,
                         &mut recorder,
                         now,
                         &fatal,
-                        options.reconnect,
+                        options,
                     );
-                    retry_later(conn, options, &mut live, now);
                     break;
                 };
                 recorder.record(now, now.saturating_duration_since(start));
@@ -589,16 +586,15 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
                     .then(|| Fatal::Io(ErrorKind::UnexpectedEof.into()))
             });
             if let Some(fatal) = fatal {
-                kill(
+                drop_and_retry(
                     &mut poll,
                     conn,
                     &mut live,
                     &mut recorder,
                     now,
                     &fatal,
-                    options.reconnect,
+                    options,
                 );
-                retry_later(conn, options, &mut live, now);
                 continue;
             }
             if pacer.is_some() {
@@ -611,16 +607,15 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
             // Over TLS a read may leave records to send (the handshake's, a key update's).
             if done > 0 || conn.tls.is_some() {
                 if let Err(error) = conn.flush() {
-                    kill(
+                    drop_and_retry(
                         &mut poll,
                         conn,
                         &mut live,
                         &mut recorder,
                         now,
                         &error.into(),
-                        options.reconnect,
+                        options,
                     );
-                    retry_later(conn, options, &mut live, now);
                 }
             }
         }
@@ -649,6 +644,21 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
         "req",
         ended_early,
     ))
+}
+
+/// [`kill`], then [`retry_later`]: a connection that failed, opened again later with
+/// `--reconnect`.
+fn drop_and_retry(
+    poll: &mut Poll,
+    conn: &mut Conn,
+    live: &mut usize,
+    recorder: &mut Recorder,
+    now: Instant,
+    why: &Fatal,
+    options: EchoOptions,
+) {
+    kill(poll, conn, live, recorder, now, why, options.reconnect);
+    retry_later(conn, options, live, now);
 }
 
 /// Reconnecting: `conn`, just killed, is opened again after [`RECONNECT_AFTER`] and counts

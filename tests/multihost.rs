@@ -425,32 +425,32 @@ fn baseline_without_the_drain_a_sigterm_and_a_rolling_restart_lose_requests() {
     let _serial = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
-    let harness = Harness::BASELINE;
-    let Some(mut lab) = lab(harness, false) else {
-        return;
-    };
+    sigterm_then_rolling_restart(Harness::BASELINE, "baseline (no PROXY, no drain)");
+}
+
+/// Under load, a SIGTERM of one host, then (once it is back and seen UP) a rolling restart of
+/// all three; each printed as a row named after `label`, checked to have run to its end, and
+/// returned: `[(framed echo, short connections) of the SIGTERM, of the rolling restart]`, or
+/// `None` when the lab cannot be built here (the test then skips, saying why).
+fn sigterm_then_rolling_restart(harness: Harness, label: &str) -> Option<[(Counts, Counts); 2]> {
+    let mut lab = lab(harness, false)?;
     let (echo, connect) = sigterm_one_host(&mut lab);
-    report_row(
-        "baseline (no PROXY, no drain): SIGTERM of 1 host of 3",
-        &echo,
-        &connect,
-    );
+    report_row(&format!("{label}: SIGTERM of 1 host of 3"), &echo, &connect);
     ran_to_the_end("framed echo", &echo);
     ran_to_the_end("short connections", &connect);
     lab.start_host(0, &harness.host_flags());
     for backend in ["be_framed", "be_echo"] {
         lab.wait_state(backend, 0, "UP", Duration::from_secs(10));
     }
-    let (echo, connect, outages) = rolling_restart(&mut lab, harness);
+    let (restart_echo, restart_connect, outages) = rolling_restart(&mut lab, harness);
     report_row(
-        &format!(
-            "baseline (no PROXY, no drain): rolling restart of 3 hosts (out of service {outages:.1?})"
-        ),
-        &echo,
-        &connect,
+        &format!("{label}: rolling restart of 3 hosts (out of service {outages:.1?})"),
+        &restart_echo,
+        &restart_connect,
     );
-    ran_to_the_end("framed echo", &echo);
-    ran_to_the_end("short connections", &connect);
+    ran_to_the_end("framed echo", &restart_echo);
+    ran_to_the_end("short connections", &restart_connect);
+    Some([(echo, connect), (restart_echo, restart_connect)])
 }
 
 #[test]
@@ -634,28 +634,12 @@ fn with_the_drain_a_sigterm_and_a_rolling_restart_lose_nothing() {
     let _serial = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
-    let harness = Harness::DEPLOYMENT;
-    let Some(mut lab) = lab(harness, false) else {
+    let Some(scenarios) = sigterm_then_rolling_restart(Harness::DEPLOYMENT, "with the drain")
+    else {
         return;
     };
-    let (echo, connect) = sigterm_one_host(&mut lab);
-    report_row("SIGTERM of 1 host of 3, with the drain", &echo, &connect);
-    ran_to_the_end("framed echo", &echo);
-    ran_to_the_end("short connections", &connect);
-    assert_eq!(echo.errors, 0, "failed framed requests: {echo:?}");
-    assert_eq!(connect.errors, 0, "failed short connections: {connect:?}");
-    lab.start_host(0, &harness.host_flags());
-    for backend in ["be_framed", "be_echo"] {
-        lab.wait_state(backend, 0, "UP", Duration::from_secs(10));
+    for (echo, connect) in scenarios {
+        assert_eq!(echo.errors, 0, "failed framed requests: {echo:?}");
+        assert_eq!(connect.errors, 0, "failed short connections: {connect:?}");
     }
-    let (echo, connect, outages) = rolling_restart(&mut lab, harness);
-    report_row(
-        &format!("rolling restart of 3 hosts, with the drain (out of service {outages:.1?})"),
-        &echo,
-        &connect,
-    );
-    ran_to_the_end("framed echo", &echo);
-    ran_to_the_end("short connections", &connect);
-    assert_eq!(echo.errors, 0, "failed framed requests: {echo:?}");
-    assert_eq!(connect.errors, 0, "failed short connections: {connect:?}");
 }

@@ -566,10 +566,16 @@ fn refused_requests_are_all_counted_but_their_lines_are_throttled() {
         moved(&before, &after, "monoreactor_requests_total{kind=\"exec\"}"),
         50.0
     );
-    let refused: Vec<String> = access_lines(&server)
-        .into_iter()
-        .filter(|line| line.contains("UNAUTHENTICATED"))
-        .collect();
+    // The line is written before the refusals go out, but stderr is read by another thread:
+    // wait for it rather than race it.
+    let refused: Vec<String> = support::retry(std::time::Duration::from_secs(5), || {
+        let lines: Vec<String> = access_lines(&server)
+            .into_iter()
+            .filter(|line| line.contains("UNAUTHENTICATED"))
+            .collect();
+        (!lines.is_empty()).then_some(lines)
+    })
+    .unwrap_or_default();
     assert!(
         !refused.is_empty() && refused.len() <= 2,
         "one line a second, not one per refusal: {refused:#?}"

@@ -80,3 +80,38 @@ fn the_first_sigint_says_how_many_clients_it_waits_for_and_that_a_second_stops_a
         .expect("the second SIGINT stops it at once");
     assert!(status.success());
 }
+
+/// A server that cannot start creates nothing: the root directory is made only once every
+/// socket is bound (issue 16: `./monoreactor-files` was left behind when the port was taken),
+/// alone and with `--workers`.
+#[test]
+fn a_server_whose_port_is_taken_leaves_no_root_directory_behind() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind TCP");
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = support::TempDir::new("serve-no-root");
+    let root = dir.join("files");
+    for workers in ["1", "2"] {
+        let finished = run_cli(
+            &[
+                "serve",
+                "--listen",
+                &addr,
+                "--echo-tcp",
+                "off",
+                "--echo-udp",
+                "off",
+                "--workers",
+                workers,
+                "--root",
+                root.to_str().unwrap(),
+            ],
+            Duration::from_secs(10),
+        );
+        assert!(!finished.status.success(), "{}", finished.stderr);
+        assert!(
+            !root.exists(),
+            "--workers {workers}: {} was created by a server that did not start",
+            root.display()
+        );
+    }
+}

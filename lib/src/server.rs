@@ -248,7 +248,7 @@ impl Server {
     /// and SIGCHLD gets its default disposition
     /// (`restore_default_sigchld`).
     pub fn bind(mut config: Config) -> Result<Server, StartError> {
-        let (limits, root) = prepare(&mut config)?;
+        let limits = prepare(&mut config)?;
         let mut failures = Vec::new();
         let framed = attempt(
             &mut failures,
@@ -284,6 +284,9 @@ impl Server {
             echo_udp,
             metrics,
         };
+        // Only now that every socket is bound: a server that cannot start leaves no root
+        // directory behind.
+        let root = open_root(&config)?;
         Server::assemble(config, limits, root, sockets)
     }
 
@@ -291,7 +294,8 @@ impl Server {
     /// worker's share of [`bind_shared`]'s sockets) instead of binding `config`'s addresses;
     /// `config`'s addresses are not used. Every other check and setup step is the same.
     pub fn from_listeners(mut config: Config, listeners: Listeners) -> Result<Server, StartError> {
-        let (limits, root) = prepare(&mut config)?;
+        let limits = prepare(&mut config)?;
+        let root = open_root(&config)?;
         let sockets = listeners.into_sockets()?;
         Server::assemble(config, limits, root, sockets)
     }
@@ -353,10 +357,10 @@ impl Server {
 }
 
 /// Everything [`Server::bind`] checks and sets up before binding: the configuration, the
-/// descriptor limit (and the connection limit clamped to it), commands' descriptor hygiene,
-/// and the root directory.
+/// descriptor limit (and the connection limit clamped to it), and commands' descriptor
+/// hygiene. The root directory comes after the binding ([`open_root`]).
 /// `config.limits` is taken (left at its default) and returned adjusted.
-fn prepare(config: &mut Config) -> Result<(Limits, Option<Root>), StartError> {
+fn prepare(config: &mut Config) -> Result<Limits, StartError> {
     config.check()?;
     let mut limits = std::mem::take(&mut config.limits);
     let descriptors = raise_descriptor_limit();
@@ -374,6 +378,12 @@ fn prepare(config: &mut Config) -> Result<(Limits, Option<Root>), StartError> {
         crate::sys::process::keep_descriptors_from_commands()?;
         crate::sys::process::restore_default_sigchld()?;
     }
+    Ok(limits)
+}
+
+/// Opens the root directory (created if missing) when files are served or commands run; called
+/// once the sockets are bound, so a server that fails to start creates nothing.
+fn open_root(config: &Config) -> Result<Option<Root>, StartError> {
     let root = if config.access.exec || config.files {
         let root = Root::open_or_create(&config.root).map_err(|error| {
             StartError::Config(format!(
@@ -391,7 +401,7 @@ fn prepare(config: &mut Config) -> Result<(Limits, Option<Root>), StartError> {
     } else {
         None
     };
-    Ok((limits, root))
+    Ok(root)
 }
 
 /// One worker's listening sockets: bound, listening, nonblocking, `SO_REUSEPORT` set. The
@@ -452,8 +462,8 @@ pub fn activated_listeners() -> Result<Option<Listeners>, String> {
 }
 
 /// Binds `count` sets of sockets on the same addresses with `SO_REUSEPORT`, one set per
-/// worker, after the same checks as [`Server::bind`] (the root directory is created, then
-/// closed: each worker opens its own). A port 0 is resolved once: the first socket of each
+/// worker, after the same checks as [`Server::bind`] (the root directory is not created here:
+/// each worker opens, or creates, its own once it starts, so a failed bind leaves nothing). A port 0 is resolved once: the first socket of each
 /// kind picks the port and the others bind that one. The kernel spreads new connections (and
 /// datagrams) over the sets by a hash of the peer's address.
 ///
@@ -462,8 +472,7 @@ pub fn bind_shared(
     mut config: Config,
     count: usize,
 ) -> Result<(Vec<Listeners>, BoundAddrs), StartError> {
-    let (_limits, root) = prepare(&mut config)?;
-    drop(root);
+    prepare(&mut config)?;
     let mut failures = Vec::new();
     let mut resolved: [Option<SocketAddr>; 3] =
         [Some(config.framed), config.echo_tcp, config.echo_udp];

@@ -870,11 +870,13 @@ mod tests {
                             &payload,
                         )
                         .encode_into(&mut out);
+                        // Counted before it is sent: the client may count the reply before
+                        // this thread runs again, and the run's total must never exceed this.
+                        count.fetch_add(1, Ordering::Relaxed);
                         if stream.write_all(&out).is_err() {
                             return;
                         }
                         out.clear();
-                        count.fetch_add(1, Ordering::Relaxed);
                     }
                     if next_frame(&mut stream).is_none() {
                         return;

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# The whole-tree figures of issue 16: `put -r` and `get -r` of two trees against
+# `rsync -a` to and from an rsync daemon and `tar c | nc` into `tar x`, all on loopback:
+#   - small: 10,000 files of 4 KiB in 100 directories (target: at least rsync's speed);
+#   - large: 100 files of 10 MiB in one directory (target: at least 0.9x tar | nc's speed).
+#
+# Usage: docs/bench/tree.sh ROUNDS BINARY
+# Each round times, for each tree, the six transfers one after the other in a rotated order
+# (so none always goes first): ours up and down, rsync up and down, tar | nc up and down.
+# It prints one line per transfer, then the medians, the spread (min-max) and the ratios
+# rsync/ours and (tar|nc)/ours (above 1: ours is faster). The disk of this VM drifts from
+# minute to minute: only figures from the same rounds are compared.
+#
+# What each one guarantees differs, and the figures are read with that in mind: ours verifies
+# every file's BLAKE3 and makes each one visible atomically; it makes the tree durable
+# (fsync) before `put -r` returns, as `monoreactor put` always has. rsync and tar write
+# through the page cache and sync nothing. Every run starts from warm caches on the sending
+# side and an empty destination.
+#
+# Needs: rsync, nc (OpenBSD netcat: `-N`), tar, bc. Builds the trees once in
+# $TREE_BENCH_DIR (default /tmp/monoreactor-tree). Talks to 127.0.0.1 only; stops every
+# process it started, by pid, and removes what it wrote except the source trees.
+set -euo pipefail
+
+rounds=${1:?usage: tree.sh ROUNDS BINARY}
+bin=${2:?usage: tree.sh ROUNDS BINARY}
+bin=$(realpath "$bin")
+for tool in rsync nc tar bc; do
+    command -v "$tool" >/dev/null || { echo "tree.sh: needs $tool" >&2; exit 2; }
+done
+dir=${TREE_BENCH_DIR:-/tmp/monoreactor-tree}
+mkdir -p "$dir"
+src=$dir/src
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$dir/root" "$dir/rsync" "$dir/down" "$dir/tarx"
+}
+trap cleanup EXIT
+
+# The trees, made once: random bytes so nothing compresses or deduplicates.
+if [ ! -f "$src/.made" ]; then
+    rm -rf "$src"
+    mkdir -p "$src/small" "$src/large"
+    head -c $((10000 * 4096)) /dev/urandom >"$dir/pool"
+    python3 - "$dir/pool" "$src/small" <<'EOF'
+import os, sys
+pool, out = sys.argv[1], sys.argv[2]
+with open(pool, "rb") as f:
+    data = f.read()
+for d in range(100):
+    os.mkdir(f"{out}/d{d:02}")
+    for i in range(100):
+        n = d * 100 + i
+        with open(f"{out}/d{d:02}/f{i:02}", "wb") as g:
+            g.write(data[n * 4096:(n + 1) * 4096])
+EOF
+    rm -f "$dir/pool"
+    for i in $(seq -w 0 99); do head -c 10M /dev/urandom >"$src/large/f$i"; done
+    touch "$src/.made"
+fi
+# Warm the page cache on the sending side.
+cat "$src"/small/*/* "$src"/large/* >/dev/null
+
+now() { date +%s.%N; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Our server, on a fresh root.
+mkdir -p "$dir/root"
+"$bin" serve -q --listen 127.0.0.1:0 --echo-tcp off --echo-udp off --root "$dir/root" \
+    >"$dir/serve.out" 2>"$dir/serve.err" &
+pids+=($!)
+addr=
+for _ in $(seq 100); do
+    addr=$(awk '/^listening framed/ {print $3}' "$dir/serve.out")
+    [ -n "$addr" ] && break
+    sleep 0.1
+done
+[ -n "$addr" ] || { echo "tree.sh: the server did not start" >&2; cat "$dir/serve.err" >&2; exit 1; }
+
+# An rsync daemon: module `dst` is where uploads land and downloads come from.
+mkdir -p "$dir/rsync"
+rport=$(free_port)
+cat >"$dir/rsyncd.conf" <<EOF
+pid file = $dir/rsyncd.pid
+use chroot = no
+uid = $(id -u)
+gid = $(id -g)
+[dst]
+    path = $dir/rsync
+    read only = no
+EOF
+rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$dir/rsyncd.conf" &
+pids+=($!)
+sleep 0.5
+
+# Each transfer: empties its destination (untimed), then prints its time in seconds.
+ours_up() {
+    rm -rf "$dir/root/$1"
+    local t0 t1
+    t0=$(now)
+    "$bin" put -r -q --addr "$addr" "$src/$1" "$1"
+    t1=$(now)
+    echo "$t1 - $t0" | bc
+}
+ours_down() {
+    rm -rf "$dir/down"
+    mkdir -p "$dir/down"
+    local t0 t1
+    t0=$(now)
+    "$bin" get -r -q --addr "$addr" "$1" "$dir/down/$1"
+    t1=$(now)
+    echo "$t1 - $t0" | bc
+}
+rsync_up() {
+    rm -rf "$dir/rsync/$1"
+    local t0 t1
+    t0=$(now)
+    rsync -a "$src/$1/" "rsync://127.0.0.1:$rport/dst/$1/"
+    t1=$(now)
+    echo "$t1 - $t0" | bc
+}
+rsync_down() {
+    [ -d "$dir/rsync/$1" ] || rsync -a "$src/$1/" "rsync://127.0.0.1:$rport/dst/$1/"
+    rm -rf "$dir/down"
+    mkdir -p "$dir/down"
+    local t0 t1
+    t0=$(now)
+    rsync -a "rsync://127.0.0.1:$rport/dst/$1/" "$dir/down/$1/"
+    t1=$(now)
+    echo "$t1 - $t0" | bc
+}
+# tar c | nc into nc -l | tar x: the same pipeline either way on one host, so "down" runs it
+# from the copy the other tools downloaded from, to the same destination as theirs.
+tar_nc() {
+    local from=$1 name=$2 to=$3 port t0 t1 rx
+    rm -rf "$to"
+    mkdir -p "$to"
+    port=$(free_port)
+    (nc -l 127.0.0.1 "$port" | tar x -C "$to") &
+    rx=$!
+    sleep 0.2
+    t0=$(now)
+    tar c -C "$from" "$name" | nc -N 127.0.0.1 "$port"
+    wait "$rx"
+    t1=$(now)
+    echo "$t1 - $t0" | bc
+}
+tar_up() { tar_nc "$src" "$1" "$dir/tarx"; }
+tar_down() { tar_nc "$src" "$1" "$dir/down"; }
+
+# Checks a destination holds the same bytes as the source (once per kind, untimed).
+same() {
+    diff -r "$src/$1" "$2" >/dev/null || { echo "tree.sh: $2 differs from $src/$1" >&2; exit 1; }
+}
+
+results=$dir/results
+: >"$results"
+kinds=(ours_up ours_down rsync_up rsync_down tar_up tar_down)
+for round in $(seq "$rounds"); do
+    for tree in small large; do
+        n=${#kinds[@]}
+        for k in $(seq 0 $((n - 1))); do
+            kind=${kinds[$(((k + round) % n))]}
+            # A download needs the tree on the server first.
+            [ "$kind" = ours_down ] && [ ! -d "$dir/root/$tree" ] && ours_up "$tree" >/dev/null
+            t=$($kind "$tree")
+            echo "round $round $tree $kind $t" | tee -a "$results"
+            if [ "$round" = 1 ]; then
+                case $kind in
+                    ours_up) same "$tree" "$dir/root/$tree" ;;
+                    ours_down | rsync_down) same "$tree" "$dir/down/$tree" ;;
+                    rsync_up) same "$tree" "$dir/rsync/$tree" ;;
+                esac
+            fi
+        done
+    done
+done
+
+echo
+python3 - "$results" <<'EOF'
+import statistics, sys
+times = {}
+for line in open(sys.argv[1]):
+    _, _, tree, kind, t = line.split()
+    times.setdefault((tree, kind), []).append(float(t))
+def med(tree, kind):
+    return statistics.median(times[(tree, kind)])
+print(f"{'tree':6} {'direction':9} {'ours s':>16} {'rsync s':>16} {'tar|nc s':>16} {'rsync/ours':>10} {'tar|nc/ours':>11}")
+for tree in ("small", "large"):
+    for way in ("up", "down"):
+        cells = []
+        for tool in ("ours", "rsync", "tar"):
+            v = times[(tree, f"{tool}_{way}")]
+            cells.append(f"{statistics.median(v):6.3f} ({min(v):.2f}-{max(v):.2f})")
+        o = med(tree, f"ours_{way}")
+        print(f"{tree:6} {way:9} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} "
+              f"{med(tree, f'rsync_{way}') / o:10.2f} {med(tree, f'tar_{way}') / o:11.2f}")
+EOF

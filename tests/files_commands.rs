@@ -390,6 +390,16 @@ fn ls_r_lists_every_directory_beneath_as_ls_r_does() {
         ],
         "{listing}"
     );
+    // A directory's name cannot break the headers' lines.
+    fs::create_dir_all(server.at("odd/bad\nname")).unwrap();
+    let listing = cli.ok("ls", &["-R", "odd"]);
+    assert_eq!(
+        names(&listing),
+        ["odd:", "bad\\nname", "", "odd/bad\\nname:"],
+        "{listing}"
+    );
+    fs::remove_dir_all(server.at("odd")).unwrap();
+
     // From the root: `.` and `./...`, as ls -R names them.
     let listing = cli.ok("ls", &["--recursive"]);
     let lines = names(&listing);

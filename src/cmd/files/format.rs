@@ -271,7 +271,7 @@ fn date(time: OffsetDateTime) -> String {
 
 /// A name as a terminal line may show it: control characters escaped (`\n`, `\u{1b}`), so a
 /// name cannot break a listing's lines or drive the terminal.
-fn display_name(name: &str) -> Cow<'_, str> {
+pub fn display_name(name: &str) -> Cow<'_, str> {
     if !name.chars().any(char::is_control) {
         return Cow::Borrowed(name);
     }

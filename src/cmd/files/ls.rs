@@ -162,7 +162,7 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
             section.push('\n');
         }
         if headers {
-            section.push_str(&format!("{}:\n", dir.shown));
+            section.push_str(&format!("{}:\n", format::display_name(&dir.shown)));
         }
         section.push_str(&format::listing(&entries, style));
         print_stdout(&section)?;
@@ -273,7 +273,7 @@ fn report(session: &Session, what: &str, error: &ClientError) -> Result<(), Fail
         if glob::is_no_match(error) {
             say(&format!("ls: {message}"));
         } else {
-            say(&format!("ls {what}: {message}"));
+            say(&format!("ls {}: {message}", format::display_name(what)));
         }
     }
     Ok(())

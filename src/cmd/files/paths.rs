@@ -9,6 +9,7 @@ use monoreactor::client::glob::{self, Pattern};
 use monoreactor::proto::ErrorCode;
 use monoreactor::proto::files::FileKind;
 
+use super::format::display_name;
 use super::{SERVER_REFUSED, ServerArgs, Session};
 use crate::failure::{Failure, say};
 
@@ -280,7 +281,7 @@ fn report(
         if glob::is_no_match(error) {
             say(&format!("{command}: {message}"));
         } else {
-            say(&format!("{command} {what}: {message}"));
+            say(&format!("{command} {}: {message}", display_name(what)));
         }
     }
     Ok(())

@@ -155,6 +155,9 @@ fn mkdir_p_creates_parents_and_accepts_an_existing_directory() {
     let stderr = cli.fails("mkdir", &["-p", "f/sub"], 1);
     assert!(stderr.contains("mkdir f"), "{stderr}");
     assert_eq!(fs::read(server.at("f")).unwrap(), b"file");
+    // Wildcards are not expanded by mkdir; `\*` is a `*` there too.
+    cli.ok("mkdir", &["star\\*", "-p", "q?/r"]);
+    assert!(server.at("star*").is_dir() && server.at("q?/r").is_dir());
     // The root itself is a usage error, as before.
     cli.fails("mkdir", &["-p", "."], 2);
     server.assert_nothing_outside("mkdir -p");
@@ -611,4 +614,69 @@ fn timeout_bounds_the_wait_for_hello_and_for_each_answer() {
     );
     assert_eq!(output.code(), 2, "{}", output.stderr);
     assert!(output.stderr.contains("--timeout"), "{}", output.stderr);
+}
+
+#[test]
+fn glob_expand_is_usable_from_the_library() {
+    use monoreactor::client::files::FileClient;
+    use monoreactor::client::glob::{self, RemoteMatch};
+    use monoreactor::proto::ErrorCode;
+    use monoreactor::proto::files::FileKind;
+
+    let server = FileServer::start(&[]);
+    for dir in ["logs/old", "logs/new", "other"] {
+        fs::create_dir_all(server.at(dir)).unwrap();
+    }
+    for (file, bytes) in [
+        ("logs/a.gz", &b"aa"[..]),
+        ("logs/old/keep", b"k"),
+        ("other/keep", b"kkk"),
+    ] {
+        fs::write(server.at(file), bytes).unwrap();
+    }
+    set_mtime(&server.at("logs/a.gz"), 1_000);
+    let mut client =
+        FileClient::connect(&server.framed_str(), None, Duration::from_secs(10)).expect("connect");
+    let paths = |matches: Vec<RemoteMatch>| -> Vec<String> {
+        matches.into_iter().map(|matched| matched.path).collect()
+    };
+
+    let matched = glob::expand(&mut client, "logs/*.gz").expect("matches");
+    assert_eq!(
+        matched,
+        [RemoteMatch {
+            path: "logs/a.gz".into(),
+            kind: FileKind::File,
+            size: 2,
+            mtime_ns: 1_000_000_000_000,
+        }]
+    );
+    // A literal component after a wildcard: only where it exists (a STAT for the last one).
+    let matched = glob::expand(&mut client, "*/*/keep").expect("matches");
+    assert_eq!(paths(matched), ["logs/old/keep"]);
+    let matched = glob::expand(&mut client, "*/keep").expect("matches");
+    assert_eq!(paths(matched.clone()), ["other/keep"]);
+    assert_eq!(matched[0].size, 3);
+    // Directories match too, in the shell's order.
+    let matched = glob::expand(&mut client, "logs/[n-o]*").expect("matches");
+    assert_eq!(paths(matched.clone()), ["logs/new", "logs/old"]);
+    assert!(matched.iter().all(|m| m.kind == FileKind::Directory));
+    // No wildcard: one STAT, the server's own answer when it is missing.
+    let matched = glob::expand(&mut client, "logs/a.gz").expect("the file");
+    assert_eq!(paths(matched), ["logs/a.gz"]);
+    let missing = glob::expand(&mut client, "logs/nope").expect_err("missing");
+    assert_eq!(missing.server_code(), Some(ErrorCode::NotFound));
+    assert!(!glob::is_no_match(&missing));
+    // Nothing matched: NOT_FOUND, recognisably the pattern's.
+    let none = glob::expand(&mut client, "logs/*.zip").expect_err("no match");
+    assert_eq!(none.server_code(), Some(ErrorCode::NotFound));
+    assert!(glob::is_no_match(&none), "{none}");
+    assert!(glob::is_no_match(
+        &glob::expand(&mut client, "nodir/*").expect_err("no match")
+    ));
+    // A pattern that cannot name a path is refused before any request.
+    let refused = glob::expand(&mut client, "../*").expect_err("refused");
+    assert_eq!(refused.server_code(), Some(ErrorCode::BadRequest));
+    // The connection is still good.
+    assert_eq!(client.list("").expect("LIST").len(), 2);
 }

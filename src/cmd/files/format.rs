@@ -409,8 +409,11 @@ mod tests {
 
     #[test]
     fn human_sizes_round_up_as_ls_does() {
-        let cases: [(u64, &str); 16] = [
+        // Each as GNU ls -lh shows it.
+        let cases: [(u64, &str); 18] = [
             (0, "0"),
+            (10_188, "10K"),
+            (5_368_709_121, "5.1G"),
             (1023, "1023"),
             (1024, "1.0K"),
             (1025, "1.1K"),

@@ -15,6 +15,7 @@
 
 pub mod exec;
 pub mod files;
+pub mod glob;
 pub mod tls;
 
 pub use tls::{Target, TlsFailure, Transport};

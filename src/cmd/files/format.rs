@@ -13,28 +13,132 @@ use monoreactor::proto::files::{FileInfo, FileKind};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+/// How a listing shows its entries' sizes and times.
+#[derive(Clone, Copy, Debug)]
+pub struct Style {
+    /// `ls -l`: times as `ls -l` shows them, in the local time zone (`Dec  7 21:02`, or
+    /// `Dec  7  2025` when older than six months or in the future), given the time now in
+    /// seconds since the epoch. `None`: UTC, `YYYY-MM-DD HH:MM`.
+    pub local_now: Option<i64>,
+    /// `ls -h`: sizes as [`human_size`] writes them.
+    pub human: bool,
+}
+
 /// A listing in aligned columns, one line per entry, in the order given: the kind's letter
-/// (`-`, `d`, `l`, `?`), the size right-aligned, the modification time to the minute and the
-/// name ([`display_name`]).
-pub fn listing(entries: &[OwnedDirEntry]) -> String {
-    let width = entries
+/// (`-`, `d`, `l`, `?`, `u`), the size right-aligned, the modification time and the name
+/// ([`display_name`]), sizes and times as `style` says.
+pub fn listing(entries: &[OwnedDirEntry], style: Style) -> String {
+    let sizes: Vec<String> = entries
         .iter()
-        .map(|entry| decimal_width(entry.size))
-        .max()
-        .unwrap_or(1);
+        .map(|entry| {
+            if style.human {
+                human_size(entry.size)
+            } else {
+                entry.size.to_string()
+            }
+        })
+        .collect();
+    let width = sizes.iter().map(String::len).max().unwrap_or(1);
     let mut out = String::new();
-    for entry in entries {
+    for (entry, size) in entries.iter().zip(&sizes) {
+        let time = match style.local_now {
+            Some(now) => ls_time(entry.mtime_ns, now),
+            None => mtime_to_the_minute(entry.mtime_ns),
+        };
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "{} {:>width$} {} {}",
+            "{} {size:>width$} {time} {}",
             entry.kind.letter(),
-            entry.size,
-            mtime_to_the_minute(entry.mtime_ns),
             display_name(&entry.name)
         );
     }
     out
+}
+
+/// A size as `ls -h` shows it: bytes below 1024 as they are, then powers of 1024 with one
+/// letter (K, M, G, T, P, E), rounded up as ls rounds: one decimal below 10 (`1.0K`,
+/// `9.9M`), whole numbers from 10 (`10K`, `23M`, `1023G`).
+pub fn human_size(size: u64) -> String {
+    if size < 1024 {
+        return size.to_string();
+    }
+    let size = u128::from(size);
+    let mut unit = 1024u128;
+    for letter in ['K', 'M', 'G', 'T', 'P', 'E'] {
+        let tenths = (size * 10).div_ceil(unit);
+        if tenths < 100 {
+            return format!("{}.{}{letter}", tenths / 10, tenths % 10);
+        }
+        let whole = size.div_ceil(unit);
+        if whole < 1024 {
+            return format!("{whole}{letter}");
+        }
+        unit *= 1024;
+    }
+    // u64::MAX is 16E: the loop has returned by then.
+    format!("{}E", size.div_ceil(1 << 60))
+}
+
+/// Half of an average Gregorian year: ls's "older than six months".
+const SIX_MONTHS_S: i64 = 31_556_952 / 2;
+
+/// A modification time as `ls -l` shows it in the local time zone: `Dec  7 21:02` if within
+/// the last six months, else `Dec  7  2025` (so also for a time in the future).
+pub fn ls_time(mtime_ns: i64, now_s: i64) -> String {
+    let secs = mtime_ns.div_euclid(1_000_000_000);
+    let recent = now_s - SIX_MONTHS_S < secs && secs <= now_s;
+    match local_time(secs) {
+        Some(local) => ls_date(&local, recent),
+        None => mtime_ns.to_string(),
+    }
+}
+
+/// The fields of a local time that a listing shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LocalTime {
+    year: i64,
+    /// 0 for January.
+    month0: usize,
+    day: u8,
+    hour: u8,
+    minute: u8,
+}
+
+/// `Mon dd HH:MM` or `Mon dd  YYYY` (`%b %e %H:%M`, `%b %e  %Y` in the C locale).
+fn ls_date(local: &LocalTime, recent: bool) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.get(local.month0).copied().unwrap_or("???");
+    if recent {
+        format!(
+            "{month} {:>2} {:02}:{:02}",
+            local.day, local.hour, local.minute
+        )
+    } else {
+        format!("{month} {:>2} {:>5}", local.day, local.year)
+    }
+}
+
+/// Seconds since the epoch in the local time zone, by the C library (`localtime_r`), which
+/// reads `TZ` and the system's zone files as every other program does.
+fn local_time(secs: i64) -> Option<LocalTime> {
+    let time = libc::time_t::try_from(secs).ok()?;
+    // SAFETY: `tm` is plain data, all zeroes is a valid value; localtime_r only writes into
+    // the `tm` it is given and reads `time`, both live for the call.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let filled = unsafe { libc::localtime_r(&time, &mut tm) };
+    if filled.is_null() {
+        return None;
+    }
+    Some(LocalTime {
+        year: i64::from(tm.tm_year) + 1900,
+        month0: usize::try_from(tm.tm_mon).ok()?,
+        day: u8::try_from(tm.tm_mday).ok()?,
+        hour: u8::try_from(tm.tm_hour).ok()?,
+        minute: u8::try_from(tm.tm_min).ok()?,
+    })
 }
 
 /// One entry of `ls --json`, its keys in this order.
@@ -44,22 +148,32 @@ struct EntryJson<'a> {
     kind: &'static str,
     size: u64,
     mtime_ns: i64,
+    path: &'a str,
+}
+
+/// An entry of a listing and its path from the server's root, for [`listing_json`].
+pub struct Listed {
+    /// The entry, named as the listing shows it.
+    pub entry: OwnedDirEntry,
+    /// Its request path.
+    pub path: String,
 }
 
 /// A listing as one JSON array, one compact object per line, in the order given, ending with
-/// a newline: `[\n{"name":...,"kind":...,"size":...,"mtime_ns":...},\n...\n]\n`.
-pub fn listing_json(entries: &[OwnedDirEntry]) -> Result<String, serde_json::Error> {
+/// a newline: `[\n{"name":...,"kind":...,"size":...,"mtime_ns":...,"path":...},\n...\n]\n`.
+pub fn listing_json(entries: &[Listed]) -> Result<String, serde_json::Error> {
     if entries.is_empty() {
         return Ok("[]\n".to_string());
     }
     let objects = entries
         .iter()
-        .map(|entry| {
+        .map(|Listed { entry, path }| {
             serde_json::to_string(&EntryJson {
                 name: &entry.name,
                 kind: kind_name(entry.kind),
                 size: entry.size,
                 mtime_ns: entry.mtime_ns,
+                path,
             })
         })
         .collect::<Result<Vec<String>, _>>()?;
@@ -157,7 +271,7 @@ fn date(time: OffsetDateTime) -> String {
 
 /// A name as a terminal line may show it: control characters escaped (`\n`, `\u{1b}`), so a
 /// name cannot break a listing's lines or drive the terminal.
-fn display_name(name: &str) -> Cow<'_, str> {
+pub fn display_name(name: &str) -> Cow<'_, str> {
     if !name.chars().any(char::is_control) {
         return Cow::Borrowed(name);
     }
@@ -170,16 +284,6 @@ fn display_name(name: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(shown)
-}
-
-/// How many digits `value` has in decimal: the width of the size column.
-fn decimal_width(mut value: u64) -> usize {
-    let mut width = 1;
-    while value >= 10 {
-        value /= 10;
-        width += 1;
-    }
-    width
 }
 
 #[cfg(test)]
@@ -232,13 +336,27 @@ mod tests {
 
     /// One entry named `name`, for the JSON escaping checks.
     fn named(name: &str) -> String {
-        listing_json(&[entry(name, FileKind::File, 0, 0)]).expect("JSON")
+        listing_json(&[listed(name, "p", FileKind::File, 0, 0)]).expect("JSON")
     }
+
+    fn listed(name: &str, path: &str, kind: FileKind, size: u64, mtime_ns: i64) -> Listed {
+        Listed {
+            entry: entry(name, kind, size, mtime_ns),
+            path: path.to_string(),
+        }
+    }
+
+    const UTC: Style = Style {
+        local_now: None,
+        human: false,
+    };
 
     #[test]
     fn json_strings_escape_quotes_backslashes_and_controls() {
         let object = |escaped: &str| {
-            format!("[\n{{\"name\":{escaped},\"kind\":\"file\",\"size\":0,\"mtime_ns\":0}}\n]\n")
+            format!(
+                "[\n{{\"name\":{escaped},\"kind\":\"file\",\"size\":0,\"mtime_ns\":0,\"path\":\"p\"}}\n]\n"
+            )
         };
         assert_eq!(named("plain"), object("\"plain\""));
         assert_eq!(named("a\"b\\c"), object("\"a\\\"b\\\\c\""));
@@ -269,25 +387,99 @@ mod tests {
         ];
         sort_entries(&mut entries);
         assert_eq!(
-            listing(&entries),
+            listing(&entries, UTC),
             "d 4096 1970-01-01 00:01 Alpha\n\
              ?    0 1970-01-01 00:00 bad\\nname\n\
              l   12 1970-01-01 00:00 link\n\
              -    7 1970-01-01 00:00 zeta\n"
         );
-        assert_eq!(listing(&[]), "");
+        assert_eq!(listing(&[], UTC), "");
+        let human = Style {
+            local_now: None,
+            human: true,
+        };
+        assert_eq!(
+            listing(&entries, human),
+            "d 4.0K 1970-01-01 00:01 Alpha\n\
+             ?    0 1970-01-01 00:00 bad\\nname\n\
+             l   12 1970-01-01 00:00 link\n\
+             -    7 1970-01-01 00:00 zeta\n"
+        );
+    }
+
+    #[test]
+    fn human_sizes_round_up_as_ls_does() {
+        // Each as GNU ls -lh shows it.
+        let cases: [(u64, &str); 18] = [
+            (0, "0"),
+            (10_188, "10K"),
+            (5_368_709_121, "5.1G"),
+            (1023, "1023"),
+            (1024, "1.0K"),
+            (1025, "1.1K"),
+            (1536, "1.5K"),
+            (10 * 1024 - 1, "10K"),
+            (10 * 1024, "10K"),
+            (10 * 1024 + 1, "11K"),
+            (1024 * 1024 - 1, "1.0M"),
+            (1024 * 1024, "1.0M"),
+            (23 * 1024 * 1024, "23M"),
+            (23 * 1024 * 1024 + 1, "24M"),
+            (5 << 30, "5.0G"),
+            (1 << 40, "1.0T"),
+            (1 << 60, "1.0E"),
+            (u64::MAX, "16E"),
+        ];
+        for (size, shown) in cases {
+            assert_eq!(human_size(size), shown, "{size} bytes");
+        }
+    }
+
+    #[test]
+    fn ls_dates_show_the_time_when_recent_and_the_year_otherwise() {
+        let local = LocalTime {
+            year: 2025,
+            month0: 11,
+            day: 7,
+            hour: 21,
+            minute: 2,
+        };
+        assert_eq!(ls_date(&local, true), "Dec  7 21:02");
+        assert_eq!(ls_date(&local, false), "Dec  7  2025");
+        let local = LocalTime {
+            year: 1999,
+            month0: 0,
+            day: 31,
+            hour: 0,
+            minute: 5,
+        };
+        assert_eq!(ls_date(&local, true), "Jan 31 00:05");
+        assert_eq!(ls_date(&local, false), "Jan 31  1999");
+    }
+
+    #[test]
+    fn ls_times_are_recent_within_six_months_and_not_in_the_future() {
+        // Whatever the zone, the shape tells which form was chosen.
+        let now = 1_765_000_000;
+        let has_clock = |text: String| text.as_bytes()[9] == b':';
+        assert!(has_clock(ls_time(now * SECOND, now)));
+        assert!(has_clock(ls_time((now - SIX_MONTHS_S + 1) * SECOND, now)));
+        assert!(!has_clock(ls_time((now - SIX_MONTHS_S) * SECOND, now)));
+        assert!(!has_clock(ls_time((now + 1) * SECOND, now)));
+        assert!(!has_clock(ls_time(0, now)));
+        assert_eq!(ls_time(i64::MIN, now).len(), 12);
     }
 
     #[test]
     fn listings_as_json_are_one_array() {
         let entries = [
-            entry("a \"q\"", FileKind::File, 1, -2),
-            entry("d", FileKind::Directory, 0, 3),
+            listed("a \"q\"", "a \"q\"", FileKind::File, 1, -2),
+            listed("d", "x/d", FileKind::Directory, 0, 3),
         ];
         assert_eq!(
             listing_json(&entries).expect("JSON"),
-            "[\n{\"name\":\"a \\\"q\\\"\",\"kind\":\"file\",\"size\":1,\"mtime_ns\":-2},\n\
-             {\"name\":\"d\",\"kind\":\"directory\",\"size\":0,\"mtime_ns\":3}\n]\n"
+            "[\n{\"name\":\"a \\\"q\\\"\",\"kind\":\"file\",\"size\":1,\"mtime_ns\":-2,\"path\":\"a \\\"q\\\"\"},\n\
+             {\"name\":\"d\",\"kind\":\"directory\",\"size\":0,\"mtime_ns\":3,\"path\":\"x/d\"}\n]\n"
         );
         assert_eq!(listing_json(&[]).expect("JSON"), "[]\n");
     }

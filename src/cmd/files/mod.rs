@@ -11,14 +11,16 @@ use clap::Args;
 use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::client::ClientError;
 use monoreactor::client::files::FileClient;
+use monoreactor::client::glob;
 use monoreactor::proto::SessionFlags;
 
-use crate::args::{ServerAddr, TlsArgs};
+use crate::args::{Secs, ServerAddr, TlsArgs};
 use crate::explain::explain;
 use crate::failure::{CLIENT_FAILURE, Failure};
 use crate::token::{TokenSource, client_token};
 
-/// How long the file commands wait to connect and for HELLO_OK.
+/// How long the file commands wait to connect and for HELLO_OK, without --timeout (each
+/// later answer: the library's [`files::IO_TIMEOUT`](monoreactor::client::files::IO_TIMEOUT)).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Exit status when the server refused or failed the request (an ERROR frame).
@@ -59,6 +61,10 @@ pub struct ServerArgs {
     /// File holding the server's token [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// How long to wait for the server: to connect, and then for each answer [default: 10 s
+    /// to connect, 120 s for each answer].
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<Secs>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -75,8 +81,15 @@ impl Session {
     fn open(server: ServerArgs) -> Result<Session, Failure> {
         let (token, source) = client_token(server.token_file).map_err(Failure::own)?;
         let target = server.tls.target(&server.addr).map_err(Failure::own)?;
-        let client = FileClient::connect(target, token.as_ref(), CONNECT_TIMEOUT)
-            .map_err(|error| failure(&error, &source, None))?;
+        let wait = server.timeout.map(|Secs(wait)| wait);
+        let mut client =
+            FileClient::connect(target, token.as_ref(), wait.unwrap_or(CONNECT_TIMEOUT))
+                .map_err(|error| failure(&error, &source, None))?;
+        if let Some(wait) = wait {
+            client
+                .set_timeout(Some(wait))
+                .map_err(|error| failure(&error, &source, None))?;
+        }
         let authenticated = Some(
             client
                 .hello_ok()
@@ -101,6 +114,16 @@ impl Session {
 fn failure(error: &ClientError, source: &TokenSource, authenticated: Option<bool>) -> Failure {
     if error.is_broken_pipe() {
         return Failure::reader_gone();
+    }
+    // A remote glob that matched nothing: the client's finding, in its own words (not
+    // "server error"), with the exit status of the server's NOT_FOUND.
+    if let ClientError::Server { text, .. } = error {
+        if glob::is_no_match(error) {
+            return Failure {
+                status: SERVER_REFUSED,
+                message: Some(text.clone()),
+            };
+        }
     }
     Failure {
         status: if error.server_code().is_some() {

@@ -1,29 +1,50 @@
-//! `monoreactor rm` and `monoreactor mkdir`: one request per path, the paths the server
-//! refuses reported one by one.
+//! `monoreactor rm` and `monoreactor mkdir`: each path in turn, the paths the server refuses
+//! reported one by one. `rm -r` removes a tree deepest first, `rm` takes remote globs,
+//! `mkdir -p` creates the missing parents.
 
 use clap::Args;
 use monoreactor::client::ClientError;
 use monoreactor::client::files::{self, FileClient};
+use monoreactor::client::glob::{self, Pattern};
+use monoreactor::proto::ErrorCode;
+use monoreactor::proto::files::FileKind;
 
+use super::format::display_name;
 use super::{SERVER_REFUSED, ServerArgs, Session};
 use crate::failure::{Failure, say};
 
 /// What `rm --help` says after the flags.
 const RM_HELP: &str = file_help!(
     "Removes files, symlinks (the link itself) and empty directories, one PATH after another;
-a PATH the server refuses is reported and the others are still tried (exit status 1)."
+with -r a directory and everything beneath it, deepest first (a symlink inside is removed,
+never followed). Without -r a directory that is not empty is refused (NOT_EMPTY). With -f a
+PATH that does not exist (or a pattern that matches nothing) is not an error. A PATH the
+server refuses is reported and the others are still tried (exit status 1).
+
+A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a] (quote them from the
+local shell: rm 'tmp/*.part'). They are matched here, against LISTs of the server's
+directories; * and ? do not match a leading dot. \\* stands for a literal *. A pattern that
+matches nothing is an error (exit status 1)."
 );
 
 /// What `mkdir --help` says after the flags.
 const MKDIR_HELP: &str = file_help!(
-    "Creates each directory, one level at a time: its parent must exist. A PATH the server
-refuses (exists, no parent) is reported and the others are still tried (exit status 1)."
+    "Creates each directory, one level at a time: its parent must exist, unless -p is given,
+which creates the missing parents and accepts a directory that already exists (as
+mkdir -p). A PATH the server refuses (exists, no parent) is reported and the others are
+still tried (exit status 1). Wildcards are not expanded (\\* is a literal *, as elsewhere)."
 );
 
 /// The flags of `rm`.
 #[derive(Args)]
 #[command(after_help = RM_HELP)]
 pub struct RmArgs {
+    /// Remove directories and everything beneath them.
+    #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+    recursive: bool,
+    /// Ignore paths that do not exist (and patterns that match nothing).
+    #[arg(short = 'f', long = "force")]
+    force: bool,
     #[command(flatten)]
     paths: PathsArgs,
 }
@@ -32,6 +53,9 @@ pub struct RmArgs {
 #[derive(Args)]
 #[command(after_help = MKDIR_HELP)]
 pub struct MkdirArgs {
+    /// Create missing parents; a directory that exists is not an error.
+    #[arg(short = 'p', long = "parents")]
+    parents: bool,
     #[command(flatten)]
     paths: PathsArgs,
 }
@@ -46,52 +70,225 @@ struct PathsArgs {
     paths: Vec<String>,
 }
 
-/// Removes each path.
+/// A path the server refused, and why: what the command reports for it.
+struct Refused {
+    path: String,
+    error: ClientError,
+}
+
+impl Refused {
+    fn at(path: &str) -> impl FnOnce(ClientError) -> Refused + '_ {
+        move |error| Refused {
+            path: path.to_string(),
+            error,
+        }
+    }
+}
+
+/// Removes each path (or each match of a pattern).
 pub fn rm(args: RmArgs) -> Result<(), Failure> {
-    each_path(args.paths, "rm", |client, path| client.delete(path))
-}
-
-/// Creates each directory.
-pub fn mkdir(args: MkdirArgs) -> Result<(), Failure> {
-    each_path(args.paths, "mkdir", |client, path| client.mkdir(path))
-}
-
-/// One request per path: a path the server refuses is reported and the next one tried
-/// (exit status 1 at the end); any other failure stops at once.
-fn each_path(
-    args: PathsArgs,
-    command: &str,
-    mut request: impl FnMut(&mut FileClient, &str) -> Result<(), ClientError>,
-) -> Result<(), Failure> {
-    let mut paths = Vec::with_capacity(args.paths.len());
-    for text in &args.paths {
-        let path = if command == "rm" {
-            files::normalize_removable(text)
-        } else {
-            files::normalize_remote(text)
-        }
+    let RmArgs {
+        recursive,
+        force,
+        paths,
+    } = args;
+    let operands = paths
+        .paths
+        .iter()
+        .map(|text| {
+            if glob::has_magic(text) {
+                return Pattern::parse(text).map(Operand::Glob);
+            }
+            let path = files::normalize_removable(&glob::unescape(text))?;
+            if path.is_empty() {
+                return Err(root_refused(text, "rm"));
+            }
+            Ok(Operand::Path(path))
+        })
+        .collect::<Result<Vec<Operand>, String>>()
         .map_err(Failure::usage)?;
-        if path.is_empty() {
-            return Err(Failure::usage(format!(
-                "`{text}` is the server's root; {command} needs a path beneath it"
-            )));
-        }
-        paths.push(path);
-    }
-    let mut session = Session::open(args.server)?;
+    let mut session = Session::open(paths.server)?;
     let mut refused = false;
-    for path in &paths {
-        if let Err(error) = request(&mut session.client, path) {
-            let failure = session.fail(&error);
-            if failure.status != SERVER_REFUSED {
-                return Err(failure);
-            }
-            refused = true;
-            if let Some(message) = failure.message {
-                say(&format!("{command} {path}: {message}"));
+    for operand in &operands {
+        let targets = match operand {
+            Operand::Path(path) => vec![path.clone()],
+            Operand::Glob(pattern) => match glob::expand_pattern(&mut session.client, pattern) {
+                Ok(matches) => matches.into_iter().map(|matched| matched.path).collect(),
+                Err(error) if force && glob::is_no_match(&error) => continue,
+                Err(error) => {
+                    refused = true;
+                    report(&session, "rm", pattern.as_str(), &error)?;
+                    continue;
+                }
+            },
+        };
+        for path in targets {
+            if let Err(Refused { path, error }) = remove(&mut session.client, &path, recursive) {
+                if force && error.server_code() == Some(ErrorCode::NotFound) {
+                    continue;
+                }
+                refused = true;
+                report(&session, "rm", &path, &error)?;
             }
         }
     }
+    finish(refused)
+}
+
+/// Creates each directory (and with `-p` its missing parents).
+pub fn mkdir(args: MkdirArgs) -> Result<(), Failure> {
+    let MkdirArgs { parents, paths } = args;
+    let mut targets = Vec::with_capacity(paths.paths.len());
+    for text in &paths.paths {
+        let path = files::normalize_remote(&glob::unescape(text)).map_err(Failure::usage)?;
+        if path.is_empty() {
+            return Err(Failure::usage(root_refused(text, "mkdir")));
+        }
+        targets.push(path);
+    }
+    let mut session = Session::open(paths.server)?;
+    let mut refused = false;
+    for path in &targets {
+        let made = if parents {
+            make_parents(&mut session.client, path)
+        } else {
+            session.client.mkdir(path).map_err(Refused::at(path))
+        };
+        if let Err(Refused { path, error }) = made {
+            refused = true;
+            report(&session, "mkdir", &path, &error)?;
+        }
+    }
+    finish(refused)
+}
+
+/// One `rm` operand: a path, or a pattern to expand on the server.
+enum Operand {
+    Path(String),
+    Glob(Pattern),
+}
+
+/// The usage error for a command on the root itself.
+fn root_refused(text: &str, command: &str) -> String {
+    format!("`{text}` is the server's root; {command} needs a path beneath it")
+}
+
+/// Removes `path`; with `recursive`, a directory that is not empty is emptied first, deepest
+/// first. One DELETE for a file or an empty directory: the tree is walked only when the
+/// server answers NOT_EMPTY.
+fn remove(client: &mut FileClient, path: &str, recursive: bool) -> Result<(), Refused> {
+    match client.delete(path) {
+        Err(error) if recursive && error.server_code() == Some(ErrorCode::NotEmpty) => {
+            remove_tree(client, path)
+        }
+        done => done.map_err(Refused::at(path)),
+    }
+}
+
+/// Removes the directory `root` and everything beneath it: each directory is LISTed, its
+/// other entries (files, symlinks, partial uploads) removed, its subdirectories emptied the
+/// same way, then it is removed itself. A path that vanished meanwhile is not an error; the
+/// first refusal ends the walk (what is left is then what the server would not remove).
+fn remove_tree(client: &mut FileClient, root: &str) -> Result<(), Refused> {
+    // Directories still to visit (`false`) or emptied and to remove (`true`); a directory is
+    // pushed back above its subdirectories, so it comes off after them.
+    let mut stack = vec![(root.to_string(), false)];
+    while let Some((dir, emptied)) = stack.pop() {
+        if emptied {
+            gone_is_fine(client.delete(&dir)).map_err(Refused::at(&dir))?;
+            continue;
+        }
+        let entries = match client.list(&dir) {
+            Err(error) if error.server_code() == Some(ErrorCode::NotFound) => continue,
+            listed => listed.map_err(Refused::at(&dir))?,
+        };
+        stack.push((dir.clone(), true));
+        for entry in entries {
+            let path = format!("{dir}/{}", entry.name);
+            if entry.kind == FileKind::Directory {
+                stack.push((path, false));
+            } else {
+                gone_is_fine(client.delete(&path)).map_err(Refused::at(&path))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A removal whose path is already gone has what it wanted.
+fn gone_is_fine(result: Result<(), ClientError>) -> Result<(), ClientError> {
+    match result {
+        Err(error) if error.server_code() == Some(ErrorCode::NotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// `mkdir -p`: one MKDIR when the parent exists; else each missing ancestor from the top. A
+/// directory that exists is fine; anything else there is the server's ALREADY_EXISTS.
+fn make_parents(client: &mut FileClient, path: &str) -> Result<(), Refused> {
+    match client.mkdir(path) {
+        Ok(()) => return Ok(()),
+        Err(error) if error.server_code() == Some(ErrorCode::AlreadyExists) => {
+            return existing_directory(client, path, error);
+        }
+        Err(error) if error.server_code() == Some(ErrorCode::NotFound) => {}
+        Err(error) => return Err(Refused::at(path)(error)),
+    }
+    let mut prefix = String::with_capacity(path.len());
+    for name in path.split('/') {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(name);
+        match client.mkdir(&prefix) {
+            Ok(()) => {}
+            Err(error) if error.server_code() == Some(ErrorCode::AlreadyExists) => {
+                existing_directory(client, &prefix, error)?;
+            }
+            Err(error) => return Err(Refused::at(&prefix)(error)),
+        }
+    }
+    Ok(())
+}
+
+/// After ALREADY_EXISTS for `path`: fine if it is a directory, else that refusal.
+fn existing_directory(
+    client: &mut FileClient,
+    path: &str,
+    exists: ClientError,
+) -> Result<(), Refused> {
+    match client.stat(path) {
+        Ok(info) if info.kind == FileKind::Directory => Ok(()),
+        Ok(_) => Err(Refused::at(path)(exists)),
+        Err(error) => Err(Refused::at(path)(error)),
+    }
+}
+
+/// Reports a refusal about `what` on stderr (`COMMAND PATH: why`); any other failure is
+/// returned, to end the command.
+fn report(
+    session: &Session,
+    command: &str,
+    what: &str,
+    error: &ClientError,
+) -> Result<(), Failure> {
+    let failure = session.fail(error);
+    if failure.status != SERVER_REFUSED {
+        return Err(failure);
+    }
+    if let Some(message) = failure.message {
+        // "no match for `PATTERN`" names the operand already.
+        if glob::is_no_match(error) {
+            say(&format!("{command}: {message}"));
+        } else {
+            say(&format!("{command} {}: {message}", display_name(what)));
+        }
+    }
+    Ok(())
+}
+
+/// Exit status 1 when something was refused (each refusal was already reported).
+fn finish(refused: bool) -> Result<(), Failure> {
     if refused {
         return Err(Failure {
             status: SERVER_REFUSED,

@@ -305,6 +305,8 @@ fn progress_shows_on_a_terminal_only_and_not_with_q() {
         "terminal: {terminal:?}"
     );
     assert!(!stdout.contains("elapsed"), "{stdout}");
+    // The line is erased when the run ends, before the report.
+    assert!(terminal.ends_with("\r\x1b[K"), "terminal: {terminal:?}");
 
     let mut quiet = args.to_vec();
     quiet.push("-q");

@@ -46,6 +46,13 @@ impl Drop for Watch {
     }
 }
 
+/// Runs `run` watched ([`Watch`], quiet if the command line says so); the progress line is
+/// gone when it returns, before the report is printed.
+pub fn watched<T>(run: impl FnOnce() -> T) -> T {
+    let _watch = Watch::start(quiet_asked());
+    run()
+}
+
 /// Rewrites one line on stderr every [`EVERY`] until `done`, then erases it, so the report
 /// on stdout follows a clean terminal.
 fn show_progress(done: &AtomicBool, started: Instant) {

@@ -9,7 +9,7 @@ use monoreactor::DEFAULT_ECHO_ADDR;
 use monoreactor::client::tls::ALPN;
 use monoreactor_bench::{self as bench, BenchProtocol, LoadConfig};
 
-use super::live::{Watch, quiet_asked};
+use super::live::watched;
 use super::{
     BenchCommon, MAX_DATAGRAM_PAYLOAD, MAX_FRAMED_PAYLOAD, offer_alpn, plaintext_only,
     print_report, target,
@@ -132,8 +132,7 @@ pub fn echo(args: EchoBenchArgs) -> Result<(), Failure> {
     let options = bench::echo::EchoOptions {
         reconnect: args.reconnect,
     };
-    let _watch = Watch::start(quiet_asked());
-    let report = bench::echo::run_echo_with(&config, options)
+    let report = watched(|| bench::echo::run_echo_with(&config, options))
         .map_err(|error| Failure::own(format!("load against {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
 }
@@ -159,8 +158,7 @@ pub fn udp(args: UdpBenchArgs) -> Result<(), Failure> {
         ..config
     };
     target::check_udp_echo(config.addr)?;
-    let _watch = Watch::start(quiet_asked());
-    let report = bench::udp::run_udp(&config)
+    let report = watched(|| bench::udp::run_udp(&config))
         .map_err(|error| Failure::own(format!("UDP load against {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
 }
@@ -193,8 +191,7 @@ pub fn connect(args: ConnectBenchArgs) -> Result<(), Failure> {
         reset: args.rst,
         handshake_only: args.handshake_only,
     };
-    let _watch = Watch::start(quiet_asked());
-    let report = bench::connect::run_connect(&config, options)
+    let report = watched(|| bench::connect::run_connect(&config, options))
         .map_err(|error| Failure::own(format!("connections to {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
 }

@@ -75,6 +75,25 @@ fn a_payload_larger_than_a_frame_or_a_datagram_is_a_usage_error_before_connectin
     assert_eq!(run.status.code(), Some(0), "{run:?}");
 }
 
+#[test]
+fn a_rate_that_is_not_a_positive_number_is_a_usage_error_before_connecting() {
+    for rate in ["0", "-5", "nan", "inf", "fast"] {
+        for workload in ["echo", "udp"] {
+            let flag = format!("--rate={rate}");
+            let run = bench(&[workload, &flag, "--addr", "127.0.0.1:1", "-d", "0.3"]);
+            assert_eq!(
+                run.status.code(),
+                Some(2),
+                "{workload} --rate {rate}: {run:?}"
+            );
+            assert!(
+                run.stderr.contains("positive number") && !run.stderr.contains("connect"),
+                "{workload} --rate {rate}: {run:?}"
+            );
+        }
+    }
+}
+
 /// A raw echo server that echoes the first connection (the bench's probe) and then, with
 /// `answer_later` false, stops listening (every later connect is refused); with it true,
 /// accepts every later connection and never answers. Lives for at most [`LIMIT`].

@@ -41,7 +41,7 @@ pub struct EchoBenchArgs {
     depth: usize,
     /// Open loop: requests per second over all connections, sent when due; latency counts
     /// from the due time, so stalls are not hidden (coordinated omission corrected).
-    #[arg(long, value_name = "PER_SEC")]
+    #[arg(long, value_name = "PER_SEC", value_parser = per_second)]
     rate: Option<f64>,
     /// ALPN protocol to offer over TLS with --raw [default: none]; an empty NAME offers none.
     #[arg(long, value_name = "NAME", requires = "raw", help_heading = "TLS")]
@@ -68,7 +68,7 @@ pub struct UdpBenchArgs {
     #[arg(short = 'P', long = "depth", value_name = "N", default_value_t = 1, value_parser = at_least_one)]
     depth: usize,
     /// Open loop: datagrams per second over all sockets (see `bench echo --rate`).
-    #[arg(long, value_name = "PER_SEC")]
+    #[arg(long, value_name = "PER_SEC", value_parser = per_second)]
     rate: Option<f64>,
 }
 
@@ -92,6 +92,17 @@ pub struct ConnectBenchArgs {
     /// none]; an empty NAME offers none.
     #[arg(long, value_name = "NAME", help_heading = "TLS")]
     tls_alpn: Option<String>,
+}
+
+/// A rate, requests per second: a positive, finite number (a usage error otherwise, before
+/// anything connects).
+fn per_second(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}`: expected a positive number of requests per second"
+        )),
+    }
 }
 
 /// TCP echo load; see [`bench::echo::run_echo`].

@@ -361,12 +361,13 @@ fn interrupt(args: &[&str], mut until: impl FnMut() -> bool) -> Finished {
     };
     let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
     let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    // The run is under way once bench catches SIGINT (it does so after its target check)
+    // and `until` holds.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !until() && Instant::now() < deadline {
+    while !(catches_sigint(child.id()) && until()) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
-    // Past the target check: the run is under way.
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(200));
     let pid = libc::pid_t::try_from(child.id()).expect("a pid");
     // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
@@ -380,6 +381,18 @@ fn interrupt(args: &[&str], mut until: impl FnMut() -> bool) -> Finished {
         stdout: stdout.join().expect("stdout"),
         stderr: stderr.join().expect("stderr"),
     }
+}
+
+/// Whether process `pid` has a handler for SIGINT (`SigCgt` in `/proc/PID/status`).
+fn catches_sigint(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
 }
 
 /// The names in `dir`, but the server's own index.
@@ -429,7 +442,7 @@ fn ctrl_c_prints_the_partial_report_removes_the_files_and_exits_130() {
     let started = Instant::now();
     let run = interrupt(
         &["echo", "--addr", &framed, "-c", "2", "-d", "30", "--json"],
-        || started.elapsed() > Duration::from_millis(200),
+        || started.elapsed() > Duration::from_millis(300),
     );
     assert_eq!(run.status.code(), Some(130), "{run:?}");
     let json = run.stdout.trim();

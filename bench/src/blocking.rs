@@ -139,15 +139,20 @@ where
                             if done < limit {
                                 let nanos = started.elapsed().as_nanos();
                                 latency.saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
+                                crate::live::request();
                             }
                             if done + 1 >= limit {
                                 shared.stop.store(true, Ordering::Relaxed);
                             }
                         }
                     }
-                    Err(Failure::Request(kind)) => count_error(&mut errors, &kind, 1),
+                    Err(Failure::Request(kind)) => {
+                        count_error(&mut errors, &kind, 1);
+                        crate::live::error();
+                    }
                     Err(Failure::Connection(kind)) => {
                         count_error(&mut errors, &kind, 1);
+                        crate::live::error();
                         break;
                     }
                 }
@@ -158,7 +163,7 @@ where
     }
     let all_failed = || shared.alive.load(Ordering::Relaxed) == 0;
     let warm_until = Instant::now() + config.warmup;
-    while Instant::now() < warm_until && !all_failed() {
+    while Instant::now() < warm_until && !all_failed() && !crate::live::interrupted() {
         thread::sleep(Duration::from_millis(2));
     }
     let cpu_at_start = (cpu_of(config.server_pid), own_cpu());
@@ -167,6 +172,10 @@ where
     let mut ended_early = None;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if crate::live::interrupted() {
+            ended_early = Some(crate::live::INTERRUPTED.to_string());
             break;
         }
         if let Stop::After(duration) = config.stop {

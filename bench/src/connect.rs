@@ -104,6 +104,9 @@ pub fn run_connect(config: &LoadConfig, options: ConnectOptions) -> io::Result<R
         if recorder.finished(now) {
             break None;
         }
+        if crate::live::interrupted() {
+            break Some(crate::live::INTERRUPTED.to_string());
+        }
         if recorder.failing(now) {
             break Some("no connection succeeded for a second: did the server go away?".into());
         }

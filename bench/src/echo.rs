@@ -455,6 +455,9 @@ pub fn run_echo_with(config: &LoadConfig, options: EchoOptions) -> io::Result<Re
         if recorder.finished(now) {
             break None;
         }
+        if crate::live::interrupted() {
+            break Some(crate::live::INTERRUPTED.to_string());
+        }
         if live == 0 {
             break Some(format!(
                 "every connection was closed ({})",

@@ -38,6 +38,7 @@ pub mod blocking;
 pub mod connect;
 pub mod echo;
 pub mod exec;
+pub mod live;
 pub mod procstat;
 pub mod report;
 mod timer;

@@ -43,7 +43,8 @@ pub struct Report {
     pub unit: &'static str,
     /// Requests completed in the window.
     pub requests: u64,
-    /// Payload bytes moved in the window (both directions for an echo).
+    /// Payload bytes moved in the window, sent plus received: both directions for an echo,
+    /// the file's bytes for a GET or a PUT, none for exec.
     pub bytes: u64,
     /// Length of the window.
     pub elapsed: Duration,
@@ -86,7 +87,8 @@ impl Report {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// Payload megabytes (10^6) per second in the window.
+    /// Payload megabytes (10^6 bytes) per second in the window, counting every payload byte
+    /// sent and every one received: an echo of 64 bytes is 128, a GET or a PUT of 1 MB is 1 MB.
     pub fn megabytes_per_second(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -223,6 +225,7 @@ impl Recorder {
             self.latency
                 .saturating_record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
             self.requests += 1;
+            crate::live::request();
         }
     }
 
@@ -230,6 +233,7 @@ impl Recorder {
     pub(crate) fn error(&mut self, now: Instant, kind: &str) {
         self.last_error = Some(now);
         count_error(&mut self.errors, kind, 1);
+        crate::live::error();
     }
 
     /// `count` requests sent again after SHUTTING_DOWN ([`Report::retried`]).
@@ -356,6 +360,15 @@ impl Pacer {
     }
 }
 
+/// Whether an error `kind` of a [`Report`] is the server's answer rather than a failure of the
+/// connection or of the client: an ERROR code the server sent (`SERVER_BUSY`, `NOT_FOUND`,
+/// ...) or the end of a command it ran (`exit 1`, `signal 9`). A run that only ever got such
+/// answers was refused by the server; one with any other error, or none, failed on the way.
+pub fn refused_by_server(kind: &str) -> bool {
+    let code = !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+    code || kind.starts_with("exit ") || kind.starts_with("signal ")
+}
+
 /// A short name for an I/O error, to count errors by kind.
 pub(crate) fn io_kind(error: &std::io::Error) -> String {
     use std::io::ErrorKind;
@@ -411,6 +424,22 @@ mod tests {
         // The third request came after the window's count: 10 and 30 us only.
         assert!((9.9..=10.1).contains(&table[0].1), "{table:?}");
         assert!((29.9..=30.1).contains(&table[6].1), "{table:?}");
+    }
+
+    #[test]
+    fn server_answers_are_told_from_connection_failures() {
+        for kind in ["SERVER_BUSY", "NOT_FOUND", "exit 1", "signal 9"] {
+            assert!(refused_by_server(kind), "{kind}");
+        }
+        for kind in [
+            "connection refused",
+            "closed by server",
+            "TLS: x",
+            "",
+            "lost (no reply within 1 s)",
+        ] {
+            assert!(!refused_by_server(kind), "{kind}");
+        }
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub fn run_udp(config: &LoadConfig) -> io::Result<Report> {
         if recorder.finished(now) {
             break None;
         }
+        if crate::live::interrupted() {
+            break Some(crate::live::INTERRUPTED.to_string());
+        }
         if recorder.failing(now) {
             break Some("nothing came back for a second: did the server go away?".to_string());
         }

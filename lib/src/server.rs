@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use log::{error, info, warn};
@@ -126,30 +126,98 @@ impl Config {
     }
 }
 
-/// The root is a directory, or is missing and its nearest existing ancestor is a directory
-/// (it would be created). Whether it can really be created is known only by trying.
-fn check_root(root: &std::path::Path) -> Result<(), StartError> {
-    let unusable = |why: &str| {
-        Err(StartError::Config(format!(
-            "cannot use {} as the root directory: {why}",
+/// The root is a directory, or is missing and its parent is a directory: `serve` creates the
+/// root as `mkdir` would, the last component only, never a whole chain of directories from a
+/// mistyped path. Whether it can really be created is known only by trying ([`open_root`]).
+fn check_root(root: &Path) -> Result<(), StartError> {
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(StartError::Config(format!(
+            "{} is not a directory (--root)",
             root.display()
-        )))
-    };
-    let mut ancestor = root;
-    loop {
-        match std::fs::metadata(ancestor) {
-            Ok(meta) if meta.is_dir() => return Ok(()),
-            Ok(_) if ancestor == root => return unusable("not a directory"),
-            Ok(_) => return unusable(&format!("{} is not a directory", ancestor.display())),
-            Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                return unusable(&error.to_string());
+        ))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let Some(parent) = root
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+            else {
+                // A relative name of one component is created in the working directory.
+                return Ok(());
+            };
+            match std::fs::metadata(parent) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(StartError::Config(format!(
+                    "cannot create the root directory {}: {} is not a directory",
+                    root.display(),
+                    parent.display()
+                ))),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    Err(missing_parent(root, parent))
+                }
+                Err(error) => Err(StartError::Config(format!(
+                    "cannot create the root directory {}: {}: {error}",
+                    root.display(),
+                    parent.display()
+                ))),
             }
-            Err(_) => match ancestor.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => ancestor = parent,
-                // A relative path's first component is created in the working directory.
-                _ => return Ok(()),
-            },
         }
+        Err(error) => Err(StartError::Config(format!(
+            "cannot use {} as the root directory: {error}",
+            root.display()
+        ))),
+    }
+}
+
+/// The root cannot be created because its parent is missing: `serve` creates the last
+/// component only.
+fn missing_parent(root: &Path, parent: &Path) -> StartError {
+    StartError::Config(format!(
+        "cannot create the root directory {}: parent directory {} does not exist (serve creates only the last component; create the parent first or fix --root)",
+        root.display(),
+        parent.display()
+    ))
+}
+
+/// What `config` exposes to other hosts that an operator should know of, one line each for
+/// the log's warn level: an echo listener off loopback (anyone can make the server send
+/// traffic, and a UDP echo answers spoofed sources, so it reflects traffic at a third party),
+/// and files served with no credential to a listener others reach (off loopback, which
+/// needed `--insecure`, or behind a balancer with the PROXY protocol). Empty for the
+/// defaults, which listen on loopback only.
+pub(crate) fn exposure_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(addr) = config.echo_tcp.filter(|addr| !addr.ip().is_loopback()) {
+        warnings.push(format!(
+            "the raw TCP echo on {addr} is reachable from other hosts: anyone there can make this server send traffic; listen on 127.0.0.1 or pass --echo-tcp off unless an open echo service is wanted"
+        ));
+    }
+    if let Some(addr) = config.echo_udp.filter(|addr| !addr.ip().is_loopback()) {
+        warnings.push(format!(
+            "the UDP echo on {addr} is reachable from other hosts: it answers any source address, spoofed ones too, so it can reflect traffic at a third party; listen on 127.0.0.1 or pass --echo-udp off unless an open echo service is wanted"
+        ));
+    }
+    let reachable = !config.framed.ip().is_loopback() || config.proxy.is_on();
+    if config.files && !config.access.guarded() && reachable {
+        warnings.push(format!(
+            "files under {} are served without authentication on {}{}: anyone who can reach it may read, write and delete them; give --token-file PATH",
+            config.root.display(),
+            config.framed,
+            if config.proxy.is_on() {
+                " (behind a balancer: its clients reach it)"
+            } else if config.tls.is_some() {
+                " (TLS encrypts, but asks no one who they are)"
+            } else {
+                ""
+            }
+        ));
+    }
+    warnings
+}
+
+/// Logs [`exposure_warnings`], once per start (by the supervisor alone with workers).
+fn warn_exposure(config: &Config) {
+    for warning in exposure_warnings(config) {
+        warn!("{warning}");
     }
 }
 
@@ -287,6 +355,7 @@ impl Server {
         // Only now that every socket is bound: a server that cannot start leaves no root
         // directory behind.
         let root = open_root(&config)?;
+        warn_exposure(&config);
         Server::assemble(config, limits, root, sockets)
     }
 
@@ -385,6 +454,22 @@ fn prepare(config: &mut Config) -> Result<Limits, StartError> {
 /// once the sockets are bound, so a server that fails to start creates nothing.
 fn open_root(config: &Config) -> Result<Option<Root>, StartError> {
     let root = if config.access.exec || config.files {
+        // The last component only, as `mkdir` (the check said the parent exists; a parent
+        // removed since is said so again, not recreated).
+        match std::fs::create_dir(&config.root) {
+            Ok(()) => info!("created the root directory {}", config.root.display()),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let parent = config.root.parent().unwrap_or(Path::new("."));
+                return Err(missing_parent(&config.root, parent));
+            }
+            Err(error) => {
+                return Err(StartError::Config(format!(
+                    "cannot create the root directory {}: {error}",
+                    config.root.display()
+                )));
+            }
+        }
         let root = Root::open_or_create(&config.root).map_err(|error| {
             StartError::Config(format!(
                 "cannot use {} as the root directory: {error}",
@@ -473,6 +558,7 @@ pub fn bind_shared(
     count: usize,
 ) -> Result<(Vec<Listeners>, BoundAddrs), StartError> {
     prepare(&mut config)?;
+    check_worker_count(&config, count)?;
     let mut failures = Vec::new();
     let mut resolved: [Option<SocketAddr>; 3] =
         [Some(config.framed), config.echo_tcp, config.echo_udp];
@@ -508,6 +594,7 @@ pub fn bind_shared(
             metrics: None,
         });
     }
+    warn_exposure(&config);
     let [Some(framed), echo_tcp, echo_udp] = resolved else {
         return Err(StartError::Config(
             "the framed listener is always bound".to_string(),
@@ -522,6 +609,31 @@ pub fn bind_shared(
             metrics: None,
         },
     ))
+}
+
+/// Refuses more workers than [`MAX_WORKERS`](crate::workers::MAX_WORKERS), or than the
+/// supervisor's descriptors can hold: it keeps every worker's copy of every listening socket,
+/// plus the worker's pidfd and ready pipe. Said before any socket is bound, so the message is
+/// the limit and why, not a bind failure.
+fn check_worker_count(config: &Config, count: usize) -> Result<(), StartError> {
+    use crate::workers::{DESCRIPTORS_PER_WORKER, MAX_WORKERS};
+    if count > MAX_WORKERS {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        return Err(StartError::Config(format!(
+            "--workers {count}: at most {MAX_WORKERS}: each worker is a whole server process with its own copy of every listening socket, and workers beyond the cores ({cores} here) add no throughput"
+        )));
+    }
+    let sockets =
+        1 + usize::from(config.echo_tcp.is_some()) + usize::from(config.echo_udp.is_some());
+    let needed = count * (sockets + DESCRIPTORS_PER_WORKER) + config.limits.reserved_fds;
+    if let Some(limit) = raise_descriptor_limit() {
+        if needed as u64 > limit {
+            return Err(StartError::Config(format!(
+                "--workers {count}: the supervisor would hold {needed} descriptors (every worker's copy of {sockets} listening sockets, its pidfd and ready pipe), more than its limit of {limit} (ulimit -n); start fewer workers"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The metrics addresses of `serve --workers N`: the N consecutive ports from `base`'s (fewer
@@ -763,6 +875,90 @@ fn clamp_connections(wanted: usize, reserved: usize, descriptors: Option<u64>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_echo_off_loopback_and_files_without_a_token_off_loopback_are_warned_of_once_each() {
+        assert!(exposure_warnings(&Config::default()).is_empty());
+        let public: SocketAddr = ([0, 0, 0, 0], 7007).into();
+        let config = Config {
+            echo_tcp: Some(public),
+            echo_udp: Some(public),
+            framed: ([192, 0, 2, 1], 7878).into(),
+            insecure: true,
+            ..Config::default()
+        };
+        let warnings = exposure_warnings(&config);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0].contains("raw TCP echo on 0.0.0.0:7007"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("UDP echo on 0.0.0.0:7007"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].contains("without authentication on 192.0.2.1:7878"),
+            "{warnings:?}"
+        );
+        // A token, or no files: nothing to say about files.
+        let guarded = Config {
+            access: Access::ECHO_ONLY.with_token(
+                Some(
+                    crate::Token::new(b"0123456789abcdef0123456789abcdef".to_vec())
+                        .expect("a token"),
+                ),
+                false,
+            ),
+            ..config.clone()
+        };
+        assert_eq!(exposure_warnings(&guarded).len(), 2);
+        let no_files = Config {
+            files: false,
+            ..config
+        };
+        assert_eq!(exposure_warnings(&no_files).len(), 2);
+        // Loopback behind a balancer: its clients reach the files.
+        let proxied = Config {
+            proxy: ProxyPolicy {
+                mode: crate::ProxyMode::Allow,
+                from: Vec::new(),
+            },
+            insecure: true,
+            ..Config::default()
+        };
+        let warnings = exposure_warnings(&proxied);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("balancer"), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_root_is_created_as_mkdir_does_never_a_chain() {
+        let base =
+            std::env::temp_dir().join(format!("monoreactor-root-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).expect("base");
+        // The last component: fine.
+        assert!(check_root(&base.join("new")).is_ok());
+        // More than one missing: refused, naming the missing parent.
+        let error = check_root(&base.join("a/b"))
+            .expect_err("a chain")
+            .to_string();
+        assert!(
+            error.contains(&format!(
+                "parent directory {} does not exist",
+                base.join("a").display()
+            )),
+            "{error}"
+        );
+        // A file: not a directory.
+        std::fs::write(base.join("file"), b"x").expect("a file");
+        let error = check_root(&base.join("file"))
+            .expect_err("a file")
+            .to_string();
+        assert!(error.contains("is not a directory"), "{error}");
+        std::fs::remove_dir_all(&base).expect("clean up");
+    }
 
     #[test]
     fn clamp_keeps_reserved_descriptors() {

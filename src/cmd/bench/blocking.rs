@@ -8,6 +8,7 @@ use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::{Token, load_token};
 use monoreactor_bench::{self as bench, BenchProtocol};
 
+use super::live::watched;
 use super::{BenchCommon, print_report, target};
 use crate::args::byte_count;
 use crate::failure::{Failure, print_stdout};
@@ -63,7 +64,7 @@ pub fn exec(args: ExecBenchArgs) -> Result<(), Failure> {
         "bench exec needs the server's token: pass --token-file PATH or set MONOREACTOR_TOKEN",
     )?;
     let config = blocking_config(common, Some(token), 1, 0)?;
-    let report = bench::blocking::run_exec(&config, &argv)
+    let report = watched(|| bench::blocking::run_exec(&config, &argv))
         .map_err(|error| format!("commands on {}: {error}", config.addr))?;
     print_report(&report, common.json)
 }
@@ -72,7 +73,7 @@ pub fn exec(args: ExecBenchArgs) -> Result<(), Failure> {
 pub fn get(args: FileBenchArgs) -> Result<(), Failure> {
     let (token, _) = load_token(args.token_file.as_deref())?;
     let config = blocking_config(&args.common, token, 4, args.size)?;
-    let report = bench::blocking::run_get(&config)
+    let report = watched(|| bench::blocking::run_get(&config))
         .map_err(|error| format!("downloads from {}: {error}", config.addr))?;
     print_report(&report, args.common.json)
 }
@@ -81,7 +82,7 @@ pub fn get(args: FileBenchArgs) -> Result<(), Failure> {
 pub fn put(args: FileBenchArgs) -> Result<(), Failure> {
     let (token, _) = load_token(args.token_file.as_deref())?;
     let config = blocking_config(&args.common, token, 4, args.size)?;
-    let report = bench::blocking::run_put(&config)
+    let report = watched(|| bench::blocking::run_put(&config))
         .map_err(|error| format!("uploads to {}: {error}", config.addr))?;
     print_report(&report, args.common.json)
 }

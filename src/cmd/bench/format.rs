@@ -58,7 +58,7 @@ impl Display for ReportText<'_> {
         )?;
         writeln!(
             f,
-            "  {:.0} {}/s, {:.2} MB/s",
+            "  {:.0} {}/s, {:.2} MB/s (payload sent + received, 10^6 bytes)",
             report.rate(),
             report.unit,
             report.megabytes_per_second()
@@ -89,7 +89,7 @@ impl Display for ReportText<'_> {
             if busy > 0.9 * report.client_threads.min(available_cores()) as f64 {
                 write!(
                     f,
-                    "\n  note: the generator was nearly saturated and may be the bottleneck: use fewer connections or compare with ../shared/bench-tools/loadgen"
+                    "\n  note: the generator was nearly saturated and may be the bottleneck: use fewer connections or compare with another load generator"
                 )?;
             }
         }

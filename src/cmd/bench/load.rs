@@ -9,7 +9,11 @@ use monoreactor::DEFAULT_ECHO_ADDR;
 use monoreactor::client::tls::ALPN;
 use monoreactor_bench::{self as bench, BenchProtocol, LoadConfig};
 
-use super::{BenchCommon, offer_alpn, plaintext_only, print_report, target};
+use super::live::watched;
+use super::{
+    BenchCommon, MAX_DATAGRAM_PAYLOAD, MAX_FRAMED_PAYLOAD, offer_alpn, plaintext_only,
+    print_report, target,
+};
 use crate::args::{at_least_one, byte_count};
 use crate::failure::Failure;
 
@@ -37,7 +41,7 @@ pub struct EchoBenchArgs {
     depth: usize,
     /// Open loop: requests per second over all connections, sent when due; latency counts
     /// from the due time, so stalls are not hidden (coordinated omission corrected).
-    #[arg(long, value_name = "PER_SEC")]
+    #[arg(long, value_name = "PER_SEC", value_parser = per_second)]
     rate: Option<f64>,
     /// ALPN protocol to offer over TLS with --raw [default: none]; an empty NAME offers none.
     #[arg(long, value_name = "NAME", requires = "raw", help_heading = "TLS")]
@@ -64,7 +68,7 @@ pub struct UdpBenchArgs {
     #[arg(short = 'P', long = "depth", value_name = "N", default_value_t = 1, value_parser = at_least_one)]
     depth: usize,
     /// Open loop: datagrams per second over all sockets (see `bench echo --rate`).
-    #[arg(long, value_name = "PER_SEC")]
+    #[arg(long, value_name = "PER_SEC", value_parser = per_second)]
     rate: Option<f64>,
 }
 
@@ -76,8 +80,7 @@ pub struct ConnectBenchArgs {
     /// Bytes echoed on each connection.
     #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
     size: u64,
-    /// Close with a reset instead of a FIN (no TIME_WAIT on this side), as connectgen's
-    /// CONNECTGEN_RST=1.
+    /// Close with a reset instead of a FIN (no TIME_WAIT on this side).
     #[arg(long)]
     rst: bool,
     /// Over TLS: each connection is the handshake alone (then close_notify and close), no
@@ -91,9 +94,26 @@ pub struct ConnectBenchArgs {
     tls_alpn: Option<String>,
 }
 
+/// A rate, requests per second: a positive, finite number (a usage error otherwise, before
+/// anything connects).
+fn per_second(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}`: expected a positive number of requests per second"
+        )),
+    }
+}
+
 /// TCP echo load; see [`bench::echo::run_echo`].
 pub fn echo(args: EchoBenchArgs) -> Result<(), Failure> {
     let protocol = target::protocol(args.raw, args.redis);
+    if protocol == BenchProtocol::Framed && args.size > MAX_FRAMED_PAYLOAD {
+        return Err(Failure::usage(format!(
+            "-s {}: a framed echo carries at most {MAX_FRAMED_PAYLOAD} bytes (the protocol's largest frame); --raw has no such limit",
+            args.size
+        )));
+    }
     let default = target::default_addr(protocol);
     let config = load_config(&args.common, default, protocol, args.size, args.depth)?;
     let tls = match protocol {
@@ -109,17 +129,33 @@ pub fn echo(args: EchoBenchArgs) -> Result<(), Failure> {
         tls,
         ..config
     };
-    target::check(config.addr, protocol, config.tls.as_ref())?;
+    if protocol == BenchProtocol::Framed {
+        let limit = target::check_framed(config.addr, config.tls.as_ref())?;
+        if args.size > u64::from(limit) {
+            return Err(Failure::usage(format!(
+                "-s {}: {} takes frames of at most {limit} bytes (its --max-frame; 4096 before authentication on a server with a token)",
+                args.size, config.addr
+            )));
+        }
+    } else {
+        target::check(config.addr, protocol, config.tls.as_ref())?;
+    }
     let options = bench::echo::EchoOptions {
         reconnect: args.reconnect,
     };
-    let report = bench::echo::run_echo_with(&config, options)
-        .map_err(|error| format!("load against {}: {error}", config.addr))?;
+    let report = watched(|| bench::echo::run_echo_with(&config, options))
+        .map_err(|error| Failure::own(format!("load against {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
 }
 
 /// UDP echo load; see [`bench::udp::run_udp`].
 pub fn udp(args: UdpBenchArgs) -> Result<(), Failure> {
+    if args.size > MAX_DATAGRAM_PAYLOAD {
+        return Err(Failure::usage(format!(
+            "-s {}: a UDP datagram carries at most {MAX_DATAGRAM_PAYLOAD} bytes over IPv4 (65,535 less the IP and UDP headers), the most the server's UDP echo answers",
+            args.size
+        )));
+    }
     let config = load_config(
         &args.common,
         DEFAULT_ECHO_ADDR,
@@ -133,8 +169,8 @@ pub fn udp(args: UdpBenchArgs) -> Result<(), Failure> {
         ..config
     };
     target::check_udp_echo(config.addr)?;
-    let report = bench::udp::run_udp(&config)
-        .map_err(|error| format!("UDP load against {}: {error}", config.addr))?;
+    let report = watched(|| bench::udp::run_udp(&config))
+        .map_err(|error| Failure::own(format!("UDP load against {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
 }
 
@@ -166,8 +202,8 @@ pub fn connect(args: ConnectBenchArgs) -> Result<(), Failure> {
         reset: args.rst,
         handshake_only: args.handshake_only,
     };
-    let report = bench::connect::run_connect(&config, options)
-        .map_err(|error| format!("connections to {}: {error}", config.addr))?;
+    let report = watched(|| bench::connect::run_connect(&config, options))
+        .map_err(|error| Failure::own(format!("connections to {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
 }
 

@@ -14,6 +14,7 @@ use crate::failure::{Failure, print_stdout};
 
 mod blocking;
 mod format;
+mod live;
 mod load;
 mod observe;
 mod target;
@@ -30,18 +31,29 @@ pub struct BenchArgs {
 const HELP: &str = "\
 Every load subcommand prints requests, errors by kind, throughput, MB/s and latency
 min/avg/p50/p90/p99/p99.9/max (HDR histogram), and with --pid the server's CPU time per
-request; --json prints the same as one JSON object. `echo --raw`, `udp` and `connect` speak
-plain echo and measure any echo server (the C references in ../shared/bench-tools too), and
+request; --json prints the same as one JSON object. MB/s counts payload bytes sent plus
+payload bytes received, 10^6 bytes to the MB (an echo of 64 bytes is 128 bytes, a GET or
+a PUT of a file its size; frame headers are not counted): `mb_per_s` in the JSON.
+`echo --raw`, `udp` and `connect` speak plain echo and measure any echo server, and
 `echo --raw`, `connect` and `idle --raw` the same inside TLS (a TLS-terminating proxy such
 as nginx's stream ssl in front of an echo server).
 
 Is the generator the bottleneck? Each report gives the generator's own CPU time per request
 and how busy it was (share of a core): echo, udp and connect run on one thread, and a
-generator near 100% of its core says so in the report. Compare with ../shared/bench-tools
-loadgen at the same settings: equal rates mean the server, not the generator, sets the pace.
+generator near 100% of its core says so in the report. Another load generator at the same
+settings tells: equal rates mean the server, not the generator, sets the pace.
+
+While a run goes, a terminal shows one line of progress on stderr (elapsed, requests,
+errors), updated each second; never when stderr is a pipe or a file, nor with -q. Ctrl-C
+stops the run: its report so far, marked interrupted, the files of `get` and `put` removed
+from the server, exit 130.
+
+Exit status: 0 the run completed; 1 it ended early (the server went away) or the server
+refused every request; 2 the command line cannot work (a payload larger than a frame or a
+datagram); 255 nothing succeeded because the connections failed; 130 interrupted.
 
 Examples:
-  monoreactor bench echo -c 50 -s 64 -d 5 --pid $PID
+  monoreactor bench echo -c 50 -s 64 -d 5 --pid $(pidof monoreactor)
   monoreactor bench echo --raw --addr 127.0.0.1:7007 -c 500 -P 16 -d 5
   monoreactor bench echo --rate 20000 -d 10          # open loop, latency from due times
   monoreactor bench udp -c 16 -n 100000
@@ -50,8 +62,8 @@ Examples:
   monoreactor bench exec -c 2 -d 3 --token-file ~/.monoreactor-token
   monoreactor bench echo --addr tls://server.example:7878 -c 50 -d 5
   monoreactor bench echo --raw --addr tls://127.0.0.1:8443 --tls-ca ca.pem -c 50 -P 4 -d 5
-  monoreactor bench connect --addr tls://127.0.0.1:7878 --tls-ca ca.pem --handshake-only --pid $PID
-  monoreactor bench idle --addr tls://127.0.0.1:7878 --tls-ca ca.pem -c 1000 --pid $PID
+  monoreactor bench connect --addr tls://127.0.0.1:7878 --tls-ca ca.pem --handshake-only --pid $(pidof monoreactor)
+  monoreactor bench idle --addr tls://127.0.0.1:7878 --tls-ca ca.pem -c 1000 --pid $(pidof monoreactor)
 
 TLS (--tls, or an address written tls://HOST:PORT) applies to every TCP workload but
 `echo --redis`: the framed ones (echo, exec, get, put, idle, probe, stream) and raw echo
@@ -209,8 +221,9 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
     }
 }
 
-/// Prints a load report (text or JSON); a run cut short is a failure after its partial
-/// results.
+/// Prints a load report (text or JSON) and says how the run ended: interrupted (130), with
+/// nothing succeeded (1 if the server refused every request, 255 if the connections failed),
+/// cut short (1), or complete.
 fn print_report(report: &Report, json: bool) -> Result<(), Failure> {
     let text = if json {
         format::report_json(report)?
@@ -218,11 +231,49 @@ fn print_report(report: &Report, json: bool) -> Result<(), Failure> {
         format::report(report)
     };
     print_stdout(&format!("{text}\n"))?;
+    let what = format!("{} {}", report.what, report.addr);
+    if monoreactor_bench::live::interrupted() {
+        return Err(Failure {
+            status: 128 + libc::SIGINT as u8,
+            message: Some(format!("{what}: interrupted (partial results above)")),
+        });
+    }
+    if report.requests == 0 {
+        let errors = if report.errors.is_empty() {
+            "no reply".to_string()
+        } else {
+            let kinds: Vec<String> = report
+                .errors
+                .iter()
+                .map(|(kind, count)| format!("{kind} {count}"))
+                .collect();
+            kinds.join(", ")
+        };
+        let message = format!("{what}: nothing succeeded ({errors})");
+        let refused = !report.errors.is_empty()
+            && report
+                .errors
+                .keys()
+                .all(|kind| monoreactor_bench::report::refused_by_server(kind));
+        return Err(if refused {
+            Failure::from(message)
+        } else {
+            Failure::own(message)
+        });
+    }
     match &report.ended_early {
         Some(reason) => Err(Failure::from(format!(
-            "{} {}: {reason} (partial results above)",
-            report.what, report.addr
+            "{what}: {reason} (partial results above)"
         ))),
         None => Ok(()),
     }
 }
+
+/// The largest payload `bench` sends in one frame: the protocol's largest frame (a server's
+/// own limit, its --max-frame, may be lower; it is checked on the first connection).
+const MAX_FRAMED_PAYLOAD: u64 = monoreactor::MAX_FRAME_LEN as u64;
+
+/// The largest payload of one UDP datagram over IPv4 (65,535 less the IP and UDP headers),
+/// which is also the largest the server's UDP echo answers (the library's `MAX_DATAGRAM`, not
+/// exported).
+const MAX_DATAGRAM_PAYLOAD: u64 = 65_507;

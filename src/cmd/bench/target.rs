@@ -34,6 +34,18 @@ pub fn check(
     }
 }
 
+/// [`check`] for the framed protocol, returning the largest frame payload the server takes
+/// from this connection (HELLO_OK's, without credentials as the run's connections).
+pub fn check_framed(addr: SocketAddr, tls: Option<&BenchTls>) -> Result<u32, String> {
+    Client::connect_with(
+        monoreactor_bench::target(addr.to_string(), tls),
+        &[],
+        Duration::from_secs(5),
+    )
+    .map(|(_, hello_ok)| hello_ok.max_payload_len)
+    .map_err(|error| explain(&error, &TokenSource::None, None))
+}
+
 /// The protocol a `bench echo` or `bench idle` speaks: framed unless told otherwise.
 pub fn protocol(raw: bool, redis: bool) -> BenchProtocol {
     match (raw, redis) {

@@ -249,7 +249,8 @@ fn a_restarted_worker_takes_the_validated_configuration_not_the_file_as_it_is_no
     let dir = support::TempDir::new("review-config");
     let path = dir.join("monoreactor.toml");
     std::fs::write(&path, "workers = 2\nmax-conns = 50\n").unwrap();
-    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    // Info level for the supervisor's "worker PID ready" lines.
+    let server = Server::start(&["--log-level", "info", "--config", path.to_str().unwrap()]);
     let started = Instant::now();
     let mut workers = live_workers(server.pid());
     while workers.len() < 2 && started.elapsed() < TIMEOUT {
@@ -257,12 +258,26 @@ fn a_restarted_worker_takes_the_validated_configuration_not_the_file_as_it_is_no
         workers = live_workers(server.pid());
     }
     assert_eq!(workers.len(), 2, "{}", server.stderr_text());
+    // A worker killed before it has said it is ready counts as failed at start and is not
+    // restarted (by design): wait until both have (under load that takes a while).
+    let ready = |pid: u32| format!("worker {pid} ready");
+    while !workers
+        .iter()
+        .all(|pid| server.stderr_text().contains(&ready(*pid)))
+    {
+        assert!(started.elapsed() < TIMEOUT, "{}", server.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Halfway through an edit: not a valid file, and no SIGHUP sent.
     std::fs::write(&path, "workers = 2\nmax-conns = \"5").unwrap();
     // SAFETY: kill(2) on a process of this test's server.
     unsafe { libc::kill(workers[0] as libc::pid_t, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_secs(2));
-    let now = live_workers(server.pid());
+    let killed = Instant::now();
+    let mut now = live_workers(server.pid());
+    while !(now.len() == 2 && !now.contains(&workers[0])) && killed.elapsed() < TIMEOUT {
+        std::thread::sleep(Duration::from_millis(50));
+        now = live_workers(server.pid());
+    }
     assert!(
         now.len() == 2 && !now.contains(&workers[0]),
         "workers {now:?} after killing {}: {}",

@@ -480,7 +480,7 @@ impl Children for CheckedChildren {
         );
         let spawned = self.inner.spawn(index, spec)?;
         self.live.insert(index, spawned.child);
-        if spec.stdin {
+        if spec.stdin || spec.pty.is_some() {
             // Registering a writable pipe reports it at once.
             self.edges.insert((index, ChildSource::Stdin));
         }
@@ -513,6 +513,10 @@ impl Children for CheckedChildren {
         signal: crate::proto::exec::Signal,
     ) -> std::io::Result<()> {
         self.inner.signal(child, signal)
+    }
+
+    fn resize(&mut self, child: ChildId, size: crate::proto::exec::Resize) -> std::io::Result<()> {
+        self.inner.resize(child, size)
     }
 
     fn exit_status(&mut self, child: ChildId) -> std::io::Result<Option<Termination>> {

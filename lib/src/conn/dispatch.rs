@@ -30,7 +30,7 @@ use super::{Bits, Connection, DRAINING_TEXT, State};
 use crate::access::{Authentication, FilesRight, Grant};
 use crate::metrics::RequestKind;
 use crate::metrics::access::{self, Line, Outcome, Record};
-use crate::proto::exec::{EndReason, ExecRequest, SignalRequest};
+use crate::proto::exec::{EndReason, ExecRequest, Resize, SignalRequest};
 use crate::proto::files::{FileInfo, FileKind, GetRequest, PutRequest};
 use crate::proto::message::{EXEC_VERSION, MIN_PROTOCOL_VERSION};
 use crate::proto::{
@@ -230,7 +230,7 @@ impl Connection {
                 self.start(frame_type, frame, cx);
                 Ok(())
             }
-            FrameType::Stdin | FrameType::StdinEof | FrameType::Signal => {
+            FrameType::Stdin | FrameType::StdinEof | FrameType::Signal | FrameType::Resize => {
                 self.deliver_to_command(frame_type, frame, cx)
             }
             file_request if file_request.is_file_request() => {
@@ -525,9 +525,10 @@ impl Connection {
         Ok(Some(opened))
     }
 
-    /// STDIN, STDIN_EOF and SIGNAL: delivered to the command on the frame's stream, if there
-    /// is one. A STDIN beyond the credit window, or a SIGNAL that does not parse, is fatal: the
-    /// command is running, and an ERROR on its stream would end the stream under it.
+    /// STDIN, STDIN_EOF, SIGNAL and RESIZE: delivered to the command on the frame's stream, if
+    /// there is one. A STDIN beyond the credit window, or a SIGNAL or RESIZE that does not
+    /// parse, is fatal: the command is running, and an ERROR on its stream would end the
+    /// stream under it.
     fn deliver_to_command(
         &mut self,
         frame_type: FrameType,
@@ -540,6 +541,14 @@ impl Connection {
                 SignalRequest::parse(frame.payload)
                     .map_err(|error| Fatal::new(ErrorCode::BadRequest, error.to_string()))?
                     .signal,
+            )
+        } else {
+            None
+        };
+        let resize = if frame_type == FrameType::Resize {
+            Some(
+                Resize::parse(frame.payload)
+                    .map_err(|error| Fatal::new(ErrorCode::BadRequest, error.to_string()))?,
             )
         } else {
             None
@@ -558,7 +567,19 @@ impl Connection {
                 .handle_stdin(frame.payload, cx.pool, cx.limits.stdin_window as usize)
                 .map_err(|error| Fatal::new(ErrorCode::FlowControl, error.to_string())),
             FrameType::StdinEof => {
-                command.session.handle_stdin_eof();
+                command
+                    .session
+                    .handle_stdin_eof(cx.pool, cx.limits.stdin_window as usize);
+                Ok(())
+            }
+            FrameType::Resize => {
+                if let Some(size) = resize {
+                    debug!(
+                        "stream {stream}: terminal resized to {}x{}",
+                        size.rows, size.cols
+                    );
+                    command.session.handle_resize(size);
+                }
                 Ok(())
             }
             _ => {

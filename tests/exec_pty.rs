@@ -511,3 +511,124 @@ fn exec_t_without_a_terminal_is_refused_and_tt_forces_one() {
         "a terminal's CR LF"
     );
 }
+
+/// `exec -tt` with `input` piped in, as the credential `token`; (status, stdout, stderr).
+fn exec_tt(server: &Server, token: &str, argv: &[&str], input: &[u8]) -> (i32, String, String) {
+    let mut args = vec!["exec", "--addr"];
+    let addr = server.framed_str();
+    args.push(&addr);
+    args.push("-tt");
+    if !argv.is_empty() {
+        args.push("--");
+        args.extend_from_slice(argv);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .args(&args)
+        .env("MONOREACTOR_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until the end: a shell on a terminal reads until it exits.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    let status = wait_child(&mut child, WAIT).expect("exec -tt ends");
+    drop(stdin);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[test]
+fn the_default_shell_is_held_to_the_credentials_allowlist_like_any_argv() {
+    let dir = support::TempDir::new("pty-access");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("home")).unwrap();
+    let file = dir.path().join("access.toml");
+    let add = |name: &str, allow: &str| {
+        let file = file.to_str().unwrap();
+        let done = support::run_cli(
+            &[
+                "access", "add", "--file", file, "--name", name, "--root", "home", "--allow", allow,
+            ],
+            WAIT,
+        );
+        assert!(done.status.success(), "{}", done.stderr);
+        done.stdout.trim().to_string()
+    };
+    let echo_only = add("echo-only", "echo");
+    let shell_user = add("shell-user", "sh");
+    let server = Server::start(&[
+        "--access",
+        file.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+
+    let (status, stdout, stderr) = exec_tt(&server, &echo_only, &[], b"echo hi; exit 5\n");
+    assert_eq!(status, 255, "{stdout}{stderr}");
+    assert!(stderr.contains("may not run this command"), "{stderr}");
+
+    let (status, stdout, stderr) = exec_tt(&server, &shell_user, &[], b"pwd; exit 5\n");
+    assert_eq!(status, 5, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("/home\r\n"),
+        "in the credential's root: {stdout}"
+    );
+}
+
+/// The command lines of every process on the machine that contain `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_time_limit_stops_the_shells_foreground_job_even_one_that_ignores_sighup() {
+    // An interactive shell puts its job in a process group of its own; one that ignores
+    // SIGHUP outlives the shell's death. The server's TERM must reach it all the same.
+    let server = Server::start_exec(&["--exec-timeout", "2"]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = tty.expect_prompt(0);
+    tty.type_in(b"sh -c \"trap '' HUP; sleep 9797; echo survived\"\r");
+    tty.expect("survived\"", at, WAIT);
+    let status = tty.wait_exit();
+    assert!(
+        status == 143 || status == 137,
+        "killed at the time limit: {status}; {}",
+        tty.shown()
+    );
+    assert!(tty.shown().contains("time limit"), "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings);
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    let deadline = Instant::now() + WAIT;
+    while !processes_with("sleep 9797").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        processes_with("sleep 9797"),
+        Vec::<String>::new(),
+        "nothing left"
+    );
+}

@@ -396,7 +396,7 @@ fn run_exec_t(server: &Server, extra: &[&str], rows: u16, cols: u16) -> (Termina
 
 #[test]
 fn a_shell_on_a_terminal_sizes_resizes_interrupts_and_exits_with_its_status() {
-    let server = Server::start_exec(&[]);
+    let server = Server::start_exec(&["--log-level", "warn,monoreactor::access=info"]);
     let (mut tty, settings) = run_exec_t(&server, &["-t"], 30, 100);
     let at = tty.expect_prompt(0);
 
@@ -427,6 +427,13 @@ fn a_shell_on_a_terminal_sizes_resizes_interrupts_and_exits_with_its_status() {
     assert_eq!(tty.wait_exit(), 3, "{}", tty.shown());
     assert_eq!(stty_g(&tty.slave), settings, "the terminal is as it was");
     assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    let logged = support::retry(WAIT, || {
+        server
+            .stderr_text()
+            .contains("\"EXEC -t\" exit=3")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "access line: {}", server.stderr_text());
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn request_kind(frame_type: FrameType) -> RequestKind {
 /// the credential's scope, as the server opens it).
 fn admitted_text(admitted: &Admitted<'_>) -> String {
     let (kind, path) = match admitted {
-        Admitted::Exec { request, .. } => return access::argv_text(&request.argv),
+        Admitted::Exec { request, .. } => return exec_text(request),
         Admitted::Get { path, .. } => (RequestKind::Get, path),
         Admitted::Put { path, .. } => (RequestKind::Put, path),
         Admitted::List { path, .. } => (RequestKind::List, path),
@@ -78,15 +78,23 @@ fn admitted_text(admitted: &Admitted<'_>) -> String {
     access::request_text(kind.verb(), path.as_bytes())
 }
 
+/// An EXEC's argv as the access line shows it; on a terminal, `EXEC -t ARGV` (`EXEC -t` alone
+/// for the server's shell).
+fn exec_text(request: &ExecRequest<'_>) -> String {
+    let text = access::argv_text(&request.argv);
+    match (request.pty.is_some(), text.strip_prefix("EXEC")) {
+        (true, Some(rest)) => format!("EXEC -t{rest}"),
+        _ => text,
+    }
+}
+
 /// The access line's request for a refused one, from its payload as far as it parses (a
 /// refusal may be for a payload that does not).
 fn refused_text(kind: RequestKind, payload: &[u8]) -> String {
     let path = match kind {
         RequestKind::Exec => {
-            return ExecRequest::parse(payload).map_or_else(
-                |_| "EXEC ?".to_string(),
-                |request| access::argv_text(&request.argv),
-            );
+            return ExecRequest::parse(payload)
+                .map_or_else(|_| "EXEC ?".to_string(), |request| exec_text(&request));
         }
         RequestKind::Get => GetRequest::parse(payload).ok().map(|request| request.path),
         RequestKind::Put => PutRequest::parse(payload).ok().map(|request| request.path),

@@ -517,6 +517,19 @@ fn exec_t_without_a_terminal_is_refused_and_tt_forces_one() {
         !stdout.contains('\n') || stdout.contains("\r\n"),
         "a terminal's CR LF"
     );
+
+    // The end of the piped input is one ^D: the shell at its prompt reads end of file.
+    let token = String::from_utf8(support::exec::TEST_TOKEN.to_vec()).unwrap();
+    let (status, stdout, stderr) = exec_tt(&server, &token, &[], b"echo hi $((6*7))\n");
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("hi 42\r\n"), "{stdout}");
+
+    // No program and no -t: nothing to run.
+    let args = exec_t_args(&server, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let nothing = support::run_cli(&args, WAIT);
+    assert_eq!(nothing.status.code(), Some(2), "{nothing:?}");
+    assert_eq!(nothing.stderr.lines().count(), 1, "{}", nothing.stderr);
 }
 
 /// `exec -tt` with `input` piped in, as the credential `token`; (status, stdout, stderr).
@@ -537,11 +550,9 @@ fn exec_tt(server: &Server, token: &str, argv: &[&str], input: &[u8]) -> (i32, S
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kept open until the end: a shell on a terminal reads until it exits.
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
+    // Then the end of input, which the server turns into one ^D.
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let status = wait_child(&mut child, WAIT).expect("exec -tt ends");
-    drop(stdin);
     let mut stdout = String::new();
     let mut stderr = String::new();
     child

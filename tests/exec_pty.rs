@@ -415,12 +415,16 @@ fn a_shell_on_a_terminal_sizes_resizes_interrupts_and_exits_with_its_status() {
     let at = tty.expect("WINCH 40 120", at, WAIT);
 
     // ^C interrupts the remote foreground job, not the session.
-    tty.type_in(b"sleep 100\r");
-    let at = tty.expect("sleep 100", at, WAIT);
-    thread::sleep(Duration::from_millis(500));
+    tty.type_in(b"sleep 4711\r");
+    let at = tty.expect("sleep 4711", at, WAIT);
+    let running = support::retry(WAIT, || {
+        (!processes_with("sleep 4711").is_empty()).then_some(())
+    });
+    assert!(running.is_some(), "the job runs");
     tty.type_in(b"\x03");
     tty.type_in(b"echo AFTER$((2+3))\r");
     let at = tty.expect("AFTER5", at, WAIT);
+    assert_eq!(processes_with("sleep 4711"), Vec::<String>::new());
 
     tty.type_in(b"exit 3\r");
     let _ = at;

@@ -364,7 +364,8 @@ mod tty {
                     previous(info);
                 }));
             });
-            if let Err(error) = rustix::termios::tcsetattr(&stdin, OptionalActions::Flush, &raw) {
+            // TCSADRAIN, as ssh: what was typed ahead is kept and goes to the remote side.
+            if let Err(error) = rustix::termios::tcsetattr(&stdin, OptionalActions::Drain, &raw) {
                 restore();
                 return Err(error.into());
             }

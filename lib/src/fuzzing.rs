@@ -341,6 +341,12 @@ fn check_payload_roundtrip(frame_type: FrameType, payload: &[u8]) {
     if all || frame_type == FrameType::Signal {
         fixed!(SignalRequest, SignalRequest::PAYLOAD_LEN);
     }
+    if all || frame_type == FrameType::Resize {
+        fixed!(
+            crate::proto::exec::Resize,
+            crate::proto::exec::Resize::PAYLOAD_LEN
+        );
+    }
     if all || frame_type == FrameType::Exit {
         fixed!(Exit, Exit::PAYLOAD_LEN);
     }

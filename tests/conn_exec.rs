@@ -656,6 +656,7 @@ fn smallest_limits(output_cap: u64) -> Limits {
         exec_kill_grace: tick,
         exec_drain_timeout: tick,
         exec_output_cap: output_cap,
+        exec_shell: "sh".to_string(),
         stdin_window: 1,
         disk_budget: 1,
         max_transfers: 1,

@@ -32,8 +32,8 @@ use monoreactor::internal::RACY_WINDOW_NS;
 use monoreactor::internal::file_error;
 use monoreactor::internal::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
 use monoreactor::proto::exec::{
-    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, Signal, SignalRequest, Started,
-    Termination, Window, exec_field, exit_field, started_field,
+    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, PtyRequest, Resize, Signal,
+    SignalRequest, Started, Termination, Window, exec_field, exit_field, started_field,
 };
 use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
@@ -998,6 +998,51 @@ fn window_dump_is_credit_returned_after_half_a_window() {
 // === File dumps ===
 
 /// The one frame of dump `name`, as the document has it: its header and payload.
+/// 8.21 and 8.22: what `exec -t` sends, and what the server makes of it: its shell on a
+/// terminal of that size and TERM, then the new size.
+#[test]
+fn terminal_dumps_are_what_exec_t_sends_and_the_server_runs_the_shell_on_that_terminal() {
+    let exec_pty = exec_on(
+        1,
+        &ExecRequest {
+            flags: ExecFlags::STDIN,
+            pty: Some(PtyRequest {
+                rows: 24,
+                cols: 80,
+                term: "xterm-256color",
+            }),
+            ..ExecRequest::new(vec![])
+        },
+    );
+    assert_dump("exec-pty", &exec_pty);
+    let mut resize = Vec::new();
+    Resize {
+        rows: 50,
+        cols: 132,
+    }
+    .encode(1, &mut resize);
+    assert_dump("resize", &resize);
+
+    let mut server = ServerSide::exec_server();
+    let sent = server.send(&[hello_token(), exec_pty, resize].concat());
+    let started_1 = started(1, 1000, Limits::default().stdin_window);
+    assert_eq!(sent, [hello_ok_exec(), started_1].concat());
+    let child = server.child(0);
+    assert_eq!(child.argv, [b"sh".to_vec()], "the server's shell");
+    let pty = child.pty.clone().expect("a terminal");
+    assert_eq!(
+        (pty.rows, pty.cols, pty.term.as_str()),
+        (24, 80, "xterm-256color")
+    );
+    assert_eq!(
+        child.resizes,
+        [Resize {
+            rows: 50,
+            cols: 132
+        }]
+    );
+}
+
 fn dumped_frame(name: &str) -> (Header, Vec<u8>) {
     let bytes = dump_bytes(name);
     let all = frames(&bytes);
@@ -1894,7 +1939,7 @@ fn frame_type_table_matches_the_code() {
         "every frame type the code knows is listed"
     );
     // The ranges the document reserves for later versions are unknown to this one.
-    for byte in (0x29..=0x2f).chain(0x36..=0x37).chain(0x3e..=0x3f) {
+    for byte in (0x2a..=0x2f).chain(0x36..=0x37).chain(0x3e..=0x3f) {
         assert_eq!(FrameType::from_u8(byte), FrameType::Unknown(byte));
     }
 }
@@ -2393,6 +2438,7 @@ fn field_tables_match_the_code() {
         timeout_ms: 1500,
         cwd: "work",
         argv: vec![b"ab", b"c"],
+        pty: None,
     };
     let mut payload = vec![0; request.payload_len()];
     request.emit(&mut payload);
@@ -2401,6 +2447,43 @@ fn field_tables_match_the_code() {
         payload[argc_at..],
         *b"\x00\x02\x00\x00\x00\x02ab\x00\x00\x00\x01c"
     );
+    // With PTY, after the last argument: rows, cols (u16 each), term_len (u8), term.
+    let request = ExecRequest {
+        pty: Some(PtyRequest {
+            rows: 0x0102,
+            cols: 0x0304,
+            term: "vt100",
+        }),
+        ..request
+    };
+    let mut payload = vec![0; request.payload_len()];
+    request.emit(&mut payload);
+    let pty_at = argc_at + 2 + (4 + 2) + (4 + 1);
+    assert_eq!(payload[pty_at..], *b"\x01\x02\x03\x04\x05vt100");
+    assert_eq!(
+        field_rows("exec-pty-fields"),
+        [
+            ("end of args".to_string(), Some(2), "rows".to_string()),
+            ("end of args + 2".to_string(), Some(2), "cols".to_string()),
+            (
+                "end of args + 4".to_string(),
+                Some(1),
+                "term_len".to_string()
+            ),
+            ("end of args + 5".to_string(), None, "term".to_string()),
+        ]
+    );
+    assert_eq!(
+        field_rows("resize-fields"),
+        [fixed(0..2, "rows"), fixed(2..Resize::PAYLOAD_LEN, "cols")]
+    );
+    let mut resize = [0; Resize::PAYLOAD_LEN];
+    Resize {
+        rows: 0x0102,
+        cols: 0x0304,
+    }
+    .emit(&mut resize);
+    assert_eq!(resize, [1, 2, 3, 4]);
     assert_eq!(
         field_rows("started-fields"),
         [
@@ -2536,7 +2619,11 @@ fn flag_tables_match_the_code() {
     .map(|(bits, name)| (bits, name.to_string()))
     .collect();
     assert_eq!(bit_rows("session-flags"), session);
-    let exec: BTreeSet<(u16, String)> = [(ExecFlags::STDIN.bits(), "STDIN".to_string())].into();
+    let exec: BTreeSet<(u16, String)> = [
+        (ExecFlags::STDIN.bits(), "STDIN".to_string()),
+        (ExecFlags::PTY.bits(), "PTY".to_string()),
+    ]
+    .into();
     assert_eq!(bit_rows("exec-flags"), exec);
     let all = exec.iter().fold(0, |bits, (bit, _)| bits | bit);
     assert_eq!(all, ExecFlags::KNOWN.bits(), "every EXEC flag is listed");

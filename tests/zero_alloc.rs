@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use monoreactor::Limits;
 use monoreactor::client::Client;
-use monoreactor::proto::exec::ExecRequest;
+use monoreactor::proto::exec::{ExecRequest, PtyRequest};
 use monoreactor::proto::files::FileInfo;
 use monoreactor::proto::files::GetRequest;
 use monoreactor::proto::{
@@ -379,7 +379,23 @@ impl Reader {
 #[test]
 fn steady_state_exec_output_allocates_nothing_on_the_server() {
     static SERVER_COUNTS: Counts = Counts::new();
-    let scratch = Scratch::new("exec");
+    exec_output_allocates_nothing(&SERVER_COUNTS, None);
+}
+
+/// The same from a command on a pseudo-terminal (`exec -t`): its master is read like a pipe.
+#[test]
+fn steady_state_exec_output_on_a_pty_allocates_nothing_on_the_server() {
+    static SERVER_COUNTS: Counts = Counts::new();
+    let pty = PtyRequest {
+        rows: 24,
+        cols: 80,
+        term: "xterm",
+    };
+    exec_output_allocates_nothing(&SERVER_COUNTS, Some(pty));
+}
+
+fn exec_output_allocates_nothing(counts: &'static Counts, pty: Option<PtyRequest<'_>>) {
+    let scratch = Scratch::new(if pty.is_some() { "exec-pty" } else { "exec" });
     // Far more output than the test reads, and a cap above it: the command is still writing
     // when the measurement ends, and is stopped when the client goes.
     let output = 1u64 << 30;
@@ -397,7 +413,7 @@ fn steady_state_exec_output_allocates_nothing_on_the_server() {
             },
             ..config()
         },
-        &SERVER_COUNTS,
+        counts,
     );
 
     let high_water = Limits::default().output_high_water;
@@ -409,8 +425,11 @@ fn steady_state_exec_output_allocates_nothing_on_the_server() {
     );
     let count = output.to_string();
     let argv: Vec<&[u8]> = vec![b"head", b"-c", count.as_bytes(), b"/dev/zero"];
-    // No STDIN flag: the command's stdin is /dev/null.
-    let request = ExecRequest::new(argv);
+    // No STDIN flag: the command's stdin is /dev/null (or, on a terminal, the terminal).
+    let request = ExecRequest {
+        pty,
+        ..ExecRequest::new(argv)
+    };
     let mut wire = Vec::new();
     request.encode(1, &mut wire);
     reader.send(&wire);

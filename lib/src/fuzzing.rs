@@ -341,6 +341,12 @@ fn check_payload_roundtrip(frame_type: FrameType, payload: &[u8]) {
     if all || frame_type == FrameType::Signal {
         fixed!(SignalRequest, SignalRequest::PAYLOAD_LEN);
     }
+    if all || frame_type == FrameType::Resize {
+        fixed!(
+            crate::proto::exec::Resize,
+            crate::proto::exec::Resize::PAYLOAD_LEN
+        );
+    }
     if all || frame_type == FrameType::Exit {
         fixed!(Exit, Exit::PAYLOAD_LEN);
     }
@@ -480,7 +486,7 @@ impl Children for CheckedChildren {
         );
         let spawned = self.inner.spawn(index, spec)?;
         self.live.insert(index, spawned.child);
-        if spec.stdin {
+        if spec.stdin || spec.pty.is_some() {
             // Registering a writable pipe reports it at once.
             self.edges.insert((index, ChildSource::Stdin));
         }
@@ -513,6 +519,10 @@ impl Children for CheckedChildren {
         signal: crate::proto::exec::Signal,
     ) -> std::io::Result<()> {
         self.inner.signal(child, signal)
+    }
+
+    fn resize(&mut self, child: ChildId, size: crate::proto::exec::Resize) -> std::io::Result<()> {
+        self.inner.resize(child, size)
     }
 
     fn exit_status(&mut self, child: ChildId) -> std::io::Result<Option<Termination>> {

@@ -102,6 +102,10 @@ pub struct Limits {
     /// Output (stdout and stderr together) one command may send. Default 64 MiB; past it the
     /// rest is discarded and the process group is stopped, and EXIT says why.
     pub exec_output_cap: u64,
+    /// The program an `exec -t` with no argv runs (an EXEC with a PTY and no argument): a
+    /// name looked up in the fixed `PATH`, or a path. Default `sh`; `--exec-shell` sets it.
+    /// The access allowlist judges it like any argv.
+    pub exec_shell: String,
     /// STDIN credit per command, bytes: what a client may send ahead of the command's reading,
     /// and so the most stdin the server holds for it. Default 256 KiB, at least 1.
     pub stdin_window: u32,
@@ -153,6 +157,7 @@ impl Default for Limits {
             exec_kill_grace: Duration::from_secs(2),
             exec_drain_timeout: Duration::from_secs(1),
             exec_output_cap: 64 << 20,
+            exec_shell: "sh".to_string(),
             stdin_window: 256 << 10,
             disk_budget: 4 << 20,
             max_transfers: 64,
@@ -296,6 +301,12 @@ impl Limits {
         if !(1..=MAX_STREAMS_PER_CONNECTION).contains(&self.max_streams_per_connection) {
             return fail(format!(
                 "commands per connection must be between 1 and {MAX_STREAMS_PER_CONNECTION}"
+            ));
+        }
+        if self.exec_shell.is_empty() || self.exec_shell.contains('\0') {
+            return fail(format!(
+                "exec shell {:?} must be a program name or path, not empty and without NUL",
+                self.exec_shell
             ));
         }
         if self.max_exec == 0 {

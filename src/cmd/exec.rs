@@ -1,6 +1,10 @@
 //! `monoreactor exec`: a command on the server, run like ssh runs one. Stdin is forwarded, the
 //! command's stdout and stderr come back as they are written, the first SIGINT or SIGTERM is
 //! the remote command's, and its exit status is ours.
+//!
+//! `exec -t` runs it on a pseudo-terminal on the server (the server's shell if no program is
+//! given), with the local terminal in raw mode for as long as it runs ([`tty`]): every key goes
+//! to the remote terminal, `^C` included, and a window resize follows as a RESIZE.
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal};
@@ -10,7 +14,9 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 use monoreactor::DEFAULT_FRAMED_ADDR;
-use monoreactor::client::exec::{Command as RemoteCommand, ExecClient, Signaller};
+use monoreactor::client::exec::{
+    Command as RemoteCommand, EscapeScanner, ExecClient, Signaller, Terminal,
+};
 use monoreactor::proto::exec::{EndReason, MAX_CWD_LEN, Signal};
 use monoreactor::proto::{ErrorCode, SessionFlags};
 
@@ -29,6 +35,15 @@ Examples:
   monoreactor exec -- uname -a
   monoreactor exec --shell 'ls | wc -l'
   monoreactor exec -- cat < big.bin | b3sum      (same sum as b3sum big.bin)
+  monoreactor exec -t                            (an interactive shell, as ssh gives)
+  monoreactor exec -t -- vi notes.txt
+
+Terminal (-t): the command runs on a pseudo-terminal on the server (the server's
+--exec-shell if no program is given) of this terminal's size and $TERM; this terminal is in
+raw mode until it ends, so Ctrl-C, Ctrl-Z and every key go to the remote side, and a resize
+follows. Stdout and stderr are one stream, as on any terminal. After Enter, ~. closes the
+session (exit 255) and ~~ types one ~. -t needs stdin to be a terminal; -tt forces one anyway.
+SIGTERM or SIGHUP restore this terminal and exit 255.
 
 Stdin: forwarded until end of file, then the command sees EOF. With -n, or when stdin is a
 terminal and this is a background job, nothing is read and the command's stdin is /dev/null.
@@ -44,7 +59,7 @@ The token comes from --token-file, else from $MONOREACTOR_TOKEN.";
 
 /// The flags of `exec`: where, as whom, and what to run.
 #[derive(Args)]
-#[command(after_help = HELP, group(ArgGroup::new("command").required(true).args(["argv", "shell"])))]
+#[command(after_help = HELP, group(ArgGroup::new("command").args(["argv", "shell"])))]
 pub struct ExecArgs {
     /// Server address (framed protocol), HOST:PORT, or tls://HOST:PORT for TLS.
     #[arg(long, value_name = "ADDR", default_value_t = ServerAddr::from(DEFAULT_FRAMED_ADDR))]
@@ -65,8 +80,12 @@ pub struct ExecArgs {
     #[arg(long, value_name = "STRING")]
     shell: Option<String>,
     /// Read no stdin: the command's stdin is /dev/null (like ssh -n).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, conflicts_with = "tty")]
     no_stdin: bool,
+    /// Run the command on a pseudo-terminal (an interactive shell if no program is given);
+    /// twice (-tt) even when stdin is not a terminal.
+    #[arg(short = 't', long, action = clap::ArgAction::Count)]
+    tty: u8,
     /// The program and its arguments, best after `--`; no shell is involved.
     #[arg(value_name = "PROG", trailing_var_arg = true, value_parser = clap::value_parser!(OsString))]
     argv: Vec<OsString>,
@@ -100,6 +119,17 @@ pub fn run(args: ExecArgs) -> u8 {
 /// Starts the command and relays its input and output until it ends: its exit status as a
 /// shell reports one, or why this client could not get it.
 fn run_remote(args: ExecArgs) -> Result<u8, Failure> {
+    let local_tty = io::stdin().is_terminal();
+    if args.tty == 0 && args.argv.is_empty() && args.shell.is_none() {
+        return Err(Failure::usage(
+            "exec: give a program (after --), --shell STRING, or -t for a shell".to_string(),
+        ));
+    }
+    if args.tty == 1 && !local_tty {
+        return Err(Failure::usage(
+            "exec -t: stdin is not a terminal; -tt forces a pseudo-terminal anyway".to_string(),
+        ));
+    }
     let (token, source) = client_token(args.token_file).map_err(Failure::own)?;
     let mut command = match args.shell {
         Some(script) => RemoteCommand::shell(&script),
@@ -108,6 +138,12 @@ fn run_remote(args: ExecArgs) -> Result<u8, Failure> {
     command.cwd = args.cwd.unwrap_or_default();
     command.timeout = args.timeout.map(|secs| secs.0);
     command.stdin = !args.no_stdin && stdin_is_ours();
+    if args.tty > 0 {
+        let (rows, cols) = tty::size().unwrap_or((24, 80));
+        let term = std::env::var("TERM").ok();
+        command.pty = Some(Terminal::new(rows, cols, term.as_deref()));
+        command.stdin = true;
+    }
 
     let target = args.tls.target(&args.addr).map_err(Failure::own)?;
     let client = ExecClient::connect(target, token.as_ref(), CONNECT_TIMEOUT)
@@ -131,6 +167,9 @@ fn run_remote(args: ExecArgs) -> Result<u8, Failure> {
         }
     })?;
     log::debug!("remote pid {}", running.pid());
+    if command.pty.is_some() {
+        return run_on_terminal(running, local_tty, &source, authenticated);
+    }
     // From here a Ctrl-C is the remote command's; before, it simply ends this client (and the
     // server, seeing the connection close, stops anything it started).
     let _signals = forward_signals(running.signaller(), running.pid());
@@ -219,6 +258,214 @@ fn forward_signals(signaller: Signaller, pid: u32) -> Option<signal_hook::iterat
             log::warn!("cannot start the signal thread: {error}");
             handle.close();
             None
+        }
+    }
+}
+
+/// `exec -t` once the command runs: the local terminal raw (if stdin is one) until the end,
+/// SIGWINCH forwarded as RESIZE, `~.` watched for, and SIGINT, SIGTERM or SIGHUP from outside
+/// ending this client with the terminal restored (255). The terminal is restored on every
+/// way out: the guard's drop on a return, the panic hook on a panic, the signal thread before
+/// it exits.
+fn run_on_terminal(
+    running: monoreactor::client::exec::Running,
+    local_tty: bool,
+    source: &crate::token::TokenSource,
+    authenticated: Option<bool>,
+) -> Result<u8, Failure> {
+    let raw = if local_tty {
+        match tty::RawMode::enter() {
+            Ok(guard) => Some(guard),
+            Err(error) => {
+                return Err(Failure::own(format!(
+                    "exec -t: cannot put the terminal in raw mode: {error}"
+                )));
+            }
+        }
+    } else {
+        None
+    };
+    let signaller = running.signaller();
+    let _signals = tty::watch_signals(signaller.clone());
+    let escaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let input = tty::EscapeReader {
+        inner: io::stdin(),
+        // ssh watches for its escape only when stdin is a terminal.
+        scanner: local_tty.then(EscapeScanner::new),
+        signaller,
+        escaped: std::sync::Arc::clone(&escaped),
+        pending: Vec::new(),
+    };
+    let result = running.finish(Some(input), &mut io::stdout(), &mut io::stderr());
+    // Back to the terminal as it was before any line of ours is printed.
+    drop(raw);
+    match result {
+        Ok(exit) => {
+            if !matches!(exit.reason, EndReason::None | EndReason::ClientSignal) {
+                say(&format!("remote command {exit}"));
+            }
+            Ok(exit.shell_code())
+        }
+        Err(_) if escaped.load(std::sync::atomic::Ordering::Acquire) => Err(Failure::own(
+            "connection closed (~.); the server stops the command".to_string(),
+        )),
+        Err(error) if error.is_broken_pipe() => Err(Failure::reader_gone()),
+        Err(error) => Err(Failure::own(explain(&error, source, authenticated))),
+    }
+}
+
+/// The local terminal for `exec -t`: raw mode and its restoring, its size, the signals that
+/// matter while it is raw, and the `~.` escape in what is typed.
+mod tty {
+    use std::io::{self, Read};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, Once};
+
+    use monoreactor::client::exec::{Escape, EscapeScanner, Signaller};
+    use rustix::termios::{OptionalActions, Termios};
+
+    use crate::failure::{CLIENT_FAILURE, say};
+
+    /// The settings to restore, while the terminal is raw: shared with the panic hook and the
+    /// signal thread, which restore it on their ways out.
+    static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
+
+    /// Puts the terminal back as it was, if it is raw; safe to call more than once.
+    pub(super) fn restore() {
+        let saved = SAVED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(termios) = saved {
+            // TCSADRAIN: what we wrote is shown before the settings change back.
+            let _ = rustix::termios::tcsetattr(io::stdin(), OptionalActions::Drain, &termios);
+        }
+    }
+
+    /// Raw mode (cfmakeraw's settings) until dropped.
+    pub(super) struct RawMode(());
+
+    impl RawMode {
+        /// Saves the terminal's settings and makes it raw; installs, once, a panic hook that
+        /// restores them before the panic is reported.
+        pub(super) fn enter() -> io::Result<RawMode> {
+            let stdin = io::stdin();
+            let saved = rustix::termios::tcgetattr(&stdin)?;
+            let mut raw = saved.clone();
+            raw.make_raw();
+            *SAVED
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(saved);
+            static HOOK: Once = Once::new();
+            HOOK.call_once(|| {
+                let previous = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    restore();
+                    previous(info);
+                }));
+            });
+            // TCSADRAIN, as ssh: what was typed ahead is kept and goes to the remote side.
+            if let Err(error) = rustix::termios::tcsetattr(&stdin, OptionalActions::Drain, &raw) {
+                restore();
+                return Err(error.into());
+            }
+            Ok(RawMode(()))
+        }
+    }
+
+    impl Drop for RawMode {
+        fn drop(&mut self) {
+            restore();
+        }
+    }
+
+    /// The terminal's size, rows then columns: stdin's, else stdout's.
+    pub(super) fn size() -> Option<(u16, u16)> {
+        let size = rustix::termios::tcgetwinsize(io::stdin())
+            .or_else(|_| rustix::termios::tcgetwinsize(io::stdout()))
+            .ok()?;
+        Some((size.ws_row, size.ws_col))
+    }
+
+    /// A thread for the signals of a terminal session: SIGWINCH sends the new size; SIGINT,
+    /// SIGTERM and SIGHUP (from outside: in raw mode `^C` is a byte, not a signal) restore the
+    /// terminal and exit 255, closing the connection with a reset so the server stops the
+    /// command. The handle keeps the handlers installed.
+    pub(super) fn watch_signals(signaller: Signaller) -> Option<signal_hook::iterator::Handle> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
+        let mut signals =
+            match signal_hook::iterator::Signals::new([SIGWINCH, SIGINT, SIGTERM, SIGHUP]) {
+                Ok(signals) => signals,
+                Err(error) => {
+                    log::warn!("cannot watch signals: {error}");
+                    return None;
+                }
+            };
+        let handle = signals.handle();
+        let spawned = std::thread::Builder::new()
+            .name("signals".to_string())
+            .spawn(move || {
+                for number in signals.forever() {
+                    if number == SIGWINCH {
+                        if let Some((rows, cols)) = size() {
+                            // A failed send means the connection is gone: the output side
+                            // reports it.
+                            let _ = signaller.resize(rows, cols);
+                        }
+                        continue;
+                    }
+                    signaller.abort_on_close();
+                    restore();
+                    if number != SIGHUP {
+                        say(&format!(
+                            "signal {number}: closed the session; the server stops the command"
+                        ));
+                    }
+                    std::process::exit(i32::from(CLIENT_FAILURE));
+                }
+            });
+        match spawned {
+            Ok(_) => Some(handle),
+            Err(error) => {
+                log::warn!("cannot start the signal thread: {error}");
+                handle.close();
+                None
+            }
+        }
+    }
+
+    /// Local stdin with the `~.` escape taken out (when `scanner` is set): on `~.` the session
+    /// is abandoned and the reader ends.
+    pub(super) struct EscapeReader<R> {
+        pub(super) inner: R,
+        pub(super) scanner: Option<EscapeScanner>,
+        pub(super) signaller: Signaller,
+        pub(super) escaped: Arc<AtomicBool>,
+        /// Bytes scanned and not yet returned.
+        pub(super) pending: Vec<u8>,
+    }
+
+    impl<R: Read> Read for EscapeReader<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(scanner) = self.scanner.as_mut() else {
+                return self.inner.read(buf);
+            };
+            while self.pending.is_empty() {
+                let mut chunk = [0; 4096];
+                let n = self.inner.read(&mut chunk)?;
+                if n == 0 {
+                    return Ok(0);
+                }
+                if scanner.scan(&chunk[..n], &mut self.pending) == Escape::Disconnect {
+                    self.escaped.store(true, Ordering::Release);
+                    self.signaller.abandon();
+                    return Ok(0);
+                }
+            }
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            Ok(n)
         }
     }
 }

@@ -160,6 +160,10 @@ pub struct ServeArgs {
     /// Most output (stdout and stderr) one command may send before it is stopped.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().exec_output_cap)]
     exec_max_output: u64,
+    /// The program `exec -t` runs when given none: a name looked up in the commands' fixed
+    /// PATH, or a path. A credential's exec allowlist must admit it.
+    #[arg(long, value_name = "PROG", default_value_t = Limits::default().exec_shell)]
+    exec_shell: String,
     /// Most commands running at once on the server; per worker.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec)]
     max_commands: usize,
@@ -326,6 +330,7 @@ fn settings(args: ServeArgs) -> Result<Settings, Vec<String>> {
         }),
         exec_timeout: args.exec_timeout.0,
         exec_output_cap: args.exec_max_output,
+        exec_shell: args.exec_shell.clone(),
         max_exec: args.max_commands,
         max_streams_per_connection: args.max_commands_per_conn,
         max_put: args.max_put,

@@ -33,7 +33,15 @@
 //! more than the window.
 //!
 //! [`Running::signaller`] hands out a [`Signaller`] that another thread (a signal handler
-//! thread, a test) uses to send a SIGNAL request while `finish` runs.
+//! thread, a test) uses to send a SIGNAL request while `finish` runs, or a RESIZE for a
+//! command on a terminal ([`Command::pty`], `exec -t`).
+//!
+//! # On a terminal
+//! With [`Command::pty`] the server runs the command on a pseudo-terminal of that size: its
+//! stdout and stderr are one stream (STDOUT frames only), local stdin goes to the terminal
+//! byte for byte (the caller puts its own terminal in raw mode: `^C` is then a byte the remote
+//! terminal turns into SIGINT for its foreground job), and the end of local stdin becomes one
+//! `^D`. [`EscapeScanner`] finds ssh's `~.` in what is typed.
 //!
 //! # Closing
 //! After EXIT the connection is closed the ordinary way (a TLS close_notify, then FIN). When
@@ -58,7 +66,10 @@ use mio::{Events, Interest, Poll, Token as PollToken, Waker};
 use super::{Client, ClientError, Target, Transport};
 use crate::access::Token;
 use crate::limits::MAX_FRAME_LEN;
-use crate::proto::exec::{ExecFlags, ExecRequest, Exit, Signal, SignalRequest, Started, Window};
+use crate::proto::exec::{
+    ExecFlags, ExecRequest, Exit, PtyRequest, Resize, Signal, SignalRequest, Started, Window,
+    valid_term,
+};
 use crate::proto::message::EXEC_VERSION;
 use crate::proto::{Decoder, ErrorMessage, Flags, Frame, FrameType, HelloOk};
 
@@ -91,8 +102,58 @@ pub struct Command {
     /// for the server's own limit.
     pub timeout: Option<Duration>,
     /// Whether the command reads stdin from the client; otherwise its stdin is `/dev/null`
-    /// and the client reads none (like `ssh -n`).
+    /// and the client reads none (like `ssh -n`). A command on a terminal always reads it.
     pub stdin: bool,
+    /// Run it on a pseudo-terminal of this size and `TERM` (`exec -t`); with no argv, the
+    /// server runs its shell.
+    pub pty: Option<Terminal>,
+}
+
+/// The terminal a command runs on: its size and `TERM`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terminal {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+    /// The command's `TERM`.
+    pub term: String,
+}
+
+impl Terminal {
+    /// The `TERM` a client sends when its own is unset or is not one a request may carry
+    /// ([`valid_term`]): what most terminal emulators are.
+    pub const DEFAULT_TERM: &'static str = "xterm-256color";
+
+    /// A terminal of `rows` x `cols` with `term` if it is valid, else
+    /// [`Terminal::DEFAULT_TERM`]. Sizes are clamped to 1..=[`MAX_TERM_DIM`] (a terminal that
+    /// reports 0, as some do when they cannot tell, gets 24 x 80).
+    ///
+    /// [`MAX_TERM_DIM`]: crate::proto::exec::MAX_TERM_DIM
+    pub fn new(rows: u16, cols: u16, term: Option<&str>) -> Terminal {
+        let (rows, cols) = clamp_size(rows, cols);
+        let term = match term {
+            Some(term) if valid_term(term.as_bytes()) => term.to_string(),
+            _ => Terminal::DEFAULT_TERM.to_string(),
+        };
+        Terminal { rows, cols, term }
+    }
+}
+
+/// A size every server accepts: 0 (unknown) becomes 24 x 80's side, a huge one the maximum.
+pub fn clamp_size(rows: u16, cols: u16) -> (u16, u16) {
+    use crate::proto::exec::MAX_TERM_DIM;
+    let rows = if rows == 0 {
+        24
+    } else {
+        rows.min(MAX_TERM_DIM)
+    };
+    let cols = if cols == 0 {
+        80
+    } else {
+        cols.min(MAX_TERM_DIM)
+    };
+    (rows, cols)
 }
 
 impl Command {
@@ -107,6 +168,7 @@ impl Command {
             cwd: String::new(),
             timeout: None,
             stdin: true,
+            pty: None,
         }
     }
 
@@ -139,6 +201,11 @@ impl Command {
             timeout_ms: self.timeout_ms(),
             cwd: &self.cwd,
             argv: self.argv.iter().map(Vec::as_slice).collect(),
+            pty: self.pty.as_ref().map(|pty| PtyRequest {
+                rows: pty.rows,
+                cols: pty.cols,
+                term: &pty.term,
+            }),
         }
     }
 }
@@ -231,7 +298,7 @@ impl ExecClient {
             client: self.client,
             poll,
             started,
-            stdin: command.stdin,
+            stdin: command.stdin || command.pty.is_some(),
             max_payload: (self.hello.max_payload_len as usize).clamp(1, CHUNK),
             shared: Arc::new(Shared {
                 outgoing: Mutex::new(Outgoing::default()),
@@ -382,6 +449,16 @@ impl Signaller {
         self.shared.send(frame)
     }
 
+    /// Tells the server the command's terminal is now `rows` x `cols` (clamped as
+    /// [`clamp_size`] does). Ignored by the server for a command without a terminal.
+    pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
+        let (rows, cols) = clamp_size(rows, cols);
+        let mut payload = [0; Resize::PAYLOAD_LEN];
+        Resize { rows, cols }.emit(&mut payload);
+        let frame = Frame::new(FrameType::Resize, Flags::NONE, STREAM, &payload);
+        self.shared.send(frame)
+    }
+
     /// Gives up on the command: [`Running::finish`] returns an error at once, and the
     /// connection closes with a reset, so the server stops the command (TERM to its group,
     /// KILL after a grace).
@@ -398,6 +475,67 @@ impl Signaller {
     /// closing it now: for a process about to exit while its other threads are blocked.
     pub fn abort_on_close(&self) {
         abort_on_close(&self.shared.linger);
+    }
+}
+
+/// Finds ssh's escape in what is typed on a terminal: `~` right after a newline (or at the
+/// very start) begins an escape; `~.` then closes the session, `~~` sends one `~`, and `~`
+/// followed by anything else sends both. Sans-IO: feed it each chunk read.
+#[derive(Clone, Copy, Debug)]
+pub struct EscapeScanner {
+    /// The last byte was a newline (or nothing was typed yet).
+    at_line_start: bool,
+    /// A `~` at a line start was held back, waiting for the next byte.
+    pending_tilde: bool,
+}
+
+impl Default for EscapeScanner {
+    fn default() -> EscapeScanner {
+        EscapeScanner::new()
+    }
+}
+
+/// What [`EscapeScanner::scan`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escape {
+    /// Nothing: send what was written out.
+    None,
+    /// `~.`: close the session (what was written out precedes it and may still be sent).
+    Disconnect,
+}
+
+impl EscapeScanner {
+    /// At the start of a line.
+    pub const fn new() -> EscapeScanner {
+        EscapeScanner {
+            at_line_start: true,
+            pending_tilde: false,
+        }
+    }
+
+    /// Scans `input`, appending what should be sent to `out`.
+    pub fn scan(&mut self, input: &[u8], out: &mut Vec<u8>) -> Escape {
+        for &byte in input {
+            if self.pending_tilde {
+                self.pending_tilde = false;
+                match byte {
+                    b'.' => return Escape::Disconnect,
+                    b'~' => {
+                        out.push(b'~');
+                        self.at_line_start = false;
+                        continue;
+                    }
+                    _ => out.push(b'~'),
+                }
+            } else if byte == b'~' && self.at_line_start {
+                self.pending_tilde = true;
+                continue;
+            }
+            out.push(byte);
+            // In raw mode Enter is a CR; a cooked or piped stdin has LF.
+            self.at_line_start = byte == b'\r' || byte == b'\n';
+        }
+        Escape::None
     }
 }
 
@@ -737,6 +875,46 @@ mod tests {
         assert_eq!(request.flags, ExecFlags::STDIN);
         command.stdin = false;
         assert_eq!(command.request().flags, ExecFlags::NONE);
+    }
+
+    #[test]
+    fn a_terminal_sets_the_pty_fields_and_a_bad_term_or_size_is_made_good() {
+        let mut command = Command::new(Vec::<Vec<u8>>::new());
+        command.pty = Some(Terminal::new(0, 5000, Some("xterm;rm -rf")));
+        let request = command.request();
+        assert_eq!(
+            request.pty,
+            Some(PtyRequest {
+                rows: 24,
+                cols: crate::proto::exec::MAX_TERM_DIM,
+                term: Terminal::DEFAULT_TERM
+            })
+        );
+        let mut payload = vec![0; request.payload_len()];
+        request.emit(&mut payload);
+        assert_eq!(ExecRequest::parse(&payload), Ok(request));
+        assert_eq!(Terminal::new(50, 132, Some("screen")).term, "screen");
+        assert_eq!(Terminal::new(50, 132, None).term, Terminal::DEFAULT_TERM);
+    }
+
+    #[test]
+    fn the_escape_is_tilde_dot_at_a_line_start_only_and_tilde_tilde_sends_one() {
+        let scan = |chunks: &[&[u8]]| {
+            let mut scanner = EscapeScanner::new();
+            let mut out = Vec::new();
+            for chunk in chunks {
+                if scanner.scan(chunk, &mut out) == Escape::Disconnect {
+                    return (out, true);
+                }
+            }
+            (out, false)
+        };
+        assert_eq!(scan(&[b"~."]), (vec![], true), "at the very start");
+        assert_eq!(scan(&[b"ls\r~."]), (b"ls\r".to_vec(), true));
+        assert_eq!(scan(&[b"ls\r~", b"."]), (b"ls\r".to_vec(), true), "split");
+        assert_eq!(scan(&[b"a~."]), (b"a~.".to_vec(), false), "mid-line");
+        assert_eq!(scan(&[b"\n~~."]), (b"\n~.".to_vec(), false), "~~ is one ~");
+        assert_eq!(scan(&[b"~x"]), (b"~x".to_vec(), false));
     }
 
     #[test]

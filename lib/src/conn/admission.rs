@@ -294,7 +294,15 @@ impl Connection {
         let (cwd, slot) = match grant {
             None => (Cow::Borrowed(request.cwd), None),
             Some(grant) => {
-                if !grant.exec.allows(&request.argv) {
+                // With a PTY and no argv, the server's shell runs: the allowlist judges that
+                // argv like any other.
+                let shell = [cx.limits.exec_shell.as_bytes()];
+                let argv: &[&[u8]] = if request.argv.is_empty() {
+                    &shell
+                } else {
+                    &request.argv
+                };
+                if !grant.exec.allows(argv) {
                     return Err(Refusal::new(
                         ErrorCode::Forbidden,
                         format!(

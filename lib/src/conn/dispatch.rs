@@ -30,7 +30,7 @@ use super::{Bits, Connection, DRAINING_TEXT, State};
 use crate::access::{Authentication, FilesRight, Grant};
 use crate::metrics::RequestKind;
 use crate::metrics::access::{self, Line, Outcome, Record};
-use crate::proto::exec::{EndReason, ExecRequest, SignalRequest};
+use crate::proto::exec::{EndReason, ExecRequest, Resize, SignalRequest};
 use crate::proto::files::{FileInfo, FileKind, GetRequest, PutRequest};
 use crate::proto::message::{EXEC_VERSION, MIN_PROTOCOL_VERSION};
 use crate::proto::{
@@ -67,7 +67,7 @@ fn request_kind(frame_type: FrameType) -> RequestKind {
 /// the credential's scope, as the server opens it).
 fn admitted_text(admitted: &Admitted<'_>) -> String {
     let (kind, path) = match admitted {
-        Admitted::Exec { request, .. } => return access::argv_text(&request.argv),
+        Admitted::Exec { request, .. } => return exec_text(request),
         Admitted::Get { path, .. } => (RequestKind::Get, path),
         Admitted::Put { path, .. } => (RequestKind::Put, path),
         Admitted::List { path, .. } => (RequestKind::List, path),
@@ -78,15 +78,23 @@ fn admitted_text(admitted: &Admitted<'_>) -> String {
     access::request_text(kind.verb(), path.as_bytes())
 }
 
+/// An EXEC's argv as the access line shows it; on a terminal, `EXEC -t ARGV` (`EXEC -t` alone
+/// for the server's shell).
+fn exec_text(request: &ExecRequest<'_>) -> String {
+    let text = access::argv_text(&request.argv);
+    match (request.pty.is_some(), text.strip_prefix("EXEC")) {
+        (true, Some(rest)) => format!("EXEC -t{rest}"),
+        _ => text,
+    }
+}
+
 /// The access line's request for a refused one, from its payload as far as it parses (a
 /// refusal may be for a payload that does not).
 fn refused_text(kind: RequestKind, payload: &[u8]) -> String {
     let path = match kind {
         RequestKind::Exec => {
-            return ExecRequest::parse(payload).map_or_else(
-                |_| "EXEC ?".to_string(),
-                |request| access::argv_text(&request.argv),
-            );
+            return ExecRequest::parse(payload)
+                .map_or_else(|_| "EXEC ?".to_string(), |request| exec_text(&request));
         }
         RequestKind::Get => GetRequest::parse(payload).ok().map(|request| request.path),
         RequestKind::Put => PutRequest::parse(payload).ok().map(|request| request.path),
@@ -230,7 +238,7 @@ impl Connection {
                 self.start(frame_type, frame, cx);
                 Ok(())
             }
-            FrameType::Stdin | FrameType::StdinEof | FrameType::Signal => {
+            FrameType::Stdin | FrameType::StdinEof | FrameType::Signal | FrameType::Resize => {
                 self.deliver_to_command(frame_type, frame, cx)
             }
             file_request if file_request.is_file_request() => {
@@ -525,9 +533,10 @@ impl Connection {
         Ok(Some(opened))
     }
 
-    /// STDIN, STDIN_EOF and SIGNAL: delivered to the command on the frame's stream, if there
-    /// is one. A STDIN beyond the credit window, or a SIGNAL that does not parse, is fatal: the
-    /// command is running, and an ERROR on its stream would end the stream under it.
+    /// STDIN, STDIN_EOF, SIGNAL and RESIZE: delivered to the command on the frame's stream, if
+    /// there is one. A STDIN beyond the credit window, or a SIGNAL or RESIZE that does not
+    /// parse, is fatal: the command is running, and an ERROR on its stream would end the
+    /// stream under it.
     fn deliver_to_command(
         &mut self,
         frame_type: FrameType,
@@ -540,6 +549,14 @@ impl Connection {
                 SignalRequest::parse(frame.payload)
                     .map_err(|error| Fatal::new(ErrorCode::BadRequest, error.to_string()))?
                     .signal,
+            )
+        } else {
+            None
+        };
+        let resize = if frame_type == FrameType::Resize {
+            Some(
+                Resize::parse(frame.payload)
+                    .map_err(|error| Fatal::new(ErrorCode::BadRequest, error.to_string()))?,
             )
         } else {
             None
@@ -558,7 +575,19 @@ impl Connection {
                 .handle_stdin(frame.payload, cx.pool, cx.limits.stdin_window as usize)
                 .map_err(|error| Fatal::new(ErrorCode::FlowControl, error.to_string())),
             FrameType::StdinEof => {
-                command.session.handle_stdin_eof();
+                command
+                    .session
+                    .handle_stdin_eof(cx.pool, cx.limits.stdin_window as usize);
+                Ok(())
+            }
+            FrameType::Resize => {
+                if let Some(size) = resize {
+                    debug!(
+                        "stream {stream}: terminal resized to {}x{}",
+                        size.rows, size.cols
+                    );
+                    command.session.handle_resize(size);
+                }
                 Ok(())
             }
             _ => {

@@ -22,8 +22,8 @@
 use arbitrary::{Arbitrary, Result, Unstructured};
 
 use super::exec::{
-    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, Signal, SignalRequest, Started,
-    Termination, Window,
+    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, PtyRequest, Signal,
+    SignalRequest, Started, Termination, Window,
 };
 use super::files::{
     Digest, FileInfo, FileKind, GetRequest, HASH_LEN, PutFlags, PutReady, PutRequest,
@@ -144,11 +144,21 @@ impl<'a> Arbitrary<'a> for ExecRequest<'a> {
         for _ in 0..argc {
             argv.push(<&[u8]>::arbitrary(u)?);
         }
+        let pty = if bool::arbitrary(u)? {
+            Some(PtyRequest {
+                rows: u16::arbitrary(u)?,
+                cols: u16::arbitrary(u)?,
+                term: cut(<&str>::arbitrary(u)?, u8::MAX.into()),
+            })
+        } else {
+            None
+        };
         Ok(ExecRequest {
             flags,
             timeout_ms,
             cwd,
             argv,
+            pty,
         })
     }
 }

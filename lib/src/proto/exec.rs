@@ -1,6 +1,6 @@
-//! Payloads of the remote-exec frames (protocol version 2): EXEC, STARTED, WINDOW, EXIT and
-//! SIGNAL. STDIN, STDOUT and STDERR carry raw bytes and STDIN_EOF nothing, so they have no
-//! layout of their own.
+//! Payloads of the remote-exec frames (protocol version 2): EXEC, STARTED, WINDOW, EXIT,
+//! SIGNAL and RESIZE. STDIN, STDOUT and STDERR carry raw bytes and STDIN_EOF nothing, so they
+//! have no layout of their own.
 //!
 //! One command lives on one stream, chosen by the client:
 //!
@@ -30,6 +30,13 @@ pub const MAX_ARGS: usize = 4096;
 /// Longest working-directory path in an EXEC, bytes.
 pub const MAX_CWD_LEN: usize = 4096;
 
+/// Longest `TERM` value an EXEC with [`ExecFlags::PTY`] may carry, bytes.
+pub const MAX_TERM_LEN: usize = 64;
+
+/// Largest terminal dimension (rows or columns) an EXEC or RESIZE may ask for. Real terminals
+/// stay far below it; a bigger one is a bug or an attack on programs that allocate per cell.
+pub const MAX_TERM_DIM: u16 = 4096;
+
 fn be_u16(bytes: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
@@ -47,14 +54,18 @@ fn slice(bytes: &[u8], at: usize, len: usize) -> Result<&[u8], MessageError> {
 }
 
 /// EXEC payload fields. The fixed part is followed by the working directory, then the
-/// argument count and the arguments:
+/// argument count and the arguments, then (with [`ExecFlags::PTY`] only) the terminal:
 ///
 /// ```text
 /// offset 0        2                6          8              8+cwd_len    10+cwd_len
 ///        +--------+----------------+----------+--------------+------------+------------------
 ///        | flags  | timeout_ms     | cwd_len  | cwd (UTF-8)  | argc (u16) | argc x (len u32, bytes)
 ///        +--------+----------------+----------+--------------+------------+------------------
+///        then, with PTY: rows (u16) | cols (u16) | term_len (u8) | term (ASCII)
 /// ```
+///
+/// A parser that predates PTY refuses such a request twice over: an unknown flag, and bytes
+/// after the last argument.
 pub mod exec_field {
     use std::ops::Range;
     /// [`ExecFlags`](super::ExecFlags) (BE u16).
@@ -76,8 +87,12 @@ impl ExecFlags {
     pub const NONE: ExecFlags = ExecFlags(0);
     /// The client will send STDIN frames; the command's stdin is a pipe from the server.
     pub const STDIN: ExecFlags = ExecFlags(0x0001);
+    /// The command runs on a pseudo-terminal; the terminal's fields follow the arguments.
+    /// [`ExecRequest::pty`] carries them: [`ExecRequest::emit`] sets this bit from it and
+    /// [`ExecRequest::parse`] moves it there, so `flags` never holds it in a parsed request.
+    pub const PTY: ExecFlags = ExecFlags(0x0002);
     /// The flags this version defines; other bits must be zero.
-    pub const KNOWN: ExecFlags = ExecFlags(0x0001);
+    pub const KNOWN: ExecFlags = ExecFlags(0x0003);
 
     /// The raw bits.
     pub const fn bits(self) -> u16 {
@@ -108,8 +123,13 @@ pub enum ExecError {
     NulInArgument(usize),
     /// The working directory is longer than [`MAX_CWD_LEN`] or not UTF-8.
     BadCwd,
-    /// Bytes follow the last argument.
+    /// Bytes follow the last argument (or, with PTY, the terminal's fields).
     TrailingBytes(usize),
+    /// A terminal size of 0 or above [`MAX_TERM_DIM`], rows then columns.
+    BadSize(u16, u16),
+    /// A `TERM` that is empty, longer than [`MAX_TERM_LEN`] or not made of
+    /// `[A-Za-z0-9._+-]`.
+    BadTerm,
 }
 
 impl fmt::Display for ExecError {
@@ -130,6 +150,14 @@ impl fmt::Display for ExecError {
             ExecError::TrailingBytes(count) => {
                 write!(f, "{count} bytes follow the last argument")
             }
+            ExecError::BadSize(rows, cols) => write!(
+                f,
+                "terminal size {rows}x{cols}: rows and columns must be 1 to {MAX_TERM_DIM}"
+            ),
+            ExecError::BadTerm => write!(
+                f,
+                "TERM must be 1 to {MAX_TERM_LEN} bytes of letters, digits and ._+-"
+            ),
         }
     }
 }
@@ -142,12 +170,47 @@ impl From<MessageError> for ExecError {
     }
 }
 
+/// Whether `term` is a `TERM` a request may carry: 1 to [`MAX_TERM_LEN`] bytes of
+/// `[A-Za-z0-9._+-]` (every name in terminfo fits; nothing a shell or a path could misread
+/// does).
+pub fn valid_term(term: &[u8]) -> bool {
+    !term.is_empty()
+        && term.len() <= MAX_TERM_LEN
+        && term
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || b"._+-".contains(&byte))
+}
+
+/// Whether `rows` x `cols` is a terminal size a request may carry: each 1 to
+/// [`MAX_TERM_DIM`].
+pub const fn valid_size(rows: u16, cols: u16) -> bool {
+    rows >= 1 && rows <= MAX_TERM_DIM && cols >= 1 && cols <= MAX_TERM_DIM
+}
+
+/// The pseudo-terminal an EXEC with [`ExecFlags::PTY`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PtyRequest<'a> {
+    /// Rows, 1 to [`MAX_TERM_DIM`].
+    pub rows: u16,
+    /// Columns, 1 to [`MAX_TERM_DIM`].
+    pub cols: u16,
+    /// The command's `TERM` ([`valid_term`]).
+    pub term: &'a str,
+}
+
+impl PtyRequest<'_> {
+    /// Bytes it adds to the EXEC payload.
+    pub fn payload_len(&self) -> usize {
+        2 + 2 + 1 + self.term.len()
+    }
+}
+
 /// A command to run: argv as byte strings (no shell is involved unless argv names one), a
 /// working directory relative to the server's root, and a time limit. The client sends no
-/// environment: the server gives every command the same clean one.
+/// environment: the server gives every command the same clean one (with a PTY, plus `TERM`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecRequest<'a> {
-    /// Flags ([`ExecFlags::STDIN`]).
+    /// Flags ([`ExecFlags::STDIN`]; [`ExecFlags::PTY`] is carried by `pty`).
     pub flags: ExecFlags,
     /// Requested time limit in milliseconds; 0 asks for the server's limit, and the server
     /// never allows more than its own limit.
@@ -155,8 +218,10 @@ pub struct ExecRequest<'a> {
     /// Working directory relative to the server's root; empty for the root itself.
     pub cwd: &'a str,
     /// The program (looked up in the server's fixed `PATH` unless it contains a `/`) and its
-    /// arguments.
+    /// arguments. Empty only with a PTY: the server's shell (`serve --exec-shell`).
     pub argv: Vec<&'a [u8]>,
+    /// The pseudo-terminal to run it on, if any (`exec -t`).
+    pub pty: Option<PtyRequest<'a>>,
 }
 
 impl<'a> ExecRequest<'a> {
@@ -167,6 +232,7 @@ impl<'a> ExecRequest<'a> {
             timeout_ms: 0,
             cwd: "",
             argv,
+            pty: None,
         }
     }
 
@@ -188,7 +254,9 @@ impl<'a> ExecRequest<'a> {
         let mut at = exec_field::CWD + cwd_len;
         let argc = usize::from(be_u16(slice(payload, at, 2)?, 0));
         at += 2;
-        if argc == 0 {
+        let has_pty = flags & ExecFlags::PTY.0 != 0;
+        // With a PTY, no argv asks for the server's shell.
+        if argc == 0 && !has_pty {
             return Err(ExecError::NoProgram);
         }
         if argc > MAX_ARGS {
@@ -207,17 +275,37 @@ impl<'a> ExecRequest<'a> {
             argv.push(arg);
             at += 4 + len;
         }
-        if argv[0].is_empty() {
+        if argv.first().is_some_and(|program| program.is_empty()) {
             return Err(ExecError::EmptyProgram);
         }
+        let pty = if has_pty {
+            let fixed = slice(payload, at, 5)?;
+            let rows = be_u16(fixed, 0);
+            let cols = be_u16(fixed, 2);
+            let term_len = usize::from(fixed[4]);
+            let term = slice(payload, at + 5, term_len)?;
+            at += 5 + term_len;
+            if !valid_size(rows, cols) {
+                return Err(ExecError::BadSize(rows, cols));
+            }
+            if !valid_term(term) {
+                return Err(ExecError::BadTerm);
+            }
+            // Checked just above: ASCII only.
+            let term = std::str::from_utf8(term).map_err(|_| ExecError::BadTerm)?;
+            Some(PtyRequest { rows, cols, term })
+        } else {
+            None
+        };
         if at != payload.len() {
             return Err(ExecError::TrailingBytes(payload.len() - at));
         }
         Ok(ExecRequest {
-            flags: ExecFlags(flags),
+            flags: ExecFlags(flags & !ExecFlags::PTY.0),
             timeout_ms,
             cwd,
             argv,
+            pty,
         })
     }
 
@@ -227,15 +315,21 @@ impl<'a> ExecRequest<'a> {
             + self.cwd.len()
             + 2
             + self.argv.iter().map(|arg| 4 + arg.len()).sum::<usize>()
+            + self.pty.map_or(0, |pty| pty.payload_len())
     }
 
     /// Writes the payload into `out[..self.payload_len()]`.
     ///
     /// # Panics
     /// If the request cannot be encoded: more than `u16::MAX` arguments, a working directory
-    /// longer than `u16::MAX` bytes or an argument longer than `u32::MAX` bytes.
+    /// longer than `u16::MAX` bytes, an argument longer than `u32::MAX` bytes or a `TERM`
+    /// longer than 255 bytes.
     pub fn emit(&self, out: &mut [u8]) {
-        out[exec_field::FLAGS].copy_from_slice(&self.flags.0.to_be_bytes());
+        let mut flags = self.flags.0 & !ExecFlags::PTY.0;
+        if self.pty.is_some() {
+            flags |= ExecFlags::PTY.0;
+        }
+        out[exec_field::FLAGS].copy_from_slice(&flags.to_be_bytes());
         out[exec_field::TIMEOUT_MS].copy_from_slice(&self.timeout_ms.to_be_bytes());
         let cwd_len = u16::try_from(self.cwd.len()).expect("cwd length fits in u16");
         out[exec_field::CWD_LEN].copy_from_slice(&cwd_len.to_be_bytes());
@@ -250,6 +344,12 @@ impl<'a> ExecRequest<'a> {
             out[at..at + 4].copy_from_slice(&len.to_be_bytes());
             out[at + 4..at + 4 + arg.len()].copy_from_slice(arg);
             at += 4 + arg.len();
+        }
+        if let Some(pty) = &self.pty {
+            out[at..at + 2].copy_from_slice(&pty.rows.to_be_bytes());
+            out[at + 2..at + 4].copy_from_slice(&pty.cols.to_be_bytes());
+            out[at + 4] = u8::try_from(pty.term.len()).expect("TERM length fits in u8");
+            out[at + 5..at + 5 + pty.term.len()].copy_from_slice(pty.term.as_bytes());
         }
     }
 
@@ -321,6 +421,70 @@ impl Window {
     /// Writes the payload into `out[..Window::PAYLOAD_LEN]`.
     pub fn emit(&self, out: &mut [u8]) {
         out[..Self::PAYLOAD_LEN].copy_from_slice(&self.increment.to_be_bytes());
+    }
+}
+
+/// RESIZE payload: the terminal's new size, rows then columns (BE u16 each). Client → server
+/// on a command's stream; only a command on a PTY is resized (for any other it is ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resize {
+    /// Rows, 1 to [`MAX_TERM_DIM`].
+    pub rows: u16,
+    /// Columns, 1 to [`MAX_TERM_DIM`].
+    pub cols: u16,
+}
+
+/// Why a RESIZE payload was refused. Fatal, like a bad SIGNAL: the command is running, and an
+/// error on its stream would end the stream under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeError {
+    /// The payload is not exactly 4 bytes.
+    Length(usize),
+    /// A size of 0 or above [`MAX_TERM_DIM`], rows then columns.
+    BadSize(u16, u16),
+}
+
+impl fmt::Display for ResizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResizeError::Length(len) => write!(f, "RESIZE payload of {len} bytes, must be 4"),
+            ResizeError::BadSize(rows, cols) => write!(
+                f,
+                "terminal size {rows}x{cols}: rows and columns must be 1 to {MAX_TERM_DIM}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ResizeError {}
+
+impl Resize {
+    /// Payload length of RESIZE.
+    pub const PAYLOAD_LEN: usize = 4;
+
+    /// Parses a RESIZE payload.
+    pub fn parse(payload: &[u8]) -> Result<Resize, ResizeError> {
+        if payload.len() != Self::PAYLOAD_LEN {
+            return Err(ResizeError::Length(payload.len()));
+        }
+        let (rows, cols) = (be_u16(payload, 0), be_u16(payload, 2));
+        if !valid_size(rows, cols) {
+            return Err(ResizeError::BadSize(rows, cols));
+        }
+        Ok(Resize { rows, cols })
+    }
+
+    /// Writes the payload into `out[..Resize::PAYLOAD_LEN]`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[0..2].copy_from_slice(&self.rows.to_be_bytes());
+        out[2..4].copy_from_slice(&self.cols.to_be_bytes());
+    }
+
+    /// A complete RESIZE frame on `stream`.
+    pub fn encode(&self, stream: u32, out: &mut Vec<u8>) {
+        let mut payload = [0; Self::PAYLOAD_LEN];
+        self.emit(&mut payload);
+        Frame::new(FrameType::Resize, Flags::NONE, stream, &payload).encode_into(out);
     }
 }
 
@@ -605,6 +769,7 @@ mod tests {
             timeout_ms: 1500,
             cwd: "work/dir",
             argv: vec![b"sh", b"-c", b"echo $(id);x", b""],
+            pty: None,
         };
         let payload = encoded(&request);
         assert_eq!(
@@ -676,6 +841,89 @@ mod tests {
         assert_eq!(ExecRequest::parse(&payload), Err(ExecError::BadCwd));
         let overlong = [0, 0, 0, 0, 0, 0, 0x10, 0x01];
         assert_eq!(ExecRequest::parse(&overlong), Err(ExecError::BadCwd));
+    }
+
+    #[test]
+    fn exec_with_a_pty_round_trips_and_sets_the_flag_on_the_wire() {
+        let request = ExecRequest {
+            flags: ExecFlags::STDIN,
+            pty: Some(PtyRequest {
+                rows: 24,
+                cols: 80,
+                term: "xterm-256color",
+            }),
+            ..ExecRequest::new(vec![])
+        };
+        let payload = encoded(&request);
+        assert_eq!(&payload[..2], &[0, 3], "STDIN | PTY");
+        assert_eq!(
+            &payload[10..15],
+            &[0, 24, 0, 80, 14],
+            "after argc 0: rows, cols, term_len"
+        );
+        assert_eq!(ExecRequest::parse(&payload), Ok(request));
+        for len in 0..payload.len() {
+            assert!(ExecRequest::parse(&payload[..len]).is_err(), "prefix {len}");
+        }
+    }
+
+    #[test]
+    fn exec_with_a_pty_refuses_bad_sizes_and_terms() {
+        let with = |rows, cols, term| {
+            encoded(&ExecRequest {
+                pty: Some(PtyRequest { rows, cols, term }),
+                ..ExecRequest::new(vec![b"sh"])
+            })
+        };
+        assert_eq!(
+            ExecRequest::parse(&with(0, 80, "vt100")),
+            Err(ExecError::BadSize(0, 80))
+        );
+        assert_eq!(
+            ExecRequest::parse(&with(24, MAX_TERM_DIM + 1, "vt100")),
+            Err(ExecError::BadSize(24, MAX_TERM_DIM + 1))
+        );
+        let overlong = "x".repeat(MAX_TERM_LEN + 1);
+        for term in ["", "xterm;rm", "a b", "x/y", &overlong] {
+            assert_eq!(
+                ExecRequest::parse(&with(24, 80, term)),
+                Err(ExecError::BadTerm),
+                "{term:?}"
+            );
+        }
+        assert!(ExecRequest::parse(&with(MAX_TERM_DIM, 1, "screen.xterm+256-x")).is_ok());
+        // Without the flag, no argv is still no program, and the fields are trailing bytes.
+        let mut plain = with(24, 80, "vt100");
+        plain[1] = 0;
+        assert_eq!(
+            ExecRequest::parse(&plain),
+            Err(ExecError::TrailingBytes(10))
+        );
+        assert_eq!(
+            ExecRequest::parse(&encoded(&ExecRequest::new(vec![]))),
+            Err(ExecError::NoProgram)
+        );
+    }
+
+    #[test]
+    fn resize_round_trips_and_refuses_bad_sizes() {
+        let resize = Resize {
+            rows: 50,
+            cols: 132,
+        };
+        let mut payload = [0xa5; Resize::PAYLOAD_LEN];
+        resize.emit(&mut payload);
+        assert_eq!(payload, [0, 50, 0, 132]);
+        assert_eq!(Resize::parse(&payload), Ok(resize));
+        assert_eq!(Resize::parse(&[0, 50, 0]), Err(ResizeError::Length(3)));
+        assert_eq!(
+            Resize::parse(&[0, 0, 0, 1]),
+            Err(ResizeError::BadSize(0, 1))
+        );
+        assert_eq!(
+            Resize::parse(&[0xff, 0xff, 0, 1]),
+            Err(ResizeError::BadSize(0xffff, 1))
+        );
     }
 
     // === STARTED, WINDOW, SIGNAL ===

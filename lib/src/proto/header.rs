@@ -68,6 +68,9 @@ pub enum FrameType {
     /// Client → server: deliver a signal to the command's process group
     /// ([`SignalRequest`](crate::proto::exec::SignalRequest)).
     Signal,
+    /// Client → server: a command's terminal changed size
+    /// ([`Resize`](crate::proto::exec::Resize)).
+    Resize,
     /// Client → server (version 2): a file's bytes
     /// ([`GetRequest`](crate::proto::files::GetRequest)).
     Get,
@@ -118,6 +121,7 @@ impl FrameType {
             0x26 => FrameType::Stderr,
             0x27 => FrameType::Exit,
             0x28 => FrameType::Signal,
+            0x29 => FrameType::Resize,
             0x30 => FrameType::Get,
             0x31 => FrameType::Put,
             0x32 => FrameType::List,
@@ -151,6 +155,7 @@ impl FrameType {
             FrameType::Stderr => 0x26,
             FrameType::Exit => 0x27,
             FrameType::Signal => 0x28,
+            FrameType::Resize => 0x29,
             FrameType::Get => 0x30,
             FrameType::Put => 0x31,
             FrameType::List => 0x32,
@@ -215,6 +220,7 @@ impl fmt::Display for FrameType {
             FrameType::Stderr => f.write_str("STDERR"),
             FrameType::Exit => f.write_str("EXIT"),
             FrameType::Signal => f.write_str("SIGNAL"),
+            FrameType::Resize => f.write_str("RESIZE"),
             FrameType::Get => f.write_str("GET"),
             FrameType::Put => f.write_str("PUT"),
             FrameType::List => f.write_str("LIST"),

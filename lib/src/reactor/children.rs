@@ -12,7 +12,7 @@ use mio::Registry;
 use super::Core;
 use super::token::{ConnKey, Source, Sub, TimerKey};
 use crate::limits::Limits;
-use crate::proto::exec::{EndReason, Signal, Termination};
+use crate::proto::exec::{EndReason, Resize, Signal, Termination};
 use crate::service::exec::{ChildId, Children, OutputPipe, SpawnError, SpawnSpec, Spawned};
 use crate::sys::process::ChildTable;
 use crate::sys::root::Root;
@@ -60,6 +60,10 @@ impl Children for ConnChildren<'_> {
 
     fn exit_status(&mut self, child: ChildId) -> std::io::Result<Option<Termination>> {
         self.table.exit_status(child)
+    }
+
+    fn resize(&mut self, child: ChildId, size: Resize) -> std::io::Result<()> {
+        self.table.resize(child, size)
     }
 
     fn release(&mut self, child: ChildId, reason: EndReason) {

@@ -22,6 +22,17 @@
 //! STARTED, topped up by WINDOW frames as bytes go into the child's pipe (the SSH channel
 //! window, RFC 4254 §5.2). So a child that never reads its stdin costs at most one window of
 //! server memory, and the client's other frames — a SIGNAL above all — are still read.
+//!
+//! # On a pseudo-terminal
+//! A command started with a PTY ([`SpawnSpec::pty`], `exec -t`) has one descriptor, the PTY
+//! master, where a plain command has three pipes. The I/O layer shows it as the same two
+//! sources: the master read as [`OutputPipe::Stdout`] and written as the stdin pipe (stdout
+//! and stderr are one stream under a terminal, as in ssh, so there is no stderr: the session
+//! starts with it closed). Everything else — the credit window, backpressure, the output cap,
+//! the time limit, the drain deadline and the group kill — is the same code. What differs:
+//! a RESIZE from the client becomes [`ChildAction::Resize`]; STDIN_EOF writes the terminal's
+//! end-of-file character (`^D`, VEOF) instead of closing anything, since closing the master
+//! would hang up the terminal and lose the output.
 
 use std::fmt;
 use std::io;
@@ -30,7 +41,7 @@ use std::time::Duration;
 use crate::buffer::{Buf, BufferPool};
 use crate::limits::Limits;
 use crate::proto::ErrorCode;
-use crate::proto::exec::{EndReason, Exit, Signal, Started, Termination};
+use crate::proto::exec::{EndReason, Exit, PtyRequest, Resize, Signal, Started, Termination};
 use crate::timer::Tick;
 
 /// A child process as the I/O layer knows it: an opaque handle, valid until
@@ -90,8 +101,12 @@ pub struct SpawnSpec<'a> {
     pub argv: &'a [&'a [u8]],
     /// Working directory relative to the server's root ("" = the root).
     pub cwd: &'a str,
-    /// Whether stdin is a pipe from the server (else `/dev/null`).
+    /// Whether stdin is a pipe from the server (else `/dev/null`). Ignored with a PTY, which
+    /// is stdin, stdout and stderr at once.
     pub stdin: bool,
+    /// Run it on a pseudo-terminal of this size and `TERM`, as a session leader with the
+    /// terminal as its controlling terminal.
+    pub pty: Option<PtyRequest<'a>>,
 }
 
 /// A started child.
@@ -168,6 +183,13 @@ pub trait Children {
     /// How the command ended, once it has; it stays unreaped (its process group id stays
     /// reserved) until [`Children::release`].
     fn exit_status(&mut self, child: ChildId) -> io::Result<Option<Termination>>;
+    /// Sets the size of the command's terminal (the kernel then sends SIGWINCH to its
+    /// foreground job). A command without a PTY has no terminal: `Ok` and nothing happens.
+    /// The default is that of an I/O layer that starts nothing on a terminal.
+    fn resize(&mut self, child: ChildId, size: Resize) -> io::Result<()> {
+        let _ = (child, size);
+        Ok(())
+    }
     /// The connection is done with the child: whatever is left of its process group is killed
     /// (TERM then KILL if it is still running), and it is reaped. `reason` is for the log.
     fn release(&mut self, child: ChildId, reason: EndReason);
@@ -192,6 +214,8 @@ pub(crate) enum ChildAction {
     CloseStdin,
     /// Close this output pipe: the drain deadline passed with it still open.
     CloseOutput(OutputPipe),
+    /// Set the size of the command's terminal.
+    Resize(Resize),
 }
 
 /// The client sent more STDIN than its window allowed.
@@ -251,6 +275,13 @@ pub(crate) struct ExecSession {
     window: u32,
     /// Output bytes that may still be forwarded before the cap.
     output_left: u64,
+    /// It runs on a pseudo-terminal.
+    pty: bool,
+    /// The latest RESIZE not yet applied (only the last one matters).
+    resize: Option<Resize>,
+    /// The `^D` queued for a STDIN_EOF under a PTY: one byte the client has no credit for, so
+    /// its write returns no credit.
+    eof_char_queued: bool,
 }
 
 impl ExecSession {
@@ -293,7 +324,20 @@ impl ExecSession {
             stdin_unacked: 0,
             window,
             output_left: limits.exec_output_cap,
+            pty: false,
+            resize: None,
+            eof_char_queued: false,
         }
+    }
+
+    /// The command runs on a pseudo-terminal (see the module docs): one output stream, a stdin
+    /// that is always open, the same window as a piped stdin.
+    pub(crate) fn on_pty(mut self, limits: &Limits) -> ExecSession {
+        self.pty = true;
+        self.open = Open::STDOUT | Open::STDIN;
+        self.window = limits.stdin_window;
+        self.stdin_credit = u64::from(limits.stdin_window);
+        self
     }
 
     /// The STARTED message for this session.
@@ -340,7 +384,18 @@ impl ExecSession {
     }
 
     /// STDIN_EOF from the client: the pipe is closed once what is queued has been written.
-    pub(crate) fn handle_stdin_eof(&mut self) {
+    /// Under a PTY the terminal's end-of-file character (`^D`) is queued instead, once; the
+    /// terminal stays open (it is the command's output too), and later STDIN is dropped.
+    pub(crate) fn handle_stdin_eof(&mut self, pool: &mut BufferPool, max_buffer: usize) {
+        if self.pty {
+            if !self.stdin_eof && self.open & Open::STDIN != 0 {
+                self.stdin_eof = true;
+                self.eof_char_queued = true;
+                let buf = self.stdin.get_or_insert_with(|| pool.take());
+                buf.append(&[VEOF], max_buffer);
+            }
+            return;
+        }
         self.stdin_eof = true;
         if self.stdin_pending().is_empty() && self.open & Open::STDIN != 0 {
             self.close_stdin_pending = true;
@@ -359,6 +414,14 @@ impl ExecSession {
         }
         self.stdin_unacked += n as u64;
         pool.give_if_empty(&mut self.stdin);
+        if self.eof_char_queued && self.stdin.is_none() {
+            // The `^D` was the last byte queued, and it was not the client's.
+            self.eof_char_queued = false;
+            self.stdin_unacked = self.stdin_unacked.saturating_sub(1);
+        }
+        if self.pty {
+            return; // the terminal stays open: it is the output too
+        }
         if self.stdin_eof && self.stdin.is_none() && self.open & Open::STDIN != 0 {
             self.close_stdin_pending = true;
         }
@@ -373,6 +436,13 @@ impl ExecSession {
         }
         if self.open & Open::STDIN != 0 {
             self.close_stdin_pending = true;
+        }
+    }
+
+    /// A RESIZE from the client: applied to a terminal, ignored without one.
+    pub(crate) fn handle_resize(&mut self, size: Resize) {
+        if self.pty && self.exit.is_none() {
+            self.resize = Some(size);
         }
     }
 
@@ -474,6 +544,9 @@ impl ExecSession {
             self.close_stdin_pending = false;
             self.open &= !Open::STDIN;
             return Some(ChildAction::CloseStdin);
+        }
+        if let Some(size) = self.resize.take() {
+            return Some(ChildAction::Resize(size));
         }
         if self.signals != 0 {
             for signal in [Signal::Kill, Signal::Term, Signal::Int, Signal::Hup] {
@@ -598,6 +671,10 @@ impl ExecSession {
     }
 }
 
+/// The end-of-file character a STDIN_EOF writes to a terminal: `^D`, VEOF's default, which the
+/// server never changes (the command may; then it gets the byte as it is).
+const VEOF: u8 = 0x04;
+
 fn signal_bit(signal: Signal) -> u8 {
     match signal {
         Signal::Hup => 1 << 0,
@@ -666,7 +743,7 @@ mod tests {
         let mut pool = BufferPool::new(64, 2);
         let mut session = ExecSession::new(42, true, 0, Tick(0), &limits());
         session.handle_stdin(b"ab", &mut pool, 64).unwrap();
-        session.handle_stdin_eof();
+        session.handle_stdin_eof(&mut pool, 64);
         assert_eq!(drain_actions(&mut session, Tick(0)), []);
         session.handle_stdin_written(2, &mut pool);
         assert_eq!(
@@ -690,6 +767,65 @@ mod tests {
         session.handle_stdin(b"efghijkl", &mut pool, 64).unwrap();
         assert_eq!(session.stdin_pending(), b"", "dropped, not queued");
         assert_eq!(session.poll_window(), Some(8));
+    }
+
+    // === On a PTY ===
+
+    #[test]
+    fn on_a_pty_there_is_no_stderr_and_stdin_has_the_window_whatever_the_flag() {
+        let limits = limits();
+        let session = ExecSession::new(42, false, 0, Tick(0), &limits).on_pty(&limits);
+        assert_eq!(session.started().stdin_window, 8);
+        assert!(session.stdin_open());
+        let mut session = session;
+        session.handle_eof(OutputPipe::Stdout);
+        session.handle_exit(Termination::Exited(3), Tick(5), &limits);
+        assert_eq!(
+            session.poll_exit().map(|exit| exit.shell_code()),
+            Some(3),
+            "stdout alone ends the output"
+        );
+    }
+
+    #[test]
+    fn stdin_eof_on_a_pty_writes_one_ctrl_d_keeps_the_terminal_and_returns_only_client_credit() {
+        let limits = limits();
+        let mut pool = BufferPool::new(64, 2);
+        let mut session = ExecSession::new(42, true, 0, Tick(0), &limits).on_pty(&limits);
+        session.handle_stdin(b"abc", &mut pool, 64).unwrap();
+        session.handle_stdin_eof(&mut pool, 64);
+        session.handle_stdin_eof(&mut pool, 64);
+        assert_eq!(
+            session.stdin_pending(),
+            b"abc\x04",
+            "one ^D, after the bytes"
+        );
+        session.handle_stdin_written(4, &mut pool);
+        assert_eq!(
+            drain_actions(&mut session, Tick(0)),
+            [],
+            "nothing is closed"
+        );
+        assert!(session.stdin_open());
+        assert_eq!(session.poll_window(), None, "3 bytes of credit: under half");
+        session.handle_stdin(b"d", &mut pool, 64).unwrap();
+        assert_eq!(session.stdin_pending(), b"", "after EOF, dropped");
+        assert_eq!(session.poll_window(), Some(4), "abc and d, not the ^D");
+    }
+
+    #[test]
+    fn resize_keeps_the_latest_size_and_only_on_a_pty() {
+        let limits = limits();
+        let mut plain = ExecSession::new(42, true, 0, Tick(0), &limits);
+        plain.handle_resize(Resize { rows: 1, cols: 1 });
+        assert_eq!(drain_actions(&mut plain, Tick(0)), []);
+        let mut session = ExecSession::new(42, true, 0, Tick(0), &limits).on_pty(&limits);
+        session.handle_resize(Resize { rows: 10, cols: 20 });
+        session.handle_resize(Resize { rows: 30, cols: 40 });
+        assert_eq!(
+            drain_actions(&mut session, Tick(0)),
+            [ChildAction::Resize(Resize { rows: 30, cols: 40 })]
+        );
     }
 
     // === Deadlines and signals ===

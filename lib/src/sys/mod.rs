@@ -23,6 +23,7 @@ pub(crate) mod listing;
 pub(crate) mod mmsg;
 pub(crate) mod notify;
 pub(crate) mod process;
+pub(crate) mod pty;
 pub(crate) mod reloadable;
 pub(crate) mod restart;
 pub(crate) mod root;

@@ -20,6 +20,14 @@
 //!   leftovers can never reach a stranger. On a kernel without pidfds (before 5.3) spawning
 //!   fails with a clear error; the fallback would be a SIGCHLD self-pipe that, on each signal,
 //!   try-waits *every* child (signals coalesce) — documented, not built.
+//! - **Terminals** (`exec -t`, [`SpawnSpec::pty`]): the child's stdin, stdout and stderr are
+//!   the slave of a new pseudo-terminal ([`crate::sys::pty`]), and it starts a session of its
+//!   own with that terminal as its controlling terminal. The server holds the master twice
+//!   over, as the "stdout" it reads and the "stdin" it writes, each non-blocking in the poll
+//!   like a pipe; there is no stderr. Signals go to the session leader's group (its pid, as
+//!   for a pipe command) *and* to the terminal's foreground job if that is another group,
+//!   which is where an interactive shell puts what it runs: so the time limit, the output
+//!   cap, a client's SIGNAL, the disconnect and the shutdown reach the job too.
 //! - **Release**: a child the connection is done with (EXIT sent, or the connection gone) has
 //!   its pipes closed, its group signalled, and is reaped — at once if it has exited, else
 //!   after TERM, then KILL after the grace, when its pidfd fires. Nothing is left a zombie.
@@ -40,8 +48,9 @@ use mio::{Interest, Registry, Token};
 use rustix::process::{Pid, PidfdFlags, WaitIdOptions, WaitIdStatus};
 use slab::Slab;
 
-use crate::proto::exec::{EndReason, Signal, Termination};
+use crate::proto::exec::{EndReason, Resize, Signal, Termination};
 use crate::service::exec::{ChildId, ChildSource, OutputPipe, SpawnError, SpawnSpec, Spawned};
+use crate::sys::pty;
 use crate::sys::root::{Root, RootError};
 use crate::timer::Tick;
 
@@ -122,6 +131,9 @@ struct ChildProcess {
     stdin: Option<Sender>,
     stdout: Option<Receiver>,
     stderr: Option<Receiver>,
+    /// The PTY master, for its size and its foreground job (`stdin` and `stdout` are
+    /// duplicates of it, for writing and reading); `None` for a command on pipes.
+    terminal: Option<OwnedFd>,
     /// Set once `waitid(WNOWAIT)` saw the exit.
     exited: Option<Termination>,
     /// The kernel reaped it already (SIGCHLD was ignored in this process, see
@@ -241,18 +253,48 @@ impl ChildTable {
             .env("HOME", root.path())
             // The directory is entered through the descriptor just opened beneath the root,
             // so nothing renamed in between can redirect it.
-            .current_dir(format!("/proc/self/fd/{cwd_fd}"))
-            .process_group(0)
-            .stdin(if spec.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .current_dir(format!("/proc/self/fd/{cwd_fd}"));
+        let terminal = match &spec.pty {
+            None => {
+                command
+                    .process_group(0)
+                    .stdin(if spec.stdin {
+                        Stdio::piped()
+                    } else {
+                        Stdio::null()
+                    })
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                None
+            }
+            Some(request) => {
+                let pair = pty::open(request.rows, request.cols)
+                    .map_err(|error| spawn_io_error("pseudo-terminal", &error))?;
+                let slave = |pair: &pty::PtyPair| {
+                    pair.slave
+                        .try_clone()
+                        .map_err(|error| spawn_io_error("pseudo-terminal", &error))
+                };
+                command
+                    .env("TERM", request.term)
+                    .stdin(Stdio::from(slave(&pair)?))
+                    .stdout(Stdio::from(slave(&pair)?))
+                    .stderr(Stdio::from(pair.slave));
+                // SAFETY: `become_session_leader` makes only async-signal-safe calls (setsid,
+                // ioctl), as the code between fork and exec must. No `process_group`: setsid
+                // makes the child a group leader, and fails if it already is one.
+                unsafe {
+                    command.pre_exec(pty::become_session_leader);
+                }
+                Some(pair.master)
+            }
+        };
         let mut child = command
             .spawn()
             .map_err(|error| spawn_io_error(&String::from_utf8_lossy(name), &error))?;
+        // The child has its copies of the slave: ours go, so the master reads EOF (EIO) once
+        // the child's are all closed.
+        drop(command);
         drop(cwd);
         let raw_pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         let Some(pid) = Pid::from_raw(raw_pid) else {
@@ -273,12 +315,29 @@ impl ChildTable {
                 });
             }
         };
+        let (stdin, stdout) = match &terminal {
+            None => (
+                child.stdin.take().map(Sender::from),
+                child.stdout.take().map(Receiver::from),
+            ),
+            Some(master) => match (master.try_clone(), master.try_clone()) {
+                (Ok(writer), Ok(reader)) => {
+                    (Some(Sender::from(writer)), Some(Receiver::from(reader)))
+                }
+                (Err(error), _) | (_, Err(error)) => {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                    let _ = child.wait();
+                    return Err(spawn_io_error("pseudo-terminal", &error));
+                }
+            },
+        };
         let mut process = ChildProcess {
             pid,
             pidfd,
-            stdin: child.stdin.take().map(Sender::from),
-            stdout: child.stdout.take().map(Receiver::from),
+            stdin,
+            stdout,
             stderr: child.stderr.take().map(Receiver::from),
+            terminal,
             exited: None,
             gone: false,
             owner: Owner::Connection,
@@ -314,8 +373,21 @@ impl ChildTable {
             OutputPipe::Stderr => process.stderr.as_mut(),
         };
         match receiver {
+            Some(receiver) if process.terminal.is_some() => pty::read_master(receiver, buf),
             Some(receiver) => receiver.read(buf),
             None => Ok(0),
+        }
+    }
+
+    /// Sets the size of the child's terminal; nothing for a child on pipes.
+    pub(crate) fn resize(&mut self, id: ChildId, size: Resize) -> io::Result<()> {
+        match self
+            .children
+            .get(id.0 as usize)
+            .and_then(|process| process.terminal.as_ref())
+        {
+            Some(master) => pty::set_size(master, size.rows, size.cols),
+            None => Ok(()),
         }
     }
 
@@ -361,7 +433,7 @@ impl ChildTable {
     /// the exit is seen; the group's leftovers are killed at release.)
     pub(crate) fn signal(&mut self, id: ChildId, signal: Signal) -> io::Result<()> {
         match self.children.get(id.0 as usize) {
-            Some(process) if !process.gone => signal_group(process.pid, signal),
+            Some(process) if !process.gone => signal_process(process, signal),
             _ => Ok(()),
         }
     }
@@ -400,7 +472,7 @@ impl ChildTable {
             id.0,
             process.pid.as_raw_nonzero()
         );
-        let _ = signal_group(process.pid, Signal::Term);
+        let _ = signal_process(process, Signal::Term);
         let fd = process.pidfd.as_raw_fd();
         if let Err(error) =
             registry.reregister(&mut SourceFd(&fd), released_token, Interest::READABLE)
@@ -444,7 +516,7 @@ impl ChildTable {
                     id.0,
                     process.pid.as_raw_nonzero()
                 );
-                let _ = signal_group(process.pid, Signal::Kill);
+                let _ = signal_process(process, Signal::Kill);
             }
         }
     }
@@ -466,7 +538,7 @@ impl ChildTable {
     /// `within` in all. Returns how many could not be reaped in time.
     pub(crate) fn kill_and_reap_all(&mut self, within: Duration) -> usize {
         for (_, process) in self.children.iter().filter(|(_, process)| !process.gone) {
-            let _ = signal_group(process.pid, Signal::Kill);
+            let _ = signal_process(process, Signal::Kill);
         }
         let deadline = Instant::now() + within;
         let ids: Vec<usize> = self.children.iter().map(|(id, _)| id).collect();
@@ -495,7 +567,7 @@ impl ChildTable {
             return;
         }
         // The zombie still holds the group id, so this cannot reach another group.
-        match signal_group(process.pid, Signal::Kill) {
+        match signal_process(&process, Signal::Kill) {
             Ok(()) => debug!(
                 "SIGKILL to process group {} (leftovers of a finished command)",
                 process.pid.as_raw_nonzero()
@@ -611,6 +683,20 @@ fn termination(status: &WaitIdStatus) -> Option<Termination> {
             signal: signal as u8,
             core_dumped: status.dumped(),
         })
+}
+
+/// Signals the child's process group, and with a terminal its foreground job too when that
+/// is another group (an interactive shell's job). The foreground group is one of the child's
+/// session (the kernel lets only those be a terminal's foreground), and it is read at the
+/// moment of the signal, so nothing outside the session is reached. The leader's group
+/// decides the result.
+fn signal_process(process: &ChildProcess, signal: Signal) -> io::Result<()> {
+    if let Some(foreground) = process.terminal.as_ref().and_then(pty::foreground_group) {
+        if foreground != process.pid {
+            let _ = signal_group(foreground, signal);
+        }
+    }
+    signal_group(process.pid, signal)
 }
 
 fn signal_group(pid: Pid, signal: Signal) -> io::Result<()> {

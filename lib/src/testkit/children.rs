@@ -1,9 +1,14 @@
 //! Scripted child processes: the `Children` a connection under test runs its commands on.
+//!
+//! A child spawned with a PTY ([`SpawnSpec::pty`]) is a scripted terminal: what the command
+//! "prints" goes to [`OutputPipe::Stdout`] (there is no stderr: it starts closed, and writing
+//! to it is a script error, as under a real terminal where both are one stream), its stdin is
+//! always there, and every RESIZE that reaches it is recorded in [`ScriptedChild::resizes`].
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
 
-use crate::proto::exec::{EndReason, Signal, Termination};
+use crate::proto::exec::{EndReason, Resize, Signal, Termination};
 use crate::service::exec::{ChildId, Children, OutputPipe, SpawnError, SpawnSpec, Spawned};
 
 /// One scripted child process: output you queue, an exit you decide, and a record of what the
@@ -30,12 +35,27 @@ pub struct ScriptedChild {
     pub signals: Vec<Signal>,
     /// Set when the connection released it, with the reason.
     pub released: Option<EndReason>,
+    /// The terminal it was started on, if any: its first size and `TERM`.
+    pub pty: Option<ScriptedPty>,
+    /// Every size its terminal was set to after the start, in order.
+    pub resizes: Vec<Resize>,
     stdout: ScriptedPipe,
     stderr: ScriptedPipe,
     exit: Option<Termination>,
     /// Errors the next calls of each kind return, oldest first ([`ScriptedChild::fail_write`]
     /// and its siblings).
     faults: VecDeque<(Call, ErrorKind)>,
+}
+
+/// The terminal a scripted child was started on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptedPty {
+    /// Rows at the start.
+    pub rows: u16,
+    /// Columns at the start.
+    pub cols: u16,
+    /// Its `TERM`.
+    pub term: String,
 }
 
 /// Bytes waiting in a scripted output pipe.
@@ -272,14 +292,22 @@ impl Children for ScriptedChildren {
             return Err(error);
         }
         let id = ChildId(self.children.len() as u32);
-        self.children.push(ScriptedChild {
+        let mut child = ScriptedChild {
             argv: spec.argv.iter().map(|arg| arg.to_vec()).collect(),
             cwd: spec.cwd.to_string(),
             index,
-            has_stdin: spec.stdin,
+            has_stdin: spec.stdin || spec.pty.is_some(),
             stdin_room: self.stdin_room,
+            pty: spec.pty.map(|pty| ScriptedPty {
+                rows: pty.rows,
+                cols: pty.cols,
+                term: pty.term.to_string(),
+            }),
             ..ScriptedChild::default()
-        });
+        };
+        // One stream under a terminal: no stderr to read, ever.
+        child.stderr.eof = child.pty.is_some();
+        self.children.push(child);
         Ok(Spawned {
             child: id,
             pid: 1000 + id.0,
@@ -351,6 +379,14 @@ impl Children for ScriptedChildren {
         Ok(child.exit)
     }
 
+    fn resize(&mut self, child: ChildId, size: Resize) -> io::Result<()> {
+        let child = self.child(child, "resize");
+        if child.pty.is_some() {
+            child.resizes.push(size);
+        }
+        Ok(())
+    }
+
     fn release(&mut self, child: ChildId, reason: EndReason) {
         self.child(child, "release").released = Some(reason);
     }
@@ -365,6 +401,7 @@ mod tests {
             argv: &[b"cat"],
             cwd: "",
             stdin,
+            pty: None,
         };
         children.spawn(0, &spec).unwrap().child
     }

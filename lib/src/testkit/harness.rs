@@ -362,7 +362,7 @@ impl<S: Transport> Transport for Counted<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::exec::{EndReason, ExecRequest, Signal, Termination};
+    use crate::proto::exec::{EndReason, ExecRequest, Resize, Signal, Termination};
     use crate::proto::{Flags, Frame, FrameType, Hello};
     use crate::service::exec::{ChildId, OutputPipe, SpawnError, SpawnSpec, Spawned};
     use crate::testkit::{FuzzIo, MemoryIo};
@@ -396,6 +396,9 @@ mod tests {
         }
         fn exit_status(&mut self, child: ChildId) -> io::Result<Option<Termination>> {
             self.inner.exit_status(child)
+        }
+        fn resize(&mut self, child: ChildId, size: Resize) -> io::Result<()> {
+            self.inner.resize(child, size)
         }
         fn release(&mut self, child: ChildId, reason: EndReason) {
             self.inner.release(child, reason);

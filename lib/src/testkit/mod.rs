@@ -31,7 +31,7 @@ mod disk;
 mod harness;
 mod scripted_io;
 
-pub use children::{ScriptedChild, ScriptedChildren};
+pub use children::{ScriptedChild, ScriptedChildren, ScriptedPty};
 pub use disk::{DiskCall, ScriptedDisk};
 pub use harness::ConnHarness;
 /// The error a scripted disk call fails with (`Errno::NOSPC`, `Errno::IO` ...): re-exported so

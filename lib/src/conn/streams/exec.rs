@@ -96,10 +96,19 @@ impl Exec {
             return Err(ErrorCode::ExecDisabled);
         };
         let stdin = request.flags.contains(ExecFlags::STDIN);
+        // With a PTY and no argv, the server's shell (admission checked it against the
+        // credential's allowlist as this same argv).
+        let shell = [cx.limits.exec_shell.as_bytes()];
+        let argv: &[&[u8]] = if request.argv.is_empty() {
+            &shell
+        } else {
+            &request.argv
+        };
         let spec = SpawnSpec {
-            argv: &request.argv,
+            argv,
             cwd,
             stdin,
+            pty: request.pty,
         };
         let spawned = match children.spawn(child_number, &spec) {
             Ok(spawned) => spawned,
@@ -113,14 +122,16 @@ impl Exec {
             }
         };
         cx.count(|metrics| metrics.commands_started += 1);
-        let session = ExecSession::new(spawned.pid, stdin, request.timeout_ms, cx.now, cx.limits);
+        let mut session =
+            ExecSession::new(spawned.pid, stdin, request.timeout_ms, cx.now, cx.limits);
+        if request.pty.is_some() {
+            session = session.on_pty(cx.limits);
+        }
         let started = session.started();
         debug!(
             "stream {stream}: started pid {} {:?}",
             spawned.pid,
-            request
-                .argv
-                .iter()
+            argv.iter()
                 .map(|arg| String::from_utf8_lossy(arg))
                 .collect::<Vec<_>>()
         );
@@ -277,6 +288,11 @@ impl CommandIo<'_> {
                 ChildAction::CloseOutput(pipe) => {
                     command.ready &= !Ready::of_output(pipe);
                     self.children.close_output(command.child, pipe);
+                }
+                ChildAction::Resize(size) => {
+                    if let Err(error) = self.children.resize(command.child, size) {
+                        debug!("stream {}: resize failed: {error}", self.id);
+                    }
                 }
             }
         }

@@ -1,0 +1,656 @@
+//! `exec -t`: commands on a pseudo-terminal.
+//!
+//! - The connection, driven through the test kit with a scripted terminal: an EXEC with PTY
+//!   fields starts a command with them (the server's shell when no argv is given), STDIN has
+//!   its window, output comes as STDOUT only, RESIZE reaches the terminal, a bad RESIZE is
+//!   fatal, STDIN_EOF is one `^D`.
+//! - The real thing: the CLI run on a pseudo-terminal of the test's own (the test plays the
+//!   user's terminal emulator), against a real `serve --exec`: a prompt, `stty size`, a
+//!   resize seen by the remote side, `^C` that interrupts the remote job and not the session,
+//!   the exit status, and the local terminal's settings (`stty -g`) identical before and
+//!   after, also after the connection is lost, a SIGTERM, and `~.`.
+
+mod support;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use monoreactor::children::{ChildSource, OutputPipe};
+use monoreactor::client::OwnedFrame;
+use monoreactor::proto::exec::{
+    ExecFlags, ExecRequest, PtyRequest, Resize, Started, Termination, Window,
+};
+use monoreactor::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello};
+use monoreactor::testkit::{ConnHarness, MemoryIo, ScriptedPty};
+use monoreactor::{Limits, Verdict};
+use rustix::pty::OpenptFlags;
+use rustix::termios::Winsize;
+use support::{Server, wait_child};
+
+// === The connection, with a scripted terminal ===
+
+const TOKEN: &[u8] = b"0123456789abcdef-token";
+
+fn authenticated(limits: Limits) -> (ConnHarness, MemoryIo) {
+    let mut h = ConnHarness::framed(limits).with_exec(TOKEN);
+    let mut io = MemoryIo::new();
+    let mut hello = Vec::new();
+    Hello::with_credentials(TOKEN).encode(&mut hello);
+    io.push(&hello);
+    assert_eq!(h.event(&mut io, true, true), Verdict::Wait);
+    io.take_frames();
+    (h, io)
+}
+
+fn pty_exec(stream: u32, argv: Vec<&[u8]>, rows: u16, cols: u16, term: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    ExecRequest {
+        pty: Some(PtyRequest { rows, cols, term }),
+        ..ExecRequest::new(argv)
+    }
+    .encode(stream, &mut wire);
+    wire
+}
+
+fn resize(stream: u32, rows: u16, cols: u16) -> Vec<u8> {
+    let mut wire = Vec::new();
+    Resize { rows, cols }.encode(stream, &mut wire);
+    wire
+}
+
+fn kinds(frames: &[OwnedFrame]) -> Vec<FrameType> {
+    frames.iter().map(|frame| frame.header.frame_type).collect()
+}
+
+#[test]
+fn a_pty_exec_without_argv_runs_the_servers_shell_on_the_terminal_asked_for() {
+    let limits = Limits {
+        exec_shell: "bash".to_string(),
+        ..Limits::default()
+    };
+    let window = limits.stdin_window;
+    let (mut h, mut io) = authenticated(limits);
+    io.push(&pty_exec(1, vec![], 33, 101, "screen-256color"));
+    h.event(&mut io, true, false);
+    let frames = io.take_frames();
+    assert_eq!(kinds(&frames), [FrameType::Started]);
+    let started = Started::parse(&frames[0].payload).unwrap();
+    assert_eq!(
+        started.stdin_window, window,
+        "a terminal always takes stdin, STDIN flag or not"
+    );
+    let child = h.children().nth(0);
+    assert_eq!(child.argv, [b"bash".to_vec()]);
+    assert_eq!(
+        child.pty,
+        Some(ScriptedPty {
+            rows: 33,
+            cols: 101,
+            term: "screen-256color".to_string()
+        })
+    );
+    assert!(child.has_stdin);
+}
+
+#[test]
+fn on_a_pty_output_is_stdout_only_resize_reaches_the_terminal_and_eof_is_one_ctrl_d() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    io.push(&pty_exec(1, vec![b"sh"], 24, 80, "vt100"));
+    h.event(&mut io, true, false);
+    io.take_frames();
+    let index = h.children().nth(0).index;
+
+    io.push(&Frame::new(FrameType::Stdin, Flags::NONE, 1, b"ls\r").to_vec());
+    io.push(&resize(1, 50, 132));
+    io.push(&resize(1, 51, 133));
+    io.push(&Frame::new(FrameType::StdinEof, Flags::NONE, 1, b"").to_vec());
+    h.event(&mut io, true, false);
+    h.child_event(&mut io, index, ChildSource::Stdin);
+    let child = h.children().nth(0);
+    assert_eq!(child.stdin(), b"ls\r\x04", "the bytes, then one ^D");
+    assert!(!child.stdin_closed, "the terminal stays open");
+    assert_eq!(
+        child.resizes.last(),
+        Some(&Resize {
+            rows: 51,
+            cols: 133
+        }),
+        "the latest size wins"
+    );
+
+    h.children()
+        .nth(0)
+        .write(OutputPipe::Stdout, b"$ ls\r\nfile\r\n")
+        .close(OutputPipe::Stdout)
+        .exit(Termination::Exited(3));
+    h.child_event(&mut io, index, ChildSource::Stdout);
+    h.child_event(&mut io, index, ChildSource::Exit);
+    let frames = io.take_frames();
+    let types = kinds(&frames);
+    assert!(!types.contains(&FrameType::Stderr), "{types:?}");
+    assert_eq!(types.last(), Some(&FrameType::Exit), "{types:?}");
+    let output: Vec<u8> = frames
+        .iter()
+        .filter(|frame| frame.header.frame_type == FrameType::Stdout)
+        .flat_map(|frame| frame.payload.clone())
+        .collect();
+    assert_eq!(output, b"$ ls\r\nfile\r\n");
+    let credit: u32 = frames
+        .iter()
+        .filter(|frame| frame.header.frame_type == FrameType::Window)
+        .map(|frame| Window::parse(&frame.payload).unwrap().increment)
+        .sum();
+    assert!(
+        credit <= 3,
+        "never credit for the ^D the client did not send"
+    );
+}
+
+#[test]
+fn a_resize_of_a_bad_size_is_fatal_and_one_for_a_command_without_a_terminal_is_ignored() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    let mut wire = Vec::new();
+    ExecRequest {
+        flags: ExecFlags::STDIN,
+        ..ExecRequest::new(vec![b"cat"])
+    }
+    .encode(1, &mut wire);
+    io.push(&wire);
+    io.push(&resize(1, 10, 10));
+    h.event(&mut io, true, false);
+    assert_eq!(kinds(&io.take_frames()), [FrameType::Started]);
+    assert!(h.children().nth(0).resizes.is_empty());
+
+    io.push(&Frame::new(FrameType::Resize, Flags::NONE, 1, &[0, 0, 0, 80]).to_vec());
+    h.event(&mut io, true, false);
+    let frames = io.take_frames();
+    let error = frames
+        .iter()
+        .find(|frame| frame.header.frame_type == FrameType::Error)
+        .expect("an ERROR");
+    let message = ErrorMessage::parse(&error.payload).unwrap();
+    assert_eq!(
+        (error.header.stream, message.code),
+        (0, ErrorCode::BadRequest)
+    );
+    assert!(
+        message.text.contains("terminal size 0x80"),
+        "{}",
+        message.text
+    );
+}
+
+#[test]
+fn a_pty_exec_with_a_bad_term_or_size_is_refused_on_its_stream_and_nothing_runs() {
+    let (mut h, mut io) = authenticated(Limits::default());
+    io.push(&pty_exec(1, vec![b"sh"], 24, 80, "xterm;reboot"));
+    io.push(&pty_exec(3, vec![b"sh"], 0, 80, "xterm"));
+    h.event(&mut io, true, false);
+    let frames = io.take_frames();
+    let refusals: Vec<(u32, ErrorCode)> = frames
+        .iter()
+        .map(|frame| {
+            let message = ErrorMessage::parse(&frame.payload).unwrap();
+            (frame.header.stream, message.code)
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [(1, ErrorCode::BadRequest), (3, ErrorCode::BadRequest)]
+    );
+    assert!(h.children().all().is_empty());
+}
+
+// === The real thing: the CLI on a terminal of ours ===
+
+/// Bounds every wait for the remote side.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A pseudo-terminal the test owns, with `monoreactor exec` running on its slave as a
+/// session leader (as a shell in a terminal emulator would start it): the test writes what
+/// the user types to the master and reads what the terminal shows.
+struct Terminal {
+    master: File,
+    /// Kept open: `stty -g` reads the settings through it, and the master never reads EIO
+    /// under the reader thread.
+    slave: OwnedFd,
+    shown: Arc<Mutex<Vec<u8>>>,
+    child: Child,
+}
+
+impl Terminal {
+    fn open(rows: u16, cols: u16) -> (File, OwnedFd) {
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = rustix::pty::openpt(flags).expect("openpt");
+        rustix::pty::grantpt(&master).expect("grantpt");
+        rustix::pty::unlockpt(&master).expect("unlockpt");
+        let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags).expect("the slave");
+        set_size(&master, rows, cols);
+        (File::from(master), slave)
+    }
+
+    /// `monoreactor ARGS` on a new terminal of `rows` x `cols`; `settings` is `stty -g` of the
+    /// terminal before it started.
+    fn run(args: &[&str], rows: u16, cols: u16) -> (Terminal, String) {
+        let (master, slave) = Terminal::open(rows, cols);
+        let settings = stty_g(&slave);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_monoreactor"));
+        command
+            .args(args)
+            .env_remove("MONOREACTOR_TOKEN")
+            .env("TERM", "xterm")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe and take no pointers.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn monoreactor exec -t");
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = Arc::clone(&shown);
+        thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        (
+            Terminal {
+                master,
+                slave,
+                shown,
+                child,
+            },
+            settings,
+        )
+    }
+
+    fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the terminal shows `needle` past byte `from`; returns where it ends.
+    #[track_caller]
+    fn expect(&self, needle: &str, from: usize, timeout: Duration) -> usize {
+        self.try_expect(needle, from, timeout).unwrap_or_else(|| {
+            panic!(
+                "the terminal did not show {needle:?} within {timeout:?}; it shows:\n{}",
+                self.shown()
+            )
+        })
+    }
+
+    fn try_expect(&self, needle: &str, from: usize, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let shown = self.shown.lock().unwrap();
+                let tail = &shown[from.min(shown.len())..];
+                if let Some(at) = tail
+                    .windows(needle.len())
+                    .position(|window| window == needle.as_bytes())
+                {
+                    return Some(from + at + needle.len());
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn type_in(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("write to the terminal");
+    }
+
+    /// Waits for the shell's prompt ($ or #) past `from`.
+    fn expect_prompt(&self, from: usize) -> usize {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            for prompt in ["$ ", "# "] {
+                if let Some(end) = self.try_expect(prompt, from, Duration::from_millis(50)) {
+                    return end;
+                }
+            }
+        }
+        panic!("no prompt; the terminal shows:\n{}", self.shown());
+    }
+
+    #[track_caller]
+    fn wait_exit(&mut self) -> i32 {
+        let status = wait_child(&mut self.child, WAIT).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("exec -t did not end; the terminal shows:\n{}", self.shown())
+        });
+        status
+            .code()
+            .unwrap_or_else(|| panic!("killed: {status:?}"))
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn set_size(master: impl AsFd, rows: u16, cols: u16) {
+    let size = Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(master, size).expect("TIOCSWINSZ");
+}
+
+/// `stty -g` of the terminal `slave` is: every setting, as one line.
+fn stty_g(slave: &OwnedFd) -> String {
+    let out = Command::new("stty")
+        .arg("-g")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .output()
+        .expect("run stty");
+    assert!(out.status.success(), "stty -g: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn exec_t_args(server: &Server, extra: &[&str]) -> Vec<String> {
+    let token = server.scratch().join("token");
+    let mut args = vec![
+        "exec".to_string(),
+        "--addr".to_string(),
+        server.framed_str(),
+        "--token-file".to_string(),
+        token.to_str().unwrap().to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    args
+}
+
+fn run_exec_t(server: &Server, extra: &[&str], rows: u16, cols: u16) -> (Terminal, String) {
+    let args = exec_t_args(server, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Terminal::run(&args, rows, cols)
+}
+
+#[test]
+fn a_shell_on_a_terminal_sizes_resizes_interrupts_and_exits_with_its_status() {
+    let server = Server::start_exec(&["--log-level", "warn,monoreactor::access=info"]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 30, 100);
+    let at = tty.expect_prompt(0);
+
+    // The size sent at the start.
+    tty.type_in(b"stty size\r");
+    let at = tty.expect("30 100", at, WAIT);
+
+    // A resize here reaches the remote terminal, and its foreground job gets SIGWINCH: a
+    // job that waits for it, then prints the size it sees.
+    tty.type_in(
+        b"sh -c \"trap 'echo WINCH \\$(stty size); exit' WINCH; while :; do sleep 0.1; done\"\r",
+    );
+    let at = tty.expect("done\"", at, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    set_size(&tty.master, 40, 120);
+    let at = tty.expect("WINCH 40 120", at, WAIT);
+
+    // ^C interrupts the remote foreground job, not the session.
+    tty.type_in(b"sleep 4711\r");
+    let at = tty.expect("sleep 4711", at, WAIT);
+    let running = support::retry(WAIT, || {
+        (!processes_with("sleep 4711").is_empty()).then_some(())
+    });
+    assert!(running.is_some(), "the job runs");
+    tty.type_in(b"\x03");
+    tty.type_in(b"echo AFTER$((2+3))\r");
+    let at = tty.expect("AFTER5", at, WAIT);
+    assert_eq!(processes_with("sleep 4711"), Vec::<String>::new());
+
+    tty.type_in(b"exit 3\r");
+    let _ = at;
+    assert_eq!(tty.wait_exit(), 3, "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings, "the terminal is as it was");
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    let logged = support::retry(WAIT, || {
+        server
+            .stderr_text()
+            .contains("\"EXEC -t\" exit=3")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "access line: {}", server.stderr_text());
+}
+
+#[test]
+fn the_terminal_is_restored_when_the_connection_is_lost() {
+    let mut server = Server::start_exec(&[]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    tty.expect_prompt(0);
+    assert_ne!(stty_g(&tty.slave), settings, "raw while the session runs");
+    server.signal(libc::SIGKILL);
+    let _ = server.wait_exit(WAIT);
+    assert_eq!(tty.wait_exit(), 255, "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings);
+}
+
+#[test]
+fn the_terminal_is_restored_after_a_sigterm_and_the_server_stops_the_shell() {
+    let server = Server::start_exec(&[]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    tty.expect_prompt(0);
+    assert!(!server.children().is_empty());
+    // SAFETY: kill on the pid of a child of ours that has not been waited for.
+    unsafe { libc::kill(tty.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(tty.wait_exit(), 255, "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings);
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+}
+
+#[test]
+fn tilde_dot_after_a_newline_closes_a_session_and_mid_line_it_is_typed() {
+    let server = Server::start_exec(&[]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = tty.expect_prompt(0);
+    // Mid-line, ~. is text; ~~ after a newline is one ~.
+    tty.type_in(b"echo a~.b\r");
+    let at = tty.expect("a~.b\r\n", at, WAIT);
+    tty.type_in(b"~~/x\r");
+    let at = tty.expect("~/x", at, WAIT);
+    // A job that ignores everything: only the escape gets us out.
+    tty.type_in(b"trap '' INT; sleep 100\r");
+    tty.expect("sleep 100", at, WAIT);
+    tty.type_in(b"\r~.");
+    assert_eq!(tty.wait_exit(), 255, "{}", tty.shown());
+    assert!(tty.shown().contains("~."), "the line says why");
+    assert_eq!(stty_g(&tty.slave), settings);
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+}
+
+#[test]
+fn exec_t_without_a_terminal_is_refused_and_tt_forces_one() {
+    let server = Server::start_exec(&[]);
+    let args = exec_t_args(&server, &["-t"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = support::run_cli(&args, WAIT);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("-tt"), "{}", refused.stderr);
+
+    let script = "tty >/dev/null && echo on-a-tty; read line; echo got $line; exit 4";
+    let args = exec_t_args(&server, &["-tt", "--", "sh", "-c", script]);
+    let mut forced = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .args(&args)
+        .env_remove("MONOREACTOR_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    forced.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let status = wait_child(&mut forced, WAIT).expect("exec -tt ends");
+    let mut stdout = String::new();
+    forced
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(status.code(), Some(4), "{stdout}");
+    assert!(stdout.contains("on-a-tty"), "{stdout}");
+    assert!(stdout.contains("got hello"), "{stdout}");
+    assert!(
+        !stdout.contains('\n') || stdout.contains("\r\n"),
+        "a terminal's CR LF"
+    );
+
+    // The end of the piped input is one ^D: the shell at its prompt reads end of file.
+    let token = String::from_utf8(support::exec::TEST_TOKEN.to_vec()).unwrap();
+    let (status, stdout, stderr) = exec_tt(&server, &token, &[], b"echo hi $((6*7))\n");
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("hi 42\r\n"), "{stdout}");
+
+    // No program and no -t: nothing to run.
+    let args = exec_t_args(&server, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let nothing = support::run_cli(&args, WAIT);
+    assert_eq!(nothing.status.code(), Some(2), "{nothing:?}");
+    assert_eq!(nothing.stderr.lines().count(), 1, "{}", nothing.stderr);
+}
+
+/// `exec -tt` with `input` piped in, as the credential `token`; (status, stdout, stderr).
+fn exec_tt(server: &Server, token: &str, argv: &[&str], input: &[u8]) -> (i32, String, String) {
+    let mut args = vec!["exec", "--addr"];
+    let addr = server.framed_str();
+    args.push(&addr);
+    args.push("-tt");
+    if !argv.is_empty() {
+        args.push("--");
+        args.extend_from_slice(argv);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .args(&args)
+        .env("MONOREACTOR_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Then the end of input, which the server turns into one ^D.
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let status = wait_child(&mut child, WAIT).expect("exec -tt ends");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[test]
+fn the_default_shell_is_held_to_the_credentials_allowlist_like_any_argv() {
+    let dir = support::TempDir::new("pty-access");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("home")).unwrap();
+    let file = dir.path().join("access.toml");
+    let add = |name: &str, allow: &str| {
+        let file = file.to_str().unwrap();
+        let done = support::run_cli(
+            &[
+                "access", "add", "--file", file, "--name", name, "--root", "home", "--allow", allow,
+            ],
+            WAIT,
+        );
+        assert!(done.status.success(), "{}", done.stderr);
+        done.stdout.trim().to_string()
+    };
+    let echo_only = add("echo-only", "echo");
+    let shell_user = add("shell-user", "sh");
+    let server = Server::start(&[
+        "--access",
+        file.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+
+    let (status, stdout, stderr) = exec_tt(&server, &echo_only, &[], b"echo hi; exit 5\n");
+    assert_eq!(status, 255, "{stdout}{stderr}");
+    assert!(stderr.contains("may not run this command"), "{stderr}");
+
+    let (status, stdout, stderr) = exec_tt(&server, &shell_user, &[], b"pwd; exit 5\n");
+    assert_eq!(status, 5, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("/home\r\n"),
+        "in the credential's root: {stdout}"
+    );
+}
+
+/// The command lines of every process on the machine that contain `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_time_limit_stops_the_shells_foreground_job_even_one_that_ignores_sighup() {
+    // An interactive shell puts its job in a process group of its own; one that ignores
+    // SIGHUP outlives the shell's death. The server's TERM must reach it all the same.
+    let server = Server::start_exec(&["--exec-timeout", "2"]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = tty.expect_prompt(0);
+    tty.type_in(b"sh -c \"trap '' HUP; sleep 9797; echo survived\"\r");
+    tty.expect("survived\"", at, WAIT);
+    let status = tty.wait_exit();
+    assert!(
+        status == 143 || status == 137,
+        "killed at the time limit: {status}; {}",
+        tty.shown()
+    );
+    assert!(tty.shown().contains("time limit"), "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings);
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    let deadline = Instant::now() + WAIT;
+    while !processes_with("sleep 9797").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        processes_with("sleep 9797"),
+        Vec::<String>::new(),
+        "nothing left"
+    );
+}

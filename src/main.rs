@@ -39,13 +39,37 @@ use config::FileArgs;
 use failure::{Failure, USAGE, output_failure, say};
 use logger::{LogFilter, LogSources};
 
+/// What `monoreactor --help` says after the commands: the conventions every command keeps.
+const AFTER_HELP: &str = "\
+Sizes: a number with an optional unit K, M, G, T (powers of 1024, as dd and truncate: 16K =
+16384); KiB, MiB, GiB, TiB are the same, KB, MB, GB, TB are powers of 1000.
+Durations: a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a bare number is
+seconds.
+
+Addresses: HOST:PORT, or HOST alone for the default port 7878 (127.0.0.1, localhost, ::1,
+[::1]:7000), or tls://HOST[:PORT] for TLS. $MONOREACTOR_ADDR sets the server of every client
+command (--addr wins); $MONOREACTOR_TOKEN its token (--token-file wins).
+
+Exit status of the client commands: 0 done; 1 the server refused (it answered with an error);
+2 a usage error (a flag or value that is wrong); 255 the client or the connection failed (no
+server, a name that does not resolve, a timeout). `exec` exits with the remote command's status
+instead (see exec --help); `serve` exits 1 when it cannot start.
+
+-v shows what a client does (where it connects, TLS or not, authenticated); -q hides progress.
+Shell completions: monoreactor completions bash|zsh|fish|elvish|powershell; the manual page:
+monoreactor man.";
+
 /// The command line: the global flags and one subcommand.
 #[derive(Parser)]
 #[command(
     name = "monoreactor",
     version,
-    about = "A single-threaded, event-driven server on one mio::Poll: framed echo, raw TCP and UDP \
-             echo, remote exec, and BLAKE3-verified file transfer"
+    propagate_version = true,
+    about = "A single-threaded, event-driven server on one mio::Poll and its client. Services: \
+             framed echo; raw TCP and UDP echo; remote exec, with a terminal; files (get, put, \
+             ls, stat, rm, mkdir, whole trees too), BLAKE3-verified; and a load generator \
+             (bench).",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// More log output on stderr (-v debug, -vv trace); for `serve`, see also --log-level.

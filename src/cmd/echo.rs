@@ -23,8 +23,9 @@ pub struct EchoArgs {
     addr: ServerAddr,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Seconds to wait for the connection and for each reply.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    /// How long to wait for the server: to connect, and for each answer (500ms, 2s, 1m; a
+    /// bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Duration::from_secs(5)))]
     timeout: Secs,
     /// File holding the server's token, for texts above the small pre-authentication frame
     /// limit [default: $MONOREACTOR_TOKEN].

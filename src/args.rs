@@ -5,14 +5,32 @@
 //! flattened into each command: [`TlsArgs`].
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
+use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::client::resolve_addr;
 use monoreactor::client::tls::{TLS_SCHEME, Target, split_scheme};
+
+/// Whether `-q` was given to a client command: no progress bars (the file commands' bars ask
+/// [`quiet`] before drawing), and only errors logged.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Sets what [`quiet`] answers; `main` calls it once, from the global `-q`.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether the user asked for quiet (`-q`): a progress bar should not be drawn.
+// For the file commands' progress bars (src/cmd/files/progress.rs), which draw on a terminal.
+#[allow(dead_code)]
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
 
 /// A count that must be at least 1 (clap puts the flag's name before the error).
 pub fn at_least_one(text: &str) -> Result<usize, String> {
@@ -39,6 +57,75 @@ impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// Why a server address could not be used. Resolution failing is not a usage error but the
+/// network's (exit 255, as ssh's "Could not resolve hostname"), so `main` tells the two apart
+/// by this type, which clap keeps as its error's source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AddrError {
+    /// The text is not an address: a usage error.
+    Syntax(String),
+    /// The name does not resolve (`cannot resolve NAME`).
+    Unresolved(String),
+}
+
+impl fmt::Display for AddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddrError::Syntax(message) | AddrError::Unresolved(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for AddrError {}
+
+/// `HOST`, `HOST:PORT`, `IP`, `IP:PORT`, `IPV6`, `[IPV6]` or `[IPV6]:PORT`, as nc, ssh and
+/// redis-cli take them: without a port, `default_port`. The host as it should be written
+/// with the port (`localhost:7878`, `[::1]:7878`), and what it resolves to (IPv4 first, as
+/// [`resolve_addr`]).
+pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAddr), AddrError> {
+    let syntax = |why: &str| AddrError::Syntax(format!("`{text}` is not an address: {why}"));
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((text.to_string(), addr));
+    }
+    // An IP without a port: `127.0.0.1`, `::1` or `[::1]`.
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        let addr = SocketAddr::new(ip, default_port);
+        return Ok((addr.to_string(), addr));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        None => (text, default_port),
+        Some((host, _)) if host.contains(':') || host.starts_with('[') => {
+            return Err(syntax("an IPv6 address with a port is written [ADDR]:PORT"));
+        }
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>().map_err(|_| {
+                syntax(&format!(
+                    "the port `{port}` is not a number from 0 to 65535"
+                ))
+            })?,
+        ),
+    };
+    if host.is_empty() {
+        return Err(syntax("the host is missing"));
+    }
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| AddrError::Unresolved(format!("cannot resolve {host}")))?
+        .collect();
+    let addr = resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| AddrError::Unresolved(format!("cannot resolve {host}")))?;
+    Ok((format!("{host}:{port}"), addr))
 }
 
 /// An address or `off`.
@@ -210,12 +297,14 @@ pub fn byte_size_usize(text: &str) -> Result<usize, String> {
         .map_err(|_| format!("invalid size \"{text}\": at most {} bytes", usize::MAX))
 }
 
-/// A client command's server address: `HOST:PORT`, or `tls://HOST:PORT` to ask for TLS
-/// (the same as `--tls`). It is resolved when parsed, so a typo is a usage error; the host is
+/// A client command's server address: `HOST:PORT`, or `HOST` alone for the framed protocol's
+/// default port, or `tls://HOST[:PORT]` to ask for TLS (the same as `--tls`); see
+/// [`host_and_port`]. It is resolved when parsed: a typo is a usage error (2), a name that
+/// does not resolve a failure of the network (255, [`AddrError::Unresolved`]). The host is
 /// kept as typed, because a TLS server's certificate names the host, not its address.
 #[derive(Clone)]
 pub struct ServerAddr {
-    /// `HOST:PORT` as typed, without `tls://`.
+    /// `HOST:PORT` as typed, without `tls://`, the default port added if it had none.
     pub text: String,
     /// What it resolved to.
     pub addr: SocketAddr,
@@ -234,19 +323,16 @@ impl From<SocketAddr> for ServerAddr {
 }
 
 impl FromStr for ServerAddr {
-    type Err = String;
-    fn from_str(text: &str) -> Result<ServerAddr, String> {
+    type Err = AddrError;
+    fn from_str(text: &str) -> Result<ServerAddr, AddrError> {
         let (tls, rest) = split_scheme(text);
         if let Some((scheme, _)) = rest.split_once("://") {
-            return Err(format!(
+            return Err(AddrError::Syntax(format!(
                 "`{scheme}://` is not a scheme monoreactor knows: write HOST:PORT, or tls://HOST:PORT for TLS"
-            ));
+            )));
         }
-        Ok(ServerAddr {
-            text: rest.to_string(),
-            addr: resolve_addr(rest)?,
-            tls,
-        })
+        let (text, addr) = host_and_port(rest, DEFAULT_FRAMED_ADDR.port())?;
+        Ok(ServerAddr { text, addr, tls })
     }
 }
 

@@ -1,8 +1,9 @@
 //! The values flags take, parsed once by clap so every command sees typed settings: addresses
-//! ([`Addr`], [`Endpoint`], and a client's [`ServerAddr`]), durations ([`duration`], [`Secs`])
-//! and counts ([`at_least_one`], [`byte_size`], [`byte_count`]). A value that does not parse is a usage error that
-//! names its flag. The flags every client command shares are here too, in one place, and
-//! flattened into each command: [`TlsArgs`].
+//! ([`Addr`], [`Endpoint`], and a client's [`ServerAddr`]), durations with units
+//! ([`duration`], [`Secs`]) and counts and sizes with units ([`at_least_one`], [`byte_size`],
+//! [`byte_count`]). A value that does not parse is a usage error that names its flag and says
+//! in words what is wrong. The flags every client command shares are here too, in one place,
+//! and flattened into each command: [`TlsArgs`]; and whether `-q` was given ([`quiet`]).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -214,8 +215,9 @@ impl fmt::Display for Secs {
     }
 }
 
-/// A size in bytes: `4096`, `64K`, `1M`, `16G`, `1T`, `1.5M`, as `monoreactor --help` says (K = 1024, KB = 1000); 0 is
-/// allowed (see [`byte_count`] for flags that need at least 1).
+/// A size in bytes: `4096`, `64K`, `1M`, `16G`, `1T`, `1.5M`, as `monoreactor --help` says:
+/// K, M, G, T (and KiB...) are powers of 1024, as in dd and truncate, KB, MB, GB, TB powers of
+/// 1000. 0 is allowed (see [`byte_count`] for flags that need at least 1).
 pub fn byte_size(text: &str) -> Result<u64, String> {
     let wrong =
         || format!("invalid size \"{text}\": expected a number with an optional unit K, M, G, T");

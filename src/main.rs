@@ -47,8 +47,9 @@ Durations: a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a b
 seconds.
 
 Addresses: HOST:PORT, or HOST alone for the default port 7878 (127.0.0.1, localhost, ::1,
-[::1]:7000), or tls://HOST[:PORT] for TLS. $MONOREACTOR_ADDR sets the server of every client
-command (--addr wins); $MONOREACTOR_TOKEN its token (--token-file wins).
+[::1]:7000), or tls://HOST[:PORT] for TLS. $MONOREACTOR_ADDR sets the server of echo, exec
+and the file commands (--addr wins; bench and stats have ports of their own);
+$MONOREACTOR_TOKEN the token (--token-file wins).
 
 Exit status of the client commands: 0 done; 1 the server refused (it answered with an error);
 2 a usage error (a flag or value that is wrong); 255 the client or the connection failed (no
@@ -75,7 +76,8 @@ struct Cli {
     /// More log output on stderr (-v debug, -vv trace); for `serve`, see also --log-level.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
-    /// Less log output on stderr (-q warnings and errors, -qq errors only).
+    /// Less log output on stderr (-q warnings and errors, -qq errors only); -q also hides
+    /// the clients' progress bars.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     quiet: u8,
     #[command(subcommand)]

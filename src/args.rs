@@ -462,6 +462,37 @@ mod tests {
     }
 
     #[test]
+    fn an_address_without_a_port_takes_the_default_one() {
+        let parse =
+            |text: &str| host_and_port(text, 7878).map(|(text, addr)| (text, addr.to_string()));
+        let both = |text: &str, addr: &str| Ok((text.to_string(), addr.to_string()));
+        assert_eq!(parse("127.0.0.1"), both("127.0.0.1:7878", "127.0.0.1:7878"));
+        assert_eq!(parse("127.0.0.1:9"), both("127.0.0.1:9", "127.0.0.1:9"));
+        assert_eq!(parse("::1"), both("[::1]:7878", "[::1]:7878"));
+        assert_eq!(parse("[::1]"), both("[::1]:7878", "[::1]:7878"));
+        assert_eq!(parse("[::1]:7000"), both("[::1]:7000", "[::1]:7000"));
+        let (text, addr) = host_and_port("localhost", 7878).expect("localhost resolves");
+        assert_eq!((text.as_str(), addr.port()), ("localhost:7878", 7878));
+        let (text, _) = host_and_port("localhost:7001", 7878).expect("localhost resolves");
+        assert_eq!(text, "localhost:7001");
+        for wrong in ["a:b:c", "host:", ":7878", "host:65536", "[::1", "[::1]x"] {
+            assert!(
+                matches!(host_and_port(wrong, 7878), Err(AddrError::Syntax(_))),
+                "{wrong}"
+            );
+        }
+        assert_eq!(
+            host_and_port("nowhere.invalid", 7878),
+            Err(AddrError::Unresolved(
+                "cannot resolve nowhere.invalid".to_string()
+            ))
+        );
+        let tls: ServerAddr = "tls://[::1]".parse().expect("an address");
+        assert!(tls.tls);
+        assert_eq!(tls.to_string(), "tls://[::1]:7878");
+    }
+
+    #[test]
     fn durations_take_units_and_a_bare_number_is_seconds() {
         assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
         assert_eq!(duration("0.25"), Ok(Duration::from_millis(250)));

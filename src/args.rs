@@ -1,18 +1,37 @@
 //! The values flags take, parsed once by clap so every command sees typed settings: addresses
-//! ([`Addr`], [`Endpoint`], and a client's [`ServerAddr`]), durations ([`Secs`]) and counts
-//! ([`at_least_one`], [`byte_count`]). A value that does not parse is a usage error that
-//! names its flag. The flags every client command shares are here too, in one place, and
-//! flattened into each command: [`TlsArgs`].
+//! ([`Addr`], [`Endpoint`], and a client's [`ServerAddr`]), durations with units
+//! ([`duration`], [`Secs`]) and counts and sizes with units ([`at_least_one`], [`byte_size`],
+//! [`byte_count`]). A value that does not parse is a usage error that names its flag and says
+//! in words what is wrong. The flags every client command shares are here too, in one place,
+//! and flattened into each command: [`TlsArgs`]; and whether `-q` was given ([`quiet`]).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
+use monoreactor::DEFAULT_FRAMED_ADDR;
 use monoreactor::client::resolve_addr;
 use monoreactor::client::tls::{TLS_SCHEME, Target, split_scheme};
+
+/// Whether `-q` was given to a client command: no progress bars (the file commands' bars ask
+/// [`quiet`] before drawing), and only errors logged.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Sets what [`quiet`] answers; `main` calls it once, from the global `-q`.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether the user asked for quiet (`-q`): a progress bar should not be drawn.
+// For the file commands' progress bars (src/cmd/files/progress.rs), which draw on a terminal.
+#[allow(dead_code)]
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
 
 /// A count that must be at least 1 (clap puts the flag's name before the error).
 pub fn at_least_one(text: &str) -> Result<usize, String> {
@@ -41,6 +60,75 @@ impl fmt::Display for Addr {
     }
 }
 
+/// Why a server address could not be used. Resolution failing is not a usage error but the
+/// network's (exit 255, as ssh's "Could not resolve hostname"), so `main` tells the two apart
+/// by this type, which clap keeps as its error's source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AddrError {
+    /// The text is not an address: a usage error.
+    Syntax(String),
+    /// The name does not resolve (`cannot resolve NAME`).
+    Unresolved(String),
+}
+
+impl fmt::Display for AddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddrError::Syntax(message) | AddrError::Unresolved(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for AddrError {}
+
+/// `HOST`, `HOST:PORT`, `IP`, `IP:PORT`, `IPV6`, `[IPV6]` or `[IPV6]:PORT`, as nc, ssh and
+/// redis-cli take them: without a port, `default_port`. The host as it should be written
+/// with the port (`localhost:7878`, `[::1]:7878`), and what it resolves to (IPv4 first, as
+/// [`resolve_addr`]).
+pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAddr), AddrError> {
+    let syntax = |why: &str| AddrError::Syntax(format!("`{text}` is not an address: {why}"));
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((text.to_string(), addr));
+    }
+    // An IP without a port: `127.0.0.1`, `::1` or `[::1]`.
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        let addr = SocketAddr::new(ip, default_port);
+        return Ok((addr.to_string(), addr));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        None => (text, default_port),
+        Some((host, _)) if host.contains(':') || host.starts_with('[') => {
+            return Err(syntax("an IPv6 address with a port is written [ADDR]:PORT"));
+        }
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>().map_err(|_| {
+                syntax(&format!(
+                    "the port `{port}` is not a number from 0 to 65535"
+                ))
+            })?,
+        ),
+    };
+    if host.is_empty() {
+        return Err(syntax("the host is missing"));
+    }
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| AddrError::Unresolved(format!("cannot resolve {host}")))?
+        .collect();
+    let addr = resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| AddrError::Unresolved(format!("cannot resolve {host}")))?;
+    Ok((format!("{host}:{port}"), addr))
+}
+
 /// An address or `off`.
 #[derive(Clone, Copy)]
 pub struct Endpoint(pub Option<SocketAddr>);
@@ -66,59 +154,159 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// A duration given in (possibly fractional) seconds.
-#[derive(Clone, Copy)]
+/// What `--help` says about every duration flag, in one place.
+pub const DURATION_UNITS: &str =
+    "a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a bare number is seconds";
+
+/// The longest duration any flag takes: far beyond any timeout, and small enough that
+/// `Instant + duration` never overflows.
+const MAX_DURATION_SECS: f64 = 1e9;
+
+/// A duration: `500ms`, `2s`, `1.5m`, `1h`, or a bare number of seconds (`5`, `0.25`), the
+/// unit [`DURATION_UNITS`] says; 0 is allowed (see [`Secs`] for flags that need more).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let wrong = || format!("invalid duration \"{text}\": expected {DURATION_UNITS}");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 1e-3,
+        "" | "s" | "sec" | "secs" => 1.0,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        _ => return Err(wrong()),
+    };
+    // `f64::parse` also takes "inf", "NaN" and "1e3": only digits and one point here.
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return Err(wrong());
+    }
+    let value: f64 = number.parse().map_err(|_| wrong())?;
+    let seconds = value * scale;
+    if seconds > MAX_DURATION_SECS {
+        return Err(format!(
+            "invalid duration \"{text}\": at most {MAX_DURATION_SECS:e} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A duration above 0, as [`duration`] reads it: a timeout or a time limit, which 0 would
+/// make meaningless.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Secs(pub Duration);
 
 impl FromStr for Secs {
     type Err = String;
     fn from_str(text: &str) -> Result<Secs, String> {
-        let seconds: f64 = text
-            .parse()
-            .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-        if !(seconds > 0.0 && seconds <= 1e9) {
-            return Err(format!("`{text}`: seconds must be above 0 and at most 1e9"));
+        let value = duration(text)?;
+        if value.is_zero() {
+            return Err(format!("invalid duration \"{text}\": must be above 0"));
         }
-        Ok(Secs(Duration::from_secs_f64(seconds)))
+        Ok(Secs(value))
     }
 }
 
+/// In seconds, as a bare number (which [`duration`] reads back as seconds).
 impl fmt::Display for Secs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0.as_secs_f64())
     }
 }
 
-/// A byte count: `4096`, `64K`, `1M`, `1G` (powers of 1024).
-pub fn byte_count(text: &str) -> Result<u64, String> {
-    let (digits, unit) = match text.char_indices().last() {
-        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c.to_ascii_uppercase()),
-        _ => (text, 'B'),
+/// A size in bytes: `4096`, `64K`, `1M`, `16G`, `1T`, `1.5M`, as `monoreactor --help` says:
+/// K, M, G, T (and KiB...) are powers of 1024, as in dd and truncate, KB, MB, GB, TB powers of
+/// 1000. 0 is allowed (see [`byte_count`] for flags that need at least 1).
+pub fn byte_size(text: &str) -> Result<u64, String> {
+    let wrong =
+        || format!("invalid size \"{text}\": expected a number with an optional unit K, M, G, T");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    // K, KiB: 1024; KB: 1000 (as dd); the letter's case does not matter.
+    let (power, base): (u32, u64) = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => (0, 1),
+        "K" | "KIB" => (1, 1024),
+        "M" | "MIB" => (2, 1024),
+        "G" | "GIB" => (3, 1024),
+        "T" | "TIB" => (4, 1024),
+        "KB" => (1, 1000),
+        "MB" => (2, 1000),
+        "GB" => (3, 1000),
+        "TB" => (4, 1000),
+        _ => return Err(wrong()),
     };
-    let shift = match unit {
-        'B' => 0,
-        'K' => 10,
-        'M' => 20,
-        'G' => 30,
-        _ => return Err(format!("`{text}`: the suffix must be K, M or G")),
-    };
-    match digits.parse::<u64>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(count) => count
-            .checked_mul(1 << shift)
-            .ok_or_else(|| format!("`{text}` is too large")),
-        Err(_) => Err(format!(
-            "`{text}` is not a byte count (such as 64, 16K, 1M)"
-        )),
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return Err(wrong());
+    }
+    let multiplier = base.pow(power);
+    let too_large = || format!("invalid size \"{text}\": more than {} bytes", u64::MAX);
+    match number.split_once('.') {
+        None => number
+            .parse::<u64>()
+            .map_err(|_| too_large())?
+            .checked_mul(multiplier)
+            .ok_or_else(too_large),
+        Some((whole, fraction)) => {
+            // 1.5M: whole and fraction computed apart, in integers, so no precision is lost
+            // below 2^53; the fraction's bytes are rounded down.
+            let whole: u64 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().map_err(|_| too_large())?
+            };
+            let digits = fraction.len().min(18);
+            let fraction: u64 = if digits == 0 {
+                0
+            } else {
+                fraction[..digits].parse().map_err(|_| wrong())?
+            };
+            let part = u128::from(fraction) * u128::from(multiplier) / 10u128.pow(digits as u32);
+            whole
+                .checked_mul(multiplier)
+                .and_then(|bytes| bytes.checked_add(u64::try_from(part).ok()?))
+                .ok_or_else(too_large)
+        }
     }
 }
 
-/// A client command's server address: `HOST:PORT`, or `tls://HOST:PORT` to ask for TLS
-/// (the same as `--tls`). It is resolved when parsed, so a typo is a usage error; the host is
+/// A size of at least 1 byte, as [`byte_size`] reads it (clap puts the flag's name before
+/// the error).
+pub fn byte_count(text: &str) -> Result<u64, String> {
+    match byte_size(text)? {
+        0 => Err(format!("invalid size \"{text}\": must be at least 1 byte")),
+        bytes => Ok(bytes),
+    }
+}
+
+/// A size as [`byte_size`] reads it, for a flag held in a `u32` (a frame length).
+// For serve's --max-frame (its flags are being moved onto these parsers).
+#[allow(dead_code)]
+pub fn byte_size_u32(text: &str) -> Result<u32, String> {
+    let bytes = byte_size(text)?;
+    u32::try_from(bytes).map_err(|_| format!("invalid size \"{text}\": at most {} bytes", u32::MAX))
+}
+
+/// A size as [`byte_size`] reads it, for a flag held in a `usize` (memory).
+// For serve's --max-client-memory (its flags are being moved onto these parsers).
+#[allow(dead_code)]
+pub fn byte_size_usize(text: &str) -> Result<usize, String> {
+    let bytes = byte_size(text)?;
+    usize::try_from(bytes)
+        .map_err(|_| format!("invalid size \"{text}\": at most {} bytes", usize::MAX))
+}
+
+/// A client command's server address: `HOST:PORT`, or `HOST` alone for the framed protocol's
+/// default port, or `tls://HOST[:PORT]` to ask for TLS (the same as `--tls`); see
+/// [`host_and_port`]. It is resolved when parsed: a typo is a usage error (2), a name that
+/// does not resolve a failure of the network (255, [`AddrError::Unresolved`]). The host is
 /// kept as typed, because a TLS server's certificate names the host, not its address.
 #[derive(Clone)]
 pub struct ServerAddr {
-    /// `HOST:PORT` as typed, without `tls://`.
+    /// `HOST:PORT` as typed, without `tls://`, the default port added if it had none.
     pub text: String,
     /// What it resolved to.
     pub addr: SocketAddr,
@@ -137,19 +325,16 @@ impl From<SocketAddr> for ServerAddr {
 }
 
 impl FromStr for ServerAddr {
-    type Err = String;
-    fn from_str(text: &str) -> Result<ServerAddr, String> {
+    type Err = AddrError;
+    fn from_str(text: &str) -> Result<ServerAddr, AddrError> {
         let (tls, rest) = split_scheme(text);
         if let Some((scheme, _)) = rest.split_once("://") {
-            return Err(format!(
+            return Err(AddrError::Syntax(format!(
                 "`{scheme}://` is not a scheme monoreactor knows: write HOST:PORT, or tls://HOST:PORT for TLS"
-            ));
+            )));
         }
-        Ok(ServerAddr {
-            text: rest.to_string(),
-            addr: resolve_addr(rest)?,
-            tls,
-        })
+        let (text, addr) = host_and_port(rest, DEFAULT_FRAMED_ADDR.port())?;
+        Ok(ServerAddr { text, addr, tls })
     }
 }
 
@@ -205,5 +390,137 @@ impl TlsArgs {
             return Ok(target);
         }
         Ok(target.with_tls(Some(crate::tls::client_config(self)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units_and_decimal_ones_spelled_kb() {
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert_eq!(byte_size("0"), Ok(0));
+        assert_eq!(byte_size("64K"), Ok(64 << 10));
+        assert_eq!(byte_size("64k"), Ok(64 << 10));
+        assert_eq!(byte_size("64KiB"), Ok(64 << 10));
+        assert_eq!(byte_size("64KB"), Ok(64_000));
+        assert_eq!(byte_size("1M"), Ok(1 << 20));
+        assert_eq!(byte_size("1MB"), Ok(1_000_000));
+        assert_eq!(byte_size("16G"), Ok(16 << 30));
+        assert_eq!(byte_size("2T"), Ok(2 << 40));
+        assert_eq!(byte_size("1TB"), Ok(1_000_000_000_000));
+        assert_eq!(byte_size("1.5M"), Ok(3 << 19));
+        assert_eq!(byte_size("0.5K"), Ok(512));
+        assert_eq!(byte_size("12B"), Ok(12));
+        assert_eq!(byte_size(" 7 "), Ok(7));
+    }
+
+    #[test]
+    fn a_wrong_size_is_said_in_words() {
+        for text in [
+            "16X",
+            "",
+            "K",
+            "1.2.3K",
+            "-1",
+            "1e3",
+            "inf",
+            "12 apples",
+            "0x10",
+        ] {
+            let error = byte_size(text).expect_err(text);
+            assert_eq!(
+                error,
+                format!(
+                    "invalid size \"{text}\": expected a number with an optional unit K, M, G, T"
+                )
+            );
+        }
+        assert!(
+            byte_size("16777216T")
+                .expect_err("overflow")
+                .contains("more than")
+        );
+        assert!(
+            byte_size("99999999999999999999")
+                .expect_err("overflow")
+                .contains("more than")
+        );
+        assert!(
+            byte_count("0")
+                .expect_err("zero")
+                .contains("at least 1 byte")
+        );
+        assert!(
+            byte_size_u32("4G")
+                .expect_err("u32")
+                .contains("at most 4294967295")
+        );
+        assert_eq!(byte_size_u32("16M"), Ok(16 << 20));
+        assert_eq!(byte_size_usize("1K"), Ok(1024));
+    }
+
+    #[test]
+    fn an_address_without_a_port_takes_the_default_one() {
+        let parse =
+            |text: &str| host_and_port(text, 7878).map(|(text, addr)| (text, addr.to_string()));
+        let both = |text: &str, addr: &str| Ok((text.to_string(), addr.to_string()));
+        assert_eq!(parse("127.0.0.1"), both("127.0.0.1:7878", "127.0.0.1:7878"));
+        assert_eq!(parse("127.0.0.1:9"), both("127.0.0.1:9", "127.0.0.1:9"));
+        assert_eq!(parse("::1"), both("[::1]:7878", "[::1]:7878"));
+        assert_eq!(parse("[::1]"), both("[::1]:7878", "[::1]:7878"));
+        assert_eq!(parse("[::1]:7000"), both("[::1]:7000", "[::1]:7000"));
+        let (text, addr) = host_and_port("localhost", 7878).expect("localhost resolves");
+        assert_eq!((text.as_str(), addr.port()), ("localhost:7878", 7878));
+        let (text, _) = host_and_port("localhost:7001", 7878).expect("localhost resolves");
+        assert_eq!(text, "localhost:7001");
+        for wrong in ["a:b:c", "host:", ":7878", "host:65536", "[::1", "[::1]x"] {
+            assert!(
+                matches!(host_and_port(wrong, 7878), Err(AddrError::Syntax(_))),
+                "{wrong}"
+            );
+        }
+        assert_eq!(
+            host_and_port("nowhere.invalid", 7878),
+            Err(AddrError::Unresolved(
+                "cannot resolve nowhere.invalid".to_string()
+            ))
+        );
+        let tls: ServerAddr = "tls://[::1]".parse().expect("an address");
+        assert!(tls.tls);
+        assert_eq!(tls.to_string(), "tls://[::1]:7878");
+    }
+
+    #[test]
+    fn durations_take_units_and_a_bare_number_is_seconds() {
+        assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(
+            "500ms".parse::<Secs>(),
+            Ok(Secs(Duration::from_millis(500)))
+        );
+        let shown = Secs(Duration::from_millis(1500)).to_string();
+        assert_eq!(shown.parse::<Secs>(), Ok(Secs(Duration::from_millis(1500))));
+    }
+
+    #[test]
+    fn a_wrong_duration_is_said_in_words() {
+        for text in ["5x", "", "ms", "1.2.3s", "-1", "inf", "NaN", "1e3", "five"] {
+            let error = duration(text).expect_err(text);
+            assert!(
+                error.starts_with(&format!("invalid duration \"{text}\": expected a number")),
+                "{error}"
+            );
+        }
+        assert!(duration("1000000h").expect_err("long").contains("at most"));
+        let zero = "0s".parse::<Secs>().expect_err("zero");
+        assert_eq!(zero, "invalid duration \"0s\": must be above 0");
     }
 }

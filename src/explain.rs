@@ -6,7 +6,22 @@ use monoreactor::TOKEN_ENV;
 use monoreactor::client::ClientError;
 use monoreactor::proto::ErrorCode;
 
+use crate::failure::Failure;
 use crate::token::TokenSource;
+
+/// A failed request as a command ends with it: its line from [`explain`], with exit status 1
+/// if the server refused (an ERROR frame), else 255, the client's or the connection's
+/// failure; a closed stdout ends quietly (141).
+pub fn failure(error: &ClientError, source: &TokenSource, authenticated: Option<bool>) -> Failure {
+    if error.is_broken_pipe() {
+        return Failure::reader_gone();
+    }
+    let message = explain(error, source, authenticated);
+    match error.server_code() {
+        Some(_) => Failure::refused(message),
+        None => Failure::own(message),
+    }
+}
 
 /// A client error in one line, with a hint where the server's answer alone would leave a new
 /// user guessing. `authenticated` is what HELLO_OK said, once known.

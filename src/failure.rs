@@ -1,6 +1,11 @@
 //! How a command ends when it fails: a [`Failure`] is an exit status and the one line to print
 //! for it; the statuses the commands share are here, and so are the two ways out to the
 //! terminal every command uses, [`print_stdout`] and [`say`], neither of which panics.
+//!
+//! One convention for every client command: 0 done, [`SERVER_REFUSED`] (1) the server
+//! answered with an ERROR frame, [`USAGE`] (2) the command line is wrong, [`CLIENT_FAILURE`]
+//! (255) the client or the connection failed. `exec` passes the remote command's status
+//! through instead; `serve` is not a client and exits [`FAILED_TO_START`] (1).
 
 use std::io::{self, ErrorKind, Write};
 
@@ -11,9 +16,13 @@ pub const CLIENT_FAILURE: u8 = 255;
 /// Exit status of a usage error, as clap's.
 pub const USAGE: u8 = 2;
 
-/// Exit status of `serve`, `echo` and `bench` when they fail for a reason other than their
-/// stdout (no server, the wrong protocol, a run cut short), as they always have.
-pub const FAILED: u8 = 1;
+/// Exit status of a client command when the server refused what it asked (an ERROR frame:
+/// a wrong token, a missing file, a limit).
+pub const SERVER_REFUSED: u8 = 1;
+
+/// Exit status of `serve` when it cannot start or stops on an error (not a client, so not
+/// the clients' convention: as daemons do).
+pub const FAILED_TO_START: u8 = 1;
 
 /// Why a command failed: its exit status and the line to print (none for a closed stdout).
 pub struct Failure {
@@ -28,6 +37,14 @@ impl Failure {
     pub fn own(message: String) -> Failure {
         Failure {
             status: CLIENT_FAILURE,
+            message: Some(message),
+        }
+    }
+
+    /// The server answered with an ERROR frame: [`SERVER_REFUSED`].
+    pub fn refused(message: String) -> Failure {
+        Failure {
+            status: SERVER_REFUSED,
             message: Some(message),
         }
     }
@@ -50,13 +67,12 @@ impl Failure {
     }
 }
 
-/// `serve`, `echo` and `bench` report their failures as a line: [`FAILED`].
+/// A failure said as a line alone is the client's own, [`CLIENT_FAILURE`]: a refusal by the
+/// server must be said as one ([`Failure::refused`], `explain::failure`), and `serve`'s
+/// failures are given their own status where it ends (`main`).
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
-        Failure {
-            status: FAILED,
-            message: Some(message),
-        }
+        Failure::own(message)
     }
 }
 

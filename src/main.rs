@@ -36,22 +36,48 @@ use log::LevelFilter;
 
 use cmd::files::{get, ls, paths, put, stat};
 use config::FileArgs;
-use failure::{Failure, USAGE, output_failure, say};
+use failure::{CLIENT_FAILURE, FAILED_TO_START, Failure, USAGE, output_failure, say};
 use logger::{LogFilter, LogSources};
+
+/// What `monoreactor --help` says after the commands: the conventions every command keeps.
+const AFTER_HELP: &str = "\
+Sizes: a number with an optional unit K, M, G, T (powers of 1024, as dd and truncate: 16K =
+16384); KiB, MiB, GiB, TiB are the same, KB, MB, GB, TB are powers of 1000.
+Durations: a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a bare number is
+seconds.
+
+Addresses: HOST:PORT, or HOST alone for the default port 7878 (127.0.0.1, localhost, ::1,
+[::1]:7000), or tls://HOST[:PORT] for TLS. $MONOREACTOR_ADDR sets the server of echo, exec
+and the file commands (--addr wins; bench and stats have ports of their own);
+$MONOREACTOR_TOKEN the token (--token-file wins).
+
+Exit status of the client commands: 0 done; 1 the server refused (it answered with an error);
+2 a usage error (a flag or value that is wrong); 255 the client or the connection failed (no
+server, a name that does not resolve, a timeout). `exec` exits with the remote command's status
+instead (see exec --help); `serve` exits 1 when it cannot start.
+
+-v shows what a client does (where it connects, TLS or not, authenticated); -q hides progress.
+Shell completions: monoreactor completions bash|zsh|fish|elvish|powershell; the manual page:
+monoreactor man.";
 
 /// The command line: the global flags and one subcommand.
 #[derive(Parser)]
 #[command(
     name = "monoreactor",
     version,
-    about = "A single-threaded, event-driven server on one mio::Poll: framed echo, raw TCP and UDP \
-             echo, remote exec, and BLAKE3-verified file transfer"
+    propagate_version = true,
+    about = "A single-threaded, event-driven server on one mio::Poll and its client. Services: \
+             framed echo; raw TCP and UDP echo; remote exec, with a terminal; files (get, put, \
+             ls, stat, rm, mkdir, whole trees too), BLAKE3-verified; and a load generator \
+             (bench).",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// More log output on stderr (-v debug, -vv trace); for `serve`, see also --log-level.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
-    /// Less log output on stderr (-q warnings and errors, -qq errors only).
+    /// Less log output on stderr (-q warnings and errors, -qq errors only); -q also hides
+    /// the clients' progress bars.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     quiet: u8,
     #[command(subcommand)]
@@ -63,6 +89,10 @@ struct Cli {
 enum Command {
     /// Run the server (loopback only unless told otherwise). Prints one `listening KIND ADDR`
     /// line per bound socket on stdout.
+    ///
+    /// Exit status: 0 after a graceful shutdown, 1 when it cannot start (a port in use, a bad
+    /// configuration) or stops on an error, 2 for a usage error. `serve` is not a client: the
+    /// clients' 255 does not apply to it.
     ///
     /// Signals: SIGINT or SIGTERM shut it down gracefully (a second one at once), SIGHUP
     /// re-reads the configuration (--config, --access, the TLS files), SIGUSR1 logs a line of
@@ -112,11 +142,34 @@ enum ClientCommand {
     /// Print a sandboxed systemd unit for `serve` (Type=notify), or its socket unit, with
     /// this binary's path and the root filled in.
     SystemdUnit(cmd::systemd_unit::SystemdUnitArgs),
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::CompletionsArgs),
+    /// Print the manual page (roff; `monoreactor man | man -l -`), of a subcommand if named.
+    Man(cmd::man::ManArgs),
+}
+
+/// The variable that sets the server of every client command that speaks the framed
+/// protocol, as `--addr` does (the flag wins).
+const ADDR_ENV: &str = "MONOREACTOR_ADDR";
+
+/// The commands whose `--addr` [`ADDR_ENV`] sets: all that speak the framed protocol to one
+/// server. Not `bench` (its default port depends on what it measures: framed, raw echo,
+/// UDP, redis) and not `stats` (the metrics port).
+const ADDR_ENV_COMMANDS: [&str; 8] = ["echo", "exec", "get", "put", "ls", "stat", "rm", "mkdir"];
+
+/// The whole command line as clap sees it: the derived definitions, with [`ADDR_ENV`] as
+/// the default of the client commands' `--addr`.
+fn cli_command() -> clap::Command {
+    ADDR_ENV_COMMANDS
+        .iter()
+        .fold(Cli::command(), |command, name| {
+            command.mut_subcommand(name, |sub| sub.mut_arg("addr", |arg| arg.env(ADDR_ENV)))
+        })
 }
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let matches = match Cli::command().try_get_matches_from(&argv) {
+    let matches = match cli_command().try_get_matches_from(&argv) {
         Ok(matches) => matches,
         Err(answer) => return parse_answer(&answer),
     };
@@ -139,8 +192,10 @@ fn main() -> ExitCode {
                 .unwrap_or(LogFilter::level(LevelFilter::Info));
             init_logger(filter, true);
             return finish(
-                monoreactor::internal::helper_main(fd)
-                    .map_err(|error| Failure::from(format!("disk helper: {error}"))),
+                monoreactor::internal::helper_main(fd).map_err(|error| Failure {
+                    status: FAILED_TO_START,
+                    message: Some(format!("disk helper: {error}")),
+                }),
             );
         }
         Command::Client(command) => *command,
@@ -151,6 +206,7 @@ fn main() -> ExitCode {
         _ => logger::shifted(shift),
     };
     init_logger(LogFilter::level(level), false);
+    args::set_quiet(cli.quiet > 0);
     restore_sigpipe();
     let result = match command {
         ClientCommand::Access(args) => cmd::access::run(args),
@@ -165,6 +221,8 @@ fn main() -> ExitCode {
         ClientCommand::Mkdir(args) => paths::mkdir(args),
         ClientCommand::Stats(args) => cmd::stats::run(args),
         ClientCommand::SystemdUnit(args) => cmd::systemd_unit::run(args),
+        ClientCommand::Completions(args) => cmd::completions::run(args, cli_command()),
+        ClientCommand::Man(args) => cmd::man::run(args, cli_command()),
     };
     finish(result)
 }
@@ -250,7 +308,7 @@ fn start_serve(
         }
     };
     init_logger(filter, true);
-    finish(cmd::serve::run(
+    let result = cmd::serve::run(
         args,
         cmd::serve::Context {
             reparse,
@@ -258,7 +316,16 @@ fn start_serve(
             on_command_line,
             log,
         },
-    ))
+    );
+    // The server is not a client: whatever stops it (a line of its own, which alone would be
+    // a client's 255) is "failed", 1, as daemons say; a closed stdout stays 141.
+    finish(result.map_err(|failure| match failure.status {
+        CLIENT_FAILURE => Failure {
+            status: FAILED_TO_START,
+            ..failure
+        },
+        _ => failure,
+    }))
 }
 
 /// Why the command line could not be read again over the configuration file.
@@ -337,6 +404,14 @@ fn restore_sigpipe() {
 /// help text that cannot be written is an [`output_failure`] like any other output. (A usage
 /// error goes to stderr, where a failure has nowhere to be reported.)
 fn parse_answer(answer: &clap::Error) -> ExitCode {
+    // A server's name that does not resolve is the network's failure, not the command
+    // line's: one line and 255, as ssh's "Could not resolve hostname".
+    if let Some(args::AddrError::Unresolved(message)) = std::error::Error::source(answer)
+        .and_then(|source| source.downcast_ref::<args::AddrError>())
+    {
+        say(message);
+        return ExitCode::from(CLIENT_FAILURE);
+    }
     match answer.print() {
         Err(error) if !answer.use_stderr() => {
             let failure = output_failure(&error);

@@ -342,7 +342,8 @@ fn the_wrong_port_gets_a_hint() {
     let raw = server.echo_tcp().to_string();
 
     let failure = |run: &Finished| {
-        assert_eq!(run.status.code(), Some(1), "{run:?}");
+        // The wrong peer is the connection's failure, not a refusal (issue 16's convention).
+        assert_eq!(run.status.code(), Some(255), "{run:?}");
         assert!(run.stdout.is_empty(), "{run:?}");
         run.stderr.trim().to_string()
     };
@@ -387,7 +388,8 @@ fn a_server_that_dies_mid_run_leaves_partial_results() {
         .map(|run| run.join().expect("bench thread"));
 
     let echo = runs.next().expect("echo run");
-    assert_eq!(echo.status.code(), Some(1), "{echo:?}");
+    // A run cut short by the server's death: the connection failed, 255.
+    assert_eq!(echo.status.code(), Some(255), "{echo:?}");
     let json = echo.stdout.trim();
     check_json(json);
     assert!(json.contains("\"complete\":false"), "{json}");
@@ -402,7 +404,7 @@ fn a_server_that_dies_mid_run_leaves_partial_results() {
     assert!(echo.stderr.contains("partial results"), "{echo:?}");
 
     let connect = runs.next().expect("connect run");
-    assert_eq!(connect.status.code(), Some(1), "{connect:?}");
+    assert_eq!(connect.status.code(), Some(255), "{connect:?}");
     assert!(
         connect.stdout.contains("ended early") && connect.stdout.contains("conn/s"),
         "{connect:?}"

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use monoreactor::{Access, FilesRight, NewEntry, generate_token, token_hash};
 
+use crate::args::byte_size;
 use crate::failure::{Failure, print_stdout};
 
 /// The flags of `access`.
@@ -71,8 +72,8 @@ struct AddArgs {
     /// Commands it may run at once, across its connections.
     #[arg(long, value_name = "N")]
     max_commands: Option<u64>,
-    /// Bytes it may store.
-    #[arg(long, value_name = "BYTES")]
+    /// Bytes it may store (64M, 16G, 1T: K, M, G, T are powers of 1024; KB, MB... of 1000).
+    #[arg(long, value_name = "SIZE", value_parser = byte_size)]
     quota: Option<u64>,
 }
 

@@ -11,7 +11,7 @@ use monoreactor::client::{Client, ClientError};
 use monoreactor::proto::SessionFlags;
 
 use crate::args::{Secs, ServerAddr, TlsArgs};
-use crate::explain::explain;
+use crate::explain::{explain, failure};
 use crate::failure::{Failure, print_stdout};
 use crate::token::client_token;
 
@@ -23,8 +23,9 @@ pub struct EchoArgs {
     addr: ServerAddr,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Seconds to wait for the connection and for each reply.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    /// How long to wait for the server: to connect, and for each answer (500ms, 2s, 1m; a
+    /// bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Duration::from_secs(5)))]
     timeout: Secs,
     /// File holding the server's token, for texts above the small pre-authentication frame
     /// limit [default: $MONOREACTOR_TOKEN].
@@ -42,17 +43,22 @@ pub fn run(args: EchoArgs) -> Result<(), Failure> {
     let target = args.tls.target(&args.addr)?;
     let credentials = token.as_ref().map_or(&[][..], Token::as_bytes);
     let (mut client, ok) = Client::connect_with(target, credentials, args.timeout.0)
-        .map_err(|error| explain(&error, &source, None))?;
-    let authenticated = Some(ok.flags.contains(SessionFlags::AUTHENTICATED));
+        .map_err(|error| failure(&error, &source, None))?;
+    let authenticated = ok.flags.contains(SessionFlags::AUTHENTICATED);
     if text.len() > ok.max_payload_len as usize {
+        // The server's own limit, which it would refuse the request for: said as its refusal.
         let error = ClientError::TooLarge {
             len: text.len(),
             max: ok.max_payload_len,
         };
-        return Err(explain(&error, &source, authenticated).into());
+        return Err(Failure::refused(explain(
+            &error,
+            &source,
+            Some(authenticated),
+        )));
     }
     let reply = client
         .echo(text.as_bytes())
-        .map_err(|error| explain(&error, &source, authenticated))?;
+        .map_err(|error| failure(&error, &source, Some(authenticated)))?;
     print_stdout(&format!("{}\n", String::from_utf8_lossy(&reply)))
 }

@@ -25,8 +25,9 @@ use crate::explain::explain;
 use crate::failure::{CLIENT_FAILURE, Failure, say};
 use crate::token::client_token;
 
-/// How long `exec` waits to connect, for HELLO_OK and for STARTED. The command's own run time
-/// is unbounded here (the server enforces its limit), so this covers only the handshake.
+/// How long `exec` waits to connect, for HELLO_OK and for STARTED unless `--timeout` says
+/// otherwise. The command's own run time is unbounded here (the server enforces its limit,
+/// `--time-limit`), so this covers only the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `exec --help` says after the flags: examples, stdin, signals, exit statuses.
@@ -69,10 +70,14 @@ pub struct ExecArgs {
     /// File holding the server's token [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Time limit for the command; the server applies the smaller of this and its own
-    /// --exec-timeout [default: the server's].
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<Secs>,
+    /// How long to wait for the server: to connect, and for the command to start (500ms, 2s,
+    /// 1m; a bare number is seconds). Its output is waited for as long as it runs.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(CONNECT_TIMEOUT))]
+    timeout: Secs,
+    /// Time limit for the command on the server, which applies the smaller of this and its
+    /// own --exec-timeout (500ms, 2s, 1m, 1h) [default: the server's].
+    #[arg(long, value_name = "DURATION")]
+    time_limit: Option<Secs>,
     /// Working directory, relative to the server's --root [default: the root].
     #[arg(long, value_name = "DIR", value_parser = parse_cwd)]
     cwd: Option<String>,
@@ -136,7 +141,7 @@ fn run_remote(args: ExecArgs) -> Result<u8, Failure> {
         None => RemoteCommand::new(args.argv.into_iter().map(OsString::into_vec)),
     };
     command.cwd = args.cwd.unwrap_or_default();
-    command.timeout = args.timeout.map(|secs| secs.0);
+    command.timeout = args.time_limit.map(|secs| secs.0);
     command.stdin = !args.no_stdin && stdin_is_ours();
     if args.tty > 0 {
         let (rows, cols) = tty::size().unwrap_or((24, 80));
@@ -146,7 +151,7 @@ fn run_remote(args: ExecArgs) -> Result<u8, Failure> {
     }
 
     let target = args.tls.target(&args.addr).map_err(Failure::own)?;
-    let client = ExecClient::connect(target, token.as_ref(), CONNECT_TIMEOUT)
+    let client = ExecClient::connect(target, token.as_ref(), args.timeout.0)
         .map_err(|error| Failure::own(explain(&error, &source, None)))?;
     let authenticated = Some(
         client

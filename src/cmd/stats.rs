@@ -18,8 +18,9 @@ pub struct StatsArgs {
     /// The server's metrics address (what `serve --metrics` was given).
     #[arg(long, value_name = "ADDR")]
     addr: Addr,
-    /// Seconds to wait for the connection and the answer.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    /// How long to wait for the server: to connect, and for the answer (500ms, 2s, 1m; a
+    /// bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Duration::from_secs(5)))]
     timeout: Secs,
 }
 

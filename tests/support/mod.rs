@@ -398,7 +398,8 @@ pub fn run_cli(args: &[&str], timeout: Duration) -> Finished {
 }
 
 /// Like [`run_cli`], with a chance to adjust the command first (its environment). Unless it
-/// sets it again, `MONOREACTOR_TOKEN` is removed from the environment the command inherits.
+/// sets them again, `MONOREACTOR_TOKEN` and `MONOREACTOR_ADDR` are removed from the
+/// environment the command inherits.
 pub fn run_cli_with(
     args: &[&str],
     timeout: Duration,
@@ -408,6 +409,8 @@ pub fn run_cli_with(
     command
         .args(args)
         .env_remove("MONOREACTOR_TOKEN")
+        // Nor may a default server in it (`--addr`'s default).
+        .env_remove("MONOREACTOR_ADDR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -405,6 +405,15 @@ impl Client {
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(connect_error)?.collect();
         let mut last = io::Error::new(ErrorKind::InvalidInput, "the name resolved to no address");
         for candidate in addrs {
+            // What `-v` shows of every client command: where, how, how long it waits.
+            log::debug!(
+                "connecting to {addr} ({candidate}) {}, waiting at most {timeout:?}",
+                if target.tls_config().is_some() {
+                    "over TLS"
+                } else {
+                    "without TLS"
+                }
+            );
             match TcpStream::connect_timeout(&candidate, timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
@@ -477,7 +486,20 @@ impl Client {
             Ok(frame) => match frame.header.frame_type {
                 FrameType::HelloOk if frame.header.stream == 0 => {
                     match HelloOk::parse(&frame.payload) {
-                        Ok(ok) => return Ok(ok),
+                        Ok(ok) => {
+                            log::debug!(
+                                "connected to {}: protocol version {}, {}, frames up to {} bytes",
+                                self.peer,
+                                ok.version,
+                                if ok.flags.contains(crate::proto::SessionFlags::AUTHENTICATED) {
+                                    "authenticated"
+                                } else {
+                                    "not authenticated"
+                                },
+                                ok.max_payload_len
+                            );
+                            return Ok(ok);
+                        }
                         // A HELLO_OK type byte with a payload that is not ours: another
                         // protocol whose first byte happens to be 0x02.
                         Err(_) => NotFramed::from_answer(&wire_bytes(&frame), &wire),

@@ -129,6 +129,18 @@ pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAdd
     Ok((format!("{host}:{port}"), addr))
 }
 
+/// Whether `text`, as [`host_and_port`] reads it, names a port: `HOST:PORT`, `IP:PORT` or
+/// `[IPV6]:PORT`, not `HOST`, `IP`, `IPV6` or `[IPV6]`.
+fn port_written(text: &str) -> bool {
+    if text.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match text.strip_prefix('[') {
+        Some(bracketed) => bracketed.contains("]:"),
+        None => text.parse::<IpAddr>().is_err() && text.contains(':'),
+    }
+}
+
 /// An address or `off`.
 #[derive(Clone, Copy)]
 pub struct Endpoint(pub Option<SocketAddr>);
@@ -312,6 +324,24 @@ pub struct ServerAddr {
     pub addr: SocketAddr,
     /// Whether it was written `tls://...`.
     pub tls: bool,
+    /// Whether a port was written: a command whose default port is not the framed one
+    /// (`bench echo --raw`) puts its own in with [`ServerAddr::or_port`].
+    pub port_given: bool,
+}
+
+impl ServerAddr {
+    /// This address, with `port` if none was written.
+    pub fn or_port(mut self, port: u16) -> ServerAddr {
+        if !self.port_given {
+            self.addr.set_port(port);
+            let host = self
+                .text
+                .rsplit_once(':')
+                .map_or(self.text.as_str(), |(host, _)| host);
+            self.text = format!("{host}:{port}");
+        }
+        self
+    }
 }
 
 impl From<SocketAddr> for ServerAddr {
@@ -320,6 +350,7 @@ impl From<SocketAddr> for ServerAddr {
             text: addr.to_string(),
             addr,
             tls: false,
+            port_given: true,
         }
     }
 }
@@ -334,7 +365,12 @@ impl FromStr for ServerAddr {
             )));
         }
         let (text, addr) = host_and_port(rest, DEFAULT_FRAMED_ADDR.port())?;
-        Ok(ServerAddr { text, addr, tls })
+        Ok(ServerAddr {
+            text,
+            addr,
+            tls,
+            port_given: port_written(rest),
+        })
     }
 }
 
@@ -475,6 +511,19 @@ mod tests {
         assert_eq!((text.as_str(), addr.port()), ("localhost:7878", 7878));
         let (text, _) = host_and_port("localhost:7001", 7878).expect("localhost resolves");
         assert_eq!(text, "localhost:7001");
+        for (text, given) in [
+            ("127.0.0.1", false),
+            ("127.0.0.1:7", true),
+            ("::1", false),
+            ("[::1]", false),
+            ("[::1]:7", true),
+            ("localhost", false),
+            ("localhost:7", true),
+        ] {
+            assert_eq!(port_written(text), given, "{text}");
+            let raw = text.parse::<ServerAddr>().expect(text).or_port(7007);
+            assert_eq!(raw.addr.port(), if given { 7 } else { 7007 }, "{text}");
+        }
         for wrong in ["a:b:c", "host:", ":7878", "host:65536", "[::1", "[::1]x"] {
             assert!(
                 matches!(host_and_port(wrong, 7878), Err(AddrError::Syntax(_))),

@@ -220,9 +220,27 @@ fn the_clients_size_and_duration_flags_take_units_and_say_what_is_wrong() {
 }
 
 #[test]
-#[ignore = "serve's --max-put/--max-frame/--exec-max-output/--max-client-memory and bench's \
-            byte flags move onto args::byte_size in the OPS helper's branch"]
 fn serve_and_bench_size_and_duration_flags_take_units_and_say_what_is_wrong() {
+    // A wrong range is a wrong value like any other: 2, not 1 (it was checked after parsing).
+    let done = run_cli(
+        &[
+            "serve",
+            "--proxy-protocol",
+            "allow",
+            "--proxy-from",
+            "bogus",
+            "--insecure",
+        ],
+        LIMIT,
+    );
+    assert_eq!(status(&done), Some(2), "{done:?}");
+    assert!(done.stderr.contains("not an IP address"), "{done:?}");
+    // `--addr HOST` takes the workload's default port: raw echo's, not the framed one's.
+    let done = run_cli(
+        &["bench", "echo", "--raw", "--addr", "127.0.0.1", "-d", "0.2"],
+        LIMIT,
+    );
+    assert!(done.stderr.contains("127.0.0.1:7007"), "{done:?}");
     let done = run_cli(&["serve", "--max-put", "16X"], LIMIT);
     assert_eq!(status(&done), Some(2), "{done:?}");
     assert!(

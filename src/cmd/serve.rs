@@ -22,7 +22,9 @@ use monoreactor::{
 };
 use monoreactor::{Fresh, Limits, Reload, Reloader, TlsSettings};
 
-use crate::args::{Addr, Endpoint, Secs, at_least_one};
+use crate::args::{
+    Addr, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize, duration,
+};
 use crate::config::FileArgs;
 use crate::failure::{Failure, print_stdout};
 use crate::logger::{self, LogFilter, LogSources};
@@ -72,7 +74,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().frame_timeout))]
     frame_timeout: Secs,
     /// Largest frame payload accepted, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_frame_len)]
+    #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_frame_len, value_parser = byte_size_u32)]
     max_frame: u32,
     /// After SIGINT/SIGTERM, seconds allowed for pending output before everything is closed.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().shutdown_grace))]
@@ -82,7 +84,7 @@ pub struct ServeArgs {
     /// the listeners close; then the shutdown runs. A second SIGTERM ends it early; SIGINT
     /// skips it. [default: 1 with --proxy-protocol allow|require (covers HAProxy's `inter 200
     /// fall 2`), 0 with it off, where no balancer's check can be told apart]
-    #[arg(long, value_name = "SECS", value_parser = drain_secs)]
+    #[arg(long, value_name = "SECS", value_parser = duration)]
     drain_delay: Option<std::time::Duration>,
     /// PROXY protocol (the v1 or v2 header a load balancer such as HAProxy sends first) on the
     /// framed and the raw TCP echo listeners, both: `off`; `allow` (a --proxy-from peer may
@@ -94,7 +96,7 @@ pub struct ServeArgs {
     proxy_protocol: ProxyMode,
     /// Peers allowed to send a PROXY header (the balancers), as ADDR/BITS or ADDR, separated by
     /// commas [default: loopback only, 127.0.0.0/8 and ::1].
-    #[arg(long, value_name = "CIDR,...", requires = "proxy_protocol")]
+    #[arg(long, value_name = "CIDR,...", requires = "proxy_protocol", value_parser = cidr_list)]
     proxy_from: Option<String>,
     /// Run commands for authenticated clients (needs a token). With --access, this is the
     /// token's right only: each access-file credential's own `exec` decides for it, and
@@ -121,14 +123,14 @@ pub struct ServeArgs {
     #[arg(long)]
     no_files: bool,
     /// Largest file one PUT may store, bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_put)]
+    #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_put, value_parser = byte_size)]
     max_put: u64,
     /// Most file transfers (GET, PUT, LIST) running at once on the server; per worker.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers)]
     max_transfers: usize,
     /// Bytes of buffer all connections together may hold; past it, those holding the most
     /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "SIZE", value_parser = byte_size_usize)]
     max_client_memory: Option<usize>,
     /// Allow --listen on a non-loopback address without a token, or without TLS (and
     /// --metrics on a non-loopback address).
@@ -158,7 +160,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().exec_timeout))]
     exec_timeout: Secs,
     /// Most output (stdout and stderr) one command may send before it is stopped.
-    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().exec_output_cap)]
+    #[arg(long, value_name = "SIZE", default_value_t = Limits::default().exec_output_cap, value_parser = byte_size)]
     exec_max_output: u64,
     /// The program `exec -t` runs when given none: a name looked up in the commands' fixed
     /// PATH, or a path. A credential's exec allowlist must admit it.
@@ -698,15 +700,11 @@ fn worker_metrics_problem(base: std::net::SocketAddr, workers: usize) -> Option<
     })
 }
 
-/// `--drain-delay`: seconds, 0 allowed (no drain).
-fn drain_secs(text: &str) -> Result<std::time::Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(0.0..=1e9).contains(&seconds) {
-        return Err(format!("`{text}`: seconds must be 0 to 1e9"));
-    }
-    Ok(std::time::Duration::from_secs_f64(seconds))
+/// `--proxy-from`: checked by clap, so a wrong range is a usage error (2) like any bad value;
+/// kept as text, which the configuration's reload compares and parses again.
+fn cidr_list(text: &str) -> Result<String, String> {
+    Cidr::parse_list(text)?;
+    Ok(text.to_string())
 }
 
 #[cfg(test)]

@@ -48,9 +48,9 @@ errors), updated each second; never when stderr is a pipe or a file, nor with -q
 stops the run: its report so far, marked interrupted, the files of `get` and `put` removed
 from the server, exit 130.
 
-Exit status: 0 the run completed; 1 it ended early (the server went away) or the server
-refused every request; 2 the command line cannot work (a payload larger than a frame or a
-datagram); 255 nothing succeeded because the connections failed; 130 interrupted.
+Exit status: 0 the run completed; 1 the server refused every request; 2 the command line
+cannot work (a payload larger than a frame or a datagram); 255 nothing succeeded because the
+connections failed, or the run ended early (the server went away); 130 interrupted.
 
 Examples:
   monoreactor bench echo -c 50 -s 64 -d 5 --pid $(pidof monoreactor)
@@ -157,7 +157,11 @@ impl BenchCommon {
         &self,
         default: std::net::SocketAddr,
     ) -> Result<(std::net::SocketAddr, Option<BenchTls>), String> {
-        let addr = self.addr.clone().unwrap_or(ServerAddr::from(default));
+        // `--addr HOST` takes the workload's own port (7007 for raw echo), not the framed one.
+        let addr = match self.addr.clone() {
+            Some(addr) => addr.or_port(default.port()),
+            None => ServerAddr::from(default),
+        };
         Ok((addr.addr, bench_tls(&self.tls, &addr)?))
     }
 }
@@ -223,7 +227,7 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
 
 /// Prints a load report (text or JSON) and says how the run ended: interrupted (130), with
 /// nothing succeeded (1 if the server refused every request, 255 if the connections failed),
-/// cut short (1), or complete.
+/// cut short (255: the server went away), or complete.
 fn print_report(report: &Report, json: bool) -> Result<(), Failure> {
     let text = if json {
         format::report_json(report)?
@@ -256,13 +260,13 @@ fn print_report(report: &Report, json: bool) -> Result<(), Failure> {
                 .keys()
                 .all(|kind| monoreactor_bench::report::refused_by_server(kind));
         return Err(if refused {
-            Failure::from(message)
+            Failure::refused(message)
         } else {
             Failure::own(message)
         });
     }
     match &report.ended_early {
-        Some(reason) => Err(Failure::from(format!(
+        Some(reason) => Err(Failure::own(format!(
             "{what}: {reason} (partial results above)"
         ))),
         None => Ok(()),

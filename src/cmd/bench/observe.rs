@@ -71,7 +71,7 @@ pub struct StreamBenchArgs {
     #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "1G", value_parser = byte_count)]
     size: u64,
     /// How fast the client reads, bytes per second.
-    #[arg(long, value_name = "BYTES", default_value_t = 100_000_000)]
+    #[arg(long, value_name = "BYTES", default_value = "100MB", value_parser = byte_count)]
     read_rate: u64,
     /// Server pid, whose memory is measured.
     #[arg(long, value_name = "PID")]

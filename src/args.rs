@@ -79,7 +79,12 @@ impl FromStr for Secs {
         if !(seconds > 0.0 && seconds <= 1e9) {
             return Err(format!("`{text}`: seconds must be above 0 and at most 1e9"));
         }
-        Ok(Secs(Duration::from_secs_f64(seconds)))
+        let duration = Duration::from_secs_f64(seconds);
+        // Below a nanosecond it rounds to 0, which no socket takes as a timeout.
+        if duration.is_zero() {
+            return Err(format!("`{text}`: seconds must be at least 1e-9"));
+        }
+        Ok(Secs(duration))
     }
 }
 

@@ -79,6 +79,12 @@ pub fn unescape(pattern: &str) -> String {
     out
 }
 
+/// Whether `text`, a remote path or pattern as typed, ends with `/` or `/.`: then it names a
+/// directory (as in sh and coreutils: `rm file/` is refused, `*/` matches directories only).
+pub fn names_a_directory(text: &str) -> bool {
+    matches!(text.rsplit('/').next(), Some("" | ".")) && text.contains('/')
+}
+
 /// Whether `name` (one path component) matches `pattern` (one component), by the rules in
 /// the [module documentation](self).
 pub fn matches(pattern: &str, name: &str) -> bool {
@@ -210,6 +216,8 @@ enum Component {
 pub struct Pattern {
     text: String,
     components: Vec<Component>,
+    /// It ends with `/` (or `/.`): as in sh, only directories match.
+    dirs_only: bool,
 }
 
 impl Pattern {
@@ -239,15 +247,24 @@ impl Pattern {
                 components.push(Component::Literal(name));
             }
         }
+        // `*/` names directories only in sh; without this, `rm -r 'build*/'` would remove
+        // the file `build.log` too.
+        let dirs_only = !components.is_empty() && names_a_directory(text);
         Ok(Pattern {
             text: text.to_string(),
             components,
+            dirs_only,
         })
     }
 
     /// The pattern as typed.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// Whether it ends with `/` (or `/.`), so that only directories match.
+    pub fn dirs_only(&self) -> bool {
+        self.dirs_only
     }
 
     /// Whether any component has a wildcard.
@@ -285,19 +302,27 @@ pub fn expand(client: &mut FileClient, pattern: &str) -> Result<Vec<RemoteMatch>
 /// Every path on the server that `pattern` matches, in the shell's order (component by
 /// component, each directory's names in byte order).
 ///
-/// A pattern without wildcards is one STAT: its path, or the server's error (NOT_FOUND...).
-/// Otherwise each wildcard component LISTs the directories matched so far (a directory that
-/// is gone or is not one is skipped, as sh skips it); a literal component after a wildcard
-/// is checked by the next LIST, or by a STAT if it is the last one. When nothing matches the
-/// error is [`ErrorCode::NotFound`] with a text starting with [`NO_MATCH`] ([`is_no_match`]).
-/// Other failures (the connection, a refusal other than NOT_FOUND or NOT_DIRECTORY) end the
-/// walk.
+/// A pattern without wildcards is one STAT: its path, or the server's error (NOT_FOUND...;
+/// NOT_DIRECTORY if it ends with `/` and is something else). Otherwise each wildcard
+/// component LISTs the directories matched so far (a directory that is gone, is not one or
+/// is a symlink is skipped, as sh skips a file); a literal component after a wildcard is
+/// checked by the next LIST, or by a STAT if it is the last one. A pattern ending with `/`
+/// matches directories only. When nothing matches the error is [`ErrorCode::NotFound`] with
+/// a text starting with [`NO_MATCH`] ([`is_no_match`]). Other failures (the connection, a
+/// refusal of the literal part before the first wildcard other than NOT_FOUND or
+/// NOT_DIRECTORY) end the walk.
 pub fn expand_pattern(
     client: &mut FileClient,
     pattern: &Pattern,
 ) -> Result<Vec<RemoteMatch>, ClientError> {
     if let Some(path) = pattern.literal_path() {
         let info = client.stat(&path)?;
+        if pattern.dirs_only && info.kind != FileKind::Directory {
+            return Err(ClientError::Server {
+                code: ErrorCode::NotDirectory,
+                text: format!("`{}`: not a directory", pattern.as_str()),
+            });
+        }
         return Ok(vec![RemoteMatch {
             path,
             kind: info.kind,
@@ -308,6 +333,9 @@ pub fn expand_pattern(
     // The matches so far: their paths and, once a LIST has seen them, what they are.
     let mut found: Vec<(String, Option<RemoteMatch>)> = vec![(String::new(), None)];
     let last = pattern.components.len().saturating_sub(1);
+    // Whether the paths in `found` came through a wildcard: then a symlink among them (the
+    // server's OUTSIDE_ROOT) is skipped like a file; before, it is the operand's own error.
+    let mut crossed_wild = false;
     for (index, component) in pattern.components.iter().enumerate() {
         let mut next = Vec::new();
         for (dir, _) in &found {
@@ -316,15 +344,16 @@ pub fn expand_pattern(
                 Component::Wild(wild) => {
                     let mut entries = match client.list(dir) {
                         Ok(entries) => entries,
-                        Err(error) if skippable(&error) => continue,
+                        Err(error) if skippable(&error, crossed_wild) => continue,
                         Err(error) => return Err(error),
                     };
                     sort_entries(&mut entries);
+                    // Only a directory can have a next component (symlinks are never
+                    // followed by the server), or match a pattern ending with `/`.
+                    let any_kind = index == last && !pattern.dirs_only;
                     for entry in entries {
-                        // Only a directory can have a next component (symlinks are never
-                        // followed by the server).
                         if matches(wild, &entry.name)
-                            && (index == last || entry.kind == FileKind::Directory)
+                            && (any_kind || entry.kind == FileKind::Directory)
                         {
                             let path = join(dir, &entry.name);
                             next.push((path.clone(), Some(described(path, &entry))));
@@ -333,6 +362,7 @@ pub fn expand_pattern(
                 }
             }
         }
+        crossed_wild = crossed_wild || matches!(component, Component::Wild(_));
         found = next;
         if found.is_empty() {
             break;
@@ -344,13 +374,14 @@ pub fn expand_pattern(
             Some(entry) => matched.push(entry),
             // A literal last component: does it exist?
             None => match client.stat(&path) {
+                Ok(info) if pattern.dirs_only && info.kind != FileKind::Directory => {}
                 Ok(info) => matched.push(RemoteMatch {
                     path,
                     kind: info.kind,
                     size: info.size,
                     mtime_ns: info.mtime_ns,
                 }),
-                Err(error) if skippable(&error) => {}
+                Err(error) if skippable(&error, crossed_wild) => {}
                 Err(error) => return Err(error),
             },
         }
@@ -364,12 +395,15 @@ pub fn expand_pattern(
     Ok(matched)
 }
 
-/// A refusal that means "not there" for a path a wildcard led to: it is skipped.
-fn skippable(error: &ClientError) -> bool {
-    matches!(
-        error.server_code(),
-        Some(ErrorCode::NotFound | ErrorCode::NotDirectory)
-    )
+/// A refusal that means "not there" for a path a pattern led to: it is skipped. Past a
+/// wildcard that includes a symlink where a directory was wanted (OUTSIDE_ROOT), which one
+/// matched name must not make the whole pattern fail.
+fn skippable(error: &ClientError, crossed_wild: bool) -> bool {
+    match error.server_code() {
+        Some(ErrorCode::NotFound | ErrorCode::NotDirectory) => true,
+        Some(ErrorCode::OutsideRoot) => crossed_wild,
+        _ => false,
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -513,6 +547,13 @@ mod tests {
             Pattern::parse(".").expect("root").literal_path().as_deref(),
             Some("")
         );
+        assert!(literal.dirs_only(), "its STAT must find a directory");
+        assert!(Pattern::parse("*/").expect("parses").dirs_only());
+        assert!(Pattern::parse("a/*/.").expect("parses").dirs_only());
+        assert!(!Pattern::parse("a/*").expect("parses").dirs_only());
+        assert!(!Pattern::parse("./").expect("root").dirs_only());
+        assert!(names_a_directory("a/") && names_a_directory("a/.") && names_a_directory("./"));
+        assert!(!names_a_directory("a") && !names_a_directory(".") && !names_a_directory("a/.b"));
         assert!(Pattern::parse("/etc/*").is_err());
         assert!(Pattern::parse("a/../*").is_err());
         assert!(Pattern::parse("*/..").is_err());

@@ -60,9 +60,10 @@ pub struct LsArgs {
     paths: Vec<String>,
 }
 
-/// One operand as typed: a path, or a pattern to expand on the server.
+/// One operand as typed: a path (and whether it was typed as a directory, with a trailing
+/// `/`), or a pattern to expand on the server.
 enum Operand {
-    Path(String),
+    Path { path: String, directory: bool },
     Glob(Pattern),
 }
 
@@ -185,7 +186,11 @@ fn parse_operand(text: &str) -> Result<Operand, String> {
     if glob::has_magic(text) {
         Pattern::parse(text).map(Operand::Glob)
     } else {
-        files::normalize_remote(&glob::unescape(text)).map(Operand::Path)
+        let path = files::normalize_remote(&glob::unescape(text))?;
+        Ok(Operand::Path {
+            path,
+            directory: glob::names_a_directory(text),
+        })
     }
 }
 
@@ -194,7 +199,9 @@ fn parse_operand(text: &str) -> Result<Operand, String> {
 /// and remembered; any other failure ends the command.
 fn resolve(session: &mut Session, operand: &Operand, found: &mut Found) -> Result<(), Failure> {
     let pattern = match operand {
-        Operand::Path(path) => return resolve_path(session, path, found),
+        Operand::Path { path, directory } => {
+            return resolve_path(session, path, *directory, found);
+        }
         Operand::Glob(pattern) => pattern,
     };
     let matches = match glob::expand_pattern(&mut session.client, pattern) {
@@ -223,8 +230,14 @@ fn resolve(session: &mut Session, operand: &Operand, found: &mut Found) -> Resul
     Ok(())
 }
 
-/// [`resolve`] for a path without wildcards.
-fn resolve_path(session: &mut Session, path: &str, found: &mut Found) -> Result<(), Failure> {
+/// [`resolve`] for a path without wildcards; `directory`: it was typed with a trailing `/`,
+/// so it must be a directory (`ls file/` is refused, as ls refuses it).
+fn resolve_path(
+    session: &mut Session,
+    path: &str,
+    directory: bool,
+    found: &mut Found,
+) -> Result<(), Failure> {
     let shown = if path.is_empty() { "." } else { path };
     match session.client.list(path) {
         Ok(entries) => found.dirs.push(Dir {
@@ -235,6 +248,7 @@ fn resolve_path(session: &mut Session, path: &str, found: &mut Found) -> Result<
         // `ls FILE` shows the file (and `ls LINK` the link), as ls does.
         Err(error)
             if !path.is_empty()
+                && !directory
                 && matches!(
                     error.server_code(),
                     Some(ErrorCode::NotDirectory | ErrorCode::OutsideRoot)

@@ -1,0 +1,227 @@
+//! An adversarial review of the tree commands (`rm -r`, `mkdir -p`, `ls`, remote globs,
+//! `--timeout`): each test pins down a defect a careless or hostile user could hit, found by
+//! the review and fixed since. They run against a real server over loopback.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+
+use support::exec::Scratch;
+use support::files::*;
+
+/// The client's working directory and the server's address.
+struct Cli {
+    addr: String,
+    work: Scratch,
+}
+
+impl Cli {
+    fn new(server: &FileServer) -> Cli {
+        Cli {
+            addr: server.server.framed_str(),
+            work: Scratch::new("review-fscmd"),
+        }
+    }
+
+    #[track_caller]
+    fn run(&self, command: &str, args: &[&str]) -> CliOutput {
+        let mut all = vec![command, "--addr", &self.addr];
+        all.extend_from_slice(args);
+        cli(&all, self.work.path(), None)
+    }
+
+    /// Runs the command, which must exit with `code`; its stderr.
+    #[track_caller]
+    fn exits(&self, code: i32, command: &str, args: &[&str]) -> String {
+        let output = self.run(command, args);
+        assert_eq!(
+            output.code(),
+            code,
+            "monoreactor {command} {args:?}: stdout {:?} stderr {}",
+            output.text(),
+            output.stderr
+        );
+        output.stderr
+    }
+
+    /// Runs the command, which must succeed; its stdout.
+    #[track_caller]
+    fn ok(&self, command: &str, args: &[&str]) -> String {
+        let output = self.run(command, args);
+        assert_eq!(
+            output.code(),
+            0,
+            "monoreactor {command} {args:?}: {}",
+            output.stderr
+        );
+        output.text()
+    }
+}
+
+/// The last word of each line of a listing (its names), section headers as they are.
+fn names(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .map(|line| match line.split(' ').next() {
+            Some("-" | "d" | "l" | "u" | "?") => {
+                line.rsplit(' ').next().unwrap_or_default().to_string()
+            }
+            _ => line.to_string(),
+        })
+        .collect()
+}
+
+/// `rm` refuses an operand whose last component is `.` or `..`, as coreutils' rm does
+/// ("refusing to remove '.' or '..' directory"): `rm -r a/.` used to remove `a` entirely, and
+/// `rm -r '*/.'` every directory at the root.
+#[test]
+fn rm_refuses_dot_and_dot_dot_as_the_last_component() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::create_dir_all(server.at("a/b")).unwrap();
+    fs::write(server.at("a/b/f"), b"f").unwrap();
+    for operand in [
+        ".", "./", "", "a/.", "a/./", "a//.//", "a/..", "a/b/..", "*/.", "a/*/.", "*/..", "\\.",
+    ] {
+        for flags in [&["-r"][..], &["-rf"][..], &[][..]] {
+            let mut args = flags.to_vec();
+            args.push(operand);
+            let stderr = cli.exits(2, "rm", &args);
+            assert_eq!(stderr.lines().count(), 1, "rm {args:?}: {stderr}");
+        }
+    }
+    assert!(server.at("a/b/f").exists(), "nothing was removed");
+    server.assert_nothing_outside("rm of dot operands");
+}
+
+/// A trailing `/` names a directory: `rm -r 'build*/'` must not remove the file `build.log`
+/// (in sh `*/` matches directories only), and `rm file/` is refused as rm refuses it (not a
+/// directory), not taken for `rm file`. The same for `ls`.
+#[test]
+fn a_trailing_slash_names_only_directories() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::create_dir_all(server.at("build1/obj")).unwrap();
+    fs::write(server.at("build1/obj/o"), b"o").unwrap();
+    fs::write(server.at("build.log"), b"log").unwrap();
+    fs::write(server.at("note"), b"n").unwrap();
+    symlink(server.at("build1"), server.at("buildlink")).unwrap();
+
+    let listing = cli.ok("ls", &["build*/"]);
+    assert_eq!(names(&listing), ["obj"], "{listing}");
+    let listing = cli.ok("ls", &["build1/", "*1/."]);
+    assert_eq!(
+        names(&listing),
+        ["build1:", "obj", "", "build1:", "obj"],
+        "{listing}"
+    );
+    cli.exits(1, "ls", &["note/"]);
+    cli.exits(1, "ls", &["n*/"]);
+
+    cli.exits(1, "rm", &["note/"]);
+    cli.exits(1, "rm", &["-r", "note/"]);
+    cli.exits(1, "rm", &["-r", "buildlink/"]);
+    cli.exits(1, "rm", &["-rf", "note/"]);
+    assert!(server.at("note").exists(), "rm note/ left the file");
+    assert!(
+        server.at("buildlink").exists(),
+        "rm buildlink/ left the link"
+    );
+    cli.ok("rm", &["-r", "build*/"]);
+    assert!(!server.at("build1").exists(), "the directory is gone");
+    assert!(
+        server.at("build.log").exists(),
+        "the file is not a directory"
+    );
+    // (`exists` would follow the link, which now dangles.)
+    assert!(
+        server.at("buildlink").symlink_metadata().is_ok(),
+        "nor is the link"
+    );
+    // A directory with a trailing slash is removed as before.
+    fs::create_dir_all(server.at("d/e")).unwrap();
+    cli.ok("rm", &["-r", "d/"]);
+    assert!(!server.at("d").exists());
+    server.assert_nothing_outside("trailing slashes");
+}
+
+/// A glob walks past a symlink where a directory was expected, as it walks past a file:
+/// `ls '*/sub/*'` used to fail as a whole (OUTSIDE_ROOT) because one `x/sub` was a link.
+#[test]
+fn a_glob_skips_a_symlink_in_a_directory_component() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::create_dir_all(server.at("a/sub")).unwrap();
+    fs::create_dir_all(server.at("b")).unwrap();
+    fs::write(server.at("a/sub/x"), b"x").unwrap();
+    symlink(server.at("a/sub"), server.at("b/sub")).unwrap();
+    symlink(server.outside(), server.at("c")).unwrap();
+
+    let listing = cli.ok("ls", &["*/sub/*"]);
+    assert_eq!(names(&listing), ["a/sub/x"], "{listing}");
+    let listing = cli.ok("ls", &["*/sub/x"]);
+    assert_eq!(names(&listing), ["a/sub/x"], "{listing}");
+    // `c` leads outside the root: never followed, so nothing matches.
+    let stderr = cli.exits(1, "ls", &["*/secret"]);
+    assert!(stderr.contains("no match"), "{stderr}");
+    server.assert_nothing_outside("globs past links");
+}
+
+/// `rm -r` goes on past a refusal inside the tree, as rm does: the other entries are still
+/// removed, each refusal is reported, the directories above a refusal are left (silently:
+/// they cannot be empty) and the exit status is 1. It used to stop at the first refusal.
+#[test]
+fn rm_r_goes_on_past_a_refusal_like_rm() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    for dir in ["t/a_bad", "t/b_good/deep", "t/c_bad", "t/d_good"] {
+        fs::create_dir_all(server.at(dir)).unwrap();
+    }
+    // A name that is not UTF-8 is not listed, so the client cannot remove it and the server
+    // refuses its directory (NOT_EMPTY).
+    for dir in ["t/a_bad", "t/c_bad"] {
+        let odd = server.at(dir).join(OsStr::from_bytes(b"\xff\xfe"));
+        fs::write(odd, b"odd").unwrap();
+    }
+    fs::write(server.at("t/b_good/deep/f"), b"f").unwrap();
+    fs::write(server.at("t/e_file"), b"e").unwrap();
+    fs::create_dir_all(server.at("u/v")).unwrap();
+
+    let stderr = cli.exits(1, "rm", &["-r", "t", "u"]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per refusal: {stderr}");
+    assert!(
+        lines[0].contains("t/a_bad") && lines[0].contains("NOT_EMPTY"),
+        "{stderr}"
+    );
+    assert!(lines[1].contains("t/c_bad"), "{stderr}");
+    for gone in ["t/b_good", "t/d_good", "t/e_file", "u"] {
+        assert!(!server.at(gone).exists(), "{gone} was removed");
+    }
+    assert!(server.at("t/a_bad").exists() && server.at("t/c_bad").exists());
+    server.assert_nothing_outside("rm -r past refusals");
+}
+
+/// A `--timeout` too short to be a socket timeout (it rounds to 0 ns) is a usage error (2),
+/// not a client failure (255) after parsing.
+#[test]
+fn a_timeout_that_rounds_to_zero_is_a_usage_error() {
+    let work = Scratch::new("review-timeout");
+    for value in ["1e-10", "0.0000000001", "0", "-1", "nan", "inf"] {
+        for command in [&["ls"][..], &["rm", "x"], &["mkdir", "x"], &["stat", "x"]] {
+            let mut args = command.to_vec();
+            let timeout = format!("--timeout={value}");
+            args.extend(["--addr", "127.0.0.1:1", &timeout]);
+            let output = cli(&args, work.path(), None);
+            assert_eq!(output.code(), 2, "{args:?}: {}", output.stderr);
+            assert!(
+                output.stderr.contains("--timeout"),
+                "{args:?}: {}",
+                output.stderr
+            );
+        }
+    }
+}

@@ -225,3 +225,33 @@ fn a_timeout_that_rounds_to_zero_is_a_usage_error() {
         }
     }
 }
+
+/// A listing cannot be spoofed by a name: a bidi override (U+202E) used to be printed as it
+/// is, so `x\u{202e}gpj.exe` showed as `xexe.jpg`; a line separator too; and a name holding a
+/// backslash and `n` looked like one holding a newline.
+#[test]
+fn ls_escapes_names_that_would_spoof_a_listing() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    for name in ["x\u{202e}gpj.exe", "a\u{2028}b", "c\\nd", "c\nd"] {
+        fs::write(server.at(name), b"").unwrap();
+    }
+    let listing = cli.ok("ls", &[]);
+    assert!(
+        !listing.contains('\u{202e}') && !listing.contains('\u{2028}'),
+        "{listing:?}"
+    );
+    let mut shown = names(&listing);
+    shown.sort();
+    assert_eq!(
+        shown,
+        ["a\\u{2028}b", "c\\\\nd", "c\\nd", "x\\u{202e}gpj.exe"],
+        "{listing:?}"
+    );
+    // JSON has the names as they are.
+    let json = cli.ok("ls", &["--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(parsed.as_array().map(Vec::len), Some(4), "{json}");
+    assert!(parsed[0]["name"].is_string(), "{json}");
+    assert!(json.contains("c\\\\nd") && json.contains("c\\nd"), "{json}");
+}

@@ -255,3 +255,27 @@ fn ls_escapes_names_that_would_spoof_a_listing() {
     assert!(parsed[0]["name"].is_string(), "{json}");
     assert!(json.contains("c\\\\nd") && json.contains("c\\nd"), "{json}");
 }
+
+/// A pattern component longer than any path is refused before connecting: matching costs
+/// the name's length times the component's, and a 120 KB component (what a shell passes)
+/// took 10 ms per name, minutes for a large directory.
+#[test]
+fn an_oversized_pattern_component_is_a_usage_error() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::create_dir(server.at("p")).unwrap();
+    for i in 0..50 {
+        fs::write(server.at(&format!("p/{}{i:03}", "a".repeat(250))), b"").unwrap();
+    }
+    let huge = format!("p/*[a{}]*{}b", "bcdefghij".repeat(12_000), "a".repeat(150));
+    for command in ["ls", "rm"] {
+        let stderr = cli.exits(2, command, &[&huge]);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("pattern component"), "{stderr}");
+    }
+    // One of the largest allowed, at its worst (a long set before a long literal run):
+    // still an answer, no match.
+    let big = format!("p/*[a{}]*{}b", "bcdefghij".repeat(400), "a".repeat(150));
+    let stderr = cli.exits(1, "ls", &[&big]);
+    assert!(stderr.contains("no match"), "{stderr}");
+}

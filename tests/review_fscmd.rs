@@ -279,3 +279,19 @@ fn an_oversized_pattern_component_is_a_usage_error() {
     let stderr = cli.exits(1, "ls", &[&big]);
     assert!(stderr.contains("no match"), "{stderr}");
 }
+
+/// POSIX classes in a set: `rm '[[:digit:]]*'` used to read `[[:digit:]]` as the set
+/// `[:digt` and a literal `]`, so it removed `d]oops` and kept `1.log`.
+#[test]
+fn rm_with_a_posix_class_removes_what_sh_would() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    for name in ["1.log", "22", "d]oops", "x1"] {
+        fs::write(server.at(name), b"").unwrap();
+    }
+    cli.ok("rm", &["[[:digit:]]*"]);
+    assert!(!server.at("1.log").exists() && !server.at("22").exists());
+    assert!(server.at("d]oops").exists() && server.at("x1").exists());
+    let listing = cli.ok("ls", &["[![:digit:]]*"]);
+    assert_eq!(names(&listing), ["d]oops", "x1"], "{listing}");
+}

@@ -8,7 +8,8 @@
 //! - `*` matches any run of characters, `?` one character;
 //! - `[abc]`, `[a-z]` one character of the set, `[!a]` or `[^a]` one not in it; a `]` first in
 //!   the set is one of its members (`[]]`, `[!]]`), a `-` first or last is itself; a `[` with
-//!   no closing `]` is a literal `[`;
+//!   no closing `]` is a literal `[`; POSIX classes (`[[:digit:]]`, `[[:alpha:]_]`) are known
+//!   by their names, an unknown one matches nothing;
 //! - `\x` is `x` itself, so `\*` names a file called `*`;
 //! - a name beginning with `.` is matched only by a pattern component that begins with a
 //!   literal `.`, as in sh: `*` does not list `.hidden` (nor the server's partial uploads).
@@ -152,14 +153,38 @@ struct Set {
     negated: bool,
     /// Inclusive ranges; a single character is `(c, c)`.
     ranges: Vec<(char, char)>,
+    /// Character classes (`[:digit:]`), as their tests.
+    classes: Vec<fn(char) -> bool>,
     /// The index just past the closing `]`.
     end: usize,
 }
 
 impl Set {
     fn contains(&self, c: char) -> bool {
-        let inside = self.ranges.iter().any(|&(low, high)| low <= c && c <= high);
+        let inside = self.ranges.iter().any(|&(low, high)| low <= c && c <= high)
+            || self.classes.iter().any(|class| class(c));
         inside != self.negated
+    }
+}
+
+/// The POSIX class `[:name:]` inside a set, as a test; an unknown name matches nothing (as
+/// fnmatch's pattern with one matches nothing).
+fn class(name: &[char]) -> fn(char) -> bool {
+    let name: String = name.iter().collect();
+    match name.as_str() {
+        "alpha" => char::is_alphabetic,
+        "digit" => |c: char| c.is_ascii_digit(),
+        "alnum" => char::is_alphanumeric,
+        "upper" => char::is_uppercase,
+        "lower" => char::is_lowercase,
+        "space" => char::is_whitespace,
+        "blank" => |c: char| c == ' ' || c == '\t',
+        "punct" => |c: char| c.is_ascii_punctuation(),
+        "xdigit" => |c: char| c.is_ascii_hexdigit(),
+        "cntrl" => char::is_control,
+        "print" => |c: char| !c.is_control(),
+        "graph" => |c: char| !c.is_control() && !c.is_whitespace(),
+        _ => |_: char| false,
     }
 }
 
@@ -172,6 +197,7 @@ fn parse_set(pattern: &[char], open: usize) -> Option<Set> {
         at += 1;
     }
     let mut ranges = Vec::new();
+    let mut classes = Vec::new();
     let mut first = true;
     loop {
         let mut c = *pattern.get(at)?;
@@ -179,10 +205,23 @@ fn parse_set(pattern: &[char], open: usize) -> Option<Set> {
             return Some(Set {
                 negated,
                 ranges,
+                classes,
                 end: at + 1,
             });
         }
         first = false;
+        // `[:digit:]`: without this `[[:digit:]]*` was the set `[:digt` and a literal `]`,
+        // so `rm '[[:digit:]]*'` matched what no shell would.
+        if c == '[' && pattern.get(at + 1) == Some(&':') {
+            let name_at = at + 2;
+            let close = (name_at..pattern.len().saturating_sub(1))
+                .find(|&i| pattern[i] == ':' && pattern[i + 1] == ']');
+            if let Some(close) = close {
+                classes.push(class(&pattern[name_at..close]));
+                at = close + 2;
+                continue;
+            }
+        }
         if c == '\\' {
             at += 1;
             c = *pattern.get(at)?;
@@ -499,6 +538,33 @@ mod tests {
         assert!(matches("[a\\-z]", "-"));
         assert!(!matches("[a\\-z]", "b"));
         assert!(matches("[é]", "é"));
+    }
+
+    #[test]
+    fn posix_character_classes() {
+        assert!(matches("[[:digit:]]*", "1a"));
+        assert!(!matches("[[:digit:]]*", "a1"));
+        assert!(
+            !matches("[[:digit:]]*", ":]"),
+            "no longer a set of `[:digt` and a `]`"
+        );
+        assert!(matches("[![:digit:]]", "x"));
+        assert!(!matches("[![:digit:]]", "7"));
+        assert!(matches("[[:alpha:]_][[:alnum:]]", "_9"));
+        assert!(matches("[[:upper:][:digit:]]", "Q"));
+        assert!(matches("[[:upper:][:digit:]]", "4"));
+        assert!(!matches("[[:upper:][:digit:]]", "q"));
+        assert!(matches("[[:space:]]", " "));
+        assert!(matches("[[:xdigit:]]", "f"));
+        assert!(!matches("[[:xdigit:]]", "g"));
+        assert!(matches("[[:punct:]]", "-"));
+        assert!(
+            !matches("[[:nonsense:]]", "n"),
+            "an unknown class matches nothing"
+        );
+        assert!(has_magic("[[:digit:]]"));
+        // Not a class: `[:` without `:]` is two members.
+        assert!(matches("[[:a]", ":"));
     }
 
     #[test]

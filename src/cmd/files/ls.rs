@@ -28,10 +28,11 @@ With --json: one JSON array of {\"name\", \"kind\" (file, directory, symlink, ot
 upload), \"size\", \"mtime_ns\", \"path\"} objects, mtime_ns being nanoseconds since the Unix
 epoch and path the entry's path from the server's root.
 
-A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a] (quote them from the
-local shell: ls 'logs/*.gz'). They are matched here, against LISTs of the server's
-directories; * and ? do not match a leading dot. \\* stands for a literal *. A pattern that
-matches nothing is an error (exit status 1)."
+A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a], [[:digit:]]
+(quote them from the local shell: ls 'logs/*.gz'). They are matched here, against LISTs
+of the server's directories; * and ? do not match a leading dot. \\* stands for a literal
+*. A pattern ending with / matches directories only. A pattern that matches nothing is an
+error (exit status 1)."
 );
 
 /// The flags of `ls`.

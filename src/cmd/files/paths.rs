@@ -26,10 +26,11 @@ each entry inside a tree, and the walk goes on (the directories above it are lef
 a PATH whose last component is `.` or `..` is refused (exit status 2), and a PATH ending
 with `/` must be a directory.
 
-A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a] (quote them from the
-local shell: rm 'tmp/*.part'). They are matched here, against LISTs of the server's
-directories; * and ? do not match a leading dot. \\* stands for a literal *. A pattern that
-matches nothing is an error (exit status 1)."
+A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a], [[:digit:]]
+(quote them from the local shell: rm 'tmp/*.part'). They are matched here, against LISTs
+of the server's directories; * and ? do not match a leading dot. \\* stands for a literal
+*. A pattern ending with / matches directories only. A pattern that matches nothing is an
+error (exit status 1)."
 );
 
 /// What `mkdir --help` says after the flags.

@@ -295,3 +295,22 @@ fn rm_with_a_posix_class_removes_what_sh_would() {
     let listing = cli.ok("ls", &["[![:digit:]]*"]);
     assert_eq!(names(&listing), ["d]oops", "x1"], "{listing}");
 }
+
+/// `ls dir missing` heads `dir`'s section with `dir:`, as ls does whenever it was given more
+/// than one operand: the output used to look like `ls dir`'s, so a script could not tell.
+#[test]
+fn ls_of_a_directory_and_a_missing_path_keeps_the_header() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::create_dir(server.at("dir")).unwrap();
+    fs::write(server.at("dir/f"), b"").unwrap();
+    let output = cli.run("ls", &["dir", "missing"]);
+    assert_eq!(output.code(), 1, "{}", output.stderr);
+    assert_eq!(names(&output.text()), ["dir:", "f"], "{}", output.text());
+    assert_eq!(output.stderr.lines().count(), 1, "{}", output.stderr);
+    let output = cli.run("ls", &["dir", "nothing*"]);
+    assert_eq!(output.code(), 1, "{}", output.stderr);
+    assert_eq!(names(&output.text()), ["dir:", "f"], "{}", output.text());
+    // One operand: no header, as before.
+    assert_eq!(names(&cli.ok("ls", &["dir"])), ["f"]);
+}

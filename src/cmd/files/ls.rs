@@ -82,7 +82,9 @@ struct Dir {
 struct Found {
     files: Vec<OwnedDirEntry>,
     dirs: Vec<Dir>,
-    refused: bool,
+    /// How many operands (or patterns) were refused: they count as operands for the
+    /// `PATH:` headers, as in ls (`ls dir missing` heads `dir`'s section).
+    refused: usize,
 }
 
 /// Lists the operands as ls does.
@@ -109,8 +111,8 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
         local_now: args.long.then(now_s),
         human: args.human,
     };
-    let headers = args.recursive || found.files.len() + found.dirs.len() > 1;
-    let mut refused = found.refused;
+    let headers = args.recursive || found.files.len() + found.dirs.len() + found.refused > 1;
+    let mut refused = found.refused > 0;
     let mut json = Vec::new();
     let mut printed = false;
     if !found.files.is_empty() {
@@ -208,7 +210,7 @@ fn resolve(session: &mut Session, operand: &Operand, found: &mut Found) -> Resul
     let matches = match glob::expand_pattern(&mut session.client, pattern) {
         Ok(matches) => matches,
         Err(error) => {
-            found.refused = true;
+            found.refused += 1;
             return report(session, pattern.as_str(), &error);
         }
     };
@@ -263,13 +265,13 @@ fn resolve_path(
                     mtime_ns: info.mtime_ns,
                 }),
                 _ => {
-                    found.refused = true;
+                    found.refused += 1;
                     report(session, shown, &error)?;
                 }
             }
         }
         Err(error) => {
-            found.refused = true;
+            found.refused += 1;
             report(session, shown, &error)?;
         }
     }

@@ -314,3 +314,49 @@ fn ls_of_a_directory_and_a_missing_path_keeps_the_header() {
     // One operand: no header, as before.
     assert_eq!(names(&cli.ok("ls", &["dir"])), ["f"]);
 }
+
+/// `mkdir -p` racing other clients creating the same path: every one must succeed (an
+/// ALREADY_EXISTS for a directory is what -p wants), whoever wins each level.
+#[test]
+fn mkdir_p_racing_other_clients_succeeds() {
+    let server = FileServer::start(&[]);
+    let addr = server.server.framed_str();
+    let work = Scratch::new("review-mkdir-race");
+    for round in 0..4 {
+        let path = format!("r{round}/a/b/c/d");
+        let racers: Vec<_> = (0..6)
+            .map(|_| {
+                let (addr, path, cwd) = (addr.clone(), path.clone(), work.path().to_path_buf());
+                std::thread::spawn(move || {
+                    cli(&["mkdir", "--addr", &addr, "-p", &path], &cwd, None)
+                })
+            })
+            .collect();
+        for racer in racers {
+            let output = racer.join().expect("a racer");
+            assert_eq!(output.code(), 0, "round {round}: {}", output.stderr);
+        }
+        assert!(server.at(&path).is_dir());
+    }
+}
+
+/// `rm -r` of a wide directory (more entries than one LIST page holds) and of a deep one.
+#[test]
+fn rm_r_removes_wide_and_deep_trees() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::create_dir(server.at("wide")).unwrap();
+    for i in 0..3000 {
+        fs::write(server.at(&format!("wide/{i:04}-{}", "n".repeat(40))), b"").unwrap();
+    }
+    let mut deep = String::from("deep");
+    for _ in 0..200 {
+        deep.push_str("/d");
+    }
+    fs::create_dir_all(server.at(&deep)).unwrap();
+    fs::write(server.at(&format!("{deep}/leaf")), b"").unwrap();
+    let listing = cli.ok("ls", &["wide"]);
+    assert_eq!(listing.lines().count(), 3000);
+    cli.ok("rm", &["-r", "wide", "deep"]);
+    assert!(!server.at("wide").exists() && !server.at("deep").exists());
+}

@@ -360,3 +360,20 @@ fn rm_r_removes_wide_and_deep_trees() {
     cli.ok("rm", &["-r", "wide", "deep"]);
     assert!(!server.at("wide").exists() && !server.at("deep").exists());
 }
+
+/// The same operand names the same path in every command: `stat 'x\*'` was a usage error
+/// (a backslash) where `ls 'x\*'` and `rm 'x\*'` name the file `x*`.
+#[test]
+fn stat_takes_escapes_as_ls_and_rm_do() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::write(server.at("x*"), b"star").unwrap();
+    assert_eq!(names(&cli.ok("ls", &["x\\*"])), ["x*"]);
+    let shown = cli.ok("stat", &["x\\*"]);
+    assert!(
+        shown.starts_with("path:   x*\n") && shown.contains("size:   4"),
+        "{shown}"
+    );
+    cli.ok("rm", &["x\\*"]);
+    assert!(!server.at("x*").exists());
+}

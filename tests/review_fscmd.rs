@@ -198,6 +198,8 @@ fn rm_r_goes_on_past_a_refusal_like_rm() {
         "{stderr}"
     );
     assert!(lines[1].contains("t/c_bad"), "{stderr}");
+    // Why a directory `ls` shows empty is not empty.
+    assert!(lines[0].contains("not UTF-8"), "{stderr}");
     for gone in ["t/b_good", "t/d_good", "t/e_file", "u"] {
         assert!(!server.at(gone).exists(), "{gone} was removed");
     }

@@ -280,7 +280,7 @@ fn remove_tree(
         if emptied {
             if !kept.contains(&dir) {
                 if let Err(error) = gone_is_fine(client.delete(&dir)) {
-                    refuse(&dir, error, &mut kept)?;
+                    refuse(&dir, unlisted_entries(error), &mut kept)?;
                 }
             }
             continue;
@@ -308,6 +308,24 @@ fn remove_tree(
         stack.extend(subdirs.into_iter().rev());
     }
     Ok(())
+}
+
+/// NOT_EMPTY for a directory whose every listed entry was removed: say why, since `ls`
+/// shows it empty (names LIST leaves out: not UTF-8, or the server's own), or something new.
+fn unlisted_entries(error: ClientError) -> ClientError {
+    match error {
+        ClientError::Server {
+            code: ErrorCode::NotEmpty,
+            text,
+        } => ClientError::Server {
+            code: ErrorCode::NotEmpty,
+            text: format!(
+                "{text} (its listed entries are gone: what is left is not listed, such as a \
+                 name that is not UTF-8, or was created meanwhile)"
+            ),
+        },
+        other => other,
+    }
 }
 
 /// A removal whose path is already gone has what it wanted.

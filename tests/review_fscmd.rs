@@ -379,3 +379,115 @@ fn stat_takes_escapes_as_ls_and_rm_do() {
     cli.ok("rm", &["x\\*"]);
     assert!(!server.at("x*").exists());
 }
+
+/// A server (broken or hostile) whose every directory holds a directory: `name` (`x`, or
+/// `..`, which no real server lists). Answers HELLO, then LIST with that one entry and
+/// DELETE with NOT_EMPTY, until the client hangs up or `budget` requests were answered.
+fn endless_tree_server(
+    name: &'static str,
+    budget: usize,
+) -> (String, std::thread::JoinHandle<usize>) {
+    use monoreactor::proto::files::{DirEntry, FileKind};
+    use monoreactor::proto::{
+        ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header, HelloOk, SessionFlags,
+    };
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    let serving = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        let read_frame = |stream: &mut std::net::TcpStream| -> Option<(Header, Vec<u8>)> {
+            let mut head = [0; HEADER_LEN];
+            stream.read_exact(&mut head).ok()?;
+            let header = Header::parse(&head, u32::MAX).ok()??;
+            let mut payload = vec![0; header.len as usize];
+            stream.read_exact(&mut payload).ok()?;
+            Some((header, payload))
+        };
+        read_frame(&mut stream).expect("HELLO");
+        let mut out = Vec::new();
+        HelloOk {
+            version: 2,
+            max_payload_len: 1 << 20,
+            flags: SessionFlags::FILES,
+        }
+        .encode(&mut out);
+        stream.write_all(&out).expect("HELLO_OK");
+        let mut answered = 0;
+        while answered < budget {
+            let Some((header, _)) = read_frame(&mut stream) else {
+                break;
+            };
+            let mut out = Vec::new();
+            match header.frame_type {
+                FrameType::List => {
+                    let entry = DirEntry {
+                        name,
+                        kind: FileKind::Directory,
+                        size: 0,
+                        mtime_ns: 0,
+                    };
+                    let mut payload = vec![0; entry.wire_len()];
+                    entry.emit(&mut payload);
+                    Frame::new(
+                        FrameType::Entries,
+                        Flags::END_STREAM,
+                        header.stream,
+                        &payload,
+                    )
+                    .encode_into(&mut out);
+                }
+                _ => ErrorMessage {
+                    code: ErrorCode::NotEmpty,
+                    text: "not empty",
+                }
+                .encode(header.stream, &mut out),
+            }
+            if stream.write_all(&out).is_err() {
+                break;
+            }
+            answered += 1;
+        }
+        answered
+    });
+    (addr, serving)
+}
+
+/// `rm -r` and `ls -R` end against a server whose tree never ends (or that lists `..`): a
+/// directory deeper than a request path can name is reported, not listed, and a name that
+/// cannot be one path component is not followed. Both used to go on for as long as the
+/// server answered (one LIST per level, the path growing each time).
+#[test]
+fn tree_walks_end_against_an_endless_server() {
+    let work = Scratch::new("review-endless");
+    // Enough answers for a walk to the path limit (about 2,000 levels), not for an endless one.
+    let budget = 10_000;
+    for name in ["x", ".."] {
+        for command in [&["rm", "-r", "d"][..], &["ls", "-R", "d"]] {
+            let (addr, serving) = endless_tree_server(name, budget);
+            let mut args = command.to_vec();
+            args.extend(["--addr", &addr]);
+            let output = cli(&args, work.path(), None);
+            let answered = serving.join().expect("the fake server");
+            assert!(answered < budget, "{name} {command:?}: {answered} answers");
+            // `ls -R` shows a `..` it was given, and does not follow it.
+            let refused = !(name == ".." && command[0] == "ls");
+            assert_eq!(
+                output.code(),
+                i32::from(refused),
+                "{name} {command:?}: {}",
+                output.stderr
+            );
+            assert_eq!(
+                output.stderr.lines().count(),
+                usize::from(refused),
+                "{name} {command:?}: {}",
+                output.stderr
+            );
+        }
+    }
+}

@@ -81,6 +81,29 @@ pub fn unescape(pattern: &str) -> String {
     out
 }
 
+/// Whether `name`, as a server listed it, can be one component of a request path: not
+/// empty, `.` or `..`, without `/` or NUL. A walk down a tree (`rm -r`, `ls -R`, a pattern)
+/// follows no other name: a broken or hostile server listing `..` must not send it round in
+/// circles.
+pub fn is_one_component(name: &str) -> bool {
+    !matches!(name, "" | "." | "..") && !name.contains(['/', '\0'])
+}
+
+/// Refuses, as the server would, a path too long for a request ([`MAX_PATH_LEN`]): a walk
+/// down a tree stops there rather than go on as deep as a server's answers lead it.
+pub fn check_path_len(path: &str) -> Result<(), ClientError> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(ClientError::Server {
+            code: ErrorCode::BadRequest,
+            text: format!(
+                "the path is {} bytes; at most {MAX_PATH_LEN} fit in a request",
+                path.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Whether `text`, a remote path or pattern as typed, ends with `/` or `/.`: then it names a
 /// directory (as in sh and coreutils: `rm file/` is refused, `*/` matches directories only).
 pub fn names_a_directory(text: &str) -> bool {
@@ -391,7 +414,8 @@ pub fn expand_pattern(
             match component {
                 Component::Literal(name) => next.push((join(dir, name), None)),
                 Component::Wild(wild) => {
-                    let mut entries = match client.list(dir) {
+                    let listed = check_path_len(dir).and_then(|()| client.list(dir));
+                    let mut entries = match listed {
                         Ok(entries) => entries,
                         Err(error) if skippable(&error, crossed_wild) => continue,
                         Err(error) => return Err(error),
@@ -401,7 +425,8 @@ pub fn expand_pattern(
                     // followed by the server), or match a pattern ending with `/`.
                     let any_kind = index == last && !pattern.dirs_only;
                     for entry in entries {
-                        if matches(wild, &entry.name)
+                        if is_one_component(&entry.name)
+                            && matches(wild, &entry.name)
                             && (any_kind || entry.kind == FileKind::Directory)
                         {
                             let path = join(dir, &entry.name);
@@ -633,6 +658,12 @@ mod tests {
         assert!(Pattern::parse(&format!("*{}", "a".repeat(MAX_PATH_LEN - 1))).is_ok());
         assert!(Pattern::parse(&format!("*{}", "a".repeat(MAX_PATH_LEN))).is_err());
         assert!(Pattern::parse("/etc/*").is_err());
+        assert!(is_one_component("a") && is_one_component("...") && is_one_component(".a"));
+        for name in ["", ".", "..", "a/b", "a\0"] {
+            assert!(!is_one_component(name), "{name:?}");
+        }
+        assert!(check_path_len(&"a".repeat(MAX_PATH_LEN)).is_ok());
+        assert!(check_path_len(&"a".repeat(MAX_PATH_LEN + 1)).is_err());
         assert!(Pattern::parse("a/../*").is_err());
         assert!(Pattern::parse("*/..").is_err());
     }

@@ -131,7 +131,10 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
     while let Some(dir) = stack.pop() {
         let mut entries = match dir.entries {
             Some(entries) => entries,
-            None => match session.client.list(&dir.path) {
+            // No deeper than a request can name: a server's tree cannot lead -R on forever.
+            None => match glob::check_path_len(&dir.path)
+                .and_then(|()| session.client.list(&dir.path))
+            {
                 Ok(entries) => entries,
                 Err(error) => {
                     refused = true;
@@ -144,7 +147,10 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
         if args.recursive {
             let subdirs = entries
                 .iter()
-                .filter(|entry| entry.kind == FileKind::Directory)
+                // Not `..` or the like from a broken server, which would go round in circles.
+                .filter(|entry| {
+                    entry.kind == FileKind::Directory && glob::is_one_component(&entry.name)
+                })
                 .map(|entry| Dir {
                     path: join(&dir.path, &entry.name),
                     shown: join(&dir.shown, &entry.name),

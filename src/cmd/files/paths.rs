@@ -285,7 +285,9 @@ fn remove_tree(
             }
             continue;
         }
-        let mut entries = match client.list(&dir) {
+        // No deeper than a request can name: a server's tree cannot lead the walk on forever.
+        let listed = glob::check_path_len(&dir).and_then(|()| client.list(&dir));
+        let mut entries = match listed {
             Ok(entries) => entries,
             Err(error) if error.server_code() == Some(ErrorCode::NotFound) => continue,
             Err(error) => {
@@ -296,7 +298,12 @@ fn remove_tree(
         files::sort_entries(&mut entries);
         stack.push((dir.clone(), true));
         let mut subdirs = Vec::new();
-        for entry in entries {
+        // A name no request could hold (`..`, from a broken server) is left alone: the
+        // directory then stays, reported NOT_EMPTY.
+        for entry in entries
+            .into_iter()
+            .filter(|e| glob::is_one_component(&e.name))
+        {
             let path = format!("{dir}/{}", entry.name);
             if entry.kind == FileKind::Directory {
                 subdirs.push((path, false));

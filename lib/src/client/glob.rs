@@ -5,7 +5,7 @@
 //! [`unescape`]), and [`expand`], which walks a [`FileClient`] down a pattern's components.
 //!
 //! The syntax is the shell's (POSIX `fnmatch` on one component, without `/` ever matching):
-//! - `*` matches any run of characters, `?` one character;
+//! - `*` matches any run of characters, `?` one character (`**` is `*`: no recursion);
 //! - `[abc]`, `[a-z]` one character of the set, `[!a]` or `[^a]` one not in it; a `]` first in
 //!   the set is one of its members (`[]]`, `[!]]`), a `-` first or last is itself; a `[` with
 //!   no closing `]` is a literal `[`; POSIX classes (`[[:digit:]]`, `[[:alpha:]_]`) are known

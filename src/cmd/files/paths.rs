@@ -29,8 +29,8 @@ with `/` must be a directory.
 A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a], [[:digit:]]
 (quote them from the local shell: rm 'tmp/*.part'). They are matched here, against LISTs
 of the server's directories; * and ? do not match a leading dot. \\* stands for a literal
-*. A pattern ending with / matches directories only. A pattern that matches nothing is an
-error (exit status 1)."
+*. A pattern ending with / matches directories only; ** is * (nothing matches across a
+/). A pattern that matches nothing is an error (exit status 1)."
 );
 
 /// What `mkdir --help` says after the flags.

@@ -5,16 +5,18 @@
 //! [`unescape`]), and [`expand`], which walks a [`FileClient`] down a pattern's components.
 //!
 //! The syntax is the shell's (POSIX `fnmatch` on one component, without `/` ever matching):
-//! - `*` matches any run of characters, `?` one character;
+//! - `*` matches any run of characters, `?` one character (`**` is `*`: no recursion);
 //! - `[abc]`, `[a-z]` one character of the set, `[!a]` or `[^a]` one not in it; a `]` first in
 //!   the set is one of its members (`[]]`, `[!]]`), a `-` first or last is itself; a `[` with
-//!   no closing `]` is a literal `[`;
+//!   no closing `]` is a literal `[`; POSIX classes (`[[:digit:]]`, `[[:alpha:]_]`) are known
+//!   by their names, an unknown one matches nothing;
 //! - `\x` is `x` itself, so `\*` names a file called `*`;
 //! - a name beginning with `.` is matched only by a pattern component that begins with a
 //!   literal `.`, as in sh: `*` does not list `.hidden` (nor the server's partial uploads).
 
 use crate::proto::ErrorCode;
 use crate::proto::files::FileKind;
+use crate::proto::path::MAX_PATH_LEN;
 
 use super::ClientError;
 use super::files::{FileClient, OwnedDirEntry, normalize_remote, sort_entries};
@@ -77,6 +79,35 @@ pub fn unescape(pattern: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `name`, as a server listed it, can be one component of a request path: not
+/// empty, `.` or `..`, without `/` or NUL. A walk down a tree (`rm -r`, `ls -R`, a pattern)
+/// follows no other name: a broken or hostile server listing `..` must not send it round in
+/// circles.
+pub fn is_one_component(name: &str) -> bool {
+    !matches!(name, "" | "." | "..") && !name.contains(['/', '\0'])
+}
+
+/// Refuses, as the server would, a path too long for a request ([`MAX_PATH_LEN`]): a walk
+/// down a tree stops there rather than go on as deep as a server's answers lead it.
+pub fn check_path_len(path: &str) -> Result<(), ClientError> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(ClientError::Server {
+            code: ErrorCode::BadRequest,
+            text: format!(
+                "the path is {} bytes; at most {MAX_PATH_LEN} fit in a request",
+                path.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `text`, a remote path or pattern as typed, ends with `/` or `/.`: then it names a
+/// directory (as in sh and coreutils: `rm file/` is refused, `*/` matches directories only).
+pub fn names_a_directory(text: &str) -> bool {
+    matches!(text.rsplit('/').next(), Some("" | ".")) && text.contains('/')
 }
 
 /// Whether `name` (one path component) matches `pattern` (one component), by the rules in
@@ -145,14 +176,38 @@ struct Set {
     negated: bool,
     /// Inclusive ranges; a single character is `(c, c)`.
     ranges: Vec<(char, char)>,
+    /// Character classes (`[:digit:]`), as their tests.
+    classes: Vec<fn(char) -> bool>,
     /// The index just past the closing `]`.
     end: usize,
 }
 
 impl Set {
     fn contains(&self, c: char) -> bool {
-        let inside = self.ranges.iter().any(|&(low, high)| low <= c && c <= high);
+        let inside = self.ranges.iter().any(|&(low, high)| low <= c && c <= high)
+            || self.classes.iter().any(|class| class(c));
         inside != self.negated
+    }
+}
+
+/// The POSIX class `[:name:]` inside a set, as a test; an unknown name matches nothing (as
+/// fnmatch's pattern with one matches nothing).
+fn class(name: &[char]) -> fn(char) -> bool {
+    let name: String = name.iter().collect();
+    match name.as_str() {
+        "alpha" => char::is_alphabetic,
+        "digit" => |c: char| c.is_ascii_digit(),
+        "alnum" => char::is_alphanumeric,
+        "upper" => char::is_uppercase,
+        "lower" => char::is_lowercase,
+        "space" => char::is_whitespace,
+        "blank" => |c: char| c == ' ' || c == '\t',
+        "punct" => |c: char| c.is_ascii_punctuation(),
+        "xdigit" => |c: char| c.is_ascii_hexdigit(),
+        "cntrl" => char::is_control,
+        "print" => |c: char| !c.is_control(),
+        "graph" => |c: char| !c.is_control() && !c.is_whitespace(),
+        _ => |_: char| false,
     }
 }
 
@@ -165,6 +220,7 @@ fn parse_set(pattern: &[char], open: usize) -> Option<Set> {
         at += 1;
     }
     let mut ranges = Vec::new();
+    let mut classes = Vec::new();
     let mut first = true;
     loop {
         let mut c = *pattern.get(at)?;
@@ -172,10 +228,23 @@ fn parse_set(pattern: &[char], open: usize) -> Option<Set> {
             return Some(Set {
                 negated,
                 ranges,
+                classes,
                 end: at + 1,
             });
         }
         first = false;
+        // `[:digit:]`: without this `[[:digit:]]*` was the set `[:digt` and a literal `]`,
+        // so `rm '[[:digit:]]*'` matched what no shell would.
+        if c == '[' && pattern.get(at + 1) == Some(&':') {
+            let name_at = at + 2;
+            let close = (name_at..pattern.len().saturating_sub(1))
+                .find(|&i| pattern[i] == ':' && pattern[i + 1] == ']');
+            if let Some(close) = close {
+                classes.push(class(&pattern[name_at..close]));
+                at = close + 2;
+                continue;
+            }
+        }
         if c == '\\' {
             at += 1;
             c = *pattern.get(at)?;
@@ -210,6 +279,8 @@ enum Component {
 pub struct Pattern {
     text: String,
     components: Vec<Component>,
+    /// It ends with `/` (or `/.`): as in sh, only directories match.
+    dirs_only: bool,
 }
 
 impl Pattern {
@@ -229,6 +300,15 @@ impl Pattern {
                 continue;
             }
             if component_has_magic(part) {
+                // Matching costs up to the name's length times the component's: a component
+                // of the 128 KiB a shell lets through took 10 ms per name (a minute for a
+                // directory of 6,000). No name is longer than a path, nor need a pattern be.
+                if part.len() > MAX_PATH_LEN {
+                    return Err(format!(
+                        "a pattern component is {} bytes; at most {MAX_PATH_LEN}",
+                        part.len()
+                    ));
+                }
                 components.push(Component::Wild(part.to_string()));
             } else {
                 let name = unescape(part);
@@ -239,15 +319,24 @@ impl Pattern {
                 components.push(Component::Literal(name));
             }
         }
+        // `*/` names directories only in sh; without this, `rm -r 'build*/'` would remove
+        // the file `build.log` too.
+        let dirs_only = !components.is_empty() && names_a_directory(text);
         Ok(Pattern {
             text: text.to_string(),
             components,
+            dirs_only,
         })
     }
 
     /// The pattern as typed.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// Whether it ends with `/` (or `/.`), so that only directories match.
+    pub fn dirs_only(&self) -> bool {
+        self.dirs_only
     }
 
     /// Whether any component has a wildcard.
@@ -285,19 +374,27 @@ pub fn expand(client: &mut FileClient, pattern: &str) -> Result<Vec<RemoteMatch>
 /// Every path on the server that `pattern` matches, in the shell's order (component by
 /// component, each directory's names in byte order).
 ///
-/// A pattern without wildcards is one STAT: its path, or the server's error (NOT_FOUND...).
-/// Otherwise each wildcard component LISTs the directories matched so far (a directory that
-/// is gone or is not one is skipped, as sh skips it); a literal component after a wildcard
-/// is checked by the next LIST, or by a STAT if it is the last one. When nothing matches the
-/// error is [`ErrorCode::NotFound`] with a text starting with [`NO_MATCH`] ([`is_no_match`]).
-/// Other failures (the connection, a refusal other than NOT_FOUND or NOT_DIRECTORY) end the
-/// walk.
+/// A pattern without wildcards is one STAT: its path, or the server's error (NOT_FOUND...;
+/// NOT_DIRECTORY if it ends with `/` and is something else). Otherwise each wildcard
+/// component LISTs the directories matched so far (a directory that is gone, is not one or
+/// is a symlink is skipped, as sh skips a file); a literal component after a wildcard is
+/// checked by the next LIST, or by a STAT if it is the last one. A pattern ending with `/`
+/// matches directories only. When nothing matches the error is [`ErrorCode::NotFound`] with
+/// a text starting with [`NO_MATCH`] ([`is_no_match`]). Other failures (the connection, a
+/// refusal of the literal part before the first wildcard other than NOT_FOUND or
+/// NOT_DIRECTORY) end the walk.
 pub fn expand_pattern(
     client: &mut FileClient,
     pattern: &Pattern,
 ) -> Result<Vec<RemoteMatch>, ClientError> {
     if let Some(path) = pattern.literal_path() {
         let info = client.stat(&path)?;
+        if pattern.dirs_only && info.kind != FileKind::Directory {
+            return Err(ClientError::Server {
+                code: ErrorCode::NotDirectory,
+                text: format!("`{}`: not a directory", pattern.as_str()),
+            });
+        }
         return Ok(vec![RemoteMatch {
             path,
             kind: info.kind,
@@ -308,23 +405,29 @@ pub fn expand_pattern(
     // The matches so far: their paths and, once a LIST has seen them, what they are.
     let mut found: Vec<(String, Option<RemoteMatch>)> = vec![(String::new(), None)];
     let last = pattern.components.len().saturating_sub(1);
+    // Whether the paths in `found` came through a wildcard: then a symlink among them (the
+    // server's OUTSIDE_ROOT) is skipped like a file; before, it is the operand's own error.
+    let mut crossed_wild = false;
     for (index, component) in pattern.components.iter().enumerate() {
         let mut next = Vec::new();
         for (dir, _) in &found {
             match component {
                 Component::Literal(name) => next.push((join(dir, name), None)),
                 Component::Wild(wild) => {
-                    let mut entries = match client.list(dir) {
+                    let listed = check_path_len(dir).and_then(|()| client.list(dir));
+                    let mut entries = match listed {
                         Ok(entries) => entries,
-                        Err(error) if skippable(&error) => continue,
+                        Err(error) if skippable(&error, crossed_wild) => continue,
                         Err(error) => return Err(error),
                     };
                     sort_entries(&mut entries);
+                    // Only a directory can have a next component (symlinks are never
+                    // followed by the server), or match a pattern ending with `/`.
+                    let any_kind = index == last && !pattern.dirs_only;
                     for entry in entries {
-                        // Only a directory can have a next component (symlinks are never
-                        // followed by the server).
-                        if matches(wild, &entry.name)
-                            && (index == last || entry.kind == FileKind::Directory)
+                        if is_one_component(&entry.name)
+                            && matches(wild, &entry.name)
+                            && (any_kind || entry.kind == FileKind::Directory)
                         {
                             let path = join(dir, &entry.name);
                             next.push((path.clone(), Some(described(path, &entry))));
@@ -333,6 +436,7 @@ pub fn expand_pattern(
                 }
             }
         }
+        crossed_wild = crossed_wild || matches!(component, Component::Wild(_));
         found = next;
         if found.is_empty() {
             break;
@@ -344,13 +448,14 @@ pub fn expand_pattern(
             Some(entry) => matched.push(entry),
             // A literal last component: does it exist?
             None => match client.stat(&path) {
+                Ok(info) if pattern.dirs_only && info.kind != FileKind::Directory => {}
                 Ok(info) => matched.push(RemoteMatch {
                     path,
                     kind: info.kind,
                     size: info.size,
                     mtime_ns: info.mtime_ns,
                 }),
-                Err(error) if skippable(&error) => {}
+                Err(error) if skippable(&error, crossed_wild) => {}
                 Err(error) => return Err(error),
             },
         }
@@ -364,12 +469,15 @@ pub fn expand_pattern(
     Ok(matched)
 }
 
-/// A refusal that means "not there" for a path a wildcard led to: it is skipped.
-fn skippable(error: &ClientError) -> bool {
-    matches!(
-        error.server_code(),
-        Some(ErrorCode::NotFound | ErrorCode::NotDirectory)
-    )
+/// A refusal that means "not there" for a path a pattern led to: it is skipped. Past a
+/// wildcard that includes a symlink where a directory was wanted (OUTSIDE_ROOT), which one
+/// matched name must not make the whole pattern fail.
+fn skippable(error: &ClientError, crossed_wild: bool) -> bool {
+    match error.server_code() {
+        Some(ErrorCode::NotFound | ErrorCode::NotDirectory) => true,
+        Some(ErrorCode::OutsideRoot) => crossed_wild,
+        _ => false,
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -458,6 +566,33 @@ mod tests {
     }
 
     #[test]
+    fn posix_character_classes() {
+        assert!(matches("[[:digit:]]*", "1a"));
+        assert!(!matches("[[:digit:]]*", "a1"));
+        assert!(
+            !matches("[[:digit:]]*", ":]"),
+            "no longer a set of `[:digt` and a `]`"
+        );
+        assert!(matches("[![:digit:]]", "x"));
+        assert!(!matches("[![:digit:]]", "7"));
+        assert!(matches("[[:alpha:]_][[:alnum:]]", "_9"));
+        assert!(matches("[[:upper:][:digit:]]", "Q"));
+        assert!(matches("[[:upper:][:digit:]]", "4"));
+        assert!(!matches("[[:upper:][:digit:]]", "q"));
+        assert!(matches("[[:space:]]", " "));
+        assert!(matches("[[:xdigit:]]", "f"));
+        assert!(!matches("[[:xdigit:]]", "g"));
+        assert!(matches("[[:punct:]]", "-"));
+        assert!(
+            !matches("[[:nonsense:]]", "n"),
+            "an unknown class matches nothing"
+        );
+        assert!(has_magic("[[:digit:]]"));
+        // Not a class: `[:` without `:]` is two members.
+        assert!(matches("[[:a]", ":"));
+    }
+
+    #[test]
     fn an_unterminated_bracket_is_literal() {
         assert!(matches("[", "["));
         assert!(matches("a[b", "a[b"));
@@ -513,7 +648,22 @@ mod tests {
             Pattern::parse(".").expect("root").literal_path().as_deref(),
             Some("")
         );
+        assert!(literal.dirs_only(), "its STAT must find a directory");
+        assert!(Pattern::parse("*/").expect("parses").dirs_only());
+        assert!(Pattern::parse("a/*/.").expect("parses").dirs_only());
+        assert!(!Pattern::parse("a/*").expect("parses").dirs_only());
+        assert!(!Pattern::parse("./").expect("root").dirs_only());
+        assert!(names_a_directory("a/") && names_a_directory("a/.") && names_a_directory("./"));
+        assert!(!names_a_directory("a") && !names_a_directory(".") && !names_a_directory("a/.b"));
+        assert!(Pattern::parse(&format!("*{}", "a".repeat(MAX_PATH_LEN - 1))).is_ok());
+        assert!(Pattern::parse(&format!("*{}", "a".repeat(MAX_PATH_LEN))).is_err());
         assert!(Pattern::parse("/etc/*").is_err());
+        assert!(is_one_component("a") && is_one_component("...") && is_one_component(".a"));
+        for name in ["", ".", "..", "a/b", "a\0"] {
+            assert!(!is_one_component(name), "{name:?}");
+        }
+        assert!(check_path_len(&"a".repeat(MAX_PATH_LEN)).is_ok());
+        assert!(check_path_len(&"a".repeat(MAX_PATH_LEN + 1)).is_err());
         assert!(Pattern::parse("a/../*").is_err());
         assert!(Pattern::parse("*/..").is_err());
     }

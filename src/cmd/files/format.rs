@@ -270,20 +270,35 @@ fn date(time: OffsetDateTime) -> String {
 }
 
 /// A name as a terminal line may show it: control characters escaped (`\n`, `\u{1b}`), so a
-/// name cannot break a listing's lines or drive the terminal.
+/// name cannot break a listing's lines or drive the terminal; so are the characters that
+/// reorder or break a line without being controls (bidi overrides such as U+202E, which make
+/// `evil\u{202e}txt.exe` look like `evilexe.txt`; U+2028 and U+2029), and the backslash
+/// itself, so that an escape cannot be mistaken for a name that has one.
 pub fn display_name(name: &str) -> Cow<'_, str> {
-    if !name.chars().any(char::is_control) {
+    if !name.chars().any(needs_escape) {
         return Cow::Borrowed(name);
     }
     let mut shown = String::with_capacity(name.len() + 8);
     for c in name.chars() {
-        if c.is_control() {
+        if needs_escape(c) {
             shown.extend(c.escape_default());
         } else {
             shown.push(c);
         }
     }
     Cow::Owned(shown)
+}
+
+/// Whether [`display_name`] escapes `c`.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        || matches!(
+            c,
+            // Bidi marks, embeddings, overrides and isolates; line and paragraph separators.
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                | '\u{2028}' | '\u{2029}'
+        )
 }
 
 #[cfg(test)]
@@ -510,5 +525,13 @@ mod tests {
     fn names_with_control_characters_are_escaped_for_terminals() {
         assert!(matches!(display_name("plain é"), Cow::Borrowed("plain é")));
         assert_eq!(display_name("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(display_name("x\u{202e}txt.exe"), "x\\u{202e}txt.exe");
+        assert_eq!(display_name("a\u{2028}b"), "a\\u{2028}b");
+        assert_eq!(
+            display_name("a\\nb"),
+            "a\\\\nb",
+            "unlike the escape of a newline"
+        );
+        assert_eq!(display_name("a\nb"), "a\\nb");
     }
 }

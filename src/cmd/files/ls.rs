@@ -28,10 +28,11 @@ With --json: one JSON array of {\"name\", \"kind\" (file, directory, symlink, ot
 upload), \"size\", \"mtime_ns\", \"path\"} objects, mtime_ns being nanoseconds since the Unix
 epoch and path the entry's path from the server's root.
 
-A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a] (quote them from the
-local shell: ls 'logs/*.gz'). They are matched here, against LISTs of the server's
-directories; * and ? do not match a leading dot. \\* stands for a literal *. A pattern that
-matches nothing is an error (exit status 1)."
+A PATH may hold wildcards in any component: *, ?, [abc], [a-z], [!a], [[:digit:]]
+(quote them from the local shell: ls 'logs/*.gz'). They are matched here, against LISTs
+of the server's directories; * and ? do not match a leading dot. \\* stands for a literal
+*. A pattern ending with / matches directories only; ** is * (nothing matches across a
+/). A pattern that matches nothing is an error (exit status 1)."
 );
 
 /// The flags of `ls`.
@@ -60,9 +61,10 @@ pub struct LsArgs {
     paths: Vec<String>,
 }
 
-/// One operand as typed: a path, or a pattern to expand on the server.
+/// One operand as typed: a path (and whether it was typed as a directory, with a trailing
+/// `/`), or a pattern to expand on the server.
 enum Operand {
-    Path(String),
+    Path { path: String, directory: bool },
     Glob(Pattern),
 }
 
@@ -80,7 +82,9 @@ struct Dir {
 struct Found {
     files: Vec<OwnedDirEntry>,
     dirs: Vec<Dir>,
-    refused: bool,
+    /// How many operands (or patterns) were refused: they count as operands for the
+    /// `PATH:` headers, as in ls (`ls dir missing` heads `dir`'s section).
+    refused: usize,
 }
 
 /// Lists the operands as ls does.
@@ -107,8 +111,8 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
         local_now: args.long.then(now_s),
         human: args.human,
     };
-    let headers = args.recursive || found.files.len() + found.dirs.len() > 1;
-    let mut refused = found.refused;
+    let headers = args.recursive || found.files.len() + found.dirs.len() + found.refused > 1;
+    let mut refused = found.refused > 0;
     let mut json = Vec::new();
     let mut printed = false;
     if !found.files.is_empty() {
@@ -127,7 +131,10 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
     while let Some(dir) = stack.pop() {
         let mut entries = match dir.entries {
             Some(entries) => entries,
-            None => match session.client.list(&dir.path) {
+            // No deeper than a request can name: a server's tree cannot lead -R on forever.
+            None => match glob::check_path_len(&dir.path)
+                .and_then(|()| session.client.list(&dir.path))
+            {
                 Ok(entries) => entries,
                 Err(error) => {
                     refused = true;
@@ -140,7 +147,10 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
         if args.recursive {
             let subdirs = entries
                 .iter()
-                .filter(|entry| entry.kind == FileKind::Directory)
+                // Not `..` or the like from a broken server, which would go round in circles.
+                .filter(|entry| {
+                    entry.kind == FileKind::Directory && glob::is_one_component(&entry.name)
+                })
                 .map(|entry| Dir {
                     path: join(&dir.path, &entry.name),
                     shown: join(&dir.shown, &entry.name),
@@ -185,7 +195,11 @@ fn parse_operand(text: &str) -> Result<Operand, String> {
     if glob::has_magic(text) {
         Pattern::parse(text).map(Operand::Glob)
     } else {
-        files::normalize_remote(&glob::unescape(text)).map(Operand::Path)
+        let path = files::normalize_remote(&glob::unescape(text))?;
+        Ok(Operand::Path {
+            path,
+            directory: glob::names_a_directory(text),
+        })
     }
 }
 
@@ -194,13 +208,15 @@ fn parse_operand(text: &str) -> Result<Operand, String> {
 /// and remembered; any other failure ends the command.
 fn resolve(session: &mut Session, operand: &Operand, found: &mut Found) -> Result<(), Failure> {
     let pattern = match operand {
-        Operand::Path(path) => return resolve_path(session, path, found),
+        Operand::Path { path, directory } => {
+            return resolve_path(session, path, *directory, found);
+        }
         Operand::Glob(pattern) => pattern,
     };
     let matches = match glob::expand_pattern(&mut session.client, pattern) {
         Ok(matches) => matches,
         Err(error) => {
-            found.refused = true;
+            found.refused += 1;
             return report(session, pattern.as_str(), &error);
         }
     };
@@ -223,8 +239,14 @@ fn resolve(session: &mut Session, operand: &Operand, found: &mut Found) -> Resul
     Ok(())
 }
 
-/// [`resolve`] for a path without wildcards.
-fn resolve_path(session: &mut Session, path: &str, found: &mut Found) -> Result<(), Failure> {
+/// [`resolve`] for a path without wildcards; `directory`: it was typed with a trailing `/`,
+/// so it must be a directory (`ls file/` is refused, as ls refuses it).
+fn resolve_path(
+    session: &mut Session,
+    path: &str,
+    directory: bool,
+    found: &mut Found,
+) -> Result<(), Failure> {
     let shown = if path.is_empty() { "." } else { path };
     match session.client.list(path) {
         Ok(entries) => found.dirs.push(Dir {
@@ -235,6 +257,7 @@ fn resolve_path(session: &mut Session, path: &str, found: &mut Found) -> Result<
         // `ls FILE` shows the file (and `ls LINK` the link), as ls does.
         Err(error)
             if !path.is_empty()
+                && !directory
                 && matches!(
                     error.server_code(),
                     Some(ErrorCode::NotDirectory | ErrorCode::OutsideRoot)
@@ -248,13 +271,13 @@ fn resolve_path(session: &mut Session, path: &str, found: &mut Found) -> Result<
                     mtime_ns: info.mtime_ns,
                 }),
                 _ => {
-                    found.refused = true;
+                    found.refused += 1;
                     report(session, shown, &error)?;
                 }
             }
         }
         Err(error) => {
-            found.refused = true;
+            found.refused += 1;
             report(session, shown, &error)?;
         }
     }

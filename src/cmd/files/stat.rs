@@ -2,7 +2,7 @@
 //! the server knows it), as lines or as JSON ([`format`](mod@super::format)).
 
 use clap::Args;
-use monoreactor::client::files;
+use monoreactor::client::{files, glob};
 
 use super::{ServerArgs, Session, format};
 use crate::failure::{Failure, print_stdout};
@@ -31,7 +31,9 @@ pub struct StatArgs {
 
 /// Describes the path.
 pub fn run(args: StatArgs) -> Result<(), Failure> {
-    let path = files::normalize_remote(&args.path).map_err(Failure::usage)?;
+    // `\*` is a literal `*` here too, as in ls, rm and mkdir: the same operand names the
+    // same path in each command.
+    let path = files::normalize_remote(&glob::unescape(&args.path)).map_err(Failure::usage)?;
     let mut session = Session::open(args.server)?;
     let info = session
         .client

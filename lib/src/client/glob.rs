@@ -1,7 +1,7 @@
 //! Remote globs: `*`, `?` and `[...]` in any component of a remote path, expanded on the
 //! client by LISTing the directories they walk through (the server knows no patterns).
 //!
-//! Two parts: a sans-IO matcher for one path component ([`matches`], [`has_magic`],
+//! Two parts: a sans-IO matcher for one path component ([`matches()`], [`has_magic`],
 //! [`unescape`]), and [`expand`], which walks a [`FileClient`] down a pattern's components.
 //!
 //! The syntax is the shell's (POSIX `fnmatch` on one component, without `/` ever matching):

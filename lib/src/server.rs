@@ -611,12 +611,23 @@ pub fn bind_shared(
     ))
 }
 
-/// Refuses more workers than [`MAX_WORKERS`](crate::workers::MAX_WORKERS), or than the
+// The worker limits are here, not in `workers`, which depends on this module (never the
+// other way round).
+/// The most workers `serve --workers` starts. Each is a whole server process holding its own
+/// copy of every listening socket; past the cores, more of them only contend for the same
+/// CPUs, and a mistyped count (100000) should be refused with this reason rather than fail
+/// halfway through binding its sockets.
+pub(crate) const MAX_WORKERS: usize = 1024;
+
+/// Descriptors the supervisor holds per worker besides its listening sockets: the worker's
+/// pidfd and the read end of its ready pipe, and the write end while it starts.
+pub(crate) const DESCRIPTORS_PER_WORKER: usize = 3;
+
+/// Refuses more workers than [`MAX_WORKERS`], or than the
 /// supervisor's descriptors can hold: it keeps every worker's copy of every listening socket,
 /// plus the worker's pidfd and ready pipe. Said before any socket is bound, so the message is
 /// the limit and why, not a bind failure.
 fn check_worker_count(config: &Config, count: usize) -> Result<(), StartError> {
-    use crate::workers::{DESCRIPTORS_PER_WORKER, MAX_WORKERS};
     if count > MAX_WORKERS {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         return Err(StartError::Config(format!(

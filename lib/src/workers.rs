@@ -47,16 +47,6 @@
 //! Limits (connections, commands, transfers) are per worker: N workers accept up to N times
 //! `--max-conns`.
 
-/// The most workers `serve --workers` starts. Each is a whole server process holding its own
-/// copy of every listening socket; past the cores, more of them only contend for the same
-/// CPUs, and a mistyped count (100000) should be refused with this reason rather than fail
-/// halfway through binding its sockets.
-pub const MAX_WORKERS: usize = 1024;
-
-/// Descriptors the supervisor holds per worker besides its listening sockets: the worker's
-/// pidfd and the read end of its ready pipe, and the write end while it starts.
-pub(crate) const DESCRIPTORS_PER_WORKER: usize = 3;
-
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;

@@ -16,6 +16,7 @@
 pub mod exec;
 pub mod files;
 pub mod tls;
+pub mod tree;
 
 pub use tls::{Target, TlsFailure, Transport};
 

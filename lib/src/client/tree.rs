@@ -123,7 +123,11 @@ pub struct TreeOptions {
     pub window: usize,
     /// Carry modes and mtimes (`-p`).
     pub preserve: bool,
-    /// Downloads: sync the destination's file system once, at the end.
+    /// Sync once at the end instead of once per file: downloads sync the destination's file
+    /// system (`syncfs`) before [`get_files`] returns; uploads go with `DEFER_SYNC`, but the
+    /// last one with `SYNC_FS`, sent once every other is stored, so that its DIGEST vouches
+    /// for all of them. Without it, downloads are not synced at all and each upload is
+    /// synced by the server on its own, as a single `put` is.
     pub durable: bool,
 }
 
@@ -569,20 +573,42 @@ pub fn put_files(
     } else {
         queue.extend((0..items.len()).map(|index| (index, false)));
     }
+    if options.durable && queue.is_empty() && run.tally.skipped > 0 {
+        // Everything was there already, maybe from an interrupted run whose uploads were
+        // never synced: the smallest file goes again, to carry the file system's sync.
+        let smallest = (0..items.len())
+            .filter(|&index| run.hashes[index].is_some())
+            .min_by_key(|&index| items[index].size);
+        if let Some(index) = smallest {
+            run.tally.files_done -= 1;
+            run.tally.skipped -= 1;
+            run.tally.bytes_done -= items[index].size;
+            queue.push_back((index, false));
+        }
+    }
     loop {
         while let Some((stream, held)) = run.ready.pop_front() {
             run.send_body(client, stream, held, progress)?;
         }
-        while run.in_flight.len() < run.window {
+        // The last upload carries the sync of all: it waits until every other is stored.
+        let hold_last = |run: &PutRun<'_>, queue: &VecDeque<(usize, bool)>| {
+            options.durable
+                && queue.len() == 1
+                && !(run.in_flight.is_empty() && run.ready.is_empty())
+        };
+        while run.in_flight.len() < run.window && !hold_last(&run, &queue) {
             let Some((index, retried)) = queue.pop_front() else {
                 break;
             };
-            run.start(client, index, retried, &mut queue, progress)?;
+            let last = options.durable && queue.is_empty();
+            run.start(client, index, retried, last, progress)?;
         }
         if run.in_flight.is_empty() && queue.is_empty() && run.ready.is_empty() {
             return Ok(run.failed);
         }
-        if !run.ready.is_empty() || (run.in_flight.len() < run.window && !queue.is_empty()) {
+        if !run.ready.is_empty()
+            || (run.in_flight.len() < run.window && !queue.is_empty() && !hold_last(&run, &queue))
+        {
             continue;
         }
         let frame = client.raw().recv_frame()?;
@@ -619,7 +645,7 @@ impl PutRun<'_> {
         client: &mut FileClient,
         index: usize,
         retried: bool,
-        queue: &mut VecDeque<(usize, bool)>,
+        last: bool,
         progress: &mut dyn FnMut(&Tally),
     ) -> Result<(), ClientError> {
         let item = &self.items[index];
@@ -662,11 +688,16 @@ impl PutRun<'_> {
                 return Ok(());
             }
         };
-        let flags = if self.options.resume {
+        let mut flags = if self.options.resume {
             PutFlags::RESUME
         } else {
             PutFlags::NONE
         };
+        if last {
+            flags = flags.with(PutFlags::SYNC_FS);
+        } else if self.options.durable {
+            flags = flags.with(PutFlags::DEFER_SYNC);
+        }
         let request = PutRequest {
             size,
             flags,
@@ -715,7 +746,6 @@ impl PutRun<'_> {
             return Ok(());
         }
         client.raw().send_raw(&wire)?;
-        let _ = queue;
         self.send_body(client, stream, 0, progress)
     }
 

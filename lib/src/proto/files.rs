@@ -220,8 +220,16 @@ impl PutFlags {
     /// Continue an interrupted upload of the same (path, size, hash) from what the server
     /// holds; needs [`PutFlags::HASH_DECLARED`].
     pub const RESUME: PutFlags = PutFlags(0x02);
+    /// A tree transfer defers durability: the file is committed (renamed into place, atomic
+    /// for every reader) without its own `fsync` nor its directory's; a later PUT with
+    /// [`PutFlags::SYNC_FS`] makes it durable.
+    pub const DEFER_SYNC: PutFlags = PutFlags(0x08);
+    /// The commit syncs the whole file system holding the file (`syncfs`) instead of the file
+    /// and its directory: when its DIGEST comes, this file and every upload committed before
+    /// it on that file system (those with [`PutFlags::DEFER_SYNC`] included) are durable.
+    pub const SYNC_FS: PutFlags = PutFlags(0x10);
     /// The flags this version defines.
-    pub const KNOWN: PutFlags = PutFlags(0x03);
+    pub const KNOWN: PutFlags = PutFlags(0x1b);
 
     /// The raw bits.
     pub const fn bits(self) -> u8 {

@@ -65,6 +65,9 @@ pub enum JobKind {
     Unlink,
     /// A write of an upload's bytes into its file.
     Write,
+    /// `syncfs`: everything written to the file system durable (a tree upload's one sync,
+    /// `PUT` flag `SYNC_FS`).
+    Syncfs,
 }
 
 /// Why a disk call failed, as the client will hear it: the code for its ERROR frame and the

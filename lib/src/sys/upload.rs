@@ -180,6 +180,8 @@ pub(crate) struct OpenUpload {
     /// neither write, nor commit, nor remove it.
     superseded: bool,
     committed: bool,
+    /// The PUT's `DEFER_SYNC` and `SYNC_FS` flags: how the commit makes it durable.
+    durability: PutFlags,
 }
 
 /// The slot of `uploads` an upload handle names, and its generation.
@@ -667,6 +669,7 @@ impl Files<'_> {
                 id: 0,
                 superseded: false,
                 committed: false,
+                durability: durability_of(request.flags),
             });
             return Ok(BegunUpload {
                 handle,
@@ -732,6 +735,7 @@ impl Files<'_> {
             id,
             superseded: false,
             committed: false,
+            durability: durability_of(request.flags),
         });
         self.state.partials.insert(
             id,
@@ -939,8 +943,13 @@ impl Files<'_> {
     /// the old file's unlink, and the directory's `fsync` (after which the new file is
     /// durable), which is returned for the caller to wait for. The upload is closed either
     /// way; after an error the target is untouched.
+    ///
+    /// A PUT with `SYNC_FS` has its directory's file system synced instead (`syncfs`: the
+    /// uploads committed before it with `DEFER_SYNC` become durable with it); one with
+    /// `DEFER_SYNC` alone has nothing synced, and is answered at once.
     pub(crate) fn commit(&mut self, handle: UploadHandle) -> Result<Pending, FileError> {
         let mut upload = self.state.take_upload(handle).ok_or_else(closed)?;
+        let durability = upload.durability;
         let published = publish(&mut upload);
         self.state.close_upload(upload);
         let (dir, replaced) = published?;
@@ -948,7 +957,13 @@ impl Files<'_> {
             // Freed off the loop; its outcome is only logged (`handle_disk_done`).
             let _ = self.jobs.submit(unlink);
         }
-        Ok(self.jobs.submit(Job::Fsync(dir)))
+        if durability.contains(PutFlags::SYNC_FS) {
+            Ok(self.jobs.submit(Job::Syncfs(dir)))
+        } else if durability.contains(PutFlags::DEFER_SYNC) {
+            Ok(Pending::Done(Ok(())))
+        } else {
+            Ok(self.jobs.submit(Job::Fsync(dir)))
+        }
     }
 
     /// DELETE of a partial upload (`name` in `dir`, of `path`): removed under its lock, or
@@ -1097,6 +1112,17 @@ impl Files<'_> {
 
 /// The error for a call on an upload that is no longer open (a caller's mistake: a handle
 /// given back is never used again).
+/// The flags of a PUT that say how its commit makes it durable.
+fn durability_of(flags: PutFlags) -> PutFlags {
+    let mut durability = PutFlags::NONE;
+    for flag in [PutFlags::DEFER_SYNC, PutFlags::SYNC_FS] {
+        if flags.contains(flag) {
+            durability = durability.with(flag);
+        }
+    }
+    durability
+}
+
 fn closed() -> FileError {
     FileError::new(ErrorCode::IoFailed, "the upload is no longer open")
 }

@@ -535,6 +535,7 @@ pub fn put_files(
         ready: VecDeque::new(),
         window: options.window.max(1),
         hashes: vec![None; items.len()],
+        retry: VecDeque::new(),
     };
     progress(&run.tally);
     let mut queue: VecDeque<(usize, bool)> = VecDeque::new();
@@ -590,6 +591,10 @@ pub fn put_files(
         while let Some((stream, held)) = run.ready.pop_front() {
             run.send_body(client, stream, held, progress)?;
         }
+        // Refused for a limit while another was being sent: tried again first.
+        while let Some(retry) = run.retry.pop_back() {
+            queue.push_front(retry);
+        }
         // The last upload carries the sync of all: it waits until every other is stored.
         let hold_last = |run: &PutRun<'_>, queue: &VecDeque<(usize, bool)>| {
             options.durable
@@ -612,7 +617,7 @@ pub fn put_files(
             continue;
         }
         let frame = client.raw().recv_frame()?;
-        run.handle(frame.header, &frame.payload, &mut queue, progress)?;
+        run.handle(frame.header, &frame.payload, progress)?;
     }
 }
 
@@ -627,6 +632,8 @@ struct PutRun<'a> {
     window: usize,
     /// Hashes known before the upload starts (a resume hashes everything first).
     hashes: Vec<Option<Hash>>,
+    /// Uploads refused for a limit, to be tried once more.
+    retry: VecDeque<(usize, bool)>,
 }
 
 impl PutRun<'_> {
@@ -801,8 +808,7 @@ impl PutRun<'_> {
             progress(&self.tally);
             while client.raw().input_pending() {
                 let frame = client.raw().recv_frame()?;
-                let mut none = VecDeque::new();
-                self.handle(frame.header, &frame.payload, &mut none, progress)?;
+                self.handle(frame.header, &frame.payload, progress)?;
                 if !self.in_flight.contains_key(&stream) {
                     // Refused meanwhile: stop sending.
                     return Ok(());
@@ -838,7 +844,6 @@ impl PutRun<'_> {
         &mut self,
         header: Header,
         payload: &[u8],
-        queue: &mut VecDeque<(usize, bool)>,
         progress: &mut dyn FnMut(&Tally),
     ) -> Result<(), ClientError> {
         if header.frame_type == FrameType::Error && header.stream == 0 {
@@ -900,7 +905,7 @@ impl PutRun<'_> {
                             self.items[sending.index].remote
                         );
                         self.window = self.in_flight.len().max(1);
-                        queue.push_front((sending.index, true));
+                        self.retry.push_back((sending.index, true));
                     }
                     _ => self.fail(sending.index, error),
                 }

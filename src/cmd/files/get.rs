@@ -46,7 +46,8 @@ as cp and curl -o do, so a failed verification is reported but cannot be taken b
 --continue does not apply.
 
 Trees (-r) and several sources land as scp gets them: into LOCAL if it is a directory
-(LOCAL/NAME), else, for one source, as LOCAL itself (created). Many files go on one
+(LOCAL/NAME), else, for one source, as LOCAL itself (created); DIR/. stands for DIR's
+contents, which go into LOCAL itself either way. Many files go on one
 connection, several at once, each verified and atomic as above; they are not synced one by
 one, but the destination's file system is synced once at the end (unless --no-fsync), before
 the command reports success. With --continue, files already here (same size and BLAKE3 as
@@ -197,7 +198,7 @@ fn get_tree(args: GetArgs) -> Result<(), Failure> {
     let mut session = Session::open(args.server)?;
     let mut plan = GetPlan::default();
     let mut refused = Vec::new();
-    for remote in &remotes {
+    for (remote, typed) in remotes.iter().zip(sources) {
         let info = match session.client.stat(remote) {
             Ok(info) => info,
             Err(error) if error.server_code().is_some() => {
@@ -208,7 +209,9 @@ fn get_tree(args: GetArgs) -> Result<(), Failure> {
             Err(error) => return Err(session.fail(&error)),
         };
         let name = files::base_name(remote);
-        let dest = if into_dir && !name.is_empty() {
+        let contents =
+            info.kind == FileKind::Directory && super::put::names_contents(typed.as_bytes());
+        let dest = if into_dir && !name.is_empty() && !contents {
             local.join(name)
         } else {
             local.clone()

@@ -25,6 +25,7 @@ const HELP: &str = file_help!(
   tar c src | monoreactor put - backups/src.tar
   monoreactor put -r photos backups/          (stores backups/photos/...)
   monoreactor put -r photos backups/pics      (a new backups/pics receives photos' contents)
+  monoreactor put -r photos/. backups/pics    (photos' contents, whether pics exists or not)
   monoreactor put a.txt b.txt docs/           (several files into a directory)
   monoreactor put -r --continue photos backups/   (after an interrupted tree)
 
@@ -36,7 +37,9 @@ is first copied to an unnamed temporary file (in $TMPDIR, else /tmp) to learn it
 hash; it cannot be resumed.
 
 Trees (-r) and several sources land as scp puts them: into REMOTE if it is a directory
-(REMOTE/NAME), else, for one source, as REMOTE itself (created). Many files go on one
+(REMOTE/NAME), else, for one source, as REMOTE itself (created); DIR/. stands for DIR's
+contents, which go into REMOTE itself either way (so a tree is resumed with the same
+command: put -r --continue DIR/. REMOTE). Many files go on one
 connection, several at once. Each file is verified, atomic and resumable as above; with
 --continue, files the server already has (same size and BLAKE3) are skipped and partial
 uploads resumed. Symlinks inside a tree are not followed but skipped with a warning (-L
@@ -254,7 +257,10 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
             refused.push(format!("{}: no name that can be stored", local.display()));
             continue;
         };
-        let dest = if into_dir {
+        // `DIR/.` is DIR's contents, as cp -r takes it: they go into the target itself
+        // whether it exists or not, so the same command resumes (--continue) the same way.
+        let contents = meta.is_dir() && names_contents(local.as_os_str().as_encoded_bytes());
+        let dest = if into_dir && !contents {
             tree::join_remote(&target, name)
         } else {
             target.clone()
@@ -268,7 +274,7 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
                 refused.push(format!("{} is a directory (-r copies it)", local.display()));
                 continue;
             }
-            if target_kind.is_some() && !into_dir {
+            if target_kind.is_some() && !into_dir && !(contents && dest.is_empty()) {
                 refused.push(format!(
                     "{}: `{}` is not a directory on the server",
                     local.display(),
@@ -347,4 +353,9 @@ pub(super) fn report_failures(
             }
         )),
     })
+}
+
+/// Whether a source names a directory's contents: `.`, or a path ending in `/.`.
+pub(super) fn names_contents(path: &[u8]) -> bool {
+    path == b"." || path.ends_with(b"/.")
 }

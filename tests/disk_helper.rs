@@ -577,6 +577,7 @@ fn put_request(stream: u32, size: u64, hash: Option<[u8; 32]>, path: &str) -> Ve
             PutFlags::NONE
         },
         hash,
+        attrs: None,
         path,
     };
     let mut payload = vec![0; request.payload_len()];
@@ -872,6 +873,7 @@ fn a_takeover_waits_until_the_older_uploads_writes_are_done() {
             size,
             flags: PutFlags::HASH_DECLARED.with(PutFlags::RESUME),
             hash: Some(hash),
+            attrs: None,
             path: "f",
         };
         let mut payload = vec![0; request.payload_len()];

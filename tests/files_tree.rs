@@ -354,3 +354,61 @@ fn get_p_keeps_modification_times() {
         1_500_000_000_123_456_789
     );
 }
+
+#[test]
+fn put_p_carries_modes_and_mtimes_and_get_p_brings_them_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    let set = |path: &Path, mode: u32, mtime_ns: i64| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64);
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(at))
+            .unwrap();
+    };
+    // setuid and sticky are never given by a client: the server keeps 0o777's bits.
+    set(
+        &cli.local("src/a/medium"),
+        0o4751,
+        1_400_000_000_987_654_321,
+    );
+    set(&cli.local("src/one"), 0o600, 1_300_000_000_000_000_001);
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+
+    cli.ok("put", &["-r", "-p", "src/.", "kept"]);
+    assert_eq!(mode(&server.at("kept/a/medium")), 0o751);
+    assert_eq!(
+        mtime_ns(&server.at("kept/a/medium")),
+        1_400_000_000_987_654_321
+    );
+    assert_eq!(mode(&server.at("kept/one")), 0o600);
+    assert_eq!(mtime_ns(&server.at("kept/one")), 1_300_000_000_000_000_001);
+    cli.ok("put", &["-r", "src/.", "plain"]);
+    assert_eq!(mode(&server.at("plain/a/medium")), 0o644);
+    assert_ne!(
+        mtime_ns(&server.at("plain/a/medium")),
+        1_400_000_000_987_654_321
+    );
+    // One file with -p, no -r.
+    cli.ok("put", &["-p", "src/one", "single"]);
+    assert_eq!(mode(&server.at("single")), 0o600);
+    assert_eq!(mtime_ns(&server.at("single")), 1_300_000_000_000_000_001);
+
+    cli.ok("get", &["-r", "-p", "kept/.", "back"]);
+    assert_eq!(mode(&cli.local("back/a/medium")), 0o751);
+    assert_eq!(
+        mtime_ns(&cli.local("back/a/medium")),
+        1_400_000_000_987_654_321
+    );
+    assert_eq!(mode(&cli.local("back/one")), 0o600);
+    cli.ok("get", &["-r", "kept/.", "unkept"]);
+    assert_ne!(
+        mtime_ns(&cli.local("unkept/one")),
+        1_300_000_000_000_000_001
+    );
+}

@@ -585,6 +585,7 @@ impl FileSession {
             size: HELLO_TXT.len() as u64,
             flags: PutFlags::HASH_DECLARED,
             hash: Some(blake3(HELLO_TXT)),
+            attrs: None,
             path: "hello.txt",
         }
     }
@@ -1492,6 +1493,7 @@ fn a_real_server_resumes_an_interrupted_upload_from_what_it_holds() {
                 size: content.len() as u64,
                 flags: PutFlags::HASH_DECLARED.with(PutFlags::RESUME),
                 hash: Some(hash),
+                attrs: None,
                 path: "big.bin",
             },
         )
@@ -1688,6 +1690,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         size: 5,
         flags: PutFlags::HASH_DECLARED,
         hash: Some(blake3(b"right")),
+        attrs: None,
         path: "new.txt",
     };
     let requests = [
@@ -1739,6 +1742,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         size: 4,
         flags: PutFlags::HASH_DECLARED,
         hash: Some(blake3(b"busy")),
+        attrs: None,
         path: "big.iso",
     };
     let id = monoreactor::internal::upload_id(busy.path, busy.size, &blake3(b"busy"));

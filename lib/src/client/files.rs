@@ -477,6 +477,7 @@ impl FileClient {
                 PutFlags::NONE
             },
             hash: Some(hash),
+            attrs: None,
             path: remote,
         };
         let mut payload = vec![0; request.payload_len()];

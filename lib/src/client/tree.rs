@@ -39,7 +39,7 @@ use log::debug;
 use super::files::{FileClient, hash_reader, hex, part_path};
 use super::{ClientError, Pieces, Received};
 use crate::proto::files::{
-    Digest, FileInfo, FileKind, GetRequest, Hash, PutFlags, PutReady, PutRequest,
+    Digest, FileInfo, FileKind, GetRequest, Hash, PutAttrs, PutFlags, PutReady, PutRequest,
 };
 use crate::proto::path::check_relative;
 use crate::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header};
@@ -709,6 +709,10 @@ impl PutRun<'_> {
             size,
             flags,
             hash: Some(hash),
+            attrs: item.attrs.map(|attrs| PutAttrs {
+                mode: attrs.mode,
+                mtime_ns: attrs.mtime_ns,
+            }),
             path: &item.remote,
         };
         let mut payload = vec![0; request.payload_len()];
@@ -932,6 +936,8 @@ struct Receiving {
     offset: u64,
     done: u64,
     info: Option<FileInfo>,
+    /// The permission bits GET's FILE_INFO carried after its 50 bytes.
+    mode: Option<u32>,
     /// A local write that failed: the rest of its DATA is dropped, and it fails at its end.
     broken: Option<ClientError>,
     retried: bool,
@@ -1069,6 +1075,7 @@ pub fn get_files(
                             offset,
                             done: offset,
                             info: None,
+                            mode: None,
                             broken: None,
                             retried,
                         },
@@ -1109,7 +1116,10 @@ pub fn get_files(
         };
         match header.frame_type {
             FrameType::FileInfo => match FileInfo::parse(&frame.payload) {
-                Ok(info) if info.size >= receiving.offset => receiving.info = Some(info),
+                Ok(info) if info.size >= receiving.offset => {
+                    receiving.info = Some(info);
+                    receiving.mode = FileInfo::parse_mode(&frame.payload);
+                }
                 Ok(info) => {
                     receiving.broken = Some(ClientError::Verify(format!(
                         "the server accepted offset {} for a file of {} bytes",
@@ -1232,6 +1242,7 @@ fn finish(
         hasher,
         done,
         info,
+        mode,
         broken,
         ..
     } = receiving;
@@ -1267,6 +1278,11 @@ fn finish(
             return Err(error);
         }
     };
+    if let (true, Some(mode)) = (options.preserve, mode) {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
+            .map_err(|source| local(&format!("chmod {}", part.display()), source))?;
+    }
     drop(file);
     if let Ok(meta) = fs::symlink_metadata(&item.local) {
         if !meta.is_file() {

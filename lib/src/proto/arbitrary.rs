@@ -254,6 +254,7 @@ impl<'a> Arbitrary<'a> for PutRequest<'a> {
             size,
             flags,
             hash,
+            attrs: None,
             path: <&str>::arbitrary(u)?,
         })
     }

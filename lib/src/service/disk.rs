@@ -214,6 +214,8 @@ pub struct OpenedFile {
     pub meta: FileMeta,
     /// Its BLAKE3 if the hash cache holds one still valid for it.
     pub hash: Option<Hash>,
+    /// Its permission bits (`0o777` at most), sent after FILE_INFO's 50 bytes.
+    pub mode: u32,
 }
 
 /// An upload in progress, as [`Disk::begin_put`] numbered it: valid until it is given back

@@ -76,11 +76,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use log::{debug, info, warn};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{Hash, PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
+use crate::proto::files::{Hash, PARTIAL_PREFIX, PutAttrs, PutFlags, PutRequest, partial_id};
 #[cfg(doc)]
 use crate::service::disk::Disk;
 use crate::service::disk::{BegunUpload, FileError, JobId, Pending, SyncKind, UploadHandle};
@@ -182,6 +182,8 @@ pub(crate) struct OpenUpload {
     committed: bool,
     /// The PUT's `DEFER_SYNC` and `SYNC_FS` flags: how the commit makes it durable.
     durability: PutFlags,
+    /// The mode and mtime the commit gives the file (`ATTRS`).
+    attrs: Option<PutAttrs>,
 }
 
 /// The slot of `uploads` an upload handle names, and its generation.
@@ -670,6 +672,7 @@ impl Files<'_> {
                 superseded: false,
                 committed: false,
                 durability: durability_of(request.flags),
+                attrs: request.attrs,
             });
             return Ok(BegunUpload {
                 handle,
@@ -736,6 +739,7 @@ impl Files<'_> {
             superseded: false,
             committed: false,
             durability: durability_of(request.flags),
+            attrs: request.attrs,
         });
         self.state.partials.insert(
             id,
@@ -1136,6 +1140,24 @@ fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError>
     }
     let path = upload.path.clone();
     let errno = |errno| file_error(errno, &path);
+    if let Some(attrs) = upload.attrs {
+        // Before the file gets its name, so that it appears with them. Permission bits only:
+        // a client never makes a setuid, setgid or sticky file.
+        rustix::fs::fchmod(&*upload.file, Mode::from_raw_mode(attrs.mode & 0o777))
+            .map_err(errno)?;
+        let at = Timespec {
+            tv_sec: attrs.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: attrs.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        rustix::fs::futimens(
+            &*upload.file,
+            &Timestamps {
+                last_access: at,
+                last_modification: at,
+            },
+        )
+        .map_err(errno)?;
+    }
     // Opened first: once the rename is done, nothing should be left to fail but the sync.
     let dir = rustix::fs::openat(
         &upload.dir,
@@ -1229,6 +1251,7 @@ mod tests {
             size: 1,
             flags: flags.with(PutFlags::HASH_DECLARED),
             hash: Some(hash),
+            attrs: None,
             path: "target",
         }
     }
@@ -1445,6 +1468,7 @@ mod tests {
                 size: 1,
                 flags: PutFlags::NONE,
                 hash: None,
+                attrs: None,
                 path: "target",
             })
             .unwrap();

@@ -76,7 +76,7 @@ pub struct GetArgs {
     /// Copy directories, recursively.
     #[arg(short = 'r', long)]
     recursive: bool,
-    /// Preserve modification times (modes are not carried by this server version).
+    /// Preserve modification times and modes (permission bits only).
     #[arg(short = 'p')]
     preserve: bool,
     /// The files on the server (directories with -r), then where to write them: a file, an

@@ -45,7 +45,9 @@ connection, several at once. Each file is verified, atomic and resumable as abov
 uploads resumed. Symlinks inside a tree are not followed but skipped with a warning (-L
 follows them); FIFOs, sockets and devices are skipped with a warning: the exit status stays
 0 for what was skipped. A source named on the command line is followed if it is a symlink.
--p is not carried by this server version yet (see the report): it is refused.
+-p gives each stored file the local file's permission bits (0o777 at most: never setuid,
+setgid or sticky) and modification time, set by the server as it stores it; directories
+keep the server's.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe;
 -q hides it (and the summary line a tree transfer leaves on a terminal)."
@@ -81,12 +83,7 @@ pub struct PutArgs {
 /// Uploads LOCAL, into REMOTE if that is a directory; waits while another worker of the
 /// server still holds the same upload.
 pub fn run(args: PutArgs) -> Result<(), Failure> {
-    if args.preserve {
-        return Err(Failure::usage(
-            "-p: this version cannot carry modes and mtimes to the server yet".to_string(),
-        ));
-    }
-    if args.recursive || args.local.len() > 1 {
+    if args.recursive || args.local.len() > 1 || args.preserve {
         return put_tree(args);
     }
     let local = args.local[0].clone();
@@ -282,7 +279,9 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
                 ));
                 continue;
             }
-            if let Err(error) = tree::plan_put(local, &dest, args.dereference, false, &mut plan) {
+            if let Err(error) =
+                tree::plan_put(local, &dest, args.dereference, args.preserve, &mut plan)
+            {
                 refused.push(format!("cannot read {}: {error}", local.display()));
             }
         } else if meta.is_file() {
@@ -290,7 +289,7 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
                 local: local.clone(),
                 remote: dest,
                 size: meta.len(),
-                attrs: None,
+                attrs: args.preserve.then(|| tree::attrs_of(&meta)),
             });
         } else {
             plan.skipped.push(format!(

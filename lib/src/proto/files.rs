@@ -801,14 +801,14 @@ mod tests {
         ));
         // SYNC_FS is known; a bit above it is not.
         let mut sync = out.clone();
-        sync[put_field::FLAGS] = PutFlags::SYNC_FS.bits();
+        sync[put_field::FLAGS] = PutFlags::SYNC_FS.with(PutFlags::ATTRS).bits();
         let parsed = PutRequest::parse(&sync).unwrap();
-        assert!(parsed.flags.contains(PutFlags::SYNC_FS) && parsed.attrs.is_none());
-        assert_eq!(parsed.path.len(), out.len() - put_field::PATH);
-        sync[put_field::FLAGS] = 0x20;
+        assert!(parsed.flags.contains(PutFlags::SYNC_FS) && parsed.hash.is_none());
+        assert_eq!(parsed.path, "a/b");
+        sync[put_field::FLAGS] = 0x20 | PutFlags::ATTRS.bits();
         assert_eq!(
             PutRequest::parse(&sync),
-            Err(FileRequestError::UnknownFlags(0x20))
+            Err(FileRequestError::UnknownFlags(0x24))
         );
     }
 

@@ -536,6 +536,8 @@ pub fn put_files(
         window: options.window.max(1),
         hashes: vec![None; items.len()],
         retry: VecDeque::new(),
+        ahead: None,
+        unhashed: HashMap::new(),
     };
     progress(&run.tally);
     let mut queue: VecDeque<(usize, bool)> = VecDeque::new();
@@ -587,6 +589,45 @@ pub fn put_files(
             queue.push_back((index, false));
         }
     }
+    if options.resume || items.iter().all(|item| item.size <= SMALL_FILE) {
+        return drive_puts(&mut run, client, queue, progress);
+    }
+    // Large files are hashed a little ahead, on a thread of their own, while the ones before
+    // them are sent: the hash must be declared before the first byte, and reading it twice
+    // on one thread would leave the network idle during each hashing pass.
+    let large: Vec<usize> = (0..items.len())
+        .filter(|&index| items[index].size > SMALL_FILE)
+        .collect();
+    std::thread::scope(|scope| {
+        let (ahead, hashed) = std::sync::mpsc::sync_channel(HASH_AHEAD);
+        scope.spawn(move || {
+            for index in large {
+                let result = hash_file(&items[index].local, items[index].size);
+                if ahead.send((index, result)).is_err() {
+                    return; // The transfer ended.
+                }
+            }
+        });
+        run.ahead = Some(hashed);
+        let result = drive_puts(&mut run, client, queue, progress);
+        // Dropped before the scope waits for the thread: its next send fails, and it ends.
+        run.ahead = None;
+        result
+    })
+}
+
+/// Files of at least [`SMALL_FILE`] bytes hashed ahead of the one being sent.
+const HASH_AHEAD: usize = 2;
+
+/// [`put_files`]' loop: starts uploads while the window has room, sends what PUT_READY let
+/// go, and hands each frame from the server to its upload.
+fn drive_puts(
+    run: &mut PutRun<'_>,
+    client: &mut FileClient,
+    mut queue: VecDeque<(usize, bool)>,
+    progress: &mut dyn FnMut(&Tally),
+) -> Result<Vec<Failed>, ClientError> {
+    let options = run.options;
     loop {
         while let Some((stream, held)) = run.ready.pop_front() {
             run.send_body(client, stream, held, progress)?;
@@ -601,7 +642,7 @@ pub fn put_files(
                 && queue.len() == 1
                 && !(run.in_flight.is_empty() && run.ready.is_empty())
         };
-        while run.in_flight.len() < run.window && !hold_last(&run, &queue) {
+        while run.in_flight.len() < run.window && !hold_last(run, &queue) {
             let Some((index, retried)) = queue.pop_front() else {
                 break;
             };
@@ -609,10 +650,10 @@ pub fn put_files(
             run.start(client, index, retried, last, progress)?;
         }
         if run.in_flight.is_empty() && queue.is_empty() && run.ready.is_empty() {
-            return Ok(run.failed);
+            return Ok(std::mem::take(&mut run.failed));
         }
         if !run.ready.is_empty()
-            || (run.in_flight.len() < run.window && !queue.is_empty() && !hold_last(&run, &queue))
+            || (run.in_flight.len() < run.window && !queue.is_empty() && !hold_last(run, &queue))
         {
             continue;
         }
@@ -634,6 +675,10 @@ struct PutRun<'a> {
     hashes: Vec<Option<Hash>>,
     /// Uploads refused for a limit, to be tried once more.
     retry: VecDeque<(usize, bool)>,
+    /// Hashes of large files computed ahead, in order, on a thread of their own.
+    ahead: Option<std::sync::mpsc::Receiver<(usize, Result<Hash, ClientError>)>>,
+    /// What that thread could not hash, until the file's turn comes.
+    unhashed: HashMap<usize, ClientError>,
 }
 
 impl PutRun<'_> {
@@ -668,8 +713,8 @@ impl PutRun<'_> {
         let size = item.size;
         // A small file is read once, hashed, and sent with its PUT in one write.
         let mut whole = None;
-        let hashed = if let Some(hash) = self.hashes[index] {
-            Ok(hash)
+        let hashed = if let Some(hash) = self.hashed_ahead(index) {
+            hash
         } else if size <= SMALL_FILE {
             let mut bytes = Vec::with_capacity(size as usize);
             match (&mut file).take(size + 1).read_to_end(&mut bytes) {
@@ -758,6 +803,36 @@ impl PutRun<'_> {
         }
         client.raw().send_raw(&wire)?;
         self.send_body(client, stream, 0, progress)
+    }
+
+    /// Item `index`'s hash if it is known already or hashed ahead (waiting for the hashing
+    /// thread to reach it); `None`: to be hashed here.
+    fn hashed_ahead(&mut self, index: usize) -> Option<Result<Hash, ClientError>> {
+        if let Some(hash) = self.hashes[index] {
+            return Some(Ok(hash));
+        }
+        if let Some(error) = self.unhashed.remove(&index) {
+            return Some(Err(error));
+        }
+        let ahead = self.ahead.as_ref()?;
+        if self.items[index].size <= SMALL_FILE {
+            return None;
+        }
+        loop {
+            let (hashed, result) = ahead.recv().ok()?;
+            match result {
+                Ok(hash) if hashed == index => {
+                    // Kept: a retry after a limit must not wait for the thread again.
+                    self.hashes[index] = Some(hash);
+                    return Some(Ok(hash));
+                }
+                Err(error) if hashed == index => return Some(Err(error)),
+                Ok(hash) => self.hashes[hashed] = Some(hash),
+                Err(error) => {
+                    self.unhashed.insert(hashed, error);
+                }
+            }
+        }
     }
 
     /// Sends an upload's DATA from `held`, then its DIGEST; between frames, reads what the

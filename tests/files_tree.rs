@@ -412,3 +412,36 @@ fn put_p_carries_modes_and_mtimes_and_get_p_brings_them_back() {
         1_300_000_000_000_000_001
     );
 }
+
+#[test]
+fn a_server_with_fewer_streams_than_the_window_still_gets_the_whole_tree() {
+    // Two streams per connection: the pipeline's first refusals (LIMIT_REACHED) narrow its
+    // window, and the refused files go again.
+    let server = FileServer::start(&["--max-streams-per-conn", "2"]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    fs::create_dir(cli.local("src/many")).unwrap();
+    for i in 0..400 {
+        fs::write(cli.local(&format!("src/many/{i}")), i.to_string()).unwrap();
+    }
+    cli.ok("put", &["-r", "src", "dst"]);
+    assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
+    cli.ok("get", &["-r", "dst", "back"]);
+    assert_eq!(tree_of(&cli.local("back")), tree_of(&cli.local("src")));
+}
+
+#[test]
+fn a_tree_into_a_missing_parent_fails_once_per_directory() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    let failed = cli.run("put", &["-r", "src", "missing/deeper"]);
+    assert_eq!(failed.code(), 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("NOT_FOUND"), "{}", failed.stderr);
+    assert!(
+        !failed.stderr.contains("small-0"),
+        "files under a directory that could not be made are not tried: {}",
+        failed.stderr
+    );
+    assert!(!server.at("missing").exists());
+}

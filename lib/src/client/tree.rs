@@ -51,6 +51,11 @@ pub const DEFAULT_WINDOW: usize = 8;
 /// DIGEST; a longer one is hashed in a first pass, then streamed.
 const SMALL_FILE: u64 = 256 << 10;
 
+/// How often a transfer refused for a limit (`LIMIT_REACHED`: the connection's streams, the
+/// server's transfers; `UPLOAD_BUSY`) is tried again, each time with the window narrowed to
+/// what was still in flight when the refusal came.
+const MAX_TRIES: u8 = 8;
+
 /// Requests answered at once (MKDIR) sent before their answers are read.
 const MKDIR_BATCH: usize = 64;
 
@@ -515,7 +520,7 @@ struct Sending {
     /// The file, kept open between PUT and PUT_READY for a resumed upload.
     file: Option<File>,
     resume: bool,
-    retried: bool,
+    tries: u8,
 }
 
 /// Uploads `items`, pipelined ([`TreeOptions::window`] at once). Returns the files that
@@ -540,7 +545,7 @@ pub fn put_files(
         unhashed: HashMap::new(),
     };
     progress(&run.tally);
-    let mut queue: VecDeque<(usize, bool)> = VecDeque::new();
+    let mut queue: VecDeque<(usize, u8)> = VecDeque::new();
     if options.resume {
         // Hashed first, all of them: what the server has is asked about in one pipeline.
         let mut wanted = Vec::new();
@@ -569,12 +574,12 @@ pub fn put_files(
                 run.tally.skipped += 1;
                 run.tally.bytes_done += items[index].size;
             } else {
-                queue.push_back((index, false));
+                queue.push_back((index, 0));
             }
         }
         progress(&run.tally);
     } else {
-        queue.extend((0..items.len()).map(|index| (index, false)));
+        queue.extend((0..items.len()).map(|index| (index, 0)));
     }
     if options.durable && queue.is_empty() && run.tally.skipped > 0 {
         // Everything was there already, maybe from an interrupted run whose uploads were
@@ -586,7 +591,7 @@ pub fn put_files(
             run.tally.files_done -= 1;
             run.tally.skipped -= 1;
             run.tally.bytes_done -= items[index].size;
-            queue.push_back((index, false));
+            queue.push_back((index, 0));
         }
     }
     if options.resume || items.iter().all(|item| item.size <= SMALL_FILE) {
@@ -624,7 +629,7 @@ const HASH_AHEAD: usize = 2;
 fn drive_puts(
     run: &mut PutRun<'_>,
     client: &mut FileClient,
-    mut queue: VecDeque<(usize, bool)>,
+    mut queue: VecDeque<(usize, u8)>,
     progress: &mut dyn FnMut(&Tally),
 ) -> Result<Vec<Failed>, ClientError> {
     let options = run.options;
@@ -637,17 +642,17 @@ fn drive_puts(
             queue.push_front(retry);
         }
         // The last upload carries the sync of all: it waits until every other is stored.
-        let hold_last = |run: &PutRun<'_>, queue: &VecDeque<(usize, bool)>| {
+        let hold_last = |run: &PutRun<'_>, queue: &VecDeque<(usize, u8)>| {
             options.durable
                 && queue.len() == 1
                 && !(run.in_flight.is_empty() && run.ready.is_empty())
         };
         while run.in_flight.len() < run.window && !hold_last(run, &queue) {
-            let Some((index, retried)) = queue.pop_front() else {
+            let Some((index, tries)) = queue.pop_front() else {
                 break;
             };
             let last = options.durable && queue.is_empty();
-            run.start(client, index, retried, last, progress)?;
+            run.start(client, index, tries, last, progress)?;
         }
         if run.in_flight.is_empty() && queue.is_empty() && run.ready.is_empty() {
             return Ok(std::mem::take(&mut run.failed));
@@ -674,7 +679,7 @@ struct PutRun<'a> {
     /// Hashes known before the upload starts (a resume hashes everything first).
     hashes: Vec<Option<Hash>>,
     /// Uploads refused for a limit, to be tried once more.
-    retry: VecDeque<(usize, bool)>,
+    retry: VecDeque<(usize, u8)>,
     /// Hashes of large files computed ahead, in order, on a thread of their own.
     ahead: Option<std::sync::mpsc::Receiver<(usize, Result<Hash, ClientError>)>>,
     /// What that thread could not hash, until the file's turn comes.
@@ -696,7 +701,7 @@ impl PutRun<'_> {
         &mut self,
         client: &mut FileClient,
         index: usize,
-        retried: bool,
+        tries: u8,
         last: bool,
         progress: &mut dyn FnMut(&Tally),
     ) -> Result<(), ClientError> {
@@ -781,7 +786,7 @@ impl PutRun<'_> {
                 hash,
                 file: Some(file),
                 resume: self.options.resume,
-                retried,
+                tries,
             },
         );
         let mut wire = Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec();
@@ -978,13 +983,15 @@ impl PutRun<'_> {
                 let error = server_error(payload);
                 // Bytes counted as sent for it are not done.
                 match error.server_code() {
-                    Some(ErrorCode::LimitReached | ErrorCode::UploadBusy) if !sending.retried => {
+                    Some(ErrorCode::LimitReached | ErrorCode::UploadBusy)
+                        if sending.tries < MAX_TRIES =>
+                    {
                         debug!(
                             "{}: {error}; trying again",
                             self.items[sending.index].remote
                         );
                         self.window = self.in_flight.len().max(1);
-                        self.retry.push_back((sending.index, true));
+                        self.retry.push_back((sending.index, sending.tries + 1));
                     }
                     _ => self.fail(sending.index, error),
                 }
@@ -1015,7 +1022,7 @@ struct Receiving {
     mode: Option<u32>,
     /// A local write that failed: the rest of its DATA is dropped, and it fails at its end.
     broken: Option<ClientError>,
-    retried: bool,
+    tries: u8,
 }
 
 impl Receiving {
@@ -1075,7 +1082,7 @@ pub fn get_files(
     let mut tally = Tally::of(items.iter().map(|item| &item.size));
     let mut failed = Vec::new();
     progress(&tally);
-    let mut queue: VecDeque<(usize, bool)> = VecDeque::new();
+    let mut queue: VecDeque<(usize, u8)> = VecDeque::new();
     let mut here = vec![false; items.len()];
     if options.resume {
         let hashed: Vec<(usize, Hash)> = items
@@ -1110,7 +1117,7 @@ pub fn get_files(
                 }
             }
         } else {
-            queue.push_back((index, false));
+            queue.push_back((index, 0));
         }
     }
     progress(&tally);
@@ -1119,11 +1126,11 @@ pub fn get_files(
     let mut spare = None;
     loop {
         while in_flight.len() < window {
-            let Some((index, retried)) = queue.pop_front() else {
+            let Some((index, tries)) = queue.pop_front() else {
                 break;
             };
             let item = &items[index];
-            match open_part(&item.local, options.resume && !retried) {
+            match open_part(&item.local, options.resume) {
                 Ok((file, part, hasher)) => {
                     let offset = hasher.count();
                     let request = GetRequest {
@@ -1152,7 +1159,7 @@ pub fn get_files(
                             info: None,
                             mode: None,
                             broken: None,
-                            retried,
+                            tries,
                         },
                     );
                 }
@@ -1232,10 +1239,15 @@ pub fn get_files(
                 let error = server_error(&frame.payload);
                 tally.bytes_done = tally.bytes_done.saturating_sub(receiving.done);
                 let len = receiving.done;
-                let retry = !receiving.retried
+                let tries = receiving.tries;
+                let retry = tries < MAX_TRIES
                     && match error.server_code() {
-                        // A part longer than the file: from another version of it.
-                        Some(ErrorCode::BadOffset) => receiving.offset > 0,
+                        // A part longer than the file, from another version of it: removed,
+                        // and the file fetched from 0.
+                        Some(ErrorCode::BadOffset) if receiving.offset > 0 => {
+                            let _ = fs::remove_file(&receiving.part);
+                            true
+                        }
                         Some(ErrorCode::LimitReached) => {
                             window = in_flight.len().max(1);
                             true
@@ -1245,7 +1257,7 @@ pub fn get_files(
                 let (index, part) = (receiving.index, receiving.part.clone());
                 drop(receiving);
                 if retry {
-                    queue.push_front((index, true));
+                    queue.push_front((index, tries + 1));
                 } else {
                     if len == 0 {
                         let _ = fs::remove_file(&part);

@@ -304,6 +304,17 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
     let mut bar = TreeBar::new("put");
     let mut failed = tree::make_remote_dirs(&mut session.client, &plan.dirs)
         .map_err(|error| session.fail(&error))?;
+    // Files under a directory that could not be created would each fail the same way.
+    if !failed.is_empty() {
+        let under_failed = |remote: &str| {
+            failed.iter().any(|dir| {
+                remote
+                    .strip_prefix(dir.path.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
+        plan.files.retain(|item| !under_failed(&item.remote));
+    }
     let options = TreeOptions {
         resume: args.resume,
         ..TreeOptions::default()
@@ -340,17 +351,20 @@ pub(super) fn report_failures(
             eprintln!("monoreactor: {}: {message}", failure.path);
         }
     }
+    let mut what = Vec::new();
+    if !failed.is_empty() {
+        what.push(format!(
+            "{} of {} files and directories failed",
+            failed.len(),
+            files.max(failed.len())
+        ));
+    }
+    if !refused.is_empty() {
+        what.push(format!("{} sources refused", refused.len()));
+    }
     Err(Failure {
         status,
-        message: Some(format!(
-            "{} of {files} files failed{}",
-            failed.len(),
-            if refused.is_empty() {
-                String::new()
-            } else {
-                format!(", {} sources refused", refused.len())
-            }
-        )),
+        message: Some(what.join(", ")),
     })
 }
 

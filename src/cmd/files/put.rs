@@ -40,7 +40,9 @@ Trees (-r) and several sources land as scp puts them: into REMOTE if it is a dir
 (REMOTE/NAME), else, for one source, as REMOTE itself (created); DIR/. stands for DIR's
 contents, which go into REMOTE itself either way (so a tree is resumed with the same
 command: put -r --continue DIR/. REMOTE). Many files go on one
-connection, several at once. Each file is verified, atomic and resumable as above; with
+connection, several at once. Each file is verified, atomic and resumable as above, but not
+synced on its own: the server syncs its file system once, with the last file, and the
+command reports success only after that (docs/PROTOCOL.md 6.4, DEFER_SYNC). With
 --continue, files the server already has (same size and BLAKE3) are skipped and partial
 uploads resumed. Symlinks inside a tree are not followed but skipped with a warning (-L
 follows them); FIFOs, sockets and devices are skipped with a warning: the exit status stays

@@ -164,6 +164,7 @@ fn put(stream: u32, size: u64, hash: Option<Hash>, path: &str) -> Vec<u8> {
         size,
         flags,
         hash,
+        attrs: None,
         path,
     };
     let mut payload = vec![0; request.payload_len()];

@@ -59,6 +59,7 @@ fn put(stream: u32, size: u64, flags: PutFlags, hash: Option<Hash>, path: &str) 
         size,
         flags,
         hash,
+        attrs: None,
         path,
     };
     let mut payload = vec![0; request.payload_len()];

@@ -577,6 +577,7 @@ fn put_request(stream: u32, size: u64, hash: Option<[u8; 32]>, path: &str) -> Ve
             PutFlags::NONE
         },
         hash,
+        attrs: None,
         path,
     };
     let mut payload = vec![0; request.payload_len()];
@@ -872,6 +873,7 @@ fn a_takeover_waits_until_the_older_uploads_writes_are_done() {
             size,
             flags: PutFlags::HASH_DECLARED.with(PutFlags::RESUME),
             hash: Some(hash),
+            attrs: None,
             path: "f",
         };
         let mut payload = vec![0; request.payload_len()];
@@ -894,4 +896,93 @@ fn a_takeover_waits_until_the_older_uploads_writes_are_done() {
     let ready = PutReady::parse(&frames[0].payload).unwrap();
     assert_eq!(ready.held, bytes.len() as u64, "every byte written is held");
     drop(stalled);
+}
+
+/// A whole upload of `bytes` with the given PUT flags (the hash declared) and attributes.
+fn upload_with(
+    stream: u32,
+    bytes: &[u8],
+    path: &str,
+    flags: PutFlags,
+    attrs: Option<monoreactor::proto::files::PutAttrs>,
+) -> Vec<u8> {
+    let hash = *blake3::hash(bytes).as_bytes();
+    let request = PutRequest {
+        size: bytes.len() as u64,
+        flags,
+        hash: Some(hash),
+        attrs,
+        path,
+    };
+    let mut payload = vec![0; request.payload_len()];
+    request.emit(&mut payload);
+    let mut wire = Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec();
+    wire.extend(Frame::new(FrameType::Data, Flags::NONE, stream, bytes).to_vec());
+    wire.extend(Frame::new(FrameType::Digest, Flags::END_STREAM, stream, &hash).to_vec());
+    wire
+}
+
+#[test]
+fn a_deferred_put_syncs_nothing_and_a_sync_fs_put_syncs_the_file_system_once() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("put-deferred");
+    let (mut h, mut io) = disk_conn(&dir);
+    let attrs = monoreactor::proto::files::PutAttrs {
+        mode: 0o6751,
+        mtime_ns: 1_600_000_000_000_000_007,
+    };
+    io.push(&upload_with(
+        1,
+        b"deferred",
+        "a",
+        PutFlags::DEFER_SYNC,
+        Some(attrs),
+    ));
+    settle(&mut h, &mut io);
+    assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::PutReady, 1)]);
+    assert_eq!(pending_kinds(&mut h), [JobKind::Write]);
+    let done = h.disk().run_next().unwrap();
+    h.disk_done(&mut io, done);
+    // Written: stored and answered at once, neither the file nor its directory synced.
+    assert_eq!(pending_kinds(&mut h), []);
+    assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::Digest, 1)]);
+    assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"deferred");
+    let meta = fs::metadata(dir.path().join("a")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o751, "never setuid");
+    assert_eq!(
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        1_600_000_000_000_000_007
+    );
+
+    io.push(&upload_with(3, b"last", "b", PutFlags::SYNC_FS, None));
+    settle(&mut h, &mut io);
+    assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::PutReady, 3)]);
+    let done = h.disk().run_next().unwrap();
+    h.disk_done(&mut io, done);
+    // No fsync of the file: renamed, then one syncfs, and only then the DIGEST.
+    assert_eq!(pending_kinds(&mut h), [JobKind::Syncfs]);
+    assert!(io.take_frames().is_empty(), "no DIGEST before the syncfs");
+    assert_eq!(fs::read(dir.path().join("b")).unwrap(), b"last");
+    let done = h.disk().run_next().unwrap();
+    h.disk_done(&mut io, done);
+    assert_eq!(frame_kinds(&io.take_frames()), [(FrameType::Digest, 3)]);
+    let mode = fs::metadata(dir.path().join("b"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o644 & !umask(),
+        "no ATTRS: the server's own mode"
+    );
+}
+
+/// The process's umask (read by setting it and back).
+fn umask() -> u32 {
+    // SAFETY: umask cannot fail; the old mask is put back at once.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
+    }
 }

@@ -181,6 +181,7 @@ fn put(stream: u32, path: &str, contents: &[u8], declared: bool) -> Vec<u8> {
         size: contents.len() as u64,
         flags,
         hash: declared.then(|| *blake3::hash(contents).as_bytes()),
+        attrs: None,
         path,
     };
     let mut payload = vec![0; request.payload_len()];

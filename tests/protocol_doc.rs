@@ -38,8 +38,8 @@ use monoreactor::proto::exec::{
 use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
     Digest, DirEntry, Entries, FileInfo, FileKind, GetRequest, HASH_LEN, Hash, MAX_NAME_LEN,
-    MAX_PATH_LEN, PutFlags, PutReady, PutRequest, entry_field, get_field, info_field, parse_path,
-    put_field, ready_field,
+    MAX_PATH_LEN, PutAttrs, PutFlags, PutReady, PutRequest, entry_field, get_field, info_field,
+    parse_path, put_field, ready_field,
 };
 use monoreactor::proto::header::field;
 use monoreactor::proto::message::{
@@ -585,6 +585,7 @@ impl FileSession {
             size: HELLO_TXT.len() as u64,
             flags: PutFlags::HASH_DECLARED,
             hash: Some(blake3(HELLO_TXT)),
+            attrs: None,
             path: "hello.txt",
         }
     }
@@ -1500,6 +1501,11 @@ fn a_real_server_gives_the_worked_file_sessions_frames() {
     // Whether the hash stored at the PUT is trusted yet depends on the clock (section 6.6); if
     // it is, it is the right one.
     assert!(info.hash.is_none_or(|known| known == blake3(HELLO_TXT)));
+    // Section 6.6: GET's FILE_INFO carries the mode after its 50 bytes (the PUT made 0644).
+    assert_eq!(
+        FileInfo::parse_mode(&download[0][HEADER_LEN..]).map(|mode| mode & 0o777),
+        Some(0o644)
+    );
     download[0] = file_info(
         7,
         &FileInfo {
@@ -1537,6 +1543,7 @@ fn a_real_server_resumes_an_interrupted_upload_from_what_it_holds() {
                 size: content.len() as u64,
                 flags: PutFlags::HASH_DECLARED.with(PutFlags::RESUME),
                 hash: Some(hash),
+                attrs: None,
                 path: "big.bin",
             },
         )
@@ -1733,6 +1740,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         size: 5,
         flags: PutFlags::HASH_DECLARED,
         hash: Some(blake3(b"right")),
+        attrs: None,
         path: "new.txt",
     };
     let requests = [
@@ -1784,6 +1792,7 @@ fn ask_a_real_file_server() -> Vec<(FrameType, Vec<u8>)> {
         size: 4,
         flags: PutFlags::HASH_DECLARED,
         hash: Some(blake3(b"busy")),
+        attrs: None,
         path: "big.iso",
     };
     let id = monoreactor::internal::upload_id(busy.path, busy.size, &blake3(b"busy"));
@@ -2545,6 +2554,14 @@ fn field_tables_match_the_code() {
         ]
     );
     assert_eq!(
+        field_rows("put-attrs-fields"),
+        [
+            fixed(put_field::MODE, "mode"),
+            fixed(put_field::MTIME_NS, "mtime_ns"),
+            rest(put_field::PATH_AFTER_ATTRS, "path"),
+        ]
+    );
+    assert_eq!(
         field_rows("ready-fields"),
         [
             fixed(ready_field::UPLOAD_ID, "upload_id"),
@@ -2630,6 +2647,9 @@ fn flag_tables_match_the_code() {
     let put: BTreeSet<(u16, String)> = [
         (PutFlags::HASH_DECLARED.bits(), "HASH_DECLARED"),
         (PutFlags::RESUME.bits(), "RESUME"),
+        (PutFlags::ATTRS.bits(), "ATTRS"),
+        (PutFlags::DEFER_SYNC.bits(), "DEFER_SYNC"),
+        (PutFlags::SYNC_FS.bits(), "SYNC_FS"),
     ]
     .into_iter()
     .map(|(bits, name)| (u16::from(bits), name.to_string()))
@@ -2885,4 +2905,41 @@ fn every_link_inside_the_document_leads_to_a_heading() {
         links += 1;
     }
     assert!(links > 20, "the document links its sections");
+}
+
+/// Section 8.23 and 8.24: the tree transfer's additions, as the code encodes them.
+#[test]
+fn tree_transfer_dumps_match_the_code() {
+    let request = PutRequest {
+        size: 1,
+        flags: PutFlags::DEFER_SYNC,
+        hash: Some(blake3(b"a")),
+        attrs: Some(PutAttrs {
+            mode: 0o640,
+            mtime_ns: MTIME_NS,
+        }),
+        path: "t/a",
+    };
+    let put = put_on(9, &request);
+    assert_dump("put-attrs", &put);
+    assert_eq!(put[HEADER_LEN + put_field::FLAGS], 0x0d);
+    let parsed = PutRequest::parse(&put[HEADER_LEN..]).unwrap();
+    assert_eq!(parsed.attrs, request.attrs);
+    assert_eq!(parsed.path, "t/a");
+
+    let info = FileSession::info();
+    let mut payload = [0; FileInfo::WITH_MODE_LEN];
+    info.emit(&mut payload);
+    FileInfo::emit_mode(0o644, &mut payload);
+    let frame = Frame::new(FrameType::FileInfo, Flags::NONE, 7, &payload).to_vec();
+    assert_dump("file-info-mode", &frame);
+    assert_eq!(
+        frame[HEADER_LEN..HEADER_LEN + FileInfo::PAYLOAD_LEN],
+        FileSession::file_info()[HEADER_LEN..]
+    );
+    assert_eq!(
+        FileInfo::parse(&payload),
+        Ok(info),
+        "an older client reads it as before"
+    );
 }

@@ -57,6 +57,7 @@ fn put_request(stream: u32, size: u64, hash: [u8; 32], resume: bool, path: &str)
         size,
         flags,
         hash: Some(hash),
+        attrs: None,
         path,
     };
     let mut payload = vec![0; request.payload_len()];

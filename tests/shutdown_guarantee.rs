@@ -48,6 +48,7 @@ fn upload(stream: u32, file: &[u8], path: &str) -> Vec<u8> {
         size: file.len() as u64,
         flags: PutFlags::NONE,
         hash: None,
+        attrs: None,
         path,
     };
     let mut payload = vec![0; request.payload_len()];

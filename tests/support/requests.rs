@@ -31,6 +31,7 @@ pub fn put(stream: u32, path: &[u8], bytes: &[u8]) -> Vec<u8> {
         size: bytes.len() as u64,
         flags: PutFlags::HASH_DECLARED,
         hash: Some(hash),
+        attrs: None,
         path: "",
     };
     let mut payload = vec![0; request.payload_len()];

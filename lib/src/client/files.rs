@@ -194,6 +194,19 @@ impl FileClient {
         Ok(())
     }
 
+    /// A new stream id for a request (for the pipelined transfers of [`super::tree`]).
+    pub(crate) fn open_stream(&mut self) -> u32 {
+        let stream = self.next_stream;
+        self.next_stream = self.next_stream.checked_add(1).unwrap_or(1);
+        stream
+    }
+
+    /// The connection under this client, for [`super::tree`], which keeps several requests
+    /// in flight on it.
+    pub(crate) fn raw(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// Gives up the file client, returning the connection.
     pub fn into_client(self) -> Client {
         self.client
@@ -464,6 +477,7 @@ impl FileClient {
                 PutFlags::NONE
             },
             hash: Some(hash),
+            attrs: None,
             path: remote,
         };
         let mut payload = vec![0; request.payload_len()];

@@ -17,6 +17,7 @@ pub mod exec;
 pub mod files;
 pub mod glob;
 pub mod tls;
+pub mod tree;
 
 pub use tls::{Target, TlsFailure, Transport};
 

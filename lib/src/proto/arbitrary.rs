@@ -264,6 +264,7 @@ impl<'a> Arbitrary<'a> for PutRequest<'a> {
             size,
             flags,
             hash,
+            attrs: None,
             path: <&str>::arbitrary(u)?,
         })
     }

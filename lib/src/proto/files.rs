@@ -220,8 +220,19 @@ impl PutFlags {
     /// Continue an interrupted upload of the same (path, size, hash) from what the server
     /// holds; needs [`PutFlags::HASH_DECLARED`].
     pub const RESUME: PutFlags = PutFlags(0x02);
+    /// `mode` and `mtime_ns` follow the hash (12 bytes, before the path): the server gives
+    /// the file that mode (permission bits only) and modification time when it commits it.
+    pub const ATTRS: PutFlags = PutFlags(0x04);
+    /// A tree transfer defers durability: the file is committed (renamed into place, atomic
+    /// for every reader) without its own `fsync` nor its directory's; a later PUT with
+    /// [`PutFlags::SYNC_FS`] makes it durable.
+    pub const DEFER_SYNC: PutFlags = PutFlags(0x08);
+    /// The commit syncs the whole file system holding the file (`syncfs`) instead of the file
+    /// and its directory: when its DIGEST comes, this file and every upload committed before
+    /// it on that file system (those with [`PutFlags::DEFER_SYNC`] included) are durable.
+    pub const SYNC_FS: PutFlags = PutFlags(0x10);
     /// The flags this version defines.
-    pub const KNOWN: PutFlags = PutFlags(0x03);
+    pub const KNOWN: PutFlags = PutFlags(0x1f);
 
     /// The raw bits.
     pub const fn bits(self) -> u8 {
@@ -239,13 +250,17 @@ impl PutFlags {
     }
 }
 
-/// PUT payload fields; the path follows the hash.
+/// PUT payload fields; the path follows the hash, or with `ATTRS` the mode and mtime.
 ///
 /// ```text
 /// offset 0               8       9                   41
 ///        +---------------+-------+-------------------+---------------------
 ///        | size (BE u64) | flags | BLAKE3 (32 bytes) | path (UTF-8, the rest)
 ///        +---------------+-------+-------------------+---------------------
+/// with ATTRS:                                        41           45             53
+///                                                    +------------+--------------+------
+///                                                    | mode (u32) | mtime ns i64 | path
+///                                                    +------------+--------------+------
 /// ```
 pub mod put_field {
     use std::ops::Range;
@@ -255,8 +270,24 @@ pub mod put_field {
     pub const FLAGS: usize = 8;
     /// The whole file's BLAKE3 if `HASH_DECLARED`, else zeros.
     pub const HASH: Range<usize> = 9..41;
-    /// The path starts here and runs to the end of the payload.
+    /// The path starts here and runs to the end of the payload (without `ATTRS`).
     pub const PATH: usize = 41;
+    /// With `ATTRS`: the file's mode (BE u32; the server keeps the permission bits `0o777`).
+    pub const MODE: Range<usize> = 41..45;
+    /// With `ATTRS`: its modification time, ns since the Unix epoch (BE i64).
+    pub const MTIME_NS: Range<usize> = 45..53;
+    /// With `ATTRS`, the path starts here.
+    pub const PATH_AFTER_ATTRS: usize = 53;
+}
+
+/// The mode and mtime a PUT with `ATTRS` gives its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutAttrs {
+    /// The mode as sent; the server applies its permission bits only (`& 0o777`): never
+    /// setuid, setgid or sticky from a client.
+    pub mode: u32,
+    /// The modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
 }
 
 /// PUT: the client will send exactly `size` bytes for `path`.
@@ -268,6 +299,8 @@ pub struct PutRequest<'a> {
     pub flags: PutFlags,
     /// The declared hash (`HASH_DECLARED`), or `None`.
     pub hash: Option<Hash>,
+    /// The mode and mtime to give the file (`ATTRS`), or `None`.
+    pub attrs: Option<PutAttrs>,
     /// The file, relative to the root.
     pub path: &'a str,
 }
@@ -289,31 +322,58 @@ impl<'a> PutRequest<'a> {
             hash.copy_from_slice(&head[put_field::HASH]);
             hash
         });
+        let (attrs, path_at) = if flags.contains(PutFlags::ATTRS) {
+            let head = fixed(payload, put_field::PATH_AFTER_ATTRS)?;
+            let mut mode = [0; 4];
+            mode.copy_from_slice(&head[put_field::MODE]);
+            let attrs = PutAttrs {
+                mode: u32::from_be_bytes(mode),
+                mtime_ns: be_i64(head, put_field::MTIME_NS.start),
+            };
+            (Some(attrs), put_field::PATH_AFTER_ATTRS)
+        } else {
+            (None, put_field::PATH)
+        };
         Ok(PutRequest {
             size: be_u64(head, put_field::SIZE.start),
             flags,
             hash,
-            path: parse_path(&payload[put_field::PATH..])?,
+            attrs,
+            path: parse_path(&payload[path_at..])?,
         })
+    }
+
+    /// Where the path starts.
+    fn path_at(&self) -> usize {
+        if self.attrs.is_some() {
+            put_field::PATH_AFTER_ATTRS
+        } else {
+            put_field::PATH
+        }
     }
 
     /// Payload length.
     pub fn payload_len(&self) -> usize {
-        put_field::PATH + self.path.len()
+        self.path_at() + self.path.len()
     }
 
     /// Writes the payload into `out[..self.payload_len()]`. The `HASH_DECLARED` flag follows
-    /// `hash`.
+    /// `hash`, and `ATTRS` follows `attrs`.
     pub fn emit(&self, out: &mut [u8]) {
         let mut flags = self.flags;
-        flags.0 &= !PutFlags::HASH_DECLARED.0;
+        flags.0 &= !(PutFlags::HASH_DECLARED.0 | PutFlags::ATTRS.0);
         if self.hash.is_some() {
             flags = flags.with(PutFlags::HASH_DECLARED);
         }
         out[put_field::SIZE].copy_from_slice(&self.size.to_be_bytes());
-        out[put_field::FLAGS] = flags.0;
         out[put_field::HASH].copy_from_slice(&self.hash.unwrap_or([0; HASH_LEN]));
-        out[put_field::PATH..self.payload_len()].copy_from_slice(self.path.as_bytes());
+        if let Some(attrs) = self.attrs {
+            flags = flags.with(PutFlags::ATTRS);
+            out[put_field::MODE].copy_from_slice(&attrs.mode.to_be_bytes());
+            out[put_field::MTIME_NS].copy_from_slice(&attrs.mtime_ns.to_be_bytes());
+        }
+        out[put_field::FLAGS] = flags.0;
+        out[self.path_at()..self.payload_len()].copy_from_slice(self.path.as_bytes());
     }
 }
 
@@ -389,6 +449,8 @@ pub mod info_field {
     pub const FLAGS: usize = 17;
     /// The whole file's BLAKE3, or zeros.
     pub const HASH: Range<usize> = 18..50;
+    /// In GET's FILE_INFO, after the 50 bytes: the file's permission bits (BE u32).
+    pub const MODE: Range<usize> = 50..54;
 }
 
 /// FILE_INFO: what GET's header and STAT's answer say about a file.
@@ -408,6 +470,22 @@ impl FileInfo {
     /// Payload length of FILE_INFO.
     pub const PAYLOAD_LEN: usize = info_field::HASH.end;
     const HASH_KNOWN: u8 = 0x01;
+
+    /// Payload length of GET's FILE_INFO, with the mode after the 50 bytes.
+    pub const WITH_MODE_LEN: usize = info_field::MODE.end;
+
+    /// The mode after the 50 bytes (GET's FILE_INFO), if the payload has it.
+    pub fn parse_mode(payload: &[u8]) -> Option<u32> {
+        let bytes = payload.get(info_field::MODE)?;
+        let mut mode = [0; 4];
+        mode.copy_from_slice(bytes);
+        Some(u32::from_be_bytes(mode))
+    }
+
+    /// Writes `mode` after the 50 bytes: `out[50..54]`.
+    pub fn emit_mode(mode: u32, out: &mut [u8]) {
+        out[info_field::MODE].copy_from_slice(&mode.to_be_bytes());
+    }
 
     /// Parses a FILE_INFO payload; bytes after the known fields are ignored.
     pub fn parse(payload: &[u8]) -> Result<FileInfo, MessageError> {
@@ -658,6 +736,7 @@ mod tests {
             size: 1 << 33,
             flags: PutFlags::RESUME.with(PutFlags::HASH_DECLARED),
             hash: Some([7; HASH_LEN]),
+            attrs: None,
             path: "dir/file",
         };
         let mut out = vec![0; request.payload_len()];
@@ -679,6 +758,61 @@ mod tests {
     }
 
     #[test]
+    fn put_attrs_sit_between_the_hash_and_the_path_and_flags_for_trees_parse() {
+        let request = PutRequest {
+            size: 5,
+            flags: PutFlags::DEFER_SYNC,
+            hash: Some([9; HASH_LEN]),
+            attrs: Some(PutAttrs {
+                mode: 0o4755,
+                mtime_ns: -1_234_567_890,
+            }),
+            path: "a/b",
+        };
+        let mut out = vec![0; request.payload_len()];
+        request.emit(&mut out);
+        assert_eq!(out.len(), 53 + 3);
+        assert_eq!(
+            out[put_field::FLAGS],
+            (PutFlags::HASH_DECLARED
+                .with(PutFlags::ATTRS)
+                .with(PutFlags::DEFER_SYNC))
+            .bits()
+        );
+        assert_eq!(out[put_field::MODE], 0o4755u32.to_be_bytes());
+        assert_eq!(out[put_field::MTIME_NS], (-1_234_567_890i64).to_be_bytes());
+        assert_eq!(&out[put_field::PATH_AFTER_ATTRS..], b"a/b");
+        let parsed = PutRequest::parse(&out).unwrap();
+        assert_eq!(
+            parsed,
+            PutRequest {
+                flags: PutFlags::HASH_DECLARED
+                    .with(PutFlags::ATTRS)
+                    .with(PutFlags::DEFER_SYNC),
+                ..request
+            }
+        );
+        // ATTRS announced, but the payload ends inside them: refused, not read as a path.
+        let mut short = out[..put_field::PATH + 4].to_vec();
+        short[put_field::FLAGS] = PutFlags::ATTRS.bits();
+        assert!(matches!(
+            PutRequest::parse(&short),
+            Err(FileRequestError::Message(_))
+        ));
+        // SYNC_FS is known; a bit above it is not.
+        let mut sync = out.clone();
+        sync[put_field::FLAGS] = PutFlags::SYNC_FS.with(PutFlags::ATTRS).bits();
+        let parsed = PutRequest::parse(&sync).unwrap();
+        assert!(parsed.flags.contains(PutFlags::SYNC_FS) && parsed.hash.is_none());
+        assert_eq!(parsed.path, "a/b");
+        sync[put_field::FLAGS] = 0x20 | PutFlags::ATTRS.bits();
+        assert_eq!(
+            PutRequest::parse(&sync),
+            Err(FileRequestError::UnknownFlags(0x24))
+        );
+    }
+
+    #[test]
     fn info_ready_and_digest_round_trip() {
         let info = FileInfo {
             size: 65_536,
@@ -690,6 +824,12 @@ mod tests {
         info.emit(&mut out);
         assert_eq!(FileInfo::parse(&out), Ok(info));
         let unknown = FileInfo { hash: None, ..info };
+        let mut with_mode = [0; FileInfo::WITH_MODE_LEN];
+        info.emit(&mut with_mode);
+        FileInfo::emit_mode(0o640, &mut with_mode);
+        assert_eq!(FileInfo::parse(&with_mode), Ok(info));
+        assert_eq!(FileInfo::parse_mode(&with_mode), Some(0o640));
+        assert_eq!(FileInfo::parse_mode(&out), None);
         unknown.emit(&mut out);
         assert_eq!(FileInfo::parse(&out), Ok(unknown));
 

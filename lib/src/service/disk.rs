@@ -65,6 +65,9 @@ pub enum JobKind {
     Unlink,
     /// A write of an upload's bytes into its file.
     Write,
+    /// `syncfs`: everything written to the file system durable (a tree upload's one sync,
+    /// `PUT` flag `SYNC_FS`).
+    Syncfs,
 }
 
 /// Why a disk call failed, as the client will hear it: the code for its ERROR frame and the
@@ -211,6 +214,8 @@ pub struct OpenedFile {
     pub meta: FileMeta,
     /// Its BLAKE3 if the hash cache holds one still valid for it.
     pub hash: Option<Hash>,
+    /// Its permission bits (`0o777` at most), sent after FILE_INFO's 50 bytes.
+    pub mode: u32,
 }
 
 /// An upload in progress, as [`Disk::begin_put`] numbered it: valid until it is given back

@@ -80,6 +80,9 @@ pub(crate) struct Upload {
     final_done: bool,
     /// The first failure of a write or a sync: the upload can no longer be vouched for.
     failed: Option<DiskError>,
+    /// The commit has no `fsync` of the file (`DEFER_SYNC`, or `SYNC_FS`, whose `syncfs`
+    /// covers it).
+    no_final_fsync: bool,
 }
 
 impl Upload {
@@ -100,7 +103,15 @@ impl Upload {
             final_job: None,
             final_done: false,
             failed: None,
+            no_final_fsync: false,
         }
+    }
+
+    /// The commit will not `fsync` the file: durability is deferred to a later `syncfs`
+    /// (`DEFER_SYNC`), or made by the commit's own (`SYNC_FS`).
+    pub(crate) fn without_final_fsync(mut self) -> Upload {
+        self.no_final_fsync = true;
+        self
     }
 
     /// The handle the disk knows it by.
@@ -145,6 +156,12 @@ impl Upload {
         }
         let commit = self.finishing && !self.final_asked;
         if !commit && (self.finishing || self.written_to < self.synced_to + SYNC_WINDOW) {
+            return;
+        }
+        if commit && self.no_final_fsync {
+            // Every write is answered: what the commit needs is there.
+            self.final_asked = true;
+            self.final_done = true;
             return;
         }
         self.synced_to = self.written_to;

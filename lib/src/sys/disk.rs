@@ -326,6 +326,8 @@ pub enum Job {
     Fsync(OwnedFd),
     /// `fdatasync(fd)`: data (and the metadata needed to read it) durable.
     Fdatasync(OwnedFd),
+    /// `syncfs(fd)`: everything written to the file system holding `fd` durable.
+    Syncfs(OwnedFd),
     /// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: start writing the file's dirty
     /// pages to the disk, without waiting for them (or making anything durable).
     Writeback(OwnedFd),
@@ -358,6 +360,7 @@ fn kind_code(kind: JobKind) -> u8 {
         JobKind::Unlink => 2,
         JobKind::Write => 3,
         JobKind::Writeback => 4,
+        JobKind::Syncfs => 5,
     }
 }
 
@@ -374,6 +377,7 @@ fn kind_from_code(code: u8) -> Option<JobKind> {
         2 => JobKind::Unlink,
         3 => JobKind::Write,
         4 => JobKind::Writeback,
+        5 => JobKind::Syncfs,
         _ => return None,
     })
 }
@@ -394,6 +398,7 @@ impl Job {
             Job::Fsync(_) => JobKind::Fsync,
             Job::Fdatasync(_) => JobKind::Fdatasync,
             Job::Writeback(_) => JobKind::Writeback,
+            Job::Syncfs(_) => JobKind::Syncfs,
             Job::Unlink { .. } => JobKind::Unlink,
             Job::Write { .. } => JobKind::Write,
         }
@@ -404,6 +409,7 @@ impl Job {
         match self {
             Job::Fsync(fd)
             | Job::Fdatasync(fd)
+            | Job::Syncfs(fd)
             | Job::Writeback(fd)
             | Job::Unlink { dir: fd, .. }
             | Job::Write { file: fd, .. } => fd.as_fd(),
@@ -429,7 +435,7 @@ impl Job {
                 args.extend_from_slice(&slot.len.to_le_bytes());
                 args
             }
-            Job::Fsync(_) | Job::Fdatasync(_) | Job::Writeback(_) => Vec::new(),
+            Job::Fsync(_) | Job::Fdatasync(_) | Job::Syncfs(_) | Job::Writeback(_) => Vec::new(),
         }
     }
 
@@ -440,6 +446,7 @@ impl Job {
         match self {
             Job::Fsync(fd) => rustix::fs::fsync(fd),
             Job::Fdatasync(fd) => rustix::fs::fdatasync(fd),
+            Job::Syncfs(fd) => rustix::fs::syncfs(fd),
             Job::Writeback(fd) => {
                 // SAFETY: a plain system call on a descriptor the job owns.
                 let rc = unsafe {
@@ -519,6 +526,7 @@ impl Job {
             JobKind::Fsync => Job::Fsync(fd),
             JobKind::Fdatasync => Job::Fdatasync(fd),
             JobKind::Writeback => Job::Writeback(fd),
+            JobKind::Syncfs => Job::Syncfs(fd),
             JobKind::Unlink => Job::Unlink {
                 dir: fd,
                 name: std::str::from_utf8(args)
@@ -562,7 +570,9 @@ fn decode_job_head(bytes: &[u8]) -> Result<(JobId, JobKind, &[u8]), WireError> {
     let args = &bytes[JOB_HEAD..];
     let args_ok = match kind {
         JobKind::Unlink => std::str::from_utf8(args).is_ok_and(valid_name),
-        JobKind::Fsync | JobKind::Fdatasync | JobKind::Writeback => args.is_empty(),
+        JobKind::Fsync | JobKind::Fdatasync | JobKind::Syncfs | JobKind::Writeback => {
+            args.is_empty()
+        }
         JobKind::Write => args.len() == WRITE_ARGS,
     };
     if !args_ok {
@@ -1279,7 +1289,10 @@ impl DiskHelper {
         // reports once per open file — the same sync again would succeed over lost data. It
         // fails instead (EIO), and the upload with it; the client may retry.
         while let Some(held) = self.in_flight.pop_back() {
-            if matches!(held.job.kind(), JobKind::Fsync | JobKind::Fdatasync) {
+            if matches!(
+                held.job.kind(),
+                JobKind::Fsync | JobKind::Fdatasync | JobKind::Syncfs
+            ) {
                 warn!(
                     "{} ({:?}) unanswered by a helper that died: failed, not repeated",
                     held.id,

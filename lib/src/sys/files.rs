@@ -304,6 +304,7 @@ impl Files<'_> {
             file: Arc::new(file),
             meta,
             hash,
+            mode: stat.st_mode & 0o777,
         })
     }
 

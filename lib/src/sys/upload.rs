@@ -76,11 +76,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use log::{debug, info, warn};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{Hash, PARTIAL_PREFIX, PutFlags, PutRequest, partial_id};
+use crate::proto::files::{Hash, PARTIAL_PREFIX, PutAttrs, PutFlags, PutRequest, partial_id};
 #[cfg(doc)]
 use crate::service::disk::Disk;
 use crate::service::disk::{BegunUpload, FileError, JobId, Pending, SyncKind, UploadHandle};
@@ -180,6 +180,10 @@ pub(crate) struct OpenUpload {
     /// neither write, nor commit, nor remove it.
     superseded: bool,
     committed: bool,
+    /// The PUT's `DEFER_SYNC` and `SYNC_FS` flags: how the commit makes it durable.
+    durability: PutFlags,
+    /// The mode and mtime the commit gives the file (`ATTRS`).
+    attrs: Option<PutAttrs>,
 }
 
 /// The slot of `uploads` an upload handle names, and its generation.
@@ -667,6 +671,8 @@ impl Files<'_> {
                 id: 0,
                 superseded: false,
                 committed: false,
+                durability: durability_of(request.flags),
+                attrs: request.attrs,
             });
             return Ok(BegunUpload {
                 handle,
@@ -732,6 +738,8 @@ impl Files<'_> {
             id,
             superseded: false,
             committed: false,
+            durability: durability_of(request.flags),
+            attrs: request.attrs,
         });
         self.state.partials.insert(
             id,
@@ -939,8 +947,13 @@ impl Files<'_> {
     /// the old file's unlink, and the directory's `fsync` (after which the new file is
     /// durable), which is returned for the caller to wait for. The upload is closed either
     /// way; after an error the target is untouched.
+    ///
+    /// A PUT with `SYNC_FS` has its directory's file system synced instead (`syncfs`: the
+    /// uploads committed before it with `DEFER_SYNC` become durable with it); one with
+    /// `DEFER_SYNC` alone has nothing synced, and is answered at once.
     pub(crate) fn commit(&mut self, handle: UploadHandle) -> Result<Pending, FileError> {
         let mut upload = self.state.take_upload(handle).ok_or_else(closed)?;
+        let durability = upload.durability;
         let published = publish(&mut upload);
         self.state.close_upload(upload);
         let (dir, replaced) = published?;
@@ -948,7 +961,13 @@ impl Files<'_> {
             // Freed off the loop; its outcome is only logged (`handle_disk_done`).
             let _ = self.jobs.submit(unlink);
         }
-        Ok(self.jobs.submit(Job::Fsync(dir)))
+        if durability.contains(PutFlags::SYNC_FS) {
+            Ok(self.jobs.submit(Job::Syncfs(dir)))
+        } else if durability.contains(PutFlags::DEFER_SYNC) {
+            Ok(Pending::Done(Ok(())))
+        } else {
+            Ok(self.jobs.submit(Job::Fsync(dir)))
+        }
     }
 
     /// DELETE of a partial upload (`name` in `dir`, of `path`): removed under its lock, or
@@ -1097,6 +1116,17 @@ impl Files<'_> {
 
 /// The error for a call on an upload that is no longer open (a caller's mistake: a handle
 /// given back is never used again).
+/// The flags of a PUT that say how its commit makes it durable.
+fn durability_of(flags: PutFlags) -> PutFlags {
+    let mut durability = PutFlags::NONE;
+    for flag in [PutFlags::DEFER_SYNC, PutFlags::SYNC_FS] {
+        if flags.contains(flag) {
+            durability = durability.with(flag);
+        }
+    }
+    durability
+}
+
 fn closed() -> FileError {
     FileError::new(ErrorCode::IoFailed, "the upload is no longer open")
 }
@@ -1110,6 +1140,24 @@ fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError>
     }
     let path = upload.path.clone();
     let errno = |errno| file_error(errno, &path);
+    if let Some(attrs) = upload.attrs {
+        // Before the file gets its name, so that it appears with them. Permission bits only:
+        // a client never makes a setuid, setgid or sticky file.
+        rustix::fs::fchmod(&*upload.file, Mode::from_raw_mode(attrs.mode & 0o777))
+            .map_err(errno)?;
+        let at = Timespec {
+            tv_sec: attrs.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: attrs.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        rustix::fs::futimens(
+            &*upload.file,
+            &Timestamps {
+                last_access: at,
+                last_modification: at,
+            },
+        )
+        .map_err(errno)?;
+    }
     // Opened first: once the rename is done, nothing should be left to fail but the sync.
     let dir = rustix::fs::openat(
         &upload.dir,
@@ -1203,6 +1251,7 @@ mod tests {
             size: 1,
             flags: flags.with(PutFlags::HASH_DECLARED),
             hash: Some(hash),
+            attrs: None,
             path: "target",
         }
     }
@@ -1419,6 +1468,7 @@ mod tests {
                 size: 1,
                 flags: PutFlags::NONE,
                 hash: None,
+                attrs: None,
                 path: "target",
             })
             .unwrap();

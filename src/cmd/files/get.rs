@@ -8,7 +8,11 @@ use clap::Args;
 use monoreactor::client::ClientError;
 use monoreactor::client::files::{self, Destination, DownloadError};
 
-use super::progress::Bar;
+use monoreactor::client::tree::{self, GetItem, GetPlan, TreeOptions};
+use monoreactor::proto::files::FileKind;
+
+use super::progress::{Bar, TreeBar};
+use super::put::report_failures;
 use super::{ServerArgs, Session};
 use crate::failure::Failure;
 
@@ -19,6 +23,10 @@ const HELP: &str = file_help!(
   monoreactor get reports/q3.pdf ~/Downloads/  (writes ~/Downloads/q3.pdf)
   monoreactor get logs/big.log - | grep ERROR
   monoreactor get --continue images/disk.img   (after an interrupted download)
+  monoreactor get -r photos ~/backup/          (writes ~/backup/photos/...)
+  monoreactor get -r photos new-dir            (a new new-dir receives photos' contents)
+  monoreactor get a.txt b.txt ~/Downloads/     (several files into a directory)
+  monoreactor get -r -p --continue photos .    (modification times kept; resumed)
 
 Every download is verified: the BLAKE3 of the bytes received (the same sum `b3sum` prints)
 must equal the server's. A download to a file is atomic: the bytes go to a part file
@@ -37,7 +45,19 @@ a terminal, a FIFO, a disk) is never replaced: the bytes are written into it as 
 as cp and curl -o do, so a failed verification is reported but cannot be taken back, and
 --continue does not apply.
 
-A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe."
+Trees (-r) and several sources land as scp gets them: into LOCAL if it is a directory
+(LOCAL/NAME), else, for one source, as LOCAL itself (created); DIR/. stands for DIR's
+contents, which go into LOCAL itself either way. Many files go on one
+connection, several at once, each verified and atomic as above; they are not synced one by
+one, but the destination's file system is synced once at the end (unless --no-fsync), before
+the command reports success. With --continue, files already here (same size and BLAKE3 as
+the server's) are skipped and part files resumed. Symlinks on the server are never followed:
+they are skipped with a warning (exit status 0), as is anything that is not a file or a
+directory. -p sets each file's modification time and permission bits to the server's (a
+file skipped by --continue gets the time only).
+
+A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe;
+-q hides it (and the summary line a tree transfer leaves on a terminal)."
 );
 
 /// The flags of `get`.
@@ -54,27 +74,35 @@ pub struct GetArgs {
     /// after may leave LOCAL empty or short. The rename stays atomic for readers.
     #[arg(long)]
     no_fsync: bool,
-    /// The file on the server.
-    #[arg(value_name = "REMOTE")]
-    remote: String,
-    /// Where to write it: a file, an existing directory (`DIR/` must be one), a device or
-    /// FIFO (written through, never replaced), or `-` for stdout [default: REMOTE's last
-    /// component, in the current directory].
-    #[arg(value_name = "LOCAL|-")]
-    local: Option<PathBuf>,
+    /// Copy directories, recursively.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Preserve modification times and modes (permission bits only).
+    #[arg(short = 'p')]
+    preserve: bool,
+    /// The files on the server (directories with -r), then where to write them: a file, an
+    /// existing directory (`DIR/` must be one), a device or FIFO (written through, never
+    /// replaced), or `-` for stdout [default: REMOTE's last component, in the current
+    /// directory]. With several REMOTEs, LOCAL is required and must be a directory.
+    #[arg(value_name = "REMOTE... [LOCAL|-]", required = true, num_args = 1..)]
+    paths: Vec<String>,
 }
 
 /// Downloads REMOTE; a failure says what was kept and how to resume.
 pub fn run(args: GetArgs) -> Result<(), Failure> {
-    let remote = files::normalize_remote(&args.remote).map_err(Failure::usage)?;
+    if args.recursive || args.paths.len() > 2 || args.preserve {
+        return get_tree(args);
+    }
+    let local = args.paths.get(1).map(PathBuf::from);
+    let remote = files::normalize_remote(&args.paths[0]).map_err(Failure::usage)?;
     let name = files::base_name(&remote);
     if name.is_empty() {
         return Err(Failure::usage(format!(
-            "`{}` is the server's root; get fetches one file",
-            args.remote
+            "`{}` is the server's root; get fetches one file (get -r a tree)",
+            args.paths[0]
         )));
     }
-    let to_stdout = args.local.as_deref() == Some(Path::new("-"));
+    let to_stdout = local.as_deref() == Some(Path::new("-"));
     if to_stdout && args.resume {
         return Err(Failure::usage(
             "--continue resumes a local file; it cannot resume standard output".to_string(),
@@ -84,7 +112,7 @@ pub fn run(args: GetArgs) -> Result<(), Failure> {
     let dest = if to_stdout {
         None
     } else {
-        let dest = Destination::resolve(args.local.as_deref(), name)
+        let dest = Destination::resolve(local.as_deref(), name)
             .map_err(|error| Failure::own(error.to_string()))?;
         if args.resume && matches!(dest, Destination::Through(_)) {
             return Err(Failure::usage(format!(
@@ -140,4 +168,110 @@ pub fn run(args: GetArgs) -> Result<(), Failure> {
         }
     }
     Err(failure)
+}
+
+/// `get -r`, several sources, or `-p`: scp's rules for where they land, then the files
+/// pipelined on one connection ([`tree::get_files`]).
+fn get_tree(args: GetArgs) -> Result<(), Failure> {
+    let (sources, local) = match args.paths.as_slice() {
+        [one] => (std::slice::from_ref(one), PathBuf::from(".")),
+        [sources @ .., local] => (sources, PathBuf::from(local)),
+        [] => return Err(Failure::usage("get needs a REMOTE".to_string())),
+    };
+    if local == Path::new("-") {
+        return Err(Failure::usage(
+            "a tree or several files cannot go to standard output".to_string(),
+        ));
+    }
+    let remotes = sources
+        .iter()
+        .map(|source| files::normalize_remote(source))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    let local_meta = std::fs::metadata(&local).ok();
+    let into_dir = local_meta.as_ref().is_some_and(|meta| meta.is_dir());
+    if remotes.len() > 1 && !into_dir {
+        return Err(Failure::usage(format!(
+            "{}: several sources go into a directory, and this is not one",
+            local.display()
+        )));
+    }
+    let mut session = Session::open(args.server)?;
+    let mut plan = GetPlan::default();
+    let mut refused = Vec::new();
+    for (remote, typed) in remotes.iter().zip(sources) {
+        let info = match session.client.stat(remote) {
+            Ok(info) => info,
+            Err(error) if error.server_code().is_some() => {
+                let line = session.fail(&error).message.unwrap_or_default();
+                refused.push(format!("`{remote}`: {line}"));
+                continue;
+            }
+            Err(error) => return Err(session.fail(&error)),
+        };
+        let name = files::base_name(remote);
+        let contents =
+            info.kind == FileKind::Directory && super::put::names_contents(typed.as_bytes());
+        let dest = if into_dir && !name.is_empty() && !contents {
+            local.join(name)
+        } else {
+            local.clone()
+        };
+        match info.kind {
+            FileKind::Directory if !args.recursive => {
+                refused.push(format!("`{remote}` is a directory (-r copies it)"));
+            }
+            FileKind::Directory => {
+                if local_meta.is_some() && !into_dir {
+                    refused.push(format!("{}: not a directory", local.display()));
+                    continue;
+                }
+                match tree::plan_get(&mut session.client, remote, &dest, &mut plan) {
+                    Ok(()) => {}
+                    Err(error) if error.server_code().is_some() => {
+                        let line = session.fail(&error).message.unwrap_or_default();
+                        refused.push(format!("`{remote}`: {line}"));
+                    }
+                    Err(error) => return Err(session.fail(&error)),
+                }
+            }
+            FileKind::File => plan.files.push(GetItem {
+                remote: remote.clone(),
+                local: dest,
+                size: info.size,
+                mtime_ns: info.mtime_ns,
+            }),
+            _ => plan
+                .skipped
+                .push(format!("`{remote}`: not a regular file or a directory")),
+        }
+    }
+    for line in &plan.skipped {
+        eprintln!("monoreactor: warning: skipped {line}");
+    }
+    for dir in &plan.dirs {
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(_) if dir.is_dir() => {}
+            Err(error) => {
+                return Err(Failure::own(format!(
+                    "cannot create {}: {error}",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let options = TreeOptions {
+        resume: args.resume,
+        preserve: args.preserve,
+        durable: !args.no_fsync,
+        ..TreeOptions::default()
+    };
+    let mut bar = TreeBar::new("get");
+    let got = tree::get_files(&mut session.client, &plan.files, &options, &mut |tally| {
+        bar.show(tally)
+    });
+    bar.finish();
+    let failed = got.map_err(|error| session.fail(&error))?;
+    report_failures(&session, refused, &failed, plan.files.len())
 }

@@ -59,3 +59,86 @@ impl Drop for Bar {
         self.clear();
     }
 }
+
+/// Whether `-q`/`--quiet` is on the command line (a global flag, read here so that the
+/// transfers can leave out their bar and summary without threading it through `main`).
+pub fn quiet() -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| {
+            arg == "--quiet"
+                || (arg.starts_with('-') && !arg.starts_with("--") && arg[1..].contains('q'))
+        })
+}
+
+/// One bar for a tree transfer (files, bytes, rate, ETA), and the line left after it, both
+/// on a terminal only and neither with `-q`.
+pub struct TreeBar {
+    verb: &'static str,
+    enabled: bool,
+    bar: Option<ProgressBar>,
+    started: std::time::Instant,
+    last: monoreactor::client::tree::Tally,
+}
+
+impl TreeBar {
+    /// A bar for `verb` ("put", "get"), not drawn yet.
+    pub fn new(verb: &'static str) -> TreeBar {
+        TreeBar {
+            verb,
+            enabled: io::stderr().is_terminal() && !quiet(),
+            bar: None,
+            started: std::time::Instant::now(),
+            last: Default::default(),
+        }
+    }
+
+    /// Where the transfer is.
+    pub fn show(&mut self, tally: &monoreactor::client::tree::Tally) {
+        self.last = *tally;
+        if !self.enabled {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar =
+                ProgressBar::with_draw_target(Some(tally.bytes), ProgressDrawTarget::stderr());
+            match ProgressStyle::with_template(
+                "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            ) {
+                Ok(style) => bar.set_style(style),
+                Err(error) => log::debug!("progress bar template: {error}"),
+            }
+            bar
+        });
+        bar.set_message(format!(
+            "{} files {}/{}",
+            self.verb, tally.files_done, tally.files
+        ));
+        bar.set_position(tally.bytes_done);
+    }
+
+    /// Takes the bar off and, on a terminal, leaves one line: files, bytes, time, rate.
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if !self.enabled {
+            return;
+        }
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        let tally = self.last;
+        let skipped = if tally.skipped > 0 {
+            format!(" ({} already there)", tally.skipped)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{} {} files{skipped}, {} in {seconds:.1} s ({}/s)",
+            self.verb,
+            tally.files_done,
+            indicatif::HumanBytes(tally.bytes_done),
+            indicatif::HumanBytes((tally.bytes_done as f64 / seconds) as u64),
+        );
+    }
+}

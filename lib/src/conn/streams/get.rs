@@ -62,11 +62,15 @@ impl Get {
             }
         };
         let info = opened.meta.info(opened.hash);
+        let mode = opened.mode;
         replies.part(
             FrameType::FileInfo,
             stream,
-            FileInfo::PAYLOAD_LEN as u32,
-            |out| info.emit(out),
+            FileInfo::WITH_MODE_LEN as u32,
+            |out| {
+                info.emit(out);
+                FileInfo::emit_mode(mode, out);
+            },
         );
         debug!(
             "stream {stream}: GET {} from {} of {} (hash {})",

@@ -85,8 +85,15 @@ impl Put {
         quota: Option<QuotaHold>,
         disk: &mut dyn Disk,
     ) -> Result<Put, FileError> {
+        // The durability flags stay; only the resume goes.
+        let mut durability = PutFlags::NONE;
+        for flag in [PutFlags::DEFER_SYNC, PutFlags::SYNC_FS] {
+            if request.flags.contains(flag) {
+                durability = durability.with(flag);
+            }
+        }
         let unresumable = PutRequest {
-            flags: PutFlags::NONE,
+            flags: durability,
             hash: None,
             ..*request
         };
@@ -102,7 +109,11 @@ impl Put {
                 return Err(error);
             }
         };
-        let upload = Upload::new(begun, request.path);
+        let mut upload = Upload::new(begun, request.path);
+        if request.flags.contains(PutFlags::DEFER_SYNC) || request.flags.contains(PutFlags::SYNC_FS)
+        {
+            upload = upload.without_final_fsync();
+        }
         log::debug!(
             "stream {stream}: PUT {} of {} bytes (upload id {:016x}, {} held)",
             request.path,

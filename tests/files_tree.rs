@@ -1,0 +1,447 @@
+//! `put -r` and `get -r` (and several sources in one `put` or `get`) against a real server
+//! over loopback: nested trees round trip byte for byte, scp's rules for where sources land,
+//! `--continue` after an interrupted tree (what was finished is skipped, seen in the server's
+//! access lines), symlinks and FIFOs skipped with a warning, `-p` carrying mtimes, and a
+//! download that fails verification failing the command.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use support::exec::Scratch;
+use support::files::*;
+
+/// A client's working directory beside a [`FileServer`].
+struct Cli {
+    addr: String,
+    work: Scratch,
+}
+
+impl Cli {
+    fn new(server: &FileServer) -> Cli {
+        Cli {
+            addr: server.server.framed_str(),
+            work: Scratch::new("files-tree"),
+        }
+    }
+
+    #[track_caller]
+    fn run(&self, command: &str, args: &[&str]) -> CliOutput {
+        let mut all = vec![command, "--addr", &self.addr];
+        all.extend_from_slice(args);
+        cli(&all, self.work.path(), None)
+    }
+
+    #[track_caller]
+    fn ok(&self, command: &str, args: &[&str]) -> CliOutput {
+        let output = self.run(command, args);
+        assert_eq!(
+            output.code(),
+            0,
+            "monoreactor {command} {args:?} failed: {}",
+            output.stderr
+        );
+        output
+    }
+
+    fn local(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+}
+
+/// Every file and directory under `dir`, relative, with a file's bytes (`None` for a
+/// directory) as its BLAKE3; what is neither is reported as such so that a test sees it.
+fn tree_of(dir: &Path) -> BTreeMap<String, Option<String>> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in fs::read_dir(&at).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let name = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                found.insert(name, None);
+                pending.push(path);
+            } else if kind.is_file() {
+                found.insert(name, Some(hex(&blake3_file(&path))));
+            } else {
+                found.insert(name, Some("<not a regular file>".to_string()));
+            }
+        }
+    }
+    found
+}
+
+/// A nested tree: empty directories, files of 0 B, 1 B, and more than one DATA frame, and
+/// enough small files to keep the pipeline full.
+fn make_tree(at: &Path) {
+    fs::create_dir_all(at.join("a/b/c")).unwrap();
+    fs::create_dir_all(at.join("empty/deeper")).unwrap();
+    fs::write(at.join("zero"), b"").unwrap();
+    fs::write(at.join("one"), b"1").unwrap();
+    fs::write(at.join("a/b/c/big"), random_bytes(7, 3 * MIB + 17)).unwrap();
+    fs::write(at.join("a/medium"), random_bytes(8, 300_000)).unwrap();
+    for i in 0..40 {
+        fs::write(
+            at.join(format!("a/b/small-{i:02}")),
+            random_bytes(100 + i, 4096),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_nested_tree_round_trips_through_put_r_and_get_r() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    cli.ok("put", &["-r", "src", "dst"]);
+    // `dst` did not exist: it receives src's contents.
+    assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
+    cli.ok("get", &["-r", "dst", "back"]);
+    assert_eq!(tree_of(&cli.local("back")), tree_of(&cli.local("src")));
+    // Into an existing directory, each lands under its own name.
+    fs::create_dir(cli.local("into")).unwrap();
+    cli.ok("get", &["-r", "dst", "into"]);
+    assert_eq!(tree_of(&cli.local("into/dst")), tree_of(&cli.local("src")));
+    server.assert_nothing_outside("after the tree transfers");
+}
+
+#[test]
+fn sources_land_as_scp_puts_them() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    fs::write(cli.local("x.txt"), b"x").unwrap();
+    fs::write(cli.local("y.txt"), b"yy").unwrap();
+    fs::create_dir(server.at("existing")).unwrap();
+
+    cli.ok("put", &["-r", "src", "existing/"]);
+    assert_eq!(
+        tree_of(&server.at("existing/src")),
+        tree_of(&cli.local("src"))
+    );
+    cli.ok("put", &["-r", "src", "x.txt", "existing"]);
+    assert_eq!(fs::read(server.at("existing/x.txt")).unwrap(), b"x");
+    cli.ok("put", &["x.txt", "y.txt", "existing"]);
+    assert_eq!(fs::read(server.at("existing/y.txt")).unwrap(), b"yy");
+
+    // Several sources need a directory; a directory needs -r.
+    let several = cli.run("put", &["x.txt", "y.txt", "nothere"]);
+    assert_eq!(several.code(), 2, "{}", several.stderr);
+    assert!(several.stderr.contains("directory"), "{}", several.stderr);
+    assert!(!server.at("nothere").exists());
+    let no_r = cli.run("put", &["src", "x.txt", "existing"]);
+    assert_eq!(no_r.code(), 1, "{}", no_r.stderr);
+    assert!(no_r.stderr.contains("-r"), "{}", no_r.stderr);
+
+    // The same rules locally for get.
+    fs::create_dir(cli.local("down")).unwrap();
+    cli.ok("get", &["existing/x.txt", "existing/y.txt", "down"]);
+    assert_eq!(fs::read(cli.local("down/x.txt")).unwrap(), b"x");
+    assert_eq!(fs::read(cli.local("down/y.txt")).unwrap(), b"yy");
+    let several = cli.run("get", &["existing/x.txt", "existing/y.txt", "nofile"]);
+    assert_eq!(several.code(), 2, "{}", several.stderr);
+    let dir_without_r = cli.run("get", &["existing/src", "existing/x.txt", "down"]);
+    assert_eq!(dir_without_r.code(), 1, "{}", dir_without_r.stderr);
+    assert!(cli.local("down/x.txt").exists());
+}
+
+#[test]
+fn symlinks_are_skipped_unless_l_and_fifos_are_skipped_with_a_warning() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    let src = cli.local("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("dir/file"), b"content").unwrap();
+    symlink("dir/file", src.join("link")).unwrap();
+    symlink("dir", src.join("dirlink")).unwrap();
+    symlink(server.outside().join("secret"), src.join("away")).unwrap();
+    let fifo = std::ffi::CString::new(src.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a plain mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
+    let put = cli.ok("put", &["-r", "src", "plain"]);
+    for name in ["link", "dirlink", "away", "fifo"] {
+        assert!(
+            put.stderr.contains("warning") && put.stderr.contains(name),
+            "no warning for {name}: {}",
+            put.stderr
+        );
+        assert!(
+            fs::symlink_metadata(server.at(&format!("plain/{name}"))).is_err(),
+            "{name} was stored"
+        );
+    }
+    assert_eq!(fs::read(server.at("plain/dir/file")).unwrap(), b"content");
+
+    let followed = cli.ok("put", &["-r", "-L", "src", "followed"]);
+    assert!(followed.stderr.contains("fifo"), "{}", followed.stderr);
+    assert_eq!(fs::read(server.at("followed/link")).unwrap(), b"content");
+    assert_eq!(
+        fs::read(server.at("followed/dirlink/file")).unwrap(),
+        b"content"
+    );
+    assert_eq!(fs::read(server.at("followed/away")).unwrap(), SECRET);
+    assert!(
+        fs::symlink_metadata(server.at("followed/link"))
+            .unwrap()
+            .is_file()
+    );
+
+    // A symlink on the server is listed, never followed: skipped with a warning.
+    symlink("dir/file", server.at("plain/server-link")).unwrap();
+    let get = cli.ok("get", &["-r", "plain", "back"]);
+    assert!(get.stderr.contains("server-link"), "{}", get.stderr);
+    assert!(fs::symlink_metadata(cli.local("back/server-link")).is_err());
+    assert_eq!(fs::read(cli.local("back/dir/file")).unwrap(), b"content");
+}
+
+/// Server flags that keep its access lines (the test servers are started with `-q`).
+const ACCESS_LOG: [&str; 2] = ["--log-level", "warn,monoreactor::access=info"];
+
+/// The access lines of one request kind in the server's log ("PATH OUTCOME out=BYTES"),
+/// once at least `expected` of them are there (they are read from its stderr by a thread).
+fn requests(server: &FileServer, kind: &str, expected: usize) -> Vec<String> {
+    let mut lines = access_lines(server, kind);
+    for _ in 0..100 {
+        if lines.len() >= expected {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        lines = access_lines(server, kind);
+    }
+    lines
+}
+
+fn access_lines(server: &FileServer, kind: &str) -> Vec<String> {
+    let quote = format!("\"{kind} ");
+    server
+        .server
+        .stderr_text()
+        .lines()
+        .filter(|line| line.contains("monoreactor::access"))
+        .filter_map(|line| {
+            let start = line.find(&quote)? + quote.len();
+            let end = start + line[start..].find('"')?;
+            let outcome = line[end + 1..].split_whitespace().next().unwrap_or("");
+            let out = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("out="))
+                .unwrap_or("0");
+            Some(format!("{} {outcome} out={out}", &line[start..end]))
+        })
+        .collect()
+}
+
+#[test]
+fn put_r_continue_finishes_an_interrupted_tree_and_skips_what_is_stored() {
+    // The server refuses files over 1 MB: the tree stops short of its big file.
+    let mut server = FileServer::start(&[ACCESS_LOG[0], ACCESS_LOG[1], "--max-put", "1000000"]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    let first = cli.run("put", &["-r", "src/.", "dst"]);
+    assert_eq!(first.code(), 1, "{}", first.stderr);
+    assert!(first.stderr.contains("a/b/c/big"), "{}", first.stderr);
+    assert!(!server.at("dst/a/b/c/big").exists());
+    assert_eq!(
+        fs::read(server.at("dst/a/b/small-07")).unwrap(),
+        random_bytes(107, 4096)
+    );
+
+    // A server without the limit (its access lines start afresh); meanwhile one local file
+    // changed and one stored file went away.
+    server.restart(&ACCESS_LOG);
+    let cli = Cli {
+        addr: server.server.framed_str(),
+        work: cli.work,
+    };
+    fs::write(cli.local("src/one"), b"2").unwrap();
+    fs::remove_file(server.at("dst/a/medium")).unwrap();
+    cli.ok("put", &["-r", "--continue", "src/.", "dst"]);
+    assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
+    let puts = requests(&server, "PUT", 3);
+    let mut stored: Vec<&str> = puts
+        .iter()
+        .map(|line| line.split_whitespace().next().unwrap())
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        ["dst/a/b/c/big", "dst/a/medium", "dst/one"],
+        "only what was missing or different goes again: {puts:#?}"
+    );
+}
+
+#[test]
+fn get_r_continue_fetches_only_what_is_missing_or_different() {
+    let server = FileServer::start(&ACCESS_LOG);
+    let cli = Cli::new(&server);
+    make_tree(&server.at("tree"));
+    cli.ok("get", &["-r", "tree", "here"]);
+    fs::remove_file(cli.local("here/a/b/small-03")).unwrap();
+    fs::write(cli.local("here/one"), b"9").unwrap();
+    let before = requests(&server, "GET", 44).len();
+    cli.ok("get", &["-r", "--continue", "tree/.", "here"]);
+    assert_eq!(tree_of(&cli.local("here")), tree_of(&server.at("tree")));
+    // The server knows every hash from the first run (STAT says it): only two are fetched.
+    let gets = requests(&server, "GET", before + 2);
+    let mut fetched: Vec<&str> = gets[before..]
+        .iter()
+        .filter(|line| !line.ends_with("out=0"))
+        .map(|line| line.split_whitespace().next().unwrap())
+        .collect();
+    fetched.sort();
+    assert_eq!(fetched, ["tree/a/b/small-03", "tree/one"], "{gets:#?}");
+}
+
+#[test]
+fn a_download_that_fails_verification_fails_the_command() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&server.at("tree"));
+    cli.ok("get", &["-r", "tree", "here"]);
+    // A part file that is not the server's file's prefix: resumed from, it cannot verify.
+    fs::remove_file(cli.local("here/a/medium")).unwrap();
+    fs::write(
+        cli.local("here/a/.medium.monoreactor-part"),
+        b"not the file",
+    )
+    .unwrap();
+    let failed = cli.run("get", &["-r", "--continue", "tree/.", "here"]);
+    assert_eq!(failed.code(), 255, "{}", failed.stderr);
+    assert!(failed.stderr.contains("medium"), "{}", failed.stderr);
+    assert!(!cli.local("here/a/medium").exists());
+    assert!(!cli.local("here/a/.medium.monoreactor-part").exists());
+    // Run again, it starts that file over and succeeds.
+    cli.ok("get", &["-r", "--continue", "tree/.", "here"]);
+    assert_eq!(tree_of(&cli.local("here")), tree_of(&server.at("tree")));
+}
+
+#[test]
+fn get_p_keeps_modification_times() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&server.at("tree"));
+    let old = std::time::UNIX_EPOCH + std::time::Duration::new(1_500_000_000, 123_456_789);
+    let times = fs::FileTimes::new().set_modified(old);
+    fs::File::options()
+        .write(true)
+        .open(server.at("tree/a/medium"))
+        .unwrap()
+        .set_times(times)
+        .unwrap();
+    cli.ok("get", &["-r", "-p", "tree", "here"]);
+    assert_eq!(
+        mtime_ns(&cli.local("here/a/medium")),
+        mtime_ns(&server.at("tree/a/medium"))
+    );
+    assert_eq!(
+        mtime_ns(&cli.local("here/a/medium")),
+        1_500_000_000_123_456_789
+    );
+    cli.ok("get", &["-r", "tree", "plain"]);
+    assert_ne!(
+        mtime_ns(&cli.local("plain/a/medium")),
+        1_500_000_000_123_456_789
+    );
+}
+
+#[test]
+fn put_p_carries_modes_and_mtimes_and_get_p_brings_them_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    let set = |path: &Path, mode: u32, mtime_ns: i64| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64);
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(at))
+            .unwrap();
+    };
+    // setuid and sticky are never given by a client: the server keeps 0o777's bits.
+    set(
+        &cli.local("src/a/medium"),
+        0o4751,
+        1_400_000_000_987_654_321,
+    );
+    set(&cli.local("src/one"), 0o600, 1_300_000_000_000_000_001);
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+
+    cli.ok("put", &["-r", "-p", "src/.", "kept"]);
+    assert_eq!(mode(&server.at("kept/a/medium")), 0o751);
+    assert_eq!(
+        mtime_ns(&server.at("kept/a/medium")),
+        1_400_000_000_987_654_321
+    );
+    assert_eq!(mode(&server.at("kept/one")), 0o600);
+    assert_eq!(mtime_ns(&server.at("kept/one")), 1_300_000_000_000_000_001);
+    cli.ok("put", &["-r", "src/.", "plain"]);
+    assert_eq!(mode(&server.at("plain/a/medium")), 0o644);
+    assert_ne!(
+        mtime_ns(&server.at("plain/a/medium")),
+        1_400_000_000_987_654_321
+    );
+    // One file with -p, no -r.
+    cli.ok("put", &["-p", "src/one", "single"]);
+    assert_eq!(mode(&server.at("single")), 0o600);
+    assert_eq!(mtime_ns(&server.at("single")), 1_300_000_000_000_000_001);
+
+    cli.ok("get", &["-r", "-p", "kept/.", "back"]);
+    assert_eq!(mode(&cli.local("back/a/medium")), 0o751);
+    assert_eq!(
+        mtime_ns(&cli.local("back/a/medium")),
+        1_400_000_000_987_654_321
+    );
+    assert_eq!(mode(&cli.local("back/one")), 0o600);
+    cli.ok("get", &["-r", "kept/.", "unkept"]);
+    assert_ne!(
+        mtime_ns(&cli.local("unkept/one")),
+        1_300_000_000_000_000_001
+    );
+}
+
+#[test]
+fn a_server_with_fewer_streams_than_the_window_still_gets_the_whole_tree() {
+    // Two streams per connection: the pipeline's first refusals (LIMIT_REACHED) narrow its
+    // window, and the refused files go again.
+    let server = FileServer::start(&["--max-streams-per-conn", "2"]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    fs::create_dir(cli.local("src/many")).unwrap();
+    for i in 0..400 {
+        fs::write(cli.local(&format!("src/many/{i}")), i.to_string()).unwrap();
+    }
+    cli.ok("put", &["-r", "src", "dst"]);
+    assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
+    cli.ok("get", &["-r", "dst", "back"]);
+    assert_eq!(tree_of(&cli.local("back")), tree_of(&cli.local("src")));
+}
+
+#[test]
+fn a_tree_into_a_missing_parent_fails_once_per_directory() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    make_tree(&cli.local("src"));
+    let failed = cli.run("put", &["-r", "src", "missing/deeper"]);
+    assert_eq!(failed.code(), 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("NOT_FOUND"), "{}", failed.stderr);
+    assert!(
+        !failed.stderr.contains("small-0"),
+        "files under a directory that could not be made are not tried: {}",
+        failed.stderr
+    );
+    assert!(!server.at("missing").exists());
+}

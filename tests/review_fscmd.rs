@@ -387,7 +387,17 @@ fn endless_tree_server(
     name: &'static str,
     budget: usize,
 ) -> (String, std::thread::JoinHandle<usize>) {
-    use monoreactor::proto::files::{DirEntry, FileKind};
+    listing_server(name, monoreactor::proto::files::FileKind::Directory, budget)
+}
+
+/// A fake server that answers every LIST with one entry `name` of `kind`, and any other
+/// request with an error, for `budget` requests.
+fn listing_server(
+    name: &'static str,
+    kind: monoreactor::proto::files::FileKind,
+    budget: usize,
+) -> (String, std::thread::JoinHandle<usize>) {
+    use monoreactor::proto::files::DirEntry;
     use monoreactor::proto::{
         ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header, HelloOk, SessionFlags,
     };
@@ -427,7 +437,7 @@ fn endless_tree_server(
                 FrameType::List => {
                     let entry = DirEntry {
                         name,
-                        kind: FileKind::Directory,
+                        kind,
                         size: 0,
                         mtime_ns: 0,
                     };
@@ -489,5 +499,52 @@ fn tree_walks_end_against_an_endless_server() {
                 output.stderr
             );
         }
+    }
+}
+
+/// `get -r` turns the names a server lists into local paths: a broken or hostile server that
+/// lists `../escape`, `/abs` or `..` must not make the client write outside its destination
+/// (scp's CVE-2019-6111). Before, the plan held `DEST/../escape` and `/abs` as files to write.
+#[test]
+fn get_r_writes_nothing_outside_its_destination_whatever_the_server_lists() {
+    use monoreactor::client::files::FileClient;
+    use monoreactor::client::tree::{GetPlan, plan_get};
+    use monoreactor::proto::files::FileKind;
+    let work = Scratch::new("review-escape");
+    let dest = work.path().join("dest");
+    for (name, kind) in [
+        ("../escape", FileKind::File),
+        ("/abs", FileKind::File),
+        ("..", FileKind::Directory),
+        (".", FileKind::Directory),
+        ("a/b", FileKind::Directory),
+    ] {
+        let (addr, serving) = listing_server(name, kind, 50);
+        let mut client = FileClient::connect(
+            addr.parse::<std::net::SocketAddr>().expect("address"),
+            None,
+            std::time::Duration::from_secs(10),
+        )
+        .expect("connect");
+        let mut plan = GetPlan::default();
+        plan_get(&mut client, "d", &dest, &mut plan).expect("plan");
+        drop(client);
+        serving.join().expect("the fake server");
+        for path in plan
+            .dirs
+            .iter()
+            .chain(plan.files.iter().map(|item| &item.local))
+        {
+            assert!(
+                path.starts_with(&dest)
+                    && !path
+                        .components()
+                        .any(|part| matches!(part, std::path::Component::ParentDir)),
+                "{name}: {}",
+                path.display()
+            );
+        }
+        assert!(plan.files.is_empty() && plan.dirs.len() == 1, "{name}");
+        assert_eq!(plan.skipped.len(), 1, "{name}: {:?}", plan.skipped);
     }
 }

@@ -41,7 +41,7 @@ use super::{ClientError, Pieces, Received};
 use crate::proto::files::{
     Digest, FileInfo, FileKind, GetRequest, Hash, PutAttrs, PutFlags, PutReady, PutRequest,
 };
-use crate::proto::path::check_relative;
+use crate::proto::path::{MAX_PATH_LEN, check_relative};
 use crate::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header};
 
 /// Transfers in flight at once by default: the server's default per-connection limit.
@@ -313,6 +313,16 @@ pub fn plan_get(
         super::files::sort_entries(&mut entries);
         for entry in entries {
             let path = join_remote(&dir, &entry.name);
+            // The name becomes a local path: one a broken or hostile server lists as `..`,
+            // `/etc/x` or `a/../../b` would write outside `local` (scp's CVE-2019-6111), and
+            // a path longer than a request can carry is a tree without end.
+            if !super::glob::is_one_component(&entry.name) || path.len() > MAX_PATH_LEN {
+                plan.skipped.push(format!(
+                    "{}: the server listed a name that is not one path component, skipped",
+                    entry.name.escape_debug()
+                ));
+                continue;
+            }
             match entry.kind {
                 FileKind::File => plan.files.push(GetItem {
                     remote: path,

@@ -654,3 +654,105 @@ fn the_time_limit_stops_the_shells_foreground_job_even_one_that_ignores_sighup()
         "nothing left"
     );
 }
+
+/// The pids of every process on the machine whose command line contains `marker`.
+fn pids_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(marker)
+            {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Waits until no process's command line contains `marker`; false if one still does.
+fn wait_none_with(marker: &str) -> bool {
+    support::retry(WAIT, || pids_with(marker).is_empty().then_some(())).is_some()
+}
+
+#[test]
+fn a_disconnect_kills_the_background_jobs_of_the_session_too() {
+    // An interactive shell puts `job &` in a process group of its own, which is neither the
+    // shell's group nor the terminal's foreground job: only a kill of the whole session (every
+    // process whose session id is the shell's pid) reaches it.
+    let server = Server::start_exec(&[]);
+    let (mut tty, _) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = tty.expect_prompt(0);
+    tty.type_in(b"sleep 5151 &\r");
+    let at = tty.expect_prompt(at);
+    let started = support::retry(WAIT, || (!pids_with("sleep 5151").is_empty()).then_some(()));
+    assert!(started.is_some(), "the job runs: {}", tty.shown());
+    tty.type_in(b"\r~.");
+    let _ = at;
+    assert_eq!(tty.wait_exit(), 255, "{}", tty.shown());
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    let left = wait_none_with("sleep 5151");
+    for pid in pids_with("sleep 5151") {
+        // SAFETY: kill on a pid this test's session started; it is still there (just listed).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(left, "the background job outlived the session");
+}
+
+#[test]
+fn a_shell_that_exits_takes_its_background_jobs_with_it() {
+    let server = Server::start_exec(&[]);
+    let token = String::from_utf8(support::exec::TEST_TOKEN.to_vec()).unwrap();
+    let (status, stdout, stderr) = exec_tt(
+        &server,
+        &token,
+        &[],
+        b"sleep 5252 &\necho JOB=$! | tr = :\nexit 6\n",
+    );
+    assert_eq!(status, 6, "{stdout}{stderr}");
+    assert!(stdout.contains("JOB:"), "the job started: {stdout}");
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    let left = wait_none_with("sleep 5252");
+    for pid in pids_with("sleep 5252") {
+        // SAFETY: kill on a pid this test's session started; it is still there (just listed).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(left, "the background job outlived the session");
+}
+
+#[test]
+fn a_second_session_inherits_no_descriptor_of_the_first() {
+    // Every descriptor of the first session (its PTY master, the server's sockets) is
+    // close-on-exec; the second shell has its terminal on 0, 1, 2 and nothing else of ours.
+    let server = Server::start_exec(&[]);
+    let (mut first, _) = run_exec_t(&server, &["-t"], 24, 80);
+    first.expect_prompt(0);
+    let (mut second, _) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = second.expect_prompt(0);
+    // The shell lists its own descriptors (a subshell's would add ls's directory handle).
+    second.type_in(b"ls -l /proc/$$/fd | grep -c -- '->' ; echo END\r");
+    second.expect("END\r\n", at, WAIT);
+    let shown = second.shown();
+    let count: Vec<&str> = shown
+        .lines()
+        .filter(|line| line.trim().parse::<u32>().is_ok())
+        .collect();
+    assert!(
+        count
+            .last()
+            .is_some_and(|line| line.trim().parse::<u32>().unwrap() <= 4),
+        "the shell's descriptors: {shown}"
+    );
+    first.type_in(b"exit\r");
+    second.type_in(b"exit\r");
+    assert_eq!(first.wait_exit(), 0);
+    assert_eq!(second.wait_exit(), 0);
+}

@@ -756,3 +756,91 @@ fn a_second_session_inherits_no_descriptor_of_the_first() {
     assert_eq!(first.wait_exit(), 0);
     assert_eq!(second.wait_exit(), 0);
 }
+
+#[test]
+fn tilde_dot_gets_out_of_a_session_whose_server_hangs() {
+    let server = Server::start_exec(&[]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    tty.expect_prompt(0);
+    server.stop();
+    tty.type_in(b"echo lost\r~.");
+    let status = wait_child(&mut tty.child, WAIT);
+    server.resume();
+    let code = status.map(|status| status.code());
+    assert_eq!(code, Some(Some(255)), "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings);
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+}
+
+#[test]
+fn every_byte_value_comes_through_a_raw_remote_terminal_unchanged() {
+    let server = Server::start_exec(&[]);
+    let token = String::from_utf8(support::exec::TEST_TOKEN.to_vec()).unwrap();
+    let all: Vec<u8> = (0..=255).collect();
+    let escapes: String = all.iter().map(|byte| format!("\\{byte:03o}")).collect();
+    // Markers around the bytes, so what the terminal echoes before `stty raw` runs does
+    // not count.
+    let script = format!("stty raw -echo; printf '<<{escapes}>>'");
+    let mut args = vec!["exec", "--addr"];
+    let addr = server.framed_str();
+    args.extend([addr.as_str(), "-tt", "--", "sh", "-c", script.as_str()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .args(&args)
+        .env("MONOREACTOR_TOKEN", &token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = Vec::new();
+    let mut out = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let _ = out.read_to_end(&mut stdout);
+        stdout
+    });
+    let status = wait_child(&mut child, WAIT).expect("exec -tt ends");
+    drop(child.stdin.take());
+    let stdout = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout:?}");
+    let mut expected = b"<<".to_vec();
+    expected.extend_from_slice(&all);
+    expected.extend_from_slice(b">>");
+    assert!(
+        stdout
+            .windows(expected.len())
+            .any(|window| window == expected),
+        "the 256 byte values, in order and unchanged: {stdout:?}"
+    );
+}
+
+#[test]
+fn the_terminal_is_restored_after_a_sighup_or_a_sigint_from_outside() {
+    let server = Server::start_exec(&[]);
+    for signal in [libc::SIGHUP, libc::SIGINT] {
+        let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+        tty.expect_prompt(0);
+        assert_ne!(stty_g(&tty.slave), settings, "raw while the session runs");
+        // SAFETY: kill on the pid of a child of ours that has not been waited for.
+        unsafe { libc::kill(tty.child.id() as i32, signal) };
+        assert_eq!(tty.wait_exit(), 255, "signal {signal}: {}", tty.shown());
+        assert_eq!(stty_g(&tty.slave), settings, "signal {signal}");
+        assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    }
+}
+
+#[test]
+fn exec_tt_passes_a_signal_death_as_128_plus_n_and_takes_piped_tildes_literally() {
+    let server = Server::start_exec(&[]);
+    let token = String::from_utf8(support::exec::TEST_TOKEN.to_vec()).unwrap();
+    let (status, stdout, stderr) = exec_tt(&server, &token, &["sh", "-c", "kill -9 $$"], b"");
+    assert_eq!(status, 137, "{stdout}{stderr}");
+    // No escape on a piped stdin (as ssh): `~.` after a newline is two bytes for the shell.
+    let (status, stdout, stderr) = exec_tt(
+        &server,
+        &token,
+        &[],
+        b"echo a\n~.\necho b$((1+1))\nexit 9\n",
+    );
+    assert_eq!(status, 9, "{stdout}{stderr}");
+    assert!(stdout.contains("b2\r\n"), "{stdout}");
+}

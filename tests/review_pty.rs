@@ -1,0 +1,80 @@
+//! Review of `exec -t` (rev2): what tests/exec_pty.rs does not reach with its helpers — a
+//! terminal session over TLS.
+
+#![allow(dead_code)] // the shared support modules carry helpers other test files use
+
+mod support;
+#[path = "support/tls_proxy.rs"]
+mod tls_proxy;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use support::exec::TEST_TOKEN;
+use support::{Server, TempDir, wait_child};
+use tls_proxy::Pki;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn exec_tt_over_tls_runs_on_a_terminal_reads_input_and_passes_the_status() {
+    let pki = Pki::new();
+    let dir = TempDir::new("review-pty-tls");
+    let (cert, key) = pki.server_leaf().write(dir.path(), "server");
+    let server = Server::start_exec(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let ca = pki.write_ca(dir.path());
+    let token = dir.path().join("token");
+    fs::write(&token, TEST_TOKEN).unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+    let addr = format!("tls://{}", server.framed());
+    let script = "tty >/dev/null && echo on-a-tty; stty size; read line; echo got $line; exit 4";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .args([
+            "exec",
+            "--addr",
+            &addr,
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "-tt",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env_remove("MONOREACTOR_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let readers = thread::spawn(move || {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        let _ = out.read_to_string(&mut stdout);
+        let _ = err.read_to_string(&mut stderr);
+        (stdout, stderr)
+    });
+    let status = wait_child(&mut child, WAIT).expect("exec -tt over TLS ends");
+    let (stdout, stderr) = readers.join().unwrap();
+    assert_eq!(status.code(), Some(4), "{stdout}{stderr}");
+    assert!(stdout.contains("on-a-tty\r\n"), "{stdout}");
+    assert!(
+        stdout.contains("24 80\r\n"),
+        "no local terminal: 24x80: {stdout}"
+    );
+    assert!(stdout.contains("got hello\r\n"), "{stdout}");
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+}

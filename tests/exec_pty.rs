@@ -844,3 +844,19 @@ fn exec_tt_passes_a_signal_death_as_128_plus_n_and_takes_piped_tildes_literally(
     assert_eq!(status, 9, "{stdout}{stderr}");
     assert!(stdout.contains("b2\r\n"), "{stdout}");
 }
+
+#[test]
+fn piped_input_without_a_final_newline_still_ends_the_shell() {
+    // In canonical mode one ^D after a partial line only hands the line over; a second one,
+    // at the start of the now empty line, is the end of file.
+    let server = Server::start_exec(&["--exec-timeout", "8"]);
+    let token = String::from_utf8(support::exec::TEST_TOKEN.to_vec()).unwrap();
+    let started = Instant::now();
+    let (status, stdout, stderr) = exec_tt(&server, &token, &[], b"echo hi$((2*3))");
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("hi6\r\n"), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "ended by the time limit: {stdout}"
+    );
+}

@@ -78,3 +78,70 @@ fn exec_tt_over_tls_runs_on_a_terminal_reads_input_and_passes_the_status() {
     assert!(stdout.contains("got hello\r\n"), "{stdout}");
     assert!(server.wait_no_children(WAIT), "{:?}", server.children());
 }
+
+fn on_a_pty(argv: &[&'static str]) -> monoreactor::proto::exec::ExecRequest<'static> {
+    monoreactor::proto::exec::ExecRequest {
+        pty: Some(monoreactor::proto::exec::PtyRequest {
+            rows: 24,
+            cols: 80,
+            term: "vt100",
+        }),
+        ..support::exec::request(argv)
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_stops_the_server_reading_the_terminal() {
+    let server = Server::start_exec(&[]);
+    let mut socket = support::tcp(server.framed());
+    let mut wire = support::exec::hello_with(TEST_TOKEN);
+    wire.extend(support::exec::exec_frame(1, &on_a_pty(&["yes"])));
+    socket.write_all(&wire).unwrap();
+    // Nothing is read from here on.
+    let running = support::retry(WAIT, || {
+        let children = server.children();
+        (!children.is_empty()).then_some(children)
+    });
+    let (pid, _) = running.expect("yes runs")[0];
+    thread::sleep(Duration::from_secs(2));
+    let before = server.rss_kib();
+    // Once the socket and the server's outbox are full, the server reads the master no
+    // more: `yes` blocks on the full terminal (sleeping, not running) and memory stays flat.
+    let blocked = support::retry(WAIT, || {
+        (support::process_state(pid) == Some('S')).then_some(())
+    });
+    thread::sleep(Duration::from_secs(2));
+    let after = server.rss_kib();
+    assert!(
+        blocked.is_some(),
+        "yes never blocked: {:?}",
+        support::process_state(pid)
+    );
+    assert!(
+        after < before + 8 * 1024,
+        "the server's memory grew from {before} KiB to {after} KiB"
+    );
+    drop(socket);
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+}
+
+#[test]
+fn a_command_that_lets_go_of_its_terminal_and_runs_on_ends_at_its_exit() {
+    let server = Server::start_exec(&[]);
+    let mut conn = support::exec::ExecConn::connect(&server);
+    let started = std::time::Instant::now();
+    let stream = conn.exec(&on_a_pty(&[
+        "sh",
+        "-c",
+        "echo bye; exec </dev/null >/dev/null 2>&1; sleep 1; exit 7",
+    ]));
+    let done = conn.wait_end(stream, WAIT);
+    assert_eq!(done.code(), 7, "{}", done.summary());
+    assert!(done.stdout.text().contains("bye"), "{}", done.summary());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+}

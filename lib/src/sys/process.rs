@@ -855,7 +855,8 @@ fn spawn_io_error(what: &str, error: &io::Error) -> SpawnError {
     match error.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR) => SpawnError::NotFound(text),
         Some(libc::EACCES | libc::EPERM | libc::ENOEXEC) => SpawnError::PermissionDenied(text),
-        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => {
+        // ENOSPC: openpt when every pseudo-terminal the kernel allows is taken.
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM | libc::ENOSPC) => {
             SpawnError::LimitReached(text)
         }
         _ => SpawnError::Failed(text),
@@ -902,6 +903,8 @@ mod tests {
         let cases = [
             (libc::EMFILE, ErrorCode::LimitReached),
             (libc::EAGAIN, ErrorCode::LimitReached),
+            // openpt past /proc/sys/kernel/pty/max: every pseudo-terminal is taken.
+            (libc::ENOSPC, ErrorCode::LimitReached),
             (libc::EACCES, ErrorCode::PermissionDenied),
             (libc::ENOEXEC, ErrorCode::PermissionDenied),
             (libc::ENOENT, ErrorCode::NotFound),

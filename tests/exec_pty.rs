@@ -860,3 +860,27 @@ fn piped_input_without_a_final_newline_still_ends_the_shell() {
         "ended by the time limit: {stdout}"
     );
 }
+
+#[test]
+fn a_paste_of_several_windows_reaches_a_raw_remote_program_whole() {
+    // More than the stdin window (256 KiB), typed at once into the local terminal: the client
+    // sends it as credit comes back, and nothing is lost or repeated on the way.
+    const PASTE: usize = 1 << 20;
+    let server = Server::start_exec(&[]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = tty.expect_prompt(0);
+    tty.type_in(format!("stty raw -echo; head -c {PASTE} | wc -c; stty sane\r").as_bytes());
+    let at = tty.expect("sane", at, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    // No newline and no `~` in it: a plain byte pattern, written from a thread (the local
+    // terminal's input queue is small, the writer blocks until the client reads).
+    let paste: Vec<u8> = (0..PASTE).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut writer = tty.master.try_clone().unwrap();
+    let typing = thread::spawn(move || writer.write_all(&paste));
+    let at = tty.expect(&format!("{PASTE}"), at, Duration::from_secs(60));
+    typing.join().unwrap().unwrap();
+    tty.type_in(b"exit 0\r");
+    let _ = at;
+    assert_eq!(tty.wait_exit(), 0, "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings);
+}

@@ -145,3 +145,38 @@ fn a_command_that_lets_go_of_its_terminal_and_runs_on_ends_at_its_exit() {
     );
     assert!(server.wait_no_children(WAIT), "{:?}", server.children());
 }
+
+fn open_descriptors(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+#[test]
+fn sessions_that_end_every_way_leave_no_descriptor_in_the_server() {
+    let server = Server::start_exec(&[]);
+    let mut conn = support::exec::ExecConn::connect(&server);
+    // Warm up: the first command opens what the server keeps (its root, its poll entries).
+    let done = conn.run(&on_a_pty(&["true"]));
+    assert_eq!(done.code(), 0, "{}", done.summary());
+    let before = open_descriptors(server.pid());
+    for round in 0..5 {
+        // An exit, a death by signal, a job left holding the terminal, and a disconnect.
+        for script in ["exit 3", "kill -9 $$", "sleep 30 & exit 0"] {
+            let done = conn.run(&on_a_pty(&["sh", "-c", script]));
+            assert!(done.ended(), "round {round}, {script}: {}", done.summary());
+        }
+        let mut dropped = support::exec::ExecConn::connect(&server);
+        let stream = dropped.exec(&on_a_pty(&["sleep", "30"]));
+        dropped.started(stream);
+        drop(dropped);
+    }
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+    let after = support::retry(WAIT, || {
+        let now = open_descriptors(server.pid());
+        (now <= before).then_some(now)
+    });
+    assert!(
+        after.is_some(),
+        "{before} descriptors before, {} after",
+        open_descriptors(server.pid())
+    );
+}

@@ -884,3 +884,30 @@ fn a_paste_of_several_windows_reaches_a_raw_remote_program_whole() {
     assert_eq!(tty.wait_exit(), 0, "{}", tty.shown());
     assert_eq!(stty_g(&tty.slave), settings);
 }
+
+#[test]
+fn a_server_shutdown_ends_the_background_jobs_of_a_session_too() {
+    let mut server = Server::start_exec(&[]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = tty.expect_prompt(0);
+    tty.type_in(b"sleep 5353 &\r");
+    tty.expect_prompt(at);
+    let started = support::retry(WAIT, || (!pids_with("sleep 5353").is_empty()).then_some(()));
+    assert!(started.is_some(), "the job runs: {}", tty.shown());
+    server.signal(libc::SIGTERM);
+    let exited = server.wait_exit(WAIT);
+    let status = tty.wait_exit();
+    let left = wait_none_with("sleep 5353");
+    for pid in pids_with("sleep 5353") {
+        // SAFETY: kill on a pid this test's session started; it is still there (just listed).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(exited.is_some(), "the server did not stop");
+    assert!(
+        status == 143 || status == 137 || status == 255,
+        "{status}: {}",
+        tty.shown()
+    );
+    assert_eq!(stty_g(&tty.slave), settings);
+    assert!(left, "the background job outlived the server");
+}

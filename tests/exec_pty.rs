@@ -911,3 +911,27 @@ fn a_server_shutdown_ends_the_background_jobs_of_a_session_too() {
     assert_eq!(stty_g(&tty.slave), settings);
     assert!(left, "the background job outlived the server");
 }
+
+#[test]
+fn a_storm_of_resizes_leaves_the_session_working_at_the_last_size() {
+    let server = Server::start_exec(&[]);
+    let (mut tty, settings) = run_exec_t(&server, &["-t"], 24, 80);
+    let at = tty.expect_prompt(0);
+    let pid = tty.child.id() as i32;
+    for i in 0..2000u16 {
+        set_size(&tty.master, 20 + i % 50, 60 + i % 100);
+        // SAFETY: kill on the pid of a child of ours that has not been waited for.
+        unsafe { libc::kill(pid, libc::SIGWINCH) };
+    }
+    set_size(&tty.master, 33, 99);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGWINCH) };
+    thread::sleep(Duration::from_millis(500));
+    tty.type_in(b"stty size\r");
+    let at = tty.expect("33 99", at, WAIT);
+    tty.type_in(b"exit 4\r");
+    let _ = at;
+    assert_eq!(tty.wait_exit(), 4, "{}", tty.shown());
+    assert_eq!(stty_g(&tty.slave), settings);
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
+}

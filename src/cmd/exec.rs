@@ -293,13 +293,20 @@ fn run_on_terminal(
     let signaller = running.signaller();
     let _signals = tty::watch_signals(signaller.clone());
     let escaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let input = tty::EscapeReader {
+    let reader = tty::EscapeReader {
         inner: io::stdin(),
         // ssh watches for its escape only when stdin is a terminal.
         scanner: local_tty.then(EscapeScanner::new),
         signaller,
         escaped: std::sync::Arc::clone(&escaped),
         pending: Vec::new(),
+    };
+    // On a terminal, what is typed is read (and scanned for `~.`) by a thread of its own, so
+    // the escape is seen even while the stdin thread waits for credit from a hung server.
+    let input: Box<dyn io::Read + Send> = if local_tty {
+        Box::new(tty::Typed::spawn(reader))
+    } else {
+        Box::new(reader)
     };
     let result = running.finish(Some(input), &mut io::stdout(), &mut io::stderr());
     // Back to the terminal as it was before any line of ours is printed.
@@ -436,6 +443,74 @@ mod tty {
                 handle.close();
                 None
             }
+        }
+    }
+
+    /// Most typed bytes held for the stdin thread while it waits for credit (a hung server): past
+    /// this, typing blocks again (and `~.` behind it waits) rather than memory growing.
+    const TYPED_AHEAD_CHUNKS: usize = 1024;
+
+    /// What is typed, read from the terminal by a thread of its own (through an
+    /// [`EscapeReader`], so `~.` is acted on as soon as it is typed) and queued for the reader
+    /// of this end, the stdin thread, which may be waiting for credit meanwhile. Up to
+    /// [`TYPED_AHEAD_CHUNKS`] reads are held; the end of input or a read error ends the queue.
+    pub(super) struct Typed {
+        queue: std::sync::mpsc::Receiver<Vec<u8>>,
+        chunk: Vec<u8>,
+        at: usize,
+    }
+
+    impl Typed {
+        pub(super) fn spawn<R: Read + Send + 'static>(mut reader: EscapeReader<R>) -> Typed {
+            let (sender, queue) = std::sync::mpsc::sync_channel(TYPED_AHEAD_CHUNKS);
+            let spawned = std::thread::Builder::new()
+                .name("terminal".to_string())
+                .spawn(move || {
+                    let mut buf = vec![0; 4096];
+                    loop {
+                        let n = match reader.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => n,
+                            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(error) => {
+                                // As the stdin thread does: the command's input ends.
+                                log::warn!("cannot read the terminal ({error}); the command gets end of file");
+                                return;
+                            }
+                        };
+                        if sender.send(buf[..n].to_vec()).is_err() {
+                            return; // the session is over
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                log::warn!(
+                    "cannot start the terminal thread: {error}; the command gets end of file"
+                );
+            }
+            Typed {
+                queue,
+                chunk: Vec::new(),
+                at: 0,
+            }
+        }
+    }
+
+    impl Read for Typed {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            while self.at == self.chunk.len() {
+                match self.queue.recv() {
+                    Ok(chunk) => {
+                        self.chunk = chunk;
+                        self.at = 0;
+                    }
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.chunk.len() - self.at);
+            buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
         }
     }
 

@@ -279,9 +279,12 @@ pub(crate) struct ExecSession {
     pty: bool,
     /// The latest RESIZE not yet applied (only the last one matters).
     resize: Option<Resize>,
-    /// The `^D` queued for a STDIN_EOF under a PTY: one byte the client has no credit for, so
-    /// its write returns no credit.
-    eof_char_queued: bool,
+    /// The `^D`s queued for a STDIN_EOF under a PTY (one or three): bytes the client has no
+    /// credit for, so their write returns no credit.
+    eof_chars_queued: u8,
+    /// The last STDIN byte queued for the terminal ended a line (`\n` or `\r`), or none was:
+    /// one `^D` is then the end of file; after a partial line it only hands the line over.
+    stdin_at_line_start: bool,
 }
 
 impl ExecSession {
@@ -326,7 +329,8 @@ impl ExecSession {
             output_left: limits.exec_output_cap,
             pty: false,
             resize: None,
-            eof_char_queued: false,
+            eof_chars_queued: 0,
+            stdin_at_line_start: true,
         }
     }
 
@@ -376,7 +380,8 @@ impl ExecSession {
             self.stdin_unacked += len;
             return Ok(());
         }
-        if !bytes.is_empty() {
+        if let Some(&last) = bytes.last() {
+            self.stdin_at_line_start = last == b'\n' || last == b'\r';
             let buf = self.stdin.get_or_insert_with(|| pool.take());
             buf.append(bytes, max_buffer);
         }
@@ -384,15 +389,23 @@ impl ExecSession {
     }
 
     /// STDIN_EOF from the client: the pipe is closed once what is queued has been written.
-    /// Under a PTY the terminal's end-of-file character (`^D`) is queued instead, once; the
-    /// terminal stays open (it is the command's output too), and later STDIN is dropped.
+    /// Under a PTY the terminal's end-of-file character (`^D`) is queued instead, once — three
+    /// times after a partial line: in canonical mode the first only hands the line over, and
+    /// a shell takes the next end of file as the end of that unfinished command (it runs it
+    /// and prompts again), so only the third ends its input. The terminal stays open (it is the
+    /// command's output too), and later STDIN is dropped.
     pub(crate) fn handle_stdin_eof(&mut self, pool: &mut BufferPool, max_buffer: usize) {
         if self.pty {
             if !self.stdin_eof && self.open & Open::STDIN != 0 {
                 self.stdin_eof = true;
-                self.eof_char_queued = true;
+                let eof: &[u8] = if self.stdin_at_line_start {
+                    &[VEOF]
+                } else {
+                    &[VEOF, VEOF, VEOF]
+                };
+                self.eof_chars_queued = eof.len() as u8;
                 let buf = self.stdin.get_or_insert_with(|| pool.take());
-                buf.append(&[VEOF], max_buffer);
+                buf.append(eof, max_buffer);
             }
             return;
         }
@@ -414,10 +427,12 @@ impl ExecSession {
         }
         self.stdin_unacked += n as u64;
         pool.give_if_empty(&mut self.stdin);
-        if self.eof_char_queued && self.stdin.is_none() {
-            // The `^D` was the last byte queued, and it was not the client's.
-            self.eof_char_queued = false;
-            self.stdin_unacked = self.stdin_unacked.saturating_sub(1);
+        if self.eof_chars_queued > 0 && self.stdin.is_none() {
+            // The `^D`s were the last bytes queued, and they were not the client's.
+            self.stdin_unacked = self
+                .stdin_unacked
+                .saturating_sub(u64::from(self.eof_chars_queued));
+            self.eof_chars_queued = 0;
         }
         if self.pty {
             return; // the terminal stays open: it is the output too
@@ -792,12 +807,12 @@ mod tests {
         let limits = limits();
         let mut pool = BufferPool::new(64, 2);
         let mut session = ExecSession::new(42, true, 0, Tick(0), &limits).on_pty(&limits);
-        session.handle_stdin(b"abc", &mut pool, 64).unwrap();
+        session.handle_stdin(b"ab\r", &mut pool, 64).unwrap();
         session.handle_stdin_eof(&mut pool, 64);
         session.handle_stdin_eof(&mut pool, 64);
         assert_eq!(
             session.stdin_pending(),
-            b"abc\x04",
+            b"ab\r\x04",
             "one ^D, after the bytes"
         );
         session.handle_stdin_written(4, &mut pool);
@@ -810,7 +825,29 @@ mod tests {
         assert_eq!(session.poll_window(), None, "3 bytes of credit: under half");
         session.handle_stdin(b"d", &mut pool, 64).unwrap();
         assert_eq!(session.stdin_pending(), b"", "after EOF, dropped");
-        assert_eq!(session.poll_window(), Some(4), "abc and d, not the ^D");
+        assert_eq!(session.poll_window(), Some(4), "ab, CR and d, not the ^D");
+    }
+
+    #[test]
+    fn stdin_eof_on_a_pty_after_a_partial_line_writes_three_ctrl_ds_and_credits_none() {
+        let limits = limits();
+        let mut pool = BufferPool::new(64, 2);
+        let mut session = ExecSession::new(42, true, 0, Tick(0), &limits).on_pty(&limits);
+        session.handle_stdin(b"abc", &mut pool, 64).unwrap();
+        session.handle_stdin_eof(&mut pool, 64);
+        assert_eq!(
+            session.stdin_pending(),
+            b"abc\x04\x04\x04",
+            "the first ^D hands the line over, the second ends that command, the third the input"
+        );
+        session.handle_stdin_written(6, &mut pool);
+        assert_eq!(session.poll_window(), None, "3 bytes of credit: under half");
+        session.handle_stdin(b"d", &mut pool, 64).unwrap();
+        assert_eq!(session.poll_window(), Some(4), "abc and d, not the ^Ds");
+
+        let mut empty = ExecSession::new(42, true, 0, Tick(0), &limits).on_pty(&limits);
+        empty.handle_stdin_eof(&mut pool, 64);
+        assert_eq!(empty.stdin_pending(), b"\x04", "no input at all: one ^D");
     }
 
     #[test]

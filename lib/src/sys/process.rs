@@ -27,7 +27,10 @@
 //!   like a pipe; there is no stderr. Signals go to the session leader's group (its pid, as
 //!   for a pipe command) *and* to the terminal's foreground job if that is another group,
 //!   which is where an interactive shell puts what it runs: so the time limit, the output
-//!   cap, a client's SIGNAL, the disconnect and the shutdown reach the job too.
+//!   cap, a client's SIGNAL, the disconnect and the shutdown reach the job too. The server's
+//!   own TERM and KILL (time limit, output cap, disconnect, shutdown, leftovers at the end)
+//!   go to every process of the terminal's session as well, so a shell's `job &`, in a group
+//!   of its own, does not outlive it.
 //! - **Release**: a child the connection is done with (EXIT sent, or the connection gone) has
 //!   its pipes closed, its group signalled, and is reaped — at once if it has exited, else
 //!   after TERM, then KILL after the grace, when its pidfd fires. Nothing is left a zombie.
@@ -690,23 +693,111 @@ fn termination(status: &WaitIdStatus) -> Option<Termination> {
 /// session (the kernel lets only those be a terminal's foreground), and it is read at the
 /// moment of the signal, so nothing outside the session is reached. The leader's group
 /// decides the result.
+///
+/// On a terminal, TERM and KILL — the server ending the command: time limit, output cap,
+/// disconnect, shutdown, leftovers — reach the whole session as well: an interactive shell
+/// puts each `job &` in a process group of its own, neither its group nor the foreground one,
+/// and nothing else would stop it. HUP and INT (a client's SIGNAL) stay with the job.
 fn signal_process(process: &ChildProcess, signal: Signal) -> io::Result<()> {
     if let Some(foreground) = process.terminal.as_ref().and_then(pty::foreground_group) {
         if foreground != process.pid {
             let _ = signal_group(foreground, signal);
         }
     }
-    signal_group(process.pid, signal)
+    let result = signal_group(process.pid, signal);
+    if process.terminal.is_some() && matches!(signal, Signal::Term | Signal::Kill) {
+        signal_session(process.pid, signal);
+    }
+    result
+}
+
+/// Signals every process of the session `sid` — a PTY command's session, led by the command
+/// itself (`setsid` in the child), so the session id is its pid. Only a child's own session is
+/// ever named, and only while the child is unreaped: its process (or zombie) holds the pid, so
+/// no other session can have that id. A process that called `setsid` itself has left the
+/// session and is not reached (as with ssh).
+///
+/// Linux has no call for "the processes of a session": `/proc` is scanned. What a process
+/// forks while the scan runs is caught by the next pass (a few, bounded); a job started later
+/// than that is in a group the last pass signalled, since its parent's group was.
+fn signal_session(sid: Pid, signal: Signal) {
+    const PASSES: usize = 3;
+    let sid = sid.as_raw_nonzero().get();
+    let mut previous = usize::MAX;
+    for _ in 0..PASSES {
+        let members = session_members(sid);
+        let mut sent = 0;
+        for (pid, pgrp) in &members {
+            if *pgrp != sid {
+                // Its whole group, so what it forks meanwhile in that group is reached too.
+                if let Some(group) = Pid::from_raw(*pgrp) {
+                    let _ = signal_group(group, signal);
+                }
+            }
+            if let Some(pid) = Pid::from_raw(*pid) {
+                let _ = signal_pid(pid, signal);
+            }
+            sent += 1;
+        }
+        if sent == 0 || sent == previous {
+            break;
+        }
+        previous = sent;
+    }
+}
+
+/// The (pid, process group) of every process in session `sid`, from `/proc/PID/stat`.
+fn session_members(sid: i32) -> Vec<(i32, i32)> {
+    let mut members = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return members;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Gone since the listing: skipped.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some((pgrp, session)) = parse_stat_group_and_session(&stat) {
+            if session == sid {
+                members.push((pid, pgrp));
+            }
+        }
+    }
+    members
+}
+
+/// The process group and session of a `/proc/PID/stat` line: the 5th and 6th fields, after the
+/// command name, which may hold spaces and parentheses (hence the last `)`).
+fn parse_stat_group_and_session(stat: &str) -> Option<(i32, i32)> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(2); // state, ppid
+    let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some((pgrp, session))
+}
+
+fn signal_pid(pid: Pid, signal: Signal) -> io::Result<()> {
+    rustix::process::kill_process(pid, rustix_signal(signal)).map_err(io::Error::from)
 }
 
 fn signal_group(pid: Pid, signal: Signal) -> io::Result<()> {
-    let signal = match signal {
+    rustix::process::kill_process_group(pid, rustix_signal(signal)).map_err(io::Error::from)
+}
+
+fn rustix_signal(signal: Signal) -> rustix::process::Signal {
+    match signal {
         Signal::Hup => rustix::process::Signal::HUP,
         Signal::Int => rustix::process::Signal::INT,
         Signal::Kill => rustix::process::Signal::KILL,
         Signal::Term => rustix::process::Signal::TERM,
-    };
-    rustix::process::kill_process_group(pid, signal).map_err(io::Error::from)
+    }
 }
 
 /// Waits for the child's exit and reaps it, polling its pidfd for at most `within`.
@@ -764,7 +855,8 @@ fn spawn_io_error(what: &str, error: &io::Error) -> SpawnError {
     match error.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR) => SpawnError::NotFound(text),
         Some(libc::EACCES | libc::EPERM | libc::ENOEXEC) => SpawnError::PermissionDenied(text),
-        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => {
+        // ENOSPC: openpt when every pseudo-terminal the kernel allows is taken.
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM | libc::ENOSPC) => {
             SpawnError::LimitReached(text)
         }
         _ => SpawnError::Failed(text),
@@ -790,10 +882,29 @@ mod tests {
     }
 
     #[test]
+    fn the_group_and_session_are_read_past_a_command_name_with_parentheses_and_spaces() {
+        let stat = "4242 (a) b (c) S 1 4240 4200 34816 4242 4194304 0 0";
+        assert_eq!(parse_stat_group_and_session(stat), Some((4240, 4200)));
+        assert_eq!(parse_stat_group_and_session("4242 (x) S 1"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (pgrp, session) = parse_stat_group_and_session(&own).unwrap();
+        assert_eq!(pgrp, rustix::process::getpgrp().as_raw_nonzero().get());
+        assert_eq!(
+            session,
+            rustix::process::getsid(None)
+                .unwrap()
+                .as_raw_nonzero()
+                .get()
+        );
+    }
+
+    #[test]
     fn spawn_errors_map_to_codes_by_errno() {
         let cases = [
             (libc::EMFILE, ErrorCode::LimitReached),
             (libc::EAGAIN, ErrorCode::LimitReached),
+            // openpt past /proc/sys/kernel/pty/max: every pseudo-terminal is taken.
+            (libc::ENOSPC, ErrorCode::LimitReached),
             (libc::EACCES, ErrorCode::PermissionDenied),
             (libc::ENOEXEC, ErrorCode::PermissionDenied),
             (libc::ENOENT, ErrorCode::NotFound),

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use clap::Args;
 use monoreactor::DEFAULT_FRAMED_ADDR;
-use monoreactor::client::resolve_addr;
 use monoreactor::client::tls::{TLS_SCHEME, Target, split_scheme};
 
 /// Whether `-q` was given to a client command: no progress bars (the file commands' bars ask
@@ -42,15 +41,40 @@ pub fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
-/// A socket address, given as `IP:PORT` or `HOST:PORT` (`localhost:7878`), for every flag
-/// that takes one ([`resolve_addr`] says why IPv4 comes first).
+/// A socket address that must name its port, given as `IP:PORT`, `[IPV6]:PORT` or
+/// `HOST:PORT` (`localhost:7878`): where `serve` listens, and the metrics port `stats` reads
+/// (neither has a default port a bare host could take). Read as [`host_and_port`] reads a
+/// client's, so the errors are the same words: a name that does not resolve is
+/// [`AddrError::Unresolved`] (`main` makes it a client's 255, a server's "cannot start").
 #[derive(Clone, Copy)]
 pub struct Addr(pub SocketAddr);
 
 impl FromStr for Addr {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Addr, String> {
-        resolve_addr(text).map(Addr)
+    type Err = AddrError;
+    fn from_str(text: &str) -> Result<Addr, AddrError> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Addr(addr));
+        }
+        if !text.trim().is_empty() && !port_written(text) {
+            // `::1` and `[::1]` alike are shown as they must be written: `[::1]:7878`.
+            let bare = text
+                .strip_prefix('[')
+                .and_then(|inner| inner.strip_suffix(']'))
+                .unwrap_or(text);
+            let host = match bare.parse::<IpAddr>() {
+                Ok(IpAddr::V6(ip)) => Some(format!("[{ip}]")),
+                Ok(IpAddr::V4(ip)) => Some(ip.to_string()),
+                // A name alone; anything else (`[::1`) is host_and_port's to explain.
+                Err(_) => (!text.contains(['[', ']'])).then(|| text.to_string()),
+            };
+            if let Some(host) = host {
+                return Err(AddrError::Syntax(format!(
+                    "`{text}` has no port: write HOST:PORT, e.g. {host}:{}",
+                    DEFAULT_FRAMED_ADDR.port()
+                )));
+            }
+        }
+        host_and_port(text, DEFAULT_FRAMED_ADDR.port()).map(|(_, addr)| Addr(addr))
     }
 }
 
@@ -84,7 +108,7 @@ impl std::error::Error for AddrError {}
 /// `HOST`, `HOST:PORT`, `IP`, `IP:PORT`, `IPV6`, `[IPV6]` or `[IPV6]:PORT`, as nc, ssh and
 /// redis-cli take them: without a port, `default_port`. The host as it should be written
 /// with the port (`localhost:7878`, `[::1]:7878`), and what it resolves to (IPv4 first, as
-/// [`resolve_addr`]).
+/// `monoreactor::client::resolve_addr` does).
 pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAddr), AddrError> {
     let syntax = |why: &str| AddrError::Syntax(format!("`{text}` is not an address: {why}"));
     if let Ok(addr) = text.parse::<SocketAddr>() {

@@ -20,7 +20,7 @@ use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Listeners, Server,
     StartError, SystemdNotify,
 };
-use monoreactor::{Fresh, Limits, Reload, Reloader, TlsSettings};
+use monoreactor::{Fresh, Limits, MAX_CONNECTIONS, Reload, Reloader, TlsSettings};
 
 use crate::args::{
     Addr, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize, duration,
@@ -62,7 +62,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)))]
     echo_udp: Endpoint,
     /// Most connections open at once (lowered to fit the open-file limit); per worker.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections,
+          value_parser = connection_count)]
     max_conns: usize,
     /// Close a connection after this many seconds without activity.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().idle_timeout))]
@@ -253,6 +254,15 @@ const LIVE_KEYS: [&str; 16] = [
 
 /// Keys whose presence cannot change live, though their value can.
 const PRESENCE_NEEDS_RESTART: [&str; 3] = ["access", "tls-cert", "tls-key"];
+
+/// `--max-conns`: 1 to [`MAX_CONNECTIONS`], a usage error otherwise (as `--workers 0` is),
+/// not a server that "cannot start".
+fn connection_count(text: &str) -> Result<usize, String> {
+    match at_least_one(text)? {
+        count if count > MAX_CONNECTIONS => Err(format!("at most {MAX_CONNECTIONS}")),
+        count => Ok(count),
+    }
+}
 
 /// Runs `serve` until SIGINT or SIGTERM (or checks the configuration, with
 /// `--check-config`); a failure to start is one line per problem.

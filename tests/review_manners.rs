@@ -1,0 +1,164 @@
+//! A new user's review of the command line's manners (issue 16, part 3): what still broke the
+//! rules after the work on them. Each test is one finding, against the real binary; every
+//! child is bounded by [`run_cli_with`].
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use support::{Finished, TempDir, run_cli, run_cli_with};
+
+/// Long enough for any of these commands on a loaded machine; each is bounded.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The one `monoreactor: ...` line a failed client prints, after checking the status.
+#[track_caller]
+fn one_line_failure(done: &Finished, expected: i32) -> String {
+    assert_eq!(done.status.code(), Some(expected), "{done:?}");
+    assert_eq!(done.stdout, "", "{done:?}");
+    let lines: Vec<&str> = done.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {done:?}");
+    assert!(lines[0].starts_with("monoreactor: "), "{done:?}");
+    lines[0].to_string()
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// Words a user should never have to read: the resolver's and the OS's own.
+#[track_caller]
+fn no_jargon(done: &Finished) {
+    for jargon in [
+        "lookup address information",
+        "os error",
+        "invalid port value",
+    ] {
+        assert!(!done.stderr.contains(jargon), "{jargon}: {done:?}");
+    }
+}
+
+#[test]
+fn stats_says_a_name_that_does_not_resolve_as_the_other_clients_do() {
+    let done = run_cli(&["stats", "--addr", "nowhere.invalid:9100"], LIMIT);
+    let line = one_line_failure(&done, 255);
+    assert_eq!(
+        line, "monoreactor: cannot resolve nowhere.invalid",
+        "{done:?}"
+    );
+}
+
+#[test]
+fn an_ipv6_address_without_a_port_is_told_how_to_write_one() {
+    for argv in [
+        &["stats", "--addr", "::1"][..],
+        &["stats", "--addr", "[::1]"],
+        &["serve", "--listen", "::1", "--check-config"],
+        &["serve", "--metrics", "[::1]", "--check-config"],
+    ] {
+        let done = run_cli(argv, LIMIT);
+        assert_eq!(done.status.code(), Some(2), "{argv:?}: {done:?}");
+        no_jargon(&done);
+        assert!(
+            done.stderr.contains("has no port") && done.stderr.contains("[::1]:"),
+            "{argv:?}: {done:?}"
+        );
+    }
+}
+
+#[test]
+fn stats_says_a_refused_connection_in_words() {
+    let done = run_cli(
+        &["stats", "--addr", &closed_port(), "--timeout", "2"],
+        LIMIT,
+    );
+    let line = one_line_failure(&done, 255);
+    no_jargon(&done);
+    assert!(line.contains("connection refused"), "{done:?}");
+}
+
+#[test]
+fn an_empty_monoreactor_addr_is_as_if_unset() {
+    // As an empty RUST_LOG is: `MONOREACTOR_ADDR= monoreactor ls` is the default server, not
+    // a usage error about an `--addr` that was never typed.
+    let done = run_cli_with(&["echo", "--timeout", "1", "hi"], LIMIT, |command| {
+        command.env("MONOREACTOR_ADDR", "");
+    });
+    assert_ne!(done.status.code(), Some(2), "{done:?}");
+    assert!(!done.stderr.contains("not an address"), "{done:?}");
+}
+
+#[test]
+fn a_wrong_monoreactor_addr_is_named_as_the_variable_not_as_a_flag() {
+    let done = run_cli_with(&["echo", "hi"], LIMIT, |command| {
+        command.env("MONOREACTOR_ADDR", "somehost:port");
+    });
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(done.stderr.contains("MONOREACTOR_ADDR"), "{done:?}");
+    // The flag given wins over the variable, even a wrong one.
+    let port = closed_port();
+    let done = run_cli_with(&["echo", "--addr", &port, "hi"], LIMIT, |command| {
+        command.env("MONOREACTOR_ADDR", "somehost:port");
+    });
+    assert_eq!(done.status.code(), Some(255), "{done:?}");
+}
+
+#[test]
+fn serve_max_conns_out_of_range_is_a_usage_error() {
+    // As `--workers 0` is: a value the flag cannot take is 2, not "cannot start".
+    for value in ["0", "2000000"] {
+        let done = run_cli(&["serve", "--max-conns", value, "--check-config"], LIMIT);
+        assert_eq!(done.status.code(), Some(2), "--max-conns {value}: {done:?}");
+        assert!(done.stderr.contains("--max-conns"), "{done:?}");
+    }
+    // And in a configuration file, named by its line.
+    let dir = TempDir::new("review-max-conns");
+    let file = dir.path().join("serve.toml");
+    std::fs::write(&file, "max-conns = 0\n").expect("write");
+    let file = file.to_str().expect("UTF-8 temp path");
+    let done = run_cli(&["serve", "--config", file, "--check-config"], LIMIT);
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(done.stderr.contains(&format!("{file}:1:")), "{done:?}");
+}
+
+#[test]
+fn man_shows_a_nested_subcommand_page() {
+    let done = run_cli(&["man", "bench", "echo"], LIMIT);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    assert!(
+        done.stdout.contains(".TH monoreactor-bench-echo"),
+        "{done:?}"
+    );
+    let done = run_cli(&["man", "bench", "nothing"], LIMIT);
+    let line = one_line_failure(&done, 2);
+    assert!(line.contains("`nothing` is not a subcommand"), "{done:?}");
+}
+
+#[test]
+fn a_config_integer_too_large_is_said_in_words() {
+    let dir = TempDir::new("review-config-int");
+    let file = dir.path().join("serve.toml");
+    std::fs::write(&file, "max-put = 18446744073709551616\n").expect("write");
+    let file = file.to_str().expect("UTF-8 temp path");
+    let done = run_cli(&["serve", "--config", file, "--check-config"], LIMIT);
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(!done.stderr.contains("i128"), "{done:?}");
+    assert!(done.stderr.contains("max-put"), "{done:?}");
+}
+
+#[test]
+fn config_sizes_and_durations_take_units_and_plain_integers() {
+    let dir = TempDir::new("review-config-units");
+    let file = dir.path().join("serve.toml");
+    std::fs::write(
+        &file,
+        "max-put = \"16G\"\nmax-client-memory = 67108864\nidle-timeout = \"1m\"\nexec-timeout = 30\nmax-frame = \"1M\"\n",
+    )
+    .expect("write");
+    let file = file.to_str().expect("UTF-8 temp path");
+    let done = run_cli(&["serve", "--config", file, "--check-config"], LIMIT);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+}

@@ -47,7 +47,7 @@ pub struct Key {
         allow(dead_code, reason = "the sample file is written by a test")
     )]
     pub help: String,
-    /// The value's name in help (`SECS`, `ADDR|off`).
+    /// The value's name in help (`DURATION`, `ADDR|off`).
     pub value_name: Option<String>,
     /// The default value, as help shows it.
     #[cfg_attr(

@@ -162,3 +162,35 @@ fn config_sizes_and_durations_take_units_and_plain_integers() {
     let done = run_cli(&["serve", "--config", file, "--check-config"], LIMIT);
     assert_eq!(done.status.code(), Some(0), "{done:?}");
 }
+
+#[test]
+fn bench_pid_of_no_process_is_a_usage_error_before_the_run() {
+    // Before: accepted, and the report silently left the server's CPU out (or, for `idle`,
+    // a /proc error in the system's words after connecting).
+    for argv in [
+        &["bench", "echo", "--pid", "4294967295", "-d", "0.1"][..],
+        &["bench", "echo", "--pid", "0", "-d", "0.1"],
+        &["bench", "idle", "--pid", "4294967295", "-c", "1"],
+    ] {
+        let done = run_cli(argv, LIMIT);
+        assert_eq!(done.status.code(), Some(2), "{argv:?}: {done:?}");
+        assert!(done.stderr.contains("--pid"), "{argv:?}: {done:?}");
+        no_jargon(&done);
+    }
+}
+
+#[test]
+fn every_duration_flag_is_shown_as_a_duration() {
+    // `--timeout <DURATION>` in the clients, so not `<SECS>` (a bare number) in serve and
+    // bench, where 500ms and 1m work as well.
+    for argv in [
+        &["serve", "--help"][..],
+        &["bench", "echo", "--help"],
+        &["bench", "probe", "--help"],
+    ] {
+        let done = run_cli(argv, LIMIT);
+        assert_eq!(done.status.code(), Some(0), "{done:?}");
+        assert!(!done.stdout.contains("<SECS>"), "{argv:?}: {}", done.stdout);
+        assert!(done.stdout.contains("<DURATION>"), "{argv:?}");
+    }
+}

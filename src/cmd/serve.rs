@@ -65,27 +65,27 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections,
           value_parser = connection_count)]
     max_conns: usize,
-    /// Close a connection after this many seconds without activity.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().idle_timeout))]
+    /// Close a connection after this long without activity.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().idle_timeout))]
     idle_timeout: Secs,
-    /// Close a framed connection that has not sent HELLO this many seconds after connecting.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().hello_timeout))]
+    /// Close a framed connection that has not sent HELLO this long after connecting.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().hello_timeout))]
     hello_timeout: Secs,
-    /// Close a connection whose frame has not completed this many seconds after it began.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().frame_timeout))]
+    /// Close a connection whose frame has not completed this long after it began.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().frame_timeout))]
     frame_timeout: Secs,
     /// Largest frame payload accepted, in bytes.
     #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_frame_len, value_parser = byte_size_u32)]
     max_frame: u32,
-    /// After SIGINT/SIGTERM, seconds allowed for pending output before everything is closed.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().shutdown_grace))]
+    /// After SIGINT/SIGTERM, how long pending output may take before everything is closed.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().shutdown_grace))]
     shutdown_grace: Secs,
     /// After SIGTERM, seconds to keep accepting and serving while load balancers' health
     /// checks (PROXY v2 LOCAL, v1 UNKNOWN) fail, so the balancer stops sending clients before
     /// the listeners close; then the shutdown runs. A second SIGTERM ends it early; SIGINT
     /// skips it. [default: 1 with --proxy-protocol allow|require (covers HAProxy's `inter 200
     /// fall 2`), 0 with it off, where no balancer's check can be told apart]
-    #[arg(long, value_name = "SECS", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
     drain_delay: Option<std::time::Duration>,
     /// PROXY protocol (the v1 or v2 header a load balancer such as HAProxy sends first) on the
     /// framed and the raw TCP echo listeners, both: `off`; `allow` (a --proxy-from peer may
@@ -158,7 +158,7 @@ pub struct ServeArgs {
     #[arg(long = "disk-helper", value_name = "PROGRAM", hide = true)]
     disk_helper: Option<PathBuf>,
     /// Longest a command may run before it is stopped (SIGTERM, then SIGKILL).
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().exec_timeout))]
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().exec_timeout))]
     exec_timeout: Secs,
     /// Most output (stdout and stderr) one command may send before it is stopped.
     #[arg(long, value_name = "SIZE", default_value_t = Limits::default().exec_output_cap, value_parser = byte_size)]

@@ -194,3 +194,32 @@ fn every_duration_flag_is_shown_as_a_duration() {
         assert!(done.stdout.contains("<DURATION>"), "{argv:?}");
     }
 }
+
+#[test]
+fn no_line_shows_the_os_error_number() {
+    // Rust's `(os error 2)` after the system's words: cat says `No such file or directory`.
+    let dir = TempDir::new("review-os-error");
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().expect("UTF-8 temp path");
+    for argv in [
+        &["serve", "--config", missing][..],
+        &["serve", "--access", missing, "--check-config"],
+        &["echo", "--token-file", missing, "hi"],
+        &[
+            "access",
+            "add",
+            "--file",
+            &format!("{missing}/x"),
+            "--name",
+            "a",
+        ],
+    ] {
+        let done = run_cli(argv, LIMIT);
+        assert_ne!(done.status.code(), Some(0), "{argv:?}: {done:?}");
+        assert!(
+            done.stderr.contains("No such file or directory"),
+            "{argv:?}: {done:?}"
+        );
+        no_jargon(&done);
+    }
+}

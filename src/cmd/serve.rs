@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use monoreactor::workers::MAX_WORKERS;
 use monoreactor::{Access, load_token};
 use monoreactor::{Cidr, DEFAULT_PROXIED_DRAIN_DELAY, ProxyMode, ProxyPolicy};
 use monoreactor::{
@@ -148,7 +149,7 @@ pub struct ServeArgs {
     /// Worker processes, each this whole single-threaded server on the same ports
     /// (SO_REUSEPORT), supervised by this process; every limit applies to each worker. With 1
     /// the server runs in this process.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = worker_count)]
     workers: usize,
     /// Internal: serve as a worker of a `--workers` supervisor, on inherited descriptors.
     #[arg(long = "worker-of", value_name = "FDS", hide = true)]
@@ -254,6 +255,21 @@ const LIVE_KEYS: [&str; 16] = [
 
 /// Keys whose presence cannot change live, though their value can.
 const PRESENCE_NEEDS_RESTART: [&str; 3] = ["access", "tls-cert", "tls-key"];
+
+/// `--workers`: 1 to [`MAX_WORKERS`], a usage error otherwise (as `--workers 0` is), with
+/// why there is a limit. (That the descriptors allow that many is the server's to say when it
+/// starts: it depends on the machine, not on the flag.)
+fn worker_count(text: &str) -> Result<usize, String> {
+    match at_least_one(text)? {
+        count if count > MAX_WORKERS => {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            Err(format!(
+                "at most {MAX_WORKERS}: each worker is a whole server process with its own copy of every listening socket, and workers beyond the cores ({cores} here) add no throughput"
+            ))
+        }
+        count => Ok(count),
+    }
+}
 
 /// `--max-conns`: 1 to [`MAX_CONNECTIONS`], a usage error otherwise (as `--workers 0` is),
 /// not a server that "cannot start".

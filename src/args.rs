@@ -191,35 +191,45 @@ impl fmt::Display for Endpoint {
 }
 
 /// What `--help` says about every duration flag, in one place.
-pub const DURATION_UNITS: &str =
-    "a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a bare number is seconds";
+pub const DURATION_UNITS: &str = "a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h, 1h30m); a bare number is seconds";
 
 /// The longest duration any flag takes: far beyond any timeout, and small enough that
 /// `Instant + duration` never overflows.
 const MAX_DURATION_SECS: f64 = 1e9;
 
-/// A duration: `500ms`, `2s`, `1.5m`, `1h`, or a bare number of seconds (`5`, `0.25`), the
-/// unit [`DURATION_UNITS`] says; 0 is allowed (see [`Secs`] for flags that need more).
+/// A duration: `500ms`, `2s`, `1.5m`, `1h`, a sum of those as systemd and Go write it
+/// (`1h30m`, `1m 30s`), or a bare number of seconds (`5`, `0.25`), as [`DURATION_UNITS`]
+/// says; 0 is allowed (see [`Secs`] for flags that need more).
 pub fn duration(text: &str) -> Result<Duration, String> {
     let wrong = || format!("invalid duration \"{text}\": expected {DURATION_UNITS}");
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "ms" => 1e-3,
-        "" | "s" | "sec" | "secs" => 1.0,
-        "m" | "min" | "mins" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
-        _ => return Err(wrong()),
-    };
-    // `f64::parse` also takes "inf", "NaN" and "1e3": only digits and one point here.
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+    let number_char = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = text.trim();
+    let mut seconds = 0.0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let (number, after) = rest.split_at(rest.find(|c| !number_char(c)).unwrap_or(rest.len()));
+        let (unit, next) = after.split_at(after.find(number_char).unwrap_or(after.len()));
+        let scale = match unit.trim().to_ascii_lowercase().as_str() {
+            "ms" => 1e-3,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hour" | "hours" => 3600.0,
+            // A bare number is seconds only alone: in `1h30` the 30 could be either.
+            "" if parts == 0 && next.is_empty() => 1.0,
+            _ => return Err(wrong()),
+        };
+        // `f64::parse` also takes "inf", "NaN" and "1e3": only digits and one point here.
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return Err(wrong());
+        }
+        let value: f64 = number.parse().map_err(|_| wrong())?;
+        seconds += value * scale;
+        parts += 1;
+        rest = next;
+    }
+    if parts == 0 {
         return Err(wrong());
     }
-    let value: f64 = number.parse().map_err(|_| wrong())?;
-    let seconds = value * scale;
     if seconds > MAX_DURATION_SECS {
         return Err(format!(
             "invalid duration \"{text}\": at most {MAX_DURATION_SECS:e} seconds"
@@ -575,6 +585,9 @@ mod tests {
         assert_eq!(duration("1.5m"), Ok(Duration::from_secs(90)));
         assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("2s500ms"), Ok(Duration::from_millis(2500)));
         assert_eq!(
             "500ms".parse::<Secs>(),
             Ok(Secs(Duration::from_millis(500)))
@@ -585,7 +598,9 @@ mod tests {
 
     #[test]
     fn a_wrong_duration_is_said_in_words() {
-        for text in ["5x", "", "ms", "1.2.3s", "-1", "inf", "NaN", "1e3", "five"] {
+        for text in [
+            "5x", "", "ms", "1.2.3s", "-1", "inf", "NaN", "1e3", "five", "1h30", "1h-5m", "h1",
+        ] {
             let error = duration(text).expect_err(text);
             assert!(
                 error.starts_with(&format!("invalid duration \"{text}\": expected a number")),

@@ -43,8 +43,8 @@ use logger::{LogFilter, LogSources};
 const AFTER_HELP: &str = "\
 Sizes: a number with an optional unit K, M, G, T (powers of 1024, as dd and truncate: 16K =
 16384); KiB, MiB, GiB, TiB are the same, KB, MB, GB, TB are powers of 1000.
-Durations: a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a bare number is
-seconds.
+Durations: a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h), or a sum of them
+(1h30m); a bare number is seconds.
 
 Addresses: HOST:PORT, or HOST alone for the default port 7878 (127.0.0.1, localhost, ::1,
 [::1]:7000), or tls://HOST[:PORT] for TLS. $MONOREACTOR_ADDR sets the server of echo, exec

@@ -223,3 +223,20 @@ fn no_line_shows_the_os_error_number() {
         no_jargon(&done);
     }
 }
+
+#[test]
+fn a_duration_may_be_a_sum_as_systemd_writes_it() {
+    // `1h30m` was "invalid duration"; `1h30` stays refused (30 what?).
+    let dir = TempDir::new("review-duration-sum");
+    let file = dir.path().join("serve.toml");
+    std::fs::write(&file, "shutdown-grace = \"1h30m\"\nidle-timeout = \"1m 30s\"\n")
+        .expect("write");
+    let file = file.to_str().expect("UTF-8 temp path");
+    let done = run_cli(&["serve", "--config", file, "--check-config"], LIMIT);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    let port = closed_port();
+    let done = run_cli(&["echo", "--addr", &port, "--timeout", "1m30s", "hi"], LIMIT);
+    assert_eq!(done.status.code(), Some(255), "{done:?}");
+    let done = run_cli(&["echo", "--addr", &port, "--timeout", "1h30", "hi"], LIMIT);
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+}

@@ -229,14 +229,36 @@ fn a_duration_may_be_a_sum_as_systemd_writes_it() {
     // `1h30m` was "invalid duration"; `1h30` stays refused (30 what?).
     let dir = TempDir::new("review-duration-sum");
     let file = dir.path().join("serve.toml");
-    std::fs::write(&file, "shutdown-grace = \"1h30m\"\nidle-timeout = \"1m 30s\"\n")
-        .expect("write");
+    std::fs::write(
+        &file,
+        "shutdown-grace = \"1h30m\"\nidle-timeout = \"1m 30s\"\n",
+    )
+    .expect("write");
     let file = file.to_str().expect("UTF-8 temp path");
     let done = run_cli(&["serve", "--config", file, "--check-config"], LIMIT);
     assert_eq!(done.status.code(), Some(0), "{done:?}");
     let port = closed_port();
-    let done = run_cli(&["echo", "--addr", &port, "--timeout", "1m30s", "hi"], LIMIT);
+    let done = run_cli(
+        &["echo", "--addr", &port, "--timeout", "1m30s", "hi"],
+        LIMIT,
+    );
     assert_eq!(done.status.code(), Some(255), "{done:?}");
     let done = run_cli(&["echo", "--addr", &port, "--timeout", "1h30", "hi"], LIMIT);
     assert_eq!(done.status.code(), Some(2), "{done:?}");
+}
+
+#[test]
+fn access_add_says_a_wrong_flag_as_the_flag_not_as_a_line_of_a_file_yet_to_be() {
+    // Before: `FILE:2: credential name ""...`, of a file that did not exist.
+    let dir = TempDir::new("review-access-add");
+    let file = dir.path().join("access.toml");
+    let path = file.to_str().expect("UTF-8 temp path");
+    let done = run_cli(&["access", "add", "--file", path, "--name", ""], LIMIT);
+    let line = one_line_failure(&done, 2);
+    assert!(
+        line.starts_with("monoreactor: access add: credential name"),
+        "{done:?}"
+    );
+    assert!(!line.contains(path), "{done:?}");
+    assert!(!file.exists(), "{done:?}");
 }

@@ -113,8 +113,14 @@ fn add(args: AddArgs) -> Result<(), Failure> {
         Err(error) => return Err(Failure::own(format!("{}: {error}", path.display()))),
     };
     let addition = entry.to_toml();
-    // The whole file as it will be: a duplicate name, a bad flag value, a file that was
-    // already broken are refused before a byte is written.
+    // The new entry alone first: what is wrong with the flags (`--name ""`) is said of them,
+    // not as a line of a file that may not exist yet.
+    Access::parse(&addition, "").map_err(|error| {
+        let what = error.splitn(3, ':').nth(2).unwrap_or(&error).trim();
+        Failure::usage(format!("access add: {what}"))
+    })?;
+    // The whole file as it will be: a duplicate name, a file that was already broken are
+    // refused before a byte is written.
     Access::parse(
         &format!("{existing}{addition}"),
         &path.display().to_string(),

@@ -262,3 +262,13 @@ fn access_add_says_a_wrong_flag_as_the_flag_not_as_a_line_of_a_file_yet_to_be() 
     assert!(!line.contains(path), "{done:?}");
     assert!(!file.exists(), "{done:?}");
 }
+
+#[test]
+fn the_manual_page_names_the_variable_that_sets_the_server() {
+    // `echo --help` says `[env: MONOREACTOR_ADDR=]`; its page said nothing of it.
+    for page in ["echo", "ls", "get"] {
+        let done = run_cli(&["man", page], LIMIT);
+        assert_eq!(done.status.code(), Some(0), "{done:?}");
+        assert!(done.stdout.contains("MONOREACTOR_ADDR"), "man {page}");
+    }
+}

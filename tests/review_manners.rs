@@ -196,6 +196,23 @@ fn every_duration_flag_is_shown_as_a_duration() {
 }
 
 #[test]
+fn every_size_flag_is_shown_as_a_size_with_all_its_units() {
+    // `serve --max-put <SIZE>`, `access add --quota <SIZE>`; bench said `<BYTES>` and "K, M,
+    // G suffixes", though T, KB, MB... work as well.
+    for workload in ["echo", "udp", "connect", "get", "put", "stream"] {
+        let done = run_cli(&["bench", workload, "--help"], LIMIT);
+        assert_eq!(done.status.code(), Some(0), "{done:?}");
+        assert!(
+            !done.stdout.contains("<BYTES>"),
+            "{workload}: {}",
+            done.stdout
+        );
+        assert!(done.stdout.contains("-s, --size <SIZE>"), "{workload}");
+        assert!(!done.stdout.contains("K, M, G suffixes"), "{workload}");
+    }
+}
+
+#[test]
 fn no_line_shows_the_os_error_number() {
     // Rust's `(os error 2)` after the system's words: cat says `No such file or directory`.
     let dir = TempDir::new("review-os-error");

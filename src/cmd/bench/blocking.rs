@@ -35,8 +35,8 @@ pub struct ExecBenchArgs {
 pub struct FileBenchArgs {
     #[command(flatten)]
     common: BenchCommon,
-    /// File size (K, M, G suffixes: powers of 1024).
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "1M", value_parser = byte_count)]
+    /// File size (64K, 1.5M, 1G: K, M, G, T are powers of 1024, KB, MB, GB, TB of 1000).
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "1M", value_parser = byte_count)]
     size: u64,
     /// File holding the server's token, if it has one [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]

@@ -67,11 +67,11 @@ pub struct StreamBenchArgs {
     addr: Option<ServerAddr>,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Output bytes the command writes (K, M, G suffixes: powers of 1024).
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "1G", value_parser = byte_count)]
+    /// Output bytes the command writes (64K, 1.5M, 1G: K, M, G, T are powers of 1024, KB, MB, GB, TB of 1000).
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "1G", value_parser = byte_count)]
     size: u64,
     /// How fast the client reads, bytes per second.
-    #[arg(long, value_name = "BYTES", default_value = "100MB", value_parser = byte_count)]
+    #[arg(long, value_name = "SIZE", default_value = "100MB", value_parser = byte_count)]
     read_rate: u64,
     /// Server pid, whose memory is measured.
     #[arg(long, value_name = "PID", value_parser = super::server_pid)]

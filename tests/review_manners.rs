@@ -289,3 +289,16 @@ fn the_manual_page_names_the_variable_that_sets_the_server() {
         assert!(done.stdout.contains("MONOREACTOR_ADDR"), "man {page}");
     }
 }
+
+#[test]
+fn bench_udp_help_offers_no_tls() {
+    // UDP is plaintext (given, --tls is refused), yet its help offered tls://HOST:PORT and the
+    // five TLS flags.
+    let done = run_cli(&["bench", "udp", "--help"], LIMIT);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    assert!(!done.stdout.contains("tls://"), "{}", done.stdout);
+    assert!(!done.stdout.contains("--tls"), "{}", done.stdout);
+    assert!(done.stdout.contains("127.0.0.1:7007"), "{}", done.stdout);
+    let done = run_cli(&["bench", "udp", "--tls", "-d", "0.1"], LIMIT);
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+}

@@ -56,8 +56,17 @@ pub struct EchoBenchArgs {
     reconnect: bool,
 }
 
-/// The flags of `bench udp`.
+/// The flags of `bench udp`. UDP is plaintext: the TLS flags the workloads share are hidden
+/// from its help (given, they are refused), and its address is said without `tls://`.
 #[derive(Args)]
+#[command(
+    mut_arg("addr", |arg| arg.help("Server address, HOST:PORT (UDP is plaintext) [default: 127.0.0.1:7007]")),
+    mut_arg("tls", |arg| arg.hide(true)),
+    mut_arg("tls_ca", |arg| arg.hide(true)),
+    mut_arg("tls_insecure", |arg| arg.hide(true)),
+    mut_arg("tls_cert", |arg| arg.hide(true)),
+    mut_arg("tls_key", |arg| arg.hide(true)),
+)]
 pub struct UdpBenchArgs {
     #[command(flatten)]
     common: BenchCommon,

@@ -41,6 +41,18 @@ pub fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A whole number from `min` to `max`, said in words when it is not one (clap puts the
+/// flag's name before the error): `1e3` is "not a whole number", never Rust's "invalid digit
+/// found in string".
+pub fn count_in(text: &str, min: usize, max: usize) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(count) if count < min => Err(format!("must be at least {min}")),
+        Ok(count) if count > max => Err(format!("at most {max}")),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
 /// A socket address that must name its port, given as `IP:PORT`, `[IPV6]:PORT` or
 /// `HOST:PORT` (`localhost:7878`): where `serve` listens, and the metrics port `stats` reads
 /// (neither has a default port a bare host could take). Read as [`host_and_port`] reads a

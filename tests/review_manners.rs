@@ -302,3 +302,40 @@ fn bench_udp_help_offers_no_tls() {
     let done = run_cli(&["bench", "udp", "--tls", "-d", "0.1"], LIMIT);
     assert_eq!(done.status.code(), Some(2), "{done:?}");
 }
+
+#[test]
+fn serve_counts_and_the_frame_limit_are_usage_errors_in_words() {
+    // Before: `--max-transfers 1e3` was "invalid digit found in string"; `--max-frame 0` was
+    // "max frame length 0 is outside 64..=67108864" and exit 1, as were the zero counts.
+    for (flag, value, said) in [
+        ("--max-transfers", "1e3", "`1e3` is not a whole number"),
+        ("--max-transfers", "0", "must be at least 1"),
+        ("--max-commands", "0", "must be at least 1"),
+        ("--max-commands-per-conn", "33", "at most 32"),
+        ("--max-frame", "0", "at least 64 bytes"),
+        ("--max-frame", "1G", "at most 64M"),
+    ] {
+        let done = run_cli(&["serve", flag, value, "--check-config"], LIMIT);
+        assert_eq!(done.status.code(), Some(2), "{flag} {value}: {done:?}");
+        assert!(
+            done.stderr.contains(flag) && done.stderr.contains(said),
+            "{flag} {value}: {done:?}"
+        );
+        assert!(!done.stderr.contains("..="), "{done:?}");
+    }
+    let done = run_cli(
+        &[
+            "access",
+            "add",
+            "--file",
+            "unused",
+            "--name",
+            "a",
+            "--max-commands",
+            "1e3",
+        ],
+        LIMIT,
+    );
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(!done.stderr.contains("invalid digit"), "{done:?}");
+}

@@ -70,7 +70,7 @@ struct AddArgs {
     #[arg(long, value_name = "WORDS")]
     allow: Vec<String>,
     /// Commands it may run at once, across its connections.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = |text: &str| crate::args::count_in(text, 1, usize::MAX).map(|count| count as u64))]
     max_commands: Option<u64>,
     /// Bytes it may store (64M, 16G, 1T: K, M, G, T are powers of 1024; KB, MB... of 1000).
     #[arg(long, value_name = "SIZE", value_parser = byte_size)]

@@ -21,10 +21,14 @@ use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Listeners, Server,
     StartError, SystemdNotify,
 };
-use monoreactor::{Fresh, Limits, MAX_CONNECTIONS, Reload, Reloader, TlsSettings};
+use monoreactor::{
+    Fresh, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN,
+    Reload, Reloader, TlsSettings,
+};
 
 use crate::args::{
-    Addr, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize, duration,
+    Addr, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize, count_in,
+    duration,
 };
 use crate::config::FileArgs;
 use crate::failure::{Failure, print_stdout};
@@ -76,7 +80,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().frame_timeout))]
     frame_timeout: Secs,
     /// Largest frame payload accepted, in bytes.
-    #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_frame_len, value_parser = byte_size_u32)]
+    #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_frame_len, value_parser = frame_len)]
     max_frame: u32,
     /// After SIGINT/SIGTERM, how long pending output may take before everything is closed.
     #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().shutdown_grace))]
@@ -128,7 +132,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_put, value_parser = byte_size)]
     max_put: u64,
     /// Most file transfers (GET, PUT, LIST) running at once on the server; per worker.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers,
+          value_parser = |text: &str| count_in(text, 1, usize::MAX))]
     max_transfers: usize,
     /// Bytes of buffer all connections together may hold; past it, those holding the most
     /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
@@ -169,14 +174,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PROG", default_value_t = Limits::default().exec_shell)]
     exec_shell: String,
     /// Most commands running at once on the server; per worker.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec,
+          value_parser = |text: &str| count_in(text, 1, usize::MAX))]
     max_commands: usize,
     /// Most commands and file transfers (GET, PUT, LIST) running at once on one connection.
     #[arg(
         long,
         visible_alias = "max-streams-per-conn",
         value_name = "N",
-        default_value_t = Limits::default().max_streams_per_connection
+        default_value_t = Limits::default().max_streams_per_connection,
+        value_parser = |text: &str| count_in(text, 1, MAX_STREAMS_PER_CONNECTION)
     )]
     max_commands_per_conn: usize,
 }
@@ -255,6 +262,19 @@ const LIVE_KEYS: [&str; 16] = [
 
 /// Keys whose presence cannot change live, though their value can.
 const PRESENCE_NEEDS_RESTART: [&str; 3] = ["access", "tls-cert", "tls-key"];
+
+/// `--max-frame`: a size from [`MIN_FRAME_LEN`] to [`MAX_FRAME_LEN`], a usage error
+/// otherwise, said with units (not as the range `64..=67108864`).
+fn frame_len(text: &str) -> Result<u32, String> {
+    match byte_size_u32(text)? {
+        len if len < MIN_FRAME_LEN => Err(format!("at least {MIN_FRAME_LEN} bytes")),
+        len if len > MAX_FRAME_LEN => Err(format!(
+            "at most {}M ({MAX_FRAME_LEN} bytes)",
+            MAX_FRAME_LEN >> 20
+        )),
+        len => Ok(len),
+    }
+}
 
 /// `--workers`: 1 to [`MAX_WORKERS`], a usage error otherwise (as `--workers 0` is), with
 /// why there is a limit. (That the descriptors allow that many is the server's to say when it

@@ -339,3 +339,25 @@ fn serve_counts_and_the_frame_limit_are_usage_errors_in_words() {
     assert_eq!(done.status.code(), Some(2), "{done:?}");
     assert!(!done.stderr.contains("invalid digit"), "{done:?}");
 }
+
+#[test]
+fn completions_offer_nothing_internal() {
+    // `__disk-helper` ("never by hand") and serve's hidden --worker-of and --disk-helper were
+    // offered by every shell's script; the flags a user types still are.
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let done = run_cli(&["completions", shell], LIMIT);
+        assert_eq!(done.status.code(), Some(0), "{shell}: {}", done.stderr);
+        for internal in ["__disk-helper", "worker-of", "disk-helper"] {
+            assert!(!done.stdout.contains(internal), "{shell}: {internal}");
+        }
+        for flag in [
+            "max-put",
+            "time-limit",
+            "tls-ca",
+            "recursive",
+            "max-streams-per-conn",
+        ] {
+            assert!(done.stdout.contains(flag), "{shell}: {flag}");
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! and flattened into each command: [`TlsArgs`]; and whether `-q` was given ([`quiet`]).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +126,9 @@ pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAdd
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok((text.to_string(), addr));
     }
+    if let Some(scoped) = scoped_ipv6(text, default_port)? {
+        return Ok((scoped.to_string(), SocketAddr::V6(scoped)));
+    }
     // An IP without a port: `127.0.0.1`, `::1` or `[::1]`.
     let bare = text
         .strip_prefix('[')
@@ -165,6 +168,45 @@ pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAdd
     Ok((format!("{host}:{port}"), addr))
 }
 
+/// A link-local IPv6 address with its zone, as ssh and ping take it: `fe80::1%eth0`,
+/// `[fe80::1%eth0]:7000` (an interface's name or its index). `None` if `text` has no zone.
+fn scoped_ipv6(text: &str, default_port: u16) -> Result<Option<SocketAddrV6>, AddrError> {
+    let syntax = |why: String| AddrError::Syntax(format!("`{text}` is not an address: {why}"));
+    let (inner, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inner, "")) => (inner, default_port),
+            Some((inner, port)) => {
+                let port = port.strip_prefix(':').unwrap_or(port);
+                let port = port.parse::<u16>().map_err(|_| {
+                    syntax(format!("the port `{port}` is not a number from 0 to 65535"))
+                })?;
+                (inner, port)
+            }
+            None => return Ok(None),
+        },
+        None => (text, default_port),
+    };
+    let Some((ip, zone)) = inner.split_once('%') else {
+        return Ok(None);
+    };
+    let Ok(ip) = ip.parse::<Ipv6Addr>() else {
+        return Ok(None);
+    };
+    let scope = match zone.parse::<u32>() {
+        Ok(index) => index,
+        Err(_) => {
+            let name = std::ffi::CString::new(zone)
+                .map_err(|_| syntax(format!("no network interface `{zone}`")))?;
+            // SAFETY: if_nametoindex(3) reads the NUL-terminated name and nothing else.
+            match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+                0 => return Err(syntax(format!("no network interface `{zone}`"))),
+                index => index,
+            }
+        }
+    };
+    Ok(Some(SocketAddrV6::new(ip, port, 0, scope)))
+}
+
 /// Whether `text`, as [`host_and_port`] reads it, names a port: `HOST:PORT`, `IP:PORT` or
 /// `[IPV6]:PORT`, not `HOST`, `IP`, `IPV6` or `[IPV6]`.
 fn port_written(text: &str) -> bool {
@@ -173,7 +215,8 @@ fn port_written(text: &str) -> bool {
     }
     match text.strip_prefix('[') {
         Some(bracketed) => bracketed.contains("]:"),
-        None => text.parse::<IpAddr>().is_err() && text.contains(':'),
+        // `fe80::1%eth0` is an IPv6 address (with its zone), never HOST:PORT.
+        None => text.parse::<IpAddr>().is_err() && !text.contains('%') && text.contains(':'),
     }
 }
 
@@ -563,6 +606,9 @@ mod tests {
             ("::1", false),
             ("[::1]", false),
             ("[::1]:7", true),
+            ("::1%lo", false),
+            ("[::1%lo]", false),
+            ("[::1%lo]:7", true),
             ("localhost", false),
             ("localhost:7", true),
         ] {
@@ -582,6 +628,18 @@ mod tests {
                 "cannot resolve nowhere.invalid".to_string()
             ))
         );
+        let lo = |port: u16| {
+            // SAFETY: if_nametoindex(3) reads the NUL-terminated name and nothing else.
+            let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+            format!("[::1%{index}]:{port}")
+        };
+        assert_eq!(parse("::1%lo"), both(&lo(7878), &lo(7878)));
+        assert_eq!(parse("[::1%lo]:7000"), both(&lo(7000), &lo(7000)));
+        assert_eq!(parse("[::1%1]"), both("[::1%1]:7878", "[::1%1]:7878"));
+        assert!(matches!(
+            host_and_port("fe80::1%nosuchif0", 7878),
+            Err(AddrError::Syntax(message)) if message.contains("no network interface `nosuchif0`")
+        ));
         let tls: ServerAddr = "tls://[::1]".parse().expect("an address");
         assert!(tls.tls);
         assert_eq!(tls.to_string(), "tls://[::1]:7878");

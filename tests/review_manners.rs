@@ -361,3 +361,37 @@ fn completions_offer_nothing_internal() {
         }
     }
 }
+
+#[test]
+fn an_ipv6_address_may_name_its_zone() {
+    // `fe80::1%eth0`, as ssh and ping take it: before, "an IPv6 address with a port is
+    // written [ADDR]:PORT", even for `[::1%lo]:PORT`, which is written just so.
+    let port = closed_port();
+    let port = port.rsplit_once(':').expect("HOST:PORT").1;
+    let done = run_cli(
+        &[
+            "echo",
+            "--timeout",
+            "2",
+            "--addr",
+            &format!("[::1%lo]:{port}"),
+            "hi",
+        ],
+        LIMIT,
+    );
+    let line = one_line_failure(&done, 255);
+    assert!(line.contains("cannot connect to [::1%"), "{done:?}");
+    let done = run_cli(&["echo", "--addr", "fe80::1%nosuchif0", "hi"], LIMIT);
+    let line = usage_line(&done);
+    assert!(
+        line.contains("no network interface `nosuchif0`"),
+        "{done:?}"
+    );
+}
+
+/// clap's usage error's first line, after checking the status (2).
+#[track_caller]
+fn usage_line(done: &Finished) -> String {
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    done.stderr.lines().next().unwrap_or_default().to_string()
+}

@@ -395,3 +395,17 @@ fn usage_line(done: &Finished) -> String {
     assert_eq!(done.status.code(), Some(2), "{done:?}");
     done.stderr.lines().next().unwrap_or_default().to_string()
 }
+
+#[test]
+fn access_hash_refuses_a_token_no_client_would_send() {
+    // Before: `echo -n short | monoreactor access hash` printed a hash, for a credential no
+    // client can use (they refuse tokens under 16 bytes).
+    let dir = TempDir::new("review-access-hash");
+    let input = dir.path().join("token");
+    std::fs::write(&input, b"short\n").expect("write");
+    let done = run_cli_with(&["access", "hash"], LIMIT, |command| {
+        command.stdin(std::fs::File::open(&input).expect("open the token"));
+    });
+    let line = one_line_failure(&done, 2);
+    assert!(line.contains("at least 16"), "{done:?}");
+}

@@ -153,7 +153,11 @@ fn hash() -> Result<(), Failure> {
     if token.is_empty() {
         return Err(Failure::usage("no token on stdin".to_string()));
     }
-    print_stdout(&format!("{}\n", token_hash(&token)))
+    // A token no client would send (too short, a line break inside) makes a credential that
+    // can never be used: refused here with the clients' own words.
+    let token = monoreactor::Token::new(token)
+        .map_err(|why| Failure::usage(format!("no client would send this token: {why}")))?;
+    print_stdout(&format!("{}\n", token_hash(token.as_bytes())))
 }
 
 fn key(cert: &std::path::Path) -> Result<(), Failure> {

@@ -49,6 +49,21 @@ fn stats_says_a_name_that_does_not_resolve_as_the_other_clients_do() {
         line, "monoreactor: cannot resolve nowhere.invalid",
         "{done:?}"
     );
+    // The server is not a client: a name it cannot listen on is "cannot start", 1.
+    let done = run_cli(
+        &[
+            "serve",
+            "--listen",
+            "nowhere.invalid:7878",
+            "--check-config",
+        ],
+        LIMIT,
+    );
+    let line = one_line_failure(&done, 1);
+    assert_eq!(
+        line, "monoreactor: cannot resolve nowhere.invalid",
+        "{done:?}"
+    );
 }
 
 #[test]

@@ -71,7 +71,6 @@ fn an_ipv6_address_without_a_port_is_told_how_to_write_one() {
     for argv in [
         &["stats", "--addr", "::1"][..],
         &["stats", "--addr", "[::1]"],
-        &["serve", "--listen", "::1", "--check-config"],
         &["serve", "--metrics", "[::1]", "--check-config"],
     ] {
         let done = run_cli(argv, LIMIT);
@@ -423,4 +422,43 @@ fn access_hash_refuses_a_token_no_client_would_send() {
     });
     let line = one_line_failure(&done, 2);
     assert!(line.contains("at least 16"), "{done:?}");
+}
+
+#[test]
+fn serve_listens_on_host_alone_as_the_clients_connect_to_it() {
+    // `echo --addr ::1` connects to [::1]:7878; `serve --listen ::1` said "has no port" (2).
+    for argv in [
+        &[
+            "serve",
+            "--listen",
+            "::1",
+            "--echo-tcp",
+            "off",
+            "--echo-udp",
+            "off",
+        ][..],
+        &[
+            "serve",
+            "--listen",
+            "[::1]",
+            "--echo-tcp",
+            "[::1]",
+            "--echo-udp",
+            "127.0.0.1",
+        ],
+        &[
+            "serve",
+            "--listen",
+            "localhost",
+            "--echo-tcp",
+            "off",
+            "--echo-udp",
+            "off",
+        ],
+    ] {
+        let mut argv = argv.to_vec();
+        argv.push("--check-config");
+        let done = run_cli(&argv, LIMIT);
+        assert_eq!(done.status.code(), Some(0), "{argv:?}: {done:?}");
+    }
 }

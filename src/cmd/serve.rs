@@ -27,8 +27,8 @@ use monoreactor::{
 };
 
 use crate::args::{
-    Addr, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize, count_in,
-    duration,
+    Addr, AddrError, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize,
+    count_in, duration, host_and_port,
 };
 use crate::config::FileArgs;
 use crate::failure::{Failure, print_stdout};
@@ -57,14 +57,18 @@ pub struct ServeArgs {
     /// -v/-q, which win over RUST_LOG, which wins over the file's `log-level` [default: info].
     #[arg(long, value_name = "LEVELS")]
     log_level: Option<LogFilter>,
-    /// Framed-protocol listen address (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    /// Framed-protocol listen address: HOST:PORT, or HOST alone for port 7878, as the
+    /// clients' --addr (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR),
+          value_parser = |text: &str| listen_on(text, DEFAULT_FRAMED_ADDR.port()))]
     listen: Addr,
-    /// Raw TCP echo listen address, or `off`.
-    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)))]
+    /// Raw TCP echo listen address (HOST alone: port 7007), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)),
+          value_parser = echo_on)]
     echo_tcp: Endpoint,
-    /// UDP echo address, or `off`.
-    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)))]
+    /// UDP echo address (HOST alone: port 7007), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)),
+          value_parser = echo_on)]
     echo_udp: Endpoint,
     /// Most connections open at once (lowered to fit the open-file limit); per worker.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections,
@@ -262,6 +266,20 @@ const LIVE_KEYS: [&str; 16] = [
 
 /// Keys whose presence cannot change live, though their value can.
 const PRESENCE_NEEDS_RESTART: [&str; 3] = ["access", "tls-cert", "tls-key"];
+
+/// A listen address as a client's is read ([`host_and_port`]): HOST alone takes
+/// `default_port`, so `serve --listen 0.0.0.0` listens where `echo --addr HOST` connects.
+fn listen_on(text: &str, default_port: u16) -> Result<Addr, AddrError> {
+    host_and_port(text, default_port).map(|(_, addr)| Addr(addr))
+}
+
+/// `--echo-tcp`, `--echo-udp`: [`listen_on`] with the echo port, or `off`.
+fn echo_on(text: &str) -> Result<Endpoint, AddrError> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Endpoint(None));
+    }
+    listen_on(text, DEFAULT_ECHO_ADDR.port()).map(|addr| Endpoint(Some(addr.0)))
+}
 
 /// `--max-frame`: a size from [`MIN_FRAME_LEN`] to [`MAX_FRAME_LEN`], a usage error
 /// otherwise, said with units (not as the range `64..=67108864`).

@@ -6,7 +6,7 @@
 //! and flattened into each command: [`TlsArgs`]; and whether `-q` was given ([`quiet`]).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use clap::Args;
 use monoreactor::DEFAULT_FRAMED_ADDR;
-use monoreactor::client::resolve_addr;
 use monoreactor::client::tls::{TLS_SCHEME, Target, split_scheme};
 
 /// Whether `-q` was given to a client command: no progress bars (the file commands' bars ask
@@ -42,15 +41,52 @@ pub fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
-/// A socket address, given as `IP:PORT` or `HOST:PORT` (`localhost:7878`), for every flag
-/// that takes one ([`resolve_addr`] says why IPv4 comes first).
+/// A whole number from `min` to `max`, said in words when it is not one (clap puts the
+/// flag's name before the error): `1e3` is "not a whole number", never Rust's "invalid digit
+/// found in string".
+pub fn count_in(text: &str, min: usize, max: usize) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(count) if count < min => Err(format!("must be at least {min}")),
+        Ok(count) if count > max => Err(format!("at most {max}")),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// A socket address that must name its port, given as `IP:PORT`, `[IPV6]:PORT` or
+/// `HOST:PORT` (`localhost:7878`): where `serve` listens, and the metrics port `stats` reads
+/// (neither has a default port a bare host could take). Read as [`host_and_port`] reads a
+/// client's, so the errors are the same words: a name that does not resolve is
+/// [`AddrError::Unresolved`] (`main` makes it a client's 255, a server's "cannot start").
 #[derive(Clone, Copy)]
 pub struct Addr(pub SocketAddr);
 
 impl FromStr for Addr {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Addr, String> {
-        resolve_addr(text).map(Addr)
+    type Err = AddrError;
+    fn from_str(text: &str) -> Result<Addr, AddrError> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Addr(addr));
+        }
+        if !text.trim().is_empty() && !port_written(text) {
+            // `::1` and `[::1]` alike are shown as they must be written: `[::1]:7878`.
+            let bare = text
+                .strip_prefix('[')
+                .and_then(|inner| inner.strip_suffix(']'))
+                .unwrap_or(text);
+            let host = match bare.parse::<IpAddr>() {
+                Ok(IpAddr::V6(ip)) => Some(format!("[{ip}]")),
+                Ok(IpAddr::V4(ip)) => Some(ip.to_string()),
+                // A name alone; anything else (`[::1`) is host_and_port's to explain.
+                Err(_) => (!text.contains(['[', ']'])).then(|| text.to_string()),
+            };
+            if let Some(host) = host {
+                return Err(AddrError::Syntax(format!(
+                    "`{text}` has no port: write HOST:PORT, e.g. {host}:{}",
+                    DEFAULT_FRAMED_ADDR.port()
+                )));
+            }
+        }
+        host_and_port(text, DEFAULT_FRAMED_ADDR.port()).map(|(_, addr)| Addr(addr))
     }
 }
 
@@ -84,11 +120,14 @@ impl std::error::Error for AddrError {}
 /// `HOST`, `HOST:PORT`, `IP`, `IP:PORT`, `IPV6`, `[IPV6]` or `[IPV6]:PORT`, as nc, ssh and
 /// redis-cli take them: without a port, `default_port`. The host as it should be written
 /// with the port (`localhost:7878`, `[::1]:7878`), and what it resolves to (IPv4 first, as
-/// [`resolve_addr`]).
+/// `monoreactor::client::resolve_addr` does).
 pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAddr), AddrError> {
     let syntax = |why: &str| AddrError::Syntax(format!("`{text}` is not an address: {why}"));
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok((text.to_string(), addr));
+    }
+    if let Some(scoped) = scoped_ipv6(text, default_port)? {
+        return Ok((scoped.to_string(), SocketAddr::V6(scoped)));
     }
     // An IP without a port: `127.0.0.1`, `::1` or `[::1]`.
     let bare = text
@@ -129,6 +168,45 @@ pub fn host_and_port(text: &str, default_port: u16) -> Result<(String, SocketAdd
     Ok((format!("{host}:{port}"), addr))
 }
 
+/// A link-local IPv6 address with its zone, as ssh and ping take it: `fe80::1%eth0`,
+/// `[fe80::1%eth0]:7000` (an interface's name or its index). `None` if `text` has no zone.
+fn scoped_ipv6(text: &str, default_port: u16) -> Result<Option<SocketAddrV6>, AddrError> {
+    let syntax = |why: String| AddrError::Syntax(format!("`{text}` is not an address: {why}"));
+    let (inner, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inner, "")) => (inner, default_port),
+            Some((inner, port)) => {
+                let port = port.strip_prefix(':').unwrap_or(port);
+                let port = port.parse::<u16>().map_err(|_| {
+                    syntax(format!("the port `{port}` is not a number from 0 to 65535"))
+                })?;
+                (inner, port)
+            }
+            None => return Ok(None),
+        },
+        None => (text, default_port),
+    };
+    let Some((ip, zone)) = inner.split_once('%') else {
+        return Ok(None);
+    };
+    let Ok(ip) = ip.parse::<Ipv6Addr>() else {
+        return Ok(None);
+    };
+    let scope = match zone.parse::<u32>() {
+        Ok(index) => index,
+        Err(_) => {
+            let name = std::ffi::CString::new(zone)
+                .map_err(|_| syntax(format!("no network interface `{zone}`")))?;
+            // SAFETY: if_nametoindex(3) reads the NUL-terminated name and nothing else.
+            match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+                0 => return Err(syntax(format!("no network interface `{zone}`"))),
+                index => index,
+            }
+        }
+    };
+    Ok(Some(SocketAddrV6::new(ip, port, 0, scope)))
+}
+
 /// Whether `text`, as [`host_and_port`] reads it, names a port: `HOST:PORT`, `IP:PORT` or
 /// `[IPV6]:PORT`, not `HOST`, `IP`, `IPV6` or `[IPV6]`.
 fn port_written(text: &str) -> bool {
@@ -137,7 +215,8 @@ fn port_written(text: &str) -> bool {
     }
     match text.strip_prefix('[') {
         Some(bracketed) => bracketed.contains("]:"),
-        None => text.parse::<IpAddr>().is_err() && text.contains(':'),
+        // `fe80::1%eth0` is an IPv6 address (with its zone), never HOST:PORT.
+        None => text.parse::<IpAddr>().is_err() && !text.contains('%') && text.contains(':'),
     }
 }
 
@@ -167,35 +246,45 @@ impl fmt::Display for Endpoint {
 }
 
 /// What `--help` says about every duration flag, in one place.
-pub const DURATION_UNITS: &str =
-    "a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a bare number is seconds";
+pub const DURATION_UNITS: &str = "a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h, 1h30m); a bare number is seconds";
 
 /// The longest duration any flag takes: far beyond any timeout, and small enough that
 /// `Instant + duration` never overflows.
 const MAX_DURATION_SECS: f64 = 1e9;
 
-/// A duration: `500ms`, `2s`, `1.5m`, `1h`, or a bare number of seconds (`5`, `0.25`), the
-/// unit [`DURATION_UNITS`] says; 0 is allowed (see [`Secs`] for flags that need more).
+/// A duration: `500ms`, `2s`, `1.5m`, `1h`, a sum of those as systemd and Go write it
+/// (`1h30m`, `1m 30s`), or a bare number of seconds (`5`, `0.25`), as [`DURATION_UNITS`]
+/// says; 0 is allowed (see [`Secs`] for flags that need more).
 pub fn duration(text: &str) -> Result<Duration, String> {
     let wrong = || format!("invalid duration \"{text}\": expected {DURATION_UNITS}");
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "ms" => 1e-3,
-        "" | "s" | "sec" | "secs" => 1.0,
-        "m" | "min" | "mins" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
-        _ => return Err(wrong()),
-    };
-    // `f64::parse` also takes "inf", "NaN" and "1e3": only digits and one point here.
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+    let number_char = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = text.trim();
+    let mut seconds = 0.0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let (number, after) = rest.split_at(rest.find(|c| !number_char(c)).unwrap_or(rest.len()));
+        let (unit, next) = after.split_at(after.find(number_char).unwrap_or(after.len()));
+        let scale = match unit.trim().to_ascii_lowercase().as_str() {
+            "ms" => 1e-3,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hour" | "hours" => 3600.0,
+            // A bare number is seconds only alone: in `1h30` the 30 could be either.
+            "" if parts == 0 && next.is_empty() => 1.0,
+            _ => return Err(wrong()),
+        };
+        // `f64::parse` also takes "inf", "NaN" and "1e3": only digits and one point here.
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return Err(wrong());
+        }
+        let value: f64 = number.parse().map_err(|_| wrong())?;
+        seconds += value * scale;
+        parts += 1;
+        rest = next;
+    }
+    if parts == 0 {
         return Err(wrong());
     }
-    let value: f64 = number.parse().map_err(|_| wrong())?;
-    let seconds = value * scale;
     if seconds > MAX_DURATION_SECS {
         return Err(format!(
             "invalid duration \"{text}\": at most {MAX_DURATION_SECS:e} seconds"
@@ -517,6 +606,9 @@ mod tests {
             ("::1", false),
             ("[::1]", false),
             ("[::1]:7", true),
+            ("::1%lo", false),
+            ("[::1%lo]", false),
+            ("[::1%lo]:7", true),
             ("localhost", false),
             ("localhost:7", true),
         ] {
@@ -536,6 +628,18 @@ mod tests {
                 "cannot resolve nowhere.invalid".to_string()
             ))
         );
+        let lo = |port: u16| {
+            // SAFETY: if_nametoindex(3) reads the NUL-terminated name and nothing else.
+            let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+            format!("[::1%{index}]:{port}")
+        };
+        assert_eq!(parse("::1%lo"), both(&lo(7878), &lo(7878)));
+        assert_eq!(parse("[::1%lo]:7000"), both(&lo(7000), &lo(7000)));
+        assert_eq!(parse("[::1%1]"), both("[::1%1]:7878", "[::1%1]:7878"));
+        assert!(matches!(
+            host_and_port("fe80::1%nosuchif0", 7878),
+            Err(AddrError::Syntax(message)) if message.contains("no network interface `nosuchif0`")
+        ));
         let tls: ServerAddr = "tls://[::1]".parse().expect("an address");
         assert!(tls.tls);
         assert_eq!(tls.to_string(), "tls://[::1]:7878");
@@ -551,6 +655,9 @@ mod tests {
         assert_eq!(duration("1.5m"), Ok(Duration::from_secs(90)));
         assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("2s500ms"), Ok(Duration::from_millis(2500)));
         assert_eq!(
             "500ms".parse::<Secs>(),
             Ok(Secs(Duration::from_millis(500)))
@@ -561,7 +668,9 @@ mod tests {
 
     #[test]
     fn a_wrong_duration_is_said_in_words() {
-        for text in ["5x", "", "ms", "1.2.3s", "-1", "inf", "NaN", "1e3", "five"] {
+        for text in [
+            "5x", "", "ms", "1.2.3s", "-1", "inf", "NaN", "1e3", "five", "1h30", "1h-5m", "h1",
+        ] {
             let error = duration(text).expect_err(text);
             assert!(
                 error.starts_with(&format!("invalid duration \"{text}\": expected a number")),

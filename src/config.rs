@@ -47,7 +47,7 @@ pub struct Key {
         allow(dead_code, reason = "the sample file is written by a test")
     )]
     pub help: String,
-    /// The value's name in help (`SECS`, `ADDR|off`).
+    /// The value's name in help (`DURATION`, `ADDR|off`).
     pub value_name: Option<String>,
     /// The default value, as help shows it.
     #[cfg_attr(
@@ -163,7 +163,20 @@ fn read_bounded(path: &Path) -> Result<String, String> {
 pub fn parse(text: &str, origin: &str, command: &Command) -> Result<FileArgs, Vec<String>> {
     type Document = BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>>;
     let document: Document = toml::from_str(text).map_err(|error| {
-        let message = error.message().trim().replace('\n', " ");
+        let mut message = error.message().trim().replace('\n', " ");
+        // The parser's words for an integer beyond TOML's (i64) are Rust's types.
+        if message.contains("as i128") {
+            message = format!(
+                "{}: a number larger than TOML's integers (at most {}); a size takes a unit (\"16G\")",
+                error
+                    .span()
+                    .and_then(|span| text[..span.start].lines().last().map(str::trim))
+                    .unwrap_or("a value")
+                    .trim_end_matches('=')
+                    .trim(),
+                i64::MAX
+            );
+        }
         vec![match error.span() {
             Some(span) => format!("{origin}:{}: {message}", line_of(text, span.start)),
             None => format!("{origin}: {message}"),
@@ -548,7 +561,7 @@ mod tests {
             error.starts_with("test.toml:2: max-conns = \"many\": "),
             "{error}"
         );
-        assert!(error.contains("invalid digit"), "{error}");
+        assert!(error.contains("is not a whole number"), "{error}");
         let read = parse("hello-timeout = -1\n", "test.toml", &command).unwrap();
         let error = check_values(&read, "test.toml", &command).unwrap_err();
         assert!(

@@ -114,5 +114,50 @@ pub fn output_failure(error: &io::Error) -> Failure {
 /// One `monoreactor: ...` line on stderr. A stderr that cannot be written (a terminal that
 /// hung up) is ignored: there is nowhere else to report it, and `eprintln!` would panic.
 pub fn say(message: &str) {
-    let _ = writeln!(io::stderr(), "monoreactor: {message}");
+    let _ = writeln!(io::stderr(), "monoreactor: {}", without_os_error(message));
+}
+
+/// `message` without the ` (os error 2)` that Rust's `io::Error` puts after the system's
+/// words: the number is for programmers, and cat, cp or ssh say `No such file or directory`
+/// alone. Done here, in the one place every line goes out, because the errors come from
+/// everywhere (the library, the TLS files, the token file).
+fn without_os_error(message: &str) -> String {
+    const MARK: &str = " (os error ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        out.push_str(&rest[..at]);
+        if digits > 0 && after[digits..].starts_with(')') {
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(MARK);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_os_error;
+
+    #[test]
+    fn the_os_error_number_is_left_out_and_nothing_else() {
+        assert_eq!(
+            without_os_error("cannot read x: No such file or directory (os error 2)"),
+            "cannot read x: No such file or directory"
+        );
+        assert_eq!(
+            without_os_error("a (os error 2); b (os error 13) c"),
+            "a; b c"
+        );
+        assert_eq!(
+            without_os_error("(os error x) (os error "),
+            "(os error x) (os error "
+        );
+        assert_eq!(without_os_error("plain"), "plain");
+    }
 }

@@ -43,8 +43,8 @@ use logger::{LogFilter, LogSources};
 const AFTER_HELP: &str = "\
 Sizes: a number with an optional unit K, M, G, T (powers of 1024, as dd and truncate: 16K =
 16384); KiB, MiB, GiB, TiB are the same, KB, MB, GB, TB are powers of 1000.
-Durations: a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h); a bare number is
-seconds.
+Durations: a number with an optional unit ms, s, m, h (500ms, 2s, 1.5m, 1h), or a sum of them
+(1h30m); a bare number is seconds.
 
 Addresses: HOST:PORT, or HOST alone for the default port 7878 (127.0.0.1, localhost, ::1,
 [::1]:7000), or tls://HOST[:PORT] for TLS. $MONOREACTOR_ADDR sets the server of echo, exec
@@ -160,6 +160,11 @@ const ADDR_ENV_COMMANDS: [&str; 8] = ["echo", "exec", "get", "put", "ls", "stat"
 /// The whole command line as clap sees it: the derived definitions, with [`ADDR_ENV`] as
 /// the default of the client commands' `--addr`.
 fn cli_command() -> clap::Command {
+    // Set but empty is unset, as for RUST_LOG: `MONOREACTOR_ADDR= monoreactor ls` is the
+    // default server, not a usage error about an --addr nobody typed.
+    if std::env::var_os(ADDR_ENV).is_some_and(|value| value.is_empty()) {
+        return Cli::command();
+    }
     ADDR_ENV_COMMANDS
         .iter()
         .fold(Cli::command(), |command, name| {
@@ -171,11 +176,11 @@ fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let matches = match cli_command().try_get_matches_from(&argv) {
         Ok(matches) => matches,
-        Err(answer) => return parse_answer(&answer),
+        Err(answer) => return command_line_answer(&argv, &answer),
     };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(answer) => return parse_answer(&answer),
+        Err(answer) => return command_line_answer(&argv, &answer),
     };
     let shift = i16::from(cli.verbose) - i16::from(cli.quiet);
     let command = match cli.command {
@@ -397,6 +402,44 @@ fn restore_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// [`parse_answer`] for the command line `argv`, with what clap cannot know: that a wrong
+/// server address came from [`ADDR_ENV`], not from an `--addr` the user typed; and that a
+/// name `serve` cannot resolve stops a server (1, "cannot start"), not a client (255).
+fn command_line_answer(argv: &[OsString], answer: &clap::Error) -> ExitCode {
+    let words: Vec<&str> = argv.iter().skip(1).filter_map(|arg| arg.to_str()).collect();
+    let serving = words.iter().find(|word| !word.starts_with('-')) == Some(&"serve");
+    let unresolved = std::error::Error::source(answer)
+        .and_then(|source| source.downcast_ref::<args::AddrError>())
+        .and_then(|error| match error {
+            args::AddrError::Unresolved(message) => Some(message),
+            args::AddrError::Syntax(_) => None,
+        });
+    if let (true, Some(message)) = (serving, unresolved) {
+        say(message);
+        return ExitCode::from(FAILED_TO_START);
+    }
+    let addr_flag = matches!(
+        answer.get(clap::error::ContextKind::InvalidArg),
+        Some(clap::error::ContextValue::String(flag)) if flag.starts_with("--addr ")
+    );
+    let typed = words
+        .iter()
+        .any(|word| *word == "--addr" || word.starts_with("--addr="));
+    if addr_flag && !typed && unresolved.is_none() {
+        if let (Some(value), Some(why)) = (
+            std::env::var_os(ADDR_ENV),
+            std::error::Error::source(answer),
+        ) {
+            say(&format!(
+                "${ADDR_ENV} is `{}`: {why} (or give --addr)",
+                value.to_string_lossy()
+            ));
+            return ExitCode::from(USAGE);
+        }
+    }
+    parse_answer(answer)
 }
 
 /// Prints clap's answer to `--help`, `--version` or a usage error and returns its exit

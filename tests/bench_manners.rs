@@ -496,3 +496,42 @@ fn help_names_nothing_the_user_does_not_have() {
         }
     }
 }
+
+#[test]
+fn ctrl_c_while_the_file_is_prepared_ends_the_run_at_once() {
+    // `-s 1T`: minutes of hashing zeros (and, for get, uploading them) before the first
+    // request; the one Ctrl-C that stops a run must stop that too (it was ignored: the run
+    // went on until a second one).
+    let server = Server::start_exec(&[]);
+    let framed = server.framed_str();
+    let token = server.scratch().join("token");
+    let token = token.to_str().expect("UTF-8 temp path");
+    let root = server.root().to_path_buf();
+    for workload in ["put", "get"] {
+        let started = Instant::now();
+        let run = interrupt(
+            &[
+                workload,
+                "--addr",
+                &framed,
+                "--token-file",
+                token,
+                "-c",
+                "1",
+                "-s",
+                "1T",
+                "-d",
+                "30",
+            ],
+            || true,
+        );
+        assert_eq!(run.status.code(), Some(130), "{workload}: {run:?}");
+        assert!(run.stderr.contains("interrupted"), "{workload}: {run:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{workload}: {run:?}"
+        );
+        let left = names_in(&root);
+        assert!(left.is_empty(), "{workload} left in the root: {left:?}");
+    }
+}

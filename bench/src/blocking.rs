@@ -260,17 +260,22 @@ impl Seek for Zeros {
     }
 }
 
-/// BLAKE3 of `len` zero bytes.
-fn zeros_hash(len: u64) -> [u8; 32] {
+/// BLAKE3 of `len` zero bytes, or [`INTERRUPTED`](crate::live::INTERRUPTED) if Ctrl-C came
+/// first: at `-s 1T` this takes minutes before the first request, and the SIGINT that asks
+/// the run to stop must stop it too.
+fn zeros_hash(len: u64) -> Result<[u8; 32], String> {
     let mut hasher = blake3::Hasher::new();
-    let chunk = [0u8; 64 * 1024];
+    let chunk = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
+        if crate::live::interrupted() {
+            return Err(crate::live::INTERRUPTED.to_string());
+        }
         let n = left.min(chunk.len() as u64) as usize;
         hasher.update(&chunk[..n]);
         left -= n as u64;
     }
-    *hasher.finalize().as_bytes()
+    Ok(*hasher.finalize().as_bytes())
 }
 
 fn connect(config: &BlockingConfig) -> Result<FileClient, String> {
@@ -300,7 +305,7 @@ fn bench_path(kind: &str, size: u64, index: Option<usize>) -> String {
 /// BLAKE3, to nowhere. The file is uploaded first (zeros) and removed afterwards.
 pub fn run_get(config: &BlockingConfig) -> Result<Report, String> {
     let path = bench_path("get", config.size, None);
-    let hash = zeros_hash(config.size);
+    let hash = zeros_hash(config.size)?;
     let mut setup = connect(config)?;
     put_zeros(&mut setup, &path, config.size, hash).map_err(|failure| match failure {
         Failure::Request(kind) | Failure::Connection(kind) => {
@@ -340,7 +345,7 @@ pub fn run_get(config: &BlockingConfig) -> Result<Report, String> {
 /// `bench put`: every connection uploads `size` bytes (zeros, verified by the server's DIGEST)
 /// to a path of its own, again and again. The files are removed afterwards.
 pub fn run_put(config: &BlockingConfig) -> Result<Report, String> {
-    let hash = zeros_hash(config.size);
+    let hash = zeros_hash(config.size)?;
     let size = config.size;
     let report = run_threads(
         config,

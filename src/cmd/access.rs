@@ -70,7 +70,7 @@ struct AddArgs {
     #[arg(long, value_name = "WORDS")]
     allow: Vec<String>,
     /// Commands it may run at once, across its connections.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = |text: &str| crate::args::count_in(text, 1, usize::MAX).map(|count| count as u64))]
     max_commands: Option<u64>,
     /// Bytes it may store (64M, 16G, 1T: K, M, G, T are powers of 1024; KB, MB... of 1000).
     #[arg(long, value_name = "SIZE", value_parser = byte_size)]
@@ -113,8 +113,14 @@ fn add(args: AddArgs) -> Result<(), Failure> {
         Err(error) => return Err(Failure::own(format!("{}: {error}", path.display()))),
     };
     let addition = entry.to_toml();
-    // The whole file as it will be: a duplicate name, a bad flag value, a file that was
-    // already broken are refused before a byte is written.
+    // The new entry alone first: what is wrong with the flags (`--name ""`) is said of them,
+    // not as a line of a file that may not exist yet.
+    Access::parse(&addition, "").map_err(|error| {
+        let what = error.splitn(3, ':').nth(2).unwrap_or(&error).trim();
+        Failure::usage(format!("access add: {what}"))
+    })?;
+    // The whole file as it will be: a duplicate name, a file that was already broken are
+    // refused before a byte is written.
     Access::parse(
         &format!("{existing}{addition}"),
         &path.display().to_string(),
@@ -147,7 +153,11 @@ fn hash() -> Result<(), Failure> {
     if token.is_empty() {
         return Err(Failure::usage("no token on stdin".to_string()));
     }
-    print_stdout(&format!("{}\n", token_hash(&token)))
+    // A token no client would send (too short, a line break inside) makes a credential that
+    // can never be used: refused here with the clients' own words.
+    let token = monoreactor::Token::new(token)
+        .map_err(|why| Failure::usage(format!("no client would send this token: {why}")))?;
+    print_stdout(&format!("{}\n", token_hash(token.as_bytes())))
 }
 
 fn key(cert: &std::path::Path) -> Result<(), Failure> {

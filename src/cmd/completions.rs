@@ -22,10 +22,41 @@ pub struct CompletionsArgs {
     shell: Shell,
 }
 
-/// Prints the script for `command` (the whole command line: every subcommand and flag).
+/// Prints the script for `command` (the whole command line: every subcommand and flag a user
+/// may type; not the internal ones, which clap_complete offers too).
 pub fn run(args: CompletionsArgs, mut command: clap::Command) -> Result<(), Failure> {
+    // Built, so that the global flags (-v, -q) are in every subcommand before it is copied.
+    command.build();
+    let mut command = visible(&command);
     let name = command.get_name().to_string();
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut command, name, &mut script);
     print_stdout(&String::from_utf8_lossy(&script))
+}
+
+/// A copy of the built `command` without what its help hides (`__disk-helper`, `serve
+/// --worker-of`): a completion must not offer what is "never by hand". Its help and version
+/// flags are copied as they are, so the copy makes none of its own.
+fn visible(command: &clap::Command) -> clap::Command {
+    // clap takes a `'static` name without its `string` feature; leaked once per command,
+    // in a process that prints a script and exits.
+    let name: &'static str = Box::leak(command.get_name().to_string().into_boxed_str());
+    let mut copy = clap::Command::new(name)
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .disable_help_subcommand(true);
+    if command.get_version().is_some() {
+        // The copied -V needs a version to show (the same for every subcommand).
+        copy = copy.version(env!("CARGO_PKG_VERSION"));
+    }
+    if let Some(about) = command.get_about() {
+        copy = copy.about(about.clone());
+    }
+    for arg in command.get_arguments().filter(|arg| !arg.is_hide_set()) {
+        copy = copy.arg(arg.clone());
+    }
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        copy = copy.subcommand(visible(sub));
+    }
+    copy
 }

@@ -9,35 +9,33 @@ use crate::failure::{Failure, print_stdout};
 /// The flags of `man`.
 #[derive(Args)]
 pub struct ManArgs {
-    /// A subcommand's own page (`monoreactor-serve(1)`) instead of the top command's.
+    /// A subcommand's own page (`monoreactor-serve(1)`) instead of the top command's; a
+    /// nested one by its path (`man bench echo`).
     #[arg(value_name = "SUBCOMMAND")]
-    subcommand: Option<String>,
+    subcommand: Vec<String>,
 }
 
-/// Renders the page of `command`, or of its subcommand `args.subcommand`.
+/// Renders the page of `command`, or of the subcommand `args.subcommand` names.
 pub fn run(args: ManArgs, mut command: clap::Command) -> Result<(), Failure> {
     // Built, so that the global flags (-v, -q) and the version reach the subcommands.
     command.build();
-    let page = match args.subcommand {
-        None => command,
-        Some(name) => {
-            let top = command.get_name().to_string();
-            let visible = command
-                .get_subcommands()
-                .filter(|sub| !sub.is_hide_set())
-                .find(|sub| sub.get_name() == name)
-                .cloned();
-            match visible {
-                // Its page is titled by its display name, `monoreactor-NAME` once built.
-                Some(sub) => sub,
-                None => {
-                    return Err(Failure::usage(format!(
-                        "`{name}` is not a subcommand of {top} (see {top} --help)"
-                    )));
-                }
-            }
-        }
-    };
+    let mut path = command.get_name().to_string();
+    let mut page = command;
+    for name in args.subcommand {
+        let parent = path.clone();
+        let visible = page
+            .get_subcommands()
+            .filter(|sub| !sub.is_hide_set())
+            .find(|sub| sub.get_name() == name)
+            .cloned();
+        // Its page is titled by its display name, `monoreactor-NAME` once built.
+        page = visible.ok_or_else(|| {
+            Failure::usage(format!(
+                "`{name}` is not a subcommand of {parent} (see {parent} --help)"
+            ))
+        })?;
+        path = format!("{path} {name}");
+    }
     let mut roff = Vec::new();
     clap_mangen::Man::new(page)
         .render(&mut roff)

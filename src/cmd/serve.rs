@@ -14,16 +14,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use monoreactor::workers::MAX_WORKERS;
 use monoreactor::{Access, load_token};
 use monoreactor::{Cidr, DEFAULT_PROXIED_DRAIN_DELAY, ProxyMode, ProxyPolicy};
 use monoreactor::{
     Config, DEFAULT_ECHO_ADDR, DEFAULT_FRAMED_ADDR, DEFAULT_ROOT, Listener, Listeners, Server,
     StartError, SystemdNotify,
 };
-use monoreactor::{Fresh, Limits, Reload, Reloader, TlsSettings};
+use monoreactor::{
+    Fresh, Limits, MAX_CONNECTIONS, MAX_FRAME_LEN, MAX_STREAMS_PER_CONNECTION, MIN_FRAME_LEN,
+    Reload, Reloader, TlsSettings,
+};
 
 use crate::args::{
-    Addr, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize, duration,
+    Addr, AddrError, Endpoint, Secs, at_least_one, byte_size, byte_size_u32, byte_size_usize,
+    count_in, duration, host_and_port,
 };
 use crate::config::FileArgs;
 use crate::failure::{Failure, print_stdout};
@@ -52,39 +57,44 @@ pub struct ServeArgs {
     /// -v/-q, which win over RUST_LOG, which wins over the file's `log-level` [default: info].
     #[arg(long, value_name = "LEVELS")]
     log_level: Option<LogFilter>,
-    /// Framed-protocol listen address (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR))]
+    /// Framed-protocol listen address: HOST:PORT, or HOST alone for port 7878, as the
+    /// clients' --addr (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value_t = Addr(DEFAULT_FRAMED_ADDR),
+          value_parser = |text: &str| listen_on(text, DEFAULT_FRAMED_ADDR.port()))]
     listen: Addr,
-    /// Raw TCP echo listen address, or `off`.
-    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)))]
+    /// Raw TCP echo listen address (HOST alone: port 7007), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)),
+          value_parser = echo_on)]
     echo_tcp: Endpoint,
-    /// UDP echo address, or `off`.
-    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)))]
+    /// UDP echo address (HOST alone: port 7007), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value_t = Endpoint(Some(DEFAULT_ECHO_ADDR)),
+          value_parser = echo_on)]
     echo_udp: Endpoint,
     /// Most connections open at once (lowered to fit the open-file limit); per worker.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections,
+          value_parser = connection_count)]
     max_conns: usize,
-    /// Close a connection after this many seconds without activity.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().idle_timeout))]
+    /// Close a connection after this long without activity.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().idle_timeout))]
     idle_timeout: Secs,
-    /// Close a framed connection that has not sent HELLO this many seconds after connecting.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().hello_timeout))]
+    /// Close a framed connection that has not sent HELLO this long after connecting.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().hello_timeout))]
     hello_timeout: Secs,
-    /// Close a connection whose frame has not completed this many seconds after it began.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().frame_timeout))]
+    /// Close a connection whose frame has not completed this long after it began.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().frame_timeout))]
     frame_timeout: Secs,
     /// Largest frame payload accepted, in bytes.
-    #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_frame_len, value_parser = byte_size_u32)]
+    #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_frame_len, value_parser = frame_len)]
     max_frame: u32,
-    /// After SIGINT/SIGTERM, seconds allowed for pending output before everything is closed.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().shutdown_grace))]
+    /// After SIGINT/SIGTERM, how long pending output may take before everything is closed.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().shutdown_grace))]
     shutdown_grace: Secs,
     /// After SIGTERM, seconds to keep accepting and serving while load balancers' health
     /// checks (PROXY v2 LOCAL, v1 UNKNOWN) fail, so the balancer stops sending clients before
     /// the listeners close; then the shutdown runs. A second SIGTERM ends it early; SIGINT
     /// skips it. [default: 1 with --proxy-protocol allow|require (covers HAProxy's `inter 200
     /// fall 2`), 0 with it off, where no balancer's check can be told apart]
-    #[arg(long, value_name = "SECS", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
     drain_delay: Option<std::time::Duration>,
     /// PROXY protocol (the v1 or v2 header a load balancer such as HAProxy sends first) on the
     /// framed and the raw TCP echo listeners, both: `off`; `allow` (a --proxy-from peer may
@@ -126,7 +136,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value_t = Limits::default().max_put, value_parser = byte_size)]
     max_put: u64,
     /// Most file transfers (GET, PUT, LIST) running at once on the server; per worker.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_transfers,
+          value_parser = |text: &str| count_in(text, 1, usize::MAX))]
     max_transfers: usize,
     /// Bytes of buffer all connections together may hold; past it, those holding the most
     /// are closed with LIMIT_REACHED [default: a quarter of the machine's memory].
@@ -147,7 +158,7 @@ pub struct ServeArgs {
     /// Worker processes, each this whole single-threaded server on the same ports
     /// (SO_REUSEPORT), supervised by this process; every limit applies to each worker. With 1
     /// the server runs in this process.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = worker_count)]
     workers: usize,
     /// Internal: serve as a worker of a `--workers` supervisor, on inherited descriptors.
     #[arg(long = "worker-of", value_name = "FDS", hide = true)]
@@ -157,7 +168,7 @@ pub struct ServeArgs {
     #[arg(long = "disk-helper", value_name = "PROGRAM", hide = true)]
     disk_helper: Option<PathBuf>,
     /// Longest a command may run before it is stopped (SIGTERM, then SIGKILL).
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Limits::default().exec_timeout))]
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(Limits::default().exec_timeout))]
     exec_timeout: Secs,
     /// Most output (stdout and stderr) one command may send before it is stopped.
     #[arg(long, value_name = "SIZE", default_value_t = Limits::default().exec_output_cap, value_parser = byte_size)]
@@ -167,14 +178,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PROG", default_value_t = Limits::default().exec_shell)]
     exec_shell: String,
     /// Most commands running at once on the server; per worker.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_exec,
+          value_parser = |text: &str| count_in(text, 1, usize::MAX))]
     max_commands: usize,
     /// Most commands and file transfers (GET, PUT, LIST) running at once on one connection.
     #[arg(
         long,
         visible_alias = "max-streams-per-conn",
         value_name = "N",
-        default_value_t = Limits::default().max_streams_per_connection
+        default_value_t = Limits::default().max_streams_per_connection,
+        value_parser = |text: &str| count_in(text, 1, MAX_STREAMS_PER_CONNECTION)
     )]
     max_commands_per_conn: usize,
 }
@@ -253,6 +266,57 @@ const LIVE_KEYS: [&str; 16] = [
 
 /// Keys whose presence cannot change live, though their value can.
 const PRESENCE_NEEDS_RESTART: [&str; 3] = ["access", "tls-cert", "tls-key"];
+
+/// A listen address as a client's is read ([`host_and_port`]): HOST alone takes
+/// `default_port`, so `serve --listen 0.0.0.0` listens where `echo --addr HOST` connects.
+fn listen_on(text: &str, default_port: u16) -> Result<Addr, AddrError> {
+    host_and_port(text, default_port).map(|(_, addr)| Addr(addr))
+}
+
+/// `--echo-tcp`, `--echo-udp`: [`listen_on`] with the echo port, or `off`.
+fn echo_on(text: &str) -> Result<Endpoint, AddrError> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Endpoint(None));
+    }
+    listen_on(text, DEFAULT_ECHO_ADDR.port()).map(|addr| Endpoint(Some(addr.0)))
+}
+
+/// `--max-frame`: a size from [`MIN_FRAME_LEN`] to [`MAX_FRAME_LEN`], a usage error
+/// otherwise, said with units (not as the range `64..=67108864`).
+fn frame_len(text: &str) -> Result<u32, String> {
+    match byte_size_u32(text)? {
+        len if len < MIN_FRAME_LEN => Err(format!("at least {MIN_FRAME_LEN} bytes")),
+        len if len > MAX_FRAME_LEN => Err(format!(
+            "at most {}M ({MAX_FRAME_LEN} bytes)",
+            MAX_FRAME_LEN >> 20
+        )),
+        len => Ok(len),
+    }
+}
+
+/// `--workers`: 1 to [`MAX_WORKERS`], a usage error otherwise (as `--workers 0` is), with
+/// why there is a limit. (That the descriptors allow that many is the server's to say when it
+/// starts: it depends on the machine, not on the flag.)
+fn worker_count(text: &str) -> Result<usize, String> {
+    match at_least_one(text)? {
+        count if count > MAX_WORKERS => {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            Err(format!(
+                "at most {MAX_WORKERS}: each worker is a whole server process with its own copy of every listening socket, and workers beyond the cores ({cores} here) add no throughput"
+            ))
+        }
+        count => Ok(count),
+    }
+}
+
+/// `--max-conns`: 1 to [`MAX_CONNECTIONS`], a usage error otherwise (as `--workers 0` is),
+/// not a server that "cannot start".
+fn connection_count(text: &str) -> Result<usize, String> {
+    match at_least_one(text)? {
+        count if count > MAX_CONNECTIONS => Err(format!("at most {MAX_CONNECTIONS}")),
+        count => Ok(count),
+    }
+}
 
 /// Runs `serve` until SIGINT or SIGTERM (or checks the configuration, with
 /// `--check-config`); a failure to start is one line per problem.

@@ -44,7 +44,10 @@ pub fn run(args: StatsArgs) -> Result<(), Failure> {
 /// `GET /metrics` over HTTP/1.1 (the server closes after the answer); the body of a 200.
 fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|error| {
-        format!("cannot connect: {error} (is the server running with --metrics {addr}?)")
+        format!(
+            "cannot connect: {} (is the server running with --metrics {addr}?)",
+            io_words(&error)
+        )
     })?;
     stream
         .set_read_timeout(Some(timeout))
@@ -55,12 +58,12 @@ fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     );
     stream
         .write_all(request.as_bytes())
-        .map_err(|error| format!("sending the request: {error}"))?;
+        .map_err(|error| format!("sending the request: {}", io_words(&error)))?;
     let mut answer = Vec::new();
     stream
         .take(MAX_ANSWER)
         .read_to_end(&mut answer)
-        .map_err(|error| format!("reading the answer: {error}"))?;
+        .map_err(|error| format!("reading the answer: {}", io_words(&error)))?;
     let answer = String::from_utf8(answer).map_err(|_| "the answer is not text".to_string())?;
     let (head, body) = answer
         .split_once("\r\n\r\n")
@@ -70,6 +73,25 @@ fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
         return Err(format!("the server answered `{status}`"));
     }
     Ok(body.to_string())
+}
+
+/// An I/O error as the other clients say it (`connection refused`, `timed out`): the
+/// system's words without Rust's `(os error 111)` and its capital letter.
+fn io_words(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timed out".to_string(),
+        ErrorKind::ConnectionReset => "the connection was reset".to_string(),
+        _ => {
+            let text = error.to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text);
+            let mut chars = text.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_lowercase().chain(chars).collect::<String>()
+            })
+        }
+    }
 }
 
 /// One sample line: `name{labels} value`.

@@ -11,7 +11,7 @@ use monoreactor_bench::{self as bench, BenchProtocol};
 use super::live::watched;
 use super::{BenchCommon, print_report, target};
 use crate::args::byte_count;
-use crate::failure::{Failure, print_stdout};
+use crate::failure::{CLIENT_FAILURE, Failure, print_stdout};
 
 /// The flags of `bench exec`.
 #[derive(Args)]
@@ -35,8 +35,8 @@ pub struct ExecBenchArgs {
 pub struct FileBenchArgs {
     #[command(flatten)]
     common: BenchCommon,
-    /// File size (K, M, G suffixes: powers of 1024).
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "1M", value_parser = byte_count)]
+    /// File size (64K, 1.5M, 1G: K, M, G, T are powers of 1024, KB, MB, GB, TB of 1000).
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "1M", value_parser = byte_count)]
     size: u64,
     /// File holding the server's token, if it has one [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]
@@ -74,7 +74,7 @@ pub fn get(args: FileBenchArgs) -> Result<(), Failure> {
     let (token, _) = load_token(args.token_file.as_deref())?;
     let config = blocking_config(&args.common, token, 4, args.size)?;
     let report = watched(|| bench::blocking::run_get(&config))
-        .map_err(|error| format!("downloads from {}: {error}", config.addr))?;
+        .map_err(|error| before_the_run(format!("downloads from {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
 }
 
@@ -83,8 +83,22 @@ pub fn put(args: FileBenchArgs) -> Result<(), Failure> {
     let (token, _) = load_token(args.token_file.as_deref())?;
     let config = blocking_config(&args.common, token, 4, args.size)?;
     let report = watched(|| bench::blocking::run_put(&config))
-        .map_err(|error| format!("uploads to {}: {error}", config.addr))?;
+        .map_err(|error| before_the_run(format!("uploads to {}: {error}", config.addr)))?;
     print_report(&report, args.common.json)
+}
+
+/// A run that ended before its first request: Ctrl-C (while the file's BLAKE3 was computed
+/// or the file to download was uploaded) is 130, as an interrupted run's; else the client's
+/// failure.
+fn before_the_run(message: String) -> Failure {
+    Failure {
+        status: if monoreactor_bench::live::interrupted() {
+            128 + libc::SIGINT as u8
+        } else {
+            CLIENT_FAILURE
+        },
+        message: Some(message),
+    }
 }
 
 /// The get, put and exec settings from the common flags, after checking that the address

@@ -33,8 +33,8 @@ pub struct EchoBenchArgs {
     /// redis with the same generator.
     #[arg(long)]
     redis: bool,
-    /// Payload bytes per request (K, M, G suffixes: powers of 1024).
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
+    /// Payload bytes per request (64K, 1.5M, 1G: K, M, G, T are powers of 1024, KB, MB, GB, TB of 1000).
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "64", value_parser = byte_count)]
     size: u64,
     /// Requests in flight per connection (1 = ping-pong).
     #[arg(short = 'P', long = "depth", value_name = "N", default_value_t = 1, value_parser = at_least_one)]
@@ -56,13 +56,22 @@ pub struct EchoBenchArgs {
     reconnect: bool,
 }
 
-/// The flags of `bench udp`.
+/// The flags of `bench udp`. UDP is plaintext: the TLS flags the workloads share are hidden
+/// from its help (given, they are refused), and its address is said without `tls://`.
 #[derive(Args)]
+#[command(
+    mut_arg("addr", |arg| arg.help("Server address, HOST:PORT (UDP is plaintext) [default: 127.0.0.1:7007]")),
+    mut_arg("tls", |arg| arg.hide(true)),
+    mut_arg("tls_ca", |arg| arg.hide(true)),
+    mut_arg("tls_insecure", |arg| arg.hide(true)),
+    mut_arg("tls_cert", |arg| arg.hide(true)),
+    mut_arg("tls_key", |arg| arg.hide(true)),
+)]
 pub struct UdpBenchArgs {
     #[command(flatten)]
     common: BenchCommon,
     /// Payload bytes per datagram.
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "64", value_parser = byte_count)]
     size: u64,
     /// Datagrams in flight per socket.
     #[arg(short = 'P', long = "depth", value_name = "N", default_value_t = 1, value_parser = at_least_one)]
@@ -78,7 +87,7 @@ pub struct ConnectBenchArgs {
     #[command(flatten)]
     common: BenchCommon,
     /// Bytes echoed on each connection.
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "64", value_parser = byte_count)]
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "64", value_parser = byte_count)]
     size: u64,
     /// Close with a reset instead of a FIN (no TIME_WAIT on this side).
     #[arg(long)]

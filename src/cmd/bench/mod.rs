@@ -119,21 +119,35 @@ struct BenchCommon {
     /// Connections [default: 50 for echo, udp and connect; 1 for exec; 4 for get and put].
     #[arg(short = 'c', long = "connections", value_name = "N", value_parser = at_least_one)]
     connections: Option<usize>,
-    /// Seconds measured.
-    #[arg(short = 'd', long = "duration", value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    /// How long the load is measured.
+    #[arg(short = 'd', long = "duration", value_name = "DURATION", default_value_t = Secs(Duration::from_secs(5)))]
     duration: Secs,
     /// Stop after this many requests instead of after -d.
     #[arg(short = 'n', long = "requests", value_name = "N", value_parser = at_least_one)]
     requests: Option<usize>,
-    /// Seconds of load before measuring starts [default: none].
-    #[arg(long, value_name = "SECS")]
+    /// How long the load runs before measuring starts [default: none].
+    #[arg(long, value_name = "DURATION")]
     warmup: Option<Secs>,
     /// Server pid: report its CPU time per request.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = server_pid)]
     pid: Option<u32>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// `--pid`: a process that exists now (its `/proc/PID/stat` reads). Checked when parsed, so
+/// a typo is a usage error before the run, not a report without the server's figures that
+/// says nothing (or a `/proc` error in the system's words after it).
+pub fn server_pid(text: &str) -> Result<u32, String> {
+    let pid = text
+        .parse::<u32>()
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| format!("`{text}` is not a process id"))?;
+    monoreactor_bench::procstat::cpu_time(pid)
+        .map(|_| pid)
+        .map_err(|_| format!("no process {pid} (the server's is `pidof monoreactor`)"))
 }
 
 impl BenchCommon {

@@ -34,7 +34,7 @@ pub struct IdleBenchArgs {
     #[arg(long)]
     redis: bool,
     /// Server pid, whose memory is measured.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = super::server_pid)]
     pid: u32,
     /// ALPN protocol to offer over TLS with --raw [default: none]; an empty NAME offers none.
     #[arg(long, value_name = "NAME", requires = "raw", help_heading = "TLS")]
@@ -50,11 +50,11 @@ pub struct ProbeBenchArgs {
     addr: Option<ServerAddr>,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Seconds to probe.
-    #[arg(short = 'd', long = "duration", value_name = "SECS", default_value_t = Secs(Duration::from_secs(5)))]
+    /// How long to probe.
+    #[arg(short = 'd', long = "duration", value_name = "DURATION", default_value_t = Secs(Duration::from_secs(5)))]
     duration: Secs,
     /// Server pid: report its peak memory.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = super::server_pid)]
     pid: Option<u32>,
 }
 
@@ -67,14 +67,14 @@ pub struct StreamBenchArgs {
     addr: Option<ServerAddr>,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Output bytes the command writes (K, M, G suffixes: powers of 1024).
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value = "1G", value_parser = byte_count)]
+    /// Output bytes the command writes (64K, 1.5M, 1G: K, M, G, T are powers of 1024, KB, MB, GB, TB of 1000).
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "1G", value_parser = byte_count)]
     size: u64,
     /// How fast the client reads, bytes per second.
-    #[arg(long, value_name = "BYTES", default_value = "100MB", value_parser = byte_count)]
+    #[arg(long, value_name = "SIZE", default_value = "100MB", value_parser = byte_count)]
     read_rate: u64,
     /// Server pid, whose memory is measured.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = super::server_pid)]
     pid: u32,
     /// File holding the server's token [default: $MONOREACTOR_TOKEN].
     #[arg(long, value_name = "PATH")]

@@ -26,8 +26,6 @@ pub fn set_quiet(quiet: bool) {
 }
 
 /// Whether the user asked for quiet (`-q`): a progress bar should not be drawn.
-// For the file commands' progress bars (src/cmd/files/progress.rs), which draw on a terminal.
-#[allow(dead_code)]
 pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
@@ -384,16 +382,12 @@ pub fn byte_count(text: &str) -> Result<u64, String> {
 }
 
 /// A size as [`byte_size`] reads it, for a flag held in a `u32` (a frame length).
-// For serve's --max-frame (its flags are being moved onto these parsers).
-#[allow(dead_code)]
 pub fn byte_size_u32(text: &str) -> Result<u32, String> {
     let bytes = byte_size(text)?;
     u32::try_from(bytes).map_err(|_| format!("invalid size \"{text}\": at most {} bytes", u32::MAX))
 }
 
 /// A size as [`byte_size`] reads it, for a flag held in a `usize` (memory).
-// For serve's --max-client-memory (its flags are being moved onto these parsers).
-#[allow(dead_code)]
 pub fn byte_size_usize(text: &str) -> Result<usize, String> {
     let bytes = byte_size(text)?;
     usize::try_from(bytes)

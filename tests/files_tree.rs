@@ -445,3 +445,37 @@ fn a_tree_into_a_missing_parent_fails_once_per_directory() {
     );
     assert!(!server.at("missing").exists());
 }
+
+/// `get 'logs/*.gz' DIR`: a remote pattern, expanded by listing, lands every match in DIR as
+/// several sources would; one that matches nothing is the server's NOT_FOUND (1), and a
+/// pattern into something that is not a directory is a usage error (2). Before, the pattern
+/// was asked for as a file named `*.gz`.
+#[test]
+fn get_takes_remote_patterns() {
+    let server = FileServer::start(&[]);
+    let cli = Cli::new(&server);
+    fs::create_dir_all(server.at("logs/old")).unwrap();
+    for (name, bytes) in [
+        ("a.gz", "a"),
+        ("b.gz", "bb"),
+        ("c.txt", "c"),
+        ("old/d.gz", "d"),
+    ] {
+        fs::write(server.at(&format!("logs/{name}")), bytes).unwrap();
+    }
+    fs::create_dir(cli.local("into")).unwrap();
+    cli.ok("get", &["logs/*.gz", "into"]);
+    let got: Vec<String> = tree_of(&cli.local("into")).into_keys().collect();
+    assert_eq!(got, ["a.gz", "b.gz"]);
+    assert_eq!(fs::read(cli.local("into/b.gz")).unwrap(), b"bb");
+    // In a directory component too, with -r for the directories it matches.
+    fs::create_dir(cli.local("deep")).unwrap();
+    cli.ok("get", &["-r", "log?/o*", "deep"]);
+    assert_eq!(fs::read(cli.local("deep/old/d.gz")).unwrap(), b"d");
+    let none = cli.run("get", &["logs/*.zip", "into"]);
+    assert_eq!(none.code(), 1, "{}", none.stderr);
+    assert!(none.stderr.contains("no match"), "{}", none.stderr);
+    let not_dir = cli.run("get", &["logs/*.gz", "into/a.gz"]);
+    assert_eq!(not_dir.code(), 2, "{}", not_dir.stderr);
+    server.assert_nothing_outside("after the pattern downloads");
+}

@@ -617,7 +617,7 @@ pub fn bind_shared(
 /// copy of every listening socket; past the cores, more of them only contend for the same
 /// CPUs, and a mistyped count (100000) should be refused with this reason rather than fail
 /// halfway through binding its sockets.
-pub(crate) const MAX_WORKERS: usize = 1024;
+pub const MAX_WORKERS: usize = 1024;
 
 /// Descriptors the supervisor holds per worker besides its listening sockets: the worker's
 /// pidfd and the read end of its ready pipe, and the write end while it starts.

@@ -65,6 +65,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::reload::Reload;
 use crate::server::Listeners;
+pub use crate::server::MAX_WORKERS;
 use crate::sys::notify::Lifecycle;
 use crate::sys::restart::{STABLE_AFTER, backoff, describe};
 

@@ -91,22 +91,8 @@ fn catch_interrupt() {
     }
 }
 
-/// Whether the command line asked for quiet (`-q`, `--quiet`, or `-q` among short flags such
-/// as `-vq`), before any `--`. The flag is the program's global one, parsed in `main`, which
-/// does not hand it to the subcommands; it is read here again from the arguments.
+/// Whether the command line asked for quiet (`-q`, `--quiet`, `-vq`): the program's global
+/// flag, as `main` parsed it.
 pub fn quiet_asked() -> bool {
-    std::env::args_os()
-        .skip(1)
-        .take_while(|arg| arg != "--")
-        .any(|arg| {
-            let Some(arg) = arg.to_str() else {
-                return false;
-            };
-            arg == "--quiet"
-                || arg.strip_prefix('-').is_some_and(|flags| {
-                    !flags.starts_with('-')
-                        && flags.contains('q')
-                        && flags.chars().all(|c| c == 'q' || c == 'v')
-                })
-        })
+    crate::args::quiet()
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use monoreactor::client::ClientError;
 use monoreactor::client::files::{self, Destination, DownloadError};
+use monoreactor::client::glob::{self, Pattern};
 
 use monoreactor::client::tree::{self, GetItem, GetPlan, TreeOptions};
 use monoreactor::proto::files::FileKind;
@@ -27,6 +28,7 @@ const HELP: &str = file_help!(
   monoreactor get -r photos new-dir            (a new new-dir receives photos' contents)
   monoreactor get a.txt b.txt ~/Downloads/     (several files into a directory)
   monoreactor get -r -p --continue photos .    (modification times kept; resumed)
+  monoreactor get 'logs/*.gz' .                (a remote pattern: quote it from the shell)
 
 Every download is verified: the BLAKE3 of the bytes received (the same sum `b3sum` prints)
 must equal the server's. A download to a file is atomic: the bytes go to a part file
@@ -90,7 +92,18 @@ pub struct GetArgs {
 
 /// Downloads REMOTE; a failure says what was kept and how to resume.
 pub fn run(args: GetArgs) -> Result<(), Failure> {
-    if args.recursive || args.paths.len() > 2 || args.preserve {
+    // A remote pattern may name several files: the tree path expands it and lands them as
+    // several sources would.
+    let patterns = args.paths.len() > 1
+        && args.paths[..args.paths.len() - 1]
+            .iter()
+            .any(|p| glob::has_magic(p));
+    if args.recursive
+        || args.paths.len() > 2
+        || args.preserve
+        || patterns
+        || glob::has_magic(&args.paths[0])
+    {
         return get_tree(args);
     }
     let local = args.paths.get(1).map(PathBuf::from);
@@ -170,7 +183,15 @@ pub fn run(args: GetArgs) -> Result<(), Failure> {
     Err(failure)
 }
 
-/// `get -r`, several sources, or `-p`: scp's rules for where they land, then the files
+/// A source of `get` as typed: a path, or a pattern that names what it matches.
+enum Operand {
+    /// The request path, and the source as typed (`DIR/.` means DIR's contents).
+    Path(String, String),
+    /// A remote pattern (`logs/*.gz`), expanded by listing.
+    Pattern(Pattern),
+}
+
+/// `get -r`, several sources, a pattern, or `-p`: scp's rules for where they land, then the files
 /// pipelined on one connection ([`tree::get_files`]).
 fn get_tree(args: GetArgs) -> Result<(), Failure> {
     let (sources, local) = match args.paths.as_slice() {
@@ -183,23 +204,51 @@ fn get_tree(args: GetArgs) -> Result<(), Failure> {
             "a tree or several files cannot go to standard output".to_string(),
         ));
     }
-    let remotes = sources
-        .iter()
-        .map(|source| files::normalize_remote(source))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Failure::usage)?;
+    // Each source as typed: a path (`\*` read as a literal `*`), or a pattern to expand.
+    let mut operands = Vec::with_capacity(sources.len());
+    for source in sources {
+        operands.push(if glob::has_magic(source) {
+            Operand::Pattern(Pattern::parse(source).map_err(Failure::usage)?)
+        } else {
+            let remote =
+                files::normalize_remote(&glob::unescape(source)).map_err(Failure::usage)?;
+            Operand::Path(remote, source.clone())
+        });
+    }
     let local_meta = std::fs::metadata(&local).ok();
     let into_dir = local_meta.as_ref().is_some_and(|meta| meta.is_dir());
-    if remotes.len() > 1 && !into_dir {
+    let several = operands.len() > 1 || matches!(operands.as_slice(), [Operand::Pattern(_)]);
+    if several && !into_dir {
         return Err(Failure::usage(format!(
-            "{}: several sources go into a directory, and this is not one",
+            "{}: several sources (or a pattern) go into a directory, and this is not one",
             local.display()
         )));
     }
     let mut session = Session::open(args.server)?;
     let mut plan = GetPlan::default();
     let mut refused = Vec::new();
-    for (remote, typed) in remotes.iter().zip(sources) {
+    // The patterns expanded, as sh expands them: each match a source of its own.
+    let mut remotes = Vec::new();
+    for operand in operands {
+        match operand {
+            Operand::Path(remote, typed) => remotes.push((remote, typed)),
+            Operand::Pattern(pattern) => {
+                match glob::expand_pattern(&mut session.client, &pattern) {
+                    Ok(matches) => remotes.extend(
+                        matches
+                            .into_iter()
+                            .map(|matched| (matched.path.clone(), matched.path)),
+                    ),
+                    Err(error) if error.server_code().is_some() => {
+                        let line = session.fail(&error).message.unwrap_or_default();
+                        refused.push(line);
+                    }
+                    Err(error) => return Err(session.fail(&error)),
+                }
+            }
+        }
+    }
+    for (remote, typed) in &remotes {
         let info = match session.client.stat(remote) {
             Ok(info) => info,
             Err(error) if error.server_code().is_some() => {

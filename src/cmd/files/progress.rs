@@ -60,16 +60,9 @@ impl Drop for Bar {
     }
 }
 
-/// Whether `-q`/`--quiet` is on the command line (a global flag, read here so that the
-/// transfers can leave out their bar and summary without threading it through `main`).
+/// Whether `-q`/`--quiet` was given (the global flag, as `main` parsed it).
 pub fn quiet() -> bool {
-    std::env::args()
-        .skip(1)
-        .take_while(|arg| arg != "--")
-        .any(|arg| {
-            arg == "--quiet"
-                || (arg.starts_with('-') && !arg.starts_with("--") && arg[1..].contains('q'))
-        })
+    crate::args::quiet()
 }
 
 /// One bar for a tree transfer (files, bytes, rate, ETA), and the line left after it, both

@@ -11,11 +11,12 @@
 # rsync/ours and (tar|nc)/ours (above 1: ours is faster). The disk of this VM drifts from
 # minute to minute: only figures from the same rounds are compared.
 #
-# What each one guarantees differs, and the figures are read with that in mind: ours verifies
-# every file's BLAKE3 and makes each one visible atomically; it makes the tree durable
-# (fsync) before `put -r` returns, as `monoreactor put` always has. rsync and tar write
-# through the page cache and sync nothing. Every run starts from warm caches on the sending
-# side and an empty destination.
+# What each one guarantees differs, so each of rsync and tar | nc is timed twice: as it
+# returns, and until a `sync` of what it wrote returns. Ours verifies every file's BLAKE3,
+# makes each one visible atomically and makes the tree durable (one syncfs) before `put -r`
+# or `get -r` returns; rsync and tar write through the page cache and sync nothing. Every run
+# starts from warm caches on the sending side, an empty destination and nothing left to write
+# back (an untimed `sync` before it).
 #
 # Needs: rsync, nc (OpenBSD netcat: `-N`), tar, bc. Builds the trees once in
 # $TREE_BENCH_DIR (default /tmp/monoreactor-tree). Talks to 127.0.0.1 only; stops every
@@ -63,6 +64,14 @@ fi
 cat "$src"/small/*/* "$src"/large/* >/dev/null
 
 now() { date +%s.%N; }
+# Prints "SECONDS SECONDS_WITH_SYNC" for a transfer that ended at $2, begun at $1: the second
+# adds a `sync` of what it wrote (ours syncs before it returns, so the two are the same).
+timed() {
+    local t0=$1 t1=$2 t2
+    sync
+    t2=$(now)
+    echo "$(echo "$t1 - $t0" | bc) $(echo "$t2 - $t0" | bc)"
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Our server, on a fresh root.
@@ -94,14 +103,15 @@ rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$dir/rs
 pids+=($!)
 sleep 0.5
 
-# Each transfer: empties its destination (untimed), then prints its time in seconds.
+# Each transfer: empties its destination (untimed), then prints its time in seconds, and its
+# time to a synced disk (see `timed`).
 ours_up() {
     rm -rf "$dir/root/$1"
     local t0 t1
     t0=$(now)
     "$bin" put -r -q --addr "$addr" "$src/$1" "$1"
     t1=$(now)
-    echo "$t1 - $t0" | bc
+    timed "$t0" "$t1"
 }
 ours_down() {
     rm -rf "$dir/down"
@@ -110,7 +120,7 @@ ours_down() {
     t0=$(now)
     "$bin" get -r -q --addr "$addr" "$1" "$dir/down/$1"
     t1=$(now)
-    echo "$t1 - $t0" | bc
+    timed "$t0" "$t1"
 }
 rsync_up() {
     rm -rf "$dir/rsync/$1"
@@ -118,7 +128,7 @@ rsync_up() {
     t0=$(now)
     rsync -a "$src/$1/" "rsync://127.0.0.1:$rport/dst/$1/"
     t1=$(now)
-    echo "$t1 - $t0" | bc
+    timed "$t0" "$t1"
 }
 rsync_down() {
     [ -d "$dir/rsync/$1" ] || rsync -a "$src/$1/" "rsync://127.0.0.1:$rport/dst/$1/"
@@ -128,7 +138,7 @@ rsync_down() {
     t0=$(now)
     rsync -a "rsync://127.0.0.1:$rport/dst/$1/" "$dir/down/$1/"
     t1=$(now)
-    echo "$t1 - $t0" | bc
+    timed "$t0" "$t1"
 }
 # tar c | nc into nc -l | tar x: the same pipeline either way on one host, so "down" runs it
 # from the copy the other tools downloaded from, to the same destination as theirs.
@@ -144,7 +154,7 @@ tar_nc() {
     tar c -C "$from" "$name" | nc -N 127.0.0.1 "$port"
     wait "$rx"
     t1=$(now)
-    echo "$t1 - $t0" | bc
+    timed "$t0" "$t1"
 }
 tar_up() { tar_nc "$src" "$1" "$dir/tarx"; }
 tar_down() { tar_nc "$src" "$1" "$dir/down"; }
@@ -164,6 +174,8 @@ for round in $(seq "$rounds"); do
             kind=${kinds[$(((k + round) % n))]}
             # A download needs the tree on the server first.
             [ "$kind" = ours_down ] && [ ! -d "$dir/root/$tree" ] && ours_up "$tree" >/dev/null
+            # Nothing left to write back from the run before: each starts from a clean disk.
+            sync
             t=$($kind "$tree")
             echo "round $round $tree $kind $t" | tee -a "$results"
             if [ "$round" = 1 ]; then
@@ -182,18 +194,23 @@ python3 - "$results" <<'EOF'
 import statistics, sys
 times = {}
 for line in open(sys.argv[1]):
-    _, _, tree, kind, t = line.split()
-    times.setdefault((tree, kind), []).append(float(t))
-def med(tree, kind):
-    return statistics.median(times[(tree, kind)])
-print(f"{'tree':6} {'direction':9} {'ours s':>16} {'rsync s':>16} {'tar|nc s':>16} {'rsync/ours':>10} {'tar|nc/ours':>11}")
+    _, _, tree, kind, t, synced = line.split()
+    times.setdefault((tree, kind), []).append((float(t), float(synced)))
+def cell(tree, kind, i):
+    v = [t[i] for t in times[(tree, kind)]]
+    return statistics.median(v), f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+print("seconds: median (min-max); +sync: until a sync of what was written returned; "
+      "ratio above 1: ours is faster")
+head = ["tree", "way", "ours", "rsync", "rsync+sync", "tar|nc", "tar|nc+sync",
+        "rsync/ours", "rsync+sync/ours", "tar/ours", "tar+sync/ours"]
+print(" | ".join(head))
 for tree in ("small", "large"):
     for way in ("up", "down"):
-        cells = []
-        for tool in ("ours", "rsync", "tar"):
-            v = times[(tree, f"{tool}_{way}")]
-            cells.append(f"{statistics.median(v):6.3f} ({min(v):.2f}-{max(v):.2f})")
-        o = med(tree, f"ours_{way}")
-        print(f"{tree:6} {way:9} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} "
-              f"{med(tree, f'rsync_{way}') / o:10.2f} {med(tree, f'tar_{way}') / o:11.2f}")
+        o, oc = cell(tree, f"ours_{way}", 1)
+        r, rc = cell(tree, f"rsync_{way}", 0)
+        rs, rsc = cell(tree, f"rsync_{way}", 1)
+        t, tc = cell(tree, f"tar_{way}", 0)
+        ts, tsc = cell(tree, f"tar_{way}", 1)
+        print(" | ".join([tree, way, oc, rc, rsc, tc, tsc,
+                          f"{r / o:.2f}", f"{rs / o:.2f}", f"{t / o:.2f}", f"{ts / o:.2f}"]))
 EOF

@@ -656,7 +656,7 @@ impl FileClient {
 }
 
 /// ERROR payload → [`ClientError::Server`] (or the reason it does not parse).
-fn server_error(payload: &[u8]) -> ClientError {
+pub(super) fn server_error(payload: &[u8]) -> ClientError {
     match ErrorMessage::parse(payload) {
         Ok(error) => ClientError::Server {
             code: error.code,
@@ -666,7 +666,8 @@ fn server_error(payload: &[u8]) -> ClientError {
     }
 }
 
-fn local(what: &str, source: io::Error) -> ClientError {
+/// A local file's failure, named.
+pub(super) fn local(what: &str, source: io::Error) -> ClientError {
     ClientError::Local {
         what: what.to_string(),
         source,

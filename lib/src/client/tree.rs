@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use log::debug;
 
-use super::files::{FileClient, hash_reader, hex, part_path};
+use super::files::{FileClient, hash_reader, hex, local, part_path, server_error};
 use super::{ClientError, Pieces, Received};
 use crate::proto::files::{
     Digest, FileInfo, FileKind, GetRequest, Hash, PutAttrs, PutFlags, PutReady, PutRequest,
@@ -1449,24 +1449,6 @@ fn sync_file_system(path: &Path) {
             }
         }
         Err(error) => debug!("cannot open {}: {error}", dir.display()),
-    }
-}
-
-/// ERROR payload → [`ClientError::Server`].
-fn server_error(payload: &[u8]) -> ClientError {
-    match ErrorMessage::parse(payload) {
-        Ok(error) => ClientError::Server {
-            code: error.code,
-            text: error.text.to_string(),
-        },
-        Err(error) => ClientError::Message(error),
-    }
-}
-
-fn local(what: &str, source: io::Error) -> ClientError {
-    ClientError::Local {
-        what: what.to_string(),
-        source,
     }
 }
 

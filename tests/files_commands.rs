@@ -16,98 +16,6 @@ use support::exec::Scratch;
 use support::files::*;
 use support::*;
 
-/// A client's working directory beside a [`FileServer`], and the server's address.
-struct Cli {
-    addr: String,
-    work: Scratch,
-}
-
-impl Cli {
-    fn new(server: &Server) -> Cli {
-        Cli {
-            addr: server.framed_str(),
-            work: Scratch::new("files-commands"),
-        }
-    }
-
-    /// `monoreactor COMMAND --addr ADDR ARGS...` in the working directory.
-    #[track_caller]
-    fn run(&self, command: &str, args: &[&str]) -> CliOutput {
-        let mut all = vec![command, "--addr", &self.addr];
-        all.extend_from_slice(args);
-        cli(&all, self.work.path(), None)
-    }
-
-    /// Like [`Cli::run`], failing the test unless the command succeeds.
-    #[track_caller]
-    fn ok(&self, command: &str, args: &[&str]) -> String {
-        let output = self.run(command, args);
-        assert_eq!(
-            output.code(),
-            0,
-            "monoreactor {command} {args:?} failed: {}",
-            output.stderr
-        );
-        output.text()
-    }
-
-    /// Like [`Cli::run`], failing the test unless the command exits with `code`; its stderr.
-    #[track_caller]
-    fn fails(&self, command: &str, args: &[&str], code: i32) -> String {
-        let output = self.run(command, args);
-        assert_eq!(
-            output.code(),
-            code,
-            "monoreactor {command} {args:?}: stdout {:?} stderr {}",
-            output.text(),
-            output.stderr
-        );
-        output.stderr
-    }
-
-    /// `ls` with the time zone `tz`: stdout (the command must succeed).
-    #[track_caller]
-    fn ls_in_zone(&self, tz: &str, args: &[&str]) -> String {
-        let out = self.work.path().join("ls.out");
-        let err = self.work.path().join("ls.err");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
-            .arg("ls")
-            .args(["--addr", &self.addr])
-            .args(args)
-            .env("TZ", tz)
-            .env_remove("MONOREACTOR_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn ls");
-        let status = wait_child(&mut child, CLI_TIMEOUT).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ls did not exit");
-        });
-        assert!(
-            status.success(),
-            "ls {args:?}: {}",
-            fs::read_to_string(&err).unwrap()
-        );
-        fs::read_to_string(&out).unwrap()
-    }
-}
-
-/// The names of a listing's lines (the last word of each), and its other lines as they are.
-fn names(listing: &str) -> Vec<String> {
-    listing
-        .lines()
-        .map(|line| match line.split(' ').next() {
-            Some("-" | "d" | "l" | "u" | "?") => {
-                line.rsplit(' ').next().unwrap_or_default().to_string()
-            }
-            _ => line.to_string(),
-        })
-        .collect()
-}
-
 /// Sets a file's modification time on the server's disk, seconds since the epoch.
 fn set_mtime(path: &std::path::Path, secs: i64) {
     let when = if secs >= 0 {
@@ -123,12 +31,41 @@ fn set_mtime(path: &std::path::Path, secs: i64) {
         .unwrap();
 }
 
+/// `ls` in `cli`'s directory with the time zone `tz`: stdout (the command must succeed).
+#[track_caller]
+fn ls_in_zone(cli: &ClientDir, tz: &str, args: &[&str]) -> String {
+    let out = cli.work.path().join("ls.out");
+    let err = cli.work.path().join("ls.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .arg("ls")
+        .args(["--addr", &cli.addr])
+        .args(args)
+        .env("TZ", tz)
+        .env_remove("MONOREACTOR_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn ls");
+    let status = wait_child(&mut child, CLI_TIMEOUT).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ls did not exit");
+    });
+    assert!(
+        status.success(),
+        "ls {args:?}: {}",
+        fs::read_to_string(&err).unwrap()
+    );
+    fs::read_to_string(&out).unwrap()
+}
+
 #[test]
 fn mkdir_p_creates_parents_and_accepts_an_existing_directory() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
 
-    let stderr = cli.fails("mkdir", &["a/b/c"], 1);
+    let stderr = cli.exits(1, "mkdir", &["a/b/c"]);
     assert!(stderr.contains("NOT_FOUND"), "{stderr}");
     assert!(!server.at("a").exists());
 
@@ -141,32 +78,32 @@ fn mkdir_p_creates_parents_and_accepts_an_existing_directory() {
     cli.ok("mkdir", &["--parents", "a/b/d/e"]);
     assert!(server.at("a/b/d/e").is_dir());
     // Without -p an existing directory is still refused.
-    let stderr = cli.fails("mkdir", &["a"], 1);
+    let stderr = cli.exits(1, "mkdir", &["a"]);
     assert!(stderr.contains("ALREADY_EXISTS"), "{stderr}");
 
     // A file in the way: refused, with the server's word for it, and the other paths made.
     fs::write(server.at("f"), b"file").unwrap();
-    let stderr = cli.fails("mkdir", &["-p", "f", "g/h"], 1);
+    let stderr = cli.exits(1, "mkdir", &["-p", "f", "g/h"]);
     assert!(
         stderr.contains("mkdir f: ") && stderr.contains("ALREADY_EXISTS"),
         "{stderr}"
     );
     assert!(server.at("g/h").is_dir());
-    let stderr = cli.fails("mkdir", &["-p", "f/sub"], 1);
+    let stderr = cli.exits(1, "mkdir", &["-p", "f/sub"]);
     assert!(stderr.contains("mkdir f"), "{stderr}");
     assert_eq!(fs::read(server.at("f")).unwrap(), b"file");
     // Wildcards are not expanded by mkdir; `\*` is a `*` there too.
     cli.ok("mkdir", &["star\\*", "-p", "q?/r"]);
     assert!(server.at("star*").is_dir() && server.at("q?/r").is_dir());
     // The root itself is a usage error, as before.
-    cli.fails("mkdir", &["-p", "."], 2);
+    cli.exits(2, "mkdir", &["-p", "."]);
     server.assert_nothing_outside("mkdir -p");
 }
 
 #[test]
 fn rm_r_removes_a_tree_deepest_first_and_never_follows_links() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     for dir in ["t/a/b/c", "t/empty", "t/x"] {
         fs::create_dir_all(server.at(dir)).unwrap();
     }
@@ -189,7 +126,7 @@ fn rm_r_removes_a_tree_deepest_first_and_never_follows_links() {
     fs::write(server.at("t/a/.monoreactor-partial-0000000000000001"), b"x").unwrap();
 
     // Without -r: the server's NOT_EMPTY, nothing removed.
-    let stderr = cli.fails("rm", &["t"], 1);
+    let stderr = cli.exits(1, "rm", &["t"]);
     assert!(stderr.contains("NOT_EMPTY"), "{stderr}");
     assert!(server.at("t/a/b/c/three").exists());
     // An empty directory needs no -r (the server removes it), as before.
@@ -212,9 +149,9 @@ fn rm_r_removes_a_tree_deepest_first_and_never_follows_links() {
 #[test]
 fn rm_f_ignores_what_is_missing_but_not_other_refusals() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     fs::write(server.at("here"), b"x").unwrap();
-    let stderr = cli.fails("rm", &["missing"], 1);
+    let stderr = cli.exits(1, "rm", &["missing"]);
     assert!(stderr.contains("NOT_FOUND"), "{stderr}");
     cli.ok("rm", &["-f", "missing", "here", "gone/too"]);
     assert!(!server.at("here").exists());
@@ -222,7 +159,7 @@ fn rm_f_ignores_what_is_missing_but_not_other_refusals() {
     cli.ok("rm", &["-f", "nothing*"]);
 
     fs::create_dir_all(server.at("d/e")).unwrap();
-    let stderr = cli.fails("rm", &["-f", "d"], 1);
+    let stderr = cli.exits(1, "rm", &["-f", "d"]);
     assert!(
         stderr.contains("NOT_EMPTY"),
         "-f does not hide NOT_EMPTY: {stderr}"
@@ -233,7 +170,7 @@ fn rm_f_ignores_what_is_missing_but_not_other_refusals() {
 #[test]
 fn ls_l_shows_local_times_as_ls_does_in_the_zone_tz_names() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -251,7 +188,7 @@ fn ls_l_shows_local_times_as_ls_does_in_the_zone_tz_names() {
 
     // POSIX zone strings, so no zone files are needed.
     for (tz, offset_s) in [("UTC0", 0), ("XXX-9", 9 * 3600), ("YYY+5", -5 * 3600)] {
-        let listing = cli.ls_in_zone(tz, &["-l"]);
+        let listing = ls_in_zone(&cli, tz, &["-l"]);
         let line = |name: &str| {
             listing
                 .lines()
@@ -289,25 +226,16 @@ fn ls_l_shows_local_times_as_ls_does_in_the_zone_tz_names() {
             "TZ={tz}"
         );
     }
-    assert!(
-        cli.ls_in_zone("UTC0", &["-l", "old"])
-            .contains("Sep  8  2001 old")
-    );
-    assert!(
-        cli.ls_in_zone("XXX-9", &["-l", "old"])
-            .contains("Sep  9  2001 old")
-    );
+    assert!(ls_in_zone(&cli, "UTC0", &["-l", "old"]).contains("Sep  8  2001 old"));
+    assert!(ls_in_zone(&cli, "XXX-9", &["-l", "old"]).contains("Sep  9  2001 old"));
     // Without -l: UTC, to the minute, whatever TZ says (as before).
-    assert!(
-        cli.ls_in_zone("XXX-9", &["old"])
-            .contains("2001-09-08 23:46 old")
-    );
+    assert!(ls_in_zone(&cli, "XXX-9", &["old"]).contains("2001-09-08 23:46 old"));
 }
 
 #[test]
 fn ls_h_shows_sizes_as_ls_h_does() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     let sized = [
         ("a", 0u64),
         ("b", 1023),
@@ -358,7 +286,7 @@ fn ls_h_shows_sizes_as_ls_h_does() {
 #[test]
 fn ls_r_lists_every_directory_beneath_as_ls_r_does() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     for dir in ["d/sub/deeper", "d/empty", "d/zz"] {
         fs::create_dir_all(server.at(dir)).unwrap();
     }
@@ -370,7 +298,7 @@ fn ls_r_lists_every_directory_beneath_as_ls_r_does() {
 
     let listing = cli.ok("ls", &["-R", "d"]);
     assert_eq!(
-        names(&listing),
+        listed_names(&listing),
         [
             "d:",
             "a",
@@ -397,7 +325,7 @@ fn ls_r_lists_every_directory_beneath_as_ls_r_does() {
     fs::create_dir_all(server.at("odd/bad\nname")).unwrap();
     let listing = cli.ok("ls", &["-R", "odd"]);
     assert_eq!(
-        names(&listing),
+        listed_names(&listing),
         ["odd:", "bad\\nname", "", "odd/bad\\nname:"],
         "{listing}"
     );
@@ -405,7 +333,7 @@ fn ls_r_lists_every_directory_beneath_as_ls_r_does() {
 
     // From the root: `.` and `./...`, as ls -R names them.
     let listing = cli.ok("ls", &["--recursive"]);
-    let lines = names(&listing);
+    let lines = listed_names(&listing);
     assert_eq!(lines[..3], [".:", "d", "top"], "{listing}");
     assert!(lines.contains(&"./d/sub/deeper:".to_string()), "{listing}");
 
@@ -437,7 +365,7 @@ fn ls_r_lists_every_directory_beneath_as_ls_r_does() {
 #[test]
 fn ls_of_several_paths_shows_files_first_then_each_directory() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     fs::create_dir_all(server.at("d1")).unwrap();
     fs::create_dir_all(server.at("d2")).unwrap();
     for file in ["d1/x", "f"] {
@@ -445,7 +373,7 @@ fn ls_of_several_paths_shows_files_first_then_each_directory() {
     }
     let listing = cli.ok("ls", &["d2", "f", "d1"]);
     assert_eq!(
-        names(&listing),
+        listed_names(&listing),
         ["f", "", "d1:", "x", "", "d2:"],
         "{listing}"
     );
@@ -458,13 +386,13 @@ fn ls_of_several_paths_shows_files_first_then_each_directory() {
         output.stderr
     );
     // Two operands, so a header, as GNU ls prints `d1:` here too.
-    assert_eq!(names(&output.text()), ["d1:", "x"]);
+    assert_eq!(listed_names(&output.text()), ["d1:", "x"]);
 }
 
 #[test]
 fn ls_json_is_one_document_with_names_escaped() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     let odd = "q\"uote\\back\nline\u{1}é";
     fs::write(server.at(odd), b"12345").unwrap();
     set_mtime(&server.at(odd), 1_700_000_000);
@@ -492,7 +420,7 @@ fn ls_json_is_one_document_with_names_escaped() {
 #[test]
 fn remote_globs_expand_in_ls_and_rm() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-commands");
     for dir in ["logs/old", "tmp", "lit"] {
         fs::create_dir_all(server.at(dir)).unwrap();
     }
@@ -514,25 +442,33 @@ fn remote_globs_expand_in_ls_and_rm() {
     }
 
     let listing = cli.ok("ls", &["logs/*.gz"]);
-    assert_eq!(names(&listing), ["logs/a.gz", "logs/b.gz"], "{listing}");
+    assert_eq!(
+        listed_names(&listing),
+        ["logs/a.gz", "logs/b.gz"],
+        "{listing}"
+    );
     let listing = cli.ok("ls", &["l?gs/[!a].gz"]);
-    assert_eq!(names(&listing), ["logs/b.gz"], "{listing}");
+    assert_eq!(listed_names(&listing), ["logs/b.gz"], "{listing}");
     let listing = cli.ok("ls", &["logs/.*.gz"]);
-    assert_eq!(names(&listing), ["logs/.hidden.gz"], "{listing}");
+    assert_eq!(listed_names(&listing), ["logs/.hidden.gz"], "{listing}");
     // A wildcard in a directory component; a matched directory is listed, as `ls dir*` does.
     let listing = cli.ok("ls", &["*/*.gz"]);
-    assert_eq!(names(&listing), ["logs/a.gz", "logs/b.gz"], "{listing}");
+    assert_eq!(
+        listed_names(&listing),
+        ["logs/a.gz", "logs/b.gz"],
+        "{listing}"
+    );
     let listing = cli.ok("ls", &["logs/o*"]);
-    assert_eq!(names(&listing), ["d.gz"], "{listing}");
+    assert_eq!(listed_names(&listing), ["d.gz"], "{listing}");
     let listing = cli.ok("ls", &["*s/old/*"]);
-    assert_eq!(names(&listing), ["logs/old/d.gz"], "{listing}");
+    assert_eq!(listed_names(&listing), ["logs/old/d.gz"], "{listing}");
 
     // Nothing matches: an error, exit status 1 (the server's NOT_FOUND's), in plain words.
-    let stderr = cli.fails("ls", &["logs/*.zip"], 1);
+    let stderr = cli.exits(1, "ls", &["logs/*.zip"]);
     assert!(stderr.contains("no match for `logs/*.zip`"), "{stderr}");
     assert!(!stderr.contains("server error"), "{stderr}");
-    cli.fails("ls", &["nodir/*"], 1);
-    cli.fails("rm", &["tmp/*.none"], 1);
+    cli.exits(1, "ls", &["nodir/*"]);
+    cli.exits(1, "rm", &["tmp/*.none"]);
 
     cli.ok("rm", &["tmp/*.part"]);
     assert!(!server.at("tmp/x.part").exists() && !server.at("tmp/y.part").exists());
@@ -544,14 +480,14 @@ fn remote_globs_expand_in_ls_and_rm() {
     assert!(server.at("lit/x").exists() && server.at("lit/a").exists());
     // An unterminated `[` is itself.
     fs::write(server.at("lit/[b"), b"b").unwrap();
-    assert_eq!(names(&cli.ok("ls", &["lit/[b"])), ["lit/[b"]);
+    assert_eq!(listed_names(&cli.ok("ls", &["lit/[b"])), ["lit/[b"]);
 
     // rm -r through a glob.
     cli.ok("rm", &["-r", "l*s"]);
     assert!(!server.at("logs").exists());
     // A pattern never leaves the root.
-    cli.fails("ls", &["../*"], 2);
-    cli.fails("rm", &["/tmp/*"], 2);
+    cli.exits(2, "ls", &["../*"]);
+    cli.exits(2, "rm", &["/tmp/*"]);
     server.assert_nothing_outside("globs");
 }
 

@@ -9,48 +9,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use support::exec::Scratch;
 use support::files::*;
-
-/// A client's working directory beside a [`FileServer`].
-struct Cli {
-    addr: String,
-    work: Scratch,
-}
-
-impl Cli {
-    fn new(server: &FileServer) -> Cli {
-        Cli {
-            addr: server.server.framed_str(),
-            work: Scratch::new("files-tree"),
-        }
-    }
-
-    #[track_caller]
-    fn run(&self, command: &str, args: &[&str]) -> CliOutput {
-        let mut all = vec![command, "--addr", &self.addr];
-        all.extend_from_slice(args);
-        cli(&all, self.work.path(), None)
-    }
-
-    #[track_caller]
-    fn ok(&self, command: &str, args: &[&str]) -> CliOutput {
-        let output = self.run(command, args);
-        assert_eq!(
-            output.code(),
-            0,
-            "monoreactor {command} {args:?} failed: {}",
-            output.stderr
-        );
-        output
-    }
-
-    fn local(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
-    }
-}
 
 /// Every file and directory under `dir`, relative, with a file's bytes (`None` for a
 /// directory) as its BLAKE3; what is neither is reported as such so that a test sees it.
@@ -101,16 +62,16 @@ fn make_tree(at: &Path) {
 #[test]
 fn a_nested_tree_round_trips_through_put_r_and_get_r() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&cli.local("src"));
-    cli.ok("put", &["-r", "src", "dst"]);
+    cli.exits_with(0, "put", &["-r", "src", "dst"]);
     // `dst` did not exist: it receives src's contents.
     assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
-    cli.ok("get", &["-r", "dst", "back"]);
+    cli.exits_with(0, "get", &["-r", "dst", "back"]);
     assert_eq!(tree_of(&cli.local("back")), tree_of(&cli.local("src")));
     // Into an existing directory, each lands under its own name.
     fs::create_dir(cli.local("into")).unwrap();
-    cli.ok("get", &["-r", "dst", "into"]);
+    cli.exits_with(0, "get", &["-r", "dst", "into"]);
     assert_eq!(tree_of(&cli.local("into/dst")), tree_of(&cli.local("src")));
     server.assert_nothing_outside("after the tree transfers");
 }
@@ -118,20 +79,20 @@ fn a_nested_tree_round_trips_through_put_r_and_get_r() {
 #[test]
 fn sources_land_as_scp_puts_them() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&cli.local("src"));
     fs::write(cli.local("x.txt"), b"x").unwrap();
     fs::write(cli.local("y.txt"), b"yy").unwrap();
     fs::create_dir(server.at("existing")).unwrap();
 
-    cli.ok("put", &["-r", "src", "existing/"]);
+    cli.exits_with(0, "put", &["-r", "src", "existing/"]);
     assert_eq!(
         tree_of(&server.at("existing/src")),
         tree_of(&cli.local("src"))
     );
-    cli.ok("put", &["-r", "src", "x.txt", "existing"]);
+    cli.exits_with(0, "put", &["-r", "src", "x.txt", "existing"]);
     assert_eq!(fs::read(server.at("existing/x.txt")).unwrap(), b"x");
-    cli.ok("put", &["x.txt", "y.txt", "existing"]);
+    cli.exits_with(0, "put", &["x.txt", "y.txt", "existing"]);
     assert_eq!(fs::read(server.at("existing/y.txt")).unwrap(), b"yy");
 
     // Several sources need a directory; a directory needs -r.
@@ -145,7 +106,7 @@ fn sources_land_as_scp_puts_them() {
 
     // The same rules locally for get.
     fs::create_dir(cli.local("down")).unwrap();
-    cli.ok("get", &["existing/x.txt", "existing/y.txt", "down"]);
+    cli.exits_with(0, "get", &["existing/x.txt", "existing/y.txt", "down"]);
     assert_eq!(fs::read(cli.local("down/x.txt")).unwrap(), b"x");
     assert_eq!(fs::read(cli.local("down/y.txt")).unwrap(), b"yy");
     let several = cli.run("get", &["existing/x.txt", "existing/y.txt", "nofile"]);
@@ -158,7 +119,7 @@ fn sources_land_as_scp_puts_them() {
 #[test]
 fn symlinks_are_skipped_unless_l_and_fifos_are_skipped_with_a_warning() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     let src = cli.local("src");
     fs::create_dir_all(src.join("dir")).unwrap();
     fs::write(src.join("dir/file"), b"content").unwrap();
@@ -169,7 +130,7 @@ fn symlinks_are_skipped_unless_l_and_fifos_are_skipped_with_a_warning() {
     // SAFETY: a plain mkfifo on a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
 
-    let put = cli.ok("put", &["-r", "src", "plain"]);
+    let put = cli.exits_with(0, "put", &["-r", "src", "plain"]);
     for name in ["link", "dirlink", "away", "fifo"] {
         assert!(
             put.stderr.contains("warning") && put.stderr.contains(name),
@@ -183,7 +144,7 @@ fn symlinks_are_skipped_unless_l_and_fifos_are_skipped_with_a_warning() {
     }
     assert_eq!(fs::read(server.at("plain/dir/file")).unwrap(), b"content");
 
-    let followed = cli.ok("put", &["-r", "-L", "src", "followed"]);
+    let followed = cli.exits_with(0, "put", &["-r", "-L", "src", "followed"]);
     assert!(followed.stderr.contains("fifo"), "{}", followed.stderr);
     assert_eq!(fs::read(server.at("followed/link")).unwrap(), b"content");
     assert_eq!(
@@ -199,7 +160,7 @@ fn symlinks_are_skipped_unless_l_and_fifos_are_skipped_with_a_warning() {
 
     // A symlink on the server is listed, never followed: skipped with a warning.
     symlink("dir/file", server.at("plain/server-link")).unwrap();
-    let get = cli.ok("get", &["-r", "plain", "back"]);
+    let get = cli.exits_with(0, "get", &["-r", "plain", "back"]);
     assert!(get.stderr.contains("server-link"), "{}", get.stderr);
     assert!(fs::symlink_metadata(cli.local("back/server-link")).is_err());
     assert_eq!(fs::read(cli.local("back/dir/file")).unwrap(), b"content");
@@ -246,7 +207,7 @@ fn access_lines(server: &FileServer, kind: &str) -> Vec<String> {
 fn put_r_continue_finishes_an_interrupted_tree_and_skips_what_is_stored() {
     // The server refuses files over 1 MB: the tree stops short of its big file.
     let mut server = FileServer::start(&[ACCESS_LOG[0], ACCESS_LOG[1], "--max-put", "1000000"]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&cli.local("src"));
     let first = cli.run("put", &["-r", "src/.", "dst"]);
     assert_eq!(first.code(), 1, "{}", first.stderr);
@@ -260,13 +221,13 @@ fn put_r_continue_finishes_an_interrupted_tree_and_skips_what_is_stored() {
     // A server without the limit (its access lines start afresh); meanwhile one local file
     // changed and one stored file went away.
     server.restart(&ACCESS_LOG);
-    let cli = Cli {
+    let cli = ClientDir {
         addr: server.server.framed_str(),
         work: cli.work,
     };
     fs::write(cli.local("src/one"), b"2").unwrap();
     fs::remove_file(server.at("dst/a/medium")).unwrap();
-    cli.ok("put", &["-r", "--continue", "src/.", "dst"]);
+    cli.exits_with(0, "put", &["-r", "--continue", "src/.", "dst"]);
     assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
     let puts = requests(&server, "PUT", 3);
     let mut stored: Vec<&str> = puts
@@ -284,13 +245,13 @@ fn put_r_continue_finishes_an_interrupted_tree_and_skips_what_is_stored() {
 #[test]
 fn get_r_continue_fetches_only_what_is_missing_or_different() {
     let server = FileServer::start(&ACCESS_LOG);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&server.at("tree"));
-    cli.ok("get", &["-r", "tree", "here"]);
+    cli.exits_with(0, "get", &["-r", "tree", "here"]);
     fs::remove_file(cli.local("here/a/b/small-03")).unwrap();
     fs::write(cli.local("here/one"), b"9").unwrap();
     let before = requests(&server, "GET", 44).len();
-    cli.ok("get", &["-r", "--continue", "tree/.", "here"]);
+    cli.exits_with(0, "get", &["-r", "--continue", "tree/.", "here"]);
     assert_eq!(tree_of(&cli.local("here")), tree_of(&server.at("tree")));
     // The server knows every hash from the first run (STAT says it): only two are fetched.
     let gets = requests(&server, "GET", before + 2);
@@ -306,9 +267,9 @@ fn get_r_continue_fetches_only_what_is_missing_or_different() {
 #[test]
 fn a_download_that_fails_verification_fails_the_command() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&server.at("tree"));
-    cli.ok("get", &["-r", "tree", "here"]);
+    cli.exits_with(0, "get", &["-r", "tree", "here"]);
     // A part file that is not the server's file's prefix: resumed from, it cannot verify.
     fs::remove_file(cli.local("here/a/medium")).unwrap();
     fs::write(
@@ -322,14 +283,14 @@ fn a_download_that_fails_verification_fails_the_command() {
     assert!(!cli.local("here/a/medium").exists());
     assert!(!cli.local("here/a/.medium.monoreactor-part").exists());
     // Run again, it starts that file over and succeeds.
-    cli.ok("get", &["-r", "--continue", "tree/.", "here"]);
+    cli.exits_with(0, "get", &["-r", "--continue", "tree/.", "here"]);
     assert_eq!(tree_of(&cli.local("here")), tree_of(&server.at("tree")));
 }
 
 #[test]
 fn get_p_keeps_modification_times() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&server.at("tree"));
     let old = std::time::UNIX_EPOCH + std::time::Duration::new(1_500_000_000, 123_456_789);
     let times = fs::FileTimes::new().set_modified(old);
@@ -339,7 +300,7 @@ fn get_p_keeps_modification_times() {
         .unwrap()
         .set_times(times)
         .unwrap();
-    cli.ok("get", &["-r", "-p", "tree", "here"]);
+    cli.exits_with(0, "get", &["-r", "-p", "tree", "here"]);
     assert_eq!(
         mtime_ns(&cli.local("here/a/medium")),
         mtime_ns(&server.at("tree/a/medium"))
@@ -348,7 +309,7 @@ fn get_p_keeps_modification_times() {
         mtime_ns(&cli.local("here/a/medium")),
         1_500_000_000_123_456_789
     );
-    cli.ok("get", &["-r", "tree", "plain"]);
+    cli.exits_with(0, "get", &["-r", "tree", "plain"]);
     assert_ne!(
         mtime_ns(&cli.local("plain/a/medium")),
         1_500_000_000_123_456_789
@@ -359,7 +320,7 @@ fn get_p_keeps_modification_times() {
 fn put_p_carries_modes_and_mtimes_and_get_p_brings_them_back() {
     use std::os::unix::fs::PermissionsExt;
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&cli.local("src"));
     let set = |path: &Path, mode: u32, mtime_ns: i64| {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
@@ -380,7 +341,7 @@ fn put_p_carries_modes_and_mtimes_and_get_p_brings_them_back() {
     set(&cli.local("src/one"), 0o600, 1_300_000_000_000_000_001);
     let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
 
-    cli.ok("put", &["-r", "-p", "src/.", "kept"]);
+    cli.exits_with(0, "put", &["-r", "-p", "src/.", "kept"]);
     assert_eq!(mode(&server.at("kept/a/medium")), 0o751);
     assert_eq!(
         mtime_ns(&server.at("kept/a/medium")),
@@ -388,25 +349,25 @@ fn put_p_carries_modes_and_mtimes_and_get_p_brings_them_back() {
     );
     assert_eq!(mode(&server.at("kept/one")), 0o600);
     assert_eq!(mtime_ns(&server.at("kept/one")), 1_300_000_000_000_000_001);
-    cli.ok("put", &["-r", "src/.", "plain"]);
+    cli.exits_with(0, "put", &["-r", "src/.", "plain"]);
     assert_eq!(mode(&server.at("plain/a/medium")), 0o644);
     assert_ne!(
         mtime_ns(&server.at("plain/a/medium")),
         1_400_000_000_987_654_321
     );
     // One file with -p, no -r.
-    cli.ok("put", &["-p", "src/one", "single"]);
+    cli.exits_with(0, "put", &["-p", "src/one", "single"]);
     assert_eq!(mode(&server.at("single")), 0o600);
     assert_eq!(mtime_ns(&server.at("single")), 1_300_000_000_000_000_001);
 
-    cli.ok("get", &["-r", "-p", "kept/.", "back"]);
+    cli.exits_with(0, "get", &["-r", "-p", "kept/.", "back"]);
     assert_eq!(mode(&cli.local("back/a/medium")), 0o751);
     assert_eq!(
         mtime_ns(&cli.local("back/a/medium")),
         1_400_000_000_987_654_321
     );
     assert_eq!(mode(&cli.local("back/one")), 0o600);
-    cli.ok("get", &["-r", "kept/.", "unkept"]);
+    cli.exits_with(0, "get", &["-r", "kept/.", "unkept"]);
     assert_ne!(
         mtime_ns(&cli.local("unkept/one")),
         1_300_000_000_000_000_001
@@ -418,22 +379,22 @@ fn a_server_with_fewer_streams_than_the_window_still_gets_the_whole_tree() {
     // Two streams per connection: the pipeline's first refusals (LIMIT_REACHED) narrow its
     // window, and the refused files go again.
     let server = FileServer::start(&["--max-streams-per-conn", "2"]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&cli.local("src"));
     fs::create_dir(cli.local("src/many")).unwrap();
     for i in 0..400 {
         fs::write(cli.local(&format!("src/many/{i}")), i.to_string()).unwrap();
     }
-    cli.ok("put", &["-r", "src", "dst"]);
+    cli.exits_with(0, "put", &["-r", "src", "dst"]);
     assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
-    cli.ok("get", &["-r", "dst", "back"]);
+    cli.exits_with(0, "get", &["-r", "dst", "back"]);
     assert_eq!(tree_of(&cli.local("back")), tree_of(&cli.local("src")));
 }
 
 #[test]
 fn a_tree_into_a_missing_parent_fails_once_per_directory() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     make_tree(&cli.local("src"));
     let failed = cli.run("put", &["-r", "src", "missing/deeper"]);
     assert_eq!(failed.code(), 1, "{}", failed.stderr);
@@ -453,7 +414,7 @@ fn a_tree_into_a_missing_parent_fails_once_per_directory() {
 #[test]
 fn get_takes_remote_patterns() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "files-tree");
     fs::create_dir_all(server.at("logs/old")).unwrap();
     for (name, bytes) in [
         ("a.gz", "a"),
@@ -464,13 +425,13 @@ fn get_takes_remote_patterns() {
         fs::write(server.at(&format!("logs/{name}")), bytes).unwrap();
     }
     fs::create_dir(cli.local("into")).unwrap();
-    cli.ok("get", &["logs/*.gz", "into"]);
+    cli.exits_with(0, "get", &["logs/*.gz", "into"]);
     let got: Vec<String> = tree_of(&cli.local("into")).into_keys().collect();
     assert_eq!(got, ["a.gz", "b.gz"]);
     assert_eq!(fs::read(cli.local("into/b.gz")).unwrap(), b"bb");
     // In a directory component too, with -r for the directories it matches.
     fs::create_dir(cli.local("deep")).unwrap();
-    cli.ok("get", &["-r", "log?/o*", "deep"]);
+    cli.exits_with(0, "get", &["-r", "log?/o*", "deep"]);
     assert_eq!(fs::read(cli.local("deep/old/d.gz")).unwrap(), b"d");
     let none = cli.run("get", &["logs/*.zip", "into"]);
     assert_eq!(none.code(), 1, "{}", none.stderr);

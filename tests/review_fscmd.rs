@@ -12,75 +12,13 @@ use std::os::unix::fs::symlink;
 use support::exec::Scratch;
 use support::files::*;
 
-/// The client's working directory and the server's address.
-struct Cli {
-    addr: String,
-    work: Scratch,
-}
-
-impl Cli {
-    fn new(server: &FileServer) -> Cli {
-        Cli {
-            addr: server.server.framed_str(),
-            work: Scratch::new("review-fscmd"),
-        }
-    }
-
-    #[track_caller]
-    fn run(&self, command: &str, args: &[&str]) -> CliOutput {
-        let mut all = vec![command, "--addr", &self.addr];
-        all.extend_from_slice(args);
-        cli(&all, self.work.path(), None)
-    }
-
-    /// Runs the command, which must exit with `code`; its stderr.
-    #[track_caller]
-    fn exits(&self, code: i32, command: &str, args: &[&str]) -> String {
-        let output = self.run(command, args);
-        assert_eq!(
-            output.code(),
-            code,
-            "monoreactor {command} {args:?}: stdout {:?} stderr {}",
-            output.text(),
-            output.stderr
-        );
-        output.stderr
-    }
-
-    /// Runs the command, which must succeed; its stdout.
-    #[track_caller]
-    fn ok(&self, command: &str, args: &[&str]) -> String {
-        let output = self.run(command, args);
-        assert_eq!(
-            output.code(),
-            0,
-            "monoreactor {command} {args:?}: {}",
-            output.stderr
-        );
-        output.text()
-    }
-}
-
-/// The last word of each line of a listing (its names), section headers as they are.
-fn names(listing: &str) -> Vec<String> {
-    listing
-        .lines()
-        .map(|line| match line.split(' ').next() {
-            Some("-" | "d" | "l" | "u" | "?") => {
-                line.rsplit(' ').next().unwrap_or_default().to_string()
-            }
-            _ => line.to_string(),
-        })
-        .collect()
-}
-
 /// `rm` refuses an operand whose last component is `.` or `..`, as coreutils' rm does
 /// ("refusing to remove '.' or '..' directory"): `rm -r a/.` used to remove `a` entirely, and
 /// `rm -r '*/.'` every directory at the root.
 #[test]
 fn rm_refuses_dot_and_dot_dot_as_the_last_component() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     fs::create_dir_all(server.at("a/b")).unwrap();
     fs::write(server.at("a/b/f"), b"f").unwrap();
     for operand in [
@@ -103,7 +41,7 @@ fn rm_refuses_dot_and_dot_dot_as_the_last_component() {
 #[test]
 fn a_trailing_slash_names_only_directories() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     fs::create_dir_all(server.at("build1/obj")).unwrap();
     fs::write(server.at("build1/obj/o"), b"o").unwrap();
     fs::write(server.at("build.log"), b"log").unwrap();
@@ -111,10 +49,10 @@ fn a_trailing_slash_names_only_directories() {
     symlink(server.at("build1"), server.at("buildlink")).unwrap();
 
     let listing = cli.ok("ls", &["build*/"]);
-    assert_eq!(names(&listing), ["obj"], "{listing}");
+    assert_eq!(listed_names(&listing), ["obj"], "{listing}");
     let listing = cli.ok("ls", &["build1/", "*1/."]);
     assert_eq!(
-        names(&listing),
+        listed_names(&listing),
         ["build1:", "obj", "", "build1:", "obj"],
         "{listing}"
     );
@@ -153,7 +91,7 @@ fn a_trailing_slash_names_only_directories() {
 #[test]
 fn a_glob_skips_a_symlink_in_a_directory_component() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     fs::create_dir_all(server.at("a/sub")).unwrap();
     fs::create_dir_all(server.at("b")).unwrap();
     fs::write(server.at("a/sub/x"), b"x").unwrap();
@@ -161,9 +99,9 @@ fn a_glob_skips_a_symlink_in_a_directory_component() {
     symlink(server.outside(), server.at("c")).unwrap();
 
     let listing = cli.ok("ls", &["*/sub/*"]);
-    assert_eq!(names(&listing), ["a/sub/x"], "{listing}");
+    assert_eq!(listed_names(&listing), ["a/sub/x"], "{listing}");
     let listing = cli.ok("ls", &["*/sub/x"]);
-    assert_eq!(names(&listing), ["a/sub/x"], "{listing}");
+    assert_eq!(listed_names(&listing), ["a/sub/x"], "{listing}");
     // `c` leads outside the root: never followed, so nothing matches.
     let stderr = cli.exits(1, "ls", &["*/secret"]);
     assert!(stderr.contains("no match"), "{stderr}");
@@ -176,7 +114,7 @@ fn a_glob_skips_a_symlink_in_a_directory_component() {
 #[test]
 fn rm_r_goes_on_past_a_refusal_like_rm() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     for dir in ["t/a_bad", "t/b_good/deep", "t/c_bad", "t/d_good"] {
         fs::create_dir_all(server.at(dir)).unwrap();
     }
@@ -234,7 +172,7 @@ fn a_timeout_that_rounds_to_zero_is_a_usage_error() {
 #[test]
 fn ls_escapes_names_that_would_spoof_a_listing() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     for name in ["x\u{202e}gpj.exe", "a\u{2028}b", "c\\nd", "c\nd"] {
         fs::write(server.at(name), b"").unwrap();
     }
@@ -243,7 +181,7 @@ fn ls_escapes_names_that_would_spoof_a_listing() {
         !listing.contains('\u{202e}') && !listing.contains('\u{2028}'),
         "{listing:?}"
     );
-    let mut shown = names(&listing);
+    let mut shown = listed_names(&listing);
     shown.sort();
     assert_eq!(
         shown,
@@ -264,7 +202,7 @@ fn ls_escapes_names_that_would_spoof_a_listing() {
 #[test]
 fn an_oversized_pattern_component_is_a_usage_error() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     fs::create_dir(server.at("p")).unwrap();
     for i in 0..50 {
         fs::write(server.at(&format!("p/{}{i:03}", "a".repeat(250))), b"").unwrap();
@@ -287,7 +225,7 @@ fn an_oversized_pattern_component_is_a_usage_error() {
 #[test]
 fn rm_with_a_posix_class_removes_what_sh_would() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     for name in ["1.log", "22", "d]oops", "x1"] {
         fs::write(server.at(name), b"").unwrap();
     }
@@ -295,7 +233,7 @@ fn rm_with_a_posix_class_removes_what_sh_would() {
     assert!(!server.at("1.log").exists() && !server.at("22").exists());
     assert!(server.at("d]oops").exists() && server.at("x1").exists());
     let listing = cli.ok("ls", &["[![:digit:]]*"]);
-    assert_eq!(names(&listing), ["d]oops", "x1"], "{listing}");
+    assert_eq!(listed_names(&listing), ["d]oops", "x1"], "{listing}");
 }
 
 /// `ls dir missing` heads `dir`'s section with `dir:`, as ls does whenever it was given more
@@ -303,18 +241,28 @@ fn rm_with_a_posix_class_removes_what_sh_would() {
 #[test]
 fn ls_of_a_directory_and_a_missing_path_keeps_the_header() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     fs::create_dir(server.at("dir")).unwrap();
     fs::write(server.at("dir/f"), b"").unwrap();
     let output = cli.run("ls", &["dir", "missing"]);
     assert_eq!(output.code(), 1, "{}", output.stderr);
-    assert_eq!(names(&output.text()), ["dir:", "f"], "{}", output.text());
+    assert_eq!(
+        listed_names(&output.text()),
+        ["dir:", "f"],
+        "{}",
+        output.text()
+    );
     assert_eq!(output.stderr.lines().count(), 1, "{}", output.stderr);
     let output = cli.run("ls", &["dir", "nothing*"]);
     assert_eq!(output.code(), 1, "{}", output.stderr);
-    assert_eq!(names(&output.text()), ["dir:", "f"], "{}", output.text());
+    assert_eq!(
+        listed_names(&output.text()),
+        ["dir:", "f"],
+        "{}",
+        output.text()
+    );
     // One operand: no header, as before.
-    assert_eq!(names(&cli.ok("ls", &["dir"])), ["f"]);
+    assert_eq!(listed_names(&cli.ok("ls", &["dir"])), ["f"]);
 }
 
 /// `mkdir -p` racing other clients creating the same path: every one must succeed (an
@@ -346,7 +294,7 @@ fn mkdir_p_racing_other_clients_succeeds() {
 #[test]
 fn rm_r_removes_wide_and_deep_trees() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     fs::create_dir(server.at("wide")).unwrap();
     for i in 0..3000 {
         fs::write(server.at(&format!("wide/{i:04}-{}", "n".repeat(40))), b"").unwrap();
@@ -368,9 +316,9 @@ fn rm_r_removes_wide_and_deep_trees() {
 #[test]
 fn stat_takes_escapes_as_ls_and_rm_do() {
     let server = FileServer::start(&[]);
-    let cli = Cli::new(&server);
+    let cli = ClientDir::new(&server, "review-fscmd");
     fs::write(server.at("x*"), b"star").unwrap();
-    assert_eq!(names(&cli.ok("ls", &["x\\*"])), ["x*"]);
+    assert_eq!(listed_names(&cli.ok("ls", &["x\\*"])), ["x*"]);
     let shown = cli.ok("stat", &["x\\*"]);
     assert!(
         shown.starts_with("path:   x*\n") && shown.contains("size:   4"),

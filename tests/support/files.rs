@@ -985,3 +985,76 @@ pub fn cli(args: &[&str], cwd: &Path, stdin: Option<Vec<u8>>) -> CliOutput {
         stderr: stderr.join().expect("stderr reader"),
     }
 }
+
+/// A client's working directory beside a server, and that server's address: each command runs
+/// there as `monoreactor COMMAND --addr ADDR ARGS...`.
+pub struct ClientDir {
+    /// The server's framed address.
+    pub addr: String,
+    /// The client's working directory.
+    pub work: Scratch,
+}
+
+impl ClientDir {
+    /// A fresh working directory (named after `name`) for commands to `server`.
+    pub fn new(server: &Server, name: &str) -> ClientDir {
+        ClientDir {
+            addr: server.framed_str(),
+            work: Scratch::new(name),
+        }
+    }
+
+    /// `monoreactor COMMAND --addr ADDR ARGS...` in the working directory.
+    #[track_caller]
+    pub fn run(&self, command: &str, args: &[&str]) -> CliOutput {
+        let mut all = vec![command, "--addr", &self.addr];
+        all.extend_from_slice(args);
+        cli(&all, self.work.path(), None)
+    }
+
+    /// Like [`ClientDir::run`], failing the test unless the command exits with `code`.
+    #[track_caller]
+    pub fn exits_with(&self, code: i32, command: &str, args: &[&str]) -> CliOutput {
+        let output = self.run(command, args);
+        assert_eq!(
+            output.code(),
+            code,
+            "monoreactor {command} {args:?}: stdout {:?} stderr {}",
+            output.text(),
+            output.stderr
+        );
+        output
+    }
+
+    /// Like [`ClientDir::run`], failing the test unless the command exits with `code`; its
+    /// stderr.
+    #[track_caller]
+    pub fn exits(&self, code: i32, command: &str, args: &[&str]) -> String {
+        self.exits_with(code, command, args).stderr
+    }
+
+    /// Like [`ClientDir::run`], failing the test unless the command succeeds; its stdout.
+    #[track_caller]
+    pub fn ok(&self, command: &str, args: &[&str]) -> String {
+        self.exits_with(0, command, args).text()
+    }
+
+    /// A path in the working directory.
+    pub fn local(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+}
+
+/// The names of a listing's lines (the last word of each), and its other lines (section
+/// headers) as they are.
+pub fn listed_names(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .map(|line| match line.split(' ').next() {
+            Some("-" | "d" | "l" | "u" | "?") => {
+                line.rsplit(' ').next().unwrap_or_default().to_string()
+            }
+            _ => line.to_string(),
+        })
+        .collect()
+}

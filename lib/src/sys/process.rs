@@ -888,14 +888,12 @@ mod tests {
         assert_eq!(parse_stat_group_and_session("4242 (x) S 1"), None);
         let own = std::fs::read_to_string("/proc/self/stat").unwrap();
         let (pgrp, session) = parse_stat_group_and_session(&own).unwrap();
-        assert_eq!(pgrp, rustix::process::getpgrp().as_raw_nonzero().get());
-        assert_eq!(
-            session,
-            rustix::process::getsid(None)
-                .unwrap()
-                .as_raw_nonzero()
-                .get()
-        );
+        // libc, not rustix: inside a container whose session leader lives in an outer pid
+        // namespace both IDs read as 0, which rustix's `Pid` cannot hold.
+        // SAFETY: getpgrp and getsid(0) only read the calling process's own IDs.
+        let (own_pgrp, own_session) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
+        assert_eq!(pgrp, own_pgrp);
+        assert_eq!(session, own_session);
     }
 
     #[test]

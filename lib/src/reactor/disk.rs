@@ -67,9 +67,12 @@ impl Core {
         self.env.disk.restart(self.env.poll.registry());
     }
 
-    /// Hands every waiting completion to its connection, and drives that connection so what
-    /// the completion unblocked (a reply, a next step) goes out this turn.
+    /// Hands every waiting completion to its connection, then drives each connection that got
+    /// one, once, so what the completions unblocked (replies, next steps) goes out this turn
+    /// in one write: a tree of small uploads completes many per turn, and a drive per
+    /// completion would send each DIGEST in a segment of its own.
     pub(super) fn deliver_disk_done(&mut self) {
+        let mut woken = std::mem::take(&mut self.disk_woken);
         while let Some((owner, done)) = self.env.disk.next_done() {
             let key = owner.and_then(|owner| match Source::from_token(Token(owner as usize)) {
                 Some(Source::Conn(key, _)) => Some(key),
@@ -90,8 +93,15 @@ impl Core {
                 let done = done.into_job_done();
                 self.env
                     .with_context(key, peer, |cx| slot.conn.handle_disk_done(done, cx));
-                self.drive_slot(key);
+                if !woken.contains(&key) {
+                    woken.push(key);
+                }
             }
         }
+        for key in woken.drain(..) {
+            self.drive_slot(key);
+        }
+        // Kept, with its capacity, for the next turn.
+        self.disk_woken = woken;
     }
 }

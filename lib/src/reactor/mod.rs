@@ -327,6 +327,9 @@ struct Core {
     /// Static sources currently on `ready` (bit per listener and the UDP socket).
     static_queued: u8,
     to_close: Vec<usize>,
+    /// The connections that got disk completions this turn, to drive once each (kept
+    /// between turns with its capacity).
+    disk_woken: Vec<ConnKey>,
     spare_fd: Option<File>,
     accept_paused: bool,
     refuse_log: LogThrottle,
@@ -489,6 +492,7 @@ impl Reactor {
             ready_now: Vec::with_capacity(capacity),
             static_queued: 0,
             to_close: Vec::with_capacity(capacity),
+            disk_woken: Vec::new(),
             spare_fd: accept::open_spare_fd(),
             accept_paused: false,
             refuse_log: LogThrottle::default(),

@@ -475,9 +475,7 @@ impl Disk for Files<'_> {
     }
 
     fn release_upload(&mut self, upload: UploadHandle) {
-        if let Some(open) = self.state.take_upload(upload) {
-            self.state.close_upload(open);
-        }
+        self.release(upload);
     }
 }
 

@@ -156,6 +156,10 @@ const WRITES_REMEMBERED: usize = 64;
 enum Temp {
     /// An `O_TMPFILE`: no name until commit.
     Unnamed,
+    /// What stands in for an `O_TMPFILE` on a file system without them (NFS, FUSE, old
+    /// kernels): a fresh [`LINKED_PREFIX`] name, locked, that is renamed onto the target at
+    /// commit and removed if the upload ends otherwise (or swept, as a leftover, after a crash).
+    Named(String),
     /// A resumable partial, by name, locked.
     Partial(String),
 }
@@ -600,6 +604,20 @@ fn frees_much(dir: &OwnedFd, name: &str) -> bool {
     })
 }
 
+/// Opens an unnamed temporary file in `dir` for an upload that cannot resume.
+fn open_tmpfile(dir: &OwnedFd, mode: Mode) -> Result<OwnedFd, Errno> {
+    #[cfg(test)]
+    if tests::NO_TMPFILE.with(std::cell::Cell::get) {
+        return Err(Errno::OPNOTSUPP);
+    }
+    rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        mode,
+    )
+}
+
 /// A fresh name for linking a verified upload before its rename: unique to this process and
 /// call, so two processes committing at once never touch each other's link.
 fn linked_name() -> String {
@@ -647,27 +665,37 @@ impl Files<'_> {
         }
         let mode = Mode::from_raw_mode(0o644);
         let Some(hash) = request.hash else {
-            let fd = rustix::fs::openat(
-                &dir,
-                ".",
-                OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-                mode,
-            )
-            .map_err(|errno| file_error(errno, path))?;
-            // Locked too, although nobody else can open it yet: the commit will give it a
-            // `.monoreactor-tmp-` name for a moment, and a DELETE of the directory in another
-            // process must then find that name busy, as it finds a partial's link. Without
-            // OFD locks the upload goes ahead; such a DELETE fails on the lock anyway.
-            if let Err(errno) = try_lock(&fd) {
-                debug!("{path}: upload not locked: {errno}");
-            }
+            let (file, temp) = match open_tmpfile(&dir, mode) {
+                Ok(fd) => {
+                    // Locked too, although nobody else can open it yet: the commit may give
+                    // it a `.monoreactor-tmp-` name for a moment, and a DELETE of the
+                    // directory in another process must then find that name busy, as it
+                    // finds a partial's link. Without OFD locks the upload goes ahead; such a
+                    // DELETE fails on the lock anyway.
+                    if let Err(errno) = try_lock(&fd) {
+                        debug!("{path}: upload not locked: {errno}");
+                    }
+                    (File::from(fd), Temp::Unnamed)
+                }
+                // No `O_TMPFILE` on this file system (`EOPNOTSUPP`; `EISDIR` from kernels
+                // before 3.11): a fresh name instead, locked like a partial.
+                Err(Errno::OPNOTSUPP | Errno::ISDIR) => {
+                    let temp = linked_name();
+                    match open_locked(&dir, &temp, true) {
+                        Ok(Opened::Locked(file, _)) => (file, Temp::Named(temp)),
+                        Ok(_) => return Err(file_error(Errno::EXIST, path)),
+                        Err(errno) => return Err(lock_failed(errno, path)),
+                    }
+                }
+                Err(errno) => return Err(file_error(errno, path)),
+            };
             let handle = self.state.insert_upload(OpenUpload {
                 generation: 0,
-                file: Arc::new(File::from(fd)),
+                file: Arc::new(file),
                 dir,
                 name,
                 path: path.to_string(),
-                temp: Temp::Unnamed,
+                temp,
                 id: 0,
                 superseded: false,
                 committed: false,
@@ -954,19 +982,43 @@ impl Files<'_> {
     pub(crate) fn commit(&mut self, handle: UploadHandle) -> Result<Pending, FileError> {
         let mut upload = self.state.take_upload(handle).ok_or_else(closed)?;
         let durability = upload.durability;
-        let published = publish(&mut upload);
+        // `DEFER_SYNC` alone syncs nothing, so its commit needs no directory descriptor.
+        let sync_dir =
+            durability.contains(PutFlags::SYNC_FS) || !durability.contains(PutFlags::DEFER_SYNC);
+        let published = publish(&mut upload, sync_dir);
+        if let (Err(_), Temp::Named(name)) = (&published, &upload.temp) {
+            // Nothing was stored: a named temporary goes, as an unnamed one would.
+            if let Ok(stat) = rustix::fs::fstat(&*upload.file) {
+                unlink_if_same(&upload.dir, name, &stat);
+            }
+        }
         self.state.close_upload(upload);
         let (dir, replaced) = published?;
         if let Some(unlink) = replaced {
             // Freed off the loop; its outcome is only logged (`handle_disk_done`).
             let _ = self.jobs.submit(unlink);
         }
-        if durability.contains(PutFlags::SYNC_FS) {
-            Ok(self.jobs.submit(Job::Syncfs(dir)))
-        } else if durability.contains(PutFlags::DEFER_SYNC) {
-            Ok(Pending::Done(Ok(())))
-        } else {
-            Ok(self.jobs.submit(Job::Fsync(dir)))
+        match dir {
+            Some(dir) if durability.contains(PutFlags::SYNC_FS) => {
+                Ok(self.jobs.submit(Job::Syncfs(dir)))
+            }
+            Some(dir) => Ok(self.jobs.submit(Job::Fsync(dir))),
+            None => Ok(Pending::Done(Ok(()))),
+        }
+    }
+
+    /// Ends an upload that was neither committed nor failed (its stream or connection went
+    /// away): a resumable partial stays for a resume, an unnamed temporary vanishes with its
+    /// descriptor, and a named one (no `O_TMPFILE` here) is removed as a failed upload is.
+    pub(crate) fn release(&mut self, handle: UploadHandle) {
+        let named = self
+            .state
+            .upload(handle)
+            .is_some_and(|upload| matches!(upload.temp, Temp::Named(_)));
+        if named {
+            self.remove_upload(handle);
+        } else if let Some(open) = self.state.take_upload(handle) {
+            self.state.close_upload(open);
         }
     }
 
@@ -1094,7 +1146,7 @@ impl Files<'_> {
             return;
         }
         let aside = match &upload.temp {
-            Temp::Partial(name) => match rustix::fs::fstat(&*upload.file) {
+            Temp::Partial(name) | Temp::Named(name) => match rustix::fs::fstat(&*upload.file) {
                 Ok(stat) => set_aside(&upload.dir, name, &stat, self.jobs.off_the_loop(), self.now),
                 Err(errno) => {
                     warn!("{}: cannot remove partial {name}: {errno}", upload.path);
@@ -1132,9 +1184,17 @@ fn closed() -> FileError {
 }
 
 /// The commit's steps on the upload's own descriptor and names (see [`Files::commit`]): the
-/// directory to `fsync`, and the unlink of the file the rename replaced, if there was one and
-/// it is big enough to free off the loop.
-fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError> {
+/// directory to `fsync` (opened only if `sync_dir`), and the unlink of the file the rename
+/// replaced, if there was one and it is big enough to free off the loop.
+///
+/// An unnamed upload (`O_TMPFILE`) whose target does not exist is linked straight to the
+/// target's name: `linkat` never replaces a name (`EEXIST`), so it is the same single atomic
+/// step as a `RENAME_NOREPLACE`, and a tree of new small files pays one directory change per
+/// file instead of three (link, rename, unlink). Anything at the name sends it the long way.
+fn publish(
+    upload: &mut OpenUpload,
+    sync_dir: bool,
+) -> Result<(Option<OwnedFd>, Option<Job>), FileError> {
     if upload.superseded {
         return Err(superseded_error(&upload.path));
     }
@@ -1159,35 +1219,58 @@ fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError>
         .map_err(errno)?;
     }
     // Opened first: once the rename is done, nothing should be left to fail but the sync.
-    let dir = rustix::fs::openat(
-        &upload.dir,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)?;
-    let aside_dir = upload
-        .dir
-        .try_clone()
-        .map_err(|error| io_file_error(&error, &path))?;
-    let linked = linked_name();
+    let dir = if sync_dir {
+        Some(
+            rustix::fs::openat(
+                &upload.dir,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)?,
+        )
+    } else {
+        None
+    };
     let proc_path = format!("/proc/self/fd/{}", upload.file.as_raw_fd());
-    rustix::fs::linkat(
-        rustix::fs::CWD,
-        proc_path.as_str(),
-        &upload.dir,
-        linked.as_str(),
-        AtFlags::SYMLINK_FOLLOW,
-    )
-    .map_err(|error| match error {
-        // The name is fresh and the directory is open: /proc is missing, or the partial
-        // was removed from outside the server (an inode without links cannot get one).
+    let link = |name: &str| {
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            &upload.dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+    };
+    let link_failed = |error| match error {
+        // The directory is open: /proc is missing, or the partial was removed from outside
+        // the server (an inode without links cannot get one).
         Errno::NOENT => FileError::new(
             ErrorCode::IoFailed,
             format!("{path}: cannot name the upload (is /proc mounted? was its partial removed?)"),
         ),
         error => errno(error),
-    })?;
+    };
+    let linked = match &upload.temp {
+        Temp::Named(name) => name.clone(),
+        Temp::Unnamed => match link(&upload.name) {
+            Ok(()) => {
+                upload.committed = true;
+                return Ok((dir, None));
+            }
+            Err(Errno::EXIST) => {
+                let linked = linked_name();
+                link(&linked).map_err(link_failed)?;
+                linked
+            }
+            Err(error) => return Err(link_failed(error)),
+        },
+        Temp::Partial(_) => {
+            let linked = linked_name();
+            link(&linked).map_err(link_failed)?;
+            linked
+        }
+    };
     let replaced = match replace(&upload.dir, &linked, &upload.name) {
         // A small old file is unlinked here: freeing a few blocks is quick, quicker than
         // the round trip to the helper (DELETE's rule, `OFFLOAD_UNLINK_BYTES`).
@@ -1197,11 +1280,11 @@ fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError>
         }
         Ok(replaced) => replaced,
         Err(error) => {
-            let _ = rustix::fs::unlinkat(&upload.dir, linked.as_str(), AtFlags::empty());
-            return Err(match error {
-                Errno::ISDIR => errno(Errno::ISDIR),
-                error => errno(error),
-            });
+            // A named temporary is removed by the caller, under its lock.
+            if !matches!(upload.temp, Temp::Named(_)) {
+                let _ = rustix::fs::unlinkat(&upload.dir, linked.as_str(), AtFlags::empty());
+            }
+            return Err(errno(error));
         }
     };
     upload.committed = true;
@@ -1212,13 +1295,16 @@ fn publish(upload: &mut OpenUpload) -> Result<(OwnedFd, Option<Job>), FileError>
             unlink_if_same(&upload.dir, partial, &stat);
         }
     }
-    Ok((
-        dir,
-        replaced.map(|name| Job::Unlink {
-            dir: aside_dir,
-            name,
-        }),
-    ))
+    // The file is stored: nothing may fail it now. Without a descriptor to give the helper,
+    // the old file is freed here.
+    let aside = replaced.and_then(|name| match upload.dir.try_clone() {
+        Ok(dir) => Some(Job::Unlink { dir, name }),
+        Err(_) => {
+            let _ = rustix::fs::unlinkat(&upload.dir, name.as_str(), AtFlags::empty());
+            None
+        }
+    });
+    Ok((dir, aside))
 }
 
 #[cfg(test)]
@@ -1448,6 +1534,83 @@ mod tests {
                 "the older one leaves the new entry alone"
             );
             release(&mut files, next);
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+    }
+
+    thread_local! {
+        /// Set by a test to make `O_TMPFILE` fail as it does on NFS, in this thread only.
+        pub(super) static NO_TMPFILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// The names in `dir` other than the hash index, sorted.
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != crate::sys::hash_index::INDEX_NAME)
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn unnamed(flags: PutFlags, path: &str) -> PutRequest<'_> {
+        PutRequest {
+            size: 1,
+            flags,
+            hash: None,
+            attrs: None,
+            path,
+        }
+    }
+
+    #[test]
+    fn an_upload_that_cannot_resume_lands_new_or_replacing_or_not_at_all_with_or_without_tmpfile() {
+        for no_tmpfile in [false, true] {
+            NO_TMPFILE.with(|flag| flag.set(no_tmpfile));
+            let base = scratch(&format!("unnamed-{no_tmpfile}"));
+            let root = Root::open_or_create(&base).unwrap();
+            std::fs::create_dir(root.path().join("dir")).unwrap();
+            std::fs::write(root.path().join("old"), b"old").unwrap();
+            let mut state = FileState::new(4, 1 << 20);
+            let mut files = Files {
+                root: &root,
+                state: &mut state,
+                jobs: &mut RunHere,
+                now: WallClock::read(),
+            };
+            let deferred = PutFlags::NONE.with(PutFlags::DEFER_SYNC);
+            // A new name (linked straight there with O_TMPFILE), with and without a sync.
+            for (name, flags) in [("new", deferred), ("synced", PutFlags::NONE)] {
+                let upload = files.begin_put(&unnamed(flags, name)).unwrap();
+                file_of(&files, &upload).write_all_at(b"n", 0).unwrap();
+                files.publish(upload.handle).unwrap();
+                assert_eq!(std::fs::read(root.path().join(name)).unwrap(), b"n");
+            }
+            // An existing file: replaced in one step.
+            let upload = files.begin_put(&unnamed(deferred, "old")).unwrap();
+            file_of(&files, &upload).write_all_at(b"r", 0).unwrap();
+            files.publish(upload.handle).unwrap();
+            assert_eq!(std::fs::read(root.path().join("old")).unwrap(), b"r");
+            // A directory made at the name meanwhile: refused, and nothing of it left.
+            let upload = files.begin_put(&unnamed(deferred, "late")).unwrap();
+            file_of(&files, &upload).write_all_at(b"x", 0).unwrap();
+            std::fs::create_dir(root.path().join("late")).unwrap();
+            let error = files.publish(upload.handle).unwrap_err();
+            assert_eq!(error.code, ErrorCode::IsDirectory, "{no_tmpfile}");
+            files.discard(upload.handle);
+            // Ended unfinished, and failed: nothing left either.
+            let upload = files.begin_put(&unnamed(deferred, "gone")).unwrap();
+            file_of(&files, &upload).write_all_at(b"g", 0).unwrap();
+            release(&mut files, upload);
+            let upload = files.begin_put(&unnamed(deferred, "failed")).unwrap();
+            files.discard(upload.handle);
+            assert_eq!(
+                names_in(root.path()),
+                ["dir", "late", "new", "old", "synced"],
+                "no temporary left (no O_TMPFILE: {no_tmpfile})"
+            );
+            NO_TMPFILE.with(|flag| flag.set(false));
             std::fs::remove_dir_all(&base).unwrap();
         }
     }

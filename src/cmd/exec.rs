@@ -290,6 +290,14 @@ fn run_on_terminal(
     } else {
         None
     };
+    // A test hook, compiled into debug builds only (a release build has no such variable):
+    // MONOREACTOR_TEST_PANIC=after-raw panics here, with the terminal raw, so that
+    // tests/exec_pty.rs can see the panic hook restore the terminal before the panic is
+    // reported.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("MONOREACTOR_TEST_PANIC").is_some_and(|hook| hook == "after-raw") {
+        panic!("MONOREACTOR_TEST_PANIC=after-raw: a panic with the terminal raw");
+    }
     let signaller = running.signaller();
     let _signals = tty::watch_signals(signaller.clone());
     let escaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -54,7 +54,9 @@ a second one gives up at once (exit 130 or 143), as does SIGHUP (129), and the s
 command when the connection closes.
 
 Exit status: the command's own; 128+N if signal N killed it; 127 if the server found no such
-program, 126 if it may not run it; 255 if this client failed (one line on stderr says why).
+program, 126 if it found one it cannot execute; 255 if this client failed or the server refused
+to run it (exec off, a program the credential does not allow, a wrong token): 1 to 254 are the
+command's, as with ssh. One line on stderr says why.
 
 The token comes from --token-file, else from $MONOREACTOR_TOKEN.";
 

@@ -623,16 +623,18 @@ fn spawn_client(cli: &ClientDir, command: &str, args: &[&str]) -> std::process::
 
 /// Waits until more than `after` files have landed in `dir` and one hidden file there (a big
 /// file's part or partial upload) holds at least 1 MiB, then SIGKILLs `client` by its pid and
-/// cuts its connection at the relay. Returns the files that had landed (with their inodes).
+/// cuts its connection at the relay; `log` is kept up to date meanwhile. Returns the files that had landed (with their inodes).
 /// Fails if the client ends first.
 fn kill_part_way(
     mut client: std::process::Child,
     relay: &Relay,
+    log: &mut AccessLog<'_>,
     dir: &Path,
     after: usize,
 ) -> BTreeMap<String, u64> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
+        log.update();
         let (landed, hidden) = landed_and_hidden(dir);
         if landed.len() > after && hidden.values().any(|&len| len >= MIB as u64) {
             break;
@@ -671,49 +673,83 @@ struct Logged {
     bytes_out: u64,
 }
 
-/// Each request of `kind` for a path under `prefix` in the server's access lines.
-fn transfers(server: &FileServer, kind: &str, prefix: &str) -> Vec<Logged> {
-    let quote = format!("\"{kind} {prefix}");
-    let field = |line: &str, name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|field| field.strip_prefix(name))
-            .map_or(0, |bytes| bytes.parse().unwrap())
-    };
-    server
-        .server
-        .stderr_text()
-        .lines()
-        .filter_map(|line| {
-            let (_, access) = line.split_once("[monoreactor::access] ")?;
-            let start = access.find(&quote)? + quote.len();
-            let end = start + access[start..].find('"')?;
-            Some(Logged {
-                client: access.split_whitespace().next()?.to_string(),
-                path: access[start..end].to_string(),
-                outcome: access[end + 1..].split_whitespace().next()?.to_string(),
-                bytes_in: field(access, "in="),
-                bytes_out: field(access, "out="),
-            })
-        })
-        .collect()
+/// The server's access lines, for a test that makes more of them than the server's captured
+/// stderr keeps (its last 64 KiB): each [`AccessLog::update`], made often, appends what came
+/// since the one before.
+struct AccessLog<'a> {
+    server: &'a FileServer,
+    lines: Vec<String>,
 }
 
-/// Waits (bounded) until the server has logged `count` requests of `kind` under `prefix`:
-/// a killed client's requests are logged when the server sees its connection close.
-fn wait_transfers(server: &FileServer, kind: &str, prefix: &str, count: usize) -> Vec<Logged> {
-    for _ in 0..100 {
-        let found = transfers(server, kind, prefix);
-        if found.len() >= count {
-            return found;
+impl<'a> AccessLog<'a> {
+    fn of(server: &'a FileServer) -> AccessLog<'a> {
+        AccessLog {
+            server,
+            lines: Vec::new(),
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    transfers(server, kind, prefix)
+
+    fn update(&mut self) {
+        let text = self.server.server.stderr_text();
+        let fresh: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("[monoreactor::access] "))
+            .collect();
+        let start = match self.lines.last() {
+            None => 0,
+            Some(last) => match fresh.iter().rposition(|line| line == last) {
+                Some(at) => at + 1,
+                None => panic!("access lines were lost between two updates: update more often"),
+            },
+        };
+        self.lines
+            .extend(fresh[start..].iter().map(|line| line.to_string()));
+    }
+
+    /// Each request of `kind` for a path under `prefix`, as far as [`AccessLog::update`] got.
+    fn transfers(&self, kind: &str, prefix: &str) -> Vec<Logged> {
+        let quote = format!("\"{kind} {prefix}");
+        let field = |line: &str, name: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix(name))
+                .map_or(0, |bytes| bytes.parse().unwrap())
+        };
+        self.lines
+            .iter()
+            .filter_map(|line| {
+                let (_, access) = line.split_once("[monoreactor::access] ")?;
+                let start = access.find(&quote)? + quote.len();
+                let end = start + access[start..].find('"')?;
+                Some(Logged {
+                    client: access.split_whitespace().next()?.to_string(),
+                    path: access[start..end].to_string(),
+                    outcome: access[end + 1..].split_whitespace().next()?.to_string(),
+                    bytes_in: field(access, "in="),
+                    bytes_out: field(access, "out="),
+                })
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until the server has logged `count` requests of `kind` under `prefix`:
+    /// a killed client's requests are logged when the server sees its connection close.
+    fn wait_transfers(&mut self, kind: &str, prefix: &str, count: usize) -> Vec<Logged> {
+        for _ in 0..100 {
+            self.update();
+            let found = self.transfers(kind, prefix);
+            if found.len() >= count {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.transfers(kind, prefix)
+    }
 }
 
 #[test]
-fn put_r_killed_part_way_is_finished_by_continue_without_sending_stored_files_again() {
+fn put_r_killed_twice_is_finished_by_continue_without_sending_stored_files_again() {
     let server = FileServer::start(&ACCESS_LOG);
+    let mut log = AccessLog::of(&server);
     let relay = Relay::to(&server);
     let cli = ClientDir {
         addr: relay.addr.clone(),
@@ -721,7 +757,13 @@ fn put_r_killed_part_way_is_finished_by_continue_without_sending_stored_files_ag
     };
     make_killable_tree(&cli.local("src"));
     let killed = spawn_client(&cli, "put", &["-q", "-r", "src/.", "dst"]);
-    let landed = kill_part_way(killed, &relay, &server.at("dst"), 20);
+    let first = kill_part_way(killed, &relay, &mut log, &server.at("dst"), 20);
+    // Killed again, this time while it resumes.
+    let resuming = spawn_client(&cli, "put", &["-q", "-r", "--continue", "src/.", "dst"]);
+    let landed = kill_part_way(resuming, &relay, &mut log, &server.at("dst"), first.len());
+    for (name, inode) in &first {
+        assert_eq!(landed[name], *inode, "{name} was stored again");
+    }
 
     cli.exits_with(0, "put", &["-q", "-r", "--continue", "src/.", "dst"]);
     assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
@@ -731,9 +773,9 @@ fn put_r_killed_part_way_is_finished_by_continue_without_sending_stored_files_ag
     for (name, inode) in &landed {
         assert_eq!(now[name], *inode, "{name} was stored again");
     }
-    // Every file was stored exactly once, and the one interrupted in the middle was resumed:
-    // fewer bytes came in for it in the second run than the file holds.
-    let puts = wait_transfers(&server, "PUT", "dst/", 203);
+    // Every file was stored exactly once, and one interrupted in the middle was resumed:
+    // fewer bytes came in for it in the run that stored it than the file holds.
+    let puts = log.wait_transfers("PUT", "dst/", 203);
     let mut stored: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for put in &puts {
         if put.outcome == "OK" {
@@ -758,6 +800,7 @@ fn put_r_killed_part_way_is_finished_by_continue_without_sending_stored_files_ag
 fn get_r_killed_twice_is_finished_by_continue_without_fetching_landed_files_again() {
     let server = FileServer::start(&ACCESS_LOG);
     make_killable_tree(&server.at("tree"));
+    let mut log = AccessLog::of(&server);
     let relay = Relay::to(&server);
     let cli = ClientDir {
         addr: relay.addr.clone(),
@@ -766,10 +809,10 @@ fn get_r_killed_twice_is_finished_by_continue_without_fetching_landed_files_agai
     let here = cli.local("here");
     // Its big files come first (the top directory's files before its subdirectories').
     let killed = spawn_client(&cli, "get", &["-q", "-r", "tree/.", "here"]);
-    let first = kill_part_way(killed, &relay, &here, 0);
+    let first = kill_part_way(killed, &relay, &mut log, &here, 0);
     // Killed again, this time while it resumes.
     let resuming = spawn_client(&cli, "get", &["-q", "-r", "--continue", "tree/.", "here"]);
-    let second = kill_part_way(resuming, &relay, &here, first.len());
+    let second = kill_part_way(resuming, &relay, &mut log, &here, first.len());
     for (name, inode) in &first {
         assert_eq!(second[name], *inode, "{name} was fetched again");
     }
@@ -777,7 +820,9 @@ fn get_r_killed_twice_is_finished_by_continue_without_fetching_landed_files_agai
     // Every connection so far has logged the files it delivered (a file is logged before
     // the client can rename it into place): what comes from another connection is the
     // last run's.
-    let before: std::collections::BTreeSet<String> = transfers(&server, "GET", "tree/")
+    log.update();
+    let before: std::collections::BTreeSet<String> = log
+        .transfers("GET", "tree/")
         .into_iter()
         .map(|get| get.client)
         .collect();
@@ -788,7 +833,7 @@ fn get_r_killed_twice_is_finished_by_continue_without_fetching_landed_files_agai
     for (name, inode) in &second {
         assert_eq!(now[name], *inode, "{name} was fetched again");
     }
-    let gets = wait_transfers(&server, "GET", "tree/", 203);
+    let gets = log.wait_transfers("GET", "tree/", 203);
     // The server sent each file that had landed at the first kill once, its bytes and no
     // more (a resumed run's look at it, a GET from its end, carries none)...
     let mut sent: BTreeMap<&str, u64> = BTreeMap::new();

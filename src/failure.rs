@@ -5,19 +5,24 @@
 //! One convention for every client command: 0 done, [`SERVER_REFUSED`] (1) the server
 //! answered with an ERROR frame, [`USAGE`] (2) the command line is wrong, [`CLIENT_FAILURE`]
 //! (255) the client or the connection failed. `exec` passes the remote command's status
-//! through instead; `serve` is not a client and exits [`FAILED_TO_START`] (1).
+//! through instead, so 1 to 254 are the command's: like ssh, it exits [`CLIENT_FAILURE`]
+//! (255) also when the server refuses to run the command (exec off, a program the credential
+//! does not allow, a wrong token), and 127 or 126 when the server found no such program or
+//! one it cannot execute, as a shell does; `serve` is not a client and exits
+//! [`FAILED_TO_START`] (1).
 
 use std::io::{self, ErrorKind, Write};
 
 /// Exit status of a client command when the client itself failed (as ssh's), among others
-/// when its stdout cannot be written.
+/// when its stdout cannot be written; and of `exec` when the server refused to run the
+/// command (its 1 would be taken for the command's own status).
 pub const CLIENT_FAILURE: u8 = 255;
 
 /// Exit status of a usage error, as clap's.
 pub const USAGE: u8 = 2;
 
 /// Exit status of a client command when the server refused what it asked (an ERROR frame:
-/// a wrong token, a missing file, a limit).
+/// a wrong token, a missing file, a limit); not `exec`'s, which says 255 instead.
 pub const SERVER_REFUSED: u8 = 1;
 
 /// Exit status of `serve` when it cannot start or stops on an error (not a client, so not

@@ -54,7 +54,8 @@ $MONOREACTOR_TOKEN the token (--token-file wins).
 Exit status of the client commands: 0 done; 1 the server refused (it answered with an error);
 2 a usage error (a flag or value that is wrong); 255 the client or the connection failed (no
 server, a name that does not resolve, a timeout). `exec` exits with the remote command's status
-instead (see exec --help); `serve` exits 1 when it cannot start.
+instead, and 255 when the server refuses to run it (see exec --help); `serve` exits 1 when it
+cannot start.
 
 -v shows what a client does (where it connects, TLS or not, authenticated); -q hides progress.
 Shell completions: monoreactor completions bash|zsh|fish|elvish|powershell; the manual page:

@@ -8,7 +8,8 @@
 //!   user's terminal emulator), against a real `serve --exec`: a prompt, `stty size`, a
 //!   resize seen by the remote side, `^C` that interrupts the remote job and not the session,
 //!   the exit status, and the local terminal's settings (`stty -g`) identical before and
-//!   after, also after the connection is lost, a SIGTERM, and `~.`.
+//!   after, also after the connection is lost, a SIGTERM, `~.`, and a panic (a debug-build
+//!   test hook), whose report is printed on the restored terminal.
 
 mod support;
 
@@ -959,4 +960,56 @@ fn tilde_dot_gets_out_of_a_hung_session_after_a_paste_larger_than_the_window() {
     let code = status.map(|status| status.code());
     assert_eq!(code, Some(Some(255)), "the client did not see ~.");
     assert_eq!(stty_g(&tty.slave), settings);
+}
+
+/// A panic while the terminal is raw (a test hook of debug builds: MONOREACTOR_TEST_PANIC)
+/// is reported on the terminal as it was — the panic hook restores it before the message is
+/// printed, so the message's lines end in CR LF, not in bare line feeds that would stair-step
+/// across the screen — and the terminal stays restored after the exit.
+#[test]
+fn a_panic_with_the_terminal_raw_is_reported_on_a_restored_terminal() {
+    if !cfg!(debug_assertions) {
+        return; // The hook exists in debug builds only.
+    }
+    let server = Server::start_exec(&[]);
+    let args = exec_t_args(&server, &["-t", "--", "sleep", "30"]);
+    let (master, slave) = Terminal::open(24, 80);
+    let settings = stty_g(&slave);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_monoreactor"));
+    command
+        .args(&args)
+        .env_remove("MONOREACTOR_TOKEN")
+        .env("MONOREACTOR_TEST_PANIC", "after-raw")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe and take no pointers.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn monoreactor exec -t");
+    let status = wait_child(&mut child, WAIT).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("exec -t did not end after its panic");
+    });
+    assert_eq!(status.code(), Some(101), "a panic's status: {status:?}");
+    assert_eq!(stty_g(&slave), settings, "the terminal is as it was");
+    // Everything the child wrote is in the master's buffer: read it without blocking.
+    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
+    let mut shown = Vec::new();
+    let _ = (&master).read_to_end(&mut shown);
+    let shown = String::from_utf8_lossy(&shown);
+    let message = "MONOREACTOR_TEST_PANIC=after-raw: a panic with the terminal raw";
+    assert!(
+        shown.contains(&format!("{message}\r\n")),
+        "the panic was not reported on a restored terminal: {shown:?}"
+    );
+    assert!(server.wait_no_children(WAIT), "{:?}", server.children());
 }

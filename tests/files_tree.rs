@@ -1,8 +1,10 @@
 //! `put -r` and `get -r` (and several sources in one `put` or `get`) against a real server
 //! over loopback: nested trees round trip byte for byte, scp's rules for where sources land,
 //! `--continue` after an interrupted tree (what was finished is skipped, seen in the server's
-//! access lines), symlinks and FIFOs skipped with a warning, `-p` carrying mtimes, and a
-//! download that fails verification failing the command.
+//! access lines), symlinks and FIFOs skipped with a warning, `-p` carrying mtimes, a
+//! download that fails verification failing the command, and trees whose client was SIGKILLed
+//! part-way (through a throttling relay, so that there is a "part-way") finished by
+//! `--continue` without sending again what had landed.
 
 mod support;
 
@@ -439,4 +441,419 @@ fn get_takes_remote_patterns() {
     let not_dir = cli.run("get", &["logs/*.gz", "into/a.gz"]);
     assert_eq!(not_dir.code(), 2, "{}", not_dir.stderr);
     server.assert_nothing_outside("after the pattern downloads");
+}
+
+// === A tree resumed after its client was killed ===
+
+/// A loopback relay between a client and a server that passes at most `RELAY_RATE` bytes a
+/// second each way, so that a tree transfer lasts long enough to be killed part-way on a
+/// fast machine. A side that closes closes the other; [`Relay::cut`] closes every connection
+/// at once, dropping what the relay holds: a killed client's bytes still buffered here would
+/// otherwise reach the server seconds after the kill, which no direct connection does.
+struct Relay {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+/// Bytes a second through [`Relay`]: a few seconds for the tree of [`make_killable_tree`].
+const RELAY_RATE: usize = 8 * MIB;
+
+impl Relay {
+    fn to(server: &FileServer) -> Relay {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let target = server.server.framed();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = Arc::clone(&conns);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                open.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), upstream.try_clone().unwrap()]);
+                for (from, to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    let stopped = Arc::clone(&stopped);
+                    std::thread::spawn(move || pump(from, to, &stopped));
+                }
+            }
+        });
+        Relay { addr, stop, conns }
+    }
+
+    /// Closes every connection relayed so far, both ways, dropping what is buffered here.
+    fn cut(&self) {
+        for conn in self.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accepting thread, which then sees `stop`.
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+/// Copies `from` to `to` at [`RELAY_RATE`] until either side ends, then shuts both down.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    // A relay is never left behind by a test that failed: each read waits at most this.
+    from.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0; 64 << 10];
+    let mut sent = 0usize;
+    let started = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let len = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(len) => len,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => break,
+        };
+        if to.write_all(&buf[..len]).is_err() {
+            break;
+        }
+        sent += len;
+        let due = Duration::from_secs_f64(sent as f64 / RELAY_RATE as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// 200 files of 4 KiB in two directories, and three of 8 MiB: one between the directories, two
+/// after them (the name order is the order `put -r` sends them in).
+fn make_killable_tree(at: &Path) {
+    for dir in ["a", "c"] {
+        fs::create_dir_all(at.join(dir)).unwrap();
+        for i in 0..100u64 {
+            let seed = if dir == "a" { i } else { 100 + i };
+            fs::write(
+                at.join(format!("{dir}/{i:03}")),
+                random_bytes(1000 + seed, 4096),
+            )
+            .unwrap();
+        }
+    }
+    for (seed, name) in [(1, "b-big"), (2, "d-big"), (3, "e-big")] {
+        fs::write(at.join(name), random_bytes(2000 + seed, 8 * MIB)).unwrap();
+    }
+}
+
+/// The regular files under `dir` (relative paths) whose names do not start with a dot, with
+/// their inode numbers; and the hidden ones (part files, partial uploads) with their sizes.
+#[allow(clippy::type_complexity)]
+fn landed_and_hidden(dir: &Path) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut landed = BTreeMap::new();
+    let mut hidden = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue; // Renamed or removed meanwhile.
+            };
+            let name = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if meta.is_dir() {
+                pending.push(path);
+            } else if entry.file_name().to_string_lossy().starts_with('.') {
+                hidden.insert(name, meta.len());
+            } else {
+                landed.insert(name, meta.ino());
+            }
+        }
+    }
+    (landed, hidden)
+}
+
+/// `monoreactor COMMAND --addr ADDR ARGS...` in `cli`'s directory, not waited for.
+fn spawn_client(cli: &ClientDir, command: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_monoreactor"))
+        .arg(command)
+        .args(["--addr", &cli.addr])
+        .args(args)
+        .current_dir(cli.work.path())
+        .env_remove("MONOREACTOR_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until more than `after` files have landed in `dir` and one hidden file there (a big
+/// file's part or partial upload) holds at least 1 MiB, then SIGKILLs `client` by its pid and
+/// cuts its connection at the relay; `log` is kept up to date meanwhile. Returns the files that had landed (with their inodes).
+/// Fails if the client ends first.
+fn kill_part_way(
+    mut client: std::process::Child,
+    relay: &Relay,
+    log: &mut AccessLog<'_>,
+    dir: &Path,
+    after: usize,
+) -> BTreeMap<String, u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        log.update();
+        let (landed, hidden) = landed_and_hidden(dir);
+        if landed.len() > after && hidden.values().any(|&len| len >= MIB as u64) {
+            break;
+        }
+        if let Some(status) = client.try_wait().unwrap() {
+            panic!("the client ended ({status}) before it could be killed part-way");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress to kill: {landed:?} {hidden:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    client.kill().unwrap();
+    relay.cut();
+    let status = client.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the client finished before the kill"
+    );
+    let (landed, hidden) = landed_and_hidden(dir);
+    assert!(landed.len() < 203, "everything had landed: {landed:?}");
+    assert!(!hidden.is_empty(), "nothing was in progress: {landed:?}");
+    landed
+}
+
+/// One request in the server's access lines: the client's address, the path (less the
+/// prefix asked for), the outcome, and the payload bytes it carried in and out.
+#[derive(Debug)]
+struct Logged {
+    client: String,
+    path: String,
+    outcome: String,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// The server's access lines, for a test that makes more of them than the server's captured
+/// stderr keeps (its last 64 KiB): each [`AccessLog::update`], made often, appends what came
+/// since the one before.
+struct AccessLog<'a> {
+    server: &'a FileServer,
+    lines: Vec<String>,
+}
+
+impl<'a> AccessLog<'a> {
+    fn of(server: &'a FileServer) -> AccessLog<'a> {
+        AccessLog {
+            server,
+            lines: Vec::new(),
+        }
+    }
+
+    fn update(&mut self) {
+        let text = self.server.server.stderr_text();
+        let fresh: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("[monoreactor::access] "))
+            .collect();
+        let start = match self.lines.last() {
+            None => 0,
+            Some(last) => match fresh.iter().rposition(|line| line == last) {
+                Some(at) => at + 1,
+                None => panic!("access lines were lost between two updates: update more often"),
+            },
+        };
+        self.lines
+            .extend(fresh[start..].iter().map(|line| line.to_string()));
+    }
+
+    /// Each request of `kind` for a path under `prefix`, as far as [`AccessLog::update`] got.
+    fn transfers(&self, kind: &str, prefix: &str) -> Vec<Logged> {
+        let quote = format!("\"{kind} {prefix}");
+        let field = |line: &str, name: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix(name))
+                .map_or(0, |bytes| bytes.parse().unwrap())
+        };
+        self.lines
+            .iter()
+            .filter_map(|line| {
+                let (_, access) = line.split_once("[monoreactor::access] ")?;
+                let start = access.find(&quote)? + quote.len();
+                let end = start + access[start..].find('"')?;
+                Some(Logged {
+                    client: access.split_whitespace().next()?.to_string(),
+                    path: access[start..end].to_string(),
+                    outcome: access[end + 1..].split_whitespace().next()?.to_string(),
+                    bytes_in: field(access, "in="),
+                    bytes_out: field(access, "out="),
+                })
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until the server has logged `count` requests of `kind` under `prefix`:
+    /// a killed client's requests are logged when the server sees its connection close.
+    fn wait_transfers(&mut self, kind: &str, prefix: &str, count: usize) -> Vec<Logged> {
+        for _ in 0..100 {
+            self.update();
+            let found = self.transfers(kind, prefix);
+            if found.len() >= count {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.transfers(kind, prefix)
+    }
+}
+
+#[test]
+fn put_r_killed_twice_is_finished_by_continue_without_sending_stored_files_again() {
+    let server = FileServer::start(&ACCESS_LOG);
+    let mut log = AccessLog::of(&server);
+    let relay = Relay::to(&server);
+    let cli = ClientDir {
+        addr: relay.addr.clone(),
+        work: support::exec::Scratch::new("files-tree-kill"),
+    };
+    make_killable_tree(&cli.local("src"));
+    let killed = spawn_client(&cli, "put", &["-q", "-r", "src/.", "dst"]);
+    let first = kill_part_way(killed, &relay, &mut log, &server.at("dst"), 20);
+    // Killed again, this time while it resumes.
+    let resuming = spawn_client(&cli, "put", &["-q", "-r", "--continue", "src/.", "dst"]);
+    let landed = kill_part_way(resuming, &relay, &mut log, &server.at("dst"), first.len());
+    for (name, inode) in &first {
+        assert_eq!(landed[name], *inode, "{name} was stored again");
+    }
+
+    cli.exits_with(0, "put", &["-q", "-r", "--continue", "src/.", "dst"]);
+    assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
+    let (now, hidden) = landed_and_hidden(&server.at("dst"));
+    assert!(hidden.is_empty(), "left behind on the server: {hidden:?}");
+    // A file stored again would have been renamed over the old one: a new inode.
+    for (name, inode) in &landed {
+        assert_eq!(now[name], *inode, "{name} was stored again");
+    }
+    // Every file was stored exactly once, and one interrupted in the middle was resumed:
+    // fewer bytes came in for it in the run that stored it than the file holds.
+    let puts = log.wait_transfers("PUT", "dst/", 203);
+    let mut stored: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for put in &puts {
+        if put.outcome == "OK" {
+            stored.entry(&put.path).or_default().push(put.bytes_in);
+        }
+    }
+    assert_eq!(stored.len(), 203, "{puts:#?}");
+    assert!(stored.values().all(|runs| runs.len() == 1), "{stored:#?}");
+    let resumed: Vec<&&str> = stored
+        .iter()
+        .filter(|(_, runs)| runs[0] > 0 && runs[0] < 8 * MIB as u64 && runs[0] != 4096)
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        !resumed.is_empty(),
+        "no big file was resumed from its partial upload: {stored:?}"
+    );
+    server.assert_nothing_outside("after the resumed tree");
+}
+
+#[test]
+fn get_r_killed_twice_is_finished_by_continue_without_fetching_landed_files_again() {
+    let server = FileServer::start(&ACCESS_LOG);
+    make_killable_tree(&server.at("tree"));
+    let mut log = AccessLog::of(&server);
+    let relay = Relay::to(&server);
+    let cli = ClientDir {
+        addr: relay.addr.clone(),
+        work: support::exec::Scratch::new("files-tree-kill"),
+    };
+    let here = cli.local("here");
+    // Its big files come first (the top directory's files before its subdirectories').
+    let killed = spawn_client(&cli, "get", &["-q", "-r", "tree/.", "here"]);
+    let first = kill_part_way(killed, &relay, &mut log, &here, 0);
+    // Killed again, this time while it resumes.
+    let resuming = spawn_client(&cli, "get", &["-q", "-r", "--continue", "tree/.", "here"]);
+    let second = kill_part_way(resuming, &relay, &mut log, &here, first.len());
+    for (name, inode) in &first {
+        assert_eq!(second[name], *inode, "{name} was fetched again");
+    }
+
+    // Every connection so far has logged the files it delivered (a file is logged before
+    // the client can rename it into place): what comes from another connection is the
+    // last run's.
+    log.update();
+    let before: std::collections::BTreeSet<String> = log
+        .transfers("GET", "tree/")
+        .into_iter()
+        .map(|get| get.client)
+        .collect();
+    cli.exits_with(0, "get", &["-q", "-r", "--continue", "tree/.", "here"]);
+    assert_eq!(tree_of(&here), tree_of(&server.at("tree")));
+    let (now, hidden) = landed_and_hidden(&here);
+    assert!(hidden.is_empty(), "part files left behind: {hidden:?}");
+    for (name, inode) in &second {
+        assert_eq!(now[name], *inode, "{name} was fetched again");
+    }
+    let gets = log.wait_transfers("GET", "tree/", 203);
+    // The server sent each file that had landed at the first kill once, its bytes and no
+    // more (a resumed run's look at it, a GET from its end, carries none)...
+    let mut sent: BTreeMap<&str, u64> = BTreeMap::new();
+    for get in &gets {
+        *sent.entry(&get.path).or_default() += get.bytes_out;
+    }
+    for name in first.keys() {
+        let size = fs::metadata(here.join(name)).unwrap().len();
+        assert_eq!(sent.get(name.as_str()), Some(&size), "{name}: {gets:#?}");
+    }
+    // ...and the last run sent nothing of what had landed at the second.
+    let last: Vec<&Logged> = gets
+        .iter()
+        .filter(|get| !before.contains(&get.client))
+        .collect();
+    assert!(!last.is_empty(), "{gets:#?}");
+    for get in &last {
+        assert!(
+            !second.contains_key(&get.path) || get.bytes_out == 0,
+            "fetched again: {get:?}"
+        );
+    }
 }

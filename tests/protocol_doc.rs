@@ -32,8 +32,9 @@ use monoreactor::internal::RACY_WINDOW_NS;
 use monoreactor::internal::file_error;
 use monoreactor::internal::{MAX_DATAGRAM, REFUSED_SOURCE_PORTS};
 use monoreactor::proto::exec::{
-    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, PtyRequest, Resize, Signal,
-    SignalRequest, Started, Termination, Window, exec_field, exit_field, started_field,
+    EndReason, ExecFlags, ExecRequest, Exit, MAX_ARGS, MAX_CWD_LEN, MAX_TERM_DIM, MAX_TERM_LEN,
+    PtyRequest, Resize, Signal, SignalRequest, Started, Termination, Window, exec_field,
+    exit_field, started_field,
 };
 use monoreactor::proto::files::{DATA_FRAME_LEN, LIST_PAGE_LEN};
 use monoreactor::proto::files::{
@@ -2843,6 +2844,22 @@ fn constants_table_matches_the_code() {
         ("udp_queue_bytes", limits.udp_queue_bytes.to_string()),
         ("DEFAULT_FRAMED_ADDR", DEFAULT_FRAMED_ADDR.to_string()),
         ("DEFAULT_ECHO_ADDR", DEFAULT_ECHO_ADDR.to_string()),
+        ("ExecFlags::PTY", format!("0x{:04x}", ExecFlags::PTY.bits())),
+        ("MAX_TERM_DIM", MAX_TERM_DIM.to_string()),
+        ("MAX_TERM_LEN", MAX_TERM_LEN.to_string()),
+        ("Resize::PAYLOAD_LEN", Resize::PAYLOAD_LEN.to_string()),
+        (
+            "PutFlags::ATTRS",
+            format!("0x{:02x}", PutFlags::ATTRS.bits()),
+        ),
+        (
+            "PutFlags::DEFER_SYNC",
+            format!("0x{:02x}", PutFlags::DEFER_SYNC.bits()),
+        ),
+        (
+            "PutFlags::SYNC_FS",
+            format!("0x{:02x}", PutFlags::SYNC_FS.bits()),
+        ),
     ]
     .into_iter()
     .collect();

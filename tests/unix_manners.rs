@@ -109,6 +109,82 @@ fn a_connection_that_fails_is_255_a_refusal_is_1_a_usage_error_is_2() {
     assert_eq!(status(&done), Some(2), "{done:?}");
 }
 
+/// `exec` keeps 1 to 254 for the remote command's own statuses: a server that refuses to run
+/// it at all — exec off, a program outside the credential's allowlist, a wrong token — makes
+/// it exit 255, as ssh does, with one line saying why; the other clients' refusals stay 1.
+#[test]
+fn exec_refused_by_the_server_is_255_while_other_refusals_stay_1() {
+    // EXEC_DISABLED: a server started without --exec.
+    let server = Server::start(&[]);
+    let framed = server.framed_str();
+    let done = run_cli(&["exec", "--addr", &framed, "--", "true"], LIMIT);
+    assert!(
+        one_line_failure(&done, 255).contains("EXEC_DISABLED"),
+        "{done:?}"
+    );
+    let done = run_cli(&["get", "--addr", &framed, "nothere", "-"], LIMIT);
+    assert!(one_line_failure(&done, 1).contains("NOT_FOUND"), "{done:?}");
+
+    // AUTH_FAILED: the same answer is 255 for exec, 1 for echo and get.
+    let server = Server::start_exec(&[]);
+    let framed = server.framed_str();
+    let wrong = |command: &mut Command| {
+        command.env("MONOREACTOR_TOKEN", "not-the-token-0123456789abcdef01");
+    };
+    let done = run_cli_with(&["exec", "--addr", &framed, "--", "true"], LIMIT, wrong);
+    assert!(
+        one_line_failure(&done, 255).contains("AUTH_FAILED"),
+        "{done:?}"
+    );
+    for args in [
+        &["echo", "--addr", &framed, "hi"][..],
+        &["get", "--addr", &framed, "x", "-"],
+    ] {
+        let done = run_cli_with(args, LIMIT, wrong);
+        assert!(
+            one_line_failure(&done, 1).contains("AUTH_FAILED"),
+            "{done:?}"
+        );
+    }
+
+    // FORBIDDEN: a program outside the credential's allowlist; an allowed one runs.
+    let dir = support::TempDir::new("manners-allowlist");
+    let access = dir.path().join("access.toml");
+    let access = access.to_str().unwrap();
+    let added = run_cli(
+        &[
+            "access", "add", "--file", access, "--name", "runner", "--allow", "echo",
+        ],
+        LIMIT,
+    );
+    assert_eq!(status(&added), Some(0), "{added:?}");
+    let token = added.stdout.trim().to_string();
+    let server = Server::start(&["--access", access]);
+    let framed = server.framed_str();
+    let runner = |command: &mut Command| {
+        command.env("MONOREACTOR_TOKEN", &token);
+    };
+    let done = run_cli_with(&["exec", "--addr", &framed, "--", "true"], LIMIT, runner);
+    assert!(
+        one_line_failure(&done, 255).contains("FORBIDDEN"),
+        "{done:?}"
+    );
+    let done = run_cli_with(
+        &["exec", "--addr", &framed, "--", "echo", "hi"],
+        LIMIT,
+        runner,
+    );
+    assert_eq!(status(&done), Some(0), "{done:?}");
+    assert_eq!(done.stdout, "hi\n");
+    // And exec --help says so.
+    let help = run_cli(&["exec", "--help"], LIMIT);
+    assert!(
+        help.stdout
+            .contains("255 if this client failed or the server refused"),
+        "{help:?}"
+    );
+}
+
 #[test]
 fn a_name_that_does_not_resolve_is_the_networks_failure_not_a_usage_error() {
     // `.invalid` never resolves (RFC 6761).

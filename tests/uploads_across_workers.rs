@@ -1,6 +1,6 @@
 //! One writer per upload across server processes (`serve --workers 2`): a resumable upload
 //! held by one worker can be neither taken over, nor truncated, nor swept away by another, and
-//! no confirmed file ever changes afterwards.
+//! no confirmed file ever changes afterwards; a tree upload waits for one that is busy.
 
 mod support;
 
@@ -264,4 +264,38 @@ fn a_busy_upload_can_be_resumed_once_the_other_worker_lets_go() {
     second.send_data_in(stream, &data[2 * MIB..], MIB);
     assert_eq!(ok(second.finish_put(stream, &hash), "finish"), hash);
     assert!(fs::read(server.at("k")).unwrap() == data);
+}
+
+/// `put -r --continue` right after an interrupted tree, on a server with workers: a file whose
+/// upload another worker still holds (a connection it has not yet seen close) is busy for a
+/// moment. The tree waits for it, as a single `put` does, instead of failing it after a few
+/// retries made at once.
+#[test]
+fn a_tree_waits_for_an_upload_another_worker_still_holds() {
+    let server = FileServer::start(&["--workers", "2"]);
+    let (mut first, mut second) = conns_on_two_workers(&server);
+    let cli = ClientDir::new(&server, "workers-tree");
+    fs::create_dir(cli.local("src")).unwrap();
+    let x = random_bytes(81, 2 * MIB + 1);
+    let y = random_bytes(82, 2 * MIB + 3);
+    fs::write(cli.local("src/x"), &x).unwrap();
+    fs::write(cli.local("src/y"), &y).unwrap();
+    for i in 0..20 {
+        fs::write(cli.local(&format!("src/small-{i}")), i.to_string()).unwrap();
+    }
+    fs::create_dir(server.at("dst")).unwrap();
+    // One upload held in each worker: whichever the client's connection lands in, the other
+    // holds one of its files (the one in its own worker it takes over).
+    start_put(&mut first, "dst/x", &x, MIB);
+    start_put(&mut second, "dst/y", &y, MIB);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(first);
+        drop(second);
+    });
+    let put = cli.exits_with(0, "put", &["-r", "--continue", "src/.", "dst"]);
+    release.join().unwrap();
+    assert!(fs::read(server.at("dst/x")).unwrap() == x, "{}", put.stderr);
+    assert!(fs::read(server.at("dst/y")).unwrap() == y, "{}", put.stderr);
+    assert_eq!(fs::read(server.at("dst/small-7")).unwrap(), b"7");
 }

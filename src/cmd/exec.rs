@@ -54,7 +54,9 @@ a second one gives up at once (exit 130 or 143), as does SIGHUP (129), and the s
 command when the connection closes.
 
 Exit status: the command's own; 128+N if signal N killed it; 127 if the server found no such
-program, 126 if it may not run it; 255 if this client failed (one line on stderr says why).
+program, 126 if it found one it cannot execute; 255 if this client failed or the server refused
+to run it (exec off, a program the credential does not allow, a wrong token): 1 to 254 are the
+command's, as with ssh. One line on stderr says why.
 
 The token comes from --token-file, else from $MONOREACTOR_TOKEN.";
 
@@ -290,6 +292,14 @@ fn run_on_terminal(
     } else {
         None
     };
+    // A test hook, compiled into debug builds only (a release build has no such variable):
+    // MONOREACTOR_TEST_PANIC=after-raw panics here, with the terminal raw, so that
+    // tests/exec_pty.rs can see the panic hook restore the terminal before the panic is
+    // reported.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("MONOREACTOR_TEST_PANIC").is_some_and(|hook| hook == "after-raw") {
+        panic!("MONOREACTOR_TEST_PANIC=after-raw: a panic with the terminal raw");
+    }
     let signaller = running.signaller();
     let _signals = tty::watch_signals(signaller.clone());
     let escaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

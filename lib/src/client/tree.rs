@@ -52,9 +52,21 @@ pub const DEFAULT_WINDOW: usize = 8;
 const SMALL_FILE: u64 = 256 << 10;
 
 /// How often a transfer refused for a limit (`LIMIT_REACHED`: the connection's streams, the
-/// server's transfers; `UPLOAD_BUSY`) is tried again, each time with the window narrowed to
-/// what was still in flight when the refusal came.
+/// server's transfers) is tried again, each time with the window narrowed to what was still
+/// in flight when the refusal came.
 const MAX_TRIES: u8 = 8;
+
+/// How often an upload refused with `UPLOAD_BUSY` (another server process still receives it:
+/// a connection of an interrupted run it has not seen close yet) is tried again, after a
+/// pause that doubles from [`BUSY_PAUSE`] up to [`BUSY_PAUSE_MAX`]: about two minutes in all,
+/// as long as a single `put` waits for it.
+const BUSY_TRIES: u8 = 64;
+
+/// The first pause before an upload refused with `UPLOAD_BUSY` is tried again.
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The longest pause between two tries of an upload refused with `UPLOAD_BUSY`.
+const BUSY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Requests answered at once (MKDIR) sent before their answers are read.
 const MKDIR_BATCH: usize = 64;
@@ -551,6 +563,7 @@ pub fn put_files(
         window: options.window.max(1),
         hashes: vec![None; items.len()],
         retry: VecDeque::new(),
+        not_before: HashMap::new(),
         ahead: None,
         unhashed: HashMap::new(),
     };
@@ -657,7 +670,23 @@ fn drive_puts(
                 && queue.len() == 1
                 && !(run.in_flight.is_empty() && run.ready.is_empty())
         };
-        while run.in_flight.len() < run.window && !hold_last(run, &queue) {
+        // An upload refused as busy waits out its pause at the head of the queue, where
+        // nothing overtakes it: the file that goes last, with the sync of all, still does.
+        let paused = |run: &PutRun<'_>, queue: &VecDeque<(usize, u8)>| {
+            queue
+                .front()
+                .and_then(|(index, _)| run.not_before.get(index))
+                .and_then(|at| at.checked_duration_since(std::time::Instant::now()))
+        };
+        if run.in_flight.is_empty() && run.ready.is_empty() {
+            if let Some(pause) = paused(run, &queue) {
+                std::thread::sleep(pause);
+            }
+        }
+        while run.in_flight.len() < run.window
+            && !hold_last(run, &queue)
+            && paused(run, &queue).is_none()
+        {
             let Some((index, tries)) = queue.pop_front() else {
                 break;
             };
@@ -668,7 +697,10 @@ fn drive_puts(
             return Ok(std::mem::take(&mut run.failed));
         }
         if !run.ready.is_empty()
-            || (run.in_flight.len() < run.window && !queue.is_empty() && !hold_last(run, &queue))
+            || (run.in_flight.len() < run.window
+                && !queue.is_empty()
+                && !hold_last(run, &queue)
+                && paused(run, &queue).is_none())
         {
             continue;
         }
@@ -690,6 +722,8 @@ struct PutRun<'a> {
     hashes: Vec<Option<Hash>>,
     /// Uploads refused for a limit, to be tried once more.
     retry: VecDeque<(usize, u8)>,
+    /// When an upload refused as busy may be tried again.
+    not_before: HashMap<usize, std::time::Instant>,
     /// Hashes of large files computed ahead, in order, on a thread of their own.
     ahead: Option<std::sync::mpsc::Receiver<(usize, Result<Hash, ClientError>)>>,
     /// What that thread could not hash, until the file's turn comes.
@@ -998,9 +1032,20 @@ impl PutRun<'_> {
                 let error = server_error(payload);
                 // Bytes counted as sent for it are not done.
                 match error.server_code() {
-                    Some(ErrorCode::LimitReached | ErrorCode::UploadBusy)
-                        if sending.tries < MAX_TRIES =>
-                    {
+                    Some(ErrorCode::UploadBusy) if sending.tries < BUSY_TRIES => {
+                        let pause = BUSY_PAUSE
+                            .saturating_mul(1 << sending.tries.min(6))
+                            .min(BUSY_PAUSE_MAX);
+                        debug!(
+                            "{}: {error}; trying again in {pause:?}",
+                            self.items[sending.index].remote
+                        );
+                        self.not_before
+                            .insert(sending.index, std::time::Instant::now() + pause);
+                        self.window = self.in_flight.len().max(1);
+                        self.retry.push_back((sending.index, sending.tries + 1));
+                    }
+                    Some(ErrorCode::LimitReached) if sending.tries < MAX_TRIES => {
                         debug!(
                             "{}: {error}; trying again",
                             self.items[sending.index].remote

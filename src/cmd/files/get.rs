@@ -321,6 +321,21 @@ fn get_tree(args: GetArgs) -> Result<(), Failure> {
         bar.show(tally)
     });
     bar.finish();
-    let failed = got.map_err(|error| session.fail(&error))?;
+    let mut failed = got.map_err(|error| session.fail(&error))?;
+    if args.preserve && !plan.remote_dirs.is_empty() {
+        // Once every file is in place (each one moved its directory's mtime), deepest first.
+        let (dirs, unstated) = tree::remote_dir_attrs(&mut session.client, &plan.remote_dirs)
+            .map_err(|error| session.fail(&error))?;
+        failed.extend(unstated);
+        if dirs.iter().any(|dir| dir.mode.is_none()) {
+            eprintln!(
+                "monoreactor: warning: the server's STAT carries no mode (an older server): directories keep only their times"
+            );
+        }
+        failed.extend(tree::set_local_dir_attrs(&dirs));
+        if options.durable {
+            tree::sync_file_system(&plan.remote_dirs[0].1);
+        }
+    }
     report_failures(&session, refused, &failed, plan.files.len())
 }

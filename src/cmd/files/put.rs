@@ -326,7 +326,56 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
     });
     bar.finish();
     failed.extend(sent.map_err(|error| session.fail(&error))?);
+    if args.preserve {
+        failed.extend(set_tree_attrs(&mut session, &plan, args.resume, &failed)?);
+    }
     report_failures(&session, refused, &failed, plan.files.len())
+}
+
+/// `-p` after the files are stored: with `--continue`, every file's mode and mtime again
+/// (those skipped as already there were not sent, and may differ in both); then every
+/// directory's, deepest first, since storing a file moved its directory's mtime. A server
+/// that does not know SET_ATTRS gets one warning, and the tree does not fail for it.
+fn set_tree_attrs(
+    session: &mut Session,
+    plan: &PutPlan,
+    resumed: bool,
+    failed: &[Failed],
+) -> Result<Vec<Failed>, Failure> {
+    let under_failed = |remote: &str| {
+        failed.iter().any(|failure| {
+            remote
+                .strip_prefix(failure.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    };
+    let mut targets = Vec::new();
+    if resumed {
+        targets.extend(plan.files.iter().filter_map(|item| {
+            let attrs = item.attrs?;
+            (!under_failed(&item.remote)).then(|| (item.remote.clone(), attrs))
+        }));
+    }
+    targets.extend(
+        plan.dir_attrs
+            .iter()
+            .rev()
+            .filter(|(dir, _)| !under_failed(dir))
+            .cloned(),
+    );
+    let outcome = tree::set_remote_attrs(&mut session.client, &targets)
+        .map_err(|error| session.fail(&error))?;
+    if outcome.unsupported {
+        eprintln!(
+            "monoreactor: warning: the server is older than SET_ATTRS: directories keep the server's modes and times{}",
+            if resumed {
+                ", and so do files skipped by --continue"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(outcome.failed)
 }
 
 /// One line per file that failed (and per source refused), then the command's failure: 1 if

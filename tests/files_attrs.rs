@@ -411,3 +411,51 @@ fn an_older_server_gets_one_warning_and_the_tree_still_succeeds() {
     assert_eq!(mtime_ns(&cli.local("back/private/group")), OLD + 2);
     assert_ne!(mode(&cli.local("back/private")), 0o700);
 }
+
+/// `serve --access`: SET_ATTRS is a write (a read-only credential is refused), its path is
+/// mapped into the credential's scope, and the scope's own directory, the root as that
+/// client sees it, is refused as the server's root is.
+#[test]
+fn set_attrs_is_a_write_kept_to_the_credentials_scope() {
+    use monoreactor::proto::ErrorCode;
+    use support::{TempDir, run_cli};
+    let timeout = std::time::Duration::from_secs(10);
+    let dir = TempDir::new("attrs-scope");
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("team/a/sub")).unwrap();
+    let file = dir.path().join("access.toml");
+    let add = |args: &[&str]| {
+        let mut all = vec!["access", "add", "--file", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let done = run_cli(&all, timeout);
+        assert!(done.status.success(), "{}", done.stderr);
+        done.stdout.trim().to_string()
+    };
+    let reader = add(&["--name", "r", "--root", "team/a", "--files", "read"]);
+    let writer = add(&["--name", "w", "--root", "team/a", "--files", "write"]);
+    let server = support::Server::start(&[
+        "--access",
+        file.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    let scope_before = (mode(&root.join("team/a")), mtime_ns(&root.join("team/a")));
+    let answer = |token: &str, path: &str| {
+        let hello = monoreactor::proto::Hello::with_credentials(token.as_bytes());
+        let mut conn = FileConn::connect_with(&server, hello);
+        set_attrs(&mut conn, path, 0o700, OLD)
+    };
+    let refused = answer(&reader, "sub").expect_err("a read-only credential");
+    assert_eq!(refused.0, ErrorCode::Forbidden, "{}", refused.1);
+    assert_ne!(mode(&root.join("team/a/sub")), 0o700);
+    let refused = answer(&writer, "").expect_err("the scope's own directory");
+    assert_eq!(refused.0, ErrorCode::BadRequest, "{}", refused.1);
+    assert!(!refused.1.contains("team"), "{}", refused.1);
+    ok(answer(&writer, "sub"), "inside the scope");
+    assert_eq!(mode(&root.join("team/a/sub")), 0o700);
+    assert_eq!(mtime_ns(&root.join("team/a/sub")), OLD);
+    assert_eq!(
+        (mode(&root.join("team/a")), mtime_ns(&root.join("team/a"))),
+        scope_before
+    );
+}

@@ -390,6 +390,14 @@ fn admit_file_request<'f>(
         FrameType::Mkdir => Admitted::Mkdir(scoped(parse_path(payload).map_err(bad)?)),
         FrameType::SetAttrs => {
             let request = SetAttrsRequest::parse(payload).map_err(bad)?;
+            // The root as the client sees it, refused before the scope maps it: a scoped
+            // credential's root is the operator's directory as much as the server's is.
+            if request.path.is_empty() {
+                return Err(FileError::new(
+                    ErrorCode::BadRequest,
+                    "the root's mode and times cannot be set",
+                ));
+            }
             Admitted::SetAttrs {
                 path: scoped(request.path),
                 attrs: request.attrs,

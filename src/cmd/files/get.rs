@@ -55,8 +55,11 @@ one, but the destination's file system is synced once at the end (unless --no-fs
 the command reports success. With --continue, files already here (same size and BLAKE3 as
 the server's) are skipped and part files resumed. Symlinks on the server are never followed:
 they are skipped with a warning (exit status 0), as is anything that is not a file or a
-directory. -p sets each file's modification time and permission bits to the server's (a
-file skipped by --continue gets the time only).
+directory. -p sets each file's and each directory's modification time and permission bits
+(0o777 at most: never setuid, setgid or sticky) to the server's, a directory's once every
+file inside it is in place, deepest first; a file skipped by --continue gets them too. From
+an older server, whose STAT carries no mode, directories and skipped files get their times
+only, and a tree says so in one warning.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe;
 -q hides it (and the summary line a tree transfer leaves on a terminal)."

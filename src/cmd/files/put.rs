@@ -48,8 +48,11 @@ uploads resumed. Symlinks inside a tree are not followed but skipped with a warn
 follows them); FIFOs, sockets and devices are skipped with a warning: the exit status stays
 0 for what was skipped. A source named on the command line is followed if it is a symlink.
 -p gives each stored file the local file's permission bits (0o777 at most: never setuid,
-setgid or sticky) and modification time, set by the server as it stores it; directories
-keep the server's.
+setgid or sticky) and modification time, set by the server as it stores it; each directory
+of a tree gets its local directory's the same way, once everything inside it is stored,
+deepest first (storing a file moves its directory's time). With --continue -p, files skipped
+as already there get theirs too. A server older than that (no SET_ATTRS) leaves directories
+and skipped files as they are, with one warning; the command still succeeds.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe;
 -q hides it (and the summary line a tree transfer leaves on a terminal)."

@@ -1652,3 +1652,76 @@ fn changed(path: &Path) -> ClientError {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("monoreactor-tree-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn mtime_ns(path: &Path) -> i64 {
+        let meta = fs::symlink_metadata(path).unwrap();
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    }
+
+    #[test]
+    fn local_attrs_keep_permission_bits_and_any_time_and_never_follow_a_symlink() {
+        let dir = scratch("attrs");
+        let file = dir.join("f");
+        fs::write(&file, b"f").unwrap();
+        // setuid from a server is dropped; a time before 1970 is kept, to the nanosecond.
+        set_local_attrs(&file, Some(0o4750), -1_500_000_001).unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(mtime_ns(&file), -1_500_000_001);
+        // A read-only file still gets its time (nothing is opened for writing).
+        set_local_attrs(&file, Some(0o444), 7).unwrap();
+        set_mtime(&file, 1_000_000_000_000_000_009).unwrap();
+        assert_eq!(mtime_ns(&file), 1_000_000_000_000_000_009);
+        // A directory, the mode left alone.
+        let sub = dir.join("d");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o711)).unwrap();
+        set_local_attrs(&sub, None, 42).unwrap();
+        assert_eq!(mtime_ns(&sub), 42);
+        assert_eq!(
+            fs::metadata(&sub).unwrap().permissions().mode() & 0o777,
+            0o711
+        );
+        // A symlink is refused, its target untouched.
+        let link = dir.join("link");
+        symlink(&sub, &link).unwrap();
+        assert!(set_local_attrs(&link, Some(0o700), 5).is_err());
+        assert_eq!(mtime_ns(&sub), 42);
+        assert_eq!(
+            fs::metadata(&sub).unwrap().permissions().mode() & 0o777,
+            0o711
+        );
+        // Deepest first: the parent's time is set after its child's, and holds.
+        let dirs = [
+            LocalDirAttrs {
+                local: sub.clone(),
+                mode: Some(0o700),
+                mtime_ns: 100,
+            },
+            LocalDirAttrs {
+                local: sub.join("inner"),
+                mode: Some(0o750),
+                mtime_ns: 200,
+            },
+        ];
+        fs::create_dir(sub.join("inner")).unwrap();
+        assert!(set_local_dir_attrs(&dirs).is_empty());
+        assert_eq!(mtime_ns(&sub), 100);
+        assert_eq!(mtime_ns(&sub.join("inner")), 200);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

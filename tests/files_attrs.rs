@@ -278,6 +278,17 @@ fn set_attrs_changes_files_and_directories_beneath_the_root_and_nothing_else() {
         (mode(&server.at("d/f")), mtime_ns(&server.at("d/f"))),
         (0o600, -1)
     );
+    // The field's ends, 1677 and 2262: taken, the file system storing what it can hold.
+    ok(
+        set_attrs(&mut conn, "d/f", 0o640, i64::MAX),
+        "the last time",
+    );
+    ok(
+        set_attrs(&mut conn, "d/f", 0o640, i64::MIN),
+        "the first time",
+    );
+    assert_eq!(mode(&server.at("d/f")), 0o640);
+    assert!(mtime_ns(&server.at("d/f")) < 0);
 
     let code = |result: Result<(), Refusal>| result.expect_err("refused").0;
     assert_eq!(

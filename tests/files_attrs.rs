@@ -162,7 +162,7 @@ fn stat_shows_the_mode_and_its_file_info_carries_it() {
 
 #[test]
 fn continue_p_fixes_a_skipped_files_mode_and_mtime_both_ways() {
-    let server = FileServer::start(&[]);
+    let server = FileServer::start(&["--log-level", "warn,monoreactor::access=info"]);
     let cli = ClientDir::new(&server, "files-attrs");
     fs::create_dir(cli.local("src")).unwrap();
     fs::write(cli.local("src/a.txt"), b"same bytes").unwrap();
@@ -178,6 +178,22 @@ fn continue_p_fixes_a_skipped_files_mode_and_mtime_both_ways() {
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     assert_eq!(mode(&server.at("dst/a.txt")), 0o600, "{}", out.stderr);
     assert_eq!(mtime_ns(&server.at("dst/a.txt")), OLD);
+    // Only the skipped file gets a SET_ATTRS (the other was sent, its PUT carried them), and
+    // the directory `dst`, after it.
+    let mut set_attrs = Vec::new();
+    for _ in 0..100 {
+        set_attrs = server
+            .stderr_text()
+            .lines()
+            .filter(|line| line.contains("monoreactor::access") && line.contains("\"SET_ATTRS "))
+            .map(|line| line.split('"').nth(1).unwrap_or("").to_string())
+            .collect::<Vec<_>>();
+        if set_attrs.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(set_attrs, ["SET_ATTRS dst/a.txt", "SET_ATTRS dst"]);
 
     // And back: the local copy has the same bytes, another mode and time.
     fs::create_dir(cli.local("here")).unwrap();

@@ -688,6 +688,39 @@ pub fn put_files(
     options: &TreeOptions,
     progress: &mut dyn FnMut(&Tally),
 ) -> Result<Vec<Failed>, ClientError> {
+    Ok(put_files_reporting(client, items, options, progress)?.failed)
+}
+
+/// What [`put_files_reporting`] came to.
+#[derive(Debug, Default)]
+pub struct PutOutcome {
+    /// The files that failed, and why.
+    pub failed: Vec<Failed>,
+    /// The indices in `items` of the files skipped as already stored ([`TreeOptions::resume`]):
+    /// not sent, so a PUT's `ATTRS` did not give them their mode and mtime (`put --continue
+    /// -p` sends them a SET_ATTRS instead).
+    pub skipped: Vec<usize>,
+}
+
+/// [`put_files`], saying also which files were skipped as already there.
+pub fn put_files_reporting(
+    client: &mut FileClient,
+    items: &[PutItem],
+    options: &TreeOptions,
+    progress: &mut dyn FnMut(&Tally),
+) -> Result<PutOutcome, ClientError> {
+    let mut skipped = Vec::new();
+    let failed = upload_all(client, items, options, progress, &mut skipped)?;
+    Ok(PutOutcome { failed, skipped })
+}
+
+fn upload_all(
+    client: &mut FileClient,
+    items: &[PutItem],
+    options: &TreeOptions,
+    progress: &mut dyn FnMut(&Tally),
+    skipped: &mut Vec<usize>,
+) -> Result<Vec<Failed>, ClientError> {
     let mut run = PutRun {
         items,
         options,
@@ -727,6 +760,7 @@ pub fn put_files(
         for (&(index, _), there) in wanted.iter().zip(there) {
             if there {
                 debug!("{}: already there", items[index].remote);
+                skipped.push(index);
                 run.tally.files_done += 1;
                 run.tally.skipped += 1;
                 run.tally.bytes_done += items[index].size;
@@ -745,6 +779,7 @@ pub fn put_files(
             .filter(|&index| run.hashes[index].is_some())
             .min_by_key(|&index| items[index].size);
         if let Some(index) = smallest {
+            skipped.retain(|&other| other != index);
             run.tally.files_done -= 1;
             run.tally.skipped -= 1;
             run.tally.bytes_done -= items[index].size;

@@ -324,25 +324,27 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
         resume: args.resume,
         ..TreeOptions::default()
     };
-    let sent = tree::put_files(&mut session.client, &plan.files, &options, &mut |tally| {
-        bar.show(tally)
-    });
+    let sent =
+        tree::put_files_reporting(&mut session.client, &plan.files, &options, &mut |tally| {
+            bar.show(tally)
+        });
     bar.finish();
-    failed.extend(sent.map_err(|error| session.fail(&error))?);
+    let sent = sent.map_err(|error| session.fail(&error))?;
+    failed.extend(sent.failed);
     if args.preserve {
-        failed.extend(set_tree_attrs(&mut session, &plan, args.resume, &failed)?);
+        failed.extend(set_tree_attrs(&mut session, &plan, &sent.skipped, &failed)?);
     }
     report_failures(&session, refused, &failed, plan.files.len())
 }
 
-/// `-p` after the files are stored: with `--continue`, every file's mode and mtime again
-/// (those skipped as already there were not sent, and may differ in both); then every
-/// directory's, deepest first, since storing a file moved its directory's mtime. A server
-/// that does not know SET_ATTRS gets one warning, and the tree does not fail for it.
+/// `-p` after the files are stored: the mode and mtime of each file `--continue` skipped as
+/// already there (`skipped`, indices in `plan.files`: not sent, so no PUT carried them);
+/// then every directory's, deepest first, since storing a file moved its directory's mtime.
+/// A server that does not know SET_ATTRS gets one warning, and the tree does not fail for it.
 fn set_tree_attrs(
     session: &mut Session,
     plan: &PutPlan,
-    resumed: bool,
+    skipped: &[usize],
     failed: &[Failed],
 ) -> Result<Vec<Failed>, Failure> {
     let under_failed = |remote: &str| {
@@ -352,13 +354,13 @@ fn set_tree_attrs(
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
     };
-    let mut targets = Vec::new();
-    if resumed {
-        targets.extend(plan.files.iter().filter_map(|item| {
-            let attrs = item.attrs?;
-            (!under_failed(&item.remote)).then(|| (item.remote.clone(), attrs))
-        }));
-    }
+    let mut targets: Vec<_> = skipped
+        .iter()
+        .filter_map(|&index| {
+            let item = plan.files.get(index)?;
+            Some((item.remote.clone(), item.attrs?))
+        })
+        .collect();
     targets.extend(
         plan.dir_attrs
             .iter()
@@ -371,10 +373,10 @@ fn set_tree_attrs(
     if outcome.unsupported {
         eprintln!(
             "monoreactor: warning: the server is older than SET_ATTRS: directories keep the server's modes and times{}",
-            if resumed {
-                ", and so do files skipped by --continue"
-            } else {
+            if skipped.is_empty() {
                 ""
+            } else {
+                ", and so do files skipped by --continue"
             }
         );
     }

@@ -17,7 +17,7 @@ use monoreactor::disk::{
     SyncKind, TransferPermit, UploadHandle,
 };
 use monoreactor::proto::exec::{EndReason, Signal, Termination};
-use monoreactor::proto::files::{FileInfo, FileKind, GetRequest, Hash, PutRequest};
+use monoreactor::proto::files::{FileInfo, FileKind, GetRequest, Hash, PutAttrs, PutRequest};
 use monoreactor::proto::{Decoder, ErrorCode, ErrorMessage, Flags, Frame, FrameType, Hello};
 use monoreactor::{
     Access, BufferPool, Connection, Context, Limits, Protocol, Tick, Token, Transport, Verdict,
@@ -67,17 +67,17 @@ impl EmptyDisk {
 }
 
 impl Disk for EmptyDisk {
-    fn stat(&mut self, path: &str) -> Result<FileInfo, FileError> {
+    fn stat(&mut self, path: &str) -> Result<(FileInfo, u32), FileError> {
         if path.is_empty() {
-            return Ok(FileMeta {
+            let meta = FileMeta {
                 size: 0,
                 mtime_ns: 0,
                 ctime_ns: 0,
                 kind: FileKind::Directory,
                 dev: 1,
                 ino: 1,
-            }
-            .info(None));
+            };
+            return Ok((meta.info(None), 0o755));
         }
         Err(Self::missing(path))
     }
@@ -86,6 +86,9 @@ impl Disk for EmptyDisk {
             ErrorCode::PermissionDenied,
             format!("{path}: read-only"),
         ))
+    }
+    fn set_attrs(&mut self, path: &str, _: PutAttrs) -> Result<(), FileError> {
+        self.mkdir(path)
     }
     fn delete(&mut self, path: &str) -> Result<(), FileError> {
         Err(Self::missing(path))

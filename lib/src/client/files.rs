@@ -222,6 +222,20 @@ impl FileClient {
         }
     }
 
+    /// STAT, with the permission bits a server of this version sends after FILE_INFO's 50
+    /// bytes (`None` from an older server, which does not).
+    pub fn stat_with_mode(&mut self, path: &str) -> Result<(FileInfo, Option<u32>), ClientError> {
+        let stream = self.request(FrameType::Stat, path.as_bytes())?;
+        let frame = self.next_on(stream)?;
+        match frame.header.frame_type {
+            FrameType::FileInfo => {
+                let info = FileInfo::parse(&frame.payload).map_err(ClientError::Message)?;
+                Ok((info, FileInfo::parse_mode(&frame.payload)))
+            }
+            other => Err(ClientError::Unexpected(other)),
+        }
+    }
+
     /// LIST: the entries of directory `dir` (`""` is the root), in the server's order (the
     /// caller sorts), every page collected until the one with END_STREAM.
     pub fn list(&mut self, dir: &str) -> Result<Vec<OwnedDirEntry>, ClientError> {

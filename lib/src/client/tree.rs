@@ -40,6 +40,7 @@ use super::files::{FileClient, hash_reader, hex, local, part_path, server_error}
 use super::{ClientError, Pieces, Received};
 use crate::proto::files::{
     Digest, FileInfo, FileKind, GetRequest, Hash, PutAttrs, PutFlags, PutReady, PutRequest,
+    SetAttrsRequest,
 };
 use crate::proto::path::{MAX_PATH_LEN, check_relative};
 use crate::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN, Header};
@@ -112,6 +113,10 @@ pub struct GetItem {
 pub struct PutPlan {
     /// Remote directories to create, each after its parent.
     pub dirs: Vec<String>,
+    /// With `preserve`: each directory of `dirs` with its local mode and mtime, in the same
+    /// order (parents first), to be set once everything inside is stored, deepest first
+    /// ([`set_remote_attrs`] of them reversed).
+    pub dir_attrs: Vec<(String, Attrs)>,
     /// Files to upload.
     pub files: Vec<PutItem>,
     /// Entries skipped (a symlink not followed, a FIFO, a socket, a device, a name the
@@ -124,6 +129,9 @@ pub struct PutPlan {
 pub struct GetPlan {
     /// Local directories to create, each after its parent.
     pub dirs: Vec<PathBuf>,
+    /// The remote directory each of `dirs` copies, in the same order: where `-p` reads the
+    /// modes and mtimes from ([`remote_dir_attrs`]).
+    pub remote_dirs: Vec<(String, PathBuf)>,
     /// Files to download.
     pub files: Vec<GetItem>,
     /// Entries skipped (remote symlinks, which the server never follows; anything else that
@@ -218,6 +226,9 @@ pub fn plan_put(
 ) -> io::Result<()> {
     let meta = fs::metadata(source)?;
     plan.dirs.push(remote.to_string());
+    if preserve {
+        plan.dir_attrs.push((remote.to_string(), attrs_of(&meta)));
+    }
     let mut ancestors = vec![(meta.dev(), meta.ino())];
     walk_local(source, remote, follow, preserve, &mut ancestors, plan)
 }
@@ -278,6 +289,9 @@ fn walk_local(
                 continue;
             }
             plan.dirs.push(target.clone());
+            if preserve {
+                plan.dir_attrs.push((target.clone(), attrs_of(&meta)));
+            }
             ancestors.push(key);
             let walked = walk_local(&path, &target, follow, preserve, ancestors, plan);
             ancestors.pop();
@@ -321,6 +335,7 @@ pub fn plan_get(
     let mut pending = VecDeque::from([(remote.to_string(), local.to_path_buf())]);
     while let Some((dir, into)) = pending.pop_front() {
         plan.dirs.push(into.clone());
+        plan.remote_dirs.push((dir.clone(), into.clone()));
         let mut entries = client.list(&dir)?;
         super::files::sort_entries(&mut entries);
         for entry in entries {
@@ -410,6 +425,127 @@ pub fn make_remote_dirs(
     Ok(failed)
 }
 
+/// What [`set_remote_attrs`] came to.
+#[derive(Debug, Default)]
+pub struct AttrsOutcome {
+    /// The paths whose attributes could not be set, and why.
+    pub failed: Vec<Failed>,
+    /// The server does not know SET_ATTRS (a version before it: `UNKNOWN_FRAME_TYPE`): no
+    /// attribute was set, which the caller reports as one warning, not as failures.
+    pub unsupported: bool,
+}
+
+/// Gives each remote path of `targets` its mode (permission bits only) and mtime, in the
+/// order given, pipelined (SET_ATTRS is answered at once, and in order): a directory's must
+/// come after everything inside it is stored and after its subdirectories' — writing in a
+/// directory moves its mtime — so a tree passes its directories deepest first. The root
+/// (the empty path) is left alone: the server refuses to change it.
+pub fn set_remote_attrs(
+    client: &mut FileClient,
+    targets: &[(String, Attrs)],
+) -> Result<AttrsOutcome, ClientError> {
+    let targets: Vec<&(String, Attrs)> = targets
+        .iter()
+        .filter(|(path, _)| !path.is_empty())
+        .collect();
+    let mut outcome = AttrsOutcome::default();
+    let answers = pipelined(client, targets.len(), MKDIR_BATCH, |at| {
+        let (path, attrs) = targets[at];
+        let request = SetAttrsRequest {
+            attrs: PutAttrs {
+                mode: attrs.mode,
+                mtime_ns: attrs.mtime_ns,
+            },
+            path,
+        };
+        (FrameType::SetAttrs, request.to_payload())
+    })?;
+    for ((path, _), frames) in targets.iter().zip(answers) {
+        let Some(last) = frames.last() else {
+            continue;
+        };
+        let error = match last.header.frame_type {
+            FrameType::Done => continue,
+            FrameType::Error => server_error(&last.payload),
+            other => ClientError::Unexpected(other),
+        };
+        if error.server_code() == Some(ErrorCode::UnknownFrameType) {
+            outcome.unsupported = true;
+            continue;
+        }
+        outcome.failed.push(Failed {
+            path: path.clone(),
+            error,
+        });
+    }
+    Ok(outcome)
+}
+
+/// A local directory's mode and mtime to set, from its remote copy's STAT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalDirAttrs {
+    /// The local directory.
+    pub local: PathBuf,
+    /// The server's permission bits; `None` from a server whose STAT does not carry them.
+    pub mode: Option<u32>,
+    /// The server's mtime.
+    pub mtime_ns: i64,
+}
+
+/// The mode and mtime of each remote directory of a [`GetPlan`] (`remote_dirs`), by STATs,
+/// pipelined; in the plan's order (parents first). A directory that cannot be STATed (gone
+/// meanwhile) fails alone.
+pub fn remote_dir_attrs(
+    client: &mut FileClient,
+    dirs: &[(String, PathBuf)],
+) -> Result<(Vec<LocalDirAttrs>, Vec<Failed>), ClientError> {
+    let answers = pipelined(client, dirs.len(), MKDIR_BATCH, |at| {
+        (FrameType::Stat, dirs[at].0.as_bytes().to_vec())
+    })?;
+    let mut attrs = Vec::new();
+    let mut failed = Vec::new();
+    for ((remote, local), frames) in dirs.iter().zip(answers) {
+        let Some(last) = frames.last() else {
+            continue;
+        };
+        match last.header.frame_type {
+            FrameType::FileInfo => {
+                let info = FileInfo::parse(&last.payload).map_err(ClientError::Message)?;
+                attrs.push(LocalDirAttrs {
+                    local: local.clone(),
+                    mode: FileInfo::parse_mode(&last.payload),
+                    mtime_ns: info.mtime_ns,
+                });
+            }
+            FrameType::Error => failed.push(Failed {
+                path: remote.clone(),
+                error: server_error(&last.payload),
+            }),
+            other => failed.push(Failed {
+                path: remote.clone(),
+                error: ClientError::Unexpected(other),
+            }),
+        }
+    }
+    Ok((attrs, failed))
+}
+
+/// Gives local directories their remote copies' modes and mtimes, deepest first (`dirs` in
+/// a plan's order, parents first, is walked backwards), once every file inside them is in
+/// place: writing in a directory moves its mtime.
+pub fn set_local_dir_attrs(dirs: &[LocalDirAttrs]) -> Vec<Failed> {
+    let mut failed = Vec::new();
+    for dir in dirs.iter().rev() {
+        if let Err(error) = set_local_attrs(&dir.local, dir.mode, dir.mtime_ns) {
+            failed.push(Failed {
+                path: dir.local.display().to_string(),
+                error,
+            });
+        }
+    }
+    failed
+}
+
 /// A file the other side may already have: its request path, size and BLAKE3.
 #[derive(Clone, Copy, Debug)]
 pub struct Wanted<'a> {
@@ -430,7 +566,17 @@ pub fn remote_matches(
     client: &mut FileClient,
     wanted: &[Wanted<'_>],
 ) -> Result<Vec<bool>, ClientError> {
+    Ok(remote_matches_with_modes(client, wanted)?.0)
+}
+
+/// [`remote_matches`], and the permission bits each STAT reported (`None`: not found, or a
+/// server before STAT carried them), for `get --continue -p` to give a skipped file.
+pub fn remote_matches_with_modes(
+    client: &mut FileClient,
+    wanted: &[Wanted<'_>],
+) -> Result<(Vec<bool>, Vec<Option<u32>>), ClientError> {
     let mut matches = vec![false; wanted.len()];
+    let mut modes = vec![None; wanted.len()];
     let mut unknown = Vec::new();
     for (batch_at, batch) in wanted.chunks(MKDIR_BATCH).enumerate() {
         let frames = pipelined(client, batch.len(), batch.len(), |at| {
@@ -448,6 +594,7 @@ pub fn remote_matches(
             if info.kind != FileKind::File || info.size != wanted[index].size {
                 continue;
             }
+            modes[index] = FileInfo::parse_mode(&frame.payload);
             match info.hash {
                 Some(known) => matches[index] = known == wanted[index].hash,
                 None => unknown.push(index),
@@ -488,7 +635,7 @@ pub fn remote_matches(
         }
         matches[unknown[at]] = same;
     }
-    Ok(matches)
+    Ok((matches, modes))
 }
 
 /// Sends `count` requests (`request(i)` builds the i-th), at most `window` unanswered at a
@@ -553,6 +700,39 @@ pub fn put_files(
     options: &TreeOptions,
     progress: &mut dyn FnMut(&Tally),
 ) -> Result<Vec<Failed>, ClientError> {
+    Ok(put_files_reporting(client, items, options, progress)?.failed)
+}
+
+/// What [`put_files_reporting`] came to.
+#[derive(Debug, Default)]
+pub struct PutOutcome {
+    /// The files that failed, and why.
+    pub failed: Vec<Failed>,
+    /// The indices in `items` of the files skipped as already stored ([`TreeOptions::resume`]):
+    /// not sent, so a PUT's `ATTRS` did not give them their mode and mtime (`put --continue
+    /// -p` sends them a SET_ATTRS instead).
+    pub skipped: Vec<usize>,
+}
+
+/// [`put_files`], saying also which files were skipped as already there.
+pub fn put_files_reporting(
+    client: &mut FileClient,
+    items: &[PutItem],
+    options: &TreeOptions,
+    progress: &mut dyn FnMut(&Tally),
+) -> Result<PutOutcome, ClientError> {
+    let mut skipped = Vec::new();
+    let failed = upload_all(client, items, options, progress, &mut skipped)?;
+    Ok(PutOutcome { failed, skipped })
+}
+
+fn upload_all(
+    client: &mut FileClient,
+    items: &[PutItem],
+    options: &TreeOptions,
+    progress: &mut dyn FnMut(&Tally),
+    skipped: &mut Vec<usize>,
+) -> Result<Vec<Failed>, ClientError> {
     let mut run = PutRun {
         items,
         options,
@@ -593,6 +773,7 @@ pub fn put_files(
         for (&(index, _), there) in wanted.iter().zip(there) {
             if there {
                 debug!("{}: already there", items[index].remote);
+                skipped.push(index);
                 run.tally.files_done += 1;
                 run.tally.skipped += 1;
                 run.tally.bytes_done += items[index].size;
@@ -611,6 +792,7 @@ pub fn put_files(
             .filter(|&index| run.hashes[index].is_some())
             .min_by_key(|&index| items[index].size);
         if let Some(index) = smallest {
+            skipped.retain(|&other| other != index);
             run.tally.files_done -= 1;
             run.tally.skipped -= 1;
             run.tally.bytes_done -= items[index].size;
@@ -1144,6 +1326,7 @@ pub fn get_files(
     progress(&tally);
     let mut queue: VecDeque<(usize, u8)> = VecDeque::new();
     let mut here = vec![false; items.len()];
+    let mut modes = vec![None; items.len()];
     if options.resume {
         let hashed: Vec<(usize, Hash)> = items
             .iter()
@@ -1158,8 +1341,10 @@ pub fn get_files(
                 hash,
             })
             .collect();
-        for (&(index, _), same) in hashed.iter().zip(remote_matches(client, &asked)?) {
+        let (same, remote_modes) = remote_matches_with_modes(client, &asked)?;
+        for ((&(index, _), same), mode) in hashed.iter().zip(same).zip(remote_modes) {
             here[index] = same;
+            modes[index] = mode;
         }
     }
     for (index, item) in items.iter().enumerate() {
@@ -1169,7 +1354,9 @@ pub fn get_files(
             tally.skipped += 1;
             tally.bytes_done += item.size;
             if options.preserve {
-                if let Err(error) = set_mtime(&item.local, item.mtime_ns) {
+                // Skipped, but `-p` still gives it the server's mode (when the server says
+                // it) and time.
+                if let Err(error) = set_local_attrs(&item.local, modes[index], item.mtime_ns) {
                     failed.push(Failed {
                         path: item.local.display().to_string(),
                         error,
@@ -1473,19 +1660,58 @@ fn hash_file(path: &Path, size: u64) -> Result<Hash, ClientError> {
 
 /// Sets a local file's mtime (its atime too, to the same), as `cp -p` and `scp -p` do.
 pub fn set_mtime(path: &Path, mtime_ns: i64) -> Result<(), ClientError> {
-    let time = std::time::UNIX_EPOCH
-        .checked_add(std::time::Duration::from_nanos(mtime_ns.max(0) as u64))
-        .unwrap_or(std::time::UNIX_EPOCH);
-    let times = fs::FileTimes::new().set_modified(time).set_accessed(time);
-    File::options()
-        .write(true)
-        .open(path)
-        .and_then(|file| file.set_times(times))
-        .map_err(|source| local(&format!("set the mtime of {}", path.display()), source))
+    set_local_attrs(path, None, mtime_ns)
+}
+
+/// Gives the local file or directory `path` the permission bits of `mode` (if given: never
+/// setuid, setgid or sticky) and the mtime `mtime_ns` (its atime too), which may be before
+/// 1970. By path, without opening it (a file or directory of mode 0o000 gets its mode all
+/// the same); a symlink is refused, never followed.
+pub fn set_local_attrs(path: &Path, mode: Option<u32>, mtime_ns: i64) -> Result<(), ClientError> {
+    use std::os::unix::ffi::OsStrExt;
+    let failed =
+        |what: &str, source: io::Error| local(&format!("{what} {}", path.display()), source);
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(failed(
+                "set the mode and time of",
+                io::Error::other("it is a symlink, never followed"),
+            ));
+        }
+        Ok(_) => {}
+        Err(source) => return Err(failed("stat", source)),
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| failed("name", io::Error::from(ErrorKind::InvalidInput)))?;
+    if let Some(mode) = mode {
+        // SAFETY: `c_path` is a NUL-terminated string that outlives the call.
+        let rc = unsafe { libc::fchmodat(libc::AT_FDCWD, c_path.as_ptr(), mode & 0o777, 0) };
+        if rc != 0 {
+            return Err(failed("chmod", io::Error::last_os_error()));
+        }
+    }
+    let at = libc::timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    let times = [at, at];
+    // SAFETY: `c_path` and `times` (two timespecs, as utimensat reads) outlive the call.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(failed("set the mtime of", io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Syncs the file system holding `path` (`syncfs`): one call for a whole tree's files.
-fn sync_file_system(path: &Path) {
+pub fn sync_file_system(path: &Path) {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -1510,4 +1736,77 @@ fn changed(path: &Path) -> ClientError {
             "its size changed since the tree was walked",
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("monoreactor-tree-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn mtime_ns(path: &Path) -> i64 {
+        let meta = fs::symlink_metadata(path).unwrap();
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    }
+
+    #[test]
+    fn local_attrs_keep_permission_bits_and_any_time_and_never_follow_a_symlink() {
+        let dir = scratch("attrs");
+        let file = dir.join("f");
+        fs::write(&file, b"f").unwrap();
+        // setuid from a server is dropped; a time before 1970 is kept, to the nanosecond.
+        set_local_attrs(&file, Some(0o4750), -1_500_000_001).unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(mtime_ns(&file), -1_500_000_001);
+        // A read-only file still gets its time (nothing is opened for writing).
+        set_local_attrs(&file, Some(0o444), 7).unwrap();
+        set_mtime(&file, 1_000_000_000_000_000_009).unwrap();
+        assert_eq!(mtime_ns(&file), 1_000_000_000_000_000_009);
+        // A directory, the mode left alone.
+        let sub = dir.join("d");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o711)).unwrap();
+        set_local_attrs(&sub, None, 42).unwrap();
+        assert_eq!(mtime_ns(&sub), 42);
+        assert_eq!(
+            fs::metadata(&sub).unwrap().permissions().mode() & 0o777,
+            0o711
+        );
+        // A symlink is refused, its target untouched.
+        let link = dir.join("link");
+        symlink(&sub, &link).unwrap();
+        assert!(set_local_attrs(&link, Some(0o700), 5).is_err());
+        assert_eq!(mtime_ns(&sub), 42);
+        assert_eq!(
+            fs::metadata(&sub).unwrap().permissions().mode() & 0o777,
+            0o711
+        );
+        // Deepest first: the parent's time is set after its child's, and holds.
+        let dirs = [
+            LocalDirAttrs {
+                local: sub.clone(),
+                mode: Some(0o700),
+                mtime_ns: 100,
+            },
+            LocalDirAttrs {
+                local: sub.join("inner"),
+                mode: Some(0o750),
+                mtime_ns: 200,
+            },
+        ];
+        fs::create_dir(sub.join("inner")).unwrap();
+        assert!(set_local_dir_attrs(&dirs).is_empty());
+        assert_eq!(mtime_ns(&sub), 100);
+        assert_eq!(mtime_ns(&sub.join("inner")), 200);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

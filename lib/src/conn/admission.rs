@@ -12,7 +12,8 @@ use super::{Bits, Connection};
 use crate::access::{CommandSlot, FilesRight, Grant, QuotaHold};
 use crate::proto::exec::ExecRequest;
 use crate::proto::files::{
-    FileKind, FileRequestError, GetRequest, PutRequest, parse_delete_path, parse_path,
+    FileKind, FileRequestError, GetRequest, PutAttrs, PutRequest, SetAttrsRequest,
+    parse_delete_path, parse_path,
 };
 use crate::proto::{ErrorCode, Frame, FrameType};
 use crate::service::disk::{FileError, TransferPermit};
@@ -55,6 +56,8 @@ pub(super) enum Admitted<'f> {
     Delete(Cow<'f, str>),
     /// MKDIR of a path.
     Mkdir(Cow<'f, str>),
+    /// SET_ATTRS of a path: its new mode and mtime.
+    SetAttrs { path: Cow<'f, str>, attrs: PutAttrs },
 }
 
 /// Why a request was refused: the ERROR sent on its stream, which ends only that stream.
@@ -356,7 +359,7 @@ fn rights(grant: &Grant, frame_type: FrameType) -> Result<(), Refusal> {
     }
     let writes = matches!(
         frame_type,
-        FrameType::Put | FrameType::Delete | FrameType::Mkdir
+        FrameType::Put | FrameType::Delete | FrameType::Mkdir | FrameType::SetAttrs
     );
     match grant.files {
         FilesRight::None => refused(format!(
@@ -385,6 +388,21 @@ fn admit_file_request<'f>(
         FrameType::Stat => Admitted::Stat(scoped(parse_path(payload).map_err(bad)?)),
         FrameType::Delete => Admitted::Delete(scoped(parse_delete_path(payload).map_err(bad)?)),
         FrameType::Mkdir => Admitted::Mkdir(scoped(parse_path(payload).map_err(bad)?)),
+        FrameType::SetAttrs => {
+            let request = SetAttrsRequest::parse(payload).map_err(bad)?;
+            // The root as the client sees it, refused before the scope maps it: a scoped
+            // credential's root is the operator's directory as much as the server's is.
+            if request.path.is_empty() {
+                return Err(FileError::new(
+                    ErrorCode::BadRequest,
+                    "the root's mode and times cannot be set",
+                ));
+            }
+            Admitted::SetAttrs {
+                path: scoped(request.path),
+                attrs: request.attrs,
+            }
+        }
         FrameType::List => {
             let path = scoped(parse_path(payload).map_err(bad)?);
             Admitted::List {
@@ -411,8 +429,8 @@ fn admit_file_request<'f>(
                         .files
                         .as_deref_mut()
                         .and_then(|disk| disk.stat(&path).ok())
-                        .filter(|info| info.kind == FileKind::File)
-                        .map_or(0, |info| info.size);
+                        .filter(|(info, _)| info.kind == FileKind::File)
+                        .map_or(0, |(info, _)| info.size);
                     grant
                         .reserve(request.size, replaces)
                         .map_err(|text| FileError::new(ErrorCode::Forbidden, text))?

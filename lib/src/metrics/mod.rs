@@ -83,10 +83,11 @@ pub(crate) enum RequestKind {
     Stat,
     Delete,
     Mkdir,
+    SetAttrs,
 }
 
 impl RequestKind {
-    pub(crate) const ALL: [RequestKind; 8] = [
+    pub(crate) const ALL: [RequestKind; 9] = [
         RequestKind::Echo,
         RequestKind::Exec,
         RequestKind::Get,
@@ -95,6 +96,7 @@ impl RequestKind {
         RequestKind::Stat,
         RequestKind::Delete,
         RequestKind::Mkdir,
+        RequestKind::SetAttrs,
     ];
 
     /// The name in an access line and the label in the metrics.
@@ -108,6 +110,7 @@ impl RequestKind {
             RequestKind::Stat => "STAT",
             RequestKind::Delete => "RM",
             RequestKind::Mkdir => "MKDIR",
+            RequestKind::SetAttrs => "SET_ATTRS",
         }
     }
 }

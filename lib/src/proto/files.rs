@@ -1,5 +1,5 @@
 //! Payloads of the file-service frames (protocol version 2, types 0x30–0x3D): GET, PUT, LIST,
-//! STAT, DELETE, MKDIR from the client; FILE_INFO, PUT_READY, ENTRIES and DONE from the server;
+//! STAT, DELETE, MKDIR, SET_ATTRS from the client; FILE_INFO, PUT_READY, ENTRIES and DONE from the server;
 //! DATA and DIGEST both ways.
 //!
 //! One request lives on one stream, chosen by the client:
@@ -20,6 +20,7 @@
 //!                          <----  ENTRIES ... (pages; the last one has END_STREAM)
 //! STAT   path              ---->  FILE_INFO                                   (END_STREAM)
 //! DELETE / MKDIR path      ---->  DONE                                        (END_STREAM)
+//! SET_ATTRS mode, mtime, path ->  DONE                                        (END_STREAM)
 //! ```
 //! Any of them may end instead with an ERROR on the stream (not found, is a directory, ...),
 //! which ends only that stream.
@@ -377,6 +378,71 @@ impl<'a> PutRequest<'a> {
     }
 }
 
+/// SET_ATTRS payload fields: the mode, the mtime, then the path.
+///
+/// ```text
+/// offset 0            4                   12
+///        +------------+-------------------+---------------------
+///        | mode (u32) | mtime ns (BE i64) | path (UTF-8, the rest)
+///        +------------+-------------------+---------------------
+/// ```
+pub mod set_attrs_field {
+    use std::ops::Range;
+    /// The mode (BE u32); the server keeps the permission bits, `mode & 0o777`.
+    pub const MODE: Range<usize> = 0..4;
+    /// The modification time, ns since the Unix epoch (BE i64, signed).
+    pub const MTIME_NS: Range<usize> = 4..12;
+    /// The path starts here and runs to the end of the payload.
+    pub const PATH: usize = 12;
+}
+
+/// SET_ATTRS: give an existing regular file or directory a mode (permission bits only) and a
+/// modification time, as a PUT with `ATTRS` gives the file it stores. What `put -r -p` sends
+/// for each directory once everything inside it is stored (writing a file moves its
+/// directory's mtime), deepest first, and for a file `--continue` skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetAttrsRequest<'a> {
+    /// The mode and the mtime, as PUT's `ATTRS` carries them.
+    pub attrs: PutAttrs,
+    /// The file or directory, relative to the root (never the root itself).
+    pub path: &'a str,
+}
+
+impl<'a> SetAttrsRequest<'a> {
+    /// Parses a SET_ATTRS payload.
+    pub fn parse(payload: &'a [u8]) -> Result<SetAttrsRequest<'a>, FileRequestError> {
+        let head = fixed(payload, set_attrs_field::PATH)?;
+        let mut mode = [0; 4];
+        mode.copy_from_slice(&head[set_attrs_field::MODE]);
+        Ok(SetAttrsRequest {
+            attrs: PutAttrs {
+                mode: u32::from_be_bytes(mode),
+                mtime_ns: be_i64(head, set_attrs_field::MTIME_NS.start),
+            },
+            path: parse_path(&payload[set_attrs_field::PATH..])?,
+        })
+    }
+
+    /// Payload length.
+    pub fn payload_len(&self) -> usize {
+        set_attrs_field::PATH + self.path.len()
+    }
+
+    /// Writes the payload into `out[..self.payload_len()]`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[set_attrs_field::MODE].copy_from_slice(&self.attrs.mode.to_be_bytes());
+        out[set_attrs_field::MTIME_NS].copy_from_slice(&self.attrs.mtime_ns.to_be_bytes());
+        out[set_attrs_field::PATH..self.payload_len()].copy_from_slice(self.path.as_bytes());
+    }
+
+    /// The payload, in a vector of its own.
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut payload = vec![0; self.payload_len()];
+        self.emit(&mut payload);
+        payload
+    }
+}
+
 /// What a file request's path names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -449,7 +515,8 @@ pub mod info_field {
     pub const FLAGS: usize = 17;
     /// The whole file's BLAKE3, or zeros.
     pub const HASH: Range<usize> = 18..50;
-    /// In GET's FILE_INFO, after the 50 bytes: the file's permission bits (BE u32).
+    /// After the 50 bytes, in GET's and STAT's FILE_INFO from a server of this version: the
+    /// permission bits (BE u32, `st_mode & 0o777`). A client must not require them.
     pub const MODE: Range<usize> = 50..54;
 }
 
@@ -471,10 +538,11 @@ impl FileInfo {
     pub const PAYLOAD_LEN: usize = info_field::HASH.end;
     const HASH_KNOWN: u8 = 0x01;
 
-    /// Payload length of GET's FILE_INFO, with the mode after the 50 bytes.
+    /// Payload length of GET's and STAT's FILE_INFO, with the mode after the 50 bytes.
     pub const WITH_MODE_LEN: usize = info_field::MODE.end;
 
-    /// The mode after the 50 bytes (GET's FILE_INFO), if the payload has it.
+    /// The mode after the 50 bytes (GET's and STAT's FILE_INFO), if the payload has it: a
+    /// server before this version sends 50 bytes, and a later one may send more.
     pub fn parse_mode(payload: &[u8]) -> Option<u32> {
         let bytes = payload.get(info_field::MODE)?;
         let mut mode = [0; 4];
@@ -810,6 +878,50 @@ mod tests {
             PutRequest::parse(&sync),
             Err(FileRequestError::UnknownFlags(0x24))
         );
+    }
+
+    #[test]
+    fn set_attrs_round_trips_keeps_odd_values_and_checks_the_path() {
+        for attrs in [
+            PutAttrs {
+                mode: 0o750,
+                mtime_ns: 1_735_689_600_000_000_000,
+            },
+            // Whatever the bits and however far from 1970 either way: the codec carries
+            // them; what the server keeps is its business (`mode & 0o777`).
+            PutAttrs {
+                mode: 0o4_7777 | 0xffff_0000,
+                mtime_ns: -86_400_000_000_123,
+            },
+            PutAttrs {
+                mode: 0,
+                mtime_ns: i64::MAX,
+            },
+        ] {
+            let request = SetAttrsRequest {
+                attrs,
+                path: "t/sub",
+            };
+            let payload = request.to_payload();
+            assert_eq!(payload.len(), 12 + 5);
+            assert_eq!(&payload[set_attrs_field::PATH..], b"t/sub");
+            assert_eq!(SetAttrsRequest::parse(&payload), Ok(request));
+        }
+        assert_eq!(
+            SetAttrsRequest::parse(&[0; 11]),
+            Err(FileRequestError::Message(MessageError::Truncated {
+                need: 12,
+                got: 11
+            }))
+        );
+        let mut dotdot = vec![0; 12];
+        dotdot.extend_from_slice(b"a/../b");
+        assert!(matches!(
+            SetAttrsRequest::parse(&dotdot),
+            Err(FileRequestError::Path(_))
+        ));
+        // The empty path parses (it names the root); the server refuses it, not the codec.
+        assert_eq!(SetAttrsRequest::parse(&[0; 12]).map(|r| r.path), Ok(""));
     }
 
     #[test]

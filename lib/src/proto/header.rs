@@ -84,6 +84,9 @@ pub enum FrameType {
     Delete,
     /// Client → server: create a directory (payload: the path).
     Mkdir,
+    /// Client → server: give an existing file or directory a mode and mtime
+    /// ([`SetAttrsRequest`](crate::proto::files::SetAttrsRequest)).
+    SetAttrs,
     /// Server → client: size, mtime, kind and known hash
     /// ([`FileInfo`](crate::proto::files::FileInfo)).
     FileInfo,
@@ -97,7 +100,7 @@ pub enum FrameType {
     /// Server → client: a page of directory entries
     /// ([`Entries`](crate::proto::files::Entries)).
     Entries,
-    /// Server → client: a DELETE or MKDIR succeeded (empty payload).
+    /// Server → client: a DELETE, MKDIR or SET_ATTRS succeeded (empty payload).
     Done,
     /// A type number this version does not know.
     Unknown(u8),
@@ -128,6 +131,7 @@ impl FrameType {
             0x33 => FrameType::Stat,
             0x34 => FrameType::Delete,
             0x35 => FrameType::Mkdir,
+            0x36 => FrameType::SetAttrs,
             0x38 => FrameType::FileInfo,
             0x39 => FrameType::Data,
             0x3a => FrameType::Digest,
@@ -162,6 +166,7 @@ impl FrameType {
             FrameType::Stat => 0x33,
             FrameType::Delete => 0x34,
             FrameType::Mkdir => 0x35,
+            FrameType::SetAttrs => 0x36,
             FrameType::FileInfo => 0x38,
             FrameType::Data => 0x39,
             FrameType::Digest => 0x3a,
@@ -189,7 +194,7 @@ impl FrameType {
     }
 
     /// Whether this is a file-service request from a client (GET, PUT, LIST, STAT, DELETE,
-    /// MKDIR), each of which starts a stream.
+    /// MKDIR, SET_ATTRS), each of which starts a stream.
     pub const fn is_file_request(self) -> bool {
         matches!(
             self,
@@ -199,6 +204,7 @@ impl FrameType {
                 | FrameType::Stat
                 | FrameType::Delete
                 | FrameType::Mkdir
+                | FrameType::SetAttrs
         )
     }
 }
@@ -227,6 +233,7 @@ impl fmt::Display for FrameType {
             FrameType::Stat => f.write_str("STAT"),
             FrameType::Delete => f.write_str("DELETE"),
             FrameType::Mkdir => f.write_str("MKDIR"),
+            FrameType::SetAttrs => f.write_str("SET_ATTRS"),
             FrameType::FileInfo => f.write_str("FILE_INFO"),
             FrameType::Data => f.write_str("DATA"),
             FrameType::Digest => f.write_str("DIGEST"),

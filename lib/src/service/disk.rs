@@ -39,7 +39,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{FileInfo, FileKind, Hash, PutRequest};
+use crate::proto::files::{FileInfo, FileKind, Hash, PutAttrs, PutRequest};
 use crate::timer::WallClock;
 
 /// One blocking disk call handed off the loop, as [`Disk`] numbered it.
@@ -273,10 +273,15 @@ pub enum SyncKind {
 /// [`JobId`] (or [`Pending::Job`]), and the [`JobDone`] comes back later to the connection that
 /// made the call, never within it.
 pub trait Disk {
-    /// STAT: what `path` names (a symlink as itself), with the cached hash of a regular file.
-    fn stat(&mut self, path: &str) -> Result<FileInfo, FileError>;
+    /// STAT: what `path` names (a symlink as itself), with the cached hash of a regular file,
+    /// and its permission bits (`st_mode & 0o777`).
+    fn stat(&mut self, path: &str) -> Result<(FileInfo, u32), FileError>;
     /// MKDIR: creates one directory (its parent must exist).
     fn mkdir(&mut self, path: &str) -> Result<(), FileError>;
+    /// SET_ATTRS: gives the regular file or directory `path` (not the root, never through a
+    /// symlink) the permission bits of `attrs.mode` and its mtime (the atime too). Metadata
+    /// only: done on the loop, like MKDIR.
+    fn set_attrs(&mut self, path: &str, attrs: PutAttrs) -> Result<(), FileError>;
     /// DELETE: removes a file, a symlink (not its target) or an empty directory (one holding
     /// only the server's own leftovers counts as empty). The path is gone when this returns;
     /// a big file's blocks may be freed later, off the loop, by a job whose completion comes

@@ -8,7 +8,7 @@
 //! only through its parent directory opened the same way, with a single-component `*at` call.
 //! What was checked is what is used: there is no path string re-resolved later.
 //!
-//! **What lives where.** This module: opening and `stat` (GET, STAT), DELETE, MKDIR, the
+//! **What lives where.** This module: opening and `stat` (GET, STAT), DELETE, MKDIR, SET_ATTRS, the
 //! server's [`FileState`] (its transfers, uploads and listings, by handle), and [`Files`], the
 //! [`Disk`] the connection is given. Uploads — atomic, resumable, one writer across processes,
 //! committed by descriptor — are [`crate::sys::upload`]; directory listings
@@ -42,12 +42,12 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use log::{debug, warn};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 use slab::Slab;
 
 use crate::proto::ErrorCode;
-use crate::proto::files::{FileInfo, FileKind, Hash, PutRequest, partial_id};
+use crate::proto::files::{FileInfo, FileKind, Hash, PutAttrs, PutRequest, partial_id};
 use crate::service::disk::{
     BegunUpload, DirRead, Disk, FileError, FileMeta, JobId, ListingHandle, OpenedFile, Pending,
     SyncKind, TransferPermit, UploadHandle,
@@ -308,12 +308,13 @@ impl Files<'_> {
         })
     }
 
-    /// What `path` names (a symlink as itself), with the cached hash of a regular file.
-    fn stat_path(&mut self, path: &str) -> Result<FileInfo, FileError> {
+    /// What `path` names (a symlink as itself), with the cached hash of a regular file, and
+    /// its permission bits.
+    fn stat_path(&mut self, path: &str) -> Result<(FileInfo, u32), FileError> {
         if path.is_empty() {
             let stat =
                 rustix::fs::fstat(self.root.dir()).map_err(|errno| file_error(errno, path))?;
-            return Ok(meta_of_stat(&stat).info(None));
+            return Ok((meta_of_stat(&stat).info(None), stat.st_mode & 0o777));
         }
         let (dir, name) = self.parent(path)?;
         let stat = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
@@ -325,7 +326,52 @@ impl Files<'_> {
         } else {
             None
         };
-        Ok(meta.info(hash))
+        Ok((meta.info(hash), stat.st_mode & 0o777))
+    }
+
+    /// Gives the file or directory `path` the permission bits and times of `attrs`, through
+    /// a descriptor opened beneath the root (no symlink on the way, the last component
+    /// included): what was checked is what is changed, and nothing outside the root can be.
+    fn set_path_attrs(&mut self, path: &str, attrs: PutAttrs) -> Result<(), FileError> {
+        if path.is_empty() {
+            // The root's mode is the operator's: a client that gave it 0o000 would lock
+            // every other client (and the server's own names) out.
+            return Err(FileError::new(
+                ErrorCode::BadRequest,
+                "the root's mode and times cannot be set",
+            ));
+        }
+        // O_RDONLY opens a directory as well as a file (fchmod and futimens need a real
+        // descriptor, not O_PATH); O_NONBLOCK so that a FIFO cannot block the loop (it is
+        // refused right after).
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let fd = self
+            .root
+            .open_beneath(path, flags, Mode::empty())
+            .map_err(|errno| file_error(errno, path))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|errno| file_error(errno, path))?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile | FileType::Directory => {}
+            _ => {
+                return Err(FileError::new(
+                    ErrorCode::BadRequest,
+                    format!("{path}: not a regular file or a directory"),
+                ));
+            }
+        }
+        // Permission bits only, as PUT's ATTRS: a client never makes anything setuid, setgid
+        // or sticky.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(attrs.mode & 0o777))
+            .map_err(|errno| file_error(errno, path))?;
+        let at = Timespec {
+            tv_sec: attrs.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: attrs.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        let times = Timestamps {
+            last_access: at,
+            last_modification: at,
+        };
+        rustix::fs::futimens(&fd, &times).map_err(|errno| file_error(errno, path))
     }
 
     /// The index, opened beneath the root at the first use; `None` if it cannot be (then
@@ -358,8 +404,12 @@ impl Files<'_> {
 }
 
 impl Disk for Files<'_> {
-    fn stat(&mut self, path: &str) -> Result<FileInfo, FileError> {
+    fn stat(&mut self, path: &str) -> Result<(FileInfo, u32), FileError> {
         self.stat_path(path)
+    }
+
+    fn set_attrs(&mut self, path: &str, attrs: PutAttrs) -> Result<(), FileError> {
+        self.set_path_attrs(path, attrs)
     }
 
     fn mkdir(&mut self, path: &str) -> Result<(), FileError> {
@@ -506,11 +556,11 @@ mod tests {
         let hash = *blake3::hash(b"hello").as_bytes();
         // Hashed "now", right after the write: racy, so not trusted.
         files.store_hash(&opened.meta, &hash, WallClock::read());
-        assert_eq!(files.stat("f").unwrap().hash, None, "racily clean");
+        assert_eq!(files.stat("f").unwrap().0.hash, None, "racily clean");
         // Hashed well after the last change: trusted, by STAT and GET.
         let later = opened.meta.ctime_ns.max(opened.meta.mtime_ns) + RACY_WINDOW_NS + 1;
         files.store_hash(&opened.meta, &hash, WallClock(later));
-        assert_eq!(files.stat("f").unwrap().hash, Some(hash));
+        assert_eq!(files.stat("f").unwrap().0.hash, Some(hash));
         assert_eq!(files.open_read("f").unwrap().hash, Some(hash));
         // Same size, mtime set back to the nanosecond: the ctime moved, the entry is gone.
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
@@ -523,7 +573,7 @@ mod tests {
             (5, opened.meta.mtime_ns)
         );
         assert_eq!(now.hash, None);
-        assert_eq!(files.stat("f").unwrap().hash, None);
+        assert_eq!(files.stat("f").unwrap().0.hash, None);
         assert!(base.join(crate::sys::hash_index::INDEX_NAME).exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -546,7 +596,7 @@ mod tests {
         let opened = files.open_read("f").unwrap();
         files.store_hash(&opened.meta, &[1; 32], WallClock(i64::MAX));
         assert_eq!(files.open_read("f").unwrap().hash, None);
-        assert_eq!(files.stat("f").unwrap().hash, None);
+        assert_eq!(files.stat("f").unwrap().0.hash, None);
         std::fs::remove_dir_all(&base).unwrap();
     }
 

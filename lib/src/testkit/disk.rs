@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rustix::io::Errno;
 
-use crate::proto::files::{FileInfo, Hash, PutRequest};
+use crate::proto::files::{FileInfo, Hash, PutAttrs, PutRequest};
 use crate::service::disk::{
     BegunUpload, DirRead, Disk, FileError, FileMeta, JobDone, JobId, JobKind, ListingHandle,
     OpenedFile, Pending, SyncKind, TransferPermit, UploadHandle,
@@ -220,8 +220,12 @@ impl ScriptedDisk {
 }
 
 impl Disk for ScriptedDisk {
-    fn stat(&mut self, path: &str) -> Result<FileInfo, FileError> {
+    fn stat(&mut self, path: &str) -> Result<(FileInfo, u32), FileError> {
         self.files().stat(path)
+    }
+
+    fn set_attrs(&mut self, path: &str, attrs: PutAttrs) -> Result<(), FileError> {
+        self.files().set_attrs(path, attrs)
     }
 
     fn mkdir(&mut self, path: &str) -> Result<(), FileError> {

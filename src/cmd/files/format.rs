@@ -180,19 +180,40 @@ pub fn listing_json(entries: &[Listed]) -> Result<String, serde_json::Error> {
     Ok(format!("[\n{}\n]\n", objects.join(",\n")))
 }
 
-/// STAT's answer for people: one `field: value` line each.
-pub fn info(path: &str, info: &FileInfo) -> String {
+/// STAT's answer for people: one `field: value` line each; the mode's line only if the
+/// server sent it.
+pub fn info(path: &str, info: &FileInfo, mode: Option<u32>) -> String {
     let shown = if path.is_empty() { "." } else { path };
     let hash = info
         .hash
         .map_or_else(|| "not known to the server".to_string(), |hash| hex(&hash));
+    let mode = mode.map_or_else(String::new, |mode| {
+        format!(
+            "mode:   {:04o} ({})\n",
+            mode & 0o777,
+            mode_letters(info.kind, mode)
+        )
+    });
     format!(
-        "path:   {}\nkind:   {}\nsize:   {}\nmtime:  {}\nblake3: {hash}\n",
+        "path:   {}\nkind:   {}\nsize:   {}\nmtime:  {}\n{mode}blake3: {hash}\n",
         display_name(shown),
         kind_name(info.kind),
         info.size,
         mtime_to_the_nanosecond(info.mtime_ns)
     )
+}
+
+/// A mode as `ls -l` shows it: the kind's letter, then `rwx` for owner, group and others.
+pub fn mode_letters(kind: FileKind, mode: u32) -> String {
+    let mut letters = String::with_capacity(10);
+    letters.push(kind.letter());
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 0o7;
+        letters.push(if bits & 0o4 != 0 { 'r' } else { '-' });
+        letters.push(if bits & 0o2 != 0 { 'w' } else { '-' });
+        letters.push(if bits & 0o1 != 0 { 'x' } else { '-' });
+    }
+    letters
 }
 
 /// `stat --json`'s object, its keys in this order.
@@ -202,17 +223,24 @@ struct InfoJson<'a> {
     kind: &'static str,
     size: u64,
     mtime_ns: i64,
+    /// The permission bits, or `null` from a server that does not send them.
+    mode: Option<u32>,
     /// The hex hash, or `null` when the server does not know it.
     blake3: Option<String>,
 }
 
 /// STAT's answer as one JSON object on one line: the path, then FILE_INFO's fields.
-pub fn info_json(path: &str, info: &FileInfo) -> Result<String, serde_json::Error> {
+pub fn info_json(
+    path: &str,
+    info: &FileInfo,
+    mode: Option<u32>,
+) -> Result<String, serde_json::Error> {
     let object = serde_json::to_string(&InfoJson {
         path,
         kind: kind_name(info.kind),
         size: info.size,
         mtime_ns: info.mtime_ns,
+        mode: mode.map(|mode| mode & 0o777),
         blake3: info.hash.as_ref().map(hex),
     })?;
     Ok(object + "\n")
@@ -508,14 +536,24 @@ mod tests {
             hash: None,
         };
         assert_eq!(
-            info_json("x\ty", &stat).expect("JSON"),
-            "{\"path\":\"x\\ty\",\"kind\":\"file\",\"size\":3,\"mtime_ns\":0,\"blake3\":null}\n"
+            info_json("x\ty", &stat, None).expect("JSON"),
+            "{\"path\":\"x\\ty\",\"kind\":\"file\",\"size\":3,\"mtime_ns\":0,\"mode\":null,\"blake3\":null}\n"
         );
-        assert!(info("", &stat).starts_with("path:   .\n"));
-        assert!(info("a", &stat).ends_with("blake3: not known to the server\n"));
+        assert!(info("", &stat, None).starts_with("path:   .\n"));
+        assert!(info("a", &stat, None).ends_with("blake3: not known to the server\n"));
+        assert!(!info("a", &stat, None).contains("mode:"), "an older server");
+        assert!(
+            info("a", &stat, Some(0o4640)).contains("\nmode:   0640 (-rw-r-----)\nblake3:"),
+            "permission bits only"
+        );
+        assert!(
+            info_json("a", &stat, Some(0o750))
+                .expect("JSON")
+                .contains("\"mode\":488,")
+        );
         stat.hash = Some(ZERO_HASH);
         assert!(
-            info_json("a", &stat)
+            info_json("a", &stat, None)
                 .expect("JSON")
                 .ends_with(&format!("\"blake3\":\"{}\"}}\n", "0".repeat(64)))
         );

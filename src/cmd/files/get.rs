@@ -55,8 +55,11 @@ one, but the destination's file system is synced once at the end (unless --no-fs
 the command reports success. With --continue, files already here (same size and BLAKE3 as
 the server's) are skipped and part files resumed. Symlinks on the server are never followed:
 they are skipped with a warning (exit status 0), as is anything that is not a file or a
-directory. -p sets each file's modification time and permission bits to the server's (a
-file skipped by --continue gets the time only).
+directory. -p sets each file's and each directory's modification time and permission bits
+(0o777 at most: never setuid, setgid or sticky) to the server's, a directory's once every
+file inside it is in place, deepest first; a file skipped by --continue gets them too. From
+an older server, whose STAT carries no mode, directories and skipped files get their times
+only, and a tree says so in one warning.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe;
 -q hides it (and the summary line a tree transfer leaves on a terminal)."
@@ -321,6 +324,21 @@ fn get_tree(args: GetArgs) -> Result<(), Failure> {
         bar.show(tally)
     });
     bar.finish();
-    let failed = got.map_err(|error| session.fail(&error))?;
+    let mut failed = got.map_err(|error| session.fail(&error))?;
+    if args.preserve && !plan.remote_dirs.is_empty() {
+        // Once every file is in place (each one moved its directory's mtime), deepest first.
+        let (dirs, unstated) = tree::remote_dir_attrs(&mut session.client, &plan.remote_dirs)
+            .map_err(|error| session.fail(&error))?;
+        failed.extend(unstated);
+        if dirs.iter().any(|dir| dir.mode.is_none()) {
+            eprintln!(
+                "monoreactor: warning: the server's STAT carries no mode (an older server): directories keep only their times"
+            );
+        }
+        failed.extend(tree::set_local_dir_attrs(&dirs));
+        if options.durable {
+            tree::sync_file_system(&plan.remote_dirs[0].1);
+        }
+    }
     report_failures(&session, refused, &failed, plan.files.len())
 }

@@ -48,8 +48,11 @@ uploads resumed. Symlinks inside a tree are not followed but skipped with a warn
 follows them); FIFOs, sockets and devices are skipped with a warning: the exit status stays
 0 for what was skipped. A source named on the command line is followed if it is a symlink.
 -p gives each stored file the local file's permission bits (0o777 at most: never setuid,
-setgid or sticky) and modification time, set by the server as it stores it; directories
-keep the server's.
+setgid or sticky) and modification time, set by the server as it stores it; each directory
+of a tree gets its local directory's the same way, once everything inside it is stored,
+deepest first (storing a file moves its directory's time). With --continue -p, files skipped
+as already there get theirs too. A server older than that (no SET_ATTRS) leaves directories
+and skipped files as they are, with one warning; the command still succeeds.
 
 A progress bar (bytes, rate, ETA) is drawn on stderr when it is a terminal, never on a pipe;
 -q hides it (and the summary line a tree transfer leaves on a terminal)."
@@ -321,12 +324,63 @@ fn put_tree(args: PutArgs) -> Result<(), Failure> {
         resume: args.resume,
         ..TreeOptions::default()
     };
-    let sent = tree::put_files(&mut session.client, &plan.files, &options, &mut |tally| {
-        bar.show(tally)
-    });
+    let sent =
+        tree::put_files_reporting(&mut session.client, &plan.files, &options, &mut |tally| {
+            bar.show(tally)
+        });
     bar.finish();
-    failed.extend(sent.map_err(|error| session.fail(&error))?);
+    let sent = sent.map_err(|error| session.fail(&error))?;
+    failed.extend(sent.failed);
+    if args.preserve {
+        failed.extend(set_tree_attrs(&mut session, &plan, &sent.skipped, &failed)?);
+    }
     report_failures(&session, refused, &failed, plan.files.len())
+}
+
+/// `-p` after the files are stored: the mode and mtime of each file `--continue` skipped as
+/// already there (`skipped`, indices in `plan.files`: not sent, so no PUT carried them);
+/// then every directory's, deepest first, since storing a file moved its directory's mtime.
+/// A server that does not know SET_ATTRS gets one warning, and the tree does not fail for it.
+fn set_tree_attrs(
+    session: &mut Session,
+    plan: &PutPlan,
+    skipped: &[usize],
+    failed: &[Failed],
+) -> Result<Vec<Failed>, Failure> {
+    let under_failed = |remote: &str| {
+        failed.iter().any(|failure| {
+            remote
+                .strip_prefix(failure.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    };
+    let mut targets: Vec<_> = skipped
+        .iter()
+        .filter_map(|&index| {
+            let item = plan.files.get(index)?;
+            Some((item.remote.clone(), item.attrs?))
+        })
+        .collect();
+    targets.extend(
+        plan.dir_attrs
+            .iter()
+            .rev()
+            .filter(|(dir, _)| !under_failed(dir))
+            .cloned(),
+    );
+    let outcome = tree::set_remote_attrs(&mut session.client, &targets)
+        .map_err(|error| session.fail(&error))?;
+    if outcome.unsupported {
+        eprintln!(
+            "monoreactor: warning: the server is older than SET_ATTRS: directories keep the server's modes and times{}",
+            if skipped.is_empty() {
+                ""
+            } else {
+                ", and so do files skipped by --continue"
+            }
+        );
+    }
+    Ok(outcome.failed)
 }
 
 /// One line per file that failed (and per source refused), then the command's failure: 1 if

@@ -256,17 +256,18 @@ fn five_hundred_short_commands_leave_no_zombie() {
 }
 
 #[test]
-fn eight_commands_run_at_once_on_one_connection_and_a_ninth_is_refused() {
+fn the_default_number_of_commands_run_at_once_on_one_connection_and_one_more_is_refused() {
+    let limit = monoreactor::Limits::default().max_streams_per_connection;
     let server = Server::start_exec(&[]);
     let mut conn = ExecConn::connect(&server);
-    let streams: Vec<u32> = (0..8)
+    let streams: Vec<u32> = (0..limit)
         .map(|_| conn.exec(&request_with_stdin(&["cat"])))
         .collect();
     let pids: Vec<u32> = streams.iter().map(|&s| conn.started(s).pid).collect();
-    let ninth = conn.exec(&request_with_stdin(&["cat"]));
-    let (code, text) = conn.refused(ninth);
+    let one_more = conn.exec(&request_with_stdin(&["cat"]));
+    let (code, text) = conn.refused(one_more);
     assert_eq!(code, ErrorCode::LimitReached, "{text}");
-    assert_eq!(server.children().len(), 8, "{:?}", server.children());
+    assert_eq!(server.children().len(), limit, "{:?}", server.children());
     conn.echo(b"the connection goes on");
     for (index, &stream) in streams.iter().enumerate() {
         conn.stdin(stream, format!("command {index}\n").as_bytes());
@@ -284,8 +285,8 @@ fn eight_commands_run_at_once_on_one_connection_and_a_ninth_is_refused() {
         );
     }
     // Room again.
-    let done = conn.run_argv(&["echo", "ninth"]);
-    assert_eq!(done.stdout.text(), "ninth\n");
+    let done = conn.run_argv(&["echo", "one more"]);
+    assert_eq!(done.stdout.text(), "one more\n");
 }
 
 #[test]

@@ -2180,11 +2180,12 @@ fn observed_errors() -> Vec<(u32, ErrorCode, String)> {
     let with_nul = ExecRequest::new(vec![b"echo", b"a\0b"]);
     record(&server.send(&exec_on(1, &with_nul)));
     assert_eq!(server.state(), State::Open);
-    for stream in 1..=8 {
+    let limit = Limits::default().max_streams_per_connection as u32;
+    for stream in 1..=limit {
         let sent = server.send(&exec_on(stream, &ExecRequest::new(vec![b"sleep", b"99"])));
         assert_eq!(frames(&sent)[0].header.frame_type, FrameType::Started);
     }
-    record(&server.send(&exec_on(9, &ExecRequest::new(vec![b"true"]))));
+    record(&server.send(&exec_on(limit + 1, &ExecRequest::new(vec![b"true"]))));
     record(&server.send(&exec_on(7, &ExecRequest::new(vec![b"true"]))));
 
     let mut server = exec_server();

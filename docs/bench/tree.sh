@@ -18,6 +18,15 @@
 # starts from warm caches on the sending side, an empty destination and nothing left to write
 # back (an untimed `sync` before it).
 #
+# Nothing is deleted while it runs: every transfer writes a fresh destination (TREE.ROUND),
+# and everything is removed at the end. This VM's ext4 has no journal, and such an ext4 skips,
+# when it allocates an inode, every inode of the group freed in the last minute (five more if
+# its block is not yet written back): after an `rm -rf` of 10,000 files, each of the next
+# creations scans past them all, and `perf` shows 50-70 % of the receiver's CPU in ext4's
+# `recently_deleted`, rsync's as much as ours. A run therefore also waits out deletions made
+# before it: leave 6 minutes after the last run (whose cleanup deletes its trees), or after a
+# `cargo build` that rewrote a target directory.
+#
 # Needs: rsync, nc (OpenBSD netcat: `-N`), tar, bc. Builds the trees once in
 # $TREE_BENCH_DIR (default /tmp/monoreactor-tree). Talks to 127.0.0.1 only; stops every
 # process it started, by pid, and removes what it wrote except the source trees.
@@ -106,45 +115,37 @@ sleep 0.5
 # Each transfer: empties its destination (untimed), then prints its time in seconds, and its
 # time to a synced disk (see `timed`).
 ours_up() {
-    rm -rf "$dir/root/$1"
     local t0 t1
     t0=$(now)
-    "$bin" put -r -q --addr "$addr" "$src/$1" "$1"
+    "$bin" put -r -q --addr "$addr" "$src/$1" "$1.$2"
     t1=$(now)
     timed "$t0" "$t1"
 }
 ours_down() {
-    rm -rf "$dir/down"
-    mkdir -p "$dir/down"
     local t0 t1
     t0=$(now)
-    "$bin" get -r -q --addr "$addr" "$1" "$dir/down/$1"
+    "$bin" get -r -q --addr "$addr" "$1.from" "$dir/down/ours.$1.$2"
     t1=$(now)
     timed "$t0" "$t1"
 }
 rsync_up() {
-    rm -rf "$dir/rsync/$1"
     local t0 t1
     t0=$(now)
-    rsync -a "$src/$1/" "rsync://127.0.0.1:$rport/dst/$1/"
+    rsync -a "$src/$1/" "rsync://127.0.0.1:$rport/dst/$1.$2/"
     t1=$(now)
     timed "$t0" "$t1"
 }
 rsync_down() {
-    [ -d "$dir/rsync/$1" ] || rsync -a "$src/$1/" "rsync://127.0.0.1:$rport/dst/$1/"
-    rm -rf "$dir/down"
-    mkdir -p "$dir/down"
     local t0 t1
     t0=$(now)
-    rsync -a "rsync://127.0.0.1:$rport/dst/$1/" "$dir/down/$1/"
+    rsync -a "rsync://127.0.0.1:$rport/dst/$1.from/" "$dir/down/rsync.$1.$2/"
     t1=$(now)
     timed "$t0" "$t1"
 }
 # tar c | nc into nc -l | tar x: the same pipeline either way on one host, so "down" runs it
-# from the copy the other tools downloaded from, to the same destination as theirs.
+# from the copy the other tools downloaded from, to the same file system as theirs.
 tar_nc() {
     local from=$1 name=$2 to=$3 port t0 t1 rx
-    rm -rf "$to"
     mkdir -p "$to"
     port=$(free_port)
     (nc -l 127.0.0.1 "$port" | tar x -C "$to") &
@@ -156,8 +157,17 @@ tar_nc() {
     t1=$(now)
     timed "$t0" "$t1"
 }
-tar_up() { tar_nc "$src" "$1" "$dir/tarx"; }
-tar_down() { tar_nc "$src" "$1" "$dir/down"; }
+tar_up() { tar_nc "$src" "$1" "$dir/tarx/$2"; }
+tar_down() { tar_nc "$dir/root" "$1.from" "$dir/down/tar.$1.$2"; }
+
+# What the downloads read: each tree stored once on our server and in rsync's module,
+# before anything is timed.
+mkdir -p "$dir/down" "$dir/tarx"
+for tree in small large; do
+    "$bin" put -r -q --addr "$addr" "$src/$tree" "$tree.from"
+    rsync -a "$src/$tree/" "rsync://127.0.0.1:$rport/dst/$tree.from/"
+done
+cat "$dir/root"/small.from/*/* "$dir/root"/large.from/* >/dev/null
 
 # Checks a destination holds the same bytes as the source (once per kind, untimed).
 same() {
@@ -172,19 +182,22 @@ for round in $(seq "$rounds"); do
         n=${#kinds[@]}
         for k in $(seq 0 $((n - 1))); do
             kind=${kinds[$(((k + round) % n))]}
-            # A download needs the tree on the server first.
-            [ "$kind" = ours_down ] && [ ! -d "$dir/root/$tree" ] && ours_up "$tree" >/dev/null
             # Nothing left to write back from the run before: each starts from a clean disk.
             sync
-            t=$($kind "$tree")
+            t=$($kind "$tree" "$round")
             echo "round $round $tree $kind $t" | tee -a "$results"
-            if [ "$round" = 1 ]; then
-                case $kind in
-                    ours_up) same "$tree" "$dir/root/$tree" ;;
-                    ours_down | rsync_down) same "$tree" "$dir/down/$tree" ;;
-                    rsync_up) same "$tree" "$dir/rsync/$tree" ;;
-                esac
-            fi
+            case $kind in
+                ours_up) to=$dir/root/$tree.$round ;;
+                ours_down) to=$dir/down/ours.$tree.$round ;;
+                rsync_down) to=$dir/down/rsync.$tree.$round ;;
+                rsync_up) to=$dir/rsync/$tree.$round ;;
+                tar_up) to=$dir/tarx/$round/$tree ;;
+                tar_down) to=$dir/down/tar.$tree.$round/$tree.from ;;
+            esac
+            [ "$round" = 1 ] && same "$tree" "$to"
+            # A large tree's copy goes at once (a gigabyte each; its 100 inodes freed are
+            # nothing to the allocator), a small tree's at the end.
+            if [ "$tree" = large ]; then rm -rf "$to"; fi
         done
     done
 done

@@ -86,8 +86,11 @@ pub struct Limits {
     /// Default 64; one more is refused with `LIMIT_REACHED`, never queued.
     pub max_exec: usize,
     /// Streams running at once on one connection: commands and file transfers (GET, PUT,
-    /// LIST) together; one more is refused with `LIMIT_REACHED` on its stream. Default 8, at
-    /// most [`MAX_STREAMS_PER_CONNECTION`]. `--max-commands-per-conn` sets it.
+    /// LIST) together; one more is refused with `LIMIT_REACHED` on its stream. Default 32, the
+    /// most ([`MAX_STREAMS_PER_CONNECTION`]): a tree of small files needs that many in flight
+    /// to keep the server busy (docs/PERFORMANCE.md, "Whole trees"), and the server-wide
+    /// limits ([`Limits::max_exec`], [`Limits::max_transfers`]) bound what they hold.
+    /// `--max-commands-per-conn` sets it.
     pub max_streams_per_connection: usize,
     /// Longest a command may run before its process group gets SIGTERM (then SIGKILL after
     /// [`Limits::exec_kill_grace`]). Default 60 s; a client may ask for less, never more.
@@ -113,7 +116,9 @@ pub struct Limits {
     /// bytes hashed or re-read, directory entries listed (4 KiB each). Default 4 MiB, twice
     /// nginx's `sendfile_max_chunk`: about a millisecond of page-cache work.
     pub disk_budget: usize,
-    /// File transfers (GET, PUT, LIST) running at once on the server. Default 64.
+    /// File transfers (GET, PUT, LIST) running at once on the server. Default 256: eight
+    /// clients each sending a tree with a full window (an open file and a few bytes of
+    /// bookkeeping each).
     pub max_transfers: usize,
     /// Largest file a PUT may store, bytes. Default 16 GiB.
     pub max_put: u64,
@@ -152,7 +157,7 @@ impl Default for Limits {
             drain_delay: Duration::ZERO,
             pre_auth_max_frame: 4 << 10,
             max_exec: 64,
-            max_streams_per_connection: 8,
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
             exec_timeout: Duration::from_secs(60),
             exec_kill_grace: Duration::from_secs(2),
             exec_drain_timeout: Duration::from_secs(1),
@@ -160,7 +165,7 @@ impl Default for Limits {
             exec_shell: "sh".to_string(),
             stdin_window: 256 << 10,
             disk_budget: 4 << 20,
-            max_transfers: 64,
+            max_transfers: 256,
             max_put: 16 << 30,
             max_client_memory: 1 << 30,
         }

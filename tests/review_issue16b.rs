@@ -230,3 +230,53 @@ fn unnamed_uploads_replace_or_create_without_touching_other_links() {
     assert_eq!(fs::read(server.at("shared-too")).unwrap(), b"shared bytes");
     assert_eq!(reserved_entries(server.root()), Vec::new());
 }
+
+/// Checked and held (`pattrs`): what the server says about SET_ATTRS — an access line for
+/// each (its verb, the path, DONE or the refusal's code) and the request counter by kind.
+#[test]
+fn set_attrs_has_its_access_lines_and_its_counter() {
+    let server = FileServer::start(&["-v", "--metrics", "127.0.0.1:0"]);
+    fs::write(server.at("f"), b"f").unwrap();
+    let mut conn = server.conn();
+    ok(set_attrs(&mut conn, "f", 0o600, OLD), "a file");
+    let refused = set_attrs(&mut conn, "missing", 0o600, OLD).expect_err("not there");
+    assert_eq!(refused.0, ErrorCode::NotFound);
+    drop(conn);
+    let lines = support::retry(std::time::Duration::from_secs(5), || {
+        let lines: Vec<String> = server
+            .stderr_text()
+            .lines()
+            .filter(|line| line.contains("[monoreactor::access]") && line.contains("SET_ATTRS"))
+            .map(str::to_string)
+            .collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .expect("two SET_ATTRS access lines");
+    assert!(
+        lines.iter().any(|line| line.contains("SET_ATTRS f")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("SET_ATTRS missing") && line.contains("NOT_FOUND")),
+        "{lines:?}"
+    );
+    let metrics = server.addr("metrics").expect("a metrics port");
+    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer
+            .lines()
+            .any(|line| line == "monoreactor_requests_total{kind=\"set_attrs\"} 2"),
+        "{answer}"
+    );
+}

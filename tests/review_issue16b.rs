@@ -280,3 +280,129 @@ fn set_attrs_has_its_access_lines_and_its_counter() {
         "{answer}"
     );
 }
+
+/// A proxy in front of `server` that forwards frames both ways and records, for each PUT the
+/// client sends, how many PUTs were unanswered with it (its own included): the window the
+/// client kept. Each answer that ends a stream is held 3 ms. Serves one connection.
+fn window_recorder(server: &FileServer) -> (String, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+    use std::collections::HashSet;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    type Open = Arc<Mutex<HashSet<u32>>>;
+    fn pump(mut from: TcpStream, mut to: TcpStream, see: impl Fn(&[u8])) {
+        let mut header = [0; 12];
+        while from.read_exact(&mut header).is_ok() {
+            let len = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+            let mut frame = header.to_vec();
+            frame.resize(12 + len as usize, 0);
+            if from.read_exact(&mut frame[12..]).is_err() {
+                break;
+            }
+            see(&frame);
+            if to.write_all(&frame).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+    let stream_of = |frame: &[u8]| u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let upstream = server.framed();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let open: Open = Arc::default();
+    let (samples2, open2) = (Arc::clone(&samples), Arc::clone(&open));
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else {
+            return;
+        };
+        let Ok(real) = TcpStream::connect(upstream) else {
+            return;
+        };
+        let (client2, real2) = (client.try_clone().unwrap(), real.try_clone().unwrap());
+        std::thread::spawn(move || {
+            pump(client, real, move |frame| {
+                if frame[0] == FrameType::Put.to_u8() {
+                    let mut open = open.lock().unwrap();
+                    open.insert(stream_of(frame));
+                    samples2.lock().unwrap().push(open.len());
+                }
+            })
+        });
+        std::thread::spawn(move || {
+            pump(real2, client2, move |frame| {
+                if frame[1] & Flags::END_STREAM.bits() != 0 {
+                    // Answers come a little late, as over any real network: on loopback the
+                    // server would answer each PUT before the proxy even read the next.
+                    std::thread::sleep(std::time::Duration::from_millis(3));
+                    open2.lock().unwrap().remove(&stream_of(frame));
+                }
+            })
+        });
+    });
+    (addr, samples)
+}
+
+/// Finding (`loose`, performance): an upload refused with UPLOAD_BUSY narrowed `put -r`'s
+/// window to what was still in flight, as a LIMIT_REACHED does — but busy says nothing
+/// about a limit, and the window never grows back: each refusal took one more off it (down to
+/// 1 once the retry waits alone at the head of the queue), for the rest of the tree.
+/// Here the busy file is the first of 65; once it is stored, the 64 small ones behind it
+/// must go as many at a time as before it.
+#[test]
+fn a_busy_upload_leaves_the_tree_window_as_it_was() {
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "busy-window");
+    fs::create_dir(cli.local("src")).unwrap();
+    let big = random_bytes(5, 300 << 10);
+    fs::write(cli.local("src/a-big"), &big).unwrap();
+    for i in 0..64 {
+        fs::write(cli.local(&format!("src/b-{i:02}")), format!("small {i}")).unwrap();
+    }
+    fs::create_dir(server.at("dst")).unwrap();
+    // Another process holds the big file's upload (its partial, locked), for a while.
+    let id = monoreactor::internal::upload_id("dst/a-big", big.len() as u64, &blake3_of(&big));
+    let partial =
+        fs::File::create(server.at(&format!("dst/.monoreactor-partial-{id:016x}"))).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain data, all-zero is valid (whole file, l_pid 0 as OFD locks require).
+        let mut request: libc::flock = unsafe { std::mem::zeroed() };
+        request.l_type = libc::F_WRLCK as libc::c_short;
+        request.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: fcntl on an open descriptor with a valid flock.
+        let rc = unsafe { libc::fcntl(partial.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+        assert_eq!(rc, 0, "lock: {}", std::io::Error::last_os_error());
+    }
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(partial);
+    });
+    let (proxy, samples) = window_recorder(&server);
+    let mut cli = cli;
+    cli.addr = proxy;
+    let put = cli.exits_with(0, "put", &["-r", "src/.", "dst"]);
+    release.join().unwrap();
+    assert_eq!(
+        fs::read(server.at("dst/a-big")).unwrap(),
+        big,
+        "{}",
+        put.stderr
+    );
+    assert_eq!(fs::read(server.at("dst/b-63")).unwrap(), b"small 63");
+    let samples = samples.lock().unwrap().clone();
+    // The last PUT carries the sync of all and goes alone; the 40 before it came after the
+    // first refusal (the big file's PUT is the first sent, and answered at once).
+    assert!(samples.len() > 64, "{samples:?}");
+    assert!(
+        samples[..8].iter().any(|&open| open > 1),
+        "no window at all: {samples:?}"
+    );
+    let late = &samples[samples.len() - 41..samples.len() - 1];
+    let window = monoreactor::client::tree::DEFAULT_WINDOW.min(16);
+    assert!(
+        late.iter().max().copied().unwrap_or(0) >= window,
+        "after the busy upload, the window stayed narrowed below {window}: {samples:?}"
+    );
+}

@@ -1224,7 +1224,8 @@ impl PutRun<'_> {
                         );
                         self.not_before
                             .insert(sending.index, std::time::Instant::now() + pause);
-                        self.window = self.in_flight.len().max(1);
+                        // The window stays: busy is about this one file, not a limit of the
+                        // server's (and the window never grows back once narrowed).
                         self.retry.push_back((sending.index, sending.tries + 1));
                     }
                     Some(ErrorCode::LimitReached) if sending.tries < MAX_TRIES => {

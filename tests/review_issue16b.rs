@@ -281,15 +281,15 @@ fn set_attrs_has_its_access_lines_and_its_counter() {
     );
 }
 
-/// A proxy in front of `server` that forwards frames both ways and records, for each PUT the
-/// client sends, how many PUTs were unanswered with it (its own included): the window the
-/// client kept. Each answer that ends a stream is held 3 ms. Serves one connection.
-fn window_recorder(server: &FileServer) -> (String, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
-    use std::collections::HashSet;
+/// A proxy in front of `server` that forwards frames both ways, showing each to `up` (client
+/// to server) or `down` (server to client) just before forwarding it. Serves one connection.
+fn watching_proxy(
+    server: &FileServer,
+    up: impl Fn(&[u8]) + Send + 'static,
+    down: impl Fn(&[u8]) + Send + 'static,
+) -> String {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::sync::{Arc, Mutex};
-    type Open = Arc<Mutex<HashSet<u32>>>;
     fn pump(mut from: TcpStream, mut to: TcpStream, see: impl Fn(&[u8])) {
         let mut header = [0; 12];
         while from.read_exact(&mut header).is_ok() {
@@ -306,13 +306,9 @@ fn window_recorder(server: &FileServer) -> (String, std::sync::Arc<std::sync::Mu
         }
         let _ = to.shutdown(std::net::Shutdown::Write);
     }
-    let stream_of = |frame: &[u8]| u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let upstream = server.framed();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let open: Open = Arc::default();
-    let (samples2, open2) = (Arc::clone(&samples), Arc::clone(&open));
     std::thread::spawn(move || {
         let Ok((client, _)) = listener.accept() else {
             return;
@@ -321,26 +317,44 @@ fn window_recorder(server: &FileServer) -> (String, std::sync::Arc<std::sync::Mu
             return;
         };
         let (client2, real2) = (client.try_clone().unwrap(), real.try_clone().unwrap());
-        std::thread::spawn(move || {
-            pump(client, real, move |frame| {
-                if frame[0] == FrameType::Put.to_u8() {
-                    let mut open = open.lock().unwrap();
-                    open.insert(stream_of(frame));
-                    samples2.lock().unwrap().push(open.len());
-                }
-            })
-        });
-        std::thread::spawn(move || {
-            pump(real2, client2, move |frame| {
-                if frame[1] & Flags::END_STREAM.bits() != 0 {
-                    // Answers come a little late, as over any real network: on loopback the
-                    // server would answer each PUT before the proxy even read the next.
-                    std::thread::sleep(std::time::Duration::from_millis(3));
-                    open2.lock().unwrap().remove(&stream_of(frame));
-                }
-            })
-        });
+        std::thread::spawn(move || pump(client, real, up));
+        std::thread::spawn(move || pump(real2, client2, down));
     });
+    addr
+}
+
+/// A frame's stream.
+fn stream_of(frame: &[u8]) -> u32 {
+    u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]])
+}
+
+/// A [`watching_proxy`] that records, for each PUT the client sends, how many PUTs were
+/// unanswered with it (its own included): the window the client kept. Each answer that ends
+/// a stream is held 3 ms.
+fn window_recorder(server: &FileServer) -> (String, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let open: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let (samples2, open2) = (Arc::clone(&samples), Arc::clone(&open));
+    let addr = watching_proxy(
+        server,
+        move |frame| {
+            if frame[0] == FrameType::Put.to_u8() {
+                let mut open = open.lock().unwrap();
+                open.insert(stream_of(frame));
+                samples2.lock().unwrap().push(open.len());
+            }
+        },
+        move |frame| {
+            if frame[1] & Flags::END_STREAM.bits() != 0 {
+                // Answers come a little late, as over any real network: on loopback the
+                // server would answer each PUT before the proxy even read the next.
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                open2.lock().unwrap().remove(&stream_of(frame));
+            }
+        },
+    );
     (addr, samples)
 }
 
@@ -404,5 +418,58 @@ fn a_busy_upload_leaves_the_tree_window_as_it_was() {
     assert!(
         late.iter().max().copied().unwrap_or(0) >= window,
         "after the busy upload, the window stayed narrowed below {window}: {samples:?}"
+    );
+}
+
+/// Finding (durability of `put -r`): the file that carries the sync of all (`SYNC_FS`, sent
+/// last) can fail — the server refuses it (here: a directory at its name), or it cannot be
+/// read here — and then no sync was ever asked for: every other file, stored with
+/// `DEFER_SYNC` and reported stored, stayed unsynced (PROTOCOL.md 6.4: "may be missing" after
+/// a crash). Now a file already stored goes again, once, to carry the sync.
+#[test]
+fn a_tree_whose_sync_carrier_fails_still_gets_a_sync() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let server = FileServer::start(&[]);
+    let mut cli = ClientDir::new(&server, "sync-carrier");
+    fs::create_dir(cli.local("src")).unwrap();
+    for name in ["a", "b", "c"] {
+        fs::write(cli.local(&format!("src/{name}")), name.repeat(10)).unwrap();
+    }
+    fs::write(cli.local("src/zz"), b"the last one").unwrap();
+    fs::create_dir_all(server.at("dst/zz/in-the-way")).unwrap();
+    // Stream -> the PUT's flags, and stream -> the type of the frame that ended it.
+    let puts: Arc<Mutex<HashMap<u32, u8>>> = Arc::default();
+    let ends: Arc<Mutex<HashMap<u32, u8>>> = Arc::default();
+    let (puts2, ends2) = (Arc::clone(&puts), Arc::clone(&ends));
+    cli.addr = watching_proxy(
+        &server,
+        move |frame| {
+            if frame[0] == FrameType::Put.to_u8() {
+                let flags = frame[12 + monoreactor::proto::files::put_field::FLAGS];
+                puts2.lock().unwrap().insert(stream_of(frame), flags);
+            }
+        },
+        move |frame| {
+            if frame[1] & Flags::END_STREAM.bits() != 0 {
+                ends2.lock().unwrap().insert(stream_of(frame), frame[0]);
+            }
+        },
+    );
+    let put = cli.exits_with(1, "put", &["-r", "src/.", "dst"]);
+    assert!(put.stderr.contains("zz"), "{}", put.stderr);
+    assert_eq!(fs::read(server.at("dst/a")).unwrap(), b"aaaaaaaaaa");
+    let (puts, ends) = (puts.lock().unwrap(), ends.lock().unwrap());
+    let synced: Vec<u32> = puts
+        .iter()
+        .filter(|&(_, &flags)| flags & PutFlags::SYNC_FS.bits() != 0)
+        .filter(|&(stream, _)| ends.get(stream) == Some(&FrameType::Digest.to_u8()))
+        .map(|(&stream, _)| stream)
+        .collect();
+    assert_eq!(
+        synced.len(),
+        1,
+        "one SYNC_FS upload stored: PUTs {puts:?}, ends {ends:?}\n{}",
+        put.stderr
     );
 }

@@ -490,7 +490,11 @@ fn an_unnamed_upload_over_a_cached_file_never_leaves_the_old_hash_in_stat() {
         (monoreactor::internal::RACY_WINDOW_NS / 1_000_000 + 50) as u64,
     ));
     ok(conn.get("f", 0), "GET hashes it");
-    assert_eq!(ok(conn.stat("f"), "STAT").hash, Some(blake3_of(&old)), "cached");
+    assert_eq!(
+        ok(conn.stat("f"), "STAT").hash,
+        Some(blake3_of(&old)),
+        "cached"
+    );
     ok(conn.put_unhashed("f", &new), "the new file, same size");
     let hash = ok(conn.stat("f"), "STAT").hash;
     assert!(
@@ -498,4 +502,32 @@ fn an_unnamed_upload_over_a_cached_file_never_leaves_the_old_hash_in_stat() {
         "STAT after the replace: {hash:?}"
     );
     assert_eq!(fs::read(server.at("f")).unwrap(), new);
+}
+
+/// Finding (3eb82dd, error text): an unnamed upload has no name in its directory, so the
+/// directory can be removed while the upload is received (a DELETE, or `rmdir` on the
+/// server). The commit then failed with IO_FAILED "cannot name the upload (is /proc
+/// mounted? was its partial removed?)", which points the user at the wrong thing; it says
+/// now that the directory is gone (NOT_FOUND), as a PUT into a missing directory does.
+#[test]
+fn an_upload_whose_directory_is_removed_meanwhile_says_so() {
+    let server = FileServer::start(&[]);
+    fs::create_dir(server.at("d")).unwrap();
+    let bytes = random_bytes(71, 10_000);
+    let mut conn = server.conn();
+    let stream = conn.new_stream();
+    ok(
+        conn.begin_put(stream, b"d/f", bytes.len() as u64, PutFlags::NONE, None),
+        "PUT_READY",
+    );
+    conn.send_data(stream, &bytes);
+    // Nothing in it has a name yet: it goes.
+    fs::remove_dir(server.at("d")).unwrap();
+    let refused = conn
+        .finish_put(stream, &blake3_of(&bytes))
+        .expect_err("nowhere to store it");
+    assert_eq!(refused.0, ErrorCode::NotFound, "{}", refused.1);
+    assert!(refused.1.contains("d/f"), "{}", refused.1);
+    assert!(!refused.1.contains("/proc"), "{}", refused.1);
+    conn.echo(b"the connection goes on");
 }

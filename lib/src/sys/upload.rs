@@ -1243,6 +1243,14 @@ fn publish(
         )
     };
     let link_failed = |error| match error {
+        // An unnamed upload leaves its directory empty of it, so the directory may have been
+        // removed meanwhile (a DELETE, an rmdir): nowhere to link into.
+        Errno::NOENT if rustix::fs::fstat(&upload.dir).is_ok_and(|dir| dir.st_nlink == 0) => {
+            FileError::new(
+                ErrorCode::NotFound,
+                format!("{path}: its directory was removed while the file was being received"),
+            )
+        }
         // The directory is open: /proc is missing, or the partial was removed from outside
         // the server (an inode without links cannot get one).
         Errno::NOENT => FileError::new(

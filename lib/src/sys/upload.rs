@@ -680,6 +680,9 @@ impl Files<'_> {
                 // No `O_TMPFILE` on this file system (`EOPNOTSUPP`; `EISDIR` from kernels
                 // before 3.11): a fresh name instead, locked like a partial.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR) => {
+                    // Such a name outlives a crash, and on a tree of small files no resumable
+                    // upload, which sweeps its directory, may ever come here again.
+                    self.sweep_expired(&dir, path);
                     let temp = linked_name();
                     match open_locked(&dir, &temp, true) {
                         Ok(Opened::Locked(file, _)) => (file, Temp::Named(temp)),
@@ -1649,6 +1652,41 @@ mod tests {
         fn pending(&self, _: JobId) -> bool {
             false
         }
+    }
+
+    /// Review of 3eb82dd: without O_TMPFILE an unnamed upload stands in a named temporary,
+    /// which a crash leaves behind; only a resumable upload swept its directory, and a tree
+    /// of small files (all unnamed since 3eb82dd) never sends one, so such leftovers stayed
+    /// for good. An unnamed upload that makes a named temporary sweeps its directory too.
+    #[test]
+    fn an_unnamed_upload_without_tmpfile_sweeps_what_a_crash_left() {
+        NO_TMPFILE.with(|flag| flag.set(true));
+        let base = scratch("sweep-named");
+        let root = Root::open_or_create(&base).unwrap();
+        let dead = root.path().join(format!("{LINKED_PREFIX}dead-1"));
+        std::fs::write(&dead, b"left by a crash").unwrap();
+        let two_days_ago = SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&dead)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        let mut state = FileState::new(4, 1 << 20);
+        let mut files = Files {
+            root: &root,
+            state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
+        };
+        let upload = files
+            .begin_put(&unnamed(PutFlags::NONE.with(PutFlags::DEFER_SYNC), "new"))
+            .unwrap();
+        file_of(&files, &upload).write_all_at(b"n", 0).unwrap();
+        files.publish(upload.handle).unwrap();
+        NO_TMPFILE.with(|flag| flag.set(false));
+        assert_eq!(names_in(root.path()), ["new"]);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     /// Review of 3eb82dd, held: a symlink planted at an unnamed upload's name between its PUT

@@ -330,7 +330,7 @@ fn stream_of(frame: &[u8]) -> u32 {
 
 /// A [`watching_proxy`] that records, for each PUT the client sends, how many PUTs were
 /// unanswered with it (its own included): the window the client kept. Each answer that ends
-/// a stream is held 3 ms.
+/// a stream is held 10 ms.
 fn window_recorder(server: &FileServer) -> (String, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
     use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
@@ -350,7 +350,7 @@ fn window_recorder(server: &FileServer) -> (String, std::sync::Arc<std::sync::Mu
             if frame[1] & Flags::END_STREAM.bits() != 0 {
                 // Answers come a little late, as over any real network: on loopback the
                 // server would answer each PUT before the proxy even read the next.
-                std::thread::sleep(std::time::Duration::from_millis(3));
+                std::thread::sleep(std::time::Duration::from_millis(10));
                 open2.lock().unwrap().remove(&stream_of(frame));
             }
         },

@@ -531,3 +531,54 @@ fn an_upload_whose_directory_is_removed_meanwhile_says_so() {
     assert!(!refused.1.contains("/proc"), "{}", refused.1);
     conn.echo(b"the connection goes on");
 }
+
+/// Finding (3eb82dd, performance): a small file is meant to go whole, unnamed, without a
+/// declared hash or RESUME (nothing to resume in it; the server then links it straight into
+/// place). With `--continue` every file is hashed first, and that hash made the small ones go
+/// the old way: declared, with RESUME — a named partial on the server and a round trip for
+/// PUT_READY before its DATA, per small file, in exactly the run that re-sends the most.
+#[test]
+fn continue_sends_small_files_whole_and_unnamed_too() {
+    use std::sync::{Arc, Mutex};
+    let server = FileServer::start(&[]);
+    let mut cli = ClientDir::new(&server, "continue-small");
+    fs::create_dir(cli.local("src")).unwrap();
+    for i in 0..12 {
+        fs::write(cli.local(&format!("src/s-{i:02}")), format!("small {i}")).unwrap();
+    }
+    let big = random_bytes(9, 300 << 10);
+    fs::write(cli.local("src/t-big"), &big).unwrap();
+    fs::create_dir(server.at("dst")).unwrap();
+    // Already there: skipped.
+    fs::write(server.at("dst/s-00"), b"small 0").unwrap();
+    let flags: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let flags2 = Arc::clone(&flags);
+    cli.addr = watching_proxy(
+        &server,
+        move |frame| {
+            if frame[0] == FrameType::Put.to_u8() {
+                flags2
+                    .lock()
+                    .unwrap()
+                    .push(frame[12 + monoreactor::proto::files::put_field::FLAGS]);
+            }
+        },
+        |_| {},
+    );
+    let put = cli.exits_with(0, "put", &["-r", "--continue", "src/.", "dst"]);
+    for i in 0..12 {
+        assert_eq!(
+            fs::read(server.at(&format!("dst/s-{i:02}"))).unwrap(),
+            format!("small {i}").as_bytes(),
+            "{}",
+            put.stderr
+        );
+    }
+    assert_eq!(fs::read(server.at("dst/t-big")).unwrap(), big);
+    let flags = flags.lock().unwrap();
+    let declared = PutFlags::HASH_DECLARED.bits() | PutFlags::RESUME.bits();
+    let hashed = flags.iter().filter(|&&bits| bits & declared != 0).count();
+    // 11 small files and the big one went; only the big one resumable.
+    assert_eq!(flags.len(), 12, "{flags:?}");
+    assert_eq!(hashed, 1, "PUT flags {flags:?}");
+}

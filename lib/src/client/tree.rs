@@ -967,11 +967,11 @@ impl PutRun<'_> {
             }
         };
         let size = item.size;
-        // A small file is read once, hashed, and sent with its PUT in one write.
+        // A small file is read once, hashed, and sent with its PUT in one write — with
+        // `--continue` too, although it was hashed already to ask the server about it: it
+        // goes unnamed either way (below), and what is sent is what was read now.
         let mut whole = None;
-        let hashed = if let Some(hash) = self.hashed_ahead(index) {
-            hash
-        } else if size <= SMALL_FILE {
+        let hashed = if size <= SMALL_FILE {
             let mut bytes = Vec::with_capacity(size as usize);
             match (&mut file).take(size + 1).read_to_end(&mut bytes) {
                 Ok(_) if bytes.len() as u64 == size => {
@@ -982,6 +982,8 @@ impl PutRun<'_> {
                 Ok(_) => Err(changed(&item.local)),
                 Err(source) => Err(local(&format!("read {}", item.local.display()), source)),
             }
+        } else if let Some(hash) = self.hashed_ahead(index) {
+            hash
         } else {
             match hash_reader(&mut file, &mut |_| {}) {
                 Ok(hasher) if hasher.count() == size => Ok(*hasher.finalize().as_bytes()),

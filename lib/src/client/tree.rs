@@ -693,6 +693,8 @@ struct Sending {
     file: Option<File>,
     resume: bool,
     tries: u8,
+    /// It carries the sync of all (`SYNC_FS`).
+    syncs: bool,
 }
 
 /// Uploads `items`, pipelined ([`TreeOptions::window`] at once). Returns the files that
@@ -747,6 +749,9 @@ fn upload_all(
         hashes: vec![None; items.len()],
         retry: VecDeque::new(),
         not_before: HashMap::new(),
+        synced: false,
+        smallest_stored: None,
+        sync_again: false,
         ahead: None,
         unhashed: HashMap::new(),
     };
@@ -879,7 +884,21 @@ fn drive_puts(
             run.start(client, index, tries, last, progress)?;
         }
         if run.in_flight.is_empty() && queue.is_empty() && run.ready.is_empty() {
-            return Ok(std::mem::take(&mut run.failed));
+            // The upload that carried the sync of all failed (refused, unreadable here):
+            // the others were stored with DEFER_SYNC and nothing synced them. A file stored
+            // already goes again, once, to carry it.
+            match run.smallest_stored {
+                Some(index) if options.durable && !run.synced && !run.sync_again => {
+                    debug!("{}: sent again to carry the sync", run.items[index].remote);
+                    run.sync_again = true;
+                    run.tally.files_done = run.tally.files_done.saturating_sub(1);
+                    run.tally.bytes_done =
+                        run.tally.bytes_done.saturating_sub(run.items[index].size);
+                    queue.push_back((index, 0));
+                    continue;
+                }
+                _ => return Ok(std::mem::take(&mut run.failed)),
+            }
         }
         if !run.ready.is_empty()
             || (run.in_flight.len() < run.window
@@ -909,6 +928,12 @@ struct PutRun<'a> {
     retry: VecDeque<(usize, u8)>,
     /// When an upload refused as busy may be tried again.
     not_before: HashMap<usize, std::time::Instant>,
+    /// A `SYNC_FS` upload was stored: every upload stored before it is durable.
+    synced: bool,
+    /// The smallest file stored in this run, to carry the sync again if the last one fails.
+    smallest_stored: Option<usize>,
+    /// The sync was carried again once already.
+    sync_again: bool,
     /// Hashes of large files computed ahead, in order, on a thread of their own.
     ahead: Option<std::sync::mpsc::Receiver<(usize, Result<Hash, ClientError>)>>,
     /// What that thread could not hash, until the file's turn comes.
@@ -945,11 +970,11 @@ impl PutRun<'_> {
             }
         };
         let size = item.size;
-        // A small file is read once, hashed, and sent with its PUT in one write.
+        // A small file is read once, hashed, and sent with its PUT in one write — with
+        // `--continue` too, although it was hashed already to ask the server about it: it
+        // goes unnamed either way (below), and what is sent is what was read now.
         let mut whole = None;
-        let hashed = if let Some(hash) = self.hashed_ahead(index) {
-            hash
-        } else if size <= SMALL_FILE {
+        let hashed = if size <= SMALL_FILE {
             let mut bytes = Vec::with_capacity(size as usize);
             match (&mut file).take(size + 1).read_to_end(&mut bytes) {
                 Ok(_) if bytes.len() as u64 == size => {
@@ -960,6 +985,8 @@ impl PutRun<'_> {
                 Ok(_) => Err(changed(&item.local)),
                 Err(source) => Err(local(&format!("read {}", item.local.display()), source)),
             }
+        } else if let Some(hash) = self.hashed_ahead(index) {
+            hash
         } else {
             match hash_reader(&mut file, &mut |_| {}) {
                 Ok(hasher) if hasher.count() == size => Ok(*hasher.finalize().as_bytes()),
@@ -1021,6 +1048,7 @@ impl PutRun<'_> {
                 file: Some(file),
                 resume,
                 tries,
+                syncs: last,
             },
         );
         let mut wire = Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec();
@@ -1197,6 +1225,14 @@ impl PutRun<'_> {
                 let stored = Digest::parse(payload).map_err(ClientError::Message)?;
                 if stored.hash == sending.hash {
                     self.tally.files_done += 1;
+                    self.synced |= sending.syncs;
+                    let size = |index: usize| self.items[index].size;
+                    if self
+                        .smallest_stored
+                        .is_none_or(|smallest| size(sending.index) < size(smallest))
+                    {
+                        self.smallest_stored = Some(sending.index);
+                    }
                 } else {
                     self.fail(
                         sending.index,
@@ -1227,7 +1263,8 @@ impl PutRun<'_> {
                         );
                         self.not_before
                             .insert(sending.index, std::time::Instant::now() + pause);
-                        self.window = self.in_flight.len().max(1);
+                        // The window stays: busy is about this one file, not a limit of the
+                        // server's (and the window never grows back once narrowed).
                         self.retry.push_back((sending.index, sending.tries + 1));
                     }
                     Some(ErrorCode::LimitReached) if sending.tries < MAX_TRIES => {

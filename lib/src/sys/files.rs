@@ -331,7 +331,8 @@ impl Files<'_> {
 
     /// Gives the file or directory `path` the permission bits and times of `attrs`, through
     /// a descriptor opened beneath the root (no symlink on the way, the last component
-    /// included): what was checked is what is changed, and nothing outside the root can be.
+    /// included): what was checked is what is changed, and nothing outside the root can be
+    /// (a regular file with another hard link is refused: that link may be outside).
     fn set_path_attrs(&mut self, path: &str, attrs: PutAttrs) -> Result<(), FileError> {
         if path.is_empty() {
             // The root's mode is the operator's: a client that gave it 0o000 would lock
@@ -351,6 +352,18 @@ impl Files<'_> {
             .map_err(|errno| file_error(errno, path))?;
         let stat = rustix::fs::fstat(&fd).map_err(|errno| file_error(errno, path))?;
         match FileType::from_raw_mode(stat.st_mode) {
+            // SET_ATTRS is the one request that changes an inode in place (PUT renames a new
+            // file over the name, DELETE removes the name), so it alone would reach through
+            // a hard link: to a file outside the root, or outside a credential's scope.
+            FileType::RegularFile if stat.st_nlink > 1 => {
+                return Err(FileError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{path}: has other hard links, which may lie outside the root; \
+                         its mode and times are left alone"
+                    ),
+                ));
+            }
             FileType::RegularFile | FileType::Directory => {}
             _ => {
                 return Err(FileError::new(

@@ -680,6 +680,9 @@ impl Files<'_> {
                 // No `O_TMPFILE` on this file system (`EOPNOTSUPP`; `EISDIR` from kernels
                 // before 3.11): a fresh name instead, locked like a partial.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR) => {
+                    // Such a name outlives a crash, and on a tree of small files no resumable
+                    // upload, which sweeps its directory, may ever come here again.
+                    self.sweep_expired(&dir, path);
                     let temp = linked_name();
                     match open_locked(&dir, &temp, true) {
                         Ok(Opened::Locked(file, _)) => (file, Temp::Named(temp)),
@@ -1243,6 +1246,14 @@ fn publish(
         )
     };
     let link_failed = |error| match error {
+        // An unnamed upload leaves its directory empty of it, so the directory may have been
+        // removed meanwhile (a DELETE, an rmdir): nowhere to link into.
+        Errno::NOENT if rustix::fs::fstat(&upload.dir).is_ok_and(|dir| dir.st_nlink == 0) => {
+            FileError::new(
+                ErrorCode::NotFound,
+                format!("{path}: its directory was removed while the file was being received"),
+            )
+        }
         // The directory is open: /proc is missing, or the partial was removed from outside
         // the server (an inode without links cannot get one).
         Errno::NOENT => FileError::new(
@@ -1610,6 +1621,236 @@ mod tests {
                 ["dir", "late", "new", "old", "synced"],
                 "no temporary left (no O_TMPFILE: {no_tmpfile})"
             );
+            NO_TMPFILE.with(|flag| flag.set(false));
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+    }
+
+    /// Jobs run here, their kinds recorded: what a commit asked to be made durable.
+    #[derive(Default)]
+    struct Recorded(Vec<crate::service::disk::JobKind>);
+
+    impl Jobs for Recorded {
+        fn submit(&mut self, job: Job) -> Pending {
+            self.0.push(job.kind());
+            RunHere.submit(job)
+        }
+
+        fn submit_write(
+            &mut self,
+            _: std::os::fd::BorrowedFd<'_>,
+            _: u64,
+            _: &[u8],
+        ) -> Option<JobId> {
+            None
+        }
+
+        fn off_the_loop(&self) -> bool {
+            false
+        }
+
+        fn pending(&self, _: JobId) -> bool {
+            false
+        }
+    }
+
+    /// Review of 3eb82dd: without O_TMPFILE an unnamed upload stands in a named temporary,
+    /// which a crash leaves behind; only a resumable upload swept its directory, and a tree
+    /// of small files (all unnamed since 3eb82dd) never sends one, so such leftovers stayed
+    /// for good. An unnamed upload that makes a named temporary sweeps its directory too.
+    #[test]
+    fn an_unnamed_upload_without_tmpfile_sweeps_what_a_crash_left() {
+        NO_TMPFILE.with(|flag| flag.set(true));
+        let base = scratch("sweep-named");
+        let root = Root::open_or_create(&base).unwrap();
+        let dead = root.path().join(format!("{LINKED_PREFIX}dead-1"));
+        std::fs::write(&dead, b"left by a crash").unwrap();
+        let two_days_ago = SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&dead)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        let mut state = FileState::new(4, 1 << 20);
+        let mut files = Files {
+            root: &root,
+            state: &mut state,
+            jobs: &mut RunHere,
+            now: WallClock::read(),
+        };
+        let upload = files
+            .begin_put(&unnamed(PutFlags::NONE.with(PutFlags::DEFER_SYNC), "new"))
+            .unwrap();
+        file_of(&files, &upload).write_all_at(b"n", 0).unwrap();
+        files.publish(upload.handle).unwrap();
+        NO_TMPFILE.with(|flag| flag.set(false));
+        assert_eq!(names_in(root.path()), ["new"]);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Review of 3eb82dd, held: a symlink planted at an unnamed upload's name between its PUT
+    /// and its commit (dangling, or to a file, both outside the root) is replaced by the
+    /// file, never followed, whether the upload is an O_TMPFILE linked straight into place
+    /// or a named stand-in; and the direct link carries the PUT's mode and mtime.
+    #[test]
+    fn a_symlink_planted_before_an_unnamed_commit_is_replaced_never_followed() {
+        for no_tmpfile in [false, true] {
+            NO_TMPFILE.with(|flag| flag.set(no_tmpfile));
+            let base = scratch(&format!("planted-{no_tmpfile}"));
+            let outside = base.join("outside");
+            std::fs::create_dir_all(&outside).unwrap();
+            std::fs::write(outside.join("kept"), b"kept").unwrap();
+            let root = Root::open_or_create(&base.join("root")).unwrap();
+            let mut state = FileState::new(4, 1 << 20);
+            let mut files = Files {
+                root: &root,
+                state: &mut state,
+                jobs: &mut RunHere,
+                now: WallClock::read(),
+            };
+            let attrs = PutAttrs {
+                mode: 0o4640,
+                mtime_ns: 1_000_000_000_123_456_789,
+            };
+            for (name, points_at) in [("dangling", "escaped"), ("to-file", "kept")] {
+                let request = PutRequest {
+                    attrs: Some(attrs),
+                    ..unnamed(PutFlags::NONE.with(PutFlags::DEFER_SYNC), name)
+                };
+                let upload = files.begin_put(&request).unwrap();
+                file_of(&files, &upload).write_all_at(b"n", 0).unwrap();
+                std::os::unix::fs::symlink(outside.join(points_at), root.path().join(name))
+                    .unwrap();
+                files.publish(upload.handle).unwrap();
+                let meta = std::fs::symlink_metadata(root.path().join(name)).unwrap();
+                assert!(meta.file_type().is_file(), "{name} ({no_tmpfile})");
+                assert_eq!(std::fs::read(root.path().join(name)).unwrap(), b"n");
+                use std::os::unix::fs::MetadataExt;
+                assert_eq!(
+                    (meta.mode() & 0o7777, meta.mtime(), meta.mtime_nsec()),
+                    (0o640, 1_000_000_000, 123_456_789),
+                    "{name} ({no_tmpfile})"
+                );
+            }
+            let new = PutRequest {
+                attrs: Some(attrs),
+                ..unnamed(PutFlags::NONE.with(PutFlags::DEFER_SYNC), "new")
+            };
+            let upload = files.begin_put(&new).unwrap();
+            files.publish(upload.handle).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(root.path().join("new")).unwrap();
+            assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o640, 1_000_000_000));
+            assert!(!outside.join("escaped").exists(), "{no_tmpfile}");
+            assert_eq!(std::fs::read(outside.join("kept")).unwrap(), b"kept");
+            assert_eq!(names_in(root.path()), ["dangling", "new", "to-file"]);
+            NO_TMPFILE.with(|flag| flag.set(false));
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+    }
+
+    /// Review of 3eb82dd, held: two server processes (two tables, one root) committing
+    /// unnamed uploads of one path, in either order, leave one whole file, the last one
+    /// committed, and no temporary.
+    #[test]
+    fn two_processes_committing_unnamed_uploads_of_one_path_leave_the_last_whole() {
+        for no_tmpfile in [false, true] {
+            NO_TMPFILE.with(|flag| flag.set(no_tmpfile));
+            let base = scratch(&format!("two-{no_tmpfile}"));
+            let root = Root::open_or_create(&base).unwrap();
+            let (mut one, mut two) = (FileState::new(4, 1 << 20), FileState::new(4, 1 << 20));
+            let (mut jobs_one, mut jobs_two) = (RunHere, RunHere);
+            let mut first = Files {
+                root: &root,
+                state: &mut one,
+                jobs: &mut jobs_one,
+                now: WallClock::read(),
+            };
+            let mut second = Files {
+                root: &root,
+                state: &mut two,
+                jobs: &mut jobs_two,
+                now: WallClock::read(),
+            };
+            let deferred = PutFlags::NONE.with(PutFlags::DEFER_SYNC);
+            for (round, first_last) in [false, true].into_iter().enumerate() {
+                let a = first.begin_put(&unnamed(deferred, "same")).unwrap();
+                let b = second.begin_put(&unnamed(deferred, "same")).unwrap();
+                file_of(&first, &a).write_all_at(b"first", 0).unwrap();
+                file_of(&second, &b).write_all_at(b"second!", 0).unwrap();
+                let expected: &[u8] = if first_last {
+                    second.publish(b.handle).unwrap();
+                    first.publish(a.handle).unwrap();
+                    b"first"
+                } else {
+                    first.publish(a.handle).unwrap();
+                    second.publish(b.handle).unwrap();
+                    b"second!"
+                };
+                assert_eq!(
+                    std::fs::read(root.path().join("same")).unwrap(),
+                    expected,
+                    "round {round} ({no_tmpfile})"
+                );
+                assert_eq!(names_in(root.path()), ["same"]);
+            }
+            NO_TMPFILE.with(|flag| flag.set(false));
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+    }
+
+    /// Review of 3eb82dd, held: what each commit asks to be made durable is still what
+    /// PROTOCOL.md 6.4 promises, whatever way the file took into place (linked straight to a
+    /// new name, or exchanged with an old file, with or without O_TMPFILE): its directory's
+    /// fsync by default, the file system's syncfs with SYNC_FS (DEFER_SYNC or not), nothing
+    /// with DEFER_SYNC alone.
+    #[test]
+    fn each_commit_asks_for_the_sync_protocol_6_4_promises() {
+        use crate::service::disk::JobKind;
+        let cases = [
+            (PutFlags::NONE, vec![JobKind::Fsync]),
+            (
+                PutFlags::NONE.with(PutFlags::SYNC_FS),
+                vec![JobKind::Syncfs],
+            ),
+            (
+                PutFlags::NONE
+                    .with(PutFlags::SYNC_FS)
+                    .with(PutFlags::DEFER_SYNC),
+                vec![JobKind::Syncfs],
+            ),
+            (PutFlags::NONE.with(PutFlags::DEFER_SYNC), vec![]),
+        ];
+        for no_tmpfile in [false, true] {
+            NO_TMPFILE.with(|flag| flag.set(no_tmpfile));
+            let base = scratch(&format!("durable-{no_tmpfile}"));
+            let root = Root::open_or_create(&base).unwrap();
+            let mut state = FileState::new(4, 1 << 20);
+            for (at, (flags, expected)) in cases.iter().enumerate() {
+                for existing in [false, true] {
+                    let name = format!("f{at}-{existing}");
+                    if existing {
+                        std::fs::write(root.path().join(&name), b"old").unwrap();
+                    }
+                    let mut jobs = Recorded::default();
+                    let mut files = Files {
+                        root: &root,
+                        state: &mut state,
+                        jobs: &mut jobs,
+                        now: WallClock::read(),
+                    };
+                    let upload = files.begin_put(&unnamed(*flags, &name)).unwrap();
+                    file_of(&files, &upload).write_all_at(b"n", 0).unwrap();
+                    files.publish(upload.handle).unwrap();
+                    let syncs: Vec<JobKind> = jobs
+                        .0
+                        .into_iter()
+                        .filter(|kind| *kind != JobKind::Unlink)
+                        .collect();
+                    assert_eq!(&syncs, expected, "{name} ({no_tmpfile})");
+                }
+            }
             NO_TMPFILE.with(|flag| flag.set(false));
             std::fs::remove_dir_all(&base).unwrap();
         }

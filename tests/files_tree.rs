@@ -267,6 +267,42 @@ fn get_r_continue_fetches_only_what_is_missing_or_different() {
 }
 
 #[test]
+fn small_downloads_replace_files_refuse_directories_and_leave_no_part_files() {
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "files-tree");
+    fs::create_dir_all(server.at("tree/a")).unwrap();
+    for name in ["x", "y", "z", "w"] {
+        fs::write(server.at(&format!("tree/a/{name}")), name.repeat(5000)).unwrap();
+    }
+    fs::create_dir_all(cli.local("here/a/z")).unwrap();
+    fs::write(cli.local("here/a/z/keep"), b"mine").unwrap();
+    fs::write(cli.local("here/a/x"), b"old x").unwrap();
+    let other_link = cli.local("x-other-link");
+    fs::hard_link(cli.local("here/a/x"), &other_link).unwrap();
+    // Left by a run killed part-way.
+    fs::write(cli.local("here/a/.y.monoreactor-part"), b"stale").unwrap();
+    let failed = cli.run("get", &["-r", "tree/.", "here"]);
+    assert_eq!(failed.code(), 255, "{}", failed.stderr);
+    assert!(failed.stderr.contains("z"), "{}", failed.stderr);
+    for name in ["x", "y", "w"] {
+        assert_eq!(
+            fs::read(cli.local(&format!("here/a/{name}"))).unwrap(),
+            name.repeat(5000).as_bytes(),
+            "{name}"
+        );
+    }
+    // Replaced in one step: the old inode, still linked elsewhere, keeps its bytes.
+    assert_eq!(fs::read(&other_link).unwrap(), b"old x");
+    assert_eq!(fs::read(cli.local("here/a/z/keep")).unwrap(), b"mine");
+    let mut names: Vec<String> = fs::read_dir(cli.local("here/a"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["w", "x", "y", "z"], "nothing else left");
+}
+
+#[test]
 fn a_download_that_fails_verification_fails_the_command() {
     let server = FileServer::start(&[]);
     let cli = ClientDir::new(&server, "files-tree");

@@ -51,6 +51,9 @@ use crate::proto::{ErrorCode, ErrorMessage, Flags, Frame, FrameType, HEADER_LEN,
 /// up to a third faster (docs/PERFORMANCE.md, "Whole trees").
 pub const DEFAULT_WINDOW: usize = 32;
 
+/// Batched small uploads are written once they hold this much.
+const BATCH_BYTES: usize = 256 << 10;
+
 /// A file at most this long is read whole, hashed, and sent in one write with its PUT and
 /// DIGEST; a longer one is hashed in a first pass, then streamed.
 const SMALL_FILE: u64 = 256 << 10;
@@ -754,6 +757,7 @@ fn upload_all(
         sync_again: false,
         ahead: None,
         unhashed: HashMap::new(),
+        batch: Vec::new(),
     };
     progress(&run.tally);
     let mut queue: VecDeque<(usize, u8)> = VecDeque::new();
@@ -873,7 +877,11 @@ fn drive_puts(
                 std::thread::sleep(pause);
             }
         }
-        while run.in_flight.len() < run.window
+        // Refilled once half the window is free, not at every answer: small uploads then go
+        // out many to a write, and the other half keeps the server busy meanwhile.
+        let refill = run.in_flight.len() <= run.window / 2;
+        while refill
+            && run.in_flight.len() < run.window
             && !hold_last(run, &queue)
             && paused(run, &queue).is_none()
         {
@@ -883,6 +891,7 @@ fn drive_puts(
             let last = options.durable && queue.is_empty();
             run.start(client, index, tries, last, progress)?;
         }
+        run.flush(client)?;
         if run.in_flight.is_empty() && queue.is_empty() && run.ready.is_empty() {
             // The upload that carried the sync of all failed (refused, unreadable here):
             // the others were stored with DEFER_SYNC and nothing synced them. A file stored
@@ -901,7 +910,7 @@ fn drive_puts(
             }
         }
         if !run.ready.is_empty()
-            || (run.in_flight.len() < run.window
+            || (run.in_flight.len() <= run.window / 2
                 && !queue.is_empty()
                 && !hold_last(run, &queue)
                 && paused(run, &queue).is_none())
@@ -938,6 +947,9 @@ struct PutRun<'a> {
     ahead: Option<std::sync::mpsc::Receiver<(usize, Result<Hash, ClientError>)>>,
     /// What that thread could not hash, until the file's turn comes.
     unhashed: HashMap<usize, ClientError>,
+    /// Small uploads (PUT, DATA and DIGEST each) not yet written: sent many to a write
+    /// ([`PutRun::flush`]), always before anything else goes out.
+    batch: Vec<u8>,
 }
 
 impl PutRun<'_> {
@@ -1051,25 +1063,37 @@ impl PutRun<'_> {
                 syncs: last,
             },
         );
-        let mut wire = Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec();
-        if resume {
-            client.raw().send_raw(&wire)?;
-            return Ok(());
-        }
+        let wire = Frame::new(FrameType::Put, Flags::NONE, stream, &payload).to_vec();
         if let Some(bytes) = whole {
+            self.batch.extend_from_slice(&wire);
             if !bytes.is_empty() {
-                wire.extend_from_slice(
+                self.batch.extend_from_slice(
                     &Frame::new(FrameType::Data, Flags::NONE, stream, &bytes).to_vec(),
                 );
             }
-            wire.extend_from_slice(&digest_frame(stream, &hash));
-            client.raw().send_raw(&wire)?;
+            self.batch.extend_from_slice(&digest_frame(stream, &hash));
+            if self.batch.len() >= BATCH_BYTES {
+                self.flush(client)?;
+            }
             self.tally.bytes_done += size;
             progress(&self.tally);
             return Ok(());
         }
+        self.flush(client)?;
         client.raw().send_raw(&wire)?;
+        if resume {
+            return Ok(());
+        }
         self.send_body(client, stream, 0, progress)
+    }
+
+    /// Writes the small uploads batched so far.
+    fn flush(&mut self, client: &mut FileClient) -> Result<(), ClientError> {
+        if !self.batch.is_empty() {
+            client.raw().send_raw(&self.batch)?;
+            self.batch.clear();
+        }
+        Ok(())
     }
 
     /// Item `index`'s hash if it is known already or hashed ahead (waiting for the hashing
@@ -1295,7 +1319,11 @@ fn digest_frame(stream: u32, hash: &Hash) -> Vec<u8> {
 struct Receiving {
     index: usize,
     file: File,
+    /// The part file's name (its name to be, if `unnamed`).
     part: PathBuf,
+    /// The bytes go to an `O_TMPFILE` that is linked straight to the destination's name at
+    /// the end ([`open_unnamed`]): a small file, not worth resuming.
+    unnamed: bool,
     hasher: blake3::Hasher,
     offset: u64,
     done: u64,
@@ -1411,14 +1439,30 @@ pub fn get_files(
     let mut in_flight: HashMap<u32, Receiving> = HashMap::new();
     let mut window = options.window.max(1);
     let mut spare = None;
+    // Checked once: linking an `O_TMPFILE` into place goes through /proc.
+    let unnamed_possible = Path::new("/proc/self/fd").is_dir();
+    let mut requests = Vec::new();
     loop {
-        while in_flight.len() < window {
+        // Refilled once half the window is free, not at every answer: the requests then go
+        // out many to a write, and the other half keeps the server busy meanwhile.
+        let refill = in_flight.len() <= window / 2;
+        while refill && in_flight.len() < window {
             let Some((index, tries)) = queue.pop_front() else {
                 break;
             };
             let item = &items[index];
-            match open_part(&item.local, options.resume) {
-                Ok((file, part, hasher)) => {
+            let unnamed = (item.size <= SMALL_FILE && unnamed_possible)
+                .then(|| open_unnamed(&item.local))
+                .flatten();
+            let opened = match unnamed {
+                Some(opened) => {
+                    opened.map(|(file, part)| (file, part, blake3::Hasher::new(), true))
+                }
+                None => open_part(&item.local, options.resume)
+                    .map(|(file, part, hasher)| (file, part, hasher, false)),
+            };
+            match opened {
+                Ok((file, part, hasher, unnamed)) => {
                     let offset = hasher.count();
                     let request = GetRequest {
                         offset,
@@ -1427,12 +1471,10 @@ pub fn get_files(
                     let mut payload = vec![0; request.payload_len()];
                     request.emit(&mut payload);
                     let stream = client.open_stream();
-                    client.raw().send_frame(Frame::new(
-                        FrameType::Get,
-                        Flags::NONE,
-                        stream,
-                        &payload,
-                    ))?;
+                    // Sent together once the window is full: one write for many requests.
+                    requests.extend_from_slice(
+                        &Frame::new(FrameType::Get, Flags::NONE, stream, &payload).to_vec(),
+                    );
                     tally.bytes_done += offset;
                     in_flight.insert(
                         stream,
@@ -1440,6 +1482,7 @@ pub fn get_files(
                             index,
                             file,
                             part,
+                            unnamed,
                             hasher,
                             offset,
                             done: offset,
@@ -1458,6 +1501,10 @@ pub fn get_files(
                     });
                 }
             }
+        }
+        if !requests.is_empty() {
+            client.raw().send_raw(&requests)?;
+            requests.clear();
         }
         if in_flight.is_empty() && queue.is_empty() {
             break;
@@ -1531,7 +1578,9 @@ pub fn get_files(
                     && match error.server_code() {
                         // A part longer than the file, from another version of it: removed,
                         // and the file fetched from 0.
-                        Some(ErrorCode::BadOffset) if receiving.offset > 0 => {
+                        Some(ErrorCode::BadOffset)
+                            if receiving.offset > 0 && !receiving.unnamed =>
+                        {
                             let _ = fs::remove_file(&receiving.part);
                             true
                         }
@@ -1542,11 +1591,12 @@ pub fn get_files(
                         _ => false,
                     };
                 let (index, part) = (receiving.index, receiving.part.clone());
+                let unnamed = receiving.unnamed;
                 drop(receiving);
                 if retry {
                     queue.push_front((index, tries + 1));
                 } else {
-                    if len == 0 {
+                    if len == 0 && !unnamed {
                         let _ = fs::remove_file(&part);
                     }
                     tally.files_done += 1;
@@ -1603,6 +1653,66 @@ fn open_part(dest: &Path, resume: bool) -> Result<(File, PathBuf, blake3::Hasher
     Ok((file, part, hasher))
 }
 
+/// Opens an unnamed file (`O_TMPFILE`) in `dest`'s directory for a small download, and
+/// `dest`'s part file name; `None` where the file system has no `O_TMPFILE` (the caller then
+/// uses a part file). A part file left from before (a run killed part-way) is removed: a
+/// small file is fetched whole, and nothing of it may be left behind.
+fn open_unnamed(dest: &Path) -> Option<Result<(File, PathBuf), ClientError>> {
+    let part = part_path(dest)?;
+    let dir = match dest.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .ok()?;
+    let _ = fs::remove_file(&part);
+    Some(Ok((file, part)))
+}
+
+/// Gives an unnamed download (`file`, verified) the name `dest`: linked straight to it if
+/// nothing is there (`linkat` never replaces a name), else linked to its part file's name and
+/// renamed over `dest` — a regular file only — in one step for its readers.
+fn link_unnamed(file: &File, part: &Path, dest: &Path) -> Result<(), ClientError> {
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let link = |to: &Path| {
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            rustix::fs::CWD,
+            to,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(io::Error::from)
+    };
+    match link(dest) {
+        Ok(()) => return Ok(()),
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(local(&format!("create {}", dest.display()), source)),
+    }
+    let _ = fs::remove_file(part);
+    link(part).map_err(|source| local(&format!("create {}", part.display()), source))?;
+    if let Ok(meta) = fs::symlink_metadata(dest) {
+        if !meta.is_file() {
+            let _ = fs::remove_file(part);
+            return Err(local(
+                &format!("replace {}", dest.display()),
+                io::Error::other("it is not a regular file"),
+            ));
+        }
+    }
+    fs::rename(part, dest).map_err(|source| {
+        let _ = fs::remove_file(part);
+        local(
+            &format!("rename {} to {}", part.display(), dest.display()),
+            source,
+        )
+    })
+}
+
 /// A download's DIGEST came: verify, rename into place, carry the mtime with `preserve`.
 fn finish(
     receiving: Receiving,
@@ -1613,6 +1723,7 @@ fn finish(
     let Receiving {
         file,
         part,
+        unnamed,
         hasher,
         done,
         info,
@@ -1646,7 +1757,7 @@ fn finish(
         Ok(info) => info,
         Err(error) => {
             // Wrong bytes are not worth resuming; a local failure keeps what was written.
-            if matches!(error, ClientError::Verify(_)) || done == 0 {
+            if !unnamed && (matches!(error, ClientError::Verify(_)) || done == 0) {
                 let _ = fs::remove_file(&part);
             }
             return Err(error);
@@ -1656,6 +1767,14 @@ fn finish(
         use std::os::unix::fs::PermissionsExt;
         file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
             .map_err(|source| local(&format!("chmod {}", part.display()), source))?;
+    }
+    if unnamed {
+        link_unnamed(&file, &part, &item.local)?;
+        drop(file);
+        if options.preserve {
+            set_mtime(&item.local, info.mtime_ns)?;
+        }
+        return Ok(());
     }
     drop(file);
     if let Ok(meta) = fs::symlink_metadata(&item.local) {

@@ -1,0 +1,204 @@
+//! Review of the tree client's fast paths (2210b98): small downloads received into an
+//! `O_TMPFILE` and linked into place, windows refilled by halves, and batched small uploads
+//! and GET requests. Every command runs under the support's CLI timeout, so a hang or a busy
+//! spin fails the test instead of blocking it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use support::files::*;
+
+/// Every file under `dir`, relative, with its BLAKE3 (`None` for a directory).
+fn tree_of(dir: &Path) -> BTreeMap<String, Option<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<String>>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(name, None);
+                walk(root, &path, out);
+            } else if meta.is_file() {
+                out.insert(name, Some(hex(&blake3_file(&path))));
+            } else {
+                out.insert(name, Some("not a file".into()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Small files (batched, unnamed on the way down) around two large ones (streamed, part
+/// files), so that batched frames of many streams interleave with a large file's own.
+fn make_mixed_tree(at: &Path) {
+    fs::create_dir_all(at.join("d/e")).unwrap();
+    fs::write(at.join("empty"), b"").unwrap();
+    fs::write(at.join("d/large-1"), random_bytes(1, 1_000_003)).unwrap();
+    fs::write(at.join("d/e/large-2"), random_bytes(2, 600_001)).unwrap();
+    // Exactly the small-file bound and one over it: either side of the fast path.
+    fs::write(at.join("d/edge-small"), random_bytes(3, 256 << 10)).unwrap();
+    fs::write(at.join("d/edge-large"), random_bytes(4, (256 << 10) + 1)).unwrap();
+    for i in 0..70u64 {
+        let dir = if i % 2 == 0 { "d" } else { "d/e" };
+        fs::write(
+            at.join(format!("{dir}/small-{i:02}")),
+            random_bytes(10 + i, 1 + (i as usize * 997) % 9000),
+        )
+        .unwrap();
+    }
+}
+
+/// Servers with 1, 2 and 3 streams per connection: the default window of 32 is narrowed by
+/// LIMIT_REACHED to a window of 1, 2 or 3, where "half free" is 0 or 1 in flight; put -r's
+/// last file waits with the sync of all. Both directions finish, byte for byte.
+#[test]
+fn mixed_trees_round_trip_through_one_two_and_three_streams() {
+    for streams in ["1", "2", "3"] {
+        let server = FileServer::start(&["--max-commands-per-conn", streams]);
+        let cli = ClientDir::new(&server, "review-tree-fast");
+        make_mixed_tree(&cli.local("src"));
+        cli.exits_with(0, "put", &["-r", "src", "dst"]);
+        assert_eq!(
+            tree_of(&server.at("dst")),
+            tree_of(&cli.local("src")),
+            "put -r with {streams} streams"
+        );
+        cli.exits_with(0, "get", &["-r", "dst", "back"]);
+        assert_eq!(
+            tree_of(&cli.local("back")),
+            tree_of(&cli.local("src")),
+            "get -r with {streams} streams"
+        );
+        // Again with --continue: nothing to do, nothing hangs.
+        // `src/.`: into dst, not into dst/src (scp's rule for an existing directory).
+        cli.exits_with(0, "put", &["-r", "--continue", "src/.", "dst"]);
+        cli.exits_with(0, "get", &["-r", "--continue", "dst/.", "back"]);
+        assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
+        assert_eq!(tree_of(&cli.local("back")), tree_of(&cli.local("src")));
+    }
+}
+
+/// A small download whose name is a symlink (to a file outside the tree, or dangling) or a
+/// FIFO is refused: nothing is written through the link, the link and FIFO stay, and no
+/// part file is left; the other files land.
+#[test]
+fn small_downloads_never_write_through_symlinks_or_into_fifos() {
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "review-tree-fast");
+    fs::create_dir_all(server.at("tree")).unwrap();
+    for name in ["linked", "dangling", "fifo", "plain"] {
+        fs::write(server.at(&format!("tree/{name}")), name.repeat(300)).unwrap();
+    }
+    fs::create_dir_all(cli.local("here")).unwrap();
+    let outside = cli.local("outside");
+    fs::write(&outside, b"not to be touched").unwrap();
+    symlink(&outside, cli.local("here/linked")).unwrap();
+    symlink(cli.local("nowhere"), cli.local("here/dangling")).unwrap();
+    let fifo = cli.local("here/fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let failed = cli.run("get", &["-r", "tree/.", "here"]);
+    assert_ne!(failed.code(), 0, "{}", failed.stderr);
+    for name in ["linked", "dangling", "fifo"] {
+        assert!(failed.stderr.contains(name), "{name}: {}", failed.stderr);
+    }
+    assert_eq!(fs::read(&outside).unwrap(), b"not to be touched");
+    assert!(
+        !cli.local("nowhere").exists(),
+        "created through a dangling link"
+    );
+    assert!(
+        fs::symlink_metadata(cli.local("here/linked"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(
+        fs::symlink_metadata(cli.local("here/dangling"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(
+        fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO stays"
+    );
+    assert_eq!(
+        fs::read(cli.local("here/plain")).unwrap(),
+        "plain".repeat(300).as_bytes()
+    );
+    let mut names: Vec<String> = fs::read_dir(cli.local("here"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["dangling", "fifo", "linked", "plain"],
+        "nothing left"
+    );
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+/// `--continue` on small files: a complete copy is kept, one of the same size with other
+/// bytes and a stale part file are fetched again; `-p` carries mode and mtime on the unnamed
+/// path, also when it replaces a file that is there.
+#[test]
+fn small_downloads_continue_and_preserve() {
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "review-tree-fast");
+    fs::create_dir_all(server.at("tree")).unwrap();
+    for name in ["same", "other", "stale", "new"] {
+        fs::write(server.at(&format!("tree/{name}")), name.repeat(1000)).unwrap();
+        let path = server.at(&format!("tree/{name}"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_300_000_000);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    fs::create_dir_all(cli.local("here")).unwrap();
+    fs::write(cli.local("here/same"), "same".repeat(1000)).unwrap();
+    fs::write(cli.local("here/other"), "OTHE".repeat(1250)).unwrap();
+    fs::write(cli.local("here/.stale.monoreactor-part"), b"stale bytes").unwrap();
+    cli.exits_with(0, "get", &["-r", "-p", "--continue", "tree/.", "here"]);
+    assert_eq!(tree_of(&cli.local("here")), tree_of(&server.at("tree")));
+    for name in ["other", "stale", "new"] {
+        let local = cli.local(&format!("here/{name}"));
+        let meta = fs::metadata(&local).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640, "{name}");
+        assert_eq!(
+            mtime_ns(&local),
+            mtime_ns(&server.at(&format!("tree/{name}"))),
+            "{name}"
+        );
+    }
+}
+
+/// A small download into a directory it may not write: one clear error, exit non-zero, no
+/// panic and nothing left.
+#[test]
+fn small_downloads_into_an_unwritable_directory_fail_cleanly() {
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "review-tree-fast");
+    fs::create_dir_all(server.at("tree")).unwrap();
+    fs::write(server.at("tree/a"), b"aaaa").unwrap();
+    fs::create_dir_all(cli.local("here")).unwrap();
+    // A file where the directory should be: neither O_TMPFILE nor a part file can open.
+    fs::write(cli.local("blocked"), b"x").unwrap();
+    let failed = cli.run("get", &["-r", "tree/.", "blocked/deeper"]);
+    assert_ne!(failed.code(), 0, "{}", failed.stderr);
+    assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
+    assert_eq!(fs::read(cli.local("blocked")).unwrap(), b"x");
+}

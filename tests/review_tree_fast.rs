@@ -202,3 +202,35 @@ fn small_downloads_into_an_unwritable_directory_fail_cleanly() {
     assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
     assert_eq!(fs::read(cli.local("blocked")).unwrap(), b"x");
 }
+
+/// The defaults raised in 79dfcec (32 streams per connection, 256 transfers) are what the
+/// protocol and architecture documents state: no stale "8" or "64" left for readers.
+#[test]
+fn documents_state_the_raised_stream_and_transfer_defaults() {
+    let limits = monoreactor::Limits::default();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let protocol = fs::read_to_string(root.join("docs/PROTOCOL.md")).unwrap();
+    let transfers = format!(
+        "| transfers (GET, PUT, LIST) on the server | {} |",
+        limits.max_transfers
+    );
+    assert!(protocol.contains(&transfers), "PROTOCOL.md: {transfers}");
+    let exec_row = format!(
+        "| fewer than {} commands run on this connection |",
+        limits.max_streams_per_connection
+    );
+    assert!(protocol.contains(&exec_row), "PROTOCOL.md: {exec_row}");
+    let architecture = fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let stated = format!(
+        "`Limits::max_streams_per_connection` ({})",
+        limits.max_streams_per_connection
+    );
+    let stale = architecture
+        .matches("`Limits::max_streams_per_connection` (")
+        .count();
+    assert_eq!(
+        architecture.matches(&stated).count(),
+        stale,
+        "ARCHITECTURE.md states another default than {stated}"
+    );
+}

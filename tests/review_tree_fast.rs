@@ -59,8 +59,14 @@ fn make_mixed_tree(at: &Path) {
 /// last file waits with the sync of all. Both directions finish, byte for byte.
 #[test]
 fn mixed_trees_round_trip_through_one_two_and_three_streams() {
-    for streams in ["1", "2", "3"] {
-        let server = FileServer::start(&["--max-commands-per-conn", streams]);
+    // The last: 32 streams but 2 transfers server-wide, refused by the other limit.
+    for (flag, streams) in [
+        ("--max-commands-per-conn", "1"),
+        ("--max-commands-per-conn", "2"),
+        ("--max-commands-per-conn", "3"),
+        ("--max-transfers", "2"),
+    ] {
+        let server = FileServer::start(&[flag, streams]);
         let cli = ClientDir::new(&server, "review-tree-fast");
         make_mixed_tree(&cli.local("src"));
         cli.exits_with(0, "put", &["-r", "src", "dst"]);
@@ -233,4 +239,87 @@ fn documents_state_the_raised_stream_and_transfer_defaults() {
         stale,
         "ARCHITECTURE.md states another default than {stated}"
     );
+}
+
+/// Mounts a tmpfs of `kib` KiB at `at` (root only); `None` where that is not allowed.
+fn small_tmpfs(at: &Path, kib: u32) -> Option<Mounted> {
+    fs::create_dir_all(at).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+        .arg(at)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    status.success().then(|| Mounted(at.to_path_buf()))
+}
+
+/// Unmounts on drop, also when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk while small files are received unnamed: the command fails with the write
+/// error, the files that fitted land, and the ones that did not leave nothing behind — not a
+/// part file, and no space held (the unnamed files are gone with their descriptors).
+#[test]
+fn a_full_disk_under_small_downloads_leaves_nothing_and_frees_its_space() {
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "review-tree-fast");
+    fs::create_dir_all(server.at("tree")).unwrap();
+    for i in 0..6u64 {
+        fs::write(
+            server.at(&format!("tree/f{i}")),
+            random_bytes(40 + i, 100_000),
+        )
+        .unwrap();
+    }
+    let Some(_mounted) = small_tmpfs(&cli.local("disk"), 256) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let failed = cli.run("get", &["-r", "tree/.", "disk"]);
+    assert_ne!(failed.code(), 0, "{}", failed.stderr);
+    assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("space") || failed.stderr.contains("write"),
+        "{}",
+        failed.stderr
+    );
+    let mut landed = 0;
+    for entry in fs::read_dir(cli.local("disk")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        assert!(!name.starts_with('.'), "left behind: {name}");
+        assert_eq!(
+            blake3_file(&entry.path()),
+            blake3_file(&server.at(&format!("tree/{name}"))),
+            "{name}"
+        );
+        landed += 1;
+    }
+    assert!(landed < 6, "a 256 KiB disk cannot hold 600 KB");
+    // What did not land holds no space: the files that did fit in what remains.
+    let free = free_kib(&cli.local("disk"));
+    assert!(
+        free + landed * 100 >= 240,
+        "free {free} KiB with {landed} files"
+    );
+}
+
+/// Free KiB on the file system holding `path`, from `df`.
+fn free_kib(path: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-k", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap()
 }

@@ -323,3 +323,68 @@ fn free_kib(path: &Path) -> u64 {
         .and_then(|line| line.trim().parse().ok())
         .unwrap()
 }
+
+/// Runs `work` on a thread and fails the test if it takes longer than a minute: a hang or a
+/// busy spin in a window must fail, not block the suite.
+fn within_a_minute<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: no end within a minute (hang or spin)"))
+}
+
+/// The client's own windows of 1, 2 and 3 (where "half free" is 0 or 1 in flight), against
+/// servers with the default limits and with 2 streams per connection (a window of 3 then
+/// refused and narrowed): put_files and get_files of a mixed tree finish, byte for byte.
+#[test]
+fn client_windows_of_one_two_and_three_move_a_mixed_tree() {
+    use monoreactor::client::files::FileClient;
+    use monoreactor::client::tree::{
+        GetPlan, PutPlan, TreeOptions, get_files, make_remote_dirs, plan_get, plan_put, put_files,
+    };
+    for extra in [&[][..], &["--max-commands-per-conn", "2"][..]] {
+        let server = FileServer::start(extra);
+        let cli = ClientDir::new(&server, "review-tree-fast");
+        make_mixed_tree(&cli.local("src"));
+        let addr = server.server.framed();
+        for window in 1..=3usize {
+            let src = cli.local("src");
+            let back = cli.local(&format!("back-{window}"));
+            let remote = format!("dst-{window}");
+            within_a_minute(&format!("window {window}, {extra:?}"), move || {
+                let options = TreeOptions {
+                    window,
+                    ..TreeOptions::default()
+                };
+                let timeout = std::time::Duration::from_secs(10);
+                let mut client = FileClient::connect(addr, None, timeout).unwrap();
+                let mut plan = PutPlan::default();
+                plan_put(&src, &remote, false, false, &mut plan).unwrap();
+                let failed = make_remote_dirs(&mut client, &plan.dirs).unwrap();
+                assert!(failed.is_empty(), "{failed:?}");
+                let failed = put_files(&mut client, &plan.files, &options, &mut |_| {}).unwrap();
+                assert!(failed.is_empty(), "put, window {window}: {failed:?}");
+                let mut plan = GetPlan::default();
+                plan_get(&mut client, &remote, &back, &mut plan).unwrap();
+                for dir in &plan.dirs {
+                    fs::create_dir_all(dir).unwrap();
+                }
+                let failed = get_files(&mut client, &plan.files, &options, &mut |_| {}).unwrap();
+                assert!(failed.is_empty(), "get, window {window}: {failed:?}");
+            });
+            assert_eq!(
+                tree_of(&server.at(&format!("dst-{window}"))),
+                tree_of(&cli.local("src")),
+                "put, window {window}, {extra:?}"
+            );
+            assert_eq!(
+                tree_of(&cli.local(&format!("back-{window}"))),
+                tree_of(&cli.local("src")),
+                "get, window {window}, {extra:?}"
+            );
+        }
+    }
+}

@@ -388,3 +388,48 @@ fn client_windows_of_one_two_and_three_move_a_mixed_tree() {
         }
     }
 }
+
+/// What the server says at GET time differs from its LIST: a small file removed (ERROR on
+/// its stream), one grown far past the small-file bound (FILE_INFO larger than LIST), one
+/// shrunk to nothing. The removed one fails and leaves nothing, the others land verified
+/// with their new bytes; no part file is left anywhere.
+#[test]
+fn files_changed_between_list_and_get_land_verified_or_leave_nothing() {
+    use monoreactor::client::files::FileClient;
+    use monoreactor::client::tree::{GetPlan, TreeOptions, get_files, plan_get};
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "review-tree-fast");
+    fs::create_dir_all(server.at("tree")).unwrap();
+    for name in ["removed", "grown", "shrunk", "kept"] {
+        fs::write(server.at(&format!("tree/{name}")), name.repeat(100)).unwrap();
+    }
+    let addr = server.server.framed();
+    let timeout = std::time::Duration::from_secs(10);
+    let mut client = FileClient::connect(addr, None, timeout).unwrap();
+    let mut plan = GetPlan::default();
+    let here = cli.local("here");
+    plan_get(&mut client, "tree", &here, &mut plan).unwrap();
+    fs::create_dir_all(&here).unwrap();
+    fs::remove_file(server.at("tree/removed")).unwrap();
+    let grown = random_bytes(77, 3 << 20);
+    fs::write(server.at("tree/grown"), &grown).unwrap();
+    fs::write(server.at("tree/shrunk"), b"").unwrap();
+    let files = plan.files;
+    let failed = within_a_minute("changed files", move || {
+        get_files(&mut client, &files, &TreeOptions::default(), &mut |_| {}).unwrap()
+    });
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].path.ends_with("removed"), "{failed:?}");
+    assert_eq!(fs::read(here.join("grown")).unwrap(), grown);
+    assert_eq!(fs::read(here.join("shrunk")).unwrap(), b"");
+    assert_eq!(
+        fs::read(here.join("kept")).unwrap(),
+        "kept".repeat(100).as_bytes()
+    );
+    let mut names: Vec<String> = fs::read_dir(&here)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["grown", "kept", "shrunk"], "nothing else left");
+}

@@ -284,6 +284,12 @@ fn a_full_disk_under_small_downloads_leaves_nothing_and_frees_its_space() {
     let failed = cli.run("get", &["-r", "tree/.", "disk"]);
     assert_ne!(failed.code(), 0, "{}", failed.stderr);
     assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
+    // The error names no part file: none was ever made, nothing to look for or clean up.
+    assert!(
+        !failed.stderr.contains("monoreactor-part"),
+        "{}",
+        failed.stderr
+    );
     assert!(
         failed.stderr.contains("space") || failed.stderr.contains("write"),
         "{}",

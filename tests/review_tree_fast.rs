@@ -226,6 +226,11 @@ fn documents_state_the_raised_stream_and_transfer_defaults() {
         limits.max_streams_per_connection
     );
     assert!(protocol.contains(&exec_row), "PROTOCOL.md: {exec_row}");
+    let commands = format!(
+        "at most {} per connection\n  and {} on the whole server by default",
+        limits.max_streams_per_connection, limits.max_exec
+    );
+    assert!(protocol.contains(&commands), "PROTOCOL.md: {commands}");
     let architecture = fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
     let stated = format!(
         "`Limits::max_streams_per_connection` ({})",

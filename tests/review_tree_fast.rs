@@ -444,3 +444,24 @@ fn files_changed_between_list_and_get_land_verified_or_leave_nothing() {
     names.sort();
     assert_eq!(names, ["grown", "kept", "shrunk"], "nothing else left");
 }
+
+/// A large file of the tree refused as UPLOAD_BUSY (its partial locked as by another server
+/// process) for a second and a half, with 3 streams per connection: the small files go on,
+/// batched, around its pauses; once released it is resumed and the tree is complete, the
+/// last file still carrying the sync, and no partial is left.
+#[test]
+fn a_busy_large_upload_waits_its_turn_while_small_ones_flow() {
+    let server = FileServer::start(&["--max-commands-per-conn", "3"]);
+    let cli = ClientDir::new(&server, "review-tree-fast");
+    make_mixed_tree(&cli.local("src"));
+    fs::create_dir_all(server.at("dst/d")).unwrap();
+    let data = fs::read(cli.local("src/d/large-1")).unwrap();
+    let held = hold_upload_elsewhere(server.root(), "dst/d/large-1", &data, 0);
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(held);
+    });
+    cli.exits_with(0, "put", &["-r", "src/.", "dst"]);
+    releaser.join().unwrap();
+    assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
+}

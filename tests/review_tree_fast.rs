@@ -465,3 +465,63 @@ fn a_busy_large_upload_waits_its_turn_while_small_ones_flow() {
     releaser.join().unwrap();
     assert_eq!(tree_of(&server.at("dst")), tree_of(&cli.local("src")));
 }
+
+/// The server killed part-way through a get -r: the call ends with an error (no hang); what
+/// landed is whole and verified; small files in flight leave nothing (their unnamed files
+/// go with the process's descriptors); only a large file may leave its resumable part file.
+#[test]
+fn a_connection_lost_part_way_leaves_only_whole_files_and_large_part_files() {
+    use monoreactor::client::files::FileClient;
+    use monoreactor::client::tree::{GetPlan, TreeOptions, get_files, plan_get};
+    let server = FileServer::start(&[]);
+    let cli = ClientDir::new(&server, "review-tree-fast");
+    make_mixed_tree(&server.at("tree"));
+    let addr = server.server.framed();
+    let timeout = std::time::Duration::from_secs(10);
+    let mut client = FileClient::connect(addr, None, timeout).unwrap();
+    let mut plan = GetPlan::default();
+    let here = cli.local("here");
+    plan_get(&mut client, "tree", &here, &mut plan).unwrap();
+    for dir in &plan.dirs {
+        fs::create_dir_all(dir).unwrap();
+    }
+    let pid = libc::pid_t::try_from(server.server.pid()).unwrap();
+    let files = plan.files;
+    let result = within_a_minute("killed part-way", move || {
+        let mut killed = false;
+        get_files(&mut client, &files, &TreeOptions::default(), &mut |tally| {
+            if !killed && tally.files_done >= 10 {
+                killed = true;
+                // SAFETY: a signal to our own server child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        })
+        .map(|failed| failed.len())
+    });
+    // Usually the connection is lost; if the kernel had buffered every answer before the
+    // kill, the tree is complete instead. Either way, below: nothing half-done is left.
+    if let Ok(failed) = result {
+        assert_eq!(failed, 0);
+        assert_eq!(tree_of(&here), tree_of(&server.at("tree")));
+    }
+    let mut whole = 0;
+    for (name, hash) in tree_of(&here) {
+        let base = name.rsplit('/').next().unwrap();
+        if base.starts_with('.') {
+            assert!(
+                base.starts_with(".large-") || base.starts_with(".edge-large"),
+                "left behind: {name}"
+            );
+            continue;
+        }
+        if let Some(hash) = hash {
+            assert_eq!(
+                Some(hash),
+                tree_of(&server.at("tree")).remove(&name).flatten(),
+                "{name}"
+            );
+            whole += 1;
+        }
+    }
+    assert!(whole >= 10, "{whole} files landed before the kill");
+}

@@ -1348,7 +1348,13 @@ impl Receiving {
             return;
         }
         if let Err(source) = self.file.write_all(bytes) {
-            self.broken = Some(local(&format!("write {}", self.part.display()), source));
+            // An unnamed file has no name yet: naming its part file would send the user
+            // looking for (or cleaning up) a file that never existed.
+            let what = match (self.unnamed, self.part.parent()) {
+                (true, Some(dir)) => format!("write an unnamed file in {}", dir.display()),
+                _ => format!("write {}", self.part.display()),
+            };
+            self.broken = Some(local(&what, source));
             return;
         }
         self.hasher.update(bytes);

@@ -1026,6 +1026,42 @@ fn download_through(
     Ok(outcome)
 }
 
+/// Opens `dest`'s part file: truncated, or with `resume` hashed to its end (the offset to ask
+/// from, and where the file is left positioned for appending). Never through a symlink
+/// (`O_NOFOLLOW`: a part "file" planted as a symlink must not make us write elsewhere), never
+/// anything but a regular file (a FIFO or a device planted under the part's name must not
+/// receive the bytes, and then be renamed over `dest`).
+pub(crate) fn open_part(
+    dest: &Path,
+    resume: bool,
+) -> Result<(File, PathBuf, blake3::Hasher), ClientError> {
+    let part = part_path(dest).ok_or_else(|| {
+        local(
+            &format!("download into {}", dest.display()),
+            io::Error::new(ErrorKind::InvalidInput, "it does not name a file"),
+        )
+    })?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(!resume)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .map_err(|source| local(&format!("create {}", part.display()), source))?;
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(refused(&part, "it is not a regular file")),
+        Err(source) => return Err(local(&format!("stat {}", part.display()), source)),
+    }
+    let mut prefix = blake3::Hasher::new();
+    if resume {
+        prefix = hash_reader(&mut file, &mut |_| {})
+            .map_err(|source| local(&format!("read {}", part.display()), source))?;
+    }
+    Ok((file, part, prefix))
+}
+
 /// [`download`] into a regular file (or none yet), through its part file.
 fn download_atomically(
     client: &mut FileClient,
@@ -1036,38 +1072,8 @@ fn download_atomically(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<GetOutcome, DownloadError> {
     let nothing_kept = |error| DownloadError { error, kept: None };
-    let part = part_path(dest).ok_or_else(|| {
-        nothing_kept(local(
-            &format!("download into {}", dest.display()),
-            io::Error::new(ErrorKind::InvalidInput, "it does not name a file"),
-        ))
-    })?;
-    // O_NOFOLLOW: a part "file" planted as a symlink must not make us write elsewhere.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(!resume)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&part)
-        .map_err(|source| nothing_kept(local(&format!("create {}", part.display()), source)))?;
-    // Nor may a FIFO or a device planted under the part's name receive the bytes, and then
-    // be renamed over `dest`.
-    match file.metadata() {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => return Err(nothing_kept(refused(&part, "it is not a regular file"))),
-        Err(source) => {
-            return Err(nothing_kept(local(
-                &format!("stat {}", part.display()),
-                source,
-            )));
-        }
-    }
-    let mut prefix = blake3::Hasher::new();
+    let (mut file, part, prefix) = open_part(dest, resume).map_err(nothing_kept)?;
     if resume {
-        // Reading to the end also leaves the file positioned for appending.
-        prefix = hash_reader(&mut file, &mut |_| {})
-            .map_err(|source| nothing_kept(local(&format!("read {}", part.display()), source)))?;
         debug!("resuming {} at {} bytes", part.display(), prefix.count());
     }
     let offset = prefix.count();

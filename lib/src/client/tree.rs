@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use log::debug;
 
-use super::files::{FileClient, hash_reader, hex, local, part_path, server_error};
+use super::files::{FileClient, hash_reader, hex, local, open_part, part_path, server_error};
 use super::{ClientError, Pieces, Received};
 use crate::proto::files::{
     Digest, FileInfo, FileKind, GetRequest, Hash, PutAttrs, PutFlags, PutReady, PutRequest,
@@ -1622,41 +1622,6 @@ pub fn get_files(
         }
     }
     Ok(failed)
-}
-
-/// Opens `dest`'s part file: truncated, or with `resume` hashed to its end (the offset to ask
-/// from). Never through a symlink, never anything but a regular file.
-fn open_part(dest: &Path, resume: bool) -> Result<(File, PathBuf, blake3::Hasher), ClientError> {
-    let part = part_path(dest).ok_or_else(|| {
-        local(
-            &format!("download into {}", dest.display()),
-            io::Error::new(ErrorKind::InvalidInput, "it does not name a file"),
-        )
-    })?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(!resume)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&part)
-        .map_err(|source| local(&format!("create {}", part.display()), source))?;
-    match file.metadata() {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
-            return Err(local(
-                &format!("write {}", part.display()),
-                io::Error::other("it is not a regular file"),
-            ));
-        }
-        Err(source) => return Err(local(&format!("stat {}", part.display()), source)),
-    }
-    let mut hasher = blake3::Hasher::new();
-    if resume {
-        hasher = hash_reader(&mut file, &mut |_| {})
-            .map_err(|source| local(&format!("read {}", part.display()), source))?;
-    }
-    Ok((file, part, hasher))
 }
 
 /// Opens an unnamed file (`O_TMPFILE`) in `dest`'s directory for a small download, and
